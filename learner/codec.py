@@ -1,0 +1,69 @@
+"""A pickle-free byte format for model state: a JSON header followed by raw numpy arrays.
+
+Layout: ``b"RSNAP1\\n"``, 8-byte big-endian header length, the UTF-8 JSON header, then each
+array's raw little-endian bytes in header order. The header names every array's dtype and
+shape; only plain numeric dtypes are accepted, so decoding never runs code.
+
+>>> import numpy as np
+>>> blob = encode({"kind": "demo"}, {"x": np.arange(3, dtype=np.float32)})
+>>> header, arrays = decode(blob)
+>>> header["kind"], arrays["x"].tolist()
+('demo', [0.0, 1.0, 2.0])
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import numpy as np
+
+MAGIC = b"RSNAP1\n"
+ALLOWED_DTYPES = {"<f4", "<f8", "<i4", "<i8", "<u4", "<u8"}
+
+
+class CodecError(ValueError):
+    """The bytes are not a well-formed snapshot."""
+
+
+def encode(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:
+    specs = []
+    chunks = []
+    for name, array in arrays.items():
+        a = np.ascontiguousarray(array)
+        dtype = a.dtype.newbyteorder("<").str if a.dtype.byteorder == ">" else a.dtype.str
+        if dtype not in ALLOWED_DTYPES:
+            raise CodecError(f"array {name!r} has unsupported dtype {a.dtype}")
+        a = a.astype(dtype, copy=False)
+        specs.append({"name": name, "dtype": dtype, "shape": list(a.shape)})
+        chunks.append(a.tobytes())
+    head = json.dumps({**header, "arrays": specs}, separators=(",", ":")).encode()
+    return b"".join([MAGIC, struct.pack(">Q", len(head)), head, *chunks])
+
+
+def decode(blob: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + 8:
+        raise CodecError("not a recstream snapshot (bad magic)")
+    pos = len(MAGIC)
+    (head_len,) = struct.unpack(">Q", blob[pos : pos + 8])
+    pos += 8
+    try:
+        header = json.loads(blob[pos : pos + head_len])
+    except ValueError as exc:
+        raise CodecError(f"snapshot header is not JSON: {exc}") from exc
+    pos += head_len
+    arrays: dict[str, np.ndarray] = {}
+    for spec in header.pop("arrays", []):
+        dtype = spec["dtype"]
+        if dtype not in ALLOWED_DTYPES:
+            raise CodecError(f"array {spec['name']!r} has unsupported dtype {dtype}")
+        shape = tuple(int(n) for n in spec["shape"])
+        size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        if pos + size > len(blob):
+            raise CodecError("snapshot is truncated")
+        arrays[spec["name"]] = np.frombuffer(blob, dtype=dtype, count=size // np.dtype(dtype).itemsize, offset=pos).reshape(shape)
+        pos += size
+    if pos != len(blob):
+        raise CodecError("snapshot has trailing bytes")
+    return header, arrays

@@ -1,0 +1,39 @@
+"""Progressive validation: every labelled event is scored before the model learns from it.
+
+Metrics are over a sliding window so they show the model as it is now, not its history.
+
+>>> pm = ProgressiveMetrics(window=100)
+>>> pm.update(1.0, 0.9); pm.update(0.0, 0.2)
+>>> round(pm.auc, 2), pm.count
+(1.0, 2)
+"""
+
+from __future__ import annotations
+
+import math
+
+from river import metrics, utils
+
+
+class ProgressiveMetrics:
+    """Rolling ROC AUC and log loss of predictions made before learning."""
+
+    def __init__(self, window: int = 10_000) -> None:
+        self.window = window
+        self._auc = metrics.RollingROCAUC(window_size=window)
+        self._logloss = utils.Rolling(metrics.LogLoss, window_size=window)
+        self.count = 0
+
+    def update(self, y: float, p: float) -> None:
+        p = min(max(p, 1e-7), 1 - 1e-7)
+        self._auc.update(y > 0.5, p)
+        self._logloss.update(y > 0.5, p)
+        self.count += 1
+
+    @property
+    def auc(self) -> float:
+        return float(self._auc.get()) if self.count else math.nan
+
+    @property
+    def logloss(self) -> float:
+        return float(self._logloss.get()) if self.count else math.nan

@@ -1,0 +1,43 @@
+"""Every Prometheus metric recstream exports, in one place (the default registry).
+
+Names follow Prometheus conventions: units in names, ``_total`` for counters.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS_CONSUMED = Counter("recstream_events_consumed_total", "Messages the worker read from the events topic.")
+EVENTS_LEARNED = Counter("recstream_events_learned_total", "Valid events the learner applied (model, popularity, seen set).")
+EVENTS_REJECTED = Counter(
+    "recstream_events_rejected_total",
+    "Events refused by the contract, by where they were refused.",
+    ["stage"],  # "ingest" (HTTP 4xx) or "worker" (dead-lettered to events.rejected)
+)
+EVENTS_SKIPPED_REPLAY = Counter(
+    "recstream_events_skipped_already_learned_total",
+    "Messages re-delivered by Kafka after a restart whose offsets the checkpoint already covers.",
+)
+EVENTS_INGESTED = Counter("recstream_events_ingested_total", "Events accepted by POST /v1/events and produced to Kafka.")
+INGEST_UNAVAILABLE = Counter("recstream_ingest_broker_unavailable_total", "Ingest batches answered 503 because the broker did not take them.")
+
+CHECKPOINTS = Counter("recstream_checkpoints_total", "Checkpoints written, by outcome.", ["outcome"])
+CHECKPOINT_SECONDS = Histogram("recstream_checkpoint_duration_seconds", "Time to encode and write one checkpoint.")
+CHECKPOINT_BYTES = Gauge("recstream_checkpoint_size_bytes", "Size of the last snapshot written.")
+LAST_CHECKPOINT = Gauge("recstream_last_checkpoint_timestamp_seconds", "Unix time of the last successful checkpoint.")
+SNAPSHOTS_REFUSED = Counter(
+    "recstream_snapshots_refused_total",
+    "Snapshots whose HMAC tag did not verify (tampered or foreign); they were not loaded.",
+    ["component"],
+)
+MODEL_VERSION = Gauge("recstream_model_version", "Model version this process uses.", ["component"])
+PROGRESSIVE_AUC = Gauge("recstream_progressive_auc", "Rolling ROC AUC of predictions made before learning.")
+PROGRESSIVE_LOGLOSS = Gauge("recstream_progressive_logloss", "Rolling log loss of predictions made before learning.")
+
+REQUEST_SECONDS = Histogram(
+    "recstream_http_request_duration_seconds",
+    "API request latency by route and status.",
+    ["route", "method", "status"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+RECOMMENDATIONS_SERVED = Counter("recstream_recommendations_served_total", "Recommendation lists served, by source.", ["source"])

@@ -1,0 +1,38 @@
+"""The one Redis key scheme of recstream. Every key starts with the configured prefix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "recstream"
+
+    @property
+    def current_version(self) -> str:
+        """String: the version number the service serves and the worker continues from."""
+        return f"{self.prefix}:model:current"
+
+    @property
+    def versions(self) -> str:
+        """Sorted set of retained version numbers (score = version)."""
+        return f"{self.prefix}:model:versions"
+
+    def version(self, version: int) -> str:
+        """Hash with fields ``blob`` (snapshot bytes), ``tag`` (HMAC) and ``meta`` (JSON)."""
+        return f"{self.prefix}:model:v:{version}"
+
+    @property
+    def offsets(self) -> str:
+        """Hash ``topic/partition`` -> next offset to learn, written with every checkpoint."""
+        return f"{self.prefix}:offsets"
+
+    def seen(self, user_id: str) -> str:
+        """Set of item ids the user has interacted with (never recommended to them again)."""
+        return f"{self.prefix}:seen:{user_id}"
+
+    @property
+    def announce_channel(self) -> str:
+        """Pub/sub channel on which a new version number is published after each checkpoint."""
+        return f"{self.prefix}:model:announce"

@@ -1,0 +1,1 @@
+"""The Faust worker: Kafka in, contract check, learn, checkpoint. No model math here."""

@@ -1,0 +1,125 @@
+"""The Faust app: one agent on the events topic feeding :class:`stream.processor.EventProcessor`.
+
+Values are taken as raw bytes (``value_serializer="raw"``) and decoded by the processor, so
+a malformed message can never crash Faust's deserializer: it is dead-lettered with a reason.
+Each taken message gets an extra reference (``incref``) so Faust cannot commit its offset
+when the batch ends; the processor releases it after the checkpoint that covers it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+
+from learner.online_learner import OnlineLearner
+from recstream import components
+from recstream.settings import Settings
+from stream.processor import EventProcessor, Record
+
+log = logging.getLogger(__name__)
+
+TAKE_WITHIN_SECONDS = 0.05
+
+
+def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
+    app = faust.App(
+        settings.app_id,
+        broker=settings.broker_url,
+        key_serializer="raw",
+        value_serializer="raw",
+        web_enabled=False,
+        store="memory://",
+        topic_partitions=settings.topic_partitions,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.broker_session_timeout,
+        broker_heartbeat_interval=max(settings.broker_session_timeout / 3, 0.5),
+        broker_rebalance_timeout=settings.broker_session_timeout,
+        stream_wait_empty=False,
+        producer_acks=-1,
+    )
+    events_topic = app.topic(settings.topic_events, key_type=bytes, value_type=bytes, partitions=settings.topic_partitions)
+    rejected_topic = app.topic(settings.topic_rejected, key_type=bytes, value_type=bytes, partitions=1)
+
+    redis = components.redis_client(settings)
+    store = components.model_store(settings, redis)
+
+    async def send_rejected(key: bytes | None, value: bytes) -> Any:
+        return await rejected_topic.send(key=key, value=value)
+
+    async def flush() -> None:
+        await app.producer.flush()
+
+    def ack(event: Any) -> None:
+        event.ack()
+
+    def learner_from_bytes(blob: bytes) -> OnlineLearner:
+        return OnlineLearner.from_bytes(blob, rule=components.target_rule(settings))
+
+    processor = EventProcessor(
+        store=store,
+        new_learner=lambda: components.new_learner(settings),
+        learner_from_bytes=learner_from_bytes,
+        send_rejected=send_rejected,
+        flush=flush,
+        ack=ack,
+        checkpoint_every_events=settings.checkpoint_every_events,
+        checkpoint_interval_seconds=settings.checkpoint_interval_seconds,
+    )
+
+    @app.agent(events_topic, name="learn")
+    async def learn(stream: faust.StreamT) -> None:
+        if not processor.ready:
+            await processor.start()
+        try:
+            async for batch in stream.take_events(settings.batch_max_events, within=TAKE_WITHIN_SECONDS):
+                records = []
+                for event in batch:
+                    event.message.incref()  # released by processor.checkpoint()
+                    message = event.message
+                    records.append(Record(message.topic, message.partition, message.offset, message.key, message.value, handle=event))
+                await processor.process(records)
+                if processor.checkpoint_due():
+                    await _checkpoint_quietly(processor)
+        finally:
+            log.info("agent stopping: writing a final checkpoint")
+            await _checkpoint_quietly(processor)
+
+    @app.timer(interval=settings.checkpoint_interval_seconds)
+    async def checkpoint_when_idle() -> None:
+        if processor.ready and processor.checkpoint_due():
+            await _checkpoint_quietly(processor)
+
+    @app.on_before_shutdown.connect
+    async def final_checkpoint(app: faust.App, **kwargs: Any) -> None:  # noqa: ARG001
+        await _checkpoint_quietly(processor)
+
+    return app, processor
+
+
+async def _checkpoint_quietly(processor: EventProcessor) -> None:
+    """A failed checkpoint is logged and retried later; its events stay unacknowledged, so none are lost."""
+    try:
+        await processor.checkpoint()
+    except Exception:  # noqa: BLE001 - logged inside; the worker keeps going
+        pass
+
+
+def run_worker(settings: Settings) -> None:
+    """Run the Faust worker in the foreground until SIGTERM/SIGINT (which checkpoint before exit)."""
+    import asyncio
+
+    from prometheus_client import start_http_server
+
+    from stream.topics import ensure_topics
+
+    # Faust runs on the thread's current loop: create topics on that same loop first.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(ensure_topics(settings))
+    if settings.worker_metrics_port:
+        start_http_server(settings.worker_metrics_port, addr="127.0.0.1")
+    app, _ = create_app(settings)
+    worker = faust.Worker(app, loglevel="INFO", redirect_stdouts=False)
+    worker.execute_from_commandline()
