@@ -677,3 +677,44 @@ def start_broker(
     if prefer == "tansu":
         return start_tansu(workdir, port, 15 if timeout is None else timeout)
     raise ValueError(f"unknown broker {prefer!r}: expected 'auto', 'kafka' or 'tansu'")
+
+
+# ------------------------------------------------------------------ recstream processes
+
+
+def _http_ok(path: str) -> Callable[[str, int, float], bool]:
+    def probe(host: str, port: int, timeout: float) -> bool:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            return _recv_line(sock).split(b" ")[1:2] == [b"200"]
+
+    return probe
+
+
+def _recstream_argv(*args: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "recstream.cli", *args]
+
+
+def start_worker(env: dict[str, str], workdir: Path | None = None) -> LocalService:
+    """Start ``recstream worker`` with the given ``RECSTREAM_*`` environment (not waited for)."""
+    workdir, owns = _prepare_workdir(workdir, "worker")
+    port = int(env.get("RECSTREAM_WORKER_METRICS_PORT", "0"))
+    url = f"http://{LOOPBACK}:{port}/metrics" if port else ""
+    return _spawn(
+        "worker", _recstream_argv("worker"), url=url, port=port, workdir=workdir, owns_workdir=owns,
+        log_name="worker.log", env={**os.environ, **env},
+    )
+
+
+def start_api(env: dict[str, str], port: int | None = None, workdir: Path | None = None, timeout: float = 30) -> LocalService:
+    """Start ``recstream api`` on 127.0.0.1 and wait until ``/healthz`` answers 200."""
+    workdir, owns = _prepare_workdir(workdir, "api")
+    port = port or free_port()
+    service = _spawn(
+        "api", _recstream_argv("api", "--host", LOOPBACK, "--port", str(port)), url=f"http://{LOOPBACK}:{port}",
+        port=port, workdir=workdir, owns_workdir=owns, log_name="api.log", env={**os.environ, **env},
+    )
+    return _wait_ready(service, _http_ok("/healthz"), timeout, f"recstream api on port {port}")

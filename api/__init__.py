@@ -1,0 +1,1 @@
+"""FastAPI: ingest, recommendations, scores, health and metrics. One router per resource."""

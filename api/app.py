@@ -1,0 +1,74 @@
+"""The FastAPI application factory: wires settings, Redis, the model holder and the producer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from api.deps import ApiState
+from api.model_holder import ModelHolder
+from api.producer import EventProducer
+from api.routes import events, health, recommendations
+from recstream import components, metrics
+from recstream.events import Event
+from recstream.settings import Settings
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis = components.redis_client(settings)
+        store = components.model_store(settings, redis)
+        models = ModelHolder(store, poll_seconds=settings.model_poll_seconds)
+        producer = EventProducer(components.bootstrap_servers(settings), settings.topic_events, timeout=settings.produce_timeout_seconds)
+        app.state.recstream = ApiState(settings=settings, redis=redis, store=store, models=models, producer=producer)
+        await models.start()
+        try:
+            yield
+        finally:
+            await models.stop()
+            await producer.stop()
+            await redis.aclose()
+
+    app = FastAPI(
+        title="recstream",
+        version="0.1.0",
+        summary="Streaming online-learning recommender: publish events, get live recommendations.",
+        lifespan=lifespan,
+    )
+    app.include_router(events.router)
+    app.include_router(recommendations.router)
+    app.include_router(health.router)
+
+    @app.exception_handler(RequestValidationError)
+    async def explain_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
+        summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        return JSONResponse({"detail": f"invalid request: {summary}", "errors": errors}, status_code=422)
+
+    @app.middleware("http")
+    async def record_latency(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.REQUEST_SECONDS.labels(path, request.method, str(response.status_code)).observe(time.perf_counter() - started)
+        return response
+
+    # Publish the event contract in the OpenAPI document (the ingest body is parsed by hand).
+    original_openapi = app.openapi
+
+    def openapi_with_event_schema() -> dict:
+        if app.openapi_schema is None:
+            schema = original_openapi()
+            schema.setdefault("components", {}).setdefault("schemas", {})["Event"] = Event.model_json_schema(ref_template="#/components/schemas/{model}")
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi_with_event_schema  # type: ignore[method-assign]
+    return app

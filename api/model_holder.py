@@ -1,0 +1,92 @@
+"""Keeps the current model version in memory and swaps it when a new one is announced.
+
+It listens on the Redis announce channel and also polls the ``current`` pointer (pub/sub
+messages are lost while disconnected). A swap is one attribute assignment, so requests in
+flight finish on the model they started with. A snapshot that fails authentication is
+refused: the previous model keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from learner.serving import ServingModel
+from recstream import metrics
+from store.model_store import ModelStore, SnapshotRefused
+
+log = logging.getLogger(__name__)
+
+
+class ModelHolder:
+    def __init__(self, store: ModelStore, poll_seconds: float = 1.0) -> None:
+        self.store = store
+        self.poll_seconds = poll_seconds
+        self.model: ServingModel | None = None
+        self.refused_version: int | None = None
+        self.redis_ok = False
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    async def refresh(self) -> None:
+        """Load the current version if it differs from the one in memory."""
+        version = await self.store.current_version()
+        self.redis_ok = True
+        if version is None or (self.model is not None and self.model.version == version) or version == self.refused_version:
+            return
+        try:
+            snapshot = await self.store.load(version)
+        except SnapshotRefused as exc:
+            self.refused_version = version
+            metrics.SNAPSHOTS_REFUSED.labels("api").inc()
+            log.error("%s; still serving v%s", exc, self.model.version if self.model else "none")
+            return
+        if snapshot is None:
+            return
+        model = await asyncio.to_thread(ServingModel.from_bytes, snapshot.blob, snapshot.version)
+        self.model = model
+        metrics.MODEL_VERSION.labels("api").set(model.version)
+        log.info("serving model v%d (%d events learned)", model.version, model.events_learned)
+
+    async def start(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.refresh()
+        self._task = asyncio.create_task(self._run(), name="model-refresh")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        listener = asyncio.create_task(self._listen(), name="model-announce")
+        try:
+            while True:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.poll_seconds)
+                self._wake.clear()
+                try:
+                    await self.refresh()
+                except Exception as exc:  # noqa: BLE001 - Redis down: keep serving what we have
+                    if self.redis_ok:
+                        log.warning("cannot reach Redis to refresh the model (%s); serving the model in memory", exc)
+                    self.redis_ok = False
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await listener
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                pubsub = self.store.redis.pubsub()
+                await pubsub.subscribe(self.store.keys.announce_channel)
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - reconnect after a pause; polling covers the gap
+                await asyncio.sleep(self.poll_seconds)

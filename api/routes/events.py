@@ -1,0 +1,102 @@
+"""``POST /v1/events``: validate a batch, produce the valid events to Kafka, explain the rest."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+
+from api.deps import ApiState, get_state
+from api.producer import BrokerUnavailable
+from recstream import metrics
+from recstream.events import Event, describe_errors
+
+router = APIRouter(tags=["events"])
+
+MAX_BATCH = 1000
+
+
+class EventError(BaseModel):
+    index: int
+    event_id: str | None = None
+    errors: list[dict[str, str]]
+
+
+class IngestResult(BaseModel):
+    accepted: int
+    rejected: int
+    errors: list[EventError]
+
+
+def _problem(status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse({"detail": detail, **extra}, status_code=status, headers=headers)
+
+
+@router.post(
+    "/v1/events",
+    status_code=202,
+    response_model=IngestResult,
+    summary="Publish a batch of 1-1000 events",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH, "items": {"$ref": "#/components/schemas/Event"}}
+                }
+            },
+        }
+    },
+    responses={
+        400: {"description": "The body is not valid JSON."},
+        413: {"description": "The body is larger than RECSTREAM_MAX_BODY_BYTES."},
+        422: {"description": "Not a list of 1-1000 events, or no event in it is valid (each error names its field)."},
+        503: {"description": "The broker did not take the batch; nothing was accepted. Retry after `Retry-After` seconds."},
+    },
+)
+async def ingest_events(request: Request, state: Annotated[ApiState, Depends(get_state)]) -> Any:
+    limit = state.settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        return _problem(413, f"request body is {declared} bytes; the limit is {limit} (RECSTREAM_MAX_BODY_BYTES)")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return _problem(413, f"request body is larger than {limit} bytes (RECSTREAM_MAX_BODY_BYTES)")
+    try:
+        payload = orjson.loads(bytes(body))
+    except orjson.JSONDecodeError as exc:
+        return _problem(400, f"body is not valid JSON: {exc}")
+    if not isinstance(payload, list):
+        return _problem(422, f"body must be a JSON list of events, got a JSON {type(payload).__name__}")
+    if not payload:
+        return _problem(422, f"batch is empty: send 1 to {MAX_BATCH} events")
+    if len(payload) > MAX_BATCH:
+        return _problem(422, f"batch has {len(payload)} events; at most {MAX_BATCH} are allowed per request")
+
+    valid: list[Event] = []
+    errors: list[EventError] = []
+    for index, raw in enumerate(payload):
+        try:
+            valid.append(Event.model_validate(raw))
+        except ValidationError as exc:
+            event_id = raw.get("event_id") if isinstance(raw, dict) and isinstance(raw.get("event_id"), str) else None
+            errors.append(EventError(index=index, event_id=event_id[:128] if event_id else None, errors=describe_errors(exc)))
+    if errors:
+        metrics.EVENTS_REJECTED.labels("ingest").inc(len(errors))
+    if not valid:
+        return _problem(422, f"none of the {len(payload)} events is valid", errors=[e.model_dump() for e in errors], accepted=0, rejected=len(errors))
+
+    records = [(event.user_id.encode(), event.model_dump_json().encode()) for event in valid]
+    try:
+        await state.producer.send_batch(records)
+    except BrokerUnavailable as exc:
+        metrics.INGEST_UNAVAILABLE.inc()
+        retry = str(state.settings.retry_after_seconds)
+        return _problem(503, f"the event broker did not take the batch ({exc}); nothing was accepted, retry later", headers={"Retry-After": retry})
+    metrics.EVENTS_INGESTED.inc(len(valid))
+    return IngestResult(accepted=len(valid), rejected=len(errors), errors=errors)

@@ -1,0 +1,82 @@
+"""``GET /v1/users/{user_id}/recommendations`` and ``POST /v1/scores``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from pydantic import BaseModel, Field
+
+from api.deps import ApiState, get_state
+from learner.serving import ServingModel
+from recstream import metrics
+from recstream.events import ID_PATTERN, Identifier
+
+router = APIRouter(tags=["recommendations"])
+
+UserId = Annotated[str, Path(min_length=1, max_length=128, pattern=ID_PATTERN, description="The user's id.")]
+
+
+class ScoredItem(BaseModel):
+    item_id: str
+    score: float = Field(description="Probability of a like (model) or share of positive events (popular).")
+
+
+class RecommendationList(BaseModel):
+    user_id: str
+    model_version: int
+    source: str = Field(description='"model": personalised; "popular": the user is unknown to the model, so popular items.')
+    items: list[ScoredItem]
+
+
+class ScoreRequest(BaseModel):
+    user_id: Identifier
+    item_ids: list[Identifier] = Field(min_length=1, max_length=1000)
+
+
+class ScoreResult(BaseModel):
+    user_id: str
+    model_version: int
+    scores: list[float | None] = Field(description="One per requested item, in order; null for items the model has never seen.")
+
+
+def _model(state: ApiState) -> ServingModel:
+    model = state.models.model
+    if model is None:
+        raise HTTPException(
+            status_code=503,
+            detail="no model is loaded yet: the worker has not written its first checkpoint (publish events, then retry)",
+            headers={"Retry-After": str(state.settings.retry_after_seconds)},
+        )
+    return model
+
+
+@router.get("/v1/users/{user_id}/recommendations", response_model=RecommendationList, responses={503: {"description": "No model yet."}})
+async def recommendations(
+    user_id: UserId,
+    state: Annotated[ApiState, Depends(get_state)],
+    k: Annotated[int | None, Query(ge=1, le=1000, description="How many items (default RECSTREAM_K_DEFAULT, at most RECSTREAM_K_MAX).")] = None,
+) -> Any:
+    settings = state.settings
+    k = settings.k_default if k is None else k
+    if k > settings.k_max:
+        raise HTTPException(status_code=422, detail=f"k={k} is above the limit of {settings.k_max} (RECSTREAM_K_MAX)")
+    model = _model(state)
+    try:
+        seen = await state.store.seen(user_id)
+    except Exception as exc:  # noqa: BLE001 - without the seen set we could recommend watched items
+        raise HTTPException(status_code=503, detail=f"cannot read the user's history from Redis: {exc}") from exc
+    rec = model.recommend(user_id, k, exclude=seen)
+    metrics.RECOMMENDATIONS_SERVED.labels(rec.source).inc()
+    return RecommendationList(
+        user_id=user_id,
+        model_version=model.version,
+        source=rec.source,
+        items=[ScoredItem(item_id=item, score=score) for item, score in rec.items],
+    )
+
+
+@router.post("/v1/scores", response_model=ScoreResult, responses={503: {"description": "No model yet."}})
+async def scores(request: ScoreRequest, state: Annotated[ApiState, Depends(get_state)]) -> Any:
+    model = _model(state)
+    return ScoreResult(user_id=request.user_id, model_version=model.version, scores=model.score(request.user_id, request.item_ids))

@@ -1,0 +1,116 @@
+"""One fixture layer that gives integration tests a real broker and a real Redis.
+
+Order (TESTING.md): ``RECSTREAM_TEST_KAFKA`` / ``RECSTREAM_TEST_REDIS`` when set; else
+testcontainers when a Docker engine answers; else local processes (genuine Apache Kafka
+from the jars fetched by ``scripts/fetch-kafka.sh`` when Java is there, Tansu otherwise;
+``redis-server``). Every process a test starts is stopped by its PID at teardown.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from recstream import local_services
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> object:
+    """Poll ``condition`` until it returns something truthy; fail with ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - keep polling until the deadline
+            last_error = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error!r})")
+
+
+def _docker_available() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=2).ping()
+        return True
+    except Exception:  # noqa: BLE001 - no engine is the normal case here
+        return False
+
+
+@dataclass
+class Endpoint:
+    url: str
+    how: str
+
+
+@pytest.fixture(scope="session")
+def redis_endpoint() -> Iterator[Endpoint]:
+    if os.environ.get("RECSTREAM_TEST_REDIS"):
+        yield Endpoint(os.environ["RECSTREAM_TEST_REDIS"], "env")
+        return
+    if _docker_available():
+        from testcontainers.redis import RedisContainer
+
+        with RedisContainer() as container:
+            host, port = container.get_container_host_ip(), container.get_exposed_port(6379)
+            yield Endpoint(f"redis://{host}:{port}/0", "testcontainers")
+        return
+    service = local_services.start_redis()
+    try:
+        yield Endpoint(service.url, "local redis-server")
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def broker_endpoint() -> Iterator[Endpoint]:
+    if os.environ.get("RECSTREAM_TEST_KAFKA"):
+        yield Endpoint(os.environ["RECSTREAM_TEST_KAFKA"], "env")
+        return
+    if _docker_available():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer() as container:
+            yield Endpoint("kafka://" + container.get_bootstrap_server(), "testcontainers")
+        return
+    service = local_services.start_broker(os.environ.get("RECSTREAM_TEST_BROKER", "auto"))
+    try:
+        yield Endpoint(service.url, f"local {service.name}")
+    finally:
+        service.stop()
+
+
+@pytest.fixture
+def service_env(redis_endpoint: Endpoint, broker_endpoint: Endpoint) -> dict[str, str]:
+    """``RECSTREAM_*`` variables for one test: its own consumer group, topics and Redis prefix."""
+    run = uuid.uuid4().hex[:8]
+    return {
+        "RECSTREAM_BROKER_URL": broker_endpoint.url,
+        "RECSTREAM_REDIS_URL": redis_endpoint.url,
+        "RECSTREAM_APP_ID": f"recstream-test-{run}",
+        "RECSTREAM_REDIS_PREFIX": f"test-{run}",
+        "RECSTREAM_TOPIC_EVENTS": f"events-{run}",
+        "RECSTREAM_TOPIC_REJECTED": f"events-{run}.rejected",
+        "RECSTREAM_TOPIC_PARTITIONS": "2",
+        "RECSTREAM_CHECKPOINT_INTERVAL_SECONDS": "0.3",
+        "RECSTREAM_CHECKPOINT_EVERY_EVENTS": "200",
+        "RECSTREAM_BROKER_SESSION_TIMEOUT": "6",
+        "RECSTREAM_MODEL_POLL_SECONDS": "0.2",
+        "RECSTREAM_HMAC_KEY": f"test-key-{run}",
+    }
+
+
+@pytest.fixture
+def processes() -> Iterator[list[local_services.LocalService]]:
+    """Register worker/API processes here; all are stopped by PID at teardown."""
+    started: list[local_services.LocalService] = []
+    yield started
+    for service in started:
+        service.stop(timeout=20)
