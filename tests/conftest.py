@@ -87,9 +87,8 @@ def broker_endpoint() -> Iterator[Endpoint]:
         service.stop()
 
 
-@pytest.fixture
-def service_env(redis_endpoint: Endpoint, broker_endpoint: Endpoint) -> dict[str, str]:
-    """``RECSTREAM_*`` variables for one test: its own consumer group, topics and Redis prefix."""
+def make_env(redis_endpoint: Endpoint, broker_endpoint: Endpoint) -> dict[str, str]:
+    """``RECSTREAM_*`` variables for one run: its own consumer group, topics and Redis prefix."""
     run = uuid.uuid4().hex[:8]
     return {
         "RECSTREAM_BROKER_URL": broker_endpoint.url,
@@ -105,6 +104,11 @@ def service_env(redis_endpoint: Endpoint, broker_endpoint: Endpoint) -> dict[str
         "RECSTREAM_MODEL_POLL_SECONDS": "0.2",
         "RECSTREAM_HMAC_KEY": f"test-key-{run}",
     }
+
+
+@pytest.fixture
+def service_env(redis_endpoint: Endpoint, broker_endpoint: Endpoint) -> dict[str, str]:
+    return make_env(redis_endpoint, broker_endpoint)
 
 
 @pytest.fixture

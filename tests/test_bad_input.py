@@ -1,0 +1,140 @@
+"""Bad input gets a clear 4xx naming the field, or a dead letter with its reason; nothing crashes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from recstream import local_services
+from tests.conftest import Endpoint, make_env, wait_for
+from tests.kafka_io import CheckpointReader, produce, read_topic
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+GOOD = {"event_id": "g1", "user_id": "u1", "item_id": "v1", "type": "like", "ts": "2026-11-22T10:00:00Z"}
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    client: httpx.Client
+    checkpoints: CheckpointReader
+    worker: local_services.LocalService
+
+
+@pytest.fixture(scope="module")
+def stack(redis_endpoint: Endpoint, broker_endpoint: Endpoint) -> Iterator[Stack]:
+    env = {**make_env(redis_endpoint, broker_endpoint), "RECSTREAM_MAX_BODY_BYTES": "200000"}
+    worker = local_services.start_worker(env)
+    api = None
+    try:
+        api = local_services.start_api(env)
+        with httpx.Client(base_url=api.url, timeout=10) as client:
+            checkpoints = CheckpointReader(env["RECSTREAM_REDIS_URL"], env["RECSTREAM_REDIS_PREFIX"])
+            yield Stack(env, client, checkpoints, worker)
+            checkpoints.close()
+    finally:
+        if api is not None:
+            api.stop()
+        worker.stop(timeout=20)
+
+
+def _post(stack: Stack, body: bytes | str) -> httpx.Response:
+    return stack.client.post("/v1/events", content=body, headers={"content-type": "application/json"})
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        ("{not json", 400, "not valid JSON"),
+        ('{"event_id": "x"}', 422, "JSON list"),
+        ("[]", 422, "empty"),
+        (json.dumps([GOOD] * 1001), 422, "at most 1000"),
+    ],
+    ids=["malformed-json", "not-a-list", "empty-batch", "oversized-batch"],
+)
+def test_bad_batches_are_refused_with_a_reason(stack: Stack, body: str, status: int, says: str) -> None:
+    response = _post(stack, body)
+    assert response.status_code == status, response.text
+    assert says in response.json()["detail"]
+
+
+def test_oversized_body_is_refused(stack: Stack) -> None:
+    response = _post(stack, json.dumps([{**GOOD, "context": {"k": "x" * 250}}] * 900))
+    assert response.status_code == 413
+    assert "RECSTREAM_MAX_BODY_BYTES" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "says"),
+    [
+        ({"type": "love"}, "type", "'view', 'like', 'share' or 'skip'"),
+        ({"user_id": 42}, "user_id", "valid string"),
+        ({"user_id": "u" * 129}, "user_id", "at most 128"),
+        ({"ts": "2026-11-22T10:00:00"}, "ts", "timezone"),
+        ({"watch_seconds": "long"}, "watch_seconds", "valid number"),
+        ({"watch_seconds": -1}, "watch_seconds", "greater than or equal to 0"),
+        ({"context": {f"k{i}": i for i in range(17)}}, "context", "at most 16 keys"),
+        ({"colour": "red"}, "colour", "Extra inputs"),
+        ({"item_id": None}, "item_id", "valid string"),
+    ],
+    ids=["unknown-type", "wrong-type", "oversized-field", "naive-ts", "string-number", "negative", "big-context", "unknown-field", "null-id"],
+)
+def test_invalid_event_names_its_field(stack: Stack, change: dict, field: str, says: str) -> None:
+    bad = {**GOOD, **change}
+    response = stack.client.post("/v1/events", json=[bad])
+    assert response.status_code == 422, response.text
+    errors = response.json()["errors"][0]["errors"]
+    assert any(e["field"].startswith(field) and says in e["message"] for e in errors), errors
+
+
+def test_missing_field_is_named(stack: Stack) -> None:
+    bad = {k: v for k, v in GOOD.items() if k != "item_id"}
+    response = stack.client.post("/v1/events", json=[bad])
+    assert response.status_code == 422
+    assert {"field": "item_id", "message": "Field required"} in response.json()["errors"][0]["errors"]
+
+
+def test_mixed_batch_accepts_the_valid_events_and_explains_the_rest(stack: Stack) -> None:
+    response = stack.client.post("/v1/events", json=[{**GOOD, "event_id": "m1"}, {**GOOD, "event_id": "m2", "type": "nope"}])
+    assert response.status_code == 202
+    body = response.json()
+    assert (body["accepted"], body["rejected"]) == (1, 1)
+    assert body["errors"][0]["index"] == 1 and body["errors"][0]["event_id"] == "m2"
+
+
+def test_bad_query_parameters_are_refused(stack: Stack) -> None:
+    assert stack.client.get("/v1/users/u1/recommendations", params={"k": 0}).status_code == 422
+    too_many = stack.client.get("/v1/users/u1/recommendations", params={"k": 101})
+    assert too_many.status_code == 422 and "RECSTREAM_K_MAX" in too_many.json()["detail"]
+    assert stack.client.get("/v1/users/bad%20id/recommendations").status_code == 422
+
+
+def test_malformed_kafka_messages_are_dead_lettered_and_the_worker_goes_on(stack: Stack) -> None:
+    env = stack.env
+    before = stack.checkpoints.learned()
+    produce(
+        env["RECSTREAM_BROKER_URL"],
+        env["RECSTREAM_TOPIC_EVENTS"],
+        [
+            (b"u9", b"{this is not json"),
+            (b"u9", json.dumps({**GOOD, "event_id": "k1", "type": "explode"}).encode()),
+            (b"u9", b"\xff\xfe\x00binary"),
+            (b"u9", json.dumps({**GOOD, "event_id": "k2", "user_id": "u9"}).encode()),
+        ],
+    )
+    rejected = [json.loads(v) for v in read_topic(env["RECSTREAM_BROKER_URL"], env["RECSTREAM_TOPIC_REJECTED"], 3, timeout=60)]
+    assert len(rejected) == 3
+    reasons = [r["reason"] for r in rejected]
+    assert reasons[0].startswith("malformed JSON")
+    assert "type" in reasons[1]
+    assert "payload_base64" in rejected[2]
+    assert rejected[0]["payload"] == "{this is not json"
+    # The valid event after the bad ones is learned: the worker did not stop.
+    wait_for(lambda: stack.checkpoints.learned() >= before + 1, 30, "the valid event after the bad ones to be learned")
+    assert stack.checkpoints.meta()["events_rejected"] >= 3
+    assert stack.worker.is_running()

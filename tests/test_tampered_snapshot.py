@@ -1,0 +1,89 @@
+"""A snapshot whose HMAC does not verify is never loaded: not by the worker, not by the API."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import httpx
+import pytest
+import redis
+
+from recstream import local_services
+from store.keys import Keys
+from tests.conftest import wait_for
+from tests.kafka_io import CheckpointReader, produce_events
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+
+def _metric(text: str, name: str, labels: str) -> float:
+    match = re.search(rf"^{re.escape(name)}\{{{re.escape(labels)}\}} ([0-9.e+]+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def _events(prefix: str, n: int) -> list[dict]:
+    return [
+        {"event_id": f"{prefix}{i}", "user_id": f"u{i % 5}", "item_id": f"v{i % 11}", "type": "like", "ts": "2026-11-22T10:00:00Z"}
+        for i in range(n)
+    ]
+
+
+def test_tampered_snapshot_is_refused_by_worker_and_api(service_env: dict[str, str], processes: list[local_services.LocalService]) -> None:
+    env = {**service_env, "RECSTREAM_WORKER_METRICS_PORT": str(local_services.free_port())}
+    broker, topic = env["RECSTREAM_BROKER_URL"], env["RECSTREAM_TOPIC_EVENTS"]
+    checkpoints = CheckpointReader(env["RECSTREAM_REDIS_URL"], env["RECSTREAM_REDIS_PREFIX"])
+    r = redis.Redis.from_url(env["RECSTREAM_REDIS_URL"])
+    keys = Keys(env["RECSTREAM_REDIS_PREFIX"])
+    try:
+        worker = local_services.start_worker(env)
+        processes.append(worker)
+        api = local_services.start_api(env)
+        processes.append(api)
+        client = httpx.Client(base_url=api.url, timeout=10)
+
+        produce_events(broker, topic, _events("a", 50))
+        wait_for(lambda: checkpoints.learned() == 50, 60, "the first 50 events to be learned")
+        good = checkpoints.version()
+        wait_for(lambda: client.get("/v1/users/u1/recommendations").json().get("model_version") == good, 10, "the API to load the good version")
+        worker.process.terminate()
+        worker.process.wait(30)
+        good = checkpoints.version()
+        assert good is not None
+
+        # An attacker with Redis access writes a new version: a changed blob under the old tag.
+        fields = r.hgetall(keys.version(good))
+        blob = bytearray(fields[b"blob"])
+        blob[-1] ^= 0xFF
+        forged = good + 1
+        r.hset(keys.version(forged), mapping={"blob": bytes(blob), "tag": fields[b"tag"], "meta": fields[b"meta"]})
+        r.set(keys.current_version, forged)
+        r.publish(keys.announce_channel, str(forged))
+
+        # The API refuses it, says so in its metrics, and keeps serving the last good model.
+        wait_for(lambda: _metric(client.get("/metrics").text, "recstream_snapshots_refused_total", 'component="api"') >= 1, 10, "the API to refuse the forged version")
+        served = client.get("/v1/users/u1/recommendations").json()
+        assert served["model_version"] == good
+
+        # A restarted worker refuses it too: it logs why, counts it, and does not consume.
+        restarted = local_services.start_worker(env)
+        processes.append(restarted)
+        metrics_url = f"http://127.0.0.1:{env['RECSTREAM_WORKER_METRICS_PORT']}/metrics"
+        wait_for(
+            lambda: _metric(httpx.get(metrics_url).text, "recstream_snapshots_refused_total", 'component="worker"') >= 1,
+            60,
+            "the worker to refuse the forged version",
+        )
+        assert restarted.log_path is not None
+        log_text = restarted.log_path.read_text()
+        assert f"model snapshot v{forged} failed HMAC authentication and was refused" in log_text
+        produce_events(broker, topic, _events("b", 10))
+        # It does not learn or overwrite: the forged version stays current and nothing new is written
+        # (checked after the worker has had several checkpoint intervals to misbehave).
+        wait_for(lambda: log_text.count("failed HMAC") < restarted.log_path.read_text().count("failed HMAC"), 20, "a second refusal (retry)")
+        assert checkpoints.version() == forged
+        assert json.loads(r.hget(keys.version(forged), "meta"))["events_learned"] == 50
+        assert r.hget(keys.version(forged), "blob") == bytes(blob)
+    finally:
+        checkpoints.close()
+        r.close()
