@@ -25,7 +25,9 @@ def create_app(settings: Settings) -> FastAPI:
         redis = components.redis_client(settings)
         store = components.model_store(settings, redis)
         models = ModelHolder(store, poll_seconds=settings.model_poll_seconds)
-        producer = EventProducer(components.bootstrap_servers(settings), settings.topic_events, timeout=settings.produce_timeout_seconds)
+        producer = EventProducer(
+            components.bootstrap_servers(settings), settings.topic_events, timeout=settings.produce_timeout_seconds
+        )
         app.state.recstream = ApiState(settings=settings, redis=redis, store=store, models=models, producer=producer)
         await models.start()
         try:
@@ -46,7 +48,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
 
     @app.exception_handler(RequestValidationError)
-    async def explain_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def explain_validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
         summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         return JSONResponse({"detail": f"invalid request: {summary}", "errors": errors}, status_code=422)
@@ -57,7 +59,9 @@ def create_app(settings: Settings) -> FastAPI:
         response = await call_next(request)
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
-        metrics.REQUEST_SECONDS.labels(path, request.method, str(response.status_code)).observe(time.perf_counter() - started)
+        metrics.REQUEST_SECONDS.labels(path, request.method, str(response.status_code)).observe(
+            time.perf_counter() - started
+        )
         return response
 
     # Publish the event contract in the OpenAPI document (the ingest body is parsed by hand).
@@ -66,7 +70,9 @@ def create_app(settings: Settings) -> FastAPI:
     def openapi_with_event_schema() -> dict:
         if app.openapi_schema is None:
             schema = original_openapi()
-            schema.setdefault("components", {}).setdefault("schemas", {})["Event"] = Event.model_json_schema(ref_template="#/components/schemas/{model}")
+            schema.setdefault("components", {}).setdefault("schemas", {})["Event"] = Event.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -33,7 +33,11 @@ class ModelHolder:
         """Load the current version if it differs from the one in memory."""
         version = await self.store.current_version()
         self.redis_ok = True
-        if version is None or (self.model is not None and self.model.version == version) or version == self.refused_version:
+        if (
+            version is None
+            or (self.model is not None and self.model.version == version)
+            or version == self.refused_version
+        ):
             return
         try:
             snapshot = await self.store.load(version)

@@ -62,7 +62,9 @@ def decode(blob: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
         if pos + size > len(blob):
             raise CodecError("snapshot is truncated")
-        arrays[spec["name"]] = np.frombuffer(blob, dtype=dtype, count=size // np.dtype(dtype).itemsize, offset=pos).reshape(shape)
+        arrays[spec["name"]] = np.frombuffer(
+            blob, dtype=dtype, count=size // np.dtype(dtype).itemsize, offset=pos
+        ).reshape(shape)
         pos += size
     if pos != len(blob):
         raise CodecError("snapshot has trailing bytes")

@@ -26,23 +26,14 @@ True
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
+from learner.base import ModelState
 from learner.id_index import IdIndex
+from learner.ranking import scores_for_user
 
 FLOAT = np.float32
-
-
-@dataclass
-class ModelState:
-    """A model's whole state as JSON-able parameters plus named numpy arrays."""
-
-    kind: str
-    params: dict[str, float | int | str]
-    ids: dict[str, list[str]]
-    arrays: dict[str, np.ndarray]
 
 
 class ImplicitMF:
@@ -115,6 +106,16 @@ class ImplicitMF:
     def user_vector(self, user: str) -> np.ndarray | None:
         u = self.users.get(user)
         return None if u is None else self._user_factors[u]
+
+    def knows_user(self, user: str) -> bool:
+        return user in self.users
+
+    def score_all(self, user: str) -> np.ndarray:
+        """Logits of every item for ``user`` (item bias alone for an unknown user)."""
+        u = self.users.get(user)
+        if u is None:
+            return self.item_bias.copy()
+        return scores_for_user(self._user_factors[u], self.item_factors, self.item_bias)
 
     # -- state ---------------------------------------------------------------------------
 

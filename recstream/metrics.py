@@ -8,7 +8,9 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS_CONSUMED = Counter("recstream_events_consumed_total", "Messages the worker read from the events topic.")
-EVENTS_LEARNED = Counter("recstream_events_learned_total", "Valid events the learner applied (model, popularity, seen set).")
+EVENTS_LEARNED = Counter(
+    "recstream_events_learned_total", "Valid events the learner applied (model, popularity, seen set)."
+)
 EVENTS_REJECTED = Counter(
     "recstream_events_rejected_total",
     "Events refused by the contract, by where they were refused.",
@@ -18,8 +20,12 @@ EVENTS_SKIPPED_REPLAY = Counter(
     "recstream_events_skipped_already_learned_total",
     "Messages re-delivered by Kafka after a restart whose offsets the checkpoint already covers.",
 )
-EVENTS_INGESTED = Counter("recstream_events_ingested_total", "Events accepted by POST /v1/events and produced to Kafka.")
-INGEST_UNAVAILABLE = Counter("recstream_ingest_broker_unavailable_total", "Ingest batches answered 503 because the broker did not take them.")
+EVENTS_INGESTED = Counter(
+    "recstream_events_ingested_total", "Events accepted by POST /v1/events and produced to Kafka."
+)
+INGEST_UNAVAILABLE = Counter(
+    "recstream_ingest_broker_unavailable_total", "Ingest batches answered 503 because the broker did not take them."
+)
 
 CHECKPOINTS = Counter("recstream_checkpoints_total", "Checkpoints written, by outcome.", ["outcome"])
 CHECKPOINT_SECONDS = Histogram("recstream_checkpoint_duration_seconds", "Time to encode and write one checkpoint.")
@@ -40,4 +46,6 @@ REQUEST_SECONDS = Histogram(
     ["route", "method", "status"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
-RECOMMENDATIONS_SERVED = Counter("recstream_recommendations_served_total", "Recommendation lists served, by source.", ["source"])
+RECOMMENDATIONS_SERVED = Counter(
+    "recstream_recommendations_served_total", "Recommendation lists served, by source.", ["source"]
+)

@@ -20,22 +20,36 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RECSTREAM_", extra="ignore")
 
     # Connections
-    broker_url: str = Field("kafka://127.0.0.1:9092", description="Kafka bootstrap server(s), `kafka://host:port[,host:port]`.")
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL (`redis://` or `rediss://`, may carry user:password).")
+    broker_url: str = Field(
+        "kafka://127.0.0.1:9092", description="Kafka bootstrap server(s), `kafka://host:port[,host:port]`."
+    )
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="Redis URL (`redis://` or `rediss://`, may carry user:password)."
+    )
     redis_prefix: str = Field("recstream", description="Prefix of every Redis key this service writes.")
 
     # Topics
     topic_events: str = Field("events", description="Topic the worker consumes and the ingest endpoint produces to.")
-    topic_rejected: str = Field("events.rejected", description="Dead-letter topic for payloads that fail the event contract.")
-    topic_partitions: int = Field(4, ge=1, le=1024, description="Partitions of the events topic when the service creates it.")
+    topic_rejected: str = Field(
+        "events.rejected", description="Dead-letter topic for payloads that fail the event contract."
+    )
+    topic_partitions: int = Field(
+        4, ge=1, le=1024, description="Partitions of the events topic when the service creates it."
+    )
 
     # Worker
     app_id: str = Field("recstream", description="Faust app id, also the Kafka consumer group.")
     checkpoint_every_events: int = Field(5000, ge=1, description="Checkpoint after this many learned events…")
-    checkpoint_interval_seconds: float = Field(1.0, gt=0, description="…or after this many seconds, whichever comes first.")
-    batch_max_events: int = Field(500, ge=1, le=100_000, description="Largest batch the worker takes from the stream at once.")
+    checkpoint_interval_seconds: float = Field(
+        1.0, gt=0, description="…or after this many seconds, whichever comes first."
+    )
+    batch_max_events: int = Field(
+        500, ge=1, le=100_000, description="Largest batch the worker takes from the stream at once."
+    )
     model_retention: int = Field(5, ge=1, description="Model versions kept in Redis (older ones are deleted).")
-    worker_metrics_port: int = Field(0, ge=0, le=65535, description="Port of the worker's Prometheus endpoint on 127.0.0.1 (0: off).")
+    worker_metrics_port: int = Field(
+        0, ge=0, le=65535, description="Port of the worker's Prometheus endpoint on 127.0.0.1 (0: off)."
+    )
     broker_session_timeout: float = Field(10.0, gt=0, description="Kafka consumer session timeout in seconds.")
 
     # Model and target variable
@@ -46,20 +60,28 @@ class Settings(BaseSettings):
     model_seed: int = Field(42, description="Random seed of the model.")
     positive_types: list[str] = Field(["like", "share"], description="Event types that count as 'liked' (JSON list).")
     negative_types: list[str] = Field(["skip"], description="Event types that count as 'not liked' (JSON list).")
-    short_watch_fraction: float = Field(0.25, ge=0, le=1, description="A view watched for less than this fraction of the item counts as 'not liked'.")
+    short_watch_fraction: float = Field(
+        0.25, ge=0, le=1, description="A view watched for less than this fraction of the item counts as 'not liked'."
+    )
 
     # Serving
     k_default: int = Field(10, ge=1, description="Recommendations returned when `k` is not given.")
     k_max: int = Field(100, ge=1, le=1000, description="Largest `k` a client may ask for.")
     api_host: str = Field("127.0.0.1", description="Address `recstream api` binds.")
     api_port: int = Field(8000, ge=0, le=65535, description="Port `recstream api` binds.")
-    model_poll_seconds: float = Field(1.0, gt=0, description="How often the API also polls for a new model version (besides pub/sub).")
-    produce_timeout_seconds: float = Field(5.0, gt=0, description="How long ingest waits for the broker before answering 503.")
+    model_poll_seconds: float = Field(
+        1.0, gt=0, description="How often the API also polls for a new model version (besides pub/sub)."
+    )
+    produce_timeout_seconds: float = Field(
+        5.0, gt=0, description="How long ingest waits for the broker before answering 503."
+    )
     retry_after_seconds: int = Field(5, ge=1, description="`Retry-After` sent with 503 answers.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted by the ingest endpoint.")
 
     # Security
-    hmac_key: SecretStr = Field(SecretStr(DEV_HMAC_KEY), description="Key that signs model snapshots (HMAC-SHA256). Set it in production.")
+    hmac_key: SecretStr = Field(
+        SecretStr(DEV_HMAC_KEY), description="Key that signs model snapshots (HMAC-SHA256). Set it in production."
+    )
 
 
 @lru_cache(maxsize=1)

@@ -97,7 +97,12 @@ class ModelStore:
         """Write a new version atomically and announce it; return its number."""
         version = (expected_current or 0) + 1
         keys = self.keys
-        meta = {**meta, "version": version, "parent": expected_current, "offsets": {offset_field(t, p): o for (t, p), o in offsets.items()}}
+        meta = {
+            **meta,
+            "version": version,
+            "parent": expected_current,
+            "offsets": {offset_field(t, p): o for (t, p), o in offsets.items()},
+        }
         async with self.redis.pipeline(transaction=True) as pipe:
             try:
                 await pipe.watch(keys.current_version)
@@ -110,7 +115,10 @@ class ModelStore:
                     )
                 old = await pipe.zrange(keys.versions, 0, -1)
                 pipe.multi()
-                pipe.hset(keys.version(version), mapping={"blob": blob, "tag": self.signer.sign(blob), "meta": json.dumps(meta)})
+                pipe.hset(
+                    keys.version(version),
+                    mapping={"blob": blob, "tag": self.signer.sign(blob), "meta": json.dumps(meta)},
+                )
                 pipe.set(keys.current_version, version)
                 pipe.zadd(keys.versions, {str(version): version})
                 if offsets:

@@ -39,7 +39,9 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
         stream_wait_empty=False,
         producer_acks=-1,
     )
-    events_topic = app.topic(settings.topic_events, key_type=bytes, value_type=bytes, partitions=settings.topic_partitions)
+    events_topic = app.topic(
+        settings.topic_events, key_type=bytes, value_type=bytes, partitions=settings.topic_partitions
+    )
     rejected_topic = app.topic(settings.topic_rejected, key_type=bytes, value_type=bytes, partitions=1)
 
     redis = components.redis_client(settings)
@@ -78,7 +80,11 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
                 for event in batch:
                     event.message.incref()  # released by processor.checkpoint()
                     message = event.message
-                    records.append(Record(message.topic, message.partition, message.offset, message.key, message.value, handle=event))
+                    records.append(
+                        Record(
+                            message.topic, message.partition, message.offset, message.key, message.value, handle=event
+                        )
+                    )
                 await processor.process(records)
                 if processor.checkpoint_due():
                     await _checkpoint_quietly(processor)

@@ -217,7 +217,10 @@ class EventProcessor:
             except Exception:
                 metrics.CHECKPOINTS.labels("failed").inc()
                 # Keep the records: they stay unacknowledged and are covered by the next try.
-                merged = Pending(records=pending.records + self._pending.records, learned_since=pending.learned_since + self._pending.learned_since)
+                merged = Pending(
+                    records=pending.records + self._pending.records,
+                    learned_since=pending.learned_since + self._pending.learned_since,
+                )
                 for source in (pending.seen, self._pending.seen):
                     for user, items in source.items():
                         merged.seen[user] |= items
@@ -237,7 +240,13 @@ class EventProcessor:
             metrics.MODEL_VERSION.labels("worker").set(version)
             metrics.PROGRESSIVE_AUC.set(learner.metrics.auc)
             metrics.PROGRESSIVE_LOGLOSS.set(learner.metrics.logloss)
-            log.debug("checkpoint v%d: %d events learned, %d bytes, %.1f ms", version, learner.events_learned, len(blob), elapsed * 1e3)
+            log.debug(
+                "checkpoint v%d: %d events learned, %d bytes, %.1f ms",
+                version,
+                learner.events_learned,
+                len(blob),
+                elapsed * 1e3,
+            )
             return version
 
 

@@ -39,7 +39,9 @@ def read_topic(broker_url: str, topic: str, expected: int, timeout: float = 30.0
     """Read a topic from the beginning until ``expected`` messages arrived or the deadline passed."""
 
     async def run() -> list[bytes]:
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap(broker_url), auto_offset_reset="earliest", enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=bootstrap(broker_url), auto_offset_reset="earliest", enable_auto_commit=False
+        )
         await consumer.start()
         values: list[bytes] = []
         try:

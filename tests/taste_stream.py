@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 GROUP_A = [f"a{i:02d}" for i in range(20)]
 GROUP_B = [f"b{i:02d}" for i in range(20)]
 
 
-def taste_events(seed: int = 0, users_per_group: int = 60, likes: int = 14, skips: int = 3, prefix: str = "") -> list[dict]:
+def taste_events(
+    seed: int = 0, users_per_group: int = 60, likes: int = 14, skips: int = 3, prefix: str = ""
+) -> list[dict]:
     """Users of group A like A items and skip B items; group B the other way round. Shuffled."""
     rnd = random.Random(seed)
-    start = datetime(2026, 11, 22, 10, 0, tzinfo=timezone.utc)
+    start = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
     events = []
     for group, own, other in (("A", GROUP_A, GROUP_B), ("B", GROUP_B, GROUP_A)):
         for u in range(users_per_group):

@@ -82,7 +82,17 @@ def test_oversized_body_is_refused(stack: Stack) -> None:
         ({"colour": "red"}, "colour", "Extra inputs"),
         ({"item_id": None}, "item_id", "valid string"),
     ],
-    ids=["unknown-type", "wrong-type", "oversized-field", "naive-ts", "string-number", "negative", "big-context", "unknown-field", "null-id"],
+    ids=[
+        "unknown-type",
+        "wrong-type",
+        "oversized-field",
+        "naive-ts",
+        "string-number",
+        "negative",
+        "big-context",
+        "unknown-field",
+        "null-id",
+    ],
 )
 def test_invalid_event_names_its_field(stack: Stack, change: dict, field: str, says: str) -> None:
     bad = {**GOOD, **change}
@@ -100,7 +110,9 @@ def test_missing_field_is_named(stack: Stack) -> None:
 
 
 def test_mixed_batch_accepts_the_valid_events_and_explains_the_rest(stack: Stack) -> None:
-    response = stack.client.post("/v1/events", json=[{**GOOD, "event_id": "m1"}, {**GOOD, "event_id": "m2", "type": "nope"}])
+    response = stack.client.post(
+        "/v1/events", json=[{**GOOD, "event_id": "m1"}, {**GOOD, "event_id": "m2", "type": "nope"}]
+    )
     assert response.status_code == 202
     body = response.json()
     assert (body["accepted"], body["rejected"]) == (1, 1)
@@ -127,7 +139,9 @@ def test_malformed_kafka_messages_are_dead_lettered_and_the_worker_goes_on(stack
             (b"u9", json.dumps({**GOOD, "event_id": "k2", "user_id": "u9"}).encode()),
         ],
     )
-    rejected = [json.loads(v) for v in read_topic(env["RECSTREAM_BROKER_URL"], env["RECSTREAM_TOPIC_REJECTED"], 3, timeout=60)]
+    rejected = [
+        json.loads(v) for v in read_topic(env["RECSTREAM_BROKER_URL"], env["RECSTREAM_TOPIC_REJECTED"], 3, timeout=60)
+    ]
     assert len(rejected) == 3
     reasons = [r["reason"] for r in rejected]
     assert reasons[0].startswith("malformed JSON")

@@ -34,7 +34,11 @@ def test_published_events_change_recommendations(
     # The crowd arrives straight through Kafka, as an app backend producing directly would.
     crowd = taste_events(seed=3)
     produce_events(service_env["RECSTREAM_BROKER_URL"], service_env["RECSTREAM_TOPIC_EVENTS"], crowd)
-    wait_for(lambda: checkpoints.learned() == len(crowd), 90, f"the worker to learn {len(crowd)} events (log: {worker.log_path})")
+    wait_for(
+        lambda: checkpoints.learned() == len(crowd),
+        90,
+        f"the worker to learn {len(crowd)} events (log: {worker.log_path})",
+    )
     version_before = checkpoints.version()
     assert version_before is not None
 

@@ -17,8 +17,7 @@ from recstream import local_services as ls
 pytestmark = pytest.mark.timeout(180)
 
 KAFKA_SKIP_REASON = (
-    f"Kafka jars not fetched (run scripts/fetch-kafka.sh) or java missing; "
-    f"looked in {ls.kafka_libs_dir()}"
+    f"Kafka jars not fetched (run scripts/fetch-kafka.sh) or java missing; looked in {ls.kafka_libs_dir()}"
 )
 
 
@@ -62,9 +61,7 @@ def test_redis_starts_answers_ping_and_stops(cleanup: list[ls.LocalService]) -> 
     redis.kill()  # idempotent, harmless after stop
 
 
-def test_redis_password_and_aof_survive_crash(
-    tmp_path: Path, cleanup: list[ls.LocalService]
-) -> None:
+def test_redis_password_and_aof_survive_crash(tmp_path: Path, cleanup: list[ls.LocalService]) -> None:
     redis_py = pytest.importorskip("redis")
     first = ls.start_redis(tmp_path, appendonly=True, password="s3cret")
     cleanup.append(first)
@@ -105,9 +102,7 @@ def test_start_failure_raises_with_log_tail() -> None:
             ls.start_redis(port=port, timeout=10)
 
 
-def test_kafka_without_jars_names_the_fetch_script(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_kafka_without_jars_names_the_fetch_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RECSTREAM_KAFKA_HOME", str(tmp_path / "nowhere"))
     assert ls.kafka_libs_dir() == tmp_path / "nowhere" / "libs"
     assert not ls.java_kafka_available()
@@ -152,9 +147,7 @@ async def _roundtrip(bootstrap: str) -> tuple[bytes, bytes]:
     [
         pytest.param(
             "kafka",
-            marks=pytest.mark.skipif(
-                not ls.java_kafka_available(), reason=KAFKA_SKIP_REASON
-            ),
+            marks=pytest.mark.skipif(not ls.java_kafka_available(), reason=KAFKA_SKIP_REASON),
         ),
         "tansu",
     ],
@@ -178,9 +171,7 @@ def test_broker_roundtrip(kind: str, cleanup: list[ls.LocalService]) -> None:
 
 
 @pytest.mark.skipif(not ls.java_kafka_available(), reason=KAFKA_SKIP_REASON)
-def test_kafka_restart_keeps_data(
-    tmp_path: Path, cleanup: list[ls.LocalService]
-) -> None:
+def test_kafka_restart_keeps_data(tmp_path: Path, cleanup: list[ls.LocalService]) -> None:
     """A broker restarted on the same workdir (new ports) still has its messages."""
     aiokafka = pytest.importorskip("aiokafka")
 
@@ -193,9 +184,7 @@ def test_kafka_restart_keeps_data(
             await producer.stop()
 
     async def read_first(bootstrap: str) -> bytes:
-        consumer = aiokafka.AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, auto_offset_reset="earliest"
-        )
+        consumer = aiokafka.AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
         await consumer.start()
         try:
             tp = aiokafka.TopicPartition("durable", 0)

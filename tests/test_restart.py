@@ -80,7 +80,11 @@ def test_restart_mid_stream_learns_every_event_exactly_once(
         processes.append(restarted)
         publisher.join(60)
         assert published.is_set()
-        wait_for(lambda: checkpoints.learned() >= TOTAL, 120, f"the restarted worker to reach {TOTAL} (log: {restarted.log_path})")
+        wait_for(
+            lambda: checkpoints.learned() >= TOTAL,
+            120,
+            f"the restarted worker to reach {TOTAL} (log: {restarted.log_path})",
+        )
         # Stop gracefully and read the final count: it must be exact, not just "at least".
         restarted.process.send_signal(signal.SIGTERM)
         restarted.process.wait(30)

@@ -24,12 +24,20 @@ def _metric(text: str, name: str, labels: str) -> float:
 
 def _events(prefix: str, n: int) -> list[dict]:
     return [
-        {"event_id": f"{prefix}{i}", "user_id": f"u{i % 5}", "item_id": f"v{i % 11}", "type": "like", "ts": "2026-11-22T10:00:00Z"}
+        {
+            "event_id": f"{prefix}{i}",
+            "user_id": f"u{i % 5}",
+            "item_id": f"v{i % 11}",
+            "type": "like",
+            "ts": "2026-11-22T10:00:00Z",
+        }
         for i in range(n)
     ]
 
 
-def test_tampered_snapshot_is_refused_by_worker_and_api(service_env: dict[str, str], processes: list[local_services.LocalService]) -> None:
+def test_tampered_snapshot_is_refused_by_worker_and_api(
+    service_env: dict[str, str], processes: list[local_services.LocalService]
+) -> None:
     env = {**service_env, "RECSTREAM_WORKER_METRICS_PORT": str(local_services.free_port())}
     broker, topic = env["RECSTREAM_BROKER_URL"], env["RECSTREAM_TOPIC_EVENTS"]
     checkpoints = CheckpointReader(env["RECSTREAM_REDIS_URL"], env["RECSTREAM_REDIS_PREFIX"])
@@ -45,7 +53,11 @@ def test_tampered_snapshot_is_refused_by_worker_and_api(service_env: dict[str, s
         produce_events(broker, topic, _events("a", 50))
         wait_for(lambda: checkpoints.learned() == 50, 60, "the first 50 events to be learned")
         good = checkpoints.version()
-        wait_for(lambda: client.get("/v1/users/u1/recommendations").json().get("model_version") == good, 10, "the API to load the good version")
+        wait_for(
+            lambda: client.get("/v1/users/u1/recommendations").json().get("model_version") == good,
+            10,
+            "the API to load the good version",
+        )
         worker.process.terminate()
         worker.process.wait(30)
         good = checkpoints.version()
@@ -61,7 +73,11 @@ def test_tampered_snapshot_is_refused_by_worker_and_api(service_env: dict[str, s
         r.publish(keys.announce_channel, str(forged))
 
         # The API refuses it, says so in its metrics, and keeps serving the last good model.
-        wait_for(lambda: _metric(client.get("/metrics").text, "recstream_snapshots_refused_total", 'component="api"') >= 1, 10, "the API to refuse the forged version")
+        wait_for(
+            lambda: _metric(client.get("/metrics").text, "recstream_snapshots_refused_total", 'component="api"') >= 1,
+            10,
+            "the API to refuse the forged version",
+        )
         served = client.get("/v1/users/u1/recommendations").json()
         assert served["model_version"] == good
 
@@ -70,7 +86,9 @@ def test_tampered_snapshot_is_refused_by_worker_and_api(service_env: dict[str, s
         processes.append(restarted)
         metrics_url = f"http://127.0.0.1:{env['RECSTREAM_WORKER_METRICS_PORT']}/metrics"
         wait_for(
-            lambda: _metric(httpx.get(metrics_url).text, "recstream_snapshots_refused_total", 'component="worker"') >= 1,
+            lambda: (
+                _metric(httpx.get(metrics_url).text, "recstream_snapshots_refused_total", 'component="worker"') >= 1
+            ),
             60,
             "the worker to refuse the forged version",
         )
@@ -80,7 +98,11 @@ def test_tampered_snapshot_is_refused_by_worker_and_api(service_env: dict[str, s
         produce_events(broker, topic, _events("b", 10))
         # It does not learn or overwrite: the forged version stays current and nothing new is written
         # (checked after the worker has had several checkpoint intervals to misbehave).
-        wait_for(lambda: log_text.count("failed HMAC") < restarted.log_path.read_text().count("failed HMAC"), 20, "a second refusal (retry)")
+        wait_for(
+            lambda: log_text.count("failed HMAC") < restarted.log_path.read_text().count("failed HMAC"),
+            20,
+            "a second refusal (retry)",
+        )
         assert checkpoints.version() == forged
         assert json.loads(r.hget(keys.version(forged), "meta"))["events_learned"] == 50
         assert r.hget(keys.version(forged), "blob") == bytes(blob)

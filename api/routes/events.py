@@ -45,7 +45,12 @@ def _problem(status: int, detail: str, headers: dict[str, str] | None = None, **
             "required": True,
             "content": {
                 "application/json": {
-                    "schema": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH, "items": {"$ref": "#/components/schemas/Event"}}
+                    "schema": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": MAX_BATCH,
+                        "items": {"$ref": "#/components/schemas/Event"},
+                    }
                 }
             },
         }
@@ -54,7 +59,9 @@ def _problem(status: int, detail: str, headers: dict[str, str] | None = None, **
         400: {"description": "The body is not valid JSON."},
         413: {"description": "The body is larger than RECSTREAM_MAX_BODY_BYTES."},
         422: {"description": "Not a list of 1-1000 events, or no event in it is valid (each error names its field)."},
-        503: {"description": "The broker did not take the batch; nothing was accepted. Retry after `Retry-After` seconds."},
+        503: {
+            "description": "The broker did not take the batch; nothing was accepted. Retry after `Retry-After` seconds."
+        },
     },
 )
 async def ingest_events(request: Request, state: Annotated[ApiState, Depends(get_state)]) -> Any:
@@ -85,11 +92,19 @@ async def ingest_events(request: Request, state: Annotated[ApiState, Depends(get
             valid.append(Event.model_validate(raw))
         except ValidationError as exc:
             event_id = raw.get("event_id") if isinstance(raw, dict) and isinstance(raw.get("event_id"), str) else None
-            errors.append(EventError(index=index, event_id=event_id[:128] if event_id else None, errors=describe_errors(exc)))
+            errors.append(
+                EventError(index=index, event_id=event_id[:128] if event_id else None, errors=describe_errors(exc))
+            )
     if errors:
         metrics.EVENTS_REJECTED.labels("ingest").inc(len(errors))
     if not valid:
-        return _problem(422, f"none of the {len(payload)} events is valid", errors=[e.model_dump() for e in errors], accepted=0, rejected=len(errors))
+        return _problem(
+            422,
+            f"none of the {len(payload)} events is valid",
+            errors=[e.model_dump() for e in errors],
+            accepted=0,
+            rejected=len(errors),
+        )
 
     records = [(event.user_id.encode(), event.model_dump_json().encode()) for event in valid]
     try:
@@ -97,6 +112,10 @@ async def ingest_events(request: Request, state: Annotated[ApiState, Depends(get
     except BrokerUnavailable as exc:
         metrics.INGEST_UNAVAILABLE.inc()
         retry = str(state.settings.retry_after_seconds)
-        return _problem(503, f"the event broker did not take the batch ({exc}); nothing was accepted, retry later", headers={"Retry-After": retry})
+        return _problem(
+            503,
+            f"the event broker did not take the batch ({exc}); nothing was accepted, retry later",
+            headers={"Retry-After": retry},
+        )
     metrics.EVENTS_INGESTED.inc(len(valid))
     return IngestResult(accepted=len(valid), rejected=len(errors), errors=errors)

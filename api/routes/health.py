@@ -33,7 +33,9 @@ async def readyz(state: Annotated[ApiState, Depends(get_state)]) -> Any:
         "model": f"v{model.version}" if model else "none loaded",
     }
     ready = redis_ok and broker_ok and model is not None
-    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)
+    return JSONResponse(
+        {"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503
+    )
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -19,13 +19,18 @@ UserId = Annotated[str, Path(min_length=1, max_length=128, pattern=ID_PATTERN, d
 
 class ScoredItem(BaseModel):
     item_id: str
-    score: float = Field(description="Probability of a like (model) or share of positive events (popular).")
+    score: float = Field(
+        description="Model ranking score, higher is better (source=model), "
+        "or the item's share of positive events (source=popular)."
+    )
 
 
 class RecommendationList(BaseModel):
     user_id: str
     model_version: int
-    source: str = Field(description='"model": personalised; "popular": the user is unknown to the model, so popular items.')
+    source: str = Field(
+        description='"model": personalised; "popular": the user is unknown to the model, so popular items.'
+    )
     items: list[ScoredItem]
 
 
@@ -37,7 +42,10 @@ class ScoreRequest(BaseModel):
 class ScoreResult(BaseModel):
     user_id: str
     model_version: int
-    scores: list[float | None] = Field(description="One per requested item, in order; null for items the model has never seen.")
+    scores: list[float | None] = Field(
+        description="Probability-like score of a like, one per requested item in order; "
+        "null for items the model has never seen."
+    )
 
 
 def _model(state: ApiState) -> ServingModel:
@@ -45,17 +53,25 @@ def _model(state: ApiState) -> ServingModel:
     if model is None:
         raise HTTPException(
             status_code=503,
-            detail="no model is loaded yet: the worker has not written its first checkpoint (publish events, then retry)",
+            detail="no model is loaded yet: the worker has not written its first checkpoint "
+            "(publish events, then retry)",
             headers={"Retry-After": str(state.settings.retry_after_seconds)},
         )
     return model
 
 
-@router.get("/v1/users/{user_id}/recommendations", response_model=RecommendationList, responses={503: {"description": "No model yet."}})
+@router.get(
+    "/v1/users/{user_id}/recommendations",
+    response_model=RecommendationList,
+    responses={503: {"description": "No model yet."}},
+)
 async def recommendations(
     user_id: UserId,
     state: Annotated[ApiState, Depends(get_state)],
-    k: Annotated[int | None, Query(ge=1, le=1000, description="How many items (default RECSTREAM_K_DEFAULT, at most RECSTREAM_K_MAX).")] = None,
+    k: Annotated[
+        int | None,
+        Query(ge=1, le=1000, description="How many items (default RECSTREAM_K_DEFAULT, at most RECSTREAM_K_MAX)."),
+    ] = None,
 ) -> Any:
     settings = state.settings
     k = settings.k_default if k is None else k
@@ -64,7 +80,7 @@ async def recommendations(
     model = _model(state)
     try:
         seen = await state.store.seen(user_id)
-    except Exception as exc:  # noqa: BLE001 - without the seen set we could recommend watched items
+    except Exception as exc:
         raise HTTPException(status_code=503, detail=f"cannot read the user's history from Redis: {exc}") from exc
     rec = model.recommend(user_id, k, exclude=seen)
     metrics.RECOMMENDATIONS_SERVED.labels(rec.source).inc()
@@ -79,4 +95,6 @@ async def recommendations(
 @router.post("/v1/scores", response_model=ScoreResult, responses={503: {"description": "No model yet."}})
 async def scores(request: ScoreRequest, state: Annotated[ApiState, Depends(get_state)]) -> Any:
     model = _model(state)
-    return ScoreResult(user_id=request.user_id, model_version=model.version, scores=model.score(request.user_id, request.item_ids))
+    return ScoreResult(
+        user_id=request.user_id, model_version=model.version, scores=model.score(request.user_id, request.item_ids)
+    )
