@@ -25,6 +25,7 @@ True
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -129,6 +130,8 @@ class ImplicitMF:
                 "negatives": self.negatives,
                 "init_scale": self.init_scale,
                 "seed": self.seed,
+                # The sampler's position, so a restored model samples the same negatives next.
+                "rng_state": json.dumps(self._rng.bit_generator.state),
             },
             ids={"users": self.users.ids, "items": self.items.ids},
             arrays={
@@ -151,6 +154,8 @@ class ImplicitMF:
             init_scale=float(p["init_scale"]),
             seed=int(p["seed"]),
         )
+        if "rng_state" in p:
+            model._rng.bit_generator.state = json.loads(str(p["rng_state"]))
         model.users = IdIndex(state.ids["users"])
         model.items = IdIndex(state.ids["items"])
         uf = state.arrays["user_factors"].astype(FLOAT)

@@ -65,6 +65,11 @@ class OnlineLearner:
         self.events_learned += 1
         return prediction
 
+    def describe_model(self) -> dict[str, Any]:
+        """The model's kind and hyper-parameters, for version metadata."""
+        params = self.model.to_state().params
+        return {"kind": self.model.kind, **{k: v for k, v in params.items() if k != "rng_state"}}
+
     # -- state -------------------------------------------------------------------------
 
     def to_bytes(self, extra: dict[str, Any] | None = None) -> bytes:

@@ -47,9 +47,8 @@ class Settings(BaseSettings):
         500, ge=1, le=100_000, description="Largest batch the worker takes from the stream at once."
     )
     model_retention: int = Field(5, ge=1, description="Model versions kept in Redis (older ones are deleted).")
-    worker_metrics_port: int = Field(
-        0, ge=0, le=65535, description="Port of the worker's Prometheus endpoint on 127.0.0.1 (0: off)."
-    )
+    worker_metrics_port: int = Field(0, ge=0, le=65535, description="Port of the worker's Prometheus endpoint (0: off).")
+    worker_metrics_host: str = Field("127.0.0.1", description="Address the worker's Prometheus endpoint binds.")
     broker_session_timeout: float = Field(10.0, gt=0, description="Kafka consumer session timeout in seconds.")
 
     # Model and target variable

@@ -125,7 +125,7 @@ def run_worker(settings: Settings) -> None:
     asyncio.set_event_loop(loop)
     loop.run_until_complete(ensure_topics(settings))
     if settings.worker_metrics_port:
-        start_http_server(settings.worker_metrics_port, addr="127.0.0.1")
+        start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host)
     app, _ = create_app(settings)
     worker = faust.Worker(app, loglevel="INFO", redirect_stdouts=False)
     worker.execute_from_commandline()

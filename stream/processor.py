@@ -209,7 +209,7 @@ class EventProcessor:
                 "events_rejected": self.rejected_total,
                 "progressive_auc": _finite_or_none(learner.metrics.auc),
                 "progressive_logloss": _finite_or_none(learner.metrics.logloss),
-                "model": {"kind": learner.model.kind, **learner.model.to_state().params},
+                "model": learner.describe_model(),
             }
             try:
                 await self._flush()  # dead letters must be in Kafka before their offsets are acked

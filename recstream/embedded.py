@@ -1,0 +1,88 @@
+"""``recstream up``: the whole service on this machine, no Docker.
+
+Starts a local Redis and a Kafka-protocol broker (genuine Apache Kafka when Java and the
+jars from ``scripts/fetch-kafka.sh`` are there, else Tansu), creates the topics, then the
+worker and the API as child processes, and optionally demo traffic. Ctrl-C (or SIGTERM)
+stops every process it started, by PID, the worker first so it checkpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from recstream import local_services
+from recstream.settings import Settings
+
+
+def run_embedded(demo: bool = False, api_port: int = 8000, broker: str = "auto", state_dir: Path | None = None) -> int:
+    state_dir = (state_dir or Path(".recstream")).resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    started: list[local_services.LocalService] = []
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        print(f"recstream up: starting a local broker ({broker}) …", flush=True)
+        kafka = local_services.start_broker(broker, workdir=state_dir / "broker")
+        started.append(kafka)
+        # Kafka keeps its log in state_dir, so Redis keeps its state there too (AOF) and a second
+        # `recstream up` continues where the first stopped. Tansu here keeps its log in memory
+        # only, so Redis must start empty as well: stored offsets would point past a fresh log.
+        durable = kafka.name == "kafka"
+        print(f"recstream up: starting Redis ({'persistent' if durable else 'in-memory, like the broker'}) …", flush=True)
+        redis = local_services.start_redis(workdir=state_dir / "redis" if durable else None, appendonly=durable)
+        started.append(redis)
+        env = {
+            "RECSTREAM_BROKER_URL": kafka.url,
+            "RECSTREAM_REDIS_URL": redis.url,
+            "RECSTREAM_API_PORT": str(api_port),
+        }
+        os.environ.update(env)
+        settings = Settings()
+        from stream.topics import ensure_topics
+
+        asyncio.run(ensure_topics(settings))
+        worker = local_services.start_worker(env, workdir=state_dir / "worker")
+        started.append(worker)
+        api = local_services.start_api(env, port=api_port, workdir=state_dir / "api")
+        started.append(api)
+        print(
+            f"""
+recstream is up ({kafka.name} broker at {kafka.address}, Redis at {redis.address}).
+  API docs         {api.url}/docs
+  recommendations  curl '{api.url}/v1/users/user-0000/recommendations?k=5'
+  publish          curl -X POST {api.url}/v1/events -H 'content-type: application/json' \\
+                     -d '[{{"event_id":"e1","user_id":"me","item_id":"pets-001","type":"like","ts":"2026-11-22T10:00:00Z"}}]'
+  metrics          {api.url}/metrics
+  logs             {state_dir}/{{worker,api,broker,redis}}/*.log
+Ctrl-C stops everything.
+""",
+            flush=True,
+        )
+        if demo:
+            from recstream.demo import run_demo
+
+            demo_thread = threading.Thread(target=run_demo, args=(api.url,), kwargs={"rate": 50.0, "stop": stop}, daemon=True)
+            demo_thread.start()
+        while not stop.is_set():
+            for service in started:
+                if not service.is_running():
+                    print(f"recstream up: {service.name} exited; log tail:\n{service.log_tail()}", file=sys.stderr)
+                    return 1
+            stop.wait(1.0)
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop.set()
+        print("recstream up: stopping …", flush=True)
+        for service in reversed(started):  # API, worker (checkpoints on SIGTERM), broker, Redis
+            service.stop(timeout=30)

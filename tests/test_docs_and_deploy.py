@@ -1,0 +1,64 @@
+"""The README's settings table and compose.yaml agree with the code."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from recstream.settings import Settings
+from recstream.settings_table import markdown_table
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_readme_settings_table_is_generated_from_the_settings_class() -> None:
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- settings-table:start -->")[1].split("<!-- settings-table:end -->")[0].strip()
+    assert block == markdown_table(), "run `python -m recstream.settings_table` and paste the table into README.md"
+
+
+def test_readme_opens_with_the_two_commands_and_they_exist() -> None:
+    readme = (ROOT / "README.md").read_text()
+    commands = re.findall(r"```bash\n(.+?)\n```", readme)[:2]
+    assert commands == ["scripts/up.sh", "scripts/test.sh"]
+    for command in commands:
+        path = ROOT / command
+        assert path.is_file() and path.stat().st_mode & 0o111, f"{command} must exist and be executable"
+
+
+def test_compose_runs_the_stack_with_settings_the_code_knows() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = compose["services"]
+    assert {"kafka", "redis", "worker", "api", "prometheus"} <= set(services)
+    assert services["kafka"]["image"].startswith("apache/kafka:")
+    assert "broker,controller" in services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"]
+    assert "--appendonly" in services["redis"]["command"] and "yes" in services["redis"]["command"]
+    known = {f"RECSTREAM_{name.upper()}" for name in Settings.model_fields}
+    for name in ("worker", "api"):
+        env = services[name]["environment"]
+        unknown = {key for key in env if key.startswith("RECSTREAM_")} - known
+        assert not unknown, f"{name} sets variables the settings do not read: {unknown}"
+        assert env["RECSTREAM_BROKER_URL"] == "kafka://kafka:9092"
+        assert env["RECSTREAM_REDIS_URL"].startswith("redis://redis:6379")
+        assert "RECSTREAM_HMAC_KEY" in env
+    assert services["worker"]["command"] == ["recstream", "worker"]
+    api_command = services["api"]["command"]
+    api_port = api_command[api_command.index("--port") + 1]
+    assert any(mapping.endswith(f":{api_port}") for mapping in services["api"]["ports"])
+    # Prometheus scrapes exactly where the API and the worker export metrics.
+    prometheus = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in prometheus["scrape_configs"]}
+    assert targets["recstream-api"] == [f"api:{api_port}"]
+    worker_env = services["worker"]["environment"]
+    assert targets["recstream-worker"] == [f"worker:{worker_env['RECSTREAM_WORKER_METRICS_PORT']}"]
+    assert worker_env["RECSTREAM_WORKER_METRICS_HOST"] == "0.0.0.0"
+    volume = services["prometheus"]["volumes"][0].split(":")[0]
+    assert (ROOT / volume).is_file()
+
+
+def test_dockerfile_installs_every_package() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for package in ("recstream", "stream", "learner", "store", "api"):
+        assert f"COPY {package} ./{package}" in dockerfile

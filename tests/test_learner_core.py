@@ -1,0 +1,110 @@
+"""The worker's learner and the API's serving view, on plain data (no broker, no Redis)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from learner import codec
+from learner.implicit_mf import ImplicitMF
+from learner.online_learner import OnlineLearner
+from learner.ranking import top_k
+from learner.serving import ServingModel
+from learner.target import TargetRule
+from tests.taste_stream import GROUP_A, GROUP_B, taste_events
+
+
+def _learned(events: list[dict], learner: OnlineLearner | None = None) -> OnlineLearner:
+    learner = learner or OnlineLearner()
+    for e in events:
+        learner.learn(e["user_id"], e["item_id"], e["type"], e.get("watch_seconds"), e.get("item_duration_seconds"))
+    return learner
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_new_user_gets_the_taste_of_similar_users(seed: int) -> None:
+    learner = _learned(taste_events(seed=seed))
+    for item in GROUP_A[:3]:
+        learner.learn("target", item, "like", None, None)
+    view = ServingModel.from_bytes(learner.to_bytes(), version=1)
+    rec = view.recommend("target", k=10, exclude=set(GROUP_A[:3]))
+    assert rec.source == "model"
+    assert sum(item in GROUP_A for item, _ in rec.items) >= 7, rec.items
+    scores = view.score("target", GROUP_A[3:] + GROUP_B)
+    assert np.mean(scores[:17]) > np.mean(scores[17:])
+
+
+def test_predictions_are_made_before_learning_and_only_for_labelled_events() -> None:
+    learner = OnlineLearner()
+    assert learner.learn("u", "v", "like", None, None) == pytest.approx(0.5)  # nothing known yet
+    assert learner.learn("u", "w", "view", 20.0, 30.0) is None  # a long view has no label
+    assert learner.learn("u", "x", "view", 2.0, 30.0) is not None  # a short view is a negative
+    assert (learner.events_learned, learner.events_labelled, learner.metrics.count) == (3, 2, 2)
+    second = learner.learn("u", "v", "like", None, None)
+    assert second is not None and second > 0.5  # it learned from the first like
+
+
+def test_target_rule_is_configurable() -> None:
+    rule = TargetRule(positive_types=frozenset({"share"}), negative_types=frozenset(), short_watch_fraction=0.5)
+    assert rule.label("like", None, None) is None
+    assert rule.label("share", None, None) == 1.0
+    assert rule.label("view", 10.0, 30.0) == 0.0
+    assert rule.label("skip", None, None) is None
+
+
+def test_snapshot_round_trip_keeps_predictions_and_counts() -> None:
+    learner = _learned(taste_events(seed=1, users_per_group=10))
+    clone = OnlineLearner.from_bytes(learner.to_bytes())
+    assert clone.events_learned == learner.events_learned
+    for user, item in [("A000", "a01"), ("B003", "a05"), ("A001", "b07")]:
+        assert clone.model.predict_one(user, item) == pytest.approx(learner.model.predict_one(user, item))
+    assert clone.popularity.ranked_ids(5) == learner.popularity.ranked_ids(5)
+    # The clone keeps learning exactly like the original.
+    learner.learn("A000", "a02", "like", None, None)
+    clone.learn("A000", "a02", "like", None, None)
+    assert clone.model.predict_one("A000", "a02") == pytest.approx(learner.model.predict_one("A000", "a02"))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda b: b[:-3],
+        lambda b: b"XXXX" + b[4:],
+        lambda b: b + b"\x00",
+        lambda b: b.replace(b'"<f4"', b'"|O"', 1),
+    ],
+    ids=["truncated", "bad-magic", "trailing", "object-dtype"],
+)
+def test_codec_refuses_damaged_snapshots(damage) -> None:  # noqa: ANN001
+    blob = OnlineLearner().to_bytes()
+    with pytest.raises(codec.CodecError):
+        codec.decode(damage(blob))
+
+
+def test_top_k_excludes_and_orders() -> None:
+    scores = np.array([0.3, 0.9, 0.1, 0.8, 0.5])
+    assert [row for row, _ in top_k(scores, 3, exclude=[1])] == [3, 4, 0]
+    assert [row for row, _ in top_k(scores, 10, exclude=[0, 1, 2])] == [3, 4]
+    assert top_k(scores, 3, exclude=range(5)) == []
+
+
+def test_seen_items_are_never_recommended_and_strangers_get_popular_items() -> None:
+    learner = OnlineLearner(model=ImplicitMF(seed=3))
+    for user, item in [("u1", "a"), ("u1", "b"), ("u2", "a"), ("u3", "a"), ("u3", "c")]:
+        learner.learn(user, item, "like", None, None)
+    view = ServingModel.from_bytes(learner.to_bytes(), version=7)
+    rec = view.recommend("u1", k=10, exclude={"a", "b"})
+    assert [item for item, _ in rec.items] == ["c"]
+    stranger = view.recommend("nobody", k=2, exclude=set())
+    assert stranger.source == "popular"
+    assert [item for item, _ in stranger.items] == ["a", "b"]  # a: 3 likes; b, c: 1 (first seen first)
+
+
+def test_a_new_item_can_be_recommended_once_liked() -> None:
+    learner = _learned(taste_events(seed=2, users_per_group=20))
+    for user in ("A000", "A001", "A002"):
+        learner.learn(user, "brand-new", "like", None, None)
+    view = ServingModel.from_bytes(learner.to_bytes(), version=1)
+    assert "brand-new" in view.model.items
+    ranked = [item for item, _ in view.recommend("A003", k=len(view.model.items), exclude=set()).items]
+    assert "brand-new" in ranked
