@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import ApiState
 from api.model_holder import ModelHolder
@@ -17,6 +18,32 @@ from api.routes import events, health, recommendations
 from recstream import components, metrics
 from recstream.events import Event
 from recstream.settings import Settings
+
+
+class LatencyMiddleware:
+    """Records request latency by route template, method and status (plain ASGI: no per-request task)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            metrics.REQUEST_SECONDS.labels(route, scope["method"], str(status)).observe(time.perf_counter() - started)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -53,16 +80,7 @@ def create_app(settings: Settings) -> FastAPI:
         summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         return JSONResponse({"detail": f"invalid request: {summary}", "errors": errors}, status_code=422)
 
-    @app.middleware("http")
-    async def record_latency(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.REQUEST_SECONDS.labels(path, request.method, str(response.status_code)).observe(
-            time.perf_counter() - started
-        )
-        return response
+    app.add_middleware(LatencyMiddleware)
 
     # Publish the event contract in the OpenAPI document (the ingest body is parsed by hand).
     original_openapi = app.openapi

@@ -22,5 +22,6 @@ class ApiState:
     producer: EventProducer
 
 
-def get_state(request: Request) -> ApiState:
+async def get_state(request: Request) -> ApiState:
+    # async on purpose: FastAPI runs sync dependencies in a thread pool, which costs a thread hop per request.
     return request.app.state.recstream

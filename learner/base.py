@@ -4,6 +4,19 @@
 catalogue from arrays (one vectorised pass, never a per-item Python loop), and
 ``to_state`` / ``from_state`` turn the model into JSON-able parameters plus numpy arrays, so a
 snapshot never needs pickle.
+
+Optional capabilities, looked up with ``getattr`` so older models need none of them:
+
+* ``reward`` (class attribute, default ``"label"``): what ``learn_one``'s ``y`` means. ``"label"``:
+  the target rule's 1.0/0.0, and only labelled events are learned (plain views are not).
+  ``"weight"``: the event's learning weight from :class:`~learner.event_weights.EventWeights`
+  (views included, 0 meaning "register the ids, learn nothing"); every event is passed on.
+* ``advance_clock(ts)``: the stream clock in seconds since the epoch, called before an event is
+  learned; time rules (decay) use it, never the wall clock, so a replay of old data behaves
+  like the live stream did.
+* ``personal`` (class attribute, default ``True``): ``False`` for models that rank every user the
+  same (popularity); they ``know`` every user, and a blend does not count them when deciding
+  whether it can personalise.
 """
 
 from __future__ import annotations
@@ -47,3 +60,16 @@ class Recommender(Protocol):
 
     @classmethod
     def from_state(cls, state: ModelState) -> Recommender: ...
+
+
+def reward_of(model: object) -> str:
+    """``"label"`` or ``"weight"``: which signal the model's ``learn_one`` expects (see the module doc)."""
+    reward = getattr(model, "reward", "label")
+    if reward not in ("label", "weight"):
+        raise ValueError(f"model {getattr(model, 'kind', model)!r} declares unknown reward {reward!r}")
+    return reward
+
+
+def is_personal(model: object) -> bool:
+    """Whether the model ranks users differently (popularity does not)."""
+    return bool(getattr(model, "personal", True))

@@ -1,8 +1,11 @@
 """The learner the worker runs: target rule, model, popularity and progressive metrics together.
 
 For each event: label it with the target rule; if it has a label, score it first (progressive
-validation), then learn from it; always count it towards popularity. It does no I/O: the
-worker hands it events and asks for its state as bytes.
+validation); then learn from it; always count it towards popularity. What the model learns
+depends on its ``reward`` (see :mod:`learner.base`): label models learn labelled events only,
+weight models learn every event with its :class:`~learner.event_weights.EventWeights` weight.
+When the event's time is given it moves the stream clock, which time-decayed models follow.
+It does no I/O: the worker hands it events and asks for its state as bytes.
 
 >>> from datetime import datetime, timezone
 >>> learner = OnlineLearner()
@@ -13,6 +16,12 @@ worker hands it events and asks for its state as bytes.
 >>> clone = OnlineLearner.from_bytes(learner.to_bytes())
 >>> clone.events_learned, clone.model.predict_one("u1", "v1") == learner.model.predict_one("u1", "v1")
 (1, True)
+>>> from learner.blend import Blend
+>>> weighted = OnlineLearner(model=Blend())
+>>> weighted.learn("u1", "v1", "view", None, None, ts=1_000.0) is None   # unlabelled, but learned
+True
+>>> weighted.model.knows_user("u1"), weighted.clock
+(True, 1000.0)
 """
 
 from __future__ import annotations
@@ -22,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from learner import codec
-from learner.base import ModelState, Recommender
+from learner.base import ModelState, Recommender, reward_of
+from learner.event_weights import EventWeights
 from learner.implicit_mf import ImplicitMF
 from learner.popularity import Popularity
 from learner.progressive import ProgressiveMetrics
@@ -37,9 +47,12 @@ class OnlineLearner:
         model: Recommender | None = None,
         rule: TargetRule | None = None,
         popularity: Popularity | None = None,
+        weights: EventWeights | None = None,
     ) -> None:
         self.model: Recommender = model or ImplicitMF()
         self.rule = rule or TargetRule()
+        self.weights = weights or EventWeights()
+        self.clock: float | None = None  # the latest event time seen (seconds since the epoch)
         self.popularity = popularity or Popularity()
         self.metrics = ProgressiveMetrics()
         self.events_learned = 0
@@ -52,15 +65,26 @@ class OnlineLearner:
         event_type: str,
         watch_seconds: float | None,
         item_duration_seconds: float | None,
+        ts: float | None = None,
     ) -> float | None:
         """Learn from one event; return the prediction made before learning (None if unlabelled)."""
+        model = self.model
+        if ts is not None:
+            if self.clock is None or ts > self.clock:
+                self.clock = ts
+            advance = getattr(model, "advance_clock", None)
+            if advance is not None:
+                advance(self.clock)
         y = self.rule.label(event_type, watch_seconds, item_duration_seconds)
         prediction = None
         if y is not None:
-            prediction = self.model.predict_one(user, item)
+            prediction = model.predict_one(user, item)
             self.metrics.update(y, prediction)
-            self.model.learn_one(user, item, y)
             self.events_labelled += 1
+        if reward_of(model) == "weight":
+            model.learn_one(user, item, self.weights.weight(event_type, watch_seconds, item_duration_seconds))
+        elif y is not None:
+            model.learn_one(user, item, y)
         self.popularity.learn_one(item, y)
         self.events_learned += 1
         return prediction
@@ -84,19 +108,26 @@ class OnlineLearner:
             "popularity_ids": self.popularity.items.ids,
             "events_learned": self.events_learned,
             "events_labelled": self.events_labelled,
+            "clock": self.clock,
             **(extra or {}),
         }
         arrays = {**state.arrays, "popularity": self.popularity.counts}
         return codec.encode(header, arrays)
 
     @classmethod
-    def from_bytes(cls, blob: bytes, rule: TargetRule | None = None) -> OnlineLearner:
+    def from_bytes(
+        cls, blob: bytes, rule: TargetRule | None = None, weights: EventWeights | None = None
+    ) -> OnlineLearner:
         header, arrays = codec.decode(blob)
-        return cls.from_parts(header, arrays, rule)
+        return cls.from_parts(header, arrays, rule, weights)
 
     @classmethod
     def from_parts(
-        cls, header: dict[str, Any], arrays: dict[str, np.ndarray], rule: TargetRule | None = None
+        cls,
+        header: dict[str, Any],
+        arrays: dict[str, np.ndarray],
+        rule: TargetRule | None = None,
+        weights: EventWeights | None = None,
     ) -> OnlineLearner:
         from learner.registry import model_from_state
 
@@ -111,7 +142,9 @@ class OnlineLearner:
             popularity = Popularity.from_arrays(header["popularity_ids"], arrays["popularity"])
         except KeyError as exc:
             raise codec.CodecError(f"snapshot lacks {exc}") from exc
-        learner = cls(model=model, rule=rule, popularity=popularity)
+        learner = cls(model=model, rule=rule, popularity=popularity, weights=weights)
         learner.events_learned = int(header["events_learned"])
         learner.events_labelled = int(header["events_labelled"])
+        clock = header.get("clock")  # absent from snapshots written before the stream clock existed
+        learner.clock = None if clock is None else float(clock)
         return learner

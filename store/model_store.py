@@ -94,18 +94,15 @@ class ModelStore:
         offsets: Mapping[tuple[str, int], int],
         seen: Mapping[str, set[str]],
     ) -> int:
-        """Write a new version atomically and announce it; return its number."""
-        version = (expected_current or 0) + 1
+        """Write a new version atomically and announce it; return its number.
+
+        The number is one above every retained version (not just above ``current``), so a
+        version is never reused after a rollback.
+        """
         keys = self.keys
-        meta = {
-            **meta,
-            "version": version,
-            "parent": expected_current,
-            "offsets": {offset_field(t, p): o for (t, p), o in offsets.items()},
-        }
         async with self.redis.pipeline(transaction=True) as pipe:
             try:
-                await pipe.watch(keys.current_version)
+                await pipe.watch(keys.current_version, keys.versions)
                 raw = await pipe.get(keys.current_version)
                 current = int(raw) if raw is not None else None
                 if current != expected_current:
@@ -113,7 +110,14 @@ class ModelStore:
                         f"current model version is {current}, this worker expected {expected_current}: "
                         "another worker or an operator changed it"
                     )
-                old = await pipe.zrange(keys.versions, 0, -1)
+                old = [int(v) for v in await pipe.zrange(keys.versions, 0, -1)]
+                version = max([*old, current or 0]) + 1
+                meta = {
+                    **meta,
+                    "version": version,
+                    "parent": expected_current,
+                    "offsets": {offset_field(t, p): o for (t, p), o in offsets.items()},
+                }
                 pipe.multi()
                 pipe.hset(
                     keys.version(version),
@@ -126,7 +130,7 @@ class ModelStore:
                 for user, items in seen.items():
                     if items:
                         pipe.sadd(keys.seen(user), *items)
-                retained = sorted([int(v) for v in old] + [version])
+                retained = sorted([*old, version])
                 for stale in retained[: max(0, len(retained) - self.retention)]:
                     pipe.delete(keys.version(stale))
                     pipe.zrem(keys.versions, str(stale))

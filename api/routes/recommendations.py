@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query
+import orjson
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
 from pydantic import BaseModel, Field
 
 from api.deps import ApiState, get_state
@@ -84,12 +85,14 @@ async def recommendations(
         raise HTTPException(status_code=503, detail=f"cannot read the user's history from Redis: {exc}") from exc
     rec = model.recommend(user_id, k, exclude=seen)
     metrics.RECOMMENDATIONS_SERVED.labels(rec.source).inc()
-    return RecommendationList(
-        user_id=user_id,
-        model_version=model.version,
-        source=rec.source,
-        items=[ScoredItem(item_id=item, score=score) for item, score in rec.items],
-    )
+    # Serialised directly (same shape as RecommendationList): this is the hot path.
+    body = {
+        "user_id": user_id,
+        "model_version": model.version,
+        "source": rec.source,
+        "items": [{"item_id": item, "score": score} for item, score in rec.items],
+    }
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
 @router.post("/v1/scores", response_model=ScoreResult, responses={503: {"description": "No model yet."}})

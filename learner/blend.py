@@ -1,0 +1,160 @@
+"""A weighted blend of recommenders that learn from the same events: one ranking, one snapshot.
+
+Each part's scores are put on a common scale before they are added: ``"max"`` divides by the
+largest score (for non-negative evidence such as co-occurrence and popularity), ``"z"``
+standardises (for factor-model logits), ``"none"`` leaves them. The default blend is the one
+the MovieLens replay chose (see ``docs/model-card.md``): item-to-item co-occurrence, with a
+little time-decayed popularity, which orders the many items co-occurrence knows nothing
+about for this user (new users, new items, thin histories) instead of leaving them tied.
+
+All parts must learn from event weights (``reward = "weight"``) and register every item on
+every event, so their item rows line up and the blend's ``items`` is simply theirs.
+
+>>> m = Blend()
+>>> for user, items in {"ann": "ab", "bob": "ab", "cid": "cd"}.items():
+...     for item in items:
+...         m.learn_one(user, item, 1.0)
+>>> m.learn_one("dan", "c", 1.0)
+>>> m.items.ids[int(np.argmax(m.score_all("dan")))]  # cid took d right after c
+'d'
+>>> m.knows_user("dan"), m.knows_user("eve")
+(True, False)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from learner.base import ModelState, Recommender, is_personal, reward_of
+from learner.id_index import IdIndex
+
+NORMS = ("max", "z", "none")
+
+DEFAULT_PARTS: tuple[dict[str, Any], ...] = (
+    {"kind": "item_cooccurrence", "weight": 1.0, "norm": "max", "params": {}},
+    {"kind": "decayed_popularity", "weight": 0.01, "norm": "max", "params": {"half_life_days": 365.0}},
+)
+
+
+class Blend:
+    """Sum of the parts' normalised scores, weighted; learns by passing every event to every part."""
+
+    kind = "blend"
+    reward = "weight"
+
+    def __init__(self, parts: Sequence[Mapping[str, Any]] | None = None) -> None:
+        from learner.registry import build_model  # the registry imports this module
+
+        specs = [_spec(p) for p in (DEFAULT_PARTS if parts is None else parts)]
+        if not specs:
+            raise ValueError("a blend needs at least one part")
+        self._init_parts(specs, [build_model(s["kind"], **s["params"]) for s in specs])
+
+    def _init_parts(self, specs: list[dict[str, Any]], models: list[Recommender]) -> None:
+        for spec, model in zip(specs, models, strict=True):
+            if reward_of(model) != "weight":
+                raise ValueError(f"blend part {spec['kind']!r} learns from labels; parts must learn from weights")
+        self.specs = specs
+        self.models = models
+        self.items: IdIndex = models[0].items
+        self.personal = any(is_personal(m) for m in models)
+        self._clocked = [m for m in models if hasattr(m, "advance_clock")]
+
+    @property
+    def parts(self) -> list[dict[str, Any]]:
+        """The blend's specification, with each part's current parameters."""
+        return [{**s, "params": m.to_state().params} for s, m in zip(self.specs, self.models, strict=True)]
+
+    # -- River-style interface -------------------------------------------------------
+
+    def advance_clock(self, ts: float) -> None:
+        for model in self._clocked:
+            model.advance_clock(ts)
+
+    def learn_one(self, user: str, item: str, y: float) -> None:
+        for model in self.models:
+            model.learn_one(user, item, y)
+
+    def predict_one(self, user: str, item: str) -> float:
+        """Weighted mean of the parts' probability-like scores."""
+        total = sum(s["weight"] for s in self.specs) or 1.0
+        return sum(s["weight"] * m.predict_one(user, item) for s, m in zip(self.specs, self.models, strict=True)) / total
+
+    def knows_user(self, user: str) -> bool:
+        personal = [m for m in self.models if is_personal(m)]
+        return any(m.knows_user(user) for m in personal) if personal else True
+
+    def score_all(self, user: str) -> np.ndarray:
+        n = len(self.items)
+        total = np.zeros(n, dtype=np.float64)
+        for spec, model in zip(self.specs, self.models, strict=True):
+            scores = np.asarray(model.score_all(user), dtype=np.float64)
+            if scores.shape != (n,):
+                raise RuntimeError(f"blend part {spec['kind']!r} scored {scores.shape[0]} items, expected {n}")
+            total += spec["weight"] * _normalise(scores, spec["norm"])
+        return total
+
+    # -- state ---------------------------------------------------------------------------
+
+    def to_state(self) -> ModelState:
+        ids: dict[str, list[str]] = {}
+        arrays: dict[str, np.ndarray] = {}
+        parts = []
+        for k, (spec, model) in enumerate(zip(self.specs, self.models, strict=True)):
+            state = model.to_state()
+            parts.append({**spec, "params": state.params})
+            ids.update({f"{k}.{name}": v for name, v in state.ids.items()})
+            arrays.update({f"{k}.{name}": v for name, v in state.arrays.items()})
+        return ModelState(kind=self.kind, params={"parts": json.dumps(parts)}, ids=ids, arrays=arrays)
+
+    @classmethod
+    def from_state(cls, state: ModelState) -> Blend:
+        from learner.registry import model_from_state
+
+        if state.kind != cls.kind:
+            raise ValueError(f"state is for model kind {state.kind!r}, not {cls.kind!r}")
+        specs = [_spec(p) for p in json.loads(str(state.params["parts"]))]
+        models = []
+        for k, spec in enumerate(specs):
+            prefix = f"{k}."
+            part = ModelState(
+                kind=spec["kind"],
+                params=spec["params"],
+                ids={n[len(prefix) :]: v for n, v in state.ids.items() if n.startswith(prefix)},
+                arrays={n[len(prefix) :]: v for n, v in state.arrays.items() if n.startswith(prefix)},
+            )
+            models.append(model_from_state(part))
+        if any(m.items.ids != models[0].items.ids for m in models):
+            raise ValueError("blend parts disagree on the item list")
+        blend = cls.__new__(cls)
+        blend._init_parts(specs, models)
+        return blend
+
+
+def _spec(part: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = set(part) - {"kind", "weight", "norm", "params"}
+    if unknown or "kind" not in part:
+        raise ValueError(f"a blend part is {{kind, weight, norm, params}}, got {dict(part)!r}")
+    norm = str(part.get("norm", "max"))
+    if norm not in NORMS:
+        raise ValueError(f"blend norm must be one of {NORMS}, got {norm!r}")
+    return {
+        "kind": str(part["kind"]),
+        "weight": float(part.get("weight", 1.0)),
+        "norm": norm,
+        "params": dict(part.get("params", {})),
+    }
+
+
+def _normalise(scores: np.ndarray, norm: str) -> np.ndarray:
+    if norm == "max":
+        top = float(scores.max()) if scores.size else 0.0
+        return scores / top if top > 0 else scores
+    if norm == "z":
+        std = float(scores.std()) if scores.size else 0.0
+        return (scores - scores.mean()) / std if std > 0 else scores - scores.mean() if scores.size else scores
+    return scores
