@@ -28,7 +28,11 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(redis_endpoint: Endpoint, broker_endpoint: Endpoint) -> Iterator[Stack]:
-    env = {**make_env(redis_endpoint, broker_endpoint), "RECSTREAM_MAX_BODY_BYTES": "200000"}
+    env = {
+        **make_env(redis_endpoint, broker_endpoint),
+        "RECSTREAM_MAX_BODY_BYTES": "200000",
+        "RECSTREAM_WORKER_METRICS_PORT": str(local_services.free_port()),
+    }
     worker = local_services.start_worker(env)
     api = None
     try:
@@ -126,8 +130,25 @@ def test_bad_query_parameters_are_refused(stack: Stack) -> None:
     assert stack.client.get("/v1/users/bad%20id/recommendations").status_code == 422
 
 
+def _worker_metrics(stack: Stack) -> dict[str, float]:
+    text = httpx.get(f"http://127.0.0.1:{stack.env['RECSTREAM_WORKER_METRICS_PORT']}/metrics").text
+    wanted = {
+        "consumed": "recstream_events_consumed_total ",
+        "learned": "recstream_events_learned_total ",
+        "rejected": 'recstream_events_rejected_total{stage="worker"} ',
+    }
+    values = dict.fromkeys(wanted, 0.0)
+    for line in text.splitlines():
+        for key, prefix in wanted.items():
+            if line.startswith(prefix):
+                values[key] = float(line[len(prefix) :])
+    return values
+
+
 def test_malformed_kafka_messages_are_dead_lettered_and_the_worker_goes_on(stack: Stack) -> None:
     env = stack.env
+    wait_for(lambda: _worker_metrics(stack), 30, "the worker's metrics endpoint")
+    counted_before = _worker_metrics(stack)
     before = stack.checkpoints.learned()
     produce(
         env["RECSTREAM_BROKER_URL"],
@@ -152,3 +173,8 @@ def test_malformed_kafka_messages_are_dead_lettered_and_the_worker_goes_on(stack
     wait_for(lambda: stack.checkpoints.learned() >= before + 1, 30, "the valid event after the bad ones to be learned")
     assert stack.checkpoints.meta()["events_rejected"] >= 3
     assert stack.worker.is_running()
+    # The worker's own metrics moved with the stream.
+    counted = _worker_metrics(stack)
+    assert counted["consumed"] - counted_before["consumed"] >= 4
+    assert counted["rejected"] - counted_before["rejected"] == 3
+    assert counted["learned"] - counted_before["learned"] >= 1
