@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.deps import ApiState
 from api.model_holder import ModelHolder
 from api.producer import EventProducer
-from api.routes import events, health, recommendations
+from api.routes import events, gate, health, recommendations
 from recstream import components, metrics
 from recstream.events import Event
 from recstream.settings import Settings
@@ -72,6 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.include_router(events.router)
     app.include_router(recommendations.router)
+    app.include_router(gate.router)
     app.include_router(health.router)
 
     @app.exception_handler(RequestValidationError)

@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=0.0, help="seconds to run (0: until Ctrl-C)")
     p.add_argument("--seed", type=int, default=7)
     p.set_defaults(func=_demo)
+
+    from stream import quarantine
+
+    quarantine.add_parser(sub)
     return parser
 
 

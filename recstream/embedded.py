@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 from recstream import local_services
@@ -25,7 +26,7 @@ def run_embedded(demo: bool = False, api_port: int = 8000, broker: str = "auto",
     started: list[local_services.LocalService] = []
     stop = threading.Event()
 
-    def on_signal(signum: int, _frame: object) -> None:
+    def on_signal(_signum: int, _frame: object) -> None:
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -37,7 +38,9 @@ def run_embedded(demo: bool = False, api_port: int = 8000, broker: str = "auto",
         # `recstream up` continues where the first stopped. Tansu here keeps its log in memory
         # only, so Redis must start empty as well: stored offsets would point past a fresh log.
         durable = kafka.name == "kafka"
-        print(f"recstream up: starting Redis ({'persistent' if durable else 'in-memory, like the broker'}) …", flush=True)
+        print(
+            f"recstream up: starting Redis ({'persistent' if durable else 'in-memory, like the broker'}) …", flush=True
+        )
         redis = local_services.start_redis(workdir=state_dir / "redis" if durable else None, appendonly=durable)
         started.append(redis)
         env = {
@@ -54,13 +57,14 @@ def run_embedded(demo: bool = False, api_port: int = 8000, broker: str = "auto",
         started.append(worker)
         api = local_services.start_api(env, port=api_port, workdir=state_dir / "api")
         started.append(api)
+        now = datetime.now(UTC).isoformat(timespec="seconds")
         print(
             f"""
 recstream is up ({kafka.name} broker at {kafka.address}, Redis at {redis.address}).
   API docs         {api.url}/docs
   recommendations  curl '{api.url}/v1/users/user-0000/recommendations?k=5'
-  publish          curl -X POST {api.url}/v1/events -H 'content-type: application/json' \\
-                     -d '[{{"event_id":"e1","user_id":"me","item_id":"pets-001","type":"like","ts":"2026-11-22T10:00:00Z"}}]'
+  publish          curl -X POST {api.url}/v1/events -H 'content-type: application/json' -d \\
+                     '[{{"event_id":"e1","user_id":"me","item_id":"pets-001","type":"like","ts":"{now}"}}]'
   metrics          {api.url}/metrics
   logs             {state_dir}/{{worker,api,broker,redis}}/*.log
 Ctrl-C stops everything.
@@ -70,7 +74,9 @@ Ctrl-C stops everything.
         if demo:
             from recstream.demo import run_demo
 
-            demo_thread = threading.Thread(target=run_demo, args=(api.url,), kwargs={"rate": 50.0, "stop": stop}, daemon=True)
+            demo_thread = threading.Thread(
+                target=run_demo, args=(api.url,), kwargs={"rate": 50.0, "stop": stop}, daemon=True
+            )
             demo_thread.start()
         while not stop.is_set():
             for service in started:

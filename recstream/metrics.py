@@ -20,6 +20,16 @@ EVENTS_SKIPPED_REPLAY = Counter(
     "recstream_events_skipped_already_learned_total",
     "Messages re-delivered by Kafka after a restart whose offsets the checkpoint already covers.",
 )
+EVENTS_DUPLICATE = Counter(
+    "recstream_events_duplicate_total",
+    "Events whose event_id was already learned within the retention window (counted, not learned again).",
+)
+EVENTS_QUARANTINED = Counter(
+    "recstream_events_quarantined_total",
+    "Events the quality gate held (sent to events.quarantined), by reason code.",
+    ["reason"],
+)
+MODEL_GUARD_PAUSED = Gauge("recstream_model_guard_paused", "1 while the model guard has paused learning, else 0.")
 EVENTS_INGESTED = Counter(
     "recstream_events_ingested_total", "Events accepted by POST /v1/events and produced to Kafka."
 )

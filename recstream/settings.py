@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     topic_rejected: str = Field(
         "events.rejected", description="Dead-letter topic for payloads that fail the event contract."
     )
+    topic_quarantined: str = Field(
+        "events.quarantined", description="Topic for events the quality gate held, with their reason code."
+    )
     topic_partitions: int = Field(
         4, ge=1, le=1024, description="Partitions of the events topic when the service creates it."
     )
@@ -47,7 +50,9 @@ class Settings(BaseSettings):
         500, ge=1, le=100_000, description="Largest batch the worker takes from the stream at once."
     )
     model_retention: int = Field(5, ge=1, description="Model versions kept in Redis (older ones are deleted).")
-    worker_metrics_port: int = Field(0, ge=0, le=65535, description="Port of the worker's Prometheus endpoint (0: off).")
+    worker_metrics_port: int = Field(
+        0, ge=0, le=65535, description="Port of the worker's Prometheus endpoint (0: off)."
+    )
     worker_metrics_host: str = Field("127.0.0.1", description="Address the worker's Prometheus endpoint binds.")
     broker_session_timeout: float = Field(10.0, gt=0, description="Kafka consumer session timeout in seconds.")
 
@@ -62,6 +67,13 @@ class Settings(BaseSettings):
     short_watch_fraction: float = Field(
         0.25, ge=0, le=1, description="A view watched for less than this fraction of the item counts as 'not liked'."
     )
+
+    # Quality gate
+    gate_enabled: bool = Field(True, description="Run the quality gate's rules (duplicates are always dropped).")
+    dedupe_retention_seconds: float = Field(
+        3600.0, gt=0, description="An event_id learned within this many seconds is a duplicate."
+    )
+    dedupe_bucket_seconds: float = Field(300.0, gt=0, description="Granularity of the duplicate-detection window.")
 
     # Serving
     k_default: int = Field(10, ge=1, description="Recommendations returned when `k` is not given.")

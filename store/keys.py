@@ -32,6 +32,25 @@ class Keys:
         """Set of item ids the user has interacted with (never recommended to them again)."""
         return f"{self.prefix}:seen:{user_id}"
 
+    def dedupe(self, bucket: int) -> str:
+        """Set of event ids learned during one time bucket (expires after the retention window)."""
+        return f"{self.prefix}:dedupe:{bucket}"
+
+    @property
+    def gate_counts(self) -> str:
+        """Hash reason code -> events held or dropped for that reason (all time)."""
+        return f"{self.prefix}:gate:counts"
+
+    @property
+    def guard_status(self) -> str:
+        """Hash describing the model guard: ``state`` (learning|paused), ``since``, ``reason``."""
+        return f"{self.prefix}:guard:status"
+
+    @property
+    def guard_resume(self) -> str:
+        """String set by an operator to ask a paused worker to resume learning."""
+        return f"{self.prefix}:guard:resume"
+
     @property
     def announce_channel(self) -> str:
         """Pub/sub channel on which a new version number is published after each checkpoint."""

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+import math
+import time
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,11 +55,42 @@ def offset_field(topic: str, partition: int) -> str:
 class ModelStore:
     """Reads and writes model versions, offsets and seen sets under one key prefix."""
 
-    def __init__(self, redis: aioredis.Redis, signer: SnapshotSigner, keys: Keys, retention: int = 5) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        signer: SnapshotSigner,
+        keys: Keys,
+        retention: int = 5,
+        dedupe_retention_seconds: float = 3600.0,
+        dedupe_bucket_seconds: float = 300.0,
+    ) -> None:
         self.redis = redis
         self.signer = signer
         self.keys = keys
         self.retention = retention
+        self.dedupe_retention_seconds = dedupe_retention_seconds
+        self.dedupe_bucket_seconds = dedupe_bucket_seconds
+
+    # -- duplicates ----------------------------------------------------------------------
+
+    def _bucket(self, now: float) -> int:
+        return int(now // self.dedupe_bucket_seconds)
+
+    async def learned_event_ids(self, event_ids: list[str], now: float | None = None) -> set[str]:
+        """Which of ``event_ids`` were learned within the retention window (one round trip)."""
+        if not event_ids:
+            return set()
+        now = time.time() if now is None else now
+        newest = self._bucket(now)
+        n_buckets = math.ceil(self.dedupe_retention_seconds / self.dedupe_bucket_seconds) + 1
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for bucket in range(newest - n_buckets + 1, newest + 1):
+                pipe.smismember(self.keys.dedupe(bucket), event_ids)
+            answers = await pipe.execute()
+        found: set[str] = set()
+        for answer in answers:
+            found.update(event_id for event_id, hit in zip(event_ids, answer, strict=True) if hit)
+        return found
 
     async def current_version(self) -> int | None:
         raw = await self.redis.get(self.keys.current_version)
@@ -89,15 +122,22 @@ class ModelStore:
     async def checkpoint(
         self,
         expected_current: int | None,
-        blob: bytes,
+        blob: bytes | None,
         meta: dict[str, Any],
         offsets: Mapping[tuple[str, int], int],
         seen: Mapping[str, set[str]],
-    ) -> int:
+        event_ids: Collection[str] = (),
+        gate_counts: Mapping[str, int] | None = None,
+        guard: Mapping[str, Any] | None = None,
+        now: float | None = None,
+    ) -> int | None:
         """Write a new version atomically and announce it; return its number.
 
+        The same transaction records the learned ``event_ids`` for duplicate detection and adds
+        ``gate_counts`` (reason -> count since the last checkpoint) to the all-time counts.
         The number is one above every retained version (not just above ``current``), so a
-        version is never reused after a rollback.
+        version is never reused after a rollback. With ``blob=None`` no version is written (the
+        model did not change) but everything else is, and ``expected_current`` is returned.
         """
         keys = self.keys
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -111,7 +151,7 @@ class ModelStore:
                         "another worker or an operator changed it"
                     )
                 old = [int(v) for v in await pipe.zrange(keys.versions, 0, -1)]
-                version = max([*old, current or 0]) + 1
+                version = max([*old, current or 0]) + 1 if blob is not None else expected_current
                 meta = {
                     **meta,
                     "version": version,
@@ -119,26 +159,54 @@ class ModelStore:
                     "offsets": {offset_field(t, p): o for (t, p), o in offsets.items()},
                 }
                 pipe.multi()
-                pipe.hset(
-                    keys.version(version),
-                    mapping={"blob": blob, "tag": self.signer.sign(blob), "meta": json.dumps(meta)},
-                )
-                pipe.set(keys.current_version, version)
-                pipe.zadd(keys.versions, {str(version): version})
+                if blob is not None:
+                    pipe.hset(
+                        keys.version(version),
+                        mapping={"blob": blob, "tag": self.signer.sign(blob), "meta": json.dumps(meta)},
+                    )
+                    pipe.set(keys.current_version, version)
+                    pipe.zadd(keys.versions, {str(version): version})
+                if guard:
+                    pipe.hset(keys.guard_status, mapping={k: str(v) for k, v in guard.items()})
                 if offsets:
                     pipe.hset(keys.offsets, mapping={offset_field(t, p): o for (t, p), o in offsets.items()})
                 for user, items in seen.items():
                     if items:
                         pipe.sadd(keys.seen(user), *items)
-                retained = sorted([*old, version])
-                for stale in retained[: max(0, len(retained) - self.retention)]:
-                    pipe.delete(keys.version(stale))
-                    pipe.zrem(keys.versions, str(stale))
+                if event_ids:
+                    bucket_key = keys.dedupe(self._bucket(time.time() if now is None else now))
+                    pipe.sadd(bucket_key, *event_ids)
+                    pipe.expire(bucket_key, int(self.dedupe_retention_seconds + 2 * self.dedupe_bucket_seconds))
+                for reason, count in (gate_counts or {}).items():
+                    if count:
+                        pipe.hincrby(keys.gate_counts, reason, count)
+                if blob is not None:
+                    retained = sorted([*old, version])
+                    for stale in retained[: max(0, len(retained) - self.retention)]:
+                        pipe.delete(keys.version(stale))
+                        pipe.zrem(keys.versions, str(stale))
                 await pipe.execute()
             except WatchError as exc:
                 raise CheckpointConflict("the current model version changed during the checkpoint") from exc
-        await self.redis.publish(keys.announce_channel, str(version))
+        if blob is not None:
+            await self.redis.publish(keys.announce_channel, str(version))
         return version
+
+    async def guard_status(self) -> dict[str, str]:
+        raw = await self.redis.hgetall(self.keys.guard_status)
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def request_resume(self) -> None:
+        """Ask a worker whose model guard paused learning to resume (read at its next checkpoint)."""
+        await self.redis.set(self.keys.guard_resume, str(time.time()))
+
+    async def take_resume_request(self) -> bool:
+        """True once per operator request (the request is consumed)."""
+        return bool(await self.redis.getdel(self.keys.guard_resume))
+
+    async def gate_counts(self) -> dict[str, int]:
+        raw = await self.redis.hgetall(self.keys.gate_counts)
+        return {k.decode(): int(v) for k, v in raw.items()}
 
     async def seen(self, user_id: str) -> set[str]:
         members = await self.redis.smembers(self.keys.seen(user_id))

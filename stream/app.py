@@ -16,7 +16,7 @@ import faust
 from learner.online_learner import OnlineLearner
 from recstream import components
 from recstream.settings import Settings
-from stream.processor import EventProcessor, Record
+from stream.processor import QUARANTINED, REJECTED, EventProcessor, Record, overrides_from_headers
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +42,16 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
     events_topic = app.topic(
         settings.topic_events, key_type=bytes, value_type=bytes, partitions=settings.topic_partitions
     )
-    rejected_topic = app.topic(settings.topic_rejected, key_type=bytes, value_type=bytes, partitions=1)
+    dead_letter_topics = {
+        REJECTED: app.topic(settings.topic_rejected, key_type=bytes, value_type=bytes, partitions=1),
+        QUARANTINED: app.topic(settings.topic_quarantined, key_type=bytes, value_type=bytes, partitions=1),
+    }
 
     redis = components.redis_client(settings)
     store = components.model_store(settings, redis)
 
-    async def send_rejected(key: bytes | None, value: bytes) -> Any:
-        return await rejected_topic.send(key=key, value=value)
+    async def dead_letter(kind: str, key: bytes | None, value: bytes) -> Any:
+        return await dead_letter_topics[kind].send(key=key, value=value)
 
     async def flush() -> None:
         await app.producer.flush()
@@ -63,9 +66,11 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
         store=store,
         new_learner=lambda: components.new_learner(settings),
         learner_from_bytes=learner_from_bytes,
-        send_rejected=send_rejected,
+        dead_letter=dead_letter,
         flush=flush,
         ack=ack,
+        gate=components.quality_gate(settings),
+        guard=components.model_guard(settings),
         checkpoint_every_events=settings.checkpoint_every_events,
         checkpoint_interval_seconds=settings.checkpoint_interval_seconds,
     )
@@ -82,7 +87,13 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
                     message = event.message
                     records.append(
                         Record(
-                            message.topic, message.partition, message.offset, message.key, message.value, handle=event
+                            message.topic,
+                            message.partition,
+                            message.offset,
+                            message.key,
+                            message.value,
+                            handle=event,
+                            overrides=overrides_from_headers(message.headers),
                         )
                     )
                 await processor.process(records)

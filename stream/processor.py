@@ -18,22 +18,34 @@ import asyncio
 import base64
 import json
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from learner.gate.base import GateEvent, Hold
 from learner.online_learner import OnlineLearner
 from recstream import metrics
-from recstream.events import parse_event
+from recstream.events import Event, parse_event
 from store.model_store import ModelStore, SnapshotRefused
+
+if TYPE_CHECKING:
+    from learner.gate.gate import QualityGate
+    from learner.gate.model_guard import ModelGuard
 
 log = logging.getLogger(__name__)
 
-SendRejected = Callable[[bytes | None, bytes], Awaitable[Any]]
+DeadLetter = Callable[[str, bytes | None, bytes], Awaitable[Any]]  # (topic kind, key, value)
 Flush = Callable[[], Awaitable[Any]]
+
+REJECTED = "rejected"
+QUARANTINED = "quarantined"
+DUPLICATE = "duplicate"
+MODEL_PAUSED = "model_paused"
+OVERRIDE_HEADER = "recstream-override"
 
 
 @dataclass
@@ -46,13 +58,22 @@ class Record:
     key: bytes | None
     value: bytes | None
     handle: Any = None  # the transport's message, acknowledged after the checkpoint
+    overrides: frozenset[str] = frozenset()  # gate reasons an operator overrides (replay)
 
 
 @dataclass
 class Pending:
+    """Everything since the last checkpoint: written together, then acknowledged together."""
+
     records: list[Record] = field(default_factory=list)
     seen: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    event_ids: set[str] = field(default_factory=set)
+    gate_counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     learned_since: int = 0
+
+
+def _source(record: Record) -> dict[str, Any]:
+    return {"topic": record.topic, "partition": record.partition, "offset": record.offset}
 
 
 def rejection_payload(record: Record, reason: str) -> bytes:
@@ -63,15 +84,34 @@ def rejection_payload(record: Record, reason: str) -> bytes:
     except UnicodeDecodeError:
         payload = {"payload_base64": base64.b64encode(value).decode()}
     return json.dumps(
+        {"reason": reason, **_source(record), "rejected_at": datetime.now(UTC).isoformat(), **payload}
+    ).encode()
+
+
+def quarantine_payload(record: Record, event: Event, reason: str, detail: str) -> bytes:
+    """The JSON written to the quarantine topic: reason code, detail and the event as it arrived."""
+    return json.dumps(
         {
             "reason": reason,
-            "topic": record.topic,
-            "partition": record.partition,
-            "offset": record.offset,
-            "rejected_at": datetime.now(UTC).isoformat(),
-            **payload,
+            "detail": detail,
+            **_source(record),
+            "held_at": datetime.now(UTC).isoformat(),
+            "event": json.loads(event.model_dump_json()),
         }
     ).encode()
+
+
+def overrides_from_headers(headers: Any) -> frozenset[str]:
+    """Gate reasons named in the ``recstream-override`` header (comma-separated), if any."""
+    if not headers:
+        return frozenset()
+    items = headers.items() if isinstance(headers, dict) else headers
+    for name, value in items:
+        name = name.decode() if isinstance(name, bytes) else name
+        if name == OVERRIDE_HEADER and value:
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            return frozenset(part.strip() for part in text.split(",") if part.strip())
+    return frozenset()
 
 
 class EventProcessor:
@@ -82,17 +122,23 @@ class EventProcessor:
         store: ModelStore,
         new_learner: Callable[[], OnlineLearner],
         learner_from_bytes: Callable[[bytes], OnlineLearner],
-        send_rejected: SendRejected,
+        dead_letter: DeadLetter,
         flush: Flush,
         ack: Callable[[Any], Any],
+        gate: QualityGate | None = None,
+        guard: ModelGuard | None = None,
         checkpoint_every_events: int = 5000,
         checkpoint_interval_seconds: float = 1.0,
         refused_retry_seconds: float = 5.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self._new_learner = new_learner
         self._learner_from_bytes = learner_from_bytes
-        self._send_rejected = send_rejected
+        self._dead_letter = dead_letter
+        self.gate = gate
+        self.guard = guard
+        self.clock = clock
         self._flush = flush
         self._ack = ack
         self.checkpoint_every_events = checkpoint_every_events
@@ -102,6 +148,7 @@ class EventProcessor:
         self.version: int | None = None
         self.next_offsets: dict[tuple[str, int], int] = {}
         self.rejected_total = 0
+        self.paused_since: float | None = None
         self._pending = Pending()
         self._last_checkpoint = time.monotonic()
         self._lock = asyncio.Lock()
@@ -134,10 +181,18 @@ class EventProcessor:
         else:
             self.learner = self._learner_from_bytes(snapshot.blob)
             self.version = snapshot.version
+            # The offsets hash is written by every checkpoint, also by those that wrote no new
+            # version (learning paused), so it is at or after the snapshot's own offsets.
             self.next_offsets = {
                 (field.rpartition("/")[0], int(field.rpartition("/")[2])): int(offset)
                 for field, offset in snapshot.meta.get("offsets", {}).items()
             }
+            for tp, offset in (await self.store.offsets()).items():
+                self.next_offsets[tp] = max(offset, self.next_offsets.get(tp, 0))
+            if (await self.store.guard_status()).get("state") == "paused":
+                self.paused_since = self.clock()
+                metrics.MODEL_GUARD_PAUSED.set(1)
+                log.warning("model guard: learning was paused before the restart and stays paused")
             log.info(
                 "loaded model v%s (%d events learned), resuming at offsets %s",
                 snapshot.version,
@@ -154,31 +209,81 @@ class EventProcessor:
     # -- processing ----------------------------------------------------------------------
 
     async def process(self, records: Iterable[Record]) -> None:
-        """Decode and learn a batch; invalid payloads are dead-lettered with their reason."""
-        learner = self.learner
-        if learner is None:
+        """Decode, gate and learn a batch. Nothing here is lost: every message ends up learned,
+        dead-lettered (contract), quarantined (gate) or counted as a duplicate of a learned event.
+
+        The batch runs under the checkpoint lock, so a checkpoint never splits a message from
+        its effects.
+        """
+        if self.learner is None:
             raise RuntimeError("EventProcessor.start() must run before process()")
+        records = list(records)
+        async with self._lock:
+            # One Redis round trip for the whole batch: which event ids were already learned.
+            candidates = [r for r in records if r.offset >= self.next_offsets.get((r.topic, r.partition), 0)]
+            parsed = {id(r): parse_event(r.value or b"") for r in candidates}
+            ids = [event.event_id for event, _ in parsed.values() if event is not None]
+            known = await self.store.learned_event_ids(ids, now=self.clock()) if ids else set()
+            for record in records:
+                await self._process_one(record, parsed.get(id(record)), known)
+
+    async def _process_one(
+        self, record: Record, parsed: tuple[Event | None, str | None] | None, known: set[str]
+    ) -> None:
+        learner = self.learner
+        assert learner is not None
         pending = self._pending
-        next_offsets = self.next_offsets
-        for record in records:
-            metrics.EVENTS_CONSUMED.inc()
-            pending.records.append(record)
-            tp = (record.topic, record.partition)
-            if record.offset < next_offsets.get(tp, 0):
-                metrics.EVENTS_SKIPPED_REPLAY.inc()
-                continue
-            next_offsets[tp] = record.offset + 1
-            event, reason = parse_event(record.value or b"")
-            if event is None:
-                self.rejected_total += 1
-                metrics.EVENTS_REJECTED.labels("worker").inc()
-                log.warning("rejected %s/%d@%d: %s", record.topic, record.partition, record.offset, reason)
-                await self._send_rejected(record.key, rejection_payload(record, reason or "invalid"))
-                continue
-            learner.learn(event.user_id, event.item_id, event.type, event.watch_seconds, event.item_duration_seconds)
-            pending.seen[event.user_id].add(event.item_id)
-            pending.learned_since += 1
-            metrics.EVENTS_LEARNED.inc()
+        metrics.EVENTS_CONSUMED.inc()
+        pending.records.append(record)
+        if parsed is None:  # below the checkpoint's offset: learned before a restart
+            metrics.EVENTS_SKIPPED_REPLAY.inc()
+            return
+        self.next_offsets[(record.topic, record.partition)] = record.offset + 1
+        event, reason = parsed
+        if event is None:
+            self.rejected_total += 1
+            metrics.EVENTS_REJECTED.labels("worker").inc()
+            log.warning("rejected %s/%d@%d: %s", record.topic, record.partition, record.offset, reason)
+            await self._dead_letter(REJECTED, record.key, rejection_payload(record, reason or "invalid"))
+            return
+        if event.event_id in known or event.event_id in pending.event_ids:
+            pending.gate_counts[DUPLICATE] += 1
+            metrics.EVENTS_DUPLICATE.inc()
+            return
+        now = self.clock()
+        hold = self.gate.check(_gate_event(event), now, record.overrides) if self.gate is not None else None
+        if hold is None and self.paused_since is not None and MODEL_PAUSED not in record.overrides:
+            hold = Hold(MODEL_PAUSED, "learning is paused by the model guard; replay after it resumes")
+        if hold is not None:
+            pending.gate_counts[hold.reason] += 1
+            metrics.EVENTS_QUARANTINED.labels(hold.reason).inc()
+            await self._dead_letter(
+                QUARANTINED, record.key, quarantine_payload(record, event, hold.reason, hold.detail)
+            )
+            return
+        prediction = learner.learn(
+            event.user_id,
+            event.item_id,
+            event.type,
+            event.watch_seconds,
+            event.item_duration_seconds,
+            ts=event.ts.timestamp(),
+        )
+        pending.event_ids.add(event.event_id)
+        pending.seen[event.user_id].add(event.item_id)
+        pending.learned_since += 1
+        metrics.EVENTS_LEARNED.inc()
+        if prediction is not None and self.guard is not None:
+            y = learner.rule.label(event.type, event.watch_seconds, event.item_duration_seconds)
+            if y is not None and self.guard.update(_logloss(y, prediction)) and self.paused_since is None:
+                self.paused_since = now
+                metrics.MODEL_GUARD_PAUSED.set(1)
+                log.error(
+                    "model guard: the progressive loss degraded against its recent history; learning is "
+                    "paused and new events are quarantined as %r until an operator resumes it or the "
+                    "stream is healthy again",
+                    MODEL_PAUSED,
+                )
 
     def checkpoint_due(self) -> bool:
         pending = self._pending
@@ -190,18 +295,24 @@ class EventProcessor:
         )
 
     async def checkpoint(self) -> int | None:
-        """Write learner + offsets + seen sets to Redis in one transaction, then ack the messages."""
+        """Write learner + offsets + seen sets + learned ids + gate counts to Redis in one
+        transaction, then acknowledge the messages. Returns the new version (None: nothing to do).
+
+        While the model guard has paused learning the model does not change, so no new version
+        is written (the last good one stays current); offsets and gate counts still are.
+        """
         async with self._lock:
             learner = self.learner
             pending = self._pending
-            if learner is None or not pending.records:
+            if learner is None:
+                return None
+            await self._apply_operator_resume()
+            if not pending.records:
                 return None
             started = time.perf_counter()
-            # Snapshot everything synchronously so events processed during the awaits below
-            # belong to the next checkpoint, not half to this one.
-            self._pending = Pending()
             offsets = dict(self.next_offsets)
-            blob = learner.to_bytes()
+            paused = self.paused_since is not None
+            blob = None if paused and pending.learned_since == 0 and self.version is not None else learner.to_bytes()
             meta = {
                 "created": datetime.now(UTC).isoformat(),
                 "events_learned": learner.events_learned,
@@ -210,23 +321,27 @@ class EventProcessor:
                 "progressive_auc": _finite_or_none(learner.metrics.auc),
                 "progressive_logloss": _finite_or_none(learner.metrics.logloss),
                 "model": learner.describe_model(),
+                "guard": "paused" if paused else "learning",
             }
             try:
                 await self._flush()  # dead letters must be in Kafka before their offsets are acked
-                version = await self.store.checkpoint(self.version, blob, meta, offsets, pending.seen)
+                version = await self.store.checkpoint(
+                    self.version,
+                    blob,
+                    meta,
+                    offsets,
+                    pending.seen,
+                    event_ids=pending.event_ids,
+                    gate_counts=pending.gate_counts,
+                    guard={"state": "paused" if paused else "learning", "since": self.paused_since or ""},
+                    now=self.clock(),
+                )
             except Exception:
                 metrics.CHECKPOINTS.labels("failed").inc()
-                # Keep the records: they stay unacknowledged and are covered by the next try.
-                merged = Pending(
-                    records=pending.records + self._pending.records,
-                    learned_since=pending.learned_since + self._pending.learned_since,
-                )
-                for source in (pending.seen, self._pending.seen):
-                    for user, items in source.items():
-                        merged.seen[user] |= items
-                self._pending = merged
+                # The records stay pending and unacknowledged; the next checkpoint covers them.
                 log.exception("checkpoint failed; its events stay unacknowledged and will be retried")
                 raise
+            self._pending = Pending()
             self.version = version
             self._last_checkpoint = time.monotonic()
             for record in pending.records:
@@ -235,19 +350,44 @@ class EventProcessor:
             elapsed = time.perf_counter() - started
             metrics.CHECKPOINTS.labels("ok").inc()
             metrics.CHECKPOINT_SECONDS.observe(elapsed)
-            metrics.CHECKPOINT_BYTES.set(len(blob))
+            if blob is not None:
+                metrics.CHECKPOINT_BYTES.set(len(blob))
             metrics.LAST_CHECKPOINT.set(time.time())
-            metrics.MODEL_VERSION.labels("worker").set(version)
+            metrics.MODEL_VERSION.labels("worker").set(version or 0)
             metrics.PROGRESSIVE_AUC.set(learner.metrics.auc)
             metrics.PROGRESSIVE_LOGLOSS.set(learner.metrics.logloss)
-            log.debug(
-                "checkpoint v%d: %d events learned, %d bytes, %.1f ms",
-                version,
-                learner.events_learned,
-                len(blob),
-                elapsed * 1e3,
-            )
+            log.debug("checkpoint v%s: %d events learned, %.1f ms", version, learner.events_learned, elapsed * 1e3)
             return version
+
+    async def _apply_operator_resume(self) -> None:
+        if self.paused_since is None:
+            return
+        if await self.store.take_resume_request():
+            self._resume("an operator asked to resume")
+
+    def _resume(self, why: str) -> None:
+        self.paused_since = None
+        if self.guard is not None:
+            self.guard.resume()
+        metrics.MODEL_GUARD_PAUSED.set(0)
+        log.warning("model guard: learning resumed (%s)", why)
+
+
+def _gate_event(event: Event) -> GateEvent:
+    return GateEvent(
+        event_id=event.event_id,
+        user_id=event.user_id,
+        item_id=event.item_id,
+        type=event.type,
+        ts=event.ts.timestamp(),
+        watch_seconds=event.watch_seconds,
+        item_duration_seconds=event.item_duration_seconds,
+    )
+
+
+def _logloss(y: float, p: float) -> float:
+    p = min(max(p, 1e-7), 1 - 1e-7)
+    return -math.log(p if y > 0.5 else 1 - p)
 
 
 def _finite_or_none(value: float) -> float | None:

@@ -22,6 +22,7 @@ async def ensure_topics(settings: Settings, timeout: float = 30.0) -> None:
         wanted = [
             NewTopic(settings.topic_events, num_partitions=settings.topic_partitions, replication_factor=1),
             NewTopic(settings.topic_rejected, num_partitions=1, replication_factor=1),
+            NewTopic(settings.topic_quarantined, num_partitions=1, replication_factor=1),
         ]
         missing = [t for t in wanted if t.name not in existing]
         if missing:

@@ -75,7 +75,7 @@ def test_snapshot_round_trip_keeps_predictions_and_counts() -> None:
     ],
     ids=["truncated", "bad-magic", "trailing", "object-dtype"],
 )
-def test_codec_refuses_damaged_snapshots(damage) -> None:  # noqa: ANN001
+def test_codec_refuses_damaged_snapshots(damage) -> None:
     blob = OnlineLearner().to_bytes()
     with pytest.raises(codec.CodecError):
         codec.decode(damage(blob))

@@ -16,14 +16,16 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def store(redis_endpoint: Endpoint):  # noqa: ANN201
+async def store(redis_endpoint: Endpoint):
     client = aioredis.Redis.from_url(redis_endpoint.url)
     yield ModelStore(client, SnapshotSigner(b"k1"), Keys(f"t-{uuid.uuid4().hex[:8]}"), retention=3)
     await client.aclose()
 
 
 async def test_checkpoint_writes_blob_offsets_and_seen_sets_together(store: ModelStore) -> None:
-    v1 = await store.checkpoint(None, b"blob-1", {"events_learned": 2}, {("events", 0): 5, ("events", 1): 7}, {"u1": {"a", "b"}})
+    v1 = await store.checkpoint(
+        None, b"blob-1", {"events_learned": 2}, {("events", 0): 5, ("events", 1): 7}, {"u1": {"a", "b"}}
+    )
     assert v1 == 1
     snapshot = await store.load_current()
     assert snapshot is not None and snapshot.blob == b"blob-1"

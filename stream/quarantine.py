@@ -1,0 +1,119 @@
+"""``recstream quarantine``: list what the gate held and replay it into the events topic after review.
+
+Replayed events carry a ``recstream-override`` header naming the reason(s) the operator overrides;
+they pass the whole gate again except those rules (and duplicates of already learned events are
+still dropped, so replaying twice learns nothing twice).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections import Counter
+from datetime import datetime
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from recstream.components import bootstrap_servers
+from recstream.settings import Settings, get_settings
+from stream.processor import OVERRIDE_HEADER
+
+
+async def read_quarantine(settings: Settings, timeout: float = 30.0) -> list[dict]:
+    """Every record currently in the quarantine topic (reads up to the end offsets taken at start)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers(settings), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer.topics()  # refreshes metadata
+        ids = consumer.partitions_for_topic(settings.topic_quarantined) or set()
+        tps = [TopicPartition(settings.topic_quarantined, p) for p in sorted(ids)]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        end = await consumer.end_offsets(tps)
+        await consumer.seek_to_beginning(*tps)
+        records: list[dict] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while any(await consumer.position(tp) < end[tp] for tp in tps):
+            if loop.time() > deadline:
+                raise TimeoutError(f"could not read {settings.topic_quarantined} to its end within {timeout}s")
+            for messages in (await consumer.getmany(timeout_ms=200, max_records=5000)).values():
+                records.extend(json.loads(m.value) for m in messages)
+        return records
+    finally:
+        await consumer.stop()
+
+
+def select(records: list[dict], reason: str | None, since: datetime | None) -> list[dict]:
+    chosen = []
+    for record in records:
+        if reason not in (None, "all") and record.get("reason") != reason:
+            continue
+        if since is not None and datetime.fromisoformat(record["held_at"]) < since:
+            continue
+        chosen.append(record)
+    return chosen
+
+
+async def replay(settings: Settings, records: list[dict], override: str | None) -> int:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(settings), acks="all")
+    await producer.start()
+    try:
+        headers = [(OVERRIDE_HEADER, override.encode())] if override else None
+        futures = [
+            await producer.send(
+                settings.topic_events,
+                value=json.dumps(record["event"]).encode(),
+                key=record["event"]["user_id"].encode(),
+                headers=headers,
+            )
+            for record in records
+        ]
+        await asyncio.gather(*futures)
+        return len(futures)
+    finally:
+        await producer.stop()
+
+
+def _since(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError("--since needs a timezone, e.g. 2026-11-23T10:00:00Z")
+    return value
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("quarantine", help="list or replay events the quality gate held")
+    sub = parser.add_subparsers(dest="action", required=True)
+    p = sub.add_parser("list", help="counts of held events by reason")
+    p.set_defaults(func=_list)
+    p = sub.add_parser("replay", help="replay held events into the events topic, overriding one rule")
+    p.add_argument("--reason", required=True, help="reason code to replay (or 'all'); it is also the rule overridden")
+    p.add_argument("--since", type=_since, default=None, help="only events held at or after this time (ISO 8601)")
+    p.add_argument("--dry-run", action="store_true", help="show what would be replayed")
+    p.set_defaults(func=_replay)
+
+
+def _list(_args: argparse.Namespace) -> int:
+    records = asyncio.run(read_quarantine(get_settings()))
+    counts = Counter(r.get("reason", "?") for r in records)
+    print(f"{'reason':<28}{'held':>8}")
+    for reason, count in counts.most_common():
+        print(f"{reason:<28}{count:>8}")
+    print(f"{'total':<28}{sum(counts.values()):>8}")
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    chosen = select(asyncio.run(read_quarantine(settings)), args.reason, args.since)
+    override = None if args.reason == "all" else args.reason
+    if args.dry_run:
+        print(f"would replay {len(chosen)} events held for {args.reason!r} (overriding {override or 'nothing'})")
+        return 0
+    sent = asyncio.run(replay(settings, chosen, override)) if chosen else 0
+    target = settings.topic_events
+    print(f"replayed {sent} events held for {args.reason!r} into {target}; overriding {override or 'nothing'}")
+    return 0
