@@ -18,6 +18,7 @@ True
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -110,6 +111,8 @@ class OnlineBPR:
                 "min_weight": self.min_weight,
                 "init_scale": self.init_scale,
                 "seed": self.seed,
+                # The sampler's position, so a restored model samples the same negatives next.
+                "rng_state": json.dumps(self._rng.bit_generator.state),
             },
             ids={"users": list(self.users.ids), "items": list(self.items.ids)},
             arrays={
@@ -133,6 +136,8 @@ class OnlineBPR:
             init_scale=float(p["init_scale"]),
             seed=int(p["seed"]),
         )
+        if "rng_state" in p:
+            model._rng.bit_generator.state = json.loads(str(p["rng_state"]))
         model.users = IdIndex(state.ids["users"])
         model.items = IdIndex(state.ids["items"])
         uf = np.asarray(state.arrays["user_factors"], dtype=FLOAT)

@@ -10,9 +10,9 @@ duration are known, so a view abandoned after two seconds counts for almost noth
 
 >>> w = EventWeights()
 >>> w.weight("like", None, None), w.weight("view", None, None), w.weight("skip", None, None)
-(1.0, 0.3, 0.0)
->>> w.weight("view", 15.0, 30.0)
-0.15
+(1.0, 1.0, 0.0)
+>>> w.weight("view", 15.0, 30.0)   # half watched: half the weight
+0.5
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class EventWeights:
 
     like: float = 1.0
     share: float = 0.5
-    view: float = 0.3
+    view: float = 1.0
     skip: float = 0.0
 
     def weight(self, event_type: str, watch_seconds: float | None, item_duration_seconds: float | None) -> float:

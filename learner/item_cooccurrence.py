@@ -13,11 +13,15 @@ recent weighted most (``recency ** age``), each row damped by its item's total w
 everything. A brand-new item becomes recommendable the moment someone takes it after
 another item, because its row and column are created on that event.
 
+Most of the catalogue has no evidence for a given user, so the ranking adds a small
+``popularity_weight`` times the items' time-decayed popularity (half-life ``half_life_days`` of
+stream time): a tie-breaker that orders what co-occurrence cannot, in the same single pass.
+
 Storage is one growable sparse row per item (column and value arrays plus a column-to-slot
 dict built on the first update after a load), so an update costs ``2 * window`` dict lookups
 and scoring a user costs ``window`` numpy scatter-adds, never a loop over the catalogue.
 
->>> m = ItemCooccurrence(window=3)
+>>> m = ItemCooccurrence(window=3, popularity_weight=0.0)
 >>> for user, items in {"ann": "abc", "bob": "abd", "cid": "xyz"}.items():
 ...     for item in items:
 ...         m.learn_one(user, item, 1.0)
@@ -25,83 +29,85 @@ and scoring a user costs ``window`` numpy scatter-adds, never a loop over the ca
 >>> scores = m.score_all("dan")
 >>> [m.items.ids[i] for i in np.argsort(-scores, kind="stable")[:3]]
 ['b', 'c', 'd']
->>> float(scores[m.items.get("x")])
+>>> float(scores[m.items.get("x")])  # never taken together with "a"
 0.0
 """
 
 from __future__ import annotations
 
 import math
+from array import array
 
 import numpy as np
 
 from learner.arrays import ensure_rows
 from learner.base import ModelState
 from learner.id_index import IdIndex
+from learner.popularity_models import DecayedCounter
+
+_NO_COLS = np.zeros(0, dtype=np.int32)
+_NO_VALS = np.zeros(0, dtype=np.float32)
 
 
 class SparseRows:
-    """A growable square-ish sparse matrix: per row, parallel column/value arrays in insertion order."""
+    """A growable sparse matrix: per row, parallel column/value arrays in insertion order.
+
+    Rows are ``array.array`` buffers, so a single update is a plain Python operation (no numpy
+    call overhead) while :meth:`row` still hands numpy a zero-copy view for scoring.
+    """
 
     def __init__(self) -> None:
-        self._cols: list[np.ndarray] = []
-        self._vals: list[np.ndarray] = []
-        self._len: list[int] = []
+        self._cols: list[array] = []
+        self._vals: list[array] = []
         self._slot: list[dict[int, int] | None] = []  # column -> slot, built lazily after a load
 
     def __len__(self) -> int:
         return len(self._cols)
 
     def add_row(self) -> None:
-        self._cols.append(np.zeros(8, dtype=np.int32))
-        self._vals.append(np.zeros(8, dtype=np.float32))
-        self._len.append(0)
+        self._cols.append(array("i"))
+        self._vals.append(array("f"))
         self._slot.append({})
+
+    def slots(self, row: int) -> dict[int, int]:
+        slots = self._slot[row]
+        if slots is None:
+            slots = self._slot[row] = {c: k for k, c in enumerate(self._cols[row])}
+        return slots
 
     def add(self, row: int, col: int, value: float) -> None:
         slots = self._slot[row]
         if slots is None:
-            n = self._len[row]
-            slots = self._slot[row] = {c: k for k, c in enumerate(self._cols[row][:n].tolist())}
+            slots = self.slots(row)
         k = slots.get(col)
-        if k is not None:
+        if k is None:
+            slots[col] = len(self._cols[row])
+            self._cols[row].append(col)
+            self._vals[row].append(value)
+        else:
             self._vals[row][k] += value
-            return
-        k = self._len[row]
-        if k == len(self._cols[row]):
-            self._cols[row] = np.concatenate([self._cols[row], np.zeros(k, dtype=np.int32)])
-            self._vals[row] = np.concatenate([self._vals[row], np.zeros(k, dtype=np.float32)])
-        self._cols[row][k] = col
-        self._vals[row][k] = value
-        self._len[row] = k + 1
-        slots[col] = k
 
     def get(self, row: int, col: int) -> float:
-        slots = self._slot[row]
-        if slots is None:
-            n = self._len[row]
-            hits = np.flatnonzero(self._cols[row][:n] == col)
-            return float(self._vals[row][hits[0]]) if hits.size else 0.0
-        k = slots.get(col)
+        k = self.slots(row).get(col)
         return 0.0 if k is None else float(self._vals[row][k])
 
     def row(self, row: int) -> tuple[np.ndarray, np.ndarray]:
-        """(columns, values) of one row, as views: do not modify."""
-        n = self._len[row]
-        return self._cols[row][:n], self._vals[row][:n]
+        """(columns, values) of one row as zero-copy numpy views; drop them before the row grows."""
+        cols = self._cols[row]
+        if not cols:
+            return _NO_COLS, _NO_VALS
+        return np.frombuffer(cols, dtype=np.int32), np.frombuffer(self._vals[row], dtype=np.float32)
 
     @property
     def nnz(self) -> int:
-        return sum(self._len)
+        return sum(len(c) for c in self._cols)
 
     def to_csr(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         indptr = np.zeros(len(self._cols) + 1, dtype=np.int64)
-        np.cumsum(self._len, out=indptr[1:])
-        if not self._cols:
-            return indptr, np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32)
-        indices = np.concatenate([c[:n] for c, n in zip(self._cols, self._len, strict=True)])
-        data = np.concatenate([v[:n] for v, n in zip(self._vals, self._len, strict=True)])
-        return indptr, indices.astype(np.int32, copy=False), data.astype(np.float32, copy=False)
+        np.cumsum([len(c) for c in self._cols], out=indptr[1:])
+        indices = np.frombuffer(b"".join(c.tobytes() for c in self._cols), dtype=np.int32).copy()
+        data = np.frombuffer(b"".join(v.tobytes() for v in self._vals), dtype=np.float32).copy()
+        return indptr, indices, data
 
     @classmethod
     def from_csr(cls, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, n_cols: int) -> SparseRows:
@@ -110,12 +116,15 @@ class SparseRows:
             raise ValueError("malformed sparse rows")
         if np.any(np.diff(indptr) < 0) or (len(indices) and (indices.min() < 0 or indices.max() >= n_cols)):
             raise ValueError("malformed sparse rows")
+        raw_cols = np.ascontiguousarray(indices, dtype=np.int32).tobytes()
+        raw_vals = np.ascontiguousarray(data, dtype=np.float32).tobytes()
         rows = cls()
-        for r in range(n_rows):
-            lo, hi = int(indptr[r]), int(indptr[r + 1])
-            rows._cols.append(np.array(indices[lo:hi], dtype=np.int32))
-            rows._vals.append(np.array(data[lo:hi], dtype=np.float32))
-            rows._len.append(hi - lo)
+        for lo, hi in zip(indptr[:-1].tolist(), indptr[1:].tolist(), strict=True):
+            cols, vals = array("i"), array("f")
+            cols.frombytes(raw_cols[4 * lo : 4 * hi])
+            vals.frombytes(raw_vals[4 * lo : 4 * hi])
+            rows._cols.append(cols)
+            rows._vals.append(vals)
             rows._slot.append(None)
         return rows
 
@@ -135,9 +144,13 @@ class ItemCooccurrence:
         beta: float = 0.2,
         forward: float = 1.0,
         backward: float = 1.0,
+        popularity_weight: float = 0.05,
+        half_life_days: float = 365.0,
     ) -> None:
         if window < 1:
             raise ValueError("window must be >= 1")
+        if popularity_weight < 0:
+            raise ValueError("popularity_weight must be >= 0")
         self.window = int(window)
         self.gamma = float(gamma)
         self.recency = float(recency)
@@ -145,14 +158,24 @@ class ItemCooccurrence:
         self.beta = float(beta)
         self.forward = float(forward)
         self.backward = float(backward)
+        self.popularity_weight = float(popularity_weight)
+        self._recent = DecayedCounter(half_life_days)  # recent popularity: the tie-breaker
+        self.half_life_days = self._recent.half_life_days
         self.users = IdIndex()
         self.items = IdIndex()
         self._rows = SparseRows()
         self._mass = np.zeros(16, dtype=np.float64)  # total weight per item
         self._candidate_damping = np.ones(16, dtype=np.float64)  # max(mass, 1) ** -beta, kept up to date
+        self._row_damping = np.ones(16, dtype=np.float64)  # max(mass, 1) ** -alpha, kept up to date
+        self._recency_powers = [self.recency**age for age in range(self.window)]
         self._history: list[dict[int, float]] = []  # per user: item row -> weight, oldest first
+        self._scratch_buffer = np.empty(0, dtype=np.float64)
+        self._last_pairs: tuple[int, int, list[tuple[array, int, array, int, float]]] | None = None
 
     # -- River-style interface -------------------------------------------------------
+
+    def advance_clock(self, ts: float) -> None:
+        self._recent.advance(ts)
 
     def learn_one(self, user: str, item: str, y: float) -> None:
         u = self._user_row(user)
@@ -160,21 +183,64 @@ class ItemCooccurrence:
         if y <= 0:
             return
         history = self._history[u]
-        add = self._rows.add
-        decay = y
-        for j, w_j in reversed(history.items()):
-            if j == i:  # a like after a view of the same item: pair it with the others only
-                continue
-            inc = decay * w_j
-            add(j, i, self.forward * inc)
-            add(i, j, self.backward * inc)
-            decay *= self.gamma
-        mass = self._mass[i] + y
+        forward, backward = self.forward, self.backward
+        last = self._last_pairs
+        if last is not None and last[0] == u and last[1] == i:
+            # The same (user, item) again (a like right after its view): the history has not
+            # changed but for this item's own weight, so the pairs and their slots are the same.
+            for vals_j, k_j, vals_i, k_i, base in last[2]:
+                inc = y * base
+                vals_j[k_j] += forward * inc
+                vals_i[k_i] += backward * inc
+        else:
+            self._last_pairs = (u, i, self._add_pairs(history, i, y))
+        self._recent.add(i, y)
+        mass = float(self._mass[i]) + y
         self._mass[i] = mass
         self._candidate_damping[i] = max(mass, 1.0) ** -self.beta
+        self._row_damping[i] = max(mass, 1.0) ** -self.alpha
         history[i] = history.pop(i, 0.0) + y
         if len(history) > self.window:
             del history[next(iter(history))]
+            self._last_pairs = None  # an item left the window: the next event must pair afresh
+
+    def _add_pairs(self, history: dict[int, float], i: int, y: float) -> list[tuple[array, int, array, int, float]]:
+        """``C[j, i]`` and ``C[i, j]`` for every remembered ``j``; returns the slots touched, for a repeat."""
+        rows = self._rows
+        cols_of, vals_of, slot_of = rows._cols, rows._vals, rows._slot
+        slots_i = slot_of[i]
+        if slots_i is None:
+            slots_i = rows.slots(i)
+        cols_i, vals_i = cols_of[i], vals_of[i]
+        forward, backward, gamma = self.forward, self.backward, self.gamma
+        touched = []
+        base = 1.0
+        for j, w_j in reversed(history.items()):
+            if j == i:  # a like after a view of the same item: pair it with the others only
+                continue
+            pair = base * w_j
+            inc = y * pair
+            base *= gamma
+            # Inlined SparseRows.add: this loop is the replay's hot path.
+            slots_j = slot_of[j]
+            if slots_j is None:
+                slots_j = rows.slots(j)
+            k_j = slots_j.get(i)
+            if k_j is None:
+                k_j = slots_j[i] = len(cols_of[j])
+                cols_of[j].append(i)
+                vals_of[j].append(forward * inc)
+            else:
+                vals_of[j][k_j] += forward * inc
+            k_i = slots_i.get(j)
+            if k_i is None:
+                k_i = slots_i[j] = len(cols_i)
+                cols_i.append(j)
+                vals_i.append(backward * inc)
+            else:
+                vals_i[k_i] += backward * inc
+            touched.append((vals_of[j], k_j, vals_i, k_i, pair))
+        return touched
 
     def predict_one(self, user: str, item: str) -> float:
         """``1 - exp(-evidence)``: monotone in the co-occurrence evidence, not a calibrated probability."""
@@ -182,9 +248,13 @@ class ItemCooccurrence:
         i = self.items.get(item)
         if u is None or i is None:
             return 0.0
+        rows = self._rows
         evidence = 0.0
         for j, weight in self._weighted_history(u):
-            evidence += weight * self._rows.get(j, i)
+            slots = rows._slot[j]
+            k = (slots if slots is not None else rows.slots(j)).get(i)
+            if k is not None:
+                evidence += weight * rows._vals[j][k]
         return 1.0 - math.exp(-evidence * float(self._candidate_damping[i]))
 
     def knows_user(self, user: str) -> bool:
@@ -192,16 +262,40 @@ class ItemCooccurrence:
         return u is not None and bool(self._history[u])
 
     def score_all(self, user: str) -> np.ndarray:
+        """Co-occurrence evidence scaled to a maximum of 1, plus ``popularity_weight`` times recent
+        popularity scaled the same way (so items without evidence are ordered by what is popular now)."""
         n_items = len(self.items)
-        scores = np.zeros(n_items, dtype=np.float64)
-        u = self.users.get(user)
-        if u is None:
-            return scores
-        for j, weight in self._weighted_history(u):
-            cols, vals = self._rows.row(j)
-            scores[cols] += weight * vals
-        scores *= self._candidate_damping[:n_items]
+        scores = self._evidence(user, n_items)
+        recent = self._recent
+        if self.popularity_weight and recent.max > 0 and n_items:
+            top = float(scores.max())
+            # Leave the evidence unscaled and scale the prior by ``top`` instead: same ranking, one pass fewer.
+            factor = self.popularity_weight * (top if top > 0 else 1.0) / recent.max
+            prior = np.multiply(recent.mass[:n_items], factor, out=self._scratch(n_items))
+            scores += prior
         return scores
+
+    def _scratch(self, n: int) -> np.ndarray:
+        if len(self._scratch_buffer) < n:
+            self._scratch_buffer = np.empty(max(n, 2 * len(self._scratch_buffer)), dtype=np.float64)
+        return self._scratch_buffer[:n]
+
+    def _evidence(self, user: str, n_items: int) -> np.ndarray:
+        u = self.users.get(user)
+        if u is None or not self._history[u]:
+            return np.zeros(n_items, dtype=np.float64)
+        weighted = self._weighted_history(u)
+        cols_of, vals_of = self._rows._cols, self._rows._vals
+        lengths = [len(cols_of[j]) for j, _ in weighted]
+        if not any(lengths):
+            return np.zeros(n_items, dtype=np.float64)
+        # One buffer join per array type instead of a numpy call per row.
+        cols = np.frombuffer(b"".join([cols_of[j] for j, _ in weighted]), dtype=np.int32)
+        vals = np.frombuffer(b"".join([vals_of[j] for j, _ in weighted]), dtype=np.float32)
+        weights = np.repeat([w for _, w in weighted], lengths)
+        weighted = np.multiply(vals, weights, out=weights)
+        scores = np.bincount(cols, weights=weighted, minlength=n_items)
+        return np.multiply(scores, self._candidate_damping[:n_items], out=scores)
 
     def recent_items(self, user: str) -> list[str]:
         """The user's remembered items, most recent last."""
@@ -213,6 +307,7 @@ class ItemCooccurrence:
     def to_state(self) -> ModelState:
         indptr, indices, data = self._rows.to_csr()
         n_users, n_items = len(self.users), len(self.items)
+        recent_mass, recent_clock = self._recent.state(n_items)
         hist_items = np.full((n_users, self.window), -1, dtype=np.int32)
         hist_weights = np.zeros((n_users, self.window), dtype=np.float64)
         for u, history in enumerate(self._history):
@@ -229,6 +324,8 @@ class ItemCooccurrence:
                 "beta": self.beta,
                 "forward": self.forward,
                 "backward": self.backward,
+                "popularity_weight": self.popularity_weight,
+                "half_life_days": self.half_life_days,
             },
             ids={"users": list(self.users.ids), "items": list(self.items.ids)},
             arrays={
@@ -236,6 +333,8 @@ class ItemCooccurrence:
                 "indices": indices,
                 "data": data,
                 "mass": self._mass[:n_items].copy(),
+                "recent": recent_mass,
+                "recent_clock": recent_clock,
                 "history_items": hist_items,
                 "history_weights": hist_weights,
             },
@@ -254,6 +353,8 @@ class ItemCooccurrence:
             beta=float(p["beta"]),
             forward=float(p["forward"]),
             backward=float(p["backward"]),
+            popularity_weight=float(p["popularity_weight"]),
+            half_life_days=float(p["half_life_days"]),
         )
         model.users = IdIndex(state.ids["users"])
         model.items = IdIndex(state.ids["items"])
@@ -270,7 +371,9 @@ class ItemCooccurrence:
             raise ValueError("history refers to unknown items")
         model._rows = SparseRows.from_csr(np.asarray(a["indptr"]), np.asarray(a["indices"]), a["data"], n_items)
         model._mass = ensure_rows(mass.copy(), n_items)
+        model._recent.load(a["recent"], a["recent_clock"], n_items)
         model._candidate_damping = np.maximum(model._mass, 1.0) ** -model.beta
+        model._row_damping = np.maximum(model._mass, 1.0) ** -model.alpha
         model._history = [
             {int(j): float(w) for j, w in zip(row_items, row_weights, strict=True) if j >= 0}
             for row_items, row_weights in zip(hist_items.tolist(), hist_weights.tolist(), strict=True)
@@ -281,11 +384,11 @@ class ItemCooccurrence:
 
     def _weighted_history(self, u: int) -> list[tuple[int, float]]:
         """(item row, ranking weight) for the user's remembered items: recency and popularity damped."""
-        mass = self._mass
-        out = []
-        for age, (j, w_j) in enumerate(reversed(self._history[u].items())):
-            out.append((j, w_j * self.recency**age * max(float(mass[j]), 1.0) ** -self.alpha))
-        return out
+        damping, powers = self._row_damping, self._recency_powers
+        return [
+            (j, w_j * powers[age] * float(damping[j]))
+            for age, (j, w_j) in enumerate(reversed(self._history[u].items()))
+        ]
 
     def _user_row(self, user: str) -> int:
         row, new = self.users.add(user)
@@ -298,8 +401,14 @@ class ItemCooccurrence:
         if new:
             self._rows.add_row()
             self._mass = ensure_rows(self._mass, row)
+            self._recent.ensure(row)
             if row >= len(self._candidate_damping):
-                grown = np.ones(len(self._mass), dtype=np.float64)
-                grown[: len(self._candidate_damping)] = self._candidate_damping
-                self._candidate_damping = grown
+                self._candidate_damping = _grow_ones(self._candidate_damping, len(self._mass))
+                self._row_damping = _grow_ones(self._row_damping, len(self._mass))
         return row
+
+
+def _grow_ones(values: np.ndarray, size: int) -> np.ndarray:
+    grown = np.ones(size, dtype=values.dtype)
+    grown[: len(values)] = values
+    return grown

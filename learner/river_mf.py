@@ -19,6 +19,8 @@ True
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 from river import optim, reco
 
@@ -105,6 +107,7 @@ class RiverBiasedMF:
                 "l2": self.l2,
                 "negatives": self.negatives,
                 "seed": self.seed,
+                "rng_state": json.dumps(self._rng.bit_generator.state),  # where negative sampling resumes
             },
             ids={"users": list(self.users.ids), "items": list(self.items.ids)},
             arrays={
@@ -128,6 +131,8 @@ class RiverBiasedMF:
             negatives=int(p["negatives"]),
             seed=int(p["seed"]),
         )
+        if "rng_state" in p:
+            model._rng.bit_generator.state = json.loads(str(p["rng_state"]))
         users, items = state.ids["users"], state.ids["items"]
         a = {k: np.asarray(v, dtype=np.float64) for k, v in state.arrays.items()}
         k = model.n_factors
@@ -165,7 +170,10 @@ class RiverBiasedMF:
         if new:
             self._uf = ensure_rows(self._uf, row)
             self._ub = ensure_rows(self._ub, row)
-            self._mirror_user(row, user)  # River draws the random start vector on first access
+            # Draw the start vector here rather than letting River's initialiser do it, so a
+            # restored model (rng_state included) continues exactly like the original.
+            self.river.u_latents[user] = self._rng.normal(0.0, 0.1, self.n_factors)
+            self._mirror_user(row, user)
         return row
 
     def _item_row(self, item: str) -> int:
@@ -173,5 +181,6 @@ class RiverBiasedMF:
         if new:
             self._if = ensure_rows(self._if, row)
             self._ib = ensure_rows(self._ib, row)
+            self.river.i_latents[item] = self._rng.normal(0.0, 0.1, self.n_factors)
             self._mirror_item(row, item)
         return row

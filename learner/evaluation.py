@@ -1,0 +1,400 @@
+"""Replay evaluation: recommend, score, then learn, over a time-ordered stream of events.
+
+The protocol, for every event in stream order, through an :class:`OnlineLearner` (the code the
+worker runs) and the ranking the API serves (the model if it knows the user, else popularity):
+
+* Consecutive events with the same user, item and time are one interaction (a MovieLens rating
+  becomes a view, a like and maybe a share); all of them are scored before any is learned.
+* An interaction is *scored* when it holds a positive event (the target rule's label 1) and the
+  user has had no positive for that item before: the top ``k`` for the user are computed,
+  leaving out every item they interacted with earlier (but never the item being predicted),
+  and the item's rank is recorded.
+* Then every event is learned, labelled or not, with its time as the stream clock, so time
+  rules see the stream's "now", never the wall clock.
+
+Metrics: HR@k, NDCG@k and MRR over all scored positives, over the second half of the stream
+(by event position) and over users with at least ``active_min`` earlier interactions;
+pointwise AUC and log loss of the learner's predictions made before learning labelled events
+(None where a class is missing, e.g. MovieLens has no negatives); catalogue coverage (share of
+the items seen in the stream that were ever recommended); events per second; and HR@k per
+window of stream position (the learning curve).
+
+Hand-checkable example: ann views "a" then "b"; then bob, new to the model, likes "b". Bob is
+answered from popularity, where nothing has a like yet, so items come in order of first
+appearance, "a" then "b": a hit at rank 2.
+
+>>> from learner.online_learner import OnlineLearner
+>>> events = [ReplayEvent("ann", "a", "view", 1.0), ReplayEvent("ann", "b", "view", 2.0),
+...           ReplayEvent("bob", "b", "like", 3.0)]
+>>> result = replay(events, OnlineLearner())
+>>> result.overall.scored, result.overall.hit_rate, result.overall.mrr, result.from_popularity
+(1, 1.0, 0.5, 1)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from learner.id_index import IdIndex
+from learner.online_learner import OnlineLearner
+
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayEvent:
+    """One event of the contract, reduced to what learning needs; ``ts`` in seconds since the epoch."""
+
+    user: str
+    item: str
+    type: str
+    ts: float
+    watch_seconds: float | None = None
+    item_duration_seconds: float | None = None
+
+
+@dataclass
+class RankingMetrics:
+    """Hit rate, NDCG and reciprocal rank at ``k`` for positives with one relevant item each."""
+
+    k: int
+    scored: int = 0
+    hits: int = 0
+    dcg: float = 0.0
+    reciprocal_ranks: float = 0.0
+
+    def add(self, rank: float) -> None:
+        """``rank`` is 1-based; ``inf`` when the item could not be ranked at all."""
+        self.scored += 1
+        if rank <= self.k:
+            self.hits += 1
+            self.dcg += 1.0 / math.log2(rank + 1.0)
+        if math.isfinite(rank):
+            self.reciprocal_ranks += 1.0 / rank
+
+    @property
+    def hit_rate(self) -> float | None:
+        return self.hits / self.scored if self.scored else None
+
+    @property
+    def ndcg(self) -> float | None:
+        return self.dcg / self.scored if self.scored else None
+
+    @property
+    def mrr(self) -> float | None:
+        return self.reciprocal_ranks / self.scored if self.scored else None
+
+
+@dataclass
+class ReplayResult:
+    events: int
+    seconds: float
+    k: int
+    overall: RankingMetrics
+    second_half: RankingMetrics
+    active_users: RankingMetrics
+    auc: float | None
+    logloss: float | None
+    coverage: float | None
+    catalogue: int
+    from_popularity: int  # scored positives answered by the popularity fallback (user unknown to the model)
+    curve: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else math.inf
+
+    def as_dict(self) -> dict[str, Any]:
+        """The metric fields of one model's row in the evaluation report."""
+        k = self.k
+        row: dict[str, Any] = {}
+        for suffix, m in (("", self.overall), ("_second_half", self.second_half), ("_active_users", self.active_users)):
+            row[f"hr_at_{k}{suffix}"] = m.hit_rate
+            row[f"ndcg_at_{k}{suffix}"] = m.ndcg
+            row[f"mrr{suffix}"] = m.mrr
+            row[f"scored{suffix}"] = m.scored
+        row.update(
+            auc=self.auc,
+            logloss=self.logloss,
+            coverage=self.coverage,
+            catalogue=self.catalogue,
+            from_popularity=self.from_popularity,
+            events_per_second=self.events_per_second,
+            seconds=self.seconds,
+            learning_curve=self.curve,
+        )
+        return row
+
+
+class SeenRows:
+    """Per user, the rows in one :class:`IdIndex` of the items they interacted with, as a numpy array.
+
+    An item the index does not know yet waits, and gets its row when the index learns it, so
+    exclusion never needs a per-request loop over the user's history.
+    """
+
+    def __init__(self, index: IdIndex) -> None:
+        self._index = index
+        self._synced = len(index)
+        self._rows: dict[str, tuple[np.ndarray, int]] = {}
+        self._waiting: dict[str, list[str]] = {}
+
+    def add(self, user: str, item: str) -> None:
+        """Record one (user, item) pair; call it once per pair."""
+        row = self._index.get(item)
+        if row is None:
+            self._waiting.setdefault(item, []).append(user)
+        else:
+            self._append(user, row)
+
+    def rows(self, user: str) -> np.ndarray:
+        self._sync()
+        entry = self._rows.get(user)
+        return _EMPTY if entry is None else entry[0][: entry[1]]
+
+    def _sync(self) -> None:
+        ids = self._index.ids
+        n = len(ids)
+        if n > self._synced:
+            if self._waiting:
+                for row in range(self._synced, n):
+                    for user in self._waiting.pop(ids[row], ()):
+                        self._append(user, row)
+            self._synced = n
+
+    def _append(self, user: str, row: int) -> None:
+        array, n = self._rows.get(user, (_EMPTY, 0))
+        if n == len(array):
+            grown = np.zeros(max(8, 2 * n), dtype=np.int64)
+            grown[:n] = array[:n]
+            array = grown
+        array[n] = row
+        self._rows[user] = (array, n + 1)
+
+
+class Recommend:
+    """Top-``k`` for a user exactly as :class:`learner.serving.ServingModel` would answer, plus a target's rank."""
+
+    def __init__(self, learner: OnlineLearner, k: int) -> None:
+        self.learner = learner
+        self.k = k
+        self._model_seen = SeenRows(learner.model.items)
+        self._popular_seen = SeenRows(learner.popularity.items)
+        self._model_shown = np.zeros(0, dtype=bool)
+        self._popular_shown = np.zeros(0, dtype=bool)
+
+    def add_seen(self, user: str, item: str) -> None:
+        self._model_seen.add(user, item)
+        self._popular_seen.add(user, item)
+
+    def top(self, user: str, target: str | None = None, target_seen: bool = False) -> tuple[list[str], float, bool]:
+        """``(item ids best first, rank of target or inf, from_popularity)``; seen items left out, target kept.
+
+        ``target_seen`` says whether the target is among the user's seen items (then it is put back).
+        """
+        index, rows, rank, from_popularity = self._select(user, target, target_seen)
+        return [index.ids[r] for r in rows], rank, from_popularity
+
+    def rank(self, user: str, target: str, target_seen: bool) -> tuple[float, bool]:
+        """``(rank of target or inf, from_popularity)``, recording the list for coverage."""
+        _, _, rank, from_popularity = self._select(user, target, target_seen)
+        return rank, from_popularity
+
+    def _select(self, user: str, target: str | None, target_seen: bool) -> tuple[IdIndex, np.ndarray, float, bool]:
+        model = self.learner.model
+        if model.knows_user(user) and len(model.items):
+            index = model.items
+            rows, rank = self._top_model(
+                model.score_all(user), self._model_seen.rows(user), index.get(target), target_seen
+            )
+            self._model_shown = _mark(self._model_shown, rows, len(index))
+            return index, rows, rank, False
+        popularity = self.learner.popularity
+        index = popularity.items
+        rows, rank = self._top_popular(popularity.counts, self._popular_seen.rows(user), index.get(target))
+        self._popular_shown = _mark(self._popular_shown, rows, len(index))
+        return index, rows, rank, True
+
+    def shown_ids(self) -> set[str]:
+        """Every item that appeared in some top-``k`` so far."""
+        shown = {self.learner.model.items.ids[r] for r in np.flatnonzero(self._model_shown)}
+        shown.update(self.learner.popularity.items.ids[r] for r in np.flatnonzero(self._popular_shown))
+        return shown
+
+    def _top_model(
+        self, raw: np.ndarray, excluded: np.ndarray, target: int | None, target_seen: bool
+    ) -> tuple[np.ndarray, float]:
+        # Same selection as learner.ranking.top_k: argpartition of the negated scores (excluded
+        # rows at +inf), then a stable sort of the k best.
+        neg = np.negative(raw, dtype=np.float64)
+        neg[excluded] = np.inf
+        put_back = target is not None and target_seen
+        if put_back:
+            neg[target] = -raw[target]
+        n_candidates = neg.size - excluded.size + put_back
+        kk = min(self.k, n_candidates)
+        if kk <= 0:
+            return _EMPTY, math.inf
+        part = np.argpartition(neg, kk - 1)[:kk] if kk < neg.size else np.arange(neg.size)
+        best = part[np.argsort(neg[part], kind="stable")]
+        if target is None:
+            return best, math.inf
+        hit = np.flatnonzero(best == target)
+        if hit.size:
+            return best, float(hit[0] + 1)
+        t = neg[target]
+        better = int(np.count_nonzero(neg < t))
+        ties = int(np.count_nonzero(neg == t)) - 1
+        return best, max(float(self.k + 1), 1.0 + better + ties / 2.0)  # mid-rank among ties
+
+    def _top_popular(self, counts: np.ndarray, excluded: np.ndarray, target: int | None) -> tuple[np.ndarray, float]:
+        # Same order as ServingModel.popular: most positives first, ties in order of first appearance.
+        scores = np.array(counts, dtype=np.float64)
+        scores[excluded] = -np.inf
+        if target is not None:
+            scores[target] = counts[target]
+        order = np.argsort(-scores, kind="stable")
+        n_candidates = int(np.count_nonzero(scores > -np.inf))
+        best = order[: min(self.k, n_candidates)]
+        if target is None:
+            return best, math.inf
+        return best, float(np.flatnonzero(order == target)[0] + 1)
+
+
+def replay(
+    events: Sequence[ReplayEvent],
+    learner: OnlineLearner,
+    *,
+    k: int = 10,
+    active_min: int = 5,
+    curve_windows: int = 20,
+    progress: Callable[[int, int], None] | None = None,
+    progress_every: int = 20_000,
+) -> ReplayResult:
+    """Replay ``events`` through ``learner`` with the recommend-score-learn protocol (module doc)."""
+    n = len(events)
+    rule = learner.rule
+    recommend = Recommend(learner, k)
+    overall, second_half, active = RankingMetrics(k), RankingMetrics(k), RankingMetrics(k)
+    curve_hits = np.zeros(curve_windows, dtype=np.int64)
+    curve_scored = np.zeros(curve_windows, dtype=np.int64)
+    seen: dict[str, set[str]] = {}
+    liked: set[tuple[str, str]] = set()
+    labels: list[float] = []
+    predictions: list[float] = []
+    catalogue: set[str] = set()
+    from_popularity = 0
+    next_progress = progress_every
+    started = time.perf_counter()
+    pos = 0
+    while pos < n:
+        first = events[pos]
+        user, item, ts = first.user, first.item, first.ts
+        end = pos + 1
+        while end < n and events[end].item == item and events[end].user == user and events[end].ts == ts:
+            end += 1
+        group = events[pos:end]
+        group_labels = [rule.label(e.type, e.watch_seconds, e.item_duration_seconds) for e in group]
+        user_seen = seen.get(user)
+        if user_seen is None:
+            user_seen = seen[user] = set()
+        if any(y is not None and y > 0.5 for y in group_labels) and (user, item) not in liked:
+            liked.add((user, item))
+            rank, fallback = recommend.rank(user, item, target_seen=item in user_seen)
+            from_popularity += fallback
+            overall.add(rank)
+            if pos >= n / 2:
+                second_half.add(rank)
+            if len(user_seen) - (item in user_seen) >= active_min:
+                active.add(rank)
+            window = min(pos * curve_windows // n, curve_windows - 1)
+            curve_scored[window] += 1
+            curve_hits[window] += rank <= k
+        for event, y in zip(group, group_labels, strict=True):
+            p = learner.learn(
+                event.user, event.item, event.type, event.watch_seconds, event.item_duration_seconds, ts=event.ts
+            )
+            if p is not None and y is not None:
+                labels.append(y)
+                predictions.append(p)
+        if item not in user_seen:
+            user_seen.add(item)
+            recommend.add_seen(user, item)
+        catalogue.add(item)
+        pos = end
+        if progress is not None and pos >= next_progress:
+            progress(pos, n)
+            next_progress += progress_every
+    seconds = time.perf_counter() - started
+    if progress is not None:
+        progress(n, n)
+    y_true, y_pred = np.asarray(labels, dtype=np.float64), np.asarray(predictions, dtype=np.float64)
+    shown = recommend.shown_ids() if catalogue else set()
+    curve = [
+        {
+            "position": round((w + 1) * n / curve_windows),
+            f"hr_at_{k}": float(curve_hits[w] / curve_scored[w]) if curve_scored[w] else None,
+            "scored": int(curve_scored[w]),
+        }
+        for w in range(curve_windows)
+    ]
+    return ReplayResult(
+        events=n,
+        seconds=seconds,
+        k=k,
+        overall=overall,
+        second_half=second_half,
+        active_users=active,
+        auc=roc_auc(y_true, y_pred),
+        logloss=log_loss(y_true, y_pred),
+        coverage=len(shown & catalogue) / len(catalogue) if catalogue else None,
+        catalogue=len(catalogue),
+        from_popularity=from_popularity,
+        curve=curve,
+    )
+
+
+def roc_auc(y_true: np.ndarray, y_score: np.ndarray) -> float | None:
+    """Area under the ROC curve (ties count half); None unless both classes occur.
+
+    >>> roc_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8]))
+    0.75
+    """
+    positive = y_true > 0.5
+    n_pos = int(positive.sum())
+    n_neg = int(y_true.size - n_pos)
+    if n_pos == 0 or n_neg == 0:
+        return None
+    _, inverse, counts = np.unique(y_score, return_inverse=True, return_counts=True)
+    upper = np.cumsum(counts)
+    mid_ranks = upper - (counts - 1) / 2.0  # 1-based average rank of each distinct score
+    ranks = mid_ranks[inverse]
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def log_loss(y_true: np.ndarray, y_pred: np.ndarray, eps: float = 1e-7) -> float | None:
+    """Mean binary cross-entropy with predictions clipped to ``[eps, 1 - eps]``; None when empty.
+
+    >>> round(log_loss(np.array([1.0, 0.0]), np.array([0.5, 0.5])), 4)
+    0.6931
+    """
+    if not y_true.size:
+        return None
+    p = np.clip(y_pred, eps, 1.0 - eps)
+    positive = y_true > 0.5
+    return float(-np.mean(np.where(positive, np.log(p), np.log1p(-p))))
+
+
+def _mark(shown: np.ndarray, rows: np.ndarray, size: int) -> np.ndarray:
+    if size > len(shown):
+        grown = np.zeros(max(size, 2 * len(shown)), dtype=bool)
+        grown[: len(shown)] = shown
+        shown = grown
+    shown[rows] = True
+    return shown

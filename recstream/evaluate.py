@@ -1,0 +1,386 @@
+"""``recstream evaluate``: replay a file of events through the learner and compare models offline.
+
+Reads JSON lines in the event contract (``--events``, in time order) or a MovieLens
+``ratings.csv`` (``--movielens``: every rating a ``view``, 4 and above also a ``like``, 5 also a
+``share``, ordered by timestamp with ties kept in file order), replays them through
+:func:`learner.evaluation.replay` once per model, prints a table, and writes the JSON report
+plus a PNG learning curve next to it. Lines that break the contract are rejected with a
+reason and counted; they never stop the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from learner.evaluation import ReplayEvent, ReplayResult, replay
+from learner.event_weights import EventWeights
+from learner.online_learner import OnlineLearner
+from learner.registry import DEFAULT_MODEL, MODELS, build_model
+from learner.target import TargetRule
+
+K = 10
+TARGET_RATIO = 1.4  # the default model's HR@10 (second half) over the best popularity baseline's
+TARGET_EVENTS_PER_SECOND = 20_000.0
+_ID = re.compile(r"^[A-Za-z0-9._:@\-]{1,128}$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A named model configuration to replay: a registry kind and its constructor parameters."""
+
+    name: str
+    kind: str
+    params: dict[str, Any] = field(default_factory=dict)
+    baseline: bool = False
+
+
+# Baselines are tuned in the same run: the decayed one at several half-lives, the best one counts.
+PRESETS: dict[str, ModelSpec] = {
+    s.name: s
+    for s in (
+        ModelSpec("popularity", "popularity", baseline=True),
+        ModelSpec("decayed_popularity_30d", "decayed_popularity", {"half_life_days": 30.0}, baseline=True),
+        ModelSpec("decayed_popularity_90d", "decayed_popularity", {"half_life_days": 90.0}, baseline=True),
+        ModelSpec("decayed_popularity", "decayed_popularity", baseline=True),  # 365 days
+        ModelSpec("decayed_popularity_730d", "decayed_popularity", {"half_life_days": 730.0}, baseline=True),
+        ModelSpec("implicit_mf", "implicit_mf"),
+        ModelSpec("river_biased_mf", "river_biased_mf"),
+        ModelSpec("bpr", "bpr"),
+        ModelSpec("item_cooccurrence", "item_cooccurrence"),  # the default (learner.registry.DEFAULT_MODEL)
+        ModelSpec("blend", "blend"),  # co-occurrence + a little BPR
+    )
+}
+
+
+def parse_model(name: str) -> ModelSpec:
+    """A preset name, a registry kind, or ``kind:{json params}`` (e.g. ``decayed_popularity:{"half_life_days": 7}``)."""
+    if name in PRESETS:
+        return PRESETS[name]
+    kind, _, raw = name.partition(":")
+    if kind not in MODELS:
+        known = ", ".join(sorted(set(PRESETS) | set(MODELS)))
+        raise ValueError(f"unknown model {name!r}; known: {known} (or kind:{{json params}})")
+    try:
+        params = json.loads(raw) if raw else {}
+    except ValueError as exc:
+        raise ValueError(f"model parameters of {name!r} are not JSON: {exc}") from None
+    if not isinstance(params, dict):
+        raise ValueError(f"model parameters of {name!r} must be a JSON object")
+    return ModelSpec(name, kind, params, baseline=kind in ("popularity", "decayed_popularity"))
+
+
+# -- input ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Loaded:
+    events: list[ReplayEvent]
+    rejected: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, str] = field(default_factory=dict)
+
+    def reject(self, reason: str, detail: str) -> None:
+        self.rejected[reason] += 1
+        self.examples.setdefault(reason, detail)
+
+
+def load_events(path: Path, limit: int | None = None) -> Loaded:
+    """JSON lines in the event contract; invalid lines are rejected with a reason, never raised."""
+    from recstream.events import parse_event
+
+    loaded = Loaded(events=[])
+    with path.open("rb") as f:
+        for number, line in enumerate(f, start=1):
+            if limit is not None and len(loaded.events) >= limit:
+                break
+            if not line.strip():
+                continue
+            event, reason = parse_event(line.rstrip(b"\r\n"))
+            if event is None:
+                loaded.reject(_reason_key(reason or "invalid"), f"line {number}: {reason}")
+                continue
+            loaded.events.append(
+                ReplayEvent(
+                    event.user_id,
+                    event.item_id,
+                    event.type,
+                    event.ts.timestamp(),
+                    event.watch_seconds,
+                    event.item_duration_seconds,
+                )
+            )
+    return loaded
+
+
+def load_movielens(path: Path, limit: int | None = None) -> Loaded:
+    """MovieLens ratings as events: a view each, a like from 4 stars, a share at 5; time order, ties in file order."""
+    loaded = Loaded(events=[])
+    ratings: list[tuple[int, str, str, float]] = []
+    with path.open(newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:4]] != ["userId", "movieId", "rating", "timestamp"]:
+            raise ValueError(f"{path} does not start with the MovieLens header userId,movieId,rating,timestamp")
+        for number, row in enumerate(reader, start=2):
+            try:
+                user, item, rating, ts = row[0].strip(), row[1].strip(), float(row[2]), int(row[3])
+            except (IndexError, ValueError) as exc:
+                loaded.reject("malformed_row", f"line {number}: {exc}")
+                continue
+            if not (_ID.match(user) and _ID.match(item)) or not math.isfinite(rating):
+                loaded.reject("invalid_row", f"line {number}: {row!r}")
+                continue
+            ratings.append((ts, user, item, rating))
+    ratings.sort(key=lambda r: r[0])  # stable: ties keep file order
+    events = loaded.events
+    for ts, user, item, rating in ratings:
+        t = float(ts)
+        events.append(ReplayEvent(user, item, "view", t))
+        if rating >= 4.0:
+            events.append(ReplayEvent(user, item, "like", t))
+        if rating >= 5.0:
+            events.append(ReplayEvent(user, item, "share", t))
+        if limit is not None and len(events) >= limit:
+            break
+    if limit is not None:
+        del events[limit:]
+    return loaded
+
+
+def _reason_key(reason: str) -> str:
+    """A short, stable bucket for a rejection reason: ``malformed_json`` or ``invalid_<field>``."""
+    if reason.startswith("malformed JSON"):
+        return "malformed_json"
+    if reason.startswith("undecodable"):
+        return "undecodable"
+    field_name = reason.split(":", 1)[0].strip().split(".")[0]
+    return f"invalid_{field_name}" if field_name and " " not in field_name else "invalid"
+
+
+# -- running --------------------------------------------------------------------------------
+
+
+def _target_rule() -> TargetRule:
+    """The worker's target rule, from the same settings (RECSTREAM_POSITIVE_TYPES, ...)."""
+    from recstream.settings import get_settings
+
+    s = get_settings()
+    return TargetRule(
+        positive_types=frozenset(s.positive_types),
+        negative_types=frozenset(s.negative_types),
+        short_watch_fraction=s.short_watch_fraction,
+    )
+
+
+def run_model(spec: ModelSpec, events: list[ReplayEvent], rule: TargetRule, weights: EventWeights) -> ReplayResult:
+    learner = OnlineLearner(model=build_model(spec.kind, **spec.params), rule=rule, weights=weights)
+    progress = _Progress(spec.name)
+    result = replay(events, learner, k=K, progress=progress)
+    progress.done()
+    return result
+
+
+class _Progress:
+    """One stderr line per model, rewritten in place on a terminal."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.tty = sys.stderr.isatty()
+        self.started = time.perf_counter()
+        self.last_quarter = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.tty:
+            rate = done / max(time.perf_counter() - self.started, 1e-9)
+            sys.stderr.write(f"\r{self.name:<26} {done:>9,}/{total:,} events  {rate:>9,.0f}/s")
+            sys.stderr.flush()
+        elif total and done * 4 // total > self.last_quarter:
+            self.last_quarter = done * 4 // total
+            sys.stderr.write(f"{self.name}: {done:,}/{total:,} events\n")
+
+    def done(self) -> None:
+        if self.tty:
+            sys.stderr.write("\r" + " " * 70 + "\r")
+            sys.stderr.flush()
+
+
+def build_report(
+    dataset: str, n_events: int, results: list[tuple[ModelSpec, ReplayResult]], loaded: Loaded
+) -> dict[str, Any]:
+    rows = []
+    for spec, result in results:
+        rows.append(
+            {"name": spec.name, "kind": spec.kind, "params": spec.params, "baseline": spec.baseline, **result.as_dict()}
+        )
+    report: dict[str, Any] = {
+        "dataset": dataset,
+        "events": n_events,
+        "k": K,
+        "models": rows,
+        "gate": {
+            "held": 0,
+            "rejected": sum(loaded.rejected.values()),
+            "by_reason": dict(loaded.rejected),
+            "examples": loaded.examples,
+        },
+    }
+    report["target"] = _target(rows)
+    return report
+
+
+def _target(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The issue's bar: the default model against the best popularity baseline of this run."""
+    key = f"hr_at_{K}_second_half"
+    baselines = [r for r in rows if r["baseline"] and r[key] is not None]
+    default = next((r for r in rows if r["name"] == DEFAULT_MODEL), None)
+    if not baselines or default is None or default[key] is None:
+        return None
+    best = max(baselines, key=lambda r: r[key])
+    ratio = default[key] / best[key] if best[key] else math.inf
+    return {
+        "default_model": DEFAULT_MODEL,
+        "best_baseline": best["name"],
+        "best_baseline_hr": best[key],
+        "default_hr": default[key],
+        "ratio": ratio,
+        "required_ratio": TARGET_RATIO,
+        "default_events_per_second": default["events_per_second"],
+        "required_events_per_second": TARGET_EVENTS_PER_SECOND,
+        "met": ratio >= TARGET_RATIO and default["events_per_second"] >= TARGET_EVENTS_PER_SECOND,
+    }
+
+
+def format_table(report: dict[str, Any]) -> str:
+    k = report["k"]
+    columns = [  # title, report key, width, format
+        ("model", "name", 24, "{}"),
+        ("base", "baseline", 5, "{}"),
+        (f"HR@{k}", f"hr_at_{k}", 7, "{:.4f}"),
+        (f"NDCG@{k}", f"ndcg_at_{k}", 7, "{:.4f}"),
+        ("MRR", "mrr", 6, "{:.4f}"),
+        (f"HR@{k}·2nd", f"hr_at_{k}_second_half", 9, "{:.4f}"),
+        (f"HR@{k}·act", f"hr_at_{k}_active_users", 9, "{:.4f}"),
+        ("AUC", "auc", 6, "{:.4f}"),
+        ("logloss", "logloss", 7, "{:.4f}"),
+        ("cover", "coverage", 6, "{:.4f}"),
+        ("events/s", "events_per_second", 9, "{:,.0f}"),
+    ]
+
+    def line(cells: list[str]) -> str:
+        widths = [w for _, _, w, _ in columns]
+        padded = [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))]
+        return "  ".join(padded)
+
+    lines = [line([title for title, *_ in columns])]
+    for row in report["models"]:
+        lines.append(line(["-" if row[key] is None else fmt.format(row[key]) for _, key, _, fmt in columns]))
+    gate = report["gate"]
+    lines.append(f"events: {report['events']:,}  rejected: {gate['rejected']:,} {gate['by_reason'] or ''}".rstrip())
+    target = report.get("target")
+    if target:
+        lines.append(
+            f"default {target['default_model']}: HR@{k} second half {target['default_hr']:.4f} = "
+            f"{target['ratio']:.2f}x the best baseline {target['best_baseline']} ({target['best_baseline_hr']:.4f}) "
+            f"at {target['default_events_per_second']:,.0f} events/s; target {target['required_ratio']}x and "
+            f"{target['required_events_per_second']:,.0f} events/s: {'met' if target['met'] else 'NOT met'}"
+        )
+    return "\n".join(lines)
+
+
+def write_learning_curve(report: dict[str, Any], path: Path) -> bool:
+    """HR@k per stream window, one line per model (baselines dashed); False if matplotlib is missing."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = report["k"]
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for row in report["models"]:
+        points = [(p["position"], p[f"hr_at_{k}"]) for p in row["learning_curve"] if p[f"hr_at_{k}"] is not None]
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, linestyle="--" if row["baseline"] else "-", marker=".", label=row["name"])
+    ax.set_xlabel("stream position (events)")
+    ax.set_ylabel(f"HR@{k} in window")
+    ax.set_title(f"Replay learning curve: {report['dataset']}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    try:
+        specs = [parse_model(name) for name in args.model] if args.model else list(PRESETS.values())
+    except ValueError as exc:
+        print(f"recstream evaluate: {exc}", file=sys.stderr)
+        return 2
+    source = Path(args.events or args.movielens)
+    try:
+        loaded = load_events(source, args.limit) if args.events else load_movielens(source, args.limit)
+    except (OSError, ValueError) as exc:
+        print(f"recstream evaluate: cannot read {source}: {exc}", file=sys.stderr)
+        return 2
+    events = loaded.events
+    rule = _target_rule()
+    weights = EventWeights()
+    results = [(spec, run_model(spec, events, rule, weights)) for spec in specs]
+    report = build_report(str(source), len(events), results, loaded)
+    out = Path(args.report)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+    curve = out.with_suffix(".png")
+    print(format_table(report))
+    if write_learning_curve(report, curve):
+        print(f"report: {out}  learning curve: {curve}")
+    else:
+        print(f"report: {out}  (no learning curve: install matplotlib, e.g. the eval extra)")
+    return 0
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``evaluate`` on the ``recstream`` command's subparsers."""
+    p = subparsers.add_parser(
+        "evaluate",
+        help="replay a file of events through the learner and compare models (no Kafka needed)",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--events", metavar="FILE", help="JSON lines in the event contract, in time order")
+    source.add_argument(
+        "--movielens", metavar="RATINGS", help="a MovieLens ratings.csv (userId,movieId,rating,timestamp)"
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME",
+        help=f"model to replay (repeatable): a preset ({', '.join(PRESETS)}), a registry kind, "
+        "or kind:{json params}; default: every preset, baselines included",
+    )
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="replay only the first N events")
+    p.add_argument(
+        "--report", required=True, metavar="OUT.json", help="where to write the JSON report (a PNG goes next to it)"
+    )
+    p.add_argument("--no-gate", action="store_true", help="replay without the quality gate (the gate is not built yet)")
+    p.set_defaults(func=evaluate)

@@ -1,0 +1,238 @@
+"""The replay evaluator on streams small enough to score by hand, and the ``evaluate`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from learner.evaluation import Recommend, ReplayEvent, log_loss, replay, roc_auc
+from learner.event_weights import EventWeights
+from learner.item_cooccurrence import ItemCooccurrence
+from learner.online_learner import OnlineLearner
+from learner.popularity_models import AllTimePopularity
+from learner.registry import DEFAULT_MODEL, build_model
+from learner.serving import ServingModel
+from recstream import evaluate
+
+LIKES_ONLY = EventWeights(like=1.0, share=0.0, view=0.0, skip=0.0)
+
+
+def _popularity_learner() -> OnlineLearner:
+    return OnlineLearner(model=AllTimePopularity(), weights=LIKES_ONLY)
+
+
+def _events(*rows: tuple[str, str, str]) -> list[ReplayEvent]:
+    return [ReplayEvent(user, item, kind, float(t)) for t, (user, item, kind) in enumerate(rows, start=1)]
+
+
+# Popularity by likes, k=2. Worked out event by event (counts are likes so far):
+#  0 u1 like A   A unknown yet                                  -> miss (rank inf)
+#  1 u2 like A   candidates A(1)                                -> rank 1
+#  2 u2 like B   B unknown yet                                  -> miss (rank inf); u2 has 1 earlier item
+#  3 u3 like B   candidates A(2) B(1)                           -> rank 2: hit, NDCG 1/log2(3), RR 1/2
+#  4 u3 share B  second positive for (u3, B)                    -> not scored
+#  5 u4 view C   a view                                         -> not scored; C now known, 0 likes
+#  6 u1 like B   u1 saw A; candidates B(2) C(0)                 -> rank 1; u1 has 1 earlier item
+#  7 u4 like C   u4 saw C (put back); A(2) B(2) C(0)            -> rank 3: miss, RR 1/3
+#  8 u5 view D   a view; D is never recommended                 -> not scored
+STREAM = _events(
+    ("u1", "A", "like"),
+    ("u2", "A", "like"),
+    ("u2", "B", "like"),
+    ("u3", "B", "like"),
+    ("u3", "B", "share"),
+    ("u4", "C", "view"),
+    ("u1", "B", "like"),
+    ("u4", "C", "like"),
+    ("u5", "D", "view"),
+)
+
+
+def test_hit_rate_ndcg_and_mrr_match_the_hand_computation() -> None:
+    result = replay(STREAM, _popularity_learner(), k=2, active_min=1, curve_windows=3)
+    overall = result.overall
+    assert overall.scored == 6
+    assert overall.hit_rate == pytest.approx(3 / 6)
+    assert overall.ndcg == pytest.approx((1 + 1 / math.log2(3) + 1) / 6)
+    assert overall.mrr == pytest.approx((1 + 1 / 2 + 1 + 1 / 3) / 6)
+    # Second half: positions >= 9/2, i.e. events 6 and 7.
+    assert (result.second_half.scored, result.second_half.hit_rate) == (2, 0.5)
+    assert result.second_half.mrr == pytest.approx((1 + 1 / 3) / 2)
+    # At least one earlier item (the target itself does not count): events 2 and 6.
+    assert (result.active_users.scored, result.active_users.hit_rate) == (2, 0.5)
+    # Windows of 3 events: [0-2] one hit in three, [3-5] one in one, [6-8] one in two.
+    assert [p["hr_at_2"] for p in result.curve] == pytest.approx([1 / 3, 1.0, 0.5])
+    assert result.from_popularity == 1  # event 0: the model had no items yet
+    assert result.coverage == pytest.approx(3 / 4)  # A, B, C shown; D never
+    assert result.auc is None  # every label is a positive: AUC is undefined, not 0.5
+    assert result.logloss is not None and result.logloss > 0
+
+
+def test_events_of_one_interaction_are_scored_before_any_of_them_is_learned() -> None:
+    learner = OnlineLearner(model=AllTimePopularity(), weights=EventWeights(view=2.0))
+    events = [
+        ReplayEvent("u0", "B", "like", 0.5),  # B: weight 1; a miss (B unknown before)
+        ReplayEvent("u1", "A", "view", 1.0),  # one rating: view + like at the same time
+        ReplayEvent("u1", "A", "like", 1.0),
+        ReplayEvent("u2", "A", "view", 2.0),  # a view, then later a like: the view is learned first
+        ReplayEvent("u2", "A", "like", 3.0),
+    ]
+    result = replay(events, learner, k=1)
+    # u1's like is a miss: had its own view been learned first, A (weight 2) would have ranked first.
+    # u2's like: u2 saw A, but the item being predicted is put back, and A (weight 5) beats B (1).
+    assert (result.overall.scored, result.overall.hits) == (3, 1)
+
+
+def test_seen_items_are_never_recommended_and_lists_match_the_serving_view() -> None:
+    rng = np.random.default_rng(5)
+    learner = OnlineLearner(model=build_model(DEFAULT_MODEL))
+    recommend = Recommend(learner, k=10)
+    seen: dict[str, set[str]] = {}
+    for t in range(1500):
+        user, item = f"u{int(rng.integers(0, 40))}", f"i{int(rng.integers(0, 60))}"
+        kind = "like" if rng.random() < 0.5 else "view"
+        learner.learn(user, item, kind, None, None, ts=float(t))
+        if item not in seen.setdefault(user, set()):
+            seen[user].add(item)
+            recommend.add_seen(user, item)
+        if t % 100 == 99:
+            view = ServingModel.from_bytes(learner.to_bytes(), version=t)
+            for probe in ("u1", "u7", "never-seen"):
+                ids, _, from_popularity = recommend.top(probe)
+                assert not set(ids) & seen.get(probe, set())
+                served = view.recommend(probe, k=10, exclude=seen.get(probe, set()))
+                assert ids == [i for i, _ in served.items]
+                assert from_popularity == (served.source == "popular")
+
+
+def test_a_brand_new_user_gets_the_most_liked_items() -> None:
+    learner = OnlineLearner(model=build_model(DEFAULT_MODEL))
+    for n, item in enumerate(["x"] * 5 + ["y"] * 3 + ["z"] * 1 + ["w"] * 2):
+        learner.learn(f"u{n}", item, "like", None, None, ts=float(n))
+    ids, _, from_popularity = Recommend(learner, k=3).top("brand-new-user")
+    assert from_popularity and ids == ["x", "y", "w"]
+
+
+def test_a_brand_new_item_is_recommended_once_it_has_been_liked() -> None:
+    learner = OnlineLearner(model=ItemCooccurrence())
+    for n in range(20):  # an established catalogue: everyone goes a -> b
+        learner.learn(f"u{n}", "a", "like", None, None, ts=float(n))
+        learner.learn(f"u{n}", "b", "like", None, None, ts=n + 0.5)
+    learner.learn("early", "a", "like", None, None, ts=100.0)
+    learner.learn("early", "fresh", "like", None, None, ts=101.0)  # "fresh" appears for the first time
+    learner.learn("next", "a", "like", None, None, ts=102.0)
+    recommend = Recommend(learner, k=2)
+    recommend.add_seen("next", "a")
+    ids, _, _ = recommend.top("next")
+    assert ids == ["b", "fresh"]
+
+
+def test_roc_auc_and_log_loss_by_hand() -> None:
+    # Positives 0.35 and 0.8 against negatives 0.1 and 0.4: 3 of 4 pairs ordered right.
+    assert roc_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])) == pytest.approx(0.75)
+    assert roc_auc(np.array([0, 1]), np.array([0.5, 0.5])) == pytest.approx(0.5)  # a tie counts half
+    assert roc_auc(np.array([1, 1]), np.array([0.2, 0.9])) is None
+    assert log_loss(np.array([1.0, 0.0]), np.array([0.8, 0.2])) == pytest.approx(-math.log(0.8))
+
+
+# -- the command ------------------------------------------------------------------------------
+
+
+def _run(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    evaluate.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["evaluate", *argv])
+    return int(args.func(args))
+
+
+def test_movielens_adapter_orders_by_time_and_keeps_ties_in_file_order(tmp_path: Path) -> None:
+    ratings = tmp_path / "ratings.csv"
+    ratings.write_text(
+        "userId,movieId,rating,timestamp\n1,10,5.0,300\n1,11,3.5,100\n2,10,4.0,300\n2,12,4.5,100\nbad,row\n"
+    )
+    loaded = evaluate.load_movielens(ratings)
+    got = [(e.user, e.item, e.type, e.ts) for e in loaded.events]
+    assert got == [
+        ("1", "11", "view", 100.0),
+        ("2", "12", "view", 100.0),
+        ("2", "12", "like", 100.0),
+        ("1", "10", "view", 300.0),
+        ("1", "10", "like", 300.0),
+        ("1", "10", "share", 300.0),
+        ("2", "10", "view", 300.0),
+        ("2", "10", "like", 300.0),
+    ]
+    assert dict(loaded.rejected) == {"malformed_row": 1}
+
+
+def test_evaluate_writes_the_report_rejects_bad_lines_and_never_crashes(tmp_path: Path) -> None:
+    lines = []
+    for n in range(60):
+        user, item = f"u{n % 7}", f"v{(n * 3) % 11}"
+        kind = "like" if n % 3 else "view"
+        lines.append(
+            json.dumps(
+                {
+                    "event_id": f"e{n}",
+                    "user_id": user,
+                    "item_id": item,
+                    "type": kind,
+                    "ts": f"2026-01-01T00:{n:02d}:00Z",
+                }
+            )
+        )
+    lines += [
+        "{not json",
+        json.dumps(
+            {"event_id": "x1", "user_id": "bad user!", "item_id": "v1", "type": "like", "ts": "2026-01-01T01:00:00Z"}
+        ),
+        json.dumps(
+            {"event_id": "x2", "user_id": "u1", "item_id": "v1", "type": "teleport", "ts": "2026-01-01T01:00:00Z"}
+        ),
+    ]
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out" / "report.json"
+    code = _run(
+        "--events", str(events), "--model", "popularity", "--model", DEFAULT_MODEL, "--no-gate", "--report", str(out)
+    )
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["events"] == 60
+    assert [m["name"] for m in report["models"]] == ["popularity", DEFAULT_MODEL]
+    assert [m["baseline"] for m in report["models"]] == [True, False]
+    for row in report["models"]:
+        for key in (
+            "hr_at_10",
+            "ndcg_at_10",
+            "mrr",
+            "hr_at_10_second_half",
+            "hr_at_10_active_users",
+            "coverage",
+            "events_per_second",
+        ):
+            assert isinstance(row[key], (int, float)), key
+        assert "auc" in row and "logloss" in row
+    direct = replay(evaluate.load_events(events).events, OnlineLearner(model=AllTimePopularity()))
+    popularity = report["models"][0]
+    assert (popularity["hr_at_10"], popularity["ndcg_at_10"], popularity["mrr"]) == pytest.approx(
+        (direct.overall.hit_rate, direct.overall.ndcg, direct.overall.mrr)
+    )
+    assert popularity["hr_at_10_second_half"] == pytest.approx(direct.second_half.hit_rate)
+    assert report["gate"]["held"] == 0
+    assert report["gate"]["rejected"] == 3
+    assert report["gate"]["by_reason"] == {"malformed_json": 1, "invalid_user_id": 1, "invalid_type": 1}
+    pytest.importorskip("matplotlib")
+    assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_evaluate_refuses_an_unknown_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ratings = tmp_path / "r.csv"
+    ratings.write_text("userId,movieId,rating,timestamp\n1,2,4.0,1\n")
+    assert _run("--movielens", str(ratings), "--model", "nope", "--report", str(tmp_path / "r.json")) == 2
+    assert "unknown model 'nope'" in capsys.readouterr().err
