@@ -1,0 +1,552 @@
+"""Behaviour rules: who sends what, how fast, and to which item.
+
+* :class:`UserRateRule` (``user_rate``): one user's events, or likes+shares, per sliding window
+  beyond what a person does in a feed.
+* :class:`ItemSurgeRule` (``item_surge``): positives on one item coming mostly from users new to
+  the system, far more than positives in general do (promotion attacks, brigading, bot farms).
+* :class:`AnomalousBehaviourRule` (``anomalous_behaviour``): River's Half-Space Trees scoring
+  per-event behaviour features, holding scores above a running quantile once warmed up.
+
+Windows run on each user's own clock (the latest ``ts`` seen from them), so a batch of events
+buffered offline is judged by when it happened, and stamping events in the past does not evade
+a window. Rules count their own holds as attempts (``observe_held``, called by the gate on the
+rule that held the event), so a bot that keeps sending stays held instead of leaking through a
+window's worth of events at a time. State of users and items idle beyond each rule's horizon is
+evicted, and every map has a hard cap (oldest-idle evicted first); the bounds are in each class.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from collections import OrderedDict
+
+from river import anomaly, stats
+
+from learner.gate.base import GateEvent, Hold
+
+POSITIVE_TYPES = frozenset({"like", "share"})
+
+
+class UserRateRule:
+    """Holds a user's events beyond ``max_events`` (any type) or ``max_positives`` (likes+shares) per window.
+
+    Sliding-window counters: two fixed windows per user, the previous one weighted by how much of
+    it still overlaps the sliding window (error bounded by the previous window's count, no
+    timestamps stored). Memory: one small record (~0.3 kB) per user active in the last two
+    windows, at most ``max_users``.
+
+    >>> rule = UserRateRule(window_seconds=60, max_positives=3, max_events=100)
+    >>> likes = [GateEvent(f"e{i}", "u1", f"v{i}", "like", 1_000.0 + i) for i in range(4)]
+    >>> for e in likes[:3]:
+    ...     assert rule.check(e, e.ts) is None
+    ...     rule.observe(e, e.ts)
+    >>> rule.check(likes[3], likes[3].ts).reason
+    'user_rate'
+    >>> rule.check(GateEvent("e9", "u1", "v9", "like", 1_130.0), 1_130.0) is None   # two windows later
+    True
+    """
+
+    codes: tuple[str, ...] = ("user_rate",)
+
+    def __init__(
+        self,
+        window_seconds: float = 60.0,
+        max_positives: int = 30,
+        max_events: int = 120,
+        max_users: int = 1_000_000,
+        positive_types: frozenset[str] = POSITIVE_TYPES,
+    ) -> None:
+        if window_seconds <= 0 or max_positives < 1 or max_events < 1:
+            raise ValueError("window_seconds, max_positives and max_events must be positive")
+        self.window_seconds = window_seconds
+        self.max_positives = max_positives
+        self.max_events = max_events
+        self.max_users = max_users
+        self.positive_types = positive_types
+        # user -> [window index, previous events, current events, previous positives, current positives,
+        #          user's clock (latest ts), now when last seen]; least recently seen first
+        self._users: OrderedDict[str, list[float]] = OrderedDict()
+
+    def _counts(self, state: list[float] | None, ts: float) -> tuple[float, float, float]:
+        """(estimated events, estimated positives) in the window ending at the user's clock, and that clock."""
+        if state is None:
+            return 0.0, 0.0, ts
+        clock = max(state[5], ts)
+        index = clock // self.window_seconds
+        if index == state[0]:
+            previous_e, current_e, previous_p, current_p = state[1], state[2], state[3], state[4]
+        elif index == state[0] + 1:
+            previous_e, current_e, previous_p, current_p = state[2], 0.0, state[4], 0.0
+        else:
+            return 0.0, 0.0, clock
+        overlap = 1.0 - (clock - index * self.window_seconds) / self.window_seconds
+        return previous_e * overlap + current_e, previous_p * overlap + current_p, clock
+
+    def check(self, event: GateEvent, now: float) -> Hold | None:  # noqa: ARG002 - windows run on the user's clock
+        events, positives, _ = self._counts(self._users.get(event.user_id), event.ts)
+        if events + 1 > self.max_events:
+            return Hold(
+                "user_rate",
+                f"user sent {events:.0f} events in the last {self.window_seconds:.0f} s (limit {self.max_events})",
+            )
+        if event.type in self.positive_types and positives + 1 > self.max_positives:
+            return Hold(
+                "user_rate",
+                f"user sent {positives:.0f} likes/shares in the last {self.window_seconds:.0f} s "
+                f"(limit {self.max_positives})",
+            )
+        return None
+
+    def observe(self, event: GateEvent, now: float) -> None:
+        users = self._users
+        state = users.pop(event.user_id, None)
+        clock = event.ts if state is None else max(state[5], event.ts)
+        index = clock // self.window_seconds
+        if state is None or index > state[0] + 1:
+            state = [index, 0.0, 0.0, 0.0, 0.0, clock, now]
+        elif index == state[0] + 1:
+            state = [index, state[2], 0.0, state[4], 0.0, clock, now]
+        state[2] += 1.0
+        if event.type in self.positive_types:
+            state[4] += 1.0
+        state[5] = clock
+        state[6] = now
+        users[event.user_id] = state
+        _evict(users, now - 2 * self.window_seconds, self.max_users, 6)
+
+    def observe_held(self, event: GateEvent, now: float, hold: Hold) -> None:  # noqa: ARG002 - any reason counts
+        """A held attempt still counts: a sender who keeps going stays over the limit."""
+        self.observe(event, now)
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+
+class EstablishedUsers:
+    """Users with enough history, in two rotating Bloom filters: fixed memory for any number of users.
+
+    When the current filter has taken ``capacity`` users it becomes the previous one and a fresh
+    filter starts; :meth:`add` on a member found only in the previous filter copies it into the
+    current one, so active users stay known and users idle for two generations are forgotten (they look new again
+    until they re-establish). Memory: 2 × ~1.2 bytes per user of ``capacity`` at a 1% false-positive
+    rate (a new user taken for established 1% of the time). Hashes are stable across processes.
+
+    >>> users = EstablishedUsers(capacity=100)
+    >>> users.add("u1"); "u1" in users, "u2" in users
+    (True, False)
+    """
+
+    def __init__(self, capacity: int = 5_000_000, false_positive_rate: float = 0.01) -> None:
+        if capacity < 1 or not 0 < false_positive_rate < 1:
+            raise ValueError("capacity must be >= 1 and 0 < false_positive_rate < 1")
+        self.capacity = capacity
+        self.bits = max(64, math.ceil(-capacity * math.log(false_positive_rate) / math.log(2) ** 2))
+        self.hashes = max(1, round(self.bits / capacity * math.log(2)))
+        self._current = bytearray((self.bits + 7) // 8)
+        self._previous = bytearray((self.bits + 7) // 8)
+        self._inserted = 0
+
+    def _positions(self, user: str) -> list[int]:
+        digest = int.from_bytes(hashlib.blake2b(user.encode(), digest_size=8).digest(), "little")
+        h1, h2 = digest & 0xFFFFFFFF, (digest >> 32) | 1
+        bits = self.bits
+        return [(h1 + i * h2) % bits for i in range(self.hashes)]
+
+    @staticmethod
+    def _has(table: bytearray, positions: list[int]) -> bool:
+        return all(table[p >> 3] & (1 << (p & 7)) for p in positions)
+
+    def __contains__(self, user: object) -> bool:
+        if not isinstance(user, str):
+            return False
+        positions = self._positions(user)
+        return self._has(self._current, positions) or self._has(self._previous, positions)
+
+    def add(self, user: str) -> None:
+        """Insert ``user``, or refresh it into the current generation (call for active established users)."""
+        positions = self._positions(user)
+        if not self._has(self._current, positions):
+            self._insert(positions)
+
+    def _insert(self, positions: list[int]) -> None:
+        if self._inserted >= self.capacity:
+            self._previous, self._current = self._current, bytearray(len(self._current))
+            self._inserted = 0
+        table = self._current
+        for p in positions:
+            table[p >> 3] |= 1 << (p & 7)
+        self._inserted += 1
+
+    @property
+    def nbytes(self) -> int:
+        return len(self._current) + len(self._previous)
+
+    _HEADER = struct.Struct("<4sQQQQ")
+    _MAGIC = b"EUB1"
+
+    def to_bytes(self) -> bytes:
+        """Both generations, to persist across restarts (a restart that forgets them is a cold start)."""
+        header = self._HEADER.pack(self._MAGIC, self.capacity, self.bits, self.hashes, self._inserted)
+        return header + bytes(self._current) + bytes(self._previous)
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> EstablishedUsers:
+        """Restore :meth:`to_bytes`; raises ValueError on anything else.
+
+        >>> users = EstablishedUsers(capacity=100); users.add("u1")
+        >>> "u1" in EstablishedUsers.from_bytes(users.to_bytes())
+        True
+        """
+        size = cls._HEADER.size
+        if len(blob) < size:
+            raise ValueError("not an EstablishedUsers snapshot")
+        magic, capacity, bits, hashes, inserted = cls._HEADER.unpack_from(blob)
+        table = (bits + 7) // 8
+        if magic != cls._MAGIC or len(blob) != size + 2 * table:
+            raise ValueError("not an EstablishedUsers snapshot")
+        users = cls(capacity)
+        if (users.bits, users.hashes) != (bits, hashes):
+            raise ValueError("snapshot written with another false-positive rate")
+        users._current = bytearray(blob[size : size + table])
+        users._previous = bytearray(blob[size + table :])
+        users._inserted = inserted
+        return users
+
+
+class ItemSurgeRule:
+    """Holds positives from new users on an item whose positives come from new users far more than usual.
+
+    A user is *new* until ``new_user_events`` of their events have passed the gate. A like or
+    share from a new user is held when the item has at least ``min_new_positives`` new-user
+    positives (weighted, this one included) and either
+
+    * **skewed audience**: they are at least ``min_new_share`` of the item's own last
+      ~``item_memory`` positives, and that share exceeds the stream's share of new-user positives
+      (over its last ~``stream_memory`` passed positives) by at least ``min_lift``. This catches a
+      farm of any speed on any item, once ``warmup_positives`` positives have passed: at a cold
+      start (a new system, or a restart without the established users, see :class:`EstablishedUsers`)
+      every user is new, and the popular items' audience is newer than the heavy users who
+      dominate the stream's positives (MovieLens 1996 tripped it on Pulp Fiction and Apollo 13);
+    * **concentration**: the item has drawn at least ``max_new_concentration`` of all new-user
+      positive attempts over the stream's last ~``stream_memory`` positives. Real new users spread
+      their likes over many items; a farm piles onto one, which this sees even at a cold start.
+
+    Held attempts count for the item (and for the concentration), so an attack stays held while
+    it lasts; positives from established users are never held by this rule. Windows count
+    positives, not seconds, so a replay's quiet days neither reset nor dilute them.
+
+    Memory: one record (~0.3 kB) per item, least-recently-liked forgotten beyond ``max_items``;
+    one (~0.25 kB) per user seen in the last ``user_idle_seconds``, at most ``max_users`` (an
+    evicted user's progress towards established is lost; established users stay known through
+    :class:`EstablishedUsers`, 2 × 1.2 bytes × ``established_capacity``).
+
+    >>> rule = ItemSurgeRule(new_user_events=2, min_new_positives=2)
+    >>> bots = [GateEvent(f"b{i}", f"bot{i}", "target", "like", 1_000.0 + i) for i in range(3)]
+    >>> for e in bots[:2]:
+    ...     assert rule.check(e, e.ts) is None
+    ...     rule.observe(e, e.ts)
+    >>> rule.check(bots[2], bots[2].ts).reason      # every new-user like so far went to one item
+    'item_surge'
+    """
+
+    codes: tuple[str, ...] = ("item_surge",)
+
+    def __init__(
+        self,
+        new_user_events: int = 20,
+        min_new_positives: float = 20.0,
+        min_new_share: float = 0.8,
+        min_lift: float = 0.3,
+        max_new_concentration: float = 0.2,
+        item_memory: int = 100,
+        stream_memory: int = 20_000,
+        warmup_positives: int = 20_000,
+        user_idle_seconds: float = 86_400.0,
+        max_items: int = 500_000,
+        max_users: int = 500_000,
+        established_capacity: int = 5_000_000,
+        positive_types: frozenset[str] = POSITIVE_TYPES,
+    ) -> None:
+        if new_user_events < 1 or item_memory < 1 or stream_memory < 1:
+            raise ValueError("new_user_events, item_memory and stream_memory must be >= 1")
+        self.new_user_events = new_user_events
+        self.min_new_positives = min_new_positives
+        self.min_new_share = min_new_share
+        self.min_lift = min_lift
+        self.max_new_concentration = max_new_concentration
+        self.warmup_positives = warmup_positives
+        self._item_decay = 1.0 - 1.0 / item_memory
+        self._stream_decay = 1.0 - 1.0 / stream_memory
+        self.user_idle_seconds = user_idle_seconds
+        self.max_items = max_items
+        self.max_users = max_users
+        self.positive_types = positive_types
+        self.established = EstablishedUsers(established_capacity)
+        self._stream_new_share = 1.0  # of passed positives; a fresh worker starts with "everyone is new"
+        self._passed_positives = 0
+        self._stream_new = 0.0  # new-user positive attempts, weighted over the stream's last positives
+        self._clock = 0  # positives counted so far (the stream windows' clock)
+        # item -> [new-user positives, all positives] weighted over the item's own last positives,
+        #         [new-user positives weighted over the stream's, clock when last updated]; least recently liked first
+        self._items: OrderedDict[str, list[float]] = OrderedDict()
+        # user -> [events passed (capped at new_user_events), now last seen]; established users stay here as a
+        # cache in front of the Bloom filters while active
+        self._users: OrderedDict[str, list[float]] = OrderedDict()
+
+    def _history(self, user: str) -> float:
+        state = self._users.get(user)
+        if state is not None:
+            return state[0]
+        return float(self.new_user_events) if user in self.established else 0.0
+
+    def check(self, event: GateEvent, now: float) -> Hold | None:  # noqa: ARG002 - windows count positives
+        if event.type not in self.positive_types:
+            return None
+        if self._history(event.user_id) >= self.new_user_events:
+            return None
+        state = self._items.get(event.item_id)
+        if state is None:
+            return None if self.min_new_positives > 1 else self._hold(1.0, 1.0, 1.0)
+        decay = self._item_decay
+        new = state[0] * decay + 1.0
+        if new < self.min_new_positives:
+            return None
+        share = new / (state[1] * decay + 1.0)
+        if (
+            share >= self.min_new_share
+            and share - self._stream_new_share >= self.min_lift
+            and self._passed_positives >= self.warmup_positives
+        ):
+            return self._hold(new, share, None)
+        stream_decay = self._stream_decay
+        item_in_stream = state[2] * stream_decay ** (self._clock - state[3]) * stream_decay + 1.0
+        if item_in_stream < self.min_new_positives:
+            return None
+        concentration = item_in_stream / (self._stream_new * stream_decay + 1.0)
+        if concentration >= self.max_new_concentration:
+            return self._hold(new, share, concentration)
+        return None
+
+    def _hold(self, new: float, share: float, concentration: float | None) -> Hold:
+        if concentration is None:
+            why = f"{share:.0%} of its recent positives ({new:.0f}) against {self._stream_new_share:.0%} for the stream"
+        else:
+            why = f"{concentration:.0%} of all recent new-user likes/shares went to this item"
+        return Hold("item_surge", f"surge of likes/shares from new users: {why}")
+
+    def _count(self, is_new: bool, item: str) -> None:
+        self._clock += 1
+        stream_decay = self._stream_decay
+        self._stream_new = self._stream_new * stream_decay + is_new
+        items = self._items
+        state = items.pop(item, None)
+        if state is None:
+            state = [0.0, 0.0, 0.0, self._clock]
+        decay = self._item_decay
+        state[0] = state[0] * decay + is_new
+        state[1] = state[1] * decay + 1.0
+        state[2] = state[2] * stream_decay ** (self._clock - state[3]) + is_new
+        state[3] = self._clock
+        items[item] = state
+        if len(items) > self.max_items:
+            items.popitem(last=False)
+
+    def observe(self, event: GateEvent, now: float) -> None:
+        user = event.user_id
+        users = self._users
+        state = users.pop(user, None)
+        if state is None:
+            if user in self.established:
+                self.established.add(user)  # refresh into the current generation
+                state = [float(self.new_user_events), now]
+            else:
+                state = [0.0, now]
+        if event.type in self.positive_types:
+            is_new = state[0] < self.new_user_events
+            self._count(is_new, event.item_id)
+            self._passed_positives += 1
+            rate = max(1.0 / self._passed_positives, 1.0 - self._stream_decay)  # plain mean until the window fills
+            self._stream_new_share += rate * (is_new - self._stream_new_share)
+        if state[0] < self.new_user_events:
+            state[0] += 1.0
+            if state[0] >= self.new_user_events:
+                self.established.add(user)
+        state[1] = now
+        users[user] = state
+        _evict(users, now - self.user_idle_seconds, self.max_users, 1)
+
+    def observe_held(self, event: GateEvent, now: float, hold: Hold) -> None:  # noqa: ARG002
+        """A held new-user positive still counts for its item, so the attack stays visible while it lasts."""
+        self._count(True, event.item_id)
+
+    @property
+    def stream_new_share(self) -> float:
+        """Share of passed likes/shares that came from new users, over the stream's recent positives."""
+        return self._stream_new_share
+
+
+def _evict(table: OrderedDict[str, list[float]], horizon: float, cap: int, seen_at: int) -> None:
+    """Drop least-recently-seen entries seen before ``horizon``, and any beyond ``cap``."""
+    while table:
+        oldest = next(iter(table.values()))
+        if oldest[seen_at] >= horizon and len(table) <= cap:
+            break
+        table.popitem(last=False)
+
+
+class AnomalousBehaviourRule:
+    """Holds events whose behaviour features score above the running ``quantile`` of Half-Space Trees scores.
+
+    Features of the user at this event, each in [0, 1]: log-scaled seconds since their previous
+    event (``gap``), events in the last ~minute (``rate``, exponentially decayed, scaled by
+    ``rate_cap``), whether this event is a like/share, their recent like/share ratio, recent watch
+    ratio (watch/duration, 0.5 when never known), and log-scaled history length.
+
+    Every event is scored (the trees' cost grows with ``n_trees``: ~1 µs per tree per event);
+    the trees learn from every ``learn_every``-th passed event, never from held ones, and the
+    score quantile is fed every passed event and this rule's own holds (as River's
+    ``QuantileFilter`` does; fed passed events only, the threshold would ratchet down and hold
+    ever more). Nothing is held before ``warmup_events`` events have passed, nor before the trees
+    have a reference window (``window_size`` × ``learn_every`` events). Memory: the trees (fixed,
+    ``n_trees`` × 2^(``height`` + 1) nodes), one record (~0.4 kB) per user seen in the last
+    ``idle_seconds``, at most ``max_users``.
+
+    >>> rule = AnomalousBehaviourRule(warmup_events=100, window_size=50, learn_every=1)
+    >>> def held(events):
+    ...     count = 0
+    ...     for e in events:
+    ...         hold = rule.check(e, e.ts)
+    ...         if hold is None:
+    ...             rule.observe(e, e.ts)
+    ...         else:
+    ...             count += 1
+    ...             rule.observe_held(e, e.ts, hold)
+    ...     return count
+    >>> held([GateEvent(f"e{i}", f"u{i % 50}", f"v{i % 7}", "view", 60.0 * i) for i in range(2_000)]) < 10
+    True
+    >>> held([GateEvent(f"x{i}", "bot", "v1", "like", 120_000.0) for i in range(40)]) > 30
+    True
+    """
+
+    codes: tuple[str, ...] = ("anomalous_behaviour",)
+
+    def __init__(
+        self,
+        quantile: float = 0.999,
+        warmup_events: int = 10_000,
+        n_trees: int = 5,
+        height: int = 8,
+        window_size: int = 1_000,
+        learn_every: int = 4,
+        idle_seconds: float = 1_800.0,
+        max_users: int = 1_000_000,
+        rate_cap: float = 60.0,
+        seed: int = 42,
+        positive_types: frozenset[str] = POSITIVE_TYPES,
+    ) -> None:
+        if not 0 < quantile < 1 or learn_every < 1:
+            raise ValueError("quantile must be in (0, 1) and learn_every >= 1")
+        self.warmup_events = warmup_events
+        self.learn_every = learn_every
+        self.idle_seconds = idle_seconds
+        self.max_users = max_users
+        self.rate_cap = rate_cap
+        self.positive_types = positive_types
+        self.trees = anomaly.HalfSpaceTrees(n_trees=n_trees, height=height, window_size=window_size, seed=seed)
+        self.threshold = stats.Quantile(quantile)
+        self.passed = 0
+        self.learned = 0
+        self._scored = False  # the quantile has seen a real score (the trees finished their first window)
+        self._users: OrderedDict[str, list[float]] = OrderedDict()
+        # the features, score and next user state computed by the last check, reused by observe
+        self._memo: tuple[GateEvent, dict[str, float], float, list[float]] | None = None
+
+    _GAP_SCALE = 1.0 / math.log1p(3_600.0)
+    _HISTORY_SCALE = 1.0 / math.log1p(1_000.0)
+    _RATE_TAU = 60.0
+
+    def _features(self, event: GateEvent, now: float) -> tuple[dict[str, float], list[float]]:
+        state = self._users.get(event.user_id)
+        positive = 1.0 if event.type in self.positive_types else 0.0
+        watch = None
+        if event.watch_seconds is not None and event.item_duration_seconds:
+            watch = min(event.watch_seconds / event.item_duration_seconds, 2.0) / 2.0
+        if state is None:
+            # [clock, decayed event count, positive ratio, watch ratio, events, now last seen]
+            nxt = [event.ts, 1.0, positive, 0.5 if watch is None else watch, 1.0, now]
+            gap = 1.0
+        else:
+            clock, decayed, pos_ratio, watch_ratio, n = state[0], state[1], state[2], state[3], state[4]
+            elapsed = max(event.ts - clock, 0.0)
+            gap = min(math.log1p(elapsed) * self._GAP_SCALE, 1.0)
+            rate = 1.0 / (n + 1.0) if n < 20 else 0.05  # running mean first, then exponential
+            nxt = [
+                max(clock, event.ts),
+                decayed * math.exp(-elapsed / self._RATE_TAU) + 1.0,
+                pos_ratio + rate * (positive - pos_ratio),
+                watch_ratio if watch is None else watch_ratio + rate * (watch - watch_ratio),
+                n + 1.0,
+                now,
+            ]
+        x = {
+            "gap": gap,
+            "rate": min(nxt[1] / self.rate_cap, 1.0),
+            "positive": positive,
+            "positive_ratio": nxt[2],
+            "watch_ratio": nxt[3],
+            "history": min(math.log1p(nxt[4]) * self._HISTORY_SCALE, 1.0),
+        }
+        return x, nxt
+
+    def _scored_features(self, event: GateEvent, now: float) -> tuple[dict[str, float], float, list[float]]:
+        memo = self._memo
+        if memo is not None and memo[0] is event:
+            return memo[1], memo[2], memo[3]
+        x, nxt = self._features(event, now)
+        score = float(self.trees.score_one(x)) if self.learned >= self.trees.window_size else 0.0
+        self._memo = (event, x, score, nxt)
+        return x, score, nxt
+
+    def check(self, event: GateEvent, now: float) -> Hold | None:
+        _, score, _ = self._scored_features(event, now)
+        if self.passed < self.warmup_events or not self._scored:
+            return None
+        threshold = self.threshold.get()
+        if threshold is not None and score > threshold:
+            return Hold(
+                "anomalous_behaviour",
+                f"behaviour anomaly score {score:.3f} above the running {self.threshold.q:.1%} quantile "
+                f"{threshold:.3f}",
+            )
+        return None
+
+    def _remember(self, event: GateEvent, nxt: list[float], now: float) -> None:
+        users = self._users
+        users.pop(event.user_id, None)
+        users[event.user_id] = nxt
+        _evict(users, now - self.idle_seconds, self.max_users, 5)
+
+    def observe(self, event: GateEvent, now: float) -> None:
+        x, score, nxt = self._scored_features(event, now)
+        self._memo = None
+        self._remember(event, nxt, now)
+        self.passed += 1
+        if self.learned >= self.trees.window_size:  # before that the trees score everything 0
+            self.threshold.update(score)
+            self._scored = True
+        if self.passed % self.learn_every == 0:
+            self.trees.learn_one(x)
+            self.learned += 1
+
+    def observe_held(self, event: GateEvent, now: float, hold: Hold) -> None:  # noqa: ARG002
+        """Count the held score in the quantile and the attempt in the user's features; never learn it."""
+        _, score, nxt = self._scored_features(event, now)
+        self._memo = None
+        self._remember(event, nxt, now)
+        if self._scored:
+            self.threshold.update(score)
+
+    def __len__(self) -> int:
+        return len(self._users)

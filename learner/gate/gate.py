@@ -1,0 +1,204 @@
+"""The quality gate: runs the rules in order on each event, counts holds by reason, and its configuration.
+
+The first rule that holds an event decides its reason; an event that passes every rule is
+observed by every rule (that is how rate windows and the anomaly model learn what normal is).
+The rule that held an event may also count the attempt: if it has a method
+``observe_held(event, now, hold)`` the gate calls it (rate limits count held attempts, so a
+sender who keeps going stays held; the anomaly rule feeds the score to its quantile).
+
+``overrides`` is how an operator replays quarantined events "minus the rule they override": a
+rule whose codes are all in ``overrides`` is skipped for that call; the other rules still apply.
+
+>>> gate = default_gate(GateConfig())
+>>> event = GateEvent("e1", "u1", "v1", "like", ts=1_000_000.0)
+>>> gate.check(event, now=1_000_000.0) is None
+True
+>>> gate.check(GateEvent("e2", "u1", "v1", "like", ts=2_000_000.0), now=1_000_000.0).reason
+'future_timestamp'
+>>> gate.check(GateEvent("e2", "u1", "v1", "like", ts=2_000_000.0), now=1_000_000.0,
+...            overrides=frozenset({"future_timestamp"})) is None
+True
+>>> gate.passed, gate.counts
+(2, {'future_timestamp': 1})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from learner.gate.base import GateEvent, GateRule, Hold
+from learner.gate.behaviour import AnomalousBehaviourRule, ItemSurgeRule, UserRateRule
+from learner.gate.model_guard import ModelGuard
+from learner.gate.plausibility import LikeWithoutViewRule, SkipAfterFullWatchRule, WatchExceedsDurationRule
+from learner.gate.time_rules import FutureTimestampRule, LatenessRule, StreamClock
+
+__all__ = ["GateConfig", "QualityGate", "default_gate", "default_model_guard", "default_stream_clock"]
+
+
+class QualityGate:
+    """Rules in order; ``check`` returns the first :class:`Hold` or None (and then every rule observes the event)."""
+
+    def __init__(self, rules: Sequence[GateRule], enabled: bool = True) -> None:
+        self.rules = list(rules)
+        self.enabled = enabled
+        self.counts: dict[str, int] = {}
+        self.passed = 0
+        self._checks = [(frozenset(rule.codes), rule.check) for rule in self.rules]
+        self._observers = [rule.observe for rule in self.rules]
+        self._on_hold: list[Callable[[GateEvent, float, Hold], None] | None] = [
+            getattr(rule, "observe_held", None) for rule in self.rules
+        ]
+
+    @property
+    def codes(self) -> tuple[str, ...]:
+        """Every reason code this gate can emit, in rule order."""
+        return tuple(code for rule in self.rules for code in rule.codes)
+
+    def check(self, event: GateEvent, now: float, overrides: frozenset[str] = frozenset()) -> Hold | None:
+        if self.enabled:
+            for position, (codes, check) in enumerate(self._checks):
+                if overrides and codes <= overrides:
+                    continue
+                hold = check(event, now)
+                if hold is not None:
+                    self.counts[hold.reason] = self.counts.get(hold.reason, 0) + 1
+                    on_hold = self._on_hold[position]
+                    if on_hold is not None:
+                        on_hold(event, now, hold)
+                    return hold
+            for observe in self._observers:
+                observe(event, now)
+        self.passed += 1
+        return None
+
+    @property
+    def held(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Every threshold of the gate and the model guard. Defaults hold <= 1% of a clean stream (docs/quality-gate.md)."""
+
+    enabled: bool = True
+    # time (future_timestamp, too_late)
+    future_skew_seconds: float = 300.0
+    max_lateness_seconds: float = 7 * 86_400.0
+    replay_max_gap_seconds: float = 90 * 86_400.0
+    # plausibility (watch_exceeds_duration, skip_after_full_watch, like_without_view)
+    watch_duration_factor: float = 3.0
+    watch_slack_seconds: float = 60.0
+    skip_after_full_watch_enabled: bool = True
+    skip_full_watch_fraction: float = 1.0
+    like_without_view_enabled: bool = False
+    like_without_view_window_seconds: float = 3_600.0
+    like_without_view_max_pairs: int = 1_000_000
+    # user_rate
+    user_rate_window_seconds: float = 60.0
+    user_rate_max_positives: int = 30
+    user_rate_max_events: int = 120
+    user_rate_max_users: int = 1_000_000
+    # item_surge
+    item_surge_new_user_events: int = 20
+    item_surge_min_new_positives: float = 20.0
+    item_surge_min_new_share: float = 0.8
+    item_surge_min_lift: float = 0.3
+    item_surge_max_new_concentration: float = 0.2
+    item_surge_item_memory: int = 100
+    item_surge_stream_memory: int = 20_000
+    item_surge_warmup_positives: int = 20_000
+    item_surge_user_idle_seconds: float = 86_400.0
+    item_surge_max_items: int = 500_000
+    item_surge_max_users: int = 500_000
+    item_surge_established_capacity: int = 5_000_000
+    # anomalous_behaviour
+    anomaly_enabled: bool = True
+    anomaly_quantile: float = 0.999
+    anomaly_warmup_events: int = 10_000
+    anomaly_trees: int = 5
+    anomaly_tree_height: int = 8
+    anomaly_window: int = 1_000
+    anomaly_learn_every: int = 4
+    anomaly_idle_seconds: float = 1_800.0
+    anomaly_max_users: int = 1_000_000
+    anomaly_seed: int = 42
+    # model guard
+    guard_recent_window: int = 1_000
+    guard_reference_window: int = 20_000
+    guard_min_reference: int = 2_000
+    guard_degrade_ratio: float = 1.3
+    guard_degrade_margin: float = 0.15
+    guard_resume_ratio: float = 1.1
+    guard_resume_events: int = 2_000
+
+
+def default_gate(config: GateConfig | None = None) -> QualityGate:
+    """The gate the worker runs: cheap stateless rules first, then the behaviour rules."""
+    c = config or GateConfig()
+    rules: list[GateRule] = [
+        FutureTimestampRule(c.future_skew_seconds),
+        LatenessRule(c.max_lateness_seconds),
+        WatchExceedsDurationRule(c.watch_duration_factor, c.watch_slack_seconds),
+    ]
+    if c.skip_after_full_watch_enabled:
+        rules.append(SkipAfterFullWatchRule(c.skip_full_watch_fraction))
+    if c.like_without_view_enabled:
+        rules.append(LikeWithoutViewRule(c.like_without_view_window_seconds, c.like_without_view_max_pairs))
+    rules.append(
+        UserRateRule(
+            window_seconds=c.user_rate_window_seconds,
+            max_positives=c.user_rate_max_positives,
+            max_events=c.user_rate_max_events,
+            max_users=c.user_rate_max_users,
+        )
+    )
+    rules.append(
+        ItemSurgeRule(
+            new_user_events=c.item_surge_new_user_events,
+            min_new_positives=c.item_surge_min_new_positives,
+            min_new_share=c.item_surge_min_new_share,
+            min_lift=c.item_surge_min_lift,
+            max_new_concentration=c.item_surge_max_new_concentration,
+            item_memory=c.item_surge_item_memory,
+            stream_memory=c.item_surge_stream_memory,
+            warmup_positives=c.item_surge_warmup_positives,
+            user_idle_seconds=c.item_surge_user_idle_seconds,
+            max_items=c.item_surge_max_items,
+            max_users=c.item_surge_max_users,
+            established_capacity=c.item_surge_established_capacity,
+        )
+    )
+    if c.anomaly_enabled:
+        rules.append(
+            AnomalousBehaviourRule(
+                quantile=c.anomaly_quantile,
+                warmup_events=c.anomaly_warmup_events,
+                n_trees=c.anomaly_trees,
+                height=c.anomaly_tree_height,
+                window_size=c.anomaly_window,
+                learn_every=c.anomaly_learn_every,
+                idle_seconds=c.anomaly_idle_seconds,
+                max_users=c.anomaly_max_users,
+                seed=c.anomaly_seed,
+            )
+        )
+    return QualityGate(rules, enabled=c.enabled)
+
+
+def default_model_guard(config: GateConfig | None = None) -> ModelGuard:
+    c = config or GateConfig()
+    return ModelGuard(
+        recent_window=c.guard_recent_window,
+        reference_window=c.guard_reference_window,
+        min_reference=c.guard_min_reference,
+        degrade_ratio=c.guard_degrade_ratio,
+        degrade_margin=c.guard_degrade_margin,
+        resume_ratio=c.guard_resume_ratio,
+        resume_events=c.guard_resume_events,
+    )
+
+
+def default_stream_clock(config: GateConfig | None = None) -> StreamClock:
+    """``now`` for replays (``recstream evaluate``): advance it with every event that passed."""
+    return StreamClock((config or GateConfig()).replay_max_gap_seconds)

@@ -1,0 +1,149 @@
+"""The model guard: pauses learning when the live model's progressive loss degrades against its own history.
+
+Every labelled event is scored before the model learns from it (see :mod:`learner.progressive`);
+the guard watches that per-event log loss. It compares the mean over the last ``recent_window``
+losses with a reference: an exponentially weighted mean over ~``reference_window`` earlier losses
+(each loss joins the reference only once it leaves the recent window, so a degradation is not
+averaged into the yardstick it is measured against).
+
+* **Pause** when, after ``min_reference`` losses have built the reference, the recent mean is
+  above ``degrade_ratio`` × reference *and* more than ``degrade_margin`` above it (the ratio
+  alone would fire on tiny losses, the margin alone on large ones). While paused the reference
+  is frozen: the yardstick stays the last good model's.
+* **Automatic resume** when the recent mean has stayed within ``resume_ratio`` × reference for
+  ``resume_events`` consecutive losses: the stream is healthy again (the attack or the broken
+  client stopped), and the frozen model predicts it as well as before.
+* **Operator resume** (:meth:`resume`): for a lasting change (tastes moved, a new catalogue) the
+  frozen model will never look healthy against the old reference; an operator accepts the new
+  level, which becomes the reference.
+
+The caller keeps scoring labelled events while paused (predict, :meth:`update`, do not learn),
+or the guard could never see the stream recover.
+
+>>> guard = ModelGuard(recent_window=50, reference_window=500, min_reference=200, resume_events=100)
+>>> any(guard.update(0.5) for _ in range(1_000))          # a stable loss: never degraded
+False
+>>> any(guard.update(3.0) for _ in range(100)), guard.paused   # labels flipped: loss jumps
+(True, True)
+>>> for _ in range(300):
+...     _ = guard.update(0.5)                                # the stream is healthy again
+>>> guard.paused, guard.pauses, guard.resumes
+(False, 1, 1)
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+
+class ModelGuard:
+    """Watches per-event log loss; ``update`` returns True while learning should stay paused."""
+
+    def __init__(
+        self,
+        recent_window: int = 1_000,
+        reference_window: int = 20_000,
+        min_reference: int = 2_000,
+        degrade_ratio: float = 1.3,
+        degrade_margin: float = 0.15,
+        resume_ratio: float = 1.1,
+        resume_events: int = 2_000,
+        loss_cap: float = 5.0,
+    ) -> None:
+        if recent_window < 1 or reference_window < 1 or resume_events < 1:
+            raise ValueError("recent_window, reference_window and resume_events must be >= 1")
+        if degrade_ratio < resume_ratio or resume_ratio < 1.0:
+            raise ValueError("need degrade_ratio >= resume_ratio >= 1")
+        self.recent_window = recent_window
+        self.reference_window = reference_window
+        self.min_reference = min_reference
+        self.degrade_ratio = degrade_ratio
+        self.degrade_margin = degrade_margin
+        self.resume_ratio = resume_ratio
+        self.resume_events = resume_events
+        self.loss_cap = loss_cap
+        self.paused = False
+        self.pauses = 0  # times learning was paused
+        self.resumes = 0  # times it resumed automatically
+        self.updates = 0
+        #: number of the first update in the window that triggered the latest pause: a checkpoint taken before
+        #: it has learned none of the losses that triggered it (restore that one, not the latest)
+        self.onset: int | None = None
+        self._recent: deque[float] = deque()
+        self._recent_sum = 0.0
+        self._reference = 0.0
+        self._reference_count = 0
+        self._healthy_run = 0
+
+    def update(self, loss: float) -> bool:
+        """Add one labelled event's log loss (predicted before learning); True while degraded (paused)."""
+        if math.isnan(loss):
+            return self.paused
+        loss = min(max(loss, 0.0), self.loss_cap)
+        self.updates += 1
+        recent = self._recent
+        if len(recent) == self.recent_window:
+            leaving = recent.popleft()
+            self._recent_sum -= leaving
+            if not self.paused:
+                self._add_to_reference(leaving)
+        recent.append(loss)
+        self._recent_sum += loss
+        if self.updates % self.recent_window == 0:
+            self._recent_sum = math.fsum(recent)  # no rounding drift over a long-lived worker
+        if self._reference_count < self.min_reference or len(recent) < self.recent_window:
+            return self.paused
+        current = self.recent_loss
+        reference = self._reference
+        if not self.paused:
+            if current > self.degrade_ratio * reference and current - reference > self.degrade_margin:
+                self.paused = True
+                self.pauses += 1
+                self._healthy_run = 0
+                self.onset = self.updates - len(recent) + 1
+        elif current <= self.resume_ratio * reference:
+            self._healthy_run += 1
+            if self._healthy_run >= self.resume_events:
+                self.paused = False
+                self.resumes += 1
+        else:
+            self._healthy_run = 0
+        return self.paused
+
+    def update_prediction(self, y: float, p: float) -> bool:
+        """:meth:`update` with the log loss of predicting ``p`` for label ``y`` (clipped like the metrics)."""
+        p = min(max(p, 1e-7), 1 - 1e-7)
+        return self.update(-math.log(p if y > 0.5 else 1.0 - p))
+
+    def _add_to_reference(self, loss: float) -> None:
+        self._reference_count += 1
+        rate = max(1.0 / self._reference_count, 1.0 / self.reference_window)  # plain mean until the window fills
+        self._reference += rate * (loss - self._reference)
+
+    def resume(self) -> None:
+        """Operator action: learn again and take the current loss level as the new reference."""
+        if self._recent:
+            self._reference = self.recent_loss
+            self._reference_count = max(self._reference_count, self.min_reference)
+        self.paused = False
+        self._healthy_run = 0
+
+    @property
+    def recent_loss(self) -> float:
+        return self._recent_sum / len(self._recent) if self._recent else math.nan
+
+    @property
+    def reference_loss(self) -> float:
+        return self._reference if self._reference_count else math.nan
+
+    def status(self) -> dict[str, float | int | bool]:
+        """What the API and metrics show: state, both losses, and how often it paused and resumed."""
+        return {
+            "paused": self.paused,
+            "recent_loss": self.recent_loss,
+            "reference_loss": self.reference_loss,
+            "pauses": self.pauses,
+            "automatic_resumes": self.resumes,
+            "healthy_run": self._healthy_run,
+        }

@@ -1,0 +1,143 @@
+"""Plausibility rules: values the contract allows one by one but that cannot all be true together.
+
+* ``watch_exceeds_duration``: watched far longer than the item lasts. Short videos loop, so some
+  excess is normal; ``factor`` × duration + ``slack_seconds`` is not (a milliseconds-for-seconds
+  bug, a stuck player, a forged payload).
+* ``skip_after_full_watch``: a ``skip`` whose watch time covers the whole item. The target rule
+  turns every skip into a negative label, so a client that sends "skip" for "moved on after
+  watching to the end" would teach the model that people dislike what they finished.
+* ``like_without_view`` (off by default): a like or share of an item the user was not seen viewing
+  within ``window_seconds``. Only for apps whose contract says a view always comes first; many
+  apps never send views.
+
+>>> rule = WatchExceedsDurationRule(factor=3.0, slack_seconds=60.0)
+>>> rule.check(GateEvent("e1", "u1", "v1", "view", 0.0, watch_seconds=100.0, item_duration_seconds=30.0), 0.0) is None
+True
+>>> rule.check(GateEvent("e1", "u1", "v1", "view", 0.0, watch_seconds=30_000.0, item_duration_seconds=30.0), 0.0).reason
+'watch_exceeds_duration'
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from learner.gate.base import GateEvent, Hold
+
+POSITIVE_TYPES = frozenset({"like", "share"})
+
+
+class WatchExceedsDurationRule:
+    """Holds events whose ``watch_seconds`` exceed ``factor`` × ``item_duration_seconds`` + ``slack_seconds``."""
+
+    codes: tuple[str, ...] = ("watch_exceeds_duration",)
+
+    def __init__(self, factor: float = 3.0, slack_seconds: float = 60.0) -> None:
+        if factor < 1.0 or slack_seconds < 0:
+            raise ValueError("factor must be >= 1 and slack_seconds >= 0")
+        self.factor = factor
+        self.slack_seconds = slack_seconds
+
+    def check(self, event: GateEvent, now: float) -> Hold | None:  # noqa: ARG002 - timeless
+        watch, duration = event.watch_seconds, event.item_duration_seconds
+        if watch is None or duration is None:
+            return None
+        limit = self.factor * duration + self.slack_seconds
+        if watch > limit:
+            return Hold(
+                "watch_exceeds_duration",
+                f"watched {watch:.0f} s of a {duration:.0f} s item (limit {limit:.0f} s)",
+            )
+        return None
+
+    def observe(self, event: GateEvent, now: float) -> None:
+        pass
+
+
+class SkipAfterFullWatchRule:
+    """Holds a ``skip`` whose ``watch_seconds`` reach ``full_fraction`` of the item's duration.
+
+    >>> rule = SkipAfterFullWatchRule()
+    >>> rule.check(GateEvent("e1", "u1", "v1", "skip", 0.0, watch_seconds=3.0, item_duration_seconds=30.0), 0.0) is None
+    True
+    >>> rule.check(GateEvent("e1", "u1", "v1", "skip", 0.0, watch_seconds=30.0, item_duration_seconds=30.0), 0.0).reason
+    'skip_after_full_watch'
+    """
+
+    codes: tuple[str, ...] = ("skip_after_full_watch",)
+
+    def __init__(self, full_fraction: float = 1.0) -> None:
+        if full_fraction <= 0:
+            raise ValueError("full_fraction must be > 0")
+        self.full_fraction = full_fraction
+
+    def check(self, event: GateEvent, now: float) -> Hold | None:  # noqa: ARG002 - timeless
+        if event.type != "skip":
+            return None
+        watch, duration = event.watch_seconds, event.item_duration_seconds
+        if watch is None or duration is None:
+            return None
+        if watch >= self.full_fraction * duration:
+            return Hold(
+                "skip_after_full_watch",
+                f"skip after watching {watch:.0f} s of a {duration:.0f} s item: the client may send skip for 'next'",
+            )
+        return None
+
+    def observe(self, event: GateEvent, now: float) -> None:
+        pass
+
+
+class LikeWithoutViewRule:
+    """Holds a like or share when the same user's view of the same item did not pass within ``window_seconds``.
+
+    Memory: one entry per (user, item) view within the window, at most ``max_pairs`` (oldest
+    forgotten first, so under pressure the rule errs towards holding, never towards learning).
+
+    >>> rule = LikeWithoutViewRule(window_seconds=600)
+    >>> like = GateEvent("e2", "u1", "v1", "like", 100.0)
+    >>> rule.check(like, now=100.0).reason
+    'like_without_view'
+    >>> rule.observe(GateEvent("e1", "u1", "v1", "view", 90.0), now=90.0)
+    >>> rule.check(like, now=100.0) is None
+    True
+    """
+
+    codes: tuple[str, ...] = ("like_without_view",)
+
+    def __init__(
+        self,
+        window_seconds: float = 3_600.0,
+        max_pairs: int = 1_000_000,
+        positive_types: frozenset[str] = POSITIVE_TYPES,
+    ) -> None:
+        self.window_seconds = window_seconds
+        self.max_pairs = max_pairs
+        self.positive_types = positive_types
+        self._views: OrderedDict[tuple[str, str], float] = OrderedDict()  # (user, item) -> last view ts, oldest first
+
+    def check(self, event: GateEvent, now: float) -> Hold | None:  # noqa: ARG002 - judged on the event's ts
+        if event.type not in self.positive_types:
+            return None
+        seen = self._views.get((event.user_id, event.item_id))
+        if seen is None or event.ts - seen > self.window_seconds:
+            return Hold(
+                "like_without_view",
+                f"{event.type} without a view of the item by the user in the last {self.window_seconds:.0f} s",
+            )
+        return None
+
+    def observe(self, event: GateEvent, now: float) -> None:
+        views = self._views
+        if event.type == "view":
+            key = (event.user_id, event.item_id)
+            previous = views.pop(key, None)
+            views[key] = event.ts if previous is None else max(previous, event.ts)
+        horizon = now - self.window_seconds
+        while views:
+            key, ts = next(iter(views.items()))
+            if ts >= horizon and len(views) <= self.max_pairs:
+                break
+            views.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._views)

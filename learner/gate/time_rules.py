@@ -1,0 +1,108 @@
+"""Time rules: events stamped too far in the future (``future_timestamp``) or too long ago (``too_late``).
+
+Both compare the event's ``ts`` with ``now``, which the caller chooses: the wall clock live, the
+stream's clock in a replay (:class:`StreamClock`), so old data is judged against its own time.
+Neither rule keeps state.
+
+>>> rule = FutureTimestampRule(max_skew_seconds=300)
+>>> event = GateEvent("e1", "u1", "v1", "like", ts=1_000.0)
+>>> rule.check(event, now=900.0) is None          # 100 s ahead: within the clock-skew tolerance
+True
+>>> rule.check(event, now=0.0).reason
+'future_timestamp'
+>>> LatenessRule(max_lateness_seconds=3_600).check(event, now=10_000.0).reason
+'too_late'
+"""
+
+from __future__ import annotations
+
+from learner.gate.base import GateEvent, Hold
+
+
+class FutureTimestampRule:
+    """Holds events stamped more than ``max_skew_seconds`` after ``now``.
+
+    A client clock can be a few minutes off; an event from tomorrow is a broken clock or a forgery,
+    and learning it would move the stream clock (and time-decayed models) forward for everyone.
+    """
+
+    codes: tuple[str, ...] = ("future_timestamp",)
+
+    def __init__(self, max_skew_seconds: float = 300.0) -> None:
+        if max_skew_seconds < 0:
+            raise ValueError("max_skew_seconds must be >= 0")
+        self.max_skew_seconds = max_skew_seconds
+
+    def check(self, event: GateEvent, now: float) -> Hold | None:
+        ahead = event.ts - now
+        if ahead > self.max_skew_seconds:
+            return Hold(
+                "future_timestamp",
+                f"ts is {ahead:.0f} s after now; tolerance is {self.max_skew_seconds:.0f} s (client clock wrong?)",
+            )
+        return None
+
+    def observe(self, event: GateEvent, now: float) -> None:
+        pass
+
+
+class LatenessRule:
+    """Holds events older than ``max_lateness_seconds`` relative to ``now``.
+
+    Apps buffer events offline and send them late, which is fine for a while; beyond the bound
+    an event describes a taste the model has already forgotten (or is a replayed batch).
+    """
+
+    codes: tuple[str, ...] = ("too_late",)
+
+    def __init__(self, max_lateness_seconds: float = 7 * 86_400.0) -> None:
+        if max_lateness_seconds < 0:
+            raise ValueError("max_lateness_seconds must be >= 0")
+        self.max_lateness_seconds = max_lateness_seconds
+
+    def check(self, event: GateEvent, now: float) -> Hold | None:
+        late = now - event.ts
+        if late > self.max_lateness_seconds:
+            return Hold(
+                "too_late",
+                f"ts is {late:.0f} s before now; events older than {self.max_lateness_seconds:.0f} s are held",
+            )
+        return None
+
+    def observe(self, event: GateEvent, now: float) -> None:
+        pass
+
+
+class StreamClock:
+    """``now`` for a replay: the latest ``ts`` among events that passed, moved forward by plausible gaps.
+
+    A recorded stream has quiet spells far longer than any live clock skew (MovieLens: up to 57
+    days between consecutive ratings), so "now" follows an event's own time when it is at most
+    ``max_gap_seconds`` after the latest accepted event; an event stamped beyond that is judged
+    against the latest accepted time, so the future-timestamp rule sees how far ahead it is.
+    Only events that passed move the clock (:meth:`advance`), so a forged far-future event
+    cannot make everything after it look late.
+
+    >>> clock = StreamClock(max_gap_seconds=100)
+    >>> clock.now(1_000.0)                   # first event: its own time
+    1000.0
+    >>> clock.advance(1_000.0); clock.now(1_050.0), clock.now(5_000.0), clock.now(900.0)
+    (1050.0, 1000.0, 1000.0)
+    """
+
+    def __init__(self, max_gap_seconds: float = 90 * 86_400.0) -> None:
+        self.max_gap_seconds = max_gap_seconds
+        self.latest: float | None = None
+
+    def now(self, ts: float) -> float:
+        latest = self.latest
+        if latest is None:
+            return ts
+        if latest < ts <= latest + self.max_gap_seconds:
+            return ts
+        return latest
+
+    def advance(self, ts: float) -> None:
+        """Call with the ``ts`` of every event that passed the gate."""
+        if self.latest is None or ts > self.latest:
+            self.latest = ts

@@ -1,0 +1,411 @@
+"""The quality gate's rules on plain data, and the default gate on a real, clean stream (MovieLens).
+
+Each rule is shown holding what it is for and passing what a person does; the MovieLens replay
+checks the defaults hold at most 1% of a clean stream, and that a bot farm mixed into it (new
+users, 20% of all events, liking one item) is held.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import random
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from learner.gate.base import GateEvent, GateRule, Hold
+from learner.gate.behaviour import AnomalousBehaviourRule, EstablishedUsers, ItemSurgeRule, UserRateRule
+from learner.gate.gate import GateConfig, QualityGate, default_gate, default_stream_clock
+from learner.gate.plausibility import LikeWithoutViewRule, SkipAfterFullWatchRule, WatchExceedsDurationRule
+from learner.gate.time_rules import FutureTimestampRule, LatenessRule, StreamClock
+
+MOVIELENS = Path("/work/shared/data/movielens-latest-small/ratings.csv")
+T0 = 1_700_000_000.0
+
+
+_ids = itertools.count()
+
+
+def ev(
+    user: str, item: str, kind: str, ts: float, watch: float | None = None, duration: float | None = None
+) -> GateEvent:
+    return GateEvent(f"e{next(_ids)}", user, item, kind, ts, watch, duration)
+
+
+def run(rule: GateRule, events: list[GateEvent]) -> list[Hold | None]:
+    """Drive one rule the way the gate does: check, then observe what passed and let it count its holds."""
+    results = []
+    for e in events:
+        hold = rule.check(e, e.ts)
+        if hold is None:
+            rule.observe(e, e.ts)
+        elif hasattr(rule, "observe_held"):
+            rule.observe_held(e, e.ts, hold)
+        results.append(hold)
+    return results
+
+
+# -- time ----------------------------------------------------------------------------------
+
+
+def test_future_timestamp_beyond_skew_is_held_within_skew_passes() -> None:
+    rule = FutureTimestampRule(max_skew_seconds=300)
+    assert rule.check(ev("u", "v", "like", T0 + 299), T0) is None
+    hold = rule.check(ev("u", "v", "like", T0 + 301), T0)
+    assert hold is not None and hold.reason == "future_timestamp"
+    assert rule.check(ev("u", "v", "like", T0 - 10 * 86_400), T0) is None  # old is not this rule's business
+
+
+def test_too_late_beyond_lateness_bound() -> None:
+    rule = LatenessRule(max_lateness_seconds=7 * 86_400)
+    assert rule.check(ev("u", "v", "like", T0 - 6 * 86_400), T0) is None
+    hold = rule.check(ev("u", "v", "like", T0 - 8 * 86_400), T0)
+    assert hold is not None and hold.reason == "too_late"
+    assert rule.check(ev("u", "v", "like", T0 + 10_000), T0) is None
+
+
+def test_stream_clock_replay_is_not_moved_by_a_held_future_event() -> None:
+    """A replay judges each event by the stream's own time, and a forged far-future event is caught, not followed."""
+    gate = QualityGate([FutureTimestampRule(300), LatenessRule(7 * 86_400)])
+    clock = StreamClock(max_gap_seconds=30 * 86_400)
+    years_ago = T0 - 5 * 365 * 86_400
+    stream = [ev("u1", "v1", "view", years_ago + 3_600 * k) for k in range(5)]
+    stream.insert(2, ev("u9", "v9", "like", years_ago + 400 * 86_400))  # stamped a year ahead of the replay
+    stream.append(ev("u1", "v2", "view", years_ago + 10 * 86_400))  # a quiet week and a half: a natural gap
+    reasons = []
+    for e in stream:
+        hold = gate.check(e, clock.now(e.ts))
+        if hold is None:
+            clock.advance(e.ts)
+        reasons.append(None if hold is None else hold.reason)
+    assert reasons == [None, None, "future_timestamp", None, None, None, None]
+    assert clock.latest == years_ago + 10 * 86_400
+
+
+# -- plausibility --------------------------------------------------------------------------
+
+
+def test_watch_exceeding_duration_by_a_wide_margin_is_held() -> None:
+    rule = WatchExceedsDurationRule(factor=3.0, slack_seconds=60)
+    assert rule.check(ev("u", "v", "view", T0, watch=120.0, duration=30.0), T0) is None  # a short clip on loop
+    hold = rule.check(ev("u", "v", "view", T0, watch=151.0, duration=30.0), T0)
+    assert hold is not None and hold.reason == "watch_exceeds_duration"
+    assert rule.check(ev("u", "v", "view", T0, watch=30_000.0), T0) is None  # no duration: nothing to compare
+
+
+def test_skip_after_watching_the_whole_item_is_held() -> None:
+    rule = SkipAfterFullWatchRule(full_fraction=1.0)
+    assert rule.check(ev("u", "v", "skip", T0, watch=29.0, duration=30.0), T0) is None
+    hold = rule.check(ev("u", "v", "skip", T0, watch=30.0, duration=30.0), T0)
+    assert hold is not None and hold.reason == "skip_after_full_watch"
+    assert rule.check(ev("u", "v", "view", T0, watch=30.0, duration=30.0), T0) is None
+    assert rule.check(ev("u", "v", "skip", T0), T0) is None
+
+
+def test_like_without_view_needs_a_recent_view_and_is_off_by_default() -> None:
+    rule = LikeWithoutViewRule(window_seconds=600)
+    results = run(
+        rule,
+        [
+            ev("u1", "v1", "like", T0),  # no view at all
+            ev("u1", "v1", "view", T0 + 1),
+            ev("u1", "v1", "like", T0 + 2),
+            ev("u1", "v1", "share", T0 + 3),
+            ev("u1", "v2", "like", T0 + 4),  # viewed another item
+            ev("u1", "v1", "like", T0 + 700),  # the view is too old now
+            ev("u2", "v3", "view", T0 + 701),
+        ],
+    )
+    assert [None if h is None else h.reason for h in results] == [
+        "like_without_view",
+        None,
+        None,
+        None,
+        "like_without_view",
+        "like_without_view",
+        None,
+    ]
+    assert len(rule) == 1  # only the latest view: the old one left the window and its memory was released
+    assert "like_without_view" not in default_gate().codes
+    assert "like_without_view" in default_gate(GateConfig(like_without_view_enabled=True)).codes
+
+
+# -- user rate -----------------------------------------------------------------------------
+
+
+def test_user_rate_passes_a_person_and_holds_a_bot_for_as_long_as_it_keeps_going() -> None:
+    rule = UserRateRule(window_seconds=60, max_positives=30, max_events=120)
+    person = [ev("ann", f"v{k}", "like" if k % 3 else "share", T0 + 3 * k) for k in range(400)]  # 20/min for 20 min
+    assert run(rule, person) == [None] * 400
+    bot = [ev("bot", f"v{k}", "like", T0 + 0.5 * k) for k in range(2_400)]  # 120 likes/min for 20 min
+    held = sum(h is not None for h in run(rule, bot))
+    assert held >= 2_400 - 35  # the first ~30 pass, then the bot stays over the limit
+    slow_again = [ev("bot", f"w{k}", "like", T0 + 1_200 + 120 + 5 * k) for k in range(20)]
+    assert run(rule, slow_again) == [None] * 20  # once it slows to a human pace it passes again
+
+
+def test_user_rate_counts_all_events_too_and_windows_run_on_the_users_clock() -> None:
+    rule = UserRateRule(window_seconds=60, max_positives=1_000, max_events=120)
+    views = [ev("u", f"v{k}", "view", T0 + 0.2 * k) for k in range(300)]  # 300 views/min
+    reasons = Counter(None if h is None else h.reason for h in run(rule, views))
+    assert reasons["user_rate"] >= 170
+    # stamping a batch in the past does not open a fresh window: the user's clock never goes back
+    backdated = [ev("u", f"x{k}", "view", T0 - 86_400 + k) for k in range(50)]
+    assert all(h is not None for h in run(rule, backdated))
+
+
+def test_user_rate_memory_is_released_for_idle_users() -> None:
+    rule = UserRateRule(window_seconds=60, max_users=1_000)
+    run(rule, [ev(f"u{k}", "v", "view", T0 + k * 0.01) for k in range(5_000)])
+    assert len(rule) == 1_000  # the hard cap
+    run(rule, [ev("late", "v", "view", T0 + 500)])
+    assert len(rule) == 1  # everyone else was idle for more than two windows
+
+
+# -- item surge ----------------------------------------------------------------------------
+
+
+def background(users: int, items: int, per_user: int, seed: int, start: float, prefix: str = "p") -> list[GateEvent]:
+    """Ordinary users spreading views and likes over a catalogue, interleaved in time."""
+    rnd = random.Random(seed)
+    events = []
+    for k in range(users * per_user):
+        kind = "like" if rnd.random() < 0.35 else "view"
+        events.append(ev(f"{prefix}{rnd.randrange(users)}", f"i{rnd.randrange(items)}", kind, start + k))
+    return events
+
+
+def test_item_surge_holds_a_bot_farm_of_new_users_liking_one_item() -> None:
+    rule = ItemSurgeRule(new_user_events=20, warmup_positives=2_000)
+    assert run(rule, background(300, 400, 40, seed=1, start=T0)).count(None) == 12_000  # a cold start holds nothing
+    established = background(300, 400, 10, seed=2, start=T0 + 20_000)
+    bots = [ev(f"bot{k}", "target", "like", T0 + 20_000 + 10 * k) for k in range(300)]  # slow, one like each
+    mixed = sorted(established + bots, key=lambda e: e.ts)
+    results = dict(zip(mixed, run(rule, mixed), strict=True))
+    bot_holds = [results[b] for b in bots]
+    assert sum(h is not None for h in bot_holds) >= 300 - 25
+    assert {h.reason for h in bot_holds if h is not None} == {"item_surge"}
+    assert all(results[e] is None for e in established)
+    # an established user's like of the attacked item is never held by this rule
+    assert rule.check(ev("p1", "target", "like", T0 + 40_000), T0 + 40_000) is None
+
+
+def test_item_surge_skewed_audience_without_concentration() -> None:
+    """A farm too small to dominate the stream's new users still shows as an item liked almost only by them."""
+    rule = ItemSurgeRule(new_user_events=5, min_new_positives=10, max_new_concentration=1.0, warmup_positives=1_000)
+    run(rule, background(200, 300, 20, seed=3, start=T0))
+    newcomers = [ev(f"n{k}", f"i{k % 300}", "like", T0 + 5_000 + 2 * k) for k in range(600)]  # spread out
+    bots = [ev(f"bot{k}", "target", "like", T0 + 5_001 + 20 * k) for k in range(60)]
+    mixed = sorted(newcomers + bots, key=lambda e: e.ts)
+    results = dict(zip(mixed, run(rule, mixed), strict=True))
+    assert sum(results[b] is not None for b in bots) >= 45
+    assert sum(results[n] is not None for n in newcomers) == 0
+
+
+def test_item_surge_concentration_catches_a_farm_at_a_cold_start() -> None:
+    """When every user is new (a fresh system), only concentration tells a farm from a crowd."""
+    rule = ItemSurgeRule(new_user_events=20)
+    crowd = background(2_000, 3_000, 3, seed=4, start=T0)  # new users spreading likes over a catalogue
+    bots = [ev(f"bot{k}", "target", "like", T0 + 3 * k + 0.5) for k in range(2_000)]  # a third of all likes
+    mixed = sorted(crowd + bots, key=lambda e: e.ts)
+    results = dict(zip(mixed, run(rule, mixed), strict=True))
+    assert sum(results[b] is None for b in bots) <= 60
+    assert all(results[e] is None for e in crowd)
+
+
+def test_item_surge_memory_is_capped() -> None:
+    rule = ItemSurgeRule(max_items=100, max_users=500, user_idle_seconds=60)
+    run(rule, [ev(f"u{k}", f"i{k}", "like", T0 + k) for k in range(2_000)])
+    assert len(rule._items) == 100
+    assert len(rule._users) <= 61  # only users seen in the last minute
+
+
+def test_established_users_forget_after_two_generations_and_rarely_mistake_new_ones() -> None:
+    users = EstablishedUsers(capacity=1_000)
+    for k in range(1_000):
+        users.add(f"old{k}")
+    assert all(f"old{k}" in users for k in range(1_000))
+    false_positives = sum(f"new{k}" in users for k in range(10_000))
+    assert false_positives < 300  # ~1% by design
+    for k in range(2_001):  # two more generations
+        users.add(f"later{k}")
+    assert sum(f"old{k}" in users for k in range(1_000)) < 50
+    assert users.nbytes < 3_000
+
+
+# -- anomalous behaviour -------------------------------------------------------------------
+
+
+def lively_stream(n: int, seed: int = 0, users: int = 500) -> list[GateEvent]:
+    """Random but stationary behaviour: mixed event types and watch ratios, Poisson arrivals."""
+    rnd = random.Random(seed)
+    clock, events = T0, []
+    for _ in range(n):
+        clock += rnd.expovariate(2.0)
+        kind = rnd.choices(["view", "like", "share", "skip"], [60, 30, 5, 5])[0]
+        duration = rnd.uniform(10, 60)
+        events.append(
+            ev(f"u{rnd.randrange(users)}", f"v{rnd.randrange(300)}", kind, clock, duration * rnd.random(), duration)
+        )
+    return events
+
+
+def test_anomaly_rule_holds_nothing_while_warming_up_and_about_one_minus_q_after() -> None:
+    gate = QualityGate([AnomalousBehaviourRule(quantile=0.99, warmup_events=5_000)])
+    stream = lively_stream(60_000)
+    holds = [gate.check(e, e.ts) for e in stream]
+    assert all(h is None for h in holds[:5_000])
+    late_rate = sum(h is not None for h in holds[40_000:]) / 20_000
+    # if held scores did not feed the quantile, the threshold would ratchet down and hold ~everything
+    assert late_rate < 0.03, late_rate
+
+
+def test_anomaly_rule_holds_a_like_burst_from_a_new_account() -> None:
+    gate = QualityGate([AnomalousBehaviourRule(quantile=0.995, warmup_events=5_000)])
+    stream = lively_stream(30_000, seed=1)
+    for e in stream:
+        gate.check(e, e.ts)
+    normal_held = gate.held
+    end = stream[-1].ts
+    burst = [ev("fresh-bot", f"v{k}", "like", end + 0.1 * k) for k in range(50)]
+    held = sum(gate.check(e, e.ts) is not None for e in burst)
+    assert held >= 40, (held, gate.counts)
+    assert normal_held < 0.01 * len(stream)
+
+
+# -- the gate ------------------------------------------------------------------------------
+
+
+class Recorder:
+    """A rule that holds what ``hold_if`` says and records what it was told."""
+
+    def __init__(self, code: str, hold_if: str) -> None:
+        self.codes = (code,)
+        self.hold_if = hold_if
+        self.observed: list[str] = []
+        self.held: list[str] = []
+
+    def check(self, event: GateEvent, now: float) -> Hold | None:  # noqa: ARG002
+        return Hold(self.codes[0], "test") if event.item_id == self.hold_if else None
+
+    def observe(self, event: GateEvent, now: float) -> None:  # noqa: ARG002
+        self.observed.append(event.event_id)
+
+    def observe_held(self, event: GateEvent, now: float, hold: Hold) -> None:  # noqa: ARG002
+        self.held.append(event.event_id)
+
+
+def test_gate_first_hold_wins_counts_by_reason_and_observes_only_passed_events() -> None:
+    first, second = Recorder("first", "a"), Recorder("second", "b")
+    gate = QualityGate([first, second])
+    a, b, c = (
+        GateEvent("ea", "u", "a", "like", T0),
+        GateEvent("eb", "u", "b", "like", T0),
+        GateEvent("ec", "u", "c", "like", T0),
+    )
+    assert gate.check(a, T0) == Hold("first", "test")
+    assert gate.check(b, T0) == Hold("second", "test")
+    assert gate.check(c, T0) is None
+    assert gate.counts == {"first": 1, "second": 1} and gate.passed == 1 and gate.held == 2
+    assert first.observed == second.observed == ["ec"]
+    assert first.held == ["ea"] and second.held == ["eb"]  # only the rule that held is told
+    assert isinstance(first, GateRule)
+
+
+def test_gate_overrides_skip_only_the_overridden_rules() -> None:
+    first, second = Recorder("first", "x"), Recorder("second", "x")
+    gate = QualityGate([first, second])
+    replayed = GateEvent("ex", "u", "x", "like", T0)
+    assert gate.check(replayed, T0, overrides=frozenset({"first"})) == Hold("second", "test")
+    assert gate.check(replayed, T0, overrides=frozenset({"first", "second"})) is None
+    assert first.observed == second.observed == ["ex"]  # accepted: every rule learns it, overridden or not
+
+
+def test_disabled_gate_passes_everything_and_learns_nothing() -> None:
+    rule = Recorder("r", "x")
+    gate = QualityGate([rule], enabled=False)
+    assert gate.check(GateEvent("ex", "u", "x", "like", T0), T0) is None
+    assert gate.passed == 1 and gate.counts == {} and rule.observed == []
+
+
+def test_default_gate_codes_are_all_documented() -> None:
+    gate = default_gate(GateConfig(like_without_view_enabled=True))
+    doc = Path(__file__).resolve().parents[1].joinpath("docs", "quality-gate.md").read_text()
+    for code in (*gate.codes, "duplicate", "contract"):
+        assert f"`{code}`" in doc, code
+    for field in GateConfig.__dataclass_fields__:
+        assert f"`{field}`" in doc, field
+
+
+# -- MovieLens: a real clean stream, and a bot farm mixed into it ----------------------------
+
+
+def movielens_events() -> list[GateEvent]:
+    """Every rating a view; >= 4 also a like; 5 also a share; same ts; by timestamp, ties in file order."""
+    rows = []
+    with MOVIELENS.open() as f:
+        reader = csv.reader(f)
+        next(reader)
+        for line, (user, movie, rating, ts) in enumerate(reader):
+            rows.append((int(ts), line, user, movie, float(rating)))
+    rows.sort()
+    events = []
+    for ts, _, user, movie, rating in rows:
+        for kind in ("view", "like", "share")[: 1 + (rating >= 4) + (rating >= 5)]:
+            events.append(GateEvent(f"m{len(events)}", f"u{user}", f"m{movie}", kind, float(ts)))
+    return events
+
+
+def replay(gate: QualityGate, events: list[GateEvent]) -> tuple[list[Hold | None], float]:
+    clock = default_stream_clock()
+    holds: list[Hold | None] = []
+    start = time.perf_counter()
+    for e in events:
+        hold = gate.check(e, clock.now(e.ts))
+        if hold is None:
+            clock.advance(e.ts)
+        holds.append(hold)
+    return holds, time.perf_counter() - start
+
+
+needs_movielens = pytest.mark.skipif(not MOVIELENS.exists(), reason="MovieLens sample not present")
+
+
+@needs_movielens
+def test_default_gate_holds_at_most_one_percent_of_clean_movielens() -> None:
+    events = movielens_events()
+    gate = default_gate(GateConfig())
+    holds, seconds = replay(gate, events)
+    held = sum(h is not None for h in holds)
+    print(
+        f"\nMovieLens clean: {len(events)} events, held {held} ({held / len(events):.3%}) by reason {gate.counts}; "
+        f"gate {len(events) / seconds:,.0f} events/s (check+observe)"
+    )
+    assert held <= 0.01 * len(events)
+    assert set(gate.counts) <= {"user_rate", "anomalous_behaviour"}  # the bulk-rating bursts, and the tail
+
+
+@needs_movielens
+def test_default_gate_holds_a_bot_farm_mixed_into_movielens() -> None:
+    """Attack (a) of the poisoning benchmark: new users, 20% of all events, each viewing and liking one item."""
+    rnd = random.Random(7)
+    mixed, bots = [], 0
+    for e in movielens_events():
+        mixed.append(e)
+        while rnd.random() < 0.2:  # one bot event per 4 ordinary ones on average: 20% of the mix
+            user = f"bot{bots // 2}"
+            mixed.append(GateEvent(f"b{bots}", user, "target", "view" if bots % 2 == 0 else "like", e.ts))
+            bots += 1
+    gate = default_gate(GateConfig())
+    holds, _ = replay(gate, mixed)
+    bot_likes = [h for e, h in zip(mixed, holds, strict=True) if e.user_id.startswith("bot") and e.type == "like"]
+    ordinary = [h for e, h in zip(mixed, holds, strict=True) if not e.user_id.startswith("bot")]
+    passed = sum(h is None for h in bot_likes)
+    print(
+        f"\nbot farm: {bots / len(mixed):.1%} of events, {passed} of {len(bot_likes)} bot likes passed; {gate.counts}"
+    )
+    assert passed <= 50  # MovieLens' most liked film has ~280 likes: the target stays far below
+    assert sum(h is not None for h in ordinary) <= 0.01 * len(ordinary)
