@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from learner.exploration import ThompsonExplorer
 from learner.id_index import IdIndex
 from learner.online_learner import OnlineLearner
 
@@ -181,9 +182,10 @@ class SeenRows:
 class Recommend:
     """Top-``k`` for a user exactly as :class:`learner.serving.ServingModel` would answer, plus a target's rank."""
 
-    def __init__(self, learner: OnlineLearner, k: int) -> None:
+    def __init__(self, learner: OnlineLearner, k: int, explorer: ThompsonExplorer | None = None) -> None:
         self.learner = learner
         self.k = k
+        self.explorer = explorer  # if given, some of the model's places go to rarely shown items
         self._model_seen = SeenRows(learner.model.items)
         self._popular_seen = SeenRows(learner.popularity.items)
         self._model_shown = np.zeros(0, dtype=bool)
@@ -204,6 +206,10 @@ class Recommend:
     def rank(self, user: str, target: str, target_seen: bool) -> tuple[float, bool]:
         """``(rank of target or inf, from_popularity)``, recording the list for coverage."""
         _, _, rank, from_popularity = self._select(user, target, target_seen)
+        if self.explorer is not None:
+            row = self.learner.model.items.get(target)
+            if row is not None:
+                self.explorer.observe_liked(row)
         return rank, from_popularity
 
     def _select(self, user: str, target: str | None, target_seen: bool) -> tuple[IdIndex, np.ndarray, float, bool]:
@@ -243,6 +249,9 @@ class Recommend:
             return _EMPTY, math.inf
         part = np.argpartition(neg, kk - 1)[:kk] if kk < neg.size else np.arange(neg.size)
         best = part[np.argsort(neg[part], kind="stable")]
+        if self.explorer is not None:
+            best = self.explorer.rerank(best, neg, kk)
+            self.explorer.observe_shown(best)
         if target is None:
             return best, math.inf
         hit = np.flatnonzero(best == target)
@@ -276,11 +285,15 @@ def replay(
     curve_windows: int = 20,
     progress: Callable[[int, int], None] | None = None,
     progress_every: int = 20_000,
+    explorer: ThompsonExplorer | None = None,
 ) -> ReplayResult:
-    """Replay ``events`` through ``learner`` with the recommend-score-learn protocol (module doc)."""
+    """Replay ``events`` through ``learner`` with the recommend-score-learn protocol (module doc).
+
+    With an ``explorer``, the lists scored are the explored ones, so the result shows its cost.
+    """
     n = len(events)
     rule = learner.rule
-    recommend = Recommend(learner, k)
+    recommend = Recommend(learner, k, explorer)
     overall, second_half, active = RankingMetrics(k), RankingMetrics(k), RankingMetrics(k)
     curve_hits = np.zeros(curve_windows, dtype=np.int64)
     curve_scored = np.zeros(curve_windows, dtype=np.int64)

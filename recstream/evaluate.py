@@ -18,12 +18,13 @@ import re
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from learner.evaluation import ReplayEvent, ReplayResult, replay
 from learner.event_weights import EventWeights
+from learner.exploration import ThompsonExplorer
 from learner.online_learner import OnlineLearner
 from learner.registry import DEFAULT_MODEL, MODELS, build_model
 from learner.target import TargetRule
@@ -42,12 +43,19 @@ class ModelSpec:
     kind: str
     params: dict[str, Any] = field(default_factory=dict)
     baseline: bool = False
+    weights: dict[str, float] | None = None  # EventWeights overrides (None: the run's weights)
+    explore: float = 0.0  # fraction of the k places given to exploration
 
 
-# Baselines are tuned in the same run: the decayed one at several half-lives, the best one counts.
+LIKES_ONLY = {"like": 1.0, "share": 0.0, "view": 0.0, "skip": 0.0}
+
+# Baselines are tuned in the same run (half-life, and likes only vs the run's event weights);
+# the best one is what the default model is measured against.
 PRESETS: dict[str, ModelSpec] = {
     s.name: s
     for s in (
+        ModelSpec("popularity_likes", "popularity", baseline=True, weights=LIKES_ONLY),
+        ModelSpec("decayed_popularity_likes", "decayed_popularity", baseline=True, weights=LIKES_ONLY),
         ModelSpec("popularity", "popularity", baseline=True),
         ModelSpec("decayed_popularity_30d", "decayed_popularity", {"half_life_days": 30.0}, baseline=True),
         ModelSpec("decayed_popularity_90d", "decayed_popularity", {"half_life_days": 90.0}, baseline=True),
@@ -182,9 +190,12 @@ def _target_rule() -> TargetRule:
 
 
 def run_model(spec: ModelSpec, events: list[ReplayEvent], rule: TargetRule, weights: EventWeights) -> ReplayResult:
+    if spec.weights is not None:
+        weights = EventWeights(**spec.weights)
     learner = OnlineLearner(model=build_model(spec.kind, **spec.params), rule=rule, weights=weights)
+    explorer = ThompsonExplorer(fraction=spec.explore) if spec.explore else None
     progress = _Progress(spec.name)
-    result = replay(events, learner, k=K, progress=progress)
+    result = replay(events, learner, k=K, progress=progress, explorer=explorer)
     progress.done()
     return result
 
@@ -214,12 +225,24 @@ class _Progress:
 
 
 def build_report(
-    dataset: str, n_events: int, results: list[tuple[ModelSpec, ReplayResult]], loaded: Loaded
+    dataset: str,
+    n_events: int,
+    results: list[tuple[ModelSpec, ReplayResult]],
+    loaded: Loaded,
+    weights: EventWeights,
 ) -> dict[str, Any]:
     rows = []
     for spec, result in results:
         rows.append(
-            {"name": spec.name, "kind": spec.kind, "params": spec.params, "baseline": spec.baseline, **result.as_dict()}
+            {
+                "name": spec.name,
+                "kind": spec.kind,
+                "params": spec.params,
+                "baseline": spec.baseline,
+                "weights": spec.weights or asdict(weights),
+                "explore": spec.explore,
+                **result.as_dict(),
+            }
         )
     report: dict[str, Any] = {
         "dataset": dataset,
@@ -262,7 +285,7 @@ def _target(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 def format_table(report: dict[str, Any]) -> str:
     k = report["k"]
     columns = [  # title, report key, width, format
-        ("model", "name", 24, "{}"),
+        ("model", "name", 28, "{}"),
         ("base", "baseline", 5, "{}"),
         (f"HR@{k}", f"hr_at_{k}", 7, "{:.4f}"),
         (f"NDCG@{k}", f"ndcg_at_{k}", 7, "{:.4f}"),
@@ -330,6 +353,12 @@ def evaluate(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"recstream evaluate: {exc}", file=sys.stderr)
         return 2
+    if args.explore:
+        if not 0.0 < args.explore < 1.0:
+            print("recstream evaluate: --explore must be a fraction between 0 and 1", file=sys.stderr)
+            return 2
+        base = next((s for s in specs if s.name == DEFAULT_MODEL), PRESETS[DEFAULT_MODEL])
+        specs.append(replace(base, name=f"{base.name}+explore{args.explore:g}", explore=args.explore))
     source = Path(args.events or args.movielens)
     try:
         loaded = load_events(source, args.limit) if args.events else load_movielens(source, args.limit)
@@ -340,7 +369,7 @@ def evaluate(args: argparse.Namespace) -> int:
     rule = _target_rule()
     weights = EventWeights()
     results = [(spec, run_model(spec, events, rule, weights)) for spec in specs]
-    report = build_report(str(source), len(events), results, loaded)
+    report = build_report(str(source), len(events), results, loaded, weights)
     out = Path(args.report)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
@@ -379,6 +408,13 @@ def add_parser(subparsers: Any) -> None:
         "or kind:{json params}; default: every preset, baselines included",
     )
     p.add_argument("--limit", type=int, default=None, metavar="N", help="replay only the first N events")
+    p.add_argument(
+        "--explore",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="also replay the default model with this fraction of the places explored (Thompson sampling)",
+    )
     p.add_argument(
         "--report", required=True, metavar="OUT.json", help="where to write the JSON report (a PNG goes next to it)"
     )

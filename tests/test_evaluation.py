@@ -12,6 +12,7 @@ import pytest
 
 from learner.evaluation import Recommend, ReplayEvent, log_loss, replay, roc_auc
 from learner.event_weights import EventWeights
+from learner.exploration import ThompsonExplorer
 from learner.item_cooccurrence import ItemCooccurrence
 from learner.online_learner import OnlineLearner
 from learner.popularity_models import AllTimePopularity
@@ -236,3 +237,31 @@ def test_evaluate_refuses_an_unknown_model(tmp_path: Path, capsys: pytest.Captur
     ratings.write_text("userId,movieId,rating,timestamp\n1,2,4.0,1\n")
     assert _run("--movielens", str(ratings), "--model", "nope", "--report", str(tmp_path / "r.json")) == 2
     assert "unknown model 'nope'" in capsys.readouterr().err
+
+
+def test_exploration_gives_one_place_in_ten_to_rarely_shown_unseen_items() -> None:
+    explorer = ThompsonExplorer(fraction=0.1, max_impressions=2, seed=1)
+    neg = -np.linspace(1.0, 0.0, 30)  # row 0 best
+    neg[[12, 13, 14]] = np.inf  # seen by the user
+    best = np.arange(10)
+    impressions = np.zeros(30)
+    explored = []
+    for _ in range(12):
+        final = explorer.rerank(best, neg, k=10)
+        assert final[:9].tolist() == list(range(9))  # the model keeps nine places, in order
+        pick = int(final[9])
+        assert pick not in (12, 13, 14) and pick >= 9 and impressions[pick] < 2
+        explored.append(pick)
+        explorer.observe_shown(final)
+        impressions[final] += 1
+    assert len(set(explored)) >= 6  # it spreads over rarely shown items instead of repeating one
+
+
+def test_evaluate_reports_the_cost_of_exploration(tmp_path: Path) -> None:
+    ratings = tmp_path / "ratings.csv"
+    rows = [f"{u},{(u * 7 + n) % 13},{4.0 + (n % 2)},{100 * n + u}" for n in range(12) for u in range(8)]
+    ratings.write_text("userId,movieId,rating,timestamp\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "r.json"
+    assert _run("--movielens", str(ratings), "--model", DEFAULT_MODEL, "--explore", "0.2", "--report", str(out)) == 0
+    names = [m["name"] for m in json.loads(out.read_text())["models"]]
+    assert names == [DEFAULT_MODEL, f"{DEFAULT_MODEL}+explore0.2"]
