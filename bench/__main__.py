@@ -39,13 +39,13 @@ from stream.topics import ensure_topics
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 
 
-def _events(n: int, users: int, items: int, seed: int = 1) -> list[bytes]:
+def _events(n: int, users: int, items: int, seed: int = 1, prefix: str = "b") -> list[bytes]:
     rnd = random.Random(seed)
     kinds = ["view", "like", "like", "share", "skip"]
     return [
         json.dumps(
             {
-                "event_id": f"b{i}",
+                "event_id": f"{prefix}{i}",
                 "user_id": f"u{rnd.randrange(users)}",
                 "item_id": f"v{rnd.randrange(items)}",
                 "type": rnd.choice(kinds),
@@ -134,7 +134,7 @@ def bench_ingest(broker: local_services.LocalService, redis_url: str, n_events: 
     settings = Settings()
     asyncio.run(ensure_topics(settings))
     values = _events(n_events, users=5_000, items=10_000)
-    warmup = _events(500, users=50, items=50, seed=2)
+    warmup = _events(500, users=50, items=50, seed=2, prefix="w")
     r = redis.Redis.from_url(redis_url)
     keys = Keys(settings.redis_prefix)
     worker = local_services.start_worker(env)
@@ -226,7 +226,18 @@ def _get(url: str) -> bytes:
         return b""
 
 
+def _stop_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit so the ``finally`` blocks stop every process we started."""
+    import signal
+
+    def handler(_signum: int, _frame: object) -> None:
+        raise SystemExit(143)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main() -> int:
+    _stop_on_sigterm()
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=100_000, help="events for the ingest benchmark")
     parser.add_argument("--items", type=int, default=10_000, help="catalogue size for the serving benchmark")

@@ -57,6 +57,7 @@ class OnlineLearner:
         self.metrics = ProgressiveMetrics()
         self.events_learned = 0
         self.events_labelled = 0
+        self._model_description: dict[str, Any] | None = None
 
     def learn(
         self,
@@ -90,9 +91,11 @@ class OnlineLearner:
         return prediction
 
     def describe_model(self) -> dict[str, Any]:
-        """The model's kind and hyper-parameters, for version metadata."""
-        params = self.model.to_state().params
-        return {"kind": self.model.kind, **{k: v for k, v in params.items() if k != "rng_state"}}
+        """The model's kind and hyper-parameters, for version metadata (computed once: they do not change)."""
+        if self._model_description is None:
+            params = self.model.to_state().params
+            self._model_description = {"kind": self.model.kind, **{k: v for k, v in params.items() if k != "rng_state"}}
+        return self._model_description
 
     # -- state -------------------------------------------------------------------------
 

@@ -67,8 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7)
     p.set_defaults(func=_demo)
 
+    from recstream import evaluate
     from stream import quarantine
 
+    evaluate.add_parser(sub)
     quarantine.add_parser(sub)
     return parser
 

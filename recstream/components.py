@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import redis.asyncio as aioredis
 
-from learner.implicit_mf import ImplicitMF
+from learner.event_weights import EventWeights
+from learner.gate.gate import QualityGate, default_gate, default_model_guard
+from learner.gate.model_guard import ModelGuard
 from learner.online_learner import OnlineLearner
+from learner.registry import build_model
 from learner.target import TargetRule
-from recstream.settings import Settings
+from recstream.settings import Settings, gate_config
 from store.keys import Keys
 from store.model_store import ModelStore
 from store.signing import SnapshotSigner
-
-if TYPE_CHECKING:
-    from learner.gate.gate import QualityGate
-    from learner.gate.model_guard import ModelGuard
 
 
 def target_rule(settings: Settings) -> TargetRule:
@@ -27,24 +24,28 @@ def target_rule(settings: Settings) -> TargetRule:
     )
 
 
-def new_learner(settings: Settings) -> OnlineLearner:
-    model = ImplicitMF(
-        n_factors=settings.model_factors,
-        lr=settings.model_lr,
-        l2=settings.model_l2,
-        negatives=settings.model_negatives,
-        seed=settings.model_seed,
+def event_weights(settings: Settings) -> EventWeights:
+    return EventWeights(
+        like=settings.weight_like, share=settings.weight_share, view=settings.weight_view, skip=settings.weight_skip
     )
-    return OnlineLearner(model=model, rule=target_rule(settings))
 
 
-def quality_gate(settings: Settings) -> QualityGate | None:
-    """The gate's pure rules (duplicates are handled by the worker with Redis), or None if disabled."""
-    return None
+def new_learner(settings: Settings) -> OnlineLearner:
+    model = build_model(settings.model, **settings.model_params)
+    return OnlineLearner(model=model, rule=target_rule(settings), weights=event_weights(settings))
 
 
-def model_guard(settings: Settings) -> ModelGuard | None:
-    return None
+def learner_from_bytes(settings: Settings, blob: bytes) -> OnlineLearner:
+    return OnlineLearner.from_bytes(blob, rule=target_rule(settings), weights=event_weights(settings))
+
+
+def quality_gate(settings: Settings) -> QualityGate:
+    """The gate's pure rules (duplicates are handled by the worker with Redis)."""
+    return default_gate(gate_config(settings))
+
+
+def model_guard(settings: Settings) -> ModelGuard:
+    return default_model_guard(gate_config(settings))
 
 
 def redis_client(settings: Settings) -> aioredis.Redis:

@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 
@@ -62,7 +62,7 @@ def next_event(rnd: random.Random, person: Person, items_by_genre: dict[str, lis
         "user_id": person.user_id,
         "item_id": item,
         "type": kind,
-        "ts": datetime.now(timezone.utc).isoformat(),
+        "ts": datetime.now(UTC).isoformat(),
         "watch_seconds": round(watch, 1),
         "item_duration_seconds": duration,
         "context": {"source": "demo"},

@@ -6,15 +6,31 @@ must be documented there too.
 
 from __future__ import annotations
 
+import dataclasses
 from functools import lru_cache
+from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, create_model
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from learner.gate.gate import GateConfig
+from learner.registry import DEFAULT_MODEL
 
 DEV_HMAC_KEY = "recstream-dev-key-change-me"
 
 
-class Settings(BaseSettings):
+def _gate_settings() -> type[BaseSettings]:
+    """One ``gate_<name>`` setting per field of :class:`learner.gate.gate.GateConfig` (single source of truth)."""
+    types = {"bool": bool, "int": int, "float": float}
+    definitions: dict[str, Any] = {}
+    for f in dataclasses.fields(GateConfig):
+        kind = types[str(f.type)]
+        described = f"Quality gate: `{f.name}` (docs/quality-gate.md)."
+        definitions[f"gate_{f.name}"] = (kind, Field(f.default, description=described))
+    return create_model("GateSettings", __base__=BaseSettings, **definitions)
+
+
+class Settings(_gate_settings()):  # type: ignore[misc]
     """Typed configuration for the worker, the API and the CLI."""
 
     model_config = SettingsConfigDict(env_prefix="RECSTREAM_", extra="ignore")
@@ -57,19 +73,23 @@ class Settings(BaseSettings):
     broker_session_timeout: float = Field(10.0, gt=0, description="Kafka consumer session timeout in seconds.")
 
     # Model and target variable
-    model_factors: int = Field(32, ge=1, le=512, description="Latent factors of the matrix-factorisation model.")
-    model_lr: float = Field(0.2, gt=0, le=5, description="SGD learning rate.")
-    model_l2: float = Field(0.002, ge=0, le=1, description="L2 regularisation.")
-    model_negatives: int = Field(2, ge=0, le=50, description="Sampled implicit negatives per positive event.")
-    model_seed: int = Field(42, description="Random seed of the model.")
+    model: str = Field(
+        DEFAULT_MODEL, description="Model kind: `item_cooccurrence`, `implicit_mf`, `bpr`, … (docs/model-card.md)."
+    )
+    model_params: dict[str, Any] = Field(
+        default_factory=dict, description='Constructor parameters of the model, JSON (e.g. `{"window": 10}`).'
+    )
+    weight_like: float = Field(1.0, ge=0, description="Learning weight of a like (implicit-feedback models).")
+    weight_share: float = Field(0.5, ge=0, description="Learning weight of a share.")
+    weight_view: float = Field(1.0, ge=0, description="Weight of a fully watched view (scaled by share watched).")
+    weight_skip: float = Field(0.0, ge=0, description="Learning weight of a skip (0: registers the ids only).")
     positive_types: list[str] = Field(["like", "share"], description="Event types that count as 'liked' (JSON list).")
     negative_types: list[str] = Field(["skip"], description="Event types that count as 'not liked' (JSON list).")
     short_watch_fraction: float = Field(
         0.25, ge=0, le=1, description="A view watched for less than this fraction of the item counts as 'not liked'."
     )
 
-    # Quality gate
-    gate_enabled: bool = Field(True, description="Run the quality gate's rules (duplicates are always dropped).")
+    # Quality gate (the rules' thresholds are the RECSTREAM_GATE_* settings below)
     dedupe_retention_seconds: float = Field(
         3600.0, gt=0, description="An event_id learned within this many seconds is a duplicate."
     )
@@ -93,6 +113,10 @@ class Settings(BaseSettings):
     hmac_key: SecretStr = Field(
         SecretStr(DEV_HMAC_KEY), description="Key that signs model snapshots (HMAC-SHA256). Set it in production."
     )
+
+
+def gate_config(settings: Settings) -> GateConfig:
+    return GateConfig(**{f.name: getattr(settings, f"gate_{f.name}") for f in dataclasses.fields(GateConfig)})
 
 
 @lru_cache(maxsize=1)

@@ -13,7 +13,6 @@ from typing import Any
 
 import faust
 
-from learner.online_learner import OnlineLearner
 from recstream import components
 from recstream.settings import Settings
 from stream.processor import QUARANTINED, REJECTED, EventProcessor, Record, overrides_from_headers
@@ -59,13 +58,11 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
     def ack(event: Any) -> None:
         event.ack()
 
-    def learner_from_bytes(blob: bytes) -> OnlineLearner:
-        return OnlineLearner.from_bytes(blob, rule=components.target_rule(settings))
 
     processor = EventProcessor(
         store=store,
         new_learner=lambda: components.new_learner(settings),
-        learner_from_bytes=learner_from_bytes,
+        learner_from_bytes=lambda blob: components.learner_from_bytes(settings, blob),
         dead_letter=dead_letter,
         flush=flush,
         ack=ack,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
+
+from tests.clock import BASE
 
 GROUP_A = [f"a{i:02d}" for i in range(20)]
 GROUP_B = [f"b{i:02d}" for i in range(20)]
@@ -14,7 +16,7 @@ def taste_events(
 ) -> list[dict]:
     """Users of group A like A items and skip B items; group B the other way round. Shuffled."""
     rnd = random.Random(seed)
-    start = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+    start = BASE
     events = []
     for group, own, other in (("A", GROUP_A, GROUP_B), ("B", GROUP_B, GROUP_A)):
         for u in range(users_per_group):

@@ -10,12 +10,13 @@ import httpx
 import pytest
 
 from recstream import local_services
+from tests.clock import iso
 from tests.conftest import Endpoint, make_env, wait_for
 from tests.kafka_io import CheckpointReader, produce, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
-GOOD = {"event_id": "g1", "user_id": "u1", "item_id": "v1", "type": "like", "ts": "2026-11-22T10:00:00Z"}
+GOOD = {"event_id": "g1", "user_id": "u1", "item_id": "v1", "type": "like", "ts": iso()}
 
 
 @dataclass

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from recstream import local_services
+from tests.clock import iso
 from tests.conftest import wait_for
 from tests.kafka_io import CheckpointReader, produce_events
 from tests.taste_stream import GROUP_A, GROUP_B, taste_events
@@ -45,7 +46,7 @@ def test_published_events_change_recommendations(
     # A new user likes three A items through the HTTP ingest endpoint.
     liked = GROUP_A[:3]
     batch = [
-        {"event_id": f"t{n}", "user_id": "target", "item_id": item, "type": "like", "ts": "2026-11-22T12:00:00Z"}
+        {"event_id": f"t{n}", "user_id": "target", "item_id": item, "type": "like", "ts": iso(3000 + n)}
         for n, item in enumerate(liked)
     ]
     response = client.post("/v1/events", json=batch)

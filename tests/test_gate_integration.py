@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from recstream import local_services
+from tests.clock import iso
 from tests.conftest import wait_for
 from tests.kafka_io import CheckpointReader, produce_events
 
@@ -33,7 +34,7 @@ def test_duplicates_are_learned_once_across_resends_and_restarts(
                 "user_id": f"u{i % 4}",
                 "item_id": f"v{i}",
                 "type": "like",
-                "ts": "2026-11-22T10:00:00Z",
+                "ts": iso(i),
             }
             for i in range(20)
         ]

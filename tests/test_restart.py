@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from recstream import local_services
+from tests.clock import iso
 from tests.conftest import wait_for
 from tests.kafka_io import CheckpointReader, produce, read_topic
 
@@ -24,7 +25,7 @@ def _events(start: int, count: int) -> list[tuple[bytes, bytes]]:
         kind = ("view", "like", "skip", "share")[n % 4]
         value = (
             f'{{"event_id":"r{n}","user_id":"{user}","item_id":"{item}","type":"{kind}",'
-            f'"ts":"2026-11-22T10:00:00Z","watch_seconds":{n % 30},"item_duration_seconds":30}}'
+            f'"ts":"{iso(n * 0.5)}","watch_seconds":{n % 30},"item_duration_seconds":30}}'
         )
         out.append((user.encode(), value.encode()))
     return out

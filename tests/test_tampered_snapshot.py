@@ -11,6 +11,7 @@ import redis
 
 from recstream import local_services
 from store.keys import Keys
+from tests.clock import iso
 from tests.conftest import wait_for
 from tests.kafka_io import CheckpointReader, produce_events
 
@@ -29,7 +30,7 @@ def _events(prefix: str, n: int) -> list[dict]:
             "user_id": f"u{i % 5}",
             "item_id": f"v{i % 11}",
             "type": "like",
-            "ts": "2026-11-22T10:00:00Z",
+            "ts": iso(i),
         }
         for i in range(n)
     ]
