@@ -254,6 +254,7 @@ class EventProcessor:
         hold = self.gate.check(_gate_event(event), now, record.overrides) if self.gate is not None else None
         if hold is None and self.paused_since is not None and MODEL_PAUSED not in record.overrides:
             hold = Hold(MODEL_PAUSED, "learning is paused by the model guard; replay after it resumes")
+            self._watch_while_paused(event)
         if hold is not None:
             pending.gate_counts[hold.reason] += 1
             metrics.EVENTS_QUARANTINED.labels(hold.reason).inc()
@@ -359,15 +360,26 @@ class EventProcessor:
             log.debug("checkpoint v%s: %d events learned, %.1f ms", version, learner.events_learned, elapsed * 1e3)
             return version
 
+    def _watch_while_paused(self, event: Event) -> None:
+        """Keep scoring (not learning) labelled events so the guard can tell when the stream is healthy again."""
+        learner, guard = self.learner, self.guard
+        if learner is None or guard is None:
+            return
+        y = learner.rule.label(event.type, event.watch_seconds, event.item_duration_seconds)
+        if y is None:
+            return
+        if not guard.update_prediction(y, learner.model.predict_one(event.user_id, event.item_id)):
+            self._resume("the progressive loss is back within its resume threshold")
+
     async def _apply_operator_resume(self) -> None:
         if self.paused_since is None:
             return
         if await self.store.take_resume_request():
-            self._resume("an operator asked to resume")
+            self._resume("an operator asked to resume", operator=True)
 
-    def _resume(self, why: str) -> None:
+    def _resume(self, why: str, operator: bool = False) -> None:
         self.paused_since = None
-        if self.guard is not None:
+        if operator and self.guard is not None:
             self.guard.resume()
         metrics.MODEL_GUARD_PAUSED.set(0)
         log.warning("model guard: learning resumed (%s)", why)

@@ -14,19 +14,31 @@ from collections import Counter
 from datetime import datetime
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from recstream.components import bootstrap_servers
 from recstream.settings import Settings, get_settings
 from stream.processor import OVERRIDE_HEADER
 
 
+async def _partitions(settings: Settings) -> list[int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(settings))
+    await admin.start()
+    try:
+        described = await admin.describe_topics([settings.topic_quarantined])
+    finally:
+        await admin.close()
+    return sorted(p["partition"] for topic in described if not topic.get("error_code") for p in topic["partitions"])
+
+
 async def read_quarantine(settings: Settings, timeout: float = 30.0) -> list[dict]:
     """Every record currently in the quarantine topic (reads up to the end offsets taken at start)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers(settings), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers(settings), enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
-        await consumer.topics()  # refreshes metadata
-        ids = consumer.partitions_for_topic(settings.topic_quarantined) or set()
+        ids = await _partitions(settings)
         tps = [TopicPartition(settings.topic_quarantined, p) for p in sorted(ids)]
         if not tps:
             return []
@@ -36,7 +48,7 @@ async def read_quarantine(settings: Settings, timeout: float = 30.0) -> list[dic
         records: list[dict] = []
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while any(await consumer.position(tp) < end[tp] for tp in tps):
+        while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
             if loop.time() > deadline:
                 raise TimeoutError(f"could not read {settings.topic_quarantined} to its end within {timeout}s")
             for messages in (await consumer.getmany(timeout_ms=200, max_records=5000)).values():

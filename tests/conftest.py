@@ -97,6 +97,7 @@ def make_env(redis_endpoint: Endpoint, broker_endpoint: Endpoint) -> dict[str, s
         "RECSTREAM_REDIS_PREFIX": f"test-{run}",
         "RECSTREAM_TOPIC_EVENTS": f"events-{run}",
         "RECSTREAM_TOPIC_REJECTED": f"events-{run}.rejected",
+        "RECSTREAM_TOPIC_QUARANTINED": f"events-{run}.quarantined",
         "RECSTREAM_TOPIC_PARTITIONS": "2",
         "RECSTREAM_CHECKPOINT_INTERVAL_SECONDS": "0.3",
         "RECSTREAM_CHECKPOINT_EVERY_EVENTS": "200",

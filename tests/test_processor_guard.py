@@ -1,0 +1,144 @@
+"""The worker's processor with a real Redis: the model guard pauses learning, keeps the last version
+current, quarantines what arrives meanwhile, and resumes by operator action or by itself.
+
+Kafka is not involved in what is tested here (the processor is handed records directly), so the
+transport callbacks are plain functions that record what the worker would produce and ack.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+
+import pytest
+import redis.asyncio as aioredis
+
+from learner.gate.model_guard import ModelGuard
+from learner.implicit_mf import ImplicitMF
+from learner.online_learner import OnlineLearner
+from store.keys import Keys
+from store.model_store import ModelStore
+from store.signing import SnapshotSigner
+from stream.processor import MODEL_PAUSED, QUARANTINED, EventProcessor, Record
+from tests.clock import iso
+from tests.conftest import Endpoint
+
+pytestmark = pytest.mark.integration
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.dead_letters: list[tuple[str, dict]] = []
+        self.acked: list[int] = []
+        self.offset = 0
+
+    async def dead_letter(self, kind: str, _key: bytes | None, value: bytes) -> None:
+        self.dead_letters.append((kind, json.loads(value)))
+
+    async def flush(self) -> None:
+        return None
+
+    def ack(self, handle: int) -> None:
+        self.acked.append(handle)
+
+    def records(self, events: list[dict]) -> list[Record]:
+        out = []
+        for e in events:
+            out.append(
+                Record("events", 0, self.offset, e["user_id"].encode(), json.dumps(e).encode(), handle=self.offset)
+            )
+            self.offset += 1
+        return out
+
+
+def _stream(rnd: random.Random, n: int, start: int, flipped: bool) -> list[dict]:
+    """Users like items of their own group and skip the other's; ``flipped`` turns that around."""
+    events = []
+    for k in range(start, start + n):
+        user = rnd.randrange(40)
+        own = user % 2
+        group = own if rnd.random() < 0.5 else 1 - own
+        item = f"g{group}-{rnd.randrange(10)}"
+        liked = (group == own) != flipped
+        events.append(
+            {
+                "event_id": f"e{k}",
+                "user_id": f"u{user}",
+                "item_id": item,
+                "type": "like" if liked else "skip",
+                "ts": iso(k * 0.05),
+            }
+        )
+    return events
+
+
+@pytest.fixture
+async def setup(redis_endpoint: Endpoint):
+    client = aioredis.Redis.from_url(redis_endpoint.url)
+    store = ModelStore(client, SnapshotSigner(b"k"), Keys(f"g-{uuid.uuid4().hex[:8]}"))
+    transport = Transport()
+    guard = ModelGuard(recent_window=200, reference_window=2000, min_reference=500, resume_events=300)
+    processor = EventProcessor(
+        store=store,
+        new_learner=lambda: OnlineLearner(model=ImplicitMF(seed=1)),
+        learner_from_bytes=OnlineLearner.from_bytes,
+        dead_letter=transport.dead_letter,
+        flush=transport.flush,
+        ack=transport.ack,
+        guard=guard,
+    )
+    await processor.start()
+    yield processor, store, transport, guard
+    await client.aclose()
+
+
+async def test_guard_pauses_on_degradation_and_an_operator_resumes(setup) -> None:
+    processor, store, transport, guard = setup
+    rnd = random.Random(5)
+    await processor.process(transport.records(_stream(rnd, 3000, 0, flipped=False)))
+    good_version = await processor.checkpoint()
+    assert good_version is not None and processor.paused_since is None
+
+    # Tastes flip (a broken client release labelling everything backwards): the loss jumps.
+    await processor.process(transport.records(_stream(rnd, 1500, 3000, flipped=True)))
+    assert processor.paused_since is not None, guard.status()
+    learned_at_pause = processor.learner.events_learned
+    held = [letter for kind, letter in transport.dead_letters if kind == QUARANTINED]
+    assert held and all(letter["reason"] == MODEL_PAUSED for letter in held)
+    assert held[0]["event"]["event_id"].startswith("e")  # the event travels with its reason
+
+    # While paused: nothing is learned, the checkpoint writes no new version, offsets still move.
+    version_after_pause = await processor.checkpoint()
+    await processor.process(transport.records(_stream(rnd, 200, 4500, flipped=True)))
+    assert processor.learner.events_learned == learned_at_pause
+    assert await processor.checkpoint() == version_after_pause
+    assert await store.current_version() == version_after_pause
+    assert (await store.offsets())[("events", 0)] == transport.offset
+    assert (await store.guard_status())["state"] == "paused"
+    assert (await store.gate_counts())[MODEL_PAUSED] == len(
+        [1 for kind, letter in transport.dead_letters if kind == QUARANTINED]
+    )
+    assert sorted(transport.acked) == list(range(transport.offset))  # everything handled is acked
+
+    # An operator resumes; the next checkpoint applies it and learning goes on.
+    await store.request_resume()
+    await processor.process(transport.records(_stream(rnd, 10, 4700, flipped=False)))
+    await processor.checkpoint()
+    assert processor.paused_since is None and not guard.paused
+    await processor.process(transport.records(_stream(rnd, 10, 4710, flipped=False)))
+    assert processor.learner.events_learned == learned_at_pause + 10
+
+
+async def test_guard_resumes_by_itself_when_the_stream_is_healthy_again(setup) -> None:
+    processor, _store, transport, guard = setup
+    rnd = random.Random(6)
+    await processor.process(transport.records(_stream(rnd, 3000, 0, flipped=False)))
+    await processor.process(transport.records(_stream(rnd, 1500, 3000, flipped=True)))
+    assert processor.paused_since is not None
+    learned_at_pause = processor.learner.events_learned
+    # The bad release is rolled back: events look like before. The guard keeps scoring (not learning)
+    # and resumes once the loss is back near its reference.
+    await processor.process(transport.records(_stream(rnd, 3000, 4500, flipped=False)))
+    assert processor.paused_since is None and guard.resumes == 1
+    assert processor.learner.events_learned > learned_at_pause
