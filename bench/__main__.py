@@ -40,8 +40,13 @@ RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 
 
 def _events(n: int, users: int, items: int, seed: int = 1, prefix: str = "b") -> list[bytes]:
+    """``n`` events spread over the last hour (so the gate's time and rate rules see a plausible stream)."""
+    from datetime import UTC, datetime, timedelta
+
     rnd = random.Random(seed)
     kinds = ["view", "like", "like", "share", "skip"]
+    start = datetime.now(UTC) - timedelta(hours=1)
+    step = 3000.0 / max(n, 1)
     return [
         json.dumps(
             {
@@ -49,7 +54,7 @@ def _events(n: int, users: int, items: int, seed: int = 1, prefix: str = "b") ->
                 "user_id": f"u{rnd.randrange(users)}",
                 "item_id": f"v{rnd.randrange(items)}",
                 "type": rnd.choice(kinds),
-                "ts": "2026-11-22T10:00:00Z",
+                "ts": (start + timedelta(seconds=i * step)).isoformat(),
                 "watch_seconds": 12.0,
                 "item_duration_seconds": 30.0,
             }
@@ -102,6 +107,11 @@ def _bare_learner(values: list[bytes]) -> float:
     return len(values) / (time.perf_counter() - started)
 
 
+def _handled(r: redis.Redis, keys: Keys) -> int:
+    """Messages the worker has checkpointed (learned, held, dropped as duplicates or rejected)."""
+    return sum(int(v) for v in r.hvals(keys.offsets))
+
+
 def _learned(r: redis.Redis, keys: Keys) -> int:
     version = r.get(keys.current_version)
     if version is None:
@@ -118,15 +128,17 @@ def _wait(condition, timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
-def bench_ingest(broker: local_services.LocalService, redis_url: str, n_events: int) -> dict:
+def bench_ingest(broker: local_services.LocalService, redis_url: str, n_events: int, gate: bool = True) -> dict:
     run = uuid.uuid4().hex[:6]
     env = {
+        "RECSTREAM_GATE_ENABLED": "true" if gate else "false",
         "RECSTREAM_BROKER_URL": broker.url,
         "RECSTREAM_REDIS_URL": redis_url,
         "RECSTREAM_APP_ID": f"bench-{run}",
         "RECSTREAM_REDIS_PREFIX": f"bench-{run}",
         "RECSTREAM_TOPIC_EVENTS": f"bench-events-{run}",
         "RECSTREAM_TOPIC_REJECTED": f"bench-events-{run}.rejected",
+        "RECSTREAM_TOPIC_QUARANTINED": f"bench-events-{run}.quarantined",
         "RECSTREAM_TOPIC_PARTITIONS": "2",
         "RECSTREAM_BROKER_SESSION_TIMEOUT": "6",
     }
@@ -140,11 +152,13 @@ def bench_ingest(broker: local_services.LocalService, redis_url: str, n_events: 
     worker = local_services.start_worker(env)
     try:
         asyncio.run(_produce(broker.address, settings.topic_events, warmup))
-        _wait(lambda: _learned(r, keys) >= len(warmup), 120, "the worker to learn the warm-up events")
+        _wait(lambda: _handled(r, keys) >= len(warmup), 120, "the worker to take the warm-up events")
         started = time.perf_counter()
         produce_seconds = asyncio.run(_produce(broker.address, settings.topic_events, values))
-        _wait(lambda: _learned(r, keys) >= len(warmup) + n_events, 600, "the worker to learn the benchmark events")
+        _wait(lambda: _handled(r, keys) >= len(warmup) + n_events, 600, "the worker to take the benchmark events")
         worker_rate = n_events / (time.perf_counter() - started)
+        learned = _learned(r, keys)
+        held = {k.decode(): int(v) for k, v in r.hgetall(keys.gate_counts).items()}
     finally:
         worker.stop(timeout=30)
     bare_consume = asyncio.run(
@@ -153,6 +167,9 @@ def bench_ingest(broker: local_services.LocalService, redis_url: str, n_events: 
     bare_learner = _bare_learner(values)
     return {
         "events": n_events,
+        "gate": gate,
+        "learned": learned,
+        "held_or_dropped": held,
         "worker_events_per_second": worker_rate,
         "producer_events_per_second": n_events / produce_seconds,
         "bare_consume_events_per_second": bare_consume,
@@ -248,7 +265,8 @@ def main() -> int:
     broker = local_services.start_broker(args.broker)
     redis_service = local_services.start_redis()
     try:
-        ingest = bench_ingest(broker, redis_service.url, args.events)
+        ingest = bench_ingest(broker, redis_service.url, args.events, gate=True)
+        ingest_no_gate = bench_ingest(broker, redis_service.url, args.events, gate=False)
         serving = bench_serving(broker, redis_service.url, args.items, args.seconds)
     finally:
         redis_service.stop()
@@ -256,6 +274,8 @@ def main() -> int:
     report = {
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "broker": broker.name},
         "ingest": ingest,
+        "ingest_without_gate": ingest_no_gate,
+        "gate_throughput_ratio": ingest["worker_events_per_second"] / ingest_no_gate["worker_events_per_second"],
         "serving": serving,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -273,6 +293,12 @@ def main() -> int:
         f"{i['worker_events_per_second']:>16,.0f}{i['bare_learner_events_per_second']:>16,.0f}"
         f"{i['ratio_to_bare_learner']:>8.2f}"
     )
+    off = ingest_no_gate["worker_events_per_second"]
+    print(
+        f"{'ingest events/s (gate on vs gate off)':<44}{i['worker_events_per_second']:>16,.0f}{off:>16,.0f}"
+        f"{i['worker_events_per_second'] / off:>8.2f}"
+    )
+    print(f"  gate on: learned {i['learned']:,} of {i['events'] + 500:,}; held/dropped {i['held_or_dropped']}")
     rec, triv = s["recommendations"], s["trivial"]
     label = f"top-10 over {s['items']:,} items"
     for q in ("p50", "p99"):

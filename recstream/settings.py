@@ -63,7 +63,7 @@ class Settings(_gate_settings()):  # type: ignore[misc]
         1.0, gt=0, description="…or after this many seconds, whichever comes first."
     )
     batch_max_events: int = Field(
-        500, ge=1, le=100_000, description="Largest batch the worker takes from the stream at once."
+        2000, ge=1, le=100_000, description="Largest batch the worker takes from the stream at once."
     )
     model_retention: int = Field(5, ge=1, description="Model versions kept in Redis (older ones are deleted).")
     worker_metrics_port: int = Field(
@@ -93,7 +93,7 @@ class Settings(_gate_settings()):  # type: ignore[misc]
     dedupe_retention_seconds: float = Field(
         3600.0, gt=0, description="An event_id learned within this many seconds is a duplicate."
     )
-    dedupe_bucket_seconds: float = Field(300.0, gt=0, description="Granularity of the duplicate-detection window.")
+    dedupe_bucket_seconds: float = Field(900.0, gt=0, description="Granularity of the duplicate-detection window.")
 
     # Serving
     k_default: int = Field(10, ge=1, description="Recommendations returned when `k` is not given.")

@@ -62,7 +62,7 @@ class ModelStore:
         keys: Keys,
         retention: int = 5,
         dedupe_retention_seconds: float = 3600.0,
-        dedupe_bucket_seconds: float = 300.0,
+        dedupe_bucket_seconds: float = 900.0,
     ) -> None:
         self.redis = redis
         self.signer = signer

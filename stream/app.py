@@ -8,6 +8,7 @@ when the batch ends; the processor releases it after the checkpoint that covers 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -76,6 +77,10 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
     async def learn(stream: faust.StreamT) -> None:
         if not processor.ready:
             await processor.start()
+        # Faust's Monitor sensor records per-message statistics we do not use (we export our own
+        # Prometheus metrics); measured at about a fifth of the worker's time per event.
+        with contextlib.suppress(KeyError):
+            app.sensors.remove(app.monitor)
         try:
             async for batch in stream.take_events(settings.batch_max_events, within=TAKE_WITHIN_SECONDS):
                 records = []
