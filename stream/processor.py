@@ -193,6 +193,16 @@ class EventProcessor:
                 self.paused_since = self.clock()
                 metrics.MODEL_GUARD_PAUSED.set(1)
                 log.warning("model guard: learning was paused before the restart and stays paused")
+            wanted = self._new_learner().model.kind
+            if self.learner.model.kind != wanted:
+                log.warning(
+                    "the current snapshot holds a %r model but the settings ask for %r: continuing with %r "
+                    "(a model kind cannot change mid-stream; use a new RECSTREAM_REDIS_PREFIX to start a %r model)",
+                    self.learner.model.kind,
+                    wanted,
+                    self.learner.model.kind,
+                    wanted,
+                )
             log.info(
                 "loaded model v%s (%d events learned), resuming at offsets %s",
                 snapshot.version,
