@@ -30,6 +30,20 @@ EVENTS_QUARANTINED = Counter(
     ["reason"],
 )
 MODEL_GUARD_PAUSED = Gauge("recstream_model_guard_paused", "1 while the model guard has paused learning, else 0.")
+MODEL_GUARD_PAUSES = Counter(
+    "recstream_model_guard_pauses_total", "Times the model guard paused learning (drift alarms)."
+)
+CONSUMER_LAG = Gauge(
+    "recstream_consumer_lag_messages",
+    "Messages in the events topic not yet taken by the worker, per partition.",
+    ["partition"],
+)
+EVENT_TO_LEARNED_SECONDS = Histogram(
+    "recstream_event_to_learned_seconds",
+    "Freshness: seconds from an event's timestamp to the moment the worker learned it.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0),
+)
+REDIS_ERRORS = Counter("recstream_redis_errors_total", "Failed Redis operations, by component.", ["component"])
 EVENTS_INGESTED = Counter(
     "recstream_events_ingested_total", "Events accepted by POST /v1/events and produced to Kafka."
 )
@@ -47,8 +61,10 @@ SNAPSHOTS_REFUSED = Counter(
     ["component"],
 )
 MODEL_VERSION = Gauge("recstream_model_version", "Model version this process uses.", ["component"])
-PROGRESSIVE_AUC = Gauge("recstream_progressive_auc", "Rolling ROC AUC of predictions made before learning.")
-PROGRESSIVE_LOGLOSS = Gauge("recstream_progressive_logloss", "Rolling log loss of predictions made before learning.")
+PROGRESSIVE_AUC = Gauge("recstream_progressive_auc", "Rolling ROC AUC of predictions made before learning.", ["model"])
+PROGRESSIVE_LOGLOSS = Gauge(
+    "recstream_progressive_logloss", "Rolling log loss of predictions made before learning.", ["model"]
+)
 
 REQUEST_SECONDS = Histogram(
     "recstream_http_request_duration_seconds",

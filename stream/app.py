@@ -14,7 +14,7 @@ from typing import Any
 
 import faust
 
-from recstream import components
+from recstream import components, metrics
 from recstream.settings import Settings
 from stream.processor import QUARANTINED, REJECTED, EventProcessor, Record, overrides_from_headers
 
@@ -109,12 +109,25 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
     async def checkpoint_when_idle() -> None:
         if processor.ready and processor.checkpoint_due():
             await _checkpoint_quietly(processor)
+        _export_lag(app, processor, settings.topic_events)
 
     @app.on_before_shutdown.connect
     async def final_checkpoint(app: faust.App, **kwargs: Any) -> None:  # noqa: ARG001
         await _checkpoint_quietly(processor)
 
     return app, processor
+
+
+def _export_lag(app: faust.App, processor: EventProcessor, topic: str) -> None:
+    """Consumer lag per partition: the broker's high watermark minus the next offset to learn."""
+    consumer = app.consumer
+    for tp in consumer.assignment():
+        if tp.topic != topic:
+            continue
+        highwater = consumer.highwater(tp)
+        if highwater is not None:
+            lag = max(0, highwater - processor.next_offsets.get((tp.topic, tp.partition), 0))
+            metrics.CONSUMER_LAG.labels(str(tp.partition)).set(lag)
 
 
 async def _checkpoint_quietly(processor: EventProcessor) -> None:

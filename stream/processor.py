@@ -284,11 +284,13 @@ class EventProcessor:
         pending.seen[event.user_id].add(event.item_id)
         pending.learned_since += 1
         metrics.EVENTS_LEARNED.inc()
+        metrics.EVENT_TO_LEARNED_SECONDS.observe(max(0.0, now - event.ts.timestamp()))
         if prediction is not None and self.guard is not None:
             y = learner.rule.label(event.type, event.watch_seconds, event.item_duration_seconds)
             if y is not None and self.guard.update(_logloss(y, prediction)) and self.paused_since is None:
                 self.paused_since = now
                 metrics.MODEL_GUARD_PAUSED.set(1)
+                metrics.MODEL_GUARD_PAUSES.inc()
                 log.error(
                     "model guard: the progressive loss degraded against its recent history; learning is "
                     "paused and new events are quarantined as %r until an operator resumes it or the "
@@ -349,6 +351,7 @@ class EventProcessor:
                 )
             except Exception:
                 metrics.CHECKPOINTS.labels("failed").inc()
+                metrics.REDIS_ERRORS.labels("worker").inc()
                 # The records stay pending and unacknowledged; the next checkpoint covers them.
                 log.exception("checkpoint failed; its events stay unacknowledged and will be retried")
                 raise
@@ -365,8 +368,8 @@ class EventProcessor:
                 metrics.CHECKPOINT_BYTES.set(len(blob))
             metrics.LAST_CHECKPOINT.set(time.time())
             metrics.MODEL_VERSION.labels("worker").set(version or 0)
-            metrics.PROGRESSIVE_AUC.set(learner.metrics.auc)
-            metrics.PROGRESSIVE_LOGLOSS.set(learner.metrics.logloss)
+            metrics.PROGRESSIVE_AUC.labels(learner.model.kind).set(learner.metrics.auc)
+            metrics.PROGRESSIVE_LOGLOSS.labels(learner.model.kind).set(learner.metrics.logloss)
             log.debug("checkpoint v%s: %d events learned, %.1f ms", version, learner.events_learned, elapsed * 1e3)
             return version
 
