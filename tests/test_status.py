@@ -1,0 +1,39 @@
+"""``recstream status`` renders what is in Redis in a form a person reads at a glance."""
+
+from __future__ import annotations
+
+from recstream.status import render
+
+
+def test_render_shows_model_quality_gate_and_versions() -> None:
+    status = {
+        "current": 7,
+        "versions": {
+            6: {"events_learned": 900},
+            7: {
+                "created": "2026-11-23T10:00:00+00:00",
+                "events_learned": 1200,
+                "events_labelled": 800,
+                "events_rejected": 3,
+                "progressive_auc": 0.8123,
+                "progressive_logloss": 0.4567,
+                "model": {"kind": "item_cooccurrence"},
+            },
+        },
+        "gate": {"duplicate": 40, "user_rate": 10},
+        "guard": {"state": "learning", "since": ""},
+        "offsets": {"events/0": 600, "events/1": 603},
+    }
+    now = 1_795_428_030.0  # 30 s after the checkpoint above
+    text = render(status, now=now)
+    assert "v7 (item_cooccurrence), checkpoint 30 s ago" in text
+    assert "1,200 events (800 labelled), 3 rejected" in text
+    assert "AUC 0.812, log loss 0.457" in text
+    assert "50 held or dropped" in text and "duplicate" in text and "user_rate" in text
+    assert "v6 (900), v7* (1,200)" in text
+    assert "events/0=600, events/1=603" in text
+
+
+def test_render_says_when_there_is_no_model_yet() -> None:
+    text = render({"current": None, "versions": {}, "gate": {}, "guard": {}, "offsets": {}}, now=0)
+    assert "none yet" in text and "nothing held" in text and "guard      learning" in text
