@@ -19,6 +19,12 @@ pointwise AUC and log loss of the learner's predictions made before learning lab
 the items seen in the stream that were ever recommended); events per second; and HR@k per
 window of stream position (the learning curve).
 
+Before any model sees them, the events pass the worker's checks once (:func:`gate_stream`), in
+the worker's order: duplicates by ``event_id`` within a retention window, then the quality gate
+(:class:`learner.gate.gate.QualityGate`) with "now" the stream's clock; only what passes is
+replayed, and the same accepted stream is fed to every model (the contract is checked when the
+file is read, see :mod:`recstream.evaluate`).
+
 Hand-checkable example: ann views "a" then "b"; then bob, new to the model, likes "b". Bob is
 answered from popularity, where nothing has a like yet, so items come in order of first
 appearance, "a" then "b": a hit at rank 2.
@@ -35,22 +41,31 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from learner.exploration import ThompsonExplorer
+from learner.gate.base import GateEvent
 from learner.id_index import IdIndex
 from learner.online_learner import OnlineLearner
+
+if TYPE_CHECKING:
+    from learner.gate.gate import QualityGate
+    from learner.gate.time_rules import StreamClock
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 
 
 @dataclass(frozen=True, slots=True)
 class ReplayEvent:
-    """One event of the contract, reduced to what learning needs; ``ts`` in seconds since the epoch."""
+    """One event of the contract, reduced to what learning and the gate need; ``ts`` in seconds since the epoch.
+
+    ``event_id`` is what duplicate detection compares; an empty id is never a duplicate.
+    """
 
     user: str
     item: str
@@ -58,6 +73,7 @@ class ReplayEvent:
     ts: float
     watch_seconds: float | None = None
     item_duration_seconds: float | None = None
+    event_id: str = ""
 
 
 @dataclass
@@ -276,6 +292,109 @@ class Recommend:
         return best, float(np.flatnonzero(order == target)[0] + 1)
 
 
+# -- the worker's checks, once for every model -------------------------------------------------
+
+DUPLICATE = "duplicate"
+
+
+@dataclass
+class GatedStream:
+    """What :func:`gate_stream` let through, and what it dropped: duplicates, and holds by reason code."""
+
+    accepted: list[ReplayEvent]
+    checked: int  # events that entered (valid under the contract)
+    duplicates: int = 0
+    held: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, str] = field(default_factory=dict)  # one hold's detail per reason
+    seconds: float = 0.0
+    gate_enabled: bool = False
+    dedupe_enabled: bool = False
+
+    @property
+    def events_per_second(self) -> float:
+        return self.checked / self.seconds if self.seconds > 0 else math.inf
+
+
+def gate_stream(
+    events: Iterable[ReplayEvent],
+    gate: QualityGate | None = None,
+    *,
+    clock: StreamClock | None = None,
+    dedupe_retention_seconds: float | None = None,
+) -> GatedStream:
+    """The worker's steps between the contract and learning, over a recorded stream, in one pass.
+
+    For each event in order: "now" is ``clock.now(ts)`` (the replay's stand-in for the worker's
+    wall clock; without a clock, the event's own ``ts``); an ``event_id`` that passed within
+    ``dedupe_retention_seconds`` before now is a duplicate (None: no duplicate check); then
+    ``gate.check(event, now)`` (None: no rules). A passed event moves the clock
+    (``clock.advance``) and is remembered for duplicate detection; as in the worker, held events
+    are not remembered, so a re-sent held event is checked (and held) again.
+
+    >>> from learner.gate.gate import GateConfig, default_gate, default_stream_clock
+    >>> events = [ReplayEvent("u1", "v1", "like", 1_000.0, event_id="e1"),
+    ...           ReplayEvent("u1", "v1", "like", 1_000.0, event_id="e1"),          # re-sent
+    ...           ReplayEvent("u2", "v2", "like", 9_000_000_000.0, event_id="e2")]  # year 2255
+    >>> gated = gate_stream(events, default_gate(GateConfig()), clock=default_stream_clock(),
+    ...                     dedupe_retention_seconds=3_600)
+    >>> [e.event_id for e in gated.accepted], gated.duplicates, dict(gated.held)
+    (['e1'], 1, {'future_timestamp': 1})
+    """
+    accepted: list[ReplayEvent] = []
+    gated = GatedStream(
+        accepted,
+        0,
+        gate_enabled=gate is not None and gate.enabled,
+        dedupe_enabled=dedupe_retention_seconds is not None,
+    )
+    learned: OrderedDict[str, float] = OrderedDict()  # event id -> now when it passed, oldest first
+    retention = dedupe_retention_seconds
+    held, examples = gated.held, gated.examples
+    checked = duplicates = 0
+    started = time.perf_counter()
+    for event in events:
+        checked += 1
+        ts = event.ts
+        now = clock.now(ts) if clock is not None else ts
+        event_id = event.event_id
+        if retention is not None:
+            horizon = now - retention
+            while learned and next(iter(learned.values())) < horizon:
+                learned.popitem(last=False)
+            if event_id and event_id in learned:
+                duplicates += 1
+                continue
+        if gate is not None:
+            hold = gate.check(
+                GateEvent(
+                    event_id,
+                    event.user,
+                    event.item,
+                    event.type,
+                    ts,
+                    event.watch_seconds,
+                    event.item_duration_seconds,
+                ),
+                now,
+            )
+            if hold is not None:
+                held[hold.reason] += 1
+                examples.setdefault(hold.reason, hold.detail)
+                continue
+        if clock is not None:
+            clock.advance(ts)
+        if retention is not None and event_id:
+            learned[event_id] = now
+            learned.move_to_end(event_id)
+        accepted.append(event)
+    gated.seconds = time.perf_counter() - started
+    gated.checked, gated.duplicates = checked, duplicates
+    return gated
+
+
+# -- the replay ----------------------------------------------------------------------------------
+
+
 def replay(
     events: Sequence[ReplayEvent],
     learner: OnlineLearner,
@@ -286,10 +405,16 @@ def replay(
     progress: Callable[[int, int], None] | None = None,
     progress_every: int = 20_000,
     explorer: ThompsonExplorer | None = None,
+    score_user: Callable[[str], bool] | None = None,
+    second_half_from: float | None = None,
 ) -> ReplayResult:
     """Replay ``events`` through ``learner`` with the recommend-score-learn protocol (module doc).
 
     With an ``explorer``, the lists scored are the explored ones, so the result shows its cost.
+    ``score_user`` limits scoring to the users it accepts (every event is still learned): to
+    measure what ordinary users get from a stream with injected traffic. ``second_half_from``
+    starts the second half at this ``ts`` instead of the middle position, so streams with
+    different injected traffic split at the same moment.
     """
     n = len(events)
     rule = learner.rule
@@ -317,12 +442,16 @@ def replay(
         user_seen = seen.get(user)
         if user_seen is None:
             user_seen = seen[user] = set()
-        if any(y is not None and y > 0.5 for y in group_labels) and (user, item) not in liked:
+        if (
+            any(y is not None and y > 0.5 for y in group_labels)
+            and (user, item) not in liked
+            and (score_user is None or score_user(user))
+        ):
             liked.add((user, item))
             rank, fallback = recommend.rank(user, item, target_seen=item in user_seen)
             from_popularity += fallback
             overall.add(rank)
-            if pos >= n / 2:
+            if (pos >= n / 2) if second_half_from is None else (ts >= second_half_from):
                 second_half.add(rank)
             if len(user_seen) - (item in user_seen) >= active_min:
                 active.add(rank)

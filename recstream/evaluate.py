@@ -2,10 +2,19 @@
 
 Reads JSON lines in the event contract (``--events``, in time order) or a MovieLens
 ``ratings.csv`` (``--movielens``: every rating a ``view``, 4 and above also a ``like``, 5 also a
-``share``, ordered by timestamp with ties kept in file order), replays them through
-:func:`learner.evaluation.replay` once per model, prints a table, and writes the JSON report
-plus a PNG learning curve next to it. Lines that break the contract are rejected with a
-reason and counted; they never stop the run.
+``share``, ordered by timestamp with ties kept in file order), passes them through the worker's
+checks, replays what passed through :func:`learner.evaluation.replay` once per model, prints a
+table, and writes the JSON report plus a PNG learning curve next to it.
+
+The checks are the worker's, in its order (``stream/processor.py``): the event contract (lines
+that break it are rejected with a reason and counted; they never stop the run), duplicates by
+``event_id`` within ``RECSTREAM_DEDUPE_RETENTION_SECONDS`` of stream time, then the quality gate
+built from the ``RECSTREAM_GATE_*`` settings with "now" the stream's clock
+(:func:`learner.gate.gate.default_stream_clock`). They run once; every model replays the same
+accepted stream. ``--no-gate`` skips the duplicate check and the gate rules (the contract
+still applies): the stream as a worker without any quality control would learn it, which is
+the reference for measuring what the gate protects against (``bench/poisoning.py``). The
+model guard is not replayed: it pauses one model on its own losses, live.
 """
 
 from __future__ import annotations
@@ -22,12 +31,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from learner.evaluation import ReplayEvent, ReplayResult, replay
+from learner.evaluation import GatedStream, ReplayEvent, ReplayResult, gate_stream, replay
 from learner.event_weights import EventWeights
 from learner.exploration import ThompsonExplorer
+from learner.gate.gate import default_gate, default_stream_clock
 from learner.online_learner import OnlineLearner
 from learner.registry import DEFAULT_MODEL, MODELS, build_model
 from learner.target import TargetRule
+from recstream.settings import Settings, gate_config
 
 K = 10
 TARGET_RATIO = 1.4  # the default model's HR@10 (second half) over the best popularity baseline's
@@ -124,13 +135,17 @@ def load_events(path: Path, limit: int | None = None) -> Loaded:
                     event.ts.timestamp(),
                     event.watch_seconds,
                     event.item_duration_seconds,
+                    event.event_id,
                 )
             )
     return loaded
 
 
 def load_movielens(path: Path, limit: int | None = None) -> Loaded:
-    """MovieLens ratings as events: a view each, a like from 4 stars, a share at 5; time order, ties in file order."""
+    """MovieLens ratings as events: a view each, a like from 4 stars, a share at 5; time order, ties in file order.
+
+    Event ids are ``ml:user:item:ts:type``, so a rating repeated in the file is a duplicate.
+    """
     loaded = Loaded(events=[])
     ratings: list[tuple[int, str, str, float]] = []
     with path.open(newline="") as f:
@@ -152,11 +167,12 @@ def load_movielens(path: Path, limit: int | None = None) -> Loaded:
     events = loaded.events
     for ts, user, item, rating in ratings:
         t = float(ts)
-        events.append(ReplayEvent(user, item, "view", t))
+        key = f"ml:{user}:{item}:{ts}"
+        events.append(ReplayEvent(user, item, "view", t, event_id=f"{key}:view"))
         if rating >= 4.0:
-            events.append(ReplayEvent(user, item, "like", t))
+            events.append(ReplayEvent(user, item, "like", t, event_id=f"{key}:like"))
         if rating >= 5.0:
-            events.append(ReplayEvent(user, item, "share", t))
+            events.append(ReplayEvent(user, item, "share", t, event_id=f"{key}:share"))
         if limit is not None and len(events) >= limit:
             break
     if limit is not None:
@@ -170,22 +186,32 @@ def _reason_key(reason: str) -> str:
         return "malformed_json"
     if reason.startswith("undecodable"):
         return "undecodable"
-    field_name = reason.split(":", 1)[0].strip().split(".")[0]
+    field_name = reason.split(":", 1)[0].strip().split(".")[0].strip("()")  # "(event)": the payload as a whole
     return f"invalid_{field_name}" if field_name and " " not in field_name else "invalid"
 
 
 # -- running --------------------------------------------------------------------------------
 
 
-def _target_rule() -> TargetRule:
+def target_rule(s: Settings) -> TargetRule:
     """The worker's target rule, from the same settings (RECSTREAM_POSITIVE_TYPES, ...)."""
-    from recstream.settings import get_settings
-
-    s = get_settings()
     return TargetRule(
         positive_types=frozenset(s.positive_types),
         negative_types=frozenset(s.negative_types),
         short_watch_fraction=s.short_watch_fraction,
+    )
+
+
+def check_stream(events: list[ReplayEvent], settings: Settings, gate: bool = True) -> GatedStream:
+    """Duplicates and the quality gate, as the worker runs them (module doc); ``gate=False``: neither."""
+    if not gate:
+        return gate_stream(events)
+    config = gate_config(settings)
+    return gate_stream(
+        events,
+        default_gate(config),
+        clock=default_stream_clock(config),
+        dedupe_retention_seconds=settings.dedupe_retention_seconds,
     )
 
 
@@ -226,9 +252,9 @@ class _Progress:
 
 def build_report(
     dataset: str,
-    n_events: int,
     results: list[tuple[ModelSpec, ReplayResult]],
     loaded: Loaded,
+    gated: GatedStream,
     weights: EventWeights,
 ) -> dict[str, Any]:
     rows = []
@@ -246,18 +272,34 @@ def build_report(
         )
     report: dict[str, Any] = {
         "dataset": dataset,
-        "events": n_events,
+        "events": len(gated.accepted),  # what every model replayed
         "k": K,
         "models": rows,
-        "gate": {
-            "held": 0,
-            "rejected": sum(loaded.rejected.values()),
-            "by_reason": dict(loaded.rejected),
-            "examples": loaded.examples,
-        },
+        "gate": gate_summary(loaded, gated),
     }
     report["target"] = _target(rows)
     return report
+
+
+def gate_summary(loaded: Loaded, gated: GatedStream) -> dict[str, Any]:
+    """The report's ``gate`` section: what the contract rejected, the duplicates, and the holds, by reason."""
+    by_reason: dict[str, int] = dict(loaded.rejected)
+    if gated.duplicates:
+        by_reason["duplicate"] = gated.duplicates
+    by_reason.update(gated.held)
+    return {
+        "enabled": gated.gate_enabled,
+        "duplicate_check": gated.dedupe_enabled,
+        "checked": gated.checked,
+        "learned": len(gated.accepted),
+        "held": sum(gated.held.values()),
+        "rejected": sum(loaded.rejected.values()),
+        "duplicates": gated.duplicates,
+        "by_reason": by_reason,
+        "examples": {**loaded.examples, **gated.examples},
+        "seconds": gated.seconds,
+        "events_per_second": gated.events_per_second if gated.checked else None,
+    }
 
 
 def _target(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -307,7 +349,19 @@ def format_table(report: dict[str, Any]) -> str:
     for row in report["models"]:
         lines.append(line(["-" if row[key] is None else fmt.format(row[key]) for _, key, _, fmt in columns]))
     gate = report["gate"]
-    lines.append(f"events: {report['events']:,}  rejected: {gate['rejected']:,} {gate['by_reason'] or ''}".rstrip())
+    checks = " + ".join(
+        name for name, on in (("duplicate check", gate["duplicate_check"]), ("gate", gate["enabled"])) if on
+    )
+    lines.append(
+        f"events: {gate['checked']:,} valid, {report['events']:,} learned; rejected {gate['rejected']:,}, "
+        f"duplicates {gate['duplicates']:,}, held {gate['held']:,} ({checks or 'no checks: --no-gate'}) "
+        f"{gate['by_reason'] or ''}".rstrip()
+    )
+    if gate["enabled"] and gate["events_per_second"]:
+        lines.append(
+            f"gate: {gate['events_per_second']:,.0f} events/s ({1e6 / gate['events_per_second']:.1f} µs per event, "
+            "once for every model)"
+        )
     target = report.get("target")
     if target:
         lines.append(
@@ -365,11 +419,12 @@ def evaluate(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"recstream evaluate: cannot read {source}: {exc}", file=sys.stderr)
         return 2
-    events = loaded.events
-    rule = _target_rule()
+    settings = Settings()  # read now, so RECSTREAM_GATE_* and the other settings apply to this run
+    gated = check_stream(loaded.events, settings, gate=not args.no_gate)
+    rule = target_rule(settings)
     weights = EventWeights()
-    results = [(spec, run_model(spec, events, rule, weights)) for spec in specs]
-    report = build_report(str(source), len(events), results, loaded, weights)
+    results = [(spec, run_model(spec, gated.accepted, rule, weights)) for spec in specs]
+    report = build_report(str(source), results, loaded, gated, weights)
     out = Path(args.report)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
@@ -418,5 +473,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--report", required=True, metavar="OUT.json", help="where to write the JSON report (a PNG goes next to it)"
     )
-    p.add_argument("--no-gate", action="store_true", help="replay without the quality gate (the gate is not built yet)")
+    p.add_argument(
+        "--no-gate",
+        action="store_true",
+        help="skip the duplicate check and the quality gate (the contract still applies): "
+        "what a worker without quality control would learn",
+    )
     p.set_defaults(func=evaluate)

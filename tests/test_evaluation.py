@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from learner.evaluation import Recommend, ReplayEvent, log_loss, replay, roc_auc
+from learner.evaluation import Recommend, ReplayEvent, gate_stream, log_loss, replay, roc_auc
 from learner.event_weights import EventWeights
 from learner.exploration import ThompsonExplorer
+from learner.gate.gate import GateConfig, default_gate, default_stream_clock
 from learner.item_cooccurrence import ItemCooccurrence
 from learner.online_learner import OnlineLearner
 from learner.popularity_models import AllTimePopularity
@@ -141,6 +142,50 @@ def test_roc_auc_and_log_loss_by_hand() -> None:
     assert log_loss(np.array([1.0, 0.0]), np.array([0.8, 0.2])) == pytest.approx(-math.log(0.8))
 
 
+def test_scoring_can_be_limited_to_some_users_and_split_at_a_time() -> None:
+    # Same stream as the hand computation; only u1-u3 scored: events 0, 1, 2, 3, 6 (u4's like at 7 is not).
+    result = replay(STREAM, _popularity_learner(), k=2, score_user=lambda user: user != "u4", second_half_from=7.0)
+    assert (result.overall.scored, result.overall.hits) == (5, 3)
+    assert (result.second_half.scored, result.second_half.hits) == (1, 1)  # ts >= 7: event 6 only (ts 7)
+
+
+# -- the worker's checks in a replay ------------------------------------------------------------
+
+T0 = 1_700_000_000.0
+
+
+def _gate_run(events: list[ReplayEvent]) -> tuple[list[str], int, dict[str, int]]:
+    gated = gate_stream(
+        events, default_gate(GateConfig()), clock=default_stream_clock(), dedupe_retention_seconds=3_600.0
+    )
+    return [e.event_id for e in gated.accepted], gated.duplicates, dict(gated.held)
+
+
+def test_a_re_sent_event_is_learned_once_within_the_retention_and_a_held_one_is_checked_again() -> None:
+    events = [
+        ReplayEvent("u1", "v1", "like", T0, event_id="e1"),
+        ReplayEvent("u1", "v1", "like", T0, event_id="e1"),  # re-sent at once: duplicate
+        ReplayEvent("u2", "v2", "like", T0 + 400 * 86_400, event_id="e2"),  # a year ahead of the stream: held
+        ReplayEvent("u2", "v2", "like", T0 + 400 * 86_400, event_id="e2"),  # re-sent: held again, not a duplicate
+        ReplayEvent("u3", "v3", "view", T0 + 1_800, event_id="e3"),  # the held event did not move the clock
+        ReplayEvent("u1", "v1", "like", T0, event_id="e1"),  # 30 min of stream time later: still a duplicate
+        ReplayEvent("u4", "v4", "view", T0 + 4_000, event_id="e4"),
+        ReplayEvent("u4", "v4", "view", T0 + 4_000, event_id="e4"),
+        ReplayEvent("u5", "v5", "view", T0 + 7_700, event_id="e5"),  # moves the clock past e4's retention
+        ReplayEvent("u4", "v4", "view", T0 + 4_000, event_id="e4"),  # 1 h 2 min later: learned again
+    ]
+    accepted, duplicates, held = _gate_run(events)
+    assert accepted == ["e1", "e3", "e4", "e5", "e4"]
+    assert duplicates == 3
+    assert held == {"future_timestamp": 2}
+
+
+def test_without_the_checks_every_valid_event_is_learned() -> None:
+    events = [ReplayEvent("u1", "v1", "like", T0, event_id="e1")] * 3
+    gated = gate_stream(events)
+    assert len(gated.accepted) == 3 and gated.duplicates == 0 and not gated.held
+
+
 # -- the command ------------------------------------------------------------------------------
 
 
@@ -265,3 +310,34 @@ def test_evaluate_reports_the_cost_of_exploration(tmp_path: Path) -> None:
     assert _run("--movielens", str(ratings), "--model", DEFAULT_MODEL, "--explore", "0.2", "--report", str(out)) == 0
     names = [m["name"] for m in json.loads(out.read_text())["models"]]
     assert names == [DEFAULT_MODEL, f"{DEFAULT_MODEL}+explore0.2"]
+
+
+def _line(event_id: str, user: str, item: str, kind: str, ts: str) -> str:
+    return json.dumps({"event_id": event_id, "user_id": user, "item_id": item, "type": kind, "ts": ts})
+
+
+def test_evaluate_drops_duplicates_and_holds_with_the_gate_from_the_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines = [_line(f"e{n}", f"u{n % 5}", f"v{n % 9}", "like", f"2026-01-01T00:{n:02d}:00Z") for n in range(40)]
+    lines.insert(20, lines[10])  # a re-sent event
+    lines.insert(30, _line("f1", "u1", "v1", "like", "2027-06-01T00:00:00Z"))  # stamped 17 months ahead
+    lines.append("{not json")
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join(lines) + "\n")
+
+    def gate_report(*flags: str) -> dict[str, object]:
+        out = tmp_path / "r.json"
+        assert _run("--events", str(events), "--model", "popularity", *flags, "--report", str(out)) == 0
+        report = json.loads(out.read_text())
+        return {"learned": report["events"], **report["gate"]}
+
+    on = gate_report()
+    assert (on["learned"], on["rejected"], on["duplicates"], on["held"]) == (40, 1, 1, 1)
+    assert on["by_reason"] == {"malformed_json": 1, "duplicate": 1, "future_timestamp": 1}
+    off = gate_report("--no-gate")  # the contract still applies; duplicates and the rules do not
+    assert (off["learned"], off["rejected"], off["duplicates"], off["held"]) == (42, 1, 0, 0)
+    monkeypatch.setenv("RECSTREAM_GATE_ENABLED", "false")  # RECSTREAM_GATE_* apply; like the worker, duplicates
+    rules_off = gate_report()  # are still dropped when only the rules are off
+    assert (rules_off["learned"], rules_off["duplicates"], rules_off["held"]) == (41, 1, 0)
+    assert (on["enabled"], off["enabled"], rules_off["enabled"]) == (True, False, False)
