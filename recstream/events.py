@@ -53,8 +53,8 @@ class Event(BaseModel):
     item_id: Identifier
     type: EventType
     ts: Annotated[AwareDatetime, BeforeValidator(_iso_string_or_datetime), Field(strict=False)]
-    watch_seconds: Annotated[float, Field(ge=0, le=MAX_SECONDS, strict=False, allow_inf_nan=False)] | None = None
-    item_duration_seconds: Annotated[float, Field(gt=0, le=MAX_SECONDS, strict=False, allow_inf_nan=False)] | None = (
+    watch_seconds: Annotated[float, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)] | None = None
+    item_duration_seconds: Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)] | None = (
         None
     )
     context: dict[Annotated[str, Field(min_length=1, max_length=64)], ContextValue] = Field(default_factory=dict)

@@ -35,6 +35,9 @@ def test_a_full_event_round_trips() -> None:
         ({"context": {"k": "x" * 257}}, "context"),
         ({"extra": 1}, "extra"),
         ({"event_id": 5}, "event_id"),
+        ({"watch_seconds": "12"}, "watch_seconds"),
+        ({"watch_seconds": True}, "watch_seconds"),
+        ({"item_duration_seconds": "30"}, "item_duration_seconds"),
     ],
 )
 def test_invalid_fields_are_refused_by_name(change: dict, field: str) -> None:
