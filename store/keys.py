@@ -24,6 +24,16 @@ class Keys:
         return f"{self.prefix}:model:v:{version}"
 
     @property
+    def pinned(self) -> str:
+        """Set of version numbers an operator pinned: never deleted by retention."""
+        return f"{self.prefix}:model:pinned"
+
+    @property
+    def promotions(self) -> str:
+        """List of JSON records of every promotion and rollback (newest last)."""
+        return f"{self.prefix}:model:promotions"
+
+    @property
     def offsets(self) -> str:
         """Hash ``topic/partition`` -> next offset to learn, written with every checkpoint."""
         return f"{self.prefix}:offsets"
@@ -55,3 +65,7 @@ class Keys:
     def announce_channel(self) -> str:
         """Pub/sub channel on which a new version number is published after each checkpoint."""
         return f"{self.prefix}:model:announce"
+
+    def rate_limit(self, key_name: str, scope: str) -> str:
+        """Hash ``tokens``/``at``: one API key's token bucket for one scope (expires when full again)."""
+        return f"{self.prefix}:ratelimit:{key_name}:{scope}"

@@ -181,7 +181,8 @@ class ModelStore:
                     if count:
                         pipe.hincrby(keys.gate_counts, reason, count)
                 if blob is not None:
-                    retained = sorted([*old, version])
+                    pinned = {int(v) for v in await self.redis.smembers(keys.pinned)}
+                    retained = sorted(v for v in [*old, version] if v not in pinned)
                     for stale in retained[: max(0, len(retained) - self.retention)]:
                         pipe.delete(keys.version(stale))
                         pipe.zrem(keys.versions, str(stale))
@@ -191,6 +192,58 @@ class ModelStore:
         if blob is not None:
             await self.redis.publish(keys.announce_channel, str(version))
         return version
+
+    # -- registry: list, promote, roll back, pin --------------------------------------------
+
+    async def versions(self) -> list[dict[str, Any]]:
+        """Metadata of every retained version, oldest first, with ``current`` and ``pinned`` flags."""
+        keys = self.keys
+        current = await self.current_version()
+        pinned = {int(v) for v in await self.redis.smembers(keys.pinned)}
+        out = []
+        for raw_version in await self.redis.zrange(keys.versions, 0, -1):
+            version = int(raw_version)
+            meta_raw = await self.redis.hget(keys.version(version), "meta")
+            meta = json.loads(meta_raw) if meta_raw else {}
+            out.append({**meta, "version": version, "current": version == current, "pinned": version in pinned})
+        return out
+
+    async def promote(self, version: int, reason: str, actor: str = "operator") -> None:
+        """Make ``version`` current (it must exist and verify); API processes swap to it at once.
+
+        The worker notices at its next checkpoint and continues learning from ``version``
+        (see docs/operations.md for what happens to the events learned since).
+        """
+        snapshot = await self.load(version)  # raises SnapshotRefused if the tag does not verify
+        if snapshot is None:
+            raise KeyError(f"model version {version} does not exist (retained: see `recstream models list`)")
+        previous = await self.current_version()
+        record = {"at": time.time(), "from": previous, "to": version, "reason": reason, "actor": actor}
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self.keys.current_version, version)
+            pipe.rpush(self.keys.promotions, json.dumps(record))
+            await pipe.execute()
+        await self.redis.publish(self.keys.announce_channel, str(version))
+
+    async def rollback(self, reason: str = "rollback", actor: str = "operator") -> int:
+        """Promote the newest retained version older than the current one; return it."""
+        current = await self.current_version()
+        older = [v["version"] for v in await self.versions() if current is None or v["version"] < current]
+        if not older:
+            raise KeyError("no retained version older than the current one to roll back to")
+        await self.promote(older[-1], reason=reason, actor=actor)
+        return older[-1]
+
+    async def pin(self, version: int, pinned: bool = True) -> None:
+        if pinned:
+            if not await self.redis.exists(self.keys.version(version)):
+                raise KeyError(f"model version {version} does not exist")
+            await self.redis.sadd(self.keys.pinned, version)
+        else:
+            await self.redis.srem(self.keys.pinned, version)
+
+    async def promotions(self) -> list[dict[str, Any]]:
+        return [json.loads(r) for r in await self.redis.lrange(self.keys.promotions, 0, -1)]
 
     async def guard_status(self) -> dict[str, str]:
         raw = await self.redis.hgetall(self.keys.guard_status)

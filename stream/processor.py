@@ -315,17 +315,19 @@ class EventProcessor:
         is written (the last good one stays current); offsets and gate counts still are.
         """
         async with self._lock:
-            learner = self.learner
-            pending = self._pending
-            if learner is None:
+            if self.learner is None:
                 return None
             await self._apply_operator_resume()
+            adopted = await self._adopt_promoted_version()
+            learner = self.learner
+            pending = self._pending
             if not pending.records:
                 return None
             started = time.perf_counter()
             offsets = dict(self.next_offsets)
             paused = self.paused_since is not None
-            blob = None if paused and pending.learned_since == 0 and self.version is not None else learner.to_bytes()
+            unchanged = (paused or adopted) and pending.learned_since == 0 and self.version is not None
+            blob = None if unchanged else learner.to_bytes()
             meta = {
                 "created": datetime.now(UTC).isoformat(),
                 "events_learned": learner.events_learned,
@@ -372,6 +374,34 @@ class EventProcessor:
             metrics.PROGRESSIVE_LOGLOSS.labels(learner.model.kind).set(learner.metrics.logloss)
             log.debug("checkpoint v%s: %d events learned, %.1f ms", version, learner.events_learned, elapsed * 1e3)
             return version
+
+    async def _adopt_promoted_version(self) -> bool:
+        """If an operator promoted or rolled back to another version, continue learning from it.
+
+        The events learned since the worker's own last checkpoint are dropped from the model
+        (they are *skipped*, not re-learned: Kafka has moved past them) and their ids are not
+        recorded as learned, so they can still be replayed deliberately. Returns True if adopted.
+        """
+        current = await self.store.current_version()
+        if current is None or current == self.version:
+            return False
+        snapshot = await self.store.load(current)
+        if snapshot is None:
+            return False
+        skipped = self._pending.learned_since
+        self.learner = self._learner_from_bytes(snapshot.blob)
+        self._pending.event_ids.clear()
+        self._pending.learned_since = 0
+        log.warning(
+            "model v%s was promoted by an operator (this worker was at v%s): continuing from it; %d events "
+            "learned since this worker's last checkpoint are skipped",
+            current,
+            self.version,
+            skipped,
+        )
+        self.version = current
+        metrics.MODEL_VERSION.labels("worker").set(current)
+        return True
 
     def _watch_while_paused(self, event: Event) -> None:
         """Keep scoring (not learning) labelled events so the guard can tell when the stream is healthy again."""

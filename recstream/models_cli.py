@@ -1,0 +1,101 @@
+"""``recstream models``: list, show, promote, roll back and pin model versions (reads and writes Redis)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from recstream import components
+from recstream.settings import get_settings
+from store.model_store import ModelStore
+
+
+def _run(action: Callable[[ModelStore], Awaitable[Any]]) -> Any:
+    async def main() -> Any:
+        settings = get_settings()
+        redis = components.redis_client(settings)
+        try:
+            return await action(components.model_store(settings, redis))
+        finally:
+            await redis.aclose()
+
+    return asyncio.run(main())
+
+
+def table(versions: list[dict[str, Any]]) -> str:
+    header = f"{'version':>8}  {'':2}{'created':<26}{'events':>12}{'AUC':>8}  {'model':<20}{'parent':>7}"
+    lines = [header]
+    for v in versions:
+        flags = ("*" if v["current"] else " ") + ("P" if v["pinned"] else " ")
+        auc = v.get("progressive_auc")
+        lines.append(
+            f"{v['version']:>8}  {flags}{str(v.get('created', ''))[:25]:<26}{v.get('events_learned', 0):>12,}"
+            f"{(f'{auc:.3f}' if auc is not None else '-'):>8}  {v.get('model', {}).get('kind', '?'):<20}"
+            f"{v.get('parent') or '-'!s:>7}"
+        )
+    lines.append("* current   P pinned (kept beyond retention)")
+    return "\n".join(lines)
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("models", help="list, show, promote, roll back and pin model versions")
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("list", help="retained versions").set_defaults(func=_list)
+    p = sub.add_parser("show", help="one version's metadata")
+    p.add_argument("version", type=int)
+    p.set_defaults(func=_show)
+    p = sub.add_parser("promote", help="make a version current (API swaps now, the worker continues from it)")
+    p.add_argument("version", type=int)
+    p.add_argument("--reason", required=True, help="why (recorded with the promotion)")
+    p.set_defaults(func=_promote)
+    p = sub.add_parser("rollback", help="promote the newest version older than the current one")
+    p.add_argument("--reason", required=True)
+    p.set_defaults(func=_rollback)
+    for name, pinned in (("pin", True), ("unpin", False)):
+        p = sub.add_parser(name, help=f"{name} a version ({'kept' if pinned else 'subject to'} retention)")
+        p.add_argument("version", type=int)
+        p.set_defaults(func=_pin, pinned=pinned)
+    sub.add_parser("history", help="every promotion and rollback").set_defaults(func=_history)
+
+
+def _list(_args: argparse.Namespace) -> int:
+    print(table(_run(lambda store: store.versions())))
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    versions = {v["version"]: v for v in _run(lambda store: store.versions())}
+    if args.version not in versions:
+        print(f"version {args.version} is not retained; `recstream models list` shows those that are")
+        return 1
+    print(json.dumps(versions[args.version], indent=2))
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    _run(lambda store: store.promote(args.version, reason=args.reason))
+    print(
+        f"v{args.version} is current; API processes swap to it now, the worker continues from it at its next checkpoint"
+    )
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    version = _run(lambda store: store.rollback(reason=args.reason))
+    print(f"rolled back to v{version}; events learned after it are skipped (docs/operations.md)")
+    return 0
+
+
+def _pin(args: argparse.Namespace) -> int:
+    _run(lambda store: store.pin(args.version, pinned=args.pinned))
+    print(f"v{args.version} {'pinned' if args.pinned else 'unpinned'}")
+    return 0
+
+
+def _history(_args: argparse.Namespace) -> int:
+    for record in _run(lambda store: store.promotions()):
+        print(json.dumps(record))
+    return 0

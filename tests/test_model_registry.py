@@ -1,0 +1,102 @@
+"""Model versions in a real Redis: list, pin, promote, roll back, and the worker continuing from a rollback."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import redis.asyncio as aioredis
+
+from learner.online_learner import OnlineLearner
+from store.keys import Keys
+from store.model_store import ModelStore, SnapshotRefused
+from store.signing import SnapshotSigner
+from stream.processor import EventProcessor
+from tests.clock import iso
+from tests.conftest import Endpoint
+from tests.test_processor_guard import Transport
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def store(redis_endpoint: Endpoint):
+    client = aioredis.Redis.from_url(redis_endpoint.url)
+    yield ModelStore(client, SnapshotSigner(b"k"), Keys(f"r-{uuid.uuid4().hex[:8]}"), retention=3)
+    await client.aclose()
+
+
+async def _processor(store: ModelStore, transport: Transport) -> EventProcessor:
+    processor = EventProcessor(
+        store=store,
+        new_learner=OnlineLearner,
+        learner_from_bytes=OnlineLearner.from_bytes,
+        dead_letter=transport.dead_letter,
+        flush=transport.flush,
+        ack=transport.ack,
+    )
+    await processor.start()
+    return processor
+
+
+def _likes(start: int, n: int) -> list[dict]:
+    return [
+        {"event_id": f"e{k}", "user_id": f"u{k % 5}", "item_id": f"v{k % 9}", "type": "like", "ts": iso(k)}
+        for k in range(start, start + n)
+    ]
+
+
+async def test_pinned_versions_survive_retention(store: ModelStore) -> None:
+    current = None
+    for n in range(2):
+        current = await store.checkpoint(current, f"b{n}".encode(), {}, {}, {})
+    await store.pin(1)
+    for n in range(2, 6):
+        current = await store.checkpoint(current, f"b{n}".encode(), {}, {}, {})
+    listed = await store.versions()
+    assert [v["version"] for v in listed] == [1, 4, 5, 6]
+    assert [v["version"] for v in listed if v["pinned"]] == [1]
+    assert [v["version"] for v in listed if v["current"]] == [6]
+
+
+async def test_rollback_makes_the_worker_continue_from_the_older_version(store: ModelStore) -> None:
+    transport = Transport()
+    processor = await _processor(store, transport)
+    await processor.process(transport.records(_likes(0, 30)))
+    v1 = await processor.checkpoint()
+    await processor.process(transport.records(_likes(30, 30)))
+    v2 = await processor.checkpoint()
+    assert (v1, v2) == (1, 2)
+
+    # The operator rolls back (say v2 learned a bad batch). The API would swap to v1 at once.
+    assert await store.rollback(reason="bad batch in v2") == 1
+    assert await store.current_version() == 1
+    assert (await store.promotions())[-1] | {"at": 0} == {
+        "at": 0,
+        "from": 2,
+        "to": 1,
+        "reason": "bad batch in v2",
+        "actor": "operator",
+    }
+
+    # The worker learns a few more events, then checkpoints: it notices the rollback, continues from v1
+    # (the 3 events learned since its own last checkpoint are skipped), and numbers the next version 3.
+    await processor.process(transport.records(_likes(60, 3)))
+    assert await processor.checkpoint() == 1  # adopted v1; nothing learned on top of it yet: no new version
+    assert processor.learner.events_learned == 30
+    await processor.process(transport.records(_likes(63, 5)))
+    v3 = await processor.checkpoint()
+    assert v3 == 3
+    meta = next(v for v in await store.versions() if v["version"] == 3)
+    assert meta["parent"] == 1 and meta["events_learned"] == 35
+    assert (await store.offsets())[("events", 0)] == transport.offset  # every message handled
+
+
+async def test_promote_refuses_a_missing_or_tampered_version(store: ModelStore) -> None:
+    await store.checkpoint(None, b"good", {}, {}, {})
+    await store.redis.hset(store.keys.version(9), mapping={"blob": b"evil", "tag": b"0" * 64, "meta": "{}"})
+    with pytest.raises(SnapshotRefused):
+        await store.promote(9, reason="test")
+    with pytest.raises(KeyError):
+        await store.promote(42, reason="test")
+    assert await store.current_version() == 1
