@@ -8,16 +8,22 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.auth import key_ring_from_settings
 from api.deps import ApiState
+from api.hygiene import BodyLimitMiddleware, SecurityHeadersMiddleware, add_docs_route
 from api.model_holder import ModelHolder
 from api.producer import EventProducer
+from api.rate_limit import RateLimiter
 from api.routes import events, gate, health, recommendations
 from recstream import components, metrics
 from recstream.events import Event
 from recstream.settings import Settings
+from store.keys import Keys
+from store.rate_limit import TokenBuckets
 
 
 class LatencyMiddleware:
@@ -47,6 +53,9 @@ class LatencyMiddleware:
 
 
 def create_app(settings: Settings) -> FastAPI:
+    """The API for ``settings``; raises :class:`api.auth.AuthNotConfigured` when auth is on without keys."""
+    keys = key_ring_from_settings(settings)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = components.redis_client(settings)
@@ -55,7 +64,10 @@ def create_app(settings: Settings) -> FastAPI:
         producer = EventProducer(
             components.bootstrap_servers(settings), settings.topic_events, timeout=settings.produce_timeout_seconds
         )
-        app.state.recstream = ApiState(settings=settings, redis=redis, store=store, models=models, producer=producer)
+        limiter = RateLimiter(TokenBuckets(redis, Keys(settings.redis_prefix)), settings)
+        app.state.recstream = ApiState(
+            settings=settings, redis=redis, store=store, models=models, producer=producer, keys=keys, limiter=limiter
+        )
         await models.start()
         try:
             yield
@@ -69,7 +81,10 @@ def create_app(settings: Settings) -> FastAPI:
         version="0.1.0",
         summary="Streaming online-learning recommender: publish events, get live recommendations.",
         lifespan=lifespan,
+        docs_url=None,  # served by add_docs_route with an exact Content-Security-Policy
+        redoc_url=None,  # one docs page is enough
     )
+    add_docs_route(app)
     app.include_router(events.router)
     app.include_router(recommendations.router)
     app.include_router(gate.router)
@@ -81,6 +96,17 @@ def create_app(settings: Settings) -> FastAPI:
         summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         return JSONResponse({"detail": f"invalid request: {summary}", "errors": errors}, status_code=422)
 
+    # Added innermost first: latency and security headers see every answer, including 413s and CORS preflights.
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+            max_age=600,
+        )
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(LatencyMiddleware)
 
     # Publish the event contract in the OpenAPI document (the ingest body is parsed by hand).

@@ -1,16 +1,24 @@
-"""The API's shared state, handed to routes through FastAPI dependencies."""
+"""The API's shared state and the dependencies routes declare: the state, and an API key with a scope."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Annotated
 
 import redis.asyncio as aioredis
-from fastapi import Request
+from fastapi import Depends, HTTPException, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from api.auth import ANONYMOUS, KeyRing, Principal
 from api.model_holder import ModelHolder
 from api.producer import EventProducer
-from recstream.settings import Settings
+from api.rate_limit import RateLimiter
+from recstream.settings import Scope, Settings
 from store.model_store import ModelStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -20,8 +28,79 @@ class ApiState:
     store: ModelStore
     models: ModelHolder
     producer: EventProducer
+    keys: KeyRing
+    limiter: RateLimiter
 
 
 async def get_state(request: Request) -> ApiState:
     # async on purpose: FastAPI runs sync dependencies in a thread pool, which costs a thread hop per request.
     return request.app.state.recstream
+
+
+# Declared as security schemes so the OpenAPI page documents them and offers "Authorize";
+# auto_error=False because the 401 below explains what to send.
+bearer_scheme = HTTPBearer(
+    auto_error=False, scheme_name="BearerKey", description="An API key: `Authorization: Bearer <key>`."
+)
+header_scheme = APIKeyHeader(
+    name="X-API-Key", auto_error=False, scheme_name="HeaderKey", description="The same API key in `X-API-Key`."
+)
+
+HOW_TO_SEND = "send `Authorization: Bearer <key>` or `X-API-Key: <key>`"
+AUTH_RESPONSES: dict[int | str, dict[str, str]] = {
+    401: {"description": "No API key, or one the service does not know (`WWW-Authenticate` says which)."},
+    403: {"description": "The API key lacks the scope this endpoint needs."},
+    429: {"description": "This key's rate limit is spent; retry after `Retry-After` seconds."},
+}
+
+
+def _unauthorized(detail: str, error: str | None = None) -> HTTPException:
+    challenge = 'Bearer realm="recstream"' + (f', error="{error}"' if error else "")
+    return HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": challenge})
+
+
+def require_scope(scope: Scope) -> Callable[..., Awaitable[Principal]]:
+    """A dependency: the request carries a known API key with ``scope``, within the key's rate limit."""
+
+    async def authorised_principal(
+        request: Request,
+        state: Annotated[ApiState, Depends(get_state)],
+        bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
+        header_key: Annotated[str | None, Security(header_scheme)],
+    ) -> Principal:
+        if not state.settings.auth_enabled:
+            return ANONYMOUS
+        where = f"{request.method} {request.url.path}"
+        presented = bearer.credentials if bearer is not None else header_key
+        if not presented:
+            if request.headers.get("authorization"):
+                raise _unauthorized(
+                    f"the Authorization header must be `Bearer <key>`; {HOW_TO_SEND}", "invalid_request"
+                )
+            raise _unauthorized(f"{where} needs an API key with scope '{scope}': {HOW_TO_SEND}")
+        principal = state.keys.identify(presented)
+        if principal is None:
+            log.info("refused %s from %s: unknown API key", where, request.client.host if request.client else "?")
+            raise _unauthorized(
+                "this API key is not recognised (revoked, mistyped, or for another deployment); "
+                "ask the operator for a valid key",
+                "invalid_token",
+            )
+        if scope not in principal.scopes:
+            log.info("refused %s for key '%s': scope '%s' missing", where, principal.name, scope)
+            raise HTTPException(
+                status_code=403,
+                detail=f"API key '{principal.name}' has scopes {sorted(principal.scopes)}; {where} needs scope "
+                f"'{scope}'. Ask the operator for a key with that scope (`recstream keys create --scopes {scope}`).",
+            )
+        wait = await state.limiter.retry_after(principal.name, scope)
+        if wait is not None:
+            raise HTTPException(
+                status_code=429,
+                detail=f"API key '{principal.name}' is over its '{scope}' rate limit; retry after {wait} s "
+                f"(RECSTREAM_RATE_LIMIT_{scope.upper()}_PER_SECOND / _BURST)",
+                headers={"Retry-After": str(wait)},
+            )
+        return principal
+
+    return authorised_principal

@@ -1,9 +1,11 @@
-"""The ``recstream`` command: ``worker``, ``api``, ``up`` (embedded run) and ``demo`` (traffic)."""
+"""The ``recstream`` command: ``worker``, ``api``, ``up`` (embedded run), ``demo`` (traffic), ``keys`` (API keys)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
 
 from recstream.settings import get_settings
@@ -20,11 +22,18 @@ def _api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import create_app
+    from api.auth import AuthNotConfigured
 
     settings = get_settings()
     host = args.host or settings.api_host
     port = args.port if args.port is not None else settings.api_port
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
+    try:
+        app = create_app(settings)
+    except AuthNotConfigured as exc:
+        print(f"recstream api: not starting: {exc}", file=sys.stderr)
+        return 2
+    # access_log off: an access log line would carry query strings; auth refusals are logged without the key.
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
     return 0
 
 
@@ -39,7 +48,33 @@ def _demo(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     url = args.url or f"http://{settings.api_host}:{settings.api_port}"
-    return run_demo(url, rate=args.rate, duration=args.duration, seed=args.seed)
+    return run_demo(url, rate=args.rate, duration=args.duration, seed=args.seed, api_key=args.api_key)
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    from api.auth import ALL_SCOPES, hash_key, new_key
+
+    scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+    unknown = sorted(set(scopes) - ALL_SCOPES)
+    if unknown or not scopes:
+        print(f"recstream keys create: unknown scopes {unknown}; choose from {sorted(ALL_SCOPES)}", file=sys.stderr)
+        return 2
+    from pydantic import ValidationError
+
+    from recstream.settings import ApiKeyEntry
+
+    key = new_key()
+    entry = {"name": args.name, "scopes": scopes, "hash": hash_key(key)}
+    try:
+        ApiKeyEntry.model_validate(entry)
+    except ValidationError as exc:
+        print(f"recstream keys create: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}", file=sys.stderr)
+        return 2
+    print(f"API key for {args.name!r} (shown once, give it to the client; it is not stored anywhere):")
+    print(f"  {key}")
+    print("Add this entry to the JSON list in RECSTREAM_API_KEYS and restart the API processes:")
+    print(f"  {json.dumps(entry)}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,7 +100,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=50.0, help="events per second")
     p.add_argument("--duration", type=float, default=0.0, help="seconds to run (0: until Ctrl-C)")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("RECSTREAM_DEMO_API_KEY"),
+        help="API key with scopes ingest and read (default: $RECSTREAM_DEMO_API_KEY)",
+    )
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("keys", help="API keys (docs/security.md)")
+    keys_sub = p.add_subparsers(dest="keys_command", required=True)
+    p = keys_sub.add_parser("create", help="generate a key; print it once, and the hash entry for RECSTREAM_API_KEYS")
+    p.add_argument("--name", required=True, help="who holds the key (letters, digits, . _ -), shown in logs")
+    p.add_argument("--scopes", required=True, help="comma-separated: ingest, read, admin (admin implies read)")
+    p.set_defaults(func=_keys_create)
 
     from recstream import evaluate
     from stream import quarantine

@@ -76,8 +76,12 @@ def run_demo(
     seed: int = 7,
     report_every: float = 5.0,
     stop: threading.Event | None = None,
+    api_key: str | None = None,
 ) -> int:
-    """Publish about ``rate`` events/s to the API at ``url`` for ``duration`` s (0: until interrupted)."""
+    """Publish about ``rate`` events/s to the API at ``url`` for ``duration`` s (0: until interrupted).
+
+    ``api_key`` needs the scopes ``ingest`` and ``read``.
+    """
     stop = stop or threading.Event()
     rnd = random.Random(seed)
     genre_of = catalogue()
@@ -89,7 +93,8 @@ def run_demo(
     sent = 0
     started = last_report = time.monotonic()
     print(f"demo: publishing ~{rate:.0f} events/s to {url}; following {watched.user_id}, who loves {watched.loves}")
-    with httpx.Client(base_url=url, timeout=10) as client:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    with httpx.Client(base_url=url, timeout=10, headers=headers) as client:
         try:
             while not stop.is_set() and (duration <= 0 or time.monotonic() - started < duration):
                 batch = [next_event(rnd, rnd.choice(crowd), items_by_genre) for _ in range(per_batch)]
@@ -100,9 +105,12 @@ def run_demo(
                         print(f"demo: API not reachable ({exc}); retrying", file=sys.stderr)
                     stop.wait(1)
                     continue
-                if response.status_code == 503:
+                if response.status_code in (503, 429):
                     stop.wait(float(response.headers.get("Retry-After", "1")))
                     continue
+                if response.status_code in (401, 403):
+                    print(f"demo: the API refused the key: {response.json().get('detail')}", file=sys.stderr)
+                    return 1
                 sent += response.json().get("accepted", 0) if response.status_code == 202 else 0
                 now = time.monotonic()
                 if now - last_report >= report_every:

@@ -9,6 +9,7 @@ stops every process it started, by PID, the worker first so it checkpoints.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -16,6 +17,7 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
+from api.auth import hash_key, new_key
 from recstream import local_services
 from recstream.settings import Settings
 
@@ -43,10 +45,14 @@ def run_embedded(demo: bool = False, api_port: int = 8000, broker: str = "auto",
         )
         redis = local_services.start_redis(workdir=state_dir / "redis" if durable else None, appendonly=durable)
         started.append(redis)
+        # A fresh key for this run only (docs/security.md): printed below so a newcomer can curl.
+        api_key = new_key()
+        local_keys = [{"name": "local-admin", "scopes": ["ingest", "read", "admin"], "hash": hash_key(api_key)}]
         env = {
             "RECSTREAM_BROKER_URL": kafka.url,
             "RECSTREAM_REDIS_URL": redis.url,
             "RECSTREAM_API_PORT": str(api_port),
+            "RECSTREAM_API_KEYS": json.dumps(local_keys),
         }
         os.environ.update(env)
         settings = Settings()
@@ -61,9 +67,11 @@ def run_embedded(demo: bool = False, api_port: int = 8000, broker: str = "auto",
         print(
             f"""
 recstream is up ({kafka.name} broker at {kafka.address}, Redis at {redis.address}).
-  API docs         {api.url}/docs
-  recommendations  curl '{api.url}/v1/users/user-0000/recommendations?k=5'
-  publish          curl -X POST {api.url}/v1/events -H 'content-type: application/json' -d \\
+  API key          {api_key}   (this run only; scopes ingest, read, admin)
+  API docs         {api.url}/docs   ("Authorize" with the key)
+  recommendations  curl -H "Authorization: Bearer {api_key}" '{api.url}/v1/users/user-0000/recommendations?k=5'
+  publish          curl -X POST {api.url}/v1/events -H "Authorization: Bearer {api_key}" \\
+                     -H 'content-type: application/json' -d \\
                      '[{{"event_id":"e1","user_id":"me","item_id":"pets-001","type":"like","ts":"{now}"}}]'
   metrics          {api.url}/metrics
   logs             {state_dir}/{{worker,api,broker,redis}}/*.log
@@ -75,7 +83,7 @@ Ctrl-C stops everything.
             from recstream.demo import run_demo
 
             demo_thread = threading.Thread(
-                target=run_demo, args=(api.url,), kwargs={"rate": 50.0, "stop": stop}, daemon=True
+                target=run_demo, args=(api.url,), kwargs={"rate": 50.0, "stop": stop, "api_key": api_key}, daemon=True
             )
             demo_thread.start()
         while not stop.is_set():

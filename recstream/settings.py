@@ -8,15 +8,29 @@ from __future__ import annotations
 
 import dataclasses
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, create_model
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, create_model
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from learner.gate.gate import GateConfig
 from learner.registry import DEFAULT_MODEL
 
 DEV_HMAC_KEY = "recstream-dev-key-change-me"
+
+#: What an API key may do (docs/security.md): ``ingest`` publishes events, ``read`` gets
+#: recommendations and scores, ``admin`` operates the gate and the model (and implies ``read``).
+Scope = Literal["ingest", "read", "admin"]
+
+
+class ApiKeyEntry(BaseModel):
+    """One configured API key: never the key itself, only its salted hash (``recstream keys create``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$", description="Who holds the key; shown in logs, never secret.")
+    scopes: list[Scope] = Field(min_length=1)
+    hash: str = Field(pattern=r"^sha256\$[0-9a-f]{32}\$[0-9a-f]{64}$", description="`sha256$<salt hex>$<digest hex>`.")
 
 
 def _gate_settings() -> type[BaseSettings]:
@@ -112,6 +126,36 @@ class Settings(_gate_settings()):  # type: ignore[misc]
     # Security
     hmac_key: SecretStr = Field(
         SecretStr(DEV_HMAC_KEY), description="Key that signs model snapshots (HMAC-SHA256). Set it in production."
+    )
+    auth_enabled: bool = Field(
+        True,
+        description="Require an API key on `/v1/*` (docs/security.md). `false` only for local development; "
+        "the API then logs a warning.",
+    )
+    api_keys: list[ApiKeyEntry] = Field(
+        [],
+        description='API keys, JSON: `[{"name": …, "scopes": […], "hash": "sha256$…"}]`, scopes from `ingest`, '
+        "`read`, `admin` (`recstream keys create`). With auth on and no key, the API refuses to start.",
+    )
+    rate_limit_enabled: bool = Field(
+        True, description="Per-key token buckets in Redis, shared by every API process (429 + `Retry-After`)."
+    )
+    rate_limit_ingest_per_second: float = Field(
+        50.0, gt=0, description="Requests per second one key may make to `POST /v1/events` (each up to 1000 events)."
+    )
+    rate_limit_ingest_burst: int = Field(100, ge=1, description="Bucket size for ingest: requests allowed at once.")
+    rate_limit_read_per_second: float = Field(
+        500.0, gt=0, description="Requests per second one key may make to the read endpoints."
+    )
+    rate_limit_read_burst: int = Field(1000, ge=1, description="Bucket size for the read endpoints.")
+    rate_limit_admin_per_second: float = Field(
+        2.0, gt=0, description="Requests per second one key may make to the admin endpoints."
+    )
+    rate_limit_admin_burst: int = Field(20, ge=1, description="Bucket size for the admin endpoints.")
+    cors_origins: list[str] = Field(
+        [],
+        description='Origins allowed to call the API from a browser, JSON list (e.g. `["https://app.example"]`); '
+        "empty: CORS off.",
     )
 
 

@@ -8,15 +8,24 @@ from the jars fetched by ``scripts/fetch-kafka.sh`` when Java is there, Tansu ot
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
+import httpx
 import pytest
 
+from api.auth import hash_key, new_key
 from recstream import local_services
+
+#: One API key with every scope for the whole test session; ``make_env`` configures its hash. Kept in the
+#: environment because pytest imports this file twice (as ``conftest`` and as ``tests.conftest``).
+TEST_API_KEY = os.environ.setdefault("RECSTREAM_TEST_API_KEY", new_key())
+TEST_API_KEYS = [{"name": "test-admin", "scopes": ["ingest", "read", "admin"], "hash": hash_key(TEST_API_KEY)}]
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> object:
@@ -104,7 +113,14 @@ def make_env(redis_endpoint: Endpoint, broker_endpoint: Endpoint) -> dict[str, s
         "RECSTREAM_BROKER_SESSION_TIMEOUT": "6",
         "RECSTREAM_MODEL_POLL_SECONDS": "0.2",
         "RECSTREAM_HMAC_KEY": f"test-key-{run}",
+        "RECSTREAM_API_KEYS": json.dumps(TEST_API_KEYS),
     }
+
+
+def api_client(api: local_services.LocalService, key: str = TEST_API_KEY, **kwargs: Any) -> httpx.Client:
+    """An HTTP client for a started API that sends ``key`` (by default the session's all-scopes test key)."""
+    kwargs.setdefault("timeout", 10)
+    return httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {key}"}, **kwargs)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 
 from recstream import local_services
 from tests.clock import iso
-from tests.conftest import Endpoint, make_env, wait_for
+from tests.conftest import Endpoint, api_client, make_env, wait_for
 from tests.kafka_io import CheckpointReader, produce, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -38,7 +38,7 @@ def stack(redis_endpoint: Endpoint, broker_endpoint: Endpoint) -> Iterator[Stack
     api = None
     try:
         api = local_services.start_api(env)
-        with httpx.Client(base_url=api.url, timeout=10) as client:
+        with api_client(api) as client:
             checkpoints = CheckpointReader(env["RECSTREAM_REDIS_URL"], env["RECSTREAM_REDIS_PREFIX"])
             yield Stack(env, client, checkpoints, worker)
             checkpoints.close()

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
 from recstream import local_services
 from tests.clock import iso
-from tests.conftest import Endpoint, make_env
+from tests.conftest import Endpoint, api_client, make_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -24,7 +23,7 @@ def test_ingest_answers_503_with_retry_after_when_the_broker_is_unreachable(
     }
     api = local_services.start_api(env)
     processes.append(api)
-    with httpx.Client(base_url=api.url, timeout=30) as client:
+    with api_client(api, timeout=30) as client:
         event = {"event_id": "e1", "user_id": "u1", "item_id": "v1", "type": "like", "ts": iso()}
         response = client.post("/v1/events", json=[event])
         assert response.status_code == 503, response.text

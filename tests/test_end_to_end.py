@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from recstream import local_services
 from tests.clock import iso
-from tests.conftest import wait_for
+from tests.conftest import api_client, wait_for
 from tests.kafka_io import CheckpointReader, produce_events
 from tests.taste_stream import GROUP_A, GROUP_B, taste_events
 
@@ -30,7 +29,7 @@ def test_published_events_change_recommendations(
     processes.append(worker)
     api = local_services.start_api(service_env)
     processes.append(api)
-    client = httpx.Client(base_url=api.url, timeout=10)
+    client = api_client(api)
 
     # The crowd arrives straight through Kafka, as an app backend producing directly would.
     crowd = taste_events(seed=3)

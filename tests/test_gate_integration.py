@@ -14,7 +14,7 @@ import pytest
 from recstream import local_services
 from recstream.events import Event
 from tests.clock import iso
-from tests.conftest import wait_for
+from tests.conftest import api_client, wait_for
 from tests.kafka_io import CheckpointReader, produce_events, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -33,7 +33,7 @@ def test_duplicates_are_learned_once_across_resends_and_restarts(
     processes.append(worker)
     api = local_services.start_api(service_env)
     processes.append(api)
-    client = httpx.Client(base_url=api.url, timeout=10)
+    client = api_client(api)
     try:
         batch = [
             {
@@ -79,7 +79,7 @@ def test_held_events_are_quarantined_with_reasons_and_replayed_minus_the_overrid
     processes.append(worker)
     api = local_services.start_api(service_env)
     processes.append(api)
-    client = httpx.Client(base_url=api.url, timeout=10)
+    client = api_client(api)
     try:
         future = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
         good = {"event_id": "ok-1", "user_id": "u1", "item_id": "v1", "type": "like", "ts": iso(0)}

@@ -12,7 +12,7 @@ import redis
 from recstream import local_services
 from store.keys import Keys
 from tests.clock import iso
-from tests.conftest import wait_for
+from tests.conftest import api_client, wait_for
 from tests.kafka_io import CheckpointReader, produce_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -49,7 +49,7 @@ def test_tampered_snapshot_is_refused_by_worker_and_api(
         processes.append(worker)
         api = local_services.start_api(env)
         processes.append(api)
-        client = httpx.Client(base_url=api.url, timeout=10)
+        client = api_client(api)
 
         produce_events(broker, topic, _events("a", 50))
         wait_for(lambda: checkpoints.learned() == 50, 60, "the first 50 events to be learned")

@@ -9,12 +9,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from api.deps import ApiState, get_state
+from api.deps import AUTH_RESPONSES, ApiState, get_state, require_scope
 from api.producer import BrokerUnavailable
 from recstream import metrics
 from recstream.events import Event, describe_errors
 
-router = APIRouter(tags=["events"])
+router = APIRouter(tags=["events"], dependencies=[Depends(require_scope("ingest"))], responses=AUTH_RESPONSES)
 
 MAX_BATCH = 1000
 

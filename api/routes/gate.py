@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
-from api.deps import ApiState, get_state
+from api.deps import AUTH_RESPONSES, ApiState, get_state, require_scope
 
-router = APIRouter(tags=["quality gate"])
+router = APIRouter(tags=["quality gate"], dependencies=[Depends(require_scope("admin"))], responses=AUTH_RESPONSES)
 
 
 class GateStatus(BaseModel):

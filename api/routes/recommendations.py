@@ -8,12 +8,12 @@ import orjson
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
 from pydantic import BaseModel, Field
 
-from api.deps import ApiState, get_state
+from api.deps import AUTH_RESPONSES, ApiState, get_state, require_scope
 from learner.serving import ServingModel
 from recstream import metrics
 from recstream.events import ID_PATTERN, Identifier
 
-router = APIRouter(tags=["recommendations"])
+router = APIRouter(tags=["recommendations"], dependencies=[Depends(require_scope("read"))], responses=AUTH_RESPONSES)
 
 UserId = Annotated[str, Path(min_length=1, max_length=128, pattern=ID_PATTERN, description="The user's id.")]
 

@@ -1,0 +1,48 @@
+"""Per-key rate limits: the settings' rate and burst per scope, enforced with Redis token buckets.
+
+Fail-open: when Redis cannot be reached the request goes through (and a warning is logged at
+most once a minute). Authentication never depends on Redis, so only already-authenticated keys
+get through unmetered, while recommendations already fail without Redis and ingest keeps
+working; docs/security.md explains the choice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+from recstream.settings import Scope, Settings
+from store.rate_limit import TokenBuckets
+
+log = logging.getLogger(__name__)
+
+WARN_EVERY_SECONDS = 60.0
+
+
+class RateLimiter:
+    def __init__(self, buckets: TokenBuckets | None, settings: Settings) -> None:
+        self.buckets = buckets if settings.rate_limit_enabled else None
+        self.limits: dict[str, tuple[float, int]] = {
+            "ingest": (settings.rate_limit_ingest_per_second, settings.rate_limit_ingest_burst),
+            "read": (settings.rate_limit_read_per_second, settings.rate_limit_read_burst),
+            "admin": (settings.rate_limit_admin_per_second, settings.rate_limit_admin_burst),
+        }
+        self._warned_at = -math.inf
+
+    async def retry_after(self, key_name: str, scope: Scope) -> int | None:
+        """None when the request may proceed, else the whole seconds to wait (≥ 1) for ``Retry-After``."""
+        if self.buckets is None:
+            return None
+        rate, burst = self.limits[scope]
+        try:
+            decision = await self.buckets.take(key_name, scope, rate, burst)
+        except Exception as exc:  # noqa: BLE001 - fail open, see the module docstring
+            now = time.monotonic()
+            if now - self._warned_at >= WARN_EVERY_SECONDS:
+                self._warned_at = now
+                log.warning("rate limiter cannot reach Redis (%s); requests are not rate-limited meanwhile", exc)
+            return None
+        if decision.allowed:
+            return None
+        return max(1, math.ceil(decision.retry_after_seconds))

@@ -1,0 +1,209 @@
+"""Against a real API process (real Redis, real broker): who may call what, headers, limits, logs."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from api.auth import hash_key, new_key
+from recstream import local_services
+from tests.clock import iso
+from tests.conftest import Endpoint, api_client, make_env, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+KEYS = {scope: new_key() for scope in ("ingest", "read", "admin")}
+EVENT = {"event_id": "s1", "user_id": "u1", "item_id": "v1", "type": "like", "ts": iso()}
+# (method, path, JSON body, scope the endpoint needs)
+ENDPOINTS = [
+    ("POST", "/v1/events", [EVENT], "ingest"),
+    ("GET", "/v1/users/u1/recommendations", None, "read"),
+    ("POST", "/v1/scores", {"user_id": "u1", "item_ids": ["v1"]}, "read"),
+    ("GET", "/v1/gate", None, "admin"),
+    ("POST", "/v1/gate/resume", None, "admin"),
+]
+GRANTS = {"ingest": {"ingest"}, "read": {"read"}, "admin": {"admin", "read"}}  # admin implies read
+HMAC_KEY = "hmac-" + new_key()
+
+
+@dataclass
+class Api:
+    service: local_services.LocalService
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def api(redis_endpoint: Endpoint, broker_endpoint: Endpoint) -> Iterator[Api]:
+    entries = [{"name": f"{scope}-key", "scopes": [scope], "hash": hash_key(key)} for scope, key in KEYS.items()]
+    env = {
+        **make_env(redis_endpoint, broker_endpoint),
+        "RECSTREAM_API_KEYS": json.dumps(entries),
+        "RECSTREAM_HMAC_KEY": HMAC_KEY,
+        "RECSTREAM_MAX_BODY_BYTES": "200000",
+    }
+    service = local_services.start_api(env)
+    try:
+        yield Api(service, env)
+    finally:
+        service.stop()
+
+
+def _call(client: httpx.Client, method: str, path: str, body: object, **headers: str) -> httpx.Response:
+    return client.request(method, path, json=body, headers=headers)
+
+
+@pytest.mark.parametrize("key_scope", sorted(KEYS))
+@pytest.mark.parametrize(("method", "path", "body", "needs"), ENDPOINTS, ids=[f"{m} {p}" for m, p, _, _ in ENDPOINTS])
+def test_each_key_reaches_exactly_the_endpoints_of_its_scopes(
+    api: Api, key_scope: str, method: str, path: str, body: object, needs: str
+) -> None:
+    with api_client(api.service, KEYS[key_scope]) as client:
+        response = _call(client, method, path, body)
+    if needs in GRANTS[key_scope]:
+        # The route itself answered: 2xx, or 503 "no model loaded yet" (this API runs without a worker).
+        assert response.status_code in (200, 202) or "no model is loaded" in response.text, response.text
+    else:
+        assert response.status_code == 403, response.text
+        detail = response.json()["detail"]
+        assert (
+            f"'{key_scope}-key'" in detail and f"needs scope '{needs}'" in detail and "recstream keys create" in detail
+        )
+
+
+@pytest.mark.parametrize(("method", "path", "body", "needs"), ENDPOINTS, ids=[f"{m} {p}" for m, p, _, _ in ENDPOINTS])
+def test_without_a_key_every_v1_endpoint_answers_401_with_a_challenge(
+    api: Api, method: str, path: str, body: object, needs: str
+) -> None:
+    with httpx.Client(base_url=api.service.url, timeout=10) as client:
+        response = _call(client, method, path, body)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith('Bearer realm="recstream"')
+    detail = response.json()["detail"]
+    assert f"scope '{needs}'" in detail and "Authorization: Bearer <key>" in detail and "X-API-Key" in detail
+
+
+def test_an_unknown_key_or_another_scheme_is_401_and_x_api_key_works(api: Api) -> None:
+    with httpx.Client(base_url=api.service.url, timeout=10) as client:
+        unknown = client.get("/v1/gate", headers={"Authorization": f"Bearer {new_key()}"})
+        assert unknown.status_code == 401 and 'error="invalid_token"' in unknown.headers["www-authenticate"]
+        assert "not recognised" in unknown.json()["detail"]
+        basic = client.get("/v1/gate", headers={"Authorization": "Basic " + base64.b64encode(b"a:b").decode()})
+        assert basic.status_code == 401 and "must be `Bearer <key>`" in basic.json()["detail"]
+        assert client.get("/v1/gate", headers={"X-API-Key": KEYS["admin"]}).status_code == 200
+
+
+def test_health_and_metrics_stay_open(api: Api) -> None:
+    with httpx.Client(base_url=api.service.url, timeout=10) as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/readyz").status_code in (200, 503)  # no model without a worker; never 401
+        assert client.get("/metrics").status_code == 200
+
+
+def test_responses_carry_security_headers(api: Api) -> None:
+    with httpx.Client(base_url=api.service.url, timeout=10) as client:
+        for response in (client.get("/healthz"), client.get("/v1/gate"), client.get("/nowhere")):
+            assert response.headers["x-content-type-options"] == "nosniff"
+            assert response.headers["x-frame-options"] == "DENY"
+            assert response.headers["referrer-policy"] == "no-referrer"
+            assert response.headers["content-security-policy"] == "default-src 'none'; frame-ancestors 'none'"
+            assert "access-control-allow-origin" not in response.headers  # CORS is off unless configured
+        preflight = client.options(
+            "/v1/gate", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"}
+        )
+        assert "access-control-allow-origin" not in preflight.headers
+
+
+def test_the_docs_page_loads_under_a_csp_that_names_exactly_its_scripts(api: Api) -> None:
+    with httpx.Client(base_url=api.service.url, timeout=10) as client:
+        page = client.get("/docs")
+        schema = client.get("/openapi.json").json()
+    assert page.status_code == 200
+    csp = dict(part.strip().split(" ", 1) for part in page.headers["content-security-policy"].split(";"))
+    assert "'unsafe-inline'" not in csp["script-src"]
+    for inline in re.findall(r"<script>(.*?)</script>", page.text, flags=re.DOTALL):
+        digest = base64.b64encode(hashlib.sha256(inline.encode()).digest()).decode()
+        assert f"'sha256-{digest}'" in csp["script-src"]
+    for src in re.findall(r'<script src="([^"]+)"', page.text) + re.findall(r'stylesheet" href="([^"]+)"', page.text):
+        origin = "/".join(src.split("/")[:3])
+        assert origin in csp["script-src"] or origin in csp["style-src"], src
+    assert "'self'" in csp["connect-src"]  # "Try it out" calls this API
+    # The OpenAPI document declares both ways to send a key, on the /v1 operations only.
+    assert {"BearerKey", "HeaderKey"} <= set(schema["components"]["securitySchemes"])
+    assert schema["paths"]["/v1/events"]["post"]["security"]
+    assert "401" in schema["paths"]["/v1/events"]["post"]["responses"]
+    assert "security" not in schema["paths"]["/healthz"]["get"]
+
+
+def test_bodies_over_the_limit_are_refused_before_authentication(api: Api) -> None:
+    big = b'{"user_id": "u1", "item_ids": ["' + b"v" * 250_000 + b'"]}'
+    with httpx.Client(base_url=api.service.url, timeout=10) as client:
+        declared = client.post("/v1/scores", content=big, headers={"content-type": "application/json"})
+        assert declared.status_code == 413 and "RECSTREAM_MAX_BODY_BYTES" in declared.json()["detail"]
+        chunked = client.post(
+            "/v1/scores",
+            content=iter([big[i : i + 8192] for i in range(0, len(big), 8192)]),
+            headers={"content-type": "application/json"},
+        )
+        assert "content-length" not in chunked.request.headers
+        assert chunked.status_code == 413 and "RECSTREAM_MAX_BODY_BYTES" in chunked.json()["detail"]
+
+
+def test_no_secret_reaches_the_log(api: Api) -> None:
+    wrong = new_key()
+    with httpx.Client(base_url=api.service.url, timeout=10) as client:
+        assert client.get("/v1/gate", headers={"Authorization": f"Bearer {wrong}"}).status_code == 401
+        assert client.get("/v1/gate", headers={"X-API-Key": KEYS["ingest"]}).status_code == 403
+        assert client.post("/v1/events", json=[EVENT], headers={"X-API-Key": KEYS["ingest"]}).status_code == 202
+        client.get(f"/v1/users/u1/recommendations?k=3&api_key={wrong}", headers={"X-API-Key": KEYS["read"]})
+    log_path = api.service.log_path
+    assert log_path is not None
+    # The refusals are logged (so this reads the right, flushed log) …
+    wait_for(lambda: "unknown API key" in log_path.read_text() and "'ingest-key'" in log_path.read_text(), 10, "log")
+    text = log_path.read_text()
+    # … and no key, presented or configured, nor the snapshot HMAC key, is in it.
+    for secret in (*KEYS.values(), wrong, HMAC_KEY):
+        assert secret not in text
+
+
+def test_without_keys_the_api_refuses_to_start_and_says_how_to_fix_it(
+    redis_endpoint: Endpoint, broker_endpoint: Endpoint
+) -> None:
+    env = {**make_env(redis_endpoint, broker_endpoint), "RECSTREAM_API_KEYS": "[]"}
+    with pytest.raises(RuntimeError, match="exited with code 2") as refused:
+        local_services.start_api(env, timeout=20)
+    assert "RECSTREAM_API_KEYS" in str(refused.value) and "recstream keys create" in str(refused.value)
+
+
+def test_with_auth_off_the_api_warns_and_cors_answers_only_configured_origins(
+    redis_endpoint: Endpoint, broker_endpoint: Endpoint, processes: list[local_services.LocalService]
+) -> None:
+    env = {
+        **make_env(redis_endpoint, broker_endpoint),
+        "RECSTREAM_AUTH_ENABLED": "false",
+        "RECSTREAM_API_KEYS": "[]",
+        "RECSTREAM_CORS_ORIGINS": '["https://app.example"]',
+    }
+    service = local_services.start_api(env)
+    processes.append(service)
+    assert service.log_path is not None and "AUTHENTICATION IS OFF" in service.log_path.read_text()
+    with httpx.Client(base_url=service.url, timeout=10) as client:
+        assert client.get("/v1/gate").status_code == 200
+        allowed = client.options(
+            "/v1/gate",
+            headers={
+                "Origin": "https://app.example",
+                "Access-Control-Request-Method": "GET",
+                "Access-Control-Request-Headers": "authorization",
+            },
+        )
+        assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == "https://app.example"
+        assert "authorization" in allowed.headers["access-control-allow-headers"].lower()
+        other = client.get("/v1/gate", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
