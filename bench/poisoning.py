@@ -18,12 +18,18 @@ no duplicate check, no rules). The attacks, all seeded:
     stream time after the previous one (same event ids, byte for byte);
 (c) events stamped in the future: 1% of the clean count, farm sessions like (a) whose whole
     session is stamped ahead of when it arrives, log-uniformly between 10 minutes and 10 years
-    (a broken clock, or a farm making its likes look fresh); "near" below the replay clock's
-    ``replay_max_gap_seconds`` (90 days), "far" beyond it;
+    (a broken clock, or a farm making its likes look fresh); "near" below
+    ``replay_max_gap_seconds`` (90 days: the gap a replay of events without arrival times lets
+    the clock jump, and the stamps that fooled it before replays used arrival times), "far" beyond it;
 (d) garbage: 1% of the clean count, lines that are not JSON or break the contract (wrong types,
     missing or unknown fields, ids out of pattern), many of them liking the target.
 
-Lines arrive in order of arrival time (an ordinary event's own ``ts``); the file is that order.
+Lines arrive in order of arrival time; the file is that order. A recorded (MovieLens) event
+arrives at its own ``ts``; an injected one when the clean stream's time is at its injection point
+(a bot's event when the bot sends it, a re-sent copy when it is re-sent, a future-stamped event
+when it is sent, whatever its ``ts`` says), as a broker would see them. The replay's "now" is the
+latest arrival, as live the worker's wall clock is (:func:`learner.evaluation.gate_stream`), so
+a forged ``ts`` never moves it.
 
 Reported per run: progressive HR@10 over ordinary users' positives (overall, and from the clean
 stream's middle timestamp on), AUC when both labels occur (not in MovieLens), the share of a
@@ -244,6 +250,7 @@ class Run:
 def run_stream(
     name: str,
     path: Path,
+    arrivals: list[float],
     gate: bool,
     settings: Settings,
     ordinary: set[str],
@@ -253,7 +260,7 @@ def run_stream(
     n_clean: int,
 ) -> Run:
     started = time.perf_counter()
-    loaded = load_events(path)
+    loaded = load_events(path, arrivals=arrivals)
     read_seconds = time.perf_counter() - started
     gated = check_stream(loaded.events, settings, gate=gate)
     learner = OnlineLearner(model=build_model(DEFAULT_MODEL), rule=target_rule(settings), weights=EventWeights())
@@ -331,23 +338,32 @@ def run(ratings: Path, limit: int | None, seed: int, out: Path | None, ablation:
     sample = random.Random(seed).sample(sorted(ordinary), min(300, len(ordinary)))
     second_half_from = clean[len(clean) // 2].ts
     runs: list[Run] = []
-    streams: list[tuple[str, list[bytes]]] = [
-        ("clean", [event_line(e.event_id, e.user, e.item, e.type, e.ts) for e in clean]),
-        ("attacked", [line.payload for line in attack.lines]),
+    streams: list[tuple[str, list[Line]]] = [
+        ("clean", [Line(e.ts, n, event_line(e.event_id, e.user, e.item, e.type, e.ts)) for n, e in enumerate(clean)]),
+        ("attacked", attack.lines),
     ]
     if ablation:
-        streams += [
-            (name, [line.payload for line in attack.lines if _keep(line, kinds)]) for name, kinds in ABLATIONS.items()
-        ]
+        streams += [(name, [line for line in attack.lines if _keep(line, kinds)]) for name, kinds in ABLATIONS.items()]
     with tempfile.TemporaryDirectory(prefix="poisoning-") as tmp:
-        for name, payloads in streams:
+        for name, lines in streams:
             path = Path(tmp) / f"{name.replace(':', '-')}.jsonl"
-            path.write_bytes(b"\n".join(payloads) + b"\n")
+            assert not any(b"\n" in line.payload for line in lines)  # one line each: arrivals follow line numbers
+            path.write_bytes(b"\n".join(line.payload for line in lines) + b"\n")
+            arrivals = [line.arrival for line in lines]
             for gate in (True, False):
                 sys.stderr.write(f"poisoning: {name} stream, gate {'on' if gate else 'off'}...\n")
                 runs.append(
                     run_stream(
-                        name, path, gate, settings, ordinary, sample, attack.target, second_half_from, len(clean)
+                        name,
+                        path,
+                        arrivals,
+                        gate,
+                        settings,
+                        ordinary,
+                        sample,
+                        attack.target,
+                        second_half_from,
+                        len(clean),
                     )
                 )
     rows = [row(r) for r in runs]

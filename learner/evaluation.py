@@ -65,6 +65,9 @@ class ReplayEvent:
     """One event of the contract, reduced to what learning and the gate need; ``ts`` in seconds since the epoch.
 
     ``event_id`` is what duplicate detection compares; an empty id is never a duplicate.
+    ``arrival`` is when the event reached the broker, in seconds since the epoch (live: the
+    worker's wall clock when it reads the event; a client cannot choose it). None: unknown, as
+    for a recorded stream of the events alone, where ``ts`` stands in (see :func:`gate_stream`).
     """
 
     user: str
@@ -74,6 +77,7 @@ class ReplayEvent:
     watch_seconds: float | None = None
     item_duration_seconds: float | None = None
     event_id: str = ""
+    arrival: float | None = None
 
 
 @dataclass
@@ -324,12 +328,15 @@ def gate_stream(
 ) -> GatedStream:
     """The worker's steps between the contract and learning, over a recorded stream, in one pass.
 
-    For each event in order: "now" is ``clock.now(ts)`` (the replay's stand-in for the worker's
-    wall clock; without a clock, the event's own ``ts``); an ``event_id`` that passed within
-    ``dedupe_retention_seconds`` before now is a duplicate (None: no duplicate check); then
-    ``gate.check(event, now)`` (None: no rules). A passed event moves the clock
-    (``clock.advance``) and is remembered for duplicate detection; as in the worker, held events
-    are not remembered, so a re-sent held event is checked (and held) again.
+    For each event in order: "now" is the replay's stand-in for the worker's wall clock. When the
+    event has an ``arrival`` it is ``clock.arrive(arrival)``: the latest arrival so far, monotone,
+    moved by every event whether it passes or not, and never by a ``ts`` (which the sender
+    chooses). Otherwise it is ``clock.now(ts)``, the stream clock's estimate from the events'
+    own times (which a passed event moves, ``clock.advance(ts)``). Without a clock, now is the
+    arrival, else the ``ts``. An ``event_id`` that passed within ``dedupe_retention_seconds``
+    before now is a duplicate (None: no duplicate check); then ``gate.check(event, now)`` (None:
+    no rules). A passed event is remembered for duplicate detection; as in the worker, held
+    events are not remembered, so a re-sent held event is checked (and held) again.
 
     >>> from learner.gate.gate import GateConfig, default_gate, default_stream_clock
     >>> events = [ReplayEvent("u1", "v1", "like", 1_000.0, event_id="e1"),
@@ -339,6 +346,16 @@ def gate_stream(
     ...                     dedupe_retention_seconds=3_600)
     >>> [e.event_id for e in gated.accepted], gated.duplicates, dict(gated.held)
     (['e1'], 1, {'future_timestamp': 1})
+
+    With arrival times, an event stamped a day ahead of when it arrived is held, and the events
+    after it are judged against their arrival, not against the forged stamp:
+
+    >>> events = [ReplayEvent("u1", "v1", "view", 1_000.0, arrival=1_000.0),
+    ...           ReplayEvent("u2", "v2", "like", 1_000.0 + 86_400, arrival=1_010.0),  # forged: a day ahead
+    ...           ReplayEvent("u1", "v3", "view", 1_020.0, arrival=1_020.0)]
+    >>> gated = gate_stream(events, default_gate(GateConfig()), clock=default_stream_clock())
+    >>> [e.item for e in gated.accepted], dict(gated.held)
+    (['v1', 'v3'], {'future_timestamp': 1})
     """
     accepted: list[ReplayEvent] = []
     gated = GatedStream(
@@ -355,7 +372,13 @@ def gate_stream(
     for event in events:
         checked += 1
         ts = event.ts
-        now = clock.now(ts) if clock is not None else ts
+        arrival = event.arrival
+        if clock is None:
+            now = ts if arrival is None else arrival
+        elif arrival is None:
+            now = clock.now(ts)
+        else:
+            now = clock.arrive(arrival)
         event_id = event.event_id
         if retention is not None:
             horizon = now - retention
@@ -381,7 +404,7 @@ def gate_stream(
                 held[hold.reason] += 1
                 examples.setdefault(hold.reason, hold.detail)
                 continue
-        if clock is not None:
+        if clock is not None and arrival is None:
             clock.advance(ts)
         if retention is not None and event_id:
             learned[event_id] = now

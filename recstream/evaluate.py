@@ -10,9 +10,10 @@ The checks are the worker's, in its order (``stream/processor.py``): the event c
 that break it are rejected with a reason and counted; they never stop the run), duplicates by
 ``event_id`` within ``RECSTREAM_DEDUPE_RETENTION_SECONDS`` of stream time, then the quality gate
 built from the ``RECSTREAM_GATE_*`` settings with "now" the stream's clock
-(:func:`learner.gate.gate.default_stream_clock`). They run once; every model replays the same
-accepted stream. ``--no-gate`` skips the duplicate check and the gate rules (the contract
-still applies): the stream as a worker without any quality control would learn it, which is
+(:func:`learner.gate.gate.default_stream_clock`: the latest arrival time when the lines' arrivals
+are known, as in ``bench/poisoning.py``; for a file of events alone, the latest accepted
+``ts``). They run once; every model replays the same accepted stream. ``--no-gate`` skips
+the duplicate check and the gate rules (the contract still applies): the stream as a worker without any quality control would learn it, which is
 the reference for measuring what the gate protects against (``bench/poisoning.py``). The
 model guard is not replayed: it pauses one model on its own losses, live.
 """
@@ -27,6 +28,7 @@ import re
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -112,8 +114,14 @@ class Loaded:
         self.examples.setdefault(reason, detail)
 
 
-def load_events(path: Path, limit: int | None = None) -> Loaded:
-    """JSON lines in the event contract; invalid lines are rejected with a reason, never raised."""
+def load_events(path: Path, limit: int | None = None, arrivals: Sequence[float] | None = None) -> Loaded:
+    """JSON lines in the event contract; invalid lines are rejected with a reason, never raised.
+
+    ``arrivals``: when each line reached the broker (seconds since the epoch, one per line of the
+    file, blank lines included), as a broker's log records it; the gate's "now" in the replay is
+    then the latest arrival, as live (:func:`learner.evaluation.gate_stream`). None: unknown, the
+    events' own ``ts`` stand in.
+    """
     from recstream.events import parse_event
 
     loaded = Loaded(events=[])
@@ -136,6 +144,7 @@ def load_events(path: Path, limit: int | None = None) -> Loaded:
                     event.watch_seconds,
                     event.item_duration_seconds,
                     event.event_id,
+                    None if arrivals is None else float(arrivals[number - 1]),
                 )
             )
     return loaded

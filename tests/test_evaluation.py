@@ -180,6 +180,36 @@ def test_a_re_sent_event_is_learned_once_within_the_retention_and_a_held_one_is_
     assert held == {"future_timestamp": 2}
 
 
+def test_with_arrival_times_a_forged_stamp_is_held_and_never_moves_the_replay_clock() -> None:
+    """Now is the latest arrival (the broker's clock), so a stamp weeks ahead cannot make the stream after it late."""
+    day = 86_400.0
+    events = [
+        ReplayEvent("u1", "v1", "view", T0, event_id="e1", arrival=T0),
+        ReplayEvent("bot", "x", "like", T0 + 30 * day, event_id="f1", arrival=T0 + 60),  # a month ahead
+        ReplayEvent("u1", "v2", "view", T0 + 120, event_id="e2", arrival=T0 + 120),
+        ReplayEvent("u2", "v3", "view", T0 + 45 * day, event_id="e3", arrival=T0 + 45 * day),  # a real quiet spell
+        ReplayEvent("u2", "v4", "view", T0 + 45 * day - 600, event_id="e4", arrival=T0 + 45 * day + 5),  # buffered
+        ReplayEvent("u3", "v5", "view", T0 + 20 * day, event_id="e5", arrival=T0 + 45 * day + 9),  # weeks late
+    ]
+    accepted, _, held = _gate_run(events)
+    assert accepted == ["e1", "e2", "e3", "e4"]
+    assert held == {"future_timestamp": 1, "too_late": 1}
+    # Without arrival times (a file of events alone) the stream clock follows the stamps within 90 days,
+    # so the same forged event passes and the real events after it are held as too late.
+    stamps_only = [ReplayEvent(e.user, e.item, e.type, e.ts, event_id=e.event_id) for e in events[:3]]
+    accepted, _, held = _gate_run(stamps_only)
+    assert accepted == ["e1", "f1"] and held == {"too_late": 1}
+
+
+def test_load_events_takes_each_lines_arrival_and_defaults_to_none(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    line = '{{"event_id": "{}", "user_id": "u1", "item_id": "v1", "type": "view", "ts": "2023-11-14T22:13:20Z"}}'
+    path.write_text(f"{line.format('e1')}\nnot json\n\n{line.format('e2')}\n")
+    loaded = evaluate.load_events(path, arrivals=[10.0, 20.0, 30.0, 40.0])
+    assert [(e.event_id, e.arrival) for e in loaded.events] == [("e1", 10.0), ("e2", 40.0)]
+    assert [e.arrival for e in evaluate.load_events(path).events] == [None, None]
+
+
 def test_without_the_checks_every_valid_event_is_learned() -> None:
     events = [ReplayEvent("u1", "v1", "like", T0, event_id="e1")] * 3
     gated = gate_stream(events)

@@ -200,5 +200,6 @@ def default_model_guard(config: GateConfig | None = None) -> ModelGuard:
 
 
 def default_stream_clock(config: GateConfig | None = None) -> StreamClock:
-    """``now`` for replays (``recstream evaluate``): advance it with every event that passed."""
+    """``now`` for replays (``recstream evaluate``): ``arrive(arrival)`` per event when arrival times are known,
+    else ``now(ts)`` before the check and ``advance(ts)`` for every event that passed."""
     return StreamClock((config or GateConfig()).replay_max_gap_seconds)

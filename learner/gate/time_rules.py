@@ -74,7 +74,16 @@ class LatenessRule:
 
 
 class StreamClock:
-    """``now`` for a replay: the latest ``ts`` among events that passed, moved forward by plausible gaps.
+    """``now`` for a replay: the latest arrival time, or, for events without one, the stream's own time.
+
+    Live, "now" is the worker's wall clock when it reads an event: its arrival at the broker,
+    which a client cannot forge. A replay that knows when each event arrived (``arrive``) uses
+    the same: the latest arrival so far, moved by every event, passed or held, and never by a
+    ``ts``; so an event stamped ahead of its arrival is judged by how far ahead it is, whatever
+    the gaps in the data.
+
+    A recorded stream of events alone has only their ``ts``; then (``now`` / ``advance``) the
+    clock follows the latest ``ts`` among events that passed, moved forward by plausible gaps.
 
     A recorded stream has quiet spells far longer than any live clock skew (MovieLens: up to 57
     days between consecutive ratings), so "now" follows an event's own time when it is at most
@@ -88,6 +97,8 @@ class StreamClock:
     1000.0
     >>> clock.advance(1_000.0); clock.now(1_050.0), clock.now(5_000.0), clock.now(900.0)
     (1050.0, 1000.0, 1000.0)
+    >>> clock.arrive(1_020.0), clock.arrive(1_010.0)     # arrivals: monotone
+    (1020.0, 1020.0)
     """
 
     def __init__(self, max_gap_seconds: float = 90 * 86_400.0) -> None:
@@ -103,6 +114,12 @@ class StreamClock:
         return latest
 
     def advance(self, ts: float) -> None:
-        """Call with the ``ts`` of every event that passed the gate."""
+        """Call with the ``ts`` of every event without an arrival time that passed the gate."""
         if self.latest is None or ts > self.latest:
             self.latest = ts
+
+    def arrive(self, arrival: float) -> float:
+        """``now`` for an event that arrived at ``arrival``: the latest arrival so far (call for every event)."""
+        if self.latest is None or arrival > self.latest:
+            self.latest = arrival
+        return self.latest
