@@ -28,6 +28,7 @@ from pathlib import Path
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from api.auth import hash_key, new_key
 from recstream import local_services
 from recstream.components import new_learner
 from recstream.events import parse_event
@@ -182,11 +183,17 @@ def bench_ingest(broker: local_services.LocalService, redis_url: str, n_events: 
 
 def bench_serving(broker: local_services.LocalService, redis_url: str, n_items: int, seconds: float) -> dict:
     run = uuid.uuid4().hex[:6]
+    api_key = new_key()  # measured with authentication on, as in production
+    entry = {"name": "bench", "scopes": ["read", "admin"], "hash": hash_key(api_key)}
     env = {
         "RECSTREAM_BROKER_URL": broker.url,
         "RECSTREAM_REDIS_URL": redis_url,
         "RECSTREAM_REDIS_PREFIX": f"bench-serve-{run}",
         "RECSTREAM_HMAC_KEY": f"bench-{run}",
+        "RECSTREAM_API_KEYS": json.dumps([entry]),
+        # the load generator must not be throttled: this measures serving, not the limiter's refusals
+        "RECSTREAM_RATE_LIMIT_READ_PER_SECOND": "1000000",
+        "RECSTREAM_RATE_LIMIT_READ_BURST": "1000000",
     }
     os.environ.update(env)
     settings = Settings()
@@ -214,7 +221,7 @@ def bench_serving(broker: local_services.LocalService, redis_url: str, n_items: 
         results = {}
         for name, path in (("trivial", "/healthz"), ("recommendations", "/v1/users/u7/recommendations?k=10")):
             out = subprocess.run(
-                [sys.executable, "-m", "bench.load", api.url + path, str(seconds)],
+                [sys.executable, "-m", "bench.load", api.url + path, str(seconds), api_key],
                 capture_output=True,
                 text=True,
                 check=True,
@@ -234,11 +241,11 @@ def bench_serving(broker: local_services.LocalService, redis_url: str, n_items: 
     }
 
 
-def _get(url: str) -> bytes:
+def _get(url: str, api_key: str) -> bytes:
     import httpx
 
     try:
-        return httpx.get(url, timeout=2).content
+        return httpx.get(url, timeout=2, headers={"Authorization": f"Bearer {api_key}"}).content
     except httpx.HTTPError:
         return b""
 

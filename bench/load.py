@@ -1,4 +1,4 @@
-"""A closed-loop HTTP load generator run as a separate process: ``python -m bench.load URL SECONDS``.
+"""A closed-loop HTTP load generator run as a separate process: ``python -m bench.load URL SECONDS [API_KEY]``.
 
 One keep-alive connection, requests back to back, for a fixed time; prints JSON with the
 request count and latency percentiles in milliseconds. Targets 127.0.0.1 only.
@@ -13,12 +13,13 @@ import time
 import httpx
 
 
-def run(url: str, seconds: float) -> dict[str, float]:
+def run(url: str, seconds: float, api_key: str | None = None) -> dict[str, float]:
     if not url.startswith("http://127.0.0.1:"):
         raise SystemExit("bench.load only targets 127.0.0.1")
     latencies: list[float] = []
     errors = 0
-    with httpx.Client(timeout=5) as client:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    with httpx.Client(timeout=5, headers=headers) as client:
         for _ in range(50):  # warm-up
             client.get(url)
         deadline = time.perf_counter() + seconds
@@ -39,4 +40,4 @@ def run(url: str, seconds: float) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(run(sys.argv[1], float(sys.argv[2]))))
+    print(json.dumps(run(sys.argv[1], float(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else None)))

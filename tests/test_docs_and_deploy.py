@@ -42,7 +42,7 @@ def test_compose_runs_the_stack_with_settings_the_code_knows() -> None:
         assert not unknown, f"{name} sets variables the settings do not read: {unknown}"
         assert env["RECSTREAM_BROKER_URL"] == "kafka://kafka:9092"
         assert env["RECSTREAM_REDIS_URL"].startswith("redis://redis:6379")
-        assert "RECSTREAM_HMAC_KEY" in env
+        assert "RECSTREAM_HMAC_KEY" in env and "RECSTREAM_API_KEYS" in env
     assert services["worker"]["command"] == ["recstream", "worker"]
     api_command = services["api"]["command"]
     api_port = api_command[api_command.index("--port") + 1]
