@@ -211,7 +211,7 @@ class ModelStore:
     async def promote(self, version: int, reason: str, actor: str = "operator") -> None:
         """Make ``version`` current (it must exist and verify); API processes swap to it at once.
 
-        The worker notices at its next checkpoint and continues learning from ``version``
+        The worker notices before its next batch and continues learning from ``version``
         (see docs/operations.md for what happens to the events learned since).
         """
         snapshot = await self.load(version)  # raises SnapshotRefused if the tag does not verify

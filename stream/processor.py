@@ -229,6 +229,8 @@ class EventProcessor:
             raise RuntimeError("EventProcessor.start() must run before process()")
         records = list(records)
         async with self._lock:
+            # An operator may have promoted or rolled back since the last batch: learn into that version.
+            await self._adopt_promoted_version()
             # One Redis round trip for the whole batch: which event ids were already learned.
             candidates = [r for r in records if r.offset >= self.next_offsets.get((r.topic, r.partition), 0)]
             parsed = {id(r): parse_event(r.value or b"") for r in candidates}

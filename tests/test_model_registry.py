@@ -68,7 +68,9 @@ async def test_rollback_makes_the_worker_continue_from_the_older_version(store: 
     v2 = await processor.checkpoint()
     assert (v1, v2) == (1, 2)
 
-    # The operator rolls back (say v2 learned a bad batch). The API would swap to v1 at once.
+    # Three more events are learned but not yet checkpointed when the operator rolls back (say v2
+    # learned a bad batch). The API would swap to v1 at once.
+    await processor.process(transport.records(_likes(60, 3)))
     assert await store.rollback(reason="bad batch in v2") == 1
     assert await store.current_version() == 1
     assert (await store.promotions())[-1] | {"at": 0} == {
@@ -79,11 +81,11 @@ async def test_rollback_makes_the_worker_continue_from_the_older_version(store: 
         "actor": "operator",
     }
 
-    # The worker learns a few more events, then checkpoints: it notices the rollback, continues from v1
-    # (the 3 events learned since its own last checkpoint are skipped), and numbers the next version 3.
-    await processor.process(transport.records(_likes(60, 3)))
-    assert await processor.checkpoint() == 1  # adopted v1; nothing learned on top of it yet: no new version
+    # At its next checkpoint the worker adopts v1: the 3 un-checkpointed events are skipped (their
+    # offsets are committed, their ids not recorded as learned), and no new version is needed.
+    assert await processor.checkpoint() == 1
     assert processor.learner.events_learned == 30
+    # Events arriving after the rollback are learned on top of v1; the next version is numbered 3.
     await processor.process(transport.records(_likes(63, 5)))
     v3 = await processor.checkpoint()
     assert v3 == 3

@@ -1,0 +1,78 @@
+"""``/v1/models``: list, inspect, promote, roll back and pin model versions (admin scope)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Path
+from pydantic import BaseModel, Field
+
+from api.deps import AUTH_RESPONSES, ApiState, get_state, require_scope
+from store.model_store import SnapshotRefused
+
+router = APIRouter(tags=["models"], dependencies=[Depends(require_scope("admin"))], responses=AUTH_RESPONSES)
+
+Version = Annotated[int, Path(ge=1, description="A model version number.")]
+
+
+class Reason(BaseModel):
+    reason: str = Field(min_length=1, max_length=500, description="Why (recorded with the promotion).")
+
+
+class Serving(BaseModel):
+    current: int | None = Field(description="The version now current in Redis.")
+    serving: int | None = Field(description="The version this API process serves (swaps within a second).")
+
+
+@router.get("/v1/models")
+async def list_models(state: Annotated[ApiState, Depends(get_state)]) -> dict[str, Any]:
+    """Retained versions (oldest first) with their metadata, and which one is current and served."""
+    served = state.models.model.version if state.models.model else None
+    return {
+        "current": await state.store.current_version(),
+        "serving": served,
+        "versions": await state.store.versions(),
+        "promotions": await state.store.promotions(),
+    }
+
+
+@router.get("/v1/models/{version}")
+async def show_model(version: Version, state: Annotated[ApiState, Depends(get_state)]) -> dict[str, Any]:
+    for meta in await state.store.versions():
+        if meta["version"] == version:
+            return meta
+    raise HTTPException(status_code=404, detail=f"model version {version} is not retained (see GET /v1/models)")
+
+
+@router.post("/v1/models/{version}/promote", response_model=Serving)
+async def promote_model(version: Version, body: Reason, state: Annotated[ApiState, Depends(get_state)]) -> Serving:
+    """Make ``version`` current: every API process serves it within a second; the worker continues from it."""
+    try:
+        await state.store.promote(version, reason=body.reason, actor="api")
+    except KeyError as exc:
+        raise HTTPException(status_code=404, detail=exc.args[0]) from exc
+    except SnapshotRefused as exc:
+        raise HTTPException(status_code=409, detail=str(exc)) from exc
+    await state.models.refresh()
+    return Serving(current=version, serving=state.models.model.version if state.models.model else None)
+
+
+@router.post("/v1/models/rollback", response_model=Serving)
+async def rollback_model(body: Reason, state: Annotated[ApiState, Depends(get_state)]) -> Serving:
+    """Promote the newest retained version older than the current one."""
+    try:
+        version = await state.store.rollback(reason=body.reason, actor="api")
+    except KeyError as exc:
+        raise HTTPException(status_code=409, detail=exc.args[0]) from exc
+    await state.models.refresh()
+    return Serving(current=version, serving=state.models.model.version if state.models.model else None)
+
+
+@router.post("/v1/models/{version}/pin")
+async def pin_model(version: Version, state: Annotated[ApiState, Depends(get_state)], pinned: bool = True) -> dict:
+    """Keep a version beyond retention (``?pinned=false`` to unpin)."""
+    try:
+        await state.store.pin(version, pinned=pinned)
+    except KeyError as exc:
+        raise HTTPException(status_code=404, detail=exc.args[0]) from exc
+    return {"version": version, "pinned": pinned}
