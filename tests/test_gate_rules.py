@@ -216,6 +216,67 @@ def test_item_surge_concentration_catches_a_farm_at_a_cold_start() -> None:
     assert all(results[e] is None for e in crowd)
 
 
+def test_item_surge_holds_a_farm_that_only_views_its_target() -> None:
+    """A view is learned like a like by co-occurrence, so a view-only farm is a promotion attack too."""
+    rule = ItemSurgeRule(new_user_events=20, warmup_positives=2_000)
+    run(rule, background(300, 400, 40, seed=1, start=T0))
+    established = background(300, 400, 10, seed=2, start=T0 + 20_000)
+    bots = [ev(f"bot{k}", "target", "view", T0 + 20_000 + 10 * k) for k in range(300)]  # one view each, no like
+    mixed = sorted(established + bots, key=lambda e: e.ts)
+    results = dict(zip(mixed, run(rule, mixed), strict=True))
+    assert sum(results[b] is None for b in bots) <= 25
+    assert all(results[e] is None for e in established)
+    # the types judged are a setting: judging likes/shares only, the same farm passes
+    likes_only = ItemSurgeRule(new_user_events=20, warmup_positives=2_000, judged_types=frozenset({"like", "share"}))
+    run(likes_only, background(300, 400, 40, seed=1, start=T0))
+    assert run(likes_only, mixed).count(None) == len(mixed)
+
+
+def test_item_surge_counts_likes_apart_so_camouflage_views_do_not_dilute_a_farms_likes() -> None:
+    """Cold start (concentration only): each bot views 4 of 50 popular items, then views and likes the target.
+
+    Over all interactions the target draws under a fifth of the new users' attempts; over likes, nearly all.
+    """
+    rule = ItemSurgeRule(new_user_events=20, cooldown=0)
+    crowd = background(2_000, 3_000, 3, seed=4, start=T0)
+    rnd = random.Random(5)
+    bots: list[GateEvent] = []
+    for k in range(900):
+        t = T0 + 6.5 * k + 0.5
+        bots += [ev(f"bot{k}", f"i{rnd.randrange(50)}", "view", t + j) for j in range(4)]
+        bots += [ev(f"bot{k}", "target", "view", t + 4), ev(f"bot{k}", "target", "like", t + 5)]
+    mixed = sorted(crowd + bots, key=lambda e: e.ts)
+    results = dict(zip(mixed, run(rule, mixed), strict=True))
+    likes = [b for b in bots if b.type == "like"]
+    assert sum(results[b] is None for b in likes) <= 40
+    assert sum(results[e] is not None for e in crowd) <= 0.01 * len(crowd)
+    target_share = sum(b.item_id == "target" for b in bots) / (len(bots) + len(crowd))
+    assert target_share < rule.max_new_concentration  # what a single all-interaction count would see
+
+
+def test_item_surge_cools_an_item_down_after_a_surge() -> None:
+    """Once an item surged, new users' interactions with it stay held for ``cooldown`` interactions.
+
+    The farm pauses while ordinary newcomers dilute its concentration, then resumes slowly: below
+    every threshold, held only because the item is cooling down; without a cool-down it passes.
+    """
+
+    def scenario(cooldown: int) -> tuple[list[Hold | None], list[Hold | None]]:
+        rule = ItemSurgeRule(new_user_events=20, stream_memory=1_000, cooldown=cooldown)
+        burst = [ev(f"bot{k}", "target", "like", T0 + k) for k in range(60)]
+        newcomers = [ev(f"n{k}", f"i{k % 500}", "like", T0 + 100 + k) for k in range(3_000)]  # 3 windows
+        resumed = [ev(f"late{k}", "target", kind, T0 + 4_000 + 10 * k) for k in range(10) for kind in ("view", "like")]
+        first = run(rule, burst)
+        assert all(h is None for h in run(rule, newcomers))
+        return first, run(rule, resumed)
+
+    first, resumed = scenario(cooldown=5_000)
+    assert sum(h is not None for h in first) >= 35
+    assert all(h is not None and "cooling down" in h.detail for h in resumed)
+    _, resumed = scenario(cooldown=0)
+    assert all(h is None for h in resumed)
+
+
 def test_item_surge_memory_is_capped() -> None:
     rule = ItemSurgeRule(max_items=100, max_users=500, user_idle_seconds=60)
     run(rule, [ev(f"u{k}", f"i{k}", "like", T0 + k) for k in range(2_000)])
@@ -402,10 +463,13 @@ def test_default_gate_holds_a_bot_farm_mixed_into_movielens() -> None:
     gate = default_gate(GateConfig())
     holds, _ = replay(gate, mixed)
     bot_likes = [h for e, h in zip(mixed, holds, strict=True) if e.user_id.startswith("bot") and e.type == "like"]
+    bot_views = [h for e, h in zip(mixed, holds, strict=True) if e.user_id.startswith("bot") and e.type == "view"]
     ordinary = [h for e, h in zip(mixed, holds, strict=True) if not e.user_id.startswith("bot")]
-    passed = sum(h is None for h in bot_likes)
+    passed, views_passed = sum(h is None for h in bot_likes), sum(h is None for h in bot_views)
     print(
-        f"\nbot farm: {bots / len(mixed):.1%} of events, {passed} of {len(bot_likes)} bot likes passed; {gate.counts}"
+        f"\nbot farm: {bots / len(mixed):.1%} of events, {passed} of {len(bot_likes)} bot likes and {views_passed} of "
+        f"{len(bot_views)} views passed; {gate.counts}"
     )
     assert passed <= 50  # MovieLens' most liked film has ~280 likes: the target stays far below
+    assert views_passed <= 50  # views are judged too (co-occurrence learns a view like a like)
     assert sum(h is not None for h in ordinary) <= 0.01 * len(ordinary)

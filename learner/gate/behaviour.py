@@ -2,8 +2,9 @@
 
 * :class:`UserRateRule` (``user_rate``): one user's events, or likes+shares, per sliding window
   beyond what a person does in a feed.
-* :class:`ItemSurgeRule` (``item_surge``): positives on one item coming mostly from users new to
-  the system, far more than positives in general do (promotion attacks, brigading, bot farms).
+* :class:`ItemSurgeRule` (``item_surge``): interactions (views, likes, shares) with one item coming
+  mostly from users new to the system, far more than in general (promotion attacks, brigading, bot
+  farms); a surging item then cools down, every new-user interaction with it held for a while.
 * :class:`AnomalousBehaviourRule` (``anomalous_behaviour``): River's Half-Space Trees scoring
   per-event behaviour features, holding scores above a running quantile once warmed up.
 
@@ -216,28 +217,39 @@ class EstablishedUsers:
 
 
 class ItemSurgeRule:
-    """Holds positives from new users on an item whose positives come from new users far more than usual.
+    """Holds new users' interactions with an item they flock to far more than new users usually do.
 
-    A user is *new* until ``new_user_events`` of their events have passed the gate. A like or
-    share from a new user is held when the item has at least ``min_new_positives`` new-user
-    positives (weighted, this one included) and either
+    A user is *new* until ``new_user_events`` of their events have passed the gate. Every
+    interaction type is judged (``judged_types``, None: all), views included: a recommender
+    that learns from views (co-occurrence does, at the weight of a like) is promoted by a farm
+    that only views an item as surely as by one that likes it. An interaction from a new user is
+    held when the item has at least ``min_new_positives`` new-user interactions (weighted, this
+    one included) and either
 
     * **skewed audience**: they are at least ``min_new_share`` of the item's own last
-      ~``item_memory`` positives, and that share exceeds the stream's share of new-user positives
-      (over its last ~``stream_memory`` passed positives) by at least ``min_lift``. This catches a
-      farm of any speed on any item, once ``warmup_positives`` positives have passed: at a cold
-      start (a new system, or a restart without the established users, see :class:`EstablishedUsers`)
-      every user is new, and the popular items' audience is newer than the heavy users who
-      dominate the stream's positives (MovieLens 1996 tripped it on Pulp Fiction and Apollo 13);
+      ~``item_memory`` interactions, and that share exceeds the stream's share of new-user
+      interactions (over its last ~``stream_memory`` passed ones) by at least ``min_lift``. This
+      catches a farm of any speed on any item, once ``warmup_positives`` judged interactions have
+      passed: at a cold start (a new system, or a restart without the established users, see
+      :class:`EstablishedUsers`) every user is new, and the popular items' audience is newer than
+      the heavy users who dominate the stream (MovieLens 1996 tripped it on Pulp Fiction and
+      Apollo 13);
     * **concentration**: the item has drawn at least ``max_new_concentration`` of all new-user
-      positive attempts over the stream's last ~``stream_memory`` positives. Real new users spread
-      their likes over many items; a farm piles onto one, which this sees even at a cold start.
+      interaction attempts over the stream's last ~``stream_memory`` interactions, or of all
+      new-user like/share attempts over its last ~``stream_memory`` likes/shares (counted apart:
+      a farm's likes all go to its target, while its views are spread over camouflage; real new
+      users spread both over many items). This works at a cold start too.
+
+    Once this rule holds an interaction with an item, the item **cools down**: every new-user
+    interaction with it is held until ``cooldown`` more interactions have been judged (default
+    ``stream_memory``), each hold restarting the count, so an attack that slipped in below the
+    thresholds stops growing the moment it is seen and stays held while it lasts.
 
     Held attempts count for the item (and for the concentration), so an attack stays held while
-    it lasts; positives from established users are never held by this rule. Windows count
-    positives, not seconds, so a replay's quiet days neither reset nor dilute them.
+    it lasts; interactions of established users are never held by this rule. Windows count
+    interactions, not seconds, so a replay's quiet days neither reset nor dilute them.
 
-    Memory: one record (~0.3 kB) per item, least-recently-liked forgotten beyond ``max_items``;
+    Memory: one record (~0.3 kB) per item, least-recently-touched forgotten beyond ``max_items``;
     one (~0.25 kB) per user seen in the last ``user_idle_seconds``, at most ``max_users`` (an
     evicted user's progress towards established is lost; established users stay known through
     :class:`EstablishedUsers`, 2 × 1.2 bytes × ``established_capacity``).
@@ -247,8 +259,11 @@ class ItemSurgeRule:
     >>> for e in bots[:2]:
     ...     assert rule.check(e, e.ts) is None
     ...     rule.observe(e, e.ts)
-    >>> rule.check(bots[2], bots[2].ts).reason      # every new-user like so far went to one item
+    >>> hold = rule.check(bots[2], bots[2].ts); hold.reason  # every new-user like so far went to one item
     'item_surge'
+    >>> rule.observe_held(bots[2], bots[2].ts, hold)         # now cooling down: a new user's view is held too
+    >>> rule.check(GateEvent("v", "bot9", "target", "view", 1_010.0), 1_010.0).detail[:40]
+    'new-user view of an item cooling down af'
     """
 
     codes: tuple[str, ...] = ("item_surge",)
@@ -267,10 +282,14 @@ class ItemSurgeRule:
         max_items: int = 500_000,
         max_users: int = 500_000,
         established_capacity: int = 5_000_000,
+        judged_types: frozenset[str] | None = None,
         positive_types: frozenset[str] = POSITIVE_TYPES,
+        cooldown: int | None = None,
     ) -> None:
         if new_user_events < 1 or item_memory < 1 or stream_memory < 1:
             raise ValueError("new_user_events, item_memory and stream_memory must be >= 1")
+        if cooldown is not None and cooldown < 0:
+            raise ValueError("cooldown must be >= 0")
         self.new_user_events = new_user_events
         self.min_new_positives = min_new_positives
         self.min_new_share = min_new_share
@@ -282,14 +301,20 @@ class ItemSurgeRule:
         self.user_idle_seconds = user_idle_seconds
         self.max_items = max_items
         self.max_users = max_users
+        self.judged_types = judged_types
         self.positive_types = positive_types
+        self.cooldown = stream_memory if cooldown is None else cooldown
         self.established = EstablishedUsers(established_capacity)
-        self._stream_new_share = 1.0  # of passed positives; a fresh worker starts with "everyone is new"
-        self._passed_positives = 0
-        self._stream_new = 0.0  # new-user positive attempts, weighted over the stream's last positives
-        self._clock = 0  # positives counted so far (the stream windows' clock)
-        # item -> [new-user positives, all positives] weighted over the item's own last positives,
-        #         [new-user positives weighted over the stream's, clock when last updated]; least recently liked first
+        self._stream_new_share = 1.0  # of passed interactions; a fresh worker starts with "everyone is new"
+        self._passed = 0
+        # per channel (0: every judged interaction, 1: likes/shares): new-user attempts weighted over the
+        # channel's last interactions, and the channel's clock (interactions counted so far)
+        self._stream_new = [0.0, 0.0]
+        self._clocks = [0, 0]
+        # item -> [new-user interactions, all interactions] weighted over the item's own last interactions,
+        #         cool-down end (on the all channel's clock),
+        #         then per channel: [new-user attempts weighted over the channel's, channel clock when last updated];
+        #         least recently touched first
         self._items: OrderedDict[str, list[float]] = OrderedDict()
         # user -> [events passed (capped at new_user_events), now last seen]; established users stay here as a
         # cache in front of the Bloom filters while active
@@ -301,14 +326,21 @@ class ItemSurgeRule:
             return state[0]
         return float(self.new_user_events) if user in self.established else 0.0
 
-    def check(self, event: GateEvent, now: float) -> Hold | None:  # noqa: ARG002 - windows count positives
-        if event.type not in self.positive_types:
+    def check(self, event: GateEvent, now: float) -> Hold | None:  # noqa: ARG002 - windows count interactions
+        judged = self.judged_types
+        if judged is not None and event.type not in judged:
             return None
         if self._history(event.user_id) >= self.new_user_events:
             return None
         state = self._items.get(event.item_id)
         if state is None:
             return None if self.min_new_positives > 1 else self._hold(1.0, 1.0, 1.0)
+        if state[2] > self._clocks[0]:
+            return Hold(
+                "item_surge",
+                f"new-user {event.type} of an item cooling down after a surge from new users "
+                f"({state[2] - self._clocks[0]:.0f} interactions to go)",
+            )
         decay = self._item_decay
         new = state[0] * decay + 1.0
         if new < self.min_new_positives:
@@ -317,41 +349,54 @@ class ItemSurgeRule:
         if (
             share >= self.min_new_share
             and share - self._stream_new_share >= self.min_lift
-            and self._passed_positives >= self.warmup_positives
+            and self._passed >= self.warmup_positives
         ):
             return self._hold(new, share, None)
-        stream_decay = self._stream_decay
-        item_in_stream = state[2] * stream_decay ** (self._clock - state[3]) * stream_decay + 1.0
-        if item_in_stream < self.min_new_positives:
-            return None
-        concentration = item_in_stream / (self._stream_new * stream_decay + 1.0)
-        if concentration >= self.max_new_concentration:
-            return self._hold(new, share, concentration)
+        for channel in (0, 1) if event.type in self.positive_types else (0,):
+            concentration = self._concentration(state, channel)
+            if concentration is not None and concentration >= self.max_new_concentration:
+                return self._hold(new, share, concentration, channel)
         return None
 
-    def _hold(self, new: float, share: float, concentration: float | None) -> Hold:
-        if concentration is None:
-            why = f"{share:.0%} of its recent positives ({new:.0f}) against {self._stream_new_share:.0%} for the stream"
-        else:
-            why = f"{concentration:.0%} of all recent new-user likes/shares went to this item"
-        return Hold("item_surge", f"surge of likes/shares from new users: {why}")
+    def _concentration(self, state: list[float], channel: int) -> float | None:
+        """The item's share of the channel's recent new-user attempts, this one included (None: too few)."""
+        decay = self._stream_decay
+        at = 3 + 2 * channel
+        item_in_stream = state[at] * decay ** (self._clocks[channel] - state[at + 1]) * decay + 1.0
+        if item_in_stream < self.min_new_positives:
+            return None
+        return item_in_stream / (self._stream_new[channel] * decay + 1.0)
 
-    def _count(self, is_new: bool, item: str) -> None:
-        self._clock += 1
-        stream_decay = self._stream_decay
-        self._stream_new = self._stream_new * stream_decay + is_new
+    def _hold(self, new: float, share: float, concentration: float | None, channel: int = 0) -> Hold:
+        if concentration is None:
+            stream = self._stream_new_share
+            why = f"{share:.0%} of its recent interactions ({new:.0f}) against {stream:.0%} for the stream"
+        else:
+            kind = "likes/shares" if channel else "interactions"
+            why = f"{concentration:.0%} of all recent new-user {kind} went to this item"
+        return Hold("item_surge", f"surge from new users: {why}")
+
+    def _count(self, is_new: bool, item: str, positive: bool) -> list[float]:
+        decay = self._stream_decay
+        clocks, stream_new = self._clocks, self._stream_new
         items = self._items
         state = items.pop(item, None)
         if state is None:
-            state = [0.0, 0.0, 0.0, self._clock]
-        decay = self._item_decay
-        state[0] = state[0] * decay + is_new
-        state[1] = state[1] * decay + 1.0
-        state[2] = state[2] * stream_decay ** (self._clock - state[3]) + is_new
-        state[3] = self._clock
+            state = [0.0, 0.0, 0.0, 0.0, clocks[0], 0.0, clocks[1]]
+        for channel in (0, 1) if positive else (0,):
+            clocks[channel] += 1
+            clock = clocks[channel]
+            stream_new[channel] = stream_new[channel] * decay + is_new
+            at = 3 + 2 * channel
+            state[at] = state[at] * decay ** (clock - state[at + 1]) + is_new
+            state[at + 1] = clock
+        item_decay = self._item_decay
+        state[0] = state[0] * item_decay + is_new
+        state[1] = state[1] * item_decay + 1.0
         items[item] = state
         if len(items) > self.max_items:
             items.popitem(last=False)
+        return state
 
     def observe(self, event: GateEvent, now: float) -> None:
         user = event.user_id
@@ -363,11 +408,12 @@ class ItemSurgeRule:
                 state = [float(self.new_user_events), now]
             else:
                 state = [0.0, now]
-        if event.type in self.positive_types:
+        judged = self.judged_types
+        if judged is None or event.type in judged:
             is_new = state[0] < self.new_user_events
-            self._count(is_new, event.item_id)
-            self._passed_positives += 1
-            rate = max(1.0 / self._passed_positives, 1.0 - self._stream_decay)  # plain mean until the window fills
+            self._count(is_new, event.item_id, event.type in self.positive_types)
+            self._passed += 1
+            rate = max(1.0 / self._passed, 1.0 - self._stream_decay)  # plain mean until the window fills
             self._stream_new_share += rate * (is_new - self._stream_new_share)
         if state[0] < self.new_user_events:
             state[0] += 1.0
@@ -378,12 +424,13 @@ class ItemSurgeRule:
         _evict(users, now - self.user_idle_seconds, self.max_users, 1)
 
     def observe_held(self, event: GateEvent, now: float, hold: Hold) -> None:  # noqa: ARG002
-        """A held new-user positive still counts for its item, so the attack stays visible while it lasts."""
-        self._count(True, event.item_id)
+        """A held new-user interaction still counts for its item, and (re)starts the item's cool-down."""
+        state = self._count(True, event.item_id, event.type in self.positive_types)
+        state[2] = self._clocks[0] + self.cooldown
 
     @property
     def stream_new_share(self) -> float:
-        """Share of passed likes/shares that came from new users, over the stream's recent positives."""
+        """Share of passed judged interactions that came from new users, over the stream's recent ones."""
         return self._stream_new_share
 
 
