@@ -18,7 +18,7 @@ from api.hygiene import BodyLimitMiddleware, SecurityHeadersMiddleware, add_docs
 from api.model_holder import ModelHolder
 from api.producer import EventProducer
 from api.rate_limit import RateLimiter
-from api.routes import events, gate, health, models, recommendations
+from api.routes import dashboard, events, gate, health, models, recommendations, stats
 from recstream import components, metrics
 from recstream.events import Event
 from recstream.settings import Settings
@@ -89,6 +89,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(recommendations.router)
     app.include_router(gate.router)
     app.include_router(models.router)
+    app.include_router(stats.router)
+    app.include_router(dashboard.router)
     app.include_router(health.router)
 
     @app.exception_handler(RequestValidationError)

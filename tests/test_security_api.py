@@ -28,6 +28,7 @@ ENDPOINTS = [
     ("POST", "/v1/scores", {"user_id": "u1", "item_ids": ["v1"]}, "read"),
     ("GET", "/v1/gate", None, "admin"),
     ("POST", "/v1/gate/resume", None, "admin"),
+    ("GET", "/v1/stats", None, "admin"),
     ("GET", "/v1/models", None, "admin"),
     ("GET", "/v1/models/1", None, "admin"),
     ("POST", "/v1/models/1/promote", {"reason": "security test"}, "admin"),

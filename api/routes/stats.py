@@ -1,0 +1,79 @@
+"""``GET /v1/stats``: one JSON summary of the live system for operators and the built-in dashboard."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from prometheus_client import REGISTRY
+
+from api.deps import AUTH_RESPONSES, ApiState, get_state, require_scope
+
+router = APIRouter(tags=["operations"], dependencies=[Depends(require_scope("admin"))], responses=AUTH_RESPONSES)
+
+
+def latency_by_route() -> dict[str, dict[str, float]]:
+    """Requests and estimated p50/p99 (upper bucket bounds) per route, from this process's histogram."""
+    buckets: dict[str, dict[float, float]] = {}
+    counts: dict[str, float] = {}
+    for family in REGISTRY.collect():
+        if family.name != "recstream_http_request_duration_seconds":
+            continue
+        for sample in family.samples:
+            route = sample.labels.get("route", "?")
+            if sample.name.endswith("_bucket"):
+                bound = float(sample.labels["le"])
+                per_route = buckets.setdefault(route, {})
+                per_route[bound] = per_route.get(bound, 0.0) + sample.value
+            elif sample.name.endswith("_count"):
+                counts[route] = counts.get(route, 0.0) + sample.value
+    out = {}
+    for route, cumulative in buckets.items():
+        total = counts.get(route, 0.0)
+        if not total:
+            continue
+        ordered = sorted(cumulative.items())
+
+        def quantile(q: float, ordered: list[tuple[float, float]] = ordered, total: float = total) -> float:
+            return next((bound for bound, c in ordered if c >= q * total), float("inf"))
+
+        out[route] = {"requests": total, "p50_seconds": quantile(0.5), "p99_seconds": quantile(0.99)}
+    return out
+
+
+@router.get("/v1/stats")
+async def stats(state: Annotated[ApiState, Depends(get_state)]) -> dict[str, Any]:
+    store = state.store
+    versions = await store.versions()
+    current = await store.current_version()
+    meta = next((v for v in versions if v["version"] == current), {})
+    created = meta.get("created")
+    age = time.time() - datetime.fromisoformat(created).timestamp() if created else None
+    serving = state.models.model
+    return {
+        "time": time.time(),
+        "model": {
+            "current": current,
+            "serving": serving.version if serving else None,
+            "kind": meta.get("model", {}).get("kind"),
+            "events_learned": meta.get("events_learned", 0),
+            "events_labelled": meta.get("events_labelled", 0),
+            "events_rejected": meta.get("events_rejected", 0),
+            "progressive_auc": meta.get("progressive_auc"),
+            "progressive_logloss": meta.get("progressive_logloss"),
+            "checkpoint_age_seconds": age,
+            "offsets": meta.get("offsets", {}),
+        },
+        "versions": [
+            {
+                key: v.get(key)
+                for key in ("version", "created", "events_learned", "progressive_auc", "parent", "current", "pinned")
+            }
+            for v in versions
+        ],
+        "gate": await store.gate_counts(),
+        "guard": await store.guard_status(),
+        "api": latency_by_route(),
+    }
