@@ -18,6 +18,7 @@ import recstream.metrics  # noqa: F401 - registers every metric
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "deploy/prometheus/alerts.yml"
 PROMETHEUS = ROOT / "deploy/prometheus/prometheus.yml"
+ALERT_TESTS = ROOT / "deploy/prometheus/alerts.test.yml"
 DASHBOARD = ROOT / "deploy/grafana/dashboards/recstream.json"
 NAME = re.compile(r"\brecstream_[a-z0-9_]+")
 
@@ -87,6 +88,24 @@ def test_a_real_prometheus_accepts_the_rules_and_the_config() -> None:
     assert "SUCCESS: 10 rules found" in rules.stdout
     config = subprocess.run([promtool, "check", "config", str(PROMETHEUS)], capture_output=True, text=True, timeout=60)
     assert config.returncode == 0, config.stdout + config.stderr
+
+
+def test_alert_rules_pass_their_promtool_unit_tests() -> None:
+    """alerts.test.yml: tested alerts fire when they should (labels, annotations, `for`) and stay quiet otherwise."""
+    promtool = _promtool()
+    cases = [case for test in yaml.safe_load(ALERT_TESTS.read_text())["tests"] for case in test["alert_rule_test"]]
+    tested = {case["alertname"] for case in cases}
+    fires = {case["alertname"] for case in cases if case.get("exp_alerts")}
+    assert len(fires) >= 3, f"at least three alerts need a firing case: {sorted(fires)}"
+    for name in fires:
+        assert any(c["alertname"] == name and not c.get("exp_alerts") for c in cases), f"{name}: no non-firing case"
+    names = {rule["alert"] for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]}
+    assert tested <= names, f"tests for unknown alerts: {sorted(tested - names)}"
+    result = subprocess.run(
+        [promtool, "test", "rules", str(ALERT_TESTS)], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
 
 
 def test_grafana_is_provisioned_with_the_dashboard_and_prometheus() -> None:
