@@ -121,10 +121,17 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
 def _export_lag(app: faust.App, processor: EventProcessor, topic: str) -> None:
     """Consumer lag per partition: the broker's high watermark minus the next offset to learn."""
     consumer = app.consumer
-    for tp in consumer.assignment():
+    try:
+        assigned = list(consumer.assignment())
+    except Exception:  # noqa: BLE001 - not assigned yet (rebalancing): nothing to report
+        return
+    for tp in assigned:
         if tp.topic != topic:
             continue
-        highwater = consumer.highwater(tp)
+        try:
+            highwater = consumer.highwater(tp)
+        except Exception:  # noqa: BLE001 - no fetch response for this partition yet
+            continue
         if highwater is not None:
             lag = max(0, highwater - processor.next_offsets.get((tp.topic, tp.partition), 0))
             metrics.CONSUMER_LAG.labels(str(tp.partition)).set(lag)
