@@ -1,0 +1,133 @@
+"""The live page in headless Chromium against a running service with traffic: numbers move, rollback works.
+
+Writes a screenshot to ``$RECSTREAM_TEST_ARTIFACTS`` (default ``test-artifacts/``) as a test artefact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from recstream import local_services
+from tests.cdp import Browser, chromium_path, open_page
+from tests.clock import iso
+from tests.conftest import TEST_API_KEY, api_client, wait_for
+from tests.kafka_io import CheckpointReader, produce_events
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+ARTIFACTS = Path(os.environ.get("RECSTREAM_TEST_ARTIFACTS", "test-artifacts"))
+
+
+def _chromium() -> None:
+    if chromium_path() is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing in CI: .ci/run installs Debian's chromium package")
+        pytest.skip("chromium not installed (apt-get install chromium); CI installs it")
+
+
+def test_live_page_shows_the_stream_and_rolls_back(
+    service_env: dict[str, str], processes: list[local_services.LocalService]
+) -> None:
+    _chromium()
+    broker, topic = service_env["RECSTREAM_BROKER_URL"], service_env["RECSTREAM_TOPIC_EVENTS"]
+    checkpoints = CheckpointReader(service_env["RECSTREAM_REDIS_URL"], service_env["RECSTREAM_REDIS_PREFIX"])
+    worker = local_services.start_worker(service_env)
+    processes.append(worker)
+    api = local_services.start_api(service_env)
+    processes.append(api)
+    client = api_client(api, timeout=10)
+
+    stop_traffic = threading.Event()
+
+    def traffic() -> None:
+        n = 0
+        while not stop_traffic.is_set():
+            batch = [
+                {
+                    "event_id": f"b{k}",
+                    "user_id": f"u{k % 9}",
+                    "item_id": f"v{k % 17}",
+                    "type": "like",
+                    "ts": iso(k * 0.1),
+                }
+                for k in range(n, n + 20)
+            ]
+            produce_events(broker, topic, batch)
+            n += 20
+            stop_traffic.wait(0.3)
+
+    publisher = threading.Thread(target=traffic, daemon=True)
+    publisher.start()
+    browser = Browser()
+
+    async def drive() -> tuple[int, int]:
+        ws, page = await open_page(browser)
+        try:
+            await page.send("Page.navigate", url=f"{api.url}/dashboard")
+            await page.wait_for("document.readyState === 'complete'", 10, "the page to load")
+            # The operator types the admin key into the form and connects.
+            await page.evaluate(
+                f"document.getElementById('key').value = {json.dumps(TEST_API_KEY)};"
+                "document.getElementById('login').requestSubmit(); true"
+            )
+            first = await page.wait_for(
+                "(t => t && t !== '–' ? Number(t.replace(/[^0-9]/g, '')) : 0)"
+                "(document.getElementById('t-learned').textContent)",
+                30,
+                "the page to show events learned",
+            )
+            await page.wait_for(
+                f"Number(document.getElementById('t-learned').textContent.replace(/[^0-9]/g, '')) > {first}",
+                30,
+                "the events-learned number to move",
+            )
+            await page.wait_for("document.querySelectorAll('#versions tbody tr').length >= 2", 30, "two versions")
+            stop_traffic.set()
+            publisher.join(10)
+            # Quiet stream: the version on screen settles to the current one.
+            wait_for(lambda: checkpoints.learned() > 0 and _settled(checkpoints), 20, "the worker to settle")
+            before = checkpoints.version()
+            await page.wait_for(
+                f"document.getElementById('t-model').textContent.startsWith('v{before} ')", 20, "the current version"
+            )
+            await page.evaluate("setTimeout(() => document.getElementById('rollback').click(), 0); true")
+            asked = await page.answer_prompt("rolled back by the browser test")
+            assert "roll back" in asked
+            after_text = await page.wait_for(
+                f"(t => t.startsWith('v') && !t.startsWith('v{before} ') ? t : '')"
+                "(document.getElementById('t-model').textContent)",
+                20,
+                "the page to show the rolled-back version",
+            )
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            await page.screenshot(str(ARTIFACTS / "dashboard.png"))
+            return before, int(str(after_text).split(" ")[0][1:])
+        finally:
+            await ws.close()
+
+    try:
+        before, after = asyncio.run(drive())
+        assert after < before
+        models = client.get("/v1/models").json()
+        assert models["current"] == after
+        assert models["promotions"][-1]["reason"] == "rolled back by the browser test"
+        assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+    finally:
+        stop_traffic.set()
+        browser.stop()
+        client.close()
+        checkpoints.close()
+
+
+def _settled(checkpoints: CheckpointReader) -> bool:
+    """True once the current version stays the same across a quiet second (the stream has stopped)."""
+    version = checkpoints.version()
+    time.sleep(1.0)  # the observation window itself, not a wait for a condition
+    return checkpoints.version() == version
