@@ -3,7 +3,10 @@
 Metrics are over a sliding window so they show the model as it is now, not its history.
 
 >>> pm = ProgressiveMetrics(window=100)
->>> pm.update(1.0, 0.9); pm.update(0.0, 0.2)
+>>> pm.update(1.0, 0.9)
+>>> pm.auc  # one class only: undefined
+nan
+>>> pm.update(0.0, 0.2)
 >>> round(pm.auc, 2), pm.count
 (1.0, 2)
 """
@@ -11,6 +14,7 @@ Metrics are over a sliding window so they show the model as it is now, not its h
 from __future__ import annotations
 
 import math
+from collections import deque
 
 from river import metrics, utils
 
@@ -22,17 +26,27 @@ class ProgressiveMetrics:
         self.window = window
         self._auc = metrics.RollingROCAUC(window_size=window)
         self._logloss = utils.Rolling(metrics.LogLoss, window_size=window)
+        self._labels: deque[bool] = deque(maxlen=window)
+        self._positives = 0
         self.count = 0
 
     def update(self, y: float, p: float) -> None:
         p = min(max(p, 1e-7), 1 - 1e-7)
-        self._auc.update(y > 0.5, p)
-        self._logloss.update(y > 0.5, p)
+        label = y > 0.5
+        if len(self._labels) == self._labels.maxlen:
+            self._positives -= self._labels[0]
+        self._labels.append(label)
+        self._positives += label
+        self._auc.update(label, p)
+        self._logloss.update(label, p)
         self.count += 1
 
     @property
     def auc(self) -> float:
-        return float(self._auc.get()) if self.count else math.nan
+        """NaN until the window holds both a positive and a negative (AUC is undefined before)."""
+        if not 0 < self._positives < len(self._labels):
+            return math.nan
+        return float(self._auc.get())
 
     @property
     def logloss(self) -> float:
