@@ -1,5 +1,12 @@
 """Per-key rate limits: the settings' rate and burst per scope, enforced with Redis token buckets.
 
+Leases: a process takes tokens from Redis in leases of ``LEASE_FRACTION`` of the bucket (at least
+one) and spends them locally, so a busy key costs one Redis round trip per lease instead of one per
+request. Tokens are taken from Redis before they are spent, so the limit is never exceeded; it can
+under-grant by at most one unspent lease per API process. With small buckets
+(under 1 / ``LEASE_FRACTION`` tokens) every request still goes to Redis. A leased token not spent
+within ``LEASE_SECONDS`` is dropped, so an idle process does not keep tokens others could use.
+
 Fail-open: when Redis cannot be reached the request goes through (and a warning is logged at
 most once a minute). Authentication never depends on Redis, so only already-authenticated keys
 get through unmetered, while recommendations already fail without Redis and ingest keeps
@@ -18,6 +25,8 @@ from store.rate_limit import TokenBuckets
 log = logging.getLogger(__name__)
 
 WARN_EVERY_SECONDS = 60.0
+LEASE_FRACTION = 0.05
+LEASE_SECONDS = 1.0
 
 
 class RateLimiter:
@@ -29,14 +38,27 @@ class RateLimiter:
             "admin": (settings.rate_limit_admin_per_second, settings.rate_limit_admin_burst),
         }
         self._warned_at = -math.inf
+        self._leases: dict[tuple[str, str], tuple[int, float]] = {}  # (key, scope) -> (tokens left, taken at)
 
     async def retry_after(self, key_name: str, scope: Scope) -> int | None:
         """None when the request may proceed, else the whole seconds to wait (≥ 1) for ``Retry-After``."""
         if self.buckets is None:
             return None
         rate, burst = self.limits[scope]
+        lease_key = (key_name, scope)
+        left, taken_at = self._leases.get(lease_key, (0, 0.0))
+        now = time.monotonic()
+        if left > 0 and now - taken_at < LEASE_SECONDS:
+            self._leases[lease_key] = (left - 1, taken_at)
+            return None
+        lease = max(1, int(burst * LEASE_FRACTION))
         try:
-            decision = await self.buckets.take(key_name, scope, rate, burst)
+            decision = await self.buckets.take(key_name, scope, rate, burst, cost=lease)
+            if decision.allowed:
+                self._leases[lease_key] = (lease - 1, now)
+                return None
+            if lease > 1:  # not enough for a lease: maybe still one token
+                decision = await self.buckets.take(key_name, scope, rate, burst)
         except Exception as exc:  # noqa: BLE001 - fail open, see the module docstring
             now = time.monotonic()
             if now - self._warned_at >= WARN_EVERY_SECONDS:

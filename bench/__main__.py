@@ -214,7 +214,7 @@ def bench_serving(broker: local_services.LocalService, redis_url: str, n_items: 
     api = local_services.start_api(env)
     try:
         _wait(
-            lambda: b'"model_version":1' in _get(f"{api.url}/v1/users/u7/recommendations"),
+            lambda: b'"model_version":1' in _get(f"{api.url}/v1/users/u7/recommendations", api_key),
             30,
             "the API to load the model",
         )
