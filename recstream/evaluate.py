@@ -13,8 +13,9 @@ built from the ``RECSTREAM_GATE_*`` settings with "now" the stream's clock
 (:func:`learner.gate.gate.default_stream_clock`: the latest arrival time when the lines' arrivals
 are known, as in ``bench/poisoning.py``; for a file of events alone, the latest accepted
 ``ts``). They run once; every model replays the same accepted stream. ``--no-gate`` skips
-the duplicate check and the gate rules (the contract still applies): the stream as a worker without any quality control would learn it, which is
-the reference for measuring what the gate protects against (``bench/poisoning.py``). The
+the duplicate check and the gate rules (the contract still applies): the stream as a worker
+without any quality control would learn it, which is the reference for measuring what the gate
+protects against (``bench/poisoning.py``). The
 model guard is not replayed: it pauses one model on its own losses, live.
 """
 
