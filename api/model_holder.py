@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from datetime import datetime
 
 from learner.serving import ServingModel
 from recstream import metrics
@@ -51,6 +53,9 @@ class ModelHolder:
         model = await asyncio.to_thread(ServingModel.from_bytes, snapshot.blob, snapshot.version)
         self.model = model
         metrics.MODEL_VERSION.labels("api").set(model.version)
+        created = snapshot.meta.get("created")
+        if created:
+            metrics.MODEL_SWAP_DELAY.observe(max(0.0, time.time() - datetime.fromisoformat(created).timestamp()))
         log.info("serving model v%d (%d events learned)", model.version, model.events_learned)
 
     async def start(self) -> None:

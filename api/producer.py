@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 
+from recstream import metrics
+
 log = logging.getLogger(__name__)
 
 
@@ -56,6 +58,7 @@ class EventProducer:
             futures = [await producer.send(self.topic, value=value, key=key) for key, value in records]
             await asyncio.wait_for(asyncio.gather(*futures), timeout=self.timeout)
         except Exception as exc:
+            metrics.KAFKA_ERRORS.labels("api").inc()
             log.warning("broker did not take a batch of %d events: %s", len(records), exc)
             raise BrokerUnavailable(str(exc) or type(exc).__name__) from exc
 

@@ -43,6 +43,22 @@ EVENT_TO_LEARNED_SECONDS = Histogram(
     "Freshness: seconds from an event's timestamp to the moment the worker learned it.",
     buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0),
 )
+KAFKA_ERRORS = Counter("recstream_kafka_errors_total", "Failed Kafka operations, by component.", ["component"])
+MODEL_SWAP_DELAY = Histogram(
+    "recstream_model_swap_delay_seconds",
+    "Freshness: seconds from a checkpoint being written to this API process serving it.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0),
+)
+RECOMMENDED_INTERACTIONS = Counter(
+    "recstream_recommended_interactions_total",
+    "Events that echo a recommendation_id in context.rec_id (engagement with served lists), by type.",
+    ["type"],
+)
+PROGRESSIVE_HIT_RATE = Gauge(
+    "recstream_progressive_hit_rate_at_10",
+    "Share of sampled positive events whose item was in the user's top 10 just before learning it (rolling).",
+    ["model"],
+)
 REDIS_ERRORS = Counter("recstream_redis_errors_total", "Failed Redis operations, by component.", ["component"])
 EVENTS_INGESTED = Counter(
     "recstream_events_ingested_total", "Events accepted by POST /v1/events and produced to Kafka."

@@ -20,7 +20,7 @@ import json
 import logging
 import math
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,6 +46,8 @@ QUARANTINED = "quarantined"
 DUPLICATE = "duplicate"
 MODEL_PAUSED = "model_paused"
 OVERRIDE_HEADER = "recstream-override"
+HIT_SAMPLE_EVERY = 20  # positives between two live hit-rate samples
+HIT_WINDOW = 500  # samples the live hit rate is averaged over
 
 
 @dataclass
@@ -149,6 +151,8 @@ class EventProcessor:
         self.next_offsets: dict[tuple[str, int], int] = {}
         self.rejected_total = 0
         self.paused_since: float | None = None
+        self._positives_seen = 0
+        self._hits: deque[bool] = deque(maxlen=HIT_WINDOW)
         self._pending = Pending()
         self._last_checkpoint = time.monotonic()
         self._lock = asyncio.Lock()
@@ -274,6 +278,8 @@ class EventProcessor:
                 QUARANTINED, record.key, quarantine_payload(record, event, hold.reason, hold.detail)
             )
             return
+        if event.type in learner.rule.positive_types:
+            self._sample_hit(event.user_id, event.item_id)
         prediction = learner.learn(
             event.user_id,
             event.item_id,
@@ -286,6 +292,8 @@ class EventProcessor:
         pending.seen[event.user_id].add(event.item_id)
         pending.learned_since += 1
         metrics.EVENTS_LEARNED.inc()
+        if isinstance(event.context.get("rec_id"), str):
+            metrics.RECOMMENDED_INTERACTIONS.labels(event.type).inc()
         metrics.EVENT_TO_LEARNED_SECONDS.observe(max(0.0, now - event.ts.timestamp()))
         if prediction is not None and self.guard is not None:
             y = learner.rule.label(event.type, event.watch_seconds, event.item_duration_seconds)
@@ -342,6 +350,14 @@ class EventProcessor:
             }
             try:
                 await self._flush()  # dead letters must be in Kafka before their offsets are acked
+            except Exception:
+                metrics.CHECKPOINTS.labels("failed").inc()
+                metrics.KAFKA_ERRORS.labels("worker").inc()
+                log.exception(
+                    "cannot flush dead letters to Kafka; the checkpoint waits and its events stay unacknowledged"
+                )
+                raise
+            try:
                 version = await self.store.checkpoint(
                     self.version,
                     blob,
@@ -376,6 +392,26 @@ class EventProcessor:
             metrics.PROGRESSIVE_LOGLOSS.labels(learner.model.kind).set(learner.metrics.logloss)
             log.debug("checkpoint v%s: %d events learned, %.1f ms", version, learner.events_learned, elapsed * 1e3)
             return version
+
+    def _sample_hit(self, user: str, item: str) -> None:
+        """Every ``HIT_SAMPLE_EVERY``-th positive: was its item in the user's top 10 just before learning it?
+
+        A cheap live estimate (no exclusion of what the user saw; ``recstream evaluate`` is the exact
+        protocol), kept over the last ``HIT_WINDOW`` samples.
+        """
+        self._positives_seen += 1
+        learner = self.learner
+        if learner is None or self._positives_seen % HIT_SAMPLE_EVERY:
+            return
+        model = learner.model
+        row = model.items.get(item)
+        hit = False
+        if row is not None and model.knows_user(user):
+            scores = model.score_all(user)
+            if row < len(scores):
+                hit = int((scores > scores[row]).sum()) < 10
+        self._hits.append(hit)
+        metrics.PROGRESSIVE_HIT_RATE.labels(model.kind).set(sum(self._hits) / len(self._hits))
 
     async def _adopt_promoted_version(self) -> bool:
         """If an operator promoted or rolled back to another version, continue learning from it.

@@ -34,3 +34,4 @@ def test_ingest_answers_503_with_retry_after_when_the_broker_is_unreachable(
         metrics_text = client.get("/metrics").text
         assert "recstream_ingest_broker_unavailable_total 1.0" in metrics_text
         assert "recstream_events_ingested_total 0.0" in metrics_text
+        assert 'recstream_kafka_errors_total{component="api"} 1.0' in metrics_text

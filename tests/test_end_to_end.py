@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -59,6 +60,7 @@ def test_published_events_change_recommendations(
 
     body = wait_for(target_recommendations, 30, "recommendations for the new user from a newer model version")
     assert isinstance(body, dict)
+    assert len(body["recommendation_id"]) == 32  # echoed by clients in context.rec_id
     items = [entry["item_id"] for entry in body["items"]]
     assert len(items) == 10
     assert not set(items) & set(liked), "items the user already saw must be excluded"
@@ -80,3 +82,5 @@ def test_published_events_change_recommendations(
     assert ready.status_code == 200, ready.text
     metrics_text = client.get("/metrics").text
     assert "recstream_events_ingested_total 3.0" in metrics_text
+    swaps = re.search(r"^recstream_model_swap_delay_seconds_count ([0-9.]+)$", metrics_text, re.MULTILINE)
+    assert swaps and float(swaps.group(1)) >= 2  # checkpoint -> served, measured on every swap

@@ -42,6 +42,8 @@ def test_worker_metrics_move_with_the_stream(
             {"event_id": f"m{i}", "user_id": f"u{i % 7}", "item_id": f"v{i % 13}", "type": kinds[i % 4], "ts": iso(i)}
             for i in range(300)
         ]
+        for event in events[:8]:  # these came from a served recommendation list
+            event["context"] = {"rec_id": "abc123"}
         future = (datetime.now(UTC) + timedelta(hours=3)).isoformat()
         produce_events(broker, topic, events)
         produce_events(broker, topic, events[:20])  # duplicates
@@ -68,6 +70,11 @@ def test_worker_metrics_move_with_the_stream(
         moved("recstream_last_checkpoint_timestamp_seconds")
         moved("recstream_event_to_learned_seconds_count", 300)
         moved('recstream_model_version{component="worker"}')
+        # 8 events echoed a recommendation id: 2 of each type (like, skip, view, share).
+        moved('recstream_recommended_interactions_total{type="like"}', 2)
+        moved('recstream_recommended_interactions_total{type="view"}', 2)
+        hit_rate = [v for k, v in after.items() if k.startswith("recstream_progressive_hit_rate_at_10{")]
+        assert hit_rate and 0.0 <= hit_rate[0] <= 1.0  # 150 positives: sampled every 20th
         auc = [v for k, v in after.items() if k.startswith("recstream_progressive_auc{")]
         assert auc and 0.0 <= auc[0] <= 1.0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any
 
 import orjson
@@ -28,6 +29,9 @@ class ScoredItem(BaseModel):
 
 class RecommendationList(BaseModel):
     user_id: str
+    recommendation_id: str = Field(
+        description="Echo it in the events this list leads to (`context.rec_id`) to measure engagement."
+    )
     model_version: int
     source: str = Field(
         description='"model": personalised; "popular": the user is unknown to the model, so popular items.'
@@ -88,6 +92,7 @@ async def recommendations(
     # Serialised directly (same shape as RecommendationList): this is the hot path.
     body = {
         "user_id": user_id,
+        "recommendation_id": uuid.uuid4().hex,
         "model_version": model.version,
         "source": rec.source,
         "items": [{"item_id": item, "score": score} for item, score in rec.items],
