@@ -59,7 +59,6 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
     def ack(event: Any) -> None:
         event.ack()
 
-
     processor = EventProcessor(
         store=store,
         new_learner=lambda: components.new_learner(settings),
