@@ -21,6 +21,7 @@ Optional capabilities, looked up with ``getattr`` so older models need none of t
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -60,6 +61,22 @@ class Recommender(Protocol):
 
     @classmethod
     def from_state(cls, state: ModelState) -> Recommender: ...
+
+
+def expect_kind(state: ModelState, kind: str) -> None:
+    """Refuse to restore a snapshot of one model kind into another."""
+    if state.kind != kind:
+        raise ValueError(f"state is for model kind {state.kind!r}, not {kind!r}")
+
+
+def rng_state(rng: np.random.Generator) -> str:
+    """The sampler's position as JSON, kept in a snapshot so a restored model samples the same next."""
+    return json.dumps(rng.bit_generator.state)
+
+
+def restore_rng(rng: np.random.Generator, params: dict[str, float | int | str]) -> None:
+    if "rng_state" in params:
+        rng.bit_generator.state = json.loads(str(params["rng_state"]))
 
 
 def reward_of(model: object) -> str:

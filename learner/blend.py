@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from learner.base import ModelState, Recommender, is_personal, reward_of
+from learner.base import ModelState, Recommender, expect_kind, is_personal, reward_of
 from learner.id_index import IdIndex
 
 NORMS = ("max", "z", "none")
@@ -124,8 +124,7 @@ class Blend:
     def from_state(cls, state: ModelState) -> Blend:
         from learner.registry import model_from_state
 
-        if state.kind != cls.kind:
-            raise ValueError(f"state is for model kind {state.kind!r}, not {cls.kind!r}")
+        expect_kind(state, cls.kind)
         specs = [_spec(p) for p in json.loads(str(state.params["parts"]))]
         rng_states = json.loads(str(state.params.get("rng_state", "{}")))
         models = []

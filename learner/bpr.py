@@ -18,13 +18,12 @@ True
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 
 from learner.arrays import ensure_rows
-from learner.base import ModelState
+from learner.base import ModelState, expect_kind, restore_rng, rng_state
 from learner.id_index import IdIndex
 from learner.ranking import scores_for_user
 
@@ -112,7 +111,7 @@ class OnlineBPR:
                 "init_scale": self.init_scale,
                 "seed": self.seed,
                 # The sampler's position, so a restored model samples the same negatives next.
-                "rng_state": json.dumps(self._rng.bit_generator.state),
+                "rng_state": rng_state(self._rng),
             },
             ids={"users": list(self.users.ids), "items": list(self.items.ids)},
             arrays={
@@ -124,8 +123,7 @@ class OnlineBPR:
 
     @classmethod
     def from_state(cls, state: ModelState) -> OnlineBPR:
-        if state.kind != cls.kind:
-            raise ValueError(f"state is for model kind {state.kind!r}, not {cls.kind!r}")
+        expect_kind(state, cls.kind)
         p = state.params
         model = cls(
             n_factors=int(p["n_factors"]),
@@ -136,8 +134,7 @@ class OnlineBPR:
             init_scale=float(p["init_scale"]),
             seed=int(p["seed"]),
         )
-        if "rng_state" in p:
-            model._rng.bit_generator.state = json.loads(str(p["rng_state"]))
+        restore_rng(model._rng, p)
         model.users = IdIndex(state.ids["users"])
         model.items = IdIndex(state.ids["items"])
         uf = np.asarray(state.arrays["user_factors"], dtype=FLOAT)

@@ -25,12 +25,12 @@ True
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 
-from learner.base import ModelState
+from learner.arrays import ensure_rows
+from learner.base import ModelState, expect_kind, restore_rng, rng_state
 from learner.id_index import IdIndex
 from learner.ranking import scores_for_user
 
@@ -131,7 +131,7 @@ class ImplicitMF:
                 "init_scale": self.init_scale,
                 "seed": self.seed,
                 # The sampler's position, so a restored model samples the same negatives next.
-                "rng_state": json.dumps(self._rng.bit_generator.state),
+                "rng_state": rng_state(self._rng),
             },
             ids={"users": self.users.ids, "items": self.items.ids},
             arrays={
@@ -143,8 +143,7 @@ class ImplicitMF:
 
     @classmethod
     def from_state(cls, state: ModelState) -> ImplicitMF:
-        if state.kind != cls.kind:
-            raise ValueError(f"state is for model kind {state.kind!r}, not {cls.kind!r}")
+        expect_kind(state, cls.kind)
         p = state.params
         model = cls(
             n_factors=int(p["n_factors"]),
@@ -154,8 +153,7 @@ class ImplicitMF:
             init_scale=float(p["init_scale"]),
             seed=int(p["seed"]),
         )
-        if "rng_state" in p:
-            model._rng.bit_generator.state = json.loads(str(p["rng_state"]))
+        restore_rng(model._rng, p)
         model.users = IdIndex(state.ids["users"])
         model.items = IdIndex(state.ids["items"])
         uf = state.arrays["user_factors"].astype(FLOAT)
@@ -185,31 +183,20 @@ class ImplicitMF:
     def _user_row(self, user: str) -> int:
         row, new = self.users.add(user)
         if new:
-            self._user_factors = self._grow(self._user_factors, row)
+            self._user_factors = ensure_rows(self._user_factors, row)
             self._user_factors[row] = 0.0
         return row
 
     def _item_row(self, item: str) -> int:
         row, new = self.items.add(item)
         if new:
-            self._item_factors = self._grow(self._item_factors, row)
+            self._item_factors = ensure_rows(self._item_factors, row)
             self._item_factors[row] = self._init_vector()
-            if row >= len(self._item_bias):
-                grown = np.zeros(max(16, 2 * len(self._item_bias)), dtype=FLOAT)
-                grown[: len(self._item_bias)] = self._item_bias
-                self._item_bias = grown
+            self._item_bias = ensure_rows(self._item_bias, row)
         return row
 
     def _init_vector(self) -> np.ndarray:
         return self._rng.normal(0.0, self.init_scale, self.n_factors).astype(FLOAT)
-
-    @staticmethod
-    def _grow(matrix: np.ndarray, row: int) -> np.ndarray:
-        if row < len(matrix):
-            return matrix
-        grown = np.zeros((max(16, 2 * len(matrix)), matrix.shape[1]), dtype=FLOAT)
-        grown[: len(matrix)] = matrix
-        return grown
 
 
 def _sigmoid(z: float) -> float:

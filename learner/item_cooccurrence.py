@@ -41,7 +41,7 @@ from array import array
 import numpy as np
 
 from learner.arrays import ensure_rows
-from learner.base import ModelState
+from learner.base import ModelState, expect_kind
 from learner.id_index import IdIndex
 from learner.popularity_models import DecayedCounter
 
@@ -342,8 +342,7 @@ class ItemCooccurrence:
 
     @classmethod
     def from_state(cls, state: ModelState) -> ItemCooccurrence:
-        if state.kind != cls.kind:
-            raise ValueError(f"state is for model kind {state.kind!r}, not {cls.kind!r}")
+        expect_kind(state, cls.kind)
         p = state.params
         model = cls(
             window=int(p["window"]),

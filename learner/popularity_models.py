@@ -29,7 +29,7 @@ import math
 import numpy as np
 
 from learner.arrays import ensure_rows
-from learner.base import ModelState
+from learner.base import ModelState, expect_kind
 from learner.id_index import IdIndex
 
 DAY_SECONDS = 86_400.0
@@ -148,8 +148,7 @@ class DecayedPopularity:
 
     @classmethod
     def from_state(cls, state: ModelState) -> DecayedPopularity:
-        if state.kind != cls.kind:
-            raise ValueError(f"state is for model kind {state.kind!r}, not {cls.kind!r}")
+        expect_kind(state, cls.kind)
         model = cls(**{k: float(v) for k, v in state.params.items()})
         model.items = IdIndex(state.ids["items"])
         model._counts.load(state.arrays["mass"], state.arrays["clock"], len(model.items))

@@ -19,13 +19,11 @@ True
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 from river import optim, reco
 
 from learner.arrays import ensure_rows
-from learner.base import ModelState
+from learner.base import ModelState, expect_kind, restore_rng, rng_state
 from learner.id_index import IdIndex
 
 
@@ -107,7 +105,7 @@ class RiverBiasedMF:
                 "l2": self.l2,
                 "negatives": self.negatives,
                 "seed": self.seed,
-                "rng_state": json.dumps(self._rng.bit_generator.state),  # where negative sampling resumes
+                "rng_state": rng_state(self._rng),  # where negative sampling resumes
             },
             ids={"users": list(self.users.ids), "items": list(self.items.ids)},
             arrays={
@@ -121,8 +119,7 @@ class RiverBiasedMF:
 
     @classmethod
     def from_state(cls, state: ModelState) -> RiverBiasedMF:
-        if state.kind != cls.kind:
-            raise ValueError(f"state is for model kind {state.kind!r}, not {cls.kind!r}")
+        expect_kind(state, cls.kind)
         p = state.params
         model = cls(
             n_factors=int(p["n_factors"]),
@@ -131,8 +128,7 @@ class RiverBiasedMF:
             negatives=int(p["negatives"]),
             seed=int(p["seed"]),
         )
-        if "rng_state" in p:
-            model._rng.bit_generator.state = json.loads(str(p["rng_state"]))
+        restore_rng(model._rng, p)
         users, items = state.ids["users"], state.ids["items"]
         a = {k: np.asarray(v, dtype=np.float64) for k, v in state.arrays.items()}
         k = model.n_factors
