@@ -135,3 +135,39 @@ def processes() -> Iterator[list[local_services.LocalService]]:
     yield started
     for service in started:
         service.stop(timeout=20)
+
+
+@dataclass
+class Stack:
+    """A running worker and API on the test's broker and Redis, with a keyed client and a checkpoint reader."""
+
+    env: dict[str, str]
+    worker: local_services.LocalService
+    api: local_services.LocalService
+    client: httpx.Client
+    checkpoints: Any  # tests.kafka_io.CheckpointReader
+
+    @property
+    def broker(self) -> str:
+        return self.env["RECSTREAM_BROKER_URL"]
+
+    @property
+    def topic(self) -> str:
+        return self.env["RECSTREAM_TOPIC_EVENTS"]
+
+
+@pytest.fixture
+def stack(service_env: dict[str, str], processes: list[local_services.LocalService]) -> Iterator[Stack]:
+    from tests.kafka_io import CheckpointReader
+
+    worker = local_services.start_worker(service_env)
+    processes.append(worker)
+    api = local_services.start_api(service_env)
+    processes.append(api)
+    client = api_client(api)
+    checkpoints = CheckpointReader(service_env["RECSTREAM_REDIS_URL"], service_env["RECSTREAM_REDIS_PREFIX"])
+    try:
+        yield Stack(service_env, worker, api, client, checkpoints)
+    finally:
+        client.close()
+        checkpoints.close()

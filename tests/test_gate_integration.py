@@ -14,8 +14,8 @@ import pytest
 from recstream import local_services
 from recstream.events import Event
 from tests.clock import iso
-from tests.conftest import api_client, wait_for
-from tests.kafka_io import CheckpointReader, produce_events, read_topic
+from tests.conftest import Stack, wait_for
+from tests.kafka_io import produce_events, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -25,117 +25,96 @@ def _gate_counts(client: httpx.Client) -> dict[str, int]:
 
 
 def test_duplicates_are_learned_once_across_resends_and_restarts(
-    service_env: dict[str, str], processes: list[local_services.LocalService]
+    stack: Stack, processes: list[local_services.LocalService]
 ) -> None:
-    broker, topic = service_env["RECSTREAM_BROKER_URL"], service_env["RECSTREAM_TOPIC_EVENTS"]
-    checkpoints = CheckpointReader(service_env["RECSTREAM_REDIS_URL"], service_env["RECSTREAM_REDIS_PREFIX"])
-    worker = local_services.start_worker(service_env)
-    processes.append(worker)
-    api = local_services.start_api(service_env)
-    processes.append(api)
-    client = api_client(api)
-    try:
-        batch = [
-            {
-                "event_id": f"d{i}",
-                "user_id": f"u{i % 4}",
-                "item_id": f"v{i}",
-                "type": "like",
-                "ts": iso(i),
-            }
-            for i in range(20)
-        ]
-        assert client.post("/v1/events", json=batch).status_code == 202
-        wait_for(lambda: checkpoints.learned() == 20, 60, "the first 20 events to be learned")
-
-        # The app backend re-sends the same batch (a retry after a timeout, say).
-        assert client.post("/v1/events", json=batch).status_code == 202
-        wait_for(lambda: _gate_counts(client).get("duplicate") == 20, 30, "20 duplicates to be counted")
-        assert checkpoints.learned() == 20
-
-        # After a restart the worker still knows them: the ids live in Redis, not in its memory.
-        worker.process.terminate()
-        worker.process.wait(30)
-        restarted = local_services.start_worker(service_env)
-        processes.append(restarted)
-        produce_events(broker, topic, batch[:10])  # straight to Kafka this time
-        fresh = [{**batch[0], "event_id": "fresh-1"}]
-        produce_events(broker, topic, fresh)
-        wait_for(lambda: checkpoints.learned() == 21, 60, "the fresh event to be learned after the restart")
-        wait_for(lambda: _gate_counts(client).get("duplicate") == 30, 30, "10 more duplicates to be counted")
-        assert checkpoints.learned() == 21
-        assert client.get("/v1/gate").json()["guard"].get("state") == "learning"
-    finally:
-        checkpoints.close()
-        client.close()
-
-
-def test_held_events_are_quarantined_with_reasons_and_replayed_minus_the_overridden_rule(
-    service_env: dict[str, str], processes: list[local_services.LocalService]
-) -> None:
-    broker = service_env["RECSTREAM_BROKER_URL"]
-    checkpoints = CheckpointReader(service_env["RECSTREAM_REDIS_URL"], service_env["RECSTREAM_REDIS_PREFIX"])
-    worker = local_services.start_worker(service_env)
-    processes.append(worker)
-    api = local_services.start_api(service_env)
-    processes.append(api)
-    client = api_client(api)
-    try:
-        future = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
-        good = {"event_id": "ok-1", "user_id": "u1", "item_id": "v1", "type": "like", "ts": iso(0)}
-        from_the_future = {**good, "event_id": "future-1", "item_id": "v2", "ts": future}
-        too_long = {
-            **good,
-            "event_id": "long-1",
-            "item_id": "v3",
-            "type": "view",
-            "watch_seconds": 5000.0,
-            "item_duration_seconds": 30.0,
+    service_env, broker, topic = stack.env, stack.broker, stack.topic
+    client, checkpoints, worker = stack.client, stack.checkpoints, stack.worker
+    batch = [
+        {
+            "event_id": f"d{i}",
+            "user_id": f"u{i % 4}",
+            "item_id": f"v{i}",
+            "type": "like",
+            "ts": iso(i),
         }
-        assert client.post("/v1/events", json=[good, from_the_future, too_long]).status_code == 202
-        held = [json.loads(v) for v in read_topic(broker, service_env["RECSTREAM_TOPIC_QUARANTINED"], 2, timeout=60)]
-        by_id = {h["event"]["event_id"]: h for h in held}
-        assert by_id["future-1"]["reason"] == "future_timestamp"
-        assert by_id["long-1"]["reason"] == "watch_exceeds_duration"
-        assert "5000 s" in by_id["long-1"]["detail"]
-        assert Event.model_validate(by_id["long-1"]["event"]) == Event.model_validate(too_long)
-        wait_for(lambda: checkpoints.learned() == 1, 30, "the good event to be learned")
-        counts = wait_for(
-            lambda: _gate_counts(client).get("watch_exceeds_duration") == 1 and _gate_counts(client), 30, "counts"
-        )
-        assert counts["future_timestamp"] == 1
+        for i in range(20)
+    ]
+    assert client.post("/v1/events", json=batch).status_code == 202
+    wait_for(lambda: checkpoints.learned() == 20, 60, "the first 20 events to be learned")
 
-        # The operator reviews and replays the watch-time holds (a client bug that is now understood).
-        env = {**os.environ, **service_env}
-        out = subprocess.run(
-            [sys.executable, "-m", "recstream.cli", "quarantine", "replay", "--reason", "watch_exceeds_duration"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        assert "replayed 1 events" in out.stdout
-        wait_for(lambda: checkpoints.learned() == 2, 30, "the replayed event to pass the gate minus its rule")
-        # Replaying again learns nothing twice: the event id is now a learned duplicate.
-        subprocess.run(
-            [sys.executable, "-m", "recstream.cli", "quarantine", "replay", "--reason", "watch_exceeds_duration"],
-            env=env,
-            capture_output=True,
-            timeout=60,
-            check=True,
-        )
-        wait_for(lambda: _gate_counts(client).get("duplicate") == 1, 30, "the second replay to be a duplicate")
-        assert checkpoints.learned() == 2
-        # The future event was not replayed and is still held, nothing lost.
-        listing = subprocess.run(
-            [sys.executable, "-m", "recstream.cli", "quarantine", "list"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert "future_timestamp" in listing.stdout
-    finally:
-        checkpoints.close()
-        client.close()
+    # The app backend re-sends the same batch (a retry after a timeout, say).
+    assert client.post("/v1/events", json=batch).status_code == 202
+    wait_for(lambda: _gate_counts(client).get("duplicate") == 20, 30, "20 duplicates to be counted")
+    assert checkpoints.learned() == 20
+
+    # After a restart the worker still knows them: the ids live in Redis, not in its memory.
+    worker.process.terminate()
+    worker.process.wait(30)
+    restarted = local_services.start_worker(service_env)
+    processes.append(restarted)
+    produce_events(broker, topic, batch[:10])  # straight to Kafka this time
+    fresh = [{**batch[0], "event_id": "fresh-1"}]
+    produce_events(broker, topic, fresh)
+    wait_for(lambda: checkpoints.learned() == 21, 60, "the fresh event to be learned after the restart")
+    wait_for(lambda: _gate_counts(client).get("duplicate") == 30, 30, "10 more duplicates to be counted")
+    assert checkpoints.learned() == 21
+    assert client.get("/v1/gate").json()["guard"].get("state") == "learning"
+
+
+def test_held_events_are_quarantined_with_reasons_and_replayed_minus_the_overridden_rule(stack: Stack) -> None:
+    service_env, broker, client, checkpoints = stack.env, stack.broker, stack.client, stack.checkpoints
+    future = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    good = {"event_id": "ok-1", "user_id": "u1", "item_id": "v1", "type": "like", "ts": iso(0)}
+    from_the_future = {**good, "event_id": "future-1", "item_id": "v2", "ts": future}
+    too_long = {
+        **good,
+        "event_id": "long-1",
+        "item_id": "v3",
+        "type": "view",
+        "watch_seconds": 5000.0,
+        "item_duration_seconds": 30.0,
+    }
+    assert client.post("/v1/events", json=[good, from_the_future, too_long]).status_code == 202
+    held = [json.loads(v) for v in read_topic(broker, service_env["RECSTREAM_TOPIC_QUARANTINED"], 2, timeout=60)]
+    by_id = {h["event"]["event_id"]: h for h in held}
+    assert by_id["future-1"]["reason"] == "future_timestamp"
+    assert by_id["long-1"]["reason"] == "watch_exceeds_duration"
+    assert "5000 s" in by_id["long-1"]["detail"]
+    assert Event.model_validate(by_id["long-1"]["event"]) == Event.model_validate(too_long)
+    wait_for(lambda: checkpoints.learned() == 1, 30, "the good event to be learned")
+    counts = wait_for(
+        lambda: _gate_counts(client).get("watch_exceeds_duration") == 1 and _gate_counts(client), 30, "counts"
+    )
+    assert counts["future_timestamp"] == 1
+
+    # The operator reviews and replays the watch-time holds (a client bug that is now understood).
+    env = {**os.environ, **service_env}
+    out = subprocess.run(
+        [sys.executable, "-m", "recstream.cli", "quarantine", "replay", "--reason", "watch_exceeds_duration"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "replayed 1 events" in out.stdout
+    wait_for(lambda: checkpoints.learned() == 2, 30, "the replayed event to pass the gate minus its rule")
+    # Replaying again learns nothing twice: the event id is now a learned duplicate.
+    subprocess.run(
+        [sys.executable, "-m", "recstream.cli", "quarantine", "replay", "--reason", "watch_exceeds_duration"],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    wait_for(lambda: _gate_counts(client).get("duplicate") == 1, 30, "the second replay to be a duplicate")
+    assert checkpoints.learned() == 2
+    # The future event was not replayed and is still held, nothing lost.
+    listing = subprocess.run(
+        [sys.executable, "-m", "recstream.cli", "quarantine", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "future_timestamp" in listing.stdout

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from recstream import local_services
 from tests.clock import iso
-from tests.conftest import api_client, wait_for
-from tests.kafka_io import CheckpointReader, produce_events
+from tests.conftest import Stack, wait_for
+from tests.kafka_io import produce_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -19,49 +18,37 @@ def _batch(start: int, n: int) -> list[dict]:
     ]
 
 
-def test_rollback_through_the_api_is_served_at_once_and_the_worker_continues_from_it(
-    service_env: dict[str, str], processes: list[local_services.LocalService]
-) -> None:
-    broker, topic = service_env["RECSTREAM_BROKER_URL"], service_env["RECSTREAM_TOPIC_EVENTS"]
-    checkpoints = CheckpointReader(service_env["RECSTREAM_REDIS_URL"], service_env["RECSTREAM_REDIS_PREFIX"])
-    worker = local_services.start_worker(service_env)
-    processes.append(worker)
-    api = local_services.start_api(service_env)
-    processes.append(api)
-    client = api_client(api, timeout=10)
-    try:
-        produce_events(broker, topic, _batch(0, 40))
-        wait_for(lambda: checkpoints.learned() == 40, 60, "the first 40 events")
-        first = checkpoints.version()
-        produce_events(broker, topic, _batch(40, 40))
-        wait_for(lambda: checkpoints.learned() == 80, 60, "the next 40 events")
-        second = checkpoints.version()
-        assert first is not None and second is not None and second > first
+def test_rollback_through_the_api_is_served_at_once_and_the_worker_continues_from_it(stack: Stack) -> None:
+    broker, topic, client, checkpoints = stack.broker, stack.topic, stack.client, stack.checkpoints
+    produce_events(broker, topic, _batch(0, 40))
+    wait_for(lambda: checkpoints.learned() == 40, 60, "the first 40 events")
+    first = checkpoints.version()
+    produce_events(broker, topic, _batch(40, 40))
+    wait_for(lambda: checkpoints.learned() == 80, 60, "the next 40 events")
+    second = checkpoints.version()
+    assert first is not None and second is not None and second > first
 
-        listed = client.get("/v1/models").json()
-        assert listed["current"] == second and [v["version"] for v in listed["versions"]][-1] == second
+    listed = client.get("/v1/models").json()
+    assert listed["current"] == second and [v["version"] for v in listed["versions"]][-1] == second
 
-        rolled = client.post("/v1/models/rollback", json={"reason": "bad batch"})
-        assert rolled.status_code == 200, rolled.text
-        older = rolled.json()["current"]
-        assert older < second and rolled.json()["serving"] == older
-        assert client.get("/v1/users/u1/recommendations").json()["model_version"] == older
-        assert client.get("/v1/models").json()["promotions"][-1]["reason"] == "bad batch"
+    rolled = client.post("/v1/models/rollback", json={"reason": "bad batch"})
+    assert rolled.status_code == 200, rolled.text
+    older = rolled.json()["current"]
+    assert older < second and rolled.json()["serving"] == older
+    assert client.get("/v1/users/u1/recommendations").json()["model_version"] == older
+    assert client.get("/v1/models").json()["promotions"][-1]["reason"] == "bad batch"
 
-        # The worker continues from the rolled-back version: its next version is a child of it.
-        produce_events(broker, topic, _batch(80, 10))
-        wait_for(lambda: (checkpoints.version() or 0) > second, 60, "a new version after the rollback")
-        meta = checkpoints.meta()
-        assert meta["parent"] == older
-        older_learned = next(v for v in listed["versions"] if v["version"] == older)["events_learned"]
-        assert meta["events_learned"] == older_learned + 10
-        wait_for(
-            lambda: client.get("/v1/users/u1/recommendations").json()["model_version"] == checkpoints.version(),
-            10,
-            "the API to serve the new version",
-        )
-        assert client.post("/v1/models/999/promote", json={"reason": "x"}).status_code == 404
-        assert client.post("/v1/models/1/promote", json={"reason": ""}).status_code == 422
-    finally:
-        client.close()
-        checkpoints.close()
+    # The worker continues from the rolled-back version: its next version is a child of it.
+    produce_events(broker, topic, _batch(80, 10))
+    wait_for(lambda: (checkpoints.version() or 0) > second, 60, "a new version after the rollback")
+    meta = checkpoints.meta()
+    assert meta["parent"] == older
+    older_learned = next(v for v in listed["versions"] if v["version"] == older)["events_learned"]
+    assert meta["events_learned"] == older_learned + 10
+    wait_for(
+        lambda: client.get("/v1/users/u1/recommendations").json()["model_version"] == checkpoints.version(),
+        10,
+        "the API to serve the new version",
+    )
+    assert client.post("/v1/models/999/promote", json={"reason": "x"}).status_code == 404
+    assert client.post("/v1/models/1/promote", json={"reason": ""}).status_code == 422

@@ -7,60 +7,49 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from recstream import local_services
 from tests.clock import iso
-from tests.conftest import api_client, wait_for
+from tests.conftest import Stack, wait_for
 from tests.kafka_io import produce_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
-def test_stats_follow_the_stream_and_the_dashboard_is_served(
-    service_env: dict[str, str], processes: list[local_services.LocalService]
-) -> None:
-    broker, topic = service_env["RECSTREAM_BROKER_URL"], service_env["RECSTREAM_TOPIC_EVENTS"]
-    worker = local_services.start_worker(service_env)
-    processes.append(worker)
-    api = local_services.start_api(service_env)
-    processes.append(api)
-    client = api_client(api, timeout=10)
-    try:
-        assert httpx.get(f"{api.url}/v1/stats").status_code == 401
-        empty = client.get("/v1/stats").json()
-        assert empty["model"]["current"] is None and empty["gate"] == {}
+def test_stats_follow_the_stream_and_the_dashboard_is_served(stack: Stack) -> None:
+    broker, topic, client, api = stack.broker, stack.topic, stack.client, stack.api
+    assert httpx.get(f"{api.url}/v1/stats").status_code == 401
+    empty = client.get("/v1/stats").json()
+    assert empty["model"]["current"] is None and empty["gate"] == {}
 
-        kinds = ["like", "skip", "view"]
-        events = [
-            {"event_id": f"s{i}", "user_id": f"u{i % 4}", "item_id": f"v{i % 9}", "type": kinds[i % 3], "ts": iso(i)}
-            for i in range(60)
-        ]
-        future = {**events[0], "event_id": "future", "ts": (datetime.now(UTC) + timedelta(hours=2)).isoformat()}
-        produce_events(broker, topic, [*events, future])
-        stats = wait_for(
-            lambda: (s := client.get("/v1/stats").json())["model"]["events_learned"] == 60 and s["gate"] and s,
-            60,
-            "stats to show the 60 learned events and the held one",
-            interval=0.6,  # the admin scope is rate-limited (RECSTREAM_RATE_LIMIT_ADMIN_*)
-        )
-        assert isinstance(stats, dict)
-        model = stats["model"]
-        assert model["current"] >= 1 and model["kind"] == "item_cooccurrence"
-        assert 0 <= model["checkpoint_age_seconds"] < 60
-        assert stats["gate"] == {"future_timestamp": 1}
-        assert stats["versions"][-1]["version"] == model["current"] and stats["versions"][-1]["current"]
-        assert stats["guard"].get("state") == "learning"
-        for _ in range(5):
-            client.get("/v1/users/u1/recommendations")
-        route = client.get("/v1/stats").json()["api"]["/v1/users/{user_id}/recommendations"]
-        assert route["requests"] >= 5 and 0 < route["p99_seconds"] < 10
+    kinds = ["like", "skip", "view"]
+    events = [
+        {"event_id": f"s{i}", "user_id": f"u{i % 4}", "item_id": f"v{i % 9}", "type": kinds[i % 3], "ts": iso(i)}
+        for i in range(60)
+    ]
+    future = {**events[0], "event_id": "future", "ts": (datetime.now(UTC) + timedelta(hours=2)).isoformat()}
+    produce_events(broker, topic, [*events, future])
+    stats = wait_for(
+        lambda: (s := client.get("/v1/stats").json())["model"]["events_learned"] == 60 and s["gate"] and s,
+        60,
+        "stats to show the 60 learned events and the held one",
+        interval=0.6,  # the admin scope is rate-limited (RECSTREAM_RATE_LIMIT_ADMIN_*)
+    )
+    assert isinstance(stats, dict)
+    model = stats["model"]
+    assert model["current"] >= 1 and model["kind"] == "item_cooccurrence"
+    assert 0 <= model["checkpoint_age_seconds"] < 60
+    assert stats["gate"] == {"future_timestamp": 1}
+    assert stats["versions"][-1]["version"] == model["current"] and stats["versions"][-1]["current"]
+    assert stats["guard"].get("state") == "learning"
+    for _ in range(5):
+        client.get("/v1/users/u1/recommendations")
+    route = client.get("/v1/stats").json()["api"]["/v1/users/{user_id}/recommendations"]
+    assert route["requests"] >= 5 and 0 < route["p99_seconds"] < 10
 
-        page = httpx.get(f"{api.url}/dashboard")
-        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-        csp = page.headers["content-security-policy"]
-        assert "script-src 'self'" in csp and "unsafe-inline" not in csp
-        assert '<script src="/dashboard/dashboard.js">' in page.text
-        script = httpx.get(f"{api.url}/dashboard/dashboard.js")
-        assert script.status_code == 200 and "/v1/stats" in script.text and "/v1/models/rollback" in script.text
-        assert httpx.get(f"{api.url}/dashboard/dashboard.css").status_code == 200
-    finally:
-        client.close()
+    page = httpx.get(f"{api.url}/dashboard")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert '<script src="/dashboard/dashboard.js">' in page.text
+    script = httpx.get(f"{api.url}/dashboard/dashboard.js")
+    assert script.status_code == 200 and "/v1/stats" in script.text and "/v1/models/rollback" in script.text
+    assert httpx.get(f"{api.url}/dashboard/dashboard.css").status_code == 200
