@@ -31,7 +31,7 @@ EventType = Literal["view", "like", "share", "skip"]
 
 ID_PATTERN = r"^[A-Za-z0-9._:@\-]+$"
 Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=ID_PATTERN)]
-ContextValue = Annotated[str, Field(max_length=256)] | bool | int | float
+ContextValue = Annotated[str, Field(max_length=256)] | bool | int | Annotated[float, Field(allow_inf_nan=False)]
 
 MAX_CONTEXT_KEYS = 16
 MAX_SECONDS = 86_400.0
