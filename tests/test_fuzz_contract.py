@@ -14,7 +14,6 @@ writes it as ``null``); context floats are now finite only, pinned by
 from __future__ import annotations
 
 import json
-import math
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -106,10 +105,6 @@ def check_decoded(result: object) -> Event | None:
         return event
     assert isinstance(reason, str) and reason.strip(), f"refusal without a reason: {result!r}"
     return None
-
-
-def has_non_finite_context(event: Event) -> bool:
-    return any(isinstance(v, float) and not math.isfinite(v) for v in event.context.values())
 
 
 def assert_round_trips(accepted: Event, *, in_property: bool = True) -> None:
