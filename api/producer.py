@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from recstream import metrics
+from recstream import components, metrics
+from recstream.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +27,19 @@ class BrokerUnavailable(Exception):
 
 
 class EventProducer:
-    def __init__(self, bootstrap_servers: str, topic: str, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        timeout: float = 5.0,
+        client_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        """``client_kwargs``: Kafka security options (:func:`recstream.components.kafka_client_kwargs`);
+        by default those of the process's settings, built now so a misconfiguration fails at start."""
         self.bootstrap_servers = bootstrap_servers
+        self._client_kwargs = dict(
+            client_kwargs if client_kwargs is not None else components.kafka_client_kwargs(get_settings())
+        )
         self.topic = topic
         self.timeout = timeout
         self._producer: AIOKafkaProducer | None = None
@@ -41,6 +54,7 @@ class EventProducer:
                     enable_idempotence=False,
                     linger_ms=2,
                     request_timeout_ms=int(self.timeout * 1000),
+                    **self._client_kwargs,
                 )
                 try:
                     await asyncio.wait_for(producer.start(), timeout=self.timeout)

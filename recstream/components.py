@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ssl
+from typing import Any
+
 import redis.asyncio as aioredis
 
 from learner.event_weights import EventWeights
@@ -54,8 +57,16 @@ def redis_client(settings: Settings) -> aioredis.Redis:
     )
 
 
+def snapshot_signer(settings: Settings) -> SnapshotSigner:
+    """Signs with ``hmac_key``; also accepts ``hmac_previous_keys`` when verifying (key rotation)."""
+    return SnapshotSigner(
+        settings.hmac_key.get_secret_value().encode(),
+        previous=[key.get_secret_value().encode() for key in settings.hmac_previous_keys],
+    )
+
+
 def model_store(settings: Settings, redis: aioredis.Redis) -> ModelStore:
-    signer = SnapshotSigner(settings.hmac_key.get_secret_value().encode())
+    signer = snapshot_signer(settings)
     return ModelStore(
         redis,
         signer,
@@ -69,3 +80,51 @@ def model_store(settings: Settings, redis: aioredis.Redis) -> ModelStore:
 def bootstrap_servers(settings: Settings) -> str:
     """``kafka://a:1,b:2`` -> ``a:1,b:2`` for aiokafka clients."""
     return ",".join(part.split("://", 1)[-1] for part in settings.broker_url.split(","))
+
+
+def _ssl_context(settings: Settings) -> ssl.SSLContext:
+    from aiokafka.helpers import create_ssl_context
+
+    return create_ssl_context(cafile=settings.kafka_ssl_cafile)
+
+
+def kafka_client_kwargs(settings: Settings) -> dict[str, Any]:
+    """Security keyword arguments for every aiokafka client (producer, consumer, admin).
+
+    ``PLAINTEXT`` adds nothing; ``SSL`` adds a verifying TLS context (``kafka_ssl_cafile`` or the
+    system CAs); ``SASL_*`` add the mechanism, user name and password (and the TLS context for
+    ``SASL_SSL``). A SASL protocol without user name or password is refused here, at start.
+    """
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return {}
+    kwargs: dict[str, Any] = {"security_protocol": protocol}
+    if protocol in ("SSL", "SASL_SSL"):
+        kwargs["ssl_context"] = _ssl_context(settings)
+    if protocol.startswith("SASL_"):
+        if not settings.kafka_sasl_username or settings.kafka_sasl_password is None:
+            raise ValueError(
+                f"RECSTREAM_KAFKA_SECURITY_PROTOCOL={protocol} needs RECSTREAM_KAFKA_SASL_USERNAME "
+                "and RECSTREAM_KAFKA_SASL_PASSWORD"
+            )
+        kwargs["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        kwargs["sasl_plain_username"] = settings.kafka_sasl_username
+        kwargs["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    return kwargs
+
+
+def faust_broker_credentials(settings: Settings) -> Any:
+    """The same security for the Faust worker, as ``faust.App(broker_credentials=...)`` (None for PLAINTEXT)."""
+    import faust
+
+    kwargs = kafka_client_kwargs(settings)
+    if not kwargs:
+        return None
+    if settings.kafka_security_protocol == "SSL":
+        return faust.SSLCredentials(kwargs["ssl_context"])
+    return faust.SASLCredentials(
+        username=kwargs["sasl_plain_username"],
+        password=kwargs["sasl_plain_password"],
+        mechanism=kwargs["sasl_mechanism"],
+        ssl_context=kwargs.get("ssl_context"),
+    )

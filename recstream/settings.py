@@ -57,6 +57,21 @@ class Settings(_gate_settings()):  # type: ignore[misc]
         "redis://127.0.0.1:6379/0", description="Redis URL (`redis://` or `rediss://`, may carry user:password)."
     )
     redis_prefix: str = Field("recstream", description="Prefix of every Redis key this service writes.")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description="How the worker, the API and the CLI talk to Kafka: `PLAINTEXT`, `SSL`, `SASL_PLAINTEXT`, "
+        "`SASL_SSL` (docs/security.md).",
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism with `SASL_*` protocols: `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name (required with `SASL_*` protocols).")
+    kafka_sasl_password: SecretStr | None = Field(
+        None, description="SASL password (required with `SASL_*` protocols; never logged)."
+    )
+    kafka_ssl_cafile: str | None = Field(
+        None, description="CA bundle (PEM) that verifies the broker with `SSL`/`SASL_SSL`; unset: the system CAs."
+    )
 
     # Topics
     topic_events: str = Field("events", description="Topic the worker consumes and the ingest endpoint produces to.")
@@ -126,6 +141,11 @@ class Settings(_gate_settings()):  # type: ignore[misc]
     # Security
     hmac_key: SecretStr = Field(
         SecretStr(DEV_HMAC_KEY), description="Key that signs model snapshots (HMAC-SHA256). Set it in production."
+    )
+    hmac_previous_keys: list[SecretStr] = Field(
+        [],
+        description="Keys still accepted for reading snapshots during a rotation, JSON list; new snapshots are "
+        "always signed with RECSTREAM_HMAC_KEY (docs/security.md).",
     )
     auth_enabled: bool = Field(
         True,

@@ -38,6 +38,7 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
         broker_rebalance_timeout=settings.broker_session_timeout,
         stream_wait_empty=False,
         producer_acks=-1,
+        broker_credentials=components.faust_broker_credentials(settings),
     )
     events_topic = app.topic(
         settings.topic_events, key_type=bytes, value_type=bytes, partitions=settings.topic_partitions

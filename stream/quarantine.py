@@ -16,13 +16,13 @@ from datetime import datetime
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from recstream.components import bootstrap_servers
+from recstream.components import bootstrap_servers, kafka_client_kwargs
 from recstream.settings import Settings, get_settings
 from stream.processor import OVERRIDE_HEADER
 
 
 async def _partitions(settings: Settings) -> list[int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(settings))
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(settings), **kafka_client_kwargs(settings))
     await admin.start()
     try:
         described = await admin.describe_topics([settings.topic_quarantined])
@@ -34,7 +34,10 @@ async def _partitions(settings: Settings) -> list[int]:
 async def read_quarantine(settings: Settings, timeout: float = 30.0) -> list[dict]:
     """Every record currently in the quarantine topic (reads up to the end offsets taken at start)."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers(settings), enable_auto_commit=False, auto_offset_reset="earliest"
+        bootstrap_servers=bootstrap_servers(settings),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **kafka_client_kwargs(settings),
     )
     await consumer.start()
     try:
@@ -70,7 +73,9 @@ def select(records: list[dict], reason: str | None, since: datetime | None) -> l
 
 
 async def replay(settings: Settings, records: list[dict], override: str | None) -> int:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(settings), acks="all")
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers(settings), acks="all", **kafka_client_kwargs(settings)
+    )
     await producer.start()
     try:
         headers = [(OVERRIDE_HEADER, override.encode())] if override else None

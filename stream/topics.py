@@ -8,14 +8,18 @@ import logging
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from recstream.components import bootstrap_servers
+from recstream.components import bootstrap_servers, kafka_client_kwargs
 from recstream.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 async def ensure_topics(settings: Settings, timeout: float = 30.0) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(settings), request_timeout_ms=int(timeout * 1000))
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers(settings),
+        request_timeout_ms=int(timeout * 1000),
+        **kafka_client_kwargs(settings),
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())
