@@ -62,7 +62,10 @@ def create_app(settings: Settings) -> FastAPI:
         store = components.model_store(settings, redis)
         models = ModelHolder(store, poll_seconds=settings.model_poll_seconds)
         producer = EventProducer(
-            components.bootstrap_servers(settings), settings.topic_events, timeout=settings.produce_timeout_seconds
+            components.bootstrap_servers(settings),
+            settings.topic_events,
+            timeout=settings.produce_timeout_seconds,
+            client_kwargs=components.kafka_client_kwargs(settings),
         )
         limiter = RateLimiter(TokenBuckets(redis, Keys(settings.redis_prefix)), settings)
         app.state.recstream = ApiState(

@@ -16,8 +16,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from recstream import components, metrics
-from recstream.settings import get_settings
+from recstream import metrics
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +33,9 @@ class EventProducer:
         timeout: float = 5.0,
         client_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
-        """``client_kwargs``: Kafka security options (:func:`recstream.components.kafka_client_kwargs`);
-        by default those of the process's settings, built now so a misconfiguration fails at start."""
+        """``client_kwargs``: Kafka security options (:func:`recstream.components.kafka_client_kwargs`)."""
         self.bootstrap_servers = bootstrap_servers
-        self._client_kwargs = dict(
-            client_kwargs if client_kwargs is not None else components.kafka_client_kwargs(get_settings())
-        )
+        self._client_kwargs = dict(client_kwargs or {})
         self.topic = topic
         self.timeout = timeout
         self._producer: AIOKafkaProducer | None = None

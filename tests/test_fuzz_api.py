@@ -83,7 +83,7 @@ def test_no_generated_request_gets_a_server_error(stack: Stack, tmp_path: Path) 
         "--max-time",
         str(MAX_TIME),
         "--workers",
-        "4",
+        "1",  # schemathesis' threaded workers raced in Python's AST compiler here ("recursion depth mismatch")
         "--header",
         f"Authorization: Bearer {TEST_API_KEY}",
         "--request-timeout",
