@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -41,6 +42,16 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, interva
             last_error = exc
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error!r})")
+
+
+def require_tool(command: str, package: str) -> str:
+    """Path of a system tool a test needs: skipped locally when missing, a failure in CI (``.ci/run`` installs it)."""
+    path = shutil.which(command)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{command} is missing in CI: .ci/run installs Debian's {package} package")
+        pytest.skip(f"{command} not installed (apt-get install {package}); CI installs it")
+    return path
 
 
 def _docker_available() -> bool:

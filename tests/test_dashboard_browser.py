@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from recstream import local_services
-from tests.cdp import Browser, chromium_path, open_page
+from tests.cdp import Browser, open_page
 from tests.clock import iso
-from tests.conftest import TEST_API_KEY, api_client, wait_for
+from tests.conftest import TEST_API_KEY, api_client, require_tool, wait_for
 from tests.kafka_io import CheckpointReader, produce_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -26,10 +26,7 @@ ARTIFACTS = Path(os.environ.get("RECSTREAM_TEST_ARTIFACTS", "test-artifacts"))
 
 
 def _chromium() -> None:
-    if chromium_path() is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is missing in CI: .ci/run installs Debian's chromium package")
-        pytest.skip("chromium not installed (apt-get install chromium); CI installs it")
+    require_tool("chromium", "chromium")
 
 
 def test_live_page_shows_the_stream_and_rolls_back(

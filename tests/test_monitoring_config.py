@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 from prometheus_client import REGISTRY
 
 import recstream.metrics  # noqa: F401 - registers every metric
+from tests.conftest import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "deploy/prometheus/alerts.yml"
@@ -73,12 +71,7 @@ def test_alerts_cover_the_runbook_cases() -> None:
 
 
 def _promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is missing in CI: .ci/run installs Debian's prometheus package")
-        pytest.skip("promtool not installed (apt-get install prometheus); CI installs it")
-    return path
+    return require_tool("promtool", "prometheus")
 
 
 def test_a_real_prometheus_accepts_the_rules_and_the_config() -> None:

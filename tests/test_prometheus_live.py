@@ -21,7 +21,7 @@ import yaml
 
 from recstream import local_services
 from tests.clock import iso
-from tests.conftest import api_client, wait_for
+from tests.conftest import api_client, require_tool, wait_for
 from tests.kafka_io import produce_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -32,12 +32,7 @@ LOOPBACK = "127.0.0.1"
 
 
 def _prometheus_binary() -> str:
-    path = shutil.which("prometheus")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("the prometheus server is missing in CI: .ci/run installs Debian's prometheus package")
-        pytest.skip("prometheus not installed (apt-get install prometheus); CI installs it")
-    return path
+    return require_tool("prometheus", "prometheus")
 
 
 @contextlib.contextmanager
