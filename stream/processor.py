@@ -156,7 +156,6 @@ class EventProcessor:
         self._pending = Pending()
         self._last_checkpoint = time.monotonic()
         self._lock = asyncio.Lock()
-        self.status = "starting"
 
     # -- start -------------------------------------------------------------------------
 
@@ -167,7 +166,6 @@ class EventProcessor:
                 snapshot = await self.store.load_current()
             except SnapshotRefused as exc:
                 metrics.SNAPSHOTS_REFUSED.labels("worker").inc()
-                self.status = "snapshot_refused"
                 log.error(
                     "%s. The worker will not consume until the current version verifies: roll back to a "
                     "good version or fix RECSTREAM_HMAC_KEY. Retrying in %.0fs.",
@@ -214,7 +212,6 @@ class EventProcessor:
                 snapshot.meta.get("offsets", {}),
             )
         metrics.MODEL_VERSION.labels("worker").set(self.version or 0)
-        self.status = "running"
 
     @property
     def ready(self) -> bool:
