@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
 
+from learner.challenger import PromotionRule
 from learner.event_weights import EventWeights
 from learner.gate.gate import QualityGate, default_gate, default_model_guard
 from learner.gate.model_guard import ModelGuard
@@ -36,6 +38,31 @@ def event_weights(settings: Settings) -> EventWeights:
 def new_learner(settings: Settings) -> OnlineLearner:
     model = build_model(settings.model, **settings.model_params)
     return OnlineLearner(model=model, rule=target_rule(settings), weights=event_weights(settings))
+
+
+def contestants(settings: Settings) -> dict[str, Callable[[], OnlineLearner]]:
+    """Every model the worker may serve, by name: the configured champion (named after its kind) and
+    each challenger. Which of them is champion now is recorded with the current version."""
+
+    def factory(kind: str, params: dict[str, Any]) -> Callable[[], OnlineLearner]:
+        return lambda: OnlineLearner(
+            model=build_model(kind, **params), rule=target_rule(settings), weights=event_weights(settings)
+        )
+
+    named = {settings.model: factory(settings.model, settings.model_params)}
+    for spec in settings.challengers:
+        named[spec.name] = factory(spec.model, spec.params)
+    return named
+
+
+def promotion_rule(settings: Settings) -> PromotionRule:
+    return PromotionRule(
+        window=settings.promote_window,
+        margin=settings.promote_margin,
+        min_z=settings.promote_min_z,
+        sample_every=settings.promote_sample_every,
+        auto=settings.promote_auto,
+    )
 
 
 def learner_from_bytes(settings: Settings, blob: bytes) -> OnlineLearner:

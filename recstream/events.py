@@ -54,9 +54,7 @@ class Event(BaseModel):
     type: EventType
     ts: Annotated[AwareDatetime, BeforeValidator(_iso_string_or_datetime), Field(strict=False)]
     watch_seconds: Annotated[float, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)] | None = None
-    item_duration_seconds: Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)] | None = (
-        None
-    )
+    item_duration_seconds: Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)] | None = None
     context: dict[Annotated[str, Field(min_length=1, max_length=64)], ContextValue] = Field(default_factory=dict)
 
     @field_validator("context")

@@ -10,11 +10,11 @@ import dataclasses
 from functools import lru_cache
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, create_model
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, create_model, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from learner.gate.gate import GateConfig
-from learner.registry import DEFAULT_MODEL
+from learner.registry import DEFAULT_MODEL, MODELS
 
 DEV_HMAC_KEY = "recstream-dev-key-change-me"
 
@@ -42,6 +42,35 @@ def _gate_settings() -> type[BaseSettings]:
         described = f"Quality gate: `{f.name}` (docs/quality-gate.md)."
         definitions[f"gate_{f.name}"] = (kind, Field(f.default, description=described))
     return create_model("GateSettings", __base__=BaseSettings, **definitions)
+
+
+class ChallengerSpec(BaseModel):
+    """One challenger: a unique name, a model kind and its constructor parameters.
+
+    A bare string is a model kind with default parameters, named after it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    model: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_kind(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"name": value, "model": value}
+        if isinstance(value, dict) and "name" not in value and "model" in value:
+            return {**value, "name": value["model"]}
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in MODELS:
+            raise ValueError(f"unknown model {value!r}; known models: {', '.join(sorted(MODELS))}")
+        return value
 
 
 class Settings(_gate_settings()):  # type: ignore[misc]
@@ -107,6 +136,22 @@ class Settings(_gate_settings()):  # type: ignore[misc]
     )
     model_params: dict[str, Any] = Field(
         default_factory=dict, description='Constructor parameters of the model, JSON (e.g. `{"window": 10}`).'
+    )
+    challengers: list[ChallengerSpec] = Field(
+        default_factory=list,
+        description="Shadow models learned on the same stream, JSON list of model kinds or "
+        '`{"name", "model", "params"}` (e.g. `["bpr"]`); docs/operations.md, champion / challenger.',
+    )
+    promote_auto: bool = Field(
+        True, description="Promote a challenger automatically when it beats the champion (the rule below)."
+    )
+    promote_window: int = Field(500, ge=10, description="Paired samples a challenger is compared over.")
+    promote_margin: float = Field(
+        0.02, ge=0, le=1, description="Hit-rate@10 lead over the champion a challenger needs to be promoted."
+    )
+    promote_min_z: float = Field(2.0, ge=0, description="McNemar z the lead needs (so that noise is not promoted).")
+    promote_sample_every: int = Field(
+        10, ge=1, description="Every n-th positive event is a paired sample for the contest."
     )
     weight_like: float = Field(1.0, ge=0, description="Learning weight of a like (implicit-feedback models).")
     weight_share: float = Field(0.5, ge=0, description="Learning weight of a share.")
@@ -177,6 +222,17 @@ class Settings(_gate_settings()):  # type: ignore[misc]
         description='Origins allowed to call the API from a browser, JSON list (e.g. `["https://app.example"]`); '
         "empty: CORS off.",
     )
+
+    @model_validator(mode="after")
+    def _challenger_names_unique(self) -> Settings:
+        names = [self.model, *(spec.name for spec in self.challengers)]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(
+                f"RECSTREAM_CHALLENGERS: the name(s) {', '.join(repeated)} are used twice (the champion is named "
+                f"after RECSTREAM_MODEL={self.model!r}); give each challenger its own name"
+            )
+        return self
 
 
 def gate_config(settings: Settings) -> GateConfig:

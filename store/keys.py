@@ -33,6 +33,20 @@ class Keys:
         """List of JSON records of every promotion and rollback (newest last)."""
         return f"{self.prefix}:model:promotions"
 
+    def challenger(self, name: str) -> str:
+        """Hash with fields ``blob`` and ``tag``: the shadow model ``name`` as of the last checkpoint."""
+        return f"{self.prefix}:challenger:{name}"
+
+    @property
+    def contest(self) -> str:
+        """String (JSON): the champion's name, the promotion rule and each challenger's standing."""
+        return f"{self.prefix}:challenger:contest"
+
+    @property
+    def challenger_request(self) -> str:
+        """String (JSON ``{"name", "reason"}``) set by an operator: promote this challenger at the next checkpoint."""
+        return f"{self.prefix}:challenger:promote"
+
     @property
     def offsets(self) -> str:
         """Hash ``topic/partition`` -> next offset to learn, written with every checkpoint."""

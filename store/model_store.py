@@ -29,9 +29,9 @@ log = logging.getLogger(__name__)
 class SnapshotRefused(Exception):
     """A snapshot's HMAC tag did not verify; it was not decoded."""
 
-    def __init__(self, version: int) -> None:
+    def __init__(self, version: int, what: str = "") -> None:
         super().__init__(
-            f"model snapshot v{version} failed HMAC authentication and was refused "
+            f"model snapshot {what or f'v{version}'} failed HMAC authentication and was refused "
             "(tampered, or signed with another key); it was not loaded"
         )
         self.version = version
@@ -130,8 +130,16 @@ class ModelStore:
         gate_counts: Mapping[str, int] | None = None,
         guard: Mapping[str, Any] | None = None,
         now: float | None = None,
+        challengers: Mapping[str, bytes] | None = None,
+        contest: Mapping[str, Any] | None = None,
+        promotion: Mapping[str, Any] | None = None,
     ) -> int | None:
         """Write a new version atomically and announce it; return its number.
+
+        ``challengers`` (name -> snapshot bytes) are the shadow models at the same offsets, signed
+        like versions; ``contest`` is their standing (JSON). ``promotion`` (``reason``, ``actor``
+        and any details) records that this version's model replaced the champion: it is appended
+        to the promotion history with ``from``/``to`` filled in, in the same transaction.
 
         The same transaction records the learned ``event_ids`` for duplicate detection and adds
         ``gate_counts`` (reason -> count since the last checkpoint) to the all-time counts.
@@ -166,6 +174,16 @@ class ModelStore:
                     )
                     pipe.set(keys.current_version, version)
                     pipe.zadd(keys.versions, {str(version): version})
+                for name, challenger_blob in (challengers or {}).items():
+                    pipe.hset(
+                        keys.challenger(name),
+                        mapping={"blob": challenger_blob, "tag": self.signer.sign(challenger_blob)},
+                    )
+                if contest is not None:
+                    pipe.set(keys.contest, json.dumps(contest))
+                if promotion is not None and blob is not None:
+                    record = {"at": time.time(), "from": expected_current, "to": version, **promotion}
+                    pipe.rpush(keys.promotions, json.dumps(record))
                 if guard:
                     pipe.hset(keys.guard_status, mapping={k: str(v) for k, v in guard.items()})
                 if offsets:
@@ -244,6 +262,32 @@ class ModelStore:
 
     async def promotions(self) -> list[dict[str, Any]]:
         return [json.loads(r) for r in await self.redis.lrange(self.keys.promotions, 0, -1)]
+
+    # -- champion / challenger -------------------------------------------------------------
+
+    async def load_challenger(self, name: str) -> bytes | None:
+        """The shadow model ``name`` as of the last checkpoint; raises :class:`SnapshotRefused` if its tag fails."""
+        fields = await self.redis.hgetall(self.keys.challenger(name))
+        if not fields:
+            return None
+        blob = fields.get(b"blob", b"")
+        if not self.signer.verify(blob, fields.get(b"tag")):
+            raise SnapshotRefused(0, what=f"challenger {name!r}")
+        return blob
+
+    async def contest(self) -> dict[str, Any] | None:
+        """The champion's name and each challenger's standing, as of the last checkpoint."""
+        raw = await self.redis.get(self.keys.contest)
+        return None if raw is None else json.loads(raw)
+
+    async def request_challenger_promotion(self, name: str, reason: str, actor: str = "operator") -> None:
+        """Ask the worker to promote challenger ``name`` at its next checkpoint."""
+        await self.redis.set(self.keys.challenger_request, json.dumps({"name": name, "reason": reason, "actor": actor}))
+
+    async def take_challenger_request(self) -> dict[str, Any] | None:
+        """The pending operator request to promote a challenger, once (it is consumed)."""
+        raw = await self.redis.getdel(self.keys.challenger_request)
+        return None if raw is None else json.loads(raw)
 
     async def guard_status(self) -> dict[str, str]:
         raw = await self.redis.hgetall(self.keys.guard_status)

@@ -4,12 +4,23 @@ Values are taken as raw bytes (``value_serializer="raw"``) and decoded by the pr
 a malformed message can never crash Faust's deserializer: it is dead-lettered with a reason.
 Each taken message gets an extra reference (``incref``) so Faust cannot commit its offset
 when the batch ends; the processor releases it after the checkpoint that covers it.
+
+When Redis (or the broker, for dead letters) fails, the worker stops taking batches: a
+checkpoint that fails is retried with capped exponential backoff (``RETRY_FIRST_SECONDS``
+doubling up to ``RETRY_MAX_SECONDS``) before the next batch is taken, so what is pending
+never grows without bound, and ``recstream_worker_stalled`` is 1 meanwhile. A batch whose
+processing fails (Redis unreachable for the duplicate check) is retried the same way, from
+the first message it did not handle. Nothing is acknowledged until a checkpoint covers it, so
+nothing is lost.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -21,6 +32,120 @@ from stream.processor import QUARANTINED, REJECTED, EventProcessor, Record, over
 log = logging.getLogger(__name__)
 
 TAKE_WITHIN_SECONDS = 0.05
+RETRY_FIRST_SECONDS = 0.5  # first wait after a failed checkpoint (or batch, or start)…
+RETRY_MAX_SECONDS = 5.0  # …doubling up to this
+
+
+class Backoff:
+    """Capped exponential backoff shared by the agent and the idle-checkpoint timer.
+
+    While an operation keeps failing, :meth:`failed` returns the wait before the next attempt
+    (``first``, ``2 * first``, … up to ``cap``) and :attr:`stalled` is True; :meth:`succeeded`
+    resets it. ``ready()`` tells the timer whether an attempt is due (it never hurries a retry).
+    """
+
+    def __init__(
+        self,
+        first: float = RETRY_FIRST_SECONDS,
+        cap: float = RETRY_MAX_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.first = first
+        self.cap = cap
+        self.clock = clock
+        self.failures = 0
+        self.stalled_since: float | None = None
+        self.next_attempt = -float("inf")
+        self.retrying = False  # True while retry_until_done owns the retries (the timer stays out)
+
+    @property
+    def stalled(self) -> bool:
+        return self.stalled_since is not None
+
+    def ready(self) -> bool:
+        return self.clock() >= self.next_attempt
+
+    def delay(self) -> float:
+        """The wait before the next attempt (0 when nothing failed)."""
+        return max(0.0, self.next_attempt - self.clock())
+
+    def failed(self) -> float:
+        now = self.clock()
+        wait = min(self.cap, self.first * 2 ** min(self.failures, 30))
+        self.failures += 1
+        if self.stalled_since is None:
+            self.stalled_since = now
+        self.next_attempt = now + wait
+        metrics.WORKER_STALLED.set(1)
+        return wait
+
+    def succeeded(self) -> float | None:
+        """Reset; returns how long it was stalled (None if it was not)."""
+        stalled_for = None if self.stalled_since is None else self.clock() - self.stalled_since
+        self.failures = 0
+        self.stalled_since = None
+        self.next_attempt = -float("inf")
+        metrics.WORKER_STALLED.set(0)
+        return stalled_for
+
+
+async def retry_until_done(
+    operation: Callable[[], Awaitable[Any]],
+    backoff: Backoff,
+    what: str,
+    operation_label: str,
+    on_failure: Callable[[], None] | None = None,
+) -> Any:
+    """Run ``operation`` until it succeeds, waiting ``backoff`` between attempts; log the stall and its end.
+
+    Cancellation (the worker stopping) propagates; every other exception is retried.
+    """
+    backoff.retrying = True
+    try:
+        while True:
+            wait = backoff.delay()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            try:
+                result = await operation()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Redis or the broker failing: wait and retry
+                if on_failure is not None:
+                    on_failure()
+                _log_failure(backoff, what, operation_label, exc)
+                continue
+            _log_recovery(backoff, what)
+            return result
+    finally:
+        backoff.retrying = False
+
+
+def _log_failure(backoff: Backoff, what: str, operation_label: str, exc: BaseException) -> None:
+    metrics.WORKER_RETRIES.labels(operation_label).inc()
+    first = not backoff.stalled
+    wait = backoff.failed()
+    log.log(
+        logging.ERROR if first else logging.WARNING,
+        "%s failed (%s: %s); the worker takes no new events until it succeeds; retry %d in %.1fs "
+        "(nothing is lost: events stay unacknowledged until a checkpoint covers them)",
+        what,
+        type(exc).__name__,
+        exc,
+        backoff.failures,
+        wait,
+    )
+
+
+def _log_recovery(backoff: Backoff, what: str) -> None:
+    stalled_for = backoff.succeeded()
+    if stalled_for is not None:
+        log.warning("%s succeeded after %.1fs stalled: consuming again", what, stalled_for)
+
+
+def _pending_records(processor: EventProcessor) -> list[Record]:
+    """The records the processor took since its last checkpoint (no public accessor in EventProcessor yet)."""
+    return processor._pending.records
 
 
 def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
@@ -71,12 +196,36 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
         guard=components.model_guard(settings),
         checkpoint_every_events=settings.checkpoint_every_events,
         checkpoint_interval_seconds=settings.checkpoint_interval_seconds,
+        contestants=components.contestants(settings),
+        champion_name=settings.model,
+        promotion_rule=components.promotion_rule(settings),
     )
+
+    backoff = Backoff()
+
+    async def process_batch(records: list[Record]) -> None:
+        """Process ``records``; after a failure retry only those the processor did not take yet."""
+        remaining = records
+
+        async def attempt() -> None:
+            if remaining:
+                await processor.process(remaining)
+
+        def drop_handled() -> None:
+            # Runs right after the failure (no await in between), before a checkpoint can clear the pending set.
+            nonlocal remaining
+            handled = {id(r) for r in _pending_records(processor)}
+            remaining = [r for r in remaining if id(r) not in handled]
+
+        await retry_until_done(attempt, backoff, "processing a batch", "batch", on_failure=drop_handled)
+
+    async def checkpoint_until_done() -> None:
+        await retry_until_done(processor.checkpoint, backoff, "checkpoint", "checkpoint")
 
     @app.agent(events_topic, name="learn")
     async def learn(stream: faust.StreamT) -> None:
         if not processor.ready:
-            await processor.start()
+            await retry_until_done(processor.start, backoff, "loading the model from Redis", "start")
         # Faust's Monitor sensor records per-message statistics we do not use (we export our own
         # Prometheus metrics); measured at about a fifth of the worker's time per event.
         with contextlib.suppress(KeyError):
@@ -98,17 +247,25 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
                             overrides=overrides_from_headers(message.headers),
                         )
                     )
-                await processor.process(records)
-                if processor.checkpoint_due():
-                    await _checkpoint_quietly(processor)
+                await process_batch(records)
+                # A failed checkpoint blocks here (capped backoff) instead of taking the next batch.
+                if processor.checkpoint_due() or backoff.stalled:
+                    await checkpoint_until_done()
         finally:
             log.info("agent stopping: writing a final checkpoint")
             await _checkpoint_quietly(processor)
 
     @app.timer(interval=settings.checkpoint_interval_seconds)
     async def checkpoint_when_idle() -> None:
-        if processor.ready and processor.checkpoint_due():
-            await _checkpoint_quietly(processor)
+        # While the agent retries (stalled on a batch), it owns the schedule; when it is idle the timer
+        # checkpoints, and backs off the same way if that fails.
+        if processor.ready and not backoff.retrying and backoff.ready() and processor.checkpoint_due():
+            try:
+                await processor.checkpoint()
+            except Exception as exc:  # noqa: BLE001 - logged by the processor too; back off
+                _log_failure(backoff, "idle checkpoint", "checkpoint", exc)
+            else:
+                _log_recovery(backoff, "idle checkpoint")
         _export_lag(app, processor, settings.topic_events)
 
     @app.on_before_shutdown.connect

@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import logging
 import math
 import time
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from learner.challenger import Contest, PromotionRule, hit_at_k
+from learner.codec import CodecError
 from learner.gate.base import GateEvent, Hold
 from learner.online_learner import OnlineLearner
 from recstream import metrics
@@ -133,6 +136,9 @@ class EventProcessor:
         checkpoint_interval_seconds: float = 1.0,
         refused_retry_seconds: float = 5.0,
         clock: Callable[[], float] = time.time,
+        contestants: Mapping[str, Callable[[], OnlineLearner]] | None = None,
+        champion_name: str = "champion",
+        promotion_rule: PromotionRule | None = None,
     ) -> None:
         self.store = store
         self._new_learner = new_learner
@@ -148,6 +154,14 @@ class EventProcessor:
         self.refused_retry_seconds = refused_retry_seconds
         self.learner: OnlineLearner | None = None
         self.version: int | None = None
+        # Champion / challenger (learner.challenger): every model that may serve, by name; the
+        # champion is ``self.learner``, the others learn the same events in shadow.
+        self._contestants = dict(contestants or {})
+        self._default_champion = champion_name
+        self.champion_name = champion_name
+        self.rule = promotion_rule or PromotionRule()
+        self.challengers: dict[str, OnlineLearner] = {}
+        self.contests: dict[str, Contest] = {}
         self.next_offsets: dict[tuple[str, int], int] = {}
         self.rejected_total = 0
         self.paused_since: float | None = None
@@ -183,6 +197,7 @@ class EventProcessor:
         else:
             self.learner = self._learner_from_bytes(snapshot.blob)
             self.version = snapshot.version
+            self.champion_name = snapshot.meta.get("contestant") or self._default_champion
             # The offsets hash is written by every checkpoint, also by those that wrote no new
             # version (learning paused), so it is at or after the snapshot's own offsets.
             self.next_offsets = {
@@ -195,7 +210,7 @@ class EventProcessor:
                 self.paused_since = self.clock()
                 metrics.MODEL_GUARD_PAUSED.set(1)
                 log.warning("model guard: learning was paused before the restart and stays paused")
-            wanted = self._new_learner().model.kind
+            wanted = self._contestants.get(self.champion_name, self._new_learner)().model.kind
             if self.learner.model.kind != wanted:
                 log.warning(
                     "the current snapshot holds a %r model but the settings ask for %r: continuing with %r "
@@ -211,7 +226,38 @@ class EventProcessor:
                 self.learner.events_learned,
                 snapshot.meta.get("offsets", {}),
             )
+        await self._load_challengers()
         metrics.MODEL_VERSION.labels("worker").set(self.version or 0)
+
+    async def _load_challengers(self) -> None:
+        """Every configured model other than the champion, as of the last checkpoint (new if absent)."""
+        self.challengers = {}
+        for name, factory in self._contestants.items():
+            if name == self.champion_name:
+                continue
+            fresh = factory()
+            try:
+                blob = await self.store.load_challenger(name)
+                learner = None if blob is None else self._learner_from_bytes(blob)
+            except (SnapshotRefused, CodecError) as exc:
+                log.error("challenger %r: %s; it starts again from nothing", name, exc)
+                learner = None
+            if learner is not None and learner.model.kind != fresh.model.kind:
+                log.warning(
+                    "challenger %r is configured as a %r model but Redis holds a %r one: it starts again",
+                    name,
+                    fresh.model.kind,
+                    learner.model.kind,
+                )
+                learner = None
+            self.challengers[name] = learner or fresh
+            log.info(
+                "challenger %r (%s) in shadow: %d events learned",
+                name,
+                self.challengers[name].model.kind,
+                self.challengers[name].events_learned,
+            )
+        self.contests = {name: Contest(self.rule) for name in self.challengers}
 
     @property
     def ready(self) -> bool:
@@ -277,14 +323,11 @@ class EventProcessor:
             return
         if event.type in learner.rule.positive_types:
             self._sample_hit(event.user_id, event.item_id)
-        prediction = learner.learn(
-            event.user_id,
-            event.item_id,
-            event.type,
-            event.watch_seconds,
-            event.item_duration_seconds,
-            ts=event.ts.timestamp(),
-        )
+        fields = (event.user_id, event.item_id, event.type, event.watch_seconds, event.item_duration_seconds)
+        ts = event.ts.timestamp()
+        prediction = learner.learn(*fields, ts=ts)
+        for challenger in self.challengers.values():
+            challenger.learn(*fields, ts=ts)
         pending.event_ids.add(event.event_id)
         pending.seen[event.user_id].add(event.item_id)
         pending.learned_since += 1
@@ -326,16 +369,20 @@ class EventProcessor:
                 return None
             await self._apply_operator_resume()
             adopted = await self._adopt_promoted_version()
+            promotion = await self._promote_challenger()
             learner = self.learner
             pending = self._pending
-            if not pending.records:
+            if not pending.records and promotion is None:
                 return None
             started = time.perf_counter()
             offsets = dict(self.next_offsets)
             paused = self.paused_since is not None
-            unchanged = (paused or adopted) and pending.learned_since == 0 and self.version is not None
+            unchanged = (
+                (paused or adopted) and pending.learned_since == 0 and self.version is not None and promotion is None
+            )
             blob = None if unchanged else learner.to_bytes()
             meta = {
+                "contestant": self.champion_name,
                 "created": datetime.now(UTC).isoformat(),
                 "events_learned": learner.events_learned,
                 "events_labelled": learner.events_labelled,
@@ -365,6 +412,9 @@ class EventProcessor:
                     gate_counts=pending.gate_counts,
                     guard={"state": "paused" if paused else "learning", "since": self.paused_since or ""},
                     now=self.clock(),
+                    challengers=None if blob is None else {n: c.to_bytes() for n, c in self.challengers.items()},
+                    contest=self.contest_status() if self._contestants else None,
+                    promotion=promotion,
                 )
             except Exception:
                 metrics.CHECKPOINTS.labels("failed").inc()
@@ -388,7 +438,98 @@ class EventProcessor:
             metrics.PROGRESSIVE_AUC.labels(learner.model.kind).set(learner.metrics.auc)
             metrics.PROGRESSIVE_LOGLOSS.labels(learner.model.kind).set(learner.metrics.logloss)
             log.debug("checkpoint v%s: %d events learned, %.1f ms", version, learner.events_learned, elapsed * 1e3)
+            if promotion is not None:
+                log.warning(
+                    "v%s: %r replaced %r as champion (%s): %s",
+                    version,
+                    promotion["to_model"],
+                    promotion["from_model"],
+                    promotion["actor"],
+                    promotion["reason"],
+                )
             return version
+
+    # -- champion / challenger ---------------------------------------------------------------
+
+    def contest_status(self) -> dict[str, Any]:
+        """The champion's name and each challenger's standing (written with every checkpoint)."""
+        learner = self.learner
+        return {
+            "champion": self.champion_name,
+            "champion_model": learner.model.kind if learner else None,
+            "rule": dataclasses.asdict(self.rule),
+            "challengers": {
+                name: {
+                    "model": challenger.model.kind,
+                    "events_learned": challenger.events_learned,
+                    "progressive_auc": _finite_or_none(challenger.metrics.auc),
+                    **self.contests[name].summary(),
+                    "verdict": self.contests[name].verdict(),
+                }
+                for name, challenger in self.challengers.items()
+            },
+        }
+
+    def _sample_contest(self, user: str, item: str) -> None:
+        """A paired sample: was ``item`` in ``user``'s top k of the champion, and of each challenger?"""
+        learner = self.learner
+        if learner is None or not self.challengers or self._positives_seen % self.rule.sample_every:
+            return
+        champion_hit = hit_at_k(learner, user, item, self.rule.k)
+        for name, challenger in self.challengers.items():
+            self.contests[name].add(champion_hit, hit_at_k(challenger, user, item, self.rule.k))
+
+    async def _promote_challenger(self) -> dict[str, Any] | None:
+        """Swap in a challenger an operator asked for, or (``rule.auto``) one the rule promotes.
+
+        Returns the promotion record for the checkpoint (None: the champion stays).
+        """
+        request = await self.store.take_challenger_request() if self._contestants else None
+        if request is not None:
+            name = request.get("name")
+            if name in self.challengers:
+                return self._swap_champion(name, str(request.get("reason", "")), str(request.get("actor", "operator")))
+            log.error(
+                "an operator asked to promote challenger %r, which this worker does not run (challengers: %s)",
+                name,
+                ", ".join(self.challengers) or "none",
+            )
+        if not self.rule.auto or self.paused_since is not None:
+            return None
+        verdicts = {name: contest.verdict() for name, contest in self.contests.items()}
+        promotable = [name for name, verdict in verdicts.items() if verdict is not None]
+        if not promotable:
+            return None
+        best = max(promotable, key=lambda name: self.contests[name].summary()["z"])
+        return self._swap_champion(best, str(verdicts[best]), "auto")
+
+    def _swap_champion(self, name: str, reason: str, actor: str) -> dict[str, Any]:
+        old_name = self.champion_name
+        old_model = self.learner.model.kind if self.learner else None
+        standing = self.contests[name].summary()
+        self._install_champion(name, self.challengers[name])
+        return {
+            "reason": reason,
+            "actor": actor,
+            "from_model": old_name,
+            "to_model": name,
+            "from_kind": old_model,
+            "to_kind": self.learner.model.kind if self.learner else None,
+            "standing": standing,
+        }
+
+    def _install_champion(self, name: str, learner: OnlineLearner) -> None:
+        """``learner`` (named ``name``) serves from now on; a configured former champion goes into shadow.
+
+        Every contest starts again: a new champion is not judged on samples scored before it served.
+        """
+        old_name, old = self.champion_name, self.learner
+        if name != old_name and old is not None and old_name in self._contestants:
+            self.challengers[old_name] = old
+        self.challengers.pop(name, None)
+        self.champion_name = name
+        self.learner = learner
+        self.contests = {n: Contest(self.rule) for n in self.challengers}
 
     def _sample_hit(self, user: str, item: str) -> None:
         """Every ``HIT_SAMPLE_EVERY``-th positive: was its item in the user's top 10 just before learning it?
@@ -397,18 +538,12 @@ class EventProcessor:
         protocol), kept over the last ``HIT_WINDOW`` samples.
         """
         self._positives_seen += 1
+        self._sample_contest(user, item)
         learner = self.learner
         if learner is None or self._positives_seen % HIT_SAMPLE_EVERY:
             return
-        model = learner.model
-        row = model.items.get(item)
-        hit = False
-        if row is not None and model.knows_user(user):
-            scores = model.score_all(user)
-            if row < len(scores):
-                hit = int((scores > scores[row]).sum()) < 10
-        self._hits.append(hit)
-        metrics.PROGRESSIVE_HIT_RATE.labels(model.kind).set(sum(self._hits) / len(self._hits))
+        self._hits.append(hit_at_k(learner, user, item, 10))
+        metrics.PROGRESSIVE_HIT_RATE.labels(learner.model.kind).set(sum(self._hits) / len(self._hits))
 
     async def _adopt_promoted_version(self) -> bool:
         """If an operator promoted or rolled back to another version, continue learning from it.
@@ -424,7 +559,9 @@ class EventProcessor:
         if snapshot is None:
             return False
         skipped = self._pending.learned_since
-        self.learner = self._learner_from_bytes(snapshot.blob)
+        self._install_champion(
+            snapshot.meta.get("contestant") or self._default_champion, self._learner_from_bytes(snapshot.blob)
+        )
         self._pending.event_ids.clear()
         self._pending.learned_since = 0
         log.warning(

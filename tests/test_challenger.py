@@ -1,0 +1,150 @@
+"""Champion / challenger with a real Redis: a better challenger is promoted automatically, a worse one
+is not, every promotion is recorded with its reason, and the contest survives a restart.
+
+The processor is handed records directly (Kafka plays no part in the rule under test); the
+stream has two taste groups, which item co-occurrence learns and all-time popularity cannot.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+import redis.asyncio as aioredis
+
+from learner.challenger import PromotionRule
+from learner.online_learner import OnlineLearner
+from learner.registry import build_model
+from store.keys import Keys
+from store.model_store import ModelStore
+from store.signing import SnapshotSigner
+from stream.processor import EventProcessor, Record
+from tests.conftest import Endpoint
+from tests.taste_stream import taste_events
+
+pytestmark = pytest.mark.integration
+
+RULE = PromotionRule(window=200, margin=0.05, min_z=2.0, sample_every=1)
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.offset = 0
+
+    async def dead_letter(self, kind: str, _key: bytes | None, value: bytes) -> None:
+        raise AssertionError(f"nothing should be dead-lettered here: {kind} {value!r}")
+
+    async def flush(self) -> None:
+        return None
+
+    def ack(self, _handle: int) -> None:
+        return None
+
+    def records(self, events: list[dict]) -> list[Record]:
+        out = []
+        for e in events:
+            out.append(Record("events", 0, self.offset, None, json.dumps(e).encode(), handle=self.offset))
+            self.offset += 1
+        return out
+
+
+def _processor(store: ModelStore, transport: Transport, champion: str, challenger: str) -> EventProcessor:
+    contestants = {name: (lambda name=name: OnlineLearner(model=build_model(name))) for name in (champion, challenger)}
+    return EventProcessor(
+        store=store,
+        new_learner=contestants[champion],
+        learner_from_bytes=OnlineLearner.from_bytes,
+        dead_letter=transport.dead_letter,
+        flush=transport.flush,
+        ack=transport.ack,
+        contestants=contestants,
+        champion_name=champion,
+        promotion_rule=RULE,
+    )
+
+
+@pytest.fixture
+async def store(redis_endpoint: Endpoint):
+    client = aioredis.Redis.from_url(redis_endpoint.url)
+    yield ModelStore(client, SnapshotSigner(b"k"), Keys(f"cc-{uuid.uuid4().hex[:8]}"), retention=50)
+    await client.aclose()
+
+
+async def _stream(processor: EventProcessor, transport: Transport, events: list[dict], batch: int = 250) -> None:
+    for start in range(0, len(events), batch):
+        await processor.process(transport.records(events[start : start + batch]))
+        await processor.checkpoint()
+
+
+async def test_a_better_challenger_is_promoted_automatically_and_recorded(store: ModelStore) -> None:
+    transport = Transport()
+    processor = _processor(store, transport, champion="popularity", challenger="item_cooccurrence")
+    await processor.start()
+    events = taste_events(seed=3, users_per_group=100)
+    await _stream(processor, transport, events)
+
+    assert processor.champion_name == "item_cooccurrence"
+    promotions = await store.promotions()
+    assert len(promotions) == 1, promotions  # promoted once, and the old champion did not come back
+    record = promotions[0]
+    assert (record["actor"], record["from_model"], record["to_model"]) == ("auto", "popularity", "item_cooccurrence")
+    assert "McNemar" in record["reason"] and record["standing"]["samples"] == RULE.window
+    assert record["standing"]["challenger_hit_rate"] - record["standing"]["champion_hit_rate"] >= RULE.margin
+    # The promoted version holds the challenger's model; learning went on from it.
+    promoted = await store.load(record["to"])
+    assert promoted is not None and promoted.meta["contestant"] == "item_cooccurrence"
+    assert OnlineLearner.from_bytes(promoted.blob).model.kind == "item_cooccurrence"
+    current = await store.load_current()
+    assert current.version > record["to"] and current.meta["contestant"] == "item_cooccurrence"
+    # Both learned every event: the former champion goes on in shadow.
+    assert processor.learner.events_learned == len(events)
+    assert processor.challengers["popularity"].events_learned == len(events)
+    contest = await store.contest()
+    assert contest["champion"] == "item_cooccurrence" and set(contest["challengers"]) == {"popularity"}
+
+
+async def test_a_worse_challenger_is_not_promoted(store: ModelStore) -> None:
+    transport = Transport()
+    processor = _processor(store, transport, champion="item_cooccurrence", challenger="popularity")
+    await processor.start()
+    await _stream(processor, transport, taste_events(seed=4, users_per_group=100))
+
+    assert processor.champion_name == "item_cooccurrence"
+    assert await store.promotions() == []
+    standing = (await store.contest())["challengers"]["popularity"]
+    assert standing["samples"] == RULE.window  # it was judged on a full window, and lost
+    assert standing["challenger_hit_rate"] < standing["champion_hit_rate"]
+    assert standing["verdict"] is None
+
+
+async def test_the_contest_survives_a_restart_and_an_operator_can_promote(store: ModelStore) -> None:
+    transport = Transport()
+    first = _processor(store, transport, champion="item_cooccurrence", challenger="popularity")
+    await first.start()
+    events = taste_events(seed=5, users_per_group=40)
+    await _stream(first, transport, events[:1000])
+
+    # A new worker process: the champion's name and the shadow model come back from Redis.
+    second = _processor(store, transport, champion="item_cooccurrence", challenger="popularity")
+    await second.start()
+    assert second.champion_name == "item_cooccurrence"
+    assert second.challengers["popularity"].events_learned == first.challengers["popularity"].events_learned == 1000
+
+    # An unknown name is refused (logged) and changes nothing; a known one is promoted at the next checkpoint.
+    await store.request_challenger_promotion("no-such-model", "typo")
+    await _stream(second, transport, events[1000:1100])
+    assert second.champion_name == "item_cooccurrence" and await store.promotions() == []
+    await store.request_challenger_promotion("popularity", "compare in production", actor="api")
+    before = await store.current_version()
+    await _stream(second, transport, events[1100:1200])
+    assert second.champion_name == "popularity"
+    [record] = await store.promotions()
+    assert (record["actor"], record["reason"], record["from"], record["to_model"]) == (
+        "api",
+        "compare in production",
+        before,
+        "popularity",
+    )
+    assert (await store.load_current()).meta["contestant"] == "popularity"
+    assert second.learner.events_learned == 1200 and second.challengers["item_cooccurrence"].events_learned == 1200
