@@ -70,6 +70,17 @@ INGEST_UNAVAILABLE = Counter(
 CHECKPOINTS = Counter("recstream_checkpoints_total", "Checkpoints written, by outcome.", ["outcome"])
 CHECKPOINT_SECONDS = Histogram("recstream_checkpoint_duration_seconds", "Time to encode and write one checkpoint.")
 CHECKPOINT_BYTES = Gauge("recstream_checkpoint_size_bytes", "Size of the last snapshot written.")
+WORKER_STALLED = Gauge(
+    "recstream_worker_stalled",
+    "1 while the worker takes no new events because a checkpoint (or the batch's Redis lookups) keeps failing "
+    "and it is retrying with backoff, else 0.",
+)
+WORKER_RETRIES = Counter(
+    "recstream_worker_retries_total",
+    "Failed worker operations retried with backoff (Redis or the broker failing), by operation: "
+    "start (loading the model), batch (the batch's Redis lookups), checkpoint.",
+    ["operation"],
+)
 LAST_CHECKPOINT = Gauge("recstream_last_checkpoint_timestamp_seconds", "Unix time of the last successful checkpoint.")
 SNAPSHOTS_REFUSED = Counter(
     "recstream_snapshots_refused_total",
@@ -90,4 +101,8 @@ REQUEST_SECONDS = Histogram(
 )
 RECOMMENDATIONS_SERVED = Counter(
     "recstream_recommendations_served_total", "Recommendation lists served, by source.", ["source"]
+)
+RECOMMENDATIONS_DEGRADED = Counter(
+    "recstream_recommendations_degraded_total",
+    "Recommendation lists served without excluding seen items because Redis was unreachable (degraded: true).",
 )
