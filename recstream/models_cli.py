@@ -31,12 +31,42 @@ def table(versions: list[dict[str, Any]]) -> str:
     for v in versions:
         flags = ("*" if v["current"] else " ") + ("P" if v["pinned"] else " ")
         auc = v.get("progressive_auc")
+        model = v.get("contestant") or v.get("model", {}).get("kind", "?")
         lines.append(
             f"{v['version']:>8}  {flags}{str(v.get('created', ''))[:25]:<26}{v.get('events_learned', 0):>12,}"
-            f"{(f'{auc:.3f}' if auc is not None else '-'):>8}  {v.get('model', {}).get('kind', '?'):<20}"
+            f"{(f'{auc:.3f}' if auc is not None else '-'):>8}  {model:<20}"
             f"{v.get('parent') or '-'!s:>7}"
         )
     lines.append("* current   P pinned (kept beyond retention)")
+    return "\n".join(lines)
+
+
+def contest_table(contest: dict[str, Any] | None) -> str:
+    """The champion and each challenger's standing over its window of paired samples."""
+    if not contest:
+        return "no contest yet: the worker writes it with its first checkpoint"
+    rule = contest.get("rule", {})
+    lines = [
+        f"champion: {contest['champion']} ({contest.get('champion_model')})",
+        f"rule: promote when hit rate@{rule.get('k')} leads by >= {rule.get('margin')} over {rule.get('window')} "
+        f"paired samples with McNemar z >= {rule.get('min_z')} (automatic: {'on' if rule.get('auto') else 'off'})",
+    ]
+    if not contest.get("challengers"):
+        lines.append("no challengers (RECSTREAM_CHALLENGERS)")
+        return "\n".join(lines)
+
+    def rate(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    lines.append(
+        f"{'challenger':<22}{'model':<20}{'events':>12}{'samples':>9}{'champ':>7}{'chall':>7}{'z':>7}  verdict"
+    )
+    for name, c in contest["challengers"].items():
+        lines.append(
+            f"{name:<22}{c['model']:<20}{c['events_learned']:>12,}{c['samples']:>9}"
+            f"{rate(c['champion_hit_rate']):>7}{rate(c['challenger_hit_rate']):>7}{c['z']:>7.2f}  "
+            f"{'promote' if c.get('verdict') else 'keep champion'}"
+        )
     return "\n".join(lines)
 
 
@@ -59,6 +89,13 @@ def add_parser(subparsers: Any) -> None:
         p.add_argument("version", type=int)
         p.set_defaults(func=_pin, pinned=pinned)
     sub.add_parser("history", help="every promotion and rollback").set_defaults(func=_history)
+    sub.add_parser("challengers", help="the champion and each shadow challenger's standing").set_defaults(
+        func=_challengers
+    )
+    p = sub.add_parser("promote-challenger", help="make a challenger the champion at the worker's next checkpoint")
+    p.add_argument("name")
+    p.add_argument("--reason", required=True, help="why (recorded with the promotion)")
+    p.set_defaults(func=_promote_challenger)
 
 
 def _list(_args: argparse.Namespace) -> int:
@@ -98,4 +135,20 @@ def _pin(args: argparse.Namespace) -> int:
 def _history(_args: argparse.Namespace) -> int:
     for record in _run(lambda store: store.promotions()):
         print(json.dumps(record))
+    return 0
+
+
+def _challengers(_args: argparse.Namespace) -> int:
+    print(contest_table(_run(lambda store: store.contest())))
+    return 0
+
+
+def _promote_challenger(args: argparse.Namespace) -> int:
+    contest = _run(lambda store: store.contest()) or {}
+    known = sorted(contest.get("challengers", {}))
+    if args.name not in known:
+        print(f"no challenger named {args.name!r} runs now (challengers: {', '.join(known) or 'none'})")
+        return 1
+    _run(lambda store: store.request_challenger_promotion(args.name, reason=args.reason))
+    print(f"{args.name} becomes champion at the worker's next checkpoint; `recstream models history` records it")
     return 0

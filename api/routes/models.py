@@ -33,7 +33,34 @@ async def list_models(state: Annotated[ApiState, Depends(get_state)]) -> dict[st
         "serving": served,
         "versions": await state.store.versions(),
         "promotions": await state.store.promotions(),
+        "contest": await state.store.contest(),
     }
+
+
+@router.get("/v1/models/challengers")
+async def show_contest(state: Annotated[ApiState, Depends(get_state)]) -> dict[str, Any]:
+    """The champion's name, the promotion rule and each challenger's standing (as of the last checkpoint)."""
+    return await state.store.contest() or {"champion": None, "challengers": {}}
+
+
+@router.post("/v1/models/challengers/{name}/promote", status_code=202)
+async def promote_challenger(
+    name: Annotated[str, Path(min_length=1, max_length=64, description="A challenger's name.")],
+    body: Reason,
+    state: Annotated[ApiState, Depends(get_state)],
+) -> dict[str, Any]:
+    """Ask the worker to make challenger ``name`` the champion at its next checkpoint (about a second
+    while events flow); the new version is then served like any other."""
+    contest = await state.store.contest() or {}
+    known = sorted(contest.get("challengers", {}))
+    if name not in known:
+        raise HTTPException(
+            status_code=404,
+            detail=f"no challenger named {name!r} runs now (challengers: {', '.join(known) or 'none'}; "
+            "configure them with RECSTREAM_CHALLENGERS)",
+        )
+    await state.store.request_challenger_promotion(name, reason=body.reason, actor="api")
+    return {"requested": name, "detail": "the worker promotes it at its next checkpoint; see GET /v1/models"}
 
 
 @router.get("/v1/models/{version}")
