@@ -1,253 +1,46 @@
-"""``python -m bench [--events N] [--items N] [--seconds S]``: ingest and serving, each next to a reference.
+"""``python -m bench [--only PARTS] [--quick]``: the measurement suite, every figure next to its reference.
 
-Starts what it needs (local broker, Redis, worker, API) on loopback, runs each benchmark for a
-bounded time, prints a table and writes ``bench/results/latest.json``. Figures are machine
-dependent; the ratios to the references measured in the same run are what to compare.
+Starts what it needs (local broker, Redis, worker, API processes) on 127.0.0.1, runs each part
+within a time budget, prints a table (figure, reference measured in the same run, ratio, target,
+met) and writes ``bench/results/latest.json`` (and ``latest.md``, the same table in Markdown).
+Every process it starts is stopped by PID, also on Ctrl-C or SIGTERM.
 
-* ingest: events/s from the broker through the worker (decode, learn, checkpoint to Redis),
-  next to (a) a bare aiokafka consume loop over the same messages on the same broker and
-  (b) the bare learner loop (decode + predict + learn, no Kafka, no Redis) over the same events.
-* serving: top-10 recommendations over a catalogue of N items at 1 connection (p50/p99 and
-  requests/s, load from a second process) next to ``/healthz`` on the same server.
+Parts (``--only ingest,serving``; default: all, about 7-9 minutes on 2 cores):
+
+* ``ingest``: events/s through broker -> gate -> learn -> checkpoint for one worker, gate on and
+  off, next to a bare aiokafka consume loop and a bare predict+learn loop (``bench/ingest.py``);
+* ``serving``: top-10 recommendations, requests/s and p50/p99 at 1 and 32 connections for
+  catalogues of 10k and 100k items, 1 and 2 API processes, next to ``/healthz`` in the same
+  server (``bench/serving.py``);
+* ``freshness``: ``POST /v1/events`` returning -> the event visible in that user's
+  recommendations, under a steady background load, next to the same probe without load
+  (``bench/freshness.py``);
+* ``topk``: time per top-10 over 1k-1M items, default and factor model (``bench/topk.py``);
+* ``memory``: learner RSS per million users+items against raw factor bytes (``bench/memory.py``);
+* ``replay``: events/s of ``recstream evaluate`` on MovieLens (``bench/replay.py``).
+
+Figures depend on the machine and on what else runs on it; the ratios to the references are what
+to compare between machines.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
+import math
 import os
 import platform
-import random
 import subprocess
 import sys
 import time
-import uuid
+import traceback
+from datetime import UTC, datetime
 from pathlib import Path
 
-import redis
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-
-from api.auth import hash_key, new_key
-from recstream import local_services
-from recstream.components import new_learner
-from recstream.events import parse_event
-from recstream.settings import Settings
-from store.keys import Keys
-from store.signing import SnapshotSigner
-from stream.topics import ensure_topics
+from bench.common import PROJECT, Row, TimeBudget
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
-
-
-def _events(n: int, users: int, items: int, seed: int = 1, prefix: str = "b") -> list[bytes]:
-    """``n`` events spread over the last hour (so the gate's time and rate rules see a plausible stream)."""
-    from datetime import UTC, datetime, timedelta
-
-    rnd = random.Random(seed)
-    kinds = ["view", "like", "like", "share", "skip"]
-    start = datetime.now(UTC) - timedelta(hours=1)
-    step = 3000.0 / max(n, 1)
-    return [
-        json.dumps(
-            {
-                "event_id": f"{prefix}{i}",
-                "user_id": f"u{rnd.randrange(users)}",
-                "item_id": f"v{rnd.randrange(items)}",
-                "type": rnd.choice(kinds),
-                "ts": (start + timedelta(seconds=i * step)).isoformat(),
-                "watch_seconds": 12.0,
-                "item_duration_seconds": 30.0,
-            }
-        ).encode()
-        for i in range(n)
-    ]
-
-
-async def _produce(bootstrap: str, topic: str, values: list[bytes]) -> float:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=20, max_batch_size=1 << 20)
-    await producer.start()
-    started = time.perf_counter()
-    try:
-        futures = [await producer.send(topic, value=v, key=v[30:40]) for v in values]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-    return time.perf_counter() - started
-
-
-async def _bare_consume(bootstrap: str, topic: str, partitions: int, expected: int) -> float:
-    """A bare aiokafka loop: assign all partitions, read from the beginning, count messages."""
-    from aiokafka import TopicPartition
-
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=4 << 20
-    )
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        started = time.perf_counter()
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        seen = 0
-        while seen < expected:
-            batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
-            seen += sum(len(messages) for messages in batches.values())
-        return expected / (time.perf_counter() - started)
-    finally:
-        await consumer.stop()
-
-
-def _bare_learner(values: list[bytes]) -> float:
-    learner = new_learner(Settings())
-    started = time.perf_counter()
-    for raw in values:
-        event, _ = parse_event(raw)
-        assert event is not None
-        learner.learn(event.user_id, event.item_id, event.type, event.watch_seconds, event.item_duration_seconds)
-    return len(values) / (time.perf_counter() - started)
-
-
-def _handled(r: redis.Redis, keys: Keys) -> int:
-    """Messages the worker has checkpointed (learned, held, dropped as duplicates or rejected)."""
-    return sum(int(v) for v in r.hvals(keys.offsets))
-
-
-def _learned(r: redis.Redis, keys: Keys) -> int:
-    version = r.get(keys.current_version)
-    if version is None:
-        return 0
-    meta = r.hget(keys.version(int(version)), "meta")
-    return int(json.loads(meta)["events_learned"]) if meta else 0
-
-
-def _wait(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"bench: timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-def bench_ingest(broker: local_services.LocalService, redis_url: str, n_events: int, gate: bool = True) -> dict:
-    run = uuid.uuid4().hex[:6]
-    env = {
-        "RECSTREAM_GATE_ENABLED": "true" if gate else "false",
-        "RECSTREAM_BROKER_URL": broker.url,
-        "RECSTREAM_REDIS_URL": redis_url,
-        "RECSTREAM_APP_ID": f"bench-{run}",
-        "RECSTREAM_REDIS_PREFIX": f"bench-{run}",
-        "RECSTREAM_TOPIC_EVENTS": f"bench-events-{run}",
-        "RECSTREAM_TOPIC_REJECTED": f"bench-events-{run}.rejected",
-        "RECSTREAM_TOPIC_QUARANTINED": f"bench-events-{run}.quarantined",
-        "RECSTREAM_TOPIC_PARTITIONS": "2",
-        "RECSTREAM_BROKER_SESSION_TIMEOUT": "6",
-    }
-    os.environ.update(env)
-    settings = Settings()
-    asyncio.run(ensure_topics(settings))
-    values = _events(n_events, users=5_000, items=10_000)
-    warmup = _events(500, users=50, items=50, seed=2, prefix="w")
-    r = redis.Redis.from_url(redis_url)
-    keys = Keys(settings.redis_prefix)
-    worker = local_services.start_worker(env)
-    try:
-        asyncio.run(_produce(broker.address, settings.topic_events, warmup))
-        _wait(lambda: _handled(r, keys) >= len(warmup), 120, "the worker to take the warm-up events")
-        started = time.perf_counter()
-        produce_seconds = asyncio.run(_produce(broker.address, settings.topic_events, values))
-        _wait(lambda: _handled(r, keys) >= len(warmup) + n_events, 600, "the worker to take the benchmark events")
-        worker_rate = n_events / (time.perf_counter() - started)
-        learned = _learned(r, keys)
-        held = {k.decode(): int(v) for k, v in r.hgetall(keys.gate_counts).items()}
-    finally:
-        worker.stop(timeout=30)
-    bare_consume = asyncio.run(
-        _bare_consume(broker.address, settings.topic_events, settings.topic_partitions, n_events + len(warmup))
-    )
-    bare_learner = _bare_learner(values)
-    return {
-        "events": n_events,
-        "gate": gate,
-        "learned": learned,
-        "held_or_dropped": held,
-        "worker_events_per_second": worker_rate,
-        "producer_events_per_second": n_events / produce_seconds,
-        "bare_consume_events_per_second": bare_consume,
-        "bare_learner_events_per_second": bare_learner,
-        "ratio_to_bare_consume": worker_rate / bare_consume,
-        "ratio_to_bare_learner": worker_rate / bare_learner,
-        "ratio_to_smaller_reference": worker_rate / min(bare_consume, bare_learner),
-    }
-
-
-def bench_serving(broker: local_services.LocalService, redis_url: str, n_items: int, seconds: float) -> dict:
-    run = uuid.uuid4().hex[:6]
-    api_key = new_key()  # measured with authentication on, as in production
-    entry = {"name": "bench", "scopes": ["read", "admin"], "hash": hash_key(api_key)}
-    env = {
-        "RECSTREAM_BROKER_URL": broker.url,
-        "RECSTREAM_REDIS_URL": redis_url,
-        "RECSTREAM_REDIS_PREFIX": f"bench-serve-{run}",
-        "RECSTREAM_HMAC_KEY": f"bench-{run}",
-        "RECSTREAM_API_KEYS": json.dumps([entry]),
-        # the load generator must not be throttled: this measures serving, not the limiter's refusals
-        "RECSTREAM_RATE_LIMIT_READ_PER_SECOND": "1000000",
-        "RECSTREAM_RATE_LIMIT_READ_BURST": "1000000",
-    }
-    os.environ.update(env)
-    settings = Settings()
-    # A model over n_items items and 2,000 users, checkpointed into Redis as the worker would.
-    learner = new_learner(settings)
-    rnd = random.Random(3)
-    for item in range(n_items):
-        learner.learn(f"u{rnd.randrange(2000)}", f"v{item}", "like", None, None)
-    for _ in range(20_000):
-        learner.learn(f"u{rnd.randrange(2000)}", f"v{rnd.randrange(n_items)}", "like", None, None)
-    blob = learner.to_bytes()
-    keys = Keys(settings.redis_prefix)
-    r = redis.Redis.from_url(redis_url)
-    signer = SnapshotSigner(settings.hmac_key.get_secret_value().encode())
-    r.hset(keys.version(1), mapping={"blob": blob, "tag": signer.sign(blob), "meta": "{}"})
-    r.set(keys.current_version, 1)
-    r.sadd(keys.seen("u7"), *[f"v{i}" for i in range(20)])
-    api = local_services.start_api(env)
-    try:
-        _wait(
-            lambda: b'"model_version":1' in _get(f"{api.url}/v1/users/u7/recommendations", api_key),
-            30,
-            "the API to load the model",
-        )
-        results = {}
-        for name, path in (("trivial", "/healthz"), ("recommendations", "/v1/users/u7/recommendations?k=10")):
-            out = subprocess.run(
-                [sys.executable, "-m", "bench.load", api.url + path, str(seconds), api_key],
-                capture_output=True,
-                text=True,
-                check=True,
-                timeout=seconds + 60,
-            )
-            results[name] = json.loads(out.stdout)
-    finally:
-        api.stop()
-    return {
-        "items": n_items,
-        "snapshot_bytes": len(blob),
-        "trivial": results["trivial"],
-        "recommendations": results["recommendations"],
-        "p99_ratio_to_trivial": results["recommendations"]["p99_ms"] / results["trivial"]["p99_ms"],
-        "rps_ratio_to_trivial": results["recommendations"]["requests_per_second"]
-        / results["trivial"]["requests_per_second"],
-    }
-
-
-def _get(url: str, api_key: str) -> bytes:
-    import httpx
-
-    try:
-        return httpx.get(url, timeout=2, headers={"Authorization": f"Bearer {api_key}"}).content
-    except httpx.HTTPError:
-        return b""
+PARTS = ("ingest", "serving", "freshness", "topk", "memory", "replay")
 
 
 def _stop_on_sigterm() -> None:
@@ -260,62 +53,215 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def main() -> int:
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                ram = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu,
+        "ram_bytes": ram,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "commit": commit,
+        "nice": os.nice(0),
+        "load_average_at_start": os.getloadavg(),
+    }
+
+
+def _fmt(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def _met(row: Row) -> str:
+    return "" if row.met is None else ("yes" if row.met else "NO")
+
+
+COLUMNS = ("part", "benchmark", "figure", "unit", "reference", "reference is", "ratio", "target", "met")
+
+
+def _cells(row: Row) -> list[str]:
+    ratio = row.ratio
+    return [
+        row.part,
+        row.name,
+        _fmt(row.figure),
+        row.unit,
+        _fmt(row.reference),
+        row.reference_name,
+        "-" if ratio is None else f"{ratio:.2f}",
+        row.target,
+        _met(row),
+    ]
+
+
+def text_table(rows: list[Row]) -> str:
+    cells = [list(COLUMNS), *(_cells(r) for r in rows)]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
+    numeric = {2, 4, 6}
+    lines = []
+    for c in cells:
+        lines.append(
+            "  ".join(
+                v.rjust(w) if i in numeric else v.ljust(w) for i, (v, w) in enumerate(zip(c, widths, strict=True))
+            )
+        )
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def markdown_table(rows: list[Row]) -> str:
+    lines = [
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "|".join("---:" if i in (2, 4, 6) else "---" for i in range(len(COLUMNS))) + "|",
+    ]
+    for r in rows:
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in _cells(r)) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
     _stop_on_sigterm()
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--events", type=int, default=100_000, help="events for the ingest benchmark")
-    parser.add_argument("--items", type=int, default=10_000, help="catalogue size for the serving benchmark")
+    parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts: {', '.join(PARTS)}")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and short runs (a smoke test, not figures)")
+    parser.add_argument("--events", type=int, default=100_000, help="events per ingest run")
+    parser.add_argument("--catalogues", default="10000,100000", help="serving catalogue sizes")
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each serving load run")
+    parser.add_argument("--rate", type=float, default=5_000, help="background events/s during the freshness probes")
+    parser.add_argument("--probes", type=int, default=30, help="freshness probes under load (10 without)")
+    parser.add_argument("--topk-sizes", default="1000,10000,100000,1000000")
+    parser.add_argument("--memory-ids", type=int, default=1_000_000, help="users + items for the memory part")
+    parser.add_argument("--ratings", default=None, help="MovieLens ratings.csv for the replay part")
+    parser.add_argument("--replay-limit", type=int, default=None, help="replay only the first N events")
     parser.add_argument("--broker", choices=["auto", "kafka", "tansu"], default="auto")
-    args = parser.parse_args()
+    parser.add_argument("--out", default=str(RESULTS), help="where to write the JSON (a .md goes next to it)")
+    args = parser.parse_args(argv)
+    parts = [p.strip() for p in args.only.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        parser.error(f"unknown part(s) {', '.join(unknown)}; known: {', '.join(PARTS)}")
+    if args.quick:
+        args.events = min(args.events, 3_000)
+        args.catalogues = "1000"
+        args.seconds = min(args.seconds, 1.0)
+        args.rate = min(args.rate, 200)
+        args.probes = min(args.probes, 3)
+        args.topk_sizes = "1000,10000"
+        args.memory_ids = min(args.memory_ids, 20_000)
+        args.replay_limit = args.replay_limit or 5_000
 
-    broker = local_services.start_broker(args.broker)
-    redis_service = local_services.start_redis()
-    try:
-        ingest = bench_ingest(broker, redis_service.url, args.events, gate=True)
-        ingest_no_gate = bench_ingest(broker, redis_service.url, args.events, gate=False)
-        serving = bench_serving(broker, redis_service.url, args.items, args.seconds)
-    finally:
-        redis_service.stop()
-        broker.stop()
-    report = {
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "broker": broker.name},
-        "ingest": ingest,
-        "ingest_without_gate": ingest_no_gate,
-        "gate_throughput_ratio": ingest["worker_events_per_second"] / ingest_no_gate["worker_events_per_second"],
-        "serving": serving,
+    from bench.stack import Services
+
+    report: dict = {
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": machine(),
+        "parts": {},
+        "errors": {},
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2))
-    i, s = ingest, serving
-    print(f"\nbroker: {broker.name}; results in {RESULTS}\n")
-    print(f"{'benchmark':<44}{'figure':>16}{'reference':>16}{'ratio':>8}")
+    rows: list[Row] = []
+    services = Services(args.broker)
+    started = time.perf_counter()
+    try:
+        for part in [p for p in PARTS if p in parts]:
+            part_started = time.perf_counter()
+            print(f"bench: {part} ...", file=sys.stderr, flush=True)
+            try:
+                result, part_rows = _run_part(part, args, services)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as exc:  # noqa: BLE001 - one failing part must not lose the others' figures
+                report["errors"][part] = f"{type(exc).__name__}: {exc}"
+                print(f"bench: {part} failed: {exc}\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+                continue
+            result["seconds"] = time.perf_counter() - part_started
+            report["parts"][part] = result
+            rows.extend(part_rows)
+            print(f"bench: {part} done in {result['seconds']:.0f}s", file=sys.stderr, flush=True)
+    finally:
+        report["machine"]["broker"] = services.broker_name()
+        services.stop()
+    report["seconds"] = time.perf_counter() - started
+    report["machine"]["load_average_at_end"] = os.getloadavg()
+    report["rows"] = [r.as_dict() for r in rows]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+    out.with_suffix(".md").write_text(markdown_table(rows) + "\n")
+    m = report["machine"]
     print(
-        f"{'ingest events/s (worker vs bare consume)':<44}"
-        f"{i['worker_events_per_second']:>16,.0f}{i['bare_consume_events_per_second']:>16,.0f}"
-        f"{i['ratio_to_bare_consume']:>8.2f}"
+        f"\n{m['cpus']} x {m['cpu_model']}, {((m['ram_bytes'] or 0) / 2**30):.0f} GiB RAM, Python {m['python']}, "
+        f"broker {m['broker']}; {report['seconds']:.0f}s; results in {out}\n"
     )
-    print(
-        f"{'ingest events/s (worker vs bare learner)':<44}"
-        f"{i['worker_events_per_second']:>16,.0f}{i['bare_learner_events_per_second']:>16,.0f}"
-        f"{i['ratio_to_bare_learner']:>8.2f}"
-    )
-    off = ingest_no_gate["worker_events_per_second"]
-    print(
-        f"{'ingest events/s (gate on vs gate off)':<44}{i['worker_events_per_second']:>16,.0f}{off:>16,.0f}"
-        f"{i['worker_events_per_second'] / off:>8.2f}"
-    )
-    print(f"  gate on: learned {i['learned']:,} of {i['events'] + 500:,}; held/dropped {i['held_or_dropped']}")
-    rec, triv = s["recommendations"], s["trivial"]
-    label = f"top-10 over {s['items']:,} items"
-    for q in ("p50", "p99"):
-        mine, ref = rec[f"{q}_ms"], triv[f"{q}_ms"]
-        print(f"{label + f' {q} ms (vs /healthz)':<44}{mine:>16.3f}{ref:>16.3f}{mine / ref:>8.2f}")
-    print(
-        f"{label + ' req/s, 1 conn':<44}{rec['requests_per_second']:>16,.0f}"
-        f"{triv['requests_per_second']:>16,.0f}{s['rps_ratio_to_trivial']:>8.2f}"
-    )
-    return 0
+    print(text_table(rows))
+    met = [r for r in rows if r.met is not None]
+    print(f"\ntargets met: {sum(bool(r.met) for r in met)} of {len(met)}")
+    for part, error in report["errors"].items():
+        print(f"FAILED {part}: {error}")
+    return 1 if report["errors"] else 0
+
+
+def _run_part(part: str, args: argparse.Namespace, services) -> tuple[dict, list[Row]]:
+    if part == "ingest":
+        from bench import ingest
+
+        return ingest.run(services, args.events, TimeBudget(240, part))
+    if part == "serving":
+        from bench import serving
+
+        catalogues = [int(c) for c in args.catalogues.split(",")]
+        return serving.run(services, catalogues, args.seconds, TimeBudget(240, part))
+    if part == "freshness":
+        from bench import freshness
+
+        return freshness.run(services, args.rate, 10 if not args.quick else 2, args.probes, TimeBudget(150, part))
+    if part == "topk":
+        from bench import topk
+
+        results = topk.run_sizes(tuple(int(s) for s in args.topk_sizes.split(",")))
+        return {"sizes": results}, topk.rows(results)
+    if part == "memory":
+        from bench import memory
+
+        return memory.run(args.memory_ids, TimeBudget(120, part))
+    if part == "replay":
+        from bench import replay
+
+        ratings = Path(args.ratings) if args.ratings else replay.RATINGS
+        return replay.run(ratings, TimeBudget(120, part), args.replay_limit)
+    raise ValueError(part)
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
 
 
 if __name__ == "__main__":

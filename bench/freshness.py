@@ -1,0 +1,172 @@
+"""Freshness: from ``POST /v1/events`` returning to the event's effect being visible in that user's list.
+
+One worker and one API over the same broker and Redis. A probe is a ``like`` by a user nobody has
+seen before, posted through the API; its effect is visible when
+``GET /v1/users/{user}/recommendations`` for that user answers ``source: "model"`` (the served
+model knows the user: the worker learned the event, checkpointed, announced the version and the
+API loaded it), polled every 5 ms. Probes run one after another, first with no other traffic
+(the reference), then while ``bench.background`` (a separate process) produces a steady load
+straight to the events topic. A probe not visible within ``PROBE_TIMEOUT`` counts at that value.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from datetime import UTC, datetime
+
+import httpx
+import redis
+
+from bench.common import Row, TimeBudget, stop_process, wait_for
+from bench.ingest import handled
+from bench.stack import Services, ensure_topics, run_env
+from recstream import local_services
+from recstream.settings import Settings
+from store.keys import Keys
+
+PROBE_TIMEOUT = 10.0
+TARGET_P99_SECONDS = 1.0
+TARGET_RATE = 5_000
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else float("nan")
+
+
+def _probe(client: httpx.Client, api_url: str, user: str) -> tuple[float, float]:
+    """Post one like for a new user; return (seconds until visible, seconds the POST took)."""
+    event = {
+        "event_id": f"probe-{uuid.uuid4().hex}",
+        "user_id": user,
+        "item_id": "v1",
+        "type": "like",
+        "ts": datetime.now(UTC).isoformat(),
+    }
+    began = time.perf_counter()
+    response = client.post(f"{api_url}/v1/events", json=[event])
+    posted = time.perf_counter()
+    if response.status_code != 202 or response.json().get("accepted") != 1:
+        raise RuntimeError(f"probe event not accepted: {response.status_code} {response.text[:300]}")
+    url = f"{api_url}/v1/users/{user}/recommendations?k=10"
+    while time.perf_counter() - posted < PROBE_TIMEOUT:
+        body = client.get(url).json()
+        if body.get("source") == "model":
+            return time.perf_counter() - posted, posted - began
+        time.sleep(0.005)
+    return PROBE_TIMEOUT, posted - began
+
+
+def _probes(client: httpx.Client, api_url: str, tag: str, count: int, seconds: float) -> dict:
+    lags: list[float] = []
+    posts: list[float] = []
+    stop_at = time.monotonic() + seconds
+    while len(lags) < count and time.monotonic() < stop_at:
+        lag, post = _probe(client, api_url, f"fresh-{tag}-{len(lags)}")
+        lags.append(lag)
+        posts.append(post)
+        time.sleep(0.05)  # let probes land at different points of the checkpoint cycle
+    return {
+        "probes": len(lags),
+        "timeouts": sum(lag >= PROBE_TIMEOUT for lag in lags),
+        "p50_s": _percentile(lags, 0.5),
+        "p99_s": _percentile(lags, 0.99),
+        "max_s": max(lags) if lags else float("nan"),
+        "post_p50_ms": _percentile(posts, 0.5) * 1e3,
+        "lags_s": lags,
+    }
+
+
+def run(
+    services: Services, rate: float, idle_probes: int, loaded_probes: int, budget: TimeBudget
+) -> tuple[dict, list[Row]]:
+    run_ = run_env(services, "fresh")
+    ensure_topics(run_)
+    settings = Settings()
+    r = redis.Redis.from_url(services.redis.url)
+    keys = Keys(settings.redis_prefix)
+    worker = local_services.start_worker(run_.env)
+    api = None
+    background = None
+    try:
+        api = local_services.start_api(run_.env)
+        client = httpx.Client(timeout=5, headers={"Authorization": f"Bearer {run_.api_key}"})
+        # The worker writes its first checkpoint once it has learned something: wait for a model.
+        warm = f"warm-{uuid.uuid4().hex[:6]}"
+        wait_for(lambda: client.get(f"{api.url}/readyz").status_code == 200 or _post_warm(client, api.url, warm),
+                 min(90, budget.left()), "the worker's first model and a ready API", interval=0.5)  # fmt: skip
+        idle = _probes(client, api.url, "idle", idle_probes, min(60, budget.left() / 3))
+        budget.check("freshness, before the loaded phase")
+        bg_seconds = max(10.0, min(budget.left() - 20, 5.0 + loaded_probes * 1.5))
+        handled_before = handled(r, keys)
+        background = _start_background(services.broker.address, settings.topic_events, rate, bg_seconds)
+        time.sleep(min(5.0, bg_seconds / 4))  # reach the steady state first
+        loaded = _probes(client, api.url, "load", loaded_probes, bg_seconds - 7)
+        out, _ = background.communicate(timeout=bg_seconds + 30)
+        bg = json.loads(out.strip().splitlines()[-1])
+        # Did the worker keep up? What it had checkpointed when the load ended, against what was sent.
+        handled_at_end = handled(r, keys) - handled_before
+        loaded["background"] = bg
+        loaded["worker_handled_when_load_ended"] = handled_at_end
+        client.close()
+    finally:
+        if background is not None:
+            stop_process(background)
+        if api is not None:
+            api.stop()
+        worker.stop(timeout=30)
+    result = {"idle": idle, "loaded": loaded, "checkpoint_interval_s": settings.checkpoint_interval_seconds}
+    achieved = loaded["background"]["events_per_second"]
+    rows = [
+        Row(
+            "freshness",
+            f"POST -> visible, p50 s, {achieved:,.0f} ev/s load",
+            loaded["p50_s"],
+            "s",
+            idle["p50_s"],
+            "same probe, no load",
+        ),
+        Row(
+            "freshness",
+            f"POST -> visible, p99 s, {achieved:,.0f} ev/s load",
+            loaded["p99_s"],
+            "s",
+            idle["p99_s"],
+            "same probe, no load",
+            f"<= {TARGET_P99_SECONDS:g} s at {TARGET_RATE:,} ev/s",
+            loaded["p99_s"] <= TARGET_P99_SECONDS and achieved >= 0.95 * TARGET_RATE,
+        ),
+        Row(
+            "freshness",
+            "worker ev/s handled during the load",
+            handled_at_end / loaded["background"]["seconds"],
+            "ev/s",
+            achieved,
+            "background ev/s sent",
+        ),
+    ]
+    return result, rows
+
+
+def _post_warm(client: httpx.Client, api_url: str, user: str) -> bool:
+    event = {"event_id": uuid.uuid4().hex, "user_id": user, "item_id": "v1", "type": "like",
+             "ts": datetime.now(UTC).isoformat()}  # fmt: skip
+    client.post(f"{api_url}/v1/events", json=[event])
+    return False
+
+
+def _start_background(bootstrap: str, topic: str, rate: float, seconds: float):
+    import subprocess
+    import sys
+
+    from bench.common import PROJECT
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench.background", bootstrap, topic, str(rate), str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=PROJECT,
+        start_new_session=True,
+    )

@@ -1,0 +1,178 @@
+"""Serving: top-10 recommendations next to ``/healthz`` on the same server, load from another process.
+
+For each catalogue size, a model of the default kind (``RECSTREAM_MODEL``) over that many items
+and 2,000 users is written to Redis as the worker's checkpoint would (signed snapshot + current
+version) and the users' seen sets are filled; then ``recstream api`` is started and
+``bench.load`` (a separate process) measures requests/s and p50/p99 at 1 and 32 keep-alive
+connections, each request for the next of the 2,000 users. With ``processes=2`` a second API
+process on another port serves the same Redis prefix and the 32 connections are split between the
+two ports (what a load balancer in front of two processes does; ``recstream api`` runs one
+uvicorn process, and uvicorn's own ``--workers`` needs an import string the CLI does not use).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+
+import httpx
+import redis
+
+from bench.common import Row, TimeBudget, run_json, wait_for
+from bench.stack import Services, run_env
+from recstream import local_services
+from recstream.components import new_learner, snapshot_signer
+from recstream.settings import Settings
+from store.keys import Keys
+
+USERS = 2_000
+P99_TARGET_RATIO = 1.5
+RPS_TARGET_RATIO = 0.5
+SCALE_TARGET = 1.6
+
+
+def seed_model(redis_url: str, n_items: int, seed: int = 3) -> dict:
+    """Learn a model over ``n_items`` items and ``USERS`` users and checkpoint it as version 1."""
+    settings = Settings()
+    learner = new_learner(settings)
+    rnd = random.Random(seed)
+    seen: dict[str, set[str]] = {}
+    started = time.perf_counter()
+    for item in range(n_items):  # every item liked once, so the catalogue has n_items items
+        user = f"u{rnd.randrange(USERS)}"
+        learner.learn(user, f"v{item}", "like", None, None)
+        seen.setdefault(user, set()).add(f"v{item}")
+    for _ in range(20 * USERS):  # and some popular structure: 20 more likes per user on average
+        user, item = f"u{rnd.randrange(USERS)}", f"v{min(int(rnd.paretovariate(1.2)), n_items) - 1}"
+        learner.learn(user, item, "like", None, None)
+        seen.setdefault(user, set()).add(item)
+    learn_seconds = time.perf_counter() - started
+    blob = learner.to_bytes()
+    keys = Keys(settings.redis_prefix)
+    r = redis.Redis.from_url(redis_url)
+    signer = snapshot_signer(settings)
+    meta = json.dumps({"events_learned": learner.events_learned})
+    with r.pipeline() as pipe:
+        pipe.hset(keys.version(1), mapping={"blob": blob, "tag": signer.sign(blob), "meta": meta})
+        pipe.set(keys.current_version, 1)
+        for user, items in seen.items():
+            pipe.sadd(keys.seen(user), *items)
+        pipe.execute()
+    return {"items": n_items, "users": USERS, "snapshot_bytes": len(blob), "learn_seconds": learn_seconds}
+
+
+def _get(url: str, api_key: str) -> bytes:
+    try:
+        return httpx.get(url, timeout=2, headers={"Authorization": f"Bearer {api_key}"}).content
+    except httpx.HTTPError:
+        return b""
+
+
+def _load(urls: list[str], seconds: float, api_key: str, connections: int) -> dict:
+    return run_json(
+        ["-m", "bench.load", ",".join(urls), str(seconds), api_key, "--connections", str(connections)],
+        timeout=seconds + 60,
+    )
+
+
+def run_catalogue(services: Services, n_items: int, seconds: float, budget: TimeBudget, two_processes: bool) -> dict:
+    run = run_env(services, f"serve{n_items}")
+    run.apply()
+    model = seed_model(services.redis.url, n_items)
+    apis = [local_services.start_api(run.env)]
+    try:
+        if two_processes:
+            apis.append(local_services.start_api(run.env))
+        for api in apis:
+            wait_for(
+                lambda api=api: b'"model_version":1' in _get(f"{api.url}/v1/users/u7/recommendations", run.api_key),
+                min(60, budget.left()),
+                "the API to load the model",
+            )
+        trivial = [f"{apis[0].url}/healthz"]
+        recs = [f"{apis[0].url}/v1/users/{{user}}/recommendations?k=10"]
+        result: dict = {"model": model}
+        for connections in (1, 32):
+            budget.check(f"serving {n_items:,} items")
+            result[f"trivial_{connections}"] = _load(trivial, seconds, run.api_key, connections)
+            result[f"recommendations_{connections}"] = _load(recs, seconds, run.api_key, connections)
+        if two_processes:
+            budget.check("serving from two processes")
+            both_trivial = [f"{api.url}/healthz" for api in apis]
+            both_recs = [f"{api.url}/v1/users/{{user}}/recommendations?k=10" for api in apis]
+            result["trivial_32_two_processes"] = _load(both_trivial, seconds, run.api_key, 32)
+            result["recommendations_32_two_processes"] = _load(both_recs, seconds, run.api_key, 32)
+    finally:
+        for api in apis:
+            api.stop()
+    return result
+
+
+def run(services: Services, catalogues: list[int], seconds: float, budget: TimeBudget) -> tuple[dict, list[Row]]:
+    results: dict = {}
+    rows: list[Row] = []
+    biggest = max(catalogues)
+    for n_items in catalogues:
+        result = run_catalogue(services, n_items, seconds, budget, two_processes=n_items == biggest)
+        results[str(n_items)] = result
+        targeted = n_items == biggest and n_items >= 100_000
+        label = f"top-10, {n_items:,} items"
+        for connections in (1, 32):
+            rec, triv = result[f"recommendations_{connections}"], result[f"trivial_{connections}"]
+            for q in ("p50", "p99"):
+                has_target = targeted and q == "p99" and connections == 1
+                ratio = rec[f"{q}_ms"] / triv[f"{q}_ms"]
+                rows.append(
+                    Row(
+                        "serving",
+                        f"{label}, {connections} conn, {q} ms",
+                        rec[f"{q}_ms"],
+                        "ms",
+                        triv[f"{q}_ms"],
+                        "/healthz, same server",
+                        f"<= {P99_TARGET_RATIO}x ref" if has_target else "",
+                        ratio <= P99_TARGET_RATIO if has_target else None,
+                    )
+                )
+            has_target = targeted and connections == 32
+            ratio = rec["requests_per_second"] / triv["requests_per_second"]
+            rows.append(
+                Row(
+                    "serving",
+                    f"{label}, {connections} conn, req/s",
+                    rec["requests_per_second"],
+                    "req/s",
+                    triv["requests_per_second"],
+                    "/healthz, same server",
+                    f">= {RPS_TARGET_RATIO}x ref" if has_target else "",
+                    ratio >= RPS_TARGET_RATIO if has_target else None,
+                )
+            )
+        if "recommendations_32_two_processes" in result:
+            two, one = result["recommendations_32_two_processes"], result["recommendations_32"]
+            ratio = two["requests_per_second"] / one["requests_per_second"]
+            rows.append(
+                Row(
+                    "serving",
+                    f"{label}, 32 conn, 2 API processes, req/s",
+                    two["requests_per_second"],
+                    "req/s",
+                    one["requests_per_second"],
+                    "1 API process",
+                    f">= {SCALE_TARGET}x ref",
+                    ratio >= SCALE_TARGET,
+                )
+            )
+            two_t, one_t = result["trivial_32_two_processes"], result["trivial_32"]
+            rows.append(
+                Row(
+                    "serving",
+                    "/healthz, 32 conn, 2 API processes, req/s",
+                    two_t["requests_per_second"],
+                    "req/s",
+                    one_t["requests_per_second"],
+                    "1 API process",
+                )
+            )
+    return results, rows
