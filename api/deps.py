@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import redis.asyncio as aioredis
@@ -15,6 +15,7 @@ from api.auth import ANONYMOUS, KeyRing, Principal
 from api.model_holder import ModelHolder
 from api.producer import EventProducer
 from api.rate_limit import RateLimiter
+from api.redis_breaker import RedisBreaker
 from recstream.settings import Scope, Settings
 from store.model_store import ModelStore
 
@@ -30,6 +31,9 @@ class ApiState:
     producer: EventProducer
     keys: KeyRing
     limiter: RateLimiter
+    #: Optional Redis reads on the request path (seen sets) go through it, so a Redis outage degrades
+    #: them at once instead of costing every request a timeout.
+    redis_breaker: RedisBreaker = field(default_factory=RedisBreaker)
 
 
 async def get_state(request: Request) -> ApiState:

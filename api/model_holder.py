@@ -4,6 +4,11 @@ It listens on the Redis announce channel and also polls the ``current`` pointer 
 messages are lost while disconnected). A swap is one attribute assignment, so requests in
 flight finish on the model they started with. A snapshot that fails authentication is
 refused: the previous model keeps serving.
+
+Redis going away is survived: the poll keeps trying every ``poll_seconds`` (logging once when
+Redis becomes unreachable and once when it is back), and the listener opens a new subscription
+(closing the broken one) every ``poll_seconds`` until Redis answers again, so versions written
+after Redis returns are picked up by either path.
 """
 
 from __future__ import annotations
@@ -28,13 +33,17 @@ class ModelHolder:
         self.model: ServingModel | None = None
         self.refused_version: int | None = None
         self.redis_ok = False
+        self._was_unreachable = False
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
     async def refresh(self) -> None:
         """Load the current version if it differs from the one in memory."""
         version = await self.store.current_version()
+        if not self.redis_ok and self._was_unreachable:
+            log.warning("Redis is reachable again: model refresh resumed")
         self.redis_ok = True
+        self._was_unreachable = False
         if (
             version is None
             or (self.model is not None and self.model.version == version)
@@ -59,8 +68,10 @@ class ModelHolder:
         log.info("serving model v%d (%d events learned)", model.version, model.events_learned)
 
     async def start(self) -> None:
-        with contextlib.suppress(Exception):
+        try:
             await self.refresh()
+        except Exception as exc:  # noqa: BLE001 - Redis down at start: the poll keeps trying
+            self._unreachable(exc)
         self._task = asyncio.create_task(self._run(), name="model-refresh")
 
     async def stop(self) -> None:
@@ -79,19 +90,30 @@ class ModelHolder:
                 try:
                     await self.refresh()
                 except Exception as exc:  # noqa: BLE001 - Redis down: keep serving what we have
-                    if self.redis_ok:
-                        log.warning("cannot reach Redis to refresh the model (%s); serving the model in memory", exc)
-                    self.redis_ok = False
+                    self._unreachable(exc)
         finally:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await listener
 
+    def _unreachable(self, exc: BaseException) -> None:
+        if not self._was_unreachable:
+            log.warning(
+                "cannot reach Redis to refresh the model (%s); serving the model in memory (v%s) and retrying "
+                "every %.1fs",
+                exc,
+                self.model.version if self.model else "none",
+                self.poll_seconds,
+            )
+        self.redis_ok = False
+        self._was_unreachable = True
+
     async def _listen(self) -> None:
         while True:
+            pubsub = self.store.redis.pubsub()
             try:
-                pubsub = self.store.redis.pubsub()
                 await pubsub.subscribe(self.store.keys.announce_channel)
+                self._wake.set()  # (re)subscribed: check at once for what was announced meanwhile
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
                         self._wake.set()
@@ -99,3 +121,6 @@ class ModelHolder:
                 raise
             except Exception:  # noqa: BLE001 - reconnect after a pause; polling covers the gap
                 await asyncio.sleep(self.poll_seconds)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()

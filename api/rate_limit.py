@@ -9,8 +9,12 @@ within ``LEASE_SECONDS`` is dropped, so an idle process does not keep tokens oth
 
 Fail-open: when Redis cannot be reached the request goes through (and a warning is logged at
 most once a minute). Authentication never depends on Redis, so only already-authenticated keys
-get through unmetered, while recommendations already fail without Redis and ingest keeps
-working; docs/security.md explains the choice.
+get through unmetered; ingest (which needs only Kafka) and recommendations (served from memory,
+``"degraded": true``) keep working; docs/security.md explains the choice. Bucket calls go through
+a :class:`api.redis_breaker.RedisBreaker`: each waits at most ``TIMEOUT_SECONDS`` and, after a
+failure, Redis is skipped for a second, so an outage does not add a timeout to every request.
+A per-process fallback bucket was considered and not chosen: with N API processes it would allow
+N times the limit anyway, and a small burst would refuse honest clients during an outage.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import logging
 import math
 import time
 
+from api.redis_breaker import RedisBreaker, RedisUnavailable
+from recstream import metrics
 from recstream.settings import Scope, Settings
 from store.rate_limit import TokenBuckets
 
@@ -30,8 +36,9 @@ LEASE_SECONDS = 1.0
 
 
 class RateLimiter:
-    def __init__(self, buckets: TokenBuckets | None, settings: Settings) -> None:
+    def __init__(self, buckets: TokenBuckets | None, settings: Settings, breaker: RedisBreaker | None = None) -> None:
         self.buckets = buckets if settings.rate_limit_enabled else None
+        self.breaker = breaker or RedisBreaker()
         self.limits: dict[str, tuple[float, int]] = {
             "ingest": (settings.rate_limit_ingest_per_second, settings.rate_limit_ingest_burst),
             "read": (settings.rate_limit_read_per_second, settings.rate_limit_read_burst),
@@ -52,14 +59,17 @@ class RateLimiter:
             self._leases[lease_key] = (left - 1, taken_at)
             return None
         lease = max(1, int(burst * LEASE_FRACTION))
+        buckets = self.buckets
         try:
-            decision = await self.buckets.take(key_name, scope, rate, burst, cost=lease)
+            decision = await self.breaker.call(lambda: buckets.take(key_name, scope, rate, burst, cost=lease))
             if decision.allowed:
                 self._leases[lease_key] = (lease - 1, now)
                 return None
             if lease > 1:  # not enough for a lease: maybe still one token
-                decision = await self.buckets.take(key_name, scope, rate, burst)
-        except Exception as exc:  # noqa: BLE001 - fail open, see the module docstring
+                decision = await self.breaker.call(lambda: buckets.take(key_name, scope, rate, burst))
+        except RedisUnavailable as exc:  # fail open, see the module docstring
+            if exc.__cause__ is not None:
+                metrics.REDIS_ERRORS.labels("api").inc()
             now = time.monotonic()
             if now - self._warned_at >= WARN_EVERY_SECONDS:
                 self._warned_at = now

@@ -1,4 +1,13 @@
-"""``/healthz`` (the process is alive), ``/readyz`` (it can do its job) and ``/metrics``."""
+"""``/healthz`` (the process is alive), ``/readyz`` (it can do its job) and ``/metrics``.
+
+``/readyz`` answers:
+
+* ``200 {"status": "ready"}``: Redis and the broker answer and a model is loaded;
+* ``200 {"status": "degraded"}``: a model is loaded and the broker answers but Redis does not:
+  recommendations are served from the model in memory (``"degraded": true``, seen items not
+  excluded), ingest works, new model versions are picked up once Redis is back;
+* ``503 {"status": "not ready"}``: no model loaded, or the broker does not answer (ingest fails).
+"""
 
 from __future__ import annotations
 
@@ -19,10 +28,19 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "Redis or the broker is unreachable, or no model is loaded."}})
+REDIS_PROBE_SECONDS = 1.0
+
+
+@router.get(
+    "/readyz",
+    responses={
+        200: {"description": '"ready", or "degraded": Redis unreachable, serving the model in memory.'},
+        503: {"description": "The broker is unreachable, or no model is loaded."},
+    },
+)
 async def readyz(state: Annotated[ApiState, Depends(get_state)]) -> Any:
     try:
-        redis_ok = bool(await asyncio.wait_for(state.redis.ping(), timeout=2))
+        redis_ok = bool(await asyncio.wait_for(state.redis.ping(), timeout=REDIS_PROBE_SECONDS))
     except Exception:  # noqa: BLE001 - readiness probe
         redis_ok = False
     broker_ok = await state.producer.ping()
@@ -32,10 +50,13 @@ async def readyz(state: Annotated[ApiState, Depends(get_state)]) -> Any:
         "broker": "ok" if broker_ok else "unreachable",
         "model": f"v{model.version}" if model else "none loaded",
     }
-    ready = redis_ok and broker_ok and model is not None
-    return JSONResponse(
-        {"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503
-    )
+    if model is None or not broker_ok:
+        status, code = "not ready", 503
+    elif not redis_ok:
+        status, code = "degraded", 200
+    else:
+        status, code = "ready", 200
+    return JSONResponse({"status": status, "checks": checks}, status_code=code)
 
 
 @router.get("/metrics", include_in_schema=False)

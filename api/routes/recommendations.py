@@ -1,7 +1,16 @@
-"""``GET /v1/users/{user_id}/recommendations`` and ``POST /v1/scores``."""
+"""``GET /v1/users/{user_id}/recommendations`` and ``POST /v1/scores``.
+
+Both answer from the model in this process's memory. Recommendations also read the user's seen
+set from Redis to exclude what the user already saw; when Redis cannot be reached (or failed
+less than a second ago, see :mod:`api.redis_breaker`) the list is served without that exclusion
+and marked ``"degraded": true`` instead of failing.
+"""
 
 from __future__ import annotations
 
+import logging
+import math
+import time
 import uuid
 from typing import Annotated, Any
 
@@ -10,9 +19,15 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
 from pydantic import BaseModel, Field
 
 from api.deps import AUTH_RESPONSES, ApiState, get_state, require_scope
+from api.redis_breaker import RedisUnavailable
 from learner.serving import ServingModel
 from recstream import metrics
 from recstream.events import ID_PATTERN, Identifier
+
+log = logging.getLogger(__name__)
+
+WARN_EVERY_SECONDS = 60.0
+_warned_at = -math.inf
 
 router = APIRouter(tags=["recommendations"], dependencies=[Depends(require_scope("read"))], responses=AUTH_RESPONSES)
 
@@ -37,6 +52,11 @@ class RecommendationList(BaseModel):
         description='"model": personalised; "popular": the user is unknown to the model, so popular items.'
     )
     items: list[ScoredItem]
+    degraded: bool = Field(
+        False,
+        description="true: Redis was unreachable, so items the user already saw were not excluded "
+        "(served from the model in memory).",
+    )
 
 
 class ScoreRequest(BaseModel):
@@ -83,10 +103,12 @@ async def recommendations(
     if k > settings.k_max:
         raise HTTPException(status_code=422, detail=f"k={k} is above the limit of {settings.k_max} (RECSTREAM_K_MAX)")
     model = _model(state)
+    degraded = False
     try:
-        seen = await state.store.seen(user_id)
-    except Exception as exc:
-        raise HTTPException(status_code=503, detail=f"cannot read the user's history from Redis: {exc}") from exc
+        seen = await state.redis_breaker.call(lambda: state.store.seen(user_id))
+    except RedisUnavailable as exc:
+        seen, degraded = set(), True
+        _degraded(exc)
     rec = model.recommend(user_id, k, exclude=seen)
     metrics.RECOMMENDATIONS_SERVED.labels(rec.source).inc()
     # Serialised directly (same shape as RecommendationList): this is the hot path.
@@ -96,8 +118,25 @@ async def recommendations(
         "model_version": model.version,
         "source": rec.source,
         "items": [{"item_id": item, "score": score} for item, score in rec.items],
+        "degraded": degraded,
     }
     return Response(orjson.dumps(body), media_type="application/json")
+
+
+def _degraded(exc: RedisUnavailable) -> None:
+    """Count a list served without seen-set exclusion; log at most once a minute."""
+    global _warned_at
+    metrics.RECOMMENDATIONS_DEGRADED.inc()
+    if exc.__cause__ is not None:  # a real failure, not a call skipped by the open breaker
+        metrics.REDIS_ERRORS.labels("api").inc()
+    now = time.monotonic()
+    if now - _warned_at >= WARN_EVERY_SECONDS:
+        _warned_at = now
+        log.warning(
+            "cannot read seen sets from Redis (%s); serving recommendations from the model in memory "
+            'without excluding seen items ("degraded": true)',
+            exc,
+        )
 
 
 @router.post("/v1/scores", response_model=ScoreResult, responses={503: {"description": "No model yet."}})
