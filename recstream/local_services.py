@@ -315,13 +315,18 @@ def start_redis(
     appendonly: bool = False,
     password: str | None = None,
     timeout: float = 10,
+    appendfsync: str | None = None,
 ) -> LocalService:
     """Start ``redis-server`` on 127.0.0.1 and wait until it answers ``PING``.
 
     ``workdir`` holds the AOF/RDB files and ``redis.log``; reuse the same ``workdir``
-    with ``appendonly=True`` to restart on persisted data. Without a ``workdir`` a
-    temporary one is created and removed by :meth:`LocalService.stop`.
+    and ``port`` with ``appendonly=True`` to restart on persisted data. Without a
+    ``workdir`` a temporary one is created and removed by :meth:`LocalService.stop`.
+    ``appendfsync`` (``always``, ``everysec``, ``no``; Redis's default is ``everysec``)
+    sets when the AOF is fsynced; ``always`` fsyncs before Redis answers a write.
     """
+    if appendfsync not in (None, "always", "everysec", "no"):
+        raise ValueError(f"appendfsync must be 'always', 'everysec' or 'no', not {appendfsync!r}")
     binary = _find_redis_server()
     workdir, owns = _prepare_workdir(workdir, "redis")
     port = port or free_port()
@@ -337,6 +342,8 @@ def start_redis(
     ]  # fmt: skip
     if password is not None:
         argv += ["--requirepass", password]
+    if appendfsync is not None:
+        argv += ["--appendfsync", appendfsync]
     service = _spawn(
         "redis",
         argv,

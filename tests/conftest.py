@@ -182,3 +182,62 @@ def stack(service_env: dict[str, str], processes: list[local_services.LocalServi
     finally:
         client.close()
         checkpoints.close()
+
+
+#: Gate settings for tests that count exactly what is learned: the statistical rules (per-user rates, item
+#: surges, anomaly score, model guard) are switched off or out of reach, so only the deterministic rules
+#: (contract, duplicates, timestamps) decide. Each such test says what it expects to be held.
+COUNTABLE_GATE_ENV = {
+    "RECSTREAM_GATE_ANOMALY_ENABLED": "false",
+    "RECSTREAM_GATE_USER_RATE_MAX_POSITIVES": "1000000",
+    "RECSTREAM_GATE_USER_RATE_MAX_EVENTS": "1000000",
+    "RECSTREAM_GATE_ITEM_SURGE_MIN_NEW_POSITIVES": "1000000000",
+    "RECSTREAM_GATE_GUARD_MIN_REFERENCE": "1000000000",
+}
+
+
+def current_learner(env: dict[str, str]) -> Any:
+    """The learner in the current snapshot in Redis (HMAC-verified with the run's key), or None."""
+    import asyncio
+
+    from recstream import components
+    from recstream.settings import Settings
+
+    settings = Settings(
+        redis_url=env["RECSTREAM_REDIS_URL"],
+        redis_prefix=env["RECSTREAM_REDIS_PREFIX"],
+        hmac_key=env["RECSTREAM_HMAC_KEY"],
+    )
+
+    async def load() -> Any:
+        redis = components.redis_client(settings)
+        try:
+            snapshot = await components.model_store(settings, redis).load_current()
+        finally:
+            await redis.aclose()
+        return None if snapshot is None else components.learner_from_bytes(settings, snapshot.blob)
+
+    return asyncio.run(load())
+
+
+def popularity_counts(learner: Any) -> dict[str, int]:
+    """Item -> positive events the learner counted (each learned like/share once)."""
+    popularity = learner.popularity
+    return {item: int(count) for item, count in zip(popularity.items.ids, popularity.counts, strict=True) if count}
+
+
+def create_topics(env: dict[str, str]) -> None:
+    """Create the run's topics with its partition count before anything produces (no auto-created topics)."""
+    import asyncio
+
+    from recstream.settings import Settings
+    from stream.topics import ensure_topics
+
+    settings = Settings(
+        broker_url=env["RECSTREAM_BROKER_URL"],
+        topic_events=env["RECSTREAM_TOPIC_EVENTS"],
+        topic_rejected=env["RECSTREAM_TOPIC_REJECTED"],
+        topic_quarantined=env["RECSTREAM_TOPIC_QUARANTINED"],
+        topic_partitions=int(env["RECSTREAM_TOPIC_PARTITIONS"]),
+    )
+    asyncio.run(ensure_topics(settings))

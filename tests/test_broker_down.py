@@ -1,12 +1,26 @@
-"""When the broker cannot take a batch, ingest answers 503 with Retry-After and accepts nothing."""
+"""The broker unreachable: ingest answers 503 and accepts nothing; the worker waits and resumes by itself."""
 
 from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from recstream import local_services
 from tests.clock import iso
-from tests.conftest import Endpoint, api_client, make_env
+from tests.conftest import (
+    COUNTABLE_GATE_ENV,
+    Endpoint,
+    api_client,
+    create_topics,
+    current_learner,
+    make_env,
+    popularity_counts,
+    wait_for,
+)
+from tests.kafka_io import CheckpointReader, produce_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -35,3 +49,76 @@ def test_ingest_answers_503_with_retry_after_when_the_broker_is_unreachable(
         assert "recstream_ingest_broker_unavailable_total 1.0" in metrics_text
         assert "recstream_events_ingested_total 0.0" in metrics_text
         assert 'recstream_kafka_errors_total{component="api"} 1.0' in metrics_text
+
+
+def _events(prefix: str, count: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "event_id": f"{prefix}{n}",
+            "user_id": f"u{n % 40}",
+            "item_id": f"v{n % 17}",
+            "type": "like",
+            "ts": iso(n * 0.1),
+        }
+        for n in range(count)
+    ]
+
+
+@pytest.mark.chaos
+@pytest.mark.timeout(240)
+def test_worker_and_api_resume_by_themselves_after_the_broker_restarts(
+    redis_endpoint: Endpoint, processes: list[local_services.LocalService], tmp_path: Path
+) -> None:
+    if not local_services.java_kafka_available():
+        pytest.skip("needs genuine Kafka (Java + scripts/fetch-kafka.sh): Tansu keeps no data across a restart")
+    # An own broker (not the session's), restarted on the same port and log directory.
+    kafka_dir, kafka_port = tmp_path / "kafka", local_services.free_port()
+    kafka = local_services.start_kafka(kafka_dir, kafka_port)
+    processes.append(kafka)
+    env = {
+        **make_env(redis_endpoint, Endpoint(kafka.url, "own kafka")),
+        **COUNTABLE_GATE_ENV,
+        "RECSTREAM_PRODUCE_TIMEOUT_SECONDS": "2",
+    }
+    create_topics(env)
+    broker, topic = env["RECSTREAM_BROKER_URL"], env["RECSTREAM_TOPIC_EVENTS"]
+    worker = local_services.start_worker(env)
+    processes.append(worker)
+    api = local_services.start_api(env)
+    processes.append(api)
+    checkpoints = CheckpointReader(env["RECSTREAM_REDIS_URL"], env["RECSTREAM_REDIS_PREFIX"])
+    client = api_client(api, timeout=30)
+    try:
+        first = _events("a", 300)
+        produce_events(broker, topic, first)
+        wait_for(lambda: checkpoints.learned() == len(first), 90, f"the first events learned (log: {worker.log_path})")
+
+        kafka.kill()  # SIGKILL: the broker's log directory stays
+        # The API refuses ingest (nothing accepted) and is not ready; the worker notices and keeps retrying.
+        r = client.post("/v1/events", json=_events("x", 5))
+        assert r.status_code == 503 and "Retry-After" in r.headers, r.text
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["broker"] == "unreachable"
+        assert worker.log_path is not None
+        wait_for(lambda: "Unable connect to node" in worker.log_path.read_text(), 30, "the worker to notice")
+        assert worker.is_running(), worker.log_tail()
+
+        restarted = local_services.start_kafka(kafka_dir, kafka_port)
+        processes.append(restarted)
+        # Ingest works again once the API's producer has reconnected (it retries by itself).
+        second = _events("b", 300)
+        wait_for(lambda: client.post("/v1/events", json=second).status_code == 202, 60, "ingest to work again")
+        wait_for(
+            lambda: checkpoints.learned() == len(first) + len(second),
+            120,
+            f"the worker to resume by itself (log: {worker.log_path})",
+        )
+        assert worker.is_running() and api.is_running()
+        learner = current_learner(env)
+        assert learner is not None and learner.events_learned == len(first) + len(second)
+        expected = Counter(e["item_id"] for e in first + second)
+        assert popularity_counts(learner) == dict(expected)
+        wait_for(lambda: client.get("/readyz").status_code == 200, 30, "/readyz to be ready again")
+    finally:
+        client.close()
+        checkpoints.close()

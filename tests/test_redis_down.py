@@ -1,0 +1,239 @@
+"""Redis unreachable under a running API and worker.
+
+The API keeps serving the model in memory (``/readyz`` 200 "degraded", recommendations 200 marked
+``degraded``, ingest 202); the worker stops taking events and retries with capped backoff; once
+Redis is back (AOF, same port and data) the worker learns every event exactly once and the API
+picks up the new versions. Plus unit tests of the worker's backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from recstream import local_services
+from stream.app import Backoff, retry_until_done
+from tests.clock import iso
+from tests.conftest import (
+    COUNTABLE_GATE_ENV,
+    Endpoint,
+    api_client,
+    current_learner,
+    make_env,
+    popularity_counts,
+    wait_for,
+)
+from tests.kafka_io import CheckpointReader, produce_events
+
+SAMPLE = re.compile(r"^(recstream_[a-z0-9_]+)(\{[^}]*\})? ([0-9.e+-]+|NaN)$", re.MULTILINE)
+
+
+def scrape(url: str) -> dict[str, float]:
+    return {name + (labels or ""): float(value) for name, labels, value in SAMPLE.findall(httpx.get(url).text)}
+
+
+def events(prefix: str, count: int) -> list[dict[str, Any]]:
+    """Positive events (like/share, each counted once by popularity) and a few unlabelled views."""
+    kinds = ("like", "share", "like", "view")
+    return [
+        {
+            "event_id": f"{prefix}{n}",
+            "user_id": f"u{n % 150}",
+            "item_id": f"v{(n * 7) % 61}",
+            "type": kinds[n % 4],
+            "ts": iso(n * 0.1),
+        }
+        for n in range(count)
+    ]
+
+
+def positives_per_item(batch: list[dict[str, Any]]) -> Counter[str]:
+    return Counter(e["item_id"] for e in batch if e["type"] in ("like", "share"))
+
+
+# -- unit: the worker's backoff -----------------------------------------------------------------
+
+
+def test_backoff_doubles_up_to_the_cap_and_resets() -> None:
+    now = [100.0]
+    backoff = Backoff(first=0.5, cap=5.0, clock=lambda: now[0])
+    assert not backoff.stalled and backoff.ready() and backoff.delay() == 0
+    waits = [backoff.failed() for _ in range(7)]
+    assert waits == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 5.0]
+    assert backoff.stalled and not backoff.ready() and backoff.delay() == 5.0
+    now[0] += 5.0
+    assert backoff.ready()
+    now[0] += 2.0
+    assert backoff.succeeded() == 7.0  # stalled since the first failure
+    assert not backoff.stalled and backoff.failed() == 0.5
+
+
+def test_retry_until_done_waits_between_attempts_and_reports_the_stall() -> None:
+    attempts: list[int] = []
+    failures_seen: list[int] = []
+
+    async def flaky() -> str:
+        attempts.append(len(attempts))
+        if len(attempts) < 4:
+            raise ConnectionError("Redis is down")
+        return "done"
+
+    async def run() -> tuple[str, Backoff]:
+        backoff = Backoff(first=0.01, cap=0.02)
+        result = await retry_until_done(
+            flaky, backoff, "checkpoint", "checkpoint", on_failure=lambda: failures_seen.append(len(attempts))
+        )
+        return result, backoff
+
+    result, backoff = asyncio.run(run())
+    assert result == "done" and len(attempts) == 4 and failures_seen == [1, 2, 3]
+    assert not backoff.stalled and not backoff.retrying
+
+
+def test_retry_until_done_lets_cancellation_through() -> None:
+    async def run() -> None:
+        async def down() -> None:
+            raise ConnectionError("down")
+
+        task = asyncio.ensure_future(retry_until_done(down, Backoff(first=10, cap=10), "checkpoint", "checkpoint"))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+
+
+# -- integration -----------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.chaos
+@pytest.mark.timeout(240)
+def test_redis_down_api_degrades_worker_stalls_then_learns_everything(
+    broker_endpoint: Endpoint, processes: list[local_services.LocalService], tmp_path: Path
+) -> None:
+    redis_dir, redis_port = tmp_path / "redis", local_services.free_port()
+    # AOF with fsync before every answer: a SIGKILL (or a host crash) loses no write Redis acknowledged.
+    redis = local_services.start_redis(redis_dir, redis_port, appendonly=True, appendfsync="always")
+    processes.append(redis)
+    metrics_port = local_services.free_port()
+    env = {
+        **make_env(Endpoint(redis.url, "own redis"), broker_endpoint),
+        **COUNTABLE_GATE_ENV,
+        "RECSTREAM_WORKER_METRICS_PORT": str(metrics_port),
+    }
+    worker_metrics = f"http://127.0.0.1:{metrics_port}/metrics"
+    broker, topic = env["RECSTREAM_BROKER_URL"], env["RECSTREAM_TOPIC_EVENTS"]
+    worker = local_services.start_worker(env)
+    processes.append(worker)
+    api = local_services.start_api(env)
+    processes.append(api)
+    checkpoints = CheckpointReader(env["RECSTREAM_REDIS_URL"], env["RECSTREAM_REDIS_PREFIX"])
+    client = api_client(api, timeout=15)
+    try:
+        before = events("a", 400)
+        produce_events(broker, topic, before)
+        wait_for(lambda: checkpoints.learned() == len(before), 90, f"the first events learned (log: {worker.log_path})")
+        version = checkpoints.version()
+        wait_for(
+            lambda: client.get("/readyz").json()["checks"]["model"] == f"v{version}", 30, f"the API to serve v{version}"
+        )
+        assert client.get("/readyz").json()["status"] == "ready"
+        seen_item = before[0]["item_id"]
+
+        # -- Redis goes away --
+        redis.kill()
+
+        def degraded() -> dict[str, Any] | None:
+            r = client.get("/readyz")
+            return r.json() if r.status_code == 200 and r.json()["status"] == "degraded" else None
+
+        ready = wait_for(degraded, 20, "/readyz to say degraded")
+        assert isinstance(ready, dict)
+        assert ready["checks"] == {"redis": "unreachable", "broker": "ok", "model": f"v{version}"}
+        r = client.get(f"/v1/users/{before[0]['user_id']}/recommendations", params={"k": 100})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["degraded"] is True and body["model_version"] == version
+        # Seen items are not excluded while Redis is down (the user's own item can come back).
+        assert seen_item in {item["item_id"] for item in body["items"]}
+        assert client.post("/v1/scores", json={"user_id": "u1", "item_ids": ["v1"]}).status_code == 200
+
+        # Ingest needs only Kafka: the rate limiter fails open.
+        during = events("b", 300)
+        for start in range(0, len(during), 100):
+            r = client.post("/v1/events", json=during[start : start + 100])
+            assert r.status_code == 202 and r.json()["accepted"] == 100, r.text
+
+        # The worker stops taking events: it is stalled, retrying, and consumes nothing meanwhile.
+        stalled = wait_for(
+            lambda: (m := scrape(worker_metrics)).get("recstream_worker_stalled") == 1 and m,
+            30,
+            f"the worker to stall (log: {worker.log_path})",
+        )
+        assert isinstance(stalled, dict)
+
+        def retries(sample: dict[str, float]) -> float:
+            return sum(v for k, v in sample.items() if k.startswith("recstream_worker_retries_total"))
+
+        consumed = stalled.get("recstream_events_consumed_total", 0.0)
+        after_two_more = wait_for(
+            lambda: retries(m := scrape(worker_metrics)) >= retries(stalled) + 2 and m,
+            30,
+            "two more retries while Redis is down",
+        )
+        assert isinstance(after_two_more, dict)
+        assert after_two_more["recstream_events_consumed_total"] == consumed, "the worker kept consuming"
+        assert after_two_more["recstream_worker_stalled"] == 1
+        wait_for(
+            lambda: sum(v for k, v in scrape(worker_metrics).items() if k.startswith("recstream_consumer_lag")) > 0,
+            30,
+            "the consumer lag to show the waiting events",
+        )
+        log_text = worker.log_path.read_text() if worker.log_path else ""
+        assert "the worker takes no new events until it succeeds" in log_text
+        assert client.get("/healthz").status_code == 200
+
+        # -- Redis comes back on the same port and data --
+        restarted = local_services.start_redis(redis_dir, redis_port, appendonly=True, appendfsync="always")
+        processes.append(restarted)
+        after = events("c", 200)
+        produce_events(broker, topic, after)
+        published = before + during + after
+        wait_for(
+            lambda: checkpoints.learned() == len(published),
+            90,
+            f"the worker to learn all {len(published)} events after Redis returned (log: {worker.log_path})",
+        )
+        wait_for(lambda: scrape(worker_metrics).get("recstream_worker_stalled") == 0, 10, "the stall to end")
+        assert "stalled: consuming again" in (worker.log_path.read_text() if worker.log_path else "")
+
+        # The API picks up versions written after Redis returned, and is fully ready again.
+        latest = checkpoints.version()
+        assert latest is not None and version is not None and latest > version
+
+        def caught_up() -> bool:
+            r = client.get("/readyz")
+            return (
+                r.status_code == 200 and r.json()["status"] == "ready" and r.json()["checks"]["model"] == f"v{latest}"
+            )
+
+        wait_for(caught_up, 30, f"the API to serve v{latest} and be ready")
+        r = client.get(f"/v1/users/{before[0]['user_id']}/recommendations", params={"k": 100})
+        assert r.status_code == 200 and r.json()["degraded"] is False
+        assert seen_item not in {item["item_id"] for item in r.json()["items"]}
+
+        # Exactly once: per-item positive counts in the final model equal what was published.
+        learner = current_learner(env)
+        assert learner is not None and learner.events_learned == len(published)
+        assert popularity_counts(learner) == dict(positives_per_item(published))
+    finally:
+        client.close()
+        checkpoints.close()
