@@ -14,7 +14,8 @@ The rule (:meth:`Contest.verdict`): a challenger is promoted when its window is 
   two hit, ``z = (wins - losses) / sqrt(wins + losses)``, is at least ``min_z``.
 
 After any change of champion every window starts empty, so a new champion is never judged on
-samples scored before it served.
+samples scored before it served. After an operator's promotion or rollback the rule waits
+``hold_windows`` windows of samples before it may overrule the operator's choice.
 
 >>> rule = PromotionRule(window=4, margin=0.25, min_z=1.0)
 >>> contest = Contest(rule)
@@ -47,6 +48,7 @@ class PromotionRule:
     k: int = 10
     sample_every: int = 10
     auto: bool = True
+    hold_windows: int = 10  # after an operator's promotion or rollback, windows before the rule may act
 
 
 def hit_at_k(learner: OnlineLearner, user: str, item: str, k: int) -> bool:

@@ -62,6 +62,7 @@ def promotion_rule(settings: Settings) -> PromotionRule:
         min_z=settings.promote_min_z,
         sample_every=settings.promote_sample_every,
         auto=settings.promote_auto,
+        hold_windows=settings.promote_hold_windows,
     )
 
 

@@ -150,6 +150,9 @@ class Settings(_gate_settings()):  # type: ignore[misc]
         0.02, ge=0, le=1, description="Hit-rate@10 lead over the champion a challenger needs to be promoted."
     )
     promote_min_z: float = Field(2.0, ge=0, description="McNemar z the lead needs (so that noise is not promoted).")
+    promote_hold_windows: int = Field(
+        10, ge=0, description="After an operator's promotion or rollback, windows before automatic promotion resumes."
+    )
     promote_sample_every: int = Field(
         10, ge=1, description="Every n-th positive event is a paired sample for the contest."
     )

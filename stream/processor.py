@@ -162,6 +162,9 @@ class EventProcessor:
         self.rule = promotion_rule or PromotionRule()
         self.challengers: dict[str, OnlineLearner] = {}
         self.contests: dict[str, Contest] = {}
+        #: Paired samples to wait before the automatic rule may promote again (set by an operator's change).
+        self.auto_hold_samples = 0
+        self._unrecorded_promotion: dict[str, Any] | None = None
         self.next_offsets: dict[tuple[str, int], int] = {}
         self.rejected_total = 0
         self.paused_since: float | None = None
@@ -227,6 +230,8 @@ class EventProcessor:
                 snapshot.meta.get("offsets", {}),
             )
         await self._load_challengers()
+        contest = await self.store.contest() or {}
+        self.auto_hold_samples = int(contest.get("auto_hold_samples", 0))
         metrics.MODEL_VERSION.labels("worker").set(self.version or 0)
 
     async def _load_challengers(self) -> None:
@@ -369,7 +374,9 @@ class EventProcessor:
                 return None
             await self._apply_operator_resume()
             adopted = await self._adopt_promoted_version()
-            promotion = await self._promote_challenger()
+            # A swap whose checkpoint failed is still to be recorded: keep its record until one succeeds.
+            promotion = self._unrecorded_promotion or await self._promote_challenger()
+            self._unrecorded_promotion = promotion
             learner = self.learner
             pending = self._pending
             if not pending.records and promotion is None:
@@ -423,6 +430,7 @@ class EventProcessor:
                 log.exception("checkpoint failed; its events stay unacknowledged and will be retried")
                 raise
             self._pending = Pending()
+            self._unrecorded_promotion = None
             self.version = version
             self._last_checkpoint = time.monotonic()
             for record in pending.records:
@@ -458,6 +466,7 @@ class EventProcessor:
             "champion": self.champion_name,
             "champion_model": learner.model.kind if learner else None,
             "rule": dataclasses.asdict(self.rule),
+            "auto_hold_samples": self.auto_hold_samples,
             "challengers": {
                 name: {
                     "model": challenger.model.kind,
@@ -478,6 +487,7 @@ class EventProcessor:
         champion_hit = hit_at_k(learner, user, item, self.rule.k)
         for name, challenger in self.challengers.items():
             self.contests[name].add(champion_hit, hit_at_k(challenger, user, item, self.rule.k))
+        self.auto_hold_samples = max(0, self.auto_hold_samples - 1)
 
     async def _promote_challenger(self) -> dict[str, Any] | None:
         """Swap in a challenger an operator asked for, or (``rule.auto``) one the rule promotes.
@@ -494,7 +504,7 @@ class EventProcessor:
                 name,
                 ", ".join(self.challengers) or "none",
             )
-        if not self.rule.auto or self.paused_since is not None:
+        if not self.rule.auto or self.paused_since is not None or self.auto_hold_samples:
             return None
         verdicts = {name: contest.verdict() for name, contest in self.contests.items()}
         promotable = [name for name, verdict in verdicts.items() if verdict is not None]
@@ -508,6 +518,8 @@ class EventProcessor:
         old_model = self.learner.model.kind if self.learner else None
         standing = self.contests[name].summary()
         self._install_champion(name, self.challengers[name])
+        if actor != "auto":
+            self._hold_auto_promotion()
         return {
             "reason": reason,
             "actor": actor,
@@ -573,7 +585,16 @@ class EventProcessor:
         )
         self.version = current
         metrics.MODEL_VERSION.labels("worker").set(current)
+        self._hold_auto_promotion()
         return True
+
+    def _hold_auto_promotion(self) -> None:
+        """An operator chose the champion: the automatic rule waits ``hold_windows`` windows before it may overrule."""
+        self.auto_hold_samples = self.rule.window * self.rule.hold_windows
+        if self.challengers and self.rule.auto:
+            log.warning(
+                "an operator chose the champion: automatic promotion waits %d paired samples", self.auto_hold_samples
+            )
 
     def _watch_while_paused(self, event: Event) -> None:
         """Keep scoring (not learning) labelled events so the guard can tell when the stream is healthy again."""

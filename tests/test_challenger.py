@@ -148,3 +148,8 @@ async def test_the_contest_survives_a_restart_and_an_operator_can_promote(store:
     )
     assert (await store.load_current()).meta["contestant"] == "popularity"
     assert second.learner.events_learned == 1200 and second.challengers["item_cooccurrence"].events_learned == 1200
+    # The operator's choice holds against the automatic rule for a while, also across a restart.
+    assert 0 < second.auto_hold_samples <= RULE.window * RULE.hold_windows
+    third = _processor(store, transport, champion="item_cooccurrence", challenger="popularity")
+    await third.start()
+    assert third.champion_name == "popularity" and third.auto_hold_samples == second.auto_hold_samples
