@@ -398,6 +398,7 @@ class EventProcessor:
                 "progressive_logloss": _finite_or_none(learner.metrics.logloss),
                 "model": learner.describe_model(),
                 "guard": "paused" if paused else "learning",
+                "gate_held": dict(pending.gate_counts),  # reason -> events held or dropped since the parent
             }
             try:
                 await self._flush()  # dead letters must be in Kafka before their offsets are acked
