@@ -58,7 +58,11 @@ class Keys:
 
     def dedupe(self, bucket: int) -> str:
         """Set of event ids learned during one time bucket (expires after the retention window)."""
-        return f"{self.prefix}:dedupe:{bucket}"
+        return f"{self.dedupe_prefix}{bucket}"
+
+    @property
+    def dedupe_prefix(self) -> str:
+        return f"{self.prefix}:dedupe:"
 
     @property
     def gate_counts(self) -> str:

@@ -48,6 +48,45 @@ class Snapshot:
     meta: dict[str, Any]
 
 
+#: Adds many users' seen items in one command. ARGV[1]: the seen-key prefix; ARGV[2]: one line per
+#: user, ``user item item ...`` (ids never contain white space: recstream.events.ID_PATTERN).
+#: One command instead of one SADD per user keeps the client's encoding cost per checkpoint small.
+SEEN_ADD = r"""
+local prefix = ARGV[1]
+for line in string.gmatch(ARGV[2], "[^\n]+") do
+  local user = nil
+  local items = {}
+  for token in string.gmatch(line, "%S+") do
+    if user == nil then user = token else items[#items + 1] = token end
+  end
+  for i = 1, #items, 4000 do
+    redis.call("SADD", prefix .. user, unpack(items, i, math.min(i + 3999, #items)))
+  end
+end
+return 0
+"""
+
+#: Which of the ids (ARGV[2], space-separated) are members of any bucket set ARGV[1]..n for n in
+#: [ARGV[3], ARGV[4]]: the ids are sent once, not once per bucket.
+DEDUPE_LOOKUP = """
+local ids = {}
+for id in string.gmatch(ARGV[2], "%S+") do ids[#ids + 1] = id end
+local found = {}
+for bucket = tonumber(ARGV[3]), tonumber(ARGV[4]) do
+  local key = ARGV[1] .. bucket
+  if redis.call("EXISTS", key) == 1 then
+    for i = 1, #ids, 4000 do
+      local hits = redis.call("SMISMEMBER", key, unpack(ids, i, math.min(i + 3999, #ids)))
+      for j = 1, #hits do
+        if hits[j] == 1 then found[#found + 1] = ids[i + j - 1] end
+      end
+    end
+  end
+end
+return found
+"""
+
+
 def offset_field(topic: str, partition: int) -> str:
     return f"{topic}/{partition}"
 
@@ -83,14 +122,10 @@ class ModelStore:
         now = time.time() if now is None else now
         newest = self._bucket(now)
         n_buckets = math.ceil(self.dedupe_retention_seconds / self.dedupe_bucket_seconds) + 1
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for bucket in range(newest - n_buckets + 1, newest + 1):
-                pipe.smismember(self.keys.dedupe(bucket), event_ids)
-            answers = await pipe.execute()
-        found: set[str] = set()
-        for answer in answers:
-            found.update(event_id for event_id, hit in zip(event_ids, answer, strict=True) if hit)
-        return found
+        found = await self.redis.eval(
+            DEDUPE_LOOKUP, 0, self.keys.dedupe_prefix, " ".join(event_ids), newest - n_buckets + 1, newest
+        )
+        return {event_id.decode() for event_id in found}
 
     async def current_version(self) -> int | None:
         raw = await self.redis.get(self.keys.current_version)
@@ -188,9 +223,9 @@ class ModelStore:
                     pipe.hset(keys.guard_status, mapping={k: str(v) for k, v in guard.items()})
                 if offsets:
                     pipe.hset(keys.offsets, mapping={offset_field(t, p): o for (t, p), o in offsets.items()})
-                for user, items in seen.items():
-                    if items:
-                        pipe.sadd(keys.seen(user), *items)
+                lines = "\n".join(f"{user} {' '.join(items)}" for user, items in seen.items() if items)
+                if lines:
+                    pipe.eval(SEEN_ADD, 0, keys.seen(""), lines)
                 if event_ids:
                     bucket_key = keys.dedupe(self._bucket(time.time() if now is None else now))
                     pipe.sadd(bucket_key, *event_ids)
