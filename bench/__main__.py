@@ -37,7 +37,7 @@ import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.common import PROJECT, Row, TimeBudget
+from bench.common import PROJECT, STARTED_PIDS, Row, TimeBudget
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 PARTS = ("ingest", "serving", "freshness", "topk", "memory", "replay")
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=100_000, help="events per ingest run")
     parser.add_argument("--catalogues", default="10000,100000", help="serving catalogue sizes")
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each serving load run")
-    parser.add_argument("--rate", type=float, default=5_000, help="background events/s during the freshness probes")
+    parser.add_argument("--rates", default="1000,5000", help="background events/s levels during the freshness probes")
     parser.add_argument("--probes", type=int, default=30, help="freshness probes under load (10 without)")
     parser.add_argument("--topk-sizes", default="1000,10000,100000,1000000")
     parser.add_argument("--memory-ids", type=int, default=1_000_000, help="users + items for the memory part")
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         args.events = min(args.events, 3_000)
         args.catalogues = "1000"
         args.seconds = min(args.seconds, 1.0)
-        args.rate = min(args.rate, 200)
+        args.rates = "200"
         args.probes = min(args.probes, 3)
         args.topk_sizes = "1000,10000"
         args.memory_ids = min(args.memory_ids, 20_000)
@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     report["seconds"] = time.perf_counter() - started
     report["machine"]["load_average_at_end"] = os.getloadavg()
     report["rows"] = [r.as_dict() for r in rows]
+    report["started_pids"] = STARTED_PIDS
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
@@ -238,7 +239,8 @@ def _run_part(part: str, args: argparse.Namespace, services) -> tuple[dict, list
     if part == "freshness":
         from bench import freshness
 
-        return freshness.run(services, args.rate, 10 if not args.quick else 2, args.probes, TimeBudget(150, part))
+        rates = [float(r) for r in args.rates.split(",")]
+        return freshness.run(services, rates, 10 if not args.quick else 2, args.probes, TimeBudget(200, part))
     if part == "topk":
         from bench import topk
 

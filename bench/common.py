@@ -16,6 +16,15 @@ from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parent.parent
 
+#: PIDs of every process the bench started (services, API, worker, load generators), in the report,
+#: so that a test can check each is gone once the bench has returned.
+STARTED_PIDS: list[int] = []
+
+
+def track(pid: int) -> int:
+    STARTED_PIDS.append(pid)
+    return pid
+
 
 @dataclass
 class Row:
@@ -107,6 +116,7 @@ def run_json(argv: list[str], timeout: float, env: dict[str, str] | None = None)
         env={**os.environ, **(env or {})},
         start_new_session=True,
     )
+    track(process.pid)
     try:
         out, err = process.communicate(timeout=timeout)
     except BaseException:

@@ -4,14 +4,17 @@ One worker and one API over the same broker and Redis. A probe is a ``like`` by 
 seen before, posted through the API; its effect is visible when
 ``GET /v1/users/{user}/recommendations`` for that user answers ``source: "model"`` (the served
 model knows the user: the worker learned the event, checkpointed, announced the version and the
-API loaded it), polled every 5 ms. Probes run one after another, first with no other traffic
-(the reference), then while ``bench.background`` (a separate process) produces a steady load
-straight to the events topic. A probe not visible within ``PROBE_TIMEOUT`` counts at that value.
+API loaded it), polled every 5 ms. Probes run one after another, a random 0.05-1 s apart (so they
+land anywhere in the worker's checkpoint cycle), first with no other traffic (the reference), then
+while ``bench.background`` (a separate process) produces a steady load straight to the events
+topic, at each rate of ``--rates`` in turn (lowest first; the worker drains in between). A probe
+not visible within ``PROBE_TIMEOUT`` counts at that value.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import time
 import uuid
 from datetime import UTC, datetime
@@ -21,8 +24,7 @@ import redis
 
 from bench.common import Row, TimeBudget, stop_process, wait_for
 from bench.ingest import handled
-from bench.stack import Services, ensure_topics, run_env
-from recstream import local_services
+from bench.stack import Services, ensure_topics, run_env, start_api, start_worker
 from recstream.settings import Settings
 from store.keys import Keys
 
@@ -60,6 +62,7 @@ def _probe(client: httpx.Client, api_url: str, user: str) -> tuple[float, float]
 
 
 def _probes(client: httpx.Client, api_url: str, tag: str, count: int, seconds: float) -> dict:
+    rnd = random.Random(tag)
     lags: list[float] = []
     posts: list[float] = []
     stop_at = time.monotonic() + seconds
@@ -67,7 +70,7 @@ def _probes(client: httpx.Client, api_url: str, tag: str, count: int, seconds: f
         lag, post = _probe(client, api_url, f"fresh-{tag}-{len(lags)}")
         lags.append(lag)
         posts.append(post)
-        time.sleep(0.05)  # let probes land at different points of the checkpoint cycle
+        time.sleep(rnd.uniform(0.05, 1.0))  # land probes at random points of the checkpoint cycle
     return {
         "probes": len(lags),
         "timeouts": sum(lag >= PROBE_TIMEOUT for lag in lags),
@@ -80,36 +83,46 @@ def _probes(client: httpx.Client, api_url: str, tag: str, count: int, seconds: f
 
 
 def run(
-    services: Services, rate: float, idle_probes: int, loaded_probes: int, budget: TimeBudget
+    services: Services, rates: list[float], idle_probes: int, loaded_probes: int, budget: TimeBudget
 ) -> tuple[dict, list[Row]]:
     run_ = run_env(services, "fresh")
     ensure_topics(run_)
     settings = Settings()
     r = redis.Redis.from_url(services.redis.url)
     keys = Keys(settings.redis_prefix)
-    worker = local_services.start_worker(run_.env)
+    worker = start_worker(run_.env)
     api = None
     background = None
+    loaded: dict[float, dict] = {}
     try:
-        api = local_services.start_api(run_.env)
+        api = start_api(run_.env)
         client = httpx.Client(timeout=5, headers={"Authorization": f"Bearer {run_.api_key}"})
         # The worker writes its first checkpoint once it has learned something: wait for a model.
         warm = f"warm-{uuid.uuid4().hex[:6]}"
         wait_for(lambda: client.get(f"{api.url}/readyz").status_code == 200 or _post_warm(client, api.url, warm),
                  min(90, budget.left()), "the worker's first model and a ready API", interval=0.5)  # fmt: skip
-        idle = _probes(client, api.url, "idle", idle_probes, min(60, budget.left() / 3))
-        budget.check("freshness, before the loaded phase")
-        bg_seconds = max(10.0, min(budget.left() - 20, 5.0 + loaded_probes * 1.5))
-        handled_before = handled(r, keys)
-        background = _start_background(services.broker.address, settings.topic_events, rate, bg_seconds)
-        time.sleep(min(5.0, bg_seconds / 4))  # reach the steady state first
-        loaded = _probes(client, api.url, "load", loaded_probes, bg_seconds - 7)
-        out, _ = background.communicate(timeout=bg_seconds + 30)
-        bg = json.loads(out.strip().splitlines()[-1])
-        # Did the worker keep up? What it had checkpointed when the load ended, against what was sent.
-        handled_at_end = handled(r, keys) - handled_before
-        loaded["background"] = bg
-        loaded["worker_handled_when_load_ended"] = handled_at_end
+        idle = _probes(client, api.url, "idle", idle_probes, min(40, budget.left() / 4))
+        for n, rate in enumerate(sorted(rates)):  # the lower rate first: the worker may fall behind at the higher
+            budget.check(f"freshness at {rate:,.0f} ev/s")
+            share = budget.left() / (len(rates) - n)
+            bg_seconds = max(10.0, min(share - 15, 5.0 + loaded_probes * 1.6))
+            handled_before = handled(r, keys)
+            background = _start_background(services.broker.address, settings.topic_events, rate, bg_seconds, n)
+            time.sleep(min(5.0, bg_seconds / 4))  # reach the steady state first
+            result = _probes(client, api.url, f"load{n}", loaded_probes, bg_seconds - 7)
+            out, _ = background.communicate(timeout=bg_seconds + 30)
+            background = None
+            result["background"] = json.loads(out.strip().splitlines()[-1])
+            # Did the worker keep up? What it had checkpointed when the load ended, against what was sent.
+            result["worker_handled_when_load_ended"] = handled(r, keys) - handled_before
+            loaded[rate] = result
+            if n + 1 < len(rates):  # let the worker drain before the next level
+                target = handled_before + result["background"]["sent"]
+                try:
+                    wait_for(lambda target=target: handled(r, keys) >= target,
+                             min(45, budget.left()), "the worker to drain the background load")  # fmt: skip
+                except TimeoutError:  # report it, and measure the next level on top of the backlog
+                    result["backlog_after_drain_wait"] = target - handled(r, keys)
         client.close()
     finally:
         if background is not None:
@@ -117,36 +130,43 @@ def run(
         if api is not None:
             api.stop()
         worker.stop(timeout=30)
-    result = {"idle": idle, "loaded": loaded, "checkpoint_interval_s": settings.checkpoint_interval_seconds}
-    achieved = loaded["background"]["events_per_second"]
-    rows = [
-        Row(
-            "freshness",
-            f"POST -> visible, p50 s, {achieved:,.0f} ev/s load",
-            loaded["p50_s"],
-            "s",
-            idle["p50_s"],
-            "same probe, no load",
-        ),
-        Row(
-            "freshness",
-            f"POST -> visible, p99 s, {achieved:,.0f} ev/s load",
-            loaded["p99_s"],
-            "s",
-            idle["p99_s"],
-            "same probe, no load",
-            f"<= {TARGET_P99_SECONDS:g} s at {TARGET_RATE:,} ev/s",
-            loaded["p99_s"] <= TARGET_P99_SECONDS and achieved >= 0.95 * TARGET_RATE,
-        ),
-        Row(
-            "freshness",
-            "worker ev/s handled during the load",
-            handled_at_end / loaded["background"]["seconds"],
-            "ev/s",
-            achieved,
-            "background ev/s sent",
-        ),
-    ]
+    result = {
+        "idle": idle,
+        "loaded": {str(int(rate)): v for rate, v in loaded.items()},
+        "checkpoint_interval_s": settings.checkpoint_interval_seconds,
+    }
+    rows = []
+    for rate, res in loaded.items():
+        achieved = res["background"]["events_per_second"]
+        is_target = rate == max(rates)
+        rows += [
+            Row(
+                "freshness",
+                f"POST -> visible, p50 s, {achieved:,.0f} ev/s load",
+                res["p50_s"],
+                "s",
+                idle["p50_s"],
+                "same probe, no load",
+            ),
+            Row(
+                "freshness",
+                f"POST -> visible, p99 s, {achieved:,.0f} ev/s load",
+                res["p99_s"],
+                "s",
+                idle["p99_s"],
+                "same probe, no load",
+                f"<= {TARGET_P99_SECONDS:g} s at {TARGET_RATE:,} ev/s" if is_target else "",
+                (res["p99_s"] <= TARGET_P99_SECONDS and achieved >= 0.95 * TARGET_RATE) if is_target else None,
+            ),
+            Row(
+                "freshness",
+                f"worker ev/s checkpointed during the {achieved:,.0f} ev/s load",
+                res["worker_handled_when_load_ended"] / res["background"]["seconds"],
+                "ev/s",
+                achieved,
+                "background ev/s sent",
+            ),
+        ]
     return result, rows
 
 
@@ -157,16 +177,18 @@ def _post_warm(client: httpx.Client, api_url: str, user: str) -> bool:
     return False
 
 
-def _start_background(bootstrap: str, topic: str, rate: float, seconds: float):
+def _start_background(bootstrap: str, topic: str, rate: float, seconds: float, seed: int):
     import subprocess
     import sys
 
-    from bench.common import PROJECT
+    from bench.common import PROJECT, track
 
-    return subprocess.Popen(
-        [sys.executable, "-m", "bench.background", bootstrap, topic, str(rate), str(seconds)],
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.background", bootstrap, topic, str(rate), str(seconds), "--seed", str(seed)],
         stdout=subprocess.PIPE,
         text=True,
         cwd=PROJECT,
         start_new_session=True,
     )
+    track(process.pid)
+    return process

@@ -15,8 +15,7 @@ import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.common import Row, TimeBudget, events, wait_for
-from bench.stack import Services, ensure_topics, run_env
-from recstream import local_services
+from bench.stack import Services, ensure_topics, run_env, start_worker
 from recstream.components import new_learner
 from recstream.events import parse_event
 from recstream.settings import Settings
@@ -99,7 +98,7 @@ def run_once(services: Services, n_events: int, gate: bool, budget: TimeBudget) 
     bootstrap = services.broker.address
     r = redis.Redis.from_url(services.redis.url)
     keys = Keys(settings.redis_prefix)
-    worker = local_services.start_worker(run.env)
+    worker = start_worker(run.env)
     try:
         asyncio.run(produce(bootstrap, settings.topic_events, warmup))
         wait_for(lambda: handled(r, keys) >= len(warmup), min(120, budget.left()), "the worker's warm-up")

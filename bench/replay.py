@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import PROJECT, Row, TimeBudget, stop_process
+from bench.common import PROJECT, Row, TimeBudget, stop_process, track
 from learner.online_learner import OnlineLearner
 from learner.registry import DEFAULT_MODEL, build_model
 from recstream.evaluate import load_movielens
@@ -44,6 +44,7 @@ def run(ratings: Path, budget: TimeBudget, limit: int | None = None) -> tuple[di
         process = subprocess.Popen(
             argv, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
         )
+        track(process.pid)
         try:
             _, err = process.communicate(timeout=budget.left())
         except BaseException:

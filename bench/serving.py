@@ -20,8 +20,7 @@ import httpx
 import redis
 
 from bench.common import Row, TimeBudget, run_json, wait_for
-from bench.stack import Services, run_env
-from recstream import local_services
+from bench.stack import Services, run_env, start_api
 from recstream.components import new_learner, snapshot_signer
 from recstream.settings import Settings
 from store.keys import Keys
@@ -80,10 +79,10 @@ def run_catalogue(services: Services, n_items: int, seconds: float, budget: Time
     run = run_env(services, f"serve{n_items}")
     run.apply()
     model = seed_model(services.redis.url, n_items)
-    apis = [local_services.start_api(run.env)]
+    apis = [start_api(run.env)]
     try:
         if two_processes:
-            apis.append(local_services.start_api(run.env))
+            apis.append(start_api(run.env))
         for api in apis:
             wait_for(
                 lambda api=api: b'"model_version":1' in _get(f"{api.url}/v1/users/u7/recommendations", run.api_key),

@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from api.auth import hash_key, new_key
+from bench.common import track
 from recstream import local_services
 
 
@@ -29,6 +30,7 @@ class Services:
         if self._broker is None:
             self._broker = local_services.start_broker(self.broker_choice)
             self.started.append(self._broker)
+            track(self._broker.pid)
         return self._broker
 
     @property
@@ -36,6 +38,7 @@ class Services:
         if self._redis is None:
             self._redis = local_services.start_redis()
             self.started.append(self._redis)
+            track(self._redis.pid)
         return self._redis
 
     def broker_name(self) -> str | None:
@@ -45,6 +48,18 @@ class Services:
         for service in reversed(self.started):
             service.stop(timeout=30)
         self.started.clear()
+
+
+def start_worker(env: dict[str, str]) -> local_services.LocalService:
+    worker = local_services.start_worker(env)
+    track(worker.pid)
+    return worker
+
+
+def start_api(env: dict[str, str]) -> local_services.LocalService:
+    api = local_services.start_api(env)
+    track(api.pid)
+    return api
 
 
 @dataclass
