@@ -2,7 +2,7 @@
 
 Starts what it needs (local broker, Redis, worker, API processes) on 127.0.0.1, runs each part
 within a time budget, prints a table (figure, reference measured in the same run, ratio, target,
-met) and writes ``bench/results/latest.json`` (and ``latest.md``, the same table in Markdown).
+met) and writes ``bench/results/latest.json`` (the figures, and the table in Markdown).
 Every process it starts is stopped by PID, also on Ctrl-C or SIGTERM.
 
 Parts (``--only ingest,serving``; default: all, about 7-9 minutes on 2 cores):
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ratings", default=None, help="MovieLens ratings.csv for the replay part")
     parser.add_argument("--replay-limit", type=int, default=None, help="replay only the first N events")
     parser.add_argument("--broker", choices=["auto", "kafka", "tansu"], default="auto")
-    parser.add_argument("--out", default=str(RESULTS), help="where to write the JSON (a .md goes next to it)")
+    parser.add_argument("--out", default=str(RESULTS), help="where to write the JSON report")
     args = parser.parse_args(argv)
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
     unknown = sorted(set(parts) - set(PARTS))
@@ -211,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     report["started_pids"] = STARTED_PIDS
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    report["markdown_table"] = markdown_table(rows)
     out.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
-    out.with_suffix(".md").write_text(markdown_table(rows) + "\n")
     m = report["machine"]
     print(
         f"\n{m['cpus']} x {m['cpu_model']}, {((m['ram_bytes'] or 0) / 2**30):.0f} GiB RAM, Python {m['python']}, "

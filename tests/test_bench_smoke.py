@@ -1,0 +1,85 @@
+"""The bench harness runs end to end on tiny sizes with real processes, and leaves nothing running.
+
+No assertion is about absolute times: the figures of a 1-second run on a shared machine mean
+nothing; what is checked is that every part produces its rows, with a reference next to each
+figure, and that the JSON report (with the Markdown table) is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import text_table
+from bench.common import Row
+from bench.load import run as load_run
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # reused by another user's process: not ours
+        return False
+    return True
+
+
+def test_table_shows_ratio_target_and_met() -> None:
+    rows = [
+        Row("ingest", "worker ev/s", 30_000.0, "ev/s", 40_000.0, "bare consume", ">= 0.5x", True),
+        Row("serving", "p99 ms", 2.0, "ms", 1.0, "/healthz", "<= 1.5x", False),
+        Row("top-K", "no reference", 1.0, "ms"),
+    ]
+    table = text_table(rows)
+    assert "0.75" in table and "yes" in table
+    assert "2.00" in table and "NO" in table
+    assert rows[2].ratio is None
+
+
+def test_load_generator_refuses_other_hosts() -> None:
+    with pytest.raises(SystemExit):
+        load_run("http://example.com:80/", 0.1)
+
+
+@pytest.mark.integration
+def test_bench_quick_run_of_serving_and_topk(tmp_path: Path) -> None:
+    out = tmp_path / "latest.json"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench", "--quick", "--only", "serving,topk,memory", "--out", str(out)],
+        cwd=PROJECT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=240)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["errors"] == {}
+    assert set(report["parts"]) == {"serving", "topk", "memory"}
+    parts = {row["part"] for row in report["rows"]}
+    assert parts == {"serving", "top-K", "memory"}
+    for row in report["rows"]:
+        assert row["figure"] > 0 and row["reference"] and row["reference"] > 0, row
+    serving = report["parts"]["serving"]["1000"]
+    assert serving["recommendations_1"]["errors"] == 0 and serving["recommendations_1"]["requests"] > 0
+    assert serving["recommendations_32"]["connections"] == 32
+    assert serving["recommendations_32_two_processes"]["requests"] > 0
+    assert "targets met:" in stdout
+    assert report["markdown_table"].startswith("| part |")
+    # Every process it started (broker, Redis, API processes, load generators) is gone.
+    assert len(report["started_pids"]) >= 5
+    assert [pid for pid in report["started_pids"] if _alive(pid)] == []
