@@ -14,8 +14,9 @@ in a field name is reported instead of silently ignored.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
+import orjson
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -34,6 +35,8 @@ Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=ID_PATTE
 ContextValue = Annotated[str, Field(max_length=256)] | bool | int | Annotated[float, Field(allow_inf_nan=False)]
 
 MAX_CONTEXT_KEYS = 16
+#: Most events one Kafka message may carry (a JSON list of events: see :func:`parse_message`).
+MAX_MESSAGE_EVENTS = 5000
 MAX_SECONDS = 86_400.0
 
 
@@ -85,3 +88,86 @@ def parse_event(raw: bytes) -> tuple[Event | None, str | None]:
         return None, "; ".join(f"{d['field']}: {d['message']}" for d in details)
     except Exception as exc:  # noqa: BLE001 - a decoder must never take the worker down
         return None, f"undecodable payload: {type(exc).__name__}: {exc}"
+
+
+class Decoded(NamedTuple):
+    """One event of a Kafka message: the event or the reason it was refused, and where it came from."""
+
+    event: Event | None
+    reason: str | None
+    index: int | None  # position in a batch message; None for a one-event message
+    raw: bytes | None  # that element's JSON, for a batch message's refused element (None otherwise)
+
+
+def parse_message(raw: bytes) -> list[Decoded]:
+    """Decode one Kafka message value; never raises.
+
+    A message is one event (a JSON object) or a batch (a JSON list of up to
+    :data:`MAX_MESSAGE_EVENTS` events, as the ingest endpoint publishes them). Each element of a
+    batch is judged on its own, so one bad event does not take the others down.
+
+    >>> one = b'{"event_id": "e1", "user_id": "u1", "item_id": "v1", "type": "like", "ts": "2026-11-22T10:00:00Z"}'
+    >>> [(d.event.event_id, d.index) for d in parse_message(one)]
+    [('e1', None)]
+    >>> batch = parse_message(b"[" + one + b', {"event_id": "e2"}]')
+    >>> [(d.event is not None, d.index) for d in batch], batch[1].reason.split(":")[0], batch[1].raw
+    ([(True, 0), (False, 1)], 'user_id', b'{"event_id":"e2"}')
+    """
+    if raw.lstrip()[:1] != b"[":
+        event, reason = parse_event(raw)
+        return [Decoded(event, reason, None, None)]
+    try:
+        items = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return [Decoded(None, f"malformed JSON: {exc}", None, None)]
+    if not items or len(items) > MAX_MESSAGE_EVENTS:
+        reason = f"a batch message holds 1 to {MAX_MESSAGE_EVENTS} events, this one {len(items)}"
+        return [Decoded(None, reason, None, None)]
+    decoded = []
+    for index, item in enumerate(items):
+        try:
+            decoded.append(Decoded(Event.model_validate(item), None, index, None))
+        except ValidationError as exc:
+            reason = "; ".join(f"{d['field']}: {d['message']}" for d in describe_errors(exc))
+            decoded.append(Decoded(None, reason, index, orjson.dumps(item)))
+        except Exception as exc:  # noqa: BLE001 - a decoder must never take the worker down
+            decoded.append(Decoded(None, f"undecodable event: {type(exc).__name__}: {exc}", index, orjson.dumps(item)))
+    return decoded
+
+
+def encode_batches(events: list[Event], max_bytes: int = 256_000) -> list[tuple[bytes | None, bytes]]:
+    """Kafka (key, value) messages for ``events``: JSON lists of events, each under ``max_bytes``.
+
+    One message per batch instead of one per event: the worker's cost per Kafka message is
+    then shared by every event in it. The key is the user id when every event of the message is
+    that user's (so one user's events keep their order), else None. Order is kept.
+
+    >>> from datetime import UTC
+    >>> at = datetime(2026, 11, 22, tzinfo=UTC)
+    >>> batch = [Event(event_id=f"e{n}", user_id="u1", item_id="v1", type="like", ts=at) for n in range(3)]
+    >>> [(key, len(parse_message(value))) for key, value in encode_batches(batch)]
+    [(b'u1', 3)]
+    >>> batch.append(Event(event_id="e9", user_id="u2", item_id="v1", type="like", ts=at))
+    >>> [(key, len(parse_message(value))) for key, value in encode_batches(batch, max_bytes=400)]
+    [(b'u1', 2), (None, 2)]
+    """
+    messages: list[tuple[bytes | None, bytes]] = []
+    chunk: list[bytes] = []
+    users: set[str] = set()
+    size = 0
+
+    def flush() -> None:
+        key = next(iter(users)).encode() if len(users) == 1 else None
+        messages.append((key, b"[" + b",".join(chunk) + b"]"))
+
+    for event in events:
+        encoded = event.model_dump_json().encode()
+        if chunk and (size + len(encoded) + 1 > max_bytes or len(chunk) >= MAX_MESSAGE_EVENTS):
+            flush()
+            chunk, users, size = [], set(), 0
+        chunk.append(encoded)
+        users.add(event.user_id)
+        size += len(encoded) + 1
+    if chunk:
+        flush()
+    return messages

@@ -32,7 +32,7 @@ from learner.codec import CodecError
 from learner.gate.base import GateEvent, Hold
 from learner.online_learner import OnlineLearner
 from recstream import metrics
-from recstream.events import Event, parse_event
+from recstream.events import Decoded, Event, parse_message
 from store.model_store import ModelStore, SnapshotRefused
 
 if TYPE_CHECKING:
@@ -77,29 +77,33 @@ class Pending:
     learned_since: int = 0
 
 
-def _source(record: Record) -> dict[str, Any]:
-    return {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+def _source(record: Record, index: int | None = None) -> dict[str, Any]:
+    source: dict[str, Any] = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+    if index is not None:
+        source["index"] = index  # the event's position in a batch message
+    return source
 
 
-def rejection_payload(record: Record, reason: str) -> bytes:
-    """The JSON written to the dead-letter topic: the reason and the original bytes."""
-    value = record.value or b""
+def rejection_payload(record: Record, reason: str, index: int | None = None, raw: bytes | None = None) -> bytes:
+    """The JSON written to the dead-letter topic: the reason and the original bytes (of the refused
+    element, for a batch message)."""
+    value = raw if raw is not None else (record.value or b"")
     try:
         payload: dict[str, str] = {"payload": value.decode("utf-8")}
     except UnicodeDecodeError:
         payload = {"payload_base64": base64.b64encode(value).decode()}
     return json.dumps(
-        {"reason": reason, **_source(record), "rejected_at": datetime.now(UTC).isoformat(), **payload}
+        {"reason": reason, **_source(record, index), "rejected_at": datetime.now(UTC).isoformat(), **payload}
     ).encode()
 
 
-def quarantine_payload(record: Record, event: Event, reason: str, detail: str) -> bytes:
+def quarantine_payload(record: Record, event: Event, reason: str, detail: str, index: int | None = None) -> bytes:
     """The JSON written to the quarantine topic: reason code, detail and the event as it arrived."""
     return json.dumps(
         {
             "reason": reason,
             "detail": detail,
-            **_source(record),
+            **_source(record, index),
             "held_at": datetime.now(UTC).isoformat(),
             "event": json.loads(event.model_dump_json()),
         }
@@ -285,30 +289,34 @@ class EventProcessor:
             await self._adopt_promoted_version()
             # One Redis round trip for the whole batch: which event ids were already learned.
             candidates = [r for r in records if r.offset >= self.next_offsets.get((r.topic, r.partition), 0)]
-            parsed = {id(r): parse_event(r.value or b"") for r in candidates}
-            ids = [event.event_id for event, _ in parsed.values() if event is not None]
+            parsed = {id(r): parse_message(r.value or b"") for r in candidates}
+            ids = [d.event.event_id for decoded in parsed.values() for d in decoded if d.event is not None]
             known = await self.store.learned_event_ids(ids, now=self.clock()) if ids else set()
+            consumed = 0
             for record in records:
-                await self._process_one(record, parsed.get(id(record)), known)
+                self._pending.records.append(record)
+                decoded = parsed.get(id(record))
+                if decoded is None:  # below the checkpoint's offset: learned before a restart
+                    metrics.EVENTS_SKIPPED_REPLAY.inc()
+                    continue
+                self.next_offsets[(record.topic, record.partition)] = record.offset + 1
+                consumed += len(decoded)
+                for item in decoded:
+                    await self._process_one(record, item, known)
+            metrics.EVENTS_CONSUMED.inc(consumed)
 
-    async def _process_one(
-        self, record: Record, parsed: tuple[Event | None, str | None] | None, known: set[str]
-    ) -> None:
+    async def _process_one(self, record: Record, decoded: Decoded, known: set[str]) -> None:
         learner = self.learner
         assert learner is not None
         pending = self._pending
-        metrics.EVENTS_CONSUMED.inc()
-        pending.records.append(record)
-        if parsed is None:  # below the checkpoint's offset: learned before a restart
-            metrics.EVENTS_SKIPPED_REPLAY.inc()
-            return
-        self.next_offsets[(record.topic, record.partition)] = record.offset + 1
-        event, reason = parsed
+        event, index = decoded.event, decoded.index
         if event is None:
+            reason = decoded.reason or "invalid"
             self.rejected_total += 1
             metrics.EVENTS_REJECTED.labels("worker").inc()
-            log.warning("rejected %s/%d@%d: %s", record.topic, record.partition, record.offset, reason)
-            await self._dead_letter(REJECTED, record.key, rejection_payload(record, reason or "invalid"))
+            where = "" if index is None else f"[{index}]"
+            log.warning("rejected %s/%d@%d%s: %s", record.topic, record.partition, record.offset, where, reason)
+            await self._dead_letter(REJECTED, record.key, rejection_payload(record, reason, index, decoded.raw))
             return
         if event.event_id in known or event.event_id in pending.event_ids:
             pending.gate_counts[DUPLICATE] += 1
@@ -323,7 +331,7 @@ class EventProcessor:
             pending.gate_counts[hold.reason] += 1
             metrics.EVENTS_QUARANTINED.labels(hold.reason).inc()
             await self._dead_letter(
-                QUARANTINED, record.key, quarantine_payload(record, event, hold.reason, hold.detail)
+                QUARANTINED, record.key, quarantine_payload(record, event, hold.reason, hold.detail, index)
             )
             return
         if event.type in learner.rule.positive_types:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 from api.deps import AUTH_RESPONSES, ApiState, get_state, require_scope
 from api.producer import BrokerUnavailable
 from recstream import metrics
-from recstream.events import Event, describe_errors
+from recstream.events import Event, describe_errors, encode_batches
 
 router = APIRouter(tags=["events"], dependencies=[Depends(require_scope("ingest"))], responses=AUTH_RESPONSES)
 
@@ -106,9 +106,8 @@ async def ingest_events(request: Request, state: Annotated[ApiState, Depends(get
             rejected=len(errors),
         )
 
-    records = [(event.user_id.encode(), event.model_dump_json().encode()) for event in valid]
     try:
-        await state.producer.send_batch(records)
+        await state.producer.send_batch(encode_batches(valid))
     except BrokerUnavailable as exc:
         metrics.INGEST_UNAVAILABLE.inc()
         retry = str(state.settings.retry_after_seconds)

@@ -1,0 +1,96 @@
+"""Batch messages (a JSON list of events in one Kafka message, as the ingest endpoint publishes them)
+with a real Redis: every element is judged on its own, refused elements are dead-lettered with their
+position and bytes, and a re-delivered batch is not learned twice."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+import redis.asyncio as aioredis
+
+from learner.online_learner import OnlineLearner
+from recstream.events import MAX_MESSAGE_EVENTS
+from store.keys import Keys
+from store.model_store import ModelStore
+from store.signing import SnapshotSigner
+from stream.processor import DUPLICATE, REJECTED, EventProcessor, Record
+from tests.clock import iso
+from tests.conftest import Endpoint
+
+pytestmark = pytest.mark.integration
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.dead_letters: list[tuple[str, dict]] = []
+        self.acked: list[int] = []
+
+    async def dead_letter(self, kind: str, _key: bytes | None, value: bytes) -> None:
+        self.dead_letters.append((kind, json.loads(value)))
+
+    async def flush(self) -> None:
+        return None
+
+    def ack(self, handle: int) -> None:
+        self.acked.append(handle)
+
+
+def _event(n: int) -> dict:
+    return {"event_id": f"e{n}", "user_id": f"u{n % 3}", "item_id": f"v{n % 5}", "type": "like", "ts": iso(n)}
+
+
+@pytest.fixture
+async def store(redis_endpoint: Endpoint):
+    client = aioredis.Redis.from_url(redis_endpoint.url)
+    yield ModelStore(client, SnapshotSigner(b"k"), Keys(f"bm-{uuid.uuid4().hex[:8]}"))
+    await client.aclose()
+
+
+def _processor(store: ModelStore, transport: Transport) -> EventProcessor:
+    return EventProcessor(
+        store=store,
+        new_learner=OnlineLearner,
+        learner_from_bytes=OnlineLearner.from_bytes,
+        dead_letter=transport.dead_letter,
+        flush=transport.flush,
+        ack=transport.ack,
+    )
+
+
+async def test_each_element_of_a_batch_is_learned_or_refused_on_its_own(store: ModelStore) -> None:
+    transport = Transport()
+    processor = _processor(store, transport)
+    await processor.start()
+    no_user = {k: v for k, v in _event(9).items() if k != "user_id"}
+    batch = [_event(0), _event(1), _event(2), no_user, _event(1)]  # a refused element and a repeated one
+    records = [
+        Record("events", 0, 0, None, json.dumps(batch).encode(), handle=0),
+        Record("events", 0, 1, None, b"[{not json", handle=1),
+        Record("events", 0, 2, None, b"[]", handle=2),
+        Record("events", 0, 3, None, json.dumps([_event(n) for n in range(3, 3 + MAX_MESSAGE_EVENTS + 1)]).encode(), 3),
+        Record("events", 0, 4, None, json.dumps(_event(20)).encode(), handle=4),  # a one-event message still works
+    ]
+    await processor.process(records)
+    await processor.checkpoint()
+
+    assert processor.learner.events_learned == 4  # e0, e1, e2 and e20
+    rejected = [letter for kind, letter in transport.dead_letters if kind == REJECTED]
+    assert [(r["offset"], r.get("index")) for r in rejected] == [(0, 3), (1, None), (2, None), (3, None)]
+    assert rejected[0]["reason"].startswith("user_id") and json.loads(rejected[0]["payload"]) == no_user
+    assert rejected[1]["reason"].startswith("malformed JSON")
+    assert "1 to 5000 events" in rejected[2]["reason"] and "1 to 5000 events" in rejected[3]["reason"]
+    assert (await store.gate_counts())[DUPLICATE] == 1
+    assert sorted(transport.acked) == [0, 1, 2, 3, 4]
+
+    # The same messages again (a redelivery after a crash): below the checkpoint's offsets, skipped whole.
+    again = _processor(store, transport)
+    await again.start()
+    await again.process(records)
+    await again.checkpoint()
+    assert again.learner.events_learned == 4
+    # The same events in a new message (a client resending): recognised as duplicates, not learned.
+    await again.process([Record("events", 0, 5, None, json.dumps(batch[:3]).encode(), handle=5)])
+    await again.checkpoint()
+    assert again.learner.events_learned == 4 and (await store.gate_counts())[DUPLICATE] == 4
