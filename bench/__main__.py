@@ -230,7 +230,7 @@ def _run_part(part: str, args: argparse.Namespace, services) -> tuple[dict, list
     if part == "ingest":
         from bench import ingest
 
-        return ingest.run(services, args.events, TimeBudget(240, part))
+        return ingest.run(services, args.events, TimeBudget(360, part))
     if part == "serving":
         from bench import serving
 

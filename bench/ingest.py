@@ -1,8 +1,10 @@
 """Ingest: events/s from the broker through one worker (decode, gate, predict+learn, checkpoint to Redis).
 
-Next to, on the same broker, topic and events, measured in the same run: (a) a bare aiokafka
+Next to, on the same broker, topic and messages, measured in the same run: (a) a bare aiokafka
 consume loop (assign every partition, read from the beginning, count), and (b) the bare learner
-loop (decode + predict + learn, no Kafka, no Redis, no gate). Run with the gate on and off.
+loop (decode + predict + learn, no Kafka, no Redis, no gate). Run with the gate on and off, and
+with two message formats: one event per Kafka message (a publisher writing to Kafka directly)
+and batch messages of ``BATCH_EVENTS`` events (a JSON list: what ``POST /v1/events`` publishes).
 """
 
 from __future__ import annotations
@@ -17,12 +19,24 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from bench.common import Row, TimeBudget, events, wait_for
 from bench.stack import Services, ensure_topics, run_env, start_worker
 from recstream.components import new_learner
-from recstream.events import parse_event
+from recstream.events import parse_message
 from recstream.settings import Settings
 from store.keys import Keys
 
 TARGET_EVENTS_PER_SECOND = 20_000
 TARGET_RATIO = 0.5
+BATCH_EVENTS = 500  # events per batch message, as the ingest endpoint sends a request of 500 events
+
+
+def as_messages(values: list[bytes], per_message: int) -> list[bytes]:
+    """One event per message, or JSON lists of ``per_message`` events."""
+    if per_message == 1:
+        return values
+    return [b"[" + b",".join(values[i : i + per_message]) + b"]" for i in range(0, len(values), per_message)]
+
+
+def _key(value: bytes) -> bytes | None:
+    return None if value[:1] == b"[" else json.loads(value)["user_id"].encode()
 
 
 async def produce(bootstrap: str, topic: str, values: list[bytes]) -> float:
@@ -30,7 +44,7 @@ async def produce(bootstrap: str, topic: str, values: list[bytes]) -> float:
     await producer.start()
     started = time.perf_counter()
     try:
-        futures = [await producer.send(topic, value=v, key=json.loads(v)["user_id"].encode()) for v in values]
+        futures = [await producer.send(topic, value=v, key=_key(v)) for v in values]
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
@@ -59,21 +73,25 @@ async def bare_consume(bootstrap: str, topic: str, partitions: int, expected: in
         await consumer.stop()
 
 
-def bare_learner(values: list[bytes]) -> float:
+def bare_learner(messages: list[bytes]) -> float:
+    """Decode (the worker's decoder) + predict + learn every event of ``messages``; events/s."""
     learner = new_learner(Settings())
+    n = 0
     started = time.perf_counter()
-    for raw in values:
-        event, _ = parse_event(raw)
-        assert event is not None
-        learner.learn(
-            event.user_id,
-            event.item_id,
-            event.type,
-            event.watch_seconds,
-            event.item_duration_seconds,
-            ts=event.ts.timestamp(),
-        )
-    return len(values) / (time.perf_counter() - started)
+    for raw in messages:
+        for decoded in parse_message(raw):
+            event = decoded.event
+            assert event is not None
+            learner.learn(
+                event.user_id,
+                event.item_id,
+                event.type,
+                event.watch_seconds,
+                event.item_duration_seconds,
+                ts=event.ts.timestamp(),
+            )
+            n += 1
+    return n / (time.perf_counter() - started)
 
 
 def handled(r: redis.Redis, keys: Keys) -> int:
@@ -89,12 +107,13 @@ def learned(r: redis.Redis, keys: Keys) -> int:
     return int(json.loads(meta)["events_learned"]) if meta else 0
 
 
-def run_once(services: Services, n_events: int, gate: bool, budget: TimeBudget) -> dict:
-    run = run_env(services, "ingest" if gate else "ingest-nogate", RECSTREAM_GATE_ENABLED=str(gate).lower())
+def run_once(services: Services, n_events: int, gate: bool, per_message: int, budget: TimeBudget) -> dict:
+    name = f"ingest{'' if gate else '-nogate'}-{per_message}"
+    run = run_env(services, name, RECSTREAM_GATE_ENABLED=str(gate).lower())
     ensure_topics(run)
     settings = Settings()
-    values = events(n_events, users=5_000, items=10_000)
-    warmup = events(500, users=50, items=50, seed=2, prefix="w")
+    values = as_messages(events(n_events, users=5_000, items=10_000), per_message)
+    warmup = as_messages(events(500, users=50, items=50, seed=2, prefix="w"), per_message)
     bootstrap = services.broker.address
     r = redis.Redis.from_url(services.redis.url)
     keys = Keys(settings.redis_prefix)
@@ -104,18 +123,20 @@ def run_once(services: Services, n_events: int, gate: bool, budget: TimeBudget) 
         wait_for(lambda: handled(r, keys) >= len(warmup), min(120, budget.left()), "the worker's warm-up")
         started = time.perf_counter()
         produce_seconds = asyncio.run(produce(bootstrap, settings.topic_events, values))
-        wait_for(lambda: handled(r, keys) >= len(warmup) + n_events, budget.left(), "the worker to take the events")
+        wait_for(lambda: handled(r, keys) >= len(warmup) + len(values), budget.left(), "the worker to take the events")
         worker_rate = n_events / (time.perf_counter() - started)
         n_learned = learned(r, keys)
         held = {k.decode(): int(v) for k, v in r.hgetall(keys.gate_counts).items()}
     finally:
         worker.stop(timeout=30)
-    consume_rate = asyncio.run(
-        bare_consume(bootstrap, settings.topic_events, settings.topic_partitions, n_events + len(warmup), 120)
+    messages_per_second = asyncio.run(
+        bare_consume(bootstrap, settings.topic_events, settings.topic_partitions, len(values) + len(warmup), 120)
     )
+    consume_rate = messages_per_second * per_message
     learner_rate = bare_learner(values)
     return {
         "events": n_events,
+        "events_per_message": per_message,
         "gate": gate,
         "learned": n_learned,
         "held_or_dropped": held,
@@ -128,11 +149,16 @@ def run_once(services: Services, n_events: int, gate: bool, budget: TimeBudget) 
 
 
 def run(services: Services, n_events: int, budget: TimeBudget) -> tuple[dict, list[Row]]:
-    gate_on = run_once(services, n_events, True, budget)
-    gate_off = run_once(services, n_events, False, budget)
+    results = {
+        f"gate_{'on' if gate else 'off'}_{per_message}": run_once(services, n_events, gate, per_message, budget)
+        for per_message in (BATCH_EVENTS, 1)
+        for gate in (True, False)
+    }
+    gate_on, gate_off = results[f"gate_on_{BATCH_EVENTS}"], results[f"gate_off_{BATCH_EVENTS}"]
     rows = []
-    for result in (gate_on, gate_off):
-        label = "gate on" if result["gate"] else "gate off"
+    for result in results.values():
+        fmt = "1 event/msg" if result["events_per_message"] == 1 else f"{result['events_per_message']} events/msg"
+        label = f"{'gate on' if result['gate'] else 'gate off'}, {fmt}"
         worker = result["worker_events_per_second"]
         smaller = min(result["bare_consume_events_per_second"], result["bare_learner_events_per_second"])
         for ref_key, ref_name in (
@@ -156,11 +182,11 @@ def run(services: Services, n_events: int, budget: TimeBudget) -> tuple[dict, li
     rows.append(
         Row(
             "ingest",
-            "worker ev/s, gate on vs off",
+            f"worker ev/s, gate on vs off, {BATCH_EVENTS} events/msg",
             gate_on["worker_events_per_second"],
             "ev/s",
             gate_off["worker_events_per_second"],
             "same worker, gate off",
         )
     )
-    return {"gate_on": gate_on, "gate_off": gate_off}, rows
+    return results, rows
