@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-EVENTS_CONSUMED = Counter("recstream_events_consumed_total", "Messages the worker read from the events topic.")
+EVENTS_CONSUMED = Counter(
+    "recstream_events_consumed_total",
+    "Events the worker read from the events topic (each element of a batch message counts).",
+)
 EVENTS_LEARNED = Counter(
     "recstream_events_learned_total", "Valid events the learner applied (model, popularity, seen set)."
 )
@@ -53,6 +56,16 @@ RECOMMENDED_INTERACTIONS = Counter(
     "recstream_recommended_interactions_total",
     "Events that echo a recommendation_id in context.rec_id (engagement with served lists), by type.",
     ["type"],
+)
+CONTEST_HIT_RATE = Gauge(
+    "recstream_contest_hit_rate_at_10",
+    "Champion / challenger: hit rate@10 over the current window of paired samples, per contestant.",
+    ["contestant", "role"],
+)
+CONTEST_PROMOTIONS = Counter(
+    "recstream_contest_promotions_total",
+    "Challengers the worker made champion (actor: auto, or the operator's).",
+    ["actor"],
 )
 PROGRESSIVE_HIT_RATE = Gauge(
     "recstream_progressive_hit_rate_at_10",

@@ -143,11 +143,6 @@ def _log_recovery(backoff: Backoff, what: str) -> None:
         log.warning("%s succeeded after %.1fs stalled: consuming again", what, stalled_for)
 
 
-def _pending_records(processor: EventProcessor) -> list[Record]:
-    """The records the processor took since its last checkpoint (no public accessor in EventProcessor yet)."""
-    return processor._pending.records
-
-
 def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
     app = faust.App(
         settings.app_id,
@@ -214,7 +209,7 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
         def drop_handled() -> None:
             # Runs right after the failure (no await in between), before a checkpoint can clear the pending set.
             nonlocal remaining
-            handled = {id(r) for r in _pending_records(processor)}
+            handled = {id(r) for r in processor.pending_records}
             remaining = [r for r in remaining if id(r) not in handled]
 
         await retry_until_done(attempt, backoff, "processing a batch", "batch", on_failure=drop_handled)

@@ -269,6 +269,11 @@ class EventProcessor:
         self.contests = {name: Contest(self.rule) for name in self.challengers}
 
     @property
+    def pending_records(self) -> list[Record]:
+        """The records taken since the last checkpoint (acknowledged when the next one succeeds)."""
+        return self._pending.records
+
+    @property
     def ready(self) -> bool:
         return self.learner is not None
 
@@ -455,7 +460,9 @@ class EventProcessor:
             metrics.PROGRESSIVE_AUC.labels(learner.model.kind).set(learner.metrics.auc)
             metrics.PROGRESSIVE_LOGLOSS.labels(learner.model.kind).set(learner.metrics.logloss)
             log.debug("checkpoint v%s: %d events learned, %.1f ms", version, learner.events_learned, elapsed * 1e3)
+            self._export_contest()
             if promotion is not None:
+                metrics.CONTEST_PROMOTIONS.labels(str(promotion["actor"])).inc()
                 log.warning(
                     "v%s: %r replaced %r as champion (%s): %s",
                     version,
@@ -487,6 +494,16 @@ class EventProcessor:
                 for name, challenger in self.challengers.items()
             },
         }
+
+    def _export_contest(self) -> None:
+        champion_rate = None
+        for name, contest in self.contests.items():
+            summary = contest.summary()
+            if summary["challenger_hit_rate"] is not None:
+                metrics.CONTEST_HIT_RATE.labels(name, "challenger").set(summary["challenger_hit_rate"])
+                champion_rate = summary["champion_hit_rate"]
+        if champion_rate is not None:
+            metrics.CONTEST_HIT_RATE.labels(self.champion_name, "champion").set(champion_rate)
 
     def _sample_contest(self, user: str, item: str) -> None:
         """A paired sample: was ``item`` in ``user``'s top k of the champion, and of each challenger?"""

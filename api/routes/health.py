@@ -34,8 +34,11 @@ REDIS_PROBE_SECONDS = 1.0
 @router.get(
     "/readyz",
     responses={
-        200: {"description": '"ready", or "degraded": Redis unreachable, serving the model in memory.'},
-        503: {"description": "The broker is unreachable, or no model is loaded."},
+        200: {
+            "description": '"ready", or "degraded": Redis or the broker unreachable; recommendations are served '
+            "from the model in memory (ingest answers 503 while the broker is away)."
+        },
+        503: {"description": "No model is loaded."},
     },
 )
 async def readyz(state: Annotated[ApiState, Depends(get_state)]) -> Any:
@@ -50,9 +53,11 @@ async def readyz(state: Annotated[ApiState, Depends(get_state)]) -> Any:
         "broker": "ok" if broker_ok else "unreachable",
         "model": f"v{model.version}" if model else "none loaded",
     }
-    if model is None or not broker_ok:
+    # Recommendations need only the model in memory: a load balancer keeps a process that has one.
+    # Without Redis, seen items are not excluded; without the broker, ingest answers 503 + Retry-After.
+    if model is None:
         status, code = "not ready", 503
-    elif not redis_ok:
+    elif not (redis_ok and broker_ok):
         status, code = "degraded", 200
     else:
         status, code = "ready", 200
