@@ -209,16 +209,23 @@ class ModelStore:
                     )
                     pipe.set(keys.current_version, version)
                     pipe.zadd(keys.versions, {str(version): version})
+                offsets_json = json.dumps({offset_field(t, p): o for (t, p), o in sorted(offsets.items())})
                 for name, challenger_blob in (challengers or {}).items():
                     pipe.hset(
                         keys.challenger(name),
-                        mapping={"blob": challenger_blob, "tag": self.signer.sign(challenger_blob)},
+                        mapping={
+                            "blob": challenger_blob,
+                            "tag": self.signer.sign(challenger_blob),
+                            "offsets": offsets_json,  # where in the stream this state is
+                        },
                     )
                 if contest is not None:
-                    pipe.set(keys.contest, json.dumps(contest))
+                    pipe.set(keys.contest, json.dumps({**contest, "version": version}))
                 if promotion is not None and blob is not None:
                     record = {"at": time.time(), "from": expected_current, "to": version, **promotion}
                     pipe.rpush(keys.promotions, json.dumps(record))
+                    if promotion.get("actor") != "auto":
+                        pipe.delete(keys.challenger_request)  # applied: the operator's request is done
                 if guard:
                     pipe.hset(keys.guard_status, mapping={k: str(v) for k, v in guard.items()})
                 if offsets:
@@ -243,7 +250,12 @@ class ModelStore:
             except WatchError as exc:
                 raise CheckpointConflict("the current model version changed during the checkpoint") from exc
         if blob is not None:
-            await self.redis.publish(keys.announce_channel, str(version))
+            try:
+                await self.redis.publish(keys.announce_channel, str(version))
+            except Exception as exc:  # noqa: BLE001 - committed; API processes also poll for it
+                log.warning(
+                    "v%s is committed but its announcement failed (%s); API processes poll for it", version, exc
+                )
         return version
 
     # -- registry: list, promote, roll back, pin --------------------------------------------
@@ -267,25 +279,45 @@ class ModelStore:
         The worker notices before its next batch and continues learning from ``version``
         (see docs/operations.md for what happens to the events learned since).
         """
-        snapshot = await self.load(version)  # raises SnapshotRefused if the tag does not verify
-        if snapshot is None:
-            raise KeyError(f"model version {version} does not exist (retained: see `recstream models list`)")
-        previous = await self.current_version()
-        record = {"at": time.time(), "from": previous, "to": version, "reason": reason, "actor": actor}
+        keys = self.keys
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(self.keys.current_version, version)
-            pipe.rpush(self.keys.promotions, json.dumps(record))
-            await pipe.execute()
+            try:
+                # WATCH: a checkpoint's retention must not delete the version between the check and the switch.
+                await pipe.watch(keys.version(version), keys.current_version)
+                snapshot = await self.load(version)  # raises SnapshotRefused if the tag does not verify
+                if snapshot is None:
+                    raise KeyError(f"model version {version} does not exist (retained: see `recstream models list`)")
+                raw = await pipe.get(keys.current_version)
+                previous = int(raw) if raw is not None else None
+                record = {"at": time.time(), "from": previous, "to": version, "reason": reason, "actor": actor}
+                pipe.multi()
+                pipe.set(keys.current_version, version)
+                pipe.rpush(keys.promotions, json.dumps(record))
+                await pipe.execute()
+            except WatchError as exc:
+                raise CheckpointConflict(
+                    f"the current version or v{version} changed during the promotion; try again"
+                ) from exc
         await self.redis.publish(self.keys.announce_channel, str(version))
 
     async def rollback(self, reason: str = "rollback", actor: str = "operator") -> int:
-        """Promote the newest retained version older than the current one; return it."""
+        """Promote the current version's parent (the version it grew from); return it.
+
+        Following the parent, not the next lower number, means a second rollback never lands on a
+        version an earlier rollback moved away from. To go further back, promote a version by number.
+        """
         current = await self.current_version()
-        older = [v["version"] for v in await self.versions() if current is None or v["version"] < current]
-        if not older:
-            raise KeyError("no retained version older than the current one to roll back to")
-        await self.promote(older[-1], reason=reason, actor=actor)
-        return older[-1]
+        retained = {v["version"]: v for v in await self.versions()}
+        parent = retained.get(current, {}).get("parent") if current is not None else None
+        if parent is None:
+            raise KeyError(f"the current version v{current} has no parent to roll back to; promote a version instead")
+        if parent not in retained:
+            raise KeyError(
+                f"v{current}'s parent v{parent} is no longer retained (RECSTREAM_MODEL_RETENTION); "
+                "promote a retained version instead (`recstream models list`)"
+            )
+        await self.promote(parent, reason=reason, actor=actor)
+        return parent
 
     async def pin(self, version: int, pinned: bool = True) -> None:
         if pinned:
@@ -295,19 +327,29 @@ class ModelStore:
         else:
             await self.redis.srem(self.keys.pinned, version)
 
+    async def last_promotion(self) -> dict[str, Any] | None:
+        raw = await self.redis.lindex(self.keys.promotions, -1)
+        return None if raw is None else json.loads(raw)
+
     async def promotions(self) -> list[dict[str, Any]]:
         return [json.loads(r) for r in await self.redis.lrange(self.keys.promotions, 0, -1)]
 
     # -- champion / challenger -------------------------------------------------------------
 
     async def load_challenger(self, name: str) -> bytes | None:
-        """The shadow model ``name`` as of the last checkpoint; raises :class:`SnapshotRefused` if its tag fails."""
+        """The contestant ``name`` as of the last checkpoint, or None when there is none or it is stale (saved
+        at other offsets than the last checkpoint's: it was not configured meanwhile). Raises
+        :class:`SnapshotRefused` if its tag fails."""
         fields = await self.redis.hgetall(self.keys.challenger(name))
         if not fields:
             return None
         blob = fields.get(b"blob", b"")
         if not self.signer.verify(blob, fields.get(b"tag")):
             raise SnapshotRefused(0, what=f"challenger {name!r}")
+        offsets = {offset_field(t, p): o for (t, p), o in sorted((await self.offsets()).items())}
+        if json.loads(fields.get(b"offsets", b"null")) != offsets:
+            log.warning("contestant %r was saved at other offsets than the last checkpoint: not loaded", name)
+            return None
         return blob
 
     async def contest(self) -> dict[str, Any] | None:
@@ -319,10 +361,13 @@ class ModelStore:
         """Ask the worker to promote challenger ``name`` at its next checkpoint."""
         await self.redis.set(self.keys.challenger_request, json.dumps({"name": name, "reason": reason, "actor": actor}))
 
-    async def take_challenger_request(self) -> dict[str, Any] | None:
-        """The pending operator request to promote a challenger, once (it is consumed)."""
-        raw = await self.redis.getdel(self.keys.challenger_request)
+    async def challenger_request(self) -> dict[str, Any] | None:
+        """The pending operator request to promote a challenger (deleted by the checkpoint that applies it)."""
+        raw = await self.redis.get(self.keys.challenger_request)
         return None if raw is None else json.loads(raw)
+
+    async def drop_challenger_request(self) -> None:
+        await self.redis.delete(self.keys.challenger_request)
 
     async def guard_status(self) -> dict[str, str]:
         raw = await self.redis.hgetall(self.keys.guard_status)

@@ -20,7 +20,10 @@ import dataclasses
 import json
 import logging
 import math
+import os
+import socket
 import time
+import uuid
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -33,7 +36,7 @@ from learner.gate.base import GateEvent, Hold
 from learner.online_learner import OnlineLearner
 from recstream import metrics
 from recstream.events import Decoded, Event, parse_message
-from store.model_store import ModelStore, SnapshotRefused
+from store.model_store import CheckpointConflict, ModelStore, SnapshotRefused
 
 if TYPE_CHECKING:
     from learner.gate.gate import QualityGate
@@ -169,6 +172,8 @@ class EventProcessor:
         #: Paired samples to wait before the automatic rule may promote again (set by an operator's change).
         self.auto_hold_samples = 0
         self._unrecorded_promotion: dict[str, Any] | None = None
+        #: Names this worker process in the versions it writes (tells its own commits from others').
+        self.writer_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.next_offsets: dict[tuple[str, int], int] = {}
         self.rejected_total = 0
         self.paused_since: float | None = None
@@ -236,6 +241,8 @@ class EventProcessor:
         await self._load_challengers()
         contest = await self.store.contest() or {}
         self.auto_hold_samples = int(contest.get("auto_hold_samples", 0))
+        if contest and contest.get("version") != self.version:
+            self._hold_auto_promotion()  # an operator changed the current version while this worker was down
         metrics.MODEL_VERSION.labels("worker").set(self.version or 0)
 
     async def _load_challengers(self) -> None:
@@ -297,18 +304,18 @@ class EventProcessor:
             parsed = {id(r): parse_message(r.value or b"") for r in candidates}
             ids = [d.event.event_id for decoded in parsed.values() for d in decoded if d.event is not None]
             known = await self.store.learned_event_ids(ids, now=self.clock()) if ids else set()
-            consumed = 0
             for record in records:
-                self._pending.records.append(record)
                 decoded = parsed.get(id(record))
                 if decoded is None:  # below the checkpoint's offset: learned before a restart
                     metrics.EVENTS_SKIPPED_REPLAY.inc()
-                    continue
-                self.next_offsets[(record.topic, record.partition)] = record.offset + 1
-                consumed += len(decoded)
-                for item in decoded:
-                    await self._process_one(record, item, known)
-            metrics.EVENTS_CONSUMED.inc(consumed)
+                else:
+                    metrics.EVENTS_CONSUMED.inc(len(decoded))
+                    for item in decoded:
+                        # If this raises half-way, the record is not handled: its retry finds the events
+                        # learned so far in pending.event_ids and does not learn them twice.
+                        await self._process_one(record, item, known)
+                    self.next_offsets[(record.topic, record.partition)] = record.offset + 1
+                self._pending.records.append(record)
 
     async def _process_one(self, record: Record, decoded: Decoded, known: set[str]) -> None:
         learner = self.learner
@@ -403,6 +410,7 @@ class EventProcessor:
             blob = None if unchanged else learner.to_bytes()
             meta = {
                 "contestant": self.champion_name,
+                "writer": self.writer_id,
                 "created": datetime.now(UTC).isoformat(),
                 "events_learned": learner.events_learned,
                 "events_labelled": learner.events_labelled,
@@ -433,7 +441,7 @@ class EventProcessor:
                     gate_counts=pending.gate_counts,
                     guard={"state": "paused" if paused else "learning", "since": self.paused_since or ""},
                     now=self.clock(),
-                    challengers=None if blob is None else {n: c.to_bytes() for n, c in self.challengers.items()},
+                    challengers=self._contestant_blobs(blob),
                     contest=self.contest_status() if self._contestants else None,
                     promotion=promotion,
                 )
@@ -495,6 +503,18 @@ class EventProcessor:
             },
         }
 
+    def _contestant_blobs(self, blob: bytes | None) -> dict[str, bytes] | None:
+        """Every contestant's state at this checkpoint's offsets, the champion's included (its version may be
+        rolled back later, and then this is where it continues from in shadow). Written with every
+        checkpoint, so a contestant saved at other offsets was not configured meanwhile (and starts again)."""
+        if not self.challengers:
+            return None
+        learner = self.learner
+        assert learner is not None
+        blobs = {name: challenger.to_bytes() for name, challenger in self.challengers.items()}
+        blobs[self.champion_name] = blob if blob is not None else learner.to_bytes()
+        return blobs
+
     def _export_contest(self) -> None:
         champion_rate = None
         for name, contest in self.contests.items():
@@ -520,11 +540,13 @@ class EventProcessor:
 
         Returns the promotion record for the checkpoint (None: the champion stays).
         """
-        request = await self.store.take_challenger_request() if self._contestants else None
+        request = await self.store.challenger_request() if self._contestants else None
         if request is not None:
             name = request.get("name")
             if name in self.challengers:
+                # The request is deleted by the checkpoint that records the promotion, not before.
                 return self._swap_champion(name, str(request.get("reason", "")), str(request.get("actor", "operator")))
+            await self.store.drop_challenger_request()
             log.error(
                 "an operator asked to promote challenger %r, which this worker does not run (challengers: %s)",
                 name,
@@ -596,6 +618,30 @@ class EventProcessor:
         snapshot = await self.store.load(current)
         if snapshot is None:
             return False
+        last = await self.store.last_promotion()
+        by_operator = last is not None and last.get("to") == current and last.get("actor") != "auto"
+        if not by_operator:
+            if snapshot.meta.get("writer") == self.writer_id:
+                # This worker's own checkpoint committed although its reply was lost (e.g. Redis restarted
+                # right after EXEC): the model in memory is that version or newer; nothing to adopt.
+                log.warning("v%s was written by this worker's last checkpoint after all; continuing", current)
+                self.version = current
+                self._unrecorded_promotion = None  # it was in that transaction
+                return False
+            raise CheckpointConflict(
+                f"model v{current} was written by another worker (writer {snapshot.meta.get('writer')!r}), not "
+                "promoted by an operator: run one worker per RECSTREAM_REDIS_PREFIX; this worker does not "
+                "checkpoint until that is fixed"
+            )
+        superseded = self._unrecorded_promotion
+        if superseded is not None:
+            self._unrecorded_promotion = None
+            log.warning(
+                "the promotion of %r (%s) was not recorded before an operator changed the current version; "
+                "the operator's choice stands",
+                superseded["to_model"],
+                superseded["actor"],
+            )
         skipped = self._pending.learned_since
         self._install_champion(
             snapshot.meta.get("contestant") or self._default_champion, self._learner_from_bytes(snapshot.blob)

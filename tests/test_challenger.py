@@ -17,7 +17,7 @@ from learner.challenger import PromotionRule
 from learner.online_learner import OnlineLearner
 from learner.registry import build_model
 from store.keys import Keys
-from store.model_store import ModelStore
+from store.model_store import CheckpointConflict, ModelStore
 from store.signing import SnapshotSigner
 from stream.processor import EventProcessor, Record
 from tests.conftest import Endpoint
@@ -153,3 +153,111 @@ async def test_the_contest_survives_a_restart_and_an_operator_can_promote(store:
     third = _processor(store, transport, champion="item_cooccurrence", challenger="popularity")
     await third.start()
     assert third.champion_name == "popularity" and third.auto_hold_samples == second.auto_hold_samples
+
+
+class _OperatorAtTheSameMoment:
+    """Wraps the store so that an operator promotes ``version`` just before the worker's next checkpoint
+    transaction (the interleaving a real race produces), once."""
+
+    def __init__(self, store: ModelStore, version: int) -> None:
+        self.store, self.version, self.done = store, version, False
+
+    def __getattr__(self, name: str):
+        return getattr(self.store, name)
+
+    async def checkpoint(self, *args, **kwargs):
+        if not self.done:
+            self.done = True
+            await self.store.promote(self.version, reason="operator at the same moment")
+        return await self.store.checkpoint(*args, **kwargs)
+
+
+async def test_an_operator_promotion_racing_a_challenger_swap_keeps_history_and_versions_consistent(
+    store: ModelStore,
+) -> None:
+    transport = Transport()
+    processor = _processor(store, transport, champion="item_cooccurrence", challenger="popularity")
+    await processor.start()
+    events = taste_events(seed=6, users_per_group=20)
+    await _stream(processor, transport, events[:400])
+    first = (await store.versions())[0]["version"]
+
+    await store.request_challenger_promotion("popularity", "swap", actor="api")
+    processor.store = _OperatorAtTheSameMoment(store, first)
+    with pytest.raises(CheckpointConflict):
+        await processor.process(transport.records(events[400:450]))
+        await processor.checkpoint()  # swaps in memory, then loses the race to the operator
+    processor.store = store
+    await _stream(processor, transport, events[450:500])  # adopts the operator's version, then applies the request
+    await _stream(processor, transport, events[500:550])
+
+    records = await store.promotions()
+    assert [(r["actor"], r["reason"]) for r in records] == [
+        ("operator", "operator at the same moment"),
+        ("api", "swap"),
+    ]
+    for record in records:  # every record's version holds the model the record says
+        meta = await store.load(record["to"])
+        assert meta is not None
+        named = record.get("to_model", meta.meta["contestant"])
+        assert meta.meta["contestant"] == named
+    assert processor.champion_name == "popularity" and await store.challenger_request() is None
+
+
+async def test_a_second_worker_on_the_same_prefix_is_refused_not_merged(store: ModelStore) -> None:
+    transport = Transport()
+    first = _processor(store, transport, champion="item_cooccurrence", challenger="popularity")
+    await first.start()
+    events = taste_events(seed=7, users_per_group=10)
+    await _stream(first, transport, events[:100])
+    second = _processor(store, Transport(), champion="item_cooccurrence", challenger="popularity")
+    await second.start()
+    await _stream(first, transport, events[100:200])  # the first worker moves on
+    with pytest.raises(CheckpointConflict, match="another worker"):
+        await second.process(Transport().records(events[200:210]))
+    assert await store.promotions() == []
+
+
+async def test_an_operator_request_survives_a_crash_before_its_checkpoint(store: ModelStore) -> None:
+    transport = Transport()
+    first = _processor(store, transport, champion="item_cooccurrence", challenger="popularity")
+    await first.start()
+    events = taste_events(seed=8, users_per_group=10)
+    await _stream(first, transport, events[:100])
+    await store.request_challenger_promotion("popularity", "try it", actor="api")
+
+    class Down:
+        def __getattr__(self, name: str):
+            return getattr(store, name)
+
+        async def checkpoint(self, *_args, **_kwargs):
+            raise ConnectionError("Redis went away")
+
+    first.store = Down()
+    await first.process(transport.records(events[100:110]))
+    with pytest.raises(ConnectionError):
+        await first.checkpoint()  # the swap was made in memory only; then the worker is killed
+    assert await store.challenger_request() is not None
+
+    second = _processor(store, transport, champion="item_cooccurrence", challenger="popularity")
+    await second.start()
+    assert second.champion_name == "item_cooccurrence"
+    await _stream(second, transport, events[110:120])
+    assert second.champion_name == "popularity"
+    assert [r["reason"] for r in await store.promotions()] == ["try it"]
+
+
+async def test_a_challenger_left_out_of_the_configuration_for_a_while_starts_again(store: ModelStore) -> None:
+    transport = Transport()
+    events = taste_events(seed=9, users_per_group=10)
+    with_it = _processor(store, transport, champion="item_cooccurrence", challenger="popularity")
+    await with_it.start()
+    await _stream(with_it, transport, events[:100])
+    without = _processor(store, transport, champion="item_cooccurrence", challenger="bpr")
+    await without.start()
+    await _stream(without, transport, events[100:150])
+    again = _processor(store, transport, champion="item_cooccurrence", challenger="popularity")
+    await again.start()
+    # Its saved state is from before the 50 events it did not see: it starts from nothing instead.
+    assert again.challengers["popularity"].events_learned == 0
+    assert again.learner.events_learned == 150

@@ -3,10 +3,11 @@
 ``/readyz`` answers:
 
 * ``200 {"status": "ready"}``: Redis and the broker answer and a model is loaded;
-* ``200 {"status": "degraded"}``: a model is loaded and the broker answers but Redis does not:
-  recommendations are served from the model in memory (``"degraded": true``, seen items not
-  excluded), ingest works, new model versions are picked up once Redis is back;
-* ``503 {"status": "not ready"}``: no model loaded, or the broker does not answer (ingest fails).
+* ``200 {"status": "degraded"}``: a model is loaded but Redis or the broker does not answer:
+  recommendations are served from the model in memory. Without Redis they say ``"degraded": true``
+  (seen items not excluded) and new versions are picked up once it is back; without the broker,
+  ingest answers 503 with Retry-After;
+* ``503 {"status": "not ready"}``: no model loaded.
 """
 
 from __future__ import annotations

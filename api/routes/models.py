@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path
 from pydantic import BaseModel, Field
 
 from api.deps import AUTH_RESPONSES, ApiState, get_state, require_scope
-from store.model_store import SnapshotRefused
+from store.model_store import CheckpointConflict, SnapshotRefused
 
 router = APIRouter(tags=["models"], dependencies=[Depends(require_scope("admin"))], responses=AUTH_RESPONSES)
 
@@ -78,7 +78,7 @@ async def promote_model(version: Version, body: Reason, state: Annotated[ApiStat
         await state.store.promote(version, reason=body.reason, actor="api")
     except KeyError as exc:
         raise HTTPException(status_code=404, detail=exc.args[0]) from exc
-    except SnapshotRefused as exc:
+    except (SnapshotRefused, CheckpointConflict) as exc:
         raise HTTPException(status_code=409, detail=str(exc)) from exc
     await state.models.refresh()
     return Serving(current=version, serving=state.models.model.version if state.models.model else None)
@@ -86,11 +86,13 @@ async def promote_model(version: Version, body: Reason, state: Annotated[ApiStat
 
 @router.post("/v1/models/rollback", response_model=Serving)
 async def rollback_model(body: Reason, state: Annotated[ApiState, Depends(get_state)]) -> Serving:
-    """Promote the newest retained version older than the current one."""
+    """Promote the current version's parent (the version it grew from)."""
     try:
         version = await state.store.rollback(reason=body.reason, actor="api")
     except KeyError as exc:
         raise HTTPException(status_code=409, detail=exc.args[0]) from exc
+    except (SnapshotRefused, CheckpointConflict) as exc:
+        raise HTTPException(status_code=409, detail=str(exc)) from exc
     await state.models.refresh()
     return Serving(current=version, serving=state.models.model.version if state.models.model else None)
 
