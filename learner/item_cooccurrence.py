@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 from array import array
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -168,7 +169,7 @@ class ItemCooccurrence:
         self._candidate_damping = np.ones(16, dtype=np.float64)  # max(mass, 1) ** -beta, kept up to date
         self._row_damping = np.ones(16, dtype=np.float64)  # max(mass, 1) ** -alpha, kept up to date
         self._recency_powers = [self.recency**age for age in range(self.window)]
-        self._history: list[dict[int, float]] = []  # per user: item row -> weight, oldest first
+        self._history = UserHistories()  # per user: item row -> weight, oldest first
         self._scratch_buffer = np.empty(0, dtype=np.float64)
         self._last_pairs: tuple[int, int, list[tuple[array, int, array, int, float]]] | None = None
 
@@ -373,10 +374,7 @@ class ItemCooccurrence:
         model._recent.load(a["recent"], a["recent_clock"], n_items)
         model._candidate_damping = np.maximum(model._mass, 1.0) ** -model.beta
         model._row_damping = np.maximum(model._mass, 1.0) ** -model.alpha
-        model._history = [
-            {int(j): float(w) for j, w in zip(row_items, row_weights, strict=True) if j >= 0}
-            for row_items, row_weights in zip(hist_items.tolist(), hist_weights.tolist(), strict=True)
-        ]
+        model._history = UserHistories(hist_items, hist_weights)
         return model
 
     # -- internals -------------------------------------------------------------------
@@ -405,6 +403,39 @@ class ItemCooccurrence:
                 self._candidate_damping = _grow_ones(self._candidate_damping, len(self._mass))
                 self._row_damping = _grow_ones(self._row_damping, len(self._mass))
         return row
+
+
+class UserHistories:
+    """Each user's remembered items (item row -> weight, oldest first), as a list of dicts.
+
+    Loaded from a snapshot's arrays, a user's dict is built on first access: an API process
+    serving a new version touches only the users it is asked about, so loading a version does
+    not pay for every user's dict (0.2 s at 50,000 users).
+    """
+
+    def __init__(self, items: np.ndarray | None = None, weights: np.ndarray | None = None) -> None:
+        self._items = items
+        self._weights = weights
+        self._rows: list[dict[int, float] | None] = [None] * (0 if items is None else len(items))
+
+    def __getitem__(self, u: int) -> dict[int, float]:
+        row = self._rows[u]
+        if row is None:
+            assert self._items is not None and self._weights is not None
+            items, weights = self._items[u].tolist(), self._weights[u].tolist()
+            row = {int(j): float(w) for j, w in zip(items, weights, strict=True) if j >= 0}
+            self._rows[u] = row
+        return row
+
+    def append(self, row: dict[int, float]) -> None:
+        self._rows.append(row)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __iter__(self) -> Iterator[dict[int, float]]:
+        for u in range(len(self._rows)):
+            yield self[u]
 
 
 def _grow_ones(values: np.ndarray, size: int) -> np.ndarray:

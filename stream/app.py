@@ -32,6 +32,7 @@ from stream.processor import QUARANTINED, REJECTED, EventProcessor, Record, over
 log = logging.getLogger(__name__)
 
 TAKE_WITHIN_SECONDS = 0.05
+IDLE_TICK_MAX_SECONDS = 0.2
 RETRY_FIRST_SECONDS = 0.5  # first wait after a failed checkpoint (or batch, or start)…
 RETRY_MAX_SECONDS = 5.0  # …doubling up to this
 
@@ -250,7 +251,9 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
             log.info("agent stopping: writing a final checkpoint")
             await _checkpoint_quietly(processor)
 
-    @app.timer(interval=settings.checkpoint_interval_seconds)
+    # The timer only looks whether a checkpoint is due; ticking at a fifth of the interval means events
+    # that arrive between batches wait at most the interval plus a tick (not up to two intervals).
+    @app.timer(interval=min(settings.checkpoint_interval_seconds / 5, IDLE_TICK_MAX_SECONDS))
     async def checkpoint_when_idle() -> None:
         # While the agent retries (stalled on a batch), it owns the schedule; when it is idle the timer
         # checkpoints, and backs off the same way if that fails.
