@@ -1,8 +1,10 @@
 """Steady background traffic, run as a separate process: ``python -m bench.background BOOTSTRAP TOPIC RATE SECONDS``.
 
-Produces ``RATE`` events per second (paced every 10 ms; JSON in the event contract, key =
-user id, ``ts`` = now) to ``TOPIC`` for ``SECONDS`` seconds, over 50,000 users and 20,000 items (half uniform,
-half from a popular head);
+Produces ``RATE`` events per second (paced every 10 ms; JSON in the event contract, ``ts`` = now)
+to ``TOPIC`` for ``SECONDS`` seconds, over 50,000 users and 20,000 items (half uniform, half from a
+popular head). The events of each 10 ms tick go out as one batch message (a JSON list, as
+``POST /v1/events`` publishes a request's events); ``--per-event`` sends one message per event
+(key = user id) instead, as a publisher writing to Kafka directly might;
 prints JSON with what it sent and the rate it achieved. Targets 127.0.0.1 only.
 """
 
@@ -29,7 +31,7 @@ def _item(rnd: random.Random) -> int:
     return min(int(rnd.paretovariate(1.2)), ITEMS) - 1
 
 
-async def _run(bootstrap: str, topic: str, rate: float, seconds: float, seed: int) -> dict:
+async def _run(bootstrap: str, topic: str, rate: float, seconds: float, seed: int, per_event: bool = False) -> dict:
     if not bootstrap.startswith("127.0.0.1:"):
         raise SystemExit("bench.background only targets 127.0.0.1")
     rnd = random.Random(seed)
@@ -48,6 +50,7 @@ async def _run(bootstrap: str, topic: str, rate: float, seconds: float, seed: in
             due = int(rate * elapsed) - sent
             if due > 0:
                 ts = datetime.now(UTC).isoformat()
+                tick_events = []
                 for _ in range(due):
                     user = f"bg{rnd.randrange(USERS)}"
                     event = {
@@ -59,8 +62,13 @@ async def _run(bootstrap: str, topic: str, rate: float, seconds: float, seed: in
                         "watch_seconds": 12.0,
                         "item_duration_seconds": 30.0,
                     }
-                    await producer.send(topic, value=json.dumps(event).encode(), key=user.encode())
+                    if per_event:
+                        await producer.send(topic, value=json.dumps(event).encode(), key=user.encode())
+                    else:
+                        tick_events.append(event)
                     sent += 1
+                if tick_events:
+                    await producer.send(topic, value=json.dumps(tick_events).encode())
             tick += 1
             await asyncio.sleep(max(0.0, started + tick * TICK - time.perf_counter()))
         await producer.flush()
@@ -77,8 +85,10 @@ def main() -> None:
     parser.add_argument("rate", type=float)
     parser.add_argument("seconds", type=float)
     parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--per-event", action="store_true", help="one message per event instead of one per tick")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(_run(args.bootstrap, args.topic, args.rate, args.seconds, args.seed))))
+    result = asyncio.run(_run(args.bootstrap, args.topic, args.rate, args.seconds, args.seed, args.per_event))
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
