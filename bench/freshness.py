@@ -92,9 +92,9 @@ def _probes(client: httpx.Client, api_url: str, tag: str, count: int, seconds: f
 def run(
     services: Services, rates: list[float], idle_probes: int, loaded_probes: int, budget: TimeBudget
 ) -> tuple[dict, list[Row]]:
-    run_ = run_env(
-        services, "fresh", RECSTREAM_CHECKPOINT_INTERVAL_SECONDS=os.environ.get("BENCH_CHECKPOINT_INTERVAL", "1.0")
-    )
+    # The checkpoint interval bounds freshness; the product default unless the caller sets it.
+    interval = os.environ.get("RECSTREAM_CHECKPOINT_INTERVAL_SECONDS", "1.0")
+    run_ = run_env(services, "fresh", RECSTREAM_CHECKPOINT_INTERVAL_SECONDS=interval)
     ensure_topics(run_)
     settings = Settings()
     r = redis.Redis.from_url(services.redis.url)
