@@ -139,6 +139,10 @@ def test_a_better_challenger_takes_over_on_the_live_stream_and_an_operator_can_s
         served = client.get("/v1/users/A000/recommendations").json()
         assert client.get(f"/v1/models/{served['model_version']}").json()["contestant"] == "item_cooccurrence"
 
+        # The whole stream is in (so that the operator's hold below is not used up by its remaining events).
+        checkpoints = CheckpointReader(env["RECSTREAM_REDIS_URL"], env["RECSTREAM_REDIS_PREFIX"])
+        wait_for(lambda: checkpoints.learned() == len(events), 60, "the whole stream learned")
+        checkpoints.close()
         # An operator switches back by name; an unknown name is a 404 that lists the real ones.
         missing = client.post("/v1/models/challengers/nope/promote", json={"reason": "typo"})
         assert missing.status_code == 404 and "popularity" in missing.json()["detail"]
