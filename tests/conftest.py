@@ -196,8 +196,8 @@ COUNTABLE_GATE_ENV = {
 }
 
 
-def current_learner(env: dict[str, str]) -> Any:
-    """The learner in the current snapshot in Redis (HMAC-verified with the run's key), or None."""
+def _stored_learner(env: dict[str, str], load_blob: Callable[[Any], Any]) -> Any:
+    """Decode the snapshot ``load_blob(store)`` returns (HMAC-verified with the run's key), or None."""
     import asyncio
 
     from recstream import components
@@ -212,12 +212,27 @@ def current_learner(env: dict[str, str]) -> Any:
     async def load() -> Any:
         redis = components.redis_client(settings)
         try:
-            snapshot = await components.model_store(settings, redis).load_current()
+            blob = await load_blob(components.model_store(settings, redis))
         finally:
             await redis.aclose()
-        return None if snapshot is None else components.learner_from_bytes(settings, snapshot.blob)
+        return None if blob is None else components.learner_from_bytes(settings, blob)
 
     return asyncio.run(load())
+
+
+def current_learner(env: dict[str, str]) -> Any:
+    """The learner in the current snapshot in Redis, or None."""
+
+    async def blob(store: Any) -> bytes | None:
+        snapshot = await store.load_current()
+        return None if snapshot is None else snapshot.blob
+
+    return _stored_learner(env, blob)
+
+
+def challenger_learner(env: dict[str, str], name: str) -> Any:
+    """The contestant ``name`` as the worker last checkpointed it, or None."""
+    return _stored_learner(env, lambda store: store.load_challenger(name))
 
 
 def popularity_counts(learner: Any) -> dict[str, int]:

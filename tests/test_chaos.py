@@ -46,6 +46,7 @@ from tests.conftest import (
     COUNTABLE_GATE_ENV,
     TEST_API_KEY,
     Endpoint,
+    challenger_learner,
     create_topics,
     current_learner,
     make_env,
@@ -251,28 +252,6 @@ def _ingest_via_api(
     done.set()
 
 
-def _challenger_learner(env: dict[str, str], name: str) -> Any:
-    """The challenger ``name`` as the worker last checkpointed it (HMAC-verified), or None."""
-    from recstream import components
-    from recstream.settings import Settings
-
-    settings = Settings(
-        redis_url=env["RECSTREAM_REDIS_URL"],
-        redis_prefix=env["RECSTREAM_REDIS_PREFIX"],
-        hmac_key=env["RECSTREAM_HMAC_KEY"],
-    )
-
-    async def load() -> Any:
-        redis = components.redis_client(settings)
-        try:
-            blob = await components.model_store(settings, redis).load_challenger(name)
-        finally:
-            await redis.aclose()
-        return None if blob is None else components.learner_from_bytes(settings, blob)
-
-    return asyncio.run(load())
-
-
 def test_chaos_kills_and_restarts_lose_nothing_and_learn_nothing_twice(
     broker_endpoint: Endpoint, processes: list[local_services.LocalService], tmp_path: Path
 ) -> None:
@@ -440,7 +419,7 @@ def test_chaos_kills_and_restarts_lose_nothing_and_learn_nothing_twice(
         )
         assert lost == 0 and learned_twice == 0, f"lost={lost} learned_twice={learned_twice} (seed {seed})"
         assert learner.events_learned == len(ledger.valid), (learner.events_learned, len(ledger.valid))
-        shadow = _challenger_learner(env, "popularity")
+        shadow = challenger_learner(env, "popularity")
         assert shadow is not None, "the challenger's state is not in Redis"
         assert popularity_counts(shadow) == popularity_counts(learner)
         assert shadow.events_learned == len(ledger.valid), (shadow.events_learned, len(ledger.valid))
