@@ -18,23 +18,9 @@ from store.signing import SnapshotSigner
 from stream.processor import DUPLICATE, REJECTED, EventProcessor, Record
 from tests.clock import iso
 from tests.conftest import Endpoint
+from tests.transport import Transport
 
 pytestmark = pytest.mark.integration
-
-
-class Transport:
-    def __init__(self) -> None:
-        self.dead_letters: list[tuple[str, dict]] = []
-        self.acked: list[int] = []
-
-    async def dead_letter(self, kind: str, _key: bytes | None, value: bytes) -> None:
-        self.dead_letters.append((kind, json.loads(value)))
-
-    async def flush(self) -> None:
-        return None
-
-    def ack(self, handle: int) -> None:
-        self.acked.append(handle)
 
 
 def _event(n: int) -> dict:

@@ -7,7 +7,6 @@ stream has two taste groups, which item co-occurrence learns and all-time popula
 
 from __future__ import annotations
 
-import json
 import uuid
 
 import pytest
@@ -19,34 +18,14 @@ from learner.registry import build_model
 from store.keys import Keys
 from store.model_store import CheckpointConflict, ModelStore
 from store.signing import SnapshotSigner
-from stream.processor import EventProcessor, Record
+from stream.processor import EventProcessor
 from tests.conftest import Endpoint
 from tests.taste_stream import taste_events
+from tests.transport import Transport
 
 pytestmark = pytest.mark.integration
 
 RULE = PromotionRule(window=200, margin=0.05, min_z=2.0, sample_every=1)
-
-
-class Transport:
-    def __init__(self) -> None:
-        self.offset = 0
-
-    async def dead_letter(self, kind: str, _key: bytes | None, value: bytes) -> None:
-        raise AssertionError(f"nothing should be dead-lettered here: {kind} {value!r}")
-
-    async def flush(self) -> None:
-        return None
-
-    def ack(self, _handle: int) -> None:
-        return None
-
-    def records(self, events: list[dict]) -> list[Record]:
-        out = []
-        for e in events:
-            out.append(Record("events", 0, self.offset, None, json.dumps(e).encode(), handle=self.offset))
-            self.offset += 1
-        return out
 
 
 def _processor(store: ModelStore, transport: Transport, champion: str, challenger: str) -> EventProcessor:
@@ -84,7 +63,7 @@ async def test_a_better_challenger_is_promoted_automatically_and_recorded(store:
     events = taste_events(seed=3, users_per_group=100)
     await _stream(processor, transport, events)
 
-    assert processor.champion_name == "item_cooccurrence"
+    assert processor.champion_name == "item_cooccurrence" and not transport.dead_letters
     promotions = await store.promotions()
     assert len(promotions) == 1, promotions  # promoted once, and the old champion did not come back
     record = promotions[0]
@@ -110,7 +89,7 @@ async def test_a_worse_challenger_is_not_promoted(store: ModelStore) -> None:
     await processor.start()
     await _stream(processor, transport, taste_events(seed=4, users_per_group=100))
 
-    assert processor.champion_name == "item_cooccurrence"
+    assert processor.champion_name == "item_cooccurrence" and not transport.dead_letters
     assert await store.promotions() == []
     standing = (await store.contest())["challengers"]["popularity"]
     assert standing["samples"] == RULE.window  # it was judged on a full window, and lost

@@ -14,7 +14,7 @@ from store.signing import SnapshotSigner
 from stream.processor import EventProcessor
 from tests.clock import iso
 from tests.conftest import Endpoint
-from tests.test_processor_guard import Transport
+from tests.transport import Transport
 
 pytestmark = pytest.mark.integration
 

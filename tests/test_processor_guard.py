@@ -7,7 +7,6 @@ transport callbacks are plain functions that record what the worker would produc
 
 from __future__ import annotations
 
-import json
 import random
 import uuid
 
@@ -20,36 +19,12 @@ from learner.online_learner import OnlineLearner
 from store.keys import Keys
 from store.model_store import ModelStore
 from store.signing import SnapshotSigner
-from stream.processor import MODEL_PAUSED, QUARANTINED, EventProcessor, Record
+from stream.processor import MODEL_PAUSED, QUARANTINED, EventProcessor
 from tests.clock import iso
 from tests.conftest import Endpoint
+from tests.transport import Transport
 
 pytestmark = pytest.mark.integration
-
-
-class Transport:
-    def __init__(self) -> None:
-        self.dead_letters: list[tuple[str, dict]] = []
-        self.acked: list[int] = []
-        self.offset = 0
-
-    async def dead_letter(self, kind: str, _key: bytes | None, value: bytes) -> None:
-        self.dead_letters.append((kind, json.loads(value)))
-
-    async def flush(self) -> None:
-        return None
-
-    def ack(self, handle: int) -> None:
-        self.acked.append(handle)
-
-    def records(self, events: list[dict]) -> list[Record]:
-        out = []
-        for e in events:
-            out.append(
-                Record("events", 0, self.offset, e["user_id"].encode(), json.dumps(e).encode(), handle=self.offset)
-            )
-            self.offset += 1
-        return out
 
 
 def _stream(rnd: random.Random, n: int, start: int, flipped: bool) -> list[dict]:

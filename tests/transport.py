@@ -1,0 +1,36 @@
+"""What the worker's processor needs from Kafka, recorded instead of sent, for tests that hand the
+processor records directly (Kafka plays no part in what they test; Redis is real)."""
+
+from __future__ import annotations
+
+import json
+
+from stream.processor import Record
+
+
+class Transport:
+    """Records dead letters and acknowledgements; numbers the records it makes on one partition."""
+
+    def __init__(self) -> None:
+        self.dead_letters: list[tuple[str, dict]] = []
+        self.acked: list[int] = []
+        self.offset = 0
+
+    async def dead_letter(self, kind: str, _key: bytes | None, value: bytes) -> None:
+        self.dead_letters.append((kind, json.loads(value)))
+
+    async def flush(self) -> None:
+        return None
+
+    def ack(self, handle: int) -> None:
+        self.acked.append(handle)
+
+    def records(self, events: list[dict]) -> list[Record]:
+        """One message per event on ``events/0``, key = user id, handle = offset."""
+        out = []
+        for e in events:
+            out.append(
+                Record("events", 0, self.offset, e["user_id"].encode(), json.dumps(e).encode(), handle=self.offset)
+            )
+            self.offset += 1
+        return out
