@@ -166,22 +166,31 @@ class Stack:
     def topic(self) -> str:
         return self.env["RECSTREAM_TOPIC_EVENTS"]
 
+    def close(self) -> None:
+        self.client.close()
+        self.checkpoints.close()
+
+
+def start_stack(env: dict[str, str], processes: list[local_services.LocalService], client_timeout: float = 10) -> Stack:
+    """Start a worker and an API with ``env`` (registered in ``processes``); ``Stack.close`` closes the clients."""
+    from tests.kafka_io import CheckpointReader
+
+    worker = local_services.start_worker(env)
+    processes.append(worker)
+    api = local_services.start_api(env)
+    processes.append(api)
+    client = api_client(api, timeout=client_timeout)
+    checkpoints = CheckpointReader(env["RECSTREAM_REDIS_URL"], env["RECSTREAM_REDIS_PREFIX"])
+    return Stack(env, worker, api, client, checkpoints)
+
 
 @pytest.fixture
 def stack(service_env: dict[str, str], processes: list[local_services.LocalService]) -> Iterator[Stack]:
-    from tests.kafka_io import CheckpointReader
-
-    worker = local_services.start_worker(service_env)
-    processes.append(worker)
-    api = local_services.start_api(service_env)
-    processes.append(api)
-    client = api_client(api)
-    checkpoints = CheckpointReader(service_env["RECSTREAM_REDIS_URL"], service_env["RECSTREAM_REDIS_PREFIX"])
+    started = start_stack(service_env, processes)
     try:
-        yield Stack(service_env, worker, api, client, checkpoints)
+        yield started
     finally:
-        client.close()
-        checkpoints.close()
+        started.close()
 
 
 #: Gate settings for tests that count exactly what is learned: the statistical rules (per-user rates, item

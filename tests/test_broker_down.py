@@ -18,9 +18,10 @@ from tests.conftest import (
     current_learner,
     make_env,
     popularity_counts,
+    start_stack,
     wait_for,
 )
-from tests.kafka_io import CheckpointReader, produce_events
+from tests.kafka_io import produce_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -82,12 +83,8 @@ def test_worker_and_api_resume_by_themselves_after_the_broker_restarts(
     }
     create_topics(env)
     broker, topic = env["RECSTREAM_BROKER_URL"], env["RECSTREAM_TOPIC_EVENTS"]
-    worker = local_services.start_worker(env)
-    processes.append(worker)
-    api = local_services.start_api(env)
-    processes.append(api)
-    checkpoints = CheckpointReader(env["RECSTREAM_REDIS_URL"], env["RECSTREAM_REDIS_PREFIX"])
-    client = api_client(api, timeout=30)
+    stack = start_stack(env, processes, client_timeout=30)
+    worker, api, client, checkpoints = stack.worker, stack.api, stack.client, stack.checkpoints
     try:
         first = _events("a", 300)
         produce_events(broker, topic, first)
@@ -123,5 +120,4 @@ def test_worker_and_api_resume_by_themselves_after_the_broker_restarts(
         assert popularity_counts(learner) == dict(expected)
         wait_for(lambda: client.get("/readyz").json()["status"] == "ready", 30, "/readyz to be ready again")
     finally:
-        client.close()
-        checkpoints.close()
+        stack.close()

@@ -23,13 +23,13 @@ from tests.clock import iso
 from tests.conftest import (
     COUNTABLE_GATE_ENV,
     Endpoint,
-    api_client,
     current_learner,
     make_env,
     popularity_counts,
+    start_stack,
     wait_for,
 )
-from tests.kafka_io import CheckpointReader, produce_events
+from tests.kafka_io import produce_events
 
 SAMPLE = re.compile(r"^(recstream_[a-z0-9_]+)(\{[^}]*\})? ([0-9.e+-]+|NaN)$", re.MULTILINE)
 
@@ -131,12 +131,8 @@ def test_redis_down_api_degrades_worker_stalls_then_learns_everything(
     }
     worker_metrics = f"http://127.0.0.1:{metrics_port}/metrics"
     broker, topic = env["RECSTREAM_BROKER_URL"], env["RECSTREAM_TOPIC_EVENTS"]
-    worker = local_services.start_worker(env)
-    processes.append(worker)
-    api = local_services.start_api(env)
-    processes.append(api)
-    checkpoints = CheckpointReader(env["RECSTREAM_REDIS_URL"], env["RECSTREAM_REDIS_PREFIX"])
-    client = api_client(api, timeout=15)
+    stack = start_stack(env, processes, client_timeout=15)
+    worker, client, checkpoints = stack.worker, stack.client, stack.checkpoints
     try:
         before = events("a", 400)
         produce_events(broker, topic, before)
@@ -235,5 +231,4 @@ def test_redis_down_api_degrades_worker_stalls_then_learns_everything(
         assert learner is not None and learner.events_learned == len(published)
         assert popularity_counts(learner) == dict(positives_per_item(published))
     finally:
-        client.close()
-        checkpoints.close()
+        stack.close()
