@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import event as note_event
 from hypothesis import strategies as st
 
-from recstream.events import Event, describe_errors, parse_event
+from recstream.events import Event, describe_errors, parse_event, parse_message
 
 FIELDS = list(Event.model_fields)
 REQUIRED = [name for name, info in Event.model_fields.items() if info.is_required()]
@@ -133,6 +133,21 @@ def test_parse_event_total_on_arbitrary_json(value: Any) -> None:
 @given(st.binary(max_size=512))
 def test_parse_event_total_on_arbitrary_bytes(raw: bytes) -> None:
     check_decoded(parse_event(raw))
+
+
+@FAST
+@given(st.lists(json_values, max_size=8) | json_values, st.binary(max_size=64))
+def test_parse_message_total_on_lists_and_bytes(value: Any, noise: bytes) -> None:
+    """A batch message (a JSON list) or any bytes starting with ``[``: never raises; every element is
+    answered (an event, or a reason with its index and bytes)."""
+    for raw in (json.dumps(value).encode(), b"[" + noise):
+        decoded = parse_message(raw)
+        assert decoded
+        for item in decoded:
+            check_decoded((item.event, item.reason))
+        if isinstance(value, list) and 0 < len(value) and raw[:1] == b"[" and decoded[0].index is not None:
+            assert [item.index for item in decoded] == list(range(len(value)))
+            assert all(item.raw is not None for item in decoded if item.event is None)
 
 
 @FAST
