@@ -525,22 +525,13 @@ class EventProcessor:
         if champion_rate is not None:
             metrics.CONTEST_HIT_RATE.labels(self.champion_name, "champion").set(champion_rate)
 
-    def _sample_contest(self, user: str, item: str) -> None:
-        """A paired sample: was ``item`` in ``user``'s top k of the champion, and of each challenger?"""
-        learner = self.learner
-        if learner is None or not self.challengers or self._positives_seen % self.rule.sample_every:
-            return
-        champion_hit = hit_at_k(learner, user, item, self.rule.k)
-        for name, challenger in self.challengers.items():
-            self.contests[name].add(champion_hit, hit_at_k(challenger, user, item, self.rule.k))
-        self.auto_hold_samples = max(0, self.auto_hold_samples - 1)
-
     async def _promote_challenger(self) -> dict[str, Any] | None:
         """Swap in a challenger an operator asked for, or (``rule.auto``) one the rule promotes.
 
         Returns the promotion record for the checkpoint (None: the champion stays).
         """
-        request = await self.store.challenger_request() if self._contestants else None
+        # Only a worker with challengers reads requests (the API accepts names of running challengers only).
+        request = await self.store.challenger_request() if self.challengers else None
         if request is not None:
             name = request.get("name")
             if name in self.challengers:
@@ -593,17 +584,26 @@ class EventProcessor:
 
     def _sample_hit(self, user: str, item: str) -> None:
         """Every ``HIT_SAMPLE_EVERY``-th positive: was its item in the user's top 10 just before learning it?
+        And every ``rule.sample_every``-th, with challengers running, a paired sample: was it in the
+        champion's top 10, and in each challenger's?
 
-        A cheap live estimate (no exclusion of what the user saw; ``recstream evaluate`` is the exact
+        The live figure is a cheap estimate (no exclusion of what the user saw; ``recstream evaluate`` is the exact
         protocol), kept over the last ``HIT_WINDOW`` samples.
         """
         self._positives_seen += 1
-        self._sample_contest(user, item)
         learner = self.learner
-        if learner is None or self._positives_seen % HIT_SAMPLE_EVERY:
+        live = self._positives_seen % HIT_SAMPLE_EVERY == 0
+        paired = bool(self.challengers) and self._positives_seen % self.rule.sample_every == 0
+        if learner is None or not (live or paired):
             return
-        self._hits.append(hit_at_k(learner, user, item, 10))
-        metrics.PROGRESSIVE_HIT_RATE.labels(learner.model.kind).set(sum(self._hits) / len(self._hits))
+        champion_hit = hit_at_k(learner, user, item, self.rule.k)  # ranks the catalogue once for both uses
+        if live:
+            self._hits.append(champion_hit)
+            metrics.PROGRESSIVE_HIT_RATE.labels(learner.model.kind).set(sum(self._hits) / len(self._hits))
+        if paired:
+            for name, challenger in self.challengers.items():
+                self.contests[name].add(champion_hit, hit_at_k(challenger, user, item, self.rule.k))
+            self.auto_hold_samples = max(0, self.auto_hold_samples - 1)
 
     async def _adopt_promoted_version(self) -> bool:
         """If an operator promoted or rolled back to another version, continue learning from it.

@@ -10,12 +10,11 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 
-from learner.online_learner import OnlineLearner
 from recstream.events import MAX_MESSAGE_EVENTS
 from store.keys import Keys
 from store.model_store import ModelStore
 from store.signing import SnapshotSigner
-from stream.processor import DUPLICATE, REJECTED, EventProcessor, Record
+from stream.processor import DUPLICATE, REJECTED, Record
 from tests.clock import iso
 from tests.conftest import Endpoint
 from tests.transport import Transport
@@ -34,20 +33,9 @@ async def store(redis_endpoint: Endpoint):
     await client.aclose()
 
 
-def _processor(store: ModelStore, transport: Transport) -> EventProcessor:
-    return EventProcessor(
-        store=store,
-        new_learner=OnlineLearner,
-        learner_from_bytes=OnlineLearner.from_bytes,
-        dead_letter=transport.dead_letter,
-        flush=transport.flush,
-        ack=transport.ack,
-    )
-
-
 async def test_each_element_of_a_batch_is_learned_or_refused_on_its_own(store: ModelStore) -> None:
     transport = Transport()
-    processor = _processor(store, transport)
+    processor = transport.processor(store)
     await processor.start()
     no_user = {k: v for k, v in _event(9).items() if k != "user_id"}
     batch = [_event(0), _event(1), _event(2), no_user, _event(1)]  # a refused element and a repeated one
@@ -71,7 +59,7 @@ async def test_each_element_of_a_batch_is_learned_or_refused_on_its_own(store: M
     assert sorted(transport.acked) == [0, 1, 2, 3, 4]
 
     # The same messages again (a redelivery after a crash): below the checkpoint's offsets, skipped whole.
-    again = _processor(store, transport)
+    again = transport.processor(store)
     await again.start()
     await again.process(records)
     await again.checkpoint()

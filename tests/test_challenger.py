@@ -28,19 +28,16 @@ pytestmark = pytest.mark.integration
 RULE = PromotionRule(window=200, margin=0.05, min_z=2.0, sample_every=1)
 
 
-def _processor(store: ModelStore, transport: Transport, champion: str, challenger: str) -> EventProcessor:
+async def _started(
+    store: ModelStore, transport: Transport, champion: str = "item_cooccurrence", challenger: str = "popularity"
+) -> EventProcessor:
+    """A worker's processor (started: state loaded from Redis) with one challenger in shadow."""
     contestants = {name: (lambda name=name: OnlineLearner(model=build_model(name))) for name in (champion, challenger)}
-    return EventProcessor(
-        store=store,
-        new_learner=contestants[champion],
-        learner_from_bytes=OnlineLearner.from_bytes,
-        dead_letter=transport.dead_letter,
-        flush=transport.flush,
-        ack=transport.ack,
-        contestants=contestants,
-        champion_name=champion,
-        promotion_rule=RULE,
+    processor = transport.processor(
+        store, new_learner=contestants[champion], contestants=contestants, champion_name=champion, promotion_rule=RULE
     )
+    await processor.start()
+    return processor
 
 
 @pytest.fixture
@@ -58,8 +55,7 @@ async def _stream(processor: EventProcessor, transport: Transport, events: list[
 
 async def test_a_better_challenger_is_promoted_automatically_and_recorded(store: ModelStore) -> None:
     transport = Transport()
-    processor = _processor(store, transport, champion="popularity", challenger="item_cooccurrence")
-    await processor.start()
+    processor = await _started(store, transport, champion="popularity", challenger="item_cooccurrence")
     events = taste_events(seed=3, users_per_group=100)
     await _stream(processor, transport, events)
 
@@ -85,8 +81,7 @@ async def test_a_better_challenger_is_promoted_automatically_and_recorded(store:
 
 async def test_a_worse_challenger_is_not_promoted(store: ModelStore) -> None:
     transport = Transport()
-    processor = _processor(store, transport, champion="item_cooccurrence", challenger="popularity")
-    await processor.start()
+    processor = await _started(store, transport)
     await _stream(processor, transport, taste_events(seed=4, users_per_group=100))
 
     assert processor.champion_name == "item_cooccurrence" and not transport.dead_letters
@@ -99,14 +94,12 @@ async def test_a_worse_challenger_is_not_promoted(store: ModelStore) -> None:
 
 async def test_the_contest_survives_a_restart_and_an_operator_can_promote(store: ModelStore) -> None:
     transport = Transport()
-    first = _processor(store, transport, champion="item_cooccurrence", challenger="popularity")
-    await first.start()
+    first = await _started(store, transport)
     events = taste_events(seed=5, users_per_group=40)
     await _stream(first, transport, events[:1000])
 
     # A new worker process: the champion's name and the shadow model come back from Redis.
-    second = _processor(store, transport, champion="item_cooccurrence", challenger="popularity")
-    await second.start()
+    second = await _started(store, transport)
     assert second.champion_name == "item_cooccurrence"
     assert second.challengers["popularity"].events_learned == first.challengers["popularity"].events_learned == 1000
 
@@ -129,8 +122,7 @@ async def test_the_contest_survives_a_restart_and_an_operator_can_promote(store:
     assert second.learner.events_learned == 1200 and second.challengers["item_cooccurrence"].events_learned == 1200
     # The operator's choice holds against the automatic rule for a while, also across a restart.
     assert 0 < second.auto_hold_samples <= RULE.window * RULE.hold_windows
-    third = _processor(store, transport, champion="item_cooccurrence", challenger="popularity")
-    await third.start()
+    third = await _started(store, transport)
     assert third.champion_name == "popularity" and third.auto_hold_samples == second.auto_hold_samples
 
 
@@ -155,8 +147,7 @@ async def test_an_operator_promotion_racing_a_challenger_swap_keeps_history_and_
     store: ModelStore,
 ) -> None:
     transport = Transport()
-    processor = _processor(store, transport, champion="item_cooccurrence", challenger="popularity")
-    await processor.start()
+    processor = await _started(store, transport)
     events = taste_events(seed=6, users_per_group=20)
     await _stream(processor, transport, events[:400])
     first = (await store.versions())[0]["version"]
@@ -185,12 +176,10 @@ async def test_an_operator_promotion_racing_a_challenger_swap_keeps_history_and_
 
 async def test_a_second_worker_on_the_same_prefix_is_refused_not_merged(store: ModelStore) -> None:
     transport = Transport()
-    first = _processor(store, transport, champion="item_cooccurrence", challenger="popularity")
-    await first.start()
+    first = await _started(store, transport)
     events = taste_events(seed=7, users_per_group=10)
     await _stream(first, transport, events[:100])
-    second = _processor(store, Transport(), champion="item_cooccurrence", challenger="popularity")
-    await second.start()
+    second = await _started(store, Transport())
     await _stream(first, transport, events[100:200])  # the first worker moves on
     with pytest.raises(CheckpointConflict, match="another worker"):
         await second.process(Transport().records(events[200:210]))
@@ -199,8 +188,7 @@ async def test_a_second_worker_on_the_same_prefix_is_refused_not_merged(store: M
 
 async def test_an_operator_request_survives_a_crash_before_its_checkpoint(store: ModelStore) -> None:
     transport = Transport()
-    first = _processor(store, transport, champion="item_cooccurrence", challenger="popularity")
-    await first.start()
+    first = await _started(store, transport)
     events = taste_events(seed=8, users_per_group=10)
     await _stream(first, transport, events[:100])
     await store.request_challenger_promotion("popularity", "try it", actor="api")
@@ -218,8 +206,7 @@ async def test_an_operator_request_survives_a_crash_before_its_checkpoint(store:
         await first.checkpoint()  # the swap was made in memory only; then the worker is killed
     assert await store.challenger_request() is not None
 
-    second = _processor(store, transport, champion="item_cooccurrence", challenger="popularity")
-    await second.start()
+    second = await _started(store, transport)
     assert second.champion_name == "item_cooccurrence"
     await _stream(second, transport, events[110:120])
     assert second.champion_name == "popularity"
@@ -229,14 +216,11 @@ async def test_an_operator_request_survives_a_crash_before_its_checkpoint(store:
 async def test_a_challenger_left_out_of_the_configuration_for_a_while_starts_again(store: ModelStore) -> None:
     transport = Transport()
     events = taste_events(seed=9, users_per_group=10)
-    with_it = _processor(store, transport, champion="item_cooccurrence", challenger="popularity")
-    await with_it.start()
+    with_it = await _started(store, transport)
     await _stream(with_it, transport, events[:100])
-    without = _processor(store, transport, champion="item_cooccurrence", challenger="bpr")
-    await without.start()
+    without = await _started(store, transport, challenger="bpr")
     await _stream(without, transport, events[100:150])
-    again = _processor(store, transport, champion="item_cooccurrence", challenger="popularity")
-    await again.start()
+    again = await _started(store, transport)
     # Its saved state is from before the 50 events it did not see: it starts from nothing instead.
     assert again.challengers["popularity"].events_learned == 0
     assert again.learner.events_learned == 150

@@ -7,7 +7,6 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 
-from learner.online_learner import OnlineLearner
 from store.keys import Keys
 from store.model_store import ModelStore, SnapshotRefused
 from store.signing import SnapshotSigner
@@ -27,14 +26,7 @@ async def store(redis_endpoint: Endpoint):
 
 
 async def _processor(store: ModelStore, transport: Transport) -> EventProcessor:
-    processor = EventProcessor(
-        store=store,
-        new_learner=OnlineLearner,
-        learner_from_bytes=OnlineLearner.from_bytes,
-        dead_letter=transport.dead_letter,
-        flush=transport.flush,
-        ack=transport.ack,
-    )
+    processor = transport.processor(store)
     await processor.start()
     return processor
 

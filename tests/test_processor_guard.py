@@ -19,7 +19,7 @@ from learner.online_learner import OnlineLearner
 from store.keys import Keys
 from store.model_store import ModelStore
 from store.signing import SnapshotSigner
-from stream.processor import MODEL_PAUSED, QUARANTINED, EventProcessor
+from stream.processor import MODEL_PAUSED, QUARANTINED
 from tests.clock import iso
 from tests.conftest import Endpoint
 from tests.transport import Transport
@@ -54,15 +54,7 @@ async def setup(redis_endpoint: Endpoint):
     store = ModelStore(client, SnapshotSigner(b"k"), Keys(f"g-{uuid.uuid4().hex[:8]}"))
     transport = Transport()
     guard = ModelGuard(recent_window=200, reference_window=2000, min_reference=500, resume_events=300)
-    processor = EventProcessor(
-        store=store,
-        new_learner=lambda: OnlineLearner(model=ImplicitMF(seed=1)),
-        learner_from_bytes=OnlineLearner.from_bytes,
-        dead_letter=transport.dead_letter,
-        flush=transport.flush,
-        ack=transport.ack,
-        guard=guard,
-    )
+    processor = transport.processor(store, new_learner=lambda: OnlineLearner(model=ImplicitMF(seed=1)), guard=guard)
     await processor.start()
     yield processor, store, transport, guard
     await client.aclose()

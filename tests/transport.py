@@ -4,8 +4,11 @@ processor records directly (Kafka plays no part in what they test; Redis is real
 from __future__ import annotations
 
 import json
+from typing import Any
 
-from stream.processor import Record
+from learner.online_learner import OnlineLearner
+from store.model_store import ModelStore
+from stream.processor import EventProcessor, Record
 
 
 class Transport:
@@ -34,3 +37,16 @@ class Transport:
             )
             self.offset += 1
         return out
+
+    def processor(self, store: ModelStore, **options: Any) -> EventProcessor:
+        """An :class:`EventProcessor` on ``store`` that sends through this transport (default model unless
+        ``new_learner`` is given; ``options`` are the processor's other keyword arguments)."""
+        options.setdefault("new_learner", OnlineLearner)
+        return EventProcessor(
+            store=store,
+            learner_from_bytes=OnlineLearner.from_bytes,
+            dead_letter=self.dead_letter,
+            flush=self.flush,
+            ack=self.ack,
+            **options,
+        )
