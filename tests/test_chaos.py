@@ -379,12 +379,13 @@ def test_chaos_kills_and_restarts_lose_nothing_and_learn_nothing_twice(
 
         # -- catch up: the current checkpoint covers every message in the topic -----------------
         end = _end_offsets(broker, topic, int(env["RECSTREAM_TOPIC_PARTITIONS"]))
-        wait_for(
-            lambda: checkpoints.meta().get("offsets") == end,
-            120,
-            f"the worker to checkpoint up to {end} (log: {chaos.worker.log_path})",
-            interval=0.2,
-        )
+        try:
+            wait_for(lambda: checkpoints.meta().get("offsets") == end, 120, f"the worker to checkpoint up to {end}")
+        except AssertionError as exc:  # the worker's directory goes with the test: show its log here
+            raise AssertionError(
+                f"{exc}; checkpointed {checkpoints.meta().get('offsets')}\n"
+                f"--- worker log ({chaos.worker.log_path}) ---\n{chaos.worker.log_tail(80)}"
+            ) from exc
 
         # -- count -------------------------------------------------------------------------------
         learner = current_learner(env)
