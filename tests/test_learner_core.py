@@ -88,6 +88,21 @@ def test_top_k_excludes_and_orders() -> None:
     assert top_k(scores, 3, exclude=range(5)) == []
 
 
+def test_top_k_matches_a_full_sort_with_ties_and_exclusions() -> None:
+    rng = np.random.default_rng(5)
+    for trial in range(300):
+        n = int(rng.integers(1, 400))
+        scores = np.round(rng.normal(size=n), 1)  # rounding makes ties common
+        exclude = [int(r) for r in rng.integers(0, n, size=int(rng.integers(0, n + 1)))]
+        k = int(rng.integers(1, 30))
+        got = top_k(scores, k, exclude=exclude)
+        allowed = sorted((float(scores[r]) for r in range(n) if r not in set(exclude)), reverse=True)
+        assert [s for _, s in got] == allowed[:k], trial
+        rows = [r for r, _ in got]
+        assert len(set(rows)) == len(rows) and not set(rows) & set(exclude)
+        assert all(float(scores[r]) == s for r, s in got)
+
+
 def test_seen_items_are_never_recommended_and_strangers_get_popular_items() -> None:
     learner = OnlineLearner(model=ImplicitMF(seed=3))
     for user, item in [("u1", "a"), ("u1", "b"), ("u2", "a"), ("u3", "a"), ("u3", "c")]:
