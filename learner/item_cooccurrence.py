@@ -18,8 +18,9 @@ Most of the catalogue has no evidence for a given user, so the ranking adds a sm
 stream time): a tie-breaker that orders what co-occurrence cannot, in the same single pass.
 
 Storage is one growable sparse row per item (column and value arrays plus a column-to-slot
-dict built on the first update after a load), so an update costs ``2 * window`` dict lookups
-and scoring a user costs ``window`` numpy scatter-adds, never a loop over the catalogue.
+dict; after a load, a row stays a slice of the snapshot's arrays until its first update), so an
+update costs ``2 * window`` dict lookups and scoring a user costs ``window`` numpy scatter-adds,
+never a loop over the catalogue.
 
 >>> m = ItemCooccurrence(window=3, popularity_weight=0.0)
 >>> for user, items in {"ann": "abc", "bob": "abd", "cid": "xyz"}.items():
@@ -55,12 +56,21 @@ class SparseRows:
 
     Rows are ``array.array`` buffers, so a single update is a plain Python operation (no numpy
     call overhead) while :meth:`row` still hands numpy a zero-copy view for scoring.
+
+    Loaded from CSR arrays (:meth:`from_csr`), a row stays a slice of those arrays until it is
+    first changed: then (in :meth:`slots`) it gets its own buffers and column-to-slot dict. So a
+    row is *materialised* exactly when ``_slot[row]`` is not None, and loading a snapshot to
+    serve it allocates nothing per row.
     """
 
     def __init__(self) -> None:
-        self._cols: list[array] = []
-        self._vals: list[array] = []
-        self._slot: list[dict[int, int] | None] = []  # column -> slot, built lazily after a load
+        self._cols: list[array | None] = []  # None: the row is still a slice of the loaded CSR
+        self._vals: list[array | None] = []
+        self._slot: list[dict[int, int] | None] = []  # column -> slot; None until materialised
+        self._base_indptr = np.zeros(1, dtype=np.int64)
+        self._base_indices = _NO_COLS
+        self._base_data = _NO_VALS
+        self._n_lazy = 0  # rows still slices of the loaded CSR
 
     def __len__(self) -> int:
         return len(self._cols)
@@ -71,9 +81,16 @@ class SparseRows:
         self._slot.append({})
 
     def slots(self, row: int) -> dict[int, int]:
+        """The row's column -> slot dict; materialises a loaded row (call before using ``_cols[row]``)."""
         slots = self._slot[row]
         if slots is None:
-            slots = self._slot[row] = {c: k for k, c in enumerate(self._cols[row])}
+            base_cols, base_vals = self._base_row(row)
+            cols, vals = array("i"), array("f")
+            cols.frombytes(base_cols.tobytes())
+            vals.frombytes(base_vals.tobytes())
+            self._cols[row], self._vals[row] = cols, vals
+            self._n_lazy -= 1
+            slots = self._slot[row] = {c: k for k, c in enumerate(cols)}
         return slots
 
     def add(self, row: int, col: int, value: float) -> None:
@@ -81,33 +98,54 @@ class SparseRows:
         if slots is None:
             slots = self.slots(row)
         k = slots.get(col)
+        cols, vals = self._cols[row], self._vals[row]
+        assert cols is not None and vals is not None
         if k is None:
-            slots[col] = len(self._cols[row])
-            self._cols[row].append(col)
-            self._vals[row].append(value)
+            slots[col] = len(cols)
+            cols.append(col)
+            vals.append(value)
         else:
-            self._vals[row][k] += value
+            vals[k] += value
 
     def get(self, row: int, col: int) -> float:
         k = self.slots(row).get(col)
-        return 0.0 if k is None else float(self._vals[row][k])
+        vals = self._vals[row]
+        return 0.0 if k is None or vals is None else float(vals[k])
 
     def row(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         """(columns, values) of one row as zero-copy numpy views; drop them before the row grows."""
-        cols = self._cols[row]
+        cols, vals = self._cols[row], self._vals[row]
+        if cols is None or vals is None:
+            return self._base_row(row)
         if not cols:
             return _NO_COLS, _NO_VALS
-        return np.frombuffer(cols, dtype=np.int32), np.frombuffer(self._vals[row], dtype=np.float32)
+        return np.frombuffer(cols, dtype=np.int32), np.frombuffer(vals, dtype=np.float32)
+
+    def _base_row(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = int(self._base_indptr[row]), int(self._base_indptr[row + 1])
+        return self._base_indices[lo:hi], self._base_data[lo:hi]
 
     @property
     def nnz(self) -> int:
-        return sum(len(c) for c in self._cols)
+        return sum(len(self.row(r)[0]) for r in range(len(self)))
 
     def to_csr(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        indptr = np.zeros(len(self._cols) + 1, dtype=np.int64)
-        np.cumsum([len(c) for c in self._cols], out=indptr[1:])
-        indices = np.frombuffer(b"".join(c.tobytes() for c in self._cols), dtype=np.int32).copy()
-        data = np.frombuffer(b"".join(v.tobytes() for v in self._vals), dtype=np.float32).copy()
+        """(indptr, indices, data); read-only arrays that share nothing with the rows."""
+        cols_of, vals_of = self._cols, self._vals
+        if not self._n_lazy:  # every row materialised (always so in a model never loaded)
+            col_parts: list = cols_of
+            val_parts: list = vals_of
+        else:
+            col_parts, val_parts = [], []
+            for r in range(len(cols_of)):
+                cols, vals = self.row(r)
+                col_parts.append(cols)
+                val_parts.append(vals)
+        indptr = np.zeros(len(col_parts) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, col_parts), dtype=np.int64, count=len(col_parts)), out=indptr[1:])
+        # bytes.join reads each buffer once: no per-row copy.
+        indices = np.frombuffer(b"".join(col_parts), dtype=np.int32)
+        data = np.frombuffer(b"".join(val_parts), dtype=np.float32)
         return indptr, indices, data
 
     @classmethod
@@ -117,16 +155,14 @@ class SparseRows:
             raise ValueError("malformed sparse rows")
         if np.any(np.diff(indptr) < 0) or (len(indices) and (indices.min() < 0 or indices.max() >= n_cols)):
             raise ValueError("malformed sparse rows")
-        raw_cols = np.ascontiguousarray(indices, dtype=np.int32).tobytes()
-        raw_vals = np.ascontiguousarray(data, dtype=np.float32).tobytes()
         rows = cls()
-        for lo, hi in zip(indptr[:-1].tolist(), indptr[1:].tolist(), strict=True):
-            cols, vals = array("i"), array("f")
-            cols.frombytes(raw_cols[4 * lo : 4 * hi])
-            vals.frombytes(raw_vals[4 * lo : 4 * hi])
-            rows._cols.append(cols)
-            rows._vals.append(vals)
-            rows._slot.append(None)
+        rows._base_indptr = np.asarray(indptr, dtype=np.int64)
+        rows._base_indices = np.ascontiguousarray(indices, dtype=np.int32)
+        rows._base_data = np.ascontiguousarray(data, dtype=np.float32)
+        rows._cols = [None] * n_rows
+        rows._vals = [None] * n_rows
+        rows._slot = [None] * n_rows
+        rows._n_lazy = n_rows
         return rows
 
 
@@ -169,7 +205,7 @@ class ItemCooccurrence:
         self._candidate_damping = np.ones(16, dtype=np.float64)  # max(mass, 1) ** -beta, kept up to date
         self._row_damping = np.ones(16, dtype=np.float64)  # max(mass, 1) ** -alpha, kept up to date
         self._recency_powers = [self.recency**age for age in range(self.window)]
-        self._history = UserHistories()  # per user: item row -> weight, oldest first
+        self._history = UserHistories(self.window)  # per user: item row -> weight, oldest first
         self._scratch_buffer = np.empty(0, dtype=np.float64)
         self._last_pairs: tuple[int, int, list[tuple[array, int, array, int, float]]] | None = None
 
@@ -183,7 +219,7 @@ class ItemCooccurrence:
         i = self._item_row(item)
         if y <= 0:
             return
-        history = self._history[u]
+        history = self._history.for_update(u)
         forward, backward = self.forward, self.backward
         last = self._last_pairs
         if last is not None and last[0] == u and last[1] == i:
@@ -286,13 +322,14 @@ class ItemCooccurrence:
         if u is None or not self._history[u]:
             return np.zeros(n_items, dtype=np.float64)
         weighted = self._weighted_history(u)
-        cols_of, vals_of = self._rows._cols, self._rows._vals
-        lengths = [len(cols_of[j]) for j, _ in weighted]
+        row = self._rows.row
+        parts = [row(j) for j, _ in weighted]
+        lengths = [len(cols) for cols, _ in parts]
         if not any(lengths):
             return np.zeros(n_items, dtype=np.float64)
         # One buffer join per array type instead of a numpy call per row.
-        cols = np.frombuffer(b"".join([cols_of[j] for j, _ in weighted]), dtype=np.int32)
-        vals = np.frombuffer(b"".join([vals_of[j] for j, _ in weighted]), dtype=np.float32)
+        cols = np.frombuffer(b"".join([cols for cols, _ in parts]), dtype=np.int32)
+        vals = np.frombuffer(b"".join([vals for _, vals in parts]), dtype=np.float32)
         weights = np.repeat([w for _, w in weighted], lengths)
         weighted = np.multiply(vals, weights, out=weights)
         scores = np.bincount(cols, weights=weighted, minlength=n_items)
@@ -307,14 +344,9 @@ class ItemCooccurrence:
 
     def to_state(self) -> ModelState:
         indptr, indices, data = self._rows.to_csr()
-        n_users, n_items = len(self.users), len(self.items)
+        n_items = len(self.items)
         recent_mass, recent_clock = self._recent.state(n_items)
-        hist_items = np.full((n_users, self.window), -1, dtype=np.int32)
-        hist_weights = np.zeros((n_users, self.window), dtype=np.float64)
-        for u, history in enumerate(self._history):
-            for k, (j, w) in enumerate(history.items()):
-                hist_items[u, k] = j
-                hist_weights[u, k] = w
+        hist_items, hist_weights = self._history.to_arrays()
         return ModelState(
             kind=self.kind,
             params={
@@ -334,6 +366,10 @@ class ItemCooccurrence:
                 "indices": indices,
                 "data": data,
                 "mass": self._mass[:n_items].copy(),
+                # Kept, not recomputed on load: numpy's vectorised power can differ from the Python
+                # ``**`` used while learning in the last bit, and a restored model must score identically.
+                "candidate_damping": self._candidate_damping[:n_items].copy(),
+                "row_damping": self._row_damping[:n_items].copy(),
                 "recent": recent_mass,
                 "recent_clock": recent_clock,
                 "history_items": hist_items,
@@ -361,7 +397,7 @@ class ItemCooccurrence:
         n_users, n_items = len(model.users), len(model.items)
         a = state.arrays
         mass = np.asarray(a["mass"], dtype=np.float64)
-        hist_items = np.asarray(a["history_items"])
+        hist_items = np.asarray(a["history_items"], dtype=np.int32)
         hist_weights = np.asarray(a["history_weights"], dtype=np.float64)
         if len(a["indptr"]) != n_items + 1 or mass.shape != (n_items,):
             raise ValueError("state arrays do not match its id lists")
@@ -372,9 +408,9 @@ class ItemCooccurrence:
         model._rows = SparseRows.from_csr(np.asarray(a["indptr"]), np.asarray(a["indices"]), a["data"], n_items)
         model._mass = ensure_rows(mass.copy(), n_items)
         model._recent.load(a["recent"], a["recent_clock"], n_items)
-        model._candidate_damping = np.maximum(model._mass, 1.0) ** -model.beta
-        model._row_damping = np.maximum(model._mass, 1.0) ** -model.alpha
-        model._history = UserHistories(hist_items, hist_weights)
+        model._candidate_damping = _damping(a, "candidate_damping", model._mass, model.beta)
+        model._row_damping = _damping(a, "row_damping", model._mass, model.alpha)
+        model._history = UserHistories(model.window, hist_items, hist_weights)  # copied on first change
         return model
 
     # -- internals -------------------------------------------------------------------
@@ -408,26 +444,37 @@ class ItemCooccurrence:
 class UserHistories:
     """Each user's remembered items (item row -> weight, oldest first), as a list of dicts.
 
-    Loaded from a snapshot's arrays, a user's dict is built on first access: an API process
-    serving a new version touches only the users it is asked about, so loading a version does
-    not pay for every user's dict (0.2 s at 50,000 users).
+    The snapshot form is two ``(users, window)`` arrays (item rows, -1 padded; weights). Loaded
+    from them, a user's dict is built on first access: an API process serving a new version
+    touches only the users it is asked about, so loading a version does not pay for every user's
+    dict (0.2 s at 50,000 users). The arrays are kept and brought up to date by :meth:`to_arrays`
+    from the users marked with :meth:`for_update` since, so a checkpoint costs what changed, not
+    a Python loop over every user.
     """
 
-    def __init__(self, items: np.ndarray | None = None, weights: np.ndarray | None = None) -> None:
-        self._items = items
-        self._weights = weights
-        self._rows: list[dict[int, float] | None] = [None] * (0 if items is None else len(items))
+    def __init__(self, window: int, items: np.ndarray | None = None, weights: np.ndarray | None = None) -> None:
+        self.window = window
+        self._items = np.full((0, window), -1, dtype=np.int32) if items is None else items
+        self._weights = np.zeros((0, window), dtype=np.float64) if weights is None else weights
+        self._owned = items is None  # loaded arrays are the caller's (or the blob's): copied before a write
+        self._rows: list[dict[int, float] | None] = [None] * len(self._items)
+        self._changed: set[int] = set()  # users whose dict may differ from their row of the arrays
 
     def __getitem__(self, u: int) -> dict[int, float]:
         row = self._rows[u]
         if row is None:
-            assert self._items is not None and self._weights is not None
             items, weights = self._items[u].tolist(), self._weights[u].tolist()
             row = {int(j): float(w) for j, w in zip(items, weights, strict=True) if j >= 0}
             self._rows[u] = row
         return row
 
+    def for_update(self, u: int) -> dict[int, float]:
+        """The user's dict, marked to be written to the arrays at the next :meth:`to_arrays`."""
+        self._changed.add(u)
+        return self[u]
+
     def append(self, row: dict[int, float]) -> None:
+        self._changed.add(len(self._rows))
         self._rows.append(row)
 
     def __len__(self) -> int:
@@ -436,6 +483,47 @@ class UserHistories:
     def __iter__(self) -> Iterator[dict[int, float]]:
         for u in range(len(self._rows)):
             yield self[u]
+
+    def to_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(item rows, weights), each ``(users, window)``, oldest first, -1 / 0 padded; copies."""
+        n = len(self._rows)
+        if n > len(self._items) or not self._owned:  # grow (doubling), or take a copy of loaded arrays
+            size = max(n, 2 * len(self._items)) if n > len(self._items) else len(self._items)
+            items = np.full((size, self.window), -1, dtype=np.int32)
+            weights = np.zeros((size, self.window), dtype=np.float64)
+            items[: len(self._items)] = self._items
+            weights[: len(self._weights)] = self._weights
+            self._items, self._weights, self._owned = items, weights, True
+        if self._changed:
+            users = sorted(self._changed)
+            at_user: list[int] = []
+            at_slot: list[int] = []
+            item_rows: list[int] = []
+            item_weights: list[float] = []
+            for u in users:
+                history = self._rows[u]
+                assert history is not None  # changed users were materialised by for_update/append
+                at_user.extend([u] * len(history))
+                at_slot.extend(range(len(history)))
+                item_rows.extend(history)
+                item_weights.extend(history.values())
+            self._items[users] = -1
+            self._weights[users] = 0.0
+            self._items[at_user, at_slot] = item_rows
+            self._weights[at_user, at_slot] = item_weights
+            self._changed.clear()
+        return self._items[:n].copy(), self._weights[:n].copy()
+
+
+def _damping(arrays: dict[str, np.ndarray], name: str, mass: np.ndarray, exponent: float) -> np.ndarray:
+    """``max(mass, 1) ** -exponent`` per item: as saved, or recomputed for snapshots older than saving it."""
+    n_items = len(arrays["mass"])
+    saved = arrays.get(name)
+    if saved is None:
+        return np.maximum(mass, 1.0) ** -exponent
+    if saved.shape != (n_items,):
+        raise ValueError(f"{name} does not match the item list")
+    return _grow_ones(np.asarray(saved, dtype=np.float64), len(mass))
 
 
 def _grow_ones(values: np.ndarray, size: int) -> np.ndarray:

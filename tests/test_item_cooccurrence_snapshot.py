@@ -1,0 +1,140 @@
+"""The default model's snapshots: a loaded or restarted model ranks, scores and saves exactly like the original.
+
+Loading is lazy (a row of the co-occurrence matrix and a user's history stay slices of the
+snapshot's arrays until first changed) and saving is incremental (only the histories changed
+since the last save are rewritten), so these tests check the results against plain
+recomputations, bit for bit, through many save / load / continue cycles.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from learner import codec
+from learner.item_cooccurrence import ItemCooccurrence, SparseRows
+from learner.online_learner import OnlineLearner
+from learner.serving import ServingModel
+
+EventRow = tuple[str, str, str, float]
+
+
+def _events(seed: int, n: int, users: int = 300, items: int = 200) -> list[EventRow]:
+    """Skewed items, repeats (a like right after its view) and skips, one event a second."""
+    rnd = random.Random(seed)
+    events: list[EventRow] = []
+    t = 1_700_000_000.0
+    for _ in range(n):
+        user, item = f"u{rnd.randrange(users)}", f"i{min(int(rnd.paretovariate(1.1)), items)}"
+        events.append((user, item, rnd.choice(["view", "like", "view", "skip"]), t))
+        if rnd.random() < 0.2:
+            events.append((user, item, "like", t))
+        t += 1.0
+    return events
+
+
+def _learner() -> OnlineLearner:
+    return OnlineLearner(model=ItemCooccurrence(window=4))  # a short window: items leave it often
+
+
+def _learn(learner: OnlineLearner, events: list[EventRow]) -> None:
+    for user, item, event_type, ts in events:
+        learner.learn(user, item, event_type, None, None, ts=ts)
+
+
+def _reference_state_arrays(model: ItemCooccurrence) -> dict[str, np.ndarray]:
+    """History and co-occurrence arrays recomputed the plain way, from every user's dict and every row."""
+    n_users = len(model.users)
+    items = np.full((n_users, model.window), -1, dtype=np.int32)
+    weights = np.zeros((n_users, model.window), dtype=np.float64)
+    for u in range(n_users):
+        for k, (j, w) in enumerate(model._history[u].items()):
+            items[u, k], weights[u, k] = j, w
+    rows = [model._rows.row(r) for r in range(len(model.items))]
+    indptr = np.cumsum([0] + [len(cols) for cols, _ in rows])
+    indices = np.concatenate([cols for cols, _ in rows] or [np.zeros(0, dtype=np.int32)])
+    data = np.concatenate([vals for _, vals in rows] or [np.zeros(0, dtype=np.float32)])
+    return {"history_items": items, "history_weights": weights, "indptr": indptr, "indices": indices, "data": data}
+
+
+def _assert_serves_like(view: ServingModel, original: OnlineLearner, users: list[str]) -> None:
+    model = original.model
+    assert view.model.items.ids == model.items.ids
+    for user in users:
+        np.testing.assert_array_equal(view.model.score_all(user), model.score_all(user))
+        seen = set(model.recent_items(user)[:2])
+        assert view.recommend(user, 10, seen) == ServingModel(
+            0, model, list(original.popularity.items.ids), original.popularity.counts.copy(), 0
+        ).recommend(user, 10, seen)
+        probe = model.items.ids[:20:3]
+        assert [view.model.predict_one(user, item) for item in probe] == [
+            model.predict_one(user, item) for item in probe
+        ]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_checkpoints_load_and_restart_exactly_like_the_original(seed: int) -> None:
+    events = _events(seed, 6_000)
+    original = _learner()
+    restarted: OnlineLearner | None = None  # a worker restarted from the previous checkpoint
+    users = [f"u{k}" for k in range(0, 300, 7)] + ["nobody"]
+    for n, chunk in enumerate(events[i : i + 700] for i in range(0, len(events), 700)):
+        _learn(original, chunk)
+        if restarted is not None:
+            _learn(restarted, chunk)
+        blob = original.to_bytes()
+        _, arrays = codec.decode(blob)
+        for name, expected in _reference_state_arrays(original.model).items():
+            np.testing.assert_array_equal(arrays[name], expected, err_msg=f"{name} after chunk {n}")
+        if restarted is not None:
+            assert restarted.to_bytes() == blob, f"a restarted worker saves different bytes after chunk {n}"
+            _assert_serves_like(ServingModel.from_bytes(restarted.to_bytes(), version=n), original, users)
+        _assert_serves_like(ServingModel.from_bytes(blob, version=n), original, users)
+        restarted = OnlineLearner.from_bytes(blob)
+
+
+def test_a_snapshot_without_saved_damping_still_loads() -> None:
+    """Snapshots written before the damping arrays were saved recompute them (equal up to rounding)."""
+    learner = _learner()
+    _learn(learner, _events(3, 2_000))
+    header, arrays = codec.decode(learner.to_bytes())
+    old = codec.encode(header, {k: v for k, v in arrays.items() if k not in ("row_damping", "candidate_damping")})
+    view = ServingModel.from_bytes(old, version=1)
+    for user in ("u1", "u2", "u50"):
+        np.testing.assert_allclose(view.model.score_all(user), learner.model.score_all(user), rtol=1e-12)
+
+
+def test_loading_does_not_write_into_the_snapshot_arrays_it_was_given() -> None:
+    learner = _learner()
+    _learn(learner, _events(4, 1_000))
+    state = learner.model.to_state()
+    kept = {name: array.copy() for name, array in state.arrays.items()}
+    restored = ItemCooccurrence.from_state(state)
+    for user, item, _, _ in _events(5, 500):
+        restored.learn_one(user, item, 1.0)
+    restored.to_state()
+    for name, array in state.arrays.items():
+        np.testing.assert_array_equal(array, kept[name], err_msg=name)
+
+
+def test_sparse_rows_materialise_a_loaded_row_only_when_it_changes() -> None:
+    source = SparseRows()
+    for _ in range(3):
+        source.add_row()
+    source.add(0, 2, 1.5)
+    source.add(0, 1, 0.5)
+    source.add(2, 0, 2.0)
+    rows = SparseRows.from_csr(*source.to_csr(), n_cols=3)
+    assert rows._n_lazy == 3
+    assert rows.row(0)[0].tolist() == [2, 1] and rows.row(0)[1].tolist() == [1.5, 0.5]
+    assert rows._n_lazy == 3  # reading does not materialise
+    rows.add(0, 1, 1.0)
+    rows.add(1, 2, 3.0)
+    assert rows._n_lazy == 1
+    assert [rows.get(0, c) for c in range(3)] == [0.0, 1.5, 1.5]
+    indptr, indices, data = rows.to_csr()
+    assert indptr.tolist() == [0, 2, 3, 4]
+    assert indices.tolist() == [2, 1, 2, 0] and data.tolist() == [1.5, 1.5, 3.0, 2.0]
+    assert rows.nnz == 4
