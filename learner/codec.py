@@ -37,7 +37,7 @@ def encode(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:
             raise CodecError(f"array {name!r} has unsupported dtype {a.dtype}")
         a = a.astype(dtype, copy=False)
         specs.append({"name": name, "dtype": dtype, "shape": list(a.shape)})
-        chunks.append(a.tobytes())
+        chunks.append(a)  # contiguous: bytes.join below reads its buffer, no intermediate copy
     head = json.dumps({**header, "arrays": specs}, separators=(",", ":")).encode()
     return b"".join([MAGIC, struct.pack(">Q", len(head)), head, *chunks])
 
