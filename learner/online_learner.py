@@ -7,6 +7,12 @@ weight models learn every event with its :class:`~learner.event_weights.EventWei
 When the event's time is given it moves the stream clock, which time-decayed models follow.
 It does no I/O: the worker hands it events and asks for its state as bytes.
 
+Popularity counts over the model's own item index when the model learns from event weights:
+such a model registers the item of every event before popularity sees it, so both indexes
+would hold the same ids in the same order, and one is enough (see :mod:`learner.popularity`).
+A label model never sees unlabelled events, so popularity (which lists every item seen) keeps
+its own index of items, sharing the row numbers and, after a restore, the id strings.
+
 >>> from datetime import datetime, timezone
 >>> learner = OnlineLearner()
 >>> learner.learn("u1", "v1", "like", None, None)
@@ -53,7 +59,7 @@ class OnlineLearner:
         self.rule = rule or TargetRule()
         self.weights = weights or EventWeights()
         self.clock: float | None = None  # the latest event time seen (seconds since the epoch)
-        self.popularity = popularity or Popularity()
+        self.popularity = popularity or Popularity(items=self.model.items if _shares_items(self.model) else None)
         self.metrics = ProgressiveMetrics()
         self.events_learned = 0
         self.events_labelled = 0
@@ -142,7 +148,7 @@ class OnlineLearner:
                 arrays={k: v for k, v in arrays.items() if k != "popularity"},
             )
             model = model_from_state(state)
-            popularity = Popularity.from_arrays(header["popularity_ids"], arrays["popularity"])
+            popularity = _restore_popularity(model, header["popularity_ids"], arrays["popularity"])
         except KeyError as exc:
             raise codec.CodecError(f"snapshot lacks {exc}") from exc
         learner = cls(model=model, rule=rule, popularity=popularity, weights=weights)
@@ -151,3 +157,20 @@ class OnlineLearner:
         clock = header.get("clock")  # absent from snapshots written before the stream clock existed
         learner.clock = None if clock is None else float(clock)
         return learner
+
+
+def _shares_items(model: Recommender) -> bool:
+    """Whether popularity can count over ``model.items``: the model registers every event's item."""
+    return reward_of(model) == "weight"
+
+
+def _restore_popularity(model: Recommender, ids: list[str], counts: np.ndarray) -> Popularity:
+    """Popularity from a snapshot, over the model's item index if it can share it (see the module doc).
+
+    A snapshot whose popularity ids differ from a sharing model's items (written before sharing,
+    or by a label model) keeps popularity's own index, exactly as it was written.
+    """
+    items = model.items
+    if _shares_items(model) and ids == items.ids:
+        return Popularity.from_arrays(ids, counts, items=items)
+    return Popularity.from_arrays(items.canonical(ids), counts)
