@@ -54,6 +54,10 @@ MODEL_PAUSED = "model_paused"
 OVERRIDE_HEADER = "recstream-override"
 HIT_SAMPLE_EVERY = 20  # positives between two live hit-rate samples
 HIT_WINDOW = 500  # samples the live hit rate is averaged over
+# Events between two yields to the event loop inside a batch: learning is CPU-bound, and without a
+# yield the consumer's fetches, heartbeats and Redis replies wait for the whole batch (a batch of
+# batch messages can hold tens of thousands of events).
+YIELD_EVERY_EVENTS = 500
 
 
 @dataclass
@@ -304,6 +308,7 @@ class EventProcessor:
             parsed = {id(r): parse_message(r.value or b"") for r in candidates}
             ids = [d.event.event_id for decoded in parsed.values() for d in decoded if d.event is not None]
             known = await self.store.learned_event_ids(ids, now=self.clock()) if ids else set()
+            since_yield = 0
             for record in records:
                 decoded = parsed.get(id(record))
                 if decoded is None:  # below the checkpoint's offset: learned before a restart
@@ -315,7 +320,11 @@ class EventProcessor:
                         # learned so far in pending.event_ids and does not learn them twice.
                         await self._process_one(record, item, known)
                     self.next_offsets[(record.topic, record.partition)] = record.offset + 1
+                    since_yield += len(decoded)
                 self._pending.records.append(record)
+                if since_yield >= YIELD_EVERY_EVENTS:
+                    since_yield = 0
+                    await asyncio.sleep(0)
 
     async def _process_one(self, record: Record, decoded: Decoded, known: set[str]) -> None:
         learner = self.learner
