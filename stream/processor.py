@@ -344,7 +344,10 @@ class EventProcessor:
             metrics.EVENTS_DUPLICATE.inc()
             return
         now = self.clock()
-        hold = self.gate.check(_gate_event(event), now, record.overrides) if self.gate is not None else None
+        ts = event.ts.timestamp()
+        gate = self.gate
+        # A switched-off gate passes everything: do not build its view of the event.
+        hold = gate.check(_gate_event(event, ts), now, record.overrides) if gate is not None and gate.enabled else None
         if hold is None and self.paused_since is not None and MODEL_PAUSED not in record.overrides:
             hold = Hold(MODEL_PAUSED, "learning is paused by the model guard; replay after it resumes")
             self._watch_while_paused(event)
@@ -358,7 +361,6 @@ class EventProcessor:
         if event.type in learner.rule.positive_types:
             self._sample_hit(event.user_id, event.item_id)
         fields = (event.user_id, event.item_id, event.type, event.watch_seconds, event.item_duration_seconds)
-        ts = event.ts.timestamp()
         prediction = learner.learn(*fields, ts=ts)
         for challenger in self.challengers.values():
             challenger.learn(*fields, ts=ts)
@@ -368,7 +370,7 @@ class EventProcessor:
         metrics.EVENTS_LEARNED.inc()
         if isinstance(event.context.get("rec_id"), str):
             metrics.RECOMMENDED_INTERACTIONS.labels(event.type).inc()
-        metrics.EVENT_TO_LEARNED_SECONDS.observe(max(0.0, now - event.ts.timestamp()))
+        metrics.EVENT_TO_LEARNED_SECONDS.observe(max(0.0, now - ts))
         if prediction is not None and self.guard is not None:
             y = learner.rule.label(event.type, event.watch_seconds, event.item_duration_seconds)
             if y is not None and self.guard.update(_logloss(y, prediction)) and self.paused_since is None:
@@ -702,13 +704,13 @@ class EventProcessor:
         log.warning("model guard: learning resumed (%s)", why)
 
 
-def _gate_event(event: Event) -> GateEvent:
+def _gate_event(event: Event, ts: float) -> GateEvent:
     return GateEvent(
         event_id=event.event_id,
         user_id=event.user_id,
         item_id=event.item_id,
         type=event.type,
-        ts=event.ts.timestamp(),
+        ts=ts,
         watch_seconds=event.watch_seconds,
         item_duration_seconds=event.item_duration_seconds,
     )
