@@ -37,6 +37,7 @@ from learner.online_learner import OnlineLearner
 from recstream import metrics
 from recstream.events import Decoded, Event, parse_message
 from store.model_store import CheckpointConflict, ModelStore, SnapshotRefused
+from stream.share_budget import ShareBudget
 
 if TYPE_CHECKING:
     from learner.gate.gate import QualityGate
@@ -54,6 +55,7 @@ MODEL_PAUSED = "model_paused"
 OVERRIDE_HEADER = "recstream-override"
 HIT_SAMPLE_EVERY = 20  # positives between two live hit-rate samples
 HIT_WINDOW = 500  # samples the live hit rate is averaged over
+HIT_TIME_SHARE = 0.02  # the live hit rate's samples may take at most this share of the worker's time
 # Events between two yields to the event loop inside a batch: learning is CPU-bound, and without a
 # yield the consumer's fetches, heartbeats and Redis replies wait for the whole batch (a batch of
 # batch messages can hold tens of thousands of events).
@@ -183,6 +185,7 @@ class EventProcessor:
         self.paused_since: float | None = None
         self._positives_seen = 0
         self._hits: deque[bool] = deque(maxlen=HIT_WINDOW)
+        self.hit_budget = ShareBudget(HIT_TIME_SHARE, cap_seconds=0.05)
         self._pending = Pending()
         self._last_checkpoint = time.monotonic()
         self._lock = asyncio.Lock()
@@ -599,15 +602,20 @@ class EventProcessor:
         champion's top 10, and in each challenger's?
 
         The live figure is a cheap estimate (no exclusion of what the user saw; ``recstream evaluate`` is the exact
-        protocol), kept over the last ``HIT_WINDOW`` samples.
+        protocol), kept over the last ``HIT_WINDOW`` samples; its samples take at most ``HIT_TIME_SHARE``
+        of the worker's time, so a large catalogue is sampled less often rather than slowing ingest.
         """
         self._positives_seen += 1
         learner = self.learner
-        live = self._positives_seen % HIT_SAMPLE_EVERY == 0
         paired = bool(self.challengers) and self._positives_seen % self.rule.sample_every == 0
+        # Within its time budget (see stream.share_budget); free when a paired sample ranks anyway.
+        live = self._positives_seen % HIT_SAMPLE_EVERY == 0 and (paired or self.hit_budget.affordable())
         if learner is None or not (live or paired):
             return
+        started = self.hit_budget.clock()
         champion_hit = hit_at_k(learner, user, item, self.rule.k)  # ranks the catalogue once for both uses
+        if not paired:
+            self.hit_budget.spend(self.hit_budget.clock() - started)
         if live:
             self._hits.append(champion_hit)
             metrics.PROGRESSIVE_HIT_RATE.labels(learner.model.kind).set(sum(self._hits) / len(self._hits))
