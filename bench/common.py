@@ -148,6 +148,13 @@ def rss_bytes(pid: int | str = "self") -> int:
     return _status_kib(pid, "VmRSS") * 1024
 
 
+def cpu_seconds(pid: int | str = "self") -> float:
+    """User + system CPU time of a process so far, from ``/proc/PID/stat``."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_bytes(pid: int | str = "self") -> int:
     return _status_kib(pid, "VmHWM") * 1024
 

@@ -16,7 +16,7 @@ import time
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from bench.common import Row, TimeBudget, events, wait_for
+from bench.common import Row, TimeBudget, cpu_seconds, events, wait_for
 from bench.stack import Services, ensure_topics, run_env, start_worker
 from recstream.components import new_learner
 from recstream.events import parse_message
@@ -121,10 +121,12 @@ def run_once(services: Services, n_events: int, gate: bool, per_message: int, bu
     try:
         asyncio.run(produce(bootstrap, settings.topic_events, warmup))
         wait_for(lambda: handled(r, keys) >= len(warmup), min(120, budget.left()), "the worker's warm-up")
-        started = time.perf_counter()
+        started, cpu_before = time.perf_counter(), cpu_seconds(worker.pid)
         produce_seconds = asyncio.run(produce(bootstrap, settings.topic_events, values))
         wait_for(lambda: handled(r, keys) >= len(warmup) + len(values), budget.left(), "the worker to take the events")
-        worker_rate = n_events / (time.perf_counter() - started)
+        wall = time.perf_counter() - started
+        worker_cpu = cpu_seconds(worker.pid) - cpu_before
+        worker_rate = n_events / wall
         n_learned = learned(r, keys)
         held = {k.decode(): int(v) for k, v in r.hgetall(keys.gate_counts).items()}
     finally:
@@ -141,6 +143,11 @@ def run_once(services: Services, n_events: int, gate: bool, per_message: int, bu
         "learned": n_learned,
         "held_or_dropped": held,
         "worker_events_per_second": worker_rate,
+        # CPU time is less sensitive than wall time to other load on a shared machine; cpu/wall
+        # below 1 on a quiet machine is time the worker waited (broker, Redis, its take window).
+        "worker_cpu_seconds": worker_cpu,
+        "worker_cpu_microseconds_per_event": 1e6 * worker_cpu / n_events,
+        "worker_cpu_share_of_wall": worker_cpu / wall,
         "producer_events_per_second": n_events / produce_seconds,
         "bare_consume_events_per_second": consume_rate,
         "bare_learner_events_per_second": learner_rate,
@@ -179,6 +186,18 @@ def run(services: Services, n_events: int, budget: TimeBudget) -> tuple[dict, li
                     (worker >= TARGET_EVENTS_PER_SECOND and worker / reference >= TARGET_RATIO) if is_smaller else None,
                 )
             )
+    for result in (gate_on, gate_off):
+        label = f"{'gate on' if result['gate'] else 'gate off'}, {BATCH_EVENTS} events/msg"
+        rows.append(
+            Row(
+                "ingest",
+                f"worker CPU us/event, {label} (CPU busy {result['worker_cpu_share_of_wall']:.0%} of wall)",
+                result["worker_cpu_microseconds_per_event"],
+                "us",
+                1e6 / result["bare_learner_events_per_second"],
+                "bare predict+learn loop",
+            )
+        )
     rows.append(
         Row(
             "ingest",
