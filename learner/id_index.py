@@ -12,13 +12,15 @@ What it costs per id (CPython 3.11, 64-bit), and why it is built this way:
 
 * the id string itself (about 49 bytes plus its length, rounded up to 16: 64 bytes for a
   12-character ASCII id) -- shared, not copied, with every other index and list holding it;
-* one slot of ``_rows`` (a dict of str keys: 16 bytes an entry, sized to 2/3 full, plus a
-  4-byte index slot: 24 to 48 bytes, depending on where the dict is in its doubling);
+* one slot of ``_rows`` (a dict of str keys: a 16-byte entry, room for 1.5 to 3 of them, plus
+  4-byte hash slots: 22 to 44 bytes, depending on where the dict is in its doubling; 31 at
+  500,000 ids);
 * one pointer in ``ids`` (8 bytes, about 9 with the list's over-allocation);
 * no row number object of its own: the values of ``_rows`` come from one pool shared by every
   index in the process (:func:`row_object`), so row ``r`` of the users, of the items and of any
-  other index is the same ``int``. A fresh ``int`` per id would cost 32 bytes more for each
-  index, which at a million ids is more than the dict itself.
+  other index is the same ``int``. A fresh ``int`` per id would cost 32 bytes more in each
+  index, as much as the dict slot; the pool costs 32 + 8 bytes per row number once, for the
+  largest index (users and items of a million ids in all: about 20 MB instead of 32 MB).
 
 A lookup is a single dict lookup, as fast as a plain ``dict[str, int]``; only adding a new id
 does more (it takes the pooled row object). Ids read from a snapshot are new strings: a second

@@ -9,7 +9,7 @@
 It keeps its own :class:`~learner.id_index.IdIndex` of items (as above), or counts over an
 index that its owner grows -- a model's, when the model registers every item it is given
 before popularity sees it (see :class:`~learner.online_learner.OnlineLearner`). Sharing saves
-the second dict slot and list pointer per item (about 30 to 60 bytes an item, see
+the second dict slot and list pointer per item (about 30 to 55 bytes an item, see
 :mod:`learner.id_index`), and the counts line up with the model's item rows. Either way an
 item costs 8 bytes of count (float64, so counts stay exact far beyond float32's 16.7 million).
 
