@@ -9,6 +9,14 @@ nan
 >>> pm.update(0.0, 0.2)
 >>> round(pm.auc, 2), pm.count
 (1.0, 2)
+
+Memory stays bounded by the window, whatever the labels:
+
+>>> only_likes = ProgressiveMetrics(window=100)
+>>> for _ in range(10_000):
+...     only_likes.update(1.0, 0.9)
+>>> only_likes.pending_updates() <= 100
+True
 """
 
 from __future__ import annotations
@@ -40,6 +48,10 @@ class ProgressiveMetrics:
         self._auc.update(label, p)
         self._logloss.update(label, p)
         self.count += 1
+        if self.count % self.window == 0:
+            # River's RollingROCAUC buffers updates until it is read; read it once per window so a
+            # stream that never has both classes (only likes, as in a ratings replay) cannot grow it.
+            self._auc.get()
 
     @property
     def auc(self) -> float:
@@ -47,6 +59,10 @@ class ProgressiveMetrics:
         if not 0 < self._positives < len(self._labels):
             return math.nan
         return float(self._auc.get())
+
+    def pending_updates(self) -> int:
+        """Updates River holds unread (bounded by the window)."""
+        return len(getattr(self._auc, "_buf_labels", ()))
 
     @property
     def logloss(self) -> float:
