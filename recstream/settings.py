@@ -118,7 +118,7 @@ class Settings(_gate_settings()):  # type: ignore[misc]
     app_id: str = Field("recstream", description="Faust app id, also the Kafka consumer group.")
     checkpoint_every_events: int = Field(5000, ge=1, description="Checkpoint after this many learned events…")
     checkpoint_interval_seconds: float = Field(
-        1.0, gt=0, description="…or after this many seconds, whichever comes first."
+        0.5, gt=0, description="…or after this many seconds, whichever comes first."
     )
     batch_max_events: int = Field(
         2000, ge=1, le=100_000, description="Largest batch the worker takes from the stream at once."
