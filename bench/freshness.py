@@ -93,7 +93,9 @@ def run(
     services: Services, rates: list[float], idle_probes: int, loaded_probes: int, budget: TimeBudget
 ) -> tuple[dict, list[Row]]:
     # The checkpoint interval bounds freshness; the product default unless the caller sets it.
-    interval = os.environ.get("RECSTREAM_CHECKPOINT_INTERVAL_SECONDS", "1.0")
+    interval = os.environ.get("RECSTREAM_CHECKPOINT_INTERVAL_SECONDS") or str(
+        Settings.model_fields["checkpoint_interval_seconds"].default
+    )
     run_ = run_env(services, "fresh", RECSTREAM_CHECKPOINT_INTERVAL_SECONDS=interval)
     ensure_topics(run_)
     settings = Settings()
