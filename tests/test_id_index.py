@@ -78,3 +78,17 @@ def test_canonical_gives_the_index_own_string_objects() -> None:
     assert out[0] is index.ids[7] and out[2] is index.ids[3] and out[3] is index.ids[7]
     assert out[1] is asked[1]
     assert len(index) == 50  # canonical never adds
+
+
+def test_building_from_a_list_equals_adding_one_by_one_with_or_without_repeats() -> None:
+    rng = random.Random(1)
+    distinct = [f"d-{k}" for k in rng.sample(range(10 * N), N)]
+    repeated = [f"r-{rng.randrange(N)}" for _ in range(3 * N)]
+    for ids in (distinct, repeated):
+        one_by_one = IdIndex()
+        for id_ in ids:
+            one_by_one.add(id_)
+        built = IdIndex(ids)
+        assert built.ids == one_by_one.ids and built._rows == one_by_one._rows
+        assert all(built.get(i) is row_object(r) for r, i in enumerate(built.ids))
+        assert built.add("new") == (len(one_by_one), True)
