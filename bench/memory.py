@@ -5,7 +5,8 @@ the learner as the worker does (:func:`recstream.components.new_learner`, so the
 popularity counts and the progressive metrics), feeds it ``ids / 2`` likes that each bring a new
 user and a new item (so ``ids`` users+items in all), and reads ``VmRSS`` from
 ``/proc/self/status`` before and after; then it serialises the checkpoint blob as the worker does
-and reads the peak (``VmHWM``). Prints JSON. The figure is the growth of RSS (what the users and
+and reads the peak (``VmHWM``), then the RSS once the blob is freed (what a worker keeps between
+checkpoints). Prints JSON. The figure is the growth of RSS (what the users and
 items cost, the process's fixed baseline left out), next to the raw bytes of their factors
 (``(users + items) x n_factors x 4`` for float32, plus the item biases). The default model
 (``item_cooccurrence``) has no factors: its figure is reported against the same raw size of a
@@ -44,6 +45,10 @@ def measure(model: str, ids: int) -> dict:
     peak_before_snapshot = peak_rss_bytes()
     blob = learner.to_bytes()
     peak = peak_rss_bytes()
+    snapshot_bytes = len(blob)
+    del blob
+    gc.collect()
+    after_checkpoint = rss_bytes()  # what a worker keeps between checkpoints (e.g. history arrays)
     m = learner.model
     n_users, n_items = len(m.users), len(m.items)
     n_factors = getattr(m, "n_factors", FACTORS)
@@ -63,7 +68,8 @@ def measure(model: str, ids: int) -> dict:
         "rss_growth_bytes": after - before,
         "peak_rss_bytes_before_snapshot": peak_before_snapshot,
         "peak_rss_bytes_with_snapshot": peak,
-        "snapshot_bytes": len(blob),
+        "snapshot_bytes": snapshot_bytes,
+        "rss_after_checkpoint_bytes": after_checkpoint,
         "raw_bytes": raw,
         "raw_kind": raw_kind,
         "growth_to_raw": (after - before) / raw,
@@ -91,6 +97,16 @@ def run(ids: int, budget: TimeBudget, models: tuple[str, ...] = ("implicit_mf", 
                 "raw factor bytes" if is_factor else "raw bytes of 32 factors",
                 f"<= {TARGET_RATIO:g}x ref" if is_factor else "",
                 r["growth_to_raw"] <= TARGET_RATIO if is_factor else None,
+            )
+        )
+        rows.append(
+            Row(
+                "memory",
+                f"RSS MB per 1M users+items after a checkpoint, {model}",
+                (r["rss_after_checkpoint_bytes"] - r["rss_before_bytes"]) / ((r["users"] + r["items"]) / 1e6) / 1e6,
+                "MB",
+                raw_per_million / 1e6,
+                "raw factor bytes" if is_factor else "raw bytes of 32 factors",
             )
         )
         rows.append(

@@ -487,8 +487,9 @@ class UserHistories:
     def to_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """(item rows, weights), each ``(users, window)``, oldest first, -1 / 0 padded; copies."""
         n = len(self._rows)
-        if n > len(self._items) or not self._owned:  # grow (doubling), or take a copy of loaded arrays
-            size = max(n, 2 * len(self._items)) if n > len(self._items) else len(self._items)
+        if n > len(self._items) or not self._owned:  # grow by a quarter, or take a copy of loaded arrays
+            # kept between checkpoints (12 bytes per user and window slot): a quarter of slack, not a double
+            size = max(n, len(self._items) + len(self._items) // 4) if n > len(self._items) else len(self._items)
             items = np.full((size, self.window), -1, dtype=np.int32)
             weights = np.zeros((size, self.window), dtype=np.float64)
             items[: len(self._items)] = self._items

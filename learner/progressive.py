@@ -62,7 +62,7 @@ class ProgressiveMetrics:
 
     def pending_updates(self) -> int:
         """Updates River holds unread (bounded by the window)."""
-        return len(getattr(self._auc, "_buf_labels", ()))
+        return len(self._auc._buf_labels)  # River's buffer: an AttributeError here means River changed
 
     @property
     def logloss(self) -> float:

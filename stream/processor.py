@@ -56,9 +56,9 @@ OVERRIDE_HEADER = "recstream-override"
 HIT_SAMPLE_EVERY = 20  # positives between two live hit-rate samples
 HIT_WINDOW = 500  # samples the live hit rate is averaged over
 HIT_TIME_SHARE = 0.02  # the live hit rate's samples may take at most this share of the worker's time
-# Events between two yields to the event loop inside a batch: learning is CPU-bound, and without a
-# yield the consumer's fetches, heartbeats and Redis replies wait for the whole batch (a batch of
-# batch messages can hold tens of thousands of events).
+# Events between two yields to the event loop while a batch is decoded and learned: both are
+# CPU-bound, and without a yield the consumer's fetches, heartbeats and Redis replies wait for the
+# whole batch (``take_events`` counts messages, and a batch message holds up to 5,000 events).
 YIELD_EVERY_EVENTS = 500
 
 
@@ -308,10 +308,16 @@ class EventProcessor:
             await self._adopt_promoted_version()
             # One Redis round trip for the whole batch: which event ids were already learned.
             candidates = [r for r in records if r.offset >= self.next_offsets.get((r.topic, r.partition), 0)]
-            parsed = {id(r): parse_message(r.value or b"") for r in candidates}
+            parsed: dict[int, list[Decoded]] = {}
+            since_yield = 0
+            for r in candidates:
+                parsed[id(r)] = decoded = parse_message(r.value or b"")
+                since_yield += len(decoded)
+                if since_yield >= YIELD_EVERY_EVENTS:
+                    since_yield = 0
+                    await asyncio.sleep(0)
             ids = [d.event.event_id for decoded in parsed.values() for d in decoded if d.event is not None]
             known = await self.store.learned_event_ids(ids, now=self.clock()) if ids else set()
-            since_yield = 0
             for record in records:
                 decoded = parsed.get(id(record))
                 if decoded is None:  # below the checkpoint's offset: learned before a restart
@@ -319,15 +325,16 @@ class EventProcessor:
                 else:
                     metrics.EVENTS_CONSUMED.inc(len(decoded))
                     for item in decoded:
-                        # If this raises half-way, the record is not handled: its retry finds the events
-                        # learned so far in pending.event_ids and does not learn them twice.
+                        # If this raises half-way (or the task is cancelled at a yield), the record is not
+                        # handled: its retry finds the events learned so far in pending.event_ids and does
+                        # not learn them twice.
                         await self._process_one(record, item, known)
+                        since_yield += 1
+                        if since_yield >= YIELD_EVERY_EVENTS:
+                            since_yield = 0
+                            await asyncio.sleep(0)
                     self.next_offsets[(record.topic, record.partition)] = record.offset + 1
-                    since_yield += len(decoded)
                 self._pending.records.append(record)
-                if since_yield >= YIELD_EVERY_EVENTS:
-                    since_yield = 0
-                    await asyncio.sleep(0)
 
     async def _process_one(self, record: Record, decoded: Decoded, known: set[str]) -> None:
         learner = self.learner
