@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts: {', '.join(PARTS)}")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and short runs (a smoke test, not figures)")
-    parser.add_argument("--events", type=int, default=100_000, help="events per ingest run")
+    parser.add_argument("--events", type=int, default=250_000, help="events per ingest run")
     parser.add_argument("--catalogues", default="10000,100000", help="serving catalogue sizes")
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each serving load run")
     parser.add_argument("--rates", default="1000,5000", help="background events/s levels during the freshness probes")
@@ -230,7 +230,7 @@ def _run_part(part: str, args: argparse.Namespace, services) -> tuple[dict, list
     if part == "ingest":
         from bench import ingest
 
-        return ingest.run(services, args.events, TimeBudget(360, part))
+        return ingest.run(services, args.events, TimeBudget(600, part))
     if part == "serving":
         from bench import serving
 
