@@ -51,74 +51,62 @@ async def _learned_seen_by_another_task(processor, records: list) -> set[int]:
     return {v for v in seen if before < v < after}
 
 
-async def test_other_tasks_run_while_a_long_batch_is_learned(redis_endpoint: Endpoint) -> None:
+@pytest.fixture
+async def started(redis_endpoint: Endpoint):
+    """A started processor of the default model on a fresh Redis prefix, and its transport."""
     client = aioredis.Redis.from_url(redis_endpoint.url)
-    try:
-        store = ModelStore(client, SnapshotSigner(b"k"), Keys(f"y-{uuid.uuid4().hex[:8]}"))
-        transport = Transport()
-        processor = transport.processor(store)
-        await processor.start()
-        n = 20 * YIELD_EVERY_EVENTS
-        between = await _learned_seen_by_another_task(processor, transport.records(_likes(n)))
-        assert processor.learner is not None and processor.learner.events_learned == n
-        # a turn every YIELD_EVERY_EVENTS events (19 values strictly between 0 and n)
-        assert len(between) >= n // YIELD_EVERY_EVENTS - 1, sorted(between)
-
-        # one batch message (a JSON list of events) yields inside the message too
-        batch = [{**e, "event_id": f"b{e['event_id']}"} for e in _likes(4 * YIELD_EVERY_EVENTS)]
-        record = Record("events", 0, transport.offset, None, json.dumps(batch).encode(), handle=transport.offset)
-        transport.offset += 1
-        between = await _learned_seen_by_another_task(processor, [record])
-        assert processor.learner.events_learned == n + len(batch)
-        assert len(between) >= 3, sorted(between)
-    finally:
-        await client.aclose()
+    store = ModelStore(client, SnapshotSigner(b"k"), Keys(f"w-{uuid.uuid4().hex[:8]}"))
+    transport = Transport()
+    processor = transport.processor(store)
+    await processor.start()
+    yield processor, transport
+    await client.aclose()
 
 
-async def test_live_hit_rate_samples_keep_to_their_share_of_the_time(redis_endpoint: Endpoint) -> None:
-    client = aioredis.Redis.from_url(redis_endpoint.url)
-    try:
-        store = ModelStore(client, SnapshotSigner(b"k"), Keys(f"h-{uuid.uuid4().hex[:8]}"))
-        transport = Transport()
-        processor = transport.processor(store)
-        await processor.start()
-        # A catalogue so large that ranking it takes 5 ms: every read of the clock advances it by 5 ms,
-        # and a sample reads it once before and once after ranking.
-        clock = [0.0]
+def _clock(step: float) -> tuple[list[float], ShareBudget]:
+    """A live hit-rate budget on a clock that advances ``step`` seconds at every read (a sample reads
+    it once before and once after ranking: a sample costs ``step``)."""
+    clock = [0.0]
 
-        def tick() -> float:
-            clock[0] += 0.005
-            return clock[0]
+    def tick() -> float:
+        clock[0] += step
+        return clock[0]
 
-        processor.hit_budget = ShareBudget(HIT_TIME_SHARE, cap_seconds=0.05, clock=tick)
-        start = clock[0]
-        n = 40 * HIT_SAMPLE_EVERY * 10
-        await processor.process(transport.records(_likes(n)))
-        budget = processor.hit_budget
-        samples = round(budget.spent / 0.005)
-        assert 0 < samples < n // HIT_SAMPLE_EVERY  # sampled, but less often than every 20th positive
-        assert budget.spent <= HIT_TIME_SHARE * (clock[0] - start) + budget.cap_seconds + 0.005
-    finally:
-        await client.aclose()
+    return clock, ShareBudget(HIT_TIME_SHARE, cap_seconds=0.05, clock=tick)
 
 
-async def test_a_cheap_catalogue_is_sampled_at_every_20th_positive(redis_endpoint: Endpoint) -> None:
-    client = aioredis.Redis.from_url(redis_endpoint.url)
-    try:
-        store = ModelStore(client, SnapshotSigner(b"k"), Keys(f"c-{uuid.uuid4().hex[:8]}"))
-        transport = Transport()
-        processor = transport.processor(store)
-        await processor.start()
-        clock = [0.0]
+async def test_other_tasks_run_while_a_long_batch_is_learned(started) -> None:
+    processor, transport = started
+    n = 20 * YIELD_EVERY_EVENTS
+    between = await _learned_seen_by_another_task(processor, transport.records(_likes(n)))
+    assert processor.learner is not None and processor.learner.events_learned == n
+    # a turn every YIELD_EVERY_EVENTS events (19 values strictly between 0 and n)
+    assert len(between) >= n // YIELD_EVERY_EVENTS - 1, sorted(between)
 
-        def tick() -> float:  # each sample costs 0.1 ms: well within the budget
-            clock[0] += 0.0001
-            return clock[0]
+    # one batch message (a JSON list of events) yields inside the message too
+    batch = [{**e, "event_id": f"b{e['event_id']}"} for e in _likes(4 * YIELD_EVERY_EVENTS)]
+    record = Record("events", 0, transport.offset, None, json.dumps(batch).encode(), handle=transport.offset)
+    transport.offset += 1
+    between = await _learned_seen_by_another_task(processor, [record])
+    assert processor.learner.events_learned == n + len(batch)
+    assert len(between) >= 3, sorted(between)
 
-        processor.hit_budget = ShareBudget(HIT_TIME_SHARE, cap_seconds=0.05, clock=tick)
-        n = 100 * HIT_SAMPLE_EVERY
-        await processor.process(transport.records(_likes(n)))
-        assert processor.hit_budget.spent > 0
-        assert len(processor._hits) == n // HIT_SAMPLE_EVERY  # every like is a positive
-    finally:
-        await client.aclose()
+
+async def test_live_hit_rate_samples_keep_to_their_share_of_the_time(started) -> None:
+    processor, transport = started
+    clock, processor.hit_budget = _clock(0.005)  # a catalogue so large that ranking it takes 5 ms
+    n = 40 * HIT_SAMPLE_EVERY * 10
+    await processor.process(transport.records(_likes(n)))
+    budget = processor.hit_budget
+    samples = round(budget.spent / 0.005)
+    assert 0 < samples < n // HIT_SAMPLE_EVERY  # sampled, but less often than every 20th positive
+    assert budget.spent <= HIT_TIME_SHARE * clock[0] + budget.cap_seconds + 0.005
+
+
+async def test_a_cheap_catalogue_is_sampled_at_every_20th_positive(started) -> None:
+    processor, transport = started
+    _, processor.hit_budget = _clock(0.0001)  # 0.1 ms a sample: well within the budget
+    n = 100 * HIT_SAMPLE_EVERY
+    await processor.process(transport.records(_likes(n)))
+    assert processor.hit_budget.spent > 0
+    assert len(processor._hits) == n // HIT_SAMPLE_EVERY  # every like is a positive
