@@ -16,25 +16,13 @@ from learner.online_learner import OnlineLearner
 from learner.popularity_models import DAY_SECONDS, AllTimePopularity, DecayedPopularity
 from learner.registry import DEFAULT_MODEL, MODELS, build_model, model_from_state
 from learner.serving import ServingModel
+from tests.small_models import small_model
 
-# Small, fast settings for every kind (the defaults are exercised by the MovieLens replay).
-SMALL: dict[str, dict] = {
-    "implicit_mf": {"n_factors": 8},
-    "bpr": {"n_factors": 8},
-    "river_biased_mf": {"n_factors": 4},
-    "blend": {
-        "parts": [
-            {"kind": "item_cooccurrence", "params": {"window": 5}},
-            {"kind": "bpr", "weight": 0.1, "norm": "z", "params": {"n_factors": 4}},
-            {"kind": "decayed_popularity", "weight": 0.01, "params": {"half_life_days": 1.0}},
-        ]
-    },
-}
 KINDS = sorted(MODELS)
 
 
 def _model(kind: str) -> Recommender:
-    return build_model(kind, **SMALL.get(kind, {}))
+    return small_model(kind)
 
 
 def _taste_stream(seed: int = 0, users: int = 12, rounds: int = 6) -> list[tuple[str, str, str, float]]:

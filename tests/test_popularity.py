@@ -11,18 +11,8 @@ from learner.id_index import IdIndex
 from learner.online_learner import OnlineLearner
 from learner.popularity import Popularity
 from learner.registry import MODELS, build_model
+from tests.small_models import small_model
 
-SMALL: dict[str, dict] = {
-    "implicit_mf": {"n_factors": 4},
-    "bpr": {"n_factors": 4},
-    "river_biased_mf": {"n_factors": 4},
-    "blend": {
-        "parts": [
-            {"kind": "item_cooccurrence", "params": {"window": 5}},
-            {"kind": "bpr", "weight": 0.1, "norm": "z", "params": {"n_factors": 4}},
-        ]
-    },
-}
 KINDS = sorted(MODELS)
 
 
@@ -91,7 +81,7 @@ def test_from_arrays_shares_only_an_index_with_exactly_its_ids() -> None:
 @pytest.mark.parametrize("kind", KINDS)
 def test_popularity_shares_the_model_index_exactly_when_the_model_registers_every_item(kind: str) -> None:
     events = _events()
-    learner = _learn(OnlineLearner(model=build_model(kind, **SMALL.get(kind, {}))), events)
+    learner = _learn(OnlineLearner(model=small_model(kind)), events)
     shares = reward_of(learner.model) == "weight"
     assert (learner.popularity.items is learner.model.items) == shares
     # Either way popularity is what it always was: every item seen, in order of first appearance.
@@ -102,7 +92,7 @@ def test_popularity_shares_the_model_index_exactly_when_the_model_registers_ever
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_snapshot_round_trip_keeps_popularity_and_its_rows_in_line_with_the_model(kind: str) -> None:
     events = _events()
-    learner = _learn(OnlineLearner(model=build_model(kind, **SMALL.get(kind, {}))), events[:300])
+    learner = _learn(OnlineLearner(model=small_model(kind)), events[:300])
     blob = learner.to_bytes()
     header, _ = codec.decode(blob)
     assert header["popularity_ids"] == learner.popularity.items.ids  # the format is unchanged
