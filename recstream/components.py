@@ -100,6 +100,8 @@ def model_store(settings: Settings, redis: aioredis.Redis) -> ModelStore:
         signer,
         Keys(settings.redis_prefix),
         retention=settings.model_retention,
+        keep_every_seconds=settings.model_keep_every_seconds,
+        keep_spaced=settings.model_keep_spaced,
         dedupe_retention_seconds=settings.dedupe_retention_seconds,
         dedupe_bucket_seconds=settings.dedupe_bucket_seconds,
     )

@@ -123,7 +123,17 @@ class Settings(_gate_settings()):  # type: ignore[misc]
     batch_max_events: int = Field(
         2000, ge=1, le=100_000, description="Largest batch the worker takes from the stream at once."
     )
-    model_retention: int = Field(5, ge=1, description="Model versions kept in Redis (older ones are deleted).")
+    model_retention: int = Field(
+        5, ge=1, description="Newest model versions kept in Redis (older ones are deleted, except as below)."
+    )
+    model_keep_every_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="Also keep the first version written in each period of this many seconds… (0: off)",
+    )
+    model_keep_spaced: int = Field(
+        12, ge=0, description="…for this many periods back (rollback reach: an hour by default; 0: off)."
+    )
     worker_metrics_port: int = Field(
         0, ge=0, le=65535, description="Port of the worker's Prometheus endpoint (0: off)."
     )

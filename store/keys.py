@@ -24,6 +24,11 @@ class Keys:
         return f"{self.prefix}:model:v:{version}"
 
     @property
+    def version_times(self) -> str:
+        """Hash: version number -> when it was written (seconds since the epoch), for spaced retention."""
+        return f"{self.prefix}:model:version_times"
+
+    @property
     def pinned(self) -> str:
         """Set of version numbers an operator pinned: never deleted by retention."""
         return f"{self.prefix}:model:pinned"

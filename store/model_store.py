@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
 from store.keys import Keys
+from store.retention import stale as stale_versions
 from store.signing import SnapshotSigner
 
 log = logging.getLogger(__name__)
@@ -102,11 +103,17 @@ class ModelStore:
         retention: int = 5,
         dedupe_retention_seconds: float = 3600.0,
         dedupe_bucket_seconds: float = 900.0,
+        keep_every_seconds: float = 0.0,
+        keep_spaced: int = 0,
     ) -> None:
         self.redis = redis
         self.signer = signer
         self.keys = keys
         self.retention = retention
+        # beyond the newest ``retention``: the first version of each of the last ``keep_spaced``
+        # periods of ``keep_every_seconds`` (see store.retention; 0 keeps by count only)
+        self.keep_every_seconds = keep_every_seconds
+        self.keep_spaced = keep_spaced
         self.dedupe_retention_seconds = dedupe_retention_seconds
         self.dedupe_bucket_seconds = dedupe_bucket_seconds
 
@@ -241,11 +248,24 @@ class ModelStore:
                     if count:
                         pipe.hincrby(keys.gate_counts, reason, count)
                 if blob is not None:
+                    written_at = time.time() if now is None else now
+                    pipe.hset(keys.version_times, str(version), repr(written_at))
                     pinned = {int(v) for v in await self.redis.smembers(keys.pinned)}
-                    retained = sorted(v for v in [*old, version] if v not in pinned)
-                    for stale in retained[: max(0, len(retained) - self.retention)]:
-                        pipe.delete(keys.version(stale))
-                        pipe.zrem(keys.versions, str(stale))
+                    times = {int(v): float(t) for v, t in (await self.redis.hgetall(keys.version_times)).items()}
+                    times[version] = written_at
+                    for gone in stale_versions(
+                        [*old, version],
+                        times,
+                        pinned,
+                        keep_latest=self.retention,
+                        parent=expected_current,
+                        spaced_every=self.keep_every_seconds,
+                        spaced_count=self.keep_spaced,
+                        now=written_at,
+                    ):
+                        pipe.delete(keys.version(gone))
+                        pipe.zrem(keys.versions, str(gone))
+                        pipe.hdel(keys.version_times, str(gone))
                 await pipe.execute()
             except WatchError as exc:
                 raise CheckpointConflict("the current model version changed during the checkpoint") from exc

@@ -57,6 +57,41 @@ async def test_retention_keeps_the_last_versions_and_numbers_are_never_reused(st
     assert (await store.load(5)).blob == b"b4"  # type: ignore[union-attr]
 
 
+async def test_rollback_reaches_an_old_promoted_version_after_the_next_checkpoint(store: ModelStore) -> None:
+    current = None
+    for n in range(5):
+        current = await store.checkpoint(current, f"b{n}".encode(), {}, {}, {})
+    await store.promote(3, reason="back to a good one")
+    v6 = await store.checkpoint(3, b"learned-on-3", {}, {}, {})
+    # retention keeps the newest 3 (4, 5, 6) and the newest version's parent, 3
+    assert [int(v) for v in await store.redis.zrange(store.keys.versions, 0, -1)] == [3, 4, 5, 6]
+    assert await store.rollback(reason="the promotion was a mistake") == 3
+    assert (await store.load_current()).blob == b"b2"  # type: ignore[union-attr]
+    assert v6 == 6
+
+
+async def test_spaced_retention_keeps_one_version_per_period_back_to_its_reach(redis_endpoint: Endpoint) -> None:
+    client = aioredis.Redis.from_url(redis_endpoint.url)
+    keys = Keys(f"sp-{uuid.uuid4().hex[:8]}")
+    store = ModelStore(client, SnapshotSigner(b"k"), keys, retention=2, keep_every_seconds=60.0, keep_spaced=3)
+    try:
+        current = None
+        written = {}
+        for n in range(30):  # one version every 10 s, from t=1000 to t=1290
+            current = await store.checkpoint(current, f"b{n}".encode(), {}, {}, {}, now=1_000.0 + 10 * n)
+            written[current] = 1_000.0 + 10 * n
+        retained = [int(v) for v in await client.zrange(keys.versions, 0, -1)]
+        # periods of 60 s: [1140, 1200) starts with v15 (t=1140), [1200, 1260) with v21, [1260, 1320) with v27;
+        # older periods are past the reach (3 periods); the newest 2 are v29 and v30 (v29 is also v30's parent)
+        assert retained == [15, 21, 27, 29, 30]
+        assert None not in [await store.load(v) for v in retained]
+        assert await store.load(14) is None
+        times = {int(v): float(t) for v, t in (await client.hgetall(keys.version_times)).items()}
+        assert times == {v: written[v] for v in retained}  # deleted versions leave no time behind
+    finally:
+        await client.aclose()
+
+
 async def test_a_snapshot_signed_with_another_key_is_refused(store: ModelStore) -> None:
     await store.checkpoint(None, b"blob", {}, {}, {})
     other = ModelStore(store.redis, SnapshotSigner(b"k2"), store.keys)
