@@ -21,6 +21,7 @@ from api.rate_limit import RateLimiter
 from api.routes import dashboard, events, gate, health, models, recommendations, stats
 from recstream import components, metrics
 from recstream.events import Event
+from recstream.gc_tuning import freeze_startup_objects
 from recstream.settings import Settings
 from store.keys import Keys
 from store.rate_limit import TokenBuckets
@@ -71,6 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.recstream = ApiState(
             settings=settings, redis=redis, store=store, models=models, producer=producer, keys=keys, limiter=limiter
         )
+        freeze_startup_objects()  # before the first model: full collections then skip the imports (gc_tuning)
         await models.start()
         try:
             yield

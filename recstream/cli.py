@@ -10,19 +10,15 @@ import sys
 
 from recstream.settings import get_settings
 
-#: The worker allocates many short-lived objects per event (decoded events, gate features) while
-#: holding a large, long-lived model; with CPython's default generation-0 threshold (700) the
-#: collector runs every few events and its older generations scan the model. Measured with the
-#: processor alone on batch messages: 10-20% more events/s with this threshold.
-WORKER_GC_THRESHOLD = (50_000, 20, 100)
-
 
 def _worker(_args: argparse.Namespace) -> int:
     import gc
 
+    from recstream.gc_tuning import WORKER_GC_THRESHOLD, freeze_startup_objects
     from stream.app import run_worker
 
     gc.set_threshold(*WORKER_GC_THRESHOLD)
+    freeze_startup_objects()
     run_worker(get_settings())
     return 0
 
