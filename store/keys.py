@@ -76,7 +76,7 @@ class Keys:
 
     @property
     def guard_status(self) -> str:
-        """Hash describing the model guard: ``state`` (learning|paused), ``since``, ``reason``."""
+        """Hash describing the model guard: ``state`` (learning|paused), ``since``, ``reference(_count)``."""
         return f"{self.prefix}:guard:status"
 
     @property

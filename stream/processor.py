@@ -225,9 +225,15 @@ class EventProcessor:
             }
             for tp, offset in (await self.store.offsets()).items():
                 self.next_offsets[tp] = max(offset, self.next_offsets.get(tp, 0))
-            if (await self.store.guard_status()).get("state") == "paused":
+            guard_status = await self.store.guard_status()
+            if guard_status.get("state") == "paused":
                 self.paused_since = self.clock()
                 metrics.MODEL_GUARD_PAUSED.set(1)
+                if self.guard is not None:  # judge recovery against the reference from before the restart
+                    reference = guard_status.get("reference")
+                    self.guard.restore_paused(
+                        None if reference is None else float(reference), int(guard_status.get("reference_count", 0))
+                    )
                 log.warning("model guard: learning was paused before the restart and stays paused")
             wanted = self._contestants.get(self.champion_name, self._new_learner)().model.kind
             if self.learner.model.kind != wanted:
@@ -460,7 +466,11 @@ class EventProcessor:
                     pending.seen,
                     event_ids=pending.event_ids,
                     gate_counts=pending.gate_counts,
-                    guard={"state": "paused" if paused else "learning", "since": self.paused_since or ""},
+                    guard={
+                        "state": "paused" if paused else "learning",
+                        "since": self.paused_since or "",
+                        **(self.guard.reference_state() if self.guard is not None else {}),
+                    },
                     now=self.clock(),
                     challengers=self._contestant_blobs(blob),
                     contest=self.contest_status() if self._contestants else None,

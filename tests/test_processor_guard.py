@@ -109,3 +109,26 @@ async def test_guard_resumes_by_itself_when_the_stream_is_healthy_again(setup) -
     await processor.process(transport.records(_stream(rnd, 3000, 4500, flipped=False)))
     assert processor.paused_since is None and guard.resumes == 1
     assert processor.learner.events_learned > learned_at_pause
+
+
+async def test_a_pause_outlives_a_restart_and_ends_only_when_the_stream_is_healthy(setup) -> None:
+    processor, store, transport, _guard = setup
+    rnd = random.Random(6)  # the stream of the test above, where the guard resumes without a restart
+    await processor.process(transport.records(_stream(rnd, 3000, 0, flipped=False)))
+    await processor.process(transport.records(_stream(rnd, 1500, 3000, flipped=True)))
+    assert processor.paused_since is not None
+    await processor.checkpoint()
+
+    # The worker restarts while the bad release is still live: a fresh guard, the same Redis.
+    fresh = ModelGuard(recent_window=200, reference_window=2000, min_reference=500, resume_events=300)
+    restarted = transport.processor(store, new_learner=lambda: OnlineLearner(model=ImplicitMF(seed=1)), guard=fresh)
+    await restarted.start()
+    learned = restarted.learner.events_learned
+    await restarted.process(transport.records(_stream(rnd, 1000, 4500, flipped=True)))
+    assert restarted.paused_since is not None and fresh.paused, fresh.status()
+    assert restarted.learner.events_learned == learned  # still bad: nothing learned
+
+    # The release is rolled back: the restored reference tells the guard the stream is healthy again.
+    await restarted.process(transport.records(_stream(rnd, 3000, 5500, flipped=False)))
+    assert restarted.paused_since is None and fresh.resumes == 1, fresh.status()
+    assert restarted.learner.events_learned > learned

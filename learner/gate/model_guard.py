@@ -121,6 +121,24 @@ class ModelGuard:
         rate = max(1.0 / self._reference_count, 1.0 / self.reference_window)  # plain mean until the window fills
         self._reference += rate * (loss - self._reference)
 
+    def reference_state(self) -> dict[str, float | int]:
+        """The yardstick a paused guard judges recovery against, to carry over a restart."""
+        return {"reference": self._reference, "reference_count": self._reference_count}
+
+    def restore_paused(self, reference: float | None, reference_count: int) -> None:
+        """Continue a pause from before a restart, against the reference saved then.
+
+        The recent window starts empty, so the guard resumes by itself only after ``recent_window``
+        + ``resume_events`` healthy losses, as it would have without the restart. Without a saved
+        reference (``None``) it stays paused until an operator resumes it.
+        """
+        self.paused = True
+        self._healthy_run = 0
+        if reference is None or not math.isfinite(reference) or reference_count <= 0:
+            self._reference, self._reference_count = 0.0, 0
+        else:
+            self._reference, self._reference_count = reference, reference_count
+
     def resume(self) -> None:
         """Operator action: learn again and take the current loss level as the new reference."""
         if self._recent:
