@@ -15,6 +15,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parent.parent
+#: MovieLens ratings (GroupLens "ml-latest-small"), kept in the repository with its README.txt (usage license)
+MOVIELENS_RATINGS = PROJECT / "data" / "movielens-latest-small" / "ratings.csv"
 
 #: PIDs of every process the bench started (services, API, worker, load generators), in the report,
 #: so that a test can check each is gone once the bench has returned.

@@ -54,6 +54,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.common import MOVIELENS_RATINGS
 from learner.evaluation import GatedStream, Recommend, ReplayEvent, ReplayResult, replay
 from learner.event_weights import EventWeights
 from learner.online_learner import OnlineLearner
@@ -63,7 +64,7 @@ from recstream.events import parse_event
 from recstream.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_RATINGS = Path("../shared/data/movielens-latest-small/ratings.csv")  # relative to the repository root
+DEFAULT_RATINGS = MOVIELENS_RATINGS
 DEFAULT_OUT = REPO / "bench" / "results" / "poisoning.json"
 K = 10
 
@@ -515,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         "--ratings",
         type=Path,
         default=None,
-        help=f"MovieLens ratings.csv (default: {DEFAULT_RATINGS}, relative to the repository root)",
+        help=f"MovieLens ratings.csv (default: {DEFAULT_RATINGS.relative_to(REPO)})",
     )
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N clean events")
     parser.add_argument("--seed", type=int, default=7, help="seed of the attacks and the user sample")
@@ -524,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON report (default: {DEFAULT_OUT})")
     args = parser.parse_args(argv)
-    ratings = args.ratings or (REPO / DEFAULT_RATINGS).resolve()
+    ratings = args.ratings or DEFAULT_RATINGS
     if not ratings.exists():
         print(f"bench.poisoning: {ratings} not found (--ratings PATH)", file=sys.stderr)
         return 2

@@ -15,12 +15,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import PROJECT, Row, TimeBudget, stop_process, track
+from bench.common import MOVIELENS_RATINGS, PROJECT, Row, TimeBudget, stop_process, track
 from learner.online_learner import OnlineLearner
 from learner.registry import DEFAULT_MODEL, build_model
 from recstream.evaluate import load_movielens
 
-RATINGS = Path("/work/shared/data/movielens-latest-small/ratings.csv")
+RATINGS = MOVIELENS_RATINGS
 TARGET_EVENTS_PER_SECOND = 20_000
 
 

@@ -64,6 +64,15 @@ def _docker_available() -> bool:
         return False
 
 
+def _loopback_only(container: Any) -> Any:
+    """Publish a testcontainer's ports on 127.0.0.1 only (Docker's default is every interface).
+
+    docker-py takes ``(host_ip, host_port)`` for a port binding; ``None`` keeps the random host port.
+    """
+    container.ports = {port: ("127.0.0.1", host) for port, host in container.ports.items()}
+    return container
+
+
 @dataclass
 class Endpoint:
     url: str
@@ -78,7 +87,7 @@ def redis_endpoint() -> Iterator[Endpoint]:
     if _docker_available():
         from testcontainers.redis import RedisContainer
 
-        with RedisContainer() as container:
+        with _loopback_only(RedisContainer()) as container:
             host, port = container.get_container_host_ip(), container.get_exposed_port(6379)
             yield Endpoint(f"redis://{host}:{port}/0", "testcontainers")
         return
@@ -97,7 +106,7 @@ def broker_endpoint() -> Iterator[Endpoint]:
     if _docker_available():
         from testcontainers.kafka import KafkaContainer
 
-        with KafkaContainer() as container:
+        with _loopback_only(KafkaContainer()) as container:
             yield Endpoint("kafka://" + container.get_bootstrap_server(), "testcontainers")
         return
     service = local_services.start_broker(os.environ.get("RECSTREAM_TEST_BROKER", "auto"))

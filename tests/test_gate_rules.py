@@ -14,15 +14,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
+from bench.common import MOVIELENS_RATINGS
 from learner.gate.base import GateEvent, GateRule, Hold
 from learner.gate.behaviour import AnomalousBehaviourRule, EstablishedUsers, ItemSurgeRule, UserRateRule
 from learner.gate.gate import GateConfig, QualityGate, default_gate, default_stream_clock
 from learner.gate.plausibility import LikeWithoutViewRule, SkipAfterFullWatchRule, WatchExceedsDurationRule
 from learner.gate.time_rules import FutureTimestampRule, LatenessRule, StreamClock
 
-MOVIELENS = Path("/work/shared/data/movielens-latest-small/ratings.csv")
+MOVIELENS = MOVIELENS_RATINGS  # in the repository: these tests never skip
 T0 = 1_700_000_000.0
 
 
@@ -432,10 +431,6 @@ def replay(gate: QualityGate, events: list[GateEvent]) -> tuple[list[Hold | None
     return holds, time.perf_counter() - start
 
 
-needs_movielens = pytest.mark.skipif(not MOVIELENS.exists(), reason="MovieLens sample not present")
-
-
-@needs_movielens
 def test_default_gate_holds_at_most_one_percent_of_clean_movielens() -> None:
     events = movielens_events()
     gate = default_gate(GateConfig())
@@ -449,7 +444,6 @@ def test_default_gate_holds_at_most_one_percent_of_clean_movielens() -> None:
     assert set(gate.counts) <= {"user_rate", "anomalous_behaviour"}  # the bulk-rating bursts, and the tail
 
 
-@needs_movielens
 def test_default_gate_holds_a_bot_farm_mixed_into_movielens() -> None:
     """Attack (a) of the poisoning benchmark: new users, 20% of all events, each viewing and liking one item."""
     rnd = random.Random(7)

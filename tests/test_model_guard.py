@@ -11,7 +11,7 @@ import pytest
 from learner.gate.gate import GateConfig, default_model_guard
 from learner.gate.model_guard import ModelGuard
 from learner.online_learner import OnlineLearner
-from tests.test_gate_rules import MOVIELENS, movielens_events
+from tests.test_gate_rules import movielens_events
 
 
 def calibrated(n: int, seed: int, flip: bool = False) -> Iterator[tuple[float, float]]:
@@ -123,7 +123,6 @@ def test_real_learner_pauses_on_flipped_labels_and_resumes_from_the_last_good_ch
     assert after.index(False) < 1_000 + 2_000 + 500 and not any(after[after.index(False) :])
 
 
-@pytest.mark.skipif(not MOVIELENS.exists(), reason="MovieLens sample not present")
 def test_real_learner_on_clean_movielens_never_pauses() -> None:
     learner, guard = OnlineLearner(), ModelGuard()
     worst = 0.0

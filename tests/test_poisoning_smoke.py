@@ -5,17 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from bench import poisoning
+from bench.common import MOVIELENS_RATINGS
 
-MOVIELENS = Path("/work/shared/data/movielens-latest-small/ratings.csv")
 
-
-@pytest.mark.skipif(not MOVIELENS.exists(), reason="MovieLens sample not present")
 def test_poisoning_benchmark_shows_the_attack_and_what_the_gate_stops(tmp_path: Path) -> None:
     out = tmp_path / "poisoning.json"
-    report = poisoning.run(MOVIELENS, limit=15_000, seed=7, out=out, ablation=False)
+    report = poisoning.run(MOVIELENS_RATINGS, limit=15_000, seed=7, out=out, ablation=False)
     assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(report["rows"]))
     rows = {(r["stream"], r["gate"]): r for r in report["rows"]}
     clean_on, attacked_on, attacked_off = rows["clean", True], rows["attacked", True], rows["attacked", False]
