@@ -18,6 +18,7 @@ from tests.conftest import (
     current_learner,
     make_env,
     popularity_counts,
+    skip_unless_ci,
     start_stack,
     wait_for,
 )
@@ -71,7 +72,7 @@ def test_worker_and_api_resume_by_themselves_after_the_broker_restarts(
     redis_endpoint: Endpoint, processes: list[local_services.LocalService], tmp_path: Path
 ) -> None:
     if not local_services.java_kafka_available():
-        pytest.skip("needs genuine Kafka (Java + scripts/fetch-kafka.sh): Tansu keeps no data across a restart")
+        skip_unless_ci("needs genuine Kafka (Java + scripts/fetch-kafka.sh): Tansu keeps no data across a restart")
     # An own broker (not the session's), restarted on the same port and log directory.
     kafka_dir, kafka_port = tmp_path / "kafka", local_services.free_port()
     kafka = local_services.start_kafka(kafka_dir, kafka_port)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from recstream import local_services as ls
+from tests.conftest import skip_unless_ci
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -145,14 +146,13 @@ async def _roundtrip(bootstrap: str) -> tuple[bytes, bytes]:
 @pytest.mark.parametrize(
     "kind",
     [
-        pytest.param(
-            "kafka",
-            marks=pytest.mark.skipif(not ls.java_kafka_available(), reason=KAFKA_SKIP_REASON),
-        ),
+        "kafka",
         "tansu",
     ],
 )
 def test_broker_roundtrip(kind: str, cleanup: list[ls.LocalService]) -> None:
+    if kind == "kafka" and not ls.java_kafka_available():
+        skip_unless_ci(KAFKA_SKIP_REASON)
     started = time.monotonic()
     broker = ls.start_broker(kind)
     cleanup.append(broker)
@@ -170,9 +170,10 @@ def test_broker_roundtrip(kind: str, cleanup: list[ls.LocalService]) -> None:
     print(f"{kind}: ready in {ready_s:.2f}s")
 
 
-@pytest.mark.skipif(not ls.java_kafka_available(), reason=KAFKA_SKIP_REASON)
 def test_kafka_restart_keeps_data(tmp_path: Path, cleanup: list[ls.LocalService]) -> None:
     """A broker restarted on the same workdir (new ports) still has its messages."""
+    if not ls.java_kafka_available():
+        skip_unless_ci(KAFKA_SKIP_REASON)
     aiokafka = pytest.importorskip("aiokafka")
 
     async def produce(bootstrap: str) -> None:
