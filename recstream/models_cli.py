@@ -81,7 +81,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("version", type=int)
     p.add_argument("--reason", required=True, help="why (recorded with the promotion)")
     p.set_defaults(func=_promote)
-    p = sub.add_parser("rollback", help="promote the newest version older than the current one")
+    p = sub.add_parser("rollback", help="promote the current version's parent (the version it grew from)")
     p.add_argument("--reason", required=True)
     p.set_defaults(func=_rollback)
     for name, pinned in (("pin", True), ("unpin", False)):

@@ -194,7 +194,7 @@ class Settings(_gate_settings()):  # type: ignore[misc]
         5.0, gt=0, description="How long ingest waits for the broker before answering 503."
     )
     retry_after_seconds: int = Field(5, ge=1, description="`Retry-After` sent with 503 answers.")
-    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted by the ingest endpoint.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted on any route.")
 
     # Security
     hmac_key: SecretStr = Field(

@@ -8,10 +8,10 @@ from recstream.settings import Settings
 def markdown_table() -> str:
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
-        default = field.default
+        default = field.get_default(call_default_factory=True)
         if hasattr(default, "get_secret_value"):
             shown = "(dev key; set it)"
-        elif isinstance(default, list):
+        elif isinstance(default, (list, dict)):
             shown = f"`{default!r}`".replace("'", '"')
         else:
             shown = f"`{default}`"
