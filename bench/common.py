@@ -21,10 +21,18 @@ MOVIELENS_RATINGS = PROJECT / "data" / "movielens-latest-small" / "ratings.csv"
 #: PIDs of every process the bench started (services, API, worker, load generators), in the report,
 #: so that a test can check each is gone once the bench has returned.
 STARTED_PIDS: list[int] = []
+#: If set, each PID the bench starts is also appended to this file (one a line) as it is started,
+#: so whoever runs the bench can stop those processes by PID even if the bench itself has to be
+#: killed before it writes its report (tests/test_bench_smoke.py does).
+PIDS_FILE_ENV = "RECSTREAM_BENCH_PIDS_FILE"
 
 
 def track(pid: int) -> int:
     STARTED_PIDS.append(pid)
+    pids_file = os.environ.get(PIDS_FILE_ENV)
+    if pids_file:
+        with open(pids_file, "a") as f:
+            f.write(f"{pid}\n")
     return pid
 
 

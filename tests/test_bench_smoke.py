@@ -7,8 +7,10 @@ figure, and that the JSON report (with the Markdown table) is written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bench.__main__ import text_table
-from bench.common import Row
+from bench.common import PIDS_FILE_ENV, Row
 from bench.load import run as load_run
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -32,6 +34,26 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _recorded_pids(pids_file: Path) -> list[int]:
+    """The PIDs the bench wrote as it started each process (see ``PIDS_FILE_ENV``)."""
+    return [int(line) for line in pids_file.read_text().split()] if pids_file.exists() else []
+
+
+def _stop_bench(process: subprocess.Popen, pids_file: Path) -> None:
+    """Stop the bench, then by PID every process it recorded that is still running."""
+    if process.poll() is None:
+        process.terminate()  # the bench turns SIGTERM into SystemExit: its finally blocks stop what it started
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    for pid in _recorded_pids(pids_file):
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)  # each was started as the leader of its own process group
+
+
 def test_table_shows_ratio_target_and_met() -> None:
     rows = [
         Row("ingest", "worker ev/s", 30_000.0, "ev/s", 40_000.0, "bare consume", ">= 0.5x", True),
@@ -45,27 +67,28 @@ def test_table_shows_ratio_target_and_met() -> None:
 
 
 def test_load_generator_refuses_other_hosts() -> None:
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match=r"^bench\.load only targets http://127\.0\.0\.1:PORT$"):
         load_run("http://example.com:80/", 0.1)
 
 
 @pytest.mark.integration
 def test_bench_quick_run_of_serving_and_topk(tmp_path: Path) -> None:
     out = tmp_path / "latest.json"
+    pids_file = tmp_path / "started.pids"
     process = subprocess.Popen(
         [sys.executable, "-m", "bench", "--quick", "--only", "serving,topk,memory", "--out", str(out)],
         cwd=PROJECT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", PIDS_FILE_ENV: str(pids_file)},
     )
     try:
         stdout, stderr = process.communicate(timeout=240)
+        # Checked before the teardown below stops any leftover, which would hide it.
+        left_running = [pid for pid in _recorded_pids(pids_file) if _alive(pid)]
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        _stop_bench(process, pids_file)
     assert process.returncode == 0, stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["errors"] == {}
@@ -82,4 +105,5 @@ def test_bench_quick_run_of_serving_and_topk(tmp_path: Path) -> None:
     assert report["markdown_table"].startswith("| part |")
     # Every process it started (broker, Redis, API processes, load generators) is gone.
     assert len(report["started_pids"]) >= 5
-    assert [pid for pid in report["started_pids"] if _alive(pid)] == []
+    assert report["started_pids"] == _recorded_pids(pids_file)  # the teardown knew every one of them
+    assert left_running == []

@@ -166,11 +166,15 @@ async def test_an_operator_promotion_racing_a_challenger_swap_keeps_history_and_
         ("operator", "operator at the same moment"),
         ("api", "swap"),
     ]
-    for record in records:  # every record's version holds the model the record says
+    # Every record's version holds the model it should: the operator's is the first version, which
+    # the champion (item co-occurrence) wrote; the swap's is popularity, as its record names it.
+    operator, swap = records
+    assert operator["to"] == first and "to_model" not in operator
+    assert swap["to_model"] == "popularity"
+    for record, contestant in ((operator, "item_cooccurrence"), (swap, "popularity")):
         meta = await store.load(record["to"])
         assert meta is not None
-        named = record.get("to_model", meta.meta["contestant"])
-        assert meta.meta["contestant"] == named
+        assert meta.meta["contestant"] == contestant, record
     assert processor.champion_name == "popularity" and await store.challenger_request() is None
 
 

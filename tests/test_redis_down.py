@@ -97,17 +97,27 @@ def test_retry_until_done_waits_between_attempts_and_reports_the_stall() -> None
 
 
 def test_retry_until_done_lets_cancellation_through() -> None:
-    async def run() -> None:
+    async def run() -> asyncio.Future:
         async def down() -> None:
             raise ConnectionError("down")
 
-        task = asyncio.ensure_future(retry_until_done(down, Backoff(first=10, cap=10), "checkpoint", "checkpoint"))
-        await asyncio.sleep(0.05)
+        backoff, failed = Backoff(first=10, cap=10), asyncio.Event()
+        task = asyncio.ensure_future(retry_until_done(down, backoff, "checkpoint", "checkpoint", on_failure=failed.set))
+        # on_failure runs just before the backoff wait, and the task runs on to it without yielding:
+        # by the time this wakes up, the task waits in its backoff.
+        await asyncio.wait_for(failed.wait(), 10)
+        assert backoff.stalled and backoff.delay() > 0 and not task.done()
         task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await asyncio.wait({task}, timeout=10)  # a deadline: it ends at once unless it swallowed the cancellation
+        return task
 
-    asyncio.run(run())
+    # Not asyncio.run: its shutdown would wait forever for a task that swallowed its cancellation.
+    loop = asyncio.new_event_loop()
+    try:
+        task = loop.run_until_complete(run())
+    finally:
+        loop.close()
+    assert task.cancelled(), "the retry loop did not let the cancellation through"
 
 
 # -- integration -----------------------------------------------------------------------------
