@@ -74,7 +74,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = components.redis_client(settings)
         store = components.model_store(settings, redis)
-        models = ModelHolder(store, poll_seconds=settings.model_poll_seconds)
+        models = ModelHolder(store, poll_seconds=settings.model_poll_seconds, load_share=settings.model_load_share)
         producer = EventProducer(
             components.bootstrap_servers(settings),
             settings.topic_events,

@@ -5,6 +5,13 @@ messages are lost while disconnected). A swap is one attribute assignment, so re
 flight finish on the model they started with. A snapshot that fails authentication is
 refused: the previous model keeps serving.
 
+Loading is bounded to a share of the process's time (``load_share``, RECSTREAM_MODEL_LOAD_SHARE):
+a load that took L seconds (decoding ids, building indexes: work that holds the GIL, so requests
+slow down meanwhile) is followed by the next one no sooner than L / ``load_share`` seconds after
+it started. A small model loads every version; a large one (hundreds of milliseconds a load at a
+0.5 s checkpoint interval) serves every few versions instead of loading back to back. The first
+load is never delayed.
+
 Redis going away is survived: the poll keeps trying every ``poll_seconds`` (logging once when
 Redis becomes unreachable and once when it is back), and the listener opens a new subscription
 (closing the broken one) every ``poll_seconds`` until Redis answers again, so versions written
@@ -17,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime
 
 from learner.serving import ServingModel
@@ -27,9 +35,22 @@ log = logging.getLogger(__name__)
 
 
 class ModelHolder:
-    def __init__(self, store: ModelStore, poll_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        store: ModelStore,
+        poll_seconds: float = 1.0,
+        load_share: float = 0.2,
+        clock: Callable[[], float] = time.monotonic,
+        loader: Callable[[bytes, int], ServingModel] = ServingModel.from_bytes,
+    ) -> None:
+        if not 0 < load_share <= 1:
+            raise ValueError("load_share must be in (0, 1]")
         self.store = store
         self.poll_seconds = poll_seconds
+        self.load_share = load_share
+        self._clock = clock
+        self._loader = loader
+        self._next_load_at = 0.0  # on the clock: no load before this (see the module doc)
         self.model: ServingModel | None = None
         self.refused_version: int | None = None
         self.redis_ok = False
@@ -50,6 +71,8 @@ class ModelHolder:
             or version == self.refused_version
         ):
             return
+        if self.model is not None and self.load_wait() > 0:
+            return  # too soon after the last load: _run comes back when it is allowed
         try:
             snapshot = await self.store.load(version)
         except SnapshotRefused as exc:
@@ -59,13 +82,19 @@ class ModelHolder:
             return
         if snapshot is None:
             return
-        model = await asyncio.to_thread(ServingModel.from_bytes, snapshot.blob, snapshot.version)
+        started = self._clock()
+        model = await asyncio.to_thread(self._loader, snapshot.blob, snapshot.version)
+        self._next_load_at = started + (self._clock() - started) / self.load_share
         self.model = model
         metrics.MODEL_VERSION.labels("api").set(model.version)
         created = snapshot.meta.get("created")
         if created:
             metrics.MODEL_SWAP_DELAY.observe(max(0.0, time.time() - datetime.fromisoformat(created).timestamp()))
         log.info("serving model v%d (%d events learned)", model.version, model.events_learned)
+
+    def load_wait(self) -> float:
+        """Seconds until the next version may be loaded (0: now)."""
+        return max(0.0, self._next_load_at - self._clock())
 
     async def start(self) -> None:
         try:
@@ -84,8 +113,9 @@ class ModelHolder:
         listener = asyncio.create_task(self._listen(), name="model-announce")
         try:
             while True:
+                wait = self.load_wait()
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.poll_seconds)
+                    await asyncio.wait_for(self._wake.wait(), timeout=min(self.poll_seconds, wait or self.poll_seconds))
                 self._wake.clear()
                 try:
                     await self.refresh()

@@ -190,6 +190,13 @@ class Settings(_gate_settings()):  # type: ignore[misc]
     model_poll_seconds: float = Field(
         1.0, gt=0, description="How often the API also polls for a new model version (besides pub/sub)."
     )
+    model_load_share: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="Most of an API process's time spent loading new versions: after a load of L s, the next "
+        "starts L / share s after it at the earliest (large models then skip versions).",
+    )
     produce_timeout_seconds: float = Field(
         5.0, gt=0, description="How long ingest waits for the broker before answering 503."
     )

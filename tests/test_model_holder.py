@@ -1,0 +1,56 @@
+"""The API's model holder with a real Redis: loading new versions is bounded to a share of the time."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import redis.asyncio as aioredis
+
+from api.model_holder import ModelHolder
+from learner.online_learner import OnlineLearner
+from learner.serving import ServingModel
+from store.keys import Keys
+from store.model_store import ModelStore
+from store.signing import SnapshotSigner
+from tests.conftest import Endpoint
+
+pytestmark = pytest.mark.integration
+
+
+async def test_a_slow_load_delays_the_next_one_to_its_share_of_the_time(redis_endpoint: Endpoint) -> None:
+    client = aioredis.Redis.from_url(redis_endpoint.url)
+    store = ModelStore(client, SnapshotSigner(b"k"), Keys(f"mh-{uuid.uuid4().hex[:8]}"))
+    now = [100.0]
+    loaded: list[int] = []
+
+    def slow_loader(blob: bytes, version: int) -> ServingModel:
+        loaded.append(version)
+        now[0] += 1.0  # every load takes one second on the holder's clock
+        return ServingModel.from_bytes(blob, version)
+
+    holder = ModelHolder(store, poll_seconds=60, load_share=0.25, clock=lambda: now[0], loader=slow_loader)
+    learner = OnlineLearner()
+    try:
+        v1 = await store.checkpoint(None, learner.to_bytes(), {}, {}, {})
+        await holder.refresh()
+        assert holder.model is not None and holder.model.version == v1  # the first load: at once
+
+        learner.learn("u1", "v1", "like", None, None)
+        v2 = await store.checkpoint(v1, learner.to_bytes(), {}, {}, {})
+        # The load of v1 started at 100 and took 1 s: at a share of 0.25 the next may start at 104.
+        assert holder.load_wait() == pytest.approx(3.0)
+        now[0] = 103.9
+        await holder.refresh()
+        assert holder.model.version == v1 and loaded == [v1]
+        now[0] = 104.0
+        await holder.refresh()
+        assert holder.model.version == v2 and loaded == [v1, v2]
+        assert holder.load_wait() == pytest.approx(3.0)  # started at 104: next at 104 + 1 s / 0.25 = 108; now 105
+    finally:
+        await client.aclose()
+
+
+def test_the_share_must_be_a_fraction() -> None:
+    with pytest.raises(ValueError, match="load_share"):
+        ModelHolder(store=None, load_share=0)  # type: ignore[arg-type]
