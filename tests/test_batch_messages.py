@@ -10,11 +10,12 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 
+from learner.gate.gate import GateConfig, default_gate
 from recstream.events import MAX_MESSAGE_EVENTS
 from store.keys import Keys
 from store.model_store import ModelStore
 from store.signing import SnapshotSigner
-from stream.processor import DUPLICATE, REJECTED, Record
+from stream.processor import DUPLICATE, QUARANTINED, REJECTED, Record
 from tests.clock import iso
 from tests.conftest import Endpoint
 from tests.transport import Transport
@@ -68,3 +69,34 @@ async def test_each_element_of_a_batch_is_learned_or_refused_on_its_own(store: M
     await again.process([Record("events", 0, 5, None, json.dumps(batch[:3]).encode(), handle=5)])
     await again.checkpoint()
     assert again.learner.events_learned == 4 and (await store.gate_counts())[DUPLICATE] == 4
+
+
+async def test_a_retried_batch_is_not_counted_twice_by_the_gate(store: ModelStore) -> None:
+    class FailsOnce(Transport):
+        """The first dead letter fails (Kafka unreachable for a moment), as a batch's retry then sees it."""
+
+        failed = False
+
+        async def dead_letter(self, kind: str, key: bytes | None, value: bytes) -> None:
+            if not self.failed:
+                self.failed = True
+                raise ConnectionError("broker unreachable")
+            await super().dead_letter(kind, key, value)
+
+    transport = FailsOnce()
+    gate = default_gate(GateConfig())
+    processor = transport.processor(store, gate=gate)
+    await processor.start()
+    batch = [_event(n) for n in range(10)]
+    batch[5] = {**batch[5], "ts": iso(3 * 86_400)}  # from three days ahead: held (future_timestamp)
+    batch.append(_event(2))  # a repeat within the batch: a duplicate of e2, never judged by the gate
+    records = [Record("events", 0, 0, None, json.dumps(batch).encode(), handle=0)]
+    with pytest.raises(ConnectionError):
+        await processor.process(records)  # fails at e5's dead letter, after learning e0..e4
+    await processor.process(records)  # the retry
+    await processor.checkpoint()
+
+    assert processor.learner.events_learned == 9
+    # The gate judged each distinct event once: the retry reused its verdicts instead of counting them again.
+    assert gate.passed == 9 and gate.counts == {"future_timestamp": 1}
+    assert [letter["reason"] for kind, letter in transport.dead_letters if kind == QUARANTINED] == ["future_timestamp"]
