@@ -365,9 +365,16 @@ class EventProcessor:
         if gate is not None and not gate.enabled:
             gate = None  # a switched-off gate passes everything: do not build its view of the events
         pending_ids = self._pending.event_ids
+        views: list[GateEvent | None] = [None] * len(chunk)
+        if gate is not None:
+            for i, decoded in enumerate(chunk):
+                event = decoded.event
+                if event is not None and event.event_id not in known and event.event_id not in pending_ids:
+                    views[i] = _gate_event(event, event.ts.timestamp())
+            gate.prepare([view for view in views if view is not None], self.clock(), record.overrides)
         passing: set[str] = set()
         verdicts: list[Hold | None] = []
-        for decoded in chunk:
+        for decoded, view in zip(chunk, views, strict=True):
             event = decoded.event
             verdict = None
             if event is not None:
@@ -376,8 +383,8 @@ class EventProcessor:
                     pass  # a duplicate: _handle counts it
                 elif event_id in passing:
                     verdict = _REPEAT
-                elif gate is not None:
-                    verdict = gate.check(_gate_event(event, event.ts.timestamp()), self.clock(), record.overrides)
+                elif view is not None:
+                    verdict = gate.check(view, self.clock(), record.overrides)  # type: ignore[union-attr]
                 if verdict is None:
                     passing.add(event_id)
             verdicts.append(verdict)

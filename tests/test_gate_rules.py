@@ -467,3 +467,38 @@ def test_default_gate_holds_a_bot_farm_mixed_into_movielens() -> None:
     assert passed <= 50  # MovieLens' most liked film has ~280 likes: the target stays far below
     assert views_passed <= 50  # views are judged too (co-occurrence learns a view like a like)
     assert sum(h is not None for h in ordinary) <= 0.01 * len(ordinary)
+
+
+def test_preparing_a_batch_changes_no_verdict_and_no_score() -> None:
+    """The worker hands the gate each batch before checking it (``prepare``): the anomaly rule then scores
+    the batch at once. Same verdicts, same anomaly scores and thresholds as checking event by event, on
+    MovieLens with a burst of bot likes mixed in (held by the rate rule before the anomaly rule sees
+    them, so the ahead-of-time features of those users must be dropped)."""
+    events = movielens_events()[:24_000]
+    bots = [GateEvent(f"b{i}", f"bot{i % 3}", f"m{i % 7}", "like", events[12_000 + i // 10].ts) for i in range(600)]
+    stream = events[:12_000] + [e for pair in zip(bots, events[12_000:12_600], strict=True) for e in pair]
+    stream += events[12_600:]
+    config = GateConfig(anomaly_warmup_events=2_000, anomaly_window=200)  # windows end every ~800 events
+    one_by_one, batched = default_gate(config), default_gate(config)
+    scores: dict[str, list[float]] = {"one_by_one": [], "batched": []}
+    for name, gate in (("one_by_one", one_by_one), ("batched", batched)):
+        anomaly = next(r for r in gate.rules if isinstance(r, AnomalousBehaviourRule))
+        verdicts = []
+        for start in range(0, len(stream), 500):
+            chunk = stream[start : start + 500]
+            if name == "batched":
+                gate.prepare(chunk, chunk[0].ts)
+            for e in chunk:
+                hold = gate.check(e, e.ts)
+                verdicts.append(None if hold is None else hold.reason)
+                if anomaly._memo is not None:  # the score the rule computed for this event, if it got there
+                    scores[name].append(anomaly._memo[2])
+        gate.verdicts = verdicts  # type: ignore[attr-defined]
+    a = next(r for r in one_by_one.rules if isinstance(r, AnomalousBehaviourRule))
+    b = next(r for r in batched.rules if isinstance(r, AnomalousBehaviourRule))
+    assert one_by_one.verdicts == batched.verdicts  # type: ignore[attr-defined]
+    assert one_by_one.counts == batched.counts and one_by_one.counts.get("user_rate", 0) > 50
+    assert scores["one_by_one"] == scores["batched"]
+    assert (a.threshold.get(), a.learned, a.passed) == (b.threshold.get(), b.learned, b.passed)
+    # and the batched gate did score most events ahead of their checks
+    assert b.scored_ahead > 0.85 * len(stream) and a.scored_ahead == 0

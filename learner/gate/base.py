@@ -5,6 +5,9 @@ live, the stream's clock in a replay) and either lets it pass (``None``) or hold
 :class:`Hold`: a reason code from ``docs/quality-gate.md`` and a sentence a person can act on.
 Rules that keep state (rate windows, anomaly models) update it in ``observe``, which the gate
 calls only for events that passed every rule, so held traffic never trains the gate itself.
+A rule may also offer ``prepare(events, now)``: the gate's caller hands it a batch before
+checking its events one by one, and the rule may compute ahead what it can (it must not change
+any verdict).
 
 Duplicate detection needs Redis and lives in ``stream/``; everything here is testable on plain data.
 """

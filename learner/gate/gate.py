@@ -49,6 +49,18 @@ class QualityGate:
         self._on_hold: list[Callable[[GateEvent, float, Hold], None] | None] = [
             getattr(rule, "observe_held", None) for rule in self.rules
         ]
+        self._preparers = [rule for rule in self.rules if hasattr(rule, "prepare")]
+
+    def prepare(self, events: Sequence[GateEvent], now: float, overrides: frozenset[str] = frozenset()) -> None:
+        """Let the rules that can work on a batch ahead of its checks do so (``prepare(events, now)``).
+
+        Optional and without effect on any verdict: the events are then checked one by one, in
+        order, as always (the anomaly rule scores them all at once; see its ``prepare``).
+        """
+        if self.enabled:
+            for rule in self._preparers:
+                if not (overrides and frozenset(rule.codes) <= overrides):
+                    rule.prepare(events, now)
 
     @property
     def codes(self) -> tuple[str, ...]:
