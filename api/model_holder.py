@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
+from learner.id_index import reusing
 from learner.serving import ServingModel
 from recstream import metrics
 from store.model_store import ModelStore, SnapshotRefused
@@ -83,7 +84,9 @@ class ModelHolder:
         if snapshot is None:
             return
         started = self._clock()
-        model = await asyncio.to_thread(self._loader, snapshot.blob, snapshot.version)
+        # Ids are append-only: the new version's indexes start from copies of this one's (id_index.reusing).
+        with reusing(self.model.id_indexes() if self.model is not None else ()):
+            model = await asyncio.to_thread(self._loader, snapshot.blob, snapshot.version)
         self._next_load_at = started + (self._clock() - started) / self.load_share
         self.model = model
         metrics.MODEL_VERSION.labels("api").set(model.version)

@@ -25,12 +25,27 @@ What it costs per id (CPython 3.11, 64-bit), and why it is built this way:
 A lookup is a single dict lookup, as fast as a plain ``dict[str, int]``; only adding a new id
 does more (it takes the pooled row object). Ids read from a snapshot are new strings: a second
 list of ids that the index already holds can share its strings through :meth:`IdIndex.canonical`.
+
+Reading version after version of the same model (the API does, every checkpoint), most of an
+index is the previous version's: ids are only ever appended. Inside :func:`reusing`, an index
+whose ids start with exactly the ids of one of the given indexes copies that index's dict and
+list (C-level copies, ~5 ms for 200,000 ids) and adds only the rest, instead of hashing every id
+again (~38 ms); it also keeps the previous strings instead of the snapshot's new copies. The
+given indexes are not changed.
+
+>>> old = IdIndex(["a", "b"])
+>>> with reusing([old]):
+...     new = IdIndex(["a", "b", "c"])
+>>> new.get("c"), new.ids[0] is old.ids[0], len(old)
+(2, True, 2)
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 _ROWS: list[int] = []  # _ROWS[r] is r: the one int object for row r, shared by every IdIndex
 _ROWS_GROW = threading.Lock()  # taken only to grow the pool; keeps _ROWS[r] == r under threads
@@ -50,11 +65,32 @@ def row_object(row: int) -> int:
     return rows[row]
 
 
+_REUSABLE: ContextVar[tuple[IdIndex, ...]] = ContextVar("reusable_id_indexes", default=())
+
+
+@contextmanager
+def reusing(indexes: Iterable[IdIndex]) -> Iterator[None]:
+    """Indexes built inside may start from a copy of one of ``indexes`` (see the module doc)."""
+    token = _REUSABLE.set(tuple(indexes))
+    try:
+        yield
+    finally:
+        _REUSABLE.reset(token)
+
+
 class IdIndex:
     """Assigns row numbers 0, 1, 2, ... to ids in order of first appearance."""
 
     def __init__(self, ids: Iterable[str] = ()) -> None:
         given = list(ids)
+        for previous in _REUSABLE.get():
+            n = len(previous.ids)
+            # the last id first: a different index (or lineage) is refused without comparing them all
+            if 0 < n <= len(given) and given[n - 1] == previous.ids[-1] and given[:n] == previous.ids:
+                self.ids, self._rows = previous.ids[:], previous._rows.copy()
+                for id_ in given[n:]:
+                    self.add(id_)
+                return
         if given:
             row_object(len(given) - 1)  # grow the pool once for all of them
         # In one step (a snapshot's ids are distinct: about 2.5x faster than adding one by one);

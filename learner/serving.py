@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from learner.base import Recommender
+from learner.id_index import IdIndex
 from learner.online_learner import OnlineLearner
 from learner.ranking import top_k
 
@@ -56,6 +57,16 @@ class ServingModel:
             popularity=learner.popularity.counts.copy(),
             events_learned=learner.events_learned,
         )
+
+    def id_indexes(self) -> list[IdIndex]:
+        """The model's id indexes (users, items; of each part of a blend), for the next version to reuse."""
+        found: dict[int, IdIndex] = {}
+        for model in (self.model, *getattr(self.model, "models", ())):
+            for name in ("users", "items"):
+                index = getattr(model, name, None)
+                if isinstance(index, IdIndex):
+                    found[id(index)] = index
+        return list(found.values())
 
     def recommend(self, user_id: str, k: int, exclude: set[str]) -> Recommendation:
         """Top ``k`` items for the user, never one in ``exclude`` (what they already saw)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import threading
 
-from learner.id_index import IdIndex, row_object
+from learner.id_index import IdIndex, reusing, row_object
 
 # CPython caches the ints up to 256, so sharing is only visible above them.
 N = 2_000
@@ -92,3 +92,22 @@ def test_building_from_a_list_equals_adding_one_by_one_with_or_without_repeats()
         assert built.ids == one_by_one.ids and built._rows == one_by_one._rows
         assert all(built.get(i) is row_object(r) for r, i in enumerate(built.ids))
         assert built.add("new") == (len(one_by_one), True)
+
+
+def test_an_index_built_while_reusing_equals_a_fresh_one_and_leaves_the_old_alone() -> None:
+    old = IdIndex([f"id-{i}" for i in range(1_000)])
+    extended = [f"id-{i}" for i in range(1_000)] + ["new-1", "id-5", "new-2"]  # a repeat in the tail too
+    with reusing([IdIndex(["unrelated"]), old]):
+        reused = IdIndex(extended)
+    fresh = IdIndex(extended)
+    assert reused.ids == fresh.ids and all(reused.get(i) == fresh.get(i) for i in extended)
+    assert reused.ids[0] is old.ids[0]  # it started from the old index (its strings), ...
+    assert len(old) == 1_000 and old.get("new-1") is None  # ... which is unchanged
+
+
+def test_a_list_that_does_not_start_with_the_old_ids_is_built_from_scratch() -> None:
+    old = IdIndex(["a", "b", "c"])
+    for ids in (["a", "x", "c", "d"], ["a", "b"], ["z", "y", "x", "c"]):  # diverges; shorter; other ends
+        with reusing([old]):
+            index = IdIndex(ids)
+        assert index.ids == ids and [index.get(i) for i in ids] == list(range(len(ids)))

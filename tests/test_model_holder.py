@@ -54,3 +54,29 @@ async def test_a_slow_load_delays_the_next_one_to_its_share_of_the_time(redis_en
 def test_the_share_must_be_a_fraction() -> None:
     with pytest.raises(ValueError, match="load_share"):
         ModelHolder(store=None, load_share=0)  # type: ignore[arg-type]
+
+
+async def test_a_new_version_is_loaded_from_the_previous_ones_indexes(redis_endpoint: Endpoint) -> None:
+    client = aioredis.Redis.from_url(redis_endpoint.url)
+    store = ModelStore(client, SnapshotSigner(b"k"), Keys(f"mh-{uuid.uuid4().hex[:8]}"))
+    holder = ModelHolder(store, poll_seconds=60, load_share=1.0)
+    learner = OnlineLearner()
+    try:
+        for i in range(300):
+            learner.learn(f"u{i % 40}", f"v{i % 70}", "like", None, None)
+        v1 = await store.checkpoint(None, learner.to_bytes(), {}, {}, {})
+        await holder.refresh()
+        first = holder.model
+        for i in range(300, 400):  # new users and items, and more of the old ones
+            learner.learn(f"u{i % 55}", f"v{i % 90}", "like", None, None)
+        v2 = await store.checkpoint(v1, learner.to_bytes(), {}, {}, {})
+        await holder.refresh()
+        assert first is not None and holder.model is not None and holder.model.version == v2
+        # v2's user index started from v1's (the same id strings), and serves what a fresh load serves
+        assert holder.model.model.users.ids[0] is first.model.users.ids[0]
+        fresh = ServingModel.from_bytes((await store.load(v2)).blob, v2)  # type: ignore[union-attr]
+        for user in [f"u{i}" for i in range(60)]:
+            assert holder.model.recommend(user, 10, set()) == fresh.recommend(user, 10, set())
+        assert len(first.model.users) == 40  # the version still serving requests meanwhile is unchanged
+    finally:
+        await client.aclose()
