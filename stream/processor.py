@@ -187,8 +187,10 @@ class EventProcessor:
         self._hits: deque[bool] = deque(maxlen=HIT_WINDOW)
         self.hit_budget = ShareBudget(HIT_TIME_SHARE, cap_seconds=0.05)
         self._pending = Pending()
-        # (record, chunk start) -> the gate's verdicts on that chunk, for a retry of it (see _verdicts)
-        self._last_verdicts: tuple[tuple[str, int, int, int], list[Hold | None]] | None = None
+        # the gate's verdicts on the chunks of the record being processed (chunk start -> verdicts), kept
+        # until the next record so that a retry of it does not judge its events again (see _verdicts)
+        self._verdicts_of: tuple[str, int, int] | None = None
+        self._chunk_verdicts: dict[int, list[Hold | None]] = {}
         self._last_checkpoint = time.monotonic()
         self._lock = asyncio.Lock()
 
@@ -338,7 +340,7 @@ class EventProcessor:
                         # ~12% less CPU per event with the gate on). If this raises half-way (or the
                         # task is cancelled at an await), the record is not handled: its retry finds
                         # the events learned so far in pending.event_ids and does not learn them
-                        # twice, and reuses this chunk's verdicts instead of gating it again.
+                        # twice, and reuses the record's verdicts instead of gating its events again.
                         chunk = decoded[start : start + YIELD_EVERY_EVENTS]
                         verdicts = self._verdicts(record, start, chunk, known)
                         for item, verdict in zip(chunk, verdicts, strict=True):
@@ -353,14 +355,18 @@ class EventProcessor:
     def _verdicts(self, record: Record, start: int, chunk: list[Decoded], known: set[str]) -> list[Hold | None]:
         """The gate's verdict on each event of a chunk, in order (None: passed, or not an event to gate).
 
-        An event repeated earlier in the chunk by one that passed counts as its duplicate (:data:`_REPEAT`),
-        as it would once that one is learned. The verdicts of the last chunk are kept, so that a retry
-        of it (after a failure in :meth:`_handle`) does not count its events in the gate's windows twice.
+        An event already learned, or repeating one that passed earlier in the chunk, is not judged
+        here (:data:`_UNJUDGED`): :meth:`_handle` counts it as a duplicate if that one was learned,
+        else judges it then. The verdicts on the record's chunks are kept until the next record, so
+        that a retry of it (after a failure in :meth:`_handle`) does not count its events in the
+        gate's windows twice.
         """
-        key = (record.topic, record.partition, record.offset, start)
-        memo = self._last_verdicts
-        if memo is not None and memo[0] == key:
-            return memo[1]
+        key = (record.topic, record.partition, record.offset)
+        if self._verdicts_of != key:
+            self._verdicts_of, self._chunk_verdicts = key, {}
+        known_verdicts = self._chunk_verdicts.get(start)
+        if known_verdicts is not None:
+            return known_verdicts
         gate = self.gate
         if gate is not None and not gate.enabled:
             gate = None  # a switched-off gate passes everything: do not build its view of the events
@@ -379,16 +385,14 @@ class EventProcessor:
             verdict = None
             if event is not None:
                 event_id = event.event_id
-                if event_id in known or event_id in pending_ids:
-                    pass  # a duplicate: _handle counts it
-                elif event_id in passing:
-                    verdict = _REPEAT
+                if event_id in known or event_id in pending_ids or event_id in passing:
+                    verdict = _UNJUDGED
                 elif view is not None:
                     verdict = gate.check(view, self.clock(), record.overrides)  # type: ignore[union-attr]
                 if verdict is None:
                     passing.add(event_id)
             verdicts.append(verdict)
-        self._last_verdicts = (key, verdicts)
+        self._chunk_verdicts[start] = verdicts
         return verdicts
 
     async def _handle(self, record: Record, decoded: Decoded, verdict: Hold | None, known: set[str]) -> None:
@@ -405,12 +409,19 @@ class EventProcessor:
             log.warning("rejected %s/%d@%d%s: %s", record.topic, record.partition, record.offset, where, reason)
             await self._dead_letter(REJECTED, record.key, rejection_payload(record, reason, index, decoded.raw))
             return
-        if verdict is _REPEAT or event.event_id in known or event.event_id in pending.event_ids:
+        if event.event_id in known or event.event_id in pending.event_ids:
             pending.gate_counts[DUPLICATE] += 1
             metrics.EVENTS_DUPLICATE.inc()
             return
         now = self.clock()
         ts = event.ts.timestamp()
+        if verdict is _UNJUDGED:
+            # It repeats an event that was not learned after all (quarantined while the model guard
+            # paused, or forgotten when an operator's version was adopted): judged now.
+            gate = self.gate
+            verdict = (
+                gate.check(_gate_event(event, ts), now, record.overrides) if gate is not None and gate.enabled else None
+            )
         hold = verdict
         if hold is None and self.paused_since is not None and MODEL_PAUSED not in record.overrides:
             hold = Hold(MODEL_PAUSED, "learning is paused by the model guard; replay after it resumes")
@@ -777,8 +788,9 @@ class EventProcessor:
         log.warning("model guard: learning resumed (%s)", why)
 
 
-#: The verdict on an event repeated in its chunk after one that passed the gate: a duplicate of it.
-_REPEAT = Hold(DUPLICATE, "repeats an event earlier in the same batch")
+#: The verdict on an event that was a duplicate when its chunk was judged (already learned, or repeating
+#: one that passed earlier in the chunk): _handle decides once it knows whether that one was learned.
+_UNJUDGED = Hold(DUPLICATE, "not judged: a duplicate when its chunk was judged")
 
 
 def _gate_event(event: Event, ts: float) -> GateEvent:

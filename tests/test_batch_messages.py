@@ -100,3 +100,73 @@ async def test_a_retried_batch_is_not_counted_twice_by_the_gate(store: ModelStor
     # The gate judged each distinct event once: the retry reused its verdicts instead of counting them again.
     assert gate.passed == 9 and gate.counts == {"future_timestamp": 1}
     assert [letter["reason"] for kind, letter in transport.dead_letters if kind == QUARANTINED] == ["future_timestamp"]
+
+
+class _FailsOnceAt(Transport):
+    """The dead letter of the event with this id fails once (Kafka unreachable for a moment)."""
+
+    def __init__(self, event_id: str) -> None:
+        super().__init__()
+        self.event_id, self.failed = event_id, False
+
+    async def dead_letter(self, kind: str, key: bytes | None, value: bytes) -> None:
+        if not self.failed and json.loads(value).get("event", {}).get("event_id") == self.event_id:
+            self.failed = True
+            raise ConnectionError("broker unreachable")
+        await super().dead_letter(kind, key, value)
+
+
+async def test_a_retried_large_batch_is_judged_once_across_its_chunks(store: ModelStore) -> None:
+    transport = _FailsOnceAt("e600")
+    gate = default_gate(GateConfig())
+    processor = transport.processor(store, gate=gate)
+    await processor.start()
+    # two chunks (0-499, 500-699) of ordinary traffic: many users and items, so that only the dated events are held
+    batch = [{**_event(n), "user_id": f"u{n % 350}", "item_id": f"v{n}"} for n in range(700)]
+    for n in (100, 600):
+        batch[n] = {**batch[n], "ts": iso(3 * 86_400)}  # held (future_timestamp); e600's dead letter fails once
+    records = [Record("events", 0, 0, None, json.dumps(batch).encode(), handle=0)]
+    with pytest.raises(ConnectionError):
+        await processor.process(records)
+    await processor.process(records)
+    await processor.checkpoint()
+    assert processor.learner.events_learned == 698
+    assert gate.passed == 698 and gate.counts == {"future_timestamp": 2}  # each event judged once
+
+
+async def test_an_event_that_was_a_duplicate_is_judged_when_its_copy_is_forgotten(store: ModelStore) -> None:
+    """A chunk fails; an operator rolls back meanwhile (the worker forgets what it learned since its
+    checkpoint); on the retry, an event that was a duplicate of a learned one is judged by the gate."""
+    transport = _FailsOnceAt("a")
+    gate = default_gate(GateConfig())
+    processor = transport.processor(store, gate=gate)
+    await processor.start()
+    await processor.process([Record("events", 0, 0, None, json.dumps([_event(0)]).encode(), handle=0)])
+    v1 = await processor.checkpoint()
+    await processor.process([Record("events", 0, 1, None, json.dumps([_event(5)]).encode(), handle=1)])
+    await processor.checkpoint()  # the worker is at v2
+    await processor.process([Record("events", 0, 2, None, json.dumps([_event(1)]).encode(), handle=2)])
+    ahead = {**_event(1), "ts": iso(5 * 86_400)}  # e1 again, from five days ahead
+    failing = {**_event(2), "event_id": "a", "ts": iso(3 * 86_400)}  # held; its dead letter fails once
+    record = Record("events", 0, 3, None, json.dumps([failing, ahead]).encode(), handle=3)
+    with pytest.raises(ConnectionError):
+        await processor.process([record])
+    await store.promote(v1, reason="roll back")  # the learned e1 is forgotten by the adopted version
+    await processor.process([record])
+    await processor.checkpoint()
+    quarantined = [letter["event"]["event_id"] for kind, letter in transport.dead_letters if kind == QUARANTINED]
+    assert quarantined == ["a", "e1"]  # the future-dated copy of e1 is held, not learned unjudged
+    assert gate.counts == {"future_timestamp": 2}
+
+
+async def test_a_repeat_of_an_event_quarantined_while_paused_is_quarantined_too(store: ModelStore) -> None:
+    transport = Transport()
+    processor = transport.processor(store, gate=default_gate(GateConfig()))
+    await processor.start()
+    processor.paused_since = 1.0  # the model guard paused learning
+    batch = [_event(0), _event(0)]
+    await processor.process([Record("events", 0, 0, None, json.dumps(batch).encode(), handle=0)])
+    await processor.checkpoint()
+    reasons = [letter["reason"] for kind, letter in transport.dead_letters if kind == QUARANTINED]
+    assert reasons == ["model_paused", "model_paused"]  # not learned, so the repeat is no duplicate
+    assert DUPLICATE not in await store.gate_counts()
