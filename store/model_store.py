@@ -192,7 +192,8 @@ class ModelStore:
         keys = self.keys
         async with self.redis.pipeline(transaction=True) as pipe:
             try:
-                await pipe.watch(keys.current_version, keys.versions)
+                # the pins too: a version pinned while this checkpoint runs must not be deleted by its retention
+                await pipe.watch(keys.current_version, keys.versions, keys.pinned)
                 raw = await pipe.get(keys.current_version)
                 current = int(raw) if raw is not None else None
                 if current != expected_current:
@@ -268,7 +269,9 @@ class ModelStore:
                         pipe.hdel(keys.version_times, str(gone))
                 await pipe.execute()
             except WatchError as exc:
-                raise CheckpointConflict("the current model version changed during the checkpoint") from exc
+                raise CheckpointConflict(
+                    "the current model version, the versions or the pins changed during the checkpoint"
+                ) from exc
         if blob is not None:
             try:
                 await self.redis.publish(keys.announce_channel, str(version))

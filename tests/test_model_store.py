@@ -97,3 +97,24 @@ async def test_a_snapshot_signed_with_another_key_is_refused(store: ModelStore) 
     other = ModelStore(store.redis, SnapshotSigner(b"k2"), store.keys)
     with pytest.raises(SnapshotRefused, match="failed HMAC authentication"):
         await other.load_current()
+
+
+async def test_a_version_pinned_during_a_checkpoint_is_not_deleted_by_its_retention(store: ModelStore) -> None:
+    current = None
+    for n in range(3):
+        current = await store.checkpoint(current, f"b{n}".encode(), {}, {}, {})
+    # An operator pins v1 (the oldest, next to go) right after the checkpoint has read the pins.
+    read_pins = store.redis.smembers
+
+    async def pins_then_operator_pins(key: str) -> set[bytes]:
+        pins = await read_pins(key)
+        await store.redis.sadd(store.keys.pinned, 1)
+        return pins
+
+    store.redis.smembers = pins_then_operator_pins  # type: ignore[method-assign]
+    with pytest.raises(CheckpointConflict):
+        await store.checkpoint(current, b"b3", {}, {}, {})
+    store.redis.smembers = read_pins  # type: ignore[method-assign]
+    assert (await store.load(1)).blob == b"b0"  # type: ignore[union-attr]
+    assert await store.checkpoint(current, b"b3", {}, {}, {}) == 4  # the retry sees the pin and keeps v1
+    assert (await store.load(1)).blob == b"b0"  # type: ignore[union-attr]
