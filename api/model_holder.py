@@ -10,7 +10,8 @@ a load that took L seconds (decoding ids, building indexes: work that holds the 
 slow down meanwhile) is followed by the next one no sooner than L / ``load_share`` seconds after
 it started. A small model loads every version; a large one (hundreds of milliseconds a load at a
 0.5 s checkpoint interval) serves every few versions instead of loading back to back. The first
-load is never delayed.
+load is never delayed, nor is a version older than the one served (an operator's rollback or
+promotion of an earlier version).
 
 Redis going away is survived: the poll keeps trying every ``poll_seconds`` (logging once when
 Redis becomes unreachable and once when it is back), and the listener opens a new subscription
@@ -72,8 +73,8 @@ class ModelHolder:
             or version == self.refused_version
         ):
             return
-        if self.model is not None and self.load_wait() > 0:
-            return  # too soon after the last load: _run comes back when it is allowed
+        if self.model is not None and version > self.model.version and self.load_wait() > 0:
+            return  # too soon after the last load: _run comes back when it is allowed (a rollback never waits)
         try:
             snapshot = await self.store.load(version)
         except SnapshotRefused as exc:

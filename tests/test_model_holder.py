@@ -47,6 +47,10 @@ async def test_a_slow_load_delays_the_next_one_to_its_share_of_the_time(redis_en
         await holder.refresh()
         assert holder.model.version == v2 and loaded == [v1, v2]
         assert holder.load_wait() == pytest.approx(3.0)  # started at 104: next at 104 + 1 s / 0.25 = 108; now 105
+        # An operator rolls back to v1: an older version is loaded at once, whatever the wait.
+        await store.promote(v1, reason="roll back")
+        await holder.refresh()
+        assert holder.model.version == v1 and loaded == [v1, v2, v1]
     finally:
         await client.aclose()
 
