@@ -352,6 +352,13 @@ class EventProcessor:
                     self.next_offsets[(record.topic, record.partition)] = record.offset + 1
                 self._pending.records.append(record)
 
+    @property
+    def _active_gate(self) -> QualityGate | None:
+        """The gate, or None when there is none or it is switched off (everything passes: no view of the
+        events is built)."""
+        gate = self.gate
+        return gate if gate is not None and gate.enabled else None
+
     def _verdicts(self, record: Record, start: int, chunk: list[Decoded], known: set[str]) -> list[Hold | None]:
         """The gate's verdict on each event of a chunk, in order (None: passed, or not an event to gate).
 
@@ -367,9 +374,7 @@ class EventProcessor:
         known_verdicts = self._chunk_verdicts.get(start)
         if known_verdicts is not None:
             return known_verdicts
-        gate = self.gate
-        if gate is not None and not gate.enabled:
-            gate = None  # a switched-off gate passes everything: do not build its view of the events
+        gate = self._active_gate
         pending_ids = self._pending.event_ids
         views: list[GateEvent | None] = [None] * len(chunk)
         if gate is not None:
@@ -418,10 +423,8 @@ class EventProcessor:
         if verdict is _UNJUDGED:
             # It repeats an event that was not learned after all (quarantined while the model guard
             # paused, or forgotten when an operator's version was adopted): judged now.
-            gate = self.gate
-            verdict = (
-                gate.check(_gate_event(event, ts), now, record.overrides) if gate is not None and gate.enabled else None
-            )
+            gate = self._active_gate
+            verdict = gate.check(_gate_event(event, ts), now, record.overrides) if gate is not None else None
         hold = verdict
         if hold is None and self.paused_since is not None and MODEL_PAUSED not in record.overrides:
             hold = Hold(MODEL_PAUSED, "learning is paused by the model guard; replay after it resumes")
