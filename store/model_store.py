@@ -190,6 +190,7 @@ class ModelStore:
         model did not change) but everything else is, and ``expected_current`` is returned.
         """
         keys = self.keys
+        now = time.time() if now is None else now  # dedupe buckets and the version's time
         async with self.redis.pipeline(transaction=True) as pipe:
             try:
                 # the pins too: a version pinned while this checkpoint runs must not be deleted by its retention
@@ -242,18 +243,17 @@ class ModelStore:
                 if lines:
                     pipe.eval(SEEN_ADD, 0, keys.seen(""), lines)
                 if event_ids:
-                    bucket_key = keys.dedupe(self._bucket(time.time() if now is None else now))
+                    bucket_key = keys.dedupe(self._bucket(now))
                     pipe.sadd(bucket_key, *event_ids)
                     pipe.expire(bucket_key, int(self.dedupe_retention_seconds + 2 * self.dedupe_bucket_seconds))
                 for reason, count in (gate_counts or {}).items():
                     if count:
                         pipe.hincrby(keys.gate_counts, reason, count)
                 if blob is not None:
-                    written_at = time.time() if now is None else now
-                    pipe.hset(keys.version_times, str(version), repr(written_at))
+                    pipe.hset(keys.version_times, str(version), repr(now))
                     pinned = {int(v) for v in await self.redis.smembers(keys.pinned)}
                     times = {int(v): float(t) for v, t in (await self.redis.hgetall(keys.version_times)).items()}
-                    times[version] = written_at
+                    times[version] = now
                     for gone in stale_versions(
                         [*old, version],
                         times,
@@ -262,7 +262,7 @@ class ModelStore:
                         parent=expected_current,
                         spaced_every=self.keep_every_seconds,
                         spaced_count=self.keep_spaced,
-                        now=written_at,
+                        now=now,
                     ):
                         pipe.delete(keys.version(gone))
                         pipe.zrem(keys.versions, str(gone))

@@ -33,7 +33,6 @@ from learner.gate.hst_batch import BatchScorer
 POSITIVE_TYPES = frozenset({"like", "share"})
 #: The anomaly rule's features, in the order its feature dicts list them.
 FEATURES = ("gap", "rate", "positive", "positive_ratio", "watch_ratio", "history")
-_CURRENT = object()  # default of AnomalousBehaviourRule._features: the user's current state
 
 
 class UserRateRule:
@@ -529,12 +528,9 @@ class AnomalousBehaviourRule:
     _RATE_TAU = 60.0
 
     def _features(
-        self, event: GateEvent, now: float, state: list[float] | object | None = _CURRENT
+        self, event: GateEvent, now: float, state: list[float] | None
     ) -> tuple[dict[str, float], list[float]]:
-        """The event's features and the user's next state, from ``state`` (default: the user's current one)."""
-        if state is _CURRENT:
-            state = self._users.get(event.user_id)
-        assert state is None or isinstance(state, list)
+        """The event's features and the user's next state, from the user's ``state`` (None: a new user)."""
         positive = 1.0 if event.type in self.positive_types else 0.0
         watch = None
         if event.watch_seconds is not None and event.item_duration_seconds:
@@ -584,9 +580,6 @@ class AnomalousBehaviourRule:
         self._ahead = {}
         if self.learned < self.trees.window_size or len(events) < 2:
             return  # before the first window every score is 0; a single event gains nothing
-        window = self._window()
-        if self._scorer is None or self._scorer_window != window:
-            self._scorer, self._scorer_window = BatchScorer(self.trees, FEATURES), window
         users: dict[str, list[float] | None] = {}
         rows = []
         for event in events:
@@ -595,17 +588,15 @@ class AnomalousBehaviourRule:
             x, nxt = self._features(event, now, state)
             users[user] = nxt
             rows.append((event, state, x, nxt))
-        scores = self._scorer.scores(np.array([list(x.values()) for _, _, x, _ in rows]))
-        self._ahead = {id(row[0]): (*row, score) for row, score in zip(rows, scores, strict=True)}
-        self._ahead_window = window
+        self._score_ahead(rows)
 
-    def _rescore_ahead(self) -> None:
-        """A window ended since prepare(): score what is left of the batch against the new masses."""
+    def _score_ahead(self, rows: Sequence[tuple[GateEvent, list[float] | None, dict[str, float], list[float]]]) -> None:
+        """Score ``rows`` (event, state, features, next state) against the trees' current masses into ``_ahead``."""
         window = self._window()
-        self._scorer, self._scorer_window = BatchScorer(self.trees, FEATURES), window
-        entries = list(self._ahead.values())
-        scores = self._scorer.scores(np.array([list(entry[2].values()) for entry in entries]))
-        self._ahead = {id(e[0]): (*e[:4], score) for e, score in zip(entries, scores, strict=True)}
+        if self._scorer is None or self._scorer_window != window:
+            self._scorer, self._scorer_window = BatchScorer(self.trees, FEATURES), window
+        scores = self._scorer.scores(np.array([list(row[2].values()) for row in rows]))
+        self._ahead = {id(row[0]): (*row, score) for row, score in zip(rows, scores, strict=True)}
         self._ahead_window = window
 
     def _scored_features(self, event: GateEvent, now: float) -> tuple[dict[str, float], float, list[float]]:
@@ -614,15 +605,15 @@ class AnomalousBehaviourRule:
             return memo[1], memo[2], memo[3]
         ahead = None
         if self._ahead:
-            if self._ahead_window != self._window():
-                self._rescore_ahead()
+            if self._ahead_window != self._window():  # a window ended: score the rest against the new masses
+                self._score_ahead([entry[:4] for entry in self._ahead.values()])
             ahead = self._ahead.pop(id(event), None)
         if ahead is not None and ahead[0] is event and self._users.get(event.user_id) is ahead[1]:
             _, _, x, nxt, score = ahead
             self.scored_ahead += 1
             nxt[5] = now  # the only field of the state that depends on now (when the user was last seen)
         else:
-            x, nxt = self._features(event, now)
+            x, nxt = self._features(event, now, self._users.get(event.user_id))
             score = float(self.trees.score_one(x)) if self.learned >= self.trees.window_size else 0.0
         self._memo = (event, x, score, nxt)
         return x, score, nxt

@@ -49,7 +49,7 @@ class QualityGate:
         self._on_hold: list[Callable[[GateEvent, float, Hold], None] | None] = [
             getattr(rule, "observe_held", None) for rule in self.rules
         ]
-        self._preparers = [rule for rule in self.rules if hasattr(rule, "prepare")]
+        self._preparers = [(frozenset(rule.codes), rule.prepare) for rule in self.rules if hasattr(rule, "prepare")]
 
     def prepare(self, events: Sequence[GateEvent], now: float, overrides: frozenset[str] = frozenset()) -> None:
         """Let the rules that can work on a batch ahead of its checks do so (``prepare(events, now)``).
@@ -58,9 +58,9 @@ class QualityGate:
         order, as always (the anomaly rule scores them all at once; see its ``prepare``).
         """
         if self.enabled:
-            for rule in self._preparers:
-                if not (overrides and frozenset(rule.codes) <= overrides):
-                    rule.prepare(events, now)
+            for codes, prepare in self._preparers:
+                if not (overrides and codes <= overrides):
+                    prepare(events, now)
 
     @property
     def codes(self) -> tuple[str, ...]:
