@@ -5,8 +5,9 @@ the learner as the worker does (:func:`recstream.components.new_learner`, so the
 popularity counts and the progressive metrics), feeds it ``ids / 2`` likes that each bring a new
 user and a new item (so ``ids`` users+items in all), and reads ``VmRSS`` from
 ``/proc/self/status`` before and after; then it serialises the checkpoint blob as the worker does
-and reads the peak (``VmHWM``), then the RSS once the blob is freed (what a worker keeps between
-checkpoints). Prints JSON. The figure is the growth of RSS (what the users and
+and reads the peak (``VmHWM``), then the RSS once the blob is freed and the heap trimmed as the
+worker does after a checkpoint (:mod:`recstream.heap_trim`): what a worker keeps between
+checkpoints. Prints JSON. The figure is the growth of RSS (what the users and
 items cost, the process's fixed baseline left out), next to the raw bytes of their factors
 (``(users + items) x n_factors x 4`` for float32, plus the item biases). The default model
 (``item_cooccurrence``) has no factors: its figure is reported against the same raw size of a
@@ -31,6 +32,7 @@ FACTORS = 32
 def measure(model: str, ids: int) -> dict:
     os.environ["RECSTREAM_MODEL"] = model
     from recstream.components import new_learner
+    from recstream.heap_trim import trim_heap
     from recstream.settings import Settings
 
     learner = new_learner(Settings())
@@ -48,6 +50,8 @@ def measure(model: str, ids: int) -> dict:
     snapshot_bytes = len(blob)
     del blob
     gc.collect()
+    untrimmed = rss_bytes()
+    trim_heap()  # as the worker does after a checkpoint (recstream.heap_trim)
     after_checkpoint = rss_bytes()  # what a worker keeps between checkpoints (e.g. history arrays)
     m = learner.model
     n_users, n_items = len(m.users), len(m.items)
@@ -69,6 +73,7 @@ def measure(model: str, ids: int) -> dict:
         "peak_rss_bytes_before_snapshot": peak_before_snapshot,
         "peak_rss_bytes_with_snapshot": peak,
         "snapshot_bytes": snapshot_bytes,
+        "rss_after_checkpoint_untrimmed_bytes": untrimmed,
         "rss_after_checkpoint_bytes": after_checkpoint,
         "raw_bytes": raw,
         "raw_kind": raw_kind,
@@ -102,7 +107,7 @@ def run(ids: int, budget: TimeBudget, models: tuple[str, ...] = ("implicit_mf", 
         rows.append(
             Row(
                 "memory",
-                f"RSS MB per 1M users+items after a checkpoint, {model}",
+                f"RSS MB per 1M users+items after a checkpoint and heap trim, {model}",
                 (r["rss_after_checkpoint_bytes"] - r["rss_before_bytes"]) / ((r["users"] + r["items"]) / 1e6) / 1e6,
                 "MB",
                 raw_per_million / 1e6,

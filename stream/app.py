@@ -26,6 +26,7 @@ from typing import Any
 import faust
 
 from recstream import components, metrics
+from recstream.heap_trim import HeapTrimmer
 from recstream.settings import Settings
 from stream.processor import QUARANTINED, REJECTED, EventProcessor, Record, overrides_from_headers
 
@@ -215,8 +216,14 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
 
         await retry_until_done(attempt, backoff, "processing a batch", "batch", on_failure=drop_handled)
 
+    trimmer = HeapTrimmer()
+
+    async def checkpoint() -> None:
+        await processor.checkpoint()
+        trimmer.after_checkpoint()  # the snapshot's intermediates are freed: give their pages back
+
     async def checkpoint_until_done() -> None:
-        await retry_until_done(processor.checkpoint, backoff, "checkpoint", "checkpoint")
+        await retry_until_done(checkpoint, backoff, "checkpoint", "checkpoint")
 
     @app.agent(events_topic, name="learn")
     async def learn(stream: faust.StreamT) -> None:
@@ -259,7 +266,7 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
         # checkpoints, and backs off the same way if that fails.
         if processor.ready and not backoff.retrying and backoff.ready() and processor.checkpoint_due():
             try:
-                await processor.checkpoint()
+                await checkpoint()
             except Exception as exc:  # noqa: BLE001 - logged by the processor too; back off
                 _log_failure(backoff, "idle checkpoint", "checkpoint", exc)
             else:
