@@ -133,7 +133,27 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    if args.command != "worker":  # a command's output, not the client library's connection chatter
+        logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    from aiokafka.errors import KafkaConnectionError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    try:
+        return int(args.func(args) or 0)
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        print(
+            f"recstream {args.command}: cannot reach Redis ({exc}). Set RECSTREAM_REDIS_URL to the service's "
+            "Redis (`recstream up` prints the one it started).",
+            file=sys.stderr,
+        )
+    except KafkaConnectionError as exc:
+        print(
+            f"recstream {args.command}: cannot reach the broker ({exc}). Set RECSTREAM_BROKER_URL to the "
+            "service's broker (`recstream up` prints the one it started).",
+            file=sys.stderr,
+        )
+    return 2
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -64,6 +65,7 @@ def run_embedded(demo: bool = False, api_port: int = 8000, broker: str = "auto",
         api = local_services.start_api(env, port=api_port, workdir=state_dir / "api")
         started.append(api)
         now = datetime.now(UTC).isoformat(timespec="seconds")
+        cli = _cli_command()
         print(
             f"""
 recstream is up ({kafka.name} broker at {kafka.address}, Redis at {redis.address}).
@@ -73,8 +75,12 @@ recstream is up ({kafka.name} broker at {kafka.address}, Redis at {redis.address
   publish          curl -X POST {api.url}/v1/events -H "Authorization: Bearer {api_key}" \\
                      -H 'content-type: application/json' -d \\
                      '[{{"event_id":"e1","user_id":"me","item_id":"pets-001","type":"like","ts":"{now}"}}]'
+  dashboard        {api.url}/dashboard   (live page; paste the key)
   metrics          {api.url}/metrics
   logs             {state_dir}/{{worker,api,broker,redis}}/*.log
+  operator CLI     in another terminal (docs/operations.md):
+                     export RECSTREAM_REDIS_URL={redis.url} RECSTREAM_BROKER_URL={kafka.url}
+                     {cli} models list
 Ctrl-C stops everything.
 """,
             flush=True,
@@ -100,3 +106,14 @@ Ctrl-C stops everything.
         print("recstream up: stopping …", flush=True)
         for service in reversed(started):  # API, worker (checkpoints on SIGTERM), broker, Redis
             service.stop(timeout=30)
+
+
+def _cli_command() -> str:
+    """How to run ``recstream`` from another terminal: the venv's script when it is not on PATH."""
+    script = Path(sys.executable).parent / "recstream"
+    if shutil.which("recstream") == str(script) or not script.exists():
+        return "recstream"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)

@@ -453,12 +453,17 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
 
 
+def _plain(text: str) -> str:
+    """Docstring markup as a terminal shows it: ``--events`` -> --events, :func:`x.y` -> x.y."""
+    return re.sub(r":\w+:`([^`]*)`", r"\1", text).replace("``", "")
+
+
 def add_parser(subparsers: Any) -> None:
     """Register ``evaluate`` on the ``recstream`` command's subparsers."""
     p = subparsers.add_parser(
         "evaluate",
         help="replay a file of events through the learner and compare models (no Kafka needed)",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
+        description=_plain(__doc__.split("\n\n")[1]) if __doc__ else None,
     )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--events", metavar="FILE", help="JSON lines in the event contract, in time order")

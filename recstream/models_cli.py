@@ -85,7 +85,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--reason", required=True)
     p.set_defaults(func=_rollback)
     for name, pinned in (("pin", True), ("unpin", False)):
-        p = sub.add_parser(name, help=f"{name} a version ({'kept' if pinned else 'subject to'} retention)")
+        p = sub.add_parser(name, help=f"{name} a version ({'kept beyond' if pinned else 'subject to'} retention)")
         p.add_argument("version", type=int)
         p.set_defaults(func=_pin, pinned=pinned)
     sub.add_parser("history", help="every promotion and rollback").set_defaults(func=_history)

@@ -39,8 +39,8 @@ async def read_quarantine(settings: Settings, timeout: float = 30.0) -> list[dic
         auto_offset_reset="earliest",
         **kafka_client_kwargs(settings),
     )
-    await consumer.start()
-    try:
+    try:  # a failed start must stop it too (else aiokafka warns of an unclosed consumer)
+        await consumer.start()
         ids = await _partitions(settings)
         tps = [TopicPartition(settings.topic_quarantined, p) for p in sorted(ids)]
         if not tps:
@@ -76,8 +76,8 @@ async def replay(settings: Settings, records: list[dict], override: str | None) 
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap_servers(settings), acks="all", **kafka_client_kwargs(settings)
     )
-    await producer.start()
     try:
+        await producer.start()
         headers = [(OVERRIDE_HEADER, override.encode())] if override else None
         futures = [
             await producer.send(

@@ -1,0 +1,40 @@
+"""Operator commands pointed at a Redis or broker that is not there say so in one line, not a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from recstream.local_services import free_port
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    closed = free_port()  # nothing listens there
+    env = {
+        **os.environ,
+        "RECSTREAM_REDIS_URL": f"redis://127.0.0.1:{closed}/0",
+        "RECSTREAM_BROKER_URL": f"kafka://127.0.0.1:{closed}",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "recstream.cli", *args], capture_output=True, text=True, timeout=60, env=env
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["models", "list"], "cannot reach Redis"),
+        (["status"], "cannot reach Redis"),
+        (["quarantine", "list"], "cannot reach the broker"),
+    ],
+)
+def test_an_unreachable_service_is_one_actionable_line(args: list[str], says: str) -> None:
+    out = run_cli(*args)
+    assert out.returncode == 2
+    assert says in out.stderr
+    assert "`recstream up` prints the one it started" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert "Unclosed" not in out.stderr  # a failed start is stopped too
