@@ -1,0 +1,131 @@
+"""The README's first command: ``recstream up --demo`` (what ``scripts/up.sh`` runs) on a fresh directory.
+
+It must come up on its own (local broker, Redis, worker, API), print what a newcomer needs (key,
+dashboard, the operator CLI's environment), show recommendations that change as the demo traffic
+is learned, let the printed operator command read the run, and leave nothing running after SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from recstream.local_services import free_port
+
+pytestmark = pytest.mark.integration
+
+UP_SECONDS = 240  # a first run may fetch nothing here (the Kafka jars are fetched by scripts/test.sh)
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (state is [0], parent [1], start time [19])."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """Every live process below ``pid``, with its start time (a pid can be reused; the pair cannot)."""
+    children: dict[int, list[tuple[int, str]]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
+            children.setdefault(int(fields[1]), []).append((int(entry.name), fields[19]))
+    found: dict[int, str] = {}
+    todo = [pid]
+    while todo:
+        for child, started in children.get(todo.pop(), []):
+            if child not in found:
+                found[child] = started
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int, started: str) -> bool:
+    fields = _stat(pid)
+    return fields is not None and fields[19] == started and fields[0] != "Z"
+
+
+def test_up_runs_everything_shows_changing_recommendations_and_stops_clean(tmp_path: Path) -> None:
+    port = free_port()
+    up = subprocess.Popen(
+        [sys.executable, "-m", "recstream.cli", "up", "--demo", "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(up.stdout), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    spawned: dict[int, str] = {}
+    leftovers: list[int] = []
+    try:
+        deadline = time.monotonic() + UP_SECONDS
+        while not any(line.startswith("demo:") for line in lines):
+            assert up.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "recstream up did not come up:\n" + "".join(lines)
+            spawned.update(_descendants(up.pid))
+            time.sleep(0.2)
+        out = "".join(lines)
+        api = f"http://127.0.0.1:{port}"
+        key = re.search(r"API key\s+(rsk_\S+)", out).group(1)
+        assert f"{api}/dashboard" in out
+        exports = dict(re.findall(r"(RECSTREAM_(?:REDIS|BROKER)_URL)=(\S+)", out))
+        assert set(exports) == {"RECSTREAM_REDIS_URL", "RECSTREAM_BROKER_URL"}, out
+        spawned.update(_descendants(up.pid))
+
+        # the demo's traffic is learned: the same user's list changes, under newer model versions
+        headers = {"Authorization": f"Bearer {key}"}
+        url = f"{api}/v1/users/user-0000/recommendations?k=5"
+        seen_lists, versions = set(), set()
+        deadline = time.monotonic() + 120
+        while len(seen_lists) < 2 or len(versions) < 2:
+            assert time.monotonic() < deadline, f"recommendations did not change: {seen_lists} {versions}"
+            response = httpx.get(url, headers=headers, timeout=5)
+            assert response.status_code in (200, 503), response.text  # 503: no model written yet
+            body = response.json()
+            if response.status_code == 200 and body["source"] == "model":
+                seen_lists.add(tuple(item["item_id"] for item in body["items"]))
+                versions.add(body["model_version"])
+            time.sleep(0.5)
+
+        # the operator command the banner prints reads this run
+        env = {**os.environ, **exports}
+        listed = subprocess.run(
+            [sys.executable, "-m", "recstream.cli", "models", "list"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert listed.returncode == 0, listed.stderr
+        assert any(f"{v}" in listed.stdout for v in versions), listed.stdout
+        spawned.update(_descendants(up.pid))
+    finally:
+        if up.poll() is None:
+            up.send_signal(signal.SIGTERM)
+        try:
+            up.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(up.pid, signal.SIGKILL)  # did not stop: do not leave it behind
+            up.wait()
+        deadline = time.monotonic() + 10
+        while any(_alive(*p) for p in spawned.items()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        leftovers = [pid for pid, started in spawned.items() if _alive(pid, started)]
+        for pid in leftovers:
+            os.kill(pid, signal.SIGKILL)
+    assert up.returncode == 0, "".join(lines)
+    assert len(spawned) >= 4, spawned  # broker, Redis, worker, API at least
+    assert not leftovers, f"recstream up left processes running: {leftovers}"
