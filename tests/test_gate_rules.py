@@ -14,10 +14,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+from river import anomaly
+
 from bench.common import MOVIELENS_RATINGS
 from learner.gate.base import GateEvent, GateRule, Hold
-from learner.gate.behaviour import AnomalousBehaviourRule, EstablishedUsers, ItemSurgeRule, UserRateRule
+from learner.gate.behaviour import FEATURES, AnomalousBehaviourRule, EstablishedUsers, ItemSurgeRule, UserRateRule
 from learner.gate.gate import GateConfig, QualityGate, default_gate, default_stream_clock
+from learner.gate.hst_batch import FlatTrees
 from learner.gate.plausibility import LikeWithoutViewRule, SkipAfterFullWatchRule, WatchExceedsDurationRule
 from learner.gate.time_rules import FutureTimestampRule, LatenessRule, StreamClock
 
@@ -164,6 +168,38 @@ def test_user_rate_memory_is_released_for_idle_users() -> None:
     assert len(rule) == 1  # everyone else was idle for more than two windows
 
 
+def test_user_rate_window_counts_carry_over_one_window_and_reset_after_two() -> None:
+    rule = UserRateRule(window_seconds=60, max_positives=100, max_events=5)
+    w0 = 60.0 * 28_333_334  # a window starts here
+    first = run(rule, [ev("u", f"v{k}", "view", w0 + k) for k in range(6)])
+    assert first[:5] == [None] * 5 and first[5] is not None  # the 6th of the window: 5 counted + 1 > 5
+    # the next window: the previous one (6 attempts, the held one counted) weighs by its overlap, 59/60
+    late = ev("u", "w", "view", w0 + 61)
+    hold = rule.check(late, late.ts)
+    assert hold is not None and "sent 6 events" in hold.detail  # 6 × 59/60 = 5.9, rounded
+    rule.observe_held(late, late.ts, hold)
+    # carried over into the new window: 6 × 58/60 + 1 (the held attempt) = 6.8
+    hold = rule.check(ev("u", "w2", "view", w0 + 62), w0 + 62)
+    assert hold is not None and "sent 7 events" in hold.detail
+    # near the end of that window the previous one barely overlaps: 6 × 1/60 + 1 (the held attempt) = 1.1
+    assert run(rule, [ev("u", f"x{k}", "view", w0 + 119) for k in range(3)]) == [None] * 3
+    # two windows later nothing carries over: 5 pass again, then the 6th is held
+    fresh = run(rule, [ev("u", f"y{k}", "view", w0 + 200 + k) for k in range(6)])
+    assert fresh[:5] == [None] * 5 and fresh[5] is not None
+    # a user never seen passes even at a limit of one; their second event in the window does not
+    strict = UserRateRule(window_seconds=60, max_positives=1, max_events=1)
+    assert [h is None for h in run(strict, [ev("n", "v", "like", w0), ev("n", "v2", "like", w0 + 1)])] == [True, False]
+
+
+def test_user_rate_forgets_the_least_recently_seen_user_first() -> None:
+    rule = UserRateRule(window_seconds=60, max_users=3)
+    run(rule, [ev(u, "v", "view", T0 + k) for k, u in enumerate(["a", "b", "c", "a", "d"])])
+    assert list(rule._users) == ["c", "a", "d"]  # over the cap: b, seen least recently, went (not a, seen first)
+    assert rule._users["a"][2] == 2.0  # a's two events, counted in its one record
+    run(rule, [ev("e", "v", "view", T0 + 4 + 120.5)])  # two windows after d: everyone else is idle
+    assert list(rule._users) == ["e"]
+
+
 # -- item surge ----------------------------------------------------------------------------
 
 
@@ -283,6 +319,29 @@ def test_item_surge_memory_is_capped() -> None:
     assert len(rule._users) <= 61  # only users seen in the last minute
 
 
+def test_item_surge_forgets_the_least_recently_touched_items_and_users_first() -> None:
+    rule = ItemSurgeRule(new_user_events=3, max_items=2, max_users=2, user_idle_seconds=100)
+    run(rule, [ev(u, i, "view", T0 + k) for k, (u, i) in enumerate([("a", "i1"), ("b", "i2"), ("a", "i1")])])
+    assert list(rule._items) == ["i2", "i1"] and list(rule._users) == ["b", "a"]
+    assert rule._users["a"][0] == 2.0 and rule._items["i1"][1] > rule._items["i2"][1]  # counts kept when re-touched
+    run(rule, [ev("c", "i3", "view", T0 + 3)])
+    assert list(rule._items) == ["i1", "i3"] and list(rule._users) == ["a", "c"]  # i2 and b went, not i1 and a
+    run(rule, [ev("a", "i1", "view", T0 + 4)])  # a's third event: established from now on
+    assert "a" in rule.established and list(rule._users) == ["c", "a"]
+    run(rule, [ev("d", "i3", "view", T0 + 104.5)])  # more than 100 s after everyone else: they are forgotten
+    assert list(rule._users) == ["d"] and list(rule._items) == ["i1", "i3"]  # items go only beyond the cap
+    run(rule, [ev("a", "i1", "view", T0 + 105)])
+    assert rule._users["a"][0] == 3.0  # forgotten, but known again as established
+
+
+def test_established_users_answer_for_each_user_asked_in_turn() -> None:
+    users = EstablishedUsers(capacity=100)
+    users.add("a")
+    assert ["a" in users, "b" in users, "a" in users, "b" in users] == [True, False, True, False]
+    users.add("b")
+    assert ["a" in users, "b" in users, "c" in users] == [True, True, False]
+
+
 def test_established_users_forget_after_two_generations_and_rarely_mistake_new_ones() -> None:
     users = EstablishedUsers(capacity=1_000)
     for k in range(1_000):
@@ -334,6 +393,68 @@ def test_anomaly_rule_holds_a_like_burst_from_a_new_account() -> None:
     held = sum(gate.check(e, e.ts) is not None for e in burst)
     assert held >= 40, (held, gate.counts)
     assert normal_held < 0.01 * len(stream)
+
+
+def test_anomaly_rule_forgets_the_least_recently_seen_user_first() -> None:
+    rule = AnomalousBehaviourRule(max_users=2, idle_seconds=100)
+    run(rule, [ev(u, "v", "view", T0 + k) for k, u in enumerate(["a", "b", "a", "c"])])
+    assert list(rule._users) == ["a", "c"]  # over the cap: b went, not a
+    assert rule._users["a"][4] == 2.0  # a's two events
+    run(rule, [ev("d", "v", "view", T0 + 103.5)])
+    assert list(rule._users) == ["d"]
+
+
+def test_flat_trees_send_a_value_on_a_split_right_as_river_does() -> None:
+    """River goes left when a point's value is below a node's threshold, right otherwise: on it too."""
+    river, twin = (anomaly.HalfSpaceTrees(n_trees=3, height=4, window_size=20, seed=3) for _ in range(2))
+    rnd = random.Random(3)
+    for _ in range(40):  # two windows: reference masses set, l_mass back to 0
+        point = {f: rnd.random() for f in FEATURES}
+        river.learn_one(point)
+        twin.learn_one(point)
+    on_roots = [{**{f: rnd.random() for f in FEATURES}, root.feature: root.threshold} for root in river.trees]
+    rows = np.array([[p[f] for f in FEATURES] for p in on_roots])
+    flat = FlatTrees(river, FEATURES)
+    assert flat.scores(flat.leaves(rows), flat.leaf_scores()) == [river.score_one(p) for p in on_roots]
+    flat.learn(rows)
+    for p in on_roots:
+        twin.learn_one(p)
+    assert [[n.l_mass for n in t.iter_dfs()] for t in river.trees] == [
+        [n.l_mass for n in t.iter_dfs()] for t in twin.trees
+    ]
+
+
+def test_anomaly_rule_learns_and_scores_as_river_does_point_by_point() -> None:
+    """The rule walks a window's points into its trees when the window ends, and scores a prepared batch from the
+    leaves its points reach: every score, and the trees' reference masses, are those of River's Half-Space Trees
+    learning each point with ``learn_one`` and scoring it with ``score_one``."""
+    rule = AnomalousBehaviourRule(quantile=0.98, warmup_events=300, window_size=40, learn_every=2, seed=7)
+    river = anomaly.HalfSpaceTrees(n_trees=5, height=8, window_size=40, seed=7)
+    stream = lively_stream(3_000, seed=4, users=60)
+    stream[2_000:2_000] = [ev("bot", "v1", "like", stream[2_000].ts) for _ in range(30)]  # a burst to hold
+    scores, expected, held = [], [], 0
+    for start in range(0, len(stream), 37):  # windows (80 passed events) end inside batches
+        chunk = stream[start : start + 37]
+        rule.prepare(chunk, chunk[0].ts)
+        for e in chunk:
+            hold = rule.check(e, e.ts)
+            assert rule._memo is not None
+            _, x, score, _ = rule._memo
+            point = dict(zip(FEATURES, x, strict=True))
+            scores.append(score)
+            expected.append(river.score_one(point) if rule.learned >= 40 else 0.0)
+            if hold is None:
+                rule.observe(e, e.ts)
+                if rule.passed % 2 == 0:
+                    river.learn_one(point)
+            else:
+                held += 1
+                rule.observe_held(e, e.ts, hold)
+    assert rule.learned // 40 >= 30 and held > 20 and rule.scored_ahead > 0.9 * len(stream)
+    assert scores == expected
+    assert [[n.r_mass for n in t.iter_dfs()] for t in rule.trees.trees] == [
+        [n.r_mass for n in t.iter_dfs()] for t in river.trees
+    ]
 
 
 # -- the gate ------------------------------------------------------------------------------

@@ -28,11 +28,13 @@ import numpy as np
 from river import anomaly, stats
 
 from learner.gate.base import GateEvent, Hold
-from learner.gate.hst_batch import BatchScorer
+from learner.gate.hst_batch import FlatTrees
 
 POSITIVE_TYPES = frozenset({"like", "share"})
-#: The anomaly rule's features, in the order its feature dicts list them.
+#: The anomaly rule's features, in the order of its feature tuples (and of the dicts River's trees see).
 FEATURES = ("gap", "rate", "positive", "positive_ratio", "watch_ratio", "history")
+#: One event's features, in the order of FEATURES.
+Features = tuple[float, float, float, float, float, float]
 
 
 class UserRateRule:
@@ -75,10 +77,8 @@ class UserRateRule:
         #          user's clock (latest ts), now when last seen]; least recently seen first
         self._users: OrderedDict[str, list[float]] = OrderedDict()
 
-    def _counts(self, state: list[float] | None, ts: float) -> tuple[float, float, float]:
-        """(estimated events, estimated positives) in the window ending at the user's clock, and that clock."""
-        if state is None:
-            return 0.0, 0.0, ts
+    def _counts(self, state: list[float], ts: float) -> tuple[float, float]:
+        """(estimated events, estimated positives) in the window ending at the user's clock."""
         clock = max(state[5], ts)
         index = clock // self.window_seconds
         if index == state[0]:
@@ -86,12 +86,15 @@ class UserRateRule:
         elif index == state[0] + 1:
             previous_e, current_e, previous_p, current_p = state[2], 0.0, state[4], 0.0
         else:
-            return 0.0, 0.0, clock
+            return 0.0, 0.0
         overlap = 1.0 - (clock - index * self.window_seconds) / self.window_seconds
-        return previous_e * overlap + current_e, previous_p * overlap + current_p, clock
+        return previous_e * overlap + current_e, previous_p * overlap + current_p
 
     def check(self, event: GateEvent, now: float) -> Hold | None:  # noqa: ARG002 - windows run on the user's clock
-        events, positives, _ = self._counts(self._users.get(event.user_id), event.ts)
+        state = self._users.get(event.user_id)
+        if state is None:
+            return None  # nothing counted, and both limits are at least 1
+        events, positives = self._counts(state, event.ts)
         if events + 1 > self.max_events:
             return Hold(
                 "user_rate",
@@ -106,20 +109,24 @@ class UserRateRule:
         return None
 
     def observe(self, event: GateEvent, now: float) -> None:
-        users = self._users
-        state = users.pop(event.user_id, None)
-        clock = event.ts if state is None else max(state[5], event.ts)
-        index = clock // self.window_seconds
-        if state is None or index > state[0] + 1:
-            state = [index, 0.0, 0.0, 0.0, 0.0, clock, now]
-        elif index == state[0] + 1:
-            state = [index, state[2], 0.0, state[4], 0.0, clock, now]
+        users, user = self._users, event.user_id
+        state = users.get(user)
+        if state is None:
+            clock = event.ts
+            state = users[user] = [clock // self.window_seconds, 0.0, 0.0, 0.0, 0.0, clock, now]
+        else:
+            users.move_to_end(user)  # most recently seen last
+            clock = max(state[5], event.ts)
+            index = clock // self.window_seconds
+            if index > state[0] + 1:  # both windows are over
+                state[:5] = [index, 0.0, 0.0, 0.0, 0.0]
+            elif index == state[0] + 1:  # the current window becomes the previous one
+                state[:5] = [index, state[2], 0.0, state[4], 0.0]
         state[2] += 1.0
         if event.type in self.positive_types:
             state[4] += 1.0
         state[5] = clock
         state[6] = now
-        users[event.user_id] = state
         _evict(users, now - 2 * self.window_seconds, self.max_users, 6)
 
     def observe_held(self, event: GateEvent, now: float, hold: Hold) -> None:  # noqa: ARG002 - any reason counts
@@ -153,12 +160,19 @@ class EstablishedUsers:
         self._current = bytearray((self.bits + 7) // 8)
         self._previous = bytearray((self.bits + 7) // 8)
         self._inserted = 0
+        # the last user's positions: the item-surge rule asks about a new user in its check, then in observe
+        self._last_user: str | None = None
+        self._last_positions: list[int] = []
 
     def _positions(self, user: str) -> list[int]:
+        if user == self._last_user:
+            return self._last_positions
         digest = int.from_bytes(hashlib.blake2b(user.encode(), digest_size=8).digest(), "little")
         h1, h2 = digest & 0xFFFFFFFF, (digest >> 32) | 1
         bits = self.bits
-        return [(h1 + i * h2) % bits for i in range(self.hashes)]
+        positions = [(h1 + i * h2) % bits for i in range(self.hashes)]
+        self._last_user, self._last_positions = user, positions
+        return positions
 
     @staticmethod
     def _has(table: bytearray, positions: list[int]) -> bool:
@@ -385,9 +399,13 @@ class ItemSurgeRule:
         decay = self._stream_decay
         clocks, stream_new = self._clocks, self._stream_new
         items = self._items
-        state = items.pop(item, None)
+        state = items.get(item)
         if state is None:
-            state = [0.0, 0.0, 0.0, 0.0, clocks[0], 0.0, clocks[1]]
+            state = items[item] = [0.0, 0.0, 0.0, 0.0, clocks[0], 0.0, clocks[1]]
+            if len(items) > self.max_items:
+                items.popitem(last=False)
+        else:
+            items.move_to_end(item)  # most recently touched last
         for channel in (0, 1) if positive else (0,):
             clocks[channel] += 1
             clock = clocks[channel]
@@ -398,21 +416,21 @@ class ItemSurgeRule:
         item_decay = self._item_decay
         state[0] = state[0] * item_decay + is_new
         state[1] = state[1] * item_decay + 1.0
-        items[item] = state
-        if len(items) > self.max_items:
-            items.popitem(last=False)
         return state
 
     def observe(self, event: GateEvent, now: float) -> None:
         user = event.user_id
         users = self._users
-        state = users.pop(user, None)
+        state = users.get(user)
         if state is None:
             if user in self.established:
                 self.established.add(user)  # refresh into the current generation
                 state = [float(self.new_user_events), now]
             else:
                 state = [0.0, now]
+            users[user] = state
+        else:
+            users.move_to_end(user)  # most recently seen last
         judged = self.judged_types
         if judged is None or event.type in judged:
             is_new = state[0] < self.new_user_events
@@ -425,7 +443,6 @@ class ItemSurgeRule:
             if state[0] >= self.new_user_events:
                 self.established.add(user)
         state[1] = now
-        users[user] = state
         _evict(users, now - self.user_idle_seconds, self.max_users, 1)
 
     def observe_held(self, event: GateEvent, now: float, hold: Hold) -> None:  # noqa: ARG002
@@ -456,15 +473,17 @@ class AnomalousBehaviourRule:
     ``rate_cap``), whether this event is a like/share, their recent like/share ratio, recent watch
     ratio (watch/duration, 0.5 when never known), and log-scaled history length.
 
-    Every event is scored (the trees' cost grows with ``n_trees``: ~0.6 µs per tree per event; a
-    batch whose events were given to :meth:`prepare` first is scored at once, ~0.7 µs an event in
-    all, with identical scores);
-    the trees learn from every ``learn_every``-th passed event, never from held ones, and the
+    Every event is scored (one by one, River's ``score_one``: ~0.7 µs per tree per event; a batch
+    whose events were given to :meth:`prepare` first is walked down all the trees at once, ~0.4 µs
+    an event in all, with identical scores);
+    the trees learn from every ``learn_every``-th passed event, never from held ones (the points of
+    a window all at once when it ends, with the masses River's ``learn_one`` gives), and the
     score quantile is fed every passed event and this rule's own holds (as River's
     ``QuantileFilter`` does; fed passed events only, the threshold would ratchet down and hold
     ever more). Nothing is held before ``warmup_events`` events have passed, nor before the trees
     have a reference window (``window_size`` × ``learn_every`` events). Memory: the trees (fixed,
-    ``n_trees`` × 2^(``height`` + 1) nodes), one record (~0.4 kB) per user seen in the last
+    ``n_trees`` × 2^(``height`` + 1) nodes), the points learned in the current window (at most
+    ``window_size``, ~0.2 kB each), one record (~0.4 kB) per user seen in the last
     ``idle_seconds``, at most ``max_users``.
 
     >>> rule = AnomalousBehaviourRule(warmup_events=100, window_size=50, learn_every=1)
@@ -515,108 +534,122 @@ class AnomalousBehaviourRule:
         self._scored = False  # the quantile has seen a real score (the trees finished their first window)
         self._users: OrderedDict[str, list[float]] = OrderedDict()
         # the features, score and next user state computed by the last check, reused by observe
-        self._memo: tuple[GateEvent, dict[str, float], float, list[float]] | None = None
-        # prepare(): id(event) -> (event, user state it was computed from, features, next state, score)
-        self._ahead: dict[int, tuple[GateEvent, list[float] | None, dict[str, float], list[float], float]] = {}
-        self._ahead_window = -1  # which window of the trees the scores in _ahead belong to
-        self._scorer: BatchScorer | None = None
-        self._scorer_window = -1
+        self._memo: tuple[GateEvent, Features, float, list[float]] | None = None
+        # prepare(): id(event) -> (event, user state it was computed from, features, next state, row of the batch)
+        self._ahead: dict[int, tuple[GateEvent, list[float] | None, Features, list[float], int]] = {}
+        self._ahead_leaves: np.ndarray | None = None  # the leaf each row of the batch reaches in each tree
+        self._ahead_scores: list[float] = []  # the rows' scores in window _ahead_window of the trees
+        self._ahead_window = -1
+        self._flat: FlatTrees | None = None  # the trees' splits as arrays, once River has built the trees
+        self._leaf_scores: np.ndarray | None = None  # in window _leaf_window of the trees
+        self._leaf_window = -1
+        self._to_learn: list[Features] = []  # points learned in the current window, not yet in the trees' masses
         self.scored_ahead = 0  # checks that used a score computed by prepare()
 
     _GAP_SCALE = 1.0 / math.log1p(3_600.0)
     _HISTORY_SCALE = 1.0 / math.log1p(1_000.0)
     _RATE_TAU = 60.0
 
-    def _features(
-        self, event: GateEvent, now: float, state: list[float] | None
-    ) -> tuple[dict[str, float], list[float]]:
-        """The event's features and the user's next state, from the user's ``state`` (None: a new user)."""
+    def _features(self, event: GateEvent, now: float, state: list[float] | None) -> tuple[Features, list[float]]:
+        """The event's features (in the order of FEATURES) and the user's next state, from the user's ``state``
+        (None: a new user)."""
         positive = 1.0 if event.type in self.positive_types else 0.0
+        watch_seconds, duration = event.watch_seconds, event.item_duration_seconds
         watch = None
-        if event.watch_seconds is not None and event.item_duration_seconds:
-            watch = min(event.watch_seconds / event.item_duration_seconds, 2.0) / 2.0
+        if watch_seconds is not None and duration:
+            watch = min(watch_seconds / duration, 2.0) / 2.0
         if state is None:
             # [clock, decayed event count, positive ratio, watch ratio, events, now last seen]
             nxt = [event.ts, 1.0, positive, 0.5 if watch is None else watch, 1.0, now]
             gap = 1.0
         else:
+            ts = event.ts
             clock, decayed, pos_ratio, watch_ratio, n = state[0], state[1], state[2], state[3], state[4]
-            elapsed = max(event.ts - clock, 0.0)
+            elapsed = max(ts - clock, 0.0)
             gap = min(math.log1p(elapsed) * self._GAP_SCALE, 1.0)
             rate = 1.0 / (n + 1.0) if n < 20 else 0.05  # running mean first, then exponential
             nxt = [
-                max(clock, event.ts),
+                max(clock, ts),
                 decayed * math.exp(-elapsed / self._RATE_TAU) + 1.0,
                 pos_ratio + rate * (positive - pos_ratio),
                 watch_ratio if watch is None else watch_ratio + rate * (watch - watch_ratio),
                 n + 1.0,
                 now,
             ]
-        x = {
-            "gap": gap,
-            "rate": min(nxt[1] / self.rate_cap, 1.0),
-            "positive": positive,
-            "positive_ratio": nxt[2],
-            "watch_ratio": nxt[3],
-            "history": min(math.log1p(nxt[4]) * self._HISTORY_SCALE, 1.0),
-        }
+        x = (
+            gap,
+            min(nxt[1] / self.rate_cap, 1.0),
+            positive,
+            nxt[2],
+            nxt[3],
+            min(math.log1p(nxt[4]) * self._HISTORY_SCALE, 1.0),
+        )
         return x, nxt
 
     def _window(self) -> int:
         """How many windows the trees have completed (their reference masses change with each)."""
         return self.learned // self.trees.window_size
 
+    def _flat_trees(self) -> FlatTrees:
+        if self._flat is None:
+            self._flat = FlatTrees(self.trees, FEATURES)
+        return self._flat
+
     def prepare(self, events: Sequence[GateEvent], now: float) -> None:
-        """Compute the features and scores of a batch of events at once, ahead of their checks.
+        """Compute the features of a batch of events, and the leaf each reaches in each tree, ahead of their checks.
 
         Each event's features are computed from its user's state as it will be if every earlier
         event of the batch reaches this rule (passes the gate or is held by this rule: both update
-        the user's state), and all are scored by one :class:`BatchScorer` walk (again for what is
-        left of the batch when a window of the trees ends meanwhile). A check uses its event's
-        result only if the user's state is then exactly the one it was computed from; otherwise (an
-        earlier rule held an earlier event of that user, or the user was evicted) it computes the
-        features and score itself. So the outcome is the same as without ``prepare``, only cheaper.
+        the user's state), and all are walked down the trees by one :class:`FlatTrees` pass; the
+        first check scores them all from their leaves (again when a window of the trees ends
+        meanwhile). A check uses its event's result only if the user's state is then exactly the
+        one it was computed from; otherwise (an earlier rule held an earlier event of that user, or
+        the user was evicted) it computes the features and score itself. So the outcome is the same
+        as without ``prepare``, only cheaper.
         """
-        self._ahead = {}
+        self._ahead = ahead = {}
         if self.learned < self.trees.window_size or len(events) < 2:
             return  # before the first window every score is 0; a single event gains nothing
         users: dict[str, list[float] | None] = {}
-        rows = []
-        for event in events:
+        known, features = self._users, self._features
+        points = []
+        for row, event in enumerate(events):
             user = event.user_id
-            state = users[user] if user in users else self._users.get(user)
-            x, nxt = self._features(event, now, state)
+            state = users[user] if user in users else known.get(user)
+            x, nxt = features(event, now, state)
             users[user] = nxt
-            rows.append((event, state, x, nxt))
-        self._score_ahead(rows)
+            ahead[id(event)] = (event, state, x, nxt, row)
+            points.append(x)
+        self._ahead_leaves = self._flat_trees().leaves(np.array(points))
+        self._ahead_window = -1  # scored by the first check
 
-    def _score_ahead(self, rows: Sequence[tuple[GateEvent, list[float] | None, dict[str, float], list[float]]]) -> None:
-        """Score ``rows`` (event, state, features, next state) against the trees' current masses into ``_ahead``."""
-        window = self._window()
-        if self._scorer is None or self._scorer_window != window:
-            self._scorer, self._scorer_window = BatchScorer(self.trees, FEATURES), window
-        scores = self._scorer.scores(np.array([list(row[2].values()) for row in rows]))
-        self._ahead = {id(row[0]): (*row, score) for row, score in zip(rows, scores, strict=True)}
-        self._ahead_window = window
-
-    def _scored_features(self, event: GateEvent, now: float) -> tuple[dict[str, float], float, list[float]]:
+    def _scored_features(self, event: GateEvent, now: float) -> tuple[Features, float, list[float]]:
         memo = self._memo
         if memo is not None and memo[0] is event:
             return memo[1], memo[2], memo[3]
-        ahead = None
-        if self._ahead:
-            if self._ahead_window != self._window():  # a window ended: score the rest against the new masses
-                self._score_ahead([entry[:4] for entry in self._ahead.values()])
-            ahead = self._ahead.pop(id(event), None)
-        if ahead is not None and ahead[0] is event and self._users.get(event.user_id) is ahead[1]:
-            _, _, x, nxt, score = ahead
+        state = self._users.get(event.user_id)
+        ahead = self._ahead.pop(id(event), None) if self._ahead else None
+        if ahead is not None and ahead[0] is event and ahead[1] is state:
+            _, _, x, nxt, row = ahead
+            window = self._window()
+            if self._ahead_window != window:  # the batch's first check, or a window of the trees ended since
+                self._ahead_scores = self._flat_trees().scores(self._ahead_leaves, self._current_leaf_scores())
+                self._ahead_window = window
+            score = self._ahead_scores[row]
             self.scored_ahead += 1
             nxt[5] = now  # the only field of the state that depends on now (when the user was last seen)
         else:
-            x, nxt = self._features(event, now, self._users.get(event.user_id))
-            score = float(self.trees.score_one(x)) if self.learned >= self.trees.window_size else 0.0
+            x, nxt = self._features(event, now, state)
+            learned = self.learned >= self.trees.window_size
+            score = float(self.trees.score_one(dict(zip(FEATURES, x, strict=True)))) if learned else 0.0
         self._memo = (event, x, score, nxt)
         return x, score, nxt
+
+    def _current_leaf_scores(self) -> np.ndarray:
+        window = self._window()
+        if self._leaf_scores is None or self._leaf_window != window:
+            self._leaf_scores, self._leaf_window = self._flat_trees().leaf_scores(), window
+        return self._leaf_scores
 
     def check(self, event: GateEvent, now: float) -> Hold | None:
         _, score, _ = self._scored_features(event, now)
@@ -631,29 +664,50 @@ class AnomalousBehaviourRule:
             )
         return None
 
-    def _remember(self, event: GateEvent, nxt: list[float], now: float) -> None:
+    def _remember(self, user: str, nxt: list[float], now: float) -> None:
         users = self._users
-        users.pop(event.user_id, None)
-        users[event.user_id] = nxt
+        users[user] = nxt
+        users.move_to_end(user)
         _evict(users, now - self.idle_seconds, self.max_users, 5)
+
+    def _learn(self, x: Features) -> None:
+        """Learn ``x`` into the trees, as River's ``learn_one`` does; the points of a window are walked in when it ends.
+
+        ``learn_one`` adds a point's visits to the ``l_mass`` of the nodes on its path, and when a
+        window ends every node's ``r_mass`` (the only mass a score reads) becomes its ``l_mass``.
+        So the points of a window are kept until its last one, then their visits are added all at
+        once (:meth:`FlatTrees.learn`: the same integer counts) and River learns the last point and
+        ends the window. Until then the trees' ``l_mass`` and ``counter`` lag behind, unread.
+        """
+        trees = self.trees
+        if not trees.trees:
+            trees.learn_one(dict(zip(FEATURES, x, strict=True)))  # River builds the trees from the first point
+            return
+        pending = self._to_learn
+        pending.append(x)
+        if trees.counter + len(pending) == trees.window_size:
+            self._flat_trees().learn(np.array(pending[:-1]))
+            trees.counter += len(pending) - 1
+            trees.learn_one(dict(zip(FEATURES, x, strict=True)))
+            pending.clear()
 
     def observe(self, event: GateEvent, now: float) -> None:
         x, score, nxt = self._scored_features(event, now)
         self._memo = None
-        self._remember(event, nxt, now)
+        self._remember(event.user_id, nxt, now)
         self.passed += 1
         if self.learned >= self.trees.window_size:  # before that the trees score everything 0
             self.threshold.update(score)
             self._scored = True
         if self.passed % self.learn_every == 0:
-            self.trees.learn_one(x)
+            self._learn(x)
             self.learned += 1
 
     def observe_held(self, event: GateEvent, now: float, hold: Hold) -> None:  # noqa: ARG002
         """Count the held score in the quantile and the attempt in the user's features; never learn it."""
         _, score, nxt = self._scored_features(event, now)
         self._memo = None
-        self._remember(event, nxt, now)
+        self._remember(event.user_id, nxt, now)
         if self._scored:
             self.threshold.update(score)
 

@@ -35,6 +35,9 @@ from learner.gate.time_rules import FutureTimestampRule, LatenessRule, StreamClo
 
 __all__ = ["GateConfig", "QualityGate", "default_gate", "default_model_guard", "default_stream_clock"]
 
+_Check = Callable[[GateEvent, float], Hold | None]
+_OnHold = Callable[[GateEvent, float, Hold], None]
+
 
 class QualityGate:
     """Rules in order; ``check`` returns the first :class:`Hold` or None (and then every rule observes the event)."""
@@ -44,11 +47,11 @@ class QualityGate:
         self.enabled = enabled
         self.counts: dict[str, int] = {}
         self.passed = 0
-        self._checks = [(frozenset(rule.codes), rule.check) for rule in self.rules]
-        self._observers = [rule.observe for rule in self.rules]
-        self._on_hold: list[Callable[[GateEvent, float, Hold], None] | None] = [
-            getattr(rule, "observe_held", None) for rule in self.rules
+        # per rule: its codes, its check, and what it does with an event it held (None: nothing)
+        self._checks: list[tuple[frozenset[str], _Check, _OnHold | None]] = [
+            (frozenset(rule.codes), rule.check, getattr(rule, "observe_held", None)) for rule in self.rules
         ]
+        self._observers = [rule.observe for rule in self.rules]
         self._preparers = [(frozenset(rule.codes), rule.prepare) for rule in self.rules if hasattr(rule, "prepare")]
 
     def prepare(self, events: Sequence[GateEvent], now: float, overrides: frozenset[str] = frozenset()) -> None:
@@ -69,13 +72,12 @@ class QualityGate:
 
     def check(self, event: GateEvent, now: float, overrides: frozenset[str] = frozenset()) -> Hold | None:
         if self.enabled:
-            for position, (codes, check) in enumerate(self._checks):
+            for codes, check, on_hold in self._checks:
                 if overrides and codes <= overrides:
                     continue
                 hold = check(event, now)
                 if hold is not None:
                     self.counts[hold.reason] = self.counts.get(hold.reason, 0) + 1
-                    on_hold = self._on_hold[position]
                     if on_hold is not None:
                         on_hold(event, now, hold)
                     return hold
