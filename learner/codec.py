@@ -48,9 +48,9 @@ def _header_json(header: dict[str, Any]) -> bytes:
     """Compact JSON of the header; orjson: ~7x faster than ``json.dumps`` on the id lists.
 
     Decoded with ``json.loads`` to the same value as ``json.dumps`` would give, for what a header
-    holds (str keys; str, int, finite float, bool, None, lists, dicts). A value orjson would not
-    write the same way is refused: a float that is not finite (orjson writes ``null``) or an int
-    beyond 64 bits (orjson raises).
+    holds (str keys; str, int, finite float, bool, None, lists, dicts). Refused: a float that is
+    not finite (orjson would write ``null``), an int beyond 64 bits, a key that is not a str, and
+    numpy scalars (orjson raises for these).
 
     >>> _header_json({"a": [1, 2.5, "x", None]})
     b'{"a":[1,2.5,"x",null]}'
@@ -63,20 +63,19 @@ def _header_json(header: dict[str, Any]) -> bytes:
         head = orjson.dumps(header)
     except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
         raise CodecError(f"snapshot header is not plain JSON: {exc}") from exc
-    if b"null" in head:  # a None somewhere (the clock before the first event): was it a NaN?
-        _refuse_non_finite(header)
+    if b"null" in head:  # a None somewhere, or a NaN orjson wrote as null: look (rare: a worker's
+        _refuse_non_finite(header)  # headers have none once the learner has a clock)
     return head
 
 
 def _refuse_non_finite(value: Any) -> None:
-    """Raise on a NaN or infinity anywhere in ``value``; lists of strings (the id lists, up to
-    millions long) are skipped at their first element: they hold no floats."""
+    """Raise on a NaN or infinity anywhere in ``value`` (every element of every list and dict)."""
     if isinstance(value, float) and not math.isfinite(value):
         raise CodecError(f"snapshot header has a float that is not finite: {value}")
     if isinstance(value, dict):
         for item in value.values():
             _refuse_non_finite(item)
-    elif isinstance(value, list | tuple) and not (value and isinstance(value[0], str)):
+    elif isinstance(value, list | tuple):
         for item in value:
             _refuse_non_finite(item)
 

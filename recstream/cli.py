@@ -136,21 +136,33 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "worker":  # a command's output, not the client library's connection chatter
         logging.getLogger("aiokafka").setLevel(logging.WARNING)
     from aiokafka.errors import KafkaConnectionError
+    from redis.exceptions import AuthenticationError, AuthorizationError
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
+    where = "the service's (for a `recstream up` run, the one it printed)"
     try:
         return int(args.func(args) or 0)
-    except (RedisConnectionError, RedisTimeoutError) as exc:
+    except (AuthenticationError, AuthorizationError) as exc:
         print(
-            f"recstream {args.command}: cannot reach Redis ({exc}). Set RECSTREAM_REDIS_URL to the service's "
-            "Redis (`recstream up` prints the one it started).",
+            f"recstream {args.command}: Redis refused this client ({exc}); check the user and password "
+            "in RECSTREAM_REDIS_URL.",
+            file=sys.stderr,
+        )
+    except RedisTimeoutError as exc:
+        print(
+            f"recstream {args.command}: Redis did not answer in time ({exc}); the command may have stopped "
+            "part-way: check the state (`recstream status`, `recstream models list`) before retrying.",
+            file=sys.stderr,
+        )
+    except RedisConnectionError as exc:
+        print(
+            f"recstream {args.command}: cannot reach Redis ({exc}). Set RECSTREAM_REDIS_URL to {where} Redis.",
             file=sys.stderr,
         )
     except KafkaConnectionError as exc:
         print(
-            f"recstream {args.command}: cannot reach the broker ({exc}). Set RECSTREAM_BROKER_URL to the "
-            "service's broker (`recstream up` prints the one it started).",
+            f"recstream {args.command}: cannot reach the broker ({exc}). Set RECSTREAM_BROKER_URL to {where} broker.",
             file=sys.stderr,
         )
     return 2

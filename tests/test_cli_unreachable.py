@@ -35,6 +35,31 @@ def test_an_unreachable_service_is_one_actionable_line(args: list[str], says: st
     out = run_cli(*args)
     assert out.returncode == 2
     assert says in out.stderr
-    assert "`recstream up` prints the one it started" in out.stderr
+    assert "for a `recstream up` run, the one it printed" in out.stderr
     assert "Traceback" not in out.stderr
     assert "Unclosed" not in out.stderr  # a failed start is stopped too
+
+
+@pytest.mark.integration
+def test_a_redis_that_does_not_answer_in_time_is_not_called_unreachable() -> None:
+    from recstream import local_services
+
+    redis_server = local_services.start_redis()  # its own: paused below
+    try:
+        import redis
+
+        redis.Redis.from_url(redis_server.url).execute_command("CLIENT", "PAUSE", "15000", "ALL")
+        env = {**os.environ, "RECSTREAM_REDIS_URL": redis_server.url}
+        out = subprocess.run(
+            [sys.executable, "-m", "recstream.cli", "models", "list"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+    finally:
+        redis_server.stop()
+    assert out.returncode == 2
+    assert "did not answer in time" in out.stderr
+    assert "cannot reach" not in out.stderr
+    assert "Traceback" not in out.stderr

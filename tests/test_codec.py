@@ -71,7 +71,13 @@ def test_every_models_snapshot_header_reads_back_as_written() -> None:
 
 
 def test_a_header_json_would_write_otherwise_is_refused() -> None:
-    for bad in ({"x": float("nan")}, {"p": {"lr": float("inf")}}, {"n": 2**70}, {1: "int key"}):
+    for bad in (
+        {"x": float("nan")},
+        {"p": {"lr": float("inf")}},
+        {"ids": ["a", float("nan")]},  # a list that starts like an id list is looked at too
+        {"n": 2**70},
+        {1: "int key"},
+    ):
         try:
             codec.encode(bad, {})
         except codec.CodecError:
