@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -42,6 +44,13 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, interva
             last_error = exc
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error!r})")
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``recstream ARGS`` in a fresh process (``env``: the whole environment; default this one's), output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "recstream.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def skip_unless_ci(reason: str) -> NoReturn:

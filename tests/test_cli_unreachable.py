@@ -4,23 +4,21 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import pytest
 
 from recstream.local_services import free_port
+from tests.conftest import run_cli
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+def run_cli_against_nothing(*args: str) -> subprocess.CompletedProcess[str]:
     closed = free_port()  # nothing listens there
     env = {
         **os.environ,
         "RECSTREAM_REDIS_URL": f"redis://127.0.0.1:{closed}/0",
         "RECSTREAM_BROKER_URL": f"kafka://127.0.0.1:{closed}",
     }
-    return subprocess.run(
-        [sys.executable, "-m", "recstream.cli", *args], capture_output=True, text=True, timeout=60, env=env
-    )
+    return run_cli(*args, env=env)
 
 
 @pytest.mark.parametrize(
@@ -32,7 +30,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     ],
 )
 def test_an_unreachable_service_is_one_actionable_line(args: list[str], says: str) -> None:
-    out = run_cli(*args)
+    out = run_cli_against_nothing(*args)
     assert out.returncode == 2
     assert says in out.stderr
     assert "for a `recstream up` run, the one it printed" in out.stderr
@@ -50,13 +48,7 @@ def test_a_redis_that_does_not_answer_in_time_is_not_called_unreachable() -> Non
 
         redis.Redis.from_url(redis_server.url).execute_command("CLIENT", "PAUSE", "15000", "ALL")
         env = {**os.environ, "RECSTREAM_REDIS_URL": redis_server.url}
-        out = subprocess.run(
-            [sys.executable, "-m", "recstream.cli", "models", "list"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-        )
+        out = run_cli("models", "list", env=env)
     finally:
         redis_server.stop()
     assert out.returncode == 2

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -14,7 +12,7 @@ import pytest
 from recstream import local_services
 from recstream.events import Event
 from tests.clock import iso
-from tests.conftest import Stack, wait_for
+from tests.conftest import Stack, run_cli, wait_for
 from tests.kafka_io import produce_events, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -89,32 +87,15 @@ def test_held_events_are_quarantined_with_reasons_and_replayed_minus_the_overrid
 
     # The operator reviews and replays the watch-time holds (a client bug that is now understood).
     env = {**os.environ, **service_env}
-    out = subprocess.run(
-        [sys.executable, "-m", "recstream.cli", "quarantine", "replay", "--reason", "watch_exceeds_duration"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    out = run_cli("quarantine", "replay", "--reason", "watch_exceeds_duration", env=env)
+    assert out.returncode == 0, out.stderr
     assert "replayed 1 events" in out.stdout
     wait_for(lambda: checkpoints.learned() == 2, 30, "the replayed event to pass the gate minus its rule")
     # Replaying again learns nothing twice: the event id is now a learned duplicate.
-    subprocess.run(
-        [sys.executable, "-m", "recstream.cli", "quarantine", "replay", "--reason", "watch_exceeds_duration"],
-        env=env,
-        capture_output=True,
-        timeout=60,
-        check=True,
-    )
+    again = run_cli("quarantine", "replay", "--reason", "watch_exceeds_duration", env=env)
+    assert again.returncode == 0, again.stderr
     wait_for(lambda: _gate_counts(client).get("duplicate") == 1, 30, "the second replay to be a duplicate")
     assert checkpoints.learned() == 2
     # The future event was not replayed and is still held, nothing lost.
-    listing = subprocess.run(
-        [sys.executable, "-m", "recstream.cli", "quarantine", "list"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    listing = run_cli("quarantine", "list", env=env)
     assert "future_timestamp" in listing.stdout

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 from pydantic import ValidationError
 
 from api.auth import AuthNotConfigured, KeyRing, hash_key, key_ring_from_settings, new_key, verify_key
 from recstream.settings import ApiKeyEntry, Settings
+from tests.conftest import run_cli
 
 
 def test_a_key_verifies_against_its_hash_and_nothing_else_does() -> None:
@@ -90,13 +90,7 @@ def test_auth_is_on_by_default_and_refuses_to_start_without_keys(monkeypatch: py
 
 
 def _keys_create(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "recstream.cli", "keys", "create", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_cli("keys", "create", *args)
 
 
 def test_the_cli_prints_a_key_once_and_an_entry_whose_hash_verifies_it() -> None:

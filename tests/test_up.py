@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from recstream.local_services import free_port
+from tests.conftest import run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -102,14 +103,7 @@ def test_up_runs_everything_shows_changing_recommendations_and_stops_clean(tmp_p
             time.sleep(0.5)
 
         # the operator command the banner prints reads this run
-        env = {**os.environ, **exports}
-        listed = subprocess.run(
-            [sys.executable, "-m", "recstream.cli", "models", "list"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        listed = run_cli("models", "list", env={**os.environ, **exports})
         assert listed.returncode == 0, listed.stderr
         current = re.search(r"^\s*(\d+)\s+\*", listed.stdout, re.M)  # the row marked current
         assert current is not None, listed.stdout
