@@ -25,7 +25,6 @@ Elsewhere than glibc (musl, macOS) there is no ``malloc_trim`` and trimming does
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import time
 from collections.abc import Callable
 
@@ -33,11 +32,9 @@ TRIM_EVERY_SECONDS = 5.0
 
 
 def _load_malloc_trim() -> Callable[[], object] | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    """glibc's ``malloc_trim`` from the symbols already in the process (no library search)."""
     try:
-        function = ctypes.CDLL(name).malloc_trim
+        function = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):  # not glibc
         return None
     function.argtypes = [ctypes.c_size_t]
