@@ -83,6 +83,10 @@ INGEST_UNAVAILABLE = Counter(
 CHECKPOINTS = Counter("recstream_checkpoints_total", "Checkpoints written, by outcome.", ["outcome"])
 CHECKPOINT_SECONDS = Histogram("recstream_checkpoint_duration_seconds", "Time to encode and write one checkpoint.")
 CHECKPOINT_BYTES = Gauge("recstream_checkpoint_size_bytes", "Size of the last snapshot written.")
+HEAP_TRIMS = Counter(
+    "recstream_worker_heap_trims_total",
+    "Times the worker gave freed heap memory back to the OS after a checkpoint (at most every 5 s).",
+)
 WORKER_STALLED = Gauge(
     "recstream_worker_stalled",
     "1 while the worker takes no new events because a checkpoint (or the batch's Redis lookups) keeps failing "

@@ -220,7 +220,8 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
 
     async def checkpoint() -> None:
         await processor.checkpoint()
-        trimmer.after_checkpoint()  # the snapshot's intermediates are freed: give their pages back
+        if trimmer.after_checkpoint():  # the snapshot's intermediates are freed: give their pages back
+            metrics.HEAP_TRIMS.inc()
 
     async def checkpoint_until_done() -> None:
         await retry_until_done(checkpoint, backoff, "checkpoint", "checkpoint")

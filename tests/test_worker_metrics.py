@@ -67,6 +67,7 @@ def test_worker_metrics_move_with_the_stream(
         moved('recstream_events_quarantined_total{reason="future_timestamp"}', 1)
         moved('recstream_events_rejected_total{stage="worker"}', 1)
         moved('recstream_checkpoints_total{outcome="ok"}')
+        moved("recstream_worker_heap_trims_total")  # the first checkpoint's trim (then at most every 5 s)
         moved("recstream_last_checkpoint_timestamp_seconds")
         moved("recstream_event_to_learned_seconds_count", 300)
         moved('recstream_model_version{component="worker"}')
