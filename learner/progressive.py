@@ -27,6 +27,16 @@ from collections import deque
 from river import metrics
 
 
+def log_loss(y: float, p: float) -> float:
+    """One prediction's log loss (River's ``LogLoss``), ``p`` clipped to [1e-7, 1 - 1e-7].
+
+    >>> round(log_loss(1.0, 0.9), 4), round(log_loss(0.0, 0.9), 4), round(log_loss(1.0, 0.0), 2)
+    (0.1054, 2.3026, 16.12)
+    """
+    p = min(max(p, 1e-7), 1 - 1e-7)
+    return -math.log(p) if y > 0.5 else -math.log(1.0 - p)
+
+
 class ProgressiveMetrics:
     """Rolling ROC AUC and log loss of predictions made before learning.
 
@@ -46,10 +56,10 @@ class ProgressiveMetrics:
         self.count = 0
 
     def update(self, y: float, p: float) -> None:
+        loss = log_loss(y, p)
         p = min(max(p, 1e-7), 1 - 1e-7)
         label = y > 0.5
         labels, losses = self._labels, self._losses
-        loss = -math.log(p) if label else -math.log(1.0 - p)
         if len(labels) == self.window:
             self._positives -= labels[0]
             self._loss_sum -= losses[0]

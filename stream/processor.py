@@ -19,7 +19,6 @@ import base64
 import dataclasses
 import json
 import logging
-import math
 import os
 import socket
 import time
@@ -34,6 +33,7 @@ from learner.challenger import Contest, PromotionRule, hit_at_k
 from learner.codec import CodecError
 from learner.gate.base import GateEvent, Hold
 from learner.online_learner import OnlineLearner
+from learner.progressive import log_loss
 from recstream import metrics
 from recstream.events import Decoded, Event, parse_message
 from store.model_store import CheckpointConflict, ModelStore, SnapshotRefused
@@ -451,7 +451,7 @@ class EventProcessor:
         metrics.EVENT_TO_LEARNED_SECONDS.observe(max(0.0, now - ts))
         if prediction is not None and self.guard is not None:
             y = learner.rule.label(event.type, event.watch_seconds, event.item_duration_seconds)
-            if y is not None and self.guard.update(_logloss(y, prediction)) and self.paused_since is None:
+            if y is not None and self.guard.update(log_loss(y, prediction)) and self.paused_since is None:
                 self.paused_since = now
                 metrics.MODEL_GUARD_PAUSED.set(1)
                 metrics.MODEL_GUARD_PAUSES.inc()
@@ -806,11 +806,6 @@ def _gate_event(event: Event, ts: float) -> GateEvent:
         watch_seconds=event.watch_seconds,
         item_duration_seconds=event.item_duration_seconds,
     )
-
-
-def _logloss(y: float, p: float) -> float:
-    p = min(max(p, 1e-7), 1 - 1e-7)
-    return -math.log(p if y > 0.5 else 1 - p)
 
 
 def _finite_or_none(value: float) -> float | None:
