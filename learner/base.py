@@ -14,6 +14,11 @@ Optional capabilities, looked up with ``getattr`` so older models need none of t
 * ``advance_clock(ts)``: the stream clock in seconds since the epoch, called before an event is
   learned; time rules (decay) use it, never the wall clock, so a replay of old data behaves
   like the live stream did.
+* ``register_item(item)`` (label models): called for an unlabelled event's item, so that the model's
+  catalogue is every item seen, as a weight model's is (it registers the ids of every event). The
+  item becomes rankable (with the model's prior for an item it has learned nothing about), and
+  popularity then counts over the model's item index instead of keeping a second one
+  (:mod:`learner.online_learner`).
 * ``personal`` (class attribute, default ``True``): ``False`` for models that rank every user the
   same (popularity); they ``know`` every user, and a blend does not count them when deciding
   whether it can personalise.

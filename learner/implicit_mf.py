@@ -90,6 +90,14 @@ class ImplicitMF:
                 if j != i:
                     self._step(u, int(j), 0.0)
 
+    def register_item(self, item: str) -> None:
+        """Make ``item`` part of the catalogue without learning from it (an unlabelled event's item).
+
+        It gets its row and initial vector, as on its first labelled event: rankable with the prior
+        score of an item the model has learned nothing about.
+        """
+        self._item_row(item)
+
     # -- arrays for serving ------------------------------------------------------------
 
     @property

@@ -7,11 +7,13 @@ weight models learn every event with its :class:`~learner.event_weights.EventWei
 When the event's time is given it moves the stream clock, which time-decayed models follow.
 It does no I/O: the worker hands it events and asks for its state as bytes.
 
-Popularity counts over the model's own item index when the model learns from event weights:
-such a model registers the item of every event before popularity sees it, so both indexes
-would hold the same ids in the same order, and one is enough (see :mod:`learner.popularity`).
-A label model never sees unlabelled events, so popularity (which lists every item seen) keeps
-its own index of items, sharing the row numbers and, after a restore, the id strings.
+Popularity counts over the model's own item index when the model registers the item of every
+event before popularity sees it: a model that learns from event weights does, and so does a
+label model with ``register_item`` (called for the item of an unlabelled event, which it does
+not learn from). Both indexes would then hold the same ids in the same order, and one is enough
+(see :mod:`learner.popularity`; about 40 bytes an item). A label model without that hook never
+sees unlabelled events, so popularity (which lists every item seen) keeps its own index of
+items, sharing the row numbers and, after a restore, the id strings.
 
 >>> from datetime import datetime, timezone
 >>> learner = OnlineLearner()
@@ -59,6 +61,8 @@ class OnlineLearner:
         self.rule = rule or TargetRule()
         self.weights = weights or EventWeights()
         self.clock: float | None = None  # the latest event time seen (seconds since the epoch)
+        # a label model's hook for the items of unlabelled events (see the module doc)
+        self._register_item = getattr(self.model, "register_item", None) if reward_of(self.model) == "label" else None
         self.popularity = popularity or Popularity(items=self.model.items if _shares_items(self.model) else None)
         self.metrics = ProgressiveMetrics()
         self.events_learned = 0
@@ -92,6 +96,8 @@ class OnlineLearner:
             model.learn_one(user, item, self.weights.weight(event_type, watch_seconds, item_duration_seconds))
         elif y is not None:
             model.learn_one(user, item, y)
+        elif self._register_item is not None:
+            self._register_item(item)
         self.popularity.learn_one(item, y)
         self.events_learned += 1
         return prediction
@@ -161,7 +167,7 @@ class OnlineLearner:
 
 def _shares_items(model: Recommender) -> bool:
     """Whether popularity can count over ``model.items``: the model registers every event's item."""
-    return reward_of(model) == "weight"
+    return reward_of(model) == "weight" or getattr(model, "register_item", None) is not None
 
 
 def _restore_popularity(model: Recommender, ids: list[str], counts: np.ndarray) -> Popularity:

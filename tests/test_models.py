@@ -117,7 +117,16 @@ def test_a_brand_new_item_is_recommended_right_after_it_is_liked(kind: str) -> N
 def test_label_models_still_learn_only_labelled_events_and_weight_models_learn_views() -> None:
     labelled = OnlineLearner(model=ImplicitMF(n_factors=4))
     labelled.learn("u", "seen-only", "view", None, None, ts=1.0)
-    assert "seen-only" not in labelled.model.items  # plain view: no label, not learned
+    model = labelled.model
+    # plain view: no label, nothing learned; the item is registered (part of the catalogue) all the same
+    assert not model.knows_user("u") and labelled.events_labelled == 0
+    row = model.items.get("seen-only")
+    assert row is not None and model.item_bias[row] == 0.0
+    for n in range(20):
+        labelled.learn(f"fan{n}", "liked", "like", None, None, ts=2.0 + n)
+    # a known user's ranking can reach it (a label model no longer ranks only items with a label)
+    rec = ServingModel.from_bytes(labelled.to_bytes(), version=1).recommend("fan0", k=5, exclude={"liked"})
+    assert "seen-only" in [item for item, _ in rec.items]
     weighted = OnlineLearner(model=ItemCooccurrence())
     weighted.learn("u", "seen-only", "view", None, None, ts=1.0)
     assert "seen-only" in weighted.model.items and weighted.model.knows_user("u")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from learner import codec
-from learner.base import reward_of
 from learner.id_index import IdIndex
+from learner.implicit_mf import ImplicitMF
 from learner.online_learner import OnlineLearner
 from learner.popularity import Popularity
 from learner.registry import MODELS, build_model
@@ -79,11 +79,11 @@ def test_from_arrays_shares_only_an_index_with_exactly_its_ids() -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_popularity_shares_the_model_index_exactly_when_the_model_registers_every_item(kind: str) -> None:
+def test_popularity_shares_the_model_index_of_every_model_kind(kind: str) -> None:
     events = _events()
     learner = _learn(OnlineLearner(model=small_model(kind)), events)
-    shares = reward_of(learner.model) == "weight"
-    assert (learner.popularity.items is learner.model.items) == shares
+    # weight models register every event's item; the label model (implicit_mf) through register_item
+    assert learner.popularity.items is learner.model.items
     # Either way popularity is what it always was: every item seen, in order of first appearance.
     assert _counts(learner.popularity) == _expected_counts(events)
     assert list(_counts(learner.popularity)) == list(_expected_counts(events))
@@ -128,3 +128,14 @@ def test_an_older_snapshot_whose_popularity_order_differs_still_loads_as_it_was_
     assert _counts(clone.popularity) == _counts(learner.popularity)
     clone.learn("u1", "brand-new", "like", None, None)
     assert clone.popularity.count("brand-new") == 1.0
+
+
+def test_a_label_model_without_register_item_keeps_popularitys_own_index_of_every_item_seen() -> None:
+    class NoRegister(ImplicitMF):
+        register_item = None  # a label model that cannot register the items of unlabelled events
+
+    events = [*_events(), ("u1", "viewed-only", "view", 1.9e9)]
+    learner = _learn(OnlineLearner(model=NoRegister(n_factors=4)), events)
+    assert learner.popularity.items is not learner.model.items
+    assert len(learner.popularity.items) > len(learner.model.items)  # the plain views' items too
+    assert list(_counts(learner.popularity)) == list(_expected_counts(events))
