@@ -103,6 +103,37 @@ def test_top_k_matches_a_full_sort_with_ties_and_exclusions() -> None:
         assert all(float(scores[r]) == s for r, s in got)
 
 
+def _reference_top_k(scores: np.ndarray, k: int, exclude: list[int]) -> list[int]:
+    """Rows by score descending, equal scores lower row first, NaN last: a full sort."""
+    rows = [r for r in range(scores.size) if r not in set(exclude)]
+    numbers = sorted((r for r in rows if not np.isnan(scores[r])), key=lambda r: (-scores[r], r))
+    return (numbers + [r for r in rows if np.isnan(scores[r])])[:k]
+
+
+@pytest.mark.parametrize("shape", ["random", "ties", "all_equal", "few_best", "nan", "minus_inf"])
+def test_top_k_over_large_catalogues_is_the_exact_full_sort(shape: str) -> None:
+    """From 8,192 scores on, top_k takes a threshold from a sample first: same rows, same order."""
+    rng = np.random.default_rng(11)
+    for trial in range(8):
+        n = int(rng.integers(8_192, 40_000))
+        scores = {
+            "random": rng.random(n) * rng.random(n),
+            "ties": np.round(rng.normal(size=n), 1),
+            "all_equal": np.full(n, 0.25),
+            "few_best": np.where(rng.random(n) < 0.0005, 1.0, 0.0),  # fewer best than k, then a sea of ties
+            "nan": np.where(rng.random(n) < 0.3, np.nan, rng.random(n)),
+            "minus_inf": np.where(rng.random(n) < 0.999, -np.inf, rng.random(n)),
+        }[shape]
+        exclude = [int(r) for r in rng.integers(0, n, size=int(rng.integers(0, 200)))]
+        if trial % 3 == 0:  # exclusions among the sample's best: no usable sampled threshold
+            exclude += [int(r) for r in np.argsort(-np.nan_to_num(scores, nan=-1.0), kind="stable")[:300]]
+        k = int(rng.integers(1, 60))
+        got = top_k(scores, k, exclude=exclude)
+        want = _reference_top_k(scores, k, exclude)
+        assert [r for r, _ in got] == want, (shape, trial)
+        assert all(s == scores[r] or (np.isnan(s) and np.isnan(scores[r])) for r, s in got)
+
+
 def test_seen_items_are_never_recommended_and_strangers_get_popular_items() -> None:
     learner = OnlineLearner(model=ImplicitMF(seed=3))
     for user, item in [("u1", "a"), ("u1", "b"), ("u2", "a"), ("u3", "a"), ("u3", "c")]:
