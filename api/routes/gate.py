@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
 
 from api.deps import AUTH_RESPONSES, ApiState, get_state, require_scope
@@ -22,8 +22,28 @@ async def gate_status(state: Annotated[ApiState, Depends(get_state)]) -> GateSta
     return GateStatus(counts=await state.store.gate_counts(), guard=await state.store.guard_status())
 
 
-@router.post("/v1/gate/resume", status_code=202)
+@router.post(
+    "/v1/gate/resume",
+    status_code=202,
+    responses={409: {"description": "Learning is not paused (as last reported by the worker): nothing to resume."}},
+)
 async def resume_learning(state: Annotated[ApiState, Depends(get_state)]) -> dict[str, str]:
-    """Ask the worker to resume learning after the model guard paused it (applied at its next checkpoint)."""
+    """Ask the worker to resume learning after the model guard paused it (applied at its next checkpoint).
+
+    Refused (409) unless the worker's last checkpoint reported the guard paused: a request made
+    while it learns would otherwise wait in Redis and cancel the next pause the moment it began.
+    """
+    guard = await state.store.guard_status()
+    if guard.get("state") != "paused":
+        reported = guard.get("state")
+        raise HTTPException(
+            status_code=409,
+            detail=(
+                f"learning is not paused: the model guard's state at the worker's last checkpoint is {reported!r}"
+                if reported
+                else "learning is not paused: no worker has reported the model guard's state yet"
+            )
+            + "; nothing to resume (GET /v1/gate shows it; a pause shows there from the checkpoint after it)",
+        )
     await state.store.request_resume()
-    return {"status": "resume requested"}
+    return {"status": "resume requested", "paused_since": guard.get("since", "")}
