@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from recstream import components
@@ -88,7 +89,9 @@ def add_parser(subparsers: Any) -> None:
         p = sub.add_parser(name, help=f"{name} a version ({'kept beyond' if pinned else 'subject to'} retention)")
         p.add_argument("version", type=int)
         p.set_defaults(func=_pin, pinned=pinned)
-    sub.add_parser("history", help="every promotion and rollback").set_defaults(func=_history)
+    p = sub.add_parser("history", help="every promotion and rollback, oldest first")
+    p.add_argument("--json", action="store_true", help="one JSON object per line, every field (for scripts)")
+    p.set_defaults(func=_history)
     sub.add_parser("challengers", help="the champion and each shadow challenger's standing").set_defaults(
         func=_challengers
     )
@@ -132,10 +135,30 @@ def _pin(args: argparse.Namespace) -> int:
     return 0
 
 
-def _history(_args: argparse.Namespace) -> int:
-    for record in _run(lambda store: store.promotions()):
-        print(json.dumps(record))
+def _history(args: argparse.Namespace) -> int:
+    records = _run(lambda store: store.promotions())
+    if args.json:
+        for record in records:
+            print(json.dumps(record))
+    else:
+        print(history_table(records))
     return 0
+
+
+def history_table(records: list[dict[str, Any]]) -> str:
+    """Promotions and rollbacks, oldest first: when (UTC), versions, who, the models swapped, why."""
+    if not records:
+        return "no promotion or rollback yet"
+    lines = [f"{'when (UTC)':<20}{'from':>6}{'to':>6}  {'by':<9}{'model':<32}reason"]
+    for r in records:
+        at = r.get("at")
+        when = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S") if isinstance(at, int | float) else "?"
+        swap = f"{r['from_model']} -> {r['to_model']}" if r.get("from_model") or r.get("to_model") else "-"
+        lines.append(
+            f"{when:<20}{r.get('from') or '-'!s:>6}{r.get('to') or '-'!s:>6}  {r.get('actor', '?')!s:<9}"
+            f"{swap:<32}{r.get('reason', '')}"
+        )
+    return "\n".join(lines)
 
 
 def _challengers(_args: argparse.Namespace) -> int:

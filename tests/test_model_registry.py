@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import uuid
 
 import pytest
@@ -12,7 +14,7 @@ from store.model_store import ModelStore, SnapshotRefused
 from store.signing import SnapshotSigner
 from stream.processor import EventProcessor
 from tests.clock import iso
-from tests.conftest import Endpoint
+from tests.conftest import Endpoint, run_cli
 from tests.transport import Transport
 
 pytestmark = pytest.mark.integration
@@ -94,3 +96,33 @@ async def test_promote_refuses_a_missing_or_tampered_version(store: ModelStore) 
     with pytest.raises(KeyError):
         await store.promote(42, reason="test")
     assert await store.current_version() == 1
+
+
+async def test_models_history_prints_each_promotion_and_rollback_as_a_row(
+    store: ModelStore, redis_endpoint: Endpoint
+) -> None:
+    current = None
+    for n in range(3):
+        current = await store.checkpoint(current, f"b{n}".encode(), {}, {}, {})
+    await store.promote(1, reason="back to the first one")
+    await store.promote(2, reason="second try")
+    await store.rollback(reason="bad batch in v2")
+    env = {
+        **os.environ,
+        "RECSTREAM_REDIS_URL": redis_endpoint.url,
+        "RECSTREAM_REDIS_PREFIX": store.keys.prefix,
+        "RECSTREAM_HMAC_KEY": "k",
+    }
+    shown = run_cli("models", "history", env=env)
+    assert shown.returncode == 0, shown.stderr
+    header, *rows = shown.stdout.splitlines()
+    assert header.split() == ["when", "(UTC)", "from", "to", "by", "model", "reason"]
+    cells = [row.split(maxsplit=6) for row in rows]  # date, time, from, to, by, model, reason
+    assert [(c[2], c[3], c[4], c[6]) for c in cells] == [
+        ("3", "1", "operator", "back to the first one"),
+        ("1", "2", "operator", "second try"),
+        ("2", "1", "operator", "bad batch in v2"),
+    ]
+    as_json = run_cli("models", "history", "--json", env=env)
+    records = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert records == await store.promotions()
