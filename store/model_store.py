@@ -67,6 +67,20 @@ end
 return 0
 """
 
+#: Records learned event ids in one dedupe bucket. ARGV[1]: the bucket's key; ARGV[2]: the ids,
+#: space-separated; ARGV[3]: its time to live in seconds. One argument instead of one per id: the
+#: client encodes each argument in Python (~0.7 µs an id, the largest part of a checkpoint's CPU
+#: after the snapshot itself).
+DEDUPE_ADD = r"""
+local ids = {}
+for id in string.gmatch(ARGV[2], "%S+") do ids[#ids + 1] = id end
+for i = 1, #ids, 4000 do
+  redis.call("SADD", ARGV[1], unpack(ids, i, math.min(i + 3999, #ids)))
+end
+redis.call("EXPIRE", ARGV[1], ARGV[3])
+return #ids
+"""
+
 #: Which of the ids (ARGV[2], space-separated) are members of any bucket set ARGV[1]..n for n in
 #: [ARGV[3], ARGV[4]]: the ids are sent once, not once per bucket.
 DEDUPE_LOOKUP = """
@@ -244,8 +258,8 @@ class ModelStore:
                     pipe.eval(SEEN_ADD, 0, keys.seen(""), lines)
                 if event_ids:
                     bucket_key = keys.dedupe(self._bucket(now))
-                    pipe.sadd(bucket_key, *event_ids)
-                    pipe.expire(bucket_key, int(self.dedupe_retention_seconds + 2 * self.dedupe_bucket_seconds))
+                    ttl = int(self.dedupe_retention_seconds + 2 * self.dedupe_bucket_seconds)
+                    pipe.eval(DEDUPE_ADD, 0, bucket_key, " ".join(event_ids), ttl)
                 for reason, count in (gate_counts or {}).items():
                     if count:
                         pipe.hincrby(keys.gate_counts, reason, count)

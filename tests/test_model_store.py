@@ -118,3 +118,21 @@ async def test_a_version_pinned_during_a_checkpoint_is_not_deleted_by_its_retent
     assert (await store.load(1)).blob == b"b0"  # type: ignore[union-attr]
     assert await store.checkpoint(current, b"b3", {}, {}, {}) == 4  # the retry sees the pin and keeps v1
     assert (await store.load(1)).blob == b"b0"  # type: ignore[union-attr]
+
+
+async def test_learned_event_ids_are_recorded_with_the_checkpoint_and_expire_after_the_retention(
+    store: ModelStore,
+) -> None:
+    now = 1_800_000_000.0
+    ids = [f"e{i}" for i in range(9_000)]  # more than one SADD chunk in the script
+    await store.checkpoint(None, b"blob", {}, {}, {}, event_ids=ids, now=now)
+    await store.checkpoint(1, None, {}, {}, {}, event_ids=["late-1"], now=now + 10)  # same bucket, no new version
+    assert await store.learned_event_ids([*ids[::1000], "late-1", "never"], now=now + 20) == {*ids[::1000], "late-1"}
+    bucket = store.keys.dedupe(store._bucket(now))
+    assert await store.redis.scard(bucket) == len(ids) + 1
+    ttl = await store.redis.ttl(bucket)
+    retention = store.dedupe_retention_seconds + 2 * store.dedupe_bucket_seconds
+    assert retention - 5 <= ttl <= retention
+    # past the retention window they are no longer duplicates
+    later = now + store.dedupe_retention_seconds + 2 * store.dedupe_bucket_seconds
+    assert await store.learned_event_ids(ids[:3], now=later) == set()
