@@ -7,7 +7,9 @@ Rules that keep state (rate windows, anomaly models) update it in ``observe``, w
 calls only for events that passed every rule, so held traffic never trains the gate itself.
 A rule may also offer ``prepare(events, now)``: the gate's caller hands it a batch before
 checking its events one by one, and the rule may compute ahead what it can (it must not change
-any verdict).
+any verdict). A rule whose ``check`` reads only the event and ``now`` and whose ``observe`` does
+nothing may say so (``stateless = True``) and offer ``holds(events, now)``, the rows of a chunk it
+holds: :meth:`QualityGate.check_chunk` then judges a chunk with it in one pass.
 
 Duplicate detection needs Redis and lives in ``stream/``; everything here is testable on plain data.
 """
@@ -15,12 +17,16 @@ Duplicate detection needs Redis and lives in ``stream/``; everything here is tes
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 
-@dataclass(frozen=True)
-class GateEvent:
-    """What a rule sees of an event. ``ts`` is seconds since the epoch."""
+class GateEvent(NamedTuple):
+    """What a rule sees of an event. ``ts`` is seconds since the epoch.
+
+    A named tuple rather than a frozen dataclass: the worker builds one per event, and a tuple is
+    built (positionally) in ~0.15 µs instead of ~0.6-0.8 µs; it is just as immutable, and rules
+    only read its fields.
+    """
 
     event_id: str
     user_id: str

@@ -30,6 +30,7 @@ from river import anomaly, stats
 from learner.gate.base import GateEvent, Hold
 from learner.gate.hst_batch import FlatTrees
 
+_exp, _log1p = math.exp, math.log1p
 POSITIVE_TYPES = frozenset({"like", "share"})
 #: The anomaly rule's features, in the order of its feature tuples (and of the dicts River's trees see).
 FEATURES = ("gap", "rate", "positive", "positive_ratio", "watch_ratio", "history")
@@ -76,47 +77,49 @@ class UserRateRule:
         # user -> [window index, previous events, current events, previous positives, current positives,
         #          user's clock (latest ts), now when last seen]; least recently seen first
         self._users: OrderedDict[str, list[float]] = OrderedDict()
-
-    def _counts(self, state: list[float], ts: float) -> tuple[float, float]:
-        """(estimated events, estimated positives) in the window ending at the user's clock."""
-        clock = max(state[5], ts)
-        index = clock // self.window_seconds
-        if index == state[0]:
-            previous_e, current_e, previous_p, current_p = state[1], state[2], state[3], state[4]
-        elif index == state[0] + 1:
-            previous_e, current_e, previous_p, current_p = state[2], 0.0, state[4], 0.0
-        else:
-            return 0.0, 0.0
-        overlap = 1.0 - (clock - index * self.window_seconds) / self.window_seconds
-        return previous_e * overlap + current_e, previous_p * overlap + current_p
+        self._oldest, self._oldest_seen = None, -math.inf  # _users' first entry (see _evict)
 
     def check(self, event: GateEvent, now: float) -> Hold | None:  # noqa: ARG002 - windows run on the user's clock
         state = self._users.get(event.user_id)
         if state is None:
             return None  # nothing counted, and both limits are at least 1
-        events, positives = self._counts(state, event.ts)
+        # the estimated counts in the window ending at the user's clock (the latest ts seen from them)
+        ts = event.ts
+        clock = ts if ts > state[5] else state[5]
+        window = self.window_seconds
+        index = clock // window
+        current = index == state[0]
+        if current:
+            previous_e, current_e = state[1], state[2]
+        elif index == state[0] + 1:
+            previous_e, current_e = state[2], 0.0
+        else:
+            return None  # both windows are over: nothing counted
+        overlap = 1.0 - (clock - index * window) / window
+        events = previous_e * overlap + current_e
         if events + 1 > self.max_events:
-            return Hold(
-                "user_rate",
-                f"user sent {events:.0f} events in the last {self.window_seconds:.0f} s (limit {self.max_events})",
-            )
-        if event.type in self.positive_types and positives + 1 > self.max_positives:
-            return Hold(
-                "user_rate",
-                f"user sent {positives:.0f} likes/shares in the last {self.window_seconds:.0f} s "
-                f"(limit {self.max_positives})",
-            )
+            return self._hold(events, "events", self.max_events)
+        if event.type in self.positive_types:
+            previous_p, current_p = (state[3], state[4]) if current else (state[4], 0.0)
+            positives = previous_p * overlap + current_p
+            if positives + 1 > self.max_positives:
+                return self._hold(positives, "likes/shares", self.max_positives)
         return None
+
+    def _hold(self, count: float, what: str, limit: int) -> Hold:
+        window = self.window_seconds
+        return Hold("user_rate", f"user sent {count:.0f} {what} in the last {window:.0f} s (limit {limit})")
 
     def observe(self, event: GateEvent, now: float) -> None:
         users, user = self._users, event.user_id
         state = users.get(user)
+        ts = event.ts
         if state is None:
-            clock = event.ts
+            clock = ts
             state = users[user] = [clock // self.window_seconds, 0.0, 0.0, 0.0, 0.0, clock, now]
         else:
             users.move_to_end(user)  # most recently seen last
-            clock = max(state[5], event.ts)
+            clock = ts if ts > state[5] else state[5]
             index = clock // self.window_seconds
             if index > state[0] + 1:  # both windows are over
                 state[:5] = [index, 0.0, 0.0, 0.0, 0.0]
@@ -127,7 +130,9 @@ class UserRateRule:
             state[4] += 1.0
         state[5] = clock
         state[6] = now
-        _evict(users, now - 2 * self.window_seconds, self.max_users, 6)
+        horizon = now - 2 * self.window_seconds
+        if user == self._oldest or not (self._oldest_seen >= horizon and len(users) <= self.max_users):
+            self._oldest, self._oldest_seen = _evict(users, horizon, self.max_users, 6)
 
     def observe_held(self, event: GateEvent, now: float, hold: Hold) -> None:  # noqa: ARG002 - any reason counts
         """A held attempt still counts: a sender who keeps going stays over the limit."""
@@ -176,7 +181,10 @@ class EstablishedUsers:
 
     @staticmethod
     def _has(table: bytearray, positions: list[int]) -> bool:
-        return all(table[p >> 3] & (1 << (p & 7)) for p in positions)
+        for p in positions:  # a loop, not all(genexpr): this runs for every new user's first events
+            if not table[p >> 3] & (1 << (p & 7)):
+                return False
+        return True
 
     def __contains__(self, user: object) -> bool:
         if not isinstance(user, str):
@@ -317,6 +325,7 @@ class ItemSurgeRule:
         self.warmup_positives = warmup_positives
         self._item_decay = 1.0 - 1.0 / item_memory
         self._stream_decay = 1.0 - 1.0 / stream_memory
+        self._share_rate_floor = 1.0 - self._stream_decay  # the stream's new-user share: weight of the newest
         self.user_idle_seconds = user_idle_seconds
         self.max_items = max_items
         self.max_users = max_users
@@ -338,18 +347,18 @@ class ItemSurgeRule:
         # user -> [events passed (capped at new_user_events), now last seen]; established users stay here as a
         # cache in front of the Bloom filters while active
         self._users: OrderedDict[str, list[float]] = OrderedDict()
-
-    def _history(self, user: str) -> float:
-        state = self._users.get(user)
-        if state is not None:
-            return state[0]
-        return float(self.new_user_events) if user in self.established else 0.0
+        self._oldest, self._oldest_seen = None, -math.inf  # _users' first entry (see _evict)
 
     def check(self, event: GateEvent, now: float) -> Hold | None:  # noqa: ARG002 - windows count interactions
         judged = self.judged_types
         if judged is not None and event.type not in judged:
             return None
-        if self._history(event.user_id) >= self.new_user_events:
+        user = event.user_id
+        known = self._users.get(user)
+        if known is not None:
+            if known[0] >= self.new_user_events:
+                return None  # an established user
+        elif user in self.established:
             return None
         state = self._items.get(event.item_id)
         if state is None:
@@ -396,6 +405,7 @@ class ItemSurgeRule:
         return Hold("item_surge", f"surge from new users: {why}")
 
     def _count(self, is_new: bool, item: str, positive: bool) -> list[float]:
+        """Count an interaction with ``item`` (a new user's if ``is_new``) in its record and the stream's channels."""
         decay = self._stream_decay
         clocks, stream_new = self._clocks, self._stream_new
         items = self._items
@@ -406,13 +416,16 @@ class ItemSurgeRule:
                 items.popitem(last=False)
         else:
             items.move_to_end(item)  # most recently touched last
-        for channel in (0, 1) if positive else (0,):
-            clocks[channel] += 1
-            clock = clocks[channel]
-            stream_new[channel] = stream_new[channel] * decay + is_new
-            at = 3 + 2 * channel
-            state[at] = state[at] * decay ** (clock - state[at + 1]) + is_new
-            state[at + 1] = clock
+        # channel 0 (every judged interaction), then channel 1 (likes/shares): [new-user attempts, clock] at 3 and 5
+        clock = clocks[0] = clocks[0] + 1
+        stream_new[0] = stream_new[0] * decay + is_new
+        state[3] = state[3] * decay ** (clock - state[4]) + is_new
+        state[4] = clock
+        if positive:
+            clock = clocks[1] = clocks[1] + 1
+            stream_new[1] = stream_new[1] * decay + is_new
+            state[5] = state[5] * decay ** (clock - state[6]) + is_new
+            state[6] = clock
         item_decay = self._item_decay
         state[0] = state[0] * item_decay + is_new
         state[1] = state[1] * item_decay + 1.0
@@ -431,19 +444,25 @@ class ItemSurgeRule:
             users[user] = state
         else:
             users.move_to_end(user)  # most recently seen last
+        new_user_events = self.new_user_events
         judged = self.judged_types
         if judged is None or event.type in judged:
-            is_new = state[0] < self.new_user_events
+            is_new = state[0] < new_user_events
             self._count(is_new, event.item_id, event.type in self.positive_types)
-            self._passed += 1
-            rate = max(1.0 / self._passed, 1.0 - self._stream_decay)  # plain mean until the window fills
+            self._passed = passed = self._passed + 1
+            rate = 1.0 / passed
+            floor = self._share_rate_floor
+            if floor > rate:  # max(1 / passed, floor): a plain mean until the window fills
+                rate = floor
             self._stream_new_share += rate * (is_new - self._stream_new_share)
-        if state[0] < self.new_user_events:
+        if state[0] < new_user_events:
             state[0] += 1.0
-            if state[0] >= self.new_user_events:
+            if state[0] >= new_user_events:
                 self.established.add(user)
         state[1] = now
-        _evict(users, now - self.user_idle_seconds, self.max_users, 1)
+        horizon = now - self.user_idle_seconds
+        if user == self._oldest or not (self._oldest_seen >= horizon and len(users) <= self.max_users):
+            self._oldest, self._oldest_seen = _evict(users, horizon, self.max_users, 1)
 
     def observe_held(self, event: GateEvent, now: float, hold: Hold) -> None:  # noqa: ARG002
         """A held new-user interaction still counts for its item, and (re)starts the item's cool-down."""
@@ -456,13 +475,20 @@ class ItemSurgeRule:
         return self._stream_new_share
 
 
-def _evict(table: OrderedDict[str, list[float]], horizon: float, cap: int, seen_at: int) -> None:
-    """Drop least-recently-seen entries seen before ``horizon``, and any beyond ``cap``."""
+def _evict(table: OrderedDict[str, list[float]], horizon: float, cap: int, seen_at: int) -> tuple[str | None, float]:
+    """Drop least-recently-seen entries seen before ``horizon``, and any beyond ``cap``.
+
+    Returns the least recently seen entry left (key, when seen), or (None, -inf) when none is: the
+    rules keep it, and call this again only when the table's size, the horizon or a touch of that
+    entry (which moves it to the end) may make it due (a condition the rules check inline), so that the oldest
+    record, usually out of the CPU caches, is not read for every event.
+    """
     while table:
-        oldest = next(iter(table.values()))
+        key, oldest = next(iter(table.items()))
         if oldest[seen_at] >= horizon and len(table) <= cap:
-            break
+            return key, oldest[seen_at]
         table.popitem(last=False)
+    return None, -math.inf
 
 
 class AnomalousBehaviourRule:
@@ -528,11 +554,13 @@ class AnomalousBehaviourRule:
         self.rate_cap = rate_cap
         self.positive_types = positive_types
         self.trees = anomaly.HalfSpaceTrees(n_trees=n_trees, height=height, window_size=window_size, seed=seed)
+        self._window_size = window_size  # the trees' (read for every event)
         self.threshold = stats.Quantile(quantile)
         self.passed = 0
         self.learned = 0
         self._scored = False  # the quantile has seen a real score (the trees finished their first window)
         self._users: OrderedDict[str, list[float]] = OrderedDict()
+        self._oldest, self._oldest_seen = None, -math.inf  # _users' first entry (see _evict)
         # the features, score and next user state computed by the last check, reused by observe
         self._memo: tuple[GateEvent, Features, float, list[float]] | None = None
         # prepare(): id(event) -> (event, user state it was computed from, features, next state, row of the batch)
@@ -552,43 +580,43 @@ class AnomalousBehaviourRule:
 
     def _features(self, event: GateEvent, now: float, state: list[float] | None) -> tuple[Features, list[float]]:
         """The event's features (in the order of FEATURES) and the user's next state, from the user's ``state``
-        (None: a new user)."""
+        (None: a new user). Runs for every event: written with plain comparisons instead of min/max calls,
+        the same operations on the same values (so the same floats)."""
         positive = 1.0 if event.type in self.positive_types else 0.0
         watch_seconds, duration = event.watch_seconds, event.item_duration_seconds
         watch = None
         if watch_seconds is not None and duration:
-            watch = min(watch_seconds / duration, 2.0) / 2.0
+            watch = watch_seconds / duration
+            watch = (2.0 if 2.0 < watch else watch) / 2.0  # min(watch, 2.0) / 2.0
         if state is None:
             # [clock, decayed event count, positive ratio, watch ratio, events, now last seen]
-            nxt = [event.ts, 1.0, positive, 0.5 if watch is None else watch, 1.0, now]
+            clock, decayed, pos_ratio, watch_ratio, n = event.ts, 1.0, positive, 0.5 if watch is None else watch, 1.0
             gap = 1.0
         else:
             ts = event.ts
             clock, decayed, pos_ratio, watch_ratio, n = state[0], state[1], state[2], state[3], state[4]
-            elapsed = max(ts - clock, 0.0)
-            gap = min(math.log1p(elapsed) * self._GAP_SCALE, 1.0)
+            elapsed = ts - clock
+            if 0.0 > elapsed:  # max(ts - clock, 0.0)
+                elapsed = 0.0
+            gap = _log1p(elapsed) * self._GAP_SCALE
+            if 1.0 < gap:
+                gap = 1.0
             rate = 1.0 / (n + 1.0) if n < 20 else 0.05  # running mean first, then exponential
-            nxt = [
-                max(clock, ts),
-                decayed * math.exp(-elapsed / self._RATE_TAU) + 1.0,
-                pos_ratio + rate * (positive - pos_ratio),
-                watch_ratio if watch is None else watch_ratio + rate * (watch - watch_ratio),
-                n + 1.0,
-                now,
-            ]
-        x = (
-            gap,
-            min(nxt[1] / self.rate_cap, 1.0),
-            positive,
-            nxt[2],
-            nxt[3],
-            min(math.log1p(nxt[4]) * self._HISTORY_SCALE, 1.0),
-        )
-        return x, nxt
+            if ts > clock:
+                clock = ts
+            decayed = decayed * _exp(-elapsed / self._RATE_TAU) + 1.0
+            pos_ratio = pos_ratio + rate * (positive - pos_ratio)
+            if watch is not None:
+                watch_ratio = watch_ratio + rate * (watch - watch_ratio)
+            n = n + 1.0
+        recent = decayed / self.rate_cap
+        history = _log1p(n) * self._HISTORY_SCALE
+        x = (gap, 1.0 if 1.0 < recent else recent, positive, pos_ratio, watch_ratio, 1.0 if 1.0 < history else history)
+        return x, [clock, decayed, pos_ratio, watch_ratio, n, now]
 
     def _window(self) -> int:
         """How many windows the trees have completed (their reference masses change with each)."""
-        return self.learned // self.trees.window_size
+        return self.learned // self._window_size
 
     def _flat_trees(self) -> FlatTrees:
         if self._flat is None:
@@ -608,14 +636,16 @@ class AnomalousBehaviourRule:
         as without ``prepare``, only cheaper.
         """
         self._ahead = ahead = {}
-        if self.learned < self.trees.window_size or len(events) < 2:
+        if self.learned < self._window_size or len(events) < 2:
             return  # before the first window every score is 0; a single event gains nothing
-        users: dict[str, list[float] | None] = {}
+        users: dict[str, list[float]] = {}  # each user's state after their events so far in the batch
         known, features = self._users, self._features
         points = []
         for row, event in enumerate(events):
             user = event.user_id
-            state = users[user] if user in users else known.get(user)
+            state = users.get(user)
+            if state is None:
+                state = known.get(user)
             x, nxt = features(event, now, state)
             users[user] = nxt
             ahead[id(event)] = (event, state, x, nxt, row)
@@ -623,15 +653,16 @@ class AnomalousBehaviourRule:
         self._ahead_leaves = self._flat_trees().leaves(np.array(points))
         self._ahead_window = -1  # scored by the first check
 
-    def _scored_features(self, event: GateEvent, now: float) -> tuple[Features, float, list[float]]:
+    def _scored_features(self, event: GateEvent, now: float) -> tuple[GateEvent, Features, float, list[float]]:
+        """(event, features, score, the user's next state), computed once per event (kept for observe)."""
         memo = self._memo
         if memo is not None and memo[0] is event:
-            return memo[1], memo[2], memo[3]
+            return memo
         state = self._users.get(event.user_id)
         ahead = self._ahead.pop(id(event), None) if self._ahead else None
         if ahead is not None and ahead[0] is event and ahead[1] is state:
             _, _, x, nxt, row = ahead
-            window = self._window()
+            window = self.learned // self._window_size
             if self._ahead_window != window:  # the batch's first check, or a window of the trees ended since
                 self._ahead_scores = self._flat_trees().scores(self._ahead_leaves, self._current_leaf_scores())
                 self._ahead_window = window
@@ -640,10 +671,10 @@ class AnomalousBehaviourRule:
             nxt[5] = now  # the only field of the state that depends on now (when the user was last seen)
         else:
             x, nxt = self._features(event, now, state)
-            learned = self.learned >= self.trees.window_size
+            learned = self.learned >= self._window_size
             score = float(self.trees.score_one(dict(zip(FEATURES, x, strict=True)))) if learned else 0.0
-        self._memo = (event, x, score, nxt)
-        return x, score, nxt
+        self._memo = memo = (event, x, score, nxt)
+        return memo
 
     def _current_leaf_scores(self) -> np.ndarray:
         window = self._window()
@@ -652,7 +683,8 @@ class AnomalousBehaviourRule:
         return self._leaf_scores
 
     def check(self, event: GateEvent, now: float) -> Hold | None:
-        _, score, _ = self._scored_features(event, now)
+        memo = self._memo
+        score = (memo if memo is not None and memo[0] is event else self._scored_features(event, now))[2]
         if self.passed < self.warmup_events or not self._scored:
             return None
         threshold = self.threshold.get()
@@ -668,7 +700,9 @@ class AnomalousBehaviourRule:
         users = self._users
         users[user] = nxt
         users.move_to_end(user)
-        _evict(users, now - self.idle_seconds, self.max_users, 5)
+        horizon = now - self.idle_seconds
+        if user == self._oldest or not (self._oldest_seen >= horizon and len(users) <= self.max_users):
+            self._oldest, self._oldest_seen = _evict(users, horizon, self.max_users, 5)
 
     def _learn(self, x: Features) -> None:
         """Learn ``x`` into the trees, as River's ``learn_one`` does; the points of a window are walked in when it ends.
@@ -692,20 +726,27 @@ class AnomalousBehaviourRule:
             pending.clear()
 
     def observe(self, event: GateEvent, now: float) -> None:
-        x, score, nxt = self._scored_features(event, now)
+        memo = self._memo
+        _, x, score, nxt = memo if memo is not None and memo[0] is event else self._scored_features(event, now)
         self._memo = None
-        self._remember(event.user_id, nxt, now)
-        self.passed += 1
-        if self.learned >= self.trees.window_size:  # before that the trees score everything 0
+        # _remember, inline (once per event)
+        users, user = self._users, event.user_id
+        users[user] = nxt
+        users.move_to_end(user)
+        horizon = now - self.idle_seconds
+        if user == self._oldest or not (self._oldest_seen >= horizon and len(users) <= self.max_users):
+            self._oldest, self._oldest_seen = _evict(users, horizon, self.max_users, 5)
+        self.passed = passed = self.passed + 1
+        if self.learned >= self._window_size:  # before that the trees score everything 0
             self.threshold.update(score)
             self._scored = True
-        if self.passed % self.learn_every == 0:
+        if passed % self.learn_every == 0:
             self._learn(x)
             self.learned += 1
 
     def observe_held(self, event: GateEvent, now: float, hold: Hold) -> None:  # noqa: ARG002
         """Count the held score in the quantile and the attempt in the user's features; never learn it."""
-        _, score, nxt = self._scored_features(event, now)
+        _, _, score, nxt = self._scored_features(event, now)
         self._memo = None
         self._remember(event.user_id, nxt, now)
         if self._scored:

@@ -37,6 +37,59 @@ __all__ = ["GateConfig", "QualityGate", "default_gate", "default_model_guard", "
 
 _Check = Callable[[GateEvent, float], Hold | None]
 _OnHold = Callable[[GateEvent, float, Hold], None]
+_Holds = Callable[[Sequence[GateEvent], float], dict[int, Hold]]
+_Observe = Callable[[GateEvent, float], None]
+
+
+class _Plan:
+    """The gate's rules for one set of overrides, arranged for :meth:`QualityGate.check_chunk`.
+
+    Stateless rules (``stateless = True``: ``check`` reads only the event and ``now``, ``observe``
+    does nothing, no ``observe_held``) judge a whole chunk at once (their ``holds``); the others
+    (``checks``) are called event by event, in order. An event a stateless rule holds is checked
+    only by the stateful rules before it (``before[its position]``), so the first hold in the
+    gate's order still decides.
+    """
+
+    def __init__(self, rules: Sequence[GateRule], overrides: frozenset[str]) -> None:
+        self.stateless: list[tuple[int, _Holds]] = []
+        self.checks: list[tuple[_Check, _OnHold | None]] = []
+        self.before: dict[int, list[tuple[_Check, _OnHold | None]]] = {}
+        self.observers: list[_Observe] = []
+        self.preparers: list[Callable[[Sequence[GateEvent], float], None]] = []
+        for position, rule in enumerate(rules):
+            if _is_stateless(rule):
+                if not _overridden(rule, overrides):
+                    self.stateless.append((position, getattr(rule, "holds", None) or _holds_of(rule.check)))
+                    self.before[position] = list(self.checks)
+                continue
+            self.observers.append(rule.observe)  # an overridden rule still observes what passes, as in check
+            if not _overridden(rule, overrides):
+                self.checks.append((rule.check, getattr(rule, "observe_held", None)))
+                if hasattr(rule, "prepare"):
+                    self.preparers.append(rule.prepare)
+
+
+def _overridden(rule: GateRule, overrides: frozenset[str]) -> bool:
+    return bool(overrides) and frozenset(rule.codes) <= overrides
+
+
+def _is_stateless(rule: GateRule) -> bool:
+    return getattr(rule, "stateless", False) is True and not hasattr(rule, "observe_held")
+
+
+def _holds_of(check: _Check) -> _Holds:
+    """``holds`` for a stateless rule that has only ``check``."""
+
+    def holds(events: Sequence[GateEvent], now: float) -> dict[int, Hold]:
+        found = {}
+        for row, event in enumerate(events):
+            hold = check(event, now)
+            if hold is not None:
+                found[row] = hold
+        return found
+
+    return holds
 
 
 class QualityGate:
@@ -51,8 +104,10 @@ class QualityGate:
         self._checks: list[tuple[frozenset[str], _Check, _OnHold | None]] = [
             (frozenset(rule.codes), rule.check, getattr(rule, "observe_held", None)) for rule in self.rules
         ]
-        self._observers = [rule.observe for rule in self.rules]
+        # a stateless rule's observe does nothing: not called
+        self._observers = [rule.observe for rule in self.rules if not _is_stateless(rule)]
         self._preparers = [(frozenset(rule.codes), rule.prepare) for rule in self.rules if hasattr(rule, "prepare")]
+        self._plans: dict[frozenset[str], _Plan] = {}
 
     def prepare(self, events: Sequence[GateEvent], now: float, overrides: frozenset[str] = frozenset()) -> None:
         """Let the rules that can work on a batch ahead of its checks do so (``prepare(events, now)``).
@@ -85,6 +140,54 @@ class QualityGate:
                 observe(event, now)
         self.passed += 1
         return None
+
+    def check_chunk(
+        self, events: Sequence[GateEvent], now: float, overrides: frozenset[str] = frozenset()
+    ) -> list[Hold | None]:
+        """The verdict on each of ``events``, in order: what ``prepare(events, now, overrides)`` then
+        ``check(event, now, overrides)`` on each would return, with the same counts and rule state.
+
+        Cheaper per event (the worker's path): the stateless rules judge the whole chunk in one
+        pass each, and only the rules that keep state are called event by event.
+        """
+        if not self.enabled:
+            self.passed += len(events)
+            return [None] * len(events)
+        plan = self._plans.get(overrides)
+        if plan is None:
+            plan = self._plans[overrides] = _Plan(self.rules, overrides)
+        for prepare in plan.preparers:
+            prepare(events, now)
+        early: dict[int, tuple[int, Hold]] = {}  # row -> the first stateless rule that holds it (position, hold)
+        for position, holds in plan.stateless:
+            for row, hold in holds(events, now).items():
+                early.setdefault(row, (position, hold))
+        checks, observers, counts = plan.checks, plan.observers, self.counts
+        verdicts: list[Hold | None] = []
+        passed = 0
+        try:
+            for row, event in enumerate(events):
+                hold, rules = None, checks
+                if early and row in early:
+                    position, hold = early[row]
+                    rules = plan.before[position]
+                for check, on_hold in rules:
+                    found = check(event, now)
+                    if found is not None:
+                        hold = found
+                        if on_hold is not None:
+                            on_hold(event, now, found)
+                        break
+                if hold is None:
+                    for observe in observers:
+                        observe(event, now)
+                    passed += 1
+                else:
+                    counts[hold.reason] = counts.get(hold.reason, 0) + 1
+                verdicts.append(hold)
+        finally:
+            self.passed += passed
+        return verdicts
 
     @property
     def held(self) -> int:

@@ -20,6 +20,7 @@ True
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 
 from learner.gate.base import GateEvent, Hold
 
@@ -30,6 +31,7 @@ class WatchExceedsDurationRule:
     """Holds events whose ``watch_seconds`` exceed ``factor`` × ``item_duration_seconds`` + ``slack_seconds``."""
 
     codes: tuple[str, ...] = ("watch_exceeds_duration",)
+    stateless = True  # check reads only the event; observe does nothing
 
     def __init__(self, factor: float = 3.0, slack_seconds: float = 60.0) -> None:
         if factor < 1.0 or slack_seconds < 0:
@@ -42,12 +44,22 @@ class WatchExceedsDurationRule:
         if watch is None or duration is None:
             return None
         limit = self.factor * duration + self.slack_seconds
-        if watch > limit:
-            return Hold(
-                "watch_exceeds_duration",
-                f"watched {watch:.0f} s of a {duration:.0f} s item (limit {limit:.0f} s)",
-            )
-        return None
+        return self._hold(watch, duration, limit) if watch > limit else None
+
+    def holds(self, events: Sequence[GateEvent], now: float) -> dict[int, Hold]:  # noqa: ARG002 - timeless
+        """The rows of ``events`` that ``check`` holds, in one pass (the gate's chunk path)."""
+        factor, slack = self.factor, self.slack_seconds
+        return {
+            row: self._hold(e.watch_seconds, e.item_duration_seconds, factor * e.item_duration_seconds + slack)
+            for row, e in enumerate(events)
+            if e.watch_seconds is not None
+            and e.item_duration_seconds is not None
+            and e.watch_seconds > factor * e.item_duration_seconds + slack
+        }
+
+    @staticmethod
+    def _hold(watch: float, duration: float, limit: float) -> Hold:
+        return Hold("watch_exceeds_duration", f"watched {watch:.0f} s of a {duration:.0f} s item (limit {limit:.0f} s)")
 
     def observe(self, event: GateEvent, now: float) -> None:
         pass
@@ -64,6 +76,7 @@ class SkipAfterFullWatchRule:
     """
 
     codes: tuple[str, ...] = ("skip_after_full_watch",)
+    stateless = True  # check reads only the event; observe does nothing
 
     def __init__(self, full_fraction: float = 1.0) -> None:
         if full_fraction <= 0:
@@ -76,12 +89,26 @@ class SkipAfterFullWatchRule:
         watch, duration = event.watch_seconds, event.item_duration_seconds
         if watch is None or duration is None:
             return None
-        if watch >= self.full_fraction * duration:
-            return Hold(
-                "skip_after_full_watch",
-                f"skip after watching {watch:.0f} s of a {duration:.0f} s item: the client may send skip for 'next'",
-            )
-        return None
+        return self._hold(watch, duration) if watch >= self.full_fraction * duration else None
+
+    def holds(self, events: Sequence[GateEvent], now: float) -> dict[int, Hold]:  # noqa: ARG002 - timeless
+        """The rows of ``events`` that ``check`` holds, in one pass (the gate's chunk path)."""
+        fraction = self.full_fraction
+        return {
+            row: self._hold(e.watch_seconds, e.item_duration_seconds)
+            for row, e in enumerate(events)
+            if e.type == "skip"
+            and e.watch_seconds is not None
+            and e.item_duration_seconds is not None
+            and e.watch_seconds >= fraction * e.item_duration_seconds
+        }
+
+    @staticmethod
+    def _hold(watch: float, duration: float) -> Hold:
+        return Hold(
+            "skip_after_full_watch",
+            f"skip after watching {watch:.0f} s of a {duration:.0f} s item: the client may send skip for 'next'",
+        )
 
     def observe(self, event: GateEvent, now: float) -> None:
         pass

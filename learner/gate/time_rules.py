@@ -16,6 +16,8 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from learner.gate.base import GateEvent, Hold
 
 
@@ -27,6 +29,7 @@ class FutureTimestampRule:
     """
 
     codes: tuple[str, ...] = ("future_timestamp",)
+    stateless = True  # check reads only the event and now; observe does nothing
 
     def __init__(self, max_skew_seconds: float = 300.0) -> None:
         if max_skew_seconds < 0:
@@ -35,12 +38,18 @@ class FutureTimestampRule:
 
     def check(self, event: GateEvent, now: float) -> Hold | None:
         ahead = event.ts - now
-        if ahead > self.max_skew_seconds:
-            return Hold(
-                "future_timestamp",
-                f"ts is {ahead:.0f} s after now; tolerance is {self.max_skew_seconds:.0f} s (client clock wrong?)",
-            )
-        return None
+        return self._hold(ahead) if ahead > self.max_skew_seconds else None
+
+    def holds(self, events: Sequence[GateEvent], now: float) -> dict[int, Hold]:
+        """The rows of ``events`` that ``check`` holds at ``now``, in one pass (the gate's chunk path)."""
+        skew = self.max_skew_seconds
+        return {row: self._hold(e.ts - now) for row, e in enumerate(events) if e.ts - now > skew}
+
+    def _hold(self, ahead: float) -> Hold:
+        return Hold(
+            "future_timestamp",
+            f"ts is {ahead:.0f} s after now; tolerance is {self.max_skew_seconds:.0f} s (client clock wrong?)",
+        )
 
     def observe(self, event: GateEvent, now: float) -> None:
         pass
@@ -54,6 +63,7 @@ class LatenessRule:
     """
 
     codes: tuple[str, ...] = ("too_late",)
+    stateless = True  # check reads only the event and now; observe does nothing
 
     def __init__(self, max_lateness_seconds: float = 7 * 86_400.0) -> None:
         if max_lateness_seconds < 0:
@@ -62,12 +72,18 @@ class LatenessRule:
 
     def check(self, event: GateEvent, now: float) -> Hold | None:
         late = now - event.ts
-        if late > self.max_lateness_seconds:
-            return Hold(
-                "too_late",
-                f"ts is {late:.0f} s before now; events older than {self.max_lateness_seconds:.0f} s are held",
-            )
-        return None
+        return self._hold(late) if late > self.max_lateness_seconds else None
+
+    def holds(self, events: Sequence[GateEvent], now: float) -> dict[int, Hold]:
+        """The rows of ``events`` that ``check`` holds at ``now``, in one pass (the gate's chunk path)."""
+        bound = self.max_lateness_seconds
+        return {row: self._hold(now - e.ts) for row, e in enumerate(events) if now - e.ts > bound}
+
+    def _hold(self, late: float) -> Hold:
+        return Hold(
+            "too_late",
+            f"ts is {late:.0f} s before now; events older than {self.max_lateness_seconds:.0f} s are held",
+        )
 
     def observe(self, event: GateEvent, now: float) -> None:
         pass

@@ -1,0 +1,277 @@
+"""``QualityGate.check_chunk``, the worker's entry point: the same verdicts, counts and rule state as
+``prepare`` then ``check`` on each event, and the worker's duplicate semantics around it.
+
+The streams here make every rule hold (time, plausibility, rate, item surge, anomaly, like without
+view), with caps small enough that every table evicts, and overrides; the comparison covers the
+rules' tables in order, so a chunk path that forgot an eviction, observed a held event, or
+reordered a table fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+
+from learner.gate.base import GateEvent, Hold
+from learner.gate.behaviour import AnomalousBehaviourRule, ItemSurgeRule, UserRateRule
+from learner.gate.gate import GateConfig, QualityGate, default_gate
+from learner.gate.plausibility import LikeWithoutViewRule
+from learner.gate.time_rules import FutureTimestampRule
+from tests.clock import iso
+
+T0 = 1_700_000_000.0
+
+SMALL = GateConfig(
+    future_skew_seconds=5.0,
+    max_lateness_seconds=3_600.0,
+    like_without_view_enabled=True,
+    like_without_view_max_pairs=4,
+    user_rate_window_seconds=7.5,
+    user_rate_max_positives=4,
+    user_rate_max_events=9,
+    user_rate_max_users=5,
+    item_surge_new_user_events=3,
+    item_surge_min_new_positives=2.0,
+    item_surge_stream_memory=150,
+    item_surge_warmup_positives=50,
+    item_surge_user_idle_seconds=60.0,
+    item_surge_max_items=4,
+    item_surge_max_users=5,
+    item_surge_established_capacity=20,
+    anomaly_quantile=0.9,
+    anomaly_warmup_events=100,
+    anomaly_trees=3,
+    anomaly_tree_height=4,
+    anomaly_window=20,
+    anomaly_learn_every=2,
+    anomaly_idle_seconds=30.0,
+    anomaly_max_users=5,
+)
+
+
+def stream(n: int, seed: int) -> list[tuple[GateEvent, float]]:
+    """(event, now) pairs: people, bot bursts, a farm of new users on one item, odd newcomers, events out
+    of time, skips after a full watch, watch beyond duration, likes without views, idle gaps, clock steps back."""
+    rnd = random.Random(seed)
+    out: list[tuple[GateEvent, float]] = []
+    now = T0
+    while len(out) < n:
+        now += rnd.choice([0.0, 0.5, 1.0, 3.0]) + (500.0 if rnd.random() < 0.003 else 0.0)
+        now -= 40.0 if rnd.random() < 0.003 else 0.0  # the wall clock stepped back (tables' order is not time order)
+        ts = now - rnd.choice([0.0, 0.0, 2.0, 30.0])
+        watch, duration = rnd.choice([(12.0, 30.0), (None, None), (30.0, 30.0), (500.0, 30.0), (5.0, 0.0)])
+        r = rnd.random()
+        if r < 0.5:
+            user, item, kind = f"u{rnd.randrange(12)}", f"v{rnd.randrange(8)}", rnd.choice(["view", "like", "skip"])
+        elif r < 0.6:  # a bot's burst
+            bot = f"bot{rnd.randrange(2)}"
+            for kind in rnd.choices(["view", "view", "like"], k=rnd.randint(1, 15)):
+                out.append((GateEvent(f"e{len(out)}", bot, "v0", kind, now, 12.0, 30.0), now))
+            continue
+        elif r < 0.8:
+            user, item, kind = f"new{len(out)}", "target", rnd.choice(["view", "like", "share"])
+        elif r < 0.87:
+            user, item, kind = f"u{rnd.randrange(12)}", "v1", "view"
+            ts = now + rnd.choice([-1e6, -5_000.0, 6.0, 1e6])
+        else:
+            user, item, kind = f"odd{rnd.randrange(50)}", f"v{rnd.randrange(8)}", "like"
+        out.append((GateEvent(f"e{len(out)}", user, item, kind, ts, watch, duration), now))
+    return out[:n]
+
+
+def state(gate: QualityGate) -> list[object]:
+    """What a gate has learned: its counts, and each behaviour rule's tables in order."""
+    found: list[object] = [list(gate.counts.items()), gate.passed]
+    for rule in gate.rules:
+        if isinstance(rule, UserRateRule):
+            found.append(list(rule._users.items()))
+        elif isinstance(rule, ItemSurgeRule):
+            found += [list(rule._users.items()), list(rule._items.items()), rule.stream_new_share, rule._clocks]
+        elif isinstance(rule, AnomalousBehaviourRule):
+            found += [list(rule._users.items()), rule.threshold.get(), rule.learned, rule.passed, rule.scored_ahead]
+        elif isinstance(rule, LikeWithoutViewRule):
+            found.append(list(rule._views.items()))
+    return found
+
+
+def verdicts(holds: list[Hold | None]) -> list[tuple[str, str] | None]:
+    return [None if h is None else (h.reason, h.detail) for h in holds]
+
+
+def judge(gate: QualityGate, events: list[tuple[GateEvent, float]], chunked: bool, seed: int) -> list[object]:
+    """Judge ``events`` in chunks of random sizes (the same sizes and overrides for any ``seed``), by
+    ``check_chunk`` or by ``prepare`` and ``check``; the verdicts and the state after each chunk."""
+    rnd = random.Random(seed)
+    trace: list[object] = []
+    codes = list(gate.codes)
+    start = 0
+    while start < len(events):
+        size = rnd.choice([1, 2, 7, 60, 300])
+        part, start = events[start : start + size], start + size
+        overrides = frozenset(rnd.sample(codes, rnd.choice([1, 2]))) if rnd.random() < 0.2 else frozenset()
+        now = part[-1][1]  # the chunk is judged when its last event arrived
+        views = [e for e, _ in part]
+        if chunked:
+            holds = gate.check_chunk(views, now, overrides)
+        else:
+            gate.prepare(views, now, overrides)
+            holds = [gate.check(e, now, overrides) for e in views]
+        trace += [verdicts(holds), state(gate)]
+    return trace
+
+
+def test_check_chunk_equals_prepare_and_check_event_by_event() -> None:
+    events = stream(12_000, seed=1)
+    one_by_one, chunked = default_gate(SMALL), default_gate(SMALL)
+    expected = judge(one_by_one, events, chunked=False, seed=2)
+    assert judge(chunked, events, chunked=True, seed=2) == expected
+    # the stream made every rule hold, and the tables evict
+    assert set(one_by_one.counts) == set(one_by_one.codes), one_by_one.counts
+    assert next(r for r in chunked.rules if isinstance(r, AnomalousBehaviourRule)).scored_ahead > 1_000
+    assert all(len(r) <= 5 for r in chunked.rules if isinstance(r, UserRateRule | AnomalousBehaviourRule))
+
+
+def test_check_chunk_and_check_interleave_on_one_gate() -> None:
+    """The processor judges chunks, and single events it could not judge then (``check``): one gate."""
+    events = stream(3_000, seed=3)
+    rnd = random.Random(4)
+    sizes = [rnd.choice([1, 50]) for _ in range(len(events))]
+    reference, mixed = default_gate(SMALL), default_gate(SMALL)
+    expected: list[object] = []
+    got: list[object] = []
+    start = 0
+    for size in sizes:
+        part, start = events[start : start + size], start + size
+        if not part:
+            break
+        now, views = part[-1][1], [e for e, _ in part]
+        if size > 1:
+            reference.prepare(views, now)  # as the worker used to (scored_ahead counts its use)
+        expected += verdicts([reference.check(e, now) for e in views])
+        got += verdicts([mixed.check(views[0], now)] if size == 1 else mixed.check_chunk(views, now))
+    assert got == expected and state(mixed) == state(reference)
+    assert {"user_rate", "item_surge", "anomalous_behaviour"} <= set(mixed.counts)
+
+
+class Recorder:
+    """A stateful rule that holds events of one item and records what it is told."""
+
+    def __init__(self, code: str, hold_if: str) -> None:
+        self.codes = (code,)
+        self.hold_if = hold_if
+        self.observed: list[str] = []
+        self.held: list[str] = []
+
+    def check(self, event: GateEvent, now: float) -> Hold | None:  # noqa: ARG002
+        return Hold(self.codes[0], "test") if event.item_id == self.hold_if else None
+
+    def observe(self, event: GateEvent, now: float) -> None:  # noqa: ARG002
+        self.observed.append(event.event_id)
+
+    def observe_held(self, event: GateEvent, now: float, hold: Hold) -> None:  # noqa: ARG002
+        self.held.append(event.event_id)
+
+
+def test_check_chunk_keeps_rule_order_around_stateless_rules() -> None:
+    """A stateless rule judges the whole chunk first, but an earlier stateful rule still decides first,
+    and a later one never sees what the stateless rule held."""
+    before, after = Recorder("before", "x"), Recorder("after", "y")
+    gate = QualityGate([before, FutureTimestampRule(5.0), after])
+    events = [
+        GateEvent("held-by-before", "u", "x", "like", T0 + 100),  # both 'before' and the time rule would hold it
+        GateEvent("held-by-time", "u", "y", "like", T0 + 100),  # 'after' would hold it too, but comes later
+        GateEvent("held-by-after", "u", "y", "like", T0),
+        GateEvent("passes", "u", "z", "like", T0),
+    ]
+    assert [h and h.reason for h in gate.check_chunk(events, T0)] == ["before", "future_timestamp", "after", None]
+    assert before.held == ["held-by-before"] and after.held == ["held-by-after"]
+    assert before.observed == after.observed == ["passes"]
+    assert gate.counts == {"before": 1, "future_timestamp": 1, "after": 1} and gate.passed == 1
+
+
+def test_check_chunk_overridden_rules_still_observe_what_passes() -> None:
+    first, second = Recorder("first", "x"), Recorder("second", "x")
+    gate = QualityGate([first, second])
+    replayed = [GateEvent("ex", "u", "x", "like", T0), GateEvent("ey", "u", "y", "like", T0)]
+    assert [h and h.reason for h in gate.check_chunk(replayed, T0, frozenset({"first"}))] == ["second", None]
+    assert first.observed == second.observed == ["ey"] and first.held == [] and second.held == ["ex"]
+
+
+def test_check_chunk_of_a_disabled_gate_passes_everything() -> None:
+    rule = Recorder("r", "x")
+    gate = QualityGate([rule], enabled=False)
+    assert gate.check_chunk([GateEvent("ex", "u", "x", "like", T0)] * 3, T0) == [None] * 3
+    assert gate.passed == 3 and gate.counts == {} and rule.observed == []
+
+
+# -- the worker: one check_chunk per chunk, and the duplicates around it ------------------------
+
+
+class _Store:
+    """What the processor asks of Redis here: nothing learned before."""
+
+    async def load_current(self) -> None:
+        return None
+
+    async def contest(self) -> None:
+        return None
+
+    async def load_challenger(self, name: str) -> None:  # noqa: ARG002
+        return None
+
+    async def learned_event_ids(self, ids: list[str], now: float | None = None) -> set[str]:  # noqa: ARG002
+        return set()
+
+    async def current_version(self) -> None:
+        return None
+
+
+def _process(gate: QualityGate, message: list[dict]) -> tuple[list[str], dict[str, int]]:
+    """Process one batch message with ``gate``: (reasons quarantined in order, the batch's gate counts)."""
+    from recstream import components
+    from recstream.settings import Settings
+    from stream.processor import QUARANTINED, EventProcessor, Record
+
+    settings = Settings()
+    quarantined: list[str] = []
+
+    async def dead_letter(kind: str, key: bytes | None, value: bytes) -> None:  # noqa: ARG001
+        if kind == QUARANTINED:
+            quarantined.append(json.loads(value)["reason"])
+
+    async def flush() -> None:
+        return None
+
+    async def run() -> dict[str, int]:
+        processor = EventProcessor(
+            store=_Store(),  # type: ignore[arg-type]
+            new_learner=lambda: components.new_learner(settings),
+            learner_from_bytes=lambda blob: components.learner_from_bytes(settings, blob),
+            dead_letter=dead_letter,
+            flush=flush,
+            ack=lambda handle: None,  # noqa: ARG005
+            gate=gate,
+        )
+        await processor.start()
+        await processor.process([Record("events", 0, 0, None, json.dumps(message).encode())])
+        return dict(processor._pending.gate_counts)
+
+    return quarantined, asyncio.run(run())
+
+
+def _event(event_id: str, item: str, ahead: float = 0.0) -> dict:
+    return {"event_id": event_id, "user_id": "u1", "item_id": item, "type": "view", "ts": iso(ahead)}
+
+
+def test_worker_judges_a_chunk_once_and_skips_repeats_of_what_passed() -> None:
+    """A repeat of an event that passed earlier in the chunk is a duplicate, not judged; a repeat of
+    one that was held is judged again (it may pass now); either way the gate counts each once."""
+    gate = QualityGate([FutureTimestampRule(300.0), Recorder("recorder", "never")])
+    recorder = gate.rules[1]
+    assert isinstance(recorder, Recorder)
+    message = [_event("a", "v1"), _event("a", "v1"), _event("f", "v2", ahead=7_200.0), _event("f", "v2", 7_200.0)]
+    quarantined, counts = _process(gate, message)
+    assert quarantined == ["future_timestamp", "future_timestamp"]
+    assert counts == {"duplicate": 1, "future_timestamp": 2}
+    assert gate.passed == 1 and gate.counts == {"future_timestamp": 2} and recorder.observed == ["a"]
