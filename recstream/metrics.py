@@ -5,6 +5,9 @@ Names follow Prometheus conventions: units in names, ``_total`` for counters.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS_CONSUMED = Counter(
@@ -123,3 +126,28 @@ RECOMMENDATIONS_DEGRADED = Counter(
     "recstream_recommendations_degraded_total",
     "Recommendation lists served without excluding seen items because Redis was unreachable (degraded: true).",
 )
+
+
+def observe_many(histogram: Histogram, amounts: Sequence[float]) -> None:
+    """``histogram.observe(max(0.0, a))`` for every ``a``, as one update per bucket.
+
+    The worker observes each learned event's freshness: one ``observe`` per event cost ~1 µs
+    (a lock per update); a chunk of 500 costs a few µs this way. Falls back to ``observe`` one
+    by one if prometheus_client's histogram no longer has the parts this uses.
+    """
+    if not amounts:
+        return
+    values = np.maximum(np.asarray(amounts, dtype=np.float64), 0.0)
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for value in values.tolist():
+            histogram.observe(value)
+        return
+    # observe() counts a value in the first bucket whose upper bound is >= it (the last is +Inf)
+    per_bucket = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    total.inc(float(values.sum()))
+    for bucket, count in zip(buckets, per_bucket[: len(bounds)].tolist(), strict=True):
+        if count:
+            bucket.inc(count)

@@ -343,8 +343,7 @@ class EventProcessor:
                         # twice, and reuses the record's verdicts instead of gating its events again.
                         chunk = decoded[start : start + YIELD_EVERY_EVENTS]
                         verdicts = self._verdicts(record, start, chunk, known)
-                        for item, verdict in zip(chunk, verdicts, strict=True):
-                            await self._handle(record, item, verdict, known)
+                        await self._handle_chunk(record, chunk, verdicts, known)
                         since_yield += len(chunk)
                         if since_yield >= YIELD_EVERY_EVENTS:
                             since_yield = 0
@@ -424,8 +423,35 @@ class EventProcessor:
             verdicts.append(verdict)
         return verdicts
 
-    async def _handle(self, record: Record, decoded: Decoded, verdict: Hold | None, known: set[str]) -> None:
-        """Reject, count as a duplicate, quarantine (the gate's verdict, or a paused model) or learn one event."""
+    async def _handle_chunk(
+        self, record: Record, chunk: list[Decoded], verdicts: list[Hold | None], known: set[str]
+    ) -> None:
+        """Handle a chunk's events in order (:meth:`_handle`), sending the dead letters they need.
+
+        The learned-event counter and the freshness histogram are updated once for the chunk
+        (also when an event fails half-way: what was learned before it is counted).
+        """
+        pending = self._pending
+        learned_before = pending.learned_since
+        lags: list[float] = []
+        try:
+            for decoded, verdict in zip(chunk, verdicts, strict=True):
+                letter = self._handle(record, decoded, verdict, known, lags)
+                if letter is not None:
+                    await self._dead_letter(*letter)
+        finally:
+            if pending.learned_since > learned_before:
+                metrics.EVENTS_LEARNED.inc(pending.learned_since - learned_before)
+            metrics.observe_many(metrics.EVENT_TO_LEARNED_SECONDS, lags)
+
+    def _handle(
+        self, record: Record, decoded: Decoded, verdict: Hold | None, known: set[str], lags: list[float]
+    ) -> tuple[str, bytes | None, bytes] | None:
+        """Reject, count as a duplicate, quarantine (the gate's verdict, or a paused model) or learn one event.
+
+        Returns the dead letter to send (topic kind, key, payload), if any; a learned event's
+        freshness (seconds from its time to now) is appended to ``lags``.
+        """
         learner = self.learner
         assert learner is not None
         pending = self._pending
@@ -436,12 +462,11 @@ class EventProcessor:
             metrics.EVENTS_REJECTED.labels("worker").inc()
             where = "" if index is None else f"[{index}]"
             log.warning("rejected %s/%d@%d%s: %s", record.topic, record.partition, record.offset, where, reason)
-            await self._dead_letter(REJECTED, record.key, rejection_payload(record, reason, index, decoded.raw))
-            return
+            return REJECTED, record.key, rejection_payload(record, reason, index, decoded.raw)
         if event.event_id in known or event.event_id in pending.event_ids:
             pending.gate_counts[DUPLICATE] += 1
             metrics.EVENTS_DUPLICATE.inc()
-            return
+            return None
         now = self.clock()
         ts = event.ts.timestamp()
         if verdict is _UNJUDGED:
@@ -456,10 +481,7 @@ class EventProcessor:
         if hold is not None:
             pending.gate_counts[hold.reason] += 1
             metrics.EVENTS_QUARANTINED.labels(hold.reason).inc()
-            await self._dead_letter(
-                QUARANTINED, record.key, quarantine_payload(record, event, hold.reason, hold.detail, index)
-            )
-            return
+            return QUARANTINED, record.key, quarantine_payload(record, event, hold.reason, hold.detail, index)
         if event.type in learner.rule.positive_types:
             self._sample_hit(event.user_id, event.item_id)
         fields = (event.user_id, event.item_id, event.type, event.watch_seconds, event.item_duration_seconds)
@@ -469,10 +491,9 @@ class EventProcessor:
         pending.event_ids.add(event.event_id)
         pending.seen[event.user_id].add(event.item_id)
         pending.learned_since += 1
-        metrics.EVENTS_LEARNED.inc()
         if isinstance(event.context.get("rec_id"), str):
             metrics.RECOMMENDED_INTERACTIONS.labels(event.type).inc()
-        metrics.EVENT_TO_LEARNED_SECONDS.observe(max(0.0, now - ts))
+        lags.append(now - ts)  # an event stamped ahead of the clock counts as 0 (observe_many)
         if prediction is not None and self.guard is not None:
             y = learner.rule.label(event.type, event.watch_seconds, event.item_duration_seconds)
             if y is not None and self.guard.update(log_loss(y, prediction)) and self.paused_since is None:
@@ -485,6 +506,7 @@ class EventProcessor:
                     "stream is healthy again",
                     MODEL_PAUSED,
                 )
+        return None
 
     def checkpoint_due(self) -> bool:
         pending = self._pending
@@ -802,9 +824,10 @@ class EventProcessor:
             self._resume("the progressive loss is back within its resume threshold")
 
     async def _apply_operator_resume(self) -> None:
-        if self.paused_since is None:
-            return
-        if await self.store.take_resume_request():
+        """Resume if an operator asked to while paused. A request found while learning is dropped: it
+        would otherwise wait in Redis and cancel the next pause as soon as it began (the API refuses
+        such requests, but one can arrive as the guard resumes by itself)."""
+        if await self.store.take_resume_request() and self.paused_since is not None:
             self._resume("an operator asked to resume", operator=True)
 
     def _resume(self, why: str, operator: bool = False) -> None:

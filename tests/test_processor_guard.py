@@ -132,3 +132,16 @@ async def test_a_pause_outlives_a_restart_and_ends_only_when_the_stream_is_healt
     await restarted.process(transport.records(_stream(rnd, 3000, 5500, flipped=False)))
     assert restarted.paused_since is None and fresh.resumes == 1, fresh.status()
     assert restarted.learner.events_learned > learned
+
+
+async def test_a_resume_request_made_while_learning_does_not_cancel_a_later_pause(setup) -> None:
+    processor, store, transport, guard = setup
+    rnd = random.Random(7)
+    await processor.process(transport.records(_stream(rnd, 3000, 0, flipped=False)))
+    await store.request_resume()  # nothing is paused: e.g. it crossed the guard resuming by itself
+    await processor.checkpoint()
+    await processor.process(transport.records(_stream(rnd, 1500, 3000, flipped=True)))
+    assert processor.paused_since is not None
+    await processor.checkpoint()
+    assert processor.paused_since is not None and guard.paused  # the old request was not kept for this pause
+    assert (await store.guard_status())["state"] == "paused"

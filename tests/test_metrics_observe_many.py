@@ -1,0 +1,42 @@
+"""``metrics.observe_many``: the same histogram as ``observe`` one value at a time."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+from recstream.metrics import observe_many
+
+BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
+
+
+def _exposition(fill: Callable[[Histogram], object]) -> dict[str, float]:
+    registry = CollectorRegistry()
+    histogram = Histogram("freshness_seconds", "test", buckets=BUCKETS, registry=registry)
+    fill(histogram)
+    lines = generate_latest(registry).decode().splitlines()
+    return {
+        name: float(value)
+        for name, _, value in (line.rpartition(" ") for line in lines)
+        if name.startswith("freshness_seconds") and "_created" not in name
+    }
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_observe_many_gives_the_histogram_observe_gives(seed: int) -> None:
+    rnd = random.Random(seed)
+    amounts = [rnd.choice([rnd.uniform(-5, 0), rnd.expovariate(0.5), rnd.uniform(0, 5000)]) for _ in range(2_000)]
+    amounts += [*BUCKETS, 0.0, -0.0, 1e9]  # exactly on a bound (it belongs to that bucket), beyond the last
+    one_by_one = _exposition(lambda h: [h.observe(max(0.0, a)) for a in amounts])
+    at_once = _exposition(lambda h: observe_many(h, amounts))
+    assert one_by_one.keys() == at_once.keys()
+    for name, value in one_by_one.items():
+        assert at_once[name] == pytest.approx(value, rel=1e-12, abs=1e-9), name
+    assert one_by_one['freshness_seconds_bucket{le="+Inf"}'] == len(amounts)
+
+
+def test_observe_many_of_nothing_changes_nothing() -> None:
+    assert _exposition(lambda h: observe_many(h, [])) == _exposition(lambda _h: None)
