@@ -113,7 +113,7 @@ class OnlineLearner:
 
     def to_bytes(self, extra: dict[str, Any] | None = None) -> bytes:
         state = self.model.to_state()
-        for reserved in ("popularity",):
+        for reserved in _LEARNER_ARRAYS:
             if reserved in state.arrays:
                 raise ValueError(f"model arrays may not be named {reserved!r}")
         header = {
@@ -126,7 +126,14 @@ class OnlineLearner:
             "clock": self.clock,
             **(extra or {}),
         }
-        arrays = {**state.arrays, "popularity": self.popularity.counts}
+        labels, predictions = self.metrics.window_arrays()
+        header["progressive_count"] = self.metrics.count
+        arrays = {
+            **state.arrays,
+            "popularity": self.popularity.counts,
+            "progressive_labels": labels,
+            "progressive_predictions": predictions,
+        }
         return codec.encode(header, arrays)
 
     @classmethod
@@ -151,18 +158,29 @@ class OnlineLearner:
                 kind=header["kind"],
                 params=header["params"],
                 ids=header["ids"],
-                arrays={k: v for k, v in arrays.items() if k != "popularity"},
+                arrays={k: v for k, v in arrays.items() if k not in _LEARNER_ARRAYS},
             )
             model = model_from_state(state)
             popularity = _restore_popularity(model, header["popularity_ids"], arrays["popularity"])
         except KeyError as exc:
             raise codec.CodecError(f"snapshot lacks {exc}") from exc
         learner = cls(model=model, rule=rule, popularity=popularity, weights=weights)
+        if "progressive_labels" in arrays:  # absent from snapshots written before the window was kept
+            learner.metrics = ProgressiveMetrics.from_window(
+                arrays["progressive_labels"],
+                arrays["progressive_predictions"],
+                count=int(header.get("progressive_count", 0)),
+                window=learner.metrics.window,
+            )
         learner.events_learned = int(header["events_learned"])
         learner.events_labelled = int(header["events_labelled"])
         clock = header.get("clock")  # absent from snapshots written before the stream clock existed
         learner.clock = None if clock is None else float(clock)
         return learner
+
+
+#: Arrays of a snapshot that belong to the learner, not to its model.
+_LEARNER_ARRAYS = frozenset({"popularity", "progressive_labels", "progressive_predictions"})
 
 
 def _shares_items(model: Recommender) -> bool:

@@ -10,6 +10,12 @@ nan
 >>> round(pm.auc, 2), pm.count
 (1.0, 2)
 
+The window travels in the snapshot, so a restarted worker (or a rollback) goes on from it:
+
+>>> clone = ProgressiveMetrics.from_window(*pm.window_arrays(), count=pm.count, window=100)
+>>> round(clone.auc, 2), round(clone.logloss, 6) == round(pm.logloss, 6), clone.count
+(1.0, True, 2)
+
 Memory stays bounded by the window, whatever the labels:
 
 >>> only_likes = ProgressiveMetrics(window=100)
@@ -24,6 +30,7 @@ from __future__ import annotations
 import math
 from collections import deque
 
+import numpy as np
 from river import metrics
 
 
@@ -51,11 +58,50 @@ class ProgressiveMetrics:
         self._auc = metrics.RollingROCAUC(window_size=window)
         self._labels: deque[bool] = deque(maxlen=window)
         self._losses: deque[float] = deque(maxlen=window)
+        self._predictions: deque[float] = deque(maxlen=window)  # clipped, as River's AUC saw them
         self._loss_sum = 0.0
         self._positives = 0
         self.count = 0
+        self._packed: tuple[np.ndarray, np.ndarray] | None = None  # a restored window not yet unpacked
+
+    @classmethod
+    def from_window(
+        cls, labels: np.ndarray, predictions: np.ndarray, count: int, window: int = 10_000
+    ) -> ProgressiveMetrics:
+        """The metrics of a window saved by :meth:`window_arrays` (the last ``window`` of it), after
+        ``count`` updates in all. The window is unpacked when first needed: a process that only
+        serves the snapshot (the API) never pays for it."""
+        if len(labels) != len(predictions):
+            raise ValueError("progressive window: labels and predictions differ in length")
+        metrics_ = cls(window)
+        kept = slice(max(0, len(labels) - window), len(labels))
+        metrics_._packed = (labels[kept], predictions[kept])
+        metrics_.count = int(count)
+        return metrics_
+
+    def _unpack(self) -> None:
+        """The window restored by :meth:`from_window`, and River's rolling AUC refilled from it."""
+        labels, predictions = self._packed  # type: ignore[misc]
+        self._packed = None
+        for label, p in zip(labels.tolist(), predictions.tolist(), strict=True):
+            self._labels.append(bool(label))
+            self._predictions.append(p)
+            self._losses.append(log_loss(label, p))
+            self._auc.update(bool(label), p)
+        self._positives = sum(self._labels)
+        self._loss_sum = math.fsum(self._losses)
+        self._auc.get()  # read once: River buffers updates until then
+
+    def window_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The window as arrays (labels 0/1, predictions as clipped): what a snapshot keeps (int32: a
+        dtype every snapshot reader accepts, see :data:`learner.codec.ALLOWED_DTYPES`)."""
+        if self._packed is not None:
+            return self._packed
+        return np.array(self._labels, dtype=np.int32), np.array(self._predictions, dtype=np.float64)
 
     def update(self, y: float, p: float) -> None:
+        if self._packed is not None:
+            self._unpack()
         loss = log_loss(y, p)
         p = min(max(p, 1e-7), 1 - 1e-7)
         label = y > 0.5
@@ -65,6 +111,7 @@ class ProgressiveMetrics:
             self._loss_sum -= losses[0]
         labels.append(label)
         losses.append(loss)
+        self._predictions.append(p)
         self._positives += label
         self._loss_sum += loss
         self._auc.update(label, p)
@@ -78,6 +125,8 @@ class ProgressiveMetrics:
     @property
     def auc(self) -> float:
         """NaN until the window holds both a positive and a negative (AUC is undefined before)."""
+        if self._packed is not None:
+            self._unpack()
         if not 0 < self._positives < len(self._labels):
             return math.nan
         return float(self._auc.get())
@@ -88,4 +137,6 @@ class ProgressiveMetrics:
 
     @property
     def logloss(self) -> float:
+        if self._packed is not None:
+            self._unpack()
         return self._loss_sum / len(self._losses) if self._losses else math.nan
