@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
+
+import pytest
 
 from learner.gate.base import GateEvent, Hold
 from learner.gate.behaviour import AnomalousBehaviourRule, ItemSurgeRule, UserRateRule
@@ -275,3 +278,136 @@ def test_worker_judges_a_chunk_once_and_skips_repeats_of_what_passed() -> None:
     assert quarantined == ["future_timestamp", "future_timestamp"]
     assert counts == {"duplicate": 1, "future_timestamp": 2}
     assert gate.passed == 1 and gate.counts == {"future_timestamp": 2} and recorder.observed == ["a"]
+
+
+# -- the behaviour rules against straightforward computations ------------------------------
+
+
+def _features_by_hand(events: list[GateEvent]) -> tuple[list[tuple[float, ...]], dict[str, list[float]]]:
+    """The anomaly rule's features of each of ``events`` (every one reaching the rule, none evicted), computed
+    the plain way from its docstring, and each user's state at the end (clock, decayed count, like/share ratio,
+    watch ratio, events)."""
+    users: dict[str, list[float]] = {}
+    out = []
+    for e in events:
+        positive = 1.0 if e.type in ("like", "share") else 0.0
+        watch = None
+        if e.watch_seconds is not None and e.item_duration_seconds:
+            watch = min(e.watch_seconds / e.item_duration_seconds, 2.0) / 2.0
+        if e.user_id not in users:
+            gap, state = 1.0, [e.ts, 1.0, positive, 0.5 if watch is None else watch, 1.0]
+        else:
+            clock, decayed, pos_ratio, watch_ratio, n = users[e.user_id]
+            elapsed = max(e.ts - clock, 0.0)  # a step back in time is no gap
+            gap = min(math.log1p(elapsed) / math.log1p(3_600.0), 1.0)
+            rate = 1.0 / (n + 1.0) if n < 20 else 0.05
+            pos_ratio += rate * (positive - pos_ratio)
+            if watch is not None:
+                watch_ratio += rate * (watch - watch_ratio)
+            state = [max(clock, e.ts), decayed * math.exp(-elapsed / 60.0) + 1.0, pos_ratio, watch_ratio, n + 1.0]
+        users[e.user_id] = state
+        out.append(
+            (
+                gap,
+                min(state[1] / 60.0, 1.0),
+                positive,
+                state[2],
+                state[3],
+                min(math.log1p(state[4]) / math.log1p(1_000.0), 1.0),
+            )
+        )
+    return out, users
+
+
+def test_anomaly_features_match_a_straightforward_computation_on_every_path() -> None:
+    """The features every passed event is learned with, and each user's state at the end, are those of the
+    plain formulas: one event at a time, and by chunks (computed ahead for the chunk, dropped for a user an
+    earlier rule held, events stamped before their user's clock included)."""
+    rnd = random.Random(5)
+    events, now = [], T0
+    while len(events) < 3_000:
+        now += rnd.choice([0.0, 0.2, 1.0, 4.0, 90.0])
+        burst = rnd.random() < 0.05  # a bot's burst: user_rate holds most of it
+        for _ in range(rnd.randint(5, 15) if burst else 1):
+            user = f"bot{rnd.randrange(2)}" if burst else f"u{rnd.randrange(12)}"
+            ts = now - rnd.choice([0.0, 0.0, 5.0, 300.0])  # some stamped before their user's clock
+            watch, duration = rnd.choice([(12.0, 30.0), (None, 30.0), (80.0, 30.0), (5.0, 0.0), (3.0, None)])
+            kind = rnd.choice(["view", "like", "share"])
+            events.append(GateEvent(f"e{len(events)}", user, f"v{rnd.randrange(9)}", kind, ts, watch, duration))
+    for chunked in (False, True):
+        anomaly = AnomalousBehaviourRule(
+            quantile=0.7, warmup_events=50, n_trees=3, height=5, window_size=30, learn_every=1, idle_seconds=1e9
+        )
+        learned: list[tuple[float, ...]] = []  # the features of each point learned (every passed event)
+
+        def learn(x: tuple[float, ...], learned: list = learned, learn: object = anomaly._learn) -> None:
+            learned.append(x)
+            learn(x)  # type: ignore[operator]
+
+        anomaly._learn = learn  # type: ignore[method-assign]
+        gate = QualityGate([UserRateRule(window_seconds=10.0, max_positives=4, max_events=6), anomaly])
+        holds: list[Hold | None] = []
+        for start in range(0, len(events), 37):
+            chunk = events[start : start + 37]
+            if chunked:
+                holds += gate.check_chunk(chunk, chunk[-1].ts)
+            else:
+                holds += [gate.check(e, chunk[-1].ts) for e in chunk]
+        reached = [e for e, h in zip(events, holds, strict=True) if h is None or h.reason == "anomalous_behaviour"]
+        expected, users = _features_by_hand(reached)
+        passed = [x for x, e in zip(expected, reached, strict=True) if holds[events.index(e)] is None]
+        assert gate.counts["user_rate"] > 100 and gate.counts["anomalous_behaviour"] > 100
+        assert len(learned) == len(passed)
+        for got, want in zip(learned, passed, strict=True):
+            assert got == pytest.approx(want, rel=1e-12, abs=1e-15)
+        assert sorted(anomaly._users) == sorted(users)
+        for user, state in anomaly._users.items():
+            assert state[:5] == pytest.approx(users[user], rel=1e-12)
+        assert (anomaly.scored_ahead > 0.5 * len(events)) is chunked
+
+
+def _drive(rule: object, events: list[tuple[GateEvent, float]], reference: bool, judge: bool = False) -> list[object]:
+    """Check and observe each event as the gate does (``judge``: by ``check_chunk`` of a gate of this rule alone);
+    ``reference``: the rule's table of users is scanned for idle entries at every event (its remembered oldest
+    entry forgotten), as before it remembered one."""
+    found: list[object] = []
+    for e, now in events:
+        if reference:
+            rule._oldest, rule._oldest_seen = None, -math.inf  # type: ignore[attr-defined]
+        if judge:  # the gate's last rule checks and observes in one call
+            (hold,) = QualityGate([rule]).check_chunk([e], now)  # type: ignore[list-item]
+        else:
+            hold = rule.check(e, now)  # type: ignore[attr-defined]
+            if hold is None:
+                rule.observe(e, now)  # type: ignore[attr-defined]
+            else:
+                rule.observe_held(e, now, hold)  # type: ignore[attr-defined]
+        found.append((None if hold is None else hold.detail, list(rule._users.items())))  # type: ignore[attr-defined]
+    return found
+
+
+def test_behaviour_rules_evict_as_a_full_scan_would_when_the_clock_steps_back() -> None:
+    """Each behaviour rule remembers its table's oldest entry and scans the table only when that entry may be due:
+    its table after every event is the one a scan at every event leaves, also when ``now`` steps back (an entry
+    seen later then sits before one seen earlier) and the oldest entry is touched."""
+    rnd = random.Random(11)
+    events, now = [], T0
+    for k in range(4_000):
+        now += rnd.choice([0.0, 1.0, 3.0, 8.0])
+        if rnd.random() < 0.05:
+            now -= rnd.choice([5.0, 20.0, 60.0])  # the clock steps back
+        user = f"u{rnd.randrange(9)}"
+        events.append((GateEvent(f"e{k}", user, f"v{rnd.randrange(5)}", rnd.choice(["view", "like"]), now), now))
+    for make in (
+        lambda: UserRateRule(window_seconds=5.0, max_positives=3, max_events=5, max_users=6),
+        lambda: ItemSurgeRule(
+            new_user_events=4, min_new_positives=2.0, user_idle_seconds=12.0, max_users=6, max_items=3
+        ),
+        lambda: AnomalousBehaviourRule(
+            quantile=0.8, warmup_events=20, n_trees=2, height=3, window_size=10, idle_seconds=12.0, max_users=6
+        ),
+    ):
+        reference = _drive(make(), events, reference=True)
+        assert _drive(make(), events, reference=False) == reference
+        if isinstance(make(), AnomalousBehaviourRule):
+            assert _drive(make(), events, reference=False, judge=True) == reference

@@ -556,6 +556,9 @@ class AnomalousBehaviourRule:
         self.trees = anomaly.HalfSpaceTrees(n_trees=n_trees, height=height, window_size=window_size, seed=seed)
         self._window_size = window_size  # the trees' (read for every event)
         self.threshold = stats.Quantile(quantile)
+        # its estimator without the Python wrapper (River's Rust one), for judge: get/update are the same calls once
+        # the quantile has been updated, which _scored tells (the wrapper itself if River has no such attribute)
+        self._estimator = getattr(self.threshold, "_quantile", self.threshold)
         self.passed = 0
         self.learned = 0
         self._scored = False  # the quantile has seen a real score (the trees finished their first window)
@@ -563,8 +566,11 @@ class AnomalousBehaviourRule:
         self._oldest, self._oldest_seen = None, -math.inf  # _users' first entry (see _evict)
         # the features, score and next user state computed by the last check, reused by observe
         self._memo: tuple[GateEvent, Features, float, list[float]] | None = None
-        # prepare(): id(event) -> (event, user state it was computed from, features, next state, row of the batch)
-        self._ahead: dict[int, tuple[GateEvent, list[float] | None, Features, list[float], int]] = {}
+        # prepare(): the batch, and per row (user state it was computed from, features, next state); checks come
+        # in the batch's order (some rows skipped), so the next one is looked for from _ahead_next on
+        self._ahead_events: Sequence[GateEvent] = ()
+        self._ahead_rows: list[tuple[list[float] | None, Features, list[float]]] = []
+        self._ahead_next = 0
         self._ahead_leaves: np.ndarray | None = None  # the leaf each row of the batch reaches in each tree
         self._ahead_scores: list[float] = []  # the rows' scores in window _ahead_window of the trees
         self._ahead_window = -1
@@ -635,23 +641,74 @@ class AnomalousBehaviourRule:
         the user was evicted) it computes the features and score itself. So the outcome is the same
         as without ``prepare``, only cheaper.
         """
-        self._ahead = ahead = {}
+        self._ahead_events, self._ahead_rows, self._ahead_next = (), [], 0
         if self.learned < self._window_size or len(events) < 2:
             return  # before the first window every score is 0; a single event gains nothing
         users: dict[str, list[float]] = {}  # each user's state after their events so far in the batch
-        known, features = self._users, self._features
-        points = []
-        for row, event in enumerate(events):
+        known = self._users
+        rows = []
+        flat: list[float] = []  # the rows' features one after the other (one array built from floats is cheaper)
+        positive_types, rate_cap = self.positive_types, self.rate_cap
+        gap_scale, history_scale, tau = self._GAP_SCALE, self._HISTORY_SCALE, self._RATE_TAU
+        for event in events:
             user = event.user_id
             state = users.get(user)
             if state is None:
                 state = known.get(user)
-            x, nxt = features(event, now, state)
-            users[user] = nxt
-            ahead[id(event)] = (event, state, x, nxt, row)
-            points.append(x)
-        self._ahead_leaves = self._flat_trees().leaves(np.array(points))
+            # _features(event, now, state), inline (the same operations in the same order: the same floats)
+            _, _, _, kind, ts, watch_seconds, duration = event
+            positive = 1.0 if kind in positive_types else 0.0
+            watch = None
+            if watch_seconds is not None and duration:
+                watch = watch_seconds / duration
+                watch = (2.0 if 2.0 < watch else watch) / 2.0
+            if state is None:
+                clock, decayed, pos_ratio, watch_ratio, n = ts, 1.0, positive, 0.5 if watch is None else watch, 1.0
+                gap = 1.0
+            else:
+                clock, decayed, pos_ratio, watch_ratio, n = state[0], state[1], state[2], state[3], state[4]
+                elapsed = ts - clock
+                if 0.0 > elapsed:
+                    elapsed = 0.0
+                gap = _log1p(elapsed) * gap_scale
+                if 1.0 < gap:
+                    gap = 1.0
+                rate = 1.0 / (n + 1.0) if n < 20 else 0.05
+                if ts > clock:
+                    clock = ts
+                decayed = decayed * _exp(-elapsed / tau) + 1.0
+                pos_ratio = pos_ratio + rate * (positive - pos_ratio)
+                if watch is not None:
+                    watch_ratio = watch_ratio + rate * (watch - watch_ratio)
+                n = n + 1.0
+            recent = decayed / rate_cap
+            if 1.0 < recent:
+                recent = 1.0
+            history = _log1p(n) * history_scale
+            if 1.0 < history:
+                history = 1.0
+            x = (gap, recent, positive, pos_ratio, watch_ratio, history)
+            users[user] = nxt = [clock, decayed, pos_ratio, watch_ratio, n, now]
+            rows.append((state, x, nxt))
+            flat += x
+        self._ahead_leaves = self._flat_trees().leaves(np.array(flat).reshape(len(rows), len(FEATURES)))
+        self._ahead_events, self._ahead_rows = events, rows
         self._ahead_window = -1  # scored by the first check
+
+    def _ahead_row(self, event: GateEvent) -> int:
+        """The row of the prepared batch that is ``event`` (the object), at or after the last one used; -1 if none.
+
+        Not found, the batch is dropped (a check of an event outside it, or of one again), so that a
+        stale batch is not searched for every later event."""
+        events, row = self._ahead_events, self._ahead_next
+        end = len(events)
+        while row < end:
+            if events[row] is event:
+                self._ahead_next = row + 1
+                return row
+            row += 1
+        self._ahead_events, self._ahead_rows = (), []
+        return -1
 
     def _scored_features(self, event: GateEvent, now: float) -> tuple[GateEvent, Features, float, list[float]]:
         """(event, features, score, the user's next state), computed once per event (kept for observe)."""
@@ -659,9 +716,9 @@ class AnomalousBehaviourRule:
         if memo is not None and memo[0] is event:
             return memo
         state = self._users.get(event.user_id)
-        ahead = self._ahead.pop(id(event), None) if self._ahead else None
-        if ahead is not None and ahead[0] is event and ahead[1] is state:
-            _, _, x, nxt, row = ahead
+        row = self._ahead_row(event) if self._ahead_events else -1
+        if row >= 0 and (ahead := self._ahead_rows[row])[0] is state:
+            _, x, nxt = ahead
             window = self.learned // self._window_size
             if self._ahead_window != window:  # the batch's first check, or a window of the trees ended since
                 self._ahead_scores = self._flat_trees().scores(self._ahead_leaves, self._current_leaf_scores())
@@ -743,6 +800,60 @@ class AnomalousBehaviourRule:
         if passed % self.learn_every == 0:
             self._learn(x)
             self.learned += 1
+
+    def judge(self, event: GateEvent, now: float) -> Hold | None:
+        """``check``, then ``observe`` if it passes or ``observe_held`` if it is held, in one call.
+
+        For the gate's last rule that checks (:meth:`QualityGate.check_chunk`): an event this rule lets pass has
+        passed every rule, and the rules' states are independent of each other, so it may observe it at once.
+        The same operations on the same values as the three calls (one lookup of the user instead of three).
+        """
+        self._memo = None
+        users, user = self._users, event.user_id
+        # every event that reaches here updates its user's state, and moves them last: taken out, put back below
+        state = users.pop(user, None)
+        row = self._ahead_row(event) if self._ahead_events else -1
+        if row >= 0 and (ahead := self._ahead_rows[row])[0] is state:
+            _, x, nxt = ahead
+            window = self.learned // self._window_size
+            if self._ahead_window != window:  # the batch's first check, or a window of the trees ended since
+                self._ahead_scores = self._flat_trees().scores(self._ahead_leaves, self._current_leaf_scores())
+                self._ahead_window = window
+            score = self._ahead_scores[row]
+            self.scored_ahead += 1
+            nxt[5] = now
+        else:
+            x, nxt = self._features(event, now, state)
+            learned = self.learned >= self._window_size
+            score = float(self.trees.score_one(dict(zip(FEATURES, x, strict=True)))) if learned else 0.0
+        hold = None
+        if self._scored and self.passed >= self.warmup_events:
+            threshold = self._estimator.get()  # self.threshold.get(): it has been updated (_scored)
+            if threshold is not None and score > threshold:
+                hold = Hold(
+                    "anomalous_behaviour",
+                    f"behaviour anomaly score {score:.3f} above the running {self.threshold.q:.1%} quantile "
+                    f"{threshold:.3f}",
+                )
+        users[user] = nxt
+        horizon = now - self.idle_seconds
+        if user == self._oldest or not (self._oldest_seen >= horizon and len(users) <= self.max_users):
+            self._oldest, self._oldest_seen = _evict(users, horizon, self.max_users, 5)
+        if hold is not None:  # observe_held
+            if self._scored:
+                self._estimator.update(score)
+            return hold
+        self.passed = passed = self.passed + 1  # observe
+        if self.learned >= self._window_size:
+            if self._scored:
+                self._estimator.update(score)
+            else:
+                self.threshold.update(score)
+                self._scored = True
+        if passed % self.learn_every == 0:
+            self._learn(x)
+            self.learned += 1
+        return None
 
     def observe_held(self, event: GateEvent, now: float, hold: Hold) -> None:  # noqa: ARG002
         """Count the held score in the quantile and the attempt in the user's features; never learn it."""

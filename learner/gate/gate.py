@@ -57,6 +57,9 @@ class _Plan:
         self.before: dict[int, list[tuple[_Check, _OnHold | None]]] = {}
         self.observers: list[_Observe] = []
         self.preparers: list[Callable[[Sequence[GateEvent], float], None]] = []
+        # the last rule that checks, if it can check and observe in one call (``judge``): called after ``checks``
+        self.judge: _Check | None = None
+        last = None
         for position, rule in enumerate(rules):
             if _is_stateless(rule):
                 if not _overridden(rule, overrides):
@@ -66,8 +69,15 @@ class _Plan:
             self.observers.append(rule.observe)  # an overridden rule still observes what passes, as in check
             if not _overridden(rule, overrides):
                 self.checks.append((rule.check, getattr(rule, "observe_held", None)))
+                last = rule
                 if hasattr(rule, "prepare"):
                     self.preparers.append(rule.prepare)
+        if last is not None and hasattr(last, "judge"):
+            # an event it lets pass has passed every rule that checks (any stateless one holding it was found
+            # before): it observes at once, the others after it (the rules' states are independent)
+            self.judge = last.judge
+            self.checks.pop()
+            self.observers.remove(last.observe)
 
 
 def _overridden(rule: GateRule, overrides: frozenset[str]) -> bool:
@@ -162,7 +172,7 @@ class QualityGate:
         for position, holds in plan.stateless:
             for row, hold in holds(events, now).items():
                 early.setdefault(row, (position, hold))
-        checks, observers, counts = plan.checks, plan.observers, self.counts
+        checks, observers, counts, judge = plan.checks, plan.observers, self.counts, plan.judge
         verdicts: list[Hold | None] = []
         passed = 0
         try:
@@ -178,6 +188,9 @@ class QualityGate:
                         if on_hold is not None:
                             on_hold(event, now, found)
                         break
+                else:
+                    if judge is not None and hold is None:  # every other rule let it pass (see _Plan)
+                        hold = judge(event, now)
                 if hold is None:
                     for observe in observers:
                         observe(event, now)
