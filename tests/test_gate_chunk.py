@@ -22,6 +22,7 @@ from learner.gate.gate import GateConfig, QualityGate, default_gate
 from learner.gate.plausibility import LikeWithoutViewRule
 from learner.gate.time_rules import FutureTimestampRule
 from tests.clock import iso
+from tests.gate_recorder import Recorder
 
 T0 = 1_700_000_000.0
 
@@ -155,25 +156,6 @@ def test_check_chunk_and_check_interleave_on_one_gate() -> None:
         got += verdicts([mixed.check(views[0], now)] if size == 1 else mixed.check_chunk(views, now))
     assert got == expected and state(mixed) == state(reference)
     assert {"user_rate", "item_surge", "anomalous_behaviour"} <= set(mixed.counts)
-
-
-class Recorder:
-    """A stateful rule that holds events of one item and records what it is told."""
-
-    def __init__(self, code: str, hold_if: str) -> None:
-        self.codes = (code,)
-        self.hold_if = hold_if
-        self.observed: list[str] = []
-        self.held: list[str] = []
-
-    def check(self, event: GateEvent, now: float) -> Hold | None:  # noqa: ARG002
-        return Hold(self.codes[0], "test") if event.item_id == self.hold_if else None
-
-    def observe(self, event: GateEvent, now: float) -> None:  # noqa: ARG002
-        self.observed.append(event.event_id)
-
-    def observe_held(self, event: GateEvent, now: float, hold: Hold) -> None:  # noqa: ARG002
-        self.held.append(event.event_id)
 
 
 def test_check_chunk_keeps_rule_order_around_stateless_rules() -> None:

@@ -24,6 +24,7 @@ from learner.gate.gate import GateConfig, QualityGate, default_gate, default_str
 from learner.gate.hst_batch import FlatTrees
 from learner.gate.plausibility import LikeWithoutViewRule, SkipAfterFullWatchRule, WatchExceedsDurationRule
 from learner.gate.time_rules import FutureTimestampRule, LatenessRule, StreamClock
+from tests.gate_recorder import Recorder
 
 MOVIELENS = MOVIELENS_RATINGS  # in the repository: these tests never skip
 T0 = 1_700_000_000.0
@@ -458,25 +459,6 @@ def test_anomaly_rule_learns_and_scores_as_river_does_point_by_point() -> None:
 
 
 # -- the gate ------------------------------------------------------------------------------
-
-
-class Recorder:
-    """A rule that holds what ``hold_if`` says and records what it was told."""
-
-    def __init__(self, code: str, hold_if: str) -> None:
-        self.codes = (code,)
-        self.hold_if = hold_if
-        self.observed: list[str] = []
-        self.held: list[str] = []
-
-    def check(self, event: GateEvent, now: float) -> Hold | None:  # noqa: ARG002
-        return Hold(self.codes[0], "test") if event.item_id == self.hold_if else None
-
-    def observe(self, event: GateEvent, now: float) -> None:  # noqa: ARG002
-        self.observed.append(event.event_id)
-
-    def observe_held(self, event: GateEvent, now: float, hold: Hold) -> None:  # noqa: ARG002
-        self.held.append(event.event_id)
 
 
 def test_gate_first_hold_wins_counts_by_reason_and_observes_only_passed_events() -> None:

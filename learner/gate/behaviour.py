@@ -715,7 +715,13 @@ class AnomalousBehaviourRule:
         memo = self._memo
         if memo is not None and memo[0] is event:
             return memo
-        state = self._users.get(event.user_id)
+        x, score, nxt = self._score(event, now, self._users.get(event.user_id))
+        self._memo = memo = (event, x, score, nxt)
+        return memo
+
+    def _score(self, event: GateEvent, now: float, state: list[float] | None) -> tuple[Features, float, list[float]]:
+        """(features, score, the user's next state) of ``event`` for a user now in ``state``: from the chunk
+        prepared ahead if it was computed from exactly that state, else computed here."""
         row = self._ahead_row(event) if self._ahead_events else -1
         if row >= 0 and (ahead := self._ahead_rows[row])[0] is state:
             _, x, nxt = ahead
@@ -723,15 +729,12 @@ class AnomalousBehaviourRule:
             if self._ahead_window != window:  # the batch's first check, or a window of the trees ended since
                 self._ahead_scores = self._flat_trees().scores(self._ahead_leaves, self._current_leaf_scores())
                 self._ahead_window = window
-            score = self._ahead_scores[row]
             self.scored_ahead += 1
             nxt[5] = now  # the only field of the state that depends on now (when the user was last seen)
-        else:
-            x, nxt = self._features(event, now, state)
-            learned = self.learned >= self._window_size
-            score = float(self.trees.score_one(dict(zip(FEATURES, x, strict=True)))) if learned else 0.0
-        self._memo = memo = (event, x, score, nxt)
-        return memo
+            return x, self._ahead_scores[row], nxt
+        x, nxt = self._features(event, now, state)
+        learned = self.learned >= self._window_size
+        return x, float(self.trees.score_one(dict(zip(FEATURES, x, strict=True)))) if learned else 0.0, nxt
 
     def _current_leaf_scores(self) -> np.ndarray:
         window = self._window()
@@ -812,20 +815,7 @@ class AnomalousBehaviourRule:
         users, user = self._users, event.user_id
         # every event that reaches here updates its user's state, and moves them last: taken out, put back below
         state = users.pop(user, None)
-        row = self._ahead_row(event) if self._ahead_events else -1
-        if row >= 0 and (ahead := self._ahead_rows[row])[0] is state:
-            _, x, nxt = ahead
-            window = self.learned // self._window_size
-            if self._ahead_window != window:  # the batch's first check, or a window of the trees ended since
-                self._ahead_scores = self._flat_trees().scores(self._ahead_leaves, self._current_leaf_scores())
-                self._ahead_window = window
-            score = self._ahead_scores[row]
-            self.scored_ahead += 1
-            nxt[5] = now
-        else:
-            x, nxt = self._features(event, now, state)
-            learned = self.learned >= self._window_size
-            score = float(self.trees.score_one(dict(zip(FEATURES, x, strict=True)))) if learned else 0.0
+        x, score, nxt = self._score(event, now, state)
         hold = None
         if self._scored and self.passed >= self.warmup_events:
             threshold = self._estimator.get()  # self.threshold.get(): it has been updated (_scored)
