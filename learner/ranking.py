@@ -38,34 +38,36 @@ def top_k(scores: np.ndarray, k: int, exclude: Iterable[int] = ()) -> list[tuple
     excluded = np.fromiter(exclude, dtype=np.int64)
     if excluded.size:
         scores = scores.copy()
-        scores[excluded] = -np.inf
+        scores[excluded] = -np.inf  # so that they never set the sampled threshold
     n = int(scores.size)
     k = min(k, n - np.unique(excluded).size if excluded.size else n)
     if k <= 0:
         return []
+    # candidates: the rows at or above the sampled threshold (never an excluded row: they are -inf),
+    # or every row that is not excluded
     rows = _at_or_above_sampled_threshold(scores, k) if n >= _SAMPLED_FROM and n >= 64 * k else None
     if rows is None:
-        rows = np.arange(n)
+        rows = np.delete(np.arange(n), excluded) if excluded.size else np.arange(n)
     values = scores[rows]
-    kth = np.partition(values, values.size - k)[values.size - k]  # the k-th best among the candidates
+    # the k-th best number among the candidates (partition puts NaN last: NaN only if fewer than k numbers)
+    kth = -np.partition(-values, k - 1)[k - 1]
     if np.isnan(kth):  # fewer than k numbers: every number, then NaN rows in order
         best = rows[np.argsort(-values, kind="stable")[:k]]
     else:
         above = values > kth
         ties = rows[values == kth]  # in row order: the lowest rows are taken first
-        if kth == -np.inf and excluded.size:  # scores of -inf tie with the excluded rows: keep those out
-            ties = ties[~np.isin(ties, excluded)]
         chosen = np.concatenate([rows[above], ties[: k - int(np.count_nonzero(above))]])
         best = chosen[np.lexsort((chosen, -scores[chosen]))]
     return [(int(row), float(scores[row])) for row in best]
 
 
 def _at_or_above_sampled_threshold(scores: np.ndarray, k: int) -> np.ndarray | None:
-    """Rows scoring at least the ``k``-th best of an evenly spaced sample (None: the sample gives no threshold)."""
+    """Rows scoring at least the ``k``-th best number of an evenly spaced sample (None: the sample has
+    fewer than ``k`` numbers above -inf). The k best numbers of all are among them."""
     sample = scores[:: max(8, scores.size // _SAMPLE_SIZE)]
     if sample.size < k:
         return None
-    threshold = np.partition(sample, sample.size - k)[sample.size - k]
-    if not threshold > -np.inf:  # excluded rows (or NaN) among the sample's best: no useful threshold
+    threshold = -np.partition(-sample, k - 1)[k - 1]  # the sample's k-th best number (NaN last)
+    if not threshold > -np.inf:  # fewer than k numbers above the excluded rows' -inf: no useful threshold
         return None
-    return np.flatnonzero(scores >= threshold)
+    return np.flatnonzero(scores >= threshold)  # at least the sample's k best

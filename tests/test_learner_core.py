@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from learner import codec
+from learner import codec, ranking
 from learner.implicit_mf import ImplicitMF
 from learner.online_learner import OnlineLearner
 from learner.ranking import top_k
@@ -110,21 +110,34 @@ def _reference_top_k(scores: np.ndarray, k: int, exclude: list[int]) -> list[int
     return (numbers + [r for r in rows if np.isnan(scores[r])])[:k]
 
 
-@pytest.mark.parametrize("shape", ["random", "ties", "all_equal", "few_best", "nan", "minus_inf"])
-def test_top_k_over_large_catalogues_is_the_exact_full_sort(shape: str) -> None:
+@pytest.mark.parametrize(
+    "shape", ["random", "ties", "all_equal", "few_best", "few_nan", "nan", "minus_inf", "small_with_nan"]
+)
+def test_top_k_is_the_exact_full_sort(shape: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """From 8,192 scores on, top_k takes a threshold from a sample first: same rows, same order."""
+    sampled = []  # how many times the sampled threshold gave the candidates
+    real = ranking._at_or_above_sampled_threshold
+
+    def counted(scores: np.ndarray, k: int) -> np.ndarray | None:
+        rows = real(scores, k)
+        sampled.append(rows is not None)
+        return rows
+
+    monkeypatch.setattr(ranking, "_at_or_above_sampled_threshold", counted)
     rng = np.random.default_rng(11)
     for trial in range(8):
-        n = int(rng.integers(8_192, 40_000))
+        n = int(rng.integers(8_192, 40_000)) if shape != "small_with_nan" else int(rng.integers(5, 300))
         scores = {
             "random": rng.random(n) * rng.random(n),
             "ties": np.round(rng.normal(size=n), 1),
             "all_equal": np.full(n, 0.25),
             "few_best": np.where(rng.random(n) < 0.0005, 1.0, 0.0),  # fewer best than k, then a sea of ties
+            "few_nan": np.where(np.arange(n) % 997 == 0, np.nan, np.round(rng.random(n), 2)),  # some in the sample
             "nan": np.where(rng.random(n) < 0.3, np.nan, rng.random(n)),
             "minus_inf": np.where(rng.random(n) < 0.999, -np.inf, rng.random(n)),
+            "small_with_nan": np.where(rng.random(n) < 0.7, np.nan, rng.random(n)),  # fewer numbers than k
         }[shape]
-        exclude = [int(r) for r in rng.integers(0, n, size=int(rng.integers(0, 200)))]
+        exclude = [int(r) for r in rng.integers(0, n, size=int(rng.integers(0, min(n, 200))))]
         if trial % 3 == 0:  # exclusions among the sample's best: no usable sampled threshold
             exclude += [int(r) for r in np.argsort(-np.nan_to_num(scores, nan=-1.0), kind="stable")[:300]]
         k = int(rng.integers(1, 60))
@@ -132,6 +145,20 @@ def test_top_k_over_large_catalogues_is_the_exact_full_sort(shape: str) -> None:
         want = _reference_top_k(scores, k, exclude)
         assert [r for r, _ in got] == want, (shape, trial)
         assert all(s == scores[r] or (np.isnan(s) and np.isnan(scores[r])) for r, s in got)
+    if shape in ("random", "ties", "few_nan"):
+        assert any(sampled), "the sampled threshold was never used"
+
+
+def test_top_k_with_nan_among_the_sampled_scores_still_returns_k() -> None:
+    """NaN in the sample must not lift the threshold above the k-th best number (a review found it did)."""
+    scores = np.zeros(8_192)
+    scores[[0, 8, 16]] = np.nan  # in the evenly spaced sample
+    scores[24:80:8] = 1.0  # 7 ones, also in the sample
+    assert [r for r, _ in top_k(scores, 10)] == [24, 32, 40, 48, 56, 64, 72, 1, 2, 3]
+    assert top_k(np.array([np.nan, np.nan, np.nan, 0.5]), 2, exclude=[3]) == [
+        (0, pytest.approx(np.nan, nan_ok=True)),
+        (1, pytest.approx(np.nan, nan_ok=True)),
+    ]
 
 
 def test_seen_items_are_never_recommended_and_strangers_get_popular_items() -> None:
