@@ -410,13 +410,18 @@ class ModelStore:
         raw = await self.redis.hgetall(self.keys.guard_status)
         return {k.decode(): v.decode() for k, v in raw.items()}
 
-    async def request_resume(self) -> None:
-        """Ask a worker whose model guard paused learning to resume (read at its next checkpoint)."""
-        await self.redis.set(self.keys.guard_resume, str(time.time()))
+    async def request_resume(self, pause: str) -> None:
+        """Ask a worker whose model guard paused learning to resume (read at its next checkpoint).
 
-    async def take_resume_request(self) -> bool:
-        """True once per operator request (the request is consumed)."""
-        return bool(await self.redis.getdel(self.keys.guard_resume))
+        ``pause`` names the pause to end: its ``since`` as the worker reported it (``guard_status``).
+        A request for an earlier pause does not end a later one.
+        """
+        await self.redis.set(self.keys.guard_resume, pause)
+
+    async def take_resume_request(self) -> str | None:
+        """The pause an operator asked to end, once per request (the request is consumed)."""
+        raw = await self.redis.getdel(self.keys.guard_resume)
+        return None if raw is None else raw.decode()
 
     async def gate_counts(self) -> dict[str, int]:
         raw = await self.redis.hgetall(self.keys.gate_counts)

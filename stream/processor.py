@@ -231,7 +231,10 @@ class EventProcessor:
                 self.next_offsets[tp] = max(offset, self.next_offsets.get(tp, 0))
             guard_status = await self.store.guard_status()
             if guard_status.get("state") == "paused":
-                self.paused_since = self.clock()
+                try:  # the same pause as before the restart (a resume request names it by this time)
+                    self.paused_since = float(guard_status.get("since", ""))
+                except ValueError:
+                    self.paused_since = self.clock()
                 metrics.MODEL_GUARD_PAUSED.set(1)
                 if self.guard is not None:  # judge recovery against the reference from before the restart
                     reference = guard_status.get("reference")
@@ -824,11 +827,22 @@ class EventProcessor:
             self._resume("the progressive loss is back within its resume threshold")
 
     async def _apply_operator_resume(self) -> None:
-        """Resume if an operator asked to while paused. A request found while learning is dropped: it
-        would otherwise wait in Redis and cancel the next pause as soon as it began (the API refuses
-        such requests, but one can arrive as the guard resumes by itself)."""
-        if await self.store.take_resume_request() and self.paused_since is not None:
+        """Resume if an operator asked to end this pause. A request names the pause it ends (its
+        ``since``, as reported in the guard status); one for an earlier pause, left in Redis when
+        the guard resumed by itself, is dropped instead of cancelling a later pause."""
+        if self.paused_since is None:
+            return
+        requested = await self.store.take_resume_request()
+        if requested is None:
+            return
+        if requested == str(self.paused_since):  # as the checkpoint writes it into the guard status
             self._resume("an operator asked to resume", operator=True)
+        else:
+            log.warning(
+                "dropped a resume request for an earlier pause (since %s; this one since %s)",
+                requested,
+                self.paused_since,
+            )
 
     def _resume(self, why: str, operator: bool = False) -> None:
         self.paused_since = None

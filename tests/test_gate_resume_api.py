@@ -39,6 +39,6 @@ def test_resume_is_refused_unless_the_worker_reported_the_guard_paused(
             paused = client.post("/v1/gate/resume")
             assert paused.status_code == 202, paused.text
             assert paused.json() == {"status": "resume requested", "paused_since": "1764500000.0"}
-            assert r.get(keys.guard_resume) is not None  # the worker takes it at its next checkpoint
+            assert r.get(keys.guard_resume) == b"1764500000.0"  # names this pause; the worker takes it next
     finally:
         r.close()

@@ -88,8 +88,8 @@ async def test_guard_pauses_on_degradation_and_an_operator_resumes(setup) -> Non
     )
     assert sorted(transport.acked) == list(range(transport.offset))  # everything handled is acked
 
-    # An operator resumes; the next checkpoint applies it and learning goes on.
-    await store.request_resume()
+    # An operator resumes this pause (named by its start, as the API does); the next checkpoint applies it.
+    await store.request_resume((await store.guard_status())["since"])
     await processor.process(transport.records(_stream(rnd, 10, 4700, flipped=False)))
     await processor.checkpoint()
     assert processor.paused_since is None and not guard.paused
@@ -134,14 +134,19 @@ async def test_a_pause_outlives_a_restart_and_ends_only_when_the_stream_is_healt
     assert restarted.learner.events_learned > learned
 
 
-async def test_a_resume_request_made_while_learning_does_not_cancel_a_later_pause(setup) -> None:
+async def test_a_resume_request_for_an_earlier_pause_does_not_end_a_later_one(setup) -> None:
     processor, store, transport, guard = setup
     rnd = random.Random(7)
     await processor.process(transport.records(_stream(rnd, 3000, 0, flipped=False)))
-    await store.request_resume()  # nothing is paused: e.g. it crossed the guard resuming by itself
+    await store.request_resume("1764400000.0")  # left over: that pause ended by itself before the worker read it
     await processor.checkpoint()
     await processor.process(transport.records(_stream(rnd, 1500, 3000, flipped=True)))
     assert processor.paused_since is not None
     await processor.checkpoint()
-    assert processor.paused_since is not None and guard.paused  # the old request was not kept for this pause
-    assert (await store.guard_status())["state"] == "paused"
+    assert processor.paused_since is not None and guard.paused  # the old request did not end this pause
+    status = await store.guard_status()
+    assert status["state"] == "paused" and status["since"] == str(processor.paused_since)
+    # a request naming this pause ends it
+    await store.request_resume(status["since"])
+    await processor.checkpoint()
+    assert processor.paused_since is None and not guard.paused

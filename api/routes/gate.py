@@ -45,5 +45,6 @@ async def resume_learning(state: Annotated[ApiState, Depends(get_state)]) -> dic
             )
             + "; nothing to resume (GET /v1/gate shows it; a pause shows there from the checkpoint after it)",
         )
-    await state.store.request_resume()
-    return {"status": "resume requested", "paused_since": guard.get("since", "")}
+    since = guard.get("since", "")
+    await state.store.request_resume(since)  # names this pause: a later one is not ended by it
+    return {"status": "resume requested", "paused_since": since}
