@@ -75,7 +75,7 @@ class ProgressiveMetrics:
             raise ValueError("progressive window: labels and predictions differ in length")
         metrics_ = cls(window)
         kept = slice(max(0, len(labels) - window), len(labels))
-        metrics_._packed = (labels[kept], predictions[kept])
+        metrics_._packed = (labels[kept].copy(), predictions[kept].copy())  # not views that keep a snapshot alive
         metrics_.count = int(count)
         return metrics_
 

@@ -89,6 +89,7 @@ class ServingModel:
         return picked
 
     def score(self, user_id: str, item_ids: list[str]) -> list[float | None]:
-        """Probability of a like for each item (None for items the model has never seen)."""
+        """Probability of a like for each item (None for items not in the model's catalogue: never in any
+        event it was given; an item it registered but learned nothing about gets its prior)."""
         model = self.model
         return [model.predict_one(user_id, item) if item in model.items else None for item in item_ids]

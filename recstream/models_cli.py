@@ -153,7 +153,7 @@ def history_table(records: list[dict[str, Any]]) -> str:
     for r in records:
         at = r.get("at")
         when = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S") if isinstance(at, int | float) else "?"
-        swap = f"{r['from_model']} -> {r['to_model']}" if r.get("from_model") or r.get("to_model") else "-"
+        swap = f"{r.get('from_model')} -> {r.get('to_model')}" if r.get("from_model") or r.get("to_model") else "-"
         lines.append(
             f"{when:<20}{r.get('from') or '-'!s:>6}{r.get('to') or '-'!s:>6}  {r.get('actor', '?')!s:<9}"
             f"{swap:<32}{r.get('reason', '')}"

@@ -40,3 +40,27 @@ def test_observe_many_gives_the_histogram_observe_gives(seed: int) -> None:
 
 def test_observe_many_of_nothing_changes_nothing() -> None:
     assert _exposition(lambda h: observe_many(h, [])) == _exposition(lambda _h: None)
+
+
+def test_observe_many_uses_one_update_per_bucket_not_observe() -> None:
+    """The fast path is taken (prometheus_client still has the parts it uses), not the fallback."""
+    registry = CollectorRegistry()
+    histogram = Histogram("fast_seconds", "test", buckets=BUCKETS, registry=registry)
+    calls = []
+    histogram.observe = lambda amount, _exemplar=None: calls.append(amount)  # type: ignore[method-assign]
+    observe_many(histogram, [0.01, 0.2, 7.0])
+    assert calls == []
+    assert registry.get_sample_value("fast_seconds_count") == 3
+
+
+def test_observe_many_falls_back_to_observe_without_those_parts() -> None:
+    class Bare:
+        def __init__(self) -> None:
+            self.seen: list[float] = []
+
+        def observe(self, amount: float) -> None:
+            self.seen.append(amount)
+
+    bare = Bare()
+    observe_many(bare, [-1.0, 0.5])  # type: ignore[arg-type]
+    assert bare.seen == [0.0, 0.5]

@@ -69,7 +69,7 @@ class ScoreResult(BaseModel):
     model_version: int
     scores: list[float | None] = Field(
         description="Probability-like score of a like, one per requested item in order; "
-        "null for items the model has never seen."
+        "null for items the model has never been given in any event."
     )
 
 
