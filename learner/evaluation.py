@@ -52,6 +52,7 @@ from learner.exploration import ThompsonExplorer
 from learner.gate.base import GateEvent
 from learner.id_index import IdIndex
 from learner.online_learner import OnlineLearner
+from learner.ranking import top_rows
 
 if TYPE_CHECKING:
     from learner.gate.gate import QualityGate
@@ -256,31 +257,27 @@ class Recommend:
     def _top_model(
         self, raw: np.ndarray, excluded: np.ndarray, target: int | None, target_seen: bool
     ) -> tuple[np.ndarray, float]:
-        # Same selection as learner.ranking.top_k: argpartition of the negated scores (excluded
-        # rows at +inf), then a stable sort of the k best.
-        neg = np.negative(raw, dtype=np.float64)
-        neg[excluded] = np.inf
-        put_back = target is not None and target_seen
-        if put_back:
-            neg[target] = -raw[target]
-        n_candidates = neg.size - excluded.size + put_back
-        kk = min(self.k, n_candidates)
-        if kk <= 0:
+        # The serving path's selection (learner.ranking.top_rows).
+        if target is not None and target_seen:
+            excluded = excluded[excluded != target]  # the target is put back
+        best = top_rows(raw, self.k, excluded)
+        if best.size == 0:
             return _EMPTY, math.inf
-        part = np.argpartition(neg, kk - 1)[:kk] if kk < neg.size else np.arange(neg.size)
-        best = part[np.argsort(neg[part], kind="stable")]
         if self.explorer is not None:
-            best = self.explorer.rerank(best, neg, kk)
+            neg = np.negative(raw, dtype=np.float64)
+            neg[excluded] = np.inf  # only rows that may be shown are explored
+            best = self.explorer.rerank(best, neg, best.size)
             self.explorer.observe_shown(best)
         if target is None:
             return best, math.inf
         hit = np.flatnonzero(best == target)
         if hit.size:
             return best, float(hit[0] + 1)
-        t = neg[target]
-        better = int(np.count_nonzero(neg < t))
-        ties = int(np.count_nonzero(neg == t)) - 1
-        return best, max(float(self.k + 1), 1.0 + better + ties / 2.0)  # mid-rank among ties
+        # mid-rank among the rows that may be shown (the target is not excluded)
+        t, others = raw[target], raw[excluded]
+        better = int(np.count_nonzero(raw > t)) - int(np.count_nonzero(others > t))
+        ties = int(np.count_nonzero(raw == t)) - int(np.count_nonzero(others == t)) - 1
+        return best, max(float(self.k + 1), 1.0 + better + ties / 2.0)
 
     def _top_popular(self, counts: np.ndarray, excluded: np.ndarray, target: int | None) -> tuple[np.ndarray, float]:
         # Same order as ServingModel.popular: most positives first, ties in order of first appearance.

@@ -20,34 +20,52 @@ def scores_for_user(user_vector: np.ndarray, item_factors: np.ndarray, item_bias
 # Below this many scores, take the threshold from all of them; above, from a sample first.
 _SAMPLED_FROM = 8_192
 _SAMPLE_SIZE = 2_048  # about this many scores, evenly spaced, choose the sampled threshold
+_NO_ROWS = np.zeros(0, dtype=np.int64)
 
 
 def top_k(scores: np.ndarray, k: int, exclude: Iterable[int] = ()) -> list[tuple[int, float]]:
     """The ``k`` best (row, score) pairs, best first (equal scores: lower row first), leaving out ``exclude``.
 
-    Over a large catalogue it first takes a threshold from an evenly spaced sample of the scores:
-    the sample's ``k``-th best score. At least ``k`` scores (that sample's best) are at or above
-    it, so the ``k`` best of all are among the scores at or above it: a few hundred instead of
-    the whole catalogue. The result is exact; at 100,000 items it costs about two thirds of an
-    argpartition of every score (about a twentieth on random scores, where argpartition is at its
-    slowest). NaN scores come after every number.
-
     >>> top_k(np.array([0.5, 0.9, 0.5, 0.7]), k=3)
     [(1, 0.9), (3, 0.7), (0, 0.5)]
     """
-    excluded = np.fromiter(exclude, dtype=np.int64)
+    return [(int(row), float(scores[row])) for row in top_rows(scores, k, exclude)]
+
+
+def top_rows(scores: np.ndarray, k: int, exclude: Iterable[int] = ()) -> np.ndarray:
+    """The rows of the ``k`` best scores, best first (equal scores: lower row first), leaving out ``exclude``.
+
+    Serving (:func:`top_k`) and the replay (:mod:`learner.evaluation`) both select with it.
+    Over a large catalogue it first takes a threshold from an evenly spaced sample of the scores:
+    the sample's ``k``-th best score. At least ``k`` scores (that sample's best) are at or above
+    it, so the ``k`` best of all are among the scores at or above it: a few hundred instead of
+    the whole catalogue. The result is exact; at 100,000 items it costs about half an argpartition
+    of every score (about a twentieth on random scores, where argpartition is at its slowest).
+    NaN scores come after every number.
+
+    >>> top_rows(np.array([0.5, 0.9, 0.5, 0.7]), k=3).tolist()
+    [1, 3, 0]
+    """
+    excluded = (
+        exclude.astype(np.int64, copy=False) if isinstance(exclude, np.ndarray) else np.fromiter(exclude, np.int64)
+    )
     if excluded.size:
         scores = scores.copy()
         scores[excluded] = -np.inf  # so that they never set the sampled threshold
     n = int(scores.size)
-    k = min(k, n - np.unique(excluded).size if excluded.size else n)
-    if k <= 0:
-        return []
-    # candidates: the rows at or above the sampled threshold (never an excluded row: they are -inf),
-    # or every row that is not excluded
+    if k <= 0 or n == 0:
+        return _NO_ROWS
+    # candidates: the rows at or above the sampled threshold (never an excluded row: they are -inf,
+    # and at least k numbers reach it), or every row that is not excluded
     rows = _at_or_above_sampled_threshold(scores, k) if n >= _SAMPLED_FROM and n >= 64 * k else None
     if rows is None:
+        best = _k_best_of_all(scores, min(k, n))
+        if best is not None:
+            return best
         rows = np.delete(np.arange(n), excluded) if excluded.size else np.arange(n)
+        k = min(k, rows.size)
+        if k == 0:
+            return _NO_ROWS
     values = scores[rows]
     # the k-th best number among the candidates (partition puts NaN last: NaN only if fewer than k numbers)
     kth = -np.partition(-values, k - 1)[k - 1]
@@ -58,7 +76,19 @@ def top_k(scores: np.ndarray, k: int, exclude: Iterable[int] = ()) -> list[tuple
         ties = rows[values == kth]  # in row order: the lowest rows are taken first
         chosen = np.concatenate([rows[above], ties[: k - int(np.count_nonzero(above))]])
         best = chosen[np.lexsort((chosen, -scores[chosen]))]
-    return [(int(row), float(scores[row])) for row in best]
+    return best
+
+
+def _k_best_of_all(scores: np.ndarray, k: int) -> np.ndarray | None:
+    """The k best rows of all, when the k-th best is a number above -inf (None: fewer such numbers,
+    so NaN rows or rows tying with the excluded ones' -inf come in: the caller's careful path)."""
+    neg = np.negative(scores)
+    kth = np.partition(neg, k - 1)[k - 1]  # NaN last, the excluded rows (+inf here) just before
+    if not kth < np.inf:
+        return None
+    above = np.flatnonzero(neg < kth)
+    chosen = np.concatenate([above, np.flatnonzero(neg == kth)[: k - above.size]])  # ties: lowest rows
+    return chosen[np.lexsort((chosen, neg[chosen]))]
 
 
 def _at_or_above_sampled_threshold(scores: np.ndarray, k: int) -> np.ndarray | None:

@@ -98,6 +98,7 @@ def test_top_k_matches_a_full_sort_with_ties_and_exclusions() -> None:
         got = top_k(scores, k, exclude=exclude)
         allowed = sorted((float(scores[r]) for r in range(n) if r not in set(exclude)), reverse=True)
         assert [s for _, s in got] == allowed[:k], trial
+        assert [r for r, _ in got] == _reference_top_k(scores, k, exclude), trial  # equal scores: lower row first
         rows = [r for r, _ in got]
         assert len(set(rows)) == len(rows) and not set(rows) & set(exclude)
         assert all(float(scores[r]) == s for r, s in got)
