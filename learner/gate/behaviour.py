@@ -43,7 +43,7 @@ class UserRateRule:
 
     Sliding-window counters: two fixed windows per user, the previous one weighted by how much of
     it still overlaps the sliding window (error bounded by the previous window's count, no
-    timestamps stored). Memory: one small record (~0.3 kB) per user active in the last two
+    timestamps stored). Memory: one record (~0.4 kB, measured with its table entry) per user active in the last two
     windows, at most ``max_users``.
 
     >>> rule = UserRateRule(window_seconds=60, max_positives=3, max_events=100)
@@ -276,10 +276,11 @@ class ItemSurgeRule:
     it lasts; interactions of established users are never held by this rule. Windows count
     interactions, not seconds, so a replay's quiet days neither reset nor dilute them.
 
-    Memory: one record (~0.3 kB) per item, least-recently-touched forgotten beyond ``max_items``;
-    one (~0.25 kB) per user seen in the last ``user_idle_seconds``, at most ``max_users`` (an
-    evicted user's progress towards established is lost; established users stay known through
-    :class:`EstablishedUsers`, 2 × 1.2 bytes × ``established_capacity``).
+    Memory (measured, table entries included): one record (~0.47 kB) per item, least recently
+    touched forgotten beyond ``max_items``; one (~0.26 kB) per user seen in the last
+    ``user_idle_seconds``, at most ``max_users`` (an evicted user's progress towards established is
+    lost; established users stay known through :class:`EstablishedUsers`, 2 × 1.2 bytes ×
+    ``established_capacity``).
 
     >>> rule = ItemSurgeRule(new_user_events=2, min_new_positives=2)
     >>> bots = [GateEvent(f"b{i}", f"bot{i}", "target", "like", 1_000.0 + i) for i in range(3)]
@@ -509,8 +510,8 @@ class AnomalousBehaviourRule:
     ever more). Nothing is held before ``warmup_events`` events have passed, nor before the trees
     have a reference window (``window_size`` × ``learn_every`` events). Memory: the trees (fixed,
     ``n_trees`` × 2^(``height`` + 1) nodes), the points learned in the current window (at most
-    ``window_size``, ~0.2 kB each), one record (~0.4 kB) per user seen in the last
-    ``idle_seconds``, at most ``max_users``.
+    ``window_size``, ~0.2 kB each), one record (~0.3 kB, measured with its table
+    entry) per user seen in the last ``idle_seconds``, at most ``max_users``.
 
     >>> rule = AnomalousBehaviourRule(warmup_events=100, window_size=50, learn_every=1)
     >>> def held(events):
