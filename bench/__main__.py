@@ -227,6 +227,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_part(part: str, args: argparse.Namespace, services) -> tuple[dict, list[Row]]:
+    """Run one part in the environment the bench started with: a part's runs set ``RECSTREAM_*``
+    variables in this process (``RunEnv.apply``, e.g. the last ingest run's gate switch), which
+    would otherwise reach the next part's worker and subprocesses."""
+    started_with = dict(os.environ)
+    try:
+        return _run_part_in_this_environment(part, args, services)
+    finally:
+        os.environ.clear()
+        os.environ.update(started_with)
+
+
+def _run_part_in_this_environment(part: str, args: argparse.Namespace, services) -> tuple[dict, list[Row]]:
     if part == "ingest":
         from bench import ingest
 

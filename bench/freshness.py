@@ -96,7 +96,8 @@ def run(
     interval = os.environ.get("RECSTREAM_CHECKPOINT_INTERVAL_SECONDS") or str(
         Settings.model_fields["checkpoint_interval_seconds"].default
     )
-    run_ = run_env(services, "fresh", RECSTREAM_CHECKPOINT_INTERVAL_SECONDS=interval)
+    # The real path: the worker judges every event with the quality gate, as by default.
+    run_ = run_env(services, "fresh", RECSTREAM_CHECKPOINT_INTERVAL_SECONDS=interval, RECSTREAM_GATE_ENABLED="true")
     ensure_topics(run_)
     settings = Settings()
     r = redis.Redis.from_url(services.redis.url)

@@ -9,6 +9,7 @@ learn) and the gate's. Next to it, in the same run, the bare learner loop over t
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -42,7 +43,13 @@ def run(ratings: Path, budget: TimeBudget, limit: int | None = None) -> tuple[di
             argv += ["--limit", str(limit)]
         started = time.perf_counter()
         process = subprocess.Popen(
-            argv, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+            argv,
+            cwd=PROJECT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            env={**os.environ, "RECSTREAM_GATE_ENABLED": "true"},  # the "gate + replay" rows need the gate
         )
         track(process.pid)
         try:

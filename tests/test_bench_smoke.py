@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import bench.__main__ as bench_main
 from bench.__main__ import text_table
 from bench.common import PIDS_FILE_ENV, Row
 from bench.load import run as load_run
@@ -107,3 +108,23 @@ def test_bench_quick_run_of_serving_and_topk(tmp_path: Path) -> None:
     assert len(report["started_pids"]) >= 5
     assert report["started_pids"] == _recorded_pids(pids_file)  # the teardown knew every one of them
     assert left_running == []
+
+
+def test_a_parts_environment_does_not_reach_the_next_part(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The ingest part's last run switches the gate off in this process (RunEnv.apply); the parts
+    # after it (freshness, memory, replay) once measured without the gate because of it.
+    monkeypatch.delenv("RECSTREAM_GATE_ENABLED", raising=False)
+    monkeypatch.setenv("RECSTREAM_MODEL", "before")
+    seen: list[str | None] = []
+
+    def part(name: str, *_: object) -> tuple[dict, list[Row]]:
+        seen.append(os.environ.get("RECSTREAM_GATE_ENABLED"))
+        os.environ["RECSTREAM_GATE_ENABLED"] = "false"
+        os.environ["RECSTREAM_MODEL"] = name
+        return {}, []
+
+    monkeypatch.setattr(bench_main, "_run_part_in_this_environment", part)
+    for name in ("ingest", "freshness"):
+        bench_main._run_part(name, None, None)  # type: ignore[arg-type]
+    assert seen == [None, None]
+    assert "RECSTREAM_GATE_ENABLED" not in os.environ and os.environ["RECSTREAM_MODEL"] == "before"
