@@ -16,7 +16,8 @@ Parts (``--only ingest,serving``; default: all, about 7-9 minutes on 2 cores):
   recommendations, under a steady background load, next to the same probe without load
   (``bench/freshness.py``);
 * ``topk``: time per top-10 over 1k-1M items, default and factor model (``bench/topk.py``);
-* ``memory``: learner RSS per million users+items against raw factor bytes (``bench/memory.py``);
+* ``memory``: worker RSS (learner + quality gate) per million users+items against raw factor bytes
+  (``bench/memory.py``);
 * ``replay``: events/s of ``recstream evaluate`` on MovieLens (``bench/replay.py``).
 
 Figures depend on the machine and on what else runs on it; the ratios to the references are what

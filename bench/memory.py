@@ -1,4 +1,4 @@
-"""Memory: resident memory of the worker's learner per million users+items, against the raw factor bytes.
+"""Memory: resident memory of the worker (learner + quality gate) per million users+items, against the raw factor bytes.
 
 ``python -m bench.memory --model implicit_mf --ids 1000000`` runs in a fresh process: it builds
 the learner as the worker does (:func:`recstream.components.new_learner`, so the model, the
@@ -15,13 +15,17 @@ items cost, the process's fixed baseline left out), next to the raw bytes of the
 not included there: it is measured next, as its own figure (``gate_*`` in the JSON).
 
 **The quality gate.** Then the gate is built as the worker builds it
-(:func:`recstream.components.quality_gate`, default settings) and judges the same ``ids / 2``
-likes, 500 at a time as the worker's chunks, stamped 50 µs apart (20,000 events/s, so all of
-them within every window the gate keeps: its worst case, where no user is idle long enough to
-be forgotten). Its RSS growth after a heap trim is what the gate holds for that many active
-users and items; its tables are bounded by the ``RECSTREAM_GATE_*_MAX_USERS`` / ``_MAX_ITEMS``
-settings and forget idle users (docs/quality-gate.md). The worker's figure is the learner's plus
-the gate's.
+(:func:`recstream.components.quality_gate`, default settings, switched on) and judges the same
+``ids / 2`` likes, 500 at a time as the worker's chunks, stamped 50 µs apart (20,000 events/s, so
+all of them within every window the gate keeps: its worst case, where no user is idle long
+enough to be forgotten). Its events carry the learner's own id strings, as in the worker (one
+string object per id, held by the learner's index and the gate's tables alike). Its RSS growth
+from before it is built (its fixed part, ~12 MB of filters, included) to after a heap trim is
+what the gate holds for that many active users and items; its tables are bounded by the
+``RECSTREAM_GATE_*_MAX_USERS`` / ``_MAX_ITEMS`` settings and forget idle users
+(docs/quality-gate.md). The worker's figure is the learner's plus the gate's. The gate is
+measured in the learner's process, so it may reuse heap the learner freed (after
+``implicit_mf`` and after ``item_cooccurrence`` it measured ~3% apart).
 """
 
 from __future__ import annotations
@@ -64,8 +68,8 @@ def measure(model: str, ids: int) -> dict:
     untrimmed = rss_bytes()
     trim_heap()  # as the worker does after a checkpoint (recstream.heap_trim)
     after_checkpoint = rss_bytes()  # what a worker keeps between checkpoints (e.g. history arrays)
-    gate_before, gate_growth, gate_held, gate_seconds = _measure_gate(ids // 2)
     m = learner.model
+    gate = _measure_gate(m.users.ids, m.items.ids, ids // 2)
     n_users, n_items = len(m.users), len(m.items)
     n_factors = getattr(m, "n_factors", FACTORS)
     if hasattr(m, "user_factors"):
@@ -91,33 +95,30 @@ def measure(model: str, ids: int) -> dict:
         "raw_kind": raw_kind,
         "growth_to_raw": (after - before) / raw,
         "learn_seconds": learn_seconds,
-        "gate_rss_before_bytes": gate_before,
-        "gate_rss_growth_bytes": gate_growth,  # after a heap trim
-        "gate_events": ids // 2,
-        "gate_held": gate_held,
-        "gate_seconds": gate_seconds,
-        "worker_growth_bytes": after_checkpoint - before + gate_growth,
-        "worker_growth_to_raw": (after_checkpoint - before + gate_growth) / raw,
+        **gate,
+        "worker_growth_bytes": after_checkpoint - before + gate["gate_rss_growth_bytes"],
+        "worker_growth_to_raw": (after_checkpoint - before + gate["gate_rss_growth_bytes"]) / raw,
     }
 
 
-def _measure_gate(n_events: int) -> tuple[int, int, dict[str, int], float]:
-    """RSS before, RSS growth (after a trim), held counts and seconds of the worker's gate judging
-    ``n_events`` likes, each from a new user on a new item."""
+def _measure_gate(users: list[str], items: list[str], n_events: int) -> dict:
+    """The worker's gate judging ``n_events`` likes, the i-th by ``users[i]`` on ``items[i]``: RSS
+    before it is built, its growth (after a trim), its held counts, seconds, and how many users or
+    items each of its behaviour rules then tracks."""
     from learner.gate.base import GateEvent
     from recstream.components import quality_gate
     from recstream.heap_trim import trim_heap
     from recstream.settings import Settings
 
-    gate = quality_gate(Settings(gate_enabled=True))  # its figure, even if RECSTREAM_GATE_ENABLED=false is set
     gc.collect()
     before = rss_bytes()
+    gate = quality_gate(Settings(gate_enabled=True))  # its figure, even if RECSTREAM_GATE_ENABLED=false is set
     started = time.perf_counter()
     t0 = time.time()
     step = 1.0 / GATE_EVENTS_PER_SECOND
     for start in range(0, n_events, GATE_CHUNK):
         chunk = [
-            GateEvent(f"e{i}", f"user-{i:07d}", f"item-{i:07d}", "like", t0 + i * step)
+            GateEvent(f"e{i}", users[i], items[i], "like", t0 + i * step)
             for i in range(start, min(start + GATE_CHUNK, n_events))
         ]
         gate.check_chunk(chunk, chunk[-1].ts)
@@ -125,9 +126,17 @@ def _measure_gate(n_events: int) -> tuple[int, int, dict[str, int], float]:
     gc.collect()
     trim_heap()
     growth = rss_bytes() - before
-    held = dict(gate.counts)
+    tracked = {type(rule).__name__: len(rule) for rule in gate.rules if hasattr(rule, "__len__")}
+    result = {
+        "gate_rss_before_bytes": before,
+        "gate_rss_growth_bytes": growth,  # from before it was built to after a heap trim
+        "gate_events": n_events,
+        "gate_held": dict(gate.counts),
+        "gate_seconds": seconds,
+        "gate_tracked": tracked,
+    }
     del gate
-    return before, growth, held, seconds
+    return result
 
 
 def run(ids: int, budget: TimeBudget, models: tuple[str, ...] = ("implicit_mf", "item_cooccurrence")):

@@ -128,3 +128,17 @@ def test_a_parts_environment_does_not_reach_the_next_part(monkeypatch: pytest.Mo
         bench_main._run_part(name, None, None)  # type: ignore[arg-type]
     assert seen == [None, None]
     assert "RECSTREAM_GATE_ENABLED" not in os.environ and os.environ["RECSTREAM_MODEL"] == "before"
+
+
+def test_the_memory_figure_measures_the_gate_even_when_the_environment_switches_it_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bench.memory import _measure_gate
+
+    monkeypatch.setenv("RECSTREAM_GATE_ENABLED", "false")
+    users, items = [f"user-{i}" for i in range(1_200)], [f"item-{i}" for i in range(1_200)]
+    gate = _measure_gate(users, items, 1_200)
+    # Every like came from a new user, so every behaviour rule that counts users holds each of them.
+    assert gate["gate_events"] == 1_200
+    assert gate["gate_tracked"] == {"UserRateRule": 1_200, "AnomalousBehaviourRule": 1_200}
+    assert gate["gate_held"] == {}

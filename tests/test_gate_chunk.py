@@ -13,6 +13,7 @@ import asyncio
 import json
 import math
 import random
+from collections.abc import Mapping, Sequence
 
 import pytest
 
@@ -84,16 +85,22 @@ def stream(n: int, seed: int) -> list[tuple[GateEvent, float]]:
     return out[:n]
 
 
+def _records(table: Mapping[str, Sequence[float]]) -> list[tuple[str, list[float]]]:
+    return [(key, list(record)) for key, record in table.items()]
+
+
 def state(gate: QualityGate) -> list[object]:
     """What a gate has learned: its counts, and each behaviour rule's tables in order."""
     found: list[object] = [list(gate.counts.items()), gate.passed]
     for rule in gate.rules:
+        # copies of the records' values: the rules update records in place, so references would all
+        # show the final values and the trace would compare nothing but the end
         if isinstance(rule, UserRateRule):
-            found.append(list(rule._users.items()))
+            found.append(_records(rule._users))
         elif isinstance(rule, ItemSurgeRule):
-            found += [list(rule._users.items()), list(rule._items.items()), rule.stream_new_share, rule._clocks]
+            found += [_records(rule._users), _records(rule._items), rule.stream_new_share, list(rule._clocks)]
         elif isinstance(rule, AnomalousBehaviourRule):
-            found += [list(rule._users.items()), rule.threshold.get(), rule.learned, rule.passed, rule.scored_ahead]
+            found += [_records(rule._users), rule.threshold.get(), rule.learned, rule.passed, rule.scored_ahead]
         elif isinstance(rule, LikeWithoutViewRule):
             found.append(list(rule._views.items()))
     return found
