@@ -517,7 +517,8 @@ class AnomalousBehaviourRule:
     ever more). Nothing is held before ``warmup_events`` events have passed, nor before the trees
     have a reference window (``window_size`` × ``learn_every`` events). Memory: the trees (fixed,
     ``n_trees`` × 2^(``height`` + 1) nodes), the points learned in the current window (at most
-    ``window_size``, ~0.2 kB each), one record (~0.2 kB) per user seen in the last ``idle_seconds``, at most ``max_users``.
+    ``window_size``, ~0.2 kB each), one record (~0.2 kB) per user seen in the last
+    ``idle_seconds``, at most ``max_users``.
 
     >>> rule = AnomalousBehaviourRule(warmup_events=100, window_size=50, learn_every=1)
     >>> def held(events):
