@@ -19,6 +19,8 @@ items, sharing the row numbers and, after a restore, the id strings.
 >>> learner = OnlineLearner()
 >>> learner.learn("u1", "v1", "like", None, None)
 0.5
+>>> round(learner.last_loss, 4)   # that prediction's log loss, as the progressive metrics and the model guard see it
+0.6931
 >>> learner.events_learned, learner.popularity.count("v1")
 (1, 1.0)
 >>> clone = OnlineLearner.from_bytes(learner.to_bytes())
@@ -27,6 +29,8 @@ items, sharing the row numbers and, after a restore, the id strings.
 >>> from learner.blend import Blend
 >>> weighted = OnlineLearner(model=Blend())
 >>> weighted.learn("u1", "v1", "view", None, None, ts=1_000.0) is None   # unlabelled, but learned
+True
+>>> weighted.last_loss is None
 True
 >>> weighted.model.knows_user("u1"), weighted.clock
 (True, 1000.0)
@@ -67,6 +71,9 @@ class OnlineLearner:
         self.metrics = ProgressiveMetrics()
         self.events_learned = 0
         self.events_labelled = 0
+        #: the log loss of the latest :meth:`learn`'s prediction (None: that event had no label), for the
+        #: model guard, which watches the same per-event loss as the progressive metrics
+        self.last_loss: float | None = None
         self._model_description: dict[str, Any] | None = None
 
     def learn(
@@ -87,11 +94,12 @@ class OnlineLearner:
             if advance is not None:
                 advance(self.clock)
         y = self.rule.label(event_type, watch_seconds, item_duration_seconds)
-        prediction = None
+        prediction = loss = None
         if y is not None:
             prediction = model.predict_one(user, item)
-            self.metrics.update(y, prediction)
+            loss = self.metrics.update(y, prediction)
             self.events_labelled += 1
+        self.last_loss = loss
         if reward_of(model) == "weight":
             model.learn_one(user, item, self.weights.weight(event_type, watch_seconds, item_duration_seconds))
         elif y is not None:

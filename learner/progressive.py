@@ -3,10 +3,11 @@
 Metrics are over a sliding window so they show the model as it is now, not its history.
 
 >>> pm = ProgressiveMetrics(window=100)
->>> pm.update(1.0, 0.9)
+>>> round(pm.update(1.0, 0.9), 4)  # returns the prediction's log loss
+0.1054
 >>> pm.auc  # one class only: undefined
 nan
->>> pm.update(0.0, 0.2)
+>>> _ = pm.update(0.0, 0.2)
 >>> round(pm.auc, 2), pm.count
 (1.0, 2)
 
@@ -20,7 +21,7 @@ Memory stays bounded by the window, whatever the labels:
 
 >>> only_likes = ProgressiveMetrics(window=100)
 >>> for _ in range(10_000):
-...     only_likes.update(1.0, 0.9)
+...     _ = only_likes.update(1.0, 0.9)
 >>> only_likes.pending_updates() <= 100
 True
 """
@@ -99,7 +100,8 @@ class ProgressiveMetrics:
             return self._packed
         return np.array(self._labels, dtype=np.int32), np.array(self._predictions, dtype=np.float64)
 
-    def update(self, y: float, p: float) -> None:
+    def update(self, y: float, p: float) -> float:
+        """Add one prediction ``p`` made before learning label ``y``; returns its log loss."""
         if self._packed is not None:
             self._unpack()
         loss = log_loss(y, p)
@@ -121,6 +123,7 @@ class ProgressiveMetrics:
             # stream that never has both classes (only likes, as in a ratings replay) cannot grow it.
             self._auc.get()
             self._loss_sum = math.fsum(losses)
+        return loss
 
     @property
     def auc(self) -> float:

@@ -33,7 +33,6 @@ from learner.challenger import Contest, PromotionRule, hit_at_k
 from learner.codec import CodecError
 from learner.gate.base import GateEvent, Hold
 from learner.online_learner import OnlineLearner
-from learner.progressive import log_loss
 from recstream import metrics
 from recstream.events import Decoded, Event, parse_message
 from store.model_store import CheckpointConflict, ModelStore, SnapshotRefused
@@ -488,7 +487,7 @@ class EventProcessor:
         if event.type in learner.rule.positive_types:
             self._sample_hit(event.user_id, event.item_id)
         fields = (event.user_id, event.item_id, event.type, event.watch_seconds, event.item_duration_seconds)
-        prediction = learner.learn(*fields, ts=ts)
+        learner.learn(*fields, ts=ts)
         for challenger in self.challengers.values():
             challenger.learn(*fields, ts=ts)
         pending.event_ids.add(event.event_id)
@@ -497,9 +496,9 @@ class EventProcessor:
         if isinstance(event.context.get("rec_id"), str):
             metrics.RECOMMENDED_INTERACTIONS.labels(event.type).inc()
         lags.append(now - ts)  # an event stamped ahead of the clock counts as 0 (observe_many)
-        if prediction is not None and self.guard is not None:
-            y = learner.rule.label(event.type, event.watch_seconds, event.item_duration_seconds)
-            if y is not None and self.guard.update(log_loss(y, prediction)) and self.paused_since is None:
+        loss = learner.last_loss  # of the prediction it made before learning (None: no label)
+        if loss is not None and self.guard is not None:
+            if self.guard.update(loss) and self.paused_since is None:
                 self.paused_since = now
                 metrics.MODEL_GUARD_PAUSED.set(1)
                 metrics.MODEL_GUARD_PAUSES.inc()

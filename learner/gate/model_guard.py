@@ -77,31 +77,42 @@ class ModelGuard:
         self._healthy_run = 0
 
     def update(self, loss: float) -> bool:
-        """Add one labelled event's log loss (predicted before learning); True while degraded (paused)."""
-        if math.isnan(loss):
+        """Add one labelled event's log loss (predicted before learning); True while degraded (paused).
+
+        Runs for every labelled event in the worker, so it is written out flat (no helper calls,
+        no ``min``/``max``).
+        """
+        if loss != loss:  # NaN
             return self.paused
-        loss = min(max(loss, 0.0), self.loss_cap)
-        self.updates += 1
+        if loss < 0.0:
+            loss = 0.0
+        elif loss > self.loss_cap:
+            loss = self.loss_cap
+        self.updates = updates = self.updates + 1
         recent = self._recent
-        if len(recent) == self.recent_window:
+        window = self.recent_window
+        if len(recent) == window:
             leaving = recent.popleft()
             self._recent_sum -= leaving
             if not self.paused:
-                self._add_to_reference(leaving)
+                self._reference_count = count = self._reference_count + 1
+                # a plain mean until the reference window fills, then an exponential one
+                rate = 1.0 / count if count < self.reference_window else 1.0 / self.reference_window
+                self._reference += rate * (leaving - self._reference)
         recent.append(loss)
         self._recent_sum += loss
-        if self.updates % self.recent_window == 0:
+        if updates % window == 0:
             self._recent_sum = math.fsum(recent)  # no rounding drift over a long-lived worker
-        if self._reference_count < self.min_reference or len(recent) < self.recent_window:
+        if self._reference_count < self.min_reference or len(recent) < window:
             return self.paused
-        current = self.recent_loss
+        current = self._recent_sum / len(recent)
         reference = self._reference
         if not self.paused:
             if current > self.degrade_ratio * reference and current - reference > self.degrade_margin:
                 self.paused = True
                 self.pauses += 1
                 self._healthy_run = 0
-                self.onset = self.updates - len(recent) + 1
+                self.onset = updates - len(recent) + 1
         elif current <= self.resume_ratio * reference:
             self._healthy_run += 1
             if self._healthy_run >= self.resume_events:
@@ -115,11 +126,6 @@ class ModelGuard:
         """:meth:`update` with the log loss of predicting ``p`` for label ``y`` (clipped like the metrics)."""
         p = min(max(p, 1e-7), 1 - 1e-7)
         return self.update(-math.log(p if y > 0.5 else 1.0 - p))
-
-    def _add_to_reference(self, loss: float) -> None:
-        self._reference_count += 1
-        rate = max(1.0 / self._reference_count, 1.0 / self.reference_window)  # plain mean until the window fills
-        self._reference += rate * (loss - self._reference)
 
     def reference_state(self) -> dict[str, float | int]:
         """The yardstick a paused guard judges recovery against, to carry over a restart."""
