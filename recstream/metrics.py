@@ -86,6 +86,11 @@ INGEST_UNAVAILABLE = Counter(
 CHECKPOINTS = Counter("recstream_checkpoints_total", "Checkpoints written, by outcome.", ["outcome"])
 CHECKPOINT_SECONDS = Histogram("recstream_checkpoint_duration_seconds", "Time to encode and write one checkpoint.")
 CHECKPOINT_BYTES = Gauge("recstream_checkpoint_size_bytes", "Size of the last snapshot written.")
+CHECKPOINT_SPACING = Gauge(
+    "recstream_checkpoint_spacing_seconds",
+    "Least time from the start of the last checkpoint to the next: its duration / RECSTREAM_CHECKPOINT_SHARE "
+    "(when above RECSTREAM_CHECKPOINT_INTERVAL_SECONDS, the model's size sets how fresh recommendations are).",
+)
 HEAP_TRIMS = Counter(
     "recstream_worker_heap_trims_total",
     "Times the worker gave freed heap memory back to the OS after a checkpoint (at most every 5 s).",

@@ -193,6 +193,7 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
         guard=components.model_guard(settings),
         checkpoint_every_events=settings.checkpoint_every_events,
         checkpoint_interval_seconds=settings.checkpoint_interval_seconds,
+        checkpoint_share=settings.checkpoint_share,
         contestants=components.contestants(settings),
         champion_name=settings.model,
         promotion_rule=components.promotion_rule(settings),

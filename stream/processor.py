@@ -19,6 +19,7 @@ import base64
 import dataclasses
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -146,6 +147,7 @@ class EventProcessor:
         guard: ModelGuard | None = None,
         checkpoint_every_events: int = 5000,
         checkpoint_interval_seconds: float = 1.0,
+        checkpoint_share: float = 0.5,
         refused_retry_seconds: float = 5.0,
         clock: Callable[[], float] = time.time,
         contestants: Mapping[str, Callable[[], OnlineLearner]] | None = None,
@@ -163,6 +165,9 @@ class EventProcessor:
         self._ack = ack
         self.checkpoint_every_events = checkpoint_every_events
         self.checkpoint_interval_seconds = checkpoint_interval_seconds
+        if not 0 < checkpoint_share <= 1:
+            raise ValueError("checkpoint_share must be in (0, 1]")
+        self.checkpoint_share = checkpoint_share
         self.refused_retry_seconds = refused_retry_seconds
         self.learner: OnlineLearner | None = None
         self.version: int | None = None
@@ -191,6 +196,8 @@ class EventProcessor:
         self._verdicts_of: tuple[str, int, int] | None = None
         self._chunk_verdicts: dict[int, list[Hold | None]] = {}
         self._last_checkpoint = time.monotonic()
+        # the next checkpoint starts no sooner than this (monotonic): the last one's start + its duration / share
+        self._next_checkpoint_at = -math.inf
         self._lock = asyncio.Lock()
 
     # -- start -------------------------------------------------------------------------
@@ -511,12 +518,19 @@ class EventProcessor:
         return None
 
     def checkpoint_due(self) -> bool:
+        """Records are pending and either ``checkpoint_every_events`` were learned or ``checkpoint_interval_seconds``
+        passed since the last checkpoint; in both cases no sooner than its duration / ``checkpoint_share`` after it
+        began. Each checkpoint writes the whole snapshot, so as the model grows checkpoints get longer and then
+        rarer, instead of taking ever more of the worker's time."""
         pending = self._pending
         if not pending.records:
             return False
+        now = time.monotonic()
+        if now < self._next_checkpoint_at:
+            return False
         return (
             pending.learned_since >= self.checkpoint_every_events
-            or time.monotonic() - self._last_checkpoint >= self.checkpoint_interval_seconds
+            or now - self._last_checkpoint >= self.checkpoint_interval_seconds
         )
 
     async def checkpoint(self) -> int | None:
@@ -538,7 +552,7 @@ class EventProcessor:
             pending = self._pending
             if not pending.records and promotion is None:
                 return None
-            started = time.perf_counter()
+            started, started_at = time.perf_counter(), time.monotonic()
             offsets = dict(self.next_offsets)
             paused = self.paused_since is not None
             unchanged = (
@@ -600,8 +614,11 @@ class EventProcessor:
                 if record.handle is not None:
                     self._ack(record.handle)
             elapsed = time.perf_counter() - started
+            spacing = elapsed / self.checkpoint_share
+            self._next_checkpoint_at = started_at + spacing
             metrics.CHECKPOINTS.labels("ok").inc()
             metrics.CHECKPOINT_SECONDS.observe(elapsed)
+            metrics.CHECKPOINT_SPACING.set(spacing)
             if blob is not None:
                 metrics.CHECKPOINT_BYTES.set(len(blob))
             metrics.LAST_CHECKPOINT.set(time.time())

@@ -1,10 +1,12 @@
 """The worker's own costs stay bounded (real Redis; Kafka plays no part here): a long batch does not
-hold the event loop, and the live hit rate's samples keep to their share of the worker's time."""
+hold the event loop, the live hit rate's samples keep to their share of the worker's time, and so
+do checkpoints as they get longer."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 
 import pytest
@@ -13,6 +15,7 @@ import redis.asyncio as aioredis
 from store.keys import Keys
 from store.model_store import ModelStore
 from store.signing import SnapshotSigner
+from stream import processor as processor_module
 from stream.processor import HIT_SAMPLE_EVERY, HIT_TIME_SHARE, YIELD_EVERY_EVENTS, Record
 from stream.share_budget import ShareBudget
 from tests.clock import iso
@@ -110,3 +113,53 @@ async def test_a_cheap_catalogue_is_sampled_at_every_20th_positive(started) -> N
     await processor.process(transport.records(_likes(n)))
     assert processor.hit_budget.spent > 0
     assert len(processor._hits) == n // HIT_SAMPLE_EVERY  # every like is a positive
+
+
+class _ShiftedTime:
+    """The ``time`` module with its monotonic clocks moved ahead by ``shift`` seconds (a slow write moves it)."""
+
+    def __init__(self) -> None:
+        self.shift = 0.0
+
+    def __getattr__(self, name: str) -> object:  # everything else is the real module's
+        return getattr(time, name)
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.shift
+
+    def perf_counter(self) -> float:
+        return time.perf_counter() + self.shift
+
+
+@pytest.mark.parametrize("share", [0.2, 1.0])
+async def test_checkpoints_keep_to_their_share_of_the_time(started, monkeypatch, share: float) -> None:
+    """A checkpoint of C seconds (a large model's snapshot to write) defers the next one to C / share
+    after it began, even when enough events are pending to be due; share 1 defers nothing."""
+    processor, transport = started
+    processor.checkpoint_share = share
+    clock = _ShiftedTime()
+    monkeypatch.setattr(processor_module, "time", clock)
+    write = processor.store.checkpoint
+
+    async def slow_write(*args: object, **kwargs: object) -> int | None:
+        clock.shift += 2.0  # the write takes 2 s on the worker's clocks
+        return await write(*args, **kwargs)
+
+    monkeypatch.setattr(processor.store, "checkpoint", slow_write)
+    n = processor.checkpoint_every_events
+    await processor.process(transport.records(_likes(n)))
+    assert processor.checkpoint_due()
+    started_at = time.monotonic() + clock.shift
+    assert await processor.checkpoint() is not None
+    spacing = (time.monotonic() + clock.shift - started_at) / share  # at least what the processor measured
+
+    more = [{**e, "event_id": f"m{e['event_id']}"} for e in _likes(n)]
+    await processor.process(transport.records(more))
+    assert processor._pending.learned_since >= processor.checkpoint_every_events
+    if share == 1.0:
+        assert processor.checkpoint_due()  # the write's own time is all the spacing
+        return
+    assert not processor.checkpoint_due()  # due by count, but deferred
+    clock.shift += spacing  # the worker's clock passes C / share since the slow checkpoint began
+    assert processor.checkpoint_due()
+    assert await processor.checkpoint() is not None
