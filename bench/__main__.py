@@ -8,7 +8,8 @@ Every process it starts is stopped by PID, also on Ctrl-C or SIGTERM.
 Parts (``--only ingest,serving``; default: all, about 7-9 minutes on 2 cores):
 
 * ``ingest``: events/s through broker -> gate -> learn -> checkpoint for one worker, gate on and
-  off, next to a bare aiokafka consume loop and a bare predict+learn loop (``bench/ingest.py``);
+  off, next to a bare aiokafka consume loop and a bare predict+learn loop; and the same worker on
+  a model grown by ``--grown-events`` against its start on an empty one (``bench/ingest.py``);
 * ``serving``: top-10 recommendations, requests/s and p50/p99 at 1 and 32 connections for
   catalogues of 10k and 100k items, 1 and 2 API processes, next to ``/healthz`` in the same
   server (``bench/serving.py``);
@@ -150,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts: {', '.join(PARTS)}")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and short runs (a smoke test, not figures)")
     parser.add_argument("--events", type=int, default=250_000, help="events per ingest run")
+    parser.add_argument(
+        "--grown-events", type=int, default=1_000_000, help="events learned before the grown-model ingest run (0: skip)"
+    )
     parser.add_argument("--catalogues", default="10000,100000", help="serving catalogue sizes")
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each serving load run")
     parser.add_argument("--rates", default="1000,5000", help="background events/s levels during the freshness probes")
@@ -167,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown part(s) {', '.join(unknown)}; known: {', '.join(PARTS)}")
     if args.quick:
         args.events = min(args.events, 3_000)
+        args.grown_events = min(args.grown_events, 6_000)
         args.catalogues = "1000"
         args.seconds = min(args.seconds, 1.0)
         args.rates = "200"
@@ -243,7 +248,7 @@ def _run_part_in_this_environment(part: str, args: argparse.Namespace, services)
     if part == "ingest":
         from bench import ingest
 
-        return ingest.run(services, args.events, TimeBudget(600, part))
+        return ingest.run(services, args.events, TimeBudget(900, part), args.grown_events)
     if part == "serving":
         from bench import serving
 

@@ -5,6 +5,11 @@ consume loop (assign every partition, read from the beginning, count), and (b) t
 loop (decode + predict + learn, no Kafka, no Redis, no gate). Run with the gate on and off, and
 with two message formats: one event per Kafka message (a publisher writing to Kafka directly)
 and batch messages of ``BATCH_EVENTS`` events (a JSON list: what ``POST /v1/events`` publishes).
+
+Those runs start from an empty model. :func:`run_grown` measures what a long-running worker
+does: the same worker on a model that has already learned ``grown_events`` events, against its
+own first events on the empty model (learning and each checkpoint's whole snapshot cost more as
+the model grows).
 """
 
 from __future__ import annotations
@@ -12,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import UTC, datetime, timedelta
 
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.common import Row, TimeBudget, cpu_seconds, events, wait_for
 from bench.stack import Services, ensure_topics, run_env, start_worker
+from learner.online_learner import OnlineLearner
 from recstream.components import new_learner
 from recstream.events import parse_message
 from recstream.settings import Settings
@@ -26,6 +33,8 @@ from store.keys import Keys
 TARGET_EVENTS_PER_SECOND = 20_000
 TARGET_RATIO = 0.5
 BATCH_EVENTS = 500  # events per batch message, as the ingest endpoint sends a request of 500 events
+GROWN_EVENTS = 1_000_000  # learned before the grown-model run measures (run_grown)
+GROWN_USERS, GROWN_ITEMS = 50_000, 100_000
 
 
 def as_messages(values: list[bytes], per_message: int) -> list[bytes]:
@@ -73,9 +82,10 @@ async def bare_consume(bootstrap: str, topic: str, partitions: int, expected: in
         await consumer.stop()
 
 
-def bare_learner(messages: list[bytes]) -> float:
-    """Decode (the worker's decoder) + predict + learn every event of ``messages``; events/s."""
-    learner = new_learner(Settings())
+def bare_learner(messages: list[bytes], learner: OnlineLearner | None = None) -> float:
+    """Decode (the worker's decoder) + predict + learn every event of ``messages`` (into ``learner``, default a
+    new one); events/s."""
+    learner = learner or new_learner(Settings())
     n = 0
     started = time.perf_counter()
     for raw in messages:
@@ -161,7 +171,86 @@ def run_once(services: Services, n_events: int, gate: bool, per_message: int, bu
     }
 
 
-def run(services: Services, n_events: int, budget: TimeBudget) -> tuple[dict, list[Row]]:
+def _timed(
+    worker_pid: int,
+    bootstrap: str,
+    topic: str,
+    values: list[bytes],
+    done: int,
+    r: redis.Redis,
+    keys: Keys,
+    n_events: int,
+    budget: TimeBudget,
+) -> tuple[float, float]:
+    """Produce ``values`` and wait until the worker has checkpointed ``done`` messages: (events/s, CPU us/event)."""
+    started, cpu_before = time.perf_counter(), cpu_seconds(worker_pid)
+    asyncio.run(produce(bootstrap, topic, values))
+    wait_for(lambda: handled(r, keys) >= done, budget.left(), "the worker to take the events")
+    wall = time.perf_counter() - started
+    return n_events / wall, 1e6 * (cpu_seconds(worker_pid) - cpu_before) / n_events
+
+
+def run_grown(services: Services, n_events: int, grown_events: int, budget: TimeBudget) -> dict:
+    """One worker, gate on, batch messages over ``GROWN_USERS`` users and ``GROWN_ITEMS`` items: its first
+    ``n_events`` on an empty model, then ``n_events`` more once it has learned ``grown_events`` in all."""
+    run = run_env(services, "ingest-grown", RECSTREAM_GATE_ENABLED="true")
+    ensure_topics(run)
+    settings = Settings()
+    r = redis.Redis.from_url(services.redis.url)
+    keys = Keys(settings.redis_prefix)
+    bootstrap, topic = services.broker.address, settings.topic_events
+    # three stretches of stream time one after the other, all in the last three hours (none late, none ahead)
+    origin = datetime.now(UTC) - timedelta(hours=3)
+    grow_n = max(grown_events - n_events, 0)
+
+    def stretch(n: int, index: int, prefix: str) -> list[bytes]:
+        start = origin + timedelta(seconds=3000 * index)
+        values = events(n, users=GROWN_USERS, items=GROWN_ITEMS, seed=11 + index, prefix=prefix, start=start)
+        return as_messages(values, BATCH_EVENTS)
+
+    first, grow, last = stretch(n_events, 0, "f"), stretch(grow_n, 1, "g"), stretch(n_events, 2, "t")
+    # the bare loop on the same stream, timed over the same last stretch (before the worker starts: no contention)
+    learner = new_learner(Settings())
+    bare_first = bare_learner(first, learner)
+    bare_learner(grow, learner)
+    bare_grown = bare_learner(last, learner)
+    del learner
+    warmup = as_messages(events(500, users=50, items=50, seed=2, prefix="w", start=origin), BATCH_EVENTS)
+    worker = start_worker(run.env)
+    try:
+        asyncio.run(produce(bootstrap, topic, warmup))
+        wait_for(lambda: handled(r, keys) >= len(warmup), min(120, budget.left()), "the worker's warm-up")
+        done = len(warmup) + len(first)
+        fresh_rate, fresh_cpu = _timed(worker.pid, bootstrap, topic, first, done, r, keys, n_events, budget)
+        asyncio.run(produce(bootstrap, topic, grow))
+        done += len(grow)
+        wait_for(lambda: handled(r, keys) >= done, budget.left(), "the worker to grow its model")
+        done += len(last)
+        grown_rate, grown_cpu = _timed(worker.pid, bootstrap, topic, last, done, r, keys, n_events, budget)
+        version = r.get(keys.current_version)
+        snapshot = r.hstrlen(keys.version(int(version)), "blob") if version is not None else 0
+        n_learned = learned(r, keys)
+    finally:
+        worker.stop(timeout=60)
+    return {
+        "events": n_events,
+        "grown_events": len(first) * BATCH_EVENTS + len(grow) * BATCH_EVENTS,
+        "users": GROWN_USERS,
+        "items": GROWN_ITEMS,
+        "learned": n_learned,
+        "fresh_events_per_second": fresh_rate,
+        "fresh_cpu_microseconds_per_event": fresh_cpu,
+        "grown_events_per_second": grown_rate,
+        "grown_cpu_microseconds_per_event": grown_cpu,
+        "snapshot_bytes": snapshot,
+        "bare_learner_fresh_events_per_second": bare_first,
+        "bare_learner_grown_events_per_second": bare_grown,
+    }
+
+
+def run(
+    services: Services, n_events: int, budget: TimeBudget, grown_events: int = GROWN_EVENTS
+) -> tuple[dict, list[Row]]:
     results = {
         f"gate_{'on' if gate else 'off'}_{per_message}": run_once(services, n_events, gate, per_message, budget)
         for per_message in (BATCH_EVENTS, 1)
@@ -214,4 +303,38 @@ def run(services: Services, n_events: int, budget: TimeBudget) -> tuple[dict, li
             "same worker, gate off",
         )
     )
+    if grown_events > 0:
+        grown = results["grown"] = run_grown(services, n_events, grown_events, budget)
+        label = f"gate on, {BATCH_EVENTS} events/msg, model grown by {grown['grown_events']:,} events"
+        size = f"{grown['users']:,} users, {grown['items']:,} items; snapshot {grown['snapshot_bytes'] / 1e6:.0f} MB"
+        rows.append(
+            Row(
+                "ingest",
+                f"worker ev/s, {label} ({size})",
+                grown["grown_events_per_second"],
+                "ev/s",
+                grown["bare_learner_grown_events_per_second"],
+                "bare predict+learn loop, same grown model",
+            )
+        )
+        rows.append(
+            Row(
+                "ingest",
+                f"worker ev/s, {label}",
+                grown["grown_events_per_second"],
+                "ev/s",
+                grown["fresh_events_per_second"],
+                "same worker, empty model",
+            )
+        )
+        rows.append(
+            Row(
+                "ingest",
+                f"worker CPU us/event, {label}",
+                grown["grown_cpu_microseconds_per_event"],
+                "us",
+                grown["fresh_cpu_microseconds_per_event"],
+                "same worker, empty model",
+            )
+        )
     return results, rows
