@@ -88,8 +88,9 @@ CHECKPOINT_SECONDS = Histogram("recstream_checkpoint_duration_seconds", "Time to
 CHECKPOINT_BYTES = Gauge("recstream_checkpoint_size_bytes", "Size of the last snapshot written.")
 CHECKPOINT_SPACING = Gauge(
     "recstream_checkpoint_spacing_seconds",
-    "Least time from the start of the last checkpoint to the next: its duration / RECSTREAM_CHECKPOINT_SHARE "
-    "(when above RECSTREAM_CHECKPOINT_INTERVAL_SECONDS, the model's size sets how fresh recommendations are).",
+    "Least time from the start of the last checkpoint to the next: its duration / RECSTREAM_CHECKPOINT_SHARE, "
+    "at most 30 s (when above its duration + RECSTREAM_CHECKPOINT_INTERVAL_SECONDS, the model's size, not the "
+    "interval, sets how fresh recommendations are).",
 )
 HEAP_TRIMS = Counter(
     "recstream_worker_heap_trims_total",

@@ -125,7 +125,7 @@ class Settings(_gate_settings()):  # type: ignore[misc]
         gt=0,
         le=1,
         description="Most of the worker's time spent writing checkpoints: after one of C s, the next starts C / "
-        "share s after it began at the earliest (a large model is then checkpointed less often; 1: off).",
+        "share s after it began at the earliest, at most 30 s (a large model is then checkpointed less often; 1: off).",
     )
     batch_max_events: int = Field(
         2000, ge=1, le=100_000, description="Largest batch the worker takes from the stream at once."

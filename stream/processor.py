@@ -56,6 +56,9 @@ OVERRIDE_HEADER = "recstream-override"
 HIT_SAMPLE_EVERY = 20  # positives between two live hit-rate samples
 HIT_WINDOW = 500  # samples the live hit rate is averaged over
 HIT_TIME_SHARE = 0.02  # the live hit rate's samples may take at most this share of the worker's time
+#: The checkpoint share never spaces two checkpoints' starts further apart than this: a checkpoint slowed by a
+#: stall (a broker or Redis hiccup) must not hold back the next one, and the freshness of recommendations, for minutes.
+MAX_CHECKPOINT_SPACING_SECONDS = 30.0
 # Events between two yields to the event loop while a batch is decoded and learned: both are
 # CPU-bound, and without a yield the consumer's fetches, heartbeats and Redis replies wait for the
 # whole batch (``take_events`` counts messages, and a batch message holds up to 5,000 events).
@@ -520,8 +523,9 @@ class EventProcessor:
     def checkpoint_due(self) -> bool:
         """Records are pending and either ``checkpoint_every_events`` were learned or ``checkpoint_interval_seconds``
         passed since the last checkpoint; in both cases no sooner than its duration / ``checkpoint_share`` after it
-        began. Each checkpoint writes the whole snapshot, so as the model grows checkpoints get longer and then
-        rarer, instead of taking ever more of the worker's time."""
+        began (at most ``MAX_CHECKPOINT_SPACING_SECONDS``). Each checkpoint writes the whole snapshot, so as the
+        model grows checkpoints get longer and then rarer, instead of taking ever more of the worker's time; the
+        events learned meanwhile wait, so ``checkpoint_every_events`` is then a minimum, not a bound."""
         pending = self._pending
         if not pending.records:
             return False
@@ -614,7 +618,7 @@ class EventProcessor:
                 if record.handle is not None:
                     self._ack(record.handle)
             elapsed = time.perf_counter() - started
-            spacing = elapsed / self.checkpoint_share
+            spacing = min(elapsed / self.checkpoint_share, MAX_CHECKPOINT_SPACING_SECONDS)
             self._next_checkpoint_at = started_at + spacing
             metrics.CHECKPOINTS.labels("ok").inc()
             metrics.CHECKPOINT_SECONDS.observe(elapsed)

@@ -16,7 +16,13 @@ from store.keys import Keys
 from store.model_store import ModelStore
 from store.signing import SnapshotSigner
 from stream import processor as processor_module
-from stream.processor import HIT_SAMPLE_EVERY, HIT_TIME_SHARE, YIELD_EVERY_EVENTS, Record
+from stream.processor import (
+    HIT_SAMPLE_EVERY,
+    HIT_TIME_SHARE,
+    MAX_CHECKPOINT_SPACING_SECONDS,
+    YIELD_EVERY_EVENTS,
+    Record,
+)
 from stream.share_budget import ShareBudget
 from tests.clock import iso
 from tests.conftest import Endpoint
@@ -131,35 +137,63 @@ class _ShiftedTime:
         return time.perf_counter() + self.shift
 
 
-@pytest.mark.parametrize("share", [0.2, 1.0])
-async def test_checkpoints_keep_to_their_share_of_the_time(started, monkeypatch, share: float) -> None:
-    """A checkpoint of C seconds (a large model's snapshot to write) defers the next one to C / share
-    after it began, even when enough events are pending to be due; share 1 defers nothing."""
-    processor, transport = started
-    processor.checkpoint_share = share
+async def _slow_checkpoint(processor, transport, monkeypatch, seconds: float) -> tuple[_ShiftedTime, float]:
+    """Learn enough for a checkpoint to be due, then write one that takes ``seconds`` on the worker's clocks.
+
+    Returns the clock and the (shifted) monotonic time just before the checkpoint began."""
     clock = _ShiftedTime()
     monkeypatch.setattr(processor_module, "time", clock)
     write = processor.store.checkpoint
 
     async def slow_write(*args: object, **kwargs: object) -> int | None:
-        clock.shift += 2.0  # the write takes 2 s on the worker's clocks
+        clock.shift += seconds
         return await write(*args, **kwargs)
 
     monkeypatch.setattr(processor.store, "checkpoint", slow_write)
     n = processor.checkpoint_every_events
     await processor.process(transport.records(_likes(n)))
     assert processor.checkpoint_due()
-    started_at = time.monotonic() + clock.shift
+    began = clock.monotonic()
     assert await processor.checkpoint() is not None
-    spacing = (time.monotonic() + clock.shift - started_at) / share  # at least what the processor measured
-
+    # as many events again: due by count from here on, unless deferred
     more = [{**e, "event_id": f"m{e['event_id']}"} for e in _likes(n)]
     await processor.process(transport.records(more))
     assert processor._pending.learned_since >= processor.checkpoint_every_events
-    if share == 1.0:
-        assert processor.checkpoint_due()  # the write's own time is all the spacing
-        return
+    return clock, began
+
+
+async def test_checkpoints_keep_to_their_share_of_the_time(started, monkeypatch) -> None:
+    """A checkpoint of C s (a large model's snapshot to write) defers the next to C / share after it began."""
+    processor, transport = started
+    processor.checkpoint_share = 0.5
+    clock, began = await _slow_checkpoint(processor, transport, monkeypatch, 10.0)  # next: began + 20 s
     assert not processor.checkpoint_due()  # due by count, but deferred
-    clock.shift += spacing  # the worker's clock passes C / share since the slow checkpoint began
+    clock.shift = began - time.monotonic() + 18.0
+    assert not processor.checkpoint_due()
+    clock.shift = began - time.monotonic() + 25.0  # counted from the end (began + 30 s) it would still wait
     assert processor.checkpoint_due()
+
+
+async def test_a_deferred_checkpoint_can_still_be_written_and_share_1_defers_nothing(started, monkeypatch) -> None:
+    processor, transport = started
+    processor.checkpoint_share = 0.5
+    await _slow_checkpoint(processor, transport, monkeypatch, 10.0)
+    assert not processor.checkpoint_due()
+    processor.checkpoint_share = 1.0  # for the checkpoint below (it also takes 10 s) and its successor
+    # what the final checkpoint at shutdown and the retry of a stalled worker do: not asking whether it is due
     assert await processor.checkpoint() is not None
+    assert not processor._pending.records
+    more = [{**e, "event_id": f"x{e['event_id']}"} for e in _likes(processor.checkpoint_every_events)]
+    await processor.process(transport.records(more))
+    assert processor.checkpoint_due()  # with share 1 the write's own time is all the spacing
+
+
+async def test_one_slow_checkpoint_defers_the_next_by_at_most_the_cap(started, monkeypatch) -> None:
+    """A checkpoint slowed by a stall (here 20 s at share 0.2: 100 s uncapped) holds the next back 30 s at most."""
+    processor, transport = started
+    processor.checkpoint_share = 0.2
+    clock, began = await _slow_checkpoint(processor, transport, monkeypatch, 20.0)
+    clock.shift = began - time.monotonic() + MAX_CHECKPOINT_SPACING_SECONDS - 2.0
+    assert not processor.checkpoint_due()
+    clock.shift = began - time.monotonic() + MAX_CHECKPOINT_SPACING_SECONDS + 2.0
+    assert processor.checkpoint_due()

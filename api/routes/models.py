@@ -50,7 +50,8 @@ async def promote_challenger(
     state: Annotated[ApiState, Depends(get_state)],
 ) -> dict[str, Any]:
     """Ask the worker to make challenger ``name`` the champion at its next checkpoint (about a second
-    while events flow); the new version is then served like any other."""
+    while events flow; longer with a large model, see RECSTREAM_CHECKPOINT_SHARE); the new version is then
+    served like any other."""
     contest = await state.store.contest() or {}
     known = sorted(contest.get("challengers", {}))
     if name not in known:
