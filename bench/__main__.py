@@ -5,11 +5,12 @@ within a time budget, prints a table (figure, reference measured in the same run
 met) and writes ``bench/results/latest.json`` (the figures, and the table in Markdown).
 Every process it starts is stopped by PID, also on Ctrl-C or SIGTERM.
 
-Parts (``--only ingest,serving``; default: all, about 7-9 minutes on 2 cores):
+Parts (``--only ingest,serving``; default: all, about 9-12 minutes on 2 cores):
 
 * ``ingest``: events/s through broker -> gate -> learn -> checkpoint for one worker, gate on and
-  off, next to a bare aiokafka consume loop and a bare predict+learn loop; and the same worker on
-  a model grown by ``--grown-events`` against its start on an empty one (``bench/ingest.py``);
+  off, next to a bare aiokafka consume loop and a bare predict+learn loop; and the worker on a
+  model grown by ``--grown-events``, next to the bare loop on a model grown alike and to its own
+  start on an empty one (``bench/ingest.py``);
 * ``serving``: top-10 recommendations, requests/s and p50/p99 at 1 and 32 connections for
   catalogues of 10k and 100k items, 1 and 2 API processes, next to ``/healthz`` in the same
   server (``bench/serving.py``);

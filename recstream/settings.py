@@ -128,7 +128,11 @@ class Settings(_gate_settings()):  # type: ignore[misc]
         "share s after it began at the earliest, at most 30 s (a large model is then checkpointed less often; 1: off).",
     )
     batch_max_events: int = Field(
-        2000, ge=1, le=100_000, description="Largest batch the worker takes from the stream at once."
+        2000,
+        ge=1,
+        le=100_000,
+        description="Largest batch the worker takes from the stream at once, in Kafka messages (one from "
+        "`POST /v1/events` holds up to 1,000 events); it checkpoints between batches.",
     )
     model_retention: int = Field(
         5, ge=1, description="Newest model versions kept in Redis (older ones are deleted, except as below)."
