@@ -15,8 +15,8 @@ Parts (``--only ingest,serving``; default: all, about 9-12 minutes on 2 cores):
   catalogues of 10k and 100k items, 1 and 2 API processes, next to ``/healthz`` in the same
   server (``bench/serving.py``);
 * ``freshness``: ``POST /v1/events`` returning -> the event visible in that user's
-  recommendations, under a steady background load, next to the same probe without load
-  (``bench/freshness.py``);
+  recommendations, under a steady background load, next to the same probe without load; again at
+  the highest rate with a model grown by ``--grown-events`` (``bench/freshness.py``);
 * ``topk``: time per top-10 over 1k-1M items, default and factor model (``bench/topk.py``);
 * ``memory``: worker RSS (learner + quality gate) per million users+items against raw factor bytes
   (``bench/memory.py``);
@@ -153,7 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes and short runs (a smoke test, not figures)")
     parser.add_argument("--events", type=int, default=250_000, help="events per ingest run")
     parser.add_argument(
-        "--grown-events", type=int, default=1_000_000, help="events learned before the grown-model ingest run (0: skip)"
+        "--grown-events",
+        type=int,
+        default=1_000_000,
+        help="events learned before the grown-model ingest and freshness runs (0: skip them)",
     )
     parser.add_argument("--catalogues", default="10000,100000", help="serving catalogue sizes")
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each serving load run")
@@ -259,7 +262,18 @@ def _run_part_in_this_environment(part: str, args: argparse.Namespace, services)
         from bench import freshness
 
         rates = [float(r) for r in args.rates.split(",")]
-        return freshness.run(services, rates, 10 if not args.quick else 2, args.probes, TimeBudget(200, part))
+        idle = 10 if not args.quick else 2
+        result, rows = freshness.run(services, rates, idle, args.probes, TimeBudget(200, part))
+        if args.grown_events > 0:  # the highest rate again, with the model of a worker that has run a while
+            try:
+                result["grown_model"], grown_rows = freshness.run(
+                    services, [max(rates)], idle, args.probes, TimeBudget(300, part), grow_events=args.grown_events
+                )
+                rows += grown_rows
+            except Exception as exc:  # noqa: BLE001 - the young model's figures stand
+                result["grown_model"] = {"error": f"{type(exc).__name__}: {exc}"}
+                print(f"bench: freshness on a grown model failed: {exc}", file=sys.stderr, flush=True)
+        return result, rows
     if part == "topk":
         from bench import topk
 
