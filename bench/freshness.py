@@ -53,12 +53,17 @@ def _percentile(values: list[float], q: float) -> float:
 
 def _probe(client: httpx.Client, api_url: str, user: str) -> tuple[float, float]:
     """Post one like for a new user; return (seconds until visible, seconds the POST took)."""
+    # Like every event of the bench's streams (bench.common.events, bench.background), watch time included: the
+    # anomaly rule, once it has learned a stream whose every event says 12 of 30 s, holds an event unlike all of
+    # them (a new user's first event without a watch time: measured on the grown model, every such probe held).
     event = {
         "event_id": f"probe-{uuid.uuid4().hex}",
         "user_id": user,
         "item_id": "v1",
         "type": "like",
         "ts": datetime.now(UTC).isoformat(),
+        "watch_seconds": 12.0,
+        "item_duration_seconds": 30.0,
     }
     began = time.perf_counter()
     response = client.post(f"{api_url}/v1/events", json=[event])
