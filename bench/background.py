@@ -31,7 +31,9 @@ def _item(rnd: random.Random) -> int:
     return min(int(rnd.paretovariate(1.2)), ITEMS) - 1
 
 
-async def _run(bootstrap: str, topic: str, rate: float, seconds: float, seed: int, per_event: bool = False) -> dict:
+async def _run(
+    bootstrap: str, topic: str, rate: float, seconds: float, seed: int, per_event: bool = False, users: str = "bg"
+) -> dict:
     if not bootstrap.startswith("127.0.0.1:"):
         raise SystemExit("bench.background only targets 127.0.0.1")
     rnd = random.Random(seed)
@@ -52,7 +54,7 @@ async def _run(bootstrap: str, topic: str, rate: float, seconds: float, seed: in
                 ts = datetime.now(UTC).isoformat()
                 tick_events = []
                 for _ in range(due):
-                    user = f"bg{rnd.randrange(USERS)}"
+                    user = f"{users}{rnd.randrange(USERS)}"
                     event = {
                         "event_id": f"bg-{seed}-{sent}",
                         "user_id": user,
@@ -86,8 +88,13 @@ def main() -> None:
     parser.add_argument("seconds", type=float)
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--per-event", action="store_true", help="one message per event instead of one per tick")
+    parser.add_argument(
+        "--users", default="bg", help="user id prefix (`u`: the users of bench.common.events' streams, 50,000 of them)"
+    )
     args = parser.parse_args()
-    result = asyncio.run(_run(args.bootstrap, args.topic, args.rate, args.seconds, args.seed, args.per_event))
+    result = asyncio.run(
+        _run(args.bootstrap, args.topic, args.rate, args.seconds, args.seed, args.per_event, args.users)
+    )
     print(json.dumps(result))
 
 

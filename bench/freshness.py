@@ -151,7 +151,11 @@ def run(
             share = budget.left() / (len(rates) - n)
             bg_seconds = max(10.0, min(share - 15, 5.0 + loaded_probes * 1.6))
             handled_before = taken(r, keys)
-            background = _start_background(services.broker.address, settings.topic_events, rate, bg_seconds, n)
+            # On a grown model the load comes from the users it already knows: 50,000 users it has never seen
+            # flocking to the same popular items is what the gate's item-surge rule holds (a farm), new users'
+            # probes of those items included (measured: every probe held)
+            users = "u" if grow_events else "bg"
+            background = _start_background(services.broker.address, settings.topic_events, rate, bg_seconds, n, users)
             time.sleep(min(5.0, bg_seconds / 4))  # reach the steady state first
             result = _probes(client, api.url, f"load{n}", loaded_probes, bg_seconds - 7)
             out, _ = background.communicate(timeout=bg_seconds + 30)
@@ -227,14 +231,15 @@ def _post_warm(client: httpx.Client, api_url: str, user: str) -> bool:
     return False
 
 
-def _start_background(bootstrap: str, topic: str, rate: float, seconds: float, seed: int):
+def _start_background(bootstrap: str, topic: str, rate: float, seconds: float, seed: int, users: str = "bg"):
     import subprocess
     import sys
 
     from bench.common import PROJECT, track
 
+    options = ["--seed", str(seed), "--users", users]
     process = subprocess.Popen(
-        [sys.executable, "-m", "bench.background", bootstrap, topic, str(rate), str(seconds), "--seed", str(seed)],
+        [sys.executable, "-m", "bench.background", bootstrap, topic, str(rate), str(seconds), *options],
         stdout=subprocess.PIPE,
         text=True,
         cwd=PROJECT,
