@@ -31,7 +31,7 @@ import redis
 
 from bench.common import Row, TimeBudget, events, stop_process, wait_for
 from bench.ingest import BATCH_EVENTS, GROWN_ITEMS, GROWN_USERS, as_messages, learned, produce
-from bench.stack import Services, ensure_topics, run_env, start_api, start_worker
+from bench.stack import Services, ensure_topics, forget_run, run_env, start_api, start_worker
 from recstream.settings import Settings
 from store.keys import Keys
 
@@ -189,9 +189,7 @@ def run(
         "grown": grown,
     }
     if grow_events:
-        # its snapshots (~130 MB each) would stay in the bench's Redis for the later parts
-        for key in r.scan_iter(f"{settings.redis_prefix}:*", count=1000):
-            r.unlink(key)
+        forget_run(r, settings.redis_prefix)  # its ~100 MB snapshots would stay in Redis for the later parts
     model = f", model grown by {grow_events:,} events ({grown['snapshot_bytes'] / 1e6:.0f} MB)" if grow_events else ""
     rows = []
     for rate, res in loaded.items():

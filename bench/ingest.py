@@ -24,7 +24,7 @@ import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.common import Row, TimeBudget, cpu_seconds, events, wait_for
-from bench.stack import Services, ensure_topics, run_env, start_worker
+from bench.stack import Services, ensure_topics, forget_run, run_env, start_worker
 from learner.online_learner import OnlineLearner
 from recstream.components import new_learner
 from recstream.events import parse_message
@@ -172,15 +172,6 @@ def run_once(services: Services, n_events: int, gate: bool, per_message: int, bu
     }
 
 
-def _version_learned(r: redis.Redis, keys: Keys) -> tuple[int | None, int]:
-    """(current version, events learned as of it)."""
-    version = r.get(keys.current_version)
-    if version is None:
-        return None, 0
-    meta = r.hget(keys.version(int(version)), "meta")
-    return int(version), int(json.loads(meta)["events_learned"]) if meta else 0
-
-
 def _take(
     worker_pid: int,
     bootstrap: str,
@@ -194,13 +185,13 @@ def _take(
     """Produce ``values`` and wait until the worker's checkpoints cover ``done`` messages, as :func:`run_once`
     times it (its last checkpoint included: on a large model that is ~1 s, plus up to the checkpoint spacing);
     also counts the checkpoints written meanwhile."""
-    seen, _ = _version_learned(r, keys)
+    seen = r.get(keys.current_version)
     started, cpu_before = time.perf_counter(), cpu_seconds(worker_pid)
     asyncio.run(produce(bootstrap, topic, values))
     checkpoints = 0
     while True:
         finished = handled(r, keys) >= done  # read first: the version read next is then at least the final one
-        version, _ = _version_learned(r, keys)
+        version = r.get(keys.current_version)
         if version != seen:
             seen, checkpoints = version, checkpoints + 1
         if finished:
@@ -260,14 +251,13 @@ def run_grown(services: Services, n_events: int, grown_events: int, budget: Time
         wait_for(lambda: handled(r, keys) >= done, budget.left(), "the worker to grow its model")
         done += len(last)
         grown = _take(worker.pid, bootstrap, topic, last, done, r, keys, budget)
-        version, n_learned = _version_learned(r, keys)
-        snapshot = r.hstrlen(keys.version(version), "blob") if version is not None else 0
+        version = r.get(keys.current_version)
+        snapshot = r.hstrlen(keys.version(int(version)), "blob") if version is not None else 0
+        n_learned = learned(r, keys)
         held = {k.decode(): int(v) for k, v in r.hgetall(keys.gate_counts).items()}
     finally:
         worker.stop(timeout=60)
-        # its snapshots (~130 MB each at the default size) would stay in the bench's Redis for the later parts
-        for key in r.scan_iter(f"{settings.redis_prefix}:*", count=1000):
-            r.unlink(key)
+        forget_run(r, settings.redis_prefix)  # its ~130 MB snapshots would stay in Redis for the later parts
     bare_grown_after = bare_learner(last, copy)
     return {
         "events": n_events,

@@ -13,6 +13,8 @@ import os
 import uuid
 from dataclasses import dataclass, field
 
+import redis
+
 from api.auth import hash_key, new_key
 from bench.common import track
 from recstream import local_services
@@ -97,6 +99,12 @@ def run_env(services: Services, name: str, partitions: int = 2, **extra: str) ->
         **extra,
     }
     return RunEnv(env, api_key)
+
+
+def forget_run(r: redis.Redis, prefix: str) -> None:
+    """Delete every Redis key of a run (``RECSTREAM_REDIS_PREFIX`` ``prefix``), e.g. its model versions."""
+    for key in r.scan_iter(f"{prefix}:*", count=1000):
+        r.unlink(key)
 
 
 def ensure_topics(run: RunEnv) -> None:
