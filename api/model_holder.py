@@ -9,9 +9,10 @@ Loading is bounded to a share of the process's time (``load_share``, RECSTREAM_M
 a load that took L seconds (decoding ids, building indexes: work that holds the GIL, so requests
 slow down meanwhile) is followed by the next one no sooner than L / ``load_share`` seconds after
 it started. A small model loads every version; a large one (hundreds of milliseconds a load at a
-0.5 s checkpoint interval) serves every few versions instead of loading back to back. The first
-load is never delayed, nor is a version older than the one served (an operator's rollback or
-promotion of an earlier version).
+0.5 s checkpoint interval) serves every few versions instead of loading back to back. Only new
+checkpoints wait: the first load is never delayed, nor is a version no newer than the newest
+this process has loaded (an operator's rollback, or their promotion back to a version served
+before, which must reach every process at once).
 
 Redis going away is survived: the poll keeps trying every ``poll_seconds`` (logging once when
 Redis becomes unreachable and once when it is back), and the listener opens a new subscription
@@ -53,6 +54,7 @@ class ModelHolder:
         self._clock = clock
         self._loader = loader
         self._next_load_at = 0.0  # on the clock: no load before this (see the module doc)
+        self._newest_loaded = 0  # the newest version this process has loaded: anything newer is a new checkpoint
         self.model: ServingModel | None = None
         self.refused_version: int | None = None
         self.redis_ok = False
@@ -73,8 +75,8 @@ class ModelHolder:
             or version == self.refused_version
         ):
             return
-        if self.model is not None and version > self.model.version and self.load_wait() > 0:
-            return  # too soon after the last load: _run comes back when it is allowed (a rollback never waits)
+        if self.model is not None and version > self._newest_loaded and self.load_wait() > 0:
+            return  # a new checkpoint too soon after the last load: _run comes back when it is allowed
         try:
             snapshot = await self.store.load(version)
         except SnapshotRefused as exc:
@@ -89,6 +91,7 @@ class ModelHolder:
         with reusing(self.model.id_indexes() if self.model is not None else ()):
             model = await asyncio.to_thread(self._loader, snapshot.blob, snapshot.version)
         self._next_load_at = started + (self._clock() - started) / self.load_share
+        self._newest_loaded = max(self._newest_loaded, model.version)
         self.model = model
         metrics.MODEL_VERSION.labels("api").set(model.version)
         created = snapshot.meta.get("created")

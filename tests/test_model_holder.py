@@ -51,6 +51,20 @@ async def test_a_slow_load_delays_the_next_one_to_its_share_of_the_time(redis_en
         await store.promote(v1, reason="roll back")
         await holder.refresh()
         assert holder.model.version == v1 and loaded == [v1, v2, v1]
+        # ...and promotes v2 again: newer than v1 but served before, so not a new checkpoint: at once too.
+        assert holder.load_wait() > 0
+        await store.promote(v2, reason="back to v2")
+        await holder.refresh()
+        assert holder.model.version == v2 and loaded == [v1, v2, v1, v2]
+        # A new checkpoint still waits its turn.
+        learner.learn("u2", "v1", "like", None, None)
+        v3 = await store.checkpoint(v2, learner.to_bytes(), {}, {}, {})
+        assert holder.load_wait() > 0
+        await holder.refresh()
+        assert holder.model.version == v2 and loaded == [v1, v2, v1, v2]
+        now[0] += holder.load_wait()
+        await holder.refresh()
+        assert holder.model.version == v3
     finally:
         await client.aclose()
 
