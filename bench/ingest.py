@@ -236,8 +236,9 @@ def run_grown(services: Services, n_events: int, grown_events: int, budget: Time
     copy = OnlineLearner.from_bytes(learner.to_bytes())
     bare_grown_before = bare_learner(last, learner)
     del learner
+    warm_n = 500
     warmup = as_messages(
-        events(500, users=50, items=50, seed=2, prefix="w", start=origin - timedelta(hours=1)), BATCH_EVENTS
+        events(warm_n, users=50, items=50, seed=2, prefix="w", start=origin - timedelta(hours=1)), BATCH_EVENTS
     )
     budget.check("starting the grown-model run")
     worker = start_worker(run.env)
@@ -264,7 +265,7 @@ def run_grown(services: Services, n_events: int, grown_events: int, budget: Time
         "grown_events": n_events + grow_n,
         "users": GROWN_USERS,
         "items": GROWN_ITEMS,
-        "sent": 500 + n_events + grow_n + n_events,
+        "sent": warm_n + 2 * n_events + grow_n,
         "learned": n_learned,
         "held_or_dropped": held,
         "fresh": fresh,

@@ -507,17 +507,16 @@ class EventProcessor:
             metrics.RECOMMENDED_INTERACTIONS.labels(event.type).inc()
         lags.append(now - ts)  # an event stamped ahead of the clock counts as 0 (observe_many)
         loss = learner.last_loss  # of the prediction it made before learning (None: no label)
-        if loss is not None and self.guard is not None:
-            if self.guard.update(loss) and self.paused_since is None:
-                self.paused_since = now
-                metrics.MODEL_GUARD_PAUSED.set(1)
-                metrics.MODEL_GUARD_PAUSES.inc()
-                log.error(
-                    "model guard: the progressive loss degraded against its recent history; learning is "
-                    "paused and new events are quarantined as %r until an operator resumes it or the "
-                    "stream is healthy again",
-                    MODEL_PAUSED,
-                )
+        if loss is not None and self.guard is not None and self.guard.update(loss) and self.paused_since is None:
+            self.paused_since = now
+            metrics.MODEL_GUARD_PAUSED.set(1)
+            metrics.MODEL_GUARD_PAUSES.inc()
+            log.error(
+                "model guard: the progressive loss degraded against its recent history; learning is "
+                "paused and new events are quarantined as %r until an operator resumes it or the "
+                "stream is healthy again",
+                MODEL_PAUSED,
+            )
         return None
 
     def checkpoint_due(self) -> bool:
@@ -556,7 +555,7 @@ class EventProcessor:
             pending = self._pending
             if not pending.records and promotion is None:
                 return None
-            started, started_at = time.perf_counter(), time.monotonic()
+            started = time.monotonic()
             offsets = dict(self.next_offsets)
             paused = self.paused_since is not None
             unchanged = (
@@ -617,9 +616,9 @@ class EventProcessor:
             for record in pending.records:
                 if record.handle is not None:
                     self._ack(record.handle)
-            elapsed = time.perf_counter() - started
+            elapsed = time.monotonic() - started
             spacing = min(elapsed / self.checkpoint_share, MAX_CHECKPOINT_SPACING_SECONDS)
-            self._next_checkpoint_at = started_at + spacing
+            self._next_checkpoint_at = started + spacing
             metrics.CHECKPOINTS.labels("ok").inc()
             metrics.CHECKPOINT_SECONDS.observe(elapsed)
             metrics.CHECKPOINT_SPACING.set(spacing)
