@@ -396,6 +396,30 @@ def test_anomaly_rule_holds_a_like_burst_from_a_new_account() -> None:
     assert normal_held < 0.01 * len(stream)
 
 
+def test_anomaly_rule_never_holds_a_new_users_first_event_in_a_stream_of_established_users() -> None:
+    """A newcomer's first like, in a stream where nobody else is new, is the stream's most unusual point (longest
+    gap, shortest history); it carries no behaviour yet, and holding it would lose their first signal."""
+    stream = lively_stream(40_000, seed=2)  # 500 users, all established within the first few thousand events
+    rnd = random.Random(2)
+    mixed: list[GateEvent] = []
+    for k, e in enumerate(stream):
+        mixed.append(e)
+        if k >= 20_000 and k % 100 == 0:  # 200 newcomers, each with one like, among established users
+            duration = rnd.uniform(10, 60)
+            mixed.append(ev(f"newcomer{k}", f"v{rnd.randrange(300)}", "like", e.ts, duration * rnd.random(), duration))
+    for by_chunk in (False, True):
+        gate = QualityGate([AnomalousBehaviourRule(quantile=0.999, warmup_events=5_000)])
+        if by_chunk:
+            verdicts = [h for start in range(0, len(mixed), 500)
+                        for h in gate.check_chunk(mixed[start:start + 500], mixed[start].ts)]  # fmt: skip
+        else:
+            verdicts = [gate.check(e, e.ts) for e in mixed]
+        held = [e for e, h in zip(mixed, verdicts, strict=True) if h is not None]
+        assert not [e for e in held if e.user_id.startswith("newcomer")], (by_chunk, len(held))
+        assert held, "the rule still holds the stream's most unusual events"
+        # ... and a newcomer's second event is judged like anyone's (the like burst above)
+
+
 def test_anomaly_rule_forgets_the_least_recently_seen_user_first() -> None:
     rule = AnomalousBehaviourRule(max_users=2, idle_seconds=100)
     run(rule, [ev(u, "v", "view", T0 + k) for k, u in enumerate(["a", "b", "a", "c"])])

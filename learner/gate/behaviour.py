@@ -507,6 +507,15 @@ class AnomalousBehaviourRule:
     ``rate_cap``), whether this event is a like/share, their recent like/share ratio, recent watch
     ratio (watch/duration, 0.5 when never known), and log-scaled history length.
 
+    A user's first event within the rule's memory (new, or idle longer than ``idle_seconds``) is
+    never held and does not feed the quantile: it carries no behaviour yet, only the fixed
+    features of a first event (longest gap, shortest history), so its score measures how rare
+    new users are in the stream, not how the user behaves. In a stream of established users a
+    newcomer's first like would otherwise be among the most unusual events and held (measured on
+    the bench's grown model), exactly when it matters most for their recommendations. Bot farms
+    of fresh accounts are the item-surge rule's, bursts the user-rate rule's and this rule's from
+    the second event on.
+
     Every event is scored (one by one, River's ``score_one``: ~0.7 µs per tree per event; a batch
     whose events were given to :meth:`prepare` first is walked down all the trees at once, ~0.4 µs
     an event in all, with identical scores);
@@ -752,8 +761,8 @@ class AnomalousBehaviourRule:
 
     def check(self, event: GateEvent, now: float) -> Hold | None:
         memo = self._memo
-        score = (memo if memo is not None and memo[0] is event else self._scored_features(event, now))[2]
-        if self.passed < self.warmup_events or not self._scored:
+        _, _, score, nxt = memo if memo is not None and memo[0] is event else self._scored_features(event, now)
+        if self.passed < self.warmup_events or not self._scored or nxt[4] == 1.0:  # 1.0: the user's first event
             return None
         threshold = self.threshold.get()
         if threshold is not None and score > threshold:
@@ -805,7 +814,7 @@ class AnomalousBehaviourRule:
         if user == self._oldest or not (self._oldest_seen >= horizon and len(users) <= self.max_users):
             self._oldest, self._oldest_seen = _evict(users, horizon, self.max_users, 5)
         self.passed = passed = self.passed + 1
-        if self.learned >= self._window_size:  # before that the trees score everything 0
+        if self.learned >= self._window_size and nxt[4] != 1.0:  # before that the trees score everything 0
             self.threshold.update(score)
             self._scored = True
         if passed % self.learn_every == 0:
@@ -825,7 +834,8 @@ class AnomalousBehaviourRule:
         state = users.pop(user, None)
         x, score, nxt = self._score(event, now, state)
         hold = None
-        if self._scored and self.passed >= self.warmup_events:
+        known = state is not None  # else the user's first event: neither held nor in the quantile
+        if known and self._scored and self.passed >= self.warmup_events:
             threshold = self._estimator.get()  # self.threshold.get(): it has been updated (_scored)
             if threshold is not None and score > threshold:
                 hold = Hold(
@@ -842,7 +852,7 @@ class AnomalousBehaviourRule:
                 self._estimator.update(score)
             return hold
         self.passed = passed = self.passed + 1  # observe
-        if self.learned >= self._window_size:
+        if known and self.learned >= self._window_size:
             if self._scored:
                 self._estimator.update(score)
             else:
@@ -858,7 +868,7 @@ class AnomalousBehaviourRule:
         _, _, score, nxt = self._scored_features(event, now)
         self._memo = None
         self._remember(event.user_id, nxt, now)
-        if self._scored:
+        if self._scored and nxt[4] != 1.0:  # a user's first event is not judged (held by another rule)
             self.threshold.update(score)
 
     def __len__(self) -> int:
