@@ -142,3 +142,20 @@ def test_the_memory_figure_measures_the_gate_even_when_the_environment_switches_
     assert gate["gate_events"] == 1_200
     assert gate["gate_tracked"] == {"UserRateRule": 1_200, "AnomalousBehaviourRule": 1_200}
     assert gate["gate_held"] == {}
+
+
+def test_freshness_leaves_probes_the_gate_held_out_of_its_percentiles_and_counts_them() -> None:
+    from bench.freshness import PROBE_TIMEOUT, summarize
+
+    probes = {
+        "lags_s": [0.2, PROBE_TIMEOUT, 0.4, PROBE_TIMEOUT],
+        "posts_s": [0.001] * 4,
+        "ids": ["a", "b", "c", "d"],
+        "missed": {"b": "user-b", "d": "user-d"},
+        "held": {"b": "anomalous_behaviour"},  # d was not held: a slow probe, counted at the timeout
+        "unsettled": [],
+    }
+    figures = summarize(probes)
+    assert figures["held"] == 1 and figures["held_reasons"] == {"anomalous_behaviour": 1}
+    assert figures["timeouts"] == 1 and figures["probes"] == 4
+    assert figures["p50_s"] == 0.4 and figures["max_s"] == PROBE_TIMEOUT
