@@ -39,6 +39,8 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Iterator
+from dataclasses import dataclass
+from operator import getitem
 
 import numpy as np
 
@@ -46,6 +48,23 @@ from learner.arrays import ensure_rows
 from learner.base import ModelState, expect_kind
 from learner.id_index import IdIndex
 from learner.popularity_models import DecayedCounter
+
+#: Co-occurrence entries recorded since the last mark beyond which recording stops (8 bytes each): a delta that
+#: large would cost about what a whole snapshot does.
+CHANGE_LOG_LIMIT = 8_000_000
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What :meth:`ItemCooccurrence.changes` reports: the id-list sizes at the mark and what changed since."""
+
+    n_users: int
+    n_items: int
+    keys: np.ndarray  # int64 row << 32 | slot of every co-occurrence entry touched, sorted, each once
+    items: np.ndarray  # int64 item rows whose mass, damping or recent popularity may have changed, sorted
+    users: np.ndarray  # int64 user rows whose history may have changed, sorted
+    recent_rescaled: bool  # the recent-popularity counter rescaled every item: its whole array changed
+
 
 _NO_COLS = np.zeros(0, dtype=np.int32)
 _NO_VALS = np.zeros(0, dtype=np.float32)
@@ -208,6 +227,12 @@ class ItemCooccurrence:
         self._history = UserHistories(self.window)  # per user: item row -> weight, oldest first
         self._scratch_buffer = np.empty(0, dtype=np.float64)
         self._last_pairs: tuple[int, int, list[tuple[array, int, array, int, float]]] | None = None
+        # What changed since mark_changes() (learner.cooccurrence_delta): every co-occurrence entry touched, as
+        # row << 32 | slot (None once over CHANGE_LOG_LIMIT: then only a whole snapshot says what changed), the
+        # items learned (their mass, damping and recent popularity), and the sizes of the id lists then.
+        self._change_log: array | None = None  # not recorded until the first mark_changes()
+        self._changed_items: set[int] = set()
+        self._marked_sizes = (0, 0)
 
     # -- River-style interface -------------------------------------------------------
 
@@ -217,6 +242,11 @@ class ItemCooccurrence:
     def learn_one(self, user: str, item: str, y: float) -> None:
         u = self._user_row(user)
         i = self._item_row(item)
+        log = self._change_log
+        if log is not None:
+            self._changed_items.add(i)  # every learned event's item: the learner's popularity counts it too
+            if len(log) > CHANGE_LOG_LIMIT:
+                self._change_log = None  # too much since the mark for a delta to pay: the next snapshot is whole
         if y <= 0:
             return
         history = self._history.for_update(u)
@@ -251,6 +281,9 @@ class ItemCooccurrence:
         cols_i, vals_i = cols_of[i], vals_of[i]
         forward, backward, gamma = self.forward, self.backward, self.gamma
         touched = []
+        log = self._change_log
+        log_append = log.append if log is not None else None
+        i_key = i << 32
         base = 1.0
         for j, w_j in reversed(history.items()):
             if j == i:  # a like after a view of the same item: pair it with the others only
@@ -277,6 +310,9 @@ class ItemCooccurrence:
             else:
                 vals_i[k_i] += backward * inc
             touched.append((vals_of[j], k_j, vals_i, k_i, pair))
+            if log_append is not None:
+                log_append(j << 32 | k_j)
+                log_append(i_key | k_i)
         return touched
 
     def predict_one(self, user: str, item: str) -> float:
@@ -340,7 +376,80 @@ class ItemCooccurrence:
         u = self.users.get(user)
         return [] if u is None else [self.items.ids[j] for j in self._history[u]]
 
+    # -- changes since a mark (incremental snapshots: learner.cooccurrence_delta) ------------
+
+    def mark_changes(self) -> None:
+        """Start recording changes afresh: the state now is the base the next :meth:`changes` is relative to."""
+        self._change_log = array("q")
+        self._changed_items = set()
+        self._history.take_changed_since_mark()
+        self._recent.rescaled = False
+        self._marked_sizes = (len(self.users), len(self.items))
+        self._last_pairs = None  # its repeat path writes slots without logging them: pair afresh once
+
+    def changes(self) -> Changes | None:
+        """What changed since :meth:`mark_changes`, or None if it was not recorded (a delta cannot be made).
+
+        Entries are (row, slot) keys of the co-occurrence rows, each once, sorted; items and users
+        are those whose per-item arrays or history rows may differ (the new ones included).
+        """
+        if self._change_log is None:
+            return None
+        n_users0, n_items0 = self._marked_sizes
+        keys = np.sort(np.frombuffer(self._change_log, dtype=np.int64))  # sort, then drop repeats: several times
+        keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))] if len(keys) else keys  # faster than unique
+        items = np.union1d(
+            np.fromiter(self._changed_items, dtype=np.int64, count=len(self._changed_items)),
+            np.arange(n_items0, len(self.items), dtype=np.int64),
+        )
+        users = np.union1d(
+            np.fromiter(self._history.changed_since_mark or (), dtype=np.int64),
+            np.arange(n_users0, len(self.users), dtype=np.int64),
+        )
+        return Changes(n_users0, n_items0, keys, items, users, self._recent.rescaled)
+
+    def entries(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(columns, values) at the (row << 32 | slot) ``keys`` of :meth:`changes`."""
+        cols_of, vals_of = self._rows._cols, self._rows._vals  # a touched row was materialised to be written
+        rows, slots = (keys >> 32).tolist(), (keys & 0xFFFFFFFF).tolist()
+        # map, not a comprehension: ~40% faster for the ~16 entries an event touches
+        cols = np.array(list(map(getitem, map(cols_of.__getitem__, rows), slots)), dtype=np.int32)
+        vals = np.array(list(map(getitem, map(vals_of.__getitem__, rows), slots)), dtype=np.float32)
+        return cols, vals
+
+    def item_values(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The per-item arrays of :meth:`to_state` at item ``rows`` (and the recent counter's clock, whole)."""
+        return {
+            "mass": self._mass[rows],
+            "candidate_damping": self._candidate_damping[rows],
+            "row_damping": self._row_damping[rows],
+            "recent": self._recent.mass[rows],
+            "recent_clock": self._recent.state(0)[1],
+        }
+
+    def recent_mass(self) -> np.ndarray:
+        """The recent-popularity array of :meth:`to_state`, whole (after a rescale every row changed)."""
+        return self._recent.state(len(self.items))[0]
+
+    def history_rows(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The rows of :meth:`to_state`'s ``history_items`` and ``history_weights`` for user ``users``."""
+        return self._history.arrays_of(users)
+
     # -- state ---------------------------------------------------------------------------
+
+    def to_state_params(self) -> dict[str, float | int | str]:
+        """The ``params`` of :meth:`to_state` (without building the rest)."""
+        return {
+            "window": self.window,
+            "gamma": self.gamma,
+            "recency": self.recency,
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "forward": self.forward,
+            "backward": self.backward,
+            "popularity_weight": self.popularity_weight,
+            "half_life_days": self.half_life_days,
+        }
 
     def to_state(self) -> ModelState:
         indptr, indices, data = self._rows.to_csr()
@@ -349,17 +458,7 @@ class ItemCooccurrence:
         hist_items, hist_weights = self._history.to_arrays()
         return ModelState(
             kind=self.kind,
-            params={
-                "window": self.window,
-                "gamma": self.gamma,
-                "recency": self.recency,
-                "alpha": self.alpha,
-                "beta": self.beta,
-                "forward": self.forward,
-                "backward": self.backward,
-                "popularity_weight": self.popularity_weight,
-                "half_life_days": self.half_life_days,
-            },
+            params=self.to_state_params(),
             ids={"users": list(self.users.ids), "items": list(self.items.ids)},
             arrays={
                 "indptr": indptr,
@@ -459,6 +558,8 @@ class UserHistories:
         self._owned = items is None  # loaded arrays are the caller's (or the blob's): copied before a write
         self._rows: list[dict[int, float] | None] = [None] * len(self._items)
         self._changed: set[int] = set()  # users whose dict may differ from their row of the arrays
+        # users changed since take_changed_since_mark(); None (not tracked) until it is first called
+        self.changed_since_mark: set[int] | None = None
 
     def __getitem__(self, u: int) -> dict[int, float]:
         row = self._rows[u]
@@ -471,11 +572,38 @@ class UserHistories:
     def for_update(self, u: int) -> dict[int, float]:
         """The user's dict, marked to be written to the arrays at the next :meth:`to_arrays`."""
         self._changed.add(u)
+        since = self.changed_since_mark
+        if since is not None:
+            since.add(u)
         return self[u]
 
     def append(self, row: dict[int, float]) -> None:
-        self._changed.add(len(self._rows))
+        self._changed.add(len(self._rows))  # a new user: a delta carries every user added since its mark
         self._rows.append(row)
+
+    def arrays_of(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The rows of :meth:`to_arrays` for ``users`` only (what a delta carries)."""
+        items = np.full((len(users), self.window), -1, dtype=np.int32)
+        weights = np.zeros((len(users), self.window), dtype=np.float64)
+        at_user: list[int] = []
+        at_slot: list[int] = []
+        item_rows: list[int] = []
+        item_weights: list[float] = []
+        slots = range(self.window)
+        for n, u in enumerate(users.tolist()):  # as to_arrays: lists, then one assignment per array
+            history = self[u]
+            at_user.extend([n] * len(history))
+            at_slot.extend(slots[: len(history)])
+            item_rows.extend(history)
+            item_weights.extend(history.values())
+        items[at_user, at_slot] = item_rows
+        weights[at_user, at_slot] = item_weights
+        return items, weights
+
+    def take_changed_since_mark(self) -> set[int]:
+        """The users changed since the last call (empty the first time), and track afresh from now."""
+        changed, self.changed_since_mark = self.changed_since_mark or set(), set()
+        return changed
 
     def __len__(self) -> int:
         return len(self._rows)

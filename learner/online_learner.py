@@ -129,20 +129,24 @@ class OnlineLearner:
             "params": state.params,
             "ids": state.ids,
             "popularity_ids": self.popularity.items.ids,
+            **self.scalars(extra),
+        }
+        arrays = {**state.arrays, "popularity": self.popularity.counts, **self.progressive_arrays()}
+        return codec.encode(header, arrays)
+
+    def scalars(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The header fields of a snapshot besides the model's kind, parameters and ids (a delta carries them too)."""
+        return {
             "events_learned": self.events_learned,
             "events_labelled": self.events_labelled,
             "clock": self.clock,
             **(extra or {}),
+            "progressive_count": self.metrics.count,
         }
+
+    def progressive_arrays(self) -> dict[str, np.ndarray]:
         labels, predictions = self.metrics.window_arrays()
-        header["progressive_count"] = self.metrics.count
-        arrays = {
-            **state.arrays,
-            "popularity": self.popularity.counts,
-            "progressive_labels": labels,
-            "progressive_predictions": predictions,
-        }
-        return codec.encode(header, arrays)
+        return {"progressive_labels": labels, "progressive_predictions": predictions}
 
     @classmethod
     def from_bytes(

@@ -52,6 +52,7 @@ class DecayedCounter:
         self.max = 0.0
         self.clock: float | None = None
         self.t_ref: float | None = None
+        self.rescaled = False  # set when every row's mass was rescaled (see _factor); cleared by its owner
 
     def advance(self, ts: float) -> None:
         if self.clock is None or ts > self.clock:
@@ -93,6 +94,7 @@ class DecayedCounter:
             self.total *= shrink
             self.max *= shrink
             self.t_ref = self.clock
+            self.rescaled = True
             exponent = 0.0
         return math.pow(2.0, exponent)
 

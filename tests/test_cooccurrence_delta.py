@@ -1,0 +1,144 @@
+"""Incremental snapshots of the default model: a delta applied to its base is the whole snapshot, bit for bit."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from learner import codec, item_cooccurrence
+from learner import cooccurrence_delta as delta
+from learner.codec import CodecError
+from learner.implicit_mf import ImplicitMF
+from learner.item_cooccurrence import ItemCooccurrence
+from learner.online_learner import OnlineLearner
+
+KINDS = ["view", "view", "like", "share", "skip"]
+
+
+def _feed(learner: OnlineLearner, rnd: random.Random, n: int, users: int, items: int, start: float) -> float:
+    ts = start
+    for _ in range(n):
+        ts += rnd.expovariate(1.0)
+        watch = rnd.choice([None, 3.0, 25.0])
+        learner.learn(f"u{rnd.randrange(users)}", f"v{rnd.randrange(items)}", rnd.choice(KINDS), watch, 30.0, ts)
+    return ts
+
+
+def _assert_same_parts(got: tuple[dict, dict[str, np.ndarray]], want_blob: bytes) -> None:
+    header, arrays = got
+    want_header, want_arrays = codec.decode(want_blob)
+    assert header == want_header
+    assert list(arrays) == list(want_arrays)
+    for name, values in want_arrays.items():
+        assert arrays[name].dtype == values.dtype and np.array_equal(arrays[name], values), name
+    assert codec.encode(header, arrays) == want_blob
+
+
+def _delta_blob(learner: OnlineLearner) -> bytes:
+    made = delta.parts(learner)
+    assert made is not None
+    return codec.encode(*made)
+
+
+@pytest.mark.parametrize("remark", [False, True], ids=["since-one-base", "chained"])
+def test_a_delta_applied_to_its_base_is_the_whole_snapshot_bit_for_bit(remark: bool) -> None:
+    rnd = random.Random(5)
+    learner = OnlineLearner(model=ItemCooccurrence(window=4))
+    ts = _feed(learner, rnd, 3_000, users=80, items=150, start=1.7e9)
+    base = learner.to_bytes()
+    delta.mark(learner)
+    for step in range(4):  # the catalogue and the audience grow: new ids, new rows, new history rows
+        ts = _feed(learner, rnd, 700, users=80 + 40 * step, items=150 + 60 * step, start=ts)
+        made = codec.decode(_delta_blob(learner))
+        whole = learner.to_bytes()
+        _assert_same_parts(delta.apply(*codec.decode(base), *made), whole)
+        if remark:
+            base = whole
+            delta.mark(learner)
+    restored = OnlineLearner.from_parts(*delta.apply(*codec.decode(base), *codec.decode(_delta_blob(learner))))
+    assert restored.model.score_all("u3").tolist() == learner.model.score_all("u3").tolist()
+
+
+def test_a_delta_is_the_size_of_what_changed_not_of_the_model() -> None:
+    rnd = random.Random(6)
+    learner = OnlineLearner(model=ItemCooccurrence())
+    ts = _feed(learner, rnd, 40_000, users=2_000, items=5_000, start=1.7e9)
+    delta.mark(learner)
+    _feed(learner, rnd, 400, users=2_000, items=5_000, start=ts)
+    small, whole = _delta_blob(learner), learner.to_bytes()
+    assert len(small) < len(whole) / 8, (len(small), len(whole))
+
+
+def test_a_rescale_of_recent_popularity_travels_whole() -> None:
+    rnd = random.Random(7)
+    learner = OnlineLearner(model=ItemCooccurrence(half_life_days=0.001))  # 86 s: rescales within the stream
+    ts = _feed(learner, rnd, 500, users=30, items=40, start=1.7e9)
+    base = learner.to_bytes()
+    delta.mark(learner)
+    _feed(learner, rnd, 500, users=30, items=40, start=ts + 10 * 86_400)
+    made = codec.decode(_delta_blob(learner))
+    assert "recent_whole" in made[1]
+    _assert_same_parts(delta.apply(*codec.decode(base), *made), learner.to_bytes())
+
+
+def test_no_delta_before_a_mark_nor_after_more_changed_than_the_model_records(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rnd = random.Random(8)
+    learner = OnlineLearner(model=ItemCooccurrence())
+    ts = _feed(learner, rnd, 200, users=20, items=30, start=1.7e9)
+    assert delta.parts(learner) is None  # never marked: nothing recorded, nothing paid per event
+    monkeypatch.setattr(item_cooccurrence, "CHANGE_LOG_LIMIT", 50)
+    delta.mark(learner)
+    ts = _feed(learner, rnd, 200, users=20, items=30, start=ts)
+    assert delta.parts(learner) is None  # over the limit: a whole snapshot instead
+    base = learner.to_bytes()
+    delta.mark(learner)
+    _feed(learner, rnd, 3, users=20, items=30, start=ts)
+    _assert_same_parts(delta.apply(*codec.decode(base), *codec.decode(_delta_blob(learner))), learner.to_bytes())
+
+
+def test_other_models_have_no_delta() -> None:
+    learner = OnlineLearner(model=ImplicitMF())
+    learner.learn("u", "v", "like", None, None, 1.7e9)
+    delta.mark(learner)
+    assert not delta.supported(learner) and delta.parts(learner) is None
+
+
+def test_a_delta_refuses_a_base_it_was_not_made_from() -> None:
+    rnd = random.Random(9)
+    learner = OnlineLearner(model=ItemCooccurrence(window=3))
+    ts = _feed(learner, rnd, 400, users=20, items=30, start=1.7e9)
+    base = codec.decode(learner.to_bytes())
+    delta.mark(learner)
+    ts = _feed(learner, rnd, 100, users=25, items=35, start=ts)
+    other = codec.decode(learner.to_bytes())  # a later state: other sizes
+    header, arrays = codec.decode(_delta_blob(learner))
+    with pytest.raises(CodecError, match="base of"):
+        delta.apply(*other, header, arrays)
+    with pytest.raises(CodecError, match="not to another delta"):
+        delta.apply(header, arrays, header, arrays)
+    in_place = int(np.flatnonzero(arrays["entry_slots"] == 0)[0])  # slot 0 of a row the base already had
+    wrong = dict(arrays, entry_cols=arrays["entry_cols"].copy())
+    wrong["entry_cols"][in_place] += 1
+    with pytest.raises(CodecError, match="another column"):
+        delta.apply(*base, header, wrong)
+    shuffled = {name: (values[::-1] if name.startswith("entry_") else values) for name, values in arrays.items()}
+    with pytest.raises(CodecError, match="not sorted"):
+        delta.apply(*base, header, shuffled)
+    with pytest.raises(CodecError, match="not a delta"):
+        delta.apply(*base, {**header, "delta": "something-else/9"}, arrays)
+    delta.apply(*base, header, arrays)  # the right base
+
+
+def test_a_like_right_after_its_view_across_a_mark_is_in_the_delta() -> None:
+    """The model reuses the pairs of a repeated (user, item) without looking them up: not across a mark."""
+    learner = OnlineLearner(model=ItemCooccurrence(window=3))
+    for k, item in enumerate(["a", "b", "c"]):
+        learner.learn("u1", item, "view", 25.0, 30.0, 1.7e9 + k)
+    base = learner.to_bytes()
+    delta.mark(learner)
+    learner.learn("u1", "c", "like", 25.0, 30.0, 1.7e9 + 5)  # the view of c's pairs, updated again
+    _assert_same_parts(delta.apply(*codec.decode(base), *codec.decode(_delta_blob(learner))), learner.to_bytes())
