@@ -34,7 +34,7 @@ import httpx
 import redis
 
 from bench.common import Row, TimeBudget, events, stop_process, wait_for
-from bench.ingest import BATCH_EVENTS, GROWN_ITEMS, GROWN_USERS, as_messages, learned, produce
+from bench.ingest import BATCH_EVENTS, GROWN_ITEMS, GROWN_USERS, as_messages, learned, produce, whole_snapshot_bytes
 from bench.stack import Services, ensure_topics, forget_run, run_env, start_api, start_worker
 from recstream.settings import Settings
 from store.keys import Keys
@@ -189,7 +189,7 @@ def run(
             grown = {
                 "events": grow_events,
                 "seconds": time.perf_counter() - started,
-                "snapshot_bytes": r.hstrlen(keys.version(version), "blob"),
+                "snapshot_bytes": whole_snapshot_bytes(r, keys, version),
             }
         api = start_api(run_.env)
         client = httpx.Client(timeout=5, headers={"Authorization": f"Bearer {run_.api_key}"})

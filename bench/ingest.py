@@ -118,6 +118,12 @@ def learned(r: redis.Redis, keys: Keys) -> int:
     return int(json.loads(meta)["events_learned"]) if meta else 0
 
 
+def whole_snapshot_bytes(r: redis.Redis, keys: Keys, version: int) -> int:
+    """Bytes of the whole snapshot ``version`` is, or applies to (a delta version's base)."""
+    base = r.hget(keys.version(version), "base")
+    return r.hstrlen(keys.version(int(base) if base is not None else version), "blob")
+
+
 def run_once(services: Services, n_events: int, gate: bool, per_message: int, budget: TimeBudget) -> dict:
     name = f"ingest{'' if gate else '-nogate'}-{per_message}"
     run = run_env(services, name, RECSTREAM_GATE_ENABLED=str(gate).lower())
@@ -253,7 +259,7 @@ def run_grown(services: Services, n_events: int, grown_events: int, budget: Time
         done += len(last)
         grown = _take(worker.pid, bootstrap, topic, last, done, r, keys, budget)
         version = r.get(keys.current_version)
-        snapshot = r.hstrlen(keys.version(int(version)), "blob") if version is not None else 0
+        snapshot = whole_snapshot_bytes(r, keys, int(version)) if version is not None else 0
         n_learned = learned(r, keys)
         held = {k.decode(): int(v) for k, v in r.hgetall(keys.gate_counts).items()}
     finally:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from learner import codec
 from learner.codec import CodecError
 from learner.item_cooccurrence import ItemCooccurrence
 from learner.online_learner import OnlineLearner
@@ -48,9 +49,18 @@ def mark(learner: OnlineLearner) -> None:
         learner.model.mark_changes()  # type: ignore[attr-defined]
 
 
-def parts(learner: OnlineLearner, extra: dict[str, Any] | None = None) -> tuple[dict, dict[str, np.ndarray]] | None:
+def forget(learner: OnlineLearner) -> None:
+    """Stop recording changes (a learner that will not be checkpointed against its mark any more)."""
+    if supported(learner):
+        learner.model.stop_changes()  # type: ignore[attr-defined]
+
+
+def parts(
+    learner: OnlineLearner, extra: dict[str, Any] | None = None, base_version: int | None = None
+) -> tuple[dict, dict[str, np.ndarray]] | None:
     """(header, arrays) of a delta from the marked base to the learner's state now; None if none can be made
-    (another model, or more changed since the mark than the model records: then write a whole snapshot)."""
+    (another model, or more changed since the mark than the model records: then write a whole snapshot).
+    ``base_version`` (the stored version of the base) travels in the delta, and :func:`apply` checks it."""
     if not supported(learner):
         return None
     model: ItemCooccurrence = learner.model  # type: ignore[assignment]
@@ -80,6 +90,7 @@ def parts(learner: OnlineLearner, extra: dict[str, Any] | None = None) -> tuple[
         arrays["recent_whole"] = model.recent_mass()
     header = {
         "delta": FORMAT,
+        "base_version": base_version,
         "kind": model.kind,
         "params": model.to_state_params(),
         "base_sizes": {"users": changes.n_users, "items": changes.n_items},
@@ -101,14 +112,18 @@ def apply(
     base_arrays: dict[str, np.ndarray],
     header: dict[str, Any],
     arrays: dict[str, np.ndarray],
+    base_version: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The (header, arrays) of a whole snapshot: the base's decoded parts with a delta's applied.
 
-    The base's arrays are not changed (they may be views of the base's bytes, or serving)."""
+    The base's arrays are not changed (they may be views of the base's bytes, or serving). With
+    ``base_version``, the delta must say it was made against that version."""
     if header.get("delta") != FORMAT:
         raise CodecError(f"not a delta this version understands: {header.get('delta')!r}")
     if is_delta(base_header):
         raise CodecError("a delta applies to a whole snapshot's parts, not to another delta")
+    if base_version is not None and header.get("base_version") != base_version:
+        raise CodecError(f"delta was made against v{header.get('base_version')}, not v{base_version}")
     try:
         return _apply(base_header, base_arrays, header, arrays)
     except (KeyError, IndexError, TypeError, ValueError) as exc:
@@ -161,7 +176,7 @@ def _apply(
     arrays["progressive_labels"] = np.array(delta["progressive_labels"])
     arrays["progressive_predictions"] = np.array(delta["progressive_predictions"])
 
-    skip = {"delta", "base_sizes", "ids_added", "kind", "params"}
+    skip = {"delta", "base_version", "base_sizes", "ids_added", "kind", "params"}
     new_header = {
         "kind": header["kind"],
         "params": header["params"],
@@ -170,6 +185,27 @@ def _apply(
         **{k: v for k, v in header.items() if k not in skip},
     }
     return new_header, {name: arrays[name] for name in base}  # the base's order: a whole snapshot's
+
+
+def whole_parts(
+    blob: bytes, base: bytes | tuple[dict, dict[str, np.ndarray]] | None, base_version: int | None = None
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The decoded parts of a stored snapshot: ``blob`` itself if whole, else the delta applied to ``base``
+    (its bytes, or its decoded parts when the caller keeps them)."""
+    header, arrays = codec.decode(blob)
+    if not is_delta(header):
+        return header, arrays
+    if base is None:
+        raise CodecError("a delta snapshot needs its base")
+    base_parts = codec.decode(base) if isinstance(base, bytes) else base
+    return apply(*base_parts, header, arrays, base_version=base_version)
+
+
+def whole_blob(blob: bytes, base: bytes | None, base_version: int | None = None) -> bytes:
+    """A whole snapshot's bytes from a stored one (see :func:`whole_parts`)."""
+    if base is None:
+        return blob
+    return codec.encode(*whole_parts(blob, base, base_version))
 
 
 def _with_rows(base: np.ndarray, n: int, rows: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -387,6 +387,12 @@ class ItemCooccurrence:
         self._marked_sizes = (len(self.users), len(self.items))
         self._last_pairs = None  # its repeat path writes slots without logging them: pair afresh once
 
+    def stop_changes(self) -> None:
+        """Stop recording changes until the next :meth:`mark_changes`."""
+        self._change_log = None
+        self._changed_items = set()
+        self._history.changed_since_mark = None
+
     def changes(self) -> Changes | None:
         """What changed since :meth:`mark_changes`, or None if it was not recorded (a delta cannot be made).
 

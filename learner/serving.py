@@ -19,6 +19,7 @@ ranking scores (higher is better); a popular list carries each item's share of p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +50,15 @@ class ServingModel:
 
     @classmethod
     def from_bytes(cls, blob: bytes, version: int) -> ServingModel:
-        learner = OnlineLearner.from_bytes(blob)
+        return cls.from_learner(OnlineLearner.from_bytes(blob), version)
+
+    @classmethod
+    def from_parts(cls, header: dict[str, Any], arrays: dict[str, np.ndarray], version: int) -> ServingModel:
+        """From a snapshot's decoded parts (``learner.codec.decode``, or a delta applied to its base)."""
+        return cls.from_learner(OnlineLearner.from_parts(header, arrays), version)
+
+    @classmethod
+    def from_learner(cls, learner: OnlineLearner, version: int) -> ServingModel:
         return cls(
             version=version,
             model=learner.model,

@@ -85,7 +85,11 @@ INGEST_UNAVAILABLE = Counter(
 
 CHECKPOINTS = Counter("recstream_checkpoints_total", "Checkpoints written, by outcome.", ["outcome"])
 CHECKPOINT_SECONDS = Histogram("recstream_checkpoint_duration_seconds", "Time to encode and write one checkpoint.")
-CHECKPOINT_BYTES = Gauge("recstream_checkpoint_size_bytes", "Size of the last snapshot written.")
+CHECKPOINT_BYTES = Gauge(
+    "recstream_checkpoint_size_bytes",
+    "Size of the last snapshot written, by kind: whole, or a delta against the last whole one.",
+    ["kind"],
+)
 CHECKPOINT_SPACING = Gauge(
     "recstream_checkpoint_spacing_seconds",
     "Least time from the start of the last checkpoint to the next: its duration / RECSTREAM_CHECKPOINT_SHARE, "

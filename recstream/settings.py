@@ -127,6 +127,14 @@ class Settings(_gate_settings()):  # type: ignore[misc]
         description="Most of the worker's time spent writing checkpoints: after one of C s, the next starts C / "
         "share s after it began at the earliest, at most 30 s (a large model is then checkpointed less often; 1: off).",
     )
+    checkpoint_delta_share: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="With the default model, a checkpoint writes only what changed since the last whole "
+        "snapshot (a delta against it) while that is at most this share of the whole one's size, else a whole "
+        "snapshot; the first checkpoint after a start or a promotion is whole (0: always whole).",
+    )
     batch_max_events: int = Field(
         2000,
         ge=1,

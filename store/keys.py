@@ -20,8 +20,14 @@ class Keys:
         return f"{self.prefix}:model:versions"
 
     def version(self, version: int) -> str:
-        """Hash with fields ``blob`` (snapshot bytes), ``tag`` (HMAC) and ``meta`` (JSON)."""
+        """Hash with fields ``blob`` (snapshot bytes), ``tag`` (HMAC) and ``meta`` (JSON); a delta version
+        also ``base`` (the whole version its blob applies to: learner.cooccurrence_delta)."""
         return f"{self.prefix}:model:v:{version}"
+
+    @property
+    def version_bases(self) -> str:
+        """Hash: delta version number -> its base version (retention keeps a retained delta's base)."""
+        return f"{self.prefix}:model:version_bases"
 
     @property
     def version_times(self) -> str:

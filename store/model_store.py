@@ -5,6 +5,11 @@ the Kafka offsets it covers, the seen-set additions since the previous checkpoin
 ``current`` pointer and the deletion of versions past retention. It is guarded by WATCH on the
 ``current`` pointer, so two workers cannot both advance the same version (the loser gets
 :class:`CheckpointConflict`). After EXEC the new version is announced on pub/sub.
+
+A version's blob is either a whole snapshot or a delta against an earlier whole version, its
+``base`` (written by the worker when the delta is much smaller: learner.cooccurrence_delta).
+Loading a delta version loads and authenticates its base too (unless the caller already holds
+it), and retention never deletes the base of a version it keeps.
 """
 
 from __future__ import annotations
@@ -45,8 +50,10 @@ class CheckpointConflict(Exception):
 @dataclass
 class Snapshot:
     version: int
-    blob: bytes
+    blob: bytes  # a whole snapshot, or a delta against base_version
     meta: dict[str, Any]
+    base_version: int | None = None  # set: ``blob`` is a delta against this whole version
+    base: Snapshot | None = None  # that version, unless the caller said it holds it (``load(known_base=)``)
 
 
 #: Adds many users' seen items in one command. ARGV[1]: the seen-key prefix; ARGV[2]: one line per
@@ -152,8 +159,11 @@ class ModelStore:
         raw = await self.redis.get(self.keys.current_version)
         return int(raw) if raw is not None else None
 
-    async def load(self, version: int) -> Snapshot | None:
-        """The snapshot of ``version`` if it exists; raises :class:`SnapshotRefused` if its tag fails."""
+    async def load(self, version: int, known_base: int | None = None) -> Snapshot | None:
+        """The snapshot of ``version`` if it exists; raises :class:`SnapshotRefused` if its tag fails.
+
+        A delta version comes with its base (loaded and authenticated the same way), except when
+        the base is ``known_base``: the caller holds that version already."""
         fields = await self.redis.hgetall(self.keys.version(version))
         if not fields:
             return None
@@ -161,7 +171,16 @@ class ModelStore:
         if not self.signer.verify(blob, fields.get(b"tag")):
             raise SnapshotRefused(version)
         meta = json.loads(fields.get(b"meta", b"{}"))
-        return Snapshot(version=version, blob=blob, meta=meta)
+        raw_base = fields.get(b"base")
+        if raw_base is None:
+            return Snapshot(version=version, blob=blob, meta=meta)
+        base_version = int(raw_base)
+        base = None
+        if base_version != known_base:
+            base = await self.load(base_version)
+            if base is None or base.base_version is not None:
+                raise SnapshotRefused(version, what=f"v{version} (its base v{base_version} is gone or not whole)")
+        return Snapshot(version=version, blob=blob, meta=meta, base_version=base_version, base=base)
 
     async def load_current(self) -> Snapshot | None:
         version = await self.current_version()
@@ -189,8 +208,12 @@ class ModelStore:
         challengers: Mapping[str, bytes] | None = None,
         contest: Mapping[str, Any] | None = None,
         promotion: Mapping[str, Any] | None = None,
+        base: int | None = None,
     ) -> int | None:
         """Write a new version atomically and announce it; return its number.
+
+        With ``base``, ``blob`` is a delta against that whole version, which must still be retained
+        (else :class:`CheckpointConflict`: write a whole snapshot instead).
 
         ``challengers`` (name -> snapshot bytes) are the shadow models at the same offsets, signed
         like versions; ``contest`` is their standing (JSON). ``promotion`` (``reason``, ``actor``
@@ -208,7 +231,10 @@ class ModelStore:
         async with self.redis.pipeline(transaction=True) as pipe:
             try:
                 # the pins too: a version pinned while this checkpoint runs must not be deleted by its retention
-                await pipe.watch(keys.current_version, keys.versions, keys.pinned)
+                delta_of = [keys.version(base)] if base is not None and blob is not None else []
+                await pipe.watch(keys.current_version, keys.versions, keys.pinned, *delta_of)
+                if delta_of and not await pipe.exists(*delta_of):
+                    raise CheckpointConflict(f"the base v{base} of this delta is no longer retained")
                 raw = await pipe.get(keys.current_version)
                 current = int(raw) if raw is not None else None
                 if current != expected_current:
@@ -223,13 +249,15 @@ class ModelStore:
                     "version": version,
                     "parent": expected_current,
                     "offsets": {offset_field(t, p): o for (t, p), o in offsets.items()},
+                    **({"base": base} if base is not None else {}),
                 }
                 pipe.multi()
                 if blob is not None:
-                    pipe.hset(
-                        keys.version(version),
-                        mapping={"blob": blob, "tag": self.signer.sign(blob), "meta": json.dumps(meta)},
-                    )
+                    fields: dict[str, Any] = {"blob": blob, "tag": self.signer.sign(blob), "meta": json.dumps(meta)}
+                    if base is not None:
+                        fields["base"] = base
+                        pipe.hset(keys.version_bases, str(version), base)
+                    pipe.hset(keys.version(version), mapping=fields)
                     pipe.set(keys.current_version, version)
                     pipe.zadd(keys.versions, {str(version): version})
                 offsets_json = json.dumps({offset_field(t, p): o for (t, p), o in sorted(offsets.items())})
@@ -268,7 +296,10 @@ class ModelStore:
                     pinned = {int(v) for v in await self.redis.smembers(keys.pinned)}
                     times = {int(v): float(t) for v, t in (await self.redis.hgetall(keys.version_times)).items()}
                     times[version] = now
-                    for gone in stale_versions(
+                    bases = {int(v): int(b) for v, b in (await self.redis.hgetall(keys.version_bases)).items()}
+                    if base is not None:
+                        bases[version] = base
+                    stale = stale_versions(
                         [*old, version],
                         times,
                         pinned,
@@ -277,10 +308,16 @@ class ModelStore:
                         spaced_every=self.keep_every_seconds,
                         spaced_count=self.keep_spaced,
                         now=now,
-                    ):
+                    )
+                    kept = {*old, version} - set(stale)
+                    needed = {bases[v] for v in kept if v in bases}  # a kept delta's base stays
+                    for gone in stale:
+                        if gone in needed:
+                            continue
                         pipe.delete(keys.version(gone))
                         pipe.zrem(keys.versions, str(gone))
                         pipe.hdel(keys.version_times, str(gone))
+                        pipe.hdel(keys.version_bases, str(gone))
                 await pipe.execute()
             except WatchError as exc:
                 raise CheckpointConflict(

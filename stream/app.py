@@ -194,6 +194,7 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
         checkpoint_every_events=settings.checkpoint_every_events,
         checkpoint_interval_seconds=settings.checkpoint_interval_seconds,
         checkpoint_share=settings.checkpoint_share,
+        checkpoint_delta_share=settings.checkpoint_delta_share,
         contestants=components.contestants(settings),
         champion_name=settings.model,
         promotion_rule=components.promotion_rule(settings),

@@ -30,13 +30,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from learner import codec, cooccurrence_delta
 from learner.challenger import Contest, PromotionRule, hit_at_k
 from learner.codec import CodecError
 from learner.gate.base import GateEvent, Hold
 from learner.online_learner import OnlineLearner
 from recstream import metrics
 from recstream.events import Decoded, Event, parse_message
-from store.model_store import CheckpointConflict, ModelStore, SnapshotRefused
+from store.model_store import CheckpointConflict, ModelStore, Snapshot, SnapshotRefused
 from stream.share_budget import ShareBudget
 
 if TYPE_CHECKING:
@@ -151,6 +152,7 @@ class EventProcessor:
         checkpoint_every_events: int = 5000,
         checkpoint_interval_seconds: float = 1.0,
         checkpoint_share: float = 0.5,
+        checkpoint_delta_share: float = 0.25,
         refused_retry_seconds: float = 5.0,
         clock: Callable[[], float] = time.time,
         contestants: Mapping[str, Callable[[], OnlineLearner]] | None = None,
@@ -171,6 +173,13 @@ class EventProcessor:
         if not 0 < checkpoint_share <= 1:
             raise ValueError("checkpoint_share must be in (0, 1]")
         self.checkpoint_share = checkpoint_share
+        if not 0 <= checkpoint_delta_share <= 1:
+            raise ValueError("checkpoint_delta_share must be in [0, 1]")
+        self.checkpoint_delta_share = checkpoint_delta_share
+        # The whole version this learner's recorded changes are relative to, and its size: a checkpoint may then
+        # write a delta against it (None: the next one is whole; after a start, a promotion, a failure).
+        self._delta_base: int | None = None
+        self._delta_base_bytes = 0
         self.refused_retry_seconds = refused_retry_seconds
         self.learner: OnlineLearner | None = None
         self.version: int | None = None
@@ -227,7 +236,7 @@ class EventProcessor:
             self.next_offsets = {}
             log.info("no model in Redis yet: starting a new one")
         else:
-            self.learner = self._learner_from_bytes(snapshot.blob)
+            self.learner = self._learner_of(snapshot)
             self.version = snapshot.version
             self.champion_name = snapshot.meta.get("contestant") or self._default_champion
             # The offsets hash is written by every checkpoint, also by those that wrote no new
@@ -561,7 +570,7 @@ class EventProcessor:
             unchanged = (
                 (paused or adopted) and pending.learned_since == 0 and self.version is not None and promotion is None
             )
-            blob = None if unchanged else learner.to_bytes()
+            blob, base = (None, None) if unchanged else self._snapshot(learner)
             meta = {
                 "contestant": self.champion_name,
                 "writer": self.writer_id,
@@ -599,11 +608,13 @@ class EventProcessor:
                         **(self.guard.reference_state() if self.guard is not None else {}),
                     },
                     now=self.clock(),
-                    challengers=self._contestant_blobs(blob),
+                    challengers=self._contestant_blobs(blob if base is None else None),
                     contest=self.contest_status() if self._contestants else None,
                     promotion=promotion,
+                    base=base,
                 )
             except Exception:
+                self._delta_base = None  # the next attempt writes a whole snapshot (the base may be gone)
                 metrics.CHECKPOINTS.labels("failed").inc()
                 metrics.REDIS_ERRORS.labels("worker").inc()
                 # The records stay pending and unacknowledged; the next checkpoint covers them.
@@ -612,6 +623,9 @@ class EventProcessor:
             self._pending = Pending()
             self._unrecorded_promotion = None
             self.version = version
+            if blob is not None and base is None:  # a whole version: what the next deltas are made against
+                self._delta_base, self._delta_base_bytes = version, len(blob)
+                cooccurrence_delta.mark(learner)
             self._last_checkpoint = time.monotonic()
             for record in pending.records:
                 if record.handle is not None:
@@ -623,7 +637,7 @@ class EventProcessor:
             metrics.CHECKPOINT_SECONDS.observe(elapsed)
             metrics.CHECKPOINT_SPACING.set(spacing)
             if blob is not None:
-                metrics.CHECKPOINT_BYTES.set(len(blob))
+                metrics.CHECKPOINT_BYTES.labels("delta" if base is not None else "whole").set(len(blob))
             metrics.LAST_CHECKPOINT.set(time.time())
             metrics.MODEL_VERSION.labels("worker").set(version or 0)
             metrics.PROGRESSIVE_AUC.labels(learner.model.kind).set(learner.metrics.auc)
@@ -730,11 +744,30 @@ class EventProcessor:
             "standing": standing,
         }
 
+    def _learner_of(self, snapshot: Snapshot) -> OnlineLearner:
+        """The learner of a stored version (a delta's base applied first)."""
+        base = snapshot.base.blob if snapshot.base is not None else None
+        return self._learner_from_bytes(cooccurrence_delta.whole_blob(snapshot.blob, base, snapshot.base_version))
+
+    def _snapshot(self, learner: OnlineLearner) -> tuple[bytes, int | None]:
+        """This checkpoint's bytes and, for a delta, the whole version it applies to (see checkpoint_delta_share)."""
+        base = self._delta_base
+        if base is not None and self.checkpoint_delta_share > 0:
+            made = cooccurrence_delta.parts(learner, base_version=base)
+            if made is not None:
+                blob = codec.encode(*made)
+                if len(blob) <= self.checkpoint_delta_share * self._delta_base_bytes:
+                    return blob, base
+        return learner.to_bytes(), None
+
     def _install_champion(self, name: str, learner: OnlineLearner) -> None:
         """``learner`` (named ``name``) serves from now on; a configured former champion goes into shadow.
 
         Every contest starts again: a new champion is not judged on samples scored before it served.
         """
+        self._delta_base = None  # the next checkpoint of the new champion is whole
+        if self.learner is not None:
+            cooccurrence_delta.forget(self.learner)
         old_name, old = self.champion_name, self.learner
         if name != old_name and old is not None and old_name in self._contestants:
             self.challengers[old_name] = old
@@ -809,9 +842,7 @@ class EventProcessor:
                 superseded["actor"],
             )
         skipped = self._pending.learned_since
-        self._install_champion(
-            snapshot.meta.get("contestant") or self._default_champion, self._learner_from_bytes(snapshot.blob)
-        )
+        self._install_champion(snapshot.meta.get("contestant") or self._default_champion, self._learner_of(snapshot))
         self._pending.event_ids.clear()
         self._pending.learned_since = 0
         log.warning(

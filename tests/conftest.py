@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from api.auth import hash_key, new_key
+from learner import cooccurrence_delta
 from recstream import local_services
 
 #: One API key with every scope for the whole test session; ``make_env`` configures its hash. Kept in the
@@ -260,7 +261,10 @@ def current_learner(env: dict[str, str]) -> Any:
 
     async def blob(store: Any) -> bytes | None:
         snapshot = await store.load_current()
-        return None if snapshot is None else snapshot.blob
+        if snapshot is None:
+            return None
+        base = snapshot.base.blob if snapshot.base is not None else None  # a delta version: its base applied
+        return cooccurrence_delta.whole_blob(snapshot.blob, base, snapshot.base_version)
 
     return _stored_learner(env, blob)
 

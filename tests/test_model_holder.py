@@ -8,6 +8,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from api.model_holder import ModelHolder
+from learner import codec, cooccurrence_delta
+from learner.item_cooccurrence import ItemCooccurrence
 from learner.online_learner import OnlineLearner
 from learner.serving import ServingModel
 from store.keys import Keys
@@ -96,5 +98,43 @@ async def test_a_new_version_is_loaded_from_the_previous_ones_indexes(redis_endp
         for user in [f"u{i}" for i in range(60)]:
             assert holder.model.recommend(user, 10, set()) == fresh.recommend(user, 10, set())
         assert len(first.model.users) == 40  # the version still serving requests meanwhile is unchanged
+    finally:
+        await client.aclose()
+
+
+async def test_delta_versions_are_served_from_the_base_the_process_keeps(redis_endpoint: Endpoint) -> None:
+    client = aioredis.Redis.from_url(redis_endpoint.url)
+    store = ModelStore(client, SnapshotSigner(b"k"), Keys(f"mh-{uuid.uuid4().hex[:8]}"))
+    read: list[tuple[int, int | None, bool]] = []  # (version, its base, base read with it)
+    load = store.load
+
+    async def recording_load(version: int, known_base: int | None = None):  # type: ignore[no-untyped-def]
+        snapshot = await load(version, known_base)
+        if snapshot is not None:
+            read.append((version, snapshot.base_version, snapshot.base is not None))
+        return snapshot
+
+    store.load = recording_load  # type: ignore[method-assign]
+    holder = ModelHolder(store, poll_seconds=60, load_share=1.0)
+    learner = OnlineLearner(model=ItemCooccurrence())
+    try:
+        for k, item in enumerate("abcd"):
+            learner.learn("ann", item, "like", None, None, 1.7e9 + k)
+        whole = await store.checkpoint(None, learner.to_bytes(), {}, {}, {})
+        cooccurrence_delta.mark(learner)
+        await holder.refresh()
+        version = whole
+        for k, (user, item) in enumerate([("bob", "a"), ("ann", "b"), ("cid", "c")]):
+            learner.learn(user, item, "like", None, None, 1.8e9 + k)
+            made = cooccurrence_delta.parts(learner, base_version=whole)
+            assert made is not None
+            version = await store.checkpoint(version, codec.encode(*made), {}, {}, {}, base=whole)  # type: ignore[assignment]
+            await holder.refresh()
+            assert holder.model is not None and holder.model.version == version
+            want = ServingModel.from_bytes(learner.to_bytes(), version)
+            for who in ("ann", "bob", "cid", "nobody"):
+                assert holder.model.recommend(who, 5, set()) == want.recommend(who, 5, set()), who
+        # the whole version once; every delta alone (the base the process kept from serving it)
+        assert read == [(whole, None, False), (2, whole, False), (3, whole, False), (4, whole, False)]
     finally:
         await client.aclose()

@@ -136,3 +136,32 @@ async def test_learned_event_ids_are_recorded_with_the_checkpoint_and_expire_aft
     # past the retention window they are no longer duplicates
     later = now + store.dedupe_retention_seconds + 2 * store.dedupe_bucket_seconds
     assert await store.learned_event_ids(ids[:3], now=later) == set()
+
+
+async def test_a_delta_version_loads_with_its_base_and_retention_keeps_that_base(store: ModelStore) -> None:
+    whole = await store.checkpoint(None, b"whole-1", {}, {}, {})
+    current = whole
+    for n in range(4):  # more deltas than retention (3) keeps: their base is older than all of them
+        current = await store.checkpoint(current, f"delta-{n}".encode(), {}, {}, {}, base=whole)
+    retained = [int(v) for v in await store.redis.zrange(store.keys.versions, 0, -1)]
+    assert retained == [whole, 3, 4, 5]  # v2 went; v1 stays: the kept deltas apply to it
+    snapshot = await store.load(current)
+    assert snapshot is not None and snapshot.blob == b"delta-3" and snapshot.base_version == whole
+    assert snapshot.base is not None and snapshot.base.blob == b"whole-1" and snapshot.meta["base"] == whole
+    held = await store.load(current, known_base=whole)  # the caller holds v1: not read again
+    assert held is not None and held.base is None and held.base_version == whole
+    # a whole version later, the old base goes once no kept version needs it
+    for n in range(3):
+        current = await store.checkpoint(current, f"whole-{n + 2}".encode(), {}, {}, {})
+    assert whole not in [int(v) for v in await store.redis.zrange(store.keys.versions, 0, -1)]
+    assert await store.redis.hgetall(store.keys.version_bases) == {}
+    with pytest.raises(CheckpointConflict, match="no longer retained"):
+        await store.checkpoint(current, b"delta-of-a-gone-base", {}, {}, {}, base=whole)
+
+
+async def test_a_delta_whose_base_fails_authentication_is_refused(store: ModelStore) -> None:
+    whole = await store.checkpoint(None, b"whole", {}, {}, {})
+    delta = await store.checkpoint(whole, b"delta", {}, {}, {}, base=whole)
+    await store.redis.hset(store.keys.version(whole), "blob", b"forged")
+    with pytest.raises(SnapshotRefused):
+        await store.load(delta)

@@ -1,0 +1,125 @@
+"""The worker writes deltas against its last whole snapshot while they are small (real Redis; no Kafka here).
+
+What the processor writes at each checkpoint: whole first, then deltas against that whole version
+until a delta would pass ``checkpoint_delta_share`` of its size, whole again after a failed write or
+a restart; and a restarted worker or a reader of any version gets the same learner as a whole
+snapshot of it would give.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import redis.asyncio as aioredis
+
+from learner.item_cooccurrence import ItemCooccurrence
+from learner.online_learner import OnlineLearner
+from store.keys import Keys
+from store.model_store import ModelStore
+from store.signing import SnapshotSigner
+from tests.clock import iso
+from tests.conftest import Endpoint
+from tests.transport import Transport
+
+pytestmark = pytest.mark.integration
+
+
+def _events(start: int, n: int, users: int = 2_000, items: int = 3_000) -> list[dict]:
+    return [
+        {"event_id": f"e{k}", "user_id": f"u{k * 7 % users}", "item_id": f"v{k * 13 % items}", "type": "like",
+         "ts": iso(k)}
+        for k in range(start, start + n)
+    ]  # fmt: skip
+
+
+def _cooccurrence() -> OnlineLearner:
+    return OnlineLearner(model=ItemCooccurrence())
+
+
+@pytest.fixture
+async def store(redis_endpoint: Endpoint):
+    client = aioredis.Redis.from_url(redis_endpoint.url)
+    yield ModelStore(client, SnapshotSigner(b"k"), Keys(f"d-{uuid.uuid4().hex[:8]}"), retention=3)
+    await client.aclose()
+
+
+async def _checkpoint(processor) -> tuple[int, int | None]:  # type: ignore[no-untyped-def]
+    """Checkpoint; the version written and its base (None: whole)."""
+    version = await processor.checkpoint()
+    assert version is not None
+    return version, (await processor.store.load(version)).base_version
+
+
+async def test_whole_then_deltas_against_it_then_whole_again_and_every_version_loads_the_same(
+    store: ModelStore,
+) -> None:
+    transport = Transport()
+    processor = transport.processor(store, new_learner=_cooccurrence, checkpoint_delta_share=0.5)
+    await processor.start()
+    written = []
+    start = 0
+    for n in (20_000, 20, 20, 20, 20):  # a model (a few MB), then small steps: deltas
+        await processor.process(transport.records(_events(start, n)))
+        start += n
+        written.append(await _checkpoint(processor))
+    first = written[0][0]
+    assert [base for _, base in written] == [None, first, first, first, first]
+    learner = processor.learner
+    assert learner is not None
+    stored = (await store.load(written[-1][0])).blob  # type: ignore[union-attr]
+    assert len(stored) < len(learner.to_bytes()) / 4  # a delta: the size of 80 events, not of the model
+    # v2 went (retention 3), v1 stays: the base of the kept deltas
+    assert [int(v) for v in await store.redis.zrange(store.keys.versions, 0, -1)] == [first, 3, 4, 5]
+    # a big step: its delta passes half the whole one's size, so a whole snapshot, and deltas against it after
+    await processor.process(transport.records(_events(start, 30_000, users=5_000, items=8_000)))
+    start += 30_000
+    big = await _checkpoint(processor)
+    await processor.process(transport.records(_events(start, 10)))
+    start += 10
+    assert [big[1], (await _checkpoint(processor))[1]] == [None, big[0]]
+    # a restart (a new worker on the same store) continues from the delta version: the same learner, and its first
+    # checkpoint is whole
+    restarted = Transport().processor(store, new_learner=_cooccurrence, checkpoint_delta_share=0.5)
+    await restarted.start()
+    assert restarted.learner is not None
+    assert restarted.learner.to_bytes() == learner.to_bytes()
+    restarted.next_offsets = processor.next_offsets
+    await restarted.process(transport.records(_events(start, 10)))
+    assert (await _checkpoint(restarted))[1] is None
+
+
+async def test_a_failed_write_makes_the_next_checkpoint_whole(store: ModelStore, monkeypatch) -> None:
+    transport = Transport()
+    processor = transport.processor(store, new_learner=_cooccurrence, checkpoint_delta_share=0.5)
+    await processor.start()
+    await processor.process(transport.records(_events(0, 2_000)))
+    whole, _ = await _checkpoint(processor)
+    write = store.checkpoint
+    failing = True
+
+    async def flaky(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if failing:
+            raise ConnectionError("Redis went away")
+        return await write(*args, **kwargs)
+
+    monkeypatch.setattr(store, "checkpoint", flaky)
+    await processor.process(transport.records(_events(2_000, 20)))
+    with pytest.raises(ConnectionError):
+        await processor.checkpoint()
+    failing = False
+    version, base = await _checkpoint(processor)
+    assert version != whole and base is None
+    await processor.process(transport.records(_events(2_020, 20)))
+    assert (await _checkpoint(processor))[1] == version  # deltas again, against the new whole version
+
+
+async def test_share_0_writes_whole_snapshots_only(store: ModelStore) -> None:
+    transport = Transport()
+    processor = transport.processor(store, new_learner=_cooccurrence, checkpoint_delta_share=0.0)
+    await processor.start()
+    bases = []
+    for start in (0, 500, 510):
+        await processor.process(transport.records(_events(start, 500 if start == 0 else 10)))
+        bases.append((await _checkpoint(processor))[1])
+    assert bases == [None, None, None]
