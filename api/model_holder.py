@@ -14,10 +14,11 @@ checkpoints wait: the first load is never delayed, nor is a version no newer tha
 this process has loaded (an operator's rollback, or their promotion back to a version served
 before, which must reach every process at once).
 
-A delta version (the worker's default model writes one while it is much smaller than a whole
-snapshot: learner.cooccurrence_delta) is applied to its base. The process keeps the decoded parts of
-the last base it read, so a new delta costs reading the delta alone and applying it (no read of the
-whole snapshot): about twice the model's arrays in memory while deltas are served.
+A delta version (the worker's default model writes one while deltas are much smaller than a whole
+snapshot: learner.cooccurrence_delta) is built from the version it was made against. The process
+keeps the decoded parts of the version it serves, so the next delta costs reading that delta alone
+and applying it (several, composed, if versions were skipped); a version whose chain does not pass
+through the one served is read down to its whole version.
 
 Redis going away is survived: the poll keeps trying every ``poll_seconds`` (logging once when
 Redis becomes unreachable and once when it is back), and the listener opens a new subscription
@@ -34,7 +35,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
-from learner import codec, cooccurrence_delta
+from learner import cooccurrence_delta
 from learner.id_index import reusing
 from learner.serving import ServingModel
 from recstream import metrics
@@ -61,9 +62,9 @@ class ModelHolder:
         self._loader = loader
         self._next_load_at = 0.0  # on the clock: no load before this (see the module doc)
         self._newest_loaded = 0  # the newest version this process has loaded: anything newer is a new checkpoint
-        # the last whole version loaded (number, bytes, decoded parts once a delta needed them): the base of the
-        # deltas that follow it, read once instead of with every delta
-        self._base: tuple[int, bytes, tuple[dict, dict] | None] | None = None
+        # the version served (number, its whole bytes if it came whole, its decoded parts once a delta needed them or
+        # it came from one): what the next deltas are applied to, instead of reading their chain again
+        self._held: tuple[int, bytes | None, tuple[dict, dict] | None] | None = None
         self.model: ServingModel | None = None
         self.refused_version: int | None = None
         self.redis_ok = False
@@ -87,7 +88,7 @@ class ModelHolder:
         if self.model is not None and version > self._newest_loaded and self.load_wait() > 0:
             return  # a new checkpoint too soon after the last load: _run comes back when it is allowed
         try:
-            snapshot = await self.store.load(version, known_base=self._base[0] if self._base is not None else None)
+            snapshot = await self.store.load(version, known_base=self._held[0] if self._held is not None else None)
         except SnapshotRefused as exc:
             self.refused_version = version
             metrics.SNAPSHOTS_REFUSED.labels("api").inc()
@@ -109,19 +110,20 @@ class ModelHolder:
         log.info("serving model v%d (%d events learned)", model.version, model.events_learned)
 
     def _build(self, snapshot: Snapshot) -> ServingModel:
-        """The serving model of a whole snapshot, or of a delta applied to its (kept) base."""
-        if snapshot.base_version is None:
+        """The serving model of a whole snapshot, or of a delta version from the parts it was made against."""
+        root, deltas = snapshot.chain()
+        if not deltas:
             model = self._loader(snapshot.blob, snapshot.version)
-            self._base = (snapshot.version, snapshot.blob, None)  # the serving model holds these bytes anyway
+            self._held = (snapshot.version, snapshot.blob, None)  # the serving model holds these bytes anyway
             return model
-        if snapshot.base is not None:  # not the base this process keeps (store.load(known_base=...)): keep it
-            self._base = (snapshot.base_version, snapshot.base.blob, None)
-        assert self._base is not None and self._base[0] == snapshot.base_version
-        version, blob, base_parts = self._base
-        if base_parts is None:
-            base_parts = codec.decode(blob)
-            self._base = (version, blob, base_parts)
-        parts = cooccurrence_delta.whole_parts(snapshot.blob, base_parts, snapshot.base_version)
+        if root is not None:  # the chain starts from a whole version
+            base: bytes | tuple[dict, dict] = root.blob
+        else:  # it starts from the version this process holds (store.load(known_base=...))
+            assert self._held is not None
+            _, blob, held_parts = self._held
+            base = held_parts if held_parts is not None else blob  # type: ignore[assignment]
+        parts = cooccurrence_delta.resolve(base, deltas)
+        self._held = (snapshot.version, None, parts)
         return ServingModel.from_parts(*parts, snapshot.version)
 
     def load_wait(self) -> float:

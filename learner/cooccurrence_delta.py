@@ -47,6 +47,7 @@ def mark(learner: OnlineLearner) -> None:
     """The learner's state now is the base of its next delta (call once a snapshot of it is stored)."""
     if supported(learner):
         learner.model.mark_changes()  # type: ignore[attr-defined]
+        learner.progressive_marked = learner.metrics.count
 
 
 def forget(learner: OnlineLearner) -> None:
@@ -84,8 +85,10 @@ def parts(
         "users": users.astype(np.int32),
         "history_items": history_items,
         "history_weights": history_weights,
-        **learner.progressive_arrays(),
-    }
+        # the window's entries since the mark (its last ones), not the whole window
+        **{name: values[len(values) - min(len(values), learner.metrics.count - learner.progressive_marked) :]
+           for name, values in learner.progressive_arrays().items()},
+    }  # fmt: skip
     if changes.recent_rescaled:  # every item's recent popularity changed: carried whole
         arrays["recent_whole"] = model.recent_mass()
     header = {
@@ -94,6 +97,7 @@ def parts(
         "kind": model.kind,
         "params": model.to_state_params(),
         "base_sizes": {"users": changes.n_users, "items": changes.n_items},
+        "progressive_window": learner.metrics.window,
         "ids_added": {
             "users": model.users.ids[changes.n_users :],
             "items": model.items.ids[changes.n_items :],
@@ -173,10 +177,11 @@ def _apply(
         raise CodecError("delta lacks the histories of the users it adds")
     arrays["history_items"] = _with_rows(base["history_items"], n_users, users, delta["history_items"])
     arrays["history_weights"] = _with_rows(base["history_weights"], n_users, users, delta["history_weights"])
-    arrays["progressive_labels"] = np.array(delta["progressive_labels"])
-    arrays["progressive_predictions"] = np.array(delta["progressive_predictions"])
+    kept = min(int(header["progressive_count"]), int(header["progressive_window"]))  # the window's length
+    for name in ("progressive_labels", "progressive_predictions"):  # the base's window, then the delta's entries
+        arrays[name] = np.concatenate([base[name], delta[name]])[-kept:] if kept else base[name][:0].copy()
 
-    skip = {"delta", "base_version", "base_sizes", "ids_added", "kind", "params"}
+    skip = {"delta", "base_version", "base_sizes", "progressive_window", "ids_added", "kind", "params"}
     new_header = {
         "kind": header["kind"],
         "params": header["params"],
@@ -187,25 +192,80 @@ def _apply(
     return new_header, {name: arrays[name] for name in base}  # the base's order: a whole snapshot's
 
 
-def whole_parts(
-    blob: bytes, base: bytes | tuple[dict, dict[str, np.ndarray]] | None, base_version: int | None = None
+def compose(deltas: list[tuple[dict[str, Any], dict[str, np.ndarray]]]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """One delta that does what applying ``deltas`` in order (each made against the one before's result) does.
+
+    All at once (one concatenation and one pass per kind of row), so a long chain costs its total size."""
+    first, last = deltas[0][0], deltas[-1][0]
+    sizes = first["base_sizes"]
+    for header, _ in deltas:
+        if header.get("delta") != FORMAT:
+            raise CodecError(f"not a delta this version understands: {header.get('delta')!r}")
+        if header["base_sizes"] != sizes or header["kind"] != first["kind"] or header["params"] != first["params"]:
+            raise CodecError("a delta of the chain was not made against the one before it")
+        sizes = {name: sizes[name] + len(header["ids_added"][name]) for name in ("users", "items")}
+    header = {
+        **last,
+        "base_version": first["base_version"],
+        "base_sizes": first["base_sizes"],
+        "ids_added": {name: [i for h, _ in deltas for i in h["ids_added"][name]] for name in ("users", "items")},
+    }
+    parts = [a for _, a in deltas]
+    arrays: dict[str, np.ndarray] = {}
+    for key_of, names in (
+        (_keys, _ENTRIES),
+        (lambda a: a["items"].astype(np.int64), ("items", *ITEM_ARRAYS, "popularity")),
+        (lambda a: a["users"].astype(np.int64), ("users", "history_items", "history_weights")),
+    ):
+        keep = _last_of_each(np.concatenate([key_of(a) for a in parts]))  # the latest value of each row
+        for name in names:
+            arrays[name] = np.concatenate([a[name] for a in parts])[keep]
+    arrays["recent_clock"] = parts[-1]["recent_clock"]
+    for name in ("progressive_labels", "progressive_predictions"):  # the entries since the first's base
+        arrays[name] = np.concatenate([a[name] for a in parts])[-int(last["progressive_window"]) :]
+    rescaled = [k for k, a in enumerate(parts) if "recent_whole" in a]
+    if rescaled:  # every item's value as of the last rescale, then the later deltas' items
+        whole = parts[rescaled[-1]]["recent_whole"]
+        for a in parts[rescaled[-1] + 1 :]:
+            whole = _with_rows(whole, max(len(whole), int(a["items"].max(initial=-1)) + 1), a["items"], a["recent"])
+        arrays["recent_whole"] = whole
+    return header, {**{name: arrays[name] for name in parts[-1] if name != "recent_whole"}, **(
+        {"recent_whole": arrays["recent_whole"]} if rescaled else {})}  # fmt: skip
+
+
+def _keys(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    return arrays["entry_rows"].astype(np.int64) << 32 | arrays["entry_slots"].astype(np.int64)
+
+
+def _last_of_each(keys: np.ndarray) -> np.ndarray:
+    """Indices that pick, for each distinct key in ascending order, its last occurrence in ``keys``."""
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    last = np.ones(len(order), dtype=bool)
+    last[:-1] = ordered[1:] != ordered[:-1]
+    return order[last]
+
+
+def resolve(
+    root: bytes | tuple[dict[str, Any], dict[str, np.ndarray]], chain: list[tuple[int, bytes]]
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The decoded parts of a stored snapshot: ``blob`` itself if whole, else the delta applied to ``base``
-    (its bytes, or its decoded parts when the caller keeps them)."""
-    header, arrays = codec.decode(blob)
-    if not is_delta(header):
-        return header, arrays
-    if base is None:
-        raise CodecError("a delta snapshot needs its base")
-    base_parts = codec.decode(base) if isinstance(base, bytes) else base
-    return apply(*base_parts, header, arrays, base_version=base_version)
-
-
-def whole_blob(blob: bytes, base: bytes | None, base_version: int | None = None) -> bytes:
-    """A whole snapshot's bytes from a stored one (see :func:`whole_parts`)."""
-    if base is None:
-        return blob
-    return codec.encode(*whole_parts(blob, base, base_version))
+    """The whole parts of the newest version of a chain: ``root`` (a whole snapshot's bytes, or decoded parts
+    the caller keeps) with ``chain``'s deltas applied in order, each given as (the version it was made
+    against, its bytes); the deltas are composed first, so the model's rows are rebuilt once."""
+    base = codec.decode(root) if isinstance(root, bytes) else root
+    if is_delta(base[0]):
+        raise CodecError("the root of a chain of deltas must be a whole snapshot")
+    deltas = []
+    for base_version, blob in chain:
+        delta = codec.decode(blob)
+        if not is_delta(delta[0]):
+            raise CodecError("a whole snapshot in the middle of a chain of deltas")
+        if delta[0].get("base_version") != base_version:
+            raise CodecError(f"delta was made against v{delta[0].get('base_version')}, not v{base_version}")
+        deltas.append(delta)
+    if not deltas:
+        return base
+    return apply(*base, *(deltas[0] if len(deltas) == 1 else compose(deltas)))
 
 
 def _with_rows(base: np.ndarray, n: int, rows: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -75,6 +75,9 @@ class OnlineLearner:
         #: model guard, which watches the same per-event loss as the progressive metrics
         self.last_loss: float | None = None
         self._model_description: dict[str, Any] | None = None
+        #: ``metrics.count`` when the model's changes were last marked (learner.cooccurrence_delta): a delta
+        #: carries the progressive window's entries since then, not the whole window
+        self.progressive_marked = 0
 
     def learn(
         self,

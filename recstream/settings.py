@@ -128,12 +128,12 @@ class Settings(_gate_settings()):  # type: ignore[misc]
         "share s after it began at the earliest, at most 30 s (a large model is then checkpointed less often; 1: off).",
     )
     checkpoint_delta_share: float = Field(
-        0.25,
+        1.0,
         ge=0,
         le=1,
-        description="With the default model, a checkpoint writes only what changed since the last whole "
-        "snapshot (a delta against it) while that is at most this share of the whole one's size, else a whole "
-        "snapshot; the first checkpoint after a start or a promotion is whole (0: always whole).",
+        description="With the default model, a checkpoint writes only what changed since the last version (a "
+        "delta) while the deltas since the last whole snapshot add up to at most this share of its size (and "
+        "number under 200), else a whole snapshot; whole first after a start or a promotion (0: always whole).",
     )
     batch_max_events: int = Field(
         2000,

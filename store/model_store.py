@@ -6,10 +6,11 @@ the Kafka offsets it covers, the seen-set additions since the previous checkpoin
 ``current`` pointer, so two workers cannot both advance the same version (the loser gets
 :class:`CheckpointConflict`). After EXEC the new version is announced on pub/sub.
 
-A version's blob is either a whole snapshot or a delta against an earlier whole version, its
-``base`` (written by the worker when the delta is much smaller: learner.cooccurrence_delta).
-Loading a delta version loads and authenticates its base too (unless the caller already holds
-it), and retention never deletes the base of a version it keeps.
+A version's blob is either a whole snapshot or a delta against an earlier version, its ``base``
+(itself whole or a delta: a chain back to a whole version; written by the worker while the deltas
+are much smaller than a whole snapshot, learner.cooccurrence_delta). Loading a delta version loads
+and authenticates its chain too, down to a whole version or to one the caller says it holds, and
+retention never deletes a version in the chain of one it keeps.
 """
 
 from __future__ import annotations
@@ -52,8 +53,19 @@ class Snapshot:
     version: int
     blob: bytes  # a whole snapshot, or a delta against base_version
     meta: dict[str, Any]
-    base_version: int | None = None  # set: ``blob`` is a delta against this whole version
+    base_version: int | None = None  # set: ``blob`` is a delta against this (older) version
     base: Snapshot | None = None  # that version, unless the caller said it holds it (``load(known_base=)``)
+
+    def chain(self) -> tuple[Snapshot | None, list[tuple[int, bytes]]]:
+        """(the whole version the chain starts from, or None when it stops at the caller's known version;
+        the deltas from the oldest to this one, each as (the version it was made against, its bytes))."""
+        deltas: list[tuple[int, bytes]] = []
+        snapshot: Snapshot | None = self
+        while snapshot is not None and snapshot.base_version is not None:
+            deltas.append((snapshot.base_version, snapshot.blob))
+            snapshot = snapshot.base
+        deltas.reverse()
+        return snapshot, deltas
 
 
 #: Adds many users' seen items in one command. ARGV[1]: the seen-key prefix; ARGV[2]: one line per
@@ -162,8 +174,8 @@ class ModelStore:
     async def load(self, version: int, known_base: int | None = None) -> Snapshot | None:
         """The snapshot of ``version`` if it exists; raises :class:`SnapshotRefused` if its tag fails.
 
-        A delta version comes with its base (loaded and authenticated the same way), except when
-        the base is ``known_base``: the caller holds that version already."""
+        A delta version comes with its base (loaded and authenticated the same way, and so on down
+        its chain), except from ``known_base`` on: the caller holds that version already."""
         fields = await self.redis.hgetall(self.keys.version(version))
         if not fields:
             return None
@@ -175,11 +187,13 @@ class ModelStore:
         if raw_base is None:
             return Snapshot(version=version, blob=blob, meta=meta)
         base_version = int(raw_base)
+        if base_version >= version:  # a delta is made against an older version: a chain always ends
+            raise SnapshotRefused(version, what=f"v{version} (its base v{base_version} is not older)")
         base = None
         if base_version != known_base:
-            base = await self.load(base_version)
-            if base is None or base.base_version is not None:
-                raise SnapshotRefused(version, what=f"v{version} (its base v{base_version} is gone or not whole)")
+            base = await self.load(base_version, known_base)
+            if base is None:
+                raise SnapshotRefused(version, what=f"v{version} (its base v{base_version} is gone)")
         return Snapshot(version=version, blob=blob, meta=meta, base_version=base_version, base=base)
 
     async def load_current(self) -> Snapshot | None:
@@ -212,8 +226,8 @@ class ModelStore:
     ) -> int | None:
         """Write a new version atomically and announce it; return its number.
 
-        With ``base``, ``blob`` is a delta against that whole version, which must still be retained
-        (else :class:`CheckpointConflict`: write a whole snapshot instead).
+        With ``base``, ``blob`` is a delta against that version, which must still be retained (else
+        :class:`CheckpointConflict`: write a whole snapshot instead).
 
         ``challengers`` (name -> snapshot bytes) are the shadow models at the same offsets, signed
         like versions; ``contest`` is their standing (JSON). ``promotion`` (``reason``, ``actor``
@@ -309,8 +323,13 @@ class ModelStore:
                         spaced_count=self.keep_spaced,
                         now=now,
                     )
-                    kept = {*old, version} - set(stale)
-                    needed = {bases[v] for v in kept if v in bases}  # a kept delta's base stays
+                    needed: set[int] = set()  # a kept delta's chain stays, down to its whole version
+                    for kept in {*old, version} - set(stale):
+                        while kept in bases:
+                            kept = bases[kept]
+                            if kept in needed:
+                                break  # its chain is walked already
+                            needed.add(kept)
                     for gone in stale:
                         if gone in needed:
                             continue

@@ -60,6 +60,8 @@ HIT_TIME_SHARE = 0.02  # the live hit rate's samples may take at most this share
 #: The checkpoint share never spaces two checkpoints' starts further apart than this: a checkpoint slowed by a
 #: stall (a broker or Redis hiccup) must not hold back the next one, and the freshness of recommendations, for minutes.
 MAX_CHECKPOINT_SPACING_SECONDS = 30.0
+#: Most deltas in a row before a whole snapshot: a reader starting cold reads and composes the whole chain.
+MAX_DELTA_CHAIN = 200
 # Events between two yields to the event loop while a batch is decoded and learned: both are
 # CPU-bound, and without a yield the consumer's fetches, heartbeats and Redis replies wait for the
 # whole batch (``take_events`` counts messages, and a batch message holds up to 5,000 events).
@@ -152,7 +154,7 @@ class EventProcessor:
         checkpoint_every_events: int = 5000,
         checkpoint_interval_seconds: float = 1.0,
         checkpoint_share: float = 0.5,
-        checkpoint_delta_share: float = 0.25,
+        checkpoint_delta_share: float = 1.0,
         refused_retry_seconds: float = 5.0,
         clock: Callable[[], float] = time.time,
         contestants: Mapping[str, Callable[[], OnlineLearner]] | None = None,
@@ -176,10 +178,13 @@ class EventProcessor:
         if not 0 <= checkpoint_delta_share <= 1:
             raise ValueError("checkpoint_delta_share must be in [0, 1]")
         self.checkpoint_delta_share = checkpoint_delta_share
-        # The whole version this learner's recorded changes are relative to, and its size: a checkpoint may then
-        # write a delta against it (None: the next one is whole; after a start, a promotion, a failure).
+        # The version this learner's recorded changes are relative to (the last one written), the size of the last
+        # whole snapshot and of the deltas written since: a checkpoint may then write a delta against that version
+        # (None: the next one is whole; after a start, a promotion, a failed write).
         self._delta_base: int | None = None
-        self._delta_base_bytes = 0
+        self._whole_bytes = 0
+        self._chain_bytes = 0
+        self._chain_length = 0
         self.refused_retry_seconds = refused_retry_seconds
         self.learner: OnlineLearner | None = None
         self.version: int | None = None
@@ -623,8 +628,13 @@ class EventProcessor:
             self._pending = Pending()
             self._unrecorded_promotion = None
             self.version = version
-            if blob is not None and base is None:  # a whole version: what the next deltas are made against
-                self._delta_base, self._delta_base_bytes = version, len(blob)
+            if blob is not None:  # the next delta is made against this version
+                if base is None:
+                    self._whole_bytes, self._chain_bytes, self._chain_length = len(blob), 0, 0
+                else:
+                    self._chain_bytes += len(blob)
+                    self._chain_length += 1
+                self._delta_base = version
                 cooccurrence_delta.mark(learner)
             self._last_checkpoint = time.monotonic()
             for record in pending.records:
@@ -745,18 +755,23 @@ class EventProcessor:
         }
 
     def _learner_of(self, snapshot: Snapshot) -> OnlineLearner:
-        """The learner of a stored version (a delta's base applied first)."""
-        base = snapshot.base.blob if snapshot.base is not None else None
-        return self._learner_from_bytes(cooccurrence_delta.whole_blob(snapshot.blob, base, snapshot.base_version))
+        """The learner of a stored version (a delta version: its chain applied to the whole version it starts from)."""
+        root, deltas = snapshot.chain()
+        if not deltas:
+            return self._learner_from_bytes(snapshot.blob)
+        assert root is not None  # loaded without known_base: the chain reaches a whole version
+        return self._learner_from_bytes(codec.encode(*cooccurrence_delta.resolve(root.blob, deltas)))
 
     def _snapshot(self, learner: OnlineLearner) -> tuple[bytes, int | None]:
-        """This checkpoint's bytes and, for a delta, the whole version it applies to (see checkpoint_delta_share)."""
+        """This checkpoint's bytes and, for a delta, the version it applies to: a delta against the last version
+        written while the deltas since the last whole snapshot add up to at most ``checkpoint_delta_share`` of its
+        size (and are fewer than MAX_DELTA_CHAIN), else a whole snapshot."""
         base = self._delta_base
-        if base is not None and self.checkpoint_delta_share > 0:
+        if base is not None and self.checkpoint_delta_share > 0 and self._chain_length < MAX_DELTA_CHAIN:
             made = cooccurrence_delta.parts(learner, base_version=base)
             if made is not None:
                 blob = codec.encode(*made)
-                if len(blob) <= self.checkpoint_delta_share * self._delta_base_bytes:
+                if self._chain_bytes + len(blob) <= self.checkpoint_delta_share * self._whole_bytes:
                     return blob, base
         return learner.to_bytes(), None
 

@@ -13,6 +13,7 @@ from learner.codec import CodecError
 from learner.implicit_mf import ImplicitMF
 from learner.item_cooccurrence import ItemCooccurrence
 from learner.online_learner import OnlineLearner
+from learner.progressive import ProgressiveMetrics
 
 KINDS = ["view", "view", "like", "share", "skip"]
 
@@ -142,3 +143,47 @@ def test_a_like_right_after_its_view_across_a_mark_is_in_the_delta() -> None:
     delta.mark(learner)
     learner.learn("u1", "c", "like", 25.0, 30.0, 1.7e9 + 5)  # the view of c's pairs, updated again
     _assert_same_parts(delta.apply(*codec.decode(base), *codec.decode(_delta_blob(learner))), learner.to_bytes())
+
+
+def _chain(learner: OnlineLearner, rnd: random.Random, steps: list[int], start: float) -> list[tuple[int, bytes]]:
+    """Deltas as the worker writes them: each against the version before (numbered 1, 2, ...), marked after."""
+    chain = []
+    ts = start
+    for version, n in enumerate(steps, start=1):
+        ts = _feed(learner, rnd, n, users=60 + 10 * version, items=90 + 15 * version, start=ts)
+        made = delta.parts(learner, base_version=version)
+        assert made is not None
+        chain.append((version, codec.encode(*made)))
+        delta.mark(learner)
+    return chain
+
+
+def test_a_chain_of_deltas_composed_is_the_whole_snapshot_bit_for_bit() -> None:
+    rnd = random.Random(11)
+    learner = OnlineLearner(model=ItemCooccurrence(window=5, half_life_days=0.01))  # rescales inside the chain
+    learner.metrics = ProgressiveMetrics(window=300)  # the window wraps within the chain
+    ts = _feed(learner, rnd, 2_000, users=60, items=600, start=1.7e9)  # the chain touches the first ~165 items
+    base = learner.to_bytes()
+    delta.mark(learner)
+    chain = _chain(learner, rnd, [150, 400, 0, 30, 700], start=ts + 5 * 86_400)
+    assert "recent_whole" in codec.decode(chain[0][1])[1]  # the clock's jump rescaled every item's recent value
+    whole = learner.to_bytes()
+    _assert_same_parts(delta.resolve(base, chain), whole)
+    # from the middle of the chain, as an API process does that holds the version a delta was made against
+    middle = delta.resolve(base, chain[:2])
+    _assert_same_parts(delta.resolve(middle, chain[2:]), whole)
+    with pytest.raises(CodecError, match="made against v2, not v1"):
+        delta.resolve(base, [chain[0], (1, chain[1][1])])
+    with pytest.raises(CodecError, match="not made against the one before it"):
+        delta.resolve(base, [chain[0], chain[2]])  # a delta skipped
+
+
+def test_a_delta_carries_the_progressive_windows_new_entries_not_the_whole_window() -> None:
+    rnd = random.Random(12)
+    learner = OnlineLearner(model=ItemCooccurrence())
+    ts = _feed(learner, rnd, 5_000, users=200, items=300, start=1.7e9)
+    delta.mark(learner)
+    before = learner.metrics.count
+    _feed(learner, rnd, 40, users=200, items=300, start=ts)
+    _, arrays = delta.parts(learner)  # type: ignore[misc]
+    assert len(arrays["progressive_labels"]) == learner.metrics.count - before < 41

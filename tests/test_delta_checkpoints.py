@@ -1,9 +1,9 @@
 """The worker writes deltas against its last whole snapshot while they are small (real Redis; no Kafka here).
 
-What the processor writes at each checkpoint: whole first, then deltas against that whole version
-until a delta would pass ``checkpoint_delta_share`` of its size, whole again after a failed write or
-a restart; and a restarted worker or a reader of any version gets the same learner as a whole
-snapshot of it would give.
+What the processor writes at each checkpoint: whole first, then deltas, each against the version
+before it, until they would add up to more than ``checkpoint_delta_share`` of the whole one's size
+(or number MAX_DELTA_CHAIN), whole again after a failed write or a restart; and a restarted worker
+gets the same learner as a whole snapshot of the version would give.
 """
 
 from __future__ import annotations
@@ -63,14 +63,14 @@ async def test_whole_then_deltas_against_it_then_whole_again_and_every_version_l
         await processor.process(transport.records(_events(start, n)))
         start += n
         written.append(await _checkpoint(processor))
-    first = written[0][0]
-    assert [base for _, base in written] == [None, first, first, first, first]
+    versions = [version for version, _ in written]
+    assert [base for _, base in written] == [None, *versions[:-1]]  # each delta against the version before
     learner = processor.learner
     assert learner is not None
     stored = (await store.load(written[-1][0])).blob  # type: ignore[union-attr]
     assert len(stored) < len(learner.to_bytes()) / 4  # a delta: the size of 80 events, not of the model
-    # v2 went (retention 3), v1 stays: the base of the kept deltas
-    assert [int(v) for v in await store.redis.zrange(store.keys.versions, 0, -1)] == [first, 3, 4, 5]
+    # retention (3) keeps more: the chains of the kept deltas, down to their whole version
+    assert [int(v) for v in await store.redis.zrange(store.keys.versions, 0, -1)] == versions
     # a big step: its delta passes half the whole one's size, so a whole snapshot, and deltas against it after
     await processor.process(transport.records(_events(start, 30_000, users=5_000, items=8_000)))
     start += 30_000
@@ -111,7 +111,7 @@ async def test_a_failed_write_makes_the_next_checkpoint_whole(store: ModelStore,
     version, base = await _checkpoint(processor)
     assert version != whole and base is None
     await processor.process(transport.records(_events(2_020, 20)))
-    assert (await _checkpoint(processor))[1] == version  # deltas again, against the new whole version
+    assert (await _checkpoint(processor))[1] == version  # deltas again, from the new whole version
 
 
 async def test_share_0_writes_whole_snapshots_only(store: ModelStore) -> None:
@@ -123,3 +123,28 @@ async def test_share_0_writes_whole_snapshots_only(store: ModelStore) -> None:
         await processor.process(transport.records(_events(start, 500 if start == 0 else 10)))
         bases.append((await _checkpoint(processor))[1])
     assert bases == [None, None, None]
+
+
+async def test_deltas_add_up_against_the_share_and_a_chain_is_bounded(store: ModelStore, monkeypatch) -> None:
+    from stream import processor as processor_module
+
+    transport = Transport()
+    processor = transport.processor(store, new_learner=_cooccurrence, checkpoint_delta_share=0.5)
+    await processor.start()
+    await processor.process(transport.records(_events(0, 20_000)))
+    whole, _ = await _checkpoint(processor)
+    await processor.process(transport.records(_events(20_000, 20)))
+    first, base = await _checkpoint(processor)
+    assert base == whole
+    size = await store.redis.hstrlen(store.keys.version(first), "blob")
+    # room for 1.5 such deltas: the next one alone fits, the two together do not
+    processor.checkpoint_delta_share = 1.5 * size / await store.redis.hstrlen(store.keys.version(whole), "blob")
+    await processor.process(transport.records(_events(20_020, 20)))
+    assert (await _checkpoint(processor))[1] is None
+    monkeypatch.setattr(processor_module, "MAX_DELTA_CHAIN", 2)
+    processor.checkpoint_delta_share = 1.0
+    bases = []
+    for start in (20_040, 20_060, 20_080):
+        await processor.process(transport.records(_events(start, 20)))
+        bases.append((await _checkpoint(processor))[1])
+    assert bases[0] is not None and bases[1] is not None and bases[2] is None  # two deltas, then whole

@@ -126,15 +126,20 @@ async def test_delta_versions_are_served_from_the_base_the_process_keeps(redis_e
         version = whole
         for k, (user, item) in enumerate([("bob", "a"), ("ann", "b"), ("cid", "c")]):
             learner.learn(user, item, "like", None, None, 1.8e9 + k)
-            made = cooccurrence_delta.parts(learner, base_version=whole)
-            assert made is not None
-            version = await store.checkpoint(version, codec.encode(*made), {}, {}, {}, base=whole)  # type: ignore[assignment]
+            made = cooccurrence_delta.parts(learner, base_version=version)
+            assert made is not None  # as the worker does: each delta against the version before it
+            version = await store.checkpoint(version, codec.encode(*made), {}, {}, {}, base=version)  # type: ignore[assignment]
+            cooccurrence_delta.mark(learner)
             await holder.refresh()
             assert holder.model is not None and holder.model.version == version
             want = ServingModel.from_bytes(learner.to_bytes(), version)
             for who in ("ann", "bob", "cid", "nobody"):
                 assert holder.model.recommend(who, 5, set()) == want.recommend(who, 5, set()), who
-        # the whole version once; every delta alone (the base the process kept from serving it)
-        assert read == [(whole, None, False), (2, whole, False), (3, whole, False), (4, whole, False)]
+        # the whole version once, then every delta alone: applied to the parts of the version served
+        assert read == [(whole, None, False), (2, whole, False), (3, 2, False), (4, 3, False)]
+        # an operator's rollback to v2: its chain does not pass through v4, so it is read down to v1
+        await store.promote(2, reason="back")
+        await holder.refresh()
+        assert holder.model.version == 2 and read[-1] == (2, whole, True)
     finally:
         await client.aclose()

@@ -165,3 +165,21 @@ async def test_a_delta_whose_base_fails_authentication_is_refused(store: ModelSt
     await store.redis.hset(store.keys.version(whole), "blob", b"forged")
     with pytest.raises(SnapshotRefused):
         await store.load(delta)
+
+
+async def test_a_chain_of_deltas_loads_down_to_its_whole_version_or_to_the_one_the_caller_holds(
+    store: ModelStore,
+) -> None:
+    current = await store.checkpoint(None, b"whole", {}, {}, {})
+    for n in range(4):  # each delta against the version before it
+        current = await store.checkpoint(current, f"delta-{n}".encode(), {}, {}, {}, base=current)
+    assert [int(v) for v in await store.redis.zrange(store.keys.versions, 0, -1)] == [1, 2, 3, 4, 5]  # all: a chain
+    root, deltas = (await store.load(5)).chain()  # type: ignore[union-attr]
+    assert root is not None and root.version == 1 and root.blob == b"whole"
+    assert deltas == [(1, b"delta-0"), (2, b"delta-1"), (3, b"delta-2"), (4, b"delta-3")]
+    root, deltas = (await store.load(5, known_base=3)).chain()  # type: ignore[union-attr]
+    assert root is None and deltas == [(3, b"delta-2"), (4, b"delta-3")]
+    # a base field pointing forward (not written by a worker) is refused rather than followed
+    await store.redis.hset(store.keys.version(2), "base", 5)
+    with pytest.raises(SnapshotRefused):
+        await store.load(3)
