@@ -36,12 +36,16 @@ from collections.abc import Callable
 from datetime import datetime
 
 from learner import cooccurrence_delta
+from learner.codec import CodecError
 from learner.id_index import reusing
 from learner.serving import ServingModel
 from recstream import metrics
 from store.model_store import ModelStore, Snapshot, SnapshotRefused
 
 log = logging.getLogger(__name__)
+
+#: A version this process serves: its number, its whole bytes if it came whole, its decoded parts once known.
+Held = tuple[int, bytes | None, tuple[dict, dict] | None]
 
 
 class ModelHolder:
@@ -64,16 +68,21 @@ class ModelHolder:
         self._newest_loaded = 0  # the newest version this process has loaded: anything newer is a new checkpoint
         # the version served (number, its whole bytes if it came whole, its decoded parts once a delta needed them or
         # it came from one): what the next deltas are applied to, instead of reading their chain again
-        self._held: tuple[int, bytes | None, tuple[dict, dict] | None] | None = None
+        self._held: Held | None = None
         self.model: ServingModel | None = None
         self.refused_version: int | None = None
         self.redis_ok = False
         self._was_unreachable = False
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._refreshing = asyncio.Lock()  # one refresh at a time: the loop's, or an operator's promote/rollback
 
     async def refresh(self) -> None:
         """Load the current version if it differs from the one in memory."""
+        async with self._refreshing:
+            await self._refresh()
+
+    async def _refresh(self) -> None:
         version = await self.store.current_version()
         if not self.redis_ok and self._was_unreachable:
             log.warning("Redis is reachable again: model refresh resumed")
@@ -87,8 +96,9 @@ class ModelHolder:
             return
         if self.model is not None and version > self._newest_loaded and self.load_wait() > 0:
             return  # a new checkpoint too soon after the last load: _run comes back when it is allowed
+        held = self._held
         try:
-            snapshot = await self.store.load(version, known_base=self._held[0] if self._held is not None else None)
+            snapshot = await self.store.load(version, known_base=held[0] if held is not None else None)
         except SnapshotRefused as exc:
             self.refused_version = version
             metrics.SNAPSHOTS_REFUSED.labels("api").inc()
@@ -97,9 +107,15 @@ class ModelHolder:
         if snapshot is None:
             return
         started = self._clock()
-        # Ids are append-only: the new version's indexes start from copies of this one's (id_index.reusing).
-        with reusing(self.model.id_indexes() if self.model is not None else ()):
-            model = await asyncio.to_thread(self._build, snapshot)
+        try:
+            # Ids are append-only: the new version's indexes start from copies of this one's (id_index.reusing).
+            with reusing(self.model.id_indexes() if self.model is not None else ()):
+                model, self._held = await asyncio.to_thread(self._build, snapshot, held)
+        except (CodecError, ValueError, KeyError, IndexError, TypeError) as exc:  # authenticated, but not loadable
+            self.refused_version = version
+            log.error("model v%s cannot be loaded (%s); still serving v%s", version, exc,
+                      self.model.version if self.model else "none")  # fmt: skip
+            return
         self._next_load_at = started + (self._clock() - started) / self.load_share
         self._newest_loaded = max(self._newest_loaded, model.version)
         self.model = model
@@ -109,22 +125,21 @@ class ModelHolder:
             metrics.MODEL_SWAP_DELAY.observe(max(0.0, time.time() - datetime.fromisoformat(created).timestamp()))
         log.info("serving model v%d (%d events learned)", model.version, model.events_learned)
 
-    def _build(self, snapshot: Snapshot) -> ServingModel:
-        """The serving model of a whole snapshot, or of a delta version from the parts it was made against."""
+    def _build(self, snapshot: Snapshot, held: Held | None) -> tuple[ServingModel, Held]:
+        """The serving model of a whole snapshot, or of a delta version from the parts it was made against (the
+        chain's whole version, or ``held``: what this process served when it asked for the version), and what to
+        hold next."""
         root, deltas = snapshot.chain()
-        if not deltas:
-            model = self._loader(snapshot.blob, snapshot.version)
-            self._held = (snapshot.version, snapshot.blob, None)  # the serving model holds these bytes anyway
-            return model
+        if not deltas:  # the serving model holds these bytes anyway
+            return self._loader(snapshot.blob, snapshot.version), (snapshot.version, snapshot.blob, None)
         if root is not None:  # the chain starts from a whole version
             base: bytes | tuple[dict, dict] = root.blob
-        else:  # it starts from the version this process holds (store.load(known_base=...))
-            assert self._held is not None
-            _, blob, held_parts = self._held
-            base = held_parts if held_parts is not None else blob  # type: ignore[assignment]
+        elif held is not None and held[0] == deltas[0][0]:  # it starts from the version this process holds
+            base = held[2] if held[2] is not None else held[1]  # type: ignore[assignment]
+        else:
+            raise CodecError(f"the chain of v{snapshot.version} starts from v{deltas[0][0]}, which is not held here")
         parts = cooccurrence_delta.resolve(base, deltas)
-        self._held = (snapshot.version, None, parts)
-        return ServingModel.from_parts(*parts, snapshot.version)
+        return ServingModel.from_parts(*parts, snapshot.version), (snapshot.version, None, parts)
 
     def load_wait(self) -> float:
         """Seconds until the next version may be loaded (0: now)."""

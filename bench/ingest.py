@@ -119,9 +119,10 @@ def learned(r: redis.Redis, keys: Keys) -> int:
 
 
 def whole_snapshot_bytes(r: redis.Redis, keys: Keys, version: int) -> int:
-    """Bytes of the whole snapshot ``version`` is, or applies to (a delta version's base)."""
-    base = r.hget(keys.version(version), "base")
-    return r.hstrlen(keys.version(int(base) if base is not None else version), "blob")
+    """Bytes of the whole snapshot ``version`` is, or is built from (a delta version: down its chain)."""
+    while (base := r.hget(keys.version(version), "base")) is not None:
+        version = int(base)
+    return r.hstrlen(keys.version(version), "blob")
 
 
 def run_once(services: Services, n_events: int, gate: bool, per_message: int, budget: TimeBudget) -> dict:

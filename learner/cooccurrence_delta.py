@@ -157,7 +157,7 @@ def _apply(
     n_users, n_items = len(ids["users"]), len(ids["items"])
     n_users0, n_items0 = len(users0), len(items0)
 
-    items = delta["items"].astype(np.int64)
+    items = _rows_of(delta["items"], n_items, "items")
     if len(items) < n_items - n_items0 or not np.array_equal(items[len(items) - (n_items - n_items0) :],
                                                              np.arange(n_items0, n_items)):  # fmt: skip
         raise CodecError("delta lacks the values of the items it adds")
@@ -166,12 +166,14 @@ def _apply(
     arrays["indptr"], arrays["indices"], arrays["data"] = indptr, indices, data
     for name in (*ITEM_ARRAYS, "popularity"):
         if name == "recent" and "recent_whole" in delta:
+            if delta["recent_whole"].shape != (n_items,):
+                raise CodecError("delta's whole recent-popularity array does not match its items")
             arrays[name] = np.array(delta["recent_whole"], dtype=base[name].dtype)
             continue
         arrays[name] = _with_rows(base[name], n_items, items, delta[name])
     arrays["recent_clock"] = np.array(delta["recent_clock"], dtype=base["recent_clock"].dtype)
 
-    users = delta["users"].astype(np.int64)
+    users = _rows_of(delta["users"], n_users, "users")
     if len(users) < n_users - n_users0 or not np.array_equal(users[len(users) - (n_users - n_users0) :],
                                                              np.arange(n_users0, n_users)):  # fmt: skip
         raise CodecError("delta lacks the histories of the users it adds")
@@ -196,14 +198,19 @@ def compose(deltas: list[tuple[dict[str, Any], dict[str, np.ndarray]]]) -> tuple
     """One delta that does what applying ``deltas`` in order (each made against the one before's result) does.
 
     All at once (one concatenation and one pass per kind of row), so a long chain costs its total size."""
-    first, last = deltas[0][0], deltas[-1][0]
-    sizes = first["base_sizes"]
     for header, _ in deltas:
         if header.get("delta") != FORMAT:
             raise CodecError(f"not a delta this version understands: {header.get('delta')!r}")
+    first, last = deltas[0][0], deltas[-1][0]
+    sizes = first["base_sizes"]
+    for header, a in deltas:
         if header["base_sizes"] != sizes or header["kind"] != first["kind"] or header["params"] != first["params"]:
             raise CodecError("a delta of the chain was not made against the one before it")
         sizes = {name: sizes[name] + len(header["ids_added"][name]) for name in ("users", "items")}
+        _rows_of(a["items"], sizes["items"], "items")  # as apply() checks them: composing would sort them
+        _rows_of(a["users"], sizes["users"], "users")
+        if len(a["entry_rows"]) > 1 and np.any(np.diff(_keys(a)) <= 0):
+            raise CodecError("delta entries are not sorted by row and slot, each once")
     header = {
         **last,
         "base_version": first["base_version"],
@@ -250,8 +257,19 @@ def resolve(
     root: bytes | tuple[dict[str, Any], dict[str, np.ndarray]], chain: list[tuple[int, bytes]]
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The whole parts of the newest version of a chain: ``root`` (a whole snapshot's bytes, or decoded parts
-    the caller keeps) with ``chain``'s deltas applied in order, each given as (the version it was made
-    against, its bytes); the deltas are composed first, so the model's rows are rebuilt once."""
+    against, its bytes); the deltas are composed first, so the model's rows are rebuilt once. Anything that
+    does not fit raises :class:`CodecError`."""
+    try:
+        return _resolve(root, chain)
+    except CodecError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise CodecError(f"chain of deltas does not apply: {exc!r}") from exc
+
+
+def _resolve(
+    root: bytes | tuple[dict[str, Any], dict[str, np.ndarray]], chain: list[tuple[int, bytes]]
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     base = codec.decode(root) if isinstance(root, bytes) else root
     if is_delta(base[0]):
         raise CodecError("the root of a chain of deltas must be a whole snapshot")
@@ -266,6 +284,14 @@ def resolve(
     if not deltas:
         return base
     return apply(*base, *(deltas[0] if len(deltas) == 1 else compose(deltas)))
+
+
+def _rows_of(rows: np.ndarray, n: int, what: str) -> np.ndarray:
+    """A delta's row numbers of ``what``: each once, ascending, within the ``n`` rows of the result."""
+    rows = rows.astype(np.int64)
+    if len(rows) and (rows[0] < 0 or rows[-1] >= n or np.any(np.diff(rows) <= 0)):
+        raise CodecError(f"delta's {what} rows are not ascending, each once, within the model")
+    return rows
 
 
 def _with_rows(base: np.ndarray, n: int, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -290,6 +316,8 @@ def _merge_rows(
         raise CodecError("delta entries do not match their base")
     if len(rows) and (rows.min() < 0 or rows.max() >= n_items or slots.min() < 0):
         raise CodecError("delta entries outside the model")
+    if len(cols) and (int(cols.min()) < 0 or int(cols.max()) >= n_items):
+        raise CodecError("delta entries name a column outside the model")
     if len(rows) > 1 and np.any(np.diff(rows << 32 | slots) <= 0):
         raise CodecError("delta entries are not sorted by row and slot, each once")
     old_len = np.zeros(n_items, dtype=np.int64)

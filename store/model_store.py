@@ -322,6 +322,7 @@ class ModelStore:
                         spaced_every=self.keep_every_seconds,
                         spaced_count=self.keep_spaced,
                         now=now,
+                        bases=bases,
                     )
                     needed: set[int] = set()  # a kept delta's chain stays, down to its whole version
                     for kept in {*old, version} - set(stale):

@@ -634,8 +634,9 @@ class EventProcessor:
                 else:
                     self._chain_bytes += len(blob)
                     self._chain_length += 1
-                self._delta_base = version
-                cooccurrence_delta.mark(learner)
+                if self.checkpoint_delta_share > 0:  # else nothing records changes: no cost per event
+                    self._delta_base = version
+                    cooccurrence_delta.mark(learner)
             self._last_checkpoint = time.monotonic()
             for record in pending.records:
                 if record.handle is not None:

@@ -187,3 +187,22 @@ def test_a_delta_carries_the_progressive_windows_new_entries_not_the_whole_windo
     _feed(learner, rnd, 40, users=200, items=300, start=ts)
     _, arrays = delta.parts(learner)  # type: ignore[misc]
     assert len(arrays["progressive_labels"]) == learner.metrics.count - before < 41
+
+
+def test_a_malformed_chain_raises_a_codec_error_not_a_crash() -> None:
+    rnd = random.Random(13)
+    learner = OnlineLearner(model=ItemCooccurrence())
+    ts = _feed(learner, rnd, 300, users=20, items=30, start=1.7e9)
+    base = learner.to_bytes()
+    delta.mark(learner)
+    chain = _chain(learner, rnd, [20, 20], start=ts)
+    header, arrays = codec.decode(chain[1][1])
+    for broken in (
+        {**header, "delta": "other/2"},  # an unknown format
+        {k: v for k, v in header.items() if k != "base_sizes"},  # a field missing
+    ):
+        with pytest.raises(CodecError):
+            delta.resolve(base, [chain[0], (2, codec.encode(broken, arrays))])
+    shuffled = dict(arrays, users=arrays["users"][::-1].copy())  # rows not ascending
+    with pytest.raises(CodecError, match="users rows"):
+        delta.resolve(base, [chain[0], (2, codec.encode(header, shuffled))])

@@ -143,3 +143,31 @@ async def test_delta_versions_are_served_from_the_base_the_process_keeps(redis_e
         assert holder.model.version == 2 and read[-1] == (2, whole, True)
     finally:
         await client.aclose()
+
+
+async def test_a_delta_that_does_not_fit_is_refused_and_the_served_version_stays(redis_endpoint: Endpoint) -> None:
+    """Signed, but pointed at another version than it was made against (the base field is not signed): refused."""
+    client = aioredis.Redis.from_url(redis_endpoint.url)
+    store = ModelStore(client, SnapshotSigner(b"k"), Keys(f"mh-{uuid.uuid4().hex[:8]}"))
+    holder = ModelHolder(store, poll_seconds=60, load_share=1.0)
+    learner = OnlineLearner(model=ItemCooccurrence())
+    try:
+        for k, item in enumerate("abc"):
+            learner.learn("ann", item, "like", None, None, 1.7e9 + k)
+        whole = await store.checkpoint(None, learner.to_bytes(), {}, {}, {})
+        cooccurrence_delta.mark(learner)
+        learner.learn("bob", "a", "like", None, None, 1.8e9)
+        second = await store.checkpoint(whole, learner.to_bytes(), {}, {}, {})  # whole too
+        cooccurrence_delta.mark(learner)
+        await holder.refresh()
+        assert holder.model is not None and holder.model.version == second
+        learner.learn("bob", "b", "like", None, None, 1.8e9 + 1)
+        made = cooccurrence_delta.parts(learner, base_version=second)
+        assert made is not None
+        third = await store.checkpoint(second, codec.encode(*made), {}, {}, {}, base=second)
+        await store.redis.hset(store.keys.version(third), "base", whole)  # pointed at v1 instead
+        await holder.refresh()  # no exception: logged, and v3 is not tried again
+        assert holder.model.version == second and holder.refused_version == third
+        assert holder.model.recommend("bob", 5, set()).source == "model"
+    finally:
+        await client.aclose()
