@@ -68,29 +68,12 @@ def parts(
     changes = model.changes()
     if changes is None:
         return None
-    keys = changes.keys
-    cols, vals = model.entries(keys)
-    items, users = changes.items, changes.users
-    history_items, history_weights = model.history_rows(users)
-    values = model.item_values(items)
-    arrays: dict[str, np.ndarray] = {
-        "entry_rows": (keys >> 32).astype(np.int32),
-        "entry_slots": (keys & 0xFFFFFFFF).astype(np.int32),
-        "entry_cols": cols,
-        "entry_vals": vals,
-        "items": items.astype(np.int32),
-        **{name: values[name] for name in ITEM_ARRAYS},
-        "popularity": learner.popularity.counts[items],
-        "recent_clock": values["recent_clock"],
-        "users": users.astype(np.int32),
-        "history_items": history_items,
-        "history_weights": history_weights,
-        # the window's entries since the mark (its last ones), not the whole window
-        **{name: values[len(values) - min(len(values), learner.metrics.count - learner.progressive_marked) :]
-           for name, values in learner.progressive_arrays().items()},
-    }  # fmt: skip
-    if changes.recent_rescaled:  # every item's recent popularity changed: carried whole
-        arrays["recent_whole"] = model.recent_mass()
+    arrays = model.changed_arrays(changes)
+    arrays["popularity"] = learner.popularity.counts[changes.items]
+    # the progressive window's entries since the mark (its last ones), not the whole window
+    since = learner.metrics.count - learner.progressive_marked
+    for name, values in learner.progressive_arrays().items():
+        arrays[name] = values[len(values) - min(len(values), since) :]
     header = {
         "delta": FORMAT,
         "base_version": base_version,

@@ -51,6 +51,18 @@ async def _checkpoint(processor) -> tuple[int, int | None]:  # type: ignore[no-u
     return version, (await processor.store.load(version)).base_version
 
 
+async def _with_a_model(store: ModelStore, share: float, n: int):  # type: ignore[no-untyped-def]
+    """A started processor of the default model that has learned ``n`` events and checkpointed them: the
+    processor, its transport, and the version (whole: the first after a start)."""
+    transport = Transport()
+    processor = transport.processor(store, new_learner=_cooccurrence, checkpoint_delta_share=share)
+    await processor.start()
+    await processor.process(transport.records(_events(0, n)))
+    version, base = await _checkpoint(processor)
+    assert base is None
+    return processor, transport, version
+
+
 async def test_whole_then_deltas_against_it_then_whole_again_and_every_version_loads_the_same(
     store: ModelStore,
 ) -> None:
@@ -90,11 +102,7 @@ async def test_whole_then_deltas_against_it_then_whole_again_and_every_version_l
 
 
 async def test_a_failed_write_makes_the_next_checkpoint_whole(store: ModelStore, monkeypatch) -> None:
-    transport = Transport()
-    processor = transport.processor(store, new_learner=_cooccurrence, checkpoint_delta_share=0.5)
-    await processor.start()
-    await processor.process(transport.records(_events(0, 2_000)))
-    whole, _ = await _checkpoint(processor)
+    processor, transport, whole = await _with_a_model(store, 0.5, 2_000)
     write = store.checkpoint
     failing = True
 
@@ -115,24 +123,18 @@ async def test_a_failed_write_makes_the_next_checkpoint_whole(store: ModelStore,
 
 
 async def test_share_0_writes_whole_snapshots_only(store: ModelStore) -> None:
-    transport = Transport()
-    processor = transport.processor(store, new_learner=_cooccurrence, checkpoint_delta_share=0.0)
-    await processor.start()
+    processor, transport, _ = await _with_a_model(store, 0.0, 500)
     bases = []
-    for start in (0, 500, 510):
-        await processor.process(transport.records(_events(start, 500 if start == 0 else 10)))
+    for start in (500, 510):
+        await processor.process(transport.records(_events(start, 10)))
         bases.append((await _checkpoint(processor))[1])
-    assert bases == [None, None, None]
+    assert bases == [None, None]
 
 
 async def test_deltas_add_up_against_the_share_and_a_chain_is_bounded(store: ModelStore, monkeypatch) -> None:
     from stream import processor as processor_module
 
-    transport = Transport()
-    processor = transport.processor(store, new_learner=_cooccurrence, checkpoint_delta_share=0.5)
-    await processor.start()
-    await processor.process(transport.records(_events(0, 20_000)))
-    whole, _ = await _checkpoint(processor)
+    processor, transport, whole = await _with_a_model(store, 0.5, 20_000)
     await processor.process(transport.records(_events(20_000, 20)))
     first, base = await _checkpoint(processor)
     assert base == whole

@@ -102,9 +102,24 @@ async def test_a_new_version_is_loaded_from_the_previous_ones_indexes(redis_endp
         await client.aclose()
 
 
-async def test_delta_versions_are_served_from_the_base_the_process_keeps(redis_endpoint: Endpoint) -> None:
+@pytest.fixture
+async def store(redis_endpoint: Endpoint):
     client = aioredis.Redis.from_url(redis_endpoint.url)
-    store = ModelStore(client, SnapshotSigner(b"k"), Keys(f"mh-{uuid.uuid4().hex[:8]}"))
+    yield ModelStore(client, SnapshotSigner(b"k"), Keys(f"mh-{uuid.uuid4().hex[:8]}"))
+    await client.aclose()
+
+
+async def _write_delta(store: ModelStore, learner: OnlineLearner, version: int) -> int:
+    """As the worker does: a delta against ``version`` (the last one written), then mark the learner."""
+    made = cooccurrence_delta.parts(learner, base_version=version)
+    assert made is not None
+    written = await store.checkpoint(version, codec.encode(*made), {}, {}, {}, base=version)
+    cooccurrence_delta.mark(learner)
+    assert written is not None
+    return written
+
+
+async def test_delta_versions_are_served_from_the_base_the_process_keeps(store: ModelStore) -> None:
     read: list[tuple[int, int | None, bool]] = []  # (version, its base, base read with it)
     load = store.load
 
@@ -117,57 +132,46 @@ async def test_delta_versions_are_served_from_the_base_the_process_keeps(redis_e
     store.load = recording_load  # type: ignore[method-assign]
     holder = ModelHolder(store, poll_seconds=60, load_share=1.0)
     learner = OnlineLearner(model=ItemCooccurrence())
-    try:
-        for k, item in enumerate("abcd"):
-            learner.learn("ann", item, "like", None, None, 1.7e9 + k)
-        whole = await store.checkpoint(None, learner.to_bytes(), {}, {}, {})
-        cooccurrence_delta.mark(learner)
+    for k, item in enumerate("abcd"):
+        learner.learn("ann", item, "like", None, None, 1.7e9 + k)
+    whole = await store.checkpoint(None, learner.to_bytes(), {}, {}, {})
+    assert whole is not None
+    cooccurrence_delta.mark(learner)
+    await holder.refresh()
+    version = whole
+    for k, (user, item) in enumerate([("bob", "a"), ("ann", "b"), ("cid", "c")]):
+        learner.learn(user, item, "like", None, None, 1.8e9 + k)
+        version = await _write_delta(store, learner, version)
         await holder.refresh()
-        version = whole
-        for k, (user, item) in enumerate([("bob", "a"), ("ann", "b"), ("cid", "c")]):
-            learner.learn(user, item, "like", None, None, 1.8e9 + k)
-            made = cooccurrence_delta.parts(learner, base_version=version)
-            assert made is not None  # as the worker does: each delta against the version before it
-            version = await store.checkpoint(version, codec.encode(*made), {}, {}, {}, base=version)  # type: ignore[assignment]
-            cooccurrence_delta.mark(learner)
-            await holder.refresh()
-            assert holder.model is not None and holder.model.version == version
-            want = ServingModel.from_bytes(learner.to_bytes(), version)
-            for who in ("ann", "bob", "cid", "nobody"):
-                assert holder.model.recommend(who, 5, set()) == want.recommend(who, 5, set()), who
-        # the whole version once, then every delta alone: applied to the parts of the version served
-        assert read == [(whole, None, False), (2, whole, False), (3, 2, False), (4, 3, False)]
-        # an operator's rollback to v2: its chain does not pass through v4, so it is read down to v1
-        await store.promote(2, reason="back")
-        await holder.refresh()
-        assert holder.model.version == 2 and read[-1] == (2, whole, True)
-    finally:
-        await client.aclose()
+        assert holder.model is not None and holder.model.version == version
+        want = ServingModel.from_bytes(learner.to_bytes(), version)
+        for who in ("ann", "bob", "cid", "nobody"):
+            assert holder.model.recommend(who, 5, set()) == want.recommend(who, 5, set()), who
+    # the whole version once, then every delta alone: applied to the parts of the version served
+    assert read == [(whole, None, False), (2, whole, False), (3, 2, False), (4, 3, False)]
+    # an operator's rollback to v2: its chain does not pass through v4, so it is read down to v1
+    await store.promote(2, reason="back")
+    await holder.refresh()
+    assert holder.model.version == 2 and read[-1] == (2, whole, True)
 
 
-async def test_a_delta_that_does_not_fit_is_refused_and_the_served_version_stays(redis_endpoint: Endpoint) -> None:
+async def test_a_delta_that_does_not_fit_is_refused_and_the_served_version_stays(store: ModelStore) -> None:
     """Signed, but pointed at another version than it was made against (the base field is not signed): refused."""
-    client = aioredis.Redis.from_url(redis_endpoint.url)
-    store = ModelStore(client, SnapshotSigner(b"k"), Keys(f"mh-{uuid.uuid4().hex[:8]}"))
     holder = ModelHolder(store, poll_seconds=60, load_share=1.0)
     learner = OnlineLearner(model=ItemCooccurrence())
-    try:
-        for k, item in enumerate("abc"):
-            learner.learn("ann", item, "like", None, None, 1.7e9 + k)
-        whole = await store.checkpoint(None, learner.to_bytes(), {}, {}, {})
-        cooccurrence_delta.mark(learner)
-        learner.learn("bob", "a", "like", None, None, 1.8e9)
-        second = await store.checkpoint(whole, learner.to_bytes(), {}, {}, {})  # whole too
-        cooccurrence_delta.mark(learner)
-        await holder.refresh()
-        assert holder.model is not None and holder.model.version == second
-        learner.learn("bob", "b", "like", None, None, 1.8e9 + 1)
-        made = cooccurrence_delta.parts(learner, base_version=second)
-        assert made is not None
-        third = await store.checkpoint(second, codec.encode(*made), {}, {}, {}, base=second)
-        await store.redis.hset(store.keys.version(third), "base", whole)  # pointed at v1 instead
-        await holder.refresh()  # no exception: logged, and v3 is not tried again
-        assert holder.model.version == second and holder.refused_version == third
-        assert holder.model.recommend("bob", 5, set()).source == "model"
-    finally:
-        await client.aclose()
+    for k, item in enumerate("abc"):
+        learner.learn("ann", item, "like", None, None, 1.7e9 + k)
+    whole = await store.checkpoint(None, learner.to_bytes(), {}, {}, {})
+    cooccurrence_delta.mark(learner)
+    learner.learn("bob", "a", "like", None, None, 1.8e9)
+    second = await store.checkpoint(whole, learner.to_bytes(), {}, {}, {})  # whole too
+    assert second is not None
+    cooccurrence_delta.mark(learner)
+    await holder.refresh()
+    assert holder.model is not None and holder.model.version == second
+    learner.learn("bob", "b", "like", None, None, 1.8e9 + 1)
+    third = await _write_delta(store, learner, second)
+    await store.redis.hset(store.keys.version(third), "base", whole)  # pointed at v1 instead
+    await holder.refresh()  # no exception: logged, and v3 is not tried again
+    assert holder.model.version == second and holder.refused_version == third
+    assert holder.model.recommend("bob", 5, set()).source == "model"
