@@ -56,9 +56,7 @@ def forget(learner: OnlineLearner) -> None:
         learner.model.stop_changes()  # type: ignore[attr-defined]
 
 
-def parts(
-    learner: OnlineLearner, extra: dict[str, Any] | None = None, base_version: int | None = None
-) -> tuple[dict, dict[str, np.ndarray]] | None:
+def parts(learner: OnlineLearner, base_version: int | None = None) -> tuple[dict, dict[str, np.ndarray]] | None:
     """(header, arrays) of a delta from the marked base to the learner's state now; None if none can be made
     (another model, or more changed since the mark than the model records: then write a whole snapshot).
     ``base_version`` (the stored version of the base) travels in the delta, and :func:`apply` checks it."""
@@ -85,7 +83,7 @@ def parts(
             "users": model.users.ids[changes.n_users :],
             "items": model.items.ids[changes.n_items :],
         },
-        **learner.scalars(extra),
+        **learner.scalars(),
     }
     return header, arrays
 
@@ -99,23 +97,19 @@ def apply(
     base_arrays: dict[str, np.ndarray],
     header: dict[str, Any],
     arrays: dict[str, np.ndarray],
-    base_version: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The (header, arrays) of a whole snapshot: the base's decoded parts with a delta's applied.
 
-    The base's arrays are not changed (they may be views of the base's bytes, or serving). With
-    ``base_version``, the delta must say it was made against that version."""
+    The base's arrays are not changed (they may be views of the base's bytes, or serving)."""
     if header.get("delta") != FORMAT:
         raise CodecError(f"not a delta this version understands: {header.get('delta')!r}")
     if is_delta(base_header):
         raise CodecError("a delta applies to a whole snapshot's parts, not to another delta")
-    if base_version is not None and header.get("base_version") != base_version:
-        raise CodecError(f"delta was made against v{header.get('base_version')}, not v{base_version}")
     try:
         return _apply(base_header, base_arrays, header, arrays)
+    except CodecError:
+        raise
     except (KeyError, IndexError, TypeError, ValueError) as exc:
-        if isinstance(exc, CodecError):
-            raise
         raise CodecError(f"delta does not apply to its base: {exc!r}") from exc
 
 
@@ -248,6 +242,11 @@ def resolve(
         raise
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise CodecError(f"chain of deltas does not apply: {exc!r}") from exc
+
+
+def whole_blob(root: bytes, chain: list[tuple[int, bytes]]) -> bytes:
+    """A whole snapshot's bytes: ``root`` itself, or :func:`resolve` of a chain encoded again."""
+    return codec.encode(*resolve(root, chain)) if chain else root
 
 
 def _resolve(

@@ -57,8 +57,9 @@ class Snapshot:
     base: Snapshot | None = None  # that version, unless the caller said it holds it (``load(known_base=)``)
 
     def chain(self) -> tuple[Snapshot | None, list[tuple[int, bytes]]]:
-        """(the whole version the chain starts from, or None when it stops at the caller's known version;
-        the deltas from the oldest to this one, each as (the version it was made against, its bytes))."""
+        """(the whole version the chain starts from (this one, if whole), or None when it stops at the caller's
+        known version; the deltas from the oldest to this one, each as (the version it was made against, its
+        bytes))."""
         deltas: list[tuple[int, bytes]] = []
         snapshot: Snapshot | None = self
         while snapshot is not None and snapshot.base_version is not None:

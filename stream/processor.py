@@ -758,10 +758,8 @@ class EventProcessor:
     def _learner_of(self, snapshot: Snapshot) -> OnlineLearner:
         """The learner of a stored version (a delta version: its chain applied to the whole version it starts from)."""
         root, deltas = snapshot.chain()
-        if not deltas:
-            return self._learner_from_bytes(snapshot.blob)
-        assert root is not None  # loaded without known_base: the chain reaches a whole version
-        return self._learner_from_bytes(codec.encode(*cooccurrence_delta.resolve(root.blob, deltas)))
+        assert root is not None  # loaded without known_base: the chain reaches a whole version (itself if whole)
+        return self._learner_from_bytes(cooccurrence_delta.whole_blob(root.blob, deltas))
 
     def _snapshot(self, learner: OnlineLearner) -> tuple[bytes, int | None]:
         """This checkpoint's bytes and, for a delta, the version it applies to: a delta against the last version

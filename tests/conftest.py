@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from api.auth import hash_key, new_key
-from learner import codec, cooccurrence_delta
+from learner import cooccurrence_delta
 from recstream import local_services
 
 #: One API key with every scope for the whole test session; ``make_env`` configures its hash. Kept in the
@@ -264,7 +264,7 @@ def current_learner(env: dict[str, str]) -> Any:
         if snapshot is None:
             return None
         root, deltas = snapshot.chain()  # a delta version: its chain applied to the whole version it starts from
-        return codec.encode(*cooccurrence_delta.resolve(root.blob, deltas)) if deltas else snapshot.blob
+        return cooccurrence_delta.whole_blob(root.blob, deltas)
 
     return _stored_learner(env, blob)
 
