@@ -308,19 +308,20 @@ def _merge_rows(
     old_end[:n_items0] = indptr[1:]
     in_place = slots < old_len[rows]
     at = old_end[rows[in_place]] - old_len[rows[in_place]] + slots[in_place]
-    indices = np.array(base["indices"], dtype=np.int32)  # copies: the base's arrays are read-only views
-    data = np.array(base["data"], dtype=np.float32)
-    if not np.array_equal(indices[at], cols[in_place]):
+    base_indices = np.asarray(base["indices"], dtype=np.int32)  # read only (views of the base's bytes)
+    if not np.array_equal(base_indices[at], cols[in_place]):
         raise CodecError("delta names another column than its base at a slot")
-    data[at] = vals[in_place]
     added_rows, added_slots = rows[~in_place], slots[~in_place]
     # the k-th new entry of a row must sit at its base length + k (sorted: the row's entries are consecutive)
     first = np.searchsorted(added_rows, added_rows, side="left")
     if not np.array_equal(added_slots, old_len[added_rows] + np.arange(len(added_rows)) - first):
         raise CodecError("delta leaves a gap in a row")
     positions = old_end[added_rows]  # before the next row's first entry: appended to its row, in slot order
-    indices = np.insert(indices, positions, cols[~in_place])
-    data = np.insert(data, positions, vals[~in_place])
+    # np.insert makes the new arrays (one copy of the base's, not two); an existing entry then sits after
+    # every entry inserted at or before its old position (those of earlier rows: ascending positions)
+    indices = np.insert(base_indices, positions, cols[~in_place])
+    data = np.insert(np.asarray(base["data"], dtype=np.float32), positions, vals[~in_place])
+    data[at + np.searchsorted(positions, at, side="right")] = vals[in_place]
     new_indptr = np.zeros(n_items + 1, dtype=np.int64)
     np.cumsum(old_len + np.bincount(added_rows, minlength=n_items), out=new_indptr[1:])
     return new_indptr, indices, data

@@ -43,10 +43,13 @@ class ServingModel:
     ) -> None:
         self.version = version
         self.model = model
-        order = np.argsort(-popularity, kind="stable")
-        self.popular_ids = [popularity_ids[i] for i in order]
-        self.popular_scores = popularity[order]
         self.events_learned = events_learned
+        self._popularity_ids = popularity_ids
+        self._popularity = popularity
+        # rows of popularity, most popular first (ties: first registered first); sorted on the first popular
+        # list asked for, not per version: a large catalogue's sort and id list cost tens of ms a load
+        self._popular_order: np.ndarray | None = None
+        self._popular_total = float(popularity.sum()) or 1.0
 
     @classmethod
     def from_bytes(cls, blob: bytes, version: int) -> ServingModel:
@@ -87,12 +90,17 @@ class ServingModel:
         return Recommendation([(ids[i], s) for i, s in best], source="model")
 
     def popular(self, k: int, exclude: set[str]) -> list[tuple[str, float]]:
-        total = float(self.popular_scores.sum()) or 1.0
-        picked = []
-        for item, count in zip(self.popular_ids, self.popular_scores, strict=True):
+        """The ``k`` most popular items not in ``exclude``, each with its share of positives."""
+        order = self._popular_order
+        if order is None:
+            order = self._popular_order = np.argsort(-self._popularity, kind="stable")
+        ids, counts, total = self._popularity_ids, self._popularity, self._popular_total
+        picked: list[tuple[str, float]] = []
+        for row in order:  # stops after k (plus the excluded ones met on the way)
+            item = ids[row]
             if item in exclude:
                 continue
-            picked.append((item, float(count) / total))
+            picked.append((item, float(counts[row]) / total))
             if len(picked) == k:
                 break
         return picked

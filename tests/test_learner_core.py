@@ -172,6 +172,8 @@ def test_seen_items_are_never_recommended_and_strangers_get_popular_items() -> N
     stranger = view.recommend("nobody", k=2, exclude=set())
     assert stranger.source == "popular"
     assert [item for item, _ in stranger.items] == ["a", "b"]  # a: 3 likes; b, c: 1 (first seen first)
+    assert stranger.items[0][1] == pytest.approx(3 / 5)  # each item's share of the 5 likes
+    assert view.popular(k=5, exclude={"a"}) == [("b", pytest.approx(1 / 5)), ("c", pytest.approx(1 / 5))]
 
 
 def test_a_new_item_can_be_recommended_once_liked() -> None:
