@@ -5,14 +5,16 @@ messages are lost while disconnected). A swap is one attribute assignment, so re
 flight finish on the model they started with. A snapshot that fails authentication is
 refused: the previous model keeps serving.
 
-Loading is bounded to a share of the process's time (``load_share``, RECSTREAM_MODEL_LOAD_SHARE):
-a load that took L seconds (decoding ids, building indexes: work that holds the GIL, so requests
-slow down meanwhile) is followed by the next one no sooner than L / ``load_share`` seconds after
-it started. A small model loads every version; a large one (hundreds of milliseconds a load at a
-0.5 s checkpoint interval) serves every few versions instead of loading back to back. Only new
-checkpoints wait: the first load is never delayed, nor is a version no newer than the newest
-this process has loaded (an operator's rollback, or their promotion back to a version served
-before, which must reach every process at once).
+Loading is bounded to a share of the process's time on average (``load_share``,
+RECSTREAM_MODEL_LOAD_SHARE; a load decodes ids and builds indexes, work that holds the GIL, so
+requests slow down meanwhile): a time budget (:mod:`recstream.share_budget`) earns ``load_share``
+seconds a second, banks up to ``LOAD_BANK_SECONDS``, and a load spends what it took; while the
+budget is in debt, new versions wait. A small model loads every version; a large one (hundreds of
+milliseconds a load at a 0.5 s checkpoint interval) serves every few versions instead of loading
+back to back, and an occasional long load (a whole snapshot among deltas) is paid from what the
+short ones left unused. Only new checkpoints wait: the first load is never delayed, nor is a
+version no newer than the newest this process has loaded (an operator's rollback, or their
+promotion back to a version served before, which must reach every process at once).
 
 A delta version (the worker's default model writes one while deltas are much smaller than a whole
 snapshot: learner.cooccurrence_delta) is built from the version it was made against. The process
@@ -40,12 +42,16 @@ from learner.codec import CodecError
 from learner.id_index import reusing
 from learner.serving import ServingModel
 from recstream import metrics
+from recstream.share_budget import ShareBudget
 from store.model_store import ModelStore, Snapshot, SnapshotRefused
 
 log = logging.getLogger(__name__)
 
 #: A version this process serves: its number, its whole bytes if it came whole, its decoded parts once known.
 Held = tuple[int, bytes | None, tuple[dict, dict] | None]
+
+#: Load time the budget may bank: what loads of small deltas leave unused pays for an occasional whole version.
+LOAD_BANK_SECONDS = 1.0
 
 
 class ModelHolder:
@@ -64,7 +70,7 @@ class ModelHolder:
         self.load_share = load_share
         self._clock = clock
         self._loader = loader
-        self._next_load_at = 0.0  # on the clock: no load before this (see the module doc)
+        self._load_budget = ShareBudget(load_share, cap_seconds=LOAD_BANK_SECONDS, clock=clock)  # see the module doc
         self._newest_loaded = 0  # the newest version this process has loaded: anything newer is a new checkpoint
         # the version served (number, its whole bytes if it came whole, its decoded parts once a delta needed them or
         # it came from one): what the next deltas are applied to, instead of reading their chain again
@@ -116,7 +122,7 @@ class ModelHolder:
             log.error("model v%s cannot be loaded (%s); still serving v%s", version, exc,
                       self.model.version if self.model else "none")  # fmt: skip
             return
-        self._next_load_at = started + (self._clock() - started) / self.load_share
+        self._load_budget.spend(self._clock() - started)
         self._newest_loaded = max(self._newest_loaded, model.version)
         self.model = model
         metrics.MODEL_VERSION.labels("api").set(model.version)
@@ -143,7 +149,7 @@ class ModelHolder:
 
     def load_wait(self) -> float:
         """Seconds until the next version may be loaded (0: now)."""
-        return max(0.0, self._next_load_at - self._clock())
+        return self._load_budget.wait()
 
     async def start(self) -> None:
         try:

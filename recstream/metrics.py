@@ -92,9 +92,10 @@ CHECKPOINT_BYTES = Gauge(
 )
 CHECKPOINT_SPACING = Gauge(
     "recstream_checkpoint_spacing_seconds",
-    "Least time from the start of the last checkpoint to the next: its duration / RECSTREAM_CHECKPOINT_SHARE, "
-    "at most 30 s (when above its duration + RECSTREAM_CHECKPOINT_INTERVAL_SECONDS, the model's size, not the "
-    "interval, sets how fresh recommendations are).",
+    "Least time from the end of the last checkpoint to the next: 0 while checkpoints keep within "
+    "RECSTREAM_CHECKPOINT_SHARE of the worker's time (2 s may be banked), else until the share's budget is out of "
+    "debt, at most 30 s (when above 0 for long, the model's size, not RECSTREAM_CHECKPOINT_INTERVAL_SECONDS, sets "
+    "how fresh recommendations are).",
 )
 HEAP_TRIMS = Counter(
     "recstream_worker_heap_trims_total",

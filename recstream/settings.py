@@ -124,8 +124,10 @@ class Settings(_gate_settings()):  # type: ignore[misc]
         0.5,
         gt=0,
         le=1,
-        description="Most of the worker's time spent writing checkpoints: after one of C s, the next starts C / "
-        "share s after it began at the earliest, at most 30 s (a large model is then checkpointed less often; 1: off).",
+        description="Most of the worker's time spent writing checkpoints, on average: a time budget earns share s a "
+        "second and banks up to 2 s; a checkpoint spends what it took, and while the budget is in debt the next waits "
+        "(at most 30 s after one ends). A large model is then checkpointed less often; a whole snapshot among deltas "
+        "is paid from the bank (1: off).",
     )
     checkpoint_delta_share: float = Field(
         1.0,
@@ -213,8 +215,9 @@ class Settings(_gate_settings()):  # type: ignore[misc]
         0.2,
         gt=0,
         le=1,
-        description="Most of an API process's time spent loading new versions: after a load of L s, the next "
-        "starts L / share s after it at the earliest (large models then skip versions).",
+        description="Most of an API process's time spent loading new versions, on average: a time budget earns "
+        "share s a second and banks up to 1 s; a load spends what it took, and while the budget is in debt new "
+        "versions wait (large models then skip versions).",
     )
     produce_timeout_seconds: float = Field(
         5.0, gt=0, description="How long ingest waits for the broker before answering 503."

@@ -19,7 +19,6 @@ import base64
 import dataclasses
 import json
 import logging
-import math
 import os
 import socket
 import time
@@ -37,8 +36,8 @@ from learner.gate.base import GateEvent, Hold
 from learner.online_learner import OnlineLearner
 from recstream import metrics
 from recstream.events import Decoded, Event, parse_message
+from recstream.share_budget import ShareBudget
 from store.model_store import CheckpointConflict, ModelStore, Snapshot, SnapshotRefused
-from stream.share_budget import ShareBudget
 
 if TYPE_CHECKING:
     from learner.gate.gate import QualityGate
@@ -57,9 +56,13 @@ OVERRIDE_HEADER = "recstream-override"
 HIT_SAMPLE_EVERY = 20  # positives between two live hit-rate samples
 HIT_WINDOW = 500  # samples the live hit rate is averaged over
 HIT_TIME_SHARE = 0.02  # the live hit rate's samples may take at most this share of the worker's time
-#: The checkpoint share never spaces two checkpoints' starts further apart than this: a checkpoint slowed by a
-#: stall (a broker or Redis hiccup) must not hold back the next one, and the freshness of recommendations, for minutes.
+#: The checkpoint share never holds the next checkpoint back longer than this after one ends: a checkpoint slowed
+#: by a stall (a broker or Redis hiccup) must not hold back the next one, and the freshness of recommendations, for
+#: minutes.
 MAX_CHECKPOINT_SPACING_SECONDS = 30.0
+#: Checkpoint time the share's budget may bank: a whole snapshot among small deltas is paid from what the deltas left
+#: unused, instead of holding the next checkpoint back by its own length.
+CHECKPOINT_BANK_SECONDS = 2.0
 #: Most deltas in a row before a whole snapshot: a reader starting cold reads and composes the whole chain.
 MAX_DELTA_CHAIN = 200
 # Events between two yields to the event loop while a batch is decoded and learned: both are
@@ -174,7 +177,13 @@ class EventProcessor:
         self.checkpoint_interval_seconds = checkpoint_interval_seconds
         if not 0 < checkpoint_share <= 1:
             raise ValueError("checkpoint_share must be in (0, 1]")
-        self.checkpoint_share = checkpoint_share
+        # ``time`` looked up per call: tests move the module's clocks
+        self.checkpoint_budget = ShareBudget(
+            checkpoint_share,
+            cap_seconds=CHECKPOINT_BANK_SECONDS,
+            clock=lambda: time.monotonic(),
+            max_wait_seconds=MAX_CHECKPOINT_SPACING_SECONDS,
+        )
         if not 0 <= checkpoint_delta_share <= 1:
             raise ValueError("checkpoint_delta_share must be in [0, 1]")
         self.checkpoint_delta_share = checkpoint_delta_share
@@ -213,8 +222,6 @@ class EventProcessor:
         self._verdicts_of: tuple[str, int, int] | None = None
         self._chunk_verdicts: dict[int, list[Hold | None]] = {}
         self._last_checkpoint = time.monotonic()
-        # the next checkpoint starts no sooner than this (monotonic): the last one's start + its duration / share
-        self._next_checkpoint_at = -math.inf
         self._lock = asyncio.Lock()
 
     # -- start -------------------------------------------------------------------------
@@ -533,18 +540,31 @@ class EventProcessor:
             )
         return None
 
+    @property
+    def checkpoint_share(self) -> float:
+        """Most of the worker's time checkpoints may take, on average (RECSTREAM_CHECKPOINT_SHARE)."""
+        return self.checkpoint_budget.share
+
+    @checkpoint_share.setter
+    def checkpoint_share(self, share: float) -> None:
+        if not 0 < share <= 1:
+            raise ValueError("checkpoint_share must be in (0, 1]")
+        self.checkpoint_budget.share = share
+
     def checkpoint_due(self) -> bool:
         """Records are pending and either ``checkpoint_every_events`` were learned or ``checkpoint_interval_seconds``
-        passed since the last checkpoint; in both cases no sooner than its duration / ``checkpoint_share`` after it
-        began (at most ``MAX_CHECKPOINT_SPACING_SECONDS``). Each checkpoint writes the whole snapshot, so as the
-        model grows checkpoints get longer and then rarer, instead of taking ever more of the worker's time; the
-        events learned meanwhile wait, so ``checkpoint_every_events`` is then a minimum, not a bound."""
+        passed since the last checkpoint; in both cases only while checkpoints are within their time budget:
+        ``checkpoint_share`` of the time, with up to ``CHECKPOINT_BANK_SECONDS`` banked, so a long checkpoint is
+        paid from what short ones left unused, and else defers the next (by at most
+        ``MAX_CHECKPOINT_SPACING_SECONDS`` after it ended). So as the model grows, checkpoints get longer and then
+        rarer, instead of taking ever more of the worker's time; the events learned meanwhile wait, so
+        ``checkpoint_every_events`` is then a minimum, not a bound."""
         pending = self._pending
         if not pending.records:
             return False
-        now = time.monotonic()
-        if now < self._next_checkpoint_at:
+        if not self.checkpoint_budget.affordable():
             return False
+        now = time.monotonic()
         return (
             pending.learned_since >= self.checkpoint_every_events
             or now - self._last_checkpoint >= self.checkpoint_interval_seconds
@@ -642,11 +662,10 @@ class EventProcessor:
                 if record.handle is not None:
                     self._ack(record.handle)
             elapsed = time.monotonic() - started
-            spacing = min(elapsed / self.checkpoint_share, MAX_CHECKPOINT_SPACING_SECONDS)
-            self._next_checkpoint_at = started + spacing
+            self.checkpoint_budget.spend(elapsed)
             metrics.CHECKPOINTS.labels("ok").inc()
             metrics.CHECKPOINT_SECONDS.observe(elapsed)
-            metrics.CHECKPOINT_SPACING.set(spacing)
+            metrics.CHECKPOINT_SPACING.set(self.checkpoint_budget.wait())
             if blob is not None:
                 metrics.CHECKPOINT_BYTES.labels("delta" if base is not None else "whole").set(len(blob))
             metrics.LAST_CHECKPOINT.set(time.time())
@@ -802,7 +821,7 @@ class EventProcessor:
         self._positives_seen += 1
         learner = self.learner
         paired = bool(self.challengers) and self._positives_seen % self.rule.sample_every == 0
-        # Within its time budget (see stream.share_budget); free when a paired sample ranks anyway.
+        # Within its time budget (see recstream.share_budget); free when a paired sample ranks anyway.
         live = self._positives_seen % HIT_SAMPLE_EVERY == 0 and (paired or self.hit_budget.affordable())
         if learner is None or not (live or paired):
             return

@@ -7,7 +7,7 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 
-from api.model_holder import ModelHolder
+from api.model_holder import LOAD_BANK_SECONDS, ModelHolder
 from learner import codec, cooccurrence_delta
 from learner.item_cooccurrence import ItemCooccurrence
 from learner.online_learner import OnlineLearner
@@ -20,7 +20,9 @@ from tests.conftest import Endpoint
 pytestmark = pytest.mark.integration
 
 
-async def test_a_slow_load_delays_the_next_one_to_its_share_of_the_time(redis_endpoint: Endpoint) -> None:
+async def test_slow_loads_keep_to_their_share_of_the_time(redis_endpoint: Endpoint) -> None:
+    """Loads of 1 s at a share of 0.25: the first ones are paid from the bank, then each waits until the time
+    budget has earned back what the last one spent; an operator's rollback or promotion never waits."""
     client = aioredis.Redis.from_url(redis_endpoint.url)
     store = ModelStore(client, SnapshotSigner(b"k"), Keys(f"mh-{uuid.uuid4().hex[:8]}"))
     now = [100.0]
@@ -33,40 +35,49 @@ async def test_a_slow_load_delays_the_next_one_to_its_share_of_the_time(redis_en
 
     holder = ModelHolder(store, poll_seconds=60, load_share=0.25, clock=lambda: now[0], loader=slow_loader)
     learner = OnlineLearner()
+    versions: list[int] = []
+
+    async def checkpoint() -> int:
+        learner.learn(f"u{len(versions)}", "v1", "like", None, None)
+        versions.append(await store.checkpoint(versions[-1] if versions else None, learner.to_bytes(), {}, {}, {}))
+        return versions[-1]
+
     try:
-        v1 = await store.checkpoint(None, learner.to_bytes(), {}, {}, {})
+        v1 = await checkpoint()
         await holder.refresh()
         assert holder.model is not None and holder.model.version == v1  # the first load: at once
-
-        learner.learn("u1", "v1", "like", None, None)
-        v2 = await store.checkpoint(v1, learner.to_bytes(), {}, {}, {})
-        # The load of v1 started at 100 and took 1 s: at a share of 0.25 the next may start at 104.
-        assert holder.load_wait() == pytest.approx(3.0)
+        # 100 -> 101: LOAD_BANK_SECONDS (1 s) banked + 0.25 s earned - 1 s spent = 0.25 s left: the next at once too
+        assert LOAD_BANK_SECONDS == 1.0 and holder.load_wait() == 0.0
+        v2 = await checkpoint()
+        await holder.refresh()
+        assert holder.model.version == v2 and now[0] == 102.0
+        # 101 -> 102: 0.25 + 0.25 - 1 = -0.5 s: earned back at 0.25 s a second, the next may start at 104
+        assert holder.load_wait() == pytest.approx(2.0)
+        v3 = await checkpoint()
         now[0] = 103.9
         await holder.refresh()
-        assert holder.model.version == v1 and loaded == [v1]
+        assert holder.model.version == v2 and loaded == [v1, v2]
         now[0] = 104.0
         await holder.refresh()
-        assert holder.model.version == v2 and loaded == [v1, v2]
-        assert holder.load_wait() == pytest.approx(3.0)  # started at 104: next at 104 + 1 s / 0.25 = 108; now 105
-        # An operator rolls back to v1: an older version is loaded at once, whatever the wait.
-        await store.promote(v1, reason="roll back")
+        assert holder.model.version == v3 and loaded == [v1, v2, v3]
+        assert holder.load_wait() == pytest.approx(3.0)  # 104 -> 105: 0 + 0.25 - 1 = -0.75 s: the next at 108
+        # An operator rolls back to v2: an older version is loaded at once, whatever the wait.
+        await store.promote(v2, reason="roll back")
         await holder.refresh()
-        assert holder.model.version == v1 and loaded == [v1, v2, v1]
-        # ...and promotes v2 again: newer than v1 but served before, so not a new checkpoint: at once too.
+        assert holder.model.version == v2 and loaded == [v1, v2, v3, v2]
+        # ...and promotes v3 again: newer than v2 but served before, so not a new checkpoint: at once too.
         assert holder.load_wait() > 0
-        await store.promote(v2, reason="back to v2")
+        await store.promote(v3, reason="back to v3")
         await holder.refresh()
-        assert holder.model.version == v2 and loaded == [v1, v2, v1, v2]
+        assert holder.model.version == v3 and loaded == [v1, v2, v3, v2, v3]
         # A new checkpoint still waits its turn.
-        learner.learn("u2", "v1", "like", None, None)
-        v3 = await store.checkpoint(v2, learner.to_bytes(), {}, {}, {})
+        v4 = await checkpoint()
         assert holder.load_wait() > 0
-        await holder.refresh()
-        assert holder.model.version == v2 and loaded == [v1, v2, v1, v2]
-        now[0] += holder.load_wait()
         await holder.refresh()
         assert holder.model.version == v3
+        now[0] += holder.load_wait()
+        await holder.refresh()
+        assert holder.model.version == v4
     finally:
         await client.aclose()
 

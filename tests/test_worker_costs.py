@@ -12,18 +12,19 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 
+from recstream.share_budget import ShareBudget
 from store.keys import Keys
 from store.model_store import ModelStore
 from store.signing import SnapshotSigner
 from stream import processor as processor_module
 from stream.processor import (
+    CHECKPOINT_BANK_SECONDS,
     HIT_SAMPLE_EVERY,
     HIT_TIME_SHARE,
     MAX_CHECKPOINT_SPACING_SECONDS,
     YIELD_EVERY_EVENTS,
     Record,
 )
-from stream.share_budget import ShareBudget
 from tests.clock import iso
 from tests.conftest import Endpoint
 from tests.transport import Transport
@@ -163,37 +164,53 @@ async def _slow_checkpoint(processor, transport, monkeypatch, seconds: float) ->
 
 
 async def test_checkpoints_keep_to_their_share_of_the_time(started, monkeypatch) -> None:
-    """A checkpoint of C s (a large model's snapshot to write) defers the next to C / share after it began."""
+    """A checkpoint of C s (a large model's snapshot to write) at share 0.5 earns C / 2 s of budget while it runs
+    and spends C: beyond the banked seconds, the rest of its debt defers the next one."""
     processor, transport = started
     processor.checkpoint_share = 0.5
-    clock, began = await _slow_checkpoint(processor, transport, monkeypatch, 10.0)  # next: began + 20 s
+    clock, began = await _slow_checkpoint(processor, transport, monkeypatch, 10.0)
+    # banked 2 s + 5 s earned - 10 s spent: 3 s of debt, earned back at 0.5 s a second: due 6 s after it ended
     assert not processor.checkpoint_due()  # due by count, but deferred
-    clock.shift = began - time.monotonic() + 18.0
+    clock.shift = began - time.monotonic() + 10.0 + 5.0
     assert not processor.checkpoint_due()
-    clock.shift = began - time.monotonic() + 25.0  # counted from the end (began + 30 s) it would still wait
+    clock.shift = began - time.monotonic() + 10.0 + 7.0  # (C / share after it began, 20 s, would still wait)
     assert processor.checkpoint_due()
 
 
-async def test_a_deferred_checkpoint_can_still_be_written_and_share_1_defers_nothing(started, monkeypatch) -> None:
+async def test_a_long_checkpoint_among_short_ones_is_paid_from_the_bank(started, monkeypatch) -> None:
+    """A whole snapshot of 1.5 s among deltas does not hold the next checkpoint back: short checkpoints left
+    CHECKPOINT_BANK_SECONDS unused, which pays for it."""
+    processor, transport = started
+    processor.checkpoint_share = 0.5
+    await _slow_checkpoint(processor, transport, monkeypatch, 1.5)
+    assert processor.checkpoint_budget.left == pytest.approx(CHECKPOINT_BANK_SECONDS + 0.75 - 1.5, abs=0.05)
+    assert processor.checkpoint_due()
+
+
+async def test_a_deferred_checkpoint_can_still_be_written(started, monkeypatch) -> None:
     processor, transport = started
     processor.checkpoint_share = 0.5
     await _slow_checkpoint(processor, transport, monkeypatch, 10.0)
     assert not processor.checkpoint_due()
-    processor.checkpoint_share = 1.0  # for the checkpoint below (it also takes 10 s) and its successor
     # what the final checkpoint at shutdown and the retry of a stalled worker do: not asking whether it is due
     assert await processor.checkpoint() is not None
     assert not processor._pending.records
-    more = [{**e, "event_id": f"x{e['event_id']}"} for e in _likes(processor.checkpoint_every_events)]
-    await processor.process(transport.records(more))
-    assert processor.checkpoint_due()  # with share 1 the write's own time is all the spacing
+
+
+async def test_share_1_defers_nothing(started, monkeypatch) -> None:
+    processor, transport = started
+    processor.checkpoint_share = 1.0
+    await _slow_checkpoint(processor, transport, monkeypatch, 10.0)
+    assert processor.checkpoint_due()  # with share 1 a checkpoint earns what it spends
 
 
 async def test_one_slow_checkpoint_defers_the_next_by_at_most_the_cap(started, monkeypatch) -> None:
-    """A checkpoint slowed by a stall (here 20 s at share 0.2: 100 s uncapped) holds the next back 30 s at most."""
+    """A checkpoint slowed by a stall (here 20 s at share 0.2: 70 s of debt to earn back uncapped) holds the next
+    back 30 s at most after it ended."""
     processor, transport = started
     processor.checkpoint_share = 0.2
     clock, began = await _slow_checkpoint(processor, transport, monkeypatch, 20.0)
-    clock.shift = began - time.monotonic() + MAX_CHECKPOINT_SPACING_SECONDS - 2.0
+    clock.shift = began - time.monotonic() + 20.0 + MAX_CHECKPOINT_SPACING_SECONDS - 2.0
     assert not processor.checkpoint_due()
-    clock.shift = began - time.monotonic() + MAX_CHECKPOINT_SPACING_SECONDS + 2.0
+    clock.shift = began - time.monotonic() + 20.0 + MAX_CHECKPOINT_SPACING_SECONDS + 2.0
     assert processor.checkpoint_due()
