@@ -90,6 +90,12 @@ CHECKPOINT_BYTES = Gauge(
     "Size of the last snapshot written, by kind: whole, or a delta against the last whole one.",
     ["kind"],
 )
+CONSOLIDATIONS = Counter(
+    "recstream_checkpoint_consolidations_total",
+    "Whole snapshots of a delta version written over its delta in the background (outcome: ok; failed; skipped: "
+    "the version was gone or changed meanwhile), so that chains of deltas stay short without holding versions back.",
+    ["outcome"],
+)
 CHECKPOINT_SPACING = Gauge(
     "recstream_checkpoint_spacing_seconds",
     "Least time from the end of the last checkpoint to the next: 0 while checkpoints keep within "

@@ -303,11 +303,13 @@ def _export_lag(app: faust.App, processor: EventProcessor, topic: str) -> None:
 
 
 async def _checkpoint_quietly(processor: EventProcessor) -> None:
-    """A failed checkpoint is logged and retried later; its events stay unacknowledged, so none are lost."""
+    """A failed checkpoint is logged and retried later; its events stay unacknowledged, so none are lost.
+    A whole snapshot being written in the background is waited for (else the next start reads the chain)."""
     try:
         await processor.checkpoint()
     except Exception:  # noqa: BLE001 - logged inside; the worker keeps going
         pass
+    await processor.settle()
 
 
 def run_worker(settings: Settings) -> None:

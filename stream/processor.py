@@ -187,13 +187,14 @@ class EventProcessor:
         if not 0 <= checkpoint_delta_share <= 1:
             raise ValueError("checkpoint_delta_share must be in [0, 1]")
         self.checkpoint_delta_share = checkpoint_delta_share
-        # The version this learner's recorded changes are relative to (the last one written), the size of the last
-        # whole snapshot and of the deltas written since: a checkpoint may then write a delta against that version
-        # (None: the next one is whole; after a start, a promotion, a failed write).
+        # The version this learner's recorded changes are relative to (the last one written), the size of the whole
+        # version the chain starts from and (version, size) of each delta written since: a checkpoint may then write
+        # a delta against that version (None: the next one is whole; after a start, a promotion, a failed write).
         self._delta_base: int | None = None
         self._whole_bytes = 0
-        self._chain_bytes = 0
-        self._chain_length = 0
+        self._chain: list[tuple[int, int]] = []
+        # the background write of a delta version's whole snapshot (see _consolidate), while it runs
+        self._consolidation: asyncio.Task[None] | None = None
         self.refused_retry_seconds = refused_retry_seconds
         self.learner: OnlineLearner | None = None
         self.version: int | None = None
@@ -650,10 +651,10 @@ class EventProcessor:
             self.version = version
             if blob is not None:  # the next delta is made against this version
                 if base is None:
-                    self._whole_bytes, self._chain_bytes, self._chain_length = len(blob), 0, 0
+                    self._whole_bytes, self._chain = len(blob), []
                 else:
-                    self._chain_bytes += len(blob)
-                    self._chain_length += 1
+                    self._chain.append((version, len(blob)))
+                    self._consolidate_if_long(version, learner)
                 if self.checkpoint_delta_share > 0:  # else nothing records changes: no cost per event
                     self._delta_base = version
                     cooccurrence_delta.mark(learner)
@@ -782,16 +783,56 @@ class EventProcessor:
 
     def _snapshot(self, learner: OnlineLearner) -> tuple[bytes, int | None]:
         """This checkpoint's bytes and, for a delta, the version it applies to: a delta against the last version
-        written while the deltas since the last whole snapshot add up to at most ``checkpoint_delta_share`` of its
-        size (and are fewer than MAX_DELTA_CHAIN), else a whole snapshot."""
+        written when one can be made, is at most ``checkpoint_delta_share`` of the whole snapshot's size and the
+        chain is shorter than MAX_DELTA_CHAIN; else a whole snapshot. (When the deltas add up past the share, a
+        whole snapshot of a delta version is written in the background instead: :meth:`_consolidate_if_long`.)"""
         base = self._delta_base
-        if base is not None and self.checkpoint_delta_share > 0 and self._chain_length < MAX_DELTA_CHAIN:
+        if base is not None and self.checkpoint_delta_share > 0 and len(self._chain) < MAX_DELTA_CHAIN:
             made = cooccurrence_delta.parts(learner, base_version=base)
             if made is not None:
                 blob = codec.encode(*made)
-                if self._chain_bytes + len(blob) <= self.checkpoint_delta_share * self._whole_bytes:
+                if len(blob) <= self.checkpoint_delta_share * self._whole_bytes:
                     return blob, base
         return learner.to_bytes(), None
+
+    def _consolidate_if_long(self, version: int, learner: OnlineLearner) -> None:
+        """Once the deltas since the chain's whole version add up to more than ``checkpoint_delta_share`` of its
+        size, encode the whole snapshot of ``version`` (the delta just written: the learner's state now) and write
+        it over that version's delta in the background (:meth:`store.model_store.ModelStore.consolidate`): a chain
+        through it ends there from then on. The next versions are not held back by it: they keep coming as deltas
+        while it is written, unlike a whole snapshot written as a version of its own."""
+        if self._consolidation is not None or self.checkpoint_delta_share <= 0:
+            return
+        if sum(size for _, size in self._chain) <= self.checkpoint_delta_share * self._whole_bytes:
+            return
+        whole = learner.to_bytes()  # now, before it learns more (the checkpoint lock is held)
+        self._consolidation = asyncio.create_task(self._consolidate(version, whole), name=f"consolidate-v{version}")
+
+    async def _consolidate(self, version: int, whole: bytes) -> None:
+        try:
+            written = await self.store.consolidate(version, whole)
+        except Exception:  # the deltas stay valid; tried again after the next checkpoint
+            metrics.CONSOLIDATIONS.labels("failed").inc()
+            metrics.REDIS_ERRORS.labels("worker").inc()
+            log.exception("writing the whole snapshot of v%s in the background failed; its chain stays", version)
+            return
+        finally:
+            self._consolidation = None
+        metrics.CONSOLIDATIONS.labels("ok" if written else "skipped").inc()
+        if not written:
+            return
+        metrics.CHECKPOINT_BYTES.labels("whole").set(len(whole))
+        log.debug("v%s is whole now (%d bytes, written in the background)", version, len(whole))
+        versions = [v for v, _ in self._chain]
+        if version in versions:  # (else a whole version was written since: the chain starts there)
+            self._whole_bytes = len(whole)
+            self._chain = self._chain[versions.index(version) + 1 :]
+
+    async def settle(self) -> None:
+        """Wait for a whole snapshot being written in the background (at shutdown, and in tests)."""
+        task = self._consolidation
+        if task is not None:
+            await asyncio.shield(task)
 
     def _install_champion(self, name: str, learner: OnlineLearner) -> None:
         """``learner`` (named ``name``) serves from now on; a configured former champion goes into shadow.

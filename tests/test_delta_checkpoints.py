@@ -1,9 +1,11 @@
 """The worker writes deltas against its last whole snapshot while they are small (real Redis; no Kafka here).
 
 What the processor writes at each checkpoint: whole first, then deltas, each against the version
-before it, until they would add up to more than ``checkpoint_delta_share`` of the whole one's size
-(or number MAX_DELTA_CHAIN), whole again after a failed write or a restart; and a restarted worker
-gets the same learner as a whole snapshot of the version would give.
+before it; once they add up to more than ``checkpoint_delta_share`` of the whole one's size, the
+whole snapshot of the last delta version is written over it in the background (the chain then
+starts there); whole at once for a delta larger than the share on its own, a chain of
+MAX_DELTA_CHAIN, after a failed write or a restart; and a restarted worker gets the same learner
+as a whole snapshot of the version would give.
 """
 
 from __future__ import annotations
@@ -131,7 +133,9 @@ async def test_share_0_writes_whole_snapshots_only(store: ModelStore) -> None:
     assert bases == [None, None]
 
 
-async def test_deltas_add_up_against_the_share_and_a_chain_is_bounded(store: ModelStore, monkeypatch) -> None:
+async def test_deltas_past_the_share_are_consolidated_in_the_background_and_a_chain_is_bounded(
+    store: ModelStore, monkeypatch
+) -> None:
     from stream import processor as processor_module
 
     processor, transport, whole = await _with_a_model(store, 0.5, 20_000)
@@ -139,14 +143,31 @@ async def test_deltas_add_up_against_the_share_and_a_chain_is_bounded(store: Mod
     first, base = await _checkpoint(processor)
     assert base == whole
     size = await store.redis.hstrlen(store.keys.version(first), "blob")
-    # room for 1.5 such deltas: the next one alone fits, the two together do not
+    # room for 1.5 such deltas: the next one alone fits, so it is written as a delta; the two together do not, so
+    # the whole snapshot of that version is written over it in the background
     processor.checkpoint_delta_share = 1.5 * size / await store.redis.hstrlen(store.keys.version(whole), "blob")
     await processor.process(transport.records(_events(20_020, 20)))
+    second, base = await _checkpoint(processor)
+    assert base == first
+    await processor.settle()
+    consolidated = await store.load(second)
+    assert consolidated is not None and consolidated.base_version is None
+    assert consolidated.blob == processor.learner.to_bytes()  # type: ignore[union-attr]
+    assert str(second).encode() not in await store.redis.hgetall(store.keys.version_bases)
+    # the chain starts there now: the next delta is against it, and the deltas are counted from it again
+    await processor.process(transport.records(_events(20_040, 20)))
+    third, base = await _checkpoint(processor)
+    assert base == second and [v for v, _ in processor._chain] == [third]
+    await processor.settle()
+    assert (await store.load(third)).base_version == second  # type: ignore[union-attr]  # one delta: within the share
+    # a delta larger than the share of the whole snapshot on its own: a whole version at once
+    processor.checkpoint_delta_share = 0.1 * size / len(consolidated.blob)
+    await processor.process(transport.records(_events(20_060, 20)))
     assert (await _checkpoint(processor))[1] is None
     monkeypatch.setattr(processor_module, "MAX_DELTA_CHAIN", 2)
     processor.checkpoint_delta_share = 1.0
     bases = []
-    for start in (20_040, 20_060, 20_080):
+    for start in (20_080, 20_100, 20_120):
         await processor.process(transport.records(_events(start, 20)))
         bases.append((await _checkpoint(processor))[1])
     assert bases[0] is not None and bases[1] is not None and bases[2] is None  # two deltas, then whole

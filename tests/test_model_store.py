@@ -183,3 +183,50 @@ async def test_a_chain_of_deltas_loads_down_to_its_whole_version_or_to_the_one_t
     await store.redis.hset(store.keys.version(2), "base", 5)
     with pytest.raises(SnapshotRefused):
         await store.load(3)
+
+
+async def test_a_consolidated_delta_version_is_whole_and_its_old_chain_can_go(store: ModelStore) -> None:
+    current = await store.checkpoint(None, b"whole", {}, {}, {})
+    for n in range(3):  # v2, v3, v4: each a delta against the version before it
+        current = await store.checkpoint(current, f"delta-{n}".encode(), {}, {}, {}, base=current)
+    assert await store.consolidate(3, b"whole-3")
+    snapshot = await store.load(3)
+    assert snapshot is not None and snapshot.base_version is None and snapshot.blob == b"whole-3"
+    assert "base" not in snapshot.meta and snapshot.meta["consolidated_from"] == 2
+    root, deltas = (await store.load(4)).chain()  # type: ignore[union-attr]
+    assert root is not None and root.version == 3 and deltas == [(3, b"delta-2")]  # the chain ends at v3 now
+    assert await store.redis.hgetall(store.keys.version_bases) == {b"2": b"1", b"4": b"3"}
+    assert not await store.consolidate(3, b"whole-3")  # whole already: nothing written
+    assert not await store.consolidate(99, b"nothing")  # no such version
+    # retention (3) may now delete v1 and v2: nothing kept needs them
+    for n in range(3):
+        current = await store.checkpoint(current, f"d{n}".encode(), {}, {}, {}, base=current)
+    assert [int(v) for v in await store.redis.zrange(store.keys.versions, 0, -1)] == [3, 4, 5, 6, 7]
+    forged = await store.checkpoint(current, b"delta", {}, {}, {}, base=current)
+    await store.redis.hset(store.keys.version(3), "blob", b"forged")  # a consolidated blob is authenticated too
+    with pytest.raises(SnapshotRefused):
+        await store.load(forged)
+
+
+async def test_a_reader_that_read_a_delta_just_before_it_was_consolidated_reads_it_again(
+    store: ModelStore, monkeypatch
+) -> None:
+    current = await store.checkpoint(None, b"whole", {}, {}, {})
+    for n in range(2):  # v2, v3
+        current = await store.checkpoint(current, f"delta-{n}".encode(), {}, {}, {}, base=current)
+    as_delta = await store.redis.hgetall(store.keys.version(2))
+    assert await store.consolidate(2, b"whole-2")
+    await store.redis.delete(store.keys.version(1))  # what retention does once nothing kept needs v1
+    real = store.redis.hgetall
+    stale = [store.keys.version(2)]
+
+    async def hgetall(key):  # type: ignore[no-untyped-def]
+        if stale and key == stale[0]:  # the reader's first read of v2 happened before the consolidation
+            stale.clear()
+            return as_delta
+        return await real(key)
+
+    monkeypatch.setattr(store.redis, "hgetall", hgetall)
+    root, deltas = (await store.load(3)).chain()  # type: ignore[union-attr]
+    assert not stale and root is not None and root.version == 2 and root.blob == b"whole-2"
+    assert deltas == [(2, b"delta-1")]
