@@ -126,16 +126,17 @@ class Settings(_gate_settings()):  # type: ignore[misc]
         le=1,
         description="Most of the worker's time spent writing checkpoints, on average: a time budget earns share s a "
         "second and banks up to 2 s; a checkpoint spends what it took, and while the budget is in debt the next waits "
-        "(at most 30 s after one ends). A large model is then checkpointed less often; a whole snapshot among deltas "
-        "is paid from the bank (1: off).",
+        "(at most 30 s after one ends). A large model is then checkpointed less often; a long checkpoint among short "
+        "ones is paid from the bank (1: off).",
     )
     checkpoint_delta_share: float = Field(
         1.0,
         ge=0,
         le=1,
         description="With the default model, a checkpoint writes only what changed since the last version (a "
-        "delta) while the deltas since the last whole snapshot add up to at most this share of its size (and "
-        "number under 200), else a whole snapshot; whole first after a start or a promotion (0: always whole).",
+        "delta); once the deltas since the last whole snapshot add up to more than this share of its size, the whole "
+        "snapshot of the last delta version is written over it in the background. Whole at once for a delta above "
+        "the share on its own, a chain of 200, after a start or a promotion (0: always whole).",
     )
     batch_max_events: int = Field(
         2000,
