@@ -273,10 +273,12 @@ class ModelStore:
         now = time.time() if now is None else now  # dedupe buckets and the version's time
         async with self.redis.pipeline(transaction=True) as pipe:
             try:
-                # the pins too: a version pinned while this checkpoint runs must not be deleted by its retention
-                delta_of = [keys.version(base)] if base is not None and blob is not None else []
-                await pipe.watch(keys.current_version, keys.versions, keys.pinned, *delta_of)
-                if delta_of and not await pipe.exists(*delta_of):
+                # the pins too: a version pinned while this checkpoint runs must not be deleted by its retention.
+                # A delta's base must still be retained: every deletion of a version removes it from the watched
+                # versions set (the base's own hash is not watched: writing its whole snapshot over its delta in
+                # the background, ``consolidate``, leaves the state a delta applies to unchanged)
+                await pipe.watch(keys.current_version, keys.versions, keys.pinned)
+                if base is not None and blob is not None and await pipe.zscore(keys.versions, str(base)) is None:
                     raise CheckpointConflict(f"the base v{base} of this delta is no longer retained")
                 raw = await pipe.get(keys.current_version)
                 current = int(raw) if raw is not None else None

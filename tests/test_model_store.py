@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from store.keys import Keys
@@ -230,3 +231,30 @@ async def test_a_reader_that_read_a_delta_just_before_it_was_consolidated_reads_
     root, deltas = (await store.load(3)).chain()  # type: ignore[union-attr]
     assert not stale and root is not None and root.version == 2 and root.blob == b"whole-2"
     assert deltas == [(2, b"delta-1")]
+
+
+async def test_a_delta_checkpoint_goes_through_while_its_base_is_consolidated(
+    store: ModelStore, redis_endpoint: Endpoint, monkeypatch
+) -> None:
+    """The background whole snapshot of the base lands between the checkpoint's WATCH and EXEC: the base's state is
+    the same, so the checkpoint must not fail as a conflict (it did when the base's own hash was watched)."""
+    whole = await store.checkpoint(None, b"whole", {}, {}, {})
+    base = await store.checkpoint(whole, b"delta-1", {}, {}, {}, base=whole)
+    other = redis.Redis.from_url(redis_endpoint.url)  # another client: the worker's background task
+    sign = store.signer.sign
+
+    def sign_while_consolidating(blob: bytes) -> str:
+        if blob == b"delta-2":  # signed inside the checkpoint's transaction, after its WATCH
+            key = store.keys.version(base)
+            other.hset(key, mapping={"blob": b"whole-2", "tag": sign(b"whole-2")})
+            other.hdel(key, "base")
+            other.hdel(store.keys.version_bases, str(base))
+        return sign(blob)
+
+    monkeypatch.setattr(store.signer, "sign", sign_while_consolidating)
+    try:
+        current = await store.checkpoint(base, b"delta-2", {}, {}, {}, base=base)
+    finally:
+        other.close()
+    root, deltas = (await store.load(current)).chain()  # type: ignore[union-attr]
+    assert root is not None and root.version == base and root.blob == b"whole-2" and deltas == [(base, b"delta-2")]
