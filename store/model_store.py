@@ -10,7 +10,9 @@ A version's blob is either a whole snapshot or a delta against an earlier versio
 (itself whole or a delta: a chain back to a whole version; written by the worker while the deltas
 are much smaller than a whole snapshot, learner.cooccurrence_delta). Loading a delta version loads
 and authenticates its chain too, down to a whole version or to one the caller says it holds, and
-retention never deletes a version in the chain of one it keeps.
+retention never deletes a version in the chain of one it keeps. Once a chain is long, the worker
+writes the whole snapshot of a delta version over its delta in the background
+(:meth:`ModelStore.consolidate`): chains through it end there from then on.
 """
 
 from __future__ import annotations
@@ -173,12 +175,15 @@ class ModelStore:
         raw = await self.redis.get(self.keys.current_version)
         return int(raw) if raw is not None else None
 
-    async def load(self, version: int, known_base: int | None = None, _reread: bool = True) -> Snapshot | None:
+    async def load(self, version: int, known_base: int | None = None) -> Snapshot | None:
         """The snapshot of ``version`` if it exists; raises :class:`SnapshotRefused` if its tag fails.
 
         A delta version comes with its base (loaded and authenticated the same way, and so on down
         its chain), except from ``known_base`` on: the caller holds that version already. A version
         consolidated while its chain was being read (:meth:`consolidate`) is read again, whole."""
+        return await self._load(version, known_base, reread=True)
+
+    async def _load(self, version: int, known_base: int | None, reread: bool) -> Snapshot | None:
         fields = await self.redis.hgetall(self.keys.version(version))
         if not fields:
             return None
@@ -194,10 +199,10 @@ class ModelStore:
             raise SnapshotRefused(version, what=f"v{version} (its base v{base_version} is not older)")
         base = None
         if base_version != known_base:
-            base = await self.load(base_version, known_base)
+            base = await self._load(base_version, known_base, reread=True)
             if base is None:
-                if _reread:  # consolidated meanwhile (whole now), and its old chain deleted: read it again
-                    return await self.load(version, known_base, _reread=False)
+                if reread:  # consolidated meanwhile (whole now), and its old chain deleted: read it again
+                    return await self._load(version, known_base, reread=False)
                 raise SnapshotRefused(version, what=f"v{version} (its base v{base_version} is gone)")
         return Snapshot(version=version, blob=blob, meta=meta, base_version=base_version, base=base)
 

@@ -60,8 +60,9 @@ HIT_TIME_SHARE = 0.02  # the live hit rate's samples may take at most this share
 #: by a stall (a broker or Redis hiccup) must not hold back the next one, and the freshness of recommendations, for
 #: minutes.
 MAX_CHECKPOINT_SPACING_SECONDS = 30.0
-#: Checkpoint time the share's budget may bank: a whole snapshot among small deltas is paid from what the deltas left
-#: unused, instead of holding the next checkpoint back by its own length.
+#: Checkpoint time the share's budget may bank: a long checkpoint among short ones (the one that encodes a whole
+#: snapshot for the background write, a backlog's large delta) is paid from what the short ones left unused, instead of
+#: holding the next checkpoint back by its own length.
 CHECKPOINT_BANK_SECONDS = 2.0
 #: Most deltas in a row before a whole snapshot: a reader starting cold reads and composes the whole chain.
 MAX_DELTA_CHAIN = 200
