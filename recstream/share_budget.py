@@ -2,7 +2,8 @@
 
 The budget accrues ``share`` seconds per second of wall time, up to ``cap_seconds`` (what may be
 banked); work may start while the budget is not in debt, and what it took is spent. So over any
-stretch of T seconds the work takes at most ``share * T + cap_seconds``, while one long piece of
+stretch of T seconds the work takes at most ``share * T + cap_seconds`` plus the piece that started
+last (and any debt ``max_wait_seconds`` forgave), while one long piece of
 work (a whole snapshot among small deltas) is paid from what the short ones left unused instead of
 holding the next one back by its own length.
 
@@ -61,7 +62,8 @@ class ShareBudget:
             self._at = until
 
     def affordable(self) -> bool:
-        """Whether work may start now: the budget is not in debt."""
+        """Whether work may start now: the budget is not in debt. (Ask between pieces of work, not during one:
+        the cap would then clip what it earns while it runs.)"""
         self._accrue(self.clock())
         return self.left >= 0
 

@@ -564,6 +564,8 @@ class EventProcessor:
         pending = self._pending
         if not pending.records:
             return False
+        if self._lock.locked():  # a batch or a checkpoint is running: asked again after it (not judged mid-way)
+            return False
         if not self.checkpoint_budget.affordable():
             return False
         now = time.monotonic()

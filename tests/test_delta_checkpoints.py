@@ -147,11 +147,12 @@ async def test_deltas_past_the_share_are_consolidated_in_the_background_and_a_ch
     # the whole snapshot of that version is written over it in the background
     processor.checkpoint_delta_share = 1.5 * size / await store.redis.hstrlen(store.keys.version(whole), "blob")
     await processor.process(transport.records(_events(20_020, 20)))
-    second, base = await _checkpoint(processor)
-    assert base == first
+    second = await processor.checkpoint()
+    assert second is not None
     await processor.settle()
     consolidated = await store.load(second)
     assert consolidated is not None and consolidated.base_version is None
+    assert consolidated.meta["consolidated_from"] == first  # written as a delta against the version before
     assert consolidated.blob == processor.learner.to_bytes()  # type: ignore[union-attr]
     assert str(second).encode() not in await store.redis.hgetall(store.keys.version_bases)
     # the chain starts there now: the next delta is against it, and the deltas are counted from it again

@@ -163,6 +163,17 @@ async def _slow_checkpoint(processor, transport, monkeypatch, seconds: float) ->
     return clock, began
 
 
+async def test_a_checkpoint_is_not_judged_due_while_a_batch_or_checkpoint_runs(started) -> None:
+    """The idle timer asks between the agent's batches; while one runs (the lock held), the answer waits for it: the
+    budget is not asked mid-way through a checkpoint, and a timer does not queue a checkpoint behind a batch."""
+    processor, transport = started
+    await processor.process(transport.records(_likes(processor.checkpoint_every_events)))
+    assert processor.checkpoint_due()
+    async with processor._lock:
+        assert not processor.checkpoint_due()
+    assert processor.checkpoint_due()
+
+
 async def test_checkpoints_keep_to_their_share_of_the_time(started, monkeypatch) -> None:
     """A checkpoint of C s (a large model's snapshot to write) at share 0.5 earns C / 2 s of budget while it runs
     and spends C: beyond the banked seconds, the rest of its debt defers the next one."""
@@ -177,9 +188,9 @@ async def test_checkpoints_keep_to_their_share_of_the_time(started, monkeypatch)
     assert processor.checkpoint_due()
 
 
-async def test_a_long_checkpoint_among_short_ones_is_paid_from_the_bank(started, monkeypatch) -> None:
-    """A whole snapshot of 1.5 s among deltas does not hold the next checkpoint back: short checkpoints left
-    CHECKPOINT_BANK_SECONDS unused, which pays for it."""
+async def test_a_long_checkpoint_is_paid_from_the_bank(started, monkeypatch) -> None:
+    """A checkpoint of 1.5 s with the bank full (what short checkpoints leave unused, up to CHECKPOINT_BANK_SECONDS)
+    does not hold the next one back."""
     processor, transport = started
     processor.checkpoint_share = 0.5
     await _slow_checkpoint(processor, transport, monkeypatch, 1.5)
