@@ -67,7 +67,6 @@ class ModelHolder:
             raise ValueError("load_share must be in (0, 1]")
         self.store = store
         self.poll_seconds = poll_seconds
-        self.load_share = load_share
         self._clock = clock
         self._loader = loader
         self._load_budget = ShareBudget(load_share, cap_seconds=LOAD_BANK_SECONDS, clock=clock)  # see the module doc

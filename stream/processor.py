@@ -176,15 +176,14 @@ class EventProcessor:
         self._ack = ack
         self.checkpoint_every_events = checkpoint_every_events
         self.checkpoint_interval_seconds = checkpoint_interval_seconds
-        if not 0 < checkpoint_share <= 1:
-            raise ValueError("checkpoint_share must be in (0, 1]")
         # ``time`` looked up per call: tests move the module's clocks
         self.checkpoint_budget = ShareBudget(
-            checkpoint_share,
+            1.0,
             cap_seconds=CHECKPOINT_BANK_SECONDS,
             clock=lambda: time.monotonic(),
             max_wait_seconds=MAX_CHECKPOINT_SPACING_SECONDS,
         )
+        self.checkpoint_share = checkpoint_share  # checked by the setter; the budget holds it
         if not 0 <= checkpoint_delta_share <= 1:
             raise ValueError("checkpoint_delta_share must be in [0, 1]")
         self.checkpoint_delta_share = checkpoint_delta_share

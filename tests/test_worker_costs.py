@@ -225,3 +225,12 @@ async def test_one_slow_checkpoint_defers_the_next_by_at_most_the_cap(started, m
     assert not processor.checkpoint_due()
     clock.shift = began - time.monotonic() + 20.0 + MAX_CHECKPOINT_SPACING_SECONDS + 2.0
     assert processor.checkpoint_due()
+
+
+def test_the_checkpoint_share_must_be_a_fraction() -> None:
+    with pytest.raises(ValueError, match="checkpoint_share"):
+        Transport().processor(None, checkpoint_share=0)  # type: ignore[arg-type]
+    processor = Transport().processor(None, checkpoint_share=0.3)  # type: ignore[arg-type]
+    assert processor.checkpoint_budget.share == 0.3
+    with pytest.raises(ValueError, match="checkpoint_share"):
+        processor.checkpoint_share = 1.5
