@@ -37,13 +37,13 @@ log = logging.getLogger(__name__)
 
 
 class SnapshotRefused(Exception):
-    """A snapshot's HMAC tag did not verify; it was not decoded."""
+    """A snapshot was not decoded: its HMAC tag did not verify (the default ``why``), or its chain of deltas
+    is not one a reader can follow (``why`` says how)."""
 
-    def __init__(self, version: int, what: str = "") -> None:
-        super().__init__(
-            f"model snapshot {what or f'v{version}'} failed HMAC authentication and was refused "
-            "(tampered, or signed with another key); it was not loaded"
-        )
+    HMAC = "failed HMAC authentication and was refused (tampered, or signed with another key)"
+
+    def __init__(self, version: int, what: str = "", why: str = HMAC) -> None:
+        super().__init__(f"model snapshot {what or f'v{version}'} {why}; it was not loaded")
         self.version = version
 
 
@@ -125,6 +125,13 @@ return found
 """
 
 
+#: How many times a promotion tries its switch while checkpoints move ``current`` under it.
+PROMOTE_ATTEMPTS = 5
+
+#: How many times a load reads a version again when its chain was made whole and deleted under it.
+MAX_REREADS = 3
+
+
 def offset_field(topic: str, partition: int) -> str:
     return f"{topic}/{partition}"
 
@@ -181,9 +188,9 @@ class ModelStore:
         A delta version comes with its base (loaded and authenticated the same way, and so on down
         its chain), except from ``known_base`` on: the caller holds that version already. A version
         consolidated while its chain was being read (:meth:`consolidate`) is read again, whole."""
-        return await self._load(version, known_base, reread=True)
+        return await self._load(version, known_base, rereads=MAX_REREADS)
 
-    async def _load(self, version: int, known_base: int | None, reread: bool) -> Snapshot | None:
+    async def _load(self, version: int, known_base: int | None, rereads: int) -> Snapshot | None:
         fields = await self.redis.hgetall(self.keys.version(version))
         if not fields:
             return None
@@ -196,14 +203,18 @@ class ModelStore:
             return Snapshot(version=version, blob=blob, meta=meta)
         base_version = int(raw_base)
         if base_version >= version:  # a delta is made against an older version: a chain always ends
-            raise SnapshotRefused(version, what=f"v{version} (its base v{base_version} is not older)")
+            raise SnapshotRefused(version, why=f"was refused: its base v{base_version} is not older than itself")
         base = None
         if base_version != known_base:
-            base = await self._load(base_version, known_base, reread=True)
+            base = await self._load(base_version, known_base, rereads=rereads)
             if base is None:
-                if reread:  # consolidated meanwhile (whole now), and its old chain deleted: read it again
-                    return await self._load(version, known_base, reread=False)
-                raise SnapshotRefused(version, what=f"v{version} (its base v{base_version} is gone)")
+                if rereads:  # consolidated meanwhile (whole now), and its old chain deleted: read it again
+                    return await self._load(version, known_base, rereads=rereads - 1)
+                raise SnapshotRefused(
+                    version,
+                    why=f"could not be read: its base v{base_version} was deleted while it was being read "
+                    f"(made whole and retired {MAX_REREADS + 1} times during one read); try again",
+                )
         return Snapshot(version=version, blob=blob, meta=meta, base_version=base_version, base=base)
 
     async def consolidate(self, version: int, whole: bytes) -> bool:
@@ -410,24 +421,32 @@ class ModelStore:
         (see docs/operations.md for what happens to the events learned since).
         """
         keys = self.keys
-        async with self.redis.pipeline(transaction=True) as pipe:
-            try:
-                # WATCH: a checkpoint's retention must not delete the version between the check and the switch.
-                await pipe.watch(keys.version(version), keys.current_version)
-                snapshot = await self.load(version)  # raises SnapshotRefused if the tag does not verify
-                if snapshot is None:
-                    raise KeyError(f"model version {version} does not exist (retained: see `recstream models list`)")
-                raw = await pipe.get(keys.current_version)
-                previous = int(raw) if raw is not None else None
-                record = {"at": time.time(), "from": previous, "to": version, "reason": reason, "actor": actor}
-                pipe.multi()
-                pipe.set(keys.current_version, version)
-                pipe.rpush(keys.promotions, json.dumps(record))
-                await pipe.execute()
-            except WatchError as exc:
-                raise CheckpointConflict(
-                    f"the current version or v{version} changed during the promotion; try again"
-                ) from exc
+        # Read and authenticate it (and its chain) first, outside the transaction: a whole version is ~100 MB.
+        # Only a background whole snapshot rewrites a version's fields, with the same state, signed.
+        if await self.load(version) is None:  # raises SnapshotRefused if a tag does not verify
+            raise KeyError(f"model version {version} does not exist (retained: see `recstream models list`)")
+        for attempt in range(PROMOTE_ATTEMPTS):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    # WATCH: retention must not delete the version (it leaves the versions set then) between
+                    # the check and the switch, and "from" must be the version it replaces.
+                    await pipe.watch(keys.versions, keys.current_version)
+                    if await pipe.zscore(keys.versions, str(version)) is None:
+                        raise KeyError(f"model version {version} was deleted by retention meanwhile; pin it first")
+                    raw = await pipe.get(keys.current_version)
+                    previous = int(raw) if raw is not None else None
+                    record = {"at": time.time(), "from": previous, "to": version, "reason": reason, "actor": actor}
+                    pipe.multi()
+                    pipe.set(keys.current_version, version)
+                    pipe.rpush(keys.promotions, json.dumps(record))
+                    await pipe.execute()
+                    break
+                except WatchError as exc:
+                    if attempt == PROMOTE_ATTEMPTS - 1:
+                        raise CheckpointConflict(
+                            f"checkpoints kept moving the current version during the promotion of v{version} "
+                            f"({PROMOTE_ATTEMPTS} attempts); try again, or pause ingest first"
+                        ) from exc
         await self.redis.publish(self.keys.announce_channel, str(version))
 
     async def rollback(self, reason: str = "rollback", actor: str = "operator") -> int:

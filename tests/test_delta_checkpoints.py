@@ -172,3 +172,54 @@ async def test_deltas_past_the_share_are_consolidated_in_the_background_and_a_ch
         await processor.process(transport.records(_events(start, 20)))
         bases.append((await _checkpoint(processor))[1])
     assert bases[0] is not None and bases[1] is not None and bases[2] is None  # two deltas, then whole
+
+
+async def _a_delta(processor, transport, start: int) -> int:  # type: ignore[no-untyped-def]
+    """Learn 20 events and checkpoint: the version written, a delta."""
+    await processor.process(transport.records(_events(start, 20)))
+    version, base = await _checkpoint(processor)
+    assert base is not None
+    return version
+
+
+async def test_a_failed_background_write_leaves_the_chain_and_is_tried_again_after_the_next_checkpoint(
+    store: ModelStore, monkeypatch
+) -> None:
+    processor, transport, whole = await _with_a_model(store, 0.5, 20_000)
+    first = await _a_delta(processor, transport, 20_000)
+    consolidate = store.consolidate
+    failures = []
+
+    async def down_once(version: int, blob: bytes) -> bool:
+        if not failures:
+            failures.append(version)
+            raise ConnectionError("Redis went away")
+        return await consolidate(version, blob)
+
+    monkeypatch.setattr(store, "consolidate", down_once)
+    size = await store.redis.hstrlen(store.keys.version(first), "blob")
+    processor.checkpoint_delta_share = 1.5 * size / await store.redis.hstrlen(store.keys.version(whole), "blob")
+    second = await _a_delta(processor, transport, 20_020)
+    await processor.settle()
+    assert failures == [second] and (await store.load(second)).base_version == first  # type: ignore[union-attr]
+    assert [v for v, _ in processor._chain] == [first, second]  # still counted: the next checkpoint tries again
+    third = await _a_delta(processor, transport, 20_040)
+    await processor.settle()
+    consolidated = await store.load(third)
+    assert consolidated is not None and consolidated.base_version is None
+    assert consolidated.blob == processor.learner.to_bytes()  # type: ignore[union-attr]
+    assert processor._chain == []
+
+
+async def test_the_worker_waits_for_a_background_write_before_it_stops(store: ModelStore) -> None:
+    from stream.app import _checkpoint_quietly
+
+    processor, transport, whole = await _with_a_model(store, 0.5, 20_000)
+    first = await _a_delta(processor, transport, 20_000)
+    size = await store.redis.hstrlen(store.keys.version(first), "blob")
+    processor.checkpoint_delta_share = 1.5 * size / await store.redis.hstrlen(store.keys.version(whole), "blob")
+    await processor.process(transport.records(_events(20_020, 20)))
+    await _checkpoint_quietly(processor)  # the final checkpoint at shutdown: it starts a background write
+    last = await store.current_version()
+    assert last is not None and last != first
+    assert (await store.load(last)).base_version is None  # type: ignore[union-attr]  # written before it returned

@@ -9,7 +9,7 @@ import redis
 import redis.asyncio as aioredis
 
 from store.keys import Keys
-from store.model_store import CheckpointConflict, ModelStore, SnapshotRefused
+from store.model_store import MAX_REREADS, PROMOTE_ATTEMPTS, CheckpointConflict, ModelStore, SnapshotRefused
 from store.signing import SnapshotSigner
 from tests.conftest import Endpoint
 
@@ -258,3 +258,120 @@ async def test_a_delta_checkpoint_goes_through_while_its_base_is_consolidated(
         other.close()
     root, deltas = (await store.load(current)).chain()  # type: ignore[union-attr]
     assert root is not None and root.version == base and root.blob == b"whole-2" and deltas == [(base, b"delta-2")]
+
+
+async def test_a_chain_made_whole_and_retired_under_every_read_is_reported_as_unreadable_not_tampered(
+    store: ModelStore, monkeypatch
+) -> None:
+    current = await store.checkpoint(None, b"whole", {}, {}, {})
+    for n in range(2):  # v2, v3
+        current = await store.checkpoint(current, f"delta-{n}".encode(), {}, {}, {}, base=current)
+    as_delta = await store.redis.hgetall(store.keys.version(2))
+    await store.redis.delete(store.keys.version(1))
+    real = store.redis.hgetall
+    reads = []
+
+    async def hgetall(key):  # type: ignore[no-untyped-def]
+        if key == store.keys.version(2):  # every read of v2 sees it as a delta whose base is gone by then
+            reads.append(key)
+            return as_delta
+        return await real(key)
+
+    monkeypatch.setattr(store.redis, "hgetall", hgetall)
+    with pytest.raises(SnapshotRefused, match="could not be read: its base v1 was deleted") as refused:
+        await store.load(3)
+    assert "HMAC" not in str(refused.value)
+    assert len(reads) == 1 + MAX_REREADS  # read again, a bounded number of times
+
+
+async def test_a_promotion_goes_through_while_checkpoints_move_current_and_its_version_is_made_whole(
+    store: ModelStore, redis_endpoint: Endpoint, monkeypatch
+) -> None:
+    current = await store.checkpoint(None, b"whole", {}, {}, {})
+    target = current = await store.checkpoint(current, b"delta-1", {}, {}, {}, base=current)
+    current = await store.checkpoint(current, b"delta-2", {}, {}, {}, base=current)
+    other = redis.Redis.from_url(redis_endpoint.url)  # another client: the worker
+    zscore = aioredis.client.Pipeline.zscore
+    attempts = []
+
+    async def zscore_then_the_worker_writes(pipe, *args):  # type: ignore[no-untyped-def]
+        found = await zscore(pipe, *args)  # read after the promotion's WATCH
+        attempts.append(args)
+        if len(attempts) == 1:  # a checkpoint moves current: a conflict, tried again
+            other.set(store.keys.current_version, current + 1)
+        elif len(attempts) == 2:  # the background whole snapshot of the target (the same state): no conflict
+            key = store.keys.version(target)
+            other.hset(key, mapping={"blob": b"whole-2", "tag": store.signer.sign(b"whole-2")})
+            other.hdel(key, "base")
+        return found
+
+    monkeypatch.setattr(aioredis.client.Pipeline, "zscore", zscore_then_the_worker_writes)
+    try:
+        await store.promote(target, reason="back")
+    finally:
+        other.close()
+    assert len(attempts) == 2 and await store.current_version() == target
+    assert (await store.last_promotion())["from"] == current + 1  # type: ignore[index]  # what it replaced
+
+
+async def test_a_promotion_of_a_version_retention_deleted_meanwhile_is_refused(store: ModelStore, monkeypatch) -> None:
+    current = None
+    for n in range(3):
+        current = await store.checkpoint(current, f"b{n}".encode(), {}, {}, {})
+    real_load = store.load
+
+    async def load_then_retention_deletes(version, known_base=None):  # type: ignore[no-untyped-def]
+        snapshot = await real_load(version, known_base)
+        await store.checkpoint(current, b"b3", {}, {}, {})  # retention (3) drops v1
+        return snapshot
+
+    monkeypatch.setattr(store, "load", load_then_retention_deletes)
+    with pytest.raises(KeyError, match="deleted by retention"):
+        await store.promote(1, reason="too late")
+    assert await store.current_version() == 4
+
+
+async def test_consolidating_a_version_deleted_meanwhile_writes_nothing(
+    store: ModelStore, redis_endpoint: Endpoint, monkeypatch
+) -> None:
+    current = await store.checkpoint(None, b"whole", {}, {}, {})
+    delta = await store.checkpoint(current, b"delta", {}, {}, {}, base=current)
+    other = redis.Redis.from_url(redis_endpoint.url)
+    hmget = aioredis.client.Pipeline.hmget
+
+    async def hmget_then_retention_deletes(pipe, *args):  # type: ignore[no-untyped-def]
+        found = await hmget(pipe, *args)  # read after the consolidation's WATCH
+        other.unlink(store.keys.version(delta))
+        return found
+
+    monkeypatch.setattr(aioredis.client.Pipeline, "hmget", hmget_then_retention_deletes)
+    try:
+        assert not await store.consolidate(delta, b"whole-2")
+    finally:
+        other.close()
+    assert not await store.redis.exists(store.keys.version(delta))  # no half-written version left behind
+
+
+async def test_a_promotion_that_checkpoints_keep_overtaking_gives_up_as_a_conflict(
+    store: ModelStore, redis_endpoint: Endpoint, monkeypatch
+) -> None:
+    current = await store.checkpoint(None, b"b0", {}, {}, {})
+    current = await store.checkpoint(current, b"b1", {}, {}, {})
+    other = redis.Redis.from_url(redis_endpoint.url)
+    zscore = aioredis.client.Pipeline.zscore
+    moves = []
+
+    async def zscore_then_a_checkpoint(pipe, *args):  # type: ignore[no-untyped-def]
+        found = await zscore(pipe, *args)
+        moves.append(current + 1 + len(moves))
+        other.set(store.keys.current_version, moves[-1])
+        return found
+
+    monkeypatch.setattr(aioredis.client.Pipeline, "zscore", zscore_then_a_checkpoint)
+    try:
+        with pytest.raises(CheckpointConflict, match="try again"):
+            await store.promote(1, reason="while ingest runs")
+    finally:
+        other.close()
+    assert len(moves) == PROMOTE_ATTEMPTS and await store.current_version() == moves[-1]
+    assert await store.last_promotion() is None
