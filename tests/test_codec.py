@@ -77,6 +77,11 @@ def test_a_header_json_would_write_otherwise_is_refused() -> None:
         {"ids": ["a", float("nan")]},  # a list that starts like an id list is looked at too
         {"n": 2**70},
         {1: "int key"},
+        # a NaN next to ids holding "null": wherever it lands (first, last, in a list, in a dict), it is looked for
+        {"ids": ["null", "x,null]"], "p": {"z": float("-inf")}},
+        {"ids": ["nullable"], "x": [float("nan")]},
+        {"ids": ["null"], "x": [1.0, float("nan"), 2.0]},
+        {"x": float("nan"), "ids": ["null"]},
     ):
         try:
             codec.encode(bad, {})
