@@ -145,6 +145,13 @@ class Settings(_gate_settings()):  # type: ignore[misc]
         description="Largest batch the worker takes from the stream at once, in Kafka messages (one from "
         "`POST /v1/events` holds up to 1,000 events); it checkpoints between batches.",
     )
+    batch_slice_bytes: int = Field(
+        1_048_576,
+        ge=1024,
+        description="A batch taken is processed in slices of about this many bytes of messages (~5,000 events a "
+        "MiB), with a checkpoint between slices when one is due: a backlog of batch messages (after a restart) "
+        "keeps publishing versions, and the events decoded at once stay bounded.",
+    )
     model_retention: int = Field(
         5, ge=1, description="Newest model versions kept in Redis (older ones are deleted, except as below)."
     )

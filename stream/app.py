@@ -3,7 +3,9 @@
 Values are taken as raw bytes (``value_serializer="raw"``) and decoded by the processor, so
 a malformed message can never crash Faust's deserializer: it is dead-lettered with a reason.
 Each taken message gets an extra reference (``incref``) so Faust cannot commit its offset
-when the batch ends; the processor releases it after the checkpoint that covers it.
+when the batch ends; the processor releases it after the checkpoint that covers it. A batch is
+processed in slices of ``batch_slice_bytes`` (:func:`slices`), with a checkpoint between them
+when one is due: a take of a backlog of batch messages can hold millions of events.
 
 When Redis (or the broker, for dead letters) fails, the worker stops taking batches: a
 checkpoint that fails is retried with capped exponential backoff (``RETRY_FIRST_SECONDS``
@@ -20,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import faust
@@ -145,6 +147,27 @@ def _log_recovery(backoff: Backoff, what: str) -> None:
         log.warning("%s succeeded after %.1fs stalled: consuming again", what, stalled_for)
 
 
+def slices(records: list[Record], max_bytes: int) -> Iterator[list[Record]]:
+    """``records`` in order, in runs of consecutive records whose values add up to at most ``max_bytes`` (a record
+    larger than that alone is a run of its own).
+
+    >>> [[r.offset for r in piece] for piece in slices([Record("t", 0, n, None, b"x" * size) for n, size in
+    ...  enumerate([3, 4, 2, 9, 1])], 7)]
+    [[0, 1], [2], [3], [4]]
+    """
+    piece: list[Record] = []
+    size = 0
+    for record in records:
+        length = len(record.value or b"")
+        if piece and size + length > max_bytes:
+            yield piece
+            piece, size = [], 0
+        piece.append(record)
+        size += length
+    if piece:
+        yield piece
+
+
 def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
     app = faust.App(
         settings.app_id,
@@ -253,10 +276,11 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
                             overrides=overrides_from_headers(message.headers),
                         )
                     )
-                await process_batch(records)
-                # A failed checkpoint blocks here (capped backoff) instead of taking the next batch.
-                if processor.checkpoint_due() or backoff.stalled:
-                    await checkpoint_until_done()
+                for piece in slices(records, settings.batch_slice_bytes):
+                    await process_batch(piece)
+                    # A failed checkpoint blocks here (capped backoff) instead of taking the next slice.
+                    if processor.checkpoint_due() or backoff.stalled:
+                        await checkpoint_until_done()
         finally:
             log.info("agent stopping: writing a final checkpoint")
             await _checkpoint_quietly(processor)

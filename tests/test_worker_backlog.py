@@ -1,0 +1,79 @@
+"""A backlog of batch messages (the worker restarted while the app kept publishing): the worker takes it in
+large batches, but works through each in slices and checkpoints between them, so versions keep coming during
+the catch-up instead of one per take. Real broker, real Redis, the real worker process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Iterator
+from unittest import mock
+
+import pytest
+
+from recstream import local_services
+from tests.clock import iso
+from tests.conftest import COUNTABLE_GATE_ENV, wait_for
+from tests.kafka_io import CheckpointReader, produce
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+MESSAGES = 40
+EVENTS_PER_MESSAGE = 500  # ~90 kB a message
+
+
+@pytest.fixture
+def checkpoints(service_env: dict[str, str]) -> Iterator[CheckpointReader]:
+    reader = CheckpointReader(service_env["RECSTREAM_REDIS_URL"], service_env["RECSTREAM_REDIS_PREFIX"])
+    yield reader
+    reader.close()
+
+
+def _backlog() -> list[tuple[bytes | None, bytes]]:
+    messages = []
+    for m in range(MESSAGES):
+        batch = [
+            {
+                "event_id": f"e{n}",
+                "user_id": f"u{n % 700}",
+                "item_id": f"v{n * 7 % 900}",
+                "type": "like",
+                "ts": iso(n / 10),
+            }
+            for n in range(m * EVENTS_PER_MESSAGE, (m + 1) * EVENTS_PER_MESSAGE)
+        ]
+        messages.append((None, json.dumps(batch).encode()))
+    return messages
+
+
+def test_a_backlog_taken_at_once_is_checkpointed_slice_by_slice(
+    service_env: dict[str, str], processes: list[local_services.LocalService], checkpoints: CheckpointReader
+) -> None:
+    env = {
+        **service_env,
+        **COUNTABLE_GATE_ENV,
+        "RECSTREAM_BATCH_SLICE_BYTES": "65536",  # each ~90 kB message is a slice of its own
+        "RECSTREAM_CHECKPOINT_EVERY_EVENTS": "200",  # so a checkpoint is due after every slice
+        "RECSTREAM_CHECKPOINT_INTERVAL_SECONDS": "30",  # and not because time passed between takes
+        "RECSTREAM_MODEL_RETENTION": "1000",  # every version stays, to read what each one covered
+    }
+    from recstream.settings import Settings
+    from stream.topics import ensure_topics
+
+    with mock.patch.dict(os.environ, env):
+        asyncio.run(ensure_topics(Settings()))
+    backlog = _backlog()
+    produce(env["RECSTREAM_BROKER_URL"], env["RECSTREAM_TOPIC_EVENTS"], backlog)  # before the worker starts
+    worker = local_services.start_worker(env)
+    processes.append(worker)
+    total = MESSAGES * EVENTS_PER_MESSAGE
+    wait_for(lambda: checkpoints.learned() == total, 120, f"the worker to learn the backlog (log: {worker.log_path})")
+
+    keys, redis = checkpoints.keys, checkpoints.redis
+    versions = [int(v) for v in redis.zrange(keys.versions, 0, -1)]
+    learned = sorted(json.loads(redis.hget(keys.version(v), "meta"))["events_learned"] for v in versions)
+    steps = [b - a for a, b in zip([0, *learned], learned, strict=False)]
+    # a slice is one message; a checkpoint is due after each, unless its time budget defers it a little
+    assert max(steps) <= 4 * EVENTS_PER_MESSAGE, steps
+    assert len(learned) >= MESSAGES // 4, steps
