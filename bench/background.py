@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer
 
+from bench.common import watch_times
+
 USERS = 50_000
 ITEMS = 20_000
 TICK = 0.01
@@ -55,14 +57,16 @@ async def _run(
                 tick_events = []
                 for _ in range(due):
                     user = f"{users}{rnd.randrange(USERS)}"
+                    item, kind = f"v{_item(rnd)}", rnd.choice(kinds)
+                    watched, duration = watch_times(rnd, kind)
                     event = {
                         "event_id": f"bg-{seed}-{sent}",
                         "user_id": user,
-                        "item_id": f"v{_item(rnd)}",
-                        "type": rnd.choice(kinds),
+                        "item_id": item,
+                        "type": kind,
                         "ts": ts,
-                        "watch_seconds": 12.0,
-                        "item_duration_seconds": 30.0,
+                        "watch_seconds": watched,
+                        "item_duration_seconds": duration,
                     }
                     if per_event:
                         await producer.send(topic, value=json.dumps(event).encode(), key=user.encode())

@@ -99,20 +99,34 @@ def events(
     kinds = ["view", "like", "like", "share", "skip"]
     start = start or datetime.now(UTC) - timedelta(hours=1)
     step = span_seconds / max(n, 1)
-    return [
-        json.dumps(
-            {
-                "event_id": f"{prefix}{i}",
-                "user_id": f"u{rnd.randrange(users)}",
-                "item_id": f"v{rnd.randrange(items)}",
-                "type": rnd.choice(kinds),
-                "ts": (start + timedelta(seconds=i * step)).isoformat(),
-                "watch_seconds": 12.0,
-                "item_duration_seconds": 30.0,
-            }
-        ).encode()
-        for i in range(n)
-    ]
+    out = []
+    for i in range(n):
+        user, item, kind = f"u{rnd.randrange(users)}", f"v{rnd.randrange(items)}", rnd.choice(kinds)
+        watched, duration = watch_times(rnd, kind)
+        event = {
+            "event_id": f"{prefix}{i}",
+            "user_id": user,
+            "item_id": item,
+            "type": kind,
+            "ts": (start + timedelta(seconds=i * step)).isoformat(),
+            "watch_seconds": watched,
+            "item_duration_seconds": duration,
+        }
+        out.append(json.dumps(event).encode())
+    return out
+
+
+#: The share of a clip watched, by event type, for :func:`watch_times` (a skip is early, a like mostly late).
+WATCHED_SHARE = {"skip": (0.0, 0.2), "view": (0.1, 1.0), "like": (0.5, 1.0), "share": (0.5, 1.0)}
+
+
+def watch_times(rnd: random.Random, kind: str) -> tuple[float, float]:
+    """(watch seconds, clip duration) of a bench event of type ``kind``: clips of 10-120 s, watched for a share
+    of their length that depends on the type (:data:`WATCHED_SHARE`), to 0.1 s. Varied, as in a real stream: the
+    gate's anomaly rule and the label rule see different watch ratios, not one constant."""
+    duration = round(rnd.uniform(10.0, 120.0), 1)
+    low, high = WATCHED_SHARE[kind]
+    return round(duration * rnd.uniform(low, high), 1), duration
 
 
 def run_json(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> dict:

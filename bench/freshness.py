@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import redis
 
-from bench.common import Row, TimeBudget, events, stop_process, wait_for
+from bench.common import Row, TimeBudget, events, stop_process, wait_for, watch_times
 from bench.ingest import BATCH_EVENTS, GROWN_ITEMS, GROWN_USERS, as_messages, learned, produce, whole_snapshot_bytes
 from bench.stack import Services, ensure_topics, forget_run, run_env, start_api, start_worker
 from recstream.settings import Settings
@@ -59,19 +59,20 @@ def _percentile(values: list[float], q: float) -> float:
 
 def _probe(client: httpx.Client, api_url: str, user: str) -> tuple[float, float, str]:
     """Post one like for a new user; return (seconds until visible, seconds the POST took, its event id)."""
-    # Like every event of the bench's streams (bench.common.events, bench.background), watch time included.
+    # Like every event of the bench's streams (bench.common.events, bench.background), watch times included.
     # An item of its own: on a grown model about half the load's users are still new to the gate (fewer than 20
     # events), and their interactions with the load's popular head (v0, v1, ...) trip the item-surge rule, whose
     # cool-down then holds every new user's interaction with those items, a probe's included (measured: every
     # probe of v1 held, with ~8% of the load).
+    watched, duration = watch_times(random.Random(user), "like")
     event = {
         "event_id": f"probe-{uuid.uuid4().hex}",
         "user_id": user,
         "item_id": f"probe-item-{user}",
         "type": "like",
         "ts": datetime.now(UTC).isoformat(),
-        "watch_seconds": 12.0,
-        "item_duration_seconds": 30.0,
+        "watch_seconds": watched,
+        "item_duration_seconds": duration,
     }
     began = time.perf_counter()
     response = client.post(f"{api_url}/v1/events", json=[event])
