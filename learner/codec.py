@@ -74,7 +74,7 @@ def _header_json(header: dict[str, Any]) -> bytes:
 
 
 #: ``null`` as a JSON value in orjson's compact output (after ``:``, ``,`` or ``[``; before ``,``, ``]`` or ``}``),
-#: not inside a string such as an id ``"nullable-clip"``: only then is the header walked (~0.6 µs per id).
+#: not inside a string such as an id ``"nullable-clip"``: only then is the header walked (~0.13 µs per id).
 _NULL_TOKEN = re.compile(rb"[:,\[]null[,\]}]")
 
 

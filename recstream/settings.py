@@ -143,7 +143,8 @@ class Settings(_gate_settings()):  # type: ignore[misc]
         ge=1,
         le=100_000,
         description="Largest batch the worker takes from the stream at once, in Kafka messages (one from "
-        "`POST /v1/events` holds up to 1,000 events); it checkpoints between batches.",
+        "`POST /v1/events` holds up to 1,000 events); it checkpoints between batches and between their slices "
+        "(`RECSTREAM_BATCH_SLICE_BYTES`).",
     )
     batch_slice_bytes: int = Field(
         1_048_576,

@@ -235,8 +235,8 @@ class EventProcessor:
             except SnapshotRefused as exc:
                 metrics.SNAPSHOTS_REFUSED.labels("worker").inc()
                 log.error(
-                    "%s. The worker will not consume until the current version verifies: roll back to a "
-                    "good version or fix RECSTREAM_HMAC_KEY. Retrying in %.0fs.",
+                    "%s. The worker will not consume until the current version loads: roll back to a good "
+                    "version, or fix RECSTREAM_HMAC_KEY if the key changed. Retrying in %.0fs.",
                     exc,
                     self.refused_retry_seconds,
                 )

@@ -90,3 +90,12 @@ def test_a_header_json_would_write_otherwise_is_refused() -> None:
         raise AssertionError(f"{bad} was encoded")
     header, _ = codec.decode(codec.encode({"clock": None, "ids": ["null"]}, {}))
     assert header == {"clock": None, "ids": ["null"]}
+
+
+def test_ids_that_contain_null_do_not_make_the_header_walked(monkeypatch) -> None:
+    walked = []
+    monkeypatch.setattr(codec, "_refuse_non_finite", walked.append)
+    codec.encode({"ids": ["null", "nullable", "a-null"], "clock": 1.0}, {})
+    assert walked == []  # no null value in the JSON: nothing to look for
+    codec.encode({"ids": ["nullable"], "clock": None}, {})
+    assert len(walked) == 1  # a null value: walked (a NaN would have been written so)

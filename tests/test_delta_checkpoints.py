@@ -10,6 +10,7 @@ as a whole snapshot of the version would give.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
@@ -211,9 +212,16 @@ async def test_a_failed_background_write_leaves_the_chain_and_is_tried_again_aft
     assert processor._chain == []
 
 
-async def test_the_worker_waits_for_a_background_write_before_it_stops(store: ModelStore) -> None:
+async def test_the_worker_waits_for_a_background_write_before_it_stops(store: ModelStore, monkeypatch) -> None:
     from stream.app import _checkpoint_quietly
 
+    consolidate = store.consolidate
+
+    async def slow(version: int, blob: bytes) -> bool:  # a 100 MB write takes a while: not done by chance
+        await asyncio.sleep(0.3)
+        return await consolidate(version, blob)
+
+    monkeypatch.setattr(store, "consolidate", slow)
     processor, transport, whole = await _with_a_model(store, 0.5, 20_000)
     first = await _a_delta(processor, transport, 20_000)
     size = await store.redis.hstrlen(store.keys.version(first), "blob")

@@ -186,11 +186,15 @@ async def test_a_chain_of_deltas_loads_down_to_its_whole_version_or_to_the_one_t
         await store.load(3)
 
 
-async def test_a_consolidated_delta_version_is_whole_and_its_old_chain_can_go(store: ModelStore) -> None:
+async def test_a_consolidated_delta_version_is_whole_and_its_old_chain_can_go(store: ModelStore, monkeypatch) -> None:
+    from store import model_store
+
+    monkeypatch.setattr(model_store, "STAGING_PIECE_BYTES", 3)  # uploaded in pieces: "who", "le-", "3"
     current = await store.checkpoint(None, b"whole", {}, {}, {})
     for n in range(3):  # v2, v3, v4: each a delta against the version before it
         current = await store.checkpoint(current, f"delta-{n}".encode(), {}, {}, {}, base=current)
     assert await store.consolidate(3, b"whole-3")
+    assert not await store.redis.exists(store.keys.staging(3))  # moved, not copied
     snapshot = await store.load(3)
     assert snapshot is not None and snapshot.base_version is None and snapshot.blob == b"whole-3"
     assert "base" not in snapshot.meta and snapshot.meta["consolidated_from"] == 2
@@ -260,9 +264,7 @@ async def test_a_delta_checkpoint_goes_through_while_its_base_is_consolidated(
     assert root is not None and root.version == base and root.blob == b"whole-2" and deltas == [(base, b"delta-2")]
 
 
-async def test_a_chain_made_whole_and_retired_under_every_read_is_reported_as_unreadable_not_tampered(
-    store: ModelStore, monkeypatch
-) -> None:
+async def test_a_broken_chain_is_reported_as_unreadable_not_tampered(store: ModelStore, monkeypatch) -> None:
     current = await store.checkpoint(None, b"whole", {}, {}, {})
     for n in range(2):  # v2, v3
         current = await store.checkpoint(current, f"delta-{n}".encode(), {}, {}, {}, base=current)
@@ -272,13 +274,13 @@ async def test_a_chain_made_whole_and_retired_under_every_read_is_reported_as_un
     reads = []
 
     async def hgetall(key):  # type: ignore[no-untyped-def]
-        if key == store.keys.version(2):  # every read of v2 sees it as a delta whose base is gone by then
+        if key == store.keys.version(2):  # v2 is still a delta, and its base is gone: a broken chain
             reads.append(key)
             return as_delta
         return await real(key)
 
     monkeypatch.setattr(store.redis, "hgetall", hgetall)
-    with pytest.raises(SnapshotRefused, match="could not be read: its base v1 was deleted") as refused:
+    with pytest.raises(SnapshotRefused, match="could not be read: its base v1 is missing") as refused:
         await store.load(3)
     assert "HMAC" not in str(refused.value)
     assert len(reads) == 1 + MAX_REREADS  # read again, a bounded number of times
@@ -350,6 +352,28 @@ async def test_consolidating_a_version_deleted_meanwhile_writes_nothing(
     finally:
         other.close()
     assert not await store.redis.exists(store.keys.version(delta))  # no half-written version left behind
+    assert not await store.redis.exists(store.keys.staging(delta))
+
+
+async def test_a_staged_snapshot_cut_short_is_not_moved_into_the_version(store: ModelStore, monkeypatch) -> None:
+    from store import model_store
+
+    monkeypatch.setattr(model_store, "STAGING_PIECE_BYTES", 4)
+    current = await store.checkpoint(None, b"whole", {}, {}, {})
+    delta = await store.checkpoint(current, b"delta", {}, {}, {}, base=current)
+    append = store.redis.append
+    pieces = []
+
+    async def lose_the_second_piece(key, value):  # type: ignore[no-untyped-def]
+        pieces.append(bytes(value))
+        return 0 if len(pieces) == 2 else await append(key, value)
+
+    monkeypatch.setattr(store.redis, "append", lose_the_second_piece)
+    assert not await store.consolidate(delta, b"whole-snapshot")
+    assert pieces == [b"whol", b"e-sn", b"apsh", b"ot"]
+    snapshot = await store.load(delta)
+    assert snapshot is not None and snapshot.base_version == current and snapshot.blob == b"delta"  # untouched
+    assert not await store.redis.exists(store.keys.staging(delta))
 
 
 async def test_a_promotion_that_checkpoints_keep_overtaking_gives_up_as_a_conflict(
