@@ -24,11 +24,6 @@ class Keys:
         also ``base`` (the whole version its blob applies to: learner.cooccurrence_delta)."""
         return f"{self.prefix}:model:v:{version}"
 
-    def staging(self, version: int) -> str:
-        """String: the whole snapshot of delta version ``version`` while the worker uploads it in pieces, before one
-        transaction moves it into the version's hash (:meth:`store.model_store.ModelStore.consolidate`); expires."""
-        return f"{self.prefix}:model:staging:{version}"
-
     @property
     def version_bases(self) -> str:
         """Hash: delta version number -> its base version (retention keeps a retained delta's base)."""

@@ -125,23 +125,6 @@ return found
 """
 
 
-#: Moves a staged whole snapshot into a delta version's hash (ModelStore.consolidate), only if it is all there.
-#: KEYS: the staging key, the version's hash, the version -> base hash. ARGV: the blob's length, its tag, the new
-#: meta, the version number. Returns 1 if moved, 0 if the staged blob is missing or not of that length.
-MOVE_STAGED = """
-local blob = redis.call("GET", KEYS[1])
-if not blob or #blob ~= tonumber(ARGV[1]) then return 0 end
-redis.call("HSET", KEYS[2], "blob", blob, "tag", ARGV[2], "meta", ARGV[3])
-redis.call("HDEL", KEYS[2], "base")
-redis.call("HDEL", KEYS[3], ARGV[4])
-redis.call("UNLINK", KEYS[1])
-return 1
-"""
-
-#: Pieces of a whole snapshot written in the background (ModelStore.consolidate), and how long a staged one lives.
-STAGING_PIECE_BYTES = 4 << 20
-STAGING_TTL_SECONDS = 3_600
-
 #: How many times a promotion tries its switch while checkpoints move ``current`` under it.
 PROMOTE_ATTEMPTS = 5
 
@@ -240,42 +223,25 @@ class ModelStore:
         """Replace delta version ``version``'s blob with ``whole``, the whole snapshot of the same model state:
         a chain through it ends there from now on, and retention may delete the versions before it that no kept
         version needs. The worker writes it in the background after it wrote the delta, so a whole snapshot never
-        holds a new version back. False if the version is gone or whole already (nothing written).
-
-        The blob goes up in pieces of ``STAGING_PIECE_BYTES`` to a staging key, then one transaction moves it into
-        the version's hash with its tag and meta (:data:`MOVE_STAGED`). Sent as one command, ~100 MB cost the
-        worker's event loop three copies of it in the client (redis-py joins the command, asyncio's transport
-        slices what the socket did not take and buffers the rest): ~1 s measured in a worker on the grown bench
-        model, with no event learned meanwhile. In pieces, the copies are small and other tasks run between them."""
+        holds a new version back. False if the version is gone or whole already (nothing written)."""
         keys = self.keys
         tag = await asyncio.to_thread(self.signer.sign, whole)  # 100 MB: ~50 ms, with the GIL released
-        staging = keys.staging(version)
-        view = memoryview(whole)
-        try:
-            await self.redis.unlink(staging)
-            for start in range(0, len(view), STAGING_PIECE_BYTES):
-                await self.redis.append(staging, view[start : start + STAGING_PIECE_BYTES])
-                if start == 0:  # a worker that dies mid-way leaves no garbage for long
-                    await self.redis.expire(staging, STAGING_TTL_SECONDS)
-            async with self.redis.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(keys.version(version))
-                    raw_meta, raw_base = await pipe.hmget(keys.version(version), ["meta", "base"])
-                    if raw_meta is None or raw_base is None:
-                        return False
-                    meta = {k: v for k, v in json.loads(raw_meta).items() if k != "base"}
-                    meta["consolidated_from"] = int(raw_base)  # it was written as a delta against that version
-                    pipe.multi()
-                    pipe.eval(
-                        MOVE_STAGED, 3, staging, keys.version(version), keys.version_bases,
-                        len(whole), tag, json.dumps(meta), str(version),
-                    )  # fmt: skip
-                    (moved,) = await pipe.execute()
-                except WatchError:
-                    return False  # changed meanwhile (deleted by retention, or by an operator): leave it
-            return bool(moved)  # 0: the staged blob expired or was cut short; nothing written
-        finally:
-            await self.redis.unlink(staging)  # gone already once moved
+        async with self.redis.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(keys.version(version))
+                raw_meta, raw_base = await pipe.hmget(keys.version(version), ["meta", "base"])
+                if raw_meta is None or raw_base is None:
+                    return False
+                meta = {k: v for k, v in json.loads(raw_meta).items() if k != "base"}
+                meta["consolidated_from"] = int(raw_base)  # it was written as a delta against that version
+                pipe.multi()
+                pipe.hset(keys.version(version), mapping={"blob": whole, "tag": tag, "meta": json.dumps(meta)})
+                pipe.hdel(keys.version(version), "base")
+                pipe.hdel(keys.version_bases, str(version))
+                await pipe.execute()
+            except WatchError:
+                return False  # changed meanwhile (deleted by retention, or by an operator): leave it
+        return True
 
     async def load_current(self) -> Snapshot | None:
         version = await self.current_version()

@@ -186,15 +186,11 @@ async def test_a_chain_of_deltas_loads_down_to_its_whole_version_or_to_the_one_t
         await store.load(3)
 
 
-async def test_a_consolidated_delta_version_is_whole_and_its_old_chain_can_go(store: ModelStore, monkeypatch) -> None:
-    from store import model_store
-
-    monkeypatch.setattr(model_store, "STAGING_PIECE_BYTES", 3)  # uploaded in pieces: "who", "le-", "3"
+async def test_a_consolidated_delta_version_is_whole_and_its_old_chain_can_go(store: ModelStore) -> None:
     current = await store.checkpoint(None, b"whole", {}, {}, {})
     for n in range(3):  # v2, v3, v4: each a delta against the version before it
         current = await store.checkpoint(current, f"delta-{n}".encode(), {}, {}, {}, base=current)
     assert await store.consolidate(3, b"whole-3")
-    assert not await store.redis.exists(store.keys.staging(3))  # moved, not copied
     snapshot = await store.load(3)
     assert snapshot is not None and snapshot.base_version is None and snapshot.blob == b"whole-3"
     assert "base" not in snapshot.meta and snapshot.meta["consolidated_from"] == 2
@@ -352,28 +348,6 @@ async def test_consolidating_a_version_deleted_meanwhile_writes_nothing(
     finally:
         other.close()
     assert not await store.redis.exists(store.keys.version(delta))  # no half-written version left behind
-    assert not await store.redis.exists(store.keys.staging(delta))
-
-
-async def test_a_staged_snapshot_cut_short_is_not_moved_into_the_version(store: ModelStore, monkeypatch) -> None:
-    from store import model_store
-
-    monkeypatch.setattr(model_store, "STAGING_PIECE_BYTES", 4)
-    current = await store.checkpoint(None, b"whole", {}, {}, {})
-    delta = await store.checkpoint(current, b"delta", {}, {}, {}, base=current)
-    append = store.redis.append
-    pieces = []
-
-    async def lose_the_second_piece(key, value):  # type: ignore[no-untyped-def]
-        pieces.append(bytes(value))
-        return 0 if len(pieces) == 2 else await append(key, value)
-
-    monkeypatch.setattr(store.redis, "append", lose_the_second_piece)
-    assert not await store.consolidate(delta, b"whole-snapshot")
-    assert pieces == [b"whol", b"e-sn", b"apsh", b"ot"]
-    snapshot = await store.load(delta)
-    assert snapshot is not None and snapshot.base_version == current and snapshot.blob == b"delta"  # untouched
-    assert not await store.redis.exists(store.keys.staging(delta))
 
 
 async def test_a_promotion_that_checkpoints_keep_overtaking_gives_up_as_a_conflict(
