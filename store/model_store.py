@@ -447,7 +447,7 @@ class ModelStore:
                     if attempt == PROMOTE_ATTEMPTS - 1:
                         raise CheckpointConflict(
                             f"checkpoints kept moving the current version during the promotion of v{version} "
-                            f"({PROMOTE_ATTEMPTS} attempts); try again, or pause ingest first"
+                            f"({PROMOTE_ATTEMPTS} attempts); try again"
                         ) from exc
         await self.redis.publish(self.keys.announce_channel, str(version))
 
