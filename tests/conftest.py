@@ -212,6 +212,16 @@ def start_stack(env: dict[str, str], processes: list[local_services.LocalService
 
 
 @pytest.fixture
+def checkpoints(service_env: dict[str, str]) -> Iterator[Any]:
+    """A :class:`tests.kafka_io.CheckpointReader` on the run's Redis prefix, closed after the test."""
+    from tests.kafka_io import CheckpointReader
+
+    reader = CheckpointReader(service_env["RECSTREAM_REDIS_URL"], service_env["RECSTREAM_REDIS_PREFIX"])
+    yield reader
+    reader.close()
+
+
+@pytest.fixture
 def stack(service_env: dict[str, str], processes: list[local_services.LocalService]) -> Iterator[Stack]:
     started = start_stack(service_env, processes)
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import pytest
 
@@ -14,13 +13,6 @@ from tests.kafka_io import CheckpointReader, produce_events
 from tests.taste_stream import GROUP_A, GROUP_B, taste_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
-
-
-@pytest.fixture
-def checkpoints(service_env: dict[str, str]) -> Iterator[CheckpointReader]:
-    reader = CheckpointReader(service_env["RECSTREAM_REDIS_URL"], service_env["RECSTREAM_REDIS_PREFIX"])
-    yield reader
-    reader.close()
 
 
 def test_published_events_change_recommendations(

@@ -4,30 +4,19 @@ the catch-up instead of one per take. Real broker, real Redis, the real worker p
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-from collections.abc import Iterator
-from unittest import mock
 
 import pytest
 
 from recstream import local_services
 from tests.clock import iso
-from tests.conftest import COUNTABLE_GATE_ENV, wait_for
+from tests.conftest import COUNTABLE_GATE_ENV, create_topics, wait_for
 from tests.kafka_io import CheckpointReader, produce
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 MESSAGES = 40
 EVENTS_PER_MESSAGE = 500  # ~58 kB a message
-
-
-@pytest.fixture
-def checkpoints(service_env: dict[str, str]) -> Iterator[CheckpointReader]:
-    reader = CheckpointReader(service_env["RECSTREAM_REDIS_URL"], service_env["RECSTREAM_REDIS_PREFIX"])
-    yield reader
-    reader.close()
 
 
 def _backlog() -> list[tuple[bytes | None, bytes]]:
@@ -58,11 +47,7 @@ def test_a_backlog_taken_at_once_is_checkpointed_slice_by_slice(
         "RECSTREAM_CHECKPOINT_INTERVAL_SECONDS": "30",  # and not because time passed between takes
         "RECSTREAM_MODEL_RETENTION": "1000",  # every version stays, to read what each one covered
     }
-    from recstream.settings import Settings
-    from stream.topics import ensure_topics
-
-    with mock.patch.dict(os.environ, env):
-        asyncio.run(ensure_topics(Settings()))
+    create_topics(env)
     backlog = _backlog()
     produce(env["RECSTREAM_BROKER_URL"], env["RECSTREAM_TOPIC_EVENTS"], backlog)  # before the worker starts
     worker = local_services.start_worker(env)
