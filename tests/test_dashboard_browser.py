@@ -46,10 +46,13 @@ def test_live_page_shows_the_stream_and_rolls_back(
     def traffic() -> None:
         n = 0
         while not stop_traffic.is_set():
+            # 60 users, each liking once per 6 s of event time: under the gate's per-user limit (30
+            # likes a minute), so the learned count keeps moving while the traffic runs. With 9 users
+            # every one was held after 30 likes, ~4 s in, and a page slower than that saw no movement.
             batch = [
                 {
                     "event_id": f"b{k}",
-                    "user_id": f"u{k % 9}",
+                    "user_id": f"u{k % 60}",
                     "item_id": f"v{k % 17}",
                     "type": "like",
                     "ts": iso(k * 0.1),
