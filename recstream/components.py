@@ -17,7 +17,7 @@ from learner.registry import build_model
 from learner.target import TargetRule
 from recstream.settings import Settings, gate_config
 from store.keys import Keys
-from store.model_store import ModelStore
+from store.model_store import ModelStore, bulk_client
 from store.signing import SnapshotSigner
 
 
@@ -93,7 +93,9 @@ def snapshot_signer(settings: Settings) -> SnapshotSigner:
     )
 
 
-def model_store(settings: Settings, redis: aioredis.Redis) -> ModelStore:
+def model_store(settings: Settings, redis: aioredis.Redis, bulk: bool = False) -> ModelStore:
+    """The model store over ``redis``; with ``bulk`` (the worker's) it can also write whole snapshots in the
+    background (:meth:`store.model_store.ModelStore.consolidate`)."""
     signer = snapshot_signer(settings)
     return ModelStore(
         redis,
@@ -104,6 +106,7 @@ def model_store(settings: Settings, redis: aioredis.Redis) -> ModelStore:
         keep_spaced=settings.model_keep_spaced,
         dedupe_retention_seconds=settings.dedupe_retention_seconds,
         dedupe_bucket_seconds=settings.dedupe_bucket_seconds,
+        bulk=bulk_client(settings.redis_url) if bulk else None,
     )
 
 

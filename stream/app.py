@@ -194,7 +194,7 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
     }
 
     redis = components.redis_client(settings)
-    store = components.model_store(settings, redis)
+    store = components.model_store(settings, redis, bulk=True)
 
     async def dead_letter(kind: str, key: bytes | None, value: bytes) -> Any:
         return await dead_letter_topics[kind].send(key=key, value=value)

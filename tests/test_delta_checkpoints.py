@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from learner.item_cooccurrence import ItemCooccurrence
 from learner.online_learner import OnlineLearner
 from store.keys import Keys
-from store.model_store import ModelStore
+from store.model_store import ModelStore, bulk_client
 from store.signing import SnapshotSigner
 from tests.clock import iso
 from tests.conftest import Endpoint
@@ -42,9 +42,10 @@ def _cooccurrence() -> OnlineLearner:
 
 @pytest.fixture
 async def store(redis_endpoint: Endpoint):
-    client = aioredis.Redis.from_url(redis_endpoint.url)
-    yield ModelStore(client, SnapshotSigner(b"k"), Keys(f"d-{uuid.uuid4().hex[:8]}"), retention=3)
+    client, bulk = aioredis.Redis.from_url(redis_endpoint.url), bulk_client(redis_endpoint.url)
+    yield ModelStore(client, SnapshotSigner(b"k"), Keys(f"d-{uuid.uuid4().hex[:8]}"), retention=3, bulk=bulk)
     await client.aclose()
+    bulk.close()
 
 
 async def _checkpoint(processor) -> tuple[int, int | None]:  # type: ignore[no-untyped-def]

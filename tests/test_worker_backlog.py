@@ -1,6 +1,7 @@
 """A backlog of batch messages (the worker restarted while the app kept publishing): the worker takes it in
 large batches, but works through each in slices and checkpoints between them, so versions keep coming during
-the catch-up instead of one per take. Real broker, real Redis, the real worker process."""
+the catch-up instead of one per take (and makes delta versions whole in the background meanwhile). Real broker,
+real Redis, the real worker process."""
 
 from __future__ import annotations
 
@@ -62,3 +63,7 @@ def test_a_backlog_taken_at_once_is_checkpointed_slice_by_slice(
     # A slice is one message, and a checkpoint is due after each unless its time budget defers it a little.
     # (Measured: 40 versions of 500 events; without the slices, one version of all 20,000: the backlog was one take.)
     assert max(steps) <= 4 * EVENTS_PER_MESSAGE, steps
+    # Meanwhile the worker made delta versions whole in the background (from a thread, over its bulk client):
+    # their metadata says which version each delta was made against (measured: 19 of the 40).
+    metas = [json.loads(redis.hget(keys.version(v), "meta")) for v in versions]
+    assert any("consolidated_from" in meta for meta in metas), metas
