@@ -423,13 +423,16 @@ class ModelStore:
                     "the current model version, the versions or the pins changed during the checkpoint"
                 ) from exc
         if blob is not None:
-            try:
-                await self.redis.publish(keys.announce_channel, str(version))
-            except Exception as exc:  # noqa: BLE001 - committed; API processes also poll for it
-                log.warning(
-                    "v%s is committed but its announcement failed (%s); API processes poll for it", version, exc
-                )
+            await self._announce(version)
         return version
+
+    async def _announce(self, version: int) -> None:
+        """Tell API processes that ``version`` is current. It is committed already, so a failure is only logged:
+        API processes also poll for the current version (every second by default)."""
+        try:
+            await self.redis.publish(self.keys.announce_channel, str(version))
+        except Exception as exc:  # noqa: BLE001 - committed; API processes also poll for it
+            log.warning("v%s is committed but its announcement failed (%s); API processes poll for it", version, exc)
 
     # -- registry: list, promote, roll back, pin --------------------------------------------
 
@@ -479,7 +482,7 @@ class ModelStore:
                             f"checkpoints kept moving the current version during the promotion of v{version} "
                             f"({PROMOTE_ATTEMPTS} attempts); try again"
                         ) from exc
-        await self.redis.publish(self.keys.announce_channel, str(version))
+        await self._announce(version)
 
     async def rollback(self, reason: str = "rollback", actor: str = "operator") -> int:
         """Promote the current version's parent (the version it grew from); return it.

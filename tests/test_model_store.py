@@ -394,3 +394,20 @@ def test_the_bulk_client_sends_a_large_value_as_it_is() -> None:
         client.close()
     assert any(chunk is whole for chunk in packed)
     assert b"".join(packed) == b"*4\r\n$4\r\nHSET\r\n$2\r\nv3\r\n$4\r\nblob\r\n$100000\r\n" + whole + b"\r\n"
+
+
+async def test_a_committed_version_whose_announcement_fails_is_not_reported_as_failed(
+    store: ModelStore, monkeypatch, caplog
+) -> None:
+    """Checkpoints and promotions are committed by EXEC; the pub/sub announcement after it is a courtesy (API
+    processes poll too), so its failure must not turn a done checkpoint or promotion into an error."""
+    first = await store.checkpoint(None, b"b1", {}, {}, {})
+
+    async def broken_publish(_channel: str, _message: str) -> int:
+        raise redis.exceptions.ConnectionError("connection reset by peer")
+
+    monkeypatch.setattr(store.redis, "publish", broken_publish)
+    second = await store.checkpoint(first, b"b2", {}, {}, {})
+    await store.promote(first, reason="back")
+    assert await store.current_version() == first and second == first + 1
+    assert caplog.text.count("announcement failed") == 2
