@@ -169,6 +169,13 @@ class Settings(_gate_settings()):  # type: ignore[misc]
     )
     worker_metrics_host: str = Field("127.0.0.1", description="Address the worker's Prometheus endpoint binds.")
     broker_session_timeout: float = Field(10.0, gt=0, description="Kafka consumer session timeout in seconds.")
+    broker_fetch_max_wait_seconds: float = Field(
+        0.1,
+        gt=0,
+        le=30,
+        description="Longest the broker holds the worker's fetch when none of its partitions has new data (Faust "
+        "alone: 1.5 s, which after any pause of the worker left it idle ~1 s; stream/kafka_consumer.py).",
+    )
 
     # Model and target variable
     model: str = Field(
