@@ -8,6 +8,7 @@ from the jars fetched by ``scripts/fetch-kafka.sh`` when Java is there, Tansu ot
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,16 +16,20 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
 from api.auth import hash_key, new_key
 from learner import cooccurrence_delta
 from recstream import local_services
+from store.keys import Keys
+from store.model_store import ModelStore, bulk_client
+from store.signing import SnapshotSigner
 
 #: One API key with every scope for the whole test session; ``make_env`` configures its hash. Kept in the
 #: environment because pytest imports this file twice (as ``conftest`` and as ``tests.conftest``).
@@ -159,6 +164,18 @@ def api_client(api: local_services.LocalService, key: str = TEST_API_KEY, **kwar
     """An HTTP client for a started API that sends ``key`` (by default the session's all-scopes test key)."""
     kwargs.setdefault("timeout", 10)
     return httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {key}"}, **kwargs)
+
+
+@contextlib.asynccontextmanager
+async def open_model_store(url: str, key: bytes, prefix: str, **kwargs: Any) -> AsyncIterator[ModelStore]:
+    """A model store under a fresh ``prefix-xxxxxxxx`` key prefix, with a bulk client as the worker's has (so a
+    processor over it writes whole snapshots in the background as in production); both clients closed after."""
+    client, bulk = aioredis.Redis.from_url(url), bulk_client(url)
+    try:
+        yield ModelStore(client, SnapshotSigner(key), Keys(f"{prefix}-{uuid.uuid4().hex[:8]}"), bulk=bulk, **kwargs)
+    finally:
+        await client.aclose()
+        bulk.close()
 
 
 @pytest.fixture

@@ -5,19 +5,15 @@ position and bytes, and a re-delivered batch is not learned twice."""
 from __future__ import annotations
 
 import json
-import uuid
 
 import pytest
-import redis.asyncio as aioredis
 
 from learner.gate.gate import GateConfig, default_gate
 from recstream.events import MAX_MESSAGE_EVENTS
-from store.keys import Keys
 from store.model_store import ModelStore
-from store.signing import SnapshotSigner
 from stream.processor import DUPLICATE, QUARANTINED, REJECTED, Record
 from tests.clock import iso
-from tests.conftest import Endpoint
+from tests.conftest import Endpoint, open_model_store
 from tests.transport import Transport
 
 pytestmark = pytest.mark.integration
@@ -29,9 +25,8 @@ def _event(n: int) -> dict:
 
 @pytest.fixture
 async def store(redis_endpoint: Endpoint):
-    client = aioredis.Redis.from_url(redis_endpoint.url)
-    yield ModelStore(client, SnapshotSigner(b"k"), Keys(f"bm-{uuid.uuid4().hex[:8]}"))
-    await client.aclose()
+    async with open_model_store(redis_endpoint.url, b"k", "bm") as opened:
+        yield opened
 
 
 async def test_each_element_of_a_batch_is_learned_or_refused_on_its_own(store: ModelStore) -> None:

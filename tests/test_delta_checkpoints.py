@@ -11,18 +11,14 @@ as a whole snapshot of the version would give.
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import pytest
-import redis.asyncio as aioredis
 
 from learner.item_cooccurrence import ItemCooccurrence
 from learner.online_learner import OnlineLearner
-from store.keys import Keys
-from store.model_store import ModelStore, bulk_client
-from store.signing import SnapshotSigner
+from store.model_store import ModelStore
 from tests.clock import iso
-from tests.conftest import Endpoint
+from tests.conftest import Endpoint, open_model_store
 from tests.transport import Transport
 
 pytestmark = pytest.mark.integration
@@ -42,10 +38,8 @@ def _cooccurrence() -> OnlineLearner:
 
 @pytest.fixture
 async def store(redis_endpoint: Endpoint):
-    client, bulk = aioredis.Redis.from_url(redis_endpoint.url), bulk_client(redis_endpoint.url)
-    yield ModelStore(client, SnapshotSigner(b"k"), Keys(f"d-{uuid.uuid4().hex[:8]}"), retention=3, bulk=bulk)
-    await client.aclose()
-    bulk.close()
+    async with open_model_store(redis_endpoint.url, b"k", "d", retention=3) as opened:
+        yield opened
 
 
 async def _checkpoint(processor) -> tuple[int, int | None]:  # type: ignore[no-untyped-def]

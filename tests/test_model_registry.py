@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 
 import pytest
-import redis.asyncio as aioredis
 
-from store.keys import Keys
 from store.model_store import ModelStore, SnapshotRefused
-from store.signing import SnapshotSigner
 from stream.processor import EventProcessor
 from tests.clock import iso
-from tests.conftest import Endpoint, run_cli
+from tests.conftest import Endpoint, open_model_store, run_cli
 from tests.transport import Transport
 
 pytestmark = pytest.mark.integration
@@ -22,9 +18,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def store(redis_endpoint: Endpoint):
-    client = aioredis.Redis.from_url(redis_endpoint.url)
-    yield ModelStore(client, SnapshotSigner(b"k"), Keys(f"r-{uuid.uuid4().hex[:8]}"), retention=3)
-    await client.aclose()
+    async with open_model_store(redis_endpoint.url, b"k", "r", retention=3) as opened:
+        yield opened
 
 
 async def _processor(store: ModelStore, transport: Transport) -> EventProcessor:

@@ -18,17 +18,15 @@ from store.model_store import (
     bulk_client,
 )
 from store.signing import SnapshotSigner
-from tests.conftest import Endpoint
+from tests.conftest import Endpoint, open_model_store
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 async def store(redis_endpoint: Endpoint):
-    client, bulk = aioredis.Redis.from_url(redis_endpoint.url), bulk_client(redis_endpoint.url)
-    yield ModelStore(client, SnapshotSigner(b"k1"), Keys(f"t-{uuid.uuid4().hex[:8]}"), retention=3, bulk=bulk)
-    await client.aclose()
-    bulk.close()
+    async with open_model_store(redis_endpoint.url, b"k1", "t", retention=3) as opened:
+        yield opened
 
 
 async def test_checkpoint_writes_blob_offsets_and_seen_sets_together(store: ModelStore) -> None:
