@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from recstream import local_services
 from tests.cdp import Browser, open_page
 from tests.clock import iso
-from tests.conftest import TEST_API_KEY, api_client, require_tool, wait_for
+from tests.conftest import TEST_API_KEY, api_client, create_topics, require_tool, wait_for
 from tests.kafka_io import CheckpointReader, bootstrap, produce_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -35,6 +35,9 @@ def test_live_page_shows_the_stream_and_rolls_back(
     _chromium()
     broker, topic = service_env["RECSTREAM_BROKER_URL"], service_env["RECSTREAM_TOPIC_EVENTS"]
     checkpoints = CheckpointReader(service_env["RECSTREAM_REDIS_URL"], service_env["RECSTREAM_REDIS_PREFIX"])
+    # Before anything produces: a topic the traffic's producer auto-creates has the broker's one partition, and
+    # the end offsets of the partitions the run expects (below) can then never be read (seen in CI at 8257581).
+    create_topics(service_env)
     worker = local_services.start_worker(service_env)
     processes.append(worker)
     api = local_services.start_api(service_env)
