@@ -555,8 +555,8 @@ class UserHistories:
     from them, a user's dict is built on first access: an API process serving a new version
     touches only the users it is asked about, so loading a version does not pay for every user's
     dict (0.2 s at 50,000 users). The arrays are kept and brought up to date by :meth:`to_arrays`
-    from the users marked with :meth:`for_update` since, so a checkpoint costs what changed, not
-    a Python loop over every user.
+    (and, for the users a delta carries, :meth:`arrays_of`) from the users marked with
+    :meth:`for_update` since, so a checkpoint costs what changed, not a Python loop over every user.
     """
 
     def __init__(self, window: int, items: np.ndarray | None = None, weights: np.ndarray | None = None) -> None:
@@ -590,23 +590,16 @@ class UserHistories:
         self._rows.append(row)
 
     def arrays_of(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The rows of :meth:`to_arrays` for ``users`` only (what a delta carries)."""
-        items = np.full((len(users), self.window), -1, dtype=np.int32)
-        weights = np.zeros((len(users), self.window), dtype=np.float64)
-        at_user: list[int] = []
-        at_slot: list[int] = []
-        item_rows: list[int] = []
-        item_weights: list[float] = []
-        slots = range(self.window)
-        for n, u in enumerate(users.tolist()):  # as to_arrays: lists, then one assignment per array
-            history = self[u]
-            at_user.extend([n] * len(history))
-            at_slot.extend(slots[: len(history)])
-            item_rows.extend(history)
-            item_weights.extend(history.values())
-        items[at_user, at_slot] = item_rows
-        weights[at_user, at_slot] = item_weights
-        return items, weights
+        """The rows of :meth:`to_arrays` for ``users`` only (what a delta carries), copies. Those of them changed
+        since are written to the arrays first, so the next :meth:`to_arrays` (a whole snapshot, under the
+        worker's checkpoint lock) writes only the users changed after the last delta, not every user changed
+        since the last whole snapshot (0.45 s at 50,000 users on the grown bench model)."""
+        self._ensure_capacity()
+        changed = self._changed
+        pending = [u for u in users.tolist() if u in changed]
+        self._write(pending)
+        changed.difference_update(pending)
+        return self._items[users], self._weights[users]
 
     def take_changed_since_mark(self) -> set[int]:
         """The users changed since the last call (empty the first time), and track afresh from now."""
@@ -622,6 +615,15 @@ class UserHistories:
 
     def to_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """(item rows, weights), each ``(users, window)``, oldest first, -1 / 0 padded; copies."""
+        self._ensure_capacity()
+        if self._changed:
+            self._write(sorted(self._changed))
+            self._changed.clear()
+        n = len(self._rows)
+        return self._items[:n].copy(), self._weights[:n].copy()
+
+    def _ensure_capacity(self) -> None:
+        """Arrays of this object's own, with a row for every user."""
         n = len(self._rows)
         if n > len(self._items) or not self._owned:  # grow by a quarter, or take a copy of loaded arrays
             # kept between checkpoints (12 bytes per user and window slot): a quarter of slack, not a double
@@ -631,25 +633,27 @@ class UserHistories:
             items[: len(self._items)] = self._items
             weights[: len(self._weights)] = self._weights
             self._items, self._weights, self._owned = items, weights, True
-        if self._changed:
-            users = sorted(self._changed)
-            at_user: list[int] = []
-            at_slot: list[int] = []
-            item_rows: list[int] = []
-            item_weights: list[float] = []
-            for u in users:
-                history = self._rows[u]
-                assert history is not None  # changed users were materialised by for_update/append
-                at_user.extend([u] * len(history))
-                at_slot.extend(range(len(history)))
-                item_rows.extend(history)
-                item_weights.extend(history.values())
-            self._items[users] = -1
-            self._weights[users] = 0.0
-            self._items[at_user, at_slot] = item_rows
-            self._weights[at_user, at_slot] = item_weights
-            self._changed.clear()
-        return self._items[:n].copy(), self._weights[:n].copy()
+
+    def _write(self, users: list[int]) -> None:
+        """Write the dicts of ``users`` (each materialised, each once) to their rows of the arrays."""
+        if not users:
+            return
+        at_user: list[int] = []
+        at_slot: list[int] = []
+        item_rows: list[int] = []
+        item_weights: list[float] = []
+        slots = range(self.window)
+        for u in users:  # lists, then one assignment per array
+            history = self._rows[u]
+            assert history is not None  # changed users were materialised by for_update/append
+            at_user.extend([u] * len(history))
+            at_slot.extend(slots[: len(history)])
+            item_rows.extend(history)
+            item_weights.extend(history.values())
+        self._items[users] = -1
+        self._weights[users] = 0.0
+        self._items[at_user, at_slot] = item_rows
+        self._weights[at_user, at_slot] = item_weights
 
 
 def _damping(arrays: dict[str, np.ndarray], name: str, mass: np.ndarray, exponent: float) -> np.ndarray:

@@ -206,3 +206,24 @@ def test_a_malformed_chain_raises_a_codec_error_not_a_crash() -> None:
     shuffled = dict(arrays, users=arrays["users"][::-1].copy())  # rows not ascending
     with pytest.raises(CodecError, match="users rows"):
         delta.resolve(base, [chain[0], (2, codec.encode(header, shuffled))])
+
+
+def test_a_whole_snapshot_after_a_delta_writes_only_the_users_changed_since_it(monkeypatch) -> None:
+    """The worker makes a whole snapshot under its checkpoint lock: it must not redo the history rows every delta
+    of the chain already wrote (on the grown bench model that was 0.45 s of a 0.6 s pause)."""
+    rnd = random.Random(13)
+    learner = OnlineLearner(model=ItemCooccurrence())
+    ts = _feed(learner, rnd, 2_000, users=300, items=300, start=1.7e9)
+    learner.to_bytes()
+    delta.mark(learner)
+    ts = _feed(learner, rnd, 600, users=300, items=300, start=ts)  # most users change within the chain
+    _delta_blob(learner)
+    delta.mark(learner)
+    _feed(learner, rnd, 5, users=300, items=300, start=ts)
+    written: list[int] = []
+    write = item_cooccurrence.UserHistories._write
+    monkeypatch.setattr(
+        item_cooccurrence.UserHistories, "_write", lambda self, users: (written.extend(users), write(self, users))[1]
+    )
+    learner.to_bytes()
+    assert 0 < len(written) <= 5
