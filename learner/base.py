@@ -42,7 +42,7 @@ class ModelState:
     kind: str
     params: dict[str, float | int | str]
     ids: dict[str, list[str]]
-    arrays: dict[str, np.ndarray]
+    arrays: dict[str, np.ndarray]  # (and learner.codec.Chunks from a model's ``to_encodable_state``)
 
 
 @runtime_checkable

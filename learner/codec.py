@@ -17,7 +17,8 @@ import json
 import math
 import re
 import struct
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -30,10 +31,34 @@ class CodecError(ValueError):
     """The bytes are not a well-formed snapshot."""
 
 
-def encode(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:
+class Chunks(NamedTuple):
+    """A 1-D array given as its consecutive pieces, each a contiguous buffer of ``dtype`` items (an
+    ``array.array``, a numpy array), with ``length`` items in all: :func:`encode` copies the pieces straight
+    into the snapshot instead of joining them into an array first (one copy of the model's largest arrays, not
+    two: on the grown bench model ~90 MB less to copy into fresh memory while the worker waits)."""
+
+    dtype: str
+    parts: Sequence[Any]
+    length: int
+
+    def array(self) -> np.ndarray:
+        """The pieces joined into one read-only array (bytes.join reads each buffer once)."""
+        return np.frombuffer(b"".join(self.parts), dtype=self.dtype, count=self.length)
+
+
+def encode(header: dict[str, Any], arrays: Mapping[str, np.ndarray | Chunks]) -> bytes:
+    """The snapshot of ``header`` and ``arrays`` (numpy arrays, or :class:`Chunks`)."""
     specs = []
-    chunks = []
+    chunks: list[Any] = []
+    expected = 0
     for name, array in arrays.items():
+        if isinstance(array, Chunks):
+            if array.dtype not in ALLOWED_DTYPES:
+                raise CodecError(f"array {name!r} has unsupported dtype {array.dtype}")
+            specs.append({"name": name, "dtype": array.dtype, "shape": [array.length]})
+            chunks.extend(array.parts)
+            expected += array.length * np.dtype(array.dtype).itemsize
+            continue
         a = np.ascontiguousarray(array)
         dtype = a.dtype.newbyteorder("<").str if a.dtype.byteorder == ">" else a.dtype.str
         if dtype not in ALLOWED_DTYPES:
@@ -41,8 +66,13 @@ def encode(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:
         a = a.astype(dtype, copy=False)
         specs.append({"name": name, "dtype": dtype, "shape": list(a.shape)})
         chunks.append(a)  # contiguous: bytes.join below reads its buffer, no intermediate copy
+        expected += a.nbytes
     head = _header_json({**header, "arrays": specs})
-    return b"".join([MAGIC, struct.pack(">Q", len(head)), head, *chunks])
+    prefix = [MAGIC, struct.pack(">Q", len(head)), head]
+    blob = b"".join([*prefix, *chunks])
+    if len(blob) != expected + sum(map(len, prefix)):  # a piece of another item size than its Chunks says
+        raise CodecError("snapshot arrays do not add up to their declared shapes")
+    return blob
 
 
 def _header_json(header: dict[str, Any]) -> bytes:

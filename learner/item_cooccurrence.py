@@ -44,6 +44,7 @@ from operator import getitem
 
 import numpy as np
 
+from learner import codec
 from learner.arrays import ensure_rows
 from learner.base import ModelState, expect_kind
 from learner.id_index import IdIndex
@@ -150,6 +151,12 @@ class SparseRows:
 
     def to_csr(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(indptr, indices, data); read-only arrays that share nothing with the rows."""
+        indptr, indices, data = self.to_csr_chunks()
+        return indptr, indices.array(), data.array()
+
+    def to_csr_chunks(self) -> tuple[np.ndarray, codec.Chunks, codec.Chunks]:
+        """(indptr, indices, data) with the last two as the rows' own buffers (:class:`learner.codec.Chunks`): valid
+        until the rows change; for encoding them without a joined copy."""
         cols_of, vals_of = self._cols, self._vals
         if not self._n_lazy:  # every row materialised (always so in a model never loaded)
             col_parts: list = cols_of
@@ -162,10 +169,8 @@ class SparseRows:
                 val_parts.append(vals)
         indptr = np.zeros(len(col_parts) + 1, dtype=np.int64)
         np.cumsum(np.fromiter(map(len, col_parts), dtype=np.int64, count=len(col_parts)), out=indptr[1:])
-        # bytes.join reads each buffer once: no per-row copy.
-        indices = np.frombuffer(b"".join(col_parts), dtype=np.int32)
-        data = np.frombuffer(b"".join(val_parts), dtype=np.float32)
-        return indptr, indices, data
+        nnz = int(indptr[-1])
+        return indptr, codec.Chunks("<i4", col_parts, nnz), codec.Chunks("<f4", val_parts, nnz)
 
     @classmethod
     def from_csr(cls, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, n_cols: int) -> SparseRows:
@@ -460,7 +465,15 @@ class ItemCooccurrence:
         }
 
     def to_state(self) -> ModelState:
-        indptr, indices, data = self._rows.to_csr()
+        state = self.to_encodable_state()
+        for name in ("indices", "data"):
+            state.arrays[name] = state.arrays[name].array()
+        return state
+
+    def to_encodable_state(self) -> ModelState:
+        """:meth:`to_state` with the co-occurrence rows as :class:`learner.codec.Chunks` of the rows' own buffers,
+        for :func:`learner.codec.encode` right away (before the model learns more)."""
+        indptr, indices, data = self._rows.to_csr_chunks()
         n_items = len(self.items)
         recent_mass, recent_clock = self._recent.state(n_items)
         hist_items, hist_weights = self._history.to_arrays()

@@ -123,7 +123,9 @@ class OnlineLearner:
     # -- state -------------------------------------------------------------------------
 
     def to_bytes(self, extra: dict[str, Any] | None = None) -> bytes:
-        state = self.model.to_state()
+        # a model that can hand its largest arrays over as pieces (learner.codec.Chunks) is encoded from them
+        to_state = getattr(self.model, "to_encodable_state", self.model.to_state)
+        state = to_state()
         for reserved in _LEARNER_ARRAYS:
             if reserved in state.arrays:
                 raise ValueError(f"model arrays may not be named {reserved!r}")

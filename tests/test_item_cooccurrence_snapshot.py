@@ -138,3 +138,28 @@ def test_sparse_rows_materialise_a_loaded_row_only_when_it_changes() -> None:
     assert indptr.tolist() == [0, 2, 3, 4]
     assert indices.tolist() == [2, 1, 2, 0] and data.tolist() == [1.5, 1.5, 3.0, 2.0]
     assert rows.nnz == 4
+
+
+def test_a_snapshot_encoded_from_the_rows_own_buffers_is_the_one_from_joined_arrays() -> None:
+    """``to_bytes`` hands the co-occurrence rows to the codec as pieces (no joined copy): the same bytes as
+    encoding ``to_state``'s joined arrays, for a learned model and for one loaded with most rows still lazy."""
+    learner = _learner()
+    _learn(learner, _events(6, 3_000))
+    loaded = OnlineLearner.from_bytes(learner.to_bytes())
+    _learn(loaded, _events(7, 20))  # a few rows materialised, the rest still views of the loaded arrays
+    assert 0 < loaded.model._rows._n_lazy < len(loaded.model.items)
+    for one in (learner, loaded):
+        state = one.model.to_state()
+        header, arrays = codec.decode(one.to_bytes())
+        assert [k for k in arrays if k in state.arrays] == list(state.arrays)
+        assert codec.encode(header, arrays) == one.to_bytes()
+        for name, values in state.arrays.items():
+            assert arrays[name].dtype == values.dtype and np.array_equal(arrays[name], values), name
+
+
+def test_chunks_that_do_not_add_up_to_their_declared_length_are_refused() -> None:
+    pieces = [np.arange(3, dtype=np.int64)]  # 8-byte items declared as 4-byte ones
+    with pytest.raises(codec.CodecError, match="do not add up"):
+        codec.encode({}, {"x": codec.Chunks("<i4", pieces, 3)})
+    blob = codec.encode({}, {"x": codec.Chunks("<i4", [np.arange(2, dtype=np.int32), np.arange(3, dtype=np.int32)], 5)})
+    assert codec.decode(blob)[1]["x"].tolist() == [0, 1, 0, 1, 2]
