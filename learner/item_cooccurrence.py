@@ -40,6 +40,7 @@ import math
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import chain
 from operator import getitem
 
 import numpy as np
@@ -651,18 +652,15 @@ class UserHistories:
         """Write the dicts of ``users`` (each materialised, each once) to their rows of the arrays."""
         if not users:
             return
-        at_user: list[int] = []
-        at_slot: list[int] = []
-        item_rows: list[int] = []
-        item_weights: list[float] = []
-        slots = range(self.window)
-        for u in users:  # lists, then one assignment per array
-            history = self._rows[u]
-            assert history is not None  # changed users were materialised by for_update/append
-            at_user.extend([u] * len(history))
-            at_slot.extend(slots[: len(history)])
-            item_rows.extend(history)
-            item_weights.extend(history.values())
+        # Iterated in C (map, chain), not a Python loop per user: a delta writes every user it carries, ~3,000
+        # per delta at the bench's load, and this was a third of the cost of making one.
+        histories: list[dict[int, float]] = list(map(self._rows.__getitem__, users))  # type: ignore[arg-type]
+        lengths = np.fromiter(map(len, histories), dtype=np.int64, count=len(histories))
+        total = int(lengths.sum())
+        item_rows = np.fromiter(chain.from_iterable(histories), dtype=np.int32, count=total)
+        item_weights = np.fromiter(chain.from_iterable(map(dict.values, histories)), dtype=np.float64, count=total)
+        at_user = np.repeat(np.asarray(users, dtype=np.int64), lengths)
+        at_slot = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         self._items[users] = -1
         self._weights[users] = 0.0
         self._items[at_user, at_slot] = item_rows
