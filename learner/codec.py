@@ -33,9 +33,11 @@ class CodecError(ValueError):
 
 class Chunks(NamedTuple):
     """A 1-D array given as its consecutive pieces, each a contiguous buffer of ``dtype`` items (an
-    ``array.array``, a numpy array), with ``length`` items in all: :func:`encode` copies the pieces straight
-    into the snapshot instead of joining them into an array first (one copy of the model's largest arrays, not
-    two: on the grown bench model ~90 MB less to copy into fresh memory while the worker waits)."""
+    ``array.array``, a numpy array; ``dtype`` names their byte order, e.g. ``np.dtype(np.int32).str`` for
+    native buffers), with ``length`` items in all: :func:`encode` copies the pieces straight into the
+    snapshot instead of joining them into an array first (one copy of the model's largest arrays, not two:
+    on the grown bench model ~90 MB less to copy into fresh memory while the worker waits). The pieces are
+    read when encoded: encode right away, before whatever owns them changes."""
 
     dtype: str
     parts: Sequence[Any]
@@ -43,7 +45,10 @@ class Chunks(NamedTuple):
 
     def array(self) -> np.ndarray:
         """The pieces joined into one read-only array (bytes.join reads each buffer once)."""
-        return np.frombuffer(b"".join(self.parts), dtype=self.dtype, count=self.length)
+        joined = b"".join(self.parts)
+        if len(joined) != self.length * np.dtype(self.dtype).itemsize:
+            raise CodecError(f"pieces of {len(joined)} bytes are not {self.length} items of {self.dtype}")
+        return np.frombuffer(joined, dtype=self.dtype)
 
 
 def encode(header: dict[str, Any], arrays: Mapping[str, np.ndarray | Chunks]) -> bytes:
@@ -52,6 +57,8 @@ def encode(header: dict[str, Any], arrays: Mapping[str, np.ndarray | Chunks]) ->
     chunks: list[Any] = []
     expected = 0
     for name, array in arrays.items():
+        if isinstance(array, Chunks) and array.dtype.startswith(">"):
+            array = array.array()  # not the snapshot's byte order (a big-endian host): joined, then converted below
         if isinstance(array, Chunks):
             if array.dtype not in ALLOWED_DTYPES:
                 raise CodecError(f"array {name!r} has unsupported dtype {array.dtype}")
@@ -70,7 +77,7 @@ def encode(header: dict[str, Any], arrays: Mapping[str, np.ndarray | Chunks]) ->
     head = _header_json({**header, "arrays": specs})
     prefix = [MAGIC, struct.pack(">Q", len(head)), head]
     blob = b"".join([*prefix, *chunks])
-    if len(blob) != expected + sum(map(len, prefix)):  # a piece of another item size than its Chunks says
+    if len(blob) != expected + sum(map(len, prefix)):  # pieces that are not the items their Chunks declares
         raise CodecError("snapshot arrays do not add up to their declared shapes")
     return blob
 

@@ -156,8 +156,9 @@ class SparseRows:
         return indptr, indices.array(), data.array()
 
     def to_csr_chunks(self) -> tuple[np.ndarray, codec.Chunks, codec.Chunks]:
-        """(indptr, indices, data) with the last two as the rows' own buffers (:class:`learner.codec.Chunks`): valid
-        until the rows change; for encoding them without a joined copy."""
+        """(indptr, indices, data) with the last two as :class:`learner.codec.Chunks` of the rows' buffers (views of
+        the loaded arrays for rows not yet materialised), for encoding them without a joined copy. Encode them
+        right away: they show later changes of the values, and while a view of a row is held it cannot grow."""
         cols_of, vals_of = self._cols, self._vals
         if not self._n_lazy:  # every row materialised (always so in a model never loaded)
             col_parts: list = cols_of
@@ -171,7 +172,8 @@ class SparseRows:
         indptr = np.zeros(len(col_parts) + 1, dtype=np.int64)
         np.cumsum(np.fromiter(map(len, col_parts), dtype=np.int64, count=len(col_parts)), out=indptr[1:])
         nnz = int(indptr[-1])
-        return indptr, codec.Chunks("<i4", col_parts, nnz), codec.Chunks("<f4", val_parts, nnz)
+        native_i4, native_f4 = np.dtype(np.int32).str, np.dtype(np.float32).str  # the buffers' own byte order
+        return indptr, codec.Chunks(native_i4, col_parts, nnz), codec.Chunks(native_f4, val_parts, nnz)
 
     @classmethod
     def from_csr(cls, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, n_cols: int) -> SparseRows:
@@ -473,7 +475,7 @@ class ItemCooccurrence:
 
     def to_encodable_state(self) -> ModelState:
         """:meth:`to_state` with the co-occurrence rows as :class:`learner.codec.Chunks` of the rows' own buffers,
-        for :func:`learner.codec.encode` right away (before the model learns more)."""
+        for :func:`learner.codec.encode` right away: not to be kept (see :meth:`SparseRows.to_csr_chunks`)."""
         indptr, indices, data = self._rows.to_csr_chunks()
         n_items = len(self.items)
         recent_mass, recent_clock = self._recent.state(n_items)
@@ -569,8 +571,9 @@ class UserHistories:
     from them, a user's dict is built on first access: an API process serving a new version
     touches only the users it is asked about, so loading a version does not pay for every user's
     dict (0.2 s at 50,000 users). The arrays are kept and brought up to date by :meth:`to_arrays`
-    (and, for the users a delta carries, :meth:`arrays_of`) from the users marked with
-    :meth:`for_update` since, so a checkpoint costs what changed, not a Python loop over every user.
+    (and, for the users a delta carries, :meth:`arrays_of`) from the users marked since (by
+    :meth:`for_update`, or new by :meth:`append`), so a checkpoint costs what changed, not a
+    Python loop over every user.
     """
 
     def __init__(self, window: int, items: np.ndarray | None = None, weights: np.ndarray | None = None) -> None:
@@ -592,7 +595,8 @@ class UserHistories:
         return row
 
     def for_update(self, u: int) -> dict[int, float]:
-        """The user's dict, marked to be written to the arrays at the next :meth:`to_arrays`."""
+        """The user's dict, marked to be written to the arrays at the next :meth:`to_arrays` (or :meth:`arrays_of`
+        that carries the user)."""
         self._changed.add(u)
         since = self.changed_since_mark
         if since is not None:
@@ -649,7 +653,7 @@ class UserHistories:
             self._items, self._weights, self._owned = items, weights, True
 
     def _write(self, users: list[int]) -> None:
-        """Write the dicts of ``users`` (each materialised, each once) to their rows of the arrays."""
+        """Write the dicts of ``users`` (each materialised) to their rows of the arrays."""
         if not users:
             return
         # Iterated in C (map, chain), not a Python loop per user: a delta writes every user it carries, ~3,000

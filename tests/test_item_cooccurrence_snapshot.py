@@ -163,3 +163,13 @@ def test_chunks_that_do_not_add_up_to_their_declared_length_are_refused() -> Non
         codec.encode({}, {"x": codec.Chunks("<i4", pieces, 3)})
     blob = codec.encode({}, {"x": codec.Chunks("<i4", [np.arange(2, dtype=np.int32), np.arange(3, dtype=np.int32)], 5)})
     assert codec.decode(blob)[1]["x"].tolist() == [0, 1, 0, 1, 2]
+
+
+def test_chunks_in_another_byte_order_are_converted_to_the_snapshots() -> None:
+    """A big-endian host's native buffers: encoded as little-endian, as a plain array would be."""
+    pieces = [np.array([1, 2], dtype=">i4"), np.array([3], dtype=">i4")]
+    blob = codec.encode({}, {"x": codec.Chunks(">i4", pieces, 3)})
+    assert blob == codec.encode({}, {"x": np.array([1, 2, 3], dtype=">i4")})
+    assert codec.decode(blob)[1]["x"].tolist() == [1, 2, 3]
+    with pytest.raises(codec.CodecError, match="not 2 items"):
+        codec.Chunks("<i4", pieces, 2).array()  # more bytes than declared: refused, not cut
