@@ -43,13 +43,19 @@ from stream.quarantine import read_quarantine
 PROBE_TIMEOUT = 10.0
 TARGET_P99_SECONDS = 1.0
 TARGET_RATE = 5_000
-_LOAD_KEYS = ("background", "worker_handled_when_load_ended", "backlog_after_drain_wait")  # kept beside the figures
+#: kept beside the figures
+_LOAD_KEYS = ("background", "worker_handled_when_load_ended", "gate_held_when_load_ended", "backlog_after_drain_wait")
 
 
 def taken(r: redis.Redis, keys: Keys) -> int:
     """Events the worker has checkpointed: learned, plus held or dropped by the gate (batch messages count
     each event, unlike the offsets)."""
-    return learned(r, keys) + sum(int(v) for v in r.hvals(keys.gate_counts))
+    return learned(r, keys) + gate_held(r, keys)
+
+
+def gate_held(r: redis.Redis, keys: Keys) -> int:
+    """Events the worker has checkpointed as held or dropped by the gate (duplicates included)."""
+    return sum(int(v) for v in r.hvals(keys.gate_counts))
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -203,7 +209,7 @@ def run(
             budget.check(f"freshness at {rate:,.0f} ev/s")
             share = budget.left() / (len(rates) - n)
             bg_seconds = max(10.0, min(share - 15, 5.0 + loaded_probes * 1.6))
-            handled_before = taken(r, keys)
+            handled_before, held_before = taken(r, keys), gate_held(r, keys)
             # On a grown model the load comes from the users it already knows: 50,000 users it has never seen
             # flocking to the same popular items is what the gate's item-surge rule holds (a farm), new users'
             # probes of those items included (measured: every probe held)
@@ -216,6 +222,7 @@ def run(
             result["background"] = json.loads(out.strip().splitlines()[-1])
             # Did the worker keep up? What it had checkpointed when the load ended, against what was sent.
             result["worker_handled_when_load_ended"] = taken(r, keys) - handled_before
+            result["gate_held_when_load_ended"] = gate_held(r, keys) - held_before  # of those: not learned
             loaded[rate] = result
             if n + 1 < len(rates):  # let the worker drain before the next level
                 target = handled_before + result["background"]["sent"]
@@ -280,6 +287,15 @@ def run(
                 "probes",
                 res["probes"],
                 "probes posted",
+            ),
+            Row(
+                "freshness",
+                f"background events held by the quality gate (quarantined, not learned), {achieved:,.0f} ev/s load"
+                f"{model}",
+                res["gate_held_when_load_ended"],
+                "events",
+                res["worker_handled_when_load_ended"],
+                "events the worker checkpointed meanwhile",
             ),
             Row(
                 "freshness",

@@ -176,6 +176,14 @@ class Settings(_gate_settings()):  # type: ignore[misc]
         description="Longest the broker holds the worker's fetch when none of its partitions has new data (Faust "
         "alone: 1.5 s, which after any pause of the worker left it idle ~1 s; stream/kafka_consumer.py).",
     )
+    broker_fetch_min_bytes: int = Field(
+        65_536,
+        ge=1,
+        le=16 * 1024 * 1024,
+        description="Bytes the broker gathers for the worker's fetch before answering it (within the fetch wait): "
+        "fewer, larger fetches under load cost the worker and the broker less CPU; 1 answers at once, at the price "
+        "of a fetch per producer request (stream/kafka_consumer.py).",
+    )
 
     # Model and target variable
     model: str = Field(

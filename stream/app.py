@@ -30,7 +30,7 @@ import faust
 from recstream import components, metrics
 from recstream.heap_trim import HeapTrimmer
 from recstream.settings import Settings
-from stream.kafka_consumer import use_fetch_wait
+from stream.kafka_consumer import use_fetch_limits
 from stream.processor import QUARANTINED, REJECTED, EventProcessor, Record, overrides_from_headers
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
         producer_linger=DEAD_LETTER_LINGER_SECONDS,
         broker_credentials=components.faust_broker_credentials(settings),
     )
-    use_fetch_wait(app, settings.broker_fetch_max_wait_seconds)
+    use_fetch_limits(app, settings.broker_fetch_max_wait_seconds, settings.broker_fetch_min_bytes)
     events_topic = app.topic(
         settings.topic_events, key_type=bytes, value_type=bytes, partitions=settings.topic_partitions
     )
