@@ -200,10 +200,14 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
     redis = components.redis_client(settings)
     store = components.model_store(settings, redis, bulk=True)
 
+    producer: Any = None  # the app's, once started by the first dead letter
+
     async def dead_letter(kind: str, key: bytes | None, value: bytes) -> Any:
         # Straight to the producer, not through a faust Topic (its channel, schema and message objects cost
         # several times the producer's own work per letter); delivered by ``flush`` before offsets are acked.
-        producer = await app.maybe_start_producer()
+        nonlocal producer
+        if producer is None:
+            producer = await app.maybe_start_producer()
         return await producer.send(dead_letter_topics[kind], key, value, None, None, None)
 
     async def flush() -> None:

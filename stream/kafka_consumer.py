@@ -26,7 +26,7 @@ import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 
-def use_fetch_limits(app: faust.App, seconds: float, min_bytes: int = 1) -> None:
+def use_fetch_limits(app: faust.App, seconds: float, min_bytes: int) -> None:
     """Make ``app``'s consumer ask the broker to answer a fetch once it has ``min_bytes`` for it, or within
     ``seconds`` with whatever it has (nothing included)."""
     wait_ms = max(1, round(seconds * 1000))
