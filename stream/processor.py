@@ -104,17 +104,39 @@ def _source(record: Record, index: int | None = None) -> dict[str, Any]:
     return source
 
 
+#: Most bytes of a refused message its dead letter carries; the rest stays at the source offset the letter names.
+#: Escaped or base64, a payload grows (up to 6x for control characters), and the producer refuses a message over
+#: 1 MiB: without a cut, one large refused message stopped the worker, its dead letter failing at every retry.
+DEAD_LETTER_PAYLOAD_BYTES = 64 * 1024
+
+
 def rejection_payload(record: Record, reason: str, index: int | None = None, raw: bytes | None = None) -> bytes:
     """The JSON written to the dead-letter topic: the reason and the original bytes (of the refused
-    element, for a batch message)."""
+    element, for a batch message), as text or base64; beyond ``DEAD_LETTER_PAYLOAD_BYTES`` only their start,
+    with ``payload_truncated`` and ``payload_bytes`` (the whole size)."""
     value = raw if raw is not None else (record.value or b"")
-    try:
-        payload: dict[str, str] = {"payload": value.decode("utf-8")}
-    except UnicodeDecodeError:
-        payload = {"payload_base64": base64.b64encode(value).decode()}
-    return orjson.dumps(
-        {"reason": reason, **_source(record, index), "rejected_at": datetime.now(UTC).isoformat(), **payload}
-    )
+    letter: dict[str, Any] = {"reason": reason, **_source(record, index), "rejected_at": datetime.now(UTC).isoformat()}
+    kept = value[:DEAD_LETTER_PAYLOAD_BYTES]
+    cut = len(kept) < len(value)
+    if cut:
+        letter["payload_truncated"] = True
+        letter["payload_bytes"] = len(value)
+    text = _utf8(kept, cut)
+    if text is not None:
+        letter["payload"] = text
+    else:
+        letter["payload_base64"] = base64.b64encode(kept).decode()
+    return orjson.dumps(letter)
+
+
+def _utf8(data: bytes, cut: bool) -> str | None:
+    """``data`` as text (None: not UTF-8); a cut may end inside a character, whose bytes are then left out."""
+    for drop in range(4 if cut else 1):  # a UTF-8 character is at most 4 bytes
+        try:
+            return data[: len(data) - drop].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    return None
 
 
 def quarantine_payload(record: Record, event: Event, reason: str, detail: str, index: int | None = None) -> bytes:

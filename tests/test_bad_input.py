@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -183,3 +184,26 @@ def test_malformed_kafka_messages_are_dead_lettered_and_the_worker_goes_on(stack
     assert counted["consumed"] - counted_before["consumed"] >= 4
     assert counted["rejected"] - counted_before["rejected"] == 3
     assert counted["learned"] - counted_before["learned"] >= 1
+
+
+def test_a_refused_message_too_large_to_dead_letter_whole_is_cut_and_the_worker_goes_on(stack: Stack) -> None:
+    """A refused message's dead letter carries the message's bytes; base64 (or escaped text) makes them larger,
+    and the producer refuses a request over 1 MiB. Such a message must not stop the worker: its letter carries
+    the first bytes, says so, and names the offset where the whole message stays."""
+    env = stack.env
+    before = stack.checkpoints.learned()
+    huge = b"\xff" * 900_000  # not UTF-8: base64 would make a 1.2 MB letter
+    produce(
+        env["RECSTREAM_BROKER_URL"],
+        env["RECSTREAM_TOPIC_EVENTS"],
+        [(b"u8", huge), (b"u8", json.dumps({**GOOD, "event_id": "after-huge", "user_id": "u8"}).encode())],
+    )
+    wait_for(lambda: stack.checkpoints.learned() >= before + 1, 60, "the valid event after the huge one to be learned")
+    letters = [json.loads(v) for v in read_topic(env["RECSTREAM_BROKER_URL"], env["RECSTREAM_TOPIC_REJECTED"], 50)]
+    cut = [letter for letter in letters if letter.get("payload_bytes") == len(huge)]
+    assert len(cut) == 1, [{k: v for k, v in letter.items() if not k.startswith("payload")} for letter in letters]
+    assert cut[0]["payload_truncated"] is True
+    assert base64.b64decode(cut[0]["payload_base64"]) == huge[: len(base64.b64decode(cut[0]["payload_base64"]))]
+    assert 0 < len(base64.b64decode(cut[0]["payload_base64"])) < len(huge)
+    assert {"topic", "partition", "offset"} <= cut[0].keys()
+    assert stack.worker.is_running()

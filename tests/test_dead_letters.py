@@ -1,0 +1,38 @@
+"""What a dead letter carries: the refused bytes whole up to a cap, then their start, marked as cut."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from stream.processor import DEAD_LETTER_PAYLOAD_BYTES, Record, rejection_payload
+
+
+def _letter(value: bytes) -> dict:
+    return json.loads(rejection_payload(Record("events", 1, 42, None, value), "malformed JSON"))
+
+
+def test_a_refused_message_under_the_cap_is_carried_whole_as_text_or_base64() -> None:
+    text = _letter(b'{"not": json')
+    assert text["payload"] == '{"not": json' and "payload_truncated" not in text and "payload_bytes" not in text
+    binary = _letter(b"\xff\x00" * 10)
+    assert base64.b64decode(binary["payload_base64"]) == b"\xff\x00" * 10 and "payload_truncated" not in binary
+    assert (text["topic"], text["partition"], text["offset"]) == ("events", 1, 42)
+
+
+def test_a_cut_inside_a_character_keeps_the_text_up_to_that_character() -> None:
+    original = "a" + "é" * DEAD_LETTER_PAYLOAD_BYTES  # 2 bytes each after the first: the cap falls inside one
+    letter = _letter(original.encode())
+    assert letter["payload_truncated"] is True and letter["payload_bytes"] == len(original.encode())
+    kept = letter["payload"]
+    assert original.startswith(kept)
+    assert DEAD_LETTER_PAYLOAD_BYTES - 3 <= len(kept.encode()) <= DEAD_LETTER_PAYLOAD_BYTES
+
+
+def test_a_cut_binary_message_keeps_its_first_bytes_and_the_letter_stays_small() -> None:
+    original = bytes(range(256)) * 4000  # ~1 MB: escaped or in base64 it would exceed the producer's 1 MiB
+    raw = rejection_payload(Record("events", 0, 7, None, original), "malformed JSON")
+    letter = json.loads(raw)
+    assert letter["payload_bytes"] == len(original) and letter["payload_truncated"] is True
+    assert base64.b64decode(letter["payload_base64"]) == original[:DEAD_LETTER_PAYLOAD_BYTES]
+    assert len(raw) < 1024 * 1024 // 2
