@@ -50,6 +50,11 @@ EVENT_TO_LEARNED_SECONDS = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0),
 )
 KAFKA_ERRORS = Counter("recstream_kafka_errors_total", "Failed Kafka operations, by component.", ["component"])
+DEAD_LETTERS_UNDELIVERED = Counter(
+    "recstream_dead_letters_undelivered_total",
+    "Dead letters the producer gave up on (the broker refused them, or its request timeout passed); each is sent "
+    "again and the checkpoint that would acknowledge its event waits until it is delivered.",
+)
 MODEL_SWAP_DELAY = Histogram(
     "recstream_model_swap_delay_seconds",
     "Freshness: seconds from a checkpoint being written to this API process serving it.",

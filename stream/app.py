@@ -204,7 +204,7 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
 
     async def dead_letter(kind: str, key: bytes | None, value: bytes) -> Any:
         # Straight to the producer, not through a faust Topic (its channel, schema and message objects cost
-        # several times the producer's own work per letter); delivered by ``flush`` before offsets are acked.
+        # several times the producer's own work per letter). The returned delivery is awaited at the checkpoint.
         nonlocal producer
         if producer is None:
             producer = await app.maybe_start_producer()

@@ -46,7 +46,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DeadLetter = Callable[[str, bytes | None, bytes], Awaitable[Any]]  # (topic kind, key, value)
+#: Sends (topic kind, key, value); returns the delivery (awaited at the checkpoint: it raises if the letter was not
+#: delivered), or None when there is nothing to wait for.
+DeadLetter = Callable[[str, bytes | None, bytes], Awaitable[Awaitable[Any] | None]]
+Letter = tuple[str, bytes | None, bytes]
 Flush = Callable[[], Awaitable[Any]]
 
 REJECTED = "rejected"
@@ -95,6 +98,15 @@ class Pending:
     event_ids: set[str] = field(default_factory=set)
     gate_counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     learned_since: int = 0
+    #: Dead letters sent since the last checkpoint, with their delivery, until the checkpoint confirms them…
+    letters: list[tuple[Awaitable[Any], Letter]] = field(default_factory=list)
+    #: …and those that were not delivered and are still to be sent again.
+    unsent: list[Letter] = field(default_factory=list)
+
+
+class DeadLettersUndelivered(Exception):
+    """Dead letters were not delivered: they are sent again, and the checkpoint (which would acknowledge the
+    offsets of their events) is retried."""
 
 
 def _source(record: Record, index: int | None = None) -> dict[str, Any]:
@@ -498,7 +510,9 @@ class EventProcessor:
             for decoded, verdict in zip(chunk, verdicts, strict=True):
                 letter = self._handle(record, decoded, verdict, known, lags)
                 if letter is not None:
-                    await self._dead_letter(*letter)
+                    delivery = await self._dead_letter(*letter)
+                    if delivery is not None:
+                        pending.letters.append((delivery, letter))
         finally:
             if pending.learned_since > learned_before:
                 metrics.EVENTS_LEARNED.inc(pending.learned_since - learned_before)
@@ -506,7 +520,7 @@ class EventProcessor:
 
     def _handle(
         self, record: Record, decoded: Decoded, verdict: Hold | None, known: set[str], lags: list[float]
-    ) -> tuple[str, bytes | None, bytes] | None:
+    ) -> Letter | None:
         """Reject, count as a duplicate, quarantine (the gate's verdict, or a paused model) or learn one event.
 
         Returns the dead letter to send (topic kind, key, payload), if any; a learned event's
@@ -599,6 +613,43 @@ class EventProcessor:
             or now - self._last_checkpoint >= self.checkpoint_interval_seconds
         )
 
+    async def _confirm_dead_letters(self, pending: Pending) -> None:
+        """Check that every dead letter since the last checkpoint was delivered (after the flush, their deliveries
+        are settled); send again those that were not and raise :class:`DeadLettersUndelivered`.
+
+        A producer flush waits for its requests but does not raise when one failed: the broker refused the
+        letter (a topic's size limit, an ACL) or the producer's request timeout passed. Without this check, such
+        a letter was dropped while the checkpoint acknowledged its event's offset.
+        """
+        error: BaseException | None = None
+        for delivery, letter in pending.letters:
+            try:
+                await delivery
+            except Exception as exc:  # noqa: BLE001 - any error of the producer for this letter: send it again
+                error = exc
+                pending.unsent.append(letter)
+                metrics.DEAD_LETTERS_UNDELIVERED.inc()
+        pending.letters = []
+        if not pending.unsent:
+            return
+        count, sent = len(pending.unsent), 0
+        kinds = sorted({kind for kind, _, _ in pending.unsent})
+        try:
+            for letter in pending.unsent:
+                delivery = await self._dead_letter(*letter)
+                sent += 1
+                if delivery is not None:
+                    pending.letters.append((delivery, letter))
+        except Exception as exc:  # noqa: BLE001 - sending again failed: the rest is sent at the next attempt
+            error = exc
+        finally:
+            del pending.unsent[:sent]
+        raise DeadLettersUndelivered(
+            f"{count} dead letter(s) to the {'/'.join(kinds)} topic not delivered"
+            + (f" (last error: {error!r})" if error is not None else "")
+            + f"; {sent} sent again, the checkpoint waits for them"
+        )
+
     async def checkpoint(self) -> int | None:
         """Write learner + offsets + seen sets + learned ids + gate counts to Redis in one
         transaction, then acknowledge the messages. Returns the new version (None: nothing to do).
@@ -640,11 +691,12 @@ class EventProcessor:
             }
             try:
                 await self._flush()  # dead letters must be in Kafka before their offsets are acked
+                await self._confirm_dead_letters(pending)
             except Exception:
                 metrics.CHECKPOINTS.labels("failed").inc()
                 metrics.KAFKA_ERRORS.labels("worker").inc()
                 log.exception(
-                    "cannot flush dead letters to Kafka; the checkpoint waits and its events stay unacknowledged"
+                    "cannot deliver dead letters to Kafka; the checkpoint waits and its events stay unacknowledged"
                 )
                 raise
             try:
