@@ -330,12 +330,16 @@ class ItemCooccurrence:
         if u is None or i is None:
             return 0.0
         rows = self._rows
+        slot_of, vals_of = rows._slot, rows._vals
+        damping, powers = self._row_damping, self._recency_powers
         evidence = 0.0
-        for j, weight in self._weighted_history(u):
-            slots = rows._slot[j]
+        # _weighted_history inlined, each weight computed only for a remembered item that co-occurs with ``i``:
+        # most do not, and this runs for every learned event (predicted before it is learned).
+        for age, (j, w_j) in enumerate(reversed(self._history[u].items())):
+            slots = slot_of[j]
             k = (slots if slots is not None else rows.slots(j)).get(i)
             if k is not None:
-                evidence += weight * rows._vals[j][k]
+                evidence += w_j * powers[age] * float(damping[j]) * vals_of[j][k]
         return 1.0 - math.exp(-evidence * float(self._candidate_damping[i]))
 
     def knows_user(self, user: str) -> bool:
