@@ -455,7 +455,7 @@ class EventProcessor:
             for i, decoded in enumerate(chunk):
                 event = decoded.event
                 if event is not None and event.event_id not in known and event.event_id not in pending_ids:
-                    views[i] = view = _gate_event(event, event.ts.timestamp())
+                    views[i] = view = _gate_event(event, event.ts_seconds)
                     judged.append(view)
             if len({view.event_id for view in judged}) == len(judged):
                 # no event repeats another of the chunk: every view is judged, in one call
@@ -542,7 +542,7 @@ class EventProcessor:
             metrics.EVENTS_DUPLICATE.inc()
             return None
         now = self.clock()
-        ts = event.ts.timestamp()
+        ts = event.ts_seconds
         if verdict is _UNJUDGED:
             # It repeats an event that was not learned after all (quarantined while the model guard
             # paused, or forgotten when an operator's version was adopted): judged now.
