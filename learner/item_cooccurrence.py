@@ -54,6 +54,9 @@ from learner.popularity_models import DecayedCounter
 #: Co-occurrence entries recorded since the last mark beyond which recording stops (8 bytes each): a delta that
 #: large would cost about what a whole snapshot does.
 CHANGE_LOG_LIMIT = 8_000_000
+#: A delta's entries are read from their rows joined into one buffer unless the touched rows hold more than this
+#: many entries per entry read (copying a row costs ~1 ns an entry, reading one entry from Python ~150 ns).
+ENTRY_GATHER_JOIN_FACTOR = 32
 
 
 @dataclass(frozen=True)
@@ -431,16 +434,14 @@ class ItemCooccurrence:
         row, slot, column and value; the changed items' per-item values (with the recent counter's clock, and
         its whole array after a rescale); the changed users' history rows (as in :meth:`to_state`)."""
         keys = changes.keys
-        rows, slots = (keys >> 32).tolist(), (keys & 0xFFFFFFFF).tolist()
-        cols_of, vals_of = self._rows._cols, self._rows._vals  # a touched row was materialised to be written
         items, users = changes.items, changes.users
         history_items, history_weights = self._history.arrays_of(users)
+        entry_cols, entry_vals = self._entries_at(keys)
         arrays = {
             "entry_rows": (keys >> 32).astype(np.int32),
             "entry_slots": (keys & 0xFFFFFFFF).astype(np.int32),
-            # map, not a comprehension: ~40% faster for the ~16 entries an event touches
-            "entry_cols": np.array(list(map(getitem, map(cols_of.__getitem__, rows), slots)), dtype=np.int32),
-            "entry_vals": np.array(list(map(getitem, map(vals_of.__getitem__, rows), slots)), dtype=np.float32),
+            "entry_cols": entry_cols,
+            "entry_vals": entry_vals,
             "items": items.astype(np.int32),
             "mass": self._mass[items],
             "candidate_damping": self._candidate_damping[items],
@@ -454,6 +455,29 @@ class ItemCooccurrence:
         if changes.recent_rescaled:  # every item's recent popularity changed: carried whole
             arrays["recent_whole"] = self._recent.state(len(self.items))[0]
         return arrays
+
+    def _entries_at(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The column and value of each co-occurrence entry named by ``keys`` (row << 32 | slot, sorted)."""
+        cols_of, vals_of = self._rows._cols, self._rows._vals  # a touched row was materialised to be written
+        rows = keys >> 32
+        slots = keys & 0xFFFFFFFF
+        first = np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1]))) if len(keys) else rows
+        touched = rows[first].tolist()
+        lengths = np.fromiter(map(len, map(cols_of.__getitem__, touched)), dtype=np.int64, count=len(touched))
+        if int(lengths.sum()) > ENTRY_GATHER_JOIN_FACTOR * len(keys):  # few entries of long rows: one by one
+            rows_list, slots_list = rows.tolist(), slots.tolist()
+            # map, not a comprehension: ~40% faster for the ~16 entries an event touches
+            cols = np.array(list(map(getitem, map(cols_of.__getitem__, rows_list), slots_list)), dtype=np.int32)
+            vals = np.array(list(map(getitem, map(vals_of.__getitem__, rows_list), slots_list)), dtype=np.float32)
+            return cols, vals
+        # The touched rows joined into one buffer each (a copy at memory speed), then one vectorised gather:
+        # about half the time of reading ~30,000 entries one by one after 2,500 events of the ingest bench.
+        starts = np.zeros(len(touched), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        at = np.repeat(starts, np.diff(np.append(first, len(keys)))) + slots
+        cols = np.frombuffer(b"".join(map(cols_of.__getitem__, touched)), dtype=np.int32)[at]
+        vals = np.frombuffer(b"".join(map(vals_of.__getitem__, touched)), dtype=np.float32)[at]
+        return cols, vals
 
     # -- state ---------------------------------------------------------------------------
 

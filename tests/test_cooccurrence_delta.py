@@ -44,7 +44,11 @@ def _delta_blob(learner: OnlineLearner) -> bytes:
 
 
 @pytest.mark.parametrize("remark", [False, True], ids=["since-one-base", "chained"])
-def test_a_delta_applied_to_its_base_is_the_whole_snapshot_bit_for_bit(remark: bool) -> None:
+@pytest.mark.parametrize("join_factor", [0, 10**9], ids=["entries-read-one-by-one", "rows-joined"])
+def test_a_delta_applied_to_its_base_is_the_whole_snapshot_bit_for_bit(
+    remark: bool, join_factor: int, monkeypatch
+) -> None:
+    monkeypatch.setattr(item_cooccurrence, "ENTRY_GATHER_JOIN_FACTOR", join_factor)  # both ways of reading entries
     rnd = random.Random(5)
     learner = OnlineLearner(model=ItemCooccurrence(window=4))
     ts = _feed(learner, rnd, 3_000, users=80, items=150, start=1.7e9)
