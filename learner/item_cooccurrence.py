@@ -145,6 +145,14 @@ class SparseRows:
             return _NO_COLS, _NO_VALS
         return np.frombuffer(cols, dtype=np.int32), np.frombuffer(vals, dtype=np.float32)
 
+    def buffers(self, row: int) -> tuple[array | np.ndarray, array | np.ndarray]:
+        """(columns, values) of one row as buffers: the row's own arrays, or views of the loaded ones; cheaper than
+        :meth:`row` where only their bytes are read (no numpy view of each). Drop them before the row grows."""
+        cols = self._cols[row]
+        if cols is None:
+            return self._base_row(row)
+        return cols, self._vals[row]  # type: ignore[return-value]
+
     def _base_row(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = int(self._base_indptr[row]), int(self._base_indptr[row + 1])
         return self._base_indices[lo:hi], self._base_data[lo:hi]
@@ -373,8 +381,8 @@ class ItemCooccurrence:
         if u is None or not self._history[u]:
             return np.zeros(n_items, dtype=np.float64)
         weighted = self._weighted_history(u)
-        row = self._rows.row
-        parts = [row(j) for j, _ in weighted]
+        buffers = self._rows.buffers
+        parts = [buffers(j) for j, _ in weighted]
         lengths = [len(cols) for cols, _ in parts]
         if not any(lengths):
             return np.zeros(n_items, dtype=np.float64)
