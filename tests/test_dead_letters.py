@@ -1,10 +1,15 @@
-"""What a dead letter carries: the refused bytes whole up to a cap, then their start, marked as cut."""
+"""What a dead letter carries (the refused bytes up to a cap, then their start, marked as cut) and where it goes."""
 
 from __future__ import annotations
 
 import base64
 import json
 
+from aiokafka.partitioner import DefaultPartitioner
+
+import stream.app
+from recstream.settings import Settings
+from stream.app import create_app, dead_letter_partition
 from stream.processor import DEAD_LETTER_PAYLOAD_BYTES, Record, rejection_payload
 
 
@@ -36,3 +41,31 @@ def test_a_cut_binary_message_keeps_its_first_bytes_and_the_letter_stays_small()
     assert letter["payload_bytes"] == len(original) and letter["payload_truncated"] is True
     assert base64.b64decode(letter["payload_base64"]) == original[:DEAD_LETTER_PAYLOAD_BYTES]
     assert len(raw) < 1024 * 1024 // 2
+
+
+def test_a_dead_letter_to_a_one_partition_topic_is_not_hashed_and_otherwise_goes_where_kafka_puts_it(
+    monkeypatch,
+) -> None:
+    keyed = DefaultPartitioner()
+
+    def no_hashing(*_: object) -> int:
+        raise AssertionError("a one-partition topic needs no hash of the key")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(stream.app, "_KEYED", no_hashing)
+        assert dead_letter_partition(b"user-1", [0], [0]) == 0
+        assert dead_letter_partition(b"user-1", [3], []) == 3
+    for key in (b"u1", b"user-42", b"x" * 50, None):
+        if key is not None:
+            assert dead_letter_partition(key, [0, 1, 2, 3], [0, 1, 2, 3]) == keyed(key, [0, 1, 2, 3], [0, 1, 2, 3])
+        else:
+            assert dead_letter_partition(key, [0, 1, 2, 3], [2]) == 2  # no key: an available partition
+
+
+async def test_the_worker_producer_partitions_with_it() -> None:
+    app, _ = create_app(Settings(broker_url="kafka://127.0.0.1:1"))
+    producer = app.producer._new_producer()  # the aiokafka producer Faust makes (not started: no broker needed)
+    try:
+        assert producer._partitioner is dead_letter_partition
+    finally:
+        await producer.stop()
