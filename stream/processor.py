@@ -116,6 +116,22 @@ def _source(record: Record, index: int | None = None) -> dict[str, Any]:
     return source
 
 
+class _NowIso:
+    """``datetime.now(UTC).isoformat()`` computed at most once a millisecond (so exact to the millisecond): ~4 us a
+    call here, and a dead letter needs one; under an attack the gate holds a burst of events within each one."""
+
+    def __init__(self) -> None:
+        self._ms, self._text = -1, ""
+
+    def __call__(self) -> str:
+        ms = int(time.time() * 1000)
+        if ms != self._ms:
+            self._ms, self._text = ms, datetime.now(UTC).isoformat()
+        return self._text
+
+
+_now_iso = _NowIso()
+
 #: Most bytes of a refused message its dead letter carries; the rest stays at the source offset the letter names.
 #: Escaped or base64, a payload grows (up to 6x for control characters), and the producer refuses a message over
 #: 1 MiB: without a cut, one large refused message stopped the worker, its dead letter failing at every retry.
@@ -127,7 +143,7 @@ def rejection_payload(record: Record, reason: str, index: int | None = None, raw
     element, for a batch message), as text or base64; beyond ``DEAD_LETTER_PAYLOAD_BYTES`` only their start,
     with ``payload_truncated`` and ``payload_bytes`` (the whole size)."""
     value = raw if raw is not None else (record.value or b"")
-    letter: dict[str, Any] = {"reason": reason, **_source(record, index), "rejected_at": datetime.now(UTC).isoformat()}
+    letter: dict[str, Any] = {"reason": reason, **_source(record, index), "rejected_at": _now_iso()}
     kept = value[:DEAD_LETTER_PAYLOAD_BYTES]
     cut = len(kept) < len(value)
     if cut:
@@ -161,7 +177,7 @@ def quarantine_payload(record: Record, event: Event, reason: str, detail: str, i
             "reason": reason,
             "detail": detail,
             **_source(record, index),
-            "held_at": datetime.now(UTC).isoformat(),
+            "held_at": _now_iso(),
             "event": orjson.Fragment(event.model_dump_json()),
         }
     )

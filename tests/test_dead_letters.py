@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import base64
 import json
+import time
+from datetime import UTC, datetime, timedelta
 
 from aiokafka.partitioner import DefaultPartitioner
 
 import stream.app
 from recstream.settings import Settings
 from stream.app import create_app, dead_letter_partition
-from stream.processor import DEAD_LETTER_PAYLOAD_BYTES, Record, rejection_payload
+from stream.processor import DEAD_LETTER_PAYLOAD_BYTES, Record, _now_iso, rejection_payload
 
 
 def _letter(value: bytes) -> dict:
@@ -69,3 +71,15 @@ async def test_the_worker_producer_partitions_with_it() -> None:
         assert producer._partitioner is dead_letter_partition
     finally:
         await producer.stop()
+
+
+def test_a_letters_time_is_exact_to_the_millisecond() -> None:
+    """Letters share the time text computed within the same millisecond (cheaper), never an older one."""
+    for _ in range(3):
+        before = datetime.now(UTC)
+        stamped = datetime.fromisoformat(_now_iso())
+        after = datetime.now(UTC)
+        assert before - timedelta(milliseconds=2) <= stamped <= after  # (1 ms, and the clocks' rounding)
+        deadline = time.monotonic() + 1.0
+        while datetime.now(UTC) < after + timedelta(milliseconds=3) and time.monotonic() < deadline:
+            pass  # a few milliseconds later, the next letter's time has moved with the clock
