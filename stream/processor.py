@@ -89,6 +89,10 @@ class Record:
     overrides: frozenset[str] = frozenset()  # gate reasons an operator overrides (replay)
 
 
+#: Dead letters kept for confirmation before the delivered ones among them are forgotten (see Pending.prune_delivered).
+LETTERS_PRUNE_AT = 1024
+
+
 @dataclass
 class Pending:
     """Everything since the last checkpoint: written together, then acknowledged together."""
@@ -102,6 +106,24 @@ class Pending:
     letters: list[tuple[Awaitable[Any], Letter]] = field(default_factory=list)
     #: …and those that were not delivered and are still to be sent again.
     unsent: list[Letter] = field(default_factory=list)
+    prune_at: int = LETTERS_PRUNE_AT
+
+    def prune_delivered(self) -> None:
+        """Forget the letters already delivered (their bytes are freed): between checkpoints spaced out by their
+        time budget (up to 30 s) a stream the gate mostly holds would otherwise keep every letter in memory."""
+        self.letters = [(d, letter) for d, letter in self.letters if not _delivered(d)]
+        self.prune_at = max(LETTERS_PRUNE_AT, 2 * len(self.letters))  # amortised: pruned again after as many more
+
+
+def _delivered(delivery: Awaitable[Any]) -> bool:
+    """Settled without an error (False for a delivery still in flight, failed or cancelled)."""
+    done = getattr(delivery, "done", None)
+    return done is not None and done() and not delivery.cancelled() and delivery.exception() is None  # type: ignore[attr-defined]
+
+
+def _cancelled(delivery: Awaitable[Any]) -> bool:
+    cancelled = getattr(delivery, "cancelled", None)
+    return cancelled is not None and bool(cancelled())
 
 
 class DeadLettersUndelivered(Exception):
@@ -529,6 +551,8 @@ class EventProcessor:
                     delivery = await self._dead_letter(*letter)
                     if delivery is not None:
                         pending.letters.append((delivery, letter))
+                        if len(pending.letters) >= pending.prune_at:
+                            pending.prune_delivered()
         finally:
             if pending.learned_since > learned_before:
                 metrics.EVENTS_LEARNED.inc(pending.learned_since - learned_before)
@@ -638,14 +662,19 @@ class EventProcessor:
         a letter was dropped while the checkpoint acknowledged its event's offset.
         """
         error: BaseException | None = None
-        for delivery, letter in pending.letters:
+        letters, pending.letters = pending.letters, []
+        for at, (delivery, letter) in enumerate(letters):
             try:
+                if _cancelled(delivery):  # (awaiting it would raise CancelledError, as if this task were cancelled)
+                    raise DeadLettersUndelivered("its delivery was cancelled")
                 await delivery
             except Exception as exc:  # noqa: BLE001 - any error of the producer for this letter: send it again
                 error = exc
                 pending.unsent.append(letter)
                 metrics.DEAD_LETTERS_UNDELIVERED.inc()
-        pending.letters = []
+            except BaseException:  # this task cancelled while waiting: the letters not confirmed stay pending
+                pending.letters = letters[at:] + pending.letters
+                raise
         if not pending.unsent:
             return
         count, sent = len(pending.unsent), 0
@@ -691,6 +720,16 @@ class EventProcessor:
             unchanged = (
                 (paused or adopted) and pending.learned_since == 0 and self.version is not None and promotion is None
             )
+            try:  # first: while the broker refuses letters, each attempt fails here, before encoding a snapshot
+                await self._flush()  # dead letters must be in Kafka before their offsets are acked
+                await self._confirm_dead_letters(pending)
+            except Exception:
+                metrics.CHECKPOINTS.labels("failed").inc()
+                metrics.KAFKA_ERRORS.labels("worker").inc()
+                log.exception(
+                    "cannot deliver dead letters to Kafka; the checkpoint waits and its events stay unacknowledged"
+                )
+                raise
             blob, base = (None, None) if unchanged else self._snapshot(learner)
             meta = {
                 "contestant": self.champion_name,
@@ -705,16 +744,6 @@ class EventProcessor:
                 "guard": "paused" if paused else "learning",
                 "gate_held": dict(pending.gate_counts),  # reason -> events held or dropped since the parent
             }
-            try:
-                await self._flush()  # dead letters must be in Kafka before their offsets are acked
-                await self._confirm_dead_letters(pending)
-            except Exception:
-                metrics.CHECKPOINTS.labels("failed").inc()
-                metrics.KAFKA_ERRORS.labels("worker").inc()
-                log.exception(
-                    "cannot deliver dead letters to Kafka; the checkpoint waits and its events stay unacknowledged"
-                )
-                raise
             try:
                 version = await self.store.checkpoint(
                     self.version,

@@ -22,7 +22,7 @@ from recstream import local_services
 from store.keys import Keys
 from store.model_store import ModelStore
 from store.signing import SnapshotSigner
-from stream.processor import DeadLettersUndelivered
+from stream.processor import LETTERS_PRUNE_AT, DeadLettersUndelivered
 from tests.clock import iso
 from tests.conftest import Endpoint, create_topics, make_env, wait_for
 from tests.kafka_io import CheckpointReader, bootstrap, produce, read_topic
@@ -93,7 +93,7 @@ def test_a_refused_dead_letter_holds_the_checkpoint_back_until_it_is_delivered(
 
 class FlakySender(Transport):
     """Sends dead letters with the outcomes it is given, in order: "ok" (delivered), "refused" (the delivery fails
-    later, as a broker's refusal does) or "error" (the send itself raises)."""
+    later, as a broker's refusal does), "cancelled" (the delivery is cancelled) or "error" (the send itself raises)."""
 
     def __init__(self, outcomes: list[str]) -> None:
         super().__init__()
@@ -108,6 +108,8 @@ class FlakySender(Transport):
         if outcome == "ok":
             self.delivered.append(value)
             delivery.set_result(None)
+        elif outcome == "cancelled":
+            delivery.cancel()
         else:
             delivery.set_exception(RuntimeError("refused by the broker"))
         return delivery
@@ -134,5 +136,46 @@ async def test_undelivered_letters_are_sent_again_and_offsets_wait_for_all_of_th
         version = await processor.checkpoint()
         assert version is not None and sender.acked == [0, 1]
         assert sorted(json.loads(v)["offset"] for v in sender.delivered) == [0, 1] and sender.outcomes == []
+    finally:
+        await client.aclose()
+
+
+async def _processor_with(sender: FlakySender, client: aioredis.Redis):
+    store = ModelStore(client, SnapshotSigner(b"k"), Keys(f"dl-{uuid.uuid4().hex[:8]}"))
+    processor = sender.processor(store)
+    await processor.start()
+    return processor
+
+
+async def test_a_cancelled_delivery_is_sent_again(redis_endpoint: Endpoint) -> None:
+    client = aioredis.Redis.from_url(redis_endpoint.url)
+    try:
+        sender = FlakySender(["cancelled", "ok"])
+        processor = await _processor_with(sender, client)
+        await processor.process(sender.records([{"user_id": "u1"}]))
+        with pytest.raises(DeadLettersUndelivered, match=r"1 dead letter.*cancelled"):
+            await processor.checkpoint()
+        assert sender.acked == []
+        assert await processor.checkpoint() is not None and sender.acked == [0] and len(sender.delivered) == 1
+    finally:
+        await client.aclose()
+
+
+async def test_delivered_letters_are_forgotten_before_the_checkpoint_and_a_refused_one_is_kept(
+    redis_endpoint: Endpoint,
+) -> None:
+    """Between two checkpoints the worker keeps only the letters not known to be delivered (memory under attack)."""
+    client = aioredis.Redis.from_url(redis_endpoint.url)
+    try:
+        n = 3 * LETTERS_PRUNE_AT
+        sender = FlakySender(["ok"] * 10 + ["refused"] + ["ok"] * (n - 11) + ["ok"])
+        processor = await _processor_with(sender, client)
+        await processor.process(sender.records([{"user_id": f"u{i}"} for i in range(n)]))
+        kept = processor._pending.letters
+        assert len(kept) < LETTERS_PRUNE_AT and any(json.loads(letter[2])["offset"] == 10 for _, letter in kept)
+        with pytest.raises(DeadLettersUndelivered, match="1 dead letter"):
+            await processor.checkpoint()  # the refused one, sent again
+        assert await processor.checkpoint() is not None and len(sender.acked) == n
+        assert sorted(json.loads(v)["offset"] for v in sender.delivered) == list(range(n))
     finally:
         await client.aclose()
