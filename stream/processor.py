@@ -249,6 +249,7 @@ class EventProcessor:
         self.guard = guard
         self.clock = clock
         self._flush = flush
+        self._letters_stalled = False  # the last checkpoint failed because dead letters were not delivered
         self._ack = ack
         self.checkpoint_every_events = checkpoint_every_events
         self.checkpoint_interval_seconds = checkpoint_interval_seconds
@@ -653,6 +654,23 @@ class EventProcessor:
             or now - self._last_checkpoint >= self.checkpoint_interval_seconds
         )
 
+    async def _deliver_dead_letters(self, pending: Pending) -> None:
+        """Flush the producer and confirm every dead letter since the last checkpoint (:meth:`_confirm_dead_letters`);
+        raises, counted as a failed checkpoint, if one is not in Kafka. (Done after the snapshot is encoded, which
+        leaves the letters' requests time to be answered; before it while letters are being refused.)"""
+        try:
+            await self._flush()
+            await self._confirm_dead_letters(pending)
+        except Exception:
+            self._letters_stalled = True
+            metrics.CHECKPOINTS.labels("failed").inc()
+            metrics.KAFKA_ERRORS.labels("worker").inc()
+            log.exception(
+                "cannot deliver dead letters to Kafka; the checkpoint waits and its events stay unacknowledged"
+            )
+            raise
+        self._letters_stalled = False
+
     async def _confirm_dead_letters(self, pending: Pending) -> None:
         """Check that every dead letter since the last checkpoint was delivered (after the flush, their deliveries
         are settled); send again those that were not and raise :class:`DeadLettersUndelivered`.
@@ -720,16 +738,8 @@ class EventProcessor:
             unchanged = (
                 (paused or adopted) and pending.learned_since == 0 and self.version is not None and promotion is None
             )
-            try:  # first: while the broker refuses letters, each attempt fails here, before encoding a snapshot
-                await self._flush()  # dead letters must be in Kafka before their offsets are acked
-                await self._confirm_dead_letters(pending)
-            except Exception:
-                metrics.CHECKPOINTS.labels("failed").inc()
-                metrics.KAFKA_ERRORS.labels("worker").inc()
-                log.exception(
-                    "cannot deliver dead letters to Kafka; the checkpoint waits and its events stay unacknowledged"
-                )
-                raise
+            if self._letters_stalled:  # the broker refused letters at the last attempt: no snapshot until they pass
+                await self._deliver_dead_letters(pending)
             blob, base = (None, None) if unchanged else self._snapshot(learner)
             meta = {
                 "contestant": self.champion_name,
@@ -744,6 +754,7 @@ class EventProcessor:
                 "guard": "paused" if paused else "learning",
                 "gate_held": dict(pending.gate_counts),  # reason -> events held or dropped since the parent
             }
+            await self._deliver_dead_letters(pending)  # they must be in Kafka before their offsets are acked
             try:
                 version = await self.store.checkpoint(
                     self.version,

@@ -130,9 +130,13 @@ async def test_undelivered_letters_are_sent_again_and_offsets_wait_for_all_of_th
         with pytest.raises(DeadLettersUndelivered, match=r"2 dead letter.*send failed.*1 sent again"):
             await processor.checkpoint()  # both refused: sent again, the first delivered, the second's send raises
         assert sender.acked == [] and len(sender.delivered) == 1
+        encoded = []
+        snapshot = processor._snapshot
+        processor._snapshot = lambda learner: encoded.append(1) or snapshot(learner)  # type: ignore[method-assign]
         with pytest.raises(DeadLettersUndelivered, match=r"1 dead letter.*1 sent again"):
             await processor.checkpoint()  # the second sent again (delivered): confirmed at the next attempt
         assert sender.acked == [] and len(sender.delivered) == 2
+        assert encoded == []  # while letters are refused, an attempt fails before it encodes a snapshot
         version = await processor.checkpoint()
         assert version is not None and sender.acked == [0, 1]
         assert sorted(json.loads(v)["offset"] for v in sender.delivered) == [0, 1] and sender.outcomes == []
