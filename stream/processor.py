@@ -46,9 +46,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Sends (topic kind, key, value); returns the delivery (awaited at the checkpoint: it raises if the letter was not
-#: delivered), or None when there is nothing to wait for.
-DeadLetter = Callable[[str, bytes | None, bytes], Awaitable[Awaitable[Any] | None]]
+#: Sends (topic kind, key, value); returns the delivery (the producer's future, checked at the checkpoint: it fails
+#: if the letter was not delivered), or None when there is nothing to wait for.
+DeadLetter = Callable[[str, bytes | None, bytes], Awaitable["asyncio.Future[Any] | None"]]
 Letter = tuple[str, bytes | None, bytes]
 Flush = Callable[[], Awaitable[Any]]
 
@@ -103,7 +103,7 @@ class Pending:
     gate_counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     learned_since: int = 0
     #: Dead letters sent since the last checkpoint, with their delivery, until the checkpoint confirms them…
-    letters: list[tuple[Awaitable[Any], Letter]] = field(default_factory=list)
+    letters: list[tuple[asyncio.Future[Any], Letter]] = field(default_factory=list)
     #: …and those that were not delivered and are still to be sent again.
     unsent: list[Letter] = field(default_factory=list)
     prune_at: int = LETTERS_PRUNE_AT
@@ -111,19 +111,13 @@ class Pending:
     def prune_delivered(self) -> None:
         """Forget the letters already delivered (their bytes are freed): between checkpoints spaced out by their
         time budget (up to 30 s) a stream the gate mostly holds would otherwise keep every letter in memory."""
-        self.letters = [(d, letter) for d, letter in self.letters if not _delivered(d)]
+        self.letters = [(d, letter) for d, letter in self.letters if not (d.done() and _succeeded(d))]
         self.prune_at = max(LETTERS_PRUNE_AT, 2 * len(self.letters))  # amortised: pruned again after as many more
 
 
-def _delivered(delivery: Awaitable[Any]) -> bool:
-    """Settled without an error (False for a delivery still in flight, failed or cancelled)."""
-    done = getattr(delivery, "done", None)
-    return done is not None and done() and not delivery.cancelled() and delivery.exception() is None  # type: ignore[attr-defined]
-
-
-def _cancelled(delivery: Awaitable[Any]) -> bool:
-    cancelled = getattr(delivery, "cancelled", None)
-    return cancelled is not None and bool(cancelled())
+def _succeeded(delivery: asyncio.Future[Any]) -> bool:
+    """A settled delivery went through (not failed, not cancelled)."""
+    return not delivery.cancelled() and delivery.exception() is None
 
 
 class DeadLettersUndelivered(Exception):
@@ -683,7 +677,7 @@ class EventProcessor:
         letters, pending.letters = pending.letters, []
         for at, (delivery, letter) in enumerate(letters):
             try:
-                if _cancelled(delivery):  # (awaiting it would raise CancelledError, as if this task were cancelled)
+                if delivery.cancelled():  # (awaiting it would raise CancelledError, as if this task were cancelled)
                     raise DeadLettersUndelivered("its delivery was cancelled")
                 await delivery
             except Exception as exc:  # noqa: BLE001 - any error of the producer for this letter: send it again
@@ -691,7 +685,7 @@ class EventProcessor:
                 pending.unsent.append(letter)
                 metrics.DEAD_LETTERS_UNDELIVERED.inc()
             except BaseException:  # this task cancelled while waiting: the letters not confirmed stay pending
-                pending.letters = letters[at:] + pending.letters
+                pending.letters = letters[at:]
                 raise
         if not pending.unsent:
             return
