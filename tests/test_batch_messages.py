@@ -129,6 +129,25 @@ async def test_a_retried_large_batch_is_judged_once_across_its_chunks(store: Mod
     assert gate.passed == 698 and gate.counts == {"future_timestamp": 2}  # each event judged once
 
 
+async def test_a_retried_run_of_one_event_messages_is_judged_once(store: ModelStore) -> None:
+    """One-event messages are judged together (EventProcessor._judge_ahead); a retry after a failure half-way
+    through them reuses their verdicts."""
+    transport = _FailsOnceAt("e5")
+    gate = default_gate(GateConfig())
+    processor = transport.processor(store, gate=gate)
+    await processor.start()
+    events = [_event(n) for n in range(10)]
+    events[5] = {**events[5], "ts": iso(3 * 86_400)}  # held (future_timestamp); its dead letter fails once
+    records = [Record("events", 0, n, None, json.dumps(event).encode(), handle=n) for n, event in enumerate(events)]
+    with pytest.raises(ConnectionError):
+        await processor.process(records)  # the ten judged in one call; fails at e5's dead letter
+    handled = {id(record) for record in processor.pending_records}
+    await processor.process([record for record in records if id(record) not in handled])  # the retry, as the agent
+    await processor.checkpoint()
+    assert processor.learner.events_learned == 9
+    assert gate.passed == 9 and gate.counts == {"future_timestamp": 1}  # each event judged once
+
+
 async def test_an_event_that_was_a_duplicate_is_judged_when_its_copy_is_forgotten(store: ModelStore) -> None:
     """A chunk fails; an operator rolls back meanwhile (the worker forgets what it learned since its
     checkpoint); on the retry, an event that was a duplicate of a learned one is judged by the gate."""

@@ -1,12 +1,17 @@
-"""The worker's Kafka consumer asks the broker for a short fetch wait and a minimum fetch size (stream/kafka_consumer.py
-says why)."""
+"""The worker's Kafka consumer asks the broker for a short fetch wait and a minimum fetch size, and delivers messages
+without Faust's per-message ``wait_first`` (stream/kafka_consumer.py says why)."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import inspect
+
+from faust.transport.consumer import Consumer as FaustConsumer
 
 from recstream.settings import Settings
 from stream.app import create_app
+from stream.kafka_consumer import FAUST_DRAIN_MESSAGES_SHA256, DirectDeliveryConsumer
 
 
 async def _fetch_limits(settings: Settings) -> tuple[int, int]:
@@ -25,3 +30,15 @@ async def test_the_worker_consumer_uses_the_configured_fetch_limits_not_fausts()
     assert await _fetch_limits(Settings(broker_url=broker)) == (100, 65_536)
     settings = Settings(broker_url=broker, broker_fetch_max_wait_seconds=0.25, broker_fetch_min_bytes=1)
     assert await _fetch_limits(settings) == (250, 1)
+
+
+def test_the_worker_consumer_delivers_directly_and_follows_the_installed_fausts_loop() -> None:
+    app, _ = create_app(Settings(broker_url="kafka://127.0.0.1:1"))
+    assert isinstance(app.consumer, DirectDeliveryConsumer)
+    # DirectDeliveryConsumer._drain_messages is a copy of Faust's but for the delivery: a Faust whose loop differs
+    # from the one copied fails here, so that its changes are brought into the copy
+    source = inspect.getsource(FaustConsumer._drain_messages)
+    assert hashlib.sha256(source.encode()).hexdigest() == FAUST_DRAIN_MESSAGES_SHA256
+    assert (
+        "await self.wait_first(\n                                callback(message), self.suspend_flow.wait()" in source
+    )
