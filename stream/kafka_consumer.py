@@ -18,12 +18,13 @@ and broker alone, three runs each): the worker's CPU per event 114-131 us instea
 wait (0.1 s) before it returns what little there is.
 
 Faust's fetcher also hands each message to its conductor through ``wait_first(callback(message),
-suspend_flow.wait())``: four tasks and an ``asyncio.wait`` per message, so that a delivery blocked on a full
-stream buffer is abandoned when a rebalance suspends the flow. That was 18% of the worker's CPU with one event
-per message. :class:`DirectDeliveryConsumer` delivers a message by awaiting the callback directly while the flow is not
-suspended (the usual case; it then completes without waiting unless the stream's buffer is full) and keeps
-``wait_first`` for the rest. A delivery blocked at the start of a rebalance is still abandoned: the rebalance
-stops the fetcher, which cancels it (``App._stop_consumer``).
+suspend_flow.wait())``: four tasks and an ``asyncio.wait`` per message, so that a delivery still waiting when a
+rebalance suspends the flow is abandoned. That was 18% of the worker's CPU with one event per message.
+:class:`DirectDeliveryConsumer` awaits the delivery directly when it cannot wait at its start: the flow is not
+suspended, flow control is active and the conductor's subscription lock is free (the usual case; it then waits
+only on a full stream buffer), and keeps ``wait_first`` otherwise. A delivery waiting on a full buffer when a
+rebalance starts is abandoned all the same: the rebalance clears the stream buffers (``flow_control.clear()``),
+which cancels the waiting puts, and the delivery returns without the message.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ FAUST_DRAIN_MESSAGES_SHA256 = "44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2ba
 class DirectDeliveryConsumer(faust_aiokafka.Consumer):
     """Faust's consumer, delivering a message without ``wait_first`` while the flow is not suspended."""
 
-    async def _drain_messages(self, fetcher: ServiceT) -> None:  # pragma: no cover - run by Faust's fetcher
+    async def _drain_messages(self, fetcher: ServiceT) -> None:
         # Faust's Consumer._drain_messages (FAUST_DRAIN_MESSAGES_SHA256), but for the delivery of a message.
         callback = self.callback
         getmany = self.getmany
@@ -74,6 +75,8 @@ class DirectDeliveryConsumer(faust_aiokafka.Consumer):
         fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
         suspended = self.suspend_flow.is_set
         crashed = cast(Service, self)._crashed.is_set
+        flow_active = self.app.flow_control.is_active
+        subscribing = self.app.topics._tp_to_callback_lock.locked  # type: ignore[attr-defined]
 
         get_read_offset = self._read_offset.__getitem__
         set_read_offset = self._read_offset.__setitem__
@@ -115,9 +118,9 @@ class DirectDeliveryConsumer(faust_aiokafka.Consumer):
                                 if self._n_acked >= commit_every:
                                     self._n_acked = 0
                                     await self.commit()
-                            if suspended() or consumer_should_stop() or crashed():
+                            if suspended() or consumer_should_stop() or crashed() or not flow_active() or subscribing():
                                 await self.wait_first(callback(message), self.suspend_flow.wait())
-                            else:  # the change: no tasks per message
+                            else:  # the change: no tasks per message (see the module docstring)
                                 await callback(message)
                             set_read_offset(tp, offset)
                         else:

@@ -467,7 +467,7 @@ class EventProcessor:
                             since_yield = 0
                             await asyncio.sleep(0)
                     self.next_offsets[(record.topic, record.partition)] = record.offset + 1
-                    for start in range(0, len(decoded), YIELD_EVERY_EVENTS):
+                    for start in range(0, max(len(decoded), 1), YIELD_EVERY_EVENTS):
                         ahead.pop((record.topic, record.partition, record.offset, start), None)
                 self._pending.records.append(record)
 
@@ -499,27 +499,40 @@ class EventProcessor:
 
         With one event per message, judging each message alone cost the gate's per-call work per event, and the
         anomaly rule scored each event through River's trees one by one instead of a chunk at once (measured:
-        ~10% of the worker's time). The events are judged as one chunk would be: an event repeating one that passed
-        earlier among them is not judged (:data:`_UNJUDGED`), and those of the records after these are judged only
-        once these are handled, so an event learned here is a duplicate there, as before.
+        ~10% of the worker's time). A run holds no event twice (a repeat starts the next run) and the records
+        after it are judged only once it is handled, so each event is judged, or found a duplicate of a learned
+        one, exactly as when its record is judged alone; only the gate's "now" (the wall clock) is read once for
+        the run instead of once per record.
         """
         if self._active_gate is None:
             return
         ahead = self._verdicts_ahead
         overrides = records[at].overrides
         group: list[tuple[Record, list[Decoded]]] = []
+        keys: set[tuple[str, int, int]] = set()
+        ids: set[str] = set()
         events = 0
         for record in records[at:]:
             decoded = parsed.get(id(record))
+            key = (record.topic, record.partition, record.offset)
             if (
                 decoded is None
                 or len(decoded) >= SMALL_RECORD_EVENTS
                 or events + len(decoded) > YIELD_EVERY_EVENTS
                 or record.overrides != overrides
-                or (record.topic, record.partition, record.offset, 0) in ahead
+                or (*key, 0) in ahead
+                or key in keys
             ):
                 break
+            # an event repeating one of the run (or of its own message) ends the run before its message: it is
+            # judged once the messages before it are handled, as it would be alone (whether they were learned
+            # decides whether it is a duplicate, and it is judged in its turn among the others)
+            record_ids = [d.event.event_id for d in decoded if d.event is not None]
+            if len(set(record_ids)) < len(record_ids) or not ids.isdisjoint(record_ids):
+                break
             group.append((record, decoded))
+            keys.add(key)
+            ids.update(record_ids)
             events += len(decoded)
         if len(group) < 2:
             return  # judged alone by _verdicts

@@ -5,9 +5,11 @@ position and bytes, and a re-delivered batch is not learned twice."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
+from learner.gate.base import Hold
 from learner.gate.gate import GateConfig, default_gate
 from recstream.events import MAX_MESSAGE_EVENTS
 from store.model_store import ModelStore
@@ -139,8 +141,18 @@ async def test_a_retried_run_of_one_event_messages_is_judged_once(store: ModelSt
     events = [_event(n) for n in range(10)]
     events[5] = {**events[5], "ts": iso(3 * 86_400)}  # held (future_timestamp); its dead letter fails once
     records = [Record("events", 0, n, None, json.dumps(event).encode(), handle=n) for n, event in enumerate(events)]
+    calls = 0
+    check_chunk = gate.check_chunk
+
+    def counting(*args: Any) -> list[Hold | None]:
+        nonlocal calls
+        calls += 1
+        return check_chunk(*args)
+
+    gate.check_chunk = counting  # type: ignore[method-assign]
     with pytest.raises(ConnectionError):
-        await processor.process(records)  # the ten judged in one call; fails at e5's dead letter
+        await processor.process(records)  # fails at e5's dead letter
+    assert calls == 1  # the ten judged in one call
     handled = {id(record) for record in processor.pending_records}
     await processor.process([record for record in records if id(record) not in handled])  # the retry, as the agent
     await processor.checkpoint()

@@ -468,11 +468,17 @@ def _process_one_event_messages(messages: list[bytes], seed: int) -> tuple[list[
             Record("events", 0, offset, None, value, overrides=overrides[offset])
             for offset, value in enumerate(messages)
         ]
-        start = 0
+        start = batches = 0
         while start < len(records):
             size = rnd.choice([1, 3, 40, 120, 700])
-            await processor.process(records[start : start + size])
+            batch = records[start : start + size]
+            if rnd.random() < 0.1:  # a message delivered twice in one batch
+                batch.insert(rnd.randrange(len(batch) + 1), rnd.choice(batch))
+            # now and then the model guard has paused learning: what passes the gate is quarantined, not learned
+            processor.paused_since = T0 if batches % 5 == 3 else None
+            await processor.process(batch)
             start += size
+            batches += 1
         pending = processor._pending
         assert processor.learner is not None
         # how many scores the anomaly rule took from a chunk prepared ahead: a measure of the path, not of the outcome
@@ -488,8 +494,8 @@ def _process_one_event_messages(messages: list[bytes], seed: int) -> tuple[list[
 def test_worker_judges_one_event_messages_together_as_it_would_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
     """Small messages (one event each, as a producer writing to Kafka directly sends them) are judged by the gate in
     one call per run of them, with the same outcome as judging each message alone: the same dead letters in order,
-    counts, events learned and rule state; an event sent again is a duplicate whether its first copy was judged in
-    the same call or an earlier one."""
+    counts, events learned and rule state; also for events sent again, a message delivered twice, messages replayed
+    minus a rule, and while the model guard has paused learning."""
     import stream.processor
 
     messages = _one_event_messages(4_000, seed=5)
@@ -504,3 +510,95 @@ def test_worker_judges_one_event_messages_together_as_it_would_one_by_one(monkey
     assert isinstance(letters, list) and isinstance(counts, dict)
     assert counts.get("duplicate", 0) > 10  # repeats of learned events were found (a held one is judged again)
     assert {"user_rate", "item_surge", "anomalous_behaviour", "future_timestamp"} <= set(counts), counts
+
+
+def _paused_user_stream_letters(small_records: int, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, str]]:
+    """With learning paused, one user's views e1, e1 again, e2..e10 (one a message) against a limit of 9 events
+    a minute: the dead letters, in order (kind, reason, event id)."""
+    import stream.processor
+    from recstream import components
+    from recstream.settings import Settings
+    from stream.processor import EventProcessor, Record
+
+    monkeypatch.setattr(stream.processor, "SMALL_RECORD_EVENTS", small_records)
+    settings = Settings()
+    gate = default_gate(GateConfig(user_rate_window_seconds=60, user_rate_max_events=9, user_rate_max_positives=100))
+    letters: list[tuple[str, str, str]] = []
+
+    async def dead_letter(kind: str, key: bytes | None, value: bytes) -> None:  # noqa: ARG001
+        letter = json.loads(value)
+        letters.append((kind, letter["reason"], letter["event"]["event_id"]))
+
+    async def flush() -> None:
+        return None
+
+    def view(event_id: str, item: str, at: float) -> bytes:
+        ts = datetime.fromtimestamp(at, UTC).isoformat()
+        return json.dumps({"event_id": event_id, "user_id": "u", "item_id": item, "type": "view", "ts": ts}).encode()
+
+    async def run() -> None:
+        processor = EventProcessor(
+            store=_Store(),  # type: ignore[arg-type]
+            new_learner=lambda: components.new_learner(settings),
+            learner_from_bytes=lambda blob: components.learner_from_bytes(settings, blob),
+            dead_letter=dead_letter,
+            flush=flush,
+            ack=lambda handle: None,  # noqa: ARG005
+            gate=gate,
+            clock=lambda: T0 + 100.0,
+        )
+        await processor.start()
+        processor.paused_since = T0
+        values = [view("e1", "i1", T0), view("e1", "i1", T0)] + [view(f"e{n}", f"i{n}", T0 + n) for n in range(2, 11)]
+        await processor.process([Record("events", 0, offset, None, value) for offset, value in enumerate(values)])
+
+    asyncio.run(run())
+    return letters
+
+
+def test_a_repeat_while_learning_is_paused_is_judged_in_its_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While paused, an event that passes is quarantined, not learned, so its repeat is judged again; judged with
+    the messages around it, in its turn, the user's rate limit holds the same events as one message at a time."""
+    alone = _paused_user_stream_letters(0, monkeypatch)
+    assert [reason for _, reason, _ in alone].count("user_rate") == 2  # the limit was reached
+    assert _paused_user_stream_letters(50, monkeypatch) == alone
+
+
+def test_a_message_delivered_twice_in_one_batch_is_judged_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import stream.processor
+    from recstream import components
+    from recstream.settings import Settings
+    from stream.processor import EventProcessor, Record
+
+    def passed(small_records: int) -> tuple[int, dict[str, int]]:
+        monkeypatch.setattr(stream.processor, "SMALL_RECORD_EVENTS", small_records)
+        settings = Settings()
+        gate = default_gate(GateConfig())
+
+        async def dead_letter(kind: str, key: bytes | None, value: bytes) -> None:  # noqa: ARG001
+            return None
+
+        async def flush() -> None:
+            return None
+
+        async def run() -> dict[str, int]:
+            processor = EventProcessor(
+                store=_Store(),  # type: ignore[arg-type]
+                new_learner=lambda: components.new_learner(settings),
+                learner_from_bytes=lambda blob: components.learner_from_bytes(settings, blob),
+                dead_letter=dead_letter,
+                flush=flush,
+                ack=lambda handle: None,  # noqa: ARG005
+                gate=gate,
+            )
+            await processor.start()
+            a = Record("events", 0, 0, None, json.dumps(_event("a", "v1")).encode())
+            b = Record("events", 0, 1, None, json.dumps({**_event("b", "v2"), "user_id": "u2"}).encode())
+            await processor.process([a, b, a])
+            return dict(processor._pending.gate_counts)
+
+        counts = asyncio.run(run())
+        return gate.passed, counts
+
+    assert passed(0) == (2, {"duplicate": 1})
+    assert passed(50) == (2, {"duplicate": 1})
