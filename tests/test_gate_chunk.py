@@ -13,8 +13,9 @@ import asyncio
 import json
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -25,6 +26,9 @@ from learner.gate.plausibility import LikeWithoutViewRule
 from learner.gate.time_rules import FutureTimestampRule
 from tests.clock import iso
 from tests.gate_recorder import Recorder
+
+if TYPE_CHECKING:
+    from stream.processor import EventProcessor
 
 T0 = 1_700_000_000.0
 
@@ -220,33 +224,45 @@ class _Store:
         return None
 
 
-def _process(gate: QualityGate, message: list[dict]) -> tuple[list[str], dict[str, int]]:
-    """Process one batch message with ``gate``: (reasons quarantined in order, the batch's gate counts)."""
+async def _started_processor(
+    gate: QualityGate, dead_letter: Callable[[str, bytes | None, bytes], Awaitable[None]], now: float | None = None
+) -> EventProcessor:
+    """A worker's processor with ``gate``, over a store where nothing was learned before (``now``: a fixed clock)."""
     from recstream import components
     from recstream.settings import Settings
-    from stream.processor import QUARANTINED, EventProcessor, Record
+    from stream.processor import EventProcessor
 
     settings = Settings()
+
+    async def flush() -> None:
+        return None
+
+    processor = EventProcessor(
+        store=_Store(),  # type: ignore[arg-type]
+        new_learner=lambda: components.new_learner(settings),
+        learner_from_bytes=lambda blob: components.learner_from_bytes(settings, blob),
+        dead_letter=dead_letter,
+        flush=flush,
+        ack=lambda handle: None,  # noqa: ARG005
+        gate=gate,
+        **({} if now is None else {"clock": lambda: now}),
+    )
+    await processor.start()
+    return processor
+
+
+def _process(gate: QualityGate, message: list[dict]) -> tuple[list[str], dict[str, int]]:
+    """Process one batch message with ``gate``: (reasons quarantined in order, the batch's gate counts)."""
+    from stream.processor import QUARANTINED, Record
+
     quarantined: list[str] = []
 
     async def dead_letter(kind: str, key: bytes | None, value: bytes) -> None:  # noqa: ARG001
         if kind == QUARANTINED:
             quarantined.append(json.loads(value)["reason"])
 
-    async def flush() -> None:
-        return None
-
     async def run() -> dict[str, int]:
-        processor = EventProcessor(
-            store=_Store(),  # type: ignore[arg-type]
-            new_learner=lambda: components.new_learner(settings),
-            learner_from_bytes=lambda blob: components.learner_from_bytes(settings, blob),
-            dead_letter=dead_letter,
-            flush=flush,
-            ack=lambda handle: None,  # noqa: ARG005
-            gate=gate,
-        )
-        await processor.start()
+        processor = await _started_processor(gate, dead_letter)
         await processor.process([Record("events", 0, 0, None, json.dumps(message).encode())])
         return dict(processor._pending.gate_counts)
 
@@ -425,11 +441,8 @@ def _process_one_event_messages(messages: list[bytes], seed: int) -> tuple[list[
     """Process ``messages`` in batches of random sizes (the same for any run with ``seed``): what came out (dead
     letters in order, the batch's gate counts, the events learned, the gate's state), the gate's chunk calls and
     the anomaly rule's scores taken from a chunk prepared ahead."""
-    from recstream import components
-    from recstream.settings import Settings
-    from stream.processor import EventProcessor, Record
+    from stream.processor import Record
 
-    settings = Settings()
     gate = default_gate(SMALL)
     calls = 0
     check_chunk = gate.check_chunk
@@ -446,21 +459,8 @@ def _process_one_event_messages(messages: list[bytes], seed: int) -> tuple[list[
         letter = json.loads(value)
         letters.append((kind, letter["reason"], letter.get("detail", "")))
 
-    async def flush() -> None:
-        return None
-
-    async def run() -> list[object]:
-        processor = EventProcessor(
-            store=_Store(),  # type: ignore[arg-type]
-            new_learner=lambda: components.new_learner(settings),
-            learner_from_bytes=lambda blob: components.learner_from_bytes(settings, blob),
-            dead_letter=dead_letter,
-            flush=flush,
-            ack=lambda handle: None,  # noqa: ARG005
-            gate=gate,
-            clock=lambda: T0 + 2_000.0,
-        )
-        await processor.start()
+    async def run() -> tuple[list[object], int]:
+        processor = await _started_processor(gate, dead_letter, now=T0 + 2_000.0)
         rnd = random.Random(seed)
         # now and then a run of messages an operator replays minus a rule (their override is in a header)
         overrides = [frozenset({"user_rate"}) if offset % 97 < 9 else frozenset() for offset in range(len(messages))]
@@ -516,12 +516,9 @@ def _paused_user_stream_letters(small_records: int, monkeypatch: pytest.MonkeyPa
     """With learning paused, one user's views e1, e1 again, e2..e10 (one a message) against a limit of 9 events
     a minute: the dead letters, in order (kind, reason, event id)."""
     import stream.processor
-    from recstream import components
-    from recstream.settings import Settings
-    from stream.processor import EventProcessor, Record
+    from stream.processor import Record
 
     monkeypatch.setattr(stream.processor, "SMALL_RECORD_EVENTS", small_records)
-    settings = Settings()
     gate = default_gate(GateConfig(user_rate_window_seconds=60, user_rate_max_events=9, user_rate_max_positives=100))
     letters: list[tuple[str, str, str]] = []
 
@@ -529,25 +526,12 @@ def _paused_user_stream_letters(small_records: int, monkeypatch: pytest.MonkeyPa
         letter = json.loads(value)
         letters.append((kind, letter["reason"], letter["event"]["event_id"]))
 
-    async def flush() -> None:
-        return None
-
     def view(event_id: str, item: str, at: float) -> bytes:
         ts = datetime.fromtimestamp(at, UTC).isoformat()
         return json.dumps({"event_id": event_id, "user_id": "u", "item_id": item, "type": "view", "ts": ts}).encode()
 
     async def run() -> None:
-        processor = EventProcessor(
-            store=_Store(),  # type: ignore[arg-type]
-            new_learner=lambda: components.new_learner(settings),
-            learner_from_bytes=lambda blob: components.learner_from_bytes(settings, blob),
-            dead_letter=dead_letter,
-            flush=flush,
-            ack=lambda handle: None,  # noqa: ARG005
-            gate=gate,
-            clock=lambda: T0 + 100.0,
-        )
-        await processor.start()
+        processor = await _started_processor(gate, dead_letter, now=T0 + 100.0)
         processor.paused_since = T0
         values = [view("e1", "i1", T0), view("e1", "i1", T0)] + [view(f"e{n}", f"i{n}", T0 + n) for n in range(2, 11)]
         await processor.process([Record("events", 0, offset, None, value) for offset, value in enumerate(values)])
@@ -566,32 +550,17 @@ def test_a_repeat_while_learning_is_paused_is_judged_in_its_turn(monkeypatch: py
 
 def test_a_message_delivered_twice_in_one_batch_is_judged_once(monkeypatch: pytest.MonkeyPatch) -> None:
     import stream.processor
-    from recstream import components
-    from recstream.settings import Settings
-    from stream.processor import EventProcessor, Record
+    from stream.processor import Record
 
     def passed(small_records: int) -> tuple[int, dict[str, int]]:
         monkeypatch.setattr(stream.processor, "SMALL_RECORD_EVENTS", small_records)
-        settings = Settings()
         gate = default_gate(GateConfig())
 
         async def dead_letter(kind: str, key: bytes | None, value: bytes) -> None:  # noqa: ARG001
             return None
 
-        async def flush() -> None:
-            return None
-
         async def run() -> dict[str, int]:
-            processor = EventProcessor(
-                store=_Store(),  # type: ignore[arg-type]
-                new_learner=lambda: components.new_learner(settings),
-                learner_from_bytes=lambda blob: components.learner_from_bytes(settings, blob),
-                dead_letter=dead_letter,
-                flush=flush,
-                ack=lambda handle: None,  # noqa: ARG005
-                gate=gate,
-            )
-            await processor.start()
+            processor = await _started_processor(gate, dead_letter)
             a = Record("events", 0, 0, None, json.dumps(_event("a", "v1")).encode())
             b = Record("events", 0, 1, None, json.dumps({**_event("b", "v2"), "user_id": "u2"}).encode())
             await processor.process([a, b, a])
