@@ -65,7 +65,8 @@ FAUST_DRAIN_MESSAGES_SHA256 = "44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2ba
 
 
 class DirectDeliveryConsumer(faust_aiokafka.Consumer):
-    """Faust's consumer, delivering a message without ``wait_first`` while the flow is not suspended."""
+    """Faust's consumer, delivering a message without ``wait_first`` when nothing makes the delivery wait at its
+    start (the module docstring says when, and why a delivery waiting later is still abandoned on a rebalance)."""
 
     async def _drain_messages(self, fetcher: ServiceT) -> None:
         # Faust's Consumer._drain_messages (FAUST_DRAIN_MESSAGES_SHA256), but for the delivery of a message.
