@@ -26,6 +26,7 @@ from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -90,6 +91,11 @@ class Record:
     value: bytes | None
     handle: Any = None  # the transport's message, acknowledged after the checkpoint
     overrides: frozenset[str] = frozenset()  # gate reasons an operator overrides (replay)
+
+    @property
+    def position(self) -> tuple[str, int, int]:
+        """(topic, partition, offset): which message this is."""
+        return self.topic, self.partition, self.offset
 
 
 #: Dead letters kept for confirmation before the delivered ones among them are forgotten (see Pending.prune_delivered).
@@ -292,10 +298,10 @@ class EventProcessor:
         self._hits: deque[bool] = deque(maxlen=HIT_WINDOW)
         self.hit_budget = ShareBudget(HIT_TIME_SHARE, cap_seconds=0.05)
         self._pending = Pending()
-        # the gate's verdicts on the chunks of records not handled yet ((topic, partition, offset, chunk start) ->
-        # verdicts), kept until their record is handled so that a retry of it does not judge its events again
-        # (see _verdicts); a small record's are judged ahead with the small records after it (_judge_ahead)
-        self._verdicts_ahead: dict[tuple[str, int, int, int], list[Hold | None]] = {}
+        # the gate's verdicts on the chunks of records not handled yet ((record position, chunk start) -> verdicts),
+        # kept until their record is handled so that a retry of it does not judge its events again (see _verdicts);
+        # a small record's are judged ahead with the small records after it (_judge_ahead)
+        self._verdicts_ahead: dict[tuple[tuple[str, int, int], int], list[Hold | None]] = {}
         self._last_checkpoint = time.monotonic()
         self._lock = asyncio.Lock()
 
@@ -438,8 +444,8 @@ class EventProcessor:
             known = await self.store.learned_event_ids(ids, now=self.clock()) if ids else set()
             ahead = self._verdicts_ahead
             if ahead:  # only those of this batch's records can still be used (a retry's batch is its remaining records)
-                keys = {(r.topic, r.partition, r.offset) for r in records}
-                for key in [key for key in ahead if key[:3] not in keys]:
+                positions = {r.position for r in records}
+                for key in [key for key in ahead if key[0] not in positions]:
                     del ahead[key]
             for at, record in enumerate(records):
                 decoded = parsed.get(id(record))
@@ -447,10 +453,7 @@ class EventProcessor:
                     metrics.EVENTS_SKIPPED_REPLAY.inc()
                 else:
                     metrics.EVENTS_CONSUMED.inc(len(decoded))
-                    if (
-                        len(decoded) < SMALL_RECORD_EVENTS
-                        and (record.topic, record.partition, record.offset, 0) not in ahead
-                    ):
+                    if len(decoded) < SMALL_RECORD_EVENTS and (record.position, 0) not in ahead:
                         self._judge_ahead(records, at, parsed, known)
                     for start in range(0, len(decoded), YIELD_EVERY_EVENTS):
                         # Gate a chunk, then learn it, instead of alternating event by event: the gate's
@@ -468,7 +471,7 @@ class EventProcessor:
                             await asyncio.sleep(0)
                     self.next_offsets[(record.topic, record.partition)] = record.offset + 1
                     for start in range(0, max(len(decoded), 1), YIELD_EVERY_EVENTS):
-                        ahead.pop((record.topic, record.partition, record.offset, start), None)
+                        ahead.pop((record.position, start), None)
                 self._pending.records.append(record)
 
     @property
@@ -487,7 +490,7 @@ class EventProcessor:
         that a retry of it (after a failure in :meth:`_handle`) does not count its events in the
         gate's windows twice.
         """
-        key = (record.topic, record.partition, record.offset, start)
+        key = (record.position, start)
         verdicts = self._verdicts_ahead.get(key)
         if verdicts is None:
             verdicts = self._verdicts_ahead[key] = self._judge(chunk, known, record.overrides)
@@ -509,19 +512,19 @@ class EventProcessor:
         ahead = self._verdicts_ahead
         overrides = records[at].overrides
         group: list[tuple[Record, list[Decoded]]] = []
-        keys: set[tuple[str, int, int]] = set()
+        positions: set[tuple[str, int, int]] = set()
         ids: set[str] = set()
         events = 0
-        for record in records[at:]:
+        for record in islice(records, at, None):
             decoded = parsed.get(id(record))
-            key = (record.topic, record.partition, record.offset)
+            position = record.position
             if (
                 decoded is None
                 or len(decoded) >= SMALL_RECORD_EVENTS
                 or events + len(decoded) > YIELD_EVERY_EVENTS
                 or record.overrides != overrides
-                or (*key, 0) in ahead
-                or key in keys
+                or (position, 0) in ahead
+                or position in positions
             ):
                 break
             # an event repeating one of the run (or of its own message) ends the run before its message: it is
@@ -531,7 +534,7 @@ class EventProcessor:
             if len(set(record_ids)) < len(record_ids) or not ids.isdisjoint(record_ids):
                 break
             group.append((record, decoded))
-            keys.add(key)
+            positions.add(position)
             ids.update(record_ids)
             events += len(decoded)
         if len(group) < 2:
@@ -540,7 +543,7 @@ class EventProcessor:
         verdicts = self._judge(chunk, known, overrides)
         start = 0
         for record, decoded in group:
-            ahead[(record.topic, record.partition, record.offset, 0)] = verdicts[start : start + len(decoded)]
+            ahead[(record.position, 0)] = verdicts[start : start + len(decoded)]
             start += len(decoded)
 
     def _judge(self, chunk: list[Decoded], known: set[str], overrides: frozenset[str]) -> list[Hold | None]:
