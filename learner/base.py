@@ -60,7 +60,10 @@ class Recommender(Protocol):
         """Whether ``score_all`` can personalise for this user (else callers fall back to popularity)."""
 
     def score_all(self, user: str) -> np.ndarray:
-        """A score for every item row, higher is better; same length as ``items``."""
+        """A score for every item row, higher is better; same length as ``items``.
+
+        Always a new array that the caller owns: ranking may write into it (``learner.ranking.top_rows``
+        with ``owned=True``), so it must never be a view of the model's state."""
 
     def to_state(self) -> ModelState: ...
 

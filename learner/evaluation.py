@@ -257,10 +257,11 @@ class Recommend:
     def _top_model(
         self, raw: np.ndarray, excluded: np.ndarray, target: int | None, target_seen: bool
     ) -> tuple[np.ndarray, float]:
-        # The serving path's selection (learner.ranking.top_rows).
+        # The serving path's selection (learner.ranking.top_rows). ``raw`` is score_all's new array: the
+        # excluded rows are set to -inf in it, so below every row that may be shown (scores are numbers).
         if target is not None and target_seen:
             excluded = excluded[excluded != target]  # the target is put back
-        best = top_rows(raw, self.k, excluded)
+        best = top_rows(raw, self.k, excluded, owned=True)
         if best.size == 0:
             return _EMPTY, math.inf
         if self.explorer is not None:
@@ -273,10 +274,11 @@ class Recommend:
         hit = np.flatnonzero(best == target)
         if hit.size:
             return best, float(hit[0] + 1)
-        # mid-rank among the rows that may be shown (the target is not excluded)
-        t, others = raw[target], raw[excluded]
-        better = int(np.count_nonzero(raw > t)) - int(np.count_nonzero(others > t))
-        ties = int(np.count_nonzero(raw == t)) - int(np.count_nonzero(others == t)) - 1
+        # mid-rank among the rows that may be shown (the target is not excluded; the excluded rows are -inf,
+        # never above nor equal to its score)
+        t = raw[target]
+        better = int(np.count_nonzero(raw > t))
+        ties = int(np.count_nonzero(raw == t)) - 1
         return best, max(float(self.k + 1), 1.0 + better + ties / 2.0)
 
     def _top_popular(self, counts: np.ndarray, excluded: np.ndarray, target: int | None) -> tuple[np.ndarray, float]:

@@ -23,16 +23,18 @@ _SAMPLE_SIZE = 2_048  # about this many scores, evenly spaced, choose the sample
 _NO_ROWS = np.zeros(0, dtype=np.int64)
 
 
-def top_k(scores: np.ndarray, k: int, exclude: Iterable[int] = ()) -> list[tuple[int, float]]:
+def top_k(scores: np.ndarray, k: int, exclude: Iterable[int] = (), *, owned: bool = False) -> list[tuple[int, float]]:
     """The ``k`` best (row, score) pairs, best first (equal scores: lower row first), leaving out ``exclude``.
+
+    ``owned``: as for :func:`top_rows`.
 
     >>> top_k(np.array([0.5, 0.9, 0.5, 0.7]), k=3)
     [(1, 0.9), (3, 0.7), (0, 0.5)]
     """
-    return [(int(row), float(scores[row])) for row in top_rows(scores, k, exclude)]
+    return [(int(row), float(scores[row])) for row in top_rows(scores, k, exclude, owned=owned)]
 
 
-def top_rows(scores: np.ndarray, k: int, exclude: Iterable[int] = ()) -> np.ndarray:
+def top_rows(scores: np.ndarray, k: int, exclude: Iterable[int] = (), *, owned: bool = False) -> np.ndarray:
     """The rows of the ``k`` best scores, best first (equal scores: lower row first), leaving out ``exclude``.
 
     Serving (:func:`top_k`) and the replay (:mod:`learner.evaluation`) both select with it.
@@ -43,14 +45,22 @@ def top_rows(scores: np.ndarray, k: int, exclude: Iterable[int] = ()) -> np.ndar
     of every score (about a twentieth on random scores, where argpartition is at its slowest).
     NaN scores come after every number.
 
+    The excluded rows are set to -inf in a copy of ``scores``; with ``owned`` (the caller owns the
+    array, as it owns what a model's ``score_all`` returns) in ``scores`` itself, which saves a
+    copy of the catalogue's scores per request (and leaves them masked for the caller).
+
     >>> top_rows(np.array([0.5, 0.9, 0.5, 0.7]), k=3).tolist()
     [1, 3, 0]
+    >>> scores = np.array([0.5, 0.9, 0.5, 0.7])
+    >>> top_rows(scores, k=2, exclude=[1], owned=True).tolist(), scores.tolist()
+    ([3, 0], [0.5, -inf, 0.5, 0.7])
     """
     excluded = (
         exclude.astype(np.int64, copy=False) if isinstance(exclude, np.ndarray) else np.fromiter(exclude, np.int64)
     )
     if excluded.size:
-        scores = scores.copy()
+        if not owned:
+            scores = scores.copy()
         scores[excluded] = -np.inf  # so that they never set the sampled threshold
     n = int(scores.size)
     if k <= 0 or n == 0:

@@ -85,7 +85,7 @@ class ServingModel:
         model = self.model
         if not model.knows_user(user_id) or not len(model.items):
             return Recommendation(self.popular(k, exclude), source="popular")
-        best = top_k(model.score_all(user_id), k, exclude=model.items.rows(exclude))
+        best = top_k(model.score_all(user_id), k, exclude=model.items.rows(exclude), owned=True)
         ids = model.items.ids
         return Recommendation([(ids[i], s) for i, s in best], source="model")
 

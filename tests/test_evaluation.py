@@ -112,6 +112,39 @@ def test_seen_items_are_never_recommended_and_lists_match_the_serving_view() -> 
                 assert from_popularity == (served.source == "popular")
 
 
+def test_a_targets_rank_counts_only_the_items_that_may_be_shown() -> None:
+    """The rank of a missed target against a full sort of the rows the user may be shown (their seen items left
+    out, the target put back), ties at their mid-rank: seen items scoring above the target never count."""
+    rng = np.random.default_rng(9)
+    learner = OnlineLearner(model=build_model(DEFAULT_MODEL))
+    recommend = Recommend(learner, k=3)
+    seen: dict[str, set[str]] = {}
+    checked = above_seen = 0
+    for t in range(3000):
+        user, item = f"u{int(rng.integers(0, 30))}", f"i{int(rng.integers(0, 40))}"
+        model = learner.model
+        user_seen = seen.setdefault(user, set())
+        if model.knows_user(user) and item in model.items:
+            scores, index = model.score_all(user), model.items
+            target = index.get(item)
+            allowed = [r for r in range(len(index)) if r == target or index.ids[r] not in user_seen]
+            ordered = sorted(allowed, key=lambda r: (-scores[r], r))
+            position = ordered.index(target) + 1
+            t_score = scores[target]
+            mid = 1 + sum(scores[r] > t_score for r in allowed) + (sum(scores[r] == t_score for r in allowed) - 1) / 2
+            expected = float(position) if position <= 3 else max(4.0, mid)
+            rank, from_popularity = recommend.rank(user, item, target_seen=item in user_seen)
+            assert not from_popularity
+            assert rank == pytest.approx(expected), t
+            checked += 1
+            above_seen += any(scores[index.get(s)] > t_score for s in user_seen if s != item)
+        learner.learn(user, item, "like", None, None, ts=float(t))
+        if item not in user_seen:
+            user_seen.add(item)
+            recommend.add_seen(user, item)
+    assert checked > 1000 and above_seen > 100  # many targets had seen items above them
+
+
 def test_a_brand_new_user_gets_the_most_liked_items() -> None:
     learner = OnlineLearner(model=build_model(DEFAULT_MODEL))
     for n, item in enumerate(["x"] * 5 + ["y"] * 3 + ["z"] * 1 + ["w"] * 2):

@@ -102,6 +102,12 @@ def test_top_k_matches_a_full_sort_with_ties_and_exclusions() -> None:
         rows = [r for r, _ in got]
         assert len(set(rows)) == len(rows) and not set(rows) & set(exclude)
         assert all(float(scores[r]) == s for r, s in got)
+        # owned: the same answer, the excluded rows set to -inf in the caller's array and the others left as they were
+        owned = scores.copy()
+        assert top_k(owned, k, exclude=exclude, owned=True) == got, trial
+        masked = np.zeros(n, dtype=bool)
+        masked[exclude] = True
+        assert np.all(owned[masked] == -np.inf) and np.array_equal(owned[~masked], scores[~masked]), trial
 
 
 def _reference_top_k(scores: np.ndarray, k: int, exclude: list[int]) -> list[int]:
