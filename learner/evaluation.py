@@ -274,11 +274,13 @@ class Recommend:
         hit = np.flatnonzero(best == target)
         if hit.size:
             return best, float(hit[0] + 1)
-        # mid-rank among the rows that may be shown (the target is not excluded; the excluded rows are -inf,
-        # never above nor equal to its score)
+        # mid-rank among the rows that may be shown (the target is not excluded; the excluded rows are -inf: never
+        # above its score, and equal to it only if it is -inf too)
         t = raw[target]
         better = int(np.count_nonzero(raw > t))
         ties = int(np.count_nonzero(raw == t)) - 1
+        if t == -np.inf:
+            ties -= int(np.unique(excluded).size)
         return best, max(float(self.k + 1), 1.0 + better + ties / 2.0)
 
     def _top_popular(self, counts: np.ndarray, excluded: np.ndarray, target: int | None) -> tuple[np.ndarray, float]:

@@ -145,6 +145,14 @@ def test_a_targets_rank_counts_only_the_items_that_may_be_shown() -> None:
     assert checked > 1000 and above_seen > 100  # many targets had seen items above them
 
 
+def test_a_target_scored_minus_infinity_ties_only_with_rows_that_may_be_shown() -> None:
+    """Ranking sets the excluded rows to -inf in the scores; they must not count as ties of a -inf target."""
+    recommend = Recommend(OnlineLearner(), k=1)
+    raw = np.array([1.0, -np.inf, 5.0, 5.0, 0.0, -np.inf])  # may be shown: rows 0, 4, 1 and the target 5
+    best, rank = recommend._top_model(raw, np.array([2, 3]), target=5, target_seen=False)
+    assert best.tolist() == [0] and rank == 3.5  # 2 rows above it, 1 tie (row 1): 1 + 2 + 1/2
+
+
 def test_a_brand_new_user_gets_the_most_liked_items() -> None:
     learner = OnlineLearner(model=build_model(DEFAULT_MODEL))
     for n, item in enumerate(["x"] * 5 + ["y"] * 3 + ["z"] * 1 + ["w"] * 2):

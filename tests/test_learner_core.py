@@ -95,7 +95,9 @@ def test_top_k_matches_a_full_sort_with_ties_and_exclusions() -> None:
         scores = np.round(rng.normal(size=n), 1)  # rounding makes ties common
         exclude = [int(r) for r in rng.integers(0, n, size=int(rng.integers(0, n + 1)))]
         k = int(rng.integers(1, 30))
+        given = scores.copy()
         got = top_k(scores, k, exclude=exclude)
+        assert np.array_equal(scores, given), trial  # not owned: the caller's array is left as it was
         allowed = sorted((float(scores[r]) for r in range(n) if r not in set(exclude)), reverse=True)
         assert [s for _, s in got] == allowed[:k], trial
         assert [r for r, _ in got] == _reference_top_k(scores, k, exclude), trial  # equal scores: lower row first
