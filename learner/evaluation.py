@@ -258,7 +258,7 @@ class Recommend:
         self, raw: np.ndarray, excluded: np.ndarray, target: int | None, target_seen: bool
     ) -> tuple[np.ndarray, float]:
         # The serving path's selection (learner.ranking.top_rows). ``raw`` is score_all's new array: the
-        # excluded rows are set to -inf in it, so below every row that may be shown (scores are numbers).
+        # excluded rows are set to -inf in it (no copy).
         if target is not None and target_seen:
             excluded = excluded[excluded != target]  # the target is put back
         best = top_rows(raw, self.k, excluded, owned=True)
