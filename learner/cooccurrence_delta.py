@@ -171,6 +171,80 @@ def _apply(
     return new_header, {name: arrays[name] for name in base}  # the base's order: a whole snapshot's
 
 
+def apply_in_place(
+    model: ItemCooccurrence, popularity: np.ndarray, header: dict[str, Any], arrays: dict[str, np.ndarray]
+) -> np.ndarray:
+    """Bring a served model (and its popularity counts over its items) to the state a delta was made to, in place.
+
+    What :func:`apply` then :meth:`OnlineLearner.from_parts` would give (the same rows, values and ids),
+    at the cost of what the delta carries instead of a copy of every row: a served model is the base of the
+    next delta, so it need not stay as it was. Everything is checked before anything changes: a delta that
+    does not fit raises :class:`~learner.codec.CodecError` and leaves the model as it was. Returns the
+    popularity counts (a new array when items were added). Not for a learner that records changes
+    (its next delta would miss these)."""
+    if header.get("delta") != FORMAT:
+        raise CodecError(f"not a delta this version understands: {header.get('delta')!r}")
+    try:
+        return _apply_in_place(model, popularity, header, arrays)
+    except CodecError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise CodecError(f"delta does not apply to the model served: {exc!r}") from exc
+
+
+def _apply_in_place(
+    model: ItemCooccurrence, popularity: np.ndarray, header: dict[str, Any], delta: dict[str, np.ndarray]
+) -> np.ndarray:
+    sizes = header["base_sizes"]
+    n_users0, n_items0 = len(model.users), len(model.items)
+    if (n_users0, n_items0) != (sizes["users"], sizes["items"]):
+        raise CodecError(
+            f"delta is for a base of {sizes['users']} users and {sizes['items']} items, not {n_users0} and {n_items0}"
+        )
+    if header["kind"] != model.kind or header["params"] != model.to_state_params():
+        raise CodecError("delta is for another model (kind or parameters differ from its base)")
+    if len(popularity) != n_items0:
+        raise CodecError("delta needs popularity counts over the model's items")
+    added_users, added_items = list(header["ids_added"]["users"]), list(header["ids_added"]["items"])
+    for added, index in ((added_users, model.users), (added_items, model.items)):
+        if len(set(added)) != len(added) or any(i in index for i in added):
+            raise CodecError("delta adds an id twice, or one its base has")
+    n_users, n_items = n_users0 + len(added_users), n_items0 + len(added_items)
+    items = _rows_of(delta["items"], n_items, "items")
+    if len(items) < n_items - n_items0 or not np.array_equal(items[len(items) - (n_items - n_items0) :],
+                                                             np.arange(n_items0, n_items)):  # fmt: skip
+        raise CodecError("delta lacks the values of the items it adds")
+    for name in (*ITEM_ARRAYS, "popularity"):
+        if delta[name].shape != items.shape:
+            raise CodecError(f"delta's {name} does not match its items")
+    if "recent_whole" in delta and delta["recent_whole"].shape != (n_items,):
+        raise CodecError("delta's whole recent-popularity array does not match its items")
+    if np.asarray(delta["recent_clock"]).shape != (4,):
+        raise CodecError("delta's recent-popularity clock is malformed")
+    users = _rows_of(delta["users"], n_users, "users")
+    if len(users) < n_users - n_users0 or not np.array_equal(users[len(users) - (n_users - n_users0) :],
+                                                             np.arange(n_users0, n_users)):  # fmt: skip
+        raise CodecError("delta lacks the histories of the users it adds")
+    history_items, history_weights = delta["history_items"], delta["history_weights"]
+    if history_items.shape != (len(users), model.window) or history_weights.shape != history_items.shape:
+        raise CodecError("delta's history rows do not match its users")
+    if history_items.size and (int(history_items.max()) >= n_items or int(history_items.min()) < -1):
+        raise CodecError("delta's history refers to unknown items")
+    rows, slots, cols, vals = (delta[name] for name in _ENTRIES)
+    if len(vals) != len(rows):
+        raise CodecError("delta entries do not match their base")
+    try:
+        plan = model.rows.check_entries(rows, slots, cols, n_items, n_items)
+    except ValueError as exc:
+        raise CodecError(str(exc)) from exc
+    # everything fits: change the model
+    model.add_ids(added_users, added_items)
+    model.set_item_values(items, delta)
+    model.set_histories(users, history_items, history_weights)
+    model.rows.set_entries(plan, vals)
+    return _with_rows(popularity, n_items, items, delta["popularity"])
+
+
 def compose(deltas: list[tuple[dict[str, Any], dict[str, np.ndarray]]]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """One delta that does what applying ``deltas`` in order (each made against the one before's result) does.
 
@@ -244,6 +318,21 @@ def resolve(
         raise CodecError(f"chain of deltas does not apply: {exc!r}") from exc
 
 
+def resolve_delta(chain: list[tuple[int, bytes]]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """One delta (decoded parts) that does what the chain's deltas do, in order (:func:`compose` when several):
+    for :func:`apply_in_place` to the version the chain starts from. Raises :class:`CodecError` if it does not
+    hold together."""
+    try:
+        deltas = _decoded(chain)
+        if not deltas:
+            raise CodecError("no delta to apply")
+        return deltas[0] if len(deltas) == 1 else compose(deltas)
+    except CodecError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise CodecError(f"chain of deltas does not hold together: {exc!r}") from exc
+
+
 def whole_blob(root: bytes, chain: list[tuple[int, bytes]]) -> bytes:
     """A whole snapshot's bytes: ``root`` itself, or :func:`resolve` of a chain encoded again."""
     return codec.encode(*resolve(root, chain)) if chain else root
@@ -255,6 +344,14 @@ def _resolve(
     base = codec.decode(root) if isinstance(root, bytes) else root
     if is_delta(base[0]):
         raise CodecError("the root of a chain of deltas must be a whole snapshot")
+    deltas = _decoded(chain)
+    if not deltas:
+        return base
+    return apply(*base, *(deltas[0] if len(deltas) == 1 else compose(deltas)))
+
+
+def _decoded(chain: list[tuple[int, bytes]]) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
+    """The chain's deltas decoded, each checked to be a delta made against the version the chain names."""
     deltas = []
     for base_version, blob in chain:
         delta = codec.decode(blob)
@@ -263,9 +360,7 @@ def _resolve(
         if delta[0].get("base_version") != base_version:
             raise CodecError(f"delta was made against v{delta[0].get('base_version')}, not v{base_version}")
         deltas.append(delta)
-    if not deltas:
-        return base
-    return apply(*base, *(deltas[0] if len(deltas) == 1 else compose(deltas)))
+    return deltas
 
 
 def _rows_of(rows: np.ndarray, n: int, what: str) -> np.ndarray:

@@ -54,6 +54,12 @@ from learner.popularity_models import DecayedCounter
 #: Co-occurrence entries recorded since the last mark beyond which recording stops (8 bytes each): a delta that
 #: large would cost about what a whole snapshot does.
 CHANGE_LOG_LIMIT = 8_000_000
+#: Share of the pool that rows which moved may leave behind before it is laid out again (in one go, ~0.2 s at 10M
+#: entries: rare, as a row that moves takes room to grow by half again).
+POOL_GARBAGE_SHARE = 0.5
+#: Rows at least this long are copied a slice each when the pool is laid out or a row moves (the shorter ones
+#: together, by one gather: a slice costs ~1 us of Python, a gathered entry ~10 ns).
+COPY_SLICE_MIN = 128
 #: A delta's entries are read from their rows joined into one buffer unless the touched rows hold more than this
 #: many entries per entry read (copying a row costs ~1 ns an entry, reading one entry from Python ~150 ns).
 ENTRY_GATHER_JOIN_FACTOR = 32
@@ -75,6 +81,24 @@ _NO_COLS = np.zeros(0, dtype=np.int32)
 _NO_VALS = np.zeros(0, dtype=np.float32)
 
 
+def _is_none(value: object) -> bool:
+    return value is None
+
+
+@dataclass(frozen=True)
+class EntryPlan:
+    """A delta's co-occurrence entries checked against the rows (:meth:`SparseRows.check_entries`), grouped by row."""
+
+    rows: np.ndarray  # int64, per entry (sorted by row and slot)
+    slots: np.ndarray  # int64, per entry
+    cols: np.ndarray  # int32, per entry
+    touched: np.ndarray  # int64, each row once
+    first: np.ndarray  # per touched row: its first entry
+    ends: np.ndarray  # per touched row: past its last entry
+    lengths: np.ndarray  # per touched row: its length before the delta (0 for a new row)
+    lazy: np.ndarray  # per touched row: held in the pool (not materialised)
+
+
 class SparseRows:
     """A growable sparse matrix: per row, parallel column/value arrays in insertion order.
 
@@ -85,16 +109,30 @@ class SparseRows:
     first changed: then (in :meth:`slots`) it gets its own buffers and column-to-slot dict. So a
     row is *materialised* exactly when ``_slot[row]`` is not None, and loading a snapshot to
     serve it allocates nothing per row.
+
+    A served model takes a delta's entries in place (:meth:`set_entries`) without materialising
+    rows: the loaded arrays become a *pool* in which each such row has a start, a length and a
+    capacity. An entry at an existing slot is written where it is; a row that grows past its
+    capacity moves to the pool's end with room to grow by half again (the place it leaves is
+    garbage, and the pool is compacted once garbage is half of it). So a delta costs what it
+    carries, not a rebuild of every row.
     """
 
     def __init__(self) -> None:
-        self._cols: list[array | None] = []  # None: the row is still a slice of the loaded CSR
+        self._cols: list[array | None] = []  # None: the row is still a slice of the pool (the loaded CSR)
         self._vals: list[array | None] = []
         self._slot: list[dict[int, int] | None] = []  # column -> slot; None until materialised
-        self._base_indptr = np.zeros(1, dtype=np.int64)
-        self._base_indices = _NO_COLS
+        # per row (those not materialised; zeros for the others): where in the pool its entries start, how many
+        # there are, and how many fit there
+        self._base_start = np.zeros(0, dtype=np.int64)
+        self._base_len = np.zeros(0, dtype=np.int64)
+        self._base_cap = np.zeros(0, dtype=np.int64)
+        self._base_indices = _NO_COLS  # the pool: the loaded CSR's arrays (views of the snapshot until written)
         self._base_data = _NO_VALS
-        self._n_lazy = 0  # rows still slices of the loaded CSR
+        self._pool_end = 0  # pool entries in use or left behind by moved rows; past it, free room
+        self._pool_owned = False  # the pool's arrays are this object's (else the snapshot's or the caller's)
+        self._garbage = 0  # pool entries left behind by rows that moved
+        self._n_lazy = 0  # rows still slices of the pool
 
     def __len__(self) -> int:
         return len(self._cols)
@@ -154,7 +192,8 @@ class SparseRows:
         return cols, self._vals[row]  # type: ignore[return-value]
 
     def _base_row(self, row: int) -> tuple[np.ndarray, np.ndarray]:
-        lo, hi = int(self._base_indptr[row]), int(self._base_indptr[row + 1])
+        lo = int(self._base_start[row])
+        hi = lo + int(self._base_len[row])
         return self._base_indices[lo:hi], self._base_data[lo:hi]
 
     @property
@@ -194,14 +233,201 @@ class SparseRows:
         if np.any(np.diff(indptr) < 0) or (len(indices) and (indices.min() < 0 or indices.max() >= n_cols)):
             raise ValueError("malformed sparse rows")
         rows = cls()
-        rows._base_indptr = np.asarray(indptr, dtype=np.int64)
+        indptr = np.asarray(indptr, dtype=np.int64)
+        rows._base_start = indptr[:-1].copy()
+        rows._base_len = np.diff(indptr)
+        rows._base_cap = rows._base_len.copy()
         rows._base_indices = np.ascontiguousarray(indices, dtype=np.int32)
         rows._base_data = np.ascontiguousarray(data, dtype=np.float32)
+        rows._pool_end = len(indices)
         rows._cols = [None] * n_rows
         rows._vals = [None] * n_rows
         rows._slot = [None] * n_rows
         rows._n_lazy = n_rows
         return rows
+
+    # -- a delta's entries, in place (a served model) ----------------------------------------
+
+    def check_entries(
+        self, rows: np.ndarray, slots: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int
+    ) -> EntryPlan:
+        """What :meth:`set_entries` writes once the matrix has ``n_rows`` rows (the new ones empty, added with
+        :meth:`add_lazy_rows`). Raises ValueError unless the entries are sorted by row and slot, each once,
+        within bounds, each existing slot keeping its column, and each row's new slots consecutive from its
+        length. Changes nothing."""
+        n = len(rows)
+        if not len(slots) == len(cols) == n:
+            raise ValueError("delta entries do not match their base")
+        rows, slots = rows.astype(np.int64), slots.astype(np.int64)
+        cols = cols.astype(np.int32, copy=False)
+        if n == 0:
+            return EntryPlan(rows, slots, cols, rows, rows, rows, rows, np.zeros(0, dtype=bool))
+        if rows.min() < 0 or rows.max() >= n_rows or slots.min() < 0 or cols.min() < 0 or cols.max() >= n_cols:
+            raise ValueError("delta entries outside the model")
+        if n > 1 and np.any(np.diff(rows << 32 | slots) <= 0):
+            raise ValueError("delta entries are not sorted by row and slot, each once")
+        first = np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1])))
+        ends = np.append(first[1:], n)
+        touched = rows[first]
+        n_now = len(self._cols)
+        if self._n_lazy == n_now:  # no row materialised (a served model, unless /v1/scores read some)
+            lazy = np.ones(len(touched), dtype=bool)
+        else:
+            lazy = touched >= n_now
+            old = ~lazy
+            slot_of = self._slot
+            lazy[old] = np.fromiter(map(_is_none, map(slot_of.__getitem__, touched[old].tolist())), dtype=bool,
+                                    count=int(old.sum()))  # fmt: skip
+        lengths = np.zeros(len(touched), dtype=np.int64)
+        pooled = lazy & (touched < n_now)
+        lengths[pooled] = self._base_len[touched[pooled]]
+        cols_of = self._cols
+        for k in np.flatnonzero(~lazy).tolist():
+            lengths[k] = len(cols_of[int(touched[k])])  # type: ignore[arg-type]
+        existing = slots < np.repeat(lengths, ends - first)
+        added = (ends - first) - np.add.reduceat(existing.astype(np.int64), first)
+        if np.any(np.maximum(slots[ends - 1] + 1 - lengths, 0) != added):
+            raise ValueError("delta entries past a row's length are not its next slots")
+        at = np.flatnonzero(existing)
+        if at.size:
+            in_pool = np.repeat(lazy, ends - first)[at]
+            pool_at = at[in_pool]
+            if np.any(self._base_indices[self._base_start[rows[pool_at]] + slots[pool_at]] != cols[pool_at]):
+                raise ValueError("delta names another column at a slot the base has")
+            for k in at[~in_pool].tolist():
+                if cols_of[int(rows[k])][int(slots[k])] != int(cols[k]):  # type: ignore[index]
+                    raise ValueError("delta names another column at a slot the base has")
+        return EntryPlan(rows, slots, cols, touched, first, ends, lengths, lazy)
+
+    def set_entries(self, plan: EntryPlan, vals: np.ndarray) -> None:
+        """Write the entries of a :meth:`check_entries` plan, with values ``vals``: at an existing slot in place,
+        new slots appended (a row out of room moves to the pool's end)."""
+        if not len(plan.rows):
+            return
+        vals = vals.astype(np.float32, copy=False)
+        rows, slots, cols, touched, first, ends, lengths, lazy = (
+            plan.rows, plan.slots, plan.cols, plan.touched, plan.first, plan.ends, plan.lengths, plan.lazy,
+        )  # fmt: skip
+        for k in np.flatnonzero(~lazy).tolist():  # materialised rows (a served model reads them for /v1/scores)
+            row = int(touched[k])
+            row_cols, row_vals, row_slots = self._cols[row], self._vals[row], self._slot[row]
+            for e in range(int(first[k]), int(ends[k])):
+                slot, col, val = int(slots[e]), int(cols[e]), float(vals[e])
+                if slot < len(row_cols):  # type: ignore[arg-type]
+                    row_vals[slot] = val  # type: ignore[index]
+                else:
+                    row_slots[col] = slot  # type: ignore[index]
+                    row_cols.append(col)  # type: ignore[union-attr]
+                    row_vals.append(val)  # type: ignore[union-attr]
+        if not lazy.any():
+            return
+        self._own_pool()
+        pool_rows, pool_lengths = touched[lazy], lengths[lazy]
+        new_lengths = np.maximum(pool_lengths, slots[ends[lazy] - 1] + 1)
+        moving = new_lengths > self._base_cap[pool_rows]
+        if moving.any():
+            self._move(pool_rows[moving], pool_lengths[moving], new_lengths[moving])
+        in_pool = np.repeat(lazy, ends - first)
+        where = self._base_start[rows[in_pool]] + slots[in_pool]
+        self._base_indices[where] = cols[in_pool]
+        self._base_data[where] = vals[in_pool]
+        self._base_len[pool_rows] = new_lengths
+        if self._garbage > POOL_GARBAGE_SHARE * self._pool_end:
+            self._lay_out()
+
+    def make_room(self) -> None:
+        """Lay the rows out now in a pool of this object's own, with room in each for a quarter more, as the first
+        :meth:`set_entries` would (so that a process which loads a model to serve it pays it where it loads,
+        not while it serves)."""
+        self._own_pool()
+
+    def add_lazy_rows(self, count: int) -> None:
+        """Append ``count`` empty rows held in the pool (a served model's new items), not materialised."""
+        if count <= 0:
+            return
+        n = len(self._cols)
+        self._cols.extend([None] * count)
+        self._vals.extend([None] * count)
+        self._slot.extend([None] * count)
+        self._n_lazy += count
+        size = n + count
+        if len(self._base_start) < size:  # materialised rows added since the load have no place: zeros
+            for name in ("_base_start", "_base_len", "_base_cap"):
+                grown = np.zeros(max(size, len(self._base_start) * 5 // 4), dtype=np.int64)
+                old = getattr(self, name)
+                grown[: len(old)] = old
+                setattr(self, name, grown)
+        self._base_start[n:size] = self._pool_end
+        self._base_len[n:size] = 0
+        self._base_cap[n:size] = 0
+
+    def _own_pool(self) -> None:
+        """The pool as arrays of this object's own (the loaded ones are the snapshot's, or its caller's, with no
+        room in any row): laid out again once, with room in every row."""
+        if not self._pool_owned:
+            self._lay_out()
+
+    def _move(self, rows: np.ndarray, lengths: np.ndarray, new_lengths: np.ndarray) -> None:
+        """Move ``rows`` (now ``lengths`` long) to the pool's end, with room for ``new_lengths`` and half again."""
+        caps = new_lengths + new_lengths // 2 + 4
+        starts = self._pool_end + np.cumsum(caps) - caps
+        self._reserve(int(caps.sum()))
+        self._copy_rows(rows, lengths, self._base_indices, self._base_data, starts)
+        self._garbage += int(self._base_cap[rows].sum())
+        self._pool_end += int(caps.sum())
+        self._base_start[rows] = starts
+        self._base_cap[rows] = caps
+
+    def _copy_rows(
+        self, rows: np.ndarray, lengths: np.ndarray, indices: np.ndarray, data: np.ndarray, starts: np.ndarray
+    ) -> None:
+        """Copy the pooled ``rows`` (``lengths`` long) to ``starts`` of ``indices`` and ``data``: long rows a slice
+        each, the short ones (most rows, few entries) by one gather over all their entries."""
+        src_starts = self._base_start[rows]
+        long = lengths >= COPY_SLICE_MIN
+        pool_indices, pool_data = self._base_indices, self._base_data
+        for src, dst, n in zip(src_starts[long].tolist(), starts[long].tolist(), lengths[long].tolist(), strict=True):
+            indices[dst : dst + n] = pool_indices[src : src + n]
+            data[dst : dst + n] = pool_data[src : src + n]
+        short = ~long
+        lengths = lengths[short]
+        total = int(lengths.sum())
+        if total:
+            offset = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+            src = np.repeat(src_starts[short], lengths) + offset
+            dst = np.repeat(starts[short], lengths) + offset
+            indices[dst] = pool_indices[src]
+            data[dst] = pool_data[src]
+
+    def _reserve(self, extra: int) -> None:
+        """Room for ``extra`` more entries past the pool's end (the pool grows by a quarter at least)."""
+        need = self._pool_end + extra
+        size = len(self._base_indices)
+        if need <= size:
+            return
+        size = max(need, size + size // 4 + 1024)
+        for name in ("_base_indices", "_base_data"):
+            old = getattr(self, name)
+            grown = np.empty(size, dtype=old.dtype)
+            grown[: self._pool_end] = old[: self._pool_end]
+            setattr(self, name, grown)
+
+    def _lay_out(self) -> None:
+        """Lay the pooled rows out one after the other in new arrays, each with room for a quarter more (no
+        garbage left)."""
+        n = min(len(self._cols), len(self._base_start))
+        pooled = np.flatnonzero(np.fromiter(map(_is_none, self._slot[:n]), dtype=bool, count=n))
+        lengths = self._base_len[pooled]
+        caps = lengths + lengths // 4 + 4
+        starts = np.cumsum(caps) - caps
+        size = int(caps.sum())
+        indices = np.empty(size + size // 8 + 1024, dtype=np.int32)
+        data = np.empty(len(indices), dtype=np.float32)
+        self._copy_rows(pooled, lengths, indices, data, starts)
+        self._base_indices, self._base_data, self._pool_owned = indices, data, True
+        self._base_start[pooled] = starts
+        self._base_cap[pooled] = caps
+        self._pool_end, self._garbage = size, 0
 
 
 class ItemCooccurrence:
@@ -572,6 +798,48 @@ class ItemCooccurrence:
         model._history = UserHistories(model.window, hist_items, hist_weights)  # copied on first change
         return model
 
+    # -- a delta, in place (a served model: learner.cooccurrence_delta.apply_in_place) ---------
+
+    @property
+    def rows(self) -> SparseRows:
+        """The co-occurrence rows (one per item)."""
+        return self._rows
+
+    def add_ids(self, users: list[str], items: list[str]) -> None:
+        """Register ids a delta adds (none known yet): items get empty rows in the pool, not materialised."""
+        for user in users:
+            self.users.add(user)
+        self._history.extend(len(self.users))
+        n_items0 = len(self.items)
+        for item in items:
+            self.items.add(item)
+        n_items = len(self.items)
+        if n_items == n_items0:
+            return
+        self._rows.add_lazy_rows(n_items - n_items0)
+        self._mass = ensure_rows(self._mass, n_items - 1)
+        self._recent.ensure(n_items - 1)
+        if n_items > len(self._candidate_damping):
+            self._candidate_damping = _grow_ones(self._candidate_damping, len(self._mass))
+            self._row_damping = _grow_ones(self._row_damping, len(self._mass))
+
+    def set_item_values(self, items: np.ndarray, values: dict[str, np.ndarray]) -> None:
+        """A delta's per-item values at ``items`` (its ``mass``, ``candidate_damping``, ``row_damping``,
+        ``recent``, ``recent_clock`` and, after a rescale, ``recent_whole``)."""
+        self._mass[items] = values["mass"]
+        self._candidate_damping[items] = values["candidate_damping"]
+        self._row_damping[items] = values["row_damping"]
+        recent = self._recent
+        if "recent_whole" in values:  # every item's value changed (a rescale): the whole array, as apply() takes it
+            recent.mass[: len(self.items)] = values["recent_whole"]
+        else:
+            recent.mass[items] = values["recent"]
+        recent.set_clock(values["recent_clock"])
+
+    def set_histories(self, users: np.ndarray, items: np.ndarray, weights: np.ndarray) -> None:
+        """A delta's history rows of ``users`` (as :meth:`to_state` writes them)."""
+        self._history.replace(users, items, weights)
+
     # -- internals -------------------------------------------------------------------
 
     def _weighted_history(self, u: int) -> list[tuple[int, float]]:
@@ -642,6 +910,22 @@ class UserHistories:
     def append(self, row: dict[int, float]) -> None:
         self._changed.add(len(self._rows))  # a new user: a delta carries every user added since its mark
         self._rows.append(row)
+
+    def extend(self, n: int) -> None:
+        """Room for ``n`` users, the new ones' rows to come from the arrays (:meth:`replace`)."""
+        if n > len(self._rows):
+            self._rows.extend([None] * (n - len(self._rows)))
+
+    def replace(self, users: np.ndarray, items: np.ndarray, weights: np.ndarray) -> None:
+        """Set the rows of ``users`` in the arrays (item rows -1 padded, weights); their dicts are built again
+        from them on first access."""
+        self._ensure_capacity()
+        self._items[users] = items
+        self._weights[users] = weights
+        rows = self._rows
+        for u in users.tolist():
+            rows[u] = None
+        self._changed.difference_update(users.tolist())
 
     def arrays_of(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The rows of :meth:`to_arrays` for ``users`` only (what a delta carries), copies. Those of them changed

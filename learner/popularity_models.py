@@ -80,6 +80,13 @@ class DecayedCounter:
         if mass.shape != (n,) or clock.shape != (4,):
             raise ValueError("decayed counts do not match the item list")
         self.mass = ensure_rows(mass.copy(), n)
+        self.set_clock(clock)
+
+    def set_clock(self, clock: np.ndarray) -> None:
+        """The clock, reference time, total and max as :meth:`state` gives them (a delta carries them)."""
+        clock = np.asarray(clock, dtype=np.float64)
+        if clock.shape != (4,):
+            raise ValueError("decayed counts' clock must hold 4 values")
         self.clock, self.t_ref = _none_if_nan(clock[0]), _none_if_nan(clock[1])
         self.total, self.max = float(clock[2]), float(clock[3])
 

@@ -60,6 +60,13 @@ MODEL_SWAP_DELAY = Histogram(
     "Freshness: seconds from a checkpoint being written to this API process serving it.",
     buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0),
 )
+MODEL_LOAD_SECONDS = Histogram(
+    "recstream_model_load_seconds",
+    "Seconds this API process took to bring a new version into memory, by how: delta (applied in place to the "
+    "version served) or whole (a whole snapshot, or a chain of deltas rebuilt from one).",
+    ["how"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
 RECOMMENDED_INTERACTIONS = Counter(
     "recstream_recommended_interactions_total",
     "Events that echo a recommendation_id in context.rec_id (engagement with served lists), by type.",

@@ -14,6 +14,7 @@ from learner.implicit_mf import ImplicitMF
 from learner.item_cooccurrence import ItemCooccurrence
 from learner.online_learner import OnlineLearner
 from learner.progressive import ProgressiveMetrics
+from learner.serving import ServingModel
 
 KINDS = ["view", "view", "like", "share", "skip"]
 
@@ -232,3 +233,130 @@ def test_a_whole_snapshot_after_a_delta_writes_only_the_users_changed_since_it(m
     )
     learner.to_bytes()
     assert since_delta and sorted(written) == sorted(since_delta)
+
+
+# -- a served model takes deltas in place (learner.cooccurrence_delta.apply_in_place) ----------------------------
+
+
+def _assert_serves_the_same(served: ServingModel, learner: OnlineLearner, version: int) -> None:
+    """``served`` holds what a whole load of the learner's state holds: every array bit for bit, the ids, the
+    popularity counts, and so the same lists and scores."""
+    want = ServingModel.from_bytes(learner.to_bytes(), version)
+    got_state, want_state = served.model.to_state(), want.model.to_state()
+    assert got_state.ids == want_state.ids
+    assert list(got_state.arrays) == list(want_state.arrays)
+    for name, values in want_state.arrays.items():
+        got = got_state.arrays[name]
+        assert got.dtype == values.dtype and np.array_equal(got, values), name
+    assert served._popularity_ids == want._popularity_ids
+    assert np.array_equal(served._popularity, want._popularity)
+    assert served.version == version and served.events_learned == want.events_learned
+    items = list(want.model.items.ids)
+    for user in [*want.model.users.ids, "nobody"]:
+        assert served.recommend(user, 8, set(items[:3])) == want.recommend(user, 8, set(items[:3])), user
+    assert served.score("u1", items[:20]) == want.score("u1", items[:20])
+    assert served.popular(5, set()) == want.popular(5, set())
+
+
+@pytest.mark.parametrize("composed", [False, True], ids=["one-by-one", "chain-composed"])
+def test_a_delta_applied_in_place_serves_what_the_whole_snapshot_serves(composed: bool, monkeypatch) -> None:
+    moved: list[int] = []
+    laid_out: list[int] = []
+    move, lay_out = item_cooccurrence.SparseRows._move, item_cooccurrence.SparseRows._lay_out
+    monkeypatch.setattr(item_cooccurrence.SparseRows, "_move",
+                        lambda self, rows, *a: (moved.append(len(rows)), move(self, rows, *a))[1])  # fmt: skip
+    monkeypatch.setattr(item_cooccurrence.SparseRows, "_lay_out",
+                        lambda self: (laid_out.append(self._garbage), lay_out(self))[1])  # fmt: skip
+    monkeypatch.setattr(item_cooccurrence, "COPY_SLICE_MIN", 16)  # rows copied both ways: a slice, and gathered
+    monkeypatch.setattr(item_cooccurrence, "POOL_GARBAGE_SHARE", 0.1)  # laid out again within the test
+    rnd = random.Random(21)
+    learner = OnlineLearner(model=ItemCooccurrence(window=5, half_life_days=0.01))  # rescales on the clock's jump
+    ts = _feed(learner, rnd, 2_500, users=70, items=120, start=1.7e9)
+    served = ServingModel.from_bytes(learner.to_bytes(), 1)
+    served.score("u1", [f"v{i}" for i in range(40)])  # materialises some rows: a delta writes those one by one
+    assert 0 < served.model.rows._n_lazy < len(served.model.items)
+    delta.mark(learner)
+    steps = [(400, 70, 120), (0, 70, 120), (900, 110, 180), (30, 110, 180), (1_500, 160, 260), (600, 200, 400)]
+    chain = []
+    for k, (n, users, items) in enumerate(steps, start=1):
+        ts = _feed(learner, rnd, n, users=users, items=items, start=ts + (5 * 86_400 if k == 4 else 0))
+        made = delta.parts(learner, base_version=k)
+        assert made is not None
+        chain.append((k, codec.encode(*made)))
+        delta.mark(learner)
+        if not composed:
+            served.apply_delta(*delta.resolve_delta(chain[-1:]), k + 1)
+            _assert_serves_the_same(served, learner, k + 1)
+    assert any("recent_whole" in codec.decode(blob)[1] for _, blob in chain)  # a rescale travelled whole
+    if composed:  # versions skipped: the deltas since the one served, composed, then applied once
+        served.apply_delta(*delta.resolve_delta(chain), len(chain) + 1)
+        _assert_serves_the_same(served, learner, len(chain) + 1)
+    assert moved and max(laid_out) > 0  # rows outgrew their room and moved, and the pool was laid out again
+
+
+def test_a_delta_applied_in_place_leaves_the_arrays_it_was_loaded_from_alone() -> None:
+    rnd = random.Random(22)
+    learner = OnlineLearner(model=ItemCooccurrence(window=4))
+    ts = _feed(learner, rnd, 1_500, users=40, items=60, start=1.7e9)
+    header, arrays = codec.decode(learner.to_bytes())
+    arrays = {name: values.copy() for name, values in arrays.items()}  # writable: the model could write into them
+    kept = {name: values.copy() for name, values in arrays.items()}
+    served = ServingModel.from_parts(header, arrays, 1)
+    delta.mark(learner)
+    _feed(learner, rnd, 500, users=50, items=70, start=ts)
+    served.apply_delta(*codec.decode(_delta_blob(learner)), 2)
+    _assert_serves_the_same(served, learner, 2)
+    for name, values in arrays.items():
+        assert np.array_equal(values, kept[name]), name
+
+
+def test_a_delta_that_does_not_fit_changes_nothing_in_place() -> None:
+    rnd = random.Random(23)
+    learner = OnlineLearner(model=ItemCooccurrence(window=3))
+    ts = _feed(learner, rnd, 600, users=20, items=30, start=1.7e9)
+    served = ServingModel.from_bytes(learner.to_bytes(), 1)
+    served.make_room_for_deltas()
+    delta.mark(learner)
+    _feed(learner, rnd, 150, users=25, items=35, start=ts)
+    header, arrays = codec.decode(_delta_blob(learner))
+    before = served.model.to_state()
+    in_place = int(np.flatnonzero(arrays["entry_slots"] == 0)[0])  # slot 0 of a row the base already had
+    wrong_col = dict(arrays, entry_cols=arrays["entry_cols"].copy())
+    wrong_col["entry_cols"][in_place] += 1
+    gap = dict(arrays, entry_slots=arrays["entry_slots"].copy())
+    gap["entry_slots"][-1] += 1  # the last row's last new entry one slot too far
+    unknown = dict(arrays, history_items=arrays["history_items"].copy())
+    unknown["history_items"][0, 0] = 10_000
+    shuffled = {name: (values[::-1] if name.startswith("entry_") else values) for name, values in arrays.items()}
+    item_rows = arrays["items"].copy()
+    item_rows[-1] = item_rows[0]
+    for broken_header, broken, match in (
+        ({**header, "delta": "other/2"}, arrays, "not a delta"),
+        ({**header, "base_sizes": {"users": 1, "items": 1}}, arrays, "base of"),
+        ({**header, "params": {**header["params"], "window": 9}}, arrays, "another model"),
+        ({**header, "ids_added": {**header["ids_added"], "users": ["u0"]}}, arrays, "id twice"),
+        (header, wrong_col, "another column"),
+        (header, gap, "next slots"),
+        (header, shuffled, "not sorted"),
+        (header, unknown, "unknown items"),
+        (header, dict(arrays, items=item_rows), "items rows"),
+        ({k: v for k, v in header.items() if k != "ids_added"}, arrays, "ids_added"),
+    ):
+        with pytest.raises(CodecError, match=match):
+            served.apply_delta(broken_header, broken, 2)
+        after = served.model.to_state()
+        assert after.ids == before.ids and served.version == 1
+        for name, values in before.arrays.items():
+            assert np.array_equal(after.arrays[name], values), (match, name)
+    served.apply_delta(header, arrays, 2)  # the delta as made fits
+    _assert_serves_the_same(served, learner, 2)
+
+
+def test_only_the_default_model_takes_deltas_in_place() -> None:
+    learner = OnlineLearner(model=ImplicitMF(n_factors=4))
+    learner.learn("ann", "a", "like", None, None, 1.7e9)
+    served = ServingModel.from_bytes(learner.to_bytes(), 1)
+    assert not served.takes_deltas
+    served.make_room_for_deltas()  # nothing to do
+    with pytest.raises(CodecError, match="takes no deltas"):
+        served.apply_delta({"delta": delta.FORMAT}, {}, 2)

@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
 
 from api.model_holder import LOAD_BANK_SECONDS, ModelHolder
 from learner import codec, cooccurrence_delta
@@ -149,21 +150,29 @@ async def test_delta_versions_are_served_from_the_base_the_process_keeps(store: 
     assert whole is not None
     cooccurrence_delta.mark(learner)
     await holder.refresh()
+    served = holder.model
     version = whole
+    in_place_before = _loads("delta")
     for k, (user, item) in enumerate([("bob", "a"), ("ann", "b"), ("cid", "c")]):
         learner.learn(user, item, "like", None, None, 1.8e9 + k)
         version = await _write_delta(store, learner, version)
         await holder.refresh()
-        assert holder.model is not None and holder.model.version == version
+        assert holder.model is served and served.version == version  # the delta applied to the model served
         want = ServingModel.from_bytes(learner.to_bytes(), version)
         for who in ("ann", "bob", "cid", "nobody"):
             assert holder.model.recommend(who, 5, set()) == want.recommend(who, 5, set()), who
-    # the whole version once, then every delta alone: applied to the parts of the version served
+    assert _loads("delta") - in_place_before == 3
+    # the whole version once, then every delta alone
     assert read == [(whole, None, False), (2, whole, False), (3, 2, False), (4, 3, False)]
-    # an operator's rollback to v2: its chain does not pass through v4, so it is read down to v1
+    # an operator's rollback to v2: its chain does not pass through v4, so it is read down to v1, and built anew
     await store.promote(2, reason="back")
     await holder.refresh()
-    assert holder.model.version == 2 and read[-1] == (2, whole, True)
+    assert holder.model.version == 2 and read[-1] == (2, whole, True) and holder.model is not served
+    assert served.version == 4  # the model replaced was left as it was (requests in flight finish on it)
+
+
+def _loads(how: str) -> float:
+    return REGISTRY.get_sample_value("recstream_model_load_seconds_count", {"how": how}) or 0.0
 
 
 async def test_a_delta_that_does_not_fit_is_refused_and_the_served_version_stays(store: ModelStore) -> None:
