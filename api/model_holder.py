@@ -49,9 +49,6 @@ from store.model_store import ModelStore, Snapshot, SnapshotRefused
 
 log = logging.getLogger(__name__)
 
-#: A version this process serves: its number, its whole bytes if it came whole, its decoded parts once known.
-Held = tuple[int, bytes | None, tuple[dict, dict] | None]
-
 #: Load time the budget may bank: what loads of small deltas leave unused pays for an occasional whole version.
 LOAD_BANK_SECONDS = 1.0
 
@@ -73,9 +70,6 @@ class ModelHolder:
         self._loader = loader
         self._load_budget = ShareBudget(load_share, cap_seconds=LOAD_BANK_SECONDS, clock=clock)  # see the module doc
         self._newest_loaded = 0  # the newest version this process has loaded: anything newer is a new checkpoint
-        # the version served (number, its whole bytes if it came whole, its decoded parts once a delta needed them or
-        # it came from one): what the next deltas are applied to, instead of reading their chain again
-        self._held: Held | None = None
         self.model: ServingModel | None = None
         self.refused_version: int | None = None
         self.redis_ok = False
@@ -103,9 +97,11 @@ class ModelHolder:
             return
         if self.model is not None and version > self._newest_loaded and self.load_wait() > 0:
             return  # a new checkpoint too soon after the last load: _run comes back when it is allowed
-        held = self._held
+        served = self.model
+        # a version made by deltas from the one served is read down to that one alone, to apply them to it in place
+        known_base = served.version if served is not None and served.takes_deltas else None
         try:
-            snapshot = await self.store.load(version, known_base=held[0] if held is not None else None)
+            snapshot = await self.store.load(version, known_base=known_base)
         except SnapshotRefused as exc:
             self.refused_version = version
             metrics.SNAPSHOTS_REFUSED.labels("api").inc()
@@ -114,23 +110,20 @@ class ModelHolder:
         if snapshot is None:
             return
         started = self._clock()
-        served = self.model
         root, deltas = snapshot.chain()
-        how = "delta" if root is None and served is not None and served.takes_deltas else "whole"
+        how = "whole" if root is not None else "delta"  # the chain reached a whole version, or stopped at known_base
         try:
             if how == "delta":
                 # Made against the version served (the chain stops there): applied to it in place, here in the
                 # event loop, so that no request sees it half done; only decoding (and composing) in a thread.
-                assert served is not None
-                if deltas[0][0] != served.version:
-                    raise CodecError(f"the chain of v{version} starts from v{deltas[0][0]}, not the one served")
+                assert served is not None and deltas[0][0] == served.version
                 header, arrays = await asyncio.to_thread(cooccurrence_delta.resolve_delta, deltas)
                 served.apply_delta(header, arrays, snapshot.version)
-                model, self._held = served, (snapshot.version, None, None)
+                model = served
             else:
                 # Ids are append-only: the new version's indexes start from copies of this one's (id_index.reusing).
                 with reusing(served.id_indexes() if served is not None else ()):
-                    model, self._held = await asyncio.to_thread(self._build, snapshot, held)
+                    model = await asyncio.to_thread(self._build, snapshot)
         except (CodecError, ValueError, KeyError, IndexError, TypeError) as exc:  # authenticated, but not loadable
             self.refused_version = version
             log.error("model v%s cannot be loaded (%s); still serving v%s", version, exc,
@@ -147,31 +140,18 @@ class ModelHolder:
             metrics.MODEL_SWAP_DELAY.observe(max(0.0, time.time() - datetime.fromisoformat(created).timestamp()))
         log.info("serving model v%d (%d events learned)", model.version, model.events_learned)
 
-    def _build(self, snapshot: Snapshot, held: Held | None) -> tuple[ServingModel, Held]:
-        """A new serving model: of a whole snapshot, or of a delta version from the whole version its chain starts
-        from (or from ``held``, what this process served when it asked for the version, if the served model
-        takes no deltas in place), and what to hold next."""
+    def _build(self, snapshot: Snapshot) -> ServingModel:
+        """A new serving model of a whole snapshot, or of a delta version from the whole version its chain starts
+        from; one that takes deltas gets room for the next versions' now, off the event loop."""
         root, deltas = snapshot.chain()
-        if not deltas:
-            model = self._loader(snapshot.blob, snapshot.version)
-            if model.takes_deltas:  # the next versions are applied to it in place: room for them now, off the loop
-                model.make_room_for_deltas()
-                return model, (snapshot.version, None, None)
-            return model, (snapshot.version, snapshot.blob, None)  # the serving model holds these bytes anyway
-        if root is not None:  # the chain starts from a whole version
-            base: bytes | tuple[dict, dict] | None = root.blob
-        elif held is not None and held[0] == deltas[0][0]:  # it starts from the version this process holds
-            base = held[2] if held[2] is not None else held[1]
+        assert root is not None  # read without known_base, or down to a whole version
+        if deltas:
+            model = ServingModel.from_parts(*cooccurrence_delta.resolve(root.blob, deltas), snapshot.version)
         else:
-            base = None
-        if base is None:
-            raise CodecError(f"the chain of v{snapshot.version} starts from v{deltas[0][0]}, which is not held here")
-        parts = cooccurrence_delta.resolve(base, deltas)
-        model = ServingModel.from_parts(*parts, snapshot.version)
+            model = self._loader(snapshot.blob, snapshot.version)
         if model.takes_deltas:
             model.make_room_for_deltas()
-            return model, (snapshot.version, None, None)
-        return model, (snapshot.version, None, parts)
+        return model
 
     def load_wait(self) -> float:
         """Seconds until the next version may be loaded (0: now)."""

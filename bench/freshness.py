@@ -44,7 +44,14 @@ PROBE_TIMEOUT = 10.0
 TARGET_P99_SECONDS = 1.0
 TARGET_RATE = 5_000
 #: kept beside the figures
-_LOAD_KEYS = ("background", "worker_handled_when_load_ended", "gate_held_when_load_ended", "backlog_after_drain_wait")
+_LOAD_KEYS = ("background", "worker_handled_when_load_ended", "gate_held_when_load_ended", "backlog_after_drain_wait",
+              "api")  # fmt: skip
+#: the API's histograms read around each load level: (sum, count) of each
+_API_HISTOGRAMS = {
+    "delta_load": 'recstream_model_load_seconds_{}{{how="delta"}}',
+    "whole_load": 'recstream_model_load_seconds_{}{{how="whole"}}',
+    "swap_delay": "recstream_model_swap_delay_seconds_{}",
+}
 
 
 def taken(r: redis.Redis, keys: Keys) -> int:
@@ -141,6 +148,27 @@ def _settle(client: httpx.Client, api_url: str, settings: Settings, results: lis
         res["unsettled"] = sorted(event_id for event_id in res["missed"] if event_id in pending)
 
 
+def _api_histograms(client: httpx.Client, api_url: str) -> dict[str, tuple[float, float]]:
+    """(sum, count) of each of the API's histograms in ``_API_HISTOGRAMS`` now (0, 0 before any observation)."""
+    samples: dict[str, float] = {}
+    for line in client.get(f"{api_url}/metrics").text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name and not line.startswith("#"):
+            samples[name] = float(value)
+    return {key: (samples.get(name.format("sum"), 0.0), samples.get(name.format("count"), 0.0))
+            for key, name in _API_HISTOGRAMS.items()}  # fmt: skip
+
+
+def _api_means(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Mean of each histogram's observations between two reads, and how many (nan when none)."""
+    means: dict[str, float] = {}
+    for key in _API_HISTOGRAMS:
+        total, count = after[key][0] - before[key][0], after[key][1] - before[key][1]
+        means[f"{key}_mean_s"] = total / count if count else float("nan")
+        means[f"{key}_count"] = count
+    return means
+
+
 def summarize(res: dict) -> dict:
     """Percentiles over the probes the gate let through (a held one is never visible, by design: counted apart)."""
     held_ids = set(res.get("held", {}))
@@ -204,7 +232,11 @@ def run(
         warm = f"warm-{uuid.uuid4().hex[:6]}"
         wait_for(lambda: client.get(f"{api.url}/readyz").status_code == 200 or _post_warm(client, api.url, warm),
                  min(90, budget.left()), "the worker's first model and a ready API", interval=0.5)  # fmt: skip
+        started_api = _api_histograms(client, api.url)  # the first version's load: whole
         idle = _probes(client, api.url, "idle", idle_probes, min(40, budget.left() / 4))
+        idle_api = _api_histograms(client, api.url)
+        idle["api"] = _api_means(started_api, idle_api)
+        first_load = _api_means({key: (0.0, 0.0) for key in _API_HISTOGRAMS}, started_api)
         for n, rate in enumerate(sorted(rates)):  # the lower rate first: the worker may fall behind at the higher
             budget.check(f"freshness at {rate:,.0f} ev/s")
             share = budget.left() / (len(rates) - n)
@@ -216,7 +248,9 @@ def run(
             users = "u" if grow_events else "bg"
             background = _start_background(services.broker.address, settings.topic_events, rate, bg_seconds, n, users)
             time.sleep(min(5.0, bg_seconds / 4))  # reach the steady state first
+            api_before = _api_histograms(client, api.url)
             result = _probes(client, api.url, f"load{n}", loaded_probes, bg_seconds - 7)
+            result["api"] = _api_means(api_before, _api_histograms(client, api.url))
             out, _ = background.communicate(timeout=bg_seconds + 30)
             background = None
             result["background"] = json.loads(out.strip().splitlines()[-1])
@@ -233,7 +267,7 @@ def run(
                     result["backlog_after_drain_wait"] = target - taken(r, keys)
         # a probe not visible in time: held by the gate, or late? (the worker may still be draining the last load)
         _settle(client, api.url, settings, [idle, *loaded.values()], min(60.0, budget.left()))
-        idle = summarize(idle)
+        idle = {**summarize(idle), "api": idle["api"], "api_first_load": first_load}
         loaded = {
             rate: {**summarize(res), **{k: res[k] for k in _LOAD_KEYS if k in res}} for rate, res in loaded.items()
         }
@@ -304,6 +338,29 @@ def run(
                 "ev/s",
                 achieved,
                 "background ev/s sent",
+            ),
+            *(
+                [
+                    Row(
+                        "freshness",
+                        f"API ms per version applied as a delta in place ({res['api']['delta_load_count']:.0f} "
+                        f"versions), {achieved:,.0f} ev/s load{model}",
+                        res["api"]["delta_load_mean_s"] * 1e3,
+                        "ms",
+                        idle["api_first_load"]["whole_load_mean_s"] * 1e3,
+                        "the API's load of the grown model (whole)",
+                    )
+                ]
+                if grow_events  # (a young model's first version, the reference, is tiny)
+                else []
+            ),
+            Row(
+                "freshness",
+                f"API s from a checkpoint written to serving it, mean, {achieved:,.0f} ev/s load{model}",
+                res["api"]["swap_delay_mean_s"],
+                "s",
+                idle["api"]["swap_delay_mean_s"],
+                "same, no load",
             ),
         ]
     return result, rows

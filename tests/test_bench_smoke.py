@@ -159,3 +159,31 @@ def test_freshness_leaves_probes_the_gate_held_out_of_its_percentiles_and_counts
     assert figures["held"] == 1 and figures["held_reasons"] == {"anomalous_behaviour": 1}
     assert figures["timeouts"] == 1 and figures["probes"] == 4
     assert figures["p50_s"] == 0.4 and figures["max_s"] == PROBE_TIMEOUT
+
+
+def test_freshness_reads_the_apis_load_and_swap_histograms_between_two_reads() -> None:
+    import httpx
+
+    from bench.freshness import _api_histograms, _api_means
+
+    pages = iter(
+        [
+            "# HELP recstream_model_load_seconds ...\n"
+            'recstream_model_load_seconds_count{how="whole"} 1.0\n'
+            'recstream_model_load_seconds_sum{how="whole"} 0.5\n'
+            "recstream_model_swap_delay_seconds_count 1.0\n"
+            "recstream_model_swap_delay_seconds_sum 0.25\n",
+            'recstream_model_load_seconds_count{how="delta"} 4.0\n'
+            'recstream_model_load_seconds_sum{how="delta"} 0.02\n'
+            'recstream_model_load_seconds_count{how="whole"} 1.0\n'
+            'recstream_model_load_seconds_sum{how="whole"} 0.5\n'
+            "recstream_model_swap_delay_seconds_count 5.0\n"
+            "recstream_model_swap_delay_seconds_sum 1.05\n",
+        ]
+    )
+    client = httpx.Client(transport=httpx.MockTransport(lambda _: httpx.Response(200, text=next(pages))))
+    before, after = _api_histograms(client, "http://127.0.0.1:1"), _api_histograms(client, "http://127.0.0.1:1")
+    means = _api_means(before, after)
+    assert means["delta_load_count"] == 4 and means["delta_load_mean_s"] == pytest.approx(0.005)
+    assert means["swap_delay_count"] == 4 and means["swap_delay_mean_s"] == pytest.approx(0.2)
+    assert means["whole_load_count"] == 0 and means["whole_load_mean_s"] != means["whole_load_mean_s"]  # nan
