@@ -21,6 +21,8 @@ Pure: no I/O. The store decides when to write a delta and which base it refers t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -105,12 +107,8 @@ def apply(
         raise CodecError(f"not a delta this version understands: {header.get('delta')!r}")
     if is_delta(base_header):
         raise CodecError("a delta applies to a whole snapshot's parts, not to another delta")
-    try:
+    with _codec_errors("delta does not apply to its base"):
         return _apply(base_header, base_arrays, header, arrays)
-    except CodecError:
-        raise
-    except (KeyError, IndexError, TypeError, ValueError) as exc:
-        raise CodecError(f"delta does not apply to its base: {exc!r}") from exc
 
 
 def _apply(
@@ -134,10 +132,7 @@ def _apply(
     n_users, n_items = len(ids["users"]), len(ids["items"])
     n_users0, n_items0 = len(users0), len(items0)
 
-    items = _rows_of(delta["items"], n_items, "items")
-    if len(items) < n_items - n_items0 or not np.array_equal(items[len(items) - (n_items - n_items0) :],
-                                                             np.arange(n_items0, n_items)):  # fmt: skip
-        raise CodecError("delta lacks the values of the items it adds")
+    items = _added_rows(delta["items"], n_items0, n_items, "items", "the values of the items it adds")
     arrays: dict[str, np.ndarray] = {}
     indptr, indices, data = _merge_rows(base, delta, n_items0, n_items)
     arrays["indptr"], arrays["indices"], arrays["data"] = indptr, indices, data
@@ -150,10 +145,7 @@ def _apply(
         arrays[name] = _with_rows(base[name], n_items, items, delta[name])
     arrays["recent_clock"] = np.array(delta["recent_clock"], dtype=base["recent_clock"].dtype)
 
-    users = _rows_of(delta["users"], n_users, "users")
-    if len(users) < n_users - n_users0 or not np.array_equal(users[len(users) - (n_users - n_users0) :],
-                                                             np.arange(n_users0, n_users)):  # fmt: skip
-        raise CodecError("delta lacks the histories of the users it adds")
+    users = _added_rows(delta["users"], n_users0, n_users, "users", "the histories of the users it adds")
     arrays["history_items"] = _with_rows(base["history_items"], n_users, users, delta["history_items"])
     arrays["history_weights"] = _with_rows(base["history_weights"], n_users, users, delta["history_weights"])
     kept = min(int(header["progressive_count"]), int(header["progressive_window"]))  # the window's length
@@ -184,12 +176,8 @@ def apply_in_place(
     (its next delta would miss these)."""
     if header.get("delta") != FORMAT:
         raise CodecError(f"not a delta this version understands: {header.get('delta')!r}")
-    try:
+    with _codec_errors("delta does not apply to the model served"):
         return _apply_in_place(model, popularity, header, arrays)
-    except CodecError:
-        raise
-    except (KeyError, IndexError, TypeError, ValueError) as exc:
-        raise CodecError(f"delta does not apply to the model served: {exc!r}") from exc
 
 
 def _apply_in_place(
@@ -210,10 +198,7 @@ def _apply_in_place(
         if len(set(added)) != len(added) or any(i in index for i in added):
             raise CodecError("delta adds an id twice, or one its base has")
     n_users, n_items = n_users0 + len(added_users), n_items0 + len(added_items)
-    items = _rows_of(delta["items"], n_items, "items")
-    if len(items) < n_items - n_items0 or not np.array_equal(items[len(items) - (n_items - n_items0) :],
-                                                             np.arange(n_items0, n_items)):  # fmt: skip
-        raise CodecError("delta lacks the values of the items it adds")
+    items = _added_rows(delta["items"], n_items0, n_items, "items", "the values of the items it adds")
     for name in (*ITEM_ARRAYS, "popularity"):
         if delta[name].shape != items.shape:
             raise CodecError(f"delta's {name} does not match its items")
@@ -221,10 +206,7 @@ def _apply_in_place(
         raise CodecError("delta's whole recent-popularity array does not match its items")
     if np.asarray(delta["recent_clock"]).shape != (4,):
         raise CodecError("delta's recent-popularity clock is malformed")
-    users = _rows_of(delta["users"], n_users, "users")
-    if len(users) < n_users - n_users0 or not np.array_equal(users[len(users) - (n_users - n_users0) :],
-                                                             np.arange(n_users0, n_users)):  # fmt: skip
-        raise CodecError("delta lacks the histories of the users it adds")
+    users = _added_rows(delta["users"], n_users0, n_users, "users", "the histories of the users it adds")
     history_items, history_weights = delta["history_items"], delta["history_weights"]
     if history_items.shape != (len(users), model.window) or history_weights.shape != history_items.shape:
         raise CodecError("delta's history rows do not match its users")
@@ -310,27 +292,19 @@ def resolve(
     """The whole parts of the newest version of a chain: ``root`` (a whole snapshot's bytes, or decoded parts
     against, its bytes); the deltas are composed first, so the model's rows are rebuilt once. Anything that
     does not fit raises :class:`CodecError`."""
-    try:
+    with _codec_errors("chain of deltas does not apply"):
         return _resolve(root, chain)
-    except CodecError:
-        raise
-    except (KeyError, IndexError, TypeError, ValueError) as exc:
-        raise CodecError(f"chain of deltas does not apply: {exc!r}") from exc
 
 
 def resolve_delta(chain: list[tuple[int, bytes]]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """One delta (decoded parts) that does what the chain's deltas do, in order (:func:`compose` when several):
     for :func:`apply_in_place` to the version the chain starts from. Raises :class:`CodecError` if it does not
     hold together."""
-    try:
+    with _codec_errors("chain of deltas does not hold together"):
         deltas = _decoded(chain)
         if not deltas:
             raise CodecError("no delta to apply")
         return deltas[0] if len(deltas) == 1 else compose(deltas)
-    except CodecError:
-        raise
-    except (KeyError, IndexError, TypeError, ValueError) as exc:
-        raise CodecError(f"chain of deltas does not hold together: {exc!r}") from exc
 
 
 def whole_blob(root: bytes, chain: list[tuple[int, bytes]]) -> bytes:
@@ -361,6 +335,25 @@ def _decoded(chain: list[tuple[int, bytes]]) -> list[tuple[dict[str, Any], dict[
             raise CodecError(f"delta was made against v{delta[0].get('base_version')}, not v{base_version}")
         deltas.append(delta)
     return deltas
+
+
+@contextmanager
+def _codec_errors(what: str) -> Iterator[None]:
+    """Turn the errors a malformed delta raises into a :class:`CodecError` saying ``what`` failed."""
+    try:
+        yield
+    except CodecError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise CodecError(f"{what}: {exc!r}") from exc
+
+
+def _added_rows(rows: np.ndarray, n0: int, n: int, what: str, added: str) -> np.ndarray:
+    """A delta's rows of ``what`` (:func:`_rows_of`), which must end with every row it adds (``n0`` to ``n``)."""
+    rows = _rows_of(rows, n, what)
+    if len(rows) < n - n0 or not np.array_equal(rows[len(rows) - (n - n0) :], np.arange(n0, n)):
+        raise CodecError(f"delta lacks {added}")
+    return rows
 
 
 def _rows_of(rows: np.ndarray, n: int, what: str) -> np.ndarray:
