@@ -215,16 +215,20 @@ def _apply_in_place(
     rows, slots, cols, vals = (delta[name] for name in _ENTRIES)
     if len(vals) != len(rows):
         raise CodecError("delta entries do not match their base")
+    numbers = (*ITEM_ARRAYS, "popularity", "recent_clock", "history_items", "history_weights", *_ENTRIES)
+    if any(np.asarray(delta[name]).dtype.kind not in "iuf" for name in numbers if name in delta):
+        raise CodecError("delta arrays hold something other than numbers")
     try:
         plan = model.rows.check_entries(rows, slots, cols, n_items, n_items)
     except ValueError as exc:
         raise CodecError(str(exc)) from exc
+    new_popularity = _with_rows(popularity, n_items, items, delta["popularity"])
     # everything fits: change the model
     model.add_ids(added_users, added_items)
     model.set_item_values(items, delta)
     model.set_histories(users, history_items, history_weights)
     model.rows.set_entries(plan, vals)
-    return _with_rows(popularity, n_items, items, delta["popularity"])
+    return new_popularity
 
 
 def compose(deltas: list[tuple[dict[str, Any], dict[str, np.ndarray]]]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

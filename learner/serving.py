@@ -1,4 +1,4 @@
-"""A read-only view of a snapshot for serving: factor arrays, id maps, popularity, top-K.
+"""A model version ready for serving: factor arrays, id maps, popularity, top-K.
 
 Built once per model version (never per request), or brought to the next version by a delta in place
 (:meth:`ServingModel.apply_delta`). A personal list carries the model's ranking scores (higher is
@@ -40,7 +40,8 @@ class Recommendation:
 
 
 class ServingModel:
-    """One model version, decoded once, ready for top-K queries. Treat it as read-only."""
+    """One model version, decoded once, ready for top-K queries. Treat it as read-only: only :meth:`apply_delta`
+    changes it (to the next version), where no request is being answered meanwhile."""
 
     def __init__(
         self, version: int, model: Recommender, popularity_ids: list[str], popularity: np.ndarray, events_learned: int
@@ -94,12 +95,16 @@ class ServingModel:
         not fit raises :class:`~learner.codec.CodecError` and changes nothing."""
         if not isinstance(self.model, ItemCooccurrence):
             raise CodecError(f"a {self.model.kind} model takes no deltas")
+        try:
+            events_learned = int(header.get("events_learned", self.events_learned))
+        except (TypeError, ValueError) as exc:
+            raise CodecError(f"delta's events_learned is not a number: {exc}") from exc
         popularity = cooccurrence_delta.apply_in_place(self.model, self._popularity, header, arrays)
         self._popularity_ids.extend(header["ids_added"]["items"])
         self._popularity = popularity
         self._popular_order = None
         self._popular_total = float(popularity.sum()) or 1.0
-        self.events_learned = int(header.get("events_learned", self.events_learned))
+        self.events_learned = events_learned
         self.version = version
 
     def id_indexes(self) -> list[IdIndex]:

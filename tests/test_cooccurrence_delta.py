@@ -341,6 +341,8 @@ def test_a_delta_that_does_not_fit_changes_nothing_in_place() -> None:
         (header, unknown, "unknown items"),
         (header, dict(arrays, items=item_rows), "items rows"),
         ({k: v for k, v in header.items() if k != "ids_added"}, arrays, "ids_added"),
+        ({**header, "events_learned": "many"}, arrays, "events_learned"),
+        (header, dict(arrays, mass=arrays["mass"].astype(str)), "other than numbers"),
     ):
         with pytest.raises(CodecError, match=match):
             served.apply_delta(broken_header, broken, 2)
