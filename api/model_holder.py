@@ -1,9 +1,9 @@
 """Keeps the current model version in memory and swaps it when a new one is announced.
 
 It listens on the Redis announce channel and also polls the ``current`` pointer (pub/sub
-messages are lost while disconnected). A swap is one attribute assignment, so requests in
-flight finish on the model they started with. A snapshot that fails authentication is
-refused: the previous model keeps serving.
+messages are lost while disconnected). A swap is one attribute assignment and a delta is applied
+between requests (below), so a request never sees a version half loaded. A snapshot that fails
+authentication is refused: the previous model keeps serving.
 
 Loading is bounded to a share of the process's time on average (``load_share``,
 RECSTREAM_MODEL_LOAD_SHARE; a load decodes ids and builds indexes, work that holds the GIL, so
@@ -116,10 +116,21 @@ class ModelHolder:
             if how == "delta":
                 # Made against the version served (the chain stops there): applied to it in place, here in the
                 # event loop, so that no request sees it half done; only decoding (and composing) in a thread.
-                assert served is not None and deltas[0][0] == served.version
+                if served is None or deltas[0][0] != served.version:
+                    raise CodecError(f"the chain of v{version} starts from v{deltas[0][0]}, not the one served")
                 header, arrays = await asyncio.to_thread(cooccurrence_delta.resolve_delta, deltas)
-                served.apply_delta(header, arrays, snapshot.version)
-                model = served
+                try:
+                    served.apply_delta(header, arrays, snapshot.version)
+                except cooccurrence_delta.HalfApplied:
+                    # the served model is part old, part new, and takes no more deltas: read this version whole now
+                    log.exception("applying v%s to the model served failed part-way; loading it whole", version)
+                    snapshot = await self.store.load(version)
+                    if snapshot is None:
+                        return
+                    how = "whole"
+                    model = await asyncio.to_thread(self._build, snapshot)
+                else:
+                    model = served
             else:
                 # Ids are append-only: the new version's indexes start from copies of this one's (id_index.reusing).
                 with reusing(served.id_indexes() if served is not None else ()):

@@ -21,7 +21,7 @@ Pure: no I/O. The store decides when to write a delta and which base it refers t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -171,18 +171,30 @@ def apply_in_place(
     What :func:`apply` then :meth:`OnlineLearner.from_parts` would give (the same rows, values and ids),
     at the cost of what the delta carries instead of a copy of every row: a served model is the base of the
     next delta, so it need not stay as it was. Everything is checked before anything changes: a delta that
-    does not fit raises :class:`~learner.codec.CodecError` and leaves the model as it was. Returns the
+    does not fit raises :class:`~learner.codec.CodecError` and leaves the model as it was (if applying one that
+    fits fails all the same, :class:`HalfApplied` says the model must be replaced). Returns the
     popularity counts (a new array when items were added). Not for a learner that records changes
     (its next delta would miss these)."""
     if header.get("delta") != FORMAT:
         raise CodecError(f"not a delta this version understands: {header.get('delta')!r}")
     with _codec_errors("delta does not apply to the model served"):
-        return _apply_in_place(model, popularity, header, arrays)
+        change = _checked_in_place(model, popularity, header, arrays)
+    try:
+        return change()
+    except Exception as exc:  # a bug, or out of memory: the model is part old, part new
+        raise HalfApplied(f"applying a delta that passed its checks failed part-way: {exc!r}") from exc
 
 
-def _apply_in_place(
+class HalfApplied(RuntimeError):
+    """A delta that passed every check failed while it was being applied in place (:func:`apply_in_place`):
+    the model is part old, part new, and must be replaced by a whole version."""
+
+
+def _checked_in_place(
     model: ItemCooccurrence, popularity: np.ndarray, header: dict[str, Any], delta: dict[str, np.ndarray]
-) -> np.ndarray:
+) -> Callable[[], np.ndarray]:
+    """Check that the delta fits the model (raises CodecError, or what a malformed delta makes numpy raise);
+    returns what changes the model, and gives the popularity counts after it."""
     sizes = header["base_sizes"]
     n_users0, n_items0 = len(model.users), len(model.items)
     if (n_users0, n_items0) != (sizes["users"], sizes["items"]):
@@ -193,8 +205,10 @@ def _apply_in_place(
         raise CodecError("delta is for another model (kind or parameters differ from its base)")
     if len(popularity) != n_items0:
         raise CodecError("delta needs popularity counts over the model's items")
-    added_users, added_items = list(header["ids_added"]["users"]), list(header["ids_added"]["items"])
+    added_users, added_items = header["ids_added"]["users"], header["ids_added"]["items"]
     for added, index in ((added_users, model.users), (added_items, model.items)):
+        if not isinstance(added, list) or not all(isinstance(i, str) for i in added):
+            raise CodecError("delta's added ids are not a list of strings")
         if len(set(added)) != len(added) or any(i in index for i in added):
             raise CodecError("delta adds an id twice, or one its base has")
     n_users, n_items = n_users0 + len(added_users), n_items0 + len(added_items)
@@ -213,9 +227,10 @@ def _apply_in_place(
     if history_items.size and (int(history_items.max()) >= n_items or int(history_items.min()) < -1):
         raise CodecError("delta's history refers to unknown items")
     rows, slots, cols, vals = (delta[name] for name in _ENTRIES)
-    if len(vals) != len(rows):
+    if vals.shape != rows.shape:
         raise CodecError("delta entries do not match their base")
-    numbers = (*ITEM_ARRAYS, "popularity", "recent_clock", "history_items", "history_weights", *_ENTRIES)
+    numbers = (*ITEM_ARRAYS, "recent_whole", "popularity", "recent_clock", "history_items", "history_weights",
+               *_ENTRIES)  # fmt: skip
     if any(np.asarray(delta[name]).dtype.kind not in "iuf" for name in numbers if name in delta):
         raise CodecError("delta arrays hold something other than numbers")
     try:
@@ -223,12 +238,15 @@ def _apply_in_place(
     except ValueError as exc:
         raise CodecError(str(exc)) from exc
     new_popularity = _with_rows(popularity, n_items, items, delta["popularity"])
-    # everything fits: change the model
-    model.add_ids(added_users, added_items)
-    model.set_item_values(items, delta)
-    model.set_histories(users, history_items, history_weights)
-    model.rows.set_entries(plan, vals)
-    return new_popularity
+
+    def change() -> np.ndarray:  # everything fits
+        model.add_ids(added_users, added_items)
+        model.set_item_values(items, delta)
+        model.set_histories(users, history_items, history_weights)
+        model.rows.set_entries(plan, vals)
+        return new_popularity
+
+    return change
 
 
 def compose(deltas: list[tuple[dict[str, Any], dict[str, np.ndarray]]]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

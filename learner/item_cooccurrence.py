@@ -256,14 +256,14 @@ class SparseRows:
         within bounds, each existing slot keeping its column, and each row's new slots consecutive from its
         length. Changes nothing."""
         n = len(rows)
-        if not len(slots) == len(cols) == n:
+        if rows.ndim != 1 or slots.shape != rows.shape or cols.shape != rows.shape:
             raise ValueError("delta entries do not match their base")
+        if n and (rows.min() < 0 or rows.max() >= n_rows or slots.min() < 0 or cols.min() < 0 or cols.max() >= n_cols):
+            raise ValueError("delta entries outside the model")  # checked before the casts below, which could wrap
         rows, slots = rows.astype(np.int64), slots.astype(np.int64)
         cols = cols.astype(np.int32, copy=False)
         if n == 0:
             return EntryPlan(rows, slots, cols, rows, rows, rows, rows, np.zeros(0, dtype=bool))
-        if rows.min() < 0 or rows.max() >= n_rows or slots.min() < 0 or cols.min() < 0 or cols.max() >= n_cols:
-            raise ValueError("delta entries outside the model")
         if n > 1 and np.any(np.diff(rows << 32 | slots) <= 0):
             raise ValueError("delta entries are not sorted by row and slot, each once")
         first = np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1])))
@@ -800,6 +800,12 @@ class ItemCooccurrence:
 
     # -- a delta, in place (a served model: learner.cooccurrence_delta.apply_in_place) ---------
 
+    def make_room_for_deltas(self) -> None:
+        """Take the loaded arrays over now (rows laid out with room, history arrays copied), as the first delta
+        applied in place would."""
+        self._rows.make_room()
+        self._history.extend(len(self._history))
+
     @property
     def rows(self) -> SparseRows:
         """The co-occurrence rows (one per item)."""
@@ -912,9 +918,11 @@ class UserHistories:
         self._rows.append(row)
 
     def extend(self, n: int) -> None:
-        """Room for ``n`` users, the new ones' rows to come from the arrays (:meth:`replace`)."""
+        """Room for ``n`` users in arrays of this object's own, the new ones' rows to come from them
+        (:meth:`replace`)."""
         if n > len(self._rows):
             self._rows.extend([None] * (n - len(self._rows)))
+        self._ensure_capacity()
 
     def replace(self, users: np.ndarray, items: np.ndarray, weights: np.ndarray) -> None:
         """Set the rows of ``users`` in the arrays (item rows -1 padded, weights); their dicts are built again

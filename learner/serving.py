@@ -55,6 +55,7 @@ class ServingModel:
         # list asked for, not per version: a large catalogue's sort and id list cost tens of ms a load
         self._popular_order: np.ndarray | None = None
         self._popular_total = float(popularity.sum()) or 1.0
+        self._half_applied = False  # a delta that failed part-way (see apply_delta): the model is not to be trusted
 
     @classmethod
     def from_bytes(cls, blob: bytes, version: int) -> ServingModel:
@@ -77,15 +78,16 @@ class ServingModel:
 
     @property
     def takes_deltas(self) -> bool:
-        """Whether :meth:`apply_delta` can bring it to a later version (the default model)."""
-        return isinstance(self.model, ItemCooccurrence)
+        """Whether :meth:`apply_delta` can bring it to a later version (the default model, unless applying one
+        failed part-way)."""
+        return isinstance(self.model, ItemCooccurrence) and not self._half_applied
 
     def make_room_for_deltas(self) -> None:
         """Prepare to take deltas (:meth:`apply_delta`): the model's rows laid out in arrays of its own with room
         to grow (~0.2 s and a quarter more memory for the rows at 10M co-occurrence entries; otherwise the
         first delta pays it). Nothing for a model that takes no deltas."""
         if isinstance(self.model, ItemCooccurrence):
-            self.model.rows.make_room()
+            self.model.make_room_for_deltas()
 
     def apply_delta(self, header: dict[str, Any], arrays: dict[str, np.ndarray], version: int) -> None:
         """Become ``version`` by applying a delta made against the version served (decoded parts, several composed
@@ -99,7 +101,13 @@ class ServingModel:
             events_learned = int(header.get("events_learned", self.events_learned))
         except (TypeError, ValueError) as exc:
             raise CodecError(f"delta's events_learned is not a number: {exc}") from exc
-        popularity = cooccurrence_delta.apply_in_place(self.model, self._popularity, header, arrays)
+        if self._half_applied:
+            raise CodecError("a delta failed part-way on this model: it takes no more deltas (load a whole version)")
+        try:
+            popularity = cooccurrence_delta.apply_in_place(self.model, self._popularity, header, arrays)
+        except cooccurrence_delta.HalfApplied:
+            self._half_applied = True
+            raise
         self._popularity_ids.extend(header["ids_added"]["items"])
         self._popularity = popularity
         self._popular_order = None

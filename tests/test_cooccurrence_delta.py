@@ -316,10 +316,12 @@ def test_a_delta_that_does_not_fit_changes_nothing_in_place() -> None:
     ts = _feed(learner, rnd, 600, users=20, items=30, start=1.7e9)
     served = ServingModel.from_bytes(learner.to_bytes(), 1)
     served.make_room_for_deltas()
+    served.score("u1", [f"v{i}" for i in range(30)])  # some rows materialised: checked one by one
     delta.mark(learner)
     _feed(learner, rnd, 150, users=25, items=35, start=ts)
     header, arrays = codec.decode(_delta_blob(learner))
     before = served.model.to_state()
+    served_before = (list(served._popularity_ids), served._popularity.copy(), served.events_learned)
     in_place = int(np.flatnonzero(arrays["entry_slots"] == 0)[0])  # slot 0 of a row the base already had
     wrong_col = dict(arrays, entry_cols=arrays["entry_cols"].copy())
     wrong_col["entry_cols"][in_place] += 1
@@ -343,11 +345,16 @@ def test_a_delta_that_does_not_fit_changes_nothing_in_place() -> None:
         ({k: v for k, v in header.items() if k != "ids_added"}, arrays, "ids_added"),
         ({**header, "events_learned": "many"}, arrays, "events_learned"),
         (header, dict(arrays, mass=arrays["mass"].astype(str)), "other than numbers"),
+        (header, dict(arrays, entry_vals=arrays["entry_vals"].reshape(-1, 1)), "do not match"),  # one per entry
+        (header, dict(arrays, entry_cols=arrays["entry_cols"].astype(np.int64) + 2**32), "outside the model"),
+        ({**header, "ids_added": {**header["ids_added"], "items": "v99"}}, arrays, "list of strings"),
     ):
         with pytest.raises(CodecError, match=match):
             served.apply_delta(broken_header, broken, 2)
         after = served.model.to_state()
         assert after.ids == before.ids and served.version == 1
+        assert served._popularity_ids == served_before[0] and np.array_equal(served._popularity, served_before[1])
+        assert served.events_learned == served_before[2]
         for name, values in before.arrays.items():
             assert np.array_equal(after.arrays[name], values), (match, name)
     served.apply_delta(header, arrays, 2)  # the delta as made fits
@@ -362,3 +369,24 @@ def test_only_the_default_model_takes_deltas_in_place() -> None:
     served.make_room_for_deltas()  # nothing to do
     with pytest.raises(CodecError, match="takes no deltas"):
         served.apply_delta({"delta": delta.FORMAT}, {}, 2)
+
+
+def test_a_delta_that_fails_part_way_leaves_a_model_that_takes_no_more_deltas(monkeypatch) -> None:
+    rnd = random.Random(24)
+    learner = OnlineLearner(model=ItemCooccurrence(window=3))
+    ts = _feed(learner, rnd, 400, users=20, items=30, start=1.7e9)
+    served = ServingModel.from_bytes(learner.to_bytes(), 1)
+    delta.mark(learner)
+    _feed(learner, rnd, 100, users=25, items=35, start=ts)
+    header, arrays = codec.decode(_delta_blob(learner))
+
+    def out_of_memory(*_: object) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(item_cooccurrence.SparseRows, "set_entries", out_of_memory)  # after the ids and histories
+    with pytest.raises(delta.HalfApplied):
+        served.apply_delta(header, arrays, 2)
+    monkeypatch.undo()
+    assert not served.takes_deltas and served.version == 1
+    with pytest.raises(CodecError, match="failed part-way"):
+        served.apply_delta(header, arrays, 2)

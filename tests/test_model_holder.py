@@ -195,3 +195,45 @@ async def test_a_delta_that_does_not_fit_is_refused_and_the_served_version_stays
     await holder.refresh()  # no exception: logged, and v3 is not tried again
     assert holder.model.version == second and holder.refused_version == third
     assert holder.model.recommend("bob", 5, set()).source == "model"
+
+
+async def test_a_delta_refused_in_place_changes_nothing_and_one_failing_part_way_is_read_whole(
+    store: ModelStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    holder = ModelHolder(store, poll_seconds=60, load_share=1.0)
+    learner = OnlineLearner(model=ItemCooccurrence())
+    for k, item in enumerate("abc"):
+        learner.learn("ann", item, "like", None, None, 1.7e9 + k)
+    whole = await store.checkpoint(None, learner.to_bytes(), {}, {}, {})
+    assert whole is not None
+    cooccurrence_delta.mark(learner)
+    await holder.refresh()
+    served = holder.model
+    assert served is not None
+    # signed and made against the version served, but for a base of other sizes: refused where it is applied
+    learner.learn("bob", "a", "like", None, None, 1.8e9)
+    header, arrays = cooccurrence_delta.parts(learner, base_version=whole)  # type: ignore[misc]
+    header = {**header, "base_sizes": {"users": 7, "items": 7}}
+    bad = await store.checkpoint(whole, codec.encode(header, arrays), {}, {}, {}, base=whole)
+    assert bad is not None
+    await holder.refresh()
+    assert holder.model is served and served.version == whole and holder.refused_version == bad
+    assert served.recommend("bob", 5, set()).source == "popular"  # nothing of the refused delta was applied
+    # a right delta against the version served, which fails part-way in place (as out of memory would)
+    learner.learn("cid", "b", "like", None, None, 1.8e9 + 1)
+    made = cooccurrence_delta.parts(learner, base_version=whole)
+    assert made is not None
+    third = await store.checkpoint(bad, codec.encode(*made), {}, {}, {}, base=whole)  # made after v2, against v1
+    assert third is not None
+
+    def fail(*_: object) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(type(served.model.rows), "set_entries", fail)  # type: ignore[attr-defined]
+    await holder.refresh()
+    monkeypatch.undo()
+    # read whole instead (its chain down to v1), and built anew: what a whole load of the learner serves
+    assert holder.model is not served and holder.model.version == third and not served.takes_deltas
+    want = ServingModel.from_bytes(learner.to_bytes(), third)
+    for who in ("ann", "bob", "cid", "nobody"):
+        assert holder.model.recommend(who, 5, set()) == want.recommend(who, 5, set()), who
