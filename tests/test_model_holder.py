@@ -142,14 +142,7 @@ async def test_delta_versions_are_served_from_the_base_the_process_keeps(store: 
         return snapshot
 
     store.load = recording_load  # type: ignore[method-assign]
-    holder = ModelHolder(store, poll_seconds=60, load_share=1.0)
-    learner = OnlineLearner(model=ItemCooccurrence())
-    for k, item in enumerate("abcd"):
-        learner.learn("ann", item, "like", None, None, 1.7e9 + k)
-    whole = await store.checkpoint(None, learner.to_bytes(), {}, {}, {})
-    assert whole is not None
-    cooccurrence_delta.mark(learner)
-    await holder.refresh()
+    holder, learner, whole = await _serving_a_whole_version(store, "abcd")
     served = holder.model
     version = whole
     in_place_before = _loads("delta")
@@ -169,6 +162,19 @@ async def test_delta_versions_are_served_from_the_base_the_process_keeps(store: 
     await holder.refresh()
     assert holder.model.version == 2 and read[-1] == (2, whole, True) and holder.model is not served
     assert served.version == 4  # the model replaced was left as it was (requests in flight finish on it)
+
+
+async def _serving_a_whole_version(store: ModelStore, items: str) -> tuple[ModelHolder, OnlineLearner, int]:
+    """A holder serving the whole version of a learner that took ``items`` (marked: its next delta is against it)."""
+    holder = ModelHolder(store, poll_seconds=60, load_share=1.0)
+    learner = OnlineLearner(model=ItemCooccurrence())
+    for k, item in enumerate(items):
+        learner.learn("ann", item, "like", None, None, 1.7e9 + k)
+    whole = await store.checkpoint(None, learner.to_bytes(), {}, {}, {})
+    assert whole is not None
+    cooccurrence_delta.mark(learner)
+    await holder.refresh()
+    return holder, learner, whole
 
 
 def _loads(how: str) -> float:
@@ -200,14 +206,7 @@ async def test_a_delta_that_does_not_fit_is_refused_and_the_served_version_stays
 async def test_a_delta_refused_in_place_changes_nothing_and_one_failing_part_way_is_read_whole(
     store: ModelStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    holder = ModelHolder(store, poll_seconds=60, load_share=1.0)
-    learner = OnlineLearner(model=ItemCooccurrence())
-    for k, item in enumerate("abc"):
-        learner.learn("ann", item, "like", None, None, 1.7e9 + k)
-    whole = await store.checkpoint(None, learner.to_bytes(), {}, {}, {})
-    assert whole is not None
-    cooccurrence_delta.mark(learner)
-    await holder.refresh()
+    holder, learner, whole = await _serving_a_whole_version(store, "abc")
     served = holder.model
     assert served is not None
     # signed and made against the version served, but for a base of other sizes: refused where it is applied
