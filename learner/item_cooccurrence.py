@@ -321,7 +321,7 @@ class SparseRows:
                     row_vals.append(val)  # type: ignore[union-attr]
         if not lazy.any():
             return
-        self._own_pool()
+        self.make_room()
         pool_rows, pool_lengths = touched[lazy], lengths[lazy]
         new_lengths = np.maximum(pool_lengths, slots[ends[lazy] - 1] + 1)
         moving = new_lengths > self._base_cap[pool_rows]
@@ -336,10 +336,12 @@ class SparseRows:
             self._lay_out()
 
     def make_room(self) -> None:
-        """Lay the rows out now in a pool of this object's own, with room in each for a quarter more, as the first
-        :meth:`set_entries` would (so that a process which loads a model to serve it pays it where it loads,
-        not while it serves)."""
-        self._own_pool()
+        """The pool as arrays of this object's own (the loaded ones are the snapshot's, or its caller's, with no
+        room in any row): laid out again once, with room in every row for a quarter more. The first
+        :meth:`set_entries` does it; a process that loads a model to serve it calls it where it loads, so as not
+        to pay it while it serves."""
+        if not self._pool_owned:
+            self._lay_out()
 
     def add_lazy_rows(self, count: int) -> None:
         """Append ``count`` empty rows held in the pool (a served model's new items), not materialised."""
@@ -360,12 +362,6 @@ class SparseRows:
         self._base_start[n:size] = self._pool_end
         self._base_len[n:size] = 0
         self._base_cap[n:size] = 0
-
-    def _own_pool(self) -> None:
-        """The pool as arrays of this object's own (the loaded ones are the snapshot's, or its caller's, with no
-        room in any row): laid out again once, with room in every row."""
-        if not self._pool_owned:
-            self._lay_out()
 
     def _move(self, rows: np.ndarray, lengths: np.ndarray, new_lengths: np.ndarray) -> None:
         """Move ``rows`` (now ``lengths`` long) to the pool's end, with room for ``new_lengths`` and half again."""
