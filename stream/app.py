@@ -26,11 +26,11 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import faust
-from aiokafka.partitioner import DefaultPartitioner
 
 from recstream import components, metrics
 from recstream.heap_trim import HeapTrimmer
 from recstream.settings import Settings
+from stream.dead_letters import BATCH_BYTES, DeadLetterSender, dead_letter_partition
 from stream.kafka_consumer import use_fetch_limits
 from stream.processor import QUARANTINED, REJECTED, EventProcessor, Record, overrides_from_headers
 
@@ -42,19 +42,6 @@ RETRY_FIRST_SECONDS = 0.5  # first wait after a failed checkpoint (or batch, or 
 RETRY_MAX_SECONDS = 5.0  # …doubling up to this
 #: Producer linger (faust producer_linger): see create_app.
 DEAD_LETTER_LINGER_SECONDS = 0.005
-
-
-_KEYED = DefaultPartitioner()
-
-
-def dead_letter_partition(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
-    """The worker producer's partitioner (its only messages are dead letters): the one partition of a one-partition
-    topic, as recstream creates the dead-letter topics, without hashing the key; else Kafka's default (murmur2 of
-    the key). aiokafka's murmur2 is pure Python, ~4 us a letter, ~2% of the worker's time when the gate holds a
-    quarter of the stream."""
-    if len(all_partitions) == 1:
-        return all_partitions[0]
-    return _KEYED(key, all_partitions, available)
 
 
 class Backoff:
@@ -204,6 +191,7 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
         # of linger sends a burst of held events in a few requests instead of one each (the broker's CPU too).
         producer_linger=DEAD_LETTER_LINGER_SECONDS,
         producer_partitioner=dead_letter_partition,
+        producer_max_batch_size=BATCH_BYTES,  # a chunk's letters in one record batch (stream.dead_letters)
         broker_credentials=components.faust_broker_credentials(settings),
     )
     use_fetch_limits(app, settings.broker_fetch_max_wait_seconds, settings.broker_fetch_min_bytes)
@@ -215,15 +203,15 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
     redis = components.redis_client(settings)
     store = components.model_store(settings, redis, bulk=True)
 
-    producer: Any = None  # the app's, once started by the first dead letter
+    started: Any = None  # Faust's producer, once started by the first dead letter
 
-    async def dead_letter(kind: str, key: bytes | None, value: bytes) -> Any:
-        # Straight to the producer, not through a faust Topic (its channel, schema and message objects cost
-        # several times the producer's own work per letter). The returned delivery is awaited at the checkpoint.
-        nonlocal producer
-        if producer is None:
-            producer = await app.maybe_start_producer()
-        return await producer.send(dead_letter_topics[kind], key, value, None, None, None)
+    async def letters_producer() -> Any:
+        # Straight to aiokafka's producer (Faust's), not through a faust Topic (its channel, schema and message
+        # objects cost several times the producer's own work per letter).
+        nonlocal started
+        if started is None:
+            started = await app.maybe_start_producer()
+        return started._ensure_producer()
 
     async def flush() -> None:
         await app.producer.flush()
@@ -235,7 +223,7 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
         store=store,
         new_learner=lambda: components.new_learner(settings),
         learner_from_bytes=lambda blob: components.learner_from_bytes(settings, blob),
-        dead_letter=dead_letter,
+        dead_letters=DeadLetterSender(letters_producer, dead_letter_topics),
         flush=flush,
         ack=ack,
         gate=components.quality_gate(settings),

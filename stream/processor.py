@@ -23,7 +23,7 @@ import socket
 import time
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import islice
@@ -47,10 +47,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Sends (topic kind, key, value); returns the delivery (the producer's future, checked at the checkpoint: it fails
-#: if the letter was not delivered), or None when there is nothing to wait for.
-DeadLetter = Callable[[str, bytes | None, bytes], Awaitable["asyncio.Future[Any] | None"]]
-Letter = tuple[str, bytes | None, bytes]
+Letter = tuple[str, bytes | None, bytes]  # (topic kind, key, value)
+#: Sends letters, in order; returns each one's delivery (the producer's future, checked at the checkpoint: it fails
+#: if the letter was not delivered; letters sent in one record batch share it), or None when there is nothing to
+#: wait for (stream.dead_letters.DeadLetterSender).
+DeadLetters = Callable[[Sequence[Letter]], Awaitable[Sequence["asyncio.Future[Any] | None"]]]
 Flush = Callable[[], Awaitable[Any]]
 
 REJECTED = "rejected"
@@ -229,7 +230,7 @@ class EventProcessor:
         store: ModelStore,
         new_learner: Callable[[], OnlineLearner],
         learner_from_bytes: Callable[[bytes], OnlineLearner],
-        dead_letter: DeadLetter,
+        dead_letters: DeadLetters,
         flush: Flush,
         ack: Callable[[Any], Any],
         gate: QualityGate | None = None,
@@ -247,7 +248,7 @@ class EventProcessor:
         self.store = store
         self._new_learner = new_learner
         self._learner_from_bytes = learner_from_bytes
-        self._dead_letter = dead_letter
+        self._dead_letters = dead_letters
         self.gate = gate
         self.guard = guard
         self.clock = clock
@@ -600,35 +601,51 @@ class EventProcessor:
     async def _handle_chunk(
         self, record: Record, chunk: list[Decoded], verdicts: list[Hold | None], known: set[str]
     ) -> None:
-        """Handle a chunk's events in order (:meth:`_handle`), sending the dead letters they need.
+        """Handle a chunk's events in order (:meth:`_handle`), then send the dead letters they need, together.
 
-        The learned-event counter and the freshness histogram are updated once for the chunk
-        (also when an event fails half-way: what was learned before it is counted).
+        The learned-event counter, the held-event counters and the freshness histogram are updated
+        once for the chunk (also when an event fails half-way: what was handled before it is
+        counted). If an event fails half-way, the chunk's letters are not sent: the record's retry
+        handles its events again (all but those learned), and makes their letters then.
         """
         pending = self._pending
         learned_before = pending.learned_since
         lags: list[float] = []
+        held: dict[str, int] = {}
+        letters: list[Letter] = []
         try:
             for decoded, verdict in zip(chunk, verdicts, strict=True):
-                letter = self._handle(record, decoded, verdict, known, lags)
+                letter = self._handle(record, decoded, verdict, known, lags, held)
                 if letter is not None:
-                    delivery = await self._dead_letter(*letter)
-                    if delivery is not None:
-                        pending.letters.append((delivery, letter))
-                        if len(pending.letters) >= pending.prune_at:
-                            pending.prune_delivered()
+                    letters.append(letter)
         finally:
             if pending.learned_since > learned_before:
                 metrics.EVENTS_LEARNED.inc(pending.learned_since - learned_before)
+            for reason, count in held.items():
+                metrics.EVENTS_QUARANTINED.labels(reason).inc(count)
             metrics.observe_many(metrics.EVENT_TO_LEARNED_SECONDS, lags)
+        if letters:
+            deliveries = await self._dead_letters(letters)
+            for delivery, letter in zip(deliveries, letters, strict=True):
+                if delivery is not None:
+                    pending.letters.append((delivery, letter))
+            if len(pending.letters) >= pending.prune_at:
+                pending.prune_delivered()
 
     def _handle(
-        self, record: Record, decoded: Decoded, verdict: Hold | None, known: set[str], lags: list[float]
+        self,
+        record: Record,
+        decoded: Decoded,
+        verdict: Hold | None,
+        known: set[str],
+        lags: list[float],
+        held: dict[str, int],
     ) -> Letter | None:
         """Reject, count as a duplicate, quarantine (the gate's verdict, or a paused model) or learn one event.
 
         Returns the dead letter to send (topic kind, key, payload), if any; a learned event's
-        freshness (seconds from its time to now) is appended to ``lags``.
+        freshness (seconds from its time to now) is appended to ``lags``, a held one is counted in
+        ``held`` by reason (for the metric, updated once per chunk).
         """
         learner = self.learner
         assert learner is not None
@@ -658,7 +675,7 @@ class EventProcessor:
             self._watch_while_paused(event)
         if hold is not None:
             pending.gate_counts[hold.reason] += 1
-            metrics.EVENTS_QUARANTINED.labels(hold.reason).inc()
+            held[hold.reason] = held.get(hold.reason, 0) + 1
             return QUARANTINED, record.key, quarantine_payload(record, event, hold.reason, hold.detail, index)
         if event.type in learner.rule.positive_types:
             self._sample_hit(event.user_id, event.item_id)
@@ -761,8 +778,8 @@ class EventProcessor:
         count, sent = len(pending.unsent), 0
         kinds = sorted({kind for kind, _, _ in pending.unsent})
         try:
-            for letter in pending.unsent:
-                delivery = await self._dead_letter(*letter)
+            for letter in pending.unsent:  # one at a time: a letter a batch could not carry goes alone
+                (delivery,) = await self._dead_letters([letter])
                 sent += 1
                 if delivery is not None:
                     pending.letters.append((delivery, letter))

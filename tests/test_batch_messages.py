@@ -89,7 +89,7 @@ async def test_a_retried_batch_is_not_counted_twice_by_the_gate(store: ModelStor
     batch.append(_event(2))  # a repeat within the batch: a duplicate of e2, never judged by the gate
     records = [Record("events", 0, 0, None, json.dumps(batch).encode(), handle=0)]
     with pytest.raises(ConnectionError):
-        await processor.process(records)  # fails at e5's dead letter, after learning e0..e4
+        await processor.process(records)  # fails at e5's dead letter, sent once the chunk is handled
     await processor.process(records)  # the retry
     await processor.checkpoint()
 
@@ -196,3 +196,26 @@ async def test_a_repeat_of_an_event_quarantined_while_paused_is_quarantined_too(
     reasons = [letter["reason"] for kind, letter in transport.dead_letters if kind == QUARANTINED]
     assert reasons == ["model_paused", "model_paused"]  # not learned, so the repeat is no duplicate
     assert DUPLICATE not in await store.gate_counts()
+
+
+async def test_a_chunks_dead_letters_are_sent_together_in_the_order_of_its_events(store: ModelStore) -> None:
+    """The letters of a chunk (up to 500 events) go to the sender in one call, once the chunk is handled, in the
+    order of the events they are for; a message of two chunks makes two calls."""
+    calls: list[list[tuple[str, int | None]]] = []
+
+    class Recording(Transport):
+        async def send_letters(self, letters: Any) -> list[Any]:
+            calls.append([(kind, json.loads(value).get("index")) for kind, _, value in letters])
+            return await super().send_letters(letters)
+
+    transport = Recording()
+    processor = transport.processor(store, gate=default_gate(GateConfig()))
+    await processor.start()
+    batch = [{**_event(n), "user_id": f"u{n % 350}", "item_id": f"v{n}"} for n in range(700)]
+    for n in (3, 8, 650):
+        batch[n] = {**batch[n], "ts": iso(3 * 86_400)}  # held (future_timestamp)
+    batch[5] = {k: v for k, v in batch[5].items() if k != "user_id"}  # refused
+    await processor.process([Record("events", 0, 0, None, json.dumps(batch).encode(), handle=0)])
+    assert calls == [[(QUARANTINED, 3), (REJECTED, 5), (QUARANTINED, 8)], [(QUARANTINED, 650)]]
+    await processor.checkpoint()
+    assert processor.learner.events_learned == 696 and transport.acked == [0]

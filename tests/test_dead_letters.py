@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import DefaultPartitioner
 
-import stream.app
+import stream.dead_letters
 from recstream.settings import Settings
-from stream.app import create_app, dead_letter_partition
-from stream.processor import DEAD_LETTER_PAYLOAD_BYTES, Record, _now_iso, rejection_payload
+from stream.app import create_app
+from stream.dead_letters import DeadLetterSender, dead_letter_partition
+from stream.processor import (
+    DEAD_LETTER_PAYLOAD_BYTES,
+    QUARANTINED,
+    REJECTED,
+    Record,
+    _now_iso,
+    rejection_payload,
+)
+from tests.conftest import Endpoint
+from tests.kafka_io import bootstrap
 
 
 def _letter(value: bytes) -> dict:
@@ -54,7 +69,7 @@ def test_a_dead_letter_to_a_one_partition_topic_is_not_hashed_and_otherwise_goes
         raise AssertionError("a one-partition topic needs no hash of the key")
 
     with monkeypatch.context() as patched:
-        patched.setattr(stream.app, "_KEYED", no_hashing)
+        patched.setattr(stream.dead_letters, "_KEYED", no_hashing)
         assert dead_letter_partition(b"user-1", [0], [0]) == 0
         assert dead_letter_partition(b"user-1", [3], []) == 3
     for key in (b"u1", b"user-42", b"x" * 50, None):
@@ -83,3 +98,67 @@ def test_a_letters_time_is_exact_to_the_millisecond() -> None:
         deadline = time.monotonic() + 1.0
         while datetime.now(UTC) < after + timedelta(milliseconds=3) and time.monotonic() < deadline:
             pass  # a few milliseconds later, the next letter's time has moved with the clock
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+async def test_letters_go_out_in_record_batches_in_order_each_to_its_partition(broker_endpoint: Endpoint) -> None:
+    """A real broker: letters to a one-partition topic and to a keyed three-partition one, more bytes than one batch
+    holds. Every letter arrives, in order within its partition, where the worker's partitioner puts it; the letters of
+    a batch share its delivery, so there are far fewer deliveries than letters."""
+    run = uuid.uuid4().hex[:8]
+    topics = {QUARANTINED: f"dl-q-{run}", REJECTED: f"dl-r-{run}"}
+    address = bootstrap(broker_endpoint.url)
+    admin = AIOKafkaAdminClient(bootstrap_servers=address)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topics[QUARANTINED], 1, 1), NewTopic(topics[REJECTED], 3, 1)])
+    finally:
+        await admin.close()
+    # the worker's partitioner; small batches, so that the letters need several
+    producer = AIOKafkaProducer(
+        bootstrap_servers=address, acks="all", linger_ms=5, max_batch_size=4096, partitioner=dead_letter_partition
+    )
+
+    async def started() -> AIOKafkaProducer:
+        return producer
+
+    letters: list[tuple[str, bytes | None, bytes]] = []
+    for n in range(120):
+        kind = REJECTED if n % 4 == 0 else QUARANTINED
+        letters.append((kind, f"user-{n % 7}".encode(), json.dumps({"n": n, "pad": "x" * 200}).encode()))
+    await producer.start()
+    try:
+        deliveries = await DeadLetterSender(started, topics)(letters)
+        await asyncio.wait_for(asyncio.gather(*deliveries), 30)
+    finally:
+        await producer.stop()
+
+    assert len(deliveries) == len(letters) and all(d.done() and d.exception() is None for d in deliveries)
+    distinct = {id(d) for d in deliveries}
+    assert 2 < len(distinct) < len(letters) // 4  # batched, and more than one batch for the quarantine topic
+
+    keyed = DefaultPartitioner()
+    expected: dict[tuple[str, int], list[bytes]] = {}
+    for kind, key, value in letters:
+        partition = 0 if kind == QUARANTINED else keyed(key, [0, 1, 2], [0, 1, 2])
+        expected.setdefault((topics[kind], partition), []).append(value)
+    got = await _read_partitions(address, list(topics.values()), len(letters))
+    assert got == expected
+
+
+async def _read_partitions(address: str, topics: list[str], expected: int) -> dict[tuple[str, int], list[bytes]]:
+    """Every message of ``topics`` by (topic, partition), in offset order; until ``expected`` arrived or 30 s."""
+    consumer = AIOKafkaConsumer(
+        *topics, bootstrap_servers=address, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    found: dict[tuple[str, int], list[bytes]] = {}
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while sum(map(len, found.values())) < expected and asyncio.get_running_loop().time() < deadline:
+            for tp, messages in (await consumer.getmany(timeout_ms=200)).items():
+                found.setdefault((tp.topic, tp.partition), []).extend(m.value for m in messages)
+    finally:
+        await consumer.stop()
+    return found

@@ -26,6 +26,7 @@ from learner.gate.plausibility import LikeWithoutViewRule
 from learner.gate.time_rules import FutureTimestampRule
 from tests.clock import iso
 from tests.gate_recorder import Recorder
+from tests.transport import letters_one_by_one
 
 if TYPE_CHECKING:
     from stream.processor import EventProcessor
@@ -241,7 +242,7 @@ async def _started_processor(
         store=_Store(),  # type: ignore[arg-type]
         new_learner=lambda: components.new_learner(settings),
         learner_from_bytes=lambda blob: components.learner_from_bytes(settings, blob),
-        dead_letter=dead_letter,
+        dead_letters=letters_one_by_one(dead_letter),
         flush=flush,
         ack=lambda handle: None,  # noqa: ARG005
         gate=gate,

@@ -4,11 +4,12 @@ processor records directly (Kafka plays no part in what they test; Redis is real
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from learner.online_learner import OnlineLearner
 from store.model_store import ModelStore
-from stream.processor import EventProcessor, Record
+from stream.processor import DeadLetters, EventProcessor, Letter, Record
 
 
 class Transport:
@@ -21,6 +22,10 @@ class Transport:
 
     async def dead_letter(self, kind: str, _key: bytes | None, value: bytes) -> None:
         self.dead_letters.append((kind, json.loads(value)))
+
+    async def send_letters(self, letters: Sequence[Letter]) -> list[Any]:
+        """The processor's ``dead_letters``: each letter through :meth:`dead_letter`, in order."""
+        return await letters_one_by_one(self.dead_letter)(letters)
 
     async def flush(self) -> None:
         return None
@@ -45,8 +50,18 @@ class Transport:
         return EventProcessor(
             store=store,
             learner_from_bytes=OnlineLearner.from_bytes,
-            dead_letter=self.dead_letter,
+            dead_letters=self.send_letters,
             flush=self.flush,
             ack=self.ack,
             **options,
         )
+
+
+def letters_one_by_one(send: Callable[[str, bytes | None, bytes], Awaitable[Any]]) -> DeadLetters:
+    """A processor's ``dead_letters`` that hands each letter to ``send(kind, key, value)`` in turn (its result is the
+    letter's delivery)."""
+
+    async def send_all(letters: Sequence[Letter]) -> list[Any]:
+        return [await send(*letter) for letter in letters]
+
+    return send_all
