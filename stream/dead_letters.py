@@ -24,9 +24,11 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from stream.processor import Letter
 
-#: Most bytes of letters in one record batch: the topics' default ``max.message.bytes`` (1 MiB) with room to spare
-#: (a letter alone may exceed it: an empty batch takes any one letter, see aiokafka's BatchBuilder).
-BATCH_BYTES = 512 * 1024
+#: Most bytes of letters in one record batch (a letter alone may exceed it: an empty batch takes any one letter, see
+#: aiokafka's BatchBuilder). A chunk's letters fit in one (500 held events of ~500 bytes), and it is well under the
+#: dead-letter topics' ``max.message.bytes`` (1 MiB by default); a topic set below it refuses a full batch, whose
+#: letters are then sent again one by one, and that checkpoint is retried (docs/operations.md).
+BATCH_BYTES = 256 * 1024
 
 _KEYED = DefaultPartitioner()
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.partitioner import DefaultPartitioner
 
 import stream.dead_letters
@@ -162,3 +163,38 @@ async def _read_partitions(address: str, topics: list[str], expected: int) -> di
     finally:
         await consumer.stop()
     return found
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+async def test_a_batch_over_the_topics_size_limit_is_refused_whole_and_its_letters_pass_alone(
+    broker_endpoint: Endpoint,
+) -> None:
+    """A dead-letter topic whose max.message.bytes is below a batch but above a letter: the batch's delivery fails
+    (what the checkpoint then finds), and each letter sent again alone, as the processor does, is delivered."""
+    topic = f"dl-small-{uuid.uuid4().hex[:8]}"
+    address = bootstrap(broker_endpoint.url)
+    admin = AIOKafkaAdminClient(bootstrap_servers=address)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": "2000"})])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=address, acks="all", linger_ms=5, partitioner=dead_letter_partition)
+
+    async def started() -> AIOKafkaProducer:
+        return producer
+
+    send = DeadLetterSender(started, {QUARANTINED: topic})
+    letters = [(QUARANTINED, b"u", json.dumps({"n": n, "pad": "x" * 400}).encode()) for n in range(10)]
+    await producer.start()
+    try:
+        together = await send(letters)
+        assert len({id(d) for d in together}) == 1
+        with pytest.raises(MessageSizeTooLargeError):
+            await asyncio.wait_for(together[0], 30)
+        alone = [(await send([letter]))[0] for letter in letters]
+        await asyncio.wait_for(asyncio.gather(*alone), 30)
+    finally:
+        await producer.stop()
+    assert (await _read_partitions(address, [topic], len(letters)))[(topic, 0)] == [value for _, _, value in letters]
