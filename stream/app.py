@@ -30,7 +30,7 @@ import faust
 from recstream import components, metrics
 from recstream.heap_trim import HeapTrimmer
 from recstream.settings import Settings
-from stream.dead_letters import BATCH_BYTES, DeadLetterSender, dead_letter_partition
+from stream.dead_letters import BATCH_BYTES, DeadLetterSender
 from stream.kafka_consumer import use_fetch_limits
 from stream.processor import QUARANTINED, REJECTED, EventProcessor, Record, overrides_from_headers
 
@@ -40,8 +40,6 @@ TAKE_WITHIN_SECONDS = 0.05
 IDLE_TICK_MAX_SECONDS = 0.2
 RETRY_FIRST_SECONDS = 0.5  # first wait after a failed checkpoint (or batch, or start)…
 RETRY_MAX_SECONDS = 5.0  # …doubling up to this
-#: Producer linger (faust producer_linger): see create_app.
-DEAD_LETTER_LINGER_SECONDS = 0.005
 
 
 class Backoff:
@@ -187,11 +185,9 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
         broker_rebalance_timeout=settings.broker_session_timeout,
         stream_wait_empty=False,
         producer_acks=-1,
-        # Dead letters are the worker's only messages, flushed before each checkpoint acks its offsets: a few ms
-        # of linger sends a burst of held events in a few requests instead of one each (the broker's CPU too).
-        producer_linger=DEAD_LETTER_LINGER_SECONDS,
-        producer_partitioner=dead_letter_partition,
-        producer_max_batch_size=BATCH_BYTES,  # a chunk's letters in one record batch (stream.dead_letters)
+        # Dead letters are the worker's only messages: stream.dead_letters.DeadLetterSender builds their record
+        # batches itself (partition, linger), up to this size.
+        producer_max_batch_size=BATCH_BYTES,
         broker_credentials=components.faust_broker_credentials(settings),
     )
     use_fetch_limits(app, settings.broker_fetch_max_wait_seconds, settings.broker_fetch_min_bytes)
@@ -213,8 +209,7 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
             started = await app.maybe_start_producer()
         return started._ensure_producer()
 
-    async def flush() -> None:
-        await app.producer.flush()
+    letters = DeadLetterSender(letters_producer, dead_letter_topics)
 
     def ack(event: Any) -> None:
         event.ack()
@@ -223,8 +218,8 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
         store=store,
         new_learner=lambda: components.new_learner(settings),
         learner_from_bytes=lambda blob: components.learner_from_bytes(settings, blob),
-        dead_letters=DeadLetterSender(letters_producer, dead_letter_topics),
-        flush=flush,
+        dead_letters=letters,
+        flush=letters.flush,
         ack=ack,
         gate=components.quality_gate(settings),
         guard=components.model_guard(settings),

@@ -765,7 +765,7 @@ class EventProcessor:
             try:
                 if delivery.cancelled():  # (awaiting it would raise CancelledError, as if this task were cancelled)
                     raise DeadLettersUndelivered("its delivery was cancelled")
-                await delivery
+                await asyncio.shield(delivery)  # shared by a batch's letters: this task's cancellation leaves it be
             except Exception as exc:  # noqa: BLE001 - any error of the producer for this letter: send it again
                 error = exc
                 pending.unsent.append(letter)

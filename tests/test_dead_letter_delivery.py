@@ -11,6 +11,7 @@ import asyncio
 import json
 import re
 import uuid
+from typing import Any
 
 import httpx
 import pytest
@@ -22,7 +23,7 @@ from recstream import local_services
 from store.keys import Keys
 from store.model_store import ModelStore
 from store.signing import SnapshotSigner
-from stream.processor import LETTERS_PRUNE_AT, DeadLettersUndelivered
+from stream.processor import LETTERS_PRUNE_AT, DeadLettersUndelivered, Record
 from tests.clock import iso
 from tests.conftest import Endpoint, create_topics, make_env, wait_for
 from tests.kafka_io import CheckpointReader, bootstrap, produce, read_topic
@@ -181,5 +182,54 @@ async def test_delivered_letters_are_forgotten_before_the_checkpoint_and_a_refus
             await processor.checkpoint()  # the refused one, sent again
         assert await processor.checkpoint() is not None and len(sender.acked) == n
         assert sorted(json.loads(v)["offset"] for v in sender.delivered) == list(range(n))
+    finally:
+        await client.aclose()
+
+
+class SharedDelivery(Transport):
+    """Sends each call's letters as one batch with one delivery, settled by the test (as DeadLetterSender's is)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deliveries: list[asyncio.Future] = []
+        self.calls: list[int] = []
+
+    async def send_letters(self, letters: Any) -> list[Any]:
+        delivery = asyncio.get_running_loop().create_future()
+        self.deliveries.append(delivery)
+        self.calls.append(len(letters))
+        return [delivery] * len(letters)
+
+
+async def test_a_failed_batch_sends_each_of_its_letters_again_and_a_cancelled_checkpoint_leaves_it_pending(
+    redis_endpoint: Endpoint,
+) -> None:
+    client = aioredis.Redis.from_url(redis_endpoint.url)
+    try:
+        store = ModelStore(client, SnapshotSigner(b"k"), Keys(f"dl-{uuid.uuid4().hex[:8]}"))
+        sender = SharedDelivery()
+        processor = sender.processor(store)
+        await processor.start()
+        # one batch message with three refused elements: one chunk, one call, one shared delivery
+        await processor.process([Record("events", 0, 0, None, json.dumps([{"n": n} for n in range(3)]).encode(), 0)])
+        assert sender.calls == [3]
+        sender.deliveries[0].set_exception(RuntimeError("refused by the broker"))
+        with pytest.raises(DeadLettersUndelivered, match=r"3 dead letter.*3 sent again"):
+            await processor.checkpoint()
+        assert sender.calls == [3, 1, 1, 1] and sender.acked == []
+
+        # a checkpoint cancelled while it waits for the deliveries does not cancel them (each is shared by a batch)
+        waiting = asyncio.create_task(processor.checkpoint())
+        deadline = asyncio.get_running_loop().time() + 10
+        while not sender.deliveries[1]._callbacks and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)  # until the checkpoint waits on the first delivery
+        assert sender.deliveries[1]._callbacks and not waiting.done()
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert not any(d.done() for d in sender.deliveries[1:])
+        for delivery in sender.deliveries[1:]:
+            delivery.set_result(None)
+        assert await processor.checkpoint() is not None and sender.acked == [0] and sender.calls == [3, 1, 1, 1]
     finally:
         await client.aclose()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,7 +20,7 @@ from aiokafka.partitioner import DefaultPartitioner
 import stream.dead_letters
 from recstream.settings import Settings
 from stream.app import create_app
-from stream.dead_letters import DeadLetterSender, dead_letter_partition
+from stream.dead_letters import BATCH_BYTES, DeadLetterSender, dead_letter_partition
 from stream.processor import (
     DEAD_LETTER_PAYLOAD_BYTES,
     QUARANTINED,
@@ -80,11 +82,11 @@ def test_a_dead_letter_to_a_one_partition_topic_is_not_hashed_and_otherwise_goes
             assert dead_letter_partition(key, [0, 1, 2, 3], [2]) == 2  # no key: an available partition
 
 
-async def test_the_worker_producer_partitions_with_it() -> None:
+async def test_the_worker_producer_builds_batches_of_the_dead_letter_size() -> None:
     app, _ = create_app(Settings(broker_url="kafka://127.0.0.1:1"))
     producer = app.producer._new_producer()  # the aiokafka producer Faust makes (not started: no broker needed)
     try:
-        assert producer._partitioner is dead_letter_partition
+        assert producer._message_accumulator._batch_size == BATCH_BYTES
     finally:
         await producer.stop()
 
@@ -105,47 +107,89 @@ def test_a_letters_time_is_exact_to_the_millisecond() -> None:
 @pytest.mark.timeout(120)
 async def test_letters_go_out_in_record_batches_in_order_each_to_its_partition(broker_endpoint: Endpoint) -> None:
     """A real broker: letters to a one-partition topic and to a keyed three-partition one, more bytes than one batch
-    holds. Every letter arrives, in order within its partition, where the worker's partitioner puts it; the letters of
-    a batch share its delivery, so there are far fewer deliveries than letters."""
+    holds. Every letter arrives, in order within its partition, where Kafka's partitioner puts it by its key; the
+    letters of a batch share its delivery, so there are far fewer deliveries than letters."""
     run = uuid.uuid4().hex[:8]
     topics = {QUARANTINED: f"dl-q-{run}", REJECTED: f"dl-r-{run}"}
-    address = bootstrap(broker_endpoint.url)
-    admin = AIOKafkaAdminClient(bootstrap_servers=address)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topics[QUARANTINED], 1, 1), NewTopic(topics[REJECTED], 3, 1)])
-    finally:
-        await admin.close()
-    # the worker's partitioner; small batches, so that the letters need several
-    producer = AIOKafkaProducer(
-        bootstrap_servers=address, acks="all", linger_ms=5, max_batch_size=4096, partitioner=dead_letter_partition
-    )
-
-    async def started() -> AIOKafkaProducer:
-        return producer
-
+    address = await _topics(broker_endpoint, [NewTopic(topics[QUARANTINED], 1, 1), NewTopic(topics[REJECTED], 3, 1)])
     letters: list[tuple[str, bytes | None, bytes]] = []
     for n in range(120):
         kind = REJECTED if n % 4 == 0 else QUARANTINED
         letters.append((kind, f"user-{n % 7}".encode(), json.dumps({"n": n, "pad": "x" * 200}).encode()))
-    await producer.start()
-    try:
-        deliveries = await DeadLetterSender(started, topics)(letters)
+    async with _producer(address) as started:
+        send = DeadLetterSender(started, topics, batch_bytes=4096)  # small batches: the letters need several
+        deliveries = await send(letters[:60])
+        await asyncio.wait_for(asyncio.gather(*deliveries), 30)  # no flush: after their linger they go on their own
+        deliveries += await send(letters[60:])
+        await send.flush()
         await asyncio.wait_for(asyncio.gather(*deliveries), 30)
-    finally:
-        await producer.stop()
 
-    assert len(deliveries) == len(letters) and all(d.done() and d.exception() is None for d in deliveries)
+    assert len(deliveries) == len(letters) and all(d.exception() is None for d in deliveries)
     distinct = {id(d) for d in deliveries}
-    assert 2 < len(distinct) < len(letters) // 4  # batched, and more than one batch for the quarantine topic
+    assert 4 < len(distinct) < len(letters) // 4  # batched, and more than one batch for the quarantine topic
 
     keyed = DefaultPartitioner()
     expected: dict[tuple[str, int], list[bytes]] = {}
     for kind, key, value in letters:
         partition = 0 if kind == QUARANTINED else keyed(key, [0, 1, 2], [0, 1, 2])
         expected.setdefault((topics[kind], partition), []).append(value)
-    got = await _read_partitions(address, list(topics.values()), len(letters))
-    assert got == expected
+    assert await _read_partitions(address, list(topics.values()), len(letters)) == expected
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+async def test_batches_over_a_topics_size_limit_are_refused_and_smaller_ones_carry_the_letters_sent_again(
+    broker_endpoint: Endpoint,
+) -> None:
+    """A dead-letter topic whose max.message.bytes is below a batch but above a letter: the batch's delivery fails
+    (what the checkpoint finds), the sender halves its batch size for the topic, and the letters sent again, as the
+    checkpoint does until they are delivered, all arrive, each once."""
+    topic = f"dl-small-{uuid.uuid4().hex[:8]}"
+    address = await _topics(broker_endpoint, [NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": "2000"})])
+    letters = [(QUARANTINED, b"u", json.dumps({"n": n, "pad": "x" * 400}).encode()) for n in range(10)]
+    refusals = 0
+    async with _producer(address) as started:
+        send = DeadLetterSender(started, {QUARANTINED: topic})
+        waiting = letters
+        for _ in range(12):  # the checkpoint's attempts
+            deliveries = await send(waiting)
+            await send.flush()
+            outcomes = await asyncio.wait_for(asyncio.gather(*deliveries, return_exceptions=True), 30)
+            refused = [isinstance(o, MessageSizeTooLargeError) for o in outcomes]
+            refusals += sum(refused)
+            waiting = [letter for letter, again in zip(waiting, refused, strict=True) if again]
+            if not waiting:
+                break
+    assert refusals >= len(letters)  # the first batch held them all
+    assert not waiting and send.batch_bytes[topic] < 2000
+    got = (await _read_partitions(address, [topic], len(letters)))[(topic, 0)]
+    assert sorted(got) == sorted(value for _, _, value in letters)
+
+
+async def _topics(broker: Endpoint, topics: list[NewTopic]) -> str:
+    address = bootstrap(broker.url)
+    admin = AIOKafkaAdminClient(bootstrap_servers=address)
+    await admin.start()
+    try:
+        await admin.create_topics(topics)
+    finally:
+        await admin.close()
+    return address
+
+
+@contextlib.asynccontextmanager
+async def _producer(address: str) -> AsyncIterator[Callable[[], Awaitable[AIOKafkaProducer]]]:
+    """A started producer configured as the worker's (acks from every replica), as DeadLetterSender takes it."""
+    producer = AIOKafkaProducer(bootstrap_servers=address, acks="all")
+    await producer.start()
+
+    async def started() -> AIOKafkaProducer:
+        return producer
+
+    try:
+        yield started
+    finally:
+        await producer.stop()
 
 
 async def _read_partitions(address: str, topics: list[str], expected: int) -> dict[tuple[str, int], list[bytes]]:
@@ -163,38 +207,3 @@ async def _read_partitions(address: str, topics: list[str], expected: int) -> di
     finally:
         await consumer.stop()
     return found
-
-
-@pytest.mark.integration
-@pytest.mark.timeout(120)
-async def test_a_batch_over_the_topics_size_limit_is_refused_whole_and_its_letters_pass_alone(
-    broker_endpoint: Endpoint,
-) -> None:
-    """A dead-letter topic whose max.message.bytes is below a batch but above a letter: the batch's delivery fails
-    (what the checkpoint then finds), and each letter sent again alone, as the processor does, is delivered."""
-    topic = f"dl-small-{uuid.uuid4().hex[:8]}"
-    address = bootstrap(broker_endpoint.url)
-    admin = AIOKafkaAdminClient(bootstrap_servers=address)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": "2000"})])
-    finally:
-        await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=address, acks="all", linger_ms=5, partitioner=dead_letter_partition)
-
-    async def started() -> AIOKafkaProducer:
-        return producer
-
-    send = DeadLetterSender(started, {QUARANTINED: topic})
-    letters = [(QUARANTINED, b"u", json.dumps({"n": n, "pad": "x" * 400}).encode()) for n in range(10)]
-    await producer.start()
-    try:
-        together = await send(letters)
-        assert len({id(d) for d in together}) == 1
-        with pytest.raises(MessageSizeTooLargeError):
-            await asyncio.wait_for(together[0], 30)
-        alone = [(await send([letter]))[0] for letter in letters]
-        await asyncio.wait_for(asyncio.gather(*alone), 30)
-    finally:
-        await producer.stop()
-    assert (await _read_partitions(address, [topic], len(letters)))[(topic, 0)] == [value for _, _, value in letters]
