@@ -282,7 +282,7 @@ def _run_part_in_this_environment(part: str, args: argparse.Namespace, services)
     if part == "memory":
         from bench import memory
 
-        return memory.run(args.memory_ids, TimeBudget(120, part))
+        return memory.run(args.memory_ids, TimeBudget(300, part))
     if part == "replay":
         from bench import replay
 
