@@ -120,9 +120,11 @@ async def test_letters_go_out_in_record_batches_in_order_each_to_its_partition(b
         send = DeadLetterSender(started, topics, batch_bytes=4096)  # small batches: the letters need several
         deliveries = await send(letters[:60])
         await asyncio.wait_for(asyncio.gather(*deliveries), 30)  # no flush: after their linger they go on their own
-        deliveries += await send(letters[60:])
-        await send.flush()
-        await asyncio.wait_for(asyncio.gather(*deliveries), 30)
+        send = DeadLetterSender(started, topics, linger=3600.0, batch_bytes=4096)
+        later = await send(letters[60:])
+        await send.flush()  # the open batches go now, and the flush waits for their answers
+        assert all(d.done() for d in later)
+        deliveries += later
 
     assert len(deliveries) == len(letters) and all(d.exception() is None for d in deliveries)
     distinct = {id(d) for d in deliveries}
