@@ -114,7 +114,7 @@ class DeadLetterSender:
         return deliveries
 
     async def flush(self) -> None:
-        """Send every open batch, then wait until the producer has sent everything (not for the answers)."""
+        """Send every open batch, then wait for the producer's flush (every batch sent and answered)."""
         if not self._used:
             return
         for where, batch in list(self._open.items()):

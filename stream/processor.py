@@ -601,7 +601,7 @@ class EventProcessor:
     async def _handle_chunk(
         self, record: Record, chunk: list[Decoded], verdicts: list[Hold | None], known: set[str]
     ) -> None:
-        """Handle a chunk's events in order (:meth:`_handle`), then send the dead letters they need, together.
+        """Handle a chunk's events in order (:meth:`_handle`), then hand the dead letters they need to the sender.
 
         The learned-event counter, the held-event counters and the freshness histogram are updated
         once for the chunk (also when an event fails half-way: what was handled before it is
