@@ -34,7 +34,7 @@ from stream.processor import Letter
 #: letter, however large). A chunk's letters fit in one (500 held events of ~500 bytes), well under the dead-letter
 #: topics' ``max.message.bytes`` (1 MiB by default).
 BATCH_BYTES = 256 * 1024
-#: How long a batch waits for more letters after its first (aiokafka's linger, for batches it builds itself).
+#: How long a batch waits for more letters after its first (as aiokafka's linger does for the batches it builds).
 LINGER_SECONDS = 0.005
 #: A record's bytes in a batch beyond its key and value (varint lengths, offsets, timestamp, headers count): an upper
 #: bound, for the halved batch sizes.

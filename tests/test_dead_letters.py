@@ -195,7 +195,8 @@ async def _producer(address: str) -> AsyncIterator[Callable[[], Awaitable[AIOKaf
 
 
 async def _read_partitions(address: str, topics: list[str], expected: int) -> dict[tuple[str, int], list[bytes]]:
-    """Every message of ``topics`` by (topic, partition), in offset order; until ``expected`` arrived or 30 s."""
+    """Every message of ``topics`` by (topic, partition), in offset order; until ``expected`` arrived or 30 s. Checks
+    that nothing else is in them: each partition's end offset is the number of messages read from it (new topics)."""
     consumer = AIOKafkaConsumer(
         *topics, bootstrap_servers=address, auto_offset_reset="earliest", enable_auto_commit=False
     )
@@ -206,6 +207,10 @@ async def _read_partitions(address: str, topics: list[str], expected: int) -> di
         while sum(map(len, found.values())) < expected and asyncio.get_running_loop().time() < deadline:
             for tp, messages in (await consumer.getmany(timeout_ms=200)).items():
                 found.setdefault((tp.topic, tp.partition), []).extend(m.value for m in messages)
+        ends = await consumer.end_offsets(list(consumer.assignment()))
+        assert {(tp.topic, tp.partition): end for tp, end in ends.items() if end} == {
+            where: len(values) for where, values in found.items()
+        }
     finally:
         await consumer.stop()
     return found
