@@ -33,10 +33,11 @@ from recstream.settings import Settings
 from stream.dead_letters import BATCH_BYTES, DeadLetterSender
 from stream.kafka_consumer import use_fetch_limits
 from stream.processor import QUARANTINED, REJECTED, EventProcessor, Record, overrides_from_headers
+from stream.take import take_ready
 
 log = logging.getLogger(__name__)
 
-TAKE_WITHIN_SECONDS = 0.05
+TAKE_LINGER_SECONDS = 0.005  # a batch waits this long for company (stream/take.py); the fetch limits gather the rest
 IDLE_TICK_MAX_SECONDS = 0.2
 RETRY_FIRST_SECONDS = 0.5  # first wait after a failed checkpoint (or batch, or start)…
 RETRY_MAX_SECONDS = 5.0  # …doubling up to this
@@ -269,7 +270,7 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
         with contextlib.suppress(KeyError):
             app.sensors.remove(app.monitor)
         try:
-            async for batch in stream.take_events(settings.batch_max_events, within=TAKE_WITHIN_SECONDS):
+            async for batch in take_ready(stream, settings.batch_max_events, TAKE_LINGER_SECONDS):
                 records = []
                 for event in batch:
                     event.message.incref()  # released by processor.checkpoint()

@@ -1,0 +1,114 @@
+"""The worker takes a batch as soon as the stream has what was delivered to it (stream/take.py says why).
+
+The batches come from a Faust stream over one of Faust's in-memory channels: the stream, its processors, its passive
+drain and its events are Faust's own; only where the messages come from differs from the worker's topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import time
+from collections.abc import AsyncIterator
+
+import faust
+from faust.streams import Stream
+
+from stream.take import FAUST_TAKE_EVENTS_SHA256, take_ready
+
+
+async def _stream() -> tuple[faust.ChannelT, faust.StreamT]:
+    app = faust.App("take-test", broker="kafka://127.0.0.1:1")  # never connected: the channel is in memory
+    app.flow_control.resume()  # as a running worker's is: a channel's put waits while it is suspended
+    channel = app.channel(maxsize=1000)
+    stream = app.stream(aiter(channel))  # subscribed: what is sent from now on reaches the stream
+    await stream.maybe_start()
+    return channel, stream
+
+
+async def _send(channel: faust.ChannelT, values: range) -> None:
+    for value in values:
+        await channel.send(value=value)
+
+
+def _values(batch: list) -> list[int]:
+    return [event.value for event in batch]
+
+
+async def _close(batches: AsyncIterator[list], stream: faust.StreamT) -> None:
+    await batches.aclose()  # type: ignore[attr-defined]
+    await stream.stop()
+
+
+async def test_messages_delivered_while_a_batch_is_processed_are_taken_right_after_it() -> None:
+    channel, stream = await _stream()
+    linger = 0.4
+    batches = take_ready(stream, 100, linger)
+    try:
+        first = asyncio.ensure_future(anext(batches))
+        await _send(channel, range(3))
+        assert _values(await first) == [0, 1, 2]
+        # the first batch takes longer to process than the linger; meanwhile five more messages are delivered
+        await _send(channel, range(3, 8))
+        await asyncio.sleep(2.5 * linger)
+        resumed = time.monotonic()
+        second = await anext(batches)
+        waited = time.monotonic() - resumed
+        assert _values(second) == [3, 4, 5, 6, 7]
+        # they have waited since they reached the stream: no linger counted afresh from the end of the first batch
+        # (Faust's take_events waits its whole window here)
+        assert waited < linger / 2
+    finally:
+        await _close(batches, stream)
+
+
+async def test_a_batch_waits_the_linger_for_messages_that_trickle_in() -> None:
+    channel, stream = await _stream()
+    batches = take_ready(stream, 100, 0.5)
+    try:
+        first = asyncio.ensure_future(anext(batches))
+        await _send(channel, range(1))
+        await asyncio.sleep(0.1)
+        assert not first.done()  # the first message waits for company
+        await _send(channel, range(1, 3))
+        assert _values(await first) == [0, 1, 2]
+    finally:
+        await _close(batches, stream)
+
+
+async def test_a_full_batch_goes_at_once_and_never_holds_more_than_max() -> None:
+    channel, stream = await _stream()
+    batches = take_ready(stream, 3, 3600.0)  # only filling up can end a batch this test waits for
+    try:
+        first = asyncio.ensure_future(anext(batches))
+        await _send(channel, range(7))
+        assert _values(await asyncio.wait_for(first, 30)) == [0, 1, 2]
+        assert _values(await asyncio.wait_for(anext(batches), 30)) == [3, 4, 5]
+    finally:
+        await _close(batches, stream)
+
+
+async def test_a_batch_is_acknowledged_once_the_next_is_asked_for() -> None:
+    channel, stream = await _stream()
+    batches = take_ready(stream, 2, 3600.0)
+    try:
+        first = asyncio.ensure_future(anext(batches))
+        await _send(channel, range(4))
+        taken = await asyncio.wait_for(first, 30)
+        for event in taken:  # the reference a topic's conductor holds for the stream (a channel's messages have none)
+            event.message.incref()
+        assert stream.enable_acks is False  # the taker acknowledges, not the stream
+        assert [event.message.acked for event in taken] == [False, False]  # held while the batch is processed
+        await asyncio.wait_for(anext(batches), 30)
+        assert [(event.message.refcount, event.message.acked) for event in taken] == [(0, True), (0, True)]
+    finally:
+        await _close(batches, stream)
+    assert stream.enable_acks is True  # restored when the taker ends
+
+
+def test_take_ready_follows_the_installed_fausts_take_events() -> None:
+    # take_ready is a copy of Faust's take_events but for when a batch is ready: a Faust whose take_events differs
+    # fails here, so that its changes are brought into the copy
+    source = inspect.getsource(inspect.unwrap(Stream.take_events))
+    assert hashlib.sha256(source.encode()).hexdigest() == FAUST_TAKE_EVENTS_SHA256
