@@ -13,8 +13,10 @@ import time
 from collections.abc import AsyncIterator
 
 import faust
+import pytest
 from faust.streams import Stream
 
+from stream import take
 from stream.take import FAUST_TAKE_EVENTS_SHA256, take_ready
 
 
@@ -59,6 +61,35 @@ async def test_messages_delivered_while_a_batch_is_processed_are_taken_right_aft
         # they have waited since they reached the stream: no linger counted afresh from the end of the first batch
         # (Faust's take_events waits its whole window here)
         assert waited < linger / 2
+    finally:
+        await _close(batches, stream)
+
+
+async def test_messages_queued_behind_a_full_batch_are_taken_right_after_it() -> None:
+    channel, stream = await _stream()
+    linger = 0.4
+    batches = take_ready(stream, 3, linger)
+    try:
+        first = asyncio.ensure_future(anext(batches))
+        await _send(channel, range(5))
+        assert _values(await first) == [0, 1, 2]  # full: at once
+        await asyncio.sleep(2.5 * linger)  # processed meanwhile; 3 and 4 wait in the stream's queue
+        resumed = time.monotonic()
+        second = await anext(batches)
+        assert _values(second) == [3, 4]
+        assert time.monotonic() - resumed < linger / 2  # their linger ran while they waited
+    finally:
+        await _close(batches, stream)
+
+
+async def test_a_batch_that_fills_while_the_stream_drains_goes_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(take, "DRAIN_WAIT_SECONDS", 3600.0)  # only filling up can end this drain wait
+    channel, stream = await _stream()
+    batches = take_ready(stream, 5, 0.0)  # no linger: the batch waits only for the stream to take what was delivered
+    try:
+        await _send(channel, range(8))  # more than a batch, already delivered
+        assert _values(await asyncio.wait_for(anext(batches), 30)) == [0, 1, 2, 3, 4]
+        assert _values(await asyncio.wait_for(anext(batches), 30)) == [5, 6, 7]
     finally:
         await _close(batches, stream)
 
