@@ -24,7 +24,7 @@ how batches form on Faust's own stream, not by source.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from faust.types import EventT, StreamT
@@ -40,7 +40,7 @@ DRAIN_WAIT_SECONDS = 0.05
 IDLE_WAIT_SECONDS = 1.0
 
 
-def take_ready(stream: StreamT, max_: int, linger: float) -> AsyncIterator[list[EventT]]:
+def take_ready(stream: StreamT, max_: int, linger: float) -> AsyncGenerator[list[EventT], None]:
     """Batches of at most ``max_`` events (module doc says when one is ready); like ``stream.take_events``."""
     agen = _take_ready(stream, max_, linger)
     active = getattr(stream, "_active_agens", None)
@@ -49,7 +49,7 @@ def take_ready(stream: StreamT, max_: int, linger: float) -> AsyncIterator[list[
     return agen
 
 
-async def _take_ready(stream: Any, max_: int, linger: float) -> AsyncIterator[list[EventT]]:
+async def _take_ready(stream: Any, max_: int, linger: float) -> AsyncGenerator[list[EventT], None]:
     loop = asyncio.get_running_loop()
     events: list[EventT] = []
     first_at = 0.0  # when the buffered batch's first message reached the stream

@@ -10,7 +10,7 @@ import asyncio
 import hashlib
 import inspect
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import faust
 import pytest
@@ -38,8 +38,8 @@ def _values(batch: list) -> list[int]:
     return [event.value for event in batch]
 
 
-async def _close(batches: AsyncIterator[list], stream: faust.StreamT) -> None:
-    await batches.aclose()  # type: ignore[attr-defined]
+async def _close(batches: AsyncGenerator[list, None], stream: faust.StreamT) -> None:
+    await batches.aclose()
     await stream.stop()
 
 
