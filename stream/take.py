@@ -117,10 +117,9 @@ async def _take_ready(stream: Any, max_: int, linger: float) -> AsyncGenerator[l
             try:
                 yield list(events)
             finally:
-                taken = list(events)
-                events.clear()
-                for event in taken:
+                for event in events:  # the stream adds nothing until ``consuming`` is notified
                     await stream.ack(event)
+                events.clear()
                 notify(consuming)
                 full.clear()
                 consumed.set()

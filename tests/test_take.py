@@ -7,10 +7,11 @@ drain and its events are Faust's own; only where the messages come from differs 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import inspect
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import faust
 import pytest
@@ -38,16 +39,23 @@ def _values(batch: list) -> list[int]:
     return [event.value for event in batch]
 
 
-async def _close(batches: AsyncGenerator[list, None], stream: faust.StreamT) -> None:
-    await batches.aclose()
-    await stream.stop()
+@contextlib.asynccontextmanager
+async def _taking(
+    max_: int, linger: float
+) -> AsyncIterator[tuple[faust.ChannelT, faust.StreamT, AsyncGenerator[list, None]]]:
+    """A stream over an in-memory channel, and ``take_ready``'s batches of it; both closed at the end."""
+    channel, stream = await _stream()
+    batches = take_ready(stream, max_, linger)
+    try:
+        yield channel, stream, batches
+    finally:
+        await batches.aclose()
+        await stream.stop()
 
 
 async def test_messages_delivered_while_a_batch_is_processed_are_taken_right_after_it() -> None:
-    channel, stream = await _stream()
     linger = 0.4
-    batches = take_ready(stream, 100, linger)
-    try:
+    async with _taking(100, linger) as (channel, _, batches):
         first = asyncio.ensure_future(anext(batches))
         await _send(channel, range(3))
         assert _values(await first) == [0, 1, 2]
@@ -61,15 +69,11 @@ async def test_messages_delivered_while_a_batch_is_processed_are_taken_right_aft
         # they have waited since they reached the stream: no linger counted afresh from the end of the first batch
         # (Faust's take_events waits its whole window here)
         assert waited < linger / 2
-    finally:
-        await _close(batches, stream)
 
 
 async def test_messages_queued_behind_a_full_batch_are_taken_right_after_it() -> None:
-    channel, stream = await _stream()
     linger = 0.4
-    batches = take_ready(stream, 3, linger)
-    try:
+    async with _taking(3, linger) as (channel, _, batches):
         first = asyncio.ensure_future(anext(batches))
         await _send(channel, range(5))
         assert _values(await first) == [0, 1, 2]  # full: at once
@@ -78,52 +82,38 @@ async def test_messages_queued_behind_a_full_batch_are_taken_right_after_it() ->
         second = await anext(batches)
         assert _values(second) == [3, 4]
         assert time.monotonic() - resumed < linger / 2  # their linger ran while they waited
-    finally:
-        await _close(batches, stream)
 
 
 async def test_a_batch_that_fills_while_the_stream_drains_goes_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(take, "DRAIN_WAIT_SECONDS", 3600.0)  # only filling up can end this drain wait
-    channel, stream = await _stream()
-    batches = take_ready(stream, 5, 0.0)  # no linger: the batch waits only for the stream to take what was delivered
-    try:
+    # no linger: the batch waits only for the stream to take what was delivered
+    async with _taking(5, 0.0) as (channel, _, batches):
         await _send(channel, range(8))  # more than a batch, already delivered
         assert _values(await asyncio.wait_for(anext(batches), 30)) == [0, 1, 2, 3, 4]
         assert _values(await asyncio.wait_for(anext(batches), 30)) == [5, 6, 7]
-    finally:
-        await _close(batches, stream)
 
 
 async def test_a_batch_waits_the_linger_for_messages_that_trickle_in() -> None:
-    channel, stream = await _stream()
-    batches = take_ready(stream, 100, 0.5)
-    try:
+    async with _taking(100, 0.5) as (channel, _, batches):
         first = asyncio.ensure_future(anext(batches))
         await _send(channel, range(1))
         await asyncio.sleep(0.1)
         assert not first.done()  # the first message waits for company
         await _send(channel, range(1, 3))
         assert _values(await first) == [0, 1, 2]
-    finally:
-        await _close(batches, stream)
 
 
 async def test_a_full_batch_goes_at_once_and_never_holds_more_than_max() -> None:
-    channel, stream = await _stream()
-    batches = take_ready(stream, 3, 3600.0)  # only filling up can end a batch this test waits for
-    try:
+    # only filling up can end a batch this test waits for
+    async with _taking(3, 3600.0) as (channel, _, batches):
         first = asyncio.ensure_future(anext(batches))
         await _send(channel, range(7))
         assert _values(await asyncio.wait_for(first, 30)) == [0, 1, 2]
         assert _values(await asyncio.wait_for(anext(batches), 30)) == [3, 4, 5]
-    finally:
-        await _close(batches, stream)
 
 
 async def test_a_batch_is_acknowledged_once_the_next_is_asked_for() -> None:
-    channel, stream = await _stream()
-    batches = take_ready(stream, 2, 3600.0)
-    try:
+    async with _taking(2, 3600.0) as (channel, stream, batches):
         first = asyncio.ensure_future(anext(batches))
         await _send(channel, range(4))
         taken = await asyncio.wait_for(first, 30)
@@ -133,8 +123,6 @@ async def test_a_batch_is_acknowledged_once_the_next_is_asked_for() -> None:
         assert [event.message.acked for event in taken] == [False, False]  # held while the batch is processed
         await asyncio.wait_for(anext(batches), 30)
         assert [(event.message.refcount, event.message.acked) for event in taken] == [(0, True), (0, True)]
-    finally:
-        await _close(batches, stream)
     assert stream.enable_acks is True  # restored when the taker ends
 
 
