@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,6 +28,8 @@ from recstream.gc_tuning import freeze_startup_objects
 from recstream.settings import Settings
 from store.keys import Keys
 from store.rate_limit import TokenBuckets
+
+log = logging.getLogger(__name__)
 
 
 class LatencyMiddleware:
@@ -85,6 +88,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.recstream = ApiState(
             settings=settings, redis=redis, store=store, models=models, producer=producer, keys=keys, limiter=limiter
         )
+        components.log_ranking_loops(log)
         freeze_startup_objects()  # before the first model: full collections then skip the imports (gc_tuning)
         await models.start()
         try:

@@ -45,7 +45,7 @@ from operator import getitem
 
 import numpy as np
 
-from learner import codec
+from learner import codec, kernels
 from learner.arrays import ensure_rows
 from learner.base import ModelState, expect_kind
 from learner.id_index import IdIndex
@@ -583,8 +583,24 @@ class ItemCooccurrence:
         """Co-occurrence evidence scaled to a maximum of 1, plus ``popularity_weight`` times recent
         popularity scaled the same way (so items without evidence are ordered by what is popular now)."""
         n_items = len(self.items)
-        scores = self._evidence(user, n_items)
         recent = self._recent
+        kernel = kernels.compiled()
+        if kernel is not None:  # the same numbers in two passes over the catalogue instead of six
+            u = self.users.get(user)
+            weighted = self._weighted_history(u) if u is not None else []
+            buffers = self._rows.buffers
+            scores = np.empty(n_items, dtype=np.float64)
+            kernel.cooccurrence_scores(
+                [buffers(j) for j, _ in weighted],
+                array("d", [w for _, w in weighted]),
+                self._candidate_damping,
+                recent.mass,
+                self.popularity_weight,
+                recent.max,
+                scores,
+            )
+            return scores
+        scores = self._evidence(user, n_items)
         if self.popularity_weight and recent.max > 0 and n_items:
             top = float(scores.max())
             # Leave the evidence unscaled and scale the prior by ``top`` instead: same ranking, one pass fewer.

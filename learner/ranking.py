@@ -11,6 +11,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from learner import kernels
+
 
 def scores_for_user(user_vector: np.ndarray, item_factors: np.ndarray, item_bias: np.ndarray) -> np.ndarray:
     """Raw scores (logits) of every item for one user."""
@@ -65,6 +67,11 @@ def top_rows(scores: np.ndarray, k: int, exclude: Iterable[int] = (), *, owned: 
     n = int(scores.size)
     if k <= 0 or n == 0:
         return _NO_ROWS
+    kernel = kernels.compiled()
+    if kernel is not None and scores.dtype == np.float64 and scores.ndim == 1 and scores.flags.c_contiguous:
+        best = kernel.top_rows(scores, k)  # one pass; None: fewer than k numbers above -inf (the careful path below)
+        if best is not None:
+            return np.array(best, dtype=np.intp)
     # candidates: the rows at or above the sampled threshold (never an excluded row: they are -inf,
     # and at least k numbers reach it), or every row that is not excluded
     rows = _at_or_above_sampled_threshold(scores, k) if n >= _SAMPLED_FROM and n >= 64 * k else None

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
 
+from learner import kernels
 from learner.challenger import PromotionRule
 from learner.event_weights import EventWeights
 from learner.gate.gate import QualityGate, default_gate, default_model_guard
@@ -161,3 +163,8 @@ def faust_broker_credentials(settings: Settings) -> Any:
         mechanism=kwargs["sasl_mechanism"],
         ssl_context=kwargs.get("ssl_context"),
     )
+
+
+def log_ranking_loops(log: logging.Logger) -> None:
+    """Say at start whether this process ranks with the compiled loops (a warning when it cannot)."""
+    (log.info if kernels.compiled_in_use() else log.warning)(kernels.describe())

@@ -10,9 +10,14 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 stamp=".venv/.recstream-installed-$extras"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
+# Reinstalled when the dependencies or the compiled ranking loops (setup.py, learner/_kernels.c) changed.
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ] \
+  || [ setup.py -nt "$stamp" ] || [ learner/_kernels.c -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  # constraints.txt: the versions the tests last passed with (not whatever was released since)
+  # constraints.txt: the versions the tests last passed with (not whatever was released since).
+  # With a C compiler (gcc or cc) this also builds learner/_kernels.c; without one, numpy ranks alone.
+  command -v "${CC:-cc}" >/dev/null || command -v gcc >/dev/null \
+    || echo "setup: no C compiler found: recommendations will be ranked by numpy alone (slower)" >&2
   .venv/bin/python -m pip install -q -c constraints.txt -e ".[$extras]"
   touch "$stamp"
 fi

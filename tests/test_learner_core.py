@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from learner import codec, ranking
+from learner import codec, kernels, ranking
 from learner.implicit_mf import ImplicitMF
 from learner.online_learner import OnlineLearner
 from learner.ranking import top_k
 from learner.serving import ServingModel
 from learner.target import TargetRule
+from tests.conftest import skip_unless_ci
 from tests.taste_stream import GROUP_A, GROUP_B, taste_events
 
 
@@ -81,6 +82,19 @@ def test_codec_refuses_damaged_snapshots(damage) -> None:
         codec.decode(damage(blob))
 
 
+@pytest.fixture(params=["compiled", "numpy"])
+def ranking_path(request: pytest.FixtureRequest):
+    """Each top-K test runs twice: with the compiled loop (learner/_kernels.c) and with numpy alone."""
+    if request.param == "numpy":
+        with kernels.numpy_only():
+            yield "numpy"
+        return
+    if kernels.compiled() is None:
+        skip_unless_ci("learner/_kernels.c is not built (no C compiler at install time)")
+    yield "compiled"
+
+
+@pytest.mark.usefixtures("ranking_path")
 def test_top_k_excludes_and_orders() -> None:
     scores = np.array([0.3, 0.9, 0.1, 0.8, 0.5])
     assert [row for row, _ in top_k(scores, 3, exclude=[1])] == [3, 4, 0]
@@ -88,6 +102,7 @@ def test_top_k_excludes_and_orders() -> None:
     assert top_k(scores, 3, exclude=range(5)) == []
 
 
+@pytest.mark.usefixtures("ranking_path")
 def test_top_k_matches_a_full_sort_with_ties_and_exclusions() -> None:
     rng = np.random.default_rng(5)
     for trial in range(300):
@@ -122,7 +137,7 @@ def _reference_top_k(scores: np.ndarray, k: int, exclude: list[int]) -> list[int
 @pytest.mark.parametrize(
     "shape", ["random", "ties", "all_equal", "few_best", "few_nan", "nan", "minus_inf", "small_with_nan"]
 )
-def test_top_k_is_the_exact_full_sort(shape: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_top_k_is_the_exact_full_sort(shape: str, ranking_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """From 8,192 scores on, top_k takes a threshold from a sample first: same rows, same order."""
     sampled = []  # how many times the sampled threshold gave the candidates
     real = ranking._at_or_above_sampled_threshold
@@ -154,10 +169,11 @@ def test_top_k_is_the_exact_full_sort(shape: str, monkeypatch: pytest.MonkeyPatc
         want = _reference_top_k(scores, k, exclude)
         assert [r for r, _ in got] == want, (shape, trial)
         assert all(s == scores[r] or (np.isnan(s) and np.isnan(scores[r])) for r, s in got)
-    if shape in ("random", "ties", "few_nan"):
+    if shape in ("random", "ties", "few_nan") and ranking_path == "numpy":
         assert any(sampled), "the sampled threshold was never used"
 
 
+@pytest.mark.usefixtures("ranking_path")
 def test_top_k_with_nan_among_the_sampled_scores_still_returns_k() -> None:
     """NaN in the sample must not lift the threshold above the k-th best number (a review found it did)."""
     scores = np.zeros(8_192)

@@ -1,0 +1,56 @@
+"""Compiled loops for ranking a whole catalogue, when they are built; numpy's operations otherwise.
+
+``learner/_kernels.c`` is built with the package (``pip install``, an optional C extension: where
+no C compiler is found the install goes on without it). Each kernel computes the same numbers as
+the numpy code it stands in for, with the same floating-point operations in the same order (tests
+compare them); it only makes one or two passes over the catalogue where numpy makes five or six,
+which is what a request over 100,000 items or more spends its time on.
+
+>>> isinstance(compiled_in_use(), bool)
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import ModuleType
+
+try:
+    from learner import _kernels as _built
+except ImportError:  # not built (no C compiler at install time): numpy does the same work
+    _built = None
+
+_use: ModuleType | None = _built
+
+
+def compiled() -> ModuleType | None:
+    """The compiled kernels, or None when they are not built (or switched off by :func:`numpy_only`)."""
+    return _use
+
+
+def compiled_in_use() -> bool:
+    return _use is not None
+
+
+def describe() -> str:
+    """One line for a process's log at start: how it ranks."""
+    if _use is not None:
+        return "ranking with the compiled loops (learner/_kernels.c)"
+    if _built is None:
+        return (
+            "ranking with numpy alone: learner/_kernels.c is not built (no C compiler when recstream was "
+            "installed); install gcc and reinstall (scripts/setup.sh) for faster recommendations"
+        )
+    return "ranking with numpy alone (the compiled loops are switched off)"
+
+
+@contextmanager
+def numpy_only() -> Iterator[None]:
+    """Within the block, rank with numpy only (to compare both, or to measure the difference)."""
+    global _use
+    saved, _use = _use, None
+    try:
+        yield
+    finally:
+        _use = saved

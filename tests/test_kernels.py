@@ -1,0 +1,193 @@
+"""The compiled ranking loops (learner/_kernels.c) give numpy's numbers, bit for bit, wherever they stand in."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from array import array
+
+import numpy as np
+import pytest
+
+from learner import codec, kernels
+from learner import cooccurrence_delta as delta
+from learner.evaluation import ReplayEvent, replay
+from learner.item_cooccurrence import ItemCooccurrence
+from learner.online_learner import OnlineLearner
+from learner.ranking import top_rows
+from learner.serving import ServingModel
+from tests.conftest import skip_unless_ci
+
+KINDS = ["view", "view", "like", "share", "skip"]
+
+
+@pytest.fixture
+def built() -> object:
+    kernel = kernels.compiled()
+    if kernel is None:
+        skip_unless_ci("learner/_kernels.c is not built: `pip install -e .` builds it when a C compiler is found")
+    return kernel
+
+
+def _feed(learner: OnlineLearner, rnd: random.Random, n: int, users: int, items: int, ts: float) -> float:
+    for _ in range(n):
+        ts += rnd.expovariate(0.5)
+        watch = rnd.choice([None, 3.0, 25.0])
+        learner.learn(f"u{rnd.randrange(users)}", f"v{rnd.randrange(items)}", rnd.choice(KINDS), watch, 30.0, ts)
+    return ts
+
+
+def _both(score) -> tuple[np.ndarray, np.ndarray]:
+    with kernels.numpy_only():
+        want = score()
+    return want, score()
+
+
+def _assert_same_scores(model: ItemCooccurrence, users: list[str]) -> None:
+    for user in users:
+        want, got = _both(lambda user=user: model.score_all(user))
+        assert got.dtype == want.dtype and got.shape == want.shape, user
+        assert got.tobytes() == want.tobytes(), user  # bit for bit (-0.0 and 0.0 too)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{}, {"popularity_weight": 0.0}, {"window": 1, "recency": 1.0}, {"window": 7, "alpha": 0.0, "beta": 0.9}],
+    ids=["default", "no-prior", "window-1", "other-damping"],
+)
+def test_scores_are_numpys_bit_for_bit_learned_loaded_and_after_deltas(built: object, params: dict) -> None:
+    assert built is not None
+    rnd = random.Random(7)
+    learner = OnlineLearner(model=ItemCooccurrence(**params))
+    ts = _feed(learner, rnd, 2_500, users=60, items=140, ts=1.7e9)
+    model = learner.model
+    users = [*model.users.ids, "nobody"]
+    _assert_same_scores(model, users)  # rows of the model's own (array.array buffers)
+    served = ServingModel.from_bytes(learner.to_bytes(), 1)
+    _assert_same_scores(served.model, users)  # rows still slices of the loaded arrays (numpy buffers)
+    delta.mark(learner)
+    for version in (2, 3):  # rows moved in the pool by deltas applied in place
+        ts = _feed(learner, rnd, 600, users=90, items=200, ts=ts)
+        made = delta.parts(learner, base_version=version - 1)
+        assert made is not None
+        served.apply_delta(*delta.resolve_delta([(version - 1, codec.encode(*made))]), version)
+        delta.mark(learner)
+        _assert_same_scores(served.model, [*served.model.users.ids, "nobody"])
+
+
+def test_a_user_without_history_and_an_empty_catalogue_score_as_with_numpy(built: object) -> None:
+    assert built is not None
+    empty = ItemCooccurrence()
+    assert _both(lambda: empty.score_all("anyone"))[1].size == 0
+    unlearned = ItemCooccurrence()
+    unlearned.learn_one("u1", "a", 0.0)  # ids registered, nothing learned: no evidence, and no prior at all
+    unlearned.learn_one("u1", "b", 0.0)
+    model = ItemCooccurrence()
+    model.learn_one("u1", "a", 0.0)
+    model.learn_one("u2", "b", 1.0)
+    for m in (unlearned, model):
+        for user in ("u1", "u2", "nobody"):
+            want, got = _both(lambda m=m, user=user: m.score_all(user))
+            assert got.size == 2 and got.tobytes() == want.tobytes()
+    assert unlearned.score_all("u1").tolist() == [0.0, 0.0]
+
+
+def _reference(scores: np.ndarray, k: int) -> list[int]:
+    """Rows by score descending, equal scores lower row first, NaN last: a full sort."""
+    numbers = sorted((r for r in range(scores.size) if not np.isnan(scores[r])), key=lambda r: (-scores[r], r))
+    return (numbers + [r for r in range(scores.size) if np.isnan(scores[r])])[:k]
+
+
+@pytest.mark.parametrize("shape", ["random", "ties", "all_equal", "minus_inf", "nan", "tiny"])
+def test_top_rows_are_numpys_and_a_full_sorts(built: object, shape: str) -> None:
+    calls = []
+
+    class Counted:  # counts the kernel's answers, and the times it hands over to numpy's careful path
+        def top_rows(self, scores: np.ndarray, k: int) -> list[int] | None:
+            rows = built.top_rows(scores, k)  # type: ignore[attr-defined]
+            calls.append(rows is not None)
+            return rows
+
+    rng = np.random.default_rng(13)
+    for trial in range(40):
+        n = int(rng.integers(1, 30)) if shape == "tiny" else int(rng.integers(50, 12_000))
+        scores = {
+            "random": rng.random(n),
+            "ties": np.round(rng.normal(size=n), 1),
+            "all_equal": np.full(n, 0.5),
+            "minus_inf": np.where(rng.random(n) < 0.99, -np.inf, rng.random(n)),
+            "nan": np.where(rng.random(n) < 0.3, np.nan, np.round(rng.random(n), 2)),
+            "tiny": np.round(rng.random(n), 1),
+        }[shape]
+        exclude = rng.integers(0, n, size=int(rng.integers(0, max(1, n // 3))))
+        k = int(rng.integers(1, 60))
+        with kernels.numpy_only():
+            want = top_rows(scores, k, exclude)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(kernels, "_use", Counted())
+            got = top_rows(scores, k, exclude)
+        assert got.tolist() == want.tolist(), (shape, trial)
+        masked = scores.copy()
+        masked[exclude] = -np.inf
+        excluded = set(exclude.tolist())
+        allowed = [r for r in _reference(masked, k + len(excluded)) if r not in excluded]
+        assert got.tolist() == allowed[:k], (shape, trial)
+    assert any(calls), "the kernel never answered"
+    if shape == "minus_inf":
+        assert not all(calls), "fewer than k numbers never went to the careful path"
+
+
+def test_the_kernels_refuse_what_they_cannot_read_instead_of_reading_past_it(built: object) -> None:
+    k = built
+    cols, vals = array("i", [0, 2]), array("f", [1.0, 2.0])
+    ones = np.ones(3)
+    out = np.zeros(3)
+    k.cooccurrence_scores([(cols, vals)], array("d", [1.0]), ones, ones, 0.1, 1.0, out)  # type: ignore[attr-defined]
+    assert out.tolist() == pytest.approx([1.2, 0.2, 2.2])  # evidence 1, 0, 2; prior 0.1 * top (2) / max mass (1)
+    bad = [
+        ([(array("i", [3]), array("f", [1.0]))], array("d", [1.0]), ones, ValueError),  # column outside
+        ([(array("i", [-1]), array("f", [1.0]))], array("d", [1.0]), ones, ValueError),
+        ([(cols, array("f", [1.0]))], array("d", [1.0]), ones, ValueError),  # lengths differ
+        ([(cols, vals)], array("d", [1.0, 2.0]), ones, ValueError),  # a weight per row
+        ([(cols, vals)], array("d", [1.0]), np.ones(2), ValueError),  # damping shorter than the catalogue
+        ([(vals, vals)], array("d", [1.0]), ones, TypeError),  # float columns
+        ([(cols, array("d", [1.0, 2.0]))], array("d", [1.0]), ones, TypeError),  # float64 values
+        ([(cols,)], array("d", [1.0]), ones, TypeError),  # not a pair
+        ([(cols, vals)], array("f", [1.0]), ones, TypeError),  # float32 weights
+    ]
+    for rows, weights, damping, error in bad:
+        with pytest.raises(error):
+            k.cooccurrence_scores(rows, weights, damping, ones, 0.1, 1.0, out)  # type: ignore[attr-defined]
+    with pytest.raises(BufferError):
+        k.cooccurrence_scores([(cols, vals)], array("d", [1.0]), ones, ones, 0.1, 1.0, b"\0" * 24)  # read-only
+    with pytest.raises(TypeError):
+        k.top_rows(np.ones(4, dtype=np.float32), 2)  # type: ignore[attr-defined]
+    with pytest.raises(ValueError):
+        k.top_rows(np.ones(4), -1)  # type: ignore[attr-defined]
+    assert k.top_rows(np.array([0.5, 0.9, 0.5]), 0) == []  # type: ignore[attr-defined]
+
+
+def test_serving_and_the_replay_answer_the_same_with_and_without_the_kernels(built: object) -> None:
+    assert built is not None
+    rnd = random.Random(3)
+    events = []
+    ts = 1.7e9
+    for n in range(4_000):
+        ts += rnd.expovariate(0.2)
+        user, item = f"u{rnd.randrange(120)}", f"v{min(int(rnd.paretovariate(1.1)), 300)}"
+        events.append(ReplayEvent(user, item, rnd.choice(["like", "view", "skip"]), ts, event_id=f"e{n}"))
+
+    def run() -> tuple[object, list]:
+        learner = OnlineLearner(model=ItemCooccurrence())
+        result = replay(events, learner, k=10)
+        served = ServingModel.from_bytes(learner.to_bytes(), 1)
+        items = list(served.model.items.ids)
+        lists = [served.recommend(u, 10, set(items[:5])) for u in [*served.model.users.ids, "nobody"]]
+        return dataclasses.replace(result, seconds=0.0, curve=[]), lists
+
+    with kernels.numpy_only():
+        want_result, want_lists = run()
+    got_result, got_lists = run()
+    assert want_result.overall.scored > 300
+    assert got_result == want_result
+    assert got_lists == want_lists
