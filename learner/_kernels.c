@@ -11,6 +11,25 @@
 #include <stdint.h>
 #include <string.h>
 
+/* Buffers may be unaligned (numpy views into a snapshot's bytes): every element goes through memcpy, which
+ * compilers turn into a plain load or store where the machine allows it. */
+static inline int32_t get_i32(const char *p, Py_ssize_t i) {
+    int32_t x;
+    memcpy(&x, p + i * (Py_ssize_t)sizeof x, sizeof x);
+    return x;
+}
+static inline float get_f32(const char *p, Py_ssize_t i) {
+    float x;
+    memcpy(&x, p + i * (Py_ssize_t)sizeof x, sizeof x);
+    return x;
+}
+static inline double get_f64(const char *p, Py_ssize_t i) {
+    double x;
+    memcpy(&x, p + i * (Py_ssize_t)sizeof x, sizeof x);
+    return x;
+}
+static inline void set_f64(char *p, Py_ssize_t i, double x) { memcpy(p + i * (Py_ssize_t)sizeof x, &x, sizeof x); }
+
 /* A C-contiguous buffer of native items of type `code` ('i': int32, 'f': float32, 'd': float64). */
 static int get_buffer(PyObject *obj, Py_buffer *view, int flags, const char *what, char code) {
     if (PyObject_GetBuffer(obj, view, flags | PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
@@ -20,7 +39,8 @@ static int get_buffer(PyObject *obj, Py_buffer *view, int flags, const char *wha
     if (format[0] == '@' || format[0] == '=' || (format[0] == '<' && PY_LITTLE_ENDIAN)) format++;
     Py_ssize_t itemsize = code == 'd' ? 8 : 4;
     if (format[0] != code || format[1] != '\0' || view->itemsize != itemsize) {
-        PyErr_Format(PyExc_TypeError, "%s: expected a buffer of '%c' items, got '%s'", what, code, view->format);
+        PyErr_Format(PyExc_TypeError, "%s: expected a buffer of '%c' items, got '%s'", what, code,
+                     view->format != NULL ? view->format : "B");
         PyBuffer_Release(view);
         return -1;
     }
@@ -59,8 +79,9 @@ static PyObject *cooccurrence_scores(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "damping and mass must cover every item");
         goto fail;
     }
-    double *scores = (double *)out.buf;
-    const double *w = (const double *)weights.buf, *damp = (const double *)damping.buf, *m = (const double *)mass.buf;
+    char *scores = (char *)out.buf;
+    const char *w = (const char *)weights.buf, *damp = (const char *)damping.buf, *m = (const char *)mass.buf;
+    Py_ssize_t entries = 0;
     memset(scores, 0, (size_t)n * sizeof(double));
     for (Py_ssize_t r = 0; r < n_rows; r++) {
         PyObject *pair = PyList_GET_ITEM(rows, r);
@@ -75,17 +96,17 @@ static PyObject *cooccurrence_scores(PyObject *self, PyObject *args) {
             goto fail;
         }
         Py_ssize_t len = cols.len / 4;
-        const int32_t *c = (const int32_t *)cols.buf;
-        const float *v = (const float *)vals.buf;
-        const double wr = w[r];
+        const char *c = (const char *)cols.buf, *v = (const char *)vals.buf;
+        const double wr = get_f64(w, r);
+        entries += len;
         int bad = vals.len / 4 != len;
         for (Py_ssize_t e = 0; !bad && e < len; e++) {
-            int32_t col = c[e];
+            int32_t col = get_i32(c, e);
             if (col < 0 || col >= n) {
                 bad = 1;
                 break;
             }
-            scores[col] += (double)v[e] * wr;
+            set_f64(scores, col, get_f64(scores, col) + (double)get_f32(v, e) * wr);
         }
         PyBuffer_Release(&vals);
         PyBuffer_Release(&cols);
@@ -94,17 +115,18 @@ static PyObject *cooccurrence_scores(PyObject *self, PyObject *args) {
             goto fail;
         }
     }
-    double top = -INFINITY;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        double s = scores[i] * damp[i];
-        scores[i] = s;
+    /* No entry: numpy's path returns zeros without damping them (so a NaN damping stays out). */
+    double top = entries ? -INFINITY : 0.0;
+    for (Py_ssize_t i = 0; entries && i < n; i++) {
+        double s = get_f64(scores, i) * get_f64(damp, i);
+        set_f64(scores, i, s);
         if (s > top || isnan(s)) top = isnan(top) ? top : s; /* numpy's max: NaN wins */
     }
     if (popularity_weight != 0.0 && mass_max > 0 && n) {
         double factor = popularity_weight * (top > 0 ? top : 1.0) / mass_max;
         for (Py_ssize_t i = 0; i < n; i++) {
-            double prior = m[i] * factor;
-            scores[i] = scores[i] + prior;
+            double prior = get_f64(m, i) * factor;
+            set_f64(scores, i, get_f64(scores, i) + prior);
         }
     }
     PyBuffer_Release(&out);
@@ -179,7 +201,7 @@ static PyObject *top_rows(PyObject *self, PyObject *args) {
     }
     Py_buffer view;
     if (get_buffer(scores_obj, &view, PyBUF_SIMPLE, "scores", 'd') < 0) return NULL;
-    const double *s = (const double *)view.buf;
+    const char *s = (const char *)view.buf;
     Py_ssize_t n = view.len / 8;
     if (k > n) k = n;
     entry *heap = PyMem_Malloc((size_t)(k > 0 ? k : 1) * sizeof(entry));
@@ -189,7 +211,7 @@ static PyObject *top_rows(PyObject *self, PyObject *args) {
     }
     Py_ssize_t size = 0, others = 0; /* others: -inf or NaN */
     for (Py_ssize_t i = 0; i < n; i++) {
-        double x = s[i];
+        double x = get_f64(s, i);
         if (!(x > -INFINITY)) {
             others++;
             continue;

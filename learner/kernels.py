@@ -40,7 +40,7 @@ def describe() -> str:
     if _built is None:
         return (
             "ranking with numpy alone: learner/_kernels.c is not built (no C compiler when recstream was "
-            "installed); install gcc and reinstall (scripts/setup.sh) for faster recommendations"
+            "installed); install gcc and run scripts/setup.sh again for faster recommendations"
         )
     return "ranking with numpy alone (the compiled loops are switched off)"
 

@@ -92,6 +92,48 @@ def test_a_user_without_history_and_an_empty_catalogue_score_as_with_numpy(built
     assert unlearned.score_all("u1").tolist() == [0.0, 0.0]
 
 
+def test_nan_and_negative_damping_or_mass_give_numpys_numbers(built: object) -> None:
+    """Values no healthy model holds, so that NaN's max, -0.0 and the zeros of a user without evidence are checked."""
+    assert built is not None
+    for popularity_weight in (0.05, 0.0):
+        learner = OnlineLearner(model=ItemCooccurrence(popularity_weight=popularity_weight))
+        _feed(learner, random.Random(9), 800, users=30, items=50, ts=1.7e9)
+        model = learner.model
+        users = [*model.users.ids, "nobody"]
+        model._candidate_damping[3] = np.nan  # NaN where a user's rows reach item 3: numpy's maximum is then NaN
+        model.learn_one("loner", "unpaired", 0.0)  # an item no row reaches
+        model._candidate_damping[model.items.get("unpaired")] = -0.5  # so -0.0 there (where no prior is added)
+        with kernels.numpy_only():
+            scores = [model.score_all(user) for user in users]
+        assert any(np.isnan(s[3]) for s in scores)
+        if not popularity_weight:
+            assert any(s[-1] == 0 and np.signbit(s[-1]) for s in scores)
+        _assert_same_scores(model, users)
+        model._recent.mass[7] = np.nan
+        _assert_same_scores(model, users)
+
+
+def test_unaligned_buffers_are_read_as_aligned_ones(built: object) -> None:
+    """A snapshot's arrays are views into its bytes, not always aligned to their items' size."""
+    rng = np.random.default_rng(4)
+    cols = rng.integers(0, 50, 200).astype(np.int32)
+    vals = rng.random(200).astype(np.float32)
+    damping, mass = rng.random(50), rng.random(50)
+
+    def unaligned(a: np.ndarray) -> np.ndarray:
+        view = np.frombuffer(b"\0" + a.tobytes(), dtype=a.dtype, offset=1)
+        assert not view.flags.aligned
+        return view
+
+    want, got = np.empty(50), np.empty(50)
+    built.cooccurrence_scores([(cols, vals)], array("d", [0.7]), damping, mass, 0.1, 0.9, want)  # type: ignore[attr-defined]
+    built.cooccurrence_scores(  # type: ignore[attr-defined]
+        [(unaligned(cols), unaligned(vals))], array("d", [0.7]), unaligned(damping), unaligned(mass), 0.1, 0.9, got
+    )
+    assert got.tobytes() == want.tobytes()
+    assert built.top_rows(unaligned(want), 7) == built.top_rows(want, 7)  # type: ignore[attr-defined]
+
+
 def _reference(scores: np.ndarray, k: int) -> list[int]:
     """Rows by score descending, equal scores lower row first, NaN last: a full sort."""
     numbers = sorted((r for r in range(scores.size) if not np.isnan(scores[r])), key=lambda r: (-scores[r], r))
