@@ -586,13 +586,11 @@ class ItemCooccurrence:
         recent = self._recent
         kernel = kernels.compiled()
         if kernel is not None:  # the same numbers in two passes over the catalogue instead of six
-            u = self.users.get(user)
-            weighted = self._weighted_history(u) if u is not None else []
-            buffers = self._rows.buffers
+            parts, weights = self._weighted_rows(user)
             scores = np.empty(n_items, dtype=np.float64)
             kernel.cooccurrence_scores(
-                [buffers(j) for j, _ in weighted],
-                array("d", [w for _, w in weighted]),
+                parts,
+                array("d", weights),
                 self._candidate_damping,
                 recent.mass,
                 self.popularity_weight,
@@ -614,20 +612,25 @@ class ItemCooccurrence:
             self._scratch_buffer = np.empty(max(n, 2 * len(self._scratch_buffer)), dtype=np.float64)
         return self._scratch_buffer[:n]
 
-    def _evidence(self, user: str, n_items: int) -> np.ndarray:
+    def _weighted_rows(self, user: str) -> tuple[list[tuple[array | np.ndarray, array | np.ndarray]], list[float]]:
+        """The (columns, values) buffers of the user's remembered items' rows, and each row's ranking weight;
+        none for a user the model does not know."""
         u = self.users.get(user)
-        if u is None or not self._history[u]:
-            return np.zeros(n_items, dtype=np.float64)
+        if u is None:
+            return [], []
         weighted = self._weighted_history(u)
         buffers = self._rows.buffers
-        parts = [buffers(j) for j, _ in weighted]
+        return [buffers(j) for j, _ in weighted], [w for _, w in weighted]
+
+    def _evidence(self, user: str, n_items: int) -> np.ndarray:
+        parts, row_weights = self._weighted_rows(user)
         lengths = [len(cols) for cols, _ in parts]
-        if not any(lengths):
+        if not any(lengths):  # no history, or rows without entries
             return np.zeros(n_items, dtype=np.float64)
         # One buffer join per array type instead of a numpy call per row.
         cols = np.frombuffer(b"".join([cols for cols, _ in parts]), dtype=np.int32)
         vals = np.frombuffer(b"".join([vals for _, vals in parts]), dtype=np.float32)
-        weights = np.repeat([w for _, w in weighted], lengths)
+        weights = np.repeat(row_weights, lengths)
         weighted = np.multiply(vals, weights, out=weights)
         scores = np.bincount(cols, weights=weighted, minlength=n_items)
         return np.multiply(scores, self._candidate_damping[:n_items], out=scores)
