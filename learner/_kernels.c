@@ -209,13 +209,10 @@ static PyObject *top_rows(PyObject *self, PyObject *args) {
         PyBuffer_Release(&view);
         return PyErr_NoMemory();
     }
-    Py_ssize_t size = 0, others = 0; /* others: -inf or NaN */
+    Py_ssize_t size = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         double x = get_f64(s, i);
-        if (!(x > -INFINITY)) {
-            others++;
-            continue;
-        }
+        if (!(x > -INFINITY)) continue; /* -inf or NaN: after every number */
         if (size < k) {
             heap[size].score = x;
             heap[size].row = i;
@@ -227,7 +224,7 @@ static PyObject *top_rows(PyObject *self, PyObject *args) {
         }
     }
     PyBuffer_Release(&view);
-    if (size < k && others > 0) {
+    if (size < k) { /* k is at most n here: some score is -inf or NaN */
         PyMem_Free(heap);
         Py_RETURN_NONE;
     }

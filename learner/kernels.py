@@ -6,7 +6,7 @@ the numpy code it stands in for, with the same floating-point operations in the 
 compare them); it only makes one or two passes over the catalogue where numpy makes five or six,
 which is what a request over 100,000 items or more spends its time on.
 
->>> isinstance(compiled_in_use(), bool)
+>>> describe().startswith("ranking with")
 True
 """
 
@@ -27,10 +27,6 @@ _use: ModuleType | None = _built
 def compiled() -> ModuleType | None:
     """The compiled kernels, or None when they are not built (or switched off by :func:`numpy_only`)."""
     return _use
-
-
-def compiled_in_use() -> bool:
-    return _use is not None
 
 
 def describe() -> str:

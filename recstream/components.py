@@ -167,4 +167,4 @@ def faust_broker_credentials(settings: Settings) -> Any:
 
 def log_ranking_loops(log: logging.Logger) -> None:
     """Say at start whether this process ranks with the compiled loops (a warning when it cannot)."""
-    (log.info if kernels.compiled_in_use() else log.warning)(kernels.describe())
+    (log.info if kernels.compiled() is not None else log.warning)(kernels.describe())
