@@ -14,12 +14,12 @@ a window. Rules count their own holds as attempts (``observe_held``, called by t
 rule that held the event), so a bot that keeps sending stays held instead of leaking through a
 window's worth of events at a time. State of users and items idle beyond each rule's horizon is
 evicted, and every map has a hard cap (oldest-idle evicted first); the bounds are in each class.
-A user's or an item's record is a few floats packed as C doubles (``array('d')``) rather than a
-list of Python floats, which holds a float object per field: about half the bytes per record
-(7 fields: 288 → 136 B), a quarter less per user+item pair with the tables' entries, and the
-worker's processor measured a little faster with them. The sizes below are measured with the
-record's table entry, the id string not included (the worker's learner holds it; the gate's
-tables keep references to the same object).
+Each rule's table of users (and of items) is a :class:`learner.gate.records.Records`: an
+``OrderedDict`` of id -> record number (the eviction order) over one flat ``array('d')`` of the
+records' fields, read and written in place. The sizes below are measured in the worker's setting,
+with the record's table entry, the id string not included (the worker's learner holds it; the
+gate's tables keep references to the same object) and the record numbers shared with the
+learner's rows (:func:`learner.id_index.row_object`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import hashlib
 import math
 import struct
 from array import array
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -36,6 +35,7 @@ from river import anomaly, stats
 
 from learner.gate.base import GateEvent, Hold
 from learner.gate.hst_batch import FlatTrees
+from learner.gate.records import Records
 
 _exp, _log1p = math.exp, math.log1p
 POSITIVE_TYPES = frozenset({"like", "share"})
@@ -45,12 +45,17 @@ FEATURES = ("gap", "rate", "positive", "positive_ratio", "watch_ratio", "history
 Features = tuple[float, float, float, float, float, float]
 
 
+#: Fields of a user's record in :class:`UserRateRule`, :class:`ItemSurgeRule` (users, items) and
+#: :class:`AnomalousBehaviourRule`.
+_RATE_FIELDS, _SURGE_USER_FIELDS, _SURGE_ITEM_FIELDS, _ANOMALY_FIELDS = 7, 2, 7, 6
+
+
 class UserRateRule:
     """Holds a user's events beyond ``max_events`` (any type) or ``max_positives`` (likes+shares) per window.
 
     Sliding-window counters: two fixed windows per user, the previous one weighted by how much of
     it still overlaps the sliding window (error bounded by the previous window's count, no
-    timestamps stored). Memory: one record (~0.22 kB) per user active in the last two
+    timestamps stored). Memory: one record (~0.13 kB) per user active in the last two
     windows, at most ``max_users``.
 
     >>> rule = UserRateRule(window_seconds=60, max_positives=3, max_events=100)
@@ -83,23 +88,25 @@ class UserRateRule:
         self.positive_types = positive_types
         # user -> [window index, previous events, current events, previous positives, current positives,
         #          user's clock (latest ts), now when last seen]; least recently seen first
-        self._users: OrderedDict[str, array[float]] = OrderedDict()
-        self._oldest, self._oldest_seen = None, -math.inf  # _users' first entry (see _evict)
+        self._users = Records(_RATE_FIELDS)
+        self._oldest, self._oldest_seen = None, -math.inf  # _users' first entry (see Records.evict)
 
     def check(self, event: GateEvent, now: float) -> Hold | None:  # noqa: ARG002 - windows run on the user's clock
-        state = self._users.get(event.user_id)
-        if state is None:
+        users = self._users
+        r = users.index.get(event.user_id)
+        if r is None:
             return None  # nothing counted, and both limits are at least 1
+        d, b = users.data, r * _RATE_FIELDS
         # the estimated counts in the window ending at the user's clock (the latest ts seen from them)
-        ts = event.ts
-        clock = ts if ts > state[5] else state[5]
+        ts, user_clock = event.ts, d[b + 5]
+        clock = ts if ts > user_clock else user_clock
         window = self.window_seconds
         index = clock // window
-        current = index == state[0]
+        current = index == d[b]
         if current:
-            previous_e, current_e = state[1], state[2]
-        elif index == state[0] + 1:
-            previous_e, current_e = state[2], 0.0
+            previous_e, current_e = d[b + 1], d[b + 2]
+        elif index == d[b] + 1:
+            previous_e, current_e = d[b + 2], 0.0
         else:
             return None  # both windows are over: nothing counted
         overlap = 1.0 - (clock - index * window) / window
@@ -107,7 +114,7 @@ class UserRateRule:
         if events + 1 > self.max_events:
             return self._hold(events, "events", self.max_events)
         if event.type in self.positive_types:
-            previous_p, current_p = (state[3], state[4]) if current else (state[4], 0.0)
+            previous_p, current_p = (d[b + 3], d[b + 4]) if current else (d[b + 4], 0.0)
             positives = previous_p * overlap + current_p
             if positives + 1 > self.max_positives:
                 return self._hold(positives, "likes/shares", self.max_positives)
@@ -119,27 +126,31 @@ class UserRateRule:
 
     def observe(self, event: GateEvent, now: float) -> None:
         users, user = self._users, event.user_id
-        state = users.get(user)
+        index = users.index
+        r = index.get(user)
         ts = event.ts
-        if state is None:
+        d = users.data
+        if r is None:
             clock = ts
-            state = users[user] = array("d", (clock // self.window_seconds, 0.0, 0.0, 0.0, 0.0, clock, now))
+            b = users.add(user, (clock // self.window_seconds, 0.0, 0.0, 0.0, 0.0, clock, now)) * _RATE_FIELDS
         else:
-            users.move_to_end(user)  # most recently seen last
-            clock = ts if ts > state[5] else state[5]
-            index = clock // self.window_seconds
-            if index > state[0] + 1:  # both windows are over
-                state[0], state[1], state[2], state[3], state[4] = index, 0.0, 0.0, 0.0, 0.0
-            elif index == state[0] + 1:  # the current window becomes the previous one
-                state[0], state[1], state[2], state[3], state[4] = index, state[2], 0.0, state[4], 0.0
-        state[2] += 1.0
+            index.move_to_end(user)  # most recently seen last
+            b = r * _RATE_FIELDS
+            user_clock = d[b + 5]
+            clock = ts if ts > user_clock else user_clock
+            window_index = clock // self.window_seconds
+            if window_index > d[b] + 1:  # both windows are over
+                d[b], d[b + 1], d[b + 2], d[b + 3], d[b + 4] = window_index, 0.0, 0.0, 0.0, 0.0
+            elif window_index == d[b] + 1:  # the current window becomes the previous one
+                d[b], d[b + 1], d[b + 2], d[b + 3], d[b + 4] = window_index, d[b + 2], 0.0, d[b + 4], 0.0
+        d[b + 2] += 1.0
         if event.type in self.positive_types:
-            state[4] += 1.0
-        state[5] = clock
-        state[6] = now
+            d[b + 4] += 1.0
+        d[b + 5] = clock
+        d[b + 6] = now
         horizon = now - 2 * self.window_seconds
-        if user == self._oldest or not (self._oldest_seen >= horizon and len(users) <= self.max_users):
-            self._oldest, self._oldest_seen = _evict(users, horizon, self.max_users, 6)
+        if user == self._oldest or not (self._oldest_seen >= horizon and len(index) <= self.max_users):
+            self._oldest, self._oldest_seen = users.evict(horizon, self.max_users, 6)
 
     def observe_held(self, event: GateEvent, now: float, hold: Hold) -> None:  # noqa: ARG002 - any reason counts
         """A held attempt still counts: a sender who keeps going stays over the limit."""
@@ -283,8 +294,8 @@ class ItemSurgeRule:
     it lasts; interactions of established users are never held by this rule. Windows count
     interactions, not seconds, so a replay's quiet days neither reset nor dilute them.
 
-    Memory (measured, table entries included): one record (~0.22 kB) per item, least recently
-    touched forgotten beyond ``max_items``; one (~0.17 kB) per user seen in the last
+    Memory (measured, table entries included): one record (~0.13 kB) per item, least recently
+    touched forgotten beyond ``max_items``; one (~0.09 kB) per user seen in the last
     ``user_idle_seconds``, at most ``max_users`` (an evicted user's progress towards established is
     lost; established users stay known through :class:`EstablishedUsers`, 2 × 1.2 bytes ×
     ``established_capacity``).
@@ -325,6 +336,8 @@ class ItemSurgeRule:
             raise ValueError("new_user_events, item_memory and stream_memory must be >= 1")
         if cooldown is not None and cooldown < 0:
             raise ValueError("cooldown must be >= 0")
+        if max_items < 1:
+            raise ValueError("max_items must be >= 1")
         self.new_user_events = new_user_events
         self.min_new_positives = min_new_positives
         self.min_new_share = min_new_share
@@ -351,37 +364,40 @@ class ItemSurgeRule:
         #         cool-down end (on the all channel's clock),
         #         then per channel: [new-user attempts weighted over the channel's, channel clock when last updated];
         #         least recently touched first
-        self._items: OrderedDict[str, array[float]] = OrderedDict()
+        self._items = Records(_SURGE_ITEM_FIELDS)
         # user -> [events passed (capped at new_user_events), now last seen]; established users stay here as a
         # cache in front of the Bloom filters while active
-        self._users: OrderedDict[str, array[float]] = OrderedDict()
-        self._oldest, self._oldest_seen = None, -math.inf  # _users' first entry (see _evict)
+        self._users = Records(_SURGE_USER_FIELDS)
+        self._oldest, self._oldest_seen = None, -math.inf  # _users' first entry (see Records.evict)
 
     def check(self, event: GateEvent, now: float) -> Hold | None:  # noqa: ARG002 - windows count interactions
         judged = self.judged_types
         if judged is not None and event.type not in judged:
             return None
         user = event.user_id
-        known = self._users.get(user)
+        users = self._users
+        known = users.index.get(user)
         if known is not None:
-            if known[0] >= self.new_user_events:
+            if users.data[known * _SURGE_USER_FIELDS] >= self.new_user_events:
                 return None  # an established user
         elif user in self.established:
             return None
-        state = self._items.get(event.item_id)
-        if state is None:
+        items = self._items
+        r = items.index.get(event.item_id)
+        if r is None:
             return None if self.min_new_positives > 1 else self._hold(1.0, 1.0, 1.0)
-        if state[2] > self._clocks[0]:
+        d, b = items.data, r * _SURGE_ITEM_FIELDS
+        if d[b + 2] > self._clocks[0]:
             return Hold(
                 "item_surge",
                 f"new-user {event.type} of an item cooling down after a surge from new users "
-                f"({state[2] - self._clocks[0]:.0f} interactions to go)",
+                f"({d[b + 2] - self._clocks[0]:.0f} interactions to go)",
             )
         decay = self._item_decay
-        new = state[0] * decay + 1.0
+        new = d[b] * decay + 1.0
         if new < self.min_new_positives:
             return None
-        share = new / (state[1] * decay + 1.0)
+        share = new / (d[b + 1] * decay + 1.0)
         if (
             share >= self.min_new_share
             and share - self._stream_new_share >= self.min_lift
@@ -389,16 +405,17 @@ class ItemSurgeRule:
         ):
             return self._hold(new, share, None)
         for channel in (0, 1) if event.type in self.positive_types else (0,):
-            concentration = self._concentration(state, channel)
+            concentration = self._concentration(b, channel)
             if concentration is not None and concentration >= self.max_new_concentration:
                 return self._hold(new, share, concentration, channel)
         return None
 
-    def _concentration(self, state: array[float], channel: int) -> float | None:
-        """The item's share of the channel's recent new-user attempts, this one included (None: too few)."""
+    def _concentration(self, start: int, channel: int) -> float | None:
+        """The share of the item whose record starts at ``start`` of the channel's recent new-user attempts, this
+        one included (None: too few)."""
         decay = self._stream_decay
-        at = 3 + 2 * channel
-        item_in_stream = state[at] * decay ** (self._clocks[channel] - state[at + 1]) * decay + 1.0
+        d, at = self._items.data, start + 3 + 2 * channel
+        item_in_stream = d[at] * decay ** (self._clocks[channel] - d[at + 1]) * decay + 1.0
         if item_in_stream < self.min_new_positives:
             return None
         return item_in_stream / (self._stream_new[channel] * decay + 1.0)
@@ -412,50 +429,54 @@ class ItemSurgeRule:
             why = f"{concentration:.0%} of all recent new-user {kind} went to this item"
         return Hold("item_surge", f"surge from new users: {why}")
 
-    def _count(self, is_new: bool, item: str, positive: bool) -> array[float]:
-        """Count an interaction with ``item`` (a new user's if ``is_new``) in its record and the stream's channels."""
+    def _count(self, is_new: bool, item: str, positive: bool) -> int:
+        """Count an interaction with ``item`` (a new user's if ``is_new``) in its record and the stream's channels;
+        returns where its record starts in ``self._items.data``."""
         decay = self._stream_decay
         clocks, stream_new = self._clocks, self._stream_new
         items = self._items
-        state = items.get(item)
-        if state is None:
-            state = items[item] = array("d", (0.0, 0.0, 0.0, 0.0, clocks[0], 0.0, clocks[1]))
-            if len(items) > self.max_items:
-                items.popitem(last=False)
+        index = items.index
+        r = index.get(item)
+        if r is None:
+            r = items.add(item, (0.0, 0.0, 0.0, 0.0, clocks[0], 0.0, clocks[1]))
+            if len(index) > self.max_items:  # never this item's record: max_items >= 1, and it is the newest
+                items.pop_oldest()
         else:
-            items.move_to_end(item)  # most recently touched last
+            index.move_to_end(item)  # most recently touched last
+        d, b = items.data, r * _SURGE_ITEM_FIELDS
         # channel 0 (every judged interaction), then channel 1 (likes/shares): [new-user attempts, clock] at 3 and 5
         clock = clocks[0] = clocks[0] + 1
         stream_new[0] = stream_new[0] * decay + is_new
-        state[3] = state[3] * decay ** (clock - state[4]) + is_new
-        state[4] = clock
+        d[b + 3] = d[b + 3] * decay ** (clock - d[b + 4]) + is_new
+        d[b + 4] = clock
         if positive:
             clock = clocks[1] = clocks[1] + 1
             stream_new[1] = stream_new[1] * decay + is_new
-            state[5] = state[5] * decay ** (clock - state[6]) + is_new
-            state[6] = clock
+            d[b + 5] = d[b + 5] * decay ** (clock - d[b + 6]) + is_new
+            d[b + 6] = clock
         item_decay = self._item_decay
-        state[0] = state[0] * item_decay + is_new
-        state[1] = state[1] * item_decay + 1.0
-        return state
+        d[b] = d[b] * item_decay + is_new
+        d[b + 1] = d[b + 1] * item_decay + 1.0
+        return b
 
     def observe(self, event: GateEvent, now: float) -> None:
         user = event.user_id
         users = self._users
-        state = users.get(user)
-        if state is None:
+        index = users.index
+        r = index.get(user)
+        if r is None:
             if user in self.established:
                 self.established.add(user)  # refresh into the current generation
-                state = array("d", (self.new_user_events, now))
+                r = users.add(user, (self.new_user_events, now))
             else:
-                state = array("d", (0.0, now))
-            users[user] = state
+                r = users.add(user, (0.0, now))
         else:
-            users.move_to_end(user)  # most recently seen last
+            index.move_to_end(user)  # most recently seen last
+        d, b = users.data, r * _SURGE_USER_FIELDS
         new_user_events = self.new_user_events
         judged = self.judged_types
         if judged is None or event.type in judged:
-            is_new = state[0] < new_user_events
+            is_new = d[b] < new_user_events
             self._count(is_new, event.item_id, event.type in self.positive_types)
             self._passed = passed = self._passed + 1
             rate = 1.0 / passed
@@ -463,19 +484,19 @@ class ItemSurgeRule:
             if floor > rate:  # max(1 / passed, floor): a plain mean until the window fills
                 rate = floor
             self._stream_new_share += rate * (is_new - self._stream_new_share)
-        if state[0] < new_user_events:
-            state[0] += 1.0
-            if state[0] >= new_user_events:
+        if d[b] < new_user_events:
+            d[b] += 1.0
+            if d[b] >= new_user_events:
                 self.established.add(user)
-        state[1] = now
+        d[b + 1] = now
         horizon = now - self.user_idle_seconds
-        if user == self._oldest or not (self._oldest_seen >= horizon and len(users) <= self.max_users):
-            self._oldest, self._oldest_seen = _evict(users, horizon, self.max_users, 1)
+        if user == self._oldest or not (self._oldest_seen >= horizon and len(index) <= self.max_users):
+            self._oldest, self._oldest_seen = users.evict(horizon, self.max_users, 1)
 
     def observe_held(self, event: GateEvent, now: float, hold: Hold) -> None:  # noqa: ARG002
         """A held new-user interaction still counts for its item, and (re)starts the item's cool-down."""
-        state = self._count(True, event.item_id, event.type in self.positive_types)
-        state[2] = self._clocks[0] + self.cooldown
+        start = self._count(True, event.item_id, event.type in self.positive_types)
+        self._items.data[start + 2] = self._clocks[0] + self.cooldown
 
     @property
     def stream_new_share(self) -> float:
@@ -483,20 +504,9 @@ class ItemSurgeRule:
         return self._stream_new_share
 
 
-def _evict(table: OrderedDict[str, array[float]], horizon: float, cap: int, seen_at: int) -> tuple[str | None, float]:
-    """Drop least-recently-seen entries seen before ``horizon``, and any beyond ``cap``.
-
-    Returns the least recently seen entry left (key, when seen), or (None, -inf) when none is: the
-    rules keep it, and call this again only when the table's size, the horizon or a touch of that
-    entry (which moves it to the end) may make it due (a condition the rules check inline), so that the oldest
-    record, usually out of the CPU caches, is not read for every event.
-    """
-    while table:
-        key, oldest = next(iter(table.items()))
-        if oldest[seen_at] >= horizon and len(table) <= cap:
-            return key, oldest[seen_at]
-        table.popitem(last=False)
-    return None, -math.inf
+def _same_state(a: array[float] | None, b: array[float] | None) -> bool:
+    """Whether two copies of a user's record (None: no record) hold the same values."""
+    return a is b or (a is not None and b is not None and a == b)
 
 
 class AnomalousBehaviourRule:
@@ -526,7 +536,7 @@ class AnomalousBehaviourRule:
     ever more). Nothing is held before ``warmup_events`` events have passed, nor before the trees
     have a reference window (``window_size`` × ``learn_every`` events). Memory: the trees (fixed,
     ``n_trees`` × 2^(``height`` + 1) nodes), the points learned in the current window (at most
-    ``window_size``, ~0.2 kB each), one record (~0.2 kB) per user seen in the last
+    ``window_size``, ~0.2 kB each), one record (~0.12 kB) per user seen in the last
     ``idle_seconds``, at most ``max_users``.
 
     >>> rule = AnomalousBehaviourRule(warmup_events=100, window_size=50, learn_every=1)
@@ -579,8 +589,9 @@ class AnomalousBehaviourRule:
         self.passed = 0
         self.learned = 0
         self._scored = False  # the quantile has seen a real score (the trees finished their first window)
-        self._users: OrderedDict[str, array[float]] = OrderedDict()
-        self._oldest, self._oldest_seen = None, -math.inf  # _users' first entry (see _evict)
+        # user -> [clock, decayed event count, positive ratio, watch ratio, events, now last seen]
+        self._users = Records(_ANOMALY_FIELDS)
+        self._oldest, self._oldest_seen = None, -math.inf  # _users' first record (see Records.evict)
         # the features, score and next user state computed by the last check, reused by observe
         self._memo: tuple[GateEvent, Features, float, array[float]] | None = None
         # prepare(): the batch, and per row (user state it was computed from, features, next state); checks come
@@ -662,7 +673,7 @@ class AnomalousBehaviourRule:
         if self.learned < self._window_size or len(events) < 2:
             return  # before the first window every score is 0; a single event gains nothing
         users: dict[str, array[float]] = {}  # each user's state after their events so far in the batch
-        known = self._users
+        known = self._users.values
         rows = []
         flat: list[float] = []  # the rows' features one after the other (one array built from floats is cheaper)
         positive_types, rate_cap = self.positive_types, self.rate_cap
@@ -671,7 +682,7 @@ class AnomalousBehaviourRule:
             user = event.user_id
             state = users.get(user)
             if state is None:
-                state = known.get(user)
+                state = known(user)
             # _features(event, now, state), inline (the same operations in the same order: the same floats)
             _, _, _, kind, ts, watch_seconds, duration = event
             positive = 1.0 if kind in positive_types else 0.0
@@ -732,15 +743,15 @@ class AnomalousBehaviourRule:
         memo = self._memo
         if memo is not None and memo[0] is event:
             return memo
-        x, score, nxt = self._score(event, now, self._users.get(event.user_id))
+        x, score, nxt = self._score(event, now, self._users.values(event.user_id))
         self._memo = memo = (event, x, score, nxt)
         return memo
 
     def _score(self, event: GateEvent, now: float, state: array[float] | None) -> tuple[Features, float, array[float]]:
-        """(features, score, the user's next state) of ``event`` for a user now in ``state``: from the chunk
-        prepared ahead if it was computed from exactly that state, else computed here."""
+        """(features, score, the user's next state) of ``event`` for a user now in ``state`` (a copy of their
+        record): from the chunk prepared ahead if it was computed from exactly that state, else computed here."""
         row = self._ahead_row(event) if self._ahead_events else -1
-        if row >= 0 and (ahead := self._ahead_rows[row])[0] is state:
+        if row >= 0 and _same_state((ahead := self._ahead_rows[row])[0], state):
             _, x, nxt = ahead
             window = self.learned // self._window_size
             if self._ahead_window != window:  # the batch's first check, or a window of the trees ended since
@@ -775,11 +786,10 @@ class AnomalousBehaviourRule:
 
     def _remember(self, user: str, nxt: array[float], now: float) -> None:
         users = self._users
-        users[user] = nxt
-        users.move_to_end(user)
+        users.put(user, nxt)
         horizon = now - self.idle_seconds
         if user == self._oldest or not (self._oldest_seen >= horizon and len(users) <= self.max_users):
-            self._oldest, self._oldest_seen = _evict(users, horizon, self.max_users, 5)
+            self._oldest, self._oldest_seen = users.evict(horizon, self.max_users, 5)
 
     def _learn(self, x: Features) -> None:
         """Learn ``x`` into the trees, as River's ``learn_one`` does; the points of a window are walked in when it ends.
@@ -808,11 +818,10 @@ class AnomalousBehaviourRule:
         self._memo = None
         # _remember, inline (once per event)
         users, user = self._users, event.user_id
-        users[user] = nxt
-        users.move_to_end(user)
+        users.put(user, nxt)
         horizon = now - self.idle_seconds
         if user == self._oldest or not (self._oldest_seen >= horizon and len(users) <= self.max_users):
-            self._oldest, self._oldest_seen = _evict(users, horizon, self.max_users, 5)
+            self._oldest, self._oldest_seen = users.evict(horizon, self.max_users, 5)
         self.passed = passed = self.passed + 1
         if self.learned >= self._window_size and nxt[4] != 1.0:  # before that the trees score everything 0
             self.threshold.update(score)
@@ -830,8 +839,7 @@ class AnomalousBehaviourRule:
         """
         self._memo = None
         users, user = self._users, event.user_id
-        # every event that reaches here updates its user's state, and moves them last: taken out, put back below
-        state = users.pop(user, None)
+        state = users.values(user)  # every event that reaches here updates it, and moves the user last (below)
         x, score, nxt = self._score(event, now, state)
         hold = None
         known = state is not None  # else the user's first event: neither held nor in the quantile
@@ -843,10 +851,10 @@ class AnomalousBehaviourRule:
                     f"behaviour anomaly score {score:.3f} above the running {self.threshold.q:.1%} quantile "
                     f"{threshold:.3f}",
                 )
-        users[user] = nxt
+        users.put(user, nxt)
         horizon = now - self.idle_seconds
         if user == self._oldest or not (self._oldest_seen >= horizon and len(users) <= self.max_users):
-            self._oldest, self._oldest_seen = _evict(users, horizon, self.max_users, 5)
+            self._oldest, self._oldest_seen = users.evict(horizon, self.max_users, 5)
         if hold is not None:  # observe_held
             if self._scored:
                 self._estimator.update(score)
