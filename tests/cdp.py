@@ -46,11 +46,16 @@ class Browser:
             raise RuntimeError("chromium not found (apt-get install chromium)")
         self.port = free_port()
         self.profile = tempfile.mkdtemp(prefix="recstream-chromium-")
+        # Chromium makes its own temporary directories (org.chromium.Chromium.*, the singleton's socket) under
+        # TMPDIR and leaves them when it is stopped by a signal: in the profile, they go with it in stop().
+        scratch = os.path.join(self.profile, "tmp")
+        os.mkdir(scratch)
         self.process = subprocess.Popen(
             [path, *FLAGS, f"--user-data-dir={self.profile}", f"--remote-debugging-port={self.port}", "about:blank"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            env={**os.environ, "TMPDIR": scratch},
         )
         deadline = time.monotonic() + 30
         while True:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import tempfile
 import threading
 from pathlib import Path
 
@@ -141,3 +142,21 @@ async def _end_offsets(broker_url: str, topic: str, n_partitions: int) -> dict[s
     finally:
         await consumer.stop()
     return {f"{tp.topic}/{tp.partition}": offset for tp, offset in end.items() if offset}
+
+
+def test_the_browser_leaves_no_directory_behind() -> None:
+    """Stopped by a signal, Chromium leaves its temporary directories (``org.chromium.Chromium.*``): the test
+    browser gives it a TMPDIR inside its profile, which it removes."""
+    _chromium()
+    tmp = Path(tempfile.gettempdir())
+
+    def ours() -> set[str]:
+        return {p.name for p in tmp.iterdir() if p.name.startswith(("org.chromium.", "recstream-chromium-"))}
+
+    before = ours()
+    browser = Browser()
+    try:
+        assert ours() - before, "the browser's profile is not in the temporary directory"
+    finally:
+        browser.stop()
+    assert ours() - before == set()
