@@ -26,6 +26,13 @@ what the gate holds for that many active users and items; its tables are bounded
 (docs/quality-gate.md). The worker's figure is the learner's plus the gate's. The gate is
 measured in the learner's process, so it may reuse heap the learner freed (after
 ``implicit_mf`` and after ``item_cooccurrence`` it measured ~3% apart).
+
+**One table at a time.** ``python -m bench.memory --records --ids 500000`` measures what one record
+of each behaviour rule's table costs (``learner/gate/records.py``): each rule alone, in a process of
+its own, judges ``ids`` likes that each bring a new user (on a new item for ``item_surge``'s items,
+on one of 1,000 items for its users), with the pool of row numbers grown first as the learner's
+rows grow it in a worker; RSS growth after a heap trim, per record, next to the record's fields
+(8 bytes each).
 """
 
 from __future__ import annotations
@@ -211,12 +218,86 @@ def run(ids: int, budget: TimeBudget, models: tuple[str, ...] = ("implicit_mf", 
     return results, rows
 
 
+#: --records: each case's rule, the ids it keeps records of, and the fields in a record
+RECORD_CASES = {
+    "user_rate": ("UserRateRule", "users", 7),
+    "item_surge users": ("ItemSurgeRule", "users", 2),
+    "item_surge items": ("ItemSurgeRule", "items", 7),
+    "anomalous_behaviour": ("AnomalousBehaviourRule", "users", 6),
+}
+
+
+def measure_record(case: str, n: int) -> dict:
+    """One behaviour rule alone judging ``n`` likes, each of a new user (and, for a table of items, on a new
+    item): RSS growth per record after a heap trim, and CPU per event."""
+    from learner.gate import behaviour
+    from learner.gate.base import GateEvent
+    from learner.id_index import row_object
+    from recstream.heap_trim import trim_heap
+
+    rule_name, table, fields = RECORD_CASES[case]
+    users = [f"user-{i:07d}" for i in range(n)]
+    items = [f"item-{i:07d}" for i in range(n)] if table == "items" else [f"item-{i % 1000:07d}" for i in range(n)]
+    if table == "items":
+        users = ["user-0000000"] * n  # one user: the records are the items'
+    events = [GateEvent(f"e{i}", users[i], items[i], "like", 1e9 + i / GATE_EVENTS_PER_SECOND) for i in range(n)]
+    row_object(n)  # the row numbers' pool, grown in a worker by the learner's rows
+    rule = getattr(behaviour, rule_name)()
+    gc.collect()
+    trim_heap()
+    before = rss_bytes()
+    started = time.process_time()
+    for event in events:
+        hold = rule.check(event, event.ts)
+        if hold is None:
+            rule.observe(event, event.ts)
+        else:
+            rule.observe_held(event, event.ts, hold)
+    cpu = time.process_time() - started
+    gc.collect()
+    trim_heap()
+    records = len(getattr(rule, f"_{table}"))
+    return {
+        "case": case,
+        "records": records,
+        "bytes_per_record": (rss_bytes() - before) / max(records, 1),
+        "field_bytes": 8 * fields,
+        "cpu_us_per_event": cpu / n * 1e6,
+    }
+
+
+def records_rows(ids: int, budget: TimeBudget) -> list[Row]:
+    rows = []
+    for case in RECORD_CASES:
+        budget.check(f"records of {case}")
+        r = run_json(["-m", "bench.memory", "--record", case, "--ids", str(ids)], budget.left())
+        rows.append(
+            Row(
+                "memory",
+                f"bytes per record of the gate's {case} table, table entry included ({r['records']:,} records)",
+                r["bytes_per_record"],
+                "B",
+                r["field_bytes"],
+                "the record's fields",
+            )
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="implicit_mf")
-    parser.add_argument("--ids", type=int, default=1_000_000, help="users + items")
+    parser.add_argument("--ids", type=int, default=1_000_000, help="users + items (--record(s): likes judged)")
+    parser.add_argument("--records", action="store_true", help="bytes per record of each gate table, as a table")
+    parser.add_argument("--record", choices=sorted(RECORD_CASES), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    print(json.dumps(measure(args.model, args.ids)))
+    if args.record:
+        print(json.dumps(measure_record(args.record, args.ids)))
+    elif args.records:
+        for row in records_rows(args.ids, TimeBudget(600, "records")):
+            print(f"{row.name}: {row.figure:,.0f} B, {row.figure / row.reference:.1f}x {row.reference_name}")
+    else:
+        print(json.dumps(measure(args.model, args.ids)))
 
 
 if __name__ == "__main__":

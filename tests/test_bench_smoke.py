@@ -187,3 +187,17 @@ def test_freshness_reads_the_apis_load_and_swap_histograms_between_two_reads() -
     assert means["delta_load_count"] == 4 and means["delta_load_mean_s"] == pytest.approx(0.005)
     assert means["swap_delay_count"] == 4 and means["swap_delay_mean_s"] == pytest.approx(0.2)
     assert means["whole_load_count"] == 0 and means["whole_load_mean_s"] != means["whole_load_mean_s"]  # nan
+
+
+@pytest.mark.parametrize("case", ["user_rate", "item_surge users", "item_surge items", "anomalous_behaviour"])
+def test_the_gate_record_figure_fills_the_table_it_measures(case: str) -> None:
+    """``python -m bench.memory --records``: each case's rule keeps one record per like judged (none held, none
+    forgotten), so the figure is bytes per record of a full table."""
+    import math
+
+    from bench.memory import RECORD_CASES, measure_record
+
+    r = measure_record(case, 20_000)
+    assert r["records"] == 20_000
+    assert r["field_bytes"] == 8 * RECORD_CASES[case][2]
+    assert math.isfinite(r["bytes_per_record"]) and r["cpu_us_per_event"] > 0

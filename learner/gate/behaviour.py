@@ -55,7 +55,7 @@ class UserRateRule:
 
     Sliding-window counters: two fixed windows per user, the previous one weighted by how much of
     it still overlaps the sliding window (error bounded by the previous window's count, no
-    timestamps stored). Memory: one record (~0.13 kB) per user active in the last two
+    timestamps stored). Memory: one record (~0.14 kB) per user active in the last two
     windows, at most ``max_users``.
 
     >>> rule = UserRateRule(window_seconds=60, max_positives=3, max_events=100)
@@ -294,8 +294,8 @@ class ItemSurgeRule:
     it lasts; interactions of established users are never held by this rule. Windows count
     interactions, not seconds, so a replay's quiet days neither reset nor dilute them.
 
-    Memory (measured, table entries included): one record (~0.13 kB) per item, least recently
-    touched forgotten beyond ``max_items``; one (~0.09 kB) per user seen in the last
+    Memory (measured, table entries included): one record (~0.14 kB) per item, least recently
+    touched forgotten beyond ``max_items``; one (~0.1 kB) per user seen in the last
     ``user_idle_seconds``, at most ``max_users`` (an evicted user's progress towards established is
     lost; established users stay known through :class:`EstablishedUsers`, 2 × 1.2 bytes ×
     ``established_capacity``).
@@ -536,7 +536,7 @@ class AnomalousBehaviourRule:
     ever more). Nothing is held before ``warmup_events`` events have passed, nor before the trees
     have a reference window (``window_size`` × ``learn_every`` events). Memory: the trees (fixed,
     ``n_trees`` × 2^(``height`` + 1) nodes), the points learned in the current window (at most
-    ``window_size``, ~0.2 kB each), one record (~0.12 kB) per user seen in the last
+    ``window_size``, ~0.2 kB each), one record (~0.13 kB) per user seen in the last
     ``idle_seconds``, at most ``max_users``.
 
     >>> rule = AnomalousBehaviourRule(warmup_events=100, window_size=50, learn_every=1)
