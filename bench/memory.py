@@ -236,10 +236,10 @@ def measure_record(case: str, n: int) -> dict:
     from recstream.heap_trim import trim_heap
 
     rule_name, table, fields = RECORD_CASES[case]
-    users = [f"user-{i:07d}" for i in range(n)]
-    items = [f"item-{i:07d}" for i in range(n)] if table == "items" else [f"item-{i % 1000:07d}" for i in range(n)]
-    if table == "items":
-        users = ["user-0000000"] * n  # one user: the records are the items'
+    if table == "items":  # one user: the records are the items'
+        users, items = ["user-0000000"] * n, [f"item-{i:07d}" for i in range(n)]
+    else:
+        users, items = [f"user-{i:07d}" for i in range(n)], [f"item-{i % 1000:07d}" for i in range(n)]
     events = [GateEvent(f"e{i}", users[i], items[i], "like", 1e9 + i / GATE_EVENTS_PER_SECOND) for i in range(n)]
     row_object(n)  # the row numbers' pool, grown in a worker by the learner's rows
     rule = getattr(behaviour, rule_name)()

@@ -49,14 +49,13 @@ def test_forgotten_record_numbers_are_reused_and_new_records_start_from_their_va
     most = 0
     for step in range(20_000):
         key = f"k{rnd.randrange(300)}"
+        values = (float(step), rnd.random())
         if key in table:
-            table.put(key, array("d", (step, rnd.random())))
-            reference[key] = [float(step), table[key][1]]
+            table.put(key, array("d", values))
             reference.move_to_end(key)
         else:
-            values = (float(step), rnd.random())
             table.add(key, values)
-            reference[key] = list(values)
+        reference[key] = list(values)
         most = max(most, len(table))
         if rnd.random() < 0.3:
             table.evict(horizon=step - 200, cap=150, seen_at=0)

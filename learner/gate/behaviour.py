@@ -504,11 +504,6 @@ class ItemSurgeRule:
         return self._stream_new_share
 
 
-def _same_state(a: array[float] | None, b: array[float] | None) -> bool:
-    """Whether two copies of a user's record (None: no record) hold the same values."""
-    return a is b or (a is not None and b is not None and a == b)
-
-
 class AnomalousBehaviourRule:
     """Holds events whose behaviour features score above the running ``quantile`` of Half-Space Trees scores.
 
@@ -751,7 +746,8 @@ class AnomalousBehaviourRule:
         """(features, score, the user's next state) of ``event`` for a user now in ``state`` (a copy of their
         record): from the chunk prepared ahead if it was computed from exactly that state, else computed here."""
         row = self._ahead_row(event) if self._ahead_events else -1
-        if row >= 0 and _same_state((ahead := self._ahead_rows[row])[0], state):
+        # the same values (copies of the record: None for none), so the same features as computing them here
+        if row >= 0 and (ahead := self._ahead_rows[row])[0] == state:
             _, x, nxt = ahead
             window = self.learned // self._window_size
             if self._ahead_window != window:  # the batch's first check, or a window of the trees ended since
