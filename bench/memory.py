@@ -260,6 +260,7 @@ def measure_record(case: str, n: int) -> dict:
     return {
         "case": case,
         "records": records,
+        "width": getattr(rule, f"_{table}").width,
         "bytes_per_record": (rss_bytes() - before) / max(records, 1),
         "field_bytes": 8 * fields,
         "cpu_us_per_event": cpu / n * 1e6,

@@ -19,12 +19,17 @@ def test_records_are_read_and_written_in_place_and_kept_apart() -> None:
     table.data[b * 3] += 0.5
     assert table["a"] == [1.0, 2.0, 30.0] and table["b"] == [4.5, 5.0, 6.0]
     assert list(table) == ["a", "b"] and "a" in table and "c" not in table and len(table) == 2
-    copy = table.values("a")
+    copy = table.copy_of("a")
     assert copy is not None and copy.tolist() == [1.0, 2.0, 30.0]
     copy[0] = 99.0  # a copy: the record is unchanged
-    assert table["a"][0] == 1.0 and table.values("zz") is None
+    assert table["a"][0] == 1.0 and table.copy_of("zz") is None
     with pytest.raises(ValueError, match="3 fields"):
         table.add("c", (1.0, 2.0))
+    with pytest.raises(ValueError, match="3 fields"):  # it would shift b's record
+        table.put("a", array("d", (1.0, 2.0)))
+    with pytest.raises(ValueError, match="has a record already"):
+        table.add("a", (0.0, 0.0, 0.0))
+    assert table["b"] == [4.5, 5.0, 6.0] and list(table) == ["a", "b"]
 
 
 def test_put_moves_a_record_last_and_evict_goes_in_that_order() -> None:
@@ -42,17 +47,18 @@ def test_put_moves_a_record_last_and_evict_goes_in_that_order() -> None:
 
 
 def test_forgotten_record_numbers_are_reused_and_new_records_start_from_their_values() -> None:
-    """Against a plain OrderedDict of lists over a random run: same keys in the same order, same values; the
-    flat array grows only to the most records held at once."""
+    """Against a plain OrderedDict of lists over a random run of adds, puts (of known and new keys), evictions and
+    pops of the oldest: same keys in the same order, same values; the flat array grows only to the most records
+    held at once."""
     rnd = random.Random(3)
     table, reference = Records(2), OrderedDict()
     most = 0
     for step in range(20_000):
         key = f"k{rnd.randrange(300)}"
         values = (float(step), rnd.random())
-        if key in table:
-            table.put(key, array("d", values))
-            reference.move_to_end(key)
+        if key in table or rnd.random() < 0.5:
+            table.put(key, array("d", values))  # a new key too: added last
+            reference.pop(key, None)
         else:
             table.add(key, values)
         reference[key] = list(values)
@@ -61,6 +67,11 @@ def test_forgotten_record_numbers_are_reused_and_new_records_start_from_their_va
             table.evict(horizon=step - 200, cap=150, seen_at=0)
             while reference and (next(iter(reference.values()))[0] < step - 200 or len(reference) > 150):
                 reference.popitem(last=False)
+        if rnd.random() < 0.05 and len(table):
+            table.pop_oldest()
+            reference.popitem(last=False)
+        if step % 97 == 0:
+            assert list(table.items()) == list(reference.items())
         assert len(table) == len(reference)
     assert list(table.items()) == list(reference.items())
     assert len(table.data) == 2 * most  # numbers of forgotten records were taken again before the array grew

@@ -336,8 +336,6 @@ class ItemSurgeRule:
             raise ValueError("new_user_events, item_memory and stream_memory must be >= 1")
         if cooldown is not None and cooldown < 0:
             raise ValueError("cooldown must be >= 0")
-        if max_items < 1:
-            raise ValueError("max_items must be >= 1")
         self.new_user_events = new_user_events
         self.min_new_positives = min_new_positives
         self.min_new_share = min_new_share
@@ -439,8 +437,8 @@ class ItemSurgeRule:
         r = index.get(item)
         if r is None:
             r = items.add(item, (0.0, 0.0, 0.0, 0.0, clocks[0], 0.0, clocks[1]))
-            if len(index) > self.max_items:  # never this item's record: max_items >= 1, and it is the newest
-                items.pop_oldest()
+            if len(index) > self.max_items:  # the oldest: this item's own only with max_items 0 (then the record
+                items.pop_oldest()  # written below is free, never read, and fully written again when taken)
         else:
             index.move_to_end(item)  # most recently touched last
         d, b = items.data, r * _SURGE_ITEM_FIELDS
@@ -668,7 +666,7 @@ class AnomalousBehaviourRule:
         if self.learned < self._window_size or len(events) < 2:
             return  # before the first window every score is 0; a single event gains nothing
         users: dict[str, array[float]] = {}  # each user's state after their events so far in the batch
-        known = self._users.values
+        known = self._users.copy_of
         rows = []
         flat: list[float] = []  # the rows' features one after the other (one array built from floats is cheaper)
         positive_types, rate_cap = self.positive_types, self.rate_cap
@@ -738,7 +736,7 @@ class AnomalousBehaviourRule:
         memo = self._memo
         if memo is not None and memo[0] is event:
             return memo
-        x, score, nxt = self._score(event, now, self._users.values(event.user_id))
+        x, score, nxt = self._score(event, now, self._users.copy_of(event.user_id))
         self._memo = memo = (event, x, score, nxt)
         return memo
 
@@ -746,8 +744,7 @@ class AnomalousBehaviourRule:
         """(features, score, the user's next state) of ``event`` for a user now in ``state`` (a copy of their
         record): from the chunk prepared ahead if it was computed from exactly that state, else computed here."""
         row = self._ahead_row(event) if self._ahead_events else -1
-        # the same values (copies of the record: None for none), so the same features as computing them here
-        if row >= 0 and (ahead := self._ahead_rows[row])[0] == state:
+        if row >= 0 and _same_state((ahead := self._ahead_rows[row])[0], state):
             _, x, nxt = ahead
             window = self.learned // self._window_size
             if self._ahead_window != window:  # the batch's first check, or a window of the trees ended since
@@ -835,7 +832,7 @@ class AnomalousBehaviourRule:
         """
         self._memo = None
         users, user = self._users, event.user_id
-        state = users.values(user)  # every event that reaches here updates it, and moves the user last (below)
+        state = users.copy_of(user)  # every event that reaches here updates it, and moves the user last (below)
         x, score, nxt = self._score(event, now, state)
         hold = None
         known = state is not None  # else the user's first event: neither held nor in the quantile
@@ -877,3 +874,9 @@ class AnomalousBehaviourRule:
 
     def __len__(self) -> int:
         return len(self._users)
+
+
+def _same_state(a: array[float] | None, b: array[float] | None) -> bool:
+    """Whether two copies of a user's record (None: none) hold the same floats, bit for bit (NaN included, as an
+    identical record did before records were copies)."""
+    return a is b or (a is not None and b is not None and a.tobytes() == b.tobytes())

@@ -48,9 +48,10 @@ class Records(Mapping[str, list[float]]):
     def add(self, key: str, values: Iterable[float]) -> int:
         """A new record for ``key`` (not in the table), last in the order; returns its number."""
         data, width, free = self.data, self.width, self._free
+        if key in self.index:
+            raise ValueError(f"{key!r} has a record already")
         fields = values if type(values) is array and values.typecode == "d" else array("d", values)
-        if len(fields) != width:
-            raise ValueError(f"a record has {width} fields, not {len(fields)}")
+        self._check(fields)
         if free:
             number = free.pop()
             data[number * width : (number + 1) * width] = fields
@@ -60,7 +61,7 @@ class Records(Mapping[str, list[float]]):
         self.index[key] = number = row_object(number)
         return number
 
-    def values(self, key: str) -> array | None:
+    def copy_of(self, key: str) -> array | None:
         """A copy of ``key``'s record as an ``array('d')``, or None."""
         number = self.index.get(key)
         if number is None:
@@ -75,9 +76,14 @@ class Records(Mapping[str, list[float]]):
         if number is None:
             self.add(key, values)
             return
+        self._check(values)
         index.move_to_end(key)
         start = number * self.width
         self.data[start : start + self.width] = values
+
+    def _check(self, fields: array) -> None:
+        if len(fields) != self.width:  # a slice assignment of another length would shift every later record
+            raise ValueError(f"a record has {self.width} fields, not {len(fields)}")
 
     def pop_oldest(self) -> None:
         """Forget the least recently touched record."""
