@@ -4,7 +4,7 @@ A table is an ``OrderedDict`` of key -> record number (its order is the rules' e
 over one flat ``array('d')`` in which record ``r`` is ``data[r * width : (r + 1) * width]``.
 The rules read and write fields in place, ``data[r * width + field]``. Record numbers are the
 shared ``int`` objects of :func:`learner.id_index.row_object`, and the numbers of forgotten
-records are reused.
+records are reused (so the array keeps its peak size: the most records held at once).
 
 Why not an ``array('d')`` object per record, as before: each such object costs 64 bytes of
 header on top of its fields, about a third of a record with its table entry (a user-rate
