@@ -195,9 +195,8 @@ def test_the_gate_record_figure_fills_the_table_it_measures(case: str) -> None:
     forgotten), so the figure is bytes per record of a full table."""
     import math
 
-    from bench.memory import RECORD_CASES, measure_record
+    from bench.memory import measure_record
 
     r = measure_record(case, 20_000)
     assert r["records"] == 20_000
-    assert r["width"] == RECORD_CASES[case][2] and r["field_bytes"] == 8 * r["width"]  # the rule's own tables
     assert math.isfinite(r["bytes_per_record"]) and r["cpu_us_per_event"] > 0

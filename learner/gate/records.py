@@ -7,9 +7,9 @@ shared ``int`` objects of :func:`learner.id_index.row_object`, and the numbers o
 records are reused (so the array keeps its peak size: the most records held at once).
 
 Why not an ``array('d')`` object per record, as before: each such object costs 64 bytes of
-header on top of its fields, about a third of a record with its table entry (a user-rate
-record: 216 → ~136 bytes). With four tables per active user and item, that was ~0.13 GB at a
-million users and items.
+header on top of its fields, more than a third of a record with its table entry (a user-rate
+record: 224 → 136 bytes, ``python -m bench.memory --records``). With three tables per active user
+and one per item, that was ~0.17 GB at 500,000 users and 500,000 items.
 
 >>> table = Records(2)
 >>> r = table.add("a", (1.0, 2.0))
