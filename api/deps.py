@@ -63,6 +63,11 @@ def _unauthorized(detail: str, error: str | None = None) -> HTTPException:
     return HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": challenge})
 
 
+def _where(request: Request) -> str:
+    """``GET /v1/...`` for a refusal's message (built only then: ``request.url`` parses the URL)."""
+    return f"{request.method} {request.url.path}"
+
+
 def require_scope(scope: Scope) -> Callable[..., Awaitable[Principal]]:
     """A dependency: the request carries a known API key with ``scope``, within the key's rate limit."""
 
@@ -74,9 +79,9 @@ def require_scope(scope: Scope) -> Callable[..., Awaitable[Principal]]:
     ) -> Principal:
         if not state.settings.auth_enabled:
             return ANONYMOUS
-        where = f"{request.method} {request.url.path}"
         presented = bearer.credentials if bearer is not None else header_key
         if not presented:
+            where = _where(request)
             if request.headers.get("authorization"):
                 raise _unauthorized(
                     f"the Authorization header must be `Bearer <key>`; {HOW_TO_SEND}", "invalid_request"
@@ -84,6 +89,7 @@ def require_scope(scope: Scope) -> Callable[..., Awaitable[Principal]]:
             raise _unauthorized(f"{where} needs an API key with scope '{scope}': {HOW_TO_SEND}")
         principal = state.keys.identify(presented)
         if principal is None:
+            where = _where(request)
             log.info("refused %s from %s: unknown API key", where, request.client.host if request.client else "?")
             raise _unauthorized(
                 "this API key is not recognised (revoked, mistyped, or for another deployment); "
@@ -91,6 +97,7 @@ def require_scope(scope: Scope) -> Callable[..., Awaitable[Principal]]:
                 "invalid_token",
             )
         if scope not in principal.scopes:
+            where = _where(request)
             log.info("refused %s for key '%s': scope '%s' missing", where, principal.name, scope)
             raise HTTPException(
                 status_code=403,

@@ -1,11 +1,18 @@
 """A closed-loop HTTP load generator run as a separate process.
 
-``python -m bench.load URL[,URL...] SECONDS [API_KEY] [--connections N]``
+``python -m bench.load URL[,URL...] SECONDS [API_KEY] [--connections N] [--against URL[,URL...] [--rounds R]]``
 
 ``N`` keep-alive connections (spread round-robin over the URLs, e.g. two API processes on two
 ports), each sending requests back to back for a fixed time after a short warm-up; prints JSON
 with the request count, errors, requests/s and latency percentiles in milliseconds. A ``{user}``
 in a URL is replaced, request by request, by ``u0``, ``u1``, ... ``u{users-1}`` in turn.
+
+With ``--against``, a figure and its reference are measured over the same stretch of time: the
+two groups of URLs take turns, ``R`` phases each (A B, B A, A B, ...), for ``SECONDS`` in all
+each, and their latencies are pooled over their phases; it prints a list of two results. This VM's
+speed drifts by up to 2x over a minute, so a figure measured right after its reference (as before
+the twenty-second session) could land on another stretch: serving ratios moved by ±40% from one
+run to the next.
 
 The client is a minimal HTTP/1.1 client on asyncio streams (uvloop when installed): a Python
 client as heavy as the server would measure itself, not the server. Targets 127.0.0.1 only.
@@ -78,8 +85,35 @@ class _Gate:
             self.all_ready.set()
 
 
-async def _connection(target: _Target, offset: int, warmup: int, gate: _Gate) -> tuple[list[float], int]:
-    reader, writer = await asyncio.open_connection(target.host, target.port)
+class _Pool:
+    """Open keep-alive connections by port, reused from one phase to the next."""
+
+    def __init__(self) -> None:
+        self.free: dict[tuple[str, int], list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
+
+    async def take(self, target: _Target) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        free = self.free.get((target.host, target.port))
+        while free:
+            reader, writer = free.pop()
+            if not reader.at_eof():  # else the server closed it while it was idle (its keep-alive timeout)
+                return reader, writer
+            writer.close()
+        return await asyncio.open_connection(target.host, target.port)
+
+    def give_back(self, target: _Target, connection: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
+        self.free.setdefault((target.host, target.port), []).append(connection)
+
+    def close(self) -> None:
+        for connections in self.free.values():
+            for _, writer in connections:
+                writer.close()
+        self.free.clear()
+
+
+async def _connection(
+    pool: _Pool, target: _Target, offset: int, warmup: int, gate: _Gate
+) -> tuple[list[float], int, int]:
+    reader, writer = connection = await pool.take(target)
     requests, n = target.requests, len(target.requests)
     latencies: list[float] = []
     errors = 0
@@ -102,15 +136,23 @@ async def _connection(target: _Target, offset: int, warmup: int, gate: _Gate) ->
             status = await _read_response(reader)
             latencies.append(perf() - began)
             errors += status != 200
-    finally:
+    except BaseException:
         writer.close()
-    return latencies, errors
+        raise
+    pool.give_back(target, connection)  # only a connection that read its last response whole is reused
+    return latencies, errors, i
 
 
-async def _run(urls: list[str], seconds: float, api_key: str | None, connections: int, users: int) -> dict:
-    targets = [_Target(url, api_key, users) for url in urls]
+async def _phase(
+    pool: _Pool, targets: list[_Target], seconds: float, connections: int, offsets: list[int], warmup: int
+) -> tuple[list[float], int, float]:
+    """``connections`` connections (round-robin over ``targets``) for ``seconds`` once all are warm: their
+    latencies, errors and the time the phase took. ``offsets`` (where each connection is in the user cycle) move on."""
     gate = _Gate(connections)
-    tasks = [asyncio.create_task(_connection(targets[c % len(targets)], c * 7, 20, gate)) for c in range(connections)]
+    tasks = [
+        asyncio.create_task(_connection(pool, targets[c % len(targets)], offsets[c], warmup, gate))
+        for c in range(connections)
+    ]
     ready = asyncio.create_task(gate.all_ready.wait())
     await asyncio.wait([ready, *tasks], timeout=30, return_when=asyncio.FIRST_COMPLETED)
     if not gate.all_ready.is_set():  # a connection failed (its task is done) or the warm-up hung
@@ -124,8 +166,13 @@ async def _run(urls: list[str], seconds: float, api_key: str | None, connections
     gate.start.set()
     results = await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - began
-    latencies = sorted(lat for lats, _ in results for lat in lats)
-    errors = sum(e for _, e in results)
+    for c, (_, _, at) in enumerate(results):
+        offsets[c] = at
+    return [lat for lats, _, _ in results for lat in lats], sum(e for _, e, _ in results), elapsed
+
+
+def _summary(urls: list[str], connections: int, latencies: list[float], errors: int, elapsed: float) -> dict:
+    latencies = sorted(latencies)
     n = len(latencies)
     return {
         "urls": urls,
@@ -141,30 +188,86 @@ async def _run(urls: list[str], seconds: float, api_key: str | None, connections
     }
 
 
-def run(
-    urls: str | list[str], seconds: float, api_key: str | None = None, connections: int = 1, users: int = 2000
-) -> dict:
-    """Run the load in this process (the bench calls it through ``python -m bench.load``)."""
-    if isinstance(urls, str):
-        urls = urls.split(",")
+async def load_groups(
+    groups: list[list[str]], seconds: float, api_key: str | None, connections: int, users: int, rounds: int
+) -> list[dict]:
+    """Each group of URLs loaded for ``seconds`` in all, in ``rounds`` phases; the groups take turns, in
+    reverse order every other round (A B, B A, A B, ...), so that a drift of the machine's speed over the run
+    falls on every group alike. Latencies and requests are pooled over a group's phases."""
+    targets = [[_Target(url, api_key, users) for url in urls] for urls in groups]
+    pool = _Pool()
+    offsets = [[c * 7 for c in range(connections)] for _ in groups]
+    pooled: list[tuple[list[float], int, float, list[float]]] = [([], 0, 0.0, []) for _ in groups]
+    try:
+        for r in range(rounds):
+            order = range(len(groups)) if r % 2 == 0 else reversed(range(len(groups)))
+            for g in order:
+                warmup = 20 if r == 0 else 2  # each group's first phase warms the server up; later ones a little
+                lats, errors, elapsed = await _phase(
+                    pool, targets[g], seconds / rounds, connections, offsets[g], warmup
+                )
+                all_lats, all_errors, all_elapsed, rates = pooled[g]
+                all_lats.extend(lats)
+                rates.append(len(lats) / elapsed)
+                pooled[g] = (all_lats, all_errors + errors, all_elapsed + elapsed, rates)
+    finally:
+        pool.close()
+    results = []
+    for urls, (lats, errors, elapsed, rates) in zip(groups, pooled, strict=True):
+        summary = _summary(urls, connections, lats, errors, elapsed)
+        summary["phases_requests_per_second"] = rates
+        results.append(summary)
+    return results
+
+
+def _runner():  # type: ignore[no-untyped-def]
     try:
         import uvloop
 
-        runner = uvloop.run
+        return uvloop.run
     except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
-        runner = asyncio.run
-    return runner(_run(urls, seconds, api_key, connections, users))
+        return asyncio.run
+
+
+def run(
+    urls: str | list[str], seconds: float, api_key: str | None = None, connections: int = 1, users: int = 2000
+) -> dict:
+    """Load ``urls`` for ``seconds`` (the bench calls it through ``python -m bench.load``)."""
+    if isinstance(urls, str):
+        urls = urls.split(",")
+    return _runner()(load_groups([urls], seconds, api_key, connections, users, 1))[0]
+
+
+def run_paired(
+    groups: list[list[str]],
+    seconds: float,
+    api_key: str | None = None,
+    connections: int = 1,
+    users: int = 2000,
+    rounds: int = 4,
+) -> list[dict]:
+    """Load each group of URLs for ``seconds`` in all, the groups taking turns in ``rounds`` rounds (see
+    :func:`load_groups`): a figure and its reference measured over the same stretch of time."""
+    return _runner()(load_groups(groups, seconds, api_key, connections, users, rounds))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.split("\n")[0])
     parser.add_argument("urls", help="comma-separated http://127.0.0.1:PORT/... URLs; {user} cycles u0, u1, ...")
-    parser.add_argument("seconds", type=float)
+    parser.add_argument("seconds", type=float, help="seconds of load (for each group, with --against)")
     parser.add_argument("api_key", nargs="?", default=None)
     parser.add_argument("--connections", type=int, default=1)
     parser.add_argument("--users", type=int, default=2000, help="how many user ids {user} cycles through")
+    parser.add_argument(
+        "--against", help="a second group of URLs, loaded in turns with the first (prints a list of two results)"
+    )
+    parser.add_argument("--rounds", type=int, default=4, help="with --against: turns each group takes")
     args = parser.parse_args()
-    print(json.dumps(run(args.urls, args.seconds, args.api_key, args.connections, args.users)))
+    if args.against:
+        groups = [args.urls.split(","), args.against.split(",")]
+        print(json.dumps(run_paired(groups, args.seconds, args.api_key, args.connections, args.users, args.rounds)))
+    else:
+        print(json.dumps(run(args.urls, args.seconds, args.api_key, args.connections, args.users)))
 
 
 if __name__ == "__main__":

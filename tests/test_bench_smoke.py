@@ -7,6 +7,7 @@ figure, and that the JSON report (with the Markdown table) is written.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -20,6 +21,7 @@ import pytest
 import bench.__main__ as bench_main
 from bench.__main__ import text_table
 from bench.common import PIDS_FILE_ENV, Row
+from bench.load import load_groups
 from bench.load import run as load_run
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -72,6 +74,38 @@ def test_load_generator_refuses_other_hosts() -> None:
         load_run("http://example.com:80/", 0.1)
 
 
+async def test_paired_loads_take_turns_on_the_same_connections() -> None:
+    """``bench.load --against``: the two groups alternate A B, B A, ... (so a drift of the machine's speed falls
+    on both sides of a ratio), each phase on connections kept from the one before."""
+    paths: list[str] = []
+    opened = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal opened
+        opened += 1
+        while line := await reader.readline():
+            paths.append(line.split()[1].decode())
+            while await reader.readline() not in (b"\r\n", b""):
+                pass
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        a, b = await load_groups(
+            [[f"http://127.0.0.1:{port}/a"], [f"http://127.0.0.1:{port}/b"]], 0.4, None, 3, 5, rounds=4
+        )
+    finally:
+        server.close()
+    blocks = [path for i, path in enumerate(paths) if i == 0 or paths[i - 1] != path]
+    assert blocks == ["/a", "/b", "/a", "/b", "/a"]  # A B | B A | A B | B A
+    assert opened == 3  # three connections, reused by every phase
+    for side, path in ((a, "/a"), (b, "/b")):
+        assert len(side["phases_requests_per_second"]) == 4 and side["errors"] == 0
+        assert side["requests"] == paths.count(path) - 3 * (20 + 3 * 2)  # warm-up requests are not counted
+
+
 @pytest.mark.integration
 def test_bench_quick_run_of_serving_and_topk(tmp_path: Path) -> None:
     out = tmp_path / "latest.json"
@@ -102,6 +136,10 @@ def test_bench_quick_run_of_serving_and_topk(tmp_path: Path) -> None:
     assert serving["recommendations_1"]["errors"] == 0 and serving["recommendations_1"]["requests"] > 0
     assert serving["recommendations_32"]["connections"] == 32
     assert serving["recommendations_32_two_processes"]["requests"] > 0
+    # each ratio's two sides measured in turns: two processes against one, recommendations against /healthz
+    two, one = serving["recommendations_32_two_processes"], serving["recommendations_32_one_process"]
+    assert len(two["urls"]) == 2 and one["urls"] == two["urls"][:1] and one["requests"] > 0
+    assert len(serving["trivial_1"]["phases_requests_per_second"]) == len(one["phases_requests_per_second"]) > 1
     assert "targets met:" in stdout
     assert report["markdown_table"].startswith("| part |")
     # Every process it started (broker, Redis, API processes, load generators) is gone.
