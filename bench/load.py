@@ -85,27 +85,38 @@ class _Gate:
             self.all_ready.set()
 
 
+#: A connection idle longer than this is not reused: uvicorn closes keep-alive connections after 5 s idle.
+MAX_IDLE_SECONDS = 3.0
+
+
 class _Pool:
     """Open keep-alive connections by port, reused from one phase to the next."""
 
     def __init__(self) -> None:
-        self.free: dict[tuple[str, int], list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
+        self.free: dict[tuple[str, int], list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]]] = {}
+        self.closed = False
 
     async def take(self, target: _Target) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         free = self.free.get((target.host, target.port))
         while free:
-            reader, writer = free.pop()
-            if not reader.at_eof():  # else the server closed it while it was idle (its keep-alive timeout)
+            reader, writer, since = free.pop()
+            # not one the server closed or reset, or may be about to close (its keep-alive timeout)
+            fresh = time.monotonic() - since < MAX_IDLE_SECONDS
+            if fresh and not reader.at_eof() and reader.exception() is None and not writer.is_closing():
                 return reader, writer
             writer.close()
         return await asyncio.open_connection(target.host, target.port)
 
     def give_back(self, target: _Target, connection: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
-        self.free.setdefault((target.host, target.port), []).append(connection)
+        if self.closed:
+            connection[1].close()
+            return
+        self.free.setdefault((target.host, target.port), []).append((*connection, time.monotonic()))
 
     def close(self) -> None:
+        self.closed = True
         for connections in self.free.values():
-            for _, writer in connections:
+            for _, writer, _ in connections:
                 writer.close()
         self.free.clear()
 
@@ -164,7 +175,13 @@ async def _phase(
     began = time.perf_counter()
     gate.deadline = began + seconds
     gate.start.set()
-    results = await asyncio.gather(*tasks)
+    try:
+        results = await asyncio.gather(*tasks)
+    except BaseException:  # a connection failed: stop the others (each closes its own) before giving up
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
     elapsed = time.perf_counter() - began
     for c, (_, _, at) in enumerate(results):
         offsets[c] = at
@@ -193,11 +210,16 @@ async def load_groups(
 ) -> list[dict]:
     """Each group of URLs loaded for ``seconds`` in all, in ``rounds`` phases; the groups take turns, in
     reverse order every other round (A B, B A, A B, ...), so that a drift of the machine's speed over the run
-    falls on every group alike. Latencies and requests are pooled over a group's phases."""
+    falls on every group alike (a linear drift cancels over an even number of rounds). Latencies and requests
+    are pooled over a group's phases; each phase's requests/s and p99 are kept too (a stall in one phase
+    shows there)."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, not {rounds}")
     targets = [[_Target(url, api_key, users) for url in urls] for urls in groups]
     pool = _Pool()
     offsets = [[c * 7 for c in range(connections)] for _ in groups]
     pooled: list[tuple[list[float], int, float, list[float]]] = [([], 0, 0.0, []) for _ in groups]
+    phase_p99: list[list[float]] = [[] for _ in groups]
     try:
         for r in range(rounds):
             order = range(len(groups)) if r % 2 == 0 else reversed(range(len(groups)))
@@ -209,13 +231,15 @@ async def load_groups(
                 all_lats, all_errors, all_elapsed, rates = pooled[g]
                 all_lats.extend(lats)
                 rates.append(len(lats) / elapsed)
+                phase_p99[g].append(_percentile(sorted(lats), 0.99) * 1e3)
                 pooled[g] = (all_lats, all_errors + errors, all_elapsed + elapsed, rates)
     finally:
         pool.close()
     results = []
-    for urls, (lats, errors, elapsed, rates) in zip(groups, pooled, strict=True):
+    for urls, (lats, errors, elapsed, rates), p99s in zip(groups, pooled, phase_p99, strict=True):
         summary = _summary(urls, connections, lats, errors, elapsed)
         summary["phases_requests_per_second"] = rates
+        summary["phases_p99_ms"] = p99s
         results.append(summary)
     return results
 
@@ -261,7 +285,9 @@ def main() -> None:
     parser.add_argument(
         "--against", help="a second group of URLs, loaded in turns with the first (prints a list of two results)"
     )
-    parser.add_argument("--rounds", type=int, default=4, help="with --against: turns each group takes")
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="with --against: turns each group takes (even: a linear drift cancels)"
+    )
     args = parser.parse_args()
     if args.against:
         groups = [args.urls.split(","), args.against.split(",")]

@@ -74,23 +74,57 @@ def test_load_generator_refuses_other_hosts() -> None:
         load_run("http://example.com:80/", 0.1)
 
 
+async def _recording_server(paths: list[str], idle_close: float | None = None) -> tuple[asyncio.Server, list[int]]:
+    """A tiny HTTP/1.1 keep-alive server on 127.0.0.1 that records each request's path (and counts the
+    connections it accepted); with ``idle_close``, it closes a connection idle for that long, as uvicorn does."""
+    opened = [0]
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        opened[0] += 1
+        try:
+            while True:
+                try:
+                    line = await asyncio.wait_for(reader.readline(), idle_close)
+                except TimeoutError:
+                    break
+                if not line:
+                    break
+                paths.append(line.split()[1].decode())
+                while await reader.readline() not in (b"\r\n", b""):
+                    pass
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0), opened
+
+
+async def test_paired_loads_go_on_through_the_user_cycle_and_past_closed_connections() -> None:
+    """Each connection goes on where it was in the cycle of users from one phase to the next; a connection the
+    server closed while the other group ran is replaced, not an error."""
+    paths: list[str] = []
+    server_a, opened_a = await _recording_server(paths, idle_close=0.15)
+    server_b, _ = await _recording_server(paths, idle_close=0.15)
+    port_a, port_b = (server.sockets[0].getsockname()[1] for server in (server_a, server_b))
+    try:
+        a, b = await load_groups(
+            [[f"http://127.0.0.1:{port_a}/a/{{user}}"], [f"http://127.0.0.1:{port_b}/b"]], 1.6, None, 1, 10**6, 4
+        )
+    finally:
+        server_a.close()
+        server_b.close()
+    users = [int(path.rsplit("/u", 1)[1]) for path in paths if path.startswith("/a/")]
+    assert users == list(range(len(users)))  # u0, u1, ... on, across the phases
+    assert a["errors"] == b["errors"] == 0 and a["requests"] > 0 and b["requests"] > 0
+    # A's connection idled through B's phase (0.4 s, the server's limit 0.15 s), A B | B A | ...: 3 connections
+    assert opened_a[0] >= 3
+
+
 async def test_paired_loads_take_turns_on_the_same_connections() -> None:
     """``bench.load --against``: the two groups alternate A B, B A, ... (so a drift of the machine's speed falls
     on both sides of a ratio), each phase on connections kept from the one before."""
     paths: list[str] = []
-    opened = 0
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal opened
-        opened += 1
-        while line := await reader.readline():
-            paths.append(line.split()[1].decode())
-            while await reader.readline() not in (b"\r\n", b""):
-                pass
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    server, opened = await _recording_server(paths)
     port = server.sockets[0].getsockname()[1]
     try:
         a, b = await load_groups(
@@ -100,10 +134,12 @@ async def test_paired_loads_take_turns_on_the_same_connections() -> None:
         server.close()
     blocks = [path for i, path in enumerate(paths) if i == 0 or paths[i - 1] != path]
     assert blocks == ["/a", "/b", "/a", "/b", "/a"]  # A B | B A | A B | B A
-    assert opened == 3  # three connections, reused by every phase
+    assert opened[0] == 3  # three connections, reused by every phase
     for side, path in ((a, "/a"), (b, "/b")):
-        assert len(side["phases_requests_per_second"]) == 4 and side["errors"] == 0
+        assert len(side["phases_requests_per_second"]) == len(side["phases_p99_ms"]) == 4 and side["errors"] == 0
         assert side["requests"] == paths.count(path) - 3 * (20 + 3 * 2)  # warm-up requests are not counted
+    with pytest.raises(ValueError, match="rounds must be at least 1"):
+        await load_groups([[f"http://127.0.0.1:{port}/a"]], 0.1, None, 1, 1, rounds=0)
 
 
 @pytest.mark.integration
