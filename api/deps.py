@@ -81,12 +81,11 @@ def require_scope(scope: Scope) -> Callable[..., Awaitable[Principal]]:
             return ANONYMOUS
         presented = bearer.credentials if bearer is not None else header_key
         if not presented:
-            where = _where(request)
             if request.headers.get("authorization"):
                 raise _unauthorized(
                     f"the Authorization header must be `Bearer <key>`; {HOW_TO_SEND}", "invalid_request"
                 )
-            raise _unauthorized(f"{where} needs an API key with scope '{scope}': {HOW_TO_SEND}")
+            raise _unauthorized(f"{_where(request)} needs an API key with scope '{scope}': {HOW_TO_SEND}")
         principal = state.keys.identify(presented)
         if principal is None:
             where = _where(request)

@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import json
 import time
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 
@@ -218,30 +219,41 @@ async def load_groups(
     targets = [[_Target(url, api_key, users) for url in urls] for urls in groups]
     pool = _Pool()
     offsets = [[c * 7 for c in range(connections)] for _ in groups]
-    pooled: list[tuple[list[float], int, float, list[float]]] = [([], 0, 0.0, []) for _ in groups]
-    phase_p99: list[list[float]] = [[] for _ in groups]
+    sides = [_Side() for _ in groups]
     try:
         for r in range(rounds):
             order = range(len(groups)) if r % 2 == 0 else reversed(range(len(groups)))
             for g in order:
                 warmup = 20 if r == 0 else 2  # each group's first phase warms the server up; later ones a little
-                lats, errors, elapsed = await _phase(
-                    pool, targets[g], seconds / rounds, connections, offsets[g], warmup
-                )
-                all_lats, all_errors, all_elapsed, rates = pooled[g]
-                all_lats.extend(lats)
-                rates.append(len(lats) / elapsed)
-                phase_p99[g].append(_percentile(sorted(lats), 0.99) * 1e3)
-                pooled[g] = (all_lats, all_errors + errors, all_elapsed + elapsed, rates)
+                sides[g].add(*await _phase(pool, targets[g], seconds / rounds, connections, offsets[g], warmup))
     finally:
         pool.close()
-    results = []
-    for urls, (lats, errors, elapsed, rates), p99s in zip(groups, pooled, phase_p99, strict=True):
-        summary = _summary(urls, connections, lats, errors, elapsed)
-        summary["phases_requests_per_second"] = rates
-        summary["phases_p99_ms"] = p99s
-        results.append(summary)
-    return results
+    return [side.summary(urls, connections) for urls, side in zip(groups, sides, strict=True)]
+
+
+@dataclass
+class _Side:
+    """One group's phases: their latencies pooled, errors and time summed, and each phase's req/s and p99."""
+
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    seconds: float = 0.0
+    phase_rates: list[float] = field(default_factory=list)
+    phase_p99_ms: list[float] = field(default_factory=list)
+
+    def add(self, latencies: list[float], errors: int, seconds: float) -> None:
+        self.latencies.extend(latencies)
+        self.errors += errors
+        self.seconds += seconds
+        self.phase_rates.append(len(latencies) / seconds)
+        self.phase_p99_ms.append(_percentile(sorted(latencies), 0.99) * 1e3)
+
+    def summary(self, urls: list[str], connections: int) -> dict:
+        return {
+            **_summary(urls, connections, self.latencies, self.errors, self.seconds),
+            "phases_requests_per_second": self.phase_rates,
+            "phases_p99_ms": self.phase_p99_ms,
+        }
 
 
 def _runner():  # type: ignore[no-untyped-def]

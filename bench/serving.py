@@ -10,8 +10,8 @@ two ports (what a load balancer in front of two processes does; ``recstream api`
 uvicorn process, and uvicorn's own ``--workers`` needs an import string the CLI does not use).
 
 Each figure is measured in turns with its reference (``bench.load --against``): recommendations
-and ``/healthz`` alternate ``ROUNDS`` times on the same connections, and so do two processes and
-one, so a drift of this VM's speed during the run falls on both sides of a ratio alike.
+and ``/healthz`` alternate ``ROUNDS`` times on connections kept from phase to phase, and so do two
+processes and one, so a drift of this VM's speed during the run falls on both sides of a ratio alike.
 """
 
 from __future__ import annotations
