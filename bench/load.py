@@ -169,19 +169,16 @@ async def _phase(
     await asyncio.wait([ready, *tasks], timeout=30, return_when=asyncio.FIRST_COMPLETED)
     if not gate.all_ready.is_set():  # a connection failed (its task is done) or the warm-up hung
         ready.cancel()
-        for t in tasks:
-            t.cancel()
         errors = [t.exception() for t in tasks if t.done() and not t.cancelled() and t.exception()]
+        await _stop(tasks)
         raise SystemExit(f"bench.load: connections not ready: {errors[:1] or 'warm-up timed out'}")
     began = time.perf_counter()
     gate.deadline = began + seconds
     gate.start.set()
     try:
         results = await asyncio.gather(*tasks)
-    except BaseException:  # a connection failed: stop the others (each closes its own) before giving up
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    except BaseException:  # a connection failed: stop the others before giving up
+        await _stop(tasks)
         raise
     elapsed = time.perf_counter() - began
     for c, (_, _, at) in enumerate(results):
@@ -189,21 +186,11 @@ async def _phase(
     return [lat for lats, _, _ in results for lat in lats], sum(e for _, e, _ in results), elapsed
 
 
-def _summary(urls: list[str], connections: int, latencies: list[float], errors: int, elapsed: float) -> dict:
-    latencies = sorted(latencies)
-    n = len(latencies)
-    return {
-        "urls": urls,
-        "connections": connections,
-        "seconds": elapsed,
-        "requests": n,
-        "errors": errors,
-        "requests_per_second": n / elapsed,
-        "p50_ms": _percentile(latencies, 0.50) * 1e3,
-        "p90_ms": _percentile(latencies, 0.90) * 1e3,
-        "p99_ms": _percentile(latencies, 0.99) * 1e3,
-        "max_ms": (latencies[-1] if latencies else float("nan")) * 1e3,
-    }
+async def _stop(tasks: list[asyncio.Task]) -> None:
+    """Cancel the connections' tasks and wait for them: each closes its own connection."""
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def load_groups(
@@ -249,8 +236,19 @@ class _Side:
         self.phase_p99_ms.append(_percentile(sorted(latencies), 0.99) * 1e3)
 
     def summary(self, urls: list[str], connections: int) -> dict:
+        latencies = sorted(self.latencies)
+        n = len(latencies)
         return {
-            **_summary(urls, connections, self.latencies, self.errors, self.seconds),
+            "urls": urls,
+            "connections": connections,
+            "seconds": self.seconds,
+            "requests": n,
+            "errors": self.errors,
+            "requests_per_second": n / self.seconds,
+            "p50_ms": _percentile(latencies, 0.50) * 1e3,
+            "p90_ms": _percentile(latencies, 0.90) * 1e3,
+            "p99_ms": _percentile(latencies, 0.99) * 1e3,
+            "max_ms": (latencies[-1] if latencies else float("nan")) * 1e3,
             "phases_requests_per_second": self.phase_rates,
             "phases_p99_ms": self.phase_p99_ms,
         }
