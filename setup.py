@@ -1,7 +1,8 @@
-"""The one thing pyproject.toml cannot declare stably: the compiled ranking loops (learner/kernels.py).
+"""The one thing pyproject.toml cannot declare stably: the compiled loops for ranking and for the
+co-occurrence update (learner/kernels.py).
 
-Optional: where no C compiler is found the install goes on without them, and numpy does the same
-work, slower. ``-ffp-contract=off``: no fused multiply-add, so the loops give numpy's numbers.
+Optional: where no C compiler is found the install goes on without them, and numpy and Python do
+the same work, slower. ``-ffp-contract=off``: no fused multiply-add, so the loops give numpy's numbers.
 """
 
 from setuptools import Extension, setup

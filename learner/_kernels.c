@@ -1,6 +1,8 @@
-/* Compiled loops for ranking a whole catalogue (learner.kernels wraps them; numpy does the same when they are
- * not built). Each does in one or two passes over the catalogue what numpy does in five or six, with the same
- * floating-point operations in the same order, so the results are the same numbers (tests compare them).
+/* Compiled loops for ranking a whole catalogue and for the co-occurrence update (learner.kernels wraps them; numpy
+ * and Python do the same when they are not built). The ranking loops do in one or two passes over the catalogue what
+ * numpy does in five or six; the update (PoolRows) finds entries in one hash table (SlotTable). Each uses the same
+ * floating-point operations in the same order as the code it stands in for, so the results are the same numbers
+ * (tests compare them).
  *
  * Only the buffer protocol is used (no numpy headers): rows are array.array or numpy buffers alike.
  * Built with -ffp-contract=off, so that a * b + c is never fused into one rounding.
@@ -247,6 +249,567 @@ static PyObject *top_rows(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* ---- SlotTable: (row, column) -> slot, for co-occurrence rows kept in one pool ----------------------------------
+ *
+ * Where a row's entry for a column sits (its slot: the position in the row), for every entry of the matrix, in one
+ * open-addressing table with linear probing over inline 64-bit keys (row << 32 | column) and 32-bit slots: a lookup
+ * reads one cache line, and an entry costs 12 bytes / load factor, with no Python object (a dict per row costs a
+ * hash table and an int object per slot above 256). Entries are never removed: a row's entries only grow.
+ */
+#define SLOT_EMPTY UINT64_MAX /* no (row, column) pair is this key: rows and columns are below 2**31 */
+#define SLOT_LIMIT 0x7fffffffLL
+
+typedef struct {
+    PyObject_HEAD
+    uint64_t *keys;
+    int32_t *slots;
+    uint64_t mask; /* capacity - 1; capacity a power of two */
+    Py_ssize_t used;
+} SlotTable;
+
+static inline uint64_t slot_hash(uint64_t key) { /* MurmurHash3's finaliser: consecutive columns spread apart */
+    key ^= key >> 33;
+    key *= 0xff51afd7ed558ccdULL;
+    key ^= key >> 33;
+    key *= 0xc4ceb9fe1a85ec53ULL;
+    key ^= key >> 33;
+    return key;
+}
+
+/* Fresh empty arrays of `capacity` (a power of two) entries; -1 with MemoryError. */
+static int slot_alloc(uint64_t capacity, uint64_t **keys, int32_t **slots) {
+    *keys = PyMem_Malloc(capacity * sizeof **keys);
+    *slots = PyMem_Malloc(capacity * sizeof **slots);
+    if (*keys == NULL || *slots == NULL) {
+        PyMem_Free(*keys);
+        PyMem_Free(*slots);
+        PyErr_NoMemory();
+        return -1;
+    }
+    memset(*keys, 0xff, capacity * sizeof **keys);
+    return 0;
+}
+
+/* The position of `key` in the table, or of the empty place where it would go. */
+static inline uint64_t slot_find(const SlotTable *t, uint64_t key) {
+    uint64_t at = slot_hash(key) & t->mask;
+    while (t->keys[at] != key && t->keys[at] != SLOT_EMPTY) at = (at + 1) & t->mask;
+    return at;
+}
+
+/* The slot of (row, col), or -1 when the row has no entry for that column. */
+static inline int32_t slot_get(const SlotTable *t, uint64_t row, uint64_t col) {
+    uint64_t at = slot_find(t, row << 32 | col);
+    return t->keys[at] == SLOT_EMPTY ? -1 : t->slots[at];
+}
+
+/* Room for `extra` more entries within the load limit (7/10), growing by doubling; -1 with MemoryError. */
+static int slot_reserve(SlotTable *t, Py_ssize_t extra) {
+    uint64_t capacity = t->mask + 1, need = (uint64_t)(t->used + extra);
+    if (need * 10 <= capacity * 7) return 0;
+    while (need * 10 > capacity * 7) capacity *= 2;
+    uint64_t *keys;
+    int32_t *slots;
+    if (slot_alloc(capacity, &keys, &slots) < 0) return -1;
+    uint64_t *old_keys = t->keys;
+    int32_t *old_slots = t->slots;
+    uint64_t old_capacity = t->mask + 1;
+    t->keys = keys;
+    t->slots = slots;
+    t->mask = capacity - 1;
+    for (uint64_t p = 0; p < old_capacity; p++) {
+        if (old_keys[p] != SLOT_EMPTY) {
+            uint64_t at = slot_find(t, old_keys[p]);
+            t->keys[at] = old_keys[p];
+            t->slots[at] = old_slots[p];
+        }
+    }
+    PyMem_Free(old_keys);
+    PyMem_Free(old_slots);
+    return 0;
+}
+
+/* Set (row, col) -> slot (a new entry, or a new slot for an existing one); the caller reserved room. */
+static inline void slot_set(SlotTable *t, uint64_t row, uint64_t col, int32_t slot) {
+    uint64_t key = row << 32 | col;
+    uint64_t at = slot_find(t, key);
+    if (t->keys[at] == SLOT_EMPTY) {
+        t->keys[at] = key;
+        t->used++;
+    }
+    t->slots[at] = slot;
+}
+
+static int slot_check(long long value, const char *what) {
+    if (value < 0 || value > SLOT_LIMIT) {
+        PyErr_Format(PyExc_ValueError, "%s %lld is outside 0..2**31-1", what, value);
+        return -1;
+    }
+    return 0;
+}
+
+static int SlotTable_init(SlotTable *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"capacity", NULL};
+    Py_ssize_t wanted = 16;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|n", kwlist, &wanted)) return -1;
+    if (self->keys != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "a SlotTable is initialised once");
+        return -1;
+    }
+    uint64_t capacity = 16;
+    while (capacity * 7 < (uint64_t)(wanted > 0 ? wanted : 0) * 10) capacity *= 2;
+    if (slot_alloc(capacity, &self->keys, &self->slots) < 0) return -1;
+    self->mask = capacity - 1;
+    self->used = 0;
+    return 0;
+}
+
+static void SlotTable_dealloc(SlotTable *self) {
+    PyMem_Free(self->keys);
+    PyMem_Free(self->slots);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int slot_ready(SlotTable *self) {
+    if (self->keys == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "SlotTable.__init__ was not called");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *SlotTable_get(SlotTable *self, PyObject *args) {
+    long long row, col;
+    if (!PyArg_ParseTuple(args, "LL", &row, &col) || slot_ready(self) < 0) return NULL;
+    if (slot_check(row, "row") < 0 || slot_check(col, "column") < 0) return NULL;
+    int32_t slot = slot_get(self, (uint64_t)row, (uint64_t)col);
+    if (slot < 0) Py_RETURN_NONE;
+    return PyLong_FromLong(slot);
+}
+
+static PyObject *SlotTable_set(SlotTable *self, PyObject *args) {
+    long long row, col, slot;
+    if (!PyArg_ParseTuple(args, "LLL", &row, &col, &slot) || slot_ready(self) < 0) return NULL;
+    if (slot_check(row, "row") < 0 || slot_check(col, "column") < 0 || slot_check(slot, "slot") < 0) return NULL;
+    if (slot_reserve(self, 1) < 0) return NULL;
+    slot_set(self, (uint64_t)row, (uint64_t)col, (int32_t)slot);
+    Py_RETURN_NONE;
+}
+
+/* fill(rows, cols, slots): set every (rows[e], cols[e]) -> slots[e]; int32 buffers of one length (a loaded
+ * snapshot's entries: its CSR columns, each entry's row and position in it). Checked before anything is set. */
+static PyObject *SlotTable_fill(SlotTable *self, PyObject *args) {
+    PyObject *rows_obj, *cols_obj, *slots_obj;
+    if (!PyArg_ParseTuple(args, "OOO", &rows_obj, &cols_obj, &slots_obj) || slot_ready(self) < 0) return NULL;
+    Py_buffer rows, cols, slots;
+    if (get_buffer(rows_obj, &rows, PyBUF_SIMPLE, "rows", 'i') < 0) return NULL;
+    if (get_buffer(cols_obj, &cols, PyBUF_SIMPLE, "cols", 'i') < 0) {
+        PyBuffer_Release(&rows);
+        return NULL;
+    }
+    if (get_buffer(slots_obj, &slots, PyBUF_SIMPLE, "slots", 'i') < 0) {
+        PyBuffer_Release(&rows);
+        PyBuffer_Release(&cols);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    Py_ssize_t n = rows.len / 4;
+    if (cols.len / 4 != n || slots.len / 4 != n) {
+        PyErr_SetString(PyExc_ValueError, "rows, cols and slots must have one item per entry");
+        goto done;
+    }
+    for (Py_ssize_t e = 0; e < n; e++) {
+        if (get_i32(rows.buf, e) < 0 || get_i32(cols.buf, e) < 0 || get_i32(slots.buf, e) < 0) {
+            PyErr_SetString(PyExc_ValueError, "rows, columns and slots must be >= 0");
+            goto done;
+        }
+    }
+    if (slot_reserve(self, n) < 0) goto done;
+    for (Py_ssize_t e = 0; e < n; e++) {
+        slot_set(self, (uint64_t)get_i32(rows.buf, e), (uint64_t)get_i32(cols.buf, e), get_i32(slots.buf, e));
+    }
+    Py_INCREF(Py_None);
+    result = Py_None;
+done:
+    PyBuffer_Release(&rows);
+    PyBuffer_Release(&cols);
+    PyBuffer_Release(&slots);
+    return result;
+}
+
+static Py_ssize_t SlotTable_len(SlotTable *self) { return self->used; }
+
+static PyObject *SlotTable_nbytes(SlotTable *self, void *closure) {
+    (void)closure;
+    if (self->keys == NULL) return PyLong_FromLong(0);
+    return PyLong_FromUnsignedLongLong((self->mask + 1) * (sizeof *self->keys + sizeof *self->slots));
+}
+
+static PyMethodDef SlotTable_methods[] = {
+    {"get", (PyCFunction)SlotTable_get, METH_VARARGS, "get(row, col): the slot of the row's entry for col, or None"},
+    {"set", (PyCFunction)SlotTable_set, METH_VARARGS, "set(row, col, slot): the row's entry for col is at slot"},
+    {"fill", (PyCFunction)SlotTable_fill, METH_VARARGS,
+     "fill(rows, cols, slots): set every entry of three int32 buffers of one length"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef SlotTable_getset[] = {
+    {"nbytes", (getter)SlotTable_nbytes, NULL, "bytes held by the table's arrays", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PySequenceMethods SlotTable_as_sequence = {.sq_length = (lenfunc)SlotTable_len};
+
+static PyTypeObject SlotTableType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "learner._kernels.SlotTable",
+    .tp_doc = "(row, column) -> slot of every entry of a sparse matrix whose rows only grow (learner.kernels)",
+    .tp_basicsize = sizeof(SlotTable),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)SlotTable_init,
+    .tp_dealloc = (destructor)SlotTable_dealloc,
+    .tp_methods = SlotTable_methods,
+    .tp_getset = SlotTable_getset,
+    .tp_as_sequence = &SlotTable_as_sequence,
+};
+
+/* ---- PoolRows: the co-occurrence update on rows kept in one pool ---------------------------------------------
+ *
+ * learner.item_cooccurrence.SparseRows keeps every row's entries in one pool (int32 columns, float32 values); row r
+ * holds length[r] entries from start[r], with room for cap[r]. A PoolRows holds the buffers of those numpy arrays
+ * (and of the slot table and an optional change log) while it lives: SparseRows makes a new one whenever it
+ * replaces an array. state (int64): [pool end, garbage, log length, rows, pool size needed].
+ *
+ * add_pairs does what SparseRows.add_pairs does in Python, with the same floating-point operations in the same
+ * order (so the same model bit for bit), and checks first that every row it may grow fits: it never applies an
+ * event in part.
+ */
+enum { ST_END, ST_GARBAGE, ST_LOG, ST_ROWS, ST_NEED, ST_SIZE };
+enum { POOL_OK = 0, POOL_NEEDS_ROOM = 1, POOL_NEEDS_LOG = 2, POOL_OK_MOVED = 3 };
+#define POOL_HISTORY_STACK 64
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer cols, vals, start, length, cap, state, log;
+    int held; /* bit per buffer acquired: released in dealloc */
+    PyObject *table;
+} PoolRows;
+
+/* A C-contiguous writable buffer of int64 (numpy's 'l' or 'q'). */
+static int get_i64_buffer(PyObject *obj, Py_buffer *view, const char *what) {
+    if (PyObject_GetBuffer(obj, view, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) return -1;
+    const char *format = view->format != NULL ? view->format : "B";
+    if (format[0] == '@' || format[0] == '=' || (format[0] == '<' && PY_LITTLE_ENDIAN)) format++;
+    if ((format[0] != 'l' && format[0] != 'q') || format[1] != '\0' || view->itemsize != 8) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a buffer of int64 items, got '%s'", what,
+                     view->format != NULL ? view->format : "B");
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+static int PoolRows_init(PoolRows *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"cols", "vals", "start", "length", "cap", "state", "table", "log", NULL};
+    PyObject *cols, *vals, *start, *length, *cap, *state, *table, *log;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOOO!O", kwlist, &cols, &vals, &start, &length, &cap, &state,
+                                     &SlotTableType, &table, &log)) {
+        return -1;
+    }
+    if (self->held) {
+        PyErr_SetString(PyExc_RuntimeError, "a PoolRows is initialised once");
+        return -1;
+    }
+    if (get_buffer(cols, &self->cols, PyBUF_WRITABLE, "cols", 'i') < 0) return -1;
+    self->held |= 1;
+    if (get_buffer(vals, &self->vals, PyBUF_WRITABLE, "vals", 'f') < 0) return -1;
+    self->held |= 2;
+    if (get_i64_buffer(start, &self->start, "start") < 0) return -1;
+    self->held |= 4;
+    if (get_i64_buffer(length, &self->length, "length") < 0) return -1;
+    self->held |= 8;
+    if (get_i64_buffer(cap, &self->cap, "cap") < 0) return -1;
+    self->held |= 16;
+    if (get_i64_buffer(state, &self->state, "state") < 0) return -1;
+    self->held |= 32;
+    if (log != Py_None) {
+        if (get_i64_buffer(log, &self->log, "log") < 0) return -1;
+        self->held |= 64;
+    }
+    if (self->cols.len / 4 != self->vals.len / 4 || self->state.len / 8 < ST_SIZE ||
+        self->length.len != self->start.len || self->cap.len != self->start.len) {
+        PyErr_SetString(PyExc_ValueError, "pool arrays of different lengths, or a short state");
+        return -1;
+    }
+    Py_INCREF(table);
+    self->table = table;
+    return 0;
+}
+
+static void PoolRows_dealloc(PoolRows *self) {
+    Py_buffer *views[] = {&self->cols, &self->vals, &self->start, &self->length, &self->cap, &self->state, &self->log};
+    for (int b = 0; b < 7; b++) {
+        if (self->held & (1 << b)) PyBuffer_Release(views[b]);
+    }
+    Py_XDECREF(self->table);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int pool_ready(PoolRows *self) {
+    if (self->table == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "PoolRows.__init__ was not called");
+        return -1;
+    }
+    return 0;
+}
+
+/* A row's capacity when it moves to hold `need` entries: room to grow by half again. */
+static inline int64_t pool_grown_cap(int64_t need) { return need + need / 2 + 4; }
+
+/* The user's history (item row -> weight, oldest first), newest first, the event's own item left out, each
+ * remembered item with its pair weight (gamma ** its age among the others, times its weight). Returns the number
+ * of pairs, or -1 with an exception. `js` and `pairs` hold at least len(history) items. */
+static Py_ssize_t pool_pairs(PyObject *history, int64_t i, double gamma, int64_t n_rows, int64_t *js, double *pairs) {
+    Py_ssize_t n = PyDict_GET_SIZE(history), pos = 0, t = n;
+    PyObject *key, *value;
+    while (PyDict_Next(history, &pos, &key, &value)) { /* insertion order: oldest first; stored newest first */
+        long long j = PyLong_AsLongLong(key);
+        double w = PyFloat_AsDouble(value);
+        if ((j == -1 || w == -1.0) && PyErr_Occurred()) return -1;
+        if (j < 0 || j >= n_rows) {
+            PyErr_SetString(PyExc_ValueError, "history names a row outside the pool");
+            return -1;
+        }
+        t--;
+        js[t] = j;
+        pairs[t] = w;
+    }
+    Py_ssize_t m = 0;
+    double base = 1.0;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (js[k] == i) continue; /* a like after a view of the same item: pair it with the others only */
+        js[m] = js[k];
+        pairs[m] = base * pairs[k];
+        base *= gamma;
+        m++;
+    }
+    return m;
+}
+
+/* Add `v` at (row, col): in place at the entry's slot, else appended (the row moved to the pool's end with room
+ * for `need` entries when it is full; the caller checked there is room). Returns the slot. */
+static inline int64_t pool_add(PoolRows *self, int64_t row, int64_t col, double v, int64_t need) {
+    SlotTable *t = (SlotTable *)self->table;
+    int64_t *start = self->start.buf, *length = self->length.buf, *cap = self->cap.buf, *state = self->state.buf;
+    int32_t *cols = self->cols.buf;
+    float *vals = self->vals.buf;
+    uint64_t key = (uint64_t)row << 32 | (uint64_t)col;
+    uint64_t at = slot_find(t, key);
+    if (t->keys[at] == key) {
+        float *p = vals + start[row] + t->slots[at];
+        *p = (float)((double)*p + v);
+        return t->slots[at];
+    }
+    int64_t k = length[row];
+    if (k == cap[row]) {
+        int64_t grown = pool_grown_cap(need), end = state[ST_END];
+        memcpy(cols + end, cols + start[row], (size_t)k * sizeof *cols);
+        memcpy(vals + end, vals + start[row], (size_t)k * sizeof *vals);
+        state[ST_GARBAGE] += cap[row];
+        start[row] = end;
+        cap[row] = grown;
+        state[ST_END] = end + grown;
+    }
+    cols[start[row] + k] = (int32_t)col;
+    vals[start[row] + k] = (float)v;
+    length[row] = k + 1;
+    t->keys[at] = key;
+    t->slots[at] = (int32_t)k;
+    t->used++;
+    return k;
+}
+
+/* add_pairs(history, i, y, gamma, forward, backward) -> status
+ *
+ * SparseRows.add_pairs: for every remembered item j of `history` (newest first, `i` itself left out, the k-th with
+ * pair weight gamma ** k * w_j), C[j, i] += forward * y * pair and C[i, j] += backward * y * pair; each entry
+ * touched logged as row << 32 | slot. Status: 0 done; 3 done, and a row moved (the caller checks the garbage); 1
+ * nothing done, the pool must hold state[4] entries first; 2 nothing done, the log is full.
+ */
+static PyObject *PoolRows_add_pairs(PoolRows *self, PyObject *args) {
+    PyObject *history;
+    long long i;
+    double y, gamma, forward, backward;
+    if (!PyArg_ParseTuple(args, "O!Ldddd", &PyDict_Type, &history, &i, &y, &gamma, &forward, &backward) ||
+        pool_ready(self) < 0) {
+        return NULL;
+    }
+    int64_t *start = self->start.buf, *length = self->length.buf, *cap = self->cap.buf, *state = self->state.buf;
+    int64_t n_rows = state[ST_ROWS], pool_size = self->cols.len / 4;
+    if (n_rows < 0 || n_rows > SLOT_LIMIT || n_rows > self->start.len / 8 || i < 0 || i >= n_rows) {
+        PyErr_SetString(PyExc_ValueError, "row outside the pool");
+        return NULL;
+    }
+    Py_ssize_t n = PyDict_GET_SIZE(history);
+    int64_t js_stack[POOL_HISTORY_STACK], *js = js_stack;
+    double pairs_stack[POOL_HISTORY_STACK], *pairs = pairs_stack;
+    if (n > POOL_HISTORY_STACK) {
+        js = PyMem_Malloc((size_t)n * sizeof *js);
+        pairs = PyMem_Malloc((size_t)n * sizeof *pairs);
+        if (js == NULL || pairs == NULL) {
+            PyMem_Free(js);
+            PyMem_Free(pairs);
+            return PyErr_NoMemory();
+        }
+    }
+    PyObject *result = NULL;
+    Py_ssize_t m = pool_pairs(history, i, gamma, n_rows, js, pairs);
+    if (m < 0) goto done;
+    /* Room first: every row that may grow, at its largest growth (each j by one entry, i by m) */
+    int64_t room = 0;
+    for (Py_ssize_t k = 0; k < m; k++) {
+        int64_t j = js[k];
+        if (start[j] < 0 || cap[j] < length[j] || start[j] + cap[j] > pool_size) {
+            PyErr_SetString(PyExc_ValueError, "a row outside the pool");
+            goto done;
+        }
+        if (length[j] + 1 > cap[j]) room += pool_grown_cap(length[j] + 1);
+    }
+    if (start[i] < 0 || cap[i] < length[i] || start[i] + cap[i] > pool_size) {
+        PyErr_SetString(PyExc_ValueError, "a row outside the pool");
+        goto done;
+    }
+    if (length[i] + m > cap[i]) room += pool_grown_cap(length[i] + m);
+    if (state[ST_END] + room > pool_size) {
+        state[ST_NEED] = state[ST_END] + room;
+        result = PyLong_FromLong(POOL_NEEDS_ROOM);
+        goto done;
+    }
+    int64_t *log = (self->held & 64) ? self->log.buf : NULL;
+    if (log != NULL && state[ST_LOG] + 2 * m > self->log.len / 8) {
+        result = PyLong_FromLong(POOL_NEEDS_LOG);
+        goto done;
+    }
+    if (slot_reserve((SlotTable *)self->table, 2 * m) < 0) goto done;
+    int64_t garbage = state[ST_GARBAGE];
+    for (Py_ssize_t k = 0; k < m; k++) {
+        int64_t j = js[k];
+        double inc = y * pairs[k];
+        int64_t k_j = pool_add(self, j, i, forward * inc, length[j] + 1);
+        /* row i moves at most once an event: to room for every pair still to come */
+        int64_t k_i = pool_add(self, i, j, backward * inc, length[i] + (m - k));
+        if (log != NULL) {
+            log[state[ST_LOG]++] = (int64_t)((uint64_t)j << 32 | (uint64_t)k_j);
+            log[state[ST_LOG]++] = (int64_t)((uint64_t)i << 32 | (uint64_t)k_i);
+        }
+    }
+    result = PyLong_FromLong(state[ST_GARBAGE] != garbage ? POOL_OK_MOVED : POOL_OK);
+done:
+    if (js != js_stack) {
+        PyMem_Free(js);
+        PyMem_Free(pairs);
+    }
+    return result;
+}
+
+/* evidence(history, i, powers, damping) -> float
+ *
+ * ItemCooccurrence.predict_one's sum: over the remembered items j (newest first, age counted over all of them),
+ * w_j * powers[age] * damping[j] * C[j, i] for each j whose row has an entry for i. */
+static PyObject *PoolRows_evidence(PoolRows *self, PyObject *args) {
+    PyObject *history, *powers_obj, *damping_obj;
+    long long i;
+    if (!PyArg_ParseTuple(args, "O!LOO", &PyDict_Type, &history, &i, &powers_obj, &damping_obj) ||
+        pool_ready(self) < 0) {
+        return NULL;
+    }
+    Py_buffer powers, damping;
+    if (get_buffer(powers_obj, &powers, PyBUF_SIMPLE, "powers", 'd') < 0) return NULL;
+    if (get_buffer(damping_obj, &damping, PyBUF_SIMPLE, "damping", 'd') < 0) {
+        PyBuffer_Release(&powers);
+        return NULL;
+    }
+    const int64_t *start = self->start.buf, *length = self->length.buf;
+    int64_t n_rows = ((int64_t *)self->state.buf)[ST_ROWS];
+    const float *vals = self->vals.buf;
+    SlotTable *t = (SlotTable *)self->table;
+    Py_ssize_t n = PyDict_GET_SIZE(history), pos = 0, age = n;
+    PyObject *key, *value, *result = NULL;
+    double evidence = 0.0;
+    if (n > powers.len / 8 || i < 0 || i >= n_rows || n_rows > damping.len / 8) {
+        PyErr_SetString(PyExc_ValueError, "history longer than its powers, or a row outside the pool or damping");
+        goto done;
+    }
+    /* Summed newest first, as the Python loop does (the order of a float sum matters). */
+    int64_t js_stack[POOL_HISTORY_STACK], *js = js_stack;
+    double ws_stack[POOL_HISTORY_STACK], *ws = ws_stack;
+    if (n > POOL_HISTORY_STACK) {
+        js = PyMem_Malloc((size_t)n * sizeof *js);
+        ws = PyMem_Malloc((size_t)n * sizeof *ws);
+        if (js == NULL || ws == NULL) {
+            PyMem_Free(js);
+            PyMem_Free(ws);
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    int bad = 0;
+    while (PyDict_Next(history, &pos, &key, &value)) {
+        long long j = PyLong_AsLongLong(key);
+        double w = PyFloat_AsDouble(value);
+        if ((j == -1 || w == -1.0) && PyErr_Occurred()) {
+            bad = 1;
+            break;
+        }
+        if (j < 0 || j >= n_rows) {
+            PyErr_SetString(PyExc_ValueError, "history names a row outside the pool");
+            bad = 1;
+            break;
+        }
+        age--;
+        js[age] = j;
+        ws[age] = w;
+    }
+    for (Py_ssize_t a = 0; !bad && a < n; a++) {
+        int32_t k = slot_get(t, (uint64_t)js[a], (uint64_t)i);
+        if (k < 0) continue;
+        if (k >= length[js[a]]) {
+            PyErr_SetString(PyExc_ValueError, "a slot past its row's length");
+            bad = 1;
+            break;
+        }
+        evidence += ws[a] * get_f64(powers.buf, a) * get_f64(damping.buf, js[a]) * (double)vals[start[js[a]] + k];
+    }
+    if (js != js_stack) {
+        PyMem_Free(js);
+        PyMem_Free(ws);
+    }
+    if (!bad) result = PyFloat_FromDouble(evidence);
+done:
+    PyBuffer_Release(&powers);
+    PyBuffer_Release(&damping);
+    return result;
+}
+
+static PyMethodDef PoolRows_methods[] = {
+    {"add_pairs", (PyCFunction)PoolRows_add_pairs, METH_VARARGS,
+     "add_pairs(history, i, y, gamma, forward, backward) -> status (see learner/_kernels.c)"},
+    {"evidence", (PyCFunction)PoolRows_evidence, METH_VARARGS,
+     "evidence(history, i, powers, damping) -> ItemCooccurrence.predict_one's evidence"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject PoolRowsType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "learner._kernels.PoolRows",
+    .tp_doc = "The co-occurrence update on a SparseRows pool, holding its arrays' buffers (learner.item_cooccurrence)",
+    .tp_basicsize = sizeof(PoolRows),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)PoolRows_init,
+    .tp_dealloc = (destructor)PoolRows_dealloc,
+    .tp_methods = PoolRows_methods,
+};
+
 static PyMethodDef methods[] = {
     {"cooccurrence_scores", cooccurrence_scores, METH_VARARGS,
      "cooccurrence_scores(rows, weights, damping, mass, popularity_weight, mass_max, out): "
@@ -259,4 +822,21 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "Compiled ranking loops (learner.kernels).",
                                     -1, methods, NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__kernels(void) {
+    if (PyType_Ready(&SlotTableType) < 0 || PyType_Ready(&PoolRowsType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    Py_INCREF(&SlotTableType);
+    if (PyModule_AddObject(m, "SlotTable", (PyObject *)&SlotTableType) < 0) {
+        Py_DECREF(&SlotTableType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&PoolRowsType);
+    if (PyModule_AddObject(m, "PoolRows", (PyObject *)&PoolRowsType) < 0) {
+        Py_DECREF(&PoolRowsType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

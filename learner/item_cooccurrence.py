@@ -17,10 +17,10 @@ Most of the catalogue has no evidence for a given user, so the ranking adds a sm
 ``popularity_weight`` times the items' time-decayed popularity (half-life ``half_life_days`` of
 stream time): a tie-breaker that orders what co-occurrence cannot, in the same single pass.
 
-Storage is one growable sparse row per item (column and value arrays plus a column-to-slot
-dict; after a load, a row stays a slice of the snapshot's arrays until its first update), so an
-update costs ``2 * window`` dict lookups and scoring a user costs ``window`` numpy scatter-adds,
-never a loop over the catalogue.
+Storage is one sparse row per item, every row in one pool (:mod:`learner.sparse_rows`; after a load, the
+pool is the snapshot's arrays until the model first learns), with a (row, column) -> slot table for learning:
+an update costs ``2 * window`` table lookups (in C where the compiled loops are built) and scoring a user
+reads ``window`` rows, never a loop over the catalogue.
 
 >>> m = ItemCooccurrence(window=3, popularity_weight=0.0)
 >>> for user, items in {"ann": "abc", "bob": "abd", "cid": "xyz"}.items():
@@ -41,28 +41,15 @@ from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import chain
-from operator import getitem
 
 import numpy as np
 
-from learner import codec, kernels
+from learner import kernels
 from learner.arrays import ensure_rows
 from learner.base import ModelState, expect_kind
 from learner.id_index import IdIndex
 from learner.popularity_models import DecayedCounter
-
-#: Co-occurrence entries recorded since the last mark beyond which recording stops (8 bytes each): a delta that
-#: large would cost about what a whole snapshot does.
-CHANGE_LOG_LIMIT = 8_000_000
-#: Share of the pool that rows which moved may leave behind before it is laid out again (in one go, ~0.2 s at 10M
-#: entries: rare, as a row that moves takes room to grow by half again).
-POOL_GARBAGE_SHARE = 0.5
-#: Rows at least this long are copied a slice each when the pool is laid out or a row moves (the shorter ones
-#: together, by one gather: a slice costs ~1 us of Python, a gathered entry ~10 ns).
-COPY_SLICE_MIN = 128
-#: A delta's entries are read from their rows joined into one buffer unless the touched rows hold more than this
-#: many entries per entry read (copying a row costs ~1 ns an entry, reading one entry from Python ~150 ns).
-ENTRY_GATHER_JOIN_FACTOR = 32
+from learner.sparse_rows import SparseRows
 
 
 @dataclass(frozen=True)
@@ -75,355 +62,6 @@ class Changes:
     items: np.ndarray  # int64 item rows whose mass, damping or recent popularity may have changed, sorted
     users: np.ndarray  # int64 user rows whose history may have changed, sorted
     recent_rescaled: bool  # the recent-popularity counter rescaled every item: its whole array changed
-
-
-_NO_COLS = np.zeros(0, dtype=np.int32)
-_NO_VALS = np.zeros(0, dtype=np.float32)
-
-
-def _is_none(value: object) -> bool:
-    return value is None
-
-
-@dataclass(frozen=True)
-class EntryPlan:
-    """A delta's co-occurrence entries checked against the rows (:meth:`SparseRows.check_entries`), grouped by row."""
-
-    rows: np.ndarray  # int64, per entry (sorted by row and slot)
-    slots: np.ndarray  # int64, per entry
-    cols: np.ndarray  # int32, per entry
-    touched: np.ndarray  # int64, each row once
-    first: np.ndarray  # per touched row: its first entry
-    ends: np.ndarray  # per touched row: past its last entry
-    lengths: np.ndarray  # per touched row: its length before the delta (0 for a new row)
-    lazy: np.ndarray  # per touched row: held in the pool (not materialised)
-
-
-class SparseRows:
-    """A growable sparse matrix: per row, parallel column/value arrays in insertion order.
-
-    Rows are ``array.array`` buffers, so a single update is a plain Python operation (no numpy
-    call overhead) while :meth:`row` still hands numpy a zero-copy view for scoring.
-
-    Loaded from CSR arrays (:meth:`from_csr`), a row stays a slice of those arrays until it is
-    first changed: then (in :meth:`slots`) it gets its own buffers and column-to-slot dict. So a
-    row is *materialised* exactly when ``_slot[row]`` is not None, and loading a snapshot to
-    serve it allocates nothing per row.
-
-    A served model takes a delta's entries in place (:meth:`set_entries`) without materialising
-    rows: the loaded arrays become a *pool* in which each such row has a start, a length and a
-    capacity. An entry at an existing slot is written where it is; a row that grows past its
-    capacity moves to the pool's end with room to grow by half again (the place it leaves is
-    garbage, and the pool is compacted once garbage is half of it). So a delta costs what it
-    carries, not a rebuild of every row.
-    """
-
-    def __init__(self) -> None:
-        self._cols: list[array | None] = []  # None: the row is still a slice of the pool (the loaded CSR)
-        self._vals: list[array | None] = []
-        self._slot: list[dict[int, int] | None] = []  # column -> slot; None until materialised
-        # per row (those not materialised; zeros for the others): where in the pool its entries start, how many
-        # there are, and how many fit there
-        self._base_start = np.zeros(0, dtype=np.int64)
-        self._base_len = np.zeros(0, dtype=np.int64)
-        self._base_cap = np.zeros(0, dtype=np.int64)
-        self._base_indices = _NO_COLS  # the pool: the loaded CSR's arrays (views of the snapshot until written)
-        self._base_data = _NO_VALS
-        self._pool_end = 0  # pool entries in use or left behind by moved rows; past it, free room
-        self._pool_owned = False  # the pool's arrays are this object's (else the snapshot's or the caller's)
-        self._garbage = 0  # pool entries left behind by rows that moved
-        self._n_lazy = 0  # rows still slices of the pool
-
-    def __len__(self) -> int:
-        return len(self._cols)
-
-    def add_row(self) -> None:
-        self._cols.append(array("i"))
-        self._vals.append(array("f"))
-        self._slot.append({})
-
-    def slots(self, row: int) -> dict[int, int]:
-        """The row's column -> slot dict; materialises a loaded row (call before using ``_cols[row]``)."""
-        slots = self._slot[row]
-        if slots is None:
-            base_cols, base_vals = self._base_row(row)
-            cols, vals = array("i"), array("f")
-            cols.frombytes(base_cols.tobytes())
-            vals.frombytes(base_vals.tobytes())
-            self._cols[row], self._vals[row] = cols, vals
-            self._n_lazy -= 1
-            slots = self._slot[row] = {c: k for k, c in enumerate(cols)}
-        return slots
-
-    def add(self, row: int, col: int, value: float) -> None:
-        slots = self._slot[row]
-        if slots is None:
-            slots = self.slots(row)
-        k = slots.get(col)
-        cols, vals = self._cols[row], self._vals[row]
-        assert cols is not None and vals is not None
-        if k is None:
-            slots[col] = len(cols)
-            cols.append(col)
-            vals.append(value)
-        else:
-            vals[k] += value
-
-    def get(self, row: int, col: int) -> float:
-        k = self.slots(row).get(col)
-        vals = self._vals[row]
-        return 0.0 if k is None or vals is None else float(vals[k])
-
-    def row(self, row: int) -> tuple[np.ndarray, np.ndarray]:
-        """(columns, values) of one row as zero-copy numpy views; drop them before the row grows."""
-        cols, vals = self._cols[row], self._vals[row]
-        if cols is None or vals is None:
-            return self._base_row(row)
-        if not cols:
-            return _NO_COLS, _NO_VALS
-        return np.frombuffer(cols, dtype=np.int32), np.frombuffer(vals, dtype=np.float32)
-
-    def buffers(self, row: int) -> tuple[array | np.ndarray, array | np.ndarray]:
-        """(columns, values) of one row as buffers: the row's own arrays, or views of the loaded ones; cheaper than
-        :meth:`row` where only their bytes are read (no numpy view of each). Drop them before the row grows."""
-        cols = self._cols[row]
-        if cols is None:
-            return self._base_row(row)
-        return cols, self._vals[row]  # type: ignore[return-value]
-
-    def _base_row(self, row: int) -> tuple[np.ndarray, np.ndarray]:
-        lo = int(self._base_start[row])
-        hi = lo + int(self._base_len[row])
-        return self._base_indices[lo:hi], self._base_data[lo:hi]
-
-    @property
-    def nnz(self) -> int:
-        return sum(len(self.row(r)[0]) for r in range(len(self)))
-
-    def to_csr(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(indptr, indices, data); read-only arrays that share nothing with the rows."""
-        indptr, indices, data = self.to_csr_chunks()
-        return indptr, indices.array(), data.array()
-
-    def to_csr_chunks(self) -> tuple[np.ndarray, codec.Chunks, codec.Chunks]:
-        """(indptr, indices, data) with the last two as :class:`learner.codec.Chunks` of the rows' buffers (views of
-        the loaded arrays for rows not yet materialised), for encoding them without a joined copy. Encode them
-        right away: they show later changes of the values, and while a view of a row is held it cannot grow."""
-        cols_of, vals_of = self._cols, self._vals
-        if not self._n_lazy:  # every row materialised (always so in a model never loaded)
-            col_parts: list = cols_of
-            val_parts: list = vals_of
-        else:
-            col_parts, val_parts = [], []
-            for r in range(len(cols_of)):
-                cols, vals = self.row(r)
-                col_parts.append(cols)
-                val_parts.append(vals)
-        indptr = np.zeros(len(col_parts) + 1, dtype=np.int64)
-        np.cumsum(np.fromiter(map(len, col_parts), dtype=np.int64, count=len(col_parts)), out=indptr[1:])
-        nnz = int(indptr[-1])
-        native_i4, native_f4 = np.dtype(np.int32).str, np.dtype(np.float32).str  # the buffers' own byte order
-        return indptr, codec.Chunks(native_i4, col_parts, nnz), codec.Chunks(native_f4, val_parts, nnz)
-
-    @classmethod
-    def from_csr(cls, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, n_cols: int) -> SparseRows:
-        n_rows = len(indptr) - 1
-        if n_rows < 0 or indptr[0] != 0 or indptr[-1] != len(indices) or len(indices) != len(data):
-            raise ValueError("malformed sparse rows")
-        if np.any(np.diff(indptr) < 0) or (len(indices) and (indices.min() < 0 or indices.max() >= n_cols)):
-            raise ValueError("malformed sparse rows")
-        rows = cls()
-        indptr = np.asarray(indptr, dtype=np.int64)
-        rows._base_start = indptr[:-1].copy()
-        rows._base_len = np.diff(indptr)
-        rows._base_cap = rows._base_len.copy()
-        rows._base_indices = np.ascontiguousarray(indices, dtype=np.int32)
-        rows._base_data = np.ascontiguousarray(data, dtype=np.float32)
-        rows._pool_end = len(indices)
-        rows._cols = [None] * n_rows
-        rows._vals = [None] * n_rows
-        rows._slot = [None] * n_rows
-        rows._n_lazy = n_rows
-        return rows
-
-    # -- a delta's entries, in place (a served model) ----------------------------------------
-
-    def check_entries(
-        self, rows: np.ndarray, slots: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int
-    ) -> EntryPlan:
-        """What :meth:`set_entries` writes once the matrix has ``n_rows`` rows (the new ones empty, added with
-        :meth:`add_lazy_rows`). Raises ValueError unless the entries are sorted by row and slot, each once,
-        within bounds, each existing slot keeping its column, and each row's new slots consecutive from its
-        length. Changes nothing."""
-        n = len(rows)
-        if rows.ndim != 1 or slots.shape != rows.shape or cols.shape != rows.shape:
-            raise ValueError("delta entries do not match their base")
-        if n and (rows.min() < 0 or rows.max() >= n_rows or slots.min() < 0 or cols.min() < 0 or cols.max() >= n_cols):
-            raise ValueError("delta entries outside the model")  # checked before the casts below, which could wrap
-        rows, slots = rows.astype(np.int64), slots.astype(np.int64)
-        cols = cols.astype(np.int32, copy=False)
-        if n == 0:
-            return EntryPlan(rows, slots, cols, rows, rows, rows, rows, np.zeros(0, dtype=bool))
-        if n > 1 and np.any(np.diff(rows << 32 | slots) <= 0):
-            raise ValueError("delta entries are not sorted by row and slot, each once")
-        first = np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1])))
-        ends = np.append(first[1:], n)
-        touched = rows[first]
-        n_now = len(self._cols)
-        if self._n_lazy == n_now:  # no row materialised (a served model, unless /v1/scores read some)
-            lazy = np.ones(len(touched), dtype=bool)
-        else:
-            lazy = touched >= n_now
-            old = ~lazy
-            slot_of = self._slot
-            lazy[old] = np.fromiter(map(_is_none, map(slot_of.__getitem__, touched[old].tolist())), dtype=bool,
-                                    count=int(old.sum()))  # fmt: skip
-        lengths = np.zeros(len(touched), dtype=np.int64)
-        pooled = lazy & (touched < n_now)
-        lengths[pooled] = self._base_len[touched[pooled]]
-        cols_of = self._cols
-        for k in np.flatnonzero(~lazy).tolist():
-            lengths[k] = len(cols_of[int(touched[k])])  # type: ignore[arg-type]
-        existing = slots < np.repeat(lengths, ends - first)
-        added = (ends - first) - np.add.reduceat(existing.astype(np.int64), first)
-        if np.any(np.maximum(slots[ends - 1] + 1 - lengths, 0) != added):
-            raise ValueError("delta entries past a row's length are not its next slots")
-        at = np.flatnonzero(existing)
-        if at.size:
-            in_pool = np.repeat(lazy, ends - first)[at]
-            pool_at = at[in_pool]
-            if np.any(self._base_indices[self._base_start[rows[pool_at]] + slots[pool_at]] != cols[pool_at]):
-                raise ValueError("delta names another column at a slot the base has")
-            for k in at[~in_pool].tolist():
-                if cols_of[int(rows[k])][int(slots[k])] != int(cols[k]):  # type: ignore[index]
-                    raise ValueError("delta names another column at a slot the base has")
-        return EntryPlan(rows, slots, cols, touched, first, ends, lengths, lazy)
-
-    def set_entries(self, plan: EntryPlan, vals: np.ndarray) -> None:
-        """Write the entries of a :meth:`check_entries` plan, with values ``vals``: at an existing slot in place,
-        new slots appended (a row out of room moves to the pool's end)."""
-        if not len(plan.rows):
-            return
-        vals = vals.astype(np.float32, copy=False)
-        rows, slots, cols, touched, first, ends, lengths, lazy = (
-            plan.rows, plan.slots, plan.cols, plan.touched, plan.first, plan.ends, plan.lengths, plan.lazy,
-        )  # fmt: skip
-        for k in np.flatnonzero(~lazy).tolist():  # materialised rows (a served model reads them for /v1/scores)
-            row = int(touched[k])
-            row_cols, row_vals, row_slots = self._cols[row], self._vals[row], self._slot[row]
-            for e in range(int(first[k]), int(ends[k])):
-                slot, col, val = int(slots[e]), int(cols[e]), float(vals[e])
-                if slot < len(row_cols):  # type: ignore[arg-type]
-                    row_vals[slot] = val  # type: ignore[index]
-                else:
-                    row_slots[col] = slot  # type: ignore[index]
-                    row_cols.append(col)  # type: ignore[union-attr]
-                    row_vals.append(val)  # type: ignore[union-attr]
-        if not lazy.any():
-            return
-        self.make_room()
-        pool_rows, pool_lengths = touched[lazy], lengths[lazy]
-        new_lengths = np.maximum(pool_lengths, slots[ends[lazy] - 1] + 1)
-        moving = new_lengths > self._base_cap[pool_rows]
-        if moving.any():
-            self._move(pool_rows[moving], pool_lengths[moving], new_lengths[moving])
-        in_pool = np.repeat(lazy, ends - first)
-        where = self._base_start[rows[in_pool]] + slots[in_pool]
-        self._base_indices[where] = cols[in_pool]
-        self._base_data[where] = vals[in_pool]
-        self._base_len[pool_rows] = new_lengths
-        if self._garbage > POOL_GARBAGE_SHARE * self._pool_end:
-            self._lay_out()
-
-    def make_room(self) -> None:
-        """The pool as arrays of this object's own (the loaded ones are the snapshot's, or its caller's, with no
-        room in any row): laid out again once, with room in every row for a quarter more. The first
-        :meth:`set_entries` does it; a process that loads a model to serve it calls it where it loads, so as not
-        to pay it while it serves."""
-        if not self._pool_owned:
-            self._lay_out()
-
-    def add_lazy_rows(self, count: int) -> None:
-        """Append ``count`` empty rows held in the pool (a served model's new items), not materialised."""
-        if count <= 0:
-            return
-        n = len(self._cols)
-        self._cols.extend([None] * count)
-        self._vals.extend([None] * count)
-        self._slot.extend([None] * count)
-        self._n_lazy += count
-        size = n + count
-        if len(self._base_start) < size:  # materialised rows added since the load have no place: zeros
-            for name in ("_base_start", "_base_len", "_base_cap"):
-                grown = np.zeros(max(size, len(self._base_start) * 5 // 4), dtype=np.int64)
-                old = getattr(self, name)
-                grown[: len(old)] = old
-                setattr(self, name, grown)
-        self._base_start[n:size] = self._pool_end
-        self._base_len[n:size] = 0
-        self._base_cap[n:size] = 0
-
-    def _move(self, rows: np.ndarray, lengths: np.ndarray, new_lengths: np.ndarray) -> None:
-        """Move ``rows`` (now ``lengths`` long) to the pool's end, with room for ``new_lengths`` and half again."""
-        caps = new_lengths + new_lengths // 2 + 4
-        starts = self._pool_end + np.cumsum(caps) - caps
-        self._reserve(int(caps.sum()))
-        self._copy_rows(rows, lengths, self._base_indices, self._base_data, starts)
-        self._garbage += int(self._base_cap[rows].sum())
-        self._pool_end += int(caps.sum())
-        self._base_start[rows] = starts
-        self._base_cap[rows] = caps
-
-    def _copy_rows(
-        self, rows: np.ndarray, lengths: np.ndarray, indices: np.ndarray, data: np.ndarray, starts: np.ndarray
-    ) -> None:
-        """Copy the pooled ``rows`` (``lengths`` long) to ``starts`` of ``indices`` and ``data``: long rows a slice
-        each, the short ones (most rows, few entries) by one gather over all their entries."""
-        src_starts = self._base_start[rows]
-        long = lengths >= COPY_SLICE_MIN
-        pool_indices, pool_data = self._base_indices, self._base_data
-        for src, dst, n in zip(src_starts[long].tolist(), starts[long].tolist(), lengths[long].tolist(), strict=True):
-            indices[dst : dst + n] = pool_indices[src : src + n]
-            data[dst : dst + n] = pool_data[src : src + n]
-        short = ~long
-        lengths = lengths[short]
-        total = int(lengths.sum())
-        if total:
-            offset = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-            src = np.repeat(src_starts[short], lengths) + offset
-            dst = np.repeat(starts[short], lengths) + offset
-            indices[dst] = pool_indices[src]
-            data[dst] = pool_data[src]
-
-    def _reserve(self, extra: int) -> None:
-        """Room for ``extra`` more entries past the pool's end (the pool grows by a quarter at least)."""
-        need = self._pool_end + extra
-        size = len(self._base_indices)
-        if need <= size:
-            return
-        size = max(need, size + size // 4 + 1024)
-        for name in ("_base_indices", "_base_data"):
-            old = getattr(self, name)
-            grown = np.empty(size, dtype=old.dtype)
-            grown[: self._pool_end] = old[: self._pool_end]
-            setattr(self, name, grown)
-
-    def _lay_out(self) -> None:
-        """Lay the pooled rows out one after the other in new arrays, each with room for a quarter more (no
-        garbage left)."""
-        n = min(len(self._cols), len(self._base_start))
-        pooled = np.flatnonzero(np.fromiter(map(_is_none, self._slot[:n]), dtype=bool, count=n))
-        lengths = self._base_len[pooled]
-        caps = lengths + lengths // 4 + 4
-        starts = np.cumsum(caps) - caps
-        size = int(caps.sum())
-        indices = np.empty(size + size // 8 + 1024, dtype=np.int32)
-        data = np.empty(len(indices), dtype=np.float32)
-        self._copy_rows(pooled, lengths, indices, data, starts)
-        self._base_indices, self._base_data, self._pool_owned = indices, data, True
-        self._base_start[pooled] = starts
-        self._base_cap[pooled] = caps
-        self._pool_end, self._garbage = size, 0
 
 
 class ItemCooccurrence:
@@ -464,14 +102,13 @@ class ItemCooccurrence:
         self._mass = np.zeros(16, dtype=np.float64)  # total weight per item
         self._candidate_damping = np.ones(16, dtype=np.float64)  # max(mass, 1) ** -beta, kept up to date
         self._row_damping = np.ones(16, dtype=np.float64)  # max(mass, 1) ** -alpha, kept up to date
-        self._recency_powers = [self.recency**age for age in range(self.window)]
+        self._recency_powers = array("d", [self.recency**age for age in range(self.window)])
         self._history = UserHistories(self.window)  # per user: item row -> weight, oldest first
         self._scratch_buffer = np.empty(0, dtype=np.float64)
-        self._last_pairs: tuple[int, int, list[tuple[array, int, array, int, float]]] | None = None
-        # What changed since mark_changes() (learner.cooccurrence_delta): every co-occurrence entry touched, as
-        # row << 32 | slot (None once over CHANGE_LOG_LIMIT: then only a whole snapshot says what changed), the
-        # items learned (their mass, damping and recent popularity), and the sizes of the id lists then.
-        self._change_log: array | None = None  # not recorded until the first mark_changes()
+        # What changed since mark_changes() (learner.cooccurrence_delta): every co-occurrence entry touched (the
+        # rows' log, which stops past learner.sparse_rows.CHANGE_LOG_LIMIT: then only a whole snapshot says what
+        # changed), the items learned (their mass, damping and recent popularity), and the sizes of the id lists.
+        self._recording = False  # not recorded until the first mark_changes()
         self._changed_items: set[int] = set()
         self._marked_sizes = (0, 0)
 
@@ -483,25 +120,12 @@ class ItemCooccurrence:
     def learn_one(self, user: str, item: str, y: float) -> None:
         u = self._user_row(user)
         i = self._item_row(item)
-        log = self._change_log
-        if log is not None:
+        if self._recording:
             self._changed_items.add(i)  # every learned event's item: the learner's popularity counts it too
-            if len(log) > CHANGE_LOG_LIMIT:
-                self._change_log = None  # too much since the mark for a delta to pay: the next snapshot is whole
         if y <= 0:
             return
         history = self._history.for_update(u)
-        forward, backward = self.forward, self.backward
-        last = self._last_pairs
-        if last is not None and last[0] == u and last[1] == i:
-            # The same (user, item) again (a like right after its view): the history has not
-            # changed but for this item's own weight, so the pairs and their slots are the same.
-            for vals_j, k_j, vals_i, k_i, base in last[2]:
-                inc = y * base
-                vals_j[k_j] += forward * inc
-                vals_i[k_i] += backward * inc
-        else:
-            self._last_pairs = (u, i, self._add_pairs(history, i, y))
+        self._rows.add_pairs(history, i, y, self.gamma, self.forward, self.backward)
         self._recent.add(i, y)
         mass = float(self._mass[i]) + y
         self._mass[i] = mass
@@ -510,51 +134,6 @@ class ItemCooccurrence:
         history[i] = history.pop(i, 0.0) + y
         if len(history) > self.window:
             del history[next(iter(history))]
-            self._last_pairs = None  # an item left the window: the next event must pair afresh
-
-    def _add_pairs(self, history: dict[int, float], i: int, y: float) -> list[tuple[array, int, array, int, float]]:
-        """``C[j, i]`` and ``C[i, j]`` for every remembered ``j``; returns the slots touched, for a repeat."""
-        rows = self._rows
-        cols_of, vals_of, slot_of = rows._cols, rows._vals, rows._slot
-        slots_i = slot_of[i]
-        if slots_i is None:
-            slots_i = rows.slots(i)
-        cols_i, vals_i = cols_of[i], vals_of[i]
-        forward, backward, gamma = self.forward, self.backward, self.gamma
-        touched = []
-        log = self._change_log
-        log_append = log.append if log is not None else None
-        i_key = i << 32
-        base = 1.0
-        for j, w_j in reversed(history.items()):
-            if j == i:  # a like after a view of the same item: pair it with the others only
-                continue
-            pair = base * w_j
-            inc = y * pair
-            base *= gamma
-            # Inlined SparseRows.add: this loop is the replay's hot path.
-            slots_j = slot_of[j]
-            if slots_j is None:
-                slots_j = rows.slots(j)
-            k_j = slots_j.get(i)
-            if k_j is None:
-                k_j = slots_j[i] = len(cols_of[j])
-                cols_of[j].append(i)
-                vals_of[j].append(forward * inc)
-            else:
-                vals_of[j][k_j] += forward * inc
-            k_i = slots_i.get(j)
-            if k_i is None:
-                k_i = slots_i[j] = len(cols_i)
-                cols_i.append(j)
-                vals_i.append(backward * inc)
-            else:
-                vals_i[k_i] += backward * inc
-            touched.append((vals_of[j], k_j, vals_i, k_i, pair))
-            if log_append is not None:
-                log_append(j << 32 | k_j)
-                log_append(i_key | k_i)
-        return touched
 
     def predict_one(self, user: str, item: str) -> float:
         """``1 - exp(-evidence)``: monotone in the co-occurrence evidence, not a calibrated probability."""
@@ -562,17 +141,9 @@ class ItemCooccurrence:
         i = self.items.get(item)
         if u is None or i is None:
             return 0.0
-        rows = self._rows
-        slot_of, vals_of = rows._slot, rows._vals
-        damping, powers = self._row_damping, self._recency_powers
-        evidence = 0.0
-        # _weighted_history inlined, each weight computed only for a remembered item that co-occurs with ``i``:
-        # most do not, and this runs for every learned event (predicted before it is learned).
-        for age, (j, w_j) in enumerate(reversed(self._history[u].items())):
-            slots = slot_of[j]
-            k = (slots if slots is not None else rows.slots(j)).get(i)
-            if k is not None:
-                evidence += w_j * powers[age] * float(damping[j]) * vals_of[j][k]
+        # _weighted_history's weights, each computed only for a remembered item that co-occurs with ``i``: most do
+        # not, and this runs for every learned event (predicted before it is learned).
+        evidence = self._rows.evidence(self._history[u], i, self._recency_powers, self._row_damping)
         return 1.0 - math.exp(-evidence * float(self._candidate_damping[i]))
 
     def knows_user(self, user: str) -> bool:
@@ -644,16 +215,17 @@ class ItemCooccurrence:
 
     def mark_changes(self) -> None:
         """Start recording changes afresh: the state now is the base the next :meth:`changes` is relative to."""
-        self._change_log = array("q")
+        self._rows.start_log()
+        self._recording = True
         self._changed_items = set()
         self._history.take_changed_since_mark()
         self._recent.rescaled = False
         self._marked_sizes = (len(self.users), len(self.items))
-        self._last_pairs = None  # its repeat path writes slots without logging them: pair afresh once
 
     def stop_changes(self) -> None:
         """Stop recording changes until the next :meth:`mark_changes`."""
-        self._change_log = None
+        self._rows.stop_log()
+        self._recording = False
         self._changed_items = set()
         self._history.changed_since_mark = None
 
@@ -663,10 +235,11 @@ class ItemCooccurrence:
         Entries are (row, slot) keys of the co-occurrence rows, each once, sorted; items and users
         are those whose per-item arrays or history rows may differ (the new ones included).
         """
-        if self._change_log is None:
+        logged = self._rows.logged() if self._recording else None
+        if logged is None:  # not recording, or the log stopped (too much since the mark)
             return None
         n_users0, n_items0 = self._marked_sizes
-        keys = np.sort(np.frombuffer(self._change_log, dtype=np.int64))  # sort, then drop repeats: several times
+        keys = np.sort(logged)  # sort, then drop repeats: several times
         keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))] if len(keys) else keys  # faster than unique
         items = np.union1d(
             np.fromiter(self._changed_items, dtype=np.int64, count=len(self._changed_items)),
@@ -706,27 +279,8 @@ class ItemCooccurrence:
         return arrays
 
     def _entries_at(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The column and value of each co-occurrence entry named by ``keys`` (row << 32 | slot, sorted)."""
-        cols_of, vals_of = self._rows._cols, self._rows._vals  # a touched row was materialised to be written
-        rows = keys >> 32
-        slots = keys & 0xFFFFFFFF
-        first = np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1]))) if len(keys) else rows
-        touched = rows[first].tolist()
-        lengths = np.fromiter(map(len, map(cols_of.__getitem__, touched)), dtype=np.int64, count=len(touched))
-        if int(lengths.sum()) > ENTRY_GATHER_JOIN_FACTOR * len(keys):  # few entries of long rows: one by one
-            rows_list, slots_list = rows.tolist(), slots.tolist()
-            # map, not a comprehension: ~40% faster for the ~16 entries an event touches
-            cols = np.array(list(map(getitem, map(cols_of.__getitem__, rows_list), slots_list)), dtype=np.int32)
-            vals = np.array(list(map(getitem, map(vals_of.__getitem__, rows_list), slots_list)), dtype=np.float32)
-            return cols, vals
-        # The touched rows joined into one buffer each (a copy at memory speed), then one vectorised gather:
-        # about half the time of reading ~30,000 entries one by one after 2,500 events of the ingest bench.
-        starts = np.zeros(len(touched), dtype=np.int64)
-        np.cumsum(lengths[:-1], out=starts[1:])
-        at = np.repeat(starts, np.diff(np.append(first, len(keys)))) + slots
-        cols = np.frombuffer(b"".join(map(cols_of.__getitem__, touched)), dtype=np.int32)[at]
-        vals = np.frombuffer(b"".join(map(vals_of.__getitem__, touched)), dtype=np.float32)[at]
-        return cols, vals
+        """The column and value of each co-occurrence entry named by ``keys`` (row << 32 | slot)."""
+        return self._rows.entries_at(keys >> 32, keys & 0xFFFFFFFF)
 
     # -- state ---------------------------------------------------------------------------
 
@@ -827,7 +381,7 @@ class ItemCooccurrence:
         return self._rows
 
     def add_ids(self, users: list[str], items: list[str]) -> None:
-        """Register ids a delta adds (none known yet): items get empty rows in the pool, not materialised."""
+        """Register ids a delta adds (none known yet): items get empty rows."""
         for user in users:
             self.users.add(user)
         self._history.extend(len(self.users))
@@ -837,7 +391,7 @@ class ItemCooccurrence:
         n_items = len(self.items)
         if n_items == n_items0:
             return
-        self._rows.add_lazy_rows(n_items - n_items0)
+        self._rows.add_rows(n_items - n_items0)
         self._mass = ensure_rows(self._mass, n_items - 1)
         self._recent.ensure(n_items - 1)
         if n_items > len(self._candidate_damping):

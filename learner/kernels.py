@@ -1,12 +1,15 @@
-"""Compiled loops for ranking a whole catalogue, when they are built; numpy's operations otherwise.
+"""Compiled loops for ranking a whole catalogue and for the co-occurrence update, when they are built; numpy's
+operations (and Python's) otherwise.
 
 ``learner/_kernels.c`` is built with the package (``pip install``, an optional C extension: where
 no C compiler is found the install goes on without it). Each kernel computes the same numbers as
-the numpy code it stands in for, with the same floating-point operations in the same order (tests
-compare them); it only makes one or two passes over the catalogue where numpy makes five or six,
-which is what a request over 100,000 items or more spends its time on.
+the code it stands in for, with the same floating-point operations in the same order (tests
+compare them). The ranking loops make one or two passes over the catalogue where numpy makes five
+or six, which is what a request over 100,000 items or more spends its time on; the update
+(``PoolRows``, used by :mod:`learner.sparse_rows`) finds each entry in one hash table instead of a
+dict per row, which is what learning spends its time on.
 
->>> describe().startswith("ranking with")
+>>> describe().startswith("ranking and learning with")
 True
 """
 
@@ -30,20 +33,23 @@ def compiled() -> ModuleType | None:
 
 
 def describe() -> str:
-    """One line for a process's log at start: how it ranks."""
+    """One line for a process's log at start: how it ranks and learns."""
     if _use is not None:
-        return "ranking with the compiled loops (learner/_kernels.c)"
+        return "ranking and learning with the compiled loops (learner/_kernels.c)"
     if _built is None:
         return (
-            "ranking with numpy alone: learner/_kernels.c is not built (no C compiler when recstream was "
-            "installed); install gcc and run scripts/setup.sh again for faster recommendations"
+            "ranking and learning without the compiled loops: learner/_kernels.c is not built (no C compiler when "
+            "recstream was installed); install gcc and run scripts/setup.sh again for faster recommendations and "
+            "learning"
         )
-    return "ranking with numpy alone (the compiled loops are switched off)"
+    return "ranking and learning without the compiled loops (switched off)"
 
 
 @contextmanager
 def numpy_only() -> Iterator[None]:
-    """Within the block, rank with numpy only (to compare both, or to measure the difference)."""
+    """Within the block, rank with numpy only and learn in Python (to compare both, or to measure the difference);
+    co-occurrence rows bound to the compiled update before the block use it until they next grow (the same numbers
+    either way: learner.sparse_rows)."""
     global _use
     saved, _use = _use, None
     try:

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from learner import codec, item_cooccurrence
+from learner import codec, item_cooccurrence, kernels, sparse_rows
 from learner import cooccurrence_delta as delta
 from learner.codec import CodecError
 from learner.implicit_mf import ImplicitMF
@@ -15,6 +15,7 @@ from learner.item_cooccurrence import ItemCooccurrence
 from learner.online_learner import OnlineLearner
 from learner.progressive import ProgressiveMetrics
 from learner.serving import ServingModel
+from tests.conftest import skip_unless_ci
 
 KINDS = ["view", "view", "like", "share", "skip"]
 
@@ -45,11 +46,14 @@ def _delta_blob(learner: OnlineLearner) -> bytes:
 
 
 @pytest.mark.parametrize("remark", [False, True], ids=["since-one-base", "chained"])
-@pytest.mark.parametrize("join_factor", [0, 10**9], ids=["entries-read-one-by-one", "rows-joined"])
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled-update", "python-update"])
 def test_a_delta_applied_to_its_base_is_the_whole_snapshot_bit_for_bit(
-    remark: bool, join_factor: int, monkeypatch
+    remark: bool, compiled: bool, monkeypatch
 ) -> None:
-    monkeypatch.setattr(item_cooccurrence, "ENTRY_GATHER_JOIN_FACTOR", join_factor)  # both ways of reading entries
+    if not compiled:  # learned by the Python update (learner.sparse_rows), as where the C loops are not built
+        monkeypatch.setattr(kernels, "_use", None)
+    elif kernels.compiled() is None:
+        skip_unless_ci("learner/_kernels.c is not built: `pip install -e .` builds it when a C compiler is found")
     rnd = random.Random(5)
     learner = OnlineLearner(model=ItemCooccurrence(window=4))
     ts = _feed(learner, rnd, 3_000, users=80, items=150, start=1.7e9)
@@ -96,7 +100,7 @@ def test_no_delta_before_a_mark_nor_after_more_changed_than_the_model_records(
     learner = OnlineLearner(model=ItemCooccurrence())
     ts = _feed(learner, rnd, 200, users=20, items=30, start=1.7e9)
     assert delta.parts(learner) is None  # never marked: nothing recorded, nothing paid per event
-    monkeypatch.setattr(item_cooccurrence, "CHANGE_LOG_LIMIT", 50)
+    monkeypatch.setattr(sparse_rows, "CHANGE_LOG_LIMIT", 50)
     delta.mark(learner)
     ts = _feed(learner, rnd, 200, users=20, items=30, start=ts)
     assert delta.parts(learner) is None  # over the limit: a whole snapshot instead
@@ -262,19 +266,20 @@ def _assert_serves_the_same(served: ServingModel, learner: OnlineLearner, versio
 def test_a_delta_applied_in_place_serves_what_the_whole_snapshot_serves(composed: bool, monkeypatch) -> None:
     moved: list[int] = []
     laid_out: list[int] = []
-    move, lay_out = item_cooccurrence.SparseRows._move, item_cooccurrence.SparseRows._lay_out
-    monkeypatch.setattr(item_cooccurrence.SparseRows, "_move",
+    move, lay_out = sparse_rows.SparseRows._move, sparse_rows.SparseRows._lay_out
+    monkeypatch.setattr(sparse_rows.SparseRows, "_move",
                         lambda self, rows, *a: (moved.append(len(rows)), move(self, rows, *a))[1])  # fmt: skip
-    monkeypatch.setattr(item_cooccurrence.SparseRows, "_lay_out",
-                        lambda self: (laid_out.append(self._garbage), lay_out(self))[1])  # fmt: skip
-    monkeypatch.setattr(item_cooccurrence, "COPY_SLICE_MIN", 16)  # rows copied both ways: a slice, and gathered
-    monkeypatch.setattr(item_cooccurrence, "POOL_GARBAGE_SHARE", 0.1)  # laid out again within the test
+    garbage = sparse_rows.GARBAGE
+    monkeypatch.setattr(sparse_rows.SparseRows, "_lay_out",
+                        lambda self: (laid_out.append(int(self._state[garbage])), lay_out(self))[1])  # fmt: skip
+    monkeypatch.setattr(sparse_rows, "COPY_SLICE_MIN", 16)  # rows copied both ways: a slice, and gathered
+    monkeypatch.setattr(sparse_rows, "POOL_GARBAGE_SHARE", 0.1)  # laid out again within the test
     rnd = random.Random(21)
     learner = OnlineLearner(model=ItemCooccurrence(window=5, half_life_days=0.01))  # rescales on the clock's jump
     ts = _feed(learner, rnd, 2_500, users=70, items=120, start=1.7e9)
     served = ServingModel.from_bytes(learner.to_bytes(), 1)
-    served.score("u1", [f"v{i}" for i in range(40)])  # materialises some rows: a delta writes those one by one
-    assert 0 < served.model.rows._n_lazy < len(served.model.items)
+    served.score("u1", [f"v{i}" for i in range(40)])
+    assert served.model.rows._table is None  # scores scan the rows: a served model builds no slot table
     delta.mark(learner)
     steps = [(400, 70, 120), (0, 70, 120), (900, 110, 180), (30, 110, 180), (1_500, 160, 260), (600, 200, 400)]
     chain = []
@@ -316,7 +321,7 @@ def test_a_delta_that_does_not_fit_changes_nothing_in_place() -> None:
     ts = _feed(learner, rnd, 600, users=20, items=30, start=1.7e9)
     served = ServingModel.from_bytes(learner.to_bytes(), 1)
     served.make_room_for_deltas()
-    served.score("u1", [f"v{i}" for i in range(30)])  # some rows materialised: checked one by one
+    served.score("u1", [f"v{i}" for i in range(30)])  # reads rows, builds nothing
     delta.mark(learner)
     _feed(learner, rnd, 150, users=25, items=35, start=ts)
     header, arrays = codec.decode(_delta_blob(learner))

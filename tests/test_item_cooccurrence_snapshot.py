@@ -119,25 +119,29 @@ def test_loading_does_not_write_into_the_snapshot_arrays_it_was_given() -> None:
         np.testing.assert_array_equal(array, kept[name], err_msg=name)
 
 
-def test_sparse_rows_materialise_a_loaded_row_only_when_it_changes() -> None:
+def test_sparse_rows_read_a_loaded_pool_in_place_and_copy_it_once_to_learn() -> None:
+    f32 = np.float32
     source = SparseRows()
-    for _ in range(3):
-        source.add_row()
-    source.add(0, 2, 1.5)
-    source.add(0, 1, 0.5)
-    source.add(2, 0, 2.0)
-    rows = SparseRows.from_csr(*source.to_csr(), n_cols=3)
-    assert rows._n_lazy == 3
-    assert rows.row(0)[0].tolist() == [2, 1] and rows.row(0)[1].tolist() == [1.5, 0.5]
-    assert rows._n_lazy == 3  # reading does not materialise
-    rows.add(0, 1, 1.0)
-    rows.add(1, 2, 3.0)
-    assert rows._n_lazy == 1
-    assert [rows.get(0, c) for c in range(3)] == [0.0, 1.5, 1.5]
+    source.add_rows(3)
+    source.add_pairs({2: 1.0}, 0, 1.0, 0.9, 1.0, 0.5)  # item 0 after item 2: C[2, 0] += 1, C[0, 2] += 0.5
+    source.add_pairs({2: 1.0, 0: 1.0}, 1, 1.0, 0.9, 1.0, 0.5)  # item 1 after 2 then 0: pairs 0.9 and 1
+    indptr, indices, data = source.to_csr()
+    assert indptr.tolist() == [0, 2, 4, 6] and indices.tolist() == [2, 1, 0, 2, 0, 1]
+    assert data.tolist() == [0.5, 1.0, 0.5, f32(0.45), 1.0, f32(0.9)]
+    rows = SparseRows.from_csr(indptr, indices, data, n_cols=4)
+    assert rows.row(1)[0].tolist() == [0, 2] and rows.row(1)[1].tolist() == [0.5, f32(0.45)]
+    assert np.shares_memory(rows.row(2)[1], data)  # read in place: loading copies nothing
+    rows.add_pairs({0: 2.0}, 1, 1.0, 0.9, 1.0, 1.0)  # existing entries only
+    assert not np.shares_memory(rows.row(2)[1], data)  # the pool was copied to be written
+    assert data.tolist() == [0.5, 1.0, 0.5, f32(0.45), 1.0, f32(0.9)]  # the loaded arrays are left alone
+    assert [rows.get(0, c) for c in range(3)] == [0.0, 3.0, 0.5] and rows.get(1, 0) == 2.5
+    rows.add_rows(1)
+    rows.add_pairs({3: 1.0}, 1, 2.0, 0.9, 1.0, 1.0)  # a new row, and a new entry at the end of row 1
     indptr, indices, data = rows.to_csr()
-    assert indptr.tolist() == [0, 2, 3, 4]
-    assert indices.tolist() == [2, 1, 2, 0] and data.tolist() == [1.5, 1.5, 3.0, 2.0]
-    assert rows.nnz == 4
+    assert indptr.tolist() == [0, 2, 5, 7, 8]
+    assert indices.tolist() == [2, 1, 0, 2, 3, 0, 1, 1]
+    assert data.tolist() == [0.5, 3.0, 2.5, f32(0.45), 2.0, 1.0, f32(0.9), 2.0]
+    assert rows.nnz == 8 and len(rows) == 4
 
 
 def test_a_snapshot_encoded_from_the_rows_own_buffers_is_the_one_from_joined_arrays() -> None:
@@ -145,10 +149,10 @@ def test_a_snapshot_encoded_from_the_rows_own_buffers_is_the_one_from_joined_arr
     encoding ``to_state``'s joined arrays, for a learned model and for one loaded with most rows still lazy."""
     learner = _learner()
     _learn(learner, _events(6, 3_000))
-    loaded = OnlineLearner.from_bytes(learner.to_bytes())
-    _learn(loaded, _events(7, 20))  # a few rows materialised, the rest still views of the loaded arrays
-    assert 0 < loaded.model._rows._n_lazy < len(loaded.model.items)
-    for one in (learner, loaded):
+    loaded = OnlineLearner.from_bytes(learner.to_bytes())  # rows end to end: encoded as one piece each
+    learned = OnlineLearner.from_bytes(learner.to_bytes())
+    _learn(learned, _events(7, 20))  # rows laid out with room to grow: a piece per row
+    for one in (learner, loaded, learned):
         state = one.model.to_state()
         header, arrays = codec.decode(one.to_bytes())
         assert [k for k in arrays if k in state.arrays] == list(state.arrays)

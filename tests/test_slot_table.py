@@ -1,0 +1,65 @@
+"""The compiled slot table (learner/_kernels.c SlotTable) answers as a dict of (row, column) -> slot does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.test_kernels import built  # noqa: F401 - the fixture: the compiled kernels (skipped outside CI if not built)
+
+
+def test_the_slot_table_answers_as_a_dict_through_growth(built: Any) -> None:  # noqa: F811
+    table_type = built.SlotTable
+    rng = np.random.default_rng(5)
+    table, reference = table_type(), {}
+    for step in range(60_000):
+        row, col = int(rng.integers(0, 300)), int(rng.integers(0, 2**31 - 1 if step % 7 == 0 else 400))
+        if rng.random() < 0.6:
+            slot = int(rng.integers(0, 2**31 - 1))
+            table.set(row, col, slot)
+            reference[(row, col)] = slot
+        assert table.get(row, col) == reference.get((row, col))
+        if step % 5_000 == 0:  # every entry still there after the growths so far
+            assert len(table) == len(reference)
+            assert all(table.get(r, c) == s for (r, c), s in reference.items())
+    assert len(table) == len(reference) > 30_000
+    assert table.nbytes >= 12 * len(table) / 0.7  # within its load limit
+
+
+def test_filling_a_table_sets_every_entry_of_a_snapshot(built: Any) -> None:  # noqa: F811
+    table_type = built.SlotTable
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(0, 50, size=200)
+    rows = np.repeat(np.arange(200, dtype=np.int32), lengths)
+    cols = np.concatenate([rng.choice(10_000, size=n, replace=False) for n in lengths]).astype(np.int32)
+    slots = np.concatenate([np.arange(n) for n in lengths]).astype(np.int32)
+    table = table_type(capacity=len(rows))
+    capacity = table.nbytes
+    table.fill(rows, cols, slots)
+    assert table.nbytes == capacity  # sized for them up front
+    assert len(table) == len(rows)
+    assert all(table.get(int(r), int(c)) == int(s) for r, c, s in zip(rows, cols, slots, strict=True))
+    assert table.get(0, 10_001) is None
+
+
+def test_the_slot_table_refuses_what_it_cannot_hold(built: Any) -> None:  # noqa: F811
+    kernels = built
+    table = kernels.SlotTable()
+    for args in ((-1, 0, 0), (0, 2**31, 0), (0, 0, -5)):
+        with pytest.raises(ValueError, match=r"outside 0\.\.2\*\*31-1"):
+            table.set(*args)
+    with pytest.raises(ValueError, match="outside"):
+        table.get(2**31, 0)
+    with pytest.raises(ValueError, match="one item per entry"):
+        table.fill(np.zeros(3, np.int32), np.zeros(2, np.int32), np.zeros(3, np.int32))
+    with pytest.raises(ValueError, match=">= 0"):
+        table.fill(np.zeros(1, np.int32), np.full(1, -1, np.int32), np.zeros(1, np.int32))
+    with pytest.raises(TypeError, match="'i' items"):
+        table.fill(np.zeros(2, np.int64), np.zeros(2, np.int32), np.zeros(2, np.int32))
+    assert len(table) == 0  # nothing set by a refused call
+    with pytest.raises(RuntimeError, match="once"):
+        table.__init__()
+    with pytest.raises(RuntimeError, match="not called"):
+        kernels.SlotTable.__new__(kernels.SlotTable).get(0, 0)

@@ -1,0 +1,172 @@
+"""The pooled co-occurrence rows (learner/sparse_rows.py): the compiled update and the Python one both give what a
+plain dict of rows gives, bit for bit, through rows that move, a pool and a log that grow, lay-outs and loads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from learner import kernels, sparse_rows
+from learner.sparse_rows import SparseRows
+from tests.test_kernels import built  # noqa: F401 - the fixture: the compiled kernels (skipped outside CI if not built)
+
+
+class DictRows:
+    """The reference: one dict per row (column -> float32 value, in insertion order), as the rows were kept
+    before the pool; the same update written out directly."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[int, np.float32]] = []
+        self.log: list[int] = []
+
+    def add_pairs(self, history: dict[int, float], i: int, y: float, gamma: float, fwd: float, bwd: float) -> None:
+        base = 1.0
+        for j, w_j in reversed(history.items()):
+            if j == i:
+                continue
+            inc = y * (base * w_j)
+            base *= gamma
+            for row, col, v in ((j, i, fwd * inc), (i, j, bwd * inc)):
+                entries = self.rows[row]
+                entries[col] = np.float32(float(entries.get(col, 0.0)) + v)
+                self.log.append(row << 32 | list(entries).index(col))
+
+    def evidence(self, history: dict[int, float], i: int, powers: Any, damping: np.ndarray) -> float:
+        evidence = 0.0
+        for age, (j, w_j) in enumerate(reversed(history.items())):
+            if i in self.rows[j]:
+                evidence += w_j * powers[age] * float(damping[j]) * float(self.rows[j][i])
+        return evidence
+
+    def csr(self) -> tuple[list[int], list[int], list[float]]:
+        indptr = np.cumsum([0, *map(len, self.rows)]).tolist()
+        cols = [c for row in self.rows for c in row]
+        vals = [float(v) for row in self.rows for v in row.values()]
+        return indptr, cols, vals
+
+
+def _same(rows: SparseRows, reference: DictRows) -> None:
+    indptr, cols, vals = rows.to_csr()
+    want = reference.csr()
+    assert indptr.tolist() == want[0] and cols.tolist() == want[1] and vals.tolist() == want[2]
+
+
+def _run(rng: np.random.Generator, compiled: bool, *, window: int, n_items: int, events: int) -> None:
+    """Random histories (items repeated, the event's item among them, now and then one longer than the compiled
+    update keeps on its stack) against the reference; the rows saved and loaded halfway; the log compared."""
+    rows, reference = SparseRows(), DictRows()
+    rows.add_rows(n_items // 2)
+    reference.rows.extend({} for _ in range(n_items // 2))
+    rows.start_log()
+    powers = np.array([0.8**a for a in range(200)])
+    damping = rng.random(n_items)
+    for event in range(events):
+        if event == events // 2:  # saved and loaded: the loaded pool is read in place, then copied to learn
+            logged = rows.logged()
+            rows = SparseRows.from_csr(*rows.to_csr(), n_cols=n_items)
+            rows.start_log()
+            assert logged is not None and logged.tolist() == reference.log
+            reference.log = []
+        if event % 50 == 0 and len(rows) < n_items:  # new items: new empty rows
+            rows.add_rows(5)
+            reference.rows.extend({} for _ in range(5))
+        size = int(rng.integers(0, 150)) if event % 97 == 0 else int(rng.integers(0, window + 1))
+        items = rng.choice(len(rows), size=min(size, len(rows)), replace=False).tolist()
+        history = {j: float(rng.choice([0.5, 1.0, 2.0, 3.7])) for j in items}
+        i = int(items[-1]) if items and rng.random() < 0.2 else int(rng.integers(0, len(rows)))
+        y, gamma = float(rng.choice([0.3, 1.0, 2.5])), 0.9
+        assert rows.evidence(history, i, powers, damping) == reference.evidence(history, i, powers, damping)
+        rows.add_pairs(history, i, y, gamma, 1.0, 0.7)
+        reference.add_pairs(history, i, y, gamma, 1.0, 0.7)
+        assert rows._kernel is None or isinstance(rows._kernel, sparse_rows._PythonPoolRows) != compiled
+    _same(rows, reference)
+    logged = rows.logged()
+    assert logged is not None and logged.tolist() == reference.log
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+def test_the_pooled_update_is_the_dict_rows_update_bit_for_bit(
+    compiled: bool, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    if compiled:
+        request.getfixturevalue("built")
+    else:
+        monkeypatch.setattr(kernels, "_use", None)
+    moved: list[int] = []
+    move_cap = sparse_rows._grown_cap
+    monkeypatch.setattr(sparse_rows, "_grown_cap", lambda need: (moved.append(need), move_cap(need))[1])
+    monkeypatch.setattr(sparse_rows, "POOL_GARBAGE_SHARE", 0.3)  # laid out again in either half of the run
+    laid_out: list[int] = []
+    lay_out = SparseRows._lay_out
+    garbage = sparse_rows.GARBAGE
+    monkeypatch.setattr(SparseRows, "_lay_out",
+                        lambda self: (laid_out.append(int(self._state[garbage])), lay_out(self))[1])  # fmt: skip
+    _run(np.random.default_rng(11), compiled, window=12, n_items=400, events=3_000)
+    assert max(laid_out) > 0  # the garbage of moved rows reached half the pool, and the pool was laid out again
+    if not compiled:  # (the C update computes the same room itself)
+        assert moved
+
+
+def test_the_log_stops_past_its_limit_and_starts_again_at_the_next_mark(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sparse_rows, "CHANGE_LOG_LIMIT", 40)
+    rows = SparseRows()
+    rows.add_rows(10)
+    rows.start_log()
+    rows.add_pairs({1: 1.0, 2: 1.0, 3: 1.0}, 0, 1.0, 0.9, 1.0, 1.0)
+    assert rows.logged() is not None and len(rows.logged()) == 6 and not rows.log_overflowed  # type: ignore[arg-type]
+    for _ in range(6):
+        rows.add_pairs({1: 1.0, 2: 1.0, 3: 1.0}, 0, 1.0, 0.9, 1.0, 1.0)
+    assert rows.logged() is None and rows.log_overflowed  # 42 entries would pass 40: stopped
+    before = rows.to_csr()[2].copy()
+    rows.add_pairs({1: 1.0}, 0, 1.0, 0.9, 1.0, 1.0)  # still learns, unlogged
+    assert rows.to_csr()[2].sum() == pytest.approx(before.sum() + 2.0)
+    rows.start_log()
+    assert rows.logged() is not None and not rows.log_overflowed
+
+
+def test_the_compiled_update_refuses_rows_outside_the_pool_and_changes_nothing(built: Any) -> None:  # noqa: F811
+    rows = SparseRows()
+    rows.add_rows(4)
+    rows.add_pairs({1: 1.0}, 0, 1.0, 0.9, 1.0, 1.0)
+    before = [a.copy() for a in rows.to_csr()]
+    for history, i in (({1: 1.0, 9: 1.0}, 0), ({1: 1.0}, 4), ({1: 1.0}, -1), ({-3: 1.0}, 0)):
+        with pytest.raises(ValueError, match="outside the pool"):
+            rows.add_pairs(history, i, 1.0, 0.9, 1.0, 1.0)
+    with pytest.raises(TypeError):
+        rows.add_pairs({"a": 1.0}, 0, 1.0, 0.9, 1.0, 1.0)  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="outside the pool"):
+        rows.evidence({7: 1.0}, 0, np.ones(3), np.ones(4))
+    with pytest.raises(ValueError, match="longer than its powers"):
+        rows.evidence({1: 1.0, 2: 1.0}, 0, np.ones(1), np.ones(4))
+    after = rows.to_csr()
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+    pool = built.PoolRows
+    with pytest.raises(ValueError, match="different lengths"):
+        pool(np.zeros(4, np.int32), np.zeros(3, np.float32), *[np.zeros(2, np.int64)] * 3, np.zeros(5, np.int64),
+             built.SlotTable(), None)  # fmt: skip
+    with pytest.raises(TypeError, match="int64"):
+        pool(np.zeros(4, np.int32), np.zeros(4, np.float32), *[np.zeros(2, np.int32)] * 3, np.zeros(5, np.int64),
+             built.SlotTable(), None)  # fmt: skip
+    with pytest.raises(RuntimeError, match="not called"):
+        pool.__new__(pool).add_pairs({}, 0, 1.0, 0.9, 1.0, 1.0)
+
+
+def test_a_served_pool_scans_rows_for_evidence_and_builds_no_table() -> None:
+    rng = np.random.default_rng(3)
+    rows, reference = SparseRows(), DictRows()
+    rows.add_rows(60)
+    reference.rows.extend({} for _ in range(60))
+    for _ in range(400):
+        history = {int(j): 1.0 for j in rng.choice(60, size=5, replace=False)}
+        i = int(rng.integers(0, 60))
+        rows.add_pairs(history, i, 1.0, 0.9, 1.0, 0.5)
+        reference.add_pairs(history, i, 1.0, 0.9, 1.0, 0.5)
+    served = SparseRows.from_csr(*rows.to_csr(), n_cols=60)
+    powers, damping = np.array([0.8**a for a in range(5)]), rng.random(60)
+    for _ in range(200):
+        history = {int(j): float(rng.random()) for j in rng.choice(60, size=5, replace=False)}
+        i = int(rng.integers(0, 60))
+        assert served.evidence(history, i, powers, damping) == reference.evidence(history, i, powers, damping)
+    assert served._table is None and served._kernel is None
