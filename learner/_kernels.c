@@ -30,17 +30,24 @@ static inline double get_f64(const char *p, Py_ssize_t i) {
     memcpy(&x, p + i * (Py_ssize_t)sizeof x, sizeof x);
     return x;
 }
+static inline int64_t get_i64(const char *p, Py_ssize_t i) {
+    int64_t x;
+    memcpy(&x, p + i * (Py_ssize_t)sizeof x, sizeof x);
+    return x;
+}
 static inline void set_f64(char *p, Py_ssize_t i, double x) { memcpy(p + i * (Py_ssize_t)sizeof x, &x, sizeof x); }
 
-/* A C-contiguous buffer of native items of type `code` ('i': int32, 'f': float32, 'd': float64). */
+/* A C-contiguous buffer of native items of type `code` ('i': int32, 'f': float32, 'd': float64, 'q': int64, which
+ * numpy calls 'l' on 64-bit Linux). */
 static int get_buffer(PyObject *obj, Py_buffer *view, int flags, const char *what, char code) {
     if (PyObject_GetBuffer(obj, view, flags | PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
         return -1;
     }
     const char *format = view->format != NULL ? view->format : "B";
     if (format[0] == '@' || format[0] == '=' || (format[0] == '<' && PY_LITTLE_ENDIAN)) format++;
-    Py_ssize_t itemsize = code == 'd' ? 8 : 4;
-    if (format[0] != code || format[1] != '\0' || view->itemsize != itemsize) {
+    Py_ssize_t itemsize = code == 'd' || code == 'q' ? 8 : 4;
+    char found = code == 'q' && format[0] == 'l' ? 'q' : format[0];
+    if (found != code || format[1] != '\0' || view->itemsize != itemsize) {
         PyErr_Format(PyExc_TypeError, "%s: expected a buffer of '%c' items, got '%s'", what, code,
                      view->format != NULL ? view->format : "B");
         PyBuffer_Release(view);
@@ -49,72 +56,73 @@ static int get_buffer(PyObject *obj, Py_buffer *view, int flags, const char *wha
     return 0;
 }
 
-/* cooccurrence_scores(rows, weights, damping, mass, popularity_weight, mass_max, out) -> None
+/* cooccurrence_scores(cols, vals, start, length, rows, weights, damping, mass, popularity_weight, mass_max, out)
  *
- * rows: a list of (columns int32 buffer, values float32 buffer) pairs; weights: float64, one per row;
- * damping, mass: float64, at least len(out) each; out: a writable float64 buffer of n = len(out).
+ * cols, vals: the pool of learner.sparse_rows.SparseRows (int32, float32), where row r holds length[r] entries from
+ * start[r] (int64 each); rows: the rows to sum (int64); weights: float64, one per row; damping, mass: float64, at
+ * least len(out) each; out: a writable float64 buffer of n = len(out).
  * What ItemCooccurrence.score_all computes with numpy:
  *   out = bincount(columns, values * weight) * damping               (row by row, entry by entry)
  *   if popularity_weight and mass_max > 0 and n:
  *       top = max(out); out += mass * (popularity_weight * (top if top > 0 else 1) / mass_max)
  */
 static PyObject *cooccurrence_scores(PyObject *self, PyObject *args) {
-    PyObject *rows, *weights_obj, *damping_obj, *mass_obj, *out_obj;
+    PyObject *objs[9];
     double popularity_weight, mass_max;
     (void)self;
-    if (!PyArg_ParseTuple(args, "O!OOOddO", &PyList_Type, &rows, &weights_obj, &damping_obj, &mass_obj,
-                          &popularity_weight, &mass_max, &out_obj)) {
+    if (!PyArg_ParseTuple(args, "OOOOOOOOddO", &objs[0], &objs[1], &objs[2], &objs[3], &objs[4], &objs[5], &objs[6],
+                          &objs[7], &popularity_weight, &mass_max, &objs[8])) {
         return NULL;
     }
-    Py_buffer weights, damping, mass, out;
-    if (get_buffer(weights_obj, &weights, PyBUF_SIMPLE, "weights", 'd') < 0) return NULL;
-    if (get_buffer(damping_obj, &damping, PyBUF_SIMPLE, "damping", 'd') < 0) goto fail_weights;
-    if (get_buffer(mass_obj, &mass, PyBUF_SIMPLE, "mass", 'd') < 0) goto fail_damping;
-    if (get_buffer(out_obj, &out, PyBUF_WRITABLE, "out", 'd') < 0) goto fail_mass;
-
-    Py_ssize_t n = out.len / 8, n_rows = PyList_GET_SIZE(rows);
-    if (weights.len / 8 != n_rows) {
+    static const char *names[] = {"cols", "vals", "start", "length", "rows", "weights", "damping", "mass", "out"};
+    static const char codes[] = {'i', 'f', 'q', 'q', 'q', 'd', 'd', 'd', 'd'};
+    Py_buffer views[9];
+    int held = 0;
+    for (; held < 9; held++) {
+        if (get_buffer(objs[held], &views[held], held == 8 ? PyBUF_WRITABLE : PyBUF_SIMPLE, names[held], codes[held]) < 0) {
+            break;
+        }
+    }
+    if (held < 9) {
+        while (held-- > 0) PyBuffer_Release(&views[held]);
+        return NULL;
+    }
+    const char *c = views[0].buf, *v = views[1].buf, *start = views[2].buf, *length = views[3].buf;
+    const char *rows = views[4].buf, *w = views[5].buf, *damp = views[6].buf, *m = views[7].buf;
+    char *scores = views[8].buf;
+    Py_ssize_t pool = views[0].len / 4, n_pool_rows = views[2].len / 8, n = views[8].len / 8, n_rows = views[4].len / 8;
+    PyObject *result = NULL;
+    if (views[1].len / 4 != pool || views[3].len / 8 != n_pool_rows) {
+        PyErr_SetString(PyExc_ValueError, "cols and vals, or start and length, differ in length");
+        goto done;
+    }
+    if (views[5].len / 8 != n_rows) {
         PyErr_SetString(PyExc_ValueError, "weights: one per row expected");
-        goto fail;
+        goto done;
     }
-    if (damping.len / 8 < n || mass.len / 8 < n) {
+    if (views[6].len / 8 < n || views[7].len / 8 < n) {
         PyErr_SetString(PyExc_ValueError, "damping and mass must cover every item");
-        goto fail;
+        goto done;
     }
-    char *scores = (char *)out.buf;
-    const char *w = (const char *)weights.buf, *damp = (const char *)damping.buf, *m = (const char *)mass.buf;
     Py_ssize_t entries = 0;
     memset(scores, 0, (size_t)n * sizeof(double));
     for (Py_ssize_t r = 0; r < n_rows; r++) {
-        PyObject *pair = PyList_GET_ITEM(rows, r);
-        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
-            PyErr_SetString(PyExc_TypeError, "rows: (columns, values) pairs expected");
-            goto fail;
+        int64_t row = get_i64(rows, r);
+        int64_t from = row >= 0 && row < n_pool_rows ? get_i64(start, row) : -1;
+        int64_t len = from >= 0 ? get_i64(length, row) : -1;
+        if (from < 0 || len < 0 || len > pool - from) {
+            PyErr_SetString(PyExc_ValueError, "rows: a row outside the pool");
+            goto done;
         }
-        Py_buffer cols, vals;
-        if (get_buffer(PyTuple_GET_ITEM(pair, 0), &cols, PyBUF_SIMPLE, "columns", 'i') < 0) goto fail;
-        if (get_buffer(PyTuple_GET_ITEM(pair, 1), &vals, PyBUF_SIMPLE, "values", 'f') < 0) {
-            PyBuffer_Release(&cols);
-            goto fail;
-        }
-        Py_ssize_t len = cols.len / 4;
-        const char *c = (const char *)cols.buf, *v = (const char *)vals.buf;
         const double wr = get_f64(w, r);
         entries += len;
-        int bad = vals.len / 4 != len;
-        for (Py_ssize_t e = 0; !bad && e < len; e++) {
+        for (int64_t e = from; e < from + len; e++) {
             int32_t col = get_i32(c, e);
             if (col < 0 || col >= n) {
-                bad = 1;
-                break;
+                PyErr_SetString(PyExc_ValueError, "rows: a column is outside the catalogue");
+                goto done;
             }
             set_f64(scores, col, get_f64(scores, col) + (double)get_f32(v, e) * wr);
-        }
-        PyBuffer_Release(&vals);
-        PyBuffer_Release(&cols);
-        if (bad) {
-            PyErr_SetString(PyExc_ValueError, "rows: a column is outside the catalogue, or lengths differ");
-            goto fail;
         }
     }
     /* No entry: numpy's path returns zeros without damping them (so a NaN damping stays out). */
@@ -131,20 +139,11 @@ static PyObject *cooccurrence_scores(PyObject *self, PyObject *args) {
             set_f64(scores, i, get_f64(scores, i) + prior);
         }
     }
-    PyBuffer_Release(&out);
-    PyBuffer_Release(&mass);
-    PyBuffer_Release(&damping);
-    PyBuffer_Release(&weights);
-    Py_RETURN_NONE;
-fail:
-    PyBuffer_Release(&out);
-fail_mass:
-    PyBuffer_Release(&mass);
-fail_damping:
-    PyBuffer_Release(&damping);
-fail_weights:
-    PyBuffer_Release(&weights);
-    return NULL;
+    Py_INCREF(Py_None);
+    result = Py_None;
+done:
+    for (int b = 0; b < 9; b++) PyBuffer_Release(&views[b]);
+    return result;
 }
 
 /* A min-heap of (score, row) on "worse": lower score, or the same score and a higher row. */
@@ -495,20 +494,6 @@ typedef struct {
     PyObject *table;
 } PoolRows;
 
-/* A C-contiguous writable buffer of int64 (numpy's 'l' or 'q'). */
-static int get_i64_buffer(PyObject *obj, Py_buffer *view, const char *what) {
-    if (PyObject_GetBuffer(obj, view, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) return -1;
-    const char *format = view->format != NULL ? view->format : "B";
-    if (format[0] == '@' || format[0] == '=' || (format[0] == '<' && PY_LITTLE_ENDIAN)) format++;
-    if ((format[0] != 'l' && format[0] != 'q') || format[1] != '\0' || view->itemsize != 8) {
-        PyErr_Format(PyExc_TypeError, "%s: expected a buffer of int64 items, got '%s'", what,
-                     view->format != NULL ? view->format : "B");
-        PyBuffer_Release(view);
-        return -1;
-    }
-    return 0;
-}
-
 static int PoolRows_init(PoolRows *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"cols", "vals", "start", "length", "cap", "state", "table", "log", NULL};
     PyObject *cols, *vals, *start, *length, *cap, *state, *table, *log;
@@ -524,16 +509,16 @@ static int PoolRows_init(PoolRows *self, PyObject *args, PyObject *kwds) {
     self->held |= 1;
     if (get_buffer(vals, &self->vals, PyBUF_WRITABLE, "vals", 'f') < 0) return -1;
     self->held |= 2;
-    if (get_i64_buffer(start, &self->start, "start") < 0) return -1;
+    if (get_buffer(start, &self->start, PyBUF_WRITABLE, "start", 'q') < 0) return -1;
     self->held |= 4;
-    if (get_i64_buffer(length, &self->length, "length") < 0) return -1;
+    if (get_buffer(length, &self->length, PyBUF_WRITABLE, "length", 'q') < 0) return -1;
     self->held |= 8;
-    if (get_i64_buffer(cap, &self->cap, "cap") < 0) return -1;
+    if (get_buffer(cap, &self->cap, PyBUF_WRITABLE, "cap", 'q') < 0) return -1;
     self->held |= 16;
-    if (get_i64_buffer(state, &self->state, "state") < 0) return -1;
+    if (get_buffer(state, &self->state, PyBUF_WRITABLE, "state", 'q') < 0) return -1;
     self->held |= 32;
     if (log != Py_None) {
-        if (get_i64_buffer(log, &self->log, "log") < 0) return -1;
+        if (get_buffer(log, &self->log, PyBUF_WRITABLE, "log", 'q') < 0) return -1;
         self->held |= 64;
     }
     if (self->cols.len / 4 != self->vals.len / 4 || self->state.len / 8 < ST_SIZE ||
@@ -812,7 +797,7 @@ static PyTypeObject PoolRowsType = {
 
 static PyMethodDef methods[] = {
     {"cooccurrence_scores", cooccurrence_scores, METH_VARARGS,
-     "cooccurrence_scores(rows, weights, damping, mass, popularity_weight, mass_max, out): "
+     "cooccurrence_scores(cols, vals, start, length, rows, weights, damping, mass, popularity_weight, mass_max, out): "
      "ItemCooccurrence.score_all into out"},
     {"top_rows", top_rows, METH_VARARGS,
      "top_rows(scores, k): rows of the k best scores above -inf, best first, or None (see learner.kernels)"},

@@ -141,7 +141,7 @@ class ItemCooccurrence:
         i = self.items.get(item)
         if u is None or i is None:
             return 0.0
-        # _weighted_history's weights, each computed only for a remembered item that co-occurs with ``i``: most do
+        # _weighted_rows' weights, each computed only for a remembered item that co-occurs with ``i``: most do
         # not, and this runs for every learned event (predicted before it is learned).
         evidence = self._rows.evidence(self._history[u], i, self._recency_powers, self._row_damping)
         return 1.0 - math.exp(-evidence * float(self._candidate_damping[i]))
@@ -157,11 +157,12 @@ class ItemCooccurrence:
         recent = self._recent
         kernel = kernels.compiled()
         if kernel is not None:  # the same numbers in two passes over the catalogue instead of six
-            parts, weights = self._weighted_rows(user)
+            rows, weights = self._weighted_rows(user)
             scores = np.empty(n_items, dtype=np.float64)
             kernel.cooccurrence_scores(
-                parts,
-                array("d", weights),
+                *self._rows.pool(),
+                rows,
+                weights,
                 self._candidate_damping,
                 recent.mass,
                 self.popularity_weight,
@@ -183,18 +184,20 @@ class ItemCooccurrence:
             self._scratch_buffer = np.empty(max(n, 2 * len(self._scratch_buffer)), dtype=np.float64)
         return self._scratch_buffer[:n]
 
-    def _weighted_rows(self, user: str) -> tuple[list[tuple[array | np.ndarray, array | np.ndarray]], list[float]]:
-        """The (columns, values) buffers of the user's remembered items' rows, and each row's ranking weight;
-        none for a user the model does not know."""
+    def _weighted_rows(self, user: str) -> tuple[array, array]:
+        """The user's remembered items' rows (int64), newest first, and each row's ranking weight (float64):
+        recency and popularity damped; none for a user the model does not know."""
         u = self.users.get(user)
         if u is None:
-            return [], []
-        weighted = self._weighted_history(u)
-        buffers = self._rows.buffers
-        return [buffers(j) for j, _ in weighted], [w for _, w in weighted]
+            return array("q"), array("d")
+        damping, powers = self._row_damping, self._recency_powers
+        history = self._history[u]
+        weights = [w_j * powers[age] * float(damping[j]) for age, (j, w_j) in enumerate(reversed(history.items()))]
+        return array("q", reversed(history)), array("d", weights)
 
     def _evidence(self, user: str, n_items: int) -> np.ndarray:
-        parts, row_weights = self._weighted_rows(user)
+        rows, row_weights = self._weighted_rows(user)
+        parts = list(map(self._rows.row, rows))
         lengths = [len(cols) for cols, _ in parts]
         if not any(lengths):  # no history, or rows without entries
             return np.zeros(n_items, dtype=np.float64)
@@ -416,14 +419,6 @@ class ItemCooccurrence:
         self._history.replace(users, items, weights)
 
     # -- internals -------------------------------------------------------------------
-
-    def _weighted_history(self, u: int) -> list[tuple[int, float]]:
-        """(item row, ranking weight) for the user's remembered items: recency and popularity damped."""
-        damping, powers = self._row_damping, self._recency_powers
-        return [
-            (j, w_j * powers[age] * float(damping[j]))
-            for age, (j, w_j) in enumerate(reversed(self._history[u].items()))
-        ]
 
     def _user_row(self, user: str) -> int:
         row, new = self.users.add(user)

@@ -116,7 +116,10 @@ class SparseRows:
         hi = lo + int(self._len[row])
         return self._cols[lo:hi], self._vals[lo:hi]
 
-    buffers = row
+    def pool(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(columns, values, start, length): the pool and where each row is in it (row ``r`` holds ``length[r]``
+        entries from ``start[r]``; the last two may run past the rows, with zeros), for the compiled ranking."""
+        return self._cols, self._vals, self._start, self._len
 
     def lengths(self) -> np.ndarray:
         return self._len[: self._n].copy()

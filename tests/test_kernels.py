@@ -126,9 +126,21 @@ def test_unaligned_buffers_are_read_as_aligned_ones(built: object) -> None:
         return view
 
     want, got = np.empty(50), np.empty(50)
-    built.cooccurrence_scores([(cols, vals)], array("d", [0.7]), damping, mass, 0.1, 0.9, want)  # type: ignore[attr-defined]
+    start, length, rows = np.array([0, 80]), np.array([200, 120]), np.array([1, 0])
+    weights = np.array([0.7, 0.2])
+    built.cooccurrence_scores(cols, vals, start, length, rows, weights, damping, mass, 0.1, 0.9, want)  # type: ignore[attr-defined]
     built.cooccurrence_scores(  # type: ignore[attr-defined]
-        [(unaligned(cols), unaligned(vals))], array("d", [0.7]), unaligned(damping), unaligned(mass), 0.1, 0.9, got
+        unaligned(cols),
+        unaligned(vals),
+        unaligned(start),
+        unaligned(length),
+        unaligned(rows),
+        unaligned(weights),
+        unaligned(damping),
+        unaligned(mass),
+        0.1,
+        0.9,
+        got,
     )
     assert got.tobytes() == want.tobytes()
     assert built.top_rows(unaligned(want), 7) == built.top_rows(want, 7)  # type: ignore[attr-defined]
@@ -181,27 +193,42 @@ def test_top_rows_are_numpys_and_a_full_sorts(built: object, shape: str) -> None
 
 def test_the_kernels_refuse_what_they_cannot_read_instead_of_reading_past_it(built: object) -> None:
     k = built
-    cols, vals = array("i", [0, 2]), array("f", [1.0, 2.0])
     ones = np.ones(3)
     out = np.zeros(3)
-    k.cooccurrence_scores([(cols, vals)], array("d", [1.0]), ones, ones, 0.1, 1.0, out)  # type: ignore[attr-defined]
+    good = {
+        "cols": array("i", [0, 2]), "vals": array("f", [1.0, 2.0]), "start": array("q", [0]),
+        "length": array("q", [2]), "rows": array("q", [0]), "weights": array("d", [1.0]), "damping": ones,
+    }  # fmt: skip
+
+    def scores(out: object = out, **changed: object) -> None:
+        a = {**good, **changed}
+        k.cooccurrence_scores(a["cols"], a["vals"], a["start"], a["length"], a["rows"], a["weights"], a["damping"],  # type: ignore[attr-defined]
+                              ones, 0.1, 1.0, out)  # fmt: skip
+
+    scores()
     assert out.tolist() == pytest.approx([1.2, 0.2, 2.2])  # evidence 1, 0, 2; prior 0.1 * top (2) / max mass (1)
     bad = [
-        ([(array("i", [3]), array("f", [1.0]))], array("d", [1.0]), ones, ValueError),  # column outside
-        ([(array("i", [-1]), array("f", [1.0]))], array("d", [1.0]), ones, ValueError),
-        ([(cols, array("f", [1.0]))], array("d", [1.0]), ones, ValueError),  # lengths differ
-        ([(cols, vals)], array("d", [1.0, 2.0]), ones, ValueError),  # a weight per row
-        ([(cols, vals)], array("d", [1.0]), np.ones(2), ValueError),  # damping shorter than the catalogue
-        ([(vals, vals)], array("d", [1.0]), ones, TypeError),  # float columns
-        ([(cols, array("d", [1.0, 2.0]))], array("d", [1.0]), ones, TypeError),  # float64 values
-        ([(cols,)], array("d", [1.0]), ones, TypeError),  # not a pair
-        ([(cols, vals)], array("f", [1.0]), ones, TypeError),  # float32 weights
+        ({"cols": array("i", [3, 0])}, ValueError),  # column outside
+        ({"cols": array("i", [-1, 0])}, ValueError),
+        ({"vals": array("f", [1.0])}, ValueError),  # lengths differ
+        ({"length": array("q", [2, 0])}, ValueError),  # start and length differ
+        ({"weights": array("d", [1.0, 2.0])}, ValueError),  # a weight per row
+        ({"damping": np.ones(2)}, ValueError),  # damping shorter than the catalogue
+        ({"rows": array("q", [1])}, ValueError),  # a row past the pool's rows
+        ({"rows": array("q", [-1])}, ValueError),
+        ({"length": array("q", [3])}, ValueError),  # a row running past the pool
+        ({"start": array("q", [-1])}, ValueError),
+        ({"length": array("q", [-1])}, ValueError),
+        ({"cols": good["vals"]}, TypeError),  # float columns
+        ({"vals": array("d", [1.0, 2.0])}, TypeError),  # float64 values
+        ({"rows": array("i", [0])}, TypeError),  # int32 rows
+        ({"weights": array("f", [1.0])}, TypeError),  # float32 weights
     ]
-    for rows, weights, damping, error in bad:
+    for changed, error in bad:
         with pytest.raises(error):
-            k.cooccurrence_scores(rows, weights, damping, ones, 0.1, 1.0, out)  # type: ignore[attr-defined]
+            scores(**changed)
     with pytest.raises(BufferError):
-        k.cooccurrence_scores([(cols, vals)], array("d", [1.0]), ones, ones, 0.1, 1.0, b"\0" * 24)  # read-only
+        scores(b"\0" * 24)  # read-only
     with pytest.raises(TypeError):
         k.top_rows(np.ones(4, dtype=np.float32), 2)  # type: ignore[attr-defined]
     with pytest.raises(ValueError):
