@@ -795,10 +795,66 @@ static PyTypeObject PoolRowsType = {
     .tp_methods = PoolRows_methods,
 };
 
+/* gather_rows(cols, vals, start, length, n, out_cols, out_vals) -> None
+ *
+ * Rows 0..n-1 of a SparseRows pool (row r: length[r] entries from start[r]) copied one after the other into
+ * out_cols and out_vals, which hold exactly their entries: a snapshot's CSR arrays in two copies at memory speed,
+ * with no Python object per row. */
+static PyObject *gather_rows(PyObject *self, PyObject *args) {
+    PyObject *objs[6];
+    Py_ssize_t n;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOOOnOO", &objs[0], &objs[1], &objs[2], &objs[3], &n, &objs[4], &objs[5])) {
+        return NULL;
+    }
+    static const char *names[] = {"cols", "vals", "start", "length", "out_cols", "out_vals"};
+    static const char codes[] = {'i', 'f', 'q', 'q', 'i', 'f'};
+    Py_buffer views[6];
+    int held = 0;
+    for (; held < 6; held++) {
+        if (get_buffer(objs[held], &views[held], held >= 4 ? PyBUF_WRITABLE : PyBUF_SIMPLE, names[held],
+                       codes[held]) < 0) {
+            break;
+        }
+    }
+    if (held < 6) {
+        while (held-- > 0) PyBuffer_Release(&views[held]);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    Py_ssize_t pool = views[0].len / 4, out = views[4].len / 4, at = 0;
+    if (views[1].len / 4 != pool || views[5].len / 4 != out || n < 0 || n > views[2].len / 8 ||
+        n > views[3].len / 8) {
+        PyErr_SetString(PyExc_ValueError, "gather_rows: arrays of different lengths, or fewer rows than n");
+        goto done;
+    }
+    for (Py_ssize_t r = 0; r < n; r++) {
+        int64_t from = get_i64(views[2].buf, r), len = get_i64(views[3].buf, r);
+        if (from < 0 || len < 0 || len > pool - from || len > out - at) {
+            PyErr_SetString(PyExc_ValueError, "gather_rows: a row outside the pool, or more entries than out holds");
+            goto done;
+        }
+        memcpy((char *)views[4].buf + 4 * at, (const char *)views[0].buf + 4 * from, (size_t)len * 4);
+        memcpy((char *)views[5].buf + 4 * at, (const char *)views[1].buf + 4 * from, (size_t)len * 4);
+        at += len;
+    }
+    if (at != out) {
+        PyErr_SetString(PyExc_ValueError, "gather_rows: out holds more entries than the rows");
+        goto done;
+    }
+    Py_INCREF(Py_None);
+    result = Py_None;
+done:
+    for (int b = 0; b < 6; b++) PyBuffer_Release(&views[b]);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"cooccurrence_scores", cooccurrence_scores, METH_VARARGS,
      "cooccurrence_scores(cols, vals, start, length, rows, weights, damping, mass, popularity_weight, mass_max, out): "
      "ItemCooccurrence.score_all into out"},
+    {"gather_rows", gather_rows, METH_VARARGS,
+     "gather_rows(cols, vals, start, length, n, out_cols, out_vals): rows 0..n-1 of a pool, one after the other"},
     {"top_rows", top_rows, METH_VARARGS,
      "top_rows(scores, k): rows of the k best scores above -inf, best first, or None (see learner.kernels)"},
     {NULL, NULL, 0, NULL},

@@ -13,7 +13,7 @@ import random
 import numpy as np
 import pytest
 
-from learner import codec
+from learner import codec, kernels
 from learner.item_cooccurrence import ItemCooccurrence, SparseRows
 from learner.online_learner import OnlineLearner
 from learner.serving import ServingModel
@@ -144,21 +144,37 @@ def test_sparse_rows_read_a_loaded_pool_in_place_and_copy_it_once_to_learn() -> 
     assert rows.nnz == 8 and len(rows) == 4
 
 
-def test_a_snapshot_encoded_from_the_rows_own_buffers_is_the_one_from_joined_arrays() -> None:
-    """``to_bytes`` hands the co-occurrence rows to the codec as pieces (no joined copy): the same bytes as
-    encoding ``to_state``'s joined arrays, for a learned model and for one loaded with most rows still lazy."""
+@pytest.mark.parametrize("compiled", [True, False], ids=["rows-gathered-in-c", "a-view-per-row"])
+def test_a_snapshot_encoded_from_the_rows_pieces_is_the_one_from_joined_arrays(
+    compiled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``to_bytes`` hands the co-occurrence rows to the codec as pieces (no further joined copy): the same bytes
+    as encoding ``to_state``'s joined arrays, and the same rows as read one by one, for a learned model, one
+    loaded (its pool end to end: views of it) and one loaded then learned (its rows with room to grow)."""
+    if not compiled:  # without the compiled loops the rows go to the codec as a view each
+        monkeypatch.setattr(kernels, "_use", None)
     learner = _learner()
     _learn(learner, _events(6, 3_000))
-    loaded = OnlineLearner.from_bytes(learner.to_bytes())  # rows end to end: encoded as one piece each
+    loaded = OnlineLearner.from_bytes(learner.to_bytes())
     learned = OnlineLearner.from_bytes(learner.to_bytes())
-    _learn(learned, _events(7, 20))  # rows laid out with room to grow: a piece per row
+    _learn(learned, _events(7, 20))
     for one in (learner, loaded, learned):
+        rows = one.model.rows
+        pieces = len(rows.to_csr_chunks()[1].parts)
+        assert pieces == 1 if compiled or one is loaded else pieces == len(rows)  # gathered, or a view each
         state = one.model.to_state()
         header, arrays = codec.decode(one.to_bytes())
         assert [k for k in arrays if k in state.arrays] == list(state.arrays)
         assert codec.encode(header, arrays) == one.to_bytes()
         for name, values in state.arrays.items():
             assert arrays[name].dtype == values.dtype and np.array_equal(arrays[name], values), name
+        indptr = arrays["indptr"]
+        for r in range(len(rows)):
+            cols, vals = rows.row(r)
+            lo, hi = int(indptr[r]), int(indptr[r + 1])
+            assert (
+                arrays["indices"][lo:hi].tolist() == cols.tolist() and arrays["data"][lo:hi].tolist() == vals.tolist()
+            )
 
 
 def test_chunks_that_do_not_add_up_to_their_declared_length_are_refused() -> None:

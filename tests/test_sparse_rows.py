@@ -170,3 +170,22 @@ def test_a_served_pool_scans_rows_for_evidence_and_builds_no_table() -> None:
         i = int(rng.integers(0, 60))
         assert served.evidence(history, i, powers, damping) == reference.evidence(history, i, powers, damping)
     assert served._table is None and served._kernel is None
+
+
+def test_gathering_rows_refuses_what_does_not_fit(built: Any) -> None:  # noqa: F811
+    cols, vals = np.arange(6, dtype=np.int32), np.arange(6, dtype=np.float32)
+    start, length = np.array([4, 0]), np.array([2, 3])
+    out_cols, out_vals = np.zeros(5, np.int32), np.zeros(5, np.float32)
+    built.gather_rows(cols, vals, start, length, 2, out_cols, out_vals)
+    assert out_cols.tolist() == [4, 5, 0, 1, 2] and out_vals.tolist() == [4.0, 5.0, 0.0, 1.0, 2.0]
+    for changed, error in (
+        ({"n": 3}, "fewer rows than n"),
+        ({"out_cols": np.zeros(4, np.int32), "out_vals": np.zeros(4, np.float32)}, "more entries than out holds"),
+        ({"out_cols": np.zeros(6, np.int32), "out_vals": np.zeros(6, np.float32)}, "more entries than the rows"),
+        ({"start": np.array([5, 0])}, "outside the pool"),
+        ({"length": np.array([-1, 3])}, "outside the pool"),
+        ({"out_vals": np.zeros(4, np.float32)}, "different lengths"),
+    ):
+        a = {"start": start, "length": length, "n": 2, "out_cols": out_cols, "out_vals": out_vals, **changed}
+        with pytest.raises(ValueError, match=error):
+            built.gather_rows(cols, vals, a["start"], a["length"], a["n"], a["out_cols"], a["out_vals"])
