@@ -257,6 +257,7 @@ static PyObject *top_rows(PyObject *self, PyObject *args) {
  */
 #define SLOT_EMPTY UINT64_MAX /* no (row, column) pair is this key: rows and columns are below 2**31 */
 #define SLOT_LIMIT 0x7fffffffLL
+#define SLOT_MAX_CAPACITY (1ULL << 40) /* entries: far above any memory, far below a size_t overflow */
 
 typedef struct {
     PyObject_HEAD
@@ -276,16 +277,24 @@ static inline uint64_t slot_hash(uint64_t key) { /* MurmurHash3's finaliser: con
 }
 
 /* Fresh empty arrays of `capacity` (a power of two) entries; -1 with MemoryError. */
+/* Fresh empty arrays of `capacity` (a power of two) entries, set only on success; -1 with MemoryError (nothing
+ * allocated, *keys and *slots untouched). */
 static int slot_alloc(uint64_t capacity, uint64_t **keys, int32_t **slots) {
-    *keys = PyMem_Malloc(capacity * sizeof **keys);
-    *slots = PyMem_Malloc(capacity * sizeof **slots);
-    if (*keys == NULL || *slots == NULL) {
-        PyMem_Free(*keys);
-        PyMem_Free(*slots);
+    if (capacity > SLOT_MAX_CAPACITY) {
         PyErr_NoMemory();
         return -1;
     }
-    memset(*keys, 0xff, capacity * sizeof **keys);
+    uint64_t *new_keys = PyMem_Malloc(capacity * sizeof *new_keys);
+    int32_t *new_slots = PyMem_Malloc(capacity * sizeof *new_slots);
+    if (new_keys == NULL || new_slots == NULL) {
+        PyMem_Free(new_keys);
+        PyMem_Free(new_slots);
+        PyErr_NoMemory();
+        return -1;
+    }
+    memset(new_keys, 0xff, capacity * sizeof *new_keys);
+    *keys = new_keys;
+    *slots = new_slots;
     return 0;
 }
 
@@ -306,6 +315,10 @@ static inline int32_t slot_get(const SlotTable *t, uint64_t row, uint64_t col) {
 static int slot_reserve(SlotTable *t, Py_ssize_t extra) {
     uint64_t capacity = t->mask + 1, need = (uint64_t)(t->used + extra);
     if (need * 10 <= capacity * 7) return 0;
+    if (extra < 0 || need > SLOT_MAX_CAPACITY / 2) {
+        PyErr_NoMemory();
+        return -1;
+    }
     while (need * 10 > capacity * 7) capacity *= 2;
     uint64_t *keys;
     int32_t *slots;
@@ -356,6 +369,10 @@ static int SlotTable_init(SlotTable *self, PyObject *args, PyObject *kwds) {
         return -1;
     }
     uint64_t capacity = 16;
+    if ((uint64_t)(wanted > 0 ? wanted : 0) > SLOT_MAX_CAPACITY / 2) {
+        PyErr_NoMemory();
+        return -1;
+    }
     while (capacity * 7 < (uint64_t)(wanted > 0 ? wanted : 0) * 10) capacity *= 2;
     if (slot_alloc(capacity, &self->keys, &self->slots) < 0) return -1;
     self->mask = capacity - 1;
@@ -521,6 +538,10 @@ static int PoolRows_init(PoolRows *self, PyObject *args, PyObject *kwds) {
         if (get_buffer(log, &self->log, PyBUF_WRITABLE, "log", 'q') < 0) return -1;
         self->held |= 64;
     }
+    if (((SlotTable *)table)->keys == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "SlotTable.__init__ was not called");
+        return -1;
+    }
     if (self->cols.len / 4 != self->vals.len / 4 || self->state.len / 8 < ST_SIZE ||
         self->length.len != self->start.len || self->cap.len != self->start.len) {
         PyErr_SetString(PyExc_ValueError, "pool arrays of different lengths, or a short state");
@@ -558,6 +579,11 @@ static Py_ssize_t pool_pairs(PyObject *history, int64_t i, double gamma, int64_t
     Py_ssize_t n = PyDict_GET_SIZE(history), pos = 0, t = n;
     PyObject *key, *value;
     while (PyDict_Next(history, &pos, &key, &value)) { /* insertion order: oldest first; stored newest first */
+        /* exact types only: converting anything else could run Python code that changes the dict meanwhile */
+        if (!PyLong_CheckExact(key) || !(PyFloat_CheckExact(value) || PyLong_CheckExact(value)) || t == 0) {
+            PyErr_SetString(PyExc_TypeError, "history: int item rows to float weights expected");
+            return -1;
+        }
         long long j = PyLong_AsLongLong(key);
         double w = PyFloat_AsDouble(value);
         if ((j == -1 || w == -1.0) && PyErr_Occurred()) return -1;
@@ -591,6 +617,9 @@ static inline int64_t pool_add(PoolRows *self, int64_t row, int64_t col, double 
     uint64_t key = (uint64_t)row << 32 | (uint64_t)col;
     uint64_t at = slot_find(t, key);
     if (t->keys[at] == key) {
+        /* a table not of these rows (SparseRows never makes one): an error, the event perhaps applied in part, rather
+         * than a write past the row */
+        if (t->slots[at] < 0 || t->slots[at] >= length[row]) return -1;
         float *p = vals + start[row] + t->slots[at];
         *p = (float)((double)*p + v);
         return t->slots[at];
@@ -682,7 +711,11 @@ static PyObject *PoolRows_add_pairs(PoolRows *self, PyObject *args) {
         double inc = y * pairs[k];
         int64_t k_j = pool_add(self, j, i, forward * inc, length[j] + 1);
         /* row i moves at most once an event: to room for every pair still to come */
-        int64_t k_i = pool_add(self, i, j, backward * inc, length[i] + (m - k));
+        int64_t k_i = k_j < 0 ? -1 : pool_add(self, i, j, backward * inc, length[i] + (m - k));
+        if (k_i < 0) {
+            PyErr_SetString(PyExc_ValueError, "the slot table names a slot past its row: not the table of these rows");
+            goto done;
+        }
         if (log != NULL) {
             log[state[ST_LOG]++] = (int64_t)((uint64_t)j << 32 | (uint64_t)k_j);
             log[state[ST_LOG]++] = (int64_t)((uint64_t)i << 32 | (uint64_t)k_i);
@@ -740,6 +773,11 @@ static PyObject *PoolRows_evidence(PoolRows *self, PyObject *args) {
     }
     int bad = 0;
     while (PyDict_Next(history, &pos, &key, &value)) {
+        if (!PyLong_CheckExact(key) || !(PyFloat_CheckExact(value) || PyLong_CheckExact(value)) || age == 0) {
+            PyErr_SetString(PyExc_TypeError, "history: int item rows to float weights expected");
+            bad = 1;
+            break;
+        }
         long long j = PyLong_AsLongLong(key);
         double w = PyFloat_AsDouble(value);
         if ((j == -1 || w == -1.0) && PyErr_Occurred()) {

@@ -445,6 +445,9 @@ class _PythonPoolRows:
     def add_pairs(self, history: dict[int, float], i: int, y: float, gamma: float, forward: float,
                   backward: float) -> int:  # fmt: skip
         length, cap, state = self._len, self._cap, self._state
+        n_rows = int(state[ROWS])
+        if not 0 <= i < n_rows or not all(0 <= j < n_rows for j in history):
+            raise ValueError("row outside the pool")  # as the compiled update says, with nothing changed
         js, pairs = [], []
         base = 1.0
         for j, w_j in reversed(history.items()):

@@ -126,29 +126,55 @@ def test_the_log_stops_past_its_limit_and_starts_again_at_the_next_mark(monkeypa
     assert rows.logged() is not None and not rows.log_overflowed
 
 
-def test_the_compiled_update_refuses_rows_outside_the_pool_and_changes_nothing(built: Any) -> None:  # noqa: F811
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+def test_the_update_refuses_rows_outside_the_pool_and_changes_nothing(
+    compiled: bool, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    if compiled:
+        request.getfixturevalue("built")
+    else:
+        monkeypatch.setattr(kernels, "_use", None)
     rows = SparseRows()
     rows.add_rows(4)
     rows.add_pairs({1: 1.0}, 0, 1.0, 0.9, 1.0, 1.0)
     before = [a.copy() for a in rows.to_csr()]
-    for history, i in (({1: 1.0, 9: 1.0}, 0), ({1: 1.0}, 4), ({1: 1.0}, -1), ({-3: 1.0}, 0)):
+    for history, i in (({1: 1.0, 9: 1.0}, 0), ({1: 1.0, 4: 1.0}, 0), ({1: 1.0}, 4), ({1: 1.0}, -1), ({-3: 1.0}, 0)):
         with pytest.raises(ValueError, match="outside the pool"):
             rows.add_pairs(history, i, 1.0, 0.9, 1.0, 1.0)
     with pytest.raises(TypeError):
         rows.add_pairs({"a": 1.0}, 0, 1.0, 0.9, 1.0, 1.0)  # type: ignore[dict-item]
+    after = rows.to_csr()
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_the_compiled_loops_refuse_what_they_cannot_use_instead_of_crashing(built: Any) -> None:  # noqa: F811
+    rows = SparseRows()
+    rows.add_rows(4)
+    rows.add_pairs({1: 1.0}, 0, 1.0, 0.9, 1.0, 1.0)
+    before = [a.copy() for a in rows.to_csr()]
+    with pytest.raises(TypeError, match="int item rows"):  # a subclass of int could run code while C reads the dict
+        rows.add_pairs({True: 1.0}, 0, 1.0, 0.9, 1.0, 1.0)
+    with pytest.raises(TypeError, match="int item rows"):
+        rows.evidence({np.int64(1): 1.0}, 0, np.ones(3), np.ones(4))  # type: ignore[dict-item]
     with pytest.raises(ValueError, match="outside the pool"):
         rows.evidence({7: 1.0}, 0, np.ones(3), np.ones(4))
     with pytest.raises(ValueError, match="longer than its powers"):
         rows.evidence({1: 1.0, 2: 1.0}, 0, np.ones(1), np.ones(4))
     after = rows.to_csr()
     assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+    rows._table.set(0, 2, 5)  # a slot past row 0's length: a table that is not of these rows (never so in use)
+    with pytest.raises(ValueError, match="not the table of these rows"):  # an error, not a write past the row
+        rows.add_pairs({2: 1.0}, 0, 1.0, 0.9, 1.0, 1.0)
+    with pytest.raises(MemoryError):
+        built.SlotTable(2**60)  # refused, not a wrapped-around allocation
     pool = built.PoolRows
+    arrays = (np.zeros(4, np.int32), np.zeros(4, np.float32), *[np.zeros(2, np.int64)] * 3, np.zeros(5, np.int64))
+    with pytest.raises(RuntimeError, match="not called"):
+        pool(*arrays, built.SlotTable.__new__(built.SlotTable), None)
     with pytest.raises(ValueError, match="different lengths"):
-        pool(np.zeros(4, np.int32), np.zeros(3, np.float32), *[np.zeros(2, np.int64)] * 3, np.zeros(5, np.int64),
-             built.SlotTable(), None)  # fmt: skip
+        pool(np.zeros(4, np.int32), np.zeros(3, np.float32), *arrays[2:], built.SlotTable(), None)
     with pytest.raises(TypeError, match="expected a buffer of 'q' items"):
-        pool(np.zeros(4, np.int32), np.zeros(4, np.float32), *[np.zeros(2, np.int32)] * 3, np.zeros(5, np.int64),
-             built.SlotTable(), None)  # fmt: skip
+        pool(*arrays[:2], *[np.zeros(2, np.int32)] * 3, arrays[5], built.SlotTable(), None)
     with pytest.raises(RuntimeError, match="not called"):
         pool.__new__(pool).add_pairs({}, 0, 1.0, 0.9, 1.0, 1.0)
 
