@@ -80,7 +80,6 @@ class SparseRows:
         self._pool_owned = True  # the pool's arrays are this object's (else the snapshot's or the caller's)
         self._table: Any = None  # (row, column) -> slot: a SlotTable, or a dict keyed row << 32 | column
         self._log: np.ndarray | None = None  # row << 32 | slot of every entry touched since start_log()
-        self.log_overflowed = False  # the log passed CHANGE_LOG_LIMIT since start_log(): it stopped
         self._kernel: Any = None  # the update bound to the arrays above (PoolRows or _PythonPoolRows)
 
     def __len__(self) -> int:
@@ -120,9 +119,6 @@ class SparseRows:
         """(columns, values, start, length): the pool and where each row is in it (row ``r`` holds ``length[r]``
         entries from ``start[r]``; the last two may run past the rows, with zeros), for the compiled ranking."""
         return self._cols, self._vals, self._start, self._len
-
-    def lengths(self) -> np.ndarray:
-        return self._len[: self._n].copy()
 
     @property
     def nnz(self) -> int:
@@ -205,7 +201,6 @@ class SparseRows:
         """Log afresh every entry touched from now on (row << 32 | slot)."""
         self._log = np.empty(min(4096, CHANGE_LOG_LIMIT), dtype=np.int64)
         self._state[LOG] = 0
-        self.log_overflowed = False
         self._kernel = None
 
     def stop_log(self) -> None:
@@ -213,7 +208,8 @@ class SparseRows:
         self._kernel = None
 
     def logged(self) -> np.ndarray | None:
-        """The keys logged since :meth:`start_log` (repeats included, in order), or None if not logging."""
+        """The keys logged since :meth:`start_log` (repeats included, in order), or None if not logging (never
+        started, stopped, or stopped past CHANGE_LOG_LIMIT)."""
         if self._log is None:
             return None
         return self._log[: int(self._state[LOG])].copy()
@@ -223,7 +219,6 @@ class SparseRows:
         n = int(self._state[LOG])
         if len(self._log) >= CHANGE_LOG_LIMIT:
             self.stop_log()  # too much since the mark for a delta to pay: the next snapshot is whole
-            self.log_overflowed = True
             return
         log = np.empty(min(2 * len(self._log), CHANGE_LOG_LIMIT), dtype=np.int64)
         log[:n] = self._log[:n]
@@ -426,9 +421,6 @@ class _DictTable:
     def fill(self, rows: np.ndarray, cols: np.ndarray, slots: np.ndarray) -> None:
         keys = rows.astype(np.int64) << 32 | cols.astype(np.int64)
         self.slots.update(zip(keys.tolist(), slots.tolist(), strict=True))
-
-    def __len__(self) -> int:
-        return len(self.slots)
 
 
 class _PythonPoolRows:
