@@ -572,35 +572,70 @@ static int pool_ready(PoolRows *self) {
 /* A row's capacity when it moves to hold `need` entries: room to grow by half again. */
 static inline int64_t pool_grown_cap(int64_t need) { return need + need / 2 + 4; }
 
-/* The user's history (item row -> weight, oldest first), newest first, the event's own item left out, each
- * remembered item with its pair weight (gamma ** its age among the others, times its weight). Returns the number
- * of pairs, or -1 with an exception. `js` and `pairs` hold at least len(history) items. */
-static Py_ssize_t pool_pairs(PyObject *history, int64_t i, double gamma, int64_t n_rows, int64_t *js, double *pairs) {
+/* A user's history read newest first: its item rows and weights, on the stack when short. */
+typedef struct {
+    Py_ssize_t n;
+    int64_t *js;
+    double *ws;
+    int64_t js_stack[POOL_HISTORY_STACK];
+    double ws_stack[POOL_HISTORY_STACK];
+} History;
+
+static void history_free(History *h) {
+    if (h->js != h->js_stack) PyMem_Free(h->js);
+    if (h->ws != h->ws_stack) PyMem_Free(h->ws);
+}
+
+/* `history` (item row -> weight, oldest first) into h, newest first; 0, or -1 with an exception (nothing left to
+ * free). Exact int rows and float or int weights only: converting anything else could run Python code that changes
+ * the dict meanwhile. */
+static int history_read(History *h, PyObject *history, int64_t n_rows) {
     Py_ssize_t n = PyDict_GET_SIZE(history), pos = 0, t = n;
+    h->n = n;
+    h->js = h->js_stack;
+    h->ws = h->ws_stack;
+    if (n > POOL_HISTORY_STACK) {
+        h->js = PyMem_Malloc((size_t)n * sizeof *h->js);
+        h->ws = PyMem_Malloc((size_t)n * sizeof *h->ws);
+        if (h->js == NULL || h->ws == NULL) {
+            history_free(h);
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
     PyObject *key, *value;
-    while (PyDict_Next(history, &pos, &key, &value)) { /* insertion order: oldest first; stored newest first */
-        /* exact types only: converting anything else could run Python code that changes the dict meanwhile */
+    while (PyDict_Next(history, &pos, &key, &value)) { /* insertion order: oldest first */
         if (!PyLong_CheckExact(key) || !(PyFloat_CheckExact(value) || PyLong_CheckExact(value)) || t == 0) {
             PyErr_SetString(PyExc_TypeError, "history: int item rows to float weights expected");
-            return -1;
+            break;
         }
         long long j = PyLong_AsLongLong(key);
         double w = PyFloat_AsDouble(value);
-        if ((j == -1 || w == -1.0) && PyErr_Occurred()) return -1;
+        if ((j == -1 || w == -1.0) && PyErr_Occurred()) break;
         if (j < 0 || j >= n_rows) {
             PyErr_SetString(PyExc_ValueError, "history names a row outside the pool");
-            return -1;
+            break;
         }
         t--;
-        js[t] = j;
-        pairs[t] = w;
+        h->js[t] = j;
+        h->ws[t] = w;
     }
+    if (PyErr_Occurred()) {
+        history_free(h);
+        return -1;
+    }
+    return 0;
+}
+
+/* The history's pairs for item i, in place: newest first, i itself left out, each remembered item's weight times
+ * gamma ** its age among the others. Returns how many. */
+static Py_ssize_t history_pairs(History *h, int64_t i, double gamma) {
     Py_ssize_t m = 0;
     double base = 1.0;
-    for (Py_ssize_t k = 0; k < n; k++) {
-        if (js[k] == i) continue; /* a like after a view of the same item: pair it with the others only */
-        js[m] = js[k];
-        pairs[m] = base * pairs[k];
+    for (Py_ssize_t k = 0; k < h->n; k++) {
+        if (h->js[k] == i) continue; /* a like after a view of the same item: pair it with the others only */
+        h->js[m] = h->js[k];
+        h->ws[m] = base * h->ws[k];
         base *= gamma;
         m++;
     }
@@ -664,21 +699,12 @@ static PyObject *PoolRows_add_pairs(PoolRows *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "row outside the pool");
         return NULL;
     }
-    Py_ssize_t n = PyDict_GET_SIZE(history);
-    int64_t js_stack[POOL_HISTORY_STACK], *js = js_stack;
-    double pairs_stack[POOL_HISTORY_STACK], *pairs = pairs_stack;
-    if (n > POOL_HISTORY_STACK) {
-        js = PyMem_Malloc((size_t)n * sizeof *js);
-        pairs = PyMem_Malloc((size_t)n * sizeof *pairs);
-        if (js == NULL || pairs == NULL) {
-            PyMem_Free(js);
-            PyMem_Free(pairs);
-            return PyErr_NoMemory();
-        }
-    }
+    History h;
+    if (history_read(&h, history, n_rows) < 0) return NULL;
     PyObject *result = NULL;
-    Py_ssize_t m = pool_pairs(history, i, gamma, n_rows, js, pairs);
-    if (m < 0) goto done;
+    Py_ssize_t m = history_pairs(&h, i, gamma);
+    const int64_t *js = h.js;
+    const double *pairs = h.ws;
     /* Room first: every row that may grow, at its largest growth (each j by one entry, i by m) */
     int64_t room = 0;
     for (Py_ssize_t k = 0; k < m; k++) {
@@ -723,10 +749,7 @@ static PyObject *PoolRows_add_pairs(PoolRows *self, PyObject *args) {
     }
     result = PyLong_FromLong(state[ST_GARBAGE] != garbage ? POOL_OK_MOVED : POOL_OK);
 done:
-    if (js != js_stack) {
-        PyMem_Free(js);
-        PyMem_Free(pairs);
-    }
+    history_free(&h);
     return result;
 }
 
@@ -751,62 +774,29 @@ static PyObject *PoolRows_evidence(PoolRows *self, PyObject *args) {
     int64_t n_rows = ((int64_t *)self->state.buf)[ST_ROWS];
     const float *vals = self->vals.buf;
     SlotTable *t = (SlotTable *)self->table;
-    Py_ssize_t n = PyDict_GET_SIZE(history), pos = 0, age = n;
-    PyObject *key, *value, *result = NULL;
+    PyObject *result = NULL;
     double evidence = 0.0;
-    if (n > powers.len / 8 || i < 0 || i >= n_rows || n_rows > damping.len / 8) {
-        PyErr_SetString(PyExc_ValueError, "history longer than its powers, or a row outside the pool or damping");
+    History h;
+    if (i < 0 || i >= n_rows || n_rows > damping.len / 8) {
+        PyErr_SetString(PyExc_ValueError, "a row outside the pool or damping");
         goto done;
     }
+    if (history_read(&h, history, n_rows) < 0) goto done;
+    int bad = h.n > powers.len / 8;
+    if (bad) PyErr_SetString(PyExc_ValueError, "history longer than its powers");
     /* Summed newest first, as the Python loop does (the order of a float sum matters). */
-    int64_t js_stack[POOL_HISTORY_STACK], *js = js_stack;
-    double ws_stack[POOL_HISTORY_STACK], *ws = ws_stack;
-    if (n > POOL_HISTORY_STACK) {
-        js = PyMem_Malloc((size_t)n * sizeof *js);
-        ws = PyMem_Malloc((size_t)n * sizeof *ws);
-        if (js == NULL || ws == NULL) {
-            PyMem_Free(js);
-            PyMem_Free(ws);
-            PyErr_NoMemory();
-            goto done;
-        }
-    }
-    int bad = 0;
-    while (PyDict_Next(history, &pos, &key, &value)) {
-        if (!PyLong_CheckExact(key) || !(PyFloat_CheckExact(value) || PyLong_CheckExact(value)) || age == 0) {
-            PyErr_SetString(PyExc_TypeError, "history: int item rows to float weights expected");
-            bad = 1;
-            break;
-        }
-        long long j = PyLong_AsLongLong(key);
-        double w = PyFloat_AsDouble(value);
-        if ((j == -1 || w == -1.0) && PyErr_Occurred()) {
-            bad = 1;
-            break;
-        }
-        if (j < 0 || j >= n_rows) {
-            PyErr_SetString(PyExc_ValueError, "history names a row outside the pool");
-            bad = 1;
-            break;
-        }
-        age--;
-        js[age] = j;
-        ws[age] = w;
-    }
-    for (Py_ssize_t a = 0; !bad && a < n; a++) {
-        int32_t k = slot_get(t, (uint64_t)js[a], (uint64_t)i);
+    for (Py_ssize_t a = 0; !bad && a < h.n; a++) {
+        int64_t j = h.js[a];
+        int32_t k = slot_get(t, (uint64_t)j, (uint64_t)i);
         if (k < 0) continue;
-        if (k >= length[js[a]]) {
+        if (k >= length[j]) {
             PyErr_SetString(PyExc_ValueError, "a slot past its row's length");
             bad = 1;
             break;
         }
-        evidence += ws[a] * get_f64(powers.buf, a) * get_f64(damping.buf, js[a]) * (double)vals[start[js[a]] + k];
+        evidence += h.ws[a] * get_f64(powers.buf, a) * get_f64(damping.buf, j) * (double)vals[start[j] + k];
     }
-    if (js != js_stack) {
-        PyMem_Free(js);
-        PyMem_Free(ws);
-    }
+    history_free(&h);
     if (!bad) result = PyFloat_FromDouble(evidence);
 done:
     PyBuffer_Release(&powers);

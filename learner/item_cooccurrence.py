@@ -108,7 +108,6 @@ class ItemCooccurrence:
         # What changed since mark_changes() (learner.cooccurrence_delta): every co-occurrence entry touched (the
         # rows' log, which stops past learner.sparse_rows.CHANGE_LOG_LIMIT: then only a whole snapshot says what
         # changed), the items learned (their mass, damping and recent popularity), and the sizes of the id lists.
-        self._recording = False  # not recorded until the first mark_changes()
         self._changed_items: set[int] = set()
         self._marked_sizes = (0, 0)
 
@@ -120,7 +119,7 @@ class ItemCooccurrence:
     def learn_one(self, user: str, item: str, y: float) -> None:
         u = self._user_row(user)
         i = self._item_row(item)
-        if self._recording:
+        if self._rows.logging:
             self._changed_items.add(i)  # every learned event's item: the learner's popularity counts it too
         if y <= 0:
             return
@@ -219,7 +218,6 @@ class ItemCooccurrence:
     def mark_changes(self) -> None:
         """Start recording changes afresh: the state now is the base the next :meth:`changes` is relative to."""
         self._rows.start_log()
-        self._recording = True
         self._changed_items = set()
         self._history.take_changed_since_mark()
         self._recent.rescaled = False
@@ -228,7 +226,6 @@ class ItemCooccurrence:
     def stop_changes(self) -> None:
         """Stop recording changes until the next :meth:`mark_changes`."""
         self._rows.stop_log()
-        self._recording = False
         self._changed_items = set()
         self._history.changed_since_mark = None
 
@@ -238,7 +235,7 @@ class ItemCooccurrence:
         Entries are (row, slot) keys of the co-occurrence rows, each once, sorted; items and users
         are those whose per-item arrays or history rows may differ (the new ones included).
         """
-        logged = self._rows.logged() if self._recording else None
+        logged = self._rows.logged()
         if logged is None:  # not recording, or the log stopped (too much since the mark)
             return None
         n_users0, n_items0 = self._marked_sizes
@@ -429,7 +426,7 @@ class ItemCooccurrence:
     def _item_row(self, item: str) -> int:
         row, new = self.items.add(item)
         if new:
-            self._rows.add_row()
+            self._rows.add_rows(1)
             self._mass = ensure_rows(self._mass, row)
             self._recent.ensure(row)
             if row >= len(self._candidate_damping):

@@ -22,6 +22,7 @@ operations in the same order: the same model bit for bit either way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +49,7 @@ _NO_COLS = np.zeros(0, dtype=np.int32)
 _NO_VALS = np.zeros(0, dtype=np.float32)
 
 
-def _grown_cap(need: int) -> int:
+def _grown_cap(need: Any) -> Any:
     """A row's room when it moves to hold ``need`` entries: room to grow by half again."""
     return need + need // 2 + 4
 
@@ -86,9 +87,6 @@ class SparseRows:
         return self._n
 
     # -- rows ----------------------------------------------------------------------------
-
-    def add_row(self) -> None:
-        self.add_rows(1)
 
     def add_rows(self, count: int) -> None:
         """Append ``count`` empty rows."""
@@ -160,13 +158,17 @@ class SparseRows:
         powers[age] * damping[j] * C[j, i]``, for each ``j`` whose row has an entry for ``i``."""
         if self._kernel is not None:  # learning: the slot table is built
             return float(self._kernel.evidence(history, i, powers, damping))
-        evidence = 0.0  # a model not learning (served): no table, so each row is scanned for the column
-        for age, (j, w_j) in enumerate(reversed(history.items())):
-            cols, vals = self.row(j)
-            at = np.flatnonzero(cols == i)
-            if at.size:
-                evidence += w_j * powers[age] * float(damping[j]) * float(vals[at[0]])
-        return evidence
+        return _evidence(history, powers, damping, self._scanned_value(i))  # served: no table, rows scanned
+
+    def _scanned_value(self, col: int) -> Callable[[int], float | None]:
+        """A row's value at ``col`` found by scanning the row (None where it has none)."""
+
+        def value(row: int) -> float | None:
+            cols, vals = self.row(row)
+            at = np.flatnonzero(cols == col)
+            return float(vals[at[0]]) if at.size else None
+
+        return value
 
     def _bind(self) -> Any:
         """The update bound to the arrays as they are now (the pool made this object's, the table built)."""
@@ -202,6 +204,11 @@ class SparseRows:
         self._log = np.empty(min(4096, CHANGE_LOG_LIMIT), dtype=np.int64)
         self._state[LOG] = 0
         self._kernel = None
+
+    @property
+    def logging(self) -> bool:
+        """Entries are being logged: since :meth:`start_log`, unless stopped (or past CHANGE_LOG_LIMIT)."""
+        return self._log is not None
 
     def stop_log(self) -> None:
         self._log = None
@@ -347,7 +354,7 @@ class SparseRows:
 
     def _move(self, rows: np.ndarray, lengths: np.ndarray, new_lengths: np.ndarray) -> None:
         """Move ``rows`` (now ``lengths`` long) to the pool's end, with room for ``new_lengths`` and half again."""
-        caps = new_lengths + new_lengths // 2 + 4
+        caps = _grown_cap(new_lengths)
         end = int(self._state[END])
         starts = end + np.cumsum(caps) - caps
         self._reserve(int(caps.sum()))
@@ -493,10 +500,23 @@ class _PythonPoolRows:
         return k
 
     def evidence(self, history: dict[int, float], i: int, powers: Any, damping: np.ndarray) -> float:
-        evidence = 0.0
         slots, vals, start = self._slots, self._vals, self._start
-        for age, (j, w_j) in enumerate(reversed(history.items())):
-            k = slots.get(j << 32 | i)
-            if k is not None:
-                evidence += w_j * powers[age] * float(damping[j]) * vals[int(start[j]) + k]
-        return evidence
+
+        def value(row: int) -> float | None:
+            k = slots.get(row << 32 | i)
+            return None if k is None else vals[int(start[row]) + k]
+
+        return _evidence(history, powers, damping, value)
+
+
+def _evidence(
+    history: dict[int, float], powers: Any, damping: np.ndarray, value: Callable[[int], float | None]
+) -> float:
+    """:meth:`SparseRows.evidence` with each remembered item's entry found by ``value`` (None: no entry): newest
+    first, ``age`` counted over all, the same operations in the same order as the compiled loop."""
+    evidence = 0.0
+    for age, (j, w_j) in enumerate(reversed(history.items())):
+        v = value(j)
+        if v is not None:
+            evidence += w_j * powers[age] * float(damping[j]) * v
+    return evidence
