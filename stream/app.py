@@ -253,13 +253,16 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
 
     trimmer = HeapTrimmer()
 
-    async def checkpoint() -> None:
-        await processor.checkpoint()
+    async def checkpoint(wait: bool = True) -> None:
+        await processor.checkpoint(wait=wait)
         if trimmer.after_checkpoint():  # the snapshot's intermediates are freed: give their pages back
             metrics.HEAP_TRIMS.inc()
 
     async def checkpoint_until_done() -> None:
-        await retry_until_done(checkpoint, backoff, "checkpoint", "checkpoint")
+        # Between slices the agent does not wait for Redis to take the checkpoint: it learns the next slice meanwhile
+        # (EventProcessor.checkpoint); a write that failed is raised by the next checkpoint, which then waits for its
+        # own.
+        await retry_until_done(lambda: checkpoint(wait=False), backoff, "checkpoint", "checkpoint")
 
     @app.agent(events_topic, name="learn")
     async def learn(stream: faust.StreamT) -> None:
@@ -339,11 +342,14 @@ def _export_lag(app: faust.App, processor: EventProcessor, topic: str) -> None:
 async def _checkpoint_quietly(processor: EventProcessor) -> None:
     """A failed checkpoint is logged and retried later; its events stay unacknowledged, so none are lost.
     A whole snapshot being written in the background is waited for (else the next start reads the chain)."""
-    try:
-        await processor.checkpoint()
-    except Exception:  # noqa: BLE001 - logged inside; the worker keeps going
-        pass
-    await processor.settle()
+    for _ in range(2):  # a write that failed before is raised by the first attempt; the second writes its events again
+        try:
+            await processor.checkpoint()
+            break
+        except Exception:  # noqa: BLE001 - logged inside; the worker keeps going
+            pass
+    with contextlib.suppress(Exception):  # (a write's error was raised above already)
+        await processor.settle()
 
 
 def run_worker(settings: Settings) -> None:
