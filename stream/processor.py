@@ -517,6 +517,8 @@ class EventProcessor:
         that a retry of it (after a failure in :meth:`_handle`) does not count its events in the
         gate's windows twice.
         """
+        if self._active_gate is None:  # nothing to judge: every event passes (a repeat is a duplicate in _handle)
+            return [None] * len(chunk)
         key = (record.position, start)
         verdicts = self._verdicts_ahead.get(key)
         if verdicts is None:
@@ -576,30 +578,28 @@ class EventProcessor:
     def _judge(self, chunk: list[Decoded], known: set[str], overrides: frozenset[str]) -> list[Hold | None]:
         """The verdicts of :meth:`_verdicts` on ``chunk``, judged now."""
         gate = self._active_gate
+        assert gate is not None  # (without one, every event passes: _verdicts)
         pending_ids = self._pending.event_ids
         views: list[GateEvent | None] = [None] * len(chunk)
-        if gate is None:
-            verdicts = self._judge_one_by_one(None, chunk, views, known, overrides)
+        judged: list[GateEvent] = []
+        for i, decoded in enumerate(chunk):
+            event = decoded.event
+            if event is not None and event.event_id not in known and event.event_id not in pending_ids:
+                views[i] = view = _gate_event(event, event.ts_seconds)
+                judged.append(view)
+        if len({view.event_id for view in judged}) == len(judged):
+            # no event repeats another of the chunk: every view is judged, in one call
+            verdicts = gate.check_chunk(judged, self.clock(), overrides)
+            if len(judged) < len(chunk):  # not every item is a view to judge
+                verdicts = _spread(verdicts, chunk, views)
         else:
-            judged: list[GateEvent] = []
-            for i, decoded in enumerate(chunk):
-                event = decoded.event
-                if event is not None and event.event_id not in known and event.event_id not in pending_ids:
-                    views[i] = view = _gate_event(event, event.ts_seconds)
-                    judged.append(view)
-            if len({view.event_id for view in judged}) == len(judged):
-                # no event repeats another of the chunk: every view is judged, in one call
-                verdicts = gate.check_chunk(judged, self.clock(), overrides)
-                if len(judged) < len(chunk):  # not every item is a view to judge
-                    verdicts = _spread(verdicts, chunk, views)
-            else:
-                gate.prepare(judged, self.clock(), overrides)
-                verdicts = self._judge_one_by_one(gate, chunk, views, known, overrides)
+            gate.prepare(judged, self.clock(), overrides)
+            verdicts = self._judge_one_by_one(gate, chunk, views, known, overrides)
         return verdicts
 
     def _judge_one_by_one(
         self,
-        gate: QualityGate | None,
+        gate: QualityGate,
         chunk: list[Decoded],
         views: list[GateEvent | None],
         known: set[str],
@@ -618,7 +618,7 @@ class EventProcessor:
                 if event_id in known or event_id in pending_ids or event_id in passing:
                     verdict = _UNJUDGED
                 elif view is not None:
-                    verdict = gate.check(view, self.clock(), overrides)  # type: ignore[union-attr]
+                    verdict = gate.check(view, self.clock(), overrides)
                 if verdict is None:
                     passing.add(event_id)
             verdicts.append(verdict)
