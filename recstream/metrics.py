@@ -96,7 +96,10 @@ INGEST_UNAVAILABLE = Counter(
 )
 
 CHECKPOINTS = Counter("recstream_checkpoints_total", "Checkpoints written, by outcome.", ["outcome"])
-CHECKPOINT_SECONDS = Histogram("recstream_checkpoint_duration_seconds", "Time to encode and write one checkpoint.")
+CHECKPOINT_SECONDS = Histogram(
+    "recstream_checkpoint_duration_seconds",
+    "Time from the start of a checkpoint until its write is stored (the worker learns on while it is written).",
+)
 CHECKPOINT_BYTES = Gauge(
     "recstream_checkpoint_size_bytes",
     "Size of the last snapshot written, by kind: whole, or a delta against the last whole one.",
