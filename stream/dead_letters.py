@@ -82,10 +82,17 @@ class DeadLetterSender:
         self.batch_bytes = {topic: batch_bytes for topic in self._topics.values()}  # halved by size refusals
         self._open: dict[tuple[str, int], _OpenBatch] = {}
         self._order = asyncio.Lock()  # batches go to the producer one at a time, in the order they were closed
+        # one caller at a time: the worker's batch and a checkpoint's write (sending undelivered letters again) may
+        # both send, and a caller's await could otherwise let the other replace the open batch it was filling
+        self._calling = asyncio.Lock()
         self._lingering: set[asyncio.Task[None]] = set()
         self._used = False  # a letter was given (else flush does not start the producer)
 
     async def __call__(self, letters: Sequence[Letter]) -> list[asyncio.Future[Any]]:
+        async with self._calling:
+            return await self._call(letters)
+
+    async def _call(self, letters: Sequence[Letter]) -> list[asyncio.Future[Any]]:
         producer = await self._producer()
         self._used = True
         partitions: dict[str, tuple[list[int], list[int]]] = {}

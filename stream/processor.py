@@ -141,6 +141,7 @@ class _Write:
     contest: dict[str, Any] | None
     promotion: dict[str, Any] | None
     learner: OnlineLearner
+    parent: int | None  # the version it is written after (the current one when it was set aside)
     task: asyncio.Task[int | None] | None = None
 
 
@@ -452,6 +453,9 @@ class EventProcessor:
         async with self._lock:
             # An operator may have promoted or rolled back since the last batch: learn into that version (looked at
             # by the next checkpoint instead while one is being written: which version is current depends on it).
+            write = self._write
+            if write is not None and write.task is not None and write.task.done() and _succeeded(write.task):
+                self._write = None  # written: nothing of it is needed any more
             if self._write is None:
                 await self._adopt_promoted_version()
             # One Redis round trip for the whole batch: which event ids were already learned.
@@ -872,9 +876,12 @@ class EventProcessor:
             # in flight, and the next checkpoint waits for it
             return await asyncio.shield(task)
         except BaseException:
-            if task.done() and (task.cancelled() or task.exception() is not None):
-                self._write = None
-                self._put_back(write.pending)
+            if not task.done():  # this caller was cancelled: the write goes on
+                raise
+            self._write = None
+            self._put_back(write.pending)  # (a write fails only before its transaction went through: _written)
+            if task.cancelled():  # (the loop torn down): not this caller's cancellation
+                raise RuntimeError("the checkpoint's write was cancelled; its events are written again") from None
             raise
         finally:
             if task.done() and self._write is write:  # written
@@ -948,12 +955,13 @@ class EventProcessor:
             contest=self.contest_status() if self._contestants else None,
             promotion=promotion,
             learner=learner,
+            parent=self.version,
         )
-        self._pending = Pending()
         if blob is not None:
-            self._delta_base = None  # until this write succeeds: it sets the version the next delta is made against
             if self.checkpoint_delta_share > 0:  # the next delta records changes from here on
                 cooccurrence_delta.mark(learner)
+            self._delta_base = None  # until this write succeeds: it sets the version the next delta is made against
+        self._pending = Pending()  # last: nothing above may fail once the events are set aside
         self._last_checkpoint = time.monotonic()
         return write
 
@@ -963,7 +971,7 @@ class EventProcessor:
         await self._deliver_dead_letters(pending)  # they must be in Kafka before their offsets are acked
         try:
             version = await self.store.checkpoint(
-                self.version,
+                write.parent,
                 write.blob,
                 write.meta,
                 write.offsets,
@@ -999,9 +1007,18 @@ class EventProcessor:
                     )
             if self.checkpoint_delta_share > 0 and self.learner is write.learner:
                 self._delta_base = version
-        for record in pending.records:
+        try:
+            self._written_bookkeeping(write, version)
+        except Exception:  # the version is stored: its events must not be written again
+            log.exception("v%s was stored, but what follows its checkpoint failed", version)
+        return version
+
+    def _written_bookkeeping(self, write: _Write, version: int | None) -> None:
+        """After a checkpoint's transaction: acknowledge its messages, update the metrics, log a promotion."""
+        for record in write.pending.records:
             if record.handle is not None:
                 self._ack(record.handle)
+        blob, base = write.blob, write.base
         elapsed = time.monotonic() - write.started
         learner = write.learner
         metrics.CHECKPOINTS.labels("ok").inc()
@@ -1025,7 +1042,6 @@ class EventProcessor:
                 promotion["actor"],
                 promotion["reason"],
             )
-        return version
 
     # -- champion / challenger ---------------------------------------------------------------
 

@@ -198,3 +198,62 @@ async def test_the_whole_snapshot_for_a_long_chain_is_the_version_not_the_learne
     assert consolidated is not None and consolidated.base_version is None
     assert consolidated.meta["consolidated_from"] == delta
     assert consolidated.blob == at_capture != learner.to_bytes()
+
+
+async def test_an_operators_rollback_is_adopted_before_the_next_batch_once_the_write_is_stored(
+    store: ModelStore,
+) -> None:
+    """The docs promise the worker notices a promotion before its next batch: with the agent's checkpoints (not
+    waited for), once a write is stored the next batch starts from the operator's version, not at the next
+    checkpoint."""
+    processor, transport, first = await _started(store)
+    await processor.process(transport.records(_events(2_000, 100)))
+    assert await processor.checkpoint(wait=False) is None
+    task = processor._write.task  # type: ignore[union-attr]
+    await asyncio.wait_for(asyncio.wait([task]), DEADLINE)  # type: ignore[list-item]
+    second = task.result()
+    assert second is not None and second != first
+    await store.promote(first, reason="roll back")
+    await processor.process(transport.records(_events(2_100, 10)))
+    assert processor.version == first
+    learner = processor.learner
+    assert learner is not None
+    assert learner.events_learned == 2_000 + 10  # the rolled-back version's events, then this batch's
+
+
+async def test_a_failure_after_the_transaction_does_not_write_its_events_again(store: ModelStore) -> None:
+    processor, transport, first = await _started(store)
+    failed: list[int] = []
+
+    def ack_fails_once(handle: int) -> None:
+        if not failed:
+            failed.append(handle)
+            raise RuntimeError("the consumer went away")
+        transport.ack(handle)
+
+    processor._ack = ack_fails_once
+    await processor.process(transport.records(_events(2_000, 100)))
+    await processor.checkpoint(wait=False)
+    version = await processor.checkpoint()  # settles the first write: stored, so no error and nothing put back
+    assert version is None  # nothing pending: its events were not put back
+    assert processor.version is not None and processor.version != first
+    assert (await store.load(processor.version)).base_version == first  # type: ignore[union-attr]
+    assert failed
+
+
+async def test_a_cancelled_write_is_an_error_for_the_next_checkpoint_not_its_cancellation(
+    store: ModelStore, monkeypatch
+) -> None:
+    processor, transport, _ = await _started(store)
+    held = HeldWrites(store, monkeypatch)
+    a = transport.records(_events(2_000, 50))
+    await processor.process(a)
+    await processor.checkpoint(wait=False)
+    await held.held()
+    processor._write.task.cancel()  # type: ignore[union-attr]  # (as a loop torn down would)
+    with pytest.raises(RuntimeError, match="cancelled"):
+        await processor.checkpoint(wait=False)
+    assert processor._pending.records == a
+    held.release()
+    version = await processor.checkpoint(wait=False)  # the retry waits for its own write
+    assert version is not None and transport.acked[-50:] == [r.handle for r in a]
