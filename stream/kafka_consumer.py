@@ -25,6 +25,15 @@ suspended, flow control is active and the conductor's subscription lock is free 
 only on a full stream buffer), and keeps ``wait_first`` otherwise. A delivery waiting on a full buffer when a
 rebalance starts is abandoned all the same: the rebalance clears the stream buffers (``flow_control.clear()``),
 which cancels the waiting puts, and the delivery returns without the message.
+
+When the stream's buffer (``stream_buffer_maxsize``, 4,096 messages) is nearly full, Faust takes the partition
+out of the fetch, and puts it back once the buffer is down to 40%. With one event per message and a backlog, the
+worker then took the buffer's ~4,000 messages in ~0.4 s, its queue ran dry, and it waited ~0.9 s before messages
+came again, cycle after cycle: busy 49% of the time, 6,800 ev/s (the ingest bench's stream, gate off).
+:class:`DirectDeliveryConsumer` leaves the partition in the fetch: the delivery of the message that found the
+buffer full waits for room (as it already did), so the fetcher fetches nothing more meanwhile (aiokafka does not
+fetch a partition whose fetched records were not taken), and the buffer stays the bound on what is held. Measured
+the same way: busy 84-88%, 11,800-12,900 ev/s.
 """
 
 from __future__ import annotations
@@ -66,7 +75,12 @@ FAUST_DRAIN_MESSAGES_SHA256 = "44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2ba
 
 class DirectDeliveryConsumer(faust_aiokafka.Consumer):
     """Faust's consumer, delivering a message without ``wait_first`` when nothing makes the delivery wait at its
-    start (the module docstring says when, and why a delivery waiting later is still abandoned on a rebalance)."""
+    start (the module docstring says when, and why a delivery waiting later is still abandoned on a rebalance), and
+    keeping a partition in the fetch when the stream's buffer is full."""
+
+    def on_buffer_full(self, tp: Any) -> None:
+        """The partition stays in the fetch (the module docstring says why): the delivery that found the stream's
+        buffer full waits for room instead."""
 
     async def _drain_messages(self, fetcher: ServiceT) -> None:
         # Faust's Consumer._drain_messages (FAUST_DRAIN_MESSAGES_SHA256), but for the delivery of a message.

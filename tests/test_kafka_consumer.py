@@ -8,6 +8,7 @@ import hashlib
 import inspect
 
 from faust.transport.consumer import Consumer as FaustConsumer
+from faust.types import TP
 
 from recstream.settings import Settings
 from stream.app import create_app
@@ -42,3 +43,16 @@ def test_the_worker_consumer_delivers_directly_and_follows_the_installed_fausts_
     assert (
         "await self.wait_first(\n                                callback(message), self.suspend_flow.wait()" in source
     )
+
+
+def test_a_full_stream_buffer_leaves_the_partition_in_the_fetch() -> None:
+    """Faust takes a partition out of the fetch when the stream's buffer is nearly full and puts it back at 40%; the
+    worker's consumer leaves it in (the delivery waits for room instead): see stream.kafka_consumer."""
+    app, _ = create_app(Settings(broker_url="kafka://127.0.0.1:1"))
+    consumer = app.consumer
+    full, other = TP("events", 0), TP("events", 1)
+    consumer._set_active_tps({full, other})
+    consumer.on_buffer_full(full)
+    assert consumer._get_active_partitions() == {full, other}
+    FaustConsumer.on_buffer_full(consumer, full)  # what Faust's own consumer does
+    assert consumer._get_active_partitions() == {other}
