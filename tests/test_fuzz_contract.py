@@ -81,7 +81,11 @@ def near_valid(draw: st.DrawFn) -> tuple[dict[str, Any], str]:
     event = dict(VALID)
     action = draw(st.sampled_from(["replace", "replace", "drop", "add"]))
     if action == "add":
-        name = draw(st.text(min_size=1, max_size=20).filter(lambda n: n not in FIELDS))
+        # (a name holding "; " or ": " would make the tests' reading of a reason, "field: message" parts joined by
+        # "; ", ambiguous: hypothesis found ": ", whose error reads ": : Extra inputs are not permitted")
+        name = draw(
+            st.text(min_size=1, max_size=20).filter(lambda n: n not in FIELDS and "; " not in n and ": " not in n)
+        )
         event[name] = draw(json_values)
         return event, name
     name = draw(st.sampled_from(FIELDS))
