@@ -876,8 +876,8 @@ class EventProcessor:
             # in flight, and the next checkpoint waits for it
             return await asyncio.shield(task)
         except BaseException:
-            if not task.done():  # this caller was cancelled: the write goes on
-                raise
+            if not task.done() or (not task.cancelled() and task.exception() is None):
+                raise  # this caller was cancelled: the write goes on, or it went through (the finally settles it)
             self._write = None
             self._put_back(write.pending)  # (a write fails only before its transaction went through: _written)
             if task.cancelled():  # (the loop torn down): not this caller's cancellation

@@ -257,3 +257,24 @@ async def test_a_cancelled_write_is_an_error_for_the_next_checkpoint_not_its_can
     held.release()
     version = await processor.checkpoint(wait=False)  # the retry waits for its own write
     assert version is not None and transport.acked[-50:] == [r.handle for r in a]
+
+
+async def test_a_caller_cancelled_once_its_write_went_through_does_not_put_the_events_back(
+    store: ModelStore, monkeypatch
+) -> None:
+    """The caller waiting for a write is cancelled after the write succeeded but before the caller resumed: the
+    events stay written (not put back to be written again)."""
+    processor, transport, first = await _started(store)
+    held = HeldWrites(store, monkeypatch)
+    a = transport.records(_events(2_000, 50))
+    await processor.process(a)
+    caller = asyncio.create_task(processor.checkpoint())
+    await held.held()
+    written = processor._write.task  # type: ignore[union-attr]
+    written.add_done_callback(lambda _: caller.cancel())  # runs after the caller's wake-up is scheduled
+    held.release()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert written.result() is not None and processor.version == written.result() != first
+    assert processor._pending.records == [] and processor._write is None
+    assert transport.acked[-50:] == [r.handle for r in a]
