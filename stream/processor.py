@@ -144,6 +144,11 @@ class _Write:
     parent: int | None  # the version it is written after (the current one when it was set aside)
     task: asyncio.Task[int | None] | None = None
 
+    def stored(self) -> bool | None:
+        """None while it is being written; then whether it went through."""
+        task = self.task
+        return None if task is None or not task.done() else _succeeded(task)
+
 
 def _succeeded(delivery: asyncio.Future[Any]) -> bool:
     """A settled delivery went through (not failed, not cancelled)."""
@@ -453,8 +458,7 @@ class EventProcessor:
         async with self._lock:
             # An operator may have promoted or rolled back since the last batch: learn into that version (looked at
             # by the next checkpoint instead while one is being written: which version is current depends on it).
-            write = self._write
-            if write is not None and write.task is not None and write.task.done() and _succeeded(write.task):
+            if self._write is not None and self._write.stored():
                 self._write = None  # written: nothing of it is needed any more
             if self._write is None:
                 await self._adopt_promoted_version()
@@ -752,8 +756,7 @@ class EventProcessor:
         rarer, instead of taking ever more of the worker's time; the events learned meanwhile wait, so
         ``checkpoint_every_events`` is then a minimum, not a bound."""
         pending = self._pending
-        write = self._write
-        if write is not None and write.task is not None and write.task.done() and not _succeeded(write.task):
+        if self._write is not None and self._write.stored() is False:
             return not self._lock.locked()  # the checkpoint raises that write's error (its events go back) and retries
         if not pending.records:
             return False
