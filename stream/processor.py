@@ -1004,7 +1004,7 @@ class EventProcessor:
                 self._whole_bytes, self._chain = len(blob), []
             else:
                 self._chain.append((version, len(blob)))
-                if write.whole is not None and version is not None and self._consolidation is None:
+                if write.whole is not None and version is not None:  # (none can run: _whole_if_long saw none)
                     self._consolidation = asyncio.create_task(
                         self._consolidate(version, write.whole), name=f"consolidate-v{version}"
                     )
