@@ -219,3 +219,27 @@ async def test_a_chunks_dead_letters_are_sent_together_in_the_order_of_its_event
     assert calls == [[(QUARANTINED, 3), (REJECTED, 5), (QUARANTINED, 8)], [(QUARANTINED, 650)]]
     await processor.checkpoint()
     assert processor.learner.events_learned == 696 and transport.acked == [0]
+
+
+async def test_what_a_user_was_seen_with_is_what_was_learned(store: ModelStore) -> None:
+    """The items of learned events join their user's seen set in Redis with the checkpoint (the API leaves them out
+    of recommendations); a held event's item, a refused element's and a duplicate's do not."""
+    transport = Transport()
+    processor = transport.processor(store, gate=default_gate(GateConfig()))
+    await processor.start()
+    learned = [{**_event(n), "user_id": "ann", "item_id": f"v{n}"} for n in range(3)]
+    held = {**_event(3), "user_id": "ann", "item_id": "v-future", "ts": iso(3 * 86_400)}  # future_timestamp
+    refused = {"event_id": "e4", "user_id": "ann", "item_id": "v-refused", "type": "like"}  # no ts
+    other = {**_event(5), "user_id": "bob", "item_id": "v5"}
+    batch = [*learned, held, refused, other]
+    await processor.process([Record("events", 0, 0, None, json.dumps(batch).encode(), handle=0)])
+    await processor.checkpoint()
+    # a duplicate of a learned event, with another item for the same id: not learned, not seen
+    again = [{**learned[0], "item_id": "v-duplicate"}]
+    await processor.process([Record("events", 0, 1, None, json.dumps(again).encode(), handle=1)])
+    await processor.checkpoint()
+
+    assert processor.learner.events_learned == 4
+    assert await store.seen("ann") == {"v0", "v1", "v2"}
+    assert await store.seen("bob") == {"v5"}
+    assert [kind for kind, _ in transport.dead_letters] == [QUARANTINED, REJECTED]
