@@ -235,13 +235,14 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
 
     backoff = Backoff()
 
-    async def process_batch(records: list[Record]) -> None:
-        """Process ``records``; after a failure retry only those the processor did not take yet."""
+    async def process_batch(records: list[Record], upcoming: list[Record]) -> None:
+        """Process ``records`` (and look ``upcoming`` up meanwhile); after a failure retry only those the processor
+        did not take yet."""
         remaining = records
 
         async def attempt() -> None:
             if remaining:
-                await processor.process(remaining)
+                await processor.process(remaining, upcoming)
 
         def drop_handled() -> None:
             # Runs right after the failure (no await in between), before a checkpoint can clear the pending set.
@@ -289,8 +290,10 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
                             overrides=overrides_from_headers(message.headers),
                         )
                     )
-                for piece in slices(records, settings.batch_slice_bytes):
-                    await process_batch(piece)
+                pieces = list(slices(records, settings.batch_slice_bytes))
+                for at, piece in enumerate(pieces):
+                    # the next slice's event ids are looked up in Redis while this one is learned
+                    await process_batch(piece, pieces[at + 1] if at + 1 < len(pieces) else [])
                     # A failed checkpoint blocks here (capped backoff) instead of taking the next slice.
                     if processor.checkpoint_due() or backoff.stalled:
                         await checkpoint_until_done()

@@ -150,6 +150,48 @@ class _Write:
         return None if task is None or not task.done() else _succeeded(task)
 
 
+@dataclass
+class _LookAhead:
+    """The next slice, decoded, and the lookup of its event ids in Redis, started while the slice before it is
+    processed (:meth:`EventProcessor._start_look_ahead`)."""
+
+    records: list[Record]
+    parsed: dict[int, list[Decoded]]  # id(record) -> its events, for the records not learned before a restart
+    ids: list[str]
+    since: int  # checkpoints stored before the lookup was sent: the ids of those stored after it are added
+    lookup: asyncio.Task[set[str]] | None  # None: no event ids to look up
+
+    def takes(self, records: list[Record], candidates: list[Record]) -> bool:
+        """These are the records it was made for (a retry of a slice takes only those not handled yet), and it
+        decoded each of them still to learn (all, unless a record was below the offsets then and is not now)."""
+        return (
+            len(records) == len(self.records)
+            and all(a is b for a, b in zip(records, self.records, strict=True))
+            and all(id(r) in self.parsed for r in candidates)
+        )
+
+    def drop(self) -> None:
+        if self.lookup is not None:
+            self.lookup.cancel()
+
+
+#: The event ids of at most this many checkpoints stored while a look-ahead's lookup is outstanding are kept for it
+#: (:class:`_LookAhead`; one or two are stored while the agent processes a slice); past that its ids are looked up
+#: again.
+STORED_IDS_KEPT = 4
+
+
+def _event_ids(parsed: dict[int, list[Decoded]]) -> list[str]:
+    return [d.event.event_id for decoded in parsed.values() for d in decoded if d.event is not None]
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """A look-ahead's lookup may be dropped, or fail, with nobody awaiting it: its error is read (it is raised by
+    the :meth:`EventProcessor.process` that awaits it, if any), so asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
 def _succeeded(delivery: asyncio.Future[Any]) -> bool:
     """A settled delivery went through (not failed, not cancelled)."""
     return not delivery.cancelled() and delivery.exception() is None
@@ -324,6 +366,9 @@ class EventProcessor:
         self._hits: deque[bool] = deque(maxlen=HIT_WINDOW)
         self.hit_budget = ShareBudget(HIT_TIME_SHARE, cap_seconds=0.05)
         self._pending = Pending()
+        self._look_ahead: _LookAhead | None = None
+        self._stored_count = 0  # checkpoints stored since the start
+        self._stored_ids: deque[tuple[int, set[str]]] = deque(maxlen=STORED_IDS_KEPT)  # (number, their event ids)
         # the gate's verdicts on the chunks of records not handled yet ((record position, chunk start) -> verdicts),
         # kept until their record is handled so that a retry of it does not judge its events again (see _verdicts);
         # a small record's are judged ahead with the small records after it (_judge_ahead)
@@ -445,12 +490,15 @@ class EventProcessor:
 
     # -- processing ----------------------------------------------------------------------
 
-    async def process(self, records: Iterable[Record]) -> None:
+    async def process(self, records: Iterable[Record], upcoming: Sequence[Record] = ()) -> None:
         """Decode, gate and learn a batch. Nothing here is lost: every message ends up learned,
         dead-lettered (contract), quarantined (gate) or counted as a duplicate of a learned event.
 
         The batch runs under the checkpoint lock, so a checkpoint never splits a message from
         its effects.
+
+        ``upcoming``: the records the next call will take (the agent's next slice of a batch), decoded and their
+        event ids looked up in Redis while this batch is learned (:meth:`_start_look_ahead`).
         """
         if self.learner is None:
             raise RuntimeError("EventProcessor.start() must run before process()")
@@ -462,18 +510,23 @@ class EventProcessor:
                 self._write = None  # written: nothing of it is needed any more
             if self._write is None:
                 await self._adopt_promoted_version()
-            # One Redis round trip for the whole batch: which event ids were already learned.
+            # One Redis round trip for the whole batch: which event ids were already learned (started while the
+            # batch before was processed, when the agent looked ahead).
             candidates = [r for r in records if r.offset >= self.next_offsets.get((r.topic, r.partition), 0)]
-            parsed: dict[int, list[Decoded]] = {}
+            looked, self._look_ahead = self._look_ahead, None
+            if looked is not None and looked.takes(records, candidates):
+                parsed = {id(r): looked.parsed[id(r)] for r in candidates}
+                ids = _event_ids(parsed)
+                known = await self._known_ahead(looked)
+            else:
+                if looked is not None:  # made for other records (a retry takes only those not handled yet)
+                    looked.drop()
+                parsed = await self._parse(candidates)
+                ids = _event_ids(parsed)
+                known = await self.store.learned_event_ids(ids, now=self.clock()) if ids else set()
+            if upcoming:
+                await self._start_look_ahead(upcoming)
             since_yield = 0
-            for r in candidates:
-                parsed[id(r)] = decoded = parse_message(r.value or b"")
-                since_yield += len(decoded)
-                if since_yield >= YIELD_EVERY_EVENTS:
-                    since_yield = 0
-                    await asyncio.sleep(0)
-            ids = [d.event.event_id for decoded in parsed.values() for d in decoded if d.event is not None]
-            known = await self.store.learned_event_ids(ids, now=self.clock()) if ids else set()
             if self._write is not None:  # learned, but maybe not in Redis yet
                 written = self._write.pending.event_ids
                 known.update(i for i in ids if i in written)
@@ -508,6 +561,56 @@ class EventProcessor:
                     for start in range(0, max(len(decoded), 1), YIELD_EVERY_EVENTS):
                         ahead.pop((record.position, start), None)
                 self._pending.records.append(record)
+
+    async def _start_look_ahead(self, records: Sequence[Record]) -> None:
+        """Decode ``records`` and start looking their event ids up in Redis, for the :meth:`process` that takes them
+        next, so that the lookup (a few ms in Redis, tens behind a checkpoint's transaction) overlaps the batch
+        before instead of idling the worker (measured: ~9% of its time with batch messages).
+
+        The lookup sees what Redis held when it ran. An event learned before it and not in Redis then is found
+        all the same: it is pending, or in the write in flight, or in a checkpoint stored since the lookup was
+        sent, whose ids are kept (:data:`STORED_IDS_KEPT`) and added to what the lookup found.
+        """
+        if self._look_ahead is not None:
+            self._look_ahead.drop()
+            self._look_ahead = None
+        records = list(records)
+        candidates = [r for r in records if r.offset >= self.next_offsets.get((r.topic, r.partition), 0)]
+        parsed = await self._parse(candidates)
+        ids = _event_ids(parsed)
+        since = self._stored_count  # a checkpoint stored from here on may have been stored after the lookup ran
+        self._stored_ids.clear()  # (those stored before: the lookup sees them)
+        lookup = asyncio.create_task(self.store.learned_event_ids(ids, now=self.clock())) if ids else None
+        if lookup is not None:
+            lookup.add_done_callback(_retrieve)
+        self._look_ahead = _LookAhead(records, parsed, ids, since, lookup)
+
+    async def _known_ahead(self, ahead: _LookAhead) -> set[str]:
+        """The ids of ``ahead`` learned before it is processed: what its lookup found, and those of the checkpoints
+        stored since it was sent (looked up again if more were stored than are kept)."""
+        if ahead.lookup is None:
+            return set()
+        stored = [(number, ids) for number, ids in self._stored_ids if number >= ahead.since]
+        if self._stored_count - ahead.since > len(stored):  # some of them are no longer kept
+            ahead.drop()
+            return await self.store.learned_event_ids(ahead.ids, now=self.clock())
+        known = await ahead.lookup
+        for _, stored_ids in stored:
+            known.update(i for i in ahead.ids if i in stored_ids)
+        return known
+
+    @staticmethod
+    async def _parse(records: list[Record]) -> dict[int, list[Decoded]]:
+        """Each record's events (by ``id(record)``), giving the event loop a turn every YIELD_EVERY_EVENTS events."""
+        parsed: dict[int, list[Decoded]] = {}
+        since_yield = 0
+        for r in records:
+            parsed[id(r)] = decoded = parse_message(r.value or b"")
+            since_yield += len(decoded)
+            if since_yield >= YIELD_EVERY_EVENTS:
+                since_yield = 0
+                await asyncio.sleep(0)
+        return parsed
 
     @property
     def _active_gate(self) -> QualityGate | None:
@@ -1023,6 +1126,9 @@ class EventProcessor:
             log.exception("checkpoint failed; its events stay unacknowledged and will be retried")
             raise
         self._write_failed = False
+        if self._look_ahead is not None:  # its lookup may have been sent before this was stored (_known_ahead)
+            self._stored_ids.append((self._stored_count, pending.event_ids))
+        self._stored_count += 1
         if self._unrecorded_promotion is write.promotion:
             self._unrecorded_promotion = None
         self.version = version
