@@ -588,13 +588,17 @@ class EventProcessor:
     async def _known_ahead(self, ahead: _LookAhead) -> set[str]:
         """The ids of ``ahead`` learned before it is processed: what its lookup found, and those of the checkpoints
         stored since it was sent (looked up again if more were stored than are kept)."""
+        stored = [(number, ids) for number, ids in self._stored_ids if number >= ahead.since]
+        self._stored_ids.clear()  # (only a look-ahead needs them; the next one starts afresh)
         if ahead.lookup is None:
             return set()
-        stored = [(number, ids) for number, ids in self._stored_ids if number >= ahead.since]
         if self._stored_count - ahead.since > len(stored):  # some of them are no longer kept
             ahead.drop()
             return await self.store.learned_event_ids(ahead.ids, now=self.clock())
-        known = await ahead.lookup
+        try:
+            known = await ahead.lookup
+        except Exception:  # noqa: BLE001 - e.g. Redis was away when it ran: asked again now (raises if it still is)
+            return await self.store.learned_event_ids(ahead.ids, now=self.clock())
         for _, stored_ids in stored:
             known.update(i for i in ahead.ids if i in stored_ids)
         return known
@@ -623,12 +627,12 @@ class EventProcessor:
         """The gate's verdict on each event of a chunk, in order (None: passed, or not an event to gate).
 
         An event already learned, or repeating one that passed earlier in the chunk, is not judged
-        here (:data:`_UNJUDGED`): :meth:`_handle` counts it as a duplicate if that one was learned,
+        here (:data:`_UNJUDGED`): :meth:`_screen` counts it as a duplicate if that one was learned,
         else judges it then. The verdicts on a record's chunks are kept until it is handled, so
-        that a retry of it (after a failure in :meth:`_handle`) does not count its events in the
+        that a retry of it (after a failure in :meth:`_handle_chunk`) does not count its events in the
         gate's windows twice.
         """
-        if self._active_gate is None:  # nothing to judge: every event passes (a repeat is a duplicate in _handle)
+        if self._active_gate is None:  # nothing to judge: every event passes (a repeat is a duplicate in _screen)
             return [None] * len(chunk)
         key = (record.position, start)
         verdicts = self._verdicts_ahead.get(key)
@@ -1325,6 +1329,9 @@ class EventProcessor:
         """Wait for the checkpoint being written (raising its error), then for a whole snapshot being written in the
         background (at shutdown, and in tests)."""
         async with self._lock:
+            if self._look_ahead is not None:  # the agent stopped before the slice it was made for
+                self._look_ahead.drop()
+                self._look_ahead = None
             await self._settle_write()
         task = self._consolidation
         if task is not None:
@@ -1475,7 +1482,7 @@ class EventProcessor:
 
 
 #: The verdict on an event that was a duplicate when its chunk was judged (already learned, or repeating
-#: one that passed earlier in the chunk): _handle decides once it knows whether that one was learned.
+#: one that passed earlier in the chunk): _screen decides once it knows whether that one was learned.
 _UNJUDGED = Hold(DUPLICATE, "not judged: a duplicate when its chunk was judged")
 #: :meth:`EventProcessor._screen`'s answer for an event to learn
 _LEARN = object()

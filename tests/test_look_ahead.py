@@ -42,10 +42,13 @@ class Lookups:
     def __init__(self, store: ModelStore, monkeypatch: pytest.MonkeyPatch) -> None:
         self._lookup = store.learned_event_ids
         self.calls: list[list[str]] = []
+        self.failing: set[int] = set()  # the numbers (from 1) of the calls that fail as if Redis were away
         monkeypatch.setattr(store, "learned_event_ids", self.learned_event_ids)
 
     async def learned_event_ids(self, event_ids: list[str], now: float | None = None) -> set[str]:
         self.calls.append(list(event_ids))
+        if len(self.calls) in self.failing:
+            raise ConnectionError("Redis went away")
         return await self._lookup(event_ids, now=now)
 
 
@@ -137,3 +140,24 @@ async def test_a_retried_slice_does_not_take_the_look_ahead_made_for_the_next(
 
     assert processor.learner.events_learned == 20
     assert [call[0] for call in lookups.calls] == ["e0", "e10", f"e{remaining[0].offset}", "e10"]
+
+
+async def test_a_lookup_that_failed_ahead_is_asked_again(store: ModelStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis was away when the next slice's lookup ran, and is back when that slice is processed: it is asked again
+    then, instead of failing the slice (and backing the agent off) with the old error."""
+    lookups = Lookups(store, monkeypatch)
+    lookups.failing = {2}
+    transport = Transport()
+    processor = transport.processor(store)
+    await processor.start()
+    first = transport.records([_event(k) for k in range(10)])
+    second = transport.records([_event(3), _event(10)])  # e3 again, and a new event
+
+    await processor.process(first, second)
+    await processor.checkpoint()
+    await processor.process(second)
+    await processor.checkpoint()
+
+    assert [call[0] for call in lookups.calls] == ["e0", "e3", "e3"]
+    assert processor.learner.events_learned == 11
+    assert (await store.gate_counts())[DUPLICATE] == 1
