@@ -214,3 +214,44 @@ async def _read_partitions(address: str, topics: list[str], expected: int) -> di
     finally:
         await consumer.stop()
     return found
+
+
+class _YieldingProducer:
+    """A real producer whose ``send_batch`` gives the event loop a few turns first, as a busy one does: a sender
+    filling a batch then waits mid-call, and another caller gets its turn."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self._producer = producer
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._producer, name)
+
+    async def send_batch(self, *args: object, **kwargs: object) -> object:
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return await self._producer.send_batch(*args, **kwargs)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+async def test_two_callers_at_once_take_turns_and_every_letter_is_sent_in_order(broker_endpoint: Endpoint) -> None:
+    """The worker's batch and a checkpoint's write (sending undelivered letters again) may call the sender at the
+    same time. Each call fills and sends its batches whole before the other starts, so no batch is left behind in
+    favour of another one (its letters would wait for a linger of an hour here, and the flush would not send them),
+    and a partition gets the first call's letters, then the second's."""
+    topic = f"dl-two-{uuid.uuid4().hex[:8]}"
+    address = await _topics(broker_endpoint, [NewTopic(topic, 1, 1)])
+    first = [(QUARANTINED, None, json.dumps({"call": 1, "n": n, "pad": "x" * 300}).encode()) for n in range(20)]
+    second = [(QUARANTINED, None, json.dumps({"call": 2, "n": n, "pad": "x" * 300}).encode()) for n in range(20)]
+    async with _producer(address) as started:
+        producer = _YieldingProducer(await started())
+
+        async def yielding() -> AIOKafkaProducer:
+            return producer  # type: ignore[return-value]
+
+        send = DeadLetterSender(yielding, {QUARANTINED: topic}, linger=3600.0, batch_bytes=2048)
+        deliveries = await asyncio.gather(send(first), send(second))
+        await send.flush()
+        assert all(d.done() and d.exception() is None for call in deliveries for d in call)
+    got = (await _read_partitions(address, [topic], len(first) + len(second)))[(topic, 0)]
+    assert got == [value for _, _, value in first + second]
