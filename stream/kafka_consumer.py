@@ -34,6 +34,14 @@ came again, cycle after cycle: busy 49% of the time, 6,800 ev/s (the ingest benc
 buffer full waits for room (as it already did), so the fetcher fetches nothing more meanwhile (aiokafka does not
 fetch a partition whose fetched records were not taken), and the buffer stays the bound on what is held. Measured
 the same way: busy 84-88%, 11,800-12,900 ev/s.
+
+Waiting for room message by message was itself a cost: Faust's conductor hands a message that finds the buffer full
+to a task of its own and waits for it (``asyncio.ensure_future`` and ``asyncio.wait``), and while the stream took
+one message at a time from a full buffer, nearly every delivery went that way. So once the buffer is under pressure
+(Faust calls ``on_buffer_full`` at 80%), the delivery loop waits until it is down to 40% (``on_buffer_drop``), or
+until a rebalance suspends the flow, and then delivers the next messages straight into the buffer. Measured the same
+way (one event per message, gate off, alternating): 55-61 µs of CPU per event instead of 71-72, 13,700-14,900 ev/s
+instead of 12,000-12,300.
 """
 
 from __future__ import annotations
@@ -76,11 +84,34 @@ FAUST_DRAIN_MESSAGES_SHA256 = "44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2ba
 class DirectDeliveryConsumer(faust_aiokafka.Consumer):
     """Faust's consumer, delivering a message without ``wait_first`` when nothing makes the delivery wait at its
     start (the module docstring says when, and why a delivery waiting later is still abandoned on a rebalance), and
-    keeping a partition in the fetch when the stream's buffer is full."""
+    keeping a partition in the fetch when the stream's buffer is full: its deliveries wait for the buffer to drain
+    instead."""
+
+    _room: asyncio.Event | None = None  # made on first use, in the consumer's event loop
+    _pressed: set[Any] | None = None  # partitions whose stream buffer is under pressure
 
     def on_buffer_full(self, tp: Any) -> None:
-        """The partition stays in the fetch (the module docstring says why): the delivery that found the stream's
-        buffer full waits for room instead."""
+        """The partition stays in the fetch (the module docstring says why); the delivery of the next messages waits
+        until the buffer is down to 40% (:meth:`on_buffer_drop`) instead."""
+        self._room_event().clear()
+        self._pressed_partitions().add(tp)
+
+    def on_buffer_drop(self, tp: Any) -> None:
+        pressed = self._pressed_partitions()
+        pressed.discard(tp)
+        if not pressed:
+            self._room_event().set()
+
+    def _room_event(self) -> asyncio.Event:
+        if self._room is None:
+            self._room = asyncio.Event()
+            self._room.set()
+        return self._room
+
+    def _pressed_partitions(self) -> set[Any]:
+        if self._pressed is None:
+            self._pressed = set()
+        return self._pressed
 
     async def _drain_messages(self, fetcher: ServiceT) -> None:
         # Faust's Consumer._drain_messages (FAUST_DRAIN_MESSAGES_SHA256), but for the delivery of a message.
@@ -104,6 +135,7 @@ class DirectDeliveryConsumer(faust_aiokafka.Consumer):
         yield_every = 100
         num_since_yield = 0
         sleep = asyncio.sleep
+        room = self._room_event()  # a stream buffer under pressure: wait for it to drain (see on_buffer_full)
 
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
@@ -133,6 +165,8 @@ class DirectDeliveryConsumer(faust_aiokafka.Consumer):
                                 if self._n_acked >= commit_every:
                                     self._n_acked = 0
                                     await self.commit()
+                            if not room.is_set() and not suspended():  # the change: see the module docstring
+                                await self.wait_first(room.wait(), self.suspend_flow.wait())
                             if suspended() or consumer_should_stop() or crashed() or not flow_active() or subscribing():
                                 await self.wait_first(callback(message), self.suspend_flow.wait())
                             else:  # the change: no tasks per message (see the module docstring)

@@ -56,3 +56,23 @@ def test_a_full_stream_buffer_leaves_the_partition_in_the_fetch() -> None:
     assert consumer._get_active_partitions() == {full, other}
     FaustConsumer.on_buffer_full(consumer, full)  # what Faust's own consumer does
     assert consumer._get_active_partitions() == {other}
+
+
+async def test_deliveries_wait_while_a_stream_buffer_is_under_pressure_until_it_drains() -> None:
+    """Faust calls on_buffer_full at 80% of a stream's buffer and on_buffer_drop at 40% (per partition): between them
+    the delivery loop waits (``_room``), so that the next messages go straight into the buffer instead of each
+    through Faust's path for a full one (a task and an ``asyncio.wait`` per message)."""
+    app, _ = create_app(Settings(broker_url="kafka://127.0.0.1:1"))
+    consumer = app.consumer
+    room = consumer._room_event()
+    first, second = TP("events", 0), TP("events", 1)
+    assert room.is_set()
+    consumer.on_buffer_full(first)
+    consumer.on_buffer_full(second)
+    assert not room.is_set()
+    consumer.on_buffer_drop(first)
+    assert not room.is_set()  # the other partition's buffer is still under pressure
+    consumer.on_buffer_drop(second)
+    assert room.is_set()
+    consumer.on_buffer_drop(second)  # a drop without a full before it (Faust's own order of callbacks) changes nothing
+    assert room.is_set()

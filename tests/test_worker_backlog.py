@@ -67,3 +67,24 @@ def test_a_backlog_taken_at_once_is_checkpointed_slice_by_slice(
     # their metadata says which version each delta was made against (measured: 19 of the 40).
     metas = [json.loads(redis.hget(keys.version(v), "meta")) for v in versions]
     assert any("consolidated_from" in meta for meta in metas), metas
+
+
+def test_a_backlog_of_one_event_messages_past_the_stream_buffer_is_learned_once(
+    service_env: dict[str, str], processes: list[local_services.LocalService], checkpoints: CheckpointReader
+) -> None:
+    """8,000 one-event messages, about twice the stream's buffer (4,096 messages): the worker's consumer holds its
+    deliveries while the buffer is under pressure and resumes them once it has drained (stream.kafka_consumer), so
+    the backlog is learned whole, each event once, without stalling."""
+    env = {**service_env, **COUNTABLE_GATE_ENV}
+    create_topics(env)
+    total = 8_000
+    events = [
+        {"event_id": f"o{n}", "user_id": f"u{n % 300}", "item_id": f"v{n * 7 % 900}", "type": "like", "ts": iso(n / 10)}
+        for n in range(total)
+    ]
+    backlog = [(e["user_id"].encode(), json.dumps(e).encode()) for e in events]
+    produce(env["RECSTREAM_BROKER_URL"], env["RECSTREAM_TOPIC_EVENTS"], backlog)  # before the worker starts
+    worker = local_services.start_worker(env)
+    processes.append(worker)
+    wait_for(lambda: checkpoints.learned() == total, 90, f"the worker to learn the backlog (log: {worker.log_path})")
+    assert checkpoints.learned() == total
