@@ -118,6 +118,11 @@ CHECKPOINT_SPACING = Gauge(
     "debt, at most 30 s (when above 0 for long, the model's size, not RECSTREAM_CHECKPOINT_INTERVAL_SECONDS, sets "
     "how fresh recommendations are).",
 )
+STREAM_BUFFER_WAITS = Counter(
+    "recstream_stream_buffer_waits_total",
+    "Times the worker's fetch loop waited for the stream's buffer to drain from 80% to 40% (a backlog: the worker "
+    "is taking events as fast as it can).",
+)
 HEAP_TRIMS = Counter(
     "recstream_worker_heap_trims_total",
     "Times the worker gave freed heap memory back to the OS after a checkpoint (at most every 5 s).",

@@ -54,6 +54,8 @@ from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode import Service, ServiceT
 
+from recstream import metrics
+
 
 def use_fetch_limits(app: faust.App, seconds: float, min_bytes: int) -> None:
     """Make ``app``'s consumer ask the broker to answer a fetch once it has ``min_bytes`` for it, or within
@@ -93,7 +95,10 @@ class DirectDeliveryConsumer(faust_aiokafka.Consumer):
     def on_buffer_full(self, tp: Any) -> None:
         """The partition stays in the fetch (the module docstring says why); the delivery of the next messages waits
         until the buffer is down to 40% (:meth:`on_buffer_drop`) instead."""
-        self._room_event().clear()
+        room = self._room_event()
+        if room.is_set():
+            metrics.STREAM_BUFFER_WAITS.inc()
+        room.clear()
         self._pressed_partitions().add(tp)
 
     def on_buffer_drop(self, tp: Any) -> None:
@@ -101,6 +106,13 @@ class DirectDeliveryConsumer(faust_aiokafka.Consumer):
         pressed.discard(tp)
         if not pressed:
             self._room_event().set()
+
+    def _release_room(self) -> None:
+        """Nothing is under pressure any more: a rebalance cleared the stream buffers. (Their drop callbacks fire at the
+        stream's next take from an empty buffer in this worker, whose one agent keeps its stream; this does not
+        depend on it.)"""
+        self._pressed_partitions().clear()
+        self._room_event().set()
 
     def _room_event(self) -> asyncio.Event:
         if self._room is None:
@@ -165,8 +177,11 @@ class DirectDeliveryConsumer(faust_aiokafka.Consumer):
                                 if self._n_acked >= commit_every:
                                     self._n_acked = 0
                                     await self.commit()
-                            if not room.is_set() and not suspended():  # the change: see the module docstring
-                                await self.wait_first(room.wait(), self.suspend_flow.wait())
+                            if not room.is_set():  # the change: see the module docstring
+                                if not suspended():
+                                    await self.wait_first(room.wait(), self.suspend_flow.wait())
+                                if suspended():
+                                    self._release_room()
                             if suspended() or consumer_should_stop() or crashed() or not flow_active() or subscribing():
                                 await self.wait_first(callback(message), self.suspend_flow.wait())
                             else:  # the change: no tasks per message (see the module docstring)

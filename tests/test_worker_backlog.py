@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 
 from recstream import local_services
@@ -75,7 +76,7 @@ def test_a_backlog_of_one_event_messages_past_the_stream_buffer_is_learned_once(
     """8,000 one-event messages, about twice the stream's buffer (4,096 messages): the worker's consumer holds its
     deliveries while the buffer is under pressure and resumes them once it has drained (stream.kafka_consumer), so
     the backlog is learned whole, each event once, without stalling."""
-    env = {**service_env, **COUNTABLE_GATE_ENV}
+    env = {**service_env, **COUNTABLE_GATE_ENV, "RECSTREAM_WORKER_METRICS_PORT": str(local_services.free_port())}
     create_topics(env)
     total = 8_000
     events = [
@@ -88,3 +89,7 @@ def test_a_backlog_of_one_event_messages_past_the_stream_buffer_is_learned_once(
     processes.append(worker)
     wait_for(lambda: checkpoints.learned() == total, 90, f"the worker to learn the backlog (log: {worker.log_path})")
     assert checkpoints.learned() == total
+    metrics = httpx.get(f"http://127.0.0.1:{env['RECSTREAM_WORKER_METRICS_PORT']}/metrics").text
+    name = "recstream_stream_buffer_waits_total "
+    waits = [float(line[len(name) :]) for line in metrics.splitlines() if line.startswith(name)]
+    assert waits and waits[0] >= 1  # the buffer was under pressure, and the consumer waited for it to drain
