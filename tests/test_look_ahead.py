@@ -52,6 +52,14 @@ class Lookups:
         return await self._lookup(event_ids, now=now)
 
 
+async def _started(store: ModelStore) -> tuple[EventProcessor, Transport]:
+    """A started processor of the default model on ``store``, and its transport."""
+    transport = Transport()
+    processor = transport.processor(store)
+    await processor.start()
+    return processor, transport
+
+
 async def _lookup_answered(processor: EventProcessor) -> None:
     """Wait (bounded) until the look-ahead's lookup has its answer from Redis."""
     looked = processor._look_ahead
@@ -63,9 +71,7 @@ async def test_the_next_slices_ids_are_looked_up_while_this_one_is_learned(
     store: ModelStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     lookups = Lookups(store, monkeypatch)
-    transport = Transport()
-    processor = transport.processor(store)
-    await processor.start()
+    processor, transport = await _started(store)
     first, second = (
         transport.records([_event(k) for k in range(30)]),
         transport.records([_event(k) for k in range(30, 60)]),
@@ -88,9 +94,7 @@ async def test_an_event_stored_after_the_lookup_ran_is_still_a_duplicate(
     checkpoint was stored, so Redis did not have the event then; the checkpoint's ids are kept for that lookup,
     or (``kept=0``: none can be) the slice's ids are looked up again."""
     lookups = Lookups(store, monkeypatch)
-    transport = Transport()
-    processor = transport.processor(store)
-    await processor.start()
+    processor, transport = await _started(store)
     if kept is not None:
         processor._stored_ids = deque(maxlen=kept)
     first = transport.records([_event(k) for k in range(20)])
@@ -113,9 +117,7 @@ async def test_a_retried_slice_does_not_take_the_look_ahead_made_for_the_next(
     """After a failure the agent retries the records not handled yet, with the same next slice: the retry decodes
     and looks its own records up, and the next slice is looked up again."""
     lookups = Lookups(store, monkeypatch)
-    transport = Transport()
-    processor = transport.processor(store)
-    await processor.start()
+    processor, transport = await _started(store)
     first, second = (
         transport.records([_event(k) for k in range(10)]),
         transport.records([_event(k) for k in range(10, 20)]),
@@ -147,9 +149,7 @@ async def test_a_lookup_that_failed_ahead_is_asked_again(store: ModelStore, monk
     then, instead of failing the slice (and backing the agent off) with the old error."""
     lookups = Lookups(store, monkeypatch)
     lookups.failing = {2}
-    transport = Transport()
-    processor = transport.processor(store)
-    await processor.start()
+    processor, transport = await _started(store)
     first = transport.records([_event(k) for k in range(10)])
     second = transport.records([_event(3), _event(10)])  # e3 again, and a new event
 
