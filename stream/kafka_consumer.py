@@ -89,41 +89,31 @@ class DirectDeliveryConsumer(faust_aiokafka.Consumer):
     keeping a partition in the fetch when the stream's buffer is full: its deliveries wait for the buffer to drain
     instead."""
 
-    _room: asyncio.Event | None = None  # made on first use, in the consumer's event loop
-    _pressed: set[Any] | None = None  # partitions whose stream buffer is under pressure
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._room = asyncio.Event()  # set: no stream buffer is under pressure (bound to a loop on first wait)
+        self._room.set()
+        self._pressed: set[Any] = set()  # partitions whose stream buffer is under pressure
 
     def on_buffer_full(self, tp: Any) -> None:
         """The partition stays in the fetch (the module docstring says why); the delivery of the next messages waits
         until the buffer is down to 40% (:meth:`on_buffer_drop`) instead."""
-        room = self._room_event()
-        if room.is_set():
+        if self._room.is_set():
             metrics.STREAM_BUFFER_WAITS.inc()
-        room.clear()
-        self._pressed_partitions().add(tp)
+        self._room.clear()
+        self._pressed.add(tp)
 
     def on_buffer_drop(self, tp: Any) -> None:
-        pressed = self._pressed_partitions()
-        pressed.discard(tp)
-        if not pressed:
-            self._room_event().set()
+        self._pressed.discard(tp)
+        if not self._pressed:
+            self._room.set()
 
     def _release_room(self) -> None:
         """Nothing is under pressure any more: a rebalance cleared the stream buffers. (Their drop callbacks fire at the
         stream's next take from an empty buffer in this worker, whose one agent keeps its stream; this does not
         depend on it.)"""
-        self._pressed_partitions().clear()
-        self._room_event().set()
-
-    def _room_event(self) -> asyncio.Event:
-        if self._room is None:
-            self._room = asyncio.Event()
-            self._room.set()
-        return self._room
-
-    def _pressed_partitions(self) -> set[Any]:
-        if self._pressed is None:
-            self._pressed = set()
-        return self._pressed
+        self._pressed.clear()
+        self._room.set()
 
     async def _drain_messages(self, fetcher: ServiceT) -> None:
         # Faust's Consumer._drain_messages (FAUST_DRAIN_MESSAGES_SHA256), but for the delivery of a message.
@@ -147,7 +137,7 @@ class DirectDeliveryConsumer(faust_aiokafka.Consumer):
         yield_every = 100
         num_since_yield = 0
         sleep = asyncio.sleep
-        room = self._room_event()  # a stream buffer under pressure: wait for it to drain (see on_buffer_full)
+        room = self._room  # a stream buffer under pressure: wait for it to drain (see on_buffer_full)
 
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):

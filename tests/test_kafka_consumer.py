@@ -64,7 +64,7 @@ async def test_deliveries_wait_while_a_stream_buffer_is_under_pressure_until_it_
     through Faust's path for a full one (a task and an ``asyncio.wait`` per message)."""
     app, _ = create_app(Settings(broker_url="kafka://127.0.0.1:1"))
     consumer = app.consumer
-    room = consumer._room_event()
+    room = consumer._room
     first, second = TP("events", 0), TP("events", 1)
     assert room.is_set()
     consumer.on_buffer_full(first)
