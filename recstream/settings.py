@@ -125,6 +125,13 @@ class Settings(_gate_settings()):  # type: ignore[misc]
     checkpoint_interval_seconds: float = Field(
         0.5, gt=0, description="…or after this many seconds, whichever comes first."
     )
+    checkpoint_idle_seconds: float = Field(
+        0.1,
+        ge=0,
+        description="…or once the worker has taken nothing for this many seconds after a batch, so the end of a burst "
+        "(or a lone event) is served without waiting out the interval; a trickle of messages further apart than this "
+        "gets a version each (0: off).",
+    )
     checkpoint_share: float = Field(
         0.5,
         gt=0,

@@ -265,6 +265,22 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
         # own.
         await retry_until_done(lambda: checkpoint(wait=False), backoff, "checkpoint", "checkpoint")
 
+    async def checkpoint_if_due(idle: bool, what: str) -> None:
+        # While the agent retries (stalled on a batch), it owns the schedule; otherwise a checkpoint that is due is
+        # written here, and one that fails backs off the same way.
+        if processor.ready and not backoff.retrying and backoff.ready() and processor.checkpoint_due(idle=idle):
+            try:
+                await checkpoint()
+            except Exception as exc:  # noqa: BLE001 - logged by the processor too; back off
+                _log_failure(backoff, what, "checkpoint", exc)
+            else:
+                _log_recovery(backoff, what)
+
+    async def checkpoint_when_quiet() -> None:
+        # The stream delivered nothing for checkpoint_idle_seconds after a batch: save what is pending now rather
+        # than after the rest of the interval (the take loop awaits this between batches).
+        await checkpoint_if_due(True, "quiet checkpoint")
+
     @app.agent(events_topic, name="learn")
     async def learn(stream: faust.StreamT) -> None:
         if not processor.ready:
@@ -274,7 +290,13 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
         with contextlib.suppress(KeyError):
             app.sensors.remove(app.monitor)
         try:
-            async for batch in take_ready(stream, settings.batch_max_events, TAKE_LINGER_SECONDS):
+            async for batch in take_ready(
+                stream,
+                settings.batch_max_events,
+                TAKE_LINGER_SECONDS,
+                on_idle=checkpoint_when_quiet if settings.checkpoint_idle_seconds > 0 else None,
+                idle_seconds=settings.checkpoint_idle_seconds,
+            ):
                 records = []
                 for event in batch:
                     event.message.incref()  # released by processor.checkpoint()
@@ -305,15 +327,7 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
     # that arrive between batches wait at most the interval plus a tick (not up to two intervals).
     @app.timer(interval=min(settings.checkpoint_interval_seconds / 5, IDLE_TICK_MAX_SECONDS))
     async def checkpoint_when_idle() -> None:
-        # While the agent retries (stalled on a batch), it owns the schedule; when it is idle the timer
-        # checkpoints, and backs off the same way if that fails.
-        if processor.ready and not backoff.retrying and backoff.ready() and processor.checkpoint_due():
-            try:
-                await checkpoint()
-            except Exception as exc:  # noqa: BLE001 - logged by the processor too; back off
-                _log_failure(backoff, "idle checkpoint", "checkpoint", exc)
-            else:
-                _log_recovery(backoff, "idle checkpoint")
+        await checkpoint_if_due(False, "idle checkpoint")
         _export_lag(app, processor, settings.topic_events)
 
     @app.on_before_shutdown.connect

@@ -882,9 +882,10 @@ class EventProcessor:
             raise ValueError("checkpoint_share must be in (0, 1]")
         self.checkpoint_budget.share = share
 
-    def checkpoint_due(self) -> bool:
+    def checkpoint_due(self, idle: bool = False) -> bool:
         """Records are pending and either ``checkpoint_every_events`` were learned or ``checkpoint_interval_seconds``
-        passed since the last checkpoint; in both cases only while checkpoints are within their time budget:
+        passed since the last checkpoint (or, with ``idle``, the stream went quiet: the worker has nothing else to
+        do); in all cases only while checkpoints are within their time budget:
         ``checkpoint_share`` of the time, with up to ``CHECKPOINT_BANK_SECONDS`` banked, so a long checkpoint is
         paid from what short ones left unused, and else defers the next (by at most
         ``MAX_CHECKPOINT_SPACING_SECONDS`` after it ended). So as the model grows, checkpoints get longer and then
@@ -901,7 +902,8 @@ class EventProcessor:
             return False
         now = time.monotonic()
         return (
-            pending.learned_since >= self.checkpoint_every_events
+            idle
+            or pending.learned_since >= self.checkpoint_every_events
             or now - self._last_checkpoint >= self.checkpoint_interval_seconds
         )
 

@@ -13,6 +13,9 @@ the messages delivered meanwhile (the fetches that came in) go out together at o
 batch waits ``linger`` for company. The broker's fetch limits (``RECSTREAM_BROKER_FETCH_*``,
 :mod:`stream.kafka_consumer`) already gather a fetch's worth, so the linger can be short.
 
+With ``on_idle``, a quiet spell after a batch (nothing delivered for ``idle_seconds``) is reported once, between
+batches: the worker checkpoints the end of a burst then, instead of after the rest of its checkpoint interval.
+
 It is Faust's ``take_events`` (faust-streaming 0.15.3, ``FAUST_TAKE_EVENTS_SHA256``) with that rule for when a batch
 is ready: the same processor on the stream, the same passive drain, the same strict ``max_``, events acknowledged
 after their batch is consumed. tests/test_take.py fails when the installed Faust's ``take_events`` differs, so an
@@ -24,7 +27,7 @@ how batches form on Faust's own stream, not by source.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from faust.types import EventT, StreamT
@@ -40,16 +43,32 @@ DRAIN_WAIT_SECONDS = 0.05
 IDLE_WAIT_SECONDS = 1.0
 
 
-def take_ready(stream: StreamT, max_: int, linger: float) -> AsyncGenerator[list[EventT], None]:
-    """Batches of at most ``max_`` events (module doc says when one is ready); like ``stream.take_events``."""
-    agen = _take_ready(stream, max_, linger)
+def take_ready(
+    stream: StreamT,
+    max_: int,
+    linger: float,
+    on_idle: Callable[[], Awaitable[None]] | None = None,
+    idle_seconds: float = 0.0,
+) -> AsyncGenerator[list[EventT], None]:
+    """Batches of at most ``max_`` events (module doc says when one is ready); like ``stream.take_events``.
+
+    With ``on_idle``, once the stream has delivered nothing for ``idle_seconds`` after a batch, it is awaited (once
+    per quiet spell, between batches: the worker checkpoints the end of a burst then). It must not raise.
+    """
+    agen = _take_ready(stream, max_, linger, on_idle, idle_seconds)
     active = getattr(stream, "_active_agens", None)
     if active is not None:  # Faust closes the generators it tracks when the stream stops (as for take_events)
         active.add(agen)
     return agen
 
 
-async def _take_ready(stream: Any, max_: int, linger: float) -> AsyncGenerator[list[EventT], None]:
+async def _take_ready(
+    stream: Any,
+    max_: int,
+    linger: float,
+    on_idle: Callable[[], Awaitable[None]] | None,
+    idle_seconds: float,
+) -> AsyncGenerator[list[EventT], None]:
     loop = asyncio.get_running_loop()
     events: list[EventT] = []
     first_at = 0.0  # when the buffered batch's first message reached the stream
@@ -59,6 +78,7 @@ async def _take_ready(stream: Any, max_: int, linger: float) -> AsyncGenerator[l
     drained = asyncio.Event()  # the stream has taken every message delivered to it, or the buffer is full
     consumed = asyncio.Event()
     consuming: asyncio.Future[None] | None = None
+    quiet_owed = False  # a batch was yielded since on_idle last ran
     channel_it = aiter(stream.channel)
     queue = getattr(stream.channel, "queue", None)  # messages delivered to the stream, not taken yet
     delivered_all = queue.empty if queue is not None else lambda: True
@@ -103,6 +123,12 @@ async def _take_ready(stream: Any, max_: int, linger: float) -> AsyncGenerator[l
         while not stream.should_stop:
             if not events:
                 started.clear()
+                if quiet_owed and on_idle is not None:
+                    await stream.wait_for_stopped(started, timeout=idle_seconds)
+                    if not started.is_set() and not stream.should_stop:
+                        quiet_owed = False
+                        await on_idle()  # messages delivered meanwhile are buffered, as while a batch is processed
+                    continue
                 await stream.wait_for_stopped(started, timeout=IDLE_WAIT_SECONDS)
                 continue
             if not full.is_set():
@@ -114,6 +140,7 @@ async def _take_ready(stream: Any, max_: int, linger: float) -> AsyncGenerator[l
                     await stream.wait_for_stopped(drained, timeout=DRAIN_WAIT_SECONDS)
             consuming = loop.create_future()  # the stream adds nothing while the batch is consumed
             waiting_since = None if delivered_all() else loop.time()
+            quiet_owed = True
             try:
                 yield list(events)
             finally:

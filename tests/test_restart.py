@@ -42,6 +42,7 @@ def test_restart_mid_stream_learns_every_event_exactly_once(
         "RECSTREAM_CHECKPOINT_EVERY_EVENTS": "1000000",
         "RECSTREAM_CHECKPOINT_INTERVAL_SECONDS": "2",
         "RECSTREAM_BATCH_MAX_EVENTS": "100",
+        "RECSTREAM_CHECKPOINT_IDLE_SECONDS": "0",  # the stream is paced: no checkpoint in its pauses either
     }
     broker, topic = env["RECSTREAM_BROKER_URL"], env["RECSTREAM_TOPIC_EVENTS"]
     checkpoints = CheckpointReader(env["RECSTREAM_REDIS_URL"], env["RECSTREAM_REDIS_PREFIX"])

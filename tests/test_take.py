@@ -11,7 +11,8 @@ import contextlib
 import hashlib
 import inspect
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import Any
 
 import faust
 import pytest
@@ -41,11 +42,11 @@ def _values(batch: list) -> list[int]:
 
 @contextlib.asynccontextmanager
 async def _taking(
-    max_: int, linger: float
+    max_: int, linger: float, **kwargs: Any
 ) -> AsyncIterator[tuple[faust.ChannelT, faust.StreamT, AsyncGenerator[list, None]]]:
     """A stream over an in-memory channel, and ``take_ready``'s batches of it; both closed at the end."""
     channel, stream = await _stream()
-    batches = take_ready(stream, max_, linger)
+    batches = take_ready(stream, max_, linger, **kwargs)
     try:
         yield channel, stream, batches
     finally:
@@ -131,3 +132,58 @@ def test_take_ready_follows_the_installed_fausts_take_events() -> None:
     # fails here, so that its changes are brought into the copy
     source = inspect.getsource(inspect.unwrap(Stream.take_events))
     assert hashlib.sha256(source.encode()).hexdigest() == FAUST_TAKE_EVENTS_SHA256
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_quiet_spell_after_a_batch_calls_on_idle_once() -> None:
+    calls: list[float] = []
+
+    async def on_idle() -> None:
+        calls.append(time.monotonic())
+
+    async with _taking(100, 0.0, on_idle=on_idle, idle_seconds=0.2) as (channel, _, batches):
+        first = asyncio.ensure_future(anext(batches))
+        await asyncio.sleep(0.6)
+        assert calls == []  # no batch yet: nothing to save, however long it is quiet
+        await _send(channel, range(2))
+        assert _values(await asyncio.wait_for(first, 30)) == [0, 1]
+        asked = time.monotonic()
+        second = asyncio.ensure_future(anext(batches))
+        await _until(lambda: len(calls) == 1)
+        assert calls[0] - asked >= 0.2  # after the quiet spell, not before
+        await asyncio.sleep(0.6)
+        assert len(calls) == 1  # once a spell: a quiet stream is not checkpointed over and over
+        await _send(channel, range(2, 3))
+        assert _values(await asyncio.wait_for(second, 30)) == [2]
+        third = asyncio.ensure_future(anext(batches))
+        await _until(lambda: len(calls) == 2)  # the next batch's spell has its own call
+        third.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await third
+
+
+async def test_messages_closer_than_the_idle_time_never_call_on_idle() -> None:
+    calls = 0
+
+    async def on_idle() -> None:
+        nonlocal calls
+        calls += 1
+
+    async with _taking(100, 0.0, on_idle=on_idle, idle_seconds=0.5) as (channel, _, batches):
+        for value in range(8):  # a message every ~0.1 s, each a batch of its own
+            taking = asyncio.ensure_future(anext(batches))
+            await _send(channel, range(value, value + 1))
+            assert _values(await asyncio.wait_for(taking, 30)) == [value]
+            await asyncio.sleep(0.1)
+        assert calls == 0
+        last = asyncio.ensure_future(anext(batches))
+        await _until(lambda: calls == 1)  # then the stream goes quiet
+        last.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await last
