@@ -22,6 +22,7 @@ from api.model_holder import ModelHolder
 from api.producer import EventProducer
 from api.rate_limit import RateLimiter
 from api.routes import dashboard, events, gate, health, models, recommendations, stats
+from api.seen_cache import SeenCache
 from recstream import components, metrics
 from recstream.events import Event
 from recstream.gc_tuning import freeze_startup_objects
@@ -77,7 +78,10 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = components.redis_client(settings)
         store = components.model_store(settings, redis)
-        models = ModelHolder(store, poll_seconds=settings.model_poll_seconds, load_share=settings.model_load_share)
+        seen = SeenCache(store, settings.api_seen_cache_items)
+        models = ModelHolder(
+            store, poll_seconds=settings.model_poll_seconds, load_share=settings.model_load_share, seen=seen
+        )
         producer = EventProducer(
             components.bootstrap_servers(settings),
             settings.topic_events,
@@ -86,7 +90,14 @@ def create_app(settings: Settings) -> FastAPI:
         )
         limiter = RateLimiter(TokenBuckets(redis, Keys(settings.redis_prefix)), settings)
         app.state.recstream = ApiState(
-            settings=settings, redis=redis, store=store, models=models, producer=producer, keys=keys, limiter=limiter
+            settings=settings,
+            redis=redis,
+            store=store,
+            models=models,
+            producer=producer,
+            keys=keys,
+            limiter=limiter,
+            seen=seen,
         )
         components.log_ranking_loops(log)
         freeze_startup_objects()  # before the first model: full collections then skip the imports (gc_tuning)

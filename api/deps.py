@@ -16,6 +16,7 @@ from api.model_holder import ModelHolder
 from api.producer import EventProducer
 from api.rate_limit import RateLimiter
 from api.redis_breaker import RedisBreaker
+from api.seen_cache import SeenCache
 from recstream.settings import Scope, Settings
 from store.model_store import ModelStore
 
@@ -31,6 +32,7 @@ class ApiState:
     producer: EventProducer
     keys: KeyRing
     limiter: RateLimiter
+    seen: SeenCache
     #: Optional Redis reads on the request path (seen sets) go through it, so a Redis outage degrades
     #: them at once instead of costing every request a timeout.
     redis_breaker: RedisBreaker = field(default_factory=RedisBreaker)

@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
+from api.seen_cache import SeenCache
 from learner import cooccurrence_delta
 from learner.codec import CodecError
 from learner.id_index import reusing
@@ -61,6 +62,7 @@ class ModelHolder:
         load_share: float = 0.2,
         clock: Callable[[], float] = time.monotonic,
         loader: Callable[[bytes, int], ServingModel] = ServingModel.from_bytes,
+        seen: SeenCache | None = None,
     ) -> None:
         if not 0 < load_share <= 1:
             raise ValueError("load_share must be in (0, 1]")
@@ -68,6 +70,7 @@ class ModelHolder:
         self.poll_seconds = poll_seconds
         self._clock = clock
         self._loader = loader
+        self.seen = seen  # synced with the seen log at every refresh, before the model (api/seen_cache.py)
         self._load_budget = ShareBudget(load_share, cap_seconds=LOAD_BANK_SECONDS, clock=clock)  # see the module doc
         self._newest_loaded = 0  # the newest version this process has loaded: anything newer is a new checkpoint
         self.model: ServingModel | None = None
@@ -84,6 +87,8 @@ class ModelHolder:
             await self._refresh()
 
     async def _refresh(self) -> None:
+        if self.seen is not None:
+            await self.seen.sync()
         version = await self.store.current_version()
         if not self.redis_ok and self._was_unreachable:
             log.warning("Redis is reachable again: model refresh resumed")

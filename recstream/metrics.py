@@ -159,6 +159,14 @@ REQUEST_SECONDS = Histogram(
 RECOMMENDATIONS_SERVED = Counter(
     "recstream_recommendations_served_total", "Recommendation lists served, by source.", ["source"]
 )
+SEEN_CACHE_LOOKUPS = Counter(
+    "recstream_api_seen_cache_lookups_total",
+    "Seen sets a recommendation needed, by whether the API process held it (hit) or read it from Redis (miss).",
+    ["result"],
+)
+SEEN_CACHE_USERS = Gauge(
+    "recstream_api_seen_cache_users", "Users whose seen sets the API process holds (RECSTREAM_API_SEEN_CACHE_ITEMS)."
+)
 RECOMMENDATIONS_DEGRADED = Counter(
     "recstream_recommendations_degraded_total",
     "Recommendation lists served without excluding seen items because Redis was unreachable (degraded: true).",

@@ -247,6 +247,13 @@ class Settings(_gate_settings()):  # type: ignore[misc]
     model_poll_seconds: float = Field(
         1.0, gt=0, description="How often the API also polls for a new model version (besides pub/sub)."
     )
+    api_seen_cache_items: int = Field(
+        1_000_000,
+        ge=0,
+        description="Seen items an API process holds in memory (LRU by user; ~100 B an item): a user's seen set is "
+        "read from Redis on their first request, then kept current from each checkpoint's additions (the seen log), "
+        "so recommendations do not wait on Redis for it (0: read it on every request).",
+    )
     model_load_share: float = Field(
         0.2,
         gt=0,

@@ -67,6 +67,13 @@ class Keys:
         """Set of item ids the user has interacted with (never recommended to them again)."""
         return f"{self.prefix}:seen:{user_id}"
 
+    @property
+    def seen_log(self) -> str:
+        """Stream of the seen-set additions, one entry per checkpoint (field ``lines``: ``user item item ...`` per
+        line), capped at about ``store.model_store.SEEN_LOG_ENTRIES``: API processes keep the seen sets they serve
+        current from it (api/seen_cache.py)."""
+        return f"{self.prefix}:seen-log"
+
     def dedupe(self, bucket: int) -> str:
         """Set of event ids learned during one time bucket (expires after the retention window)."""
         return f"{self.dedupe_prefix}{bucket}"

@@ -77,8 +77,13 @@ class Snapshot:
 #: Values longer than this go to the socket on their own in a bulk client's commands (redis-py's default).
 BULK_BUFFER_CUTOFF = 6000
 
+#: Entries the seen log keeps (about: trimmed with ``MAXLEN ~``): an API process that falls further behind
+#: forgets the seen sets it holds and reads them again (api/seen_cache.py).
+SEEN_LOG_ENTRIES = 256
+
 #: Adds many users' seen items in one command. ARGV[1]: the seen-key prefix; ARGV[2]: one line per
-#: user, ``user item item ...`` (ids never contain white space: recstream.events.ID_PATTERN).
+#: user, ``user item item ...`` (ids never contain white space: recstream.events.ID_PATTERN);
+#: ARGV[3]: the seen log, to which the same lines are appended as one entry; ARGV[4]: its length.
 #: One command instead of one SADD per user keeps the client's encoding cost per checkpoint small.
 SEEN_ADD = r"""
 local prefix = ARGV[1]
@@ -92,6 +97,7 @@ for line in string.gmatch(ARGV[2], "[^\n]+") do
     redis.call("SADD", prefix .. user, unpack(items, i, math.min(i + 3999, #items)))
   end
 end
+redis.call("XADD", ARGV[3], "MAXLEN", "~", ARGV[4], "*", "lines", ARGV[2])
 return 0
 """
 
@@ -376,7 +382,7 @@ class ModelStore:
                     pipe.hset(keys.offsets, mapping={offset_field(t, p): o for (t, p), o in offsets.items()})
                 lines = "\n".join(f"{user} {' '.join(items)}" for user, items in seen.items() if items)
                 if lines:
-                    pipe.eval(SEEN_ADD, 0, keys.seen(""), lines)
+                    pipe.eval(SEEN_ADD, 0, keys.seen(""), lines, keys.seen_log, SEEN_LOG_ENTRIES)
                 if event_ids:
                     bucket_key = keys.dedupe(self._bucket(now))
                     ttl = int(self.dedupe_retention_seconds + 2 * self.dedupe_bucket_seconds)
@@ -577,3 +583,28 @@ class ModelStore:
     async def seen(self, user_id: str) -> set[str]:
         members = await self.redis.smembers(self.keys.seen(user_id))
         return {m.decode() for m in members}
+
+    async def seen_additions(self, after: str | None) -> tuple[str, list[str] | None]:
+        """The seen log's entries after the entry ``after`` (None: from now on): ``(the newest entry's id, their
+        lines in order)``; the lines are None when some entry after ``after`` may be gone (trimmed off the log, or the
+        log deleted), so what was built from the log before cannot be kept current. Ids ``"0-0"``: an empty log."""
+        key = self.keys.seen_log
+        async with self.redis.pipeline(transaction=True) as pipe:  # one snapshot of the log
+            pipe.xrange(key, "-", "+", count=1)
+            pipe.xrevrange(key, "+", "-", count=1)
+            if after is not None:
+                pipe.xrange(key, f"({after}", "+")
+            replies = await pipe.execute()
+        first, last = replies[0], replies[1]
+        newest = last[0][0].decode() if last else "0-0"
+        if after is None:
+            return newest, []
+        if (not first and after != "0-0") or (first and _entry_id(first[0][0].decode()) > _entry_id(after)):
+            return newest, None  # the entry after ``after`` may be among those trimmed
+        return newest, [fields[b"lines"].decode() for _, fields in replies[2]]
+
+
+def _entry_id(text: str) -> tuple[int, int]:
+    """A stream entry id ``ms-seq`` as numbers, to compare."""
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)

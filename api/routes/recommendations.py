@@ -1,9 +1,10 @@
 """``GET /v1/users/{user_id}/recommendations`` and ``POST /v1/scores``.
 
-Both answer from the model in this process's memory. Recommendations also read the user's seen
-set from Redis to exclude what the user already saw; when Redis cannot be reached (or failed
-less than a second ago, see :mod:`api.redis_breaker`) the list is served without that exclusion
-and marked ``"degraded": true`` instead of failing.
+Both answer from the model in this process's memory. Recommendations also exclude what the user already
+saw: their seen set, held in memory once read from Redis and kept current from the seen log
+(:mod:`api.seen_cache`); when it must be read and Redis cannot be reached (or failed less than a second ago, see
+:mod:`api.redis_breaker`) the list is served without that exclusion and marked ``"degraded": true`` instead of
+failing.
 """
 
 from __future__ import annotations
@@ -104,11 +105,13 @@ async def recommendations(
         raise HTTPException(status_code=422, detail=f"k={k} is above the limit of {settings.k_max} (RECSTREAM_K_MAX)")
     model = _model(state)
     degraded = False
-    try:
-        seen = await state.redis_breaker.call(lambda: state.store.seen(user_id))
-    except RedisUnavailable as exc:
-        seen, degraded = set(), True
-        _degraded(exc)
+    seen = state.seen.held(user_id)
+    if seen is None:
+        try:
+            seen = await state.redis_breaker.call(lambda: state.seen.read(user_id))
+        except RedisUnavailable as exc:
+            seen, degraded = set(), True
+            _degraded(exc)
     rec = model.recommend(user_id, k, exclude=seen)
     metrics.RECOMMENDATIONS_SERVED.labels(rec.source).inc()
     # Serialised directly (same shape as RecommendationList): this is the hot path.

@@ -1,0 +1,107 @@
+"""Users' seen sets for the recommendation path, kept in the API process's memory and current from Redis's seen log.
+
+A recommendation excludes what the user already interacted with: their seen set, which the worker adds to in
+every checkpoint's transaction. Read from Redis on every request, it cost ~0.3 ms of a ~0.8 ms request at 100k
+items (redis-py's asynchronous client; docs/performance.md). So a set is read once, on the user's first request,
+and kept (least recently used users are forgotten past ``max_items`` items in all); the same transaction appends
+the checkpoint's additions to the seen log (a Redis stream, ``store.keys.Keys.seen_log``), and :meth:`sync` (run
+by the model holder at every refresh: at each announced version, else every ``RECSTREAM_MODEL_POLL_SECONDS``)
+adds them to the sets held. A held set is then what Redis holds as of the last entry synced.
+
+What keeps that true:
+
+* a set read while a sync ran is not kept (the read may have missed entries the sync then added elsewhere);
+* when the log lost entries the cache has not seen (trimmed past ``SEEN_LOG_ENTRIES`` while this process was
+  behind, or deleted), or a sync fails (Redis unreachable), every set is forgotten and read again, after the next
+  sync that succeeds; until then nothing is kept.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from recstream import metrics
+from store.model_store import ModelStore
+
+_HITS, _MISSES = metrics.SEEN_CACHE_LOOKUPS.labels("hit"), metrics.SEEN_CACHE_LOOKUPS.labels("miss")
+
+
+class SeenCache:
+    def __init__(self, store: ModelStore, max_items: int) -> None:
+        self.store = store
+        self.max_items = max_items
+        self._users: OrderedDict[str, set[str]] = OrderedDict()  # least recently served first
+        self._items = 0  # items in all the sets held
+        self._after: str | None = None  # the newest log entry applied; None: not in step with the log (keep nothing)
+        self._syncs = 0  # counts syncs that moved on or forgot: a read that spans one is not kept
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    @property
+    def items(self) -> int:
+        return self._items
+
+    def held(self, user_id: str) -> set[str] | None:
+        """The user's seen set if this process holds it (do not change it), else None: :meth:`read` it."""
+        held = self._users.get(user_id)
+        if held is not None:
+            self._users.move_to_end(user_id)
+            _HITS.inc()
+        return held
+
+    async def read(self, user_id: str) -> set[str]:
+        """The user's seen set read from Redis (whose errors this raises), then held if it can be (module doc)."""
+        _MISSES.inc()
+        syncs = self._syncs
+        items = await self.store.seen(user_id)
+        if self._after is not None and syncs == self._syncs and len(items) <= self.max_items:
+            self._users[user_id] = items
+            self._items += len(items)
+            self._evict()
+        return items
+
+    async def sync(self) -> None:
+        """Add the seen log's new entries to the sets held (or forget them all: module doc); raises Redis's errors."""
+        if self.max_items <= 0:
+            return
+        try:
+            newest, additions = await self.store.seen_additions(self._after)
+        except BaseException:
+            self.forget()
+            raise
+        if additions is None or self._after is None:
+            self.forget()
+        elif additions:
+            self._apply(additions)
+        if newest != self._after:
+            self._syncs += 1
+        self._after = newest
+        metrics.SEEN_CACHE_USERS.set(len(self._users))
+
+    def forget(self) -> None:
+        """Drop every set held, and keep none until the next sync."""
+        self._users.clear()
+        self._items = 0
+        self._after = None
+        self._syncs += 1
+
+    def _apply(self, additions: list[str]) -> None:
+        users = self._users
+        added = 0
+        for lines in additions:
+            for line in lines.split("\n"):
+                user, _, items = line.partition(" ")
+                held = users.get(user)
+                if held is not None:
+                    before = len(held)
+                    held.update(items.split(" "))
+                    added += len(held) - before
+        self._items += added
+        self._evict()
+
+    def _evict(self) -> None:
+        users = self._users
+        while self._items > self.max_items and users:
+            _, items = users.popitem(last=False)
+            self._items -= len(items)
