@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 
 import httpx
@@ -110,6 +111,9 @@ def run_catalogue(services: Services, n_items: int, seconds: float, budget: Time
             budget.check(f"serving {n_items:,} items")
             rec, triv = _paired(recs[:1], trivial[:1], seconds, run.api_key, connections)
             result[f"recommendations_{connections}"], result[f"trivial_{connections}"] = rec, triv
+        # The load runs on a model no stream changes: after a user's first request their seen set is held (api/
+        # seen_cache.py). How many lookups were served from memory, as the API counts them.
+        result["seen_sets"] = _seen_lookups(apis[0].url, run.api_key)
         if two_processes:
             budget.check("serving from two processes")
             two, one = _paired(recs, recs[:1], seconds, run.api_key, 32)
@@ -120,6 +124,13 @@ def run_catalogue(services: Services, n_items: int, seconds: float, budget: Time
         for api in apis:
             api.stop()
     return result
+
+
+def _seen_lookups(url: str, api_key: str) -> dict[str, float]:
+    """The API's ``recstream_api_seen_cache_lookups_total`` by result (hit: held; miss: read from Redis)."""
+    text = _get(f"{url}/metrics", api_key).decode()
+    found = re.findall(r'^recstream_api_seen_cache_lookups_total\{result="(\w+)"\} (\S+)$', text, re.M)
+    return {result: float(value) for result, value in found}
 
 
 def run(services: Services, catalogues: list[int], seconds: float, budget: TimeBudget) -> tuple[dict, list[Row]]:
@@ -162,6 +173,18 @@ def run(services: Services, catalogues: list[int], seconds: float, budget: TimeB
                     ratio >= RPS_TARGET_RATIO if has_target else None,
                 )
             )
+        seen = result["seen_sets"]
+        lookups = seen.get("hit", 0.0) + seen.get("miss", 0.0)
+        rows.append(
+            Row(
+                "serving",
+                f"{label}, seen sets held in memory (no stream running: a miss is a user's first request)",
+                seen.get("hit", 0.0),
+                "lookups",
+                lookups,
+                "seen-set lookups, one process",
+            )
+        )
         if "recommendations_32_two_processes" in result:
             two, one = result["recommendations_32_two_processes"], result["recommendations_32_one_process"]
             ratio = two["requests_per_second"] / one["requests_per_second"]
