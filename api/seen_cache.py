@@ -3,7 +3,8 @@
 A recommendation excludes what the user already interacted with: their seen set, which the worker adds to in
 every checkpoint's transaction. Read from Redis on every request, it cost ~0.3 ms of a ~0.8 ms request at 100k
 items (redis-py's asynchronous client; docs/performance.md). So a set is read once, on the user's first request,
-and kept (least recently used users are forgotten past ``max_items`` items in all); the same transaction appends
+and kept (least recently served users are forgotten past ``max_items`` entries in all: one per user held and
+one per item of their sets, so an unknown user's empty set counts too); the same transaction appends
 the checkpoint's additions to the seen log (a Redis stream, ``store.keys.Keys.seen_log``), and :meth:`sync` (run
 by the model holder at every refresh: at each announced version, else every ``RECSTREAM_MODEL_POLL_SECONDS``)
 adds them to the sets held. A held set is then what Redis holds as of the last entry synced.
@@ -31,7 +32,7 @@ class SeenCache:
         self.store = store
         self.max_items = max_items
         self._users: OrderedDict[str, set[str]] = OrderedDict()  # least recently served first
-        self._items = 0  # items in all the sets held
+        self._entries = 0  # users held + the items of their sets
         self._after: str | None = None  # the newest log entry applied; None: not in step with the log (keep nothing)
         self._syncs = 0  # counts syncs that moved on or forgot: a read that spans one is not kept
 
@@ -39,8 +40,9 @@ class SeenCache:
         return len(self._users)
 
     @property
-    def items(self) -> int:
-        return self._items
+    def entries(self) -> int:
+        """Users held plus the items of their sets (what ``max_items`` bounds)."""
+        return self._entries
 
     def held(self, user_id: str) -> set[str] | None:
         """The user's seen set if this process holds it (do not change it), else None: :meth:`read` it."""
@@ -55,9 +57,9 @@ class SeenCache:
         _MISSES.inc()
         syncs = self._syncs
         items = await self.store.seen(user_id)
-        if self._after is not None and syncs == self._syncs and len(items) <= self.max_items:
+        if self._after is not None and syncs == self._syncs and len(items) < self.max_items:
             self._users[user_id] = items
-            self._items += len(items)
+            self._entries += len(items) + 1
             self._evict()
         return items
 
@@ -82,7 +84,7 @@ class SeenCache:
     def forget(self) -> None:
         """Drop every set held, and keep none until the next sync."""
         self._users.clear()
-        self._items = 0
+        self._entries = 0
         self._after = None
         self._syncs += 1
 
@@ -97,11 +99,11 @@ class SeenCache:
                     before = len(held)
                     held.update(items.split(" "))
                     added += len(held) - before
-        self._items += added
+        self._entries += added
         self._evict()
 
     def _evict(self) -> None:
         users = self._users
-        while self._items > self.max_items and users:
+        while self._entries > self.max_items and users:
             _, items = users.popitem(last=False)
-            self._items -= len(items)
+            self._entries -= len(items) + 1

@@ -250,9 +250,10 @@ class Settings(_gate_settings()):  # type: ignore[misc]
     api_seen_cache_items: int = Field(
         1_000_000,
         ge=0,
-        description="Seen items an API process holds in memory (LRU by user; ~100 B an item): a user's seen set is "
-        "read from Redis on their first request, then kept current from each checkpoint's additions (the seen log), "
-        "so recommendations do not wait on Redis for it (0: read it on every request).",
+        description="Seen-set entries an API process holds in memory (a user, and each of their items; LRU by user; "
+        "~100 B an entry): a user's seen set is read from Redis on their first request, then kept current from each "
+        "checkpoint's additions (the seen log), so recommendations do not wait on Redis for it (0: read it on every "
+        "request).",
     )
     model_load_share: float = Field(
         0.2,

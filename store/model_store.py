@@ -78,8 +78,9 @@ class Snapshot:
 BULK_BUFFER_CUTOFF = 6000
 
 #: Entries the seen log keeps (about: trimmed with ``MAXLEN ~``): an API process that falls further behind
-#: forgets the seen sets it holds and reads them again (api/seen_cache.py).
-SEEN_LOG_ENTRIES = 256
+#: forgets the seen sets it holds and reads them again (api/seen_cache.py). An entry is ~10 bytes an event of its
+#: checkpoint: at 20,000 events a checkpoint the log holds ~15 MB; API processes sync at every version announced.
+SEEN_LOG_ENTRIES = 64
 
 #: Adds many users' seen items in one command. ARGV[1]: the seen-key prefix; ARGV[2]: one line per
 #: user, ``user item item ...`` (ids never contain white space: recstream.events.ID_PATTERN);

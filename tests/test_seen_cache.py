@@ -61,7 +61,7 @@ async def test_a_set_read_once_is_served_from_memory_and_kept_current_by_checkpo
     assert cache.held("ann") == {"a1", "a2"}  # not synced yet
     await cache.sync()
     assert cache.held("ann") == {"a1", "a2", "a3", "a4"}
-    assert cache.held("bob") is None and cache.held("cid") is None and len(cache) == 1 and cache.items == 4
+    assert cache.held("bob") is None and cache.held("cid") is None and len(cache) == 1 and cache.entries == 5
     assert await cache.read("bob") == {"b1", "b2"}  # read whole from Redis, then held
     assert cache.held("bob") == {"b1", "b2"}
 
@@ -139,18 +139,26 @@ async def test_the_least_recently_served_users_go_first_past_the_item_budget(sto
     checkpoints = Checkpoints(store)
     nine = {str(n) for n in range(9)}
     await checkpoints.add({"ann": {"a1", "a2"}, "bob": {"b1", "b2"}, "cid": {"c1", "c2"}, "dan": nine})
-    cache = await _started(store, max_items=5)
+    cache = await _started(store, max_items=7)  # entries: a user and each of their items
     await cache.read("ann")
     await cache.read("bob")
     assert cache.held("ann") is not None  # served again: bob is now the least recent
-    await cache.read("cid")  # 6 items: over the budget
-    assert cache.held("bob") is None and cache.items == 4
+    await cache.read("cid")  # 9 entries: over the budget
+    assert cache.held("bob") is None and cache.entries == 6
     assert cache.held("cid") is not None and cache.held("ann") is not None  # ann served last
     await checkpoints.add({"ann": {"a3", "a4"}})  # a sync grows the held sets past the budget
     await cache.sync()
     assert cache.held("cid") is None and cache.held("ann") == {"a1", "a2", "a3", "a4"}
     assert await cache.read("dan") == nine  # larger than the budget alone: served, not held
     assert cache.held("dan") is None and cache.held("ann") is not None
+
+
+async def test_unknown_users_count_against_the_budget(store: ModelStore) -> None:
+    cache = await _started(store, max_items=3)
+    for n in range(5):
+        assert await cache.read(f"nobody{n}") == set()
+    assert len(cache) == 3 and cache.entries == 3
+    assert cache.held("nobody1") is None and cache.held("nobody4") == set()
 
 
 async def test_off_it_reads_every_time(store: ModelStore) -> None:
