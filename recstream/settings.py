@@ -250,8 +250,8 @@ class Settings(_gate_settings()):  # type: ignore[misc]
     api_seen_cache_items: int = Field(
         1_000_000,
         ge=0,
-        description="Seen-set entries an API process holds in memory (a user, and each of their items; LRU by user; "
-        "~100 B an entry): a user's seen set is read from Redis on their first request, then kept current from each "
+        description="Seen-set entries an API process holds in memory (~100 B each: an item of a set, and 4 per user "
+        "held; LRU by user): a user's seen set is read from Redis on their first request, then kept current from each "
         "checkpoint's additions (the seen log), so recommendations do not wait on Redis for it (0: read it on every "
         "request).",
     )

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from api.seen_cache import SeenCache
+from api.seen_cache import USER_ENTRIES, SeenCache
 from recstream import local_services
 from store.model_store import ModelStore
 from tests.clock import iso
@@ -61,7 +61,12 @@ async def test_a_set_read_once_is_served_from_memory_and_kept_current_by_checkpo
     assert cache.held("ann") == {"a1", "a2"}  # not synced yet
     await cache.sync()
     assert cache.held("ann") == {"a1", "a2", "a3", "a4"}
-    assert cache.held("bob") is None and cache.held("cid") is None and len(cache) == 1 and cache.entries == 5
+    assert (
+        cache.held("bob") is None
+        and cache.held("cid") is None
+        and len(cache) == 1
+        and cache.entries == 4 + USER_ENTRIES
+    )
     assert await cache.read("bob") == {"b1", "b2"}  # read whole from Redis, then held
     assert cache.held("bob") == {"b1", "b2"}
 
@@ -137,27 +142,27 @@ async def test_a_failed_sync_forgets_and_keeps_nothing_until_one_succeeds(
 
 async def test_the_least_recently_served_users_go_first_past_the_item_budget(store: ModelStore) -> None:
     checkpoints = Checkpoints(store)
-    nine = {str(n) for n in range(9)}
-    await checkpoints.add({"ann": {"a1", "a2"}, "bob": {"b1", "b2"}, "cid": {"c1", "c2"}, "dan": nine})
-    cache = await _started(store, max_items=7)  # entries: a user and each of their items
+    many = {str(n) for n in range(10)}
+    await checkpoints.add({"ann": {"a1", "a2"}, "bob": {"b1", "b2"}, "cid": {"c1", "c2"}, "dan": many})
+    cache = await _started(store, max_items=2 * (2 + USER_ENTRIES) + 1)  # two users of two items, and one more
     await cache.read("ann")
     await cache.read("bob")
     assert cache.held("ann") is not None  # served again: bob is now the least recent
-    await cache.read("cid")  # 9 entries: over the budget
-    assert cache.held("bob") is None and cache.entries == 6
+    await cache.read("cid")  # over the budget
+    assert cache.held("bob") is None and cache.entries == 2 * (2 + USER_ENTRIES)
     assert cache.held("cid") is not None and cache.held("ann") is not None  # ann served last
     await checkpoints.add({"ann": {"a3", "a4"}})  # a sync grows the held sets past the budget
     await cache.sync()
     assert cache.held("cid") is None and cache.held("ann") == {"a1", "a2", "a3", "a4"}
-    assert await cache.read("dan") == nine  # larger than the budget alone: served, not held
+    assert await cache.read("dan") == many  # larger than the budget alone: served, not held
     assert cache.held("dan") is None and cache.held("ann") is not None
 
 
 async def test_unknown_users_count_against_the_budget(store: ModelStore) -> None:
-    cache = await _started(store, max_items=3)
+    cache = await _started(store, max_items=3 * USER_ENTRIES)
     for n in range(5):
         assert await cache.read(f"nobody{n}") == set()
-    assert len(cache) == 3 and cache.entries == 3
+    assert len(cache) == 3 and cache.entries == 3 * USER_ENTRIES
     assert cache.held("nobody1") is None and cache.held("nobody4") == set()
 
 
