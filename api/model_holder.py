@@ -87,9 +87,11 @@ class ModelHolder:
             await self._refresh()
 
     async def _refresh(self) -> None:
-        if self.seen is not None:
-            await self.seen.sync()
         version = await self.store.current_version()
+        if self.seen is not None:
+            # after reading the version: its checkpoint's seen additions (in the same transaction) are synced too,
+            # so the sets held are never older than the model served
+            await self.seen.sync()
         if not self.redis_ok and self._was_unreachable:
             log.warning("Redis is reachable again: model refresh resumed")
         self.redis_ok = True

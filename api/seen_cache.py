@@ -84,7 +84,6 @@ class SeenCache:
         if newest != self._after:
             self._syncs += 1
         self._after = newest
-        metrics.SEEN_CACHE_USERS.set(len(self._users))
 
     def forget(self) -> None:
         """Drop every set held, and keep none until the next sync."""
@@ -92,6 +91,7 @@ class SeenCache:
         self._entries = 0
         self._after = None
         self._syncs += 1
+        metrics.SEEN_CACHE_USERS.set(0)
 
     def _apply(self, additions: list[str]) -> None:
         users = self._users
@@ -112,3 +112,4 @@ class SeenCache:
         while self._entries > self.max_items and users:
             _, items = users.popitem(last=False)
             self._entries -= len(items) + USER_ENTRIES
+        metrics.SEEN_CACHE_USERS.set(len(users))

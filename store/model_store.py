@@ -600,7 +600,11 @@ class ModelStore:
         newest = last[0][0].decode() if last else "0-0"
         if after is None:
             return newest, []
-        if (not first and after != "0-0") or (first and _entry_id(first[0][0].decode()) > _entry_id(after)):
+        if (
+            (not first and after != "0-0")
+            or (first and _entry_id(first[0][0].decode()) > _entry_id(after))
+            or _entry_id(newest) < _entry_id(after)  # made anew (its ids start lower): what it held is gone
+        ):
             return newest, None  # the entry after ``after`` may be among those trimmed
         return newest, [fields[b"lines"].decode() for _, fields in replies[2]]
 

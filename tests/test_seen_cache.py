@@ -112,6 +112,14 @@ async def test_entries_lost_from_the_log_make_it_forget_everything(store: ModelS
     await store.redis.delete(store.keys.seen_log)  # the log deleted (e.g. flushed)
     await cache.sync()
     assert cache.held("ann") is None
+    await checkpoints.add({"bob": {"b1"}})
+    await cache.sync()
+    await cache.read("ann")
+    assert cache.held("ann") is not None
+    await store.redis.delete(store.keys.seen_log)  # and made anew, its ids lower than those synced
+    await store.redis.xadd(store.keys.seen_log, {"lines": "ann z1"}, id="1-1")
+    await cache.sync()
+    assert cache.held("ann") is None
 
 
 async def test_a_failed_sync_forgets_and_keeps_nothing_until_one_succeeds(
