@@ -22,6 +22,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import numpy as np
+
+from learner.id_index import IdIndex
 from recstream import metrics
 from store.model_store import ModelStore
 
@@ -32,11 +35,40 @@ USER_ENTRIES = 4
 _HITS, _MISSES = metrics.SEEN_CACHE_LOOKUPS.labels("hit"), metrics.SEEN_CACHE_LOOKUPS.labels("miss")
 
 
+class HeldSet(set[str]):
+    """A seen set held, with its rows in the served model's item index kept between requests (mapping the ids
+    cost ~0.7 µs an id a request: ~40 µs of a ~230 µs ranking at 56 ids, ~130 µs at 2,000)."""
+
+    __slots__ = ("_rows", "_rows_of", "_rows_size")
+
+    def __init__(self, items: set[str]) -> None:
+        super().__init__(items)
+        self._rows: np.ndarray | None = None
+        self._rows_of: IdIndex | None = None
+        self._rows_size = -1
+
+    def rows_in(self, index: IdIndex) -> np.ndarray:
+        """The rows of the ids ``index`` knows: mapped again when this set or the index changed (a new version's
+        index, or one a delta grew: its ids only ever get added, so an unchanged size is an unchanged index)."""
+        rows = self._rows
+        if rows is None or self._rows_of is not index or self._rows_size != len(index):
+            self._rows = rows = np.fromiter(index.rows(self), np.int64)
+            self._rows_of, self._rows_size = index, len(index)
+        return rows
+
+    def add_items(self, items: list[str]) -> int:
+        """Add ``items``; how many were new."""
+        before = len(self)
+        self.update(items)
+        self._rows = None
+        return len(self) - before
+
+
 class SeenCache:
     def __init__(self, store: ModelStore, max_items: int) -> None:
         self.store = store
         self.max_items = max_items
-        self._users: OrderedDict[str, set[str]] = OrderedDict()  # least recently served first
+        self._users: OrderedDict[str, HeldSet] = OrderedDict()  # least recently served first
         self._entries = 0  # the items of the sets held + USER_ENTRIES a user
         self._after: str | None = None  # the newest log entry applied; None: not in step with the log (keep nothing)
         self._syncs = 0  # counts syncs that moved on or forgot: a read that spans one is not kept
@@ -49,7 +81,7 @@ class SeenCache:
         """The items of the sets held plus :data:`USER_ENTRIES` per user (what ``max_items`` bounds)."""
         return self._entries
 
-    def held(self, user_id: str) -> set[str] | None:
+    def held(self, user_id: str) -> HeldSet | None:
         """The user's seen set if this process holds it (do not change it), else None: :meth:`read` it."""
         held = self._users.get(user_id)
         if held is not None:
@@ -63,7 +95,7 @@ class SeenCache:
         syncs = self._syncs
         items = await self.store.seen(user_id)
         if self._after is not None and syncs == self._syncs and len(items) + USER_ENTRIES <= self.max_items:
-            self._users[user_id] = items
+            self._users[user_id] = HeldSet(items)
             self._entries += len(items) + USER_ENTRIES
             self._evict()
         return items
@@ -101,9 +133,7 @@ class SeenCache:
                 user, _, items = line.partition(" ")
                 held = users.get(user)
                 if held is not None:
-                    before = len(held)
-                    held.update(items.split(" "))
-                    added += len(held) - before
+                    added += held.add_items(items.split(" "))
         self._entries += added
         self._evict()
 

@@ -125,12 +125,21 @@ class ServingModel:
                     found[id(index)] = index
         return list(found.values())
 
-    def recommend(self, user_id: str, k: int, exclude: set[str]) -> Recommendation:
-        """Top ``k`` items for the user, never one in ``exclude`` (what they already saw)."""
+    @property
+    def item_index(self) -> IdIndex:
+        """The model's item ids and their rows (the rows :meth:`recommend` takes in ``exclude_rows``)."""
+        return self.model.items
+
+    def recommend(
+        self, user_id: str, k: int, exclude: set[str], exclude_rows: np.ndarray | None = None
+    ) -> Recommendation:
+        """Top ``k`` items for the user, never one in ``exclude`` (what they already saw); ``exclude_rows``: the
+        rows of ``exclude`` in :attr:`item_index` if the caller has them already."""
         model = self.model
         if not model.knows_user(user_id) or not len(model.items):
             return Recommendation(self.popular(k, exclude), source="popular")
-        best = top_k(model.score_all(user_id), k, exclude=model.items.rows(exclude), owned=True)
+        rows = model.items.rows(exclude) if exclude_rows is None else exclude_rows
+        best = top_k(model.score_all(user_id), k, exclude=rows, owned=True)
         ids = model.items.ids
         return Recommendation([(ids[i], s) for i, s in best], source="model")
 

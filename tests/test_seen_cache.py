@@ -11,7 +11,8 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from api.seen_cache import USER_ENTRIES, SeenCache
+from api.seen_cache import USER_ENTRIES, HeldSet, SeenCache
+from learner.id_index import IdIndex
 from recstream import local_services
 from store.model_store import ModelStore
 from tests.clock import iso
@@ -223,3 +224,17 @@ def _held_user_sees(stack: Stack) -> None:
     misses = _lookups(stack.client, "miss")
     wait_for(lambda: liked not in (top() or [liked]), 30, f"{liked} left out of {user}'s recommendations")
     assert _lookups(stack.client, "miss") == misses  # from the held set, kept current by the log
+
+
+def test_a_held_sets_rows_are_mapped_again_only_when_it_or_the_index_changed() -> None:
+    index = IdIndex(["a", "b", "c"])
+    held = HeldSet({"b", "z"})  # z: seen, but not in the served model's index yet
+    rows = held.rows_in(index)
+    assert sorted(rows.tolist()) == [1]
+    assert held.rows_in(index) is rows  # kept between requests
+    index.add("z")  # a delta brought z into the index (in place: the same object, grown)
+    assert sorted(held.rows_in(index).tolist()) == [1, 3]
+    assert held.add_items(["c", "b"]) == 1  # a sync added c
+    assert sorted(held.rows_in(index).tolist()) == [1, 2, 3]
+    other = IdIndex(["c", "b", "a", "z"])  # a new version's index, the same size
+    assert sorted(held.rows_in(other).tolist()) == [0, 1, 3]

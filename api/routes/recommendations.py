@@ -105,14 +105,17 @@ async def recommendations(
         raise HTTPException(status_code=422, detail=f"k={k} is above the limit of {settings.k_max} (RECSTREAM_K_MAX)")
     model = _model(state)
     degraded = False
-    seen = state.seen.held(user_id)
-    if seen is None:
+    held = state.seen.held(user_id)
+    if held is not None:
+        seen, rows = held, held.rows_in(model.item_index)
+    else:
+        rows = None
         try:
             seen = await state.redis_breaker.call(lambda: state.seen.read(user_id))
         except RedisUnavailable as exc:
             seen, degraded = set(), True
             _degraded(exc)
-    rec = model.recommend(user_id, k, exclude=seen)
+    rec = model.recommend(user_id, k, exclude=seen, exclude_rows=rows)
     metrics.RECOMMENDATIONS_SERVED.labels(rec.source).inc()
     # Serialised directly (same shape as RecommendationList): this is the hot path.
     body = {
