@@ -70,7 +70,7 @@ class ModelHolder:
         self.poll_seconds = poll_seconds
         self._clock = clock
         self._loader = loader
-        self.seen = seen  # synced with the seen log at every refresh, before the model (api/seen_cache.py)
+        self.seen = seen  # synced with the seen log at every refresh, after reading the version (api/seen_cache.py)
         self._load_budget = ShareBudget(load_share, cap_seconds=LOAD_BANK_SECONDS, clock=clock)  # see the module doc
         self._newest_loaded = 0  # the newest version this process has loaded: anything newer is a new checkpoint
         self.model: ServingModel | None = None

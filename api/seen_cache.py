@@ -5,17 +5,17 @@ every checkpoint's transaction. Read from Redis on every request, it cost ~0.3 m
 items (redis-py's asynchronous client; docs/performance.md). So a set is read once, on the user's first request,
 and kept (least recently served users are forgotten past ``max_items`` entries in all: one per item of their
 sets, ~100 B each, and :data:`USER_ENTRIES` per user held, ~370 B even with an empty set, so a flood of unknown
-user ids stays bounded too); the same transaction appends
-the checkpoint's additions to the seen log (a Redis stream, ``store.keys.Keys.seen_log``), and :meth:`sync` (run
-by the model holder at every refresh: at each announced version, else every ``RECSTREAM_MODEL_POLL_SECONDS``)
-adds them to the sets held. A held set is then what Redis holds as of the last entry synced.
+user ids stays bounded too). The same transaction appends the checkpoint's additions to the seen log (a Redis
+stream, ``store.keys.Keys.seen_log``), and :meth:`sync` (run by the model holder at every refresh, after it reads
+the current version: at each announced version, else every ``RECSTREAM_MODEL_POLL_SECONDS``) adds them to the
+sets held. A held set is then what Redis holds as of the last entry synced, never older than the model served.
 
 What keeps that true:
 
 * a set read while a sync ran is not kept (the read may have missed entries the sync then added elsewhere);
 * when the log lost entries the cache has not seen (trimmed past ``SEEN_LOG_ENTRIES`` while this process was
-  behind, or deleted), or a sync fails (Redis unreachable), every set is forgotten and read again, after the next
-  sync that succeeds; until then nothing is kept.
+  behind, deleted, or made anew), or a sync fails (Redis unreachable), every set is forgotten and read again,
+  after the next sync that succeeds; until then nothing is kept.
 """
 
 from __future__ import annotations
