@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -158,6 +159,12 @@ def make_env(redis_endpoint: Endpoint, broker_endpoint: Endpoint) -> dict[str, s
         "RECSTREAM_HMAC_KEY": f"test-key-{run}",
         "RECSTREAM_API_KEYS": json.dumps(TEST_API_KEYS),
     }
+
+
+def metric_value(text: str, name: str, labels: str) -> float:
+    """The value of the sample ``name{labels}`` in a Prometheus text page (0 when it is not there yet)."""
+    match = re.search(rf"^{re.escape(name)}\{{{re.escape(labels)}\}} ([0-9.e+]+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
 
 
 def api_client(api: local_services.LocalService, key: str = TEST_API_KEY, **kwargs: Any) -> httpx.Client:

@@ -4,7 +4,6 @@ worker's checkpoints (ModelStore.checkpoint) write the sets and the log in one t
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator
 
 import httpx
@@ -16,7 +15,7 @@ from learner.id_index import IdIndex
 from recstream import local_services
 from store.model_store import ModelStore
 from tests.clock import iso
-from tests.conftest import COUNTABLE_GATE_ENV, Endpoint, Stack, open_model_store, start_stack, wait_for
+from tests.conftest import COUNTABLE_GATE_ENV, Endpoint, Stack, metric_value, open_model_store, start_stack, wait_for
 from tests.kafka_io import produce_events
 from tests.taste_stream import taste_events
 
@@ -184,9 +183,7 @@ async def test_off_it_reads_every_time(store: ModelStore) -> None:
 
 
 def _lookups(client: httpx.Client, result: str) -> float:
-    text = client.get("/metrics").text
-    found = re.search(rf'^recstream_api_seen_cache_lookups_total{{result="{result}"}} (\S+)$', text, re.M)
-    return float(found.group(1)) if found else 0.0
+    return metric_value(client.get("/metrics").text, "recstream_api_seen_cache_lookups_total", f'result="{result}"')
 
 
 @pytest.mark.timeout(240)

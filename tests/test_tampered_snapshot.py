@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 
 import httpx
 import pytest
@@ -12,15 +11,12 @@ import redis
 from recstream import local_services
 from store.keys import Keys
 from tests.clock import iso
-from tests.conftest import api_client, wait_for
+from tests.conftest import api_client, metric_value, wait_for
 from tests.kafka_io import CheckpointReader, produce_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
-
-def _metric(text: str, name: str, labels: str) -> float:
-    match = re.search(rf"^{re.escape(name)}\{{{re.escape(labels)}\}} ([0-9.e+]+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
+REFUSED = "recstream_snapshots_refused_total"
 
 
 def _events(prefix: str, n: int) -> list[dict]:
@@ -75,7 +71,7 @@ def test_tampered_snapshot_is_refused_by_worker_and_api(
 
         # The API refuses it, says so in its metrics, and keeps serving the last good model.
         wait_for(
-            lambda: _metric(client.get("/metrics").text, "recstream_snapshots_refused_total", 'component="api"') >= 1,
+            lambda: metric_value(client.get("/metrics").text, REFUSED, 'component="api"') >= 1,
             10,
             "the API to refuse the forged version",
         )
@@ -87,9 +83,7 @@ def test_tampered_snapshot_is_refused_by_worker_and_api(
         processes.append(restarted)
         metrics_url = f"http://127.0.0.1:{env['RECSTREAM_WORKER_METRICS_PORT']}/metrics"
         wait_for(
-            lambda: (
-                _metric(httpx.get(metrics_url).text, "recstream_snapshots_refused_total", 'component="worker"') >= 1
-            ),
+            lambda: metric_value(httpx.get(metrics_url).text, REFUSED, 'component="worker"') >= 1,
             60,
             "the worker to refuse the forged version",
         )
