@@ -56,96 +56,6 @@ static int get_buffer(PyObject *obj, Py_buffer *view, int flags, const char *wha
     return 0;
 }
 
-/* cooccurrence_scores(cols, vals, start, length, rows, weights, damping, mass, popularity_weight, mass_max, out)
- *
- * cols, vals: the pool of learner.sparse_rows.SparseRows (int32, float32), where row r holds length[r] entries from
- * start[r] (int64 each); rows: the rows to sum (int64); weights: float64, one per row; damping, mass: float64, at
- * least len(out) each; out: a writable float64 buffer of n = len(out).
- * What ItemCooccurrence.score_all computes with numpy:
- *   out = bincount(columns, values * weight) * damping               (row by row, entry by entry)
- *   if popularity_weight and mass_max > 0 and n:
- *       top = max(out); out += mass * (popularity_weight * (top if top > 0 else 1) / mass_max)
- */
-static PyObject *cooccurrence_scores(PyObject *self, PyObject *args) {
-    PyObject *objs[9];
-    double popularity_weight, mass_max;
-    (void)self;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOddO", &objs[0], &objs[1], &objs[2], &objs[3], &objs[4], &objs[5], &objs[6],
-                          &objs[7], &popularity_weight, &mass_max, &objs[8])) {
-        return NULL;
-    }
-    static const char *names[] = {"cols", "vals", "start", "length", "rows", "weights", "damping", "mass", "out"};
-    static const char codes[] = {'i', 'f', 'q', 'q', 'q', 'd', 'd', 'd', 'd'};
-    Py_buffer views[9];
-    int held = 0;
-    for (; held < 9; held++) {
-        if (get_buffer(objs[held], &views[held], held == 8 ? PyBUF_WRITABLE : PyBUF_SIMPLE, names[held], codes[held]) < 0) {
-            break;
-        }
-    }
-    if (held < 9) {
-        while (held-- > 0) PyBuffer_Release(&views[held]);
-        return NULL;
-    }
-    const char *c = views[0].buf, *v = views[1].buf, *start = views[2].buf, *length = views[3].buf;
-    const char *rows = views[4].buf, *w = views[5].buf, *damp = views[6].buf, *m = views[7].buf;
-    char *scores = views[8].buf;
-    Py_ssize_t pool = views[0].len / 4, n_pool_rows = views[2].len / 8, n = views[8].len / 8, n_rows = views[4].len / 8;
-    PyObject *result = NULL;
-    if (views[1].len / 4 != pool || views[3].len / 8 != n_pool_rows) {
-        PyErr_SetString(PyExc_ValueError, "cols and vals, or start and length, differ in length");
-        goto done;
-    }
-    if (views[5].len / 8 != n_rows) {
-        PyErr_SetString(PyExc_ValueError, "weights: one per row expected");
-        goto done;
-    }
-    if (views[6].len / 8 < n || views[7].len / 8 < n) {
-        PyErr_SetString(PyExc_ValueError, "damping and mass must cover every item");
-        goto done;
-    }
-    Py_ssize_t entries = 0;
-    memset(scores, 0, (size_t)n * sizeof(double));
-    for (Py_ssize_t r = 0; r < n_rows; r++) {
-        int64_t row = get_i64(rows, r);
-        int64_t from = row >= 0 && row < n_pool_rows ? get_i64(start, row) : -1;
-        int64_t len = from >= 0 ? get_i64(length, row) : -1;
-        if (from < 0 || len < 0 || len > pool - from) {
-            PyErr_SetString(PyExc_ValueError, "rows: a row outside the pool");
-            goto done;
-        }
-        const double wr = get_f64(w, r);
-        entries += len;
-        for (int64_t e = from; e < from + len; e++) {
-            int32_t col = get_i32(c, e);
-            if (col < 0 || col >= n) {
-                PyErr_SetString(PyExc_ValueError, "rows: a column is outside the catalogue");
-                goto done;
-            }
-            set_f64(scores, col, get_f64(scores, col) + (double)get_f32(v, e) * wr);
-        }
-    }
-    /* No entry: numpy's path returns zeros without damping them (so a NaN damping stays out). */
-    double top = entries ? -INFINITY : 0.0;
-    for (Py_ssize_t i = 0; entries && i < n; i++) {
-        double s = get_f64(scores, i) * get_f64(damp, i);
-        set_f64(scores, i, s);
-        if (s > top || isnan(s)) top = isnan(top) ? top : s; /* numpy's max: NaN wins */
-    }
-    if (popularity_weight != 0.0 && mass_max > 0 && n) {
-        double factor = popularity_weight * (top > 0 ? top : 1.0) / mass_max;
-        for (Py_ssize_t i = 0; i < n; i++) {
-            double prior = get_f64(m, i) * factor;
-            set_f64(scores, i, get_f64(scores, i) + prior);
-        }
-    }
-    Py_INCREF(Py_None);
-    result = Py_None;
-done:
-    for (int b = 0; b < 9; b++) PyBuffer_Release(&views[b]);
-    return result;
-}
-
 /* A min-heap of (score, row) on "worse": lower score, or the same score and a higher row. */
 typedef struct {
     double score;
@@ -185,6 +95,509 @@ static int better_first(const void *a, const void *b) {
     if (x->score != y->score) return x->score > y->score ? -1 : 1;
     return x->row < y->row ? -1 : (x->row > y->row);
 }
+
+static inline uint64_t slot_hash(uint64_t key) { /* MurmurHash3's finaliser: consecutive columns spread apart */
+    key ^= key >> 33;
+    key *= 0xff51afd7ed558ccdULL;
+    key ^= key >> 33;
+    key *= 0xc4ceb9fe1a85ec53ULL;
+    key ^= key >> 33;
+    return key;
+}
+
+/* ---- Ranking: each remembered item's strongest entries ------------------------------------------------------------
+ *
+ * A user is ranked from the rows of the items they remember. A row is read whole when it has at most `cap` entries
+ * (or cap is 0); a longer one through its `cap` strongest entries: the largest values, equal values by lower column
+ * (a NaN value counts as -inf). The pool keeps every entry (learning and predict_one use them all); the strongest
+ * entries of a long row are selected here, as a bytes object of cap int32 columns then cap float32 values, kept in
+ * the caller's dict by row (None: not kept) until the caller forgets them (when the row changes). Within a row each
+ * column appears once, so the order of its entries changes no sum. */
+typedef struct {
+    Py_buffer views[4]; /* cols, vals, start, length */
+    const char *cols, *vals, *start, *length;
+    Py_ssize_t n_entries, n_rows;
+} pool_view;
+
+static int pool_open(pool_view *p, PyObject *cols, PyObject *vals, PyObject *start, PyObject *length) {
+    PyObject *objs[4] = {cols, vals, start, length};
+    static const char *names[] = {"cols", "vals", "start", "length"};
+    static const char codes[] = {'i', 'f', 'q', 'q'};
+    int held = 0;
+    for (; held < 4; held++) {
+        if (get_buffer(objs[held], &p->views[held], PyBUF_SIMPLE, names[held], codes[held]) < 0) break;
+    }
+    if (held < 4) {
+        while (held-- > 0) PyBuffer_Release(&p->views[held]);
+        return -1;
+    }
+    p->cols = p->views[0].buf;
+    p->vals = p->views[1].buf;
+    p->start = p->views[2].buf;
+    p->length = p->views[3].buf;
+    p->n_entries = p->views[0].len / 4;
+    p->n_rows = p->views[2].len / 8;
+    if (p->views[1].len / 4 != p->n_entries || p->views[3].len / 8 != p->n_rows) {
+        PyErr_SetString(PyExc_ValueError, "cols and vals, or start and length, differ in length");
+        for (int b = 0; b < 4; b++) PyBuffer_Release(&p->views[b]);
+        return -1;
+    }
+    return 0;
+}
+
+static void pool_close(pool_view *p) {
+    for (int b = 0; b < 4; b++) PyBuffer_Release(&p->views[b]);
+}
+
+/* One row as ranking reads it: `len` entries at `cols` (int32) and `vals` (float32). */
+typedef struct {
+    const char *cols, *vals;
+    Py_ssize_t len;
+} row_part;
+
+static inline double strength(float value) { return isnan(value) ? -INFINITY : (double)value; }
+
+/* The `cap` strongest of a row's `len` entries (len > cap), as a new bytes object (see above); NULL with an error. */
+static PyObject *strongest_entries(const char *cols, const char *vals, Py_ssize_t len, Py_ssize_t cap) {
+    entry *heap = PyMem_Malloc((size_t)cap * sizeof(entry));
+    if (heap == NULL) return PyErr_NoMemory();
+    Py_ssize_t size = 0;
+    for (Py_ssize_t e = 0; e < len; e++) {
+        entry x = {strength(get_f32(vals, e)), get_i32(cols, e)};
+        if (size < cap) {
+            heap[size] = x;
+            sift_up(heap, size++);
+        } else if (worse(&heap[0], &x)) {
+            heap[0] = x;
+            sift_down(heap, size, 0);
+        }
+    }
+    PyObject *part = PyBytes_FromStringAndSize(NULL, cap * 8);
+    if (part != NULL) {
+        char *out = PyBytes_AS_STRING(part);
+        for (Py_ssize_t e = 0; e < cap; e++) {
+            int32_t col = (int32_t)heap[e].row;
+            float value = (float)heap[e].score; /* exact: a float32 (or -inf) widened, narrowed back */
+            memcpy(out + e * 4, &col, 4);
+            memcpy(out + cap * 4 + e * 4, &value, 4);
+        }
+    }
+    PyMem_Free(heap);
+    return part;
+}
+
+/* The part of pool row `row` that ranking reads (its strongest entries when longer than cap, from `cache` when
+ * there, else selected, and stored there unless cache is NULL). `*owned` receives a new reference the caller
+ * releases after use (NULL when the part is the pool's own). -1 with an error. */
+static int read_row(const pool_view *p, int64_t row, Py_ssize_t cap, PyObject *cache, row_part *out, PyObject **owned) {
+    *owned = NULL;
+    int64_t from = row >= 0 && row < p->n_rows ? get_i64(p->start, row) : -1;
+    int64_t len = from >= 0 ? get_i64(p->length, row) : -1;
+    if (from < 0 || len < 0 || len > p->n_entries - from) {
+        PyErr_SetString(PyExc_ValueError, "rows: a row outside the pool");
+        return -1;
+    }
+    if (cap <= 0 || len <= cap) {
+        out->cols = p->cols + from * 4;
+        out->vals = p->vals + from * 4;
+        out->len = (Py_ssize_t)len;
+        return 0;
+    }
+    PyObject *key = NULL, *part = NULL;
+    if (cache != NULL) {
+        key = PyLong_FromLongLong(row);
+        if (key == NULL) return -1;
+        part = PyDict_GetItemWithError(cache, key); /* borrowed */
+        if (part != NULL && (!PyBytes_Check(part) || PyBytes_GET_SIZE(part) != cap * 8)) {
+            Py_DECREF(key);
+            PyErr_SetString(PyExc_ValueError, "cache: a row's entry is not its strongest entries at this cap");
+            return -1;
+        }
+        Py_XINCREF(part);
+        if (part == NULL && PyErr_Occurred()) {
+            Py_DECREF(key);
+            return -1;
+        }
+    }
+    if (part == NULL) {
+        part = strongest_entries(p->cols + from * 4, p->vals + from * 4, (Py_ssize_t)len, cap);
+        if (part == NULL || (cache != NULL && PyDict_SetItem(cache, key, part) < 0)) {
+            Py_XDECREF(key);
+            Py_XDECREF(part);
+            return -1;
+        }
+    }
+    Py_XDECREF(key);
+    out->cols = PyBytes_AS_STRING(part);
+    out->vals = out->cols + cap * 4;
+    out->len = cap;
+    *owned = part;
+    return 0;
+}
+
+/* The parts of `n_rows` rows (an int64 buffer), into parts[] and owned[] (each n_rows long); their entries counted
+ * into *entries. -1 with an error (every reference taken released). */
+static int read_rows(const pool_view *p, const char *rows, Py_ssize_t n_rows, Py_ssize_t cap, PyObject *cache,
+                     row_part *parts, PyObject **owned, Py_ssize_t *entries) {
+    *entries = 0;
+    for (Py_ssize_t r = 0; r < n_rows; r++) {
+        if (read_row(p, get_i64(rows, r), cap, cache, &parts[r], &owned[r]) < 0) {
+            while (r-- > 0) Py_XDECREF(owned[r]);
+            return -1;
+        }
+        *entries += parts[r].len;
+    }
+    return 0;
+}
+
+static void release_rows(PyObject **owned, Py_ssize_t n_rows) {
+    for (Py_ssize_t r = 0; r < n_rows; r++) Py_XDECREF(owned[r]);
+}
+
+static PyObject *cache_arg(PyObject *cache) {
+    if (cache == Py_None) return NULL;
+    if (!PyDict_Check(cache)) {
+        PyErr_SetString(PyExc_TypeError, "cache: a dict or None expected");
+        return (PyObject *)-1;
+    }
+    return cache;
+}
+
+/* cooccurrence_scores(cols, vals, start, length, rows, weights, cap, cache, damping, mass, popularity_weight, mass_max,
+ *                     out)
+ *
+ * cols, vals: the pool of learner.sparse_rows.SparseRows (int32, float32), where row r holds length[r] entries from
+ * start[r] (int64 each); rows: the rows to sum (int64), each read as above (cap, cache); weights: float64, one per
+ * row; damping, mass: float64, at least len(out) each; out: a writable float64 buffer of n = len(out).
+ * What ItemCooccurrence.score_all computes with numpy:
+ *   out = bincount(columns, values * weight) * damping               (row by row, entry by entry)
+ *   if popularity_weight and mass_max > 0 and n:
+ *       top = max(out); out += mass * (popularity_weight * (top if top > 0 else 1) / mass_max)
+ */
+static PyObject *cooccurrence_scores(PyObject *self, PyObject *args) {
+    PyObject *pool_objs[4], *objs[5], *cache_obj;
+    Py_ssize_t cap;
+    double popularity_weight, mass_max;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOOOOOnOOOddO", &pool_objs[0], &pool_objs[1], &pool_objs[2], &pool_objs[3], &objs[0],
+                          &objs[1], &cap, &cache_obj, &objs[2], &objs[3], &popularity_weight, &mass_max, &objs[4])) {
+        return NULL;
+    }
+    PyObject *cache = cache_arg(cache_obj);
+    if (cache == (PyObject *)-1) return NULL;
+    pool_view p;
+    if (pool_open(&p, pool_objs[0], pool_objs[1], pool_objs[2], pool_objs[3]) < 0) return NULL;
+    static const char *names[] = {"rows", "weights", "damping", "mass", "out"};
+    static const char codes[] = {'q', 'd', 'd', 'd', 'd'};
+    Py_buffer views[5];
+    int held = 0;
+    for (; held < 5; held++) {
+        if (get_buffer(objs[held], &views[held], held == 4 ? PyBUF_WRITABLE : PyBUF_SIMPLE, names[held], codes[held]) < 0) {
+            break;
+        }
+    }
+    if (held < 5) {
+        while (held-- > 0) PyBuffer_Release(&views[held]);
+        pool_close(&p);
+        return NULL;
+    }
+    const char *rows = views[0].buf, *w = views[1].buf, *damp = views[2].buf, *m = views[3].buf;
+    char *scores = views[4].buf;
+    Py_ssize_t n = views[4].len / 8, n_rows = views[0].len / 8;
+    PyObject *result = NULL;
+    row_part *parts = NULL;
+    PyObject **owned = NULL;
+    Py_ssize_t entries = 0;
+    if (views[1].len / 8 != n_rows) {
+        PyErr_SetString(PyExc_ValueError, "weights: one per row expected");
+        goto done;
+    }
+    if (views[2].len / 8 < n || views[3].len / 8 < n) {
+        PyErr_SetString(PyExc_ValueError, "damping and mass must cover every item");
+        goto done;
+    }
+    parts = PyMem_Malloc((size_t)(n_rows > 0 ? n_rows : 1) * sizeof *parts);
+    owned = PyMem_Malloc((size_t)(n_rows > 0 ? n_rows : 1) * sizeof *owned);
+    if (parts == NULL || owned == NULL) {
+        n_rows = 0; /* nothing read: nothing to release */
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (read_rows(&p, rows, n_rows, cap, cache, parts, owned, &entries) < 0) {
+        n_rows = 0; /* nothing left to release */
+        goto done;
+    }
+    memset(scores, 0, (size_t)n * sizeof(double));
+    for (Py_ssize_t r = 0; r < n_rows; r++) {
+        const double wr = get_f64(w, r);
+        const row_part *part = &parts[r];
+        for (Py_ssize_t e = 0; e < part->len; e++) {
+            int32_t col = get_i32(part->cols, e);
+            if (col < 0 || col >= n) {
+                PyErr_SetString(PyExc_ValueError, "rows: a column is outside the catalogue");
+                goto done;
+            }
+            set_f64(scores, col, get_f64(scores, col) + (double)get_f32(part->vals, e) * wr);
+        }
+    }
+    /* No entry: numpy's path returns zeros without damping them (so a NaN damping stays out). */
+    double top = entries ? -INFINITY : 0.0;
+    for (Py_ssize_t i = 0; entries && i < n; i++) {
+        double s = get_f64(scores, i) * get_f64(damp, i);
+        set_f64(scores, i, s);
+        if (s > top || isnan(s)) top = isnan(top) ? top : s; /* numpy's max: NaN wins */
+    }
+    if (popularity_weight != 0.0 && mass_max > 0 && n) {
+        double factor = popularity_weight * (top > 0 ? top : 1.0) / mass_max;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            double prior = get_f64(m, i) * factor;
+            set_f64(scores, i, get_f64(scores, i) + prior);
+        }
+    }
+    Py_INCREF(Py_None);
+    result = Py_None;
+done:
+    if (owned != NULL) release_rows(owned, n_rows);
+    PyMem_Free(parts);
+    PyMem_Free(owned);
+    for (int b = 0; b < 5; b++) PyBuffer_Release(&views[b]);
+    pool_close(&p);
+    return result;
+}
+
+/* Open-addressing tables of rows for cooccurrence_top (linear probing; capacity a power of two, at least twice the
+ * keys): row -> a number (the candidates' positions), or a set (the excluded rows). */
+typedef struct {
+    int64_t *keys; /* -1: empty */
+    int32_t *values;
+    uint64_t mask;
+} row_table;
+
+static int table_alloc(row_table *t, Py_ssize_t keys) {
+    uint64_t capacity = 16;
+    while (capacity < 2 * (uint64_t)keys) capacity <<= 1;
+    t->mask = capacity - 1;
+    t->keys = PyMem_Malloc(capacity * sizeof *t->keys);
+    t->values = PyMem_Malloc(capacity * sizeof *t->values);
+    if (t->keys == NULL || t->values == NULL) {
+        PyMem_Free(t->keys);
+        PyMem_Free(t->values);
+        t->keys = NULL;
+        t->values = NULL;
+        PyErr_NoMemory();
+        return -1;
+    }
+    memset(t->keys, 0xff, capacity * sizeof *t->keys);
+    return 0;
+}
+
+static void table_free(row_table *t) {
+    PyMem_Free(t->keys);
+    PyMem_Free(t->values);
+}
+
+/* The position of `key` (found, or the empty one where it goes). A multiplicative hash: rows are small integers. */
+static inline uint64_t table_at(const row_table *t, int64_t key) {
+    uint64_t at = ((uint64_t)key * 0x9e3779b97f4a7c15ULL >> 32) & t->mask;
+    while (t->keys[at] != key && t->keys[at] != -1) at = (at + 1) & t->mask;
+    return at;
+}
+
+static inline int table_has(const row_table *t, int64_t key) { return t->keys[table_at(t, key)] == key; }
+
+/* Add `entry` to the heap of the k best (score, row) pairs, if it is among them. */
+static inline void offer(entry *heap, Py_ssize_t *size, Py_ssize_t k, entry x) {
+    if (*size < k) {
+        heap[*size] = x;
+        sift_up(heap, (*size)++);
+    } else if (k > 0 && worse(&heap[0], &x)) {
+        heap[0] = x;
+        sift_down(heap, *size, 0);
+    }
+}
+
+/* cooccurrence_top(cols, vals, start, length, rows, weights, cap, cache, damping, mass, popularity_weight, mass_max,
+ *                  n, head, exclude, k) -> list of (row, score), best first, or None
+ *
+ * The k best rows of what cooccurrence_scores would give over a catalogue of n items (the same arguments, n for
+ * len(out)), leaving out the rows in `exclude` (int64), equal scores by lower row: the same rows and scores as
+ * learner.ranking.top_rows of those scores, without a pass over the catalogue. Only the candidates (the columns of
+ * the rows read) have evidence; every other item scores its popularity prior alone, so the best of them are the
+ * first ones of `head`: int64 rows ordered by mass, largest first (any order among equal masses), the rows of the
+ * largest masses of all. It is walked until no later row can be among the k best.
+ * None (the caller then ranks the whole catalogue) when that is not known by the end of `head`, when a score is NaN
+ * or -inf (the whole ranking's rules for them apply), or with a prior and no head. Assumes a finite damping for every
+ * item that is not a candidate (so that its evidence is 0, as in the whole ranking).
+ */
+static PyObject *cooccurrence_top(PyObject *self, PyObject *args) {
+    PyObject *pool_objs[4], *objs[6], *cache_obj;
+    Py_ssize_t cap, n, k;
+    double popularity_weight, mass_max;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOOOOOnOOOddnOOn", &pool_objs[0], &pool_objs[1], &pool_objs[2], &pool_objs[3],
+                          &objs[0], &objs[1], &cap, &cache_obj, &objs[2], &objs[3], &popularity_weight, &mass_max, &n,
+                          &objs[4], &objs[5], &k)) {
+        return NULL;
+    }
+    if (k < 0 || n < 0) {
+        PyErr_SetString(PyExc_ValueError, "k and n must be >= 0");
+        return NULL;
+    }
+    PyObject *cache = cache_arg(cache_obj);
+    if (cache == (PyObject *)-1) return NULL;
+    pool_view p;
+    if (pool_open(&p, pool_objs[0], pool_objs[1], pool_objs[2], pool_objs[3]) < 0) return NULL;
+    static const char *names[] = {"rows", "weights", "damping", "mass", "head", "exclude"};
+    static const char codes[] = {'q', 'd', 'd', 'd', 'q', 'q'};
+    Py_buffer views[6];
+    int held = 0;
+    for (; held < 6; held++) {
+        if (get_buffer(objs[held], &views[held], PyBUF_SIMPLE, names[held], codes[held]) < 0) break;
+    }
+    if (held < 6) {
+        while (held-- > 0) PyBuffer_Release(&views[held]);
+        pool_close(&p);
+        return NULL;
+    }
+    const char *rows = views[0].buf, *w = views[1].buf, *damp = views[2].buf, *m = views[3].buf;
+    const char *head = views[4].buf, *excl = views[5].buf;
+    Py_ssize_t n_rows = views[0].len / 8, n_head = views[4].len / 8, n_excl = views[5].len / 8;
+    PyObject *result = NULL;
+    row_part *parts = NULL;
+    PyObject **owned = NULL;
+    int64_t *order = NULL; /* the candidates, in the order first met */
+    double *sums = NULL;   /* each one's evidence */
+    char *left_out = NULL; /* each one's exclusion */
+    entry *heap = NULL;
+    row_table found = {NULL, NULL, 0}, excluded = {NULL, NULL, 0};
+    Py_ssize_t entries = 0, n_found = 0, size = 0;
+    if (views[1].len / 8 != n_rows) {
+        PyErr_SetString(PyExc_ValueError, "weights: one per row expected");
+        goto done;
+    }
+    if (views[2].len / 8 < n || views[3].len / 8 < n) {
+        PyErr_SetString(PyExc_ValueError, "damping and mass must cover every item");
+        goto done;
+    }
+    parts = PyMem_Malloc((size_t)(n_rows > 0 ? n_rows : 1) * sizeof *parts);
+    owned = PyMem_Malloc((size_t)(n_rows > 0 ? n_rows : 1) * sizeof *owned);
+    heap = PyMem_Malloc((size_t)(k > 0 ? k : 1) * sizeof *heap);
+    if (parts == NULL || owned == NULL || heap == NULL) {
+        n_rows = 0; /* nothing read: nothing to release */
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (read_rows(&p, rows, n_rows, cap, cache, parts, owned, &entries) < 0) {
+        n_rows = 0;
+        goto done;
+    }
+    order = PyMem_Malloc((size_t)(entries > 0 ? entries : 1) * sizeof *order);
+    sums = PyMem_Malloc((size_t)(entries > 0 ? entries : 1) * sizeof *sums);
+    left_out = PyMem_Calloc((size_t)(entries > 0 ? entries : 1), 1);
+    if (order == NULL || sums == NULL || left_out == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (table_alloc(&found, entries) < 0 || table_alloc(&excluded, n_excl) < 0) goto done;
+    /* the evidence: the same sums as the whole ranking's, column by column in the same order */
+    for (Py_ssize_t r = 0; r < n_rows; r++) {
+        const double wr = get_f64(w, r);
+        const row_part *part = &parts[r];
+        for (Py_ssize_t e = 0; e < part->len; e++) {
+            int32_t col = get_i32(part->cols, e);
+            if (col < 0 || col >= n) {
+                PyErr_SetString(PyExc_ValueError, "rows: a column is outside the catalogue");
+                goto done;
+            }
+            uint64_t at = table_at(&found, col);
+            if (found.keys[at] != col) {
+                found.keys[at] = col;
+                found.values[at] = (int32_t)n_found;
+                sums[n_found] = 0.0;
+                order[n_found++] = col;
+            }
+            double *sum = &sums[found.values[at]];
+            *sum = *sum + (double)get_f32(part->vals, e) * wr;
+        }
+    }
+    for (Py_ssize_t x = 0; x < n_excl; x++) {
+        int64_t row = get_i64(excl, x);
+        if (row < 0 || row >= n) continue;
+        excluded.keys[table_at(&excluded, row)] = row;
+        uint64_t at = table_at(&found, row);
+        if (found.keys[at] == row) left_out[found.values[at]] = 1;
+    }
+    /* the largest score before the prior matters only when above 0, which the other items (0) never are */
+    double top = -INFINITY;
+    for (Py_ssize_t c = 0; c < n_found; c++) {
+        double s = sums[c] * get_f64(damp, order[c]);
+        if (isnan(s)) goto none;
+        sums[c] = s;
+        if (s > top) top = s;
+    }
+    int prior = popularity_weight != 0.0 && mass_max > 0 && n;
+    double factor = prior ? popularity_weight * (top > 0 ? top : 1.0) / mass_max : 0.0;
+    for (Py_ssize_t c = 0; c < n_found; c++) {
+        if (left_out[c]) continue;
+        int64_t row = order[c];
+        double s = sums[c];
+        if (prior) s = s + get_f64(m, row) * factor;
+        if (!(s > -INFINITY)) goto none; /* NaN or -inf */
+        offer(heap, &size, k, (entry){s, row});
+    }
+    if (!prior) { /* every other item scores 0: the lowest rows first */
+        Py_ssize_t taken = 0;
+        for (int64_t row = 0; row < n && taken < k; row++) {
+            if (table_has(&found, row) || table_has(&excluded, row)) continue;
+            offer(heap, &size, k, (entry){0.0, row});
+            taken++;
+        }
+    } else {
+        Py_ssize_t h = 0;
+        for (; h < n_head; h++) {
+            int64_t row = get_i64(head, h);
+            if (row < 0 || row >= n) {
+                PyErr_SetString(PyExc_ValueError, "head: a row outside the catalogue");
+                goto done;
+            }
+            double s = 0.0 + get_f64(m, row) * factor;
+            if (!(s > -INFINITY)) goto none;
+            if (size == k && (k == 0 || s < heap[0].score)) break; /* no later row (nor any outside the head) scores more */
+            if (table_has(&found, row) || table_has(&excluded, row)) continue;
+            offer(heap, &size, k, (entry){s, row});
+        }
+        if (h == n_head && n_head < n) goto none; /* the rest of the catalogue may hold a better one */
+    }
+    qsort(heap, (size_t)size, sizeof(entry), better_first);
+    result = PyList_New(size);
+    if (result == NULL) goto done;
+    for (Py_ssize_t i = 0; i < size; i++) {
+        PyObject *pair = Py_BuildValue("(nd)", heap[i].row, heap[i].score);
+        if (pair == NULL) {
+            Py_CLEAR(result);
+            goto done;
+        }
+        PyList_SET_ITEM(result, i, pair);
+    }
+    goto done;
+none:
+    Py_INCREF(Py_None);
+    result = Py_None;
+done:
+    if (owned != NULL) release_rows(owned, n_rows);
+    PyMem_Free(parts);
+    PyMem_Free(owned);
+    PyMem_Free(order);
+    PyMem_Free(sums);
+    PyMem_Free(left_out);
+    PyMem_Free(heap);
+    table_free(&found);
+    table_free(&excluded);
+    for (int b = 0; b < 6; b++) PyBuffer_Release(&views[b]);
+    pool_close(&p);
+    return result;
+}
+
 
 /* top_rows(scores, k) -> list of rows, best first (equal scores: lower row first), or None
  *
@@ -267,14 +680,6 @@ typedef struct {
     Py_ssize_t used;
 } SlotTable;
 
-static inline uint64_t slot_hash(uint64_t key) { /* MurmurHash3's finaliser: consecutive columns spread apart */
-    key ^= key >> 33;
-    key *= 0xff51afd7ed558ccdULL;
-    key ^= key >> 33;
-    key *= 0xc4ceb9fe1a85ec53ULL;
-    key ^= key >> 33;
-    return key;
-}
 
 /* Fresh empty arrays of `capacity` (a power of two) entries; -1 with MemoryError. */
 /* Fresh empty arrays of `capacity` (a power of two) entries, set only on success; -1 with MemoryError (nothing
@@ -879,8 +1284,11 @@ done:
 
 static PyMethodDef methods[] = {
     {"cooccurrence_scores", cooccurrence_scores, METH_VARARGS,
-     "cooccurrence_scores(cols, vals, start, length, rows, weights, damping, mass, popularity_weight, mass_max, out): "
-     "ItemCooccurrence.score_all into out"},
+     "cooccurrence_scores(cols, vals, start, length, rows, weights, cap, cache, damping, mass, popularity_weight, "
+     "mass_max, out): ItemCooccurrence.score_all into out"},
+    {"cooccurrence_top", cooccurrence_top, METH_VARARGS,
+     "cooccurrence_top(cols, vals, start, length, rows, weights, cap, cache, damping, mass, popularity_weight, "
+     "mass_max, n, head, exclude, k): the k best (row, score) of those scores without their exclude, or None"},
     {"gather_rows", gather_rows, METH_VARARGS,
      "gather_rows(cols, vals, start, length, n, out_cols, out_vals): rows 0..n-1 of a pool, one after the other"},
     {"top_rows", top_rows, METH_VARARGS,

@@ -240,6 +240,7 @@ def _checked_in_place(
     new_popularity = _with_rows(popularity, n_items, items, delta["popularity"])
 
     def change() -> np.ndarray:  # everything fits
+        model.forget_strongest()
         model.add_ids(added_users, added_items)
         model.set_item_values(items, delta)
         model.set_histories(users, history_items, history_weights)

@@ -55,6 +55,8 @@ class ServingModel:
         # list asked for, not per version: a large catalogue's sort and id list cost tens of ms a load
         self._popular_order: np.ndarray | None = None
         self._popular_total = float(popularity.sum()) or 1.0
+        # ItemCooccurrence.ranking_head of this version, made on the first recommendation asked for
+        self._ranking_head: np.ndarray | None = None
         self._half_applied = False  # a delta that failed part-way (see apply_delta): the model is not to be trusted
 
     @classmethod
@@ -103,6 +105,7 @@ class ServingModel:
             raise CodecError(f"delta's events_learned is not a number: {exc}") from exc
         if self._half_applied:
             raise CodecError("a delta failed part-way on this model: it takes no more deltas (load a whole version)")
+        self._ranking_head = None  # the rows' priors change
         try:
             popularity = cooccurrence_delta.apply_in_place(self.model, self._popularity, header, arrays)
         except cooccurrence_delta.HalfApplied:
@@ -138,8 +141,15 @@ class ServingModel:
         model = self.model
         if not model.knows_user(user_id) or not len(model.items):
             return Recommendation(self.popular(k, exclude), source="popular")
-        rows = model.items.rows(exclude) if exclude_rows is None else exclude_rows
-        best = top_k(model.score_all(user_id), k, exclude=rows, owned=True)
+        rows = np.fromiter(model.items.rows(exclude), np.int64) if exclude_rows is None else exclude_rows
+        best = None
+        if isinstance(model, ItemCooccurrence):  # from the user's rows alone, unless that does not settle it
+            head = self._ranking_head
+            if head is None:
+                head = self._ranking_head = model.ranking_head()
+            best = model.top(user_id, k, rows, head)
+        if best is None:
+            best = top_k(model.score_all(user_id), k, exclude=rows, owned=True)
         ids = model.items.ids
         return Recommendation([(ids[i], s) for i, s in best], source="model")
 

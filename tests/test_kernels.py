@@ -14,7 +14,7 @@ from learner import cooccurrence_delta as delta
 from learner.evaluation import ReplayEvent, replay
 from learner.item_cooccurrence import ItemCooccurrence
 from learner.online_learner import OnlineLearner
-from learner.ranking import top_rows
+from learner.ranking import top_k, top_rows
 from learner.serving import ServingModel
 from tests.conftest import skip_unless_ci
 
@@ -52,8 +52,14 @@ def _assert_same_scores(model: ItemCooccurrence, users: list[str]) -> None:
 
 @pytest.mark.parametrize(
     "params",
-    [{}, {"popularity_weight": 0.0}, {"window": 1, "recency": 1.0}, {"window": 7, "alpha": 0.0, "beta": 0.9}],
-    ids=["default", "no-prior", "window-1", "other-damping"],
+    [
+        {},
+        {"popularity_weight": 0.0},
+        {"window": 1, "recency": 1.0},
+        {"window": 7, "alpha": 0.0, "beta": 0.9},
+        {"neighbours": 5},
+    ],
+    ids=["default", "no-prior", "window-1", "other-damping", "five-neighbours"],
 )
 def test_scores_are_numpys_bit_for_bit_learned_loaded_and_after_deltas(built: object, params: dict) -> None:
     assert built is not None
@@ -128,22 +134,19 @@ def test_unaligned_buffers_are_read_as_aligned_ones(built: object) -> None:
     want, got = np.empty(50), np.empty(50)
     start, length, rows = np.array([0, 80]), np.array([200, 120]), np.array([1, 0])
     weights = np.array([0.7, 0.2])
-    built.cooccurrence_scores(cols, vals, start, length, rows, weights, damping, mass, 0.1, 0.9, want)  # type: ignore[attr-defined]
-    built.cooccurrence_scores(  # type: ignore[attr-defined]
-        unaligned(cols),
-        unaligned(vals),
-        unaligned(start),
-        unaligned(length),
-        unaligned(rows),
-        unaligned(weights),
-        unaligned(damping),
-        unaligned(mass),
-        0.1,
-        0.9,
-        got,
-    )
-    assert got.tobytes() == want.tobytes()
-    assert built.top_rows(unaligned(want), 7) == built.top_rows(want, 7)  # type: ignore[attr-defined]
+    head, exclude = np.argsort(-mass, kind="stable"), np.array([3, 9])
+    pool = (cols, vals, start, length, rows, weights)
+    moved = tuple(map(unaligned, pool))
+    for cap in (0, 100):  # every entry; the 100 strongest of each row (both are longer)
+        built.cooccurrence_scores(*pool, cap, None, damping, mass, 0.1, 0.9, want)  # type: ignore[attr-defined]
+        built.cooccurrence_scores(*moved, cap, None, unaligned(damping), unaligned(mass), 0.1, 0.9, got)  # type: ignore[attr-defined]
+        assert got.tobytes() == want.tobytes()
+        assert built.top_rows(unaligned(want), 7) == built.top_rows(want, 7)  # type: ignore[attr-defined]
+        top = built.cooccurrence_top(*pool, cap, None, damping, mass, 0.1, 0.9, 50, head, exclude, 7)  # type: ignore[attr-defined]
+        moved_top = built.cooccurrence_top(  # type: ignore[attr-defined]
+            *moved, cap, None, unaligned(damping), unaligned(mass), 0.1, 0.9, 50, unaligned(head), unaligned(exclude), 7
+        )
+        assert moved_top == top == top_k(want, 7, exclude)
 
 
 def _reference(scores: np.ndarray, k: int) -> list[int]:
@@ -200,13 +203,22 @@ def test_the_kernels_refuse_what_they_cannot_read_instead_of_reading_past_it(bui
         "length": array("q", [2]), "rows": array("q", [0]), "weights": array("d", [1.0]), "damping": ones,
     }  # fmt: skip
 
-    def scores(out: object = out, **changed: object) -> None:
+    def scores(out: object = out, cap: int = 0, **changed: object) -> None:
         a = {**good, **changed}
-        k.cooccurrence_scores(a["cols"], a["vals"], a["start"], a["length"], a["rows"], a["weights"], a["damping"],  # type: ignore[attr-defined]
-                              ones, 0.1, 1.0, out)  # fmt: skip
+        k.cooccurrence_scores(a["cols"], a["vals"], a["start"], a["length"], a["rows"], a["weights"], cap, None,  # type: ignore[attr-defined]
+                              a["damping"], ones, 0.1, 1.0, out)  # fmt: skip
+
+    def top(cap: int = 0, **changed: object) -> list | None:  # the same pool, through cooccurrence_top
+        a = {**good, **changed}
+        return k.cooccurrence_top(a["cols"], a["vals"], a["start"], a["length"], a["rows"], a["weights"], cap, {},  # type: ignore[attr-defined]
+                                  a["damping"], ones, 0.1, 1.0, 3, array("q", [0, 1, 2]), array("q"), 2)  # fmt: skip
 
     scores()
     assert out.tolist() == pytest.approx([1.2, 0.2, 2.2])  # evidence 1, 0, 2; prior 0.1 * top (2) / max mass (1)
+    assert top() == [(2, pytest.approx(2.2)), (0, pytest.approx(1.2))]
+    scores(cap=1)  # row 0's strongest entry alone: column 2
+    assert out.tolist() == pytest.approx([0.2, 0.2, 2.2])
+    assert top(cap=1) == [(2, pytest.approx(2.2)), (0, pytest.approx(0.2))]
     bad = [
         ({"cols": array("i", [3, 0])}, ValueError),  # column outside
         ({"cols": array("i", [-1, 0])}, ValueError),
@@ -227,6 +239,18 @@ def test_the_kernels_refuse_what_they_cannot_read_instead_of_reading_past_it(bui
     for changed, error in bad:
         with pytest.raises(error):
             scores(**changed)
+        if "damping" not in changed:  # top reads no damping past its n (3) items: the same list otherwise
+            with pytest.raises(error):
+                top(**changed)
+    pool = tuple(good.values())[:6]  # cols, vals, start, length, rows, weights
+    cache = {0: b"\0" * 4}  # a row's kept entries of another size than its cap's
+    with pytest.raises(ValueError):
+        k.cooccurrence_scores(*pool, 1, cache, ones, ones, 0.1, 1.0, out)  # type: ignore[attr-defined]
+    for head in (array("q", [3]), array("q", [-1])):  # a head row outside the catalogue
+        with pytest.raises(ValueError):
+            k.cooccurrence_top(*pool, 1, None, ones, ones, 0.1, 1.0, 3, head, array("q"), 2)  # type: ignore[attr-defined]
+    with pytest.raises(TypeError):
+        k.cooccurrence_top(*pool, 1, [], ones, ones, 0.1, 1.0, 3, array("q"), array("q"), 2)  # type: ignore[attr-defined]
     with pytest.raises(BufferError):
         scores(b"\0" * 24)  # read-only
     with pytest.raises(TypeError):

@@ -1,0 +1,190 @@
+"""Ranking from each item's strongest neighbours: what is kept of a long row, and the answer from the user's rows
+alone (``ItemCooccurrence.top``) against the ranking of the whole catalogue (``score_all`` then ``top_k``)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from learner import codec, kernels
+from learner import cooccurrence_delta as delta
+from learner.item_cooccurrence import ItemCooccurrence, strongest
+from learner.online_learner import OnlineLearner
+from learner.ranking import top_k
+from learner.serving import ServingModel
+from tests.conftest import skip_unless_ci
+
+
+@pytest.fixture
+def built() -> object:
+    kernel = kernels.compiled()
+    if kernel is None:
+        skip_unless_ci("learner/_kernels.c is not built: `pip install -e .` builds it when a C compiler is found")
+    return kernel
+
+
+def _feed(learner: OnlineLearner, rnd: random.Random, n: int, users: int, items: int, ts: float) -> float:
+    """A stream with a heavy head (Pareto item choice), so the head items' rows grow long."""
+    for _ in range(n):
+        ts += rnd.expovariate(0.5)
+        item = min(int(rnd.paretovariate(0.8)), items) - 1
+        kind = rnd.choice(["view", "like", "like", "share", "skip"])
+        learner.learn(f"u{rnd.randrange(users)}", f"v{item}", kind, None, None, ts)
+    return ts
+
+
+def _whole(model: ItemCooccurrence, user: str, k: int, exclude: np.ndarray) -> list[tuple[int, float]]:
+    return top_k(model.score_all(user), k, exclude=exclude, owned=True)
+
+
+def test_a_long_row_keeps_its_largest_values_equal_ones_by_lower_column(built: object) -> None:
+    cols = np.array([5, 1, 3, 2, 4, 0], dtype=np.int32)
+    vals = np.array([1.0, 2.0, 2.0, 3.0, 0.5, np.nan], dtype=np.float32)
+    for cap, kept in [
+        (1, {2}),
+        (2, {2, 1}),
+        (3, {2, 1, 3}),
+        (5, {2, 1, 3, 5, 4}),
+        (6, set(range(6))),
+        (0, set(range(6))),
+    ]:
+        got_cols, got_vals = strongest(cols, vals, cap)
+        assert set(got_cols.tolist()) == kept, cap
+        # the compiled loops read the same entries: a row summed with weight 1, no damping, no prior
+        out = np.empty(6)
+        built.cooccurrence_scores(  # type: ignore[attr-defined]
+            cols, vals, np.array([0]), np.array([6]), np.array([0]), np.array([1.0]), cap, None,
+            np.ones(6), np.zeros(6), 0.0, 0.0, out,
+        )  # fmt: skip
+        want = np.zeros(6)
+        want[got_cols] = got_vals
+        assert out.tobytes() == want.tobytes(), cap  # (the NaN entry too, when every entry is read)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{}, {"neighbours": 0}, {"neighbours": 3}, {"neighbours": 3, "popularity_weight": 0.0}],
+    ids=["default", "every-entry", "three", "three-no-prior"],
+)
+def test_the_users_rows_alone_give_the_whole_rankings_top_k(built: object, params: dict) -> None:
+    assert built is not None
+    rnd = random.Random(11)
+    learner = OnlineLearner(model=ItemCooccurrence(**params))
+    _feed(learner, rnd, 3_000, users=80, items=300, ts=1.7e9)
+    model = learner.model
+    assert isinstance(model, ItemCooccurrence)
+    n = len(model.items)
+    lengths = model.rows.pool()[3][:n]
+    if model.neighbours == 3:
+        assert (lengths > 3).sum() > 50  # rows to cap
+    head = model.ranking_head()
+    short = model.ranking_head(size=3)
+    answered = short_none = 0
+    for user in model.users.ids:
+        for k in (1, 7, 40):
+            exclude = np.array(sorted(rnd.sample(range(n), rnd.choice([0, 3, 30]))), dtype=np.int64)
+            want = _whole(model, user, k, exclude)
+            assert model.top(user, k, exclude, head) == want, (user, k)
+            got = model.top(user, k, exclude, short)
+            if got is None:
+                short_none += 1
+            else:
+                assert got == want, (user, k)
+                answered += 1
+    assert answered  # a head of 3 settles some lists
+    assert short_none or not model.popularity_weight  # not all (without a prior, the head is not read)
+
+
+def test_the_head_is_walked_past_equal_priors_to_the_lowest_rows(built: object) -> None:
+    """Equal priors may come in any order in the head: the walk goes on while a row can still tie its way in."""
+    mass = np.array([5.0, 1.0, 1.0, 1.0, 1.0, 0.0])
+    head = np.array([0, 4, 3, 2, 1, 5], dtype=np.int64)  # largest mass first, equal masses by descending row
+    pool = (np.array([0], np.int32), np.array([2.0], np.float32), np.array([0]), np.array([1]))
+    rows, weights = np.array([0]), np.array([1.0])
+    scores = np.empty(6)
+    built.cooccurrence_scores(*pool, rows, weights, 0, None, np.ones(6), mass, 0.1, 5.0, scores)  # type: ignore[attr-defined]
+    for k in (2, 3, 6):
+        got = built.cooccurrence_top(
+            *pool, rows, weights, 0, None, np.ones(6), mass, 0.1, 5.0, 6, head, np.zeros(0, np.int64), k
+        )  # type: ignore[attr-defined]
+        assert got == top_k(scores, k), k
+    assert [row for row, _ in got] == [0, 1, 2, 3, 4, 5]
+
+
+def test_every_row_excluded_or_a_tiny_catalogue_give_what_is_left(built: object) -> None:
+    assert built is not None
+    model = ItemCooccurrence(neighbours=1)
+    for user, items in {"a": "xyz", "b": "xyw"}.items():
+        for item in items:
+            model.learn_one(user, item, 1.0)
+    n = len(model.items)
+    head = model.ranking_head()
+    for exclude in ([], [0], [0, 1, 2], list(range(n))):
+        rows = np.array(exclude, dtype=np.int64)
+        for k in (0, 1, n, n + 5):
+            assert model.top("a", k, rows, head) == _whole(model, "a", k, rows), (exclude, k)
+
+
+def test_kept_rows_follow_learning(built: object) -> None:
+    """A long row's strongest entries are kept between rankings and dropped when learning changes the row: the
+    compiled ranking then gives numpy's numbers (which keep nothing) after every step."""
+    assert built is not None
+    rnd = random.Random(5)
+    learner = OnlineLearner(model=ItemCooccurrence(neighbours=2))
+    ts = 1.7e9
+    model = learner.model
+    for _ in range(12):
+        ts = _feed(learner, rnd, 150, users=30, items=60, ts=ts)
+        for user in model.users.ids:
+            with kernels.numpy_only():
+                want = model.score_all(user)
+            assert model.score_all(user).tobytes() == want.tobytes(), user
+    assert model._strongest  # rows were kept
+
+
+def test_a_served_model_answers_as_its_whole_version_after_deltas(built: object) -> None:
+    """Deltas applied in place change rows and priors: the kept rows and the ranking head of the version before
+    are not used for the next (the answers match a model loaded whole at each version)."""
+    assert built is not None
+    rnd = random.Random(9)
+    learner = OnlineLearner(model=ItemCooccurrence(neighbours=3))
+    ts = _feed(learner, rnd, 1_500, users=50, items=200, ts=1.7e9)
+    served = ServingModel.from_bytes(learner.to_bytes(), 1)
+    delta.mark(learner)
+    for version in range(2, 6):
+        for user in served.model.users.ids:  # fills the kept rows and the head of this version
+            served.recommend(user, 10, exclude=set())
+        ts = _feed(learner, rnd, 400, users=70, items=260, ts=ts)
+        made = delta.parts(learner, base_version=version - 1)
+        assert made is not None
+        served.apply_delta(*delta.resolve_delta([(version - 1, codec.encode(*made))]), version)
+        delta.mark(learner)
+        whole = ServingModel.from_bytes(learner.to_bytes(), version)
+        for user in whole.model.users.ids:
+            seen = set(rnd.sample(whole.model.items.ids, 5))
+            assert served.recommend(user, 10, exclude=seen) == whole.recommend(user, 10, exclude=seen), (version, user)
+
+
+def test_serving_without_the_compiled_loops_gives_the_same_lists(built: object) -> None:
+    assert built is not None
+    rnd = random.Random(2)
+    learner = OnlineLearner(model=ItemCooccurrence(neighbours=4))
+    _feed(learner, rnd, 2_000, users=40, items=150, ts=1.7e9)
+    served = ServingModel.from_bytes(learner.to_bytes(), 1)
+    for user in served.model.users.ids:
+        got = served.recommend(user, 10, exclude={"v0", "v3"})
+        with kernels.numpy_only():
+            assert served.recommend(user, 10, exclude={"v0", "v3"}) == got, user
+
+
+def test_the_cap_is_a_model_parameter_kept_in_its_snapshots() -> None:
+    learner = OnlineLearner(model=ItemCooccurrence(neighbours=7))
+    learner.learn("u", "a", "like", None, None)
+    assert OnlineLearner.from_bytes(learner.to_bytes()).model.neighbours == 7
+    state = learner.model.to_state()
+    del state.params["neighbours"]  # a snapshot made before the cap: ranked from every entry, as then
+    assert ItemCooccurrence.from_state(state).neighbours == 0
+    with pytest.raises(ValueError):
+        ItemCooccurrence(neighbours=-1)
