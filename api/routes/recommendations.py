@@ -16,10 +16,10 @@ import uuid
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from api.deps import AUTH_RESPONSES, ApiState, get_state, require_scope
+from api.deps import AUTH_RESPONSES, KEY_SCHEMES, ApiState, get_state, require_scope, require_scope_lean
 from api.redis_breaker import RedisUnavailable
 from learner.serving import ServingModel
 from recstream import metrics
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 WARN_EVERY_SECONDS = 60.0
 _warned_at = -math.inf
 
-router = APIRouter(tags=["recommendations"], dependencies=[Depends(require_scope("read"))], responses=AUTH_RESPONSES)
+router = APIRouter(tags=["recommendations"], responses=AUTH_RESPONSES)
 
 UserId = Annotated[str, Path(min_length=1, max_length=128, pattern=ID_PATTERN, description="The user's id.")]
 
@@ -90,15 +90,19 @@ def _model(state: ApiState) -> ServingModel:
     "/v1/users/{user_id}/recommendations",
     response_model=RecommendationList,
     responses={503: {"description": "No model yet."}},
+    # the hot path: one dependency that reads the key itself (api/deps.py), the state from the app
+    dependencies=[Depends(require_scope_lean("read"))],
+    openapi_extra=KEY_SCHEMES,
 )
 async def recommendations(
+    request: Request,
     user_id: UserId,
-    state: Annotated[ApiState, Depends(get_state)],
     k: Annotated[
         int | None,
         Query(ge=1, le=1000, description="How many items (default RECSTREAM_K_DEFAULT, at most RECSTREAM_K_MAX)."),
     ] = None,
 ) -> Any:
+    state: ApiState = request.app.state.recstream
     settings = state.settings
     k = settings.k_default if k is None else k
     if k > settings.k_max:
@@ -145,7 +149,12 @@ def _degraded(exc: RedisUnavailable) -> None:
         )
 
 
-@router.post("/v1/scores", response_model=ScoreResult, responses={503: {"description": "No model yet."}})
+@router.post(
+    "/v1/scores",
+    response_model=ScoreResult,
+    responses={503: {"description": "No model yet."}},
+    dependencies=[Depends(require_scope("read"))],
+)
 async def scores(request: ScoreRequest, state: Annotated[ApiState, Depends(get_state)]) -> Any:
     model = _model(state)
     return ScoreResult(
