@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
-import uuid
 from typing import Annotated, Any
 
 import orjson
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 WARN_EVERY_SECONDS = 60.0
 _warned_at = -math.inf
+# the counter's children by source, looked up once (labels() per request was ~2% of a recommendation's CPU)
+_SERVED = {source: metrics.RECOMMENDATIONS_SERVED.labels(source) for source in ("model", "popular")}
 
 router = APIRouter(tags=["recommendations"], responses=AUTH_RESPONSES)
 
@@ -120,17 +122,31 @@ async def recommendations(
             seen, degraded = set(), True
             _degraded(exc)
     rec = model.recommend(user_id, k, exclude=seen, exclude_rows=rows)
-    metrics.RECOMMENDATIONS_SERVED.labels(rec.source).inc()
+    (_SERVED.get(rec.source) or metrics.RECOMMENDATIONS_SERVED.labels(rec.source)).inc()
     # Serialised directly (same shape as RecommendationList): this is the hot path.
     body = {
         "user_id": user_id,
-        "recommendation_id": uuid.uuid4().hex,
+        "recommendation_id": new_recommendation_id(),
         "model_version": model.version,
         "source": rec.source,
         "items": [{"item_id": item, "score": score} for item, score in rec.items],
         "degraded": degraded,
     }
     return Response(orjson.dumps(body), media_type="application/json")
+
+
+def new_recommendation_id() -> str:
+    """What ``uuid.uuid4().hex`` gives (16 random bytes, the version-4 and variant bits set), without building a
+    ``UUID`` object (which was ~2% of a recommendation's CPU).
+
+    >>> import uuid
+    >>> uuid.UUID(new_recommendation_id()).version
+    4
+    """
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40
+    raw[8] = raw[8] & 0x3F | 0x80
+    return raw.hex()
 
 
 def _degraded(exc: RedisUnavailable) -> None:
