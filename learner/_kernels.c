@@ -157,32 +157,56 @@ typedef struct {
 
 static inline double strength(float value) { return isnan(value) ? -INFINITY : (double)value; }
 
-/* The `cap` strongest of a row's `len` entries (len > cap), as a new bytes object (see above); NULL with an error. */
-static PyObject *strongest_entries(const char *cols, const char *vals, Py_ssize_t len, Py_ssize_t cap) {
-    entry *heap = PyMem_Malloc((size_t)cap * sizeof(entry));
-    if (heap == NULL) return PyErr_NoMemory();
-    Py_ssize_t size = 0;
-    for (Py_ssize_t e = 0; e < len; e++) {
-        entry x = {strength(get_f32(vals, e)), get_i32(cols, e)};
-        if (size < cap) {
-            heap[size] = x;
-            sift_up(heap, size++);
-        } else if (worse(&heap[0], &x)) {
-            heap[0] = x;
-            sift_down(heap, size, 0);
+/* Reorder a[0..n) so that a[0..k) are its k best (0 < k <= n; any order within): quickselect, each pivot the median
+ * of three. "Better" is a strict total order here (a column appears once in a row), so the partition is plain. */
+static void select_best(entry *a, Py_ssize_t n, Py_ssize_t k) {
+    Py_ssize_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+        Py_ssize_t mid = lo + (hi - lo) / 2;
+        entry x = a[lo], y = a[mid], z = a[hi], pivot;
+        if (worse(&y, &x)) { entry t = x; x = y; y = t; } /* now x is the better of the first two */
+        pivot = worse(&z, &y) ? y : (worse(&z, &x) ? z : x);
+        Py_ssize_t i = lo, j = hi;
+        while (i <= j) {
+            while (worse(&pivot, &a[i])) i++;
+            while (worse(&a[j], &pivot)) j--;
+            if (i <= j) {
+                entry t = a[i];
+                a[i++] = a[j];
+                a[j--] = t;
+            }
+        }
+        /* a[lo..j] are at least as good as the pivot, a[i..hi] at most, anything between is the pivot itself */
+        if (k - 1 <= j) {
+            hi = j;
+        } else if (k - 1 >= i) {
+            lo = i;
+        } else {
+            return;
         }
     }
+}
+
+/* The `cap` strongest of a row's `len` entries (len > cap), as a new bytes object (see above); NULL with an error. */
+static PyObject *strongest_entries(const char *cols, const char *vals, Py_ssize_t len, Py_ssize_t cap) {
+    entry *all = PyMem_Malloc((size_t)len * sizeof(entry));
+    if (all == NULL) return PyErr_NoMemory();
+    for (Py_ssize_t e = 0; e < len; e++) {
+        all[e].score = strength(get_f32(vals, e));
+        all[e].row = get_i32(cols, e);
+    }
+    select_best(all, len, cap);
     PyObject *part = PyBytes_FromStringAndSize(NULL, cap * 8);
     if (part != NULL) {
         char *out = PyBytes_AS_STRING(part);
         for (Py_ssize_t e = 0; e < cap; e++) {
-            int32_t col = (int32_t)heap[e].row;
-            float value = (float)heap[e].score; /* exact: a float32 (or -inf) widened, narrowed back */
+            int32_t col = (int32_t)all[e].row;
+            float value = (float)all[e].score; /* exact: a float32 (or -inf) widened, narrowed back */
             memcpy(out + e * 4, &col, 4);
             memcpy(out + cap * 4 + e * 4, &value, 4);
         }
     }
-    PyMem_Free(heap);
+    PyMem_Free(all);
     return part;
 }
 

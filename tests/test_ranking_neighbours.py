@@ -63,6 +63,28 @@ def test_a_long_row_keeps_its_largest_values_equal_ones_by_lower_column(built: o
         assert out.tobytes() == want.tobytes(), cap  # (the NaN entry too, when every entry is read)
 
 
+def test_long_rows_with_many_equal_values_keep_what_numpy_keeps(built: object) -> None:
+    rng = np.random.default_rng(8)
+    for trial in range(300):
+        length = int(rng.integers(2, 1_500))
+        cols = rng.permutation(4_000)[:length].astype(np.int32)
+        vals = rng.integers(0, int(rng.integers(1, 12)), length).astype(np.float32)  # few distinct values: ties
+        if trial % 3 == 0:
+            vals = np.sort(vals)  # ascending and descending runs: a heap's worst case, a pivot's too
+        if trial % 3 == 1:
+            vals = vals[::-1].copy()
+        cap = int(rng.integers(1, length + 1))
+        out = np.empty(4_000)
+        built.cooccurrence_scores(  # type: ignore[attr-defined]
+            cols, vals, np.array([0]), np.array([length]), np.array([0]), np.array([1.0]), cap, None,
+            np.ones(4_000), np.zeros(4_000), 0.0, 0.0, out,
+        )  # fmt: skip
+        kept_cols, kept_vals = strongest(cols, vals, cap)
+        want = np.zeros(4_000)
+        want[kept_cols] = kept_vals
+        assert out.tobytes() == want.tobytes(), (trial, length, cap)
+
+
 @pytest.mark.parametrize(
     "params",
     [{}, {"neighbours": 0}, {"neighbours": 3}, {"neighbours": 3, "popularity_weight": 0.0}],
