@@ -278,6 +278,37 @@ static void release_rows(PyObject **owned, Py_ssize_t n_rows) {
     for (Py_ssize_t r = 0; r < n_rows; r++) Py_XDECREF(owned[r]);
 }
 
+/* What both ranking kernels do first, on their buffers rows, weights, damping, mass (views[0..3]): check that there
+ * is a weight per row and that damping and mass cover the n items, then read the rows into *parts and *owned
+ * (each one per row; their entries counted into *entries). -1 with an error, with nothing to release (*parts and
+ * *owned NULL); else the caller releases owned's references (release_rows) and frees both. */
+static int read_ranked_rows(const pool_view *p, const Py_buffer *views, Py_ssize_t n, Py_ssize_t cap, PyObject *cache,
+                            row_part **parts, PyObject ***owned, Py_ssize_t *entries) {
+    Py_ssize_t n_rows = views[0].len / 8;
+    *parts = NULL;
+    *owned = NULL;
+    if (views[1].len / 8 != n_rows) {
+        PyErr_SetString(PyExc_ValueError, "weights: one per row expected");
+        return -1;
+    }
+    if (views[2].len / 8 < n || views[3].len / 8 < n) {
+        PyErr_SetString(PyExc_ValueError, "damping and mass must cover every item");
+        return -1;
+    }
+    row_part *read = PyMem_Malloc((size_t)(n_rows > 0 ? n_rows : 1) * sizeof *read);
+    PyObject **refs = PyMem_Malloc((size_t)(n_rows > 0 ? n_rows : 1) * sizeof *refs);
+    if (read == NULL || refs == NULL) {
+        PyErr_NoMemory();
+    } else if (read_rows(p, views[0].buf, n_rows, cap, cache, read, refs, entries) == 0) {
+        *parts = read;
+        *owned = refs;
+        return 0;
+    }
+    PyMem_Free(read);
+    PyMem_Free(refs);
+    return -1;
+}
+
 static PyObject *cache_arg(PyObject *cache) {
     if (cache == Py_None) return NULL;
     if (!PyDict_Check(cache)) {
@@ -325,32 +356,14 @@ static PyObject *cooccurrence_scores(PyObject *self, PyObject *args) {
         pool_close(&p);
         return NULL;
     }
-    const char *rows = views[0].buf, *w = views[1].buf, *damp = views[2].buf, *m = views[3].buf;
+    const char *w = views[1].buf, *damp = views[2].buf, *m = views[3].buf;
     char *scores = views[4].buf;
     Py_ssize_t n = views[4].len / 8, n_rows = views[0].len / 8;
     PyObject *result = NULL;
     row_part *parts = NULL;
     PyObject **owned = NULL;
     Py_ssize_t entries = 0;
-    if (views[1].len / 8 != n_rows) {
-        PyErr_SetString(PyExc_ValueError, "weights: one per row expected");
-        goto done;
-    }
-    if (views[2].len / 8 < n || views[3].len / 8 < n) {
-        PyErr_SetString(PyExc_ValueError, "damping and mass must cover every item");
-        goto done;
-    }
-    parts = PyMem_Malloc((size_t)(n_rows > 0 ? n_rows : 1) * sizeof *parts);
-    owned = PyMem_Malloc((size_t)(n_rows > 0 ? n_rows : 1) * sizeof *owned);
-    if (parts == NULL || owned == NULL) {
-        n_rows = 0; /* nothing read: nothing to release */
-        PyErr_NoMemory();
-        goto done;
-    }
-    if (read_rows(&p, rows, n_rows, cap, cache, parts, owned, &entries) < 0) {
-        n_rows = 0; /* nothing left to release */
-        goto done;
-    }
+    if (read_ranked_rows(&p, views, n, cap, cache, &parts, &owned, &entries) < 0) goto done;
     memset(scores, 0, (size_t)n * sizeof(double));
     for (Py_ssize_t r = 0; r < n_rows; r++) {
         const double wr = get_f64(w, r);
@@ -483,7 +496,7 @@ static PyObject *cooccurrence_top(PyObject *self, PyObject *args) {
         pool_close(&p);
         return NULL;
     }
-    const char *rows = views[0].buf, *w = views[1].buf, *damp = views[2].buf, *m = views[3].buf;
+    const char *w = views[1].buf, *damp = views[2].buf, *m = views[3].buf;
     const char *head = views[4].buf, *excl = views[5].buf;
     Py_ssize_t n_rows = views[0].len / 8, n_head = views[4].len / 8, n_excl = views[5].len / 8;
     PyObject *result = NULL;
@@ -495,30 +508,12 @@ static PyObject *cooccurrence_top(PyObject *self, PyObject *args) {
     entry *heap = NULL;
     row_table found = {NULL, NULL, 0}, excluded = {NULL, NULL, 0};
     Py_ssize_t entries = 0, n_found = 0, size = 0;
-    if (views[1].len / 8 != n_rows) {
-        PyErr_SetString(PyExc_ValueError, "weights: one per row expected");
-        goto done;
-    }
-    if (views[2].len / 8 < n || views[3].len / 8 < n) {
-        PyErr_SetString(PyExc_ValueError, "damping and mass must cover every item");
-        goto done;
-    }
-    parts = PyMem_Malloc((size_t)(n_rows > 0 ? n_rows : 1) * sizeof *parts);
-    owned = PyMem_Malloc((size_t)(n_rows > 0 ? n_rows : 1) * sizeof *owned);
+    if (read_ranked_rows(&p, views, n, cap, cache, &parts, &owned, &entries) < 0) goto done;
     heap = PyMem_Malloc((size_t)(k > 0 ? k : 1) * sizeof *heap);
-    if (parts == NULL || owned == NULL || heap == NULL) {
-        n_rows = 0; /* nothing read: nothing to release */
-        PyErr_NoMemory();
-        goto done;
-    }
-    if (read_rows(&p, rows, n_rows, cap, cache, parts, owned, &entries) < 0) {
-        n_rows = 0;
-        goto done;
-    }
     order = PyMem_Malloc((size_t)(entries > 0 ? entries : 1) * sizeof *order);
     sums = PyMem_Malloc((size_t)(entries > 0 ? entries : 1) * sizeof *sums);
     left_out = PyMem_Calloc((size_t)(entries > 0 ? entries : 1), 1);
-    if (order == NULL || sums == NULL || left_out == NULL) {
+    if (heap == NULL || order == NULL || sums == NULL || left_out == NULL) {
         PyErr_NoMemory();
         goto done;
     }

@@ -177,20 +177,8 @@ class ItemCooccurrence:
         recent = self._recent
         kernel = kernels.compiled()
         if kernel is not None:  # the same numbers in two passes over the catalogue instead of six
-            rows, weights = self._weighted_rows(user)
             scores = np.empty(n_items, dtype=np.float64)
-            kernel.cooccurrence_scores(
-                *self._rows.pool(),
-                rows,
-                weights,
-                self.neighbours,
-                self._strongest_cache(),
-                self._candidate_damping,
-                recent.mass,
-                self.popularity_weight,
-                recent.max,
-                scores,
-            )
+            kernel.cooccurrence_scores(*self._ranking_inputs(user), scores)
             return scores
         scores = self._evidence(user, n_items)
         if self.popularity_weight and recent.max > 0 and n_items:
@@ -210,23 +198,18 @@ class ItemCooccurrence:
         kernel = kernels.compiled()
         if kernel is None:
             return None
+        exclude = np.asarray(exclude, dtype=np.int64)
+        return kernel.cooccurrence_top(*self._ranking_inputs(user), len(self.items), head, exclude, k)
+
+    def _ranking_inputs(self, user: str) -> tuple:
+        """The compiled ranking's first arguments for ``user``: the pool, the user's rows and their weights, the
+        cap and the kept rows, the candidates' damping and the prior."""
         rows, weights = self._weighted_rows(user)
         recent = self._recent
-        return kernel.cooccurrence_top(
-            *self._rows.pool(),
-            rows,
-            weights,
-            self.neighbours,
-            self._strongest_cache(),
-            self._candidate_damping,
-            recent.mass,
-            self.popularity_weight,
-            recent.max,
-            len(self.items),
-            head,
-            np.asarray(exclude, dtype=np.int64),
-            k,
-        )
+        pool = self._rows.pool()
+        cache = self._strongest_cache()
+        return (*pool, rows, weights, self.neighbours, cache, self._candidate_damping, recent.mass,
+                self.popularity_weight, recent.max)  # fmt: skip
 
     def ranking_head(self, size: int = 8_192) -> np.ndarray:
         """The rows of the ``size`` largest priors (recent popularity), largest first (int64): what :meth:`top`

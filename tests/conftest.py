@@ -26,7 +26,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from api.auth import hash_key, new_key
-from learner import cooccurrence_delta
+from learner import cooccurrence_delta, kernels
 from recstream import local_services
 from store.keys import Keys
 from store.model_store import ModelStore, bulk_client
@@ -76,6 +76,15 @@ def require_tool(command: str, package: str) -> str:
             pytest.fail(f"{command} is missing in CI: .ci/run installs Debian's {package} package")
         pytest.skip(f"{command} not installed (apt-get install {package}); CI installs it")
     return path
+
+
+@pytest.fixture
+def built() -> object:
+    """The compiled kernels (learner/_kernels.c); skipped where they are not built, except in CI."""
+    kernel = kernels.compiled()
+    if kernel is None:
+        skip_unless_ci("learner/_kernels.c is not built: `pip install -e .` builds it when a C compiler is found")
+    return kernel
 
 
 def _docker_available() -> bool:

@@ -16,17 +16,8 @@ from learner.item_cooccurrence import ItemCooccurrence
 from learner.online_learner import OnlineLearner
 from learner.ranking import top_k, top_rows
 from learner.serving import ServingModel
-from tests.conftest import skip_unless_ci
 
 KINDS = ["view", "view", "like", "share", "skip"]
-
-
-@pytest.fixture
-def built() -> object:
-    kernel = kernels.compiled()
-    if kernel is None:
-        skip_unless_ci("learner/_kernels.c is not built: `pip install -e .` builds it when a C compiler is found")
-    return kernel
 
 
 def _feed(learner: OnlineLearner, rnd: random.Random, n: int, users: int, items: int, ts: float) -> float:
