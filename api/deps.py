@@ -133,8 +133,9 @@ def require_scope(scope: Scope) -> Callable[..., Awaitable[Principal]]:
 
 def require_scope_lean(scope: Scope) -> Callable[[Request], Awaitable[Principal]]:
     """:func:`require_scope` as one dependency without sub-dependencies, for the hot route: FastAPI solves each
-    dependency per request, and the four of :func:`require_scope` were a third of a recommendation's CPU. Declare
-    the route with ``openapi_extra=KEY_SCHEMES`` so the OpenAPI page still documents its key."""
+    dependency per request, and the four of :func:`require_scope` cost ~13% of a recommendation's samples (py-spy,
+    32 connections: FastAPI's dependency solving 34% with them, 21% with this). Declare the route with
+    ``openapi_extra=KEY_SCHEMES`` so the OpenAPI page still documents its key."""
 
     async def authorised_principal(request: Request) -> Principal:
         return await authorise(request, request.app.state.recstream, scope, presented_key(request))

@@ -460,11 +460,13 @@ static inline void offer(entry *heap, Py_ssize_t *size, Py_ssize_t k, entry x) {
  * len(out)), leaving out the rows in `exclude` (int64), equal scores by lower row: the same rows and scores as
  * learner.ranking.top_rows of those scores, without a pass over the catalogue. Only the candidates (the columns of
  * the rows read) have evidence; every other item scores its popularity prior alone, so the best of them are the
- * first ones of `head`: int64 rows ordered by mass, largest first (any order among equal masses), the rows of the
- * largest masses of all. It is walked until no later row can be among the k best.
+ * first ones of `head`: int64 rows, each once (not checked: ItemCooccurrence.ranking_head's promise), ordered by
+ * mass, largest first (any order among equal masses), the rows of the largest masses of all. It is walked until no
+ * later row can be among the k best.
  * None (the caller then ranks the whole catalogue) when that is not known by the end of `head`, when a score is NaN
- * or -inf (the whole ranking's rules for them apply), or with a prior and no head. Assumes a finite damping for every
- * item that is not a candidate (so that its evidence is 0, as in the whole ranking).
+ * or -inf (the whole ranking's rules for them apply), when an excluded row is outside the catalogue, or with a prior
+ * and no head. Assumes a finite damping for every item that is not a candidate (so that its evidence is 0, as in
+ * the whole ranking).
  */
 static PyObject *cooccurrence_top(PyObject *self, PyObject *args) {
     PyObject *pool_objs[4], *objs[6], *cache_obj;
@@ -480,6 +482,7 @@ static PyObject *cooccurrence_top(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "k and n must be >= 0");
         return NULL;
     }
+    if (k > n) k = n; /* at most every item (and a heap of k entries is allocated) */
     PyObject *cache = cache_arg(cache_obj);
     if (cache == (PyObject *)-1) return NULL;
     pool_view p;
@@ -541,7 +544,7 @@ static PyObject *cooccurrence_top(PyObject *self, PyObject *args) {
     }
     for (Py_ssize_t x = 0; x < n_excl; x++) {
         int64_t row = get_i64(excl, x);
-        if (row < 0 || row >= n) continue;
+        if (row < 0 || row >= n) goto none; /* top_k's own rules for such a row apply (numpy's indexing) */
         excluded.keys[table_at(&excluded, row)] = row;
         uint64_t at = table_at(&found, row);
         if (found.keys[at] == row) left_out[found.values[at]] = 1;

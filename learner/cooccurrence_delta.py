@@ -201,7 +201,8 @@ def _checked_in_place(
         raise CodecError(
             f"delta is for a base of {sizes['users']} users and {sizes['items']} items, not {n_users0} and {n_items0}"
         )
-    if header["kind"] != model.kind or header["params"] != model.to_state_params():
+    # a delta from a worker older than the ranking cap names no ``neighbours``: its model ranks every entry (0)
+    if header["kind"] != model.kind or {"neighbours": 0, **header["params"]} != model.to_state_params():
         raise CodecError("delta is for another model (kind or parameters differ from its base)")
     if len(popularity) != n_items0:
         raise CodecError("delta needs popularity counts over the model's items")

@@ -366,6 +366,25 @@ def test_a_delta_that_does_not_fit_changes_nothing_in_place() -> None:
     _assert_serves_the_same(served, learner, 2)
 
 
+def test_a_delta_from_a_worker_before_the_ranking_cap_fits_a_model_that_ranks_every_entry() -> None:
+    """Such a worker's deltas name no ``neighbours`` (its model ranks every entry, as one loaded from its snapshots)."""
+    rnd = random.Random(5)
+    for neighbours, fits in ((0, True), (200, False)):
+        learner = OnlineLearner(model=ItemCooccurrence(window=3, neighbours=neighbours))
+        ts = _feed(learner, rnd, 300, users=10, items=20, start=1.7e9)
+        served = ServingModel.from_bytes(learner.to_bytes(), 1)
+        delta.mark(learner)
+        _feed(learner, rnd, 100, users=12, items=24, start=ts)
+        header, arrays = codec.decode(_delta_blob(learner))
+        old_header = {**header, "params": {k: v for k, v in header["params"].items() if k != "neighbours"}}
+        if fits:
+            served.apply_delta(old_header, arrays, 2)
+            _assert_serves_the_same(served, learner, 2)
+        else:
+            with pytest.raises(CodecError, match="another model"):
+                served.apply_delta(old_header, arrays, 2)
+
+
 def test_only_the_default_model_takes_deltas_in_place() -> None:
     learner = OnlineLearner(model=ImplicitMF(n_factors=4))
     learner.learn("ann", "a", "like", None, None, 1.7e9)

@@ -140,6 +140,18 @@ def test_every_row_excluded_or_a_tiny_catalogue_give_what_is_left(built: object)
             assert model.top("a", k, rows, head) == _whole(model, "a", k, rows), (exclude, k)
 
 
+def test_a_huge_k_or_an_excluded_row_outside_the_catalogue_gives_what_the_whole_ranking_gives(built: object) -> None:
+    assert built is not None
+    model = ItemCooccurrence(neighbours=1)
+    for user, items in {"a": "xyz", "b": "xyw"}.items():
+        for item in items:
+            model.learn_one(user, item, 1.0)
+    head = model.ranking_head()
+    assert model.top("a", 2**60, np.zeros(0, np.int64), head) == _whole(model, "a", 2**60, np.zeros(0, np.int64))
+    for outside in ([-1], [len(model.items)]):  # numpy's rules for such rows apply: the whole ranking is asked
+        assert model.top("a", 3, np.array(outside, dtype=np.int64), head) is None
+
+
 def test_kept_rows_follow_learning(built: object) -> None:
     """A long row's strongest entries are kept between rankings and dropped when learning changes the row: the
     compiled ranking then gives numpy's numbers (which keep nothing) after every step."""
