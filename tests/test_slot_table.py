@@ -7,10 +7,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.test_kernels import built  # noqa: F401 - the fixture: the compiled kernels (skipped outside CI if not built)
 
-
-def test_the_slot_table_answers_as_a_dict_through_growth(built: Any) -> None:  # noqa: F811
+def test_the_slot_table_answers_as_a_dict_through_growth(built: Any) -> None:
     table_type = built.SlotTable
     rng = np.random.default_rng(5)
     table, reference = table_type(), {}
@@ -28,7 +26,7 @@ def test_the_slot_table_answers_as_a_dict_through_growth(built: Any) -> None:  #
     assert table.nbytes >= 12 * len(table) / 0.7  # within its load limit
 
 
-def test_filling_a_table_sets_every_entry_of_a_snapshot(built: Any) -> None:  # noqa: F811
+def test_filling_a_table_sets_every_entry_of_a_snapshot(built: Any) -> None:
     table_type = built.SlotTable
     rng = np.random.default_rng(1)
     lengths = rng.integers(0, 50, size=200)
@@ -44,7 +42,7 @@ def test_filling_a_table_sets_every_entry_of_a_snapshot(built: Any) -> None:  # 
     assert table.get(0, 10_001) is None
 
 
-def test_the_slot_table_refuses_what_it_cannot_hold(built: Any) -> None:  # noqa: F811
+def test_the_slot_table_refuses_what_it_cannot_hold(built: Any) -> None:
     kernels = built
     table = kernels.SlotTable()
     for args in ((-1, 0, 0), (0, 2**31, 0), (0, 0, -5)):

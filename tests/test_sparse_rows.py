@@ -10,7 +10,6 @@ import pytest
 
 from learner import kernels, sparse_rows
 from learner.sparse_rows import SparseRows
-from tests.test_kernels import built  # noqa: F401 - the fixture: the compiled kernels (skipped outside CI if not built)
 
 
 @pytest.fixture(params=[True, False], ids=["compiled", "python"])
@@ -144,7 +143,7 @@ def test_the_update_refuses_rows_outside_the_pool_and_changes_nothing() -> None:
     assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
 
 
-def test_the_compiled_loops_refuse_what_they_cannot_use_instead_of_crashing(built: Any) -> None:  # noqa: F811
+def test_the_compiled_loops_refuse_what_they_cannot_use_instead_of_crashing(built: Any) -> None:
     rows = SparseRows()
     rows.add_rows(4)
     rows.add_pairs({1: 1.0}, 0, 1.0, 0.9, 1.0, 1.0)
@@ -195,7 +194,7 @@ def test_a_served_pool_scans_rows_for_evidence_and_builds_no_table() -> None:
     assert served._table is None and served._kernel is None
 
 
-def test_gathering_rows_refuses_what_does_not_fit(built: Any) -> None:  # noqa: F811
+def test_gathering_rows_refuses_what_does_not_fit(built: Any) -> None:
     cols, vals = np.arange(6, dtype=np.int32), np.arange(6, dtype=np.float32)
     start, length = np.array([4, 0]), np.array([2, 3])
     out_cols, out_vals = np.zeros(5, np.int32), np.zeros(5, np.float32)
