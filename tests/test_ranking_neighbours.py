@@ -126,12 +126,18 @@ def test_the_head_is_walked_past_equal_priors_to_the_lowest_rows(built: object) 
     assert [row for row, _ in got] == [0, 1, 2, 3, 4, 5]
 
 
-def test_every_row_excluded_or_a_tiny_catalogue_give_what_is_left(built: object) -> None:
-    assert built is not None
+def _tiny_model() -> ItemCooccurrence:
+    """Four items, two users, every row capped at one entry."""
     model = ItemCooccurrence(neighbours=1)
     for user, items in {"a": "xyz", "b": "xyw"}.items():
         for item in items:
             model.learn_one(user, item, 1.0)
+    return model
+
+
+def test_every_row_excluded_or_a_tiny_catalogue_give_what_is_left(built: object) -> None:
+    assert built is not None
+    model = _tiny_model()
     n = len(model.items)
     head = model.ranking_head()
     for exclude in ([], [0], [0, 1, 2], list(range(n))):
@@ -142,10 +148,7 @@ def test_every_row_excluded_or_a_tiny_catalogue_give_what_is_left(built: object)
 
 def test_a_huge_k_or_an_excluded_row_outside_the_catalogue_gives_what_the_whole_ranking_gives(built: object) -> None:
     assert built is not None
-    model = ItemCooccurrence(neighbours=1)
-    for user, items in {"a": "xyz", "b": "xyw"}.items():
-        for item in items:
-            model.learn_one(user, item, 1.0)
+    model = _tiny_model()
     head = model.ranking_head()
     assert model.top("a", 2**60, np.zeros(0, np.int64), head) == _whole(model, "a", 2**60, np.zeros(0, np.int64))
     for outside in ([-1], [len(model.items)]):  # numpy's rules for such rows apply: the whole ranking is asked
