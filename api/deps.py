@@ -131,17 +131,6 @@ def require_scope(scope: Scope) -> Callable[..., Awaitable[Principal]]:
     return authorised_principal
 
 
-def require_scope_lean(scope: Scope) -> Callable[[Request], Awaitable[Principal]]:
-    """:func:`require_scope` as one dependency without sub-dependencies, for the hot route: FastAPI solves each
-    dependency per request, and the four of :func:`require_scope` cost ~13% of a recommendation's samples (py-spy,
-    32 connections: FastAPI's dependency solving 34% with them, 21% with this). Declare the route with
-    ``openapi_extra=KEY_SCHEMES`` so the OpenAPI page still documents its key."""
-
-    async def authorised_principal(request: Request) -> Principal:
-        return await authorise(request, request.app.state.recstream, scope, presented_key(request))
-
-    return authorised_principal
-
-
-#: The ``security`` the two schemes give a route that depends on :func:`require_scope` (for :func:`require_scope_lean`).
+#: The ``security`` the two schemes give a route that depends on :func:`require_scope`: the ``openapi_extra`` of a route
+#: that calls :func:`authorise` itself (the recommendations route).
 KEY_SCHEMES = {"security": [{bearer_scheme.scheme_name: []}, {header_scheme.scheme_name: []}]}

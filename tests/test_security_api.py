@@ -102,7 +102,7 @@ def test_without_a_key_every_v1_endpoint_answers_401_with_a_challenge(
 
 @pytest.mark.parametrize(
     ("path", "scope"),
-    [("/v1/gate", "admin"), ("/v1/users/u1/recommendations", "read")],  # the second reads its key itself (lean)
+    [("/v1/gate", "admin"), ("/v1/users/u1/recommendations", "read")],  # the second checks its key itself (authorise)
 )
 def test_an_unknown_key_or_another_scheme_is_401_and_x_api_key_works(api: Api, path: str, scope: str) -> None:
     with httpx.Client(base_url=api.service.url, timeout=10) as client:
@@ -158,7 +158,7 @@ def test_the_docs_page_loads_under_a_csp_that_names_exactly_its_scripts(api: Api
     assert schema["paths"]["/v1/events"]["post"]["security"]
     assert "401" in schema["paths"]["/v1/events"]["post"]["responses"]
     assert "security" not in schema["paths"]["/healthz"]["get"]
-    # the recommendations route checks its key in one dependency of its own (api/deps.py require_scope_lean)
+    # the recommendations route checks its key itself (authorise), documented through KEY_SCHEMES
     recommendations = schema["paths"]["/v1/users/{user_id}/recommendations"]["get"]
     assert recommendations["security"] == schema["paths"]["/v1/scores"]["post"]["security"]
 

@@ -1,0 +1,95 @@
+"""The recommendations route reads its path and query parameters itself (api/params.py): it must refuse, accept and
+document them exactly as a FastAPI route declaring them does. The app runs in process (real Redis and broker behind
+its lifespan), with such a route added for reference."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.routes.recommendations import Count, UserId
+from recstream.settings import Settings
+from tests.conftest import TEST_API_KEY, Endpoint, make_env
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+ROUTE = "/v1/users/{user_id}/recommendations"
+REFERENCE = "/reference/users/{user_id}"
+
+# (user id as it appears in the path, query string)
+REFUSED = [
+    ("u1", "k=0"),
+    ("u1", "k=1001"),
+    ("u1", "k=abc"),
+    ("u1", "k="),
+    ("u1", "k=1.5"),
+    ("u1", "k=-3"),
+    ("bad%20id", ""),
+    ("x" * 129, ""),
+    ("a%23b", ""),
+    ("bad%20id", "k=0"),  # both wrong: both errors, in order
+    ("u1", "k=5&k=0"),  # the last one counts
+]
+ACCEPTED = [("u1", ""), ("u1", "k=5"), ("u1", "k=%205"), ("u1", "k=0&k=5"), ("u.-_:@9", "k=100"), ("x" * 128, "")]
+
+
+@pytest.fixture(scope="module")
+def client(redis_endpoint: Endpoint, broker_endpoint: Endpoint) -> Iterator[TestClient]:
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in make_env(redis_endpoint, broker_endpoint).items():
+            patch.setenv(name, value)
+        app = create_app(Settings())
+    _add_reference_route(app)
+    with TestClient(app, base_url="http://127.0.0.1", headers={"Authorization": f"Bearer {TEST_API_KEY}"}) as test:
+        yield test
+
+
+def _add_reference_route(app: FastAPI) -> None:
+    """The same parameters declared to FastAPI, which validates and documents them itself."""
+
+    @app.get(REFERENCE)
+    async def reference(user_id: UserId, k: Count = None) -> dict[str, Any]:
+        return {"user_id": user_id, "k": k}
+
+
+def _both(client: TestClient, user: str, query: str) -> tuple[Any, Any]:
+    suffix = f"?{query}" if query else ""
+    return (
+        client.get(ROUTE.format(user_id=user) + suffix),
+        client.get(REFERENCE.format(user_id=user) + suffix),
+    )
+
+
+@pytest.mark.parametrize(("user", "query"), REFUSED)
+def test_bad_parameters_get_the_422_a_declaring_route_gives(client: TestClient, user: str, query: str) -> None:
+    ours, reference = _both(client, user, query)
+    assert reference.status_code == 422, reference.text
+    assert ours.status_code == 422, ours.text
+    assert ours.json() == reference.json()
+    assert ours.json()["errors"][0]["field"] in ("path.user_id", "query.k")
+
+
+@pytest.mark.parametrize(("user", "query"), ACCEPTED)
+def test_good_parameters_pass_as_they_pass_a_declaring_route(client: TestClient, user: str, query: str) -> None:
+    ours, reference = _both(client, user, query)
+    assert reference.status_code == 200, reference.text
+    # no worker runs here, so the route answers that no model is loaded: it got past the parameters
+    assert ours.status_code == 503 and "no model is loaded" in ours.json()["detail"], ours.text
+
+
+def test_the_key_is_checked_before_the_parameters(client: TestClient) -> None:
+    response = client.get(ROUTE.format(user_id="bad%20id") + "?k=0", headers={"Authorization": "Bearer nope"})
+    assert response.status_code == 401
+
+
+def test_the_openapi_page_documents_the_parameters_as_a_declaring_route(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    ours, reference = paths[ROUTE]["get"], paths[REFERENCE]["get"]
+    assert ours["parameters"] == reference["parameters"]
+    assert ours["responses"]["422"] == reference["responses"]["422"]
+    assert [p["name"] for p in ours["parameters"]] == ["user_id", "k"]
