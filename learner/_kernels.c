@@ -118,9 +118,10 @@ static inline uint64_t slot_hash(uint64_t key) { /* MurmurHash3's finaliser: con
  * A user is ranked from the rows of the items they remember. A row is read whole when it has at most `cap` entries
  * (or cap is 0); a longer one through its `cap` strongest entries: the largest values, equal values by lower column
  * (a NaN value counts as -inf). The pool keeps every entry (learning and predict_one use them all); the strongest
- * entries of a long row are selected here, as a bytes object of cap int32 columns then cap float32 values, kept in
- * the caller's dict by row (None: not kept) until the caller forgets them (when the row changes). Within a row each
- * column appears once, so the order of its entries changes no sum. */
+ * entries of a long row are selected here, as a bytearray of cap int32 columns then cap float32 values, kept in the
+ * caller's dict by row (None: not kept). Learning keeps them up to date (PoolRows.add_pairs, kept_update); the caller
+ * forgets them when rows change otherwise. Within a row each column appears once, so the order of its entries
+ * changes no sum. */
 typedef struct {
     Py_buffer views[4]; /* cols, vals, start, length */
     const char *cols, *vals, *start, *length;
@@ -195,7 +196,7 @@ static void select_best(entry *a, Py_ssize_t n, Py_ssize_t k) {
     }
 }
 
-/* The `cap` strongest of a row's `len` entries (len > cap), as a new bytes object (see above); NULL with an error. */
+/* The `cap` strongest of a row's `len` entries (len > cap), as a new bytearray (see above); NULL with an error. */
 static PyObject *strongest_entries(const char *cols, const char *vals, Py_ssize_t len, Py_ssize_t cap) {
     entry *all = PyMem_Malloc((size_t)len * sizeof(entry));
     if (all == NULL) return PyErr_NoMemory();
@@ -204,9 +205,9 @@ static PyObject *strongest_entries(const char *cols, const char *vals, Py_ssize_
         all[e].row = get_i32(cols, e);
     }
     select_best(all, len, cap);
-    PyObject *part = PyBytes_FromStringAndSize(NULL, cap * 8);
+    PyObject *part = PyByteArray_FromStringAndSize(NULL, cap * 8);
     if (part != NULL) {
-        char *out = PyBytes_AS_STRING(part);
+        char *out = PyByteArray_AS_STRING(part);
         for (Py_ssize_t e = 0; e < cap; e++) {
             int32_t col = (int32_t)all[e].row;
             float value = (float)all[e].score; /* exact: a float32 (or -inf) widened, narrowed back */
@@ -216,6 +217,54 @@ static PyObject *strongest_entries(const char *cols, const char *vals, Py_ssize_
     }
     PyMem_Free(all);
     return part;
+}
+
+static inline int kept_fits(PyObject *part, Py_ssize_t cap) {
+    return PyByteArray_CheckExact(part) && PyByteArray_GET_SIZE(part) == cap * 8;
+}
+
+/* Learning added to the entry at `col` of row `row`, now `value`, and values only grow: the row's kept strongest
+ * entries (in `kept`, at `cap`), if any, stay its strongest when the entry takes the weakest one's place if it is
+ * now better (or just its new value, if it is kept already). Without a kept part nothing is done; when the part
+ * cannot be read (an object not made here, no memory for the key) every part is dropped instead: dropping is always
+ * right (they are selected again when read). Never raises. */
+static void kept_update(PyObject *kept, Py_ssize_t cap, int64_t row, int32_t col, float value) {
+    PyObject *key = PyLong_FromLongLong(row);
+    PyObject *part = key == NULL ? NULL : PyDict_GetItemWithError(kept, key); /* borrowed */
+    Py_XDECREF(key);
+    if (part == NULL) {
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            PyDict_Clear(kept);
+        }
+        return;
+    }
+    if (!kept_fits(part, cap)) {
+        PyDict_Clear(kept);
+        return;
+    }
+    char *cols = PyByteArray_AS_STRING(part), *vals = cols + cap * 4;
+    Py_ssize_t weakest = 0;
+    double weakest_value = INFINITY;
+    int32_t weakest_col = 0;
+    for (Py_ssize_t e = 0; e < cap; e++) {
+        int32_t c = get_i32(cols, e);
+        if (c == col) {
+            memcpy(vals + e * 4, &value, 4);
+            return;
+        }
+        double v = strength(get_f32(vals, e));
+        if (v < weakest_value || (v == weakest_value && c > weakest_col) || e == 0) {
+            weakest = e;
+            weakest_value = v;
+            weakest_col = c;
+        }
+    }
+    double v = strength(value);
+    if (v > weakest_value || (v == weakest_value && col < weakest_col)) {
+        memcpy(cols + weakest * 4, &col, 4);
+        memcpy(vals + weakest * 4, &value, 4);
+    }
 }
 
 /* The part of pool row `row` that ranking reads (its strongest entries when longer than cap, from `cache` when
@@ -240,7 +289,7 @@ static int read_row(const pool_view *p, int64_t row, Py_ssize_t cap, PyObject *c
         key = PyLong_FromLongLong(row);
         if (key == NULL) return -1;
         part = PyDict_GetItemWithError(cache, key); /* borrowed */
-        if (part != NULL && (!PyBytes_Check(part) || PyBytes_GET_SIZE(part) != cap * 8)) {
+        if (part != NULL && !kept_fits(part, cap)) {
             Py_DECREF(key);
             PyErr_SetString(PyExc_ValueError, "cache: a row's entry is not its strongest entries at this cap");
             return -1;
@@ -260,7 +309,7 @@ static int read_row(const pool_view *p, int64_t row, Py_ssize_t cap, PyObject *c
         }
     }
     Py_XDECREF(key);
-    out->cols = PyBytes_AS_STRING(part);
+    out->cols = PyByteArray_AS_STRING(part);
     out->vals = out->cols + cap * 4;
     out->len = cap;
     *owned = part;
@@ -1118,21 +1167,28 @@ static inline int64_t pool_add(PoolRows *self, int64_t row, int64_t col, double 
     return k;
 }
 
-/* add_pairs(history, i, y, gamma, forward, backward) -> status
+/* add_pairs(history, i, y, gamma, forward, backward, kept=None, cap=0) -> status
  *
  * SparseRows.add_pairs: for every remembered item j of `history` (newest first, `i` itself left out, the k-th with
  * pair weight gamma ** k * w_j), C[j, i] += forward * y * pair and C[i, j] += backward * y * pair; each entry
- * touched logged as row << 32 | slot. Status: 0 done; 3 done, and a row moved (the caller checks the garbage); 1
+ * touched logged as row << 32 | slot, and each kept part of a touched row (`kept`, a dict as the ranking kernels
+ * take it, at `cap`) brought up to date (kept_update). The values only grow (y, the weights, gamma, forward and
+ * backward are at least 0: not checked). Status: 0 done; 3 done, and a row moved (the caller checks the garbage); 1
  * nothing done, the pool must hold state[4] entries first; 2 nothing done, the log is full.
  */
 static PyObject *PoolRows_add_pairs(PoolRows *self, PyObject *args) {
-    PyObject *history;
+    PyObject *history, *kept_obj = Py_None;
     long long i;
     double y, gamma, forward, backward;
-    if (!PyArg_ParseTuple(args, "O!Ldddd", &PyDict_Type, &history, &i, &y, &gamma, &forward, &backward) ||
+    Py_ssize_t kept_cap = 0;
+    if (!PyArg_ParseTuple(args, "O!Ldddd|On", &PyDict_Type, &history, &i, &y, &gamma, &forward, &backward, &kept_obj,
+                          &kept_cap) ||
         pool_ready(self) < 0) {
         return NULL;
     }
+    PyObject *kept = cache_arg(kept_obj);
+    if (kept == (PyObject *)-1) return NULL;
+    if (kept != NULL && (kept_cap <= 0 || PyDict_GET_SIZE(kept) == 0)) kept = NULL; /* nothing kept */
     int64_t *start = self->start.buf, *length = self->length.buf, *cap = self->cap.buf, *state = self->state.buf;
     int64_t n_rows = state[ST_ROWS], pool_size = self->cols.len / 4;
     if (n_rows < 0 || n_rows > SLOT_LIMIT || n_rows > self->start.len / 8 || i < 0 || i >= n_rows) {
@@ -1185,6 +1241,11 @@ static PyObject *PoolRows_add_pairs(PoolRows *self, PyObject *args) {
         if (log != NULL) {
             log[state[ST_LOG]++] = (int64_t)((uint64_t)j << 32 | (uint64_t)k_j);
             log[state[ST_LOG]++] = (int64_t)((uint64_t)i << 32 | (uint64_t)k_i);
+        }
+        if (kept != NULL) {
+            const float *vals = self->vals.buf;
+            kept_update(kept, kept_cap, j, (int32_t)i, vals[start[j] + k_j]);
+            kept_update(kept, kept_cap, i, (int32_t)j, vals[start[i] + k_i]);
         }
     }
     result = PyLong_FromLong(state[ST_GARBAGE] != garbage ? POOL_OK_MOVED : POOL_OK);

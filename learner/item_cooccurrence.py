@@ -94,6 +94,8 @@ class ItemCooccurrence:
     ) -> None:
         if window < 1:
             raise ValueError("window must be >= 1")
+        if min(gamma, forward, backward) < 0:  # co-occurrence only grows (the kept strongest entries rely on it)
+            raise ValueError("gamma, forward and backward must be >= 0")
         if neighbours < 0:
             raise ValueError("neighbours must be >= 0 (0: every entry of a row)")
         if popularity_weight < 0:
@@ -107,9 +109,9 @@ class ItemCooccurrence:
         self.backward = float(backward)
         self.popularity_weight = float(popularity_weight)
         self.neighbours = int(neighbours)
-        # row -> its ``neighbours`` strongest entries (the compiled ranking's bytes), for rows longer than that;
-        # an entry is dropped when its row changes (learn_one, forget_strongest), all of them past _STRONGEST_KEPT
-        self._strongest: dict[int, bytes] = {}
+        # row -> its ``neighbours`` strongest entries (the compiled ranking's bytearray), for rows longer than that;
+        # kept up to date by learn_one (SparseRows.add_pairs), all dropped by forget_strongest and past _STRONGEST_KEPT
+        self._strongest: dict[int, bytearray] = {}
         self._recent = DecayedCounter(half_life_days)  # recent popularity: the tie-breaker
         self.half_life_days = self._recent.half_life_days
         self.users = IdIndex()
@@ -140,12 +142,8 @@ class ItemCooccurrence:
         if y <= 0:
             return
         history = self._history.for_update(u)
-        strongest = self._strongest
-        if strongest:  # the rows this event changes: i's, and the row of every item in the history
-            strongest.pop(i, None)
-            for j in history:
-                strongest.pop(j, None)
-        self._rows.add_pairs(history, i, y, self.gamma, self.forward, self.backward)
+        # the kept strongest entries of the rows this event changes are brought up to date with them
+        self._rows.add_pairs(history, i, y, self.gamma, self.forward, self.backward, self._strongest, self.neighbours)
         self._recent.add(i, y)
         mass = float(self._mass[i]) + y
         self._mass[i] = mass
@@ -225,7 +223,7 @@ class ItemCooccurrence:
         """Drop the kept strongest entries of long rows: call it when rows change other than by :meth:`learn_one`."""
         self._strongest.clear()
 
-    def _strongest_cache(self) -> dict[int, bytes]:
+    def _strongest_cache(self) -> dict[int, bytearray]:
         if len(self._strongest) > _STRONGEST_KEPT:
             self._strongest.clear()
         return self._strongest

@@ -134,13 +134,16 @@ class SparseRows:
 
     # -- learning ------------------------------------------------------------------------
 
-    def add_pairs(self, history: dict[int, float], i: int, y: float, gamma: float, forward: float,
-                  backward: float) -> None:  # fmt: skip
+    def add_pairs(self, history: dict[int, float], i: int, y: float, gamma: float, forward: float, backward: float,
+                  kept: dict[int, bytearray] | None = None, cap: int = 0) -> None:  # fmt: skip
         """For every remembered item ``j`` of ``history`` (item row -> weight, oldest first), newest first, ``i``
         itself left out, the k-th with pair weight ``gamma ** k * w_j``: ``C[j, i] += forward * y * pair`` and
-        ``C[i, j] += backward * y * pair``, new entries appended to their rows; each entry touched is logged."""
+        ``C[i, j] += backward * y * pair``, new entries appended to their rows; each entry touched is logged. The
+        values only grow (every argument is at least 0), so the strongest ``cap`` entries ``kept`` of a row (as the
+        ranking kernels keep them) stay its strongest when a touched entry replaces the weakest one if it is now
+        better: that is done for each touched row that has them."""
         kernel = self._kernel if self._kernel is not None else self._bind()
-        status = kernel.add_pairs(history, i, y, gamma, forward, backward)
+        status = kernel.add_pairs(history, i, y, gamma, forward, backward, kept, cap)
         while status != OK:
             if status == OK_MOVED:  # rows moved, leaving garbage behind
                 if self._state[GARBAGE] > POOL_GARBAGE_SHARE * self._state[END]:
@@ -151,7 +154,7 @@ class SparseRows:
             else:
                 self._grow_log()
             kernel = self._bind()
-            status = kernel.add_pairs(history, i, y, gamma, forward, backward)
+            status = kernel.add_pairs(history, i, y, gamma, forward, backward, kept, cap)
 
     def evidence(self, history: dict[int, float], i: int, powers: Any, damping: np.ndarray) -> float:
         """The sum over the remembered items ``j`` (newest first, ``age`` counted over all) of ``w_j *
@@ -441,8 +444,8 @@ class _PythonPoolRows:
         self._start, self._len, self._cap, self._state = rows._start, rows._len, rows._cap, rows._state
         self._log = rows._log
 
-    def add_pairs(self, history: dict[int, float], i: int, y: float, gamma: float, forward: float,
-                  backward: float) -> int:  # fmt: skip
+    def add_pairs(self, history: dict[int, float], i: int, y: float, gamma: float, forward: float, backward: float,
+                  kept: dict[int, bytearray] | None = None, kept_cap: int = 0) -> int:  # fmt: skip
         length, cap, state = self._len, self._cap, self._state
         n_rows = int(state[ROWS])
         if not 0 <= i < n_rows or not all(0 <= j < n_rows for j in history):
@@ -475,6 +478,9 @@ class _PythonPoolRows:
                 log[at] = j << 32 | k_j
                 log[at + 1] = i << 32 | k_i
                 state[LOG] = at + 2
+        if kept:  # only the compiled ranking keeps parts: drop those of the touched rows (always right)
+            for row in (i, *js):
+                kept.pop(row, None)
         return OK_MOVED if state[GARBAGE] != garbage else OK
 
     def _add(self, row: int, col: int, value: float, need: int) -> int:

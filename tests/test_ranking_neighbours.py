@@ -156,8 +156,8 @@ def test_a_huge_k_or_an_excluded_row_outside_the_catalogue_gives_what_the_whole_
 
 
 def test_kept_rows_follow_learning(built: object) -> None:
-    """A long row's strongest entries are kept between rankings and dropped when learning changes the row: the
-    compiled ranking then gives numpy's numbers (which keep nothing) after every step."""
+    """A long row's strongest entries are kept between rankings and brought up to date when learning changes the
+    row: the compiled ranking gives numpy's numbers (which keep nothing) after every step."""
     assert built is not None
     rnd = random.Random(5)
     learner = OnlineLearner(model=ItemCooccurrence(neighbours=2))
@@ -170,6 +170,56 @@ def test_kept_rows_follow_learning(built: object) -> None:
                 want = model.score_all(user)
             assert model.score_all(user).tobytes() == want.tobytes(), user
     assert model._strongest  # rows were kept
+
+
+def _kept(part: bytes | bytearray, cap: int) -> list[tuple[int, float]]:
+    cols = np.frombuffer(part, dtype=np.int32, count=cap)
+    vals = np.frombuffer(part, dtype=np.float32, count=cap, offset=4 * cap)
+    return sorted(zip(cols.tolist(), vals.tolist(), strict=True))
+
+
+def test_learning_updates_kept_rows_in_place_to_what_a_fresh_selection_keeps(built: object) -> None:
+    """After every event each kept row holds exactly the entries a fresh selection of its strongest gives, with
+    many equal values (likes of weight 1, gamma 1: integer sums) so that ties at the weakest kept entry are
+    common; and the kept rows are updated in place (their entries replaced), not dropped and selected again."""
+    assert built is not None
+    cap, rnd = 3, random.Random(11)
+    model = ItemCooccurrence(window=4, gamma=1.0, neighbours=cap)
+    in_place = replaced = 0
+    for step in range(4_000):
+        user, item = f"u{rnd.randrange(40)}", f"v{min(int(rnd.paretovariate(0.7)), 50) - 1}"
+        before = {row: (part, bytes(part)) for row, part in model._strongest.items()}
+        model.learn_one(user, item, 1.0)
+        for row, (part, content) in before.items():
+            if model._strongest.get(row) is part and bytes(part) != content:
+                in_place += 1
+                replaced += {c for c, _ in _kept(content, cap)} != {c for c, _ in _kept(part, cap)}
+        if step % 3 == 0:
+            model.score_all(user)  # ranks the user: keeps the long rows of their items
+        for row, part in model._strongest.items():
+            cols, vals = strongest(*model._rows.row(row), cap)
+            assert _kept(part, cap) == sorted(zip(cols.tolist(), vals.tolist(), strict=True)), (step, row)
+    assert in_place > 100 and replaced > 20, (in_place, replaced)
+
+
+def test_a_kept_row_the_kernel_did_not_make_is_dropped_with_the_others(built: object) -> None:
+    """Learning never raises over what it cannot read as kept entries: it drops every kept row (they are selected
+    again when ranked), and the ranking stays numpy's."""
+    assert built is not None
+    model = ItemCooccurrence(window=4, neighbours=1)
+    for user, items in {"a": "xyz", "b": "xyw", "c": "xzw"}.items():
+        for item in items:
+            model.learn_one(user, item, 1.0)
+    model.score_all("a")
+    assert model._strongest
+    x = model.items.get("x")
+    model._strongest[x] = bytearray(b"not eight")
+    model.learn_one("d", "x", 1.0)
+    model.learn_one("d", "y", 1.0)
+    assert not model._strongest
+    with kernels.numpy_only():
+        want = model.score_all("a")
+    assert model.score_all("a").tobytes() == want.tobytes()
 
 
 def test_a_served_model_answers_as_its_whole_version_after_deltas(built: object) -> None:
