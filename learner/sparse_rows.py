@@ -445,7 +445,8 @@ class _PythonPoolRows:
         self._log = rows._log
 
     def add_pairs(self, history: dict[int, float], i: int, y: float, gamma: float, forward: float, backward: float,
-                  kept: dict[int, bytearray] | None = None, kept_cap: int = 0) -> int:  # fmt: skip
+                  kept: dict[int, bytearray] | None = None, kept_cap: int = 0) -> int:  # noqa: ARG002  # fmt: skip
+        # kept_cap: the compiled update's argument; here the touched rows' kept parts are dropped, whatever the cap
         length, cap, state = self._len, self._cap, self._state
         n_rows = int(state[ROWS])
         if not 0 <= i < n_rows or not all(0 <= j < n_rows for j in history):
