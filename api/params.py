@@ -27,7 +27,8 @@ VALIDATION_ERROR_RESPONSE = {
 
 class Parameter:
     """One path or query parameter named ``name`` of type ``annotation`` (``Annotated[..., Path(...)]`` or
-    ``Annotated[..., Query(...)]``), with ``default`` when a query leaves it out."""
+    ``Annotated[..., Query(...)]``). A path parameter is always there; a query parameter is optional, ``default``
+    when the query leaves it out (a required one would need FastAPI's "missing" error: not made here)."""
 
     def __init__(self, name: str, where: Literal["path", "query"], annotation: Any, default: Any = None) -> None:
         self.name = name

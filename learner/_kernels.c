@@ -225,12 +225,21 @@ static inline int kept_fits(PyObject *part, Py_ssize_t cap) {
 
 /* Learning added to the entry at `col` of row `row`, now `value`, and values only grow: the row's kept strongest
  * entries (in `kept`, at `cap`), if any, stay its strongest when the entry takes the weakest one's place if it is
- * now better (or just its new value, if it is kept already). Without a kept part nothing is done; when the part
- * cannot be read (an object not made here, no memory for the key) every part is dropped instead: dropping is always
- * right (they are selected again when read). Never raises. */
+ * now better (or just its new value, if it is kept already). Without a kept part nothing is done. A NaN value (a
+ * NaN already in the pool, or an infinity times 0) counts as -inf, less than before: the row's part is dropped.
+ * When the part cannot be read (an object not made here, no memory for the key) every part is dropped. Dropping is
+ * always right (a part is selected again when read). Never raises. */
 static void kept_update(PyObject *kept, Py_ssize_t cap, int64_t row, int32_t col, float value) {
     PyObject *key = PyLong_FromLongLong(row);
     PyObject *part = key == NULL ? NULL : PyDict_GetItemWithError(kept, key); /* borrowed */
+    if (part != NULL && kept_fits(part, cap) && isnan(value)) {
+        if (PyDict_DelItem(kept, key) < 0) {
+            PyErr_Clear();
+            PyDict_Clear(kept);
+        }
+        Py_DECREF(key);
+        return;
+    }
     Py_XDECREF(key);
     if (part == NULL) {
         if (PyErr_Occurred()) {
@@ -260,7 +269,7 @@ static void kept_update(PyObject *kept, Py_ssize_t cap, int64_t row, int32_t col
             weakest_col = c;
         }
     }
-    double v = strength(value);
+    double v = value; /* not NaN */
     if (v > weakest_value || (v == weakest_value && col < weakest_col)) {
         memcpy(cols + weakest * 4, &col, 4);
         memcpy(vals + weakest * 4, &value, 4);
@@ -1172,8 +1181,8 @@ static inline int64_t pool_add(PoolRows *self, int64_t row, int64_t col, double 
  * SparseRows.add_pairs: for every remembered item j of `history` (newest first, `i` itself left out, the k-th with
  * pair weight gamma ** k * w_j), C[j, i] += forward * y * pair and C[i, j] += backward * y * pair; each entry
  * touched logged as row << 32 | slot, and each kept part of a touched row (`kept`, a dict as the ranking kernels
- * take it, at `cap`) brought up to date (kept_update). The values only grow (y, the weights, gamma, forward and
- * backward are at least 0: not checked). Status: 0 done; 3 done, and a row moved (the caller checks the garbage); 1
+ * take it, at `cap`) brought up to date (kept_update). For that the values must only grow: the caller passes
+ * `kept` only when y, gamma, forward and backward are all finite and at least 0 (a NaN is handled there). Status: 0 done; 3 done, and a row moved (the caller checks the garbage); 1
  * nothing done, the pool must hold state[4] entries first; 2 nothing done, the log is full.
  */
 static PyObject *PoolRows_add_pairs(PoolRows *self, PyObject *args) {
@@ -1235,6 +1244,7 @@ static PyObject *PoolRows_add_pairs(PoolRows *self, PyObject *args) {
         /* row i moves at most once an event: to room for every pair still to come */
         int64_t k_i = k_j < 0 ? -1 : pool_add(self, i, j, backward * inc, length[i] + (m - k));
         if (k_i < 0) {
+            if (kept != NULL) PyDict_Clear(kept); /* row j changed without its kept part */
             PyErr_SetString(PyExc_ValueError, "the slot table names a slot past its row: not the table of these rows");
             goto done;
         }
@@ -1307,7 +1317,7 @@ done:
 
 static PyMethodDef PoolRows_methods[] = {
     {"add_pairs", (PyCFunction)PoolRows_add_pairs, METH_VARARGS,
-     "add_pairs(history, i, y, gamma, forward, backward) -> status (see learner/_kernels.c)"},
+     "add_pairs(history, i, y, gamma, forward, backward, kept=None, cap=0) -> status (see learner/_kernels.c)"},
     {"evidence", (PyCFunction)PoolRows_evidence, METH_VARARGS,
      "evidence(history, i, powers, damping) -> ItemCooccurrence.predict_one's evidence"},
     {NULL, NULL, 0, NULL},

@@ -155,12 +155,14 @@ def test_a_huge_k_or_an_excluded_row_outside_the_catalogue_gives_what_the_whole_
         assert model.top("a", 3, np.array(outside, dtype=np.int64), head) is None
 
 
-def test_kept_rows_follow_learning(built: object) -> None:
+@pytest.mark.parametrize("params", [{}, {"backward": -0.5}], ids=["growing", "shrinking"])
+def test_kept_rows_follow_learning(built: object, params: dict) -> None:
     """A long row's strongest entries are kept between rankings and brought up to date when learning changes the
-    row: the compiled ranking gives numpy's numbers (which keep nothing) after every step."""
+    row (or dropped, when a negative parameter lets values shrink): the compiled ranking gives numpy's numbers
+    (which keep nothing) after every step."""
     assert built is not None
     rnd = random.Random(5)
-    learner = OnlineLearner(model=ItemCooccurrence(neighbours=2))
+    learner = OnlineLearner(model=ItemCooccurrence(neighbours=2, **params))
     ts = 1.7e9
     model = learner.model
     for _ in range(12):
@@ -200,6 +202,28 @@ def test_learning_updates_kept_rows_in_place_to_what_a_fresh_selection_keeps(bui
             cols, vals = strongest(*model._rows.row(row), cap)
             assert _kept(part, cap) == sorted(zip(cols.tolist(), vals.tolist(), strict=True)), (step, row)
     assert in_place > 100 and replaced > 20, (in_place, replaced)
+
+
+def test_an_entry_turned_nan_drops_its_rows_kept_part(built: object) -> None:
+    """A NaN counts as -inf, less than before, so learning cannot update the row's kept part in place: it drops it,
+    and the next ranking selects the row again (the NaN entry no longer among its strongest)."""
+    assert built is not None
+    model = ItemCooccurrence(window=4, neighbours=1)
+    for user, items in {"a": "xy", "b": "xz", "c": "xw", "e": "xz"}.items():
+        for item in items:
+            model.learn_one(user, item, 1.0)
+    model.score_all("a")
+    x = model.items.get("x")
+    kept = _kept(model._strongest[x], 1)
+    assert kept == [(model.items.get("z"), 2.0)]  # x's strongest: z, taken after it twice
+    cols, vals, start, length = model._rows.pool()
+    row = slice(int(start[x]), int(start[x] + length[x]))
+    vals[row][cols[row] == kept[0][0]] = np.nan
+    model.learn_one("d", "x", 1.0)
+    model.learn_one("d", "z", 1.0)  # adds to (x, z): NaN
+    assert x not in model._strongest
+    model.score_all("a")
+    assert _kept(model._strongest[x], 1) == [(model.items.get("y"), 1.0)]  # y and w tie: the lower column, y
 
 
 def test_a_kept_row_the_kernel_did_not_make_is_dropped_with_the_others(built: object) -> None:
