@@ -232,30 +232,19 @@ static inline int kept_fits(PyObject *part, Py_ssize_t cap) {
 static void kept_update(PyObject *kept, Py_ssize_t cap, int64_t row, int32_t col, float value) {
     PyObject *key = PyLong_FromLongLong(row);
     PyObject *part = key == NULL ? NULL : PyDict_GetItemWithError(kept, key); /* borrowed */
-    if (part != NULL && kept_fits(part, cap) && isnan(value)) {
-        if (PyDict_DelItem(kept, key) < 0) {
-            PyErr_Clear();
-            PyDict_Clear(kept);
-        }
-        Py_DECREF(key);
-        return;
-    }
+    int drop_all = part == NULL ? PyErr_Occurred() != NULL : !kept_fits(part, cap);
+    int drop_row = part != NULL && !drop_all && isnan(value);
+    if (drop_row && PyDict_DelItem(kept, key) < 0) drop_all = 1;
     Py_XDECREF(key);
-    if (part == NULL) {
-        if (PyErr_Occurred()) {
-            PyErr_Clear();
-            PyDict_Clear(kept);
-        }
-        return;
-    }
-    if (!kept_fits(part, cap)) {
+    if (drop_all) {
+        PyErr_Clear();
         PyDict_Clear(kept);
-        return;
     }
+    if (part == NULL || drop_all || drop_row) return;
     char *cols = PyByteArray_AS_STRING(part), *vals = cols + cap * 4;
     Py_ssize_t weakest = 0;
     double weakest_value = INFINITY;
-    int32_t weakest_col = 0;
+    int32_t weakest_col = -1; /* columns are >= 0: the first entry is the weakest so far */
     for (Py_ssize_t e = 0; e < cap; e++) {
         int32_t c = get_i32(cols, e);
         if (c == col) {
@@ -263,7 +252,7 @@ static void kept_update(PyObject *kept, Py_ssize_t cap, int64_t row, int32_t col
             return;
         }
         double v = strength(get_f32(vals, e));
-        if (v < weakest_value || (v == weakest_value && c > weakest_col) || e == 0) {
+        if (v < weakest_value || (v == weakest_value && c > weakest_col)) {
             weakest = e;
             weakest_value = v;
             weakest_col = c;
@@ -1182,7 +1171,9 @@ static inline int64_t pool_add(PoolRows *self, int64_t row, int64_t col, double 
  * pair weight gamma ** k * w_j), C[j, i] += forward * y * pair and C[i, j] += backward * y * pair; each entry
  * touched logged as row << 32 | slot, and each kept part of a touched row (`kept`, a dict as the ranking kernels
  * take it, at `cap`) brought up to date (kept_update). For that the values must only grow: the caller passes
- * `kept` only when y, gamma, forward and backward are all finite and at least 0 (a NaN is handled there). Status: 0 done; 3 done, and a row moved (the caller checks the garbage); 1
+ * `kept` only when y, gamma, forward and backward are all at least 0 (SparseRows.add_pairs); a value turned NaN
+ * (one already in the pool, or an infinity times 0) is handled in kept_update. Status: 0 done; 3 done, and a row moved (the caller checks the
+ * garbage); 1
  * nothing done, the pool must hold state[4] entries first; 2 nothing done, the log is full.
  */
 static PyObject *PoolRows_add_pairs(PoolRows *self, PyObject *args) {

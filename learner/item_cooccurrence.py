@@ -107,9 +107,6 @@ class ItemCooccurrence:
         self.backward = float(backward)
         self.popularity_weight = float(popularity_weight)
         self.neighbours = int(neighbours)
-        # co-occurrence only grows (every update adds y > 0 times these): then learning can keep the kept strongest
-        # entries up to date in place; otherwise it drops the rows an event touches
-        self._grows = all(math.isfinite(x) and x >= 0 for x in (self.gamma, self.forward, self.backward))
         # row -> its ``neighbours`` strongest entries (the compiled ranking's bytearray), for rows longer than that;
         # kept up to date by learn_one (SparseRows.add_pairs), all dropped by forget_strongest and past _STRONGEST_KEPT
         self._strongest: dict[int, bytearray] = {}
@@ -143,14 +140,8 @@ class ItemCooccurrence:
         if y <= 0:
             return
         history = self._history.for_update(u)
-        strongest, grows = self._strongest, self._grows and math.isfinite(y)
-        if strongest and not grows:  # drop the kept entries of the rows this event changes
-            strongest.pop(i, None)
-            for j in history:
-                strongest.pop(j, None)
-        # else they are brought up to date with the rows
-        self._rows.add_pairs(history, i, y, self.gamma, self.forward, self.backward, strongest if grows else None,
-                             self.neighbours)  # fmt: skip
+        # the kept strongest entries of the rows this event changes are brought up to date with them (or dropped)
+        self._rows.add_pairs(history, i, y, self.gamma, self.forward, self.backward, self._strongest, self.neighbours)
         self._recent.add(i, y)
         mass = float(self._mass[i]) + y
         self._mass[i] = mass

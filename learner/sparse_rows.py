@@ -49,6 +49,13 @@ _NO_COLS = np.zeros(0, dtype=np.int32)
 _NO_VALS = np.zeros(0, dtype=np.float32)
 
 
+def _only_grow(*factors: float) -> bool:
+    """Whether updates by these factors (and the history's weights, sums of positive ``y``) only make values grow: each
+    at least 0 (a NaN is not). An infinity may make a value NaN (times 0): the compiled update drops that row's kept
+    entries itself."""
+    return all(f >= 0 for f in factors)
+
+
 def _grown_cap(need: Any) -> Any:
     """A row's room when it moves to hold ``need`` entries: room to grow by half again."""
     return need + need // 2 + 4
@@ -138,11 +145,18 @@ class SparseRows:
                   kept: dict[int, bytearray] | None = None, cap: int = 0) -> None:  # fmt: skip
         """For every remembered item ``j`` of ``history`` (item row -> weight, oldest first), newest first, ``i``
         itself left out, the k-th with pair weight ``gamma ** k * w_j``: ``C[j, i] += forward * y * pair`` and
-        ``C[i, j] += backward * y * pair``, new entries appended to their rows; each entry touched is logged. The
-        values only grow (every argument is at least 0), so the strongest ``cap`` entries ``kept`` of a row (as the
-        ranking kernels keep them) stay its strongest when a touched entry replaces the weakest one if it is now
-        better: that is done for each touched row that has them."""
+        ``C[i, j] += backward * y * pair``, new entries appended to their rows; each entry touched is logged.
+
+        ``kept``: the strongest ``cap`` entries of some rows, as the ranking kernels keep them (row -> bytearray).
+        When every factor is at least 0 the values only grow, so a touched row's kept entries stay its
+        strongest when a touched entry takes the weakest one's place if it is now better: the compiled update does
+        that. Otherwise (or in Python) the touched rows' kept entries are dropped (they are selected again when
+        read)."""
         kernel = self._kernel if self._kernel is not None else self._bind()
+        if kept and (isinstance(kernel, _PythonPoolRows) or not _only_grow(y, gamma, forward, backward)):
+            for row in (i, *history):
+                kept.pop(row, None)
+            kept = None
         status = kernel.add_pairs(history, i, y, gamma, forward, backward, kept, cap)
         while status != OK:
             if status == OK_MOVED:  # rows moved, leaving garbage behind
@@ -445,8 +459,8 @@ class _PythonPoolRows:
         self._log = rows._log
 
     def add_pairs(self, history: dict[int, float], i: int, y: float, gamma: float, forward: float, backward: float,
-                  kept: dict[int, bytearray] | None = None, kept_cap: int = 0) -> int:  # noqa: ARG002  # fmt: skip
-        # kept_cap: the compiled update's argument; here the touched rows' kept parts are dropped, whatever the cap
+                  kept: None = None, kept_cap: int = 0) -> int:  # noqa: ARG002  # fmt: skip
+        # kept, kept_cap: the compiled update's arguments; SparseRows.add_pairs drops the touched rows' kept entries
         length, cap, state = self._len, self._cap, self._state
         n_rows = int(state[ROWS])
         if not 0 <= i < n_rows or not all(0 <= j < n_rows for j in history):
@@ -479,9 +493,6 @@ class _PythonPoolRows:
                 log[at] = j << 32 | k_j
                 log[at + 1] = i << 32 | k_i
                 state[LOG] = at + 2
-        if kept:  # only the compiled ranking keeps parts: drop those of the touched rows (always right)
-            for row in (i, *js):
-                kept.pop(row, None)
         return OK_MOVED if state[GARBAGE] != garbage else OK
 
     def _add(self, row: int, col: int, value: float, need: int) -> int:

@@ -3,6 +3,7 @@ alone (``ItemCooccurrence.top``) against the ranking of the whole catalogue (``s
 
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -155,11 +156,14 @@ def test_a_huge_k_or_an_excluded_row_outside_the_catalogue_gives_what_the_whole_
         assert model.top("a", 3, np.array(outside, dtype=np.int64), head) is None
 
 
-@pytest.mark.parametrize("params", [{}, {"backward": -0.5}], ids=["growing", "shrinking"])
+@pytest.mark.parametrize(
+    "params", [{}, {"backward": -0.5}, {"gamma": 0.0, "forward": math.inf}], ids=["growing", "shrinking", "nan"]
+)
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy's NaNs in the "nan" case
 def test_kept_rows_follow_learning(built: object, params: dict) -> None:
     """A long row's strongest entries are kept between rankings and brought up to date when learning changes the
-    row (or dropped, when a negative parameter lets values shrink): the compiled ranking gives numpy's numbers
-    (which keep nothing) after every step."""
+    row (or dropped, when a negative parameter lets values shrink, or an infinity times 0 makes one NaN): the
+    compiled ranking gives numpy's numbers (which keep nothing) after every step."""
     assert built is not None
     rnd = random.Random(5)
     learner = OnlineLearner(model=ItemCooccurrence(neighbours=2, **params))
