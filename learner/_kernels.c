@@ -1379,6 +1379,363 @@ done:
     return result;
 }
 
+/* ---- The quality gate's user-rate rule (learner.gate.behaviour.UserRateRule), compiled -------------------------
+ *
+ * RateCore does the rule's check and observe for one event with the same floating-point operations, in the same
+ * order, as the Python methods, on the same table (learner.gate.records.Records: an OrderedDict user -> record
+ * number over one array('d') of 7 fields a record). The Python code stays the reference (and the path where this
+ * is not built); tests drive both over the same streams and compare every verdict and every record. */
+
+#define RATE_FIELDS 7
+
+/* Python's float floor division (Objects/floatobject.c, _float_div_mod): the same double for every x and y != 0 */
+static double py_floordiv(double vx, double wx) {
+    double mod = fmod(vx, wx);
+    double div = (vx - mod) / wx;
+    if (mod) {
+        if ((wx < 0) != (mod < 0)) div -= 1.0;
+    }
+    double floordiv;
+    if (div) {
+        floordiv = floor(div);
+        if (div - floordiv > 0.5) floordiv += 1.0;
+    } else {
+        floordiv = copysign(0.0, vx / wx);
+    }
+    return floordiv;
+}
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *index;          /* the table's OrderedDict: user -> record number, least recently seen first */
+    PyObject *data;           /* the table's array('d') */
+    PyObject *move_to_end;    /* index.move_to_end */
+    PyObject *add;            /* Records.add */
+    PyObject *evict;          /* Records.evict */
+    PyObject *positive_types; /* a frozenset of event types */
+    PyObject *hold_events;    /* hold_events(count) -> Hold: over max_events */
+    PyObject *hold_positives; /* hold_positives(count) -> Hold: over max_positives */
+    PyObject *oldest;         /* the table's least recently seen user (None: none), see Records.evict */
+    double oldest_seen;
+    double window;
+    double max_events, max_positives;
+    Py_ssize_t max_users;
+} RateCore;
+
+static int RateCore_traverse(RateCore *self, visitproc visit, void *arg) {
+    Py_VISIT(self->index);
+    Py_VISIT(self->data);
+    Py_VISIT(self->move_to_end);
+    Py_VISIT(self->add);
+    Py_VISIT(self->evict);
+    Py_VISIT(self->positive_types);
+    Py_VISIT(self->hold_events);
+    Py_VISIT(self->hold_positives);
+    Py_VISIT(self->oldest);
+    return 0;
+}
+
+static int RateCore_clear(RateCore *self) {
+    Py_CLEAR(self->index);
+    Py_CLEAR(self->data);
+    Py_CLEAR(self->move_to_end);
+    Py_CLEAR(self->add);
+    Py_CLEAR(self->evict);
+    Py_CLEAR(self->positive_types);
+    Py_CLEAR(self->hold_events);
+    Py_CLEAR(self->hold_positives);
+    Py_CLEAR(self->oldest);
+    return 0;
+}
+
+static void RateCore_dealloc(RateCore *self) {
+    PyObject_GC_UnTrack(self);
+    RateCore_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int RateCore_init(RateCore *self, PyObject *args, PyObject *kwds) {
+    static char *names[] = {"records", "window_seconds", "max_events", "max_positives", "max_users",
+                            "positive_types", "hold_events", "hold_positives", NULL};
+    PyObject *records, *positive_types, *hold_events, *hold_positives;
+    double window, max_events, max_positives;
+    Py_ssize_t max_users;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OdddnOOO", names, &records, &window, &max_events, &max_positives,
+                                     &max_users, &positive_types, &hold_events, &hold_positives)) {
+        return -1;
+    }
+    if (!(window > 0)) {
+        PyErr_SetString(PyExc_ValueError, "RateCore: window_seconds must be positive");
+        return -1;
+    }
+    PyObject *index = PyObject_GetAttrString(records, "index");
+    PyObject *data = index == NULL ? NULL : PyObject_GetAttrString(records, "data");
+    PyObject *move = index == NULL ? NULL : PyObject_GetAttrString(index, "move_to_end");
+    PyObject *add = PyObject_GetAttrString(records, "add");
+    PyObject *evict = PyObject_GetAttrString(records, "evict");
+    if (index == NULL || data == NULL || move == NULL || add == NULL || evict == NULL || !PyDict_Check(index)) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "RateCore: records must be a learner.gate.records.Records");
+        Py_XDECREF(index);
+        Py_XDECREF(data);
+        Py_XDECREF(move);
+        Py_XDECREF(add);
+        Py_XDECREF(evict);
+        return -1;
+    }
+    RateCore_clear(self);
+    self->index = index;
+    self->data = data;
+    self->move_to_end = move;
+    self->add = add;
+    self->evict = evict;
+    Py_INCREF(positive_types);
+    self->positive_types = positive_types;
+    Py_INCREF(hold_events);
+    self->hold_events = hold_events;
+    Py_INCREF(hold_positives);
+    self->hold_positives = hold_positives;
+    Py_INCREF(Py_None);
+    self->oldest = Py_None;
+    self->oldest_seen = -INFINITY;
+    self->window = window;
+    self->max_events = max_events;
+    self->max_positives = max_positives;
+    self->max_users = max_users;
+    return 0;
+}
+
+/* The event's user, type and ts (a GateEvent: a tuple of event_id, user_id, item_id, type, ts, ...). */
+static int gate_event(PyObject *event, PyObject **user, PyObject **type, double *ts) {
+    if (!PyTuple_Check(event) || PyTuple_GET_SIZE(event) < 5) {
+        PyErr_SetString(PyExc_TypeError, "expected a GateEvent");
+        return -1;
+    }
+    *user = PyTuple_GET_ITEM(event, 1);
+    *type = PyTuple_GET_ITEM(event, 3);
+    *ts = PyFloat_AsDouble(PyTuple_GET_ITEM(event, 4));
+    return *ts == -1.0 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* The record's fields in the table's array: a writable view, and where record `number` starts (b) */
+static int rate_record(RateCore *self, PyObject *number, Py_buffer *view, Py_ssize_t *b) {
+    Py_ssize_t r = PyLong_AsSsize_t(number);
+    if (r == -1 && PyErr_Occurred()) return -1;
+    if (get_buffer(self->data, view, PyBUF_WRITABLE, "RateCore: the table's data", 'd') < 0) return -1;
+    if (r < 0 || (r + 1) * RATE_FIELDS > view->len / 8) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_IndexError, "RateCore: a record number outside the table's data");
+        return -1;
+    }
+    *b = r * RATE_FIELDS;
+    return 0;
+}
+
+static PyObject *call_with_float(PyObject *callable, double x) {
+    PyObject *arg = PyFloat_FromDouble(x);
+    if (arg == NULL) return NULL;
+    PyObject *result = PyObject_CallOneArg(callable, arg);
+    Py_DECREF(arg);
+    return result;
+}
+
+/* UserRateRule.check */
+static PyObject *RateCore_check(RateCore *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "check(event, now)");
+        return NULL;
+    }
+    PyObject *user, *type;
+    double ts;
+    if (gate_event(args[0], &user, &type, &ts) < 0) return NULL;
+    PyObject *number = PyDict_GetItemWithError(self->index, user);
+    if (number == NULL) {
+        if (PyErr_Occurred()) return NULL;
+        Py_RETURN_NONE; /* nothing counted, and both limits are at least 1 */
+    }
+    Py_buffer view;
+    Py_ssize_t b;
+    if (rate_record(self, number, &view, &b) < 0) return NULL;
+    const char *d = view.buf;
+    double user_clock = get_f64(d, b + 5);
+    double clock = ts > user_clock ? ts : user_clock;
+    double window = self->window;
+    double index = py_floordiv(clock, window);
+    double d0 = get_f64(d, b);
+    int current = index == d0;
+    double previous_e, current_e;
+    if (current) {
+        previous_e = get_f64(d, b + 1);
+        current_e = get_f64(d, b + 2);
+    } else if (index == d0 + 1) {
+        previous_e = get_f64(d, b + 2);
+        current_e = 0.0;
+    } else {
+        PyBuffer_Release(&view);
+        Py_RETURN_NONE; /* both windows are over: nothing counted */
+    }
+    double overlap = 1.0 - (clock - index * window) / window;
+    double events = previous_e * overlap + current_e;
+    double previous_p = current ? get_f64(d, b + 3) : get_f64(d, b + 4);
+    double current_p = current ? get_f64(d, b + 4) : 0.0;
+    PyBuffer_Release(&view);
+    if (events + 1 > self->max_events) return call_with_float(self->hold_events, events);
+    int positive = PySet_Contains(self->positive_types, type);
+    if (positive < 0) return NULL;
+    if (positive) {
+        double positives = previous_p * overlap + current_p;
+        if (positives + 1 > self->max_positives) {
+            return call_with_float(self->hold_positives, positives);
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+/* UserRateRule.observe (and observe_held: a held attempt counts the same) */
+static PyObject *RateCore_observe(RateCore *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 2 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "observe(event, now[, hold])");
+        return NULL;
+    }
+    PyObject *user, *type;
+    double ts;
+    if (gate_event(args[0], &user, &type, &ts) < 0) return NULL;
+    double now = PyFloat_AsDouble(args[1]);
+    if (now == -1.0 && PyErr_Occurred()) return NULL;
+    int positive = PySet_Contains(self->positive_types, type);
+    if (positive < 0) return NULL;
+    double window = self->window;
+    PyObject *number = PyDict_GetItemWithError(self->index, user);
+    double clock;
+    Py_buffer view;
+    Py_ssize_t b;
+    if (number == NULL) {
+        if (PyErr_Occurred()) return NULL;
+        clock = ts;
+        PyObject *fields = Py_BuildValue("(ddddddd)", py_floordiv(clock, window), 0.0, 0.0, 0.0, 0.0, clock, now);
+        if (fields == NULL) return NULL;
+        PyObject *added = PyObject_CallFunctionObjArgs(self->add, user, fields, NULL);
+        Py_DECREF(fields);
+        if (added == NULL) return NULL;
+        int failed = rate_record(self, added, &view, &b);
+        Py_DECREF(added);
+        if (failed) return NULL;
+    } else {
+        Py_INCREF(number); /* move_to_end may drop the table's reference to it */
+        PyObject *moved = PyObject_CallOneArg(self->move_to_end, user); /* most recently seen last */
+        if (moved == NULL) {
+            Py_DECREF(number);
+            return NULL;
+        }
+        Py_DECREF(moved);
+        int failed = rate_record(self, number, &view, &b);
+        Py_DECREF(number);
+        if (failed) return NULL;
+        char *d = view.buf;
+        double user_clock = get_f64(d, b + 5);
+        clock = ts > user_clock ? ts : user_clock;
+        double window_index = py_floordiv(clock, window);
+        double d0 = get_f64(d, b);
+        if (window_index > d0 + 1) { /* both windows are over */
+            set_f64(d, b, window_index);
+            set_f64(d, b + 1, 0.0);
+            set_f64(d, b + 2, 0.0);
+            set_f64(d, b + 3, 0.0);
+            set_f64(d, b + 4, 0.0);
+        } else if (window_index == d0 + 1) { /* the current window becomes the previous one */
+            double current_e = get_f64(d, b + 2), current_p = get_f64(d, b + 4);
+            set_f64(d, b, window_index);
+            set_f64(d, b + 1, current_e);
+            set_f64(d, b + 2, 0.0);
+            set_f64(d, b + 3, current_p);
+            set_f64(d, b + 4, 0.0);
+        }
+    }
+    char *d = view.buf;
+    set_f64(d, b + 2, get_f64(d, b + 2) + 1.0);
+    if (positive) set_f64(d, b + 4, get_f64(d, b + 4) + 1.0);
+    set_f64(d, b + 5, clock);
+    set_f64(d, b + 6, now);
+    PyBuffer_Release(&view);
+    double horizon = now - 2 * window;
+    int due = PyObject_RichCompareBool(user, self->oldest, Py_EQ);
+    if (due < 0) return NULL;
+    if (!due) {
+        Py_ssize_t size = PyDict_Size(self->index);
+        due = !(self->oldest_seen >= horizon && size <= self->max_users);
+    }
+    if (due) {
+        PyObject *found = PyObject_CallFunction(self->evict, "dni", horizon, self->max_users, 6);
+        if (found == NULL) return NULL;
+        double seen;
+        if (!PyTuple_Check(found) || PyTuple_GET_SIZE(found) != 2 ||
+            ((seen = PyFloat_AsDouble(PyTuple_GET_ITEM(found, 1))) == -1.0 && PyErr_Occurred())) {
+            Py_DECREF(found);
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "RateCore: evict must return (key, seen)");
+            return NULL;
+        }
+        PyObject *oldest = PyTuple_GET_ITEM(found, 0);
+        Py_INCREF(oldest);
+        Py_SETREF(self->oldest, oldest);
+        self->oldest_seen = seen;
+        Py_DECREF(found);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *RateCore_get_oldest(RateCore *self, void *closure) {
+    Py_INCREF(self->oldest);
+    return self->oldest;
+}
+
+static int RateCore_set_oldest(RateCore *self, PyObject *value, void *closure) {
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "oldest cannot be deleted");
+        return -1;
+    }
+    Py_INCREF(value);
+    Py_SETREF(self->oldest, value);
+    return 0;
+}
+
+static PyObject *RateCore_get_oldest_seen(RateCore *self, void *closure) { return PyFloat_FromDouble(self->oldest_seen); }
+
+static int RateCore_set_oldest_seen(RateCore *self, PyObject *value, void *closure) {
+    double seen = value == NULL ? -1.0 : PyFloat_AsDouble(value);
+    if (value == NULL) PyErr_SetString(PyExc_AttributeError, "oldest_seen cannot be deleted");
+    if (seen == -1.0 && PyErr_Occurred()) return -1;
+    self->oldest_seen = seen;
+    return 0;
+}
+
+static PyGetSetDef RateCore_getset[] = {
+    {"oldest", (getter)RateCore_get_oldest, (setter)RateCore_set_oldest,
+     "the table's least recently seen user when last looked at (None: none)", NULL},
+    {"oldest_seen", (getter)RateCore_get_oldest_seen, (setter)RateCore_set_oldest_seen, "when that user was seen",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef RateCore_methods[] = {
+    {"check", (PyCFunction)(void (*)(void))RateCore_check, METH_FASTCALL, "check(event, now): UserRateRule.check"},
+    {"observe", (PyCFunction)(void (*)(void))RateCore_observe, METH_FASTCALL,
+     "observe(event, now[, hold]): UserRateRule.observe (a held attempt counts the same)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject RateCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "learner._kernels.RateCore",
+    .tp_doc = "UserRateRule's check and observe on its Records table (learner.gate.behaviour)",
+    .tp_basicsize = sizeof(RateCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)RateCore_init,
+    .tp_dealloc = (destructor)RateCore_dealloc,
+    .tp_traverse = (traverseproc)RateCore_traverse,
+    .tp_clear = (inquiry)RateCore_clear,
+    .tp_methods = RateCore_methods,
+    .tp_getset = RateCore_getset,
+};
+
 static PyMethodDef methods[] = {
     {"cooccurrence_scores", cooccurrence_scores, METH_VARARGS,
      "cooccurrence_scores(cols, vals, start, length, rows, weights, cap, cache, damping, mass, popularity_weight, "
@@ -1397,7 +1754,9 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "Compiled
                                     -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__kernels(void) {
-    if (PyType_Ready(&SlotTableType) < 0 || PyType_Ready(&PoolRowsType) < 0) return NULL;
+    if (PyType_Ready(&SlotTableType) < 0 || PyType_Ready(&PoolRowsType) < 0 || PyType_Ready(&RateCoreType) < 0) {
+        return NULL;
+    }
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
     Py_INCREF(&SlotTableType);
@@ -1409,6 +1768,12 @@ PyMODINIT_FUNC PyInit__kernels(void) {
     Py_INCREF(&PoolRowsType);
     if (PyModule_AddObject(m, "PoolRows", (PyObject *)&PoolRowsType) < 0) {
         Py_DECREF(&PoolRowsType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&RateCoreType);
+    if (PyModule_AddObject(m, "RateCore", (PyObject *)&RateCoreType) < 0) {
+        Py_DECREF(&RateCoreType);
         Py_DECREF(m);
         return NULL;
     }

@@ -380,7 +380,11 @@ def _drive(rule: object, events: list[tuple[GateEvent, float]], reference: bool,
     found: list[object] = []
     for e, now in events:
         if reference:
-            rule._oldest, rule._oldest_seen = None, -math.inf  # type: ignore[attr-defined]
+            core = getattr(rule, "_core", None)  # the compiled rule's (tests/test_gate_compiled.py)
+            if core is not None:
+                core.oldest, core.oldest_seen = None, -math.inf
+            else:
+                rule._oldest, rule._oldest_seen = None, -math.inf  # type: ignore[attr-defined]
         if judge:  # the gate's last rule checks and observes in one call
             (hold,) = QualityGate([rule]).check_chunk([e], now)  # type: ignore[list-item]
         else:

@@ -29,10 +29,12 @@ import math
 import struct
 from array import array
 from collections.abc import Sequence
+from functools import partial
 
 import numpy as np
 from river import anomaly, stats
 
+from learner import kernels
 from learner.gate.base import GateEvent, Hold
 from learner.gate.hst_batch import FlatTrees
 from learner.gate.records import Records
@@ -57,6 +59,10 @@ class UserRateRule:
     it still overlaps the sliding window (error bounded by the previous window's count, no
     timestamps stored). Memory: one record (~0.14 kB) per user active in the last two
     windows, at most ``max_users``.
+
+    Where the compiled loops are built (:mod:`learner.kernels`, when the rule is made), ``check`` and
+    ``observe`` are those of :class:`learner._kernels.RateCore`: the same operations on the same table
+    (the methods below are the reference, and the path without them).
 
     >>> rule = UserRateRule(window_seconds=60, max_positives=3, max_events=100)
     >>> likes = [GateEvent(f"e{i}", "u1", f"v{i}", "like", 1_000.0 + i) for i in range(4)]
@@ -90,6 +96,21 @@ class UserRateRule:
         #          user's clock (latest ts), now when last seen]; least recently seen first
         self._users = Records(_RATE_FIELDS)
         self._oldest, self._oldest_seen = None, -math.inf  # _users' first entry (see Records.evict)
+        kernel = kernels.compiled()
+        self._core = None
+        if kernel is not None:
+            self._core = core = kernel.RateCore(
+                self._users,
+                window_seconds,
+                max_events,
+                max_positives,
+                max_users,
+                positive_types,
+                partial(_rate_hold, window_seconds, "events", max_events),
+                partial(_rate_hold, window_seconds, "likes/shares", max_positives),
+            )
+            self.check = core.check  # type: ignore[method-assign]
+            self.observe = core.observe  # type: ignore[method-assign]
 
     def check(self, event: GateEvent, now: float) -> Hold | None:  # noqa: ARG002 - windows run on the user's clock
         users = self._users
@@ -121,8 +142,7 @@ class UserRateRule:
         return None
 
     def _hold(self, count: float, what: str, limit: int) -> Hold:
-        window = self.window_seconds
-        return Hold("user_rate", f"user sent {count:.0f} {what} in the last {window:.0f} s (limit {limit})")
+        return _rate_hold(self.window_seconds, what, limit, count)
 
     def observe(self, event: GateEvent, now: float) -> None:
         users, user = self._users, event.user_id
@@ -158,6 +178,10 @@ class UserRateRule:
 
     def __len__(self) -> int:
         return len(self._users)
+
+
+def _rate_hold(window: float, what: str, limit: int, count: float) -> Hold:
+    return Hold("user_rate", f"user sent {count:.0f} {what} in the last {window:.0f} s (limit {limit})")
 
 
 class EstablishedUsers:
