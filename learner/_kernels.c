@@ -1,6 +1,7 @@
-/* Compiled loops for ranking a whole catalogue and for the co-occurrence update (learner.kernels wraps them; numpy
- * and Python do the same when they are not built). The ranking loops do in one or two passes over the catalogue what
- * numpy does in five or six; the update (PoolRows) finds entries in one hash table (SlotTable). Each uses the same
+/* Compiled loops for ranking a whole catalogue, for the co-occurrence update and for the quality gate's user-rate
+ * rule (learner.kernels wraps them; numpy and Python do the same when they are not built). The ranking loops do in
+ * one or two passes over the catalogue what numpy does in five or six; the update (PoolRows) finds entries in one
+ * hash table (SlotTable); RateCore is UserRateRule's check and observe on its own table. Each uses the same
  * floating-point operations in the same order as the code it stands in for, so the results are the same numbers
  * (tests compare them).
  *
