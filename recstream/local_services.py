@@ -27,6 +27,7 @@ import base64
 import contextlib
 import importlib.util
 import os
+import random
 import re
 import shutil
 import signal
@@ -162,11 +163,52 @@ def _stop_all_at_exit() -> None:
 atexit.register(_stop_all_at_exit)
 
 
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago (bind to port 0)."""
+#: Where :func:`free_port` looks first: below the kernel's ephemeral range (Linux's default starts at 32768).
+_PORTS_FROM = 10_000
+_port_choice = random.Random()  # its own generator: a test seeding the module's does not make every run pick alike
+_handed_out: set[int] = set()
+_ports_lock = threading.Lock()
+
+
+def _ephemeral_low() -> int | None:
+    """The first port of the kernel's ephemeral range (Linux), or None where it cannot be read."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago and that this process has not handed out before.
+
+    Chosen below the kernel's ephemeral range where it is known: a port from that range (what binding to port 0
+    gives) may be handed out again by the kernel before whoever asked for it binds it, as the local end of an
+    outgoing connection or to another bind to port 0. CI saw it: ``recstream up``'s API could not bind the port a
+    test had picked, which a connection to the broker, started first, had taken meanwhile. Elsewhere (or when no
+    port there is free) it binds to port 0.
+    """
+    low = _ephemeral_low()
+    with _ports_lock:
+        if low is not None and low > _PORTS_FROM + 1_000:
+            for _ in range(100):
+                port = _port_choice.randrange(_PORTS_FROM, low)
+                if port not in _handed_out and _bindable(port):
+                    _handed_out.add(port)
+                    return port
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((LOOPBACK, 0))
+            port = int(sock.getsockname()[1])
+        _handed_out.add(port)
+        return port
 
 
 def _tail(path: Path | None, lines: int = 40) -> str:

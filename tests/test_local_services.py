@@ -44,6 +44,18 @@ def test_free_port_is_bindable() -> None:
         sock.bind(("127.0.0.1", port))
 
 
+def test_free_ports_are_distinct_and_outside_the_ephemeral_range() -> None:
+    """A port the kernel may hand out on its own (the ephemeral range: the local end of an outgoing connection, a
+    bind to port 0) could be taken between free_port and its user's bind; free_port picks below that range, and
+    never the same port twice in a process."""
+    ports = [ls.free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
+    low = ls._ephemeral_low()
+    if low is None:
+        pytest.skip("no /proc/sys/net/ipv4/ip_local_port_range here: free_port binds to port 0")
+    assert all(ls._PORTS_FROM <= port < low for port in ports)
+
+
 def test_redis_starts_answers_ping_and_stops(cleanup: list[ls.LocalService]) -> None:
     redis = ls.start_redis()
     cleanup.append(redis)
