@@ -1471,9 +1471,9 @@ static int RateCore_init(RateCore *self, PyObject *args, PyObject *kwds) {
     }
     PyObject *index = PyObject_GetAttrString(records, "index");
     PyObject *data = index == NULL ? NULL : PyObject_GetAttrString(records, "data");
-    PyObject *move = index == NULL ? NULL : PyObject_GetAttrString(index, "move_to_end");
-    PyObject *add = PyObject_GetAttrString(records, "add");
-    PyObject *evict = PyObject_GetAttrString(records, "evict");
+    PyObject *move = data == NULL ? NULL : PyObject_GetAttrString(index, "move_to_end");
+    PyObject *add = move == NULL ? NULL : PyObject_GetAttrString(records, "add");
+    PyObject *evict = add == NULL ? NULL : PyObject_GetAttrString(records, "evict");
     if (index == NULL || data == NULL || move == NULL || add == NULL || evict == NULL || !PyDict_Check(index)) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "RateCore: records must be a learner.gate.records.Records");
         Py_XDECREF(index);
@@ -1517,18 +1517,59 @@ static int gate_event(PyObject *event, PyObject **user, PyObject **type, double 
     return *ts == -1.0 && PyErr_Occurred() ? -1 : 0;
 }
 
-/* The record's fields in the table's array: a writable view, and where record `number` starts (b) */
-static int rate_record(RateCore *self, PyObject *number, Py_buffer *view, Py_ssize_t *b) {
+/* A record of a Records table: a writable view of the table's array('d') `data`, and where record `number` (of
+ * `width` fields) starts in it (b). The view must be released before anything that may resize the array. */
+static int table_record(PyObject *data, PyObject *number, Py_ssize_t width, Py_buffer *view, Py_ssize_t *b) {
     Py_ssize_t r = PyLong_AsSsize_t(number);
     if (r == -1 && PyErr_Occurred()) return -1;
-    if (get_buffer(self->data, view, PyBUF_WRITABLE, "RateCore: the table's data", 'd') < 0) return -1;
-    if (r < 0 || (r + 1) * RATE_FIELDS > view->len / 8) {
+    if (get_buffer(data, view, PyBUF_WRITABLE, "a gate rule's table", 'd') < 0) return -1;
+    if (r < 0 || (r + 1) * width > view->len / 8) {
         PyBuffer_Release(view);
-        PyErr_SetString(PyExc_IndexError, "RateCore: a record number outside the table's data");
+        PyErr_SetString(PyExc_IndexError, "a record number outside its gate table's data");
         return -1;
     }
-    *b = r * RATE_FIELDS;
+    *b = r * width;
     return 0;
+}
+
+/* The rules' eviction (Records.evict), called only when the table's remembered oldest entry may be due: when
+ * `key` is that entry, or it was seen before `horizon`, or the table holds more than `cap` entries. Updates the
+ * remembered entry (*oldest, *oldest_seen) from evict's answer. */
+static int evict_if_due(PyObject *key, PyObject *index, PyObject *evict, double horizon, Py_ssize_t cap,
+                        int seen_at, PyObject **oldest, double *oldest_seen) {
+    int due = PyObject_RichCompareBool(key, *oldest, Py_EQ);
+    if (due < 0) return -1;
+    if (!due) due = !(*oldest_seen >= horizon && PyDict_Size(index) <= cap);
+    if (!due) return 0;
+    PyObject *found = PyObject_CallFunction(evict, "dni", horizon, cap, seen_at);
+    if (found == NULL) return -1;
+    double seen;
+    if (!PyTuple_Check(found) || PyTuple_GET_SIZE(found) != 2 ||
+        ((seen = PyFloat_AsDouble(PyTuple_GET_ITEM(found, 1))) == -1.0 && PyErr_Occurred())) {
+        Py_DECREF(found);
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "Records.evict must return (key, seen)");
+        return -1;
+    }
+    PyObject *first = PyTuple_GET_ITEM(found, 0);
+    Py_INCREF(first);
+    Py_SETREF(*oldest, first);
+    *oldest_seen = seen;
+    Py_DECREF(found);
+    return 0;
+}
+
+/* Records.move_to_end of `key`, found at `number` (borrowed from the index: kept alive across the call) */
+static int move_last(PyObject *move_to_end, PyObject *key, PyObject *number) {
+    Py_INCREF(number);
+    PyObject *moved = PyObject_CallOneArg(move_to_end, key);
+    Py_DECREF(number);
+    if (moved == NULL) return -1;
+    Py_DECREF(moved);
+    return 0;
+}
+
+static int rate_record(RateCore *self, PyObject *number, Py_buffer *view, Py_ssize_t *b) {
+    return table_record(self->data, number, RATE_FIELDS, view, b);
 }
 
 static PyObject *call_with_float(PyObject *callable, double x) {
@@ -1539,15 +1580,54 @@ static PyObject *call_with_float(PyObject *callable, double x) {
     return result;
 }
 
-/* UserRateRule.check */
-static PyObject *RateCore_check(RateCore *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "check(event, now)");
-        return NULL;
+/* The arguments of a rule core's method (METH_FASTCALL | METH_KEYWORDS), given by position or by name: out[i] is the
+ * argument named names[i] (NULL when not given). Raises TypeError on a missing required one (the first `required`),
+ * an unknown or repeated name, or too many. */
+static int gate_arguments(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, const char *const *names,
+                          int n, int required, PyObject **out) {
+    for (int i = 0; i < n; i++) out[i] = NULL;
+    if (nargs > n) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most %d arguments", names[n], n);
+        return -1;
     }
+    for (Py_ssize_t i = 0; i < nargs; i++) out[i] = args[i];
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    for (Py_ssize_t k = 0; k < nkw; k++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, k);
+        int found = -1;
+        for (int i = 0; i < n && found < 0; i++) {
+            if (PyUnicode_CompareWithASCIIString(name, names[i]) == 0) found = i;
+        }
+        if (found < 0 || out[found] != NULL) {
+            PyErr_Format(PyExc_TypeError, "%s(): unexpected or repeated argument %R", names[n], name);
+            return -1;
+        }
+        out[found] = args[nargs + k];
+    }
+    for (int i = 0; i < required; i++) {
+        if (out[i] == NULL) {
+            PyErr_Format(PyExc_TypeError, "%s() missing argument '%s'", names[n], names[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* A core made without its __init__ (Type.__new__ alone) holds nothing to work on */
+static int initialised(PyObject *table, const char *what) {
+    if (table != NULL) return 0;
+    PyErr_Format(PyExc_RuntimeError, "%s was not initialised", what);
+    return -1;
+}
+
+/* UserRateRule.check */
+static PyObject *RateCore_check(RateCore *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    static const char *const names[] = {"event", "now", "check"};
+    PyObject *given[2];
+    if (initialised(self->index, "RateCore") || gate_arguments(args, nargs, kwnames, names, 2, 2, given)) return NULL;
     PyObject *user, *type;
     double ts;
-    if (gate_event(args[0], &user, &type, &ts) < 0) return NULL;
+    if (gate_event(given[0], &user, &type, &ts) < 0) return NULL;
     PyObject *number = PyDict_GetItemWithError(self->index, user);
     if (number == NULL) {
         if (PyErr_Occurred()) return NULL;
@@ -1592,15 +1672,14 @@ static PyObject *RateCore_check(RateCore *self, PyObject *const *args, Py_ssize_
 }
 
 /* UserRateRule.observe (and observe_held: a held attempt counts the same) */
-static PyObject *RateCore_observe(RateCore *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs < 2 || nargs > 3) {
-        PyErr_SetString(PyExc_TypeError, "observe(event, now[, hold])");
-        return NULL;
-    }
+static PyObject *RateCore_observe(RateCore *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    static const char *const names[] = {"event", "now", "hold", "observe"};
+    PyObject *given[3];
+    if (initialised(self->index, "RateCore") || gate_arguments(args, nargs, kwnames, names, 3, 2, given)) return NULL;
     PyObject *user, *type;
     double ts;
-    if (gate_event(args[0], &user, &type, &ts) < 0) return NULL;
-    double now = PyFloat_AsDouble(args[1]);
+    if (gate_event(given[0], &user, &type, &ts) < 0) return NULL;
+    double now = PyFloat_AsDouble(given[1]);
     if (now == -1.0 && PyErr_Occurred()) return NULL;
     int positive = PySet_Contains(self->positive_types, type);
     if (positive < 0) return NULL;
@@ -1622,13 +1701,7 @@ static PyObject *RateCore_observe(RateCore *self, PyObject *const *args, Py_ssiz
         if (failed) return NULL;
     } else {
         Py_INCREF(number); /* move_to_end may drop the table's reference to it */
-        PyObject *moved = PyObject_CallOneArg(self->move_to_end, user); /* most recently seen last */
-        if (moved == NULL) {
-            Py_DECREF(number);
-            return NULL;
-        }
-        Py_DECREF(moved);
-        int failed = rate_record(self, number, &view, &b);
+        int failed = move_last(self->move_to_end, user, number) || rate_record(self, number, &view, &b);
         Py_DECREF(number);
         if (failed) return NULL;
         char *d = view.buf;
@@ -1658,34 +1731,14 @@ static PyObject *RateCore_observe(RateCore *self, PyObject *const *args, Py_ssiz
     set_f64(d, b + 6, now);
     PyBuffer_Release(&view);
     double horizon = now - 2 * window;
-    int due = PyObject_RichCompareBool(user, self->oldest, Py_EQ);
-    if (due < 0) return NULL;
-    if (!due) {
-        Py_ssize_t size = PyDict_Size(self->index);
-        due = !(self->oldest_seen >= horizon && size <= self->max_users);
-    }
-    if (due) {
-        PyObject *found = PyObject_CallFunction(self->evict, "dni", horizon, self->max_users, 6);
-        if (found == NULL) return NULL;
-        double seen;
-        if (!PyTuple_Check(found) || PyTuple_GET_SIZE(found) != 2 ||
-            ((seen = PyFloat_AsDouble(PyTuple_GET_ITEM(found, 1))) == -1.0 && PyErr_Occurred())) {
-            Py_DECREF(found);
-            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "RateCore: evict must return (key, seen)");
-            return NULL;
-        }
-        PyObject *oldest = PyTuple_GET_ITEM(found, 0);
-        Py_INCREF(oldest);
-        Py_SETREF(self->oldest, oldest);
-        self->oldest_seen = seen;
-        Py_DECREF(found);
+    if (evict_if_due(user, self->index, self->evict, horizon, self->max_users, 6, &self->oldest, &self->oldest_seen)) {
+        return NULL;
     }
     Py_RETURN_NONE;
 }
 
 static PyObject *RateCore_get_oldest(RateCore *self, void *closure) {
-    Py_INCREF(self->oldest);
-    return self->oldest;
+    return Py_NewRef(self->oldest != NULL ? self->oldest : Py_None);
 }
 
 static int RateCore_set_oldest(RateCore *self, PyObject *value, void *closure) {
@@ -1717,8 +1770,9 @@ static PyGetSetDef RateCore_getset[] = {
 };
 
 static PyMethodDef RateCore_methods[] = {
-    {"check", (PyCFunction)(void (*)(void))RateCore_check, METH_FASTCALL, "check(event, now): UserRateRule.check"},
-    {"observe", (PyCFunction)(void (*)(void))RateCore_observe, METH_FASTCALL,
+    {"check", (PyCFunction)(void (*)(void))RateCore_check, METH_FASTCALL | METH_KEYWORDS,
+     "check(event, now): UserRateRule.check"},
+    {"observe", (PyCFunction)(void (*)(void))RateCore_observe, METH_FASTCALL | METH_KEYWORDS,
      "observe(event, now[, hold]): UserRateRule.observe (a held attempt counts the same)"},
     {NULL, NULL, 0, NULL},
 };
@@ -1735,6 +1789,445 @@ static PyTypeObject RateCoreType = {
     .tp_clear = (inquiry)RateCore_clear,
     .tp_methods = RateCore_methods,
     .tp_getset = RateCore_getset,
+};
+
+/* ---- The quality gate's item-surge rule (learner.gate.behaviour.ItemSurgeRule), compiled -----------------------
+ *
+ * SurgeCore is the rule's check, observe and observe_held, as RateCore is the user-rate rule's: the same
+ * operations in the same order on the rule's two tables (users: 2 fields a record, items: 7), with the rule's
+ * stream-wide counters kept here. The established users (a Bloom filter) stay the Python object's. */
+
+#define SURGE_USER_FIELDS 2
+#define SURGE_ITEM_FIELDS 7
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *users_index, *users_data, *users_move, *users_add, *users_evict;
+    PyObject *items_index, *items_data, *items_move, *items_add, *items_pop_oldest;
+    PyObject *established, *established_add;
+    PyObject *judged_types; /* None: every type */
+    PyObject *positive_types;
+    PyObject *hold_cooling, *hold_share, *hold_concentration;
+    PyObject *oldest; /* the users table's least recently seen user (None: none) */
+    double oldest_seen;
+    double new_user_events, min_new_positives, min_new_share, min_lift, max_new_concentration, warmup_positives;
+    double item_decay, stream_decay, share_rate_floor, user_idle_seconds;
+    Py_ssize_t max_items, max_users;
+    long long cooldown;
+    /* the stream's counters (ItemSurgeRule._stream_new_share, _passed, _stream_new, _clocks) */
+    double stream_new_share;
+    long long passed;
+    double stream_new[2];
+    long long clocks[2];
+} SurgeCore;
+
+#define SURGE_OBJECTS(X)                                                                                             \
+    X(users_index) X(users_data) X(users_move) X(users_add) X(users_evict) X(items_index) X(items_data)              \
+        X(items_move) X(items_add) X(items_pop_oldest) X(established) X(established_add) X(judged_types)              \
+            X(positive_types) X(hold_cooling) X(hold_share) X(hold_concentration) X(oldest)
+
+static int SurgeCore_traverse(SurgeCore *self, visitproc visit, void *arg) {
+#define VISIT(field) Py_VISIT(self->field);
+    SURGE_OBJECTS(VISIT)
+#undef VISIT
+    return 0;
+}
+
+static int SurgeCore_clear(SurgeCore *self) {
+#define CLEAR(field) Py_CLEAR(self->field);
+    SURGE_OBJECTS(CLEAR)
+#undef CLEAR
+    return 0;
+}
+
+static void SurgeCore_dealloc(SurgeCore *self) {
+    PyObject_GC_UnTrack(self);
+    SurgeCore_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* A new reference to obj.name (NULL and an exception if it has none) */
+static PyObject *attribute(PyObject *obj, const char *name) { return PyObject_GetAttrString(obj, name); }
+
+static int SurgeCore_init(SurgeCore *self, PyObject *args, PyObject *kwds) {
+    static char *names[] = {"users", "items", "established", "judged_types", "positive_types", "hold_cooling",
+                            "hold_share", "hold_concentration", "new_user_events", "min_new_positives",
+                            "min_new_share", "min_lift", "max_new_concentration", "warmup_positives", "item_decay",
+                            "stream_decay", "share_rate_floor", "user_idle_seconds", "max_items", "max_users",
+                            "cooldown", NULL};
+    PyObject *users, *items, *established, *judged, *positive, *cooling, *share, *concentration;
+    SurgeCore_clear(self);
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOOOOddddddddddnnL", names, &users, &items, &established,
+                                     &judged, &positive, &cooling, &share, &concentration, &self->new_user_events,
+                                     &self->min_new_positives, &self->min_new_share, &self->min_lift,
+                                     &self->max_new_concentration, &self->warmup_positives, &self->item_decay,
+                                     &self->stream_decay, &self->share_rate_floor, &self->user_idle_seconds,
+                                     &self->max_items, &self->max_users, &self->cooldown)) {
+        return -1;
+    }
+    /* each in turn, stopping at the first missing one (an index before its move_to_end) */
+    PyObject **fetched[] = {&self->users_index, &self->users_data, &self->users_add, &self->users_evict,
+                            &self->users_move, &self->items_index, &self->items_data, &self->items_add,
+                            &self->items_pop_oldest, &self->items_move, &self->established_add};
+    const char *attributes[] = {"index", "data", "add", "evict", "move_to_end", "index",
+                                "data",  "add",  "pop_oldest", "move_to_end", "add"};
+    for (int i = 0; i < 11; i++) {
+        PyObject *owner = i == 4 ? self->users_index : i == 9 ? self->items_index : i < 5 ? users : i < 10 ? items
+                                                                                                   : established;
+        if ((*fetched[i] = attribute(owner, attributes[i])) == NULL) return -1;
+    }
+    if (!PyDict_Check(self->users_index) || !PyDict_Check(self->items_index)) {
+        PyErr_SetString(PyExc_TypeError, "SurgeCore: users and items must be learner.gate.records.Records");
+        return -1;
+    }
+    PyObject *objects[] = {established, judged, positive, cooling, share, concentration, Py_None};
+    PyObject **fields[] = {&self->established, &self->judged_types, &self->positive_types, &self->hold_cooling,
+                           &self->hold_share, &self->hold_concentration, &self->oldest};
+    for (int i = 0; i < 7; i++) {
+        Py_INCREF(objects[i]);
+        *fields[i] = objects[i];
+    }
+    self->oldest_seen = -INFINITY;
+    self->stream_new_share = 1.0; /* of passed interactions; a fresh worker starts with "everyone is new" */
+    self->passed = 0;
+    self->stream_new[0] = self->stream_new[1] = 0.0;
+    self->clocks[0] = self->clocks[1] = 0;
+    return 0;
+}
+
+/* event.type is judged by the rule (judged_types None: all) */
+static int surge_judges(SurgeCore *self, PyObject *type) {
+    return self->judged_types == Py_None ? 1 : PySet_Contains(self->judged_types, type);
+}
+
+/* The event's user, item and type (a GateEvent: event_id, user_id, item_id, type, ...) */
+static int surge_event(PyObject *event, PyObject **user, PyObject **item, PyObject **type) {
+    if (!PyTuple_Check(event) || PyTuple_GET_SIZE(event) < 5) {
+        PyErr_SetString(PyExc_TypeError, "expected a GateEvent");
+        return -1;
+    }
+    *user = PyTuple_GET_ITEM(event, 1);
+    *item = PyTuple_GET_ITEM(event, 2);
+    *type = PyTuple_GET_ITEM(event, 3);
+    return 0;
+}
+
+/* ItemSurgeRule._concentration: the item's share of the channel's recent new-user attempts, this one included;
+ * NAN when too few */
+static double surge_concentration(SurgeCore *self, const char *d, Py_ssize_t start, int channel) {
+    double decay = self->stream_decay;
+    Py_ssize_t at = start + 3 + 2 * channel;
+    double item_in_stream = get_f64(d, at) * pow(decay, (double)self->clocks[channel] - get_f64(d, at + 1)) * decay + 1.0;
+    if (item_in_stream < self->min_new_positives) return NAN;
+    return item_in_stream / (self->stream_new[channel] * decay + 1.0);
+}
+
+/* ItemSurgeRule.check */
+static PyObject *SurgeCore_check(SurgeCore *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    static const char *const names[] = {"event", "now", "check"};
+    PyObject *given[2];
+    if (initialised(self->users_index, "SurgeCore") || gate_arguments(args, nargs, kwnames, names, 2, 2, given)) {
+        return NULL;
+    }
+    PyObject *user, *item, *type;
+    if (surge_event(given[0], &user, &item, &type) < 0) return NULL;
+    int judged = surge_judges(self, type);
+    if (judged <= 0) return judged < 0 ? NULL : Py_NewRef(Py_None);
+    PyObject *known = PyDict_GetItemWithError(self->users_index, user);
+    Py_buffer view;
+    Py_ssize_t b;
+    if (known != NULL) {
+        if (table_record(self->users_data, known, SURGE_USER_FIELDS, &view, &b) < 0) return NULL;
+        double events = get_f64(view.buf, b);
+        PyBuffer_Release(&view);
+        if (events >= self->new_user_events) Py_RETURN_NONE; /* an established user */
+    } else {
+        if (PyErr_Occurred()) return NULL;
+        int established = PySequence_Contains(self->established, user);
+        if (established != 0) return established < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    PyObject *number = PyDict_GetItemWithError(self->items_index, item);
+    if (number == NULL) {
+        if (PyErr_Occurred()) return NULL;
+        if (self->min_new_positives > 1) Py_RETURN_NONE;
+        return PyObject_CallFunction(self->hold_concentration, "di", 1.0, 0);
+    }
+    if (table_record(self->items_data, number, SURGE_ITEM_FIELDS, &view, &b) < 0) return NULL;
+    const char *d = view.buf;
+    double cooling_until = get_f64(d, b + 2);
+    if (cooling_until > (double)self->clocks[0]) {
+        PyBuffer_Release(&view);
+        return PyObject_CallFunction(self->hold_cooling, "Od", type, cooling_until - (double)self->clocks[0]);
+    }
+    double decay = self->item_decay;
+    double new = get_f64(d, b) * decay + 1.0;
+    if (new < self->min_new_positives) {
+        PyBuffer_Release(&view);
+        Py_RETURN_NONE;
+    }
+    double share = new / (get_f64(d, b + 1) * decay + 1.0);
+    if (share >= self->min_new_share && share - self->stream_new_share >= self->min_lift &&
+        (double)self->passed >= self->warmup_positives) {
+        PyBuffer_Release(&view);
+        return PyObject_CallFunction(self->hold_share, "ddd", new, share, self->stream_new_share);
+    }
+    int positive = PySet_Contains(self->positive_types, type);
+    if (positive < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    for (int channel = 0; channel <= positive; channel++) {
+        double concentration = surge_concentration(self, d, b, channel);
+        if (!isnan(concentration) && concentration >= self->max_new_concentration) {
+            PyBuffer_Release(&view);
+            return PyObject_CallFunction(self->hold_concentration, "di", concentration, channel);
+        }
+    }
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
+}
+
+/* ItemSurgeRule._count: an interaction with `item` (a new user's if is_new) counted in its record and the
+ * stream's channels; returns the item's record number (a new reference) or NULL */
+static PyObject *surge_count(SurgeCore *self, int is_new, PyObject *item, int positive) {
+    double decay = self->stream_decay;
+    PyObject *number = PyDict_GetItemWithError(self->items_index, item);
+    if (number == NULL) {
+        if (PyErr_Occurred()) return NULL;
+        PyObject *fields = Py_BuildValue("(ddddddd)", 0.0, 0.0, 0.0, 0.0, (double)self->clocks[0], 0.0,
+                                         (double)self->clocks[1]);
+        if (fields == NULL) return NULL;
+        number = PyObject_CallFunctionObjArgs(self->items_add, item, fields, NULL);
+        Py_DECREF(fields);
+        if (number == NULL) return NULL;
+        if (PyDict_Size(self->items_index) > self->max_items) {
+            /* the oldest: this item's own only with max_items 0 (its record is then free, written and never read) */
+            PyObject *popped = PyObject_CallNoArgs(self->items_pop_oldest);
+            if (popped == NULL) {
+                Py_DECREF(number);
+                return NULL;
+            }
+            Py_DECREF(popped);
+        }
+    } else {
+        Py_INCREF(number);
+        if (move_last(self->items_move, item, number) < 0) { /* most recently touched last */
+            Py_DECREF(number);
+            return NULL;
+        }
+    }
+    Py_buffer view;
+    Py_ssize_t b;
+    if (table_record(self->items_data, number, SURGE_ITEM_FIELDS, &view, &b) < 0) {
+        Py_DECREF(number);
+        return NULL;
+    }
+    char *d = view.buf;
+    double new = is_new ? 1.0 : 0.0;
+    /* channel 0 (every judged interaction), then channel 1 (likes/shares): [new-user attempts, clock] at 3 and 5 */
+    long long clock = self->clocks[0] = self->clocks[0] + 1;
+    self->stream_new[0] = self->stream_new[0] * decay + new;
+    set_f64(d, b + 3, get_f64(d, b + 3) * pow(decay, (double)clock - get_f64(d, b + 4)) + new);
+    set_f64(d, b + 4, (double)clock);
+    if (positive) {
+        clock = self->clocks[1] = self->clocks[1] + 1;
+        self->stream_new[1] = self->stream_new[1] * decay + new;
+        set_f64(d, b + 5, get_f64(d, b + 5) * pow(decay, (double)clock - get_f64(d, b + 6)) + new);
+        set_f64(d, b + 6, (double)clock);
+    }
+    double item_decay = self->item_decay;
+    set_f64(d, b, get_f64(d, b) * item_decay + new);
+    set_f64(d, b + 1, get_f64(d, b + 1) * item_decay + 1.0);
+    PyBuffer_Release(&view);
+    return number;
+}
+
+/* ItemSurgeRule.observe */
+static PyObject *SurgeCore_observe(SurgeCore *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    static const char *const names[] = {"event", "now", "observe"};
+    PyObject *given[2];
+    if (initialised(self->users_index, "SurgeCore") || gate_arguments(args, nargs, kwnames, names, 2, 2, given)) {
+        return NULL;
+    }
+    PyObject *user, *item, *type;
+    if (surge_event(given[0], &user, &item, &type) < 0) return NULL;
+    double now = PyFloat_AsDouble(given[1]);
+    if (now == -1.0 && PyErr_Occurred()) return NULL;
+    PyObject *number = PyDict_GetItemWithError(self->users_index, user);
+    if (number == NULL) {
+        if (PyErr_Occurred()) return NULL;
+        int established = PySequence_Contains(self->established, user);
+        if (established < 0) return NULL;
+        if (established) {
+            PyObject *added = PyObject_CallOneArg(self->established_add, user); /* refresh into the current generation */
+            if (added == NULL) return NULL;
+            Py_DECREF(added);
+        }
+        PyObject *fields = Py_BuildValue("(dd)", established ? self->new_user_events : 0.0, now);
+        if (fields == NULL) return NULL;
+        number = PyObject_CallFunctionObjArgs(self->users_add, user, fields, NULL);
+        Py_DECREF(fields);
+        if (number == NULL) return NULL;
+    } else {
+        Py_INCREF(number);
+        if (move_last(self->users_move, user, number) < 0) { /* most recently seen last */
+            Py_DECREF(number);
+            return NULL;
+        }
+    }
+    Py_ssize_t r = PyLong_AsSsize_t(number);
+    Py_DECREF(number);
+    if (r == -1 && PyErr_Occurred()) return NULL;
+    /* the user's record is read and written through the index's number each time: counting the item below calls
+     * Python (the items table), so no view of the users' array is held across it */
+    Py_buffer view;
+    Py_ssize_t b;
+    PyObject *row = PyLong_FromSsize_t(r);
+    if (row == NULL) return NULL;
+    if (table_record(self->users_data, row, SURGE_USER_FIELDS, &view, &b) < 0) {
+        Py_DECREF(row);
+        return NULL;
+    }
+    double events = get_f64(view.buf, b);
+    PyBuffer_Release(&view);
+    int judged = surge_judges(self, type);
+    if (judged < 0) {
+        Py_DECREF(row);
+        return NULL;
+    }
+    if (judged) {
+        int is_new = events < self->new_user_events;
+        int positive = PySet_Contains(self->positive_types, type);
+        PyObject *counted = positive < 0 ? NULL : surge_count(self, is_new, item, positive);
+        if (counted == NULL) {
+            Py_DECREF(row);
+            return NULL;
+        }
+        Py_DECREF(counted);
+        long long passed = self->passed = self->passed + 1;
+        double rate = 1.0 / (double)passed;
+        double floor_ = self->share_rate_floor;
+        if (floor_ > rate) rate = floor_; /* max(1 / passed, floor): a plain mean until the window fills */
+        self->stream_new_share += rate * ((is_new ? 1.0 : 0.0) - self->stream_new_share);
+    }
+    int failed = table_record(self->users_data, row, SURGE_USER_FIELDS, &view, &b);
+    Py_DECREF(row);
+    if (failed) return NULL;
+    int established_now = 0;
+    if (get_f64(view.buf, b) < self->new_user_events) {
+        set_f64(view.buf, b, get_f64(view.buf, b) + 1.0);
+        established_now = get_f64(view.buf, b) >= self->new_user_events;
+    }
+    set_f64(view.buf, b + 1, now);
+    PyBuffer_Release(&view);
+    if (established_now) {
+        PyObject *added = PyObject_CallOneArg(self->established_add, user);
+        if (added == NULL) return NULL;
+        Py_DECREF(added);
+    }
+    double horizon = now - self->user_idle_seconds;
+    if (evict_if_due(user, self->users_index, self->users_evict, horizon, self->max_users, 1, &self->oldest,
+                     &self->oldest_seen)) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* ItemSurgeRule.observe_held: a held new-user interaction counts for its item, and (re)starts its cool-down */
+static PyObject *SurgeCore_observe_held(SurgeCore *self, PyObject *const *args, Py_ssize_t nargs,
+                                        PyObject *kwnames) {
+    static const char *const names[] = {"event", "now", "hold", "observe_held"};
+    PyObject *given[3];
+    if (initialised(self->users_index, "SurgeCore") || gate_arguments(args, nargs, kwnames, names, 3, 3, given)) {
+        return NULL;
+    }
+    PyObject *user, *item, *type;
+    if (surge_event(given[0], &user, &item, &type) < 0) return NULL;
+    int positive = PySet_Contains(self->positive_types, type);
+    if (positive < 0) return NULL;
+    PyObject *number = surge_count(self, 1, item, positive);
+    if (number == NULL) return NULL;
+    Py_buffer view;
+    Py_ssize_t b;
+    int failed = table_record(self->items_data, number, SURGE_ITEM_FIELDS, &view, &b);
+    Py_DECREF(number);
+    if (failed) return NULL;
+    set_f64(view.buf, b + 2, (double)(self->clocks[0] + self->cooldown));
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
+}
+
+static PyObject *SurgeCore_get_oldest(SurgeCore *self, void *closure) {
+    return Py_NewRef(self->oldest != NULL ? self->oldest : Py_None);
+}
+
+static int SurgeCore_set_oldest(SurgeCore *self, PyObject *value, void *closure) {
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "oldest cannot be deleted");
+        return -1;
+    }
+    Py_SETREF(self->oldest, Py_NewRef(value));
+    return 0;
+}
+
+static PyObject *SurgeCore_get_oldest_seen(SurgeCore *self, void *closure) { return PyFloat_FromDouble(self->oldest_seen); }
+
+static int SurgeCore_set_oldest_seen(SurgeCore *self, PyObject *value, void *closure) {
+    double seen = value == NULL ? -1.0 : PyFloat_AsDouble(value);
+    if (value == NULL) PyErr_SetString(PyExc_AttributeError, "oldest_seen cannot be deleted");
+    if (seen == -1.0 && PyErr_Occurred()) return -1;
+    self->oldest_seen = seen;
+    return 0;
+}
+
+static PyObject *SurgeCore_get_stream_new_share(SurgeCore *self, void *closure) {
+    return PyFloat_FromDouble(self->stream_new_share);
+}
+
+static PyObject *SurgeCore_get_passed(SurgeCore *self, void *closure) { return PyLong_FromLongLong(self->passed); }
+
+static PyObject *SurgeCore_get_clocks(SurgeCore *self, void *closure) {
+    return Py_BuildValue("[LL]", self->clocks[0], self->clocks[1]);
+}
+
+static PyObject *SurgeCore_get_stream_new(SurgeCore *self, void *closure) {
+    return Py_BuildValue("[dd]", self->stream_new[0], self->stream_new[1]);
+}
+
+static PyGetSetDef SurgeCore_getset[] = {
+    {"oldest", (getter)SurgeCore_get_oldest, (setter)SurgeCore_set_oldest,
+     "the users table's least recently seen user when last looked at (None: none)", NULL},
+    {"oldest_seen", (getter)SurgeCore_get_oldest_seen, (setter)SurgeCore_set_oldest_seen, "when that user was seen",
+     NULL},
+    {"stream_new_share", (getter)SurgeCore_get_stream_new_share, NULL, "ItemSurgeRule._stream_new_share", NULL},
+    {"passed", (getter)SurgeCore_get_passed, NULL, "ItemSurgeRule._passed", NULL},
+    {"clocks", (getter)SurgeCore_get_clocks, NULL, "ItemSurgeRule._clocks (a copy)", NULL},
+    {"stream_new", (getter)SurgeCore_get_stream_new, NULL, "ItemSurgeRule._stream_new (a copy)", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef SurgeCore_methods[] = {
+    {"check", (PyCFunction)(void (*)(void))SurgeCore_check, METH_FASTCALL | METH_KEYWORDS,
+     "check(event, now): ItemSurgeRule.check"},
+    {"observe", (PyCFunction)(void (*)(void))SurgeCore_observe, METH_FASTCALL | METH_KEYWORDS,
+     "observe(event, now): ItemSurgeRule.observe"},
+    {"observe_held", (PyCFunction)(void (*)(void))SurgeCore_observe_held, METH_FASTCALL | METH_KEYWORDS,
+     "observe_held(event, now, hold): ItemSurgeRule.observe_held"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject SurgeCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "learner._kernels.SurgeCore",
+    .tp_doc = "ItemSurgeRule's check, observe and observe_held on its Records tables (learner.gate.behaviour)",
+    .tp_basicsize = sizeof(SurgeCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)SurgeCore_init,
+    .tp_dealloc = (destructor)SurgeCore_dealloc,
+    .tp_traverse = (traverseproc)SurgeCore_traverse,
+    .tp_clear = (inquiry)SurgeCore_clear,
+    .tp_methods = SurgeCore_methods,
+    .tp_getset = SurgeCore_getset,
 };
 
 static PyMethodDef methods[] = {
@@ -1755,7 +2248,8 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "Compiled
                                     -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__kernels(void) {
-    if (PyType_Ready(&SlotTableType) < 0 || PyType_Ready(&PoolRowsType) < 0 || PyType_Ready(&RateCoreType) < 0) {
+    if (PyType_Ready(&SlotTableType) < 0 || PyType_Ready(&PoolRowsType) < 0 || PyType_Ready(&RateCoreType) < 0 ||
+        PyType_Ready(&SurgeCoreType) < 0) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&module);
@@ -1775,6 +2269,12 @@ PyMODINIT_FUNC PyInit__kernels(void) {
     Py_INCREF(&RateCoreType);
     if (PyModule_AddObject(m, "RateCore", (PyObject *)&RateCoreType) < 0) {
         Py_DECREF(&RateCoreType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&SurgeCoreType);
+    if (PyModule_AddObject(m, "SurgeCore", (PyObject *)&SurgeCoreType) < 0) {
+        Py_DECREF(&SurgeCoreType);
         Py_DECREF(m);
         return NULL;
     }

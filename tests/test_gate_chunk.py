@@ -104,7 +104,7 @@ def state(gate: QualityGate) -> list[object]:
         if isinstance(rule, UserRateRule):
             found.append(_records(rule._users))
         elif isinstance(rule, ItemSurgeRule):
-            found += [_records(rule._users), _records(rule._items), rule.stream_new_share, list(rule._clocks)]
+            found += [_records(rule._users), _records(rule._items), rule.stream_new_share, rule.clocks]
         elif isinstance(rule, AnomalousBehaviourRule):
             found += [_records(rule._users), rule.threshold.get(), rule.learned, rule.passed, rule.scored_ahead]
         elif isinstance(rule, LikeWithoutViewRule):

@@ -1,4 +1,5 @@
-"""The gate's compiled rule cores (learner/_kernels.c) against the Python methods they stand in for.
+"""The gate's compiled rule cores (learner/_kernels.c: RateCore, SurgeCore) against the Python methods they stand in
+for.
 
 A rule made while the compiled loops are switched off (``kernels.numpy_only()``) runs its Python
 methods; one made with them runs the C core. Both are driven over the same streams, as the gate
@@ -20,7 +21,7 @@ import pytest
 
 from learner import kernels
 from learner.gate.base import GateEvent
-from learner.gate.behaviour import UserRateRule
+from learner.gate.behaviour import ItemSurgeRule, UserRateRule
 from tests.conftest import skip_unless_ci
 
 T0 = 1_700_000_000.0
@@ -113,6 +114,45 @@ def test_user_rate_core_reads_the_rule_s_settings() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("ts", "window"), [(1.0, 0.1), (0.3, 0.1), (-0.0, 7.5), (-0.3, 0.1), (17.22, 0.3), (-47.46, 0.1), (1e-300, 3.0)]
+)
+def test_user_rate_core_divides_time_into_windows_as_python(ts: float, window: float) -> None:
+    """A record's window index is Python's ``ts // window``, not ``floor(ts / window)`` (1.0 // 0.1 is 9.0, while
+    1.0 / 0.1 rounds to 10.0), rounded as Python rounds it (17.22 // 0.3 is 57.0, the division before rounding
+    56.99999999999999), and keeps the sign of a zero."""
+    with kernels.numpy_only():
+        reference = UserRateRule(window_seconds=window)
+    compiled = UserRateRule(window_seconds=window)
+    for rule in (reference, compiled):
+        for k in range(3):  # a new user's record, then a known one's
+            rule.observe(GateEvent(f"e{k}", "u1", "v1", "view", ts), 0.0)
+    assert _bits(compiled._users["u1"]) == _bits(reference._users["u1"])
+    assert _bits([compiled._users["u1"][0]]) == _bits([ts // window])
+
+
+def test_cores_take_keywords_refuse_bad_calls_and_any_collection_of_types() -> None:
+    """The rule protocol's keywords (``check(event, now=...)``), clear errors for calls that do not fit, and
+    positive types given as any collection (the rules keep a frozenset)."""
+    rate = UserRateRule(window_seconds=60.0, max_positives=1, positive_types=("like",))  # type: ignore[arg-type]
+    surge = ItemSurgeRule(new_user_events=2, min_new_positives=1.0, judged_types=["like"], positive_types=["like"])  # type: ignore[arg-type]
+    like = GateEvent("e1", "u1", "v1", "like", T0)
+    assert rate.check(like, now=T0) is None and surge.check(event=like, now=T0) is not None
+    rate.observe(like, now=T0)
+    assert rate.check(event=like, now=T0).reason == "user_rate"
+    surge.observe_held(like, T0, hold=surge.check(like, T0))
+    with pytest.raises(TypeError, match="missing argument 'now'"):
+        rate.check(like)
+    with pytest.raises(TypeError, match="unexpected or repeated argument 'when'"):
+        surge.observe(like, when=T0)
+    with pytest.raises(TypeError, match="at most 2"):
+        surge.check(like, T0, None)
+    for core in (type(rate._core).__new__(type(rate._core)), type(surge._core).__new__(type(surge._core))):
+        with pytest.raises(RuntimeError, match="was not initialised"):
+            core.check(like, T0)
+        assert core.oldest is None
+
+
 def test_user_rate_core_refuses_what_is_not_an_event() -> None:
     rule = UserRateRule()
     with pytest.raises(TypeError, match="GateEvent"):
@@ -120,3 +160,129 @@ def test_user_rate_core_refuses_what_is_not_an_event() -> None:
     with pytest.raises(TypeError):
         rule.observe(GateEvent("e1", "u1", "v1", "view", "not a time"), T0)  # type: ignore[arg-type]
     assert len(rule) == 0
+
+
+def _surge_stream(seed: int, n: int) -> list[tuple[GateEvent, float]]:
+    """Regular users on many items, farms of fresh accounts on one item now and then (likes, or views as
+    camouflage), long pauses (users forgotten), the clock stepping back."""
+    rnd = random.Random(seed)
+    out, now, fresh = [], T0, 0
+    for k in range(n):
+        now += rnd.choice([0.0, 0.5, 2.0, 5.0]) + (90.0 if rnd.random() < 0.01 else 0.0)
+        if rnd.random() < 0.03:
+            now -= 20.0
+        if rnd.random() < 0.25:  # a farm account: new, on the target item
+            fresh += rnd.random() < 0.6
+            user, item, kind = f"bot{fresh}", "target", rnd.choice(["like", "like", "share", "view"])
+        else:
+            user, item = f"u{rnd.randrange(12)}", f"v{rnd.randrange(9)}"
+            kind = rnd.choice(["view", "view", "like", "share", "skip"])
+        out.append((GateEvent(f"e{k}", user, item, kind, now), now))
+    return out
+
+
+def _drive_surge(rule: ItemSurgeRule, events: list[tuple[GateEvent, float]]) -> list[tuple]:
+    found = []
+    for event, now in events:
+        hold = rule.check(event, now)
+        if hold is None:
+            rule.observe(event, now)
+        else:
+            rule.observe_held(event, now, hold)
+        users = [(user, _bits(record)) for user, record in rule._users.items()]
+        items = [(item, _bits(record)) for item, record in rule._items.items()]
+        core = rule._core
+        if core is None:
+            state = (rule._oldest, rule._oldest_seen, rule._passed, list(rule._stream_new))
+        else:
+            state = (core.oldest, core.oldest_seen, core.passed, core.stream_new)
+        share = _bits([rule.stream_new_share])
+        bloom = rule.established
+        established = (bytes(bloom._current), bytes(bloom._previous), bloom._inserted)
+        found.append((None if hold is None else hold.detail, users, items, share, rule.clocks, state, established))
+    return found
+
+
+SURGE = {
+    "new_user_events": 3,
+    "min_new_positives": 2.0,
+    "stream_memory": 150,
+    "warmup_positives": 50,
+    "user_idle_seconds": 60.0,
+    "max_items": 4,
+    "max_users": 5,
+    "established_capacity": 20,
+}
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        SURGE,
+        {**SURGE, "item_memory": 7, "cooldown": 5, "max_new_concentration": 0.35, "min_lift": 0.1},
+        {**SURGE, "judged_types": frozenset({"like", "share"}), "max_items": 0, "min_new_positives": 1.0},
+        {**SURGE, "positive_types": frozenset({"share"}), "min_new_share": 0.5, "warmup_positives": 0},
+        # the Bloom filters rotate often and users go idle: a returning established user is refreshed into them
+        {**SURGE, "established_capacity": 4, "user_idle_seconds": 8.0},
+    ],
+    ids=["small", "short-memory", "likes-only-no-items", "shares-positive", "established-rotating"],
+)
+def test_item_surge_core_is_the_python_rule(settings: dict) -> None:
+    """Every verdict, both tables, the stream's counters and the remembered oldest user after every event."""
+    events = _surge_stream(7, 3_000)
+    with kernels.numpy_only():
+        reference = ItemSurgeRule(**settings)
+    compiled = ItemSurgeRule(**settings)
+    assert reference._core is None and compiled._core is not None
+    assert compiled.check == compiled._core.check and compiled.observe_held == compiled._core.observe_held
+    want = _drive_surge(reference, events)
+    assert _drive_surge(compiled, events) == want
+    reasons = [hold.split(":")[0].split(" (")[0] for hold, *_ in want if hold is not None]
+    assert len(reasons) >= 20  # the stream makes the rule hold
+
+
+def test_item_surge_core_holds_for_every_reason() -> None:
+    """The streams above reach each kind of hold: cooling down, a skewed audience, concentration of interactions
+    and of likes/shares, and an item never seen (min_new_positives 1)."""
+    kinds: set[str] = set()
+    for settings in (
+        SURGE,
+        {**SURGE, "max_new_concentration": 0.35, "min_lift": 0.1},
+        {**SURGE, "max_items": 0, "min_new_positives": 1.0},
+        {**SURGE, "max_new_concentration": 0.99, "min_lift": 0.05},
+    ):
+        rule = ItemSurgeRule(**settings)
+        for hold, *_ in _drive_surge(rule, _surge_stream(7, 3_000)):
+            if hold is None:
+                continue
+            if "cooling down" in hold:
+                kinds.add("cooling")
+            elif "for the stream" in hold:
+                kinds.add("share")
+            elif "new-user likes/shares" in hold:
+                kinds.add("concentration of likes")
+            elif "new-user interactions" in hold:
+                kinds.add("concentration")
+    assert kinds == {"cooling", "share", "concentration of likes", "concentration"}
+
+
+def test_item_surge_core_holds_at_its_thresholds() -> None:
+    """At the thresholds exactly (the lift over the stream's share equal to ``min_lift``, as many passed
+    interactions as ``warmup_positives``), a skewed audience is held, in C as in Python."""
+    settings = {"new_user_events": 5, "min_new_positives": 1.5, "warmup_positives": 1, "min_new_share": 0.5}
+    settings |= {"min_lift": 0.0, "max_new_concentration": 2.0}  # share - stream share is 1.0 - 1.0; never
+    for make in (lambda: ItemSurgeRule(**settings), lambda: _python(lambda: ItemSurgeRule(**settings))):
+        rule = make()
+        first, second = GateEvent("e1", "a", "x", "view", T0), GateEvent("e2", "b", "x", "view", T0)
+        assert rule.check(first, T0) is None
+        rule.observe(first, T0)
+        assert rule.stream_new_share == 1.0 and rule.clocks == [1, 0]
+        hold = rule.check(second, T0)
+        assert hold is not None and hold.detail.endswith("against 100% for the stream"), hold
+
+
+def _python(make: Callable[[], ItemSurgeRule]) -> ItemSurgeRule:
+    with kernels.numpy_only():
+        rule = make()
+    assert rule._core is None
+    return rule

@@ -60,9 +60,10 @@ class UserRateRule:
     timestamps stored). Memory: one record (~0.14 kB) per user active in the last two
     windows, at most ``max_users``.
 
-    Where the compiled loops are built (:mod:`learner.kernels`, when the rule is made), ``check`` and
-    ``observe`` are those of :class:`learner._kernels.RateCore`: the same operations on the same table
-    (the methods below are the reference, and the path without them).
+    Where the compiled loops are built (:mod:`learner.kernels`, when the rule is made), ``check``,
+    ``observe`` and ``observe_held`` are those of :class:`learner._kernels.RateCore`: the same
+    operations on the same table (the methods below are the reference, and the path without them).
+    The settings are read when the rule is made: change them by making another rule.
 
     >>> rule = UserRateRule(window_seconds=60, max_positives=3, max_events=100)
     >>> likes = [GateEvent(f"e{i}", "u1", f"v{i}", "like", 1_000.0 + i) for i in range(4)]
@@ -91,7 +92,7 @@ class UserRateRule:
         self.max_positives = max_positives
         self.max_events = max_events
         self.max_users = max_users
-        self.positive_types = positive_types
+        self.positive_types = frozenset(positive_types)
         # user -> [window index, previous events, current events, previous positives, current positives,
         #          user's clock (latest ts), now when last seen]; least recently seen first
         self._users = Records(_RATE_FIELDS)
@@ -105,12 +106,13 @@ class UserRateRule:
                 max_events,
                 max_positives,
                 max_users,
-                positive_types,
+                self.positive_types,
                 partial(_rate_hold, window_seconds, "events", max_events),
                 partial(_rate_hold, window_seconds, "likes/shares", max_positives),
             )
             self.check = core.check  # type: ignore[method-assign]
             self.observe = core.observe  # type: ignore[method-assign]
+            self.observe_held = core.observe  # type: ignore[method-assign]  # (event, now, hold): counts the same
 
     def check(self, event: GateEvent, now: float) -> Hold | None:  # noqa: ARG002 - windows run on the user's clock
         users = self._users
@@ -324,6 +326,12 @@ class ItemSurgeRule:
     lost; established users stay known through :class:`EstablishedUsers`, 2 × 1.2 bytes ×
     ``established_capacity``).
 
+    Where the compiled loops are built (:mod:`learner.kernels`, when the rule is made), ``check``,
+    ``observe`` and ``observe_held`` are those of :class:`learner._kernels.SurgeCore`: the same
+    operations on the same tables, with the stream's counters kept in it (``stream_new_share``,
+    ``clocks``); the methods below are the reference, and the path without them. The settings are
+    read when the rule is made.
+
     >>> rule = ItemSurgeRule(new_user_events=2, min_new_positives=2)
     >>> bots = [GateEvent(f"b{i}", f"bot{i}", "target", "like", 1_000.0 + i) for i in range(3)]
     >>> for e in bots[:2]:
@@ -372,8 +380,8 @@ class ItemSurgeRule:
         self.user_idle_seconds = user_idle_seconds
         self.max_items = max_items
         self.max_users = max_users
-        self.judged_types = judged_types
-        self.positive_types = positive_types
+        self.judged_types = None if judged_types is None else frozenset(judged_types)
+        self.positive_types = frozenset(positive_types)
         self.cooldown = stream_memory if cooldown is None else cooldown
         self.established = EstablishedUsers(established_capacity)
         self._stream_new_share = 1.0  # of passed interactions; a fresh worker starts with "everyone is new"
@@ -391,6 +399,35 @@ class ItemSurgeRule:
         # cache in front of the Bloom filters while active
         self._users = Records(_SURGE_USER_FIELDS)
         self._oldest, self._oldest_seen = None, -math.inf  # _users' first entry (see Records.evict)
+        kernel = kernels.compiled()
+        self._core = None
+        if kernel is not None:  # the same steps compiled, on the same tables (the stream's counters kept there)
+            self._core = core = kernel.SurgeCore(
+                self._users,
+                self._items,
+                self.established,
+                self.judged_types,
+                self.positive_types,
+                _surge_cooling_hold,
+                _surge_share_hold,
+                _surge_concentration_hold,
+                new_user_events,
+                min_new_positives,
+                min_new_share,
+                min_lift,
+                max_new_concentration,
+                warmup_positives,
+                self._item_decay,
+                self._stream_decay,
+                self._share_rate_floor,
+                user_idle_seconds,
+                max_items,
+                max_users,
+                self.cooldown,
+            )
+            self.check = core.check  # type: ignore[method-assign]
+            self.observe = core.observe  # type: ignore[method-assign]
+            self.observe_held = core.observe_held  # type: ignore[method-assign]
 
     def check(self, event: GateEvent, now: float) -> Hold | None:  # noqa: ARG002 - windows count interactions
         judged = self.judged_types
@@ -410,11 +447,7 @@ class ItemSurgeRule:
             return None if self.min_new_positives > 1 else self._hold(1.0, 1.0, 1.0)
         d, b = items.data, r * _SURGE_ITEM_FIELDS
         if d[b + 2] > self._clocks[0]:
-            return Hold(
-                "item_surge",
-                f"new-user {event.type} of an item cooling down after a surge from new users "
-                f"({d[b + 2] - self._clocks[0]:.0f} interactions to go)",
-            )
+            return _surge_cooling_hold(event.type, d[b + 2] - self._clocks[0])
         decay = self._item_decay
         new = d[b] * decay + 1.0
         if new < self.min_new_positives:
@@ -444,12 +477,8 @@ class ItemSurgeRule:
 
     def _hold(self, new: float, share: float, concentration: float | None, channel: int = 0) -> Hold:
         if concentration is None:
-            stream = self._stream_new_share
-            why = f"{share:.0%} of its recent interactions ({new:.0f}) against {stream:.0%} for the stream"
-        else:
-            kind = "likes/shares" if channel else "interactions"
-            why = f"{concentration:.0%} of all recent new-user {kind} went to this item"
-        return Hold("item_surge", f"surge from new users: {why}")
+            return _surge_share_hold(new, share, self._stream_new_share)
+        return _surge_concentration_hold(concentration, channel)
 
     def _count(self, is_new: bool, item: str, positive: bool) -> int:
         """Count an interaction with ``item`` (a new user's if ``is_new``) in its record and the stream's channels;
@@ -523,7 +552,31 @@ class ItemSurgeRule:
     @property
     def stream_new_share(self) -> float:
         """Share of passed judged interactions that came from new users, over the stream's recent ones."""
-        return self._stream_new_share
+        return self._stream_new_share if self._core is None else self._core.stream_new_share
+
+    @property
+    def clocks(self) -> list[int]:
+        """Interactions counted so far: judged ones, and likes/shares."""
+        return list(self._clocks) if self._core is None else self._core.clocks
+
+
+def _surge_cooling_hold(kind: str, remaining: float) -> Hold:
+    return Hold(
+        "item_surge",
+        f"new-user {kind} of an item cooling down after a surge from new users ({remaining:.0f} interactions to go)",
+    )
+
+
+def _surge_share_hold(new: float, share: float, stream: float) -> Hold:
+    why = f"{share:.0%} of its recent interactions ({new:.0f}) against {stream:.0%} for the stream"
+    return Hold("item_surge", f"surge from new users: {why}")
+
+
+def _surge_concentration_hold(concentration: float, channel: int) -> Hold:
+    kind = "likes/shares" if channel else "interactions"
+    return Hold(
+        "item_surge", f"surge from new users: {concentration:.0%} of all recent new-user {kind} went to this item"
+    )
 
 
 class AnomalousBehaviourRule:
