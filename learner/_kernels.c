@@ -1,9 +1,9 @@
-/* Compiled loops for ranking a whole catalogue, for the co-occurrence update and for the quality gate's user-rate
- * rule (learner.kernels wraps them; numpy and Python do the same when they are not built). The ranking loops do in
- * one or two passes over the catalogue what numpy does in five or six; the update (PoolRows) finds entries in one
- * hash table (SlotTable); RateCore is UserRateRule's check and observe on its own table. Each uses the same
- * floating-point operations in the same order as the code it stands in for, so the results are the same numbers
- * (tests compare them).
+/* Compiled loops for ranking a whole catalogue, for the co-occurrence update and for two of the quality gate's rules
+ * (learner.kernels wraps them; numpy and Python do the same when they are not built). The ranking loops do in one
+ * or two passes over the catalogue what numpy does in five or six; the update (PoolRows) finds entries in one hash
+ * table (SlotTable); RateCore and SurgeCore are the user-rate and item-surge rules on their own tables. Each uses
+ * the same floating-point operations in the same order as the code it stands in for, so the results are the same
+ * numbers (tests compare them).
  *
  * Only the buffer protocol is used (no numpy headers): rows are array.array or numpy buffers alike.
  * Built with -ffp-contract=off, so that a * b + c is never fused into one rounding.
