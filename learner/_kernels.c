@@ -1856,15 +1856,21 @@ static int SurgeCore_init(SurgeCore *self, PyObject *args, PyObject *kwds) {
                             "stream_decay", "share_rate_floor", "user_idle_seconds", "max_items", "max_users",
                             "cooldown", NULL};
     PyObject *users, *items, *established, *judged, *positive, *cooling, *share, *concentration;
-    SurgeCore_clear(self);
+    double numbers[10];
+    Py_ssize_t max_items, max_users;
+    long long cooldown;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOOOOddddddddddnnL", names, &users, &items, &established,
-                                     &judged, &positive, &cooling, &share, &concentration, &self->new_user_events,
-                                     &self->min_new_positives, &self->min_new_share, &self->min_lift,
-                                     &self->max_new_concentration, &self->warmup_positives, &self->item_decay,
-                                     &self->stream_decay, &self->share_rate_floor, &self->user_idle_seconds,
-                                     &self->max_items, &self->max_users, &self->cooldown)) {
+                                     &judged, &positive, &cooling, &share, &concentration, &numbers[0], &numbers[1],
+                                     &numbers[2], &numbers[3], &numbers[4], &numbers[5], &numbers[6], &numbers[7],
+                                     &numbers[8], &numbers[9], &max_items, &max_users, &cooldown)) {
         return -1;
     }
+    if ((judged != Py_None && !PyAnySet_Check(judged)) || !PyAnySet_Check(positive)) {
+        PyErr_SetString(PyExc_TypeError, "SurgeCore: judged_types (or None) and positive_types must be sets");
+        return -1;
+    }
+    /* from here on a failure leaves the core empty (not initialised: its methods raise), never half made */
+    SurgeCore_clear(self);
     /* each in turn, stopping at the first missing one (an index before its move_to_end) */
     PyObject **fetched[] = {&self->users_index, &self->users_data, &self->users_add, &self->users_evict,
                             &self->users_move, &self->items_index, &self->items_data, &self->items_add,
@@ -1874,19 +1880,27 @@ static int SurgeCore_init(SurgeCore *self, PyObject *args, PyObject *kwds) {
     for (int i = 0; i < 11; i++) {
         PyObject *owner = i == 4 ? self->users_index : i == 9 ? self->items_index : i < 5 ? users : i < 10 ? items
                                                                                                    : established;
-        if ((*fetched[i] = attribute(owner, attributes[i])) == NULL) return -1;
+        if ((*fetched[i] = attribute(owner, attributes[i])) == NULL) {
+            SurgeCore_clear(self);
+            return -1;
+        }
     }
     if (!PyDict_Check(self->users_index) || !PyDict_Check(self->items_index)) {
+        SurgeCore_clear(self);
         PyErr_SetString(PyExc_TypeError, "SurgeCore: users and items must be learner.gate.records.Records");
         return -1;
     }
     PyObject *objects[] = {established, judged, positive, cooling, share, concentration, Py_None};
     PyObject **fields[] = {&self->established, &self->judged_types, &self->positive_types, &self->hold_cooling,
                            &self->hold_share, &self->hold_concentration, &self->oldest};
-    for (int i = 0; i < 7; i++) {
-        Py_INCREF(objects[i]);
-        *fields[i] = objects[i];
-    }
+    for (int i = 0; i < 7; i++) *fields[i] = Py_NewRef(objects[i]);
+    double *settings[] = {&self->new_user_events, &self->min_new_positives, &self->min_new_share, &self->min_lift,
+                          &self->max_new_concentration, &self->warmup_positives, &self->item_decay,
+                          &self->stream_decay, &self->share_rate_floor, &self->user_idle_seconds};
+    for (int i = 0; i < 10; i++) *settings[i] = numbers[i];
+    self->max_items = max_items;
+    self->max_users = max_users;
+    self->cooldown = cooldown;
     self->oldest_seen = -INFINITY;
     self->stream_new_share = 1.0; /* of passed interactions; a fresh worker starts with "everyone is new" */
     self->passed = 0;
@@ -2075,15 +2089,11 @@ static PyObject *SurgeCore_observe(SurgeCore *self, PyObject *const *args, Py_ss
             return NULL;
         }
     }
-    Py_ssize_t r = PyLong_AsSsize_t(number);
-    Py_DECREF(number);
-    if (r == -1 && PyErr_Occurred()) return NULL;
-    /* the user's record is read and written through the index's number each time: counting the item below calls
-     * Python (the items table), so no view of the users' array is held across it */
+    /* the user's record is read and written through its number (owned here) each time: counting the item below
+     * calls Python (the items table), so no view of the users' array is held across it */
+    PyObject *row = number;
     Py_buffer view;
     Py_ssize_t b;
-    PyObject *row = PyLong_FromSsize_t(r);
-    if (row == NULL) return NULL;
     if (table_record(self->users_data, row, SURGE_USER_FIELDS, &view, &b) < 0) {
         Py_DECREF(row);
         return NULL;

@@ -151,6 +151,26 @@ def test_cores_take_keywords_refuse_bad_calls_and_any_collection_of_types() -> N
         with pytest.raises(RuntimeError, match="was not initialised"):
             core.check(like, T0)
         assert core.oldest is None
+    # a core whose __init__ fails is left empty, never half made
+    args = (
+        surge._users,
+        surge._items,
+        surge.established,
+        None,
+        frozenset({"like"}),
+        *[print] * 3,
+        *[1.0] * 10,
+        1,
+        1,
+        1,
+    )
+    with pytest.raises(TypeError, match="must be sets"):
+        surge._core.__init__(*args[:4], ["like"], *args[5:])
+    assert surge.check(like, T0) is not None  # a refused call leaves the core as it was
+    with pytest.raises(AttributeError):
+        surge._core.__init__(object(), *args[1:])
+    with pytest.raises(RuntimeError, match="was not initialised"):
+        surge.check(like, T0)
 
 
 def test_user_rate_core_refuses_what_is_not_an_event() -> None:
@@ -243,7 +263,7 @@ def test_item_surge_core_is_the_python_rule(settings: dict) -> None:
 
 def test_item_surge_core_holds_for_every_reason() -> None:
     """The streams above reach each kind of hold: cooling down, a skewed audience, concentration of interactions
-    and of likes/shares, and an item never seen (min_new_positives 1)."""
+    (of which an item never seen, with min_new_positives 1) and of likes/shares."""
     kinds: set[str] = set()
     for settings in (
         SURGE,
@@ -279,6 +299,27 @@ def test_item_surge_core_holds_at_its_thresholds() -> None:
         assert rule.stream_new_share == 1.0 and rule.clocks == [1, 0]
         hold = rule.check(second, T0)
         assert hold is not None and hold.detail.endswith("against 100% for the stream"), hold
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        # every interaction of the item is a new user's (item_memory 1): new and share at their thresholds exactly
+        {"item_memory": 1, "min_new_positives": 1.0, "min_new_share": 1.0, "min_lift": 0.0, "warmup_positives": 0},
+        # the channels forget at once (stream_memory 1): the concentration at its threshold exactly
+        {"stream_memory": 1, "min_new_positives": 1.0, "min_new_share": 9.0, "max_new_concentration": 1.0},
+    ],
+    ids=["share", "concentration"],
+)
+def test_item_surge_core_judges_equality_at_thresholds_as_python(settings: dict) -> None:
+    found = []
+    for make in (lambda: ItemSurgeRule(**settings), lambda: _python(lambda: ItemSurgeRule(**settings))):
+        rule = make()
+        first, second = GateEvent("e1", "a", "x", "view", T0), GateEvent("e2", "b", "x", "view", T0)
+        rule.observe(first, T0)
+        hold = rule.check(second, T0)
+        found.append(None if hold is None else hold.detail)
+    assert found[0] == found[1] and found[0] is not None, found
 
 
 def _python(make: Callable[[], ItemSurgeRule]) -> ItemSurgeRule:

@@ -113,6 +113,7 @@ class UserRateRule:
             self.check = core.check  # type: ignore[method-assign]
             self.observe = core.observe  # type: ignore[method-assign]
             self.observe_held = core.observe  # type: ignore[method-assign]  # (event, now, hold): counts the same
+            del self._oldest, self._oldest_seen  # the core's (core.oldest): none left here to read stale
 
     def check(self, event: GateEvent, now: float) -> Hold | None:  # noqa: ARG002 - windows run on the user's clock
         users = self._users
@@ -428,6 +429,8 @@ class ItemSurgeRule:
             self.check = core.check  # type: ignore[method-assign]
             self.observe = core.observe  # type: ignore[method-assign]
             self.observe_held = core.observe_held  # type: ignore[method-assign]
+            # the core's (stream_new_share, clocks, core.passed, ...): none left here to read stale
+            del self._stream_new_share, self._passed, self._stream_new, self._clocks, self._oldest, self._oldest_seen
 
     def check(self, event: GateEvent, now: float) -> Hold | None:  # noqa: ARG002 - windows count interactions
         judged = self.judged_types
