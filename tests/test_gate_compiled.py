@@ -55,19 +55,25 @@ def _bits(values: list[float]) -> bytes:
     return struct.pack(f"{len(values)}d", *values)
 
 
+def _step(rule: UserRateRule | ItemSurgeRule, event: GateEvent, now: float) -> str | None:
+    """Check the event, then observe it, or observe the held attempt, as the gate does; the hold's text or None."""
+    hold = rule.check(event, now)
+    if hold is None:
+        rule.observe(event, now)
+        return None
+    rule.observe_held(event, now, hold)
+    return hold.detail
+
+
 def _drive(rule: UserRateRule, events: list[tuple[GateEvent, float]]) -> list[tuple[str | None, list, tuple]]:
     found = []
     for event, now in events:
-        hold = rule.check(event, now)
-        if hold is None:
-            rule.observe(event, now)
-        else:
-            rule.observe_held(event, now, hold)
+        hold = _step(rule, event, now)
         table = [(user, _bits(record)) for user, record in rule._users.items()]
         # the table's oldest entry as the rule remembers it, which decides when the table is scanned
         core = rule._core
         oldest = (rule._oldest, rule._oldest_seen) if core is None else (core.oldest, core.oldest_seen)
-        found.append((None if hold is None else hold.detail, table, oldest))
+        found.append((hold, table, oldest))
     return found
 
 
@@ -204,11 +210,7 @@ def _surge_stream(seed: int, n: int) -> list[tuple[GateEvent, float]]:
 def _drive_surge(rule: ItemSurgeRule, events: list[tuple[GateEvent, float]]) -> list[tuple]:
     found = []
     for event, now in events:
-        hold = rule.check(event, now)
-        if hold is None:
-            rule.observe(event, now)
-        else:
-            rule.observe_held(event, now, hold)
+        hold = _step(rule, event, now)
         users = [(user, _bits(record)) for user, record in rule._users.items()]
         items = [(item, _bits(record)) for item, record in rule._items.items()]
         core = rule._core
@@ -219,7 +221,7 @@ def _drive_surge(rule: ItemSurgeRule, events: list[tuple[GateEvent, float]]) -> 
         share = _bits([rule.stream_new_share])
         bloom = rule.established
         established = (bytes(bloom._current), bytes(bloom._previous), bloom._inserted)
-        found.append((None if hold is None else hold.detail, users, items, share, rule.clocks, state, established))
+        found.append((hold, users, items, share, rule.clocks, state, established))
     return found
 
 
