@@ -1406,8 +1406,47 @@ static double py_floordiv(double vx, double wx) {
     return floordiv;
 }
 
+/* What both rule cores begin with: their users table's least recently seen user as last looked at (None: none; see
+ * Records.evict) and when it was seen. One pair of getters and setters serves both. */
+#define GATE_CORE_HEAD                                                                                                \
+    PyObject_HEAD PyObject *oldest;                                                                                   \
+    double oldest_seen;
+
 typedef struct {
-    PyObject_HEAD
+    GATE_CORE_HEAD
+} GateCore;
+
+static PyObject *GateCore_get_oldest(GateCore *self, void *closure) {
+    return Py_NewRef(self->oldest != NULL ? self->oldest : Py_None);
+}
+
+static int GateCore_set_oldest(GateCore *self, PyObject *value, void *closure) {
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "oldest cannot be deleted");
+        return -1;
+    }
+    Py_XSETREF(self->oldest, Py_NewRef(value));
+    return 0;
+}
+
+static PyObject *GateCore_get_oldest_seen(GateCore *self, void *closure) { return PyFloat_FromDouble(self->oldest_seen); }
+
+static int GateCore_set_oldest_seen(GateCore *self, PyObject *value, void *closure) {
+    double seen = value == NULL ? -1.0 : PyFloat_AsDouble(value);
+    if (value == NULL) PyErr_SetString(PyExc_AttributeError, "oldest_seen cannot be deleted");
+    if (seen == -1.0 && PyErr_Occurred()) return -1;
+    self->oldest_seen = seen;
+    return 0;
+}
+
+#define GATE_CORE_GETSET                                                                                              \
+    {"oldest", (getter)GateCore_get_oldest, (setter)GateCore_set_oldest,                                              \
+     "the users table's least recently seen user when last looked at (None: none)", NULL},                            \
+        {"oldest_seen", (getter)GateCore_get_oldest_seen, (setter)GateCore_set_oldest_seen, "when that user was seen", \
+         NULL},
+
+typedef struct {
+    GATE_CORE_HEAD
     PyObject *index;          /* the table's OrderedDict: user -> record number, least recently seen first */
     PyObject *data;           /* the table's array('d') */
     PyObject *move_to_end;    /* index.move_to_end */
@@ -1416,8 +1455,6 @@ typedef struct {
     PyObject *positive_types; /* a frozenset of event types */
     PyObject *hold_events;    /* hold_events(count) -> Hold: over max_events */
     PyObject *hold_positives; /* hold_positives(count) -> Hold: over max_positives */
-    PyObject *oldest;         /* the table's least recently seen user (None: none), see Records.evict */
-    double oldest_seen;
     double window;
     double max_events, max_positives;
     Py_ssize_t max_users;
@@ -1505,14 +1542,17 @@ static int RateCore_init(RateCore *self, PyObject *args, PyObject *kwds) {
     return 0;
 }
 
-/* The event's user, type and ts (a GateEvent: a tuple of event_id, user_id, item_id, type, ts, ...). */
-static int gate_event(PyObject *event, PyObject **user, PyObject **type, double *ts) {
+/* The event's user, item and type, and its ts if `ts` is not NULL (a GateEvent: a tuple of event_id, user_id,
+ * item_id, type, ts, ...). */
+static int gate_event(PyObject *event, PyObject **user, PyObject **item, PyObject **type, double *ts) {
     if (!PyTuple_Check(event) || PyTuple_GET_SIZE(event) < 5) {
         PyErr_SetString(PyExc_TypeError, "expected a GateEvent");
         return -1;
     }
     *user = PyTuple_GET_ITEM(event, 1);
+    *item = PyTuple_GET_ITEM(event, 2);
     *type = PyTuple_GET_ITEM(event, 3);
+    if (ts == NULL) return 0;
     *ts = PyFloat_AsDouble(PyTuple_GET_ITEM(event, 4));
     return *ts == -1.0 && PyErr_Occurred() ? -1 : 0;
 }
@@ -1558,18 +1598,12 @@ static int evict_if_due(PyObject *key, PyObject *index, PyObject *evict, double 
     return 0;
 }
 
-/* Records.move_to_end of `key`, found at `number` (borrowed from the index: kept alive across the call) */
-static int move_last(PyObject *move_to_end, PyObject *key, PyObject *number) {
-    Py_INCREF(number);
+/* Records.move_to_end of `key` (the caller holds a reference to its record number: the call may drop the index's) */
+static int move_last(PyObject *move_to_end, PyObject *key) {
     PyObject *moved = PyObject_CallOneArg(move_to_end, key);
-    Py_DECREF(number);
     if (moved == NULL) return -1;
     Py_DECREF(moved);
     return 0;
-}
-
-static int rate_record(RateCore *self, PyObject *number, Py_buffer *view, Py_ssize_t *b) {
-    return table_record(self->data, number, RATE_FIELDS, view, b);
 }
 
 static PyObject *call_with_float(PyObject *callable, double x) {
@@ -1625,9 +1659,9 @@ static PyObject *RateCore_check(RateCore *self, PyObject *const *args, Py_ssize_
     static const char *const names[] = {"event", "now", "check"};
     PyObject *given[2];
     if (initialised(self->index, "RateCore") || gate_arguments(args, nargs, kwnames, names, 2, 2, given)) return NULL;
-    PyObject *user, *type;
+    PyObject *user, *item, *type;
     double ts;
-    if (gate_event(given[0], &user, &type, &ts) < 0) return NULL;
+    if (gate_event(given[0], &user, &item, &type, &ts) < 0) return NULL;
     PyObject *number = PyDict_GetItemWithError(self->index, user);
     if (number == NULL) {
         if (PyErr_Occurred()) return NULL;
@@ -1635,7 +1669,7 @@ static PyObject *RateCore_check(RateCore *self, PyObject *const *args, Py_ssize_
     }
     Py_buffer view;
     Py_ssize_t b;
-    if (rate_record(self, number, &view, &b) < 0) return NULL;
+    if (table_record(self->data, number, RATE_FIELDS, &view, &b) < 0) return NULL;
     const char *d = view.buf;
     double user_clock = get_f64(d, b + 5);
     double clock = ts > user_clock ? ts : user_clock;
@@ -1676,9 +1710,9 @@ static PyObject *RateCore_observe(RateCore *self, PyObject *const *args, Py_ssiz
     static const char *const names[] = {"event", "now", "hold", "observe"};
     PyObject *given[3];
     if (initialised(self->index, "RateCore") || gate_arguments(args, nargs, kwnames, names, 3, 2, given)) return NULL;
-    PyObject *user, *type;
+    PyObject *user, *item, *type;
     double ts;
-    if (gate_event(given[0], &user, &type, &ts) < 0) return NULL;
+    if (gate_event(given[0], &user, &item, &type, &ts) < 0) return NULL;
     double now = PyFloat_AsDouble(given[1]);
     if (now == -1.0 && PyErr_Occurred()) return NULL;
     int positive = PySet_Contains(self->positive_types, type);
@@ -1696,12 +1730,12 @@ static PyObject *RateCore_observe(RateCore *self, PyObject *const *args, Py_ssiz
         PyObject *added = PyObject_CallFunctionObjArgs(self->add, user, fields, NULL);
         Py_DECREF(fields);
         if (added == NULL) return NULL;
-        int failed = rate_record(self, added, &view, &b);
+        int failed = table_record(self->data, added, RATE_FIELDS, &view, &b);
         Py_DECREF(added);
         if (failed) return NULL;
     } else {
         Py_INCREF(number); /* move_to_end may drop the table's reference to it */
-        int failed = move_last(self->move_to_end, user, number) || rate_record(self, number, &view, &b);
+        int failed = move_last(self->move_to_end, user) || table_record(self->data, number, RATE_FIELDS, &view, &b);
         Py_DECREF(number);
         if (failed) return NULL;
         char *d = view.buf;
@@ -1737,36 +1771,8 @@ static PyObject *RateCore_observe(RateCore *self, PyObject *const *args, Py_ssiz
     Py_RETURN_NONE;
 }
 
-static PyObject *RateCore_get_oldest(RateCore *self, void *closure) {
-    return Py_NewRef(self->oldest != NULL ? self->oldest : Py_None);
-}
-
-static int RateCore_set_oldest(RateCore *self, PyObject *value, void *closure) {
-    if (value == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "oldest cannot be deleted");
-        return -1;
-    }
-    Py_INCREF(value);
-    Py_SETREF(self->oldest, value);
-    return 0;
-}
-
-static PyObject *RateCore_get_oldest_seen(RateCore *self, void *closure) { return PyFloat_FromDouble(self->oldest_seen); }
-
-static int RateCore_set_oldest_seen(RateCore *self, PyObject *value, void *closure) {
-    double seen = value == NULL ? -1.0 : PyFloat_AsDouble(value);
-    if (value == NULL) PyErr_SetString(PyExc_AttributeError, "oldest_seen cannot be deleted");
-    if (seen == -1.0 && PyErr_Occurred()) return -1;
-    self->oldest_seen = seen;
-    return 0;
-}
-
 static PyGetSetDef RateCore_getset[] = {
-    {"oldest", (getter)RateCore_get_oldest, (setter)RateCore_set_oldest,
-     "the table's least recently seen user when last looked at (None: none)", NULL},
-    {"oldest_seen", (getter)RateCore_get_oldest_seen, (setter)RateCore_set_oldest_seen, "when that user was seen",
-     NULL},
-    {NULL, NULL, NULL, NULL, NULL},
+    GATE_CORE_GETSET{NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyMethodDef RateCore_methods[] = {
@@ -1801,15 +1807,13 @@ static PyTypeObject RateCoreType = {
 #define SURGE_ITEM_FIELDS 7
 
 typedef struct {
-    PyObject_HEAD
+    GATE_CORE_HEAD
     PyObject *users_index, *users_data, *users_move, *users_add, *users_evict;
     PyObject *items_index, *items_data, *items_move, *items_add, *items_pop_oldest;
     PyObject *established, *established_add;
     PyObject *judged_types; /* None: every type */
     PyObject *positive_types;
     PyObject *hold_cooling, *hold_share, *hold_concentration;
-    PyObject *oldest; /* the users table's least recently seen user (None: none) */
-    double oldest_seen;
     double new_user_events, min_new_positives, min_new_share, min_lift, max_new_concentration, warmup_positives;
     double item_decay, stream_decay, share_rate_floor, user_idle_seconds;
     Py_ssize_t max_items, max_users;
@@ -1914,18 +1918,6 @@ static int surge_judges(SurgeCore *self, PyObject *type) {
     return self->judged_types == Py_None ? 1 : PySet_Contains(self->judged_types, type);
 }
 
-/* The event's user, item and type (a GateEvent: event_id, user_id, item_id, type, ...) */
-static int surge_event(PyObject *event, PyObject **user, PyObject **item, PyObject **type) {
-    if (!PyTuple_Check(event) || PyTuple_GET_SIZE(event) < 5) {
-        PyErr_SetString(PyExc_TypeError, "expected a GateEvent");
-        return -1;
-    }
-    *user = PyTuple_GET_ITEM(event, 1);
-    *item = PyTuple_GET_ITEM(event, 2);
-    *type = PyTuple_GET_ITEM(event, 3);
-    return 0;
-}
-
 /* ItemSurgeRule._concentration: the item's share of the channel's recent new-user attempts, this one included;
  * NAN when too few */
 static double surge_concentration(SurgeCore *self, const char *d, Py_ssize_t start, int channel) {
@@ -1944,7 +1936,7 @@ static PyObject *SurgeCore_check(SurgeCore *self, PyObject *const *args, Py_ssiz
         return NULL;
     }
     PyObject *user, *item, *type;
-    if (surge_event(given[0], &user, &item, &type) < 0) return NULL;
+    if (gate_event(given[0], &user, &item, &type, NULL) < 0) return NULL;
     int judged = surge_judges(self, type);
     if (judged <= 0) return judged < 0 ? NULL : Py_NewRef(Py_None);
     PyObject *known = PyDict_GetItemWithError(self->users_index, user);
@@ -2025,7 +2017,7 @@ static PyObject *surge_count(SurgeCore *self, int is_new, PyObject *item, int po
         }
     } else {
         Py_INCREF(number);
-        if (move_last(self->items_move, item, number) < 0) { /* most recently touched last */
+        if (move_last(self->items_move, item) < 0) { /* most recently touched last */
             Py_DECREF(number);
             return NULL;
         }
@@ -2064,7 +2056,7 @@ static PyObject *SurgeCore_observe(SurgeCore *self, PyObject *const *args, Py_ss
         return NULL;
     }
     PyObject *user, *item, *type;
-    if (surge_event(given[0], &user, &item, &type) < 0) return NULL;
+    if (gate_event(given[0], &user, &item, &type, NULL) < 0) return NULL;
     double now = PyFloat_AsDouble(given[1]);
     if (now == -1.0 && PyErr_Occurred()) return NULL;
     PyObject *number = PyDict_GetItemWithError(self->users_index, user);
@@ -2084,7 +2076,7 @@ static PyObject *SurgeCore_observe(SurgeCore *self, PyObject *const *args, Py_ss
         if (number == NULL) return NULL;
     } else {
         Py_INCREF(number);
-        if (move_last(self->users_move, user, number) < 0) { /* most recently seen last */
+        if (move_last(self->users_move, user) < 0) { /* most recently seen last */
             Py_DECREF(number);
             return NULL;
         }
@@ -2152,7 +2144,7 @@ static PyObject *SurgeCore_observe_held(SurgeCore *self, PyObject *const *args, 
         return NULL;
     }
     PyObject *user, *item, *type;
-    if (surge_event(given[0], &user, &item, &type) < 0) return NULL;
+    if (gate_event(given[0], &user, &item, &type, NULL) < 0) return NULL;
     int positive = PySet_Contains(self->positive_types, type);
     if (positive < 0) return NULL;
     PyObject *number = surge_count(self, 1, item, positive);
@@ -2165,29 +2157,6 @@ static PyObject *SurgeCore_observe_held(SurgeCore *self, PyObject *const *args, 
     set_f64(view.buf, b + 2, (double)(self->clocks[0] + self->cooldown));
     PyBuffer_Release(&view);
     Py_RETURN_NONE;
-}
-
-static PyObject *SurgeCore_get_oldest(SurgeCore *self, void *closure) {
-    return Py_NewRef(self->oldest != NULL ? self->oldest : Py_None);
-}
-
-static int SurgeCore_set_oldest(SurgeCore *self, PyObject *value, void *closure) {
-    if (value == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "oldest cannot be deleted");
-        return -1;
-    }
-    Py_SETREF(self->oldest, Py_NewRef(value));
-    return 0;
-}
-
-static PyObject *SurgeCore_get_oldest_seen(SurgeCore *self, void *closure) { return PyFloat_FromDouble(self->oldest_seen); }
-
-static int SurgeCore_set_oldest_seen(SurgeCore *self, PyObject *value, void *closure) {
-    double seen = value == NULL ? -1.0 : PyFloat_AsDouble(value);
-    if (value == NULL) PyErr_SetString(PyExc_AttributeError, "oldest_seen cannot be deleted");
-    if (seen == -1.0 && PyErr_Occurred()) return -1;
-    self->oldest_seen = seen;
-    return 0;
 }
 
 static PyObject *SurgeCore_get_stream_new_share(SurgeCore *self, void *closure) {
@@ -2205,10 +2174,7 @@ static PyObject *SurgeCore_get_stream_new(SurgeCore *self, void *closure) {
 }
 
 static PyGetSetDef SurgeCore_getset[] = {
-    {"oldest", (getter)SurgeCore_get_oldest, (setter)SurgeCore_set_oldest,
-     "the users table's least recently seen user when last looked at (None: none)", NULL},
-    {"oldest_seen", (getter)SurgeCore_get_oldest_seen, (setter)SurgeCore_set_oldest_seen, "when that user was seen",
-     NULL},
+    GATE_CORE_GETSET
     {"stream_new_share", (getter)SurgeCore_get_stream_new_share, NULL, "ItemSurgeRule._stream_new_share", NULL},
     {"passed", (getter)SurgeCore_get_passed, NULL, "ItemSurgeRule._passed", NULL},
     {"clocks", (getter)SurgeCore_get_clocks, NULL, "ItemSurgeRule._clocks (a copy)", NULL},

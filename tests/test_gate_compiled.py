@@ -77,7 +77,8 @@ def _drive(rule: UserRateRule, events: list[tuple[GateEvent, float]]) -> list[tu
     return found
 
 
-def _both(make: Callable[[], UserRateRule], events: list[tuple[GateEvent, float]]) -> None:
+def _both(make: Callable[[], UserRateRule], events: list[tuple[GateEvent, float]]) -> list[str | None]:
+    """The compiled rule's run equals the Python rule's; returns the verdicts."""
     with kernels.numpy_only():
         reference = make()
     compiled = make()
@@ -90,6 +91,7 @@ def _both(make: Callable[[], UserRateRule], events: list[tuple[GateEvent, float]
     assert sum("likes/shares" in (hold or "") for hold, _, _ in want) >= 5
     forgot = sum(bool({u for u, _ in before[1]} - {u for u, _ in after[1]}) for before, after in pairwise(want))
     assert forgot >= 5
+    return [hold for hold, _, _ in want]
 
 
 @pytest.mark.parametrize(("seed", "start"), [(1, T0), (2, T0), (3, -700.0)])
@@ -110,14 +112,15 @@ def test_user_rate_core_forgets_idle_users_as_the_python_rule() -> None:
 def test_user_rate_core_reads_the_rule_s_settings() -> None:
     """The core is made from the rule's settings: other limits give other verdicts, as in Python."""
     events = _stream(5, 1_500, users=8, steps=[0.0, 0.25, 1.0])
-    _both(lambda: UserRateRule(window_seconds=30.0, max_positives=10, max_events=25, max_users=6), events)
+    wide = _both(lambda: UserRateRule(window_seconds=30.0, max_positives=10, max_events=25, max_users=6), events)
     positives_only = frozenset({"share"})
-    _both(
+    narrow = _both(
         lambda: UserRateRule(
             window_seconds=2.0, max_positives=1, max_events=100, max_users=6, positive_types=positives_only
         ),
         events,
     )
+    assert sum(a != b for a, b in zip(wide, narrow, strict=True)) > 100
 
 
 @pytest.mark.parametrize(
