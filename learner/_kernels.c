@@ -2206,6 +2206,526 @@ static PyTypeObject SurgeCoreType = {
     .tp_getset = SurgeCore_getset,
 };
 
+/* ---- The quality gate's anomaly rule (learner.gate.behaviour.AnomalousBehaviourRule), compiled ----------------
+ *
+ * AnomalyCore is the rule's check, observe, observe_held and judge, as RateCore is the user-rate rule's: the event's
+ * features from its user's record (6 fields a record, the rule's Records table), their Half-Space Trees score, the
+ * hold against the running quantile and the user's next record, with the same floating-point operations in the same
+ * order as the Python. The score walks each tree down to a leaf (left when the feature is below the split) and adds
+ * the leaf's score sum, taken (learner.gate.hst_batch.FlatTrees) when a window of the trees has ended: the same
+ * integers, and the same final division, as River's score_one. The quantile stays River's (called), and so does
+ * learning a point (the rule's _learn, called for every learn_every-th passed event). */
+
+#define ANOMALY_FIELDS 6
+#define ANOMALY_FEATURES 6
+
+typedef struct {
+    GATE_CORE_HEAD
+    PyObject *index, *data, *move_to_end, *add, *evict; /* the users table (Records): user -> record number */
+    PyObject *positive_types;                           /* a frozenset of event types */
+    PyObject *first_update; /* the rule's stats.Quantile's update: takes the first score (the quantile then answers) */
+    PyObject *update, *get; /* its estimator's update and get: the same calls, once the quantile has a score */
+    PyObject *learn;      /* learn(features): the rule's _learn */
+    PyObject *trees;      /* trees() -> (feature, threshold, leaf scores, max score): the rule's _core_trees */
+    PyObject *hold;       /* hold(score, threshold) -> Hold */
+    PyObject *memo_event; /* the event the last check scored (NULL: none), and what it found for it */
+    double memo_x[ANOMALY_FEATURES], memo_next[ANOMALY_FIELDS], memo_score;
+    long long warmup_events, learn_every, window_size, passed, learned, leaf_window;
+    int scored; /* the quantile has taken a score */
+    double idle_seconds, rate_cap, gap_scale, history_scale, rate_tau, max_score;
+    Py_ssize_t max_users;
+    int n_trees, height;
+    /* the trees as taken in window leaf_window (-1: never): tree t's inner node i's feature and split at
+     * t * inner + i, its node i's score sum at t * size + i (only the leaves' are read) */
+    int64_t *feature, *leaf_scores;
+    double *threshold;
+} AnomalyCore;
+
+#define ANOMALY_OBJECTS(X)                                                                                           \
+    X(index) X(data) X(move_to_end) X(add) X(evict) X(positive_types) X(first_update) X(update) X(get) X(learn) X(trees)     \
+        X(hold) X(memo_event) X(oldest)
+
+static int AnomalyCore_traverse(AnomalyCore *self, visitproc visit, void *arg) {
+#define VISIT(field) Py_VISIT(self->field);
+    ANOMALY_OBJECTS(VISIT)
+#undef VISIT
+    return 0;
+}
+
+static int AnomalyCore_clear(AnomalyCore *self) {
+#define CLEAR(field) Py_CLEAR(self->field);
+    ANOMALY_OBJECTS(CLEAR)
+#undef CLEAR
+    return 0;
+}
+
+static void anomaly_free_trees(AnomalyCore *self) {
+    PyMem_Free(self->feature);
+    PyMem_Free(self->leaf_scores);
+    PyMem_Free(self->threshold);
+    self->feature = self->leaf_scores = NULL;
+    self->threshold = NULL;
+    self->leaf_window = -1;
+}
+
+static void AnomalyCore_dealloc(AnomalyCore *self) {
+    PyObject_GC_UnTrack(self);
+    AnomalyCore_clear(self);
+    anomaly_free_trees(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int AnomalyCore_init(AnomalyCore *self, PyObject *args, PyObject *kwds) {
+    static char *names[] = {"records",     "positive_types", "quantile",      "estimator",     "learn",
+                            "trees",       "hold",           "warmup_events", "learn_every",   "window_size",
+                            "n_trees",     "height",         "idle_seconds",  "max_users",     "rate_cap",
+                            "gap_scale",   "history_scale",  "rate_tau",      NULL};
+    PyObject *records, *positive, *quantile, *estimator, *learn, *trees, *hold;
+    long long warmup, learn_every, window_size;
+    int n_trees, height;
+    double idle_seconds, rate_cap, gap_scale, history_scale, rate_tau;
+    Py_ssize_t max_users;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOOOLLLiidndddd", names, &records, &positive, &quantile,
+                                     &estimator, &learn, &trees, &hold, &warmup, &learn_every, &window_size, &n_trees,
+                                     &height, &idle_seconds, &max_users, &rate_cap, &gap_scale, &history_scale,
+                                     &rate_tau)) {
+        return -1;
+    }
+    if (!PyAnySet_Check(positive)) {
+        PyErr_SetString(PyExc_TypeError, "AnomalyCore: positive_types must be a set");
+        return -1;
+    }
+    if (learn_every < 1 || window_size < 1 || n_trees < 1 || height < 1 || height > 30) {
+        PyErr_SetString(PyExc_ValueError, "AnomalyCore: learn_every, window_size, n_trees must be >= 1, height in 1..30");
+        return -1;
+    }
+    /* from here on a failure leaves the core empty (not initialised: its methods raise), never half made */
+    AnomalyCore_clear(self);
+    anomaly_free_trees(self);
+    PyObject **fetched[] = {&self->index, &self->data, &self->add, &self->evict, &self->move_to_end};
+    const char *attributes[] = {"index", "data", "add", "evict", "move_to_end"};
+    for (int i = 0; i < 5; i++) {
+        if ((*fetched[i] = attribute(i == 4 ? self->index : records, attributes[i])) == NULL) {
+            AnomalyCore_clear(self);
+            return -1;
+        }
+    }
+    if (!PyDict_Check(self->index)) {
+        AnomalyCore_clear(self);
+        PyErr_SetString(PyExc_TypeError, "AnomalyCore: records must be a learner.gate.records.Records");
+        return -1;
+    }
+    if ((self->first_update = attribute(quantile, "update")) == NULL ||
+        (self->update = attribute(estimator, "update")) == NULL || (self->get = attribute(estimator, "get")) == NULL) {
+        AnomalyCore_clear(self);
+        return -1;
+    }
+    PyObject *objects[] = {positive, learn, trees, hold, Py_None};
+    PyObject **fields[] = {&self->positive_types, &self->learn, &self->trees, &self->hold, &self->oldest};
+    for (int i = 0; i < 5; i++) *fields[i] = Py_NewRef(objects[i]);
+    self->oldest_seen = -INFINITY;
+    self->warmup_events = warmup;
+    self->learn_every = learn_every;
+    self->window_size = window_size;
+    self->n_trees = n_trees;
+    self->height = height;
+    self->idle_seconds = idle_seconds;
+    self->max_users = max_users;
+    self->rate_cap = rate_cap;
+    self->gap_scale = gap_scale;
+    self->history_scale = history_scale;
+    self->rate_tau = rate_tau;
+    self->passed = self->learned = 0;
+    self->scored = 0;
+    return 0;
+}
+
+/* math.log1p: libm's, with a zero returned as it is (CPython's _Py_log1p) */
+static inline double py_log1p(double x) { return x == 0.0 ? x : log1p(x); }
+
+/* AnomalousBehaviourRule._features: the event's features x and its user's next record, from their record `state`
+ * (NULL: a new user) */
+static int anomaly_features(AnomalyCore *self, PyObject *event, double now, const double *state, double *x,
+                            double *next) {
+    PyObject *user, *item, *type;
+    double ts;
+    if (gate_event(event, &user, &item, &type, &ts) < 0) return -1;
+    if (PyTuple_GET_SIZE(event) < 7) {
+        PyErr_SetString(PyExc_TypeError, "expected a GateEvent");
+        return -1;
+    }
+    int is_positive = PySet_Contains(self->positive_types, type);
+    if (is_positive < 0) return -1;
+    double positive = is_positive ? 1.0 : 0.0;
+    PyObject *watch_seconds = PyTuple_GET_ITEM(event, 5), *duration = PyTuple_GET_ITEM(event, 6);
+    int has_watch = 0;
+    double watch = 0.0;
+    if (watch_seconds != Py_None) {
+        int known = PyObject_IsTrue(duration);
+        if (known < 0) return -1;
+        if (known) {
+            if (PyFloat_CheckExact(watch_seconds) && PyFloat_CheckExact(duration)) {
+                watch = PyFloat_AS_DOUBLE(watch_seconds) / PyFloat_AS_DOUBLE(duration);
+            } else { /* Python's division of whatever numbers they are */
+                PyObject *ratio = PyNumber_TrueDivide(watch_seconds, duration);
+                if (ratio == NULL) return -1;
+                watch = PyFloat_AsDouble(ratio);
+                Py_DECREF(ratio);
+                if (watch == -1.0 && PyErr_Occurred()) return -1;
+            }
+            watch = (2.0 < watch ? 2.0 : watch) / 2.0;
+            has_watch = 1;
+        }
+    }
+    double clock, decayed, pos_ratio, watch_ratio, n, gap;
+    if (state == NULL) {
+        clock = ts;
+        decayed = 1.0;
+        pos_ratio = positive;
+        watch_ratio = has_watch ? watch : 0.5;
+        n = 1.0;
+        gap = 1.0;
+    } else {
+        clock = state[0];
+        decayed = state[1];
+        pos_ratio = state[2];
+        watch_ratio = state[3];
+        n = state[4];
+        double elapsed = ts - clock;
+        if (0.0 > elapsed) elapsed = 0.0;
+        gap = py_log1p(elapsed) * self->gap_scale;
+        if (1.0 < gap) gap = 1.0;
+        double rate = n < 20 ? 1.0 / (n + 1.0) : 0.05; /* running mean first, then exponential */
+        if (ts > clock) clock = ts;
+        decayed = decayed * exp(-elapsed / self->rate_tau) + 1.0;
+        pos_ratio = pos_ratio + rate * (positive - pos_ratio);
+        if (has_watch) watch_ratio = watch_ratio + rate * (watch - watch_ratio);
+        n = n + 1.0;
+    }
+    double recent = decayed / self->rate_cap;
+    double history = py_log1p(n) * self->history_scale;
+    x[0] = gap;
+    x[1] = 1.0 < recent ? 1.0 : recent;
+    x[2] = positive;
+    x[3] = pos_ratio;
+    x[4] = watch_ratio;
+    x[5] = 1.0 < history ? 1.0 : history;
+    next[0] = clock;
+    next[1] = decayed;
+    next[2] = pos_ratio;
+    next[3] = watch_ratio;
+    next[4] = n;
+    next[5] = now;
+    return 0;
+}
+
+/* bytes of exactly `size` bytes, copied into a new buffer at *out (the old one freed) */
+static int anomaly_copy(PyObject *bytes, Py_ssize_t size, void **out) {
+    if (!PyBytes_Check(bytes) || PyBytes_GET_SIZE(bytes) != size) {
+        PyErr_SetString(PyExc_ValueError, "AnomalyCore: trees() gave arrays of the wrong size");
+        return -1;
+    }
+    void *copy = PyMem_Malloc(size);
+    if (copy == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(copy, PyBytes_AS_STRING(bytes), size);
+    PyMem_Free(*out);
+    *out = copy;
+    return 0;
+}
+
+/* The trees as they score in the current window (learned // window_size), taken again when a window has ended */
+static int anomaly_trees(AnomalyCore *self) {
+    long long window = self->learned / self->window_size;
+    if (window == self->leaf_window) return 0;
+    PyObject *got = PyObject_CallNoArgs(self->trees);
+    if (got == NULL) return -1;
+    Py_ssize_t inner = ((Py_ssize_t)1 << self->height) - 1, size = 2 * inner + 1, n = self->n_trees;
+    double max_score;
+    if (!PyTuple_Check(got) || PyTuple_GET_SIZE(got) != 4 ||
+        ((max_score = PyFloat_AsDouble(PyTuple_GET_ITEM(got, 3))) == -1.0 && PyErr_Occurred())) {
+        Py_DECREF(got);
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "AnomalyCore: trees() must return 4 values");
+        return -1;
+    }
+    self->leaf_window = -1; /* until all three are taken */
+    int failed = anomaly_copy(PyTuple_GET_ITEM(got, 0), n * inner * 8, (void **)&self->feature) ||
+                 anomaly_copy(PyTuple_GET_ITEM(got, 1), n * inner * 8, (void **)&self->threshold) ||
+                 anomaly_copy(PyTuple_GET_ITEM(got, 2), n * size * 8, (void **)&self->leaf_scores);
+    Py_DECREF(got);
+    if (failed) return -1;
+    for (Py_ssize_t i = 0; i < n * inner; i++) {
+        if (self->feature[i] < 0 || self->feature[i] >= ANOMALY_FEATURES) {
+            PyErr_SetString(PyExc_ValueError, "AnomalyCore: a split on an unknown feature");
+            return -1;
+        }
+    }
+    self->max_score = max_score;
+    self->leaf_window = window;
+    return 0;
+}
+
+/* River's score of x (HalfSpaceTrees.score_one), once the trees have learned a window; 0.0 before */
+static int anomaly_score(AnomalyCore *self, const double *x, double *score) {
+    if (self->learned < self->window_size) {
+        *score = 0.0;
+        return 0;
+    }
+    if (anomaly_trees(self) < 0) return -1;
+    Py_ssize_t inner = ((Py_ssize_t)1 << self->height) - 1, size = 2 * inner + 1;
+    int64_t total = 0;
+    for (Py_ssize_t t = 0; t < self->n_trees; t++) {
+        const int64_t *feature = self->feature + t * inner;
+        const double *threshold = self->threshold + t * inner;
+        Py_ssize_t node = 0;
+        for (int depth = 0; depth < self->height; depth++) {
+            node = 2 * node + 2 - (x[feature[node]] < threshold[node]);
+        }
+        total += self->leaf_scores[t * size + node];
+    }
+    *score = 1 - (double)total / self->max_score;
+    return 0;
+}
+
+/* The event's features, score and its user's next record (from their record now); *known: the user has one */
+static int anomaly_compute(AnomalyCore *self, PyObject *event, double now, int *known, double *x, double *next,
+                           double *score) {
+    if (!PyTuple_Check(event) || PyTuple_GET_SIZE(event) < 7) {
+        PyErr_SetString(PyExc_TypeError, "expected a GateEvent");
+        return -1;
+    }
+    PyObject *number = PyDict_GetItemWithError(self->index, PyTuple_GET_ITEM(event, 1));
+    double state[ANOMALY_FIELDS];
+    if (number == NULL) {
+        if (PyErr_Occurred()) return -1;
+    } else {
+        Py_buffer view;
+        Py_ssize_t b;
+        if (table_record(self->data, number, ANOMALY_FIELDS, &view, &b) < 0) return -1;
+        for (int i = 0; i < ANOMALY_FIELDS; i++) state[i] = get_f64(view.buf, b + i);
+        PyBuffer_Release(&view);
+    }
+    *known = number != NULL;
+    if (anomaly_features(self, event, now, number != NULL ? state : NULL, x, next) < 0) return -1;
+    return anomaly_score(self, x, score);
+}
+
+/* The check's result for `event` (kept for its observe): computed unless the last check was of this event */
+static int anomaly_memo(AnomalyCore *self, PyObject *event, double now) {
+    if (self->memo_event == event) return 0;
+    Py_CLEAR(self->memo_event);
+    int known;
+    if (anomaly_compute(self, event, now, &known, self->memo_x, self->memo_next, &self->memo_score) < 0) return -1;
+    self->memo_event = Py_NewRef(event);
+    return 0;
+}
+
+/* Records.put(user, next), then the eviction that may be due (as the rule's _remember) */
+static int anomaly_remember(AnomalyCore *self, PyObject *event, const double *next, double now) {
+    PyObject *user = PyTuple_GET_ITEM(event, 1);
+    PyObject *number = PyDict_GetItemWithError(self->index, user);
+    if (number == NULL) {
+        if (PyErr_Occurred()) return -1;
+        PyObject *fields = Py_BuildValue("(dddddd)", next[0], next[1], next[2], next[3], next[4], next[5]);
+        if (fields == NULL) return -1;
+        PyObject *added = PyObject_CallFunctionObjArgs(self->add, user, fields, NULL);
+        Py_DECREF(fields);
+        if (added == NULL) return -1;
+        Py_DECREF(added);
+    } else {
+        Py_buffer view;
+        Py_ssize_t b;
+        Py_INCREF(number); /* move_to_end may drop the table's reference to it */
+        int failed = move_last(self->move_to_end, user) || table_record(self->data, number, ANOMALY_FIELDS, &view, &b);
+        Py_DECREF(number);
+        if (failed) return -1;
+        for (int i = 0; i < ANOMALY_FIELDS; i++) set_f64(view.buf, b + i, next[i]);
+        PyBuffer_Release(&view);
+    }
+    return evict_if_due(user, self->index, self->evict, now - self->idle_seconds, self->max_users, 5, &self->oldest,
+                        &self->oldest_seen);
+}
+
+/* The score into the quantile: the first through the rule's stats.Quantile (which then answers get), the others
+ * straight to its estimator (the same update) */
+static int anomaly_update(AnomalyCore *self, double score) {
+    PyObject *done = call_with_float(self->scored ? self->update : self->first_update, score);
+    if (done == NULL) return -1;
+    Py_DECREF(done);
+    self->scored = 1;
+    return 0;
+}
+
+/* *hold: the Hold of an event scored `score` above the running quantile, else NULL (the quantile has a score) */
+static int anomaly_hold(AnomalyCore *self, double score, PyObject **hold) {
+    *hold = NULL;
+    PyObject *got = PyObject_CallNoArgs(self->get);
+    if (got == NULL) return -1;
+    double threshold = got == Py_None ? NAN : PyFloat_AsDouble(got);
+    Py_DECREF(got);
+    if (threshold == -1.0 && PyErr_Occurred()) return -1;
+    if (!(score > threshold)) return 0; /* None (NAN): never */
+    *hold = PyObject_CallFunction(self->hold, "dd", score, threshold);
+    return *hold == NULL ? -1 : 0;
+}
+
+/* A passed event's features learned by the trees if it is the learn_every-th (passed counts it already) */
+static int anomaly_learn(AnomalyCore *self, const double *x) {
+    if (self->passed % self->learn_every != 0) return 0;
+    PyObject *point = Py_BuildValue("(dddddd)", x[0], x[1], x[2], x[3], x[4], x[5]);
+    if (point == NULL) return -1;
+    PyObject *done = PyObject_CallOneArg(self->learn, point);
+    Py_DECREF(point);
+    if (done == NULL) return -1;
+    Py_DECREF(done);
+    self->learned += 1;
+    return 0;
+}
+
+/* The (event, now) arguments of a method named names[2] */
+static int anomaly_arguments(AnomalyCore *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                             const char *const *names, int n, PyObject **given, double *now) {
+    if (initialised(self->index, "AnomalyCore") || gate_arguments(args, nargs, kwnames, names, n, 2, given)) return -1;
+    *now = PyFloat_AsDouble(given[1]);
+    return *now == -1.0 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* AnomalousBehaviourRule.check */
+static PyObject *AnomalyCore_check(AnomalyCore *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    static const char *const names[] = {"event", "now", "check"};
+    PyObject *given[2];
+    double now;
+    if (anomaly_arguments(self, args, nargs, kwnames, names, 2, given, &now) || anomaly_memo(self, given[0], now)) {
+        return NULL;
+    }
+    if (self->passed < self->warmup_events || !self->scored || self->memo_next[4] == 1.0) Py_RETURN_NONE;
+    PyObject *hold;
+    if (anomaly_hold(self, self->memo_score, &hold) < 0) return NULL;
+    return hold != NULL ? hold : Py_NewRef(Py_None);
+}
+
+/* AnomalousBehaviourRule.observe */
+static PyObject *AnomalyCore_observe(AnomalyCore *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    static const char *const names[] = {"event", "now", "observe"};
+    PyObject *given[2];
+    double now;
+    if (anomaly_arguments(self, args, nargs, kwnames, names, 2, given, &now) || anomaly_memo(self, given[0], now)) {
+        return NULL;
+    }
+    double x[ANOMALY_FEATURES], next[ANOMALY_FIELDS], score = self->memo_score;
+    memcpy(x, self->memo_x, sizeof x);
+    memcpy(next, self->memo_next, sizeof next);
+    Py_CLEAR(self->memo_event);
+    if (anomaly_remember(self, given[0], next, now) < 0) return NULL;
+    self->passed += 1;
+    if (self->learned >= self->window_size && next[4] != 1.0 && anomaly_update(self, score) < 0) return NULL;
+    if (anomaly_learn(self, x) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* AnomalousBehaviourRule.observe_held */
+static PyObject *AnomalyCore_observe_held(AnomalyCore *self, PyObject *const *args, Py_ssize_t nargs,
+                                          PyObject *kwnames) {
+    static const char *const names[] = {"event", "now", "hold", "observe_held"};
+    PyObject *given[3];
+    double now;
+    if (anomaly_arguments(self, args, nargs, kwnames, names, 3, given, &now) || anomaly_memo(self, given[0], now)) {
+        return NULL;
+    }
+    double next[ANOMALY_FIELDS], score = self->memo_score;
+    memcpy(next, self->memo_next, sizeof next);
+    Py_CLEAR(self->memo_event);
+    if (anomaly_remember(self, given[0], next, now) < 0) return NULL;
+    if (self->scored && next[4] != 1.0 && anomaly_update(self, score) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* AnomalousBehaviourRule.judge: check, then observe or observe_held */
+static PyObject *AnomalyCore_judge(AnomalyCore *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    static const char *const names[] = {"event", "now", "judge"};
+    PyObject *given[2];
+    double now;
+    if (anomaly_arguments(self, args, nargs, kwnames, names, 2, given, &now)) return NULL;
+    Py_CLEAR(self->memo_event);
+    double x[ANOMALY_FEATURES], next[ANOMALY_FIELDS], score;
+    int known;
+    if (anomaly_compute(self, given[0], now, &known, x, next, &score) < 0) return NULL;
+    PyObject *hold = NULL; /* a user's first event is never held */
+    if (known && self->scored && self->passed >= self->warmup_events && anomaly_hold(self, score, &hold) < 0) {
+        return NULL;
+    }
+    if (anomaly_remember(self, given[0], next, now) < 0) {
+        Py_XDECREF(hold);
+        return NULL;
+    }
+    if (hold != NULL) { /* observe_held */
+        if (self->scored && anomaly_update(self, score) < 0) {
+            Py_DECREF(hold);
+            return NULL;
+        }
+        return hold;
+    }
+    self->passed += 1; /* observe */
+    if (known && self->learned >= self->window_size && anomaly_update(self, score) < 0) return NULL;
+    if (anomaly_learn(self, x) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *AnomalyCore_get_passed(AnomalyCore *self, void *closure) { return PyLong_FromLongLong(self->passed); }
+
+static PyObject *AnomalyCore_get_learned(AnomalyCore *self, void *closure) {
+    return PyLong_FromLongLong(self->learned);
+}
+
+static PyObject *AnomalyCore_get_scored(AnomalyCore *self, void *closure) { return PyBool_FromLong(self->scored); }
+
+static PyObject *AnomalyCore_get_memo(AnomalyCore *self, void *closure) {
+    if (self->memo_event == NULL) Py_RETURN_NONE;
+    const double *x = self->memo_x, *n = self->memo_next;
+    return Py_BuildValue("(O(dddddd)d(dddddd))", self->memo_event, x[0], x[1], x[2], x[3], x[4], x[5],
+                         self->memo_score, n[0], n[1], n[2], n[3], n[4], n[5]);
+}
+
+static PyGetSetDef AnomalyCore_getset[] = {
+    GATE_CORE_GETSET
+    {"passed", (getter)AnomalyCore_get_passed, NULL, "AnomalousBehaviourRule.passed", NULL},
+    {"learned", (getter)AnomalyCore_get_learned, NULL, "AnomalousBehaviourRule.learned", NULL},
+    {"scored", (getter)AnomalyCore_get_scored, NULL, "AnomalousBehaviourRule._scored", NULL},
+    {"memo", (getter)AnomalyCore_get_memo, NULL,
+     "AnomalousBehaviourRule._memo: (event, features, score, next record) of the last check not yet observed, or None",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef AnomalyCore_methods[] = {
+    {"check", (PyCFunction)(void (*)(void))AnomalyCore_check, METH_FASTCALL | METH_KEYWORDS,
+     "check(event, now): AnomalousBehaviourRule.check"},
+    {"observe", (PyCFunction)(void (*)(void))AnomalyCore_observe, METH_FASTCALL | METH_KEYWORDS,
+     "observe(event, now): AnomalousBehaviourRule.observe"},
+    {"observe_held", (PyCFunction)(void (*)(void))AnomalyCore_observe_held, METH_FASTCALL | METH_KEYWORDS,
+     "observe_held(event, now, hold): AnomalousBehaviourRule.observe_held"},
+    {"judge", (PyCFunction)(void (*)(void))AnomalyCore_judge, METH_FASTCALL | METH_KEYWORDS,
+     "judge(event, now): AnomalousBehaviourRule.judge"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject AnomalyCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "learner._kernels.AnomalyCore",
+    .tp_doc = "AnomalousBehaviourRule's check, observe, observe_held and judge on its Records table "
+              "(learner.gate.behaviour)",
+    .tp_basicsize = sizeof(AnomalyCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)AnomalyCore_init,
+    .tp_dealloc = (destructor)AnomalyCore_dealloc,
+    .tp_traverse = (traverseproc)AnomalyCore_traverse,
+    .tp_clear = (inquiry)AnomalyCore_clear,
+    .tp_methods = AnomalyCore_methods,
+    .tp_getset = AnomalyCore_getset,
+};
+
 static PyMethodDef methods[] = {
     {"cooccurrence_scores", cooccurrence_scores, METH_VARARGS,
      "cooccurrence_scores(cols, vals, start, length, rows, weights, cap, cache, damping, mass, popularity_weight, "
@@ -2225,7 +2745,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "Compiled
 
 PyMODINIT_FUNC PyInit__kernels(void) {
     if (PyType_Ready(&SlotTableType) < 0 || PyType_Ready(&PoolRowsType) < 0 || PyType_Ready(&RateCoreType) < 0 ||
-        PyType_Ready(&SurgeCoreType) < 0) {
+        PyType_Ready(&SurgeCoreType) < 0 || PyType_Ready(&AnomalyCoreType) < 0) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&module);
@@ -2251,6 +2771,12 @@ PyMODINIT_FUNC PyInit__kernels(void) {
     Py_INCREF(&SurgeCoreType);
     if (PyModule_AddObject(m, "SurgeCore", (PyObject *)&SurgeCoreType) < 0) {
         Py_DECREF(&SurgeCoreType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&AnomalyCoreType);
+    if (PyModule_AddObject(m, "AnomalyCore", (PyObject *)&AnomalyCoreType) < 0) {
+        Py_DECREF(&AnomalyCoreType);
         Py_DECREF(m);
         return NULL;
     }

@@ -68,6 +68,19 @@ def skip_unless_ci(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+@contextlib.contextmanager
+def loops(compiled: bool) -> Iterator[None]:
+    """Within the block, objects are made to run the compiled loops (``compiled``; skipped where they are not built,
+    a failure in CI) or Python's (:func:`learner.kernels.numpy_only`)."""
+    if not compiled:
+        with kernels.numpy_only():
+            yield
+        return
+    if kernels.compiled() is None:
+        skip_unless_ci("learner/_kernels.c is not built (no C compiler at install time)")
+    yield
+
+
 def require_tool(command: str, package: str) -> str:
     """Path of a system tool a test needs: skipped locally when missing, a failure in CI (``.ci/run`` installs it)."""
     path = shutil.which(command)

@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pytest
 from river import anomaly
 
 from bench.common import MOVIELENS_RATINGS
@@ -24,6 +25,7 @@ from learner.gate.gate import GateConfig, QualityGate, default_gate, default_str
 from learner.gate.hst_batch import FlatTrees
 from learner.gate.plausibility import LikeWithoutViewRule, SkipAfterFullWatchRule, WatchExceedsDurationRule
 from learner.gate.time_rules import FutureTimestampRule, LatenessRule, StreamClock
+from tests.conftest import loops
 from tests.gate_recorder import Recorder
 
 MOVIELENS = MOVIELENS_RATINGS  # in the repository: these tests never skip
@@ -449,11 +451,15 @@ def test_flat_trees_send_a_value_on_a_split_right_as_river_does() -> None:
     ]
 
 
-def test_anomaly_rule_learns_and_scores_as_river_does_point_by_point() -> None:
+@pytest.mark.parametrize("compiled", [False, True], ids=["python", "compiled"])
+def test_anomaly_rule_learns_and_scores_as_river_does_point_by_point(compiled: bool) -> None:
     """The rule walks a window's points into its trees when the window ends, and scores a prepared batch from the
-    leaves its points reach: every score, and the trees' reference masses, are those of River's Half-Space Trees
-    learning each point with ``learn_one`` and scoring it with ``score_one``."""
-    rule = AnomalousBehaviourRule(quantile=0.98, warmup_events=300, window_size=40, learn_every=2, seed=7)
+    leaves its points reach (in Python; the compiled core walks each event down the trees): every score, and the
+    trees' reference masses, are those of River's Half-Space Trees learning each point with ``learn_one`` and
+    scoring it with ``score_one``."""
+    with loops(compiled):
+        rule = AnomalousBehaviourRule(quantile=0.98, warmup_events=300, window_size=40, learn_every=2, seed=7)
+    assert (rule._core is not None) is compiled
     river = anomaly.HalfSpaceTrees(n_trees=5, height=8, window_size=40, seed=7)
     stream = lively_stream(3_000, seed=4, users=60)
     stream[2_000:2_000] = [ev("bot", "v1", "like", stream[2_000].ts) for _ in range(30)]  # a burst to hold
@@ -475,7 +481,8 @@ def test_anomaly_rule_learns_and_scores_as_river_does_point_by_point() -> None:
             else:
                 held += 1
                 rule.observe_held(e, e.ts, hold)
-    assert rule.learned // 40 >= 30 and held > 20 and rule.scored_ahead > 0.9 * len(stream)
+    assert rule.learned // 40 >= 30 and held > 20
+    assert (rule.scored_ahead > 0.9 * len(stream)) is not compiled  # the core scores no batch ahead: it needs none
     assert scores == expected
     assert [[n.r_mass for n in t.iter_dfs()] for t in rule.trees.trees] == [
         [n.r_mass for n in t.iter_dfs()] for t in river.trees
@@ -606,7 +613,8 @@ def test_preparing_a_batch_changes_no_verdict_and_no_score() -> None:
     stream = events[:12_000] + [e for pair in zip(bots, events[12_000:12_600], strict=True) for e in pair]
     stream += events[12_600:]
     config = GateConfig(anomaly_warmup_events=2_000, anomaly_window=200)  # windows end every ~800 events
-    one_by_one, batched = default_gate(config), default_gate(config)
+    with loops(compiled=False):  # the Python rule (the compiled core needs no batch ahead, and ignores one)
+        one_by_one, batched = default_gate(config), default_gate(config)
     scores: dict[str, list[float]] = {"one_by_one": [], "batched": []}
     for name, gate in (("one_by_one", one_by_one), ("batched", batched)):
         anomaly = next(r for r in gate.rules if isinstance(r, AnomalousBehaviourRule))

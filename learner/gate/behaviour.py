@@ -680,6 +680,43 @@ class AnomalousBehaviourRule:
         self._leaf_window = -1
         self._to_learn: list[Features] = []  # points learned in the current window, not yet in the trees' masses
         self.scored_ahead = 0  # checks that used a score computed by prepare()
+        kernel = kernels.compiled()
+        self._core = None
+        if kernel is not None:  # the same steps compiled, on the same table (the counters kept there)
+            self._core = core = kernel.AnomalyCore(
+                self._users,
+                self.positive_types,
+                self.threshold,
+                self._estimator,
+                self._learn,
+                self._core_trees,
+                partial(_anomaly_hold, quantile),
+                warmup_events,
+                learn_every,
+                window_size,
+                n_trees,
+                height,
+                idle_seconds,
+                max_users,
+                rate_cap,
+                self._GAP_SCALE,
+                self._HISTORY_SCALE,
+                self._RATE_TAU,
+            )
+            self.check = core.check  # type: ignore[method-assign]
+            self.observe = core.observe  # type: ignore[method-assign]
+            self.observe_held = core.observe_held  # type: ignore[method-assign]
+            self.judge = core.judge  # type: ignore[method-assign]
+            # the core's (read from it: __getattr__): none left here to read stale
+            del self.passed, self.learned, self._scored, self._memo, self._oldest, self._oldest_seen
+
+    def __getattr__(self, name: str) -> object:
+        """``passed``, ``learned``, ``_scored`` and ``_memo`` of a rule whose core keeps them (Python calls this only
+        for an attribute the object does not have)."""
+        core = self.__dict__.get("_core")
+        if core is not None and name in _CORE_STATE:
+            return getattr(core, _CORE_STATE[name])
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     _GAP_SCALE = 1.0 / math.log1p(3_600.0)
     _HISTORY_SCALE = 1.0 / math.log1p(1_000.0)
@@ -730,6 +767,17 @@ class AnomalousBehaviourRule:
             self._flat = FlatTrees(self.trees, FEATURES)
         return self._flat
 
+    def _core_trees(self) -> tuple[bytes, bytes, bytes, float]:
+        """The trees as the compiled core scores with them in the current window: each inner node's feature (its
+        column in FEATURES) and split, each node's score sum (:meth:`FlatTrees.leaf_scores`), River's largest score."""
+        flat = self._flat_trees()
+        return (
+            flat.split_features.astype(np.int64).tobytes(),
+            flat.split_thresholds.astype(np.float64).tobytes(),
+            flat.leaf_scores().astype(np.int64).tobytes(),
+            float(self.trees._max_score),
+        )
+
     def prepare(self, events: Sequence[GateEvent], now: float) -> None:
         """Compute the features of a batch of events, and the leaf each reaches in each tree, ahead of their checks.
 
@@ -743,6 +791,8 @@ class AnomalousBehaviourRule:
         as without ``prepare``, only cheaper.
         """
         self._ahead_events, self._ahead_rows, self._ahead_next = (), [], 0
+        if self._core is not None:
+            return  # the compiled core scores an event in less time than this takes
         if self.learned < self._window_size or len(events) < 2:
             return  # before the first window every score is 0; a single event gains nothing
         users: dict[str, array[float]] = {}  # each user's state after their events so far in the batch
@@ -850,11 +900,7 @@ class AnomalousBehaviourRule:
             return None
         threshold = self.threshold.get()
         if threshold is not None and score > threshold:
-            return Hold(
-                "anomalous_behaviour",
-                f"behaviour anomaly score {score:.3f} above the running {self.threshold.q:.1%} quantile "
-                f"{threshold:.3f}",
-            )
+            return _anomaly_hold(self.threshold.q, score, threshold)
         return None
 
     def _remember(self, user: str, nxt: array[float], now: float) -> None:
@@ -919,11 +965,7 @@ class AnomalousBehaviourRule:
         if known and self._scored and self.passed >= self.warmup_events:
             threshold = self._estimator.get()  # self.threshold.get(): it has been updated (_scored)
             if threshold is not None and score > threshold:
-                hold = Hold(
-                    "anomalous_behaviour",
-                    f"behaviour anomaly score {score:.3f} above the running {self.threshold.q:.1%} quantile "
-                    f"{threshold:.3f}",
-                )
+                hold = _anomaly_hold(self.threshold.q, score, threshold)
         users.put(user, nxt)
         horizon = now - self.idle_seconds
         if user == self._oldest or not (self._oldest_seen >= horizon and len(users) <= self.max_users):
@@ -954,6 +996,18 @@ class AnomalousBehaviourRule:
 
     def __len__(self) -> int:
         return len(self._users)
+
+
+def _anomaly_hold(quantile: float, score: float, threshold: float) -> Hold:
+    return Hold(
+        "anomalous_behaviour",
+        f"behaviour anomaly score {score:.3f} above the running {quantile:.1%} quantile {threshold:.3f}",
+    )
+
+
+#: What a compiled core keeps of the anomaly rule's state: the rule's attribute -> the core's (``_memo``'s features and
+#: next record as tuples).
+_CORE_STATE = {"passed": "passed", "learned": "learned", "_scored": "scored", "_memo": "memo"}
 
 
 def _same_state(a: array[float] | None, b: array[float] | None) -> bool:

@@ -76,6 +76,16 @@ class FlatTrees:
         self._offset = (np.arange(n_trees) * inner)[:, None]
         self._tree = np.arange(n_trees)[:, None]
 
+    @property
+    def split_features(self) -> np.ndarray:
+        """Each inner node's feature (its column), tree ``t``'s node ``i`` at ``t × (2^height - 1) + i``."""
+        return self._feature
+
+    @property
+    def split_thresholds(self) -> np.ndarray:
+        """Each inner node's split (a point goes left when its value is below it), ordered as ``split_features``."""
+        return self._threshold
+
     def leaves(self, points: np.ndarray) -> np.ndarray:
         """The leaf (node index) each row of ``points`` reaches in each tree: shape (trees, rows).
 
