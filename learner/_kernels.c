@@ -1,7 +1,8 @@
-/* Compiled loops for ranking a whole catalogue, for the co-occurrence update and for two of the quality gate's rules
- * (learner.kernels wraps them; numpy and Python do the same when they are not built). The ranking loops do in one
- * or two passes over the catalogue what numpy does in five or six; the update (PoolRows) finds entries in one hash
- * table (SlotTable); RateCore and SurgeCore are the user-rate and item-surge rules on their own tables. Each uses
+/* Compiled loops for ranking a whole catalogue, for the co-occurrence update and for the quality gate's behaviour
+ * rules (learner.kernels wraps them; numpy and Python do the same when they are not built). The ranking loops do in
+ * one or two passes over the catalogue what numpy does in five or six; the update (PoolRows) finds entries in one
+ * hash table (SlotTable); RateCore, SurgeCore and AnomalyCore are the user-rate, item-surge and anomaly rules on
+ * their own tables. Each uses
  * the same floating-point operations in the same order as the code it stands in for, so the results are the same
  * numbers (tests compare them).
  *
@@ -2295,8 +2296,9 @@ static int AnomalyCore_init(AnomalyCore *self, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_TypeError, "AnomalyCore: positive_types must be a set");
         return -1;
     }
-    if (learn_every < 1 || window_size < 1 || n_trees < 1 || height < 1 || height > 30) {
-        PyErr_SetString(PyExc_ValueError, "AnomalyCore: learn_every, window_size, n_trees must be >= 1, height in 1..30");
+    if (learn_every < 1 || window_size < 1 || n_trees < 1 || height < 1 || height > 30 || !(rate_cap > 0)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "AnomalyCore: learn_every, window_size, n_trees must be >= 1, height in 1..30, rate_cap > 0");
         return -1;
     }
     /* from here on a failure leaves the core empty (not initialised: its methods raise), never half made */
@@ -2512,13 +2514,17 @@ static int anomaly_compute(AnomalyCore *self, PyObject *event, double now, int *
     return anomaly_score(self, x, score);
 }
 
-/* The check's result for `event` (kept for its observe): computed unless the last check was of this event */
+/* The check's result for `event` (kept for its observe): computed unless the last check was of this event (a
+ * failed computation leaves the last one as it was, as in Python) */
 static int anomaly_memo(AnomalyCore *self, PyObject *event, double now) {
     if (self->memo_event == event) return 0;
-    Py_CLEAR(self->memo_event);
+    double x[ANOMALY_FEATURES], next[ANOMALY_FIELDS], score;
     int known;
-    if (anomaly_compute(self, event, now, &known, self->memo_x, self->memo_next, &self->memo_score) < 0) return -1;
-    self->memo_event = Py_NewRef(event);
+    if (anomaly_compute(self, event, now, &known, x, next, &score) < 0) return -1;
+    memcpy(self->memo_x, x, sizeof x);
+    memcpy(self->memo_next, next, sizeof next);
+    self->memo_score = score;
+    Py_XSETREF(self->memo_event, Py_NewRef(event));
     return 0;
 }
 
@@ -2584,10 +2590,10 @@ static int anomaly_learn(AnomalyCore *self, const double *x) {
     return 0;
 }
 
-/* The (event, now) arguments of a method named names[2] */
+/* The n arguments (event, now[, hold]) of a method named names[n], all required */
 static int anomaly_arguments(AnomalyCore *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
                              const char *const *names, int n, PyObject **given, double *now) {
-    if (initialised(self->index, "AnomalyCore") || gate_arguments(args, nargs, kwnames, names, n, 2, given)) return -1;
+    if (initialised(self->index, "AnomalyCore") || gate_arguments(args, nargs, kwnames, names, n, n, given)) return -1;
     *now = PyFloat_AsDouble(given[1]);
     return *now == -1.0 && PyErr_Occurred() ? -1 : 0;
 }

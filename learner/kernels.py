@@ -7,8 +7,9 @@ the code it stands in for, with the same floating-point operations in the same o
 compare them). The ranking loops make one or two passes over the catalogue where numpy makes five
 or six, which is what a request over 100,000 items or more spends its time on; the update
 (``PoolRows``, used by :mod:`learner.sparse_rows`) finds each entry in one hash table instead of a
-dict per row, which is what learning spends its time on. ``RateCore`` and ``SurgeCore`` are the quality
-gate's user-rate and item-surge rules (:mod:`learner.gate.behaviour` uses them when they are built).
+dict per row, which is what learning spends its time on. ``RateCore``, ``SurgeCore`` and ``AnomalyCore`` are
+the quality gate's user-rate, item-surge and anomaly rules (:mod:`learner.gate.behaviour` uses them when they
+are built).
 
 >>> describe().startswith("ranking and learning with")
 True

@@ -16,15 +16,17 @@ import random
 import struct
 from collections.abc import Callable
 from itertools import pairwise
+from typing import TypeVar
 
 import pytest
 
 from learner import kernels
-from learner.gate.base import GateEvent
-from learner.gate.behaviour import ItemSurgeRule, UserRateRule
+from learner.gate.base import GateEvent, Hold
+from learner.gate.behaviour import AnomalousBehaviourRule, ItemSurgeRule, UserRateRule
 from tests.conftest import skip_unless_ci
 
 T0 = 1_700_000_000.0
+Rule = TypeVar("Rule")
 
 
 @pytest.fixture(autouse=True)
@@ -327,8 +329,289 @@ def test_item_surge_core_judges_equality_at_thresholds_as_python(settings: dict)
     assert found[0] == found[1] and found[0] is not None, found
 
 
-def _python(make: Callable[[], ItemSurgeRule]) -> ItemSurgeRule:
+def _python(make: Callable[[], Rule]) -> Rule:
     with kernels.numpy_only():
         rule = make()
     assert rule._core is None
     return rule
+
+
+# -- the anomaly rule (AnomalyCore) ------------------------------------------------------------------------------
+
+#: (watch_seconds, item_duration_seconds): known, unknown, capped at twice the duration, a zero or unknown duration
+#: (no watch ratio), whole numbers (Python's int division), a mix, and a watch that is not a number
+_WATCHES = [
+    (12.0, 30.0),
+    (None, 30.0),
+    (80.0, 30.0),
+    (5.0, 0.0),
+    (3.0, None),
+    (12, 30),
+    (7, 30.0),
+    (math.nan, 30.0),
+    (0.0, 45.5),
+]
+
+
+def _anomaly_stream(seed: int, n: int) -> list[tuple[GateEvent, float]]:
+    """A dozen users at a human pace, one heavy user (a history past the features' cap), bots in bursts (a rate past
+    its cap), users seen once, pauses of minutes and of over an hour (gaps past their cap), the clock stepping back
+    and events stamped before their user's clock."""
+    rnd = random.Random(seed)
+    out, now = [], T0
+    for k in range(n):
+        now += rnd.choice([0.0, 0.2, 1.0, 5.0, 30.0]) + (4_000.0 if rnd.random() < 0.005 else 0.0)
+        if rnd.random() < 0.03:
+            now -= rnd.choice([5.0, 60.0])
+        roll = rnd.random()
+        if roll < 0.05:
+            user = f"once{k}"
+        elif roll < 0.15:
+            user = f"bot{rnd.randrange(2)}"
+        elif roll < 0.5:
+            user = "heavy"
+        else:
+            user = f"u{rnd.randrange(12)}"
+        ts = now - rnd.choice([0.0, 0.0, 0.0, 2.0, 600.0])
+        watch, duration = rnd.choice(_WATCHES)
+        kind = rnd.choice(["view", "view", "like", "share", "skip"])
+        out.append((GateEvent(f"e{k}", user, f"v{rnd.randrange(9)}", kind, ts, watch, duration), now))
+    return out
+
+
+ANOMALY = {
+    "quantile": 0.9,
+    "warmup_events": 100,
+    "n_trees": 3,
+    "height": 5,
+    "window_size": 20,
+    "learn_every": 1,
+    "idle_seconds": 400.0,
+    "max_users": 8,
+    "rate_cap": 5.0,
+}
+
+
+#: Users remembered through the pauses: the heavy user's history reaches its cap
+LONG_MEMORY = {
+    **ANOMALY,
+    "positive_types": frozenset({"share"}),
+    "rate_cap": 60.0,
+    "idle_seconds": 5_000.0,
+    "max_users": 100,
+    "n_trees": 1,
+}
+
+
+def _memo(rule: AnomalousBehaviourRule) -> tuple | None:
+    """The rule's last check as bits: (event id, features, score, the user's next record), or None."""
+    memo = rule._memo
+    if memo is None:
+        return None
+    event, x, score, nxt = memo
+    return event.event_id, _bits(list(x)), _bits([score]), _bits(list(nxt))
+
+
+def _drive_anomaly(rule: AnomalousBehaviourRule, events: list[tuple[GateEvent, float]], judge: bool) -> list[tuple]:
+    """Each event as the gate gives it to its last rule (``judge``), or as it gives it to any rule: check, then
+    observe or observe_held; now and then a check with neither after it (a later rule held the event), an
+    observe without a check first, or an observe_held of another rule's hold (a user's first event included).
+    After every event: the verdict, the last check, the table, the remembered oldest user, the counters and the
+    quantile; at the end, the trees' masses and the points of their window."""
+    rnd = random.Random(3)
+    found = []
+    for event, now in events:
+        memo = None
+        if judge:
+            hold = rule.judge(event, now)
+        elif rnd.random() < 0.03:
+            hold = None
+            rule.observe(event, now)
+        else:
+            hold = rule.check(event, now)
+            memo = _memo(rule)
+            roll = rnd.random()
+            if roll < 0.05:
+                pass  # a later rule held it: this rule neither observes it nor its hold
+            elif roll < 0.08:
+                rule.observe_held(event, now, hold or Hold("other", "held by another rule"))
+            elif hold is None:
+                rule.observe(event, now)
+            else:
+                rule.observe_held(event, now, hold)
+        table = [(user, _bits(record)) for user, record in rule._users.items()]
+        core = rule._core
+        oldest = (rule._oldest, rule._oldest_seen) if core is None else (core.oldest, core.oldest_seen)
+        threshold = rule.threshold.get()
+        counters = (rule.passed, rule.learned, rule._scored, None if threshold is None else _bits([threshold]))
+        found.append((None if hold is None else hold.detail, memo, table, oldest, counters))
+    masses = [[(node.l_mass, node.r_mass) for node in tree.iter_dfs()] for tree in rule.trees.trees]
+    found.append((masses, rule.trees.counter, [_bits(list(x)) for x in rule._to_learn]))
+    return found
+
+
+def _both_anomaly(settings: dict, events: list[tuple[GateEvent, float]], judge: bool) -> list[tuple]:
+    """The compiled rule's run equals the Python rule's; returns the Python rule's."""
+    with kernels.numpy_only():
+        reference = AnomalousBehaviourRule(**settings)
+    compiled = AnomalousBehaviourRule(**settings)
+    assert reference._core is None and compiled._core is not None
+    want = _drive_anomaly(reference, events, judge)
+    got = _drive_anomaly(compiled, events, judge)
+    for k, (a, b) in enumerate(zip(got, want, strict=True)):
+        assert a == b, f"event {k}: {events[k][0] if k < len(events) else 'end'}"
+    return want
+
+
+@pytest.mark.parametrize("judge", [False, True], ids=["check-observe", "judge"])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        ANOMALY,
+        {**ANOMALY, "learn_every": 3, "height": 8, "window_size": 7, "quantile": 0.7},
+        LONG_MEMORY,
+    ],
+    ids=["small", "learn-every-3", "long-memory-shares-positive"],
+)
+def test_anomaly_core_is_the_python_rule(settings: dict, judge: bool) -> None:
+    """Every verdict, every check's features, score and next record, the table, the counters and the quantile after
+    every event, and the trees at the end, bit for bit. Users are forgotten by idleness (the pauses, but for the
+    long memory) and by the cap (the users seen once)."""
+    events = _anomaly_stream(8, 4_000)
+    want = _both_anomaly(settings, events, judge)
+    holds = [hold for hold, *_ in want[:-1] if hold is not None]
+    assert len(holds) >= 50 and all(hold.startswith("behaviour anomaly score") for hold in holds)
+    forgot = sum(bool({u for u, _ in a[2]} - {u for u, _ in b[2]}) for a, b in pairwise(want[:-1]))
+    assert forgot >= 20  # users forgotten, by idleness and by the cap
+    assert want[-2][4][1] // settings["window_size"] >= 10  # the trees went through many windows
+
+
+def test_anomaly_core_stream_reaches_every_feature_s_cap() -> None:
+    """The stream above caps the gap, the rate and the history, and has users with no watch ratio, ones whose
+    ratio is capped, and a ratio that is not a number (so the comparisons above cover each branch)."""
+    with kernels.numpy_only():
+        rule = AnomalousBehaviourRule(**{**LONG_MEMORY, "rate_cap": 5.0})
+    checks = [memo for _, memo, *_ in _drive_anomaly(rule, _anomaly_stream(8, 4_000), judge=False) if memo]
+    features = [struct.unpack("6d", x) for _, x, _, _ in checks]
+    assert any(x[0] == 1.0 for x in features) and any(0.0 < x[0] < 1.0 for x in features)  # gap
+    assert any(x[1] == 1.0 for x in features) and any(0.0 < x[1] < 1.0 for x in features)  # rate
+    assert any(x[5] == 1.0 for x in features) and any(0.0 < x[5] < 1.0 for x in features)  # history
+    assert any(x[4] == 0.5 for x in features) and any(x[4] == 1.0 for x in features)  # watch: unknown, capped
+    assert any(math.isnan(x[4]) for x in features)
+
+
+def test_anomaly_core_holds_on_the_quantile_as_python() -> None:
+    """A score is held only when it is above the quantile, not at it. Two users act in lockstep (the same times
+    and watches), so the second's features and score are the first's; right after the trees' first window, the
+    quantile holds that one score, and the second user's event is scored exactly at it: passed, in C as in Python."""
+    rnd = random.Random(1)
+    events, ts = [], T0
+    for _ in range(30):
+        ts += rnd.choice([1.0, 10.0, 100.0])
+        watch = rnd.choice([None, 5.0, 20.0])
+        events += [GateEvent(f"e{len(events)}", user, "v", "view", ts, watch, 30.0) for user in ("u0", "u1")]
+    settings = {**ANOMALY, "warmup_events": 0}
+    found = []
+    for rule in (_python(lambda: AnomalousBehaviourRule(**settings)), AnomalousBehaviourRule(**settings)):
+        checks = []
+        for event in events:
+            before = rule.threshold.get()
+            hold = rule.check(event, event.ts)
+            checks.append((hold, rule._memo[2], before))
+            if hold is None:
+                rule.observe(event, event.ts)
+            else:
+                rule.observe_held(event, event.ts, hold)
+        found.append(checks)
+    assert found[0] == found[1]
+    hold, score, quantile = found[1][21]  # the first window ends with the 20th event
+    assert score == quantile and score > 0 and hold is None
+
+
+def test_anomaly_core_takes_keywords_and_refuses_bad_calls() -> None:
+    """The rule protocol's keywords, clear errors for calls and events that do not fit (the table left as it was), a
+    core never initialised, or whose re-init failed, raises instead of crashing."""
+    rule = AnomalousBehaviourRule(**{**ANOMALY, "positive_types": ["like"]})  # type: ignore[arg-type]
+    like = GateEvent("e1", "u1", "v1", "like", T0)
+    assert rule.check(event=like, now=T0) is None
+    rule.observe(like, now=T0)
+    assert rule.judge(GateEvent("e2", "u1", "v1", "like", T0 + 1), now=T0 + 1) is None
+    rule.observe_held(GateEvent("e3", "u1", "v1", "view", T0 + 2), T0 + 2, hold=None)
+    assert rule.passed == 2 and rule._users["u1"][4] == 3.0
+    with pytest.raises(TypeError, match="missing argument 'now'"):
+        rule.judge(like)
+    with pytest.raises(TypeError, match="unexpected or repeated argument 'when'"):
+        rule.observe(like, when=T0)
+    with pytest.raises(TypeError, match="GateEvent"):
+        rule.check(("e4", "u1", "v1", "like", T0), T0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        rule.judge(GateEvent("e5", "u2", "v1", "like", "not a time"), T0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        rule.judge(GateEvent("e6", "u2", "v1", "like", T0, "5", 30.0), T0)  # type: ignore[arg-type]
+    assert list(rule._users) == ["u1"] and rule.passed == 2
+    core = rule._core
+    assert rule.check == core.check and rule.judge == core.judge and rule.observe_held == core.observe_held
+    with pytest.raises(RuntimeError, match="was not initialised"):
+        type(core).__new__(type(core)).judge(like, T0)
+    args = [rule._users, frozenset({"like"}), rule.threshold, rule._estimator, print, print, print, 1, 1, 1, 1, 1]
+    args += [1.0, 1, 1.0, 1.0, 1.0, 1.0]
+    with pytest.raises(TypeError, match="must be a set"):
+        core.__init__(*args[:1], ["like"], *args[2:])
+    assert rule.judge(GateEvent("e7", "u1", "v1", "view", T0 + 3), T0 + 3) is None  # a refused call changed nothing
+    with pytest.raises(AttributeError):
+        core.__init__(object(), *args[1:])
+    with pytest.raises(RuntimeError, match="was not initialised"):
+        rule.check(like, T0)
+
+
+def test_anomaly_core_sends_a_value_on_a_split_right_as_river_does() -> None:
+    """River goes left when a point's value is below a node's split, right otherwise (at it included): a core given
+    one tree whose root splits the watch ratio at 0.5, the ratio of a user whose watches are unknown, sends that
+    user's event right."""
+    leaf = {"left": 3, "right": 5}
+    max_score = 40.0
+
+    def trees() -> tuple[bytes, bytes, bytes, float]:  # one tree of height 1: the root, its two leaves
+        feature, split = struct.pack("q", 4), struct.pack("d", 0.5)  # FEATURES[4]: watch_ratio
+        return feature, split, struct.pack("3q", 0, leaf["left"], leaf["right"]), max_score
+
+    rule = AnomalousBehaviourRule()
+    settings = [1_000, 1, 1, 1, 1, 1e9, 10, 60.0, 1.0, 1.0, 60.0]  # warmup, learn every event, window of 1, ...
+    core = type(rule._core)(
+        rule._users, frozenset({"like"}), rule.threshold, rule._estimator, len, trees, print, *settings
+    )
+    core.observe(GateEvent("e1", "u1", "v1", "view", T0), T0)  # learned: a window of the tree, so events are scored
+    for k, (watch, side) in enumerate([(None, "right"), (14.0, "left"), (16.0, "right")]):
+        core.check(
+            GateEvent(f"e{k + 2}", f"new{k}", "v1", "view", T0, watch, 15.0), T0
+        )  # watch ratio: 0.5, below, above
+        assert core.memo[2] == 1 - leaf[side] / max_score, (watch, side)
+
+
+def test_anomaly_rule_takes_the_same_settings_on_both_paths() -> None:
+    """Counts given as floats and types as any collection work on both paths, impossible settings are refused on
+    both, and a check that fails leaves the last one for its observe, as in Python."""
+    for settings in ({"warmup_events": 1e4, "max_users": 1e6, "learn_every": 2.0}, {"positive_types": ("share",)}):
+        rules = (_python(lambda s=settings: AnomalousBehaviourRule(**s)), AnomalousBehaviourRule(**settings))
+        assert rules[0].positive_types == rules[1].positive_types and rules[1]._core is not None
+    for bad in ({"rate_cap": 0.0}, {"height": 31}, {"height": 0}, {"n_trees": 0}, {"window_size": 0}):
+        for make in (
+            lambda b=bad: _python(lambda: AnomalousBehaviourRule(**b)),
+            lambda b=bad: AnomalousBehaviourRule(**b),
+        ):
+            with pytest.raises(ValueError):
+                make()
+    found = []
+    settings = {**ANOMALY, "idle_seconds": 1e9}
+    for rule in (_python(lambda: AnomalousBehaviourRule(**settings)), AnomalousBehaviourRule(**settings)):
+        first, second = GateEvent("e1", "u", "v", "view", T0), GateEvent("e2", "u", "v", "view", T0 + 10)
+        rule.check(first, T0)
+        rule.observe(first, T0)
+        rule.check(second, T0 + 10)
+        with pytest.raises(TypeError):
+            rule.check(GateEvent("e3", "u", "v", "view", "not a time"), T0 + 11)  # type: ignore[arg-type]
+        rule.observe(second, T0 + 500)  # the check of e2 is still the last: the user last seen at T0 + 10
+        found.append(rule._users["u"])
+    assert found[0] == found[1] and found[1][5] == T0 + 10
+    with pytest.raises(TypeError, match="missing argument 'hold'"):
+        AnomalousBehaviourRule().observe_held(GateEvent("e1", "u", "v", "view", T0), T0)  # type: ignore[call-arg]

@@ -612,6 +612,13 @@ class AnomalousBehaviourRule:
     ``window_size``, ~0.2 kB each), one record (~0.13 kB) per user seen in the last
     ``idle_seconds``, at most ``max_users``.
 
+    Where the compiled loops are built (:mod:`learner.kernels`, when the rule is made), ``check``,
+    ``observe``, ``observe_held`` and ``judge`` are those of :class:`learner._kernels.AnomalyCore`: the
+    same features and scores (each event walked down the trees, no batch ahead: ``prepare`` then does
+    nothing), on the same table, calling this rule's quantile and ``_learn``; ``passed``, ``learned``
+    and the last check (``_memo``) are read from it. The methods below are the reference, and the path
+    without it. The settings (and ``_learn``) are read when the rule is made.
+
     >>> rule = AnomalousBehaviourRule(warmup_events=100, window_size=50, learn_every=1)
     >>> def held(events):
     ...     count = 0
@@ -645,14 +652,19 @@ class AnomalousBehaviourRule:
         seed: int = 42,
         positive_types: frozenset[str] = POSITIVE_TYPES,
     ) -> None:
-        if not 0 < quantile < 1 or learn_every < 1:
-            raise ValueError("quantile must be in (0, 1) and learn_every >= 1")
+        if not 0 < quantile < 1 or learn_every < 1 or window_size < 1 or n_trees < 1 or rate_cap <= 0:
+            raise ValueError("quantile must be in (0, 1), rate_cap > 0, learn_every, window_size and n_trees >= 1")
+        if not 1 <= height <= 30:
+            raise ValueError("height must be in 1..30 (a tree has 2^(height + 1) - 1 nodes)")
+        # counts as ints (given as floats, 1e4, they would be compared as floats: the same verdicts)
+        warmup_events, learn_every, max_users = int(warmup_events), int(learn_every), int(max_users)
+        n_trees, height, window_size = int(n_trees), int(height), int(window_size)
         self.warmup_events = warmup_events
         self.learn_every = learn_every
         self.idle_seconds = idle_seconds
         self.max_users = max_users
         self.rate_cap = rate_cap
-        self.positive_types = positive_types
+        self.positive_types = frozenset(positive_types)
         self.trees = anomaly.HalfSpaceTrees(n_trees=n_trees, height=height, window_size=window_size, seed=seed)
         self._window_size = window_size  # the trees' (read for every event)
         self.threshold = stats.Quantile(quantile)
