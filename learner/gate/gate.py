@@ -123,7 +123,8 @@ class QualityGate:
         """Let the rules that can work on a batch ahead of its checks do so (``prepare(events, now)``).
 
         Optional and without effect on any verdict: the events are then checked one by one, in
-        order, as always (the anomaly rule scores them all at once; see its ``prepare``).
+        order, as always (the anomaly rule without its compiled core scores them all at once; see its
+        ``prepare``).
         """
         if self.enabled:
             for codes, prepare in self._preparers:
