@@ -14,8 +14,10 @@ speed drifts by up to 2x over a minute, so a figure measured right after its ref
 the twenty-second session) could land on another stretch: serving ratios moved by ±40% from one
 run to the next.
 
-The client is a minimal HTTP/1.1 client on asyncio streams (uvloop when installed): a Python
-client as heavy as the server would measure itself, not the server. Targets 127.0.0.1 only.
+The client is a minimal HTTP/1.1 client, an asyncio protocol that parses each response as its
+bytes arrive (uvloop when installed): on 2 cores the client's CPU is taken from the servers, so a
+client as heavy as the server would measure itself, not the server (``client_cpu_share`` in the
+output: the share of one core it used while measuring). Targets 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -34,25 +36,66 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * q))]
 
 
-async def _read_response(reader: asyncio.StreamReader) -> int:
-    """Read one response (Content-Length bodies only); return its status code."""
-    status_line = await reader.readline()
-    if not status_line:
-        raise ConnectionError("server closed the connection")
-    length = 0
-    while True:
-        line = await reader.readline()
-        if line in (b"\r\n", b"\n", b""):
-            break
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name == b"content-length":
-            length = int(value)
-        elif name == b"transfer-encoding":
-            raise ValueError("chunked responses are not supported by bench.load")
-    if length:
-        await reader.readexactly(length)
-    return int(status_line[9:12])
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection: :meth:`request` writes a request and waits for its response, which is parsed
+    as its bytes arrive (Content-Length bodies only), without a stream reader's calls per header line."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.waiter: asyncio.Future[int] | None = None
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return  # bytes no request waits for: the connection is not reused (see usable)
+        buffer = self.buffer
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(buffer[:end]).lower()
+        if b"\r\ntransfer-encoding:" in head:
+            waiter.set_exception(ValueError("chunked responses are not supported by bench.load"))
+            return
+        at = head.find(b"\r\ncontent-length:")
+        length = 0
+        if at >= 0:
+            stop = head.find(b"\r\n", at + 2)
+            length = int(head[at + 17 : stop if stop >= 0 else len(head)])
+        total = end + 4 + length
+        if len(buffer) < total:
+            return
+        status = int(buffer[9:12])
+        del buffer[:total]
+        waiter.set_result(status)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc or ConnectionError("server closed the connection"))
+
+    async def request(self, data: bytes) -> int:
+        """Send one request; its response's status code."""
+        if self.lost or self.transport is None:
+            raise ConnectionError("server closed the connection")
+        self.waiter = waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(data)
+        return await waiter
+
+    def usable(self) -> bool:
+        """Open, and nothing read beyond the last response (a connection the server closed is not reused)."""
+        transport = self.transport
+        return not self.lost and transport is not None and not transport.is_closing() and not self.buffer
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
 
 class _Target:
@@ -94,47 +137,47 @@ class _Pool:
     """Open keep-alive connections by port, reused from one phase to the next."""
 
     def __init__(self) -> None:
-        self.free: dict[tuple[str, int], list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]]] = {}
+        self.free: dict[tuple[str, int], list[tuple[_Connection, float]]] = {}
         self.closed = False
 
-    async def take(self, target: _Target) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def take(self, target: _Target) -> _Connection:
         free = self.free.get((target.host, target.port))
         while free:
-            reader, writer, since = free.pop()
+            connection, since = free.pop()
             # not one the server closed or reset, or may be about to close (its keep-alive timeout)
-            fresh = time.monotonic() - since < MAX_IDLE_SECONDS
-            if fresh and not reader.at_eof() and reader.exception() is None and not writer.is_closing():
-                return reader, writer
-            writer.close()
-        return await asyncio.open_connection(target.host, target.port)
+            if time.monotonic() - since < MAX_IDLE_SECONDS and connection.usable():
+                return connection
+            connection.close()
+        _, connection = await asyncio.get_running_loop().create_connection(_Connection, target.host, target.port)
+        return connection
 
-    def give_back(self, target: _Target, connection: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
+    def give_back(self, target: _Target, connection: _Connection) -> None:
         if self.closed:
-            connection[1].close()
+            connection.close()
             return
-        self.free.setdefault((target.host, target.port), []).append((*connection, time.monotonic()))
+        self.free.setdefault((target.host, target.port), []).append((connection, time.monotonic()))
 
     def close(self) -> None:
         self.closed = True
         for connections in self.free.values():
-            for _, writer, _ in connections:
-                writer.close()
+            for connection, _ in connections:
+                connection.close()
         self.free.clear()
 
 
 async def _connection(
     pool: _Pool, target: _Target, offset: int, warmup: int, gate: _Gate
 ) -> tuple[list[float], int, int]:
-    reader, writer = connection = await pool.take(target)
+    connection = await pool.take(target)
+    request = connection.request
     requests, n = target.requests, len(target.requests)
     latencies: list[float] = []
     errors = 0
     i = offset
     try:
         for _ in range(warmup):
-            writer.write(requests[i % n])
+            await request(requests[i % n])
             i += 1
-            await _read_response(reader)
         gate.report_ready()
         await gate.start.wait()
         deadline = gate.deadline
@@ -143,13 +186,12 @@ async def _connection(
             began = perf()
             if began >= deadline:
                 break
-            writer.write(requests[i % n])
+            status = await request(requests[i % n])
             i += 1
-            status = await _read_response(reader)
             latencies.append(perf() - began)
             errors += status != 200
     except BaseException:
-        writer.close()
+        connection.close()
         raise
     pool.give_back(target, connection)  # only a connection that read its last response whole is reused
     return latencies, errors, i
@@ -157,9 +199,10 @@ async def _connection(
 
 async def _phase(
     pool: _Pool, targets: list[_Target], seconds: float, connections: int, offsets: list[int], warmup: int
-) -> tuple[list[float], int, float]:
+) -> tuple[list[float], int, float, float]:
     """``connections`` connections (round-robin over ``targets``) for ``seconds`` once all are warm: their
-    latencies, errors and the time the phase took. ``offsets`` (where each connection is in the user cycle) move on."""
+    latencies, errors, the time the phase took and the CPU time this process used meanwhile. ``offsets`` (where
+    each connection is in the user cycle) move on."""
     gate = _Gate(connections)
     tasks = [
         asyncio.create_task(_connection(pool, targets[c % len(targets)], offsets[c], warmup, gate))
@@ -172,7 +215,7 @@ async def _phase(
         errors = [t.exception() for t in tasks if t.done() and not t.cancelled() and t.exception()]
         await _stop(tasks)
         raise SystemExit(f"bench.load: connections not ready: {errors[:1] or 'warm-up timed out'}")
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     gate.deadline = began + seconds
     gate.start.set()
     try:
@@ -180,10 +223,10 @@ async def _phase(
     except BaseException:  # a connection failed: stop the others before giving up
         await _stop(tasks)
         raise
-    elapsed = time.perf_counter() - began
+    elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
     for c, (_, _, at) in enumerate(results):
         offsets[c] = at
-    return [lat for lats, _, _ in results for lat in lats], sum(e for _, e, _ in results), elapsed
+    return [lat for lats, _, _ in results for lat in lats], sum(e for _, e, _ in results), elapsed, cpu
 
 
 async def _stop(tasks: list[asyncio.Task]) -> None:
@@ -225,13 +268,15 @@ class _Side:
     latencies: list[float] = field(default_factory=list)
     errors: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     phase_rates: list[float] = field(default_factory=list)
     phase_p99_ms: list[float] = field(default_factory=list)
 
-    def add(self, latencies: list[float], errors: int, seconds: float) -> None:
+    def add(self, latencies: list[float], errors: int, seconds: float, cpu_seconds: float) -> None:
         self.latencies.extend(latencies)
         self.errors += errors
         self.seconds += seconds
+        self.cpu_seconds += cpu_seconds
         self.phase_rates.append(len(latencies) / seconds)
         self.phase_p99_ms.append(_percentile(sorted(latencies), 0.99) * 1e3)
 
@@ -245,6 +290,9 @@ class _Side:
             "requests": n,
             "errors": self.errors,
             "requests_per_second": n / self.seconds,
+            # the load generator's own CPU while measuring: a share of one core, and per request
+            "client_cpu_share": self.cpu_seconds / self.seconds,
+            "client_cpu_us_per_request": self.cpu_seconds / n * 1e6 if n else float("nan"),
             "p50_ms": _percentile(latencies, 0.50) * 1e3,
             "p90_ms": _percentile(latencies, 0.90) * 1e3,
             "p99_ms": _percentile(latencies, 0.99) * 1e3,

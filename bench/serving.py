@@ -19,6 +19,7 @@ processes and one, so a drift of this VM's speed during the run falls on both si
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import time
@@ -221,6 +222,17 @@ def run(services: Services, catalogues: list[int], seconds: float, budget: TimeB
                     "req/s",
                     one_t["requests_per_second"],
                     "1 API process",
+                )
+            )
+            # the load generator shares the machine's cores with the servers: what it took from them
+            rows.append(
+                Row(
+                    "serving",
+                    f"{label}, 32 conn, 2 API processes: the load generator's own CPU (cores)",
+                    two["client_cpu_share"],
+                    "cores",
+                    float(os.cpu_count() or 1),
+                    "the machine's cores",
                 )
             )
     return results, rows

@@ -142,6 +142,46 @@ async def test_paired_loads_take_turns_on_the_same_connections() -> None:
         await load_groups([[f"http://127.0.0.1:{port}/a"]], 0.1, None, 1, 1, rounds=0)
 
 
+async def test_load_generator_reads_responses_in_pieces_and_refuses_chunked_ones() -> None:
+    """The client parses a response as its bytes arrive: headers and body split over many writes, any case of
+    header names, a body of any length; a chunked response is refused with a clear error. Its own CPU is
+    reported."""
+    bodies = [b"", b"x", b"y" * 5_000]
+    served: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while (line := await reader.readline()) and b"/chunked" not in line:
+                while await reader.readline() not in (b"\r\n", b""):
+                    pass
+                body = bodies[len(served) % len(bodies)]
+                served.append(len(body))
+                response = b"HTTP/1.1 201 Created\r\nServer: t\r\nCONTENT-LENGTH: %d\r\nX-A: b\r\n\r\n%s" % (
+                    len(body),
+                    body,
+                )
+                for start in range(0, len(response), 7):  # seven bytes at a time
+                    writer.write(response[start : start + 7])
+                    await writer.drain()
+            if line:
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+                await writer.drain()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        (result,) = await load_groups([[f"http://127.0.0.1:{port}/a"]], 0.3, None, 1, 1, rounds=1)
+        with pytest.raises(SystemExit, match="chunked responses are not supported"):
+            await load_groups([[f"http://127.0.0.1:{port}/chunked"]], 0.1, None, 1, 1, rounds=1)
+    finally:
+        server.close()
+    assert result["requests"] > 0 and result["errors"] == result["requests"]  # 201, not 200: counted as errors
+    assert len(served) == result["requests"] + 20 and set(served) == {0, 1, 5_000}
+    assert 0 < result["client_cpu_share"] <= 1.5 and result["client_cpu_us_per_request"] > 0
+
+
 @pytest.mark.integration
 def test_bench_quick_run_of_serving_and_topk(tmp_path: Path) -> None:
     out = tmp_path / "latest.json"
