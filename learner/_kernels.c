@@ -2346,16 +2346,12 @@ static int AnomalyCore_init(AnomalyCore *self, PyObject *args, PyObject *kwds) {
 static inline double py_log1p(double x) { return x == 0.0 ? x : log1p(x); }
 
 /* AnomalousBehaviourRule._features: the event's features x and its user's next record, from their record `state`
- * (NULL: a new user) */
+ * (NULL: a new user); `event` is a tuple of at least 7 fields (anomaly_compute checked) */
 static int anomaly_features(AnomalyCore *self, PyObject *event, double now, const double *state, double *x,
                             double *next) {
-    PyObject *user, *item, *type;
-    double ts;
-    if (gate_event(event, &user, &item, &type, &ts) < 0) return -1;
-    if (PyTuple_GET_SIZE(event) < 7) {
-        PyErr_SetString(PyExc_TypeError, "expected a GateEvent");
-        return -1;
-    }
+    PyObject *type = PyTuple_GET_ITEM(event, 3);
+    double ts = PyFloat_AsDouble(PyTuple_GET_ITEM(event, 4));
+    if (ts == -1.0 && PyErr_Occurred()) return -1;
     int is_positive = PySet_Contains(self->positive_types, type);
     if (is_positive < 0) return -1;
     double positive = is_positive ? 1.0 : 0.0;
