@@ -120,7 +120,8 @@ static inline uint64_t slot_hash(uint64_t key) { /* MurmurHash3's finaliser: con
  * A user is ranked from the rows of the items they remember. A row is read whole when it has at most `cap` entries
  * (or cap is 0); a longer one through its `cap` strongest entries: the largest values, equal values by lower column
  * (a NaN value counts as -inf). The pool keeps every entry (learning and predict_one use them all); the strongest
- * entries of a long row are selected here, as a bytearray of cap int32 columns then cap float32 values, kept in the
+ * entries of a long row are selected here, as a bytearray of cap int32 columns then cap float32 values, in the order
+ * of a heap with the weakest entry first (so that learning sees at once whether a grown entry enters), kept in the
  * caller's dict by row (None: not kept). Learning keeps them up to date (PoolRows.add_pairs, kept_update); the caller
  * forgets them when rows change otherwise. Within a row each column appears once, so the order of its entries
  * changes no sum. */
@@ -207,6 +208,7 @@ static PyObject *strongest_entries(const char *cols, const char *vals, Py_ssize_
         all[e].row = get_i32(cols, e);
     }
     select_best(all, len, cap);
+    for (Py_ssize_t e = cap / 2; e-- > 0;) sift_down(all, cap, e); /* the weakest first (kept_update) */
     PyObject *part = PyByteArray_FromStringAndSize(NULL, cap * 8);
     if (part != NULL) {
         char *out = PyByteArray_AS_STRING(part);
@@ -231,7 +233,8 @@ static inline int kept_fits(PyObject *part, Py_ssize_t cap) {
  * NaN already in the pool, or an infinity times 0) counts as -inf, less than before: the row's part is dropped.
  * When the part cannot be read (an object not made here, no memory for the key) every part is dropped. Dropping is
  * always right (a part is selected again when read). Never raises. */
-static void kept_update(PyObject *kept, Py_ssize_t cap, int64_t row, int32_t col, float value) {
+static void kept_update(PyObject *kept, Py_ssize_t cap, int64_t row, int64_t length, int32_t col, float value) {
+    if (length <= cap) return; /* a row this short is ranked whole: never kept (and rows never shrink) */
     PyObject *key = PyLong_FromLongLong(row);
     PyObject *part = key == NULL ? NULL : PyDict_GetItemWithError(kept, key); /* borrowed */
     int drop_all = part == NULL ? PyErr_Occurred() != NULL : !kept_fits(part, cap);
@@ -244,27 +247,31 @@ static void kept_update(PyObject *kept, Py_ssize_t cap, int64_t row, int32_t col
     }
     if (part == NULL || drop_all || drop_row) return;
     char *cols = PyByteArray_AS_STRING(part), *vals = cols + cap * 4;
-    Py_ssize_t weakest = 0;
-    double weakest_value = INFINITY;
-    int32_t weakest_col = -1; /* columns are >= 0: the first entry is the weakest so far */
-    for (Py_ssize_t e = 0; e < cap; e++) {
-        int32_t c = get_i32(cols, e);
-        if (c == col) {
-            memcpy(vals + e * 4, &value, 4);
-            return;
+    entry x = {(double)value, col}, root = {strength(get_f32(vals, 0)), get_i32(cols, 0)};
+    /* The part is a heap with the weakest entry first. The entry's value was at most `value` before: if it is worse
+     * than the weakest kept now, it was not kept (every kept entry is at least the weakest) and does not enter. */
+    if (worse(&x, &root)) return;
+    Py_ssize_t at = 0;
+    while (at < cap && get_i32(cols, at) != col) at++;
+    if (at == cap) at = 0; /* not kept: it takes the weakest one's place */
+    /* the entry at `at` grew: move it down past every child now weaker than it */
+    for (;;) {
+        Py_ssize_t w = at, child = 2 * at + 1;
+        entry weakest = x;
+        for (Py_ssize_t c = child; c < cap && c <= child + 1; c++) {
+            entry e = {strength(get_f32(vals, c)), get_i32(cols, c)};
+            if (worse(&e, &weakest)) {
+                w = c;
+                weakest = e;
+            }
         }
-        double v = strength(get_f32(vals, e));
-        if (v < weakest_value || (v == weakest_value && c > weakest_col)) {
-            weakest = e;
-            weakest_value = v;
-            weakest_col = c;
-        }
+        if (w == at) break;
+        memcpy(cols + at * 4, cols + w * 4, 4);
+        memcpy(vals + at * 4, vals + w * 4, 4);
+        at = w;
     }
-    double v = value; /* not NaN */
-    if (v > weakest_value || (v == weakest_value && col < weakest_col)) {
-        memcpy(cols + weakest * 4, &col, 4);
-        memcpy(vals + weakest * 4, &value, 4);
-    }
+    memcpy(cols + at * 4, &col, 4);
+    memcpy(vals + at * 4, &value, 4);
 }
 
 /* The part of pool row `row` that ranking reads (its strongest entries when longer than cap, from `cache` when
@@ -683,6 +690,51 @@ done:
 }
 
 
+/* The k best of n scores above -inf (k <= n), best first (equal scores: lower row first), as a new list of rows;
+ * Py_None (a new reference) when fewer than k are. With a target (t not NaN), also how many scores are above t and
+ * equal to it, into *greater and *equal (counted over every score, -inf included). NULL with an error. */
+static PyObject *select_and_count(const char *s, Py_ssize_t n, Py_ssize_t k, double t, Py_ssize_t *greater,
+                                  Py_ssize_t *equal) {
+    entry *heap = PyMem_Malloc((size_t)(k > 0 ? k : 1) * sizeof(entry));
+    if (heap == NULL) return PyErr_NoMemory();
+    Py_ssize_t size = 0, above = 0, same = 0;
+    /* Until the heap is full a score enters when it is above -inf (-inf and NaN come after every number); then when
+     * it is above the heap's weakest (an equal score at a higher row never displaces): one test, x > bar. */
+    double bar = k > 0 ? -INFINITY : INFINITY;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double x = get_f64(s, i);
+        above += x > t; /* t NaN (no target): both stay 0 */
+        same += x == t;
+        if (x > bar) {
+            if (size < k) {
+                heap[size].score = x;
+                heap[size].row = i;
+                sift_up(heap, size++);
+            } else {
+                heap[0].score = x;
+                heap[0].row = i;
+                sift_down(heap, size, 0);
+            }
+            if (size == k) bar = heap[0].score;
+        }
+    }
+    *greater = above;
+    *equal = same;
+    if (size < k) { /* k is at most n here: some score is -inf or NaN */
+        PyMem_Free(heap);
+        Py_RETURN_NONE;
+    }
+    qsort(heap, (size_t)size, sizeof(entry), better_first);
+    PyObject *result = PyList_New(size);
+    for (Py_ssize_t i = 0; result != NULL && i < size; i++) {
+        PyObject *row = PyLong_FromSsize_t(heap[i].row);
+        if (row == NULL) Py_CLEAR(result);
+        else PyList_SET_ITEM(result, i, row);
+    }
+    PyMem_Free(heap);
+    return result;
+}
+
 /* top_rows(scores, k) -> list of rows, best first (equal scores: lower row first), or None
  *
  * scores: a float64 buffer. Only scores above -inf are candidates. None when fewer than k are and some score is
@@ -690,7 +742,7 @@ done:
  */
 static PyObject *top_rows(PyObject *self, PyObject *args) {
     PyObject *scores_obj;
-    Py_ssize_t k;
+    Py_ssize_t k, greater, equal;
     (void)self;
     if (!PyArg_ParseTuple(args, "On", &scores_obj, &k)) return NULL;
     if (k < 0) {
@@ -699,49 +751,54 @@ static PyObject *top_rows(PyObject *self, PyObject *args) {
     }
     Py_buffer view;
     if (get_buffer(scores_obj, &view, PyBUF_SIMPLE, "scores", 'd') < 0) return NULL;
-    const char *s = (const char *)view.buf;
     Py_ssize_t n = view.len / 8;
-    if (k > n) k = n;
-    entry *heap = PyMem_Malloc((size_t)(k > 0 ? k : 1) * sizeof(entry));
-    if (heap == NULL) {
-        PyBuffer_Release(&view);
-        return PyErr_NoMemory();
-    }
-    Py_ssize_t size = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        double x = get_f64(s, i);
-        if (!(x > -INFINITY)) continue; /* -inf or NaN: after every number */
-        if (size < k) {
-            heap[size].score = x;
-            heap[size].row = i;
-            sift_up(heap, size++);
-        } else if (k > 0 && x > heap[0].score) { /* an equal score at a higher row never displaces */
-            heap[0].score = x;
-            heap[0].row = i;
-            sift_down(heap, size, 0);
-        }
-    }
+    PyObject *result = select_and_count(view.buf, n, k < n ? k : n, NAN, &greater, &equal);
     PyBuffer_Release(&view);
-    if (size < k) { /* k is at most n here: some score is -inf or NaN */
-        PyMem_Free(heap);
-        Py_RETURN_NONE;
-    }
-    qsort(heap, (size_t)size, sizeof(entry), better_first);
-    PyObject *result = PyList_New(size);
-    if (result == NULL) {
-        PyMem_Free(heap);
+    return result;
+}
+
+/* top_rows_rank(scores, exclude, k, target) -> (rows or None, greater, equal), or None
+ *
+ * learner.ranking.top_rows_and_rank in one call: the excluded rows (int64) set to -inf in `scores` (a writable
+ * float64 buffer), then top_rows(scores, k) of what is left, and, with a target row (-1: none), how many of the
+ * masked scores are above scores[target] and equal to it. None (nothing changed: the caller's numpy path) when an
+ * excluded row or the target is outside the scores (numpy's indexing rules apply then).
+ */
+static PyObject *top_rows_rank(PyObject *self, PyObject *args) {
+    PyObject *scores_obj, *exclude_obj;
+    Py_ssize_t k, target, greater = 0, equal = 0;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOnn", &scores_obj, &exclude_obj, &k, &target)) return NULL;
+    if (k < 0) {
+        PyErr_SetString(PyExc_ValueError, "k must be >= 0");
         return NULL;
     }
-    for (Py_ssize_t i = 0; i < size; i++) {
-        PyObject *row = PyLong_FromSsize_t(heap[i].row);
-        if (row == NULL) {
-            Py_DECREF(result);
-            PyMem_Free(heap);
-            return NULL;
-        }
-        PyList_SET_ITEM(result, i, row);
+    Py_buffer view, ex;
+    if (get_buffer(scores_obj, &view, PyBUF_WRITABLE, "scores", 'd') < 0) return NULL;
+    if (get_buffer(exclude_obj, &ex, PyBUF_SIMPLE, "exclude", 'q') < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
     }
-    PyMem_Free(heap);
+    char *s = view.buf;
+    Py_ssize_t n = view.len / 8, n_ex = ex.len / 8;
+    PyObject *best = NULL, *result = NULL;
+    int inside = target < n && target >= -1;
+    for (Py_ssize_t e = 0; inside && e < n_ex; e++) {
+        int64_t row = get_i64(ex.buf, e);
+        inside = row >= 0 && row < n;
+    }
+    if (!inside) {
+        Py_INCREF(Py_None);
+        result = Py_None;
+        goto done;
+    }
+    for (Py_ssize_t e = 0; e < n_ex; e++) set_f64(s, (Py_ssize_t)get_i64(ex.buf, e), -INFINITY);
+    best = select_and_count(s, n, k < n ? k : n, target >= 0 ? get_f64(s, target) : NAN, &greater, &equal);
+    if (best != NULL) result = Py_BuildValue("(Onn)", best, greater, equal);
+done:
+    Py_XDECREF(best);
+    PyBuffer_Release(&ex);
+    PyBuffer_Release(&view);
     return result;
 }
 
@@ -1131,6 +1188,46 @@ static Py_ssize_t history_pairs(History *h, int64_t i, double gamma) {
     return m;
 }
 
+/* weighted_rows(history, powers, damping, rows, weights) -> n
+ *
+ * ItemCooccurrence._weighted_rows: the n remembered items of `history` (a dict of int item rows to float weights,
+ * oldest first) newest first into `rows` (int64), and each one's ranking weight w_j * powers[age] * damping[j] into
+ * `weights` (float64), the same operations in the same order as the Python. powers, damping: float64 buffers;
+ * rows and weights: writable, at least n long. */
+static PyObject *weighted_rows(PyObject *self, PyObject *args) {
+    PyObject *history, *objs[4];
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O!OOOO", &PyDict_Type, &history, &objs[0], &objs[1], &objs[2], &objs[3])) return NULL;
+    static const char *names[] = {"powers", "damping", "rows", "weights"};
+    static const char codes[] = {'d', 'd', 'q', 'd'};
+    Py_buffer views[4];
+    int held = 0;
+    for (; held < 4; held++) {
+        if (get_buffer(objs[held], &views[held], held >= 2 ? PyBUF_WRITABLE : PyBUF_SIMPLE, names[held], codes[held]) <
+            0) {
+            break;
+        }
+    }
+    PyObject *result = NULL;
+    History h;
+    if (held == 4 && history_read(&h, history, views[1].len / 8) == 0) {
+        if (h.n > views[0].len / 8 || h.n > views[2].len / 8 || h.n > views[3].len / 8) {
+            PyErr_SetString(PyExc_ValueError, "history longer than its powers, rows or weights");
+        } else {
+            const char *powers = views[0].buf, *damping = views[1].buf;
+            for (Py_ssize_t a = 0; a < h.n; a++) {
+                int64_t j = h.js[a];
+                memcpy((char *)views[2].buf + a * 8, &j, 8);
+                set_f64(views[3].buf, a, h.ws[a] * get_f64(powers, a) * get_f64(damping, (Py_ssize_t)j));
+            }
+            result = PyLong_FromSsize_t(h.n);
+        }
+        history_free(&h);
+    }
+    while (held-- > 0) PyBuffer_Release(&views[held]);
+    return result;
+}
+
 /* Add `v` at (row, col): in place at the entry's slot, else appended (the row moved to the pool's end with room
  * for `need` entries when it is full; the caller checked there is room). Returns the slot. */
 static inline int64_t pool_add(PoolRows *self, int64_t row, int64_t col, double v, int64_t need) {
@@ -1247,8 +1344,8 @@ static PyObject *PoolRows_add_pairs(PoolRows *self, PyObject *args) {
         }
         if (kept != NULL) {
             const float *vals = self->vals.buf;
-            kept_update(kept, kept_cap, j, (int32_t)i, vals[start[j] + k_j]);
-            kept_update(kept, kept_cap, i, (int32_t)j, vals[start[i] + k_i]);
+            kept_update(kept, kept_cap, j, length[j], (int32_t)i, vals[start[j] + k_j]);
+            kept_update(kept, kept_cap, i, length[i], (int32_t)j, vals[start[i] + k_i]);
         }
     }
     result = PyLong_FromLong(state[ST_GARBAGE] != garbage ? POOL_OK_MOVED : POOL_OK);
@@ -2739,6 +2836,10 @@ static PyMethodDef methods[] = {
      "gather_rows(cols, vals, start, length, n, out_cols, out_vals): rows 0..n-1 of a pool, one after the other"},
     {"top_rows", top_rows, METH_VARARGS,
      "top_rows(scores, k): rows of the k best scores above -inf, best first, or None (see learner.kernels)"},
+    {"weighted_rows", weighted_rows, METH_VARARGS,
+     "weighted_rows(history, powers, damping, rows, weights) -> n: a user's rows and ranking weights (see _kernels.c)"},
+    {"top_rows_rank", top_rows_rank, METH_VARARGS,
+     "top_rows_rank(scores, exclude, k, target): top_rows after masking, and the target's counts (see learner/_kernels.c)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -52,7 +52,7 @@ from learner.exploration import ThompsonExplorer
 from learner.gate.base import GateEvent
 from learner.id_index import IdIndex
 from learner.online_learner import OnlineLearner
-from learner.ranking import top_rows
+from learner.ranking import top_rows_and_rank
 
 if TYPE_CHECKING:
     from learner.gate.gate import QualityGate
@@ -261,7 +261,7 @@ class Recommend:
         # excluded rows are set to -inf in it (no copy).
         if target is not None and target_seen:
             excluded = excluded[excluded != target]  # the target is put back
-        best = top_rows(raw, self.k, excluded, owned=True)
+        best, greater, equal = top_rows_and_rank(raw, self.k, excluded, target)
         if best.size == 0:
             return _EMPTY, math.inf
         if self.explorer is not None:
@@ -276,10 +276,8 @@ class Recommend:
             return best, float(hit[0] + 1)
         # mid-rank among the rows that may be shown (the target is not excluded; the excluded rows are -inf: never
         # above its score, and equal to it only if it is -inf too)
-        t = raw[target]
-        better = int(np.count_nonzero(raw > t))
-        ties = int(np.count_nonzero(raw == t)) - 1
-        if t == -np.inf:
+        better, ties = greater, equal - 1
+        if raw[target] == -np.inf:
             ties -= int(np.unique(excluded).size)
         return best, max(float(self.k + 1), 1.0 + better + ties / 2.0)
 

@@ -231,7 +231,7 @@ class ItemCooccurrence:
             self._scratch_buffer = np.empty(max(n, 2 * len(self._scratch_buffer)), dtype=np.float64)
         return self._scratch_buffer[:n]
 
-    def _weighted_rows(self, user: str) -> tuple[array, array]:
+    def _weighted_rows(self, user: str) -> tuple[array | np.ndarray, array | np.ndarray]:
         """The user's remembered items' rows (int64), newest first, and each row's ranking weight (float64):
         recency and popularity damped; none for a user the model does not know."""
         u = self.users.get(user)
@@ -239,6 +239,11 @@ class ItemCooccurrence:
             return array("q"), array("d")
         damping, powers = self._row_damping, self._recency_powers
         history = self._history[u]
+        kernel = kernels.compiled()
+        if kernel is not None:  # the same numbers without a Python loop
+            rows, weights = np.empty(len(history), dtype=np.int64), np.empty(len(history), dtype=np.float64)
+            kernel.weighted_rows(history, powers, damping, rows, weights)
+            return rows, weights
         weights = [w_j * powers[age] * float(damping[j]) for age, (j, w_j) in enumerate(reversed(history.items()))]
         return array("q", reversed(history)), array("d", weights)
 

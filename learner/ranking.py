@@ -96,6 +96,44 @@ def top_rows(scores: np.ndarray, k: int, exclude: Iterable[int] = (), *, owned: 
     return best
 
 
+def top_rows_and_rank(
+    scores: np.ndarray, k: int, exclude: np.ndarray, target: int | None
+) -> tuple[np.ndarray, int, int]:
+    """:func:`top_rows` of ``scores`` with ``owned`` (the rows ``exclude`` set to -inf in ``scores``), and, for a
+    ``target`` row, how many of the masked scores are above ``scores[target]`` and how many equal it (the target
+    among them): what the replay's rank of a target is computed from. Where the compiled loops are built, one call
+    and one pass over the scores for all three; the same numbers with numpy otherwise (``target`` None: 0 and 0).
+
+    >>> scores = np.array([0.5, 0.9, 0.5, 0.7])
+    >>> best, greater, equal = top_rows_and_rank(scores, 1, np.array([1]), target=2)
+    >>> best.tolist(), greater, equal, scores.tolist()
+    ([3], 1, 2, [0.5, -inf, 0.5, 0.7])
+    """
+    excluded = np.asarray(exclude, dtype=np.int64)
+    kernel = kernels.compiled()
+    if (
+        kernel is not None
+        and k > 0
+        and scores.size
+        and scores.dtype == np.float64
+        and scores.ndim == 1
+        and scores.flags.c_contiguous
+        and scores.flags.writeable
+    ):
+        # None: an excluded row or the target outside the scores (numpy's indexing, below)
+        fused = kernel.top_rows_rank(scores, excluded, k, -1 if target is None else target)
+        if fused is not None:
+            best, greater, equal = fused
+            if best is None:  # fewer than k numbers above -inf: top_rows' careful path (masking again changes nothing)
+                return top_rows(scores, k, excluded, owned=True), greater, equal
+            return np.array(best, dtype=np.intp), greater, equal
+    best = top_rows(scores, k, excluded, owned=True)
+    if target is None:
+        return best, 0, 0
+    t = scores[target]
+    return best, int(np.count_nonzero(scores > t)), int(np.count_nonzero(scores == t))
+
+
 def _k_best_of_all(scores: np.ndarray, k: int) -> np.ndarray | None:
     """The k best rows of all, when the k-th best is a number above -inf (None: fewer such numbers,
     so NaN rows or rows tying with the excluded ones' -inf come in: the caller's careful path)."""

@@ -49,13 +49,6 @@ _NO_COLS = np.zeros(0, dtype=np.int32)
 _NO_VALS = np.zeros(0, dtype=np.float32)
 
 
-def _only_grow(*factors: float) -> bool:
-    """Whether updates by these factors (and the history's weights, sums of positive ``y``) only make values grow: each
-    at least 0 (a NaN is not). An infinity may make a value NaN (times 0): the compiled update drops that row's kept
-    entries itself."""
-    return all(f >= 0 for f in factors)
-
-
 def _grown_cap(need: Any) -> Any:
     """A row's room when it moves to hold ``need`` entries: room to grow by half again."""
     return need + need // 2 + 4
@@ -153,7 +146,10 @@ class SparseRows:
         that. Otherwise (or in Python) the touched rows' kept entries are dropped (they are selected again when
         read)."""
         kernel = self._kernel if self._kernel is not None else self._bind()
-        if kept and (isinstance(kernel, _PythonPoolRows) or not _only_grow(y, gamma, forward, backward)):
+        # the values only grow when every factor is at least 0 (a NaN is not; the history's weights are sums of
+        # positive y); an infinity may still make a value NaN (times 0): the compiled update drops that row's part
+        grows = y >= 0 and gamma >= 0 and forward >= 0 and backward >= 0
+        if kept and (isinstance(kernel, _PythonPoolRows) or not grows):
             for row in (i, *history):
                 kept.pop(row, None)
             kept = None

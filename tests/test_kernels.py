@@ -275,3 +275,116 @@ def test_serving_and_the_replay_answer_the_same_with_and_without_the_kernels(bui
     assert want_result.overall.scored > 300
     assert got_result == want_result
     assert got_lists == want_lists
+
+
+@pytest.mark.parametrize("shape", ["random", "ties", "all_equal", "minus_inf", "nan", "tiny"])
+def test_top_rows_and_rank_are_numpys_and_count_what_a_full_pass_counts(built: object, shape: str) -> None:
+    """The replay's one call (the excluded rows masked, the k best, and how many masked scores are above and equal
+    to the target's) gives with the kernel what numpy gives: the same rows, counts and masked scores, bit for bit,
+    for targets scoring a number, -inf and NaN, and without a target."""
+    from learner.ranking import top_rows_and_rank
+
+    answered = []
+
+    class Counted:  # counts the fused kernel's answers
+        def top_rows_rank(self, scores: np.ndarray, exclude: np.ndarray, k: int, target: int) -> tuple | None:
+            result = built.top_rows_rank(scores, exclude, k, target)  # type: ignore[attr-defined]
+            answered.append(result is not None and result[0] is not None)
+            return result
+
+        def top_rows(self, scores: np.ndarray, k: int) -> list[int] | None:
+            return built.top_rows(scores, k)  # type: ignore[attr-defined]
+
+    rng = np.random.default_rng(17)
+    for trial in range(60):
+        n = int(rng.integers(1, 30)) if shape == "tiny" else int(rng.integers(50, 5_000))
+        scores = {
+            "random": rng.random(n),
+            "ties": np.round(rng.normal(size=n), 1),
+            "all_equal": np.full(n, 0.5),
+            "minus_inf": np.where(rng.random(n) < 0.99, -np.inf, rng.random(n)),
+            "nan": np.where(rng.random(n) < 0.3, np.nan, np.round(rng.random(n), 2)),
+            "tiny": np.round(rng.random(n), 1),
+        }[shape]
+        exclude = rng.integers(0, n, size=int(rng.integers(0, max(1, n // 3))))  # repeats too
+        free = np.setdiff1d(np.arange(n), exclude)
+        target = None if trial % 5 == 0 or not free.size else int(rng.choice(free))
+        k = int(rng.integers(1, 40))
+        want_scores, got_scores = scores.copy(), scores.copy()
+        with kernels.numpy_only():
+            want = top_rows_and_rank(want_scores, k, exclude, target)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(kernels, "_use", Counted())
+            got = top_rows_and_rank(got_scores, k, exclude, target)
+        assert (got[0].tolist(), got[1:]) == (want[0].tolist(), want[1:]), (shape, trial)
+        assert got_scores.tobytes() == want_scores.tobytes(), (shape, trial)
+        assert got[0].tolist() == top_rows(scores, k, exclude).tolist(), (shape, trial)
+        if target is None:
+            assert got[1:] == (0, 0)
+        else:
+            t = got_scores[target]
+            assert got[1:] == (sum(s > t for s in got_scores), sum(s == t for s in got_scores)), (shape, trial)
+    assert any(answered), "the kernel never answered"
+    if shape == "minus_inf":
+        assert not all(answered), "fewer than k numbers never went to top_rows' careful path"
+
+
+def test_top_rows_and_rank_leave_rows_outside_the_scores_to_numpy(built: object) -> None:
+    """An excluded row or a target outside the scores: the kernel changes nothing and numpy's indexing decides (a
+    negative row counts from the end; one past the end raises IndexError)."""
+    from learner.ranking import top_rows_and_rank
+
+    scores = np.array([0.5, 0.9, 0.7, 0.1])
+    assert built.top_rows_rank(scores, np.array([-1]), 2, 0) is None  # type: ignore[attr-defined]
+    assert built.top_rows_rank(scores, np.array([4]), 2, 0) is None  # type: ignore[attr-defined]
+    assert built.top_rows_rank(scores, np.array([0]), 2, 4) is None  # type: ignore[attr-defined]
+    assert scores.tolist() == [0.5, 0.9, 0.7, 0.1]  # untouched
+    lowest = np.finfo(np.float64).min  # the lowest number is a candidate: only -inf and NaN are not
+    odd = np.array([-np.inf, lowest, np.nan, -1e308])
+    assert built.top_rows_rank(odd, np.zeros(0, dtype=np.int64), 2, 1) == ([3, 1], 1, 1)  # type: ignore[attr-defined]
+    best, greater, equal = top_rows_and_rank(scores, 2, np.array([-1]), 0)  # numpy: -1 is row 3
+    assert (best.tolist(), greater, equal, scores.tolist()) == ([1, 2], 2, 1, [0.5, 0.9, 0.7, -np.inf])
+    with pytest.raises(IndexError):
+        top_rows_and_rank(scores, 2, np.array([4]), 0)
+    with pytest.raises(TypeError):
+        built.top_rows_rank(scores, np.array([0], dtype=np.int32), 2, 0)  # type: ignore[attr-defined]
+    with pytest.raises(BufferError):
+        built.top_rows_rank(b"\0" * 32, np.array([0]), 2, 0)  # type: ignore[attr-defined]  # read-only
+    with pytest.raises(ValueError):
+        built.top_rows_rank(scores, np.array([0]), -1, 0)  # type: ignore[attr-defined]
+
+
+def test_weighted_rows_are_pythons_bit_for_bit(built: object) -> None:
+    """A user's rows (newest first) and ranking weights (weight times recency power times damping) from the kernel
+    are the Python loop's, for every user of a learned model and for hand-made histories with int weights."""
+    assert built is not None
+    rnd = random.Random(21)
+    learner = OnlineLearner(model=ItemCooccurrence(window=6))
+    _feed(learner, rnd, 2_000, users=40, items=90, ts=1.7e9)
+    model = learner.model
+    for user in [*model.users.ids, "nobody"]:
+        with kernels.numpy_only():
+            want_rows, want_weights = model._weighted_rows(user)
+        got_rows, got_weights = model._weighted_rows(user)
+        assert np.asarray(got_rows).tolist() == list(want_rows), user
+        assert np.asarray(got_weights).tobytes() == np.asarray(want_weights, dtype=np.float64).tobytes(), user
+    assert any(len(model._history[u]) == 6 for u in range(len(model.users)))
+    powers, damping = array("d", [1.0, 0.5, 0.3]), np.array([0.7, 0.1, 0.35, 2.0])
+    rows, weights = np.zeros(3, dtype=np.int64), np.zeros(3)
+    assert built.weighted_rows({2: 3, 0: 0.1, 3: 1.5}, powers, damping, rows, weights) == 3  # type: ignore[attr-defined]
+    assert rows.tolist() == [3, 0, 2]
+    assert weights.tolist() == [1.5 * 1.0 * 2.0, 0.1 * 0.5 * 0.7, 3 * 0.3 * 0.35]
+    bad = [
+        (({0: 1.0, 1: 1.0, 2: 1.0, 3: 1.0}, powers, damping, np.zeros(4, dtype=np.int64), np.zeros(4)), ValueError),
+        (({4: 1.0}, powers, damping, rows, weights), ValueError),  # a row past the damping
+        (({-1: 1.0}, powers, damping, rows, weights), ValueError),
+        (({0: 1.0, 1: 1.0}, powers, damping, rows[:1], weights), ValueError),  # rows too short
+        (({0: "1"}, powers, damping, rows, weights), TypeError),
+        (({0: 1.0}, powers, damping, rows.astype(np.int32), weights), TypeError),
+        (([(0, 1.0)], powers, damping, rows, weights), TypeError),
+    ]
+    for args, error in bad:
+        with pytest.raises(error):
+            built.weighted_rows(*args)  # type: ignore[attr-defined]
+    with pytest.raises(BufferError):
+        built.weighted_rows({0: 1.0}, powers, damping, rows, b"\0" * 24)  # type: ignore[attr-defined]  # read-only
