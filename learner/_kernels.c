@@ -802,6 +802,57 @@ done:
     return result;
 }
 
+/* Python's float ** for a base of at least 1 (or NaN): C's pow, and OverflowError where Python raises it (a finite
+ * base and exponent, an infinite result). -1 with the error. */
+static int py_pow(double base, double exponent, double *out) {
+    double r = pow(base, exponent);
+    if (isinf(r) && isfinite(base) && isfinite(exponent)) {
+        PyErr_SetString(PyExc_OverflowError, "(34, 'Numerical result out of range')");
+        return -1;
+    }
+    *out = r;
+    return 0;
+}
+
+/* cooccurrence_mass(mass, candidate_damping, row_damping, i, y, alpha, beta)
+ *
+ * The end of ItemCooccurrence.learn_one for item row i, the same operations in the same order: mass[i] += y, then
+ * candidate_damping[i] = max(mass[i], 1) ** -beta and row_damping[i] = max(mass[i], 1) ** -alpha (float64 buffers,
+ * each written before the next is computed, as the Python does). */
+static PyObject *cooccurrence_mass(PyObject *self, PyObject *args) {
+    PyObject *objs[3];
+    Py_ssize_t i;
+    double y, alpha, beta;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOOnddd", &objs[0], &objs[1], &objs[2], &i, &y, &alpha, &beta)) return NULL;
+    static const char *names[] = {"mass", "candidate_damping", "row_damping"};
+    Py_buffer views[3];
+    int held = 0;
+    for (; held < 3; held++) {
+        if (get_buffer(objs[held], &views[held], PyBUF_WRITABLE, names[held], 'd') < 0) break;
+    }
+    PyObject *result = NULL;
+    if (held == 3) {
+        if (i < 0 || i >= views[0].len / 8 || i >= views[1].len / 8 || i >= views[2].len / 8) {
+            PyErr_SetString(PyExc_IndexError, "item row outside the arrays");
+        } else {
+            double mass = get_f64(views[0].buf, i) + y, damped;
+            set_f64(views[0].buf, i, mass);
+            double base = 1.0 > mass ? 1.0 : mass; /* Python's max(mass, 1.0): a NaN mass stays */
+            if (py_pow(base, -beta, &damped) == 0) {
+                set_f64(views[1].buf, i, damped);
+                if (py_pow(base, -alpha, &damped) == 0) {
+                    set_f64(views[2].buf, i, damped);
+                    Py_INCREF(Py_None);
+                    result = Py_None;
+                }
+            }
+        }
+    }
+    while (held-- > 0) PyBuffer_Release(&views[held]);
+    return result;
+}
+
 /* ---- SlotTable: (row, column) -> slot, for co-occurrence rows kept in one pool ----------------------------------
  *
  * Where a row's entry for a column sits (its slot: the position in the row), for every entry of the matrix, in one
@@ -2838,6 +2889,8 @@ static PyMethodDef methods[] = {
      "top_rows(scores, k): rows of the k best scores above -inf, best first, or None (see learner.kernels)"},
     {"weighted_rows", weighted_rows, METH_VARARGS,
      "weighted_rows(history, powers, damping, rows, weights) -> n: a user's rows and ranking weights (see _kernels.c)"},
+    {"cooccurrence_mass", cooccurrence_mass, METH_VARARGS,
+     "cooccurrence_mass(mass, candidate_damping, row_damping, i, y, alpha, beta): learn_one's mass and damping"},
     {"top_rows_rank", top_rows_rank, METH_VARARGS,
      "top_rows_rank(scores, exclude, k, target): top_rows after masking, and the target's counts (see learner/_kernels.c)"},
     {NULL, NULL, 0, NULL},

@@ -208,13 +208,16 @@ class Recommend:
         self.k = k
         self.explorer = explorer  # if given, some of the model's places go to rarely shown items
         self._model_seen = SeenRows(learner.model.items)
-        self._popular_seen = SeenRows(learner.popularity.items)
+        # popularity counts over the model's item index when the model shares it (learner.online_learner)
+        shared = learner.popularity.items is learner.model.items
+        self._popular_seen = self._model_seen if shared else SeenRows(learner.popularity.items)
         self._model_shown = np.zeros(0, dtype=bool)
         self._popular_shown = np.zeros(0, dtype=bool)
 
     def add_seen(self, user: str, item: str) -> None:
         self._model_seen.add(user, item)
-        self._popular_seen.add(user, item)
+        if self._popular_seen is not self._model_seen:
+            self._popular_seen.add(user, item)
 
     def top(self, user: str, target: str | None = None, target_seen: bool = False) -> tuple[list[str], float, bool]:
         """``(item ids best first, rank of target or inf, from_popularity)``; seen items left out, target kept.

@@ -143,10 +143,15 @@ class ItemCooccurrence:
         # the kept strongest entries of the rows this event changes are brought up to date with them (or dropped)
         self._rows.add_pairs(history, i, y, self.gamma, self.forward, self.backward, self._strongest, self.neighbours)
         self._recent.add(i, y)
-        mass = float(self._mass[i]) + y
-        self._mass[i] = mass
-        self._candidate_damping[i] = max(mass, 1.0) ** -self.beta
-        self._row_damping[i] = max(mass, 1.0) ** -self.alpha
+        kernel = kernels.compiled()
+        if kernel is not None:  # the same numbers without numpy's per-element indexing
+            damping = (self._candidate_damping, self._row_damping)
+            kernel.cooccurrence_mass(self._mass, *damping, i, y, self.alpha, self.beta)
+        else:
+            mass = float(self._mass[i]) + y
+            self._mass[i] = mass
+            self._candidate_damping[i] = max(mass, 1.0) ** -self.beta
+            self._row_damping[i] = max(mass, 1.0) ** -self.alpha
         history[i] = history.pop(i, 0.0) + y
         if len(history) > self.window:
             del history[next(iter(history))]

@@ -67,6 +67,8 @@ class OnlineLearner:
         self.clock: float | None = None  # the latest event time seen (seconds since the epoch)
         # a label model's hook for the items of unlabelled events (see the module doc)
         self._register_item = getattr(self.model, "register_item", None) if reward_of(self.model) == "label" else None
+        self._weighted = reward_of(self.model) == "weight"  # learn_one takes the event's weight (else its label)
+        self._advance_clock = getattr(self.model, "advance_clock", None)  # the model's stream clock, if it keeps one
         self.popularity = popularity or Popularity(items=self.model.items if _shares_items(self.model) else None)
         self.metrics = ProgressiveMetrics()
         self.events_learned = 0
@@ -93,9 +95,8 @@ class OnlineLearner:
         if ts is not None:
             if self.clock is None or ts > self.clock:
                 self.clock = ts
-            advance = getattr(model, "advance_clock", None)
-            if advance is not None:
-                advance(self.clock)
+            if self._advance_clock is not None:
+                self._advance_clock(self.clock)
         y = self.rule.label(event_type, watch_seconds, item_duration_seconds)
         prediction = loss = None
         if y is not None:
@@ -103,7 +104,7 @@ class OnlineLearner:
             loss = self.metrics.update(y, prediction)
             self.events_labelled += 1
         self.last_loss = loss
-        if reward_of(model) == "weight":
+        if self._weighted:
             model.learn_one(user, item, self.weights.weight(event_type, watch_seconds, item_duration_seconds))
         elif y is not None:
             model.learn_one(user, item, y)

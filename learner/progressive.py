@@ -34,6 +34,8 @@ from collections import deque
 import numpy as np
 from river import metrics
 
+_LOW, _HIGH = 1e-7, 1 - 1e-7  # predictions are clipped to [_LOW, _HIGH] (River's LogLoss)
+
 
 def log_loss(y: float, p: float) -> float:
     """One prediction's log loss (River's ``LogLoss``), ``p`` clipped to [1e-7, 1 - 1e-7].
@@ -41,7 +43,7 @@ def log_loss(y: float, p: float) -> float:
     >>> round(log_loss(1.0, 0.9), 4), round(log_loss(0.0, 0.9), 4), round(log_loss(1.0, 0.0), 2)
     (0.1054, 2.3026, 16.12)
     """
-    p = min(max(p, 1e-7), 1 - 1e-7)
+    p = min(max(p, _LOW), _HIGH)
     return -math.log(p) if y > 0.5 else -math.log(1.0 - p)
 
 
@@ -104,9 +106,13 @@ class ProgressiveMetrics:
         """Add one prediction ``p`` made before learning label ``y``; returns its log loss."""
         if self._packed is not None:
             self._unpack()
-        loss = log_loss(y, p)
-        p = min(max(p, 1e-7), 1 - 1e-7)
+        # log_loss(y, p), inlined: p clipped once (a NaN stays NaN, as min and max leave it)
+        if p < _LOW:
+            p = _LOW
+        elif p > _HIGH:
+            p = _HIGH
         label = y > 0.5
+        loss = -math.log(p) if label else -math.log(1.0 - p)
         labels, losses = self._labels, self._losses
         if len(labels) == self.window:
             self._positives -= labels[0]

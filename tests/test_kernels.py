@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 from array import array
@@ -388,3 +389,44 @@ def test_weighted_rows_are_pythons_bit_for_bit(built: object) -> None:
             built.weighted_rows(*args)  # type: ignore[attr-defined]
     with pytest.raises(BufferError):
         built.weighted_rows({0: 1.0}, powers, damping, rows, b"\0" * 24)  # type: ignore[attr-defined]  # read-only
+
+
+@pytest.mark.parametrize("params", [{}, {"alpha": 0.0, "beta": 0.9}, {"alpha": -0.5, "beta": 2.5}])
+def test_learning_keeps_the_masses_and_dampings_pythons_bit_for_bit(built: object, params: dict) -> None:
+    """learn_one's item mass and dampings (compiled: cooccurrence_mass) are the Python lines' numbers, over a stream
+    and for masses no healthy model holds (NaN, infinite, below 1); an overflow raises OverflowError as Python's
+    ``**`` does, after the same writes."""
+    assert built is not None
+    rnd = random.Random(31)
+    stream = [(f"u{rnd.randrange(30)}", f"v{rnd.randrange(60)}", rnd.choice([0.2, 1.0, 3.0])) for _ in range(1_500)]
+    models = []
+    for numpy_only in (True, False):
+        model = ItemCooccurrence(**params)
+        with kernels.numpy_only() if numpy_only else contextlib.nullcontext():
+            for n, (user, item, y) in enumerate(stream):
+                if n == 700:
+                    model._mass[model.items.get("v1")] = np.nan
+                    model._mass[model.items.get("v2")] = np.inf
+                    model._mass[model.items.get("v3")] = -5.0
+                model.learn_one(user, item, y)
+        models.append(model)
+    want, got = models
+    for name in ("_mass", "_candidate_damping", "_row_damping"):
+        assert getattr(got, name).tobytes() == getattr(want, name).tobytes(), name
+    mass, candidate, row = np.array([2.0, 1e300]), np.ones(2), np.ones(2)
+    with pytest.raises(OverflowError):  # 1e300 ** 2: Python's ** raises
+        built.cooccurrence_mass(mass, candidate, row, 1, 0.0, 0.5, -2.0)  # type: ignore[attr-defined]
+    assert candidate.tolist() == [1.0, 1.0] and mass[1] == 1e300
+    with pytest.raises(OverflowError):
+        _ = 1e300**2.0
+    built.cooccurrence_mass(mass, candidate, row, 0, 0.5, 0.5, 1.0)  # type: ignore[attr-defined]
+    assert (mass[0], candidate[0], row[0]) == (2.5, 2.5**-1.0, 2.5**-0.5)
+    for args, error in [
+        ((mass, candidate, row, 2, 1.0, 0.5, 0.5), IndexError),
+        ((mass, candidate, row[:1], 1, 1.0, 0.5, 0.5), IndexError),
+        ((mass, candidate, row, -1, 1.0, 0.5, 0.5), IndexError),
+        ((np.ones(2, dtype=np.float32), candidate, row, 0, 1.0, 0.5, 0.5), TypeError),
+        ((mass, candidate, b"\0" * 16, 0, 1.0, 0.5, 0.5), BufferError),
+    ]:
+        with pytest.raises(error):
+            built.cooccurrence_mass(*args)  # type: ignore[attr-defined]
