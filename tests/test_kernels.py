@@ -147,6 +147,19 @@ def _reference(scores: np.ndarray, k: int) -> list[int]:
     return (numbers + [r for r in range(scores.size) if np.isnan(scores[r])])[:k]
 
 
+def _scores_of_shape(rng: np.random.Generator, shape: str, largest: int) -> np.ndarray:
+    """Random scores of one of the shapes the selection tests cover (up to ``largest`` of them; "tiny": under 30)."""
+    n = int(rng.integers(1, 30)) if shape == "tiny" else int(rng.integers(50, largest))
+    return {
+        "random": lambda: rng.random(n),
+        "ties": lambda: np.round(rng.normal(size=n), 1),
+        "all_equal": lambda: np.full(n, 0.5),
+        "minus_inf": lambda: np.where(rng.random(n) < 0.99, -np.inf, rng.random(n)),
+        "nan": lambda: np.where(rng.random(n) < 0.3, np.nan, np.round(rng.random(n), 2)),
+        "tiny": lambda: np.round(rng.random(n), 1),
+    }[shape]()
+
+
 @pytest.mark.parametrize("shape", ["random", "ties", "all_equal", "minus_inf", "nan", "tiny"])
 def test_top_rows_are_numpys_and_a_full_sorts(built: object, shape: str) -> None:
     calls = []
@@ -159,15 +172,8 @@ def test_top_rows_are_numpys_and_a_full_sorts(built: object, shape: str) -> None
 
     rng = np.random.default_rng(13)
     for trial in range(40):
-        n = int(rng.integers(1, 30)) if shape == "tiny" else int(rng.integers(50, 12_000))
-        scores = {
-            "random": rng.random(n),
-            "ties": np.round(rng.normal(size=n), 1),
-            "all_equal": np.full(n, 0.5),
-            "minus_inf": np.where(rng.random(n) < 0.99, -np.inf, rng.random(n)),
-            "nan": np.where(rng.random(n) < 0.3, np.nan, np.round(rng.random(n), 2)),
-            "tiny": np.round(rng.random(n), 1),
-        }[shape]
+        scores = _scores_of_shape(rng, shape, largest=12_000)
+        n = scores.size
         exclude = rng.integers(0, n, size=int(rng.integers(0, max(1, n // 3))))
         k = int(rng.integers(1, 60))
         with kernels.numpy_only():
@@ -298,15 +304,8 @@ def test_top_rows_and_rank_are_numpys_and_count_what_a_full_pass_counts(built: o
 
     rng = np.random.default_rng(17)
     for trial in range(60):
-        n = int(rng.integers(1, 30)) if shape == "tiny" else int(rng.integers(50, 5_000))
-        scores = {
-            "random": rng.random(n),
-            "ties": np.round(rng.normal(size=n), 1),
-            "all_equal": np.full(n, 0.5),
-            "minus_inf": np.where(rng.random(n) < 0.99, -np.inf, rng.random(n)),
-            "nan": np.where(rng.random(n) < 0.3, np.nan, np.round(rng.random(n), 2)),
-            "tiny": np.round(rng.random(n), 1),
-        }[shape]
+        scores = _scores_of_shape(rng, shape, largest=5_000)
+        n = scores.size
         exclude = rng.integers(0, n, size=int(rng.integers(0, max(1, n // 3))))  # repeats too
         free = np.setdiff1d(np.arange(n), exclude)
         target = None if trial % 5 == 0 or not free.size else int(rng.choice(free))
