@@ -100,6 +100,179 @@ static void sift_up(entry *heap, Py_ssize_t i) {
     }
 }
 
+/* Catalogue-long passes, four scores at a time with AVX2 where the processor has it (chosen when the module loads;
+ * vector_loops() switches them off, so tests compare both). Each lane does the scalar loop's operations in the same
+ * order (a product, then a sum: no fused multiply-add), so both give the same numbers. */
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define VECTOR_LOOPS 1
+#define AVX2 __attribute__((target("avx2")))
+#else
+#define VECTOR_LOOPS 0
+#endif
+static int vectors = 0; /* use the AVX2 loops: set at load where the processor has AVX2 */
+
+/* A selection's state: a heap of the k best so far and the score a newcomer must beat (-inf until k are in). */
+typedef struct {
+    entry *heap;
+    Py_ssize_t size, k;
+    double bar;
+} selection;
+
+/* Offer score x of row i (scores are offered in row order, so an equal score at a higher row never displaces). */
+static inline void consider(selection *sel, double x, Py_ssize_t i) {
+    if (!(x > sel->bar)) return;
+    if (sel->size < sel->k) {
+        sel->heap[sel->size].score = x;
+        sel->heap[sel->size].row = i;
+        sift_up(sel->heap, sel->size++);
+    } else {
+        sel->heap[0].score = x;
+        sel->heap[0].row = i;
+        sift_down(sel->heap, sel->size, 0);
+    }
+    if (sel->size == sel->k) sel->bar = sel->heap[0].score;
+}
+
+/* Offer scores[from:n], counting those above t and equal to it (t NaN: neither). */
+static void select_range(selection *sel, const char *s, Py_ssize_t from, Py_ssize_t n, double t, Py_ssize_t *above,
+                         Py_ssize_t *same) {
+    for (Py_ssize_t i = from; i < n; i++) {
+        double x = get_f64(s, i);
+        *above += x > t;
+        *same += x == t;
+        consider(sel, x, i);
+    }
+}
+
+/* scores *= damping, element by element; the largest product (NaN if any is NaN; -inf for none). */
+static double damp_range(char *s, const char *d, Py_ssize_t from, Py_ssize_t n, double top) {
+    for (Py_ssize_t i = from; i < n; i++) {
+        double x = get_f64(s, i) * get_f64(d, i);
+        set_f64(s, i, x);
+        if (x > top || isnan(x)) top = isnan(top) ? top : x; /* numpy's max: NaN wins */
+    }
+    return top;
+}
+
+/* scores += mass * factor, element by element. */
+static void prior_range(char *s, const char *m, double factor, Py_ssize_t from, Py_ssize_t n) {
+    for (Py_ssize_t i = from; i < n; i++) {
+        double prior = get_f64(m, i) * factor;
+        set_f64(s, i, get_f64(s, i) + prior);
+    }
+}
+
+#if VECTOR_LOOPS
+AVX2 static void select_avx2(selection *sel, const char *s, Py_ssize_t n, double t, Py_ssize_t *above,
+                             Py_ssize_t *same) {
+    const __m256d target = _mm256_set1_pd(t);
+    __m256i gt = _mm256_setzero_si256(), eq = _mm256_setzero_si256();
+    Py_ssize_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        __m256d x = _mm256_loadu_pd((const double *)(s + i * 8));
+        /* a true comparison is all ones (-1 as an integer): subtracting it counts one */
+        gt = _mm256_sub_epi64(gt, _mm256_castpd_si256(_mm256_cmp_pd(x, target, _CMP_GT_OQ)));
+        eq = _mm256_sub_epi64(eq, _mm256_castpd_si256(_mm256_cmp_pd(x, target, _CMP_EQ_OQ)));
+        if (_mm256_movemask_pd(_mm256_cmp_pd(x, _mm256_set1_pd(sel->bar), _CMP_GT_OQ))) {
+            for (Py_ssize_t j = i; j < i + 4; j++) consider(sel, get_f64(s, j), j);
+        }
+    }
+    int64_t lanes[4];
+    _mm256_storeu_si256((__m256i *)lanes, gt);
+    *above += (Py_ssize_t)(lanes[0] + lanes[1] + lanes[2] + lanes[3]);
+    _mm256_storeu_si256((__m256i *)lanes, eq);
+    *same += (Py_ssize_t)(lanes[0] + lanes[1] + lanes[2] + lanes[3]);
+    select_range(sel, s, i, n, t, above, same);
+}
+
+AVX2 static double damp_avx2(char *s, const char *d, Py_ssize_t n) {
+    __m256d top = _mm256_set1_pd(-INFINITY), nan = _mm256_setzero_pd();
+    Py_ssize_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        __m256d x = _mm256_mul_pd(_mm256_loadu_pd((const double *)(s + i * 8)),
+                                  _mm256_loadu_pd((const double *)(d + i * 8)));
+        _mm256_storeu_pd((double *)(s + i * 8), x);
+        nan = _mm256_or_pd(nan, _mm256_cmp_pd(x, x, _CMP_UNORD_Q));
+        top = _mm256_max_pd(x, top); /* a NaN x leaves top as it was (maxpd returns its second operand) */
+    }
+    double lanes[4], best = -INFINITY;
+    _mm256_storeu_pd(lanes, top);
+    for (int l = 0; l < 4; l++) best = lanes[l] > best ? lanes[l] : best;
+    if (_mm256_movemask_pd(nan)) best = NAN;
+    return damp_range(s, d, i, n, best);
+}
+
+AVX2 static void prior_avx2(char *s, const char *m, double factor, Py_ssize_t n) {
+    const __m256d f = _mm256_set1_pd(factor);
+    Py_ssize_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        __m256d prior = _mm256_mul_pd(_mm256_loadu_pd((const double *)(m + i * 8)), f);
+        _mm256_storeu_pd((double *)(s + i * 8), _mm256_add_pd(_mm256_loadu_pd((const double *)(s + i * 8)), prior));
+    }
+    prior_range(s, m, factor, i, n);
+}
+#endif
+
+static void select_scores(selection *sel, const char *s, Py_ssize_t n, double t, Py_ssize_t *above, Py_ssize_t *same) {
+#if VECTOR_LOOPS
+    if (vectors) {
+        select_avx2(sel, s, n, t, above, same);
+        return;
+    }
+#endif
+    select_range(sel, s, 0, n, t, above, same);
+}
+
+static double damp_scores(char *s, const char *d, Py_ssize_t n) {
+#if VECTOR_LOOPS
+    if (vectors) return damp_avx2(s, d, n);
+#endif
+    return damp_range(s, d, 0, n, -INFINITY);
+}
+
+static void add_prior(char *s, const char *m, double factor, Py_ssize_t n) {
+#if VECTOR_LOOPS
+    if (vectors) {
+        prior_avx2(s, m, factor, n);
+        return;
+    }
+#endif
+    prior_range(s, m, factor, 0, n);
+}
+
+/* vector_loops(on=None) -> bool: whether the AVX2 loops are used (before the change, when `on` is given); they can
+ * only be switched on where the processor has AVX2. */
+static PyObject *vector_loops(PyObject *self, PyObject *args) {
+    PyObject *on = Py_None;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "|O", &on)) return NULL;
+    PyObject *was = PyBool_FromLong(vectors);
+    if (on != Py_None) {
+        int want = PyObject_IsTrue(on);
+        if (want < 0) {
+            Py_DECREF(was);
+            return NULL;
+        }
+#if VECTOR_LOOPS
+        __builtin_cpu_init();
+        if (want && !__builtin_cpu_supports("avx2")) {
+            Py_DECREF(was);
+            PyErr_SetString(PyExc_ValueError, "this processor has no AVX2");
+            return NULL;
+        }
+        vectors = want;
+#else
+        if (want) {
+            Py_DECREF(was);
+            PyErr_SetString(PyExc_ValueError, "built without the AVX2 loops");
+            return NULL;
+        }
+#endif
+    }
+    return was;
+}
+
 static int better_first(const void *a, const void *b) {
     const entry *x = (const entry *)a, *y = (const entry *)b;
     if (x->score != y->score) return x->score > y->score ? -1 : 1;
@@ -442,18 +615,9 @@ static PyObject *cooccurrence_scores(PyObject *self, PyObject *args) {
         }
     }
     /* No entry: numpy's path returns zeros without damping them (so a NaN damping stays out). */
-    double top = entries ? -INFINITY : 0.0;
-    for (Py_ssize_t i = 0; entries && i < n; i++) {
-        double s = get_f64(scores, i) * get_f64(damp, i);
-        set_f64(scores, i, s);
-        if (s > top || isnan(s)) top = isnan(top) ? top : s; /* numpy's max: NaN wins */
-    }
+    double top = entries ? damp_scores(scores, damp, n) : 0.0;
     if (popularity_weight != 0.0 && mass_max > 0 && n) {
-        double factor = popularity_weight * (top > 0 ? top : 1.0) / mass_max;
-        for (Py_ssize_t i = 0; i < n; i++) {
-            double prior = get_f64(m, i) * factor;
-            set_f64(scores, i, get_f64(scores, i) + prior);
-        }
+        add_prior(scores, m, popularity_weight * (top > 0 ? top : 1.0) / mass_max, n);
     }
     Py_INCREF(Py_None);
     result = Py_None;
@@ -697,29 +861,14 @@ static PyObject *select_and_count(const char *s, Py_ssize_t n, Py_ssize_t k, dou
                                   Py_ssize_t *equal) {
     entry *heap = PyMem_Malloc((size_t)(k > 0 ? k : 1) * sizeof(entry));
     if (heap == NULL) return PyErr_NoMemory();
-    Py_ssize_t size = 0, above = 0, same = 0;
     /* Until the heap is full a score enters when it is above -inf (-inf and NaN come after every number); then when
      * it is above the heap's weakest (an equal score at a higher row never displaces): one test, x > bar. */
-    double bar = k > 0 ? -INFINITY : INFINITY;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        double x = get_f64(s, i);
-        above += x > t; /* t NaN (no target): both stay 0 */
-        same += x == t;
-        if (x > bar) {
-            if (size < k) {
-                heap[size].score = x;
-                heap[size].row = i;
-                sift_up(heap, size++);
-            } else {
-                heap[0].score = x;
-                heap[0].row = i;
-                sift_down(heap, size, 0);
-            }
-            if (size == k) bar = heap[0].score;
-        }
-    }
+    selection sel = {heap, 0, k, k > 0 ? -INFINITY : INFINITY};
+    Py_ssize_t above = 0, same = 0;
+    select_scores(&sel, s, n, t, &above, &same); /* t NaN (no target): both stay 0 */
     *greater = above;
     *equal = same;
+    Py_ssize_t size = sel.size;
     if (size < k) { /* k is at most n here: some score is -inf or NaN */
         PyMem_Free(heap);
         Py_RETURN_NONE;
@@ -757,18 +906,18 @@ static PyObject *top_rows(PyObject *self, PyObject *args) {
     return result;
 }
 
-/* top_rows_rank(scores, exclude, k, target) -> (rows or None, greater, equal), or None
+/* top_rows_rank(scores, exclude, k, target, keep) -> (rows or None, greater, equal), or None
  *
- * learner.ranking.top_rows_and_rank in one call: the excluded rows (int64) set to -inf in `scores` (a writable
- * float64 buffer), then top_rows(scores, k) of what is left, and, with a target row (-1: none), how many of the
- * masked scores are above scores[target] and equal to it. None (nothing changed: the caller's numpy path) when an
- * excluded row or the target is outside the scores (numpy's indexing rules apply then).
+ * learner.ranking.top_rows_and_rank in one call: the excluded rows (int64) but `keep` (-1: none) set to -inf in
+ * `scores` (a writable float64 buffer), then top_rows(scores, k) of what is left, and, with a target row (-1: none),
+ * how many of the masked scores are above scores[target] and equal to it. None (nothing changed: the caller's numpy
+ * path) when an excluded row or the target is outside the scores (numpy's indexing rules apply then).
  */
 static PyObject *top_rows_rank(PyObject *self, PyObject *args) {
     PyObject *scores_obj, *exclude_obj;
-    Py_ssize_t k, target, greater = 0, equal = 0;
+    Py_ssize_t k, target, keep, greater = 0, equal = 0;
     (void)self;
-    if (!PyArg_ParseTuple(args, "OOnn", &scores_obj, &exclude_obj, &k, &target)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOnnn", &scores_obj, &exclude_obj, &k, &target, &keep)) return NULL;
     if (k < 0) {
         PyErr_SetString(PyExc_ValueError, "k must be >= 0");
         return NULL;
@@ -792,7 +941,10 @@ static PyObject *top_rows_rank(PyObject *self, PyObject *args) {
         result = Py_None;
         goto done;
     }
-    for (Py_ssize_t e = 0; e < n_ex; e++) set_f64(s, (Py_ssize_t)get_i64(ex.buf, e), -INFINITY);
+    for (Py_ssize_t e = 0; e < n_ex; e++) {
+        int64_t row = get_i64(ex.buf, e);
+        if (row != keep) set_f64(s, (Py_ssize_t)row, -INFINITY);
+    }
     best = select_and_count(s, n, k < n ? k : n, target >= 0 ? get_f64(s, target) : NAN, &greater, &equal);
     if (best != NULL) result = Py_BuildValue("(Onn)", best, greater, equal);
 done:
@@ -2891,8 +3043,10 @@ static PyMethodDef methods[] = {
      "weighted_rows(history, powers, damping, rows, weights) -> n: a user's rows and ranking weights (see _kernels.c)"},
     {"cooccurrence_mass", cooccurrence_mass, METH_VARARGS,
      "cooccurrence_mass(mass, candidate_damping, row_damping, i, y, alpha, beta): learn_one's mass and damping"},
+    {"vector_loops", vector_loops, METH_VARARGS,
+     "vector_loops(on=None) -> bool: whether the catalogue passes run four scores at a time (AVX2), before any change"},
     {"top_rows_rank", top_rows_rank, METH_VARARGS,
-     "top_rows_rank(scores, exclude, k, target): top_rows after masking, and the target's counts (see learner/_kernels.c)"},
+     "top_rows_rank(scores, exclude, k, target, keep): top_rows after masking, and the target's counts (see learner/_kernels.c)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2906,6 +3060,10 @@ PyMODINIT_FUNC PyInit__kernels(void) {
     }
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
+#if VECTOR_LOOPS
+    __builtin_cpu_init();
+    vectors = __builtin_cpu_supports("avx2") != 0;
+#endif
     Py_INCREF(&SlotTableType);
     if (PyModule_AddObject(m, "SlotTable", (PyObject *)&SlotTableType) < 0) {
         Py_DECREF(&SlotTableType);

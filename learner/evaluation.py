@@ -262,26 +262,25 @@ class Recommend:
     ) -> tuple[np.ndarray, float]:
         # The serving path's selection (learner.ranking.top_rows). ``raw`` is score_all's new array: the
         # excluded rows are set to -inf in it (no copy).
-        if target is not None and target_seen:
-            excluded = excluded[excluded != target]  # the target is put back
-        best, greater, equal = top_rows_and_rank(raw, self.k, excluded, target)
+        keep = target if target is not None and target_seen else None  # the target is put back
+        best, greater, equal = top_rows_and_rank(raw, self.k, excluded, target, keep)
         if best.size == 0:
             return _EMPTY, math.inf
         if self.explorer is not None:
             neg = np.negative(raw, dtype=np.float64)
-            neg[excluded] = np.inf  # only rows that may be shown are explored
+            neg[excluded if keep is None else excluded[excluded != keep]] = np.inf  # only rows that may be shown
             best = self.explorer.rerank(best, neg, best.size)
             self.explorer.observe_shown(best)
         if target is None:
             return best, math.inf
-        hit = np.flatnonzero(best == target)
-        if hit.size:
-            return best, float(hit[0] + 1)
+        rows = best.tolist()  # a list's search: numpy's costs more than a short list's
+        if target in rows:
+            return best, float(rows.index(target) + 1)
         # mid-rank among the rows that may be shown (the target is not excluded; the excluded rows are -inf: never
         # above its score, and equal to it only if it is -inf too)
         better, ties = greater, equal - 1
         if raw[target] == -np.inf:
-            ties -= int(np.unique(excluded).size)
+            ties -= int(np.unique(excluded if keep is None else excluded[excluded != keep]).size)
         return best, max(float(self.k + 1), 1.0 + better + ties / 2.0)
 
     def _top_popular(self, counts: np.ndarray, excluded: np.ndarray, target: int | None) -> tuple[np.ndarray, float]:

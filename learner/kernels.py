@@ -37,7 +37,8 @@ def compiled() -> ModuleType | None:
 def describe() -> str:
     """One line for a process's log at start: how it ranks and learns."""
     if _use is not None:
-        return "ranking and learning with the compiled loops (learner/_kernels.c)"
+        vectors = " (catalogue passes four scores at a time: AVX2)" if _use.vector_loops() else ""
+        return f"ranking and learning with the compiled loops (learner/_kernels.c){vectors}"
     if _built is None:
         return (
             "ranking and learning without the compiled loops: learner/_kernels.c is not built (no C compiler when "

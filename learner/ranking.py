@@ -97,17 +97,20 @@ def top_rows(scores: np.ndarray, k: int, exclude: Iterable[int] = (), *, owned: 
 
 
 def top_rows_and_rank(
-    scores: np.ndarray, k: int, exclude: np.ndarray, target: int | None
+    scores: np.ndarray, k: int, exclude: np.ndarray, target: int | None, keep: int | None = None
 ) -> tuple[np.ndarray, int, int]:
-    """:func:`top_rows` of ``scores`` with ``owned`` (the rows ``exclude`` set to -inf in ``scores``), and, for a
-    ``target`` row, how many of the masked scores are above ``scores[target]`` and how many equal it (the target
-    among them): what the replay's rank of a target is computed from. Where the compiled loops are built, one call
-    and one pass over the scores for all three; the same numbers with numpy otherwise (``target`` None: 0 and 0).
+    """:func:`top_rows` of ``scores`` with ``owned`` (the rows ``exclude`` set to -inf in ``scores``, but for the row
+    ``keep``, if given), and, for a ``target`` row, how many of the masked scores are above ``scores[target]`` and
+    how many equal it (the target among them): what the replay's rank of a target is computed from (``keep``: the
+    target, when the user has already seen it). Where the compiled loops are built, one call and one pass over the
+    scores for all three; the same numbers with numpy otherwise (``target`` None: 0 and 0).
 
     >>> scores = np.array([0.5, 0.9, 0.5, 0.7])
     >>> best, greater, equal = top_rows_and_rank(scores, 1, np.array([1]), target=2)
     >>> best.tolist(), greater, equal, scores.tolist()
     ([3], 1, 2, [0.5, -inf, 0.5, 0.7])
+    >>> top_rows_and_rank(np.array([0.5, 0.9, 0.5, 0.7]), 1, np.array([1, 2]), target=2, keep=2)[0].tolist()
+    [3]
     """
     excluded = np.asarray(exclude, dtype=np.int64)
     kernel = kernels.compiled()
@@ -121,17 +124,23 @@ def top_rows_and_rank(
         and scores.flags.writeable
     ):
         # None: an excluded row or the target outside the scores (numpy's indexing, below)
-        fused = kernel.top_rows_rank(scores, excluded, k, -1 if target is None else target)
+        fused = kernel.top_rows_rank(
+            scores, excluded, k, -1 if target is None else target, -1 if keep is None else keep
+        )
         if fused is not None:
             best, greater, equal = fused
             if best is None:  # fewer than k numbers above -inf: top_rows' careful path (masking again changes nothing)
-                return top_rows(scores, k, excluded, owned=True), greater, equal
+                return top_rows(scores, k, _without(excluded, keep), owned=True), greater, equal
             return np.array(best, dtype=np.intp), greater, equal
-    best = top_rows(scores, k, excluded, owned=True)
+    best = top_rows(scores, k, _without(excluded, keep), owned=True)
     if target is None:
         return best, 0, 0
     t = scores[target]
     return best, int(np.count_nonzero(scores > t)), int(np.count_nonzero(scores == t))
+
+
+def _without(rows: np.ndarray, row: int | None) -> np.ndarray:
+    return rows if row is None else rows[rows != row]
 
 
 def _k_best_of_all(scores: np.ndarray, k: int) -> np.ndarray | None:

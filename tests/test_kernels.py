@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import random
 from array import array
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -19,6 +20,25 @@ from learner.ranking import top_k, top_rows
 from learner.serving import ServingModel
 
 KINDS = ["view", "view", "like", "share", "skip"]
+
+
+@pytest.fixture(params=["vector", "scalar"])
+def loops(request: pytest.FixtureRequest, built: object) -> Iterator[object]:
+    """The catalogue passes four scores at a time (AVX2, where the processor has it) and one at a time: the tests
+    that use this fixture run once with each, against numpy."""
+    try:
+        was = built.vector_loops(request.param == "vector")  # type: ignore[attr-defined]
+    except ValueError as exc:  # no AVX2 here: only the scalar loops exist
+        pytest.skip(str(exc))
+    assert built.vector_loops() is (request.param == "vector")  # type: ignore[attr-defined]
+    yield built
+    built.vector_loops(was)  # type: ignore[attr-defined]
+
+
+def test_the_vector_loops_are_on_where_the_processor_has_avx2(built: object) -> None:
+    with open("/proc/cpuinfo") as cpuinfo:
+        flags = next((line.split() for line in cpuinfo if line.startswith("flags")), [])
+    assert built.vector_loops() is ("avx2" in flags)  # type: ignore[attr-defined]
 
 
 def _feed(learner: OnlineLearner, rnd: random.Random, n: int, users: int, items: int, ts: float) -> float:
@@ -42,6 +62,7 @@ def _assert_same_scores(model: ItemCooccurrence, users: list[str]) -> None:
         assert got.tobytes() == want.tobytes(), user  # bit for bit (-0.0 and 0.0 too)
 
 
+@pytest.mark.usefixtures("loops")
 @pytest.mark.parametrize(
     "params",
     [
@@ -90,6 +111,7 @@ def test_a_user_without_history_and_an_empty_catalogue_score_as_with_numpy(built
     assert unlearned.score_all("u1").tolist() == [0.0, 0.0]
 
 
+@pytest.mark.usefixtures("loops")
 def test_nan_and_negative_damping_or_mass_give_numpys_numbers(built: object) -> None:
     """Values no healthy model holds, so that NaN's max, -0.0 and the zeros of a user without evidence are checked."""
     assert built is not None
@@ -111,6 +133,7 @@ def test_nan_and_negative_damping_or_mass_give_numpys_numbers(built: object) -> 
         _assert_same_scores(model, users)
 
 
+@pytest.mark.usefixtures("loops")
 def test_unaligned_buffers_are_read_as_aligned_ones(built: object) -> None:
     """A snapshot's arrays are views into its bytes, not always aligned to their items' size."""
     rng = np.random.default_rng(4)
@@ -160,6 +183,7 @@ def _scores_of_shape(rng: np.random.Generator, shape: str, largest: int) -> np.n
     }[shape]()
 
 
+@pytest.mark.usefixtures("loops")
 @pytest.mark.parametrize("shape", ["random", "ties", "all_equal", "minus_inf", "nan", "tiny"])
 def test_top_rows_are_numpys_and_a_full_sorts(built: object, shape: str) -> None:
     calls = []
@@ -258,6 +282,7 @@ def test_the_kernels_refuse_what_they_cannot_read_instead_of_reading_past_it(bui
     assert k.top_rows(np.array([0.5, 0.9, 0.5]), 0) == []  # type: ignore[attr-defined]
 
 
+@pytest.mark.usefixtures("loops")
 def test_serving_and_the_replay_answer_the_same_with_and_without_the_kernels(built: object) -> None:
     assert built is not None
     rnd = random.Random(3)
@@ -284,6 +309,7 @@ def test_serving_and_the_replay_answer_the_same_with_and_without_the_kernels(bui
     assert got_lists == want_lists
 
 
+@pytest.mark.usefixtures("loops")
 @pytest.mark.parametrize("shape", ["random", "ties", "all_equal", "minus_inf", "nan", "tiny"])
 def test_top_rows_and_rank_are_numpys_and_count_what_a_full_pass_counts(built: object, shape: str) -> None:
     """The replay's one call (the excluded rows masked, the k best, and how many masked scores are above and equal
@@ -294,8 +320,10 @@ def test_top_rows_and_rank_are_numpys_and_count_what_a_full_pass_counts(built: o
     answered = []
 
     class Counted:  # counts the fused kernel's answers
-        def top_rows_rank(self, scores: np.ndarray, exclude: np.ndarray, k: int, target: int) -> tuple | None:
-            result = built.top_rows_rank(scores, exclude, k, target)  # type: ignore[attr-defined]
+        def top_rows_rank(
+            self, scores: np.ndarray, exclude: np.ndarray, k: int, target: int, keep: int
+        ) -> tuple | None:
+            result = built.top_rows_rank(scores, exclude, k, target, keep)  # type: ignore[attr-defined]
             answered.append(result is not None and result[0] is not None)
             return result
 
@@ -308,17 +336,24 @@ def test_top_rows_and_rank_are_numpys_and_count_what_a_full_pass_counts(built: o
         n = scores.size
         exclude = rng.integers(0, n, size=int(rng.integers(0, max(1, n // 3))))  # repeats too
         free = np.setdiff1d(np.arange(n), exclude)
-        target = None if trial % 5 == 0 or not free.size else int(rng.choice(free))
+        target = keep = None
+        if trial % 5 == 1 and exclude.size:  # a target among the excluded rows, kept (one the user has seen)
+            target = keep = int(rng.choice(exclude))
+        elif trial % 5 and free.size:
+            target = int(rng.choice(free))
         k = int(rng.integers(1, 40))
         want_scores, got_scores = scores.copy(), scores.copy()
         with kernels.numpy_only():
-            want = top_rows_and_rank(want_scores, k, exclude, target)
+            want = top_rows_and_rank(want_scores, k, exclude, target, keep)
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(kernels, "_use", Counted())
-            got = top_rows_and_rank(got_scores, k, exclude, target)
+            got = top_rows_and_rank(got_scores, k, exclude, target, keep)
         assert (got[0].tolist(), got[1:]) == (want[0].tolist(), want[1:]), (shape, trial)
         assert got_scores.tobytes() == want_scores.tobytes(), (shape, trial)
-        assert got[0].tolist() == top_rows(scores, k, exclude).tolist(), (shape, trial)
+        shown = exclude if keep is None else exclude[exclude != keep]
+        assert got[0].tolist() == top_rows(scores, k, shown).tolist(), (shape, trial)
+        if keep is not None:
+            assert got_scores[keep] == scores[keep] or np.isnan(scores[keep]), (shape, trial)  # not masked
         if target is None:
             assert got[1:] == (0, 0)
         else:
@@ -329,29 +364,30 @@ def test_top_rows_and_rank_are_numpys_and_count_what_a_full_pass_counts(built: o
         assert not all(answered), "fewer than k numbers never went to top_rows' careful path"
 
 
+@pytest.mark.usefixtures("loops")
 def test_top_rows_and_rank_leave_rows_outside_the_scores_to_numpy(built: object) -> None:
     """An excluded row or a target outside the scores: the kernel changes nothing and numpy's indexing decides (a
     negative row counts from the end; one past the end raises IndexError)."""
     from learner.ranking import top_rows_and_rank
 
     scores = np.array([0.5, 0.9, 0.7, 0.1])
-    assert built.top_rows_rank(scores, np.array([-1]), 2, 0) is None  # type: ignore[attr-defined]
-    assert built.top_rows_rank(scores, np.array([4]), 2, 0) is None  # type: ignore[attr-defined]
-    assert built.top_rows_rank(scores, np.array([0]), 2, 4) is None  # type: ignore[attr-defined]
+    assert built.top_rows_rank(scores, np.array([-1]), 2, 0, -1) is None  # type: ignore[attr-defined]
+    assert built.top_rows_rank(scores, np.array([4]), 2, 0, -1) is None  # type: ignore[attr-defined]
+    assert built.top_rows_rank(scores, np.array([0]), 2, 4, -1) is None  # type: ignore[attr-defined]
     assert scores.tolist() == [0.5, 0.9, 0.7, 0.1]  # untouched
     lowest = np.finfo(np.float64).min  # the lowest number is a candidate: only -inf and NaN are not
     odd = np.array([-np.inf, lowest, np.nan, -1e308])
-    assert built.top_rows_rank(odd, np.zeros(0, dtype=np.int64), 2, 1) == ([3, 1], 1, 1)  # type: ignore[attr-defined]
+    assert built.top_rows_rank(odd, np.zeros(0, dtype=np.int64), 2, 1, -1) == ([3, 1], 1, 1)  # type: ignore[attr-defined]
     best, greater, equal = top_rows_and_rank(scores, 2, np.array([-1]), 0)  # numpy: -1 is row 3
     assert (best.tolist(), greater, equal, scores.tolist()) == ([1, 2], 2, 1, [0.5, 0.9, 0.7, -np.inf])
     with pytest.raises(IndexError):
         top_rows_and_rank(scores, 2, np.array([4]), 0)
     with pytest.raises(TypeError):
-        built.top_rows_rank(scores, np.array([0], dtype=np.int32), 2, 0)  # type: ignore[attr-defined]
+        built.top_rows_rank(scores, np.array([0], dtype=np.int32), 2, 0, -1)  # type: ignore[attr-defined]
     with pytest.raises(BufferError):
-        built.top_rows_rank(b"\0" * 32, np.array([0]), 2, 0)  # type: ignore[attr-defined]  # read-only
+        built.top_rows_rank(b"\0" * 32, np.array([0]), 2, 0, -1)  # type: ignore[attr-defined]  # read-only
     with pytest.raises(ValueError):
-        built.top_rows_rank(scores, np.array([0]), -1, 0)  # type: ignore[attr-defined]
+        built.top_rows_rank(scores, np.array([0]), -1, 0, -1)  # type: ignore[attr-defined]
 
 
 def test_weighted_rows_are_pythons_bit_for_bit(built: object) -> None:
