@@ -241,7 +241,7 @@ def _checked_in_place(
     new_popularity = _with_rows(popularity, n_items, items, delta["popularity"])
 
     def change() -> np.ndarray:  # everything fits
-        model.forget_strongest()
+        model.forget_strongest(plan.touched)  # the rows whose entries the delta changes (the others' parts hold)
         model.add_ids(added_users, added_items)
         model.set_item_values(items, delta)
         model.set_histories(users, history_items, history_weights)

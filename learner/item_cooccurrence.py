@@ -108,7 +108,8 @@ class ItemCooccurrence:
         self.popularity_weight = float(popularity_weight)
         self.neighbours = int(neighbours)
         # row -> its ``neighbours`` strongest entries (the compiled ranking's bytearray), for rows longer than that;
-        # kept up to date by learn_one (SparseRows.add_pairs), all dropped by forget_strongest and past _STRONGEST_KEPT
+        # kept up to date by learn_one (SparseRows.add_pairs), dropped by forget_strongest (a delta's rows) and all
+        # past _STRONGEST_KEPT
         self._strongest: dict[int, bytearray] = {}
         self._recent = DecayedCounter(half_life_days)  # recent popularity: the tie-breaker
         self.half_life_days = self._recent.half_life_days
@@ -222,9 +223,16 @@ class ItemCooccurrence:
             return part[np.argsort(-mass[part], kind="stable")].astype(np.int64)
         return np.argsort(-mass, kind="stable").astype(np.int64)
 
-    def forget_strongest(self) -> None:
-        """Drop the kept strongest entries of long rows: call it when rows change other than by :meth:`learn_one`."""
-        self._strongest.clear()
+    def forget_strongest(self, rows: np.ndarray | None = None) -> None:
+        """Drop the kept strongest entries of the long rows ``rows`` (None: of every row): call it for the rows that
+        change other than by :meth:`learn_one` (a delta's, before it is applied). A part depends on its row's
+        entries only, so the other rows' parts stay true."""
+        kept = self._strongest
+        if rows is None:
+            kept.clear()
+        elif kept:
+            for row in rows.tolist():
+                kept.pop(row, None)
 
     def _strongest_cache(self) -> dict[int, bytearray]:
         if len(self._strongest) > _STRONGEST_KEPT:

@@ -299,6 +299,30 @@ def test_a_delta_applied_in_place_serves_what_the_whole_snapshot_serves(composed
     assert moved and max(laid_out) > 0  # rows outgrew their room and moved, and the pool was laid out again
 
 
+def test_a_delta_drops_the_kept_strongest_entries_of_the_rows_it_changes_and_keeps_the_others() -> None:
+    """Ranking keeps each long row's strongest entries. A delta applied in place drops those of the rows it changes
+    (chosen again from their new entries when next read) and keeps the others as they were, so the first requests
+    after a version do not choose every row's again; the served model then ranks as a whole load does."""
+    rnd = random.Random(8)
+    learner = OnlineLearner(model=ItemCooccurrence(window=5, neighbours=4))
+    ts = _feed(learner, rnd, 2_000, users=60, items=80, start=1.7e9)
+    served = ServingModel.from_bytes(learner.to_bytes(), 1)
+    for user in served.model.users.ids:
+        served.recommend(user, 10, set())  # reads the user's rows: their parts are kept
+    before = dict(served.model._strongest)
+    delta.mark(learner)
+    _feed(learner, rnd, 40, users=60, items=80, start=ts)  # a few events: a delta that changes some rows only
+    made = delta.parts(learner, base_version=1)
+    assert made is not None
+    changed = set(np.unique(made[1]["entry_rows"]).tolist())
+    assert changed & set(before) and set(before) - changed  # kept parts of both kinds of rows
+    served.apply_delta(*delta.resolve_delta([(1, codec.encode(*made))]), 2)
+    kept = served.model._strongest
+    assert set(kept) == set(before) - changed
+    assert all(kept[row] is before[row] for row in kept)
+    _assert_serves_the_same(served, learner, 2)
+
+
 def test_a_delta_applied_in_place_leaves_the_arrays_it_was_loaded_from_alone() -> None:
     rnd = random.Random(22)
     learner = OnlineLearner(model=ItemCooccurrence(window=4))
