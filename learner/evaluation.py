@@ -52,7 +52,7 @@ from learner.exploration import ThompsonExplorer
 from learner.gate.base import GateEvent
 from learner.id_index import IdIndex
 from learner.online_learner import OnlineLearner
-from learner.ranking import top_rows_and_rank
+from learner.ranking import top_rows_and_rank, without_row
 
 if TYPE_CHECKING:
     from learner.gate.gate import QualityGate
@@ -268,7 +268,7 @@ class Recommend:
             return _EMPTY, math.inf
         if self.explorer is not None:
             neg = np.negative(raw, dtype=np.float64)
-            neg[excluded if keep is None else excluded[excluded != keep]] = np.inf  # only rows that may be shown
+            neg[without_row(excluded, keep)] = np.inf  # only rows that may be shown
             best = self.explorer.rerank(best, neg, best.size)
             self.explorer.observe_shown(best)
         if target is None:
@@ -280,7 +280,7 @@ class Recommend:
         # above its score, and equal to it only if it is -inf too)
         better, ties = greater, equal - 1
         if raw[target] == -np.inf:
-            ties -= int(np.unique(excluded if keep is None else excluded[excluded != keep]).size)
+            ties -= int(np.unique(without_row(excluded, keep)).size)
         return best, max(float(self.k + 1), 1.0 + better + ties / 2.0)
 
     def _top_popular(self, counts: np.ndarray, excluded: np.ndarray, target: int | None) -> tuple[np.ndarray, float]:

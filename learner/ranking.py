@@ -130,16 +130,17 @@ def top_rows_and_rank(
         if fused is not None:
             best, greater, equal = fused
             if best is None:  # fewer than k numbers above -inf: top_rows' careful path (masking again changes nothing)
-                return top_rows(scores, k, _without(excluded, keep), owned=True), greater, equal
+                return top_rows(scores, k, without_row(excluded, keep), owned=True), greater, equal
             return np.array(best, dtype=np.intp), greater, equal
-    best = top_rows(scores, k, _without(excluded, keep), owned=True)
+    best = top_rows(scores, k, without_row(excluded, keep), owned=True)
     if target is None:
         return best, 0, 0
     t = scores[target]
     return best, int(np.count_nonzero(scores > t)), int(np.count_nonzero(scores == t))
 
 
-def _without(rows: np.ndarray, row: int | None) -> np.ndarray:
+def without_row(rows: np.ndarray, row: int | None) -> np.ndarray:
+    """``rows`` (an int array) without ``row`` (None: all of them): the rows to mask when one of them is kept."""
     return rows if row is None else rows[rows != row]
 
 
