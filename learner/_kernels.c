@@ -110,7 +110,8 @@ static void sift_up(entry *heap, Py_ssize_t i) {
 #else
 #define VECTOR_LOOPS 0
 #endif
-static int vectors = 0; /* use the AVX2 loops: set at load where the processor has AVX2 */
+static int avx2 = 0;    /* the processor has AVX2: read once, when the module loads */
+static int vectors = 0; /* use the AVX2 loops: on at load where the processor has AVX2 */
 
 /* A selection's state: a heap of the k best so far and the score a newcomer must beat (-inf until k are in). */
 typedef struct {
@@ -254,21 +255,13 @@ static PyObject *vector_loops(PyObject *self, PyObject *args) {
             Py_DECREF(was);
             return NULL;
         }
-#if VECTOR_LOOPS
-        __builtin_cpu_init();
-        if (want && !__builtin_cpu_supports("avx2")) {
+        if (want && !avx2) {
             Py_DECREF(was);
-            PyErr_SetString(PyExc_ValueError, "this processor has no AVX2");
+            PyErr_SetString(PyExc_ValueError,
+                            VECTOR_LOOPS ? "this processor has no AVX2" : "built without the AVX2 loops");
             return NULL;
         }
         vectors = want;
-#else
-        if (want) {
-            Py_DECREF(was);
-            PyErr_SetString(PyExc_ValueError, "built without the AVX2 loops");
-            return NULL;
-        }
-#endif
     }
     return was;
 }
@@ -3062,7 +3055,7 @@ PyMODINIT_FUNC PyInit__kernels(void) {
     if (m == NULL) return NULL;
 #if VECTOR_LOOPS
     __builtin_cpu_init();
-    vectors = __builtin_cpu_supports("avx2") != 0;
+    avx2 = vectors = __builtin_cpu_supports("avx2") != 0;
 #endif
     Py_INCREF(&SlotTableType);
     if (PyModule_AddObject(m, "SlotTable", (PyObject *)&SlotTableType) < 0) {

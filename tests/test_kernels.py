@@ -42,6 +42,12 @@ def test_the_vector_loops_are_on_where_the_processor_has_avx2(built: object) -> 
     with open("/proc/cpuinfo") as cpuinfo:
         flags = next((line.split() for line in cpuinfo if line.startswith("flags")), [])
     assert built.vector_loops() is ("avx2" in flags)  # type: ignore[attr-defined]
+    if "avx2" in flags:  # off, then on again: each call answers what was used before it
+        assert built.vector_loops(False) is True and built.vector_loops(True) is False  # type: ignore[attr-defined]
+        assert built.vector_loops() is True  # type: ignore[attr-defined]
+    else:
+        with pytest.raises(ValueError):  # nothing to switch on
+            built.vector_loops(True)  # type: ignore[attr-defined]
 
 
 def _feed(learner: OnlineLearner, rnd: random.Random, n: int, users: int, items: int, ts: float) -> float:
