@@ -19,6 +19,7 @@ from api.auth import key_ring_from_settings
 from api.deps import ApiState
 from api.hygiene import BodyLimitMiddleware, SecurityHeadersMiddleware, add_docs_route
 from api.model_holder import ModelHolder
+from api.problems import document_invalid_requests, invalid_request
 from api.producer import EventProducer
 from api.rate_limit import RateLimiter
 from api.routes import dashboard, events, gate, health, models, recommendations, stats
@@ -129,9 +130,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def explain_validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
-        summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        return JSONResponse({"detail": f"invalid request: {summary}", "errors": errors}, status_code=422)
+        return invalid_request(exc.errors())
+
+    document_invalid_requests(app)  # the OpenAPI page's 422s: what the handler above answers
 
     # Added innermost first: latency and security headers see every answer, including 413s and CORS preflights.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 
 import redis.asyncio as aioredis
 from fastapi import Depends, HTTPException, Request, Security
@@ -14,6 +14,7 @@ from fastapi.security.utils import get_authorization_scheme_param
 
 from api.auth import ANONYMOUS, KeyRing, Principal
 from api.model_holder import ModelHolder
+from api.problems import Problem
 from api.producer import EventProducer
 from api.rate_limit import RateLimiter
 from api.redis_breaker import RedisBreaker
@@ -54,10 +55,13 @@ header_scheme = APIKeyHeader(
 )
 
 HOW_TO_SEND = "send `Authorization: Bearer <key>` or `X-API-Key: <key>`"
-AUTH_RESPONSES: dict[int | str, dict[str, str]] = {
-    401: {"description": "No API key, or one the service does not know (`WWW-Authenticate` says which)."},
-    403: {"description": "The API key lacks the scope this endpoint needs."},
-    429: {"description": "This key's rate limit is spent; retry after `Retry-After` seconds."},
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {
+        "model": Problem,
+        "description": "No API key, or one the service does not know (`WWW-Authenticate` says which).",
+    },
+    403: {"model": Problem, "description": "The API key lacks the scope this endpoint needs."},
+    429: {"model": Problem, "description": "This key's rate limit is spent; retry after `Retry-After` seconds."},
 }
 
 

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import httpx
 import pytest
@@ -31,6 +31,9 @@ from recstream import local_services
 from store.keys import Keys
 from store.model_store import ModelStore, bulk_client
 from store.signing import SnapshotSigner
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 #: One API key with every scope for the whole test session; ``make_env`` configures its hash. Kept in the
 #: environment because pytest imports this file twice (as ``conftest`` and as ``tests.conftest``).
@@ -181,6 +184,18 @@ def make_env(redis_endpoint: Endpoint, broker_endpoint: Endpoint) -> dict[str, s
         "RECSTREAM_HMAC_KEY": f"test-key-{run}",
         "RECSTREAM_API_KEYS": json.dumps(TEST_API_KEYS),
     }
+
+
+def in_process_app(redis_endpoint: Endpoint, broker_endpoint: Endpoint) -> FastAPI:
+    """The API app for a run of its own (:func:`make_env`), made in this process: serve it with a ``TestClient``
+    (whose lifespan connects it to the real Redis and broker)."""
+    from api.app import create_app
+    from recstream.settings import Settings
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in make_env(redis_endpoint, broker_endpoint).items():
+            patch.setenv(name, value)
+        return create_app(Settings())
 
 
 def metric_value(text: str, name: str, labels: str) -> float:

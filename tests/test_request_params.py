@@ -11,10 +11,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from api.app import create_app
 from api.routes.recommendations import Count, UserId
-from recstream.settings import Settings
-from tests.conftest import TEST_API_KEY, Endpoint, make_env
+from tests.conftest import TEST_API_KEY, Endpoint, in_process_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -40,10 +38,7 @@ ACCEPTED = [("u1", ""), ("u1", "k=5"), ("u1", "k=%205"), ("u1", "k=0&k=5"), ("u.
 
 @pytest.fixture(scope="module")
 def client(redis_endpoint: Endpoint, broker_endpoint: Endpoint) -> Iterator[TestClient]:
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in make_env(redis_endpoint, broker_endpoint).items():
-            patch.setenv(name, value)
-        app = create_app(Settings())
+    app = in_process_app(redis_endpoint, broker_endpoint)
     _add_reference_route(app)
     with TestClient(app, base_url="http://127.0.0.1", headers={"Authorization": f"Bearer {TEST_API_KEY}"}) as test:
         yield test

@@ -7,9 +7,10 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.deps import AUTH_RESPONSES, ApiState, get_state, require_scope
+from api.problems import FieldProblem, Problem
 from api.producer import BrokerUnavailable
 from recstream import metrics
 from recstream.events import Event, describe_errors, encode_batches
@@ -20,15 +21,29 @@ MAX_BATCH = 1000
 
 
 class EventError(BaseModel):
-    index: int
+    model_config = ConfigDict(extra="forbid")
+
+    index: int = Field(description="The event's place in the batch, from 0.")
     event_id: str | None = None
-    errors: list[dict[str, str]]
+    errors: list[FieldProblem]
 
 
 class IngestResult(BaseModel):
     accepted: int
     rejected: int
     errors: list[EventError]
+
+
+class IngestRefused(BaseModel):
+    """A 422 of this route: the batch is not a list of 1-1000 events, or none of its events is valid (then
+    ``errors`` has each one's, and ``accepted`` is 0)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    detail: str
+    errors: list[EventError] = Field(default_factory=list)
+    accepted: int = 0
+    rejected: int = 0
 
 
 def _problem(status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
@@ -56,11 +71,15 @@ def _problem(status: int, detail: str, headers: dict[str, str] | None = None, **
         }
     },
     responses={
-        400: {"description": "The body is not valid JSON."},
-        413: {"description": "The body is larger than RECSTREAM_MAX_BODY_BYTES."},
-        422: {"description": "Not a list of 1-1000 events, or no event in it is valid (each error names its field)."},
+        400: {"model": Problem, "description": "The body is not valid JSON."},
+        413: {"model": Problem, "description": "The body is larger than RECSTREAM_MAX_BODY_BYTES."},
+        422: {
+            "model": IngestRefused,
+            "description": "Not a list of 1-1000 events, or no event in it is valid (each error names its field).",
+        },
         503: {
-            "description": "The broker did not take the batch; nothing was accepted. Retry after `Retry-After` seconds."
+            "model": Problem,
+            "description": "The broker did not take the batch; nothing was accepted. Retry after `Retry-After` s.",
         },
     },
 )

@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 
 from api.deps import AUTH_RESPONSES, KEY_SCHEMES, ApiState, authorise, get_state, presented_key, require_scope
 from api.params import Parameter, documented, read_all
+from api.problems import refuse
 from api.redis_breaker import RedisUnavailable
 from learner.serving import ServingModel
 from recstream import metrics
@@ -111,7 +112,7 @@ async def recommendations(request: Request) -> Any:
     settings = state.settings
     k = settings.k_default if k is None else k
     if k > settings.k_max:
-        raise HTTPException(status_code=422, detail=f"k={k} is above the limit of {settings.k_max} (RECSTREAM_K_MAX)")
+        raise refuse("query", "k", f"k={k} is above the limit of {settings.k_max} (RECSTREAM_K_MAX)")
     model = _model(state)
     degraded = False
     held = state.seen.held(user_id)

@@ -1,0 +1,90 @@
+"""The refusals the API answers are the ones its OpenAPI page documents: each 4xx body below, got from the running
+app (in process, real Redis and broker behind its lifespan), validates against the schema ``/openapi.json`` gives
+for that route and status, as a client generated from the page would read it. FastAPI's own 422 shape
+(``HTTPValidationError``) is documented nowhere, since the app never answers it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import jsonschema_rs
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.conftest import TEST_API_KEY, Endpoint, in_process_app
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+RECOMMENDATIONS = "/v1/users/{user_id}/recommendations"
+JSON = {"content-type": "application/json"}
+
+# (method, path as documented, path as requested, request keywords, expected status)
+REFUSALS: list[tuple[str, str, str, dict[str, Any], int]] = [
+    ("get", RECOMMENDATIONS, "/v1/users/u1/recommendations", {"params": {"k": "0"}}, 422),
+    ("get", RECOMMENDATIONS, "/v1/users/u1/recommendations", {"params": {"k": "abc"}}, 422),
+    ("get", RECOMMENDATIONS, "/v1/users/bad%20id/recommendations", {}, 422),
+    ("get", RECOMMENDATIONS, "/v1/users/u1/recommendations", {"params": {"k": "500"}}, 422),  # above RECSTREAM_K_MAX
+    ("post", "/v1/scores", "/v1/scores", {"json": {"user_id": "u1"}}, 422),
+    ("post", "/v1/scores", "/v1/scores", {"content": b"not json", "headers": JSON}, 422),
+    ("get", "/v1/models/{version}", "/v1/models/abc", {}, 422),
+    ("post", "/v1/models/{version}/promote", "/v1/models/-1/promote", {}, 422),
+    ("post", "/v1/events", "/v1/events", {"json": {"user_id": "u1"}}, 422),  # not a list
+    ("post", "/v1/events", "/v1/events", {"json": []}, 422),
+    ("post", "/v1/events", "/v1/events", {"json": [{"user_id": "u1", "type": "like"}]}, 422),  # none valid
+    ("post", "/v1/events", "/v1/events", {"content": b"[{", "headers": JSON}, 400),
+    ("get", RECOMMENDATIONS, "/v1/users/u1/recommendations", {"headers": {"Authorization": "Bearer nope"}}, 401),
+]
+
+
+@pytest.fixture(scope="module")
+def client(redis_endpoint: Endpoint, broker_endpoint: Endpoint) -> Iterator[TestClient]:
+    app = in_process_app(redis_endpoint, broker_endpoint)
+    with TestClient(app, base_url="http://127.0.0.1", headers={"Authorization": f"Bearer {TEST_API_KEY}"}) as test:
+        yield test
+
+
+@pytest.fixture(scope="module")
+def page(client: TestClient) -> dict[str, Any]:
+    return client.get("/openapi.json").json()
+
+
+def _validator(page: dict[str, Any], method: str, path: str, status: int) -> Any:
+    """The documented body of ``status`` for that operation, as a validator (its references resolved in the page)."""
+    response = page["paths"][path][method]["responses"][str(status)]
+    schema = response["content"]["application/json"]["schema"]
+    return jsonschema_rs.validator_for({**schema, "components": page["components"]})
+
+
+@pytest.mark.parametrize(("method", "documented", "path", "kwargs", "status"), REFUSALS)
+def test_each_refusal_is_the_body_the_page_documents(
+    client: TestClient, page: dict[str, Any], method: str, documented: str, path: str, kwargs: dict, status: int
+) -> None:
+    response = client.request(method.upper(), path, **kwargs)
+    assert response.status_code == status, response.text
+    body = response.json()
+    errors = [e.message for e in _validator(page, method, documented, status).iter_errors(body)]
+    assert not errors, f"{method.upper()} {path}: {body} is not the documented {status}: {errors}"
+    assert body["detail"]  # a sentence a person can act on
+
+
+def test_a_refused_field_is_named(client: TestClient) -> None:
+    body = client.get("/v1/users/u1/recommendations", params={"k": "500"}).json()
+    assert body["errors"] == [{"field": "query.k", "message": "k=500 is above the limit of 100 (RECSTREAM_K_MAX)"}]
+    assert body["detail"] == "invalid request: query.k: k=500 is above the limit of 100 (RECSTREAM_K_MAX)"
+
+
+def test_fastapis_own_422_is_documented_nowhere(page: dict[str, Any]) -> None:
+    wrong = {"loc": ["query", "k"], "msg": "Input should be a valid integer", "type": "int_parsing"}
+    fastapi_body = {"detail": [wrong]}
+    documented_422 = [
+        (path, method)
+        for path, operations in page["paths"].items()
+        for method, operation in operations.items()
+        if "422" in operation["responses"]
+    ]
+    assert len(documented_422) >= 8, documented_422  # every route with parameters or a body
+    for path, method in documented_422:
+        assert not _validator(page, method, path, 422).is_valid(fastapi_body), (path, method)
+    assert "HTTPValidationError" not in page["components"]["schemas"]
+    assert "ValidationError" not in page["components"]["schemas"]
