@@ -18,6 +18,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 RECOMMENDATIONS = "/v1/users/{user_id}/recommendations"
 JSON = {"content-type": "application/json"}
+REASON = {"reason": "test"}
 
 # (method, path as documented, path as requested, request keywords, expected status)
 REFUSALS: list[tuple[str, str, str, dict[str, Any], int]] = [
@@ -34,6 +35,14 @@ REFUSALS: list[tuple[str, str, str, dict[str, Any], int]] = [
     ("post", "/v1/events", "/v1/events", {"json": [{"user_id": "u1", "type": "like"}]}, 422),  # none valid
     ("post", "/v1/events", "/v1/events", {"content": b"[{", "headers": JSON}, 400),
     ("get", RECOMMENDATIONS, "/v1/users/u1/recommendations", {"headers": {"Authorization": "Bearer nope"}}, 401),
+    ("get", RECOMMENDATIONS, "/v1/users/u1/recommendations", {}, 503),  # no worker here: no model yet
+    ("post", "/v1/scores", "/v1/scores", {"json": {"user_id": "u1", "item_ids": ["v1"]}}, 503),
+    ("get", "/v1/models/{version}", "/v1/models/7", {}, 404),
+    ("post", "/v1/models/{version}/promote", "/v1/models/7/promote", {"json": REASON}, 404),
+    ("post", "/v1/models/{version}/pin", "/v1/models/7/pin", {}, 404),
+    ("post", "/v1/models/rollback", "/v1/models/rollback", {"json": REASON}, 409),
+    ("post", "/v1/models/challengers/{name}/promote", "/v1/models/challengers/x/promote", {"json": REASON}, 404),
+    ("post", "/v1/gate/resume", "/v1/gate/resume", {}, 409),
 ]
 
 

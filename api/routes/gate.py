@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
 
 from api.deps import AUTH_RESPONSES, ApiState, get_state, require_scope
+from api.problems import Problem
 
 router = APIRouter(tags=["quality gate"], dependencies=[Depends(require_scope("admin"))], responses=AUTH_RESPONSES)
 
@@ -25,7 +26,12 @@ async def gate_status(state: Annotated[ApiState, Depends(get_state)]) -> GateSta
 @router.post(
     "/v1/gate/resume",
     status_code=202,
-    responses={409: {"description": "Learning is not paused (as last reported by the worker): nothing to resume."}},
+    responses={
+        409: {
+            "model": Problem,
+            "description": "Learning is not paused (as last reported by the worker): nothing to resume.",
+        }
+    },
 )
 async def resume_learning(state: Annotated[ApiState, Depends(get_state)]) -> dict[str, str]:
     """Ask the worker to resume learning after the model guard paused it (applied at its next checkpoint).

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path
 from pydantic import BaseModel, Field
 
 from api.deps import AUTH_RESPONSES, ApiState, get_state, require_scope
+from api.problems import Problem
 from store.model_store import CheckpointConflict, SnapshotRefused
 
 router = APIRouter(tags=["models"], dependencies=[Depends(require_scope("admin"))], responses=AUTH_RESPONSES)
@@ -43,7 +44,11 @@ async def show_contest(state: Annotated[ApiState, Depends(get_state)]) -> dict[s
     return await state.store.contest() or {"champion": None, "challengers": {}}
 
 
-@router.post("/v1/models/challengers/{name}/promote", status_code=202)
+@router.post(
+    "/v1/models/challengers/{name}/promote",
+    status_code=202,
+    responses={404: {"model": Problem, "description": "No challenger of that name runs now (the detail lists them)."}},
+)
 async def promote_challenger(
     name: Annotated[str, Path(min_length=1, max_length=64, description="A challenger's name.")],
     body: Reason,
@@ -64,7 +69,7 @@ async def promote_challenger(
     return {"requested": name, "detail": "the worker promotes it at its next checkpoint; see GET /v1/models"}
 
 
-@router.get("/v1/models/{version}")
+@router.get("/v1/models/{version}", responses={404: {"model": Problem, "description": "Not a retained version."}})
 async def show_model(version: Version, state: Annotated[ApiState, Depends(get_state)]) -> dict[str, Any]:
     for meta in await state.store.versions():
         if meta["version"] == version:
@@ -72,7 +77,14 @@ async def show_model(version: Version, state: Annotated[ApiState, Depends(get_st
     raise HTTPException(status_code=404, detail=f"model version {version} is not retained (see GET /v1/models)")
 
 
-@router.post("/v1/models/{version}/promote", response_model=Serving)
+@router.post(
+    "/v1/models/{version}/promote",
+    response_model=Serving,
+    responses={
+        404: {"model": Problem, "description": "Not a retained version."},
+        409: {"model": Problem, "description": "The version's snapshot is refused, or another change came first."},
+    },
+)
 async def promote_model(version: Version, body: Reason, state: Annotated[ApiState, Depends(get_state)]) -> Serving:
     """Make ``version`` current: every API process serves it within a second; the worker continues from it."""
     try:
@@ -85,7 +97,17 @@ async def promote_model(version: Version, body: Reason, state: Annotated[ApiStat
     return Serving(current=version, serving=state.models.model.version if state.models.model else None)
 
 
-@router.post("/v1/models/rollback", response_model=Serving)
+@router.post(
+    "/v1/models/rollback",
+    response_model=Serving,
+    responses={
+        409: {
+            "model": Problem,
+            "description": "The current version has no retained parent, its snapshot is refused, or another change "
+            "came first.",
+        }
+    },
+)
 async def rollback_model(body: Reason, state: Annotated[ApiState, Depends(get_state)]) -> Serving:
     """Promote the current version's parent (the version it grew from)."""
     try:
@@ -98,7 +120,7 @@ async def rollback_model(body: Reason, state: Annotated[ApiState, Depends(get_st
     return Serving(current=version, serving=state.models.model.version if state.models.model else None)
 
 
-@router.post("/v1/models/{version}/pin")
+@router.post("/v1/models/{version}/pin", responses={404: {"model": Problem, "description": "Not a retained version."}})
 async def pin_model(version: Version, state: Annotated[ApiState, Depends(get_state)], pinned: bool = True) -> dict:
     """Keep a version beyond retention (``?pinned=false`` to unpin)."""
     try:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from api.deps import AUTH_RESPONSES, KEY_SCHEMES, ApiState, authorise, get_state, presented_key, require_scope
 from api.params import Parameter, documented, read_all
-from api.problems import refuse
+from api.problems import Problem, refuse
 from api.redis_breaker import RedisUnavailable
 from learner.serving import ServingModel
 from recstream import metrics
@@ -100,7 +100,7 @@ def _model(state: ApiState) -> ServingModel:
 @router.get(
     "/v1/users/{user_id}/recommendations",
     response_model=RecommendationList,
-    responses={503: {"description": "No model yet."}},
+    responses={503: {"model": Problem, "description": "No model yet."}},
     # the hot path: no dependencies for FastAPI to solve. It checks the key as require_scope("read") does, then reads
     # and validates user_id and k as FastAPI would (api/params.py); its OpenAPI page documents both and the key.
     openapi_extra={**KEY_SCHEMES, **documented(_USER_ID, _K)},
@@ -172,7 +172,7 @@ def _degraded(exc: RedisUnavailable) -> None:
 @router.post(
     "/v1/scores",
     response_model=ScoreResult,
-    responses={503: {"description": "No model yet."}},
+    responses={503: {"model": Problem, "description": "No model yet."}},
     dependencies=[Depends(require_scope("read"))],
 )
 async def scores(request: ScoreRequest, state: Annotated[ApiState, Depends(get_state)]) -> Any:
