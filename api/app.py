@@ -100,7 +100,7 @@ def create_app(settings: Settings) -> FastAPI:
             limiter=limiter,
             seen=seen,
         )
-        components.log_ranking_loops(log)
+        components.start_process(settings, log)
         freeze_startup_objects()  # before the first model: full collections then skip the imports (gc_tuning)
         await models.start()
         try:

@@ -165,6 +165,20 @@ def faust_broker_credentials(settings: Settings) -> Any:
     )
 
 
-def log_ranking_loops(log: logging.Logger) -> None:
-    """Say at start whether this process ranks with the compiled loops (a warning when it cannot)."""
+def start_process(settings: Settings, log: logging.Logger) -> None:
+    """What a worker or API process does at start: say whether it ranks with the compiled loops (a warning when it
+    cannot), and give numpy's matrix products ``RECSTREAM_BLAS_THREADS`` threads (:func:`limit_blas_threads`)."""
     (log.info if kernels.compiled() is not None else log.warning)(kernels.describe())
+    log.info(limit_blas_threads(settings.blas_threads))
+
+
+def limit_blas_threads(threads: int) -> str:
+    """Have the BLAS libraries loaded in this process (numpy's and scipy's OpenBLAS) use ``threads`` threads (0: as
+    they are); a line for the log. OpenBLAS starts a thread per core, and its threads spin on a core for a while after
+    each product: with two API processes on two cores, four threads took turns (docs/performance.md)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    if threads:
+        threadpool_limits(limits=threads, user_api="blas")
+    libraries = [f"{i['internal_api']} {i['num_threads']}" for i in threadpool_info() if i["user_api"] == "blas"]
+    return f"matrix products: threads per BLAS library: {', '.join(libraries) or 'no BLAS library loaded'}"

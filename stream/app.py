@@ -384,6 +384,6 @@ def run_worker(settings: Settings) -> None:
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host)
     app, _ = create_app(settings)
-    components.log_ranking_loops(log)
+    components.start_process(settings, log)
     worker = faust.Worker(app, loglevel="INFO", redirect_stdouts=False)
     worker.execute_from_commandline()
