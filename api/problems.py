@@ -45,9 +45,8 @@ class InvalidRequest(BaseModel):
     errors: list[FieldProblem]
 
 
-#: A route's ``responses`` entry for its 422 (as ``openapi_extra`` gives it: the component is added to the page by
-#: :func:`document_invalid_requests`).
-INVALID_REQUEST_RESPONSE: dict[str, Any] = {
+#: The page's entry for a 422, put in place of FastAPI's by :func:`document_invalid_requests`.
+_INVALID_REQUEST_RESPONSE: dict[str, Any] = {
     "description": "Invalid request: each error names its field (`query.k`, `path.user_id`, `body.…`) and what is "
     "wrong with it.",
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InvalidRequest"}}},
@@ -86,7 +85,7 @@ def _document(page: dict[str, Any]) -> None:
             responses = operation.get("responses", {})
             schema = responses.get("422", {}).get("content", {}).get("application/json", {}).get("schema", {})
             if schema.get("$ref") == _FASTAPI_422:
-                responses["422"] = copy.deepcopy(INVALID_REQUEST_RESPONSE)
+                responses["422"] = copy.deepcopy(_INVALID_REQUEST_RESPONSE)
     schemas = page.setdefault("components", {}).setdefault("schemas", {})
     model = InvalidRequest.model_json_schema(ref_template="#/components/schemas/{model}")
     schemas.update(model.pop("$defs", {}))
