@@ -198,6 +198,16 @@ def in_process_app(redis_endpoint: Endpoint, broker_endpoint: Endpoint) -> FastA
         return create_app(Settings())
 
 
+def stop_gracefully(service: local_services.LocalService, timeout: float = 30) -> None:
+    """SIGTERM ``service`` and wait for it to exit; past ``timeout`` the test fails with the end of its log (what it
+    was doing when it did not stop)."""
+    service.process.terminate()
+    try:
+        service.process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{service.name} did not exit within {timeout} s of SIGTERM; its log ends:\n{service.log_tail(80)}")
+
+
 def metric_value(text: str, name: str, labels: str) -> float:
     """The value of the sample ``name{labels}`` in a Prometheus text page (0 when it is not there yet)."""
     match = re.search(rf"^{re.escape(name)}\{{{re.escape(labels)}\}} ([0-9.e+]+)$", text, re.MULTILINE)

@@ -12,7 +12,7 @@ import pytest
 from recstream import local_services
 from recstream.events import Event
 from tests.clock import iso
-from tests.conftest import Stack, run_cli, wait_for
+from tests.conftest import Stack, run_cli, stop_gracefully, wait_for
 from tests.kafka_io import produce_events, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -46,8 +46,7 @@ def test_duplicates_are_learned_once_across_resends_and_restarts(
     assert checkpoints.learned() == 20
 
     # After a restart the worker still knows them: the ids live in Redis, not in its memory.
-    worker.process.terminate()
-    worker.process.wait(30)
+    stop_gracefully(worker)
     restarted = local_services.start_worker(service_env)
     processes.append(restarted)
     produce_events(broker, topic, batch[:10])  # straight to Kafka this time

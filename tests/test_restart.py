@@ -9,7 +9,7 @@ import pytest
 
 from recstream import local_services
 from tests.clock import iso
-from tests.conftest import wait_for
+from tests.conftest import stop_gracefully, wait_for
 from tests.kafka_io import CheckpointReader, produce, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -75,8 +75,7 @@ def test_restart_mid_stream_learns_every_event_exactly_once(
         if stop_signal == signal.SIGKILL:
             worker.kill()
         else:
-            worker.process.send_signal(signal.SIGTERM)
-            worker.process.wait(30)
+            stop_gracefully(worker)
             # A graceful stop checkpoints what it learned since the last checkpoint before exiting:
             # a newer version with more events (the worker writes no checkpoint when nothing is new).
             final = checkpoints.meta()
@@ -93,8 +92,7 @@ def test_restart_mid_stream_learns_every_event_exactly_once(
             f"the restarted worker to reach {TOTAL} (log: {restarted.log_path})",
         )
         # Stop gracefully and read the final count: it must be exact, not just "at least".
-        restarted.process.send_signal(signal.SIGTERM)
-        restarted.process.wait(30)
+        stop_gracefully(restarted)
         assert checkpoints.learned() == TOTAL
         assert checkpoints.meta()["events_rejected"] == 0
         # The checkpoint's offsets cover every message published.

@@ -11,7 +11,7 @@ import redis
 from recstream import local_services
 from store.keys import Keys
 from tests.clock import iso
-from tests.conftest import api_client, metric_value, wait_for
+from tests.conftest import api_client, metric_value, stop_gracefully, wait_for
 from tests.kafka_io import CheckpointReader, produce_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -55,8 +55,7 @@ def test_tampered_snapshot_is_refused_by_worker_and_api(
             10,
             "the API to load the good version",
         )
-        worker.process.terminate()
-        worker.process.wait(30)
+        stop_gracefully(worker)
         good = checkpoints.version()
         assert good is not None
 
