@@ -18,11 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
-#: FastAPI's own 422 entry for a route with parameters (the schema it adds to the document's components).
-VALIDATION_ERROR_RESPONSE = {
-    "description": "Validation Error",
-    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}},
-}
+from api.problems import INVALID_REQUEST_RESPONSE
 
 
 class Parameter:
@@ -71,4 +67,4 @@ def read_all(request: Request, *parameters: Parameter) -> list[Any]:
 
 def documented(*parameters: Parameter) -> dict[str, Any]:
     """The ``openapi_extra`` of a route that reads ``parameters`` itself: their entries and the 422 they may give."""
-    return {"parameters": [p.openapi() for p in parameters], "responses": {"422": VALIDATION_ERROR_RESPONSE}}
+    return {"parameters": [p.openapi() for p in parameters], "responses": {"422": INVALID_REQUEST_RESPONSE}}

@@ -22,6 +22,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from recstream.events import describe_errors, summarize_errors
+
 _FASTAPI_422 = "#/components/schemas/HTTPValidationError"
 
 
@@ -45,8 +47,9 @@ class InvalidRequest(BaseModel):
     errors: list[FieldProblem]
 
 
-#: The page's entry for a 422, put in place of FastAPI's by :func:`document_invalid_requests`.
-_INVALID_REQUEST_RESPONSE: dict[str, Any] = {
+#: The page's entry for a 422: what :func:`document_invalid_requests` puts in place of FastAPI's, and what a route that
+#: validates its own parameters documents (``api.params.documented``).
+INVALID_REQUEST_RESPONSE: dict[str, Any] = {
     "description": "Invalid request: each error names its field (`query.k`, `path.user_id`, `body.…`) and what is "
     "wrong with it.",
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InvalidRequest"}}},
@@ -55,9 +58,9 @@ _INVALID_REQUEST_RESPONSE: dict[str, Any] = {
 
 def invalid_request(errors: Iterable[Mapping[str, Any]]) -> JSONResponse:
     """The 422 for pydantic-style ``errors`` (each with ``loc`` and ``msg``), as :class:`InvalidRequest`."""
-    problems = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in errors]
-    summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
-    return JSONResponse({"detail": f"invalid request: {summary}", "errors": problems}, status_code=422)
+    problems = describe_errors(errors)
+    body = {"detail": f"invalid request: {summarize_errors(problems)}", "errors": problems}
+    return JSONResponse(body, status_code=422)
 
 
 def refuse(where: str, name: str, message: str) -> RequestValidationError:
@@ -85,7 +88,7 @@ def _document(page: dict[str, Any]) -> None:
             responses = operation.get("responses", {})
             schema = responses.get("422", {}).get("content", {}).get("application/json", {}).get("schema", {})
             if schema.get("$ref") == _FASTAPI_422:
-                responses["422"] = copy.deepcopy(_INVALID_REQUEST_RESPONSE)
+                responses["422"] = copy.deepcopy(INVALID_REQUEST_RESPONSE)
     schemas = page.setdefault("components", {}).setdefault("schemas", {})
     model = InvalidRequest.model_json_schema(ref_template="#/components/schemas/{model}")
     schemas.update(model.pop("$defs", {}))

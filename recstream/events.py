@@ -13,6 +13,7 @@ in a field name is reported instead of silently ignored.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -91,13 +92,16 @@ class Event(BaseModel):
         return value
 
 
-def describe_errors(error: ValidationError) -> list[dict[str, str]]:
-    """Turn pydantic's errors into ``{"field": "...", "message": "..."}`` a person can act on."""
-    described = []
-    for item in error.errors(include_url=False):
-        loc = ".".join(str(part) for part in item["loc"]) or "(event)"
-        described.append({"field": loc, "message": item["msg"]})
-    return described
+def describe_errors(errors: ValidationError | Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """Turn pydantic's errors (a ``ValidationError``, or its ``errors()``: each with ``loc`` and ``msg``) into
+    ``{"field": "...", "message": "..."}`` a person can act on."""
+    items = errors.errors(include_url=False) if isinstance(errors, ValidationError) else errors
+    return [{"field": ".".join(str(part) for part in e["loc"]) or "(event)", "message": e["msg"]} for e in items]
+
+
+def summarize_errors(described: Iterable[Mapping[str, str]]) -> str:
+    """:func:`describe_errors`' list in one line: ``field: message; field: message``."""
+    return "; ".join(f"{d['field']}: {d['message']}" for d in described)
 
 
 def parse_event(raw: bytes) -> tuple[Event | None, str | None]:
@@ -108,7 +112,7 @@ def parse_event(raw: bytes) -> tuple[Event | None, str | None]:
         details = describe_errors(exc)
         if details and details[0]["message"].startswith("Invalid JSON"):
             return None, f"malformed JSON: {details[0]['message']}"
-        return None, "; ".join(f"{d['field']}: {d['message']}" for d in details)
+        return None, summarize_errors(details)
     except Exception as exc:  # noqa: BLE001 - a decoder must never take the worker down
         return None, f"undecodable payload: {type(exc).__name__}: {exc}"
 
@@ -160,7 +164,7 @@ def parse_message(raw: bytes) -> list[Decoded]:
         try:
             decoded.append(Decoded(Event.model_validate(item), None, index, None))
         except ValidationError as exc:
-            reason = "; ".join(f"{d['field']}: {d['message']}" for d in describe_errors(exc))
+            reason = summarize_errors(describe_errors(exc))
             decoded.append(Decoded(None, reason, index, orjson.dumps(item)))
         except Exception as exc:  # noqa: BLE001 - a decoder must never take the worker down
             decoded.append(Decoded(None, f"undecodable event: {type(exc).__name__}: {exc}", index, orjson.dumps(item)))
