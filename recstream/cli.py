@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "worker":  # a command's output, not the client library's connection chatter
         logging.getLogger("aiokafka").setLevel(logging.WARNING)
     from aiokafka.errors import KafkaConnectionError
+    from pydantic import ValidationError
     from redis.exceptions import AuthenticationError, AuthorizationError
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -165,6 +166,15 @@ def main(argv: list[str] | None = None) -> int:
             f"recstream {args.command}: cannot reach the broker ({exc}). Set RECSTREAM_BROKER_URL to {where} broker.",
             file=sys.stderr,
         )
+    except ValidationError as exc:
+        if exc.title != "Settings":
+            raise
+        for error in exc.errors(include_url=False):  # each names its variable (or the model check names them)
+            first, *rest = error["loc"] or ("",)
+            inside = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in rest)
+            setting = f"RECSTREAM_{str(first).upper()}{inside}: " if first else ""
+            message = error["msg"].removeprefix("Value error, ")
+            print(f"recstream {args.command}: invalid configuration: {setting}{message}", file=sys.stderr)
     return 2
 
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, create_model, fiel
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from learner.gate.gate import GateConfig
-from learner.registry import DEFAULT_MODEL, MODELS
+from learner.registry import DEFAULT_MODEL, MODELS, build_model
 
 DEV_HMAC_KEY = "recstream-dev-key-change-me"
 
@@ -327,6 +327,19 @@ class Settings(_gate_settings()):  # type: ignore[misc]
                 f"RECSTREAM_CHALLENGERS: the name(s) {', '.join(repeated)} are used twice (the champion is named "
                 f"after RECSTREAM_MODEL={self.model!r}); give each challenger its own name"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _models_build(self) -> Settings:
+        """Each model is built once here, so a wrong kind or parameter stops the process at start with the setting to
+        mend (the worker would otherwise retry building it forever)."""
+        models = [("RECSTREAM_MODEL / RECSTREAM_MODEL_PARAMS", self.model, self.model_params)]
+        models += [(f"RECSTREAM_CHALLENGERS ({spec.name!r})", spec.model, spec.params) for spec in self.challengers]
+        for setting, kind, params in models:
+            try:
+                build_model(kind, **params)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{setting}: cannot build a {kind!r} model with {params}: {exc}") from None
         return self
 
 

@@ -1,0 +1,84 @@
+"""Configuration refused at start, with the variable to mend: a model kind or a model parameter that does not exist
+(the worker would otherwise retry building it forever), and the examples the docs give accepted."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from recstream.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(
+    ("given", "named"),
+    [
+        ({"model": "nope"}, "RECSTREAM_MODEL / RECSTREAM_MODEL_PARAMS: cannot build a 'nope' model"),
+        (
+            {"model": "implicit_mf", "model_params": {"factors": 64}},
+            "RECSTREAM_MODEL / RECSTREAM_MODEL_PARAMS: cannot build a 'implicit_mf' model with {'factors': 64}",
+        ),
+        (
+            {"model": "implicit_mf", "model_params": {"n_factors": -1}},
+            "cannot build a 'implicit_mf' model with {'n_factors': -1}",
+        ),
+        (
+            {"challengers": [{"name": "mf-64", "model": "implicit_mf", "params": {"factors": 64}}]},
+            "RECSTREAM_CHALLENGERS ('mf-64'): cannot build a 'implicit_mf' model",
+        ),
+    ],
+)
+def test_a_model_that_cannot_be_built_is_refused_naming_its_setting(given: dict, named: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        Settings(**given)
+    assert named in str(refused.value)
+
+
+def test_models_that_can_be_built_are_accepted() -> None:
+    settings = Settings(
+        model="implicit_mf",
+        model_params={"n_factors": 16},
+        challengers=["bpr", {"name": "mf-64", "model": "implicit_mf", "params": {"n_factors": 64}}],
+    )
+    assert [spec.name for spec in settings.challengers] == ["bpr", "mf-64"]
+
+
+def test_the_docs_model_settings_examples_are_accepted() -> None:
+    pattern = re.compile(r"RECSTREAM_(CHALLENGERS|MODEL_PARAMS)='([^']*)'")
+    found = [
+        (match.group(1), match.group(2))
+        for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+        for match in pattern.finditer(doc.read_text())
+    ]
+    assert found, "no example found: the pattern no longer matches how the docs write them"
+    for name, value in found:
+        Settings(**{name.lower(): json.loads(value)})
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("RECSTREAM_MODEL", "nope", "RECSTREAM_MODEL / RECSTREAM_MODEL_PARAMS: cannot build a 'nope' model"),
+        ("RECSTREAM_PROMOTE_WINDOW", "3", "RECSTREAM_PROMOTE_WINDOW: Input should be greater than or equal to 10"),
+        ("RECSTREAM_CHALLENGERS", '[{"name": "m m", "model": "bpr"}]', "RECSTREAM_CHALLENGERS[0].name: String should"),
+    ],
+)
+def test_the_worker_refuses_bad_configuration_in_one_line_without_a_traceback(
+    variable: str, value: str, said: str
+) -> None:
+    env = {**os.environ, variable: value}
+    # refused before it connects to anything: a started worker would outlive the timeout (and be killed by it)
+    done = subprocess.run(
+        [sys.executable, "-m", "recstream.cli", "worker"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"recstream worker: invalid configuration: {said}" in done.stderr
+    assert "Traceback" not in done.stderr
