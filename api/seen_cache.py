@@ -14,8 +14,12 @@ What keeps that true:
 
 * a set read while a sync ran is not kept (the read may have missed entries the sync then added elsewhere);
 * when the log lost entries the cache has not seen (trimmed past ``SEEN_LOG_ENTRIES`` while this process was
-  behind, deleted, or made anew), or a sync fails (Redis unreachable), every set is forgotten and read again,
-  after the next sync that succeeds; until then nothing is kept.
+  behind, deleted, or made anew), every set is forgotten and read again, after the next sync that succeeds; until
+  then nothing is kept.
+
+A sync that fails (Redis unreachable) changes nothing: the sets held stay as of the last entry synced, and the next
+sync that succeeds reads the log from there. Meanwhile the recommendation path still leaves out a held set, and
+says its answer is degraded (the set may lack what was added since): api/routes/recommendations.py.
 """
 
 from __future__ import annotations
@@ -101,14 +105,11 @@ class SeenCache:
         return items
 
     async def sync(self) -> None:
-        """Add the seen log's new entries to the sets held (or forget them all: module doc); raises Redis's errors."""
+        """Add the seen log's new entries to the sets held (or forget them all: module doc); raises Redis's errors
+        (the sets held stay as they were)."""
         if self.max_items <= 0:
             return
-        try:
-            newest, additions = await self.store.seen_additions(self._after)
-        except BaseException:
-            self.forget()
-            raise
+        newest, additions = await self.store.seen_additions(self._after)
         if additions is None or self._after is None:
             self.forget()
         elif additions:

@@ -169,7 +169,8 @@ SEEN_CACHE_USERS = Gauge(
 )
 RECOMMENDATIONS_DEGRADED = Counter(
     "recstream_recommendations_degraded_total",
-    "Recommendation lists served without excluding seen items because Redis was unreachable (degraded: true).",
+    "Recommendation lists served while Redis was unreachable (degraded: true): without excluding seen items, or "
+    "excluding a seen set held in memory as of its last sync.",
 )
 
 

@@ -1,9 +1,9 @@
 """Redis unreachable under a running API and worker.
 
 The API keeps serving the model in memory (``/readyz`` 200 "degraded", recommendations 200 marked
-``degraded``, ingest 202); the worker stops taking events and retries with capped backoff; once
-Redis is back (AOF, same port and data) the worker learns every event exactly once and the API
-picks up the new versions. Plus unit tests of the worker's backoff.
+``degraded``, leaving out the seen sets it held as of their last sync, ingest 202); the worker stops taking events
+and retries with capped backoff; once Redis is back (AOF, same port and data) the worker learns every event exactly
+once, the API picks up the new versions and its held sets catch up. Plus unit tests of the worker's backoff.
 """
 
 from __future__ import annotations
@@ -153,6 +153,17 @@ def test_redis_down_api_degrades_worker_stalls_then_learns_everything(
         )
         assert client.get("/readyz").json()["status"] == "ready"
         seen_item = before[0]["item_id"]
+        # A user served before the outage: this API process holds their seen set from then on.
+        regular = before[1]["user_id"]
+        seen_before = {e["item_id"] for e in before if e["user_id"] == regular}
+
+        def recommended(user: str) -> dict[str, Any]:
+            r = client.get(f"/v1/users/{user}/recommendations", params={"k": 100})  # k above the 61 items: all of them
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        served = recommended(regular)
+        assert served["degraded"] is False and not seen_before & {i["item_id"] for i in served["items"]}
 
         # -- Redis goes away --
         redis.kill()
@@ -170,6 +181,10 @@ def test_redis_down_api_degrades_worker_stalls_then_learns_everything(
         assert body["degraded"] is True and body["model_version"] == version
         # Seen items are not excluded while Redis is down (the user's own item can come back).
         assert seen_item in {item["item_id"] for item in body["items"]}
+        # A held set is still left out, as of its last sync: degraded too, once the model holder's refresh has failed.
+        held = wait_for(lambda: (b := recommended(regular))["degraded"] and b, 20, "the held set's answer degraded")
+        assert isinstance(held, dict) and held["model_version"] == version
+        assert not seen_before & {item["item_id"] for item in held["items"]}
         assert client.post("/v1/scores", json={"user_id": "u1", "item_ids": ["v1"]}).status_code == 200
 
         # Ingest needs only Kafka: the rate limiter fails open.
@@ -177,6 +192,12 @@ def test_redis_down_api_degrades_worker_stalls_then_learns_everything(
         for start in range(0, len(during), 100):
             r = client.post("/v1/events", json=during[start : start + 100])
             assert r.status_code == 202 and r.json()["accepted"] == 100, r.text
+        # and the regular user likes an item new to them (its seen log entry is written once Redis is back)
+        unseen = sorted({e["item_id"] for e in before} - seen_before)[0]
+        new_like = {**during[0], "event_id": "b-new", "user_id": regular, "item_id": unseen, "type": "like"}
+        r = client.post("/v1/events", json=[new_like])
+        assert r.status_code == 202 and r.json()["accepted"] == 1, r.text
+        during.append(new_like)
 
         # The worker stops taking events: it is stalled, retrying, and consumes nothing meanwhile.
         stalled = wait_for(
@@ -235,6 +256,12 @@ def test_redis_down_api_degrades_worker_stalls_then_learns_everything(
         r = client.get(f"/v1/users/{before[0]['user_id']}/recommendations", params={"k": 100})
         assert r.status_code == 200 and r.json()["degraded"] is False
         assert seen_item not in {item["item_id"] for item in r.json()["items"]}
+        # The held set caught up with what the user saw during the outage and after (the worker learned it since).
+        seen_since = {e["item_id"] for e in during + after if e["user_id"] == regular}
+        assert unseen in seen_since - seen_before
+        caught = recommended(regular)
+        assert caught["degraded"] is False
+        assert not (seen_before | seen_since) & {item["item_id"] for item in caught["items"]}
 
         # Exactly once: per-item positive counts in the final model equal what was published.
         learner = current_learner(env)

@@ -118,6 +118,9 @@ async def recommendations(request: Request) -> Any:
     held = state.seen.held(user_id)
     if held is not None:
         seen, rows = held, held.rows_in(model.item_index)
+        if not state.models.redis_ok:  # the set is as of the last sync: it may lack what was seen since
+            degraded = True
+            _degraded(None)
     else:
         rows = None
         try:
@@ -153,20 +156,27 @@ def new_recommendation_id() -> str:
     return raw.hex()
 
 
-def _degraded(exc: RedisUnavailable) -> None:
-    """Count a list served without seen-set exclusion; log at most once a minute."""
+def _degraded(exc: RedisUnavailable | None) -> None:
+    """Count a list served degraded; log at most once a minute. ``exc``: the seen set could not be read (none is
+    left out); None: a held set was left out while Redis is unreachable (it may lack what was seen since)."""
     global _warned_at
     metrics.RECOMMENDATIONS_DEGRADED.inc()
-    if exc.__cause__ is not None:  # a real failure, not a call skipped by the open breaker
+    if exc is not None and exc.__cause__ is not None:  # a real failure, not a call skipped by the open breaker
         metrics.REDIS_ERRORS.labels("api").inc()
     now = time.monotonic()
     if now - _warned_at >= WARN_EVERY_SECONDS:
         _warned_at = now
-        log.warning(
-            "cannot read seen sets from Redis (%s); serving recommendations from the model in memory "
-            'without excluding seen items ("degraded": true)',
-            exc,
-        )
+        if exc is None:
+            log.warning(
+                "Redis is unreachable: recommendations leave out the seen sets this process holds, as of its last "
+                'sync, and no others ("degraded": true)'
+            )
+        else:
+            log.warning(
+                "cannot read seen sets from Redis (%s); serving recommendations from the model in memory "
+                'without excluding seen items ("degraded": true)',
+                exc,
+            )
 
 
 @router.post(
