@@ -17,7 +17,7 @@ from learner.gate.model_guard import ModelGuard
 from learner.online_learner import OnlineLearner
 from learner.registry import build_model
 from learner.target import TargetRule
-from recstream.settings import Settings, gate_config
+from recstream.settings import DEV_HMAC_KEY, Settings, gate_config
 from store.keys import Keys
 from store.model_store import ModelStore, bulk_client
 from store.signing import SnapshotSigner
@@ -167,9 +167,15 @@ def faust_broker_credentials(settings: Settings) -> Any:
 
 def start_process(settings: Settings, log: logging.Logger) -> None:
     """What a worker or API process does at start: say whether it ranks with the compiled loops (a warning when it
-    cannot), and give numpy's matrix products ``RECSTREAM_BLAS_THREADS`` threads (:func:`limit_blas_threads`)."""
+    cannot), give numpy's matrix products ``RECSTREAM_BLAS_THREADS`` threads (:func:`limit_blas_threads`), and warn
+    when snapshots are signed with the public development key."""
     (log.info if kernels.compiled() is not None else log.warning)(kernels.describe())
     log.info(limit_blas_threads(settings.blas_threads))
+    if settings.hmac_key.get_secret_value() == DEV_HMAC_KEY:
+        log.warning(
+            "RECSTREAM_HMAC_KEY is the development default, which is public (in recstream's source): anyone who can "
+            "write to Redis can sign a model snapshot. Set it to a long random secret (docs/security.md)."
+        )
 
 
 def limit_blas_threads(threads: int) -> str:

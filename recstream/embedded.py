@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -21,6 +22,22 @@ from pathlib import Path
 from api.auth import hash_key, new_key
 from recstream import local_services
 from recstream.settings import Settings
+
+#: The file in the state directory that holds its snapshot key, made on the first run (owner-only).
+HMAC_KEY_FILE = "hmac.key"
+
+
+def local_hmac_key(state_dir: Path) -> str:
+    """The snapshot key of ``state_dir``'s runs: read from its key file, made there (random, mode 0600) if absent, so
+    a second run reads the first one's snapshots."""
+    path = state_dir / HMAC_KEY_FILE
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(descriptor, "w") as made:
+        made.write(secrets.token_hex(32))
+    return path.read_text().strip()
 
 
 def run_embedded(demo: bool = False, api_port: int = 8000, broker: str = "auto", state_dir: Path | None = None) -> int:
@@ -54,7 +71,12 @@ def run_embedded(demo: bool = False, api_port: int = 8000, broker: str = "auto",
             "RECSTREAM_REDIS_URL": redis.url,
             "RECSTREAM_API_PORT": str(api_port),
             "RECSTREAM_API_KEYS": json.dumps(local_keys),
+            # the snapshots' key: the one set, else this state directory's own (never the public development key)
+            "RECSTREAM_HMAC_KEY": os.environ.get("RECSTREAM_HMAC_KEY") or local_hmac_key(state_dir),
         }
+        exports = f"RECSTREAM_REDIS_URL={redis.url} RECSTREAM_BROKER_URL={kafka.url}"
+        if not os.environ.get("RECSTREAM_HMAC_KEY"):  # (the key itself is never printed)
+            exports += f" RECSTREAM_HMAC_KEY=$(cat {state_dir / HMAC_KEY_FILE})"
         os.environ.update(env)
         settings = Settings()
         from stream.topics import ensure_topics
@@ -65,6 +87,7 @@ def run_embedded(demo: bool = False, api_port: int = 8000, broker: str = "auto",
         api = local_services.start_api(env, port=api_port, workdir=state_dir / "api")
         started.append(api)
         now = datetime.now(UTC).isoformat(timespec="seconds")
+
         cli = _cli_command()
         print(
             f"""
@@ -79,7 +102,7 @@ recstream is up ({kafka.name} broker at {kafka.address}, Redis at {redis.address
   metrics          {api.url}/metrics
   logs             {state_dir}/{{worker,api,broker,redis}}/*.log
   operator CLI     in another terminal (docs/operations.md):
-                     export RECSTREAM_REDIS_URL={redis.url} RECSTREAM_BROKER_URL={kafka.url}
+                     export {exports}
                      {cli} models list
 Ctrl-C stops everything.
 """,

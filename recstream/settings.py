@@ -280,7 +280,9 @@ class Settings(_gate_settings()):  # type: ignore[misc]
 
     # Security
     hmac_key: SecretStr = Field(
-        SecretStr(DEV_HMAC_KEY), description="Key that signs model snapshots (HMAC-SHA256). Set it in production."
+        SecretStr(DEV_HMAC_KEY),
+        description="Key that signs model snapshots (HMAC-SHA256). Set it: the default is a public "
+        "development key (the worker and the API warn at start); `recstream up` makes its own in `.recstream/`.",
     )
     hmac_previous_keys: list[SecretStr] = Field(
         [],

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -13,7 +14,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from recstream.settings import Settings
+from recstream.components import start_process
+from recstream.embedded import HMAC_KEY_FILE, local_hmac_key
+from recstream.settings import DEV_HMAC_KEY, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,3 +85,24 @@ def test_the_worker_refuses_bad_configuration_in_one_line_without_a_traceback(
     assert done.returncode == 2, done.stderr[-2000:]
     assert f"recstream worker: invalid configuration: {said}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_process_with_the_public_development_key_warns(caplog: pytest.LogCaptureFixture) -> None:
+    log = logging.getLogger("recstream.test")
+    with caplog.at_level(logging.WARNING, logger="recstream.test"):
+        start_process(Settings(hmac_key=DEV_HMAC_KEY), log)
+    assert any("RECSTREAM_HMAC_KEY is the development default" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="recstream.test"):
+        start_process(Settings(hmac_key="a-long-random-secret"), log)
+    assert not any("RECSTREAM_HMAC_KEY" in r.getMessage() for r in caplog.records)
+
+
+def test_a_local_run_makes_its_own_snapshot_key_once(tmp_path: Path) -> None:
+    key = local_hmac_key(tmp_path)
+    assert re.fullmatch(r"[0-9a-f]{64}", key)
+    assert (tmp_path / HMAC_KEY_FILE).stat().st_mode & 0o777 == 0o600  # owner-only
+    assert local_hmac_key(tmp_path) == key  # the next run reads the snapshots the first one signed
+    other = tmp_path / "other"
+    other.mkdir()
+    assert local_hmac_key(other) != key  # random: another state directory, another key

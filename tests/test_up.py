@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from recstream.embedded import HMAC_KEY_FILE
 from recstream.local_services import free_port
 from tests.conftest import run_cli
 
@@ -85,6 +86,12 @@ def test_up_runs_everything_shows_changing_recommendations_and_stops_clean(tmp_p
         assert f"{api}/dashboard" in out
         exports = dict(re.findall(r"(RECSTREAM_(?:REDIS|BROKER)_URL)=(\S+)", out))
         assert set(exports) == {"RECSTREAM_REDIS_URL", "RECSTREAM_BROKER_URL"}, out
+        # the snapshots are signed with this state directory's own key, never printed nor the public default
+        key_file = tmp_path / ".recstream" / HMAC_KEY_FILE
+        assert f"RECSTREAM_HMAC_KEY=$(cat {key_file})" in out, out
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        exports["RECSTREAM_HMAC_KEY"] = key_file.read_text().strip()
+        assert exports["RECSTREAM_HMAC_KEY"] not in out
         spawned.update(_descendants(up.pid))
 
         # the demo's traffic is learned: the same user's list changes, under newer model versions
@@ -125,5 +132,8 @@ def test_up_runs_everything_shows_changing_recommendations_and_stops_clean(tmp_p
             with contextlib.suppress(ProcessLookupError):  # it may have exited meanwhile
                 os.kill(pid, signal.SIGKILL)
     assert up.returncode == 0, "".join(lines)
+    worker_logs = "".join(p.read_text() for p in (tmp_path / ".recstream" / "worker").glob("*.log"))
+    assert "matrix products" in worker_logs  # (the log read is the worker's: its start is logged there)
+    assert "development default" not in worker_logs
     assert len(spawned) >= 4, spawned  # broker, Redis, worker, API at least
     assert not leftovers, f"recstream up left processes running: {leftovers}"
