@@ -13,6 +13,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import key_ring_from_settings
@@ -133,6 +135,17 @@ def create_app(settings: Settings) -> FastAPI:
         return invalid_request(exc.errors())
 
     document_invalid_requests(app)  # the OpenAPI page's 422s: what the handler above answers
+
+    async def redis_did_not_answer(request: Request, exc: Exception) -> JSONResponse:
+        # a route that needs Redis (admin, stats) while it is unreachable: a 503 to retry, not a bare 500
+        metrics.REDIS_ERRORS.labels("api").inc()
+        log.warning("%s %s: Redis did not answer (%s: %s)", request.method, request.url.path, type(exc).__name__, exc)
+        retry = settings.retry_after_seconds
+        detail = f"Redis did not answer ({type(exc).__name__}); retry in {retry} s"
+        return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": str(retry)})
+
+    app.add_exception_handler(RedisConnectionError, redis_did_not_answer)
+    app.add_exception_handler(RedisTimeoutError, redis_did_not_answer)
 
     # Added innermost first: latency and security headers see every answer, including 413s and CORS preflights.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)

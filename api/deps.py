@@ -65,6 +65,16 @@ AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+#: The 503 of a route that reads or writes Redis (the app's handler answers it when Redis does not).
+REDIS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    503: {
+        "model": Problem,
+        "description": "Redis did not answer; retry after `Retry-After` seconds (for a change, `GET /v1/models` or "
+        "`GET /v1/gate` says whether it took effect).",
+    },
+}
+
+
 def _unauthorized(detail: str, error: str | None = None) -> HTTPException:
     challenge = 'Bearer realm="recstream"' + (f', error="{error}"' if error else "")
     return HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": challenge})

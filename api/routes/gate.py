@@ -7,10 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
 
-from api.deps import AUTH_RESPONSES, ApiState, get_state, require_scope
+from api.deps import AUTH_RESPONSES, REDIS_RESPONSES, ApiState, get_state, require_scope
 from api.problems import Problem
 
-router = APIRouter(tags=["quality gate"], dependencies=[Depends(require_scope("admin"))], responses=AUTH_RESPONSES)
+router = APIRouter(
+    tags=["quality gate"],
+    dependencies=[Depends(require_scope("admin"))],
+    responses={**AUTH_RESPONSES, **REDIS_RESPONSES},
+)
 
 
 class GateStatus(BaseModel):

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path
 from pydantic import BaseModel, Field
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from api.deps import AUTH_RESPONSES, ApiState, get_state, require_scope
+from api.deps import AUTH_RESPONSES, REDIS_RESPONSES, ApiState, get_state, require_scope
 from api.problems import Problem
 from store.model_store import CheckpointConflict, SnapshotRefused
 
-router = APIRouter(tags=["models"], dependencies=[Depends(require_scope("admin"))], responses=AUTH_RESPONSES)
+router = APIRouter(
+    tags=["models"], dependencies=[Depends(require_scope("admin"))], responses={**AUTH_RESPONSES, **REDIS_RESPONSES}
+)
 
 Version = Annotated[int, Path(ge=1, description="A model version number.")]
 
@@ -93,8 +98,7 @@ async def promote_model(version: Version, body: Reason, state: Annotated[ApiStat
         raise HTTPException(status_code=404, detail=exc.args[0]) from exc
     except (SnapshotRefused, CheckpointConflict) as exc:
         raise HTTPException(status_code=409, detail=str(exc)) from exc
-    await state.models.refresh()
-    return Serving(current=version, serving=state.models.model.version if state.models.model else None)
+    return await _serving(state, version)
 
 
 @router.post(
@@ -116,8 +120,15 @@ async def rollback_model(body: Reason, state: Annotated[ApiState, Depends(get_st
         raise HTTPException(status_code=409, detail=exc.args[0]) from exc
     except (SnapshotRefused, CheckpointConflict) as exc:
         raise HTTPException(status_code=409, detail=str(exc)) from exc
-    await state.models.refresh()
-    return Serving(current=version, serving=state.models.model.version if state.models.model else None)
+    return await _serving(state, version)
+
+
+async def _serving(state: ApiState, current: int) -> Serving:
+    """What a change answers once Redis took it: this process loads the new current version now if it can (else its
+    refresh does within a second or so, as every other API process's)."""
+    with contextlib.suppress(RedisConnectionError, RedisTimeoutError):  # the change is done: not an error
+        await state.models.refresh()
+    return Serving(current=current, serving=state.models.model.version if state.models.model else None)
 
 
 @router.post("/v1/models/{version}/pin", responses={404: {"model": Problem, "description": "Not a retained version."}})

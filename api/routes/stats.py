@@ -9,9 +9,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 from prometheus_client import REGISTRY
 
-from api.deps import AUTH_RESPONSES, ApiState, get_state, require_scope
+from api.deps import AUTH_RESPONSES, REDIS_RESPONSES, ApiState, get_state, require_scope
 
-router = APIRouter(tags=["operations"], dependencies=[Depends(require_scope("admin"))], responses=AUTH_RESPONSES)
+router = APIRouter(
+    tags=["operations"], dependencies=[Depends(require_scope("admin"))], responses={**AUTH_RESPONSES, **REDIS_RESPONSES}
+)
 
 
 def latency_by_route() -> dict[str, dict[str, float]]:

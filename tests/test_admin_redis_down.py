@@ -1,0 +1,59 @@
+"""The admin and operations routes while Redis is unreachable: a 503 with ``Retry-After`` and a ``Problem`` body the
+OpenAPI page documents for that route, never a bare 500 (a real Redis, started here and killed under the running
+app)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonschema_rs
+import pytest
+from fastapi.testclient import TestClient
+
+from recstream import local_services
+from tests.conftest import TEST_API_KEY, Endpoint, in_process_app
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+REASON = {"reason": "test"}
+
+# (method, path as documented, path as requested, request keywords)
+NEEDS_REDIS: list[tuple[str, str, str, dict[str, Any]]] = [
+    ("get", "/v1/models", "/v1/models", {}),
+    ("get", "/v1/models/challengers", "/v1/models/challengers", {}),
+    ("get", "/v1/models/{version}", "/v1/models/3", {}),
+    ("post", "/v1/models/{version}/promote", "/v1/models/3/promote", {"json": REASON}),
+    ("post", "/v1/models/rollback", "/v1/models/rollback", {"json": REASON}),
+    ("post", "/v1/models/{version}/pin", "/v1/models/3/pin", {}),
+    ("post", "/v1/models/challengers/{name}/promote", "/v1/models/challengers/x/promote", {"json": REASON}),
+    ("get", "/v1/gate", "/v1/gate", {}),
+    ("post", "/v1/gate/resume", "/v1/gate/resume", {}),
+    ("get", "/v1/stats", "/v1/stats", {}),
+]
+
+
+def _schema(page: dict[str, Any], method: str, path: str, status: int) -> Any:
+    response = page["paths"][path][method]["responses"][str(status)]
+    return jsonschema_rs.validator_for(
+        {**response["content"]["application/json"]["schema"], "components": page["components"]}
+    )
+
+
+def test_admin_routes_answer_503_to_retry_while_redis_is_down(
+    broker_endpoint: Endpoint, processes: list[local_services.LocalService]
+) -> None:
+    redis = local_services.start_redis()
+    processes.append(redis)
+    app = in_process_app(Endpoint(redis.url, "own redis"), broker_endpoint)
+    headers = {"Authorization": f"Bearer {TEST_API_KEY}"}
+    with TestClient(app, base_url="http://127.0.0.1", headers=headers, raise_server_exceptions=False) as client:
+        assert client.get("/v1/gate").status_code == 200  # Redis up: answered
+        page = client.get("/openapi.json").json()
+        redis.kill()
+        for method, documented, requested, kwargs in NEEDS_REDIS:
+            answer = client.request(method.upper(), requested, **kwargs)
+            assert answer.status_code == 503, (requested, answer.status_code, answer.text)
+            assert answer.headers["Retry-After"] == "5", requested
+            body = answer.json()
+            assert body["detail"].startswith("Redis did not answer ("), body
+            _schema(page, method, documented, 503).validate(body)
