@@ -141,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
+    from recstream.models_cli import Refused
+
     where = "the service's (for a `recstream up` run, the one it printed)"
     try:
         return int(args.func(args) or 0)
@@ -166,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
             f"recstream {args.command}: cannot reach the broker ({exc}). Set RECSTREAM_BROKER_URL to {where} broker.",
             file=sys.stderr,
         )
+    except (Refused, TimeoutError) as exc:  # a change refused; a read that did not finish in time
+        print(f"recstream {args.command}: {exc}", file=sys.stderr)
+        return 1
     except ValidationError as exc:
         if exc.title != "Settings":
             raise

@@ -11,7 +11,21 @@ from typing import Any
 
 from recstream import components
 from recstream.settings import get_settings
-from store.model_store import ModelStore
+from store.model_store import CheckpointConflict, ModelStore, SnapshotRefused
+
+
+class Refused(Exception):
+    """A change the store refused (no such version, a snapshot that does not verify, a race lost): one line."""
+
+
+def _change(action: Callable[[ModelStore], Awaitable[Any]]) -> Any:
+    """:func:`_run` for a change: the store's refusals become :class:`Refused` with what it said."""
+    try:
+        return _run(action)
+    except KeyError as exc:
+        raise Refused(exc.args[0] if exc.args else "not found") from exc
+    except (SnapshotRefused, CheckpointConflict) as exc:
+        raise Refused(str(exc)) from exc
 
 
 def _run(action: Callable[[ModelStore], Awaitable[Any]]) -> Any:
@@ -116,7 +130,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _promote(args: argparse.Namespace) -> int:
-    _run(lambda store: store.promote(args.version, reason=args.reason))
+    _change(lambda store: store.promote(args.version, reason=args.reason))
     print(
         f"v{args.version} is current; API processes swap to it now, the worker continues from it at its next checkpoint"
     )
@@ -124,13 +138,13 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    version = _run(lambda store: store.rollback(reason=args.reason))
+    version = _change(lambda store: store.rollback(reason=args.reason))
     print(f"rolled back to v{version}; events learned after it are skipped (docs/operations.md)")
     return 0
 
 
 def _pin(args: argparse.Namespace) -> int:
-    _run(lambda store: store.pin(args.version, pinned=args.pinned))
+    _change(lambda store: store.pin(args.version, pinned=args.pinned))
     print(f"v{args.version} {'pinned' if args.pinned else 'unpinned'}")
     return 0
 
@@ -172,6 +186,6 @@ def _promote_challenger(args: argparse.Namespace) -> int:
     if args.name not in known:
         print(f"no challenger named {args.name!r} runs now (challengers: {', '.join(known) or 'none'})")
         return 1
-    _run(lambda store: store.request_challenger_promotion(args.name, reason=args.reason))
+    _change(lambda store: store.request_challenger_promotion(args.name, reason=args.reason))
     print(f"{args.name} becomes champion at the worker's next checkpoint; `recstream models history` records it")
     return 0

@@ -320,6 +320,15 @@ class Settings(_gate_settings()):  # type: ignore[misc]
         "empty: CORS off.",
     )
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        scheme = value.partition("://")[0] if "://" in value else ""
+        if scheme not in ("redis", "rediss", "unix"):
+            shown = value.split("@")[-1]  # (never a password)
+            raise ValueError(f"expected redis://host:port/db, rediss://… (TLS) or unix://…, got {shown!r}")
+        return value
+
     @model_validator(mode="after")
     def _challenger_names_unique(self) -> Settings:
         names = [self.model, *(spec.name for spec in self.challengers)]

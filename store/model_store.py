@@ -500,6 +500,8 @@ class ModelStore:
         current = await self.current_version()
         retained = {v["version"]: v for v in await self.versions()}
         parent = retained.get(current, {}).get("parent") if current is not None else None
+        if current is None:
+            raise KeyError("no version is current yet (the worker writes the first one): nothing to roll back")
         if parent is None:
             raise KeyError(f"the current version v{current} has no parent to roll back to; promote a version instead")
         if parent not in retained:

@@ -31,7 +31,11 @@ async def _partitions(settings: Settings) -> list[int]:
     return sorted(p["partition"] for topic in described if not topic.get("error_code") for p in topic["partitions"])
 
 
-async def read_quarantine(settings: Settings, timeout: float = 30.0) -> list[dict]:
+#: How long `recstream quarantine` reads the topic to its end before giving up (``--timeout``).
+READ_TIMEOUT_SECONDS = 30.0
+
+
+async def read_quarantine(settings: Settings, timeout: float = READ_TIMEOUT_SECONDS) -> list[dict]:
     """Every record currently in the quarantine topic (reads up to the end offsets taken at start)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers(settings),
@@ -53,7 +57,10 @@ async def read_quarantine(settings: Settings, timeout: float = 30.0) -> list[dic
         deadline = loop.time() + timeout
         while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
             if loop.time() > deadline:
-                raise TimeoutError(f"could not read {settings.topic_quarantined} to its end within {timeout}s")
+                raise TimeoutError(
+                    f"could not read {settings.topic_quarantined} to its end within {timeout:g} s; give it longer "
+                    "with --timeout"
+                )
             for messages in (await consumer.getmany(timeout_ms=200, max_records=5000)).values():
                 records.extend(json.loads(m.value) for m in messages)
         return records
@@ -105,16 +112,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("quarantine", help="list or replay events the quality gate held")
     sub = parser.add_subparsers(dest="action", required=True)
     p = sub.add_parser("list", help="counts of held events by reason")
+    p.add_argument("--timeout", type=float, default=READ_TIMEOUT_SECONDS, help="seconds to read the topic in")
     p.set_defaults(func=_list)
     p = sub.add_parser("replay", help="replay held events into the events topic, overriding one rule")
     p.add_argument("--reason", required=True, help="reason code to replay (or 'all'); it is also the rule overridden")
     p.add_argument("--since", type=_since, default=None, help="only events held at or after this time (ISO 8601)")
     p.add_argument("--dry-run", action="store_true", help="show what would be replayed")
+    p.add_argument("--timeout", type=float, default=READ_TIMEOUT_SECONDS, help="seconds to read the topic in")
     p.set_defaults(func=_replay)
 
 
-def _list(_args: argparse.Namespace) -> int:
-    records = asyncio.run(read_quarantine(get_settings()))
+def _list(args: argparse.Namespace) -> int:
+    records = asyncio.run(read_quarantine(get_settings(), args.timeout))
     counts = Counter(r.get("reason", "?") for r in records)
     print(f"{'reason':<28}{'held':>8}")
     for reason, count in counts.most_common():
@@ -125,7 +134,7 @@ def _list(_args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     settings = get_settings()
-    chosen = select(asyncio.run(read_quarantine(settings)), args.reason, args.since)
+    chosen = select(asyncio.run(read_quarantine(settings, args.timeout)), args.reason, args.since)
     override = None if args.reason == "all" else args.reason
     if args.dry_run:
         print(f"would replay {len(chosen)} events held for {args.reason!r} (overriding {override or 'nothing'})")

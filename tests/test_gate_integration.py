@@ -98,3 +98,8 @@ def test_held_events_are_quarantined_with_reasons_and_replayed_minus_the_overrid
     # The future event was not replayed and is still held, nothing lost.
     listing = run_cli("quarantine", "list", env=env)
     assert "future_timestamp" in listing.stdout
+    # A topic not read to its end in time: one line saying how to give it longer, no traceback.
+    hurried = run_cli("quarantine", "list", "--timeout", "0", env=env)
+    assert hurried.returncode == 1, hurried.stderr
+    assert hurried.stderr.strip().endswith("within 0 s; give it longer with --timeout"), hurried.stderr
+    assert "Traceback" not in hurried.stderr

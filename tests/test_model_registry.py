@@ -121,3 +121,31 @@ async def test_models_history_prints_each_promotion_and_rollback_as_a_row(
     as_json = run_cli("models", "history", "--json", env=env)
     records = [json.loads(line) for line in as_json.stdout.splitlines()]
     assert records == await store.promotions()
+
+
+async def test_models_commands_refuse_a_wrong_version_in_one_line(store: ModelStore, redis_endpoint: Endpoint) -> None:
+    env = {
+        **os.environ,
+        "RECSTREAM_REDIS_URL": redis_endpoint.url,
+        "RECSTREAM_REDIS_PREFIX": store.keys.prefix,
+        "RECSTREAM_HMAC_KEY": "k",
+    }
+    empty = run_cli("models", "rollback", "--reason", "x", env=env)
+    assert (empty.returncode, empty.stderr.strip()) == (
+        1,
+        "recstream models: no version is current yet (the worker writes the first one): nothing to roll back",
+    )
+    await store.checkpoint(None, b"good", {}, {}, {})
+    await store.redis.hset(store.keys.version(9), mapping={"blob": b"evil", "tag": b"0" * 64, "meta": "{}"})
+    refused = {
+        ("promote", "42", "--reason", "x"): "model version 42 does not exist",
+        ("pin", "42"): "model version 42 does not exist",
+        ("rollback", "--reason", "x"): "the current version v1 has no parent to roll back to",
+        ("promote", "9", "--reason", "x"): "failed HMAC authentication and was refused",
+    }
+    for args, said in refused.items():
+        done = run_cli("models", *args, env=env)
+        assert done.returncode == 1, (args, done.stderr)
+        assert done.stderr.startswith("recstream models: ") and said in done.stderr, (args, done.stderr)
+        assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert await store.current_version() == 1

@@ -72,6 +72,8 @@ def test_the_docs_model_settings_examples_are_accepted() -> None:
         ("RECSTREAM_MODEL", "nope", "RECSTREAM_MODEL / RECSTREAM_MODEL_PARAMS: cannot build a 'nope' model"),
         ("RECSTREAM_PROMOTE_WINDOW", "3", "RECSTREAM_PROMOTE_WINDOW: Input should be greater than or equal to 10"),
         ("RECSTREAM_CHALLENGERS", '[{"name": "m m", "model": "bpr"}]', "RECSTREAM_CHALLENGERS[0].name: String should"),
+        ("RECSTREAM_REDIS_URL", "127.0.0.1:6379", "RECSTREAM_REDIS_URL: expected redis://host:port/db"),
+        ("RECSTREAM_REDIS_URL", "http://ops:s3cret@db:6379/0", "RECSTREAM_REDIS_URL: expected redis://"),
     ],
 )
 def test_the_worker_refuses_bad_configuration_in_one_line_without_a_traceback(
@@ -85,6 +87,7 @@ def test_the_worker_refuses_bad_configuration_in_one_line_without_a_traceback(
     assert done.returncode == 2, done.stderr[-2000:]
     assert f"recstream worker: invalid configuration: {said}" in done.stderr
     assert "Traceback" not in done.stderr
+    assert "s3cret" not in done.stderr  # a password in a refused URL is not printed
 
 
 def test_a_process_with_the_public_development_key_warns(caplog: pytest.LogCaptureFixture) -> None:
