@@ -98,6 +98,12 @@ class Keys:
         return f"{self.prefix}:guard:resume"
 
     @property
+    def quarantine_replayed(self) -> str:
+        """Set of the quarantine records already replayed (``partition:offset`` in the quarantine topic): a replay
+        leaves them out unless asked again (stream/quarantine.py)."""
+        return f"{self.prefix}:quarantine:replayed"
+
+    @property
     def announce_channel(self) -> str:
         """Pub/sub channel on which a new version number is published after each checkpoint."""
         return f"{self.prefix}:model:announce"

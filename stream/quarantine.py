@@ -1,8 +1,11 @@
 """``recstream quarantine``: list what the gate held and replay it into the events topic after review.
 
 Replayed events carry a ``recstream-override`` header naming the reason(s) the operator overrides;
-they pass the whole gate again except those rules (and duplicates of already learned events are
-still dropped, so replaying twice learns nothing twice).
+they pass the whole gate again except those rules. A replay records which quarantine records it sent (their place in
+the quarantine topic, in Redis), and the next replay leaves them out unless given ``--again``: the gate's duplicate
+check only remembers event ids for ``RECSTREAM_DEDUPE_RETENTION_SECONDS``, so a replay repeated later would learn
+them twice. (Within that window a record sent twice, by ``--again`` or a replay interrupted before it recorded what
+it sent, is still dropped as a duplicate.)
 """
 
 from __future__ import annotations
@@ -16,9 +19,14 @@ from datetime import datetime
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from recstream import components
 from recstream.components import bootstrap_servers, kafka_client_kwargs
 from recstream.settings import Settings, get_settings
+from store.keys import Keys
 from stream.processor import OVERRIDE_HEADER
+
+#: Where a record read from the quarantine topic was there (``partition:offset``), added to it by read_quarantine.
+PLACE = "_place"
 
 
 async def _partitions(settings: Settings) -> list[int]:
@@ -62,7 +70,7 @@ async def read_quarantine(settings: Settings, timeout: float = READ_TIMEOUT_SECO
                     "with --timeout"
                 )
             for messages in (await consumer.getmany(timeout_ms=200, max_records=5000)).values():
-                records.extend(json.loads(m.value) for m in messages)
+                records.extend({**json.loads(m.value), PLACE: f"{m.partition}:{m.offset}"} for m in messages)
         return records
     finally:
         await consumer.stop()
@@ -77,6 +85,26 @@ def select(records: list[dict], reason: str | None, since: datetime | None) -> l
             continue
         chosen.append(record)
     return chosen
+
+
+async def not_replayed(settings: Settings, records: list[dict]) -> list[dict]:
+    """``records`` but those an earlier replay sent (:data:`PLACE` in the replayed set)."""
+    if not records:
+        return []
+    redis = components.redis_client(settings)
+    try:
+        sent = await redis.smismember(Keys(settings.redis_prefix).quarantine_replayed, [r[PLACE] for r in records])
+    finally:
+        await redis.aclose()
+    return [record for record, done in zip(records, sent, strict=True) if not done]
+
+
+async def record_replayed(settings: Settings, records: list[dict]) -> None:
+    redis = components.redis_client(settings)
+    try:
+        await redis.sadd(Keys(settings.redis_prefix).quarantine_replayed, *(r[PLACE] for r in records))
+    finally:
+        await redis.aclose()
 
 
 async def replay(settings: Settings, records: list[dict], override: str | None) -> int:
@@ -118,6 +146,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--reason", required=True, help="reason code to replay (or 'all'); it is also the rule overridden")
     p.add_argument("--since", type=_since, default=None, help="only events held at or after this time (ISO 8601)")
     p.add_argument("--dry-run", action="store_true", help="show what would be replayed")
+    p.add_argument("--again", action="store_true", help="also send the records an earlier replay sent")
     p.add_argument("--timeout", type=float, default=READ_TIMEOUT_SECONDS, help="seconds to read the topic in")
     p.set_defaults(func=_replay)
 
@@ -134,12 +163,21 @@ def _list(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     settings = get_settings()
-    chosen = select(asyncio.run(read_quarantine(settings, args.timeout)), args.reason, args.since)
+    matching = select(asyncio.run(read_quarantine(settings, args.timeout)), args.reason, args.since)
+    chosen = matching if args.again else asyncio.run(not_replayed(settings, matching))
     override = None if args.reason == "all" else args.reason
+    before = len(matching) - len(chosen)
+    left_out = f"; {before} replayed before left out (--again sends them too)" if before else ""
     if args.dry_run:
-        print(f"would replay {len(chosen)} events held for {args.reason!r} (overriding {override or 'nothing'})")
+        print(
+            f"would replay {len(chosen)} events held for {args.reason!r} (overriding {override or 'nothing'}){left_out}"
+        )
         return 0
     sent = asyncio.run(replay(settings, chosen, override)) if chosen else 0
+    if chosen:
+        asyncio.run(record_replayed(settings, chosen))
     target = settings.topic_events
-    print(f"replayed {sent} events held for {args.reason!r} into {target}; overriding {override or 'nothing'}")
+    print(
+        f"replayed {sent} events held for {args.reason!r} into {target}; overriding {override or 'nothing'}{left_out}"
+    )
     return 0
