@@ -139,9 +139,9 @@ def create_app(settings: Settings) -> FastAPI:
     async def redis_did_not_answer(request: Request, exc: Exception) -> JSONResponse:
         # a route that needs Redis (admin, stats) while it is unreachable: a 503 to retry, not a bare 500
         metrics.REDIS_ERRORS.labels("api").inc()
-        log.warning("%s %s: Redis did not answer (%s: %s)", request.method, request.url.path, type(exc).__name__, exc)
+        log.warning("%s %s: Redis unavailable (%s: %s)", request.method, request.url.path, type(exc).__name__, exc)
         retry = settings.retry_after_seconds
-        detail = f"Redis did not answer ({type(exc).__name__}); retry in {retry} s"
+        detail = f"Redis is unavailable ({type(exc).__name__}); retry in {retry} s"
         return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": str(retry)})
 
     app.add_exception_handler(RedisConnectionError, redis_did_not_answer)

@@ -39,6 +39,9 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from api.seen_cache import SeenCache
 from learner import cooccurrence_delta
 from learner.codec import CodecError
@@ -77,6 +80,7 @@ class ModelHolder:
         self.refused_version: int | None = None
         self.redis_ok = False
         self._was_unreachable = False
+        self._failing = False  # the last refresh failed other than by Redis being unreachable (logged once)
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._refreshing = asyncio.Lock()  # one refresh at a time: the loop's, or an operator's promote/rollback
@@ -85,6 +89,7 @@ class ModelHolder:
         """Load the current version if it differs from the one in memory."""
         async with self._refreshing:
             await self._refresh()
+            self._failing = False
 
     async def _refresh(self) -> None:
         version = await self.store.current_version()
@@ -178,8 +183,8 @@ class ModelHolder:
     async def start(self) -> None:
         try:
             await self.refresh()
-        except Exception as exc:  # noqa: BLE001 - Redis down at start: the poll keeps trying
-            self._unreachable(exc)
+        except Exception as exc:  # noqa: BLE001 - Redis down at start, or a version that fails: the poll keeps trying
+            self._failed(exc)
         self._task = asyncio.create_task(self._run(), name="model-refresh")
 
     async def stop(self) -> None:
@@ -198,12 +203,26 @@ class ModelHolder:
                 self._wake.clear()
                 try:
                     await self.refresh()
-                except Exception as exc:  # noqa: BLE001 - Redis down: keep serving what we have
-                    self._unreachable(exc)
+                except Exception as exc:  # noqa: BLE001 - Redis down, or a version that fails: keep serving
+                    self._failed(exc)
         finally:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await listener
+
+    def _failed(self, exc: BaseException) -> None:
+        """A refresh failed: Redis unreachable (the answers from held seen sets then say degraded), or something
+        else (logged once until a refresh succeeds; Redis is not blamed)."""
+        if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
+            self._unreachable(exc)
+        elif not self._failing:
+            self._failing = True
+            log.exception(
+                "refreshing the model failed; serving the model in memory (v%s) and retrying every %.1fs",
+                self.model.version if self.model else "none",
+                self.poll_seconds,
+                exc_info=exc,
+            )
 
     def _unreachable(self, exc: BaseException) -> None:
         if not self._was_unreachable:

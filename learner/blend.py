@@ -5,7 +5,7 @@ largest score (for non-negative evidence such as co-occurrence and popularity), 
 standardises (for factor-model logits), ``"none"`` leaves them. The default blend is the best
 two models of the MovieLens replay (``docs/model-card.md``): item-to-item co-occurrence plus a
 little of the pairwise factor model, which adds taste the user's last few items do not show.
-It ranked a little better than co-occurrence alone there, at a third of its speed.
+It ranked a little better than co-occurrence alone there, at about a quarter of its speed.
 
 All parts must learn from event weights (``reward = "weight"``) and register every item on
 every event, so their item rows line up and the blend's ``items`` is simply theirs.

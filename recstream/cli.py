@@ -137,11 +137,13 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("aiokafka").setLevel(logging.WARNING)
     from aiokafka.errors import KafkaConnectionError
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
     from redis.exceptions import AuthenticationError, AuthorizationError
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     from recstream.models_cli import Refused
+    from stream.quarantine import QuarantineReadTimeout
 
     where = "the service's (for a `recstream up` run, the one it printed)"
     try:
@@ -168,9 +170,11 @@ def main(argv: list[str] | None = None) -> int:
             f"recstream {args.command}: cannot reach the broker ({exc}). Set RECSTREAM_BROKER_URL to {where} broker.",
             file=sys.stderr,
         )
-    except (Refused, TimeoutError) as exc:  # a change refused; a read that did not finish in time
+    except (Refused, QuarantineReadTimeout) as exc:  # a change refused; a topic not read in time
         print(f"recstream {args.command}: {exc}", file=sys.stderr)
         return 1
+    except SettingsError as exc:  # a variable that is not even JSON (its value is not repeated)
+        print(f"recstream {args.command}: invalid configuration: {exc}", file=sys.stderr)
     except ValidationError as exc:
         if exc.title != "Settings":
             raise

@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import sys
@@ -21,27 +22,39 @@ from pathlib import Path
 
 from api.auth import hash_key, new_key
 from recstream import local_services
-from recstream.settings import Settings
+from recstream.settings import DEV_HMAC_KEY, Settings
 
 #: The file in the state directory that holds its snapshot key, made on the first run (owner-only).
 HMAC_KEY_FILE = "hmac.key"
 
 
-def local_hmac_key(state_dir: Path) -> str:
-    """The snapshot key of ``state_dir``'s runs: read from its key file, made there (random, mode 0600) if absent, so
-    a second run reads the first one's snapshots."""
+def local_hmac_key(state_dir: Path, signed_before: bool = False) -> str:
+    """The snapshot key of ``state_dir``'s runs, from its key file; made there if absent (owner-only, written whole
+    before it appears), so a second run reads the first one's snapshots. Random, but for a state directory whose
+    Redis already holds snapshots (``signed_before``: made by a recstream that signed them with the development
+    key), which keeps that key so they still load. SystemExit naming the file when it is not a key."""
     path = state_dir / HMAC_KEY_FILE
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(descriptor, "w") as made:
-        made.write(secrets.token_hex(32))
-    return path.read_text().strip()
+    if not path.exists():
+        made = state_dir / f".{HMAC_KEY_FILE}.{os.getpid()}"
+        descriptor = os.open(made, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(DEV_HMAC_KEY if signed_before else secrets.token_hex(32))
+        try:
+            os.link(made, path)  # appears with its key in it; another run that made one first wins
+        except FileExistsError:
+            pass
+        finally:
+            made.unlink()
+    key = path.read_text().strip()
+    if not key:
+        raise SystemExit(f"recstream up: {path} holds no key; delete it (snapshots signed with its key will not load)")
+    return key
 
 
 def run_embedded(demo: bool = False, api_port: int = 8000, broker: str = "auto", state_dir: Path | None = None) -> int:
     state_dir = (state_dir or Path(".recstream")).resolve()
+    # Redis state from a run made before runs had their own key: its snapshots are signed with the development key
+    signed_before = (state_dir / "redis").exists() and not (state_dir / HMAC_KEY_FILE).exists()
     state_dir.mkdir(parents=True, exist_ok=True)
     started: list[local_services.LocalService] = []
     stop = threading.Event()
@@ -72,11 +85,18 @@ def run_embedded(demo: bool = False, api_port: int = 8000, broker: str = "auto",
             "RECSTREAM_API_PORT": str(api_port),
             "RECSTREAM_API_KEYS": json.dumps(local_keys),
             # the snapshots' key: the one set, else this state directory's own (never the public development key)
-            "RECSTREAM_HMAC_KEY": os.environ.get("RECSTREAM_HMAC_KEY") or local_hmac_key(state_dir),
+            "RECSTREAM_HMAC_KEY": os.environ.get("RECSTREAM_HMAC_KEY") or local_hmac_key(state_dir, signed_before),
         }
+        if env["RECSTREAM_HMAC_KEY"] == DEV_HMAC_KEY:
+            print(
+                f"recstream up: {state_dir} holds snapshots signed with the public development key (made before "
+                "runs had their own key); they keep it. To start afresh with a random key: "
+                f"rm -rf {shlex.quote(str(state_dir))}",
+                flush=True,
+            )
         exports = f"RECSTREAM_REDIS_URL={redis.url} RECSTREAM_BROKER_URL={kafka.url}"
         if not os.environ.get("RECSTREAM_HMAC_KEY"):  # (the key itself is never printed)
-            exports += f" RECSTREAM_HMAC_KEY=$(cat {state_dir / HMAC_KEY_FILE})"
+            exports += f" RECSTREAM_HMAC_KEY=$(cat {shlex.quote(str(state_dir / HMAC_KEY_FILE))})"
         os.environ.update(env)
         settings = Settings()
         from stream.topics import ensure_topics

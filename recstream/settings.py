@@ -76,7 +76,8 @@ class ChallengerSpec(BaseModel):
 class Settings(_gate_settings()):  # type: ignore[misc]
     """Typed configuration for the worker, the API and the CLI."""
 
-    model_config = SettingsConfigDict(env_prefix="RECSTREAM_", extra="ignore")
+    # hide_input_in_errors: a refused setting's error never repeats the input (keys, passwords in URLs)
+    model_config = SettingsConfigDict(env_prefix="RECSTREAM_", extra="ignore", hide_input_in_errors=True)
 
     # Connections
     broker_url: str = Field(
@@ -325,7 +326,7 @@ class Settings(_gate_settings()):  # type: ignore[misc]
     def _redis_url(cls, value: str) -> str:
         scheme = value.partition("://")[0] if "://" in value else ""
         if scheme not in ("redis", "rediss", "unix"):
-            shown = value.split("@")[-1]  # (never a password)
+            shown = value.split("@")[-1].split("?")[0]  # (never a password, in the authority or the query)
             raise ValueError(f"expected redis://host:port/db, rediss://… (TLS) or unix://…, got {shown!r}")
         return value
 
@@ -349,7 +350,7 @@ class Settings(_gate_settings()):  # type: ignore[misc]
         for setting, kind, params in models:
             try:
                 build_model(kind, **params)
-            except (TypeError, ValueError) as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever the model's constructor refuses it with
                 raise ValueError(f"{setting}: cannot build a {kind!r} model with {params}: {exc}") from None
         return self
 

@@ -99,7 +99,7 @@ class Keys:
 
     @property
     def quarantine_replayed(self) -> str:
-        """Set of the quarantine records already replayed (``partition:offset`` in the quarantine topic): a replay
+        """Set of the quarantine records already replayed (``topic:partition:offset``): a replay
         leaves them out unless asked again (stream/quarantine.py)."""
         return f"{self.prefix}:quarantine:replayed"
 

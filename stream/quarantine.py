@@ -25,7 +25,7 @@ from recstream.settings import Settings, get_settings
 from store.keys import Keys
 from stream.processor import OVERRIDE_HEADER
 
-#: Where a record read from the quarantine topic was there (``partition:offset``), added to it by read_quarantine.
+#: Where a record read from the quarantine topic was there (``topic:partition:offset``), added by read_quarantine.
 PLACE = "_place"
 
 
@@ -37,6 +37,10 @@ async def _partitions(settings: Settings) -> list[int]:
     finally:
         await admin.close()
     return sorted(p["partition"] for topic in described if not topic.get("error_code") for p in topic["partitions"])
+
+
+class QuarantineReadTimeout(TimeoutError):
+    """The quarantine topic was not read to its end in time."""
 
 
 #: How long `recstream quarantine` reads the topic to its end before giving up (``--timeout``).
@@ -65,12 +69,12 @@ async def read_quarantine(settings: Settings, timeout: float = READ_TIMEOUT_SECO
         deadline = loop.time() + timeout
         while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
             if loop.time() > deadline:
-                raise TimeoutError(
+                raise QuarantineReadTimeout(
                     f"could not read {settings.topic_quarantined} to its end within {timeout:g} s; give it longer "
                     "with --timeout"
                 )
             for messages in (await consumer.getmany(timeout_ms=200, max_records=5000)).values():
-                records.extend({**json.loads(m.value), PLACE: f"{m.partition}:{m.offset}"} for m in messages)
+                records.extend({**json.loads(m.value), PLACE: f"{m.topic}:{m.partition}:{m.offset}"} for m in messages)
         return records
     finally:
         await consumer.stop()

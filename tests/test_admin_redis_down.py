@@ -55,5 +55,5 @@ def test_admin_routes_answer_503_to_retry_while_redis_is_down(
             assert answer.status_code == 503, (requested, answer.status_code, answer.text)
             assert answer.headers["Retry-After"] == "5", requested
             body = answer.json()
-            assert body["detail"].startswith("Redis did not answer ("), body
+            assert body["detail"].startswith("Redis is unavailable ("), body
             _schema(page, method, documented, 503).validate(body)

@@ -236,3 +236,30 @@ async def test_a_delta_refused_in_place_changes_nothing_and_one_failing_part_way
     want = ServingModel.from_bytes(learner.to_bytes(), third)
     for who in ("ann", "bob", "cid", "nobody"):
         assert holder.model.recommend(who, 5, set()) == want.recommend(who, 5, set()), who
+
+
+async def test_a_version_that_fails_to_load_is_not_blamed_on_redis(
+    store: ModelStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refresh that fails for another reason (here a version's metadata that is not JSON) keeps Redis counted as
+    reachable: answers from held seen sets are not marked degraded for it, and it is logged once, not every poll."""
+    learner = OnlineLearner()
+    learner.learn("u1", "v1", "like", None, None)
+    await store.checkpoint(None, learner.to_bytes(), {}, {}, {})
+    version = await store.checkpoint(1, learner.to_bytes(), {}, {}, {})
+    holder = ModelHolder(store, poll_seconds=60, load_share=1.0)
+    await holder.start()  # serves the second version
+    assert holder.redis_ok and holder.model is not None and holder.model.version == version
+    await store.checkpoint(version, learner.to_bytes(), {}, {}, {})
+    await store.redis.hset(store.keys.version(version + 1), "meta", "{not json")
+    with caplog.at_level("WARNING", logger="api.model_holder"):
+        for _ in range(3):
+            try:
+                await holder.refresh()
+            except Exception as exc:  # noqa: BLE001 - as the holder's poll meets it
+                holder._failed(exc)
+    await holder.stop()
+    assert holder.redis_ok, "a failure that is not Redis's marked Redis unreachable"
+    assert holder.model.version == version  # still serving what it had
+    failed = [r for r in caplog.records if "refreshing the model failed" in r.getMessage()]
+    assert len(failed) == 1 and not any("cannot reach Redis" in r.getMessage() for r in caplog.records)

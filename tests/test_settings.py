@@ -54,16 +54,16 @@ def test_models_that_can_be_built_are_accepted() -> None:
     assert [spec.name for spec in settings.challengers] == ["bpr", "mf-64"]
 
 
-def test_the_docs_model_settings_examples_are_accepted() -> None:
-    pattern = re.compile(r"RECSTREAM_(CHALLENGERS|MODEL_PARAMS)='([^']*)'")
+def test_the_docs_challenger_examples_are_accepted() -> None:
+    pattern = re.compile(r"RECSTREAM_CHALLENGERS='([^']*)'")
     found = [
-        (match.group(1), match.group(2))
+        match.group(1)
         for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
         for match in pattern.finditer(doc.read_text())
     ]
     assert found, "no example found: the pattern no longer matches how the docs write them"
-    for name, value in found:
-        Settings(**{name.lower(): json.loads(value)})
+    for value in found:
+        Settings(challengers=json.loads(value))
 
 
 @pytest.mark.parametrize(
@@ -73,6 +73,7 @@ def test_the_docs_model_settings_examples_are_accepted() -> None:
         ("RECSTREAM_PROMOTE_WINDOW", "3", "RECSTREAM_PROMOTE_WINDOW: Input should be greater than or equal to 10"),
         ("RECSTREAM_CHALLENGERS", '[{"name": "m m", "model": "bpr"}]', "RECSTREAM_CHALLENGERS[0].name: String should"),
         ("RECSTREAM_REDIS_URL", "127.0.0.1:6379", "RECSTREAM_REDIS_URL: expected redis://host:port/db"),
+        ("RECSTREAM_CHALLENGERS", "[oops", 'error parsing value for field "challengers"'),
         ("RECSTREAM_REDIS_URL", "http://ops:s3cret@db:6379/0", "RECSTREAM_REDIS_URL: expected redis://"),
     ],
 )
@@ -109,3 +110,15 @@ def test_a_local_run_makes_its_own_snapshot_key_once(tmp_path: Path) -> None:
     other = tmp_path / "other"
     other.mkdir()
     assert local_hmac_key(other) != key  # random: another state directory, another key
+    assert sorted(p.name for p in tmp_path.iterdir()) == [HMAC_KEY_FILE, "other"]  # no file left half made
+
+
+def test_a_state_directory_with_snapshots_signed_before_keeps_the_development_key(tmp_path: Path) -> None:
+    assert local_hmac_key(tmp_path, signed_before=True) == DEV_HMAC_KEY  # they load
+    assert local_hmac_key(tmp_path) == DEV_HMAC_KEY  # and go on loading at the next run
+
+
+def test_an_empty_key_file_stops_the_run_naming_it(tmp_path: Path) -> None:
+    (tmp_path / HMAC_KEY_FILE).write_text("")
+    with pytest.raises(SystemExit, match=f"{HMAC_KEY_FILE} holds no key; delete it"):
+        local_hmac_key(tmp_path)

@@ -66,8 +66,8 @@ class RecommendationList(BaseModel):
     items: list[ScoredItem]
     degraded: bool = Field(
         False,
-        description="true: Redis was unreachable, so items the user already saw were not excluded "
-        "(served from the model in memory).",
+        description="true: Redis was unreachable (served from the model in memory): the items the user already "
+        "saw were left out only as far as this API process held them (as of its last sync), else not at all.",
     )
 
 
