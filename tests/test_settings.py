@@ -7,8 +7,6 @@ import json
 import logging
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from pydantic import ValidationError
 from recstream.components import start_process
 from recstream.embedded import HMAC_KEY_FILE, local_hmac_key
 from recstream.settings import DEV_HMAC_KEY, Settings
+from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,9 +81,7 @@ def test_the_worker_refuses_bad_configuration_in_one_line_without_a_traceback(
 ) -> None:
     env = {**os.environ, variable: value}
     # refused before it connects to anything: a started worker would outlive the timeout (and be killed by it)
-    done = subprocess.run(
-        [sys.executable, "-m", "recstream.cli", "worker"], env=env, capture_output=True, text=True, timeout=60
-    )
+    done = run_cli("worker", env=env)
     assert done.returncode == 2, done.stderr[-2000:]
     assert f"recstream worker: invalid configuration: {said}" in done.stderr
     assert "Traceback" not in done.stderr
