@@ -107,7 +107,6 @@ def run_embedded(demo: bool = False, api_port: int = 8000, broker: str = "auto",
         api = local_services.start_api(env, port=api_port, workdir=state_dir / "api")
         started.append(api)
         now = datetime.now(UTC).isoformat(timespec="seconds")
-
         cli = _cli_command()
         print(
             f"""
