@@ -127,6 +127,11 @@ HEAP_TRIMS = Counter(
     "recstream_worker_heap_trims_total",
     "Times the worker gave freed heap memory back to the OS after a checkpoint (at most every 5 s).",
 )
+WORKER_WRITER_LEASE = Gauge(
+    "recstream_worker_writer_lease",
+    "1 while this worker holds the writer lease (it alone writes the model), 0 while it waits for another worker to "
+    "stop (a standby) or after it lost the lease.",
+)
 WORKER_STALLED = Gauge(
     "recstream_worker_stalled",
     "1 while the worker takes no new events because a checkpoint (or the batch's Redis lookups) keeps failing "

@@ -182,6 +182,14 @@ class Settings(_gate_settings()):  # type: ignore[misc]
     )
     worker_metrics_host: str = Field("127.0.0.1", description="Address the worker's Prometheus endpoint binds.")
     broker_session_timeout: float = Field(10.0, gt=0, description="Kafka consumer session timeout in seconds.")
+    worker_lease_seconds: float = Field(
+        10.0,
+        ge=1,
+        le=300,
+        description="The writer lease: one worker writes a prefix's model; another started beside it (a rolling "
+        "deploy, a standby) waits and takes over once the first stops — at once after SIGTERM, within this many "
+        "seconds after a SIGKILL. The holder renews it every third of this time.",
+    )
     broker_fetch_max_wait_seconds: float = Field(
         0.1,
         gt=0,

@@ -1,8 +1,8 @@
 """``recstream status``: a readable terminal summary of the live system, read from Redis.
 
 Shows the model version being served and what it has learned, how old the last checkpoint is,
-its progressive quality, the model guard, what the quality gate held by reason, and the
-retained versions an operator could roll back to.
+which worker writes it (the writer lease), its progressive quality, the model guard, what the
+quality gate held by reason, and the retained versions an operator could roll back to.
 """
 
 from __future__ import annotations
@@ -28,8 +28,14 @@ async def collect(settings: Settings) -> dict[str, Any]:
         for version in versions:
             raw = await redis.hget(store.keys.version(version), "meta")
             metas[version] = json.loads(raw) if raw else {}
+        holder = await redis.get(store.keys.writer_lease)
+        expires_ms = await redis.pttl(store.keys.writer_lease)
         return {
             "current": current,
+            "writer": {
+                "holder": holder.decode() if holder is not None else None,
+                "expires_in": expires_ms / 1000 if holder is not None and expires_ms >= 0 else None,
+            },
             "versions": metas,
             "gate": await store.gate_counts(),
             "guard": await store.guard_status(),
@@ -59,6 +65,13 @@ def render(status: dict[str, Any], now: float | None = None) -> str:
         auc, logloss = meta.get("progressive_auc"), meta.get("progressive_logloss")
         if auc is not None:
             lines.append(f"quality    progressive AUC {auc:.3f}, log loss {logloss:.3f} (predicted before learned)")
+    writer = status.get("writer") or {}
+    if writer.get("holder"):
+        left = writer.get("expires_in")
+        renewed = f" (lease renewed, {left:.0f} s left)" if left is not None else ""
+        lines.append(f"writer     {writer['holder']}{renewed}")
+    else:
+        lines.append("writer     none: no worker holds the writer lease (none runs, or the last one stopped)")
     guard = status["guard"]
     lines.append(
         f"guard      {guard.get('state', 'learning')}" + (f" since {guard['since']}" if guard.get("since") else "")

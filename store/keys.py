@@ -104,6 +104,11 @@ class Keys:
         return f"{self.prefix}:quarantine:replayed"
 
     @property
+    def writer_lease(self) -> str:
+        """String (expiring): the id of the worker that writes the model (store/writer_lease.py)."""
+        return f"{self.prefix}:worker:lease"
+
+    @property
     def announce_channel(self) -> str:
         """Pub/sub channel on which a new version number is published after each checkpoint."""
         return f"{self.prefix}:model:announce"

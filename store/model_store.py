@@ -18,6 +18,7 @@ writes the whole snapshot of a delta version over its delta in the background
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -34,6 +35,7 @@ from redis.exceptions import WatchError
 from store.keys import Keys
 from store.retention import stale as stale_versions
 from store.signing import SnapshotSigner
+from store.writer_lease import WriterLease
 
 log = logging.getLogger(__name__)
 
@@ -307,8 +309,13 @@ class ModelStore:
         contest: Mapping[str, Any] | None = None,
         promotion: Mapping[str, Any] | None = None,
         base: int | None = None,
+        lease: WriterLease | None = None,
     ) -> int | None:
         """Write a new version atomically and announce it; return its number.
+
+        With ``lease``, the writer lease must be its holder's and stay so until the transaction
+        commits (it is watched; the holder's own renewals wait meanwhile), else
+        :class:`CheckpointConflict` and nothing is written.
 
         With ``base``, ``blob`` is a delta against that version, which must still be retained (else
         :class:`CheckpointConflict`: write a whole snapshot instead).
@@ -326,13 +333,23 @@ class ModelStore:
         """
         keys = self.keys
         now = time.time() if now is None else now  # dedupe buckets and the version's time
-        async with self.redis.pipeline(transaction=True) as pipe:
+        renewals = lease.renewals_held() if lease is not None else contextlib.nullcontext()
+        async with renewals, self.redis.pipeline(transaction=True) as pipe:
             try:
                 # the pins too: a version pinned while this checkpoint runs must not be deleted by its retention.
                 # A delta's base must still be retained: every deletion of a version removes it from the watched
                 # versions set (the base's own hash is not watched: writing its whole snapshot over its delta in
                 # the background, ``consolidate``, leaves the state a delta applies to unchanged)
-                await pipe.watch(keys.current_version, keys.versions, keys.pinned)
+                # the writer lease too: another worker taking it over aborts this transaction
+                lease_key = [keys.writer_lease] if lease is not None else []
+                await pipe.watch(keys.current_version, keys.versions, keys.pinned, *lease_key)
+                if lease is not None:
+                    held = await pipe.get(keys.writer_lease)
+                    if held is None or held.decode() != lease.holder:
+                        raise CheckpointConflict(
+                            f"this worker ({lease.holder}) does not hold the writer lease "
+                            f"({'it expired' if held is None else 'held by ' + held.decode()}): it writes nothing"
+                        )
                 if base is not None and blob is not None and await pipe.zscore(keys.versions, str(base)) is None:
                     raise CheckpointConflict(f"the base v{base} of this delta is no longer retained")
                 raw = await pipe.get(keys.current_version)
@@ -427,7 +444,8 @@ class ModelStore:
                 await pipe.execute()
             except WatchError as exc:
                 raise CheckpointConflict(
-                    "the current model version, the versions or the pins changed during the checkpoint"
+                    "the current model version, the versions, the pins or the writer lease changed during the "
+                    "checkpoint"
                 ) from exc
         if blob is not None:
             await self._announce(version)

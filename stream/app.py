@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -30,9 +32,10 @@ import faust
 from recstream import components, metrics
 from recstream.heap_trim import HeapTrimmer
 from recstream.settings import Settings
+from store.writer_lease import WriterLease
 from stream.dead_letters import BATCH_BYTES, DeadLetterSender
 from stream.kafka_consumer import use_fetch_limits
-from stream.processor import QUARANTINED, REJECTED, EventProcessor, Record, overrides_from_headers
+from stream.processor import QUARANTINED, REJECTED, EventProcessor, Record, new_writer_id, overrides_from_headers
 from stream.take import take_ready
 
 log = logging.getLogger(__name__)
@@ -199,6 +202,7 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
 
     redis = components.redis_client(settings)
     store = components.model_store(settings, redis, bulk=True)
+    lease = WriterLease(redis, store.keys.writer_lease, new_writer_id(), settings.worker_lease_seconds)
 
     started: Any = None  # Faust's producer, once started by the first dead letter
 
@@ -231,6 +235,7 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
         contestants=components.contestants(settings),
         champion_name=settings.model,
         promotion_rule=components.promotion_rule(settings),
+        lease=lease,
     )
 
     backoff = Backoff()
@@ -370,20 +375,73 @@ async def _checkpoint_quietly(processor: EventProcessor) -> None:
 
 
 def run_worker(settings: Settings) -> None:
-    """Run the Faust worker in the foreground until SIGTERM/SIGINT (which checkpoint before exit)."""
-    import asyncio
+    """Run the Faust worker in the foreground until SIGTERM/SIGINT (which checkpoint before exit).
 
+    It first takes the writer lease (store/writer_lease.py), waiting while another worker holds it, and only then
+    joins the consumer group; it gives the lease back after its final checkpoint. A worker that loses the lease to
+    another stops (exit status 1) without writing anything more.
+    """
     from prometheus_client import start_http_server
 
     from stream.topics import ensure_topics
 
-    # Faust runs on the thread's current loop: create topics on that same loop first.
+    # Faust runs on the thread's current loop: create topics and take the lease on that same loop first.
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     loop.run_until_complete(ensure_topics(settings))
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host)
-    app, _ = create_app(settings)
+    app, processor = create_app(settings)
     components.start_process(settings, log)
+    lease = processor.lease
+    assert lease is not None
+    take_lease(loop, lease, settings.redis_prefix)
     worker = faust.Worker(app, loglevel="INFO", redirect_stdouts=False)
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    finally:
+        asyncio.run(_release_lease(settings, lease))
+        if lease.lost_to is not None:
+            raise SystemExit(
+                f"recstream worker: worker {lease.lost_to} took over the writer lease; this one stopped without "
+                "writing (started again, it waits for the lease as a standby)"
+            )
+
+
+def take_lease(loop: asyncio.AbstractEventLoop, lease: WriterLease, prefix: str) -> None:
+    """Wait on ``loop`` until ``lease`` is held, then keep it renewed there (a task that stops the process by SIGTERM
+    if another worker takes it)."""
+    metrics.WORKER_WRITER_LEASE.set(0)
+
+    def waiting(other: str) -> None:
+        log.warning(
+            "worker %s writes the model of RECSTREAM_REDIS_PREFIX=%r: this one waits as a standby and takes over "
+            "when it stops (at once after a SIGTERM, within %.0f s after a kill)",
+            other,
+            prefix,
+            lease.seconds,
+        )
+
+    def lost(other: str) -> None:
+        metrics.WORKER_WRITER_LEASE.set(0)
+        log.error("worker %s took over the writer lease: this worker writes nothing more and stops", other)
+        os.kill(os.getpid(), signal.SIGTERM)  # Faust's own shutdown: its final checkpoint is refused, nothing is lost
+
+    loop.run_until_complete(lease.acquire(waiting))
+    metrics.WORKER_WRITER_LEASE.set(1)
+    log.info("writer lease taken: this worker (%s) writes the model", lease.holder)
+    loop.create_task(lease.keep(lost), name="writer-lease")
+
+
+async def _release_lease(settings: Settings, lease: WriterLease) -> None:
+    """Give the lease back after the worker stopped (its loop is closed: a client of its own)."""
+    redis = components.redis_client(settings)
+    try:
+        lease.redis = redis
+        if await lease.release():
+            log.info("writer lease released")
+    except Exception as exc:  # noqa: BLE001 - Redis unreachable: the lease expires by itself
+        log.warning("could not release the writer lease (%s); it expires in %.0f s", exc, lease.seconds)
+    finally:
+        await redis.aclose()
+        metrics.WORKER_WRITER_LEASE.set(0)

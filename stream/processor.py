@@ -40,6 +40,7 @@ from recstream import metrics
 from recstream.events import Decoded, Event, parse_message
 from recstream.share_budget import ShareBudget
 from store.model_store import CheckpointConflict, ModelStore, Snapshot, SnapshotRefused
+from store.writer_lease import WriterLease
 
 if TYPE_CHECKING:
     from learner.gate.gate import QualityGate
@@ -289,6 +290,11 @@ def overrides_from_headers(headers: Any) -> frozenset[str]:
     return frozenset()
 
 
+def new_writer_id() -> str:
+    """Names one worker process: in the versions it writes and in the writer lease (``host:pid:random``)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
 class EventProcessor:
     """Owns the learner between checkpoints; the Faust agent feeds it batches."""
 
@@ -311,8 +317,11 @@ class EventProcessor:
         contestants: Mapping[str, Callable[[], OnlineLearner]] | None = None,
         champion_name: str = "champion",
         promotion_rule: PromotionRule | None = None,
+        lease: WriterLease | None = None,
     ) -> None:
         self.store = store
+        #: the writer lease each checkpoint must hold (store/writer_lease.py); None: not checked
+        self.lease = lease
         self._new_learner = new_learner
         self._learner_from_bytes = learner_from_bytes
         self._dead_letters = dead_letters
@@ -358,7 +367,7 @@ class EventProcessor:
         self.auto_hold_samples = 0
         self._unrecorded_promotion: dict[str, Any] | None = None
         #: Names this worker process in the versions it writes (tells its own commits from others').
-        self.writer_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.writer_id = lease.holder if lease is not None else new_writer_id()
         self.next_offsets: dict[tuple[str, int], int] = {}
         self.rejected_total = 0
         self.paused_since: float | None = None
@@ -1124,6 +1133,7 @@ class EventProcessor:
                 contest=write.contest,
                 promotion=write.promotion,
                 base=write.base,
+                lease=self.lease,
             )
         except Exception:
             metrics.CHECKPOINTS.labels("failed").inc()

@@ -180,6 +180,7 @@ def make_env(redis_endpoint: Endpoint, broker_endpoint: Endpoint) -> dict[str, s
         "RECSTREAM_CHECKPOINT_INTERVAL_SECONDS": "0.3",
         "RECSTREAM_CHECKPOINT_EVERY_EVENTS": "200",
         "RECSTREAM_BROKER_SESSION_TIMEOUT": "6",
+        "RECSTREAM_WORKER_LEASE_SECONDS": "5",  # a worker restarted after a kill waits this long for the lease
         "RECSTREAM_MODEL_POLL_SECONDS": "0.2",
         "RECSTREAM_HMAC_KEY": f"test-key-{run}",
         "RECSTREAM_API_KEYS": json.dumps(TEST_API_KEYS),

@@ -23,6 +23,7 @@ def test_render_shows_model_quality_gate_and_versions() -> None:
         "gate": {"duplicate": 40, "user_rate": 10},
         "guard": {"state": "learning", "since": ""},
         "offsets": {"events/0": 600, "events/1": 603},
+        "writer": {"holder": "host-a:12:ab12cd34", "expires_in": 8.4},
     }
     now = 1_795_428_030.0  # 30 s after the checkpoint above
     text = render(status, now=now)
@@ -32,8 +33,10 @@ def test_render_shows_model_quality_gate_and_versions() -> None:
     assert "50 held or dropped" in text and "duplicate" in text and "user_rate" in text
     assert "v6 (900), v7* (1,200)" in text
     assert "events/0=600, events/1=603" in text
+    assert "writer     host-a:12:ab12cd34 (lease renewed, 8 s left)" in text
 
 
 def test_render_says_when_there_is_no_model_yet() -> None:
     text = render({"current": None, "versions": {}, "gate": {}, "guard": {}, "offsets": {}}, now=0)
     assert "none yet" in text and "nothing held" in text and "guard      learning" in text
+    assert "writer     none: no worker holds the writer lease" in text
