@@ -68,7 +68,7 @@ def render(status: dict[str, Any], now: float | None = None) -> str:
     writer = status.get("writer") or {}
     if writer.get("holder"):
         left = writer.get("expires_in")
-        renewed = f" (lease renewed, {left:.0f} s left)" if left is not None else ""
+        renewed = f" (its lease runs {left:.0f} s more unless renewed)" if left is not None else ""
         lines.append(f"writer     {writer['holder']}{renewed}")
     else:
         lines.append("writer     none: no worker holds the writer lease (none runs, or the last one stopped)")

@@ -109,6 +109,11 @@ class Keys:
         return f"{self.prefix}:worker:lease"
 
     @property
+    def writer_epoch(self) -> str:
+        """Integer: incremented at each take-over of the writer lease; checkpoints check it is their holder's."""
+        return f"{self.prefix}:worker:lease:epoch"
+
+    @property
     def announce_channel(self) -> str:
         """Pub/sub channel on which a new version number is published after each checkpoint."""
         return f"{self.prefix}:model:announce"

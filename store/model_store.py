@@ -18,7 +18,6 @@ writes the whole snapshot of a delta version over its delta in the background
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
@@ -313,8 +312,8 @@ class ModelStore:
     ) -> int | None:
         """Write a new version atomically and announce it; return its number.
 
-        With ``lease``, the writer lease must be its holder's and stay so until the transaction
-        commits (it is watched; the holder's own renewals wait meanwhile), else
+        With ``lease``, the writer lease's epoch must be its holder's and stay so until the
+        transaction commits (it is watched: another worker taking the lease aborts it), else
         :class:`CheckpointConflict` and nothing is written.
 
         With ``base``, ``blob`` is a delta against that version, which must still be retained (else
@@ -333,22 +332,24 @@ class ModelStore:
         """
         keys = self.keys
         now = time.time() if now is None else now  # dedupe buckets and the version's time
-        renewals = lease.renewals_held() if lease is not None else contextlib.nullcontext()
-        async with renewals, self.redis.pipeline(transaction=True) as pipe:
+        if lease is not None and (lease.epoch is None or lease.lost_to is not None):
+            raise CheckpointConflict(f"this worker ({lease.holder}) does not hold the writer lease: it writes nothing")
+        async with self.redis.pipeline(transaction=True) as pipe:
             try:
                 # the pins too: a version pinned while this checkpoint runs must not be deleted by its retention.
                 # A delta's base must still be retained: every deletion of a version removes it from the watched
                 # versions set (the base's own hash is not watched: writing its whole snapshot over its delta in
                 # the background, ``consolidate``, leaves the state a delta applies to unchanged)
-                # the writer lease too: another worker taking it over aborts this transaction
-                lease_key = [keys.writer_lease] if lease is not None else []
-                await pipe.watch(keys.current_version, keys.versions, keys.pinned, *lease_key)
+                # the writer lease's epoch too: another worker taking the lease over aborts this transaction
+                epoch_key = [keys.writer_epoch] if lease is not None else []
+                await pipe.watch(keys.current_version, keys.versions, keys.pinned, *epoch_key)
                 if lease is not None:
-                    held = await pipe.get(keys.writer_lease)
-                    if held is None or held.decode() != lease.holder:
+                    epoch = await pipe.get(keys.writer_epoch)
+                    if epoch is None or int(epoch) != lease.epoch:
                         raise CheckpointConflict(
-                            f"this worker ({lease.holder}) does not hold the writer lease "
-                            f"({'it expired' if held is None else 'held by ' + held.decode()}): it writes nothing"
+                            f"this worker ({lease.holder}) no longer holds the writer lease: another worker took it "
+                            f"(epoch {epoch.decode() if epoch else 'gone'}, this worker's {lease.epoch}); it writes "
+                            "nothing"
                         )
                 if base is not None and blob is not None and await pipe.zscore(keys.versions, str(base)) is None:
                     raise CheckpointConflict(f"the base v{base} of this delta is no longer retained")

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import faust
+from redis.exceptions import AuthenticationError
 
 from recstream import components, metrics
 from recstream.heap_trim import HeapTrimmer
@@ -44,6 +45,7 @@ TAKE_LINGER_SECONDS = 0.005  # a batch waits this long for company (stream/take.
 IDLE_TICK_MAX_SECONDS = 0.2
 RETRY_FIRST_SECONDS = 0.5  # first wait after a failed checkpoint (or batch, or start)…
 RETRY_MAX_SECONDS = 5.0  # …doubling up to this
+RELEASE_TIMEOUT_SECONDS = 3.0  # giving the writer lease back at exit waits this long at most (else it expires)
 
 
 class Backoff:
@@ -202,7 +204,8 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
 
     redis = components.redis_client(settings)
     store = components.model_store(settings, redis, bulk=True)
-    lease = WriterLease(redis, store.keys.writer_lease, new_writer_id(), settings.worker_lease_seconds)
+    keys = store.keys
+    lease = WriterLease(redis, keys.writer_lease, keys.writer_epoch, new_writer_id(), settings.worker_lease_seconds)
 
     started: Any = None  # Faust's producer, once started by the first dead letter
 
@@ -395,42 +398,64 @@ def run_worker(settings: Settings) -> None:
     components.start_process(settings, log)
     lease = processor.lease
     assert lease is not None
-    take_lease(loop, lease, settings.redis_prefix)
-    worker = faust.Worker(app, loglevel="INFO", redirect_stdouts=False)
     try:
+        keeper = take_lease(loop, lease, settings.redis_prefix)
+        if keeper is None:
+            return  # stopped while it waited: it held nothing
+        worker = faust.Worker(app, loglevel="INFO", redirect_stdouts=False)
         worker.execute_from_commandline()
+    except AuthenticationError as exc:
+        raise SystemExit(f"recstream worker: Redis refused the credentials in RECSTREAM_REDIS_URL ({exc})") from None
     finally:
-        asyncio.run(_release_lease(settings, lease))
+        if lease.epoch is not None:
+            asyncio.run(_release_lease(settings, lease))
         if lease.lost_to is not None:
             raise SystemExit(
-                f"recstream worker: worker {lease.lost_to} took over the writer lease; this one stopped without "
-                "writing (started again, it waits for the lease as a standby)"
+                f"recstream worker: {_worker_named(lease.lost_to)} took over the writer lease; this one stopped "
+                "without writing (started again, it waits for the lease as a standby)"
             )
 
 
-def take_lease(loop: asyncio.AbstractEventLoop, lease: WriterLease, prefix: str) -> None:
-    """Wait on ``loop`` until ``lease`` is held, then keep it renewed there (a task that stops the process by SIGTERM
-    if another worker takes it)."""
+def take_lease(loop: asyncio.AbstractEventLoop, lease: WriterLease, prefix: str) -> asyncio.Task[None] | None:
+    """Wait on ``loop`` until ``lease`` is held, then keep it renewed there: the task that does (it stops the process
+    by SIGTERM if another worker takes the lease). None if SIGTERM or SIGINT came while it waited."""
     metrics.WORKER_WRITER_LEASE.set(0)
 
     def waiting(other: str) -> None:
         log.warning(
-            "worker %s writes the model of RECSTREAM_REDIS_PREFIX=%r: this one waits as a standby and takes over "
+            "%s writes the model of RECSTREAM_REDIS_PREFIX=%r: this one waits as a standby and takes over "
             "when it stops (at once after a SIGTERM, within %.0f s after a kill)",
-            other,
+            _worker_named(other),
             prefix,
             lease.seconds,
         )
 
     def lost(other: str) -> None:
         metrics.WORKER_WRITER_LEASE.set(0)
-        log.error("worker %s took over the writer lease: this worker writes nothing more and stops", other)
+        log.error("%s took over the writer lease: this worker writes nothing more and stops", _worker_named(other))
         os.kill(os.getpid(), signal.SIGTERM)  # Faust's own shutdown: its final checkpoint is refused, nothing is lost
 
-    loop.run_until_complete(lease.acquire(waiting))
+    # Faust installs its signal handlers only once it runs: until then a stop cancels the wait (and exits cleanly).
+    waiting_task = loop.create_task(lease.acquire(waiting))
+    stops = (signal.SIGTERM, signal.SIGINT)
+    for stop in stops:
+        loop.add_signal_handler(stop, waiting_task.cancel)
+    try:
+        loop.run_until_complete(waiting_task)
+    except asyncio.CancelledError:
+        log.info("stopped while waiting for the writer lease")
+        return None
+    finally:
+        for stop in stops:
+            loop.remove_signal_handler(stop)
     metrics.WORKER_WRITER_LEASE.set(1)
     log.info("writer lease taken: this worker (%s) writes the model", lease.holder)
-    loop.create_task(lease.keep(lost), name="writer-lease")
+    return loop.create_task(lease.keep(lost), name="writer-lease")
+
+
+def _worker_named(holder: str) -> str:
+    """``holder`` as :meth:`WriterLease.try_acquire` reports it, for a sentence."""
+    return holder if holder.startswith("another worker") else f"worker {holder}"
 
 
 async def _release_lease(settings: Settings, lease: WriterLease) -> None:
@@ -438,7 +463,7 @@ async def _release_lease(settings: Settings, lease: WriterLease) -> None:
     redis = components.redis_client(settings)
     try:
         lease.redis = redis
-        if await lease.release():
+        if await asyncio.wait_for(lease.release(), RELEASE_TIMEOUT_SECONDS):
             log.info("writer lease released")
     except Exception as exc:  # noqa: BLE001 - Redis unreachable: the lease expires by itself
         log.warning("could not release the writer lease (%s); it expires in %.0f s", exc, lease.seconds)

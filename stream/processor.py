@@ -1055,6 +1055,9 @@ class EventProcessor:
         ``_pending`` and the change log starts again for the next delta."""
         if self.learner is None:
             return None
+        if self.lease is not None and self.lease.lost_to is not None:
+            # nothing more from this worker: no operator request taken, no dead letter sent, nothing written
+            raise CheckpointConflict(f"worker {self.lease.lost_to} took over the writer lease: this one writes nothing")
         await self._apply_operator_resume()
         adopted = await self._adopt_promoted_version()
         # A swap whose checkpoint failed is still to be recorded: keep its record until one succeeds.

@@ -8,6 +8,7 @@ the mapping of the settings to client options is tested (docs/security.md).
 
 from __future__ import annotations
 
+import os
 import ssl
 import uuid
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from pydantic import SecretStr
 
 from recstream import components, local_services
 from recstream.settings import Settings
-from tests.conftest import Endpoint, api_client, make_env, wait_for
+from tests.conftest import Endpoint, api_client, make_env, run_cli, wait_for
 from tests.kafka_io import CheckpointReader, produce_events
 from tests.taste_stream import taste_events
 
@@ -86,6 +87,20 @@ def test_worker_and_api_use_redis_auth_and_never_log_the_password(
         assert service.log_path is not None and service.log_path.exists()
         log = service.log_path.read_text(errors="replace")
         assert PASSWORD not in log, f"the Redis password leaked into {service.name}'s log"
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_a_worker_with_the_wrong_redis_password_stops_at_start_saying_so(
+    redis_with_password: local_services.LocalService, broker_endpoint: Endpoint
+) -> None:
+    host, port = redis_with_password.host, redis_with_password.port
+    wrong = Endpoint(f"redis://:not-{PASSWORD}@{host}:{port}/0", "local redis-server, wrong password")
+    result = run_cli("worker", env={**os.environ, **make_env(wrong, broker_endpoint)}, timeout=90)
+    assert result.returncode == 1, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("recstream worker: Redis refused the credentials in RECSTREAM_REDIS_URL"), last
+    assert PASSWORD not in result.stderr + result.stdout
 
 
 # -- Kafka SASL/SSL: settings -> client options (no SASL broker here) ------------------------------

@@ -33,7 +33,7 @@ def test_render_shows_model_quality_gate_and_versions() -> None:
     assert "50 held or dropped" in text and "duplicate" in text and "user_rate" in text
     assert "v6 (900), v7* (1,200)" in text
     assert "events/0=600, events/1=603" in text
-    assert "writer     host-a:12:ab12cd34 (lease renewed, 8 s left)" in text
+    assert "writer     host-a:12:ab12cd34 (its lease runs 8 s more unless renewed)" in text
 
 
 def test_render_says_when_there_is_no_model_yet() -> None:

@@ -22,7 +22,7 @@ async def store(redis_endpoint: Endpoint) -> AsyncIterator[ModelStore]:
 
 
 def lease(store: ModelStore, holder: str, seconds: float = 30) -> WriterLease:
-    return WriterLease(store.redis, store.keys.writer_lease, holder, seconds)
+    return WriterLease(store.redis, store.keys.writer_lease, store.keys.writer_epoch, holder, seconds)
 
 
 async def test_one_holder_at_a_time_and_release_hands_over(store: ModelStore) -> None:
@@ -75,31 +75,41 @@ async def test_a_holder_that_lost_it_is_told_and_stops_renewing(store: ModelStor
 async def test_a_lease_that_expired_with_nobody_waiting_is_taken_again_by_its_holder(store: ModelStore) -> None:
     a = lease(store, "a", seconds=0.3)
     await a.acquire()
+    epoch = a.epoch
     await asyncio.sleep(0.6)
     assert await store.redis.get(store.keys.writer_lease) is None
     assert await a.try_acquire() is None
     assert await store.redis.get(store.keys.writer_lease) == b"a"
+    assert a.epoch == epoch  # the same tenure: its checkpoints go on
+    assert await store.checkpoint(None, b"x", {}, {}, {}, lease=a) == 1
 
 
-async def test_no_renewal_while_a_checkpoint_holds_it(store: ModelStore) -> None:
-    a = lease(store, "a")
-    async with a.renewals_held():
-        renewal = asyncio.create_task(a.try_acquire())
-        await asyncio.sleep(0.2)
-        assert not renewal.done()
-    assert await asyncio.wait_for(renewal, timeout=5) is None
+async def test_a_holder_whose_lease_another_held_meanwhile_has_lost_it_even_once_that_one_left(
+    store: ModelStore,
+) -> None:
+    a, b = lease(store, "a", seconds=0.3), lease(store, "b", seconds=0.3)
+    await a.acquire()
+    await asyncio.wait_for(b.acquire(), timeout=5)  # a was cut off past the lease time: b took over
+    assert b.epoch == (a.epoch or 0) + 1
+    assert await b.release() is True  # and stopped
+    lost: list[str] = []
+    await asyncio.wait_for(a.keep(lost.append), timeout=5)
+    assert len(lost) == 1 and "epoch is 2, this worker's 1" in lost[0], lost
+    assert await store.redis.get(store.keys.writer_lease) is None  # a did not take it back
+    with pytest.raises(CheckpointConflict):
+        await store.checkpoint(None, b"x", {}, {}, {}, lease=a)
 
 
 async def test_a_checkpoint_needs_the_lease(store: ModelStore) -> None:
     a, b = lease(store, "a"), lease(store, "b")
-    with pytest.raises(CheckpointConflict, match=r"does not hold the writer lease \(it expired"):
+    with pytest.raises(CheckpointConflict, match="does not hold the writer lease"):
         await store.checkpoint(None, b"x", {}, {}, {}, lease=a)
     await a.acquire()
     v1 = await store.checkpoint(None, b"x", {}, {("t", 0): 1}, {}, lease=a)
     assert v1 == 1
     await a.release()
     await b.acquire()
-    with pytest.raises(CheckpointConflict, match="held by b"):
+    with pytest.raises(CheckpointConflict, match="no longer holds the writer lease: another worker took it"):
         await store.checkpoint(v1, b"y", {}, {("t", 0): 2}, {"u": {"i"}}, event_ids=["e1"], lease=a)
     assert await store.current_version() == 1  # nothing of it was written
     assert await store.offsets() == {("t", 0): 1}
@@ -108,19 +118,42 @@ async def test_a_checkpoint_needs_the_lease(store: ModelStore) -> None:
     assert await store.checkpoint(v1, b"y", {}, {("t", 0): 2}, {}, lease=b) == 2
 
 
-async def test_a_takeover_during_a_checkpoint_aborts_it(store: ModelStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    a = lease(store, "a")
-    await a.acquire()
+async def _during_checkpoint(store: ModelStore, monkeypatch: pytest.MonkeyPatch, meanwhile: object) -> None:
+    """Run ``meanwhile()`` inside the checkpoint's transaction: it reads the pins between its lease check and EXEC."""
     smembers = store.redis.smembers
 
-    async def taken_over_meanwhile(key: str) -> object:
-        # The checkpoint reads the pins between its lease check and EXEC: another worker takes the lease right then
-        # (as one would after this one froze past the lease time).
-        await store.redis.set(store.keys.writer_lease, "b")
+    async def pins(key: str) -> object:
+        await meanwhile()  # type: ignore[operator]
         return await smembers(key)
 
-    monkeypatch.setattr(store.redis, "smembers", taken_over_meanwhile)
+    monkeypatch.setattr(store.redis, "smembers", pins)
+
+
+async def test_a_takeover_during_a_checkpoint_aborts_it(store: ModelStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = lease(store, "a"), lease(store, "b")
+    await a.acquire()
+
+    async def taken_over() -> None:  # as after this worker froze past the lease time
+        await store.redis.delete(store.keys.writer_lease)
+        assert await b.try_acquire() is None
+
+    await _during_checkpoint(store, monkeypatch, taken_over)
     with pytest.raises(CheckpointConflict, match="writer lease changed during the checkpoint"):
         await store.checkpoint(None, b"x", {}, {("t", 0): 1}, {}, lease=a)
     assert await store.current_version() is None
     assert await store.offsets() == {}
+
+
+async def test_neither_a_renewal_nor_an_expiry_during_a_checkpoint_aborts_it(
+    store: ModelStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = lease(store, "a")
+    await a.acquire()
+
+    async def renewed_then_expired() -> None:  # a long checkpoint: renewed meanwhile, then run past the lease time
+        assert await a.try_acquire() is None
+        await store.redis.delete(store.keys.writer_lease)
+
+    await _during_checkpoint(store, monkeypatch, renewed_then_expired)
+    assert await store.checkpoint(None, b"x", {}, {("t", 0): 1}, {}, lease=a) == 1
+    assert await store.offsets() == {("t", 0): 1}
