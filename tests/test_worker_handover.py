@@ -73,6 +73,12 @@ def test_a_second_worker_waits_then_takes_over_learning_every_event_once(
         processes.append(second)
         wait_for(lambda: "waits as a standby" in _log(second), 60, f"the second worker to wait ({second.log_path})")
         assert first_writer in _log(second)  # it names the worker it waits for
+        # A standby stopped while it waits exits at once and cleanly (it holds nothing).
+        third = local_services.start_worker(env)
+        processes.append(third)
+        wait_for(lambda: "waits as a standby" in _log(third), 60, f"a third worker to wait ({third.log_path})")
+        stop_gracefully(third, timeout=10)
+        assert third.process.returncode == 0 and "stopped while waiting for the writer lease" in _log(third)
         status = run_cli("status", env={**os.environ, **env})
         assert status.returncode == 0, status.stderr
         assert f"writer     {first_writer} (its lease runs" in status.stdout, status.stdout
