@@ -13,7 +13,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from redis.exceptions import AuthenticationError as RedisAuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError as RedisReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -139,13 +141,22 @@ def create_app(settings: Settings) -> FastAPI:
     async def redis_did_not_answer(request: Request, exc: Exception) -> JSONResponse:
         # a route that needs Redis (admin, stats) while it is unreachable: a 503 to retry, not a bare 500
         metrics.REDIS_ERRORS.labels("api").inc()
-        log.warning("%s %s: Redis unavailable (%s: %s)", request.method, request.url.path, type(exc).__name__, exc)
+        what = type(exc).__name__
+        if isinstance(exc, RedisAuthenticationError):  # not going away by itself: an operator must act
+            detail = f"Redis refused this API process's credentials ({what}): RECSTREAM_REDIS_URL must be fixed"
+            log.error("%s %s: %s", request.method, request.url.path, detail)
+            return JSONResponse({"detail": detail}, status_code=503)
+        log.warning("%s %s: Redis unavailable (%s: %s)", request.method, request.url.path, what, exc)
         retry = settings.retry_after_seconds
-        detail = f"Redis is unavailable ({type(exc).__name__}); retry in {retry} s"
+        if isinstance(exc, RedisReadOnlyError):  # a replica (a failover under way): the primary answers soon
+            detail = f"Redis is read-only ({what}: this API process reaches a replica); retry in {retry} s"
+        else:
+            detail = f"Redis is unavailable ({what}); retry in {retry} s"
         return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": str(retry)})
 
     app.add_exception_handler(RedisConnectionError, redis_did_not_answer)
     app.add_exception_handler(RedisTimeoutError, redis_did_not_answer)
+    app.add_exception_handler(RedisReadOnlyError, redis_did_not_answer)
 
     # Added innermost first: latency and security headers see every answer, including 413s and CORS preflights.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)

@@ -69,8 +69,9 @@ AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
 REDIS_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {
         "model": Problem,
-        "description": "Redis did not answer; retry after `Retry-After` seconds (for a change, `GET /v1/models` or "
-        "`GET /v1/gate` says whether it took effect).",
+        "description": "Redis did not answer, or answered read-only (a failover); retry after `Retry-After` seconds "
+        "(for a change, `GET /v1/models` or `GET /v1/gate` says whether it took effect). Without `Retry-After`, Redis "
+        "refused the API's credentials: an operator must fix them.",
     },
 }
 

@@ -4,6 +4,7 @@ app)."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import jsonschema_rs
@@ -57,3 +58,39 @@ def test_admin_routes_answer_503_to_retry_while_redis_is_down(
             body = answer.json()
             assert body["detail"].startswith("Redis is unavailable ("), body
             _schema(page, method, documented, 503).validate(body)
+
+
+def test_a_read_only_redis_is_a_503_to_retry_and_refused_credentials_a_503_to_fix(
+    broker_endpoint: Endpoint, processes: list[local_services.LocalService]
+) -> None:
+    import redis as redis_lib
+
+    password = "pw-" + uuid.uuid4().hex
+    redis = local_services.start_redis(password=password)
+    processes.append(redis)
+    headers = {"Authorization": f"Bearer {TEST_API_KEY}"}
+    authed = Endpoint(f"redis://:{password}@{redis.host}:{redis.port}/0", "own redis")
+    app = in_process_app(authed, broker_endpoint)
+    admin = redis_lib.Redis.from_url(authed.url)
+    try:
+        with TestClient(app, base_url="http://127.0.0.1", headers=headers, raise_server_exceptions=False) as client:
+            assert client.post("/v1/models/3/pin", params={"pinned": "false"}).status_code == 200
+            # A failover under way: this Redis became a replica (of a primary that is not there) and refuses writes.
+            admin.replicaof("127.0.0.1", str(local_services.free_port()))
+            answer = client.post("/v1/models/3/pin", params={"pinned": "false"})
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["Retry-After"] == "5"
+            assert answer.json()["detail"].startswith("Redis is read-only (ReadOnlyError"), answer.json()
+            admin.replicaof("NO", "ONE")
+            assert client.post("/v1/models/3/pin", params={"pinned": "false"}).status_code == 200
+        wrong = Endpoint(f"redis://:not-{password}@{redis.host}:{redis.port}/0", "own redis, wrong password")
+        app = in_process_app(wrong, broker_endpoint)
+        with TestClient(app, base_url="http://127.0.0.1", headers=headers, raise_server_exceptions=False) as client:
+            answer = client.get("/v1/models")
+            assert answer.status_code == 503, answer.text
+            assert "Retry-After" not in answer.headers  # retrying does not help
+            detail = answer.json()["detail"]
+            assert detail.startswith("Redis refused this API process's credentials"), detail
+            assert password not in detail
+    finally:
+        admin.close()
