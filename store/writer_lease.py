@@ -33,6 +33,9 @@ _TAKE = """
 local held = redis.call('GET', KEYS[1])
 local epoch = redis.call('GET', KEYS[2])
 if held == ARGV[1] then
+  if epoch ~= ARGV[3] then
+    return {'', epoch or ''}
+  end
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return {held, epoch}
 end

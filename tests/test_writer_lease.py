@@ -72,6 +72,16 @@ async def test_a_holder_that_lost_it_is_told_and_stops_renewing(store: ModelStor
     assert await store.redis.get(store.keys.writer_lease) == b"b"
 
 
+async def test_a_holder_whose_epoch_was_deleted_has_lost_the_lease(store: ModelStore) -> None:
+    a = lease(store, "a")
+    await a.acquire()
+    await store.redis.delete(store.keys.writer_epoch)  # e.g. an operator deleting keys by hand
+    lost = await a.try_acquire()
+    assert lost is not None and "epoch is gone" in lost
+    with pytest.raises(CheckpointConflict):
+        await store.checkpoint(None, b"x", {}, {}, {}, lease=a)
+
+
 async def test_a_lease_that_expired_with_nobody_waiting_is_taken_again_by_its_holder(store: ModelStore) -> None:
     a = lease(store, "a", seconds=0.3)
     await a.acquire()
