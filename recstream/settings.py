@@ -351,13 +351,18 @@ class Settings(_gate_settings()):  # type: ignore[misc]
 
     @model_validator(mode="after")
     def _models_build(self) -> Settings:
-        """Each model is built once here, so a wrong kind or parameter stops the process at start with the setting to
-        mend (the worker would otherwise retry building it forever)."""
+        """Each model is built once here and tried on one event (learned, predicted, ranked, saved), so a wrong kind or
+        parameter, or a parameter of the wrong type its constructor takes, stops the process at start with the setting
+        to mend (the worker would otherwise retry building it forever, or fail at its first event)."""
         models = [("RECSTREAM_MODEL / RECSTREAM_MODEL_PARAMS", self.model, self.model_params)]
         models += [(f"RECSTREAM_CHALLENGERS ({spec.name!r})", spec.model, spec.params) for spec in self.challengers]
         for setting, kind, params in models:
             try:
-                build_model(kind, **params)
+                model = build_model(kind, **params)
+                model.learn_one("user", "item", 1.0)
+                model.predict_one("user", "item")
+                model.score_all("user")
+                model.to_state()
             except Exception as exc:  # noqa: BLE001 - whatever the model's constructor refuses it with
                 raise ValueError(f"{setting}: cannot build a {kind!r} model with {params}: {exc}") from None
         return self

@@ -32,6 +32,10 @@ ROOT = Path(__file__).resolve().parent.parent
             {"model": "implicit_mf", "model_params": {"n_factors": -1}},
             "cannot build a 'implicit_mf' model with {'n_factors': -1}",
         ),
+        (  # taken by the constructor, refused by the first event
+            {"model": "implicit_mf", "model_params": {"lr": "fast"}},
+            "RECSTREAM_MODEL / RECSTREAM_MODEL_PARAMS: cannot build a 'implicit_mf' model with {'lr': 'fast'}",
+        ),
         (
             {"challengers": [{"name": "mf-64", "model": "implicit_mf", "params": {"factors": 64}}]},
             "RECSTREAM_CHALLENGERS ('mf-64'): cannot build a 'implicit_mf' model",
