@@ -89,7 +89,8 @@ class WriterLease:
         return min(self.every, 1.0)
 
     async def try_acquire(self) -> str | None:
-        """Take or extend the lease; return None if this holder has it now, else who has it (or had it since)."""
+        """Take or extend the lease; return None if this holder has it now, else who has it (or had it since), for a
+        sentence: ``worker HOST:PID:ID``, or ``another worker (…)`` when it has stopped since."""
         mine = "" if self.epoch is None else str(self.epoch)
         ttl = max(1, round(self.seconds * 1000))
         held, epoch = await self.redis.eval(_TAKE, 2, self.key, self.epoch_key, self.holder, ttl, mine)
@@ -99,7 +100,7 @@ class WriterLease:
             self.epoch = int(epoch)
             return None
         if held:
-            return held
+            return f"worker {held}"
         return f"another worker (the lease's epoch is {epoch or 'gone'}, this worker's {mine})"
 
     async def acquire(self, waiting: Callable[[str], None] | None = None) -> None:

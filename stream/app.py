@@ -411,7 +411,7 @@ def run_worker(settings: Settings) -> None:
             asyncio.run(_release_lease(settings, lease))
         if lease.lost_to is not None:
             raise SystemExit(
-                f"recstream worker: {_worker_named(lease.lost_to)} took over the writer lease; this one stopped "
+                f"recstream worker: {lease.lost_to} took over the writer lease; this one stopped "
                 "without writing (started again, it waits for the lease as a standby)"
             )
 
@@ -425,14 +425,14 @@ def take_lease(loop: asyncio.AbstractEventLoop, lease: WriterLease, prefix: str)
         log.warning(
             "%s writes the model of RECSTREAM_REDIS_PREFIX=%r: this one waits as a standby and takes over "
             "when it stops (at once after a SIGTERM, within %.0f s after a kill)",
-            _worker_named(other),
+            other,
             prefix,
             lease.seconds,
         )
 
     def lost(other: str) -> None:
         metrics.WORKER_WRITER_LEASE.set(0)
-        log.error("%s took over the writer lease: this worker writes nothing more and stops", _worker_named(other))
+        log.error("%s took over the writer lease: this worker writes nothing more and stops", other)
         os.kill(os.getpid(), signal.SIGTERM)  # Faust's own shutdown: its final checkpoint is refused, nothing is lost
 
     # Faust installs its signal handlers only once it runs: until then a stop cancels the wait (and exits cleanly).
@@ -451,11 +451,6 @@ def take_lease(loop: asyncio.AbstractEventLoop, lease: WriterLease, prefix: str)
     metrics.WORKER_WRITER_LEASE.set(1)
     log.info("writer lease taken: this worker (%s) writes the model", lease.holder)
     return loop.create_task(lease.keep(lost), name="writer-lease")
-
-
-def _worker_named(holder: str) -> str:
-    """``holder`` as :meth:`WriterLease.try_acquire` reports it, for a sentence."""
-    return holder if holder.startswith("another worker") else f"worker {holder}"
 
 
 async def _release_lease(settings: Settings, lease: WriterLease) -> None:

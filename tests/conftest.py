@@ -209,9 +209,11 @@ def stop_gracefully(service: local_services.LocalService, timeout: float = 30) -
         pytest.fail(f"{service.name} did not exit within {timeout} s of SIGTERM; its log ends:\n{service.log_tail(80)}")
 
 
-def metric_value(text: str, name: str, labels: str) -> float:
-    """The value of the sample ``name{labels}`` in a Prometheus text page (0 when it is not there yet)."""
-    match = re.search(rf"^{re.escape(name)}\{{{re.escape(labels)}\}} ([0-9.e+]+)$", text, re.MULTILINE)
+def metric_value(text: str, name: str, labels: str = "") -> float:
+    """The value of the sample ``name{labels}`` (``name`` alone without labels) in a Prometheus text page (0 when it is
+    not there yet)."""
+    sample = re.escape(name) + (rf"\{{{re.escape(labels)}\}}" if labels else "")
+    match = re.search(rf"^{sample} ([0-9.e+]+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import uuid
 from typing import Any
 
@@ -25,7 +24,7 @@ from store.model_store import ModelStore
 from store.signing import SnapshotSigner
 from stream.processor import LETTERS_PRUNE_AT, DeadLettersUndelivered, Record
 from tests.clock import iso
-from tests.conftest import Endpoint, create_topics, make_env, wait_for
+from tests.conftest import Endpoint, create_topics, make_env, metric_value, wait_for
 from tests.kafka_io import CheckpointReader, bootstrap, produce, read_topic
 from tests.transport import Transport
 
@@ -56,8 +55,7 @@ def _undelivered(metrics_url: str) -> float:
         text = httpx.get(metrics_url, timeout=5).text
     except httpx.HTTPError:
         return 0.0
-    match = re.search(r"^recstream_dead_letters_undelivered_total ([0-9.e+]+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
+    return metric_value(text, "recstream_dead_letters_undelivered_total")
 
 
 def test_a_refused_dead_letter_holds_the_checkpoint_back_until_it_is_delivered(

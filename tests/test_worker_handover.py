@@ -7,7 +7,6 @@ other has not joined the consumer group yet, so the first keeps every partition 
 from __future__ import annotations
 
 import os
-import re
 
 import httpx
 import pytest
@@ -16,7 +15,7 @@ import redis
 from recstream import local_services
 from store.keys import Keys
 from tests.clock import iso
-from tests.conftest import COUNTABLE_GATE_ENV, run_cli, stop_gracefully, wait_for
+from tests.conftest import COUNTABLE_GATE_ENV, metric_value, run_cli, stop_gracefully, wait_for
 from tests.kafka_io import CheckpointReader, produce
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -43,8 +42,7 @@ def _log(service: local_services.LocalService) -> str:
 
 def _learned_in_memory(worker: local_services.LocalService) -> int:
     """The worker's ``recstream_events_learned_total``: learned, checkpointed or not."""
-    match = re.search(r"^recstream_events_learned_total (\S+)$", httpx.get(worker.url, timeout=5).text, re.MULTILINE)
-    return int(float(match.group(1))) if match else 0
+    return int(metric_value(httpx.get(worker.url, timeout=5).text, "recstream_events_learned_total"))
 
 
 # Checkpoints only when asked (at a stop) or every 3 s: a stop finds learned events not checkpointed yet.

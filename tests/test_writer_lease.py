@@ -28,7 +28,7 @@ def lease(store: ModelStore, holder: str, seconds: float = 30) -> WriterLease:
 async def test_one_holder_at_a_time_and_release_hands_over(store: ModelStore) -> None:
     a, b = lease(store, "a"), lease(store, "b")
     assert await a.try_acquire() is None
-    assert await b.try_acquire() == "a"
+    assert await b.try_acquire() == "worker a"
     assert await a.try_acquire() is None  # the holder renews
     assert await b.release() is False  # only the holder's release counts
     assert await store.redis.get(store.keys.writer_lease) == b"a"
@@ -44,7 +44,7 @@ async def test_a_waiting_worker_takes_over_once_the_holder_stops_renewing(store:
     started = time.monotonic()
     await asyncio.wait_for(b.acquire(told.append), timeout=10)
     waited = time.monotonic() - started
-    assert told == ["a"]  # told once, not at every poll
+    assert told == ["worker a"]  # told once, not at every poll
     assert waited >= 0.8, waited  # not before the lease had run out (1.2 s, less the polls' granularity)
     assert await store.redis.get(store.keys.writer_lease) == b"b"
 
@@ -68,7 +68,7 @@ async def test_a_holder_that_lost_it_is_told_and_stops_renewing(store: ModelStor
     await asyncio.wait_for(b.acquire(), timeout=5)  # a did not renew (frozen): b took over
     lost: list[str] = []
     await asyncio.wait_for(a.keep(lost.append), timeout=5)  # returns once it saw the loss
-    assert lost == ["b"] and a.lost_to == "b"
+    assert lost == ["worker b"] and a.lost_to == "worker b"
     assert await store.redis.get(store.keys.writer_lease) == b"b"
 
 
