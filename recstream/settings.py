@@ -156,7 +156,8 @@ class Settings(_gate_settings()):  # type: ignore[misc]
         ge=1,
         le=100_000,
         description="Largest batch the worker takes from the stream at once, in Kafka messages (one from "
-        "`POST /v1/events` holds up to 1,000 events); it checkpoints between batches and between their slices "
+        "`POST /v1/events` holds up to 1,000 events; a bundle, `RECSTREAM_STREAM_BUNDLE_BYTES`, counts as one); it "
+        "checkpoints between batches and between their slices "
         "(`RECSTREAM_BATCH_SLICE_BYTES`).",
     )
     batch_slice_bytes: int = Field(
@@ -204,6 +205,14 @@ class Settings(_gate_settings()):  # type: ignore[misc]
         description="Bytes the broker gathers for the worker's fetch before answering it (within the fetch wait): "
         "fewer, larger fetches under load cost the worker and the broker less CPU; 1 answers at once, at the price "
         "of a fetch per producer request (stream/kafka_consumer.py).",
+    )
+    stream_bundle_bytes: int = Field(
+        65_536,
+        ge=0,
+        le=16 * 1024 * 1024,
+        description="Consecutive messages of one partition fetched together reach the worker's stream as one bundle "
+        "of up to this many bytes of values, unpacked again into one record each: with one event per message, "
+        "~30% less CPU per event (stream/kafka_consumer.py). 0: every message alone.",
     )
 
     # Model and target variable

@@ -155,6 +155,44 @@ def _log_recovery(backoff: Backoff, what: str) -> None:
         log.warning("%s succeeded after %.1fs stalled: consuming again", what, stalled_for)
 
 
+def records_of(batch: list[Any]) -> list[Record]:
+    """The processor's records for a batch of Faust events: one for each Kafka record (a
+    :class:`~stream.kafka_consumer.BundledMessage` holds several). Each message gets an extra reference, released by
+    the checkpoint that covers its last record, which carries the event as its handle."""
+    records = []
+    for event in batch:
+        message = event.message
+        message.incref()  # released by processor.checkpoint()
+        bundle = getattr(message, "records", None)
+        if bundle is None:
+            records.append(
+                Record(
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                    message.key,
+                    message.value,
+                    handle=event,
+                    overrides=overrides_from_headers(message.headers),
+                )
+            )
+            continue
+        last = bundle[-1]
+        for r in bundle:
+            records.append(
+                Record(
+                    r.topic,
+                    r.partition,
+                    r.offset,
+                    r.key,
+                    r.value,
+                    handle=event if r is last else None,
+                    overrides=overrides_from_headers(r.headers),
+                )
+            )
+    return records
+
+
 def slices(records: list[Record], max_bytes: int) -> Iterator[list[Record]]:
     """``records`` in order, in runs of consecutive records whose values add up to at most ``max_bytes`` (a record
     larger than that alone is a run of its own).
@@ -196,7 +234,9 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
         producer_max_batch_size=BATCH_BYTES,
         broker_credentials=components.faust_broker_credentials(settings),
     )
-    use_fetch_limits(app, settings.broker_fetch_max_wait_seconds, settings.broker_fetch_min_bytes)
+    use_fetch_limits(
+        app, settings.broker_fetch_max_wait_seconds, settings.broker_fetch_min_bytes, settings.stream_bundle_bytes
+    )
     events_topic = app.topic(
         settings.topic_events, key_type=bytes, value_type=bytes, partitions=settings.topic_partitions
     )
@@ -305,21 +345,7 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
                 on_idle=checkpoint_when_quiet if settings.checkpoint_idle_seconds > 0 else None,
                 idle_seconds=settings.checkpoint_idle_seconds,
             ):
-                records = []
-                for event in batch:
-                    event.message.incref()  # released by processor.checkpoint()
-                    message = event.message
-                    records.append(
-                        Record(
-                            message.topic,
-                            message.partition,
-                            message.offset,
-                            message.key,
-                            message.value,
-                            handle=event,
-                            overrides=overrides_from_headers(message.headers),
-                        )
-                    )
+                records = records_of(batch)
                 pieces = list(slices(records, settings.batch_slice_bytes))
                 for at, piece in enumerate(pieces):
                     # the next slice's event ids are looked up in Redis while this one is learned

@@ -80,3 +80,40 @@ class CheckpointReader:
 
     def close(self) -> None:
         self.redis.close()
+
+
+def committed_offsets(broker_url: str, group: str) -> dict[int, int]:
+    """The consumer group's committed offset of each partition (partition -> offset) that has one."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def run() -> dict[int, int]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(broker_url))
+        await admin.start()
+        try:
+            offsets = await admin.list_consumer_group_offsets(group)
+        finally:
+            await admin.close()
+        return {tp.partition: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+
+    return asyncio.run(run())
+
+
+def read_positions(broker_url: str, topic: str, expected: int, timeout: float = 30.0) -> dict[bytes, tuple[int, int]]:
+    """Each message's value -> (partition, offset), reading the topic from the beginning until ``expected`` came."""
+
+    async def run() -> dict[bytes, tuple[int, int]]:
+        consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=bootstrap(broker_url), auto_offset_reset="earliest", enable_auto_commit=False
+        )
+        await consumer.start()
+        positions: dict[bytes, tuple[int, int]] = {}
+        try:
+            deadline = asyncio.get_running_loop().time() + timeout
+            while len(positions) < expected and asyncio.get_running_loop().time() < deadline:
+                for messages in (await consumer.getmany(timeout_ms=200)).values():
+                    positions.update((m.value, (m.partition, m.offset)) for m in messages)
+        finally:
+            await consumer.stop()
+        return positions
+
+    return asyncio.run(run())

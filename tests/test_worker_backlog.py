@@ -75,8 +75,14 @@ def test_a_backlog_of_one_event_messages_past_the_stream_buffer_is_learned_once(
 ) -> None:
     """8,000 one-event messages, about twice the stream's buffer (4,096 messages): the worker's consumer holds its
     deliveries while the buffer is under pressure and resumes them once it has drained (stream.kafka_consumer), so
-    the backlog is learned whole, each event once, without stalling."""
-    env = {**service_env, **COUNTABLE_GATE_ENV, "RECSTREAM_WORKER_METRICS_PORT": str(local_services.free_port())}
+    the backlog is learned whole, each event once, without stalling. Each message reaches the stream alone (no
+    bundles): so they fill the buffer, as large messages do with bundles on."""
+    env = {
+        **service_env,
+        **COUNTABLE_GATE_ENV,
+        "RECSTREAM_WORKER_METRICS_PORT": str(local_services.free_port()),
+        "RECSTREAM_STREAM_BUNDLE_BYTES": "0",
+    }
     create_topics(env)
     total = 8_000
     events = [
