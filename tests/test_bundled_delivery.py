@@ -87,8 +87,7 @@ def test_one_event_messages_are_learned_once_rejected_by_their_own_offset_and_co
         create_topics(env)
         worker = local_services.start_worker(env)
         processes.append(worker)
-        # First one message a partition, committed alone: the bundles after it start above a read offset of 0,
-        # which Faust's own gap bookkeeping skips (the case the bundle's own gap is for).
+        # First one message a partition, learned and committed alone; then bundles of the rest after it.
         first = [(_key_to(p), _value(p)) for p in range(PARTITIONS)]
         produce(broker, topic, first)
         wait_for(lambda: checkpoints.learned() == PARTITIONS, 60, f"the first messages (log: {worker.log_path})")

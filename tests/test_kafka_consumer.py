@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
 
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP
 
 from recstream.settings import Settings
 from stream.app import create_app
-from stream.kafka_consumer import FAUST_DRAIN_MESSAGES_SHA256, DirectDeliveryConsumer
+from stream.kafka_consumer import FAUST_DRAIN_MESSAGES_SHA256, BundledMessage, DirectDeliveryConsumer
 
 
 async def _fetch_limits(settings: Settings) -> tuple[int, int]:
@@ -76,3 +78,91 @@ async def test_deliveries_wait_while_a_stream_buffer_is_under_pressure_until_it_
     assert room.is_set()
     consumer.on_buffer_drop(second)  # a drop without a full before it (Faust's own order of callbacks) changes nothing
     assert room.is_set()
+
+
+def _records(offsets: range | list[int], partition: int = 0) -> list[SimpleNamespace]:
+    return [
+        SimpleNamespace(
+            topic="events",
+            partition=partition,
+            offset=n,
+            key=None,
+            value=b"{}",
+            headers=[],
+            timestamp=1_000 * n,
+            timestamp_type=0,
+            checksum=None,
+            serialized_key_size=0,
+            serialized_value_size=2,
+        )
+        for n in offsets
+    ]
+
+
+async def test_the_consumer_bundles_fetched_records_up_to_the_configured_size_or_not_at_all() -> None:
+    tp = TP("events", 0)
+    for limit, expected in ((10, [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], 10]), (0, list(range(11)))):
+        app, _ = create_app(Settings(broker_url="kafka://127.0.0.1:1", stream_bundle_bytes=limit))
+        consumer = app.consumer
+        assert consumer.bundle_max_bytes == limit
+
+        async def fetched(*_: object) -> dict:
+            return {tp: _records(range(11))}
+
+        consumer._thread.getmany = fetched
+        runs = (await consumer._getmany({tp}, 1.0))[tp]
+        assert [[r.offset for r in run] if isinstance(run, list) else run.offset for run in runs] == expected
+
+
+async def _deliver(consumer: DirectDeliveryConsumer, tp: TP, messages: list) -> list:
+    """Run the consumer's fetch loop over ``messages`` (as one fetch), returning what it delivered."""
+    delivered = []
+    fetcher = SimpleNamespace(_stopped=asyncio.Event())
+
+    async def getmany(**_: object) -> AsyncIterator:
+        for message in messages:
+            yield tp, message
+        fetcher._stopped.set()
+
+    async def callback(message: object) -> None:
+        delivered.append(message)
+
+    consumer.getmany, consumer.callback = getmany, callback
+    await consumer._drain_messages(fetcher)
+    return delivered
+
+
+async def test_a_bundle_after_a_hole_leaves_its_own_offsets_out_of_the_gap_and_commits_once_acknowledged() -> None:
+    """A hole before a bundle (records compacted away, say) is a gap to Faust, as between two messages; the bundle's
+    own offsets are not, so nothing of it is committed before it is acknowledged (after its checkpoint)."""
+    app, _ = create_app(Settings(broker_url="kafka://127.0.0.1:1", stream_bundle_bytes=65_536))
+    app.topics._acking_topics.add("events")  # (the conductor adds the topics it subscribes to)
+    consumer = app.consumer
+    tp = TP("events", 0)
+    consumer._committed_offset[tp] = 101
+    consumer._read_offset[tp] = 100
+    bundle = consumer._to_message(tp, _records(range(150, 161)))
+    assert isinstance(bundle, BundledMessage)
+    assert await _deliver(consumer, tp, [bundle]) == [bundle]
+    # the hole 101-149 (Faust's gaps start above the committed offset), and not the bundle's 150-160
+    assert sorted((i.begin, i.end) for i in consumer._gap[tp]) == [(102, 150)]
+    assert consumer._new_offset(tp) is None  # nothing acknowledged: nothing to commit
+    assert consumer.ack(bundle)
+    assert consumer._new_offset(tp) == 161
+
+
+def test_a_bundle_refetched_after_a_rebalance_acknowledges_every_offset_it_holds() -> None:
+    """After a rebalance the partition is fetched again from its committed offset, and a bundle of the new generation
+    may end on an offset a bundle of the old one acknowledged meanwhile (its checkpoint stored after the revocation
+    cleared Faust's acknowledgements): Faust refuses that offset again, and the new bundle's other offsets must be
+    acknowledged all the same, or the commit stays below them for good."""
+    app, _ = create_app(Settings(broker_url="kafka://127.0.0.1:1", stream_bundle_bytes=65_536))
+    app.topics._acking_topics.add("events")  # (the conductor adds the topics it subscribes to)
+    consumer = app.consumer
+    tp = TP("events", 0)
+    consumer._committed_offset[tp] = 90
+    old = consumer._to_message(tp, _records(range(100, 151)))
+    assert consumer.ack(old)
+    again = consumer._to_message(tp, _records(range(90, 151)))
+    assert not consumer.ack(again)  # its last offset was acknowledged already
+    assert consumer._new_offset(tp) == 151
