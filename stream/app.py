@@ -163,33 +163,20 @@ def records_of(batch: list[Any]) -> list[Record]:
     for event in batch:
         message = event.message
         message.incref()  # released by processor.checkpoint()
-        bundle = getattr(message, "records", None)
-        if bundle is None:
-            records.append(
-                Record(
-                    message.topic,
-                    message.partition,
-                    message.offset,
-                    message.key,
-                    message.value,
-                    handle=event,
-                    overrides=overrides_from_headers(message.headers),
-                )
+        members = getattr(message, "records", None) or (message,)  # a bundle's records, or the message itself
+        last = members[-1]
+        records.extend(
+            Record(
+                m.topic,
+                m.partition,
+                m.offset,
+                m.key,
+                m.value,
+                handle=event if m is last else None,
+                overrides=overrides_from_headers(m.headers),
             )
-            continue
-        last = bundle[-1]
-        for r in bundle:
-            records.append(
-                Record(
-                    r.topic,
-                    r.partition,
-                    r.offset,
-                    r.key,
-                    r.value,
-                    handle=event if r is last else None,
-                    overrides=overrides_from_headers(r.headers),
-                )
-            )
+            for m in members
+        )
     return records
 
 

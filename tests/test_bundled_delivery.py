@@ -73,6 +73,12 @@ def test_a_bundle_becomes_one_record_for_each_kafka_record_and_only_its_last_car
     assert [r.handle for r in records] == [None, None, event]
     assert [sorted(r.overrides) for r in records] == [[], ["item_surge"], []]
     assert increfs == [1]
+    alone = SimpleNamespace(message=_record(13, b"dddd", override))  # a message not bundled: itself the record
+    alone.message.incref = lambda: increfs.append(1)
+    (record,) = records_of([alone])
+    assert (record.offset, record.value, record.handle) == (13, b"dddd", alone)
+    assert record.overrides == frozenset({"item_surge"})
+    assert increfs == [1, 1]
 
 
 @pytest.mark.integration
