@@ -35,26 +35,31 @@ def produce_events(broker_url: str, topic: str, events: list[dict[str, Any]]) ->
     produce(broker_url, topic, [(e["user_id"].encode(), json.dumps(e).encode()) for e in events])
 
 
-def read_topic(broker_url: str, topic: str, expected: int, timeout: float = 30.0) -> list[bytes]:
-    """Read a topic from the beginning until ``expected`` messages arrived or the deadline passed."""
+def read_records(broker_url: str, topic: str, expected: int, timeout: float = 30.0) -> list[Any]:
+    """Read a topic from the beginning until ``expected`` records arrived or the deadline passed (aiokafka's records:
+    value, partition, offset...)."""
 
-    async def run() -> list[bytes]:
+    async def run() -> list[Any]:
         consumer = AIOKafkaConsumer(
             topic, bootstrap_servers=bootstrap(broker_url), auto_offset_reset="earliest", enable_auto_commit=False
         )
         await consumer.start()
-        values: list[bytes] = []
+        records: list[Any] = []
         try:
             deadline = asyncio.get_running_loop().time() + timeout
-            while len(values) < expected and asyncio.get_running_loop().time() < deadline:
-                batches = await consumer.getmany(timeout_ms=200)
-                for messages in batches.values():
-                    values.extend(m.value for m in messages)
+            while len(records) < expected and asyncio.get_running_loop().time() < deadline:
+                for messages in (await consumer.getmany(timeout_ms=200)).values():
+                    records.extend(messages)
         finally:
             await consumer.stop()
-        return values
+        return records
 
     return asyncio.run(run())
+
+
+def read_topic(broker_url: str, topic: str, expected: int, timeout: float = 30.0) -> list[bytes]:
+    """The values of :func:`read_records`."""
+    return [m.value for m in read_records(broker_url, topic, expected, timeout)]
 
 
 class CheckpointReader:
@@ -99,21 +104,5 @@ def committed_offsets(broker_url: str, group: str) -> dict[int, int]:
 
 
 def read_positions(broker_url: str, topic: str, expected: int, timeout: float = 30.0) -> dict[bytes, tuple[int, int]]:
-    """Each message's value -> (partition, offset), reading the topic from the beginning until ``expected`` came."""
-
-    async def run() -> dict[bytes, tuple[int, int]]:
-        consumer = AIOKafkaConsumer(
-            topic, bootstrap_servers=bootstrap(broker_url), auto_offset_reset="earliest", enable_auto_commit=False
-        )
-        await consumer.start()
-        positions: dict[bytes, tuple[int, int]] = {}
-        try:
-            deadline = asyncio.get_running_loop().time() + timeout
-            while len(positions) < expected and asyncio.get_running_loop().time() < deadline:
-                for messages in (await consumer.getmany(timeout_ms=200)).values():
-                    positions.update((m.value, (m.partition, m.offset)) for m in messages)
-        finally:
-            await consumer.stop()
-        return positions
-
-    return asyncio.run(run())
+    """Each message's value -> (partition, offset), from :func:`read_records`."""
+    return {m.value: (m.partition, m.offset) for m in read_records(broker_url, topic, expected, timeout)}
