@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from learner.gate.base import Hold
-from learner.gate.gate import GateConfig, default_gate
+from learner.gate.gate import GateConfig, QualityGate, default_gate
 from recstream.events import MAX_MESSAGE_EVENTS
 from store.model_store import ModelStore
-from stream.processor import DUPLICATE, QUARANTINED, REJECTED, Record
+from stream.processor import DUPLICATE, QUARANTINED, REJECTED, DeadLettersUndelivered, EventProcessor, Record
 from tests.clock import iso
 from tests.conftest import Endpoint, open_model_store
 from tests.transport import Transport
@@ -90,13 +90,25 @@ async def test_a_retried_batch_is_not_counted_twice_by_the_gate(store: ModelStor
     records = [Record("events", 0, 0, None, json.dumps(batch).encode(), handle=0)]
     with pytest.raises(ConnectionError):
         await processor.process(records)  # fails at e5's dead letter, sent once the chunk is handled
-    await processor.process(records)  # the retry
-    await processor.checkpoint()
+    # The message was handled whole before its letters were sent: not taken again, its letter is kept for the
+    # checkpoint, which sends it again and waits for it.
+    assert processor.pending_records == records
+    await _checkpoint_after_a_failed_letter(processor)
 
     assert processor.learner.events_learned == 9
-    # The gate judged each distinct event once: the retry reused its verdicts instead of counting them again.
+    # The gate judged each distinct event once, and the learned ones are not counted as duplicates of themselves.
     assert gate.passed == 9 and gate.counts == {"future_timestamp": 1}
+    assert (await store.gate_counts()) == {DUPLICATE: 1, "future_timestamp": 1}  # e2's repeat
     assert [letter["reason"] for kind, letter in transport.dead_letters if kind == QUARANTINED] == ["future_timestamp"]
+    assert transport.acked == [0]
+
+
+async def _checkpoint_after_a_failed_letter(processor: EventProcessor) -> None:
+    """The first checkpoint sends the kept letter again and fails, waiting for its delivery; the next one (the
+    agent's retry) goes through."""
+    with pytest.raises(DeadLettersUndelivered, match="1 sent again"):
+        await processor.checkpoint()
+    assert await processor.checkpoint() is not None
 
 
 class _FailsOnceAt(Transport):
@@ -114,26 +126,28 @@ class _FailsOnceAt(Transport):
 
 
 async def test_a_retried_large_batch_is_judged_once_across_its_chunks(store: ModelStore) -> None:
-    transport = _FailsOnceAt("e600")
+    transport = _FailsOnceAt("e100")
     gate = default_gate(GateConfig())
     processor = transport.processor(store, gate=gate)
     await processor.start()
     # two chunks (0-499, 500-699) of ordinary traffic: many users and items, so that only the dated events are held
     batch = [{**_event(n), "user_id": f"u{n % 350}", "item_id": f"v{n}"} for n in range(700)]
     for n in (100, 600):
-        batch[n] = {**batch[n], "ts": iso(3 * 86_400)}  # held (future_timestamp); e600's dead letter fails once
+        batch[n] = {**batch[n], "ts": iso(3 * 86_400)}  # held (future_timestamp); e100's dead letter fails once
     records = [Record("events", 0, 0, None, json.dumps(batch).encode(), handle=0)]
     with pytest.raises(ConnectionError):
-        await processor.process(records)
-    await processor.process(records)
+        await processor.process(records)  # at the first chunk's letter: the message is not handled yet
+    assert processor.pending_records == []
+    await processor.process(records)  # its retry
     await processor.checkpoint()
     assert processor.learner.events_learned == 698
     assert gate.passed == 698 and gate.counts == {"future_timestamp": 2}  # each event judged once
 
 
 async def test_a_retried_run_of_one_event_messages_is_judged_once(store: ModelStore) -> None:
-    """One-event messages are judged together (EventProcessor._judge_ahead); a retry after a failure half-way
-    through them reuses their verdicts."""
+    """One-event messages are judged and handled together (EventProcessor._small_run); when their letters fail,
+    the messages are handled already: their letters are sent again at the checkpoint, and they are not taken again
+    (their learned events would count as duplicates of themselves)."""
     transport = _FailsOnceAt("e5")
     gate = default_gate(GateConfig())
     processor = transport.processor(store, gate=gate)
@@ -141,28 +155,35 @@ async def test_a_retried_run_of_one_event_messages_is_judged_once(store: ModelSt
     events = [_event(n) for n in range(10)]
     events[5] = {**events[5], "ts": iso(3 * 86_400)}  # held (future_timestamp); its dead letter fails once
     records = [Record("events", 0, n, None, json.dumps(event).encode(), handle=n) for n, event in enumerate(events)]
-    calls = 0
+    calls = _counting_calls(gate)
+    with pytest.raises(ConnectionError):
+        await processor.process(records)  # fails at e5's dead letter
+    assert calls == [1]  # the ten judged in one call
+    assert processor.pending_records == records  # all handled: nothing for the agent to retry
+    await _checkpoint_after_a_failed_letter(processor)
+    assert processor.learner.events_learned == 9
+    assert gate.passed == 9 and gate.counts == {"future_timestamp": 1}  # each event judged once
+    assert (await store.gate_counts()) == {"future_timestamp": 1}  # no duplicate
+    quarantined = [letter["event"]["event_id"] for kind, letter in transport.dead_letters if kind == QUARANTINED]
+    assert quarantined == ["e5"] and sorted(transport.acked) == list(range(10))
+
+
+def _counting_calls(gate: QualityGate) -> list[int]:
+    """Counts the calls of ``gate.check_chunk`` from now on, in the list's one element."""
+    calls = [0]
     check_chunk = gate.check_chunk
 
     def counting(*args: Any) -> list[Hold | None]:
-        nonlocal calls
-        calls += 1
+        calls[0] += 1
         return check_chunk(*args)
 
     gate.check_chunk = counting  # type: ignore[method-assign]
-    with pytest.raises(ConnectionError):
-        await processor.process(records)  # fails at e5's dead letter
-    assert calls == 1  # the ten judged in one call
-    handled = {id(record) for record in processor.pending_records}
-    await processor.process([record for record in records if id(record) not in handled])  # the retry, as the agent
-    await processor.checkpoint()
-    assert processor.learner.events_learned == 9
-    assert gate.passed == 9 and gate.counts == {"future_timestamp": 1}  # each event judged once
+    return calls
 
 
 async def test_an_event_that_was_a_duplicate_is_judged_when_its_copy_is_forgotten(store: ModelStore) -> None:
-    """A chunk fails; an operator rolls back meanwhile (the worker forgets what it learned since its
-    checkpoint); on the retry, an event that was a duplicate of a learned one is judged by the gate."""
+    """The first chunk of a message fails; an operator rolls back meanwhile (the worker forgets what it learned
+    since its checkpoint); on the retry, an event that was a duplicate of a learned one is judged by the gate."""
     transport = _FailsOnceAt("a")
     gate = default_gate(GateConfig())
     processor = transport.processor(store, gate=gate)
@@ -174,9 +195,12 @@ async def test_an_event_that_was_a_duplicate_is_judged_when_its_copy_is_forgotte
     await processor.process([Record("events", 0, 2, None, json.dumps([_event(1)]).encode(), handle=2)])
     ahead = {**_event(1), "ts": iso(5 * 86_400)}  # e1 again, from five days ahead
     failing = {**_event(2), "event_id": "a", "ts": iso(3 * 86_400)}  # held; its dead letter fails once
-    record = Record("events", 0, 3, None, json.dumps([failing, ahead]).encode(), handle=3)
+    # ordinary traffic after them (many users and items: not held), so that the message has a second chunk
+    filler = [{**_event(n), "user_id": f"u{n % 350}", "item_id": f"v{n}"} for n in range(10, 510)]
+    record = Record("events", 0, 3, None, json.dumps([failing, ahead, *filler]).encode(), handle=3)
     with pytest.raises(ConnectionError):
-        await processor.process([record])
+        await processor.process([record])  # at the first chunk's letter: the message is not handled
+    assert [r.offset for r in processor.pending_records] == [2]
     await store.promote(v1, reason="roll back")  # the learned e1 is forgotten by the adopted version
     await processor.process([record])
     await processor.checkpoint()
@@ -243,3 +267,57 @@ async def test_what_a_user_was_seen_with_is_what_was_learned(store: ModelStore) 
     assert await store.seen("ann") == {"v0", "v1", "v2"}
     assert await store.seen("bob") == {"v5"}
     assert [kind for kind, _ in transport.dead_letters] == [QUARANTINED, REJECTED]
+
+
+async def test_a_run_of_small_messages_is_handled_as_each_message_alone(redis_endpoint: Endpoint) -> None:
+    """Small messages are judged and handled as one chunk (EventProcessor._small_run). What comes of them (what is
+    learned, each dead letter with its own message's offset and reason, the counts, the acknowledged offsets) is what
+    comes of processing each message alone, in order; only the gate is called far fewer times."""
+
+    def stream() -> list[Record]:
+        events: list[Any] = [{**_event(n), "user_id": f"u{n % 7}", "item_id": f"v{n % 11}"} for n in range(60)]
+        events[4] = {**events[4], "ts": iso(3 * 86_400)}  # held (future_timestamp)
+        events[9] = {k: v for k, v in events[9].items() if k != "item_id"}  # refused
+        events[20] = events[3]  # a repeat of a learned event: a duplicate
+        events[30] = {**events[4], "ts": iso(0)}  # e4 again, in time now: judged again, learned
+        events[40] = [_event(100), _event(101)]  # a small batch message
+        events[41] = [_event(102), _event(102)]  # an event twice in one message: a duplicate the second time
+        values = [json.dumps(e).encode() for e in events]
+        values[50] = b"{not json"
+        return [Record("events", 0, n, None, value, handle=n) for n, value in enumerate(values)]
+
+    async def outcome(prefix: str, one_by_one: bool) -> tuple[Any, ...]:
+        async with open_model_store(redis_endpoint.url, b"k", prefix) as store:
+            transport = Transport()
+            gate = default_gate(GateConfig())
+            calls = _counting_calls(gate)
+            processor = transport.processor(store, gate=gate)
+            await processor.start()
+            records = stream()
+            for batch in [[r] for r in records] if one_by_one else [records]:
+                await processor.process(batch)
+            await processor.checkpoint()
+            letters = [
+                (kind, letter["offset"], letter.get("index"), letter["reason"])
+                for kind, letter in transport.dead_letters
+            ]
+            return (
+                processor.learner.events_learned,
+                letters,
+                await store.gate_counts(),
+                gate.passed,
+                dict(gate.counts),
+                sorted(transport.acked),
+                processor.next_offsets,
+            ), calls[0]
+
+    alone, calls_alone = await outcome("alone", one_by_one=True)
+    together, calls_together = await outcome("together", one_by_one=False)
+    assert together == alone
+    learned, letters, counts, *_ = together
+    assert learned == 62 - 5  # 62 events, less e4 held, the duplicates of e3 and e102, the refused and the malformed
+    assert [(kind, offset) for kind, offset, _, _ in letters] == [(QUARANTINED, 4), (REJECTED, 9), (REJECTED, 50)]
+    assert counts == {DUPLICATE: 2, "future_timestamp": 1}
+    # Runs: messages 0-19 (20 repeats e3), 20-40, 41 alone (e102 twice: judged event by event, without
+    # check_chunk), 42-59. Alone: every message but 41 in a call of its own.
+    assert (calls_together, calls_alone) == (3, 59)
