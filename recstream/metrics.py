@@ -52,8 +52,9 @@ EVENT_TO_LEARNED_SECONDS = Histogram(
 KAFKA_ERRORS = Counter("recstream_kafka_errors_total", "Failed Kafka operations, by component.", ["component"])
 DEAD_LETTERS_UNDELIVERED = Counter(
     "recstream_dead_letters_undelivered_total",
-    "Dead letters the producer gave up on (the broker refused them, or its request timeout passed); each is sent "
-    "again and the checkpoint that would acknowledge its event waits until it is delivered.",
+    "Dead letters the producer gave up on (the broker refused them, or its request timeout passed), or that could "
+    "not be handed to it; each is sent again and the checkpoint that would acknowledge its event waits until it is "
+    "delivered.",
 )
 MODEL_SWAP_DELAY = Histogram(
     "recstream_model_swap_delay_seconds",

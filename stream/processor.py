@@ -332,6 +332,8 @@ class EventProcessor:
         self.clock = clock
         self._flush = flush
         self._letters_stalled = False  # the last checkpoint failed because dead letters were not delivered
+        self._consumed = 0  # events of the records handled by the running process(), for the metric at its end
+        self._failed_event: Decoded | None = None  # the event _handle_events failed at, last time one failed
         self._ack = ack
         self.checkpoint_every_events = checkpoint_every_events
         self.checkpoint_interval_seconds = checkpoint_interval_seconds
@@ -548,7 +550,7 @@ class EventProcessor:
                     del ahead[key]
             # The batch's counts and lags go to the metrics once, at its end (also when it fails half-way): with one
             # event per message, updating them for every message was ~5% of the worker's CPU.
-            consumed = 0
+            self._consumed = 0  # the events of the records handled (_handled)
             lags: list[float] = []
             try:
                 at = 0
@@ -564,20 +566,22 @@ class EventProcessor:
                         # A run of small records (one event per message) is judged and handled as one chunk.
                         run = self._small_run(records, at, parsed)
                         self._judge_ahead(run, known)
-                        await self._handle_run(run, known, lags)
+                        await self._send_letters(self._handle_run(run, known, lags), handled=True)
                         at += len(run)
                         events = sum(len(decoded) for _, decoded in run)
                     else:
                         for start in range(0, len(decoded), YIELD_EVERY_EVENTS):
                             # Gate a chunk, then learn it, instead of alternating event by event: the gate's
                             # state and the model's then take turns in the CPU caches (in one process:
-                            # ~12% less CPU per event with the gate on). If this raises half-way (or the
-                            # task is cancelled at an await), the record is not handled: its retry finds
-                            # the events learned so far in pending.event_ids and does not learn them
-                            # twice, and reuses the record's verdicts instead of gating its events again.
+                            # ~12% less CPU per event with the gate on). If a chunk before its last fails
+                            # (or the task is cancelled at an await before the last), the record is not
+                            # handled: its retry finds the events learned so far in pending.event_ids and
+                            # does not learn them twice, and reuses the record's verdicts instead of gating
+                            # its events again.
                             chunk = decoded[start : start + YIELD_EVERY_EVENTS]
                             verdicts = self._verdicts(record, start, chunk, known)
-                            letters = self._handle_events(record, chunk, verdicts, known, lags)
+                            letters: list[Letter] = []
+                            self._handle_events(record, chunk, verdicts, known, lags, letters)
                             if start + YIELD_EVERY_EVENTS >= len(decoded):  # its last chunk: the record is handled
                                 self._handled(record, len(decoded))
                                 await self._send_letters(letters, handled=True)
@@ -586,14 +590,13 @@ class EventProcessor:
                                 await asyncio.sleep(0)
                         at += 1
                         events = len(decoded)
-                    consumed += events
                     since_yield += events
                     if since_yield >= YIELD_EVERY_EVENTS:
                         since_yield = 0
                         await asyncio.sleep(0)
             finally:
-                if consumed:
-                    metrics.EVENTS_CONSUMED.inc(consumed)
+                if self._consumed:
+                    metrics.EVENTS_CONSUMED.inc(self._consumed)
                 if lags:
                     metrics.EVENTS_LEARNED.inc(len(lags))
                     metrics.observe_many(metrics.EVENT_TO_LEARNED_SECONDS, lags)
@@ -793,39 +796,53 @@ class EventProcessor:
             verdicts.append(verdict)
         return verdicts
 
-    async def _handle_run(self, run: list[tuple[Record, list[Decoded]]], known: set[str], lags: list[float]) -> None:
+    def _handle_run(self, run: list[tuple[Record, list[Decoded]]], known: set[str], lags: list[float]) -> list[Letter]:
         """Handle the events of a run of small records (:meth:`_small_run`) as one chunk; the records are then
-        handled, and the chunk's dead letters go to the sender together (:meth:`_send_letters`).
+        handled. Returns the chunk's dead letters, for :meth:`_send_letters` (the records are handled before their
+        letters are sent: if that fails, the letters are kept for the checkpoint instead of handling the run again).
 
         With one event per message, handling each message as a chunk of its own cost a call, its set-up and an
         await per event: with the run (and :attr:`Record.position` made with the record), the worker's CPU per
         event went from 34-37 to 29-30 us on the ingest bench's one-event messages, gate on.
 
-        The records are handled before their letters are sent: if that fails, the letters are kept for the
-        checkpoint (:meth:`_send_letters`) instead of handling the run again.
+        If an event fails, the records before its own are handled, as they would have been one by one, and their
+        letters kept for the checkpoint; its record and the rest are not (their retry handles them).
         """
+        letters: list[Letter] = []
         if len(run) == 1:
             record, decoded = run[0]
-            letters = self._handle_events(record, decoded, self._verdicts(record, 0, decoded, known), known, lags)
+            self._handle_events(record, decoded, self._verdicts(record, 0, decoded, known), known, lags, letters)
             self._handled(record, len(decoded))
-        else:
-            chunk: list[Decoded] = []
-            verdicts: list[Hold | None] = []
-            owners: dict[int, Record] = {}  # id(decoded) -> its record, for the dead letters
+            return letters
+        chunk: list[Decoded] = []
+        verdicts: list[Hold | None] = []
+        owners: dict[int, Record] = {}  # id(decoded) -> its record, for the dead letters
+        for record, decoded in run:
+            chunk += decoded
+            verdicts += self._verdicts(record, 0, decoded, known)
+            for d in decoded:
+                owners[id(d)] = record
+        owned: list[Record] = []  # the record of each letter
+        try:
+            self._handle_events(run[0][0], chunk, verdicts, known, lags, letters, owners, owned)
+        except BaseException:
+            failed = owners.get(id(self._failed_event))  # (None: it failed before its first event)
             for record, decoded in run:
-                chunk += decoded
-                verdicts += self._verdicts(record, 0, decoded, known)
-                for d in decoded:
-                    owners[id(d)] = record
-            letters = self._handle_events(run[0][0], chunk, verdicts, known, lags, owners)
-            for record, decoded in run:
+                if record is failed or failed is None:
+                    break
                 self._handled(record, len(decoded))
-        await self._send_letters(letters, handled=True)
+            kept = [letter for letter, record in zip(letters, owned, strict=True) if record is not failed]
+            self._pending.unsent.extend(kept)  # (sent by the next checkpoint, which waits for them)
+            raise
+        for record, decoded in run:
+            self._handled(record, len(decoded))
+        return letters
 
     def _handled(self, record: Record, events: int) -> None:
         """Every event of ``record`` (``events`` of them) was handled: the checkpoint covers it, and the verdicts
         kept for its retry are dropped."""
         self.next_offsets[(record.topic, record.partition)] = record.offset + 1
+        self._consumed += events
         ahead = self._verdicts_ahead
         if ahead:
             position = record.position
@@ -840,10 +857,13 @@ class EventProcessor:
         verdicts: list[Hold | None],
         known: set[str],
         lags: list[float],
+        letters: list[Letter],
         owners: dict[int, Record] | None = None,
-    ) -> list[Letter]:
+        owned: list[Record] | None = None,
+    ) -> None:
         """Handle a chunk's events in order (of ``record``, or of the records ``owners`` names by ``id`` of each
-        decoded event); returns the dead letters they need, in order.
+        decoded event, each letter's record then appended to ``owned``); appends the dead letters they need to
+        ``letters``, in order.
 
         An event that passed the gate (its verdict None), is not a duplicate and finds the model not paused is
         learned here, in the loop (the common case: ~1 us an event less than a call per event); any other is
@@ -852,8 +872,9 @@ class EventProcessor:
         The held-event counters are updated once for the chunk, and each learned event's lag (from its time to
         now) is appended to ``lags``, which :meth:`process` reports once for the batch (the learned-event
         counter and the freshness histogram); both also when an event fails half-way: what was handled
-        before it is counted. If an event fails half-way, its records are not handled and the letters are not
-        returned: their retry handles their events again (all but those learned), and makes their letters then.
+        before it is counted. If an event fails half-way, it is left in ``_failed_event`` and the error raised:
+        the caller decides which records are handled (:meth:`_handle_run`); a record not handled is retried, handles
+        its events again (all but those learned) and makes their letters then.
         """
         pending = self._pending
         learner = self.learner
@@ -868,7 +889,7 @@ class EventProcessor:
         seen = pending.seen
         learned = 0
         held: dict[str, int] = {}
-        letters: list[Letter] = []
+        decoded = None
         try:
             for decoded, verdict in zip(chunk, verdicts, strict=True):
                 event = decoded.event
@@ -879,12 +900,13 @@ class EventProcessor:
                     or event.event_id in known
                     or event.event_id in event_ids
                 ):
-                    outcome = self._screen(
-                        record if owners is None else owners[id(decoded)], decoded, verdict, known, held
-                    )
+                    owner = record if owners is None else owners[id(decoded)]
+                    outcome = self._screen(owner, decoded, verdict, known, held)
                     if outcome is not _LEARN:
                         if outcome is not None:
                             letters.append(outcome)
+                            if owned is not None:
+                                owned.append(owner)
                         continue
                     assert event is not None  # (_screen learns only events)
                 now = clock()
@@ -907,11 +929,13 @@ class EventProcessor:
                 loss = learner.last_loss  # of the prediction it made before learning (None: no label)
                 if loss is not None and guard is not None and guard.update(loss) and self.paused_since is None:
                     self._pause(now)
+        except BaseException:
+            self._failed_event = decoded
+            raise
         finally:
             pending.learned_since += learned
             for reason, count in held.items():
                 metrics.EVENTS_QUARANTINED.labels(reason).inc(count)
-        return letters
 
     async def _send_letters(self, letters: list[Letter], handled: bool) -> None:
         """Hand ``letters`` to the sender; the checkpoint confirms their delivery (:meth:`_confirm_dead_letters`).
@@ -929,8 +953,8 @@ class EventProcessor:
             deliveries = await self._dead_letters(letters)
         except BaseException:
             if handled:
-                pending.unsent.extend(letters)
-                self._letters_stalled = True  # the next checkpoint delivers them before anything else
+                pending.unsent.extend(letters)  # the next checkpoint sends them before anything else (_capture)
+                metrics.DEAD_LETTERS_UNDELIVERED.inc(len(letters))
             raise
         for delivery, letter in zip(deliveries, letters, strict=True):
             if delivery is not None:
@@ -1181,7 +1205,7 @@ class EventProcessor:
         unchanged = (
             (paused or adopted) and pending.learned_since == 0 and self.version is not None and promotion is None
         )
-        if self._letters_stalled:  # the broker refused letters at the last attempt: no snapshot until they pass
+        if self._letters_stalled or pending.unsent:  # letters were refused, or not sent: no snapshot until they pass
             await self._deliver_dead_letters(pending)
         blob, base = (None, None) if unchanged else self._snapshot(learner)
         whole = None

@@ -8,9 +8,11 @@ import json
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from learner.gate.base import Hold
 from learner.gate.gate import GateConfig, QualityGate, default_gate
+from learner.online_learner import OnlineLearner
 from recstream.events import MAX_MESSAGE_EVENTS
 from store.model_store import ModelStore
 from stream.processor import DUPLICATE, QUARANTINED, REJECTED, DeadLettersUndelivered, EventProcessor, Record
@@ -19,6 +21,9 @@ from tests.conftest import Endpoint, open_model_store
 from tests.transport import Transport
 
 pytestmark = pytest.mark.integration
+
+CONSUMED = "recstream_events_consumed_total"
+UNDELIVERED = "recstream_dead_letters_undelivered_total"
 
 
 def _event(n: int) -> dict:
@@ -125,16 +130,21 @@ class _FailsOnceAt(Transport):
         await super().dead_letter(kind, key, value)
 
 
+def _two_chunks() -> list[Record]:
+    """One message of two chunks (events 0-499, 500-699) of ordinary traffic (many users and items, so that only the
+    dated events are held: e100 and e600, future_timestamp)."""
+    batch = [{**_event(n), "user_id": f"u{n % 350}", "item_id": f"v{n}"} for n in range(700)]
+    for n in (100, 600):
+        batch[n] = {**batch[n], "ts": iso(3 * 86_400)}
+    return [Record("events", 0, 0, None, json.dumps(batch).encode(), handle=0)]
+
+
 async def test_a_retried_large_batch_is_judged_once_across_its_chunks(store: ModelStore) -> None:
     transport = _FailsOnceAt("e100")
     gate = default_gate(GateConfig())
     processor = transport.processor(store, gate=gate)
     await processor.start()
-    # two chunks (0-499, 500-699) of ordinary traffic: many users and items, so that only the dated events are held
-    batch = [{**_event(n), "user_id": f"u{n % 350}", "item_id": f"v{n}"} for n in range(700)]
-    for n in (100, 600):
-        batch[n] = {**batch[n], "ts": iso(3 * 86_400)}  # held (future_timestamp); e100's dead letter fails once
-    records = [Record("events", 0, 0, None, json.dumps(batch).encode(), handle=0)]
+    records = _two_chunks()  # e100's dead letter fails once
     with pytest.raises(ConnectionError):
         await processor.process(records)  # at the first chunk's letter: the message is not handled yet
     assert processor.pending_records == []
@@ -319,5 +329,64 @@ async def test_a_run_of_small_messages_is_handled_as_each_message_alone(redis_en
     assert [(kind, offset) for kind, offset, _, _ in letters] == [(QUARANTINED, 4), (REJECTED, 9), (REJECTED, 50)]
     assert counts == {DUPLICATE: 2, "future_timestamp": 1}
     # Runs: messages 0-19 (20 repeats e3), 20-40, 41 alone (e102 twice: judged event by event, without
-    # check_chunk), 42-59. Alone: every message but 41 in a call of its own.
+    # check_chunk), 42-59. Alone: a call for every message but 41 (with nothing to judge for 9, 20 and 50).
     assert (calls_together, calls_alone) == (3, 59)
+
+
+def _counter(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+async def test_a_failed_send_after_the_last_chunk_of_a_message_keeps_its_letter(store: ModelStore) -> None:
+    """A message of two chunks whose second chunk's letter fails: the message is handled (its letter kept for the
+    checkpoint), so no event of it is counted twice, and its events count once as consumed."""
+    transport = _FailsOnceAt("e600")
+    gate = default_gate(GateConfig())
+    processor = transport.processor(store, gate=gate)
+    await processor.start()
+    records = _two_chunks()  # e600's dead letter fails once
+    consumed, undelivered = _counter(CONSUMED), _counter(UNDELIVERED)
+    with pytest.raises(ConnectionError):
+        await processor.process(records)
+    assert processor.pending_records == records
+    assert (_counter(CONSUMED) - consumed, _counter(UNDELIVERED) - undelivered) == (700, 1)
+    await _checkpoint_after_a_failed_letter(processor)
+    assert processor.learner.events_learned == 698 and transport.acked == [0]
+    assert gate.passed == 698 and (await store.gate_counts()) == {"future_timestamp": 2}
+    quarantined = [letter["event"]["event_id"] for kind, letter in transport.dead_letters if kind == QUARANTINED]
+    assert quarantined == ["e100", "e600"]
+
+
+async def test_a_run_that_fails_part_way_is_handled_up_to_the_failing_message(store: ModelStore) -> None:
+    """An event of a run fails (the learner raises): the messages before it are handled (their letters kept for the
+    checkpoint), the agent retries from its message, and nothing is counted twice, as when each message is handled
+    alone."""
+
+    class LearnFailsOnceAt(OnlineLearner):
+        """Learning the event on this item fails once (a fault in the learner, say)."""
+
+        failing_item = "v3"
+
+        def learn(self, user: str, item: str, *args: Any, **kwargs: Any) -> Any:
+            if item == self.failing_item:
+                type(self).failing_item = ""
+                raise RuntimeError("the learner failed")
+            return super().learn(user, item, *args, **kwargs)
+
+    transport = Transport()
+    processor = transport.processor(store, gate=default_gate(GateConfig()), new_learner=LearnFailsOnceAt)
+    await processor.start()
+    events = [{**_event(n), "item_id": f"v{n}"} for n in range(6)]
+    events[1] = {**events[1], "ts": iso(3 * 86_400)}  # held (future_timestamp): its letter is kept
+    records = [Record("events", 0, n, None, json.dumps(event).encode(), handle=n) for n, event in enumerate(events)]
+    consumed = _counter(CONSUMED)
+    with pytest.raises(RuntimeError, match="the learner failed"):
+        await processor.process(records)  # at e3
+    assert processor.pending_records == records[:3]
+    assert _counter(CONSUMED) - consumed == 3
+    await processor.process(records[3:])  # the agent's retry: the messages not handled
+    await _checkpoint_after_a_failed_letter(processor)
+    assert processor.learner.events_learned == 5 and sorted(transport.acked) == list(range(6))
+    assert (await store.gate_counts()) == {"future_timestamp": 1}  # no duplicates
+    assert [letter["event"]["event_id"] for _, letter in transport.dead_letters] == ["e1"]
+    assert _counter(CONSUMED) - consumed == 6
