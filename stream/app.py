@@ -25,7 +25,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 from redis.exceptions import AuthenticationError
@@ -46,6 +46,9 @@ from stream.processor import (
     overrides_from_headers,
 )
 from stream.take import take_ready
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
 
 log = logging.getLogger(__name__)
 
@@ -399,16 +402,13 @@ def run_worker(settings: Settings) -> None:
     joins the consumer group; it gives the lease back after its final checkpoint. A worker that loses the lease to
     another stops (exit status 1) without writing anything more.
     """
-    from prometheus_client import start_http_server
-
     from stream.topics import ensure_topics
 
     # Faust runs on the thread's current loop: create topics and take the lease on that same loop first.
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     loop.run_until_complete(ensure_topics(settings))
-    if settings.worker_metrics_port:
-        start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host)
+    serve_metrics(settings)
     app, processor = create_app(settings)
     components.start_process(settings, log)
     lease = processor.lease
@@ -429,6 +429,29 @@ def run_worker(settings: Settings) -> None:
                 f"recstream worker: {lease.lost_to} took over the writer lease; this one stopped "
                 "without writing (started again, it waits for the lease as a standby)"
             )
+
+
+def serve_metrics(settings: Settings) -> WSGIServer | None:
+    """Serve the worker's Prometheus endpoint on ``RECSTREAM_WORKER_METRICS_HOST:PORT`` (none when the port is 0), in a
+    thread of this process for as long as it runs; returns its server.
+
+    A port another process holds (a second worker on this host, a standby, with the same settings) stops the worker
+    with a message naming the setting, instead of a traceback.
+    """
+    from prometheus_client import start_http_server
+
+    if not settings.worker_metrics_port:
+        return None
+    where = f"{settings.worker_metrics_host}:{settings.worker_metrics_port}"
+    try:
+        server, _ = start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host)
+    except OSError as exc:
+        raise SystemExit(
+            f"recstream worker: cannot serve its metrics on {where} ({exc.strerror or exc}): another worker on "
+            "this host may hold it; give each worker its own RECSTREAM_WORKER_METRICS_PORT (0: no metrics endpoint)"
+        ) from None
+    log.info("worker metrics on http://%s/metrics", where)
+    return server
 
 
 def take_lease(loop: asyncio.AbstractEventLoop, lease: WriterLease, prefix: str) -> asyncio.Task[None] | None:
