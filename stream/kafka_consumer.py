@@ -185,8 +185,22 @@ class DirectDeliveryConsumer(faust_aiokafka.Consumer):
         return message
 
     def ack(self, message: Message) -> bool:
-        """Faust's, and for a bundle its earlier records' offsets acknowledged with it (the module docstring)."""
+        """Faust's, and for a bundle its earlier records' offsets acknowledged with it (the module docstring).
+
+        A message fetched before the last rebalance is marked acknowledged (nothing waits for it) but its offset is
+        not taken for the commit. Faust's stream acknowledges such messages when it skips them, unprocessed; and the
+        rebalance cleared the partition's acknowledgements, which the new generation builds again from its committed
+        offset: an old message's offset among them could carry the commit past messages the new generation has not
+        learned yet, and a crash then would lose them (the worker resumes at the committed offset). The new
+        generation fetches those messages again and acknowledges them itself, after its checkpoint (the processor
+        skips those it learned before).
+        """
         with ack_lock:  # as Faust's: the bookkeeping below is one step with it
+            if message.generation_id != self.app.consumer_generation_id:
+                if not message.acked:
+                    message.acked = True
+                    self._unacked_messages.discard(message)
+                return False
             final = not message.acked
             acked_now = super().ack(message)
             # Also when Faust refused the last offset because another message (of a generation before a rebalance)

@@ -166,3 +166,26 @@ def test_a_bundle_refetched_after_a_rebalance_acknowledges_every_offset_it_holds
     again = consumer._to_message(tp, _records(range(90, 151)))
     assert not consumer.ack(again)  # its last offset was acknowledged already
     assert consumer._new_offset(tp) == 151
+
+
+def test_a_message_fetched_before_a_rebalance_is_not_committed_by_its_acknowledgement() -> None:
+    """Faust's stream acknowledges the messages of an old generation that it skips, unprocessed, and a batch's
+    acknowledgement may come after a rebalance. Such an acknowledgement must not carry the commit past messages the
+    new generation has not learned (a crash would lose them): the message is done with, its offset not committed,
+    and the new generation's own acknowledgement of it commits it."""
+    app, _ = create_app(Settings(broker_url="kafka://127.0.0.1:1", stream_bundle_bytes=65_536))
+    app.topics._acking_topics.add("events")  # (the conductor adds the topics it subscribes to)
+    consumer = app.consumer
+    tp = TP("events", 0)
+    consumer._committed_offset[tp] = 100
+    app.consumer_generation_id = 4
+    old_bundle = consumer._to_message(tp, _records(range(100, 150)))
+    (old_single,) = _records([150])
+    old_single = consumer._to_message(tp, old_single)
+    app.consumer_generation_id = 5  # a rebalance: the partition assigned again
+    assert not consumer.ack(old_bundle) and not consumer.ack(old_single)
+    assert old_bundle.acked and old_single.acked  # done with: nothing waits for them
+    assert consumer._new_offset(tp) is None  # nothing to commit
+    again = consumer._to_message(tp, _records(range(100, 151)))  # fetched again by the new generation
+    assert consumer.ack(again)
+    assert consumer._new_offset(tp) == 151
