@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
 import time
 from datetime import datetime
 from typing import Any
@@ -37,7 +35,6 @@ async def collect(settings: Settings) -> dict[str, Any]:
             "writer": {
                 "holder": holder.decode() if holder is not None else None,
                 "expires_in": expires_ms / 1000 if holder is not None and expires_ms >= 0 else None,
-                "running": holder_running(holder.decode()) if holder is not None else None,
             },
             "versions": metas,
             "gate": await store.gate_counts(),
@@ -46,23 +43,6 @@ async def collect(settings: Settings) -> dict[str, Any]:
         }
     finally:
         await redis.aclose()
-
-
-def holder_running(holder: str) -> bool | None:
-    """Whether the worker named ``holder`` (``host:pid:random``, :func:`stream.processor.new_writer_id`) runs: False
-    when it was on this host and no process has its PID any more (it was killed: its lease runs out by itself),
-    True when one has, None when it is on another host (not known from here)."""
-    host, _, rest = holder.partition(":")
-    pid, _, _ = rest.partition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return None
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # a process of another user has that PID
-        return True
-    return True
 
 
 def render(status: dict[str, Any], now: float | None = None) -> str:
@@ -88,15 +68,8 @@ def render(status: dict[str, Any], now: float | None = None) -> str:
     writer = status.get("writer") or {}
     if writer.get("holder"):
         left = writer.get("expires_in")
-        if writer.get("running") is False:
-            runs_out = f": it runs out in {left:.0f} s" if left is not None else ""
-            lines.append(
-                f"writer     {writer['holder']}, whose process is not running on this host (a worker killed "
-                f"without stopping: a standby takes over when its lease runs out{runs_out})"
-            )
-        else:
-            renewed = f" (its lease runs {left:.0f} s more unless renewed)" if left is not None else ""
-            lines.append(f"writer     {writer['holder']}{renewed}")
+        renewed = f" (its lease runs {left:.0f} s more unless renewed)" if left is not None else ""
+        lines.append(f"writer     {writer['holder']}{renewed}")
     else:
         lines.append("writer     none: no worker holds the writer lease (none runs, or the last one stopped)")
     guard = status["guard"]
