@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -446,9 +447,14 @@ def serve_metrics(settings: Settings) -> WSGIServer | None:
     try:
         server, _ = start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host)
     except OSError as exc:
+        advice = (
+            "another worker on this host may hold it; give each worker its own RECSTREAM_WORKER_METRICS_PORT"
+            if exc.errno == errno.EADDRINUSE
+            else "check RECSTREAM_WORKER_METRICS_HOST and RECSTREAM_WORKER_METRICS_PORT"
+        )
         raise SystemExit(
-            f"recstream worker: cannot serve its metrics on {where} ({exc.strerror or exc}): another worker on "
-            "this host may hold it; give each worker its own RECSTREAM_WORKER_METRICS_PORT (0: no metrics endpoint)"
+            f"recstream worker: cannot serve its metrics on {where} ({exc.strerror or exc}): {advice} "
+            "(port 0: no metrics endpoint)"
         ) from None
     log.info("worker metrics on http://%s/metrics", where)
     return server

@@ -35,4 +35,13 @@ def test_a_taken_metrics_port_stops_the_worker_with_a_message() -> None:
             serve_metrics(Settings(worker_metrics_port=port, worker_metrics_host="127.0.0.1"))
     message = str(stopped.value)
     assert f"cannot serve its metrics on 127.0.0.1:{port}" in message
-    assert "RECSTREAM_WORKER_METRICS_PORT" in message
+    assert "another worker on this host may hold it; give each worker its own RECSTREAM_WORKER_METRICS_PORT" in message
+
+
+def test_an_address_the_host_does_not_have_names_the_settings_to_check() -> None:
+    port = local_services.free_port()
+    with pytest.raises(SystemExit) as stopped:
+        serve_metrics(Settings(worker_metrics_port=port, worker_metrics_host="192.0.2.1"))  # TEST-NET-1: not ours
+    message = str(stopped.value)
+    assert f"cannot serve its metrics on 192.0.2.1:{port}" in message and "another worker" not in message
+    assert "check RECSTREAM_WORKER_METRICS_HOST and RECSTREAM_WORKER_METRICS_PORT" in message
