@@ -203,8 +203,10 @@ class DirectDeliveryConsumer(faust_aiokafka.Consumer):
                 return False
             final = not message.acked
             acked_now = super().ack(message)
-            # Also when Faust refused the last offset because another message (of a generation before a rebalance)
-            # acknowledged it already: the others must not be left out, or the commit could never pass them.
+            # Also when Faust refused the last offset because another message acknowledged it already (one of the
+            # generation before a rebalance whose checkpoint was stored between the revocation, which cleared Faust's
+            # acknowledgements, and the new assignment, which changes the generation id): the others must not be
+            # left out, or the commit could never pass them.
             if final and type(message) is BundledMessage and self.app.topics.acks_enabled_for(message.topic):
                 tp = message.tp
                 committed = self._committed_offset[tp]
