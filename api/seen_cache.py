@@ -2,7 +2,7 @@
 
 A recommendation excludes what the user already interacted with: their seen set, which the worker adds to in
 every checkpoint's transaction. Read from Redis on every request, it cost ~0.3 ms of a ~0.8 ms request at 100k
-items (redis-py's asynchronous client; docs/performance.md). So a set is read once, on the user's first request,
+items (redis-py's asynchronous client; docs/performance-history.md). So a set is read once, on the user's first request,
 and kept (least recently served users are forgotten past ``max_items`` entries in all: one per item of their
 sets, ~100 B each, and :data:`USER_ENTRIES` per user held, ~370 B even with an empty set, so a flood of unknown
 user ids stays bounded too). The same transaction appends the checkpoint's additions to the seen log (a Redis

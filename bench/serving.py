@@ -4,7 +4,7 @@ For each catalogue size, a model of the default kind (``RECSTREAM_MODEL``) over 
 and 2,000 users is written to Redis as the worker's checkpoint would (signed snapshot + current
 version) and the users' seen sets are filled; then ``recstream api`` is started, serves each user
 once (unmeasured: it then holds their seen sets, as a process that has run a while does; a user's
-first request also reads their set from Redis, ~0.2-0.3 ms more: docs/performance.md) and
+first request also reads their set from Redis, ~0.2-0.3 ms more: docs/performance-history.md) and
 ``bench.load`` (a separate process) measures requests/s and p50/p99 at 1 and 32 keep-alive
 connections, each request for the next of the 2,000 users. With ``processes=2`` a second API
 process on another port serves the same Redis prefix and the 32 connections are split between the

@@ -181,7 +181,7 @@ def start_process(settings: Settings, log: logging.Logger) -> None:
 def limit_blas_threads(threads: int) -> str:
     """Have the BLAS libraries loaded in this process (numpy's and scipy's OpenBLAS) use ``threads`` threads (0: as
     they are); a line for the log. OpenBLAS starts a thread per core, and its threads spin on a core for a while after
-    each product: with two API processes on two cores, four threads took turns (docs/performance.md)."""
+    each product: with two API processes on two cores, four threads took turns (docs/performance-history.md)."""
     from threadpoolctl import threadpool_info, threadpool_limits
 
     if threads:

@@ -62,3 +62,28 @@ def test_dockerfile_installs_every_package() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     for package in ("recstream", "stream", "learner", "store", "api"):
         assert f"COPY {package} ./{package}" in dockerfile
+
+
+def _tracked_text_files() -> list[Path]:
+    skip = {".git", ".venv", "node_modules", "__pycache__", ".ruff_cache", ".pytest_cache"}
+    return [
+        path
+        for path in ROOT.rglob("*")
+        if path.suffix in {".md", ".py", ".sh", ".yaml", ".yml", ".toml"}
+        and not skip & set(path.relative_to(ROOT).parts)
+        and path.is_file()
+    ]
+
+
+def test_links_between_the_docs_resolve() -> None:
+    # Markdown links in the README and docs/, and every mention of a docs/*.md file anywhere in the tree.
+    broken: list[str] = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text()):
+            if "://" not in target and not target.startswith("mailto:") and not (path.parent / target).exists():
+                broken.append(f"{path.relative_to(ROOT)}: ({target})")
+    for path in _tracked_text_files():
+        for mention in set(re.findall(r"\bdocs/[\w.-]+\.md\b", path.read_text(errors="replace"))):
+            if not (ROOT / mention).is_file():
+                broken.append(f"{path.relative_to(ROOT)}: {mention}")
+    assert not broken, "links to files that do not exist:\n" + "\n".join(broken)
