@@ -1490,7 +1490,9 @@ class EventProcessor:
     def _install_champion(self, name: str, learner: OnlineLearner) -> None:
         """``learner`` (named ``name``) serves from now on; a configured former champion goes into shadow.
 
-        Every contest starts again: a new champion is not judged on samples scored before it served.
+        Every contest starts again: a new champion is not judged on samples scored before it served. So does the
+        model guard's yardstick, unless it paused learning (:meth:`ModelGuard.restart`): an older version's losses
+        measured against the reference the abandoned one built would pause learning for no fault of the stream.
         """
         self._delta_base = None  # the next checkpoint of the new champion is whole
         if self.learner is not None:
@@ -1502,6 +1504,8 @@ class EventProcessor:
         self.champion_name = name
         self.learner = learner
         self.contests = {n: Contest(self.rule) for n in self.challengers}
+        if self.guard is not None:
+            self.guard.restart()
 
     def _sample_hit(self, user: str, item: str) -> None:
         """Every ``HIT_SAMPLE_EVERY``-th positive: was its item in the user's top 10 just before learning it?

@@ -150,3 +150,37 @@ async def test_a_resume_request_for_an_earlier_pause_does_not_end_a_later_one(se
     await store.request_resume(status["since"])
     await processor.checkpoint()
     assert processor.paused_since is None and not guard.paused
+
+
+async def test_an_operator_promoting_an_early_version_does_not_pause_learning(setup) -> None:
+    processor, store, transport, guard = setup
+    rnd = random.Random(8)
+    await processor.process(transport.records(_stream(rnd, 150, 0, flipped=False)))
+    early = await processor.checkpoint()  # a model that has seen little: its losses are high
+    await processor.process(transport.records(_stream(rnd, 3000, 150, flipped=False)))
+    await processor.checkpoint()
+    assert processor.paused_since is None and guard.status()["reference_loss"] < 0.6, guard.status()
+
+    # An operator goes back to the early version; the stream is as healthy as before.
+    await store.promote(early, reason="back to the early one")
+    await processor.process(transport.records(_stream(rnd, 1500, 3150, flipped=False)))
+    assert processor.paused_since is None and guard.pauses == 0, guard.status()
+    assert processor.learner.events_learned == 150 + 1500  # the early version's events, then every new one
+    # its own yardstick: built from the promoted version's losses only
+    assert guard.status()["reference_loss"] > 0.0
+
+
+async def test_a_rollback_during_a_pause_keeps_the_pause_and_its_reference(setup) -> None:
+    processor, store, transport, guard = setup
+    rnd = random.Random(6)
+    await processor.process(transport.records(_stream(rnd, 3000, 0, flipped=False)))
+    good = await processor.checkpoint()
+    await processor.process(transport.records(_stream(rnd, 1500, 3000, flipped=True)))
+    assert processor.paused_since is not None
+    assert await processor.checkpoint() != good  # what it learned of the bad data before the pause is a version
+    reference = guard.status()["reference_loss"]
+    await store.promote(good, reason="roll back the bad data")  # step 2 of the runbook's "Model guard paused"
+    await processor.process(transport.records(_stream(rnd, 100, 4500, flipped=True)))  # adopted before this batch
+    assert processor.version == good
+    assert processor.paused_since is not None and guard.paused
+    assert guard.status()["reference_loss"] == reference  # still the last good model's yardstick

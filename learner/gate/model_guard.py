@@ -145,6 +145,19 @@ class ModelGuard:
         else:
             self._reference, self._reference_count = reference, reference_count
 
+    def restart(self) -> None:
+        """Another model serves (an operator's promotion or rollback, an automatic promotion): its losses are judged
+        against its own history only. The recent window and the reference start empty, so the guard judges again
+        after ``min_reference`` losses; the counts of pauses and resumes stay. A paused guard is left as it is (its
+        frozen reference is the last good model's: what a rollback during a pause is judged against)."""
+        if self.paused:
+            return
+        self._recent.clear()
+        self._recent_sum = 0.0
+        self._reference = 0.0
+        self._reference_count = 0
+        self._healthy_run = 0
+
     def resume(self) -> None:
         """Operator action: learn again and take the current loss level as the new reference."""
         if self._recent:
