@@ -444,6 +444,7 @@ class ModelStore:
                         pipe.hdel(keys.version_bases, str(gone))
                 await pipe.execute()
             except WatchError as exc:
+                _raise_if_connection_lost(exc, "the checkpoint")
                 raise CheckpointConflict(
                     "the current model version, the versions, the pins or the writer lease changed during the "
                     "checkpoint"
@@ -503,6 +504,7 @@ class ModelStore:
                     await pipe.execute()
                     break
                 except WatchError as exc:
+                    _raise_if_connection_lost(exc, f"the promotion of v{version}")
                     if attempt == PROMOTE_ATTEMPTS - 1:
                         raise CheckpointConflict(
                             f"checkpoints kept moving the current version during the promotion of v{version} "
@@ -634,3 +636,11 @@ def _entry_id(text: str) -> tuple[int, int]:
     """A stream entry id ``ms-seq`` as numbers, to compare."""
     ms, _, seq = text.partition("-")
     return int(ms), int(seq or 0)
+
+
+def _raise_if_connection_lost(exc: WatchError, during: str) -> None:
+    """redis-py raises :class:`WatchError` both when a watched key changed and when the connection failed while keys
+    were watched ("A TimeoutError occurred while watching one or more keys"): the second is Redis unreachable, not a
+    conflict, and is raised as such (a ``ConnectionError``, which callers retry and report as Redis being down)."""
+    if "occurred while watching" in str(exc):
+        raise redis.exceptions.ConnectionError(f"the connection to Redis failed during {during} ({exc})") from exc

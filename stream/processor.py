@@ -30,6 +30,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from redis import exceptions as redis_errors
 
 from learner import codec, cooccurrence_delta
 from learner.challenger import Contest, PromotionRule, hit_at_k
@@ -1273,11 +1274,14 @@ class EventProcessor:
                 base=write.base,
                 lease=self.lease,
             )
-        except Exception:
+        except Exception as exc:
             metrics.CHECKPOINTS.labels("failed").inc()
             metrics.REDIS_ERRORS.labels("worker").inc()
             # The records go back to the pending ones and stay unacknowledged; the next checkpoint covers them.
-            log.exception("checkpoint failed; its events stay unacknowledged and will be retried")
+            if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError):
+                log.warning("checkpoint failed: Redis unreachable (%s); its events stay unacknowledged", exc)
+            else:
+                log.exception("checkpoint failed; its events stay unacknowledged and will be retried")
             raise
         self._write_failed = False
         if self._look_ahead is not None:  # its lookup may have been sent before this was stored (_known_ahead)

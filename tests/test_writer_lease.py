@@ -7,6 +7,8 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+import redis
+import redis.asyncio as aioredis
 
 from store.model_store import CheckpointConflict, ModelStore
 from store.writer_lease import WriterLease
@@ -167,3 +169,24 @@ async def test_neither_a_renewal_nor_an_expiry_during_a_checkpoint_aborts_it(
     await _during_checkpoint(store, monkeypatch, renewed_then_expired)
     assert await store.checkpoint(None, b"x", {}, {("t", 0): 1}, {}, lease=a) == 1
     assert await store.offsets() == {("t", 0): 1}
+
+
+async def test_a_connection_lost_during_a_checkpoint_is_redis_unreachable_not_a_conflict(
+    store: ModelStore, redis_endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = lease(store, "a")
+    await a.acquire()
+    killer = aioredis.Redis.from_url(redis_endpoint.url)
+
+    async def connection_lost() -> None:  # as when Redis stalls past the client's timeout: the watching link is gone
+        assert await killer.client_kill_filter(_type="normal", skipme=True) >= 1
+
+    await _during_checkpoint(store, monkeypatch, connection_lost)
+    try:
+        with pytest.raises(redis.exceptions.ConnectionError, match="connection to Redis failed during the checkpoint"):
+            await store.checkpoint(None, b"x", {}, {("t", 0): 1}, {}, lease=a)
+    finally:
+        await killer.aclose()
+    monkeypatch.undo()
+    assert await store.current_version() is None  # nothing of it was written; the retry writes it
+    assert await store.checkpoint(None, b"x", {}, {("t", 0): 1}, {}, lease=a) == 1
