@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -75,6 +76,25 @@ _NO_OPENTELEMETRY: dict[str, Any] = (
 )
 
 
+#: The most each step of the API's shutdown may take (the model holder, the Kafka producer, the Redis client): a
+#: step stuck on a peer that stopped answering (a paused broker) is abandoned, and the process exits.
+SHUTDOWN_STEP_SECONDS = 5.0
+
+
+async def _stop_within(seconds: float, *steps: Callable[[], Awaitable[Any]]) -> None:
+    """Run the shutdown ``steps`` in order, each for at most ``seconds``; a step that fails or overruns is logged and
+    the next one runs (none holds anything an accepted request still needs: an event is answered 202 only once the
+    broker took it)."""
+    for step in steps:
+        name = getattr(step, "__qualname__", repr(step))
+        try:
+            await asyncio.wait_for(step(), seconds)
+        except TimeoutError:
+            log.warning("shutdown: %s did not finish within %.0f s; left to the process exit", name, seconds)
+        except Exception as exc:  # noqa: BLE001 - stopping anyway
+            log.warning("shutdown: %s failed (%s: %s)", name, type(exc).__name__, exc)
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The API for ``settings``; raises :class:`api.auth.AuthNotConfigured` when auth is on without keys."""
     keys = key_ring_from_settings(settings)
@@ -110,9 +130,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
-            await models.stop()
-            await producer.stop()
-            await redis.aclose()
+            await _stop_within(SHUTDOWN_STEP_SECONDS, models.stop, producer.stop, redis.aclose)
 
     app = FastAPI(
         title="recstream",

@@ -69,8 +69,9 @@ class EventProducer:
             await asyncio.wait_for(asyncio.gather(*futures), timeout=self.timeout)
         except Exception as exc:
             metrics.KAFKA_ERRORS.labels("api").inc()
-            log.warning("broker did not take a batch of %d events: %s", len(records), exc)
-            raise BrokerUnavailable(str(exc) or type(exc).__name__) from exc
+            reason = str(exc) or type(exc).__name__  # (aiokafka's timeouts have no message)
+            log.warning("broker did not take a batch of %d events: %s", len(records), reason)
+            raise BrokerUnavailable(reason) from exc
 
     async def ping(self) -> bool:
         try:

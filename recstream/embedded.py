@@ -84,6 +84,9 @@ def run_embedded(demo: bool = False, api_port: int = 8000, broker: str = "auto",
             "RECSTREAM_REDIS_URL": redis.url,
             "RECSTREAM_API_PORT": str(api_port),
             "RECSTREAM_API_KEYS": json.dumps(local_keys),
+            # the worker's own Prometheus endpoint (what it consumes, learns, holds): the API's /metrics has the API's
+            "RECSTREAM_WORKER_METRICS_PORT": os.environ.get("RECSTREAM_WORKER_METRICS_PORT")
+            or str(local_services.free_port()),
             # the snapshots' key: the one set, else this state directory's own (never the public development key)
             "RECSTREAM_HMAC_KEY": os.environ.get("RECSTREAM_HMAC_KEY") or local_hmac_key(state_dir, signed_before),
         }
@@ -118,12 +121,12 @@ recstream is up ({kafka.name} broker at {kafka.address}, Redis at {redis.address
                      -H 'content-type: application/json' -d \\
                      '[{{"event_id":"e1","user_id":"me","item_id":"pets-001","type":"like","ts":"{now}"}}]'
   dashboard        {api.url}/dashboard   (live page; paste the key)
-  metrics          {api.url}/metrics
+  metrics          {api.url}/metrics (API), {worker.url} (worker)
   logs             {state_dir}/{{worker,api,broker,redis}}/*.log
   operator CLI     in another terminal (docs/operations.md):
                      export {exports}
                      {cli} models list
-Ctrl-C stops everything.
+Ctrl-C stops everything (so does any of these processes exiting: to restart one alone, run them apart).
 """,
             flush=True,
         )

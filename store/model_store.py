@@ -43,7 +43,10 @@ class SnapshotRefused(Exception):
     """A snapshot was not decoded: its HMAC tag did not verify (the default ``why``), or its chain of deltas
     is not one a reader can follow (``why`` says how)."""
 
-    HMAC = "failed HMAC authentication and was refused (tampered, or signed with another key)"
+    HMAC = (
+        "failed HMAC authentication and was refused (tampered, or signed with another key: the workers, API processes "
+        "and command-line tools of one deployment need the same RECSTREAM_HMAC_KEY)"
+    )
 
     def __init__(self, version: int, what: str = "", why: str = HMAC) -> None:
         super().__init__(f"model snapshot {what or f'v{version}'} {why}; it was not loaded")

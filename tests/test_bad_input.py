@@ -58,11 +58,13 @@ def _post(stack: Stack, body: bytes | str) -> httpx.Response:
     ("body", "status", "says"),
     [
         ("{not json", 400, "not valid JSON"),
-        ('{"event_id": "x"}', 422, "JSON list"),
+        ('{"event_id": "x"}', 422, "must be a JSON list of events, got an object"),
+        ("null", 422, "must be a JSON list of events, got null"),
+        ('"x"', 422, "must be a JSON list of events, got a string"),
         ("[]", 422, "empty"),
         (json.dumps([GOOD] * 1001), 422, "at most 1000"),
     ],
-    ids=["malformed-json", "not-a-list", "empty-batch", "oversized-batch"],
+    ids=["malformed-json", "an-object", "null", "a-string", "empty-batch", "oversized-batch"],
 )
 def test_bad_batches_are_refused_with_a_reason(stack: Stack, body: str, status: int, says: str) -> None:
     response = _post(stack, body)

@@ -22,7 +22,7 @@ import pytest
 
 from recstream.embedded import HMAC_KEY_FILE
 from recstream.local_services import free_port
-from tests.conftest import run_cli
+from tests.conftest import metric_value, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -108,6 +108,12 @@ def test_up_runs_everything_shows_changing_recommendations_and_stops_clean(tmp_p
                 seen_lists.add(tuple(item["item_id"] for item in body["items"]))
                 versions.add(body["model_version"])
             time.sleep(0.5)
+
+        # the worker's own metrics, at the URL the banner prints: what it learned
+        worker_metrics = re.search(r"metrics\s+\S+/metrics \(API\), (http://127\.0\.0\.1:\d+/metrics) \(worker\)", out)
+        assert worker_metrics is not None, out
+        page = httpx.get(worker_metrics.group(1), timeout=5).text
+        assert metric_value(page, "recstream_events_learned_total") > 0, page[:2000]
 
         # the operator command the banner prints reads this run
         listed = run_cli("models", "list", env={**os.environ, **exports})

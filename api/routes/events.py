@@ -98,7 +98,7 @@ async def ingest_events(request: Request, state: Annotated[ApiState, Depends(get
     except orjson.JSONDecodeError as exc:
         return _problem(400, f"body is not valid JSON: {exc}")
     if not isinstance(payload, list):
-        return _problem(422, f"body must be a JSON list of events, got a JSON {type(payload).__name__}")
+        return _problem(422, f"body must be a JSON list of events, got {_json_kind(payload)}")
     if not payload:
         return _problem(422, f"batch is empty: send 1 to {MAX_BATCH} events")
     if len(payload) > MAX_BATCH:
@@ -137,3 +137,13 @@ async def ingest_events(request: Request, state: Annotated[ApiState, Depends(get
         )
     metrics.EVENTS_INGESTED.inc(len(valid))
     return IngestResult(accepted=len(valid), rejected=len(errors), errors=errors)
+
+
+def _json_kind(value: object) -> str:
+    """What a decoded JSON value is, in JSON's words: ``an object``, ``a string``, ``null``..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    kinds = {dict: "an object", str: "a string", int: "a number", float: "a number"}
+    return kinds.get(type(value), "a JSON value")
