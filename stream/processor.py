@@ -266,7 +266,8 @@ def _utf8(data: bytes, cut: bool) -> str | None:
 
 
 def quarantine_payload(record: Record, event: Event, reason: str, detail: str, index: int | None = None) -> bytes:
-    """The JSON written to the quarantine topic: reason code, detail and the event as it arrived.
+    """The JSON written to the quarantine topic: reason code, detail, the rules overridden for it (if any) and the
+    event as it arrived.
 
     The event's JSON goes in as pydantic wrote it (``orjson.Fragment``), not decoded and encoded again:
     a held event is written out whole, so under an attack this runs for a large share of the stream."""
@@ -276,6 +277,8 @@ def quarantine_payload(record: Record, event: Event, reason: str, detail: str, i
             "detail": detail,
             **_source(record, index),
             "held_at": _now_iso(),
+            # the rules an operator's replay already overrode for it, kept by the next replay (stream/quarantine.py)
+            **({"overrides": sorted(record.overrides)} if record.overrides else {}),
             "event": orjson.Fragment(event.model_dump_json()),
         }
     )

@@ -1,7 +1,9 @@
 """``recstream quarantine``: list what the gate held and replay it into the events topic after review.
 
 Replayed events carry a ``recstream-override`` header naming the reason(s) the operator overrides;
-they pass the whole gate again except those rules. A replay records which quarantine records it sent (their place in
+they pass the whole gate again except those rules. A replayed event held again (for another rule, or while the model
+guard paused learning) keeps the rules overridden for it in its new record, and its next replay overrides them too:
+an operator reviews each reason once. A replay records which quarantine records it sent (their place in
 the quarantine topic, in Redis), and the next replay leaves them out unless given ``--again``: the gate's duplicate
 check only remembers event ids for ``RECSTREAM_DEDUPE_RETENTION_SECONDS``, so a replay repeated later would learn
 them twice. (Within that window a record sent twice, by ``--again`` or a replay interrupted before it recorded what
@@ -117,13 +119,12 @@ async def replay(settings: Settings, records: list[dict], override: str | None) 
     )
     try:
         await producer.start()
-        headers = [(OVERRIDE_HEADER, override.encode())] if override else None
         futures = [
             await producer.send(
                 settings.topic_events,
                 value=json.dumps(record["event"]).encode(),
                 key=record["event"]["user_id"].encode(),
-                headers=headers,
+                headers=override_headers(record, override),
             )
             for record in records
         ]
@@ -131,6 +132,23 @@ async def replay(settings: Settings, records: list[dict], override: str | None) 
         return len(futures)
     finally:
         await producer.stop()
+
+
+def override_headers(record: dict, override: str | None) -> list[tuple[str, bytes]] | None:
+    """The header a replay of ``record`` carries: ``override`` and the rules an earlier replay overrode for it."""
+    reasons = {str(r) for r in record.get("overrides", ())} | ({override} if override else set())
+    return [(OVERRIDE_HEADER, ",".join(sorted(reasons)).encode())] if reasons else None
+
+
+def describe(record: dict) -> str:
+    """Two lines for ``quarantine show``: when and why, then which event and where it is in the topic."""
+    event = record.get("event") or {}
+    overridden = f" (overridden before: {', '.join(record['overrides'])})" if record.get("overrides") else ""
+    what = " ".join(
+        f"{name}={event[name]}" for name in ("event_id", "user_id", "item_id", "type", "ts") if name in event
+    )
+    why = f"{record.get('reason', '?')}{overridden}: {record.get('detail', '')}"
+    return f"{record.get('held_at', '?')}  {why}\n    {what}  [{record[PLACE]}]"
 
 
 def _since(text: str) -> datetime:
@@ -146,6 +164,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("list", help="counts of held events by reason")
     p.add_argument("--timeout", type=float, default=READ_TIMEOUT_SECONDS, help="seconds to read the topic in")
     p.set_defaults(func=_list)
+    p = sub.add_parser("show", help="the held events themselves: when, why (the rule's detail), which event")
+    p.add_argument("--reason", default=None, help="only events held for this reason code")
+    p.add_argument("--since", type=_since, default=None, help="only events held at or after this time (ISO 8601)")
+    p.add_argument("--limit", type=int, default=20, help="at most this many, the latest held (0: all)")
+    p.add_argument("--json", action="store_true", help="one JSON record a line, as in the topic (with its place)")
+    p.add_argument("--timeout", type=float, default=READ_TIMEOUT_SECONDS, help="seconds to read the topic in")
+    p.set_defaults(func=_show)
     p = sub.add_parser("replay", help="replay held events into the events topic, overriding one rule")
     p.add_argument("--reason", required=True, help="reason code to replay (or 'all'); it is also the rule overridden")
     p.add_argument("--since", type=_since, default=None, help="only events held at or after this time (ISO 8601)")
@@ -162,6 +187,19 @@ def _list(args: argparse.Namespace) -> int:
     for reason, count in counts.most_common():
         print(f"{reason:<28}{count:>8}")
     print(f"{'total':<28}{sum(counts.values()):>8}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    matching = select(asyncio.run(read_quarantine(get_settings(), args.timeout)), args.reason, args.since)
+    shown = matching[-args.limit :] if args.limit > 0 else matching
+    for record in shown:
+        print(json.dumps(record) if args.json else describe(record))
+    if not args.json:
+        print(
+            f"{len(shown)} of {len(matching)} held events shown"
+            + (" (--limit 0: all)" if len(shown) < len(matching) else "")
+        )
     return 0
 
 

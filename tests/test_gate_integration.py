@@ -108,3 +108,41 @@ def test_held_events_are_quarantined_with_reasons_and_replayed_minus_the_overrid
     assert hurried.returncode == 1, hurried.stderr
     assert hurried.stderr.strip().endswith("within 0 s; give it longer with --timeout"), hurried.stderr
     assert "Traceback" not in hurried.stderr
+
+
+def test_a_replayed_event_held_again_keeps_what_was_overridden_for_it(stack: Stack) -> None:
+    service_env, broker, client, checkpoints = stack.env, stack.broker, stack.client, stack.checkpoints
+    quarantined = service_env["RECSTREAM_TOPIC_QUARANTINED"]
+    env = {**os.environ, **service_env}
+    future = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    # stamped ahead of the clock and watched far longer than it lasts: two rules hold it, one at a time
+    both = {
+        "event_id": "both-1",
+        "user_id": "u1",
+        "item_id": "v9",
+        "type": "view",
+        "ts": future,
+        "watch_seconds": 5000.0,
+        "item_duration_seconds": 30.0,
+    }
+    assert client.post("/v1/events", json=[both]).status_code == 202
+    first = [json.loads(v) for v in read_topic(broker, quarantined, 1, timeout=60)]
+    assert first[0]["reason"] == "future_timestamp" and "overrides" not in first[0]
+    shown = run_cli("quarantine", "show", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "future_timestamp: " in shown.stdout and "event_id=both-1" in shown.stdout, shown.stdout
+    assert "1 of 1 held events shown" in shown.stdout, shown.stdout
+
+    # The operator overrides the clock rule; the plausibility rule holds it next, and its record says what was
+    # overridden for it already.
+    assert "replayed 1 events" in run_cli("quarantine", "replay", "--reason", "future_timestamp", env=env).stdout
+    again = [json.loads(v) for v in read_topic(broker, quarantined, 2, timeout=60)][1]
+    assert again["reason"] == "watch_exceeds_duration" and again["overrides"] == ["future_timestamp"], again
+    shown = run_cli("quarantine", "show", "--reason", "watch_exceeds_duration", "--json", env=env)
+    records = [json.loads(line) for line in shown.stdout.splitlines()]
+    assert [r["event"]["event_id"] for r in records] == ["both-1"] and records[0]["_place"].endswith(":1"), records
+
+    # Its replay for the second reason overrides both: learned, nothing held a third time.
+    assert "replayed 1 events" in run_cli("quarantine", "replay", "--reason", "watch_exceeds_duration", env=env).stdout
+    wait_for(lambda: checkpoints.learned() == 1, 60, "the event replayed twice to be learned")
+    assert _gate_counts(client).get("future_timestamp") == 1 and _gate_counts(client).get("watch_exceeds_duration") == 1
