@@ -96,7 +96,15 @@ def describe_errors(errors: ValidationError | Iterable[Mapping[str, Any]]) -> li
     """Turn pydantic's errors (a ``ValidationError``, or its ``errors()``: each with ``loc`` and ``msg``) into
     ``{"field": "...", "message": "..."}`` a person can act on."""
     items = errors.errors(include_url=False) if isinstance(errors, ValidationError) else errors
-    return [{"field": ".".join(str(part) for part in e["loc"]) or "(event)", "message": e["msg"]} for e in items]
+    return [_described(e) for e in items]
+
+
+def _described(error: Mapping[str, Any]) -> dict[str, str]:
+    loc = tuple(error["loc"])
+    if error.get("type") == "json_invalid" and len(loc) == 2 and loc[0] == "body":  # FastAPI: loc is (body, position)
+        why = (error.get("ctx") or {}).get("error", "")
+        return {"field": "body", "message": f"not valid JSON{f' ({why})' if why else ''} at character {loc[1]}"}
+    return {"field": ".".join(str(part) for part in loc) or "(event)", "message": error["msg"]}
 
 
 def summarize_errors(described: Iterable[Mapping[str, str]]) -> str:

@@ -72,6 +72,15 @@ def test_bad_batches_are_refused_with_a_reason(stack: Stack, body: str, status: 
     assert says in response.json()["detail"]
 
 
+def test_malformed_json_to_the_scores_route_says_where(stack: Stack) -> None:
+    response = stack.client.post(
+        "/v1/scores", content=b'{"user_id": "u1", ', headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert detail.startswith("invalid request: body: not valid JSON (") and detail.endswith("at character 18"), detail
+
+
 def test_oversized_body_is_refused(stack: Stack) -> None:
     response = _post(stack, json.dumps([{**GOOD, "context": {"k": "x" * 250}}] * 900))
     assert response.status_code == 413
