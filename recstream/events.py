@@ -96,7 +96,35 @@ def describe_errors(errors: ValidationError | Iterable[Mapping[str, Any]]) -> li
     """Turn pydantic's errors (a ``ValidationError``, or its ``errors()``: each with ``loc`` and ``msg``) into
     ``{"field": "...", "message": "..."}`` a person can act on."""
     items = errors.errors(include_url=False) if isinstance(errors, ValidationError) else errors
-    return [_described(e) for e in items]
+    described: list[dict[str, str]] = []
+    values: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}  # a context value's errors, one per kind it may be
+    placed: list[tuple[dict[str, str], tuple[Any, ...]]] = []
+    for e in items:
+        loc = tuple(e["loc"])
+        if len(loc) == 3 and loc[0] == "context" and loc[2] in _CONTEXT_KINDS:
+            if loc[:2] not in values:
+                values[loc[:2]] = []
+                placed.append(({"field": f"context.{loc[1]}", "message": ""}, loc[:2]))
+                described.append(placed[-1][0])
+            values[loc[:2]].append(e)
+        else:
+            described.append(_described(e))
+    for d, value in placed:
+        d["message"] = _context_value_message(values[value])
+    return described
+
+
+#: How pydantic names the members of ContextValue's union in an error's location.
+_CONTEXT_KINDS = frozenset({"constrained-str", "str", "bool", "int", "float", "constrained-float"})
+
+
+def _context_value_message(errors: list[Mapping[str, Any]]) -> str:
+    """One message for a context value that none of the kinds took: the error of the kind it is (a string too long,
+    a number not finite), else what kinds it may be."""
+    for e in errors:
+        if e.get("type") not in ("string_type", "bool_type", "int_type", "float_type", "bool_parsing", "int_parsing"):
+            return str(e["msg"])
+    return "must be a string (at most 256 characters), a boolean, an integer or a finite number"
 
 
 def _described(error: Mapping[str, Any]) -> dict[str, str]:

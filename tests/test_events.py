@@ -73,3 +73,18 @@ def test_one_bad_element_of_a_batch_is_refused_by_name_and_the_others_kept(chang
     assert [d.event.event_id if d.event else None for d in decoded] == ["before", None, "after"]
     assert decoded[1].index == 1 and decoded[1].reason is not None and decoded[1].reason.startswith(field)
     assert decoded[1].raw is not None and json.loads(decoded[1].raw) == raws[1]
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("a" * 257, "context.k: String should have at most 256 characters"),
+        ([1], "context.k: must be a string (at most 256 characters), a boolean, an integer or a finite number"),
+        (None, "context.k: must be a string (at most 256 characters), a boolean, an integer or a finite number"),
+    ],
+    ids=["long-string", "a-list", "null"],
+)
+def test_a_bad_context_value_gets_one_message_not_one_per_kind_it_may_be(value: object, says: str) -> None:
+    event, reason = parse_event(json.dumps({**GOOD, "context": {"k": value, "ok": "fine"}}).encode())
+    assert event is None and reason is not None
+    assert reason.endswith(says) and reason.count("context.k") == 1, reason
