@@ -77,8 +77,9 @@ _NO_OPENTELEMETRY: dict[str, Any] = (
 
 
 #: The most each step of the API's shutdown may take (the model holder, the Kafka producer, the Redis client): a
-#: step stuck on a peer that stopped answering (a paused broker) is abandoned, and the process exits.
-SHUTDOWN_STEP_SECONDS = 5.0
+#: step stuck on a peer that stopped answering (a paused broker) is abandoned, and the process exits. Three steps
+#: stay within the 10 s a container runtime waits after SIGTERM by default.
+SHUTDOWN_STEP_SECONDS = 3.0
 
 
 async def _stop_within(seconds: float, *steps: Callable[[], Awaitable[Any]]) -> None:

@@ -144,6 +144,13 @@ class ProgressiveMetrics:
         """Updates River holds unread (bounded by the window)."""
         return len(self._auc._buf_labels)  # River's buffer: an AttributeError here means River changed
 
+    def window_losses(self) -> list[float]:
+        """The window's per-event log losses, oldest first (what the model guard of a newly promoted model starts
+        from)."""
+        if self._packed is not None:
+            self._unpack()
+        return list(self._losses)
+
     @property
     def logloss(self) -> float:
         if self._packed is not None:

@@ -121,7 +121,7 @@ recstream is up ({kafka.name} broker at {kafka.address}, Redis at {redis.address
                      -H 'content-type: application/json' -d \\
                      '[{{"event_id":"e1","user_id":"me","item_id":"pets-001","type":"like","ts":"{now}"}}]'
   dashboard        {api.url}/dashboard   (live page; paste the key)
-  metrics          {api.url}/metrics (API), {worker.url} (worker)
+  metrics          {api.url}/metrics (API), {worker.url or "off (RECSTREAM_WORKER_METRICS_PORT=0)"} (worker)
   logs             {state_dir}/{{worker,api,broker,redis}}/*.log
   operator CLI     in another terminal (docs/operations.md):
                      export {exports}

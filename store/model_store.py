@@ -642,8 +642,11 @@ def _entry_id(text: str) -> tuple[int, int]:
 
 
 def _raise_if_connection_lost(exc: WatchError, during: str) -> None:
-    """redis-py raises :class:`WatchError` both when a watched key changed and when the connection failed while keys
-    were watched ("A TimeoutError occurred while watching one or more keys"): the second is Redis unreachable, not a
-    conflict, and is raised as such (a ``ConnectionError``, which callers retry and report as Redis being down)."""
-    if "occurred while watching" in str(exc):
+    """redis-py raises :class:`WatchError` both when a watched key changed ("Watched variable changed.") and when the
+    connection failed while keys were watched ("A TimeoutError occurred while watching one or more keys"): the second
+    is Redis unreachable, not a conflict, and is raised as such (a ``ConnectionError``, which callers retry and
+    report as Redis being down)."""
+    lost = redis.exceptions.ConnectionError | redis.exceptions.TimeoutError | OSError
+    # raised while handling the connection's error; its message says so too ("... occurred [on] while watching ...")
+    if isinstance(exc.__context__, lost) or "while watching" in str(exc):
         raise redis.exceptions.ConnectionError(f"the connection to Redis failed during {during} ({exc})") from exc

@@ -277,11 +277,16 @@ def quarantine_payload(record: Record, event: Event, reason: str, detail: str, i
             "detail": detail,
             **_source(record, index),
             "held_at": _now_iso(),
-            # the rules an operator's replay already overrode for it, kept by the next replay (stream/quarantine.py)
-            **({"overrides": sorted(record.overrides)} if record.overrides else {}),
+            **({"overrides": carried} if (carried := _carried_overrides(record.overrides)) else {}),
             "event": orjson.Fragment(event.model_dump_json()),
         }
     )
+
+
+def _carried_overrides(overrides: frozenset[str]) -> list[str]:
+    """The rules an operator's replay overrode for an event held again, for its next replay (stream/quarantine.py):
+    not ``model_paused``, which was the model's state then, not a verdict on the event."""
+    return sorted(overrides - {MODEL_PAUSED}) if overrides else []
 
 
 def overrides_from_headers(headers: Any) -> frozenset[str]:
@@ -1281,8 +1286,8 @@ class EventProcessor:
             metrics.CHECKPOINTS.labels("failed").inc()
             metrics.REDIS_ERRORS.labels("worker").inc()
             # The records go back to the pending ones and stay unacknowledged; the next checkpoint covers them.
-            if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError):
-                log.warning("checkpoint failed: Redis unreachable (%s); its events stay unacknowledged", exc)
+            if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError):  # (and refused credentials)
+                log.warning("checkpoint failed (%s: %s); its events stay unacknowledged", type(exc).__name__, exc)
             else:
                 log.exception("checkpoint failed; its events stay unacknowledged and will be retried")
             raise
@@ -1498,8 +1503,9 @@ class EventProcessor:
         """``learner`` (named ``name``) serves from now on; a configured former champion goes into shadow.
 
         Every contest starts again: a new champion is not judged on samples scored before it served. So does the
-        model guard's yardstick, unless it paused learning (:meth:`ModelGuard.restart`): an older version's losses
-        measured against the reference the abandoned one built would pause learning for no fault of the stream.
+        model guard's yardstick, unless it paused learning (:meth:`ModelGuard.restart`): from the new champion's own
+        progressive window. An older version's losses measured against the reference the abandoned one built would
+        pause learning for no fault of the stream.
         """
         self._delta_base = None  # the next checkpoint of the new champion is whole
         if self.learner is not None:
@@ -1512,7 +1518,7 @@ class EventProcessor:
         self.learner = learner
         self.contests = {n: Contest(self.rule) for n in self.challengers}
         if self.guard is not None:
-            self.guard.restart()
+            self.guard.restart(learner.metrics.window_losses())
 
     def _sample_hit(self, user: str, item: str) -> None:
         """Every ``HIT_SAMPLE_EVERY``-th positive: was its item in the user's top 10 just before learning it?

@@ -25,7 +25,7 @@ from recstream import components
 from recstream.components import bootstrap_servers, kafka_client_kwargs
 from recstream.settings import Settings, get_settings
 from store.keys import Keys
-from stream.processor import OVERRIDE_HEADER
+from stream.processor import MODEL_PAUSED, OVERRIDE_HEADER
 
 #: Where a record read from the quarantine topic was there (``topic:partition:offset``), added by read_quarantine.
 PLACE = "_place"
@@ -134,9 +134,15 @@ async def replay(settings: Settings, records: list[dict], override: str | None) 
         await producer.stop()
 
 
+def carried_overrides(record: dict) -> set[str]:
+    """The rules an earlier replay overrode for ``record`` (an event held again since): its next replay overrides
+    them too. Never ``model_paused``, the model's state then, not a verdict on the event."""
+    return {str(r) for r in record.get("overrides", ())} - {MODEL_PAUSED}
+
+
 def override_headers(record: dict, override: str | None) -> list[tuple[str, bytes]] | None:
     """The header a replay of ``record`` carries: ``override`` and the rules an earlier replay overrode for it."""
-    reasons = {str(r) for r in record.get("overrides", ())} | ({override} if override else set())
+    reasons = carried_overrides(record) | ({override} if override else set())
     return [(OVERRIDE_HEADER, ",".join(sorted(reasons)).encode())] if reasons else None
 
 
@@ -149,6 +155,15 @@ def describe(record: dict) -> str:
     )
     why = f"{record.get('reason', '?')}{overridden}: {record.get('detail', '')}"
     return f"{record.get('held_at', '?')}  {why}\n    {what}  [{record[PLACE]}]"
+
+
+def _carried_note(records: list[dict], override: str | None) -> str:
+    """What the replay also overrides for some of ``records``: the rules an earlier replay overrode for them."""
+    carried = [carried_overrides(r) - {override} for r in records]
+    rules = sorted(set().union(*carried))
+    if not rules:
+        return ""
+    return f"; {sum(1 for c in carried if c)} of them also override {', '.join(rules)} (an earlier replay did)"
 
 
 def _since(text: str) -> datetime:
@@ -192,6 +207,7 @@ def _list(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     matching = select(asyncio.run(read_quarantine(get_settings(), args.timeout)), args.reason, args.since)
+    matching.sort(key=lambda record: datetime.fromisoformat(record["held_at"]))  # (partitions are read one by one)
     shown = matching[-args.limit :] if args.limit > 0 else matching
     for record in shown:
         print(json.dumps(record) if args.json else describe(record))
@@ -210,6 +226,7 @@ def _replay(args: argparse.Namespace) -> int:
     override = None if args.reason == "all" else args.reason
     before = len(matching) - len(chosen)
     left_out = f"; {before} replayed before left out (--again sends them too)" if before else ""
+    left_out = _carried_note(chosen, override) + left_out
     if args.dry_run:
         print(
             f"would replay {len(chosen)} events held for {args.reason!r} (overriding {override or 'nothing'}){left_out}"

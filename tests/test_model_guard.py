@@ -134,3 +134,24 @@ def test_real_learner_on_clean_movielens_never_pauses() -> None:
                 worst = max(worst, guard.recent_loss / guard.reference_loss)
     print(f"\nMovieLens: {guard.updates} labelled events, worst recent/reference loss {worst:.2f} (pause at 1.3)")
     assert guard.pauses == 0
+
+
+def test_a_restart_judges_the_new_model_against_its_own_history() -> None:
+    guard = ModelGuard(recent_window=50, reference_window=500, min_reference=200, resume_events=100)
+    for _ in range(1_000):
+        guard.update(0.2)  # the abandoned model's level
+    # the promoted model's own window: a higher level (it learned less), one NaN and one loss past the cap
+    guard.restart([0.9] * 298 + [math.nan, 40.0])
+    assert guard.status()["reference_loss"] == pytest.approx((0.9 * 298 + guard.loss_cap) / 299)
+    assert not any(guard.update(0.9) for _ in range(200))  # its own level: no pause (against 0.2 it would)
+    assert any(guard.update(3.0) for _ in range(50)) and guard.pauses == 1  # bad data after the promotion: paused
+
+
+def test_a_restart_leaves_a_paused_guard_and_its_reference_alone() -> None:
+    guard = ModelGuard(recent_window=50, reference_window=500, min_reference=200, resume_events=100)
+    for _ in range(1_000):
+        guard.update(0.2)
+    assert any(guard.update(3.0) for _ in range(50))
+    before = guard.status()
+    guard.restart([0.9] * 300)
+    assert guard.paused and guard.status() == before

@@ -184,3 +184,20 @@ async def test_a_rollback_during_a_pause_keeps_the_pause_and_its_reference(setup
     assert processor.version == good
     assert processor.paused_since is not None and guard.paused
     assert guard.status()["reference_loss"] == reference  # still the last good model's yardstick
+
+
+async def test_bad_data_still_arriving_after_a_rollback_is_judged_against_the_promoted_versions_own_level(
+    setup,
+) -> None:
+    processor, store, transport, guard = setup
+    rnd = random.Random(9)
+    await processor.process(transport.records(_stream(rnd, 3000, 0, flipped=False)))
+    good = await processor.checkpoint()
+    await processor.process(transport.records(_stream(rnd, 1000, 3000, flipped=False)))
+    await processor.checkpoint()
+    assert processor.paused_since is None
+    # The operator rolls back before the guard saw anything wrong, and the bad data goes on: the guard's new yardstick
+    # is the promoted version's own progressive window (without it, the flipped losses would become the reference).
+    await store.promote(good, reason="a suspicious release")
+    await processor.process(transport.records(_stream(rnd, 1500, 4000, flipped=True)))
+    assert processor.paused_since is not None and guard.pauses == 1, guard.status()

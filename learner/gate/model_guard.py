@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 
 
 class ModelGuard:
@@ -145,17 +146,21 @@ class ModelGuard:
         else:
             self._reference, self._reference_count = reference, reference_count
 
-    def restart(self) -> None:
+    def restart(self, history: Sequence[float] = ()) -> None:
         """Another model serves (an operator's promotion or rollback, an automatic promotion): its losses are judged
-        against its own history only. The recent window and the reference start empty, so the guard judges again
-        after ``min_reference`` losses; the counts of pauses and resumes stay. A paused guard is left as it is (its
-        frozen reference is the last good model's: what a rollback during a pause is judged against)."""
+        against its own history only. The recent window starts empty and the reference is ``history``: that model's
+        own recent losses (its progressive window, which travels in its snapshot), each capped as :meth:`update` caps
+        it. The guard judges again once the recent window is full, and the reference holds ``min_reference`` losses
+        (with fewer in ``history``, the ones that then leave the recent window make up the rest). The counts of pauses
+        and resumes stay. A paused guard is left as it is (its frozen reference is the last good model's: what a
+        rollback during a pause is judged against)."""
         if self.paused:
             return
+        capped = [min(max(loss, 0.0), self.loss_cap) for loss in history if loss == loss]
         self._recent.clear()
         self._recent_sum = 0.0
-        self._reference = 0.0
-        self._reference_count = 0
+        self._reference = math.fsum(capped) / len(capped) if capped else 0.0
+        self._reference_count = len(capped)
         self._healthy_run = 0
 
     def resume(self) -> None:
