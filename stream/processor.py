@@ -277,16 +277,17 @@ def quarantine_payload(record: Record, event: Event, reason: str, detail: str, i
             "detail": detail,
             **_source(record, index),
             "held_at": _now_iso(),
-            **({"overrides": carried} if (carried := _carried_overrides(record.overrides)) else {}),
+            **({"overrides": carried} if (carried := carried_overrides(record.overrides)) else {}),
             "event": orjson.Fragment(event.model_dump_json()),
         }
     )
 
 
-def _carried_overrides(overrides: frozenset[str]) -> list[str]:
-    """The rules an operator's replay overrode for an event held again, for its next replay (stream/quarantine.py):
-    not ``model_paused``, which was the model's state then, not a verdict on the event."""
-    return sorted(overrides - {MODEL_PAUSED}) if overrides else []
+def carried_overrides(overrides: Iterable[str]) -> list[str]:
+    """The rules an operator's replay overrode for an event held again, which its next replay overrides too (written
+    into its quarantine record here, read back by stream/quarantine.py): not ``model_paused``, which was the model's
+    state then, not a verdict on the event."""
+    return sorted(set(overrides) - {MODEL_PAUSED}) if overrides else []
 
 
 def overrides_from_headers(headers: Any) -> frozenset[str]:

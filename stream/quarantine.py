@@ -25,7 +25,7 @@ from recstream import components
 from recstream.components import bootstrap_servers, kafka_client_kwargs
 from recstream.settings import Settings, get_settings
 from store.keys import Keys
-from stream.processor import MODEL_PAUSED, OVERRIDE_HEADER
+from stream.processor import OVERRIDE_HEADER, carried_overrides
 
 #: Where a record read from the quarantine topic was there (``topic:partition:offset``), added by read_quarantine.
 PLACE = "_place"
@@ -134,15 +134,9 @@ async def replay(settings: Settings, records: list[dict], override: str | None) 
         await producer.stop()
 
 
-def carried_overrides(record: dict) -> set[str]:
-    """The rules an earlier replay overrode for ``record`` (an event held again since): its next replay overrides
-    them too. Never ``model_paused``, the model's state then, not a verdict on the event."""
-    return {str(r) for r in record.get("overrides", ())} - {MODEL_PAUSED}
-
-
 def override_headers(record: dict, override: str | None) -> list[tuple[str, bytes]] | None:
     """The header a replay of ``record`` carries: ``override`` and the rules an earlier replay overrode for it."""
-    reasons = carried_overrides(record) | ({override} if override else set())
+    reasons = set(carried_overrides(record.get("overrides", ()))) | ({override} if override else set())
     return [(OVERRIDE_HEADER, ",".join(sorted(reasons)).encode())] if reasons else None
 
 
@@ -159,7 +153,7 @@ def describe(record: dict) -> str:
 
 def _carried_note(records: list[dict], override: str | None) -> str:
     """What the replay also overrides for some of ``records``: the rules an earlier replay overrode for them."""
-    carried = [carried_overrides(r) - {override} for r in records]
+    carried = [set(carried_overrides(r.get("overrides", ()))) - {override} for r in records]
     rules = sorted(set().union(*carried))
     if not rules:
         return ""
@@ -225,18 +219,15 @@ def _replay(args: argparse.Namespace) -> int:
     chosen = matching if args.again else asyncio.run(not_replayed(settings, matching))
     override = None if args.reason == "all" else args.reason
     before = len(matching) - len(chosen)
-    left_out = f"; {before} replayed before left out (--again sends them too)" if before else ""
-    left_out = _carried_note(chosen, override) + left_out
+    notes = _carried_note(chosen, override) + (
+        f"; {before} replayed before left out (--again sends them too)" if before else ""
+    )
     if args.dry_run:
-        print(
-            f"would replay {len(chosen)} events held for {args.reason!r} (overriding {override or 'nothing'}){left_out}"
-        )
+        print(f"would replay {len(chosen)} events held for {args.reason!r} (overriding {override or 'nothing'}){notes}")
         return 0
     sent = asyncio.run(replay(settings, chosen, override)) if chosen else 0
     if chosen:
         asyncio.run(record_replayed(settings, chosen))
     target = settings.topic_events
-    print(
-        f"replayed {sent} events held for {args.reason!r} into {target}; overriding {override or 'nothing'}{left_out}"
-    )
+    print(f"replayed {sent} events held for {args.reason!r} into {target}; overriding {override or 'nothing'}{notes}")
     return 0

@@ -3,7 +3,7 @@ never ``model_paused`` (the model's state when it was held, not a verdict on the
 
 from __future__ import annotations
 
-from stream.processor import OVERRIDE_HEADER, _carried_overrides
+from stream.processor import OVERRIDE_HEADER, carried_overrides
 from stream.quarantine import override_headers
 
 
@@ -24,5 +24,5 @@ def test_model_paused_is_never_carried_to_a_later_replay() -> None:
         (OVERRIDE_HEADER, b"model_paused")
     ]
     # and the worker does not write it into the record of an event held again
-    assert _carried_overrides(frozenset({"model_paused", "too_late"})) == ["too_late"]
-    assert _carried_overrides(frozenset({"model_paused"})) == []
+    assert carried_overrides(frozenset({"model_paused", "too_late"})) == ["too_late"]
+    assert carried_overrides(frozenset({"model_paused"})) == []
