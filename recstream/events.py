@@ -96,22 +96,21 @@ def describe_errors(errors: ValidationError | Iterable[Mapping[str, Any]]) -> li
     """Turn pydantic's errors (a ``ValidationError``, or its ``errors()``: each with ``loc`` and ``msg``) into
     ``{"field": "...", "message": "..."}`` a person can act on."""
     items = errors.errors(include_url=False) if isinstance(errors, ValidationError) else errors
-    described: list[dict[str, str]] = []
-    values: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}  # a context value's errors, one per kind it may be
-    placed: list[tuple[dict[str, str], tuple[Any, ...]]] = []
+    described: list[dict[str, str] | tuple[Any, ...]] = []  # a tuple: the place of a context value's message
+    unions: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}  # a context value's errors, one per kind it may be
     for e in items:
         loc = tuple(e["loc"])
         if len(loc) == 3 and loc[0] == "context" and loc[2] in _CONTEXT_KINDS:
-            if loc[:2] not in values:
-                values[loc[:2]] = []
-                placed.append(({"field": f"context.{loc[1]}", "message": ""}, loc[:2]))
-                described.append(placed[-1][0])
-            values[loc[:2]].append(e)
+            if loc[:2] not in unions:
+                unions[loc[:2]] = []
+                described.append(loc[:2])
+            unions[loc[:2]].append(e)
         else:
             described.append(_described(e))
-    for d, value in placed:
-        d["message"] = _context_value_message(values[value])
-    return described
+    return [
+        {"field": f"context.{d[1]}", "message": _context_value_message(unions[d])} if isinstance(d, tuple) else d
+        for d in described
+    ]
 
 
 #: How pydantic names the members of ContextValue's union in an error's location.
