@@ -1674,10 +1674,426 @@ done:
     return result;
 }
 
+/* ---- LruIndex: the gate's tables' key -> record number, least recently touched first --------------------------
+ *
+ * learner.gate.records.Records keeps each behaviour rule's records in one array('d'); this is its index: str key ->
+ * record number, in the order the rules evict (least recently touched first), with the numbers of forgotten
+ * records reused (last forgotten, first taken). It does what the OrderedDict it replaces did (get, move_to_end,
+ * popping the oldest) in ~16 bytes of entry a record plus 8 bytes a slot of an open-addressing table (linear
+ * probing, at most half full, removals by backward shift), where an OrderedDict entry costs ~80 bytes
+ * (`python -m bench.memory --records`). Record r's entry is entries[r]: its key (NULL: forgotten, and `next` links
+ * the forgotten ones) and its neighbours in the order. A slot holds an entry's number + 1 (0: empty) and the low 32
+ * bits of its key's hash, so a probe compares keys only when those bits match. Keys are str, compared and hashed as
+ * text (never by calling Python: a subclass's own __eq__ or __hash__ is not used, and an exact copy of its text is
+ * kept); numbers are returned as the shared int objects of `pool`
+ * (learner.id_index: pool[r] is r), grown by `grow` (which takes the pool's lock) as records are added. */
+
+typedef struct {
+    PyObject *key; /* NULL: a forgotten record, whose number is in the free list */
+    int32_t prev, next;
+} lru_entry;
+
+typedef struct {
+    uint32_t entry; /* the entry's number + 1; 0: empty */
+    uint32_t hash;  /* the low 32 bits of its key's hash */
+} lru_slot;
+
+#define LRU_MAX_RECORDS 0x7ffffff0LL /* record numbers are int32 */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *pool; /* a list: pool[r] is the int r */
+    PyObject *grow; /* grow(r): makes the pool hold r (learner.id_index.row_object, which takes the pool's lock) */
+    lru_entry *entries;
+    Py_ssize_t n_entries, cap_entries; /* entries in use (held or forgotten), allocated */
+    lru_slot *slots;
+    uint32_t mask;     /* slots - 1 (a power of two); no slots until the first key */
+    Py_ssize_t size;   /* keys held */
+    int32_t first, last, free; /* the order's ends and the last forgotten record (-1: none) */
+} LruIndex;
+
+static PyTypeObject LruIndexType;
+
+static int lru_ready(LruIndex *self) {
+    if (self->pool != NULL) return 0;
+    PyErr_SetString(PyExc_RuntimeError, "LruIndex.__init__ was not called");
+    return -1;
+}
+
+/* the same code points: both exact, ready str */
+static inline int lru_same_text(PyObject *a, PyObject *b) {
+    if (a == b) return 1;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(a);
+    if (n != PyUnicode_GET_LENGTH(b) || PyUnicode_KIND(a) != PyUnicode_KIND(b)) return 0;
+    return memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)n * PyUnicode_KIND(a)) == 0;
+}
+
+/* The hash of `key`'s text if it is a str (1; str's own hash, kept in the object, even for a subclass that has
+ * another), 0 if it is not one (such a key is never held), -1 on an error. */
+static int lru_hash(PyObject *key, Py_hash_t *hash) {
+    if (!PyUnicode_Check(key)) return 0;
+    if (PyUnicode_READY(key) < 0) return -1;
+    *hash = PyUnicode_Type.tp_hash(key);
+    return *hash == -1 && PyErr_Occurred() ? -1 : 1;
+}
+
+/* The slot holding `key` (of hash `hash`), or the empty one where it would go; the table has slots. */
+static inline uint32_t lru_probe(const LruIndex *self, PyObject *key, Py_hash_t hash) {
+    uint32_t h = (uint32_t)hash, at = h & self->mask;
+    for (;;) {
+        lru_slot s = self->slots[at];
+        if (s.entry == 0 || (s.hash == h && lru_same_text(self->entries[s.entry - 1].key, key))) return at;
+        at = (at + 1) & self->mask;
+    }
+}
+
+/* The record number of `key`, -1 when it is not held, -2 on an error. */
+static Py_ssize_t lru_find(LruIndex *self, PyObject *key) {
+    Py_hash_t hash;
+    int is_text = lru_hash(key, &hash);
+    if (is_text <= 0) return is_text < 0 ? -2 : -1;
+    if (self->slots == NULL) return -1;
+    uint32_t entry = self->slots[lru_probe(self, key, hash)].entry;
+    return entry == 0 ? -1 : (Py_ssize_t)entry - 1;
+}
+
+/* A borrowed reference to the shared int of `key`'s record number; NULL without an error when it is not held. */
+static PyObject *lru_lookup(PyObject *index, PyObject *key) {
+    Py_ssize_t r = lru_find((LruIndex *)index, key);
+    return r < 0 ? NULL : PyList_GET_ITEM(((LruIndex *)index)->pool, r);
+}
+
+static inline Py_ssize_t lru_size(PyObject *index) { return ((LruIndex *)index)->size; }
+
+static void lru_unlink(LruIndex *self, int32_t r) {
+    lru_entry *e = &self->entries[r];
+    if (e->prev >= 0) self->entries[e->prev].next = e->next;
+    else self->first = e->next;
+    if (e->next >= 0) self->entries[e->next].prev = e->prev;
+    else self->last = e->prev;
+}
+
+static void lru_append(LruIndex *self, int32_t r) {
+    lru_entry *e = &self->entries[r];
+    e->prev = self->last;
+    e->next = -1;
+    if (self->last >= 0) self->entries[self->last].next = r;
+    else self->first = r;
+    self->last = r;
+}
+
+/* Room for one more key: slots doubled when it would make them more than half full; -1 with MemoryError. */
+static int lru_reserve_slot(LruIndex *self) {
+    uint64_t n = self->slots == NULL ? 0 : (uint64_t)self->mask + 1;
+    if ((uint64_t)(self->size + 1) * 2 <= n) return 0;
+    uint64_t grown = n == 0 ? 16 : n * 2;
+    if (grown > (1ULL << 32)) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    lru_slot *slots = PyMem_Calloc((size_t)grown, sizeof *slots);
+    if (slots == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    uint32_t mask = (uint32_t)(grown - 1);
+    for (uint64_t i = 0; i < n; i++) {
+        lru_slot s = self->slots[i];
+        if (s.entry == 0) continue;
+        uint32_t at = s.hash & mask;
+        while (slots[at].entry != 0) at = (at + 1) & mask;
+        slots[at] = s;
+    }
+    PyMem_Free(self->slots);
+    self->slots = slots;
+    self->mask = mask;
+    return 0;
+}
+
+/* Empties slot `at` and shifts back the later slots of its run that may move (no tombstones). */
+static void lru_clear_slot(LruIndex *self, uint32_t at) {
+    uint32_t mask = self->mask, hole = at, j = at;
+    for (;;) {
+        j = (j + 1) & mask;
+        lru_slot s = self->slots[j];
+        if (s.entry == 0) break;
+        uint32_t home = s.hash & mask;
+        /* s may fill the hole unless its home lies cyclically within (hole, j] */
+        int stays = hole <= j ? (hole < home && home <= j) : (hole < home || home <= j);
+        if (!stays) {
+            self->slots[hole] = s;
+            hole = j;
+        }
+    }
+    self->slots[hole].entry = 0;
+    self->slots[hole].hash = 0;
+}
+
+/* A new record for `key` (a str, not held; `hash` its hash), last in the order: its number, or -1 with an
+ * exception. Takes the last forgotten number, if any, else the next one. Keeps `key` itself, or an exact str
+ * copy of a subclass's text. */
+static Py_ssize_t lru_insert(LruIndex *self, PyObject *key, Py_hash_t hash) {
+    if (lru_reserve_slot(self) < 0) return -1;
+    PyObject *kept = PyUnicode_CheckExact(key) ? Py_NewRef(key) : PyUnicode_FromObject(key);
+    if (kept == NULL) return -1;
+    int32_t r;
+    if (self->free >= 0) {
+        r = self->free;
+        self->free = self->entries[r].next;
+    } else {
+        if (self->n_entries >= LRU_MAX_RECORDS) {
+            PyErr_SetString(PyExc_OverflowError, "a gate table holds at most 2**31 records");
+            goto fail;
+        }
+        if (PyList_GET_SIZE(self->pool) <= self->n_entries) { /* pool[r] is r: grown by its own function */
+            PyObject *grown = PyObject_CallFunction(self->grow, "n", self->n_entries);
+            if (grown == NULL) goto fail;
+            Py_DECREF(grown);
+            if (PyList_GET_SIZE(self->pool) <= self->n_entries) {
+                PyErr_SetString(PyExc_RuntimeError, "LruIndex: grow(r) did not grow the pool to r");
+                goto fail;
+            }
+        }
+        if (self->n_entries == self->cap_entries) {
+            Py_ssize_t cap = self->cap_entries == 0 ? 16 : self->cap_entries * 2;
+            lru_entry *grown = PyMem_Realloc(self->entries, (size_t)cap * sizeof *grown);
+            if (grown == NULL) {
+                PyErr_NoMemory();
+                goto fail;
+            }
+            self->entries = grown;
+            self->cap_entries = cap;
+        }
+        r = (int32_t)self->n_entries++;
+    }
+    uint32_t at = lru_probe(self, key, hash);
+    self->slots[at].entry = (uint32_t)r + 1;
+    self->slots[at].hash = (uint32_t)hash;
+    self->entries[r].key = kept;
+    lru_append(self, r);
+    self->size++;
+    return r;
+fail:
+    Py_DECREF(kept);
+    return -1;
+}
+
+/* Forgets record `r` (held): out of the slots and the order, its number to the free list. Returns its key (the
+ * reference the index held). */
+static PyObject *lru_forget(LruIndex *self, int32_t r) {
+    PyObject *key = self->entries[r].key;
+    Py_hash_t hash = PyUnicode_Type.tp_hash(key); /* an exact str's, kept in it */
+    uint32_t h = (uint32_t)hash, at = h & self->mask;
+    while (self->slots[at].entry != (uint32_t)r + 1) at = (at + 1) & self->mask;
+    lru_clear_slot(self, at);
+    lru_unlink(self, r);
+    self->entries[r].key = NULL;
+    self->entries[r].prev = -1;
+    self->entries[r].next = self->free;
+    self->free = r;
+    self->size--;
+    return key;
+}
+
+static int LruIndex_init(LruIndex *self, PyObject *args, PyObject *kwds) {
+    static char *names[] = {"pool", "grow", NULL};
+    PyObject *pool, *grow;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O", names, &PyList_Type, &pool, &grow)) return -1;
+    if (self->pool != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "an LruIndex is initialised once");
+        return -1;
+    }
+    self->pool = Py_NewRef(pool);
+    self->grow = Py_NewRef(grow);
+    self->first = self->last = self->free = -1;
+    return 0;
+}
+
+static void LruIndex_dealloc(LruIndex *self) {
+    for (Py_ssize_t r = 0; r < self->n_entries; r++) Py_XDECREF(self->entries[r].key);
+    PyMem_Free(self->entries);
+    PyMem_Free(self->slots);
+    Py_XDECREF(self->pool);
+    Py_XDECREF(self->grow);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static Py_ssize_t LruIndex_len(LruIndex *self) { return self->size; }
+
+static int LruIndex_contains(LruIndex *self, PyObject *key) {
+    if (lru_ready(self)) return -1;
+    Py_ssize_t r = lru_find(self, key);
+    return r == -2 ? -1 : r >= 0;
+}
+
+static PyObject *LruIndex_subscript(LruIndex *self, PyObject *key) {
+    if (lru_ready(self)) return NULL;
+    Py_ssize_t r = lru_find(self, key);
+    if (r == -2) return NULL;
+    if (r < 0) {
+        PyErr_SetObject(PyExc_KeyError, key);
+        return NULL;
+    }
+    return Py_NewRef(PyList_GET_ITEM(self->pool, r));
+}
+
+static PyObject *LruIndex_get(LruIndex *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (lru_ready(self)) return NULL;
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "get(key, default=None)");
+        return NULL;
+    }
+    Py_ssize_t r = lru_find(self, args[0]);
+    if (r == -2) return NULL;
+    if (r < 0) return Py_NewRef(nargs == 2 ? args[1] : Py_None);
+    return Py_NewRef(PyList_GET_ITEM(self->pool, r));
+}
+
+static PyObject *LruIndex_insert(LruIndex *self, PyObject *key) {
+    if (lru_ready(self)) return NULL;
+    Py_hash_t hash;
+    int is_text = lru_hash(key, &hash);
+    if (is_text <= 0) {
+        if (is_text == 0) {
+            PyErr_Format(PyExc_TypeError, "a gate table's keys are str, not %.100s", Py_TYPE(key)->tp_name);
+        }
+        return NULL;
+    }
+    if (self->slots != NULL && self->slots[lru_probe(self, key, hash)].entry != 0) {
+        PyErr_SetObject(PyExc_KeyError, key);
+        return NULL;
+    }
+    Py_ssize_t r = lru_insert(self, key, hash);
+    return r < 0 ? NULL : Py_NewRef(PyList_GET_ITEM(self->pool, r));
+}
+
+static PyObject *LruIndex_move_to_end(LruIndex *self, PyObject *key) {
+    if (lru_ready(self)) return NULL;
+    Py_ssize_t r = lru_find(self, key);
+    if (r == -2) return NULL;
+    if (r < 0) {
+        PyErr_SetObject(PyExc_KeyError, key);
+        return NULL;
+    }
+    if (self->last != (int32_t)r) {
+        lru_unlink(self, (int32_t)r);
+        lru_append(self, (int32_t)r);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *LruIndex_pop_first(LruIndex *self, PyObject *unused) {
+    if (lru_ready(self)) return NULL;
+    if (self->first < 0) {
+        PyErr_SetString(PyExc_KeyError, "pop_first(): the index is empty");
+        return NULL;
+    }
+    int32_t r = self->first;
+    PyObject *key = lru_forget(self, r);
+    PyObject *result = PyTuple_Pack(2, key, PyList_GET_ITEM(self->pool, r));
+    Py_DECREF(key);
+    return result;
+}
+
+/* Records.evict on `data` (the table's array('d') of `width` fields a record): forgets the least recently touched
+ * records whose field `seen_at` is before `horizon`, and any beyond `cap`; returns the first one left (key, its
+ * seen_at) or (None, -inf). */
+static PyObject *LruIndex_evict(LruIndex *self, PyObject *args) {
+    PyObject *data;
+    Py_ssize_t width, cap, seen_at;
+    double horizon;
+    if (lru_ready(self) || !PyArg_ParseTuple(args, "Ondnn", &data, &width, &horizon, &cap, &seen_at)) return NULL;
+    if (width < 1 || seen_at < 0 || seen_at >= width) {
+        PyErr_SetString(PyExc_ValueError, "evict: width >= 1 and 0 <= seen_at < width");
+        return NULL;
+    }
+    Py_buffer view;
+    if (get_buffer(data, &view, PyBUF_SIMPLE, "a gate table's data", 'd') < 0) return NULL;
+    Py_ssize_t records = view.len / 8 / width;
+    PyObject *result = NULL;
+    while (self->first >= 0) {
+        int32_t r = self->first;
+        if (r >= records) {
+            PyErr_SetString(PyExc_IndexError, "a record number outside its gate table's data");
+            goto done;
+        }
+        double seen = get_f64(view.buf, (Py_ssize_t)r * width + seen_at);
+        if (seen >= horizon && self->size <= cap) {
+            result = Py_BuildValue("(Od)", self->entries[r].key, seen);
+            goto done;
+        }
+        Py_DECREF(lru_forget(self, r));
+    }
+    result = Py_BuildValue("(Od)", Py_None, -INFINITY);
+done:
+    PyBuffer_Release(&view);
+    return result;
+}
+
+static PyObject *LruIndex_iter(LruIndex *self) {
+    if (lru_ready(self)) return NULL;
+    PyObject *keys = PyList_New(self->size); /* a copy: the index may change while the caller iterates */
+    if (keys == NULL) return NULL;
+    Py_ssize_t i = 0;
+    for (int32_t r = self->first; r >= 0; r = self->entries[r].next) {
+        PyList_SET_ITEM(keys, i++, Py_NewRef(self->entries[r].key));
+    }
+    PyObject *it = PyObject_GetIter(keys);
+    Py_DECREF(keys);
+    return it;
+}
+
+static PyObject *LruIndex_nbytes(LruIndex *self, void *closure) {
+    size_t slots = self->slots == NULL ? 0 : ((size_t)self->mask + 1) * sizeof(lru_slot);
+    return PyLong_FromSize_t(slots + (size_t)self->cap_entries * sizeof(lru_entry));
+}
+
+static PyMethodDef LruIndex_methods[] = {
+    {"get", (PyCFunction)(void (*)(void))LruIndex_get, METH_FASTCALL, "get(key, default=None): the key's record number"},
+    {"insert", (PyCFunction)LruIndex_insert, METH_O,
+     "insert(key) -> number: a new record for key (a str not held; KeyError if held), last in the order"},
+    {"move_to_end", (PyCFunction)LruIndex_move_to_end, METH_O, "move_to_end(key): last in the order (KeyError if not held)"},
+    {"pop_first", (PyCFunction)LruIndex_pop_first, METH_NOARGS,
+     "pop_first() -> (key, number): forget the least recently touched record"},
+    {"evict", (PyCFunction)LruIndex_evict, METH_VARARGS,
+     "evict(data, width, horizon, cap, seen_at) -> (key or None, seen): Records.evict on the table's data"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef LruIndex_getset[] = {
+    {"nbytes", (getter)LruIndex_nbytes, NULL, "bytes allocated for entries and slots", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PySequenceMethods LruIndex_as_sequence = {
+    .sq_length = (lenfunc)LruIndex_len,
+    .sq_contains = (objobjproc)LruIndex_contains,
+};
+
+static PyMappingMethods LruIndex_as_mapping = {
+    .mp_length = (lenfunc)LruIndex_len,
+    .mp_subscript = (binaryfunc)LruIndex_subscript,
+};
+
+static PyTypeObject LruIndexType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "learner._kernels.LruIndex",
+    .tp_doc = "LruIndex(pool, grow): str key -> record number, least recently touched first (learner.gate.records)",
+    .tp_basicsize = sizeof(LruIndex),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)LruIndex_init,
+    .tp_dealloc = (destructor)LruIndex_dealloc,
+    .tp_as_sequence = &LruIndex_as_sequence,
+    .tp_as_mapping = &LruIndex_as_mapping,
+    .tp_iter = (getiterfunc)LruIndex_iter,
+    .tp_methods = LruIndex_methods,
+    .tp_getset = LruIndex_getset,
+};
+
 /* ---- The quality gate's user-rate rule (learner.gate.behaviour.UserRateRule), compiled -------------------------
  *
  * RateCore does the rule's check and observe for one event with the same floating-point operations, in the same
- * order, as the Python methods, on the same table (learner.gate.records.Records: an OrderedDict user -> record
+ * order, as the Python methods, on the same table (learner.gate.records.Records: an LruIndex user -> record
  * number over one array('d') of 7 fields a record). The Python code stays the reference (and the path where this
  * is not built); tests drive both over the same streams and compare every verdict and every record. */
 
@@ -1741,9 +2157,8 @@ static int GateCore_set_oldest_seen(GateCore *self, PyObject *value, void *closu
 
 typedef struct {
     GATE_CORE_HEAD
-    PyObject *index;          /* the table's OrderedDict: user -> record number, least recently seen first */
+    PyObject *index;          /* the table's LruIndex: user -> record number, least recently seen first */
     PyObject *data;           /* the table's array('d') */
-    PyObject *move_to_end;    /* index.move_to_end */
     PyObject *add;            /* Records.add */
     PyObject *evict;          /* Records.evict */
     PyObject *positive_types; /* a frozenset of event types */
@@ -1757,7 +2172,6 @@ typedef struct {
 static int RateCore_traverse(RateCore *self, visitproc visit, void *arg) {
     Py_VISIT(self->index);
     Py_VISIT(self->data);
-    Py_VISIT(self->move_to_end);
     Py_VISIT(self->add);
     Py_VISIT(self->evict);
     Py_VISIT(self->positive_types);
@@ -1770,7 +2184,6 @@ static int RateCore_traverse(RateCore *self, visitproc visit, void *arg) {
 static int RateCore_clear(RateCore *self) {
     Py_CLEAR(self->index);
     Py_CLEAR(self->data);
-    Py_CLEAR(self->move_to_end);
     Py_CLEAR(self->add);
     Py_CLEAR(self->evict);
     Py_CLEAR(self->positive_types);
@@ -1802,14 +2215,12 @@ static int RateCore_init(RateCore *self, PyObject *args, PyObject *kwds) {
     }
     PyObject *index = PyObject_GetAttrString(records, "index");
     PyObject *data = index == NULL ? NULL : PyObject_GetAttrString(records, "data");
-    PyObject *move = data == NULL ? NULL : PyObject_GetAttrString(index, "move_to_end");
-    PyObject *add = move == NULL ? NULL : PyObject_GetAttrString(records, "add");
+    PyObject *add = data == NULL ? NULL : PyObject_GetAttrString(records, "add");
     PyObject *evict = add == NULL ? NULL : PyObject_GetAttrString(records, "evict");
-    if (index == NULL || data == NULL || move == NULL || add == NULL || evict == NULL || !PyDict_Check(index)) {
+    if (index == NULL || data == NULL || add == NULL || evict == NULL || !Py_IS_TYPE(index, &LruIndexType)) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "RateCore: records must be a learner.gate.records.Records");
         Py_XDECREF(index);
         Py_XDECREF(data);
-        Py_XDECREF(move);
         Py_XDECREF(add);
         Py_XDECREF(evict);
         return -1;
@@ -1817,7 +2228,6 @@ static int RateCore_init(RateCore *self, PyObject *args, PyObject *kwds) {
     RateCore_clear(self);
     self->index = index;
     self->data = data;
-    self->move_to_end = move;
     self->add = add;
     self->evict = evict;
     Py_INCREF(positive_types);
@@ -1873,7 +2283,7 @@ static int evict_if_due(PyObject *key, PyObject *index, PyObject *evict, double 
                         int seen_at, PyObject **oldest, double *oldest_seen) {
     int due = PyObject_RichCompareBool(key, *oldest, Py_EQ);
     if (due < 0) return -1;
-    if (!due) due = !(*oldest_seen >= horizon && PyDict_Size(index) <= cap);
+    if (!due) due = !(*oldest_seen >= horizon && lru_size(index) <= cap);
     if (!due) return 0;
     PyObject *found = PyObject_CallFunction(evict, "dni", horizon, cap, seen_at);
     if (found == NULL) return -1;
@@ -1892,11 +2302,19 @@ static int evict_if_due(PyObject *key, PyObject *index, PyObject *evict, double 
     return 0;
 }
 
-/* Records.move_to_end of `key` (the caller holds a reference to its record number: the call may drop the index's) */
-static int move_last(PyObject *move_to_end, PyObject *key) {
-    PyObject *moved = PyObject_CallOneArg(move_to_end, key);
-    if (moved == NULL) return -1;
-    Py_DECREF(moved);
+/* The record `number` of an LruIndex last in its order (most recently touched): its move_to_end without a lookup */
+static int move_last(PyObject *index, PyObject *number) {
+    LruIndex *self = (LruIndex *)index;
+    Py_ssize_t r = PyLong_AsSsize_t(number);
+    if (r == -1 && PyErr_Occurred()) return -1;
+    if (r < 0 || r >= self->n_entries || self->entries[r].key == NULL) {
+        PyErr_SetString(PyExc_IndexError, "move_last: not a record held by the index");
+        return -1;
+    }
+    if (self->last != (int32_t)r) {
+        lru_unlink(self, (int32_t)r);
+        lru_append(self, (int32_t)r);
+    }
     return 0;
 }
 
@@ -1956,7 +2374,7 @@ static PyObject *RateCore_check(RateCore *self, PyObject *const *args, Py_ssize_
     PyObject *user, *item, *type;
     double ts;
     if (gate_event(given[0], &user, &item, &type, &ts) < 0) return NULL;
-    PyObject *number = PyDict_GetItemWithError(self->index, user);
+    PyObject *number = lru_lookup(self->index, user);
     if (number == NULL) {
         if (PyErr_Occurred()) return NULL;
         Py_RETURN_NONE; /* nothing counted, and both limits are at least 1 */
@@ -2012,7 +2430,7 @@ static PyObject *RateCore_observe(RateCore *self, PyObject *const *args, Py_ssiz
     int positive = PySet_Contains(self->positive_types, type);
     if (positive < 0) return NULL;
     double window = self->window;
-    PyObject *number = PyDict_GetItemWithError(self->index, user);
+    PyObject *number = lru_lookup(self->index, user);
     double clock;
     Py_buffer view;
     Py_ssize_t b;
@@ -2028,10 +2446,7 @@ static PyObject *RateCore_observe(RateCore *self, PyObject *const *args, Py_ssiz
         Py_DECREF(added);
         if (failed) return NULL;
     } else {
-        Py_INCREF(number); /* move_to_end may drop the table's reference to it */
-        int failed = move_last(self->move_to_end, user) || table_record(self->data, number, RATE_FIELDS, &view, &b);
-        Py_DECREF(number);
-        if (failed) return NULL;
+        if (move_last(self->index, number) || table_record(self->data, number, RATE_FIELDS, &view, &b)) return NULL;
         char *d = view.buf;
         double user_clock = get_f64(d, b + 5);
         clock = ts > user_clock ? ts : user_clock;
@@ -2102,8 +2517,8 @@ static PyTypeObject RateCoreType = {
 
 typedef struct {
     GATE_CORE_HEAD
-    PyObject *users_index, *users_data, *users_move, *users_add, *users_evict;
-    PyObject *items_index, *items_data, *items_move, *items_add, *items_pop_oldest;
+    PyObject *users_index, *users_data, *users_add, *users_evict;
+    PyObject *items_index, *items_data, *items_add, *items_pop_oldest;
     PyObject *established, *established_add;
     PyObject *judged_types; /* None: every type */
     PyObject *positive_types;
@@ -2120,8 +2535,8 @@ typedef struct {
 } SurgeCore;
 
 #define SURGE_OBJECTS(X)                                                                                             \
-    X(users_index) X(users_data) X(users_move) X(users_add) X(users_evict) X(items_index) X(items_data)              \
-        X(items_move) X(items_add) X(items_pop_oldest) X(established) X(established_add) X(judged_types)              \
+    X(users_index) X(users_data) X(users_add) X(users_evict) X(items_index) X(items_data)              \
+        X(items_add) X(items_pop_oldest) X(established) X(established_add) X(judged_types)              \
             X(positive_types) X(hold_cooling) X(hold_share) X(hold_concentration) X(oldest)
 
 static int SurgeCore_traverse(SurgeCore *self, visitproc visit, void *arg) {
@@ -2169,21 +2584,19 @@ static int SurgeCore_init(SurgeCore *self, PyObject *args, PyObject *kwds) {
     }
     /* from here on a failure leaves the core empty (not initialised: its methods raise), never half made */
     SurgeCore_clear(self);
-    /* each in turn, stopping at the first missing one (an index before its move_to_end) */
-    PyObject **fetched[] = {&self->users_index, &self->users_data, &self->users_add, &self->users_evict,
-                            &self->users_move, &self->items_index, &self->items_data, &self->items_add,
-                            &self->items_pop_oldest, &self->items_move, &self->established_add};
-    const char *attributes[] = {"index", "data", "add", "evict", "move_to_end", "index",
-                                "data",  "add",  "pop_oldest", "move_to_end", "add"};
-    for (int i = 0; i < 11; i++) {
-        PyObject *owner = i == 4 ? self->users_index : i == 9 ? self->items_index : i < 5 ? users : i < 10 ? items
-                                                                                                   : established;
+    /* each in turn, stopping at the first missing one */
+    PyObject **fetched[] = {&self->users_index, &self->users_data,       &self->users_add,
+                            &self->users_evict, &self->items_index,      &self->items_data,
+                            &self->items_add,   &self->items_pop_oldest, &self->established_add};
+    const char *attributes[] = {"index", "data", "add", "evict", "index", "data", "add", "pop_oldest", "add"};
+    for (int i = 0; i < 9; i++) {
+        PyObject *owner = i < 4 ? users : i < 8 ? items : established;
         if ((*fetched[i] = attribute(owner, attributes[i])) == NULL) {
             SurgeCore_clear(self);
             return -1;
         }
     }
-    if (!PyDict_Check(self->users_index) || !PyDict_Check(self->items_index)) {
+    if (!Py_IS_TYPE(self->users_index, &LruIndexType) || !Py_IS_TYPE(self->items_index, &LruIndexType)) {
         SurgeCore_clear(self);
         PyErr_SetString(PyExc_TypeError, "SurgeCore: users and items must be learner.gate.records.Records");
         return -1;
@@ -2233,7 +2646,7 @@ static PyObject *SurgeCore_check(SurgeCore *self, PyObject *const *args, Py_ssiz
     if (gate_event(given[0], &user, &item, &type, NULL) < 0) return NULL;
     int judged = surge_judges(self, type);
     if (judged <= 0) return judged < 0 ? NULL : Py_NewRef(Py_None);
-    PyObject *known = PyDict_GetItemWithError(self->users_index, user);
+    PyObject *known = lru_lookup(self->users_index, user);
     Py_buffer view;
     Py_ssize_t b;
     if (known != NULL) {
@@ -2246,7 +2659,7 @@ static PyObject *SurgeCore_check(SurgeCore *self, PyObject *const *args, Py_ssiz
         int established = PySequence_Contains(self->established, user);
         if (established != 0) return established < 0 ? NULL : Py_NewRef(Py_None);
     }
-    PyObject *number = PyDict_GetItemWithError(self->items_index, item);
+    PyObject *number = lru_lookup(self->items_index, item);
     if (number == NULL) {
         if (PyErr_Occurred()) return NULL;
         if (self->min_new_positives > 1) Py_RETURN_NONE;
@@ -2291,7 +2704,7 @@ static PyObject *SurgeCore_check(SurgeCore *self, PyObject *const *args, Py_ssiz
  * stream's channels; returns the item's record number (a new reference) or NULL */
 static PyObject *surge_count(SurgeCore *self, int is_new, PyObject *item, int positive) {
     double decay = self->stream_decay;
-    PyObject *number = PyDict_GetItemWithError(self->items_index, item);
+    PyObject *number = lru_lookup(self->items_index, item);
     if (number == NULL) {
         if (PyErr_Occurred()) return NULL;
         PyObject *fields = Py_BuildValue("(ddddddd)", 0.0, 0.0, 0.0, 0.0, (double)self->clocks[0], 0.0,
@@ -2300,7 +2713,7 @@ static PyObject *surge_count(SurgeCore *self, int is_new, PyObject *item, int po
         number = PyObject_CallFunctionObjArgs(self->items_add, item, fields, NULL);
         Py_DECREF(fields);
         if (number == NULL) return NULL;
-        if (PyDict_Size(self->items_index) > self->max_items) {
+        if (lru_size(self->items_index) > self->max_items) {
             /* the oldest: this item's own only with max_items 0 (its record is then free, written and never read) */
             PyObject *popped = PyObject_CallNoArgs(self->items_pop_oldest);
             if (popped == NULL) {
@@ -2311,7 +2724,7 @@ static PyObject *surge_count(SurgeCore *self, int is_new, PyObject *item, int po
         }
     } else {
         Py_INCREF(number);
-        if (move_last(self->items_move, item) < 0) { /* most recently touched last */
+        if (move_last(self->items_index, number) < 0) { /* most recently touched last */
             Py_DECREF(number);
             return NULL;
         }
@@ -2353,7 +2766,7 @@ static PyObject *SurgeCore_observe(SurgeCore *self, PyObject *const *args, Py_ss
     if (gate_event(given[0], &user, &item, &type, NULL) < 0) return NULL;
     double now = PyFloat_AsDouble(given[1]);
     if (now == -1.0 && PyErr_Occurred()) return NULL;
-    PyObject *number = PyDict_GetItemWithError(self->users_index, user);
+    PyObject *number = lru_lookup(self->users_index, user);
     if (number == NULL) {
         if (PyErr_Occurred()) return NULL;
         int established = PySequence_Contains(self->established, user);
@@ -2370,7 +2783,7 @@ static PyObject *SurgeCore_observe(SurgeCore *self, PyObject *const *args, Py_ss
         if (number == NULL) return NULL;
     } else {
         Py_INCREF(number);
-        if (move_last(self->users_move, user) < 0) { /* most recently seen last */
+        if (move_last(self->users_index, number) < 0) { /* most recently seen last */
             Py_DECREF(number);
             return NULL;
         }
@@ -2515,7 +2928,7 @@ static PyTypeObject SurgeCoreType = {
 
 typedef struct {
     GATE_CORE_HEAD
-    PyObject *index, *data, *move_to_end, *add, *evict; /* the users table (Records): user -> record number */
+    PyObject *index, *data, *add, *evict; /* the users table (Records): user -> record number */
     PyObject *positive_types;                           /* a frozenset of event types */
     PyObject *first_update; /* the rule's stats.Quantile's update: takes the first score (the quantile then answers) */
     PyObject *update, *get; /* its estimator's update and get: the same calls, once the quantile has a score */
@@ -2536,7 +2949,7 @@ typedef struct {
 } AnomalyCore;
 
 #define ANOMALY_OBJECTS(X)                                                                                           \
-    X(index) X(data) X(move_to_end) X(add) X(evict) X(positive_types) X(first_update) X(update) X(get) X(learn) X(trees)     \
+    X(index) X(data) X(add) X(evict) X(positive_types) X(first_update) X(update) X(get) X(learn) X(trees)     \
         X(hold) X(memo_event) X(oldest)
 
 static int AnomalyCore_traverse(AnomalyCore *self, visitproc visit, void *arg) {
@@ -2597,15 +3010,15 @@ static int AnomalyCore_init(AnomalyCore *self, PyObject *args, PyObject *kwds) {
     /* from here on a failure leaves the core empty (not initialised: its methods raise), never half made */
     AnomalyCore_clear(self);
     anomaly_free_trees(self);
-    PyObject **fetched[] = {&self->index, &self->data, &self->add, &self->evict, &self->move_to_end};
-    const char *attributes[] = {"index", "data", "add", "evict", "move_to_end"};
-    for (int i = 0; i < 5; i++) {
-        if ((*fetched[i] = attribute(i == 4 ? self->index : records, attributes[i])) == NULL) {
+    PyObject **fetched[] = {&self->index, &self->data, &self->add, &self->evict};
+    const char *attributes[] = {"index", "data", "add", "evict"};
+    for (int i = 0; i < 4; i++) {
+        if ((*fetched[i] = attribute(records, attributes[i])) == NULL) {
             AnomalyCore_clear(self);
             return -1;
         }
     }
-    if (!PyDict_Check(self->index)) {
+    if (!Py_IS_TYPE(self->index, &LruIndexType)) {
         AnomalyCore_clear(self);
         PyErr_SetString(PyExc_TypeError, "AnomalyCore: records must be a learner.gate.records.Records");
         return -1;
@@ -2787,7 +3200,7 @@ static int anomaly_compute(AnomalyCore *self, PyObject *event, double now, int *
         PyErr_SetString(PyExc_TypeError, "expected a GateEvent");
         return -1;
     }
-    PyObject *number = PyDict_GetItemWithError(self->index, PyTuple_GET_ITEM(event, 1));
+    PyObject *number = lru_lookup(self->index, PyTuple_GET_ITEM(event, 1));
     double state[ANOMALY_FIELDS];
     if (number == NULL) {
         if (PyErr_Occurred()) return -1;
@@ -2820,7 +3233,7 @@ static int anomaly_memo(AnomalyCore *self, PyObject *event, double now) {
 /* Records.put(user, next), then the eviction that may be due (as the rule's _remember) */
 static int anomaly_remember(AnomalyCore *self, PyObject *event, const double *next, double now) {
     PyObject *user = PyTuple_GET_ITEM(event, 1);
-    PyObject *number = PyDict_GetItemWithError(self->index, user);
+    PyObject *number = lru_lookup(self->index, user);
     if (number == NULL) {
         if (PyErr_Occurred()) return -1;
         PyObject *fields = Py_BuildValue("(dddddd)", next[0], next[1], next[2], next[3], next[4], next[5]);
@@ -2832,9 +3245,7 @@ static int anomaly_remember(AnomalyCore *self, PyObject *event, const double *ne
     } else {
         Py_buffer view;
         Py_ssize_t b;
-        Py_INCREF(number); /* move_to_end may drop the table's reference to it */
-        int failed = move_last(self->move_to_end, user) || table_record(self->data, number, ANOMALY_FIELDS, &view, &b);
-        Py_DECREF(number);
+        int failed = move_last(self->index, number) || table_record(self->data, number, ANOMALY_FIELDS, &view, &b);
         if (failed) return -1;
         for (int i = 0; i < ANOMALY_FIELDS; i++) set_f64(view.buf, b + i, next[i]);
         PyBuffer_Release(&view);
@@ -3047,7 +3458,8 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "Compiled
                                     -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__kernels(void) {
-    if (PyType_Ready(&SlotTableType) < 0 || PyType_Ready(&PoolRowsType) < 0 || PyType_Ready(&RateCoreType) < 0 ||
+    if (PyType_Ready(&SlotTableType) < 0 || PyType_Ready(&PoolRowsType) < 0 || PyType_Ready(&LruIndexType) < 0 ||
+        PyType_Ready(&RateCoreType) < 0 ||
         PyType_Ready(&SurgeCoreType) < 0 || PyType_Ready(&AnomalyCoreType) < 0) {
         return NULL;
     }
@@ -3066,6 +3478,12 @@ PyMODINIT_FUNC PyInit__kernels(void) {
     Py_INCREF(&PoolRowsType);
     if (PyModule_AddObject(m, "PoolRows", (PyObject *)&PoolRowsType) < 0) {
         Py_DECREF(&PoolRowsType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&LruIndexType);
+    if (PyModule_AddObject(m, "LruIndex", (PyObject *)&LruIndexType) < 0) {
+        Py_DECREF(&LruIndexType);
         Py_DECREF(m);
         return NULL;
     }

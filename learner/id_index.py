@@ -65,6 +65,12 @@ def row_object(row: int) -> int:
     return rows[row]
 
 
+def row_pool() -> list[int]:
+    """The pool itself (``row_pool()[r] is row_object(r)``), for code that reads it without a call per row; grow
+    it only through :func:`row_object`."""
+    return _ROWS
+
+
 _REUSABLE: ContextVar[tuple[IdIndex, ...]] = ContextVar("reusable_id_indexes", default=())
 
 

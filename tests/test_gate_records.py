@@ -1,4 +1,5 @@
-"""The behaviour rules' tables (learner.gate.records.Records): order, eviction, reuse of record numbers."""
+"""The behaviour rules' tables (learner.gate.records.Records): order, eviction, reuse of record numbers; with the
+compiled index (LruIndex, learner/_kernels.c) and with Python's (OrderedIndex), which must agree."""
 
 from __future__ import annotations
 
@@ -8,11 +9,18 @@ from collections import OrderedDict
 
 import pytest
 
-from learner.gate.records import Records
+from learner.gate.records import OrderedIndex, Records
+from learner.id_index import row_object, row_pool
+from tests.conftest import loops
+
+BOTH = pytest.mark.parametrize("compiled", [True, False], ids=["compiled-index", "python-index"])
 
 
-def test_records_are_read_and_written_in_place_and_kept_apart() -> None:
-    table = Records(3)
+@BOTH
+def test_records_are_read_and_written_in_place_and_kept_apart(compiled: bool) -> None:
+    with loops(compiled):
+        table = Records(3)
+    assert isinstance(table.index, OrderedIndex) is not compiled
     a = table.add("a", (1.0, 2.0, 3.0))
     b = table.add("b", array("d", (4.0, 5.0, 6.0)))
     table.data[a * 3 + 2] = 30.0
@@ -32,8 +40,10 @@ def test_records_are_read_and_written_in_place_and_kept_apart() -> None:
     assert table["b"] == [4.5, 5.0, 6.0] and list(table) == ["a", "b"]
 
 
-def test_put_moves_a_record_last_and_evict_goes_in_that_order() -> None:
-    table = Records(2)
+@BOTH
+def test_put_moves_a_record_last_and_evict_goes_in_that_order(compiled: bool) -> None:
+    with loops(compiled):
+        table = Records(2)
     for key, seen in (("a", 1.0), ("b", 2.0), ("c", 3.0)):
         table.add(key, (0.0, seen))
     table.put("a", array("d", (7.0, 4.0)))  # touched: last now
@@ -46,12 +56,15 @@ def test_put_moves_a_record_last_and_evict_goes_in_that_order() -> None:
     assert len(table) == 0 and table.evict(horizon=0.0, cap=1, seen_at=1) == (None, float("-inf"))
 
 
-def test_forgotten_record_numbers_are_reused_and_new_records_start_from_their_values() -> None:
+@BOTH
+def test_forgotten_record_numbers_are_reused_and_new_records_start_from_their_values(compiled: bool) -> None:
     """Against a plain OrderedDict of lists over a random run of adds, puts (of known and new keys), evictions and
     pops of the oldest: same keys in the same order, same values; the flat array grows only to the most records
     held at once."""
     rnd = random.Random(3)
-    table, reference = Records(2), OrderedDict()
+    with loops(compiled):
+        table = Records(2)
+    reference: OrderedDict[str, list[float]] = OrderedDict()
     most = 0
     for step in range(20_000):
         key = f"k{rnd.randrange(300)}"
@@ -75,3 +88,69 @@ def test_forgotten_record_numbers_are_reused_and_new_records_start_from_their_va
         assert len(table) == len(reference)
     assert list(table.items()) == list(reference.items())
     assert len(table.data) == 2 * most  # numbers of forgotten records were taken again before the array grew
+
+
+@pytest.mark.parametrize("n_keys", [6_000, 30])
+def test_the_compiled_index_does_what_the_python_one_does(built: object, n_keys: int) -> None:
+    """LruIndex against OrderedIndex over a long random run on thousands of keys (its hash table grows many times,
+    and removals shift runs of slots back) and on a few (runs that wrap around a small table's end): the same
+    number for every key, the same order, the same answers."""
+    rnd = random.Random(11)
+    compiled, python = built.LruIndex(row_pool(), row_object), OrderedIndex()
+    data = array("d")
+    keys = [f"user-{i:07d}" for i in range(n_keys)]
+    most = 0
+    for step in range(120_000):
+        key = rnd.choice(keys)
+        if rnd.random() < 0.5:  # a new str object with the same text, as every event's id is
+            key = "".join(key)
+        op = rnd.random()
+        if op < 0.9:
+            if key in python:
+                python.move_to_end(key)
+                compiled.move_to_end(key)
+            else:
+                number = python.insert(key)
+                assert compiled.insert(key) == number
+                if len(data) <= number:
+                    data.extend([0.0] * (number + 1 - len(data)))
+                data[number] = float(step)
+        elif op < 0.97 and len(python):
+            assert compiled.pop_first() == python.pop_first()
+        elif op < 0.975:
+            horizon, cap = step - rnd.randrange(2_000, 40_000), rnd.randrange(n_keys // 6, n_keys)
+            assert compiled.evict(data, 1, horizon, cap, 0) == python.evict(data, 1, horizon, cap, 0)
+        assert compiled.get(key) == python.get(key) and (key in compiled) == (key in python)
+        assert len(compiled) == len(python)
+        most = max(most, len(python))
+        if step % 5_000 == 0 or n_keys < 100:
+            assert list(compiled) == list(python)
+            assert all(compiled[k] == python[k] for k in python)
+    assert list(compiled) == list(python) and most > n_keys * 0.4 and len(python) > n_keys / 6
+
+
+def test_the_compiled_index_refuses_what_it_cannot_hold(built: object) -> None:
+    index = built.LruIndex(row_pool(), row_object)
+    assert index.insert("a") == 0 and index.insert("b") == 1
+    with pytest.raises(KeyError):
+        index.insert("a")
+    with pytest.raises(TypeError, match="keys are str"):
+        index.insert(7)
+    assert 7 not in index and index.get(7) is None and index.get("zz", -1) == -1  # never held: not found
+    with pytest.raises(KeyError):
+        index.move_to_end("zz")
+    with pytest.raises(KeyError):
+        index["zz"]
+    assert index.pop_first() == ("a", 0) and index.pop_first() == ("b", 1)
+    with pytest.raises(KeyError, match="empty"):
+        index.pop_first()
+    assert index.insert("c") == 1  # the last forgotten number first
+
+    class Tagged(str):  # a str subclass (numpy's str_ is one) is held by its text, as an exact str
+        def __hash__(self) -> int:
+            return 0
+
+    assert index.insert(Tagged("d")) == 0 and index.get("d") == 0 and index[Tagged("c")] == 1
+    assert [type(key) for key in index] == [str, str]
+    with pytest.raises(RuntimeError, match="not called"):
+        type(index).__new__(type(index)).get("a")

@@ -14,9 +14,9 @@ a window. Rules count their own holds as attempts (``observe_held``, called by t
 rule that held the event), so a bot that keeps sending stays held instead of leaking through a
 window's worth of events at a time. State of users and items idle beyond each rule's horizon is
 evicted, and every map has a hard cap (oldest-idle evicted first); the bounds are in each class.
-Each rule's table of users (and of items) is a :class:`learner.gate.records.Records`: an
-``OrderedDict`` of id -> record number (the eviction order) over one flat ``array('d')`` of the
-records' fields, read and written in place. The sizes below are measured in the worker's setting,
+Each rule's table of users (and of items) is a :class:`learner.gate.records.Records`: an index
+of id -> record number (the eviction order) over one flat ``array('d')`` of the records' fields,
+read and written in place. The sizes below are measured in the worker's setting,
 with the record's table entry, the id string not included (the worker's learner holds it; the
 gate's tables keep references to the same object) and the record numbers shared with the
 learner's rows (:func:`learner.id_index.row_object`).
@@ -57,7 +57,7 @@ class UserRateRule:
 
     Sliding-window counters: two fixed windows per user, the previous one weighted by how much of
     it still overlaps the sliding window (error bounded by the previous window's count, no
-    timestamps stored). Memory: one record (~0.14 kB) per user active in the last two
+    timestamps stored). Memory: one record (~0.09 kB) per user active in the last two
     windows, at most ``max_users``.
 
     Where the compiled loops are built (:mod:`learner.kernels`, when the rule is made), ``check``,
@@ -321,8 +321,8 @@ class ItemSurgeRule:
     it lasts; interactions of established users are never held by this rule. Windows count
     interactions, not seconds, so a replay's quiet days neither reset nor dilute them.
 
-    Memory (measured, table entries included): one record (~0.14 kB) per item, least recently
-    touched forgotten beyond ``max_items``; one (~0.1 kB) per user seen in the last
+    Memory (measured, table entries included): one record (~0.09 kB) per item, least recently
+    touched forgotten beyond ``max_items``; one (~0.05 kB) per user seen in the last
     ``user_idle_seconds``, at most ``max_users`` (an evicted user's progress towards established is
     lost; established users stay known through :class:`EstablishedUsers`, 2 × 1.2 bytes ×
     ``established_capacity``).
@@ -609,7 +609,7 @@ class AnomalousBehaviourRule:
     ever more). Nothing is held before ``warmup_events`` events have passed, nor before the trees
     have a reference window (``window_size`` × ``learn_every`` events). Memory: the trees (fixed,
     ``n_trees`` × 2^(``height`` + 1) nodes), the points learned in the current window (at most
-    ``window_size``, ~0.2 kB each), one record (~0.13 kB) per user seen in the last
+    ``window_size``, ~0.2 kB each), one record (~0.08 kB) per user seen in the last
     ``idle_seconds``, at most ``max_users``.
 
     Where the compiled loops are built (:mod:`learner.kernels`, when the rule is made), ``check``,

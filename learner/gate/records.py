@@ -1,15 +1,21 @@
 """Fixed-width records of floats by key, least recently touched first: the behaviour rules' tables.
 
-A table is an ``OrderedDict`` of key -> record number (its order is the rules' eviction order)
-over one flat ``array('d')`` in which record ``r`` is ``data[r * width : (r + 1) * width]``.
-The rules read and write fields in place, ``data[r * width + field]``. Record numbers are the
-shared ``int`` objects of :func:`learner.id_index.row_object`, and the numbers of forgotten
-records are reused (so the array keeps its peak size: the most records held at once).
+A table is an index of key -> record number (its order is the rules' eviction order) over one
+flat ``array('d')`` in which record ``r`` is ``data[r * width : (r + 1) * width]``. The rules read
+and write fields in place, ``data[r * width + field]``. Record numbers are the shared ``int``
+objects of :func:`learner.id_index.row_object`, and the numbers of forgotten records are reused
+(last forgotten, first taken; so the array keeps its peak size: the most records held at once).
 
-Why not an ``array('d')`` object per record, as before: each such object costs 64 bytes of
-header on top of its fields, more than a third of a record with its table entry (a user-rate
-record: 224 → 136 bytes, ``python -m bench.memory --records``). With three tables per active user
-and one per item, that was ~0.17 GB at 500,000 users and 500,000 items.
+The index is the compiled ``LruIndex`` (``learner/_kernels.c``) where the kernels are built, and
+:class:`OrderedIndex` (an ``OrderedDict``) otherwise: the same operations with the same results
+(``get``, ``move_to_end``, ``insert``, ``pop_first``, ``evict``, ``len``, ``in``, iteration oldest
+first). The compiled one costs ~33 bytes a record (a 16-byte entry and a hash table at most half
+full of 8-byte slots) where an ``OrderedDict`` entry costs ~80; a table keeps references to its
+keys (the id strings the learner holds too), never copies.
+
+Why not an ``array('d')`` object per record, as at first: each such object costs 64 bytes of
+header on top of its fields; with three tables per active user and one per item, that was
+~0.17 GB at 500,000 users and 500,000 items (``python -m bench.memory --records``).
 
 >>> table = Records(2)
 >>> r = table.add("a", (1.0, 2.0))
@@ -28,37 +34,90 @@ import math
 from array import array
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
+from typing import Protocol
 
-from learner.id_index import row_object
+from learner import kernels
+from learner.id_index import row_object, row_pool
+
+
+class RecordIndex(Protocol):
+    """What :class:`Records` and the rules use of their index (the compiled ``LruIndex`` or :class:`OrderedIndex`)."""
+
+    def get(self, key: str, default: None = None) -> int | None: ...
+    def insert(self, key: str) -> int: ...
+    def move_to_end(self, key: str) -> None: ...
+    def pop_first(self) -> tuple[str, int]: ...
+    def evict(self, data: array, width: int, horizon: float, cap: int, seen_at: int) -> tuple[str | None, float]: ...
+    def __getitem__(self, key: str) -> int: ...
+    def __contains__(self, key: object) -> bool: ...
+    def __iter__(self) -> Iterator[str]: ...
+    def __len__(self) -> int: ...
+
+
+class OrderedIndex(OrderedDict[str, int]):
+    """Key -> record number, least recently touched first: the compiled ``LruIndex``'s operations on an
+    ``OrderedDict`` (the index where the kernels are not built, and the reference tests compare it with)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._free: list[int] = []  # numbers of forgotten records, the last forgotten taken first
+
+    def insert(self, key: str) -> int:
+        """A new record number for ``key`` (KeyError if it has one), last in the order."""
+        if key in self:
+            raise KeyError(key)
+        free = self._free
+        self[key] = number = free.pop() if free else row_object(len(self))  # numbers are 0 .. len + free - 1
+        return number
+
+    def pop_first(self) -> tuple[str, int]:
+        """Forget the least recently touched record: its key and number."""
+        key, number = self.popitem(last=False)
+        self._free.append(number)
+        return key, number
+
+    def evict(self, data: array, width: int, horizon: float, cap: int, seen_at: int) -> tuple[str | None, float]:
+        """:meth:`Records.evict` on the table's ``data``."""
+        while self:
+            key, number = next(iter(self.items()))
+            seen = data[number * width + seen_at]
+            if seen >= horizon and len(self) <= cap:
+                return key, seen
+            self.pop_first()
+        return None, -math.inf
+
+
+def new_index() -> RecordIndex:
+    """The compiled index where the kernels are built (and not switched off), else an :class:`OrderedIndex`."""
+    kernel = kernels.compiled()
+    return OrderedIndex() if kernel is None else kernel.LruIndex(row_pool(), row_object)
 
 
 class Records(Mapping[str, list[float]]):
     """Records of ``width`` floats by key; as a ``Mapping``, each record is read as a list (a copy)."""
 
-    __slots__ = ("_free", "data", "index", "width")
+    __slots__ = ("data", "index", "width")
 
     def __init__(self, width: int) -> None:
         if width < 1:
             raise ValueError("width must be >= 1")
         self.width = width
-        self.index: OrderedDict[str, int] = OrderedDict()  # key -> record number, least recently touched first
+        self.index = new_index()  # key -> record number, least recently touched first
         self.data = array("d")  # the records, one after the other
-        self._free: list[int] = []  # numbers of forgotten records, to be reused
 
     def add(self, key: str, values: Iterable[float]) -> int:
         """A new record for ``key`` (not in the table), last in the order; returns its number."""
-        data, width, free = self.data, self.width, self._free
+        data, width = self.data, self.width
         if key in self.index:
             raise ValueError(f"{key!r} has a record already")
         fields = values if type(values) is array and values.typecode == "d" else array("d", values)
         self._check(fields)
-        if free:
-            number = free.pop()
-            data[number * width : (number + 1) * width] = fields
-        else:
-            number = len(data) // width
+        number = self.index.insert(key)
+        start = number * width
+        if start == len(data):
             data.extend(fields)
-        self.index[key] = number = row_object(number)
+        else:  # a forgotten record's number
+            data[start : start + width] = fields
         return number
 
     def copy_of(self, key: str) -> array | None:
@@ -87,8 +146,7 @@ class Records(Mapping[str, list[float]]):
 
     def pop_oldest(self) -> None:
         """Forget the least recently touched record."""
-        _, number = self.index.popitem(last=False)
-        self._free.append(number)
+        self.index.pop_first()
 
     def evict(self, horizon: float, cap: int, seen_at: int) -> tuple[str | None, float]:
         """Forget least-recently-touched records whose field ``seen_at`` is before ``horizon``, and any beyond ``cap``.
@@ -99,15 +157,7 @@ class Records(Mapping[str, list[float]]):
         inline), so that the oldest record, usually out of the CPU caches, is not read for every
         event.
         """
-        index, data, width, free = self.index, self.data, self.width, self._free
-        while index:
-            key, number = next(iter(index.items()))
-            seen = data[number * width + seen_at]
-            if seen >= horizon and len(index) <= cap:
-                return key, seen
-            index.popitem(last=False)
-            free.append(number)
-        return None, -math.inf
+        return self.index.evict(self.data, self.width, horizon, cap, seen_at)
 
     def __getitem__(self, key: str) -> list[float]:
         start = self.index[key] * self.width
