@@ -1757,10 +1757,18 @@ static Py_ssize_t lru_find(LruIndex *self, PyObject *key) {
     return entry == 0 ? -1 : (Py_ssize_t)entry - 1;
 }
 
+/* A borrowed reference to the shared int of record number r (NULL and RuntimeError if the pool, which only
+ * learner.id_index.row_object may grow, no longer holds it) */
+static PyObject *lru_number(LruIndex *self, Py_ssize_t r) {
+    if (r < PyList_GET_SIZE(self->pool)) return PyList_GET_ITEM(self->pool, r);
+    PyErr_SetString(PyExc_RuntimeError, "LruIndex: the pool of row numbers was shrunk");
+    return NULL;
+}
+
 /* A borrowed reference to the shared int of `key`'s record number; NULL without an error when it is not held. */
 static PyObject *lru_lookup(PyObject *index, PyObject *key) {
     Py_ssize_t r = lru_find((LruIndex *)index, key);
-    return r < 0 ? NULL : PyList_GET_ITEM(((LruIndex *)index)->pool, r);
+    return r < 0 ? NULL : lru_number((LruIndex *)index, r);
 }
 
 static inline Py_ssize_t lru_size(PyObject *index) { return ((LruIndex *)index)->size; }
@@ -1829,6 +1837,16 @@ static void lru_clear_slot(LruIndex *self, uint32_t at) {
     self->slots[hole].hash = 0;
 }
 
+/* The pool holds the number the next insert may take (grown by `grow`, which is Python: called before an insert
+ * looks for its key, so that nothing runs between that look and the insert); -1 with an exception. */
+static int lru_pool_ready(LruIndex *self) {
+    if (self->free >= 0 || PyList_GET_SIZE(self->pool) > self->n_entries) return 0;
+    PyObject *grown = PyObject_CallFunction(self->grow, "n", self->n_entries);
+    if (grown == NULL) return -1;
+    Py_DECREF(grown);
+    return 0;
+}
+
 /* A new record for `key` (a str, not held; `hash` its hash), last in the order: its number, or -1 with an
  * exception. Takes the last forgotten number, if any, else the next one. Keeps `key` itself, or an exact str
  * copy of a subclass's text. */
@@ -1845,14 +1863,9 @@ static Py_ssize_t lru_insert(LruIndex *self, PyObject *key, Py_hash_t hash) {
             PyErr_SetString(PyExc_OverflowError, "a gate table holds at most 2**31 records");
             goto fail;
         }
-        if (PyList_GET_SIZE(self->pool) <= self->n_entries) { /* pool[r] is r: grown by its own function */
-            PyObject *grown = PyObject_CallFunction(self->grow, "n", self->n_entries);
-            if (grown == NULL) goto fail;
-            Py_DECREF(grown);
-            if (PyList_GET_SIZE(self->pool) <= self->n_entries) {
-                PyErr_SetString(PyExc_RuntimeError, "LruIndex: grow(r) did not grow the pool to r");
-                goto fail;
-            }
+        if (PyList_GET_SIZE(self->pool) <= self->n_entries) { /* lru_pool_ready was not called */
+            PyErr_SetString(PyExc_RuntimeError, "LruIndex: the pool of row numbers does not hold the next one");
+            goto fail;
         }
         if (self->n_entries == self->cap_entries) {
             Py_ssize_t cap = self->cap_entries == 0 ? 16 : self->cap_entries * 2;
@@ -1934,7 +1947,7 @@ static PyObject *LruIndex_subscript(LruIndex *self, PyObject *key) {
         PyErr_SetObject(PyExc_KeyError, key);
         return NULL;
     }
-    return Py_NewRef(PyList_GET_ITEM(self->pool, r));
+    return Py_XNewRef(lru_number(self, r));
 }
 
 static PyObject *LruIndex_get(LruIndex *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -1946,7 +1959,7 @@ static PyObject *LruIndex_get(LruIndex *self, PyObject *const *args, Py_ssize_t 
     Py_ssize_t r = lru_find(self, args[0]);
     if (r == -2) return NULL;
     if (r < 0) return Py_NewRef(nargs == 2 ? args[1] : Py_None);
-    return Py_NewRef(PyList_GET_ITEM(self->pool, r));
+    return Py_XNewRef(lru_number(self, r));
 }
 
 static PyObject *LruIndex_insert(LruIndex *self, PyObject *key) {
@@ -1959,12 +1972,13 @@ static PyObject *LruIndex_insert(LruIndex *self, PyObject *key) {
         }
         return NULL;
     }
+    if (lru_pool_ready(self) < 0) return NULL;
     if (self->slots != NULL && self->slots[lru_probe(self, key, hash)].entry != 0) {
         PyErr_SetObject(PyExc_KeyError, key);
         return NULL;
     }
     Py_ssize_t r = lru_insert(self, key, hash);
-    return r < 0 ? NULL : Py_NewRef(PyList_GET_ITEM(self->pool, r));
+    return r < 0 ? NULL : Py_XNewRef(lru_number(self, r));
 }
 
 static PyObject *LruIndex_move_to_end(LruIndex *self, PyObject *key) {
@@ -1989,10 +2003,22 @@ static PyObject *LruIndex_pop_first(LruIndex *self, PyObject *unused) {
         return NULL;
     }
     int32_t r = self->first;
-    PyObject *key = lru_forget(self, r);
-    PyObject *result = PyTuple_Pack(2, key, PyList_GET_ITEM(self->pool, r));
-    Py_DECREF(key);
+    PyObject *number = lru_number(self, r);
+    PyObject *result = number == NULL ? NULL : PyTuple_Pack(2, self->entries[r].key, number);
+    if (result != NULL) Py_DECREF(lru_forget(self, r)); /* forgotten only once the answer is made */
     return result;
+}
+
+static PyObject *LruIndex_remove(LruIndex *self, PyObject *key) {
+    if (lru_ready(self)) return NULL;
+    Py_ssize_t r = lru_find(self, key);
+    if (r == -2) return NULL;
+    if (r < 0) {
+        PyErr_SetObject(PyExc_KeyError, key);
+        return NULL;
+    }
+    Py_DECREF(lru_forget(self, (int32_t)r));
+    Py_RETURN_NONE;
 }
 
 /* Records.evict on `data` (the table's array('d') of `width` fields a record): forgets the least recently touched
@@ -2053,6 +2079,8 @@ static PyMethodDef LruIndex_methods[] = {
     {"insert", (PyCFunction)LruIndex_insert, METH_O,
      "insert(key) -> number: a new record for key (a str not held; KeyError if held), last in the order"},
     {"move_to_end", (PyCFunction)LruIndex_move_to_end, METH_O, "move_to_end(key): last in the order (KeyError if not held)"},
+    {"remove", (PyCFunction)LruIndex_remove, METH_O,
+     "remove(key): forget key's record (KeyError if not held); its number is the next taken"},
     {"pop_first", (PyCFunction)LruIndex_pop_first, METH_NOARGS,
      "pop_first() -> (key, number): forget the least recently touched record"},
     {"evict", (PyCFunction)LruIndex_evict, METH_VARARGS,

@@ -7,11 +7,13 @@ objects of :func:`learner.id_index.row_object`, and the numbers of forgotten rec
 (last forgotten, first taken; so the array keeps its peak size: the most records held at once).
 
 The index is the compiled ``LruIndex`` (``learner/_kernels.c``) where the kernels are built, and
-:class:`OrderedIndex` (an ``OrderedDict``) otherwise: the same operations with the same results
-(``get``, ``move_to_end``, ``insert``, ``pop_first``, ``evict``, ``len``, ``in``, iteration oldest
-first). The compiled one costs ~33 bytes a record (a 16-byte entry and a hash table at most half
-full of 8-byte slots) where an ``OrderedDict`` entry costs ~80; a table keeps references to its
-keys (the id strings the learner holds too), never copies.
+:class:`OrderedIndex` (an ``OrderedDict``) otherwise: for str keys, the same operations with the
+same results (:class:`RecordIndex`: ``get``, ``insert``, ``remove``, ``move_to_end``,
+``pop_first``, ``evict``, ``len``, ``in``, iteration oldest first). The compiled one costs 33 to
+~65 bytes a record (a 16-byte entry, and a hash table of 8-byte slots kept at most half full: 33
+just below a power of two records, ~65 just above) where an ``OrderedDict`` entry costs ~80. A
+table keeps references to its keys (the id strings the learner holds too); the compiled index
+compares keys as text, and keeps an exact copy of a str subclass's text.
 
 Why not an ``array('d')`` object per record, as at first: each such object costs 64 bytes of
 header on top of its fields; with three tables per active user and one per item, that was
@@ -45,6 +47,7 @@ class RecordIndex(Protocol):
 
     def get(self, key: str, default: None = None) -> int | None: ...
     def insert(self, key: str) -> int: ...
+    def remove(self, key: str) -> None: ...
     def move_to_end(self, key: str) -> None: ...
     def pop_first(self) -> tuple[str, int]: ...
     def evict(self, data: array, width: int, horizon: float, cap: int, seen_at: int) -> tuple[str | None, float]: ...
@@ -56,7 +59,8 @@ class RecordIndex(Protocol):
 
 class OrderedIndex(OrderedDict[str, int]):
     """Key -> record number, least recently touched first: the compiled ``LruIndex``'s operations on an
-    ``OrderedDict`` (the index where the kernels are not built, and the reference tests compare it with)."""
+    ``OrderedDict`` (the index where the kernels are not built, and the reference tests compare it with). Only
+    :class:`RecordIndex`'s methods keep the numbers right (``OrderedDict.pop`` and the like do not free them)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -69,6 +73,10 @@ class OrderedIndex(OrderedDict[str, int]):
         free = self._free
         self[key] = number = free.pop() if free else row_object(len(self))  # numbers are 0 .. len + free - 1
         return number
+
+    def remove(self, key: str) -> None:
+        """Forget ``key``'s record (KeyError if it has none); its number is the next taken."""
+        self._free.append(self.pop(key))
 
     def pop_first(self) -> tuple[str, int]:
         """Forget the least recently touched record: its key and number."""
@@ -112,12 +120,17 @@ class Records(Mapping[str, list[float]]):
             raise ValueError(f"{key!r} has a record already")
         fields = values if type(values) is array and values.typecode == "d" else array("d", values)
         self._check(fields)
-        number = self.index.insert(key)
+        index = self.index
+        number = index.insert(key)
         start = number * width
-        if start == len(data):
-            data.extend(fields)
-        else:  # a forgotten record's number
-            data[start : start + width] = fields
+        try:
+            if start == len(data):
+                data.extend(fields)
+            else:  # a forgotten record's number
+                data[start : start + width] = fields
+        except BaseException:  # no memory, or the array's buffer is exported: no number without its record
+            index.remove(key)
+            raise
         return number
 
     def copy_of(self, key: str) -> array | None:
