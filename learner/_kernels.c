@@ -1939,14 +1939,17 @@ static int LruIndex_contains(LruIndex *self, PyObject *key) {
     return r == -2 ? -1 : r >= 0;
 }
 
-static PyObject *LruIndex_subscript(LruIndex *self, PyObject *key) {
-    if (lru_ready(self)) return NULL;
+/* The record number of `key`, or -1 with an exception (KeyError when it is not held) */
+static Py_ssize_t lru_held(LruIndex *self, PyObject *key) {
+    if (lru_ready(self)) return -1;
     Py_ssize_t r = lru_find(self, key);
-    if (r == -2) return NULL;
-    if (r < 0) {
-        PyErr_SetObject(PyExc_KeyError, key);
-        return NULL;
-    }
+    if (r == -1) PyErr_SetObject(PyExc_KeyError, key);
+    return r < 0 ? -1 : r;
+}
+
+static PyObject *LruIndex_subscript(LruIndex *self, PyObject *key) {
+    Py_ssize_t r = lru_held(self, key);
+    if (r < 0) return NULL;
     return Py_XNewRef(lru_number(self, r));
 }
 
@@ -1982,13 +1985,8 @@ static PyObject *LruIndex_insert(LruIndex *self, PyObject *key) {
 }
 
 static PyObject *LruIndex_move_to_end(LruIndex *self, PyObject *key) {
-    if (lru_ready(self)) return NULL;
-    Py_ssize_t r = lru_find(self, key);
-    if (r == -2) return NULL;
-    if (r < 0) {
-        PyErr_SetObject(PyExc_KeyError, key);
-        return NULL;
-    }
+    Py_ssize_t r = lru_held(self, key);
+    if (r < 0) return NULL;
     if (self->last != (int32_t)r) {
         lru_unlink(self, (int32_t)r);
         lru_append(self, (int32_t)r);
@@ -2010,13 +2008,8 @@ static PyObject *LruIndex_pop_first(LruIndex *self, PyObject *unused) {
 }
 
 static PyObject *LruIndex_remove(LruIndex *self, PyObject *key) {
-    if (lru_ready(self)) return NULL;
-    Py_ssize_t r = lru_find(self, key);
-    if (r == -2) return NULL;
-    if (r < 0) {
-        PyErr_SetObject(PyExc_KeyError, key);
-        return NULL;
-    }
+    Py_ssize_t r = lru_held(self, key);
+    if (r < 0) return NULL;
     Py_DECREF(lru_forget(self, (int32_t)r));
     Py_RETURN_NONE;
 }
