@@ -3453,6 +3453,222 @@ static PyTypeObject AnomalyCoreType = {
     .tp_getset = AnomalyCore_getset,
 };
 
+/* ---- the gate's loops: QualityGate.check_chunk's per-event loop and the worker's views of its events ---- */
+
+/* Attribute names, interned once (PyInit__kernels) */
+static PyObject *name_event_id, *name_user_id, *name_item_id, *name_type, *name_ts_seconds, *name_watch_seconds,
+    *name_item_duration_seconds, *name_reason;
+
+/* counts[hold.reason] += 1 (from 0) */
+static int count_hold(PyObject *counts, PyObject *hold) {
+    PyObject *reason = PyObject_GetAttr(hold, name_reason);
+    if (reason == NULL) return -1;
+    PyObject *count = PyDict_GetItemWithError(counts, reason);
+    PyObject *next = NULL;
+    if (count != NULL) {
+        PyObject *one = PyLong_FromLong(1);
+        next = one == NULL ? NULL : PyNumber_Add(count, one);
+        Py_XDECREF(one);
+    } else if (!PyErr_Occurred()) {
+        next = PyLong_FromLong(1);
+    }
+    int failed = next == NULL || PyDict_SetItem(counts, reason, next) < 0;
+    Py_XDECREF(next);
+    Py_DECREF(reason);
+    return failed ? -1 : 0;
+}
+
+/* The rules a row is checked by: `checks`, or for a row a stateless rule held (early[row] = (position, hold)) the
+ * rules before that one (before[position]) and that hold. Returns a new reference to the list, *hold a new reference
+ * or NULL. */
+static PyObject *rules_for_row(PyObject *checks, PyObject *early, PyObject *before, Py_ssize_t row, PyObject **hold) {
+    *hold = NULL;
+    if (PyDict_GET_SIZE(early) == 0) return Py_NewRef(checks);
+    PyObject *key = PyLong_FromSsize_t(row);
+    if (key == NULL) return NULL;
+    PyObject *found = PyDict_GetItemWithError(early, key);
+    Py_DECREF(key);
+    if (found == NULL) return PyErr_Occurred() ? NULL : Py_NewRef(checks);
+    if (!PyTuple_Check(found) || PyTuple_GET_SIZE(found) != 2) {
+        PyErr_SetString(PyExc_TypeError, "gate_loop: early[row] must be a (position, hold) tuple");
+        return NULL;
+    }
+    PyObject *rules = PyDict_GetItemWithError(before, PyTuple_GET_ITEM(found, 0));
+    if (rules == NULL) {
+        if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, PyTuple_GET_ITEM(found, 0));
+        return NULL;
+    }
+    if (!PyList_Check(rules)) {
+        PyErr_SetString(PyExc_TypeError, "gate_loop: before[position] must be a list");
+        return NULL;
+    }
+    *hold = Py_NewRef(PyTuple_GET_ITEM(found, 1));
+    return Py_NewRef(rules);
+}
+
+/* One event through the rules that keep state: the first of `rules` ((check, on_hold) tuples) that holds it, else
+ * `judge` (if not None and no stateless rule held it); an event no rule holds is observed by every one of
+ * `observers`. Returns its verdict (a new reference: Py_None or the hold), NULL on error. */
+static PyObject *judge_row(PyObject *event, PyObject *now, PyObject *rules, PyObject *hold, PyObject *judge,
+                           PyObject *observers) {
+    PyObject *stack[3] = {event, now, NULL};
+    for (Py_ssize_t j = 0; j < PyList_GET_SIZE(rules); j++) {
+        PyObject *pair = PyList_GET_ITEM(rules, j);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_SetString(PyExc_TypeError, "gate_loop: the rules must be (check, on_hold) tuples");
+            return NULL;
+        }
+        Py_INCREF(pair); /* a call below may drop the list's reference */
+        PyObject *found = PyObject_Vectorcall(PyTuple_GET_ITEM(pair, 0), stack, 2, NULL);
+        if (found == NULL) {
+            Py_DECREF(pair);
+            return NULL;
+        }
+        if (found == Py_None) {
+            Py_DECREF(found);
+            Py_DECREF(pair);
+            continue;
+        }
+        PyObject *on_hold = PyTuple_GET_ITEM(pair, 1);
+        if (on_hold != Py_None) {
+            stack[2] = found;
+            PyObject *done = PyObject_Vectorcall(on_hold, stack, 3, NULL);
+            if (done == NULL) {
+                Py_DECREF(found);
+                Py_DECREF(pair);
+                return NULL;
+            }
+            Py_DECREF(done);
+        }
+        Py_DECREF(pair);
+        return found;
+    }
+    if (hold != NULL) return Py_NewRef(hold);
+    if (judge != Py_None) {
+        PyObject *found = PyObject_Vectorcall(judge, stack, 2, NULL);
+        if (found == NULL || found != Py_None) return found;
+        Py_DECREF(found);
+    }
+    for (Py_ssize_t j = 0; j < PyList_GET_SIZE(observers); j++) {
+        PyObject *observe = Py_NewRef(PyList_GET_ITEM(observers, j));
+        PyObject *done = PyObject_Vectorcall(observe, stack, 2, NULL);
+        Py_DECREF(observe);
+        if (done == NULL) return NULL;
+        Py_DECREF(done);
+    }
+    Py_RETURN_NONE;
+}
+
+/* gate_loop(events, now, checks, early, before, judge, observers, counts, verdicts): QualityGate.check_chunk's loop
+ * over `events` (learner/gate/gate.py, _Plan), appending each verdict to `verdicts` and counting each hold in
+ * `counts` by reason. Raises what a rule raises, with the verdicts of the events before it appended. */
+static PyObject *gate_loop(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError,
+                        "gate_loop(events, now, checks, early, before, judge, observers, counts, verdicts)");
+        return NULL;
+    }
+    PyObject *events = args[0], *now = args[1], *checks = args[2], *early = args[3], *before = args[4];
+    PyObject *judge = args[5], *observers = args[6], *counts = args[7], *verdicts = args[8];
+    if (!PyList_Check(events) || !PyList_Check(checks) || !PyDict_Check(early) || !PyDict_Check(before) ||
+        !PyList_Check(observers) || !PyDict_Check(counts) || !PyList_Check(verdicts)) {
+        PyErr_SetString(PyExc_TypeError, "gate_loop: events, checks, observers and verdicts are lists; early, "
+                                         "before and counts dicts");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(events); i++) {
+        PyObject *event = Py_NewRef(PyList_GET_ITEM(events, i));
+        PyObject *hold;
+        PyObject *rules = rules_for_row(checks, early, before, i, &hold);
+        PyObject *verdict = rules == NULL ? NULL : judge_row(event, now, rules, hold, judge, observers);
+        Py_XDECREF(rules);
+        Py_XDECREF(hold);
+        Py_DECREF(event);
+        if (verdict == NULL) return NULL;
+        if ((verdict != Py_None && count_hold(counts, verdict) < 0) || PyList_Append(verdicts, verdict) < 0) {
+            Py_DECREF(verdict);
+            return NULL;
+        }
+        Py_DECREF(verdict);
+    }
+    Py_RETURN_NONE;
+}
+
+/* gate_views(chunk, known, pending, view_type) -> (views, judged): the worker's view of each event of `chunk` (a list
+ * of recstream.events.Decoded) to judge: view_type(event_id, user_id, item_id, type, ts_seconds, watch_seconds,
+ * item_duration_seconds) of its event, or None for an item without an event or one whose event_id is in `known` or
+ * `pending`; `judged` the views alone, in order (stream/processor.py, _views). */
+static PyObject *gate_views(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "gate_views(chunk, known, pending, view_type)");
+        return NULL;
+    }
+    PyObject *chunk = args[0], *known = args[1], *pending = args[2], *view_type = args[3];
+    if (!PyList_Check(chunk) || !PyType_Check(view_type) ||
+        !PyType_IsSubtype((PyTypeObject *)view_type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "gate_views: chunk must be a list, view_type a tuple type");
+        return NULL;
+    }
+    PyObject *const fields[7] = {name_event_id, name_user_id,       name_item_id,
+                                 name_type,     name_ts_seconds,    name_watch_seconds,
+                                 name_item_duration_seconds};
+    Py_ssize_t n = PyList_GET_SIZE(chunk);
+    PyObject *views = PyList_New(n);
+    PyObject *judged = views == NULL ? NULL : PyList_New(0);
+    if (judged == NULL) goto fail;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *decoded = PyList_GET_ITEM(chunk, i);
+        if (!PyTuple_Check(decoded) || PyTuple_GET_SIZE(decoded) < 1) {
+            PyErr_SetString(PyExc_TypeError, "gate_views: the chunk's items must be Decoded tuples");
+            goto fail;
+        }
+        PyObject *event = PyTuple_GET_ITEM(decoded, 0);
+        PyList_SET_ITEM(views, i, Py_NewRef(Py_None));
+        if (event == Py_None) continue;
+        Py_INCREF(event);
+        PyObject *values[7];
+        int got = 0, skip = 0;
+        for (; got < 7; got++) {
+            values[got] = PyObject_GetAttr(event, fields[got]);
+            if (values[got] == NULL) break;
+            if (got == 0) {
+                int in = PySequence_Contains(known, values[0]);
+                if (in == 0) in = PySequence_Contains(pending, values[0]);
+                if (in != 0) {
+                    got++;
+                    skip = in > 0 ? 1 : -1;
+                    break;
+                }
+            }
+        }
+        Py_DECREF(event);
+        PyObject *view = NULL;
+        if (got == 7) {
+            view = ((PyTypeObject *)view_type)->tp_alloc((PyTypeObject *)view_type, 7);
+            if (view != NULL) {
+                for (int k = 0; k < 7; k++) PyTuple_SET_ITEM(view, k, values[k]);
+                got = 0; /* the view holds them */
+            }
+        }
+        for (int k = 0; k < got; k++) Py_DECREF(values[k]);
+        if (skip > 0) continue;
+        if (view == NULL) goto fail;
+        if (PyList_Append(judged, view) < 0) {
+            Py_DECREF(view);
+            goto fail;
+        }
+        PyList_SetItem(views, i, view); /* steals view, drops the None */
+    }
+    PyObject *both = PyTuple_Pack(2, views, judged);
+    Py_DECREF(views);
+    Py_DECREF(judged);
+    return both;
+fail:
+    Py_XDECREF(views);
+    Py_XDECREF(judged);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"cooccurrence_scores", cooccurrence_scores, METH_VARARGS,
      "cooccurrence_scores(cols, vals, start, length, rows, weights, cap, cache, damping, mass, popularity_weight, "
@@ -3470,6 +3686,12 @@ static PyMethodDef methods[] = {
      "cooccurrence_mass(mass, candidate_damping, row_damping, i, y, alpha, beta): learn_one's mass and damping"},
     {"vector_loops", vector_loops, METH_VARARGS,
      "vector_loops(on=None) -> bool: whether the catalogue passes run four scores at a time (AVX2), before any change"},
+    {"gate_loop", (PyCFunction)(void (*)(void))gate_loop, METH_FASTCALL,
+     "gate_loop(events, now, checks, early, before, judge, observers, counts, verdicts): QualityGate.check_chunk's "
+     "loop (learner/gate/gate.py)"},
+    {"gate_views", (PyCFunction)(void (*)(void))gate_views, METH_FASTCALL,
+     "gate_views(chunk, known, pending, view_type) -> (views, judged): the worker's views of a chunk's events to "
+     "judge (stream/processor.py)"},
     {"top_rows_rank", top_rows_rank, METH_VARARGS,
      "top_rows_rank(scores, exclude, k, target, keep): top_rows after masking, and the target's counts (see learner/_kernels.c)"},
     {NULL, NULL, 0, NULL},
@@ -3482,6 +3704,15 @@ PyMODINIT_FUNC PyInit__kernels(void) {
     if (PyType_Ready(&SlotTableType) < 0 || PyType_Ready(&PoolRowsType) < 0 || PyType_Ready(&LruIndexType) < 0 ||
         PyType_Ready(&RateCoreType) < 0 ||
         PyType_Ready(&SurgeCoreType) < 0 || PyType_Ready(&AnomalyCoreType) < 0) {
+        return NULL;
+    }
+    if (!(name_event_id = PyUnicode_InternFromString("event_id")) ||
+        !(name_user_id = PyUnicode_InternFromString("user_id")) ||
+        !(name_item_id = PyUnicode_InternFromString("item_id")) || !(name_type = PyUnicode_InternFromString("type")) ||
+        !(name_ts_seconds = PyUnicode_InternFromString("ts_seconds")) ||
+        !(name_watch_seconds = PyUnicode_InternFromString("watch_seconds")) ||
+        !(name_item_duration_seconds = PyUnicode_InternFromString("item_duration_seconds")) ||
+        !(name_reason = PyUnicode_InternFromString("reason"))) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&module);

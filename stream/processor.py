@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from redis import exceptions as redis_errors
 
-from learner import codec, cooccurrence_delta
+from learner import codec, cooccurrence_delta, kernels
 from learner.challenger import Contest, PromotionRule, hit_at_k
 from learner.codec import CodecError
 from learner.gate.base import GateEvent, Hold
@@ -762,14 +762,11 @@ class EventProcessor:
         """The verdicts of :meth:`_verdicts` on ``chunk``, judged now."""
         gate = self._active_gate
         assert gate is not None  # (without one, every event passes: _verdicts)
-        pending_ids = self._pending.event_ids
-        views: list[GateEvent | None] = [None] * len(chunk)
-        judged: list[GateEvent] = []
-        for i, decoded in enumerate(chunk):
-            event = decoded.event
-            if event is not None and event.event_id not in known and event.event_id not in pending_ids:
-                views[i] = view = _gate_event(event, event.ts_seconds)
-                judged.append(view)
+        kernel = kernels.compiled()
+        if kernel is not None:  # the same views made in C: ~0.3 us an event less
+            views, judged = kernel.gate_views(chunk, known, self._pending.event_ids, GateEvent)
+        else:
+            views, judged = _views(chunk, known, self._pending.event_ids)
         if len({view.event_id for view in judged}) == len(judged):
             # no event repeats another of the chunk: every view is judged, in one call
             verdicts = gate.check_chunk(judged, self.clock(), overrides)
@@ -1661,6 +1658,19 @@ def _gate_event(event: Event, ts: float) -> GateEvent:
     return GateEvent(
         event.event_id, event.user_id, event.item_id, event.type, ts, event.watch_seconds, event.item_duration_seconds
     )
+
+
+def _views(chunk: list[Decoded], known: set[str], pending: set[str]) -> tuple[list[GateEvent | None], list[GateEvent]]:
+    """The view of each event of ``chunk`` to judge (None for an item without an event, or whose event is in
+    ``known`` or ``pending``), and those views alone, in order (``kernel.gate_views`` where the kernels are built)."""
+    views: list[GateEvent | None] = [None] * len(chunk)
+    judged: list[GateEvent] = []
+    for i, decoded in enumerate(chunk):
+        event = decoded.event
+        if event is not None and event.event_id not in known and event.event_id not in pending:
+            views[i] = view = _gate_event(event, event.ts_seconds)
+            judged.append(view)
+    return views, judged
 
 
 def _spread(judged: list[Hold | None], chunk: list[Decoded], views: list[GateEvent | None]) -> list[Hold | None]:

@@ -25,7 +25,7 @@ from learner.gate.gate import GateConfig, QualityGate, default_gate
 from learner.gate.plausibility import LikeWithoutViewRule
 from learner.gate.time_rules import FutureTimestampRule
 from tests.clock import iso
-from tests.conftest import loops
+from tests.conftest import loops, skip_unless_ci
 from tests.gate_recorder import Recorder
 from tests.transport import letters_one_by_one
 
@@ -201,6 +201,65 @@ def test_check_chunk_overridden_rules_still_observe_what_passes() -> None:
     replayed = [GateEvent("ex", "u", "x", "like", T0), GateEvent("ey", "u", "y", "like", T0)]
     assert [h and h.reason for h in gate.check_chunk(replayed, T0, frozenset({"first"}))] == ["second", None]
     assert first.observed == second.observed == ["ey"] and first.held == [] and second.held == ["ex"]
+
+
+class _Failing(Recorder):
+    """A recorder that raises when it sees the event ``fail_on``."""
+
+    def __init__(self, code: str, hold_if: str, fail_on: str) -> None:
+        super().__init__(code, hold_if)
+        self.fail_on = fail_on
+
+    def check(self, event: GateEvent, now: float) -> Hold | None:
+        if event.event_id == self.fail_on:
+            raise RuntimeError("a rule failed")
+        return super().check(event, now)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["python", "compiled"])
+def test_check_chunk_counts_what_it_judged_before_a_rule_raised(compiled: bool) -> None:
+    """A rule that raises stops the chunk: the events before it are counted as passed or held (and observed or
+    told of their hold), the rest are not touched."""
+    first, failing = Recorder("first", "x"), _Failing("failing", "y", fail_on="e3")
+    gate = QualityGate([first, FutureTimestampRule(5.0), failing])
+    events = [
+        GateEvent("e0", "u", "z", "like", T0),
+        GateEvent("e1", "u", "x", "like", T0),  # held by the first rule
+        GateEvent("e2", "u", "y", "like", T0 + 100),  # held by the time rule (a stateless one, judged ahead)
+        GateEvent("e3", "u", "z", "like", T0),  # the rule raises
+        GateEvent("e4", "u", "y", "like", T0),
+    ]
+    with loops(compiled), pytest.raises(RuntimeError, match="a rule failed"):
+        gate.check_chunk(events, T0)
+    assert gate.passed == 1 and gate.counts == {"first": 1, "future_timestamp": 1}
+    assert first.observed == failing.observed == ["e0"] and first.held == ["e1"] and failing.held == []
+
+
+def test_the_compiled_views_are_the_python_ones() -> None:
+    """``kernel.gate_views`` makes the views ``stream.processor._views`` makes: None for an item without an event
+    or an event known or pending, the same tuples (of GateEvent) otherwise."""
+    from learner import kernels
+    from recstream.events import parse_message
+    from stream.processor import _views
+
+    kernel = kernels.compiled()
+    if kernel is None:
+        skip_unless_ci("learner/_kernels.c is not built")
+    events = [
+        {"event_id": f"e{i}", "user_id": f"u{i % 3}", "item_id": f"v{i}", "type": "view", "ts": iso(-i)}
+        | ({"watch_seconds": 3.5, "item_duration_seconds": 10.0} if i % 2 else {})
+        for i in range(8)
+    ]
+    chunk = parse_message(json.dumps([*events[:4], {"event_id": "bad"}, *events[4:]]).encode())
+    assert chunk[4].event is None
+    known, pending = {"e1"}, {"e6", "elsewhere"}
+    views, judged = kernel.gate_views(chunk, known, pending, GateEvent)
+    assert (views, judged) == _views(chunk, known, pending)
+    assert [v and v.event_id for v in views] == ["e0", None, "e2", "e3", None, "e4", "e5", None, "e7"]
+    assert all(type(v) is GateEvent for v in judged) and judged[2].watch_seconds == 3.5
+    assert judged[0].ts == chunk[0].event.ts.timestamp()
+    with pytest.raises(TypeError):
+        kernel.gate_views(tuple(chunk), known, pending, GateEvent)
 
 
 def test_check_chunk_of_a_disabled_gate_passes_everything() -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from learner import kernels
 from learner.gate.base import GateEvent, GateRule, Hold
 from learner.gate.behaviour import AnomalousBehaviourRule, ItemSurgeRule, UserRateRule
 from learner.gate.model_guard import ModelGuard
@@ -173,35 +174,52 @@ class QualityGate:
         for position, holds in plan.stateless:
             for row, hold in holds(events, now).items():
                 early.setdefault(row, (position, hold))
-        checks, observers, counts, judge = plan.checks, plan.observers, self.counts, plan.judge
         verdicts: list[Hold | None] = []
-        passed = 0
+        kernel = kernels.compiled()
         try:
-            for row, event in enumerate(events):
-                hold, rules = None, checks
-                if early and row in early:
-                    position, hold = early[row]
-                    rules = plan.before[position]
-                for check, on_hold in rules:
-                    found = check(event, now)
-                    if found is not None:
-                        hold = found
-                        if on_hold is not None:
-                            on_hold(event, now, found)
-                        break
-                else:
-                    if judge is not None and hold is None:  # every other rule let it pass (see _Plan)
-                        hold = judge(event, now)
-                if hold is None:
-                    for observe in observers:
-                        observe(event, now)
-                    passed += 1
-                else:
-                    counts[hold.reason] = counts.get(hold.reason, 0) + 1
-                verdicts.append(hold)
+            if kernel is not None:  # the same loop compiled: ~0.2 us an event less
+                rows = events if type(events) is list else list(events)
+                kernel.gate_loop(
+                    rows, now, plan.checks, early, plan.before, plan.judge, plan.observers, self.counts, verdicts
+                )
+            else:
+                self._loop(events, now, plan, early, verdicts)
         finally:
-            self.passed += passed
+            self.passed += verdicts.count(None)  # those before a rule that raised, too
         return verdicts
+
+    def _loop(
+        self,
+        events: Sequence[GateEvent],
+        now: float,
+        plan: _Plan,
+        early: dict[int, tuple[int, Hold]],
+        verdicts: list[Hold | None],
+    ) -> None:
+        """:meth:`check_chunk`'s loop over its events (``kernel.gate_loop`` where the kernels are built): each
+        event's verdict appended to ``verdicts``, each hold counted."""
+        checks, observers, counts, judge = plan.checks, plan.observers, self.counts, plan.judge
+        for row, event in enumerate(events):
+            hold, rules = None, checks
+            if early and row in early:
+                position, hold = early[row]
+                rules = plan.before[position]
+            for check, on_hold in rules:
+                found = check(event, now)
+                if found is not None:
+                    hold = found
+                    if on_hold is not None:
+                        on_hold(event, now, found)
+                    break
+            else:
+                if judge is not None and hold is None:  # every other rule let it pass (see _Plan)
+                    hold = judge(event, now)
+            if hold is None:
+                for observe in observers:
+                    observe(event, now)
+            else:
+                counts[hold.reason] = counts.get(hold.reason, 0) + 1
+            verdicts.append(hold)
 
     @property
     def held(self) -> int:
