@@ -11,6 +11,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -3453,6 +3454,197 @@ static PyTypeObject AnomalyCoreType = {
     .tp_getset = AnomalyCore_getset,
 };
 
+/* ---- the model guard's state and update (learner/gate/model_guard.py, _GuardCore the same in Python) ---- */
+
+static PyObject *math_fsum; /* math.fsum: the exact sum the recent window's running sum is reset to */
+
+typedef struct {
+    PyObject_HEAD
+    double *ring; /* the recent window's losses, oldest at `head` */
+    Py_ssize_t window, head, count;
+    long long reference_window, min_reference, resume_events;
+    double loss_cap, degrade_ratio, degrade_margin, resume_ratio;
+    double recent_sum, reference;
+    long long reference_count, healthy_run, updates, pauses, resumes, onset; /* onset -1: None */
+    int paused;
+} GuardCore;
+
+static void GuardCore_dealloc(GuardCore *self) {
+    PyMem_Free(self->ring);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int GuardCore_init(GuardCore *self, PyObject *args, PyObject *kwds) {
+    static char *names[] = {"recent_window", "reference_window", "min_reference", "degrade_ratio", "degrade_margin",
+                            "resume_ratio", "resume_events", "loss_cap", NULL};
+    Py_ssize_t window;
+    long long reference_window, min_reference, resume_events;
+    double degrade_ratio, degrade_margin, resume_ratio, loss_cap;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "nLLdddLd", names, &window, &reference_window, &min_reference,
+                                     &degrade_ratio, &degrade_margin, &resume_ratio, &resume_events, &loss_cap)) {
+        return -1;
+    }
+    if (window < 1 || reference_window < 1 || resume_events < 1) {
+        PyErr_SetString(PyExc_ValueError, "recent_window, reference_window and resume_events must be >= 1");
+        return -1;
+    }
+    double *ring = PyMem_Calloc((size_t)window, sizeof(double));
+    if (ring == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    PyMem_Free(self->ring);
+    self->ring = ring;
+    self->window = window;
+    self->head = self->count = 0;
+    self->reference_window = reference_window;
+    self->min_reference = min_reference;
+    self->resume_events = resume_events;
+    self->degrade_ratio = degrade_ratio;
+    self->degrade_margin = degrade_margin;
+    self->resume_ratio = resume_ratio;
+    self->loss_cap = loss_cap;
+    self->recent_sum = self->reference = 0.0;
+    self->reference_count = self->healthy_run = self->updates = self->pauses = self->resumes = 0;
+    self->onset = -1;
+    self->paused = 0;
+    return 0;
+}
+
+static int guard_ready(GuardCore *self) {
+    if (self->ring != NULL) return 0;
+    PyErr_SetString(PyExc_RuntimeError, "GuardCore was not initialised");
+    return -1;
+}
+
+/* The recent window's losses, oldest first */
+static PyObject *GuardCore_recent_losses(GuardCore *self, PyObject *unused) {
+    if (guard_ready(self)) return NULL;
+    PyObject *out = PyList_New(self->count);
+    for (Py_ssize_t k = 0; out != NULL && k < self->count; k++) {
+        PyObject *x = PyFloat_FromDouble(self->ring[(self->head + k) % self->window]);
+        if (x == NULL) Py_CLEAR(out);
+        else PyList_SET_ITEM(out, k, x);
+    }
+    return out;
+}
+
+static PyObject *GuardCore_clear_recent(GuardCore *self, PyObject *unused) {
+    if (guard_ready(self)) return NULL;
+    self->head = self->count = 0;
+    self->recent_sum = 0.0;
+    Py_RETURN_NONE;
+}
+
+/* ModelGuard.update: the same steps in the same float operations */
+static PyObject *GuardCore_update(GuardCore *self, PyObject *arg) {
+    if (guard_ready(self)) return NULL;
+    double loss = PyFloat_AsDouble(arg);
+    if (loss == -1.0 && PyErr_Occurred()) return NULL;
+    if (loss != loss) return PyBool_FromLong(self->paused); /* NaN */
+    if (loss < 0.0) loss = 0.0;
+    else if (loss > self->loss_cap) loss = self->loss_cap;
+    long long updates = ++self->updates;
+    Py_ssize_t window = self->window;
+    if (self->count == window) {
+        double leaving = self->ring[self->head];
+        self->head = (self->head + 1) % window;
+        self->count--;
+        self->recent_sum -= leaving;
+        if (!self->paused) {
+            long long count = ++self->reference_count;
+            double rate = count < self->reference_window ? 1.0 / (double)count : 1.0 / (double)self->reference_window;
+            self->reference += rate * (leaving - self->reference);
+        }
+    }
+    self->ring[(self->head + self->count) % window] = loss;
+    self->count++;
+    self->recent_sum += loss;
+    if (updates % window == 0) { /* no rounding drift over a long-lived worker */
+        PyObject *losses = GuardCore_recent_losses(self, NULL);
+        PyObject *sum = losses == NULL ? NULL : PyObject_CallOneArg(math_fsum, losses);
+        Py_XDECREF(losses);
+        double exact = sum == NULL ? -1.0 : PyFloat_AsDouble(sum);
+        Py_XDECREF(sum);
+        if (sum == NULL || (exact == -1.0 && PyErr_Occurred())) return NULL;
+        self->recent_sum = exact;
+    }
+    if (self->reference_count < self->min_reference || self->count < window) return PyBool_FromLong(self->paused);
+    double current = self->recent_sum / (double)self->count;
+    double reference = self->reference;
+    if (!self->paused) {
+        if (current > self->degrade_ratio * reference && current - reference > self->degrade_margin) {
+            self->paused = 1;
+            self->pauses++;
+            self->healthy_run = 0;
+            self->onset = updates - self->count + 1;
+        }
+    } else if (current <= self->resume_ratio * reference) {
+        self->healthy_run++;
+        if (self->healthy_run >= self->resume_events) {
+            self->paused = 0;
+            self->resumes++;
+        }
+    } else {
+        self->healthy_run = 0;
+    }
+    return PyBool_FromLong(self->paused);
+}
+
+static PyObject *GuardCore_get_paused(GuardCore *self, void *closure) { return PyBool_FromLong(self->paused); }
+static int GuardCore_set_paused(GuardCore *self, PyObject *value, void *closure) {
+    int truth = value == NULL ? -1 : PyObject_IsTrue(value);
+    if (truth < 0) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "paused cannot be deleted");
+        return -1;
+    }
+    self->paused = truth;
+    return 0;
+}
+static PyObject *GuardCore_get_onset(GuardCore *self, void *closure) {
+    if (self->onset < 0) Py_RETURN_NONE;
+    return PyLong_FromLongLong(self->onset);
+}
+static PyObject *GuardCore_get_recent_count(GuardCore *self, void *closure) { return PyLong_FromSsize_t(self->count); }
+
+static PyGetSetDef GuardCore_getset[] = {
+    {"paused", (getter)GuardCore_get_paused, (setter)GuardCore_set_paused, "learning is paused", NULL},
+    {"onset", (getter)GuardCore_get_onset, NULL, "the first update of the window that triggered the latest pause", NULL},
+    {"recent_count", (getter)GuardCore_get_recent_count, NULL, "losses in the recent window", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef GuardCore_members[] = {
+    {"recent_sum", T_DOUBLE, offsetof(GuardCore, recent_sum), READONLY, "sum of the recent window's losses"},
+    {"reference", T_DOUBLE, offsetof(GuardCore, reference), 0, "the reference loss"},
+    {"reference_count", T_LONGLONG, offsetof(GuardCore, reference_count), 0, "losses the reference holds"},
+    {"healthy_run", T_LONGLONG, offsetof(GuardCore, healthy_run), 0, "consecutive healthy losses while paused"},
+    {"updates", T_LONGLONG, offsetof(GuardCore, updates), READONLY, "losses given to update"},
+    {"pauses", T_LONGLONG, offsetof(GuardCore, pauses), READONLY, "times learning was paused"},
+    {"resumes", T_LONGLONG, offsetof(GuardCore, resumes), READONLY, "times it resumed by itself"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyMethodDef GuardCore_methods[] = {
+    {"update", (PyCFunction)GuardCore_update, METH_O, "update(loss) -> paused: ModelGuard.update"},
+    {"recent_losses", (PyCFunction)GuardCore_recent_losses, METH_NOARGS, "the recent window's losses, oldest first"},
+    {"clear_recent", (PyCFunction)GuardCore_clear_recent, METH_NOARGS, "empty the recent window"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject GuardCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "learner._kernels.GuardCore",
+    .tp_doc = "ModelGuard's state and update (learner.gate.model_guard)",
+    .tp_basicsize = sizeof(GuardCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)GuardCore_init,
+    .tp_dealloc = (destructor)GuardCore_dealloc,
+    .tp_methods = GuardCore_methods,
+    .tp_members = GuardCore_members,
+    .tp_getset = GuardCore_getset,
+};
+
 /* ---- the gate's loops: QualityGate.check_chunk's per-event loop and the worker's views of its events ---- */
 
 /* Attribute names, interned once (PyInit__kernels) */
@@ -3703,7 +3895,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "Compiled
 PyMODINIT_FUNC PyInit__kernels(void) {
     if (PyType_Ready(&SlotTableType) < 0 || PyType_Ready(&PoolRowsType) < 0 || PyType_Ready(&LruIndexType) < 0 ||
         PyType_Ready(&RateCoreType) < 0 ||
-        PyType_Ready(&SurgeCoreType) < 0 || PyType_Ready(&AnomalyCoreType) < 0) {
+        PyType_Ready(&SurgeCoreType) < 0 || PyType_Ready(&AnomalyCoreType) < 0 || PyType_Ready(&GuardCoreType) < 0) {
         return NULL;
     }
     if (!(name_event_id = PyUnicode_InternFromString("event_id")) ||
@@ -3715,6 +3907,10 @@ PyMODINIT_FUNC PyInit__kernels(void) {
         !(name_reason = PyUnicode_InternFromString("reason"))) {
         return NULL;
     }
+    PyObject *math = PyImport_ImportModule("math");
+    math_fsum = math == NULL ? NULL : PyObject_GetAttrString(math, "fsum");
+    Py_XDECREF(math);
+    if (math_fsum == NULL) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
 #if VECTOR_LOOPS
@@ -3754,6 +3950,12 @@ PyMODINIT_FUNC PyInit__kernels(void) {
     Py_INCREF(&AnomalyCoreType);
     if (PyModule_AddObject(m, "AnomalyCore", (PyObject *)&AnomalyCoreType) < 0) {
         Py_DECREF(&AnomalyCoreType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&GuardCoreType);
+    if (PyModule_AddObject(m, "GuardCore", (PyObject *)&GuardCoreType) < 0) {
+        Py_DECREF(&GuardCoreType);
         Py_DECREF(m);
         return NULL;
     }

@@ -540,7 +540,9 @@ class EventProcessor:
             looked, self._look_ahead = self._look_ahead, None
             if looked is not None and looked.takes(records, candidates):
                 parsed = {id(r): looked.parsed[id(r)] for r in candidates}
-                ids = _event_ids(parsed)
+                # its ids: these records' (all of them, or more when a retry takes fewer: ids serve only to find
+                # those learned in the write in flight, below)
+                ids = looked.ids
                 known = await self._known_ahead(looked)
             else:
                 if looked is not None:  # made for other records (a retry takes only those not handled yet)

@@ -155,3 +155,58 @@ def test_a_restart_leaves_a_paused_guard_and_its_reference_alone() -> None:
     before = guard.status()
     guard.restart([0.9] * 300)
     assert guard.paused and guard.status() == before
+
+
+def _phases(seed: int) -> Iterator[tuple[str, float]]:
+    """Operations on a guard: losses in phases (healthy, degraded, NaN, negative, above the cap) between an
+    operator's resume, a restart with a history, and a restore after a restart of the worker."""
+    rnd = random.Random(seed)
+    # first a pause, a healthy run cut short by a relapse, and a resume by itself
+    for mean, n in ((0.5, 600), (2.0, 600), (0.5, 100), (2.0, 20), (0.5, 600)):
+        yield from (("loss", rnd.uniform(mean - 0.2, mean + 0.2)) for _ in range(n))
+    for _ in range(40):
+        kind = rnd.choice(["healthy", "healthy", "degraded", "odd", "resume", "restart", "restore"])
+        if kind in ("resume", "restart", "restore"):
+            yield kind, rnd.uniform(0.2, 1.5)
+            continue
+        for _ in range(rnd.choice([10, 300, 2_500])):
+            if kind == "healthy":
+                yield "loss", rnd.uniform(0.3, 0.7)
+            elif kind == "degraded":
+                yield "loss", rnd.uniform(1.0, 3.0)
+            else:
+                yield "loss", rnd.choice([math.nan, -1.0, 9.0, 0.0, 5.0, math.inf])
+
+
+def _trace(guard: ModelGuard, seed: int) -> list[object]:
+    trace: list[object] = []
+    for kind, value in _phases(seed):
+        if kind == "loss":
+            trace.append(guard.update(value))
+            continue
+        if kind == "resume":
+            guard.resume()
+        elif kind == "restart":
+            guard.restart([value, math.nan, value * 2, 7.0])
+        else:
+            guard.restore_paused(value, 50)
+        trace.append((kind, guard.status(), guard.reference_state(), guard.onset, guard.updates))
+    trace.append((guard.status(), guard.reference_state(), guard.onset, guard.updates))
+    return trace
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_compiled_guard_is_the_python_one(seed: int) -> None:
+    """``learner._kernels.GuardCore`` takes the same steps as the Python guard: the same answer to every update
+    and the same state after every operator action, through pauses, resumes, restarts and odd losses."""
+    from tests.conftest import loops
+
+    settings = {"recent_window": 50, "reference_window": 400, "min_reference": 100, "resume_events": 80}
+    with loops(compiled=False):
+        python = ModelGuard(**settings)
+    with loops(compiled=True):
+        compiled = ModelGuard(**settings)
+    assert type(python._core) is not type(compiled._core)
+    expected = _trace(python, seed)
+    assert _trace(compiled, seed) == expected
+    assert python.pauses > 0 and python.resumes > 0  # the phases made it pause and resume by itself

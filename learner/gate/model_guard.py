@@ -37,6 +37,96 @@ import math
 from collections import deque
 from collections.abc import Sequence
 
+from learner import kernels
+
+
+class _GuardCore:
+    """The guard's state and :meth:`ModelGuard.update`, in Python (``learner._kernels.GuardCore`` is the same
+    compiled: the worker calls ``update`` for every labelled event)."""
+
+    def __init__(
+        self,
+        recent_window: int,
+        reference_window: int,
+        min_reference: int,
+        degrade_ratio: float,
+        degrade_margin: float,
+        resume_ratio: float,
+        resume_events: int,
+        loss_cap: float,
+    ) -> None:
+        self.recent_window = recent_window
+        self.reference_window = reference_window
+        self.min_reference = min_reference
+        self.degrade_ratio = degrade_ratio
+        self.degrade_margin = degrade_margin
+        self.resume_ratio = resume_ratio
+        self.resume_events = resume_events
+        self.loss_cap = loss_cap
+        self.paused = False
+        self.pauses = 0
+        self.resumes = 0
+        self.updates = 0
+        self.onset: int | None = None
+        self.recent_sum = 0.0
+        self.reference = 0.0
+        self.reference_count = 0
+        self.healthy_run = 0
+        self._recent: deque[float] = deque()
+
+    @property
+    def recent_count(self) -> int:
+        return len(self._recent)
+
+    def recent_losses(self) -> list[float]:
+        return list(self._recent)
+
+    def clear_recent(self) -> None:
+        self._recent.clear()
+        self.recent_sum = 0.0
+
+    def update(self, loss: float) -> bool:
+        """:meth:`ModelGuard.update`, written out flat (no helper calls, no ``min``/``max``)."""
+        if loss != loss:  # NaN
+            return self.paused
+        if loss < 0.0:
+            loss = 0.0
+        elif loss > self.loss_cap:
+            loss = self.loss_cap
+        self.updates = updates = self.updates + 1
+        recent = self._recent
+        window = self.recent_window
+        if len(recent) == window:
+            leaving = recent.popleft()
+            self.recent_sum -= leaving
+            if not self.paused:
+                self.reference_count = count = self.reference_count + 1
+                # a plain mean until the reference window fills, then an exponential one
+                rate = 1.0 / count if count < self.reference_window else 1.0 / self.reference_window
+                self.reference += rate * (leaving - self.reference)
+        recent.append(loss)
+        self.recent_sum += loss
+        if updates % window == 0:
+            self.recent_sum = math.fsum(recent)  # no rounding drift over a long-lived worker
+        if self.reference_count < self.min_reference or len(recent) < window:
+            return self.paused
+        current = self.recent_sum / len(recent)
+        reference = self.reference
+        if not self.paused:
+            if current > self.degrade_ratio * reference and current - reference > self.degrade_margin:
+                self.paused = True
+                self.pauses += 1
+                self.healthy_run = 0
+                self.onset = updates - len(recent) + 1
+        elif current <= self.resume_ratio * reference:
+            self.healthy_run += 1
+            if self.healthy_run >= self.resume_events:
+                self.paused = False
+                self.resumes += 1
+        else:
+            self.healthy_run = 0
+        return self.paused
+
 
 class ModelGuard:
     """Watches per-event log loss; ``update`` returns True while learning should stay paused."""
@@ -64,64 +154,48 @@ class ModelGuard:
         self.resume_ratio = resume_ratio
         self.resume_events = resume_events
         self.loss_cap = loss_cap
-        self.paused = False
-        self.pauses = 0  # times learning was paused
-        self.resumes = 0  # times it resumed automatically
-        self.updates = 0
-        #: number of the first update in the window that triggered the latest pause: a checkpoint taken before
-        #: it has learned none of the losses that triggered it (restore that one, not the latest)
-        self.onset: int | None = None
-        self._recent: deque[float] = deque()
-        self._recent_sum = 0.0
-        self._reference = 0.0
-        self._reference_count = 0
-        self._healthy_run = 0
+        settings = (
+            recent_window,
+            reference_window,
+            min_reference,
+            degrade_ratio,
+            degrade_margin,
+            resume_ratio,
+            resume_events,
+            loss_cap,
+        )
+        kernel = kernels.compiled()
+        self._core = _GuardCore(*settings) if kernel is None else kernel.GuardCore(*settings)
+        # the worker's call for every labelled event goes straight to the core (compiled: ~0.3 us an update less)
+        self.update = self._core.update  # type: ignore[method-assign]
 
     def update(self, loss: float) -> bool:
-        """Add one labelled event's log loss (predicted before learning); True while degraded (paused).
+        """Add one labelled event's log loss (predicted before learning); True while degraded (paused)."""
+        return self._core.update(loss)
 
-        Runs for every labelled event in the worker, so it is written out flat (no helper calls,
-        no ``min``/``max``).
-        """
-        if loss != loss:  # NaN
-            return self.paused
-        if loss < 0.0:
-            loss = 0.0
-        elif loss > self.loss_cap:
-            loss = self.loss_cap
-        self.updates = updates = self.updates + 1
-        recent = self._recent
-        window = self.recent_window
-        if len(recent) == window:
-            leaving = recent.popleft()
-            self._recent_sum -= leaving
-            if not self.paused:
-                self._reference_count = count = self._reference_count + 1
-                # a plain mean until the reference window fills, then an exponential one
-                rate = 1.0 / count if count < self.reference_window else 1.0 / self.reference_window
-                self._reference += rate * (leaving - self._reference)
-        recent.append(loss)
-        self._recent_sum += loss
-        if updates % window == 0:
-            self._recent_sum = math.fsum(recent)  # no rounding drift over a long-lived worker
-        if self._reference_count < self.min_reference or len(recent) < window:
-            return self.paused
-        current = self._recent_sum / len(recent)
-        reference = self._reference
-        if not self.paused:
-            if current > self.degrade_ratio * reference and current - reference > self.degrade_margin:
-                self.paused = True
-                self.pauses += 1
-                self._healthy_run = 0
-                self.onset = updates - len(recent) + 1
-        elif current <= self.resume_ratio * reference:
-            self._healthy_run += 1
-            if self._healthy_run >= self.resume_events:
-                self.paused = False
-                self.resumes += 1
-        else:
-            self._healthy_run = 0
-        return self.paused
+    @property
+    def paused(self) -> bool:
+        return bool(self._core.paused)
+
+    @property
+    def pauses(self) -> int:
+        """Times learning was paused."""
+        return self._core.pauses
+
+    @property
+    def resumes(self) -> int:
+        """Times it resumed automatically."""
+        return self._core.resumes
+
+    @property
+    def updates(self) -> int:
+        return self._core.updates
+
+    @property
+    def onset(self) -> int | None:
+        """Number of the first update in the window that triggered the latest pause: a checkpoint taken before it
+        has learned none of the losses that triggered it (restore that one, not the latest)."""
+        return self._core.onset
 
     def update_prediction(self, y: float, p: float) -> bool:
         """:meth:`update` with the log loss of predicting ``p`` for label ``y`` (clipped like the metrics)."""
@@ -130,7 +204,8 @@ class ModelGuard:
 
     def reference_state(self) -> dict[str, float | int]:
         """The yardstick a paused guard judges recovery against, to carry over a restart."""
-        return {"reference": self._reference, "reference_count": self._reference_count}
+        core = self._core
+        return {"reference": core.reference, "reference_count": core.reference_count}
 
     def restore_paused(self, reference: float | None, reference_count: int) -> None:
         """Continue a pause from before a restart, against the reference saved then.
@@ -139,12 +214,13 @@ class ModelGuard:
         + ``resume_events`` healthy losses, as it would have without the restart. Without a saved
         reference (``None``) it stays paused until an operator resumes it.
         """
-        self.paused = True
-        self._healthy_run = 0
+        core = self._core
+        core.paused = True
+        core.healthy_run = 0
         if reference is None or not math.isfinite(reference) or reference_count <= 0:
-            self._reference, self._reference_count = 0.0, 0
+            core.reference, core.reference_count = 0.0, 0
         else:
-            self._reference, self._reference_count = reference, reference_count
+            core.reference, core.reference_count = reference, reference_count
 
     def restart(self, history: Sequence[float] = ()) -> None:
         """Another model serves (an operator's promotion or rollback, an automatic promotion): its losses are judged
@@ -154,30 +230,32 @@ class ModelGuard:
         (with fewer in ``history``, the ones that then leave the recent window make up the rest). The counts of pauses
         and resumes stay. A paused guard is left as it is (its frozen reference is the last good model's: what a
         rollback during a pause is judged against)."""
-        if self.paused:
+        if self._core.paused:
             return
         capped = [min(max(loss, 0.0), self.loss_cap) for loss in history if loss == loss]
-        self._recent.clear()
-        self._recent_sum = 0.0
-        self._reference = math.fsum(capped) / len(capped) if capped else 0.0
-        self._reference_count = len(capped)
-        self._healthy_run = 0
+        core = self._core
+        core.clear_recent()
+        core.reference = math.fsum(capped) / len(capped) if capped else 0.0
+        core.reference_count = len(capped)
+        core.healthy_run = 0
 
     def resume(self) -> None:
         """Operator action: learn again and take the current loss level as the new reference."""
-        if self._recent:
-            self._reference = self.recent_loss
-            self._reference_count = max(self._reference_count, self.min_reference)
-        self.paused = False
-        self._healthy_run = 0
+        core = self._core
+        if core.recent_count:
+            core.reference = self.recent_loss
+            core.reference_count = max(core.reference_count, self.min_reference)
+        core.paused = False
+        core.healthy_run = 0
 
     @property
     def recent_loss(self) -> float:
-        return self._recent_sum / len(self._recent) if self._recent else math.nan
+        core = self._core
+        return core.recent_sum / core.recent_count if core.recent_count else math.nan
 
     @property
     def reference_loss(self) -> float:
-        return self._reference if self._reference_count else math.nan
+        return self._core.reference if self._core.reference_count else math.nan
 
     def status(self) -> dict[str, float | int | bool]:
         """What the API and metrics show: state, both losses, and how often it paused and resumed."""
@@ -187,5 +265,5 @@ class ModelGuard:
             "reference_loss": self.reference_loss,
             "pauses": self.pauses,
             "automatic_resumes": self.resumes,
-            "healthy_run": self._healthy_run,
+            "healthy_run": self._core.healthy_run,
         }
