@@ -35,6 +35,7 @@ async def collect(settings: Settings) -> dict[str, Any]:
             "writer": {
                 "holder": holder.decode() if holder is not None else None,
                 "expires_in": expires_ms / 1000 if holder is not None and expires_ms >= 0 else None,
+                "lease_seconds": settings.worker_lease_seconds,  # as this command reads it (the worker's, normally)
             },
             "versions": metas,
             "gate": await store.gate_counts(),
@@ -67,8 +68,14 @@ def render(status: dict[str, Any], now: float | None = None) -> str:
             lines.append(f"quality    progressive AUC {auc:.3f}, log loss {logloss:.3f} (predicted before learned)")
     writer = status.get("writer") or {}
     if writer.get("holder"):
-        left = writer.get("expires_in")
+        left, seconds = writer.get("expires_in"), writer.get("lease_seconds")
         renewed = f" (its lease runs {left:.0f} s more unless renewed)" if left is not None else ""
+        if left is not None and seconds and seconds - left > seconds / 2:  # a running worker renews every third
+            renewed = (
+                f" (not renewed for {seconds - left:.0f} s, where a running worker renews it every {seconds / 3:.0f} s"
+                f" with RECSTREAM_WORKER_LEASE_SECONDS={seconds:g}: it may have stopped; the lease runs out in"
+                f" {left:.0f} s and a standby then takes over)"
+            )
         lines.append(f"writer     {writer['holder']}{renewed}")
     else:
         lines.append("writer     none: no worker holds the writer lease (none runs, or the last one stopped)")

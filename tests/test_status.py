@@ -23,7 +23,7 @@ def test_render_shows_model_quality_gate_and_versions() -> None:
         "gate": {"duplicate": 40, "user_rate": 10},
         "guard": {"state": "learning", "since": ""},
         "offsets": {"events/0": 600, "events/1": 603},
-        "writer": {"holder": "host-a:12:ab12cd34", "expires_in": 8.4},
+        "writer": {"holder": "host-a:12:ab12cd34", "expires_in": 8.4, "lease_seconds": 10.0},
     }
     now = 1_795_428_030.0  # 30 s after the checkpoint above
     text = render(status, now=now)
@@ -40,3 +40,15 @@ def test_render_says_when_there_is_no_model_yet() -> None:
     text = render({"current": None, "versions": {}, "gate": {}, "guard": {}, "offsets": {}}, now=0)
     assert "none yet" in text and "nothing held" in text and "guard      learning" in text
     assert "writer     none: no worker holds the writer lease" in text
+
+
+def test_render_says_when_the_writer_stopped_renewing_its_lease() -> None:
+    """A worker renews its lease every third of it: a lease left to run down past half says its worker may be gone
+    (killed: nobody gives the lease back), before a standby takes over."""
+    status = {"current": None, "versions": {}, "gate": {}, "guard": {}, "offsets": {}}
+    writer = {"holder": "host-a:12:ab12cd34", "expires_in": 2.2, "lease_seconds": 10.0}
+    text = render({**status, "writer": writer}, now=0)
+    assert "writer     host-a:12:ab12cd34 (not renewed for 8 s, where a running worker renews it every 3 s" in text
+    assert "RECSTREAM_WORKER_LEASE_SECONDS=10: it may have stopped; the lease runs out in 2 s" in text
+    renewed = render({**status, "writer": {**writer, "expires_in": 6.0}}, now=0)
+    assert "(its lease runs 6 s more unless renewed)" in renewed
