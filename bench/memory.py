@@ -133,7 +133,13 @@ def _measure_gate(users: list[str], items: list[str], n_events: int) -> dict:
     gc.collect()
     trim_heap()
     growth = rss_bytes() - before
-    tracked = {type(rule).__name__: len(rule) for rule in gate.rules if hasattr(rule, "__len__")}
+    tracked: dict[str, int] = {}
+    for rule in gate.rules:
+        name = type(rule).__name__
+        if hasattr(rule, "__len__"):
+            tracked[name] = len(rule)
+        for table, size in getattr(rule, "tracked", {}).items():  # a rule of several tables (item_surge)
+            tracked[f"{name} {table}"] = size
     result = {
         "gate_rss_before_bytes": before,
         "gate_rss_growth_bytes": growth,  # from before it was built to after a heap trim

@@ -254,7 +254,12 @@ def test_the_memory_figure_measures_the_gate_even_when_the_environment_switches_
     gate = _measure_gate(users, items, 1_200)
     # Every like came from a new user, so every behaviour rule that counts users holds each of them.
     assert gate["gate_events"] == 1_200
-    assert gate["gate_tracked"] == {"UserRateRule": 1_200, "AnomalousBehaviourRule": 1_200}
+    assert gate["gate_tracked"] == {
+        "UserRateRule": 1_200,
+        "ItemSurgeRule users": 1_200,
+        "ItemSurgeRule items": 1_200,
+        "AnomalousBehaviourRule": 1_200,
+    }
     assert gate["gate_held"] == {}
 
 

@@ -553,6 +553,11 @@ class ItemSurgeRule:
         self._items.data[start + 2] = self._clocks[0] + self.cooldown
 
     @property
+    def tracked(self) -> dict[str, int]:
+        """Users and items its tables hold."""
+        return {"users": len(self._users), "items": len(self._items)}
+
+    @property
     def stream_new_share(self) -> float:
         """Share of passed judged interactions that came from new users, over the stream's recent ones."""
         return self._stream_new_share if self._core is None else self._core.stream_new_share
