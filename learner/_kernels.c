@@ -3540,7 +3540,13 @@ static PyObject *GuardCore_clear_recent(GuardCore *self, PyObject *unused) {
 static PyObject *GuardCore_update(GuardCore *self, PyObject *arg) {
     if (guard_ready(self)) return NULL;
     double loss = PyFloat_AsDouble(arg);
-    if (loss == -1.0 && PyErr_Occurred()) return NULL;
+    if (loss == -1.0 && PyErr_Occurred()) {
+        if (!PyLong_Check(arg) || !PyErr_ExceptionMatches(PyExc_OverflowError)) return NULL;
+        PyErr_Clear(); /* an int beyond a double's range: capped (or floored) as Python compares it */
+        int negative = PyObject_RichCompareBool(arg, Py_False, Py_LT);
+        if (negative < 0) return NULL;
+        loss = negative ? -INFINITY : INFINITY;
+    }
     if (loss != loss) return PyBool_FromLong(self->paused); /* NaN */
     if (loss < 0.0) loss = 0.0;
     else if (loss > self->loss_cap) loss = self->loss_cap;
@@ -3685,16 +3691,17 @@ static PyObject *rules_for_row(PyObject *checks, PyObject *early, PyObject *befo
         PyErr_SetString(PyExc_TypeError, "gate_loop: early[row] must be a (position, hold) tuple");
         return NULL;
     }
+    Py_INCREF(found); /* (the lookup below may run a key's __eq__) */
     PyObject *rules = PyDict_GetItemWithError(before, PyTuple_GET_ITEM(found, 0));
-    if (rules == NULL) {
-        if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, PyTuple_GET_ITEM(found, 0));
+    if (rules == NULL || !PyList_Check(rules)) {
+        if (rules != NULL) PyErr_SetString(PyExc_TypeError, "gate_loop: before[position] must be a list");
+        else if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, PyTuple_GET_ITEM(found, 0));
+        Py_DECREF(found);
         return NULL;
     }
-    if (!PyList_Check(rules)) {
-        PyErr_SetString(PyExc_TypeError, "gate_loop: before[position] must be a list");
-        return NULL;
-    }
-    *hold = Py_NewRef(PyTuple_GET_ITEM(found, 1));
+    PyObject *held = PyTuple_GET_ITEM(found, 1);
+    *hold = held == Py_None ? NULL : Py_NewRef(held); /* a hold of None holds nothing, as in _loop */
+    Py_DECREF(found);
     return Py_NewRef(rules);
 }
 
@@ -3753,7 +3760,8 @@ static PyObject *judge_row(PyObject *event, PyObject *now, PyObject *rules, PyOb
 
 /* gate_loop(events, now, checks, early, before, judge, observers, counts, verdicts): QualityGate.check_chunk's loop
  * over `events` (learner/gate/gate.py, _Plan), appending each verdict to `verdicts` and counting each hold in
- * `counts` by reason. Raises what a rule raises, with the verdicts of the events before it appended. */
+ * `counts` by reason. Raises what a rule raises, with the verdicts of the events before it appended. Takes the plan
+ * as _Plan makes it: lists of (check, on_hold) tuples, early[row] a (position, hold) tuple, plain dicts. */
 static PyObject *gate_loop(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 9) {
         PyErr_SetString(PyExc_TypeError,
@@ -3762,8 +3770,9 @@ static PyObject *gate_loop(PyObject *module, PyObject *const *args, Py_ssize_t n
     }
     PyObject *events = args[0], *now = args[1], *checks = args[2], *early = args[3], *before = args[4];
     PyObject *judge = args[5], *observers = args[6], *counts = args[7], *verdicts = args[8];
-    if (!PyList_Check(events) || !PyList_Check(checks) || !PyDict_Check(early) || !PyDict_Check(before) ||
-        !PyList_Check(observers) || !PyDict_Check(counts) || !PyList_Check(verdicts)) {
+    /* exact dicts: the C calls below would skip a subclass's own __getitem__ and __setitem__ */
+    if (!PyList_Check(events) || !PyList_Check(checks) || !PyDict_CheckExact(early) || !PyDict_CheckExact(before) ||
+        !PyList_Check(observers) || !PyDict_CheckExact(counts) || !PyList_Check(verdicts)) {
         PyErr_SetString(PyExc_TypeError, "gate_loop: events, checks, observers and verdicts are lists; early, "
                                          "before and counts dicts");
         return NULL;
@@ -3804,18 +3813,21 @@ static PyObject *gate_views(PyObject *module, PyObject *const *args, Py_ssize_t 
     PyObject *const fields[7] = {name_event_id, name_user_id,       name_item_id,
                                  name_type,     name_ts_seconds,    name_watch_seconds,
                                  name_item_duration_seconds};
-    Py_ssize_t n = PyList_GET_SIZE(chunk);
+    /* a copy of the chunk: reading an attribute may run Python code, which could change the list */
+    PyObject *items = PySequence_Tuple(chunk);
+    if (items == NULL) return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(items);
     PyObject *views = PyList_New(n);
     PyObject *judged = views == NULL ? NULL : PyList_New(0);
     if (judged == NULL) goto fail;
+    for (Py_ssize_t i = 0; i < n; i++) PyList_SET_ITEM(views, i, Py_NewRef(Py_None)); /* no NULL item is ever seen */
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *decoded = PyList_GET_ITEM(chunk, i);
+        PyObject *decoded = PyTuple_GET_ITEM(items, i);
         if (!PyTuple_Check(decoded) || PyTuple_GET_SIZE(decoded) < 1) {
             PyErr_SetString(PyExc_TypeError, "gate_views: the chunk's items must be Decoded tuples");
             goto fail;
         }
         PyObject *event = PyTuple_GET_ITEM(decoded, 0);
-        PyList_SET_ITEM(views, i, Py_NewRef(Py_None));
         if (event == Py_None) continue;
         Py_INCREF(event);
         PyObject *values[7];
@@ -3852,10 +3864,12 @@ static PyObject *gate_views(PyObject *module, PyObject *const *args, Py_ssize_t 
         PyList_SetItem(views, i, view); /* steals view, drops the None */
     }
     PyObject *both = PyTuple_Pack(2, views, judged);
+    Py_DECREF(items);
     Py_DECREF(views);
     Py_DECREF(judged);
     return both;
 fail:
+    Py_DECREF(items);
     Py_XDECREF(views);
     Py_XDECREF(judged);
     return NULL;

@@ -235,6 +235,32 @@ def test_check_chunk_counts_what_it_judged_before_a_rule_raised(compiled: bool) 
     assert first.observed == failing.observed == ["e0"] and first.held == ["e1"] and failing.held == []
 
 
+class _HoldsNothing:
+    """A stateless rule whose ``holds`` names a row with no hold (None): that row is judged like any other."""
+
+    codes = ("nothing",)
+    stateless = True
+
+    def check(self, event: GateEvent, now: float) -> Hold | None:  # noqa: ARG002
+        return None
+
+    def observe(self, event: GateEvent, now: float) -> None:
+        pass
+
+    def holds(self, events: Sequence[GateEvent], now: float) -> dict[int, Hold | None]:  # noqa: ARG002
+        return {0: None}
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["python", "compiled"])
+def test_an_early_hold_of_none_holds_nothing(compiled: bool) -> None:
+    first, last = Recorder("first", "x"), Recorder("last", "y")
+    gate = QualityGate([first, _HoldsNothing(), last])  # type: ignore[list-item]
+    events = [GateEvent("e0", "u", "z", "like", T0), GateEvent("e1", "u", "y", "like", T0)]
+    with loops(compiled):
+        assert [h and h.reason for h in gate.check_chunk(events, T0)] == [None, "last"]
+    assert first.observed == last.observed == ["e0"] and last.held == ["e1"] and gate.passed == 1
+
+
 def test_the_compiled_views_are_the_python_ones() -> None:
     """``kernel.gate_views`` makes the views ``stream.processor._views`` makes: None for an item without an event
     or an event known or pending, the same tuples (of GateEvent) otherwise."""
@@ -260,6 +286,33 @@ def test_the_compiled_views_are_the_python_ones() -> None:
     assert judged[0].ts == chunk[0].event.ts.timestamp()
     with pytest.raises(TypeError):
         kernel.gate_views(tuple(chunk), known, pending, GateEvent)
+
+
+def test_the_compiled_views_are_of_the_chunk_as_it_was_given() -> None:
+    """Reading an event's attribute may run Python code (``ts_seconds`` is computed on its first read); code that
+    empties the chunk meanwhile does not make ``kernel.gate_views`` read past its end: it makes the views of every
+    item it was given."""
+    from learner import kernels
+    from recstream.events import Decoded
+
+    kernel = kernels.compiled()
+    if kernel is None:
+        skip_unless_ci("learner/_kernels.c is not built")
+    chunk: list[Decoded] = []
+
+    class Shrinking:
+        def __init__(self, i: int) -> None:
+            self.event_id, self.user_id, self.item_id, self.type = f"e{i}", "u", "v", "like"
+            self.watch_seconds = self.item_duration_seconds = None
+
+        @property
+        def ts_seconds(self) -> float:
+            del chunk[1:]
+            return T0
+
+    chunk.extend(Decoded(Shrinking(i), None, None, None) for i in range(2_000))  # type: ignore[arg-type]
+    views, judged = kernel.gate_views(chunk, set(), set(), GateEvent)
+    assert len(chunk) == 1 and len(views) == len(judged) == 2_000 and judged[-1].event_id == "e1999"
 
 
 def test_check_chunk_of_a_disabled_gate_passes_everything() -> None:

@@ -209,4 +209,7 @@ def test_the_compiled_guard_is_the_python_one(seed: int) -> None:
     assert type(python._core) is not type(compiled._core)
     expected = _trace(python, seed)
     assert _trace(compiled, seed) == expected
+    for loss in (10**400, -(10**400), 3):  # ints too, beyond a double's range included (capped, floored)
+        assert compiled.update(loss) == python.update(loss)  # type: ignore[arg-type]
+    assert compiled.status() == python.status()
     assert python.pauses > 0 and python.resumes > 0  # the phases made it pause and resume by itself

@@ -42,7 +42,8 @@ from learner import kernels
 
 class _GuardCore:
     """The guard's state and :meth:`ModelGuard.update`, in Python (``learner._kernels.GuardCore`` is the same
-    compiled: the worker calls ``update`` for every labelled event)."""
+    compiled: the worker calls ``update`` for every labelled event). :class:`ModelGuard` writes only ``paused``,
+    ``reference``, ``reference_count`` (an int) and ``healthy_run``; the compiled core's other fields are read-only."""
 
     def __init__(
         self,
