@@ -1,7 +1,7 @@
 /* Compiled loops for ranking a whole catalogue, for the co-occurrence update and for the quality gate's behaviour
  * rules (learner.kernels wraps them; numpy and Python do the same when they are not built). The ranking loops do in
  * one or two passes over the catalogue what numpy does in five or six; the update (PoolRows) finds entries in one
- * hash table (SlotTable); RateCore, SurgeCore and AnomalyCore are the user-rate, item-surge and anomaly rules on
+ * hash table (SlotTable); IdTable keeps a model's ids packed; RateCore, SurgeCore and AnomalyCore are the user-rate, item-surge and anomaly rules on
  * their own tables. Each uses
  * the same floating-point operations in the same order as the code it stands in for, so the results are the same
  * numbers (tests compare them).
@@ -1680,18 +1680,23 @@ done:
  * learner.gate.records.Records keeps each behaviour rule's records in one array('d'); this is its index: str key ->
  * record number, in the order the rules evict (least recently touched first), with the numbers of forgotten
  * records reused (last forgotten, first taken). It does what the OrderedDict it replaces did (get, move_to_end,
- * popping the oldest) in ~16 bytes of entry a record plus 8 bytes a slot of an open-addressing table (linear
- * probing, at most half full, removals by backward shift), where an OrderedDict entry costs ~80 bytes
- * (`python -m bench.memory --records`). Record r's entry is entries[r]: its key (NULL: forgotten, and `next` links
- * the forgotten ones) and its neighbours in the order. A slot holds an entry's number + 1 (0: empty) and the low 32
- * bits of its key's hash, so a probe compares keys only when those bits match. Keys are str, compared and hashed as
- * text (never by calling Python: a subclass's own __eq__ or __hash__ is not used, and an exact copy of its text is
- * kept); numbers are returned as the shared int objects of `pool`
- * (learner.id_index: pool[r] is r), grown by `grow` (which takes the pool's lock) as records are added. */
+ * popping the oldest) in a 28-byte entry a record plus 8 bytes a slot of an open-addressing table (linear probing,
+ * at most half full, removals by backward shift), where an OrderedDict entry costs ~80 bytes and holds a str object
+ * of ~64 (`python -m bench.memory --records`). Record r's entry is entries[r]: its key's text (its code points as
+ * its str holds them: 1, 2 or 4 bytes each; up to LRU_INLINE bytes in the entry, a longer one in memory of its own
+ * that the entry points to), its length and kind (0: forgotten, and `next` links the forgotten ones) and its
+ * neighbours in the order. A slot holds an entry's number + 1 (0: empty) and the low 32 bits of its key's hash
+ * (str's hash of that text, _Py_HashBytes), so a probe compares keys only when those bits match. Keys are str,
+ * compared and hashed as text (never by calling Python: a subclass's own __eq__ or __hash__ is not used); they are
+ * read back as new str objects (pop_first, evict, iteration). Numbers are returned as the shared int objects of
+ * `pool` (learner.id_index: pool[r] is r), grown by `grow` (which takes the pool's lock) as records are added. */
+
+#define LRU_INLINE 16
 
 typedef struct {
-    PyObject *key; /* NULL: a forgotten record, whose number is in the free list */
     int32_t prev, next;
+    uint32_t meta;           /* the key's length in bytes << 3 | its kind (1, 2 or 4); 0: a forgotten record */
+    char text[LRU_INLINE];   /* the key's code points, or (longer than LRU_INLINE bytes) a pointer to them */
 } lru_entry;
 
 typedef struct {
@@ -1700,6 +1705,7 @@ typedef struct {
 } lru_slot;
 
 #define LRU_MAX_RECORDS 0x7ffffff0LL /* record numbers are int32 */
+#define LRU_MAX_KEY_BYTES 0x1fffffffLL /* a key's length in bytes fits in meta */
 
 typedef struct {
     PyObject_HEAD
@@ -1721,29 +1727,52 @@ static int lru_ready(LruIndex *self) {
     return -1;
 }
 
-/* the same code points: both exact, ready str */
-static inline int lru_same_text(PyObject *a, PyObject *b) {
-    if (a == b) return 1;
-    Py_ssize_t n = PyUnicode_GET_LENGTH(a);
-    if (n != PyUnicode_GET_LENGTH(b) || PyUnicode_KIND(a) != PyUnicode_KIND(b)) return 0;
-    return memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)n * PyUnicode_KIND(a)) == 0;
+/* A key's text: its code points (as its str holds them), their length in bytes and their kind */
+typedef struct {
+    const void *data;
+    Py_ssize_t nbytes;
+    int kind;
+} lru_text;
+
+static inline const char *lru_entry_text(const lru_entry *e) {
+    if ((e->meta >> 3) <= LRU_INLINE) return e->text;
+    const char *p;
+    memcpy(&p, e->text, sizeof p);
+    return p;
 }
 
-/* The hash of `key`'s text if it is a str (1; str's own hash, kept in the object, even for a subclass that has
+/* entry e holds a key of that text */
+static inline int lru_same_text(const lru_entry *e, const lru_text *t) {
+    if (e->meta != ((uint32_t)t->nbytes << 3 | (uint32_t)t->kind)) return 0;
+    return memcmp(lru_entry_text(e), t->data, (size_t)t->nbytes) == 0;
+}
+
+/* The text and hash of `key` if it is a str (1; str's own hash, kept in the object, even for a subclass that has
  * another), 0 if it is not one (such a key is never held), -1 on an error. */
-static int lru_hash(PyObject *key, Py_hash_t *hash) {
+static int lru_hash(PyObject *key, lru_text *t, Py_hash_t *hash) {
     if (!PyUnicode_Check(key)) return 0;
     if (PyUnicode_READY(key) < 0) return -1;
     *hash = PyUnicode_Type.tp_hash(key);
-    return *hash == -1 && PyErr_Occurred() ? -1 : 1;
+    if (*hash == -1 && PyErr_Occurred()) return -1;
+    t->kind = PyUnicode_KIND(key);
+    t->data = PyUnicode_DATA(key);
+    t->nbytes = PyUnicode_GET_LENGTH(key) * t->kind;
+    return 1;
 }
 
-/* The slot holding `key` (of hash `hash`), or the empty one where it would go; the table has slots. */
-static inline uint32_t lru_probe(const LruIndex *self, PyObject *key, Py_hash_t hash) {
+/* a new str of record r's key (held) */
+static PyObject *lru_key(const LruIndex *self, int32_t r) {
+    const lru_entry *e = &self->entries[r];
+    int kind = (int)(e->meta & 7);
+    return PyUnicode_FromKindAndData(kind, lru_entry_text(e), (Py_ssize_t)(e->meta >> 3) / kind);
+}
+
+/* The slot holding the key of text `t` (of hash `hash`), or the empty one where it would go; the table has slots. */
+static inline uint32_t lru_probe(const LruIndex *self, const lru_text *t, Py_hash_t hash) {
     uint32_t h = (uint32_t)hash, at = h & self->mask;
     for (;;) {
         lru_slot s = self->slots[at];
-        if (s.entry == 0 || (s.hash == h && lru_same_text(self->entries[s.entry - 1].key, key))) return at;
+        if (s.entry == 0 || (s.hash == h && lru_same_text(&self->entries[s.entry - 1], t))) return at;
         at = (at + 1) & self->mask;
     }
 }
@@ -1751,10 +1780,11 @@ static inline uint32_t lru_probe(const LruIndex *self, PyObject *key, Py_hash_t 
 /* The record number of `key`, -1 when it is not held, -2 on an error. */
 static Py_ssize_t lru_find(LruIndex *self, PyObject *key) {
     Py_hash_t hash;
-    int is_text = lru_hash(key, &hash);
+    lru_text t;
+    int is_text = lru_hash(key, &t, &hash);
     if (is_text <= 0) return is_text < 0 ? -2 : -1;
     if (self->slots == NULL) return -1;
-    uint32_t entry = self->slots[lru_probe(self, key, hash)].entry;
+    uint32_t entry = self->slots[lru_probe(self, &t, hash)].entry;
     return entry == 0 ? -1 : (Py_ssize_t)entry - 1;
 }
 
@@ -1848,13 +1878,23 @@ static int lru_pool_ready(LruIndex *self) {
     return 0;
 }
 
-/* A new record for `key` (a str, not held; `hash` its hash), last in the order: its number, or -1 with an
- * exception. Takes the last forgotten number, if any, else the next one. Keeps `key` itself, or an exact str
- * copy of a subclass's text. */
-static Py_ssize_t lru_insert(LruIndex *self, PyObject *key, Py_hash_t hash) {
+/* A new record for the key of text `t` (not held; `hash` its hash), last in the order: its number, or -1 with an
+ * exception. Takes the last forgotten number, if any, else the next one. Keeps a copy of the key's text. */
+static Py_ssize_t lru_insert(LruIndex *self, const lru_text *t, Py_hash_t hash) {
+    if (t->nbytes > LRU_MAX_KEY_BYTES) {
+        PyErr_SetString(PyExc_OverflowError, "a gate table's key is at most 2**29 - 1 bytes");
+        return -1;
+    }
     if (lru_reserve_slot(self) < 0) return -1;
-    PyObject *kept = PyUnicode_CheckExact(key) ? Py_NewRef(key) : PyUnicode_FromObject(key);
-    if (kept == NULL) return -1;
+    char *own = NULL; /* the text of a key too long for its entry */
+    if (t->nbytes > LRU_INLINE) {
+        own = PyMem_Malloc((size_t)t->nbytes);
+        if (own == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        memcpy(own, t->data, (size_t)t->nbytes);
+    }
     int32_t r;
     if (self->free >= 0) {
         r = self->free;
@@ -1880,33 +1920,36 @@ static Py_ssize_t lru_insert(LruIndex *self, PyObject *key, Py_hash_t hash) {
         }
         r = (int32_t)self->n_entries++;
     }
-    uint32_t at = lru_probe(self, key, hash);
+    uint32_t at = lru_probe(self, t, hash);
     self->slots[at].entry = (uint32_t)r + 1;
     self->slots[at].hash = (uint32_t)hash;
-    self->entries[r].key = kept;
+    lru_entry *e = &self->entries[r];
+    e->meta = (uint32_t)t->nbytes << 3 | (uint32_t)t->kind;
+    if (own != NULL) memcpy(e->text, &own, sizeof own);
+    else memcpy(e->text, t->data, (size_t)t->nbytes);
     lru_append(self, r);
     self->size++;
     return r;
 fail:
-    Py_DECREF(kept);
+    PyMem_Free(own);
     return -1;
 }
 
-/* Forgets record `r` (held): out of the slots and the order, its number to the free list. Returns its key (the
- * reference the index held). */
-static PyObject *lru_forget(LruIndex *self, int32_t r) {
-    PyObject *key = self->entries[r].key;
-    Py_hash_t hash = PyUnicode_Type.tp_hash(key); /* an exact str's, kept in it */
-    uint32_t h = (uint32_t)hash, at = h & self->mask;
+/* Forgets record `r` (held): out of the slots and the order, its text freed, its number to the free list. */
+static void lru_forget(LruIndex *self, int32_t r) {
+    lru_entry *e = &self->entries[r];
+    Py_ssize_t nbytes = (Py_ssize_t)(e->meta >> 3);
+    const char *text = lru_entry_text(e);
+    uint32_t h = (uint32_t)_Py_HashBytes(text, nbytes), at = h & self->mask; /* str's hash of that text */
     while (self->slots[at].entry != (uint32_t)r + 1) at = (at + 1) & self->mask;
     lru_clear_slot(self, at);
     lru_unlink(self, r);
-    self->entries[r].key = NULL;
-    self->entries[r].prev = -1;
-    self->entries[r].next = self->free;
+    if (nbytes > LRU_INLINE) PyMem_Free((void *)text);
+    e->meta = 0;
+    e->prev = -1;
+    e->next = self->free;
     self->free = r;
     self->size--;
-    return key;
 }
 
 static int LruIndex_init(LruIndex *self, PyObject *args, PyObject *kwds) {
@@ -1924,7 +1967,9 @@ static int LruIndex_init(LruIndex *self, PyObject *args, PyObject *kwds) {
 }
 
 static void LruIndex_dealloc(LruIndex *self) {
-    for (Py_ssize_t r = 0; r < self->n_entries; r++) Py_XDECREF(self->entries[r].key);
+    for (Py_ssize_t r = 0; r < self->n_entries; r++) {
+        if ((self->entries[r].meta >> 3) > LRU_INLINE) PyMem_Free((void *)lru_entry_text(&self->entries[r]));
+    }
     PyMem_Free(self->entries);
     PyMem_Free(self->slots);
     Py_XDECREF(self->pool);
@@ -1969,7 +2014,8 @@ static PyObject *LruIndex_get(LruIndex *self, PyObject *const *args, Py_ssize_t 
 static PyObject *LruIndex_insert(LruIndex *self, PyObject *key) {
     if (lru_ready(self)) return NULL;
     Py_hash_t hash;
-    int is_text = lru_hash(key, &hash);
+    lru_text t;
+    int is_text = lru_hash(key, &t, &hash);
     if (is_text <= 0) {
         if (is_text == 0) {
             PyErr_Format(PyExc_TypeError, "a gate table's keys are str, not %.100s", Py_TYPE(key)->tp_name);
@@ -1977,11 +2023,11 @@ static PyObject *LruIndex_insert(LruIndex *self, PyObject *key) {
         return NULL;
     }
     if (lru_pool_ready(self) < 0) return NULL;
-    if (self->slots != NULL && self->slots[lru_probe(self, key, hash)].entry != 0) {
+    if (self->slots != NULL && self->slots[lru_probe(self, &t, hash)].entry != 0) {
         PyErr_SetObject(PyExc_KeyError, key);
         return NULL;
     }
-    Py_ssize_t r = lru_insert(self, key, hash);
+    Py_ssize_t r = lru_insert(self, &t, hash);
     return r < 0 ? NULL : Py_XNewRef(lru_number(self, r));
 }
 
@@ -2003,15 +2049,17 @@ static PyObject *LruIndex_pop_first(LruIndex *self, PyObject *unused) {
     }
     int32_t r = self->first;
     PyObject *number = lru_number(self, r);
-    PyObject *result = number == NULL ? NULL : PyTuple_Pack(2, self->entries[r].key, number);
-    if (result != NULL) Py_DECREF(lru_forget(self, r)); /* forgotten only once the answer is made */
+    PyObject *key = number == NULL ? NULL : lru_key(self, r);
+    PyObject *result = key == NULL ? NULL : PyTuple_Pack(2, key, number);
+    Py_XDECREF(key);
+    if (result != NULL) lru_forget(self, r); /* forgotten only once the answer is made */
     return result;
 }
 
 static PyObject *LruIndex_remove(LruIndex *self, PyObject *key) {
     Py_ssize_t r = lru_held(self, key);
     if (r < 0) return NULL;
-    Py_DECREF(lru_forget(self, (int32_t)r));
+    lru_forget(self, (int32_t)r);
     Py_RETURN_NONE;
 }
 
@@ -2039,10 +2087,11 @@ static PyObject *LruIndex_evict(LruIndex *self, PyObject *args) {
         }
         double seen = get_f64(view.buf, (Py_ssize_t)r * width + seen_at);
         if (seen >= horizon && self->size <= cap) {
-            result = Py_BuildValue("(Od)", self->entries[r].key, seen);
+            PyObject *key = lru_key(self, r);
+            result = key == NULL ? NULL : Py_BuildValue("(Nd)", key, seen);
             goto done;
         }
-        Py_DECREF(lru_forget(self, r));
+        lru_forget(self, r);
     }
     result = Py_BuildValue("(Od)", Py_None, -INFINITY);
 done:
@@ -2056,7 +2105,12 @@ static PyObject *LruIndex_iter(LruIndex *self) {
     if (keys == NULL) return NULL;
     Py_ssize_t i = 0;
     for (int32_t r = self->first; r >= 0; r = self->entries[r].next) {
-        PyList_SET_ITEM(keys, i++, Py_NewRef(self->entries[r].key));
+        PyObject *key = lru_key(self, r);
+        if (key == NULL) {
+            Py_DECREF(keys);
+            return NULL;
+        }
+        PyList_SET_ITEM(keys, i++, key);
     }
     PyObject *it = PyObject_GetIter(keys);
     Py_DECREF(keys);
@@ -2064,8 +2118,11 @@ static PyObject *LruIndex_iter(LruIndex *self) {
 }
 
 static PyObject *LruIndex_nbytes(LruIndex *self, void *closure) {
-    size_t slots = self->slots == NULL ? 0 : ((size_t)self->mask + 1) * sizeof(lru_slot);
-    return PyLong_FromSize_t(slots + (size_t)self->cap_entries * sizeof(lru_entry));
+    size_t slots = self->slots == NULL ? 0 : ((size_t)self->mask + 1) * sizeof(lru_slot), texts = 0;
+    for (Py_ssize_t r = 0; r < self->n_entries; r++) { /* keys too long for their entry */
+        if ((self->entries[r].meta >> 3) > LRU_INLINE) texts += self->entries[r].meta >> 3;
+    }
+    return PyLong_FromSize_t(slots + (size_t)self->cap_entries * sizeof(lru_entry) + texts);
 }
 
 static PyMethodDef LruIndex_methods[] = {
@@ -2083,7 +2140,8 @@ static PyMethodDef LruIndex_methods[] = {
 };
 
 static PyGetSetDef LruIndex_getset[] = {
-    {"nbytes", (getter)LruIndex_nbytes, NULL, "bytes allocated for entries and slots", NULL},
+    {"nbytes", (getter)LruIndex_nbytes, NULL, "bytes allocated for entries, slots and keys too long for an entry",
+     NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -2110,6 +2168,509 @@ static PyTypeObject LruIndexType = {
     .tp_iter = (getiterfunc)LruIndex_iter,
     .tp_methods = LruIndex_methods,
     .tp_getset = LruIndex_getset,
+};
+
+/* ---- IdTable: the learner's ids, packed (learner.id_index.IdIndex) ---------------------------------------------
+ *
+ * Ids are numbered 0, 1, 2, ... (a model's rows) in order of first appearance, and never removed. A dict of str ->
+ * row and a list of the str objects cost ~105 bytes a 12-character id (the str 64, a dict slot ~31, a list pointer
+ * ~9); this keeps each id's text in one arena instead (its code points as its str holds them: 1, 2 or 4 bytes each,
+ * `kinds[r]`), where it ends (8 bytes), and an open-addressing table of 8-byte slots (the row + 1, 0: empty, and the
+ * low 32 bits of the id's hash; linear probing, at most 2/3 full): ~12 + 8 + 1 + 12..24 bytes. A lookup hashes the
+ * str (kept in it) and compares text only when those bits match, as a dict does. Ids are read back as new str
+ * objects (`table[r]`, slices, iteration): the model's code reads them for answers and snapshots, not per event.
+ * Keys are str, compared as text (a subclass's own __eq__ or __hash__ is never used, so no Python code runs while
+ * the table is changed); a str holding lone surrogates is kept as it is, and refused only by json_array(). */
+
+typedef struct {
+    uint32_t row;  /* row + 1; 0: empty */
+    uint32_t hash; /* the low 32 bits of the id's hash */
+} id_slot;
+
+#define ID_MAX_ROWS 0x7ffffff0LL
+
+typedef struct {
+    PyObject_HEAD
+    char *text;                  /* every id's code points, one after another */
+    int64_t *ends;               /* id r's text is text[r ? ends[r - 1] : 0 : ends[r]] */
+    uint8_t *kinds;              /* its bytes a code point: 1, 2 or 4 */
+    Py_ssize_t n, cap;           /* ids, room for them in ends and kinds */
+    size_t text_len, text_cap;
+    id_slot *slots;
+    uint32_t mask;               /* slots - 1 (a power of two); no slots until the first id */
+} IdTable;
+
+static PyTypeObject IdTableType;
+
+/* where id r's text starts: after the previous id's, aligned to its own kind (so that 2- and 4-byte code points are
+ * read where their type's alignment allows) */
+static inline int64_t idt_start(const IdTable *self, Py_ssize_t r) {
+    if (r == 0) return 0;
+    int64_t kind = self->kinds[r];
+    return (self->ends[r - 1] + kind - 1) & ~(kind - 1);
+}
+
+/* `key`'s text, kind and hash: 1 if it is a str, 0 if not (never held), -1 on an error */
+static int idt_key(PyObject *key, const void **data, Py_ssize_t *nbytes, int *kind, uint32_t *hash) {
+    if (!PyUnicode_Check(key)) return 0;
+    if (PyUnicode_READY(key) < 0) return -1;
+    Py_hash_t h = PyUnicode_Type.tp_hash(key); /* str's own, kept in the object (even for a subclass) */
+    if (h == -1 && PyErr_Occurred()) return -1;
+    *hash = (uint32_t)h;
+    *kind = PyUnicode_KIND(key);
+    *data = PyUnicode_DATA(key);
+    *nbytes = PyUnicode_GET_LENGTH(key) * *kind;
+    return 1;
+}
+
+/* The slot holding the id of this text, or the empty one where it would go; the table has slots. */
+static inline uint32_t idt_probe(const IdTable *self, const void *data, Py_ssize_t nbytes, int kind, uint32_t hash) {
+    uint32_t at = hash & self->mask;
+    for (;;) {
+        id_slot s = self->slots[at];
+        if (s.row == 0) return at;
+        if (s.hash == hash) {
+            Py_ssize_t r = (Py_ssize_t)s.row - 1;
+            int64_t start = idt_start(self, r);
+            if (self->kinds[r] == kind && self->ends[r] - start == nbytes &&
+                memcmp(self->text + start, data, (size_t)nbytes) == 0) {
+                return at;
+            }
+        }
+        at = (at + 1) & self->mask;
+    }
+}
+
+/* The row of `key`: -1 when it is not held (or not a str), -2 on an error */
+static Py_ssize_t idt_find(IdTable *self, PyObject *key) {
+    const void *data;
+    Py_ssize_t nbytes;
+    int kind;
+    uint32_t hash;
+    int is_text = idt_key(key, &data, &nbytes, &kind, &hash);
+    if (is_text <= 0) return is_text < 0 ? -2 : -1;
+    if (self->slots == NULL) return -1;
+    uint32_t row = self->slots[idt_probe(self, data, nbytes, kind, hash)].row;
+    return row == 0 ? -1 : (Py_ssize_t)row - 1;
+}
+
+/* Room for one more id in the slots (doubled when they would be more than 2/3 full); -1 with MemoryError */
+static int idt_reserve_slot(IdTable *self) {
+    uint64_t n = self->slots == NULL ? 0 : (uint64_t)self->mask + 1;
+    if ((uint64_t)(self->n + 1) * 3 <= n * 2) return 0;
+    uint64_t grown = n == 0 ? 16 : n * 2;
+    if (grown > (1ULL << 32)) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    id_slot *slots = PyMem_Calloc((size_t)grown, sizeof *slots);
+    if (slots == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    uint32_t mask = (uint32_t)(grown - 1);
+    for (uint64_t i = 0; i < n; i++) {
+        id_slot s = self->slots[i];
+        if (s.row == 0) continue;
+        uint32_t at = s.hash & mask;
+        while (slots[at].row != 0) at = (at + 1) & mask;
+        slots[at] = s;
+    }
+    PyMem_Free(self->slots);
+    self->slots = slots;
+    self->mask = mask;
+    return 0;
+}
+
+/* Appends an id (not held) as row n; -1 with an exception (nothing changed then) */
+static Py_ssize_t idt_append(IdTable *self, const void *data, Py_ssize_t nbytes, int kind, uint32_t hash) {
+    if (self->n >= ID_MAX_ROWS) {
+        PyErr_SetString(PyExc_OverflowError, "an id index holds at most 2**31 ids");
+        return -1;
+    }
+    if (idt_reserve_slot(self) < 0) return -1;
+    if (self->n == self->cap) {
+        Py_ssize_t cap = self->cap < 16 ? 16 : self->cap + self->cap / 2; /* 1.5x: the last growth wastes less */
+        int64_t *ends = PyMem_Realloc(self->ends, (size_t)cap * sizeof *ends);
+        if (ends == NULL) return PyErr_NoMemory(), -1;
+        self->ends = ends;
+        uint8_t *kinds = PyMem_Realloc(self->kinds, (size_t)cap);
+        if (kinds == NULL) return PyErr_NoMemory(), -1;
+        self->kinds = kinds;
+        self->cap = cap;
+    }
+    size_t start = (self->text_len + (size_t)kind - 1) & ~((size_t)kind - 1); /* as idt_start finds it */
+    if (start + (size_t)nbytes > self->text_cap) {
+        size_t cap = self->text_cap < 256 ? 256 : self->text_cap + self->text_cap / 2;
+        if (cap < start + (size_t)nbytes) cap = start + (size_t)nbytes;
+        char *text = PyMem_Realloc(self->text, cap);
+        if (text == NULL) return PyErr_NoMemory(), -1;
+        self->text = text;
+        self->text_cap = cap;
+    }
+    uint32_t at = idt_probe(self, data, nbytes, kind, hash);
+    Py_ssize_t r = self->n;
+    memset(self->text + self->text_len, 0, start - self->text_len); /* the padding: tables compare their text whole */
+    memcpy(self->text + start, data, (size_t)nbytes);
+    self->text_len = start + (size_t)nbytes;
+    self->ends[r] = (int64_t)self->text_len;
+    self->kinds[r] = (uint8_t)kind;
+    self->slots[at].row = (uint32_t)r + 1;
+    self->slots[at].hash = hash;
+    self->n = r + 1;
+    return r;
+}
+
+/* `key`'s row, added if new (*created then 1); -1 with an exception */
+static Py_ssize_t idt_add(IdTable *self, PyObject *key, int *created) {
+    const void *data;
+    Py_ssize_t nbytes;
+    int kind;
+    uint32_t hash;
+    int is_text = idt_key(key, &data, &nbytes, &kind, &hash);
+    if (is_text <= 0) {
+        if (is_text == 0) PyErr_Format(PyExc_TypeError, "ids are str, not %.100s", Py_TYPE(key)->tp_name);
+        return -1;
+    }
+    *created = 0;
+    if (self->slots != NULL) {
+        uint32_t row = self->slots[idt_probe(self, data, nbytes, kind, hash)].row;
+        if (row != 0) return (Py_ssize_t)row - 1;
+    }
+    *created = 1;
+    return idt_append(self, data, nbytes, kind, hash);
+}
+
+static int idt_extend(IdTable *self, PyObject *ids) {
+    PyObject *it = PyObject_GetIter(ids);
+    if (it == NULL) return -1;
+    PyObject *key;
+    int created;
+    while ((key = PyIter_Next(it)) != NULL) {
+        Py_ssize_t r = idt_add(self, key, &created);
+        Py_DECREF(key);
+        if (r < 0) {
+            Py_DECREF(it);
+            return -1;
+        }
+    }
+    Py_DECREF(it);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+static int IdTable_init(IdTable *self, PyObject *args, PyObject *kwds) {
+    static char *names[] = {"ids", NULL};
+    PyObject *ids = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O", names, &ids)) return -1;
+    if (self->n != 0) {
+        PyErr_SetString(PyExc_RuntimeError, "an IdTable is initialised once");
+        return -1;
+    }
+    return ids == NULL ? 0 : idt_extend(self, ids);
+}
+
+static void IdTable_dealloc(IdTable *self) {
+    PyMem_Free(self->text);
+    PyMem_Free(self->ends);
+    PyMem_Free(self->kinds);
+    PyMem_Free(self->slots);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* a new str of row r (0 <= r < n) */
+static PyObject *idt_str(const IdTable *self, Py_ssize_t r) {
+    int64_t start = idt_start(self, r);
+    int kind = self->kinds[r];
+    return PyUnicode_FromKindAndData(kind, self->text + start, (Py_ssize_t)(self->ends[r] - start) / kind);
+}
+
+static Py_ssize_t IdTable_len(IdTable *self) { return self->n; }
+
+static int IdTable_contains(IdTable *self, PyObject *key) {
+    Py_ssize_t r = idt_find(self, key);
+    return r == -2 ? -1 : r >= 0;
+}
+
+static PyObject *IdTable_item(IdTable *self, Py_ssize_t i) {
+    if (i < 0 || i >= self->n) {
+        PyErr_SetString(PyExc_IndexError, "id index out of range");
+        return NULL;
+    }
+    return idt_str(self, i);
+}
+
+static PyObject *IdTable_subscript(IdTable *self, PyObject *item) {
+    if (PyIndex_Check(item)) {
+        Py_ssize_t i = PyNumber_AsSsize_t(item, PyExc_IndexError);
+        if (i == -1 && PyErr_Occurred()) return NULL;
+        if (i < 0) i += self->n;
+        return IdTable_item(self, i);
+    }
+    if (!PySlice_Check(item)) {
+        PyErr_Format(PyExc_TypeError, "ids are read by int or slice, not %.100s", Py_TYPE(item)->tp_name);
+        return NULL;
+    }
+    Py_ssize_t start, stop, step;
+    if (PySlice_Unpack(item, &start, &stop, &step) < 0) return NULL;
+    Py_ssize_t count = PySlice_AdjustIndices(self->n, &start, &stop, step);
+    PyObject *list = PyList_New(count);
+    if (list == NULL) return NULL;
+    for (Py_ssize_t k = 0, r = start; k < count; k++, r += step) {
+        PyObject *s = idt_str(self, r);
+        if (s == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, k, s);
+    }
+    return list;
+}
+
+/* ids == other: another IdTable, or a list or tuple of str, with the same ids in the same order */
+static PyObject *IdTable_richcompare(IdTable *self, PyObject *other, int op) {
+    if (op != Py_EQ && op != Py_NE) Py_RETURN_NOTIMPLEMENTED;
+    int same;
+    if (Py_TYPE(other) == &IdTableType) {
+        IdTable *o = (IdTable *)other;
+        same = o->n == self->n && o->text_len == self->text_len &&
+               (self->n == 0 || (memcmp(o->ends, self->ends, (size_t)self->n * sizeof *self->ends) == 0 &&
+                                 memcmp(o->kinds, self->kinds, (size_t)self->n) == 0 &&
+                                 memcmp(o->text, self->text, self->text_len) == 0));
+    } else if (PyList_Check(other) || PyTuple_Check(other)) {
+        PyObject *fast = PySequence_Fast(other, "");  /* the list or tuple itself */
+        if (fast == NULL) return NULL;
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+        same = n == self->n;
+        for (Py_ssize_t r = 0; same && r < n; r++) {
+            PyObject *key = PySequence_Fast_GET_ITEM(fast, r);
+            if (!PyUnicode_Check(key)) {
+                same = 0;
+                break;
+            }
+            if (PyUnicode_READY(key) < 0) {
+                Py_DECREF(fast);
+                return NULL;
+            }
+            int kind = PyUnicode_KIND(key);
+            Py_ssize_t nbytes = PyUnicode_GET_LENGTH(key) * kind;
+            int64_t start = idt_start(self, r);
+            same = self->kinds[r] == kind && self->ends[r] - start == nbytes &&
+                   memcmp(self->text + start, PyUnicode_DATA(key), (size_t)nbytes) == 0;
+        }
+        Py_DECREF(fast);
+    } else {
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    return PyBool_FromLong(op == Py_EQ ? same : !same);
+}
+
+static PyObject *IdTable_add(IdTable *self, PyObject *key) {
+    int created;
+    Py_ssize_t r = idt_add(self, key, &created);
+    if (r < 0) return NULL;
+    return Py_BuildValue("(nO)", r, created ? Py_True : Py_False);
+}
+
+static PyObject *IdTable_get(IdTable *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "get(id, default=None)");
+        return NULL;
+    }
+    Py_ssize_t r = idt_find(self, args[0]);
+    if (r == -2) return NULL;
+    if (r < 0) return Py_NewRef(nargs == 2 ? args[1] : Py_None);
+    return PyLong_FromSsize_t(r);
+}
+
+/* rows(ids): the rows of the ids that are held, in order; the others left out */
+static PyObject *IdTable_rows(IdTable *self, PyObject *ids) {
+    PyObject *it = PyObject_GetIter(ids);
+    if (it == NULL) return NULL;
+    PyObject *rows = PyList_New(0), *key;
+    if (rows == NULL) goto fail;
+    while ((key = PyIter_Next(it)) != NULL) {
+        Py_ssize_t r = idt_find(self, key);
+        Py_DECREF(key);
+        if (r == -2) goto fail;
+        if (r < 0) continue;
+        PyObject *row = PyLong_FromSsize_t(r);
+        if (row == NULL || PyList_Append(rows, row) < 0) {
+            Py_XDECREF(row);
+            goto fail;
+        }
+        Py_DECREF(row);
+    }
+    if (PyErr_Occurred()) goto fail;
+    Py_DECREF(it);
+    return rows;
+fail:
+    Py_DECREF(it);
+    Py_XDECREF(rows);
+    return NULL;
+}
+
+static PyObject *IdTable_extend(IdTable *self, PyObject *ids) {
+    if (idt_extend(self, ids) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* copy(): a new table of the same ids (its own memory, exactly sized) */
+static PyObject *IdTable_copy(IdTable *self, PyObject *unused) {
+    IdTable *copy = (IdTable *)IdTableType.tp_alloc(&IdTableType, 0);
+    if (copy == NULL) return NULL;
+    if (self->n > 0) {
+        size_t slots = (size_t)self->mask + 1;
+        copy->ends = PyMem_Malloc((size_t)self->n * sizeof *copy->ends);
+        copy->kinds = PyMem_Malloc((size_t)self->n);
+        copy->text = PyMem_Malloc(self->text_len ? self->text_len : 1);
+        copy->slots = PyMem_Malloc(slots * sizeof *copy->slots);
+        if (copy->ends == NULL || copy->kinds == NULL || copy->text == NULL || copy->slots == NULL) {
+            Py_DECREF(copy);
+            return PyErr_NoMemory();
+        }
+        memcpy(copy->ends, self->ends, (size_t)self->n * sizeof *copy->ends);
+        memcpy(copy->kinds, self->kinds, (size_t)self->n);
+        memcpy(copy->text, self->text, self->text_len);
+        memcpy(copy->slots, self->slots, slots * sizeof *copy->slots);
+        copy->n = copy->cap = self->n;
+        copy->text_len = copy->text_cap = self->text_len;
+        copy->mask = self->mask;
+    }
+    return (PyObject *)copy;
+}
+
+/* JSON output of one code point, as orjson writes it (only '"', '\\' and controls escaped); -1 for a surrogate */
+static inline int idt_json_char(char *out, size_t *at, uint32_t c) {
+    static const char hex[] = "0123456789abcdef";
+    char *p = out + *at;
+    if (c < 0x80) {
+        if (c == '"' || c == '\\') {
+            *p++ = '\\';
+            *p++ = (char)c;
+        } else if (c >= 0x20) {
+            *p++ = (char)c;
+        } else {
+            *p++ = '\\';
+            switch (c) {
+            case '\b': *p++ = 'b'; break;
+            case '\t': *p++ = 't'; break;
+            case '\n': *p++ = 'n'; break;
+            case '\f': *p++ = 'f'; break;
+            case '\r': *p++ = 'r'; break;
+            default:
+                *p++ = 'u';
+                *p++ = '0';
+                *p++ = '0';
+                *p++ = hex[c >> 4];
+                *p++ = hex[c & 15];
+            }
+        }
+    } else if (c < 0x800) {
+        *p++ = (char)(0xc0 | (c >> 6));
+        *p++ = (char)(0x80 | (c & 0x3f));
+    } else if (c < 0x10000) {
+        if (c >= 0xd800 && c <= 0xdfff) return -1;
+        *p++ = (char)(0xe0 | (c >> 12));
+        *p++ = (char)(0x80 | ((c >> 6) & 0x3f));
+        *p++ = (char)(0x80 | (c & 0x3f));
+    } else {
+        *p++ = (char)(0xf0 | (c >> 18));
+        *p++ = (char)(0x80 | ((c >> 12) & 0x3f));
+        *p++ = (char)(0x80 | ((c >> 6) & 0x3f));
+        *p++ = (char)(0x80 | (c & 0x3f));
+    }
+    *at = (size_t)(p - out);
+    return 0;
+}
+
+/* json_array(): the ids as a JSON array (bytes), as orjson.dumps(list(ids)) writes it, without making the str
+ * objects (learner.codec embeds it in a snapshot's header); ValueError for an id holding a lone surrogate. */
+static PyObject *IdTable_json_array(IdTable *self, PyObject *unused) {
+    /* at most 6 bytes out for a code point (an escaped control), 4 for any other; 3 per id for '"', '"' and ',' */
+    size_t room = 2 + (size_t)self->n * 3;
+    for (Py_ssize_t r = 0; r < self->n; r++) {
+        size_t chars = (size_t)(self->ends[r] - idt_start(self, r)) / self->kinds[r];
+        room += chars * 6;
+    }
+    char *out = PyMem_Malloc(room);
+    if (out == NULL) return PyErr_NoMemory();
+    size_t at = 0;
+    out[at++] = '[';
+    for (Py_ssize_t r = 0; r < self->n; r++) {
+        if (r) out[at++] = ',';
+        out[at++] = '"';
+        int64_t start = idt_start(self, r);
+        int kind = self->kinds[r];
+        Py_ssize_t chars = (Py_ssize_t)(self->ends[r] - start) / kind;
+        const char *text = self->text + start;
+        for (Py_ssize_t k = 0; k < chars; k++) {
+            uint32_t c = kind == 1 ? (uint8_t)text[k] : kind == 2 ? ((const uint16_t *)(const void *)text)[k]
+                                                                  : ((const uint32_t *)(const void *)text)[k];
+            if (idt_json_char(out, &at, c) < 0) {
+                PyMem_Free(out);
+                PyErr_Format(PyExc_ValueError, "id %zd is not valid UTF-8: surrogates not allowed", r);
+                return NULL;
+            }
+        }
+        out[at++] = '"';
+    }
+    out[at++] = ']';
+    PyObject *result = PyBytes_FromStringAndSize(out, (Py_ssize_t)at);
+    PyMem_Free(out);
+    return result;
+}
+
+static PyObject *IdTable_nbytes(IdTable *self, void *closure) {
+    size_t slots = self->slots == NULL ? 0 : ((size_t)self->mask + 1) * sizeof(id_slot);
+    return PyLong_FromSize_t(slots + (size_t)self->cap * (sizeof(int64_t) + 1) + self->text_cap);
+}
+
+static PyObject *IdTable_ids(IdTable *self, void *closure) { return Py_NewRef((PyObject *)self); }
+
+static PyMethodDef IdTable_methods[] = {
+    {"add", (PyCFunction)IdTable_add, METH_O, "add(id) -> (row, created): id's row, a new one (the next) if it is new"},
+    {"get", (PyCFunction)(void (*)(void))IdTable_get, METH_FASTCALL, "get(id, default=None): id's row"},
+    {"rows", (PyCFunction)IdTable_rows, METH_O, "rows(ids) -> list: the rows of the ids held, in order"},
+    {"extend", (PyCFunction)IdTable_extend, METH_O, "extend(ids): add each id (in order; those held are skipped)"},
+    {"copy", (PyCFunction)IdTable_copy, METH_NOARGS, "copy() -> IdTable: the same ids, in memory of its own"},
+    {"json_array", (PyCFunction)IdTable_json_array, METH_NOARGS,
+     "json_array() -> bytes: the ids as a JSON array, as orjson writes a list of them"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef IdTable_getset[] = {
+    {"nbytes", (getter)IdTable_nbytes, NULL, "bytes allocated for the ids' text, their ends and kinds, and the slots",
+     NULL},
+    {"ids", (getter)IdTable_ids, NULL, "the table itself: a read-only sequence of the ids (each read as a new str)",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PySequenceMethods IdTable_as_sequence = {
+    .sq_length = (lenfunc)IdTable_len,
+    .sq_item = (ssizeargfunc)IdTable_item,
+    .sq_contains = (objobjproc)IdTable_contains,
+};
+
+static PyMappingMethods IdTable_as_mapping = {
+    .mp_length = (lenfunc)IdTable_len,
+    .mp_subscript = (binaryfunc)IdTable_subscript,
+};
+
+static PyTypeObject IdTableType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "learner._kernels.IdTable",
+    .tp_doc = "IdTable(ids=()): str id <-> row 0, 1, 2, ... in order of first appearance, packed (learner.id_index)",
+    .tp_basicsize = sizeof(IdTable),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)IdTable_init,
+    .tp_dealloc = (destructor)IdTable_dealloc,
+    .tp_as_sequence = &IdTable_as_sequence,
+    .tp_as_mapping = &IdTable_as_mapping,
+    .tp_hash = PyObject_HashNotImplemented,
+    .tp_richcompare = (richcmpfunc)IdTable_richcompare,
+    .tp_methods = IdTable_methods,
+    .tp_getset = IdTable_getset,
 };
 
 /* ---- The quality gate's user-rate rule (learner.gate.behaviour.UserRateRule), compiled -------------------------
@@ -2329,7 +2890,7 @@ static int move_last(PyObject *index, PyObject *number) {
     LruIndex *self = (LruIndex *)index;
     Py_ssize_t r = PyLong_AsSsize_t(number);
     if (r == -1 && PyErr_Occurred()) return -1;
-    if (r < 0 || r >= self->n_entries || self->entries[r].key == NULL) {
+    if (r < 0 || r >= self->n_entries || self->entries[r].meta == 0) {
         PyErr_SetString(PyExc_IndexError, "move_last: not a record held by the index");
         return -1;
     }
@@ -3907,7 +4468,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "Compiled
                                     -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__kernels(void) {
-    if (PyType_Ready(&SlotTableType) < 0 || PyType_Ready(&PoolRowsType) < 0 || PyType_Ready(&LruIndexType) < 0 ||
+    if (PyType_Ready(&SlotTableType) < 0 || PyType_Ready(&PoolRowsType) < 0 || PyType_Ready(&LruIndexType) < 0 || PyType_Ready(&IdTableType) < 0 ||
         PyType_Ready(&RateCoreType) < 0 ||
         PyType_Ready(&SurgeCoreType) < 0 || PyType_Ready(&AnomalyCoreType) < 0 || PyType_Ready(&GuardCoreType) < 0) {
         return NULL;
@@ -3946,6 +4507,12 @@ PyMODINIT_FUNC PyInit__kernels(void) {
     Py_INCREF(&LruIndexType);
     if (PyModule_AddObject(m, "LruIndex", (PyObject *)&LruIndexType) < 0) {
         Py_DECREF(&LruIndexType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&IdTableType);
+    if (PyModule_AddObject(m, "IdTable", (PyObject *)&IdTableType) < 0) {
+        Py_DECREF(&IdTableType);
         Py_DECREF(m);
         return NULL;
     }

@@ -27,6 +27,7 @@ Optional capabilities, looked up with ``getattr`` so older models need none of t
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -41,7 +42,7 @@ class ModelState:
 
     kind: str
     params: dict[str, float | int | str]
-    ids: dict[str, list[str]]
+    ids: dict[str, Sequence[str]]  # lists, or an index's own ids (learner.id_index) from ``to_encodable_state``
     arrays: dict[str, np.ndarray]  # (and learner.codec.Chunks from a model's ``to_encodable_state``)
 
 

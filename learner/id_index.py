@@ -7,45 +7,49 @@
 (0, False)
 >>> index.get("zzz") is None
 True
+>>> index.ids[1], list(index.ids), index.ids == ["a", "b"]
+('b', ['a', 'b'], True)
 
-What it costs per id (CPython 3.11, 64-bit), and why it is built this way:
-
-* the id string itself (about 49 bytes plus its length, rounded up to 16: 64 bytes for a
-  12-character ASCII id) -- shared, not copied, with every other index and list holding it;
-* one slot of ``_rows`` (a dict of str keys: a 16-byte entry, room for 1.5 to 3 of them, plus
-  4-byte hash slots: 22 to 44 bytes, depending on where the dict is in its doubling; 31 at
-  500,000 ids);
-* one pointer in ``ids`` (8 bytes, about 9 with the list's over-allocation);
-* no row number object of its own: the values of ``_rows`` come from one pool shared by every
-  index in the process (:func:`row_object`), so row ``r`` of the users, of the items and of any
-  other index is the same ``int``. A fresh ``int`` per id would cost 32 bytes more in each
-  index, as much as the dict slot; the pool costs 32 + 8 bytes per row number once, for the
-  largest index (users and items of a million ids in all: about 20 MB instead of 32 MB).
-
-A lookup is a single dict lookup, as fast as a plain ``dict[str, int]``; only adding a new id
-does more (it takes the pooled row object). Ids read from a snapshot are new strings: a second
-list of ids that the index already holds can share its strings through :meth:`IdIndex.canonical`.
+Where the compiled kernels are built (``learner/_kernels.c``), an index keeps its ids packed in an
+``IdTable``: each id's text in one arena (a byte a character for ASCII ids), where it ends (8 bytes),
+its kind (1 byte) and an open-addressing table of 8-byte slots at most 2/3 full (12 to 24 bytes an
+id): ~45 bytes a 12-character id, against ~105 for a dict of str -> row plus a list of the str
+objects (the str 64, a dict slot ~31, a list pointer ~9), which is what an index is where the
+kernels are not built (:class:`_DictTable`). A million users and items then cost ~45 MB of ids
+instead of ~105 MB, in the worker and in every API process. A lookup hashes the str (its hash is
+kept in it) and compares text only when the hash's bits match, as a dict does; ``add`` and ``get``
+are the table's own C methods (no Python call). ``ids`` is the table itself: a read-only sequence,
+each id read back as a new str (``ids[r]``, slices, iteration), equal to a list of the same ids; a
+snapshot writes it as JSON without making the str objects (``IdTable.json_array``, used by
+:mod:`learner.codec`).
 
 Reading version after version of the same model (the API does, every checkpoint), most of an
 index is the previous version's: ids are only ever appended. Inside :func:`reusing`, an index
-whose ids start with exactly the ids of one of the given indexes copies that index's dict and
-list (C-level copies, ~5 ms for 200,000 ids) and adds only the rest, instead of hashing every id
-again (~38 ms); it also keeps the previous strings instead of the snapshot's new copies. The
-given indexes are not changed.
+whose ids start with exactly the ids of one of the given indexes copies that index's table (a
+memory copy; a dict and list copy without the kernels) and adds only the rest, instead of hashing
+every id again. The given indexes are not changed.
 
 >>> old = IdIndex(["a", "b"])
 >>> with reusing([old]):
 ...     new = IdIndex(["a", "b", "c"])
->>> new.get("c"), new.ids[0] is old.ids[0], len(old)
-(2, True, 2)
+>>> new.get("c"), len(old)
+(2, 2)
+
+Row numbers: the compiled table returns a new ``int`` for each lookup (freed with it). Without the
+kernels, the dict's values come from one pool shared by every index in the process
+(:func:`row_object`), so that a stored row costs no ``int`` of its own; the quality gate's tables
+number their records from the same pool (``learner.gate.records``).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import Any
+
+from learner import kernels
 
 _ROWS: list[int] = []  # _ROWS[r] is r: the one int object for row r, shared by every IdIndex
 _ROWS_GROW = threading.Lock()  # taken only to grow the pool; keeps _ROWS[r] == r under threads
@@ -84,37 +88,31 @@ def reusing(indexes: Iterable[IdIndex]) -> Iterator[None]:
         _REUSABLE.reset(token)
 
 
-class IdIndex:
-    """Assigns row numbers 0, 1, 2, ... to ids in order of first appearance."""
+class _DictTable:
+    """An index's ids in a dict (id -> row, the values from the shared pool) and a list (row -> id): where the
+    kernels are not built, the compiled ``IdTable``'s methods on Python containers."""
 
-    def __init__(self, ids: Iterable[str] = ()) -> None:
-        given = list(ids)
-        for previous in _REUSABLE.get():
-            n = len(previous.ids)
-            # the last id first: a different index (or lineage) is refused without comparing them all
-            if 0 < n <= len(given) and given[n - 1] == previous.ids[-1] and given[:n] == previous.ids:
-                self.ids, self._rows = previous.ids[:], previous._rows.copy()
-                for id_ in given[n:]:
-                    self.add(id_)
-                return
-        if given:
-            row_object(len(given) - 1)  # grow the pool once for all of them
+    __slots__ = ("_rows", "ids")
+
+    def __init__(self, ids: list[str]) -> None:
+        if ids:
+            row_object(len(ids) - 1)  # grow the pool once for all of them
         # In one step (a snapshot's ids are distinct: about 2.5x faster than adding one by one);
         # a repeated id makes the dict shorter than the list, and then ids are added in order.
-        rows = dict(zip(given, _ROWS, strict=False))  # the pool may be longer than the list
-        if len(rows) == len(given):
-            self.ids: list[str] = given
+        rows = dict(zip(ids, _ROWS, strict=False))  # the pool may be longer than the list
+        if len(rows) == len(ids):
+            self.ids: list[str] = ids[:]  # its own (the caller's list stays as it is)
             self._rows: dict[str, int] = rows
         else:
             self.ids, self._rows = [], {}
-            for id_ in given:
-                self.add(id_)
+            self.extend(ids)
 
     def add(self, id_: str) -> tuple[int, bool]:
-        """Return ``(row, created)`` for ``id_``, creating a row if it is new."""
         row = self._rows.get(id_)
         if row is not None:
             return row, False
+        if not isinstance(id_, str):  # as the compiled table (a non-str would never be found again)
+            raise TypeError(f"ids are str, not {type(id_).__name__}")
         row = len(self.ids)
         pool = _ROWS
         row = pool[row] if row < len(pool) else row_object(row)
@@ -122,24 +120,77 @@ class IdIndex:
         self.ids.append(id_)
         return row, True
 
-    def get(self, id_: str) -> int | None:
-        return self._rows.get(id_)
+    def get(self, id_: str, default: None = None) -> int | None:
+        return self._rows.get(id_, default)
 
     def rows(self, ids: Iterable[str]) -> list[int]:
-        """Rows of the ids that are known; unknown ids are left out."""
         return [row for row in map(self._rows.get, ids) if row is not None]  # one lookup an id
 
-    def canonical(self, ids: Iterable[str]) -> list[str]:
-        """``ids`` as a list, each id this index holds replaced by the index's own string object.
+    def extend(self, ids: Iterable[str]) -> None:
+        for id_ in ids:
+            self.add(id_)
 
-        A second list of the same ids (popularity's, next to the model's items, both read from a
-        snapshot) then keeps no second copy of their strings (about 64 bytes an id).
-        """
-        rows, own = self._rows, self.ids
+    def copy(self) -> _DictTable:
+        copy = _DictTable([])
+        copy.ids, copy._rows = self.ids[:], self._rows.copy()  # C-level copies, the same str objects
+        return copy
+
+    def __contains__(self, id_: object) -> bool:
+        return id_ in self._rows
+
+
+def _new_table(ids: list[str]) -> Any:
+    """The compiled ``IdTable`` of ``ids`` where the kernels are built (and not switched off), else a
+    :class:`_DictTable`."""
+    kernel = kernels.compiled()
+    return _DictTable(ids) if kernel is None else kernel.IdTable(ids)
+
+
+class IdIndex:
+    """Assigns row numbers 0, 1, 2, ... to ids in order of first appearance.
+
+    ``add(id) -> (row, created)``, ``get(id, default=None)``, ``rows(ids)`` (the rows of the known ones, in
+    order) are the table's own methods; ``ids`` is the ids in row order (a list without the kernels, a packed
+    read-only sequence with them: index it, slice it, iterate it, compare it with a list)."""
+
+    __slots__ = ("_table", "add", "get", "ids", "rows")
+
+    def __init__(self, ids: Iterable[str] = ()) -> None:
+        given = ids if type(ids) is list else list(ids)
+        table = None
+        for previous in _REUSABLE.get():
+            n = len(previous)
+            # the last id first: a different index (or lineage) is refused without comparing them all
+            if 0 < n <= len(given) and given[n - 1] == previous.ids[-1] and previous.ids == given[:n]:
+                table = previous._table.copy()
+                table.extend(given[n:])
+                break
+        if table is None:
+            table = _new_table(given)
+        self._table = table
+        self.ids: Sequence[str] = table.ids
+        self.add: Callable[[str], tuple[int, bool]] = table.add
+        self.get: Callable[[str], int | None] = table.get
+        self.rows: Callable[[Iterable[str]], list[int]] = table.rows
+
+    def canonical(self, ids: Iterable[str]) -> list[str]:
+        """``ids`` as a list, each id this index holds as a str object replaced by the index's own (without the
+        kernels): a second list of the same ids (popularity's, next to the model's items, both read from a
+        snapshot) then keeps no second copy of their strings (about 64 bytes an id). A packed index holds no str
+        objects: the list is returned as it is."""
+        table = self._table
+        if not isinstance(table, _DictTable):
+            return ids if type(ids) is list else list(ids)
+        rows, own = table._rows, table.ids
         return [i if (row := rows.get(i)) is None else own[row] for i in ids]
+
+    @property
+    def nbytes(self) -> int | None:
+        """Bytes the packed table allocated (None without the kernels)."""
+        return getattr(self._table, "nbytes", None)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __contains__(self, id_: object) -> bool:
-        return id_ in self._rows
+        return id_ in self._table

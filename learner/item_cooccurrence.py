@@ -373,6 +373,7 @@ class ItemCooccurrence:
         state = self.to_encodable_state()
         for name in ("indices", "data"):
             state.arrays[name] = state.arrays[name].array()
+        state.ids = {name: list(ids) for name, ids in state.ids.items()}  # a copy to keep, as the arrays
         return state
 
     def to_encodable_state(self) -> ModelState:
@@ -385,7 +386,7 @@ class ItemCooccurrence:
         return ModelState(
             kind=self.kind,
             params=self.to_state_params(),
-            ids={"users": list(self.users.ids), "items": list(self.items.ids)},
+            ids={"users": self.users.ids, "items": self.items.ids},  # (packed ones are written without a str an id)
             arrays={
                 "indptr": indptr,
                 "indices": indices,

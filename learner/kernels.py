@@ -17,7 +17,7 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import ModuleType
 
@@ -27,6 +27,9 @@ except ImportError:  # not built (no C compiler at install time): numpy does the
     _built = None
 
 _use: ModuleType | None = _built
+
+if _built is not None:  # a model's packed ids (learner.id_index) are a read-only sequence of str: random.sample etc.
+    Sequence.register(_built.IdTable)
 
 
 def compiled() -> ModuleType | None:

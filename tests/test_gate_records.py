@@ -106,6 +106,20 @@ def test_forgotten_record_numbers_are_reused_and_new_records_start_from_their_va
     assert len(table.data) == 2 * most  # numbers of forgotten records were taken again before the array grew
 
 
+def _key(i: int) -> str:
+    """Key i: most as the worker's ids are, the others of each kind of str (1, 2 and 4 bytes a code point) and of
+    lengths on both sides of what the compiled index keeps in its entries (16 bytes)."""
+    digits = f"{i:07d}"
+    return [
+        f"user-{digits}",
+        f"u{digits}" + "-x" * (i % 9),
+        f"\u00fc{digits}",
+        f"\u20ac{i:0{i % 12}d}",
+        f"\U0001f600{i % 1000}" + "\u00e9" * (i % 3),
+        "" if i == 5 else f"user-{digits}",
+    ][i % 6]
+
+
 @pytest.mark.parametrize("n_keys", [6_000, 30])
 def test_the_compiled_index_does_what_the_python_one_does(built: object, n_keys: int) -> None:
     """LruIndex against OrderedIndex over a long random run on thousands of keys (its hash table grows many times,
@@ -114,7 +128,7 @@ def test_the_compiled_index_does_what_the_python_one_does(built: object, n_keys:
     rnd = random.Random(11)
     compiled, python = built.LruIndex(row_pool(), row_object), OrderedIndex()
     data = array("d")
-    keys = [f"user-{i:07d}" for i in range(n_keys)]
+    keys = [_key(i) for i in range(n_keys)]
     most = 0
     for step in range(120_000):
         key = rnd.choice(keys)

@@ -1,11 +1,34 @@
-"""IdIndex: dense rows, one shared int object per row number, and shared id strings."""
+"""IdIndex: dense rows in order of first appearance, with the compiled packed table and without it (a dict and a
+list: one shared int object per row number, and shared id strings)."""
 
 from __future__ import annotations
 
+import json
 import random
 import threading
+from collections.abc import Iterator
 
-from learner.id_index import IdIndex, reusing, row_object
+import orjson
+import pytest
+
+from learner import codec, id_index, kernels
+from learner.id_index import IdIndex, _DictTable, reusing, row_object
+
+COMPILED = kernels.compiled() is not None
+needs_kernels = pytest.mark.skipif(not COMPILED, reason="learner/_kernels.c is not built")
+
+
+@pytest.fixture(params=["compiled", "python"])
+def table_kind(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each test of both tables: the compiled IdTable (where built) and the dict and list."""
+    if request.param == "compiled":
+        if not COMPILED:
+            pytest.skip("learner/_kernels.c is not built")
+        yield "compiled"
+    else:
+        with kernels.numpy_only():
+            yield "python"
+
 
 # CPython caches the ints up to 256, so sharing is only visible above them.
 N = 2_000
@@ -16,9 +39,10 @@ def _fresh(text: str) -> str:
     return "".join(list(text))
 
 
-def test_rows_are_dense_in_order_of_first_appearance_and_match_a_plain_dict() -> None:
+def test_rows_are_dense_in_order_of_first_appearance_and_match_a_plain_dict(table_kind: str) -> None:
     rng = random.Random(0)
     index, expected = IdIndex(), {}
+    assert isinstance(index._table, _DictTable) == (table_kind == "python")
     for _ in range(5 * N):
         id_ = f"id-{rng.randrange(N)}"
         row, created = index.add(id_)
@@ -33,6 +57,11 @@ def test_rows_are_dense_in_order_of_first_appearance_and_match_a_plain_dict() ->
 
 
 def test_two_indexes_share_the_int_object_of_each_row() -> None:
+    with kernels.numpy_only():  # the dict and list (the compiled table makes an int for each lookup)
+        _two_indexes_share_the_int_object_of_each_row()
+
+
+def _two_indexes_share_the_int_object_of_each_row() -> None:
     users = IdIndex(f"user-{i}" for i in range(N))
     items = IdIndex()
     for i in range(N // 2):
@@ -46,6 +75,7 @@ def test_two_indexes_share_the_int_object_of_each_row() -> None:
     assert row_object(N - 1) is users.get(f"user-{N - 1}")
 
 
+@pytest.mark.usefixtures("table_kind")
 def test_the_row_pool_stays_aligned_when_threads_grow_it() -> None:
     start = threading.Barrier(4)
     built: list[IdIndex] = []
@@ -70,7 +100,8 @@ def test_the_row_pool_stays_aligned_when_threads_grow_it() -> None:
 
 
 def test_canonical_gives_the_index_own_string_objects() -> None:
-    index = IdIndex(f"item-{i}" for i in range(50))
+    with kernels.numpy_only():
+        index = IdIndex(f"item-{i}" for i in range(50))
     asked = [_fresh("item-7"), "unknown", _fresh("item-3"), _fresh("item-7")]
     assert asked[0] is not index.ids[7]
     out = index.canonical(asked)
@@ -80,7 +111,14 @@ def test_canonical_gives_the_index_own_string_objects() -> None:
     assert len(index) == 50  # canonical never adds
 
 
-def test_building_from_a_list_equals_adding_one_by_one_with_or_without_repeats() -> None:
+@needs_kernels
+def test_canonical_of_a_packed_index_is_the_list_as_given() -> None:
+    index = IdIndex(f"item-{i}" for i in range(50))
+    asked = [_fresh("item-7"), "unknown"]
+    assert index.canonical(asked) is asked and index.canonical(iter(asked)) == asked
+
+
+def test_building_from_a_list_equals_adding_one_by_one_with_or_without_repeats(table_kind: str) -> None:
     rng = random.Random(1)
     distinct = [f"d-{k}" for k in rng.sample(range(10 * N), N)]
     repeated = [f"r-{rng.randrange(N)}" for _ in range(3 * N)]
@@ -89,25 +127,144 @@ def test_building_from_a_list_equals_adding_one_by_one_with_or_without_repeats()
         for id_ in ids:
             one_by_one.add(id_)
         built = IdIndex(ids)
-        assert built.ids == one_by_one.ids and built._rows == one_by_one._rows
-        assert all(built.get(i) is row_object(r) for r, i in enumerate(built.ids))
+        assert built.ids == one_by_one.ids and len(built) == len(one_by_one)
+        assert all(built.get(i) == one_by_one.get(i) == r for r, i in enumerate(one_by_one.ids))
+        if table_kind == "python":
+            assert built._table._rows == one_by_one._table._rows
+            assert all(built.get(i) is row_object(r) for r, i in enumerate(built.ids))
         assert built.add("new") == (len(one_by_one), True)
+        assert ids[-1] != "new" and "new" not in ids  # the list given stays the caller's
 
 
-def test_an_index_built_while_reusing_equals_a_fresh_one_and_leaves_the_old_alone() -> None:
+def test_an_index_built_while_reusing_equals_a_fresh_one_and_leaves_the_old_alone(
+    table_kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     old = IdIndex([f"id-{i}" for i in range(1_000)])
     extended = [f"id-{i}" for i in range(1_000)] + ["new-1", "id-5", "new-2"]  # a repeat in the tail too
+    built: list[int] = []  # the sizes of the tables built from scratch
+    new_table = id_index._new_table
+    monkeypatch.setattr(id_index, "_new_table", lambda ids: built.append(len(ids)) or new_table(ids))
     with reusing([IdIndex(["unrelated"]), old]):
         reused = IdIndex(extended)
+    assert built == [1]  # only the unrelated one: the reused index started from a copy of the old one's table
     fresh = IdIndex(extended)
     assert reused.ids == fresh.ids and all(reused.get(i) == fresh.get(i) for i in extended)
-    assert reused.ids[0] is old.ids[0]  # it started from the old index (its strings), ...
-    assert len(old) == 1_000 and old.get("new-1") is None  # ... which is unchanged
+    if table_kind == "python":
+        assert reused.ids[0] is old.ids[0]  # (and its strings)
+    assert type(reused._table) is type(old._table)
+    assert len(old) == 1_000 and old.get("new-1") is None  # the old one is unchanged
+    reused.add("newer")
+    assert "newer" not in old and len(old) == 1_000
 
 
+@pytest.mark.usefixtures("table_kind")
 def test_a_list_that_does_not_start_with_the_old_ids_is_built_from_scratch() -> None:
     old = IdIndex(["a", "b", "c"])
     for ids in (["a", "x", "c", "d"], ["a", "b"], ["z", "y", "x", "c"]):  # diverges; shorter; other ends
         with reusing([old]):
             index = IdIndex(ids)
         assert index.ids == ids and [index.get(i) for i in ids] == list(range(len(ids)))
+
+
+class _Text(str):
+    """A str subclass with its own equality and hash: an index compares and hashes it as its text."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __hash__(self) -> int:
+        return 7
+
+
+def _random_id(rng: random.Random) -> str:
+    """An id of 0-12 characters of one to four bytes in UTF-8 (so str objects of each kind: 1, 2 and 4 bytes a
+    code point), quotes, backslashes and controls among them."""
+    alphabet = ["a", "b", "Z", "0", "-", '"', "\\", "\n", "\x00", "\x7f", "é", "ÿ", "€", "ł", "😀", "𝄞"]
+    return "".join(rng.choice(alphabet[: rng.choice((5, 10, 12, 14, 16))]) for _ in range(rng.randrange(13)))
+
+
+def test_both_tables_agree_with_a_plain_dict_on_ids_of_every_kind(table_kind: str) -> None:
+    rng = random.Random(7)
+    index, expected = IdIndex(), {}
+    for step in range(6_000):
+        id_ = _fresh(_random_id(rng))
+        row, created = index.add(id_)
+        assert (row, created) == (expected.setdefault(id_, len(expected)), row == len(expected) - 1 and created)
+        if step % 500 == 0:  # reads in between, as a model's are
+            assert list(index.ids) == list(expected)
+    ids = list(expected)
+    assert len(index) == len(index.ids) == len(ids) and index.ids == ids and ids == index.ids
+    assert not (index.ids != ids) and index.ids != ids[:-1] and index.ids != [*ids[:-1], ids[-1] + "x"]
+    assert (
+        [index.ids[r] for r in range(len(ids))] == ids and index.ids[-1] == ids[-1] and index.ids[-len(ids)] == ids[0]
+    )
+    assert index.ids[3:40] == ids[3:40] and index.ids[::-7] == ids[::-7] and index.ids[-5:] == ids[-5:]
+    with pytest.raises(IndexError):
+        index.ids[len(ids)]
+    probes = [_fresh(i) for i in ids[::3]] + ["never", ""]
+    if table_kind == "compiled":  # a subclass is found by its text (a dict would use its own hash)
+        probes += [_Text("a"), _Text("never")]
+    assert [index.get(p) for p in probes] == [expected.get(str(p)) for p in probes]
+    assert [p in index for p in probes] == [str(p) in expected for p in probes]
+    assert index.rows(probes) == [expected[str(p)] for p in probes if str(p) in expected]
+    assert index.get("never", -1) == -1
+    assert orjson.loads(codec._header_json({"ids": index.ids})) == {"ids": ids}
+    assert json.loads(codec._header_json({"ids": index.ids})) == {"ids": ids}
+
+
+@needs_kernels
+def test_a_packed_table_writes_its_ids_as_orjson_writes_the_list() -> None:
+    rng = random.Random(8)
+    ids = list(dict.fromkeys(_random_id(rng) for _ in range(3_000)))
+    table = IdIndex(ids).ids
+    assert table.json_array() == orjson.dumps(ids)
+    assert IdIndex().ids.json_array() == b"[]"
+    assert codec._header_json({"a": 1, "ids": {"users": table}}) == orjson.dumps({"a": 1, "ids": {"users": ids}})
+
+
+@pytest.mark.usefixtures("table_kind")
+def test_an_id_that_is_not_a_str_is_never_held() -> None:
+    index = IdIndex(["1", "a"])
+    assert index.get(1) is None and 1 not in index and None not in index and index.rows([1, "a", b"a"]) == [1]
+    with pytest.raises(TypeError, match="ids are str"):
+        index.add(1)  # type: ignore[arg-type]
+    assert len(index) == 2
+
+
+@needs_kernels
+def test_an_id_with_a_lone_surrogate_is_held_but_not_written() -> None:
+    index = IdIndex(["a", "b\ud800"])
+    assert index.get(_fresh("b\ud800")) == 1 and index.ids[1] == "b\ud800"
+    with pytest.raises(ValueError, match="id 1 is not valid UTF-8"):
+        index.ids.json_array()
+    with pytest.raises(codec.CodecError, match="surrogates not allowed"):
+        codec._header_json({"ids": index.ids})
+
+
+@needs_kernels
+def test_packed_tables_compare_equal_by_their_ids_and_copies_are_their_own() -> None:
+    a = IdIndex(["x", "é", "😀"]).ids
+    b = IdIndex([_fresh("x"), _fresh("é"), _fresh("😀")]).ids
+    assert a == b and not (a != b) and a == ("x", "é", "😀") and a != ["x", "é"] and a != "xé😀"
+    rng = random.Random(9)
+    for _ in range(300):  # ids of mixed kinds, so padding between them (kept zeroed: compared with the text)
+        ids = list(dict.fromkeys(_random_id(rng) for _ in range(rng.randrange(1, 12))))
+        garbage = [bytes(rng.randrange(256) for _ in range(80)) for _ in range(20)]  # reused memory, dirty
+        assert IdIndex(ids).ids == IdIndex([_fresh(i) for i in ids]).ids and garbage
+    copy = a.copy()
+    copy.add("new")
+    assert a != copy and len(a) == 3 and a.get("new") is None and copy.get("new") == 3
+    with pytest.raises(TypeError):
+        hash(a)
+
+
+@needs_kernels
+def test_a_packed_index_costs_under_half_of_a_dict_and_list() -> None:
+    n = 100_000
+    ids = [f"user-{i:07d}" for i in range(n)]  # 12 characters, as the memory benchmark's
+    index = IdIndex(ids)
+    per_id = index.nbytes / n
+    # text 12, end 8, kind 1 (each at most 1.5x what is used) and 8-byte slots, 12 to 24 an id
+    assert 12 + 8 + 1 + 12 <= per_id <= 1.5 * (12 + 8 + 1) + 24
+    # a dict and a list of the str objects: each str alone is ~61 bytes
+    assert per_id < 61

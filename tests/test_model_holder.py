@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 
 from api.model_holder import LOAD_BANK_SECONDS, ModelHolder
-from learner import codec, cooccurrence_delta
+from learner import codec, cooccurrence_delta, id_index
 from learner.item_cooccurrence import ItemCooccurrence
 from learner.online_learner import OnlineLearner
 from learner.serving import ServingModel
@@ -88,7 +88,12 @@ def test_the_share_must_be_a_fraction() -> None:
         ModelHolder(store=None, load_share=0)  # type: ignore[arg-type]
 
 
-async def test_a_new_version_is_loaded_from_the_previous_ones_indexes(redis_endpoint: Endpoint) -> None:
+async def test_a_new_version_is_loaded_from_the_previous_ones_indexes(
+    redis_endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[list[str]] = []  # the id lists of the indexes built from scratch (not from a previous one's copy)
+    new_table = id_index._new_table
+    monkeypatch.setattr(id_index, "_new_table", lambda ids: built.append(list(ids)) or new_table(ids))
     client = aioredis.Redis.from_url(redis_endpoint.url)
     store = ModelStore(client, SnapshotSigner(b"k"), Keys(f"mh-{uuid.uuid4().hex[:8]}"))
     holder = ModelHolder(store, poll_seconds=60, load_share=1.0)
@@ -102,10 +107,13 @@ async def test_a_new_version_is_loaded_from_the_previous_ones_indexes(redis_endp
         for i in range(300, 400):  # new users and items, and more of the old ones
             learner.learn(f"u{i % 55}", f"v{i % 90}", "like", None, None)
         v2 = await store.checkpoint(v1, learner.to_bytes(), {}, {}, {})
+        built.clear()
         await holder.refresh()
         assert first is not None and holder.model is not None and holder.model.version == v2
-        # v2's user index started from v1's (the same id strings), and serves what a fresh load serves
-        assert holder.model.model.users.ids[0] is first.model.users.ids[0]
+        # v2's indexes started from v1's (copies of them: no index of v2's 55 users or 90 items built from scratch),
+        # and serve what a fresh load serves
+        assert holder.model.model.users.ids == [f"u{i}" for i in range(55)]
+        assert [len(ids) for ids in built if len(ids) in (55, 90)] == []
         fresh = ServingModel.from_bytes((await store.load(v2)).blob, v2)  # type: ignore[union-attr]
         for user in [f"u{i}" for i in range(60)]:
             assert holder.model.recommend(user, 10, set()) == fresh.recommend(user, 10, set())
