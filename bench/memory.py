@@ -18,8 +18,9 @@ not included there: it is measured next, as its own figure (``gate_*`` in the JS
 (:func:`recstream.components.quality_gate`, default settings, switched on) and judges the same
 ``ids / 2`` likes, 500 at a time as the worker's chunks, stamped 50 µs apart (20,000 events/s, so
 all of them within every window the gate keeps: its worst case, where no user is idle long
-enough to be forgotten). Its events carry the learner's own id strings, as in the worker (one
-string object per id, held by the learner's index and the gate's tables alike). Its RSS growth
+enough to be forgotten). Its events carry the learner's ids (read from its packed index as new
+str objects, as a worker's events bring theirs); the gate's tables keep a copy of each id's text,
+not the str. Its RSS growth
 from before it is built (its fixed part, ~12 MB of filters, included) to after a heap trim is
 what the gate holds for that many active users and items; its tables are bounded by the
 ``RECSTREAM_GATE_*_MAX_USERS`` / ``_MAX_ITEMS`` settings and forget idle users
@@ -30,9 +31,8 @@ measured in the learner's process, so it may reuse heap the learner freed (after
 **One table at a time.** ``python -m bench.memory --records --ids 500000`` measures what one record
 of each behaviour rule's table costs (``learner/gate/records.py``): each rule alone, in a process of
 its own, judges ``ids`` likes that each bring a new user (on a new item for ``item_surge``'s items,
-on one of 1,000 items for its users), with the pool of row numbers grown first as the learner's
-rows grow it in a worker; RSS growth after a heap trim, per record, next to the record's fields
-(8 bytes each).
+on one of 1,000 items for its users); RSS growth after a heap trim, per record (its entry and its
+key's text included), next to the record's fields (8 bytes each).
 """
 
 from __future__ import annotations
@@ -238,7 +238,6 @@ def measure_record(case: str, n: int) -> dict:
     item): RSS growth per record after a heap trim, and CPU per event."""
     from learner.gate import behaviour
     from learner.gate.base import GateEvent
-    from learner.id_index import row_object
     from recstream.heap_trim import trim_heap
 
     rule_name, table = RECORD_CASES[case]
@@ -247,7 +246,6 @@ def measure_record(case: str, n: int) -> dict:
     else:
         users, items = [f"user-{i:07d}" for i in range(n)], [f"item-{i % 1000:07d}" for i in range(n)]
     events = [GateEvent(f"e{i}", users[i], items[i], "like", 1e9 + i / GATE_EVENTS_PER_SECOND) for i in range(n)]
-    row_object(n)  # the row numbers' pool, grown in a worker by the learner's rows
     rule = getattr(behaviour, rule_name)()
     gc.collect()
     trim_heap()

@@ -1688,8 +1688,7 @@ done:
  * neighbours in the order. A slot holds an entry's number + 1 (0: empty) and the low 32 bits of its key's hash
  * (str's hash of that text, _Py_HashBytes), so a probe compares keys only when those bits match. Keys are str,
  * compared and hashed as text (never by calling Python: a subclass's own __eq__ or __hash__ is not used); they are
- * read back as new str objects (pop_first, evict, iteration). Numbers are returned as the shared int objects of
- * `pool` (learner.id_index: pool[r] is r), grown by `grow` (which takes the pool's lock) as records are added. */
+ * read back as new str objects (pop_first, evict, iteration), and numbers as new int objects. */
 
 #define LRU_INLINE 16
 
@@ -1709,8 +1708,7 @@ typedef struct {
 
 typedef struct {
     PyObject_HEAD
-    PyObject *pool; /* a list: pool[r] is the int r */
-    PyObject *grow; /* grow(r): makes the pool hold r (learner.id_index.row_object, which takes the pool's lock) */
+    int ready;      /* __init__ was called */
     lru_entry *entries;
     Py_ssize_t n_entries, cap_entries; /* entries in use (held or forgotten), allocated */
     lru_slot *slots;
@@ -1722,7 +1720,7 @@ typedef struct {
 static PyTypeObject LruIndexType;
 
 static int lru_ready(LruIndex *self) {
-    if (self->pool != NULL) return 0;
+    if (self->ready) return 0;
     PyErr_SetString(PyExc_RuntimeError, "LruIndex.__init__ was not called");
     return -1;
 }
@@ -1788,19 +1786,8 @@ static Py_ssize_t lru_find(LruIndex *self, PyObject *key) {
     return entry == 0 ? -1 : (Py_ssize_t)entry - 1;
 }
 
-/* A borrowed reference to the shared int of record number r (NULL and RuntimeError if the pool, which only
- * learner.id_index.row_object may grow, no longer holds it) */
-static PyObject *lru_number(LruIndex *self, Py_ssize_t r) {
-    if (r < PyList_GET_SIZE(self->pool)) return PyList_GET_ITEM(self->pool, r);
-    PyErr_SetString(PyExc_RuntimeError, "LruIndex: the pool of row numbers was shrunk");
-    return NULL;
-}
-
-/* A borrowed reference to the shared int of `key`'s record number; NULL without an error when it is not held. */
-static PyObject *lru_lookup(PyObject *index, PyObject *key) {
-    Py_ssize_t r = lru_find((LruIndex *)index, key);
-    return r < 0 ? NULL : lru_number((LruIndex *)index, r);
-}
+/* `key`'s record number (for the rule cores): -1 when it is not held, -2 on an error */
+static inline Py_ssize_t lru_lookup(PyObject *index, PyObject *key) { return lru_find((LruIndex *)index, key); }
 
 static inline Py_ssize_t lru_size(PyObject *index) { return ((LruIndex *)index)->size; }
 
@@ -1868,16 +1855,6 @@ static void lru_clear_slot(LruIndex *self, uint32_t at) {
     self->slots[hole].hash = 0;
 }
 
-/* The pool holds the number the next insert may take (grown by `grow`, which is Python: called before an insert
- * looks for its key, so that nothing runs between that look and the insert); -1 with an exception. */
-static int lru_pool_ready(LruIndex *self) {
-    if (self->free >= 0 || PyList_GET_SIZE(self->pool) > self->n_entries) return 0;
-    PyObject *grown = PyObject_CallFunction(self->grow, "n", self->n_entries);
-    if (grown == NULL) return -1;
-    Py_DECREF(grown);
-    return 0;
-}
-
 /* A new record for the key of text `t` (not held; `hash` its hash), last in the order: its number, or -1 with an
  * exception. Takes the last forgotten number, if any, else the next one. Keeps a copy of the key's text. */
 static Py_ssize_t lru_insert(LruIndex *self, const lru_text *t, Py_hash_t hash) {
@@ -1902,10 +1879,6 @@ static Py_ssize_t lru_insert(LruIndex *self, const lru_text *t, Py_hash_t hash) 
     } else {
         if (self->n_entries >= LRU_MAX_RECORDS) {
             PyErr_SetString(PyExc_OverflowError, "a gate table holds at most 2**31 records");
-            goto fail;
-        }
-        if (PyList_GET_SIZE(self->pool) <= self->n_entries) { /* lru_pool_ready was not called */
-            PyErr_SetString(PyExc_RuntimeError, "LruIndex: the pool of row numbers does not hold the next one");
             goto fail;
         }
         if (self->n_entries == self->cap_entries) {
@@ -1953,15 +1926,13 @@ static void lru_forget(LruIndex *self, int32_t r) {
 }
 
 static int LruIndex_init(LruIndex *self, PyObject *args, PyObject *kwds) {
-    static char *names[] = {"pool", "grow", NULL};
-    PyObject *pool, *grow;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O", names, &PyList_Type, &pool, &grow)) return -1;
-    if (self->pool != NULL) {
+    static char *names[] = {NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, ":LruIndex", names)) return -1;
+    if (self->ready) {
         PyErr_SetString(PyExc_RuntimeError, "an LruIndex is initialised once");
         return -1;
     }
-    self->pool = Py_NewRef(pool);
-    self->grow = Py_NewRef(grow);
+    self->ready = 1;
     self->first = self->last = self->free = -1;
     return 0;
 }
@@ -1972,8 +1943,6 @@ static void LruIndex_dealloc(LruIndex *self) {
     }
     PyMem_Free(self->entries);
     PyMem_Free(self->slots);
-    Py_XDECREF(self->pool);
-    Py_XDECREF(self->grow);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1996,7 +1965,7 @@ static Py_ssize_t lru_held(LruIndex *self, PyObject *key) {
 static PyObject *LruIndex_subscript(LruIndex *self, PyObject *key) {
     Py_ssize_t r = lru_held(self, key);
     if (r < 0) return NULL;
-    return Py_XNewRef(lru_number(self, r));
+    return PyLong_FromSsize_t(r);
 }
 
 static PyObject *LruIndex_get(LruIndex *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -2008,7 +1977,7 @@ static PyObject *LruIndex_get(LruIndex *self, PyObject *const *args, Py_ssize_t 
     Py_ssize_t r = lru_find(self, args[0]);
     if (r == -2) return NULL;
     if (r < 0) return Py_NewRef(nargs == 2 ? args[1] : Py_None);
-    return Py_XNewRef(lru_number(self, r));
+    return PyLong_FromSsize_t(r);
 }
 
 static PyObject *LruIndex_insert(LruIndex *self, PyObject *key) {
@@ -2022,13 +1991,12 @@ static PyObject *LruIndex_insert(LruIndex *self, PyObject *key) {
         }
         return NULL;
     }
-    if (lru_pool_ready(self) < 0) return NULL;
     if (self->slots != NULL && self->slots[lru_probe(self, &t, hash)].entry != 0) {
         PyErr_SetObject(PyExc_KeyError, key);
         return NULL;
     }
     Py_ssize_t r = lru_insert(self, &t, hash);
-    return r < 0 ? NULL : Py_XNewRef(lru_number(self, r));
+    return r < 0 ? NULL : PyLong_FromSsize_t(r);
 }
 
 static PyObject *LruIndex_move_to_end(LruIndex *self, PyObject *key) {
@@ -2048,10 +2016,8 @@ static PyObject *LruIndex_pop_first(LruIndex *self, PyObject *unused) {
         return NULL;
     }
     int32_t r = self->first;
-    PyObject *number = lru_number(self, r);
-    PyObject *key = number == NULL ? NULL : lru_key(self, r);
-    PyObject *result = key == NULL ? NULL : PyTuple_Pack(2, key, number);
-    Py_XDECREF(key);
+    PyObject *key = lru_key(self, r);
+    PyObject *result = key == NULL ? NULL : Py_BuildValue("(Ni)", key, (int)r);
     if (result != NULL) lru_forget(self, r); /* forgotten only once the answer is made */
     return result;
 }
@@ -2157,7 +2123,7 @@ static PyMappingMethods LruIndex_as_mapping = {
 
 static PyTypeObject LruIndexType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "learner._kernels.LruIndex",
-    .tp_doc = "LruIndex(pool, grow): str key -> record number, least recently touched first (learner.gate.records)",
+    .tp_doc = "LruIndex(): str key -> record number, least recently touched first (learner.gate.records)",
     .tp_basicsize = sizeof(LruIndex),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = PyType_GenericNew,
@@ -2844,11 +2810,9 @@ static int gate_event(PyObject *event, PyObject **user, PyObject **item, PyObjec
     return *ts == -1.0 && PyErr_Occurred() ? -1 : 0;
 }
 
-/* A record of a Records table: a writable view of the table's array('d') `data`, and where record `number` (of
+/* A record of a Records table: a writable view of the table's array('d') `data`, and where record number `r` (of
  * `width` fields) starts in it (b). The view must be released before anything that may resize the array. */
-static int table_record(PyObject *data, PyObject *number, Py_ssize_t width, Py_buffer *view, Py_ssize_t *b) {
-    Py_ssize_t r = PyLong_AsSsize_t(number);
-    if (r == -1 && PyErr_Occurred()) return -1;
+static int table_record(PyObject *data, Py_ssize_t r, Py_ssize_t width, Py_buffer *view, Py_ssize_t *b) {
     if (get_buffer(data, view, PyBUF_WRITABLE, "a gate rule's table", 'd') < 0) return -1;
     if (r < 0 || (r + 1) * width > view->len / 8) {
         PyBuffer_Release(view);
@@ -2885,11 +2849,19 @@ static int evict_if_due(PyObject *key, PyObject *index, PyObject *evict, double 
     return 0;
 }
 
-/* The record `number` of an LruIndex last in its order (most recently touched): its move_to_end without a lookup */
-static int move_last(PyObject *index, PyObject *number) {
-    LruIndex *self = (LruIndex *)index;
+/* The number of a record just added by Python (Records.add: a new reference, released here), or -1 with an
+ * exception */
+static Py_ssize_t added_number(PyObject *number) {
+    if (number == NULL) return -1;
     Py_ssize_t r = PyLong_AsSsize_t(number);
-    if (r == -1 && PyErr_Occurred()) return -1;
+    Py_DECREF(number);
+    if (r < 0 && !PyErr_Occurred()) PyErr_SetString(PyExc_IndexError, "a negative record number");
+    return r < 0 ? -1 : r;
+}
+
+/* Record `r` of an LruIndex last in its order (most recently touched): its move_to_end without a lookup */
+static int move_last(PyObject *index, Py_ssize_t r) {
+    LruIndex *self = (LruIndex *)index;
     if (r < 0 || r >= self->n_entries || self->entries[r].meta == 0) {
         PyErr_SetString(PyExc_IndexError, "move_last: not a record held by the index");
         return -1;
@@ -2957,9 +2929,9 @@ static PyObject *RateCore_check(RateCore *self, PyObject *const *args, Py_ssize_
     PyObject *user, *item, *type;
     double ts;
     if (gate_event(given[0], &user, &item, &type, &ts) < 0) return NULL;
-    PyObject *number = lru_lookup(self->index, user);
-    if (number == NULL) {
-        if (PyErr_Occurred()) return NULL;
+    Py_ssize_t number = lru_lookup(self->index, user);
+    if (number < 0) {
+        if (number == -2) return NULL;
         Py_RETURN_NONE; /* nothing counted, and both limits are at least 1 */
     }
     Py_buffer view;
@@ -3013,21 +2985,18 @@ static PyObject *RateCore_observe(RateCore *self, PyObject *const *args, Py_ssiz
     int positive = PySet_Contains(self->positive_types, type);
     if (positive < 0) return NULL;
     double window = self->window;
-    PyObject *number = lru_lookup(self->index, user);
+    Py_ssize_t number = lru_lookup(self->index, user);
     double clock;
     Py_buffer view;
     Py_ssize_t b;
-    if (number == NULL) {
-        if (PyErr_Occurred()) return NULL;
+    if (number < 0) {
+        if (number == -2) return NULL;
         clock = ts;
         PyObject *fields = Py_BuildValue("(ddddddd)", py_floordiv(clock, window), 0.0, 0.0, 0.0, 0.0, clock, now);
         if (fields == NULL) return NULL;
-        PyObject *added = PyObject_CallFunctionObjArgs(self->add, user, fields, NULL);
+        Py_ssize_t added = added_number(PyObject_CallFunctionObjArgs(self->add, user, fields, NULL));
         Py_DECREF(fields);
-        if (added == NULL) return NULL;
-        int failed = table_record(self->data, added, RATE_FIELDS, &view, &b);
-        Py_DECREF(added);
-        if (failed) return NULL;
+        if (added < 0 || table_record(self->data, added, RATE_FIELDS, &view, &b) < 0) return NULL;
     } else {
         if (move_last(self->index, number) || table_record(self->data, number, RATE_FIELDS, &view, &b)) return NULL;
         char *d = view.buf;
@@ -3229,22 +3198,22 @@ static PyObject *SurgeCore_check(SurgeCore *self, PyObject *const *args, Py_ssiz
     if (gate_event(given[0], &user, &item, &type, NULL) < 0) return NULL;
     int judged = surge_judges(self, type);
     if (judged <= 0) return judged < 0 ? NULL : Py_NewRef(Py_None);
-    PyObject *known = lru_lookup(self->users_index, user);
+    Py_ssize_t known = lru_lookup(self->users_index, user);
     Py_buffer view;
     Py_ssize_t b;
-    if (known != NULL) {
+    if (known >= 0) {
         if (table_record(self->users_data, known, SURGE_USER_FIELDS, &view, &b) < 0) return NULL;
         double events = get_f64(view.buf, b);
         PyBuffer_Release(&view);
         if (events >= self->new_user_events) Py_RETURN_NONE; /* an established user */
     } else {
-        if (PyErr_Occurred()) return NULL;
+        if (known == -2) return NULL;
         int established = PySequence_Contains(self->established, user);
         if (established != 0) return established < 0 ? NULL : Py_NewRef(Py_None);
     }
-    PyObject *number = lru_lookup(self->items_index, item);
-    if (number == NULL) {
-        if (PyErr_Occurred()) return NULL;
+    Py_ssize_t number = lru_lookup(self->items_index, item);
+    if (number < 0) {
+        if (number == -2) return NULL;
         if (self->min_new_positives > 1) Py_RETURN_NONE;
         return PyObject_CallFunction(self->hold_concentration, "di", 1.0, 0);
     }
@@ -3284,40 +3253,30 @@ static PyObject *SurgeCore_check(SurgeCore *self, PyObject *const *args, Py_ssiz
 }
 
 /* ItemSurgeRule._count: an interaction with `item` (a new user's if is_new) counted in its record and the
- * stream's channels; returns the item's record number (a new reference) or NULL */
-static PyObject *surge_count(SurgeCore *self, int is_new, PyObject *item, int positive) {
+ * stream's channels; returns the item's record number, or -1 with an exception */
+static Py_ssize_t surge_count(SurgeCore *self, int is_new, PyObject *item, int positive) {
     double decay = self->stream_decay;
-    PyObject *number = lru_lookup(self->items_index, item);
-    if (number == NULL) {
-        if (PyErr_Occurred()) return NULL;
+    Py_ssize_t number = lru_lookup(self->items_index, item);
+    if (number < 0) {
+        if (number == -2) return -1;
         PyObject *fields = Py_BuildValue("(ddddddd)", 0.0, 0.0, 0.0, 0.0, (double)self->clocks[0], 0.0,
                                          (double)self->clocks[1]);
-        if (fields == NULL) return NULL;
-        number = PyObject_CallFunctionObjArgs(self->items_add, item, fields, NULL);
+        if (fields == NULL) return -1;
+        number = added_number(PyObject_CallFunctionObjArgs(self->items_add, item, fields, NULL));
         Py_DECREF(fields);
-        if (number == NULL) return NULL;
+        if (number < 0) return -1;
         if (lru_size(self->items_index) > self->max_items) {
             /* the oldest: this item's own only with max_items 0 (its record is then free, written and never read) */
             PyObject *popped = PyObject_CallNoArgs(self->items_pop_oldest);
-            if (popped == NULL) {
-                Py_DECREF(number);
-                return NULL;
-            }
+            if (popped == NULL) return -1;
             Py_DECREF(popped);
         }
-    } else {
-        Py_INCREF(number);
-        if (move_last(self->items_index, number) < 0) { /* most recently touched last */
-            Py_DECREF(number);
-            return NULL;
-        }
+    } else if (move_last(self->items_index, number) < 0) { /* most recently touched last */
+        return -1;
     }
     Py_buffer view;
     Py_ssize_t b;
-    if (table_record(self->items_data, number, SURGE_ITEM_FIELDS, &view, &b) < 0) {
-        Py_DECREF(number);
-        return NULL;
-    }
+    if (table_record(self->items_data, number, SURGE_ITEM_FIELDS, &view, &b) < 0) return -1;
     char *d = view.buf;
     double new = is_new ? 1.0 : 0.0;
     /* channel 0 (every judged interaction), then channel 1 (likes/shares): [new-user attempts, clock] at 3 and 5 */
@@ -3349,9 +3308,9 @@ static PyObject *SurgeCore_observe(SurgeCore *self, PyObject *const *args, Py_ss
     if (gate_event(given[0], &user, &item, &type, NULL) < 0) return NULL;
     double now = PyFloat_AsDouble(given[1]);
     if (now == -1.0 && PyErr_Occurred()) return NULL;
-    PyObject *number = lru_lookup(self->users_index, user);
-    if (number == NULL) {
-        if (PyErr_Occurred()) return NULL;
+    Py_ssize_t row = lru_lookup(self->users_index, user);
+    if (row < 0) {
+        if (row == -2) return NULL;
         int established = PySequence_Contains(self->established, user);
         if (established < 0) return NULL;
         if (established) {
@@ -3361,50 +3320,32 @@ static PyObject *SurgeCore_observe(SurgeCore *self, PyObject *const *args, Py_ss
         }
         PyObject *fields = Py_BuildValue("(dd)", established ? self->new_user_events : 0.0, now);
         if (fields == NULL) return NULL;
-        number = PyObject_CallFunctionObjArgs(self->users_add, user, fields, NULL);
+        row = added_number(PyObject_CallFunctionObjArgs(self->users_add, user, fields, NULL));
         Py_DECREF(fields);
-        if (number == NULL) return NULL;
-    } else {
-        Py_INCREF(number);
-        if (move_last(self->users_index, number) < 0) { /* most recently seen last */
-            Py_DECREF(number);
-            return NULL;
-        }
-    }
-    /* the user's record is read and written through its number (owned here) each time: counting the item below
-     * calls Python (the items table), so no view of the users' array is held across it */
-    PyObject *row = number;
-    Py_buffer view;
-    Py_ssize_t b;
-    if (table_record(self->users_data, row, SURGE_USER_FIELDS, &view, &b) < 0) {
-        Py_DECREF(row);
+        if (row < 0) return NULL;
+    } else if (move_last(self->users_index, row) < 0) { /* most recently seen last */
         return NULL;
     }
+    /* the user's record is read and written through its number each time: counting the item below calls Python
+     * (the items table), so no view of the users' array is held across it */
+    Py_buffer view;
+    Py_ssize_t b;
+    if (table_record(self->users_data, row, SURGE_USER_FIELDS, &view, &b) < 0) return NULL;
     double events = get_f64(view.buf, b);
     PyBuffer_Release(&view);
     int judged = surge_judges(self, type);
-    if (judged < 0) {
-        Py_DECREF(row);
-        return NULL;
-    }
+    if (judged < 0) return NULL;
     if (judged) {
         int is_new = events < self->new_user_events;
         int positive = PySet_Contains(self->positive_types, type);
-        PyObject *counted = positive < 0 ? NULL : surge_count(self, is_new, item, positive);
-        if (counted == NULL) {
-            Py_DECREF(row);
-            return NULL;
-        }
-        Py_DECREF(counted);
+        if (positive < 0 || surge_count(self, is_new, item, positive) < 0) return NULL;
         long long passed = self->passed = self->passed + 1;
         double rate = 1.0 / (double)passed;
         double floor_ = self->share_rate_floor;
         if (floor_ > rate) rate = floor_; /* max(1 / passed, floor): a plain mean until the window fills */
         self->stream_new_share += rate * ((is_new ? 1.0 : 0.0) - self->stream_new_share);
     }
-    int failed = table_record(self->users_data, row, SURGE_USER_FIELDS, &view, &b);
-    Py_DECREF(row);
-    if (failed) return NULL;
+    if (table_record(self->users_data, row, SURGE_USER_FIELDS, &view, &b) < 0) return NULL;
     int established_now = 0;
     if (get_f64(view.buf, b) < self->new_user_events) {
         set_f64(view.buf, b, get_f64(view.buf, b) + 1.0);
@@ -3437,13 +3378,11 @@ static PyObject *SurgeCore_observe_held(SurgeCore *self, PyObject *const *args, 
     if (gate_event(given[0], &user, &item, &type, NULL) < 0) return NULL;
     int positive = PySet_Contains(self->positive_types, type);
     if (positive < 0) return NULL;
-    PyObject *number = surge_count(self, 1, item, positive);
-    if (number == NULL) return NULL;
+    Py_ssize_t number = surge_count(self, 1, item, positive);
+    if (number < 0) return NULL;
     Py_buffer view;
     Py_ssize_t b;
-    int failed = table_record(self->items_data, number, SURGE_ITEM_FIELDS, &view, &b);
-    Py_DECREF(number);
-    if (failed) return NULL;
+    if (table_record(self->items_data, number, SURGE_ITEM_FIELDS, &view, &b) < 0) return NULL;
     set_f64(view.buf, b + 2, (double)(self->clocks[0] + self->cooldown));
     PyBuffer_Release(&view);
     Py_RETURN_NONE;
@@ -3783,19 +3722,18 @@ static int anomaly_compute(AnomalyCore *self, PyObject *event, double now, int *
         PyErr_SetString(PyExc_TypeError, "expected a GateEvent");
         return -1;
     }
-    PyObject *number = lru_lookup(self->index, PyTuple_GET_ITEM(event, 1));
+    Py_ssize_t number = lru_lookup(self->index, PyTuple_GET_ITEM(event, 1));
     double state[ANOMALY_FIELDS];
-    if (number == NULL) {
-        if (PyErr_Occurred()) return -1;
-    } else {
+    if (number == -2) return -1;
+    if (number >= 0) {
         Py_buffer view;
         Py_ssize_t b;
         if (table_record(self->data, number, ANOMALY_FIELDS, &view, &b) < 0) return -1;
         for (int i = 0; i < ANOMALY_FIELDS; i++) state[i] = get_f64(view.buf, b + i);
         PyBuffer_Release(&view);
     }
-    *known = number != NULL;
-    if (anomaly_features(self, event, now, number != NULL ? state : NULL, x, next) < 0) return -1;
+    *known = number >= 0;
+    if (anomaly_features(self, event, now, number >= 0 ? state : NULL, x, next) < 0) return -1;
     return anomaly_score(self, x, score);
 }
 
@@ -3816,9 +3754,9 @@ static int anomaly_memo(AnomalyCore *self, PyObject *event, double now) {
 /* Records.put(user, next), then the eviction that may be due (as the rule's _remember) */
 static int anomaly_remember(AnomalyCore *self, PyObject *event, const double *next, double now) {
     PyObject *user = PyTuple_GET_ITEM(event, 1);
-    PyObject *number = lru_lookup(self->index, user);
-    if (number == NULL) {
-        if (PyErr_Occurred()) return -1;
+    Py_ssize_t number = lru_lookup(self->index, user);
+    if (number == -2) return -1;
+    if (number < 0) {
         PyObject *fields = Py_BuildValue("(dddddd)", next[0], next[1], next[2], next[3], next[4], next[5]);
         if (fields == NULL) return -1;
         PyObject *added = PyObject_CallFunctionObjArgs(self->add, user, fields, NULL);

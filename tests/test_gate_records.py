@@ -10,7 +10,6 @@ from collections import OrderedDict
 import pytest
 
 from learner.gate.records import OrderedIndex, Records
-from learner.id_index import row_object, row_pool
 from tests.conftest import loops
 
 BOTH = pytest.mark.parametrize("compiled", [True, False], ids=["compiled-index", "python-index"])
@@ -126,7 +125,7 @@ def test_the_compiled_index_does_what_the_python_one_does(built: object, n_keys:
     and removals shift runs of slots back) and on a few (runs that wrap around a small table's end): the same
     number for every key, the same order, the same answers."""
     rnd = random.Random(11)
-    compiled, python = built.LruIndex(row_pool(), row_object), OrderedIndex()
+    compiled, python = built.LruIndex(), OrderedIndex()
     data = array("d")
     keys = [_key(i) for i in range(n_keys)]
     most = 0
@@ -163,7 +162,7 @@ def test_the_compiled_index_does_what_the_python_one_does(built: object, n_keys:
 
 
 def test_the_compiled_index_refuses_what_it_cannot_hold(built: object) -> None:
-    index = built.LruIndex(row_pool(), row_object)
+    index = built.LruIndex()
     assert index.insert("a") == 0 and index.insert("b") == 1
     with pytest.raises(KeyError):
         index.insert("a")

@@ -16,10 +16,9 @@ window's worth of events at a time. State of users and items idle beyond each ru
 evicted, and every map has a hard cap (oldest-idle evicted first); the bounds are in each class.
 Each rule's table of users (and of items) is a :class:`learner.gate.records.Records`: an index
 of id -> record number (the eviction order) over one flat ``array('d')`` of the records' fields,
-read and written in place. The sizes below are measured in the worker's setting,
-with the record's table entry, the id string not included (the worker's learner holds it; the
-gate's tables keep references to the same object) and the record numbers shared with the
-learner's rows (:func:`learner.id_index.row_object`).
+read and written in place. The sizes below are measured with the compiled tables
+(``python -m bench.memory --records``), each with its table entry and its key's text (a
+12-character id).
 """
 
 from __future__ import annotations

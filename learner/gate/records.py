@@ -2,9 +2,11 @@
 
 A table is an index of key -> record number (its order is the rules' eviction order) over one
 flat ``array('d')`` in which record ``r`` is ``data[r * width : (r + 1) * width]``. The rules read
-and write fields in place, ``data[r * width + field]``. Record numbers are the shared ``int``
-objects of :func:`learner.id_index.row_object`, and the numbers of forgotten records are reused
+and write fields in place, ``data[r * width + field]``. The numbers of forgotten records are reused
 (last forgotten, first taken; so the array keeps its peak size: the most records held at once).
+The compiled index returns a new ``int`` for each number asked (its rules' compiled checks ask for
+none: they read the records by number in C); :class:`OrderedIndex` stores the shared ``int``
+objects of :func:`learner.id_index.row_object`.
 
 The index is the compiled ``LruIndex`` (``learner/_kernels.c``) where the kernels are built, and
 :class:`OrderedIndex` (an ``OrderedDict``) otherwise: for str keys, the same operations with the
@@ -41,7 +43,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Protocol
 
 from learner import kernels
-from learner.id_index import row_object, row_pool
+from learner.id_index import row_object
 
 
 class RecordIndex(Protocol):
@@ -100,7 +102,7 @@ class OrderedIndex(OrderedDict[str, int]):
 def new_index() -> RecordIndex:
     """The compiled index where the kernels are built (and not switched off), else an :class:`OrderedIndex`."""
     kernel = kernels.compiled()
-    return OrderedIndex() if kernel is None else kernel.LruIndex(row_pool(), row_object)
+    return OrderedIndex() if kernel is None else kernel.LruIndex()
 
 
 class Records(Mapping[str, list[float]]):
