@@ -1741,7 +1741,8 @@ static inline const char *lru_entry_text(const lru_entry *e) {
 
 /* entry e holds a key of that text */
 static inline int lru_same_text(const lru_entry *e, const lru_text *t) {
-    if (e->meta != ((uint32_t)t->nbytes << 3 | (uint32_t)t->kind)) return 0;
+    /* length and kind compared apart: a key too long to be held (its length does not fit in meta) never matches */
+    if ((Py_ssize_t)(e->meta >> 3) != t->nbytes || (int)(e->meta & 7) != t->kind) return 0;
     return memcmp(lru_entry_text(e), t->data, (size_t)t->nbytes) == 0;
 }
 
@@ -1914,8 +1915,13 @@ static void lru_forget(LruIndex *self, int32_t r) {
     Py_ssize_t nbytes = (Py_ssize_t)(e->meta >> 3);
     const char *text = lru_entry_text(e);
     uint32_t h = (uint32_t)_Py_HashBytes(text, nbytes), at = h & self->mask; /* str's hash of that text */
-    while (self->slots[at].entry != (uint32_t)r + 1) at = (at + 1) & self->mask;
-    lru_clear_slot(self, at);
+    for (uint64_t probes = 0; probes <= (uint64_t)self->mask; probes++) { /* (always found: bounded all the same) */
+        if (self->slots[at].entry == (uint32_t)r + 1) {
+            lru_clear_slot(self, at);
+            break;
+        }
+        at = (at + 1) & self->mask;
+    }
     lru_unlink(self, r);
     if (nbytes > LRU_INLINE) PyMem_Free((void *)text);
     e->meta = 0;
@@ -2018,7 +2024,8 @@ static PyObject *LruIndex_pop_first(LruIndex *self, PyObject *unused) {
     int32_t r = self->first;
     PyObject *key = lru_key(self, r);
     PyObject *result = key == NULL ? NULL : Py_BuildValue("(Ni)", key, (int)r);
-    if (result != NULL) lru_forget(self, r); /* forgotten only once the answer is made */
+    /* forgotten only once the answer is made (unless code run by the collector meanwhile forgot it) */
+    if (result != NULL && self->first == r && self->entries[r].meta != 0) lru_forget(self, r);
     return result;
 }
 
@@ -2266,7 +2273,7 @@ static Py_ssize_t idt_append(IdTable *self, const void *data, Py_ssize_t nbytes,
         self->cap = cap;
     }
     size_t start = (self->text_len + (size_t)kind - 1) & ~((size_t)kind - 1); /* as idt_start finds it */
-    if (start + (size_t)nbytes > self->text_cap) {
+    if (self->text == NULL || start + (size_t)nbytes > self->text_cap) { /* (an arena even for "" alone) */
         size_t cap = self->text_cap < 256 ? 256 : self->text_cap + self->text_cap / 2;
         if (cap < start + (size_t)nbytes) cap = start + (size_t)nbytes;
         char *text = PyMem_Realloc(self->text, cap);
@@ -2381,8 +2388,8 @@ static PyObject *IdTable_subscript(IdTable *self, PyObject *item) {
     Py_ssize_t count = PySlice_AdjustIndices(self->n, &start, &stop, step);
     PyObject *list = PyList_New(count);
     if (list == NULL) return NULL;
-    for (Py_ssize_t k = 0, r = start; k < count; k++, r += step) {
-        PyObject *s = idt_str(self, r);
+    for (Py_ssize_t k = 0; k < count; k++) {
+        PyObject *s = idt_str(self, start + k * step); /* within [0, n): no overflow */
         if (s == NULL) {
             Py_DECREF(list);
             return NULL;
@@ -2475,6 +2482,23 @@ fail:
     return NULL;
 }
 
+/* index(id): id's row (ValueError if it is not held), as list.index: each id is held once */
+static PyObject *IdTable_index(IdTable *self, PyObject *key) {
+    Py_ssize_t r = idt_find(self, key);
+    if (r == -2) return NULL;
+    if (r < 0) {
+        PyErr_SetString(PyExc_ValueError, "id is not in the index");
+        return NULL;
+    }
+    return PyLong_FromSsize_t(r);
+}
+
+/* count(id): 1 if id is held, else 0 */
+static PyObject *IdTable_count(IdTable *self, PyObject *key) {
+    Py_ssize_t r = idt_find(self, key);
+    return r == -2 ? NULL : PyLong_FromLong(r >= 0);
+}
+
 static PyObject *IdTable_extend(IdTable *self, PyObject *ids) {
     if (idt_extend(self, ids) < 0) return NULL;
     Py_RETURN_NONE;
@@ -2549,17 +2573,41 @@ static inline int idt_json_char(char *out, size_t *at, uint32_t c) {
     return 0;
 }
 
-/* json_array(): the ids as a JSON array (bytes), as orjson.dumps(list(ids)) writes it, without making the str
- * objects (learner.codec embeds it in a snapshot's header); ValueError for an id holding a lone surrogate. */
-static PyObject *IdTable_json_array(IdTable *self, PyObject *unused) {
-    /* at most 6 bytes out for a code point (an escaped control), 4 for any other; 3 per id for '"', '"' and ',' */
-    size_t room = 2 + (size_t)self->n * 3;
-    for (Py_ssize_t r = 0; r < self->n; r++) {
-        size_t chars = (size_t)(self->ends[r] - idt_start(self, r)) / self->kinds[r];
-        room += chars * 6;
+/* code point k of a text of `kind` bytes a code point */
+static inline uint32_t idt_char(const char *text, int kind, Py_ssize_t k) {
+    return kind == 1 ? (uint8_t)text[k] : kind == 2 ? ((const uint16_t *)(const void *)text)[k]
+                                                    : ((const uint32_t *)(const void *)text)[k];
+}
+
+/* the bytes idt_json_char writes for code point c (a surrogate counted as 3: refused when written) */
+static inline size_t idt_json_size(uint32_t c) {
+    if (c < 0x80) {
+        if (c == '"' || c == '\\') return 2;
+        if (c >= 0x20) return 1;
+        return c == '\b' || c == '\t' || c == '\n' || c == '\f' || c == '\r' ? 2 : 6;
     }
-    char *out = PyMem_Malloc(room);
-    if (out == NULL) return PyErr_NoMemory();
+    return c < 0x800 ? 2 : c < 0x10000 ? 3 : 4;
+}
+
+/* json_array(): the ids as a JSON array (bytes), as orjson.dumps(list(ids)) writes it, without making the str
+ * objects (learner.codec embeds it in a snapshot's header); ValueError for an id holding a lone surrogate. Two
+ * passes: the exact size, then the bytes written into the result itself. */
+static PyObject *IdTable_json_array(IdTable *self, PyObject *unused) {
+    size_t size = 2 + (size_t)self->n * 3 - (self->n > 0); /* '[', ']'; per id '"', '"' and a ',' but the last */
+    for (Py_ssize_t r = 0; r < self->n; r++) {
+        int64_t start = idt_start(self, r);
+        int kind = self->kinds[r];
+        Py_ssize_t chars = (Py_ssize_t)(self->ends[r] - start) / kind;
+        const char *text = self->text + start;
+        if (kind == 1) {
+            for (Py_ssize_t k = 0; k < chars; k++) size += idt_json_size((uint8_t)text[k]);
+        } else {
+            for (Py_ssize_t k = 0; k < chars; k++) size += idt_json_size(idt_char(text, kind, k));
+        }
+    }
+    PyObject *result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
+    if (result == NULL) return NULL;
+    char *out = PyBytes_AS_STRING(result);
     size_t at = 0;
     out[at++] = '[';
     for (Py_ssize_t r = 0; r < self->n; r++) {
@@ -2570,10 +2618,8 @@ static PyObject *IdTable_json_array(IdTable *self, PyObject *unused) {
         Py_ssize_t chars = (Py_ssize_t)(self->ends[r] - start) / kind;
         const char *text = self->text + start;
         for (Py_ssize_t k = 0; k < chars; k++) {
-            uint32_t c = kind == 1 ? (uint8_t)text[k] : kind == 2 ? ((const uint16_t *)(const void *)text)[k]
-                                                                  : ((const uint32_t *)(const void *)text)[k];
-            if (idt_json_char(out, &at, c) < 0) {
-                PyMem_Free(out);
+            if (idt_json_char(out, &at, idt_char(text, kind, k)) < 0) {
+                Py_DECREF(result);
                 PyErr_Format(PyExc_ValueError, "id %zd is not valid UTF-8: surrogates not allowed", r);
                 return NULL;
             }
@@ -2581,8 +2627,11 @@ static PyObject *IdTable_json_array(IdTable *self, PyObject *unused) {
         out[at++] = '"';
     }
     out[at++] = ']';
-    PyObject *result = PyBytes_FromStringAndSize(out, (Py_ssize_t)at);
-    PyMem_Free(out);
+    if (at != size) { /* (the two passes agree) */
+        Py_DECREF(result);
+        PyErr_SetString(PyExc_SystemError, "IdTable.json_array: size mismatch");
+        return NULL;
+    }
     return result;
 }
 
@@ -2598,6 +2647,8 @@ static PyMethodDef IdTable_methods[] = {
     {"get", (PyCFunction)(void (*)(void))IdTable_get, METH_FASTCALL, "get(id, default=None): id's row"},
     {"rows", (PyCFunction)IdTable_rows, METH_O, "rows(ids) -> list: the rows of the ids held, in order"},
     {"extend", (PyCFunction)IdTable_extend, METH_O, "extend(ids): add each id (in order; those held are skipped)"},
+    {"index", (PyCFunction)IdTable_index, METH_O, "index(id) -> row (ValueError if not held): Sequence.index"},
+    {"count", (PyCFunction)IdTable_count, METH_O, "count(id) -> 1 or 0: Sequence.count"},
     {"copy", (PyCFunction)IdTable_copy, METH_NOARGS, "copy() -> IdTable: the same ids, in memory of its own"},
     {"json_array", (PyCFunction)IdTable_json_array, METH_NOARGS,
      "json_array() -> bytes: the ids as a JSON array, as orjson writes a list of them"},

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import orjson
 import pytest
@@ -251,6 +252,13 @@ def test_packed_tables_compare_equal_by_their_ids_and_copies_are_their_own() -> 
         ids = list(dict.fromkeys(_random_id(rng) for _ in range(rng.randrange(1, 12))))
         garbage = [bytes(rng.randrange(256) for _ in range(80)) for _ in range(20)]  # reused memory, dirty
         assert IdIndex(ids).ids == IdIndex([_fresh(i) for i in ids]).ids and garbage
+    empty_id = IdIndex([""]).ids  # no text at all: the arena is made even so
+    assert empty_id == IdIndex([_fresh("")]).ids and empty_id.json_array() == b'[""]' and empty_id[0] == ""
+    assert a[1 :: sys.maxsize] == ["é"] and a[:: -sys.maxsize] == ["😀"]
+    assert isinstance(a, Sequence) and a.index("é") == 1 and a.count("😀") == 1 and a.count("zz") == 0
+    assert list(reversed(a)) == ["😀", "é", "x"] and random.Random(0).sample(a, 3) != []
+    with pytest.raises(ValueError):
+        a.index("zz")
     copy = a.copy()
     copy.add("new")
     assert a != copy and len(a) == 3 and a.get("new") is None and copy.get("new") == 3
