@@ -47,7 +47,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Protocol
 
 from learner import kernels
 
@@ -73,6 +73,15 @@ def row_pool() -> list[int]:
     """The pool itself (``row_pool()[r] is row_object(r)``), for code that reads it without a call per row; grow
     it only through :func:`row_object`."""
     return _ROWS
+
+
+class GrowingIds(Protocol):
+    """An index's ids in row order that ``extend`` grows: a list, or a packed ``IdTable`` (which skips the ids it
+    holds already)."""
+
+    def __getitem__(self, row: int) -> str: ...
+    def __len__(self) -> int: ...
+    def extend(self, ids: Iterable[str]) -> None: ...
 
 
 _REUSABLE: ContextVar[tuple[IdIndex, ...]] = ContextVar("reusable_id_indexes", default=())

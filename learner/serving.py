@@ -27,7 +27,7 @@ import numpy as np
 from learner import cooccurrence_delta
 from learner.base import Recommender
 from learner.codec import CodecError
-from learner.id_index import IdIndex
+from learner.id_index import GrowingIds, IdIndex
 from learner.item_cooccurrence import ItemCooccurrence
 from learner.online_learner import OnlineLearner
 from learner.ranking import top_k
@@ -44,7 +44,12 @@ class ServingModel:
     changes it (to the next version), where no request is being answered meanwhile."""
 
     def __init__(
-        self, version: int, model: Recommender, popularity_ids: list[str], popularity: np.ndarray, events_learned: int
+        self,
+        version: int,
+        model: Recommender,
+        popularity_ids: GrowingIds,
+        popularity: np.ndarray,
+        events_learned: int,
     ) -> None:
         self.version = version
         self.model = model
@@ -70,10 +75,15 @@ class ServingModel:
 
     @classmethod
     def from_learner(cls, learner: OnlineLearner, version: int) -> ServingModel:
+        ids = learner.popularity.items.ids
         return cls(
             version=version,
             model=learner.model,
-            popularity_ids=list(learner.popularity.items.ids),
+            # A packed index's ids are kept as they are (a list of them would make a str an item: ~36 MB at 500,000
+            # items); apply_delta extends them only by the items they lack, so when popularity counts over the
+            # model's own items (which the delta has extended already) that adds nothing. A list (without the
+            # kernels) is copied, sharing its str objects: apply_delta appends to the copy.
+            popularity_ids=list(ids) if isinstance(ids, list) else ids,
             popularity=learner.popularity.counts.copy(),
             events_learned=learner.events_learned,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import numpy as np
@@ -262,8 +263,18 @@ def _assert_serves_the_same(served: ServingModel, learner: OnlineLearner, versio
     assert served.popular(5, set()) == want.popular(5, set())
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
 @pytest.mark.parametrize("composed", [False, True], ids=["one-by-one", "chain-composed"])
-def test_a_delta_applied_in_place_serves_what_the_whole_snapshot_serves(composed: bool, monkeypatch) -> None:
+def test_a_delta_applied_in_place_serves_what_the_whole_snapshot_serves(
+    composed: bool, compiled: bool, monkeypatch
+) -> None:
+    if compiled and kernels.compiled() is None:
+        pytest.skip("learner/_kernels.c is not built")
+    with contextlib.nullcontext() if compiled else kernels.numpy_only():  # packed ids, or a dict and a list
+        _delta_applied_in_place_serves_what_the_whole_snapshot_serves(composed, monkeypatch)
+
+
+def _delta_applied_in_place_serves_what_the_whole_snapshot_serves(composed: bool, monkeypatch) -> None:
     moved: list[int] = []
     laid_out: list[int] = []
     move, lay_out = sparse_rows.SparseRows._move, sparse_rows.SparseRows._lay_out
@@ -278,6 +289,8 @@ def test_a_delta_applied_in_place_serves_what_the_whole_snapshot_serves(composed
     learner = OnlineLearner(model=ItemCooccurrence(window=5, half_life_days=0.01))  # rescales on the clock's jump
     ts = _feed(learner, rnd, 2_500, users=70, items=120, start=1.7e9)
     served = ServingModel.from_bytes(learner.to_bytes(), 1)
+    # packed ids are served as they are, not copied into a list of new str objects (~36 MB at 500,000 items)
+    assert isinstance(served._popularity_ids, list) == isinstance(served.model.items.ids, list)
     served.score("u1", [f"v{i}" for i in range(40)])
     assert served.model.rows._table is None  # scores scan the rows: a served model builds no slot table
     delta.mark(learner)
