@@ -2599,11 +2599,7 @@ static PyObject *IdTable_json_array(IdTable *self, PyObject *unused) {
         int kind = self->kinds[r];
         Py_ssize_t chars = (Py_ssize_t)(self->ends[r] - start) / kind;
         const char *text = self->text + start;
-        if (kind == 1) {
-            for (Py_ssize_t k = 0; k < chars; k++) size += idt_json_size((uint8_t)text[k]);
-        } else {
-            for (Py_ssize_t k = 0; k < chars; k++) size += idt_json_size(idt_char(text, kind, k));
-        }
+        for (Py_ssize_t k = 0; k < chars; k++) size += idt_json_size(idt_char(text, kind, k));
     }
     PyObject *result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
     if (result == NULL) return NULL;
