@@ -2631,6 +2631,163 @@ static PyObject *IdTable_json_array(IdTable *self, PyObject *unused) {
     return result;
 }
 
+/* ---- packed ids in a snapshot (learner.codec) -------------------------------------------------------------------
+ * A table's ids as bytes: each id's kind (n bytes: 1, 2 or 4 bytes a code point), its length in code points (n
+ * little-endian uint32), then every id's code points one after the other (little-endian, no padding). A snapshot
+ * holds its ids this way instead of as a JSON array, so that loading one makes no str object an id (a million ids:
+ * ~170 ms of JSON and ~100 MB of str objects, freed but kept by the heap). The reader refuses what a str could not
+ * be, or another str would be: a kind other than 1, 2, 4; a code point beyond U+10FFFF or a surrogate; a kind wider
+ * than its code points need (a str is always in its narrowest kind: the table compares kinds); a repeated id; bytes
+ * that do not add up. */
+
+static int idt_little_endian(void) {
+    const uint16_t one = 1;
+    return *(const uint8_t *)&one == 1;
+}
+
+/* -1 if `text` (`chars` code points of `kind`) is not how a str holds it: a surrogate, beyond U+10FFFF, or a kind
+ * wider than needed; else 0 */
+static int idt_check_text(const char *text, int kind, Py_ssize_t chars) {
+    if (kind == 1) return 0;
+    uint32_t widest = 0;
+    for (Py_ssize_t k = 0; k < chars; k++) {
+        uint32_t c = idt_char(text, kind, k);
+        if ((c >= 0xd800 && c <= 0xdfff) || c > 0x10ffff) return -1;
+        if (c > widest) widest = c;
+    }
+    return widest > (kind == 2 ? 0xffu : 0xffffu) ? 0 : -1;
+}
+
+/* packed(): the ids as a snapshot holds them (above); ValueError for an id holding a lone surrogate, as
+ * json_array() */
+static PyObject *IdTable_packed(IdTable *self, PyObject *unused) {
+    if (!idt_little_endian()) {
+        PyErr_SetString(PyExc_NotImplementedError, "packed ids are written on little-endian hosts only");
+        return NULL;
+    }
+    size_t text = 0;
+    for (Py_ssize_t r = 0; r < self->n; r++) text += (size_t)(self->ends[r] - idt_start(self, r));
+    size_t n = (size_t)self->n;
+    PyObject *result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * 5 + text));
+    if (result == NULL) return NULL;
+    char *out = PyBytes_AS_STRING(result);
+    if (n) memcpy(out, self->kinds, n);
+    char *lengths = out + n, *at = out + n * 5;
+    for (Py_ssize_t r = 0; r < self->n; r++) {
+        int64_t start = idt_start(self, r);
+        int kind = self->kinds[r];
+        size_t nbytes = (size_t)(self->ends[r] - start);
+        uint32_t chars = (uint32_t)(nbytes / (size_t)kind);
+        if (kind != 1 && idt_check_text(self->text + start, kind, (Py_ssize_t)chars) < 0) {
+            Py_DECREF(result);
+            PyErr_Format(PyExc_ValueError, "id %zd is not valid UTF-8: surrogates not allowed", r);
+            return NULL;
+        }
+        memcpy(lengths + 4 * (size_t)r, &chars, 4);
+        memcpy(at, self->text + start, nbytes);
+        at += nbytes;
+    }
+    return result;
+}
+
+/* id_table_from_packed(data, n) -> IdTable: the table of the `n` ids `data` (a bytes-like object) holds as packed()
+ * writes them; ValueError for bytes that are not such ids (above) */
+static PyObject *id_table_from_packed(PyObject *module, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "y*n", &view, &n)) return NULL;
+    IdTable *table = NULL;
+    const char *why = NULL;
+    if (!idt_little_endian()) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_NotImplementedError, "packed ids are read on little-endian hosts only");
+        return NULL;
+    }
+    const char *data = view.buf;
+    size_t size = (size_t)view.len;
+    if (n < 0 || n > ID_MAX_ROWS || (size_t)n * 5 > size) {
+        why = "fewer bytes than its ids' kinds and lengths";
+        goto refuse;
+    }
+    /* the text's size, each id's kind and length checked first: nothing is allocated for what does not add up */
+    const uint8_t *kinds = (const uint8_t *)data;
+    const char *lengths = data + (size_t)n * 5 - (size_t)n * 4;
+    size_t text = 0, laid = 0; /* the text's bytes as packed, and laid out with each id aligned to its kind */
+    for (Py_ssize_t r = 0; r < n; r++) {
+        int kind = kinds[r];
+        uint32_t chars;
+        memcpy(&chars, lengths + 4 * (size_t)r, 4);
+        if (kind != 1 && kind != 2 && kind != 4) {
+            why = "an id's kind is not 1, 2 or 4 bytes a code point";
+            goto refuse;
+        }
+        text += (size_t)chars * (size_t)kind;
+        laid = ((laid + (size_t)kind - 1) & ~((size_t)kind - 1)) + (size_t)chars * (size_t)kind;
+        if (text > size) {
+            why = "its ids' text is longer than its bytes";
+            goto refuse;
+        }
+    }
+    if ((size_t)n * 5 + text != size) {
+        why = "its bytes are not its ids' kinds, lengths and text";
+        goto refuse;
+    }
+    table = (IdTable *)IdTableType.tp_alloc(&IdTableType, 0);
+    if (table == NULL) goto fail;
+    if (n > 0) {
+        uint64_t slots = 16;
+        while ((uint64_t)n * 3 > slots * 2) slots *= 2;
+        table->ends = PyMem_Malloc((size_t)n * sizeof *table->ends);
+        table->kinds = PyMem_Malloc((size_t)n);
+        table->text = PyMem_Malloc(laid ? laid : 1);
+        table->slots = PyMem_Calloc((size_t)slots, sizeof *table->slots);
+        if (table->ends == NULL || table->kinds == NULL || table->text == NULL || table->slots == NULL) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        table->cap = n;
+        table->text_cap = laid;
+        table->mask = (uint32_t)(slots - 1);
+        const char *from = data + (size_t)n * 5;
+        for (Py_ssize_t r = 0; r < n; r++) {
+            int kind = kinds[r];
+            uint32_t chars;
+            memcpy(&chars, lengths + 4 * (size_t)r, 4);
+            size_t nbytes = (size_t)chars * (size_t)kind;
+            size_t start = (table->text_len + (size_t)kind - 1) & ~((size_t)kind - 1);
+            memset(table->text + table->text_len, 0, start - table->text_len); /* zeroed padding, as idt_append */
+            memcpy(table->text + start, from, nbytes);
+            from += nbytes;
+            if (idt_check_text(table->text + start, kind, (Py_ssize_t)chars) < 0) { /* (read aligned, laid out) */
+                why = "an id is not text as a str holds it (a surrogate, beyond U+10FFFF, or a kind wider than its "
+                      "code points need)";
+                goto refuse;
+            }
+            uint32_t hash = (uint32_t)_Py_HashBytes(table->text + start, (Py_ssize_t)nbytes); /* str's hash */
+            table->kinds[r] = (uint8_t)kind;
+            table->n = r; /* the ids before r: what idt_probe looks among */
+            uint32_t at = idt_probe(table, table->text + start, (Py_ssize_t)nbytes, kind, hash);
+            if (table->slots[at].row != 0) {
+                why = "an id is repeated";
+                goto refuse;
+            }
+            table->text_len = start + nbytes;
+            table->ends[r] = (int64_t)table->text_len;
+            table->slots[at].row = (uint32_t)r + 1;
+            table->slots[at].hash = hash;
+        }
+        table->n = n;
+    }
+    PyBuffer_Release(&view);
+    return (PyObject *)table;
+refuse:
+    PyErr_Format(PyExc_ValueError, "packed ids: %s", why);
+fail:
+    Py_XDECREF(table);
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
 static PyObject *IdTable_nbytes(IdTable *self, void *closure) {
     size_t slots = self->slots == NULL ? 0 : ((size_t)self->mask + 1) * sizeof(id_slot);
     return PyLong_FromSize_t(slots + (size_t)self->cap * (sizeof(int64_t) + 1) + self->text_cap);
@@ -2646,6 +2803,8 @@ static PyMethodDef IdTable_methods[] = {
     {"index", (PyCFunction)IdTable_index, METH_O, "index(id) -> row (ValueError if not held): Sequence.index"},
     {"count", (PyCFunction)IdTable_count, METH_O, "count(id) -> 1 or 0: Sequence.count"},
     {"copy", (PyCFunction)IdTable_copy, METH_NOARGS, "copy() -> IdTable: the same ids, in memory of its own"},
+    {"packed", (PyCFunction)IdTable_packed, METH_NOARGS,
+     "packed() -> bytes: the ids as a snapshot holds them (kinds, lengths, text; id_table_from_packed reads them)"},
     {"json_array", (PyCFunction)IdTable_json_array, METH_NOARGS,
      "json_array() -> bytes: the ids as a JSON array, as orjson writes a list of them"},
     {NULL, NULL, 0, NULL},
@@ -4441,6 +4600,8 @@ static PyMethodDef methods[] = {
     {"gate_loop", (PyCFunction)(void (*)(void))gate_loop, METH_FASTCALL,
      "gate_loop(events, now, checks, early, before, judge, observers, counts, verdicts): QualityGate.check_chunk's "
      "loop (learner/gate/gate.py)"},
+    {"id_table_from_packed", id_table_from_packed, METH_VARARGS,
+     "id_table_from_packed(data, n) -> IdTable: the n ids of IdTable.packed()'s bytes (ValueError if they are not)"},
     {"gate_views", (PyCFunction)(void (*)(void))gate_views, METH_FASTCALL,
      "gate_views(chunk, known, pending, view_type) -> (views, judged): the worker's views of a chunk's events to "
      "judge (stream/processor.py)"},

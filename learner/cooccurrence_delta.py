@@ -21,7 +21,7 @@ Pure: no I/O. The store decides when to write a delta and which base it refers t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -90,6 +90,19 @@ def parts(learner: OnlineLearner, base_version: int | None = None) -> tuple[dict
     return header, arrays
 
 
+def _extended(ids: Sequence[str], added: list[str]) -> Sequence[str]:
+    """``ids`` (a list, or a snapshot's packed ids: ``learner.codec``) followed by ``added``, as a new sequence of the
+    same kind (``ids`` is not changed); CodecError if ``added`` repeats an id."""
+    if type(ids) is list:
+        whole: Sequence[str] = ids + added
+    else:
+        whole = ids.copy()  # type: ignore[attr-defined]  # (an IdTable: a memory copy, its ids then added)
+        whole.extend(added)  # type: ignore[attr-defined]
+        if len(whole) != len(ids) + len(added):  # (an IdTable adds an id once)
+            raise CodecError("delta adds an id its base, or the delta itself, already holds")
+    return whole
+
+
 def is_delta(header: dict[str, Any]) -> bool:
     return "delta" in header
 
@@ -128,7 +141,10 @@ def _apply(
         raise CodecError("delta is for another model (kind or parameters differ from its base)")
     if base_header["popularity_ids"] != items0:
         raise CodecError("delta needs a base whose popularity counts over the model's items")
-    ids = {"users": users0 + header["ids_added"]["users"], "items": items0 + header["ids_added"]["items"]}
+    ids = {
+        "users": _extended(users0, header["ids_added"]["users"]),
+        "items": _extended(items0, header["ids_added"]["items"]),
+    }
     n_users, n_items = len(ids["users"]), len(ids["items"])
     n_users0, n_items0 = len(users0), len(items0)
 

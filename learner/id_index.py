@@ -20,8 +20,8 @@ instead of ~105 MB, in the worker and in every API process. A lookup hashes the 
 kept in it) and compares text only when the hash's bits match, as a dict does; ``add`` and ``get``
 are the table's own C methods (no Python call). ``ids`` is the table itself: a read-only sequence,
 each id read back as a new str (``ids[r]``, slices, iteration), equal to a list of the same ids; a
-snapshot writes it as JSON without making the str objects (``IdTable.json_array``, used by
-:mod:`learner.codec`).
+snapshot writes it packed, and reads it back as a table, without making the str objects (``IdTable.packed``,
+``id_table_from_packed``: :mod:`learner.codec`); an index made from such a table copies it whole.
 
 Reading version after version of the same model (the API does, every checkpoint), most of an
 index is the previous version's: ids are only ever appended. Inside :func:`reusing`, an index
@@ -165,6 +165,10 @@ class IdIndex:
     __slots__ = ("_table", "add", "get", "ids", "rows")
 
     def __init__(self, ids: Iterable[str] = ()) -> None:
+        kernel = kernels.compiled()
+        if kernel is not None and type(ids) is kernel.IdTable:  # e.g. a snapshot's packed ids: copied whole
+            self._use(ids.copy())
+            return
         given = ids if type(ids) is list else list(ids)
         table = None
         for previous in _REUSABLE.get():
@@ -176,6 +180,9 @@ class IdIndex:
                 break
         if table is None:
             table = _new_table(given)
+        self._use(table)
+
+    def _use(self, table: Any) -> None:
         self._table = table
         self.ids: Sequence[str] = table.ids
         self.add: Callable[[str], tuple[int, bool]] = table.add

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import random
+import struct
 import sys
 import threading
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import orjson
 import pytest
 
@@ -223,6 +225,142 @@ def test_a_packed_table_writes_its_ids_as_orjson_writes_the_list() -> None:
     assert codec._header_json({"a": 1, "ids": {"users": table}}) == orjson.dumps({"a": 1, "ids": {"users": ids}})
 
 
+def _packed_sections(blob: bytes) -> list[tuple[int, bytes]]:
+    """The packed id sections of a snapshot, by the documented layout (learner.codec): after the header and the arrays
+    its header names, each section's id count and byte size (big-endian) and its bytes."""
+    assert blob.startswith(codec.MAGIC_PACKED_IDS)
+    (head_len,) = struct.unpack(">Q", blob[7:15])
+    header = json.loads(blob[15 : 15 + head_len])
+    pos = (
+        15 + head_len + sum(int(np.prod(spec["shape"])) * np.dtype(spec["dtype"]).itemsize for spec in header["arrays"])
+    )
+    sections = []
+    while pos < len(blob):
+        count, size = struct.unpack(">QQ", blob[pos : pos + 16])
+        sections.append((count, blob[pos + 16 : pos + 16 + size]))
+        pos += 16 + size
+    assert pos == len(blob)
+    return sections
+
+
+def _reference_packed(ids: list[str]) -> bytes:
+    """IdTable.packed()'s bytes as documented, written the plain way: each id's kind, its length in code points
+    (little-endian uint32), then the code points of each id at its kind (little-endian)."""
+    kinds = [1 if max(map(ord, i), default=0) < 0x100 else 2 if max(map(ord, i)) < 0x10000 else 4 for i in ids]
+    codecs = {1: "latin-1", 2: "utf-16-le", 4: "utf-32-le"}
+    return (
+        bytes(kinds)
+        + b"".join(struct.pack("<I", len(i)) for i in ids)
+        + b"".join(i.encode(codecs[k]) for i, k in zip(ids, kinds, strict=True))
+    )
+
+
+@needs_kernels
+def test_a_snapshot_holds_packed_ids_as_documented_and_reads_them_back_with_either_table() -> None:
+    rng = random.Random(11)
+    users = list(dict.fromkeys(_random_id(rng) for _ in range(2_000)))
+    items = ["", "x", "é", "😀", *(f"item-{k}" for k in range(300))]
+    u, i = IdIndex(users).ids, IdIndex(items).ids
+    header = {"kind": "demo", "ids": {"users": u, "items": i}, "popularity_ids": i, "plain": ["a", "b"], "n": [1, 2]}
+    blob = codec.encode(header, {"x": np.arange(3.0)})
+    # one section a table (items twice, as a model's and popularity's: once), each as documented
+    assert _packed_sections(blob) == [(len(users), _reference_packed(users)), (len(items), _reference_packed(items))]
+    assert u.packed() == _reference_packed(users)
+    decoded, arrays = codec.decode(blob)
+    assert decoded == {**header, "ids": {"users": users, "items": items}, "popularity_ids": items}
+    assert type(decoded["ids"]["users"]) is type(u) and decoded["popularity_ids"] is decoded["ids"]["items"]
+    assert decoded["ids"]["users"].get(_fresh(users[5])) == 5 and arrays["x"].tolist() == [0.0, 1.0, 2.0]
+    with kernels.numpy_only():  # a process without the kernels reads the same ids, as lists
+        python_decoded, _ = codec.decode(blob)
+    assert python_decoded == decoded and type(python_decoded["ids"]["users"]) is list
+    index = IdIndex(decoded["ids"]["users"])  # a model's index copies the table: the header's is not changed
+    index.add("new")
+    assert len(decoded["ids"]["users"]) == len(users) and index.ids == [*users, "new"]
+    # a header without packed ids (no kernels, or lists) is written as before: RSNAP1, JSON ids
+    assert codec.encode({"ids": {"users": users}}, {}).startswith(codec.MAGIC)
+
+
+@needs_kernels
+def test_the_compiled_reader_of_packed_ids_refuses_what_the_python_one_refuses() -> None:
+    """Packed ids read by the C reader (learner._kernels.id_table_from_packed) and the Python one
+    (codec.unpack_ids): the same ids, or both refuse; bytes of every kind cut, flipped and made up."""
+    kernel = kernels.compiled()
+    rng = random.Random(12)
+
+    def both(data: bytes, count: int) -> list[str] | None:
+        try:
+            compiled = list(kernel.id_table_from_packed(data, count))
+        except ValueError:
+            compiled = None
+        try:
+            python = codec.unpack_ids(data, count)
+        except ValueError:
+            python = None
+        assert compiled == python, (data, count)
+        return compiled
+
+    accepted = refused = 0
+    for _ in range(3_000):
+        ids = list(dict.fromkeys(_random_id(rng) for _ in range(rng.randrange(6))))
+        data = bytearray(_reference_packed(ids))
+        assert both(bytes(data), len(ids)) == ids
+        for _ in range(rng.randrange(1, 3)):
+            change = rng.randrange(4)
+            if change == 0 and data:
+                data[rng.randrange(len(data))] = rng.choice([0, 1, 2, 3, 4, 0xD8, 0xDC, 0xFF, 0x11, rng.randrange(256)])
+            elif change == 1:
+                del data[rng.randrange(len(data) + 1) :]
+            elif change == 2:
+                data += bytes(rng.randrange(256) for _ in range(rng.randrange(1, 5)))
+            else:
+                ids = [*ids, rng.choice(ids)] if ids else ids  # a repeated id
+                data = bytearray(_reference_packed(ids))
+        count = len(ids) + rng.choice([0, 0, 0, -1, 1])
+        if both(bytes(data), count) is None:
+            refused += 1
+        else:
+            accepted += 1
+    assert accepted > 300 and refused > 300  # (both outcomes seen: the comparison compared something)
+    for bad, why in [
+        (b"\x03\x01\x00\x00\x00a", "kind is not 1, 2 or 4"),
+        (b"\x02\x01\x00\x00\x00a\x00", "kind wider than its code points need"),  # "a" is a 1-byte str
+        (b"\x02\x01\x00\x00\x00\x00\xd8", "a surrogate"),
+        (b"\x04\x01\x00\x00\x00\x00\x00\x11\x00", "beyond U"),
+        (b"\x01\x01\x01\x00\x00\x00\x01\x00\x00\x00aa", "repeated"),
+        (b"\x01\x02\x00\x00\x00a", "not its ids' kinds, lengths and text"),
+    ]:
+        count = 2 if b"aa" in bad else 1
+        with pytest.raises(ValueError, match=why):
+            kernel.id_table_from_packed(bad, count)
+        with pytest.raises(ValueError, match=why):
+            codec.unpack_ids(bad, count)
+
+
+@needs_kernels
+def test_a_snapshot_whose_packed_ids_do_not_add_up_is_refused() -> None:
+    index = IdIndex(["a", "b"])
+    blob = codec.encode({"ids": {"users": index.ids}}, {})
+    (head_len,) = struct.unpack(">Q", blob[7:15])
+    head = blob[15 : 15 + head_len]
+    rest = blob[15 + head_len :]
+
+    def with_header(text: bytes, tail: bytes = rest) -> bytes:
+        return codec.MAGIC_PACKED_IDS + struct.pack(">Q", len(text)) + text + tail
+
+    for blob_, why in [
+        (with_header(head.replace(b'{"$ids":0}', b'{"$ids":1}')), "does not have"),
+        (with_header(head.replace(b'{"$ids":0}', b'{"$ids":0,"x":1}')), "does not have"),
+        (with_header(head.replace(b'{"$ids":0}', b'["a","b"]')), "does not refer to"),
+        (with_header(head, rest[:-1]), "truncated"),
+        (with_header(head, struct.pack(">Q", 3) + rest[8:]), "not ids"),  # its count is not its ids
+        (with_header(head, rest[:10]), "truncated"),
+        (with_header(head, rest + b"\x00"), "truncated"),
+        (with_header(head, rest.replace(b"b", b"a")), "repeated"),
+    ]:
+        with pytest.raises(codec.CodecError, match=why):
+            codec.decode(blob_)
+
+
 @pytest.mark.usefixtures("table_kind")
 def test_an_id_that_is_not_a_str_is_never_held() -> None:
     index = IdIndex(["1", "a"])
@@ -278,3 +416,15 @@ def test_a_packed_index_costs_under_half_of_a_dict_and_list() -> None:
         table = IdIndex(_fresh(i) for i in ids)._table
     dict_and_list = sum(map(sys.getsizeof, table.ids)) + sys.getsizeof(table._rows) + sys.getsizeof(table.ids)
     assert per_id < dict_and_list / n / 2
+
+
+@needs_kernels
+def test_a_delta_extends_a_snapshots_packed_ids_without_changing_them() -> None:
+    from learner.cooccurrence_delta import _extended
+
+    base = IdIndex(["a", "b"]).ids
+    whole = _extended(base, ["c"])
+    assert whole == ["a", "b", "c"] and base == ["a", "b"] and type(whole) is type(base)
+    assert _extended(["a", "b"], ["c"]) == ["a", "b", "c"]
+    with pytest.raises(codec.CodecError, match="already holds"):
+        _extended(base, ["b"])
