@@ -4,13 +4,14 @@ Layout: ``b"RSNAP1\\n"``, 8-byte big-endian header length, the UTF-8 JSON header
 array's raw little-endian bytes in header order. The header names every array's dtype and
 shape; only plain numeric dtypes are accepted, so decoding never runs code.
 
-A header's packed id sequences (the compiled ``IdTable`` of ``learner.id_index``) are not written as JSON arrays:
-the header holds ``{"$ids": k}`` in their place, and their ids follow the arrays as the ``k``-th packed section
-(``b"RSNAP2\\n"`` then, instead of ``RSNAP1``): its id count and byte size (two 8-byte big-endian numbers), then
-each id's kind (1, 2 or 4 bytes a code point), its length in code points (little-endian uint32) and every id's code
-points (``IdTable.packed``). Decoded, such a section is an ``IdTable`` again where the kernels are built (no str
-object made an id: a million ids decode in ~80 ms instead of ~170 ms of JSON, without ~100 MB of str objects the
-heap keeps), else a list of str; the sequences it replaces read the same either way.
+A header's packed id sequences (the compiled ``IdTable`` of ``learner.id_index``) in its id lists (the values of
+``ids``, and ``popularity_ids``) are not written as JSON arrays: the header holds ``{"$ids": k}`` in their place,
+and their ids follow the arrays as the ``k``-th packed section (``b"RSNAP2\\n"`` then, instead of ``RSNAP1``): its id
+count and byte size (two 8-byte big-endian numbers), then each id's kind (1, 2 or 4 bytes a code point), its length
+in code points (little-endian uint32) and every id's code points (``IdTable.packed``). Decoded, such a section is an
+``IdTable`` again where the kernels are built (no str object made an id: a million ids decode in ~80 ms instead of
+~170 ms of JSON, without ~100 MB of str objects the heap keeps), else a list of str; the sequences it replaces read
+the same either way.
 
 >>> import numpy as np
 >>> blob = encode({"kind": "demo"}, {"x": np.arange(3, dtype=np.float32)})
@@ -88,7 +89,7 @@ def encode(header: dict[str, Any], arrays: Mapping[str, np.ndarray | Chunks]) ->
         chunks.append(a)  # contiguous: bytes.join below reads its buffer, no intermediate copy
         expected += a.nbytes
     sections: list[bytes] = []
-    head = _header_json({**header, "arrays": specs}, sections)
+    head = _header_json({**_with_id_sections(header, sections), "arrays": specs})
     magic = MAGIC_PACKED_IDS if sections else MAGIC
     prefix = [magic, struct.pack(">Q", len(head)), head]
     blob = b"".join([*prefix, *chunks, *sections])
@@ -97,34 +98,45 @@ def encode(header: dict[str, Any], arrays: Mapping[str, np.ndarray | Chunks]) ->
     return blob
 
 
-class _PackedIds:
-    """orjson's ``default`` for a header: a packed sequence of ids (``learner.id_index``: the compiled ``IdTable``)
-    becomes a reference to a packed section (appended to ``sections``: its count, size and ``IdTable.packed()``; the
-    same table twice, as a model's items and popularity's, one section) where the host can write one, else the JSON
-    array of its ids written by the table itself; either way no str object is made an id. Anything else is not
-    JSON."""
+def _with_id_sections(header: dict[str, Any], sections: list[bytes]) -> dict[str, Any]:
+    """``header`` with each packed id table (``learner.id_index``: the compiled ``IdTable``) among its id lists
+    (``ids``' values, ``popularity_ids``; nowhere else) replaced by a reference to a packed section appended to
+    ``sections``: its count, size and ``IdTable.packed()``. The same table twice (a model's items and popularity's)
+    is one section. On a big-endian host the tables stay: written as JSON (:func:`_as_json`)."""
+    refs: dict[int, dict[str, int]] = {}
 
-    def __init__(self, sections: list[bytes] | None) -> None:
-        self.sections = sections
-        self.refs: dict[int, tuple[dict[str, int], Any]] = {}  # id(table) -> its reference (and the table: alive)
-
-    def __call__(self, value: Any) -> Any:
-        packed = getattr(value, "packed", None)
-        if packed is None:
-            raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
-        if self.sections is None or sys.byteorder != "little":  # (packed ids are little-endian: kept as JSON)
-            return orjson.Fragment(value.json_array())
-        known = self.refs.get(id(value))
-        if known is not None:
-            return known[0]
-        data = packed()
-        self.sections.append(struct.pack(">QQ", len(value), len(data)) + data)
-        ref = {PACKED_IDS: len(self.sections) - 1}
-        self.refs[id(value)] = (ref, value)
+    def packed(ids: Any) -> Any:
+        if getattr(ids, "packed", None) is None or sys.byteorder != "little":
+            return ids
+        ref = refs.get(id(ids))
+        if ref is None:
+            try:
+                data = ids.packed()
+            except ValueError as exc:  # an id with a lone surrogate (as orjson refuses one in a str)
+                raise CodecError(f"snapshot header is not plain JSON: {exc}") from exc
+            sections.append(struct.pack(">QQ", len(ids), len(data)) + data)
+            ref = refs[id(ids)] = {PACKED_IDS: len(sections) - 1}
         return ref
 
+    changed = dict(header)
+    if isinstance(header.get("ids"), dict):
+        changed["ids"] = {name: packed(ids) for name, ids in header["ids"].items()}
+    if "popularity_ids" in header:
+        changed["popularity_ids"] = packed(header["popularity_ids"])
+    return changed
 
-def _header_json(header: dict[str, Any], sections: list[bytes] | None = None) -> bytes:
+
+def _as_json(value: Any) -> orjson.Fragment:
+    """orjson's ``default`` for a header: a packed sequence of ids (the compiled ``IdTable``) anywhere but in a
+    packed section as the JSON array of its ids, written by the table itself (no str objects made); anything else is
+    not JSON."""
+    json_array = getattr(value, "json_array", None)
+    if json_array is None:
+        raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+    return orjson.Fragment(json_array())
+
+
+def _header_json(header: dict[str, Any]) -> bytes:
     """Compact JSON of the header; orjson: ~7x faster than ``json.dumps`` on the id lists.
 
     Decoded with ``json.loads`` to the same value as ``json.dumps`` would give, for what a header
@@ -144,9 +156,7 @@ def _header_json(header: dict[str, Any], sections: list[bytes] | None = None) ->
     learner.codec.CodecError: snapshot header has a float that is not finite: inf
     """
     try:
-        head = orjson.dumps(header, default=_PackedIds(sections))
-    except ValueError as exc:  # an id with a lone surrogate (orjson refuses one in a str the same way)
-        raise CodecError(f"snapshot header is not plain JSON: {exc.__cause__ or exc}") from exc
+        head = orjson.dumps(header, default=_as_json)
     except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
         raise CodecError(f"snapshot header is not plain JSON: {exc.__cause__ or exc}") from exc
     if b"null" in head and _NULL_TOKEN.search(head):  # a None somewhere, or a NaN orjson wrote as null: look
@@ -215,6 +225,8 @@ def _packed_sections(blob: bytes, pos: int) -> list[Sequence[str]]:
         pos += 16
         if size > len(blob) - pos:
             raise CodecError("snapshot is truncated (a packed id section)")
+        if count * 5 > size:  # (each id has at least its kind and length: also keeps a huge count from the readers)
+            raise CodecError(f"snapshot's id section {len(sections)} is not ids: fewer bytes than {count} ids need")
         data = view[pos : pos + size]
         try:
             ids = unpack_ids(data, count) if kernel is None else kernel.id_table_from_packed(data, count)
@@ -225,25 +237,24 @@ def _packed_sections(blob: bytes, pos: int) -> list[Sequence[str]]:
     return sections
 
 
-def _with_packed_ids(value: Any, sections: list[Sequence[str]]) -> Any:
-    """``value`` (a decoded header, or a part of it) with each reference to a packed section replaced by its ids
-    (each section referred to at least once)."""
+def _with_packed_ids(header: dict[str, Any], sections: list[Sequence[str]]) -> dict[str, Any]:
+    """``header`` with each reference to a packed section among its id lists (``ids``' values, ``popularity_ids``:
+    where :func:`encode` writes them; nowhere else) replaced by the section's ids; each section referred to."""
     used: set[int] = set()
 
-    def replaced(item: Any) -> Any:
-        if type(item) is dict:
-            if PACKED_IDS in item:
-                k = item[PACKED_IDS]
-                if len(item) != 1 or type(k) is not int or not 0 <= k < len(sections):
-                    raise CodecError(f"snapshot header refers to an id section it does not have: {item!r}")
-                used.add(k)
-                return sections[k]
-            return {key: replaced(v) for key, v in item.items()}
-        if type(item) is list and item and not all(type(v) is str for v in item):  # (a list of ids: nothing in it)
-            return [replaced(v) for v in item]
-        return item
+    def ids_of(value: Any) -> Any:
+        if type(value) is not dict:
+            return value
+        k = value.get(PACKED_IDS)
+        if len(value) != 1 or type(k) is not int or not 0 <= k < len(sections):
+            raise CodecError(f"snapshot header refers to an id section it does not have: {value!r:.100}")
+        used.add(k)
+        return sections[k]
 
-    header = replaced(value)
+    if type(header.get("ids")) is dict:
+        header["ids"] = {name: ids_of(ids) for name, ids in header["ids"].items()}
+    if "popularity_ids" in header:
+        header["popularity_ids"] = ids_of(header["popularity_ids"])
     if len(used) != len(sections):
         raise CodecError("snapshot has an id section its header does not refer to")
     return header

@@ -92,7 +92,9 @@ def parts(learner: OnlineLearner, base_version: int | None = None) -> tuple[dict
 
 def _extended(ids: Sequence[str], added: list[str]) -> Sequence[str]:
     """``ids`` (a list, or a snapshot's packed ids: ``learner.codec``) followed by ``added``, as a new sequence of the
-    same kind (``ids`` is not changed); CodecError if ``added`` repeats an id."""
+    same kind (``ids`` is not changed); CodecError if ``added`` is not a list of str or repeats an id."""
+    if type(added) is not list or not all(type(i) is str for i in added):
+        raise CodecError("a delta's added ids are not a list of str")
     if type(ids) is list:
         whole: Sequence[str] = ids + added
     else:

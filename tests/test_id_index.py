@@ -419,6 +419,32 @@ def test_a_packed_index_costs_under_half_of_a_dict_and_list() -> None:
 
 
 @needs_kernels
+def test_only_the_id_lists_are_packed_and_odd_headers_read_back_or_are_refused_as_snapshots() -> None:
+    """(helper-65's review) A packed section's count is checked before either reader sees it; references are read
+    only in the id lists, so the same key elsewhere is data, and a deeply nested header is not walked."""
+    table = IdIndex(["a", "b"]).ids
+    nested: dict = {"x": 1}
+    for _ in range(250):  # (orjson writes at most 255 levels)
+        nested = {"n": nested}
+    header = {"ids": {"users": table}, "meta": {"$ids": 0}, "deep": nested, "other": {"t": table}}
+    decoded, _ = codec.decode(codec.encode(header, {}))
+    assert decoded == {**header, "ids": {"users": ["a", "b"]}, "other": {"t": ["a", "b"]}}
+    assert type(decoded["other"]["t"]) is list  # (a table elsewhere is written as JSON: not a section)
+    blob = codec.encode({"ids": {"users": table}}, {})
+    section = blob.index(struct.pack(">QQ", 2, len(table.packed())))
+    for count in (2**63, 2**64 - 1, 10**6):
+        bad = blob[:section] + struct.pack(">Q", count) + blob[section + 8 :]
+        with pytest.raises(codec.CodecError, match="fewer bytes"):
+            codec.decode(bad)
+        with kernels.numpy_only(), pytest.raises(codec.CodecError, match="fewer bytes"):
+            codec.decode(bad)
+    not_ids = blob.replace(b'{"$ids":0}', b'{"$ids":0,"more":1}')
+    not_ids = not_ids[:7] + struct.pack(">Q", struct.unpack(">Q", blob[7:15])[0] + 9) + not_ids[15:]
+    with pytest.raises(codec.CodecError, match="does not have"):
+        codec.decode(not_ids)
+
+
+@needs_kernels
 def test_a_delta_extends_a_snapshots_packed_ids_without_changing_them() -> None:
     from learner.cooccurrence_delta import _extended
 
@@ -428,3 +454,8 @@ def test_a_delta_extends_a_snapshots_packed_ids_without_changing_them() -> None:
     assert _extended(["a", "b"], ["c"]) == ["a", "b", "c"]
     with pytest.raises(codec.CodecError, match="already holds"):
         _extended(base, ["b"])
+    for ids in (base, ["a", "b"]):  # added ids that are not a list of str, on either base
+        with pytest.raises(codec.CodecError, match="not a list of str"):
+            _extended(ids, "cd")  # type: ignore[arg-type]
+        with pytest.raises(codec.CodecError, match="not a list of str"):
+            _extended(ids, [1])  # type: ignore[list-item]
