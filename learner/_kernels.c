@@ -2640,6 +2640,8 @@ static PyObject *IdTable_json_array(IdTable *self, PyObject *unused) {
  * than its code points need (a str is always in its narrowest kind: the table compares kinds); a repeated id; bytes
  * that do not add up. */
 
+#define ID_PREFETCH 16 /* ids ahead whose slot id_table_from_packed fetches */
+
 static int idt_little_endian(void) {
     const uint16_t one = 1;
     return *(const uint8_t *)&one == 1;
@@ -2697,6 +2699,7 @@ static PyObject *id_table_from_packed(PyObject *module, PyObject *args) {
     Py_ssize_t n;
     if (!PyArg_ParseTuple(args, "y*n", &view, &n)) return NULL;
     IdTable *table = NULL;
+    uint32_t *hashes = NULL;
     const char *why = NULL;
     if (!idt_little_endian()) {
         PyBuffer_Release(&view);
@@ -2748,6 +2751,13 @@ static PyObject *id_table_from_packed(PyObject *module, PyObject *args) {
         table->cap = n;
         table->text_cap = laid;
         table->mask = (uint32_t)(slots - 1);
+        hashes = PyMem_Malloc((size_t)n * sizeof *hashes);
+        if (hashes == NULL) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        /* the text laid out and checked, each id's hash (str's hash of that text), then the slots filled: apart, so
+         * that each slot is fetched a few ids ahead of its use (the slots are most of the time: ~2x faster) */
         const char *from = data + (size_t)n * 5;
         for (Py_ssize_t r = 0; r < n; r++) {
             int kind = kinds[r];
@@ -2763,26 +2773,32 @@ static PyObject *id_table_from_packed(PyObject *module, PyObject *args) {
                       "code points need)";
                 goto refuse;
             }
-            uint32_t hash = (uint32_t)_Py_HashBytes(table->text + start, (Py_ssize_t)nbytes); /* str's hash */
+            hashes[r] = (uint32_t)_Py_HashBytes(table->text + start, (Py_ssize_t)nbytes);
             table->kinds[r] = (uint8_t)kind;
-            table->n = r; /* the ids before r: what idt_probe looks among */
-            uint32_t at = idt_probe(table, table->text + start, (Py_ssize_t)nbytes, kind, hash);
+            table->text_len = start + nbytes;
+            table->ends[r] = (int64_t)table->text_len;
+        }
+        table->n = n;
+        for (Py_ssize_t r = 0; r < n; r++) {
+            if (r + ID_PREFETCH < n) __builtin_prefetch(&table->slots[hashes[r + ID_PREFETCH] & table->mask], 1);
+            int64_t start = idt_start(table, r);
+            uint32_t at = idt_probe(table, table->text + start, (Py_ssize_t)(table->ends[r] - start), table->kinds[r],
+                                    hashes[r]);
             if (table->slots[at].row != 0) {
                 why = "an id is repeated";
                 goto refuse;
             }
-            table->text_len = start + nbytes;
-            table->ends[r] = (int64_t)table->text_len;
             table->slots[at].row = (uint32_t)r + 1;
-            table->slots[at].hash = hash;
+            table->slots[at].hash = hashes[r];
         }
-        table->n = n;
     }
+    PyMem_Free(hashes);
     PyBuffer_Release(&view);
     return (PyObject *)table;
 refuse:
     PyErr_Format(PyExc_ValueError, "packed ids: %s", why);
 fail:
+    PyMem_Free(hashes);
     Py_XDECREF(table);
     PyBuffer_Release(&view);
     return NULL;
