@@ -2175,12 +2175,13 @@ typedef struct {
 
 static PyTypeObject IdTableType;
 
+/* `at` rounded up to a multiple of `kind` (1, 2 or 4): where an id of that kind starts after text ending at `at` */
+static inline size_t idt_aligned(size_t at, int kind) { return (at + (size_t)kind - 1) & ~((size_t)kind - 1); }
+
 /* where id r's text starts: after the previous id's, aligned to its own kind (so that 2- and 4-byte code points are
  * read where their type's alignment allows) */
 static inline int64_t idt_start(const IdTable *self, Py_ssize_t r) {
-    if (r == 0) return 0;
-    int64_t kind = self->kinds[r];
-    return (self->ends[r - 1] + kind - 1) & ~(kind - 1);
+    return r == 0 ? 0 : (int64_t)idt_aligned((size_t)self->ends[r - 1], self->kinds[r]);
 }
 
 /* `key`'s text, kind and hash: 1 if it is a str, 0 if not (never held), -1 on an error */
@@ -2272,7 +2273,7 @@ static Py_ssize_t idt_append(IdTable *self, const void *data, Py_ssize_t nbytes,
         self->kinds = kinds;
         self->cap = cap;
     }
-    size_t start = (self->text_len + (size_t)kind - 1) & ~((size_t)kind - 1); /* as idt_start finds it */
+    size_t start = idt_aligned(self->text_len, kind); /* as idt_start finds it */
     if (self->text == NULL || start + (size_t)nbytes > self->text_cap) { /* (an arena even for "" alone) */
         size_t cap = self->text_cap < 256 ? 256 : self->text_cap + self->text_cap / 2;
         if (cap < start + (size_t)nbytes) cap = start + (size_t)nbytes;
@@ -2725,7 +2726,7 @@ static PyObject *id_table_from_packed(PyObject *module, PyObject *args) {
             goto refuse;
         }
         text += (size_t)chars * (size_t)kind;
-        laid = ((laid + (size_t)kind - 1) & ~((size_t)kind - 1)) + (size_t)chars * (size_t)kind;
+        laid = idt_aligned(laid, kind) + (size_t)chars * (size_t)kind;
         if (text > size) {
             why = "its ids' text is longer than its bytes";
             goto refuse;
@@ -2764,7 +2765,7 @@ static PyObject *id_table_from_packed(PyObject *module, PyObject *args) {
             uint32_t chars;
             memcpy(&chars, lengths + 4 * (size_t)r, 4);
             size_t nbytes = (size_t)chars * (size_t)kind;
-            size_t start = (table->text_len + (size_t)kind - 1) & ~((size_t)kind - 1);
+            size_t start = idt_aligned(table->text_len, kind);
             memset(table->text + table->text_len, 0, start - table->text_len); /* zeroed padding, as idt_append */
             memcpy(table->text + start, from, nbytes);
             from += nbytes;

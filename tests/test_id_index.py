@@ -378,6 +378,8 @@ def test_an_id_with_a_lone_surrogate_is_held_but_not_written() -> None:
         index.ids.json_array()
     with pytest.raises(codec.CodecError, match="surrogates not allowed"):
         codec._header_json({"ids": index.ids})
+    with pytest.raises(codec.CodecError, match="surrogates not allowed"):  # nor packed into a snapshot's section
+        codec.encode({"ids": {"users": index.ids}}, {})
 
 
 @needs_kernels
