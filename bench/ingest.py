@@ -106,7 +106,7 @@ def bare_learner(messages: list[bytes], learner: OnlineLearner | None = None) ->
                     event.type,
                     event.watch_seconds,
                     event.item_duration_seconds,
-                    ts=event.ts.timestamp(),
+                    ts=event.ts_seconds,  # ts.timestamp(), as the worker computes it
                 )
                 n += 1
         seconds = time.perf_counter() - started

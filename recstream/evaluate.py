@@ -141,7 +141,7 @@ def load_events(path: Path, limit: int | None = None, arrivals: Sequence[float] 
                     event.user_id,
                     event.item_id,
                     event.type,
-                    event.ts.timestamp(),
+                    event.ts_seconds,
                     event.watch_seconds,
                     event.item_duration_seconds,
                     event.event_id,

@@ -765,8 +765,8 @@ class EventProcessor:
         gate = self._active_gate
         assert gate is not None  # (without one, every event passes: _verdicts)
         kernel = kernels.compiled()
-        if kernel is not None:  # the same views made in C: ~0.3 us an event less
-            views, judged = kernel.gate_views(chunk, known, self._pending.event_ids, GateEvent)
+        if kernel is not None:  # the same views in C, an Event's fields read from its __dict__: ~1 us an event less
+            views, judged = kernel.gate_views(chunk, known, self._pending.event_ids, GateEvent, Event)
         else:
             views, judged = _views(chunk, known, self._pending.event_ids)
         if len({view.event_id for view in judged}) == len(judged):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import json
 
 import pytest
@@ -88,3 +89,112 @@ def test_a_bad_context_value_gets_one_message_not_one_per_kind_it_may_be(value: 
     event, reason = parse_event(json.dumps({**GOOD, "context": {"k": value, "ok": "fine"}}).encode())
     assert event is None and reason is not None
     assert reason.endswith(says) and reason.count("context.k") == 1, reason
+
+
+# -- ts_seconds: ts.timestamp(), compiled ------------------------------------------------------
+
+
+def _compiled_timestamp():  # the kernel's built-in function
+    from learner import kernels
+    from tests.conftest import skip_unless_ci
+
+    kernel = kernels.compiled()
+    if kernel is None:
+        skip_unless_ci("learner/_kernels.c is not built")
+    return kernel.timestamp
+
+
+def _aware_datetimes() -> list:
+    """Aware datetimes as the worker meets them (pydantic's parse of an ISO string) and from Python code."""
+    import random
+    from datetime import UTC, datetime, timedelta, timezone
+    from zoneinfo import ZoneInfo
+
+    rng = random.Random(7)
+    out = []
+    for _ in range(3_000):  # any day of years 1-9999, any time, any offset within a day (to the microsecond)
+        moment = datetime(1, 1, 1) + timedelta(microseconds=rng.randrange(315_537_897_600_000_000))
+        offset = timedelta(microseconds=rng.randrange(-86_399_999_999, 86_400_000_000))
+        try:
+            out.append(moment.replace(tzinfo=timezone(offset)))
+        except ValueError:
+            pass
+    for text in (
+        "2026-11-22T10:00:00Z",
+        "2026-11-22T10:00:00.123456+05:30",
+        "2024-02-29T23:59:59.999999-08:00",
+        "1970-01-01T00:00:00Z",
+        "1969-12-31T23:59:59.999999Z",
+        "2000-03-01T00:00:00+23:59",
+        "1900-02-28T12:00:00-23:59",
+        "2255-06-05T23:47:34.740992Z",
+        "2255-06-05T23:47:34.740993Z",
+        "9999-12-31T23:59:59.999999Z",
+        "0001-01-01T00:00:00Z",
+    ):
+        out.append(Event.model_validate({**GOOD, "ts": text}).ts)
+    paris = ZoneInfo("Europe/Paris")  # a zone whose offset depends on the datetime (and on fold)
+    for fold in (0, 1):
+        out += [datetime(2026, 10, 25, 2, 30, tzinfo=paris, fold=fold)]  # twice that night
+        out += [datetime(2026, 3, 29, 2, 30, tzinfo=paris, fold=fold)]  # not that night
+    out.append(datetime(2026, 1, 1, tzinfo=UTC))
+    return out
+
+
+def test_the_compiled_timestamp_is_the_methods_float() -> None:
+    timestamp = _compiled_timestamp()
+    moments = _aware_datetimes()
+    assert len(moments) > 2_000
+    assert [timestamp(m) for m in moments] == [m.timestamp() for m in moments]
+    event = Event.model_validate({**GOOD, "ts": "2026-11-22T10:00:00.5+01:00"})
+    expected = calendar.timegm((2026, 11, 22, 9, 0, 0)) + 0.5  # (time's own arithmetic, not datetime's)
+    assert event.ts_seconds == expected and event.__dict__["ts_seconds"] == expected
+
+
+def test_the_compiled_timestamp_gives_other_datetimes_to_the_method() -> None:
+    """A naive datetime (local time), a timezone whose offset is not a timedelta within a day: the method's result,
+    or its error; a subclass of datetime gets datetime's (as ``datetime.timestamp``, the function without the
+    kernels, gives it); anything else a TypeError."""
+    from datetime import datetime, timedelta, tzinfo
+
+    timestamp = _compiled_timestamp()
+
+    class Shifted(datetime):
+        def timestamp(self) -> float:
+            return 42.0
+
+    class Odd(tzinfo):
+        def __init__(self, offset: object) -> None:
+            self.offset = offset
+
+        def utcoffset(self, dt: object) -> object:  # noqa: ARG002 - a fixed offset
+            if isinstance(self.offset, Exception):
+                raise self.offset
+            return self.offset
+
+    naive = datetime(2026, 11, 22, 10, 0, 0, 250_000)
+    assert timestamp(naive) == naive.timestamp()
+    shifted = Shifted(2026, 1, 1, 12, tzinfo=Odd(timedelta(hours=-3)))
+    assert timestamp(shifted) == datetime.timestamp(shifted) == calendar.timegm((2026, 1, 1, 15, 0, 0))
+    assert timestamp(shifted.replace(tzinfo=None)) == datetime.timestamp(shifted.replace(tzinfo=None))
+    for offset, error in (
+        (timedelta(days=1), ValueError),
+        (timedelta(days=-1), ValueError),
+        (None, TypeError),
+        ("1h", TypeError),
+        (LookupError("no offset"), LookupError),
+    ):
+        moment = datetime(2026, 1, 1, tzinfo=Odd(offset))
+        with pytest.raises(error) as method:
+            moment.timestamp()
+        with pytest.raises(error) as compiled:
+            timestamp(moment)
+        assert str(compiled.value) == str(method.value)
+
+    class Delta(timedelta):
+        pass
+
+    moment = datetime(2026, 1, 1, tzinfo=Odd(Delta(hours=2)))  # a subclass of timedelta: the method decides
+    assert timestamp(moment) == moment.timestamp()
+    with pytest.raises(TypeError):
+        timestamp("2026-01-01T00:00:00Z")

@@ -265,7 +265,8 @@ def test_the_compiled_views_are_the_python_ones() -> None:
     """``kernel.gate_views`` makes the views ``stream.processor._views`` makes: None for an item without an event
     or an event known or pending, the same tuples (of GateEvent) otherwise."""
     from learner import kernels
-    from recstream.events import parse_message
+    from recstream import events as events_module
+    from recstream.events import Event, parse_message
     from stream.processor import _views
 
     kernel = kernels.compiled()
@@ -279,13 +280,65 @@ def test_the_compiled_views_are_the_python_ones() -> None:
     chunk = parse_message(json.dumps([*events[:4], {"event_id": "bad"}, *events[4:]]).encode())
     assert chunk[4].event is None
     known, pending = {"e1"}, {"e6", "elsewhere"}
-    views, judged = kernel.gate_views(chunk, known, pending, GateEvent)
+
+    def not_called(ts: object) -> float:  # noqa: ARG001 - never called
+        raise AssertionError("the compiled views compute ts_seconds themselves, without Event's descriptor")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(events_module, "_timestamp", not_called)
+        views, judged = kernel.gate_views(chunk, known, pending, GateEvent, Event)
+    # an Event's ts_seconds is computed (from its __dict__) and kept there, as its first read keeps it
+    assert [d.event is not None and "ts_seconds" in d.event.__dict__ for d in chunk] == [
+        True,
+        False,
+        True,
+        True,
+        False,
+        True,
+        True,
+        False,
+        True,
+    ]
     assert (views, judged) == _views(chunk, known, pending)
     assert [v and v.event_id for v in views] == ["e0", None, "e2", "e3", None, "e4", "e5", None, "e7"]
     assert all(type(v) is GateEvent for v in judged) and judged[2].watch_seconds == 3.5
-    assert judged[0].ts == chunk[0].event.ts.timestamp()
+    assert judged[0].ts == chunk[0].event.ts.timestamp() and judged[1].watch_seconds is None
+    assert kernel.gate_views(chunk, known, pending, GateEvent, Event) == (views, judged)  # ts_seconds read back
     with pytest.raises(TypeError):
-        kernel.gate_views(tuple(chunk), known, pending, GateEvent)
+        kernel.gate_views(tuple(chunk), known, pending, GateEvent, Event)
+    with pytest.raises(TypeError):
+        kernel.gate_views(chunk, known, pending, GateEvent, None)
+
+
+def test_the_compiled_views_read_other_events_as_python_does() -> None:
+    """Only an event of exactly the type given is read from its ``__dict__``: a subclass's own ``ts_seconds``, or
+    an Event whose ``__dict__`` lacks a field, is read with getattr, as ``stream.processor._views`` reads it."""
+    from learner import kernels
+    from recstream.events import Decoded, Event
+    from stream.processor import _views
+
+    kernel = kernels.compiled()
+    if kernel is None:
+        skip_unless_ci("learner/_kernels.c is not built")
+
+    class Late(Event):
+        @property
+        def ts_seconds(self) -> float:
+            return T0 - 60.0
+
+    fields = {"event_id": "e1", "user_id": "u", "item_id": "v", "type": "like", "ts": iso(0)}
+    late = Late.model_validate(fields)
+    plain = Event.model_validate({**fields, "event_id": "e2"})
+    trimmed = Event.model_validate({**fields, "event_id": "e3"})
+    del trimmed.__dict__["ts"]
+    trimmed.__dict__["ts_seconds"] = T0 - 5.0  # (what its first read keeps: no ts needed)
+    chunk = [Decoded(e, None, None, None) for e in (late, plain, trimmed)]
+    views, judged = kernel.gate_views(chunk, set(), set(), GateEvent, Event)
+    assert (views, judged) == _views(chunk, set(), set())
+    assert [v.ts for v in judged] == [T0 - 60.0, plain.ts.timestamp(), T0 - 5.0]
+    del trimmed.__dict__["ts_seconds"]
+    with pytest.raises(AttributeError):  # neither kept nor computable: ts_seconds' own read fails, and says so
+        kernel.gate_views(chunk, set(), set(), GateEvent, Event)
 
 
 def test_the_compiled_views_are_of_the_chunk_as_it_was_given() -> None:
@@ -311,7 +364,7 @@ def test_the_compiled_views_are_of_the_chunk_as_it_was_given() -> None:
             return T0
 
     chunk.extend(Decoded(Shrinking(i), None, None, None) for i in range(2_000))  # type: ignore[arg-type]
-    views, judged = kernel.gate_views(chunk, set(), set(), GateEvent)
+    views, judged = kernel.gate_views(chunk, set(), set(), GateEvent, Decoded)
     assert len(chunk) == 1 and len(views) == len(judged) == 2_000 and judged[-1].event_id == "e1999"
 
 
