@@ -33,8 +33,9 @@ from learner import codec, kernels
 #: Co-occurrence entries recorded since the last mark beyond which recording stops (8 bytes each): a delta that
 #: large would cost about what a whole snapshot does.
 CHANGE_LOG_LIMIT = 8_000_000
-#: Share of the pool that rows which moved may leave behind before it is laid out again (in one go, ~0.2 s at 10M
-#: entries: rare, as a row that moves takes room to grow by half again).
+#: Share of the pool that rows which moved may leave behind before it is laid out again (in one go: rare, as a row
+#: that moves takes room to grow by half again; a copy of memory where the kernels are built, ~0.1 s at 10M entries
+#: on a slow VM, where numpy's gather took ~0.8 s).
 POOL_GARBAGE_SHARE = 0.5
 #: Rows at least this long are copied a slice each when the pool is laid out or a row moves (the shorter ones
 #: together, by one gather: a slice costs ~1 us of Python, a gathered entry ~10 ns).
@@ -380,8 +381,17 @@ class SparseRows:
     def _copy_rows(
         self, rows: np.ndarray, lengths: np.ndarray, indices: np.ndarray, data: np.ndarray, starts: np.ndarray
     ) -> None:
-        """Copy ``rows`` (``lengths`` long) to ``starts`` of ``indices`` and ``data``: long rows a slice each, the
-        short ones (most rows, few entries) by one gather over all their entries."""
+        """Copy ``rows`` (``lengths`` long) to ``starts`` of ``indices`` and ``data``: by the compiled ``copy_rows``
+        (a copy of each row's memory) where the kernels are built; else long rows a slice each, the short ones
+        (most rows, few entries) by one gather over all their entries."""
+        compiled = kernels.compiled()
+        if compiled is not None:
+            as_q = np.ascontiguousarray
+            compiled.copy_rows(
+                self._cols, self._vals, self._start, as_q(rows, np.int64), as_q(lengths, np.int64),
+                as_q(starts, np.int64), indices, data,
+            )  # fmt: skip
+            return
         src_starts = self._start[rows]
         long = lengths >= COPY_SLICE_MIN
         pool_indices, pool_data = self._cols, self._vals

@@ -3,6 +3,7 @@ plain dict of rows gives, bit for bit, through rows that move, a pool and a log 
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -211,3 +212,61 @@ def test_gathering_rows_refuses_what_does_not_fit(built: Any) -> None:
         a = {"start": start, "length": length, "n": 2, "out_cols": out_cols, "out_vals": out_vals, **changed}
         with pytest.raises(ValueError, match=error):
             built.gather_rows(cols, vals, a["start"], a["length"], a["n"], a["out_cols"], a["out_vals"])
+
+
+def test_copying_rows_compiled_is_the_numpy_copy(built: Any) -> None:
+    """``copy_rows`` copies what ``SparseRows._copy_rows`` copies without the kernels: into new arrays (a layout) and
+    within the pool, past its rows (rows moved to its end), long rows and short ones alike."""
+    rng = np.random.default_rng(5)
+    rows = SparseRows()
+    rows.add_rows(300)
+    for _ in range(2_000):
+        history = {int(j): 1.0 for j in rng.choice(300, size=int(rng.integers(1, 9)), replace=False)}
+        rows.add_pairs(history, int(rng.integers(0, 300)), 1.0, 0.9, 1.0, 1.0)
+    rows.add_pairs({j: 1.0 for j in range(1, 200)}, 0, 1.0, 0.9, 1.0, 1.0)  # rows longer than COPY_SLICE_MIN
+    assert rows._len.max() >= sparse_rows.COPY_SLICE_MIN > rows._len[: len(rows)].min()
+    which = rng.permutation(len(rows))[:200].astype(np.int64)
+    lengths = rows._len[which]
+    starts = np.cumsum(lengths + 3) - lengths - 3 + 7
+    size = int(starts[-1] + lengths[-1] + 5)
+    copies = []
+    for compiled in (True, False):
+        cols, vals = np.full(size, -1, np.int32), np.full(size, -1.0, np.float32)
+        with contextlib.nullcontext() if compiled else kernels.numpy_only():
+            rows._copy_rows(which, lengths, cols, vals, starts)
+        copies.append((cols.tolist(), vals.tolist()))
+    assert copies[0] == copies[1] and sum(c >= 0 for c in copies[0][0]) == lengths.sum()
+    # within the pool: to its end
+    end = int(rows._state[sparse_rows.END])
+    rows._reserve(size)
+    pool_cols, pool_vals = rows._cols.copy(), rows._vals.copy()
+    built.copy_rows(rows._cols, rows._vals, rows._start, which, lengths, starts + end, rows._cols, rows._vals)
+    want_cols, want_vals = pool_cols.copy(), pool_vals.copy()
+    for row, n, to in zip(which.tolist(), lengths.tolist(), (starts + end).tolist(), strict=True):
+        at = int(rows._start[row])
+        want_cols[to : to + n], want_vals[to : to + n] = pool_cols[at : at + n], pool_vals[at : at + n]
+    # (bytes: the room past the pool's end is uninitialised, NaNs among it)
+    assert rows._cols.tobytes() == want_cols.tobytes() and rows._vals.tobytes() == want_vals.tobytes()
+
+
+def test_copying_rows_refuses_what_does_not_fit(built: Any) -> None:
+    cols, vals = np.arange(6, dtype=np.int32), np.arange(6, dtype=np.float32)
+    start, which, length, to = np.array([4, 0]), np.array([1, 0]), np.array([3, 2]), np.array([0, 3])
+    out_cols, out_vals = np.zeros(5, np.int32), np.zeros(5, np.float32)
+    built.copy_rows(cols, vals, start, which, length, to, out_cols, out_vals)
+    assert out_cols.tolist() == [0, 1, 2, 4, 5] and out_vals.tolist() == [0.0, 1.0, 2.0, 4.0, 5.0]
+    for changed, error in (
+        ({"which": np.array([2, 0])}, "outside the pool"),
+        ({"which": np.array([-1, 0])}, "outside the pool"),
+        ({"start": np.array([5, 0])}, "outside the pool"),
+        ({"length": np.array([-1, 2])}, "outside the pool"),
+        ({"to": np.array([0, 4])}, "past the end of out"),
+        ({"to": np.array([-1, 3])}, "outside the pool"),
+        ({"length": np.array([3])}, "different lengths"),
+        ({"out_vals": np.zeros(4, np.float32)}, "different lengths"),
+    ):
+        a = {"start": start, "which": which, "length": length, "to": to, "out_vals": out_vals, **changed}
+        with pytest.raises(ValueError, match=error):
+            built.copy_rows(cols, vals, a["start"], a["which"], a["length"], a["to"], out_cols, a["out_vals"])
+    with pytest.raises(TypeError):
+        built.copy_rows(cols, vals, start, which.astype(np.int32), length, to, out_cols, out_vals)
