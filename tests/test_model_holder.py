@@ -22,8 +22,9 @@ pytestmark = pytest.mark.integration
 
 
 async def test_slow_loads_keep_to_their_share_of_the_time(redis_endpoint: Endpoint) -> None:
-    """Loads of 1 s at a share of 0.25: the first ones are paid from the bank, then each waits until the time
-    budget has earned back what the last one spent; an operator's rollback or promotion never waits."""
+    """Loads of 1 s at a share of 0.25: the first costs nothing (no model was served meanwhile), the next ones
+    are paid from the bank, then each waits until the time budget has earned back what the last one spent; an
+    operator's rollback or promotion never waits."""
     client = aioredis.Redis.from_url(redis_endpoint.url)
     store = ModelStore(client, SnapshotSigner(b"k"), Keys(f"mh-{uuid.uuid4().hex[:8]}"))
     now = [100.0]
@@ -47,38 +48,43 @@ async def test_slow_loads_keep_to_their_share_of_the_time(redis_endpoint: Endpoi
         v1 = await checkpoint()
         await holder.refresh()
         assert holder.model is not None and holder.model.version == v1  # the first load: at once
-        # 100 -> 101: LOAD_BANK_SECONDS (1 s) banked + 0.25 s earned - 1 s spent = 0.25 s left: the next at once too
-        assert LOAD_BANK_SECONDS == 1.0 and holder.load_wait() == 0.0
+        # 100 -> 101: not charged, LOAD_BANK_SECONDS (1 s) still banked (capped: nothing more earned)
+        assert LOAD_BANK_SECONDS == 1.0 and holder.load_wait() == 0.0 and holder._load_budget.left == 1.0
         v2 = await checkpoint()
         await holder.refresh()
         assert holder.model.version == v2 and now[0] == 102.0
-        # 101 -> 102: 0.25 + 0.25 - 1 = -0.5 s: earned back at 0.25 s a second, the next may start at 104
-        assert holder.load_wait() == pytest.approx(2.0)
+        # 101 -> 102: 1 + 0.25 (earned while it ran) - 1 = 0.25 s left: not in debt, the next at once too
+        assert holder.load_wait() == 0.0
         v3 = await checkpoint()
-        now[0] = 103.9
         await holder.refresh()
-        assert holder.model.version == v2 and loaded == [v1, v2]
-        now[0] = 104.0
+        assert holder.model.version == v3 and now[0] == 103.0
+        # 102 -> 103: 0.25 + 0.25 - 1 = -0.5 s: earned back at 0.25 s a second, the next may start at 105
+        assert holder.load_wait() == pytest.approx(2.0)
+        v4 = await checkpoint()
+        now[0] = 104.9
         await holder.refresh()
         assert holder.model.version == v3 and loaded == [v1, v2, v3]
-        assert holder.load_wait() == pytest.approx(3.0)  # 104 -> 105: 0 + 0.25 - 1 = -0.75 s: the next at 108
-        # An operator rolls back to v2: an older version is loaded at once, whatever the wait.
-        await store.promote(v2, reason="roll back")
+        now[0] = 105.0
         await holder.refresh()
-        assert holder.model.version == v2 and loaded == [v1, v2, v3, v2]
-        # ...and promotes v3 again: newer than v2 but served before, so not a new checkpoint: at once too.
+        assert holder.model.version == v4 and loaded == [v1, v2, v3, v4]
+        assert holder.load_wait() == pytest.approx(3.0)  # 105 -> 106: 0 + 0.25 - 1 = -0.75 s: the next at 109
+        # An operator rolls back to v3: an older version is loaded at once, whatever the wait.
+        await store.promote(v3, reason="roll back")
+        await holder.refresh()
+        assert holder.model.version == v3 and loaded == [v1, v2, v3, v4, v3]
+        # ...and promotes v4 again: newer than v3 but served before, so not a new checkpoint: at once too.
         assert holder.load_wait() > 0
-        await store.promote(v3, reason="back to v3")
+        await store.promote(v4, reason="back to v4")
         await holder.refresh()
-        assert holder.model.version == v3 and loaded == [v1, v2, v3, v2, v3]
+        assert holder.model.version == v4 and loaded == [v1, v2, v3, v4, v3, v4]
         # A new checkpoint still waits its turn.
-        v4 = await checkpoint()
+        v5 = await checkpoint()
         assert holder.load_wait() > 0
-        await holder.refresh()
-        assert holder.model.version == v3
-        now[0] += holder.load_wait()
         await holder.refresh()
         assert holder.model.version == v4
+        now[0] += holder.load_wait()
+        await holder.refresh()
+        assert holder.model.version == v5
     finally:
         await client.aclose()
 
