@@ -68,6 +68,20 @@ static int get_buffer(PyObject *obj, Py_buffer *view, int flags, const char *wha
     return 0;
 }
 
+/* get_buffer for objs[0..n-1] into views (names[k], codes[k]); those from `writable_from` on writable. 0, or -1 with
+ * none held. */
+static int get_buffers(PyObject *const *objs, Py_buffer *views, int n, const char *const *names, const char *codes,
+                       int writable_from) {
+    for (int held = 0; held < n; held++) {
+        if (get_buffer(objs[held], &views[held], held >= writable_from ? PyBUF_WRITABLE : PyBUF_SIMPLE, names[held],
+                       codes[held]) < 0) {
+            while (held-- > 0) PyBuffer_Release(&views[held]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* A min-heap of (score, row) on "worse": lower score, or the same score and a higher row. */
 typedef struct {
     double score;
@@ -1634,20 +1648,9 @@ static PyObject *gather_rows(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOOOnOO", &objs[0], &objs[1], &objs[2], &objs[3], &n, &objs[4], &objs[5])) {
         return NULL;
     }
-    static const char *names[] = {"cols", "vals", "start", "length", "out_cols", "out_vals"};
-    static const char codes[] = {'i', 'f', 'q', 'q', 'i', 'f'};
+    static const char *const names[] = {"cols", "vals", "start", "length", "out_cols", "out_vals"};
     Py_buffer views[6];
-    int held = 0;
-    for (; held < 6; held++) {
-        if (get_buffer(objs[held], &views[held], held >= 4 ? PyBUF_WRITABLE : PyBUF_SIMPLE, names[held],
-                       codes[held]) < 0) {
-            break;
-        }
-    }
-    if (held < 6) {
-        while (held-- > 0) PyBuffer_Release(&views[held]);
-        return NULL;
-    }
+    if (get_buffers(objs, views, 6, names, "ifqqif", 4) < 0) return NULL;
     PyObject *result = NULL;
     Py_ssize_t pool = views[0].len / 4, out = views[4].len / 4, at = 0;
     if (views[1].len / 4 != pool || views[5].len / 4 != out || n < 0 || n > views[2].len / 8 ||
@@ -1689,20 +1692,9 @@ static PyObject *copy_rows(PyObject *self, PyObject *args) {
                           &objs[7])) {
         return NULL;
     }
-    static const char *names[] = {"cols", "vals", "start", "rows", "length", "to", "out_cols", "out_vals"};
-    static const char codes[] = {'i', 'f', 'q', 'q', 'q', 'q', 'i', 'f'};
+    static const char *const names[] = {"cols", "vals", "start", "rows", "length", "to", "out_cols", "out_vals"};
     Py_buffer views[8];
-    int held = 0;
-    for (; held < 8; held++) {
-        if (get_buffer(objs[held], &views[held], held >= 6 ? PyBUF_WRITABLE : PyBUF_SIMPLE, names[held],
-                       codes[held]) < 0) {
-            break;
-        }
-    }
-    if (held < 8) {
-        while (held-- > 0) PyBuffer_Release(&views[held]);
-        return NULL;
-    }
+    if (get_buffers(objs, views, 8, names, "ifqqqqif", 6) < 0) return NULL;
     PyObject *result = NULL;
     Py_ssize_t pool = views[0].len / 4, out = views[6].len / 4, n_rows = views[2].len / 8, n = views[3].len / 8;
     if (views[1].len / 4 != pool || views[7].len / 4 != out || views[4].len / 8 != n || views[5].len / 8 != n) {
