@@ -1017,32 +1017,44 @@ static PyObject *cooccurrence_mass(PyObject *self, PyObject *args) {
 /* ---- SlotTable: (row, column) -> slot, for co-occurrence rows kept in one pool ----------------------------------
  *
  * Where a row's entry for a column sits (its slot: the position in the row), for every entry of the matrix, in one
- * open-addressing table with linear probing over inline 64-bit keys (row << 32 | column) and 32-bit slots: a lookup
- * reads one cache line, and an entry costs 12 bytes / load factor, with no Python object (a dict per row costs a
- * hash table and an int object per slot above 256). Entries are never removed: a row's entries only grow.
+ * open-addressing table with linear probing over inline 64-bit keys ((row << 32 | column) + 1; 0: empty) and 32-bit
+ * slots: a lookup reads one cache line, and an entry costs 12 bytes / load factor, with no Python object (a dict per
+ * row costs a hash table and an int object per slot above 256). Entries are never removed: a row's entries only grow.
+ *
+ * Growing does not stop the world: the doubled table is allocated zeroed (untouched pages, faulted in as they are
+ * written) and the old one's entries move into it a few at a time, with each later reservation (8 old places per
+ * entry reserved), while lookups read the new table and then the old; an entry set or added meanwhile goes to the
+ * new table (its old copy is then skipped when its place is reached). Rehashing ~11M entries at once held the GIL
+ * ~1.3 s on a slow VM: a stall of the worker's event loop that freshness saw (docs/performance.md).
  */
-#define SLOT_EMPTY UINT64_MAX /* no (row, column) pair is this key: rows and columns are below 2**31 */
+#define SLOT_EMPTY 0 /* no key: keys are (row << 32 | column) + 1 */
 #define SLOT_LIMIT 0x7fffffffLL
 #define SLOT_MAX_CAPACITY (1ULL << 40) /* entries: far above any memory, far below a size_t overflow */
+#define SLOT_MOVES_PER_ENTRY 8          /* old places moved per entry reserved while growing */
 
 typedef struct {
     PyObject_HEAD
     uint64_t *keys;
     int32_t *slots;
     uint64_t mask; /* capacity - 1; capacity a power of two */
-    Py_ssize_t used;
+    Py_ssize_t used; /* distinct keys, in either table */
+    uint64_t *old_keys; /* while growing: the table before, its places from `moved` on not moved yet */
+    int32_t *old_slots;
+    uint64_t old_mask;
+    uint64_t moved;
 } SlotTable;
 
+static inline uint64_t slot_key(uint64_t row, uint64_t col) { return (row << 32 | col) + 1; }
 
-/* Fresh empty arrays of `capacity` (a power of two) entries; -1 with MemoryError. */
 /* Fresh empty arrays of `capacity` (a power of two) entries, set only on success; -1 with MemoryError (nothing
- * allocated, *keys and *slots untouched). */
+ * allocated, *keys and *slots untouched). The keys are zeroed by calloc: a large table's pages are not touched
+ * until used. */
 static int slot_alloc(uint64_t capacity, uint64_t **keys, int32_t **slots) {
     if (capacity > SLOT_MAX_CAPACITY) {
         PyErr_NoMemory();
         return -1;
     }
-    uint64_t *new_keys = PyMem_Malloc(capacity * sizeof *new_keys);
+    uint64_t *new_keys = PyMem_Calloc(capacity, sizeof *new_keys);
     int32_t *new_slots = PyMem_Malloc(capacity * sizeof *new_slots);
     if (new_keys == NULL || new_slots == NULL) {
         PyMem_Free(new_keys);
@@ -1050,30 +1062,67 @@ static int slot_alloc(uint64_t capacity, uint64_t **keys, int32_t **slots) {
         PyErr_NoMemory();
         return -1;
     }
-    memset(new_keys, 0xff, capacity * sizeof *new_keys);
     *keys = new_keys;
     *slots = new_slots;
     return 0;
 }
 
-/* The position of `key` in the table, or of the empty place where it would go. */
+/* The position of `key` in the (new) table, or of the empty place where it would go. */
 static inline uint64_t slot_find(const SlotTable *t, uint64_t key) {
     uint64_t at = slot_hash(key) & t->mask;
     while (t->keys[at] != key && t->keys[at] != SLOT_EMPTY) at = (at + 1) & t->mask;
     return at;
 }
 
-/* The slot of (row, col), or -1 when the row has no entry for that column. */
-static inline int32_t slot_get(const SlotTable *t, uint64_t row, uint64_t col) {
-    uint64_t at = slot_find(t, row << 32 | col);
-    return t->keys[at] == SLOT_EMPTY ? -1 : t->slots[at];
+/* While growing, the old table's slot for `key` if it holds it (moved or not: a moved key is found in the new table
+ * first), else -1. */
+static inline int64_t slot_old(const SlotTable *t, uint64_t key) {
+    if (t->old_keys == NULL) return -1;
+    uint64_t at = slot_hash(key) & t->old_mask;
+    while (t->old_keys[at] != key && t->old_keys[at] != SLOT_EMPTY) at = (at + 1) & t->old_mask;
+    return t->old_keys[at] == key ? t->old_slots[at] : -1;
 }
 
-/* Room for `extra` more entries within the load limit (7/10), growing by doubling; -1 with MemoryError. */
+/* The slot of (row, col), or -1 when the row has no entry for that column. */
+static inline int32_t slot_get(const SlotTable *t, uint64_t row, uint64_t col) {
+    uint64_t key = slot_key(row, col), at = slot_find(t, key);
+    return t->keys[at] == SLOT_EMPTY ? (int32_t)slot_old(t, key) : t->slots[at];
+}
+
+/* Move the old table's next `places` places (all: UINT64_MAX) into the new one, a key already there kept as it is;
+ * the old table freed once every place is moved. */
+static void slot_move(SlotTable *t, uint64_t places) {
+    if (t->old_keys == NULL) return;
+    uint64_t end = t->old_mask + 1, stop = places < end - t->moved ? t->moved + places : end;
+    for (uint64_t p = t->moved; p < stop; p++) {
+        uint64_t key = t->old_keys[p];
+        if (key == SLOT_EMPTY) continue;
+        uint64_t at = slot_find(t, key);
+        if (t->keys[at] == SLOT_EMPTY) {
+            t->keys[at] = key;
+            t->slots[at] = t->old_slots[p];
+        }
+    }
+    t->moved = stop;
+    if (stop == end) {
+        PyMem_Free(t->old_keys);
+        PyMem_Free(t->old_slots);
+        t->old_keys = NULL;
+        t->old_slots = NULL;
+    }
+}
+
+/* Room for `extra` more entries within the load limit (7/10) of the new table, growing by doubling (the entries
+ * moving over with the reservations after it: slot_move); -1 with MemoryError. */
 static int slot_reserve(SlotTable *t, Py_ssize_t extra) {
+    if (extra < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    slot_move(t, (uint64_t)extra * SLOT_MOVES_PER_ENTRY + 64);
     uint64_t capacity = t->mask + 1, need = (uint64_t)(t->used + extra);
     if (need * 10 <= capacity * 7) return 0;
-    if (extra < 0 || need > SLOT_MAX_CAPACITY / 2) {
+    if (need > SLOT_MAX_CAPACITY / 2) {
         PyErr_NoMemory();
         return -1;
     }
@@ -1081,31 +1130,24 @@ static int slot_reserve(SlotTable *t, Py_ssize_t extra) {
     uint64_t *keys;
     int32_t *slots;
     if (slot_alloc(capacity, &keys, &slots) < 0) return -1;
-    uint64_t *old_keys = t->keys;
-    int32_t *old_slots = t->slots;
-    uint64_t old_capacity = t->mask + 1;
+    slot_move(t, UINT64_MAX); /* (a growth still under way, if any: rare, as each moves 8 places an entry) */
+    t->old_keys = t->keys;
+    t->old_slots = t->slots;
+    t->old_mask = t->mask;
+    t->moved = 0;
     t->keys = keys;
     t->slots = slots;
     t->mask = capacity - 1;
-    for (uint64_t p = 0; p < old_capacity; p++) {
-        if (old_keys[p] != SLOT_EMPTY) {
-            uint64_t at = slot_find(t, old_keys[p]);
-            t->keys[at] = old_keys[p];
-            t->slots[at] = old_slots[p];
-        }
-    }
-    PyMem_Free(old_keys);
-    PyMem_Free(old_slots);
     return 0;
 }
 
 /* Set (row, col) -> slot (a new entry, or a new slot for an existing one); the caller reserved room. */
 static inline void slot_set(SlotTable *t, uint64_t row, uint64_t col, int32_t slot) {
-    uint64_t key = row << 32 | col;
+    uint64_t key = slot_key(row, col);
     uint64_t at = slot_find(t, key);
     if (t->keys[at] == SLOT_EMPTY) {
+        if (slot_old(t, key) < 0) t->used++; /* (else a key of the old table, now set here) */
         t->keys[at] = key;
-        t->used++;
     }
     t->slots[at] = slot;
 }
@@ -1141,6 +1183,8 @@ static int SlotTable_init(SlotTable *self, PyObject *args, PyObject *kwds) {
 static void SlotTable_dealloc(SlotTable *self) {
     PyMem_Free(self->keys);
     PyMem_Free(self->slots);
+    PyMem_Free(self->old_keys);
+    PyMem_Free(self->old_slots);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1216,7 +1260,8 @@ static Py_ssize_t SlotTable_len(SlotTable *self) { return self->used; }
 static PyObject *SlotTable_nbytes(SlotTable *self, void *closure) {
     (void)closure;
     if (self->keys == NULL) return PyLong_FromLong(0);
-    return PyLong_FromUnsignedLongLong((self->mask + 1) * (sizeof *self->keys + sizeof *self->slots));
+    uint64_t places = self->mask + 1 + (self->old_keys != NULL ? self->old_mask + 1 : 0);
+    return PyLong_FromUnsignedLongLong(places * (sizeof *self->keys + sizeof *self->slots));
 }
 
 static PyMethodDef SlotTable_methods[] = {
@@ -1447,8 +1492,15 @@ static inline int64_t pool_add(PoolRows *self, int64_t row, int64_t col, double 
     int64_t *start = self->start.buf, *length = self->length.buf, *cap = self->cap.buf, *state = self->state.buf;
     int32_t *cols = self->cols.buf;
     float *vals = self->vals.buf;
-    uint64_t key = (uint64_t)row << 32 | (uint64_t)col;
+    uint64_t key = slot_key((uint64_t)row, (uint64_t)col);
     uint64_t at = slot_find(t, key);
+    if (t->keys[at] != key && t->old_keys != NULL) { /* growing: an entry not moved yet moves now */
+        int64_t old = slot_old(t, key);
+        if (old >= 0) {
+            t->keys[at] = key;
+            t->slots[at] = (int32_t)old;
+        }
+    }
     if (t->keys[at] == key) {
         /* a table not of these rows (SparseRows never makes one): an error, the event perhaps applied in part, rather
          * than a write past the row */

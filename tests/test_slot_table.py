@@ -61,3 +61,30 @@ def test_the_slot_table_refuses_what_it_cannot_hold(built: Any) -> None:
         table.__init__()
     with pytest.raises(RuntimeError, match="not called"):
         kernels.SlotTable.__new__(kernels.SlotTable).get(0, 0)
+
+
+def test_a_growing_table_moves_its_entries_a_few_at_a_time(built: Any) -> None:
+    """A table that grows keeps its old places until later reservations have moved them (8 a reserved entry, and
+    64): lookups find every entry meanwhile, a slot set meanwhile wins over its old copy, and nothing is counted
+    twice."""
+    table = built.SlotTable(capacity=700)  # 1,024 places: 716 entries within the load limit
+    reference: dict[tuple[int, int], int] = {}
+    entry_bytes = 12
+    for e in range(716):
+        table.set(e % 97, e, e)
+        reference[(e % 97, e)] = e
+    assert table.nbytes == 1_024 * entry_bytes
+    table.set(5, 5_000, 1)  # the 717th: 2,048 new places, the 1,024 old kept while they move
+    reference[(5, 5_000)] = 1
+    assert table.nbytes == (2_048 + 1_024) * entry_bytes
+    sets = 0
+    while table.nbytes > 2_048 * entry_bytes:
+        e = sets * 37  # every other one an old entry set again (a new slot), the others new entries
+        row, col = (e % 97, e) if sets % 2 == 0 else (1, 10_000 + sets)
+        table.set(row, col, 7_000 + sets)
+        reference[(row, col)] = 7_000 + sets
+        sets += 1
+        assert len(table) == len(reference)
+        assert all(table.get(r, c) == s for (r, c), s in reference.items())
+    assert sets == -(-1_024 // (8 + 64))  # 72 old places moved with each set
+    assert len(table) == len(reference) and table.get(96, 1) is None
