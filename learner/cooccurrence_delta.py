@@ -96,6 +96,9 @@ def _extended(ids: Sequence[str], added: list[str]) -> Sequence[str]:
     if type(added) is not list or not all(type(i) is str for i in added):
         raise CodecError("a delta's added ids are not a list of str")
     if type(ids) is list:
+        fresh = set(added)
+        if len(fresh) != len(added) or not fresh.isdisjoint(ids):  # (as the IdTable's extend below finds it)
+            raise CodecError("delta adds an id its base, or the delta itself, already holds")
         whole: Sequence[str] = ids + added
     else:
         whole = ids.copy()  # type: ignore[attr-defined]  # (an IdTable: a memory copy, its ids then added)

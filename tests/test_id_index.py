@@ -368,6 +368,8 @@ def test_an_id_that_is_not_a_str_is_never_held() -> None:
     with pytest.raises(TypeError, match="ids are str"):
         index.add(1)  # type: ignore[arg-type]
     assert len(index) == 2
+    with pytest.raises(TypeError, match="ids are str, not int"):  # nor when a table is built from a list
+        IdIndex(["a", 1])  # type: ignore[list-item]
 
 
 @needs_kernels
@@ -454,8 +456,10 @@ def test_a_delta_extends_a_snapshots_packed_ids_without_changing_them() -> None:
     whole = _extended(base, ["c"])
     assert whole == ["a", "b", "c"] and base == ["a", "b"] and type(whole) is type(base)
     assert _extended(["a", "b"], ["c"]) == ["a", "b", "c"]
-    with pytest.raises(codec.CodecError, match="already holds"):
-        _extended(base, ["b"])
+    for ids in (base, ["a", "b"]):  # an id the base holds, or one added twice, on either base
+        for added in (["b"], ["c", "c"]):
+            with pytest.raises(codec.CodecError, match="already holds"):
+                _extended(ids, added)
     for ids in (base, ["a", "b"]):  # added ids that are not a list of str, on either base
         with pytest.raises(codec.CodecError, match="not a list of str"):
             _extended(ids, "cd")  # type: ignore[arg-type]
