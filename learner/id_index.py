@@ -104,9 +104,9 @@ class _DictTable:
     __slots__ = ("_rows", "ids")
 
     def __init__(self, ids: list[str]) -> None:
-        if not all(type(id_) is str for id_ in ids):  # as the compiled table (and add) refuse them
-            bad = next(id_ for id_ in ids if type(id_) is not str)
-            raise TypeError(f"ids are str, not {type(bad).__name__}")
+        for id_ in ids:  # as the compiled table (and add) refuse them
+            if type(id_) is not str:
+                raise TypeError(f"ids are str, not {type(id_).__name__}")
         if ids:
             row_object(len(ids) - 1)  # grow the pool once for all of them
         # In one step (a snapshot's ids are distinct: about 2.5x faster than adding one by one);

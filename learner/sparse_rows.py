@@ -34,8 +34,8 @@ from learner import codec, kernels
 #: large would cost about what a whole snapshot does.
 CHANGE_LOG_LIMIT = 8_000_000
 #: Share of the pool that rows which moved may leave behind before it is laid out again (in one go: rare, as a row
-#: that moves takes room to grow by half again; a copy of memory where the kernels are built, ~0.1 s at 10M entries
-#: on a slow VM, where numpy's gather took ~0.8 s).
+#: that moves takes room to grow by half again; a copy of each row's memory where the kernels are built: 16-28 ms in
+#: process at 10.5M entries on a slow VM, where numpy's gather took 141-437 ms, ~0.8 s inside the worker).
 POOL_GARBAGE_SHARE = 0.5
 #: Rows at least this long are copied a slice each when the pool is laid out or a row moves (the shorter ones
 #: together, by one gather: a slice costs ~1 us of Python, a gathered entry ~10 ns).

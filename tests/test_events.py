@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import calendar
 import json
+import random
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
+from learner import kernels
 from recstream.events import Event, parse_event, parse_message
+from tests.conftest import skip_unless_ci
 
 GOOD = {"event_id": "e1", "user_id": "u1", "item_id": "v1", "type": "like", "ts": "2026-11-22T10:00:00Z"}
 
@@ -94,10 +100,7 @@ def test_a_bad_context_value_gets_one_message_not_one_per_kind_it_may_be(value: 
 # -- ts_seconds: ts.timestamp(), compiled ------------------------------------------------------
 
 
-def _compiled_timestamp():  # the kernel's built-in function
-    from learner import kernels
-    from tests.conftest import skip_unless_ci
-
+def _compiled_timestamp() -> Any:  # the kernel's built-in function
     kernel = kernels.compiled()
     if kernel is None:
         skip_unless_ci("learner/_kernels.c is not built")
@@ -106,10 +109,6 @@ def _compiled_timestamp():  # the kernel's built-in function
 
 def _aware_datetimes() -> list:
     """Aware datetimes as the worker meets them (pydantic's parse of an ISO string) and from Python code."""
-    import random
-    from datetime import UTC, datetime, timedelta, timezone
-    from zoneinfo import ZoneInfo
-
     rng = random.Random(7)
     out = []
     for _ in range(3_000):  # any day of years 1-9999, any time, any offset within a day (to the microsecond)
@@ -155,8 +154,6 @@ def test_the_compiled_timestamp_gives_other_datetimes_to_the_method() -> None:
     """A naive datetime (local time), a timezone whose offset is not a timedelta within a day: the method's result,
     or its error; a subclass of datetime gets datetime's (as ``datetime.timestamp``, the function without the
     kernels, gives it); anything else a TypeError."""
-    from datetime import datetime, timedelta, tzinfo
-
     timestamp = _compiled_timestamp()
 
     class Shifted(datetime):
