@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from learner import codec, growable, kernels
+from learner import codec, kernels
+from learner.arrays import mapped_empty, resize_mapped
 
 #: Co-occurrence entries recorded since the last mark beyond which recording stops (8 bytes each): a delta that
 #: large would cost about what a whole snapshot does.
@@ -418,8 +419,8 @@ class SparseRows:
             return
         size = max(need, size + size // 4 + 1024)
         self._kernel = None  # its buffers would hold the arrays: they grow in place when nothing does
-        growable.resize(self, "_cols", size, keep=end)
-        growable.resize(self, "_vals", size, keep=end)
+        resize_mapped(self, "_cols", size, keep=end)
+        resize_mapped(self, "_vals", size, keep=end)
 
     def _lay_out(self) -> None:
         """Lay the rows out again with no garbage left: in place (:meth:`_compact`) where the pool is this object's
@@ -433,8 +434,8 @@ class SparseRows:
         caps = lengths + lengths // 4 + 4
         starts = np.cumsum(caps) - caps
         size = int(caps.sum())
-        indices = growable.empty(size + size // 8 + 1024, np.int32)
-        data = growable.empty(len(indices), np.float32)
+        indices = mapped_empty(size + size // 8 + 1024, np.int32)
+        data = mapped_empty(len(indices), np.float32)
         self._copy_rows(rows, lengths, indices, data, starts)
         self._cols, self._vals, self._pool_owned = indices, data, True
         self._start[:n] = starts
@@ -474,8 +475,8 @@ class SparseRows:
         self._kernel = None
         size = end + end // 8 + 1024  # as a lay-out into new arrays: the pages past it go back to the system
         if size < len(self._cols):
-            growable.resize(self, "_cols", size, keep=end)
-            growable.resize(self, "_vals", size, keep=end)
+            resize_mapped(self, "_cols", size, keep=end)
+            resize_mapped(self, "_vals", size, keep=end)
 
 
 class _DictTable:

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from learner import growable, kernels, sparse_rows
+from learner import kernels, sparse_rows
+from learner.arrays import map_of, mapped_empty
 from learner.sparse_rows import SparseRows
 
 
@@ -120,14 +121,14 @@ def test_the_pooled_update_is_the_dict_rows_update_bit_for_bit(compiled: bool, m
 
     def checked_lay_out(self: SparseRows) -> None:
         laid_out.append(int(self._state[sparse_rows.GARBAGE]))
-        memory, owned = growable._map_of(self._cols), self._pool_owned  # (the map: a view would keep it from shrinking)
+        memory, owned = map_of(self._cols), self._pool_owned  # (the map: a view would keep it from shrinking)
         _check_regions(self)
         lay_out(self)
         _check_regions(self)
         end = int(self._state[sparse_rows.END])
         assert self._state[sparse_rows.GARBAGE] == 0
         assert len(self._cols) <= end + end // 8 + 1024  # the room past that given back
-        in_place.append(memory is not None and growable._map_of(self._cols) is memory)
+        in_place.append(memory is not None and map_of(self._cols) is memory)
         assert in_place[-1] == (compiled and owned and memory is not None)  # where it can be: compiled, its own map
 
     monkeypatch.setattr(SparseRows, "_lay_out", checked_lay_out)
@@ -142,7 +143,7 @@ def test_the_pooled_update_is_the_dict_rows_update_bit_for_bit(compiled: bool, m
 def test_a_lay_out_in_place_moves_rows_down_over_the_garbage_and_gives_no_room_it_has_not() -> None:
     rows = SparseRows()
     rows.add_rows(4)  # row 3 stays empty
-    rows._cols, rows._vals = growable.empty(12, np.int32), growable.empty(12, np.float32)
+    rows._cols, rows._vals = mapped_empty(12, np.int32), mapped_empty(12, np.float32)
     # row 1 at 0 (1 entry), garbage from 1 to 6, row 0 at 6 (3 entries), row 2 at 9 (3): the pool full to its end
     for row, start, cols in ((1, 0, [7]), (0, 6, [1, 2, 3]), (2, 9, [4, 5, 6])):
         rows._start[row], rows._len[row], rows._cap[row] = start, len(cols), len(cols)
@@ -151,10 +152,10 @@ def test_a_lay_out_in_place_moves_rows_down_over_the_garbage_and_gives_no_room_i
     rows._start[3] = 12
     rows._state[sparse_rows.END], rows._state[sparse_rows.GARBAGE] = 12, 5
     _check_regions(rows)
-    memory = growable._map_of(rows._cols)
+    memory = map_of(rows._cols)
     rows._lay_out()
     _check_regions(rows)
-    assert growable._map_of(rows._cols) is memory is not None and rows._state[sparse_rows.GARBAGE] == 0
+    assert map_of(rows._cols) is memory is not None and rows._state[sparse_rows.GARBAGE] == 0
     # row 1 keeps its place with the room it wants (1 + 4), row 0 moves down to 5 with what is left before row 2
     # (4 of the 7 it wants), row 2 keeps the 3 places left at the pool's end; the empty row has no room, as new
     assert rows._start[:4].tolist() == [5, 0, 9, 12] and rows._cap[:4].tolist() == [4, 5, 3, 0]
@@ -169,23 +170,23 @@ def test_the_pool_grows_in_place_unless_a_view_of_it_is_alive() -> None:
         r.add_rows(3)
         r.add_pairs({1: 1.0, 2: 1.0}, 0, 1.0, 0.9, 1.0, 1.0)
     rows._reserve(10_000)  # the first growth moves the pool into a memory map of its own
-    memory = growable._map_of(rows._cols)
+    memory = map_of(rows._cols)
     assert memory is not None
     size = len(rows._cols)
     rows._reserve(2 * size)  # nothing holds a view: the same map, grown
-    assert growable._map_of(rows._cols) is memory and len(memory) == 4 * len(rows._cols) and len(rows._cols) > 2 * size
+    assert map_of(rows._cols) is memory and len(memory) == 4 * len(rows._cols) and len(rows._cols) > 2 * size
     view = rows.row(0)[0]
     rows._reserve(2 * len(rows._cols))  # a view is alive: copied into a new map, and the view still reads its row
-    assert growable._map_of(rows._cols) is not memory and view.tolist() == [2, 1]
+    assert map_of(rows._cols) is not memory and view.tolist() == [2, 1]
     for r in (rows, reference):  # and learning goes on as without the growths
         r.add_pairs({0: 1.0, 2: 1.0}, 1, 1.0, 0.9, 1.0, 1.0)
     assert [a.tolist() for a in rows.to_csr()] == [a.tolist() for a in reference.to_csr()]
     # the update that finds the pool full lets go of it (its compiled loop holds the arrays), so it grows in place
-    memory, size = growable._map_of(rows._cols), len(rows._cols)
+    memory, size = map_of(rows._cols), len(rows._cols)
     rows.add_rows(size // 2)
     for i in range(3):  # each event pairs item i with ~size / 2 others: 2 entries a pair
         rows.add_pairs(dict.fromkeys(range(3, 3 + size // 2), 1.0), i, 1.0, 1.0, 1.0, 1.0)
-    assert len(rows._cols) > size and growable._map_of(rows._cols) is memory
+    assert len(rows._cols) > size and map_of(rows._cols) is memory
 
 
 def test_the_log_stops_past_its_limit_and_starts_again_at_the_next_mark(monkeypatch: pytest.MonkeyPatch) -> None:
