@@ -56,7 +56,8 @@ def resize_mapped(owner: object, name: str, size: int, keep: int) -> None:
     """Make ``owner.<name>`` (a one-dimensional array) ``size`` entries long, its first ``keep`` entries kept and
     the rest undefined: in place when it is a :func:`mapped_empty` array that nothing else holds a view of (shrinking it
     hands its tail's pages back); else copied into a new one. The caller must hold no reference to the array itself
-    (only ``owner`` does), or the resize becomes a copy."""
+    (only ``owner`` does), or the resize becomes a copy. Should it fail (out of memory, interrupted), ``owner.<name>``
+    is the array it was."""
     array = getattr(owner, name)
     dtype = array.dtype
     memory = map_of(array)
@@ -65,12 +66,17 @@ def resize_mapped(owner: object, name: str, size: int, keep: int) -> None:
         del array  # the last view of the map, unless something else holds one
         try:
             memory.resize(max(size, 1) * dtype.itemsize)
-        except (BufferError, OSError, SystemError):  # a view is alive elsewhere; or no mremap on this system
-            array = np.frombuffer(memory, dtype=dtype)
+        except BaseException as error:
+            setattr(owner, name, np.frombuffer(memory, dtype=dtype))  # the map as it was: nothing lost
+            # a view alive elsewhere (BufferError); no mremap on this system (SystemError; AttributeError from
+            # Python 3.15, which has no resize there); the system's refusal (OSError): copy as numpy would
+            if not isinstance(error, BufferError | SystemError | AttributeError | OSError | ValueError):
+                raise
         else:
             _advise(memory)
             setattr(owner, name, np.frombuffer(memory, dtype=dtype, count=size))
             return
+        array = getattr(owner, name)
     grown = mapped_empty(size, dtype)
     grown[:keep] = array[:keep]
     setattr(owner, name, grown)
@@ -80,7 +86,7 @@ def map_of(array: np.ndarray) -> mmap.mmap | None:
     """The memory map ``array`` is the whole of (a :func:`mapped_empty` array, or one :func:`resize_mapped`
     made), else None."""
     base = array.base
-    if type(base) is memoryview and type(base.obj) is mmap.mmap and array.nbytes == base.nbytes:
+    if type(base) is memoryview and type(base.obj) is mmap.mmap and array.nbytes == base.nbytes == len(base.obj):
         return base.obj
     return None
 

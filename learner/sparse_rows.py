@@ -189,6 +189,8 @@ class SparseRows:
     def _bind(self) -> Any:
         """The update bound to the arrays as they are now (the pool made this object's, the table built)."""
         self.make_room()
+        if len(self._cols) != len(self._vals):  # a growth that failed half-way (out of memory): made whole
+            self._reserve(0)
         compiled = kernels.compiled()
         if compiled is not None:
             if not isinstance(self._table, compiled.SlotTable):
@@ -414,8 +416,8 @@ class SparseRows:
         """Room for ``extra`` more entries past the pool's end (the pool grows by a quarter at least)."""
         end = int(self._state[END])
         need = end + extra
-        size = len(self._cols)
-        if need <= size:
+        size = min(len(self._cols), len(self._vals))
+        if need <= size and len(self._cols) == len(self._vals):  # (not the same: a growth that failed half-way)
             return
         size = max(need, size + size // 4 + 1024)
         self._kernel = None  # its buffers would hold the arrays: they grow in place when nothing does

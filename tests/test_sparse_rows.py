@@ -189,6 +189,30 @@ def test_the_pool_grows_in_place_unless_a_view_of_it_is_alive() -> None:
     assert len(rows._cols) > size and map_of(rows._cols) is memory
 
 
+@pytest.mark.usefixtures("built")
+def test_a_growth_that_failed_half_way_is_made_whole_by_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
+    rows, reference = SparseRows(), SparseRows()
+    for r in (rows, reference):
+        r.add_rows(3)
+        r.add_pairs({1: 1.0, 2: 1.0}, 0, 1.0, 0.9, 1.0, 1.0)
+    resize = sparse_rows.resize_mapped
+
+    def values_out_of_memory(owner: object, name: str, size: int, keep: int) -> None:
+        if name == "_vals":
+            raise MemoryError
+        resize(owner, name, size, keep)
+
+    monkeypatch.setattr(sparse_rows, "resize_mapped", values_out_of_memory)
+    with pytest.raises(MemoryError):
+        rows._reserve(10_000)
+    assert len(rows._cols) > len(rows._vals)  # the columns grew, the values did not
+    monkeypatch.setattr(sparse_rows, "resize_mapped", resize)
+    for r in (rows, reference):  # the next update that needs room grows both: it learns as without the failure
+        r.add_pairs(dict.fromkeys(range(3), 1.0), 1, 1.0, 0.9, 1.0, 1.0)
+    assert len(rows._cols) == len(rows._vals)
+    assert [a.tolist() for a in rows.to_csr()] == [a.tolist() for a in reference.to_csr()]
+
+
 def test_the_log_stops_past_its_limit_and_starts_again_at_the_next_mark(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sparse_rows, "CHANGE_LOG_LIMIT", 40)
     rows = SparseRows()

@@ -1,0 +1,78 @@
+"""Arrays that grow and shrink in place (learner/arrays.py): in their own memory map when nothing else views it,
+copied otherwise, and never lost when a resize fails."""
+
+from __future__ import annotations
+
+import mmap
+
+import numpy as np
+import pytest
+
+from learner import arrays
+from learner.arrays import map_of, mapped_empty, resize_mapped
+
+
+class Owner:
+    values: np.ndarray
+
+
+def _owner(size: int) -> Owner:
+    owner = Owner()
+    owner.values = mapped_empty(size, np.float32)
+    owner.values[:] = np.arange(size, dtype=np.float32)
+    return owner
+
+
+def test_a_resize_keeps_the_map_and_the_entries_growing_and_shrinking() -> None:
+    owner = _owner(5_000)
+    memory = map_of(owner.values)
+    resize_mapped(owner, "values", 20_000, keep=5_000)
+    assert map_of(owner.values) is memory and len(owner.values) == 20_000
+    assert owner.values[:5_000].tolist() == list(range(5_000))
+    owner.values[5_000:] = 7
+    resize_mapped(owner, "values", 3_000, keep=3_000)
+    assert map_of(owner.values) is memory and len(memory) == 3_000 * 4
+    assert owner.values.tolist() == list(range(3_000))
+
+
+def test_a_view_alive_makes_it_a_copy_and_the_view_still_reads_the_old_entries() -> None:
+    owner = _owner(100)
+    memory = map_of(owner.values)
+    view = owner.values[10:13]
+    resize_mapped(owner, "values", 1_000, keep=100)
+    assert map_of(owner.values) is not memory and map_of(owner.values) is not None
+    assert owner.values[:100].tolist() == list(range(100)) and view.tolist() == [10, 11, 12]
+
+
+def test_a_failed_resize_leaves_the_array_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    owner = _owner(100)
+    view = owner.values[:1]  # the map cannot grow in place: a copy, which fails
+
+    def out_of_memory(*_: object) -> np.ndarray:
+        raise MemoryError
+
+    monkeypatch.setattr(arrays, "mapped_empty", out_of_memory)
+    with pytest.raises(MemoryError):
+        resize_mapped(owner, "values", 1_000, keep=100)
+    assert len(owner.values) == 100 and owner.values.tolist() == list(range(100)) and view.tolist() == [0]
+    del view
+
+    class Refusing(mmap.mmap):  # the map's own resize interrupted (not an error that means "copy instead")
+        def resize(self, *_: object) -> None:
+            raise KeyboardInterrupt
+
+    refusing = Refusing(-1, 400, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    owner.values = np.frombuffer(refusing, dtype=np.float32)
+    monkeypatch.setattr(arrays, "map_of", lambda *_: refusing)
+    with pytest.raises(KeyboardInterrupt):
+        resize_mapped(owner, "values", 1_000, keep=100)
+    assert owner.values is not None and len(owner.values) == 100
+
+
+def test_only_an_array_that_is_a_whole_map_counts_as_one() -> None:
+    memory = mmap.mmap(-1, 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    assert map_of(np.frombuffer(memory, dtype=np.int32)) is memory
+    assert map_of(np.frombuffer(memoryview(memory)[64:], dtype=np.int32)) is None  # resized, it would shift
+    assert map_of(np.frombuffer(memory, dtype=np.int32, offset=64)) is None
+    assert map_of(np.frombuffer(memory, dtype=np.int32)[1:]) is None
+    assert map_of(np.zeros(1024, dtype=np.int32)) is None
