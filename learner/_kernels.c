@@ -4777,6 +4777,86 @@ fail:
     return NULL;
 }
 
+/* write_histories(rows, users, items, weights, window) -> None
+ *
+ * UserHistories._write: for each user u of users (int64), rows[u] (a dict: item row -> weight, oldest first) written
+ * to row u of items (int32) and weights (float64), C-contiguous (users, window) arrays: its keys and values in the
+ * dict's order, the rest of the row -1 and 0. The same values numpy's fromiter over the dicts gives, without a Python
+ * step per remembered item: 5.3% of the worker's samples on the grown bench model went there. Everything is checked
+ * before anything is written (a user outside the arrays or the list, a row that is not a dict or holds more than
+ * window entries, a key that is not an int within int32, a weight that is not a float or an int): then nothing is. */
+static int history_entry(PyObject *key, PyObject *value, int32_t *row, double *weight) {
+    if (!PyLong_Check(key) || !(PyFloat_Check(value) || PyLong_Check(value))) {
+        PyErr_SetString(PyExc_TypeError, "write_histories: a history's keys are int item rows, its values float");
+        return -1;
+    }
+    long long j = PyLong_AsLongLong(key);
+    if (j == -1 && PyErr_Occurred()) return -1;
+    if (j < INT32_MIN || j > INT32_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "write_histories: an item row past int32");
+        return -1;
+    }
+    double w = PyFloat_AsDouble(value);
+    if (w == -1.0 && PyErr_Occurred()) return -1;
+    *row = (int32_t)j;
+    *weight = w;
+    return 0;
+}
+
+static PyObject *write_histories(PyObject *self, PyObject *args) {
+    PyObject *rows, *objs[3];
+    Py_ssize_t window;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O!OOOn", &PyList_Type, &rows, &objs[0], &objs[1], &objs[2], &window)) return NULL;
+    static const char *const names[] = {"users", "items", "weights"};
+    Py_buffer views[3];
+    if (get_buffers(objs, views, 3, names, "qid", 1) < 0) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = views[0].len / 8, cells = views[1].len / 4;
+    if (window <= 0 || cells % window != 0 || views[2].len / 8 != cells) {
+        PyErr_SetString(PyExc_ValueError, "write_histories: items and weights are not (users, window) alike");
+        goto done;
+    }
+    Py_ssize_t n_rows = cells / window;
+    for (int pass = 0; pass < 2; pass++) { /* 0: check everything; 1: write */
+        for (Py_ssize_t k = 0; k < n; k++) {
+            int64_t u = get_i64(views[0].buf, k);
+            if (pass == 0 && (u < 0 || u >= n_rows || u >= PyList_GET_SIZE(rows))) {
+                PyErr_SetString(PyExc_IndexError, "write_histories: a user outside the arrays or the rows");
+                goto done;
+            }
+            PyObject *history = PyList_GET_ITEM(rows, u);
+            if (pass == 0 && (!PyDict_Check(history) || PyDict_GET_SIZE(history) > window)) {
+                PyErr_SetString(PyExc_ValueError, "write_histories: a user's row is not a dict of at most window items");
+                goto done;
+            }
+            int32_t *items = (int32_t *)views[1].buf + u * window, j;
+            double *weights = (double *)views[2].buf + u * window, w;
+            Py_ssize_t at = 0, slot = 0;
+            PyObject *key, *value;
+            while (PyDict_Next(history, &at, &key, &value)) {
+                if (history_entry(key, value, &j, &w) < 0) goto done; /* (pass 1: checked in pass 0) */
+                if (pass == 1) {
+                    items[slot] = j;
+                    weights[slot] = w;
+                }
+                slot++;
+            }
+            if (pass == 1) {
+                for (; slot < window; slot++) {
+                    items[slot] = -1;
+                    weights[slot] = 0.0;
+                }
+            }
+        }
+    }
+    Py_INCREF(Py_None);
+    result = Py_None;
+done:
+    for (int b = 0; b < 3; b++) PyBuffer_Release(&views[b]);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"cooccurrence_scores", cooccurrence_scores, METH_VARARGS,
      "cooccurrence_scores(cols, vals, start, length, rows, weights, cap, cache, damping, mass, popularity_weight, "
@@ -4786,6 +4866,8 @@ static PyMethodDef methods[] = {
      "mass_max, n, head, exclude, k): the k best (row, score) of those scores without their exclude, or None"},
     {"gather_rows", gather_rows, METH_VARARGS,
      "gather_rows(cols, vals, start, length, n, out_cols, out_vals): rows 0..n-1 of a pool, one after the other"},
+    {"write_histories", write_histories, METH_VARARGS,
+     "write_histories(rows, users, items, weights, window): UserHistories._write (see _kernels.c)"},
     {"copy_rows", copy_rows, METH_VARARGS,
      "copy_rows(cols, vals, start, rows, length, to, out_cols, out_vals): rows of a pool copied to out (see _kernels.c)"},
     {"top_rows", top_rows, METH_VARARGS,

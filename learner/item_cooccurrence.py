@@ -634,6 +634,11 @@ class UserHistories:
         """Write the dicts of ``users`` (each materialised) to their rows of the arrays."""
         if not users:
             return
+        kernel = kernels.compiled()
+        if kernel is not None:  # each remembered item in C: 5.3% of the worker's samples on the grown bench model
+            users_at = np.asarray(users, dtype=np.int64)
+            kernel.write_histories(self._rows, users_at, self._items, self._weights, self.window)
+            return
         # Iterated in C (map, chain), not a Python loop per user: a delta writes every user it carries, ~3,000
         # per delta at the bench's load, and this was a third of the cost of making one.
         histories: list[dict[int, float]] = list(map(self._rows.__getitem__, users))  # type: ignore[arg-type]
