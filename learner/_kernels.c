@@ -4830,8 +4830,10 @@ static PyObject *write_histories(PyObject *self, PyObject *args) {
                 PyErr_SetString(PyExc_ValueError, "write_histories: a user's row is not a dict of at most window items");
                 goto done;
             }
-            int32_t *items = (int32_t *)views[1].buf + u * window, j;
-            double *weights = (double *)views[2].buf + u * window, w;
+            int32_t *items = (int32_t *)views[1].buf + u * window;
+            double *weights = (double *)views[2].buf + u * window;
+            int32_t j;
+            double w;
             Py_ssize_t at = 0, slot = 0;
             PyObject *key, *value;
             while (PyDict_Next(history, &at, &key, &value)) {

@@ -450,8 +450,8 @@ class SparseRows:
         before it, in the order the rows are in the pool, with room for a quarter more where the garbage leaves
         that much (a row gets less only where the next row's entries, not yet moved, begin: never less than its
         length); the rows with no entries to the end, with no room, as new rows are. New memory would cost its page
-        faults: a lay-out into new arrays took 0.17-0.46 s at ~14M entries on a half-speed VM, with the GIL held
-        (``/tmp/s44/pause.py``), where this copies the entries alone."""
+        faults: a lay-out into new arrays took 0.13-0.46 s at 10.6-14M entries on a half-speed VM, with the GIL held
+        (``/tmp/s44/pause10.py``), where this copies the entries alone (16-28 ms)."""
         n = self._n
         rows = np.flatnonzero(self._len[:n])
         rows = rows[np.argsort(self._start[rows], kind="stable")]
