@@ -69,7 +69,8 @@ def resize_mapped(owner: object, name: str, size: int, keep: int) -> None:
         except BaseException as error:
             setattr(owner, name, np.frombuffer(memory, dtype=dtype))  # the map as it was: nothing lost
             # a view alive elsewhere (BufferError); no mremap on this system (SystemError; AttributeError from
-            # Python 3.15, which has no resize there); the system's refusal (OSError): copy as numpy would
+            # Python 3.15, which has no resize there); the system's refusal (OSError), or a map newer Pythons will
+            # not resize (ValueError): copy as numpy would
             if not isinstance(error, BufferError | SystemError | AttributeError | OSError | ValueError):
                 raise
         else:
