@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from learner.arrays import ensure_rows
+from learner.arrays import grow_rows, mapped_copy
 from learner.base import ModelState, expect_kind, restore_rng, rng_state
 from learner.id_index import IdIndex
 from learner.ranking import scores_for_user
@@ -143,21 +143,22 @@ class OnlineBPR:
         k = model.n_factors
         if uf.shape != (len(model.users), k) or itf.shape != (len(model.items), k) or ib.shape != (len(model.items),):
             raise ValueError("state arrays do not match its id lists")
-        model._p, model._q, model._b = uf.copy(), itf.copy(), ib.copy()
+        # in maps of their own, so that the first new user or item grows them in place (learner.arrays)
+        model._p, model._q, model._b = mapped_copy(uf, 0), mapped_copy(itf, 0), mapped_copy(ib, 0)
         return model
 
     def _user_row(self, user: str) -> int:
         row, new = self.users.add(user)
         if new:
-            self._p = ensure_rows(self._p, row)
+            grow_rows(self, "_p", row)
             self._p[row] = 0.0
         return row
 
     def _item_row(self, item: str) -> int:
         row, new = self.items.add(item)
         if new:
-            self._q = ensure_rows(self._q, row)
-            self._b = ensure_rows(self._b, row)
+            grow_rows(self, "_q", row)
+            grow_rows(self, "_b", row)
             self._q[row] = self._rng.normal(0.0, self.init_scale, self.n_factors).astype(FLOAT)
             self._b[row] = 0.0
         return row

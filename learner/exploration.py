@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from learner.arrays import ensure_rows
+from learner.arrays import grow_rows
 
 
 class ThompsonExplorer:
@@ -80,5 +80,5 @@ class ThompsonExplorer:
 
     def _ensure(self, n: int) -> None:
         if n > len(self._impressions):
-            self._impressions = ensure_rows(self._impressions, n - 1)
-            self._likes = ensure_rows(self._likes, n - 1)
+            grow_rows(self, "_impressions", n - 1)
+            grow_rows(self, "_likes", n - 1)

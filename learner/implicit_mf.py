@@ -29,7 +29,7 @@ import math
 
 import numpy as np
 
-from learner.arrays import ensure_rows
+from learner.arrays import grow_rows, mapped_copy
 from learner.base import ModelState, expect_kind, restore_rng, rng_state
 from learner.id_index import IdIndex
 from learner.ranking import scores_for_user
@@ -172,7 +172,9 @@ class ImplicitMF:
             raise ValueError("state arrays do not match its id lists")
         if ib.shape != (len(model.items),):
             raise ValueError("item_bias does not match the item list")
-        model._user_factors, model._item_factors, model._item_bias = uf.copy(), itf.copy(), ib.copy()
+        # in maps of their own, so that the first new user or item grows them in place (learner.arrays)
+        model._user_factors, model._item_factors = mapped_copy(uf, 0), mapped_copy(itf, 0)
+        model._item_bias = mapped_copy(ib, 0)
         return model
 
     # -- internals -------------------------------------------------------------------
@@ -191,16 +193,16 @@ class ImplicitMF:
     def _user_row(self, user: str) -> int:
         row, new = self.users.add(user)
         if new:
-            self._user_factors = ensure_rows(self._user_factors, row)
+            grow_rows(self, "_user_factors", row)
             self._user_factors[row] = 0.0
         return row
 
     def _item_row(self, item: str) -> int:
         row, new = self.items.add(item)
         if new:
-            self._item_factors = ensure_rows(self._item_factors, row)
+            grow_rows(self, "_item_factors", row)
             self._item_factors[row] = self._init_vector()
-            self._item_bias = ensure_rows(self._item_bias, row)
+            grow_rows(self, "_item_bias", row)
         return row
 
     def _init_vector(self) -> np.ndarray:

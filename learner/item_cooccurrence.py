@@ -51,7 +51,7 @@ from itertools import chain
 import numpy as np
 
 from learner import kernels
-from learner.arrays import ensure_rows
+from learner.arrays import grow_rows, mapped_copy
 from learner.base import ModelState, expect_kind
 from learner.id_index import IdIndex
 from learner.popularity_models import DecayedCounter
@@ -433,7 +433,7 @@ class ItemCooccurrence:
         if hist_items.size and (hist_items.max() >= n_items or hist_items.min() < -1):
             raise ValueError("history refers to unknown items")
         model._rows = SparseRows.from_csr(np.asarray(a["indptr"]), np.asarray(a["indices"]), a["data"], n_items)
-        model._mass = ensure_rows(mass.copy(), n_items)
+        model._mass = mapped_copy(mass, n_items + 1)
         model._recent.load(a["recent"], a["recent_clock"], n_items)
         model._candidate_damping = _damping(a, "candidate_damping", model._mass, model.beta)
         model._row_damping = _damping(a, "row_damping", model._mass, model.alpha)
@@ -465,7 +465,7 @@ class ItemCooccurrence:
         if n_items == n_items0:
             return
         self._rows.add_rows(n_items - n_items0)
-        self._mass = ensure_rows(self._mass, n_items - 1)
+        grow_rows(self, "_mass", n_items - 1)
         self._recent.ensure(n_items - 1)
         if n_items > len(self._candidate_damping):
             self._candidate_damping = _grow_ones(self._candidate_damping, len(self._mass))
@@ -500,7 +500,7 @@ class ItemCooccurrence:
         row, new = self.items.add(item)
         if new:
             self._rows.add_rows(1)
-            self._mass = ensure_rows(self._mass, row)
+            grow_rows(self, "_mass", row)
             self._recent.ensure(row)
             if row >= len(self._candidate_damping):
                 self._candidate_damping = _grow_ones(self._candidate_damping, len(self._mass))

@@ -28,7 +28,7 @@ import math
 
 import numpy as np
 
-from learner.arrays import ensure_rows
+from learner.arrays import grow_rows, mapped_copy
 from learner.base import ModelState, expect_kind
 from learner.id_index import IdIndex
 
@@ -61,7 +61,7 @@ class DecayedCounter:
             self.t_ref = self.clock
 
     def ensure(self, row: int) -> None:
-        self.mass = ensure_rows(self.mass, row)
+        grow_rows(self, "mass", row)
 
     def add(self, row: int, y: float) -> None:
         w = y * self._factor()
@@ -79,7 +79,7 @@ class DecayedCounter:
         clock = np.asarray(clock, dtype=np.float64)
         if mass.shape != (n,) or clock.shape != (4,):
             raise ValueError("decayed counts do not match the item list")
-        self.mass = ensure_rows(mass.copy(), n)
+        self.mass = mapped_copy(mass, n + 1)
         self.set_clock(clock)
 
     def set_clock(self, clock: np.ndarray) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from river import optim, reco
 
-from learner.arrays import ensure_rows
+from learner.arrays import grow_rows, mapped_copy
 from learner.base import ModelState, expect_kind, restore_rng, rng_state
 from learner.id_index import IdIndex
 
@@ -141,8 +141,9 @@ class RiverBiasedMF:
         ):
             raise ValueError("state arrays do not match its id lists")
         model.users, model.items = IdIndex(users), IdIndex(items)
-        model._uf, model._ub = a["user_factors"].copy(), a["user_bias"].copy()
-        model._if, model._ib = a["item_factors"].copy(), a["item_bias"].copy()
+        # in maps of their own, so that the first new user or item grows them in place (learner.arrays)
+        model._uf, model._ub = mapped_copy(a["user_factors"], 0), mapped_copy(a["user_bias"], 0)
+        model._if, model._ib = mapped_copy(a["item_factors"], 0), mapped_copy(a["item_bias"], 0)
         river = model.river
         for row, user in enumerate(users):
             river.u_latents[user] = model._uf[row].copy()
@@ -164,8 +165,8 @@ class RiverBiasedMF:
     def _user_row(self, user: str) -> int:
         row, new = self.users.add(user)
         if new:
-            self._uf = ensure_rows(self._uf, row)
-            self._ub = ensure_rows(self._ub, row)
+            grow_rows(self, "_uf", row)
+            grow_rows(self, "_ub", row)
             # Draw the start vector here rather than letting River's initialiser do it, so a
             # restored model (rng_state included) continues exactly like the original.
             self.river.u_latents[user] = self._rng.normal(0.0, 0.1, self.n_factors)
@@ -175,8 +176,8 @@ class RiverBiasedMF:
     def _item_row(self, item: str) -> int:
         row, new = self.items.add(item)
         if new:
-            self._if = ensure_rows(self._if, row)
-            self._ib = ensure_rows(self._ib, row)
+            grow_rows(self, "_if", row)
+            grow_rows(self, "_ib", row)
             self.river.i_latents[item] = self._rng.normal(0.0, 0.1, self.n_factors)
             self._mirror_item(row, item)
         return row

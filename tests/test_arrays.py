@@ -76,3 +76,49 @@ def test_only_an_array_that_is_a_whole_map_counts_as_one() -> None:
     assert map_of(np.frombuffer(memory, dtype=np.int32, offset=64)) is None
     assert map_of(np.frombuffer(memory, dtype=np.int32)[1:]) is None
     assert map_of(np.zeros(1024, dtype=np.int32)) is None
+
+
+def test_rows_grow_by_doubling_into_a_map_and_then_in_place_the_new_rows_zeros() -> None:
+    owner = Owner()
+    owner.values = np.zeros((0, 3), dtype=np.float32)
+    arrays.grow_rows(owner, "values", 0)
+    assert owner.values.shape == (16, 3) and owner.values.dtype == np.float32 and not owner.values.any()
+    memory = map_of(owner.values)
+    assert memory is not None
+    owner.values[:] = 5
+    arrays.grow_rows(owner, "values", 15)  # there already
+    arrays.grow_rows(owner, "values", 16)
+    assert owner.values.shape == (32, 3) and map_of(owner.values) is memory
+    assert (owner.values[:16] == 5).all() and not owner.values[16:].any()
+    arrays.grow_rows(owner, "values", 1_000)  # beyond a doubling: exactly the row asked for
+    assert owner.values.shape == (1_001, 3) and map_of(owner.values) is memory and not owner.values[16:].any()
+
+
+def test_rows_grown_after_a_shrink_are_zeros_not_what_the_page_held() -> None:
+    owner = Owner()
+    owner.values = mapped_empty(4_096, np.float64, (2,))
+    owner.values[:] = 9.0
+    resize_mapped(owner, "values", 100, keep=100)  # the page that ends it still holds 9s past its end
+    memory = map_of(owner.values)
+    arrays.grow_rows(owner, "values", 100)
+    assert map_of(owner.values) is memory and owner.values.shape == (200, 2)
+    assert (owner.values[:100] == 9).all() and not owner.values[100:].any()
+
+
+def test_rows_with_a_view_alive_are_copied_and_the_view_still_reads_them() -> None:
+    owner = Owner()
+    owner.values = arrays.mapped_copy(np.arange(12, dtype=np.float64).reshape(6, 2), 0)
+    memory = map_of(owner.values)
+    assert memory is not None and owner.values.shape == (6, 2)
+    row = owner.values[1]
+    arrays.grow_rows(owner, "values", 6)
+    assert map_of(owner.values) not in (None, memory) and owner.values.shape == (16, 2)
+    assert owner.values[:6].ravel().tolist() == list(range(12)) and not owner.values[6:].any()
+    assert row.tolist() == [2.0, 3.0]
+
+
+def test_only_rows_that_are_a_whole_map_count_as_one() -> None:
+    rows = mapped_empty(64, np.float32, (4,))
+    assert map_of(rows) is not None and map_of(rows[:]) is map_of(rows)
+    assert map_of(rows[1:]) is None and map_of(rows[:, :2]) is None and map_of(rows.T) is None
+    assert map_of(rows.reshape(-1)) is None and map_of(np.zeros((64, 4), dtype=np.float32)) is None

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from learner.arrays import map_of
 from learner.base import ModelState, Recommender, is_personal, reward_of
 from learner.blend import Blend
 from learner.event_weights import EventWeights
@@ -256,3 +257,52 @@ def test_blend_adds_normalised_parts_and_refuses_label_models() -> None:
 def test_the_default_model_is_registered_and_learns_from_weights() -> None:
     model = build_model(DEFAULT_MODEL)
     assert reward_of(model) == "weight" and hasattr(model, "advance_clock")
+
+
+def _row_maps(obj: object, path: str = "model", depth: int = 3) -> dict[str, object]:
+    """The arrays of ``obj`` (and of the learner objects it holds, ``depth`` deep) that are whole memory maps
+    (learner.arrays), by where they are: {path: its map}."""
+    found: dict[str, object] = {}
+    values = vars(obj).items() if hasattr(obj, "__dict__") else ()
+    for name, value in values:
+        if isinstance(value, np.ndarray):
+            memory = map_of(value)
+            if memory is not None:
+                found[f"{path}.{name}"] = memory
+        elif depth and type(value).__module__.startswith("learner."):
+            found.update(_row_maps(value, f"{path}.{name}", depth - 1))
+        elif depth and isinstance(value, list | tuple):
+            for k, part in enumerate(value):
+                if type(part).__module__.startswith("learner."):
+                    found.update(_row_maps(part, f"{path}.{name}[{k}]", depth - 1))
+    return found
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_per_user_and_per_item_arrays_grow_in_place_as_ids_come(kind: str) -> None:
+    """Nothing holds a view of a model's row arrays while they grow (learner.arrays.grow_rows): learned from,
+    and after a restore, each one stays the memory map it was, grown, and is not copied into a new one."""
+
+    def learn_new_ids(learner: OnlineLearner, start: int, n: int) -> None:
+        for k in range(start, start + n):
+            learner.learn(f"user-{k}", f"item-{k}", "like", None, None, ts=1_700_000_000.0 + k)
+
+    learner = OnlineLearner(model=_model(kind))
+    learn_new_ids(learner, 0, 40)
+    restored = OnlineLearner.from_bytes(learner.to_bytes())
+    learned_maps = set()
+    for current in (learner, restored):
+        before = _row_maps(current.model)
+        if current is learner:
+            # the co-occurrence pool is laid out into new maps after a load (tests/test_sparse_rows.py)
+            learned_maps = {path for path in before if "._rows." not in path}
+        else:
+            assert learned_maps <= set(before), f"loaded as plain arrays: {sorted(learned_maps - set(before))}"
+        sizes = {path: len(memory) for path, memory in before.items()}
+        learn_new_ids(current, 40, 300)
+        after = _row_maps(current.model)
+        copied = sorted(path for path, memory in before.items() if after.get(path) is not memory)
+        assert not copied, f"copied instead of grown in place: {copied}"
+        assert all(len(after[path]) > size for path, size in sizes.items())
+    if kind in ("implicit_mf", "bpr", "river_biased_mf", "item_cooccurrence", "decayed_popularity"):
+        assert before, f"{kind} keeps its rows in memory maps"
