@@ -17,12 +17,15 @@ numpy would. So a view kept by mistake costs a copy, never a dangling pointer. (
 ``np.ndarray(buffer=map)`` holds no such export, and the map would resize under it: arrays here are made with
 ``np.frombuffer``, which holds one.) Where there is no ``mremap`` (not Linux), it copies too.
 
-The maps are not asked for transparent huge pages (``MADV_HUGEPAGE``, which numpy asks for its own arrays from
-4 MiB). Where the kernel compacts memory for the pages asked (``defrag`` set to ``madvise``, as on these VMs), the
-first write to each new 2 MiB page waited for it: the ``implicit_mf`` model above stalled ~11 ms every 16,384 new
-users and items (a page of factors each), and learned no faster (500,000 of each: 33.9-34.8 s against
-31.1-32.5 s). The co-occurrence pool learned no faster with them either (1.2M events of the grown stream: 26.5-29.3
-s against 25.3-26.4 s, ``/tmp/s44/pause10.py``).
+Maps that grow are not asked for transparent huge pages (``MADV_HUGEPAGE``, which numpy asks for its own arrays
+from 4 MiB; :func:`grow_rows` takes the advice back from a map it grows). Where the kernel compacts memory for
+the pages asked (``defrag`` set to ``madvise``, its default), the first write to each new 2 MiB page waited for
+it: the ``implicit_mf`` model above stalled ~11 ms every 16,384 new users and items (a page of factors each),
+and learned no faster (500,000 of each: 33.9-34.8 s against 31.1-32.5 s); grown after a load, 13 calls over
+5 ms against 5 (``/tmp/s45/loadgrow.py 150000 400000``). The co-occurrence pool learned no faster with them either
+(1.2M events of the grown stream: 26.5-29.3 s against 25.3-26.4 s, ``/tmp/s44/pause10.py``). A copy made whole
+(:func:`mapped_copy`: a loaded model's arrays) is asked for them, as numpy would: a scan of 1M x 32 factors, as
+an API process ranks a factor model's catalogue, took ~10% longer on 4 KiB pages (``/tmp/s45/thp.py``).
 
 >>> class Model: ...
 >>> model = Model()
@@ -45,6 +48,9 @@ import mmap
 from typing import Any
 
 import numpy as np
+
+#: A copy this large is asked for transparent huge pages (as numpy asks for its own arrays from 4 MiB).
+HUGE_PAGES_FROM = 4 << 20
 
 _FLAGS = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
 _MAPPED = hasattr(mmap, "MAP_PRIVATE") and hasattr(mmap, "MAP_ANONYMOUS")
@@ -71,20 +77,22 @@ def resize_mapped(owner: object, name: str, size: int, keep: int) -> None:
     dtype, row_shape = array.dtype, array.shape[1:]
     memory = map_of(array)
     if memory is not None:
+        row_bytes = _row_bytes(dtype, row_shape)
+        whole = len(memory) // row_bytes
         setattr(owner, name, None)
         del array  # the last view of the map, unless something else holds one
+        resized = False
         try:
-            memory.resize(max(size * _row_bytes(dtype, row_shape), 1))
-        except BaseException as error:
-            whole = len(memory) // max(_row_bytes(dtype, row_shape), 1)
-            setattr(owner, name, _over(memory, dtype, whole, row_shape))  # the map as it was: nothing lost
+            memory.resize(max(size * row_bytes, 1))
+            resized = True
+        except (BufferError, SystemError, AttributeError, OSError, ValueError):
             # a view alive elsewhere (BufferError); no mremap on this system (SystemError; AttributeError from
             # Python 3.15, which has no resize there); the system's refusal (OSError), or a map newer Pythons will
-            # not resize (ValueError): copy as numpy would
-            if not isinstance(error, BufferError | SystemError | AttributeError | OSError | ValueError):
-                raise
-        else:
-            setattr(owner, name, _over(memory, dtype, size, row_shape))
+            # not resize (ValueError): copy as numpy would, below
+            pass
+        finally:  # also when interrupted: the map as it is, nothing lost
+            setattr(owner, name, _over(memory, dtype, size if resized else whole, row_shape))
+        if resized:
             return
         array = getattr(owner, name)
     grown = mapped_empty(size, dtype, row_shape)
@@ -104,6 +112,9 @@ def grow_rows(owner: object, name: str, row: int) -> None:
     row_bytes = _row_bytes(array.dtype, array.shape[1:])
     del array
     resize_mapped(owner, name, size, keep=rows)
+    memory = map_of(getattr(owner, name))
+    if memory is not None and hasattr(mmap, "MADV_NOHUGEPAGE"):  # rows written one by one from now on
+        memory.madvise(mmap.MADV_NOHUGEPAGE)
     if row_bytes:
         # Grown in place, the new rows are fresh pages (zeros) but for the rest of the page the old end was in,
         # which holds what it held before a shrink, if any: zero that part (a page at most, resident already).
@@ -115,6 +126,9 @@ def mapped_copy(array: np.ndarray, rows: int) -> np.ndarray:
     """A copy of ``array`` (an array of rows) in a memory map of its own, ``rows`` rows long at least (the rest
     zeros): what :func:`grow_rows` then grows in place (a model's arrays as a snapshot loads them)."""
     copy = mapped_empty(max(rows, len(array)), array.dtype, array.shape[1:])
+    memory = map_of(copy)
+    if memory is not None and len(memory) >= HUGE_PAGES_FROM and hasattr(mmap, "MADV_HUGEPAGE"):
+        memory.madvise(mmap.MADV_HUGEPAGE)  # written whole, here, and scanned whole when it serves
     copy[: len(array)] = array
     return copy
 

@@ -51,7 +51,7 @@ from itertools import chain
 import numpy as np
 
 from learner import kernels
-from learner.arrays import grow_rows, mapped_copy
+from learner.arrays import grow_rows, mapped_copy, resize_mapped
 from learner.base import ModelState, expect_kind
 from learner.id_index import IdIndex
 from learner.popularity_models import DecayedCounter
@@ -468,8 +468,8 @@ class ItemCooccurrence:
         grow_rows(self, "_mass", n_items - 1)
         self._recent.ensure(n_items - 1)
         if n_items > len(self._candidate_damping):
-            self._candidate_damping = _grow_ones(self._candidate_damping, len(self._mass))
-            self._row_damping = _grow_ones(self._row_damping, len(self._mass))
+            _grow_ones(self, "_candidate_damping", len(self._mass))
+            _grow_ones(self, "_row_damping", len(self._mass))
 
     def set_item_values(self, items: np.ndarray, values: dict[str, np.ndarray]) -> None:
         """A delta's per-item values at ``items`` (its ``mass``, ``candidate_damping``, ``row_damping``,
@@ -503,8 +503,8 @@ class ItemCooccurrence:
             grow_rows(self, "_mass", row)
             self._recent.ensure(row)
             if row >= len(self._candidate_damping):
-                self._candidate_damping = _grow_ones(self._candidate_damping, len(self._mass))
-                self._row_damping = _grow_ones(self._row_damping, len(self._mass))
+                _grow_ones(self, "_candidate_damping", len(self._mass))
+                _grow_ones(self, "_row_damping", len(self._mass))
         return row
 
 
@@ -659,13 +659,17 @@ def _damping(arrays: dict[str, np.ndarray], name: str, mass: np.ndarray, exponen
     n_items = len(arrays["mass"])
     saved = arrays.get(name)
     if saved is None:
-        return np.maximum(mass, 1.0) ** -exponent
+        return mapped_copy(np.maximum(mass, 1.0) ** -exponent, 0)
     if saved.shape != (n_items,):
         raise ValueError(f"{name} does not match the item list")
-    return _grow_ones(np.asarray(saved, dtype=np.float64), len(mass))
+    damping = mapped_copy(np.asarray(saved, dtype=np.float64), len(mass))  # as long as ``mass``, as it grows
+    damping[n_items:] = 1.0
+    return damping
 
 
-def _grow_ones(values: np.ndarray, size: int) -> np.ndarray:
-    grown = np.ones(size, dtype=values.dtype)
-    grown[: len(values)] = values
-    return grown
+def _grow_ones(owner: object, name: str, size: int) -> None:
+    """Make ``owner.<name>`` (per-item damping) ``size`` entries long, the new ones 1.0, in place where it can
+    (learner.arrays)."""
+    old = len(getattr(owner, name))
+    resize_mapped(owner, name, size, keep=old)
+    getattr(owner, name)[old:] = 1.0

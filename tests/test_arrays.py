@@ -122,3 +122,30 @@ def test_only_rows_that_are_a_whole_map_count_as_one() -> None:
     assert map_of(rows) is not None and map_of(rows[:]) is map_of(rows)
     assert map_of(rows[1:]) is None and map_of(rows[:, :2]) is None and map_of(rows.T) is None
     assert map_of(rows.reshape(-1)) is None and map_of(np.zeros((64, 4), dtype=np.float32)) is None
+
+
+def _vm_flags(array: np.ndarray) -> set[str]:
+    """The kernel's flags of the mapping ``array``'s data lies in (``VmFlags`` in ``/proc/self/smaps``)."""
+    address = array.__array_interface__["data"][0]
+    inside = False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                start, end = (int(x, 16) for x in head.split("-"))
+                inside = start <= address < end
+            elif inside and head == "VmFlags:":
+                return set(line.split()[1:])
+    raise AssertionError("no mapping holds the array")
+
+
+@pytest.mark.skipif(not hasattr(mmap, "MADV_NOHUGEPAGE"), reason="no transparent huge pages on this system")
+def test_a_whole_copy_asks_for_huge_pages_and_growing_it_takes_the_advice_back() -> None:
+    owner = Owner()
+    owner.values = arrays.mapped_copy(np.ones((70_000, 16), dtype=np.float32), 0)  # 4.5 MB
+    assert "hg" in _vm_flags(owner.values)
+    arrays.grow_rows(owner, "values", 70_000)
+    assert "hg" not in _vm_flags(owner.values) and "nh" in _vm_flags(owner.values)
+    assert owner.values[:70_000].all() and not owner.values[70_000:].any()
+    small = arrays.mapped_copy(np.ones((10, 16), dtype=np.float32), 0)  # under 4 MiB: as numpy would, no advice
+    assert "hg" not in _vm_flags(small)
