@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from learner.arrays import grow_rows, mapped_empty
 from learner.id_index import IdIndex
 
 
@@ -36,7 +37,7 @@ class Popularity:
     def __init__(self, items: IdIndex | None = None) -> None:
         self.shared = items is not None  # True: ``items`` is grown by its owner, never here
         self.items = IdIndex() if items is None else items
-        self._counts = np.zeros(max(16, len(self.items)), dtype=np.float64)
+        self._counts = mapped_empty(max(16, len(self.items)), np.float64)  # zeros, grown in place
 
     def learn_one(self, item: str, y: float | None) -> None:
         if self.shared:
@@ -86,8 +87,5 @@ class Popularity:
         return pop
 
     def _grow(self, size: int) -> None:
-        """Make room for ``size`` counts (doubling, so growth is amortised O(1) per item)."""
-        if size > len(self._counts):
-            grown = np.zeros(max(2 * len(self._counts), size), dtype=np.float64)
-            grown[: len(self._counts)] = self._counts
-            self._counts = grown
+        """Make room for ``size`` counts (doubling, in place: learner.arrays)."""
+        grow_rows(self, "_counts", size - 1)

@@ -292,7 +292,7 @@ def test_per_user_and_per_item_arrays_grow_in_place_as_ids_come(kind: str) -> No
     restored = OnlineLearner.from_bytes(learner.to_bytes())
     learned_maps = set()
     for current in (learner, restored):
-        before = _row_maps(current.model)
+        before = _row_maps(current, "learner", 4)
         if current is learner:
             # the co-occurrence pool is laid out into new maps after a load (tests/test_sparse_rows.py)
             learned_maps = {path for path in before if "._rows." not in path}
@@ -300,7 +300,7 @@ def test_per_user_and_per_item_arrays_grow_in_place_as_ids_come(kind: str) -> No
             assert learned_maps <= set(before), f"loaded as plain arrays: {sorted(learned_maps - set(before))}"
         sizes = {path: len(memory) for path, memory in before.items()}
         learn_new_ids(current, 40, 300)
-        after = _row_maps(current.model)
+        after = _row_maps(current, "learner", 4)
         copied = sorted(path for path, memory in before.items() if after.get(path) is not memory)
         assert not copied, f"copied instead of grown in place: {copied}"
         assert all(len(after[path]) > size for path, size in sizes.items())
