@@ -18,9 +18,9 @@ numpy would. So a view kept by mistake costs a copy, never a dangling pointer. (
 ``np.frombuffer``, which holds one.) Where there is no ``mremap`` (not Linux), it copies too.
 
 Maps that grow are not asked for transparent huge pages (``MADV_HUGEPAGE``, which numpy asks for its own arrays
-from 4 MiB; :func:`grow_rows` takes the advice back from a map it grows). Where the kernel compacts memory for
-the pages asked (``defrag`` set to ``madvise``, its default), the first write to each new 2 MiB page waited for
-it: the ``implicit_mf`` model above stalled ~11 ms every 16,384 new users and items (a page of factors each),
+from 4 MiB; :func:`resize_mapped` takes the advice back from a map it resizes in place). Where the kernel compacts
+memory for the pages asked (``defrag`` set to ``madvise``, its default), the first write to each new 2 MiB page
+waited for it: the ``implicit_mf`` model above stalled ~11 ms every 16,384 new users and items (a page of factors each),
 and learned no faster (500,000 of each: 33.9-34.8 s against 31.1-32.5 s); grown after a load, 13 calls over
 5 ms against 5 (``/tmp/s45/loadgrow.py 150000 400000``). The co-occurrence pool learned no faster with them either
 (1.2M events of the grown stream: 26.5-29.3 s against 25.3-26.4 s, ``/tmp/s44/pause10.py``). A copy made whole
@@ -93,6 +93,8 @@ def resize_mapped(owner: object, name: str, size: int, keep: int) -> None:
         finally:  # also when interrupted: the map as it is, nothing lost
             setattr(owner, name, _over(memory, dtype, size if resized else whole, row_shape))
         if resized:
+            if hasattr(mmap, "MADV_NOHUGEPAGE"):  # grown or shrunk in place: written a little at a time from now on
+                memory.madvise(mmap.MADV_NOHUGEPAGE)
             return
         array = getattr(owner, name)
     grown = mapped_empty(size, dtype, row_shape)
@@ -112,9 +114,6 @@ def grow_rows(owner: object, name: str, row: int) -> None:
     row_bytes = _row_bytes(array.dtype, array.shape[1:])
     del array
     resize_mapped(owner, name, size, keep=rows)
-    memory = map_of(getattr(owner, name))
-    if memory is not None and hasattr(mmap, "MADV_NOHUGEPAGE"):  # rows written one by one from now on
-        memory.madvise(mmap.MADV_NOHUGEPAGE)
     if row_bytes:
         # Grown in place, the new rows are fresh pages (zeros) but for the rest of the page the old end was in,
         # which holds what it held before a shrink, if any: zero that part (a page at most, resident already).
