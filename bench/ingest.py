@@ -236,6 +236,7 @@ def _worker_run(
         held = {k.decode(): int(v) for k, v in r.hgetall(keys.gate_counts).items()}
     finally:
         worker.stop(timeout=30)
+        r.close()
     measured = (total - first) * per_message
     if measured <= 0:
         raise RuntimeError(f"the worker took all {total:,} messages before its first checkpoint: measure more events")
