@@ -93,8 +93,7 @@ def resize_mapped(owner: object, name: str, size: int, keep: int) -> None:
         finally:  # also when interrupted: the map as it is, nothing lost
             setattr(owner, name, _over(memory, dtype, size if resized else whole, row_shape))
         if resized:
-            if hasattr(mmap, "MADV_NOHUGEPAGE"):  # grown or shrunk in place: written a little at a time from now on
-                memory.madvise(mmap.MADV_NOHUGEPAGE)
+            _advise(memory, "MADV_NOHUGEPAGE")  # grown or shrunk in place: written a little at a time from now on
             return
         array = getattr(owner, name)
     grown = mapped_empty(size, dtype, row_shape)
@@ -126,8 +125,8 @@ def mapped_copy(array: np.ndarray, rows: int) -> np.ndarray:
     zeros): what :func:`grow_rows` then grows in place (a model's arrays as a snapshot loads them)."""
     copy = mapped_empty(max(rows, len(array)), array.dtype, array.shape[1:])
     memory = map_of(copy)
-    if memory is not None and len(memory) >= HUGE_PAGES_FROM and hasattr(mmap, "MADV_HUGEPAGE"):
-        memory.madvise(mmap.MADV_HUGEPAGE)  # written whole, here, and scanned whole when it serves
+    if memory is not None and len(memory) >= HUGE_PAGES_FROM:
+        _advise(memory, "MADV_HUGEPAGE")  # written whole, here, and scanned whole when it serves
     copy[: len(array)] = array
     return copy
 
@@ -147,6 +146,16 @@ def map_of(array: np.ndarray) -> mmap.mmap | None:
 
 def _row_bytes(dtype: np.dtype, row_shape: tuple[int, ...]) -> int:
     return dtype.itemsize * int(np.prod(row_shape, dtype=np.int64))
+
+
+def _advise(memory: mmap.mmap, advice: str) -> None:
+    """``memory.madvise(mmap.<advice>)`` where the system has it; a kernel without transparent huge pages refuses
+    their advice (EINVAL), which changes nothing here."""
+    if hasattr(mmap, advice):
+        try:
+            memory.madvise(getattr(mmap, advice))
+        except OSError:
+            pass
 
 
 def _over(memory: mmap.mmap, dtype: np.dtype, size: int, row_shape: tuple[int, ...]) -> np.ndarray:

@@ -149,3 +149,17 @@ def test_a_whole_copy_asks_for_huge_pages_and_growing_it_takes_the_advice_back()
     assert owner.values[:70_000].all() and not owner.values[70_000:].any()
     small = arrays.mapped_copy(np.ones((10, 16), dtype=np.float32), 0)  # under 4 MiB: as numpy would, no advice
     assert "hg" not in _vm_flags(small)
+
+
+def test_a_kernel_that_refuses_the_huge_page_advice_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    class NoHugePages(mmap.mmap):  # a kernel built without transparent huge pages: EINVAL for their advice
+        def madvise(self, *_: object) -> None:
+            raise OSError(22, "Invalid argument")
+
+    memory = NoHugePages(-1, 4_096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    owner = Owner()
+    owner.values = np.frombuffer(memory, dtype=np.float32)
+    owner.values[:] = 3
+    monkeypatch.setattr(arrays, "map_of", lambda *_: memory)
+    resize_mapped(owner, "values", 2_048, keep=1_024)  # in place, then the advice refused
+    assert len(owner.values) == 2_048 and (owner.values[:1_024] == 3).all()
