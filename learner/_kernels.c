@@ -16,6 +16,9 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 /* Buffers may be unaligned (numpy views into a snapshot's bytes): every element goes through memcpy, which
  * compilers turn into a plain load or store where the machine allows it. */
@@ -1770,6 +1773,151 @@ done:
     return result;
 }
 
+/* Memory for the arrays of the gate's and the ids' tables (LruIndex, IdTable): PyMem's under GROWN_MAPPED bytes, a
+ * memory map of its own from it, grown by mremap (no copy: a growth of the ids' ends, 8 bytes an id, copied ~6 MB in
+ * one add() at 800,000 ids, 4-7 ms on this VM, once glibc's heap served it, as it does in a process that has freed
+ * large blocks). Each is freed by its size. */
+#ifdef __linux__
+#define GROWN_MAPPED ((size_t)1 << 20)
+#else
+#define GROWN_MAPPED SIZE_MAX /* (no mremap: PyMem's always) */
+#endif
+
+/* `size` bytes (zeroed if asked), NULL when there is no memory (no exception set) */
+static void *grown_alloc(size_t size, int zeroed) {
+    if (size < GROWN_MAPPED) return zeroed ? PyMem_Calloc(size ? size : 1, 1) : PyMem_Malloc(size ? size : 1);
+#ifdef __linux__
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0); /* zeroed */
+    return p == MAP_FAILED ? NULL : p;
+#else
+    return NULL;
+#endif
+}
+
+/* memory of grown_alloc(size) given back */
+static void grown_free(void *p, size_t size) {
+    if (p == NULL) return;
+#ifdef __linux__
+    if (size >= GROWN_MAPPED) {
+        munmap(p, size);
+        return;
+    }
+#endif
+    PyMem_Free(p);
+}
+
+/* memory of grown_alloc(size) (or NULL, size 0) grown to `grown` > size bytes, its contents kept (the rest not
+ * zeroed); NULL when there is no memory (`p` is then unchanged) */
+static void *grown_realloc(void *p, size_t size, size_t grown) {
+    if (grown < GROWN_MAPPED) return PyMem_Realloc(p, grown);
+#ifdef __linux__
+    if (size >= GROWN_MAPPED) {
+        void *q = mremap(p, size, grown, MREMAP_MAYMOVE);
+        return q == MAP_FAILED ? NULL : q;
+    }
+#endif
+    void *q = grown_alloc(grown, 0);
+    if (q == NULL) return NULL;
+    if (size) memcpy(q, p, size);
+    PyMem_Free(p);
+    return q;
+}
+
+/* ---- hslots: hash slots that double a little at a time (LruIndex, IdTable) -------------------------------------
+ *
+ * An open-addressing table (linear probing, a power of two of slots) of 8-byte slots: a number + 1 (0: empty) and
+ * the low 32 bits of its key's hash, so that a probe compares keys (the table's own business) only when those bits
+ * match. When it would be fuller than its table allows, a zeroed table twice its size takes the new keys and the old
+ * one is kept while its entries move over, HSLOT_MOVE slots of it with each key added: a lookup that misses the new
+ * slots probes the old ones meanwhile. Rehashing all at once held one add for ~10 ms at 350,000 ids (an IdTable) and
+ * one insert for 21-27 ms at 524,288 keys (an LruIndex): the rehash and the new slots' page faults, linear in the
+ * keys. Doubling when more than half full (LruIndex) or 2/3 (IdTable), the keys held then take at least half (a
+ * third) of the old slots' number of adds to need the next doubling, so HSLOT_MOVE >= 2 an add finishes the moves
+ * first (and any left are finished before a doubling all the same). Old slots change only by a removal (LruIndex),
+ * which leaves HSLOT_TOMB there (a probe goes past it, a move skips it), not a shift, which could move a key not
+ * moved yet to where the moves have passed. A moved entry stays in the old slots too: its table compares a key with
+ * the entry's text as it is now, so such a slot never matches once its key is forgotten (its number taken again by a
+ * key that is then in the new slots). */
+
+typedef struct {
+    uint32_t ref;  /* the entry's number + 1; 0: empty; HSLOT_TOMB: removed while in the old slots */
+    uint32_t hash; /* the low 32 bits of its key's hash */
+} hslot;
+
+#define HSLOT_TOMB UINT32_MAX /* (numbers + 1 are at most 2**31) */
+#define HSLOT_MOVE 32         /* old slots moved with each key added while a doubling is under way */
+
+typedef struct {
+    hslot *slots;      /* NULL until the first key */
+    uint32_t mask;     /* slots - 1 */
+    hslot *old;        /* the slots before the last doubling while their entries move; NULL when moved */
+    uint32_t old_mask;
+    uint64_t moved;    /* old[0 : moved] are in `slots` (or removed) */
+} hslots;
+
+/* Puts a slot (of a key not in `slots`) in the first empty one from its hash's */
+static inline void hslots_place(hslot *slots, uint32_t mask, hslot s) {
+    uint32_t at = s.hash & mask;
+    while (slots[at].ref != 0) at = (at + 1) & mask;
+    slots[at] = s;
+}
+
+/* Moves up to `count` more of the old slots' entries to the slots (all of them with UINT64_MAX); the old slots are
+ * freed once all are */
+static void hslots_move(hslots *t, uint64_t count) {
+    uint64_t end = (uint64_t)t->old_mask + 1, at = t->moved;
+    uint64_t stop = count >= end - at ? end : at + count;
+    for (; at < stop; at++) {
+        hslot s = t->old[at];
+        if (s.ref != 0 && s.ref != HSLOT_TOMB) hslots_place(t->slots, t->mask, s);
+    }
+    t->moved = at;
+    if (at == end) {
+        grown_free(t->old, (size_t)end * sizeof(hslot));
+        t->old = NULL;
+        t->old_mask = 0;
+        t->moved = 0;
+    }
+}
+
+/* Room for one more key when `held` are held (the slots doubled when more than num/den of them would hold one: the
+ * current ones become the old), and the next HSLOT_MOVE old slots moved; -1 with MemoryError (nothing changed) */
+static int hslots_reserve(hslots *t, uint64_t held, uint64_t num, uint64_t den) {
+    uint64_t n = t->slots == NULL ? 0 : (uint64_t)t->mask + 1;
+    if ((held + 1) * den > n * num) {
+        uint64_t grown = n == 0 ? 16 : n * 2;
+        if (grown > (1ULL << 32)) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        hslot *slots = grown_alloc((size_t)grown * sizeof *slots, 1);
+        if (slots == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        if (t->old != NULL) hslots_move(t, UINT64_MAX); /* (never, by the arithmetic above: a safeguard) */
+        t->old = t->slots;
+        t->old_mask = t->mask;
+        t->moved = 0;
+        t->slots = slots;
+        t->mask = (uint32_t)(grown - 1);
+    }
+    if (t->old != NULL) hslots_move(t, HSLOT_MOVE);
+    return 0;
+}
+
+/* The memory of the slots (and old slots) given back */
+static void hslots_free(hslots *t) {
+    if (t->slots != NULL) grown_free(t->slots, ((size_t)t->mask + 1) * sizeof(hslot));
+    if (t->old != NULL) grown_free(t->old, ((size_t)t->old_mask + 1) * sizeof(hslot));
+}
+
+/* The bytes the slots (and old slots) take */
+static size_t hslots_nbytes(const hslots *t) {
+    size_t bytes = t->slots == NULL ? 0 : ((size_t)t->mask + 1) * sizeof(hslot);
+    return t->old == NULL ? bytes : bytes + ((size_t)t->old_mask + 1) * sizeof(hslot);
+}
+
 /* ---- LruIndex: the gate's tables' key -> record number, least recently touched first --------------------------
  *
  * learner.gate.records.Records keeps each behaviour rule's records in one array('d'); this is its index: str key ->
@@ -1783,7 +1931,9 @@ done:
  * neighbours in the order. A slot holds an entry's number + 1 (0: empty) and the low 32 bits of its key's hash
  * (str's hash of that text, _Py_HashBytes), so a probe compares keys only when those bits match. Keys are str,
  * compared and hashed as text (never by calling Python: a subclass's own __eq__ or __hash__ is not used); they are
- * read back as new str objects (pop_first, evict, iteration), and numbers as new int objects. */
+ * read back as new str objects (pop_first, evict, iteration), and numbers as new int objects. The slots are hslots
+ * (above): they double a little at a time, a key removed from the new slots shifts the later ones of its run back,
+ * and one removed from the old slots (not moved yet) leaves a tombstone. */
 
 #define LRU_INLINE 16
 
@@ -1793,11 +1943,6 @@ typedef struct {
     char text[LRU_INLINE];   /* the key's code points, or (longer than LRU_INLINE bytes) a pointer to them */
 } lru_entry;
 
-typedef struct {
-    uint32_t entry; /* the entry's number + 1; 0: empty */
-    uint32_t hash;  /* the low 32 bits of its key's hash */
-} lru_slot;
-
 #define LRU_MAX_RECORDS 0x7ffffff0LL /* record numbers are int32 */
 #define LRU_MAX_KEY_BYTES 0x1fffffffLL /* a key's length in bytes fits in meta */
 
@@ -1806,8 +1951,7 @@ typedef struct {
     int ready;      /* __init__ was called */
     lru_entry *entries;
     Py_ssize_t n_entries, cap_entries; /* entries in use (held or forgotten), allocated */
-    lru_slot *slots;
-    uint32_t mask;     /* slots - 1 (a power of two); no slots until the first key */
+    hslots h;          /* entry number + 1 and hash by key; no slots until the first key */
     Py_ssize_t size;   /* keys held */
     int32_t first, last, free; /* the order's ends and the last forgotten record (-1: none) */
 } LruIndex;
@@ -1861,14 +2005,32 @@ static PyObject *lru_key(const LruIndex *self, int32_t r) {
     return PyUnicode_FromKindAndData(kind, lru_entry_text(e), (Py_ssize_t)(e->meta >> 3) / kind);
 }
 
-/* The slot holding the key of text `t` (of hash `hash`), or the empty one where it would go; the table has slots. */
-static inline uint32_t lru_probe(const LruIndex *self, const lru_text *t, Py_hash_t hash) {
-    uint32_t h = (uint32_t)hash, at = h & self->mask;
+/* The slot of `slots` holding the key of text `t` (of hash `hash`), or the empty one where it would go */
+static inline uint32_t lru_probe_in(const LruIndex *self, const hslot *slots, uint32_t mask, const lru_text *t,
+                                    Py_hash_t hash) {
+    uint32_t h = (uint32_t)hash, at = h & mask;
     for (;;) {
-        lru_slot s = self->slots[at];
-        if (s.entry == 0 || (s.hash == h && lru_same_text(&self->entries[s.entry - 1], t))) return at;
-        at = (at + 1) & self->mask;
+        hslot s = slots[at];
+        if (s.ref == 0 || (s.hash == h && s.ref != HSLOT_TOMB && lru_same_text(&self->entries[s.ref - 1], t))) {
+            return at;
+        }
+        at = (at + 1) & mask;
     }
+}
+
+/* The slot of the (current) slots holding the key of text `t`, or the empty one where it would go; the table has
+ * slots. */
+static inline uint32_t lru_probe(const LruIndex *self, const lru_text *t, Py_hash_t hash) {
+    return lru_probe_in(self, self->h.slots, self->h.mask, t, hash);
+}
+
+/* The entry number + 1 of the key of text `t`, 0 when it is not held; the table has slots */
+static inline uint32_t lru_entry_of(const LruIndex *self, const lru_text *t, Py_hash_t hash) {
+    uint32_t entry = self->h.slots[lru_probe(self, t, hash)].ref;
+    if (entry == 0 && self->h.old != NULL) { /* not moved yet, maybe */
+        entry = self->h.old[lru_probe_in(self, self->h.old, self->h.old_mask, t, hash)].ref;
+    }
+    return entry;
 }
 
 /* The record number of `key`, -1 when it is not held, -2 on an error. */
@@ -1877,8 +2039,8 @@ static Py_ssize_t lru_find(LruIndex *self, PyObject *key) {
     lru_text t;
     int is_text = lru_hash(key, &t, &hash);
     if (is_text <= 0) return is_text < 0 ? -2 : -1;
-    if (self->slots == NULL) return -1;
-    uint32_t entry = self->slots[lru_probe(self, &t, hash)].entry;
+    if (self->h.slots == NULL) return -1;
+    uint32_t entry = lru_entry_of(self, &t, hash);
     return entry == 0 ? -1 : (Py_ssize_t)entry - 1;
 }
 
@@ -1904,51 +2066,26 @@ static void lru_append(LruIndex *self, int32_t r) {
     self->last = r;
 }
 
-/* Room for one more key: slots doubled when it would make them more than half full; -1 with MemoryError. */
-static int lru_reserve_slot(LruIndex *self) {
-    uint64_t n = self->slots == NULL ? 0 : (uint64_t)self->mask + 1;
-    if ((uint64_t)(self->size + 1) * 2 <= n) return 0;
-    uint64_t grown = n == 0 ? 16 : n * 2;
-    if (grown > (1ULL << 32)) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    lru_slot *slots = PyMem_Calloc((size_t)grown, sizeof *slots);
-    if (slots == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    uint32_t mask = (uint32_t)(grown - 1);
-    for (uint64_t i = 0; i < n; i++) {
-        lru_slot s = self->slots[i];
-        if (s.entry == 0) continue;
-        uint32_t at = s.hash & mask;
-        while (slots[at].entry != 0) at = (at + 1) & mask;
-        slots[at] = s;
-    }
-    PyMem_Free(self->slots);
-    self->slots = slots;
-    self->mask = mask;
-    return 0;
-}
+/* Room for one more key (the slots doubled when it would make them more than half full); -1 with MemoryError */
+static int lru_reserve_slot(LruIndex *self) { return hslots_reserve(&self->h, (uint64_t)self->size, 1, 2); }
 
 /* Empties slot `at` and shifts back the later slots of its run that may move (no tombstones). */
 static void lru_clear_slot(LruIndex *self, uint32_t at) {
-    uint32_t mask = self->mask, hole = at, j = at;
+    uint32_t mask = self->h.mask, hole = at, j = at;
     for (;;) {
         j = (j + 1) & mask;
-        lru_slot s = self->slots[j];
-        if (s.entry == 0) break;
+        hslot s = self->h.slots[j];
+        if (s.ref == 0) break;
         uint32_t home = s.hash & mask;
         /* s may fill the hole unless its home lies cyclically within (hole, j] */
         int stays = hole <= j ? (hole < home && home <= j) : (hole < home || home <= j);
         if (!stays) {
-            self->slots[hole] = s;
+            self->h.slots[hole] = s;
             hole = j;
         }
     }
-    self->slots[hole].entry = 0;
-    self->slots[hole].hash = 0;
+    self->h.slots[hole].ref = 0;
+    self->h.slots[hole].hash = 0;
 }
 
 /* A new record for the key of text `t` (not held; `hash` its hash), last in the order: its number, or -1 with an
@@ -1979,7 +2116,8 @@ static Py_ssize_t lru_insert(LruIndex *self, const lru_text *t, Py_hash_t hash) 
         }
         if (self->n_entries == self->cap_entries) {
             Py_ssize_t cap = self->cap_entries == 0 ? 16 : self->cap_entries * 2;
-            lru_entry *grown = PyMem_Realloc(self->entries, (size_t)cap * sizeof *grown);
+            lru_entry *grown =
+                grown_realloc(self->entries, (size_t)self->cap_entries * sizeof *grown, (size_t)cap * sizeof *grown);
             if (grown == NULL) {
                 PyErr_NoMemory();
                 goto fail;
@@ -1990,8 +2128,8 @@ static Py_ssize_t lru_insert(LruIndex *self, const lru_text *t, Py_hash_t hash) 
         r = (int32_t)self->n_entries++;
     }
     uint32_t at = lru_probe(self, t, hash);
-    self->slots[at].entry = (uint32_t)r + 1;
-    self->slots[at].hash = (uint32_t)hash;
+    self->h.slots[at].ref = (uint32_t)r + 1;
+    self->h.slots[at].hash = (uint32_t)hash;
     lru_entry *e = &self->entries[r];
     e->meta = (uint32_t)t->nbytes << 3 | (uint32_t)t->kind;
     if (own != NULL) memcpy(e->text, &own, sizeof own);
@@ -2004,18 +2142,29 @@ fail:
     return -1;
 }
 
+/* The slot of `slots` holding number + 1 `entry`, whose key's hash is `h`, or -1 (an empty slot reached first) */
+static int64_t hslot_of(const hslot *slots, uint32_t mask, uint32_t h, uint32_t entry) {
+    uint32_t at = h & mask;
+    for (uint64_t probes = 0; probes <= (uint64_t)mask; probes++) { /* (an empty slot always comes: bounded anyway) */
+        if (slots[at].ref == entry) return at;
+        if (slots[at].ref == 0) return -1;
+        at = (at + 1) & mask;
+    }
+    return -1;
+}
+
 /* Forgets record `r` (held): out of the slots and the order, its text freed, its number to the free list. */
 static void lru_forget(LruIndex *self, int32_t r) {
     lru_entry *e = &self->entries[r];
     Py_ssize_t nbytes = (Py_ssize_t)(e->meta >> 3);
     const char *text = lru_entry_text(e);
-    uint32_t h = (uint32_t)_Py_HashBytes(text, nbytes), at = h & self->mask; /* str's hash of that text */
-    for (uint64_t probes = 0; probes <= (uint64_t)self->mask; probes++) { /* (always found: bounded all the same) */
-        if (self->slots[at].entry == (uint32_t)r + 1) {
-            lru_clear_slot(self, at);
-            break;
-        }
-        at = (at + 1) & self->mask;
+    uint32_t h = (uint32_t)_Py_HashBytes(text, nbytes); /* str's hash of that text */
+    int64_t at = hslot_of(self->h.slots, self->h.mask, h, (uint32_t)r + 1);
+    if (at >= 0) {
+        lru_clear_slot(self, (uint32_t)at);
+    } else if (self->h.old != NULL) { /* not moved yet (no other old slot holds r: r was held since the doubling) */
+        at = hslot_of(self->h.old, self->h.old_mask, h, (uint32_t)r + 1);
+        if (at >= 0) self->h.old[at].ref = HSLOT_TOMB;
     }
     lru_unlink(self, r);
     if (nbytes > LRU_INLINE) PyMem_Free((void *)text);
@@ -2042,8 +2191,8 @@ static void LruIndex_dealloc(LruIndex *self) {
     for (Py_ssize_t r = 0; r < self->n_entries; r++) {
         if ((self->entries[r].meta >> 3) > LRU_INLINE) PyMem_Free((void *)lru_entry_text(&self->entries[r]));
     }
-    PyMem_Free(self->entries);
-    PyMem_Free(self->slots);
+    grown_free(self->entries, (size_t)self->cap_entries * sizeof *self->entries);
+    hslots_free(&self->h);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -2092,7 +2241,7 @@ static PyObject *LruIndex_insert(LruIndex *self, PyObject *key) {
         }
         return NULL;
     }
-    if (self->slots != NULL && self->slots[lru_probe(self, &t, hash)].entry != 0) {
+    if (self->h.slots != NULL && lru_entry_of(self, &t, hash) != 0) {
         PyErr_SetObject(PyExc_KeyError, key);
         return NULL;
     }
@@ -2186,11 +2335,26 @@ static PyObject *LruIndex_iter(LruIndex *self) {
 }
 
 static PyObject *LruIndex_nbytes(LruIndex *self, void *closure) {
-    size_t slots = self->slots == NULL ? 0 : ((size_t)self->mask + 1) * sizeof(lru_slot), texts = 0;
+    size_t slots = hslots_nbytes(&self->h), texts = 0;
     for (Py_ssize_t r = 0; r < self->n_entries; r++) { /* keys too long for their entry */
         if ((self->entries[r].meta >> 3) > LRU_INLINE) texts += self->entries[r].meta >> 3;
     }
     return PyLong_FromSize_t(slots + (size_t)self->cap_entries * sizeof(lru_entry) + texts);
+}
+
+/* held_slots: the slots that hold a key (the new slots', and the old ones' not moved yet that hold neither a
+ * tombstone nor nothing): len(index) unless the slots are wrong (for the tests) */
+static PyObject *LruIndex_held_slots(LruIndex *self, void *closure) {
+    size_t held = 0;
+    if (self->h.slots != NULL) {
+        for (uint64_t at = 0; at <= self->h.mask; at++) held += self->h.slots[at].ref != 0;
+    }
+    if (self->h.old != NULL) {
+        for (uint64_t at = self->h.moved; at <= self->h.old_mask; at++) {
+            held += self->h.old[at].ref != 0 && self->h.old[at].ref != HSLOT_TOMB;
+        }
+    }
+    return PyLong_FromSize_t(held);
 }
 
 static PyMethodDef LruIndex_methods[] = {
@@ -2209,6 +2373,8 @@ static PyMethodDef LruIndex_methods[] = {
 
 static PyGetSetDef LruIndex_getset[] = {
     {"nbytes", (getter)LruIndex_nbytes, NULL, "bytes allocated for entries, slots and keys too long for an entry",
+     NULL},
+    {"held_slots", (getter)LruIndex_held_slots, NULL, "slots holding a key: len(index) unless the slots are wrong",
      NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
@@ -2248,12 +2414,9 @@ static PyTypeObject LruIndexType = {
  * str (kept in it) and compares text only when those bits match, as a dict does. Ids are read back as new str
  * objects (`table[r]`, slices, iteration): the model's code reads them for answers and snapshots, not per event.
  * Keys are str, compared as text (a subclass's own __eq__ or __hash__ is never used, so no Python code runs while
- * the table is changed); a str holding lone surrogates is kept as it is, and refused only by json_array(). */
-
-typedef struct {
-    uint32_t row;  /* row + 1; 0: empty */
-    uint32_t hash; /* the low 32 bits of the id's hash */
-} id_slot;
+ * the table is changed); a str holding lone surrogates is kept as it is, and refused only by json_array(). The
+ * slots are hslots (above: they double a little at a time), and the arrays of a MB and more memory maps grown by
+ * mremap (grown_alloc): no add() rehashes every id or copies the arrays. */
 
 #define ID_MAX_ROWS 0x7ffffff0LL
 
@@ -2262,10 +2425,9 @@ typedef struct {
     char *text;                  /* every id's code points, one after another */
     int64_t *ends;               /* id r's text is text[r ? ends[r - 1] : 0 : ends[r]] */
     uint8_t *kinds;              /* its bytes a code point: 1, 2 or 4 */
-    Py_ssize_t n, cap;           /* ids, room for them in ends and kinds */
+    Py_ssize_t n, cap, kinds_cap; /* ids, room for them in ends, and in kinds */
     size_t text_len, text_cap;
-    id_slot *slots;
-    uint32_t mask;               /* slots - 1 (a power of two); no slots until the first id */
+    hslots h;                    /* row + 1 and hash by id; no slots until the first id */
 } IdTable;
 
 static PyTypeObject IdTableType;
@@ -2292,23 +2454,39 @@ static int idt_key(PyObject *key, const void **data, Py_ssize_t *nbytes, int *ki
     return 1;
 }
 
-/* The slot holding the id of this text, or the empty one where it would go; the table has slots. */
-static inline uint32_t idt_probe(const IdTable *self, const void *data, Py_ssize_t nbytes, int kind, uint32_t hash) {
-    uint32_t at = hash & self->mask;
+/* The slot of `slots` holding the id of this text, or the empty one where it would go */
+static inline uint32_t idt_probe_in(const IdTable *self, const hslot *slots, uint32_t mask, const void *data,
+                                    Py_ssize_t nbytes, int kind, uint32_t hash) {
+    uint32_t at = hash & mask;
     for (;;) {
-        id_slot s = self->slots[at];
-        if (s.row == 0) return at;
+        hslot s = slots[at];
+        if (s.ref == 0) return at;
         if (s.hash == hash) {
-            Py_ssize_t r = (Py_ssize_t)s.row - 1;
+            Py_ssize_t r = (Py_ssize_t)s.ref - 1;
             int64_t start = idt_start(self, r);
             if (self->kinds[r] == kind && self->ends[r] - start == nbytes &&
                 memcmp(self->text + start, data, (size_t)nbytes) == 0) {
                 return at;
             }
         }
-        at = (at + 1) & self->mask;
+        at = (at + 1) & mask;
     }
 }
+
+/* The slot of the table's (current) slots holding the id of this text, or the empty one where it would go */
+static inline uint32_t idt_probe(const IdTable *self, const void *data, Py_ssize_t nbytes, int kind, uint32_t hash) {
+    return idt_probe_in(self, self->h.slots, self->h.mask, data, nbytes, kind, hash);
+}
+
+/* The row + 1 of the id of this text, 0 if it is not held; the table has slots */
+static inline uint32_t idt_lookup(const IdTable *self, const void *data, Py_ssize_t nbytes, int kind, uint32_t hash) {
+    uint32_t row = self->h.slots[idt_probe(self, data, nbytes, kind, hash)].ref;
+    if (row == 0 && self->h.old != NULL) { /* not moved yet, maybe */
+        row = self->h.old[idt_probe_in(self, self->h.old, self->h.old_mask, data, nbytes, kind, hash)].ref;
+    }
+    return row;
+}
+
 
 /* The row of `key`: -1 when it is not held (or not a str), -2 on an error */
 static Py_ssize_t idt_find(IdTable *self, PyObject *key) {
@@ -2318,38 +2496,13 @@ static Py_ssize_t idt_find(IdTable *self, PyObject *key) {
     uint32_t hash;
     int is_text = idt_key(key, &data, &nbytes, &kind, &hash);
     if (is_text <= 0) return is_text < 0 ? -2 : -1;
-    if (self->slots == NULL) return -1;
-    uint32_t row = self->slots[idt_probe(self, data, nbytes, kind, hash)].row;
+    if (self->h.slots == NULL) return -1;
+    uint32_t row = idt_lookup(self, data, nbytes, kind, hash);
     return row == 0 ? -1 : (Py_ssize_t)row - 1;
 }
 
 /* Room for one more id in the slots (doubled when they would be more than 2/3 full); -1 with MemoryError */
-static int idt_reserve_slot(IdTable *self) {
-    uint64_t n = self->slots == NULL ? 0 : (uint64_t)self->mask + 1;
-    if ((uint64_t)(self->n + 1) * 3 <= n * 2) return 0;
-    uint64_t grown = n == 0 ? 16 : n * 2;
-    if (grown > (1ULL << 32)) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    id_slot *slots = PyMem_Calloc((size_t)grown, sizeof *slots);
-    if (slots == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    uint32_t mask = (uint32_t)(grown - 1);
-    for (uint64_t i = 0; i < n; i++) {
-        id_slot s = self->slots[i];
-        if (s.row == 0) continue;
-        uint32_t at = s.hash & mask;
-        while (slots[at].row != 0) at = (at + 1) & mask;
-        slots[at] = s;
-    }
-    PyMem_Free(self->slots);
-    self->slots = slots;
-    self->mask = mask;
-    return 0;
-}
+static int idt_reserve_slot(IdTable *self) { return hslots_reserve(&self->h, (uint64_t)self->n, 2, 3); }
 
 /* Appends an id (not held) as row n; -1 with an exception (nothing changed then) */
 static Py_ssize_t idt_append(IdTable *self, const void *data, Py_ssize_t nbytes, int kind, uint32_t hash) {
@@ -2360,19 +2513,22 @@ static Py_ssize_t idt_append(IdTable *self, const void *data, Py_ssize_t nbytes,
     if (idt_reserve_slot(self) < 0) return -1;
     if (self->n == self->cap) {
         Py_ssize_t cap = self->cap < 16 ? 16 : self->cap + self->cap / 2; /* 1.5x: the last growth wastes less */
-        int64_t *ends = PyMem_Realloc(self->ends, (size_t)cap * sizeof *ends);
+        int64_t *ends = grown_realloc(self->ends, (size_t)self->cap * sizeof *ends, (size_t)cap * sizeof *ends);
         if (ends == NULL) return PyErr_NoMemory(), -1;
         self->ends = ends;
-        uint8_t *kinds = PyMem_Realloc(self->kinds, (size_t)cap);
+        self->cap = cap;
+    }
+    if (self->n == self->kinds_cap) { /* (apart: each array's size follows its own count, even after a failure) */
+        uint8_t *kinds = grown_realloc(self->kinds, (size_t)self->kinds_cap, (size_t)self->cap);
         if (kinds == NULL) return PyErr_NoMemory(), -1;
         self->kinds = kinds;
-        self->cap = cap;
+        self->kinds_cap = self->cap;
     }
     size_t start = idt_aligned(self->text_len, kind); /* as idt_start finds it */
     if (self->text == NULL || start + (size_t)nbytes > self->text_cap) { /* (an arena even for "" alone) */
         size_t cap = self->text_cap < 256 ? 256 : self->text_cap + self->text_cap / 2;
         if (cap < start + (size_t)nbytes) cap = start + (size_t)nbytes;
-        char *text = PyMem_Realloc(self->text, cap);
+        char *text = grown_realloc(self->text, self->text_cap, cap);
         if (text == NULL) return PyErr_NoMemory(), -1;
         self->text = text;
         self->text_cap = cap;
@@ -2384,8 +2540,8 @@ static Py_ssize_t idt_append(IdTable *self, const void *data, Py_ssize_t nbytes,
     self->text_len = start + (size_t)nbytes;
     self->ends[r] = (int64_t)self->text_len;
     self->kinds[r] = (uint8_t)kind;
-    self->slots[at].row = (uint32_t)r + 1;
-    self->slots[at].hash = hash;
+    self->h.slots[at].ref = (uint32_t)r + 1;
+    self->h.slots[at].hash = hash;
     self->n = r + 1;
     return r;
 }
@@ -2402,8 +2558,8 @@ static Py_ssize_t idt_add(IdTable *self, PyObject *key, int *created) {
         return -1;
     }
     *created = 0;
-    if (self->slots != NULL) {
-        uint32_t row = self->slots[idt_probe(self, data, nbytes, kind, hash)].row;
+    if (self->h.slots != NULL) {
+        uint32_t row = idt_lookup(self, data, nbytes, kind, hash);
         if (row != 0) return (Py_ssize_t)row - 1;
     }
     *created = 1;
@@ -2439,10 +2595,10 @@ static int IdTable_init(IdTable *self, PyObject *args, PyObject *kwds) {
 }
 
 static void IdTable_dealloc(IdTable *self) {
-    PyMem_Free(self->text);
-    PyMem_Free(self->ends);
-    PyMem_Free(self->kinds);
-    PyMem_Free(self->slots);
+    grown_free(self->text, self->text_cap);
+    grown_free(self->ends, (size_t)self->cap * sizeof *self->ends);
+    grown_free(self->kinds, (size_t)self->kinds_cap);
+    hslots_free(&self->h);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -2605,22 +2761,31 @@ static PyObject *IdTable_copy(IdTable *self, PyObject *unused) {
     IdTable *copy = (IdTable *)IdTableType.tp_alloc(&IdTableType, 0);
     if (copy == NULL) return NULL;
     if (self->n > 0) {
-        size_t slots = (size_t)self->mask + 1;
-        copy->ends = PyMem_Malloc((size_t)self->n * sizeof *copy->ends);
-        copy->kinds = PyMem_Malloc((size_t)self->n);
-        copy->text = PyMem_Malloc(self->text_len ? self->text_len : 1);
-        copy->slots = PyMem_Malloc(slots * sizeof *copy->slots);
-        if (copy->ends == NULL || copy->kinds == NULL || copy->text == NULL || copy->slots == NULL) {
+        size_t slots = (size_t)self->h.mask + 1;
+        /* (each size recorded as soon as its memory is, so that the copy frees what it holds on a failure) */
+        copy->ends = grown_alloc((size_t)self->n * sizeof *copy->ends, 0);
+        if (copy->ends != NULL) copy->cap = self->n;
+        copy->kinds = grown_alloc((size_t)self->n, 0);
+        if (copy->kinds != NULL) copy->kinds_cap = self->n;
+        copy->text = grown_alloc(self->text_len, 0);
+        if (copy->text != NULL) copy->text_cap = self->text_len;
+        copy->h.slots = grown_alloc(slots * sizeof *copy->h.slots, 0);
+        if (copy->h.slots != NULL) copy->h.mask = self->h.mask;
+        if (copy->ends == NULL || copy->kinds == NULL || copy->text == NULL || copy->h.slots == NULL) {
             Py_DECREF(copy);
             return PyErr_NoMemory();
         }
         memcpy(copy->ends, self->ends, (size_t)self->n * sizeof *copy->ends);
         memcpy(copy->kinds, self->kinds, (size_t)self->n);
         memcpy(copy->text, self->text, self->text_len);
-        memcpy(copy->slots, self->slots, slots * sizeof *copy->slots);
-        copy->n = copy->cap = self->n;
-        copy->text_len = copy->text_cap = self->text_len;
-        copy->mask = self->mask;
+        memcpy(copy->h.slots, self->h.slots, slots * sizeof *copy->h.slots);
+        if (self->h.old != NULL) { /* the copy's doubling finished: the entries not moved yet put in its slots */
+            for (uint64_t at = self->h.moved; at <= self->h.old_mask; at++) {
+                if (self->h.old[at].ref != 0) hslots_place(copy->h.slots, self->h.mask, self->h.old[at]);
+            }
+        }
+        copy->n = self->n;
+        copy->text_len = self->text_len;
     }
     return (PyObject *)copy;
 }
@@ -2836,17 +3001,19 @@ static PyObject *id_table_from_packed(PyObject *module, PyObject *args) {
     if (n > 0) {
         uint64_t slots = 16;
         while ((uint64_t)n * 3 > slots * 2) slots *= 2;
-        table->ends = PyMem_Malloc((size_t)n * sizeof *table->ends);
-        table->kinds = PyMem_Malloc((size_t)n);
-        table->text = PyMem_Malloc(laid ? laid : 1);
-        table->slots = PyMem_Calloc((size_t)slots, sizeof *table->slots);
-        if (table->ends == NULL || table->kinds == NULL || table->text == NULL || table->slots == NULL) {
+        /* (each size recorded as soon as its memory is, so that the table frees what it holds on a failure) */
+        table->ends = grown_alloc((size_t)n * sizeof *table->ends, 0);
+        if (table->ends != NULL) table->cap = n;
+        table->kinds = grown_alloc((size_t)n, 0);
+        if (table->kinds != NULL) table->kinds_cap = n;
+        table->text = grown_alloc(laid, 0);
+        if (table->text != NULL) table->text_cap = laid;
+        table->h.slots = grown_alloc((size_t)slots * sizeof *table->h.slots, 1);
+        if (table->h.slots != NULL) table->h.mask = (uint32_t)(slots - 1);
+        if (table->ends == NULL || table->kinds == NULL || table->text == NULL || table->h.slots == NULL) {
             PyErr_NoMemory();
             goto fail;
         }
-        table->cap = n;
-        table->text_cap = laid;
-        table->mask = (uint32_t)(slots - 1);
         hashes = PyMem_Malloc((size_t)n * sizeof *hashes);
         if (hashes == NULL) {
             PyErr_NoMemory();
@@ -2876,16 +3043,16 @@ static PyObject *id_table_from_packed(PyObject *module, PyObject *args) {
         }
         table->n = n;
         for (Py_ssize_t r = 0; r < n; r++) {
-            if (r + ID_PREFETCH < n) __builtin_prefetch(&table->slots[hashes[r + ID_PREFETCH] & table->mask], 1);
+            if (r + ID_PREFETCH < n) __builtin_prefetch(&table->h.slots[hashes[r + ID_PREFETCH] & table->h.mask], 1);
             int64_t start = idt_start(table, r);
             uint32_t at = idt_probe(table, table->text + start, (Py_ssize_t)(table->ends[r] - start), table->kinds[r],
                                     hashes[r]);
-            if (table->slots[at].row != 0) {
+            if (table->h.slots[at].ref != 0) {
                 why = "an id is repeated";
                 goto refuse;
             }
-            table->slots[at].row = (uint32_t)r + 1;
-            table->slots[at].hash = hashes[r];
+            table->h.slots[at].ref = (uint32_t)r + 1;
+            table->h.slots[at].hash = hashes[r];
         }
     }
     PyMem_Free(hashes);
@@ -2901,8 +3068,8 @@ fail:
 }
 
 static PyObject *IdTable_nbytes(IdTable *self, void *closure) {
-    size_t slots = self->slots == NULL ? 0 : ((size_t)self->mask + 1) * sizeof(id_slot);
-    return PyLong_FromSize_t(slots + (size_t)self->cap * (sizeof(int64_t) + 1) + self->text_cap);
+    size_t slots = hslots_nbytes(&self->h);
+    return PyLong_FromSize_t(slots + (size_t)self->cap * sizeof(int64_t) + (size_t)self->kinds_cap + self->text_cap);
 }
 
 static PyObject *IdTable_ids(IdTable *self, void *closure) { return Py_NewRef((PyObject *)self); }

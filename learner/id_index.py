@@ -22,6 +22,10 @@ are the table's own C methods (no Python call). ``ids`` is the table itself: a r
 each id read back as a new str (``ids[r]``, slices, iteration), equal to a list of the same ids; a
 snapshot writes it packed, and reads it back as a table, without making the str objects (``IdTable.packed``,
 ``id_table_from_packed``: :mod:`learner.codec`); an index made from such a table copies it whole.
+No ``add`` stalls as the table grows: its slots double a little at a time (the old ones kept, and
+their entries moved 32 slots with each id added after, a lookup probing both meanwhile), and its
+arrays of a MB and more are memory maps of their own, grown by ``mremap`` (no copy). A doubling at
+350,000 ids held one ``add`` for ~10 ms before, linear in the ids.
 
 Reading version after version of the same model (the API does, every checkpoint), most of an
 index is the previous version's: ids are only ever appended. Inside :func:`reusing`, an index

@@ -3,6 +3,7 @@ compiled index (LruIndex, learner/_kernels.c) and with Python's (OrderedIndex), 
 
 from __future__ import annotations
 
+import math
 import random
 from array import array
 from collections import OrderedDict
@@ -156,7 +157,7 @@ def test_the_compiled_index_does_what_the_python_one_does(built: object, n_keys:
         assert len(compiled) == len(python)
         most = max(most, len(python))
         if step % 5_000 == 0 or n_keys < 100:
-            assert list(compiled) == list(python)
+            assert list(compiled) == list(python) and compiled.held_slots == len(python)
             assert all(compiled[k] == python[k] for k in python)
     assert list(compiled) == list(python) and most > n_keys * 0.4 and len(python) > n_keys / 6
 
@@ -190,3 +191,36 @@ def test_the_compiled_index_refuses_what_it_cannot_hold(built: object) -> None:
     assert [type(key) for key in index] == [str, str]
     with pytest.raises(RuntimeError, match="not called"):
         type(index).__new__(type(index)).get("a")
+
+
+def test_the_slots_double_a_little_at_a_time_and_removals_meanwhile_keep_every_other_key(built: object) -> None:
+    """A doubling keeps the old slots while their entries move to the new ones a few with each insert: keys removed
+    meanwhile, some not moved yet, leave every other key found, and a held key is still refused; the old slots are
+    freed (nbytes falls) some inserts after the doubling, not in the insert that made it."""
+    rnd = random.Random(3)
+    index, reference = built.LruIndex(), OrderedIndex()
+    falls = most = 0
+    for i in range(30_000):
+        key = f"user-{i:07d}"
+        before = index.nbytes
+        assert index.insert(key) == reference.insert(key)
+        grown = index.nbytes - before
+        falls += grown < 0
+        most = max(most, len(reference))
+        if grown > 0 or rnd.random() < 0.01:  # just after a doubling (or the entries' growth), and now and then
+            removed = len(reference) // 10 if grown > 0 else 5  # most of them not moved yet
+            for gone in rnd.sample(list(reference), removed):
+                index.remove(gone)
+                reference.remove(gone)
+            assert all(index.get(k) == number for k, number in reference.items()) and len(index) == len(reference)
+            assert index.held_slots == len(reference)  # no slot left for a removed key, none moved twice
+            held = rnd.choice(list(reference))
+            with pytest.raises(KeyError):
+                index.insert(held)
+            assert index.get(f"user-{i + 1:07d}") is None and f"user-{i + 1:07d}" not in index
+    assert list(index) == list(reference) and all(index[k] == number for k, number in reference.items())
+    # 16 slots doubled at the 9th key held, 32 at the 17th, ...: the old slots of 64 and more (doubled at the 33rd key
+    # held, the 65th, ...) are each freed in an insert of their own (one may fall in the same insert as the entries'
+    # growth, which then hides it)
+    doublings = int(math.log2((most - 1) / 32)) + 1
+    assert doublings >= 8 and falls >= doublings - 1

@@ -13,11 +13,12 @@ The index is the compiled ``LruIndex`` (``learner/_kernels.c``) where the kernel
 same results (:class:`RecordIndex`: ``get``, ``insert``, ``remove``, ``move_to_end``,
 ``pop_first``, ``evict``, ``len``, ``in``, iteration oldest first). The compiled one keeps each
 key's text in its record's 28-byte entry (up to 16 bytes of it: a 12-character ASCII id; a longer
-one in memory of its own) and a hash table of 8-byte slots kept at most half full: 44 to ~90 bytes
-a record, by where the table is in its doubling, where an ``OrderedDict`` entry costs ~80 bytes and
-keeps the key's str object (~64 bytes for a 12-character id: the learner's packed ids,
-``learner.id_index``, hold no str objects for it to share). It compares keys as text and reads them
-back as new str objects (``pop_first``, ``evict``, iteration).
+one in memory of its own) and a hash table of 8-byte slots kept at most half full (doubled a little
+at a time: no insert moves them all): 44 to ~90 bytes a record, by where the table is in its
+doubling, where an ``OrderedDict`` entry costs ~80 bytes and keeps the key's str object (~64 bytes
+for a 12-character id: the learner's packed ids, ``learner.id_index``, hold no str objects for it to
+share). It compares keys as text and reads them back as new str objects (``pop_first``, ``evict``,
+iteration).
 
 Why not an ``array('d')`` object per record, as at first: each such object costs 64 bytes of
 header on top of its fields; with three tables per active user and one per item, that was
