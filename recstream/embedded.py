@@ -140,7 +140,8 @@ Ctrl-C stops everything (so does any of these processes exiting: to restart one 
         while not stop.is_set():
             for service in started:
                 if not service.is_running():
-                    print(f"recstream up: {service.name} exited; log tail:\n{service.log_tail()}", file=sys.stderr)
+                    ended = f"{service.name} exited ({service.exit_status()})"
+                    print(f"recstream up: {ended}; log tail:\n{service.log_tail()}", file=sys.stderr)
                     return 1
             stop.wait(1.0)
         return 0

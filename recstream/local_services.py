@@ -97,6 +97,18 @@ class LocalService:
         """Return True while the process has not exited."""
         return self.process.poll() is None
 
+    def exit_status(self) -> str:
+        """How the process ended: ``exit code N``, ``killed by SIGKILL`` (a signal's name), or ``running``."""
+        code = self.process.poll()
+        if code is None:
+            return "running"
+        if code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exit code {code}"
+
     def log_tail(self, lines: int = 40) -> str:
         """Return the last ``lines`` lines of the service's log file."""
         return _tail(self.log_path, lines)
@@ -287,8 +299,7 @@ def _wait_ready(
             tail = service.log_tail()
             service.stop()
             raise RuntimeError(
-                f"{what} exited with code {service.process.returncode} before it was "
-                f"ready; log tail ({service.log_path}):\n{tail}"
+                f"{what} exited ({service.exit_status()}) before it was ready; log tail ({service.log_path}):\n{tail}"
             )
         remaining = deadline - time.monotonic()
         if remaining <= 0:

@@ -100,8 +100,10 @@ def test_redis_password_and_aof_survive_crash(tmp_path: Path, cleanup: list[ls.L
 def test_kill_then_stop_removes_temp_workdir(cleanup: list[ls.LocalService]) -> None:
     redis = ls.start_redis()
     cleanup.append(redis)
+    assert redis.exit_status() == "running"
     redis.kill()
     _assert_gone(redis)
+    assert redis.exit_status() == "killed by SIGKILL"  # what `recstream up` says when a service ends
     assert redis.workdir.is_dir()
     redis.stop()
     assert not redis.workdir.exists()
@@ -111,7 +113,7 @@ def test_start_failure_raises_with_log_tail() -> None:
     with socket.socket() as busy:  # bound, not listening: redis-server cannot bind
         busy.bind(("127.0.0.1", 0))
         port = busy.getsockname()[1]
-        with pytest.raises(RuntimeError, match="log tail"):
+        with pytest.raises(RuntimeError, match=r"exited \(exit code [1-9]\d*\) before it was ready; log tail"):
             ls.start_redis(port=port, timeout=10)
 
 
