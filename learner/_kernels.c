@@ -1831,9 +1831,9 @@ static void *grown_realloc(void *p, size_t size, size_t grown) {
  * one is kept while its entries move over, HSLOT_MOVE slots of it with each key added: a lookup that misses the new
  * slots probes the old ones meanwhile. Rehashing all at once held one add for ~10 ms at 350,000 ids (an IdTable) and
  * one insert for 21-27 ms at 524,288 keys (an LruIndex): the rehash and the new slots' page faults, linear in the
- * keys. Doubling when more than half full (LruIndex) or 2/3 (IdTable), the keys held then take at least half (a
- * third) of the old slots' number of adds to need the next doubling, so HSLOT_MOVE >= 2 an add finishes the moves
- * first (and any left are finished before a doubling all the same). Old slots change only by a removal (LruIndex),
+ * keys. Doubling when more than half full (LruIndex) or 2/3 (IdTable), the keys held then take at least half (two
+ * thirds) of the old slots' number of adds to need the next doubling, however many are removed meanwhile, so
+ * HSLOT_MOVE >= 2 an add finishes the moves first (and any left are finished before a doubling all the same). Old slots change only by a removal (LruIndex),
  * which leaves HSLOT_TOMB there (a probe goes past it, a move skips it), not a shift, which could move a key not
  * moved yet to where the moves have passed. A moved entry stays in the old slots too: its table compares a key with
  * the entry's text as it is now, so such a slot never matches once its key is forgotten (its number taken again by a
@@ -1953,6 +1953,7 @@ typedef struct {
     Py_ssize_t n_entries, cap_entries; /* entries in use (held or forgotten), allocated */
     hslots h;          /* entry number + 1 and hash by key; no slots until the first key */
     Py_ssize_t size;   /* keys held */
+    size_t texts;      /* bytes of the keys too long for their entry (held in memory of their own) */
     int32_t first, last, free; /* the order's ends and the last forgotten record (-1: none) */
 } LruIndex;
 
@@ -2132,7 +2133,10 @@ static Py_ssize_t lru_insert(LruIndex *self, const lru_text *t, Py_hash_t hash) 
     self->h.slots[at].hash = (uint32_t)hash;
     lru_entry *e = &self->entries[r];
     e->meta = (uint32_t)t->nbytes << 3 | (uint32_t)t->kind;
-    if (own != NULL) memcpy(e->text, &own, sizeof own);
+    if (own != NULL) {
+        memcpy(e->text, &own, sizeof own);
+        self->texts += (size_t)t->nbytes;
+    }
     else memcpy(e->text, t->data, (size_t)t->nbytes);
     lru_append(self, r);
     self->size++;
@@ -2167,7 +2171,10 @@ static void lru_forget(LruIndex *self, int32_t r) {
         if (at >= 0) self->h.old[at].ref = HSLOT_TOMB;
     }
     lru_unlink(self, r);
-    if (nbytes > LRU_INLINE) PyMem_Free((void *)text);
+    if (nbytes > LRU_INLINE) {
+        PyMem_Free((void *)text);
+        self->texts -= (size_t)nbytes;
+    }
     e->meta = 0;
     e->prev = -1;
     e->next = self->free;
@@ -2335,11 +2342,7 @@ static PyObject *LruIndex_iter(LruIndex *self) {
 }
 
 static PyObject *LruIndex_nbytes(LruIndex *self, void *closure) {
-    size_t slots = hslots_nbytes(&self->h), texts = 0;
-    for (Py_ssize_t r = 0; r < self->n_entries; r++) { /* keys too long for their entry */
-        if ((self->entries[r].meta >> 3) > LRU_INLINE) texts += self->entries[r].meta >> 3;
-    }
-    return PyLong_FromSize_t(slots + (size_t)self->cap_entries * sizeof(lru_entry) + texts);
+    return PyLong_FromSize_t(hslots_nbytes(&self->h) + (size_t)self->cap_entries * sizeof(lru_entry) + self->texts);
 }
 
 /* held_slots: the slots that hold a key (the new slots', and the old ones' not moved yet that hold neither a

@@ -182,6 +182,10 @@ def test_the_compiled_index_refuses_what_it_cannot_hold(built: object) -> None:
     with pytest.raises(KeyError, match="empty"):
         index.pop_first()
     assert index.insert("c") == 0  # the last forgotten number first
+    before = index.nbytes  # a key too long for its entry: its text's bytes counted while it is held
+    assert index.insert("\U0001f600" * 10) == 1 and index.nbytes == before + 40
+    index.remove("\U0001f600" * 10)
+    assert index.nbytes == before
 
     class Tagged(str):  # a str subclass (numpy's str_ is one) is held by its text, as an exact str
         def __hash__(self) -> int:
@@ -193,34 +197,54 @@ def test_the_compiled_index_refuses_what_it_cannot_hold(built: object) -> None:
         type(index).__new__(type(index)).get("a")
 
 
-def test_the_slots_double_a_little_at_a_time_and_removals_meanwhile_keep_every_other_key(built: object) -> None:
-    """A doubling keeps the old slots while their entries move to the new ones a few with each insert: keys removed
-    meanwhile, some not moved yet, leave every other key found, and a held key is still refused; the old slots are
-    freed (nbytes falls) some inserts after the doubling, not in the insert that made it."""
+def test_the_slots_double_a_little_at_a_time_and_changes_meanwhile_keep_every_key_right(built: object) -> None:
+    """A doubling keeps the old slots while their entries move to the new ones a few with each insert. Inside that
+    window: keys removed (most not moved yet: a tombstone each), half of them inserted again (their numbers taken
+    again), keys moved last, popped first and evicted; then every key held is found with its number, every key
+    removed is not, a held key is refused and no slot is left over. The old slots are freed (nbytes falls) some
+    inserts after the doubling, not in the insert that made it. The table grows past 1 MiB of slots and of entries
+    (each then a memory map of its own, grown by mremap)."""
     rnd = random.Random(3)
     index, reference = built.LruIndex(), OrderedIndex()
+    data = array("d", bytes(8 * 200_000))  # evict's field: every record's 0.0 (so evicted by the cap alone)
     falls = most = 0
-    for i in range(30_000):
-        key = f"user-{i:07d}"
+
+    def insert(key: str) -> int:  # into both, as the same number; how much nbytes grew (counting the falls)
+        nonlocal falls
         before = index.nbytes
         assert index.insert(key) == reference.insert(key)
-        grown = index.nbytes - before
-        falls += grown < 0
+        falls += index.nbytes < before
+        return index.nbytes - before
+
+    for i in range(120_000):
+        grown = insert(f"user-{i:07d}")
         most = max(most, len(reference))
-        if grown > 0 or rnd.random() < 0.01:  # just after a doubling (or the entries' growth), and now and then
-            removed = len(reference) // 10 if grown > 0 else 5  # most of them not moved yet
-            for gone in rnd.sample(list(reference), removed):
-                index.remove(gone)
-                reference.remove(gone)
-            assert all(index.get(k) == number for k, number in reference.items()) and len(index) == len(reference)
+        if len(reference) >= 20 and (grown > 0 or rnd.random() < 0.0005):  # just after a doubling (or the entries'
+            # growth), and now and then
+            gone = rnd.sample(list(reference), len(reference) // 10 if grown > 0 else 5)
+            for k in gone:
+                index.remove(k)
+                reference.remove(k)
+            back, removed = gone[: len(gone) // 2], gone[len(gone) // 2 :]
+            for k in back:  # the numbers removed last are taken first
+                insert(k)
+            for k in rnd.sample(list(reference), 5):
+                index.move_to_end(k)
+                reference.move_to_end(k)
+            for _ in range(3):
+                assert index.pop_first() == reference.pop_first()
+            cap = len(reference) - 3
+            assert index.evict(data, 1, 0.0, cap, 0) == reference.evict(data, 1, 0.0, cap, 0)
+            checked = list(reference) if grown > 0 else rnd.sample(list(reference), min(300, len(reference)))
+            assert all(index.get(k) == reference[k] for k in checked) and len(index) == len(reference)
+            assert all(index.get(k) is None and k not in index for k in removed if k not in reference)
             assert index.held_slots == len(reference)  # no slot left for a removed key, none moved twice
-            held = rnd.choice(list(reference))
             with pytest.raises(KeyError):
-                index.insert(held)
-            assert index.get(f"user-{i + 1:07d}") is None and f"user-{i + 1:07d}" not in index
+                index.insert(rnd.choice(list(reference)))
     assert list(index) == list(reference) and all(index[k] == number for k, number in reference.items())
+    assert index.held_slots == len(reference) and most > 65_536  # (so more than 131,072 slots, 1 MiB, at the end)
     # 16 slots doubled at the 9th key held, 32 at the 17th, ...: the old slots of 64 and more (doubled at the 33rd key
     # held, the 65th, ...) are each freed in an insert of their own (one may fall in the same insert as the entries'
     # growth, which then hides it)
     doublings = int(math.log2((most - 1) / 32)) + 1
-    assert doublings >= 8 and falls >= doublings - 1
+    assert doublings >= 11 and falls >= doublings - 1

@@ -411,31 +411,35 @@ def test_packed_tables_compare_equal_by_their_ids_and_copies_are_their_own() -> 
 @needs_kernels
 def test_the_slots_double_a_little_at_a_time_and_every_id_is_found_meanwhile() -> None:
     """A doubling keeps the old slots while their entries move to the new ones a few with each id added: meanwhile
-    every id is found (in either), a new id goes in once, and a copy holds them all; the old slots are freed (nbytes
-    falls) some adds after the doubling, not in the add that made it."""
+    (just after the doubling, and later on in the moves) every id is found, in either, a new id goes in once, and a
+    copy and a packed copy hold them all; the old slots are freed (nbytes falls) some adds after the doubling, not in
+    the add that made it. Grown past 1 MiB of slots, of ends and of text (each then a memory map of its own)."""
     kernel = kernels.compiled()
     table = kernel.IdTable()
-    ids = [f"id-{i}" for i in range(40_000)]
+    ids = [f"id-{i:09d}-{i % 7}" for i in range(150_000)]  # 14 characters: 2.1 MB of text
     rng = random.Random(5)
-    sizes = [table.nbytes]
     falls = 0
+    check_at: set[int] = set()
     for n, key in enumerate(ids):
+        before = table.nbytes
         assert table.add(key) == (n, True) and table.add(_fresh(key)) == (n, False)
         earlier = rng.randrange(n + 1)
         assert table.get(_fresh(ids[earlier])) == earlier and table.get(f"absent-{n}") is None
-        sizes.append(table.nbytes)
-        if sizes[-1] > sizes[-2]:  # grown (the slots doubled, or the ids' arrays): every id checked, and a copy
-            assert table.rows(ids[: n + 1]) == list(range(n + 1)) and len(table) == n + 1
+        falls += table.nbytes < before
+        if table.nbytes > before:  # grown (the slots doubled, or the ids' arrays): checked now and later in the moves
+            check_at.update((n, n + 1, n + 97, n + 997, n + 4_999))
+        if n in check_at:
+            some = sorted(rng.sample(range(n + 1), min(n + 1, 2_000)))
+            assert table.rows([ids[r] for r in some]) == some and len(table) == n + 1
             copy = table.copy()
-            assert copy == table and copy.rows(ids[: n + 1]) == list(range(n + 1)) and copy.nbytes <= table.nbytes
+            assert copy == table and copy.rows([ids[r] for r in some]) == some and copy.nbytes <= table.nbytes
             assert copy.add(f"new-{n}") == (n + 1, True) and copy.get(f"new-{n}") == n + 1
-            assert table.get(f"new-{n}") is None
+            assert table.get(f"new-{n}") is None and copy.rows(ids[: n + 1]) == list(range(n + 1))
             packed = kernel.id_table_from_packed(table.packed(), len(table))
-            assert packed == table and packed.rows(ids[: n + 1]) == list(range(n + 1))
-        falls += sizes[-1] < sizes[-2]
-    # 16 slots doubled at the 11th id, then 32, 64, ... 32,768 at the 21,846th: each of the old tables of 64 slots
+            assert packed == table and packed.rows([ids[r] for r in some]) == some
+    # 16 slots doubled at the 11th id, then 32, 64, ... 131,072 at the 87,382nd: each of the old tables of 64 slots
     # and more is freed in an add of its own
-    assert falls >= 8
+    assert falls >= 12 and table.nbytes > 5 * 2**20  # slots 2 MiB, ends 1.2 MB and text 2.1 MB at the least
     assert table.rows(ids) == list(range(len(ids))) and table.copy() == table
 
 
