@@ -11,11 +11,12 @@ import argparse
 import asyncio
 import json
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from recstream import components
 from recstream.settings import Settings, get_settings
+from store.model_store import guard_report
 
 
 async def collect(settings: Settings) -> dict[str, Any]:
@@ -39,7 +40,7 @@ async def collect(settings: Settings) -> dict[str, Any]:
             },
             "versions": metas,
             "gate": await store.gate_counts(),
-            "guard": await store.guard_status(),
+            "guard": guard_report(await store.guard_status()),
             "offsets": {f"{t}/{p}": o for (t, p), o in (await store.offsets()).items()},
         }
     finally:
@@ -80,9 +81,12 @@ def render(status: dict[str, Any], now: float | None = None) -> str:
     else:
         lines.append("writer     none: no worker holds the writer lease (none runs, or the last one stopped)")
     guard = status["guard"]
-    lines.append(
-        f"guard      {guard.get('state', 'learning')}" + (f" since {guard['since']}" if guard.get("since") else "")
-    )
+    since = guard.get("since")
+    paused = ""
+    if since is not None:
+        when = datetime.fromtimestamp(since, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        paused = f" since {when} ({now - since:,.0f} s ago)"
+    lines.append(f"guard      {guard.get('state') or 'learning'}{paused}")
     gate = status["gate"]
     total = sum(gate.values())
     if gate:

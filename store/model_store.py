@@ -154,6 +154,27 @@ def offset_field(topic: str, partition: int) -> str:
     return f"{topic}/{partition}"
 
 
+def guard_report(raw: Mapping[str, str]) -> dict[str, Any]:
+    """The model guard's state as the worker last wrote it (strings, in Redis), typed for people and clients:
+    ``state`` ("learning" or "paused"; None before any worker reported), ``since`` (when learning was paused, Unix
+    seconds; None while learning), ``reference`` (the loss the guard compares recent losses with; None until it has
+    one) and ``reference_count`` (the labelled events behind it). A field that does not parse is None."""
+
+    def number(text: str | None, kind: type[float] | type[int]) -> float | int | None:
+        try:
+            value = kind(text)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return None
+        return value if math.isfinite(value) else None
+
+    return {
+        "state": raw.get("state") or None,
+        "since": number(raw.get("since"), float),
+        "reference": number(raw.get("reference"), float),
+        "reference_count": number(raw.get("reference_count"), int),
+    }
+
+
 def bulk_client(url: str, timeout: float = 60.0) -> redis.Redis:
     """A synchronous client for writing a whole snapshot (~100 MB at a million ids) from a thread.
 
@@ -587,6 +608,7 @@ class ModelStore:
         await self.redis.delete(self.keys.challenger_request)
 
     async def guard_status(self) -> dict[str, str]:
+        """The model guard's state as the worker last wrote it, as strings (:func:`guard_report` types them)."""
         raw = await self.redis.hgetall(self.keys.guard_status)
         return {k.decode(): v.decode() for k, v in raw.items()}
 

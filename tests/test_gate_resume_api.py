@@ -27,6 +27,8 @@ def test_resume_is_refused_unless_the_worker_reported_the_guard_paused(
         with api_client(api) as client:
             nobody = client.post("/v1/gate/resume")
             assert nobody.status_code == 409, nobody.text
+            unknown = {"state": None, "since": None, "reference": None, "reference_count": None}
+            assert client.get("/v1/gate").json()["guard"] == unknown
             assert "no worker has reported" in nobody.json()["detail"]
 
             r.hset(keys.guard_status, mapping={"state": "learning", "since": ""})  # as a learning worker writes it
@@ -36,6 +38,9 @@ def test_resume_is_refused_unless_the_worker_reported_the_guard_paused(
             assert r.get(keys.guard_resume) is None  # nothing left waiting for the next pause
 
             r.hset(keys.guard_status, mapping={"state": "paused", "since": "1764500000.0"})
+            r.hset(keys.guard_status, mapping={"reference": "0.6125", "reference_count": "2000"})
+            report = {"state": "paused", "since": 1764500000.0, "reference": 0.6125, "reference_count": 2000}
+            assert client.get("/v1/gate").json()["guard"] == report  # numbers, not the strings Redis holds
             paused = client.post("/v1/gate/resume")
             assert paused.status_code == 202, paused.text
             assert paused.json() == {"status": "resume requested", "paused_since": "1764500000.0"}

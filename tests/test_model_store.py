@@ -16,6 +16,7 @@ from store.model_store import (
     ModelStore,
     SnapshotRefused,
     bulk_client,
+    guard_report,
 )
 from store.signing import SnapshotSigner
 from tests.conftest import Endpoint, open_model_store
@@ -409,3 +410,13 @@ async def test_a_committed_version_whose_announcement_fails_is_not_reported_as_f
     await store.promote(first, reason="back")
     assert await store.current_version() == first and second == first + 1
     assert caplog.text.count("announcement failed") == 2
+
+
+def test_the_guard_report_types_what_the_worker_wrote_and_leaves_what_does_not_parse_out() -> None:
+    learning = {"state": "learning", "since": "", "reference": "0.6125", "reference_count": "2000"}
+    assert guard_report(learning) == {"state": "learning", "since": None, "reference": 0.6125, "reference_count": 2000}
+    paused = {"state": "paused", "since": "1764500000.25", "reference": "0.5", "reference_count": "7"}
+    assert guard_report(paused) == {"state": "paused", "since": 1764500000.25, "reference": 0.5, "reference_count": 7}
+    nothing = {"state": None, "since": None, "reference": None, "reference_count": None}
+    assert guard_report({}) == nothing  # no worker reported yet
+    assert guard_report({"state": "", "since": "soon", "reference": "nan", "reference_count": "1.5"}) == nothing

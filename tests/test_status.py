@@ -21,7 +21,7 @@ def test_render_shows_model_quality_gate_and_versions() -> None:
             },
         },
         "gate": {"duplicate": 40, "user_rate": 10},
-        "guard": {"state": "learning", "since": ""},
+        "guard": {"state": "learning", "since": None, "reference": 0.61, "reference_count": 2000},
         "offsets": {"events/0": 600, "events/1": 603},
         "writer": {"holder": "host-a:12:ab12cd34", "expires_in": 8.4, "lease_seconds": 10.0},
     }
@@ -52,3 +52,10 @@ def test_render_says_when_the_writer_stopped_renewing_its_lease() -> None:
     assert "RECSTREAM_WORKER_LEASE_SECONDS=10: it may have stopped; the lease runs out in 2 s" in text
     renewed = render({**status, "writer": {**writer, "expires_in": 6.0}}, now=0)
     assert "(its lease runs 6 s more unless renewed)" in renewed
+
+
+def test_render_says_since_when_the_model_guard_paused_learning() -> None:
+    status = {"current": None, "versions": {}, "gate": {}, "offsets": {}}
+    paused = {"state": "paused", "since": 1_795_428_000.0, "reference": 0.61, "reference_count": 2000}
+    text = render({**status, "guard": paused}, now=1_795_428_090.0)
+    assert "guard      paused since 2026-11-23 10:00:00 UTC (90 s ago)" in text

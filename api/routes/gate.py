@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from api.deps import AUTH_RESPONSES, REDIS_RESPONSES, ApiState, get_state, require_scope
 from api.problems import Problem
+from store.model_store import guard_report
 
 router = APIRouter(
     tags=["quality gate"],
@@ -17,14 +18,22 @@ router = APIRouter(
 )
 
 
+class GuardReport(BaseModel):
+    state: str | None = Field(description='"learning" or "paused"; null before any worker reported.')
+    since: float | None = Field(description="When learning was paused (Unix seconds); null while learning.")
+    reference: float | None = Field(description="The loss the guard compares recent losses with; null until known.")
+    reference_count: int | None = Field(description="The labelled events behind that reference.")
+
+
 class GateStatus(BaseModel):
     counts: dict[str, int] = Field(description="Events held or dropped since the start, by reason code.")
-    guard: dict[str, str] = Field(description='Model guard: state "learning" or "paused", and since when.')
+    guard: GuardReport = Field(description="The model guard, as the worker's last checkpoint reported it.")
 
 
 @router.get("/v1/gate", response_model=GateStatus)
 async def gate_status(state: Annotated[ApiState, Depends(get_state)]) -> GateStatus:
-    return GateStatus(counts=await state.store.gate_counts(), guard=await state.store.guard_status())
+    guard = GuardReport(**guard_report(await state.store.guard_status()))
+    return GateStatus(counts=await state.store.gate_counts(), guard=guard)
 
 
 @router.post(

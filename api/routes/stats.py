@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends
 from prometheus_client import REGISTRY
 
 from api.deps import AUTH_RESPONSES, REDIS_RESPONSES, ApiState, get_state, require_scope
+from store.model_store import guard_report
 
 router = APIRouter(
     tags=["operations"], dependencies=[Depends(require_scope("admin"))], responses={**AUTH_RESPONSES, **REDIS_RESPONSES}
@@ -76,6 +77,6 @@ async def stats(state: Annotated[ApiState, Depends(get_state)]) -> dict[str, Any
             for v in versions
         ],
         "gate": await store.gate_counts(),
-        "guard": await store.guard_status(),
+        "guard": guard_report(await store.guard_status()),
         "api": latency_by_route(),
     }
