@@ -1833,11 +1833,11 @@ static void *grown_realloc(void *p, size_t size, size_t grown) {
  * one insert for 21-27 ms at 524,288 keys (an LruIndex): the rehash and the new slots' page faults, linear in the
  * keys. Doubling when more than half full (LruIndex) or 2/3 (IdTable), the keys held then take at least half (two
  * thirds) of the old slots' number of adds to need the next doubling, however many are removed meanwhile, so
- * HSLOT_MOVE >= 2 an add finishes the moves first (and any left are finished before a doubling all the same). Old slots change only by a removal (LruIndex),
- * which leaves HSLOT_TOMB there (a probe goes past it, a move skips it), not a shift, which could move a key not
- * moved yet to where the moves have passed. A moved entry stays in the old slots too: its table compares a key with
- * the entry's text as it is now, so such a slot never matches once its key is forgotten (its number taken again by a
- * key that is then in the new slots). */
+ * HSLOT_MOVE >= 2 an add finishes the moves first (and any left are finished before a doubling all the same). Old
+ * slots change only by a removal (LruIndex), which leaves HSLOT_TOMB there (a probe goes past it, a move skips it),
+ * not a shift, which could move a key not moved yet to where the moves have passed. A moved entry stays in the old
+ * slots too: its table compares a key with the entry's text as it is now, so such a slot never matches once its key
+ * is forgotten (its number taken again by a key that is then in the new slots). */
 
 typedef struct {
     uint32_t ref;  /* the entry's number + 1; 0: empty; HSLOT_TOMB: removed while in the old slots */
@@ -1860,6 +1860,17 @@ static inline void hslots_place(hslot *slots, uint32_t mask, hslot s) {
     uint32_t at = s.hash & mask;
     while (slots[at].ref != 0) at = (at + 1) & mask;
     slots[at] = s;
+}
+
+/* The slot of `slots` holding `ref` (a number + 1), whose key's hash is `h`, or -1 (an empty slot reached first) */
+static int64_t hslots_find(const hslot *slots, uint32_t mask, uint32_t h, uint32_t ref) {
+    uint32_t at = h & mask;
+    for (uint64_t probes = 0; probes <= (uint64_t)mask; probes++) { /* (an empty slot always comes: bounded anyway) */
+        if (slots[at].ref == ref) return at;
+        if (slots[at].ref == 0) return -1;
+        at = (at + 1) & mask;
+    }
+    return -1;
 }
 
 /* Moves up to `count` more of the old slots' entries to the slots (all of them with UINT64_MAX); the old slots are
@@ -2136,24 +2147,14 @@ static Py_ssize_t lru_insert(LruIndex *self, const lru_text *t, Py_hash_t hash) 
     if (own != NULL) {
         memcpy(e->text, &own, sizeof own);
         self->texts += (size_t)t->nbytes;
+    } else {
+        memcpy(e->text, t->data, (size_t)t->nbytes);
     }
-    else memcpy(e->text, t->data, (size_t)t->nbytes);
     lru_append(self, r);
     self->size++;
     return r;
 fail:
     PyMem_Free(own);
-    return -1;
-}
-
-/* The slot of `slots` holding number + 1 `entry`, whose key's hash is `h`, or -1 (an empty slot reached first) */
-static int64_t hslot_of(const hslot *slots, uint32_t mask, uint32_t h, uint32_t entry) {
-    uint32_t at = h & mask;
-    for (uint64_t probes = 0; probes <= (uint64_t)mask; probes++) { /* (an empty slot always comes: bounded anyway) */
-        if (slots[at].ref == entry) return at;
-        if (slots[at].ref == 0) return -1;
-        at = (at + 1) & mask;
-    }
     return -1;
 }
 
@@ -2163,11 +2164,11 @@ static void lru_forget(LruIndex *self, int32_t r) {
     Py_ssize_t nbytes = (Py_ssize_t)(e->meta >> 3);
     const char *text = lru_entry_text(e);
     uint32_t h = (uint32_t)_Py_HashBytes(text, nbytes); /* str's hash of that text */
-    int64_t at = hslot_of(self->h.slots, self->h.mask, h, (uint32_t)r + 1);
+    int64_t at = hslots_find(self->h.slots, self->h.mask, h, (uint32_t)r + 1);
     if (at >= 0) {
         lru_clear_slot(self, (uint32_t)at);
     } else if (self->h.old != NULL) { /* not moved yet (no other old slot holds r: r was held since the doubling) */
-        at = hslot_of(self->h.old, self->h.old_mask, h, (uint32_t)r + 1);
+        at = hslots_find(self->h.old, self->h.old_mask, h, (uint32_t)r + 1);
         if (at >= 0) self->h.old[at].ref = HSLOT_TOMB;
     }
     lru_unlink(self, r);
@@ -2489,7 +2490,6 @@ static inline uint32_t idt_lookup(const IdTable *self, const void *data, Py_ssiz
     }
     return row;
 }
-
 
 /* The row of `key`: -1 when it is not held (or not a str), -2 on an error */
 static Py_ssize_t idt_find(IdTable *self, PyObject *key) {
