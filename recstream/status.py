@@ -84,8 +84,11 @@ def render(status: dict[str, Any], now: float | None = None) -> str:
     since = guard.get("since")
     paused = ""
     if since is not None:
-        when = datetime.fromtimestamp(since, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-        paused = f" since {when} ({now - since:,.0f} s ago)"
+        try:
+            when = datetime.fromtimestamp(since, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+            paused = f" since {when} ({now - since:,.0f} s ago)"
+        except (OverflowError, OSError, ValueError):  # not a time a clock gives: shown as it is
+            paused = f" since {since:g} (Unix seconds)"
     lines.append(f"guard      {guard.get('state') or 'learning'}{paused}")
     gate = status["gate"]
     total = sum(gate.values())

@@ -59,3 +59,5 @@ def test_render_says_since_when_the_model_guard_paused_learning() -> None:
     paused = {"state": "paused", "since": 1_795_428_000.0, "reference": 0.61, "reference_count": 2000}
     text = render({**status, "guard": paused}, now=1_795_428_090.0)
     assert "guard      paused since 2026-11-23 10:00:00 UTC (90 s ago)" in text
+    odd = render({**status, "guard": {**paused, "since": 1e300}}, now=0.0)  # as Redis held it: shown, no crash
+    assert "guard      paused since 1e+300 (Unix seconds)" in odd
