@@ -32,7 +32,7 @@ from api.seen_cache import SeenCache
 from recstream import components, metrics
 from recstream.events import Event
 from recstream.gc_tuning import freeze_startup_objects
-from recstream.settings import Settings
+from recstream.settings import Settings, get_settings
 from store.keys import Keys
 from store.rate_limit import TokenBuckets
 
@@ -96,6 +96,12 @@ async def _stop_within(seconds: float, *steps: Callable[[], Awaitable[Any]]) -> 
             log.warning("shutdown: %s failed (%s: %s)", name, type(exc).__name__, exc)
 
 
+def app_from_environment() -> FastAPI:
+    """The API for the settings of this process's environment: what each of several API processes runs
+    (``recstream api --workers N``: uvicorn imports it by name in every process it starts)."""
+    return create_app(get_settings())
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The API for ``settings``; raises :class:`api.auth.AuthNotConfigured` when auth is on without keys."""
     keys = key_ring_from_settings(settings)
@@ -126,12 +132,14 @@ def create_app(settings: Settings) -> FastAPI:
             seen=seen,
         )
         components.start_process(settings, log)
+        metrics.forget_dead_processes()  # one of several API processes, started in place of one that died
         freeze_startup_objects()  # before the first model: full collections then skip the imports (gc_tuning)
         await models.start()
         try:
             yield
         finally:
             await _stop_within(SHUTDOWN_STEP_SECONDS, models.stop, producer.stop, redis.aclose)
+            metrics.process_stopping()
 
     app = FastAPI(
         title="recstream",

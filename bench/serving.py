@@ -8,8 +8,9 @@ first request also reads their set from Redis, ~0.2-0.3 ms more: docs/performanc
 ``bench.load`` (a separate process) measures requests/s and p50/p99 at 1 and 32 keep-alive
 connections, each request for the next of the 2,000 users. With ``processes=2`` a second API
 process on another port serves the same Redis prefix and the 32 connections are split between the
-two ports (what a load balancer in front of two processes does; ``recstream api`` runs one
-uvicorn process, and uvicorn's own ``--workers`` needs an import string the CLI does not use).
+two ports (what a load balancer in front of two processes does); then ``recstream api --workers 2``
+serves the same on one port (uvicorn's processes sharing it: the kernel hands each new connection to
+one of them, so the split depends on which process accepts first).
 
 Each figure is measured in turns with its reference (``bench.load --against``): recommendations
 and ``/healthz`` alternate ``ROUNDS`` times on connections kept from phase to phase, and so do two
@@ -133,10 +134,43 @@ def run_catalogue(services: Services, n_items: int, seconds: float, budget: Time
             result["recommendations_32_two_processes"], result["recommendations_32_one_process"] = two, one
             two, one = _paired(trivial, trivial[:1], seconds, run.api_key, 32)
             result["trivial_32_two_processes"], result["trivial_32_one_process"] = two, one
+            apis.pop().stop()  # (idle meanwhile, but holding the model)
+            budget.check("serving from two processes on one port")
+            shared = start_api({**run.env, "RECSTREAM_API_WORKERS": "2"})
+            apis.append(shared)
+            result["one_port_warm_rounds"] = _warm_processes(shared.url, run.api_key, 2, min(120, budget.left()))
+            url = f"{shared.url}/v1/users/{{user}}/recommendations?k=10"
+            two, one = _paired([url], recs[:1], seconds, run.api_key, 32)
+            result["recommendations_32_one_port"], result["recommendations_32_one_port_reference"] = two, one
     finally:
         for api in apis:
             api.stop()
     return result
+
+
+def _warm_processes(url: str, api_key: str, processes: int, timeout: float) -> int:
+    """Serve every user (:func:`_serve_every_user`, one new connection a round) until each of the ``processes`` on
+    ``url`` holds every seen set, as the API's gauge of seen sets held (their sum) says; the rounds it took. A round's
+    connection goes to whichever process accepts it."""
+    deadline = time.monotonic() + timeout
+    rounds = 0
+    while _seen_users(url, api_key) < processes * USERS:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{processes} API processes on {url} did not all serve every user in {timeout:.0f} s")
+        wait_for(
+            lambda: b'"model_version":1' in _get(f"{url}/v1/users/u7/recommendations", api_key),
+            max(1.0, deadline - time.monotonic()),
+            "the API processes to load the model",
+        )
+        _serve_every_user(url, api_key)
+        rounds += 1
+    return rounds
+
+
+def _seen_users(url: str, api_key: str) -> float:
+    """``recstream_api_seen_cache_users``: the users whose seen sets the API's processes hold (their sum)."""
+    found = re.search(r"^recstream_api_seen_cache_users (\S+)$", _get(f"{url}/metrics", api_key).decode(), re.M)
+    return float(found.group(1)) if found else 0.0
 
 
 def _seen_lookups(url: str, api_key: str) -> dict[str, float]:
@@ -224,6 +258,19 @@ def run(services: Services, catalogues: list[int], seconds: float, budget: TimeB
                     "1 API process",
                 )
             )
+            if "recommendations_32_one_port" in result:
+                shared = result["recommendations_32_one_port"]
+                reference = result["recommendations_32_one_port_reference"]
+                rows.append(
+                    Row(
+                        "serving",
+                        f"{label}, 32 conn, 2 API processes on one port (--workers 2), req/s",
+                        shared["requests_per_second"],
+                        "req/s",
+                        reference["requests_per_second"],
+                        "1 API process",
+                    )
+                )
             # the load generator shares the machine's cores with the servers: what it took from them
             rows.append(
                 Row(

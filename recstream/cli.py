@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 
-from recstream.settings import get_settings
+from recstream.settings import Settings, get_settings
 
 
 def _worker(_args: argparse.Namespace) -> int:
@@ -27,19 +31,63 @@ def _api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import create_app
-    from api.auth import AuthNotConfigured
+    from api.auth import AuthNotConfigured, key_ring_from_settings
 
     settings = get_settings()
     host = args.host or settings.api_host
     port = args.port if args.port is not None else settings.api_port
+    workers = args.workers if args.workers is not None else settings.api_workers
     try:
-        app = create_app(settings)
+        if workers > 1:
+            key_ring_from_settings(settings)  # refused here, before any process starts
+        else:
+            app = create_app(settings)
     except AuthNotConfigured as exc:
         print(f"recstream api: not starting: {exc}", file=sys.stderr)
         return 2
     # access_log off: an access log line would carry query strings; auth refusals are logged without the key.
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+    if workers == 1:
+        uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+        return 0
+    with _shared_metrics():
+        # uvicorn binds the port here and starts the processes, which share it (the kernel hands each new
+        # connection to one of them); it starts one again in place of one that dies, and stops them all on
+        # SIGTERM/SIGINT. A process busy for a while (a large model's first load) still answers its health checks
+        # (a thread of its own), within WORKER_HEALTHCHECK_SECONDS.
+        uvicorn.run(
+            "api.app:app_from_environment",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
+            log_level="info",
+            access_log=False,
+        )
     return 0
+
+
+#: How long an API process of several may take to answer its supervisor's health check before it is replaced
+#: (uvicorn's default is 5 s).
+WORKER_HEALTHCHECK_SECONDS = 30
+
+
+@contextlib.contextmanager
+def _shared_metrics() -> Iterator[None]:
+    """Several API processes write their metrics to a directory of files that ``/metrics`` reads (recstream.metrics):
+    a fresh one for this run, removed after it, unless the environment names one already."""
+    from recstream import metrics
+
+    if metrics.multiprocess():
+        yield
+        return
+    directory = tempfile.mkdtemp(prefix="recstream-api-metrics-")
+    os.environ[metrics.MULTIPROCESS_DIR] = directory  # (read by the processes uvicorn starts)
+    try:
+        yield
+    finally:
+        del os.environ[metrics.MULTIPROCESS_DIR]
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -82,6 +130,15 @@ def _keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    """``--workers``: bounded as RECSTREAM_API_WORKERS is."""
+    field = Settings.model_fields["api_workers"]
+    low, high = (next(getattr(m, bound) for m in field.metadata if hasattr(m, bound)) for bound in ("ge", "le"))
+    if not text.strip().isdigit() or not low <= int(text) <= high:
+        raise argparse.ArgumentTypeError(f"expected a whole number from {low} to {high}, got {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recstream", description="Streaming online-learning recommender.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -92,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("api", help="serve the HTTP API (ingest, recommendations, health, metrics)")
     p.add_argument("--host", default=None, help="bind address (default: RECSTREAM_API_HOST)")
     p.add_argument("--port", type=int, default=None, help="port (default: RECSTREAM_API_PORT)")
+    p.add_argument(
+        "--workers", type=_positive, default=None, help="API processes on the port (default: RECSTREAM_API_WORKERS)"
+    )
     p.set_defaults(func=_api)
 
     p = sub.add_parser("up", help="run everything on this machine: local broker, Redis, worker, API")

@@ -1,14 +1,29 @@
 """Every Prometheus metric recstream exports, in one place (the default registry).
 
 Names follow Prometheus conventions: units in names, ``_total`` for counters.
+
+Several API processes on one port (``recstream api --workers N``) use prometheus_client's multiprocess mode: each
+process writes its values to files in the directory :data:`MULTIPROCESS_DIR` names, and ``/metrics`` (or
+``/v1/stats``) reads them all, whichever process answers (:func:`exposition_registry`). Counters and histograms are
+summed over the processes, those that stopped included; a gauge says how it combines them (``multiprocess_mode``,
+ignored in a single process): the unlabelled ones the worker sets are one series (``livemax``), the model version
+each API process serves one series per process (``liveall``, labelled ``pid``), the seen sets held the sum
+(``livesum``). A process's gauges go when it stops, or when a process starts after it died
+(:func:`forget_dead_processes`).
 """
 
 from __future__ import annotations
 
+import glob
+import os
 from collections.abc import Sequence
 
 import numpy as np
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import multiprocess as prometheus_multiprocess
+
+#: The environment variable that switches prometheus_client to its multiprocess mode (read when it is imported).
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 EVENTS_CONSUMED = Counter(
     "recstream_events_consumed_total",
@@ -35,7 +50,9 @@ EVENTS_QUARANTINED = Counter(
     "Events the quality gate held (sent to events.quarantined), by reason code.",
     ["reason"],
 )
-MODEL_GUARD_PAUSED = Gauge("recstream_model_guard_paused", "1 while the model guard has paused learning, else 0.")
+MODEL_GUARD_PAUSED = Gauge(
+    "recstream_model_guard_paused", "1 while the model guard has paused learning, else 0.", multiprocess_mode="livemax"
+)
 MODEL_GUARD_PAUSES = Counter(
     "recstream_model_guard_pauses_total", "Times the model guard paused learning (drift alarms)."
 )
@@ -118,6 +135,7 @@ CHECKPOINT_SPACING = Gauge(
     "RECSTREAM_CHECKPOINT_SHARE of the worker's time (2 s may be banked), else until the share's budget is out of "
     "debt, at most 30 s (when above 0 for long, the model's size, not RECSTREAM_CHECKPOINT_INTERVAL_SECONDS, sets "
     "how fresh recommendations are).",
+    multiprocess_mode="livemax",
 )
 STREAM_BUFFER_WAITS = Counter(
     "recstream_stream_buffer_waits_total",
@@ -132,11 +150,13 @@ WORKER_WRITER_LEASE = Gauge(
     "recstream_worker_writer_lease",
     "1 while this worker holds the writer lease (it alone writes the model), 0 while it waits for another worker to "
     "stop (a standby) or after it lost the lease.",
+    multiprocess_mode="livemax",
 )
 WORKER_STALLED = Gauge(
     "recstream_worker_stalled",
     "1 while the worker takes no new events because a checkpoint (or the batch's Redis lookups) keeps failing "
     "and it is retrying with backoff, else 0.",
+    multiprocess_mode="livemax",
 )
 WORKER_RETRIES = Counter(
     "recstream_worker_retries_total",
@@ -144,13 +164,19 @@ WORKER_RETRIES = Counter(
     "start (loading the model), batch (the batch's Redis lookups), checkpoint.",
     ["operation"],
 )
-LAST_CHECKPOINT = Gauge("recstream_last_checkpoint_timestamp_seconds", "Unix time of the last successful checkpoint.")
+LAST_CHECKPOINT = Gauge(
+    "recstream_last_checkpoint_timestamp_seconds",
+    "Unix time of the last successful checkpoint.",
+    multiprocess_mode="livemax",
+)
 SNAPSHOTS_REFUSED = Counter(
     "recstream_snapshots_refused_total",
     "Snapshots whose HMAC tag did not verify (tampered or foreign); they were not loaded.",
     ["component"],
 )
-MODEL_VERSION = Gauge("recstream_model_version", "Model version this process uses.", ["component"])
+MODEL_VERSION = Gauge(
+    "recstream_model_version", "Model version this process uses.", ["component"], multiprocess_mode="liveall"
+)
 PROGRESSIVE_AUC = Gauge("recstream_progressive_auc", "Rolling ROC AUC of predictions made before learning.", ["model"])
 PROGRESSIVE_LOGLOSS = Gauge(
     "recstream_progressive_logloss", "Rolling log loss of predictions made before learning.", ["model"]
@@ -171,7 +197,9 @@ SEEN_CACHE_LOOKUPS = Counter(
     ["result"],
 )
 SEEN_CACHE_USERS = Gauge(
-    "recstream_api_seen_cache_users", "Users whose seen sets the API process holds (RECSTREAM_API_SEEN_CACHE_ITEMS)."
+    "recstream_api_seen_cache_users",
+    "Users whose seen sets the API processes hold (RECSTREAM_API_SEEN_CACHE_ITEMS).",
+    multiprocess_mode="livesum",
 )
 RECOMMENDATIONS_DEGRADED = Counter(
     "recstream_recommendations_degraded_total",
@@ -210,3 +238,49 @@ def observe_many(histogram: Histogram, amounts: Sequence[float]) -> None:
     for bucket, count in zip(buckets, per_bucket[: len(bounds)].tolist(), strict=True):
         if count:
             bucket.inc(count)
+
+
+def multiprocess() -> bool:
+    """Whether this process is one of several API processes sharing their metrics (:data:`MULTIPROCESS_DIR` set)."""
+    return bool(os.environ.get(MULTIPROCESS_DIR))
+
+
+def exposition_registry() -> CollectorRegistry:
+    """What ``/metrics`` and ``/v1/stats`` read: this process's metrics, or in multiprocess mode those of every API
+    process (read from their files at each call)."""
+    if not multiprocess():
+        return REGISTRY
+    registry = CollectorRegistry()
+    prometheus_multiprocess.MultiProcessCollector(registry)
+    return registry
+
+
+def forget_dead_processes() -> None:
+    """In multiprocess mode, drop the gauges of API processes that are gone (uvicorn starts a process in place of
+    one that died: that one could not drop its own); their counters stay in the totals."""
+    if not multiprocess():
+        return
+    pids = set()
+    for path in glob.glob(os.path.join(os.environ[MULTIPROCESS_DIR], "gauge_live*_*.db")):
+        pid = path.rsplit("_", 1)[1].removesuffix(".db")
+        if pid.isdigit():
+            pids.add(int(pid))
+    for pid in pids:
+        if not _alive(pid):
+            prometheus_multiprocess.mark_process_dead(pid)
+
+
+def process_stopping() -> None:
+    """In multiprocess mode, drop this process's gauges (its counters stay in the totals)."""
+    if multiprocess():
+        prometheus_multiprocess.mark_process_dead(os.getpid())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process holds that pid now
+        return True
+    return True

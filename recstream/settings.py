@@ -271,6 +271,14 @@ class Settings(_gate_settings()):  # type: ignore[misc]
     k_max: int = Field(100, ge=1, le=1000, description="Largest `k` a client may ask for.")
     api_host: str = Field("127.0.0.1", description="Address `recstream api` binds.")
     api_port: int = Field(8000, ge=0, le=65535, description="Port `recstream api` binds.")
+    api_workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="API processes `recstream api` runs on its one port (uvicorn's workers; `--workers` overrides). "
+        "Each holds the model and its seen sets (memory N times one's); `/metrics` and `/v1/stats` count all of them. "
+        "One a core; the worker needs one too.",
+    )
     model_poll_seconds: float = Field(
         1.0, gt=0, description="How often the API also polls for a new model version (besides pub/sub)."
     )

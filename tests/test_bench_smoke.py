@@ -216,6 +216,10 @@ def test_bench_quick_run_of_serving_and_topk(tmp_path: Path) -> None:
     two, one = serving["recommendations_32_two_processes"], serving["recommendations_32_one_process"]
     assert len(two["urls"]) == 2 and one["urls"] == two["urls"][:1] and one["requests"] > 0
     assert len(serving["trivial_1"]["phases_requests_per_second"]) == len(one["phases_requests_per_second"]) > 1
+    # then two processes on one port (--workers 2), each of which had served every user before
+    shared = serving["recommendations_32_one_port"]
+    assert shared["requests"] > 0 and shared["errors"] == 0 and serving["one_port_warm_rounds"] >= 2
+    assert shared["urls"] != two["urls"][:1] and serving["recommendations_32_one_port_reference"]["urls"] == one["urls"]
     assert "targets met:" in stdout
     assert report["markdown_table"].startswith("| part |")
     # Every process it started (broker, Redis, API processes, load generators) is gone.

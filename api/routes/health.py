@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.deps import ApiState, get_state
+from recstream import metrics
 
 router = APIRouter(tags=["health"])
 
@@ -67,4 +68,4 @@ async def readyz(state: Annotated[ApiState, Depends(get_state)]) -> Any:
 
 @router.get("/metrics", include_in_schema=False)
 async def prometheus_metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(metrics.exposition_registry()), media_type=CONTENT_TYPE_LATEST)

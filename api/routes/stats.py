@@ -7,9 +7,9 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
-from prometheus_client import REGISTRY
 
 from api.deps import AUTH_RESPONSES, REDIS_RESPONSES, ApiState, get_state, require_scope
+from recstream import metrics
 from store.model_store import guard_report
 
 router = APIRouter(
@@ -18,10 +18,11 @@ router = APIRouter(
 
 
 def latency_by_route() -> dict[str, dict[str, float]]:
-    """Requests and estimated p50/p99 (upper bucket bounds) per route, from this process's histogram."""
+    """Requests and estimated p50/p99 (upper bucket bounds) per route, from the API's histogram (of every API process
+    when several serve one port)."""
     buckets: dict[str, dict[float, float]] = {}
     counts: dict[str, float] = {}
-    for family in REGISTRY.collect():
+    for family in metrics.exposition_registry().collect():
         if family.name != "recstream_http_request_duration_seconds":
             continue
         for sample in family.samples:

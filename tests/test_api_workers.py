@@ -1,0 +1,130 @@
+"""Several API processes on one port (``recstream api --workers N``): they share the port, ``/metrics`` counts what
+all of them did (those that died included), a process that dies is replaced, and a stop leaves none behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.clock import iso
+from tests.conftest import TEST_API_KEY, run_cli, start_stack, stop_gracefully, wait_for
+from tests.kafka_io import produce_events
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+VERSION_SAMPLE = re.compile(r'^recstream_model_version\{component="api",pid="(\d+)"\} ([0-9.e+]+)$', re.MULTILINE)
+SERVED_SAMPLE = re.compile(r"^recstream_recommendations_served_total\{source=\"\w+\"\} ([0-9.e+]+)$", re.MULTILINE)
+
+
+def _children(pid: int) -> set[int]:
+    """The API processes uvicorn's supervisor ``pid`` runs (multiprocessing's spawned children; not its resource
+    tracker)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return {int(child) for child in children if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()}
+
+
+def _metrics(url: str) -> str:
+    return httpx.get(f"{url}/metrics", timeout=10).text
+
+
+def _versions(url: str) -> dict[int, float]:
+    """The model version each API process serves, by pid, as ``/metrics`` (of whichever process answers) says."""
+    return {int(pid): float(version) for pid, version in VERSION_SAMPLE.findall(_metrics(url))}
+
+
+def _served(url: str) -> float:
+    return sum(float(value) for value in SERVED_SAMPLE.findall(_metrics(url)))
+
+
+def _recommend(url: str, times: int) -> None:
+    """``times`` recommendation requests, each on a connection of its own (each accepted by a process anew)."""
+    for _ in range(times):
+        answer = httpx.get(
+            f"{url}/v1/users/u1/recommendations", headers={"Authorization": f"Bearer {TEST_API_KEY}"}, timeout=10
+        )
+        assert answer.status_code == 200, answer.text
+
+
+def _without(paused: int, work: Callable[[], None]) -> None:
+    """Run ``work`` while the API process ``paused`` is stopped: the other one accepts every connection it makes."""
+    os.kill(paused, signal.SIGSTOP)
+    try:
+        work()
+    finally:
+        os.kill(paused, signal.SIGCONT)
+
+
+def test_two_api_processes_share_a_port_and_their_metrics(service_env: dict[str, str], processes: list) -> None:
+    env = {**service_env, "RECSTREAM_API_WORKERS": "2"}
+    stack = start_stack(env, processes)
+    api = stack.api
+    try:
+        supervisor = api.process.pid
+        first = wait_for(lambda: len(c := _children(supervisor)) == 2 and c, 60, "two API processes")
+        assert isinstance(first, set)
+        a, b = sorted(first)
+        environ = Path(f"/proc/{a}/environ").read_bytes().split(b"\0")
+        shared = next(v.split(b"=", 1)[1].decode() for v in environ if v.startswith(b"PROMETHEUS_MULTIPROC_DIR="))
+        assert Path(shared).is_dir()
+
+        events = [
+            {"event_id": f"w{i}", "user_id": f"u{i % 3}", "item_id": f"v{i % 7}", "type": "like", "ts": iso(i)}
+            for i in range(40)
+        ]
+        produce_events(stack.broker, stack.topic, events)
+        # Both processes load the model; the page of either lists both (each process's gauge, read from its file).
+        wait_for(lambda: set(_versions(api.url)) == {a, b} and min(_versions(api.url).values()) >= 1, 60,
+                 "both API processes to serve a model, in /metrics")  # fmt: skip
+
+        _without(a, lambda: _recommend(api.url, 5))  # answered by b alone
+        _without(b, lambda: _recommend(api.url, 7))  # by a alone
+        # Whichever process answers /metrics counts the other's requests too (one process's own count: 5 or 7).
+        for _ in range(4):
+            assert _served(api.url) == 12
+            stats = stack.client.get("/v1/stats").json()  # (its latency table reads the same files)
+            assert stats["api"]["/v1/users/{user_id}/recommendations"]["requests"] == 12
+
+        os.kill(a, signal.SIGKILL)  # the supervisor starts another in its place
+        replaced = wait_for(lambda: len(c := _children(supervisor) - {a}) == 2 and c, 60, "a process in place of a")
+        assert isinstance(replaced, set) and b in replaced
+        (c,) = replaced - {b}
+        # The dead process's gauge goes (dropped by the one that replaced it); what it counted stays.
+        wait_for(lambda: set(_versions(api.url)) == {b, c}, 60, "/metrics to list the live processes' versions")
+        assert _served(api.url) == 12
+        _without(b, lambda: _recommend(api.url, 3))  # by c alone
+        assert _served(api.url) == 15
+
+        # SIGHUP: uvicorn replaces each process, the new one serving before the old one stops (which drops its gauge).
+        os.kill(supervisor, signal.SIGHUP)
+        renewed = wait_for(lambda: len(n := _children(supervisor)) == 2 and not n & {b, c} and n, 90,
+                           "uvicorn to replace both API processes")  # fmt: skip
+        wait_for(lambda: set(_versions(api.url)) == renewed, 60, "/metrics to list only the new processes' versions")
+        assert _served(api.url) == 15
+
+        stop_gracefully(api)
+        for pid in renewed:
+            assert not Path(f"/proc/{pid}").exists() or "zombie" in _state(pid), f"API process {pid} outlived its stop"
+        assert not Path(shared).exists(), "the metrics directory of the run was left behind"
+    finally:
+        stack.close()
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:", 1)[1].split("\n", 1)[0]
+    except (FileNotFoundError, IndexError):
+        return "zombie"
+
+
+def test_several_api_processes_refuse_to_start_without_keys(service_env: dict[str, str]) -> None:
+    env = {**os.environ, **service_env, "RECSTREAM_API_KEYS": "[]", "RECSTREAM_API_WORKERS": "2"}
+    result = run_cli("api", "--host", "127.0.0.1", "--port", "0", env=env, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "not starting: no API key is configured" in result.stderr
+    assert "Started parent process" not in result.stderr  # refused before uvicorn started anything
