@@ -99,6 +99,7 @@ async def _stop_within(seconds: float, *steps: Callable[[], Awaitable[Any]]) -> 
 def app_from_environment() -> FastAPI:
     """The API for the settings of this process's environment: what each of several API processes runs
     (``recstream api --workers N``: uvicorn imports it by name in every process it starts)."""
+    components.configure_logging("api", pid=True)
     return create_app(get_settings())
 
 

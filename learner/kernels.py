@@ -55,7 +55,8 @@ def describe() -> str:
 def numpy_only() -> Iterator[None]:
     """Within the block, rank with numpy only and learn in Python (to compare both, or to measure the difference);
     co-occurrence rows bound to the compiled update before the block use it until they next grow (the same numbers
-    either way: learner.sparse_rows)."""
+    either way: learner.sparse_rows). Events still read their timestamps with the compiled loop
+    (``Event.ts_seconds``: the same float as ``datetime.timestamp``)."""
     global _use
     saved, _use = _use, None
     try:

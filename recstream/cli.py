@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import os
 import shutil
 import sys
@@ -190,11 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
-    if args.command != "worker":  # a command's output, not the client library's connection chatter
-        logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    from recstream.components import configure_logging
+
+    configure_logging(args.command)
     from aiokafka.errors import KafkaConnectionError
     from pydantic import ValidationError
     from pydantic_settings import SettingsError

@@ -165,6 +165,17 @@ def faust_broker_credentials(settings: Settings) -> Any:
     )
 
 
+def configure_logging(command: str, pid: bool = False) -> None:
+    """Log lines of INFO and above to stderr with their time, level and logger, for ``recstream COMMAND``; with
+    ``pid``, the process's id after the time (each API process of ``recstream api --workers N``, where uvicorn
+    configures only its own loggers)."""
+    process = " [%(process)d]" if pid else ""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s{process} %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    if command != "worker":  # a command's output, not the client library's connection chatter
+        logging.getLogger("aiokafka").setLevel(logging.WARNING)
+
+
 def start_process(settings: Settings, log: logging.Logger) -> None:
     """What a worker or API process does at start: say whether it ranks with the compiled loops (a warning when it
     cannot), give numpy's matrix products ``RECSTREAM_BLAS_THREADS`` threads (:func:`limit_blas_threads`), and warn

@@ -82,6 +82,9 @@ def test_two_api_processes_share_a_port_and_their_metrics(service_env: dict[str,
         wait_for(lambda: set(_versions(api.url)) == {a, b} and min(_versions(api.url).values()) >= 1, 60,
                  "both API processes to serve a model, in /metrics")  # fmt: skip
 
+        for pid in (a, b):  # each process logs as the service does, its lines marked with its pid
+            assert re.search(rf"\[{pid}\] INFO api.model_holder: serving model v\d+", api.log_path.read_text()), pid
+
         _without(a, lambda: _recommend(api.url, 5))  # answered by b alone
         _without(b, lambda: _recommend(api.url, 7))  # by a alone
         # Whichever process answers /metrics counts the other's requests too (one process's own count: 5 or 7).
