@@ -20,6 +20,7 @@ from redis.exceptions import ReadOnlyError as RedisReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api import processes
 from api.auth import key_ring_from_settings
 from api.deps import ApiState
 from api.hygiene import BodyLimitMiddleware, SecurityHeadersMiddleware, add_docs_route
@@ -100,6 +101,7 @@ def app_from_environment() -> FastAPI:
     """The API for the settings of this process's environment: what each of several API processes runs
     (``recstream api --workers N``: uvicorn imports it by name in every process it starts)."""
     components.configure_logging("api", pid=True)
+    processes.follow_supervisor()
     return create_app(get_settings())
 
 

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import shutil
 import sys
-import tempfile
-from collections.abc import Iterator
 
 from recstream.settings import Settings, get_settings
 
@@ -44,49 +40,17 @@ def _api(args: argparse.Namespace) -> int:
     except AuthNotConfigured as exc:
         print(f"recstream api: not starting: {exc}", file=sys.stderr)
         return 2
+    if workers > 1:
+        from api.processes import MetricsDirectoryNotEmpty, serve
+
+        try:
+            return serve(host, port, workers)
+        except MetricsDirectoryNotEmpty as exc:
+            print(f"recstream api: not starting: {exc}", file=sys.stderr)
+            return 2
     # access_log off: an access log line would carry query strings; auth refusals are logged without the key.
-    if workers == 1:
-        uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
-        return 0
-    with _shared_metrics():
-        # uvicorn binds the port here and starts the processes, which share it (the kernel hands each new
-        # connection to one of them); it starts one again in place of one that dies, and stops them all on
-        # SIGTERM/SIGINT. A process busy for a while (a large model's first load) still answers its health checks
-        # (a thread of its own), within WORKER_HEALTHCHECK_SECONDS.
-        uvicorn.run(
-            "api.app:app_from_environment",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
-            log_level="info",
-            access_log=False,
-        )
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
     return 0
-
-
-#: How long an API process of several may take to answer its supervisor's health check before it is replaced
-#: (uvicorn's default is 5 s).
-WORKER_HEALTHCHECK_SECONDS = 30
-
-
-@contextlib.contextmanager
-def _shared_metrics() -> Iterator[None]:
-    """Several API processes write their metrics to a directory of files that ``/metrics`` reads (recstream.metrics):
-    a fresh one for this run, removed after it, unless the environment names one already."""
-    from recstream import metrics
-
-    if metrics.multiprocess():
-        yield
-        return
-    directory = tempfile.mkdtemp(prefix="recstream-api-metrics-")
-    os.environ[metrics.MULTIPROCESS_DIR] = directory  # (read by the processes uvicorn starts)
-    try:
-        yield
-    finally:
-        del os.environ[metrics.MULTIPROCESS_DIR]
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _up(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from recstream import local_services
 from tests.clock import iso
 from tests.conftest import TEST_API_KEY, run_cli, start_stack, stop_gracefully, wait_for
 from tests.kafka_io import produce_events
@@ -36,6 +38,14 @@ def _metrics(url: str) -> str:
 def _versions(url: str) -> dict[int, float]:
     """The model version each API process serves, by pid, as ``/metrics`` (of whichever process answers) says."""
     return {int(pid): float(version) for pid, version in VERSION_SAMPLE.findall(_metrics(url))}
+
+
+def _labelled_by_pid(url: str) -> dict[str, set[int]]:
+    """The metrics whose samples carry a ``pid`` label (one series a process), with the pids they name."""
+    found: dict[str, set[int]] = {}
+    for name, pid in re.findall(r'^(\w+)\{[^}]*\bpid="(\d+)"', _metrics(url), re.MULTILINE):
+        found.setdefault(name, set()).add(int(pid))
+    return found
 
 
 def _served(url: str) -> float:
@@ -99,6 +109,8 @@ def test_two_api_processes_share_a_port_and_their_metrics(service_env: dict[str,
         (c,) = replaced - {b}
         # The dead process's gauge goes (dropped by the one that replaced it); what it counted stays.
         wait_for(lambda: set(_versions(api.url)) == {b, c}, 60, "/metrics to list the live processes' versions")
+        # one series a live process for the version served, and none for a gone one in any metric
+        assert _labelled_by_pid(api.url) == {"recstream_model_version": {b, c}}
         assert _served(api.url) == 12
         _without(b, lambda: _recommend(api.url, 3))  # by c alone
         assert _served(api.url) == 15
@@ -108,21 +120,67 @@ def test_two_api_processes_share_a_port_and_their_metrics(service_env: dict[str,
         renewed = wait_for(lambda: len(n := _children(supervisor)) == 2 and not n & {b, c} and n, 90,
                            "uvicorn to replace both API processes")  # fmt: skip
         wait_for(lambda: set(_versions(api.url)) == renewed, 60, "/metrics to list only the new processes' versions")
+        assert _labelled_by_pid(api.url) == {"recstream_model_version": renewed}
         assert _served(api.url) == 15
 
         stop_gracefully(api)
         for pid in renewed:
-            assert not Path(f"/proc/{pid}").exists() or "zombie" in _state(pid), f"API process {pid} outlived its stop"
+            assert _gone(pid), f"API process {pid} outlived its stop"
         assert not Path(shared).exists(), "the metrics directory of the run was left behind"
     finally:
         stack.close()
 
 
-def _state(pid: int) -> str:
+def _gone(pid: int) -> bool:
+    """The process has exited (reaped, or a zombie its parent has not reaped yet)."""
     try:
-        return Path(f"/proc/{pid}/status").read_text().split("State:", 1)[1].split("\n", 1)[0]
-    except (FileNotFoundError, IndexError):
-        return "zombie"
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
+def test_the_api_processes_stop_when_their_supervisor_is_killed(service_env: dict[str, str], processes: list) -> None:
+    api = local_services.start_api({**service_env, "RECSTREAM_API_WORKERS": "2"})
+    processes.append(api)
+    supervisor = api.process.pid
+    children = wait_for(lambda: len(c := _children(supervisor)) == 2 and c, 60, "two API processes")
+    assert isinstance(children, set)
+    environ = Path(f"/proc/{min(children)}/environ").read_bytes().split(b"\0")
+    shared = next(v.split(b"=", 1)[1].decode() for v in environ if v.startswith(b"PROMETHEUS_MULTIPROC_DIR="))
+    try:
+        os.kill(supervisor, signal.SIGKILL)  # itself alone, not its process group: nobody stops the others
+        api.process.wait(10)
+        # each was asked to stop when its parent died (SIGTERM), and stops as it would on a stop: nothing left serving
+        wait_for(lambda: all(_gone(pid) for pid in children), 30, "the API processes to stop after their supervisor")
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{api.url}/healthz", timeout=5)
+    finally:
+        for pid in children:  # (the service's stop signals a group whose leader is gone no more)
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(shared, ignore_errors=True)  # (the supervisor, killed, could not remove it: docs/operations.md)
+
+
+def test_a_process_that_fails_to_start_stops_them_all_with_status_3(service_env: dict[str, str]) -> None:
+    # A setting only the API processes' start checks (the broker's SASL credentials), as with one process.
+    for workers in ("1", "2"):
+        env = {**os.environ, **service_env, "RECSTREAM_API_WORKERS": workers,
+               "RECSTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT"}  # fmt: skip
+        result = run_cli("api", "--host", "127.0.0.1", "--port", "0", env=env, timeout=90)
+        assert result.returncode == 3, (workers, result.stderr[-2000:])
+        assert "needs RECSTREAM_KAFKA_SASL_USERNAME" in result.stderr, workers
+        if workers == "2":
+            assert re.search(r"API process \d+ failed to start \(its log above says why\)", result.stderr)
+
+
+def test_a_metrics_directory_the_environment_names_must_be_empty(service_env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "counter_12345.db").write_bytes(b"left from another run")
+    env = {**os.environ, **service_env, "RECSTREAM_API_WORKERS": "2", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    result = run_cli("api", "--host", "127.0.0.1", "--port", "0", env=env, timeout=60)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "must be an existing, empty directory" in result.stderr
+    assert "Started parent process" not in result.stderr
 
 
 def test_several_api_processes_refuse_to_start_without_keys(service_env: dict[str, str]) -> None:

@@ -1,0 +1,111 @@
+"""Several API processes on one port (``recstream api --workers N``): uvicorn's supervisor, their shared metrics.
+
+The supervisor (this process) binds the port and starts the processes, which share the listening socket (the
+kernel gives each new connection to one of them); it starts a process again in place of one that dies, replaces
+them one at a time on SIGHUP, and stops them all on SIGTERM or SIGINT. Each process runs
+:func:`api.app.app_from_environment`, which it imports by name.
+
+Their metrics go through prometheus_client's multiprocess mode (``recstream.metrics``): a directory made for the run
+(removed after it), or one the environment names, which must then exist and be empty (files left from another run
+would be counted in this one's totals).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Iterator
+
+from recstream import metrics
+
+log = logging.getLogger(__name__)
+
+#: How long an API process may take to answer its supervisor's health check before it is replaced, or a new one to
+#: start serving before a SIGHUP's replacement of the old is abandoned (uvicorn's default is 5 s). Its health
+#: checks are answered by a thread of its own, so a long first load of a large model does not hold them.
+HEALTHCHECK_SECONDS = 30
+#: The exit status when a process failed to start (uvicorn's, as with one process).
+STARTUP_FAILED = 3
+#: ``prctl`` option: the signal a process gets when its parent dies (Linux).
+_PR_SET_PDEATHSIG = 1
+
+
+class MetricsDirectoryNotEmpty(Exception):
+    """The environment names a metrics directory that is missing or holds files already."""
+
+
+def serve(host: str, port: int, workers: int) -> int:
+    """Run ``workers`` API processes on ``host:port`` until SIGTERM or SIGINT; the exit status (STARTUP_FAILED when
+    one of them failed to start, which stops them all)."""
+    from uvicorn import Config
+    from uvicorn.supervisors import Multiprocess
+
+    with _metrics_directory():
+        # access_log off: an access log line would carry query strings; auth refusals are logged without the key.
+        config = Config(
+            "api.app:app_from_environment",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            timeout_worker_healthcheck=HEALTHCHECK_SECONDS,
+            log_level="info",
+            access_log=False,
+        )
+        sock = config.bind_socket()  # (a port it cannot bind: uvicorn exits with status 3, as with one process)
+        supervisor = Multiprocess(config, sockets=[sock])
+        try:
+            supervisor.run()
+        finally:
+            sock.close()
+    failed = [process.pid for process in supervisor.processes if process.exitcode == STARTUP_FAILED]
+    if failed:
+        print(
+            f"recstream api: API process {failed[0]} failed to start (its log above says why); all of them stopped",
+            file=sys.stderr,
+        )
+        return STARTUP_FAILED
+    return 0
+
+
+@contextlib.contextmanager
+def _metrics_directory() -> Iterator[None]:
+    """The directory the processes write their metrics to (:data:`recstream.metrics.MULTIPROCESS_DIR`): a fresh one,
+    removed after the run, unless the environment names one (which must exist, empty)."""
+    named = os.environ.get(metrics.MULTIPROCESS_DIR)
+    if named:
+        if not os.path.isdir(named) or os.listdir(named):
+            raise MetricsDirectoryNotEmpty(
+                f"{metrics.MULTIPROCESS_DIR}={named!r} must be an existing, empty directory (files of another run "
+                "would be counted in this one's metrics); unset it and recstream makes one for the run"
+            )
+        yield
+        return
+    directory = tempfile.mkdtemp(prefix="recstream-api-metrics-")
+    os.environ[metrics.MULTIPROCESS_DIR] = directory  # (read by the processes uvicorn starts)
+    try:
+        yield
+    finally:
+        del os.environ[metrics.MULTIPROCESS_DIR]
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def follow_supervisor() -> None:
+    """In an API process the supervisor started: be sent SIGTERM when the supervisor dies (even by SIGKILL), so
+    that no process outlives it holding the port (Linux; elsewhere nothing)."""
+    supervisor = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    except (OSError, AttributeError) as exc:
+        log.warning("this API process will not stop by itself if its supervisor is killed (%s)", exc)
+        return
+    if os.getppid() != supervisor:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
