@@ -36,7 +36,7 @@ STARTUP_FAILED = 3
 _PR_SET_PDEATHSIG = 1
 
 
-class MetricsDirectoryNotEmpty(Exception):
+class MetricsDirectoryRefused(Exception):
     """The environment names a metrics directory that is missing or holds files already."""
 
 
@@ -81,7 +81,7 @@ def _metrics_directory() -> Iterator[None]:
     named = os.environ.get(metrics.MULTIPROCESS_DIR)
     if named:
         if not os.path.isdir(named) or os.listdir(named):
-            raise MetricsDirectoryNotEmpty(
+            raise MetricsDirectoryRefused(
                 f"{metrics.MULTIPROCESS_DIR}={named!r} must be an existing, empty directory (files of another run "
                 "would be counted in this one's metrics); unset it and recstream makes one for the run"
             )
@@ -98,7 +98,7 @@ def _metrics_directory() -> Iterator[None]:
 
 def follow_supervisor() -> None:
     """In an API process the supervisor started: be sent SIGTERM when the supervisor dies (even by SIGKILL), so
-    that no process outlives it holding the port (Linux; elsewhere nothing)."""
+    that no process outlives it holding the port (Linux; elsewhere a warning in the log)."""
     supervisor = os.getppid()
     try:
         libc = ctypes.CDLL(None, use_errno=True)

@@ -41,11 +41,11 @@ def _api(args: argparse.Namespace) -> int:
         print(f"recstream api: not starting: {exc}", file=sys.stderr)
         return 2
     if workers > 1:
-        from api.processes import MetricsDirectoryNotEmpty, serve
+        from api.processes import MetricsDirectoryRefused, serve
 
         try:
             return serve(host, port, workers)
-        except MetricsDirectoryNotEmpty as exc:
+        except MetricsDirectoryRefused as exc:
             print(f"recstream api: not starting: {exc}", file=sys.stderr)
             return 2
     # access_log off: an access log line would carry query strings; auth refusals are logged without the key.
@@ -93,7 +93,7 @@ def _keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
+def _api_workers(text: str) -> int:
     """``--workers``: bounded as RECSTREAM_API_WORKERS is."""
     field = Settings.model_fields["api_workers"]
     low, high = (next(getattr(m, bound) for m in field.metadata if hasattr(m, bound)) for bound in ("ge", "le"))
@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=None, help="bind address (default: RECSTREAM_API_HOST)")
     p.add_argument("--port", type=int, default=None, help="port (default: RECSTREAM_API_PORT)")
     p.add_argument(
-        "--workers", type=_positive, default=None, help="API processes on the port (default: RECSTREAM_API_WORKERS)"
+        "--workers", type=_api_workers, default=None, help="API processes on the port (default: RECSTREAM_API_WORKERS)"
     )
     p.set_defaults(func=_api)
 

@@ -189,3 +189,10 @@ def test_several_api_processes_refuse_to_start_without_keys(service_env: dict[st
     assert result.returncode == 2, result.stderr
     assert "not starting: no API key is configured" in result.stderr
     assert "Started parent process" not in result.stderr  # refused before uvicorn started anything
+
+
+def test_workers_outside_the_settings_bounds_are_refused() -> None:
+    for value in ("0", "65", "two"):
+        result = run_cli("api", "--workers", value, timeout=60)
+        assert result.returncode == 2, value
+        assert f"argument --workers: expected a whole number from 1 to 64, got '{value}'" in result.stderr
