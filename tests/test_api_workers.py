@@ -162,7 +162,7 @@ def test_the_api_processes_stop_when_their_supervisor_is_killed(service_env: dic
         shutil.rmtree(shared, ignore_errors=True)  # (the supervisor, killed, could not remove it: docs/operations.md)
 
 
-def test_a_process_that_fails_to_start_stops_them_all_with_status_3(service_env: dict[str, str]) -> None:
+def test_a_process_that_fails_to_start_ends_the_run_with_status_3(service_env: dict[str, str]) -> None:
     # A setting only the API processes' start checks (the broker's SASL credentials), as with one process.
     for workers in ("1", "2"):
         env = {**os.environ, **service_env, "RECSTREAM_API_WORKERS": workers,
