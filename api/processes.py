@@ -34,6 +34,8 @@ HEALTHCHECK_SECONDS = 30
 STARTUP_FAILED = 3
 #: ``prctl`` option: the signal a process gets when its parent dies (Linux).
 _PR_SET_PDEATHSIG = 1
+#: The environment variable that tells each API process its supervisor's PID (set by :func:`serve`).
+SUPERVISOR_PID = "RECSTREAM_INTERNAL_API_SUPERVISOR_PID"
 
 
 class MetricsDirectoryRefused(Exception):
@@ -60,9 +62,11 @@ def serve(host: str, port: int, workers: int) -> int:
         )
         sock = config.bind_socket()  # (a port it cannot bind: uvicorn exits with status 3, as with one process)
         supervisor = Multiprocess(config, sockets=[sock])
+        os.environ[SUPERVISOR_PID] = str(os.getpid())  # (read by the processes: follow_supervisor)
         try:
             supervisor.run()
         finally:
+            del os.environ[SUPERVISOR_PID]
             sock.close()
     failed = [process.pid for process in supervisor.processes if process.exitcode == STARTUP_FAILED]
     if failed:
@@ -98,8 +102,13 @@ def _metrics_directory() -> Iterator[None]:
 
 def follow_supervisor() -> None:
     """In an API process the supervisor started: be sent SIGTERM when the supervisor dies (even by SIGKILL), so
-    that no process outlives it holding the port (Linux; elsewhere a warning in the log)."""
-    supervisor = os.getppid()
+    that no process outlives it holding the port (Linux; elsewhere a warning in the log).
+
+    The supervisor may have died already, while this process was still importing the app: the kernel only signals
+    deaths after the request, so a parent other than the supervisor :func:`serve` named means it is gone.
+    """
+    named = os.environ.get(SUPERVISOR_PID)
+    supervisor = int(named) if named else os.getppid()
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
@@ -108,4 +117,5 @@ def follow_supervisor() -> None:
         log.warning("this API process will not stop by itself if its supervisor is killed (%s)", exc)
         return
     if os.getppid() != supervisor:  # it died before the request took effect
+        log.warning("the API supervisor (PID %s) is gone already: this process stops", supervisor)
         os.kill(os.getpid(), signal.SIGTERM)

@@ -7,12 +7,15 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
+from api import processes
 from recstream import local_services
 from tests.clock import iso
 from tests.conftest import TEST_API_KEY, run_cli, start_stack, stop_gracefully, wait_for
@@ -160,6 +163,41 @@ def test_the_api_processes_stop_when_their_supervisor_is_killed(service_env: dic
             if not _gone(pid):
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(shared, ignore_errors=True)  # (the supervisor, killed, could not remove it: docs/operations.md)
+
+
+# An API process that is still importing the app when its supervisor dies: it waits until it has been reparented,
+# then asks to follow the supervisor (too late for the kernel to signal that death), and must stop by itself.
+_LATE_PROCESS = """
+import os, sys, time
+supervisor = int(os.environ[sys.argv[1]])
+deadline = time.monotonic() + 30
+while os.getppid() == supervisor and time.monotonic() < deadline:
+    time.sleep(0.01)
+from api.processes import follow_supervisor
+follow_supervisor()
+time.sleep(120)
+"""
+_SHORT_LIVED_SUPERVISOR = """
+import os, subprocess, sys
+env = {**os.environ, sys.argv[1]: str(os.getpid())}
+late = subprocess.Popen([sys.executable, "-c", sys.argv[2], sys.argv[1]], env=env, stderr=open(sys.argv[3], "w"))
+print(late.pid, flush=True)
+"""
+
+
+def test_an_api_process_whose_supervisor_died_while_it_started_stops(tmp_path: Path) -> None:
+    log = tmp_path / "late.log"
+    supervisor = subprocess.run(
+        [sys.executable, "-c", _SHORT_LIVED_SUPERVISOR, processes.SUPERVISOR_PID, _LATE_PROCESS, str(log)],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    late = int(supervisor.stdout)
+    try:
+        wait_for(lambda: _gone(late), 60, "the API process to stop after learning its supervisor was gone")
+        assert re.search(r"the API supervisor \(PID \d+\) is gone already: this process stops", log.read_text())
+    finally:
+        if not _gone(late):
+            os.kill(late, signal.SIGKILL)
 
 
 def test_a_process_that_fails_to_start_ends_the_run_with_status_3(service_env: dict[str, str]) -> None:
