@@ -82,7 +82,7 @@ def test_a_refused_dead_letter_holds_the_checkpoint_back_until_it_is_delivered(
 
         _admin(broker, "alter", rejected, KAFKA_DEFAULT)  # the operator fixes the topic
         wait_for(lambda: checkpoints.learned() == 1, 60, f"the checkpoint after the fix (log: {worker.log_path})")
-        letters = [json.loads(value) for value in read_topic(broker, rejected, 2, timeout=3)]
+        letters = [json.loads(value) for value in read_topic(broker, rejected, 2, timeout=10)]  # (one, not two)
         assert len(letters) == 1, letters
         assert letters[0]["payload"] == "{not json" and letters[0]["offset"] == 0
         assert worker.is_running()

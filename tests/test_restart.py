@@ -46,6 +46,7 @@ def test_restart_mid_stream_learns_every_event_exactly_once(
     }
     broker, topic = env["RECSTREAM_BROKER_URL"], env["RECSTREAM_TOPIC_EVENTS"]
     checkpoints = CheckpointReader(env["RECSTREAM_REDIS_URL"], env["RECSTREAM_REDIS_PREFIX"])
+    first_chunk, first_checkpoint = threading.Event(), threading.Event()
     try:
         worker = local_services.start_worker(env)
         processes.append(worker)
@@ -54,18 +55,20 @@ def test_restart_mid_stream_learns_every_event_exactly_once(
 
         def publish_stream() -> None:
             for c in range(CHUNKS):
+                if c == CHUNKS // 3:  # the rest (>= 6 s of pacing) only once the worker runs: the stop lands mid-stream
+                    first_checkpoint.wait(120)
                 produce(broker, topic, _events(c * chunk, chunk))
                 if c == 0:
                     first_chunk.set()
                 published.wait(0.15)  # pace the stream so the stop lands in the middle of it
             published.set()
 
-        first_chunk = threading.Event()
         publisher = threading.Thread(target=publish_stream, daemon=True)
         publisher.start()
         first_chunk.wait(30)
         # Stop it while the stream is still flowing: some events are checkpointed, some are not.
         wait_for(lambda: 0 < checkpoints.learned(), 90, f"a first checkpoint (log: {worker.log_path})")
+        first_checkpoint.set()
         first = checkpoints.version()
         wait_for(lambda: (checkpoints.version() or 0) > (first or 0), 30, "a second checkpoint")
         published.wait(1.0)  # stop between two checkpoints, a second after the last one
@@ -100,4 +103,5 @@ def test_restart_mid_stream_learns_every_event_exactly_once(
         assert sum(offsets.values()) == TOTAL, offsets
         assert read_topic(broker, topic, TOTAL, timeout=10).__len__() == TOTAL
     finally:
+        first_checkpoint.set()  # (a publisher still waiting goes on and ends)
         checkpoints.close()

@@ -51,7 +51,8 @@ def test_two_api_processes_share_one_bucket_per_key(
                 {"name": "ops-2", "scopes": ["admin"], "hash": hash_key(other)},
             ]
         ),
-        "RECSTREAM_RATE_LIMIT_ADMIN_PER_SECOND": "1",
+        # A token every 5 s: the six requests below need only fit in 5 s, however slow the two fresh processes.
+        "RECSTREAM_RATE_LIMIT_ADMIN_PER_SECOND": "0.2",
         "RECSTREAM_RATE_LIMIT_ADMIN_BURST": "4",
     }
     first, second = local_services.start_api(env), local_services.start_api(env)
@@ -61,15 +62,15 @@ def test_two_api_processes_share_one_bucket_per_key(
         assert statuses == [200] * 4  # the burst, spent across both processes
         refused = b.get("/v1/gate")
         assert refused.status_code == 429, refused.text
-        assert refused.headers["retry-after"] == "1"
+        assert 1 <= int(refused.headers["retry-after"]) <= 5  # until the next token, in whole seconds
         assert "'ops' is over its 'admin' rate limit" in refused.json()["detail"]
         assert a.get("/v1/gate").status_code == 429  # the other process sees the same empty bucket
         # Another scope of the same key (admin implies read) and another key have their own buckets.
         assert a.get("/v1/users/u1/recommendations").status_code != 429
         with api_client(second, other) as c:
             assert c.get("/v1/gate").status_code == 200
-        # One second later a token is back.
-        wait_for(lambda: a.get("/v1/gate").status_code == 200, 5, "a token after Retry-After", interval=0.3)
+        # Some seconds later a token is back.
+        wait_for(lambda: a.get("/v1/gate").status_code == 200, 15, "a token after Retry-After", interval=0.3)
 
 
 def test_when_redis_is_unreachable_the_limiter_fails_open(

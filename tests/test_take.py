@@ -55,7 +55,7 @@ async def _taking(
 
 
 async def test_messages_delivered_while_a_batch_is_processed_are_taken_right_after_it() -> None:
-    linger = 0.4
+    linger = 1.0  # (long against a pause of the test's loop: the assertion below allows half of it)
     async with _taking(100, linger) as (channel, _, batches):
         first = asyncio.ensure_future(anext(batches))
         await _send(channel, range(3))
@@ -73,7 +73,7 @@ async def test_messages_delivered_while_a_batch_is_processed_are_taken_right_aft
 
 
 async def test_messages_queued_behind_a_full_batch_are_taken_right_after_it() -> None:
-    linger = 0.4
+    linger = 1.0
     async with _taking(3, linger) as (channel, _, batches):
         first = asyncio.ensure_future(anext(batches))
         await _send(channel, range(5))
@@ -95,7 +95,7 @@ async def test_a_batch_that_fills_while_the_stream_drains_goes_at_once(monkeypat
 
 
 async def test_a_batch_waits_the_linger_for_messages_that_trickle_in() -> None:
-    async with _taking(100, 0.5) as (channel, _, batches):
+    async with _taking(100, 2.0) as (channel, _, batches):
         first = asyncio.ensure_future(anext(batches))
         await _send(channel, range(1))
         await asyncio.sleep(0.1)
@@ -175,7 +175,7 @@ async def test_messages_closer_than_the_idle_time_never_call_on_idle() -> None:
         nonlocal calls
         calls += 1
 
-    async with _taking(100, 0.0, on_idle=on_idle, idle_seconds=0.5) as (channel, _, batches):
+    async with _taking(100, 0.0, on_idle=on_idle, idle_seconds=2.0) as (channel, _, batches):
         for value in range(8):  # a message every ~0.1 s, each a batch of its own
             taking = asyncio.ensure_future(anext(batches))
             await _send(channel, range(value, value + 1))

@@ -52,12 +52,13 @@ async def test_a_waiting_worker_takes_over_once_the_holder_stops_renewing(store:
 
 
 async def test_the_holder_keeps_it_while_another_waits(store: ModelStore) -> None:
-    a, b = lease(store, "a", seconds=1.0), lease(store, "b", seconds=1.0)
+    # (3 s: a pause of the test's loop shorter than two thirds of it cannot let the lease run out)
+    a, b = lease(store, "a", seconds=3.0), lease(store, "b", seconds=3.0)
     await a.acquire()
     keeper = asyncio.create_task(a.keep(lambda _other: None))
     try:
         with pytest.raises(TimeoutError):
-            await asyncio.wait_for(b.acquire(), timeout=3)  # three lease times: renewed all along
+            await asyncio.wait_for(b.acquire(), timeout=9)  # three lease times: renewed all along
     finally:
         keeper.cancel()
     assert a.lost_to is None
