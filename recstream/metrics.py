@@ -9,18 +9,29 @@ summed over the processes, those that stopped included; a gauge says how it comb
 ignored in a single process): the unlabelled ones the worker sets are one series (``livemax``), the model version
 each API process serves one series per process (``liveall``, labelled ``pid``), the seen sets held the sum
 (``livesum``). A process's gauges go when it stops, or when a process starts after it died
-(:func:`forget_dead_processes`).
+(:func:`forget_dead_processes`). The ``process_*`` series (memory, CPU, file descriptors) are each live API
+process's, labelled ``pid`` (:class:`ApiProcessesCollector`).
 """
 
 from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client import multiprocess as prometheus_multiprocess
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 #: The environment variable that switches prometheus_client to its multiprocess mode (read when it is imported).
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
@@ -252,7 +263,25 @@ def exposition_registry() -> CollectorRegistry:
         return REGISTRY
     registry = CollectorRegistry()
     prometheus_multiprocess.MultiProcessCollector(registry)
+    registry.register(ApiProcessesCollector())
     return registry
+
+
+class ApiProcessesCollector(Collector):
+    """In multiprocess mode, what a single process's ``/metrics`` says of itself, for every live API process:
+    prometheus_client's ``process_*`` series read from ``/proc/<pid>``, each labelled ``pid``, and ``python_info``.
+    (A process's garbage-collector series, ``python_gc_*``, are not read from outside it: none.)"""
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        for pid in sorted(_processes_with_gauges()):  # (a dead one's gauges are dropped when the next starts)
+            process = ProcessCollector(pid=lambda pid=pid: pid, registry=None)
+            for family in process.collect():  # nothing for a process that is gone
+                merged = families.setdefault(family.name, Metric(family.name, family.documentation, family.type))
+                for sample in family.samples:
+                    merged.add_sample(sample.name, {**sample.labels, "pid": str(pid)}, sample.value)
+        yield from families.values()
+        yield from PlatformCollector(registry=None).collect()
 
 
 def forget_dead_processes() -> None:
@@ -260,14 +289,20 @@ def forget_dead_processes() -> None:
     one that died: that one could not drop its own); their counters stay in the totals."""
     if not multiprocess():
         return
+    for pid in _processes_with_gauges():
+        if not _alive(pid):
+            prometheus_multiprocess.mark_process_dead(pid)
+
+
+def _processes_with_gauges() -> set[int]:
+    """The processes whose gauges are in the metrics directory: every API process's (it makes the unlabelled ones
+    as it imports this module) until they are dropped."""
     pids = set()
     for path in glob.glob(os.path.join(os.environ[MULTIPROCESS_DIR], "gauge_live*_*.db")):
         pid = path.rsplit("_", 1)[1].removesuffix(".db")
         if pid.isdigit():
             pids.add(int(pid))
-    for pid in pids:
-        if not _alive(pid):
-            prometheus_multiprocess.mark_process_dead(pid)
+    return pids
 
 
 def process_stopping() -> None:

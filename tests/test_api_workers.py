@@ -24,6 +24,9 @@ from tests.kafka_io import produce_events
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 VERSION_SAMPLE = re.compile(r'^recstream_model_version\{component="api",pid="(\d+)"\} ([0-9.e+]+)$', re.MULTILINE)
+#: What prometheus_client says of a process (from /proc), one series a live API process.
+PROCESS_SERIES = ("process_virtual_memory_bytes", "process_resident_memory_bytes", "process_start_time_seconds",
+                  "process_cpu_seconds_total", "process_open_fds", "process_max_fds")  # fmt: skip
 SERVED_SAMPLE = re.compile(r"^recstream_recommendations_served_total\{source=\"\w+\"\} ([0-9.e+]+)$", re.MULTILINE)
 
 
@@ -112,8 +115,17 @@ def test_two_api_processes_share_a_port_and_their_metrics(service_env: dict[str,
         (c,) = replaced - {b}
         # The dead process's gauge goes (dropped by the one that replaced it); what it counted stays.
         wait_for(lambda: set(_versions(api.url)) == {b, c}, 60, "/metrics to list the live processes' versions")
-        # one series a live process for the version served, and none for a gone one in any metric
-        assert _labelled_by_pid(api.url) == {"recstream_model_version": {b, c}}
+        # one series a live process for the version served and for what /proc says of it, none for a gone one
+        assert _labelled_by_pid(api.url) == {name: {b, c} for name in ("recstream_model_version", *PROCESS_SERIES)}
+        page = _metrics(api.url)
+        for pid in (b, c):  # each process's own memory (read from /proc/<pid>, not the answering process's)
+            exported = float(re.search(rf'^process_resident_memory_bytes\{{pid="{pid}"\}} (\S+)$', page, re.M)[1])
+            resident = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            assert 0.8 < exported / resident < 1.25, (pid, exported, resident)
+        started = {int(pid): float(value) for pid, value in
+                   re.findall(r'^process_start_time_seconds\{pid="(\d+)"\} (\S+)$', page, re.M)}  # fmt: skip
+        assert started[c] > started[b]  # c took a's place after b had started
+        assert re.search(r"^python_info\{", page, re.M)
         assert _served(api.url) == 12
         _without(b, lambda: _recommend(api.url, 3))  # by c alone
         assert _served(api.url) == 15
@@ -123,7 +135,7 @@ def test_two_api_processes_share_a_port_and_their_metrics(service_env: dict[str,
         renewed = wait_for(lambda: len(n := _children(supervisor)) == 2 and not n & {b, c} and n, 90,
                            "uvicorn to replace both API processes")  # fmt: skip
         wait_for(lambda: set(_versions(api.url)) == renewed, 60, "/metrics to list only the new processes' versions")
-        assert _labelled_by_pid(api.url) == {"recstream_model_version": renewed}
+        assert _labelled_by_pid(api.url) == {name: renewed for name in ("recstream_model_version", *PROCESS_SERIES)}
         assert _served(api.url) == 15
 
         stop_gracefully(api)
