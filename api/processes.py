@@ -7,13 +7,15 @@ them one at a time on SIGHUP, and stops them all on SIGTERM or SIGINT. Each proc
 
 Their metrics go through prometheus_client's multiprocess mode (``recstream.metrics``): a directory made for the run
 (removed after it), or one the environment names, which must then exist and be empty (files left from another run
-would be counted in this one's totals).
+would be counted in this one's totals). A supervisor that was killed cannot remove its directory: the next one to
+start removes it (the directory's name carries its supervisor's PID).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import glob
 import logging
 import os
 import shutil
@@ -34,6 +36,8 @@ HEALTHCHECK_SECONDS = 30
 STARTUP_FAILED = 3
 #: ``prctl`` option: the signal a process gets when its parent dies (Linux).
 _PR_SET_PDEATHSIG = 1
+#: The start of the name of a run's metrics directory (in the temporary directory), then its supervisor's PID.
+DIRECTORY_PREFIX = "recstream-api-metrics-"
 #: The environment variable that tells each API process its supervisor's PID (set by :func:`serve`).
 SUPERVISOR_PID = "RECSTREAM_INTERNAL_API_SUPERVISOR_PID"
 
@@ -91,13 +95,24 @@ def _metrics_directory() -> Iterator[None]:
             )
         yield
         return
-    directory = tempfile.mkdtemp(prefix="recstream-api-metrics-")
+    _remove_abandoned_directories()
+    directory = tempfile.mkdtemp(prefix=f"{DIRECTORY_PREFIX}{os.getpid()}-")
     os.environ[metrics.MULTIPROCESS_DIR] = directory  # (read by the processes uvicorn starts)
     try:
         yield
     finally:
         del os.environ[metrics.MULTIPROCESS_DIR]
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _remove_abandoned_directories() -> None:
+    """Remove the metrics directories of this user's supervisors that are gone (killed: a stop removes its own)."""
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), f"{DIRECTORY_PREFIX}*-*")):
+        owner = os.path.basename(path).removeprefix(DIRECTORY_PREFIX).split("-", 1)[0]
+        with contextlib.suppress(OSError):  # (gone meanwhile: another start removed it)
+            if owner.isdigit() and not metrics.process_alive(int(owner)) and os.stat(path).st_uid == os.getuid():
+                shutil.rmtree(path)
+                log.info("removed %s, left by a supervisor that was killed (PID %s)", path, owner)
 
 
 def follow_supervisor() -> None:

@@ -290,7 +290,7 @@ def forget_dead_processes() -> None:
     if not multiprocess():
         return
     for pid in _processes_with_gauges():
-        if not _alive(pid):
+        if not process_alive(pid):
             prometheus_multiprocess.mark_process_dead(pid)
 
 
@@ -311,7 +311,8 @@ def process_stopping() -> None:
         prometheus_multiprocess.mark_process_dead(os.getpid())
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """A process ``pid`` exists (this user's or another's; a zombie included)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

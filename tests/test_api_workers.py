@@ -9,13 +9,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from api import processes
+from api import processes as api_processes
 from recstream import local_services
 from tests.clock import iso
 from tests.conftest import TEST_API_KEY, run_cli, start_stack, stop_gracefully, wait_for
@@ -170,6 +171,9 @@ def test_the_api_processes_stop_when_their_supervisor_is_killed(service_env: dic
         wait_for(lambda: all(_gone(pid) for pid in children), 30, "the API processes to stop after their supervisor")
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{api.url}/healthz", timeout=5)
+        assert Path(shared).is_dir()  # the supervisor, killed, could not remove its metrics directory: the next does
+        with api_processes._metrics_directory():
+            assert not Path(shared).exists()
     finally:
         for pid in children:  # (the service's stop signals a group whose leader is gone no more)
             if not _gone(pid):
@@ -200,7 +204,7 @@ print(late.pid, flush=True)
 def test_an_api_process_whose_supervisor_died_while_it_started_stops(tmp_path: Path) -> None:
     log = tmp_path / "late.log"
     supervisor = subprocess.run(
-        [sys.executable, "-c", _SHORT_LIVED_SUPERVISOR, processes.SUPERVISOR_PID, _LATE_PROCESS, str(log)],
+        [sys.executable, "-c", _SHORT_LIVED_SUPERVISOR, api_processes.SUPERVISOR_PID, _LATE_PROCESS, str(log)],
         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     late = int(supervisor.stdout)
@@ -231,6 +235,27 @@ def test_a_metrics_directory_the_environment_names_must_be_empty(service_env: di
     assert result.returncode == 2, result.stderr[-2000:]
     assert "must be an existing, empty directory" in result.stderr
     assert "Started parent process" not in result.stderr
+
+
+def test_a_start_removes_only_the_metrics_directories_of_supervisors_that_are_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    prefix = api_processes.DIRECTORY_PREFIX
+    left = tmp_path / f"{prefix}{gone.pid}-abc"
+    running = tmp_path / f"{prefix}{os.getpid()}-def"  # (this process: a supervisor still running)
+    unknown = tmp_path / f"{prefix}xyz"
+    for directory in (left, running, unknown):
+        directory.mkdir()
+        (directory / "counter_1.db").write_bytes(b"")
+    with api_processes._metrics_directory():
+        own = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+        assert own.name.startswith(f"{prefix}{os.getpid()}-") and own.parent == tmp_path
+        assert not left.exists() and running.is_dir() and unknown.is_dir()
+    assert not own.exists()
 
 
 def test_several_api_processes_refuse_to_start_without_keys(service_env: dict[str, str]) -> None:
