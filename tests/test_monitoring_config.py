@@ -18,14 +18,15 @@ ALERTS = ROOT / "deploy/prometheus/alerts.yml"
 PROMETHEUS = ROOT / "deploy/prometheus/prometheus.yml"
 ALERT_TESTS = ROOT / "deploy/prometheus/alerts.test.yml"
 DASHBOARD = ROOT / "deploy/grafana/dashboards/recstream.json"
-NAME = re.compile(r"\brecstream_[a-z0-9_]+")
+NAME = re.compile(r"\b(?:recstream|process)_[a-z0-9_]+")  # ours, and prometheus_client's of a process
 
 
 def exported_names() -> set[str]:
-    """Every sample name the code can export (labelled metrics included before first use)."""
+    """Every sample name the code can export (labelled metrics included before first use), and the ``process_*``
+    ones of prometheus_client (each process's; with ``--workers``, ``recstream.metrics.ApiProcessesCollector``)."""
     names: set[str] = set()
     for family in REGISTRY.collect():
-        if not family.name.startswith("recstream_"):
+        if not family.name.startswith(("recstream_", "process_")):
             continue
         if family.type == "counter":
             names.add(family.name + "_total")
@@ -47,6 +48,7 @@ def _expressions() -> dict[str, list[str]]:
 def test_every_metric_in_alerts_and_dashboard_is_exported() -> None:
     exported = exported_names()
     assert "recstream_events_consumed_total" in exported and "recstream_event_to_learned_seconds_bucket" in exported
+    assert "process_resident_memory_bytes" in exported and "process_cpu_seconds_total" in exported
     for source, expressions in _expressions().items():
         used = {name for expr in expressions for name in NAME.findall(expr)}
         assert used, f"{source} uses no recstream metric"
