@@ -7,19 +7,23 @@ them one at a time on SIGHUP, and stops them all on SIGTERM or SIGINT. Each proc
 
 Their metrics go through prometheus_client's multiprocess mode (``recstream.metrics``): a directory made for the run
 (removed after it), or one the environment names, which must then exist and be empty (files left from another run
-would be counted in this one's totals). A supervisor that was killed cannot remove its directory: the next one to
-start removes it (the directory's name carries its supervisor's PID).
+would be counted in this one's totals; the supervisor's own are removed, and the run's when it stops). A supervisor
+that was killed cannot remove its directory: the next one to start removes it (a running supervisor holds a lock on
+a file in its directory, so a directory whose lock can be taken is one whose supervisor is gone, in whatever PID
+namespace it ran).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import glob
 import logging
 import os
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -38,6 +42,8 @@ STARTUP_FAILED = 3
 _PR_SET_PDEATHSIG = 1
 #: The start of the name of a run's metrics directory (in the temporary directory), then its supervisor's PID.
 DIRECTORY_PREFIX = "recstream-api-metrics-"
+#: The file in a run's metrics directory its supervisor holds locked (``flock``) while it runs.
+LOCK_FILE = ".supervisor.lock"
 #: The environment variable that tells each API process its supervisor's PID (set by :func:`serve`).
 SUPERVISOR_PID = "RECSTREAM_INTERNAL_API_SUPERVISOR_PID"
 
@@ -85,34 +91,83 @@ def serve(host: str, port: int, workers: int) -> int:
 @contextlib.contextmanager
 def _metrics_directory() -> Iterator[None]:
     """The directory the processes write their metrics to (:data:`recstream.metrics.MULTIPROCESS_DIR`): a fresh one,
-    removed after the run, unless the environment names one (which must exist, empty)."""
+    removed after the run, unless the environment names one (:func:`_named_directory`)."""
     named = os.environ.get(metrics.MULTIPROCESS_DIR)
     if named:
-        if not os.path.isdir(named) or os.listdir(named):
-            raise MetricsDirectoryRefused(
-                f"{metrics.MULTIPROCESS_DIR}={named!r} must be an existing, empty directory (files of another run "
-                "would be counted in this one's metrics); unset it and recstream makes one for the run"
-            )
-        yield
+        with _named_directory(named):
+            yield
         return
     _remove_abandoned_directories()
     directory = tempfile.mkdtemp(prefix=f"{DIRECTORY_PREFIX}{os.getpid()}-")
+    lock = _locked_file(directory)
     os.environ[metrics.MULTIPROCESS_DIR] = directory  # (read by the processes uvicorn starts)
     try:
         yield
     finally:
         del os.environ[metrics.MULTIPROCESS_DIR]
         shutil.rmtree(directory, ignore_errors=True)
+        os.close(lock)
+
+
+@contextlib.contextmanager
+def _named_directory(named: str) -> Iterator[None]:
+    """A directory the environment names: it must exist and hold no file but this process's own (the supervisor
+    imported the metrics with the variable set: removed, so that it has no series); emptied after the run, so that
+    the next may use it."""
+    own = f"_{os.getpid()}.db"
+    try:
+        files = os.listdir(named)
+    except OSError:
+        files = None
+    if files is None or any(not name.endswith(own) for name in files):
+        raise MetricsDirectoryRefused(
+            f"{metrics.MULTIPROCESS_DIR}={named!r} must be an existing, empty directory (files of another run would "
+            "be counted in this one's metrics): empty it, or unset it and recstream makes one for the run"
+        )
+    _remove_files(named)
+    try:
+        yield
+    finally:
+        _remove_files(named)  # (all of them this run's: it started empty)
+
+
+def _remove_files(directory: str) -> None:
+    for name in os.listdir(directory):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(directory, name))
+
+
+def _locked_file(directory: str) -> int:
+    """Make ``directory``'s :data:`LOCK_FILE`, locked by this process until it closes it or ends (however it ends):
+    locked before it has its name, so that no start takes the directory for an abandoned one meanwhile."""
+    making = os.path.join(directory, f"{LOCK_FILE}.new")
+    lock = os.open(making, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)  # (not inherited by the processes it starts)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    os.rename(making, os.path.join(directory, LOCK_FILE))
+    return lock
 
 
 def _remove_abandoned_directories() -> None:
-    """Remove the metrics directories of this user's supervisors that are gone (killed: a stop removes its own)."""
-    for path in glob.glob(os.path.join(tempfile.gettempdir(), f"{DIRECTORY_PREFIX}*-*")):
-        owner = os.path.basename(path).removeprefix(DIRECTORY_PREFIX).split("-", 1)[0]
-        with contextlib.suppress(OSError):  # (gone meanwhile: another start removed it)
-            if owner.isdigit() and not metrics.process_alive(int(owner)) and os.stat(path).st_uid == os.getuid():
-                shutil.rmtree(path)
-                log.info("removed %s, left by a supervisor that was killed (PID %s)", path, owner)
+    """Remove this user's metrics directories whose supervisor is gone (killed: a stop removes its own), those whose
+    lock no process holds. A directory without a lock file is left alone (not one a supervisor made, or one being
+    made)."""
+    for path in glob.glob(os.path.join(glob.escape(tempfile.gettempdir()), f"{DIRECTORY_PREFIX}*")):
+        try:
+            found = os.lstat(path)
+            if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid():
+                continue
+            lock = os.open(os.path.join(path, LOCK_FILE), os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:  # gone meanwhile (another start removed it), or no lock file
+            continue
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: its supervisor runs
+            continue
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            log.info("removed %s, left by a supervisor that was killed", path)
+        finally:
+            os.close(lock)
 
 
 def follow_supervisor() -> None:
@@ -133,4 +188,4 @@ def follow_supervisor() -> None:
         return
     if os.getppid() != supervisor:  # it died before the request took effect
         log.warning("the API supervisor (PID %s) is gone already: this process stops", supervisor)
-        os.kill(os.getpid(), signal.SIGTERM)
+        os._exit(0)  # at once: nothing started yet (a SIGTERM here would only end it after its whole start)

@@ -274,7 +274,11 @@ class ApiProcessesCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         families: dict[str, Metric] = {}
-        for pid in sorted(_processes_with_gauges()):  # (a dead one's gauges are dropped when the next starts)
+        supervisor = os.getppid()
+        for pid in sorted(_processes_with_gauges()):
+            # (a dead process's gauges stay until the next process starts: its PID may be another process's by then)
+            if _parent(pid) != supervisor:
+                continue
             process = ProcessCollector(pid=lambda pid=pid: pid, registry=None)
             for family in process.collect():  # nothing for a process that is gone
                 merged = families.setdefault(family.name, Metric(family.name, family.documentation, family.type))
@@ -290,7 +294,7 @@ def forget_dead_processes() -> None:
     if not multiprocess():
         return
     for pid in _processes_with_gauges():
-        if not process_alive(pid):
+        if not _alive(pid):
             prometheus_multiprocess.mark_process_dead(pid)
 
 
@@ -311,8 +315,16 @@ def process_stopping() -> None:
         prometheus_multiprocess.mark_process_dead(os.getpid())
 
 
-def process_alive(pid: int) -> bool:
-    """A process ``pid`` exists (this user's or another's; a zombie included)."""
+def _parent(pid: int) -> int | None:
+    """The parent of process ``pid`` (None if there is no such process)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return int(stat.read().rsplit(b")", 1)[1].split()[1])  # (after the command's name, which may hold spaces)
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -196,7 +196,8 @@ time.sleep(120)
 _SHORT_LIVED_SUPERVISOR = """
 import os, subprocess, sys
 env = {**os.environ, sys.argv[1]: str(os.getpid())}
-late = subprocess.Popen([sys.executable, "-c", sys.argv[2], sys.argv[1]], env=env, stderr=open(sys.argv[3], "w"))
+late = subprocess.Popen([sys.executable, "-c", sys.argv[2], sys.argv[1]], env=env, stdout=subprocess.DEVNULL,
+                        stderr=open(sys.argv[3], "w"))
 print(late.pid, flush=True)
 """
 
@@ -237,25 +238,57 @@ def test_a_metrics_directory_the_environment_names_must_be_empty(service_env: di
     assert "Started parent process" not in result.stderr
 
 
+def test_an_empty_metrics_directory_the_environment_names_is_used_and_emptied_after(
+    service_env: dict[str, str], processes: list, tmp_path: Path
+) -> None:
+    named = tmp_path / "metrics"
+    named.mkdir()
+    env = {**service_env, "RECSTREAM_API_WORKERS": "2", "PROMETHEUS_MULTIPROC_DIR": str(named)}
+    api = local_services.start_api(env)
+    processes.append(api)
+    supervisor = api.process.pid
+    children = wait_for(lambda: len(c := _children(supervisor)) == 2 and c, 60, "two API processes")
+    # their series, and none of the supervisor's (it imported the metrics with the variable set: its files went)
+    wait_for(lambda: _labelled_by_pid(api.url).get("process_resident_memory_bytes") == children, 60,
+             "each API process's memory in /metrics")  # fmt: skip
+    assert all(pids == children for pids in _labelled_by_pid(api.url).values())
+    assert not list(named.glob(f"*_{supervisor}.db"))
+    # a gauge file of a process that is not one of them (as a dead one's, its PID then another process's): no series
+    shutil.copy(named / f"gauge_livemax_{min(children)}.db", named / f"gauge_livemax_{os.getpid()}.db")
+    assert all(pids == children for pids in _labelled_by_pid(api.url).values())
+    stop_gracefully(api)
+    assert named.is_dir() and not list(named.iterdir())  # the next run may use it
+
+
 def test_a_start_removes_only_the_metrics_directories_of_supervisors_that_are_gone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    gone = subprocess.Popen(["true"])
-    gone.wait()
     prefix = api_processes.DIRECTORY_PREFIX
-    left = tmp_path / f"{prefix}{gone.pid}-abc"
-    running = tmp_path / f"{prefix}{os.getpid()}-def"  # (this process: a supervisor still running)
-    unknown = tmp_path / f"{prefix}xyz"
-    for directory in (left, running, unknown):
+    left, running, unlocked, elsewhere = (tmp_path / f"{prefix}{name}" for name in ("1-a", "2-b", "3-c", "4-d"))
+    for directory in (left, running, unlocked, elsewhere):
         directory.mkdir()
         (directory / "counter_1.db").write_bytes(b"")
-    with api_processes._metrics_directory():
-        own = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
-        assert own.name.startswith(f"{prefix}{os.getpid()}-") and own.parent == tmp_path
-        assert not left.exists() and running.is_dir() and unknown.is_dir()
-    assert not own.exists()
+    os.close(api_processes._locked_file(str(left)))  # its supervisor is gone: nobody holds its lock
+    held = api_processes._locked_file(str(running))  # (a lock of another open file: as another process's)
+    linked = tmp_path / f"{prefix}5-e"
+    linked.symlink_to(elsewhere)
+    try:
+        with monkeypatch.context() as another_user:  # another user's directories are theirs to remove
+            another_user.setattr(os, "getuid", lambda: os.geteuid() + 1)
+            api_processes._remove_abandoned_directories()
+            assert left.is_dir()
+        with api_processes._metrics_directory():
+            own = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+            assert own.name.startswith(f"{prefix}{os.getpid()}-") and own.parent == tmp_path
+            assert (own / api_processes.LOCK_FILE).is_file()
+            assert not left.exists()
+            # kept: the one whose supervisor runs, one with no lock file, a link (and what it links to)
+            assert running.is_dir() and unlocked.is_dir() and linked.is_symlink() and elsewhere.is_dir()
+        assert not own.exists()
+    finally:
+        os.close(held)
 
 
 def test_several_api_processes_refuse_to_start_without_keys(service_env: dict[str, str]) -> None:
