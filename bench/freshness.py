@@ -70,8 +70,10 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else float("nan")
 
 
-def _probe(client: httpx.Client, api_url: str, user: str) -> tuple[float, float, str]:
-    """Post one like for a new user; return (seconds until visible, seconds the POST took, its event id)."""
+def _probe(client: httpx.Client, api_url: str, user: str) -> tuple[float, float, str, int]:
+    """Post one like for a new user; return (seconds until visible, seconds the POST took, its event id, the model
+    versions the API moved on by meanwhile: 1 when the first checkpoint after the POST held the event, more when the
+    worker had not learned it by then)."""
     # Like every event of the bench's streams (bench.common.events, bench.background), watch times included.
     # An item of its own: on a grown model about half the load's users are still new to the gate (fewer than 20
     # events), and their interactions with the load's popular head (v0, v1, ...) trip the item-surge rule, whose
@@ -93,11 +95,15 @@ def _probe(client: httpx.Client, api_url: str, user: str) -> tuple[float, float,
     if response.status_code != 202 or response.json().get("accepted") != 1:
         raise RuntimeError(f"probe event not accepted: {response.status_code} {response.text[:300]}")
     url = f"{api_url}/v1/users/{user}/recommendations?k=10"
+    first = None
     while time.perf_counter() - posted < PROBE_TIMEOUT:
-        if _visible(client, url):
-            return time.perf_counter() - posted, posted - began, event["event_id"]
+        answer = client.get(url).json()
+        version = int(answer.get("model_version") or 0)
+        first = version if first is None else first
+        if answer.get("source") == "model":
+            return time.perf_counter() - posted, posted - began, event["event_id"], version - first
         time.sleep(0.005)
-    return PROBE_TIMEOUT, posted - began, event["event_id"]
+    return PROBE_TIMEOUT, posted - began, event["event_id"], 0
 
 
 def _visible(client: httpx.Client, url: str) -> bool:
@@ -110,18 +116,20 @@ def _probes(client: httpx.Client, api_url: str, tag: str, count: int, seconds: f
     lags: list[float] = []
     posts: list[float] = []
     ids: list[str] = []
+    versions: list[int] = []
     missed: dict[str, str] = {}  # event id -> user, of probes not visible within PROBE_TIMEOUT
     stop_at = time.monotonic() + seconds
     while len(lags) < count and time.monotonic() < stop_at:
         user = f"fresh-{tag}-{len(lags)}"
-        lag, post, event_id = _probe(client, api_url, user)
+        lag, post, event_id, moved = _probe(client, api_url, user)
         lags.append(lag)
         posts.append(post)
         ids.append(event_id)
+        versions.append(moved)
         if lag >= PROBE_TIMEOUT:
             missed[event_id] = user
         time.sleep(rnd.uniform(0.05, 1.0))  # land probes at random points of the checkpoint cycle
-    return {"lags_s": lags, "posts_s": posts, "ids": ids, "missed": missed}
+    return {"lags_s": lags, "posts_s": posts, "ids": ids, "versions": versions, "missed": missed}
 
 
 def _settle(client: httpx.Client, api_url: str, settings: Settings, results: list[dict], seconds: float) -> None:
@@ -184,6 +192,8 @@ def summarize(res: dict) -> dict:
         "max_s": max(lags) if lags else float("nan"),
         "post_p50_ms": _percentile(res["posts_s"], 0.5) * 1e3,
         "lags_s": res["lags_s"],
+        # for each probe, the versions the API served meanwhile (the slow ones: a checkpoint late, or several?)
+        "versions_passed": res.get("versions", []),
     }
 
 
