@@ -70,10 +70,10 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else float("nan")
 
 
-def _probe(client: httpx.Client, api_url: str, user: str) -> tuple[float, float, str, int]:
-    """Post one like for a new user; return (seconds until visible, seconds the POST took, its event id, the model
-    versions the API moved on by meanwhile: 1 when the first checkpoint after the POST held the event, more when the
-    worker had not learned it by then)."""
+def _probe(client: httpx.Client, api_url: str, user: str) -> tuple[float, float, str, list[float]]:
+    """Post one like for a new user; return (seconds until visible, seconds the POST took, its event id, the seconds
+    after the POST at which the API served a newer model version: one when the first checkpoint after the POST held
+    the event, more when the worker had not learned it by then)."""
     # Like every event of the bench's streams (bench.common.events, bench.background), watch times included.
     # An item of its own: on a grown model about half the load's users are still new to the gate (fewer than 20
     # events), and their interactions with the load's popular head (v0, v1, ...) trip the item-surge rule, whose
@@ -95,15 +95,17 @@ def _probe(client: httpx.Client, api_url: str, user: str) -> tuple[float, float,
     if response.status_code != 202 or response.json().get("accepted") != 1:
         raise RuntimeError(f"probe event not accepted: {response.status_code} {response.text[:300]}")
     url = f"{api_url}/v1/users/{user}/recommendations?k=10"
-    first = None
+    served, newer = None, []
     while time.perf_counter() - posted < PROBE_TIMEOUT:
         answer = client.get(url).json()
         version = int(answer.get("model_version") or 0)
-        first = version if first is None else first
+        if served is not None and version != served:
+            newer.append(round(time.perf_counter() - posted, 4))
+        served = version
         if answer.get("source") == "model":
-            return time.perf_counter() - posted, posted - began, event["event_id"], version - first
+            return time.perf_counter() - posted, posted - began, event["event_id"], newer
         time.sleep(0.005)
-    return PROBE_TIMEOUT, posted - began, event["event_id"], 0
+    return PROBE_TIMEOUT, posted - began, event["event_id"], newer
 
 
 def _visible(client: httpx.Client, url: str) -> bool:
@@ -116,7 +118,7 @@ def _probes(client: httpx.Client, api_url: str, tag: str, count: int, seconds: f
     lags: list[float] = []
     posts: list[float] = []
     ids: list[str] = []
-    versions: list[int] = []
+    versions: list[list[float]] = []
     missed: dict[str, str] = {}  # event id -> user, of probes not visible within PROBE_TIMEOUT
     stop_at = time.monotonic() + seconds
     while len(lags) < count and time.monotonic() < stop_at:
@@ -192,8 +194,8 @@ def summarize(res: dict) -> dict:
         "max_s": max(lags) if lags else float("nan"),
         "post_p50_ms": _percentile(res["posts_s"], 0.5) * 1e3,
         "lags_s": res["lags_s"],
-        # for each probe, the versions the API served meanwhile (the slow ones: a checkpoint late, or several?)
-        "versions_passed": res.get("versions", []),
+        # for each probe, when the API served a newer version meanwhile (a slow one: a checkpoint late, or several?)
+        "newer_versions_at_s": res.get("versions", []),
     }
 
 
