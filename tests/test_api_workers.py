@@ -38,6 +38,13 @@ def _children(pid: int) -> set[int]:
     return {int(child) for child in children if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()}
 
 
+def _two_processes(supervisor: int) -> set[int]:
+    """Wait until the supervisor runs its two API processes; their pids."""
+    children = wait_for(lambda: len(c := _children(supervisor)) == 2 and c, 60, "two API processes")
+    assert isinstance(children, set)
+    return children
+
+
 def _metrics(url: str) -> str:
     return httpx.get(f"{url}/metrics", timeout=10).text
 
@@ -83,8 +90,7 @@ def test_two_api_processes_share_a_port_and_their_metrics(service_env: dict[str,
     api = stack.api
     try:
         supervisor = api.process.pid
-        first = wait_for(lambda: len(c := _children(supervisor)) == 2 and c, 60, "two API processes")
-        assert isinstance(first, set)
+        first = _two_processes(supervisor)
         a, b = sorted(first)
         environ = Path(f"/proc/{a}/environ").read_bytes().split(b"\0")
         shared = next(v.split(b"=", 1)[1].decode() for v in environ if v.startswith(b"PROMETHEUS_MULTIPROC_DIR="))
@@ -160,14 +166,14 @@ def test_the_api_processes_stop_when_their_supervisor_is_killed(service_env: dic
     api = local_services.start_api({**service_env, "RECSTREAM_API_WORKERS": "2"})
     processes.append(api)
     supervisor = api.process.pid
-    children = wait_for(lambda: len(c := _children(supervisor)) == 2 and c, 60, "two API processes")
-    assert isinstance(children, set)
+    children = _two_processes(supervisor)
     environ = Path(f"/proc/{min(children)}/environ").read_bytes().split(b"\0")
     shared = next(v.split(b"=", 1)[1].decode() for v in environ if v.startswith(b"PROMETHEUS_MULTIPROC_DIR="))
     try:
         os.kill(supervisor, signal.SIGKILL)  # itself alone, not its process group: nobody stops the others
         api.process.wait(10)
-        # each was asked to stop when its parent died (SIGTERM), and stops as it would on a stop: nothing left serving
+        # each was asked to stop when its parent died (SIGTERM) and stops as on a stop, or, still starting then, found
+        # its supervisor gone and exited: nothing left serving
         wait_for(lambda: all(_gone(pid) for pid in children), 30, "the API processes to stop after their supervisor")
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{api.url}/healthz", timeout=5)
@@ -178,7 +184,7 @@ def test_the_api_processes_stop_when_their_supervisor_is_killed(service_env: dic
         for pid in children:  # (the service's stop signals a group whose leader is gone no more)
             if not _gone(pid):
                 os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(shared, ignore_errors=True)  # (the supervisor, killed, could not remove it: docs/operations.md)
+        shutil.rmtree(shared, ignore_errors=True)  # (if the test failed before the next start removed it)
 
 
 # An API process that is still importing the app when its supervisor dies: it waits until it has been reparented,
@@ -247,7 +253,7 @@ def test_an_empty_metrics_directory_the_environment_names_is_used_and_emptied_af
     api = local_services.start_api(env)
     processes.append(api)
     supervisor = api.process.pid
-    children = wait_for(lambda: len(c := _children(supervisor)) == 2 and c, 60, "two API processes")
+    children = _two_processes(supervisor)
     # their series, and none of the supervisor's (it imported the metrics with the variable set: its files went)
     wait_for(lambda: _labelled_by_pid(api.url).get("process_resident_memory_bytes") == children, 60,
              "each API process's memory in /metrics")  # fmt: skip
