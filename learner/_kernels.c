@@ -1734,6 +1734,48 @@ done:
     return result;
 }
 
+/* join_buffers(parts) -> bytes
+ *
+ * The bytes of every part (a sequence of objects with C-contiguous buffers), one after the other, copied with the
+ * GIL released: a worker joins a whole snapshot in a thread while its event loop learns on (learner.codec's
+ * encode_later; bytes.join keeps the GIL for anything but bytes objects). Each part's buffer is held, not copied
+ * first, until the copy ends: the parts must be ones nothing changes meanwhile. */
+static PyObject *join_buffers(PyObject *self, PyObject *arg) {
+    (void)self;
+    PyObject *seq = PySequence_Fast(arg, "join_buffers: parts must be a sequence");
+    if (seq == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), got = 0, total = 0;
+    PyObject *result = NULL;
+    Py_buffer *views = PyMem_Calloc(n > 0 ? (size_t)n : 1, sizeof(Py_buffer));
+    if (views == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; got < n; got++) {
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, got), &views[got], PyBUF_C_CONTIGUOUS) < 0) goto done;
+        if (views[got].len > PY_SSIZE_T_MAX - total) {
+            got++;
+            PyErr_SetString(PyExc_OverflowError, "join_buffers: the parts are too large together");
+            goto done;
+        }
+        total += views[got].len;
+    }
+    result = PyBytes_FromStringAndSize(NULL, total);
+    if (result == NULL) goto done;
+    char *out = PyBytes_AS_STRING(result);
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (views[k].len > 0) memcpy(out, views[k].buf, (size_t)views[k].len);
+        out += views[k].len;
+    }
+    Py_END_ALLOW_THREADS
+done:
+    for (Py_ssize_t k = 0; k < got; k++) PyBuffer_Release(&views[k]);
+    PyMem_Free(views);
+    Py_DECREF(seq);
+    return result;
+}
+
 /* copy_rows(cols, vals, start, rows, length, to, out_cols, out_vals) -> None
  *
  * Rows rows[k] of a SparseRows pool (row r from start[r]), length[k] entries each, copied to out_cols and out_vals
@@ -5040,6 +5082,8 @@ static PyMethodDef methods[] = {
      "gather_rows(cols, vals, start, length, n, out_cols, out_vals): rows 0..n-1 of a pool, one after the other"},
     {"write_histories", write_histories, METH_VARARGS,
      "write_histories(rows, users, items, weights, window): UserHistories._write (see _kernels.c)"},
+    {"join_buffers", join_buffers, METH_O,
+     "join_buffers(parts) -> bytes: the parts' buffers one after the other, copied with the GIL released"},
     {"copy_rows", copy_rows, METH_VARARGS,
      "copy_rows(cols, vals, start, rows, length, to, out_cols, out_vals): rows of a pool copied to out (see _kernels.c)"},
     {"top_rows", top_rows, METH_VARARGS,

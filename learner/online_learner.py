@@ -38,6 +38,7 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -124,6 +125,15 @@ class OnlineLearner:
     # -- state -------------------------------------------------------------------------
 
     def to_bytes(self, extra: dict[str, Any] | None = None) -> bytes:
+        return codec.encode(*self._encodable(extra))
+
+    def to_bytes_later(self, extra: dict[str, Any] | None = None) -> Callable[[], bytes]:
+        """:meth:`to_bytes` of the learner now, made by the returned function, which may run later and in a thread
+        while the learner learns on (:func:`learner.codec.encode_later`: what the learner holds is copied now,
+        the copy into one ``bytes`` is left to the function)."""
+        return codec.encode_later(*self._encodable(extra))
+
+    def _encodable(self, extra: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
         # a model that can hand its largest arrays over as pieces (learner.codec.Chunks) is encoded from them
         to_state = getattr(self.model, "to_encodable_state", self.model.to_state)
         state = to_state()
@@ -138,7 +148,7 @@ class OnlineLearner:
             **self.scalars(extra),
         }
         arrays = {**state.arrays, "popularity": self.popularity.counts, **self.progressive_arrays()}
-        return codec.encode(header, arrays)
+        return header, arrays
 
     def scalars(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """The header fields of a snapshot besides the model's kind, parameters and ids (a delta carries them too)."""

@@ -270,19 +270,25 @@ class SparseRows:
         nnz = int(indptr[-1])
         starts = self._start[:n]
         compiled = kernels.compiled()
+        owned = False  # the parts are new arrays (codec.encode_later need not copy them)
         if nnz and np.array_equal(starts, indptr[:-1]):  # laid out end to end (a snapshot loaded, not yet written)
             col_parts: list = [self._cols[:nnz]]
             val_parts: list = [self._vals[:nnz]]
         elif compiled is not None:
             col_parts, val_parts = [np.empty(nnz, dtype=np.int32)], [np.empty(nnz, dtype=np.float32)]
             compiled.gather_rows(self._cols, self._vals, self._start, self._len, n, col_parts[0], val_parts[0])
+            owned = True
         else:
             cols, vals = memoryview(self._cols), memoryview(self._vals)
             bounds = list(zip(starts.tolist(), (starts + lengths).tolist(), strict=True))
             col_parts = [cols[lo:hi] for lo, hi in bounds]
             val_parts = [vals[lo:hi] for lo, hi in bounds]
         native_i4, native_f4 = np.dtype(np.int32).str, np.dtype(np.float32).str  # the buffers' own byte order
-        return indptr, codec.Chunks(native_i4, col_parts, nnz), codec.Chunks(native_f4, val_parts, nnz)
+        return (
+            indptr,
+            codec.Chunks(native_i4, col_parts, nnz, owned),
+            codec.Chunks(native_f4, val_parts, nnz, owned),
+        )
 
     @classmethod
     def from_csr(cls, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, n_cols: int) -> SparseRows:

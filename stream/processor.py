@@ -69,9 +69,9 @@ HIT_TIME_SHARE = 0.02  # the live hit rate's samples may take at most this share
 #: by a stall (a broker or Redis hiccup) must not hold back the next one, and the freshness of recommendations, for
 #: minutes.
 MAX_CHECKPOINT_SPACING_SECONDS = 30.0
-#: Checkpoint time the share's budget may bank: a long checkpoint among short ones (the one that encodes a whole
-#: snapshot for the background write, a backlog's large delta) is paid from what the short ones left unused, instead of
-#: holding the next checkpoint back by its own length.
+#: Checkpoint time the share's budget may bank: a long checkpoint among short ones (the one that copies the model
+#: for the background write of its whole snapshot, a backlog's large delta) is paid from what the short ones left
+#: unused, instead of holding the next checkpoint back by its own length.
 CHECKPOINT_BANK_SECONDS = 2.0
 #: Most deltas in a row before a whole snapshot: a reader starting cold reads and composes the whole chain.
 MAX_DELTA_CHAIN = 200
@@ -138,7 +138,7 @@ class _Write:
     pending: Pending  # the events it covers
     blob: bytes | None  # the snapshot (None: the model did not change)
     base: int | None  # set: blob is a delta against this version
-    whole: bytes | None  # the whole snapshot to write over the delta once it is stored (a long chain)
+    whole: Callable[[], bytes] | None  # makes the whole snapshot to write over the delta once it is stored
     meta: dict[str, Any]
     offsets: dict[tuple[str, int], int]
     guard: dict[str, Any]
@@ -1454,21 +1454,23 @@ class EventProcessor:
                     return blob, base
         return learner.to_bytes(), None
 
-    def _whole_if_long(self, delta_bytes: int, learner: OnlineLearner) -> bytes | None:
-        """The whole snapshot of the learner now, when the deltas since the chain's whole version, this one's
-        ``delta_bytes`` included, add up to more than ``checkpoint_delta_share`` of its size (else None). Once the
-        delta is written, this is written over it in the background (:meth:`store.model_store.ModelStore.consolidate`):
-        a chain through it ends there from then on. The next versions are not held back by it: they keep coming as
-        deltas while it is written, unlike a whole snapshot written as a version of its own. Encoded here, under the
-        checkpoint lock: the learner learns on while the delta is written."""
+    def _whole_if_long(self, delta_bytes: int, learner: OnlineLearner) -> Callable[[], bytes] | None:
+        """What makes the whole snapshot of the learner now, when the deltas since the chain's whole version, this
+        one's ``delta_bytes`` included, add up to more than ``checkpoint_delta_share`` of its size (else None).
+        Once the delta is written, the snapshot is made and written over it in the background
+        (:meth:`_consolidate`): a chain through it ends there from then on. The next versions are not held back
+        by it: they keep coming as deltas while it is written, unlike a whole snapshot written as a version of its
+        own. The learner's state is copied here, under the checkpoint lock (``to_bytes_later``); joining the copy
+        into one snapshot (~100 MB at a million events) is left to a thread, the learner learning on meanwhile."""
         if self._consolidation is not None or self.checkpoint_delta_share <= 0:
             return None
         if sum(size for _, size in self._chain) + delta_bytes <= self.checkpoint_delta_share * self._whole_bytes:
             return None
-        return learner.to_bytes()
+        return learner.to_bytes_later()
 
-    async def _consolidate(self, version: int, whole: bytes) -> None:
+    async def _consolidate(self, version: int, make_whole: Callable[[], bytes]) -> None:
         try:
+            whole = await asyncio.to_thread(make_whole)
             written = await self.store.consolidate(version, whole)
         except Exception:  # the deltas stay valid; tried again after the next checkpoint
             metrics.CONSOLIDATIONS.labels("failed").inc()

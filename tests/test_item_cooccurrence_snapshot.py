@@ -17,6 +17,7 @@ from learner import codec, kernels
 from learner.item_cooccurrence import ItemCooccurrence, SparseRows
 from learner.online_learner import OnlineLearner
 from learner.serving import ServingModel
+from tests.conftest import loops
 
 EventRow = tuple[str, str, str, float]
 
@@ -160,8 +161,10 @@ def test_a_snapshot_encoded_from_the_rows_pieces_is_the_one_from_joined_arrays(
     _learn(learned, _events(7, 20))
     for one in (learner, loaded, learned):
         rows = one.model.rows
-        pieces = len(rows.to_csr_chunks()[1].parts)
+        chunks = rows.to_csr_chunks()[1]
+        pieces = len(chunks.parts)
         assert pieces == 1 if compiled or one is loaded else pieces == len(rows)  # gathered, or a view each
+        assert chunks.owned is (compiled and one is not loaded)  # gathered: new arrays, not copied again
         state = one.model.to_state()
         header, arrays = codec.decode(one.to_bytes())
         assert [k for k in arrays if k in state.arrays] == list(state.arrays)
@@ -193,3 +196,37 @@ def test_chunks_in_another_byte_order_are_converted_to_the_snapshots() -> None:
     assert codec.decode(blob)[1]["x"].tolist() == [1, 2, 3]
     with pytest.raises(codec.CodecError, match="not 2 items"):
         codec.Chunks("<i4", pieces, 2).array()  # more bytes than declared: refused, not cut
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled-join", "python-join"])
+def test_a_snapshot_made_later_is_the_learners_state_when_it_was_asked_for(compiled: bool) -> None:
+    """``to_bytes_later`` (a worker's whole snapshot, joined in a thread while it learns on): what the returned
+    function makes after more learning is ``to_bytes`` of the learner when it was called, for a learned model
+    (its rows gathered into new arrays, not copied again), a loaded one (its pool end to end: the rows are views
+    of it, copied at the call) and one loaded then learned."""
+    with loops(compiled):
+        learner = _learner()
+        _learn(learner, _events(8, 3_000))
+        loaded = OnlineLearner.from_bytes(learner.to_bytes())
+        learned = OnlineLearner.from_bytes(learner.to_bytes())
+        _learn(learned, _events(9, 20))
+        for seed, one in enumerate((learner, loaded, learned)):
+            now = one.to_bytes()
+            later = one.to_bytes_later()
+            _learn(one, _events(10 + seed, 500))  # changes the pool, the histories, the counts in place
+            assert one.to_bytes() != now
+            assert later() == now
+
+
+def test_encode_later_copies_what_may_change_and_leaves_owned_pieces_to_the_join() -> None:
+    """Arrays (and the pieces of Chunks not ``owned``) are read at the call; owned pieces, new arrays that nothing
+    else holds, are read by the join (not copied twice), so a change to one shows."""
+    array, piece, owned = np.arange(3, dtype=np.int32), np.arange(2, dtype=np.int32), np.arange(2, dtype=np.int32)
+    arrays = {"a": array, "c": codec.Chunks("<i4", [piece], 2), "o": codec.Chunks("<i4", [owned], 2, owned=True)}
+    expected = codec.encode({"kind": "demo"}, arrays)
+    later = codec.encode_later({"kind": "demo"}, arrays)
+    array[:] = piece[:] = 7
+    assert codec.encode({"kind": "demo"}, arrays) != expected
+    assert later() == expected
+    owned[:] = 9
+    assert codec.decode(later())[1]["o"].tolist() == [9, 9]

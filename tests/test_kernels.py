@@ -8,6 +8,7 @@ import os
 import random
 from array import array
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -474,3 +475,16 @@ def test_learning_keeps_the_masses_and_dampings_pythons_bit_for_bit(built: objec
     ]:
         with pytest.raises(error):
             built.cooccurrence_mass(*args)  # type: ignore[attr-defined]
+
+
+def test_join_buffers_is_bytes_join_of_any_contiguous_buffers(built: object) -> None:
+    """The worker's whole snapshot is joined by it in a thread, the GIL released (learner.codec.encode_later)."""
+    kernel: Any = built
+    parts = [b"RSNAP1\n", np.arange(5, dtype=np.int32), memoryview(b"xyz"), bytearray(b""), np.ones(3, dtype="<f8")]
+    joined = kernel.join_buffers(parts)
+    assert type(joined) is bytes and joined == b"".join(parts)
+    assert kernel.join_buffers([]) == b""
+    with pytest.raises(ValueError, match="contiguous"):
+        kernel.join_buffers([np.arange(6).reshape(2, 3)[:, :2]])
+    with pytest.raises(TypeError):
+        kernel.join_buffers([b"a", 3])
