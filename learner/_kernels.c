@@ -1024,11 +1024,19 @@ static PyObject *cooccurrence_mass(PyObject *self, PyObject *args) {
  * slots: a lookup reads one cache line, and an entry costs 12 bytes / load factor, with no Python object (a dict per
  * row costs a hash table and an int object per slot above 256). Entries are never removed: a row's entries only grow.
  *
- * Growing does not stop the world: the doubled table is allocated zeroed (untouched pages, faulted in as they are
- * written) and the old one's entries move into it a few at a time, with each later reservation (8 old places per
- * entry reserved), while lookups read the new table and then the old; an entry set or added meanwhile goes to the
- * new table (its old copy is then skipped when its place is reached). Rehashing ~11M entries at once held the GIL
- * ~1.3 s on a slow VM: a stall of the worker's event loop that freshness saw (docs/performance.md).
+ * Growing does not stop the world: the doubled table is allocated zeroed and the old one's entries move into it a
+ * few at a time, with each later reservation (8 old places per entry reserved), while lookups read the new table and
+ * then the old; an entry set or added meanwhile goes to the new table (its old copy is then skipped when its place is
+ * reached). Rehashing ~11M entries at once held the GIL ~1.3 s on a slow VM: a stall of the worker's event loop that
+ * freshness saw (docs/performance.md).
+ *
+ * A large table's pages are populated when it is mapped (MAP_POPULATE: the kernel faults them all in at once), not
+ * one by one as lookups and insertions reach them: those land anywhere in the table, so the ~100,000 pages of a
+ * 400 MB table were faulted in by the next ~10,000 events, each fault a trap into the kernel; in a bench worker
+ * (with its other threads) that was ~70% of a core in the kernel for ~3 s, learning 5-10x slower meanwhile, and
+ * a freshness probe's event waited ~1 s. Mapped populated, 400 MB take ~150-560 ms at once on this VM: still a
+ * stall of the event loop, so the table it doubles into is made ahead, in a thread, with the GIL released
+ * (prepare(), asked for once the table is half full: wants_spare), and taken when the table grows.
  */
 #define SLOT_EMPTY 0 /* no key: keys are (row << 32 | column) + 1 */
 #define SLOT_LIMIT 0x7fffffffLL
@@ -1045,23 +1053,60 @@ typedef struct {
     int32_t *old_slots;
     uint64_t old_mask;
     uint64_t moved;
+    uint64_t *spare_keys; /* the table to grow into, made ahead by prepare() (spare_capacity places), or NULL */
+    int32_t *spare_slots;
+    uint64_t spare_capacity;
+    int preparing; /* a prepare() is making it (with the GIL released) */
 } SlotTable;
 
 static inline uint64_t slot_key(uint64_t row, uint64_t col) { return (row << 32 | col) + 1; }
 
+#ifdef __linux__
+#define SLOT_POPULATED ((size_t)1 << 20) /* bytes from which an array of a table is a populated map of its own */
+#else
+#define SLOT_POPULATED SIZE_MAX
+#endif
+
+/* `bytes` of zeros for an array of a table (populated, from SLOT_POPULATED bytes), NULL without memory */
+static void *slot_mem(size_t bytes) {
+    if (bytes < SLOT_POPULATED) return PyMem_Calloc(bytes ? bytes : 1, 1);
+#ifdef __linux__
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+#else
+    return NULL;
+#endif
+}
+
+/* memory of slot_mem(bytes) given back */
+static void slot_mem_free(void *p, size_t bytes) {
+    if (p == NULL) return;
+#ifdef __linux__
+    if (bytes >= SLOT_POPULATED) {
+        munmap(p, bytes);
+        return;
+    }
+#endif
+    PyMem_Free(p);
+}
+
+/* the arrays of a table of `capacity` entries given back */
+static void slot_free(uint64_t *keys, int32_t *slots, uint64_t capacity) {
+    slot_mem_free(keys, capacity * sizeof *keys);
+    slot_mem_free(slots, capacity * sizeof *slots);
+}
+
 /* Fresh empty arrays of `capacity` (a power of two) entries, set only on success; -1 with MemoryError (nothing
- * allocated, *keys and *slots untouched). The keys are zeroed by calloc: a large table's pages are not touched
- * until used. */
+ * allocated, *keys and *slots untouched). */
 static int slot_alloc(uint64_t capacity, uint64_t **keys, int32_t **slots) {
     if (capacity > SLOT_MAX_CAPACITY) {
         PyErr_NoMemory();
         return -1;
     }
-    uint64_t *new_keys = PyMem_Calloc(capacity, sizeof *new_keys);
-    int32_t *new_slots = PyMem_Malloc(capacity * sizeof *new_slots);
+    uint64_t *new_keys = slot_mem(capacity * sizeof *new_keys);
+    int32_t *new_slots = new_keys == NULL ? NULL : slot_mem(capacity * sizeof *new_slots);
     if (new_keys == NULL || new_slots == NULL) {
-        PyMem_Free(new_keys);
-        PyMem_Free(new_slots);
+        slot_mem_free(new_keys, capacity * sizeof *new_keys);
         PyErr_NoMemory();
         return -1;
     }
@@ -1108,8 +1153,7 @@ static void slot_move(SlotTable *t, uint64_t places) {
     }
     t->moved = stop;
     if (stop == end) {
-        PyMem_Free(t->old_keys);
-        PyMem_Free(t->old_slots);
+        slot_free(t->old_keys, t->old_slots, end);
         t->old_keys = NULL;
         t->old_slots = NULL;
     }
@@ -1132,7 +1176,19 @@ static int slot_reserve(SlotTable *t, Py_ssize_t extra) {
     while (need * 10 > capacity * 7) capacity *= 2;
     uint64_t *keys;
     int32_t *slots;
-    if (slot_alloc(capacity, &keys, &slots) < 0) return -1;
+    if (t->spare_keys != NULL && t->spare_capacity == capacity) { /* made ahead, its pages resident already */
+        keys = t->spare_keys;
+        slots = t->spare_slots;
+        t->spare_keys = NULL;
+        t->spare_slots = NULL;
+    } else if (slot_alloc(capacity, &keys, &slots) < 0) {
+        return -1;
+    }
+    if (t->spare_keys != NULL) { /* made for another size (a growth by more than twice) */
+        slot_free(t->spare_keys, t->spare_slots, t->spare_capacity);
+        t->spare_keys = NULL;
+        t->spare_slots = NULL;
+    }
     slot_move(t, UINT64_MAX); /* (a growth still under way, if any: rare, as each moves 8 places an entry) */
     t->old_keys = t->keys;
     t->old_slots = t->slots;
@@ -1184,10 +1240,9 @@ static int SlotTable_init(SlotTable *self, PyObject *args, PyObject *kwds) {
 }
 
 static void SlotTable_dealloc(SlotTable *self) {
-    PyMem_Free(self->keys);
-    PyMem_Free(self->slots);
-    PyMem_Free(self->old_keys);
-    PyMem_Free(self->old_slots);
+    if (self->keys != NULL) slot_free(self->keys, self->slots, self->mask + 1);
+    if (self->old_keys != NULL) slot_free(self->old_keys, self->old_slots, self->old_mask + 1);
+    if (self->spare_keys != NULL) slot_free(self->spare_keys, self->spare_slots, self->spare_capacity);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1260,10 +1315,51 @@ done:
 
 static Py_ssize_t SlotTable_len(SlotTable *self) { return self->used; }
 
+/* Whether the table would do well to have the table it doubles into made ahead: half full or more, none made or
+ * being made, no growth under way. */
+static int slot_wants_spare(const SlotTable *t) {
+    uint64_t capacity = t->mask + 1;
+    return t->keys != NULL && t->spare_keys == NULL && !t->preparing && t->old_keys == NULL &&
+           capacity * sizeof *t->keys >= SLOT_POPULATED && (uint64_t)t->used * 2 >= capacity;
+}
+
+static PyObject *SlotTable_wants_spare(SlotTable *self, void *closure) {
+    (void)closure;
+    return PyBool_FromLong(slot_wants_spare(self));
+}
+
+/* prepare() -> bool: make the table this one doubles into now (its pages populated), with the GIL released, for
+ * the growth to take; for a thread of its own while the table is used. False if it was not wanted (wants_spare), or
+ * the table grew meanwhile (what was made is given back), or there was no memory for it. */
+static PyObject *SlotTable_prepare(SlotTable *self, PyObject *noargs) {
+    (void)noargs;
+    if (slot_ready(self) < 0) return NULL;
+    if (!slot_wants_spare(self)) Py_RETURN_FALSE;
+    uint64_t capacity = 2 * (self->mask + 1);
+    uint64_t *keys = NULL;
+    int32_t *slots = NULL;
+    self->preparing = 1;
+    Py_BEGIN_ALLOW_THREADS
+    keys = slot_mem(capacity * sizeof *keys);
+    slots = keys == NULL ? NULL : slot_mem(capacity * sizeof *slots);
+    Py_END_ALLOW_THREADS
+    self->preparing = 0;
+    if (keys == NULL || slots == NULL || self->spare_keys != NULL || 2 * (self->mask + 1) != capacity) {
+        slot_mem_free(keys, capacity * sizeof *keys);
+        slot_mem_free(slots, capacity * sizeof *slots);
+        Py_RETURN_FALSE;
+    }
+    self->spare_keys = keys;
+    self->spare_slots = slots;
+    self->spare_capacity = capacity;
+    Py_RETURN_TRUE;
+}
+
 static PyObject *SlotTable_nbytes(SlotTable *self, void *closure) {
     (void)closure;
     if (self->keys == NULL) return PyLong_FromLong(0);
-    uint64_t places = self->mask + 1 + (self->old_keys != NULL ? self->old_mask + 1 : 0);
+    uint64_t places = self->mask + 1 + (self->old_keys != NULL ? self->old_mask + 1 : 0) +
+                      (self->spare_keys != NULL ? self->spare_capacity : 0);
     return PyLong_FromUnsignedLongLong(places * (sizeof *self->keys + sizeof *self->slots));
 }
 
@@ -1272,11 +1368,15 @@ static PyMethodDef SlotTable_methods[] = {
     {"set", (PyCFunction)SlotTable_set, METH_VARARGS, "set(row, col, slot): the row's entry for col is at slot"},
     {"fill", (PyCFunction)SlotTable_fill, METH_VARARGS,
      "fill(rows, cols, slots): set every entry of three int32 buffers of one length"},
+    {"prepare", (PyCFunction)SlotTable_prepare, METH_NOARGS,
+     "prepare() -> bool: make the table this one doubles into now, with the GIL released (see wants_spare)"},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef SlotTable_getset[] = {
     {"nbytes", (getter)SlotTable_nbytes, NULL, "bytes held by the table's arrays", NULL},
+    {"wants_spare", (getter)SlotTable_wants_spare, NULL,
+     "half full or more, with no table to double into made ahead yet: prepare() would make it", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import chain
 
@@ -292,6 +292,10 @@ class ItemCooccurrence:
         self._history.take_changed_since_mark()
         self._recent.rescaled = False
         self._marked_sizes = (len(self.users), len(self.items))
+
+    def growth_ahead(self) -> Callable[[], object] | None:
+        """:meth:`SparseRows.growth_ahead` of the co-occurrence rows."""
+        return self._rows.growth_ahead()
 
     def stop_changes(self) -> None:
         """Stop recording changes until the next :meth:`mark_changes`."""

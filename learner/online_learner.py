@@ -124,6 +124,12 @@ class OnlineLearner:
 
     # -- state -------------------------------------------------------------------------
 
+    def growth_ahead(self) -> Callable[[], object] | None:
+        """What prepares the memory the model grows into next (a function to run in a thread while the learner
+        learns on), when that is due now; None otherwise, or for a model that has nothing to prepare."""
+        ahead = getattr(self.model, "growth_ahead", None)
+        return None if ahead is None else ahead()
+
     def to_bytes(self, extra: dict[str, Any] | None = None) -> bytes:
         return codec.encode(*self._encodable(extra))
 

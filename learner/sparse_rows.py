@@ -124,6 +124,14 @@ class SparseRows:
     def nnz(self) -> int:
         return int(self._len[: self._n].sum())
 
+    def growth_ahead(self) -> Callable[[], object] | None:
+        """What makes the memory the slot table grows into next, now, when that is due (the compiled table half
+        full or more: its ``prepare``), else None: to run in a thread while the rows are used. Made at the growth
+        instead, the ~100,000 pages of a 400 MB table are faulted in by the updates after it, or all at once: a
+        stall either way (``learner/_kernels.c``, SlotTable)."""
+        table = self._table
+        return table.prepare if getattr(table, "wants_spare", False) else None
+
     def get(self, row: int, col: int) -> float:
         cols, vals = self.row(row)
         at = np.flatnonzero(cols == col)

@@ -11,14 +11,16 @@ as a whole snapshot of the version would give.
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
 
+from learner import kernels
 from learner.item_cooccurrence import ItemCooccurrence
 from learner.online_learner import OnlineLearner
 from store.model_store import ModelStore
 from tests.clock import iso
-from tests.conftest import Endpoint, open_model_store
+from tests.conftest import Endpoint, open_model_store, skip_unless_ci
 from tests.transport import Transport
 
 pytestmark = pytest.mark.integration
@@ -226,3 +228,42 @@ async def test_the_worker_waits_for_a_background_write_before_it_stops(store: Mo
     last = await store.current_version()
     assert last is not None and last != first
     assert (await store.load(last)).base_version is None  # type: ignore[union-attr]  # written before it returned
+
+
+async def test_the_memory_the_model_grows_into_is_made_in_a_thread_at_a_checkpoint(store: ModelStore) -> None:
+    """Once the co-occurrence rows' slot table is half full (from 1 MiB), a checkpoint has the table it doubles into
+    made in a thread (``EventProcessor._prepare_growth``): made at the growth instead, on the event loop, its pages
+    were a stall of the worker (~1 s on the grown bench model). The model learns on into it."""
+    if kernels.compiled() is None:
+        skip_unless_ci("learner/_kernels.c is not built (no C compiler at install time)")
+    transport = Transport()
+    processor = transport.processor(store, new_learner=_cooccurrence)
+    await processor.start()
+    rnd = random.Random(7)  # items at random: new pairs keep coming, so the table keeps growing
+
+    def events(start: int, n: int) -> list[dict]:
+        return [
+            {"event_id": f"e{k}", "user_id": f"u{rnd.randrange(500)}", "item_id": f"v{rnd.randrange(20_000)}",
+             "type": "like", "ts": iso(k)}
+            for k in range(start, start + n)
+        ]  # fmt: skip
+
+    start = 0
+    while True:
+        await processor.process(transport.records(events(start, 2_000)))
+        start += 2_000
+        table = processor.learner.model.rows._table  # type: ignore[union-attr]
+        if table.wants_spare:
+            break
+        assert start < 200_000, "the slot table never became half full"
+    places = table.nbytes // 12
+    await processor.checkpoint()
+    growth = processor._growth  # started by the checkpoint, in a thread (done already, or still running)
+    if growth is not None:
+        await asyncio.wait_for(asyncio.shield(growth), timeout=30)
+    assert not table.wants_spare and table.nbytes == 3 * 12 * places  # the table, and the one made ahead
+    while table.nbytes == 3 * 12 * places:  # learns on, into it
+        await processor.process(transport.records(events(start, 2_000)))
+        start += 2_000
+        assert start < 400_000, "the slot table never grew"
+    assert table.nbytes <= 3 * 12 * places and len(table) > 0.7 * places

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import resource
+import threading
 from typing import Any
 
 import numpy as np
@@ -88,3 +91,73 @@ def test_a_growing_table_moves_its_entries_a_few_at_a_time(built: Any) -> None:
         assert all(table.get(r, c) == s for (r, c), s in reference.items())
     assert sets == -(-1_024 // (8 + 64))  # 72 old places moved with each set
     assert len(table) == len(reference) and table.get(96, 1) is None
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_a_large_table_is_populated_when_it_is_made_and_given_back_when_it_goes(built: Any) -> None:
+    """From 1 MiB an array of the table is a map of its own, its pages faulted in at once (MAP_POPULATE), not one
+    by one by the lookups and insertions that land all over it (a fault storm in a grown worker, ~1 s of freshness);
+    its pages go back to the system with it."""
+    if not os.path.exists("/proc/self/statm"):
+        pytest.skip("no /proc/self/statm to read the resident size from (not Linux)")
+    before = _resident_bytes()
+    table = built.SlotTable(capacity=5_000_000)  # 8,388,608 places: 96 MiB of keys and slots
+    assert table.nbytes == 12 * 8_388_608
+    grown = _resident_bytes() - before
+    assert grown > 0.9 * table.nbytes  # resident already, before any entry is set
+    del table
+    assert _resident_bytes() - before < 0.1 * grown
+
+
+def test_a_large_table_answers_through_its_growth(built: Any) -> None:
+    """Filled past its load limit, a mapped table grows into a mapped one twice its size, its old one given back
+    once every place has moved: every entry is found throughout."""
+    rng = np.random.default_rng(11)
+    n = 120_000  # 262,144 places (3 MiB) fit 183,500 entries: the later sets double the table
+    rows, cols = rng.integers(0, 5_000, n, dtype=np.int32), np.arange(n, dtype=np.int32)
+    slots = rng.integers(0, 2**31 - 1, n, dtype=np.int32)
+    table = built.SlotTable(capacity=n)
+    table.fill(rows, cols, slots)
+    first = table.nbytes
+    for k in range(n, 2 * n):
+        table.set(k % 5_000, k, k)
+        if k % 20_000 == 0:
+            probe = rng.integers(0, n, 200)
+            assert all(table.get(int(rows[e]), int(cols[e])) == int(slots[e]) for e in probe)
+    assert table.nbytes == 2 * first and len(table) == 2 * n  # grown, and every old place moved (freed)
+    assert all(table.get(int(rows[e]), int(cols[e])) == int(slots[e]) for e in range(0, n, 7))
+    assert all(table.get(k % 5_000, k) == k for k in range(n, 2 * n, 7))
+
+
+def test_the_table_a_large_one_grows_into_is_made_ahead_in_a_thread(built: Any) -> None:
+    """From half full, a mapped table wants the table it doubles into made ahead (``prepare``, in a thread with the
+    GIL released, while the table is used): the growth then takes it, resident already, and every entry is found."""
+    if not os.path.exists("/proc/self/statm"):
+        pytest.skip("no /proc/self/statm to read the resident size from (not Linux)")
+    table = built.SlotTable(capacity=1_000_000)  # 2,097,152 places (24 MiB)
+    places = table.nbytes // 12
+    assert not table.wants_spare and table.prepare() is False  # empty: nothing to prepare yet
+    n = places // 2
+    table.fill(np.zeros(n, dtype=np.int32), np.arange(n, dtype=np.int32), np.arange(n, dtype=np.int32))
+    assert table.wants_spare
+    made: list[bool] = []
+    thread = threading.Thread(target=lambda: made.append(table.prepare()))
+    before = _resident_bytes()
+    thread.start()
+    for k in range(n, n + 20_000):  # used meanwhile
+        table.set(1, k, k)
+    thread.join()
+    assert made == [True] and not table.wants_spare and table.prepare() is False  # made once
+    assert table.nbytes == 12 * 3 * places and _resident_bytes() - before > 0.9 * 12 * 2 * places
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for k in range(n + 20_000, int(0.75 * places)):  # past 7/10: grows into it, its pages faulted in already
+        table.set(2, k, k)
+    pages = 12 * 2 * places // os.sysconf("SC_PAGE_SIZE")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults < 0.1 * pages
+    assert table.nbytes <= 12 * 3 * places
+    assert all(table.get(0, k) == k for k in range(0, n, 997)) and table.get(1, n + 5) == n + 5
+    assert table.get(2, int(0.75 * places) - 1) == int(0.75 * places) - 1

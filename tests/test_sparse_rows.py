@@ -4,6 +4,7 @@ plain dict of rows gives, bit for bit, through rows that move, a pool and a log 
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,10 @@ import pytest
 
 from learner import kernels, sparse_rows
 from learner.arrays import map_of, mapped_empty
+from learner.item_cooccurrence import ItemCooccurrence
+from learner.online_learner import OnlineLearner
 from learner.sparse_rows import SparseRows
+from tests.conftest import loops
 
 
 @pytest.fixture(params=[True, False], ids=["compiled", "python"])
@@ -371,3 +375,39 @@ def test_copying_rows_refuses_what_does_not_fit(built: Any) -> None:
             built.copy_rows(cols, vals, a["start"], a["which"], a["length"], a["to"], out_cols, a["out_vals"])
     with pytest.raises(TypeError):
         built.copy_rows(cols, vals, start, which.astype(np.int32), length, to, out_cols, out_vals)
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+def test_a_growth_prepared_ahead_learns_the_same_model(compiled: bool) -> None:
+    """``OnlineLearner.growth_ahead`` (the worker runs what it returns in a thread while it learns): where the slot
+    table is compiled, a function once the table is half full (from 1 MiB), which makes the table it grows into;
+    learning on, through the growth, gives the model a learner that never prepared anything has, bit for bit.
+    Without the compiled loops there is nothing to prepare."""
+    rng = np.random.default_rng(3)
+    users, items = rng.integers(0, 400, 60_000), rng.integers(0, 4_000, 60_000)
+    events = [(f"u{u}", f"i{i}", 1_700_000_000.0 + n) for n, (u, i) in enumerate(zip(users, items, strict=True))]
+    with loops(compiled):
+        prepared, plain = OnlineLearner(model=ItemCooccurrence()), OnlineLearner(model=ItemCooccurrence())
+        ahead, at = None, 0
+        while ahead is None and at < len(events):
+            for one in (prepared, plain):
+                one.learn(events[at][0], events[at][1], "like", None, None, ts=events[at][2])
+            at += 1
+            if at % 500 == 0:
+                ahead = prepared.growth_ahead()
+        assert (ahead is not None) is compiled
+        places = prepared.model.rows._table.nbytes // 12 if compiled else 0  # the table's size when asked
+        meanwhile, rest = events[at : at + 300], events[at + 300 :]
+        thread = threading.Thread(target=ahead) if ahead is not None else None
+        if thread is not None:
+            thread.start()
+        for user, item, ts in meanwhile:  # learned while it prepares, as the worker does
+            prepared.learn(user, item, "like", None, None, ts=ts)
+        if thread is not None:
+            thread.join()
+        for one, more in ((plain, meanwhile), (plain, rest), (prepared, rest)):
+            for user, item, ts in more:
+                one.learn(user, item, "like", None, None, ts=ts)
+        if compiled:
+            assert len(prepared.model.rows._table) > 0.7 * places  # grown into what was prepared
+        assert prepared.to_bytes() == plain.to_bytes()
