@@ -1017,6 +1017,62 @@ static PyObject *cooccurrence_mass(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* Memory for the arrays of the gate's, the ids' and the co-occurrence slots' tables (LruIndex, IdTable, SlotTable):
+ * PyMem's under GROWN_MAPPED bytes, a memory map of its own from it, grown by mremap (no copy: a growth of the ids' ends, 8 bytes an id, copied ~6 MB in
+ * one add() at 800,000 ids, 4-7 ms on this VM, once glibc's heap served it, as it does in a process that has freed
+ * large blocks). Each is freed by its size. */
+#ifdef __linux__
+#define GROWN_MAPPED ((size_t)1 << 20)
+#else
+#define GROWN_MAPPED SIZE_MAX /* (no mremap: PyMem's always) */
+#endif
+
+#define GROWN_ZEROED 1    /* grown_alloc: the memory zeroed */
+#define GROWN_POPULATED 2 /* grown_alloc: a map's pages faulted in now, at once (MAP_POPULATE) */
+
+/* `size` bytes (`how`: GROWN_ZEROED, GROWN_POPULATED, both or 0), NULL when there is no memory (no exception set) */
+static void *grown_alloc(size_t size, int how) {
+    if (size < GROWN_MAPPED) {
+        return how & GROWN_ZEROED ? PyMem_Calloc(size ? size : 1, 1) : PyMem_Malloc(size ? size : 1);
+    }
+#ifdef __linux__
+    int flags = MAP_PRIVATE | MAP_ANONYMOUS | (how & GROWN_POPULATED ? MAP_POPULATE : 0);
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, flags, -1, 0); /* zeroed */
+    return p == MAP_FAILED ? NULL : p;
+#else
+    return NULL;
+#endif
+}
+
+/* memory of grown_alloc(size) given back */
+static void grown_free(void *p, size_t size) {
+    if (p == NULL) return;
+#ifdef __linux__
+    if (size >= GROWN_MAPPED) {
+        munmap(p, size);
+        return;
+    }
+#endif
+    PyMem_Free(p);
+}
+
+/* memory of grown_alloc(size) (or NULL, size 0) grown to `grown` > size bytes, its contents kept (the rest not
+ * zeroed); NULL when there is no memory (`p` is then unchanged) */
+static void *grown_realloc(void *p, size_t size, size_t grown) {
+    if (grown < GROWN_MAPPED) return PyMem_Realloc(p, grown);
+#ifdef __linux__
+    if (size >= GROWN_MAPPED) {
+        void *q = mremap(p, size, grown, MREMAP_MAYMOVE);
+        return q == MAP_FAILED ? NULL : q;
+    }
+#endif
+    void *q = grown_alloc(grown, 0);
+    if (q == NULL) return NULL;
+    if (size) memcpy(q, p, size);
+    PyMem_Free(p);
+    return q;
+}
+
 /* ---- SlotTable: (row, column) -> slot, for co-occurrence rows kept in one pool ----------------------------------
  *
  * Where a row's entry for a column sits (its slot: the position in the row), for every entry of the matrix, in one
@@ -1061,39 +1117,10 @@ typedef struct {
 
 static inline uint64_t slot_key(uint64_t row, uint64_t col) { return (row << 32 | col) + 1; }
 
-#ifdef __linux__
-#define SLOT_POPULATED ((size_t)1 << 20) /* bytes from which an array of a table is a populated map of its own */
-#else
-#define SLOT_POPULATED SIZE_MAX
-#endif
-
-/* `bytes` of zeros for an array of a table (populated, from SLOT_POPULATED bytes), NULL without memory */
-static void *slot_mem(size_t bytes) {
-    if (bytes < SLOT_POPULATED) return PyMem_Calloc(bytes ? bytes : 1, 1);
-#ifdef __linux__
-    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-    return p == MAP_FAILED ? NULL : p;
-#else
-    return NULL;
-#endif
-}
-
-/* memory of slot_mem(bytes) given back */
-static void slot_mem_free(void *p, size_t bytes) {
-    if (p == NULL) return;
-#ifdef __linux__
-    if (bytes >= SLOT_POPULATED) {
-        munmap(p, bytes);
-        return;
-    }
-#endif
-    PyMem_Free(p);
-}
-
 /* the arrays of a table of `capacity` entries given back */
 static void slot_free(uint64_t *keys, int32_t *slots, uint64_t capacity) {
-    slot_mem_free(keys, capacity * sizeof *keys);
-    slot_mem_free(slots, capacity * sizeof *slots);
+    grown_free(keys, capacity * sizeof *keys);
+    grown_free(slots, capacity * sizeof *slots);
 }
 
 /* Fresh empty arrays of `capacity` (a power of two) entries, set only on success; -1 with MemoryError (nothing
@@ -1103,10 +1130,10 @@ static int slot_alloc(uint64_t capacity, uint64_t **keys, int32_t **slots) {
         PyErr_NoMemory();
         return -1;
     }
-    uint64_t *new_keys = slot_mem(capacity * sizeof *new_keys);
-    int32_t *new_slots = new_keys == NULL ? NULL : slot_mem(capacity * sizeof *new_slots);
+    uint64_t *new_keys = grown_alloc(capacity * sizeof *new_keys, GROWN_ZEROED | GROWN_POPULATED);
+    int32_t *new_slots = new_keys == NULL ? NULL : grown_alloc(capacity * sizeof *new_slots, GROWN_POPULATED);
     if (new_keys == NULL || new_slots == NULL) {
-        slot_mem_free(new_keys, capacity * sizeof *new_keys);
+        grown_free(new_keys, capacity * sizeof *new_keys);
         PyErr_NoMemory();
         return -1;
     }
@@ -1320,7 +1347,7 @@ static Py_ssize_t SlotTable_len(SlotTable *self) { return self->used; }
 static int slot_wants_spare(const SlotTable *t) {
     uint64_t capacity = t->mask + 1;
     return t->keys != NULL && t->spare_keys == NULL && !t->preparing && t->old_keys == NULL &&
-           capacity * sizeof *t->keys >= SLOT_POPULATED && (uint64_t)t->used * 2 >= capacity;
+           capacity * sizeof *t->keys >= GROWN_MAPPED && (uint64_t)t->used * 2 >= capacity;
 }
 
 static PyObject *SlotTable_wants_spare(SlotTable *self, void *closure) {
@@ -1340,13 +1367,13 @@ static PyObject *SlotTable_prepare(SlotTable *self, PyObject *noargs) {
     int32_t *slots = NULL;
     self->preparing = 1;
     Py_BEGIN_ALLOW_THREADS
-    keys = slot_mem(capacity * sizeof *keys);
-    slots = keys == NULL ? NULL : slot_mem(capacity * sizeof *slots);
+    keys = grown_alloc(capacity * sizeof *keys, GROWN_ZEROED | GROWN_POPULATED);
+    slots = keys == NULL ? NULL : grown_alloc(capacity * sizeof *slots, GROWN_POPULATED);
     Py_END_ALLOW_THREADS
     self->preparing = 0;
     if (keys == NULL || slots == NULL || self->spare_keys != NULL || 2 * (self->mask + 1) != capacity) {
-        slot_mem_free(keys, capacity * sizeof *keys);
-        slot_mem_free(slots, capacity * sizeof *slots);
+        grown_free(keys, capacity * sizeof *keys);
+        grown_free(slots, capacity * sizeof *slots);
         Py_RETURN_FALSE;
     }
     self->spare_keys = keys;
@@ -1915,56 +1942,6 @@ done:
     return result;
 }
 
-/* Memory for the arrays of the gate's and the ids' tables (LruIndex, IdTable): PyMem's under GROWN_MAPPED bytes, a
- * memory map of its own from it, grown by mremap (no copy: a growth of the ids' ends, 8 bytes an id, copied ~6 MB in
- * one add() at 800,000 ids, 4-7 ms on this VM, once glibc's heap served it, as it does in a process that has freed
- * large blocks). Each is freed by its size. */
-#ifdef __linux__
-#define GROWN_MAPPED ((size_t)1 << 20)
-#else
-#define GROWN_MAPPED SIZE_MAX /* (no mremap: PyMem's always) */
-#endif
-
-/* `size` bytes (zeroed if asked), NULL when there is no memory (no exception set) */
-static void *grown_alloc(size_t size, int zeroed) {
-    if (size < GROWN_MAPPED) return zeroed ? PyMem_Calloc(size ? size : 1, 1) : PyMem_Malloc(size ? size : 1);
-#ifdef __linux__
-    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0); /* zeroed */
-    return p == MAP_FAILED ? NULL : p;
-#else
-    return NULL;
-#endif
-}
-
-/* memory of grown_alloc(size) given back */
-static void grown_free(void *p, size_t size) {
-    if (p == NULL) return;
-#ifdef __linux__
-    if (size >= GROWN_MAPPED) {
-        munmap(p, size);
-        return;
-    }
-#endif
-    PyMem_Free(p);
-}
-
-/* memory of grown_alloc(size) (or NULL, size 0) grown to `grown` > size bytes, its contents kept (the rest not
- * zeroed); NULL when there is no memory (`p` is then unchanged) */
-static void *grown_realloc(void *p, size_t size, size_t grown) {
-    if (grown < GROWN_MAPPED) return PyMem_Realloc(p, grown);
-#ifdef __linux__
-    if (size >= GROWN_MAPPED) {
-        void *q = mremap(p, size, grown, MREMAP_MAYMOVE);
-        return q == MAP_FAILED ? NULL : q;
-    }
-#endif
-    void *q = grown_alloc(grown, 0);
-    if (q == NULL) return NULL;
-    if (size) memcpy(q, p, size);
-    PyMem_Free(p);
-    return q;
-}
-
 /* ---- hslots: hash slots that double a little at a time (LruIndex, IdTable) -------------------------------------
  *
  * An open-addressing table (linear probing, a power of two of slots) of 8-byte slots: a number + 1 (0: empty) and
@@ -2043,7 +2020,7 @@ static int hslots_reserve(hslots *t, uint64_t held, uint64_t num, uint64_t den) 
             PyErr_NoMemory();
             return -1;
         }
-        hslot *slots = grown_alloc((size_t)grown * sizeof *slots, 1);
+        hslot *slots = grown_alloc((size_t)grown * sizeof *slots, GROWN_ZEROED);
         if (slots == NULL) {
             PyErr_NoMemory();
             return -1;
@@ -3153,7 +3130,7 @@ static PyObject *id_table_from_packed(PyObject *module, PyObject *args) {
         if (table->kinds != NULL) table->kinds_cap = n;
         table->text = grown_alloc(laid, 0);
         if (table->text != NULL) table->text_cap = laid;
-        table->h.slots = grown_alloc((size_t)slots * sizeof *table->h.slots, 1);
+        table->h.slots = grown_alloc((size_t)slots * sizeof *table->h.slots, GROWN_ZEROED);
         if (table->h.slots != NULL) table->h.mask = (uint32_t)(slots - 1);
         if (table->ends == NULL || table->kinds == NULL || table->text == NULL || table->h.slots == NULL) {
             PyErr_NoMemory();
