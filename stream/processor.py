@@ -1513,7 +1513,7 @@ class EventProcessor:
 
     async def settle(self) -> None:
         """Wait for the checkpoint being written (raising its error), then for a whole snapshot being written in the
-        background (at shutdown, and in tests)."""
+        background, and for the memory of a growth being made (at shutdown, and in tests)."""
         async with self._lock:
             if self._look_ahead is not None:  # the agent stopped before the slice it was made for
                 self._look_ahead.drop()
@@ -1522,6 +1522,9 @@ class EventProcessor:
         task = self._consolidation
         if task is not None:
             await asyncio.shield(task)
+        growth = self._growth
+        if growth is not None:  # (its failure is logged, not raised: the growth makes its own memory then)
+            await asyncio.wait([growth])
 
     def _install_champion(self, name: str, learner: OnlineLearner) -> None:
         """``learner`` (named ``name``) serves from now on; a configured former champion goes into shadow.

@@ -257,10 +257,8 @@ async def test_the_memory_the_model_grows_into_is_made_in_a_thread_at_a_checkpoi
             break
         assert start < 200_000, "the slot table never became half full"
     places = table.nbytes // 12
-    await processor.checkpoint()
-    growth = processor._growth  # started by the checkpoint, in a thread (done already, or still running)
-    if growth is not None:
-        await asyncio.wait_for(asyncio.shield(growth), timeout=30)
+    await processor.checkpoint()  # starts it, in a thread
+    await asyncio.wait_for(processor.settle(), timeout=30)  # (done already, or still running)
     assert not table.wants_spare and table.nbytes == 3 * 12 * places  # the table, and the one made ahead
     while table.nbytes == 3 * 12 * places:  # learns on, into it
         await processor.process(transport.records(events(start, 2_000)))
