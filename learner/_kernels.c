@@ -1018,9 +1018,9 @@ static PyObject *cooccurrence_mass(PyObject *self, PyObject *args) {
 }
 
 /* Memory for the arrays of the gate's, the ids' and the co-occurrence slots' tables (LruIndex, IdTable, SlotTable):
- * PyMem's under GROWN_MAPPED bytes, a memory map of its own from it, grown by mremap (no copy: a growth of the ids' ends, 8 bytes an id, copied ~6 MB in
- * one add() at 800,000 ids, 4-7 ms on this VM, once glibc's heap served it, as it does in a process that has freed
- * large blocks). Each is freed by its size. */
+ * PyMem's under GROWN_MAPPED bytes, a memory map of its own from it, grown by mremap (no copy: a growth of the ids'
+ * ends, 8 bytes an id, copied ~6 MB in one add() at 800,000 ids, 4-7 ms on this VM, once glibc's heap served it, as
+ * it does in a process that has freed large blocks). Each is freed by its size. A map needs no GIL; PyMem's does. */
 #ifdef __linux__
 #define GROWN_MAPPED ((size_t)1 << 20)
 #else
@@ -1362,7 +1362,7 @@ static PyObject *SlotTable_prepare(SlotTable *self, PyObject *noargs) {
     (void)noargs;
     if (slot_ready(self) < 0) return NULL;
     if (!slot_wants_spare(self)) Py_RETURN_FALSE;
-    uint64_t capacity = 2 * (self->mask + 1);
+    uint64_t capacity = 2 * (self->mask + 1); /* (both arrays GROWN_MAPPED bytes or more, as wanted: maps) */
     uint64_t *keys = NULL;
     int32_t *slots = NULL;
     self->preparing = 1;
