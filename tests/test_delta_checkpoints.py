@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 
 import pytest
 
@@ -230,7 +231,9 @@ async def test_the_worker_waits_for_a_background_write_before_it_stops(store: Mo
     assert (await store.load(last)).base_version is None  # type: ignore[union-attr]  # written before it returned
 
 
-async def test_the_memory_the_model_grows_into_is_made_in_a_thread_at_a_checkpoint(store: ModelStore) -> None:
+async def test_the_memory_the_model_grows_into_is_made_in_a_thread_at_a_checkpoint(
+    store: ModelStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Once the co-occurrence rows' slot table is half full (from 1 MiB), a checkpoint has the table it doubles into
     made in a thread (``EventProcessor._prepare_growth``): made at the growth instead, on the event loop, its pages
     were a stall of the worker (~1 s on the grown bench model). The model learns on into it."""
@@ -257,9 +260,26 @@ async def test_the_memory_the_model_grows_into_is_made_in_a_thread_at_a_checkpoi
             break
         assert start < 200_000, "the slot table never became half full"
     places = table.nbytes // 12
+    learner = processor.learner
+    assert learner is not None
+    growth_ahead, ran_in = learner.growth_ahead, []
+
+    def recorded():  # type: ignore[no-untyped-def]
+        ahead = growth_ahead()
+        if ahead is None:
+            return None
+
+        def run():  # type: ignore[no-untyped-def]
+            ran_in.append(threading.get_ident())
+            return ahead()
+
+        return run
+
+    monkeypatch.setattr(learner, "growth_ahead", recorded)
     await processor.checkpoint()  # starts it, in a thread
     await asyncio.wait_for(processor.settle(), timeout=30)  # (done already, or still running)
     assert not table.wants_spare and table.nbytes == 3 * 12 * places  # the table, and the one made ahead
+    assert ran_in and ran_in[0] != threading.get_ident()  # not on the event loop's thread
     while table.nbytes == 3 * 12 * places:  # learns on, into it
         await processor.process(transport.records(events(start, 2_000)))
         start += 2_000
