@@ -398,7 +398,8 @@ def test_a_growth_prepared_ahead_learns_the_same_model(compiled: bool) -> None:
         assert (ahead is not None) is compiled
         places = prepared.model.rows._table.nbytes // 12 if compiled else 0  # the table's size when asked
         meanwhile, rest = events[at : at + 300], events[at + 300 :]
-        thread = threading.Thread(target=ahead) if ahead is not None else None
+        made: list[object] = []
+        thread = threading.Thread(target=lambda: made.append(ahead())) if ahead is not None else None
         if thread is not None:
             thread.start()
         for user, item, ts in meanwhile:  # learned while it prepares, as the worker does
@@ -409,5 +410,6 @@ def test_a_growth_prepared_ahead_learns_the_same_model(compiled: bool) -> None:
             for user, item, ts in more:
                 one.learn(user, item, "like", None, None, ts=ts)
         if compiled:
+            assert made == [True]  # made, while the table was in use
             assert len(prepared.model.rows._table) > 0.7 * places  # grown into what was prepared
         assert prepared.to_bytes() == plain.to_bytes()
