@@ -2053,37 +2053,37 @@ static size_t hslots_nbytes(const hslots *t) {
  * learner.gate.records.Records keeps each behaviour rule's records in one array('d'); this is its index: str key ->
  * record number, in the order the rules evict (least recently touched first), with the numbers of forgotten
  * records reused (last forgotten, first taken). It does what the OrderedDict it replaces did (get, move_to_end,
- * popping the oldest) in a 28-byte entry a record plus 8 bytes a slot of an open-addressing table (linear probing,
+ * popping the oldest) in a 16-byte entry a record plus 8 bytes a slot of an open-addressing table (linear probing,
  * at most half full, removals by backward shift), where an OrderedDict entry costs ~80 bytes and holds a str object
- * of ~64 (`python -m bench.memory --records`). Record r's entry is entries[r]: its key's text (its code points as
- * its str holds them: 1, 2 or 4 bytes each; up to LRU_INLINE bytes in the entry, a longer one in memory of its own
- * that the entry points to), its length and kind (0: forgotten, and `next` links the forgotten ones) and its
- * neighbours in the order. A slot holds an entry's number + 1 (0: empty) and the low 32 bits of its key's hash
- * (str's hash of that text, _Py_HashBytes), so a probe compares keys only when those bits match. Keys are str,
- * compared and hashed as text (never by calling Python: a subclass's own __eq__ or __hash__ is not used); they are
- * read back as new str objects (pop_first, evict, iteration), and numbers as new int objects. The slots are hslots
- * (above): they double a little at a time, a key removed from the new slots shifts the later ones of its run back,
- * and one removed from the old slots (not moved yet) leaves a tombstone. */
+ * of ~64 (`python -m bench.memory --records`). A key is known by its fingerprint: str's 64-bit hash of its text
+ * (SipHash keyed by the process's secret, kept in the str object once computed), not by its text, so an entry
+ * is the same 16 bytes for an id of any length (a 36-character UUID as a 12-character id). Two keys of the same
+ * fingerprint would share a record: ~n**2 / 2**65 for n keys held at once (~3e-8 at a million), far below the
+ * established-users filter's 1% (learner.gate.behaviour), and the fingerprint is not persisted. Keys are never
+ * read back (pop_first and evict answer record numbers). Record r's entry is entries[r]: its key's fingerprint and
+ * its neighbours in the order (prev LRU_FORGOTTEN: a forgotten record, whose `next` links the forgotten ones). A slot
+ * holds an entry's number + 1 (0: empty) and the low 32 bits of the fingerprint, so a probe reads an entry only
+ * when those bits match. Keys are str, hashed as text (never by calling Python: a subclass's own __eq__ or __hash__
+ * is not used); numbers are answered as new int objects. The slots are hslots (above): they double a little at a
+ * time, a key removed from the new slots shifts the later ones of its run back, and one removed from the old slots
+ * (not moved yet) leaves a tombstone. */
 
-#define LRU_INLINE 16
+#define LRU_FORGOTTEN (-2) /* entry.prev of a forgotten record */
 
 typedef struct {
-    int32_t prev, next;
-    uint32_t meta;           /* the key's length in bytes << 3 | its kind (1, 2 or 4); 0: a forgotten record */
-    char text[LRU_INLINE];   /* the key's code points, or (longer than LRU_INLINE bytes) a pointer to them */
+    int32_t prev, next; /* neighbours in the order (-1: none); prev LRU_FORGOTTEN: forgotten */
+    uint64_t fp;        /* the key's fingerprint: str's hash of its text */
 } lru_entry;
 
 #define LRU_MAX_RECORDS 0x7ffffff0LL /* record numbers are int32 */
-#define LRU_MAX_KEY_BYTES 0x1fffffffLL /* a key's length in bytes fits in meta */
 
 typedef struct {
     PyObject_HEAD
     int ready;      /* __init__ was called */
     lru_entry *entries;
     Py_ssize_t n_entries, cap_entries; /* entries in use (held or forgotten), allocated */
-    hslots h;          /* entry number + 1 and hash by key; no slots until the first key */
+    hslots h;          /* entry number + 1 and the fingerprint's low bits by key; no slots until the first key */
     Py_ssize_t size;   /* keys held */
-    size_t texts;      /* bytes of the keys too long for their entry (held in memory of their own) */
     int32_t first, last, free; /* the order's ends and the last forgotten record (-1: none) */
 } LruIndex;
 
@@ -2095,83 +2095,54 @@ static int lru_ready(LruIndex *self) {
     return -1;
 }
 
-/* A key's text: its code points (as its str holds them), their length in bytes and their kind */
-typedef struct {
-    const void *data;
-    Py_ssize_t nbytes;
-    int kind;
-} lru_text;
-
-static inline const char *lru_entry_text(const lru_entry *e) {
-    if ((e->meta >> 3) <= LRU_INLINE) return e->text;
-    const char *p;
-    memcpy(&p, e->text, sizeof p);
-    return p;
-}
-
-/* entry e holds a key of that text */
-static inline int lru_same_text(const lru_entry *e, const lru_text *t) {
-    /* length and kind compared apart: a key too long to be held (its length does not fit in meta) never matches */
-    if ((Py_ssize_t)(e->meta >> 3) != t->nbytes || (int)(e->meta & 7) != t->kind) return 0;
-    return memcmp(lru_entry_text(e), t->data, (size_t)t->nbytes) == 0;
-}
-
-/* The text and hash of `key` if it is a str (1; str's own hash, kept in the object, even for a subclass that has
+/* The fingerprint of `key` if it is a str (1; str's own hash, kept in the object, even for a subclass that has
  * another), 0 if it is not one (such a key is never held), -1 on an error. */
-static int lru_hash(PyObject *key, lru_text *t, Py_hash_t *hash) {
+static int lru_hash(PyObject *key, uint64_t *fp) {
     if (!PyUnicode_Check(key)) return 0;
-    if (PyUnicode_READY(key) < 0) return -1;
-    *hash = PyUnicode_Type.tp_hash(key);
-    if (*hash == -1 && PyErr_Occurred()) return -1;
-    t->kind = PyUnicode_KIND(key);
-    t->data = PyUnicode_DATA(key);
-    t->nbytes = PyUnicode_GET_LENGTH(key) * t->kind;
+    Py_hash_t hash = PyUnicode_Type.tp_hash(key);
+    if (hash == -1 && PyErr_Occurred()) return -1;
+    *fp = (uint64_t)hash;
     return 1;
 }
 
-/* a new str of record r's key (held) */
-static PyObject *lru_key(const LruIndex *self, int32_t r) {
-    const lru_entry *e = &self->entries[r];
-    int kind = (int)(e->meta & 7);
-    return PyUnicode_FromKindAndData(kind, lru_entry_text(e), (Py_ssize_t)(e->meta >> 3) / kind);
-}
-
-/* The slot of `slots` holding the key of text `t` (of hash `hash`), or the empty one where it would go */
-static inline uint32_t lru_probe_in(const LruIndex *self, const hslot *slots, uint32_t mask, const lru_text *t,
-                                    Py_hash_t hash) {
-    uint32_t h = (uint32_t)hash, at = h & mask;
+/* The slot of `slots` holding the key of fingerprint `fp`, or the empty one where it would go. A moved entry stays
+ * in the old slots too, and may since have been forgotten (its number then maybe taken by another key, which is
+ * in the new slots): a slot matches only a held entry of that fingerprint. */
+static inline uint32_t lru_probe_in(const LruIndex *self, const hslot *slots, uint32_t mask, uint64_t fp) {
+    uint32_t h = (uint32_t)fp, at = h & mask;
     for (;;) {
         hslot s = slots[at];
-        if (s.ref == 0 || (s.hash == h && s.ref != HSLOT_TOMB && lru_same_text(&self->entries[s.ref - 1], t))) {
-            return at;
+        if (s.ref == 0) return at;
+        if (s.hash == h && s.ref != HSLOT_TOMB) {
+            const lru_entry *e = &self->entries[s.ref - 1];
+            if (e->fp == fp && e->prev != LRU_FORGOTTEN) return at;
         }
         at = (at + 1) & mask;
     }
 }
 
-/* The slot of the (current) slots holding the key of text `t`, or the empty one where it would go; the table has
- * slots. */
-static inline uint32_t lru_probe(const LruIndex *self, const lru_text *t, Py_hash_t hash) {
-    return lru_probe_in(self, self->h.slots, self->h.mask, t, hash);
+/* The slot of the (current) slots holding the key of fingerprint `fp`, or the empty one where it would go; the
+ * table has slots. */
+static inline uint32_t lru_probe(const LruIndex *self, uint64_t fp) {
+    return lru_probe_in(self, self->h.slots, self->h.mask, fp);
 }
 
-/* The entry number + 1 of the key of text `t`, 0 when it is not held; the table has slots */
-static inline uint32_t lru_entry_of(const LruIndex *self, const lru_text *t, Py_hash_t hash) {
-    uint32_t entry = self->h.slots[lru_probe(self, t, hash)].ref;
+/* The entry number + 1 of the key of fingerprint `fp`, 0 when it is not held; the table has slots */
+static inline uint32_t lru_entry_of(const LruIndex *self, uint64_t fp) {
+    uint32_t entry = self->h.slots[lru_probe(self, fp)].ref;
     if (entry == 0 && self->h.old != NULL) { /* not moved yet, maybe */
-        entry = self->h.old[lru_probe_in(self, self->h.old, self->h.old_mask, t, hash)].ref;
+        entry = self->h.old[lru_probe_in(self, self->h.old, self->h.old_mask, fp)].ref;
     }
     return entry;
 }
 
 /* The record number of `key`, -1 when it is not held, -2 on an error. */
 static Py_ssize_t lru_find(LruIndex *self, PyObject *key) {
-    Py_hash_t hash;
-    lru_text t;
-    int is_text = lru_hash(key, &t, &hash);
+    uint64_t fp;
+    int is_text = lru_hash(key, &fp);
     if (is_text <= 0) return is_text < 0 ? -2 : -1;
     if (self->h.slots == NULL) return -1;
-    uint32_t entry = lru_entry_of(self, &t, hash);
+    uint32_t entry = lru_entry_of(self, fp);
     return entry == 0 ? -1 : (Py_ssize_t)entry - 1;
 }
 
@@ -2219,23 +2190,10 @@ static void lru_clear_slot(LruIndex *self, uint32_t at) {
     self->h.slots[hole].hash = 0;
 }
 
-/* A new record for the key of text `t` (not held; `hash` its hash), last in the order: its number, or -1 with an
- * exception. Takes the last forgotten number, if any, else the next one. Keeps a copy of the key's text. */
-static Py_ssize_t lru_insert(LruIndex *self, const lru_text *t, Py_hash_t hash) {
-    if (t->nbytes > LRU_MAX_KEY_BYTES) {
-        PyErr_SetString(PyExc_OverflowError, "a gate table's key is at most 2**29 - 1 bytes");
-        return -1;
-    }
+/* A new record for the key of fingerprint `fp` (not held), last in the order: its number, or -1 with an exception.
+ * Takes the last forgotten number, if any, else the next one. */
+static Py_ssize_t lru_insert(LruIndex *self, uint64_t fp) {
     if (lru_reserve_slot(self) < 0) return -1;
-    char *own = NULL; /* the text of a key too long for its entry */
-    if (t->nbytes > LRU_INLINE) {
-        own = PyMem_Malloc((size_t)t->nbytes);
-        if (own == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        memcpy(own, t->data, (size_t)t->nbytes);
-    }
     int32_t r;
     if (self->free >= 0) {
         r = self->free;
@@ -2243,7 +2201,7 @@ static Py_ssize_t lru_insert(LruIndex *self, const lru_text *t, Py_hash_t hash) 
     } else {
         if (self->n_entries >= LRU_MAX_RECORDS) {
             PyErr_SetString(PyExc_OverflowError, "a gate table holds at most 2**31 records");
-            goto fail;
+            return -1;
         }
         if (self->n_entries == self->cap_entries) {
             Py_ssize_t cap = self->cap_entries == 0 ? 16 : self->cap_entries * 2;
@@ -2251,38 +2209,26 @@ static Py_ssize_t lru_insert(LruIndex *self, const lru_text *t, Py_hash_t hash) 
                 grown_realloc(self->entries, (size_t)self->cap_entries * sizeof *grown, (size_t)cap * sizeof *grown);
             if (grown == NULL) {
                 PyErr_NoMemory();
-                goto fail;
+                return -1;
             }
             self->entries = grown;
             self->cap_entries = cap;
         }
         r = (int32_t)self->n_entries++;
     }
-    uint32_t at = lru_probe(self, t, hash);
+    uint32_t at = lru_probe(self, fp);
     self->h.slots[at].ref = (uint32_t)r + 1;
-    self->h.slots[at].hash = (uint32_t)hash;
-    lru_entry *e = &self->entries[r];
-    e->meta = (uint32_t)t->nbytes << 3 | (uint32_t)t->kind;
-    if (own != NULL) {
-        memcpy(e->text, &own, sizeof own);
-        self->texts += (size_t)t->nbytes;
-    } else {
-        memcpy(e->text, t->data, (size_t)t->nbytes);
-    }
+    self->h.slots[at].hash = (uint32_t)fp;
+    self->entries[r].fp = fp;
     lru_append(self, r);
     self->size++;
     return r;
-fail:
-    PyMem_Free(own);
-    return -1;
 }
 
-/* Forgets record `r` (held): out of the slots and the order, its text freed, its number to the free list. */
+/* Forgets record `r` (held): out of the slots and the order, its number to the free list. */
 static void lru_forget(LruIndex *self, int32_t r) {
     lru_entry *e = &self->entries[r];
-    Py_ssize_t nbytes = (Py_ssize_t)(e->meta >> 3);
-    const char *text = lru_entry_text(e);
-    uint32_t h = (uint32_t)_Py_HashBytes(text, nbytes); /* str's hash of that text */
+    uint32_t h = (uint32_t)e->fp;
     int64_t at = hslots_find(self->h.slots, self->h.mask, h, (uint32_t)r + 1);
     if (at >= 0) {
         lru_clear_slot(self, (uint32_t)at);
@@ -2291,12 +2237,7 @@ static void lru_forget(LruIndex *self, int32_t r) {
         if (at >= 0) self->h.old[at].ref = HSLOT_TOMB;
     }
     lru_unlink(self, r);
-    if (nbytes > LRU_INLINE) {
-        PyMem_Free((void *)text);
-        self->texts -= (size_t)nbytes;
-    }
-    e->meta = 0;
-    e->prev = -1;
+    e->prev = LRU_FORGOTTEN;
     e->next = self->free;
     self->free = r;
     self->size--;
@@ -2315,9 +2256,6 @@ static int LruIndex_init(LruIndex *self, PyObject *args, PyObject *kwds) {
 }
 
 static void LruIndex_dealloc(LruIndex *self) {
-    for (Py_ssize_t r = 0; r < self->n_entries; r++) {
-        if ((self->entries[r].meta >> 3) > LRU_INLINE) PyMem_Free((void *)lru_entry_text(&self->entries[r]));
-    }
     grown_free(self->entries, (size_t)self->cap_entries * sizeof *self->entries);
     hslots_free(&self->h);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -2359,20 +2297,19 @@ static PyObject *LruIndex_get(LruIndex *self, PyObject *const *args, Py_ssize_t 
 
 static PyObject *LruIndex_insert(LruIndex *self, PyObject *key) {
     if (lru_ready(self)) return NULL;
-    Py_hash_t hash;
-    lru_text t;
-    int is_text = lru_hash(key, &t, &hash);
+    uint64_t fp;
+    int is_text = lru_hash(key, &fp);
     if (is_text <= 0) {
         if (is_text == 0) {
             PyErr_Format(PyExc_TypeError, "a gate table's keys are str, not %.100s", Py_TYPE(key)->tp_name);
         }
         return NULL;
     }
-    if (self->h.slots != NULL && lru_entry_of(self, &t, hash) != 0) {
+    if (self->h.slots != NULL && lru_entry_of(self, fp) != 0) {
         PyErr_SetObject(PyExc_KeyError, key);
         return NULL;
     }
-    Py_ssize_t r = lru_insert(self, &t, hash);
+    Py_ssize_t r = lru_insert(self, fp);
     return r < 0 ? NULL : PyLong_FromSsize_t(r);
 }
 
@@ -2393,11 +2330,9 @@ static PyObject *LruIndex_pop_first(LruIndex *self, PyObject *unused) {
         return NULL;
     }
     int32_t r = self->first;
-    PyObject *key = lru_key(self, r);
-    PyObject *result = key == NULL ? NULL : Py_BuildValue("(Ni)", key, (int)r);
-    /* forgotten only once the answer is made (unless code run by the collector meanwhile forgot it) */
-    if (result != NULL && self->first == r && self->entries[r].meta != 0) lru_forget(self, r);
-    return result;
+    PyObject *number = PyLong_FromLong((long)r);
+    if (number != NULL) lru_forget(self, r); /* forgotten only once the answer is made */
+    return number;
 }
 
 static PyObject *LruIndex_remove(LruIndex *self, PyObject *key) {
@@ -2409,7 +2344,7 @@ static PyObject *LruIndex_remove(LruIndex *self, PyObject *key) {
 
 /* Records.evict on `data` (the table's array('d') of `width` fields a record): forgets the least recently touched
  * records whose field `seen_at` is before `horizon`, and any beyond `cap`; returns the first one left (key, its
- * seen_at) or (None, -inf). */
+ * seen_at: its number and that field) or (None, -inf). */
 static PyObject *LruIndex_evict(LruIndex *self, PyObject *args) {
     PyObject *data;
     Py_ssize_t width, cap, seen_at;
@@ -2431,8 +2366,7 @@ static PyObject *LruIndex_evict(LruIndex *self, PyObject *args) {
         }
         double seen = get_f64(view.buf, (Py_ssize_t)r * width + seen_at);
         if (seen >= horizon && self->size <= cap) {
-            PyObject *key = lru_key(self, r);
-            result = key == NULL ? NULL : Py_BuildValue("(Nd)", key, seen);
+            result = Py_BuildValue("(id)", (int)r, seen);
             goto done;
         }
         lru_forget(self, r);
@@ -2443,26 +2377,25 @@ done:
     return result;
 }
 
-static PyObject *LruIndex_iter(LruIndex *self) {
+/* order(): the held records' numbers, least recently touched first (a new list) */
+static PyObject *LruIndex_order(LruIndex *self, PyObject *unused) {
     if (lru_ready(self)) return NULL;
-    PyObject *keys = PyList_New(self->size); /* a copy: the index may change while the caller iterates */
-    if (keys == NULL) return NULL;
+    PyObject *numbers = PyList_New(self->size);
+    if (numbers == NULL) return NULL;
     Py_ssize_t i = 0;
-    for (int32_t r = self->first; r >= 0; r = self->entries[r].next) {
-        PyObject *key = lru_key(self, r);
-        if (key == NULL) {
-            Py_DECREF(keys);
+    for (int32_t r = self->first; r >= 0 && i < self->size; r = self->entries[r].next) {
+        PyObject *number = PyLong_FromLong((long)r);
+        if (number == NULL) {
+            Py_DECREF(numbers);
             return NULL;
         }
-        PyList_SET_ITEM(keys, i++, key);
+        PyList_SET_ITEM(numbers, i++, number);
     }
-    PyObject *it = PyObject_GetIter(keys);
-    Py_DECREF(keys);
-    return it;
+    return numbers;
 }
 
 static PyObject *LruIndex_nbytes(LruIndex *self, void *closure) {
-    return PyLong_FromSize_t(hslots_nbytes(&self->h) + (size_t)self->cap_entries * sizeof(lru_entry) + self->texts);
+    return PyLong_FromSize_t(hslots_nbytes(&self->h) + (size_t)self->cap_entries * sizeof(lru_entry));
 }
 
 /* held_slots: the slots that hold a key (the new slots', and the old ones' not moved yet that hold neither a
@@ -2488,15 +2421,16 @@ static PyMethodDef LruIndex_methods[] = {
     {"remove", (PyCFunction)LruIndex_remove, METH_O,
      "remove(key): forget key's record (KeyError if not held); its number is the next taken"},
     {"pop_first", (PyCFunction)LruIndex_pop_first, METH_NOARGS,
-     "pop_first() -> (key, number): forget the least recently touched record"},
+     "pop_first() -> number: forget the least recently touched record"},
+    {"order", (PyCFunction)LruIndex_order, METH_NOARGS,
+     "order() -> list: the held records' numbers, least recently touched first"},
     {"evict", (PyCFunction)LruIndex_evict, METH_VARARGS,
-     "evict(data, width, horizon, cap, seen_at) -> (key or None, seen): Records.evict on the table's data"},
+     "evict(data, width, horizon, cap, seen_at) -> (number or None, seen): Records.evict on the table's data"},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef LruIndex_getset[] = {
-    {"nbytes", (getter)LruIndex_nbytes, NULL, "bytes allocated for entries, slots and keys too long for an entry",
-     NULL},
+    {"nbytes", (getter)LruIndex_nbytes, NULL, "bytes allocated for entries and slots", NULL},
     {"held_slots", (getter)LruIndex_held_slots, NULL, "slots holding a key: len(index) unless the slots are wrong",
      NULL},
     {NULL, NULL, NULL, NULL, NULL},
@@ -2522,7 +2456,6 @@ static PyTypeObject LruIndexType = {
     .tp_dealloc = (destructor)LruIndex_dealloc,
     .tp_as_sequence = &LruIndex_as_sequence,
     .tp_as_mapping = &LruIndex_as_mapping,
-    .tp_iter = (getiterfunc)LruIndex_iter,
     .tp_methods = LruIndex_methods,
     .tp_getset = LruIndex_getset,
 };
@@ -3272,8 +3205,8 @@ static double py_floordiv(double vx, double wx) {
     return floordiv;
 }
 
-/* What both rule cores begin with: their users table's least recently seen user as last looked at (None: none; see
- * Records.evict) and when it was seen. One pair of getters and setters serves both. */
+/* What both rule cores begin with: the record number of their users table's least recently seen user as last looked
+ * at (None: none; see Records.evict) and when it was seen. One pair of getters and setters serves both. */
 #define GATE_CORE_HEAD                                                                                                \
     PyObject_HEAD PyObject *oldest;                                                                                   \
     double oldest_seen;
@@ -3307,7 +3240,7 @@ static int GateCore_set_oldest_seen(GateCore *self, PyObject *value, void *closu
 
 #define GATE_CORE_GETSET                                                                                              \
     {"oldest", (getter)GateCore_get_oldest, (setter)GateCore_set_oldest,                                              \
-     "the users table's least recently seen user when last looked at (None: none)", NULL},                            \
+     "the record number of the users table's least recently seen user when last looked at (None: none)", NULL},      \
         {"oldest_seen", (getter)GateCore_get_oldest_seen, (setter)GateCore_set_oldest_seen, "when that user was seen", \
          NULL},
 
@@ -3430,13 +3363,18 @@ static int table_record(PyObject *data, Py_ssize_t r, Py_ssize_t width, Py_buffe
     return 0;
 }
 
-/* The rules' eviction (Records.evict), called only when the table's remembered oldest entry may be due: when
- * `key` is that entry, or it was seen before `horizon`, or the table holds more than `cap` entries. Updates the
- * remembered entry (*oldest, *oldest_seen) from evict's answer. */
-static int evict_if_due(PyObject *key, PyObject *index, PyObject *evict, double horizon, Py_ssize_t cap,
+/* The rules' eviction (Records.evict), called only when the table's remembered oldest record may be due: when
+ * record `number` (the one just touched) is that record, or it was seen before `horizon`, or the table holds more
+ * than `cap` records. Updates the remembered record (*oldest: its number, or None; *oldest_seen) from evict's
+ * answer. */
+static int evict_if_due(Py_ssize_t number, PyObject *index, PyObject *evict, double horizon, Py_ssize_t cap,
                         int seen_at, PyObject **oldest, double *oldest_seen) {
-    int due = PyObject_RichCompareBool(key, *oldest, Py_EQ);
-    if (due < 0) return -1;
+    int due = 0;
+    if (*oldest != Py_None) {
+        Py_ssize_t first = PyLong_AsSsize_t(*oldest);
+        if (first == -1 && PyErr_Occurred()) return -1;
+        due = first == number;
+    }
     if (!due) due = !(*oldest_seen >= horizon && lru_size(index) <= cap);
     if (!due) return 0;
     PyObject *found = PyObject_CallFunction(evict, "dni", horizon, cap, seen_at);
@@ -3445,7 +3383,7 @@ static int evict_if_due(PyObject *key, PyObject *index, PyObject *evict, double 
     if (!PyTuple_Check(found) || PyTuple_GET_SIZE(found) != 2 ||
         ((seen = PyFloat_AsDouble(PyTuple_GET_ITEM(found, 1))) == -1.0 && PyErr_Occurred())) {
         Py_DECREF(found);
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "Records.evict must return (key, seen)");
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "Records.evict must return (number, seen)");
         return -1;
     }
     PyObject *first = PyTuple_GET_ITEM(found, 0);
@@ -3469,7 +3407,7 @@ static Py_ssize_t added_number(PyObject *number) {
 /* Record `r` of an LruIndex last in its order (most recently touched): its move_to_end without a lookup */
 static int move_last(PyObject *index, Py_ssize_t r) {
     LruIndex *self = (LruIndex *)index;
-    if (r < 0 || r >= self->n_entries || self->entries[r].meta == 0) {
+    if (r < 0 || r >= self->n_entries || self->entries[r].prev == LRU_FORGOTTEN) {
         PyErr_SetString(PyExc_IndexError, "move_last: not a record held by the index");
         return -1;
     }
@@ -3601,9 +3539,9 @@ static PyObject *RateCore_observe(RateCore *self, PyObject *const *args, Py_ssiz
         clock = ts;
         PyObject *fields = Py_BuildValue("(ddddddd)", py_floordiv(clock, window), 0.0, 0.0, 0.0, 0.0, clock, now);
         if (fields == NULL) return NULL;
-        Py_ssize_t added = added_number(PyObject_CallFunctionObjArgs(self->add, user, fields, NULL));
+        number = added_number(PyObject_CallFunctionObjArgs(self->add, user, fields, NULL));
         Py_DECREF(fields);
-        if (added < 0 || table_record(self->data, added, RATE_FIELDS, &view, &b) < 0) return NULL;
+        if (number < 0 || table_record(self->data, number, RATE_FIELDS, &view, &b) < 0) return NULL;
     } else {
         if (move_last(self->index, number) || table_record(self->data, number, RATE_FIELDS, &view, &b)) return NULL;
         char *d = view.buf;
@@ -3633,7 +3571,7 @@ static PyObject *RateCore_observe(RateCore *self, PyObject *const *args, Py_ssiz
     set_f64(d, b + 6, now);
     PyBuffer_Release(&view);
     double horizon = now - 2 * window;
-    if (evict_if_due(user, self->index, self->evict, horizon, self->max_users, 6, &self->oldest, &self->oldest_seen)) {
+    if (evict_if_due(number, self->index, self->evict, horizon, self->max_users, 6, &self->oldest, &self->oldest_seen)) {
         return NULL;
     }
     Py_RETURN_NONE;
@@ -3966,7 +3904,7 @@ static PyObject *SurgeCore_observe(SurgeCore *self, PyObject *const *args, Py_ss
         Py_DECREF(added);
     }
     double horizon = now - self->user_idle_seconds;
-    if (evict_if_due(user, self->users_index, self->users_evict, horizon, self->max_users, 1, &self->oldest,
+    if (evict_if_due(row, self->users_index, self->users_evict, horizon, self->max_users, 1, &self->oldest,
                      &self->oldest_seen)) {
         return NULL;
     }
@@ -4366,10 +4304,9 @@ static int anomaly_remember(AnomalyCore *self, PyObject *event, const double *ne
     if (number < 0) {
         PyObject *fields = Py_BuildValue("(dddddd)", next[0], next[1], next[2], next[3], next[4], next[5]);
         if (fields == NULL) return -1;
-        PyObject *added = PyObject_CallFunctionObjArgs(self->add, user, fields, NULL);
+        number = added_number(PyObject_CallFunctionObjArgs(self->add, user, fields, NULL));
         Py_DECREF(fields);
-        if (added == NULL) return -1;
-        Py_DECREF(added);
+        if (number < 0) return -1;
     } else {
         Py_buffer view;
         Py_ssize_t b;
@@ -4378,7 +4315,7 @@ static int anomaly_remember(AnomalyCore *self, PyObject *event, const double *ne
         for (int i = 0; i < ANOMALY_FIELDS; i++) set_f64(view.buf, b + i, next[i]);
         PyBuffer_Release(&view);
     }
-    return evict_if_due(user, self->index, self->evict, now - self->idle_seconds, self->max_users, 5, &self->oldest,
+    return evict_if_due(number, self->index, self->evict, now - self->idle_seconds, self->max_users, 5, &self->oldest,
                         &self->oldest_seen);
 }
 

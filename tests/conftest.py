@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -34,6 +34,8 @@ from store.signing import SnapshotSigner
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+
+    from learner.gate.records import Records
 
 #: One API key with every scope for the whole test session; ``make_env`` configures its hash. Kept in the
 #: environment because pytest imports this file twice (as ``conftest`` and as ``tests.conftest``).
@@ -82,6 +84,15 @@ def loops(compiled: bool) -> Iterator[None]:
     if kernels.compiled() is None:
         skip_unless_ci("learner/_kernels.c is not built (no C compiler at install time)")
     yield
+
+
+def held_keys(table: Records, candidates: Iterable[str]) -> list[str]:
+    """The keys of ``candidates`` that ``table`` holds, least recently touched first (its keys are not read back,
+    only their record numbers). ``candidates`` must include every key it holds."""
+    held = [key for key in dict.fromkeys(candidates) if key in table]
+    assert len(held) == len(table), "held_keys: the table holds keys not among the candidates"
+    position = {number: at for at, number in enumerate(table.index.order())}
+    return sorted(held, key=lambda key: position[table.index[key]])
 
 
 def require_tool(command: str, package: str) -> str:

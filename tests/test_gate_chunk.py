@@ -13,7 +13,7 @@ import asyncio
 import json
 import math
 import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -23,9 +23,10 @@ from learner.gate.base import GateEvent, Hold
 from learner.gate.behaviour import AnomalousBehaviourRule, ItemSurgeRule, UserRateRule
 from learner.gate.gate import GateConfig, QualityGate, default_gate
 from learner.gate.plausibility import LikeWithoutViewRule
+from learner.gate.records import Records
 from learner.gate.time_rules import FutureTimestampRule
 from tests.clock import iso
-from tests.conftest import loops, skip_unless_ci
+from tests.conftest import held_keys, loops, skip_unless_ci
 from tests.gate_recorder import Recorder
 from tests.transport import letters_one_by_one
 
@@ -92,8 +93,8 @@ def stream(n: int, seed: int) -> list[tuple[GateEvent, float]]:
     return out[:n]
 
 
-def _records(table: Mapping[str, Sequence[float]]) -> list[tuple[str, list[float]]]:
-    return [(key, list(record)) for key, record in table.items()]
+def _records(table: Records) -> list[tuple[int, list[float]]]:
+    return table.in_order()
 
 
 def state(gate: QualityGate) -> list[object]:
@@ -535,8 +536,9 @@ def test_anomaly_features_match_a_straightforward_computation_on_every_path(comp
         assert len(learned) == len(passed)
         for got, want in zip(learned, passed, strict=True):
             assert got == pytest.approx(want, rel=1e-12, abs=1e-15)
-        assert sorted(anomaly._users) == sorted(users)
-        for user, state in anomaly._users.items():
+        assert sorted(held_keys(anomaly._users, users)) == sorted(users)
+        for user in users:
+            state = anomaly._users[user]
             assert state[:5] == pytest.approx(users[user], rel=1e-12)
         assert (anomaly.scored_ahead > 0.5 * len(events)) is (chunked and not compiled)
 
@@ -573,7 +575,7 @@ def _drive(rule: object, events: list[tuple[GateEvent, float]], reference: bool,
                 rule.observe(e, now)  # type: ignore[attr-defined]
             else:
                 rule.observe_held(e, now, hold)  # type: ignore[attr-defined]
-        found.append((None if hold is None else hold.detail, list(rule._users.items())))  # type: ignore[attr-defined]
+        found.append((None if hold is None else hold.detail, rule._users.in_order()))  # type: ignore[attr-defined]
     return found
 
 

@@ -25,11 +25,13 @@ from learner.gate.gate import GateConfig, QualityGate, default_gate, default_str
 from learner.gate.hst_batch import FlatTrees
 from learner.gate.plausibility import LikeWithoutViewRule, SkipAfterFullWatchRule, WatchExceedsDurationRule
 from learner.gate.time_rules import FutureTimestampRule, LatenessRule, StreamClock
-from tests.conftest import loops
+from tests.conftest import held_keys, loops
 from tests.gate_recorder import Recorder
 
 MOVIELENS = MOVIELENS_RATINGS  # in the repository: these tests never skip
 T0 = 1_700_000_000.0
+#: Every user and item the forgetting tests use (their tables are read back by record number: tests.conftest.held_keys).
+USERS, ITEMS = "abcde", ["i1", "i2", "i3"]
 
 
 _ids = itertools.count()
@@ -197,10 +199,14 @@ def test_user_rate_window_counts_carry_over_one_window_and_reset_after_two() -> 
 def test_user_rate_forgets_the_least_recently_seen_user_first() -> None:
     rule = UserRateRule(window_seconds=60, max_users=3)
     run(rule, [ev(u, "v", "view", T0 + k) for k, u in enumerate(["a", "b", "c", "a", "d"])])
-    assert list(rule._users) == ["c", "a", "d"]  # over the cap: b, seen least recently, went (not a, seen first)
+    assert held_keys(rule._users, USERS) == [
+        "c",
+        "a",
+        "d",
+    ]  # over the cap: b, seen least recently, went (not a, seen first)
     assert rule._users["a"][2] == 2.0  # a's two events, counted in its one record
     run(rule, [ev("e", "v", "view", T0 + 4 + 120.5)])  # two windows after d: everyone else is idle
-    assert list(rule._users) == ["e"]
+    assert held_keys(rule._users, USERS) == ["e"]
 
 
 # -- item surge ----------------------------------------------------------------------------
@@ -325,14 +331,20 @@ def test_item_surge_memory_is_capped() -> None:
 def test_item_surge_forgets_the_least_recently_touched_items_and_users_first() -> None:
     rule = ItemSurgeRule(new_user_events=3, max_items=2, max_users=2, user_idle_seconds=100)
     run(rule, [ev(u, i, "view", T0 + k) for k, (u, i) in enumerate([("a", "i1"), ("b", "i2"), ("a", "i1")])])
-    assert list(rule._items) == ["i2", "i1"] and list(rule._users) == ["b", "a"]
+    assert held_keys(rule._items, ITEMS) == ["i2", "i1"] and held_keys(rule._users, USERS) == ["b", "a"]
     assert rule._users["a"][0] == 2.0 and rule._items["i1"][1] > rule._items["i2"][1]  # counts kept when re-touched
     run(rule, [ev("c", "i3", "view", T0 + 3)])
-    assert list(rule._items) == ["i1", "i3"] and list(rule._users) == ["a", "c"]  # i2 and b went, not i1 and a
+    assert held_keys(rule._items, ITEMS) == ["i1", "i3"] and held_keys(rule._users, USERS) == [
+        "a",
+        "c",
+    ]  # i2 and b went, not i1 and a
     run(rule, [ev("a", "i1", "view", T0 + 4)])  # a's third event: established from now on
-    assert "a" in rule.established and list(rule._users) == ["c", "a"]
+    assert "a" in rule.established and held_keys(rule._users, USERS) == ["c", "a"]
     run(rule, [ev("d", "i3", "view", T0 + 104.5)])  # more than 100 s after everyone else: they are forgotten
-    assert list(rule._users) == ["d"] and list(rule._items) == ["i1", "i3"]  # items go only beyond the cap
+    assert held_keys(rule._users, USERS) == ["d"] and held_keys(rule._items, ITEMS) == [
+        "i1",
+        "i3",
+    ]  # items go only beyond the cap
     run(rule, [ev("a", "i1", "view", T0 + 105)])
     assert rule._users["a"][0] == 3.0  # forgotten, but known again as established
 
@@ -425,10 +437,10 @@ def test_anomaly_rule_never_holds_a_new_users_first_event_in_a_stream_of_establi
 def test_anomaly_rule_forgets_the_least_recently_seen_user_first() -> None:
     rule = AnomalousBehaviourRule(max_users=2, idle_seconds=100)
     run(rule, [ev(u, "v", "view", T0 + k) for k, u in enumerate(["a", "b", "a", "c"])])
-    assert list(rule._users) == ["a", "c"]  # over the cap: b went, not a
+    assert held_keys(rule._users, USERS) == ["a", "c"]  # over the cap: b went, not a
     assert rule._users["a"][4] == 2.0  # a's two events
     run(rule, [ev("d", "v", "view", T0 + 103.5)])
-    assert list(rule._users) == ["d"]
+    assert held_keys(rule._users, USERS) == ["d"]
 
 
 def test_flat_trees_send_a_value_on_a_split_right_as_river_does() -> None:

@@ -17,8 +17,8 @@ evicted, and every map has a hard cap (oldest-idle evicted first); the bounds ar
 Each rule's table of users (and of items) is a :class:`learner.gate.records.Records`: an index
 of id -> record number (the eviction order) over one flat ``array('d')`` of the records' fields,
 read and written in place. The sizes below are measured with the compiled tables
-(``python -m bench.memory --records``), each with its table entry and its key's text (a
-12-character id).
+(``python -m bench.memory --records``), each with its table entry (which keeps the key's
+fingerprint, not its text: the same for an id of any length).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ class UserRateRule:
         # user -> [window index, previous events, current events, previous positives, current positives,
         #          user's clock (latest ts), now when last seen]; least recently seen first
         self._users = Records(_RATE_FIELDS)
-        self._oldest, self._oldest_seen = None, -math.inf  # _users' first entry (see Records.evict)
+        self._oldest, self._oldest_seen = None, -math.inf  # _users' first record's number (see Records.evict)
         kernel = kernels.compiled()
         self._core = None
         if kernel is not None:
@@ -154,7 +154,8 @@ class UserRateRule:
         d = users.data
         if r is None:
             clock = ts
-            b = users.add(user, (clock // self.window_seconds, 0.0, 0.0, 0.0, 0.0, clock, now)) * _RATE_FIELDS
+            r = users.add(user, (clock // self.window_seconds, 0.0, 0.0, 0.0, 0.0, clock, now))
+            b = r * _RATE_FIELDS
         else:
             index.move_to_end(user)  # most recently seen last
             b = r * _RATE_FIELDS
@@ -171,7 +172,7 @@ class UserRateRule:
         d[b + 5] = clock
         d[b + 6] = now
         horizon = now - 2 * self.window_seconds
-        if user == self._oldest or not (self._oldest_seen >= horizon and len(index) <= self.max_users):
+        if r == self._oldest or not (self._oldest_seen >= horizon and len(index) <= self.max_users):
             self._oldest, self._oldest_seen = users.evict(horizon, self.max_users, 6)
 
     def observe_held(self, event: GateEvent, now: float, hold: Hold) -> None:  # noqa: ARG002 - any reason counts
@@ -398,7 +399,7 @@ class ItemSurgeRule:
         # user -> [events passed (capped at new_user_events), now last seen]; established users stay here as a
         # cache in front of the Bloom filters while active
         self._users = Records(_SURGE_USER_FIELDS)
-        self._oldest, self._oldest_seen = None, -math.inf  # _users' first entry (see Records.evict)
+        self._oldest, self._oldest_seen = None, -math.inf  # _users' first record's number (see Records.evict)
         kernel = kernels.compiled()
         self._core = None
         if kernel is not None:  # the same steps compiled, on the same tables (the stream's counters kept there)
@@ -543,7 +544,7 @@ class ItemSurgeRule:
                 self.established.add(user)
         d[b + 1] = now
         horizon = now - self.user_idle_seconds
-        if user == self._oldest or not (self._oldest_seen >= horizon and len(index) <= self.max_users):
+        if r == self._oldest or not (self._oldest_seen >= horizon and len(index) <= self.max_users):
             self._oldest, self._oldest_seen = users.evict(horizon, self.max_users, 1)
 
     def observe_held(self, event: GateEvent, now: float, hold: Hold) -> None:  # noqa: ARG002
@@ -680,7 +681,7 @@ class AnomalousBehaviourRule:
         self._scored = False  # the quantile has seen a real score (the trees finished their first window)
         # user -> [clock, decayed event count, positive ratio, watch ratio, events, now last seen]
         self._users = Records(_ANOMALY_FIELDS)
-        self._oldest, self._oldest_seen = None, -math.inf  # _users' first record (see Records.evict)
+        self._oldest, self._oldest_seen = None, -math.inf  # _users' first record's number (see Records.evict)
         # the features, score and next user state computed by the last check, reused by observe
         self._memo: tuple[GateEvent, Features, float, array[float]] | None = None
         # prepare(): the batch, and per row (user state it was computed from, features, next state); checks come
@@ -921,9 +922,9 @@ class AnomalousBehaviourRule:
 
     def _remember(self, user: str, nxt: array[float], now: float) -> None:
         users = self._users
-        users.put(user, nxt)
+        r = users.put(user, nxt)
         horizon = now - self.idle_seconds
-        if user == self._oldest or not (self._oldest_seen >= horizon and len(users) <= self.max_users):
+        if r == self._oldest or not (self._oldest_seen >= horizon and len(users) <= self.max_users):
             self._oldest, self._oldest_seen = users.evict(horizon, self.max_users, 5)
 
     def _learn(self, x: Features) -> None:
@@ -953,9 +954,9 @@ class AnomalousBehaviourRule:
         self._memo = None
         # _remember, inline (once per event)
         users, user = self._users, event.user_id
-        users.put(user, nxt)
+        r = users.put(user, nxt)
         horizon = now - self.idle_seconds
-        if user == self._oldest or not (self._oldest_seen >= horizon and len(users) <= self.max_users):
+        if r == self._oldest or not (self._oldest_seen >= horizon and len(users) <= self.max_users):
             self._oldest, self._oldest_seen = users.evict(horizon, self.max_users, 5)
         self.passed = passed = self.passed + 1
         if self.learned >= self._window_size and nxt[4] != 1.0:  # before that the trees score everything 0
@@ -982,9 +983,9 @@ class AnomalousBehaviourRule:
             threshold = self._estimator.get()  # self.threshold.get(): it has been updated (_scored)
             if threshold is not None and score > threshold:
                 hold = _anomaly_hold(self.threshold.q, score, threshold)
-        users.put(user, nxt)
+        r = users.put(user, nxt)
         horizon = now - self.idle_seconds
-        if user == self._oldest or not (self._oldest_seen >= horizon and len(users) <= self.max_users):
+        if r == self._oldest or not (self._oldest_seen >= horizon and len(users) <= self.max_users):
             self._oldest, self._oldest_seen = users.evict(horizon, self.max_users, 5)
         if hold is not None:  # observe_held
             if self._scored:

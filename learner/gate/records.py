@@ -11,14 +11,17 @@ objects of :func:`learner.id_index.row_object`.
 The index is the compiled ``LruIndex`` (``learner/_kernels.c``) where the kernels are built, and
 :class:`OrderedIndex` (an ``OrderedDict``) otherwise: for str keys, the same operations with the
 same results (:class:`RecordIndex`: ``get``, ``insert``, ``remove``, ``move_to_end``,
-``pop_first``, ``evict``, ``len``, ``in``, iteration oldest first). The compiled one keeps each
-key's text in its record's 28-byte entry (up to 16 bytes of it: a 12-character ASCII id; a longer
-one in memory of its own) and a hash table of 8-byte slots kept at most half full (doubled a little
-at a time: no insert moves them all): 44 to ~90 bytes a record, by where the table is in its
-doubling, where an ``OrderedDict`` entry costs ~80 bytes and keeps the key's str object (~64 bytes
-for a 12-character id: the learner's packed ids, ``learner.id_index``, hold no str objects for it to
-share). It compares keys as text and reads them back as new str objects (``pop_first``, ``evict``,
-iteration).
+``pop_first``, ``evict``, ``order``, ``len``, ``in``). Neither reads keys back: ``pop_first`` and ``evict``
+answer record numbers. The compiled one knows a key by its fingerprint (str's 64-bit hash of its
+text, kept in the str object), not its text: a 16-byte entry a record (the fingerprint and the
+record's neighbours in the order), whatever the key's length, and a hash table of 8-byte slots kept
+at most half full (doubled a little at a time: no insert moves them all): 32 to ~50 bytes a record,
+by where the table is in its doubling, where an ``OrderedDict`` entry costs ~80 bytes and keeps the
+key's str object (~64 bytes for a 12-character id: the learner's packed ids, ``learner.id_index``,
+hold no str objects for it to share). Two keys of one fingerprint would share a record: for ``n``
+keys held at once, a chance of about ``n**2 / 2**65`` that any two do (~3e-8 at a million), far below
+the 1% of the established-users filter the item-surge rule already trusts; the fingerprints live only
+in the process (their hash key is the process's own), never in a snapshot.
 
 Why not an ``array('d')`` object per record, as at first: each such object costs 64 bytes of
 header on top of its fields; with three tables per active user and one per item, that was
@@ -40,7 +43,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable
 from typing import Protocol
 
 from learner import kernels
@@ -54,11 +57,11 @@ class RecordIndex(Protocol):
     def insert(self, key: str) -> int: ...
     def remove(self, key: str) -> None: ...
     def move_to_end(self, key: str) -> None: ...
-    def pop_first(self) -> tuple[str, int]: ...
-    def evict(self, data: array, width: int, horizon: float, cap: int, seen_at: int) -> tuple[str | None, float]: ...
+    def pop_first(self) -> int: ...
+    def order(self) -> list[int]: ...
+    def evict(self, data: array, width: int, horizon: float, cap: int, seen_at: int) -> tuple[int | None, float]: ...
     def __getitem__(self, key: str) -> int: ...
     def __contains__(self, key: object) -> bool: ...
-    def __iter__(self) -> Iterator[str]: ...
     def __len__(self) -> int: ...
 
 
@@ -83,19 +86,23 @@ class OrderedIndex(OrderedDict[str, int]):
         """Forget ``key``'s record (KeyError if it has none); its number is the next taken."""
         self._free.append(self.pop(key))
 
-    def pop_first(self) -> tuple[str, int]:
-        """Forget the least recently touched record: its key and number."""
-        key, number = self.popitem(last=False)
+    def pop_first(self) -> int:
+        """Forget the least recently touched record: its number."""
+        _, number = self.popitem(last=False)
         self._free.append(number)
-        return key, number
+        return number
 
-    def evict(self, data: array, width: int, horizon: float, cap: int, seen_at: int) -> tuple[str | None, float]:
+    def order(self) -> list[int]:
+        """The held records' numbers, least recently touched first."""
+        return list(self.values())
+
+    def evict(self, data: array, width: int, horizon: float, cap: int, seen_at: int) -> tuple[int | None, float]:
         """:meth:`Records.evict` on the table's ``data``."""
         while self:
-            key, number = next(iter(self.items()))
+            number = next(iter(self.values()))
             seen = data[number * width + seen_at]
             if seen >= horizon and len(self) <= cap:
-                return key, seen
+                return number, seen
             self.pop_first()
         return None, -math.inf
 
@@ -106,8 +113,8 @@ def new_index() -> RecordIndex:
     return OrderedIndex() if kernel is None else kernel.LruIndex()
 
 
-class Records(Mapping[str, list[float]]):
-    """Records of ``width`` floats by key; as a ``Mapping``, each record is read as a list (a copy)."""
+class Records:
+    """Records of ``width`` floats by key; ``table[key]`` reads a record as a list (a copy). Keys are not read back."""
 
     __slots__ = ("data", "index", "width")
 
@@ -146,17 +153,18 @@ class Records(Mapping[str, list[float]]):
         start = number * self.width
         return self.data[start : start + self.width]
 
-    def put(self, key: str, values: array) -> None:
-        """Set ``key``'s record to ``values`` (an ``array('d')`` of its fields), last in the order (added if new)."""
+    def put(self, key: str, values: array) -> int:
+        """Set ``key``'s record to ``values`` (an ``array('d')`` of its fields), last in the order (added if new);
+        returns its number."""
         index = self.index
         number = index.get(key)
         if number is None:
-            self.add(key, values)
-            return
+            return self.add(key, values)
         self._check(values)
         index.move_to_end(key)
         start = number * self.width
         self.data[start : start + self.width] = values
+        return number
 
     def _check(self, fields: array) -> None:
         if len(fields) != self.width:  # a slice assignment of another length would shift every later record
@@ -166,16 +174,22 @@ class Records(Mapping[str, list[float]]):
         """Forget the least recently touched record."""
         self.index.pop_first()
 
-    def evict(self, horizon: float, cap: int, seen_at: int) -> tuple[str | None, float]:
+    def evict(self, horizon: float, cap: int, seen_at: int) -> tuple[int | None, float]:
         """Forget least-recently-touched records whose field ``seen_at`` is before ``horizon``, and any beyond ``cap``.
 
-        Returns the least recently touched record left (key, its ``seen_at``), or (None, -inf) when
-        none is: the rules keep it, and call this again only when the table's size, the horizon or
-        a touch of that record (which moves it to the end) may make it due (a condition they check
+        Returns the least recently touched record left (its number, its ``seen_at``), or (None, -inf)
+        when none is: the rules keep it, and call this again only when the table's size, the horizon
+        or a touch of that record (which moves it to the end) may make it due (a condition they check
         inline), so that the oldest record, usually out of the CPU caches, is not read for every
-        event.
+        event. (A number identifies one held record at a time: it is reused only once its record is
+        forgotten, which only this and ``pop_oldest`` do.)
         """
         return self.index.evict(self.data, self.width, horizon, cap, seen_at)
+
+    def in_order(self) -> list[tuple[int, list[float]]]:
+        """Each record held, as its number and a copy of its fields, least recently touched first."""
+        data, width = self.data, self.width
+        return [(number, data[number * width : (number + 1) * width].tolist()) for number in self.index.order()]
 
     def __getitem__(self, key: str) -> list[float]:
         start = self.index[key] * self.width
@@ -184,8 +198,7 @@ class Records(Mapping[str, list[float]]):
     def __contains__(self, key: object) -> bool:
         return key in self.index
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.index)
+    __iter__ = None  # keys are not read back (the compiled index keeps none): not iterable, though indexable
 
     def __len__(self) -> int:
         return len(self.index)
