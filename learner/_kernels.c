@@ -3183,10 +3183,14 @@ static PyTypeObject IdTableType = {
  *
  * RateCore does the rule's check and observe for one event with the same floating-point operations, in the same
  * order, as the Python methods, on the same table (learner.gate.records.Records: an LruIndex user -> record
- * number over one array('d') of 7 fields a record). The Python code stays the reference (and the path where this
- * is not built); tests drive both over the same streams and compare every verdict and every record. */
+ * number over an array('d') of 2 fields a record and an array('f') of its 4 counts). The Python code stays the
+ * reference (and the path where this is not built); tests drive both over the same streams and compare every verdict
+ * and every record. */
 
-#define RATE_FIELDS 7
+static inline void set_f32(char *p, Py_ssize_t i, float x) { memcpy(p + i * (Py_ssize_t)sizeof x, &x, sizeof x); }
+
+#define RATE_FIELDS 2 /* float64: the user's clock, now when last seen */
+#define RATE_COUNTS 4 /* float32: previous events, current events, previous positives, current positives */
 
 /* Python's float floor division (Objects/floatobject.c, _float_div_mod): the same double for every x and y != 0 */
 static double py_floordiv(double vx, double wx) {
@@ -3248,6 +3252,7 @@ typedef struct {
     GATE_CORE_HEAD
     PyObject *index;          /* the table's LruIndex: user -> record number, least recently seen first */
     PyObject *data;           /* the table's array('d') */
+    PyObject *narrow;         /* the table's array('f'): the counts */
     PyObject *add;            /* Records.add */
     PyObject *evict;          /* Records.evict */
     PyObject *positive_types; /* a frozenset of event types */
@@ -3261,6 +3266,7 @@ typedef struct {
 static int RateCore_traverse(RateCore *self, visitproc visit, void *arg) {
     Py_VISIT(self->index);
     Py_VISIT(self->data);
+    Py_VISIT(self->narrow);
     Py_VISIT(self->add);
     Py_VISIT(self->evict);
     Py_VISIT(self->positive_types);
@@ -3273,6 +3279,7 @@ static int RateCore_traverse(RateCore *self, visitproc visit, void *arg) {
 static int RateCore_clear(RateCore *self) {
     Py_CLEAR(self->index);
     Py_CLEAR(self->data);
+    Py_CLEAR(self->narrow);
     Py_CLEAR(self->add);
     Py_CLEAR(self->evict);
     Py_CLEAR(self->positive_types);
@@ -3304,12 +3311,15 @@ static int RateCore_init(RateCore *self, PyObject *args, PyObject *kwds) {
     }
     PyObject *index = PyObject_GetAttrString(records, "index");
     PyObject *data = index == NULL ? NULL : PyObject_GetAttrString(records, "data");
-    PyObject *add = data == NULL ? NULL : PyObject_GetAttrString(records, "add");
+    PyObject *narrow = data == NULL ? NULL : PyObject_GetAttrString(records, "narrow");
+    PyObject *add = narrow == NULL ? NULL : PyObject_GetAttrString(records, "add");
     PyObject *evict = add == NULL ? NULL : PyObject_GetAttrString(records, "evict");
-    if (index == NULL || data == NULL || add == NULL || evict == NULL || !Py_IS_TYPE(index, &LruIndexType)) {
+    if (index == NULL || data == NULL || narrow == NULL || add == NULL || evict == NULL ||
+        !Py_IS_TYPE(index, &LruIndexType)) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "RateCore: records must be a learner.gate.records.Records");
         Py_XDECREF(index);
         Py_XDECREF(data);
+        Py_XDECREF(narrow);
         Py_XDECREF(add);
         Py_XDECREF(evict);
         return -1;
@@ -3317,6 +3327,7 @@ static int RateCore_init(RateCore *self, PyObject *args, PyObject *kwds) {
     RateCore_clear(self);
     self->index = index;
     self->data = data;
+    self->narrow = narrow;
     self->add = add;
     self->evict = evict;
     Py_INCREF(positive_types);
@@ -3350,17 +3361,23 @@ static int gate_event(PyObject *event, PyObject **user, PyObject **item, PyObjec
     return *ts == -1.0 && PyErr_Occurred() ? -1 : 0;
 }
 
-/* A record of a Records table: a writable view of the table's array('d') `data`, and where record number `r` (of
- * `width` fields) starts in it (b). The view must be released before anything that may resize the array. */
-static int table_record(PyObject *data, Py_ssize_t r, Py_ssize_t width, Py_buffer *view, Py_ssize_t *b) {
-    if (get_buffer(data, view, PyBUF_WRITABLE, "a gate rule's table", 'd') < 0) return -1;
-    if (r < 0 || (r + 1) * width > view->len / 8) {
+/* A record of a Records table: a writable view of the table's array `fields` (of `code` items: 'd', its `data`, or
+ * 'f', its `narrow`), and where record number `r` (of `width` such fields) starts in it (b). The view must be released
+ * before anything that may resize the array. */
+static int table_fields(PyObject *fields, char code, Py_ssize_t r, Py_ssize_t width, Py_buffer *view, Py_ssize_t *b) {
+    if (get_buffer(fields, view, PyBUF_WRITABLE, "a gate rule's table", code) < 0) return -1;
+    if (r < 0 || (r + 1) * width > view->len / view->itemsize) {
         PyBuffer_Release(view);
         PyErr_SetString(PyExc_IndexError, "a record number outside its gate table's data");
         return -1;
     }
     *b = r * width;
     return 0;
+}
+
+/* table_fields of a Records table's float64 fields (its `data`) */
+static int table_record(PyObject *data, Py_ssize_t r, Py_ssize_t width, Py_buffer *view, Py_ssize_t *b) {
+    return table_fields(data, 'd', r, width, view, b);
 }
 
 /* The rules' eviction (Records.evict), called only when the table's remembered oldest record may be due: when
@@ -3482,28 +3499,21 @@ static PyObject *RateCore_check(RateCore *self, PyObject *const *args, Py_ssize_
     Py_buffer view;
     Py_ssize_t b;
     if (table_record(self->data, number, RATE_FIELDS, &view, &b) < 0) return NULL;
-    const char *d = view.buf;
-    double user_clock = get_f64(d, b + 5);
+    double user_clock = get_f64(view.buf, b);
+    PyBuffer_Release(&view);
     double clock = ts > user_clock ? ts : user_clock;
     double window = self->window;
-    double index = py_floordiv(clock, window);
-    double d0 = get_f64(d, b);
-    int current = index == d0;
-    double previous_e, current_e;
-    if (current) {
-        previous_e = get_f64(d, b + 1);
-        current_e = get_f64(d, b + 2);
-    } else if (index == d0 + 1) {
-        previous_e = get_f64(d, b + 2);
-        current_e = 0.0;
-    } else {
-        PyBuffer_Release(&view);
-        Py_RETURN_NONE; /* both windows are over: nothing counted */
-    }
+    double index = py_floordiv(clock, window), counted = py_floordiv(user_clock, window);
+    int current = index == counted;
+    if (!current && index != counted + 1) Py_RETURN_NONE; /* both windows are over: nothing counted */
+    if (table_fields(self->narrow, 'f', number, RATE_COUNTS, &view, &b) < 0) return NULL;
+    const char *n = view.buf;
+    double previous_e = current ? get_f32(n, b) : get_f32(n, b + 1);
+    double current_e = current ? get_f32(n, b + 1) : 0.0;
     double overlap = 1.0 - (clock - index * window) / window;
     double events = previous_e * overlap + current_e;
-    double previous_p = current ? get_f64(d, b + 3) : get_f64(d, b + 4);
-    double current_p = current ? get_f64(d, b + 4) : 0.0;
+    double previous_p = current ? get_f32(n, b + 2) : get_f32(n, b + 3);
+    double current_p = current ? get_f32(n, b + 3) : 0.0;
     PyBuffer_Release(&view);
     if (events + 1 > self->max_events) return call_with_float(self->hold_events, events);
     int positive = PySet_Contains(self->positive_types, type);
@@ -3537,41 +3547,39 @@ static PyObject *RateCore_observe(RateCore *self, PyObject *const *args, Py_ssiz
     if (number < 0) {
         if (number == -2) return NULL;
         clock = ts;
-        PyObject *fields = Py_BuildValue("(ddddddd)", py_floordiv(clock, window), 0.0, 0.0, 0.0, 0.0, clock, now);
+        PyObject *fields = Py_BuildValue("(dddddd)", clock, now, 0.0, 0.0, 0.0, 0.0);
         if (fields == NULL) return NULL;
         number = added_number(PyObject_CallFunctionObjArgs(self->add, user, fields, NULL));
         Py_DECREF(fields);
-        if (number < 0 || table_record(self->data, number, RATE_FIELDS, &view, &b) < 0) return NULL;
+        if (number < 0 || table_fields(self->narrow, 'f', number, RATE_COUNTS, &view, &b) < 0) return NULL;
     } else {
         if (move_last(self->index, number) || table_record(self->data, number, RATE_FIELDS, &view, &b)) return NULL;
-        char *d = view.buf;
-        double user_clock = get_f64(d, b + 5);
+        double user_clock = get_f64(view.buf, b);
+        PyBuffer_Release(&view);
         clock = ts > user_clock ? ts : user_clock;
-        double window_index = py_floordiv(clock, window);
-        double d0 = get_f64(d, b);
-        if (window_index > d0 + 1) { /* both windows are over */
-            set_f64(d, b, window_index);
-            set_f64(d, b + 1, 0.0);
-            set_f64(d, b + 2, 0.0);
-            set_f64(d, b + 3, 0.0);
-            set_f64(d, b + 4, 0.0);
-        } else if (window_index == d0 + 1) { /* the current window becomes the previous one */
-            double current_e = get_f64(d, b + 2), current_p = get_f64(d, b + 4);
-            set_f64(d, b, window_index);
-            set_f64(d, b + 1, current_e);
-            set_f64(d, b + 2, 0.0);
-            set_f64(d, b + 3, current_p);
-            set_f64(d, b + 4, 0.0);
+        double window_index = py_floordiv(clock, window), counted = py_floordiv(user_clock, window);
+        if (table_fields(self->narrow, 'f', number, RATE_COUNTS, &view, &b) < 0) return NULL;
+        char *n = view.buf;
+        if (window_index > counted + 1) { /* both windows are over */
+            for (int i = 0; i < RATE_COUNTS; i++) set_f32(n, b + i, 0.0f);
+        } else if (window_index == counted + 1) { /* the current window becomes the previous one */
+            float current_e = get_f32(n, b + 1), current_p = get_f32(n, b + 3);
+            set_f32(n, b, current_e);
+            set_f32(n, b + 1, 0.0f);
+            set_f32(n, b + 2, current_p);
+            set_f32(n, b + 3, 0.0f);
         }
     }
-    char *d = view.buf;
-    set_f64(d, b + 2, get_f64(d, b + 2) + 1.0);
-    if (positive) set_f64(d, b + 4, get_f64(d, b + 4) + 1.0);
-    set_f64(d, b + 5, clock);
-    set_f64(d, b + 6, now);
+    char *n = view.buf; /* (a float32 field is rounded when written, as array('f') does) */
+    set_f32(n, b + 1, (float)((double)get_f32(n, b + 1) + 1.0));
+    if (positive) set_f32(n, b + 3, (float)((double)get_f32(n, b + 3) + 1.0));
+    PyBuffer_Release(&view);
+    if (table_record(self->data, number, RATE_FIELDS, &view, &b) < 0) return NULL;
+    set_f64(view.buf, b, clock);
+    set_f64(view.buf, b + 1, now);
     PyBuffer_Release(&view);
     double horizon = now - 2 * window;
-    if (evict_if_due(number, self->index, self->evict, horizon, self->max_users, 6, &self->oldest, &self->oldest_seen)) {
+    if (evict_if_due(number, self->index, self->evict, horizon, self->max_users, 1, &self->oldest, &self->oldest_seen)) {
         return NULL;
     }
     Py_RETURN_NONE;

@@ -129,17 +129,26 @@ def test_user_rate_core_reads_the_rule_s_settings() -> None:
     ("ts", "window"), [(1.0, 0.1), (0.3, 0.1), (-0.0, 7.5), (-0.3, 0.1), (17.22, 0.3), (-47.46, 0.1), (1e-300, 3.0)]
 )
 def test_user_rate_core_divides_time_into_windows_as_python(ts: float, window: float) -> None:
-    """A record's window index is Python's ``ts // window``, not ``floor(ts / window)`` (1.0 // 0.1 is 9.0, while
+    """A user's window is Python's ``clock // window``, not ``floor(clock / window)`` (1.0 // 0.1 is 9.0, while
     1.0 / 0.1 rounds to 10.0), rounded as Python rounds it (17.22 // 0.3 is 57.0, the division before rounding
-    56.99999999999999), and keeps the sign of a zero."""
+    56.99999999999999): three events at ``ts``, then one half a window later, are counted in the window Python's
+    division puts each in (the next one: the three become the previous window's; the same one: four)."""
     with kernels.numpy_only():
-        reference = UserRateRule(window_seconds=window)
-    compiled = UserRateRule(window_seconds=window)
+        reference = UserRateRule(window_seconds=window, max_events=1)
+    compiled = UserRateRule(window_seconds=window, max_events=1)
+    later = ts + window / 2
+    details = []  # of the check of the fourth event: 3 events counted, or 3 weighted by the previous window's overlap
     for rule in (reference, compiled):
-        for k in range(3):  # a new user's record, then a known one's
-            rule.observe(GateEvent(f"e{k}", "u1", "v1", "view", ts), 0.0)
-    assert _bits(compiled._users["u1"]) == _bits(reference._users["u1"])
-    assert _bits([compiled._users["u1"][0]]) == _bits([ts // window])
+        for k, at in enumerate([ts, ts, ts, later]):  # a new user's record, then a known one's
+            event = GateEvent(f"e{k}", "u1", "v1", "view", at)
+            if k == 3:
+                details.append(rule.check(event, 0.0).detail)
+            rule.observe(event, 0.0)
+    assert _bits(compiled._users["u1"]) == _bits(reference._users["u1"]) and details[0] == details[1]
+    first, then = ts // window, later // window
+    assert then in (first, first + 1)
+    # the record: clock, now when last seen, then previous and current events (and positives)
+    assert compiled._users["u1"][2:4] == ([3.0, 1.0] if then == first + 1 else [0.0, 4.0])
 
 
 def test_cores_take_keywords_refuse_bad_calls_and_any_collection_of_types() -> None:

@@ -74,6 +74,36 @@ def test_a_record_that_cannot_be_written_leaves_no_number_behind(compiled: bool)
 
 
 @BOTH
+def test_a_record_with_float32_fields_keeps_them_in_an_array_of_their_own(compiled: bool) -> None:
+    """Records(1, narrow=2): a record is its float64 field then its two float32 ones, each kept in its own array and
+    rounded to float32 when written (as array('f') does); a forgotten number's record is written over in both; and a
+    record that cannot be written in the second array leaves neither its number nor its first array's fields."""
+    with loops(compiled):
+        table = Records(1, narrow=2)
+    f32 = array("f", [0.1])[0]
+    a = table.add("a", (1e9 + 0.5, 2.0, 0.1))
+    assert table["a"] == [1e9 + 0.5, 2.0, f32] and table.copy_of("a").tolist() == [1e9 + 0.5, 2.0, f32]
+    assert table.data.tolist() == [1e9 + 0.5] and table.narrow.tolist() == [2.0, f32]
+    b = table.add("b", array("d", (5.0, 3.0, 4.0)))
+    assert table.put("a", array("d", (6.0, 7.0, 8.0))) == a and table.in_order() == [
+        (b, [5.0, 3.0, 4.0]),
+        (a, [6.0, 7.0, 8.0]),
+    ]
+    with pytest.raises(ValueError, match="3 fields"):
+        table.put("a", array("d", (1.0, 2.0)))
+    assert table.evict(horizon=5.5, cap=10, seen_at=0) == (a, 6.0)  # b (5.0) went, by its float64 field
+    assert table.add("c", (9.0, 10.0, 11.0)) == b and table["c"] == [9.0, 10.0, 11.0]  # b's number, both arrays
+    view = memoryview(table.narrow)
+    with pytest.raises(BufferError):
+        table.add("d", (1.0, 2.0, 3.0))
+    assert "d" not in table and len(table.data) == 2 and len(table.narrow) == 4
+    view.release()
+    assert table.add("d", (1.0, 2.0, 3.0)) == 2 and table["d"] == [1.0, 2.0, 3.0] and table["a"] == [6.0, 7.0, 8.0]
+    with pytest.raises(ValueError, match="width"):
+        Records(0, narrow=2)
+
+
+@BOTH
 def test_forgotten_record_numbers_are_reused_and_new_records_start_from_their_values(compiled: bool) -> None:
     """Against a plain OrderedDict of lists over a random run of adds, puts (of known and new keys), evictions and
     pops of the oldest: same keys in the same order, same values; the flat array grows only to the most records

@@ -204,7 +204,7 @@ def test_user_rate_forgets_the_least_recently_seen_user_first() -> None:
         "a",
         "d",
     ]  # over the cap: b, seen least recently, went (not a, seen first)
-    assert rule._users["a"][2] == 2.0  # a's two events, counted in its one record
+    assert rule._users["a"][3] == 2.0  # a's two events (the current window's count), in its one record
     run(rule, [ev("e", "v", "view", T0 + 4 + 120.5)])  # two windows after d: everyone else is idle
     assert held_keys(rule._users, USERS) == ["e"]
 

@@ -46,9 +46,9 @@ FEATURES = ("gap", "rate", "positive", "positive_ratio", "watch_ratio", "history
 Features = tuple[float, float, float, float, float, float]
 
 
-#: Fields of a user's record in :class:`UserRateRule`, :class:`ItemSurgeRule` (users, items) and
+#: Fields of a user's record in :class:`UserRateRule` (float64, float32), :class:`ItemSurgeRule` (users, items) and
 #: :class:`AnomalousBehaviourRule`.
-_RATE_FIELDS, _SURGE_USER_FIELDS, _SURGE_ITEM_FIELDS, _ANOMALY_FIELDS = 7, 2, 7, 6
+_RATE_FIELDS, _RATE_COUNTS, _SURGE_USER_FIELDS, _SURGE_ITEM_FIELDS, _ANOMALY_FIELDS = 2, 4, 2, 7, 6
 
 
 class UserRateRule:
@@ -56,7 +56,8 @@ class UserRateRule:
 
     Sliding-window counters: two fixed windows per user, the previous one weighted by how much of
     it still overlaps the sliding window (error bounded by the previous window's count, no
-    timestamps stored). Memory: one record (~0.09 kB) per user active in the last two
+    timestamps stored). Memory: one record (~0.07 kB: the user's clock and when last seen as
+    float64, the four counts as float32, exact below 2**24) per user active in the last two
     windows, at most ``max_users``.
 
     Where the compiled loops are built (:mod:`learner.kernels`, when the rule is made), ``check``,
@@ -92,9 +93,10 @@ class UserRateRule:
         self.max_events = max_events
         self.max_users = max_users
         self.positive_types = frozenset(positive_types)
-        # user -> [window index, previous events, current events, previous positives, current positives,
-        #          user's clock (latest ts), now when last seen]; least recently seen first
-        self._users = Records(_RATE_FIELDS)
+        # user -> [user's clock (latest ts), now when last seen] and, as float32 (whole numbers, exact below 2**24),
+        # [previous events, current events, previous positives, current positives]; least recently seen first. The
+        # counts are those of the window the user's clock is in (clock // window_seconds) and of the one before.
+        self._users = Records(_RATE_FIELDS, narrow=_RATE_COUNTS)
         self._oldest, self._oldest_seen = None, -math.inf  # _users' first record's number (see Records.evict)
         kernel = kernels.compiled()
         self._core = None
@@ -119,17 +121,17 @@ class UserRateRule:
         r = users.index.get(event.user_id)
         if r is None:
             return None  # nothing counted, and both limits are at least 1
-        d, b = users.data, r * _RATE_FIELDS
+        n, c = users.narrow, r * _RATE_COUNTS
         # the estimated counts in the window ending at the user's clock (the latest ts seen from them)
-        ts, user_clock = event.ts, d[b + 5]
+        ts, user_clock = event.ts, users.data[r * _RATE_FIELDS]
         clock = ts if ts > user_clock else user_clock
         window = self.window_seconds
-        index = clock // window
-        current = index == d[b]
+        index, counted = clock // window, user_clock // window
+        current = index == counted
         if current:
-            previous_e, current_e = d[b + 1], d[b + 2]
-        elif index == d[b] + 1:
-            previous_e, current_e = d[b + 2], 0.0
+            previous_e, current_e = n[c], n[c + 1]
+        elif index == counted + 1:
+            previous_e, current_e = n[c + 1], 0.0
         else:
             return None  # both windows are over: nothing counted
         overlap = 1.0 - (clock - index * window) / window
@@ -137,7 +139,7 @@ class UserRateRule:
         if events + 1 > self.max_events:
             return self._hold(events, "events", self.max_events)
         if event.type in self.positive_types:
-            previous_p, current_p = (d[b + 3], d[b + 4]) if current else (d[b + 4], 0.0)
+            previous_p, current_p = (n[c + 2], n[c + 3]) if current else (n[c + 3], 0.0)
             positives = previous_p * overlap + current_p
             if positives + 1 > self.max_positives:
                 return self._hold(positives, "likes/shares", self.max_positives)
@@ -151,29 +153,31 @@ class UserRateRule:
         index = users.index
         r = index.get(user)
         ts = event.ts
-        d = users.data
+        d, n = users.data, users.narrow
         if r is None:
             clock = ts
-            r = users.add(user, (clock // self.window_seconds, 0.0, 0.0, 0.0, 0.0, clock, now))
-            b = r * _RATE_FIELDS
+            r = users.add(user, (clock, now, 0.0, 0.0, 0.0, 0.0))
+            c = r * _RATE_COUNTS
         else:
             index.move_to_end(user)  # most recently seen last
-            b = r * _RATE_FIELDS
-            user_clock = d[b + 5]
+            c = r * _RATE_COUNTS
+            user_clock = d[r * _RATE_FIELDS]
             clock = ts if ts > user_clock else user_clock
-            window_index = clock // self.window_seconds
-            if window_index > d[b] + 1:  # both windows are over
-                d[b], d[b + 1], d[b + 2], d[b + 3], d[b + 4] = window_index, 0.0, 0.0, 0.0, 0.0
-            elif window_index == d[b] + 1:  # the current window becomes the previous one
-                d[b], d[b + 1], d[b + 2], d[b + 3], d[b + 4] = window_index, d[b + 2], 0.0, d[b + 4], 0.0
-        d[b + 2] += 1.0
+            window = self.window_seconds
+            window_index, counted = clock // window, user_clock // window
+            if window_index > counted + 1:  # both windows are over
+                n[c], n[c + 1], n[c + 2], n[c + 3] = 0.0, 0.0, 0.0, 0.0
+            elif window_index == counted + 1:  # the current window becomes the previous one
+                n[c], n[c + 1], n[c + 2], n[c + 3] = n[c + 1], 0.0, n[c + 3], 0.0
+        n[c + 1] += 1.0
         if event.type in self.positive_types:
-            d[b + 4] += 1.0
-        d[b + 5] = clock
-        d[b + 6] = now
+            n[c + 3] += 1.0
+        b = r * _RATE_FIELDS
+        d[b] = clock
+        d[b + 1] = now
         horizon = now - 2 * self.window_seconds
         if r == self._oldest or not (self._oldest_seen >= horizon and len(index) <= self.max_users):
-            self._oldest, self._oldest_seen = users.evict(horizon, self.max_users, 6)
+            self._oldest, self._oldest_seen = users.evict(horizon, self.max_users, 1)
 
     def observe_held(self, event: GateEvent, now: float, hold: Hold) -> None:  # noqa: ARG002 - any reason counts
         """A held attempt still counts: a sender who keeps going stays over the limit."""

@@ -1,9 +1,14 @@
 """Fixed-width records of floats by key, least recently touched first: the behaviour rules' tables.
 
 A table is an index of key -> record number (its order is the rules' eviction order) over one
-flat ``array('d')`` in which record ``r`` is ``data[r * width : (r + 1) * width]``. The rules read
-and write fields in place, ``data[r * width + field]``. The numbers of forgotten records are reused
-(last forgotten, first taken; so the array keeps its peak size: the most records held at once).
+flat ``array('d')`` in which record ``r``'s float64 fields are ``data[r * width : (r + 1) * width]``,
+and, for a table with float32 fields too (``narrow``: counters, and decayed counts whose float32
+rounding the rules accept), one flat ``array('f')`` in which they are
+``narrow[r * narrow_width : (r + 1) * narrow_width]``. The rules read and write fields in place,
+``data[r * width + field]``. A record as a whole (``add``, ``put``, ``copy_of``, ``table[key]``) is
+its float64 fields then its float32 ones; a float32 field is rounded when written, as ``array('f')``
+does. The numbers of forgotten records are reused (last forgotten, first taken; so the arrays keep
+their peak size: the most records held at once).
 The compiled index returns a new ``int`` for each number asked (its rules' compiled checks ask for
 none: they read the records by number in C); :class:`OrderedIndex` stores the shared ``int``
 objects of :func:`learner.id_index.row_object`.
@@ -36,6 +41,11 @@ header on top of its fields; with three tables per active user and one per item,
 (None, -inf)
 >>> len(table), table.add("b", (7.0, 0.0))  # b takes a's record number
 (0, 0)
+>>> mixed = Records(1, narrow=2)  # one float64 field, two float32 ones
+>>> n = mixed.add("u", (1e9 + 0.5, 3.0, 0.1))
+>>> mixed.narrow[n * 2] += 1.0
+>>> mixed["u"] == [1e9 + 0.5, 4.0, float(array("f", [0.1])[0])]
+True
 """
 
 from __future__ import annotations
@@ -116,42 +126,73 @@ def new_index() -> RecordIndex:
 class Records:
     """Records of ``width`` floats by key; ``table[key]`` reads a record as a list (a copy). Keys are not read back."""
 
-    __slots__ = ("data", "index", "width")
+    __slots__ = ("data", "index", "narrow", "narrow_width", "width")
 
-    def __init__(self, width: int) -> None:
-        if width < 1:
-            raise ValueError("width must be >= 1")
+    def __init__(self, width: int, narrow: int = 0) -> None:
+        if width < 1 or narrow < 0:
+            raise ValueError("width must be >= 1 (evict reads a float64 field) and narrow >= 0")
         self.width = width
+        self.narrow_width = narrow
         self.index = new_index()  # key -> record number, least recently touched first
-        self.data = array("d")  # the records, one after the other
+        self.data = array("d")  # the records' float64 fields, one record after the other
+        self.narrow = array("f")  # their float32 fields, likewise
 
     def add(self, key: str, values: Iterable[float]) -> int:
         """A new record for ``key`` (not in the table), last in the order; returns its number."""
-        data, width = self.data, self.width
         if key in self.index:
             raise ValueError(f"{key!r} has a record already")
         fields = values if type(values) is array and values.typecode == "d" else array("d", values)
         self._check(fields)
         index = self.index
         number = index.insert(key)
-        start = number * width
         try:
-            if start == len(data):
-                data.extend(fields)
-            else:  # a forgotten record's number
-                data[start : start + width] = fields
-        except BaseException:  # no memory, or the array's buffer is exported: no number without its record
+            self._write(number, fields)
+        except BaseException:  # no memory, or an array's buffer is exported: no number without its record
             index.remove(key)
             raise
         return number
+
+    def _write(self, number: int, fields: array) -> None:
+        """Record ``number``'s fields (checked), at the end of the arrays or where a forgotten record was."""
+        data, width, narrow, narrow_width = self.data, self.width, self.narrow, self.narrow_width
+        start = number * width
+        if narrow_width == 0:
+            if start == len(data):
+                data.extend(fields)
+            else:
+                data[start : start + width] = fields
+            return
+        wide, small = fields[:width], array("f", fields[width:])  # (no fromlist: a float64 array is not a list)
+        end = len(data)
+        if start == end:
+            data.extend(wide)
+        else:
+            data[start : start + width] = wide
+        try:
+            at = number * narrow_width
+            if at == len(narrow):
+                narrow.extend(small)
+            else:
+                narrow[at : at + narrow_width] = small
+        except BaseException:
+            del data[end:]  # as it was (if it was extended)
+            raise
 
     def copy_of(self, key: str) -> array | None:
         """A copy of ``key``'s record as an ``array('d')``, or None."""
         number = self.index.get(key)
         if number is None:
             return None
+        return self._read(number)
+
+    def _read(self, number: int) -> array:
         start = number * self.width
-        return self.data[start : start + self.width]
+        fields = self.data[start : start + self.width]
+        narrow_width = self.narrow_width
+        if narrow_width:
+            at = number * narrow_width
+            fields.fromlist(self.narrow[at : at + narrow_width].tolist())
+        return fields
 
     def put(self, key: str, values: array) -> int:
         """Set ``key``'s record to ``values`` (an ``array('d')`` of its fields), last in the order (added if new);
@@ -162,13 +203,13 @@ class Records:
             return self.add(key, values)
         self._check(values)
         index.move_to_end(key)
-        start = number * self.width
-        self.data[start : start + self.width] = values
+        self._write(number, values)
         return number
 
     def _check(self, fields: array) -> None:
-        if len(fields) != self.width:  # a slice assignment of another length would shift every later record
-            raise ValueError(f"a record has {self.width} fields, not {len(fields)}")
+        expected = self.width + self.narrow_width  # a slice assignment of another length would shift every later record
+        if len(fields) != expected:
+            raise ValueError(f"a record has {expected} fields, not {len(fields)}")
 
     def pop_oldest(self) -> None:
         """Forget the least recently touched record."""
@@ -188,12 +229,10 @@ class Records:
 
     def in_order(self) -> list[tuple[int, list[float]]]:
         """Each record held, as its number and a copy of its fields, least recently touched first."""
-        data, width = self.data, self.width
-        return [(number, data[number * width : (number + 1) * width].tolist()) for number in self.index.order()]
+        return [(number, self._read(number).tolist()) for number in self.index.order()]
 
     def __getitem__(self, key: str) -> list[float]:
-        start = self.index[key] * self.width
-        return self.data[start : start + self.width].tolist()
+        return self._read(self.index[key]).tolist()
 
     def __contains__(self, key: object) -> bool:
         return key in self.index
