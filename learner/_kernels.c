@@ -3614,16 +3614,17 @@ static PyTypeObject RateCoreType = {
 /* ---- The quality gate's item-surge rule (learner.gate.behaviour.ItemSurgeRule), compiled -----------------------
  *
  * SurgeCore is the rule's check, observe and observe_held, as RateCore is the user-rate rule's: the same
- * operations in the same order on the rule's two tables (users: 2 fields a record, items: 7), with the rule's
- * stream-wide counters kept here. The established users (a Bloom filter) stay the Python object's. */
+ * operations in the same order on the rule's two tables (users: 2 fields a record, items: 3 float64 and 4 float32),
+ * with the rule's stream-wide counters kept here. The established users (a Bloom filter) stay the Python object's. */
 
 #define SURGE_USER_FIELDS 2
-#define SURGE_ITEM_FIELDS 7
+#define SURGE_ITEM_FIELDS 3 /* float64: cool-down end, then per channel its clock when the item's attempts were updated */
+#define SURGE_ITEM_COUNTS 4 /* float32: new-user interactions, all interactions, then per channel new-user attempts */
 
 typedef struct {
     GATE_CORE_HEAD
     PyObject *users_index, *users_data, *users_add, *users_evict;
-    PyObject *items_index, *items_data, *items_add, *items_pop_oldest;
+    PyObject *items_index, *items_data, *items_narrow, *items_add, *items_pop_oldest;
     PyObject *established, *established_add;
     PyObject *judged_types; /* None: every type */
     PyObject *positive_types;
@@ -3640,7 +3641,7 @@ typedef struct {
 } SurgeCore;
 
 #define SURGE_OBJECTS(X)                                                                                             \
-    X(users_index) X(users_data) X(users_add) X(users_evict) X(items_index) X(items_data)              \
+    X(users_index) X(users_data) X(users_add) X(users_evict) X(items_index) X(items_data) X(items_narrow) \
         X(items_add) X(items_pop_oldest) X(established) X(established_add) X(judged_types)              \
             X(positive_types) X(hold_cooling) X(hold_share) X(hold_concentration) X(oldest)
 
@@ -3690,12 +3691,13 @@ static int SurgeCore_init(SurgeCore *self, PyObject *args, PyObject *kwds) {
     /* from here on a failure leaves the core empty (not initialised: its methods raise), never half made */
     SurgeCore_clear(self);
     /* each in turn, stopping at the first missing one */
-    PyObject **fetched[] = {&self->users_index, &self->users_data,       &self->users_add,
-                            &self->users_evict, &self->items_index,      &self->items_data,
-                            &self->items_add,   &self->items_pop_oldest, &self->established_add};
-    const char *attributes[] = {"index", "data", "add", "evict", "index", "data", "add", "pop_oldest", "add"};
-    for (int i = 0; i < 9; i++) {
-        PyObject *owner = i < 4 ? users : i < 8 ? items : established;
+    PyObject **fetched[] = {&self->users_index,  &self->users_data, &self->users_add,
+                            &self->users_evict,  &self->items_index, &self->items_data,
+                            &self->items_narrow, &self->items_add,   &self->items_pop_oldest,
+                            &self->established_add};
+    const char *attributes[] = {"index", "data", "add", "evict", "index", "data", "narrow", "add", "pop_oldest", "add"};
+    for (int i = 0; i < 10; i++) {
+        PyObject *owner = i < 4 ? users : i < 9 ? items : established;
         if ((*fetched[i] = attribute(owner, attributes[i])) == NULL) {
             SurgeCore_clear(self);
             return -1;
@@ -3732,10 +3734,12 @@ static int surge_judges(SurgeCore *self, PyObject *type) {
 
 /* ItemSurgeRule._concentration: the item's share of the channel's recent new-user attempts, this one included;
  * NAN when too few */
-static double surge_concentration(SurgeCore *self, const char *d, Py_ssize_t start, int channel) {
+/* ItemSurgeRule._concentration of the item whose float64 fields start at d + b and float32 ones at n + c */
+static double surge_concentration(SurgeCore *self, const char *d, Py_ssize_t b, const char *n, Py_ssize_t c,
+                                  int channel) {
     double decay = self->stream_decay;
-    Py_ssize_t at = start + 3 + 2 * channel;
-    double item_in_stream = get_f64(d, at) * pow(decay, (double)self->clocks[channel] - get_f64(d, at + 1)) * decay + 1.0;
+    double attempts = get_f32(n, c + 2 + channel), updated = get_f64(d, b + 1 + channel);
+    double item_in_stream = attempts * pow(decay, (double)self->clocks[channel] - updated) * decay + 1.0;
     if (item_in_stream < self->min_new_positives) return NAN;
     return item_in_stream / (self->stream_new[channel] * decay + 1.0);
 }
@@ -3771,38 +3775,45 @@ static PyObject *SurgeCore_check(SurgeCore *self, PyObject *const *args, Py_ssiz
         return PyObject_CallFunction(self->hold_concentration, "di", 1.0, 0);
     }
     if (table_record(self->items_data, number, SURGE_ITEM_FIELDS, &view, &b) < 0) return NULL;
-    const char *d = view.buf;
-    double cooling_until = get_f64(d, b + 2);
-    if (cooling_until > (double)self->clocks[0]) {
-        PyBuffer_Release(&view);
-        return PyObject_CallFunction(self->hold_cooling, "Od", type, cooling_until - (double)self->clocks[0]);
-    }
-    double decay = self->item_decay;
-    double new = get_f64(d, b) * decay + 1.0;
-    if (new < self->min_new_positives) {
-        PyBuffer_Release(&view);
-        Py_RETURN_NONE;
-    }
-    double share = new / (get_f64(d, b + 1) * decay + 1.0);
-    if (share >= self->min_new_share && share - self->stream_new_share >= self->min_lift &&
-        (double)self->passed >= self->warmup_positives) {
-        PyBuffer_Release(&view);
-        return PyObject_CallFunction(self->hold_share, "ddd", new, share, self->stream_new_share);
-    }
-    int positive = PySet_Contains(self->positive_types, type);
-    if (positive < 0) {
+    Py_buffer counts;
+    Py_ssize_t c;
+    if (table_fields(self->items_narrow, 'f', number, SURGE_ITEM_COUNTS, &counts, &c) < 0) {
         PyBuffer_Release(&view);
         return NULL;
     }
+    const char *d = view.buf, *n = counts.buf;
+    PyObject *result = NULL;
+    double cooling_until = get_f64(d, b);
+    if (cooling_until > (double)self->clocks[0]) {
+        result = PyObject_CallFunction(self->hold_cooling, "Od", type, cooling_until - (double)self->clocks[0]);
+        goto done;
+    }
+    double decay = self->item_decay;
+    double new = get_f32(n, c) * decay + 1.0;
+    if (new < self->min_new_positives) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    double share = new / (get_f32(n, c + 1) * decay + 1.0);
+    if (share >= self->min_new_share && share - self->stream_new_share >= self->min_lift &&
+        (double)self->passed >= self->warmup_positives) {
+        result = PyObject_CallFunction(self->hold_share, "ddd", new, share, self->stream_new_share);
+        goto done;
+    }
+    int positive = PySet_Contains(self->positive_types, type);
+    if (positive < 0) goto done;
     for (int channel = 0; channel <= positive; channel++) {
-        double concentration = surge_concentration(self, d, b, channel);
+        double concentration = surge_concentration(self, d, b, n, c, channel);
         if (!isnan(concentration) && concentration >= self->max_new_concentration) {
-            PyBuffer_Release(&view);
-            return PyObject_CallFunction(self->hold_concentration, "di", concentration, channel);
+            result = PyObject_CallFunction(self->hold_concentration, "di", concentration, channel);
+            goto done;
         }
     }
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&counts);
     PyBuffer_Release(&view);
-    Py_RETURN_NONE;
+    return result;
 }
 
 /* ItemSurgeRule._count: an interaction with `item` (a new user's if is_new) counted in its record and the
@@ -3812,8 +3823,8 @@ static Py_ssize_t surge_count(SurgeCore *self, int is_new, PyObject *item, int p
     Py_ssize_t number = lru_lookup(self->items_index, item);
     if (number < 0) {
         if (number == -2) return -1;
-        PyObject *fields = Py_BuildValue("(ddddddd)", 0.0, 0.0, 0.0, 0.0, (double)self->clocks[0], 0.0,
-                                         (double)self->clocks[1]);
+        PyObject *fields = Py_BuildValue("(ddddddd)", 0.0, (double)self->clocks[0], (double)self->clocks[1], 0.0, 0.0,
+                                         0.0, 0.0);
         if (fields == NULL) return -1;
         number = added_number(PyObject_CallFunctionObjArgs(self->items_add, item, fields, NULL));
         Py_DECREF(fields);
@@ -3830,22 +3841,30 @@ static Py_ssize_t surge_count(SurgeCore *self, int is_new, PyObject *item, int p
     Py_buffer view;
     Py_ssize_t b;
     if (table_record(self->items_data, number, SURGE_ITEM_FIELDS, &view, &b) < 0) return -1;
-    char *d = view.buf;
+    Py_buffer counts;
+    Py_ssize_t c;
+    if (table_fields(self->items_narrow, 'f', number, SURGE_ITEM_COUNTS, &counts, &c) < 0) {
+        PyBuffer_Release(&view);
+        return -1;
+    }
+    char *d = view.buf, *n = counts.buf; /* (a float32 field is rounded when written, as array('f') does) */
     double new = is_new ? 1.0 : 0.0;
-    /* channel 0 (every judged interaction), then channel 1 (likes/shares): [new-user attempts, clock] at 3 and 5 */
+    /* channel 0 (every judged interaction), then channel 1 (likes/shares): new-user attempts at c + 2 and c + 3, the
+     * channel's clock when they were last updated at b + 1 and b + 2 */
     long long clock = self->clocks[0] = self->clocks[0] + 1;
     self->stream_new[0] = self->stream_new[0] * decay + new;
-    set_f64(d, b + 3, get_f64(d, b + 3) * pow(decay, (double)clock - get_f64(d, b + 4)) + new);
-    set_f64(d, b + 4, (double)clock);
+    set_f32(n, c + 2, (float)(get_f32(n, c + 2) * pow(decay, (double)clock - get_f64(d, b + 1)) + new));
+    set_f64(d, b + 1, (double)clock);
     if (positive) {
         clock = self->clocks[1] = self->clocks[1] + 1;
         self->stream_new[1] = self->stream_new[1] * decay + new;
-        set_f64(d, b + 5, get_f64(d, b + 5) * pow(decay, (double)clock - get_f64(d, b + 6)) + new);
-        set_f64(d, b + 6, (double)clock);
+        set_f32(n, c + 3, (float)(get_f32(n, c + 3) * pow(decay, (double)clock - get_f64(d, b + 2)) + new));
+        set_f64(d, b + 2, (double)clock);
     }
     double item_decay = self->item_decay;
-    set_f64(d, b, get_f64(d, b) * item_decay + new);
-    set_f64(d, b + 1, get_f64(d, b + 1) * item_decay + 1.0);
+    set_f32(n, c, (float)(get_f32(n, c) * item_decay + new));
+    set_f32(n, c + 1, (float)(get_f32(n, c + 1) * item_decay + 1.0));
+    PyBuffer_Release(&counts);
     PyBuffer_Release(&view);
     return number;
 }
@@ -3936,7 +3955,7 @@ static PyObject *SurgeCore_observe_held(SurgeCore *self, PyObject *const *args, 
     Py_buffer view;
     Py_ssize_t b;
     if (table_record(self->items_data, number, SURGE_ITEM_FIELDS, &view, &b) < 0) return NULL;
-    set_f64(view.buf, b + 2, (double)(self->clocks[0] + self->cooldown));
+    set_f64(view.buf, b, (double)(self->clocks[0] + self->cooldown));
     PyBuffer_Release(&view);
     Py_RETURN_NONE;
 }
@@ -3998,12 +4017,14 @@ static PyTypeObject SurgeCoreType = {
  * integers, and the same final division, as River's score_one. The quantile stays River's (called), and so does
  * learning a point (the rule's _learn, called for every learn_every-th passed event). */
 
-#define ANOMALY_FIELDS 6
+#define ANOMALY_FIELDS 6 /* a user's record: clock, now last seen (float64), then decayed count, positive ratio,
+                            watch ratio, events (float32, rounded as the table stores them) */
+#define ANOMALY_WIDE 2   /* of which float64 */
 #define ANOMALY_FEATURES 6
 
 typedef struct {
     GATE_CORE_HEAD
-    PyObject *index, *data, *add, *evict; /* the users table (Records): user -> record number */
+    PyObject *index, *data, *narrow, *add, *evict; /* the users table (Records): user -> record number */
     PyObject *positive_types;                           /* a frozenset of event types */
     PyObject *first_update; /* the rule's stats.Quantile's update: takes the first score (the quantile then answers) */
     PyObject *update, *get; /* its estimator's update and get: the same calls, once the quantile has a score */
@@ -4024,7 +4045,7 @@ typedef struct {
 } AnomalyCore;
 
 #define ANOMALY_OBJECTS(X)                                                                                           \
-    X(index) X(data) X(add) X(evict) X(positive_types) X(first_update) X(update) X(get) X(learn) X(trees)     \
+    X(index) X(data) X(narrow) X(add) X(evict) X(positive_types) X(first_update) X(update) X(get) X(learn) X(trees)     \
         X(hold) X(memo_event) X(oldest)
 
 static int AnomalyCore_traverse(AnomalyCore *self, visitproc visit, void *arg) {
@@ -4085,9 +4106,9 @@ static int AnomalyCore_init(AnomalyCore *self, PyObject *args, PyObject *kwds) {
     /* from here on a failure leaves the core empty (not initialised: its methods raise), never half made */
     AnomalyCore_clear(self);
     anomaly_free_trees(self);
-    PyObject **fetched[] = {&self->index, &self->data, &self->add, &self->evict};
-    const char *attributes[] = {"index", "data", "add", "evict"};
-    for (int i = 0; i < 4; i++) {
+    PyObject **fetched[] = {&self->index, &self->data, &self->narrow, &self->add, &self->evict};
+    const char *attributes[] = {"index", "data", "narrow", "add", "evict"};
+    for (int i = 0; i < 5; i++) {
         if ((*fetched[i] = attribute(records, attributes[i])) == NULL) {
             AnomalyCore_clear(self);
             return -1;
@@ -4166,10 +4187,10 @@ static int anomaly_features(AnomalyCore *self, PyObject *event, double now, cons
         gap = 1.0;
     } else {
         clock = state[0];
-        decayed = state[1];
-        pos_ratio = state[2];
-        watch_ratio = state[3];
-        n = state[4];
+        decayed = state[2];
+        pos_ratio = state[3];
+        watch_ratio = state[4];
+        n = state[5];
         double elapsed = ts - clock;
         if (0.0 > elapsed) elapsed = 0.0;
         gap = py_log1p(elapsed) * self->gap_scale;
@@ -4190,11 +4211,11 @@ static int anomaly_features(AnomalyCore *self, PyObject *event, double now, cons
     x[4] = watch_ratio;
     x[5] = 1.0 < history ? 1.0 : history;
     next[0] = clock;
-    next[1] = decayed;
-    next[2] = pos_ratio;
-    next[3] = watch_ratio;
-    next[4] = n;
-    next[5] = now;
+    next[1] = now;
+    next[2] = (float)decayed;
+    next[3] = (float)pos_ratio;
+    next[4] = (float)watch_ratio;
+    next[5] = (float)n;
     return 0;
 }
 
@@ -4281,8 +4302,11 @@ static int anomaly_compute(AnomalyCore *self, PyObject *event, double now, int *
     if (number >= 0) {
         Py_buffer view;
         Py_ssize_t b;
-        if (table_record(self->data, number, ANOMALY_FIELDS, &view, &b) < 0) return -1;
-        for (int i = 0; i < ANOMALY_FIELDS; i++) state[i] = get_f64(view.buf, b + i);
+        if (table_record(self->data, number, ANOMALY_WIDE, &view, &b) < 0) return -1;
+        for (int i = 0; i < ANOMALY_WIDE; i++) state[i] = get_f64(view.buf, b + i);
+        PyBuffer_Release(&view);
+        if (table_fields(self->narrow, 'f', number, ANOMALY_FIELDS - ANOMALY_WIDE, &view, &b) < 0) return -1;
+        for (int i = ANOMALY_WIDE; i < ANOMALY_FIELDS; i++) state[i] = get_f32(view.buf, b + i - ANOMALY_WIDE);
         PyBuffer_Release(&view);
     }
     *known = number >= 0;
@@ -4318,12 +4342,15 @@ static int anomaly_remember(AnomalyCore *self, PyObject *event, const double *ne
     } else {
         Py_buffer view;
         Py_ssize_t b;
-        int failed = move_last(self->index, number) || table_record(self->data, number, ANOMALY_FIELDS, &view, &b);
+        int failed = move_last(self->index, number) || table_record(self->data, number, ANOMALY_WIDE, &view, &b);
         if (failed) return -1;
-        for (int i = 0; i < ANOMALY_FIELDS; i++) set_f64(view.buf, b + i, next[i]);
+        for (int i = 0; i < ANOMALY_WIDE; i++) set_f64(view.buf, b + i, next[i]);
+        PyBuffer_Release(&view);
+        if (table_fields(self->narrow, 'f', number, ANOMALY_FIELDS - ANOMALY_WIDE, &view, &b) < 0) return -1;
+        for (int i = ANOMALY_WIDE; i < ANOMALY_FIELDS; i++) set_f32(view.buf, b + i - ANOMALY_WIDE, (float)next[i]);
         PyBuffer_Release(&view);
     }
-    return evict_if_due(number, self->index, self->evict, now - self->idle_seconds, self->max_users, 5, &self->oldest,
+    return evict_if_due(number, self->index, self->evict, now - self->idle_seconds, self->max_users, 1, &self->oldest,
                         &self->oldest_seen);
 }
 
@@ -4379,7 +4406,7 @@ static PyObject *AnomalyCore_check(AnomalyCore *self, PyObject *const *args, Py_
     if (anomaly_arguments(self, args, nargs, kwnames, names, 2, given, &now) || anomaly_memo(self, given[0], now)) {
         return NULL;
     }
-    if (self->passed < self->warmup_events || !self->scored || self->memo_next[4] == 1.0) Py_RETURN_NONE;
+    if (self->passed < self->warmup_events || !self->scored || self->memo_next[5] == 1.0) Py_RETURN_NONE;
     PyObject *hold;
     if (anomaly_hold(self, self->memo_score, &hold) < 0) return NULL;
     return hold != NULL ? hold : Py_NewRef(Py_None);
@@ -4399,7 +4426,7 @@ static PyObject *AnomalyCore_observe(AnomalyCore *self, PyObject *const *args, P
     Py_CLEAR(self->memo_event);
     if (anomaly_remember(self, given[0], next, now) < 0) return NULL;
     self->passed += 1;
-    if (self->learned >= self->window_size && next[4] != 1.0 && anomaly_update(self, score) < 0) return NULL;
+    if (self->learned >= self->window_size && next[5] != 1.0 && anomaly_update(self, score) < 0) return NULL;
     if (anomaly_learn(self, x) < 0) return NULL;
     Py_RETURN_NONE;
 }
@@ -4417,7 +4444,7 @@ static PyObject *AnomalyCore_observe_held(AnomalyCore *self, PyObject *const *ar
     memcpy(next, self->memo_next, sizeof next);
     Py_CLEAR(self->memo_event);
     if (anomaly_remember(self, given[0], next, now) < 0) return NULL;
-    if (self->scored && next[4] != 1.0 && anomaly_update(self, score) < 0) return NULL;
+    if (self->scored && next[5] != 1.0 && anomaly_update(self, score) < 0) return NULL;
     Py_RETURN_NONE;
 }
 

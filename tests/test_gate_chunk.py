@@ -13,6 +13,7 @@ import asyncio
 import json
 import math
 import random
+from array import array
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -466,7 +467,8 @@ def test_worker_judges_a_chunk_once_and_skips_repeats_of_what_passed() -> None:
 def _features_by_hand(events: list[GateEvent]) -> tuple[list[tuple[float, ...]], dict[str, list[float]]]:
     """The anomaly rule's features of each of ``events`` (every one reaching the rule, none evicted), computed
     the plain way from its docstring, and each user's state at the end (clock, decayed count, like/share ratio,
-    watch ratio, events)."""
+    watch ratio, events). Between events the state's last four are kept as float32, as the rule's table keeps
+    them; an event's features come from its new state before that rounding."""
     users: dict[str, list[float]] = {}
     out = []
     for e in events:
@@ -485,7 +487,7 @@ def _features_by_hand(events: list[GateEvent]) -> tuple[list[tuple[float, ...]],
             if watch is not None:
                 watch_ratio += rate * (watch - watch_ratio)
             state = [max(clock, e.ts), decayed * math.exp(-elapsed / 60.0) + 1.0, pos_ratio, watch_ratio, n + 1.0]
-        users[e.user_id] = state
+        users[e.user_id] = [state[0], *array("f", state[1:]).tolist()]
         out.append(
             (
                 gap,
@@ -538,8 +540,8 @@ def test_anomaly_features_match_a_straightforward_computation_on_every_path(comp
             assert got == pytest.approx(want, rel=1e-12, abs=1e-15)
         assert sorted(held_keys(anomaly._users, users)) == sorted(users)
         for user in users:
-            state = anomaly._users[user]
-            assert state[:5] == pytest.approx(users[user], rel=1e-12)
+            state = anomaly._users[user]  # clock, now when last seen, then the four float32 fields
+            assert [state[0], *state[2:]] == pytest.approx(users[user], rel=1e-12)
         assert (anomaly.scored_ahead > 0.5 * len(events)) is (chunked and not compiled)
 
 

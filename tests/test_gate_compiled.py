@@ -546,7 +546,7 @@ def test_anomaly_core_takes_keywords_and_refuses_bad_calls() -> None:
     rule.observe(like, now=T0)
     assert rule.judge(GateEvent("e2", "u1", "v1", "like", T0 + 1), now=T0 + 1) is None
     rule.observe_held(GateEvent("e3", "u1", "v1", "view", T0 + 2), T0 + 2, hold=None)
-    assert rule.passed == 2 and rule._users["u1"][4] == 3.0
+    assert rule.passed == 2 and rule._users["u1"][5] == 3.0  # events: the last of the record
     with pytest.raises(TypeError, match="missing argument 'now'"):
         rule.judge(like)
     with pytest.raises(TypeError, match="unexpected or repeated argument 'when'"):
@@ -621,6 +621,6 @@ def test_anomaly_rule_takes_the_same_settings_on_both_paths() -> None:
             rule.check(GateEvent("e3", "u", "v", "view", "not a time"), T0 + 11)  # type: ignore[arg-type]
         rule.observe(second, T0 + 500)  # the check of e2 is still the last: the user last seen at T0 + 10
         found.append(rule._users["u"])
-    assert found[0] == found[1] and found[1][5] == T0 + 10
+    assert found[0] == found[1] and found[1][1] == T0 + 10
     with pytest.raises(TypeError, match="missing argument 'hold'"):
         AnomalousBehaviourRule().observe_held(GateEvent("e1", "u", "v", "view", T0), T0)  # type: ignore[call-arg]

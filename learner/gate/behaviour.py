@@ -48,7 +48,11 @@ Features = tuple[float, float, float, float, float, float]
 
 #: Fields of a user's record in :class:`UserRateRule` (float64, float32), :class:`ItemSurgeRule` (users, items) and
 #: :class:`AnomalousBehaviourRule`.
-_RATE_FIELDS, _RATE_COUNTS, _SURGE_USER_FIELDS, _SURGE_ITEM_FIELDS, _ANOMALY_FIELDS = 2, 4, 2, 7, 6
+_RATE_FIELDS, _RATE_COUNTS, _SURGE_USER_FIELDS = 2, 4, 2
+_SURGE_ITEM_FIELDS, _SURGE_ITEM_COUNTS, _ANOMALY_FIELDS, _ANOMALY_COUNTS = 3, 4, 2, 4
+#: The anomaly rule's float32 fields of a user's next state, rounded as its table stores them (so that the next
+#: state computed ahead, in :meth:`AnomalousBehaviourRule.prepare`, is the one read back).
+_ANOMALY_ROUND = struct.Struct("4f")
 
 
 class UserRateRule:
@@ -325,7 +329,8 @@ class ItemSurgeRule:
     it lasts; interactions of established users are never held by this rule. Windows count
     interactions, not seconds, so a replay's quiet days neither reset nor dilute them.
 
-    Memory (measured, table entries included): one record (~0.09 kB) per item, least recently
+    Memory (measured, table entries included): one record (~0.07 kB: its clocks as float64, its
+    decayed counts as float32) per item, least recently
     touched forgotten beyond ``max_items``; one (~0.05 kB) per user seen in the last
     ``user_idle_seconds``, at most ``max_users`` (an evicted user's progress towards established is
     lost; established users stay known through :class:`EstablishedUsers`, 2 × 1.2 bytes ×
@@ -395,11 +400,10 @@ class ItemSurgeRule:
         # channel's last interactions, and the channel's clock (interactions counted so far)
         self._stream_new = [0.0, 0.0]
         self._clocks = [0, 0]
-        # item -> [new-user interactions, all interactions] weighted over the item's own last interactions,
-        #         cool-down end (on the all channel's clock),
-        #         then per channel: [new-user attempts weighted over the channel's, channel clock when last updated];
-        #         least recently touched first
-        self._items = Records(_SURGE_ITEM_FIELDS)
+        # item -> [cool-down end (on the all channel's clock), then per channel its clock when last updated] and, as
+        #         float32, [new-user interactions, all interactions] weighted over the item's own last interactions,
+        #         then per channel new-user attempts weighted over the channel's; least recently touched first
+        self._items = Records(_SURGE_ITEM_FIELDS, narrow=_SURGE_ITEM_COUNTS)
         # user -> [events passed (capped at new_user_events), now last seen]; established users stay here as a
         # cache in front of the Bloom filters while active
         self._users = Records(_SURGE_USER_FIELDS)
@@ -452,14 +456,15 @@ class ItemSurgeRule:
         r = items.index.get(event.item_id)
         if r is None:
             return None if self.min_new_positives > 1 else self._hold(1.0, 1.0, 1.0)
-        d, b = items.data, r * _SURGE_ITEM_FIELDS
-        if d[b + 2] > self._clocks[0]:
-            return _surge_cooling_hold(event.type, d[b + 2] - self._clocks[0])
+        n, c = items.narrow, r * _SURGE_ITEM_COUNTS
+        cooling_until = items.data[r * _SURGE_ITEM_FIELDS]
+        if cooling_until > self._clocks[0]:
+            return _surge_cooling_hold(event.type, cooling_until - self._clocks[0])
         decay = self._item_decay
-        new = d[b] * decay + 1.0
+        new = n[c] * decay + 1.0
         if new < self.min_new_positives:
             return None
-        share = new / (d[b + 1] * decay + 1.0)
+        share = new / (n[c + 1] * decay + 1.0)
         if (
             share >= self.min_new_share
             and share - self._stream_new_share >= self.min_lift
@@ -467,17 +472,19 @@ class ItemSurgeRule:
         ):
             return self._hold(new, share, None)
         for channel in (0, 1) if event.type in self.positive_types else (0,):
-            concentration = self._concentration(b, channel)
+            concentration = self._concentration(r, channel)
             if concentration is not None and concentration >= self.max_new_concentration:
                 return self._hold(new, share, concentration, channel)
         return None
 
-    def _concentration(self, start: int, channel: int) -> float | None:
-        """The share of the item whose record starts at ``start`` of the channel's recent new-user attempts, this
-        one included (None: too few)."""
+    def _concentration(self, r: int, channel: int) -> float | None:
+        """The share of item record ``r`` of the channel's recent new-user attempts, this one included (None: too
+        few)."""
         decay = self._stream_decay
-        d, at = self._items.data, start + 3 + 2 * channel
-        item_in_stream = d[at] * decay ** (self._clocks[channel] - d[at + 1]) * decay + 1.0
+        items = self._items
+        attempts = items.narrow[r * _SURGE_ITEM_COUNTS + 2 + channel]
+        updated = items.data[r * _SURGE_ITEM_FIELDS + 1 + channel]
+        item_in_stream = attempts * decay ** (self._clocks[channel] - updated) * decay + 1.0
         if item_in_stream < self.min_new_positives:
             return None
         return item_in_stream / (self._stream_new[channel] * decay + 1.0)
@@ -489,33 +496,34 @@ class ItemSurgeRule:
 
     def _count(self, is_new: bool, item: str, positive: bool) -> int:
         """Count an interaction with ``item`` (a new user's if ``is_new``) in its record and the stream's channels;
-        returns where its record starts in ``self._items.data``."""
+        returns its record's number."""
         decay = self._stream_decay
         clocks, stream_new = self._clocks, self._stream_new
         items = self._items
         index = items.index
         r = index.get(item)
         if r is None:
-            r = items.add(item, (0.0, 0.0, 0.0, 0.0, clocks[0], 0.0, clocks[1]))
+            r = items.add(item, (0.0, clocks[0], clocks[1], 0.0, 0.0, 0.0, 0.0))
             if len(index) > self.max_items:  # the oldest: this item's own only with max_items 0 (then the record
                 items.pop_oldest()  # written below is free, never read, and fully written again when taken)
         else:
             index.move_to_end(item)  # most recently touched last
-        d, b = items.data, r * _SURGE_ITEM_FIELDS
-        # channel 0 (every judged interaction), then channel 1 (likes/shares): [new-user attempts, clock] at 3 and 5
+        d, b, n, c = items.data, r * _SURGE_ITEM_FIELDS, items.narrow, r * _SURGE_ITEM_COUNTS
+        # channel 0 (every judged interaction), then channel 1 (likes/shares): new-user attempts at c + 2 and c + 3,
+        # the channel's clock when they were last updated at b + 1 and b + 2
         clock = clocks[0] = clocks[0] + 1
         stream_new[0] = stream_new[0] * decay + is_new
-        d[b + 3] = d[b + 3] * decay ** (clock - d[b + 4]) + is_new
-        d[b + 4] = clock
+        n[c + 2] = n[c + 2] * decay ** (clock - d[b + 1]) + is_new
+        d[b + 1] = clock
         if positive:
             clock = clocks[1] = clocks[1] + 1
             stream_new[1] = stream_new[1] * decay + is_new
-            d[b + 5] = d[b + 5] * decay ** (clock - d[b + 6]) + is_new
-            d[b + 6] = clock
+            n[c + 3] = n[c + 3] * decay ** (clock - d[b + 2]) + is_new
+            d[b + 2] = clock
         item_decay = self._item_decay
-        d[b] = d[b] * item_decay + is_new
-        d[b + 1] = d[b + 1] * item_decay + 1.0
-        return b
+        n[c] = n[c] * item_decay + is_new
+        n[c + 1] = n[c + 1] * item_decay + 1.0
+        return r
 
     def observe(self, event: GateEvent, now: float) -> None:
         user = event.user_id
@@ -553,8 +561,8 @@ class ItemSurgeRule:
 
     def observe_held(self, event: GateEvent, now: float, hold: Hold) -> None:  # noqa: ARG002
         """A held new-user interaction still counts for its item, and (re)starts the item's cool-down."""
-        start = self._count(True, event.item_id, event.type in self.positive_types)
-        self._items.data[start + 2] = self._clocks[0] + self.cooldown
+        r = self._count(True, event.item_id, event.type in self.positive_types)
+        self._items.data[r * _SURGE_ITEM_FIELDS] = self._clocks[0] + self.cooldown
 
     @property
     def tracked(self) -> dict[str, int]:
@@ -618,8 +626,8 @@ class AnomalousBehaviourRule:
     ever more). Nothing is held before ``warmup_events`` events have passed, nor before the trees
     have a reference window (``window_size`` × ``learn_every`` events). Memory: the trees (fixed,
     ``n_trees`` × 2^(``height`` + 1) nodes), the points learned in the current window (at most
-    ``window_size``, ~0.2 kB each), one record (~0.08 kB) per user seen in the last
-    ``idle_seconds``, at most ``max_users``.
+    ``window_size``, ~0.2 kB each), one record (~0.07 kB: its clock and when last seen as float64,
+    the rest as float32) per user seen in the last ``idle_seconds``, at most ``max_users``.
 
     Where the compiled loops are built (:mod:`learner.kernels`, when the rule is made), ``check``,
     ``observe``, ``observe_held`` and ``judge`` are those of :class:`learner._kernels.AnomalyCore`: the
@@ -683,8 +691,8 @@ class AnomalousBehaviourRule:
         self.passed = 0
         self.learned = 0
         self._scored = False  # the quantile has seen a real score (the trees finished their first window)
-        # user -> [clock, decayed event count, positive ratio, watch ratio, events, now last seen]
-        self._users = Records(_ANOMALY_FIELDS)
+        # user -> [clock, now last seen] and, as float32, [decayed event count, positive ratio, watch ratio, events]
+        self._users = Records(_ANOMALY_FIELDS, narrow=_ANOMALY_COUNTS)
         self._oldest, self._oldest_seen = None, -math.inf  # _users' first record's number (see Records.evict)
         # the features, score and next user state computed by the last check, reused by observe
         self._memo: tuple[GateEvent, Features, float, array[float]] | None = None
@@ -759,7 +767,7 @@ class AnomalousBehaviourRule:
             gap = 1.0
         else:
             ts = event.ts
-            clock, decayed, pos_ratio, watch_ratio, n = state[0], state[1], state[2], state[3], state[4]
+            clock, decayed, pos_ratio, watch_ratio, n = state[0], state[2], state[3], state[4], state[5]
             elapsed = ts - clock
             if 0.0 > elapsed:  # max(ts - clock, 0.0)
                 elapsed = 0.0
@@ -777,7 +785,8 @@ class AnomalousBehaviourRule:
         recent = decayed / self.rate_cap
         history = _log1p(n) * self._HISTORY_SCALE
         x = (gap, 1.0 if 1.0 < recent else recent, positive, pos_ratio, watch_ratio, 1.0 if 1.0 < history else history)
-        return x, array("d", (clock, decayed, pos_ratio, watch_ratio, n, now))
+        rounded = _ANOMALY_ROUND.unpack(_ANOMALY_ROUND.pack(decayed, pos_ratio, watch_ratio, n))
+        return x, array("d", (clock, now, *rounded))
 
     def _window(self) -> int:
         """How many windows the trees have completed (their reference masses change with each)."""
@@ -838,7 +847,7 @@ class AnomalousBehaviourRule:
                 clock, decayed, pos_ratio, watch_ratio, n = ts, 1.0, positive, 0.5 if watch is None else watch, 1.0
                 gap = 1.0
             else:
-                clock, decayed, pos_ratio, watch_ratio, n = state[0], state[1], state[2], state[3], state[4]
+                clock, decayed, pos_ratio, watch_ratio, n = state[0], state[2], state[3], state[4], state[5]
                 elapsed = ts - clock
                 if 0.0 > elapsed:
                     elapsed = 0.0
@@ -860,7 +869,8 @@ class AnomalousBehaviourRule:
             if 1.0 < history:
                 history = 1.0
             x = (gap, recent, positive, pos_ratio, watch_ratio, history)
-            users[user] = nxt = array("d", (clock, decayed, pos_ratio, watch_ratio, n, now))
+            rounded = _ANOMALY_ROUND.unpack(_ANOMALY_ROUND.pack(decayed, pos_ratio, watch_ratio, n))
+            users[user] = nxt = array("d", (clock, now, *rounded))
             rows.append((state, x, nxt))
             flat += x
         self._ahead_leaves = self._flat_trees().leaves(np.array(flat).reshape(len(rows), len(FEATURES)))
@@ -902,7 +912,7 @@ class AnomalousBehaviourRule:
                 self._ahead_scores = self._flat_trees().scores(self._ahead_leaves, self._current_leaf_scores())
                 self._ahead_window = window
             self.scored_ahead += 1
-            nxt[5] = now  # the only field of the state that depends on now (when the user was last seen)
+            nxt[1] = now  # the only field of the state that depends on now (when the user was last seen)
             return x, self._ahead_scores[row], nxt
         x, nxt = self._features(event, now, state)
         learned = self.learned >= self._window_size
@@ -917,7 +927,7 @@ class AnomalousBehaviourRule:
     def check(self, event: GateEvent, now: float) -> Hold | None:
         memo = self._memo
         _, _, score, nxt = memo if memo is not None and memo[0] is event else self._scored_features(event, now)
-        if self.passed < self.warmup_events or not self._scored or nxt[4] == 1.0:  # 1.0: the user's first event
+        if self.passed < self.warmup_events or not self._scored or nxt[5] == 1.0:  # 1.0: the user's first event
             return None
         threshold = self.threshold.get()
         if threshold is not None and score > threshold:
@@ -929,7 +939,7 @@ class AnomalousBehaviourRule:
         r = users.put(user, nxt)
         horizon = now - self.idle_seconds
         if r == self._oldest or not (self._oldest_seen >= horizon and len(users) <= self.max_users):
-            self._oldest, self._oldest_seen = users.evict(horizon, self.max_users, 5)
+            self._oldest, self._oldest_seen = users.evict(horizon, self.max_users, 1)
 
     def _learn(self, x: Features) -> None:
         """Learn ``x`` into the trees, as River's ``learn_one`` does; the points of a window are walked in when it ends.
@@ -961,9 +971,9 @@ class AnomalousBehaviourRule:
         r = users.put(user, nxt)
         horizon = now - self.idle_seconds
         if r == self._oldest or not (self._oldest_seen >= horizon and len(users) <= self.max_users):
-            self._oldest, self._oldest_seen = users.evict(horizon, self.max_users, 5)
+            self._oldest, self._oldest_seen = users.evict(horizon, self.max_users, 1)
         self.passed = passed = self.passed + 1
-        if self.learned >= self._window_size and nxt[4] != 1.0:  # before that the trees score everything 0
+        if self.learned >= self._window_size and nxt[5] != 1.0:  # before that the trees score everything 0
             self.threshold.update(score)
             self._scored = True
         if passed % self.learn_every == 0:
@@ -990,7 +1000,7 @@ class AnomalousBehaviourRule:
         r = users.put(user, nxt)
         horizon = now - self.idle_seconds
         if r == self._oldest or not (self._oldest_seen >= horizon and len(users) <= self.max_users):
-            self._oldest, self._oldest_seen = users.evict(horizon, self.max_users, 5)
+            self._oldest, self._oldest_seen = users.evict(horizon, self.max_users, 1)
         if hold is not None:  # observe_held
             if self._scored:
                 self._estimator.update(score)
@@ -1012,7 +1022,7 @@ class AnomalousBehaviourRule:
         _, _, score, nxt = self._scored_features(event, now)
         self._memo = None
         self._remember(event.user_id, nxt, now)
-        if self._scored and nxt[4] != 1.0:  # a user's first event is not judged (held by another rule)
+        if self._scored and nxt[5] != 1.0:  # a user's first event is not judged (held by another rule)
             self.threshold.update(score)
 
     def __len__(self) -> int:
