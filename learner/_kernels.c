@@ -51,6 +51,7 @@ static inline int64_t get_i64(const char *p, Py_ssize_t i) {
 #endif
 
 static inline void set_f64(char *p, Py_ssize_t i, double x) { memcpy(p + i * (Py_ssize_t)sizeof x, &x, sizeof x); }
+static inline void set_f32(char *p, Py_ssize_t i, float x) { memcpy(p + i * (Py_ssize_t)sizeof x, &x, sizeof x); }
 
 /* A C-contiguous buffer of native items of type `code` ('i': int32, 'f': float32, 'd': float64, 'q': int64, which
  * numpy calls 'l' on 64-bit Linux). */
@@ -3187,7 +3188,7 @@ static PyTypeObject IdTableType = {
  * reference (and the path where this is not built); tests drive both over the same streams and compare every verdict
  * and every record. */
 
-static inline void set_f32(char *p, Py_ssize_t i, float x) { memcpy(p + i * (Py_ssize_t)sizeof x, &x, sizeof x); }
+
 
 #define RATE_FIELDS 2 /* float64: the user's clock, now when last seen */
 #define RATE_COUNTS 4 /* float32: previous events, current events, previous positives, current positives */
@@ -3253,7 +3254,6 @@ typedef struct {
     PyObject *index;          /* the table's LruIndex: user -> record number, least recently seen first */
     PyObject *data;           /* the table's array('d') */
     PyObject *narrow;         /* the table's array('f'): the counts */
-    PyObject *add;            /* Records.add */
     PyObject *evict;          /* Records.evict */
     PyObject *positive_types; /* a frozenset of event types */
     PyObject *hold_events;    /* hold_events(count) -> Hold: over max_events */
@@ -3267,7 +3267,6 @@ static int RateCore_traverse(RateCore *self, visitproc visit, void *arg) {
     Py_VISIT(self->index);
     Py_VISIT(self->data);
     Py_VISIT(self->narrow);
-    Py_VISIT(self->add);
     Py_VISIT(self->evict);
     Py_VISIT(self->positive_types);
     Py_VISIT(self->hold_events);
@@ -3280,7 +3279,6 @@ static int RateCore_clear(RateCore *self) {
     Py_CLEAR(self->index);
     Py_CLEAR(self->data);
     Py_CLEAR(self->narrow);
-    Py_CLEAR(self->add);
     Py_CLEAR(self->evict);
     Py_CLEAR(self->positive_types);
     Py_CLEAR(self->hold_events);
@@ -3312,15 +3310,12 @@ static int RateCore_init(RateCore *self, PyObject *args, PyObject *kwds) {
     PyObject *index = PyObject_GetAttrString(records, "index");
     PyObject *data = index == NULL ? NULL : PyObject_GetAttrString(records, "data");
     PyObject *narrow = data == NULL ? NULL : PyObject_GetAttrString(records, "narrow");
-    PyObject *add = narrow == NULL ? NULL : PyObject_GetAttrString(records, "add");
-    PyObject *evict = add == NULL ? NULL : PyObject_GetAttrString(records, "evict");
-    if (index == NULL || data == NULL || narrow == NULL || add == NULL || evict == NULL ||
-        !Py_IS_TYPE(index, &LruIndexType)) {
+    PyObject *evict = narrow == NULL ? NULL : PyObject_GetAttrString(records, "evict");
+    if (index == NULL || data == NULL || narrow == NULL || evict == NULL || !Py_IS_TYPE(index, &LruIndexType)) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "RateCore: records must be a learner.gate.records.Records");
         Py_XDECREF(index);
         Py_XDECREF(data);
         Py_XDECREF(narrow);
-        Py_XDECREF(add);
         Py_XDECREF(evict);
         return -1;
     }
@@ -3328,7 +3323,6 @@ static int RateCore_init(RateCore *self, PyObject *args, PyObject *kwds) {
     self->index = index;
     self->data = data;
     self->narrow = narrow;
-    self->add = add;
     self->evict = evict;
     Py_INCREF(positive_types);
     self->positive_types = positive_types;
@@ -3411,16 +3405,6 @@ static int evict_if_due(Py_ssize_t number, PyObject *index, PyObject *evict, dou
     return 0;
 }
 
-/* The number of a record just added by Python (Records.add: a new reference, released here), or -1 with an
- * exception */
-static Py_ssize_t added_number(PyObject *number) {
-    if (number == NULL) return -1;
-    Py_ssize_t r = PyLong_AsSsize_t(number);
-    Py_DECREF(number);
-    if (r < 0 && !PyErr_Occurred()) PyErr_SetString(PyExc_IndexError, "a negative record number");
-    return r < 0 ? -1 : r;
-}
-
 /* Record `r` of an LruIndex last in its order (most recently touched): its move_to_end without a lookup */
 static int move_last(PyObject *index, Py_ssize_t r) {
     LruIndex *self = (LruIndex *)index;
@@ -3433,6 +3417,71 @@ static int move_last(PyObject *index, Py_ssize_t r) {
         lru_append(self, (int32_t)r);
     }
     return 0;
+}
+
+/* Appends `nbytes` bytes to an array (its frombytes), or writes them where its items [at, at + nbytes / itemsize)
+ * are (a forgotten record's: within its length); 0, or -1 with an exception. */
+static int array_put(PyObject *array, char code, Py_ssize_t at, Py_ssize_t length, const char *bytes, Py_ssize_t nbytes) {
+    Py_ssize_t itemsize = code == 'd' ? 8 : 4, items = nbytes / itemsize;
+    if (at == length) {
+        static PyObject *frombytes = NULL;
+        if (frombytes == NULL && (frombytes = PyUnicode_InternFromString("frombytes")) == NULL) return -1;
+        PyObject *chunk = PyBytes_FromStringAndSize(bytes, nbytes);
+        if (chunk == NULL) return -1;
+        PyObject *done = PyObject_CallMethodOneArg(array, frombytes, chunk);
+        Py_DECREF(chunk);
+        Py_XDECREF(done);
+        return done == NULL ? -1 : 0;
+    }
+    if (at < 0 || at + items > length) {
+        PyErr_SetString(PyExc_IndexError, "a record number outside its gate table's data");
+        return -1;
+    }
+    Py_buffer view;
+    Py_ssize_t b;
+    if (table_fields(array, code, 0, length, &view, &b) < 0) return -1;
+    memcpy((char *)view.buf + at * itemsize, bytes, (size_t)nbytes);
+    PyBuffer_Release(&view);
+    return 0;
+}
+
+/* Records.add(key, fields) from a rule core, for a key its index does not hold: the same index and arrays (a key's
+ * record number from LruIndex.insert, its `width` float64 fields then `narrow_width` float32 ones, rounded as
+ * array('f') rounds, appended or written where a forgotten record was) without its Python. `narrow` is NULL for a
+ * table without float32 fields. The record's number, or -1 with an exception and nothing changed. */
+static Py_ssize_t records_add(PyObject *index, PyObject *data, PyObject *narrow, PyObject *key, const double *fields,
+                              Py_ssize_t width, Py_ssize_t narrow_width) {
+    char wide[8 * 8], small[8 * 4];
+    if (width > 8 || narrow_width > 8 || (narrow == NULL) != (narrow_width == 0)) {
+        PyErr_SetString(PyExc_SystemError, "records_add: at most 8 fields of each width");
+        return -1;
+    }
+    uint64_t fp;
+    int is_text = lru_hash(key, &fp);
+    if (is_text <= 0) {
+        if (is_text == 0) PyErr_Format(PyExc_TypeError, "a gate table's keys are str, not %.100s", Py_TYPE(key)->tp_name);
+        return -1;
+    }
+    LruIndex *lru = (LruIndex *)index;
+    if (lru_ready(lru) < 0) return -1;
+    Py_ssize_t end = PySequence_Size(data), narrow_end = narrow == NULL ? 0 : PySequence_Size(narrow);
+    if (end < 0 || narrow_end < 0) return -1;
+    Py_ssize_t number = lru_insert(lru, fp);
+    if (number < 0) return -1;
+    for (Py_ssize_t i = 0; i < width; i++) set_f64(wide, i, fields[i]);
+    for (Py_ssize_t i = 0; i < narrow_width; i++) set_f32(small, i, (float)fields[width + i]);
+    if (array_put(data, 'd', number * width, end, wide, width * 8) == 0 &&
+        (narrow == NULL || array_put(narrow, 'f', number * narrow_width, narrow_end, small, narrow_width * 4) == 0)) {
+        return number;
+    }
+    /* as it was: no number without its record, the arrays their lengths (if the first was extended) */
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    if (PySequence_Size(data) > end) PySequence_DelSlice(data, end, PY_SSIZE_T_MAX);
+    PyErr_Clear();
+    lru_forget(lru, (int32_t)number);
+    PyErr_Restore(type, value, traceback);
+    return -1;
 }
 
 static PyObject *call_with_float(PyObject *callable, double x) {
@@ -3541,42 +3590,40 @@ static PyObject *RateCore_observe(RateCore *self, PyObject *const *args, Py_ssiz
     if (positive < 0) return NULL;
     double window = self->window;
     Py_ssize_t number = lru_lookup(self->index, user);
-    double clock;
-    Py_buffer view;
-    Py_ssize_t b;
-    if (number < 0) {
-        if (number == -2) return NULL;
-        clock = ts;
-        PyObject *fields = Py_BuildValue("(dddddd)", clock, now, 0.0, 0.0, 0.0, 0.0);
-        if (fields == NULL) return NULL;
-        number = added_number(PyObject_CallFunctionObjArgs(self->add, user, fields, NULL));
-        Py_DECREF(fields);
-        if (number < 0 || table_fields(self->narrow, 'f', number, RATE_COUNTS, &view, &b) < 0) return NULL;
-    } else {
-        if (move_last(self->index, number) || table_record(self->data, number, RATE_FIELDS, &view, &b)) return NULL;
-        double user_clock = get_f64(view.buf, b);
-        PyBuffer_Release(&view);
-        clock = ts > user_clock ? ts : user_clock;
-        double window_index = py_floordiv(clock, window), counted = py_floordiv(user_clock, window);
-        if (table_fields(self->narrow, 'f', number, RATE_COUNTS, &view, &b) < 0) return NULL;
-        char *n = view.buf;
-        if (window_index > counted + 1) { /* both windows are over */
-            for (int i = 0; i < RATE_COUNTS; i++) set_f32(n, b + i, 0.0f);
-        } else if (window_index == counted + 1) { /* the current window becomes the previous one */
-            float current_e = get_f32(n, b + 1), current_p = get_f32(n, b + 3);
-            set_f32(n, b, current_e);
-            set_f32(n, b + 1, 0.0f);
-            set_f32(n, b + 2, current_p);
-            set_f32(n, b + 3, 0.0f);
-        }
+    if (number == -2) return NULL;
+    if (number < 0) { /* a new record, its counts to be counted below */
+        const double fields[RATE_FIELDS + RATE_COUNTS] = {ts, now, 0.0, 0.0, 0.0, 0.0};
+        number = records_add(self->index, self->data, self->narrow, user, fields, RATE_FIELDS, RATE_COUNTS);
+        if (number < 0) return NULL;
+    } else if (move_last(self->index, number) < 0) {
+        return NULL;
     }
-    char *n = view.buf; /* (a float32 field is rounded when written, as array('f') does) */
-    set_f32(n, b + 1, (float)((double)get_f32(n, b + 1) + 1.0));
-    if (positive) set_f32(n, b + 3, (float)((double)get_f32(n, b + 3) + 1.0));
-    PyBuffer_Release(&view);
+    /* both arrays' views at once: nothing below calls Python (which could resize them) */
+    Py_buffer view, counts;
+    Py_ssize_t b, c;
     if (table_record(self->data, number, RATE_FIELDS, &view, &b) < 0) return NULL;
-    set_f64(view.buf, b, clock);
-    set_f64(view.buf, b + 1, now);
+    if (table_fields(self->narrow, 'f', number, RATE_COUNTS, &counts, &c) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    char *d = view.buf, *n = counts.buf; /* (a float32 field is rounded when written, as array('f') does) */
+    double user_clock = get_f64(d, b); /* a new record's is ts: the same window, nothing to move */
+    double clock = ts > user_clock ? ts : user_clock;
+    double window_index = py_floordiv(clock, window), counted = py_floordiv(user_clock, window);
+    if (window_index > counted + 1) { /* both windows are over */
+        for (int i = 0; i < RATE_COUNTS; i++) set_f32(n, c + i, 0.0f);
+    } else if (window_index == counted + 1) { /* the current window becomes the previous one */
+        float current_e = get_f32(n, c + 1), current_p = get_f32(n, c + 3);
+        set_f32(n, c, current_e);
+        set_f32(n, c + 1, 0.0f);
+        set_f32(n, c + 2, current_p);
+        set_f32(n, c + 3, 0.0f);
+    }
+    set_f32(n, c + 1, (float)((double)get_f32(n, c + 1) + 1.0));
+    if (positive) set_f32(n, c + 3, (float)((double)get_f32(n, c + 3) + 1.0));
+    set_f64(d, b, clock);
+    set_f64(d, b + 1, now);
+    PyBuffer_Release(&counts);
     PyBuffer_Release(&view);
     double horizon = now - 2 * window;
     if (evict_if_due(number, self->index, self->evict, horizon, self->max_users, 1, &self->oldest, &self->oldest_seen)) {
@@ -3623,8 +3670,8 @@ static PyTypeObject RateCoreType = {
 
 typedef struct {
     GATE_CORE_HEAD
-    PyObject *users_index, *users_data, *users_add, *users_evict;
-    PyObject *items_index, *items_data, *items_narrow, *items_add, *items_pop_oldest;
+    PyObject *users_index, *users_data, *users_evict;
+    PyObject *items_index, *items_data, *items_narrow, *items_pop_oldest;
     PyObject *established, *established_add;
     PyObject *judged_types; /* None: every type */
     PyObject *positive_types;
@@ -3641,8 +3688,8 @@ typedef struct {
 } SurgeCore;
 
 #define SURGE_OBJECTS(X)                                                                                             \
-    X(users_index) X(users_data) X(users_add) X(users_evict) X(items_index) X(items_data) X(items_narrow) \
-        X(items_add) X(items_pop_oldest) X(established) X(established_add) X(judged_types)              \
+    X(users_index) X(users_data) X(users_evict) X(items_index) X(items_data) X(items_narrow) X(items_pop_oldest) \
+        X(established) X(established_add) X(judged_types)              \
             X(positive_types) X(hold_cooling) X(hold_share) X(hold_concentration) X(oldest)
 
 static int SurgeCore_traverse(SurgeCore *self, visitproc visit, void *arg) {
@@ -3691,13 +3738,12 @@ static int SurgeCore_init(SurgeCore *self, PyObject *args, PyObject *kwds) {
     /* from here on a failure leaves the core empty (not initialised: its methods raise), never half made */
     SurgeCore_clear(self);
     /* each in turn, stopping at the first missing one */
-    PyObject **fetched[] = {&self->users_index,  &self->users_data, &self->users_add,
-                            &self->users_evict,  &self->items_index, &self->items_data,
-                            &self->items_narrow, &self->items_add,   &self->items_pop_oldest,
-                            &self->established_add};
-    const char *attributes[] = {"index", "data", "add", "evict", "index", "data", "narrow", "add", "pop_oldest", "add"};
-    for (int i = 0; i < 10; i++) {
-        PyObject *owner = i < 4 ? users : i < 9 ? items : established;
+    PyObject **fetched[] = {&self->users_index, &self->users_data,   &self->users_evict,
+                            &self->items_index, &self->items_data,   &self->items_narrow,
+                            &self->items_pop_oldest, &self->established_add};
+    const char *attributes[] = {"index", "data", "evict", "index", "data", "narrow", "pop_oldest", "add"};
+    for (int i = 0; i < 8; i++) {
+        PyObject *owner = i < 3 ? users : i < 7 ? items : established;
         if ((*fetched[i] = attribute(owner, attributes[i])) == NULL) {
             SurgeCore_clear(self);
             return -1;
@@ -3823,11 +3869,10 @@ static Py_ssize_t surge_count(SurgeCore *self, int is_new, PyObject *item, int p
     Py_ssize_t number = lru_lookup(self->items_index, item);
     if (number < 0) {
         if (number == -2) return -1;
-        PyObject *fields = Py_BuildValue("(ddddddd)", 0.0, (double)self->clocks[0], (double)self->clocks[1], 0.0, 0.0,
-                                         0.0, 0.0);
-        if (fields == NULL) return -1;
-        number = added_number(PyObject_CallFunctionObjArgs(self->items_add, item, fields, NULL));
-        Py_DECREF(fields);
+        const double fields[SURGE_ITEM_FIELDS + SURGE_ITEM_COUNTS] = {
+            0.0, (double)self->clocks[0], (double)self->clocks[1], 0.0, 0.0, 0.0, 0.0};
+        number = records_add(self->items_index, self->items_data, self->items_narrow, item, fields, SURGE_ITEM_FIELDS,
+                             SURGE_ITEM_COUNTS);
         if (number < 0) return -1;
         if (lru_size(self->items_index) > self->max_items) {
             /* the oldest: this item's own only with max_items 0 (its record is then free, written and never read) */
@@ -3890,10 +3935,8 @@ static PyObject *SurgeCore_observe(SurgeCore *self, PyObject *const *args, Py_ss
             if (added == NULL) return NULL;
             Py_DECREF(added);
         }
-        PyObject *fields = Py_BuildValue("(dd)", established ? self->new_user_events : 0.0, now);
-        if (fields == NULL) return NULL;
-        row = added_number(PyObject_CallFunctionObjArgs(self->users_add, user, fields, NULL));
-        Py_DECREF(fields);
+        const double fields[SURGE_USER_FIELDS] = {established ? self->new_user_events : 0.0, now};
+        row = records_add(self->users_index, self->users_data, NULL, user, fields, SURGE_USER_FIELDS, 0);
         if (row < 0) return NULL;
     } else if (move_last(self->users_index, row) < 0) { /* most recently seen last */
         return NULL;
@@ -4024,7 +4067,7 @@ static PyTypeObject SurgeCoreType = {
 
 typedef struct {
     GATE_CORE_HEAD
-    PyObject *index, *data, *narrow, *add, *evict; /* the users table (Records): user -> record number */
+    PyObject *index, *data, *narrow, *evict; /* the users table (Records): user -> record number */
     PyObject *positive_types;                           /* a frozenset of event types */
     PyObject *first_update; /* the rule's stats.Quantile's update: takes the first score (the quantile then answers) */
     PyObject *update, *get; /* its estimator's update and get: the same calls, once the quantile has a score */
@@ -4045,7 +4088,7 @@ typedef struct {
 } AnomalyCore;
 
 #define ANOMALY_OBJECTS(X)                                                                                           \
-    X(index) X(data) X(narrow) X(add) X(evict) X(positive_types) X(first_update) X(update) X(get) X(learn) X(trees)     \
+    X(index) X(data) X(narrow) X(evict) X(positive_types) X(first_update) X(update) X(get) X(learn) X(trees)     \
         X(hold) X(memo_event) X(oldest)
 
 static int AnomalyCore_traverse(AnomalyCore *self, visitproc visit, void *arg) {
@@ -4106,9 +4149,9 @@ static int AnomalyCore_init(AnomalyCore *self, PyObject *args, PyObject *kwds) {
     /* from here on a failure leaves the core empty (not initialised: its methods raise), never half made */
     AnomalyCore_clear(self);
     anomaly_free_trees(self);
-    PyObject **fetched[] = {&self->index, &self->data, &self->narrow, &self->add, &self->evict};
-    const char *attributes[] = {"index", "data", "narrow", "add", "evict"};
-    for (int i = 0; i < 5; i++) {
+    PyObject **fetched[] = {&self->index, &self->data, &self->narrow, &self->evict};
+    const char *attributes[] = {"index", "data", "narrow", "evict"};
+    for (int i = 0; i < 4; i++) {
         if ((*fetched[i] = attribute(records, attributes[i])) == NULL) {
             AnomalyCore_clear(self);
             return -1;
@@ -4334,10 +4377,8 @@ static int anomaly_remember(AnomalyCore *self, PyObject *event, const double *ne
     Py_ssize_t number = lru_lookup(self->index, user);
     if (number == -2) return -1;
     if (number < 0) {
-        PyObject *fields = Py_BuildValue("(dddddd)", next[0], next[1], next[2], next[3], next[4], next[5]);
-        if (fields == NULL) return -1;
-        number = added_number(PyObject_CallFunctionObjArgs(self->add, user, fields, NULL));
-        Py_DECREF(fields);
+        number = records_add(self->index, self->data, self->narrow, user, next, ANOMALY_WIDE,
+                             ANOMALY_FIELDS - ANOMALY_WIDE);
         if (number < 0) return -1;
     } else {
         Py_buffer view;

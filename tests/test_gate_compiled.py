@@ -624,3 +624,39 @@ def test_anomaly_rule_takes_the_same_settings_on_both_paths() -> None:
     assert found[0] == found[1] and found[1][1] == T0 + 10
     with pytest.raises(TypeError, match="missing argument 'hold'"):
         AnomalousBehaviourRule().observe_held(GateEvent("e1", "u", "v", "view", T0), T0)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    ("rule_name", "exported"),
+    [(name, "data") for name in ("user_rate", "item_surge users", "item_surge items", "anomalous_behaviour")]
+    + [(name, "narrow") for name in ("user_rate", "item_surge items", "anomalous_behaviour")],  # (float32 fields)
+)
+def test_a_core_that_cannot_write_a_new_record_changes_nothing(rule_name: str, exported: str) -> None:
+    """The compiled cores add a new id's record themselves (the index's insert, then the fields appended to the
+    table's arrays). If an array cannot grow (its buffer exported: BufferError) the event fails and leaves the table
+    as it was: no number for the id, the other array not grown either; once the buffer is released the same event
+    adds the record, as the Python rule (through Records.add) does."""
+    make, table = {
+        "user_rate": (lambda: UserRateRule(), "_users"),
+        "item_surge users": (lambda: ItemSurgeRule(), "_users"),
+        "item_surge items": (lambda: ItemSurgeRule(), "_items"),
+        "anomalous_behaviour": (lambda: AnomalousBehaviourRule(**ANOMALY), "_users"),
+    }[rule_name]
+    first, new = GateEvent("e1", "u1", "v1", "like", T0), GateEvent("e2", "u2", "v2", "like", T0 + 1)
+    rules = [_python(make), make()]
+    for rule in rules:
+        _step(rule, first, T0)
+    records = getattr(rules[1], table)
+    assert records.narrow_width > 0 or exported == "data"
+    lengths = (len(records), len(records.data), len(records.narrow))
+    view = memoryview(getattr(records, exported))
+    with pytest.raises(BufferError):
+        _step(rules[1], new, T0 + 1)
+    assert (len(records), len(records.data), len(records.narrow)) == lengths
+    assert "u2" not in records and "v2" not in records
+    view.release()
+    for rule in rules:
+        _step(rule, new, T0 + 1)
+    tables = [getattr(rule, table) for rule in rules]
+    assert [_bits(r) for _, r in tables[1].in_order()] == [_bits(r) for _, r in tables[0].in_order()]
+    assert len(tables[1]) == lengths[0] + 1

@@ -98,6 +98,10 @@ def test_a_record_with_float32_fields_keeps_them_in_an_array_of_their_own(compil
         table.add("d", (1.0, 2.0, 3.0))
     assert "d" not in table and len(table.data) == 2 and len(table.narrow) == 4
     view.release()
+    for bad in ((1.0, 2.0, "x"), (1.0, "x", 3.0), ("x", 2.0, 3.0)):  # a field that is not a number, in either array
+        with pytest.raises(TypeError):
+            table.add("d", bad)
+        assert "d" not in table and len(table.data) == 2 and len(table.narrow) == 4
     assert table.add("d", (1.0, 2.0, 3.0)) == 2 and table["d"] == [1.0, 2.0, 3.0] and table["a"] == [6.0, 7.0, 8.0]
     with pytest.raises(ValueError, match="width"):
         Records(0, narrow=2)

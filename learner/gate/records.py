@@ -141,19 +141,24 @@ class Records:
         """A new record for ``key`` (not in the table), last in the order; returns its number."""
         if key in self.index:
             raise ValueError(f"{key!r} has a record already")
-        fields = values if type(values) is array and values.typecode == "d" else array("d", values)
+        if self.narrow_width:  # split between the arrays: a tuple slices and extends them without a copy of its own
+            fields: array | tuple = values if type(values) is tuple else tuple(values)
+        else:
+            fields = values if type(values) is array and values.typecode == "d" else array("d", values)
         self._check(fields)
         index = self.index
         number = index.insert(key)
         try:
             self._write(number, fields)
-        except BaseException:  # no memory, or an array's buffer is exported: no number without its record
-            index.remove(key)
+        except BaseException:  # no memory, a field not a number, or an array's buffer is exported: no number
+            index.remove(key)  # without its record
             raise
         return number
 
-    def _write(self, number: int, fields: array) -> None:
-        """Record ``number``'s fields (checked), at the end of the arrays or where a forgotten record was."""
+    def _write(self, number: int, fields: array | tuple) -> None:
+        """Record ``number``'s fields (as many as a record has: an ``array('d')``, or a tuple where there are float32
+        ones), at the end of the arrays or where a forgotten record was. If they cannot be written the arrays keep
+        their lengths."""
         data, width, narrow, narrow_width = self.data, self.width, self.narrow, self.narrow_width
         start = number * width
         if narrow_width == 0:
@@ -162,20 +167,19 @@ class Records:
             else:
                 data[start : start + width] = fields
             return
-        wide, small = fields[:width], array("f", fields[width:])  # (no fromlist: a float64 array is not a list)
-        end = len(data)
-        if start == end:
-            data.extend(wide)
-        else:
-            data[start : start + width] = wide
+        wide, small = fields[:width], fields[width:]
+        at, end, narrow_end = number * narrow_width, len(data), len(narrow)
         try:
-            at = number * narrow_width
-            if at == len(narrow):
-                narrow.extend(small)
+            if start == end:
+                data.extend(wide)
             else:
-                narrow[at : at + narrow_width] = small
+                data[start : start + width] = wide if type(wide) is array else array("d", wide)
+            if at == narrow_end:
+                narrow.extend(small if type(small) is tuple else small.tolist())
+            else:
+                narrow[at : at + narrow_width] = array("f", small)
         except BaseException:
-            del data[end:]  # as it was (if it was extended)
+            del data[end:], narrow[narrow_end:]  # as they were (if they were extended, maybe in part)
             raise
 
     def copy_of(self, key: str) -> array | None:
@@ -206,7 +210,7 @@ class Records:
         self._write(number, values)
         return number
 
-    def _check(self, fields: array) -> None:
+    def _check(self, fields: array | tuple) -> None:
         expected = self.width + self.narrow_width  # a slice assignment of another length would shift every later record
         if len(fields) != expected:
             raise ValueError(f"a record has {expected} fields, not {len(fields)}")
