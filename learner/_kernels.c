@@ -2051,7 +2051,8 @@ static size_t hslots_nbytes(const hslots *t) {
 
 /* ---- LruIndex: the gate's tables' key -> record number, least recently touched first --------------------------
  *
- * learner.gate.records.Records keeps each behaviour rule's records in one array('d'); this is its index: str key ->
+ * learner.gate.records.Records keeps each behaviour rule's records in one array('d') (and their float32 fields in
+ * one array('f')); this is its index: str key ->
  * record number, in the order the rules evict (least recently touched first), with the numbers of forgotten
  * records reused (last forgotten, first taken). It does what the OrderedDict it replaces did (get, move_to_end,
  * popping the oldest) in a 16-byte entry a record plus 8 bytes a slot of an open-addressing table (linear probing,
@@ -2344,8 +2345,8 @@ static PyObject *LruIndex_remove(LruIndex *self, PyObject *key) {
 }
 
 /* Records.evict on `data` (the table's array('d') of `width` fields a record): forgets the least recently touched
- * records whose field `seen_at` is before `horizon`, and any beyond `cap`; returns the first one left (key, its
- * seen_at: its number and that field) or (None, -inf). */
+ * records whose field `seen_at` is before `horizon`, and any beyond `cap`; returns the first one left (its number,
+ * its seen_at) or (None, -inf). */
 static PyObject *LruIndex_evict(LruIndex *self, PyObject *args) {
     PyObject *data;
     Py_ssize_t width, cap, seen_at;

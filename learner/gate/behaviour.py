@@ -15,10 +15,11 @@ rule that held the event), so a bot that keeps sending stays held instead of lea
 window's worth of events at a time. State of users and items idle beyond each rule's horizon is
 evicted, and every map has a hard cap (oldest-idle evicted first); the bounds are in each class.
 Each rule's table of users (and of items) is a :class:`learner.gate.records.Records`: an index
-of id -> record number (the eviction order) over one flat ``array('d')`` of the records' fields,
-read and written in place. The sizes below are measured with the compiled tables
-(``python -m bench.memory --records``), each with its table entry (which keeps the key's
-fingerprint, not its text: the same for an id of any length).
+of id -> record number (the eviction order) over one flat ``array('d')`` of the records' float64
+fields (and one ``array('f')`` of their float32 ones, where a table has some), read and written
+in place. The sizes below are measured with the compiled tables (``python -m bench.memory
+--records``), each with its table entry (which keeps the key's fingerprint, not its text: the
+same for an id of any length).
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ FEATURES = ("gap", "rate", "positive", "positive_ratio", "watch_ratio", "history
 Features = tuple[float, float, float, float, float, float]
 
 
-#: Fields of a user's record in :class:`UserRateRule` (float64, float32), :class:`ItemSurgeRule` (users, items) and
-#: :class:`AnomalousBehaviourRule`.
+#: Fields of a record in :class:`UserRateRule`, :class:`ItemSurgeRule` (users, items) and
+#: :class:`AnomalousBehaviourRule`: float64 ones (``*_FIELDS``), then float32 ones (``*_COUNTS``) if it has any.
 _RATE_FIELDS, _RATE_COUNTS, _SURGE_USER_FIELDS = 2, 4, 2
 _SURGE_ITEM_FIELDS, _SURGE_ITEM_COUNTS, _ANOMALY_FIELDS, _ANOMALY_COUNTS = 3, 4, 2, 4
 #: The anomaly rule's float32 fields of a user's next state, rounded as its table stores them (so that the next
