@@ -24,7 +24,6 @@ from learner.gate.base import GateEvent, Hold
 from learner.gate.behaviour import AnomalousBehaviourRule, ItemSurgeRule, UserRateRule
 from learner.gate.gate import GateConfig, QualityGate, default_gate
 from learner.gate.plausibility import LikeWithoutViewRule
-from learner.gate.records import Records
 from learner.gate.time_rules import FutureTimestampRule
 from tests.clock import iso
 from tests.conftest import held_keys, loops, skip_unless_ci
@@ -94,10 +93,6 @@ def stream(n: int, seed: int) -> list[tuple[GateEvent, float]]:
     return out[:n]
 
 
-def _records(table: Records) -> list[tuple[int, list[float]]]:
-    return table.in_order()
-
-
 def state(gate: QualityGate) -> list[object]:
     """What a gate has learned: its counts, and each behaviour rule's tables in order."""
     found: list[object] = [list(gate.counts.items()), gate.passed]
@@ -105,11 +100,11 @@ def state(gate: QualityGate) -> list[object]:
         # copies of the records' values: the rules update records in place, so references would all
         # show the final values and the trace would compare nothing but the end
         if isinstance(rule, UserRateRule):
-            found.append(_records(rule._users))
+            found.append(rule._users.in_order())
         elif isinstance(rule, ItemSurgeRule):
-            found += [_records(rule._users), _records(rule._items), rule.stream_new_share, rule.clocks]
+            found += [rule._users.in_order(), rule._items.in_order(), rule.stream_new_share, rule.clocks]
         elif isinstance(rule, AnomalousBehaviourRule):
-            found += [_records(rule._users), rule.threshold.get(), rule.learned, rule.passed, rule.scored_ahead]
+            found += [rule._users.in_order(), rule.threshold.get(), rule.learned, rule.passed, rule.scored_ahead]
         elif isinstance(rule, LikeWithoutViewRule):
             found.append(list(rule._views.items()))
     return found

@@ -124,7 +124,8 @@ def new_index() -> RecordIndex:
 
 
 class Records:
-    """Records of ``width`` floats by key; ``table[key]`` reads a record as a list (a copy). Keys are not read back."""
+    """Records of ``width`` float64 fields (then ``narrow`` float32 ones) by key; ``table[key]`` reads a record as a
+    list (a copy). Keys are not read back."""
 
     __slots__ = ("data", "index", "narrow", "narrow_width", "width")
 
