@@ -1945,27 +1945,33 @@ done:
 
 /* ---- hslots: hash slots that double a little at a time (LruIndex, IdTable) -------------------------------------
  *
- * An open-addressing table (linear probing, a power of two of slots) of 8-byte slots: a number + 1 (0: empty) and
- * the low 32 bits of its key's hash, so that a probe compares keys (the table's own business) only when those bits
- * match. When it would be fuller than its table allows, a zeroed table twice its size takes the new keys and the old
- * one is kept while its entries move over, HSLOT_MOVE slots of it with each key added: a lookup that misses the new
- * slots probes the old ones meanwhile. Rehashing all at once held one add for ~10 ms at 350,000 ids (an IdTable) and
- * one insert for 21-27 ms at 524,288 keys (an LruIndex): the rehash and the new slots' page faults, linear in the
- * keys. Doubling when more than half full (LruIndex) or 2/3 (IdTable), the keys held then take at least half (two
- * thirds) of the old slots' number of adds to need the next doubling, however many are removed meanwhile, so
- * HSLOT_MOVE >= 2 an add finishes the moves first (and any left are finished before a doubling all the same). Old
- * slots change only by a removal (LruIndex), which leaves HSLOT_TOMB there (a probe goes past it, a move skips it),
- * not a shift, which could move a key not moved yet to where the moves have passed. A moved entry stays in the old
- * slots too: its table compares a key with the entry's text as it is now, so such a slot never matches once its key
- * is forgotten (its number taken again by a key that is then in the new slots). */
+ * An open-addressing table (linear probing, a power of two of slots) of 4-byte slots. A slot holds a number + 1 (0:
+ * an empty slot) in its low bits, as many as the table's mask has (the tables keep every number + 1 below the mask:
+ * at most half or 2/3 of the slots are held), and its key's hash in the rest: the bits of the hash's low 32 above the
+ * mask's, which the slot's place does not tell, so that a probe compares keys (the table's own business) only when
+ * those match (about 1 in 4,096 slots of another key at 2**20 slots). What a slot lacks is its key's home (the
+ * hash's low bits): a move or a shift asks the table for its key's hash (`hslot_hash_fn`: the LruIndex reads it
+ * from the entry, the IdTable hashes the id's text again). 8-byte slots (the number and the hash's low 32 bits, until
+ * the fifty-first session) cost 4 MB more a table of 500,000 keys (2**20 slots): 25 MB of the worker's 312 at a
+ * million users+items (the gate's four tables and the learner's two; bench.memory). When it would be fuller than its table allows, a zeroed table twice its size takes the new
+ * keys and the old one is kept while its entries move over, HSLOT_MOVE slots of it with each key added: a lookup
+ * that misses the new slots probes the old ones meanwhile. Rehashing all at once held one add for ~10 ms at 350,000
+ * ids (an IdTable) and one insert for 21-27 ms at 524,288 keys (an LruIndex): the rehash and the new slots' page
+ * faults, linear in the keys. Doubling when more than half full (LruIndex) or 2/3 (IdTable), the keys held then take
+ * at least half (two thirds) of the old slots' number of adds to need the next doubling, however many are removed
+ * meanwhile, so HSLOT_MOVE >= 2 an add finishes the moves first (and any left are finished before a doubling all
+ * the same). Old slots change only by a removal (LruIndex), which leaves a tombstone there (its number bits all
+ * ones: a probe goes past it, a move skips it), not a shift, which could move a key not moved yet to where the moves
+ * have passed. A moved entry stays in the old slots too: its table compares a key with the entry's as it is now, so
+ * such a slot never matches once its key is forgotten (its number taken again by a key that is then in the new
+ * slots). */
 
-typedef struct {
-    uint32_t ref;  /* the entry's number + 1; 0: empty; HSLOT_TOMB: removed while in the old slots */
-    uint32_t hash; /* the low 32 bits of its key's hash */
-} hslot;
+typedef uint32_t hslot; /* 0: empty; else (hash & ~mask) | (number + 1), number + 1 < mask; mask itself: a tombstone */
 
-#define HSLOT_TOMB UINT32_MAX /* (numbers + 1 are at most 2**31) */
-#define HSLOT_MOVE 32         /* old slots moved with each key added while a doubling is under way */
+/* The low 32 bits of the hash of the key whose number + 1 is `ref` (held), from its table `owner` */
+typedef uint32_t (*hslot_hash_fn)(const void *owner, uint32_t ref);
+
+#define HSLOT_MOVE 32 /* old slots moved with each key added while a doubling is under way */
 
 typedef struct {
     hslot *slots;      /* NULL until the first key */
@@ -1975,19 +1981,22 @@ typedef struct {
     uint64_t moved;    /* old[0 : moved] are in `slots` (or removed) */
 } hslots;
 
-/* Puts a slot (of a key not in `slots`) in the first empty one from its hash's */
-static inline void hslots_place(hslot *slots, uint32_t mask, hslot s) {
-    uint32_t at = s.hash & mask;
-    while (slots[at].ref != 0) at = (at + 1) & mask;
-    slots[at] = s;
+/* The slot of a key of hash `hash` whose number + 1 is `ref`, in a table of this mask */
+static inline hslot hslot_of(uint32_t hash, uint32_t ref, uint32_t mask) { return (hash & ~mask) | ref; }
+
+/* Puts the slot of a key (not in `slots`) in the first empty one from its hash's */
+static inline void hslots_place(hslot *slots, uint32_t mask, uint32_t hash, uint32_t ref) {
+    uint32_t at = hash & mask;
+    while (slots[at] != 0) at = (at + 1) & mask;
+    slots[at] = hslot_of(hash, ref, mask);
 }
 
 /* The slot of `slots` holding `ref` (a number + 1), whose key's hash is `h`, or -1 (an empty slot reached first) */
 static int64_t hslots_find(const hslot *slots, uint32_t mask, uint32_t h, uint32_t ref) {
     uint32_t at = h & mask;
     for (uint64_t probes = 0; probes <= (uint64_t)mask; probes++) { /* (an empty slot always comes: bounded anyway) */
-        if (slots[at].ref == ref) return at;
-        if (slots[at].ref == 0) return -1;
+        if ((slots[at] & mask) == ref) return at;
+        if (slots[at] == 0) return -1;
         at = (at + 1) & mask;
     }
     return -1;
@@ -1995,12 +2004,12 @@ static int64_t hslots_find(const hslot *slots, uint32_t mask, uint32_t h, uint32
 
 /* Moves up to `count` more of the old slots' entries to the slots (all of them with UINT64_MAX); the old slots are
  * freed once all are */
-static void hslots_move(hslots *t, uint64_t count) {
+static void hslots_move(hslots *t, uint64_t count, hslot_hash_fn hash_of, const void *owner) {
     uint64_t end = (uint64_t)t->old_mask + 1, at = t->moved;
     uint64_t stop = count >= end - at ? end : at + count;
     for (; at < stop; at++) {
-        hslot s = t->old[at];
-        if (s.ref != 0 && s.ref != HSLOT_TOMB) hslots_place(t->slots, t->mask, s);
+        uint32_t ref = t->old[at] & t->old_mask;
+        if (ref != 0 && ref != t->old_mask) hslots_place(t->slots, t->mask, hash_of(owner, ref), ref);
     }
     t->moved = at;
     if (at == end) {
@@ -2013,7 +2022,8 @@ static void hslots_move(hslots *t, uint64_t count) {
 
 /* Room for one more key when `held` are held (the slots doubled when more than num/den of them would hold one: the
  * current ones become the old), and the next HSLOT_MOVE old slots moved; -1 with MemoryError (nothing changed) */
-static int hslots_reserve(hslots *t, uint64_t held, uint64_t num, uint64_t den) {
+static int hslots_reserve(hslots *t, uint64_t held, uint64_t num, uint64_t den, hslot_hash_fn hash_of,
+                          const void *owner) {
     uint64_t n = t->slots == NULL ? 0 : (uint64_t)t->mask + 1;
     if ((held + 1) * den > n * num) {
         uint64_t grown = n == 0 ? 16 : n * 2;
@@ -2026,14 +2036,14 @@ static int hslots_reserve(hslots *t, uint64_t held, uint64_t num, uint64_t den) 
             PyErr_NoMemory();
             return -1;
         }
-        if (t->old != NULL) hslots_move(t, UINT64_MAX); /* (never, by the arithmetic above: a safeguard) */
+        if (t->old != NULL) hslots_move(t, UINT64_MAX, hash_of, owner); /* (never, by the arithmetic above) */
         t->old = t->slots;
         t->old_mask = t->mask;
         t->moved = 0;
         t->slots = slots;
         t->mask = (uint32_t)(grown - 1);
     }
-    if (t->old != NULL) hslots_move(t, HSLOT_MOVE);
+    if (t->old != NULL) hslots_move(t, HSLOT_MOVE, hash_of, owner);
     return 0;
 }
 
@@ -2055,7 +2065,7 @@ static size_t hslots_nbytes(const hslots *t) {
  * one array('f')); this is its index: str key ->
  * record number, in the order the rules evict (least recently touched first), with the numbers of forgotten
  * records reused (last forgotten, first taken). It does what the OrderedDict it replaces did (get, move_to_end,
- * popping the oldest) in a 16-byte entry a record plus 8 bytes a slot of an open-addressing table (linear probing,
+ * popping the oldest) in a 16-byte entry a record plus 4 bytes a slot of an open-addressing table (linear probing,
  * at most half full, removals by backward shift), where an OrderedDict entry costs ~80 bytes and holds a str object
  * of ~64 (`python -m bench.memory --records`). A key is known by its fingerprint: str's 64-bit hash of its text
  * (SipHash keyed by the process's secret, kept in the str object once computed), not by its text, so an entry
@@ -2064,8 +2074,8 @@ static size_t hslots_nbytes(const hslots *t) {
  * established-users filter's 1% (learner.gate.behaviour), and the fingerprint is not persisted. Keys are never
  * read back (pop_first and evict answer record numbers). Record r's entry is entries[r]: its key's fingerprint and
  * its neighbours in the order (prev LRU_FORGOTTEN: a forgotten record, whose `next` links the forgotten ones). A slot
- * holds an entry's number + 1 (0: empty) and the low 32 bits of the fingerprint, so a probe reads an entry only
- * when those bits match. Keys are str, hashed as text (never by calling Python: a subclass's own __eq__ or __hash__
+ * holds an entry's number + 1 (0: empty) and the fingerprint's low 32 bits above the slots' mask, so a probe reads
+ * an entry only when those bits match (a shift or a move reads the entry for its slot's home). Keys are str, hashed as text (never by calling Python: a subclass's own __eq__ or __hash__
  * is not used); numbers are answered as new int objects. The slots are hslots (above): they double a little at a
  * time, a key removed from the new slots shifts the later ones of its run back, and one removed from the old slots
  * (not moved yet) leaves a tombstone. */
@@ -2111,12 +2121,13 @@ static int lru_hash(PyObject *key, uint64_t *fp) {
  * in the old slots too, and may since have been forgotten (its number then maybe taken by another key, which is
  * in the new slots): a slot matches only a held entry of that fingerprint. */
 static inline uint32_t lru_probe_in(const LruIndex *self, const hslot *slots, uint32_t mask, uint64_t fp) {
-    uint32_t h = (uint32_t)fp, at = h & mask;
+    uint32_t h = (uint32_t)fp, at = h & mask, tag = h & ~mask;
     for (;;) {
         hslot s = slots[at];
-        if (s.ref == 0) return at;
-        if (s.hash == h && s.ref != HSLOT_TOMB) {
-            const lru_entry *e = &self->entries[s.ref - 1];
+        if (s == 0) return at;
+        uint32_t ref = s & mask;
+        if ((s & ~mask) == tag && ref != mask) { /* (mask: a tombstone) */
+            const lru_entry *e = &self->entries[ref - 1];
             if (e->fp == fp && e->prev != LRU_FORGOTTEN) return at;
         }
         at = (at + 1) & mask;
@@ -2131,9 +2142,9 @@ static inline uint32_t lru_probe(const LruIndex *self, uint64_t fp) {
 
 /* The entry number + 1 of the key of fingerprint `fp`, 0 when it is not held; the table has slots */
 static inline uint32_t lru_entry_of(const LruIndex *self, uint64_t fp) {
-    uint32_t entry = self->h.slots[lru_probe(self, fp)].ref;
+    uint32_t entry = self->h.slots[lru_probe(self, fp)] & self->h.mask;
     if (entry == 0 && self->h.old != NULL) { /* not moved yet, maybe */
-        entry = self->h.old[lru_probe_in(self, self->h.old, self->h.old_mask, fp)].ref;
+        entry = self->h.old[lru_probe_in(self, self->h.old, self->h.old_mask, fp)] & self->h.old_mask;
     }
     return entry;
 }
@@ -2170,8 +2181,15 @@ static void lru_append(LruIndex *self, int32_t r) {
     self->last = r;
 }
 
+/* The low 32 bits of the fingerprint of the key whose number + 1 is `ref` (held) */
+static uint32_t lru_slot_hash(const void *self, uint32_t ref) {
+    return (uint32_t)((const LruIndex *)self)->entries[ref - 1].fp;
+}
+
 /* Room for one more key (the slots doubled when it would make them more than half full); -1 with MemoryError */
-static int lru_reserve_slot(LruIndex *self) { return hslots_reserve(&self->h, (uint64_t)self->size, 1, 2); }
+static int lru_reserve_slot(LruIndex *self) {
+    return hslots_reserve(&self->h, (uint64_t)self->size, 1, 2, lru_slot_hash, self);
+}
 
 /* Empties slot `at` and shifts back the later slots of its run that may move (no tombstones). */
 static void lru_clear_slot(LruIndex *self, uint32_t at) {
@@ -2179,8 +2197,8 @@ static void lru_clear_slot(LruIndex *self, uint32_t at) {
     for (;;) {
         j = (j + 1) & mask;
         hslot s = self->h.slots[j];
-        if (s.ref == 0) break;
-        uint32_t home = s.hash & mask;
+        if (s == 0) break;
+        uint32_t home = lru_slot_hash(self, s & mask) & mask;
         /* s may fill the hole unless its home lies cyclically within (hole, j] */
         int stays = hole <= j ? (hole < home && home <= j) : (hole < home || home <= j);
         if (!stays) {
@@ -2188,8 +2206,7 @@ static void lru_clear_slot(LruIndex *self, uint32_t at) {
             hole = j;
         }
     }
-    self->h.slots[hole].ref = 0;
-    self->h.slots[hole].hash = 0;
+    self->h.slots[hole] = 0;
 }
 
 /* A new record for the key of fingerprint `fp` (not held), last in the order: its number, or -1 with an exception.
@@ -2219,8 +2236,7 @@ static Py_ssize_t lru_insert(LruIndex *self, uint64_t fp) {
         r = (int32_t)self->n_entries++;
     }
     uint32_t at = lru_probe(self, fp);
-    self->h.slots[at].ref = (uint32_t)r + 1;
-    self->h.slots[at].hash = (uint32_t)fp;
+    self->h.slots[at] = hslot_of((uint32_t)fp, (uint32_t)r + 1, self->h.mask);
     self->entries[r].fp = fp;
     lru_append(self, r);
     self->size++;
@@ -2236,7 +2252,7 @@ static void lru_forget(LruIndex *self, int32_t r) {
         lru_clear_slot(self, (uint32_t)at);
     } else if (self->h.old != NULL) { /* not moved yet (no other old slot holds r: r was held since the doubling) */
         at = hslots_find(self->h.old, self->h.old_mask, h, (uint32_t)r + 1);
-        if (at >= 0) self->h.old[at].ref = HSLOT_TOMB;
+        if (at >= 0) self->h.old[at] = self->h.old_mask; /* a tombstone */
     }
     lru_unlink(self, r);
     e->prev = LRU_FORGOTTEN;
@@ -2405,11 +2421,12 @@ static PyObject *LruIndex_nbytes(LruIndex *self, void *closure) {
 static PyObject *LruIndex_held_slots(LruIndex *self, void *closure) {
     size_t held = 0;
     if (self->h.slots != NULL) {
-        for (uint64_t at = 0; at <= self->h.mask; at++) held += self->h.slots[at].ref != 0;
+        for (uint64_t at = 0; at <= self->h.mask; at++) held += self->h.slots[at] != 0;
     }
     if (self->h.old != NULL) {
         for (uint64_t at = self->h.moved; at <= self->h.old_mask; at++) {
-            held += self->h.old[at].ref != 0 && self->h.old[at].ref != HSLOT_TOMB;
+            uint32_t ref = self->h.old[at] & self->h.old_mask;
+            held += ref != 0 && ref != self->h.old_mask;
         }
     }
     return PyLong_FromSize_t(held);
@@ -2467,9 +2484,10 @@ static PyTypeObject LruIndexType = {
  * Ids are numbered 0, 1, 2, ... (a model's rows) in order of first appearance, and never removed. A dict of str ->
  * row and a list of the str objects cost ~105 bytes a 12-character id (the str 64, a dict slot ~31, a list pointer
  * ~9); this keeps each id's text in one arena instead (its code points as its str holds them: 1, 2 or 4 bytes each,
- * `kinds[r]`), where it ends (8 bytes), and an open-addressing table of 8-byte slots (the row + 1, 0: empty, and the
- * low 32 bits of the id's hash; linear probing, at most 2/3 full): ~12 + 8 + 1 + 12..24 bytes. A lookup hashes the
- * str (kept in it) and compares text only when those bits match, as a dict does. Ids are read back as new str
+ * `kinds[r]`), where it ends (8 bytes), and an open-addressing table of 4-byte slots (the row + 1, 0: empty, and the
+ * bits of the id's hash's low 32 above the slots' mask; linear probing, at most 2/3 full): ~12 + 8 + 1 + 6..12
+ * bytes. A lookup hashes the str (kept in it) and compares text only when those bits match, as a dict does; a move
+ * of the slots hashes the id's text again (_Py_HashBytes, as str's hash does: ~90 ns more an add, amortised). Ids are read back as new str
  * objects (`table[r]`, slices, iteration): the model's code reads them for answers and snapshots, not per event.
  * Keys are str, compared as text (a subclass's own __eq__ or __hash__ is never used, so no Python code runs while
  * the table is changed); a str holding lone surrogates is kept as it is, and refused only by json_array(). The
@@ -2515,12 +2533,12 @@ static int idt_key(PyObject *key, const void **data, Py_ssize_t *nbytes, int *ki
 /* The slot of `slots` holding the id of this text, or the empty one where it would go */
 static inline uint32_t idt_probe_in(const IdTable *self, const hslot *slots, uint32_t mask, const void *data,
                                     Py_ssize_t nbytes, int kind, uint32_t hash) {
-    uint32_t at = hash & mask;
+    uint32_t at = hash & mask, tag = hash & ~mask;
     for (;;) {
         hslot s = slots[at];
-        if (s.ref == 0) return at;
-        if (s.hash == hash) {
-            Py_ssize_t r = (Py_ssize_t)s.ref - 1;
+        if (s == 0) return at;
+        if ((s & ~mask) == tag) {
+            Py_ssize_t r = (Py_ssize_t)(s & mask) - 1;
             int64_t start = idt_start(self, r);
             if (self->kinds[r] == kind && self->ends[r] - start == nbytes &&
                 memcmp(self->text + start, data, (size_t)nbytes) == 0) {
@@ -2538,9 +2556,9 @@ static inline uint32_t idt_probe(const IdTable *self, const void *data, Py_ssize
 
 /* The row + 1 of the id of this text, 0 if it is not held; the table has slots */
 static inline uint32_t idt_lookup(const IdTable *self, const void *data, Py_ssize_t nbytes, int kind, uint32_t hash) {
-    uint32_t row = self->h.slots[idt_probe(self, data, nbytes, kind, hash)].ref;
+    uint32_t row = self->h.slots[idt_probe(self, data, nbytes, kind, hash)] & self->h.mask;
     if (row == 0 && self->h.old != NULL) { /* not moved yet, maybe */
-        row = self->h.old[idt_probe_in(self, self->h.old, self->h.old_mask, data, nbytes, kind, hash)].ref;
+        row = self->h.old[idt_probe_in(self, self->h.old, self->h.old_mask, data, nbytes, kind, hash)] & self->h.old_mask;
     }
     return row;
 }
@@ -2558,8 +2576,18 @@ static Py_ssize_t idt_find(IdTable *self, PyObject *key) {
     return row == 0 ? -1 : (Py_ssize_t)row - 1;
 }
 
+/* The low 32 bits of the hash of the id whose row + 1 is `ref`: str's hash of its text, computed again */
+static uint32_t idt_slot_hash(const void *table, uint32_t ref) {
+    const IdTable *self = table;
+    Py_ssize_t r = (Py_ssize_t)ref - 1;
+    int64_t start = idt_start(self, r);
+    return (uint32_t)_Py_HashBytes(self->text + start, (Py_ssize_t)(self->ends[r] - start));
+}
+
 /* Room for one more id in the slots (doubled when they would be more than 2/3 full); -1 with MemoryError */
-static int idt_reserve_slot(IdTable *self) { return hslots_reserve(&self->h, (uint64_t)self->n, 2, 3); }
+static int idt_reserve_slot(IdTable *self) {
+    return hslots_reserve(&self->h, (uint64_t)self->n, 2, 3, idt_slot_hash, self);
+}
 
 /* Appends an id (not held) as row n; -1 with an exception (nothing changed then) */
 static Py_ssize_t idt_append(IdTable *self, const void *data, Py_ssize_t nbytes, int kind, uint32_t hash) {
@@ -2597,8 +2625,7 @@ static Py_ssize_t idt_append(IdTable *self, const void *data, Py_ssize_t nbytes,
     self->text_len = start + (size_t)nbytes;
     self->ends[r] = (int64_t)self->text_len;
     self->kinds[r] = (uint8_t)kind;
-    self->h.slots[at].ref = (uint32_t)r + 1;
-    self->h.slots[at].hash = hash;
+    self->h.slots[at] = hslot_of(hash, (uint32_t)r + 1, self->h.mask);
     self->n = r + 1;
     return r;
 }
@@ -2838,7 +2865,8 @@ static PyObject *IdTable_copy(IdTable *self, PyObject *unused) {
         memcpy(copy->h.slots, self->h.slots, slots * sizeof *copy->h.slots);
         if (self->h.old != NULL) { /* the copy's doubling finished: the entries not moved yet put in its slots */
             for (uint64_t at = self->h.moved; at <= self->h.old_mask; at++) {
-                if (self->h.old[at].ref != 0) hslots_place(copy->h.slots, self->h.mask, self->h.old[at]);
+                uint32_t ref = self->h.old[at] & self->h.old_mask;
+                if (ref != 0) hslots_place(copy->h.slots, self->h.mask, idt_slot_hash(self, ref), ref);
             }
         }
         copy->n = self->n;
@@ -3104,12 +3132,11 @@ static PyObject *id_table_from_packed(PyObject *module, PyObject *args) {
             int64_t start = idt_start(table, r);
             uint32_t at = idt_probe(table, table->text + start, (Py_ssize_t)(table->ends[r] - start), table->kinds[r],
                                     hashes[r]);
-            if (table->h.slots[at].ref != 0) {
+            if (table->h.slots[at] != 0) {
                 why = "an id is repeated";
                 goto refuse;
             }
-            table->h.slots[at].ref = (uint32_t)r + 1;
-            table->h.slots[at].hash = hashes[r];
+            table->h.slots[at] = hslot_of(hashes[r], (uint32_t)r + 1, table->h.mask);
         }
     }
     PyMem_Free(hashes);

@@ -12,10 +12,10 @@ True
 
 Where the compiled kernels are built (``learner/_kernels.c``), an index keeps its ids packed in an
 ``IdTable``: each id's text in one arena (a byte a character for ASCII ids), where it ends (8 bytes),
-its kind (1 byte) and an open-addressing table of 8-byte slots at most 2/3 full (12 to 24 bytes an
-id): ~45 bytes a 12-character id, against ~105 for a dict of str -> row plus a list of the str
+its kind (1 byte) and an open-addressing table of 4-byte slots at most 2/3 full (6 to 12 bytes an
+id): ~35 bytes a 12-character id, against ~105 for a dict of str -> row plus a list of the str
 objects (the str 64, a dict slot ~31, a list pointer ~9), which is what an index is where the
-kernels are not built (:class:`_DictTable`). A million users and items then cost ~45 MB of ids
+kernels are not built (:class:`_DictTable`). A million users and items then cost ~35 MB of ids
 instead of ~105 MB, in the worker and in every API process. A lookup hashes the str (its hash is
 kept in it) and compares text only when the hash's bits match, as a dict does; ``add`` and ``get``
 are the table's own C methods (no Python call). ``ids`` is the table itself: a read-only sequence,

@@ -19,8 +19,8 @@ same results (:class:`RecordIndex`: ``get``, ``insert``, ``remove``, ``move_to_e
 ``pop_first``, ``evict``, ``order``, ``len``, ``in``). Neither reads keys back: ``pop_first`` and ``evict``
 answer record numbers. The compiled one knows a key by its fingerprint (str's 64-bit hash of its
 text, kept in the str object), not its text: a 16-byte entry a record (the fingerprint and the
-record's neighbours in the order), whatever the key's length, and a hash table of 8-byte slots kept
-at most half full (doubled a little at a time: no insert moves them all): 32 to ~50 bytes a record,
+record's neighbours in the order), whatever the key's length, and a hash table of 4-byte slots kept
+at most half full (doubled a little at a time: no insert moves them all): 24 to ~33 bytes a record,
 by where the table is in its doubling, where an ``OrderedDict`` entry costs ~80 bytes and keeps the
 key's str object (~64 bytes for a 12-character id: the learner's packed ids, ``learner.id_index``,
 hold no str objects for it to share). Two keys of one fingerprint would share a record: for ``n``
