@@ -2484,8 +2484,8 @@ static PyTypeObject LruIndexType = {
  * Ids are numbered 0, 1, 2, ... (a model's rows) in order of first appearance, and never removed. A dict of str ->
  * row and a list of the str objects cost ~105 bytes a 12-character id (the str 64, a dict slot ~31, a list pointer
  * ~9); this keeps each id's text in one arena instead (its code points as its str holds them: 1, 2 or 4 bytes each,
- * `kinds[r]`), where it ends (8 bytes), and an open-addressing table of 4-byte slots (the row + 1, 0: empty, and the
- * bits of the id's hash's low 32 above the slots' mask; linear probing, at most 2/3 full): ~12 + 8 + 1 + 6..12
+ * `kinds[r]`), where it ends (4 bytes: 4 GiB of text at most), and an open-addressing table of 4-byte slots (the row + 1, 0: empty, and the
+ * bits of the id's hash's low 32 above the slots' mask; linear probing, at most 2/3 full): ~12 + 4 + 1 + 6..12
  * bytes. A lookup hashes the str (kept in it) and compares text only when those bits match, as a dict does; a move
  * of the slots hashes the id's text again (_Py_HashBytes, as str's hash does: ~90 ns more an add, amortised). Ids are read back as new str
  * objects (`table[r]`, slices, iteration): the model's code reads them for answers and snapshots, not per event.
@@ -2495,11 +2495,12 @@ static PyTypeObject LruIndexType = {
  * mremap (grown_alloc): no add() rehashes every id or copies the arrays. */
 
 #define ID_MAX_ROWS 0x7ffffff0LL
+#define ID_MAX_TEXT 0xffffffffULL /* bytes of text a table holds at most: its ends are uint32 */
 
 typedef struct {
     PyObject_HEAD
     char *text;                  /* every id's code points, one after another */
-    int64_t *ends;               /* id r's text is text[r ? ends[r - 1] : 0 : ends[r]] */
+    uint32_t *ends;              /* id r's text is text[r ? ends[r - 1] : 0 : ends[r]] (ID_MAX_TEXT at most) */
     uint8_t *kinds;              /* its bytes a code point: 1, 2 or 4 */
     Py_ssize_t n, cap, kinds_cap; /* ids, room for them in ends, and in kinds */
     size_t text_len, text_cap;
@@ -2595,10 +2596,15 @@ static Py_ssize_t idt_append(IdTable *self, const void *data, Py_ssize_t nbytes,
         PyErr_SetString(PyExc_OverflowError, "an id index holds at most 2**31 ids");
         return -1;
     }
+    size_t start = idt_aligned(self->text_len, kind); /* as idt_start finds it */
+    if (start + (size_t)nbytes > ID_MAX_TEXT) {
+        PyErr_SetString(PyExc_OverflowError, "an id index holds at most 4 GiB of id text");
+        return -1;
+    }
     if (idt_reserve_slot(self) < 0) return -1;
     if (self->n == self->cap) {
         Py_ssize_t cap = self->cap < 16 ? 16 : self->cap + self->cap / 2; /* 1.5x: the last growth wastes less */
-        int64_t *ends = grown_realloc(self->ends, (size_t)self->cap * sizeof *ends, (size_t)cap * sizeof *ends);
+        uint32_t *ends = grown_realloc(self->ends, (size_t)self->cap * sizeof *ends, (size_t)cap * sizeof *ends);
         if (ends == NULL) return PyErr_NoMemory(), -1;
         self->ends = ends;
         self->cap = cap;
@@ -2609,7 +2615,6 @@ static Py_ssize_t idt_append(IdTable *self, const void *data, Py_ssize_t nbytes,
         self->kinds = kinds;
         self->kinds_cap = self->cap;
     }
-    size_t start = idt_aligned(self->text_len, kind); /* as idt_start finds it */
     if (self->text == NULL || start + (size_t)nbytes > self->text_cap) { /* (an arena even for "" alone) */
         size_t cap = self->text_cap < 256 ? 256 : self->text_cap + self->text_cap / 2;
         if (cap < start + (size_t)nbytes) cap = start + (size_t)nbytes;
@@ -2623,7 +2628,7 @@ static Py_ssize_t idt_append(IdTable *self, const void *data, Py_ssize_t nbytes,
     memset(self->text + self->text_len, 0, start - self->text_len); /* the padding: tables compare their text whole */
     memcpy(self->text + start, data, (size_t)nbytes);
     self->text_len = start + (size_t)nbytes;
-    self->ends[r] = (int64_t)self->text_len;
+    self->ends[r] = (uint32_t)self->text_len;
     self->kinds[r] = (uint8_t)kind;
     self->h.slots[at] = hslot_of(hash, (uint32_t)r + 1, self->h.mask);
     self->n = r + 1;
@@ -3081,6 +3086,10 @@ static PyObject *id_table_from_packed(PyObject *module, PyObject *args) {
         why = "its bytes are not its ids' kinds, lengths and text";
         goto refuse;
     }
+    if (laid > ID_MAX_TEXT) {
+        why = "its ids' text is more than an id index holds (4 GiB)";
+        goto refuse;
+    }
     table = (IdTable *)IdTableType.tp_alloc(&IdTableType, 0);
     if (table == NULL) goto fail;
     if (n > 0) {
@@ -3124,7 +3133,7 @@ static PyObject *id_table_from_packed(PyObject *module, PyObject *args) {
             hashes[r] = (uint32_t)_Py_HashBytes(table->text + start, (Py_ssize_t)nbytes);
             table->kinds[r] = (uint8_t)kind;
             table->text_len = start + nbytes;
-            table->ends[r] = (int64_t)table->text_len;
+            table->ends[r] = (uint32_t)table->text_len;
         }
         table->n = n;
         for (Py_ssize_t r = 0; r < n; r++) {
@@ -3153,7 +3162,7 @@ fail:
 
 static PyObject *IdTable_nbytes(IdTable *self, void *closure) {
     size_t slots = hslots_nbytes(&self->h);
-    return PyLong_FromSize_t(slots + (size_t)self->cap * sizeof(int64_t) + (size_t)self->kinds_cap + self->text_cap);
+    return PyLong_FromSize_t(slots + (size_t)self->cap * sizeof(uint32_t) + (size_t)self->kinds_cap + self->text_cap);
 }
 
 static PyObject *IdTable_ids(IdTable *self, void *closure) { return Py_NewRef((PyObject *)self); }

@@ -286,7 +286,7 @@ def test_the_slots_double_a_little_at_a_time_and_changes_meanwhile_keep_every_ke
             with pytest.raises(KeyError):
                 index.insert(rnd.choice(list(reference)))
     assert index.order() == reference.order() and all(index[k] == number for k, number in reference.items())
-    assert index.held_slots == len(reference) and most > 65_536  # (so more than 131,072 slots, 1 MiB, at the end)
+    assert index.held_slots == len(reference) and most > 65_536  # (so 262,144 slots of 4 bytes, 1 MiB, at the end)
     # 16 slots doubled at the 9th key held, 32 at the 17th, ...: the old slots of 64 and more (doubled at the 33rd key
     # held, the 65th, ...) are each freed in an insert of their own (one may fall in the same insert as the entries'
     # growth, which then hides it)
