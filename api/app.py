@@ -138,10 +138,15 @@ def create_app(settings: Settings) -> FastAPI:
         metrics.forget_dead_processes()  # one of several API processes, started in place of one that died
         freeze_startup_objects()  # before the first model: full collections then skip the imports (gc_tuning)
         await models.start()
+        # one of several API processes: its garbage collections published to the shared metrics
+        gc_counts = asyncio.create_task(metrics.gc_counts().run()) if metrics.multiprocess() else None
         try:
             yield
         finally:
             await _stop_within(SHUTDOWN_STEP_SECONDS, models.stop, producer.stop, redis.aclose)
+            if gc_counts is not None:
+                gc_counts.cancel()  # (it publishes once more as it ends)
+                await asyncio.gather(gc_counts, return_exceptions=True)
             metrics.process_stopping()
 
     app = FastAPI(

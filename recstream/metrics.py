@@ -10,11 +10,14 @@ ignored in a single process): the unlabelled ones the worker sets are one series
 each API process serves one series per process (``liveall``, labelled ``pid``), the seen sets held the sum
 (``livesum``). A process's gauges go when it stops, or when a process starts after it died
 (:func:`forget_dead_processes`). The ``process_*`` series (memory, CPU, file descriptors) are each live API
-process's, labelled ``pid`` (:class:`ApiProcessesCollector`).
+process's, labelled ``pid`` (:class:`ApiProcessesCollector`); the ``python_gc_*`` counters are summed over the API
+processes like the others (:class:`GcCounts`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import glob
 import os
 from collections.abc import Iterator, Sequence
@@ -270,7 +273,8 @@ def exposition_registry() -> CollectorRegistry:
 class ApiProcessesCollector(Collector):
     """In multiprocess mode, what a single process's ``/metrics`` says of itself, for every live API process:
     prometheus_client's ``process_*`` series read from ``/proc/<pid>``, each labelled ``pid``, and ``python_info``.
-    (A process's garbage-collector series, ``python_gc_*``, are not read from outside it: none.)"""
+    (A process's garbage-collector series are not read from outside it: each process publishes its own,
+    :class:`GcCounts`.)"""
 
     def collect(self) -> Iterator[Metric]:
         families: dict[str, Metric] = {}
@@ -286,6 +290,61 @@ class ApiProcessesCollector(Collector):
                     merged.add_sample(sample.name, {**sample.labels, "pid": str(pid)}, sample.value)
         yield from families.values()
         yield from PlatformCollector(registry=None).collect()
+
+
+#: How often each of several API processes publishes its garbage collections (:class:`GcCounts`).
+GC_PUBLISH_SECONDS = 5.0
+
+
+class GcCounts:
+    """In multiprocess mode, this process's garbage collections as prometheus_client's ``python_gc_*`` counters
+    (``python_gc_collections_total``, ``python_gc_objects_collected_total``, ``python_gc_objects_uncollectable_total``,
+    by ``generation``), written to the metrics directory and so summed over the API processes like the other counters
+    (those that stopped included). prometheus_client's own collector reads ``gc.get_stats()`` of the process that
+    answers ``/metrics`` alone, so it is not used in that mode. :meth:`publish` adds what ``gc.get_stats()`` counted
+    since its last call (everything since the process started, the first time); the process calls it every
+    :data:`GC_PUBLISH_SECONDS` (:meth:`run`) and as it stops. Never from a ``gc.callbacks`` hook: a collection may start
+    while the thread holds the lock prometheus_client's multiprocess values share, and a hook that takes it then
+    waits for ever (prometheus/client_python#322, #363)."""
+
+    def __init__(self) -> None:
+        def counter(name: str, documentation: str) -> Counter:  # (registry=None: the default one has GCCollector's)
+            return Counter(name, documentation, ["generation"], registry=None)
+
+        self._counters = (
+            counter("python_gc_collections", "Number of times this generation was collected"),
+            counter("python_gc_objects_collected", "Objects collected during gc"),
+            counter("python_gc_objects_uncollectable", "Uncollectable objects found during GC"),
+        )
+        self._published = [(0, 0, 0) for _ in gc.get_stats()]
+
+    def publish(self) -> None:
+        """Add to the counters what each generation collected since the last call."""
+        for generation, stats in enumerate(gc.get_stats()):
+            now = (stats["collections"], stats["collected"], stats["uncollectable"])
+            for counter, value, published in zip(self._counters, now, self._published[generation], strict=True):
+                counter.labels(str(generation)).inc(value - published)  # (an inc of 0 makes the series)
+            self._published[generation] = now
+
+    async def run(self) -> None:
+        """Publish every :data:`GC_PUBLISH_SECONDS` until cancelled, then once more."""
+        try:
+            while True:
+                self.publish()
+                await asyncio.sleep(GC_PUBLISH_SECONDS)
+        finally:
+            self.publish()
+
+
+_gc_counts: GcCounts | None = None
+
+
+def gc_counts() -> GcCounts:
+    """This process's :class:`GcCounts` (one a process: two would each write the same series)."""
+    global _gc_counts
+    if _gc_counts is None:
+        _gc_counts = GcCounts()
+    return _gc_counts
 
 
 def forget_dead_processes() -> None:

@@ -62,6 +62,12 @@ def _labelled_by_pid(url: str) -> dict[str, set[int]]:
     return found
 
 
+def _gc_collections(url: str) -> dict[str, float]:
+    """``python_gc_collections_total`` by generation, as ``/metrics`` (of whichever process answers) says."""
+    found = re.findall(r'^python_gc_collections_total\{generation="(\d)"\} (\S+)$', _metrics(url), re.MULTILINE)
+    return {generation: float(value) for generation, value in found}
+
+
 def _served(url: str) -> float:
     return sum(float(value) for value in SERVED_SAMPLE.findall(_metrics(url)))
 
@@ -133,6 +139,11 @@ def test_two_api_processes_share_a_port_and_their_metrics(service_env: dict[str,
                    re.findall(r'^process_start_time_seconds\{pid="(\d+)"\} (\S+)$', page, re.M)}  # fmt: skip
         assert started[c] > started[b]  # c took a's place after b had started
         assert re.search(r"^python_info\{", page, re.M)
+        # Each process publishes its garbage collections, summed: at least the full collection each live one made as it
+        # started (gc_tuning), b's and c's (a's too if it published before it was killed); the young ones counted too.
+        wait_for(lambda: _gc_collections(api.url).get("2", 0) >= 2, 30, "b's and c's garbage collections in /metrics")
+        assert set(_gc_collections(api.url)) == {"0", "1", "2"}
+        assert re.search(r'^python_gc_objects_collected_total\{generation="0"\} \S+$', _metrics(api.url), re.M)
         assert _served(api.url) == 12
         _without(b, lambda: _recommend(api.url, 3))  # by c alone
         assert _served(api.url) == 15
