@@ -1945,26 +1945,26 @@ done:
 
 /* ---- hslots: hash slots that double a little at a time (LruIndex, IdTable) -------------------------------------
  *
- * An open-addressing table (linear probing, a power of two of slots) of 4-byte slots. A slot holds a number + 1 (0:
- * an empty slot) in its low bits, as many as the table's mask has (the tables keep every number + 1 below the mask:
- * at most half or 2/3 of the slots are held), and its key's hash in the rest: the bits of the hash's low 32 above the
+ * An open-addressing table (linear probing, a power of two of slots) of 4-byte slots. A slot holds a number + 1 (0: an
+ * empty slot) in its low bits, as many as the table's mask has (the tables keep every number + 1 below the mask: at
+ * most half or 2/3 of the slots are held), and its key's hash in the rest: the bits of the hash's low 32 above the
  * mask's, which the slot's place does not tell, so that a probe compares keys (the table's own business) only when
- * those match (about 1 in 4,096 slots of another key at 2**20 slots). What a slot lacks is its key's home (the
- * hash's low bits): a move or a shift asks the table for its key's hash (`hslot_hash_fn`: the LruIndex reads it
- * from the entry, the IdTable hashes the id's text again). 8-byte slots (the number and the hash's low 32 bits, until
- * the fifty-first session) cost 4 MB more a table of 500,000 keys (2**20 slots): 25 MB of the worker's 312 at a
- * million users+items (the gate's four tables and the learner's two; bench.memory). When it would be fuller than its table allows, a zeroed table twice its size takes the new
- * keys and the old one is kept while its entries move over, HSLOT_MOVE slots of it with each key added: a lookup
- * that misses the new slots probes the old ones meanwhile. Rehashing all at once held one add for ~10 ms at 350,000
- * ids (an IdTable) and one insert for 21-27 ms at 524,288 keys (an LruIndex): the rehash and the new slots' page
- * faults, linear in the keys. Doubling when more than half full (LruIndex) or 2/3 (IdTable), the keys held then take
- * at least half (two thirds) of the old slots' number of adds to need the next doubling, however many are removed
- * meanwhile, so HSLOT_MOVE >= 2 an add finishes the moves first (and any left are finished before a doubling all
- * the same). Old slots change only by a removal (LruIndex), which leaves a tombstone there (its number bits all
- * ones: a probe goes past it, a move skips it), not a shift, which could move a key not moved yet to where the moves
- * have passed. A moved entry stays in the old slots too: its table compares a key with the entry's as it is now, so
- * such a slot never matches once its key is forgotten (its number taken again by a key that is then in the new
- * slots). */
+ * those match (about 1 in 4,096 slots of another key at 2**20 slots). What a slot lacks is its key's home (the hash's
+ * low bits): a move or a shift asks the table for its key's hash (`hslot_hash_fn`: the LruIndex reads it from the
+ * entry, the IdTable hashes the id's text again). 8-byte slots (the number and the hash's low 32 bits, until the
+ * fifty-first session) cost 4 MB more a table of 500,000 keys (2**20 slots): 25 MB of the worker's 312 at a million
+ * users+items (the gate's four tables and the learner's two; bench.memory). When it would be fuller than its table
+ * allows, a zeroed table twice its size takes the new keys and the old one is kept while its entries move over,
+ * HSLOT_MOVE slots of it with each key added: a lookup that misses the new slots probes the old ones meanwhile.
+ * Rehashing all at once held one add for ~10 ms at 350,000 ids (an IdTable) and one insert for 21-27 ms at 524,288 keys
+ * (an LruIndex): the rehash and the new slots' page faults, linear in the keys. Doubling when more than half full
+ * (LruIndex) or 2/3 (IdTable), the keys held then take at least half (two thirds) of the old slots' number of adds to
+ * need the next doubling, however many are removed meanwhile, so HSLOT_MOVE >= 2 an add finishes the moves first (and
+ * any left are finished before a doubling all the same). Old slots change only by a removal (LruIndex), which leaves a
+ * tombstone there (its number bits all ones: a probe goes past it, a move skips it), not a shift, which could move a
+ * key not moved yet to where the moves have passed. A moved entry stays in the old slots too: its table compares a key
+ * with the entry's as it is now, so such a slot never matches once its key is forgotten (its number taken again by a
+ * key that is then in the new slots). */
 
 typedef uint32_t hslot; /* 0: empty; else (hash & ~mask) | (number + 1), number + 1 < mask; mask itself: a tombstone */
 
@@ -2062,23 +2062,23 @@ static size_t hslots_nbytes(const hslots *t) {
 /* ---- LruIndex: the gate's tables' key -> record number, least recently touched first --------------------------
  *
  * learner.gate.records.Records keeps each behaviour rule's records in one array('d') (and their float32 fields in
- * one array('f')); this is its index: str key ->
- * record number, in the order the rules evict (least recently touched first), with the numbers of forgotten
- * records reused (last forgotten, first taken). It does what the OrderedDict it replaces did (get, move_to_end,
- * popping the oldest) in a 16-byte entry a record plus 4 bytes a slot of an open-addressing table (linear probing,
- * at most half full, removals by backward shift), where an OrderedDict entry costs ~80 bytes and holds a str object
- * of ~64 (`python -m bench.memory --records`). A key is known by its fingerprint: str's 64-bit hash of its text
- * (SipHash keyed by the process's secret, kept in the str object once computed), not by its text, so an entry
- * is the same 16 bytes for an id of any length (a 36-character UUID as a 12-character id). Two keys of the same
- * fingerprint would share a record: ~n**2 / 2**65 for n keys held at once (~3e-8 at a million), far below the
- * established-users filter's 1% (learner.gate.behaviour), and the fingerprint is not persisted. Keys are never
- * read back (pop_first and evict answer record numbers). Record r's entry is entries[r]: its key's fingerprint and
- * its neighbours in the order (prev LRU_FORGOTTEN: a forgotten record, whose `next` links the forgotten ones). A slot
- * holds an entry's number + 1 (0: empty) and the fingerprint's low 32 bits above the slots' mask, so a probe reads
- * an entry only when those bits match (a shift or a move reads the entry for its slot's home). Keys are str, hashed as text (never by calling Python: a subclass's own __eq__ or __hash__
- * is not used); numbers are answered as new int objects. The slots are hslots (above): they double a little at a
- * time, a key removed from the new slots shifts the later ones of its run back, and one removed from the old slots
- * (not moved yet) leaves a tombstone. */
+ * one array('f')); this is its index: str key -> record number, in the order the rules evict (least recently touched
+ * first), with the numbers of forgotten records reused (last forgotten, first taken). It does what the OrderedDict
+ * it replaces did (get, move_to_end, popping the oldest) in a 16-byte entry a record plus 4 bytes a slot of an
+ * open-addressing table (linear probing, at most half full, removals by backward shift), where an OrderedDict entry
+ * costs ~80 bytes and holds a str object of ~64 (`python -m bench.memory --records`). A key is known by its
+ * fingerprint: str's 64-bit hash of its text (SipHash keyed by the process's secret, kept in the str object once
+ * computed), not by its text, so an entry is the same 16 bytes for an id of any length (a 36-character UUID as a
+ * 12-character id). Two keys of the same fingerprint would share a record: ~n**2 / 2**65 for n keys held at once
+ * (~3e-8 at a million), far below the established-users filter's 1% (learner.gate.behaviour), and the fingerprint is
+ * not persisted. Keys are never read back (pop_first and evict answer record numbers). Record r's entry is
+ * entries[r]: its key's fingerprint and its neighbours in the order (prev LRU_FORGOTTEN: a forgotten record, whose
+ * `next` links the forgotten ones). A slot holds an entry's number + 1 (0: empty) and the fingerprint's low 32 bits
+ * above the slots' mask, so a probe reads an entry only when those bits match (a shift or a move reads the entry for
+ * its slot's home). Keys are str, hashed as text (never by calling Python: a subclass's own __eq__ or __hash__ is
+ * not used); numbers are answered as new int objects. The slots are hslots (above): they double a little at a time,
+ * a key removed from the new slots shifts the later ones of its run back, and one removed from the old slots (not
+ * moved yet) leaves a tombstone. */
 
 #define LRU_FORGOTTEN (-2) /* entry.prev of a forgotten record */
 
@@ -2481,18 +2481,18 @@ static PyTypeObject LruIndexType = {
 
 /* ---- IdTable: the learner's ids, packed (learner.id_index.IdIndex) ---------------------------------------------
  *
- * Ids are numbered 0, 1, 2, ... (a model's rows) in order of first appearance, and never removed. A dict of str ->
- * row and a list of the str objects cost ~105 bytes a 12-character id (the str 64, a dict slot ~31, a list pointer
- * ~9); this keeps each id's text in one arena instead (its code points as its str holds them: 1, 2 or 4 bytes each,
- * `kinds[r]`), where it ends (4 bytes: 4 GiB of text at most), and an open-addressing table of 4-byte slots (the row + 1, 0: empty, and the
- * bits of the id's hash's low 32 above the slots' mask; linear probing, at most 2/3 full): ~12 + 4 + 1 + 6..12
- * bytes. A lookup hashes the str (kept in it) and compares text only when those bits match, as a dict does; a move
- * of the slots hashes the id's text again (_Py_HashBytes, as str's hash does: ~90 ns more an add, amortised). Ids are read back as new str
- * objects (`table[r]`, slices, iteration): the model's code reads them for answers and snapshots, not per event.
- * Keys are str, compared as text (a subclass's own __eq__ or __hash__ is never used, so no Python code runs while
- * the table is changed); a str holding lone surrogates is kept as it is, and refused only by json_array(). The
- * slots are hslots (above: they double a little at a time), and the arrays of a MB and more memory maps grown by
- * mremap (grown_alloc): no add() rehashes every id or copies the arrays. */
+ * Ids are numbered 0, 1, 2, ... (a model's rows) in order of first appearance, and never removed. A dict of str -> row
+ * and a list of the str objects cost ~105 bytes a 12-character id (the str 64, a dict slot ~31, a list pointer ~9);
+ * this keeps each id's text in one arena instead (its code points as its str holds them: 1, 2 or 4 bytes each,
+ * `kinds[r]`), where it ends (4 bytes: 4 GiB of text at most), and an open-addressing table of 4-byte slots (the
+ * row + 1, 0: empty, and the bits of the id's hash's low 32 above the slots' mask; linear probing, at most 2/3 full):
+ * ~12 + 4 + 1 + 6..12 bytes. A lookup hashes the str (kept in it) and compares text only when those bits match, as a
+ * dict does; a move of the slots hashes the id's text again (_Py_HashBytes, as str's hash does: ~90 ns more an add,
+ * amortised). Ids are read back as new str objects (`table[r]`, slices, iteration): the model's code reads them for
+ * answers and snapshots, not per event. Keys are str, compared as text (a subclass's own __eq__ or __hash__ is never
+ * used, so no Python code runs while the table is changed); a str holding lone surrogates is kept as it is, and refused
+ * only by json_array(). The slots are hslots (above: they double a little at a time), and the arrays of a MB and more
+ * memory maps grown by mremap (grown_alloc): no add() rehashes every id or copies the arrays. */
 
 #define ID_MAX_ROWS 0x7ffffff0LL
 #define ID_MAX_TEXT 0xffffffffULL /* bytes of text a table holds at most: its ends are uint32 */
@@ -2559,7 +2559,8 @@ static inline uint32_t idt_probe(const IdTable *self, const void *data, Py_ssize
 static inline uint32_t idt_lookup(const IdTable *self, const void *data, Py_ssize_t nbytes, int kind, uint32_t hash) {
     uint32_t row = self->h.slots[idt_probe(self, data, nbytes, kind, hash)] & self->h.mask;
     if (row == 0 && self->h.old != NULL) { /* not moved yet, maybe */
-        row = self->h.old[idt_probe_in(self, self->h.old, self->h.old_mask, data, nbytes, kind, hash)] & self->h.old_mask;
+        uint32_t at = idt_probe_in(self, self->h.old, self->h.old_mask, data, nbytes, kind, hash);
+        row = self->h.old[at] & self->h.old_mask;
     }
     return row;
 }
