@@ -23,7 +23,19 @@ def no_automatic_collections() -> Iterator[None]:
 
 
 def _values(counts: GcCounts, generation: int) -> tuple[float, ...]:
-    return tuple(counter.labels(str(generation))._value.get() for counter in counts._counters)
+    """Each counter's ``_total`` sample for ``generation`` (0 where it has none yet), as an exposition reads it."""
+    return tuple(
+        next(
+            (
+                sample.value
+                for metric in counter.collect()
+                for sample in metric.samples
+                if sample.name.endswith("_total") and sample.labels == {"generation": str(generation)}
+            ),
+            0.0,
+        )
+        for counter in counts._counters
+    )
 
 
 def _stats(generation: int) -> tuple[int, ...]:
