@@ -1947,13 +1947,15 @@ done:
  *
  * An open-addressing table (linear probing, a power of two of slots) of 4-byte slots. A slot holds a number + 1 (0: an
  * empty slot) in its low bits, as many as the table's mask has (the tables keep every number + 1 below the mask: at
- * most half or 2/3 of the slots are held), and its key's hash in the rest: the bits of the hash's low 32 above the
- * mask's, which the slot's place does not tell, so that a probe compares keys (the table's own business) only when
- * those match (about 1 in 4,096 slots of another key at 2**20 slots). What a slot lacks is its key's home (the hash's
- * low bits): a move or a shift asks the table for its key's hash (`hslot_hash_fn`: the LruIndex reads it from the
- * entry, the IdTable hashes the id's text again). 8-byte slots (the number and the hash's low 32 bits, until the
- * fifty-first session) cost 4 MB more a table of 500,000 keys (2**20 slots): 25 MB of the worker's 312 at a million
- * users+items (the gate's four tables and the learner's two; bench.memory). When it would be fuller than its table
+ * most half or 2/3 of the slots are held), and its key's tag in the rest: the bits above the mask's of 32 hash bits
+ * the table picks (the IdTable: the hash's low 32 bits, whose bits below the mask are the key's home; the LruIndex:
+ * its fingerprint's high 32, the low ones being in its entry), so that a probe compares keys (the table's own
+ * business) only when those match (about 1 in 4,096 slots of another key at 2**20 slots). What a slot lacks is its
+ * key's home (the hash's low bits): a move or a shift asks the table for its key's home hash (`hslot_hash_fn`: the
+ * LruIndex reads it from the entry, the IdTable hashes the id's text again); a move takes the tag from the old slot.
+ * 8-byte slots (the number and the hash's low 32 bits, until the fifty-first session) cost 4 MB more a table of
+ * 500,000 keys (2**20 slots): 25 MB of the worker's 312 at a million users+items (the gate's four tables and the
+ * learner's two; bench.memory). When it would be fuller than its table
  * allows, a zeroed table twice its size takes the new keys and the old one is kept while its entries move over,
  * HSLOT_MOVE slots of it with each key added: a lookup that misses the new slots probes the old ones meanwhile.
  * Rehashing all at once held one add for ~10 ms at 350,000 ids (an IdTable) and one insert for 21-27 ms at 524,288 keys
@@ -1966,9 +1968,10 @@ done:
  * with the entry's as it is now, so such a slot never matches once its key is forgotten (its number taken again by a
  * key that is then in the new slots). */
 
-typedef uint32_t hslot; /* 0: empty; else (hash & ~mask) | (number + 1), number + 1 < mask; mask itself: a tombstone */
+typedef uint32_t hslot; /* 0: empty; else (tag & ~mask) | (number + 1), number + 1 < mask; mask itself: a tombstone */
 
-/* The low 32 bits of the hash of the key whose number + 1 is `ref` (held), from its table `owner` */
+/* The home hash (its bits below a table's mask: the key's first slot) of the key whose number + 1 is `ref` (held),
+ * from its table `owner` */
 typedef uint32_t (*hslot_hash_fn)(const void *owner, uint32_t ref);
 
 #define HSLOT_MOVE 32 /* old slots moved with each key added while a doubling is under way */
@@ -1981,14 +1984,15 @@ typedef struct {
     uint64_t moved;    /* old[0 : moved] are in `slots` (or removed) */
 } hslots;
 
-/* The slot of a key of hash `hash` whose number + 1 is `ref`, in a table of this mask */
-static inline hslot hslot_of(uint32_t hash, uint32_t ref, uint32_t mask) { return (hash & ~mask) | ref; }
+/* The slot of a key whose number + 1 is `ref`, in a table of this mask: ref, and the bits of its `tag` (the 32 hash
+ * bits its table keeps in slots) above the mask */
+static inline hslot hslot_of(uint32_t tag, uint32_t ref, uint32_t mask) { return (tag & ~mask) | ref; }
 
-/* Puts the slot of a key (not in `slots`) in the first empty one from its hash's */
-static inline void hslots_place(hslot *slots, uint32_t mask, uint32_t hash, uint32_t ref) {
-    uint32_t at = hash & mask;
+/* Puts the slot of a key (not in `slots`) in the first empty one from its home (`home`'s bits below the mask) */
+static inline void hslots_place(hslot *slots, uint32_t mask, uint32_t home, uint32_t tag, uint32_t ref) {
+    uint32_t at = home & mask;
     while (slots[at] != 0) at = (at + 1) & mask;
-    slots[at] = hslot_of(hash, ref, mask);
+    slots[at] = hslot_of(tag, ref, mask);
 }
 
 /* The slot of `slots` holding `ref` (a number + 1), whose key's hash is `h`, or -1 (an empty slot reached first) */
@@ -2009,7 +2013,8 @@ static void hslots_move(hslots *t, uint64_t count, hslot_hash_fn hash_of, const 
     uint64_t stop = count >= end - at ? end : at + count;
     for (; at < stop; at++) {
         uint32_t ref = t->old[at] & t->old_mask;
-        if (ref != 0 && ref != t->old_mask) hslots_place(t->slots, t->mask, hash_of(owner, ref), ref);
+        /* (the old slot's bits above the old mask are its key's tag's; the new mask's are some of them) */
+        if (ref != 0 && ref != t->old_mask) hslots_place(t->slots, t->mask, hash_of(owner, ref), t->old[at], ref);
     }
     t->moved = at;
     if (at == end) {
@@ -2064,18 +2069,22 @@ static size_t hslots_nbytes(const hslots *t) {
  * learner.gate.records.Records keeps each behaviour rule's records in one array('d') (and their float32 fields in
  * one array('f')); this is its index: str key -> record number, in the order the rules evict (least recently touched
  * first), with the numbers of forgotten records reused (last forgotten, first taken). It does what the OrderedDict
- * it replaces did (get, move_to_end, popping the oldest) in a 16-byte entry a record plus 4 bytes a slot of an
+ * it replaces did (get, move_to_end, popping the oldest) in a 12-byte entry a record plus 4 bytes a slot of an
  * open-addressing table (linear probing, at most half full, removals by backward shift), where an OrderedDict entry
  * costs ~80 bytes and holds a str object of ~64 (`python -m bench.memory --records`). A key is known by its
  * fingerprint: str's 64-bit hash of its text (SipHash keyed by the process's secret, kept in the str object once
- * computed), not by its text, so an entry is the same 16 bytes for an id of any length (a 36-character UUID as a
- * 12-character id). Two keys of the same fingerprint would share a record: ~n**2 / 2**65 for n keys held at once
- * (~3e-8 at a million), far below the established-users filter's 1% (learner.gate.behaviour), and the fingerprint is
- * not persisted. Keys are never read back (pop_first and evict answer record numbers). Record r's entry is
- * entries[r]: its key's fingerprint and its neighbours in the order (prev LRU_FORGOTTEN: a forgotten record, whose
- * `next` links the forgotten ones). A slot holds an entry's number + 1 (0: empty) and the fingerprint's low 32 bits
- * above the slots' mask, so a probe reads an entry only when those bits match (a shift or a move reads the entry for
- * its slot's home). Keys are str, hashed as text (never by calling Python: a subclass's own __eq__ or __hash__ is
+ * computed), not by its text, so an entry is the same 12 bytes for an id of any length (a 36-character UUID as a
+ * 12-character id). Record r's entry is entries[r]: its neighbours in the order (prev LRU_FORGOTTEN: a forgotten
+ * record, whose `next` links the forgotten ones) and the fingerprint's low 32 bits (its home: a shift or a move reads
+ * the entry for it). A slot holds an entry's number + 1 (0: empty) and the fingerprint's high 32 bits above the slots'
+ * mask, so a probe reads an entry only when those bits match. A key is then known by 64 - log2(slots) bits of its
+ * fingerprint (44 at 2**20 slots, ~500,000 keys): two keys matching in those would share a record, a chance of
+ * ~n**2 * slots / 2**65 that any two of n keys held at once do (~0.7% at 500,000, ~6% at a million: then two users of
+ * the million counted as one), where the established-users filter takes 1% of new users for established
+ * (learner.gate.behaviour); the fingerprints live only in the process (its hash key), never persisted. 16-byte
+ * entries with the whole fingerprint (~3e-8 at a million) cost 4 bytes a record more: 8 MB of the worker's 283 at a
+ * million users+items (the gate's four tables; bench.memory). Keys are never read back (pop_first and evict answer
+ * record numbers). Keys are str, hashed as text (never by calling Python: a subclass's own __eq__ or __hash__ is
  * not used); numbers are answered as new int objects. The slots are hslots (above): they double a little at a time,
  * a key removed from the new slots shifts the later ones of its run back, and one removed from the old slots (not
  * moved yet) leaves a tombstone. */
@@ -2084,7 +2093,7 @@ static size_t hslots_nbytes(const hslots *t) {
 
 typedef struct {
     int32_t prev, next; /* neighbours in the order (-1: none); prev LRU_FORGOTTEN: forgotten */
-    uint64_t fp;        /* the key's fingerprint: str's hash of its text */
+    uint32_t lo;        /* the low 32 bits of the key's fingerprint (str's hash of its text): its home */
 } lru_entry;
 
 #define LRU_MAX_RECORDS 0x7ffffff0LL /* record numbers are int32 */
@@ -2094,7 +2103,7 @@ typedef struct {
     int ready;      /* __init__ was called */
     lru_entry *entries;
     Py_ssize_t n_entries, cap_entries; /* entries in use (held or forgotten), allocated */
-    hslots h;          /* entry number + 1 and the fingerprint's low bits by key; no slots until the first key */
+    hslots h;          /* entry number + 1 and the fingerprint's high bits by key; no slots until the first key */
     Py_ssize_t size;   /* keys held */
     int32_t first, last, free; /* the order's ends and the last forgotten record (-1: none) */
 } LruIndex;
@@ -2121,14 +2130,14 @@ static int lru_hash(PyObject *key, uint64_t *fp) {
  * in the old slots too, and may since have been forgotten (its number then maybe taken by another key, which is
  * in the new slots): a slot matches only a held entry of that fingerprint. */
 static inline uint32_t lru_probe_in(const LruIndex *self, const hslot *slots, uint32_t mask, uint64_t fp) {
-    uint32_t h = (uint32_t)fp, at = h & mask, tag = h & ~mask;
+    uint32_t lo = (uint32_t)fp, at = lo & mask, tag = (uint32_t)(fp >> 32) & ~mask;
     for (;;) {
         hslot s = slots[at];
         if (s == 0) return at;
         uint32_t ref = s & mask;
         if ((s & ~mask) == tag && ref != mask) { /* (mask: a tombstone) */
             const lru_entry *e = &self->entries[ref - 1];
-            if (e->fp == fp && e->prev != LRU_FORGOTTEN) return at;
+            if (e->lo == lo && e->prev != LRU_FORGOTTEN) return at;
         }
         at = (at + 1) & mask;
     }
@@ -2181,10 +2190,8 @@ static void lru_append(LruIndex *self, int32_t r) {
     self->last = r;
 }
 
-/* The low 32 bits of the fingerprint of the key whose number + 1 is `ref` (held) */
-static uint32_t lru_slot_hash(const void *self, uint32_t ref) {
-    return (uint32_t)((const LruIndex *)self)->entries[ref - 1].fp;
-}
+/* The home hash of the key whose number + 1 is `ref` (held): its fingerprint's low 32 bits */
+static uint32_t lru_slot_hash(const void *self, uint32_t ref) { return ((const LruIndex *)self)->entries[ref - 1].lo; }
 
 /* Room for one more key (the slots doubled when it would make them more than half full); -1 with MemoryError */
 static int lru_reserve_slot(LruIndex *self) {
@@ -2236,8 +2243,8 @@ static Py_ssize_t lru_insert(LruIndex *self, uint64_t fp) {
         r = (int32_t)self->n_entries++;
     }
     uint32_t at = lru_probe(self, fp);
-    self->h.slots[at] = hslot_of((uint32_t)fp, (uint32_t)r + 1, self->h.mask);
-    self->entries[r].fp = fp;
+    self->h.slots[at] = hslot_of((uint32_t)(fp >> 32), (uint32_t)r + 1, self->h.mask);
+    self->entries[r].lo = (uint32_t)fp;
     lru_append(self, r);
     self->size++;
     return r;
@@ -2246,7 +2253,7 @@ static Py_ssize_t lru_insert(LruIndex *self, uint64_t fp) {
 /* Forgets record `r` (held): out of the slots and the order, its number to the free list. */
 static void lru_forget(LruIndex *self, int32_t r) {
     lru_entry *e = &self->entries[r];
-    uint32_t h = (uint32_t)e->fp;
+    uint32_t h = e->lo;
     int64_t at = hslots_find(self->h.slots, self->h.mask, h, (uint32_t)r + 1);
     if (at >= 0) {
         lru_clear_slot(self, (uint32_t)at);
@@ -2872,7 +2879,7 @@ static PyObject *IdTable_copy(IdTable *self, PyObject *unused) {
         if (self->h.old != NULL) { /* the copy's doubling finished: the entries not moved yet put in its slots */
             for (uint64_t at = self->h.moved; at <= self->h.old_mask; at++) {
                 uint32_t ref = self->h.old[at] & self->h.old_mask;
-                if (ref != 0) hslots_place(copy->h.slots, self->h.mask, idt_slot_hash(self, ref), ref);
+                if (ref != 0) hslots_place(copy->h.slots, self->h.mask, idt_slot_hash(self, ref), self->h.old[at], ref);
             }
         }
         copy->n = self->n;
@@ -3699,16 +3706,18 @@ static PyTypeObject RateCoreType = {
 /* ---- The quality gate's item-surge rule (learner.gate.behaviour.ItemSurgeRule), compiled -----------------------
  *
  * SurgeCore is the rule's check, observe and observe_held, as RateCore is the user-rate rule's: the same
- * operations in the same order on the rule's two tables (users: 2 fields a record, items: 3 float64 and 4 float32),
+ * operations in the same order on the rule's two tables (users: 1 float64 and 1 float32 field a record, items: 3
+ * float64 and 4 float32),
  * with the rule's stream-wide counters kept here. The established users (a Bloom filter) stay the Python object's. */
 
-#define SURGE_USER_FIELDS 2
+#define SURGE_USER_FIELDS 1 /* float64: now when last seen */
+#define SURGE_USER_COUNTS 1 /* float32: events passed (capped at new_user_events, below 2**24: exact) */
 #define SURGE_ITEM_FIELDS 3 /* float64: cool-down end, then per channel its clock when the item's attempts were updated */
 #define SURGE_ITEM_COUNTS 4 /* float32: new-user interactions, all interactions, then per channel new-user attempts */
 
 typedef struct {
     GATE_CORE_HEAD
-    PyObject *users_index, *users_data, *users_evict;
+    PyObject *users_index, *users_data, *users_narrow, *users_evict;
     PyObject *items_index, *items_data, *items_narrow, *items_pop_oldest;
     PyObject *established, *established_add;
     PyObject *judged_types; /* None: every type */
@@ -3726,9 +3735,9 @@ typedef struct {
 } SurgeCore;
 
 #define SURGE_OBJECTS(X)                                                                                             \
-    X(users_index) X(users_data) X(users_evict) X(items_index) X(items_data) X(items_narrow) X(items_pop_oldest) \
-        X(established) X(established_add) X(judged_types)              \
-            X(positive_types) X(hold_cooling) X(hold_share) X(hold_concentration) X(oldest)
+    X(users_index) X(users_data) X(users_narrow) X(users_evict) X(items_index) X(items_data) X(items_narrow)      \
+        X(items_pop_oldest) X(established) X(established_add) X(judged_types) X(positive_types) X(hold_cooling)  \
+            X(hold_share) X(hold_concentration) X(oldest)
 
 static int SurgeCore_traverse(SurgeCore *self, visitproc visit, void *arg) {
 #define VISIT(field) Py_VISIT(self->field);
@@ -3776,12 +3785,12 @@ static int SurgeCore_init(SurgeCore *self, PyObject *args, PyObject *kwds) {
     /* from here on a failure leaves the core empty (not initialised: its methods raise), never half made */
     SurgeCore_clear(self);
     /* each in turn, stopping at the first missing one */
-    PyObject **fetched[] = {&self->users_index, &self->users_data,   &self->users_evict,
-                            &self->items_index, &self->items_data,   &self->items_narrow,
-                            &self->items_pop_oldest, &self->established_add};
-    const char *attributes[] = {"index", "data", "evict", "index", "data", "narrow", "pop_oldest", "add"};
-    for (int i = 0; i < 8; i++) {
-        PyObject *owner = i < 3 ? users : i < 7 ? items : established;
+    PyObject **fetched[] = {&self->users_index, &self->users_data,     &self->users_narrow,
+                            &self->users_evict, &self->items_index,    &self->items_data,
+                            &self->items_narrow, &self->items_pop_oldest, &self->established_add};
+    const char *attributes[] = {"index", "data", "narrow", "evict", "index", "data", "narrow", "pop_oldest", "add"};
+    for (int i = 0; i < 9; i++) {
+        PyObject *owner = i < 4 ? users : i < 8 ? items : established;
         if ((*fetched[i] = attribute(owner, attributes[i])) == NULL) {
             SurgeCore_clear(self);
             return -1;
@@ -3843,8 +3852,8 @@ static PyObject *SurgeCore_check(SurgeCore *self, PyObject *const *args, Py_ssiz
     Py_buffer view;
     Py_ssize_t b;
     if (known >= 0) {
-        if (table_record(self->users_data, known, SURGE_USER_FIELDS, &view, &b) < 0) return NULL;
-        double events = get_f64(view.buf, b);
+        if (table_fields(self->users_narrow, 'f', known, SURGE_USER_COUNTS, &view, &b) < 0) return NULL;
+        double events = get_f32(view.buf, b);
         PyBuffer_Release(&view);
         if (events >= self->new_user_events) Py_RETURN_NONE; /* an established user */
     } else {
@@ -3973,8 +3982,9 @@ static PyObject *SurgeCore_observe(SurgeCore *self, PyObject *const *args, Py_ss
             if (added == NULL) return NULL;
             Py_DECREF(added);
         }
-        const double fields[SURGE_USER_FIELDS] = {established ? self->new_user_events : 0.0, now};
-        row = records_add(self->users_index, self->users_data, NULL, user, fields, SURGE_USER_FIELDS, 0);
+        const double fields[SURGE_USER_FIELDS + SURGE_USER_COUNTS] = {now, established ? self->new_user_events : 0.0};
+        row = records_add(self->users_index, self->users_data, self->users_narrow, user, fields, SURGE_USER_FIELDS,
+                          SURGE_USER_COUNTS);
         if (row < 0) return NULL;
     } else if (move_last(self->users_index, row) < 0) { /* most recently seen last */
         return NULL;
@@ -3983,8 +3993,8 @@ static PyObject *SurgeCore_observe(SurgeCore *self, PyObject *const *args, Py_ss
      * (the items table), so no view of the users' array is held across it */
     Py_buffer view;
     Py_ssize_t b;
-    if (table_record(self->users_data, row, SURGE_USER_FIELDS, &view, &b) < 0) return NULL;
-    double events = get_f64(view.buf, b);
+    if (table_fields(self->users_narrow, 'f', row, SURGE_USER_COUNTS, &view, &b) < 0) return NULL;
+    double events = get_f32(view.buf, b);
     PyBuffer_Release(&view);
     int judged = surge_judges(self, type);
     if (judged < 0) return NULL;
@@ -3998,13 +4008,15 @@ static PyObject *SurgeCore_observe(SurgeCore *self, PyObject *const *args, Py_ss
         if (floor_ > rate) rate = floor_; /* max(1 / passed, floor): a plain mean until the window fills */
         self->stream_new_share += rate * ((is_new ? 1.0 : 0.0) - self->stream_new_share);
     }
-    if (table_record(self->users_data, row, SURGE_USER_FIELDS, &view, &b) < 0) return NULL;
+    if (table_fields(self->users_narrow, 'f', row, SURGE_USER_COUNTS, &view, &b) < 0) return NULL;
     int established_now = 0;
-    if (get_f64(view.buf, b) < self->new_user_events) {
-        set_f64(view.buf, b, get_f64(view.buf, b) + 1.0);
-        established_now = get_f64(view.buf, b) >= self->new_user_events;
+    if (get_f32(view.buf, b) < self->new_user_events) {
+        set_f32(view.buf, b, (float)(get_f32(view.buf, b) + 1.0));
+        established_now = get_f32(view.buf, b) >= self->new_user_events;
     }
-    set_f64(view.buf, b + 1, now);
+    PyBuffer_Release(&view);
+    if (table_record(self->users_data, row, SURGE_USER_FIELDS, &view, &b) < 0) return NULL;
+    set_f64(view.buf, b, now);
     PyBuffer_Release(&view);
     if (established_now) {
         PyObject *added = PyObject_CallOneArg(self->established_add, user);
@@ -4012,7 +4024,7 @@ static PyObject *SurgeCore_observe(SurgeCore *self, PyObject *const *args, Py_ss
         Py_DECREF(added);
     }
     double horizon = now - self->user_idle_seconds;
-    if (evict_if_due(row, self->users_index, self->users_evict, horizon, self->max_users, 1, &self->oldest,
+    if (evict_if_due(row, self->users_index, self->users_evict, horizon, self->max_users, 0, &self->oldest,
                      &self->oldest_seen)) {
         return NULL;
     }

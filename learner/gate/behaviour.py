@@ -49,7 +49,7 @@ Features = tuple[float, float, float, float, float, float]
 
 #: Fields of a record in :class:`UserRateRule`, :class:`ItemSurgeRule` (users, items) and
 #: :class:`AnomalousBehaviourRule`: float64 ones (``*_FIELDS``), then float32 ones (``*_COUNTS``) if it has any.
-_RATE_FIELDS, _RATE_COUNTS, _SURGE_USER_FIELDS = 2, 4, 2
+_RATE_FIELDS, _RATE_COUNTS, _SURGE_USER_FIELDS, _SURGE_USER_COUNTS = 2, 4, 1, 1
 _SURGE_ITEM_FIELDS, _SURGE_ITEM_COUNTS, _ANOMALY_FIELDS, _ANOMALY_COUNTS = 3, 4, 2, 4
 #: The anomaly rule's float32 fields of a user's next state, rounded as its table stores them (so that the next
 #: state computed ahead, in :meth:`AnomalousBehaviourRule.prepare`, is the one read back).
@@ -61,7 +61,7 @@ class UserRateRule:
 
     Sliding-window counters: two fixed windows per user, the previous one weighted by how much of
     it still overlaps the sliding window (error bounded by the previous window's count, no
-    timestamps stored). Memory: one record (~0.07 kB: the user's clock and when last seen as
+    timestamps stored). Memory: one record (~0.05 kB: the user's clock and when last seen as
     float64, the four counts as float32, exact below 2**24) per user active in the last two
     windows, at most ``max_users``.
 
@@ -330,9 +330,9 @@ class ItemSurgeRule:
     it lasts; interactions of established users are never held by this rule. Windows count
     interactions, not seconds, so a replay's quiet days neither reset nor dilute them.
 
-    Memory (measured, table entries included): one record (~0.07 kB: its clocks as float64, its
+    Memory (measured, table entries included): one record (~0.06 kB: its clocks as float64, its
     decayed counts as float32) per item, least recently
-    touched forgotten beyond ``max_items``; one (~0.05 kB) per user seen in the last
+    touched forgotten beyond ``max_items``; one (~0.03 kB) per user seen in the last
     ``user_idle_seconds``, at most ``max_users`` (an evicted user's progress towards established is
     lost; established users stay known through :class:`EstablishedUsers`, 2 × 1.2 bytes ×
     ``established_capacity``).
@@ -377,6 +377,8 @@ class ItemSurgeRule:
     ) -> None:
         if new_user_events < 1 or item_memory < 1 or stream_memory < 1:
             raise ValueError("new_user_events, item_memory and stream_memory must be >= 1")
+        if new_user_events > 2**24:  # a user's count is a float32, exact up to 2**24
+            raise ValueError("new_user_events must be at most 16,777,216")
         if cooldown is not None and cooldown < 0:
             raise ValueError("cooldown must be >= 0")
         self.new_user_events = new_user_events
@@ -405,9 +407,9 @@ class ItemSurgeRule:
         #         float32, [new-user interactions, all interactions] weighted over the item's own last interactions,
         #         then per channel new-user attempts weighted over the channel's; least recently touched first
         self._items = Records(_SURGE_ITEM_FIELDS, narrow=_SURGE_ITEM_COUNTS)
-        # user -> [events passed (capped at new_user_events), now last seen]; established users stay here as a
-        # cache in front of the Bloom filters while active
-        self._users = Records(_SURGE_USER_FIELDS)
+        # user -> [now last seen] and, as float32, [events passed (capped at new_user_events: a whole number, exact
+        # below 2**24)]; established users stay here as a cache in front of the Bloom filters while active
+        self._users = Records(_SURGE_USER_FIELDS, narrow=_SURGE_USER_COUNTS)
         self._oldest, self._oldest_seen = None, -math.inf  # _users' first record's number (see Records.evict)
         kernel = kernels.compiled()
         self._core = None
@@ -449,7 +451,7 @@ class ItemSurgeRule:
         users = self._users
         known = users.index.get(user)
         if known is not None:
-            if users.data[known * _SURGE_USER_FIELDS] >= self.new_user_events:
+            if users.narrow[known * _SURGE_USER_COUNTS] >= self.new_user_events:
                 return None  # an established user
         elif user in self.established:
             return None
@@ -534,16 +536,16 @@ class ItemSurgeRule:
         if r is None:
             if user in self.established:
                 self.established.add(user)  # refresh into the current generation
-                r = users.add(user, (self.new_user_events, now))
+                r = users.add(user, (now, self.new_user_events))
             else:
-                r = users.add(user, (0.0, now))
+                r = users.add(user, (now, 0.0))
         else:
             index.move_to_end(user)  # most recently seen last
-        d, b = users.data, r * _SURGE_USER_FIELDS
+        n, c = users.narrow, r * _SURGE_USER_COUNTS
         new_user_events = self.new_user_events
         judged = self.judged_types
         if judged is None or event.type in judged:
-            is_new = d[b] < new_user_events
+            is_new = n[c] < new_user_events
             self._count(is_new, event.item_id, event.type in self.positive_types)
             self._passed = passed = self._passed + 1
             rate = 1.0 / passed
@@ -551,14 +553,14 @@ class ItemSurgeRule:
             if floor > rate:  # max(1 / passed, floor): a plain mean until the window fills
                 rate = floor
             self._stream_new_share += rate * (is_new - self._stream_new_share)
-        if d[b] < new_user_events:
-            d[b] += 1.0
-            if d[b] >= new_user_events:
+        if n[c] < new_user_events:
+            n[c] += 1.0
+            if n[c] >= new_user_events:
                 self.established.add(user)
-        d[b + 1] = now
+        users.data[r * _SURGE_USER_FIELDS] = now
         horizon = now - self.user_idle_seconds
         if r == self._oldest or not (self._oldest_seen >= horizon and len(index) <= self.max_users):
-            self._oldest, self._oldest_seen = users.evict(horizon, self.max_users, 1)
+            self._oldest, self._oldest_seen = users.evict(horizon, self.max_users, 0)
 
     def observe_held(self, event: GateEvent, now: float, hold: Hold) -> None:  # noqa: ARG002
         """A held new-user interaction still counts for its item, and (re)starts the item's cool-down."""
@@ -627,7 +629,7 @@ class AnomalousBehaviourRule:
     ever more). Nothing is held before ``warmup_events`` events have passed, nor before the trees
     have a reference window (``window_size`` × ``learn_every`` events). Memory: the trees (fixed,
     ``n_trees`` × 2^(``height`` + 1) nodes), the points learned in the current window (at most
-    ``window_size``, ~0.2 kB each), one record (~0.07 kB: its clock and when last seen as float64,
+    ``window_size``, ~0.2 kB each), one record (~0.06 kB: its clock and when last seen as float64,
     the rest as float32) per user seen in the last ``idle_seconds``, at most ``max_users``.
 
     Where the compiled loops are built (:mod:`learner.kernels`, when the rule is made), ``check``,

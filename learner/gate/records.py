@@ -18,15 +18,18 @@ The index is the compiled ``LruIndex`` (``learner/_kernels.c``) where the kernel
 same results (:class:`RecordIndex`: ``get``, ``insert``, ``remove``, ``move_to_end``,
 ``pop_first``, ``evict``, ``order``, ``len``, ``in``). Neither reads keys back: ``pop_first`` and ``evict``
 answer record numbers. The compiled one knows a key by its fingerprint (str's 64-bit hash of its
-text, kept in the str object), not its text: a 16-byte entry a record (the fingerprint and the
-record's neighbours in the order), whatever the key's length, and a hash table of 4-byte slots kept
-at most half full (doubled a little at a time: no insert moves them all): 24 to ~33 bytes a record,
-by where the table is in its doubling, where an ``OrderedDict`` entry costs ~80 bytes and keeps the
+text, kept in the str object), not its text: a 12-byte entry a record (the record's neighbours in
+the order and the fingerprint's low 32 bits), whatever the key's length, and a hash table of 4-byte
+slots (each the record's number and the fingerprint's high bits above the slots' mask) kept at most
+half full (doubled a little at a time: no insert moves them all): 20 to ~29 bytes a record, by
+where the table is in its doubling, where an ``OrderedDict`` entry costs ~80 bytes and keeps the
 key's str object (~64 bytes for a 12-character id: the learner's packed ids, ``learner.id_index``,
-hold no str objects for it to share). Two keys of one fingerprint would share a record: for ``n``
-keys held at once, a chance of about ``n**2 / 2**65`` that any two do (~3e-8 at a million), far below
-the 1% of the established-users filter the item-surge rule already trusts; the fingerprints live only
-in the process (their hash key is the process's own), never in a snapshot.
+hold no str objects for it to share). A key is known by ``64 - log2(slots)`` bits of its fingerprint
+(44 at 2**20 slots): two keys alike in those would share a record, for ``n`` keys held at once a
+chance of about ``n**2 * slots / 2**65`` that any two do (~0.7% at 500,000, ~6% at a million: two
+users of the million then counted as one), where the established-users filter the item-surge rule
+trusts takes 1% of new users for established; the fingerprints live only in the process (their hash
+key is the process's own), never in a snapshot.
 
 Why not an ``array('d')`` object per record, as at first: each such object costs 64 bytes of
 header on top of its fields; with three tables per active user and one per item, that was
