@@ -21,8 +21,9 @@ all of them within every window the gate keeps: its worst case, where no user is
 enough to be forgotten). Its events carry the learner's ids (read from its packed index as new
 str objects, as a worker's events bring theirs); the gate's tables keep a copy of each id's text,
 not the str. Its RSS growth
-from before it is built (its fixed part, ~12 MB of filters, included) to after a heap trim is
-what the gate holds for that many active users and items; its tables are bounded by the
+from before it is built (its fixed part, ~12 MB of filters sized by
+``RECSTREAM_GATE_ITEM_SURGE_ESTABLISHED_CAPACITY``, included; ``gate_fixed_bytes`` in the JSON) to after a heap
+trim is what the gate holds for that many active users and items; its tables are bounded by the
 ``RECSTREAM_GATE_*_MAX_USERS`` / ``_MAX_ITEMS`` settings and forget idle users
 (docs/quality-gate.md). The worker's figure is the learner's plus the gate's. The gate is
 measured in the learner's process, so it may reuse heap the learner freed (after
@@ -32,7 +33,7 @@ measured in the learner's process, so it may reuse heap the learner freed (after
 of each behaviour rule's table costs (``learner/gate/records.py``): each rule alone, in a process of
 its own, judges ``ids`` likes that each bring a new user (on a new item for ``item_surge``'s items,
 on one of 1,000 items for its users); RSS growth after a heap trim, per record (its entry and its
-key's fingerprint included), next to the record's fields (8 bytes each, 4 for a float32 one).
+key's fingerprint included), next to the record's fields (8 bytes each, 4 for a float32 or int32 one).
 """
 
 from __future__ import annotations
@@ -120,6 +121,9 @@ def _measure_gate(users: list[str], items: list[str], n_events: int) -> dict:
     gc.collect()
     before = rss_bytes()
     gate = quality_gate(Settings(gate_enabled=True))  # its figure, even if RECSTREAM_GATE_ENABLED=false is set
+    gc.collect()
+    trim_heap()
+    fixed = rss_bytes() - before  # what it holds before any event: its established-users filters, mostly
     started = time.perf_counter()
     t0 = time.time()
     step = 1.0 / GATE_EVENTS_PER_SECOND
@@ -143,6 +147,7 @@ def _measure_gate(users: list[str], items: list[str], n_events: int) -> dict:
     result = {
         "gate_rss_before_bytes": before,
         "gate_rss_growth_bytes": growth,  # from before it was built to after a heap trim
+        "gate_fixed_bytes": fixed,  # of which before any event (in the growth: sized by settings, not by ids)
         "gate_events": n_events,
         "gate_held": dict(gate.counts),
         "gate_seconds": seconds,
@@ -266,7 +271,7 @@ def measure_record(case: str, n: int) -> dict:
         "case": case,
         "records": records,
         "bytes_per_record": (rss_bytes() - before) / max(records, 1),
-        "field_bytes": 8 * kept.width + 4 * kept.narrow_width,
+        "field_bytes": 8 * kept.width + 4 * (kept.narrow_width + kept.ints),
         "cpu_us_per_event": cpu / n * 1e6,
     }
 

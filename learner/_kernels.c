@@ -52,6 +52,7 @@ static inline int64_t get_i64(const char *p, Py_ssize_t i) {
 
 static inline void set_f64(char *p, Py_ssize_t i, double x) { memcpy(p + i * (Py_ssize_t)sizeof x, &x, sizeof x); }
 static inline void set_f32(char *p, Py_ssize_t i, float x) { memcpy(p + i * (Py_ssize_t)sizeof x, &x, sizeof x); }
+static inline void set_i32(char *p, Py_ssize_t i, int32_t x) { memcpy(p + i * (Py_ssize_t)sizeof x, &x, sizeof x); }
 
 /* A C-contiguous buffer of native items of type `code` ('i': int32, 'f': float32, 'd': float64, 'q': int64, which
  * numpy calls 'l' on 64-bit Linux). */
@@ -1964,9 +1965,8 @@ done:
  * need the next doubling, however many are removed meanwhile, so HSLOT_MOVE >= 2 an add finishes the moves first (and
  * any left are finished before a doubling all the same). Old slots change only by a removal (LruIndex), which leaves a
  * tombstone there (its number bits all ones: a probe goes past it, a move skips it), not a shift, which could move a
- * key not moved yet to where the moves have passed. A moved entry stays in the old slots too: its table compares a key
- * with the entry's as it is now, so such a slot never matches once its key is forgotten (its number taken again by a
- * key that is then in the new slots). */
+ * key not moved yet to where the moves have passed. A moved entry stays in the old slots too: the IdTable forgets no
+ * key, and the LruIndex matches no old slot that was moved (lru_probe_in). */
 
 typedef uint32_t hslot; /* 0: empty; else (tag & ~mask) | (number + 1), number + 1 < mask; mask itself: a tombstone */
 
@@ -2078,10 +2078,10 @@ static size_t hslots_nbytes(const hslots *t) {
  * record, whose `next` links the forgotten ones) and the fingerprint's low 32 bits (its home: a shift or a move reads
  * the entry for it). A slot holds an entry's number + 1 (0: empty) and the fingerprint's high 32 bits above the slots'
  * mask, so a probe reads an entry only when those bits match. A key is then known by 64 - log2(slots) bits of its
- * fingerprint (44 at 2**20 slots, ~500,000 keys): two keys matching in those would share a record, a chance of
- * ~n**2 * slots / 2**65 that any two of n keys held at once do (~0.7% at 500,000, ~6% at a million: then two users of
- * the million counted as one), where the established-users filter takes 1% of new users for established
- * (learner.gate.behaviour); the fingerprints live only in the process (its hash key), never persisted. 16-byte
+ * fingerprint (44 at 2**20 slots, ~500,000 keys): two keys matching in those would be taken for one another, a
+ * chance of ~n**2 * slots / 2**65 that any two of n keys held at once are (~0.7% at 500,000, ~6% at a million: then
+ * two users of the million counted as one), where the established-users filter takes 1% of new users for
+ * established (learner.gate.behaviour); the fingerprints live only in the process (its hash key), never persisted. 16-byte
  * entries with the whole fingerprint (~3e-8 at a million) cost 4 bytes a record more: 8 MB of the worker's 283 at a
  * million users+items (the gate's four tables; bench.memory). Keys are never read back (pop_first and evict answer
  * record numbers). Keys are str, hashed as text (never by calling Python: a subclass's own __eq__ or __hash__ is
@@ -2126,16 +2126,19 @@ static int lru_hash(PyObject *key, uint64_t *fp) {
     return 1;
 }
 
-/* The slot of `slots` holding the key of fingerprint `fp`, or the empty one where it would go. A moved entry stays
- * in the old slots too, and may since have been forgotten (its number then maybe taken by another key, which is
- * in the new slots): a slot matches only a held entry of that fingerprint. */
-static inline uint32_t lru_probe_in(const LruIndex *self, const hslot *slots, uint32_t mask, uint64_t fp) {
+/* The slot of `slots` holding the key of fingerprint `fp`, or the empty one where it would go; only slots from
+ * `from` on match (the old slots: those not moved yet). A moved entry stays in the old slots too, and may since have
+ * been forgotten, its number then maybe taken by another key (in the new slots) whose fingerprint's low 32 bits are
+ * the same: the old slot's high bits and that entry's low ones would make a key that is not held (the forgotten one)
+ * match. A held key is in the new slots once its old slot is moved, so the moved ones are not matched at all. */
+static inline uint32_t lru_probe_in(const LruIndex *self, const hslot *slots, uint32_t mask, uint64_t fp,
+                                    uint64_t from) {
     uint32_t lo = (uint32_t)fp, at = lo & mask, tag = (uint32_t)(fp >> 32) & ~mask;
     for (;;) {
         hslot s = slots[at];
         if (s == 0) return at;
         uint32_t ref = s & mask;
-        if ((s & ~mask) == tag && ref != mask) { /* (mask: a tombstone) */
+        if ((s & ~mask) == tag && ref != mask && at >= from) { /* (mask: a tombstone) */
             const lru_entry *e = &self->entries[ref - 1];
             if (e->lo == lo && e->prev != LRU_FORGOTTEN) return at;
         }
@@ -2146,14 +2149,14 @@ static inline uint32_t lru_probe_in(const LruIndex *self, const hslot *slots, ui
 /* The slot of the (current) slots holding the key of fingerprint `fp`, or the empty one where it would go; the
  * table has slots. */
 static inline uint32_t lru_probe(const LruIndex *self, uint64_t fp) {
-    return lru_probe_in(self, self->h.slots, self->h.mask, fp);
+    return lru_probe_in(self, self->h.slots, self->h.mask, fp, 0);
 }
 
 /* The entry number + 1 of the key of fingerprint `fp`, 0 when it is not held; the table has slots */
 static inline uint32_t lru_entry_of(const LruIndex *self, uint64_t fp) {
     uint32_t entry = self->h.slots[lru_probe(self, fp)] & self->h.mask;
     if (entry == 0 && self->h.old != NULL) { /* not moved yet, maybe */
-        entry = self->h.old[lru_probe_in(self, self->h.old, self->h.old_mask, fp)] & self->h.old_mask;
+        entry = self->h.old[lru_probe_in(self, self->h.old, self->h.old_mask, fp, self->h.moved)] & self->h.old_mask;
     }
     return entry;
 }
@@ -3491,13 +3494,15 @@ static int array_put(PyObject *array, char code, Py_ssize_t at, Py_ssize_t lengt
 }
 
 /* Records.add(key, fields) from a rule core, for a key its index does not hold: the same index and arrays (a key's
- * record number from LruIndex.insert, its `width` float64 fields then `narrow_width` float32 ones, rounded as
- * array('f') rounds, appended or written where a forgotten record was) without its Python. `narrow` is NULL for a
- * table without float32 fields. The record's number, or -1 with an exception and nothing changed. */
-static Py_ssize_t records_add(PyObject *index, PyObject *data, PyObject *narrow, PyObject *key, const double *fields,
-                              Py_ssize_t width, Py_ssize_t narrow_width) {
-    char wide[8 * 8], small[8 * 4];
-    if (width > 8 || narrow_width > 8 || (narrow == NULL) != (narrow_width == 0)) {
+ * record number from LruIndex.insert, its `width` float64 fields, then `narrow_width` float32 ones, rounded as
+ * array('f') rounds, then `ints` int32 ones (whole numbers within int32: the caller's business), appended or written
+ * where a forgotten record was) without its Python. `narrow` (`whole`) is NULL for a table without float32 (int32)
+ * fields. The record's number, or -1 with an exception and nothing changed. */
+static Py_ssize_t records_add(PyObject *index, PyObject *data, PyObject *narrow, PyObject *whole, PyObject *key,
+                              const double *fields, Py_ssize_t width, Py_ssize_t narrow_width, Py_ssize_t ints) {
+    char wide[8 * 8], small[8 * 4], numbers[8 * 4];
+    if (width > 8 || narrow_width > 8 || ints > 8 || (narrow == NULL) != (narrow_width == 0) ||
+        (whole == NULL) != (ints == 0)) {
         PyErr_SetString(PyExc_SystemError, "records_add: at most 8 fields of each width");
         return -1;
     }
@@ -3510,23 +3515,38 @@ static Py_ssize_t records_add(PyObject *index, PyObject *data, PyObject *narrow,
     LruIndex *lru = (LruIndex *)index;
     if (lru_ready(lru) < 0) return -1;
     Py_ssize_t end = PySequence_Size(data), narrow_end = narrow == NULL ? 0 : PySequence_Size(narrow);
-    if (end < 0 || narrow_end < 0) return -1;
+    Py_ssize_t whole_end = whole == NULL ? 0 : PySequence_Size(whole);
+    if (end < 0 || narrow_end < 0 || whole_end < 0) return -1;
     Py_ssize_t number = lru_insert(lru, fp);
     if (number < 0) return -1;
     for (Py_ssize_t i = 0; i < width; i++) set_f64(wide, i, fields[i]);
     for (Py_ssize_t i = 0; i < narrow_width; i++) set_f32(small, i, (float)fields[width + i]);
-    if (array_put(data, 'd', number * width, end, wide, width * 8) == 0 &&
-        (narrow == NULL || array_put(narrow, 'f', number * narrow_width, narrow_end, small, narrow_width * 4) == 0)) {
+    for (Py_ssize_t i = 0; i < ints; i++) set_i32(numbers, i, (int32_t)fields[width + narrow_width + i]);
+    if ((width == 0 || array_put(data, 'd', number * width, end, wide, width * 8) == 0) &&
+        (narrow == NULL || array_put(narrow, 'f', number * narrow_width, narrow_end, small, narrow_width * 4) == 0) &&
+        (whole == NULL || array_put(whole, 'i', number * ints, whole_end, numbers, ints * 4) == 0)) {
         return number;
     }
-    /* as it was: no number without its record, the arrays their lengths (if the first was extended) */
+    /* as it was: no number without its record, the arrays their lengths (those extended before the failure) */
     PyObject *type, *value, *traceback;
     PyErr_Fetch(&type, &value, &traceback);
     if (PySequence_Size(data) > end) PySequence_DelSlice(data, end, PY_SSIZE_T_MAX);
     PyErr_Clear();
+    if (narrow != NULL && PySequence_Size(narrow) > narrow_end) PySequence_DelSlice(narrow, narrow_end, PY_SSIZE_T_MAX);
+    PyErr_Clear();
     lru_forget(lru, (int32_t)number);
     PyErr_Restore(type, value, traceback);
     return -1;
+}
+
+/* `by` (>= 0) subtracted from int32 field `field` of every record of `n` int32 items (records of `ints` fields), none
+ * below `floor` (Records.shift_ints) */
+static void shift_i32_field(char *whole, Py_ssize_t n, Py_ssize_t ints, Py_ssize_t field, long long by,
+                            long long floor_) {
+    for (Py_ssize_t at = field; at < n; at += ints) {
+        long long value = (long long)get_i32(whole, at) - by;
+        set_i32(whole, at, (int32_t)(value > floor_ ? value : floor_));
+    }
 }
 
 static PyObject *call_with_float(PyObject *callable, double x) {
@@ -3638,7 +3658,7 @@ static PyObject *RateCore_observe(RateCore *self, PyObject *const *args, Py_ssiz
     if (number == -2) return NULL;
     if (number < 0) { /* a new record, its counts to be counted below */
         const double fields[RATE_FIELDS + RATE_COUNTS] = {ts, now, 0.0, 0.0, 0.0, 0.0};
-        number = records_add(self->index, self->data, self->narrow, user, fields, RATE_FIELDS, RATE_COUNTS);
+        number = records_add(self->index, self->data, self->narrow, NULL, user, fields, RATE_FIELDS, RATE_COUNTS, 0);
         if (number < 0) return NULL;
     } else if (move_last(self->index, number) < 0) {
         return NULL;
@@ -3706,19 +3726,20 @@ static PyTypeObject RateCoreType = {
 /* ---- The quality gate's item-surge rule (learner.gate.behaviour.ItemSurgeRule), compiled -----------------------
  *
  * SurgeCore is the rule's check, observe and observe_held, as RateCore is the user-rate rule's: the same
- * operations in the same order on the rule's two tables (users: 1 float64 and 1 float32 field a record, items: 3
- * float64 and 4 float32),
- * with the rule's stream-wide counters kept here. The established users (a Bloom filter) stay the Python object's. */
+ * operations in the same order on the rule's two tables (users: 1 float64 and 1 float32 field a record, items: 4
+ * float32 and 3 int32, its clocks from the channels' bases), with the rule's stream-wide counters (and the bases) kept
+ * here. The established users (a Bloom filter) stay the Python object's. */
 
 #define SURGE_USER_FIELDS 1 /* float64: now when last seen */
 #define SURGE_USER_COUNTS 1 /* float32: events passed (capped at new_user_events, below 2**24: exact) */
-#define SURGE_ITEM_FIELDS 3 /* float64: cool-down end, then per channel its clock when the item's attempts were updated */
 #define SURGE_ITEM_COUNTS 4 /* float32: new-user interactions, all interactions, then per channel new-user attempts */
+#define SURGE_ITEM_CLOCKS 3 /* int32 from the channels' bases: cool-down end (channel 0), then per channel its clock
+                             * when the item's attempts were updated */
 
 typedef struct {
     GATE_CORE_HEAD
     PyObject *users_index, *users_data, *users_narrow, *users_evict;
-    PyObject *items_index, *items_data, *items_narrow, *items_pop_oldest;
+    PyObject *items_index, *items_data, *items_narrow, *items_whole, *items_pop_oldest;
     PyObject *established, *established_add;
     PyObject *judged_types; /* None: every type */
     PyObject *positive_types;
@@ -3726,18 +3747,18 @@ typedef struct {
     double new_user_events, min_new_positives, min_new_share, min_lift, max_new_concentration, warmup_positives;
     double item_decay, stream_decay, share_rate_floor, user_idle_seconds;
     Py_ssize_t max_items, max_users;
-    long long cooldown;
-    /* the stream's counters (ItemSurgeRule._stream_new_share, _passed, _stream_new, _clocks) */
+    long long cooldown, span;
+    /* the stream's counters (ItemSurgeRule._stream_new_share, _passed, _stream_new, _clocks, _bases) */
     double stream_new_share;
     long long passed;
     double stream_new[2];
-    long long clocks[2];
+    long long clocks[2], bases[2];
 } SurgeCore;
 
 #define SURGE_OBJECTS(X)                                                                                             \
     X(users_index) X(users_data) X(users_narrow) X(users_evict) X(items_index) X(items_data) X(items_narrow)      \
-        X(items_pop_oldest) X(established) X(established_add) X(judged_types) X(positive_types) X(hold_cooling)  \
-            X(hold_share) X(hold_concentration) X(oldest)
+        X(items_whole) X(items_pop_oldest) X(established) X(established_add) X(judged_types) X(positive_types)   \
+            X(hold_cooling) X(hold_share) X(hold_concentration) X(oldest)
 
 static int SurgeCore_traverse(SurgeCore *self, visitproc visit, void *arg) {
 #define VISIT(field) Py_VISIT(self->field);
@@ -3767,15 +3788,19 @@ static int SurgeCore_init(SurgeCore *self, PyObject *args, PyObject *kwds) {
                             "hold_share", "hold_concentration", "new_user_events", "min_new_positives",
                             "min_new_share", "min_lift", "max_new_concentration", "warmup_positives", "item_decay",
                             "stream_decay", "share_rate_floor", "user_idle_seconds", "max_items", "max_users",
-                            "cooldown", NULL};
+                            "cooldown", "span", NULL};
     PyObject *users, *items, *established, *judged, *positive, *cooling, *share, *concentration;
     double numbers[10];
     Py_ssize_t max_items, max_users;
-    long long cooldown;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOOOOddddddddddnnL", names, &users, &items, &established,
+    long long cooldown, span;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOOOOddddddddddnnLL", names, &users, &items, &established,
                                      &judged, &positive, &cooling, &share, &concentration, &numbers[0], &numbers[1],
                                      &numbers[2], &numbers[3], &numbers[4], &numbers[5], &numbers[6], &numbers[7],
-                                     &numbers[8], &numbers[9], &max_items, &max_users, &cooldown)) {
+                                     &numbers[8], &numbers[9], &max_items, &max_users, &cooldown, &span)) {
+        return -1;
+    }
+    if (span < 1 || span > (1LL << 30) || cooldown < 0 || cooldown > (1LL << 30)) {
+        PyErr_SetString(PyExc_ValueError, "SurgeCore: 1 <= span <= 2**30 and 0 <= cooldown <= 2**30");
         return -1;
     }
     if ((judged != Py_None && !PyAnySet_Check(judged)) || !PyAnySet_Check(positive)) {
@@ -3785,12 +3810,14 @@ static int SurgeCore_init(SurgeCore *self, PyObject *args, PyObject *kwds) {
     /* from here on a failure leaves the core empty (not initialised: its methods raise), never half made */
     SurgeCore_clear(self);
     /* each in turn, stopping at the first missing one */
-    PyObject **fetched[] = {&self->users_index, &self->users_data,     &self->users_narrow,
-                            &self->users_evict, &self->items_index,    &self->items_data,
-                            &self->items_narrow, &self->items_pop_oldest, &self->established_add};
-    const char *attributes[] = {"index", "data", "narrow", "evict", "index", "data", "narrow", "pop_oldest", "add"};
-    for (int i = 0; i < 9; i++) {
-        PyObject *owner = i < 4 ? users : i < 8 ? items : established;
+    PyObject **fetched[] = {&self->users_index,  &self->users_data,        &self->users_narrow,
+                            &self->users_evict,  &self->items_index,       &self->items_data,
+                            &self->items_narrow, &self->items_whole,       &self->items_pop_oldest,
+                            &self->established_add};
+    const char *attributes[] = {"index", "data",  "narrow",     "evict", "index",
+                                "data",  "narrow", "whole", "pop_oldest", "add"};
+    for (int i = 0; i < 10; i++) {
+        PyObject *owner = i < 4 ? users : i < 9 ? items : established;
         if ((*fetched[i] = attribute(owner, attributes[i])) == NULL) {
             SurgeCore_clear(self);
             return -1;
@@ -3812,6 +3839,8 @@ static int SurgeCore_init(SurgeCore *self, PyObject *args, PyObject *kwds) {
     self->max_items = max_items;
     self->max_users = max_users;
     self->cooldown = cooldown;
+    self->span = span;
+    self->bases[0] = self->bases[1] = 0;
     self->oldest_seen = -INFINITY;
     self->stream_new_share = 1.0; /* of passed interactions; a fresh worker starts with "everyone is new" */
     self->passed = 0;
@@ -3827,12 +3856,13 @@ static int surge_judges(SurgeCore *self, PyObject *type) {
 
 /* ItemSurgeRule._concentration: the item's share of the channel's recent new-user attempts, this one included;
  * NAN when too few */
-/* ItemSurgeRule._concentration of the item whose float64 fields start at d + b and float32 ones at n + c */
-static double surge_concentration(SurgeCore *self, const char *d, Py_ssize_t b, const char *n, Py_ssize_t c,
+/* ItemSurgeRule._concentration of the item whose int32 fields start at w + b and float32 ones at n + c */
+static double surge_concentration(SurgeCore *self, const char *w, Py_ssize_t b, const char *n, Py_ssize_t c,
                                   int channel) {
     double decay = self->stream_decay;
-    double attempts = get_f32(n, c + 2 + channel), updated = get_f64(d, b + 1 + channel);
-    double item_in_stream = attempts * pow(decay, (double)self->clocks[channel] - updated) * decay + 1.0;
+    double attempts = get_f32(n, c + 2 + channel);
+    long long updated = self->bases[channel] + get_i32(w, b + 1 + channel);
+    double item_in_stream = attempts * pow(decay, (double)(self->clocks[channel] - updated)) * decay + 1.0;
     if (item_in_stream < self->min_new_positives) return NAN;
     return item_in_stream / (self->stream_new[channel] * decay + 1.0);
 }
@@ -3867,7 +3897,7 @@ static PyObject *SurgeCore_check(SurgeCore *self, PyObject *const *args, Py_ssiz
         if (self->min_new_positives > 1) Py_RETURN_NONE;
         return PyObject_CallFunction(self->hold_concentration, "di", 1.0, 0);
     }
-    if (table_record(self->items_data, number, SURGE_ITEM_FIELDS, &view, &b) < 0) return NULL;
+    if (table_fields(self->items_whole, 'i', number, SURGE_ITEM_CLOCKS, &view, &b) < 0) return NULL;
     Py_buffer counts;
     Py_ssize_t c;
     if (table_fields(self->items_narrow, 'f', number, SURGE_ITEM_COUNTS, &counts, &c) < 0) {
@@ -3876,9 +3906,9 @@ static PyObject *SurgeCore_check(SurgeCore *self, PyObject *const *args, Py_ssiz
     }
     const char *d = view.buf, *n = counts.buf;
     PyObject *result = NULL;
-    double cooling_until = get_f64(d, b);
-    if (cooling_until > (double)self->clocks[0]) {
-        result = PyObject_CallFunction(self->hold_cooling, "Od", type, cooling_until - (double)self->clocks[0]);
+    long long cooling_until = self->bases[0] + get_i32(d, b);
+    if (cooling_until > self->clocks[0]) {
+        result = PyObject_CallFunction(self->hold_cooling, "OL", type, cooling_until - self->clocks[0]);
         goto done;
     }
     double decay = self->item_decay;
@@ -3916,10 +3946,12 @@ static Py_ssize_t surge_count(SurgeCore *self, int is_new, PyObject *item, int p
     Py_ssize_t number = lru_lookup(self->items_index, item);
     if (number < 0) {
         if (number == -2) return -1;
-        const double fields[SURGE_ITEM_FIELDS + SURGE_ITEM_COUNTS] = {
-            0.0, (double)self->clocks[0], (double)self->clocks[1], 0.0, 0.0, 0.0, 0.0};
-        number = records_add(self->items_index, self->items_data, self->items_narrow, item, fields, SURGE_ITEM_FIELDS,
-                             SURGE_ITEM_COUNTS);
+        /* (no cool-down: its end a span before the base) */
+        const double fields[SURGE_ITEM_COUNTS + SURGE_ITEM_CLOCKS] = {
+            0.0, 0.0, 0.0, 0.0, (double)-self->span, (double)(self->clocks[0] - self->bases[0]),
+            (double)(self->clocks[1] - self->bases[1])};
+        number = records_add(self->items_index, self->items_data, self->items_narrow, self->items_whole, item, fields,
+                             0, SURGE_ITEM_COUNTS, SURGE_ITEM_CLOCKS);
         if (number < 0) return -1;
         if (lru_size(self->items_index) > self->max_items) {
             /* the oldest: this item's own only with max_items 0 (its record is then free, written and never read) */
@@ -3932,26 +3964,39 @@ static Py_ssize_t surge_count(SurgeCore *self, int is_new, PyObject *item, int p
     }
     Py_buffer view;
     Py_ssize_t b;
-    if (table_record(self->items_data, number, SURGE_ITEM_FIELDS, &view, &b) < 0) return -1;
+    if (table_fields(self->items_whole, 'i', number, SURGE_ITEM_CLOCKS, &view, &b) < 0) return -1;
     Py_buffer counts;
     Py_ssize_t c;
     if (table_fields(self->items_narrow, 'f', number, SURGE_ITEM_COUNTS, &counts, &c) < 0) {
         PyBuffer_Release(&view);
         return -1;
     }
-    char *d = view.buf, *n = counts.buf; /* (a float32 field is rounded when written, as array('f') does) */
+    char *w = view.buf, *n = counts.buf; /* (a float32 field is rounded when written, as array('f') does) */
+    Py_ssize_t whole = view.len / 4;
     double new = is_new ? 1.0 : 0.0;
     /* channel 0 (every judged interaction), then channel 1 (likes/shares): new-user attempts at c + 2 and c + 3, the
-     * channel's clock when they were last updated at b + 1 and b + 2 */
+     * channel's clock when they were last updated at b + 1 and b + 2 (from the channel's base, moved up to the clock
+     * when it is a span past it: ItemSurgeRule._rebase) */
     long long clock = self->clocks[0] = self->clocks[0] + 1;
+    if (clock - self->bases[0] >= self->span) {
+        shift_i32_field(w, whole, SURGE_ITEM_CLOCKS, 0, clock - self->bases[0], -self->span);
+        shift_i32_field(w, whole, SURGE_ITEM_CLOCKS, 1, clock - self->bases[0], -self->span);
+        self->bases[0] = clock;
+    }
     self->stream_new[0] = self->stream_new[0] * decay + new;
-    set_f32(n, c + 2, (float)(get_f32(n, c + 2) * pow(decay, (double)clock - get_f64(d, b + 1)) + new));
-    set_f64(d, b + 1, (double)clock);
+    long long updated = self->bases[0] + get_i32(w, b + 1);
+    set_f32(n, c + 2, (float)(get_f32(n, c + 2) * pow(decay, (double)(clock - updated)) + new));
+    set_i32(w, b + 1, (int32_t)(clock - self->bases[0]));
     if (positive) {
         clock = self->clocks[1] = self->clocks[1] + 1;
+        if (clock - self->bases[1] >= self->span) {
+            shift_i32_field(w, whole, SURGE_ITEM_CLOCKS, 2, clock - self->bases[1], -self->span);
+            self->bases[1] = clock;
+        }
         self->stream_new[1] = self->stream_new[1] * decay + new;
-        set_f32(n, c + 3, (float)(get_f32(n, c + 3) * pow(decay, (double)clock - get_f64(d, b + 2)) + new));
-        set_f64(d, b + 2, (double)clock);
+        updated = self->bases[1] + get_i32(w, b + 2);
+        set_f32(n, c + 3, (float)(get_f32(n, c + 3) * pow(decay, (double)(clock - updated)) + new));
+        set_i32(w, b + 2, (int32_t)(clock - self->bases[1]));
     }
     double item_decay = self->item_decay;
     set_f32(n, c, (float)(get_f32(n, c) * item_decay + new));
@@ -3983,8 +4028,8 @@ static PyObject *SurgeCore_observe(SurgeCore *self, PyObject *const *args, Py_ss
             Py_DECREF(added);
         }
         const double fields[SURGE_USER_FIELDS + SURGE_USER_COUNTS] = {now, established ? self->new_user_events : 0.0};
-        row = records_add(self->users_index, self->users_data, self->users_narrow, user, fields, SURGE_USER_FIELDS,
-                          SURGE_USER_COUNTS);
+        row = records_add(self->users_index, self->users_data, self->users_narrow, NULL, user, fields,
+                          SURGE_USER_FIELDS, SURGE_USER_COUNTS, 0);
         if (row < 0) return NULL;
     } else if (move_last(self->users_index, row) < 0) { /* most recently seen last */
         return NULL;
@@ -4047,8 +4092,8 @@ static PyObject *SurgeCore_observe_held(SurgeCore *self, PyObject *const *args, 
     if (number < 0) return NULL;
     Py_buffer view;
     Py_ssize_t b;
-    if (table_record(self->items_data, number, SURGE_ITEM_FIELDS, &view, &b) < 0) return NULL;
-    set_f64(view.buf, b, (double)(self->clocks[0] + self->cooldown));
+    if (table_fields(self->items_whole, 'i', number, SURGE_ITEM_CLOCKS, &view, &b) < 0) return NULL;
+    set_i32(view.buf, b, (int32_t)(self->clocks[0] + self->cooldown - self->bases[0]));
     PyBuffer_Release(&view);
     Py_RETURN_NONE;
 }
@@ -4063,6 +4108,10 @@ static PyObject *SurgeCore_get_clocks(SurgeCore *self, void *closure) {
     return Py_BuildValue("[LL]", self->clocks[0], self->clocks[1]);
 }
 
+static PyObject *SurgeCore_get_bases(SurgeCore *self, void *closure) {
+    return Py_BuildValue("[LL]", self->bases[0], self->bases[1]);
+}
+
 static PyObject *SurgeCore_get_stream_new(SurgeCore *self, void *closure) {
     return Py_BuildValue("[dd]", self->stream_new[0], self->stream_new[1]);
 }
@@ -4072,6 +4121,7 @@ static PyGetSetDef SurgeCore_getset[] = {
     {"stream_new_share", (getter)SurgeCore_get_stream_new_share, NULL, "ItemSurgeRule._stream_new_share", NULL},
     {"passed", (getter)SurgeCore_get_passed, NULL, "ItemSurgeRule._passed", NULL},
     {"clocks", (getter)SurgeCore_get_clocks, NULL, "ItemSurgeRule._clocks (a copy)", NULL},
+    {"bases", (getter)SurgeCore_get_bases, NULL, "ItemSurgeRule._bases (a copy)", NULL},
     {"stream_new", (getter)SurgeCore_get_stream_new, NULL, "ItemSurgeRule._stream_new (a copy)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
@@ -4427,8 +4477,8 @@ static int anomaly_remember(AnomalyCore *self, PyObject *event, const double *ne
     Py_ssize_t number = lru_lookup(self->index, user);
     if (number == -2) return -1;
     if (number < 0) {
-        number = records_add(self->index, self->data, self->narrow, user, next, ANOMALY_WIDE,
-                             ANOMALY_FIELDS - ANOMALY_WIDE);
+        number = records_add(self->index, self->data, self->narrow, NULL, user, next, ANOMALY_WIDE,
+                             ANOMALY_FIELDS - ANOMALY_WIDE, 0);
         if (number < 0) return -1;
     } else {
         Py_buffer view;
@@ -5211,6 +5261,24 @@ done:
     return result;
 }
 
+/* shift_ints(whole, ints, field, by, floor): Records.shift_ints for one field: `by` subtracted from int32 field
+ * `field` of every record of `whole` (an array('i') of records of `ints` fields), none below `floor` */
+static PyObject *shift_ints(PyObject *module, PyObject *args) {
+    PyObject *whole;
+    Py_ssize_t ints, field;
+    long long by, floor_;
+    if (!PyArg_ParseTuple(args, "OnnLL", &whole, &ints, &field, &by, &floor_)) return NULL;
+    if (ints < 1 || field < 0 || field >= ints || by < 0 || floor_ < INT32_MIN || floor_ > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "shift_ints: 0 <= field < ints, by >= 0 and floor within int32");
+        return NULL;
+    }
+    Py_buffer view;
+    if (get_buffer(whole, &view, PyBUF_WRITABLE, "a gate table's int32 fields", 'i') < 0) return NULL;
+    shift_i32_field(view.buf, view.len / 4, ints, field, by, floor_);
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"cooccurrence_scores", cooccurrence_scores, METH_VARARGS,
      "cooccurrence_scores(cols, vals, start, length, rows, weights, cap, cache, damping, mass, popularity_weight, "
@@ -5234,6 +5302,8 @@ static PyMethodDef methods[] = {
      "cooccurrence_mass(mass, candidate_damping, row_damping, i, y, alpha, beta): learn_one's mass and damping"},
     {"vector_loops", vector_loops, METH_VARARGS,
      "vector_loops(on=None) -> bool: whether the catalogue passes run four scores at a time (AVX2), before any change"},
+    {"shift_ints", shift_ints, METH_VARARGS,
+     "shift_ints(whole, ints, field, by, floor): Records.shift_ints for one field (learner/gate/records.py)"},
     {"gate_loop", (PyCFunction)(void (*)(void))gate_loop, METH_FASTCALL,
      "gate_loop(events, now, checks, early, before, judge, observers, counts, verdicts): QualityGate.check_chunk's "
      "loop (learner/gate/gate.py)"},

@@ -183,9 +183,13 @@ def test_cores_take_keywords_refuse_bad_calls_and_any_collection_of_types() -> N
         1,
         1,
         1,
+        2**30,
     )
     with pytest.raises(TypeError, match="must be sets"):
         surge._core.__init__(*args[:4], ["like"], *args[5:])
+    for cooldown, span in ((1, 0), (1, 2**30 + 1), (2**30 + 1, 2**30)):  # (an item's clocks are int32: _CLOCK_SPAN)
+        with pytest.raises(ValueError, match="span"):
+            surge._core.__init__(*args[:-2], cooldown, span)
     assert surge.check(like, T0) is not None  # a refused call leaves the core as it was
     with pytest.raises(AttributeError):
         surge._core.__init__(object(), *args[1:])
@@ -336,6 +340,78 @@ def test_item_surge_core_judges_equality_at_thresholds_as_python(settings: dict)
         hold = rule.check(second, T0)
         found.append(None if hold is None else hold.detail)
     assert found[0] == found[1] and found[0] is not None, found
+
+
+def _surge_items_from_the_clocks(rule: ItemSurgeRule) -> list[tuple]:
+    """Each item the rule holds, in order: its float32 counts, the cool-down left (0: none) and per channel its clock
+    when last updated, read from the channels' bases."""
+    (first, likes), (clock, _) = rule.bases, rule.clocks
+    return [
+        (number, _bits(record[:4]), max(first + record[4] - clock, 0), first + record[5], likes + record[6])
+        for number, record in rule._items.in_order()
+    ]
+
+
+@pytest.mark.parametrize("span", [64, 2**30])
+@pytest.mark.parametrize(
+    ("settings", "kind"),
+    [
+        ({**SURGE, "item_memory": 7, "cooldown": 5, "max_new_concentration": 0.35, "min_lift": 0.1}, "cooling down"),
+        ({**SURGE, "max_new_concentration": 0.2, "min_lift": 0.5, "cooldown": 0}, "new-user interactions"),
+    ],
+    ids=["cooling", "concentration"],
+)
+def test_item_surge_moves_its_clocks_bases_without_changing_a_verdict(
+    monkeypatch: pytest.MonkeyPatch, span: int, settings: dict, kind: str
+) -> None:
+    """An item's clocks are int32 from a base per channel, moved up to the channel's clock once it is a span past
+    it (every item's clocks shifted down in one pass). With a span of 64 (each base moved 20 times or more over this
+    stream; no item held is idle that long, so none is kept at a span behind) every verdict, count and clock read from
+    the bases is that of the default span (never moved here), in C as in Python, record for record; holds of the
+    kind that reads the clocks (a cool-down's end, or the channel's decayed attempts) come after the bases moved."""
+    from learner.gate import behaviour
+
+    events = _surge_stream(7, 3_000)
+
+    def drive(rule: ItemSurgeRule) -> list[tuple]:
+        found = []
+        for event, now in events:
+            found.append((_step(rule, event, now), _surge_items_from_the_clocks(rule)))
+        return found
+
+    want = drive(ItemSurgeRule(**settings))
+    monkeypatch.setattr(behaviour, "_CLOCK_SPAN", span)
+    rules = [_python(lambda: ItemSurgeRule(**settings)), ItemSurgeRule(**settings)]
+    assert [rule._span for rule in rules] == [span, span] and rules[0]._core is None and rules[1]._core is not None
+    assert drive(rules[0]) == want and drive(rules[1]) == want
+    clocks = rules[0].clocks  # each base moved to the clock at each span: a whole number of spans
+    assert rules[0].bases == rules[1].bases == [clock - clock % span for clock in clocks]
+    assert clocks[1] > 20 * 64 and clocks == rules[1].clocks
+    fresh = [_python(lambda: ItemSurgeRule(**settings)), ItemSurgeRule(**settings)]
+    assert _drive_surge(fresh[1], events) == _drive_surge(fresh[0], events)  # the records themselves, bit for bit
+    assert any(hold is not None and kind in hold for hold, _ in want[64:])
+
+
+def test_item_surge_keeps_a_long_idle_items_clocks_a_span_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An item idle for more than a span of interactions: once a base moves past it, its clocks are kept a span
+    behind the new base (int32 never overflows), and its attempts then decay as a gap of a span or more decays them;
+    with a span of 2**30 that is to 0.0 for any stream memory the rule accepts (at most 1,000,000), in float64."""
+    from learner.gate import behaviour
+
+    monkeypatch.setattr(behaviour, "_CLOCK_SPAN", 16)
+    for make in (lambda: ItemSurgeRule(**SURGE), lambda: _python(lambda: ItemSurgeRule(**SURGE))):
+        rule = make()
+        _step(rule, GateEvent("e0", "a", "idle", "like", T0), T0)
+        for k in range(100):  # another item's interactions, likes: both channels' bases move 6 times
+            _step(rule, GateEvent(f"e{k + 1}", f"u{k % 3}", "busy", "like", T0 + k), T0 + k)
+        assert rule.bases == [96, 96] and rule.clocks == [101, 101]
+        idle = rule._items["idle"]
+        assert idle[4:] == [-16.0, -16.0, -16.0]  # a span before the bases: no cool-down, both clocks
+    assert (1 - 1 / 1_000_000) ** 2**30 == 0.0
+    with pytest.raises(ValueError, match="stream_memory"):
+        ItemSurgeRule(stream_memory=1_000_001)
+    with pytest.raises(ValueError, match="cooldown"):
+        ItemSurgeRule(cooldown=2**30 + 1)
 
 
 def _python(make: Callable[[], Rule]) -> Rule:
@@ -628,13 +704,14 @@ def test_anomaly_rule_takes_the_same_settings_on_both_paths() -> None:
 
 @pytest.mark.parametrize(
     ("rule_name", "exported"),
-    [(name, "data") for name in ("user_rate", "item_surge users", "item_surge items", "anomalous_behaviour")]
-    + [(name, "narrow") for name in ("user_rate", "item_surge items", "anomalous_behaviour")],  # (float32 fields)
+    [(name, "data") for name in ("user_rate", "item_surge users", "anomalous_behaviour")]  # (float64 fields)
+    + [(name, "narrow") for name in ("user_rate", "item_surge users", "item_surge items", "anomalous_behaviour")]
+    + [("item_surge items", "whole")],  # (int32 fields: the last array written, the others then as they were)
 )
 def test_a_core_that_cannot_write_a_new_record_changes_nothing(rule_name: str, exported: str) -> None:
     """The compiled cores add a new id's record themselves (the index's insert, then the fields appended to the
     table's arrays). If an array cannot grow (its buffer exported: BufferError) the event fails and leaves the table
-    as it was: no number for the id, the other array not grown either; once the buffer is released the same event
+    as it was: no number for the id, the other arrays not grown either; once the buffer is released the same event
     adds the record, as the Python rule (through Records.add) does."""
     make, table = {
         "user_rate": (lambda: UserRateRule(), "_users"),
@@ -647,12 +724,12 @@ def test_a_core_that_cannot_write_a_new_record_changes_nothing(rule_name: str, e
     for rule in rules:
         _step(rule, first, T0)
     records = getattr(rules[1], table)
-    assert records.narrow_width > 0 or exported == "data"
-    lengths = (len(records), len(records.data), len(records.narrow))
+    assert {"data": records.width, "narrow": records.narrow_width, "whole": records.ints}[exported] > 0
+    lengths = (len(records), len(records.data), len(records.narrow), len(records.whole))
     view = memoryview(getattr(records, exported))
     with pytest.raises(BufferError):
         _step(rules[1], new, T0 + 1)
-    assert (len(records), len(records.data), len(records.narrow)) == lengths
+    assert (len(records), len(records.data), len(records.narrow), len(records.whole)) == lengths
     assert "u2" not in records and "v2" not in records
     view.release()
     for rule in rules:

@@ -342,7 +342,7 @@ def test_item_surge_forgets_the_least_recently_touched_items_and_users_first() -
     rule = ItemSurgeRule(new_user_events=3, max_items=2, max_users=2, user_idle_seconds=100)
     run(rule, [ev(u, i, "view", T0 + k) for k, (u, i) in enumerate([("a", "i1"), ("b", "i2"), ("a", "i1")])])
     assert held_keys(rule._items, ITEMS) == ["i2", "i1"] and held_keys(rule._users, USERS) == ["b", "a"]
-    assert rule._users["a"][1] == 2.0 and rule._items["i1"][4] > rule._items["i2"][4]  # counts kept when re-touched
+    assert rule._users["a"][1] == 2.0 and rule._items["i1"][1] > rule._items["i2"][1]  # counts kept when re-touched
     run(rule, [ev("c", "i3", "view", T0 + 3)])
     assert held_keys(rule._items, ITEMS) == ["i1", "i3"] and held_keys(rule._users, USERS) == [
         "a",

@@ -50,7 +50,13 @@ Features = tuple[float, float, float, float, float, float]
 #: Fields of a record in :class:`UserRateRule`, :class:`ItemSurgeRule` (users, items) and
 #: :class:`AnomalousBehaviourRule`: float64 ones (``*_FIELDS``), then float32 ones (``*_COUNTS``) if it has any.
 _RATE_FIELDS, _RATE_COUNTS, _SURGE_USER_FIELDS, _SURGE_USER_COUNTS = 2, 4, 1, 1
-_SURGE_ITEM_FIELDS, _SURGE_ITEM_COUNTS, _ANOMALY_FIELDS, _ANOMALY_COUNTS = 3, 4, 2, 4
+_SURGE_ITEM_COUNTS, _SURGE_ITEM_CLOCKS, _ANOMALY_FIELDS, _ANOMALY_COUNTS = 4, 3, 2, 4
+#: :class:`ItemSurgeRule` keeps an item's clocks (its cool-down's end, and per channel when its attempts were last
+#: updated; counts of interactions) as int32 from a base per channel. When a channel's clock is this far past its base
+#: the base moves up to it (every item's clocks shifted down, in one pass), and a clock then more than this far behind
+#: is kept at this far: a gap this long decays a count to 0.0 in float64 for any ``stream_memory`` the rule accepts
+#: (at most 1,000,000), so verdicts and counts are those of the exact clocks.
+_CLOCK_SPAN = 2**30
 #: The anomaly rule's float32 fields of a user's next state, rounded as its table stores them (so that the next
 #: state computed ahead, in :meth:`AnomalousBehaviourRule.prepare`, is the one read back).
 _ANOMALY_ROUND = struct.Struct("4f")
@@ -330,8 +336,8 @@ class ItemSurgeRule:
     it lasts; interactions of established users are never held by this rule. Windows count
     interactions, not seconds, so a replay's quiet days neither reset nor dilute them.
 
-    Memory (measured, table entries included): one record (~0.06 kB: its clocks as float64, its
-    decayed counts as float32) per item, least recently
+    Memory (measured, table entries included): one record (~0.05 kB: its clocks as int32 from a base
+    per channel, its decayed counts as float32) per item, least recently
     touched forgotten beyond ``max_items``; one (~0.03 kB) per user seen in the last
     ``user_idle_seconds``, at most ``max_users`` (an evicted user's progress towards established is
     lost; established users stay known through :class:`EstablishedUsers`, 2 × 1.2 bytes ×
@@ -379,6 +385,8 @@ class ItemSurgeRule:
             raise ValueError("new_user_events, item_memory and stream_memory must be >= 1")
         if new_user_events > 2**24:  # a user's count is a float32, exact up to 2**24
             raise ValueError("new_user_events must be at most 16,777,216")
+        if stream_memory > 1_000_000 or (cooldown is not None and cooldown > 2**30):  # (_CLOCK_SPAN)
+            raise ValueError("stream_memory must be at most 1,000,000 and cooldown at most 2**30")
         if cooldown is not None and cooldown < 0:
             raise ValueError("cooldown must be >= 0")
         self.new_user_events = new_user_events
@@ -403,10 +411,13 @@ class ItemSurgeRule:
         # channel's last interactions, and the channel's clock (interactions counted so far)
         self._stream_new = [0.0, 0.0]
         self._clocks = [0, 0]
-        # item -> [cool-down end (on the all channel's clock), then per channel its clock when last updated] and, as
-        #         float32, [new-user interactions, all interactions] weighted over the item's own last interactions,
-        #         then per channel new-user attempts weighted over the channel's; least recently touched first
-        self._items = Records(_SURGE_ITEM_FIELDS, narrow=_SURGE_ITEM_COUNTS)
+        # per channel, the clock its items' clocks are kept from (_CLOCK_SPAN)
+        self._span, self._bases = _CLOCK_SPAN, [0, 0]
+        # item -> as float32, [new-user interactions, all interactions] weighted over the item's own last
+        #         interactions, then per channel new-user attempts weighted over the channel's; as int32 from the
+        #         channel's base, [cool-down end (on the all channel's clock), then per channel its clock when last
+        #         updated]; least recently touched first
+        self._items = Records(0, narrow=_SURGE_ITEM_COUNTS, ints=_SURGE_ITEM_CLOCKS)
         # user -> [now last seen] and, as float32, [events passed (capped at new_user_events: a whole number, exact
         # below 2**24)]; established users stay here as a cache in front of the Bloom filters while active
         self._users = Records(_SURGE_USER_FIELDS, narrow=_SURGE_USER_COUNTS)
@@ -436,12 +447,14 @@ class ItemSurgeRule:
                 max_items,
                 max_users,
                 self.cooldown,
+                self._span,
             )
             self.check = core.check  # type: ignore[method-assign]
             self.observe = core.observe  # type: ignore[method-assign]
             self.observe_held = core.observe_held  # type: ignore[method-assign]
             # the core's (stream_new_share, clocks, core.passed, ...): none left here to read stale
-            del self._stream_new_share, self._passed, self._stream_new, self._clocks, self._oldest, self._oldest_seen
+            del self._stream_new_share, self._passed, self._stream_new, self._clocks, self._bases
+            del self._oldest, self._oldest_seen
 
     def check(self, event: GateEvent, now: float) -> Hold | None:  # noqa: ARG002 - windows count interactions
         judged = self.judged_types
@@ -460,7 +473,7 @@ class ItemSurgeRule:
         if r is None:
             return None if self.min_new_positives > 1 else self._hold(1.0, 1.0, 1.0)
         n, c = items.narrow, r * _SURGE_ITEM_COUNTS
-        cooling_until = items.data[r * _SURGE_ITEM_FIELDS]
+        cooling_until = self._bases[0] + items.whole[r * _SURGE_ITEM_CLOCKS]
         if cooling_until > self._clocks[0]:
             return _surge_cooling_hold(event.type, cooling_until - self._clocks[0])
         decay = self._item_decay
@@ -486,7 +499,7 @@ class ItemSurgeRule:
         decay = self._stream_decay
         items = self._items
         attempts = items.narrow[r * _SURGE_ITEM_COUNTS + 2 + channel]
-        updated = items.data[r * _SURGE_ITEM_FIELDS + 1 + channel]
+        updated = self._bases[channel] + items.whole[r * _SURGE_ITEM_CLOCKS + 1 + channel]
         item_in_stream = attempts * decay ** (self._clocks[channel] - updated) * decay + 1.0
         if item_in_stream < self.min_new_positives:
             return None
@@ -501,28 +514,32 @@ class ItemSurgeRule:
         """Count an interaction with ``item`` (a new user's if ``is_new``) in its record and the stream's channels;
         returns its record's number."""
         decay = self._stream_decay
-        clocks, stream_new = self._clocks, self._stream_new
+        clocks, stream_new, bases = self._clocks, self._stream_new, self._bases
         items = self._items
         index = items.index
         r = index.get(item)
-        if r is None:
-            r = items.add(item, (0.0, clocks[0], clocks[1], 0.0, 0.0, 0.0, 0.0))
+        if r is None:  # (no cool-down: its end a span before the base)
+            r = items.add(item, (0.0, 0.0, 0.0, 0.0, -self._span, clocks[0] - bases[0], clocks[1] - bases[1]))
             if len(index) > self.max_items:  # the oldest: this item's own only with max_items 0 (then the record
                 items.pop_oldest()  # written below is free, never read, and fully written again when taken)
         else:
             index.move_to_end(item)  # most recently touched last
-        d, b, n, c = items.data, r * _SURGE_ITEM_FIELDS, items.narrow, r * _SURGE_ITEM_COUNTS
+        w, b, n, c = items.whole, r * _SURGE_ITEM_CLOCKS, items.narrow, r * _SURGE_ITEM_COUNTS
         # channel 0 (every judged interaction), then channel 1 (likes/shares): new-user attempts at c + 2 and c + 3,
-        # the channel's clock when they were last updated at b + 1 and b + 2
+        # the channel's clock when they were last updated at b + 1 and b + 2 (from the channel's base)
         clock = clocks[0] = clocks[0] + 1
+        if clock - bases[0] >= self._span:
+            self._rebase(0, clock)
         stream_new[0] = stream_new[0] * decay + is_new
-        n[c + 2] = n[c + 2] * decay ** (clock - d[b + 1]) + is_new
-        d[b + 1] = clock
+        n[c + 2] = n[c + 2] * decay ** (clock - (bases[0] + w[b + 1])) + is_new
+        w[b + 1] = clock - bases[0]
         if positive:
             clock = clocks[1] = clocks[1] + 1
+            if clock - bases[1] >= self._span:
+                self._rebase(1, clock)
             stream_new[1] = stream_new[1] * decay + is_new
-            n[c + 3] = n[c + 3] * decay ** (clock - d[b + 2]) + is_new
-            d[b + 2] = clock
+            n[c + 3] = n[c + 3] * decay ** (clock - (bases[1] + w[b + 2])) + is_new
+            w[b + 2] = clock - bases[1]
         item_decay = self._item_decay
         n[c] = n[c] * item_decay + is_new
         n[c + 1] = n[c + 1] * item_decay + 1.0
@@ -565,7 +582,12 @@ class ItemSurgeRule:
     def observe_held(self, event: GateEvent, now: float, hold: Hold) -> None:  # noqa: ARG002
         """A held new-user interaction still counts for its item, and (re)starts the item's cool-down."""
         r = self._count(True, event.item_id, event.type in self.positive_types)
-        self._items.data[r * _SURGE_ITEM_FIELDS] = self._clocks[0] + self.cooldown
+        self._items.whole[r * _SURGE_ITEM_CLOCKS] = self._clocks[0] + self.cooldown - self._bases[0]
+
+    def _rebase(self, channel: int, clock: int) -> None:
+        """Move ``channel``'s base up to ``clock``: its items' clocks shifted down (none below a span behind)."""
+        self._items.shift_ints((0, 1) if channel == 0 else (2,), clock - self._bases[channel], -self._span)
+        self._bases[channel] = clock
 
     @property
     def tracked(self) -> dict[str, int]:
@@ -581,6 +603,11 @@ class ItemSurgeRule:
     def clocks(self) -> list[int]:
         """Interactions counted so far: judged ones, and likes/shares."""
         return list(self._clocks) if self._core is None else self._core.clocks
+
+    @property
+    def bases(self) -> list[int]:
+        """Per channel, the clock the items' clocks are kept from."""
+        return list(self._bases) if self._core is None else self._core.bases
 
 
 def _surge_cooling_hold(kind: str, remaining: float) -> Hold:

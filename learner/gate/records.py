@@ -4,11 +4,14 @@ A table is an index of key -> record number (its order is the rules' eviction or
 flat ``array('d')`` in which record ``r``'s float64 fields are ``data[r * width : (r + 1) * width]``,
 and, for a table with float32 fields too (``narrow``: counters, and decayed counts whose float32
 rounding the rules accept), one flat ``array('f')`` in which they are
-``narrow[r * narrow_width : (r + 1) * narrow_width]``. The rules read and write fields in place,
+``narrow[r * narrow_width : (r + 1) * narrow_width]``, and for a table with int32 fields
+(``ints``: clocks kept relative to a base their rule keeps), one flat ``array('i')`` in which they
+are ``whole[r * ints : (r + 1) * ints]``. The rules read and write fields in place,
 ``data[r * width + field]``. A record as a whole (``add``, ``put``, ``copy_of``, ``table[key]``) is
-its float64 fields then its float32 ones; a float32 field is rounded when written, as ``array('f')``
-does. The numbers of forgotten records are reused (last forgotten, first taken; so the arrays keep
-their peak size: the most records held at once).
+its float64 fields, then its float32 ones, then its int32 ones; a float32 field is rounded when
+written, as ``array('f')`` does, and an int32 one must be a whole number. The numbers of forgotten
+records are reused (last forgotten, first taken; so the arrays keep their peak size: the most
+records held at once).
 The compiled index returns a new ``int`` for each number asked (its rules' compiled checks ask for
 none: they read the records by number in C); :class:`OrderedIndex` stores the shared ``int``
 objects of :func:`learner.id_index.row_object`.
@@ -25,8 +28,8 @@ half full (doubled a little at a time: no insert moves them all): 20 to ~29 byte
 where the table is in its doubling, where an ``OrderedDict`` entry costs ~80 bytes and keeps the
 key's str object (~64 bytes for a 12-character id: the learner's packed ids, ``learner.id_index``,
 hold no str objects for it to share). A key is known by ``64 - log2(slots)`` bits of its fingerprint
-(44 at 2**20 slots): two keys alike in those would share a record, for ``n`` keys held at once a
-chance of about ``n**2 * slots / 2**65`` that any two do (~0.7% at 500,000, ~6% at a million: two
+(44 at 2**20 slots): two keys alike in those would be taken for one another, for ``n`` keys held at
+once a chance of about ``n**2 * slots / 2**65`` that any two are (~0.7% at 500,000, ~6% at a million: two
 users of the million then counted as one), where the established-users filter the item-surge rule
 trusts takes 1% of new users for established; the fingerprints live only in the process (their hash
 key is the process's own), never in a snapshot.
@@ -49,6 +52,11 @@ header on top of its fields; with three tables per active user and one per item,
 >>> mixed.narrow[n * 2] += 1.0
 >>> mixed["u"] == [1e9 + 0.5, 4.0, float(array("f", [0.1])[0])]
 True
+>>> clocks = Records(0, narrow=1, ints=2)  # no float64 field: one float32, two int32
+>>> n = clocks.add("i", (0.5, -7, 3.0))
+>>> clocks.whole[n * 2 + 1] += 1
+>>> clocks["i"], clocks.whole.tolist()
+([0.5, -7.0, 4.0], [-7, 4])
 """
 
 from __future__ import annotations
@@ -61,6 +69,15 @@ from typing import Protocol
 
 from learner import kernels
 from learner.id_index import row_object
+
+
+def _whole_number(value: object) -> int:
+    """An int32 field's value: an int, or a float that is a whole number (a record read back as floats)."""
+    if type(value) is int:
+        return value
+    if type(value) is float and value.is_integer():
+        return int(value)
+    raise TypeError(f"an int32 field is a whole number, not {value!r}")
 
 
 class RecordIndex(Protocol):
@@ -127,25 +144,27 @@ def new_index() -> RecordIndex:
 
 
 class Records:
-    """Records of ``width`` float64 fields (then ``narrow`` float32 ones) by key; ``table[key]`` reads a record as a
-    list (a copy). Keys are not read back."""
+    """Records of ``width`` float64 fields (then ``narrow`` float32 ones, then ``ints`` int32 ones) by key;
+    ``table[key]`` reads a record as a list (a copy). Keys are not read back."""
 
-    __slots__ = ("data", "index", "narrow", "narrow_width", "width")
+    __slots__ = ("data", "index", "ints", "narrow", "narrow_width", "whole", "width")
 
-    def __init__(self, width: int, narrow: int = 0) -> None:
-        if width < 1 or narrow < 0:
-            raise ValueError("width must be >= 1 (evict reads a float64 field) and narrow >= 0")
+    def __init__(self, width: int, narrow: int = 0, ints: int = 0) -> None:
+        if width < 0 or narrow < 0 or ints < 0 or width + narrow + ints == 0:
+            raise ValueError("a record has at least one field, and width, narrow and ints are >= 0")
         self.width = width
         self.narrow_width = narrow
+        self.ints = ints
         self.index = new_index()  # key -> record number, least recently touched first
         self.data = array("d")  # the records' float64 fields, one record after the other
         self.narrow = array("f")  # their float32 fields, likewise
+        self.whole = array("i")  # their int32 fields, likewise
 
     def add(self, key: str, values: Iterable[float]) -> int:
         """A new record for ``key`` (not in the table), last in the order; returns its number."""
         if key in self.index:
             raise ValueError(f"{key!r} has a record already")
-        if self.narrow_width:  # split between the arrays: a tuple slices and extends them without a copy of its own
+        if self.narrow_width or self.ints:  # split between the arrays: a tuple slices and extends them without a copy
             fields: array | tuple = values if type(values) is tuple else tuple(values)
         else:
             fields = values if type(values) is array and values.typecode == "d" else array("d", values)
@@ -163,16 +182,16 @@ class Records:
         """Record ``number``'s fields (as many as a record has: an ``array('d')``, or a tuple where there are float32
         ones), at the end of the arrays or where a forgotten record was. If they cannot be written the arrays keep
         their lengths."""
-        data, width, narrow, narrow_width = self.data, self.width, self.narrow, self.narrow_width
+        data, width, narrow, narrow_width, ints = self.data, self.width, self.narrow, self.narrow_width, self.ints
         start = number * width
-        if narrow_width == 0:
+        if narrow_width == 0 and ints == 0:
             if start == len(data):
                 data.extend(fields)
             else:
                 data[start : start + width] = fields
             return
-        wide, small = fields[:width], fields[width:]
-        at, end, narrow_end = number * narrow_width, len(data), len(narrow)
+        wide, small, whole = fields[:width], fields[width : width + narrow_width], fields[width + narrow_width :]
+        at, end, narrow_end, whole_end = number * narrow_width, len(data), len(narrow), len(self.whole)
         try:
             if start == end:
                 data.extend(wide)
@@ -182,8 +201,14 @@ class Records:
                 narrow.extend(small if type(small) is tuple else small.tolist())
             else:
                 narrow[at : at + narrow_width] = array("f", small)
+            if ints:
+                numbers = array("i", map(_whole_number, whole))
+                if number * ints == whole_end:
+                    self.whole.extend(numbers)
+                else:
+                    self.whole[number * ints : (number + 1) * ints] = numbers
         except BaseException:
-            del data[end:], narrow[narrow_end:]  # as they were (if they were extended, maybe in part)
+            del data[end:], narrow[narrow_end:], self.whole[whole_end:]  # as they were (if extended, maybe in part)
             raise
 
     def copy_of(self, key: str) -> array | None:
@@ -200,6 +225,9 @@ class Records:
         if narrow_width:
             at = number * narrow_width
             fields.fromlist(self.narrow[at : at + narrow_width].tolist())
+        ints = self.ints
+        if ints:
+            fields.fromlist(self.whole[number * ints : (number + 1) * ints].tolist())
         return fields
 
     def put(self, key: str, values: array) -> int:
@@ -215,7 +243,7 @@ class Records:
         return number
 
     def _check(self, fields: array | tuple) -> None:
-        expected = self.width + self.narrow_width  # a slice assignment of another length would shift every later record
+        expected = self.width + self.narrow_width + self.ints  # a slice of another length would shift every later one
         if len(fields) != expected:
             raise ValueError(f"a record has {expected} fields, not {len(fields)}")
 
@@ -233,7 +261,26 @@ class Records:
         event. (A number identifies one held record at a time: it is reused only once its record is
         forgotten, which only this and ``pop_oldest`` do.)
         """
+        if self.width < 1:
+            raise ValueError("evict reads a float64 field: this table has none")
         return self.index.evict(self.data, self.width, horizon, cap, seen_at)
+
+    def shift_ints(self, fields: Iterable[int], by: int, floor: int) -> None:
+        """Subtract ``by`` (>= 0) from int32 fields ``fields`` (numbers among the ``ints``) of every record, none
+        below ``floor`` (a rule moving the base its clocks are kept from; forgotten records' fields too, never read)."""
+        whole, ints = self.whole, self.ints
+        if by < 0:
+            raise ValueError("a base only moves forward: by >= 0")
+        kernel = kernels.compiled()
+        for field in fields:
+            if not 0 <= field < ints:
+                raise ValueError(f"an int32 field is 0 to {ints - 1}, not {field}")
+            if kernel is not None:
+                kernel.shift_ints(whole, ints, field, by, floor)
+            else:
+                for at in range(field, len(whole), ints):
+                    value = whole[at] - by
+                    whole[at] = value if value > floor else floor
 
     def in_order(self) -> list[tuple[int, list[float]]]:
         """Each record held, as its number and a copy of its fields, least recently touched first."""
