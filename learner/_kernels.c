@@ -2064,6 +2064,16 @@ static size_t hslots_nbytes(const hslots *t) {
     return t->old == NULL ? bytes : bytes + ((size_t)t->old_mask + 1) * sizeof(hslot);
 }
 
+/* `by` (>= 0) subtracted from int32 field `field` of every record of `n` int32 items (records of `ints` fields), none
+ * below `floor` (Records.shift_ints) */
+static void shift_i32_field(char *whole, Py_ssize_t n, Py_ssize_t ints, Py_ssize_t field, long long by,
+                            long long floor_) {
+    for (Py_ssize_t at = field; at < n; at += ints) {
+        long long value = (long long)get_i32(whole, at) - by;
+        set_i32(whole, at, (int32_t)(value > floor_ ? value : floor_));
+    }
+}
+
 /* ---- LruIndex: the gate's tables' key -> record number, least recently touched first --------------------------
  *
  * learner.gate.records.Records keeps each behaviour rule's records in one array('d') (and their float32 fields in
@@ -2106,7 +2116,39 @@ typedef struct {
     hslots h;          /* entry number + 1 and the fingerprint's high bits by key; no slots until the first key */
     Py_ssize_t size;   /* keys held */
     int32_t first, last, free; /* the order's ends and the last forgotten record (-1: none) */
+    int64_t seen_base; /* the ticks its table's `seen` stamps count from (lru_stamp) */
 } LruIndex;
+
+#define SEEN_TICKS 256.0      /* a second's ticks in a record's `seen` stamp */
+#define SEEN_SPAN (1LL << 30) /* ~48.5 days of ticks: a stamp this far past the base moves it up */
+
+/* The stamp of `now` for a record's `seen` field (int32 field `field` of the table's records of `ints` int32 fields,
+ * `whole`, n items): its ticks of 1/256 s, rounded up, from the index's base. When now is a span or more past the
+ * base, the base moves up to now and every record's field is shifted down (none below a span before the new base);
+ * a now more than a span before the base is stamped a span before it. 0, or -1 with ValueError (now not finite, or
+ * beyond +-1e15 s). */
+static int lru_stamp(LruIndex *self, char *whole, Py_ssize_t n, Py_ssize_t ints, Py_ssize_t field, double now,
+                     int32_t *stamp) {
+    if (!(fabs(now) <= 1e15)) {
+        PyErr_SetString(PyExc_ValueError, "a gate table's time must be finite (within 1e15 s)");
+        return -1;
+    }
+    int64_t t = (int64_t)ceil(now * SEEN_TICKS) - self->seen_base;
+    if (t >= SEEN_SPAN) {
+        shift_i32_field(whole, n, ints, field, t, -SEEN_SPAN);
+        self->seen_base += t;
+        t = 0;
+    } else if (t < -SEEN_SPAN) {
+        t = -SEEN_SPAN;
+    }
+    *stamp = (int32_t)t;
+    return 0;
+}
+
+/* The seconds of stamp `stamp` (its ticks from the base), exact: an integer below 2**53 over a power of two */
+static inline double lru_seen_seconds(const LruIndex *self, int32_t stamp) {
+    return (double)(self->seen_base + stamp) / SEEN_TICKS;
+}
 
 static PyTypeObject LruIndexType;
 
@@ -2370,9 +2412,10 @@ static PyObject *LruIndex_remove(LruIndex *self, PyObject *key) {
     Py_RETURN_NONE;
 }
 
-/* Records.evict on `data` (the table's array('d') of `width` fields a record): forgets the least recently touched
- * records whose field `seen_at` is before `horizon`, and any beyond `cap`; returns the first one left (its number,
- * its seen_at) or (None, -inf). */
+/* Records.evict on `data` (the table's array('d') of `width` fields a record, or its array('i') of `width` int32
+ * ones, field `seen_at` then a `seen` stamp: lru_stamp): forgets the least recently touched records whose field
+ * `seen_at` is before `horizon` (seconds), and any beyond `cap`; returns the first one left (its number, its seen_at
+ * in seconds) or (None, -inf). */
 static PyObject *LruIndex_evict(LruIndex *self, PyObject *args) {
     PyObject *data;
     Py_ssize_t width, cap, seen_at;
@@ -2383,8 +2426,15 @@ static PyObject *LruIndex_evict(LruIndex *self, PyObject *args) {
         return NULL;
     }
     Py_buffer view;
-    if (get_buffer(data, &view, PyBUF_SIMPLE, "a gate table's data", 'd') < 0) return NULL;
-    Py_ssize_t records = view.len / 8 / width;
+    int stamps = get_buffer(data, &view, PyBUF_SIMPLE, "a gate table's data", 'i') == 0;
+    if (!stamps) {
+        PyErr_Clear();
+        if (get_buffer(data, &view, PyBUF_SIMPLE, "a gate table's data (array('d') or array('i'))", 'd') < 0) {
+            return NULL;
+        }
+    }
+    Py_ssize_t records = view.len / view.itemsize / width;
+    double least = stamps ? horizon * SEEN_TICKS - (double)self->seen_base : horizon; /* (exact: powers of two) */
     PyObject *result = NULL;
     while (self->first >= 0) {
         int32_t r = self->first;
@@ -2392,8 +2442,10 @@ static PyObject *LruIndex_evict(LruIndex *self, PyObject *args) {
             PyErr_SetString(PyExc_IndexError, "a record number outside its gate table's data");
             goto done;
         }
-        double seen = get_f64(view.buf, (Py_ssize_t)r * width + seen_at);
-        if (seen >= horizon && self->size <= cap) {
+        Py_ssize_t at = (Py_ssize_t)r * width + seen_at;
+        double kept = stamps ? (double)get_i32(view.buf, at) : get_f64(view.buf, at);
+        if (kept >= least && self->size <= cap) {
+            double seen = stamps ? lru_seen_seconds(self, get_i32(view.buf, at)) : kept;
             result = Py_BuildValue("(id)", (int)r, seen);
             goto done;
         }
@@ -2403,6 +2455,24 @@ static PyObject *LruIndex_evict(LruIndex *self, PyObject *args) {
 done:
     PyBuffer_Release(&view);
     return result;
+}
+
+/* stamp(now, whole, ints, field) -> int: Records.stamp (lru_stamp) */
+static PyObject *LruIndex_stamp(LruIndex *self, PyObject *args) {
+    PyObject *whole;
+    double now;
+    Py_ssize_t ints, field;
+    if (lru_ready(self) || !PyArg_ParseTuple(args, "dOnn", &now, &whole, &ints, &field)) return NULL;
+    if (ints < 1 || field < 0 || field >= ints) {
+        PyErr_SetString(PyExc_ValueError, "stamp: 0 <= field < ints");
+        return NULL;
+    }
+    Py_buffer view;
+    if (get_buffer(whole, &view, PyBUF_WRITABLE, "a gate table's int32 fields", 'i') < 0) return NULL;
+    int32_t stamp;
+    int failed = lru_stamp(self, view.buf, view.len / 4, ints, field, now, &stamp);
+    PyBuffer_Release(&view);
+    return failed ? NULL : PyLong_FromLong((long)stamp);
 }
 
 /* order(): the held records' numbers, least recently touched first (a new list) */
@@ -2453,13 +2523,18 @@ static PyMethodDef LruIndex_methods[] = {
      "pop_first() -> number: forget the least recently touched record"},
     {"order", (PyCFunction)LruIndex_order, METH_NOARGS,
      "order() -> list: the held records' numbers, least recently touched first"},
+    {"stamp", (PyCFunction)LruIndex_stamp, METH_VARARGS,
+     "stamp(now, whole, ints, field) -> int: now as a record's seen stamp (Records.stamp; the base moved when due)"},
     {"evict", (PyCFunction)LruIndex_evict, METH_VARARGS,
      "evict(data, width, horizon, cap, seen_at) -> (number or None, seen): Records.evict on the table's data"},
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *LruIndex_seen_base(LruIndex *self, void *closure) { return PyLong_FromLongLong(self->seen_base); }
+
 static PyGetSetDef LruIndex_getset[] = {
     {"nbytes", (getter)LruIndex_nbytes, NULL, "bytes allocated for entries and slots", NULL},
+    {"seen_base", (getter)LruIndex_seen_base, NULL, "the ticks (1/256 s) the table's seen stamps count from", NULL},
     {"held_slots", (getter)LruIndex_held_slots, NULL, "slots holding a key: len(index) unless the slots are wrong",
      NULL},
     {NULL, NULL, NULL, NULL, NULL},
@@ -2494,9 +2569,9 @@ static PyTypeObject LruIndexType = {
  * Ids are numbered 0, 1, 2, ... (a model's rows) in order of first appearance, and never removed. A dict of str -> row
  * and a list of the str objects cost ~105 bytes a 12-character id (the str 64, a dict slot ~31, a list pointer ~9);
  * this keeps each id's text in one arena instead (its code points as its str holds them: 1, 2 or 4 bytes each,
- * `kinds[r]`), where it ends (4 bytes: 4 GiB of text at most), and an open-addressing table of 4-byte slots (the
- * row + 1, 0: empty, and the bits of the id's hash's low 32 above the slots' mask; linear probing, at most 2/3 full):
- * ~12 + 4 + 1 + 6..12 bytes. A lookup hashes the str (kept in it) and compares text only when those bits match, as a
+ * `kinds[r]`, an array made only once an id of 2 or 4 is added), where it ends (4 bytes: 4 GiB of text at most), and
+ * an open-addressing table of 4-byte slots (the row + 1, 0: empty, and the bits of the id's hash's low 32 above the
+ * slots' mask; linear probing, at most 2/3 full): ~12 + 4 + 6..12 bytes (+ 1 with the kinds). A lookup hashes the str (kept in it) and compares text only when those bits match, as a
  * dict does; a move of the slots hashes the id's text again (_Py_HashBytes, as str's hash does: ~90 ns more an add,
  * amortised). Ids are read back as new str objects (`table[r]`, slices, iteration): the model's code reads them for
  * answers and snapshots, not per event. Keys are str, compared as text (a subclass's own __eq__ or __hash__ is never
@@ -2511,7 +2586,7 @@ typedef struct {
     PyObject_HEAD
     char *text;                  /* every id's code points, one after another */
     uint32_t *ends;              /* id r's text is text[r ? ends[r - 1] : 0 : ends[r]] (ID_MAX_TEXT at most) */
-    uint8_t *kinds;              /* its bytes a code point: 1, 2 or 4 */
+    uint8_t *kinds;              /* its bytes a code point: 1, 2 or 4; NULL while every id's is 1 (idt_kind) */
     Py_ssize_t n, cap, kinds_cap; /* ids, room for them in ends, and in kinds */
     size_t text_len, text_cap;
     hslots h;                    /* row + 1 and hash by id; no slots until the first id */
@@ -2522,10 +2597,13 @@ static PyTypeObject IdTableType;
 /* `at` rounded up to a multiple of `kind` (1, 2 or 4): where an id of that kind starts after text ending at `at` */
 static inline size_t idt_aligned(size_t at, int kind) { return (at + (size_t)kind - 1) & ~((size_t)kind - 1); }
 
+/* id r's bytes a code point */
+static inline int idt_kind(const IdTable *self, Py_ssize_t r) { return self->kinds == NULL ? 1 : self->kinds[r]; }
+
 /* where id r's text starts: after the previous id's, aligned to its own kind (so that 2- and 4-byte code points are
  * read where their type's alignment allows) */
 static inline int64_t idt_start(const IdTable *self, Py_ssize_t r) {
-    return r == 0 ? 0 : (int64_t)idt_aligned((size_t)self->ends[r - 1], self->kinds[r]);
+    return r == 0 ? 0 : (int64_t)idt_aligned((size_t)self->ends[r - 1], idt_kind(self, r));
 }
 
 /* `key`'s text, kind and hash: 1 if it is a str, 0 if not (never held), -1 on an error */
@@ -2551,7 +2629,7 @@ static inline uint32_t idt_probe_in(const IdTable *self, const hslot *slots, uin
         if ((s & ~mask) == tag) {
             Py_ssize_t r = (Py_ssize_t)(s & mask) - 1;
             int64_t start = idt_start(self, r);
-            if (self->kinds[r] == kind && self->ends[r] - start == nbytes &&
+            if (idt_kind(self, r) == kind && self->ends[r] - start == nbytes &&
                 memcmp(self->text + start, data, (size_t)nbytes) == 0) {
                 return at;
             }
@@ -2620,7 +2698,14 @@ static Py_ssize_t idt_append(IdTable *self, const void *data, Py_ssize_t nbytes,
         self->ends = ends;
         self->cap = cap;
     }
-    if (self->n == self->kinds_cap) { /* (apart: each array's size follows its own count, even after a failure) */
+    if (self->kinds == NULL && kind != 1) { /* the first id of 2 or 4 bytes a code point: every earlier one's is 1 */
+        uint8_t *kinds = grown_alloc((size_t)self->cap, 0);
+        if (kinds == NULL) return PyErr_NoMemory(), -1;
+        memset(kinds, 1, (size_t)self->n);
+        self->kinds = kinds;
+        self->kinds_cap = self->cap;
+    } else if (self->kinds != NULL && self->n == self->kinds_cap) { /* (apart: each array's size follows its own
+                                                                      * count, even after a failure) */
         uint8_t *kinds = grown_realloc(self->kinds, (size_t)self->kinds_cap, (size_t)self->cap);
         if (kinds == NULL) return PyErr_NoMemory(), -1;
         self->kinds = kinds;
@@ -2640,7 +2725,7 @@ static Py_ssize_t idt_append(IdTable *self, const void *data, Py_ssize_t nbytes,
     memcpy(self->text + start, data, (size_t)nbytes);
     self->text_len = start + (size_t)nbytes;
     self->ends[r] = (uint32_t)self->text_len;
-    self->kinds[r] = (uint8_t)kind;
+    if (self->kinds != NULL) self->kinds[r] = (uint8_t)kind;
     self->h.slots[at] = hslot_of(hash, (uint32_t)r + 1, self->h.mask);
     self->n = r + 1;
     return r;
@@ -2705,7 +2790,7 @@ static void IdTable_dealloc(IdTable *self) {
 /* a new str of row r (0 <= r < n) */
 static PyObject *idt_str(const IdTable *self, Py_ssize_t r) {
     int64_t start = idt_start(self, r);
-    int kind = self->kinds[r];
+    int kind = idt_kind(self, r);
     return PyUnicode_FromKindAndData(kind, self->text + start, (Py_ssize_t)(self->ends[r] - start) / kind);
 }
 
@@ -2751,6 +2836,15 @@ static PyObject *IdTable_subscript(IdTable *self, PyObject *item) {
     return list;
 }
 
+/* Whether two tables of as many ids have the same kinds */
+static int idt_same_kinds(const IdTable *a, const IdTable *b) {
+    if (a->kinds != NULL && b->kinds != NULL) return memcmp(a->kinds, b->kinds, (size_t)a->n) == 0;
+    for (Py_ssize_t r = 0; r < a->n; r++) {
+        if (idt_kind(a, r) != idt_kind(b, r)) return 0;
+    }
+    return 1;
+}
+
 /* ids == other: another IdTable, or a list or tuple of str, with the same ids in the same order */
 static PyObject *IdTable_richcompare(IdTable *self, PyObject *other, int op) {
     if (op != Py_EQ && op != Py_NE) Py_RETURN_NOTIMPLEMENTED;
@@ -2759,7 +2853,7 @@ static PyObject *IdTable_richcompare(IdTable *self, PyObject *other, int op) {
         IdTable *o = (IdTable *)other;
         same = o->n == self->n && o->text_len == self->text_len &&
                (self->n == 0 || (memcmp(o->ends, self->ends, (size_t)self->n * sizeof *self->ends) == 0 &&
-                                 memcmp(o->kinds, self->kinds, (size_t)self->n) == 0 &&
+                                 idt_same_kinds(o, self) &&
                                  memcmp(o->text, self->text, self->text_len) == 0));
     } else if (PyList_Check(other) || PyTuple_Check(other)) {
         PyObject *fast = PySequence_Fast(other, "");  /* the list or tuple itself */
@@ -2779,7 +2873,7 @@ static PyObject *IdTable_richcompare(IdTable *self, PyObject *other, int op) {
             int kind = PyUnicode_KIND(key);
             Py_ssize_t nbytes = PyUnicode_GET_LENGTH(key) * kind;
             int64_t start = idt_start(self, r);
-            same = self->kinds[r] == kind && self->ends[r] - start == nbytes &&
+            same = idt_kind(self, r) == kind && self->ends[r] - start == nbytes &&
                    memcmp(self->text + start, PyUnicode_DATA(key), (size_t)nbytes) == 0;
         }
         Py_DECREF(fast);
@@ -2865,18 +2959,21 @@ static PyObject *IdTable_copy(IdTable *self, PyObject *unused) {
         /* (each size recorded as soon as its memory is, so that the copy frees what it holds on a failure) */
         copy->ends = grown_alloc((size_t)self->n * sizeof *copy->ends, 0);
         if (copy->ends != NULL) copy->cap = self->n;
-        copy->kinds = grown_alloc((size_t)self->n, 0);
-        if (copy->kinds != NULL) copy->kinds_cap = self->n;
+        if (self->kinds != NULL) {
+            copy->kinds = grown_alloc((size_t)self->n, 0);
+            if (copy->kinds != NULL) copy->kinds_cap = self->n;
+        }
         copy->text = grown_alloc(self->text_len, 0);
         if (copy->text != NULL) copy->text_cap = self->text_len;
         copy->h.slots = grown_alloc(slots * sizeof *copy->h.slots, 0);
         if (copy->h.slots != NULL) copy->h.mask = self->h.mask;
-        if (copy->ends == NULL || copy->kinds == NULL || copy->text == NULL || copy->h.slots == NULL) {
+        if (copy->ends == NULL || (self->kinds != NULL && copy->kinds == NULL) || copy->text == NULL ||
+            copy->h.slots == NULL) {
             Py_DECREF(copy);
             return PyErr_NoMemory();
         }
         memcpy(copy->ends, self->ends, (size_t)self->n * sizeof *copy->ends);
-        memcpy(copy->kinds, self->kinds, (size_t)self->n);
+        if (self->kinds != NULL) memcpy(copy->kinds, self->kinds, (size_t)self->n);
         memcpy(copy->text, self->text, self->text_len);
         memcpy(copy->h.slots, self->h.slots, slots * sizeof *copy->h.slots);
         if (self->h.old != NULL) { /* the copy's doubling finished: the entries not moved yet put in its slots */
@@ -2958,7 +3055,7 @@ static PyObject *IdTable_json_array(IdTable *self, PyObject *unused) {
     size_t size = 2 + (size_t)self->n * 3 - (self->n > 0); /* '[', ']'; per id '"', '"' and a ',' but the last */
     for (Py_ssize_t r = 0; r < self->n; r++) {
         int64_t start = idt_start(self, r);
-        int kind = self->kinds[r];
+        int kind = idt_kind(self, r);
         Py_ssize_t chars = (Py_ssize_t)(self->ends[r] - start) / kind;
         const char *text = self->text + start;
         for (Py_ssize_t k = 0; k < chars; k++) size += idt_json_size(idt_char(text, kind, k));
@@ -2972,7 +3069,7 @@ static PyObject *IdTable_json_array(IdTable *self, PyObject *unused) {
         if (r) out[at++] = ',';
         out[at++] = '"';
         int64_t start = idt_start(self, r);
-        int kind = self->kinds[r];
+        int kind = idt_kind(self, r);
         Py_ssize_t chars = (Py_ssize_t)(self->ends[r] - start) / kind;
         const char *text = self->text + start;
         for (Py_ssize_t k = 0; k < chars; k++) {
@@ -3035,11 +3132,12 @@ static PyObject *IdTable_packed(IdTable *self, PyObject *unused) {
     PyObject *result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * 5 + text));
     if (result == NULL) return NULL;
     char *out = PyBytes_AS_STRING(result);
-    if (n) memcpy(out, self->kinds, n);
+    if (n && self->kinds != NULL) memcpy(out, self->kinds, n);
+    else if (n) memset(out, 1, n);
     char *lengths = out + n, *at = out + n * 5;
     for (Py_ssize_t r = 0; r < self->n; r++) {
         int64_t start = idt_start(self, r);
-        int kind = self->kinds[r];
+        int kind = idt_kind(self, r);
         size_t nbytes = (size_t)(self->ends[r] - start);
         uint32_t chars = (uint32_t)(nbytes / (size_t)kind);
         if (kind != 1 && idt_check_text(self->text + start, kind, (Py_ssize_t)chars) < 0) {
@@ -3109,13 +3207,18 @@ static PyObject *id_table_from_packed(PyObject *module, PyObject *args) {
         /* (each size recorded as soon as its memory is, so that the table frees what it holds on a failure) */
         table->ends = grown_alloc((size_t)n * sizeof *table->ends, 0);
         if (table->ends != NULL) table->cap = n;
-        table->kinds = grown_alloc((size_t)n, 0);
-        if (table->kinds != NULL) table->kinds_cap = n;
+        int narrow = 1; /* every id 1 byte a code point: no kinds array */
+        for (Py_ssize_t r = 0; r < n && narrow; r++) narrow = kinds[r] == 1;
+        if (!narrow) {
+            table->kinds = grown_alloc((size_t)n, 0);
+            if (table->kinds != NULL) table->kinds_cap = n;
+        }
         table->text = grown_alloc(laid, 0);
         if (table->text != NULL) table->text_cap = laid;
         table->h.slots = grown_alloc((size_t)slots * sizeof *table->h.slots, GROWN_ZEROED);
         if (table->h.slots != NULL) table->h.mask = (uint32_t)(slots - 1);
-        if (table->ends == NULL || table->kinds == NULL || table->text == NULL || table->h.slots == NULL) {
+        if (table->ends == NULL || (!narrow && table->kinds == NULL) || table->text == NULL ||
+            table->h.slots == NULL) {
             PyErr_NoMemory();
             goto fail;
         }
@@ -3142,7 +3245,7 @@ static PyObject *id_table_from_packed(PyObject *module, PyObject *args) {
                 goto refuse;
             }
             hashes[r] = (uint32_t)_Py_HashBytes(table->text + start, (Py_ssize_t)nbytes);
-            table->kinds[r] = (uint8_t)kind;
+            if (table->kinds != NULL) table->kinds[r] = (uint8_t)kind;
             table->text_len = start + nbytes;
             table->ends[r] = (uint32_t)table->text_len;
         }
@@ -3150,8 +3253,8 @@ static PyObject *id_table_from_packed(PyObject *module, PyObject *args) {
         for (Py_ssize_t r = 0; r < n; r++) {
             if (r + ID_PREFETCH < n) __builtin_prefetch(&table->h.slots[hashes[r + ID_PREFETCH] & table->h.mask], 1);
             int64_t start = idt_start(table, r);
-            uint32_t at = idt_probe(table, table->text + start, (Py_ssize_t)(table->ends[r] - start), table->kinds[r],
-                                    hashes[r]);
+            uint32_t at = idt_probe(table, table->text + start, (Py_ssize_t)(table->ends[r] - start),
+                                    idt_kind(table, r), hashes[r]);
             if (table->h.slots[at] != 0) {
                 why = "an id is repeated";
                 goto refuse;
@@ -3232,14 +3335,15 @@ static PyTypeObject IdTableType = {
  *
  * RateCore does the rule's check and observe for one event with the same floating-point operations, in the same
  * order, as the Python methods, on the same table (learner.gate.records.Records: an LruIndex user -> record
- * number over an array('d') of 2 fields a record and an array('f') of its 4 counts). The Python code stays the
+ * number over an array('d') of 1 field a record, an array('f') of its 4 counts and an array('i') of its seen stamp). The Python code stays the
  * reference (and the path where this is not built); tests drive both over the same streams and compare every verdict
  * and every record. */
 
 
 
-#define RATE_FIELDS 2 /* float64: the user's clock, now when last seen */
+#define RATE_FIELDS 1 /* float64: the user's clock */
 #define RATE_COUNTS 4 /* float32: previous events, current events, previous positives, current positives */
+#define RATE_STAMPS 1 /* int32: when last seen (Records.stamp), the record's field RATE_FIELDS + RATE_COUNTS */
 
 /* Python's float floor division (Objects/floatobject.c, _float_div_mod): the same double for every x and y != 0 */
 static double py_floordiv(double vx, double wx) {
@@ -3302,6 +3406,7 @@ typedef struct {
     PyObject *index;          /* the table's LruIndex: user -> record number, least recently seen first */
     PyObject *data;           /* the table's array('d') */
     PyObject *narrow;         /* the table's array('f'): the counts */
+    PyObject *whole;          /* the table's array('i'): the seen stamp */
     PyObject *evict;          /* Records.evict */
     PyObject *positive_types; /* a frozenset of event types */
     PyObject *hold_events;    /* hold_events(count) -> Hold: over max_events */
@@ -3315,6 +3420,7 @@ static int RateCore_traverse(RateCore *self, visitproc visit, void *arg) {
     Py_VISIT(self->index);
     Py_VISIT(self->data);
     Py_VISIT(self->narrow);
+    Py_VISIT(self->whole);
     Py_VISIT(self->evict);
     Py_VISIT(self->positive_types);
     Py_VISIT(self->hold_events);
@@ -3327,6 +3433,7 @@ static int RateCore_clear(RateCore *self) {
     Py_CLEAR(self->index);
     Py_CLEAR(self->data);
     Py_CLEAR(self->narrow);
+    Py_CLEAR(self->whole);
     Py_CLEAR(self->evict);
     Py_CLEAR(self->positive_types);
     Py_CLEAR(self->hold_events);
@@ -3358,12 +3465,15 @@ static int RateCore_init(RateCore *self, PyObject *args, PyObject *kwds) {
     PyObject *index = PyObject_GetAttrString(records, "index");
     PyObject *data = index == NULL ? NULL : PyObject_GetAttrString(records, "data");
     PyObject *narrow = data == NULL ? NULL : PyObject_GetAttrString(records, "narrow");
-    PyObject *evict = narrow == NULL ? NULL : PyObject_GetAttrString(records, "evict");
-    if (index == NULL || data == NULL || narrow == NULL || evict == NULL || !Py_IS_TYPE(index, &LruIndexType)) {
+    PyObject *whole = narrow == NULL ? NULL : PyObject_GetAttrString(records, "whole");
+    PyObject *evict = whole == NULL ? NULL : PyObject_GetAttrString(records, "evict");
+    if (index == NULL || data == NULL || narrow == NULL || whole == NULL || evict == NULL ||
+        !Py_IS_TYPE(index, &LruIndexType)) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "RateCore: records must be a learner.gate.records.Records");
         Py_XDECREF(index);
         Py_XDECREF(data);
         Py_XDECREF(narrow);
+        Py_XDECREF(whole);
         Py_XDECREF(evict);
         return -1;
     }
@@ -3371,6 +3481,7 @@ static int RateCore_init(RateCore *self, PyObject *args, PyObject *kwds) {
     self->index = index;
     self->data = data;
     self->narrow = narrow;
+    self->whole = whole;
     self->evict = evict;
     Py_INCREF(positive_types);
     self->positive_types = positive_types;
@@ -3539,14 +3650,18 @@ static Py_ssize_t records_add(PyObject *index, PyObject *data, PyObject *narrow,
     return -1;
 }
 
-/* `by` (>= 0) subtracted from int32 field `field` of every record of `n` int32 items (records of `ints` fields), none
- * below `floor` (Records.shift_ints) */
-static void shift_i32_field(char *whole, Py_ssize_t n, Py_ssize_t ints, Py_ssize_t field, long long by,
-                            long long floor_) {
-    for (Py_ssize_t at = field; at < n; at += ints) {
-        long long value = (long long)get_i32(whole, at) - by;
-        set_i32(whole, at, (int32_t)(value > floor_ ? value : floor_));
-    }
+/* Records.stamp(now) written in int32 field `field` of record `number` (of `ints` int32 fields a record) of the table
+ * of `index` (an LruIndex) and `whole` (its array('i')); 0, or -1 with an exception */
+static int records_stamp(PyObject *index, PyObject *whole, Py_ssize_t number, Py_ssize_t ints, Py_ssize_t field,
+                         double now) {
+    Py_buffer view;
+    Py_ssize_t b;
+    if (table_fields(whole, 'i', number, ints, &view, &b) < 0) return -1;
+    int32_t stamp;
+    int failed = lru_stamp((LruIndex *)index, view.buf, view.len / 4, ints, field, now, &stamp);
+    if (!failed) set_i32(view.buf, b + field, stamp);
+    PyBuffer_Release(&view);
+    return failed ? -1 : 0;
 }
 
 static PyObject *call_with_float(PyObject *callable, double x) {
@@ -3657,8 +3772,9 @@ static PyObject *RateCore_observe(RateCore *self, PyObject *const *args, Py_ssiz
     Py_ssize_t number = lru_lookup(self->index, user);
     if (number == -2) return NULL;
     if (number < 0) { /* a new record, its counts to be counted below */
-        const double fields[RATE_FIELDS + RATE_COUNTS] = {ts, now, 0.0, 0.0, 0.0, 0.0};
-        number = records_add(self->index, self->data, self->narrow, NULL, user, fields, RATE_FIELDS, RATE_COUNTS, 0);
+        const double fields[RATE_FIELDS + RATE_COUNTS + RATE_STAMPS] = {ts, 0.0, 0.0, 0.0, 0.0, 0.0};
+        number = records_add(self->index, self->data, self->narrow, self->whole, user, fields, RATE_FIELDS,
+                             RATE_COUNTS, RATE_STAMPS);
         if (number < 0) return NULL;
     } else if (move_last(self->index, number) < 0) {
         return NULL;
@@ -3687,11 +3803,12 @@ static PyObject *RateCore_observe(RateCore *self, PyObject *const *args, Py_ssiz
     set_f32(n, c + 1, (float)((double)get_f32(n, c + 1) + 1.0));
     if (positive) set_f32(n, c + 3, (float)((double)get_f32(n, c + 3) + 1.0));
     set_f64(d, b, clock);
-    set_f64(d, b + 1, now);
     PyBuffer_Release(&counts);
     PyBuffer_Release(&view);
+    if (records_stamp(self->index, self->whole, number, RATE_STAMPS, 0, now) < 0) return NULL;
     double horizon = now - 2 * window;
-    if (evict_if_due(number, self->index, self->evict, horizon, self->max_users, 1, &self->oldest, &self->oldest_seen)) {
+    if (evict_if_due(number, self->index, self->evict, horizon, self->max_users, RATE_FIELDS + RATE_COUNTS,
+                     &self->oldest, &self->oldest_seen)) {
         return NULL;
     }
     Py_RETURN_NONE;
@@ -3726,19 +3843,19 @@ static PyTypeObject RateCoreType = {
 /* ---- The quality gate's item-surge rule (learner.gate.behaviour.ItemSurgeRule), compiled -----------------------
  *
  * SurgeCore is the rule's check, observe and observe_held, as RateCore is the user-rate rule's: the same
- * operations in the same order on the rule's two tables (users: 1 float64 and 1 float32 field a record, items: 4
- * float32 and 3 int32, its clocks from the channels' bases), with the rule's stream-wide counters (and the bases) kept
+ * operations in the same order on the rule's two tables (users: 1 float32 field a record and its seen stamp, items:
+ * 4 float32 and 3 int32, its clocks from the channels' bases), with the rule's stream-wide counters (and the bases) kept
  * here. The established users (a Bloom filter) stay the Python object's. */
 
-#define SURGE_USER_FIELDS 1 /* float64: now when last seen */
 #define SURGE_USER_COUNTS 1 /* float32: events passed (capped at new_user_events, below 2**24: exact) */
+#define SURGE_USER_STAMPS 1 /* int32: when last seen (Records.stamp), the record's field SURGE_USER_COUNTS */
 #define SURGE_ITEM_COUNTS 4 /* float32: new-user interactions, all interactions, then per channel new-user attempts */
 #define SURGE_ITEM_CLOCKS 3 /* int32 from the channels' bases: cool-down end (channel 0), then per channel its clock
                              * when the item's attempts were updated */
 
 typedef struct {
     GATE_CORE_HEAD
-    PyObject *users_index, *users_data, *users_narrow, *users_evict;
+    PyObject *users_index, *users_data, *users_narrow, *users_whole, *users_evict;
     PyObject *items_index, *items_data, *items_narrow, *items_whole, *items_pop_oldest;
     PyObject *established, *established_add;
     PyObject *judged_types; /* None: every type */
@@ -3756,9 +3873,9 @@ typedef struct {
 } SurgeCore;
 
 #define SURGE_OBJECTS(X)                                                                                             \
-    X(users_index) X(users_data) X(users_narrow) X(users_evict) X(items_index) X(items_data) X(items_narrow)      \
-        X(items_whole) X(items_pop_oldest) X(established) X(established_add) X(judged_types) X(positive_types)   \
-            X(hold_cooling) X(hold_share) X(hold_concentration) X(oldest)
+    X(users_index) X(users_data) X(users_narrow) X(users_whole) X(users_evict) X(items_index) X(items_data)        \
+        X(items_narrow) X(items_whole) X(items_pop_oldest) X(established) X(established_add) X(judged_types)     \
+            X(positive_types) X(hold_cooling) X(hold_share) X(hold_concentration) X(oldest)
 
 static int SurgeCore_traverse(SurgeCore *self, visitproc visit, void *arg) {
 #define VISIT(field) Py_VISIT(self->field);
@@ -3810,14 +3927,13 @@ static int SurgeCore_init(SurgeCore *self, PyObject *args, PyObject *kwds) {
     /* from here on a failure leaves the core empty (not initialised: its methods raise), never half made */
     SurgeCore_clear(self);
     /* each in turn, stopping at the first missing one */
-    PyObject **fetched[] = {&self->users_index,  &self->users_data,        &self->users_narrow,
-                            &self->users_evict,  &self->items_index,       &self->items_data,
-                            &self->items_narrow, &self->items_whole,       &self->items_pop_oldest,
-                            &self->established_add};
-    const char *attributes[] = {"index", "data",  "narrow",     "evict", "index",
-                                "data",  "narrow", "whole", "pop_oldest", "add"};
-    for (int i = 0; i < 10; i++) {
-        PyObject *owner = i < 4 ? users : i < 9 ? items : established;
+    PyObject **fetched[] = {&self->users_index,  &self->users_data,  &self->users_narrow, &self->users_whole,
+                            &self->users_evict,  &self->items_index, &self->items_data,   &self->items_narrow,
+                            &self->items_whole,  &self->items_pop_oldest, &self->established_add};
+    const char *attributes[] = {"index", "data",   "narrow", "whole",      "evict", "index",
+                                "data",  "narrow", "whole",  "pop_oldest", "add"};
+    for (int i = 0; i < 11; i++) {
+        PyObject *owner = i < 5 ? users : i < 10 ? items : established;
         if ((*fetched[i] = attribute(owner, attributes[i])) == NULL) {
             SurgeCore_clear(self);
             return -1;
@@ -4027,9 +4143,9 @@ static PyObject *SurgeCore_observe(SurgeCore *self, PyObject *const *args, Py_ss
             if (added == NULL) return NULL;
             Py_DECREF(added);
         }
-        const double fields[SURGE_USER_FIELDS + SURGE_USER_COUNTS] = {now, established ? self->new_user_events : 0.0};
-        row = records_add(self->users_index, self->users_data, self->users_narrow, NULL, user, fields,
-                          SURGE_USER_FIELDS, SURGE_USER_COUNTS, 0);
+        const double fields[SURGE_USER_COUNTS + SURGE_USER_STAMPS] = {established ? self->new_user_events : 0.0, 0.0};
+        row = records_add(self->users_index, self->users_data, self->users_narrow, self->users_whole, user, fields, 0,
+                          SURGE_USER_COUNTS, SURGE_USER_STAMPS);
         if (row < 0) return NULL;
     } else if (move_last(self->users_index, row) < 0) { /* most recently seen last */
         return NULL;
@@ -4060,16 +4176,14 @@ static PyObject *SurgeCore_observe(SurgeCore *self, PyObject *const *args, Py_ss
         established_now = get_f32(view.buf, b) >= self->new_user_events;
     }
     PyBuffer_Release(&view);
-    if (table_record(self->users_data, row, SURGE_USER_FIELDS, &view, &b) < 0) return NULL;
-    set_f64(view.buf, b, now);
-    PyBuffer_Release(&view);
+    if (records_stamp(self->users_index, self->users_whole, row, SURGE_USER_STAMPS, 0, now) < 0) return NULL;
     if (established_now) {
         PyObject *added = PyObject_CallOneArg(self->established_add, user);
         if (added == NULL) return NULL;
         Py_DECREF(added);
     }
     double horizon = now - self->user_idle_seconds;
-    if (evict_if_due(row, self->users_index, self->users_evict, horizon, self->max_users, 0, &self->oldest,
+    if (evict_if_due(row, self->users_index, self->users_evict, horizon, self->max_users, SURGE_USER_COUNTS, &self->oldest,
                      &self->oldest_seen)) {
         return NULL;
     }
@@ -4160,14 +4274,17 @@ static PyTypeObject SurgeCoreType = {
  * integers, and the same final division, as River's score_one. The quantile stays River's (called), and so does
  * learning a point (the rule's _learn, called for every learn_every-th passed event). */
 
-#define ANOMALY_FIELDS 6 /* a user's record: clock, now last seen (float64), then decayed count, positive ratio,
-                            watch ratio, events (float32, rounded as the table stores them) */
-#define ANOMALY_WIDE 2   /* of which float64 */
+#define ANOMALY_FIELDS 6 /* a user's record: clock (float64), then decayed count, positive ratio, watch ratio, events
+                            (float32, rounded as the table stores them), then when last seen (an int32 stamp) */
+#define ANOMALY_WIDE 1   /* of which float64 */
+#define ANOMALY_COUNTS 4 /* float32 */
+#define ANOMALY_STAMPS 1 /* int32 */
+#define ANOMALY_EVENTS 4 /* the events' field: 1.0, the user's first event */
 #define ANOMALY_FEATURES 6
 
 typedef struct {
     GATE_CORE_HEAD
-    PyObject *index, *data, *narrow, *evict; /* the users table (Records): user -> record number */
+    PyObject *index, *data, *narrow, *whole, *evict; /* the users table (Records): user -> record number */
     PyObject *positive_types;                           /* a frozenset of event types */
     PyObject *first_update; /* the rule's stats.Quantile's update: takes the first score (the quantile then answers) */
     PyObject *update, *get; /* its estimator's update and get: the same calls, once the quantile has a score */
@@ -4188,8 +4305,8 @@ typedef struct {
 } AnomalyCore;
 
 #define ANOMALY_OBJECTS(X)                                                                                           \
-    X(index) X(data) X(narrow) X(evict) X(positive_types) X(first_update) X(update) X(get) X(learn) X(trees)     \
-        X(hold) X(memo_event) X(oldest)
+    X(index) X(data) X(narrow) X(whole) X(evict) X(positive_types) X(first_update) X(update) X(get) X(learn)      \
+        X(trees) X(hold) X(memo_event) X(oldest)
 
 static int AnomalyCore_traverse(AnomalyCore *self, visitproc visit, void *arg) {
 #define VISIT(field) Py_VISIT(self->field);
@@ -4249,9 +4366,9 @@ static int AnomalyCore_init(AnomalyCore *self, PyObject *args, PyObject *kwds) {
     /* from here on a failure leaves the core empty (not initialised: its methods raise), never half made */
     AnomalyCore_clear(self);
     anomaly_free_trees(self);
-    PyObject **fetched[] = {&self->index, &self->data, &self->narrow, &self->evict};
-    const char *attributes[] = {"index", "data", "narrow", "evict"};
-    for (int i = 0; i < 4; i++) {
+    PyObject **fetched[] = {&self->index, &self->data, &self->narrow, &self->whole, &self->evict};
+    const char *attributes[] = {"index", "data", "narrow", "whole", "evict"};
+    for (int i = 0; i < 5; i++) {
         if ((*fetched[i] = attribute(records, attributes[i])) == NULL) {
             AnomalyCore_clear(self);
             return -1;
@@ -4330,10 +4447,10 @@ static int anomaly_features(AnomalyCore *self, PyObject *event, double now, cons
         gap = 1.0;
     } else {
         clock = state[0];
-        decayed = state[2];
-        pos_ratio = state[3];
-        watch_ratio = state[4];
-        n = state[5];
+        decayed = state[1];
+        pos_ratio = state[2];
+        watch_ratio = state[3];
+        n = state[4];
         double elapsed = ts - clock;
         if (0.0 > elapsed) elapsed = 0.0;
         gap = py_log1p(elapsed) * self->gap_scale;
@@ -4354,12 +4471,18 @@ static int anomaly_features(AnomalyCore *self, PyObject *event, double now, cons
     x[4] = watch_ratio;
     x[5] = 1.0 < history ? 1.0 : history;
     next[0] = clock;
-    next[1] = now;
-    next[2] = (float)decayed;
-    next[3] = (float)pos_ratio;
-    next[4] = (float)watch_ratio;
-    next[5] = (float)n;
-    return 0;
+    next[1] = (float)decayed;
+    next[2] = (float)pos_ratio;
+    next[3] = (float)watch_ratio;
+    next[4] = (float)n;
+    /* now as the table's seen stamp (Records.stamp: its base moved now if due) */
+    Py_buffer view;
+    if (get_buffer(self->whole, &view, PyBUF_WRITABLE, "a gate table's int32 fields", 'i') < 0) return -1;
+    int32_t stamp = 0;
+    int failed = lru_stamp((LruIndex *)self->index, view.buf, view.len / 4, ANOMALY_STAMPS, 0, now, &stamp);
+    PyBuffer_Release(&view);
+    next[ANOMALY_WIDE + ANOMALY_COUNTS] = stamp;
+    return failed ? -1 : 0;
 }
 
 /* bytes of exactly `size` bytes, copied into a new buffer at *out (the old one freed) */
@@ -4448,9 +4571,9 @@ static int anomaly_compute(AnomalyCore *self, PyObject *event, double now, int *
         if (table_record(self->data, number, ANOMALY_WIDE, &view, &b) < 0) return -1;
         for (int i = 0; i < ANOMALY_WIDE; i++) state[i] = get_f64(view.buf, b + i);
         PyBuffer_Release(&view);
-        if (table_fields(self->narrow, 'f', number, ANOMALY_FIELDS - ANOMALY_WIDE, &view, &b) < 0) return -1;
-        for (int i = ANOMALY_WIDE; i < ANOMALY_FIELDS; i++) state[i] = get_f32(view.buf, b + i - ANOMALY_WIDE);
-        PyBuffer_Release(&view);
+        if (table_fields(self->narrow, 'f', number, ANOMALY_COUNTS, &view, &b) < 0) return -1;
+        for (int i = 0; i < ANOMALY_COUNTS; i++) state[ANOMALY_WIDE + i] = get_f32(view.buf, b + i);
+        PyBuffer_Release(&view); /* (its stamp: not a feature's) */
     }
     *known = number >= 0;
     if (anomaly_features(self, event, now, number >= 0 ? state : NULL, x, next) < 0) return -1;
@@ -4477,8 +4600,8 @@ static int anomaly_remember(AnomalyCore *self, PyObject *event, const double *ne
     Py_ssize_t number = lru_lookup(self->index, user);
     if (number == -2) return -1;
     if (number < 0) {
-        number = records_add(self->index, self->data, self->narrow, NULL, user, next, ANOMALY_WIDE,
-                             ANOMALY_FIELDS - ANOMALY_WIDE, 0);
+        number = records_add(self->index, self->data, self->narrow, self->whole, user, next, ANOMALY_WIDE,
+                             ANOMALY_COUNTS, ANOMALY_STAMPS);
         if (number < 0) return -1;
     } else {
         Py_buffer view;
@@ -4487,12 +4610,15 @@ static int anomaly_remember(AnomalyCore *self, PyObject *event, const double *ne
         if (failed) return -1;
         for (int i = 0; i < ANOMALY_WIDE; i++) set_f64(view.buf, b + i, next[i]);
         PyBuffer_Release(&view);
-        if (table_fields(self->narrow, 'f', number, ANOMALY_FIELDS - ANOMALY_WIDE, &view, &b) < 0) return -1;
-        for (int i = ANOMALY_WIDE; i < ANOMALY_FIELDS; i++) set_f32(view.buf, b + i - ANOMALY_WIDE, (float)next[i]);
+        if (table_fields(self->narrow, 'f', number, ANOMALY_COUNTS, &view, &b) < 0) return -1;
+        for (int i = 0; i < ANOMALY_COUNTS; i++) set_f32(view.buf, b + i, (float)next[ANOMALY_WIDE + i]);
+        PyBuffer_Release(&view);
+        if (table_fields(self->whole, 'i', number, ANOMALY_STAMPS, &view, &b) < 0) return -1;
+        set_i32(view.buf, b, (int32_t)next[ANOMALY_WIDE + ANOMALY_COUNTS]);
         PyBuffer_Release(&view);
     }
-    return evict_if_due(number, self->index, self->evict, now - self->idle_seconds, self->max_users, 1, &self->oldest,
-                        &self->oldest_seen);
+    return evict_if_due(number, self->index, self->evict, now - self->idle_seconds, self->max_users,
+                        ANOMALY_WIDE + ANOMALY_COUNTS, &self->oldest, &self->oldest_seen);
 }
 
 /* The score into the quantile: the first through the rule's stats.Quantile (which then answers get), the others
@@ -4547,7 +4673,7 @@ static PyObject *AnomalyCore_check(AnomalyCore *self, PyObject *const *args, Py_
     if (anomaly_arguments(self, args, nargs, kwnames, names, 2, given, &now) || anomaly_memo(self, given[0], now)) {
         return NULL;
     }
-    if (self->passed < self->warmup_events || !self->scored || self->memo_next[5] == 1.0) Py_RETURN_NONE;
+    if (self->passed < self->warmup_events || !self->scored || self->memo_next[ANOMALY_EVENTS] == 1.0) Py_RETURN_NONE;
     PyObject *hold;
     if (anomaly_hold(self, self->memo_score, &hold) < 0) return NULL;
     return hold != NULL ? hold : Py_NewRef(Py_None);
@@ -4567,7 +4693,9 @@ static PyObject *AnomalyCore_observe(AnomalyCore *self, PyObject *const *args, P
     Py_CLEAR(self->memo_event);
     if (anomaly_remember(self, given[0], next, now) < 0) return NULL;
     self->passed += 1;
-    if (self->learned >= self->window_size && next[5] != 1.0 && anomaly_update(self, score) < 0) return NULL;
+    if (self->learned >= self->window_size && next[ANOMALY_EVENTS] != 1.0 && anomaly_update(self, score) < 0) {
+        return NULL;
+    }
     if (anomaly_learn(self, x) < 0) return NULL;
     Py_RETURN_NONE;
 }
@@ -4585,7 +4713,7 @@ static PyObject *AnomalyCore_observe_held(AnomalyCore *self, PyObject *const *ar
     memcpy(next, self->memo_next, sizeof next);
     Py_CLEAR(self->memo_event);
     if (anomaly_remember(self, given[0], next, now) < 0) return NULL;
-    if (self->scored && next[5] != 1.0 && anomaly_update(self, score) < 0) return NULL;
+    if (self->scored && next[ANOMALY_EVENTS] != 1.0 && anomaly_update(self, score) < 0) return NULL;
     Py_RETURN_NONE;
 }
 

@@ -13,10 +13,11 @@ True
 Where the compiled kernels are built (``learner/_kernels.c``), an index keeps its ids packed in an
 ``IdTable``: each id's text in one arena (a byte a character for ASCII ids; at most 4 GiB of it, ~350
 million 12-character ids, beyond which ``add`` raises OverflowError), where it ends (4 bytes), its
-kind (1 byte) and an open-addressing table of 4-byte slots at most 2/3 full (6 to 12 bytes an id):
-~30 bytes a 12-character id, against ~105 for a dict of str -> row plus a list of the str
+kind (a byte, kept only once an id of 2 or 4 bytes a character comes: until then each is 1) and an
+open-addressing table of 4-byte slots at most 2/3 full (6 to 12 bytes an id): ~27 bytes a
+12-character id, against ~105 for a dict of str -> row plus a list of the str
 objects (the str 64, a dict slot ~31, a list pointer ~9), which is what an index is where the
-kernels are not built (:class:`_DictTable`). A million users and items then cost ~30 MB of ids
+kernels are not built (:class:`_DictTable`). A million users and items then cost ~27 MB of ids
 instead of ~105 MB, in the worker and in every API process. A lookup hashes the str (its hash is
 kept in it) and compares text only when the hash's bits match, as a dict does; ``add`` and ``get``
 are the table's own C methods (no Python call). ``ids`` is the table itself: a read-only sequence,

@@ -515,7 +515,7 @@ def test_anomaly_features_match_a_straightforward_computation_on_every_path(comp
     for chunked in (False, True):
         with loops(compiled):
             anomaly = _LearningRecorded(
-                quantile=0.7, warmup_events=50, n_trees=3, height=5, window_size=30, learn_every=1, idle_seconds=1e9
+                quantile=0.7, warmup_events=50, n_trees=3, height=5, window_size=30, learn_every=1, idle_seconds=4e6
             )
             gate = QualityGate([UserRateRule(window_seconds=10.0, max_positives=4, max_events=6), anomaly])
         learned = anomaly.points  # the features of each point learned (every passed event)
@@ -535,8 +535,8 @@ def test_anomaly_features_match_a_straightforward_computation_on_every_path(comp
             assert got == pytest.approx(want, rel=1e-12, abs=1e-15)
         assert sorted(held_keys(anomaly._users, users)) == sorted(users)
         for user in users:
-            state = anomaly._users[user]  # clock, now when last seen, then the four float32 fields
-            assert [state[0], *state[2:]] == pytest.approx(users[user], rel=1e-12)
+            state = anomaly._users[user]  # clock, then the four float32 fields, then when last seen
+            assert state[:5] == pytest.approx(users[user], rel=1e-12)
         assert (anomaly.scored_ahead > 0.5 * len(events)) is (chunked and not compiled)
 
 

@@ -147,8 +147,8 @@ def test_user_rate_core_divides_time_into_windows_as_python(ts: float, window: f
     assert _bits(compiled._users["u1"]) == _bits(reference._users["u1"]) and details[0] == details[1]
     first, then = ts // window, later // window
     assert then in (first, first + 1)
-    # the record: clock, now when last seen, then previous and current events (and positives)
-    assert compiled._users["u1"][2:4] == ([3.0, 1.0] if then == first + 1 else [0.0, 4.0])
+    # the record: clock, then previous and current events (and positives), then when last seen
+    assert compiled._users["u1"][1:3] == ([3.0, 1.0] if then == first + 1 else [0.0, 4.0])
 
 
 def test_cores_take_keywords_refuse_bad_calls_and_any_collection_of_types() -> None:
@@ -622,7 +622,7 @@ def test_anomaly_core_takes_keywords_and_refuses_bad_calls() -> None:
     rule.observe(like, now=T0)
     assert rule.judge(GateEvent("e2", "u1", "v1", "like", T0 + 1), now=T0 + 1) is None
     rule.observe_held(GateEvent("e3", "u1", "v1", "view", T0 + 2), T0 + 2, hold=None)
-    assert rule.passed == 2 and rule._users["u1"][5] == 3.0  # events: the last of the record
+    assert rule.passed == 2 and rule._users["u1"][4] == 3.0  # events: the last of the float32 fields
     with pytest.raises(TypeError, match="missing argument 'now'"):
         rule.judge(like)
     with pytest.raises(TypeError, match="unexpected or repeated argument 'when'"):
@@ -687,7 +687,7 @@ def test_anomaly_rule_takes_the_same_settings_on_both_paths() -> None:
             with pytest.raises(ValueError):
                 make()
     found = []
-    settings = {**ANOMALY, "idle_seconds": 1e9}
+    settings = {**ANOMALY, "idle_seconds": 4e6}
     for rule in (_python(lambda: AnomalousBehaviourRule(**settings)), AnomalousBehaviourRule(**settings)):
         first, second = GateEvent("e1", "u", "v", "view", T0), GateEvent("e2", "u", "v", "view", T0 + 10)
         rule.check(first, T0)
@@ -696,17 +696,53 @@ def test_anomaly_rule_takes_the_same_settings_on_both_paths() -> None:
         with pytest.raises(TypeError):
             rule.check(GateEvent("e3", "u", "v", "view", "not a time"), T0 + 11)  # type: ignore[arg-type]
         rule.observe(second, T0 + 500)  # the check of e2 is still the last: the user last seen at T0 + 10
-        found.append(rule._users["u"])
+        found.append((rule._users["u"], rule._users.seen("u")))
     assert found[0] == found[1] and found[1][1] == T0 + 10
     with pytest.raises(TypeError, match="missing argument 'hold'"):
         AnomalousBehaviourRule().observe_held(GateEvent("e1", "u", "v", "view", T0), T0)  # type: ignore[call-arg]
 
 
+def test_a_users_table_keeps_an_idle_user_at_most_a_stamps_span() -> None:
+    """A seen stamp is within ~48.5 days (2**30 ticks) of its base: the rules refuse a longer idle horizon."""
+    for make in (
+        lambda: UserRateRule(window_seconds=2.1e6),
+        lambda: ItemSurgeRule(user_idle_seconds=4.2e6),
+        lambda: AnomalousBehaviourRule(idle_seconds=4.2e6),
+    ):
+        with pytest.raises(ValueError, match="idle limit"):
+            make()
+    assert UserRateRule(window_seconds=2**21).window_seconds * 2 == 2**30 / 256  # the longest taken
+
+
+def test_the_users_tables_move_their_seen_stamps_base_as_the_python_rules_do() -> None:
+    """A user's record keeps when they were last seen as an int32 stamp, ticks of 1/256 s from a base the table's
+    index keeps, moved up to now once now is ~48.5 days past it. Streams that jump 60 days half-way (every user then
+    idle, the base moved, every stamp shifted down) give the same verdicts, records and remembered oldest users in C
+    as in Python, for the three rules."""
+    jump = 60 * 86_400.0
+
+    def jumping(events: list[tuple[GateEvent, float]]) -> list[tuple[GateEvent, float]]:
+        half = len(events) // 2
+        later = [(event._replace(ts=event.ts + jump), now + jump) for event, now in events[half:]]
+        return events[:half] + later
+
+    rate = jumping(_stream(6, 2_000, users=6, steps=[0.0, 0.5, 2.0]))
+    _both(lambda: UserRateRule(window_seconds=7.5, max_positives=3, max_events=6, max_users=6), rate)
+    surge = jumping(_surge_stream(9, 2_000))
+    with kernels.numpy_only():
+        reference = ItemSurgeRule(**SURGE)
+    compiled = ItemSurgeRule(**SURGE)
+    assert _drive_surge(compiled, surge) == _drive_surge(reference, surge)
+    bases = [rule._users.index.seen_base for rule in (reference, compiled)]  # moved with the jump
+    assert bases[0] == bases[1] and bases[0] / 256 >= T0 + jump
+    _both_anomaly({**ANOMALY, "idle_seconds": 3_600.0}, jumping(_anomaly_stream(8, 2_000)), judge=True)
+
+
 @pytest.mark.parametrize(
     ("rule_name", "exported"),
-    [(name, "data") for name in ("user_rate", "item_surge users", "anomalous_behaviour")]  # (float64 fields)
+    [(name, "data") for name in ("user_rate", "anomalous_behaviour")]  # (float64 fields)
     + [(name, "narrow") for name in ("user_rate", "item_surge users", "item_surge items", "anomalous_behaviour")]
-    + [("item_surge items", "whole")],  # (int32 fields: the last array written, the others then as they were)
+    + [(name, "whole") for name in ("user_rate", "item_surge users", "item_surge items")],  # (int32: written last)
 )
 def test_a_core_that_cannot_write_a_new_record_changes_nothing(rule_name: str, exported: str) -> None:
     """The compiled cores add a new id's record themselves (the index's insert, then the fields appended to the

@@ -143,6 +143,36 @@ def test_a_record_with_int32_fields_keeps_them_whole_and_shifts_them(compiled: b
 
 
 @BOTH
+def test_a_seen_stamp_is_rounded_up_to_a_tick_and_its_base_moves_up_with_now(compiled: bool) -> None:
+    """Records.stamp: when a record was last seen, as int32 ticks of 1/256 s rounded up from a base its index keeps
+    (read back in seconds by seen and evict): a record is forgotten at most a tick after its horizon, never before.
+    Once now is a span (2**30 ticks, ~48.5 days) past the base, the base moves up to now and every stamp is shifted
+    down, none below a span before the new base; a now a span before the base or more is stamped a span before it."""
+    t0 = 1_700_000_000.0
+    with loops(compiled):
+        table = Records(1, ints=1)
+        for key, now in (("a", t0), ("b", t0 + 0.001)):
+            r = table.add(key, (0.0, 0))
+            table.whole[r] = table.stamp(now)
+        assert table.index.seen_base == t0 * 256 and table.whole.tolist() == [0, 1]
+        assert table.seen("a") == t0 and table.seen("b") == t0 + 1 / 256  # (0.001 s: up to the next tick)
+        assert table.evict(t0 + 0.0039, cap=9, seen_at=1) == (1, t0 + 1 / 256)  # a (seen before) went, b is kept
+        assert table.evict(t0 + 0.004, cap=9, seen_at=1) == (None, -math.inf)  # b too: its tick is past
+        for key, now in (("a", t0), ("b", t0 + 4e6), ("c", t0 + 4.5e6)):  # c: 1.152e9 ticks past the base
+            r = table.add(key, (0.0, 0))
+            table.whole[r] = table.stamp(now)
+        base = (t0 + 4.5e6) * 256
+        assert table.index.seen_base == base and table.seen("c") == t0 + 4.5e6 and table.seen("b") == t0 + 4e6
+        assert table.seen("a") == (base - 2**30) / 256  # a span before the new base: the oldest a stamp can be
+        assert table.stamp(t0 - 1e9) == -(2**30) and table.index.seen_base == base
+        for bad in (math.nan, math.inf, 2e15):
+            with pytest.raises(ValueError, match="finite"):
+                table.stamp(bad)
+        with pytest.raises(ValueError, match="float64 field or a seen stamp"):
+            Records(1, narrow=1, ints=1).evict(t0, cap=9, seen_at=1)  # (a float32 field)
+
+
+@BOTH
 def test_forgotten_record_numbers_are_reused_and_new_records_start_from_their_values(compiled: bool) -> None:
     """Against a plain OrderedDict of lists over a random run of adds, puts (of known and new keys), evictions and
     pops of the oldest: same keys in the same order, same values; the flat array grows only to the most records

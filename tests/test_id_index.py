@@ -449,12 +449,36 @@ def test_a_packed_index_costs_under_half_of_a_dict_and_list() -> None:
     ids = [f"user-{i:07d}" for i in range(n)]  # 12 characters, as the memory benchmark's
     index = IdIndex(ids)
     per_id = index.nbytes / n
-    # text 12, end 4, kind 1 (each at most 1.5x what is used) and 4-byte slots, 6 to 12 an id
-    assert 12 + 4 + 1 + 6 <= per_id <= 1.5 * (12 + 4 + 1) + 12
+    # text 12, end 4 (each at most 1.5x what is used) and 4-byte slots, 6 to 12 an id (no kinds: all one byte)
+    assert 12 + 4 + 6 <= per_id <= 1.5 * (12 + 4) + 12
     with kernels.numpy_only():  # the same ids in a dict and a list of their str objects
         table = IdIndex(_fresh(i) for i in ids)._table
     dict_and_list = sum(map(sys.getsizeof, table.ids)) + sys.getsizeof(table._rows) + sys.getsizeof(table.ids)
     assert per_id < dict_and_list / n / 2
+
+
+@needs_kernels
+def test_ids_of_one_byte_a_code_point_keep_no_kinds_until_a_wider_one_comes() -> None:
+    """A table keeps its ids' kinds (bytes a code point: 1, 2 or 4) only once an id of 2 or 4 bytes a code point is
+    added; until then every id's is 1 (a byte an id less for ids of Latin-1 text). The earlier ids are then still
+    found and read back, and a copy and a packed copy have the same ids, with or without the kinds."""
+    kernel = kernels.compiled()
+    ids = [f"user-{i:07d}" for i in range(50_000)]
+    narrow, wide = kernel.IdTable(), kernel.IdTable()
+    for key in ids:
+        narrow.add(key)
+        wide.add(key)
+    packed = kernel.id_table_from_packed(narrow.packed(), len(narrow))
+    assert packed == narrow and packed.nbytes < narrow.nbytes  # (its arrays exactly as long as the ids need)
+    narrow.add("user-x")
+    wide.add("\u0101ser")  # (a code point of 2 bytes)
+    assert 50_001 <= wide.nbytes - narrow.nbytes <= 1.5 * 50_001 + 16  # its kinds: made when it came
+    assert wide.rows(ids) == list(range(50_000)) and wide[50_000] == "\u0101ser" and wide[7] == ids[7]
+    for table in (narrow, wide):
+        copy = table.copy()
+        packed = kernel.id_table_from_packed(table.packed(), len(table))
+        assert copy == table and packed == table and list(packed) == list(table) and copy.get(table[-1]) == 50_000
+    assert narrow != wide and wide.get("user-x") is None and wide.get("\u0101ser") == 50_000
 
 
 @needs_kernels

@@ -37,9 +37,11 @@ from river import anomaly, stats
 from learner import kernels
 from learner.gate.base import GateEvent, Hold
 from learner.gate.hst_batch import FlatTrees
-from learner.gate.records import Records
+from learner.gate.records import SEEN_SPAN, SEEN_TICKS, Records
 
 _exp, _log1p = math.exp, math.log1p
+#: The longest a users table keeps an idle user (its records' seen stamps: learner.gate.records.SEEN_SPAN), in seconds
+MAX_IDLE_SECONDS = SEEN_SPAN / SEEN_TICKS
 POSITIVE_TYPES = frozenset({"like", "share"})
 #: The anomaly rule's features, in the order of its feature tuples (and of the dicts River's trees see).
 FEATURES = ("gap", "rate", "positive", "positive_ratio", "watch_ratio", "history")
@@ -48,9 +50,13 @@ Features = tuple[float, float, float, float, float, float]
 
 
 #: Fields of a record in :class:`UserRateRule`, :class:`ItemSurgeRule` (users, items) and
-#: :class:`AnomalousBehaviourRule`: float64 ones (``*_FIELDS``), then float32 ones (``*_COUNTS``) if it has any.
-_RATE_FIELDS, _RATE_COUNTS, _SURGE_USER_FIELDS, _SURGE_USER_COUNTS = 2, 4, 1, 1
-_SURGE_ITEM_COUNTS, _SURGE_ITEM_CLOCKS, _ANOMALY_FIELDS, _ANOMALY_COUNTS = 4, 3, 2, 4
+#: :class:`AnomalousBehaviourRule`: float64 ones (``*_FIELDS``), then float32 ones (``*_COUNTS``) if it has any, then
+#: int32 ones (an item's clocks; a user's one, when last seen, a stamp: Records.stamp)
+_RATE_FIELDS, _RATE_COUNTS, _SURGE_USER_FIELDS, _SURGE_USER_COUNTS = 1, 4, 0, 1
+_SURGE_ITEM_COUNTS, _SURGE_ITEM_CLOCKS, _ANOMALY_FIELDS, _ANOMALY_COUNTS = 4, 3, 1, 4
+#: Where a users table's record keeps when the user was last seen (its one int32 field)
+_RATE_SEEN, _SURGE_USER_SEEN = _RATE_FIELDS + _RATE_COUNTS, _SURGE_USER_FIELDS + _SURGE_USER_COUNTS
+_ANOMALY_SEEN = _ANOMALY_FIELDS + _ANOMALY_COUNTS
 #: :class:`ItemSurgeRule` keeps an item's clocks (its cool-down's end, and per channel when its attempts were last
 #: updated; counts of interactions) as int32 from a base per channel. When a channel's clock is this far past its base
 #: the base moves up to it (every item's clocks shifted down, in one pass), and a clock then more than this far behind
@@ -67,8 +73,8 @@ class UserRateRule:
 
     Sliding-window counters: two fixed windows per user, the previous one weighted by how much of
     it still overlaps the sliding window (error bounded by the previous window's count, no
-    timestamps stored). Memory: one record (~0.05 kB: the user's clock and when last seen as
-    float64, the four counts as float32, exact below 2**24) per user active in the last two
+    timestamps stored). Memory: one record (~0.05 kB: the user's clock as float64, the four counts
+    as float32, exact below 2**24, when last seen as an int32 stamp) per user active in the last two
     windows, at most ``max_users``.
 
     Where the compiled loops are built (:mod:`learner.kernels`, when the rule is made), ``check``,
@@ -99,15 +105,18 @@ class UserRateRule:
     ) -> None:
         if window_seconds <= 0 or max_positives < 1 or max_events < 1:
             raise ValueError("window_seconds, max_positives and max_events must be positive")
+        if 2 * window_seconds > MAX_IDLE_SECONDS:
+            raise ValueError(f"window_seconds must be at most {MAX_IDLE_SECONDS / 2:,.0f} (half a table's idle limit)")
         self.window_seconds = window_seconds
         self.max_positives = max_positives
         self.max_events = max_events
         self.max_users = max_users
         self.positive_types = frozenset(positive_types)
-        # user -> [user's clock (latest ts), now when last seen] and, as float32 (whole numbers, exact below 2**24),
-        # [previous events, current events, previous positives, current positives]; least recently seen first. The
-        # counts are those of the window the user's clock is in (clock // window_seconds) and of the one before.
-        self._users = Records(_RATE_FIELDS, narrow=_RATE_COUNTS)
+        # user -> [user's clock (latest ts)], as float32 (whole numbers, exact below 2**24) [previous events, current
+        # events, previous positives, current positives], and as an int32 stamp [now when last seen]; least recently
+        # seen first. The counts are those of the window the user's clock is in (clock // window_seconds) and of the
+        # one before.
+        self._users = Records(_RATE_FIELDS, narrow=_RATE_COUNTS, ints=1)
         self._oldest, self._oldest_seen = None, -math.inf  # _users' first record's number (see Records.evict)
         kernel = kernels.compiled()
         self._core = None
@@ -167,7 +176,7 @@ class UserRateRule:
         d, n = users.data, users.narrow
         if r is None:
             clock = ts
-            r = users.add(user, (clock, now, 0.0, 0.0, 0.0, 0.0))
+            r = users.add(user, (clock, 0.0, 0.0, 0.0, 0.0, 0))
             c = r * _RATE_COUNTS
         else:
             index.move_to_end(user)  # most recently seen last
@@ -183,12 +192,11 @@ class UserRateRule:
         n[c + 1] += 1.0
         if event.type in self.positive_types:
             n[c + 3] += 1.0
-        b = r * _RATE_FIELDS
-        d[b] = clock
-        d[b + 1] = now
+        d[r * _RATE_FIELDS] = clock
+        users.whole[r] = users.stamp(now)
         horizon = now - 2 * self.window_seconds
         if r == self._oldest or not (self._oldest_seen >= horizon and len(index) <= self.max_users):
-            self._oldest, self._oldest_seen = users.evict(horizon, self.max_users, 1)
+            self._oldest, self._oldest_seen = users.evict(horizon, self.max_users, _RATE_SEEN)
 
     def observe_held(self, event: GateEvent, now: float, hold: Hold) -> None:  # noqa: ARG002 - any reason counts
         """A held attempt still counts: a sender who keeps going stays over the limit."""
@@ -387,6 +395,8 @@ class ItemSurgeRule:
             raise ValueError("new_user_events must be at most 16,777,216")
         if stream_memory > 1_000_000 or (cooldown is not None and cooldown > 2**30):  # (_CLOCK_SPAN)
             raise ValueError("stream_memory must be at most 1,000,000 and cooldown at most 2**30")
+        if user_idle_seconds > MAX_IDLE_SECONDS:
+            raise ValueError(f"user_idle_seconds must be at most {MAX_IDLE_SECONDS:,.0f} (a table's idle limit)")
         if cooldown is not None and cooldown < 0:
             raise ValueError("cooldown must be >= 0")
         self.new_user_events = new_user_events
@@ -418,9 +428,10 @@ class ItemSurgeRule:
         #         channel's base, [cool-down end (on the all channel's clock), then per channel its clock when last
         #         updated]; least recently touched first
         self._items = Records(0, narrow=_SURGE_ITEM_COUNTS, ints=_SURGE_ITEM_CLOCKS)
-        # user -> [now last seen] and, as float32, [events passed (capped at new_user_events: a whole number, exact
-        # below 2**24)]; established users stay here as a cache in front of the Bloom filters while active
-        self._users = Records(_SURGE_USER_FIELDS, narrow=_SURGE_USER_COUNTS)
+        # user -> as float32, [events passed (capped at new_user_events: a whole number, exact below 2**24)], and as an
+        # int32 stamp [now when last seen]; established users stay here as a cache in front of the Bloom filters while
+        # active
+        self._users = Records(_SURGE_USER_FIELDS, narrow=_SURGE_USER_COUNTS, ints=1)
         self._oldest, self._oldest_seen = None, -math.inf  # _users' first record's number (see Records.evict)
         kernel = kernels.compiled()
         self._core = None
@@ -553,9 +564,9 @@ class ItemSurgeRule:
         if r is None:
             if user in self.established:
                 self.established.add(user)  # refresh into the current generation
-                r = users.add(user, (now, self.new_user_events))
+                r = users.add(user, (self.new_user_events, 0))
             else:
-                r = users.add(user, (now, 0.0))
+                r = users.add(user, (0.0, 0))
         else:
             index.move_to_end(user)  # most recently seen last
         n, c = users.narrow, r * _SURGE_USER_COUNTS
@@ -574,10 +585,10 @@ class ItemSurgeRule:
             n[c] += 1.0
             if n[c] >= new_user_events:
                 self.established.add(user)
-        users.data[r * _SURGE_USER_FIELDS] = now
+        users.whole[r] = users.stamp(now)
         horizon = now - self.user_idle_seconds
         if r == self._oldest or not (self._oldest_seen >= horizon and len(index) <= self.max_users):
-            self._oldest, self._oldest_seen = users.evict(horizon, self.max_users, 0)
+            self._oldest, self._oldest_seen = users.evict(horizon, self.max_users, _SURGE_USER_SEEN)
 
     def observe_held(self, event: GateEvent, now: float, hold: Hold) -> None:  # noqa: ARG002
         """A held new-user interaction still counts for its item, and (re)starts the item's cool-down."""
@@ -656,8 +667,8 @@ class AnomalousBehaviourRule:
     ever more). Nothing is held before ``warmup_events`` events have passed, nor before the trees
     have a reference window (``window_size`` × ``learn_every`` events). Memory: the trees (fixed,
     ``n_trees`` × 2^(``height`` + 1) nodes), the points learned in the current window (at most
-    ``window_size``, ~0.2 kB each), one record (~0.06 kB: its clock and when last seen as float64,
-    the rest as float32) per user seen in the last ``idle_seconds``, at most ``max_users``.
+    ``window_size``, ~0.2 kB each), one record (~0.05 kB: its clock as float64, the rest as float32,
+    when last seen as an int32 stamp) per user seen in the last ``idle_seconds``, at most ``max_users``.
 
     Where the compiled loops are built (:mod:`learner.kernels`, when the rule is made), ``check``,
     ``observe``, ``observe_held`` and ``judge`` are those of :class:`learner._kernels.AnomalyCore`: the
@@ -703,6 +714,8 @@ class AnomalousBehaviourRule:
             raise ValueError("quantile must be in (0, 1), rate_cap > 0, learn_every, window_size and n_trees >= 1")
         if not 1 <= height <= 30:
             raise ValueError("height must be in 1..30 (a tree has 2^(height + 1) - 1 nodes)")
+        if idle_seconds > MAX_IDLE_SECONDS:
+            raise ValueError(f"idle_seconds must be at most {MAX_IDLE_SECONDS:,.0f} (a table's idle limit)")
         # counts as ints (given as floats, 1e4, they would be compared as floats: the same verdicts)
         warmup_events, learn_every, max_users = int(warmup_events), int(learn_every), int(max_users)
         n_trees, height, window_size = int(n_trees), int(height), int(window_size)
@@ -721,8 +734,9 @@ class AnomalousBehaviourRule:
         self.passed = 0
         self.learned = 0
         self._scored = False  # the quantile has seen a real score (the trees finished their first window)
-        # user -> [clock, now last seen] and, as float32, [decayed event count, positive ratio, watch ratio, events]
-        self._users = Records(_ANOMALY_FIELDS, narrow=_ANOMALY_COUNTS)
+        # user -> [clock], as float32 [decayed event count, positive ratio, watch ratio, events], and as an int32
+        # stamp [now when last seen]
+        self._users = Records(_ANOMALY_FIELDS, narrow=_ANOMALY_COUNTS, ints=1)
         self._oldest, self._oldest_seen = None, -math.inf  # _users' first record's number (see Records.evict)
         # the features, score and next user state computed by the last check, reused by observe
         self._memo: tuple[GateEvent, Features, float, array[float]] | None = None
@@ -797,7 +811,7 @@ class AnomalousBehaviourRule:
             gap = 1.0
         else:
             ts = event.ts
-            clock, decayed, pos_ratio, watch_ratio, n = state[0], state[2], state[3], state[4], state[5]
+            clock, decayed, pos_ratio, watch_ratio, n = state[0], state[1], state[2], state[3], state[4]
             elapsed = ts - clock
             if 0.0 > elapsed:  # max(ts - clock, 0.0)
                 elapsed = 0.0
@@ -816,7 +830,7 @@ class AnomalousBehaviourRule:
         history = _log1p(n) * self._HISTORY_SCALE
         x = (gap, 1.0 if 1.0 < recent else recent, positive, pos_ratio, watch_ratio, 1.0 if 1.0 < history else history)
         rounded = _ANOMALY_ROUND.unpack(_ANOMALY_ROUND.pack(decayed, pos_ratio, watch_ratio, n))
-        return x, array("d", (clock, now, *rounded))
+        return x, array("d", (clock, *rounded, self._users.stamp(now)))
 
     def _window(self) -> int:
         """How many windows the trees have completed (their reference masses change with each)."""
@@ -857,6 +871,7 @@ class AnomalousBehaviourRule:
             return  # before the first window every score is 0; a single event gains nothing
         users: dict[str, array[float]] = {}  # each user's state after their events so far in the batch
         known = self._users.copy_of
+        seen = float(self._users.stamp(now))  # (the stamp of the batch's now: the base moved now if due)
         rows = []
         flat: list[float] = []  # the rows' features one after the other (one array built from floats is cheaper)
         positive_types, rate_cap = self.positive_types, self.rate_cap
@@ -877,7 +892,7 @@ class AnomalousBehaviourRule:
                 clock, decayed, pos_ratio, watch_ratio, n = ts, 1.0, positive, 0.5 if watch is None else watch, 1.0
                 gap = 1.0
             else:
-                clock, decayed, pos_ratio, watch_ratio, n = state[0], state[2], state[3], state[4], state[5]
+                clock, decayed, pos_ratio, watch_ratio, n = state[0], state[1], state[2], state[3], state[4]
                 elapsed = ts - clock
                 if 0.0 > elapsed:
                     elapsed = 0.0
@@ -900,7 +915,7 @@ class AnomalousBehaviourRule:
                 history = 1.0
             x = (gap, recent, positive, pos_ratio, watch_ratio, history)
             rounded = _ANOMALY_ROUND.unpack(_ANOMALY_ROUND.pack(decayed, pos_ratio, watch_ratio, n))
-            users[user] = nxt = array("d", (clock, now, *rounded))
+            users[user] = nxt = array("d", (clock, *rounded, seen))
             rows.append((state, x, nxt))
             flat += x
         self._ahead_leaves = self._flat_trees().leaves(np.array(flat).reshape(len(rows), len(FEATURES)))
@@ -942,7 +957,7 @@ class AnomalousBehaviourRule:
                 self._ahead_scores = self._flat_trees().scores(self._ahead_leaves, self._current_leaf_scores())
                 self._ahead_window = window
             self.scored_ahead += 1
-            nxt[1] = now  # the only field of the state that depends on now (when the user was last seen)
+            nxt[5] = self._users.stamp(now)  # the only field of the state that depends on now (when last seen)
             return x, self._ahead_scores[row], nxt
         x, nxt = self._features(event, now, state)
         learned = self.learned >= self._window_size
@@ -957,7 +972,7 @@ class AnomalousBehaviourRule:
     def check(self, event: GateEvent, now: float) -> Hold | None:
         memo = self._memo
         _, _, score, nxt = memo if memo is not None and memo[0] is event else self._scored_features(event, now)
-        if self.passed < self.warmup_events or not self._scored or nxt[5] == 1.0:  # 1.0: the user's first event
+        if self.passed < self.warmup_events or not self._scored or nxt[4] == 1.0:  # 1.0: the user's first event
             return None
         threshold = self.threshold.get()
         if threshold is not None and score > threshold:
@@ -969,7 +984,7 @@ class AnomalousBehaviourRule:
         r = users.put(user, nxt)
         horizon = now - self.idle_seconds
         if r == self._oldest or not (self._oldest_seen >= horizon and len(users) <= self.max_users):
-            self._oldest, self._oldest_seen = users.evict(horizon, self.max_users, 1)
+            self._oldest, self._oldest_seen = users.evict(horizon, self.max_users, _ANOMALY_SEEN)
 
     def _learn(self, x: Features) -> None:
         """Learn ``x`` into the trees, as River's ``learn_one`` does; the points of a window are walked in when it ends.
@@ -1001,9 +1016,9 @@ class AnomalousBehaviourRule:
         r = users.put(user, nxt)
         horizon = now - self.idle_seconds
         if r == self._oldest or not (self._oldest_seen >= horizon and len(users) <= self.max_users):
-            self._oldest, self._oldest_seen = users.evict(horizon, self.max_users, 1)
+            self._oldest, self._oldest_seen = users.evict(horizon, self.max_users, _ANOMALY_SEEN)
         self.passed = passed = self.passed + 1
-        if self.learned >= self._window_size and nxt[5] != 1.0:  # before that the trees score everything 0
+        if self.learned >= self._window_size and nxt[4] != 1.0:  # before that the trees score everything 0
             self.threshold.update(score)
             self._scored = True
         if passed % self.learn_every == 0:
@@ -1030,7 +1045,7 @@ class AnomalousBehaviourRule:
         r = users.put(user, nxt)
         horizon = now - self.idle_seconds
         if r == self._oldest or not (self._oldest_seen >= horizon and len(users) <= self.max_users):
-            self._oldest, self._oldest_seen = users.evict(horizon, self.max_users, 1)
+            self._oldest, self._oldest_seen = users.evict(horizon, self.max_users, _ANOMALY_SEEN)
         if hold is not None:  # observe_held
             if self._scored:
                 self._estimator.update(score)
@@ -1052,7 +1067,7 @@ class AnomalousBehaviourRule:
         _, _, score, nxt = self._scored_features(event, now)
         self._memo = None
         self._remember(event.user_id, nxt, now)
-        if self._scored and nxt[5] != 1.0:  # a user's first event is not judged (held by another rule)
+        if self._scored and nxt[4] != 1.0:  # a user's first event is not judged (held by another rule)
             self.threshold.update(score)
 
     def __len__(self) -> int:

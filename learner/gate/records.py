@@ -5,8 +5,9 @@ flat ``array('d')`` in which record ``r``'s float64 fields are ``data[r * width 
 and, for a table with float32 fields too (``narrow``: counters, and decayed counts whose float32
 rounding the rules accept), one flat ``array('f')`` in which they are
 ``narrow[r * narrow_width : (r + 1) * narrow_width]``, and for a table with int32 fields
-(``ints``: clocks kept relative to a base their rule keeps), one flat ``array('i')`` in which they
-are ``whole[r * ints : (r + 1) * ints]``. The rules read and write fields in place,
+(``ints``: clocks kept relative to a base their rule keeps, and when a user was last seen, a
+stamp: :meth:`Records.stamp`), one flat ``array('i')`` in which they are
+``whole[r * ints : (r + 1) * ints]``. The rules read and write fields in place,
 ``data[r * width + field]``. A record as a whole (``add``, ``put``, ``copy_of``, ``table[key]``) is
 its float64 fields, then its float32 ones, then its int32 ones; a float32 field is rounded when
 written, as ``array('f')`` does, and an int32 one must be a whole number. The numbers of forgotten
@@ -70,6 +71,11 @@ from typing import Protocol
 from learner import kernels
 from learner.id_index import row_object
 
+#: A record's ``seen`` stamp (:meth:`Records.stamp`): ticks of a second, rounded up, from a base its index keeps
+SEEN_TICKS = 256
+#: ... moved up to now once now is this many ticks past it (~48.5 days); a table's idle horizon is at most this long
+SEEN_SPAN = 2**30
+
 
 def _whole_number(value: object) -> int:
     """An int32 field's value: an int, or a float that is a whole number (a record read back as floats)."""
@@ -78,6 +84,14 @@ def _whole_number(value: object) -> int:
     if type(value) is float and value.is_integer():
         return int(value)
     raise TypeError(f"an int32 field is a whole number, not {value!r}")
+
+
+def _shift(whole: array, ints: int, field: int, by: int, floor: int) -> None:
+    """``by`` subtracted from int32 field ``field`` of every record of ``whole`` (``ints`` fields), none below
+    ``floor``: :meth:`Records.shift_ints` without the kernels."""
+    for at in range(field, len(whole), ints):
+        value = whole[at] - by
+        whole[at] = value if value > floor else floor
 
 
 class RecordIndex(Protocol):
@@ -90,6 +104,7 @@ class RecordIndex(Protocol):
     def pop_first(self) -> int: ...
     def order(self) -> list[int]: ...
     def evict(self, data: array, width: int, horizon: float, cap: int, seen_at: int) -> tuple[int | None, float]: ...
+    def stamp(self, now: float, whole: array, ints: int, field: int) -> int: ...
     def __getitem__(self, key: str) -> int: ...
     def __contains__(self, key: object) -> bool: ...
     def __len__(self) -> int: ...
@@ -103,6 +118,7 @@ class OrderedIndex(OrderedDict[str, int]):
     def __init__(self) -> None:
         super().__init__()
         self._free: list[int] = []  # numbers of forgotten records, the last forgotten taken first
+        self.seen_base = 0  # the ticks its table's seen stamps count from (stamp)
 
     def insert(self, key: str) -> int:
         """A new record number for ``key`` (KeyError if it has one), last in the order."""
@@ -126,13 +142,30 @@ class OrderedIndex(OrderedDict[str, int]):
         """The held records' numbers, least recently touched first."""
         return list(self.values())
 
+    def stamp(self, now: float, whole: array, ints: int, field: int) -> int:
+        """:meth:`Records.stamp`: ``now`` as a seen stamp of field ``field`` of ``whole`` (records of ``ints`` int32
+        fields), the base moved up to now (every record's field shifted down) once now is a span past it."""
+        if not abs(now) <= 1e15:
+            raise ValueError("a gate table's time must be finite (within 1e15 s)")
+        if not 0 <= field < ints:
+            raise ValueError("stamp: 0 <= field < ints")
+        t = math.ceil(now * SEEN_TICKS) - self.seen_base
+        if t >= SEEN_SPAN:
+            _shift(whole, ints, field, t, -SEEN_SPAN)
+            self.seen_base += t
+            return 0
+        return t if t >= -SEEN_SPAN else -SEEN_SPAN
+
     def evict(self, data: array, width: int, horizon: float, cap: int, seen_at: int) -> tuple[int | None, float]:
-        """:meth:`Records.evict` on the table's ``data``."""
+        """:meth:`Records.evict` on the table's ``data`` (its float64 fields, or its int32 ones where ``seen_at`` is
+        a seen stamp: :meth:`stamp`)."""
+        stamps, base = data.typecode == "i", self.seen_base
+        least = horizon * SEEN_TICKS - base if stamps else horizon
         while self:
             number = next(iter(self.values()))
-            seen = data[number * width + seen_at]
-            if seen >= horizon and len(self) <= cap:
-                return number, seen
+            kept = data[number * width + seen_at]
+            if kept >= least and len(self) <= cap:
+                return number, (base + kept) / SEEN_TICKS if stamps else kept
             self.pop_first()
         return None, -math.inf
 
@@ -252,7 +285,8 @@ class Records:
         self.index.pop_first()
 
     def evict(self, horizon: float, cap: int, seen_at: int) -> tuple[int | None, float]:
-        """Forget least-recently-touched records whose field ``seen_at`` is before ``horizon``, and any beyond ``cap``.
+        """Forget least-recently-touched records whose field ``seen_at`` (a float64 one, or the int32 seen stamp:
+        :meth:`stamp`, read as seconds) is before ``horizon``, and any beyond ``cap``.
 
         Returns the least recently touched record left (its number, its ``seen_at``), or (None, -inf)
         when none is: the rules keep it, and call this again only when the table's size, the horizon
@@ -261,9 +295,26 @@ class Records:
         event. (A number identifies one held record at a time: it is reused only once its record is
         forgotten, which only this and ``pop_oldest`` do.)
         """
-        if self.width < 1:
-            raise ValueError("evict reads a float64 field: this table has none")
+        at = seen_at - self.width - self.narrow_width  # an int32 field: a seen stamp (stamp)
+        if at >= 0:
+            return self.index.evict(self.whole, self.ints, horizon, cap, at)
+        if not 0 <= seen_at < self.width:
+            raise ValueError(f"evict reads a float64 field or a seen stamp, not field {seen_at}")
         return self.index.evict(self.data, self.width, horizon, cap, seen_at)
+
+    def stamp(self, now: float) -> int:
+        """``now`` as a record's seen stamp, for its last int32 field (:meth:`evict` reads it as seconds again):
+        ticks of 1/256 s (:data:`SEEN_TICKS`), rounded up (a record seen at ``now`` is forgotten at most ~4 ms
+        after its horizon passes, never before), from a base the index keeps. Once now is :data:`SEEN_SPAN` ticks
+        (~48.5 days) past the base, the base moves up to now and every record's stamp is shifted down (none below a
+        span before the new base: a table's idle horizon is at most a span); a now a span before the base or more
+        is stamped a span before it."""
+        return self.index.stamp(now, self.whole, self.ints, self.ints - 1)
+
+    def seen(self, key: str) -> float:
+        """When ``key``'s record was last stamped (:meth:`stamp`), in seconds (KeyError if it has none)."""
+        stamp = self.whole[self.index[key] * self.ints + self.ints - 1]
+        return (self.index.seen_base + stamp) / SEEN_TICKS
 
     def shift_ints(self, fields: Iterable[int], by: int, floor: int) -> None:
         """Subtract ``by`` (>= 0) from int32 fields ``fields`` (numbers among the ``ints``) of every record, none
@@ -278,9 +329,7 @@ class Records:
             if kernel is not None:
                 kernel.shift_ints(whole, ints, field, by, floor)
             else:
-                for at in range(field, len(whole), ints):
-                    value = whole[at] - by
-                    whole[at] = value if value > floor else floor
+                _shift(whole, ints, field, by, floor)
 
     def in_order(self) -> list[tuple[int, list[float]]]:
         """Each record held, as its number and a copy of its fields, least recently touched first."""
