@@ -2145,7 +2145,8 @@ static int lru_stamp(LruIndex *self, char *whole, Py_ssize_t n, Py_ssize_t ints,
     return 0;
 }
 
-/* The seconds of stamp `stamp` (its ticks from the base), exact: an integer below 2**53 over a power of two */
+/* The seconds of stamp `stamp` (its ticks from the base): exact for times within ~3.5e13 s of 1970 (an integer below
+ * 2**53 over a power of two), and rounded as Python's int / int rounds beyond */
 static inline double lru_seen_seconds(const LruIndex *self, int32_t stamp) {
     return (double)(self->seen_base + stamp) / SEEN_TICKS;
 }
@@ -3650,18 +3651,26 @@ static Py_ssize_t records_add(PyObject *index, PyObject *data, PyObject *narrow,
     return -1;
 }
 
-/* Records.stamp(now) written in int32 field `field` of record `number` (of `ints` int32 fields a record) of the table
- * of `index` (an LruIndex) and `whole` (its array('i')); 0, or -1 with an exception */
-static int records_stamp(PyObject *index, PyObject *whole, Py_ssize_t number, Py_ssize_t ints, Py_ssize_t field,
-                         double now) {
+/* Records.stamp(now): `now` as a seen stamp of the table of `index` (an LruIndex) and `whole` (its array('i') of
+ * records of `ints` int32 fields, the stamp field `field`), the base moved if due; 0, or -1 with an exception (taken
+ * before a record is changed: a time that cannot be stamped changes nothing) */
+static int records_stamp(PyObject *index, PyObject *whole, Py_ssize_t ints, Py_ssize_t field, double now,
+                         int32_t *stamp) {
+    Py_buffer view;
+    if (get_buffer(whole, &view, PyBUF_WRITABLE, "a gate table's int32 fields", 'i') < 0) return -1;
+    int failed = lru_stamp((LruIndex *)index, view.buf, view.len / 4, ints, field, now, stamp);
+    PyBuffer_Release(&view);
+    return failed ? -1 : 0;
+}
+
+/* int32 field `field` of record `number` (of `ints` int32 fields a record) of `whole` set to `value`; 0, or -1 */
+static int records_set_i32(PyObject *whole, Py_ssize_t number, Py_ssize_t ints, Py_ssize_t field, int32_t value) {
     Py_buffer view;
     Py_ssize_t b;
     if (table_fields(whole, 'i', number, ints, &view, &b) < 0) return -1;
-    int32_t stamp;
-    int failed = lru_stamp((LruIndex *)index, view.buf, view.len / 4, ints, field, now, &stamp);
-    if (!failed) set_i32(view.buf, b + field, stamp);
+    set_i32(view.buf, b + field, value);
     PyBuffer_Release(&view);
-    return failed ? -1 : 0;
+    return 0;
 }
 
 static PyObject *call_with_float(PyObject *callable, double x) {
@@ -3768,6 +3777,8 @@ static PyObject *RateCore_observe(RateCore *self, PyObject *const *args, Py_ssiz
     if (now == -1.0 && PyErr_Occurred()) return NULL;
     int positive = PySet_Contains(self->positive_types, type);
     if (positive < 0) return NULL;
+    int32_t seen;
+    if (records_stamp(self->index, self->whole, RATE_STAMPS, 0, now, &seen) < 0) return NULL;
     double window = self->window;
     Py_ssize_t number = lru_lookup(self->index, user);
     if (number == -2) return NULL;
@@ -3805,7 +3816,7 @@ static PyObject *RateCore_observe(RateCore *self, PyObject *const *args, Py_ssiz
     set_f64(d, b, clock);
     PyBuffer_Release(&counts);
     PyBuffer_Release(&view);
-    if (records_stamp(self->index, self->whole, number, RATE_STAMPS, 0, now) < 0) return NULL;
+    if (records_set_i32(self->whole, number, RATE_STAMPS, 0, seen) < 0) return NULL;
     double horizon = now - 2 * window;
     if (evict_if_due(number, self->index, self->evict, horizon, self->max_users, RATE_FIELDS + RATE_COUNTS,
                      &self->oldest, &self->oldest_seen)) {
@@ -4133,6 +4144,8 @@ static PyObject *SurgeCore_observe(SurgeCore *self, PyObject *const *args, Py_ss
     if (gate_event(given[0], &user, &item, &type, NULL) < 0) return NULL;
     double now = PyFloat_AsDouble(given[1]);
     if (now == -1.0 && PyErr_Occurred()) return NULL;
+    int32_t seen;
+    if (records_stamp(self->users_index, self->users_whole, SURGE_USER_STAMPS, 0, now, &seen) < 0) return NULL;
     Py_ssize_t row = lru_lookup(self->users_index, user);
     if (row < 0) {
         if (row == -2) return NULL;
@@ -4176,7 +4189,7 @@ static PyObject *SurgeCore_observe(SurgeCore *self, PyObject *const *args, Py_ss
         established_now = get_f32(view.buf, b) >= self->new_user_events;
     }
     PyBuffer_Release(&view);
-    if (records_stamp(self->users_index, self->users_whole, row, SURGE_USER_STAMPS, 0, now) < 0) return NULL;
+    if (records_set_i32(self->users_whole, row, SURGE_USER_STAMPS, 0, seen) < 0) return NULL;
     if (established_now) {
         PyObject *added = PyObject_CallOneArg(self->established_add, user);
         if (added == NULL) return NULL;
@@ -4475,12 +4488,8 @@ static int anomaly_features(AnomalyCore *self, PyObject *event, double now, cons
     next[2] = (float)pos_ratio;
     next[3] = (float)watch_ratio;
     next[4] = (float)n;
-    /* now as the table's seen stamp (Records.stamp: its base moved now if due) */
-    Py_buffer view;
-    if (get_buffer(self->whole, &view, PyBUF_WRITABLE, "a gate table's int32 fields", 'i') < 0) return -1;
-    int32_t stamp = 0;
-    int failed = lru_stamp((LruIndex *)self->index, view.buf, view.len / 4, ANOMALY_STAMPS, 0, now, &stamp);
-    PyBuffer_Release(&view);
+    int32_t stamp = 0; /* now as the table's seen stamp (Records.stamp: its base moved now if due) */
+    int failed = records_stamp(self->index, self->whole, ANOMALY_STAMPS, 0, now, &stamp);
     next[ANOMALY_WIDE + ANOMALY_COUNTS] = stamp;
     return failed ? -1 : 0;
 }

@@ -703,15 +703,61 @@ def test_anomaly_rule_takes_the_same_settings_on_both_paths() -> None:
 
 
 def test_a_users_table_keeps_an_idle_user_at_most_a_stamps_span() -> None:
-    """A seen stamp is within ~48.5 days (2**30 ticks) of its base: the rules refuse a longer idle horizon."""
+    """A seen stamp is within a span (2**30 ticks of 1/256 s, ~48.5 days) of its base, and one kept a span before a
+    moved base must read as past any horizon: the rules refuse an idle horizon of more than a span less a tick. At the
+    longest taken, a user idle that long is forgotten when the base moves (helper-75's review: at a whole span, the
+    stamp kept a span before the base read as exactly the horizon, and the user stayed)."""
+    from learner.gate.behaviour import MAX_IDLE_SECONDS
+
+    assert MAX_IDLE_SECONDS == 2**30 / 256 - 1
     for make in (
-        lambda: UserRateRule(window_seconds=2.1e6),
-        lambda: ItemSurgeRule(user_idle_seconds=4.2e6),
-        lambda: AnomalousBehaviourRule(idle_seconds=4.2e6),
+        lambda: UserRateRule(window_seconds=MAX_IDLE_SECONDS / 2 + 0.5),
+        lambda: ItemSurgeRule(user_idle_seconds=MAX_IDLE_SECONDS + 1),
+        lambda: AnomalousBehaviourRule(idle_seconds=MAX_IDLE_SECONDS + 1),
     ):
         with pytest.raises(ValueError, match="idle limit"):
             make()
-    assert UserRateRule(window_seconds=2**21).window_seconds * 2 == 2**30 / 256  # the longest taken
+    later = MAX_IDLE_SECONDS + 1_000.0  # ticks past the base (0: the first stamp's) by more than a span
+    for make in (
+        lambda: ItemSurgeRule(user_idle_seconds=MAX_IDLE_SECONDS),
+        lambda: _python(lambda: ItemSurgeRule(user_idle_seconds=MAX_IDLE_SECONDS)),
+    ):
+        rule = make()
+        _step(rule, GateEvent("e0", "old", "v", "view", 0.0), 0.0)
+        _step(rule, GateEvent("e1", "new", "v", "view", later), later)
+        assert "old" not in rule._users and rule._users.seen("new") == later
+        assert rule._users.index.seen_base == later * 256
+
+
+def test_preparing_a_batch_moves_no_seen_base() -> None:
+    """The Python anomaly rule's prepare (the compiled core's does nothing) computes a batch's next states without
+    stamping now: a batch none of whose events then reach the rule leaves its table as the compiled rule's
+    (helper-75's review: it moved the base, and a clock stepping back later kept users the core forgot)."""
+    rule = _python(lambda: AnomalousBehaviourRule(**ANOMALY))
+    for k in range(30):  # the trees' first window: prepare works from then on
+        event = GateEvent(f"e{k}", f"u{k % 4}", "v", "view", T0 + k)
+        rule.check(event, T0 + k)
+        rule.observe(event, T0 + k)
+    base = rule._users.index.seen_base
+    later = T0 + 60 * 86_400.0  # more than a span of stamps past the base
+    rule.prepare([GateEvent(f"x{k}", f"u{k % 4}", "v", "view", later) for k in range(5)], later)
+    assert rule._ahead_rows and rule._users.index.seen_base == base
+
+
+def test_a_time_that_cannot_be_stamped_changes_no_table() -> None:
+    """A now that is not a finite time (within 1e15 s) is refused before a rule changes a table: no record added, no
+    count taken, in C as in Python (helper-75's review: the record was added and counted first)."""
+    makes = [
+        lambda: UserRateRule(),
+        lambda: ItemSurgeRule(**SURGE),
+        lambda: AnomalousBehaviourRule(**ANOMALY),
+    ]
+    for make in [*makes, *(lambda m=m: _python(m) for m in makes)]:
+        rule = make()
+        for now in (math.nan, math.inf, -2e15):
+            with pytest.raises(ValueError, match="finite"):
+                rule.observe(GateEvent("e1", "u1", "v1", "like", T0), now)
+        assert len(rule._users) == 0 and len(getattr(rule, "_items", ())) == 0, type(rule).__name__
 
 
 def test_the_users_tables_move_their_seen_stamps_base_as_the_python_rules_do() -> None:

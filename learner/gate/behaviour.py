@@ -40,8 +40,9 @@ from learner.gate.hst_batch import FlatTrees
 from learner.gate.records import SEEN_SPAN, SEEN_TICKS, Records
 
 _exp, _log1p = math.exp, math.log1p
-#: The longest a users table keeps an idle user (its records' seen stamps: learner.gate.records.SEEN_SPAN), in seconds
-MAX_IDLE_SECONDS = SEEN_SPAN / SEEN_TICKS
+#: The longest a users table keeps an idle user, in seconds: a tick less than its records' seen stamps' span
+#: (learner.gate.records.SEEN_SPAN), so that a stamp kept a span before a moved base is always past the horizon
+MAX_IDLE_SECONDS = (SEEN_SPAN - SEEN_TICKS) / SEEN_TICKS
 POSITIVE_TYPES = frozenset({"like", "share"})
 #: The anomaly rule's features, in the order of its feature tuples (and of the dicts River's trees see).
 FEATURES = ("gap", "rate", "positive", "positive_ratio", "watch_ratio", "history")
@@ -106,7 +107,7 @@ class UserRateRule:
         if window_seconds <= 0 or max_positives < 1 or max_events < 1:
             raise ValueError("window_seconds, max_positives and max_events must be positive")
         if 2 * window_seconds > MAX_IDLE_SECONDS:
-            raise ValueError(f"window_seconds must be at most {MAX_IDLE_SECONDS / 2:,.0f} (half a table's idle limit)")
+            raise ValueError(f"window_seconds must be at most {MAX_IDLE_SECONDS / 2:,.1f} (half a table's idle limit)")
         self.window_seconds = window_seconds
         self.max_positives = max_positives
         self.max_events = max_events
@@ -170,6 +171,7 @@ class UserRateRule:
 
     def observe(self, event: GateEvent, now: float) -> None:
         users, user = self._users, event.user_id
+        seen = users.stamp(now)  # (first: a time that cannot be stamped changes nothing)
         index = users.index
         r = index.get(user)
         ts = event.ts
@@ -193,7 +195,7 @@ class UserRateRule:
         if event.type in self.positive_types:
             n[c + 3] += 1.0
         d[r * _RATE_FIELDS] = clock
-        users.whole[r] = users.stamp(now)
+        users.whole[r] = seen
         horizon = now - 2 * self.window_seconds
         if r == self._oldest or not (self._oldest_seen >= horizon and len(index) <= self.max_users):
             self._oldest, self._oldest_seen = users.evict(horizon, self.max_users, _RATE_SEEN)
@@ -397,8 +399,8 @@ class ItemSurgeRule:
             raise ValueError("stream_memory must be at most 1,000,000 and cooldown at most 2**30")
         if user_idle_seconds > MAX_IDLE_SECONDS:
             raise ValueError(f"user_idle_seconds must be at most {MAX_IDLE_SECONDS:,.0f} (a table's idle limit)")
-        if cooldown is not None and cooldown < 0:
-            raise ValueError("cooldown must be >= 0")
+        if cooldown is not None and (cooldown < 0 or cooldown != int(cooldown)):
+            raise ValueError("cooldown must be a whole number >= 0")
         self.new_user_events = new_user_events
         self.min_new_positives = min_new_positives
         self.min_new_share = min_new_share
@@ -413,7 +415,7 @@ class ItemSurgeRule:
         self.max_users = max_users
         self.judged_types = None if judged_types is None else frozenset(judged_types)
         self.positive_types = frozenset(positive_types)
-        self.cooldown = stream_memory if cooldown is None else cooldown
+        self.cooldown = int(stream_memory if cooldown is None else cooldown)
         self.established = EstablishedUsers(established_capacity)
         self._stream_new_share = 1.0  # of passed interactions; a fresh worker starts with "everyone is new"
         self._passed = 0
@@ -559,6 +561,7 @@ class ItemSurgeRule:
     def observe(self, event: GateEvent, now: float) -> None:
         user = event.user_id
         users = self._users
+        seen = users.stamp(now)  # (first: a time that cannot be stamped changes nothing)
         index = users.index
         r = index.get(user)
         if r is None:
@@ -585,7 +588,7 @@ class ItemSurgeRule:
             n[c] += 1.0
             if n[c] >= new_user_events:
                 self.established.add(user)
-        users.whole[r] = users.stamp(now)
+        users.whole[r] = seen
         horizon = now - self.user_idle_seconds
         if r == self._oldest or not (self._oldest_seen >= horizon and len(index) <= self.max_users):
             self._oldest, self._oldest_seen = users.evict(horizon, self.max_users, _SURGE_USER_SEEN)
@@ -852,7 +855,7 @@ class AnomalousBehaviourRule:
             float(self.trees._max_score),
         )
 
-    def prepare(self, events: Sequence[GateEvent], now: float) -> None:
+    def prepare(self, events: Sequence[GateEvent], now: float) -> None:  # noqa: ARG002 - the checks stamp now
         """Compute the features of a batch of events, and the leaf each reaches in each tree, ahead of their checks.
 
         Each event's features are computed from its user's state as it will be if every earlier
@@ -871,7 +874,7 @@ class AnomalousBehaviourRule:
             return  # before the first window every score is 0; a single event gains nothing
         users: dict[str, array[float]] = {}  # each user's state after their events so far in the batch
         known = self._users.copy_of
-        seen = float(self._users.stamp(now))  # (the stamp of the batch's now: the base moved now if due)
+        seen = 0.0  # (a state's stamp: its check, _score, stamps now; none here, where it could move the base)
         rows = []
         flat: list[float] = []  # the rows' features one after the other (one array built from floats is cheaper)
         positive_types, rate_cap = self.positive_types, self.rate_cap

@@ -73,7 +73,7 @@ from learner.id_index import row_object
 
 #: A record's ``seen`` stamp (:meth:`Records.stamp`): ticks of a second, rounded up, from a base its index keeps
 SEEN_TICKS = 256
-#: ... moved up to now once now is this many ticks past it (~48.5 days); a table's idle horizon is at most this long
+#: ... moved up to now once now is this many ticks past it (~48.5 days); a table's idle horizon is shorter
 SEEN_SPAN = 2**30
 
 
@@ -307,8 +307,9 @@ class Records:
         ticks of 1/256 s (:data:`SEEN_TICKS`), rounded up (a record seen at ``now`` is forgotten at most ~4 ms
         after its horizon passes, never before), from a base the index keeps. Once now is :data:`SEEN_SPAN` ticks
         (~48.5 days) past the base, the base moves up to now and every record's stamp is shifted down (none below a
-        span before the new base: a table's idle horizon is at most a span); a now a span before the base or more
-        is stamped a span before it."""
+        span before the new base: a table's idle horizon is shorter than a span, so such a stamp is past it); a now
+        a span before the base or more is stamped a span before it (a clock stepping back that far keeps records
+        longer, never forgets them sooner)."""
         return self.index.stamp(now, self.whole, self.ints, self.ints - 1)
 
     def seen(self, key: str) -> float:
