@@ -410,8 +410,9 @@ def test_item_surge_keeps_a_long_idle_items_clocks_a_span_behind(monkeypatch: py
     assert (1 - 1 / 1_000_000) ** 2**30 == 0.0
     with pytest.raises(ValueError, match="stream_memory"):
         ItemSurgeRule(stream_memory=1_000_001)
-    with pytest.raises(ValueError, match="cooldown"):
-        ItemSurgeRule(cooldown=2**30 + 1)
+    for cooldown in (2**30 + 1, -1, 2.5):
+        with pytest.raises(ValueError, match="cooldown"):
+            ItemSurgeRule(cooldown=cooldown)  # type: ignore[arg-type]
 
 
 def _python(make: Callable[[], Rule]) -> Rule:
