@@ -4031,9 +4031,9 @@ static PyObject *SurgeCore_check(SurgeCore *self, PyObject *const *args, Py_ssiz
         PyBuffer_Release(&view);
         return NULL;
     }
-    const char *d = view.buf, *n = counts.buf;
+    const char *w = view.buf, *n = counts.buf;
     PyObject *result = NULL;
-    long long cooling_until = self->bases[0] + get_i32(d, b);
+    long long cooling_until = self->bases[0] + get_i32(w, b);
     if (cooling_until > self->clocks[0]) {
         result = PyObject_CallFunction(self->hold_cooling, "OL", type, cooling_until - self->clocks[0]);
         goto done;
@@ -4053,7 +4053,7 @@ static PyObject *SurgeCore_check(SurgeCore *self, PyObject *const *args, Py_ssiz
     int positive = PySet_Contains(self->positive_types, type);
     if (positive < 0) goto done;
     for (int channel = 0; channel <= positive; channel++) {
-        double concentration = surge_concentration(self, d, b, n, c, channel);
+        double concentration = surge_concentration(self, w, b, n, c, channel);
         if (!isnan(concentration) && concentration >= self->max_new_concentration) {
             result = PyObject_CallFunction(self->hold_concentration, "di", concentration, channel);
             goto done;
