@@ -6,11 +6,12 @@ them one at a time on SIGHUP, and stops them all on SIGTERM or SIGINT. Each proc
 :func:`api.app.app_from_environment`, which it imports by name.
 
 Their metrics go through prometheus_client's multiprocess mode (``recstream.metrics``): a directory made for the run
-(removed after it), or one the environment names, which must then exist and be empty (files left from another run
-would be counted in this one's totals; the supervisor's own are removed, and the run's when it stops). A supervisor
-that was killed cannot remove its directory: the next one to start removes it (a running supervisor holds a lock on
-a file in its directory, so a directory whose lock can be taken is one whose supervisor is gone, in whatever PID
-namespace it ran).
+(removed after it), or one the environment names, which must then exist and hold no other run's files (they would be
+counted in this one's totals; the supervisor's own are removed, and the run's when it stops). A running supervisor
+holds a lock on a file in its directory, so a directory whose lock can be taken is one whose supervisor is gone, in
+whatever PID namespace it ran. A supervisor that was killed cannot remove its directory, or empty the one named: the
+next one to start does (a directory it made is removed, a named one emptied and used); a named directory whose lock
+is held is another running supervisor's, and refused.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ SUPERVISOR_PID = "RECSTREAM_INTERNAL_API_SUPERVISOR_PID"
 
 
 class MetricsDirectoryRefused(Exception):
-    """The environment names a metrics directory that is missing or holds files already."""
+    """The environment names a metrics directory that is missing, used by a running supervisor, or holds files of
+    another run that are not known to be a killed supervisor's."""
 
 
 def serve(host: str, port: int, workers: int) -> int:
@@ -112,29 +114,84 @@ def _metrics_directory() -> Iterator[None]:
 @contextlib.contextmanager
 def _named_directory(named: str) -> Iterator[None]:
     """A directory the environment names: it must exist and hold no file but this process's own (the supervisor
-    imported the metrics with the variable set: removed, so that it has no series); emptied after the run, so that
-    the next may use it."""
+    imported the metrics with the variable set: removed, so that it has no series), or be one a killed supervisor
+    left (its lock file, which no process holds, and that run's files: removed); locked while the run lasts, and
+    emptied after it, so that the next may use it."""
     own = f"_{os.getpid()}.db"
     try:
         files = os.listdir(named)
     except OSError:
         files = None
-    if files is None or any(not name.endswith(own) for name in files):
+    if files is None:
         raise MetricsDirectoryRefused(
-            f"{metrics.MULTIPROCESS_DIR}={named!r} must be an existing, empty directory (files of another run would "
-            "be counted in this one's metrics): empty it, or unset it and recstream makes one for the run"
+            f"{metrics.MULTIPROCESS_DIR}={named!r} must be an existing directory: make it, or unset the variable and "
+            "recstream makes one for the run"
         )
-    _remove_files(named)
+    lock = _abandoned_lock(named) if LOCK_FILE in files else None
+    if lock is None:
+        if any(not name.endswith(own) for name in files):
+            raise MetricsDirectoryRefused(
+                f"{metrics.MULTIPROCESS_DIR}={named!r} must be an existing, empty directory (files of another run "
+                "would be counted in this one's metrics): empty it, or unset it and recstream makes one for the run"
+            )
+        try:
+            lock = _locked_file(named)
+        except FileExistsError:  # another supervisor is locking it right now
+            raise MetricsDirectoryRefused(_in_use(named)) from None
+    elif any(name != LOCK_FILE and not name.endswith(".db") for name in files):
+        os.close(lock)
+        raise MetricsDirectoryRefused(
+            f"{metrics.MULTIPROCESS_DIR}={named!r} holds files that are not metrics (a killed run leaves only *.db "
+            "files): empty it, or unset the variable and recstream makes one for the run"
+        )
+    else:
+        log.info("emptied %s, left by a supervisor that was killed", named)
     try:
+        _remove_files(named, keep=LOCK_FILE)
         yield
     finally:
-        _remove_files(named)  # (all of them this run's: it started empty)
-
-
-def _remove_files(directory: str) -> None:
-    for name in os.listdir(directory):
+        _remove_files(named, keep=LOCK_FILE)  # (all of them this run's: it started empty)
         with contextlib.suppress(FileNotFoundError):
-            os.remove(os.path.join(directory, name))
+            os.remove(os.path.join(named, LOCK_FILE))
+        os.close(lock)
+
+
+def _in_use(named: str) -> str:
+    return (
+        f"{metrics.MULTIPROCESS_DIR}={named!r} is used by another running recstream api (its supervisor holds "
+        f"{LOCK_FILE} there): give each run a directory of its own, or unset the variable and recstream makes one"
+    )
+
+
+def _abandoned_lock(directory: str) -> int:
+    """The lock file of ``directory``, which holds one, locked by this process: its supervisor is gone. Raises
+    :class:`MetricsDirectoryRefused` when the lock is held (its supervisor runs) or is not a regular file."""
+    try:
+        lock = os.open(os.path.join(directory, LOCK_FILE), os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise MetricsDirectoryRefused(
+            f"{metrics.MULTIPROCESS_DIR}={directory!r}: cannot open its {LOCK_FILE} ({exc.strerror}): empty the "
+            "directory, or unset the variable and recstream makes one for the run"
+        ) from None
+    if not stat.S_ISREG(os.fstat(lock).st_mode):
+        os.close(lock)
+        raise MetricsDirectoryRefused(
+            f"{metrics.MULTIPROCESS_DIR}={directory!r}: its {LOCK_FILE} is not a file: empty the directory, or unset "
+            "the variable and recstream makes one for the run"
+        )
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held: its supervisor runs
+        os.close(lock)
+        raise MetricsDirectoryRefused(_in_use(directory)) from None
+    return lock
+
+
+def _remove_files(directory: str, keep: str) -> None:
+    for name in os.listdir(directory):
+        if name != keep:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(directory, name))
 
 
 def _locked_file(directory: str) -> int:

@@ -72,6 +72,21 @@ def _served(url: str) -> float:
     return sum(float(value) for value in SERVED_SAMPLE.findall(_metrics(url)))
 
 
+def _ingested(url: str) -> float:
+    found = re.findall(r"^recstream_events_ingested_total ([0-9.e+]+)$", _metrics(url), re.MULTILINE)
+    return sum(float(value) for value in found)
+
+
+def _ingest(url: str, events: int) -> None:
+    """``events`` events, one ``POST /v1/events`` each."""
+    for i in range(events):
+        event = {"event_id": f"i{i}", "user_id": "u1", "item_id": f"v{i}", "type": "view", "ts": iso(i)}
+        answer = httpx.post(
+            f"{url}/v1/events", json=[event], headers={"Authorization": f"Bearer {TEST_API_KEY}"}, timeout=10
+        )
+        assert answer.status_code == 202, answer.text
+
+
 def _recommend(url: str, times: int) -> None:
     """``times`` recommendation requests, each on a connection of its own (each accepted by a process anew)."""
     for _ in range(times):
@@ -255,14 +270,24 @@ def test_a_metrics_directory_the_environment_names_must_be_empty(service_env: di
     assert "Started parent process" not in result.stderr
 
 
+def _named_metrics(service_env: dict[str, str], tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """An empty directory, and the environment of two API processes that names it for their metrics."""
+    named = tmp_path / "metrics"
+    named.mkdir()
+    return named, {**service_env, "RECSTREAM_API_WORKERS": "2", "PROMETHEUS_MULTIPROC_DIR": str(named)}
+
+
+def _start_two(env: dict[str, str], processes: list) -> local_services.LocalService:
+    api = local_services.start_api(env)
+    processes.append(api)
+    return api
+
+
 def test_an_empty_metrics_directory_the_environment_names_is_used_and_emptied_after(
     service_env: dict[str, str], processes: list, tmp_path: Path
 ) -> None:
-    named = tmp_path / "metrics"
-    named.mkdir()
-    env = {**service_env, "RECSTREAM_API_WORKERS": "2", "PROMETHEUS_MULTIPROC_DIR": str(named)}
-    api = local_services.start_api(env)
-    processes.append(api)
+    named, env = _named_metrics(service_env, tmp_path)
+    api = _start_two(env, processes)
     supervisor = api.process.pid
     children = _two_processes(supervisor)
     # their series, and none of the supervisor's (it imported the metrics with the variable set: its files went)
@@ -275,6 +300,55 @@ def test_an_empty_metrics_directory_the_environment_names_is_used_and_emptied_af
     assert all(pids == children for pids in _labelled_by_pid(api.url).values())
     stop_gracefully(api)
     assert named.is_dir() and not list(named.iterdir())  # the next run may use it
+
+
+def test_a_metrics_directory_the_environment_names_is_taken_again_after_its_supervisor_was_killed(
+    service_env: dict[str, str], processes: list, tmp_path: Path
+) -> None:
+    named, env = _named_metrics(service_env, tmp_path)
+    killed = _start_two(env, processes)
+    children = _two_processes(killed.process.pid)
+    _ingest(killed.url, 3)
+    assert _ingested(killed.url) == 3
+    assert (named / api_processes.LOCK_FILE).is_file()
+    os.kill(killed.process.pid, signal.SIGKILL)
+    killed.process.wait(10)
+    wait_for(lambda: all(_gone(pid) for pid in children), 30, "the API processes to stop after their supervisor")
+    left = {path.name for path in named.iterdir()}
+    assert api_processes.LOCK_FILE in left and any(name.startswith("counter_") for name in left), left
+    # the next start empties it (the killed run's counters are not this run's) and serves
+    again = _start_two(env, processes)
+    _two_processes(again.process.pid)
+    assert not any(f"_{pid}.db" in name for pid in children for name in os.listdir(named))
+    assert _ingested(again.url) == 0
+    _ingest(again.url, 2)
+    assert _ingested(again.url) == 2
+    stop_gracefully(again)
+    assert not list(named.iterdir())
+
+
+def test_a_metrics_directory_in_use_or_holding_foreign_files_is_refused(tmp_path: Path) -> None:
+    named = tmp_path / "metrics"
+    named.mkdir()
+    (named / "counter_1.db").write_bytes(b"")
+    os.close(api_processes._locked_file(str(named)))  # a supervisor that was killed: nobody holds its lock
+    with api_processes._named_directory(str(named)):
+        assert [path.name for path in named.iterdir()] == [api_processes.LOCK_FILE]
+        with pytest.raises(api_processes.MetricsDirectoryRefused, match="used by another running recstream api"):
+            with api_processes._named_directory(str(named)):
+                pass
+        assert (named / api_processes.LOCK_FILE).is_file()  # (the refused start left it to its owner)
+    assert not list(named.iterdir())
+    # a lock nobody holds, beside a file that is not a metrics file: not what a killed run leaves
+    os.close(api_processes._locked_file(str(named)))
+    (named / "notes.txt").write_text("mine")
+    with pytest.raises(api_processes.MetricsDirectoryRefused, match="holds files that are not metrics"):
+        with api_processes._named_directory(str(named)):
+            pass
+    assert (named / "notes.txt").read_text() == "mine"
+    with pytest.raises(api_processes.MetricsDirectoryRefused, match="must be an existing directory"):
+        with api_processes._named_directory(str(tmp_path / "missing")):
+            pass
 
 
 def test_a_start_removes_only_the_metrics_directories_of_supervisors_that_are_gone(
