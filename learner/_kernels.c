@@ -5014,6 +5014,7 @@ static PyObject *name_event_id, *name_user_id, *name_item_id, *name_type, *name_
     *name_item_duration_seconds, *name_reason;
 
 static PyObject *name_ts, *name_utcoffset;
+static PyObject *name_context, *name_rec_id, *name_last_loss, *name_learn, *name_add; /* (learn_events) */
 static PyObject *datetime_timestamp; /* datetime.datetime.timestamp (PyInit__kernels) */
 
 /* Days from 0001-01-01 (day 1) to year-month-day, as CPython's datetime counts them (proleptic Gregorian). */
@@ -5316,6 +5317,209 @@ fail:
     return NULL;
 }
 
+/* learn_events(chunk, verdicts, start, known, event_ids, seen, lags, learn, positive_types, challengers, hit_every,
+ *              sample_every, positives, guard_update, learner, clock, event_type, recommended)
+ *     -> (stop, positives, learned, pause_at, error)
+ *
+ * EventProcessor._handle_events' loop over the events it learns plainly (stream/processor.py), from chunk[start]:
+ * for each event that passed the gate (its verdict None), is no duplicate (its id in neither `known` nor
+ * `event_ids`) and is an `event_type` (recstream.events.Event: read from its __dict__, as gate_views reads it), it
+ * does what that loop does: now = clock(); a positive (its type in `positive_types`) counted; learn(user, item,
+ * type, watch_seconds, item_duration_seconds, ts=ts_seconds), and each of `challengers` (learners) learns it too;
+ * its id added to `event_ids`, its item to seen[user] (a defaultdict(set)); recommended(type) for an event whose
+ * context names a str rec_id; now - ts appended to `lags`; learner.last_loss, when not None, given to
+ * `guard_update` (None: no guard).
+ *
+ * It stops at the first event that is not for it, or a positive at which a hit sample is due (its count, plus one,
+ * a multiple of `hit_every`, or of `sample_every` when that is not 0): `stop` is that event's index (the caller
+ * handles it: nothing of it was done here), len(chunk) once every event is learned. When the guard says to pause
+ * (guard_update returned true), it stops after that event, `pause_at` its `now` (else None). `positives` is the
+ * count after the events done, `learned` how many were learned. An exception raised by a call is not raised but
+ * returned as `error`, `stop` the event it was raised at (its positive counted, as the loop counts it before
+ * learning): the caller raises it once it has taken the counts. */
+static PyObject *learn_events(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 18) {
+        PyErr_SetString(PyExc_TypeError,
+                        "learn_events(chunk, verdicts, start, known, event_ids, seen, lags, learn, positive_types, "
+                        "challengers, hit_every, sample_every, positives, guard_update, learner, clock, event_type, "
+                        "recommended)");
+        return NULL;
+    }
+    PyObject *chunk = args[0], *verdicts = args[1], *known = args[3], *event_ids = args[4], *seen = args[5];
+    PyObject *lags = args[6], *learn = args[7], *positive_types = args[8], *challengers = args[9];
+    PyObject *guard_update = args[13], *learner = args[14], *clock = args[15], *event_type = args[16];
+    PyObject *recommended = args[17];
+    Py_ssize_t start = PyLong_AsSsize_t(args[2]);
+    long long hit_every = PyLong_AsLongLong(args[10]), sample_every = PyLong_AsLongLong(args[11]);
+    long long positives = PyLong_AsLongLong(args[12]);
+    if (PyErr_Occurred()) return NULL;
+    if (!PyList_Check(chunk) || !PyList_Check(verdicts) || !PyAnySet_Check(known) || !PySet_Check(event_ids) ||
+        !PyDict_Check(seen) || !PyList_Check(lags) || !PyTuple_Check(challengers) || !PyType_Check(event_type)) {
+        PyErr_SetString(PyExc_TypeError, "learn_events: chunk, verdicts and lags must be lists, known and event_ids "
+                                         "sets, seen a dict, challengers a tuple, event_type a type");
+        return NULL;
+    }
+    if (PyList_GET_SIZE(verdicts) != PyList_GET_SIZE(chunk)) {
+        PyErr_SetString(PyExc_ValueError, "learn_events: a verdict for each event of the chunk");
+        return NULL;
+    }
+    if (hit_every <= 0 || sample_every < 0 || start < 0) {
+        PyErr_SetString(PyExc_ValueError, "learn_events: hit_every > 0, sample_every >= 0, start >= 0");
+        return NULL;
+    }
+    Py_ssize_t i = start, learned = 0;
+    PyObject *pause_at = NULL, *error = NULL;
+    PyObject *kwnames = PyTuple_Pack(1, name_ts);
+    if (kwnames == NULL) return NULL;
+    for (; i < PyList_GET_SIZE(chunk) && i < PyList_GET_SIZE(verdicts); i++) {
+        if (PyList_GET_ITEM(verdicts, i) != Py_None) break;
+        PyObject *decoded = PyList_GET_ITEM(chunk, i);
+        if (!PyTuple_Check(decoded) || PyTuple_GET_SIZE(decoded) < 1) break;
+        PyObject *event = PyTuple_GET_ITEM(decoded, 0);
+        if ((PyObject *)Py_TYPE(event) != event_type) break; /* (None among them: not an event) */
+        Py_INCREF(event);
+        PyObject *dict = PyObject_GenericGetDict(event, NULL);
+        PyObject *f[8] = {NULL}; /* event_id, user, item, type, watch, duration, ts, context */
+        PyObject *now = NULL;
+        int stop = 0, failed = dict == NULL;
+        if (!failed) {
+            /* the fields first (a missing one: the caller's loop reads it, and raises as it would) */
+            PyObject *const names[6] = {name_event_id, name_user_id, name_item_id, name_type, name_watch_seconds,
+                                        name_item_duration_seconds};
+            for (int k = 0; k < 6 && !stop; k++) {
+                PyObject *value = PyDict_GetItemWithError(dict, names[k]);
+                if (value == NULL) {
+                    failed = PyErr_Occurred() != NULL;
+                    stop = 1;
+                } else {
+                    f[k] = Py_NewRef(value);
+                }
+            }
+            PyObject *context = stop ? NULL : PyDict_GetItemWithError(dict, name_context);
+            if (!stop && context == NULL) {
+                failed = PyErr_Occurred() != NULL;
+                stop = 1;
+            } else if (!stop) {
+                f[7] = Py_NewRef(context);
+                if (!PyDict_CheckExact(context)) stop = 1;
+            }
+        }
+        if (!failed && !stop) {
+            int in = PySet_Contains(known, f[0]);
+            if (in == 0) in = PySet_Contains(event_ids, f[0]);
+            if (in < 0) failed = 1;
+            else if (in > 0) stop = 1;
+        }
+        int positive = 0;
+        if (!failed && !stop) {
+            positive = PySequence_Contains(positive_types, f[3]);
+            if (positive < 0) failed = 1;
+            else if (positive && ((positives + 1) % hit_every == 0 || (sample_every && (positives + 1) % sample_every == 0)))
+                stop = 1; /* a hit sample is due: the caller's loop takes this one */
+        }
+        if (stop && !failed) {
+            for (int k = 0; k < 8; k++) Py_XDECREF(f[k]);
+            Py_XDECREF(dict);
+            Py_DECREF(event);
+            break;
+        }
+        if (!failed) {
+            now = PyObject_CallNoArgs(clock);
+            failed = now == NULL;
+        }
+        if (!failed) {
+            f[6] = view_field(event, dict, name_ts_seconds);
+            failed = f[6] == NULL;
+        }
+        if (!failed) {
+            if (positive) positives++;
+            PyObject *call[6] = {f[1], f[2], f[3], f[4], f[5], f[6]};
+            PyObject *done = PyObject_Vectorcall(learn, call, 5, kwnames);
+            failed = done == NULL;
+            Py_XDECREF(done);
+            for (Py_ssize_t c = 0; !failed && c < PyTuple_GET_SIZE(challengers); c++) {
+                PyObject *method[7] = {PyTuple_GET_ITEM(challengers, c), f[1], f[2], f[3], f[4], f[5], f[6]};
+                done = PyObject_VectorcallMethod(name_learn, method, 6, kwnames);
+                failed = done == NULL;
+                Py_XDECREF(done);
+            }
+        }
+        if (!failed) failed = PySet_Add(event_ids, f[0]) < 0;
+        if (!failed) {
+            PyObject *items = PyObject_GetItem(seen, f[1]); /* a defaultdict makes the user's set */
+            if (items == NULL) {
+                failed = 1;
+            } else {
+                if (PySet_Check(items)) {
+                    failed = PySet_Add(items, f[2]) < 0;
+                } else {
+                    PyObject *done = PyObject_CallMethodOneArg(items, name_add, f[2]);
+                    failed = done == NULL;
+                    Py_XDECREF(done);
+                }
+                Py_DECREF(items);
+            }
+        }
+        if (!failed) learned++;
+        if (!failed && PyDict_GET_SIZE(f[7]) > 0) {
+            PyObject *rec = PyDict_GetItemWithError(f[7], name_rec_id);
+            if (rec == NULL) {
+                failed = PyErr_Occurred() != NULL;
+            } else if (PyUnicode_Check(rec)) {
+                PyObject *done = PyObject_CallOneArg(recommended, f[3]);
+                failed = done == NULL;
+                Py_XDECREF(done);
+            }
+        }
+        if (!failed) {
+            PyObject *lag = PyNumber_Subtract(now, f[6]);
+            failed = lag == NULL || PyList_Append(lags, lag) < 0;
+            Py_XDECREF(lag);
+        }
+        int pause = 0;
+        if (!failed) {
+            PyObject *loss = PyObject_GetAttr(learner, name_last_loss);
+            if (loss == NULL) {
+                failed = 1;
+            } else {
+                if (loss != Py_None && guard_update != Py_None) {
+                    PyObject *paused = PyObject_CallOneArg(guard_update, loss);
+                    pause = paused == NULL ? -1 : PyObject_IsTrue(paused);
+                    Py_XDECREF(paused);
+                    failed = pause < 0;
+                }
+                Py_DECREF(loss);
+            }
+        }
+        if (!failed && pause > 0) pause_at = Py_NewRef(now);
+        for (int k = 0; k < 8; k++) Py_XDECREF(f[k]);
+        Py_XDECREF(now);
+        Py_XDECREF(dict);
+        Py_DECREF(event);
+        if (failed) {
+            PyObject *type, *value, *traceback;
+            PyErr_Fetch(&type, &value, &traceback);
+            PyErr_NormalizeException(&type, &value, &traceback);
+            if (value != NULL && traceback != NULL) PyException_SetTraceback(value, traceback);
+            Py_XDECREF(type);
+            Py_XDECREF(traceback);
+            error = value;
+            if (error == NULL) error = Py_NewRef(Py_None);
+            break;
+        }
+        if (pause_at != NULL) {
+            i++;
+            break;
+        }
+    }
+    Py_DECREF(kwnames);
+    PyObject *result = Py_BuildValue("nLnOO", i, positives, learned, pause_at == NULL ? Py_None : pause_at,
+                                     error == NULL ? Py_None : error);
+    Py_XDECREF(pause_at);
+    Py_XDECREF(error);
+    return result;
+}
+
 /* write_histories(rows, users, items, weights, window) -> None
  *
  * UserHistories._write: for each user u of users (int64), rows[u] (a dict: item row -> weight, oldest first) written
@@ -5447,6 +5651,10 @@ static PyMethodDef methods[] = {
     {"id_table_from_packed", id_table_from_packed, METH_VARARGS,
      "id_table_from_packed(data, n) -> IdTable: the n ids of IdTable.packed()'s bytes (ValueError if they are not)"},
     {"timestamp", timestamp, METH_O, "timestamp(dt) -> float: datetime.timestamp(dt), the same float, faster when dt is aware"},
+    {"learn_events", (PyCFunction)(void (*)(void))learn_events, METH_FASTCALL,
+     "learn_events(chunk, verdicts, start, known, event_ids, seen, lags, learn, positive_types, challengers, hit_every, "
+     "sample_every, positives, guard_update, learner, clock, event_type, recommended) -> (stop, positives, learned, "
+     "pause_at, error): the worker's loop over the events it learns plainly (stream/processor.py)"},
     {"gate_views", (PyCFunction)(void (*)(void))gate_views, METH_FASTCALL,
      "gate_views(chunk, known, pending, view_type, event_type) -> (views, judged): the worker's views of a chunk's events to "
      "judge (stream/processor.py)"},
@@ -5471,7 +5679,11 @@ PyMODINIT_FUNC PyInit__kernels(void) {
         !(name_watch_seconds = PyUnicode_InternFromString("watch_seconds")) ||
         !(name_item_duration_seconds = PyUnicode_InternFromString("item_duration_seconds")) ||
         !(name_reason = PyUnicode_InternFromString("reason")) || !(name_ts = PyUnicode_InternFromString("ts")) ||
-        !(name_utcoffset = PyUnicode_InternFromString("utcoffset"))) {
+        !(name_utcoffset = PyUnicode_InternFromString("utcoffset")) ||
+        !(name_context = PyUnicode_InternFromString("context")) ||
+        !(name_rec_id = PyUnicode_InternFromString("rec_id")) ||
+        !(name_last_loss = PyUnicode_InternFromString("last_loss")) ||
+        !(name_learn = PyUnicode_InternFromString("learn")) || !(name_add = PyUnicode_InternFromString("add"))) {
         return NULL;
     }
     PyDateTime_IMPORT;

@@ -28,7 +28,7 @@ from learner.gate.time_rules import FutureTimestampRule
 from tests.clock import iso
 from tests.conftest import held_keys, loops, skip_unless_ci
 from tests.gate_recorder import Recorder
-from tests.transport import letters_one_by_one
+from tests.transport import NothingLearnedStore, letters_one_by_one
 
 if TYPE_CHECKING:
     from stream.processor import EventProcessor
@@ -375,25 +375,6 @@ def test_check_chunk_of_a_disabled_gate_passes_everything() -> None:
 # -- the worker: one check_chunk per chunk, and the duplicates around it ------------------------
 
 
-class _Store:
-    """What the processor asks of Redis here: nothing learned before."""
-
-    async def load_current(self) -> None:
-        return None
-
-    async def contest(self) -> None:
-        return None
-
-    async def load_challenger(self, name: str) -> None:  # noqa: ARG002
-        return None
-
-    async def learned_event_ids(self, ids: list[str], now: float | None = None) -> set[str]:  # noqa: ARG002
-        return set()
-
-    async def current_version(self) -> None:
-        return None
-
-
 async def _started_processor(
     gate: QualityGate, dead_letter: Callable[[str, bytes | None, bytes], Awaitable[None]], now: float | None = None
 ) -> EventProcessor:
@@ -408,7 +389,7 @@ async def _started_processor(
         return None
 
     processor = EventProcessor(
-        store=_Store(),  # type: ignore[arg-type]
+        store=NothingLearnedStore(),  # type: ignore[arg-type]
         new_learner=lambda: components.new_learner(settings),
         learner_from_bytes=lambda blob: components.learner_from_bytes(settings, blob),
         dead_letters=letters_one_by_one(dead_letter),

@@ -12,6 +12,28 @@ from store.model_store import ModelStore
 from stream.processor import DeadLetters, EventProcessor, Letter, Record
 
 
+class NothingLearnedStore:
+    """What the processor asks of Redis, where nothing was learned before but ``learned`` (event ids)."""
+
+    def __init__(self, learned: frozenset[str] = frozenset()) -> None:
+        self.learned = learned
+
+    async def load_current(self) -> None:
+        return None
+
+    async def contest(self) -> None:
+        return None
+
+    async def load_challenger(self, name: str) -> None:  # noqa: ARG002
+        return None
+
+    async def learned_event_ids(self, ids: list[str], now: float | None = None) -> set[str]:  # noqa: ARG002
+        return self.learned.intersection(ids)
+
+    async def current_version(self) -> None:
+        return None
+
+
 class Transport:
     """Records dead letters and acknowledgements; numbers the records it makes on one partition."""
 
