@@ -81,6 +81,10 @@ class Snapshot:
 #: Values longer than this go to the socket on their own in a bulk client's commands (redis-py's default).
 BULK_BUFFER_CUTOFF = 6000
 
+#: A snapshot at least this long is signed in a thread (:meth:`ModelStore._signed`); a shorter one on the event loop,
+#: where the hop to a thread would cost more than the hash (~1 ms a MB).
+SIGN_IN_THREAD_BYTES = 1 << 20
+
 #: Entries the seen log keeps (about: trimmed with ``MAXLEN ~``): an API process that falls further behind
 #: forgets the seen sets it holds and reads them again (api/seen_cache.py). An entry is ~10 bytes an event of its
 #: checkpoint: at 20,000 events a checkpoint the log holds ~15 MB; API processes sync at every version announced.
@@ -317,6 +321,13 @@ class ModelStore:
             result[(topic, int(partition))] = int(value)
         return result
 
+    async def _signed(self, blob: bytes) -> bytes:
+        """``blob``'s tag; a large one's made in a thread (hashlib releases the GIL), while the event loop goes on
+        (a worker's delta of a few MB took ~0.7% of its time on the loop, its deltas several MB each)."""
+        if len(blob) < SIGN_IN_THREAD_BYTES:
+            return self.signer.sign(blob)
+        return await asyncio.to_thread(self.signer.sign, blob)
+
     async def checkpoint(
         self,
         expected_current: int | None,
@@ -358,6 +369,8 @@ class ModelStore:
         now = time.time() if now is None else now  # dedupe buckets and the version's time
         if lease is not None and (lease.epoch is None or lease.lost_to is not None):
             raise CheckpointConflict(f"this worker ({lease.holder}) does not hold the writer lease: it writes nothing")
+        tag = None if blob is None else await self._signed(blob)
+        challenger_tags = {name: await self._signed(b) for name, b in (challengers or {}).items()}
         async with self.redis.pipeline(transaction=True) as pipe:
             try:
                 # the pins too: a version pinned while this checkpoint runs must not be deleted by its retention.
@@ -395,7 +408,7 @@ class ModelStore:
                 }
                 pipe.multi()
                 if blob is not None:
-                    fields: dict[str, Any] = {"blob": blob, "tag": self.signer.sign(blob), "meta": json.dumps(meta)}
+                    fields: dict[str, Any] = {"blob": blob, "tag": tag, "meta": json.dumps(meta)}
                     if base is not None:
                         fields["base"] = base
                         pipe.hset(keys.version_bases, str(version), base)
@@ -408,7 +421,7 @@ class ModelStore:
                         keys.challenger(name),
                         mapping={
                             "blob": challenger_blob,
-                            "tag": self.signer.sign(challenger_blob),
+                            "tag": challenger_tags[name],
                             "offsets": offsets_json,  # where in the stream this state is
                         },
                     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 import pytest
@@ -12,6 +13,7 @@ from store.keys import Keys
 from store.model_store import (
     MAX_REREADS,
     PROMOTE_ATTEMPTS,
+    SIGN_IN_THREAD_BYTES,
     CheckpointConflict,
     ModelStore,
     SnapshotRefused,
@@ -105,6 +107,30 @@ async def test_a_snapshot_signed_with_another_key_is_refused(store: ModelStore) 
     other = ModelStore(store.redis, SnapshotSigner(b"k2"), store.keys)
     with pytest.raises(SnapshotRefused, match="failed HMAC authentication"):
         await other.load_current()
+
+
+async def test_large_and_small_snapshots_are_signed_alike(store: ModelStore, monkeypatch) -> None:
+    """A snapshot of SIGN_IN_THREAD_BYTES or more is signed in a thread, a shorter one on the loop: both tags are
+    the signer's, for the version and for a challenger; a tampered large blob is refused."""
+    signed_in: list[str] = []
+    sign = store.signer.sign
+
+    def recording(blob: bytes) -> bytes:
+        signed_in.append(threading.current_thread().name)
+        return sign(blob)
+
+    monkeypatch.setattr(store.signer, "sign", recording)
+    large, small = bytes(range(256)) * (SIGN_IN_THREAD_BYTES // 256), b"small"
+    v1 = await store.checkpoint(None, large, {}, {("events", 0): 1}, {}, challengers={"other": small})
+    assert signed_in[0] != threading.main_thread().name and signed_in[1] == threading.main_thread().name
+    assert (await store.load(v1)).blob == large  # type: ignore[union-attr]  # (its tag verified)
+    assert await store.load_challenger("other") == small
+    v2 = await store.checkpoint(v1, small, {}, {("events", 0): 2}, {}, challengers={"other": large})
+    assert signed_in[2] == threading.main_thread().name and signed_in[3] != threading.main_thread().name
+    assert (await store.load(v2)).blob == small and await store.load_challenger("other") == large  # type: ignore[union-attr]
+    await store.redis.hset(store.keys.version(v1), "blob", large[:-1] + b"!")
+    with pytest.raises(SnapshotRefused, match="failed HMAC authentication"):
+        await store.load(v1)
 
 
 async def test_a_version_pinned_during_a_checkpoint_is_not_deleted_by_its_retention(store: ModelStore) -> None:
