@@ -2513,6 +2513,106 @@ static PyObject *LruIndex_held_slots(LruIndex *self, void *closure) {
     return PyLong_FromSize_t(held);
 }
 
+/* LruIndex.prefetch(events, field, tables) -> int: asks the CPU to fetch, ahead of a chunk's lookups, what they will read:
+ * for each of `events` (a list of tuples), whose key is its item `field`, the slot of its key (all of them first),
+ * then the entry and the record in each of `tables` ((array, bytes a record) pairs: a Records' arrays) of each key
+ * held whose home slot (in the slots, or in the old ones while they move) names it; returns how many keys' entries it
+ * fetched. Changes nothing and reads nothing it was
+ * not given (a prefetch only hints: a key
+ * past its home slot is not fetched ahead). Between two chunks the learner
+ * evicts the gate's tables from the caches: its lookups then wait on one miss after another, where these fetches
+ * overlap. */
+#define PREFETCH_MAX_TABLES 4
+static PyObject *LruIndex_prefetch(LruIndex *self, PyObject *args) {
+    PyObject *events, *tables;
+    Py_ssize_t field;
+    if (lru_ready(self) || !PyArg_ParseTuple(args, "O!nO!:prefetch", &PyList_Type, &events, &field, &PyTuple_Type,
+                                             &tables)) {
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(events), n_tables = PyTuple_GET_SIZE(tables);
+    if (self->h.slots == NULL || n == 0) return PyLong_FromLong(0);
+    if (n_tables > PREFETCH_MAX_TABLES) {
+        PyErr_SetString(PyExc_ValueError, "prefetch: at most 4 tables");
+        return NULL;
+    }
+    Py_buffer views[PREFETCH_MAX_TABLES];
+    Py_ssize_t record_bytes[PREFETCH_MAX_TABLES];
+    Py_ssize_t got = 0;
+    for (; got < n_tables; got++) {
+        PyObject *pair = PyTuple_GET_ITEM(tables, got);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_SetString(PyExc_TypeError, "prefetch: tables are (array, bytes a record) pairs");
+            break;
+        }
+        record_bytes[got] = PyLong_AsSsize_t(PyTuple_GET_ITEM(pair, 1));
+        if (record_bytes[got] < 0) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "prefetch: bytes a record >= 0");
+            break;
+        }
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(pair, 0), &views[got], PyBUF_SIMPLE) < 0) break;
+    }
+    if (got < n_tables) {
+        for (Py_ssize_t t = 0; t < got; t++) PyBuffer_Release(&views[t]);
+        return NULL;
+    }
+    uint64_t *fps = PyMem_Malloc((size_t)n * (sizeof *fps + 1));
+    if (fps == NULL) {
+        for (Py_ssize_t t = 0; t < n_tables; t++) PyBuffer_Release(&views[t]);
+        return PyErr_NoMemory();
+    }
+    char *keyed = (char *)(fps + n); /* keyed[i]: events[i] has a str key, its fingerprint fps[i] */
+    const hslot *slots = self->h.slots, *old = self->h.old;
+    uint32_t mask = self->h.mask, old_mask = self->h.old_mask;
+    uint64_t moved = self->h.moved;
+    int failed = 0;
+    Py_ssize_t fetched = 0;
+    for (Py_ssize_t i = 0; i < n; i++) { /* the slots */
+        PyObject *event = PyList_GET_ITEM(events, i);
+        keyed[i] = 0;
+        if (!PyTuple_Check(event) || field < 0 || field >= PyTuple_GET_SIZE(event)) continue;
+        uint64_t fp;
+        int is_text = lru_hash(PyTuple_GET_ITEM(event, field), &fp);
+        if (is_text < 0) {
+            failed = 1;
+            break;
+        }
+        if (is_text == 0) continue;
+        fps[i] = fp;
+        keyed[i] = 1;
+        __builtin_prefetch(&slots[(uint32_t)fp & mask]);
+        if (old != NULL && ((uint32_t)fp & old_mask) >= moved) __builtin_prefetch(&old[(uint32_t)fp & old_mask]);
+    }
+    for (Py_ssize_t i = 0; i < n && !failed; i++) { /* the entries and records of the keys found at home */
+        if (!keyed[i]) continue;
+        uint32_t lo = (uint32_t)fps[i], high = (uint32_t)(fps[i] >> 32);
+        hslot s = slots[lo & mask];
+        uint32_t ref = s & mask;
+        if (ref == 0 || ref == mask || (s & ~mask) != (high & ~mask)) { /* not at home in the slots: the old ones? */
+            ref = 0;
+            if (old != NULL && (lo & old_mask) >= moved) {
+                s = old[lo & old_mask];
+                ref = (s & ~old_mask) == (high & ~old_mask) && (s & old_mask) != old_mask ? s & old_mask : 0;
+            }
+        }
+        if (ref == 0 || (Py_ssize_t)ref > self->n_entries) continue;
+        Py_ssize_t number = (Py_ssize_t)ref - 1;
+        __builtin_prefetch(&self->entries[number]);
+        fetched++;
+        for (Py_ssize_t t = 0; t < n_tables; t++) {
+            Py_ssize_t at = number * record_bytes[t];
+            if (record_bytes[t] > 0 && at + record_bytes[t] <= views[t].len) {
+                __builtin_prefetch((const char *)views[t].buf + at);
+                __builtin_prefetch((const char *)views[t].buf + at + record_bytes[t] - 1);
+            }
+        }
+    }
+    PyMem_Free(fps);
+    for (Py_ssize_t t = 0; t < n_tables; t++) PyBuffer_Release(&views[t]);
+    if (failed) return NULL;
+    return PyLong_FromSsize_t(fetched);
+}
+
 static PyMethodDef LruIndex_methods[] = {
     {"get", (PyCFunction)(void (*)(void))LruIndex_get, METH_FASTCALL, "get(key, default=None): the key's record number"},
     {"insert", (PyCFunction)LruIndex_insert, METH_O,
@@ -2528,6 +2628,9 @@ static PyMethodDef LruIndex_methods[] = {
      "stamp(now, whole, ints, field) -> int: now as a record's seen stamp (Records.stamp; the base moved when due)"},
     {"evict", (PyCFunction)LruIndex_evict, METH_VARARGS,
      "evict(data, width, horizon, cap, seen_at) -> (number or None, seen): Records.evict on the table's data"},
+    {"prefetch", (PyCFunction)LruIndex_prefetch, METH_VARARGS,
+     "prefetch(events, field, tables) -> int: fetch ahead the slots, entries and records the keys events[i][field] "
+     "will look up (tables: (array, bytes a record) pairs; the count: keys whose entry it fetched); changes nothing"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -414,3 +414,55 @@ def _twins(n: int) -> list[tuple[str, str]]:
             pairs.append((first, key))
     assert pairs and all(hash(a) != hash(b) for a, b in pairs)
     return pairs
+
+
+def test_a_prefetch_changes_nothing_and_takes_any_chunk(built: object) -> None:
+    """``Records.prefetch`` (the compiled index's ``prefetch``, which the gate calls before judging a chunk) only
+    hints the CPU: the table is the same after it, whatever the chunk holds; malformed arguments are refused."""
+    table = Records(1, narrow=2, ints=1)
+    assert isinstance(table.index, built.LruIndex)  # type: ignore[attr-defined]
+    rnd = random.Random(5)
+    for i in range(3_000):  # (the slots doubled many times; some keys forgotten)
+        table.add(f"user-{i}", (float(i), 1.0, 2.0, i))
+    for i in rnd.sample(range(3_000), 500):
+        table.index.remove(f"user-{i}")
+    before, k = table.index.nbytes, 0
+    while table.index.nbytes == before:  # until the slots double: their old ones kept while they move
+        table.add(f"more-{k}", (0.0, 0.0, 0.0, 0))
+        k += 1
+    state = (table.index.order(), bytes(table.data), bytes(table.narrow), bytes(table.whole), len(table))
+    keys = [f"user-{i}" for i in range(0, 3_000, 3)] + [f"more-{i}" for i in range(100)] + ["", "\u20ac"]
+    events: list = [("e", key, key, "like", 1.0) for key in keys]
+    events += [("e", 7, None, "like", 1.0), ("short",), "not a tuple", ()]
+    rnd.shuffle(events)
+    held = sum(1 for key in keys if key in table.index)
+    fetched = table.prefetch(events, 1)
+    assert 0.8 * held < fetched <= held  # (a key past its home slot is not fetched)
+    assert (table.index.order(), bytes(table.data), bytes(table.narrow), bytes(table.whole), len(table)) == state
+    assert table.prefetch(events, 2) == fetched and table.prefetch(events, 5) == table.prefetch(events, -1) == 0
+    assert (table.index.order(), bytes(table.data), bytes(table.narrow), bytes(table.whole), len(table)) == state
+    index = table.index
+    assert index.prefetch([], 1, ()) == 0
+    with pytest.raises(TypeError):
+        index.prefetch(tuple(events), 1, ())  # a list of events
+    with pytest.raises(ValueError, match="at most 4 tables"):
+        index.prefetch(events, 1, ((table.data, 8),) * 5)
+    with pytest.raises(ValueError, match="bytes a record"):
+        index.prefetch(events, 1, ((table.data, -8),))
+    with pytest.raises(TypeError):
+        index.prefetch(events, 1, ((object(), 8),))
+    with pytest.raises(TypeError, match="pairs"):
+        index.prefetch(events, 1, (table.data,))
+    index.prefetch(events, 1, ((table.data, 10**9),))  # a record past the array's end: not fetched
+    assert table.data.tobytes() == state[1]
+    table.data.append(1.0)  # no buffer is left held (an array with an exported buffer cannot grow)
+    del table.data[-1]
+    for i in range(k, k + 1_000):  # the old slots moved over: every key in the (new) slots
+        table.add(f"more-{i}", (0.0, 0.0, 0.0, 0))
+    held = sum(1 for key in keys if key in table.index)
+    assert 0.8 * held < table.prefetch(events, 1) <= held
+    python_table = Records(1)
+    python_table.index = OrderedIndex()
+    python_table.add("u", (1.0,))
+    assert python_table.prefetch(events, 1) == 0  # (the Python index fetches nothing)
+    assert python_table["u"] == [1.0]

@@ -137,6 +137,10 @@ class UserRateRule:
             self.observe_held = core.observe  # type: ignore[method-assign]  # (event, now, hold): counts the same
             del self._oldest, self._oldest_seen  # the core's (core.oldest): none left here to read stale
 
+    def prefetch(self, events: list[GateEvent]) -> None:
+        """Fetch ahead the users' records a chunk's checks will read (:meth:`Records.prefetch`)."""
+        self._users.prefetch(events, 1)
+
     def check(self, event: GateEvent, now: float) -> Hold | None:  # noqa: ARG002 - windows run on the user's clock
         users = self._users
         r = users.index.get(event.user_id)
@@ -468,6 +472,11 @@ class ItemSurgeRule:
             # the core's (stream_new_share, clocks, core.passed, ...): none left here to read stale
             del self._stream_new_share, self._passed, self._stream_new, self._clocks, self._bases
             del self._oldest, self._oldest_seen
+
+    def prefetch(self, events: list[GateEvent]) -> None:
+        """Fetch ahead the users' and items' records a chunk's checks will read (:meth:`Records.prefetch`)."""
+        self._users.prefetch(events, 1)
+        self._items.prefetch(events, 2)
 
     def check(self, event: GateEvent, now: float) -> Hold | None:  # noqa: ARG002 - windows count interactions
         judged = self.judged_types
@@ -971,6 +980,10 @@ class AnomalousBehaviourRule:
         if self._leaf_scores is None or self._leaf_window != window:
             self._leaf_scores, self._leaf_window = self._flat_trees().leaf_scores(), window
         return self._leaf_scores
+
+    def prefetch(self, events: list[GateEvent]) -> None:
+        """Fetch ahead the users' records a chunk's checks will read (:meth:`Records.prefetch`)."""
+        self._users.prefetch(events, 1)
 
     def check(self, event: GateEvent, now: float) -> Hold | None:
         memo = self._memo

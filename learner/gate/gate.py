@@ -118,6 +118,7 @@ class QualityGate:
         # a stateless rule's observe does nothing: not called
         self._observers = [rule.observe for rule in self.rules if not _is_stateless(rule)]
         self._preparers = [(frozenset(rule.codes), rule.prepare) for rule in self.rules if hasattr(rule, "prepare")]
+        self._prefetchers = [rule.prefetch for rule in self.rules if hasattr(rule, "prefetch")]
         self._plans: dict[frozenset[str], _Plan] = {}
 
     def prepare(self, events: Sequence[GateEvent], now: float, overrides: frozenset[str] = frozenset()) -> None:
@@ -168,6 +169,9 @@ class QualityGate:
         plan = self._plans.get(overrides)
         if plan is None:
             plan = self._plans[overrides] = _Plan(self.rules, overrides)
+        rows = events if type(events) is list else list(events)
+        for prefetch in self._prefetchers:  # (the tables are cold: the learner ran since the last chunk)
+            prefetch(rows)
         for prepare in plan.preparers:
             prepare(events, now)
         early: dict[int, tuple[int, Hold]] = {}  # row -> the first stateless rule that holds it (position, hold)
@@ -178,7 +182,6 @@ class QualityGate:
         kernel = kernels.compiled()
         try:
             if kernel is not None:  # the same loop compiled: ~0.2 us an event less
-                rows = events if type(events) is list else list(events)
                 kernel.gate_loop(
                     rows, now, plan.checks, early, plan.before, plan.judge, plan.observers, self.counts, verdicts
                 )
