@@ -2530,8 +2530,7 @@ static PyObject *LruIndex_prefetch(LruIndex *self, PyObject *args) {
                                              &tables)) {
         return NULL;
     }
-    Py_ssize_t n = PyList_GET_SIZE(events), n_tables = PyTuple_GET_SIZE(tables);
-    if (self->h.slots == NULL || n == 0) return PyLong_FromLong(0);
+    Py_ssize_t n_tables = PyTuple_GET_SIZE(tables);
     if (n_tables > PREFETCH_MAX_TABLES) {
         PyErr_SetString(PyExc_ValueError, "prefetch: at most 4 tables");
         return NULL;
@@ -2555,6 +2554,13 @@ static PyObject *LruIndex_prefetch(LruIndex *self, PyObject *args) {
     if (got < n_tables) {
         for (Py_ssize_t t = 0; t < got; t++) PyBuffer_Release(&views[t]);
         return NULL;
+    }
+    /* read after the buffers were taken (a buffer's export may run Python code, which could change the list and
+     * the table); nothing below runs any (str's own hash is C) */
+    Py_ssize_t n = PyList_GET_SIZE(events);
+    if (self->h.slots == NULL || n == 0) {
+        for (Py_ssize_t t = 0; t < n_tables; t++) PyBuffer_Release(&views[t]);
+        return PyLong_FromLong(0);
     }
     uint64_t *fps = PyMem_Malloc((size_t)n * (sizeof *fps + 1));
     if (fps == NULL) {
@@ -2600,8 +2606,8 @@ static PyObject *LruIndex_prefetch(LruIndex *self, PyObject *args) {
         __builtin_prefetch(&self->entries[number]);
         fetched++;
         for (Py_ssize_t t = 0; t < n_tables; t++) {
-            Py_ssize_t at = number * record_bytes[t];
-            if (record_bytes[t] > 0 && at + record_bytes[t] <= views[t].len) {
+            if (record_bytes[t] > 0 && number < views[t].len / record_bytes[t]) { /* (no product can overflow) */
+                Py_ssize_t at = number * record_bytes[t];
                 __builtin_prefetch((const char *)views[t].buf + at);
                 __builtin_prefetch((const char *)views[t].buf + at + record_bytes[t] - 1);
             }
@@ -5456,8 +5462,10 @@ static PyObject *learn_events(PyObject *module, PyObject *const *args, Py_ssize_
     long long hit_every = PyLong_AsLongLong(args[10]), sample_every = PyLong_AsLongLong(args[11]);
     long long positives = PyLong_AsLongLong(args[12]);
     if (PyErr_Occurred()) return NULL;
-    if (!PyList_Check(chunk) || !PyList_Check(verdicts) || !PyAnySet_Check(known) || !PySet_Check(event_ids) ||
-        !PyDict_Check(seen) || !PyList_Check(lags) || !PyTuple_Check(challengers) || !PyType_Check(event_type)) {
+    /* exact types (a subclass's own methods would be skipped by the C calls below), but for seen: a defaultdict */
+    if (!PyList_CheckExact(chunk) || !PyList_CheckExact(verdicts) || !PyAnySet_CheckExact(known) ||
+        !PySet_CheckExact(event_ids) || !PyDict_Check(seen) || !PyList_CheckExact(lags) ||
+        !PyTuple_Check(challengers) || !PyType_Check(event_type)) {
         PyErr_SetString(PyExc_TypeError, "learn_events: chunk, verdicts and lags must be lists, known and event_ids "
                                          "sets, seen a dict, challengers a tuple, event_type a type");
         return NULL;
@@ -5482,10 +5490,15 @@ static PyObject *learn_events(PyObject *module, PyObject *const *args, Py_ssize_
         if ((PyObject *)Py_TYPE(event) != event_type) break; /* (None among them: not an event) */
         Py_INCREF(event);
         PyObject *dict = PyObject_GenericGetDict(event, NULL);
+        if (dict == NULL) { /* (none for an Event): the caller's loop takes it */
+            PyErr_Clear();
+            Py_DECREF(event);
+            break;
+        }
         PyObject *f[8] = {NULL}; /* event_id, user, item, type, watch, duration, ts, context */
         PyObject *now = NULL;
-        int stop = 0, failed = dict == NULL;
-        if (!failed) {
+        int stop = 0, failed = 0;
+        {
             /* the fields first (a missing one: the caller's loop reads it, and raises as it would) */
             PyObject *const names[6] = {name_event_id, name_user_id, name_item_id, name_type, name_watch_seconds,
                                         name_item_duration_seconds};
@@ -5553,7 +5566,7 @@ static PyObject *learn_events(PyObject *module, PyObject *const *args, Py_ssize_
             if (items == NULL) {
                 failed = 1;
             } else {
-                if (PySet_Check(items)) {
+                if (PySet_CheckExact(items)) {
                     failed = PySet_Add(items, f[2]) < 0;
                 } else {
                     PyObject *done = PyObject_CallMethodOneArg(items, name_add, f[2]);
@@ -5602,6 +5615,10 @@ static PyObject *learn_events(PyObject *module, PyObject *const *args, Py_ssize_
         if (failed) {
             PyObject *type, *value, *traceback;
             PyErr_Fetch(&type, &value, &traceback);
+            if (type == NULL) { /* (every step that fails sets one) */
+                PyErr_SetString(PyExc_SystemError, "learn_events: a step failed without an exception");
+                PyErr_Fetch(&type, &value, &traceback);
+            }
             PyErr_NormalizeException(&type, &value, &traceback);
             if (value != NULL && traceback != NULL) PyException_SetTraceback(value, traceback);
             Py_XDECREF(type);

@@ -914,6 +914,7 @@ class EventProcessor:
                     # The events to learn plainly, in C (the loop below, compiled: 0.8-0.9 us an event less in
                     # process, /tmp/s53/handle.py). It stops at one to screen or a positive whose hit sample is due
                     # (both taken below, one at a time), and after the event at which the guard says to pause.
+                    decoded = chunk[at]  # (the failed event if the call itself raises: out of memory for its result)
                     at, self._positives_seen, done, pause_at, error = kernel.learn_events(
                         chunk, verdicts, at, known, event_ids, seen, lags, learn, positive_types, challengers,
                         HIT_SAMPLE_EVERY, sample_every, self._positives_seen, None if guard is None else guard.update,

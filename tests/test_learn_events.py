@@ -233,3 +233,23 @@ def test_learning_that_raises_mid_chunk_leaves_what_the_python_loop_leaves(faili
         assert result["learned_since"] == failing_at - 1
 
     _assert_same(*_both([_events(500)], failing_at=failing_at), exercised)
+
+
+def test_the_compiled_loop_takes_only_the_exact_types_it_reads_in_c() -> None:
+    """A subclass's own methods would be skipped by the C calls: refused (the processor passes plain lists, sets)."""
+    kernel = kernels.compiled()
+    if kernel is None:
+        skip_unless_ci("learner/_kernels.c is not built")
+
+    class Known(set):
+        def __contains__(self, item: object) -> bool:
+            return True
+
+    def call(chunk: Any, known: Any, event_ids: Any, lags: Any) -> Any:
+        return kernel.learn_events(chunk, [], 0, known, event_ids, {}, lags, print, frozenset(), (), 20, 0, 0, None,
+                                   None, print, dict, print)  # fmt: skip
+
+    assert call([], set(), set(), [])[:3] == (0, 0, 0)
+    for args in (([], Known(), set(), []), ([], set(), Known(), []), (type("L", (list,), {})(), set(), set(), [])):
+        with pytest.raises(TypeError, match="must be lists"):
+            call(*args)
