@@ -238,7 +238,7 @@ def _drive_surge(rule: ItemSurgeRule, events: list[tuple[GateEvent, float]]) -> 
             state = (core.oldest, core.oldest_seen, core.passed, core.stream_new)
         share = _bits([rule.stream_new_share])
         bloom = rule.established
-        established = (bytes(bloom._current), bytes(bloom._previous), bloom._inserted)
+        established = bloom.to_bytes()  # (both generations and the count)
         found.append((hold, users, items, share, rule.clocks, state, established))
     return found
 

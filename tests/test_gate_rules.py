@@ -375,10 +375,21 @@ def test_established_users_forget_after_two_generations_and_rarely_mistake_new_o
     assert all(f"old{k}" in users for k in range(1_000))
     false_positives = sum(f"new{k}" in users for k in range(10_000))
     assert false_positives < 300  # ~1% by design
+    table = users.nbytes  # one filter: the previous generation is made at the first rotation
+    assert users.to_bytes()[-table:] == bytes(table)  # (persisted as an empty one)
+    for k in range(100):  # the first rotation, at the 1,000th insert (a user the filter takes for one is not one)
+        users.add(f"first{k}")
+        if users.nbytes > table:
+            break
+    assert users.nbytes == 2 * table and all(f"old{k}" in users for k in range(1_000))  # known in the previous
+    restored = EstablishedUsers.from_bytes(users.to_bytes())
+    assert restored.to_bytes() == users.to_bytes() and "old7" in restored
     for k in range(2_001):  # two more generations
         users.add(f"later{k}")
     assert sum(f"old{k}" in users for k in range(1_000)) < 50
-    assert users.nbytes < 3_000
+    assert users.nbytes == 2 * table < 3_000
+    fresh = EstablishedUsers.from_bytes(EstablishedUsers(capacity=1_000).to_bytes())
+    assert fresh.nbytes == table and "old7" not in fresh  # an empty previous generation is not made
 
 
 # -- anomalous behaviour -------------------------------------------------------------------

@@ -223,7 +223,8 @@ class EstablishedUsers:
     filter starts; :meth:`add` on a member found only in the previous filter copies it into the
     current one, so active users stay known and users idle for two generations are forgotten (they look new again
     until they re-establish). Memory: 2 × ~1.2 bytes per user of ``capacity`` at a 1% false-positive
-    rate (a new user taken for established 1% of the time). Hashes are stable across processes.
+    rate (a new user taken for established 1% of the time), the previous filter's half made at the first rotation
+    (until then it would be all zeros, which holds no one). Hashes are stable across processes.
 
     >>> users = EstablishedUsers(capacity=100)
     >>> users.add("u1"); "u1" in users, "u2" in users
@@ -237,7 +238,7 @@ class EstablishedUsers:
         self.bits = max(64, math.ceil(-capacity * math.log(false_positive_rate) / math.log(2) ** 2))
         self.hashes = max(1, round(self.bits / capacity * math.log(2)))
         self._current = bytearray((self.bits + 7) // 8)
-        self._previous = bytearray((self.bits + 7) // 8)
+        self._previous: bytearray | None = None  # (no previous generation before the first rotation)
         self._inserted = 0
         # the last user's positions: the item-surge rule asks about a new user in its check, then in observe
         self._last_user: str | None = None
@@ -264,7 +265,8 @@ class EstablishedUsers:
         if not isinstance(user, str):
             return False
         positions = self._positions(user)
-        return self._has(self._current, positions) or self._has(self._previous, positions)
+        previous = self._previous
+        return self._has(self._current, positions) or (previous is not None and self._has(previous, positions))
 
     def add(self, user: str) -> None:
         """Insert ``user``, or refresh it into the current generation (call for active established users)."""
@@ -283,7 +285,7 @@ class EstablishedUsers:
 
     @property
     def nbytes(self) -> int:
-        return len(self._current) + len(self._previous)
+        return len(self._current) + (0 if self._previous is None else len(self._previous))
 
     _HEADER = struct.Struct("<4sQQQQ")
     _MAGIC = b"EUB1"
@@ -291,7 +293,8 @@ class EstablishedUsers:
     def to_bytes(self) -> bytes:
         """Both generations, to persist across restarts (a restart that forgets them is a cold start)."""
         header = self._HEADER.pack(self._MAGIC, self.capacity, self.bits, self.hashes, self._inserted)
-        return header + bytes(self._current) + bytes(self._previous)
+        previous = bytes(len(self._current)) if self._previous is None else bytes(self._previous)
+        return header + bytes(self._current) + previous
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> EstablishedUsers:
@@ -312,7 +315,8 @@ class EstablishedUsers:
         if (users.bits, users.hashes) != (bits, hashes):
             raise ValueError("snapshot written with another false-positive rate")
         users._current = bytearray(blob[size : size + table])
-        users._previous = bytearray(blob[size + table :])
+        previous = blob[size + table :]
+        users._previous = bytearray(previous) if previous.strip(b"\0") else None  # (all zeros: holds no one)
         users._inserted = inserted
         return users
 
