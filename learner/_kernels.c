@@ -2513,15 +2513,13 @@ static PyObject *LruIndex_held_slots(LruIndex *self, void *closure) {
     return PyLong_FromSize_t(held);
 }
 
-/* LruIndex.prefetch(events, field, tables) -> int: asks the CPU to fetch, ahead of a chunk's lookups, what they will read:
- * for each of `events` (a list of tuples), whose key is its item `field`, the slot of its key (all of them first),
- * then the entry and the record in each of `tables` ((array, bytes a record) pairs: a Records' arrays) of each key
- * held whose home slot (in the slots, or in the old ones while they move) names it; returns how many keys' entries it
- * fetched. Changes nothing and reads nothing it was
- * not given (a prefetch only hints: a key
- * past its home slot is not fetched ahead). Between two chunks the learner
- * evicts the gate's tables from the caches: its lookups then wait on one miss after another, where these fetches
- * overlap. */
+/* LruIndex.prefetch(events, field, tables) -> int: asks the CPU to fetch, ahead of a chunk's lookups, what they will
+ * read: for each of `events` (a list of tuples), whose key is its item `field`, the slot of its key (all of them
+ * first), then the entry and the record in each of `tables` ((array, bytes a record) pairs: a Records' arrays) of each
+ * key held whose home slot (in the slots, or in the old ones while they move) names it; returns how many keys' entries
+ * it fetched. Changes nothing and reads nothing it was not given (a prefetch only hints: a key past its home slot is
+ * not fetched ahead). Between two chunks the learner evicts the gate's tables from the caches: its lookups then wait
+ * on one miss after another, where these fetches overlap. */
 #define PREFETCH_MAX_TABLES 4
 static PyObject *LruIndex_prefetch(LruIndex *self, PyObject *args) {
     PyObject *events, *tables;
@@ -5124,6 +5122,7 @@ static PyObject *name_event_id, *name_user_id, *name_item_id, *name_type, *name_
 
 static PyObject *name_ts, *name_utcoffset;
 static PyObject *name_context, *name_rec_id, *name_last_loss, *name_learn, *name_add; /* (learn_events) */
+static PyObject *kwnames_ts; /* ("ts",): learn_events' calls of learn(..., ts=...) */
 static PyObject *datetime_timestamp; /* datetime.datetime.timestamp (PyInit__kernels) */
 
 /* Days from 0001-01-01 (day 1) to year-month-day, as CPython's datetime counts them (proleptic Gregorian). */
@@ -5479,9 +5478,7 @@ static PyObject *learn_events(PyObject *module, PyObject *const *args, Py_ssize_
         return NULL;
     }
     Py_ssize_t i = start, learned = 0;
-    PyObject *pause_at = NULL, *error = NULL;
-    PyObject *kwnames = PyTuple_Pack(1, name_ts);
-    if (kwnames == NULL) return NULL;
+    PyObject *pause_at = NULL, *error = NULL, *kwnames = kwnames_ts;
     for (; i < PyList_GET_SIZE(chunk) && i < PyList_GET_SIZE(verdicts); i++) {
         if (PyList_GET_ITEM(verdicts, i) != Py_None) break;
         PyObject *decoded = PyList_GET_ITEM(chunk, i);
@@ -5623,8 +5620,7 @@ static PyObject *learn_events(PyObject *module, PyObject *const *args, Py_ssize_
             if (value != NULL && traceback != NULL) PyException_SetTraceback(value, traceback);
             Py_XDECREF(type);
             Py_XDECREF(traceback);
-            error = value;
-            if (error == NULL) error = Py_NewRef(Py_None);
+            error = value != NULL ? value : Py_NewRef(PyExc_SystemError); /* (raised as the class: never None) */
             break;
         }
         if (pause_at != NULL) {
@@ -5632,7 +5628,6 @@ static PyObject *learn_events(PyObject *module, PyObject *const *args, Py_ssize_
             break;
         }
     }
-    Py_DECREF(kwnames);
     PyObject *result = Py_BuildValue("nLnOO", i, positives, learned, pause_at == NULL ? Py_None : pause_at,
                                      error == NULL ? Py_None : error);
     Py_XDECREF(pause_at);
@@ -5803,7 +5798,8 @@ PyMODINIT_FUNC PyInit__kernels(void) {
         !(name_context = PyUnicode_InternFromString("context")) ||
         !(name_rec_id = PyUnicode_InternFromString("rec_id")) ||
         !(name_last_loss = PyUnicode_InternFromString("last_loss")) ||
-        !(name_learn = PyUnicode_InternFromString("learn")) || !(name_add = PyUnicode_InternFromString("add"))) {
+        !(name_learn = PyUnicode_InternFromString("learn")) || !(name_add = PyUnicode_InternFromString("add")) ||
+        !(kwnames_ts = PyTuple_Pack(1, name_ts))) {
         return NULL;
     }
     PyDateTime_IMPORT;
