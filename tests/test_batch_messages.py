@@ -178,6 +178,65 @@ async def test_a_retried_run_of_one_event_messages_is_judged_once(store: ModelSt
     assert quarantined == ["e5"] and sorted(transport.acked) == list(range(10))
 
 
+async def test_a_run_whose_learning_fails_half_way_is_judged_once_across_its_retry(store: ModelStore) -> None:
+    """Learning fails at the fourth of ten one-event messages judged together: the three before it are handled, and
+    the retry of the other seven (as the agent retries: those not handled) reuses their verdicts instead of judging
+    them again (the gate counted them in its windows already)."""
+    transport, gate, processor, records = await _failing_run(store, 10, held=(1, 6), failing_at=3)  # e3 (e1 held)
+    learner, judged = processor.learner, _counting_calls(gate)
+    with pytest.raises(RuntimeError, match="learning failed"):
+        await processor.process(records)
+    assert processor.pending_records == records[:3] and judged == [1]
+    assert gate.passed == 8 and gate.counts == {"future_timestamp": 2}
+    await processor.process(records[3:])  # the retry
+    assert judged == [1]  # not judged again...
+    assert gate.passed == 8 and gate.counts == {"future_timestamp": 2}  # ...nor counted again
+    assert processor._verdicts_ahead == {}  # nothing kept once they are handled
+    await _checkpoint_after_a_failed_letter(processor)  # (e1's letter, kept when its run failed, is sent then)
+    assert learner.events_learned == 8 and processor.pending_records == []
+    quarantined = [letter["event"]["event_id"] for kind, letter in transport.dead_letters if kind == QUARANTINED]
+    assert quarantined == ["e6", "e1"] and sorted(transport.acked) == list(range(10))  # (e1's sent last)
+
+
+async def test_a_retry_judges_together_the_records_that_kept_no_verdicts(store: ModelStore) -> None:
+    """A retried slice with records whose verdicts were kept and new records after them: the new ones are judged in
+    one call, the kept ones not again, and each verdict goes to its own event."""
+    transport, gate, processor, records = await _failing_run(store, 12, held=(4, 9), failing_at=2)  # e1
+    learner, judged = processor.learner, _counting_calls(gate)
+    with pytest.raises(RuntimeError):
+        await processor.process(records[:6])  # e0-e5 judged; e0 handled
+    assert processor.pending_records == records[:1] and gate.passed == 5 and judged == [1]
+    await processor.process(records[1:])  # e1-e5 kept their verdicts; e6-e11 are judged now, together
+    assert judged == [2] and gate.passed == 10 and gate.counts == {"future_timestamp": 2}
+    await processor.checkpoint()
+    assert learner.events_learned == 10
+    quarantined = [letter["event"]["event_id"] for kind, letter in transport.dead_letters if kind == QUARANTINED]
+    assert quarantined == ["e4", "e9"]
+
+
+async def _failing_run(
+    store: ModelStore, n: int, held: tuple[int, ...], failing_at: int
+) -> tuple[Transport, QualityGate, EventProcessor, list[Record]]:
+    """A started processor with the default gate, whose learner's ``failing_at``-th learn() raises (once), and ``n``
+    one-event messages for it, e0 to e(n-1), those numbered in ``held`` dated three days ahead (future_timestamp)."""
+    transport = Transport()
+    gate = default_gate(GateConfig())
+    processor = transport.processor(store, gate=gate)
+    await processor.start()
+    events = [{**_event(k), "ts": iso(3 * 86_400)} if k in held else _event(k) for k in range(n)]
+    records = [Record("events", 0, k, None, json.dumps(event).encode(), handle=k) for k, event in enumerate(events)]
+    learn, calls = processor.learner.learn, [0]
+
+    def failing_once(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == failing_at:
+            raise RuntimeError("learning failed")
+        return learn(*args, **kwargs)
+
+    processor.learner.learn = failing_once  # type: ignore[method-assign]
+    return transport, gate, processor, records
+
+
 def _counting_calls(gate: QualityGate) -> list[int]:
     """Counts the calls of ``gate.check_chunk`` from now on, in the list's one element."""
     calls = [0]
