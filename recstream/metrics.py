@@ -166,6 +166,12 @@ WORKER_WRITER_LEASE = Gauge(
     "stop (a standby) or after it lost the lease.",
     multiprocess_mode="livemax",
 )
+WORKER_CATCHING_UP = Gauge(
+    "recstream_worker_catching_up",
+    "1 while more than RECSTREAM_CHECKPOINT_EVERY_EVENTS events wait in Kafka past those the worker took (a restart "
+    "or a burst left it behind): it then checkpoints RECSTREAM_CHECKPOINT_CATCH_UP_FACTOR times less often, else 0.",
+    multiprocess_mode="livemax",
+)
 WORKER_STALLED = Gauge(
     "recstream_worker_stalled",
     "1 while the worker takes no new events because a checkpoint (or the batch's Redis lookups) keeps failing "

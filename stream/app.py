@@ -266,6 +266,7 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
         guard=components.model_guard(settings),
         checkpoint_every_events=settings.checkpoint_every_events,
         checkpoint_interval_seconds=settings.checkpoint_interval_seconds,
+        checkpoint_catch_up_factor=settings.checkpoint_catch_up_factor,
         checkpoint_share=settings.checkpoint_share,
         checkpoint_delta_share=settings.checkpoint_delta_share,
         contestants=components.contestants(settings),
@@ -339,6 +340,7 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
                 idle_seconds=settings.checkpoint_idle_seconds,
             ):
                 records = records_of(batch)
+                processor.note_waiting(waiting_past(app.consumer, batch))
                 pieces = list(slices(records, settings.batch_slice_bytes))
                 for at, piece in enumerate(pieces):
                     # the next slice's event ids are looked up in Redis while this one is learned
@@ -362,6 +364,24 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
         await _checkpoint_quietly(processor)
 
     return app, processor
+
+
+def waiting_past(consumer: Any, batch: list[Any]) -> int:
+    """Messages in Kafka past the last of ``batch`` (Faust events) in each of its partitions, by the high watermark
+    of the consumer's last fetch from each (a partition whose watermark is not known yet counts none)."""
+    last: dict[Any, int] = {}
+    for event in batch:
+        message = event.message
+        last[message.tp] = message.offset
+    waiting = 0
+    for tp, offset in last.items():
+        try:
+            highwater = consumer.highwater(tp)
+        except Exception:  # noqa: BLE001 - no fetch response for this partition yet (or a rebalance took it)
+            continue
+        if highwater is not None:
+            waiting += max(0, highwater - offset - 1)
+    return waiting
 
 
 def _export_lag(app: faust.App, processor: EventProcessor, topic: str) -> None:

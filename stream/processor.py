@@ -323,6 +323,7 @@ class EventProcessor:
         guard: ModelGuard | None = None,
         checkpoint_every_events: int = 5000,
         checkpoint_interval_seconds: float = 1.0,
+        checkpoint_catch_up_factor: float = 1.0,
         checkpoint_share: float = 0.5,
         checkpoint_delta_share: float = 1.0,
         refused_retry_seconds: float = 5.0,
@@ -348,6 +349,11 @@ class EventProcessor:
         self._ack = ack
         self.checkpoint_every_events = checkpoint_every_events
         self.checkpoint_interval_seconds = checkpoint_interval_seconds
+        if checkpoint_catch_up_factor < 1:
+            raise ValueError("checkpoint_catch_up_factor must be at least 1")
+        self.checkpoint_catch_up_factor = checkpoint_catch_up_factor
+        self._waiting = 0  # messages in Kafka past those the agent took last (note_waiting)
+        self._events_per_record = 1.0  # events a record held, in the last batch processed
         # ``time`` looked up per call: tests move the module's clocks
         self.checkpoint_budget = ShareBudget(
             1.0,
@@ -614,6 +620,8 @@ class EventProcessor:
                     if since_yield >= YIELD_EVERY_EVENTS:
                         since_yield = 0
                         await asyncio.sleep(0)
+                if records:
+                    self._events_per_record = self._consumed / len(records)
             finally:
                 if self._consumed:
                     metrics.EVENTS_CONSUMED.inc(self._consumed)
@@ -1104,10 +1112,30 @@ class EventProcessor:
         if not self.checkpoint_budget.affordable():
             return False
         now = time.monotonic()
+        factor = self.checkpoint_catch_up_factor if self.catching_up else 1.0
         return (
             idle
-            or pending.learned_since >= self.checkpoint_every_events
-            or now - self._last_checkpoint >= self.checkpoint_interval_seconds
+            or pending.learned_since >= self.checkpoint_every_events * factor
+            or now - self._last_checkpoint >= self.checkpoint_interval_seconds * factor
+        )
+
+    def note_waiting(self, messages: int) -> None:
+        """``messages`` wait in Kafka past those the agent took last (the broker's high watermarks from the
+        consumer's last fetches): :attr:`catching_up` is judged by them."""
+        self._waiting = messages
+        metrics.WORKER_CATCHING_UP.set(1 if self.catching_up else 0)
+
+    @property
+    def catching_up(self) -> bool:
+        """More than ``checkpoint_every_events`` events wait in Kafka past those taken (counted as the messages
+        :meth:`note_waiting` was told of, at the last batch's events per message): a restart or a burst left the
+        worker behind. Checkpoints are then ``checkpoint_catch_up_factor`` times further apart, by time and by
+        events (:meth:`checkpoint_due`): a version every 0.5 s serves nobody fresher while the events it learns are
+        seconds old, and each costs the worker ~38 ms of CPU on the ingest bench's stream (measured: 1.8 us an
+        event less, ~6%, with checkpoints 4 times further apart; /tmp/s54/cad.txt)."""
+        return (
+            self.checkpoint_catch_up_factor > 1
+            and self._waiting * self._events_per_record > self.checkpoint_every_events
         )
 
     async def _deliver_dead_letters(self, pending: Pending) -> None:

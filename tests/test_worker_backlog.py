@@ -99,3 +99,46 @@ def test_a_backlog_of_one_event_messages_past_the_stream_buffer_is_learned_once(
     name = "recstream_stream_buffer_waits_total "
     waits = [float(line[len(name) :]) for line in metrics.splitlines() if line.startswith(name)]
     assert waits and waits[0] >= 1  # the buffer was under pressure, and the consumer waited for it to drain
+
+
+@pytest.mark.parametrize("factor", [4, 1])
+def test_a_worker_behind_checkpoints_less_often_until_it_caught_up(
+    factor: int,
+    service_env: dict[str, str],
+    processes: list[local_services.LocalService],
+    checkpoints: CheckpointReader,
+) -> None:
+    """400 messages of 50 events waiting when the worker starts, taken two at a time: while more than
+    RECSTREAM_CHECKPOINT_EVERY_EVENTS (500) events wait past those taken, checkpoints are RECSTREAM_CHECKPOINT_CATCH_UP_
+    FACTOR times further apart (a version every ~2,000 events instead of every 500); near the end, and once caught up,
+    as often as before. With the factor 1 (off), a version every ~500 events throughout."""
+    env = {
+        **service_env,
+        **COUNTABLE_GATE_ENV,
+        "RECSTREAM_WORKER_METRICS_PORT": str(local_services.free_port()),
+        "RECSTREAM_STREAM_BUNDLE_BYTES": "0",  # a take is two messages, not two bundles of them
+        "RECSTREAM_BATCH_MAX_EVENTS": "2",
+        "RECSTREAM_CHECKPOINT_EVERY_EVENTS": "500",
+        "RECSTREAM_CHECKPOINT_INTERVAL_SECONDS": "30",  # checkpoints by count only
+        "RECSTREAM_CHECKPOINT_CATCH_UP_FACTOR": str(factor),
+        "RECSTREAM_MODEL_RETENTION": "1000",  # every version stays, to count them
+    }
+    create_topics(env)
+    total, per_message = 20_000, 50
+    events = [
+        {"event_id": f"c{n}", "user_id": f"u{n % 700}", "item_id": f"v{n * 7 % 900}", "type": "like", "ts": iso(n / 10)}
+        for n in range(total)
+    ]
+    backlog = [(None, json.dumps(events[m : m + per_message]).encode()) for m in range(0, total, per_message)]
+    produce(env["RECSTREAM_BROKER_URL"], env["RECSTREAM_TOPIC_EVENTS"], backlog)  # before the worker starts
+    worker = local_services.start_worker(env)
+    processes.append(worker)
+    wait_for(lambda: checkpoints.learned() == total, 120, f"the worker to learn the backlog (log: {worker.log_path})")
+
+    versions = checkpoints.redis.zcard(checkpoints.keys.versions)
+    if factor > 1:  # ~10 of ~2,000 events while behind, then a few of ~500 (quiet checkpoints may add one or two)
+        assert versions <= 16, versions
+    else:  # ~40 of ~500 events (fewer if a checkpoint's time budget defers one)
+        assert versions >= 28, versions
+    metrics = httpx.get(f"http://127.0.0.1:{env['RECSTREAM_WORKER_METRICS_PORT']}/metrics").text
+    assert "recstream_worker_catching_up 0.0" in metrics.splitlines()  # caught up

@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
 
 from recstream.share_budget import ShareBudget
 from store.keys import Keys
@@ -234,3 +235,43 @@ def test_the_checkpoint_share_must_be_a_fraction() -> None:
     assert processor.checkpoint_budget.share == 0.3
     with pytest.raises(ValueError, match="checkpoint_share"):
         processor.checkpoint_share = 1.5
+
+
+def _batches(events: list[dict], per_message: int, first_offset: int) -> list[Record]:
+    return [
+        Record("events", 0, first_offset + k, None, json.dumps(events[m : m + per_message]).encode(), handle=k)
+        for k, m in enumerate(range(0, len(events), per_message))
+    ]
+
+
+async def test_a_worker_behind_checkpoints_a_factor_further_apart_by_count_and_by_time(started, monkeypatch) -> None:
+    """While more than ``checkpoint_every_events`` events wait in Kafka past those taken (the messages the agent
+    says wait, at the last batch's events per message), a checkpoint is due only after ``checkpoint_catch_up_factor``
+    times the events, or the interval; the gauge says so. Caught up, as before."""
+    processor, _ = started
+    clock = _ShiftedTime()
+    monkeypatch.setattr(processor_module, "time", clock)
+    processor.checkpoint_every_events, processor.checkpoint_catch_up_factor = 200, 4.0
+    likes = [{**e, "event_id": f"b{n}"} for n, e in enumerate(_likes(1000))]
+    await processor.process(_batches(likes[:200], 10, 0))  # 200 events, 10 a message
+    processor.note_waiting(20)  # 200 events wait: not more than checkpoint_every_events
+    assert not processor.catching_up and processor.checkpoint_due()
+    assert REGISTRY.get_sample_value("recstream_worker_catching_up") == 0
+    processor.note_waiting(21)
+    assert processor.catching_up and not processor.checkpoint_due()
+    assert REGISTRY.get_sample_value("recstream_worker_catching_up") == 1
+    await processor.process(_batches(likes[200:790], 10, 20))
+    assert not processor.checkpoint_due()  # 790 learned: under 4 x 200
+    await processor.process(_batches(likes[790:800], 10, 79))
+    assert processor.checkpoint_due()  # 800
+    assert await processor.checkpoint() is not None
+    await processor.process(_batches(likes[800:810], 10, 80))
+    clock.shift += 1.5 * processor.checkpoint_interval_seconds
+    assert not processor.checkpoint_due()  # by time: under 4 x the interval
+    processor.note_waiting(0)  # caught up
+    assert processor.checkpoint_due() and REGISTRY.get_sample_value("recstream_worker_catching_up") == 0
+    processor.note_waiting(21)
+    clock.shift += 2.6 * processor.checkpoint_interval_seconds
+    assert processor.checkpoint_due()  # 4.1 x the interval
+    processor.checkpoint_catch_up_factor = 1.0  # off: never catching up
+    assert not processor.catching_up
