@@ -137,8 +137,8 @@ class Settings(_gate_settings()):  # type: ignore[misc]
         4.0,
         ge=1,
         description="Checkpoints by count and by time are this many times further apart while the worker is behind: "
-        "more than `RECSTREAM_CHECKPOINT_EVERY_EVENTS` events wait in Kafka past those it took (after a restart or a "
-        "burst). "
+        "more than `RECSTREAM_CHECKPOINT_EVERY_EVENTS` events wait to be learned, in Kafka or in what it took (after a "
+        "restart or a burst). "
         "Versions then come every 2 s instead of 0.5 s while the events learned are seconds old anyway, and the "
         "worker catches up sooner (~6% less CPU an event); a crash meanwhile relearns up to 80,000 events (1: off).",
     )

@@ -340,9 +340,11 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
                 idle_seconds=settings.checkpoint_idle_seconds,
             ):
                 records = records_of(batch)
-                processor.note_waiting(waiting_past(app.consumer, batch))
+                waiting = waiting_past(app.consumer, batch) + len(records)  # (those taken count until processed)
                 pieces = list(slices(records, settings.batch_slice_bytes))
                 for at, piece in enumerate(pieces):
+                    waiting -= len(piece)
+                    processor.note_waiting(waiting)
                     # the next slice's event ids are looked up in Redis while this one is learned
                     await process_batch(piece, pieces[at + 1] if at + 1 < len(pieces) else [])
                     # A failed checkpoint blocks here (capped backoff) instead of taking the next slice.

@@ -1120,14 +1120,15 @@ class EventProcessor:
         )
 
     def note_waiting(self, messages: int) -> None:
-        """``messages`` wait in Kafka past those the agent took last (the broker's high watermarks from the
-        consumer's last fetches): :attr:`catching_up` is judged by them."""
+        """``messages`` wait to be processed after the slice the agent hands over next: in Kafka past those it took
+        (by the broker's high watermarks from the consumer's last fetches), and in the rest of its take (a backlog of
+        batch messages may be taken whole). :attr:`catching_up` is judged by them."""
         self._waiting = messages
         metrics.WORKER_CATCHING_UP.set(1 if self.catching_up else 0)
 
     @property
     def catching_up(self) -> bool:
-        """More than ``checkpoint_every_events`` events wait in Kafka past those taken (counted as the messages
+        """More than ``checkpoint_every_events`` events wait to be processed (counted as the messages
         :meth:`note_waiting` was told of, at the last batch's events per message): a restart or a burst left the
         worker behind. Checkpoints are then ``checkpoint_catch_up_factor`` times further apart, by time and by
         events (:meth:`checkpoint_due`): a version every 0.5 s serves nobody fresher while the events it learns are
