@@ -169,8 +169,8 @@ WORKER_WRITER_LEASE = Gauge(
 WORKER_CATCHING_UP = Gauge(
     "recstream_worker_catching_up",
     "1 while more than RECSTREAM_CHECKPOINT_EVERY_EVENTS events wait to be learned, in Kafka or in what the worker "
-    "took (a restart or a burst left it behind): it then checkpoints RECSTREAM_CHECKPOINT_CATCH_UP_FACTOR times less "
-    "often, else 0.",
+    "took (a restart or a burst left it behind; with RECSTREAM_CHECKPOINT_CATCH_UP_FACTOR above 1 it then checkpoints "
+    "that many times less often), else 0.",
     multiprocess_mode="livemax",
 )
 WORKER_STALLED = Gauge(

@@ -1112,7 +1112,7 @@ class EventProcessor:
         if not self.checkpoint_budget.affordable():
             return False
         now = time.monotonic()
-        factor = self.checkpoint_catch_up_factor if self.catching_up else 1.0
+        factor = self.checkpoint_catch_up_factor if self.behind else 1.0
         return (
             idle
             or pending.learned_since >= self.checkpoint_every_events * factor
@@ -1122,22 +1122,19 @@ class EventProcessor:
     def note_waiting(self, messages: int) -> None:
         """``messages`` wait to be processed after the slice the agent hands over next: in Kafka past those it took
         (by the broker's high watermarks from the consumer's last fetches), and in the rest of its take (a backlog of
-        batch messages may be taken whole). :attr:`catching_up` is judged by them."""
+        batch messages may be taken whole). Whether the worker is :attr:`behind` is judged by them."""
         self._waiting = messages
-        metrics.WORKER_CATCHING_UP.set(1 if self.catching_up else 0)
+        metrics.WORKER_CATCHING_UP.set(1 if self.behind else 0)
 
     @property
-    def catching_up(self) -> bool:
+    def behind(self) -> bool:
         """More than ``checkpoint_every_events`` events wait to be processed (counted as the messages
         :meth:`note_waiting` was told of, at the last batch's events per message): a restart or a burst left the
         worker behind. Checkpoints are then ``checkpoint_catch_up_factor`` times further apart, by time and by
-        events (:meth:`checkpoint_due`): a version every 0.5 s serves nobody fresher while the events it learns are
-        seconds old, and each costs the worker ~38 ms of CPU on the ingest bench's stream (measured: 1.8 us an
-        event less, ~6%, with checkpoints 4 times further apart; /tmp/s54/cad.txt)."""
-        return (
-            self.checkpoint_catch_up_factor > 1
-            and self._waiting * self._events_per_record > self.checkpoint_every_events
-        )
+        events (:meth:`checkpoint_due`; 1, off, by default): a version every 0.5 s serves nobody fresher while the
+        events learned are seconds old. At 4, on the ingest bench's backlog, one-event messages took ~4% less CPU an
+        event for ~60 MB more peak memory, batch messages no less CPU for ~100 MB more (docs/architecture.md)."""
+        return self._waiting * self._events_per_record > self.checkpoint_every_events
 
     async def _deliver_dead_letters(self, pending: Pending) -> None:
         """Flush the producer and confirm every dead letter since the last checkpoint (:meth:`_confirm_dead_letters`);

@@ -255,10 +255,10 @@ async def test_a_worker_behind_checkpoints_a_factor_further_apart_by_count_and_b
     likes = [{**e, "event_id": f"b{n}"} for n, e in enumerate(_likes(1000))]
     await processor.process(_batches(likes[:200], 10, 0))  # 200 events, 10 a message
     processor.note_waiting(20)  # 200 events wait: not more than checkpoint_every_events
-    assert not processor.catching_up and processor.checkpoint_due()
+    assert not processor.behind and processor.checkpoint_due()
     assert REGISTRY.get_sample_value("recstream_worker_catching_up") == 0
     processor.note_waiting(21)
-    assert processor.catching_up and not processor.checkpoint_due()
+    assert processor.behind and not processor.checkpoint_due()
     assert REGISTRY.get_sample_value("recstream_worker_catching_up") == 1
     await processor.process(_batches(likes[200:790], 10, 20))
     assert not processor.checkpoint_due()  # 790 learned: under 4 x 200
@@ -273,5 +273,7 @@ async def test_a_worker_behind_checkpoints_a_factor_further_apart_by_count_and_b
     processor.note_waiting(21)
     clock.shift += 2.6 * processor.checkpoint_interval_seconds
     assert processor.checkpoint_due()  # 4.1 x the interval
-    processor.checkpoint_catch_up_factor = 1.0  # off: never catching up
-    assert not processor.catching_up
+    processor.checkpoint_catch_up_factor = 1.0  # off: behind all the same, but due as usual
+    assert processor.behind and REGISTRY.get_sample_value("recstream_worker_catching_up") == 1
+    clock.shift -= 3.0 * processor.checkpoint_interval_seconds  # 1.1 x the interval since the last checkpoint
+    assert processor.checkpoint_due()
