@@ -352,7 +352,7 @@ class EventProcessor:
         if checkpoint_catch_up_factor < 1:
             raise ValueError("checkpoint_catch_up_factor must be at least 1")
         self.checkpoint_catch_up_factor = checkpoint_catch_up_factor
-        self._waiting = 0  # messages in Kafka past those the agent took last (note_waiting)
+        self._waiting = 0  # messages still to process after the agent's next slice (note_waiting)
         self._events_per_record = 1.0  # events a record held, in the last batch processed
         # ``time`` looked up per call: tests move the module's clocks
         self.checkpoint_budget = ShareBudget(
