@@ -377,13 +377,19 @@ def waiting_past(consumer: Any, batch: list[Any]) -> int:
         last[message.tp] = message.offset
     waiting = 0
     for tp, offset in last.items():
-        try:
-            highwater = consumer.highwater(tp)
-        except Exception:  # noqa: BLE001 - no fetch response for this partition yet (or a rebalance took it)
-            continue
+        highwater = _highwater(consumer, tp)
         if highwater is not None:
             waiting += max(0, highwater - offset - 1)
     return waiting
+
+
+def _highwater(consumer: Any, tp: Any) -> int | None:
+    """The partition's high watermark from the consumer's last fetch from it (the offset its next message will
+    have); None before the first fetch response, or once a rebalance took the partition."""
+    try:
+        return consumer.highwater(tp)
+    except Exception:  # noqa: BLE001 - raised in both cases
+        return None
 
 
 def _export_lag(app: faust.App, processor: EventProcessor, topic: str) -> None:
@@ -396,10 +402,7 @@ def _export_lag(app: faust.App, processor: EventProcessor, topic: str) -> None:
     for tp in assigned:
         if tp.topic != topic:
             continue
-        try:
-            highwater = consumer.highwater(tp)
-        except Exception:  # noqa: BLE001 - no fetch response for this partition yet
-            continue
+        highwater = _highwater(consumer, tp)
         if highwater is not None:
             lag = max(0, highwater - processor.next_offsets.get((tp.topic, tp.partition), 0))
             metrics.CONSUMER_LAG.labels(str(tp.partition)).set(lag)

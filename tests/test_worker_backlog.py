@@ -45,8 +45,9 @@ def test_a_backlog_taken_at_once_is_checkpointed_slice_by_slice(
     processes: list[local_services.LocalService],
     checkpoints: CheckpointReader,
 ) -> None:
-    """With RECSTREAM_CHECKPOINT_CATCH_UP_FACTOR 4 (the default), the slices still to process of the take count as
-    waiting: the worker is behind while more than 200 events of them are left, and checkpoints every 800 events."""
+    """Each slice of the take is checkpointed (factor 1, the default). With RECSTREAM_CHECKPOINT_CATCH_UP_FACTOR at 4,
+    the slices of the take still to process count as waiting: the worker is behind while more than 200 events of
+    them are left, and checkpoints every 800 events."""
     env = {
         **service_env,
         **COUNTABLE_GATE_ENV,
@@ -120,10 +121,10 @@ def test_a_worker_behind_checkpoints_less_often_until_it_caught_up(
     processes: list[local_services.LocalService],
     checkpoints: CheckpointReader,
 ) -> None:
-    """400 messages of 50 events waiting when the worker starts, taken two at a time: while more than
-    RECSTREAM_CHECKPOINT_EVERY_EVENTS (500) events wait past those taken, checkpoints are RECSTREAM_CHECKPOINT_CATCH_UP_
-    FACTOR times further apart (a version every ~2,000 events instead of every 500); near the end, and once caught up,
-    as often as before. With the factor 1 (off), a version every ~500 events throughout."""
+    """400 messages of 50 events waiting when the worker starts, taken two at a time. While more than
+    RECSTREAM_CHECKPOINT_EVERY_EVENTS (500) events wait to be learned, checkpoints are the catch-up factor's times
+    further apart (at 4, a version every ~2,000 events instead of every 500); near the end, and once caught up, as
+    often as before. With the factor 1 (off, the default), a version every ~500 events throughout."""
     env = {
         **service_env,
         **COUNTABLE_GATE_ENV,
