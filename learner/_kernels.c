@@ -4390,9 +4390,12 @@ static PyTypeObject SurgeCoreType = {
  * features from its user's record (6 fields a record, the rule's Records table), their Half-Space Trees score, the
  * hold against the running quantile and the user's next record, with the same floating-point operations in the same
  * order as the Python. The score walks each tree down to a leaf (left when the feature is below the split) and adds
- * the leaf's score sum, taken (learner.gate.hst_batch.FlatTrees) when a window of the trees has ended: the same
- * integers, and the same final division, as River's score_one. The quantile stays River's (called), and so does
- * learning a point (the rule's _learn, called for every learn_every-th passed event). */
+ * the leaf's score sum, computed (as learner.gate.hst_batch.FlatTrees.leaf_scores) when a window of the trees has
+ * ended: the same integers, and the same final division, as River's score_one. The quantile stays River's (called).
+ * The trees learn here too, every learn_every-th passed event: River draws their splits from the first point (the
+ * rule's _learn, called for that one only); from then on the core walks each point down them, adding 1 to each
+ * node's l_mass on its path, and at a window's end sets every node's r_mass to its l_mass and l_mass to 0, as River's
+ * learn_one does, in arrays of its own (the rule brings River's nodes up to date from them when they are read). */
 
 #define ANOMALY_FIELDS 6 /* a user's record: clock (float64), then decayed count, positive ratio, watch ratio, events
                             (float32, rounded as the table stores them), then when last seen (an int32 stamp) */
@@ -4413,14 +4416,15 @@ typedef struct {
     PyObject *hold;       /* hold(score, threshold) -> Hold */
     PyObject *memo_event; /* the event the last check scored (NULL: none), and what it found for it */
     double memo_x[ANOMALY_FEATURES], memo_next[ANOMALY_FIELDS], memo_score;
-    long long warmup_events, learn_every, window_size, passed, learned, leaf_window;
-    int scored; /* the quantile has taken a score */
+    long long warmup_events, learn_every, window_size, passed, learned;
+    long long counter; /* points learned in the current window (River's counter) */
+    int scored;        /* the quantile has taken a score */
     double idle_seconds, rate_cap, gap_scale, history_scale, rate_tau, max_score;
     Py_ssize_t max_users;
     int n_trees, height;
-    /* the trees as taken in window leaf_window (-1: never): tree t's inner node i's feature and split at
-     * t * inner + i, its node i's score sum at t * size + i (only the leaves' are read) */
-    int64_t *feature, *leaf_scores;
+    /* the trees, once River has drawn them (NULL before): tree t's inner node i's feature and split at t * inner + i;
+     * its node i's masses, and score sum in the current window (only the leaves' are read), at t * size + i */
+    int64_t *feature, *l_mass, *r_mass, *leaf_scores;
     double *threshold;
 } AnomalyCore;
 
@@ -4444,11 +4448,12 @@ static int AnomalyCore_clear(AnomalyCore *self) {
 
 static void anomaly_free_trees(AnomalyCore *self) {
     PyMem_Free(self->feature);
+    PyMem_Free(self->l_mass);
+    PyMem_Free(self->r_mass);
     PyMem_Free(self->leaf_scores);
     PyMem_Free(self->threshold);
-    self->feature = self->leaf_scores = NULL;
+    self->feature = self->l_mass = self->r_mass = self->leaf_scores = NULL;
     self->threshold = NULL;
-    self->leaf_window = -1;
 }
 
 static void AnomalyCore_dealloc(AnomalyCore *self) {
@@ -4519,7 +4524,7 @@ static int AnomalyCore_init(AnomalyCore *self, PyObject *args, PyObject *kwds) {
     self->gap_scale = gap_scale;
     self->history_scale = history_scale;
     self->rate_tau = rate_tau;
-    self->passed = self->learned = 0;
+    self->passed = self->learned = self->counter = 0;
     self->scored = 0;
     return 0;
 }
@@ -4618,35 +4623,87 @@ static int anomaly_copy(PyObject *bytes, Py_ssize_t size, void **out) {
     return 0;
 }
 
-/* The trees as they score in the current window (learned // window_size), taken again when a window has ended */
+/* The trees' splits, from trees() -> (feature, threshold, max score) once River has drawn them, and their masses
+ * (all 0) */
 static int anomaly_trees(AnomalyCore *self) {
-    long long window = self->learned / self->window_size;
-    if (window == self->leaf_window) return 0;
     PyObject *got = PyObject_CallNoArgs(self->trees);
     if (got == NULL) return -1;
     Py_ssize_t inner = ((Py_ssize_t)1 << self->height) - 1, size = 2 * inner + 1, n = self->n_trees;
     double max_score;
-    if (!PyTuple_Check(got) || PyTuple_GET_SIZE(got) != 4 ||
-        ((max_score = PyFloat_AsDouble(PyTuple_GET_ITEM(got, 3))) == -1.0 && PyErr_Occurred())) {
+    if (!PyTuple_Check(got) || PyTuple_GET_SIZE(got) != 3 ||
+        ((max_score = PyFloat_AsDouble(PyTuple_GET_ITEM(got, 2))) == -1.0 && PyErr_Occurred())) {
         Py_DECREF(got);
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "AnomalyCore: trees() must return 4 values");
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "AnomalyCore: trees() must return 3 values");
         return -1;
     }
-    self->leaf_window = -1; /* until all three are taken */
     int failed = anomaly_copy(PyTuple_GET_ITEM(got, 0), n * inner * 8, (void **)&self->feature) ||
-                 anomaly_copy(PyTuple_GET_ITEM(got, 1), n * inner * 8, (void **)&self->threshold) ||
-                 anomaly_copy(PyTuple_GET_ITEM(got, 2), n * size * 8, (void **)&self->leaf_scores);
+                 anomaly_copy(PyTuple_GET_ITEM(got, 1), n * inner * 8, (void **)&self->threshold);
     Py_DECREF(got);
-    if (failed) return -1;
-    for (Py_ssize_t i = 0; i < n * inner; i++) {
-        if (self->feature[i] < 0 || self->feature[i] >= ANOMALY_FEATURES) {
-            PyErr_SetString(PyExc_ValueError, "AnomalyCore: a split on an unknown feature");
-            return -1;
+    if (!failed) {
+        for (Py_ssize_t i = 0; i < n * inner; i++) {
+            if (self->feature[i] < 0 || self->feature[i] >= ANOMALY_FEATURES) {
+                PyErr_SetString(PyExc_ValueError, "AnomalyCore: a split on an unknown feature");
+                failed = 1;
+                break;
+            }
         }
     }
+    if (!failed) {
+        self->l_mass = PyMem_Calloc(n * size, sizeof(int64_t));
+        self->r_mass = PyMem_Calloc(n * size, sizeof(int64_t));
+        self->leaf_scores = PyMem_Calloc(n * size, sizeof(int64_t));
+        if (self->l_mass == NULL || self->r_mass == NULL || self->leaf_scores == NULL) {
+            PyErr_NoMemory();
+            failed = 1;
+        }
+    }
+    if (failed) {
+        anomaly_free_trees(self);
+        return -1;
+    }
     self->max_score = max_score;
-    self->leaf_window = window;
     return 0;
+}
+
+/* Each node's score sum (FlatTrees.leaf_scores) from the reference masses: a walk adds r_mass << depth at each node
+ * until, and including, the first whose r_mass is under River's size limit (0.1 × the window); a leaf adds its own.
+ * (A walk stopped above a node's parent would have stopped at the parent: a node's mass is at most its parent's.) */
+static void anomaly_leaf_scores(AnomalyCore *self) {
+    Py_ssize_t size = ((Py_ssize_t)2 << self->height) - 1;
+    double limit = 0.1 * (double)self->window_size;
+    for (int t = 0; t < self->n_trees; t++) {
+        const int64_t *mass = self->r_mass + t * size;
+        int64_t *total = self->leaf_scores + t * size;
+        total[0] = mass[0];
+        for (int depth = 1; depth <= self->height; depth++) {
+            for (Py_ssize_t i = ((Py_ssize_t)1 << depth) - 1; i < ((Py_ssize_t)2 << depth) - 1; i++) {
+                Py_ssize_t parent = (i - 1) / 2;
+                total[i] = total[parent] + ((double)mass[parent] < limit ? 0 : mass[i] << depth);
+            }
+        }
+    }
+}
+
+/* x learned into the trees (River's learn_one): 1 added to the l_mass of each node on its path; when the window
+ * ends, every node's r_mass becomes its l_mass and l_mass starts again at 0 */
+static void anomaly_learn_point(AnomalyCore *self, const double *x) {
+    Py_ssize_t inner = ((Py_ssize_t)1 << self->height) - 1, size = 2 * inner + 1, n = self->n_trees;
+    for (Py_ssize_t t = 0; t < n; t++) {
+        const int64_t *feature = self->feature + t * inner;
+        const double *threshold = self->threshold + t * inner;
+        int64_t *mass = self->l_mass + t * size;
+        Py_ssize_t node = 0;
+        for (int depth = 0; depth < self->height; depth++) {
+            mass[node] += 1;
+            node = 2 * node + 2 - (x[feature[node]] < threshold[node]);
+        }
+        mass[node] += 1;
+    }
+    if (++self->counter < self->window_size) return;
+    memcpy(self->r_mass, self->l_mass, n * size * sizeof(int64_t));
+    memset(self->l_mass, 0, n * size * sizeof(int64_t));
+    self->counter = 0;
+    anomaly_leaf_scores(self);
 }
 
 /* River's score of x (HalfSpaceTrees.score_one), once the trees have learned a window; 0.0 before */
@@ -4655,7 +4712,6 @@ static int anomaly_score(AnomalyCore *self, const double *x, double *score) {
         *score = 0.0;
         return 0;
     }
-    if (anomaly_trees(self) < 0) return -1;
     Py_ssize_t inner = ((Py_ssize_t)1 << self->height) - 1, size = 2 * inner + 1;
     int64_t total = 0;
     for (Py_ssize_t t = 0; t < self->n_trees; t++) {
@@ -4760,15 +4816,20 @@ static int anomaly_hold(AnomalyCore *self, double score, PyObject **hold) {
     return *hold == NULL ? -1 : 0;
 }
 
-/* A passed event's features learned by the trees if it is the learn_every-th (passed counts it already) */
+/* A passed event's features learned by the trees if it is the learn_every-th (passed counts it already): the first
+ * by the rule's _learn too, from which River draws the trees, whose splits the core then takes */
 static int anomaly_learn(AnomalyCore *self, const double *x) {
     if (self->passed % self->learn_every != 0) return 0;
-    PyObject *point = Py_BuildValue("(dddddd)", x[0], x[1], x[2], x[3], x[4], x[5]);
-    if (point == NULL) return -1;
-    PyObject *done = PyObject_CallOneArg(self->learn, point);
-    Py_DECREF(point);
-    if (done == NULL) return -1;
-    Py_DECREF(done);
+    if (self->l_mass == NULL) {
+        PyObject *point = Py_BuildValue("(dddddd)", x[0], x[1], x[2], x[3], x[4], x[5]);
+        if (point == NULL) return -1;
+        PyObject *done = PyObject_CallOneArg(self->learn, point);
+        Py_DECREF(point);
+        if (done == NULL) return -1;
+        Py_DECREF(done);
+        if (anomaly_trees(self) < 0) return -1;
+    }
+    anomaly_learn_point(self, x);
     self->learned += 1;
     return 0;
 }
@@ -4872,6 +4933,12 @@ static PyObject *AnomalyCore_get_learned(AnomalyCore *self, void *closure) {
 
 static PyObject *AnomalyCore_get_scored(AnomalyCore *self, void *closure) { return PyBool_FromLong(self->scored); }
 
+static PyObject *AnomalyCore_get_masses(AnomalyCore *self, void *closure) {
+    if (self->l_mass == NULL) Py_RETURN_NONE;
+    Py_ssize_t bytes = (Py_ssize_t)self->n_trees * (((Py_ssize_t)2 << self->height) - 1) * (Py_ssize_t)sizeof(int64_t);
+    return Py_BuildValue("(Ly#y#)", self->counter, (const char *)self->l_mass, bytes, (const char *)self->r_mass, bytes);
+}
+
 static PyObject *AnomalyCore_get_memo(AnomalyCore *self, void *closure) {
     if (self->memo_event == NULL) Py_RETURN_NONE;
     const double *x = self->memo_x, *n = self->memo_next;
@@ -4884,6 +4951,10 @@ static PyGetSetDef AnomalyCore_getset[] = {
     {"passed", (getter)AnomalyCore_get_passed, NULL, "AnomalousBehaviourRule.passed", NULL},
     {"learned", (getter)AnomalyCore_get_learned, NULL, "AnomalousBehaviourRule.learned", NULL},
     {"scored", (getter)AnomalyCore_get_scored, NULL, "AnomalousBehaviourRule._scored", NULL},
+    {"masses", (getter)AnomalyCore_get_masses, NULL,
+     "(counter, l_mass, r_mass) of the trees as the core learns them (int64 bytes, tree t's node i at t * (2^(height "
+     "+ 1) - 1) + i, breadth first), or None before River drew them",
+     NULL},
     {"memo", (getter)AnomalyCore_get_memo, NULL,
      "AnomalousBehaviourRule._memo: (event, features, score, next record) of the last check not yet observed, or None",
      NULL},

@@ -19,9 +19,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import pytest
+from river import anomaly as anomaly_module
 
 from learner.gate.base import GateEvent, Hold
-from learner.gate.behaviour import AnomalousBehaviourRule, ItemSurgeRule, UserRateRule
+from learner.gate.behaviour import FEATURES, AnomalousBehaviourRule, ItemSurgeRule, UserRateRule
 from learner.gate.gate import GateConfig, QualityGate, default_gate
 from learner.gate.plausibility import LikeWithoutViewRule
 from learner.gate.time_rules import FutureTimestampRule
@@ -511,14 +512,25 @@ def test_anomaly_features_match_a_straightforward_computation_on_every_path(comp
         expected, users = _features_by_hand(reached)
         passed = [x for x, e in zip(expected, reached, strict=True) if holds[events.index(e)] is None]
         assert gate.counts["user_rate"] > 100 and gate.counts["anomalous_behaviour"] > 100
-        assert len(learned) == len(passed)
-        for got, want in zip(learned, passed, strict=True):
+        if compiled:  # the core learns the points itself (its _learn is given the first only): River's trees on them
+            river = anomaly_module.HalfSpaceTrees(n_trees=3, height=5, window_size=30, seed=42)  # the rule's seed
+            for x in passed:
+                river.learn_one(dict(zip(FEATURES, x, strict=True)))
+            assert learned == passed[:1] and anomaly.learned == len(passed)
+            assert _masses(anomaly.trees) == _masses(river) and anomaly.trees.counter == river.counter
+        else:
+            assert len(learned) == len(passed)
+        for got, want in zip(learned, passed[: len(learned)], strict=True):
             assert got == pytest.approx(want, rel=1e-12, abs=1e-15)
         assert sorted(held_keys(anomaly._users, users)) == sorted(users)
         for user in users:
             state = anomaly._users[user]  # clock, then the four float32 fields, then when last seen
             assert state[:5] == pytest.approx(users[user], rel=1e-12)
         assert (anomaly.scored_ahead > 0.5 * len(events)) is (chunked and not compiled)
+
+
+def _masses(trees: anomaly_module.HalfSpaceTrees) -> list[list[tuple[int, int]]]:
+    return [[(node.l_mass, node.r_mass) for node in tree.iter_dfs()] for tree in trees.trees]
 
 
 class _LearningRecorded(AnomalousBehaviourRule):

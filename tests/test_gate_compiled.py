@@ -18,11 +18,13 @@ from collections.abc import Callable
 from itertools import pairwise
 from typing import TypeVar
 
+import numpy as np
 import pytest
 
 from learner import kernels
 from learner.gate.base import GateEvent, Hold
-from learner.gate.behaviour import AnomalousBehaviourRule, ItemSurgeRule, UserRateRule
+from learner.gate.behaviour import FEATURES, AnomalousBehaviourRule, ItemSurgeRule, UserRateRule
+from learner.gate.hst_batch import FlatTrees
 from tests.conftest import held_keys, skip_unless_ci
 
 T0 = 1_700_000_000.0
@@ -531,9 +533,24 @@ def _drive_anomaly(rule: AnomalousBehaviourRule, events: list[tuple[GateEvent, f
         threshold = rule.threshold.get()
         counters = (rule.passed, rule.learned, rule._scored, None if threshold is None else _bits([threshold]))
         found.append((None if hold is None else hold.detail, memo, table, oldest, counters))
-    masses = [[(node.l_mass, node.r_mass) for node in tree.iter_dfs()] for tree in rule.trees.trees]
-    found.append((masses, rule.trees.counter, [_bits(list(x)) for x in rule._to_learn]))
+    found.append(_learned_trees(rule))
     return found
+
+
+def _learned_trees(rule: AnomalousBehaviourRule) -> tuple[list, int, bool]:
+    """The trees as learned (breadth first): each node's (l_mass, r_mass), the window's counter, whether a window has
+    ended (River scores 0 until one has). The Python rule
+    adds the points of a window to River's l_mass and counter when the window ends (``_to_learn`` until then): they
+    are counted here; the core has none."""
+    trees = rule.trees
+    flat = FlatTrees(trees, FEATURES)
+    pending = np.array(rule._to_learn, dtype=np.float64).reshape(-1, len(FEATURES))
+    visits = flat.visits(pending).tolist()
+    masses = [
+        [(node.l_mass + seen, node.r_mass) for node, seen in zip(nodes, counts, strict=True)]
+        for nodes, counts in zip(flat.nodes, visits, strict=True)
+    ]
+    return masses, trees.counter + len(pending), trees._first_window
 
 
 def _both_anomaly(settings: dict, events: list[tuple[GateEvent, float]], judge: bool) -> list[tuple]:
@@ -577,7 +594,7 @@ def test_anomaly_core_stream_reaches_every_feature_s_cap() -> None:
     ratio is capped, and a ratio that is not a number (so the comparisons above cover each branch)."""
     with kernels.numpy_only():
         rule = AnomalousBehaviourRule(**{**LONG_MEMORY, "rate_cap": 5.0})
-    checks = [memo for _, memo, *_ in _drive_anomaly(rule, _anomaly_stream(8, 4_000), judge=False) if memo]
+    checks = [memo for _, memo, *_ in _drive_anomaly(rule, _anomaly_stream(8, 4_000), judge=False)[:-1] if memo]
     features = [struct.unpack("6d", x) for _, x, _, _ in checks]
     assert any(x[0] == 1.0 for x in features) and any(0.0 < x[0] < 1.0 for x in features)  # gap
     assert any(x[1] == 1.0 for x in features) and any(0.0 < x[1] < 1.0 for x in features)  # rate
@@ -654,12 +671,13 @@ def test_anomaly_core_sends_a_value_on_a_split_right_as_river_does() -> None:
     """River goes left when a point's value is below a node's split, right otherwise (at it included): a core given
     one tree whose root splits the watch ratio at 0.5, the ratio of a user whose watches are unknown, sends that
     user's event right."""
-    leaf = {"left": 3, "right": 5}
+    # the first event (watch ratio 0.5) is learned, and ends a window of one point: masses root 1, left 0, right 1;
+    # a walk adds mass << depth at each node, so a leaf's score sum is 1 + 0 on the left, 1 + 2 on the right
+    leaf = {"left": 1, "right": 3}
     max_score = 40.0
 
-    def trees() -> tuple[bytes, bytes, bytes, float]:  # one tree of height 1: the root, its two leaves
-        feature, split = struct.pack("q", 4), struct.pack("d", 0.5)  # FEATURES[4]: watch_ratio
-        return feature, split, struct.pack("3q", 0, leaf["left"], leaf["right"]), max_score
+    def trees() -> tuple[bytes, bytes, float]:  # one tree of height 1: the root, its two leaves
+        return struct.pack("q", 4), struct.pack("d", 0.5), max_score  # FEATURES[4]: watch_ratio, split at 0.5
 
     rule = AnomalousBehaviourRule()
     settings = [1_000, 1, 1, 1, 1, 1e9, 10, 60.0, 1.0, 1.0, 60.0]  # warmup, learn every event, window of 1, ...
@@ -672,6 +690,33 @@ def test_anomaly_core_sends_a_value_on_a_split_right_as_river_does() -> None:
             GateEvent(f"e{k + 2}", f"new{k}", "v1", "view", T0, watch, 15.0), T0
         )  # watch ratio: 0.5, below, above
         assert core.memo[2] == 1 - leaf[side] / max_score, (watch, side)
+
+
+def test_anomaly_core_refuses_trees_it_cannot_walk() -> None:
+    """The splits the core takes when River has drawn them (at the first point learned) must be one int64 feature and
+    one float64 split per inner node, features among the rule's: otherwise the learn that took them raises, and the
+    core holds no trees (``masses`` None)."""
+    rule = AnomalousBehaviourRule()
+    settings = [1_000, 1, 1, 1, 1, 1e9, 10, 60.0, 1.0, 1.0, 60.0]  # one tree of height 1, learning every event
+    cases = [
+        ((struct.pack("q", 4), struct.pack("d", 0.5), 40.0, 0), TypeError, "must return 3 values"),
+        ((struct.pack("q", 4), struct.pack("2d", 0.5, 0.5), 40.0), ValueError, "wrong size"),
+        ((struct.pack("q", 6), struct.pack("d", 0.5), 40.0), ValueError, "unknown feature"),
+        ((struct.pack("q", 4), struct.pack("d", 0.5), "40"), TypeError, "must be real number"),
+    ]
+    for given, error, message in cases:
+        core = type(rule._core)(
+            rule._users, frozenset({"like"}), rule.threshold, rule._estimator, len, lambda g=given: g, print, *settings
+        )
+        with pytest.raises(error, match=message):
+            core.observe(GateEvent("e1", "u1", "v1", "view", T0), T0)
+        assert core.masses is None
+    splits = cases[0][0][:3]
+    core = type(rule._core)(
+        rule._users, frozenset({"like"}), rule.threshold, rule._estimator, len, lambda: splits, print, *settings
+    )
+    core.observe(GateEvent("e1", "u1", "v1", "view", T0), T0)
+    assert core.masses == (0, bytes(24), struct.pack("3q", 1, 0, 1))  # the window of one point ended: r_mass
 
 
 def test_anomaly_rule_takes_the_same_settings_on_both_paths() -> None:

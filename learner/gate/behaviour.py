@@ -682,15 +682,18 @@ class AnomalousBehaviourRule:
     ``QuantileFilter`` does; fed passed events only, the threshold would ratchet down and hold
     ever more). Nothing is held before ``warmup_events`` events have passed, nor before the trees
     have a reference window (``window_size`` × ``learn_every`` events). Memory: the trees (fixed,
-    ``n_trees`` × 2^(``height`` + 1) nodes), the points learned in the current window (at most
-    ``window_size``, ~0.2 kB each), one record (~0.05 kB: its clock as float64, the rest as float32,
+    ``n_trees`` × 2^(``height`` + 1) nodes; the compiled core keeps their masses in arrays of its own,
+    24 bytes a node), the points learned in the current window without it (at most ``window_size``,
+    ~0.2 kB each), one record (~0.05 kB: its clock as float64, the rest as float32,
     when last seen as an int32 stamp) per user seen in the last ``idle_seconds``, at most ``max_users``.
 
     Where the compiled loops are built (:mod:`learner.kernels`, when the rule is made), ``check``,
     ``observe``, ``observe_held`` and ``judge`` are those of :class:`learner._kernels.AnomalyCore`: the
     same features and scores (each event walked down the trees, no batch ahead: ``prepare`` then does
-    nothing), on the same table, calling this rule's quantile and ``_learn``; ``passed``, ``learned``
-    and the last check (``_memo``) are read from it. The methods below are the reference, and the path
+    nothing), on the same table, calling this rule's quantile. It calls ``_learn`` for the first point
+    learned only (River draws the trees' splits from it), and learns every point into masses of its
+    own, which :attr:`trees` writes into River's nodes when it is read. ``passed``, ``learned`` and the
+    last check (``_memo``) are read from it. The methods below are the reference, and the path
     without it. The settings (and ``_learn``) are read when the rule is made.
 
     >>> rule = AnomalousBehaviourRule(warmup_events=100, window_size=50, learn_every=1)
@@ -741,7 +744,8 @@ class AnomalousBehaviourRule:
         self.max_users = max_users
         self.rate_cap = rate_cap
         self.positive_types = frozenset(positive_types)
-        self.trees = anomaly.HalfSpaceTrees(n_trees=n_trees, height=height, window_size=window_size, seed=seed)
+        # River's trees (read them as ``trees``: where the core learns, it brings their masses up to date first)
+        self._river = anomaly.HalfSpaceTrees(n_trees=n_trees, height=height, window_size=window_size, seed=seed)
         self._window_size = window_size  # the trees' (read for every event)
         self.threshold = stats.Quantile(quantile)
         # its estimator without the Python wrapper (River's Rust one), for judge: get/update are the same calls once
@@ -852,20 +856,41 @@ class AnomalousBehaviourRule:
         """How many windows the trees have completed (their reference masses change with each)."""
         return self.learned // self._window_size
 
+    @property
+    def trees(self) -> anomaly.HalfSpaceTrees:
+        """River's Half-Space Trees as this rule has learned them.
+
+        The compiled core learns in arrays of its own (River only draws the splits, from the first point): their
+        masses and window counter are written into River's nodes here, when they are read, not as it learns.
+        """
+        river = self._river
+        masses = None if self._core is None else self._core.masses
+        if masses is not None:
+            counter, l_mass, r_mass = masses
+            flat = self._flat_trees()
+            shape = (len(flat.nodes), flat.size)
+            ls = np.frombuffer(l_mass, dtype=np.int64).reshape(shape).tolist()
+            rs = np.frombuffer(r_mass, dtype=np.int64).reshape(shape).tolist()
+            for nodes, lt, rt in zip(flat.nodes, ls, rs, strict=True):
+                for node, left, right in zip(nodes, lt, rt, strict=True):
+                    node.l_mass, node.r_mass = left, right
+            river.counter = counter
+            river._first_window = self.learned < self._window_size
+        return river
+
     def _flat_trees(self) -> FlatTrees:
         if self._flat is None:
-            self._flat = FlatTrees(self.trees, FEATURES)
+            self._flat = FlatTrees(self._river, FEATURES)
         return self._flat
 
-    def _core_trees(self) -> tuple[bytes, bytes, bytes, float]:
-        """The trees as the compiled core scores with them in the current window: each inner node's feature (its
-        column in FEATURES) and split, each node's score sum (:meth:`FlatTrees.leaf_scores`), River's largest score."""
+    def _core_trees(self) -> tuple[bytes, bytes, float]:
+        """The trees' splits for the compiled core, once River has drawn them: each inner node's feature (its column
+        in FEATURES) and split, River's largest score."""
         flat = self._flat_trees()
         return (
             flat.split_features.astype(np.int64).tobytes(),
             flat.split_thresholds.astype(np.float64).tobytes(),
-            flat.leaf_scores().astype(np.int64).tobytes(),
-            float(self.trees._max_score),
+            float(self._river._max_score),
         )
 
     def prepare(self, events: Sequence[GateEvent], now: float) -> None:  # noqa: ARG002 - the checks stamp now
@@ -977,7 +1002,7 @@ class AnomalousBehaviourRule:
             return x, self._ahead_scores[row], nxt
         x, nxt = self._features(event, now, state)
         learned = self.learned >= self._window_size
-        return x, float(self.trees.score_one(dict(zip(FEATURES, x, strict=True)))) if learned else 0.0, nxt
+        return x, float(self._river.score_one(dict(zip(FEATURES, x, strict=True)))) if learned else 0.0, nxt
 
     def _current_leaf_scores(self) -> np.ndarray:
         window = self._window()
@@ -1015,7 +1040,7 @@ class AnomalousBehaviourRule:
         once (:meth:`FlatTrees.learn`: the same integer counts) and River learns the last point and
         ends the window. Until then the trees' ``l_mass`` and ``counter`` lag behind, unread.
         """
-        trees = self.trees
+        trees = self._river
         if not trees.trees:
             trees.learn_one(dict(zip(FEATURES, x, strict=True)))  # River builds the trees from the first point
             return

@@ -135,14 +135,20 @@ class FlatTrees:
         """
         if not len(points):
             return
-        leaves = self.leaves(points)
+        for nodes, counts in zip(self.nodes, self.visits(points).tolist(), strict=True):
+            for node, count in zip(nodes, counts, strict=True):
+                node.l_mass += count
+
+    def visits(self, points: np.ndarray) -> np.ndarray:
+        """How many of the rows of ``points`` pass each node, tree ``t``'s node ``i`` at ``[t, i]``."""
         visits = np.zeros((len(self.nodes), self.size), dtype=np.int64)
+        if not len(points):
+            return visits
+        leaves = self.leaves(points)
         for t in range(len(self.nodes)):
             visits[t] = np.bincount(leaves[t], minlength=self.size)
         for depth in range(self.height - 1, -1, -1):
             first, end = 2**depth - 1, 2 ** (depth + 1) - 1
             children = 2 * np.arange(first, end) + 1
             visits[:, first:end] = visits[:, children] + visits[:, children + 1]
-        for nodes, counts in zip(self.nodes, visits.tolist(), strict=True):
-            for node, count in zip(nodes, counts, strict=True):
-                node.l_mass += count
+        return visits
