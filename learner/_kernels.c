@@ -5496,6 +5496,64 @@ fail:
     return NULL;
 }
 
+/* gate_rows(events, rule, now, a, b) -> [row, ...] | None: the rows of `events` (GateEvent tuples) that a stateless
+ * rule of the quality gate holds, by the same comparisons on the same floats as its holds() (learner/gate/):
+ *   rule 0, future_timestamp:        ts - now > a
+ *   rule 1, too_late:                now - ts > a
+ *   rule 2, watch_exceeds_duration:  watch and duration both given, watch > a * duration + b
+ *   rule 3, skip_after_full_watch:   type "skip", watch and duration both given, watch >= a * duration
+ * None when a field it reads is not a float (or None where that is allowed), or the type not a str: Python then
+ * judges the chunk, with Python's own comparisons (an int's, say, which are exact). */
+static PyObject *gate_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5 || !PyList_Check(args[0]) || !PyLong_Check(args[1]) || !PyFloat_Check(args[2]) ||
+        !PyFloat_Check(args[3]) || !PyFloat_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError, "gate_rows(events: list, rule: int, now: float, a: float, b: float)");
+        return NULL;
+    }
+    long rule = PyLong_AsLong(args[1]);
+    if (rule < 0 || rule > 3) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "gate_rows: rule must be 0, 1, 2 or 3");
+        return NULL;
+    }
+    double now = PyFloat_AS_DOUBLE(args[2]), a = PyFloat_AS_DOUBLE(args[3]), b = PyFloat_AS_DOUBLE(args[4]);
+    PyObject *events = args[0], *rows = PyList_New(0);
+    if (rows == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(events); i++) {
+        PyObject *event = PyList_GET_ITEM(events, i);
+        if (!PyTuple_Check(event) || PyTuple_GET_SIZE(event) < 7) goto python;
+        int held;
+        if (rule <= 1) {
+            PyObject *ts = PyTuple_GET_ITEM(event, 4);
+            if (!PyFloat_CheckExact(ts)) goto python;
+            held = rule == 0 ? PyFloat_AS_DOUBLE(ts) - now > a : now - PyFloat_AS_DOUBLE(ts) > a;
+        } else {
+            PyObject *watch = PyTuple_GET_ITEM(event, 5), *duration = PyTuple_GET_ITEM(event, 6);
+            if (rule == 3) {
+                PyObject *type = PyTuple_GET_ITEM(event, 3);
+                if (!PyUnicode_CheckExact(type)) goto python;
+                if (PyUnicode_CompareWithASCIIString(type, "skip") != 0) continue;
+            }
+            if (watch == Py_None || duration == Py_None) continue;
+            if (!PyFloat_CheckExact(watch) || !PyFloat_CheckExact(duration)) goto python;
+            double w = PyFloat_AS_DOUBLE(watch), d = PyFloat_AS_DOUBLE(duration);
+            held = rule == 2 ? w > a * d + b : w >= a * d;
+        }
+        if (held) {
+            PyObject *row = PyLong_FromSsize_t(i);
+            if (row == NULL || PyList_Append(rows, row) < 0) {
+                Py_XDECREF(row);
+                Py_DECREF(rows);
+                return NULL;
+            }
+            Py_DECREF(row);
+        }
+    }
+    return rows;
+python:
+    Py_DECREF(rows);
+    Py_RETURN_NONE;
+}
+
 /* learn_events(chunk, verdicts, start, known, event_ids, seen, lags, learn, positive_types, challengers, hit_every,
  *              sample_every, positives, guard_update, learner, clock, event_type, recommended)
  *     -> (stop, positives, learned, pause_at, error)
@@ -5841,6 +5899,9 @@ static PyMethodDef methods[] = {
      "learn_events(chunk, verdicts, start, known, event_ids, seen, lags, learn, positive_types, challengers, hit_every, "
      "sample_every, positives, guard_update, learner, clock, event_type, recommended) -> (stop, positives, learned, "
      "pause_at, error): the worker's loop over the events it learns plainly (stream/processor.py)"},
+    {"gate_rows", (PyCFunction)(void (*)(void))gate_rows, METH_FASTCALL,
+     "gate_rows(events, rule, now, a, b) -> [row, ...] | None: the rows a stateless rule of the quality gate holds "
+     "(0 future_timestamp, 1 too_late, 2 watch_exceeds_duration, 3 skip_after_full_watch; learner/gate/)"},
     {"gate_views", (PyCFunction)(void (*)(void))gate_views, METH_FASTCALL,
      "gate_views(chunk, known, pending, view_type, event_type) -> (views, judged): the worker's views of a chunk's events to "
      "judge (stream/processor.py)"},

@@ -22,9 +22,19 @@ import numpy as np
 import pytest
 
 from learner import kernels
-from learner.gate.base import GateEvent, Hold
+from learner.gate.base import (
+    FUTURE_TIMESTAMP,
+    SKIP_AFTER_FULL_WATCH,
+    TOO_LATE,
+    WATCH_EXCEEDS_DURATION,
+    GateEvent,
+    Hold,
+    compiled_rows,
+)
 from learner.gate.behaviour import FEATURES, AnomalousBehaviourRule, ItemSurgeRule, UserRateRule
 from learner.gate.hst_batch import FlatTrees
+from learner.gate.plausibility import SkipAfterFullWatchRule, WatchExceedsDurationRule
+from learner.gate.time_rules import FutureTimestampRule, LatenessRule
 from tests.conftest import held_keys, skip_unless_ci
 
 T0 = 1_700_000_000.0
@@ -865,3 +875,78 @@ def test_a_core_that_cannot_write_a_new_record_changes_nothing(rule_name: str, e
     tables = [getattr(rule, table) for rule in rules]
     assert [_bits(r) for _, r in tables[1].in_order()] == [_bits(r) for _, r in tables[0].in_order()]
     assert len(tables[1]) == lengths[0] + 1
+
+
+# -- the stateless rules (kernels.gate_rows) ----------------------------------------------------------------------
+
+#: Times and watch/duration values at and around the rules' limits, and the floats that compare oddly
+_EDGES = [0.0, -0.0, 1.0, 29.999999999999996, 30.0, 89.99999999999999, 90.0, 90.00000000000001, 150.0, 1e308]
+_ODD = [math.inf, -math.inf, math.nan, None]
+
+
+def _stateless_stream(n: int) -> list[GateEvent]:
+    rnd = random.Random(11)
+    offsets = [-1e9, -3600.0000000005, -3600.0, -3599.9999999995, 0.0, 300.0, 300.0000000005, 299.9999999995]
+    values = [*_EDGES, *_ODD]
+    return [
+        GateEvent(
+            f"e{k}",
+            "u1",
+            "v1",
+            rnd.choice(["view", "skip", "like", "skip "]),
+            T0 + rnd.choice([*offsets, math.nan, math.inf]),
+            rnd.choice(values),
+            rnd.choice(values),
+        )
+        for k in range(n)
+    ]
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        FutureTimestampRule(300.0),
+        LatenessRule(3_600.0),
+        WatchExceedsDurationRule(3.0, 60.0),
+        WatchExceedsDurationRule(1.0, 0.0),
+        SkipAfterFullWatchRule(1.0),
+        SkipAfterFullWatchRule(0.5),
+    ],
+    ids=["future", "late", "watch", "watch-tight", "skip", "skip-half"],
+)
+def test_stateless_rules_hold_the_same_rows_compiled(rule: object) -> None:
+    """The compiled loop (``kernels.gate_rows``) holds the rows each stateless rule's Python holds, with the same
+    holds, at and around its limits, infinities, NaNs and missing values included; a chunk with a value that is
+    not a float (an int, compared exactly in Python) is left to Python."""
+    if kernels.compiled() is None:
+        skip_unless_ci("learner/_kernels.c is not built (no C compiler at install time)")
+    events = _stateless_stream(4_000)
+    with kernels.numpy_only():
+        want = rule.holds(events, T0)  # type: ignore[attr-defined]
+    code = {FutureTimestampRule: FUTURE_TIMESTAMP, LatenessRule: TOO_LATE}.get(type(rule))
+    settings = {
+        FutureTimestampRule: lambda r: (r.max_skew_seconds, 0.0),
+        LatenessRule: lambda r: (r.max_lateness_seconds, 0.0),
+        WatchExceedsDurationRule: lambda r: (r.factor, r.slack_seconds),
+        SkipAfterFullWatchRule: lambda r: (r.full_fraction, 0.0),
+    }[type(rule)](rule)
+    if code is None:
+        code = WATCH_EXCEEDS_DURATION if type(rule) is WatchExceedsDurationRule else SKIP_AFTER_FULL_WATCH
+    rows = compiled_rows(events, code, T0, *settings)
+    assert rows is not None and rows == sorted(want)  # the compiled loop judged the chunk, the same rows
+    assert rule.holds(events, T0) == want  # type: ignore[attr-defined]
+    assert 0 < len(want) < len(events)
+    for odd in (GateEvent("x", "u1", "v1", "skip", 10**6, 10**4, 10), ("x", "u1", "v1", "skip", 1.0)):
+        mixed = [*events[:50], odd]
+        assert compiled_rows(mixed, code, T0, *settings) is None  # type: ignore[arg-type]
+        with kernels.numpy_only():
+            python = _holds_or_error(rule, mixed)
+        assert _holds_or_error(rule, mixed) == python
+    assert compiled_rows(events, code, int(T0), *settings) is None  # an int now: Python's exact comparisons
+
+
+def _holds_or_error(rule: object, events: list) -> object:
+    try:
+        return rule.holds(events, T0)  # type: ignore[attr-defined]
+    except (AttributeError, TypeError, IndexError) as exc:
+        return type(exc)

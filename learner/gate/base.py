@@ -16,8 +16,14 @@ Duplicate detection needs Redis and lives in ``stream/``; everything here is tes
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol, runtime_checkable
+
+from learner import kernels
+
+#: The stateless rules ``kernels.gate_rows`` knows (:func:`compiled_rows`).
+FUTURE_TIMESTAMP, TOO_LATE, WATCH_EXCEEDS_DURATION, SKIP_AFTER_FULL_WATCH = range(4)
 
 
 class GateEvent(NamedTuple):
@@ -55,3 +61,14 @@ class GateRule(Protocol):
 
     def observe(self, event: GateEvent, now: float) -> None:
         """Update state with an event that passed the whole gate."""
+
+
+def compiled_rows(events: Sequence[GateEvent], rule: int, now: float, a: float, b: float = 0.0) -> list[int] | None:
+    """The rows of ``events`` that stateless ``rule`` (:data:`FUTURE_TIMESTAMP`, ...) holds with its settings ``a`` and
+    ``b``, found by the compiled loop (``kernels.gate_rows``: the rule's comparisons on the same floats, ~20 ns an
+    event instead of ~70 in Python); None where it is not built, or when a value it would compare is not a float
+    (an int compares exactly in Python): the rule's Python judges the chunk then."""
+    kernel = kernels.compiled()
+    if kernel is None or type(events) is not list or not (type(now) is type(a) is type(b) is float):
+        return None
+    return kernel.gate_rows(events, rule, now, a, b)

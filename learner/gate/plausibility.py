@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from learner.gate.base import GateEvent, Hold
+from learner.gate.base import SKIP_AFTER_FULL_WATCH, WATCH_EXCEEDS_DURATION, GateEvent, Hold, compiled_rows
 
 POSITIVE_TYPES = frozenset({"like", "share"})
 
@@ -49,6 +49,10 @@ class WatchExceedsDurationRule:
     def holds(self, events: Sequence[GateEvent], now: float) -> dict[int, Hold]:  # noqa: ARG002 - timeless
         """The rows of ``events`` that ``check`` holds, in one pass (the gate's chunk path)."""
         factor, slack = self.factor, self.slack_seconds
+        rows = compiled_rows(events, WATCH_EXCEEDS_DURATION, 0.0, factor, slack)
+        if rows is not None:
+            held = [(row, events[row].watch_seconds, events[row].item_duration_seconds) for row in rows]
+            return {row: self._hold(watch, duration, factor * duration + slack) for row, watch, duration in held}
         return {
             row: self._hold(e.watch_seconds, e.item_duration_seconds, factor * e.item_duration_seconds + slack)
             for row, e in enumerate(events)
@@ -94,6 +98,9 @@ class SkipAfterFullWatchRule:
     def holds(self, events: Sequence[GateEvent], now: float) -> dict[int, Hold]:  # noqa: ARG002 - timeless
         """The rows of ``events`` that ``check`` holds, in one pass (the gate's chunk path)."""
         fraction = self.full_fraction
+        rows = compiled_rows(events, SKIP_AFTER_FULL_WATCH, 0.0, fraction)
+        if rows is not None:
+            return {row: self._hold(events[row].watch_seconds, events[row].item_duration_seconds) for row in rows}
         return {
             row: self._hold(e.watch_seconds, e.item_duration_seconds)
             for row, e in enumerate(events)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from learner.gate.base import GateEvent, Hold
+from learner.gate.base import FUTURE_TIMESTAMP, TOO_LATE, GateEvent, Hold, compiled_rows
 
 
 class FutureTimestampRule:
@@ -43,6 +43,9 @@ class FutureTimestampRule:
     def holds(self, events: Sequence[GateEvent], now: float) -> dict[int, Hold]:
         """The rows of ``events`` that ``check`` holds at ``now``, in one pass (the gate's chunk path)."""
         skew = self.max_skew_seconds
+        rows = compiled_rows(events, FUTURE_TIMESTAMP, now, skew)
+        if rows is not None:
+            return {row: self._hold(events[row].ts - now) for row in rows}
         return {row: self._hold(e.ts - now) for row, e in enumerate(events) if e.ts - now > skew}
 
     def _hold(self, ahead: float) -> Hold:
@@ -77,6 +80,9 @@ class LatenessRule:
     def holds(self, events: Sequence[GateEvent], now: float) -> dict[int, Hold]:
         """The rows of ``events`` that ``check`` holds at ``now``, in one pass (the gate's chunk path)."""
         bound = self.max_lateness_seconds
+        rows = compiled_rows(events, TOO_LATE, now, bound)
+        if rows is not None:
+            return {row: self._hold(now - events[row].ts) for row in rows}
         return {row: self._hold(now - e.ts) for row, e in enumerate(events) if now - e.ts > bound}
 
     def _hold(self, late: float) -> Hold:
