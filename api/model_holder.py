@@ -162,6 +162,7 @@ class ModelHolder:
         self._newest_loaded = max(self._newest_loaded, model.version)
         self.model = model
         metrics.MODEL_VERSION.labels("api").set(model.version)
+        metrics.publish_array_copies()
         created = snapshot.meta.get("created")
         if created:
             metrics.MODEL_SWAP_DELAY.observe(max(0.0, time.time() - datetime.fromisoformat(created).timestamp()))

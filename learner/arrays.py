@@ -13,7 +13,8 @@ by a copy as users and items came, held one ``learn()`` call for up to ~0.1 s at
 
 A map cannot change its size while any array made from it is alive elsewhere (a view, a compiled kernel's
 buffer): Python's ``mmap`` refuses with ``BufferError``, and :func:`resize_mapped` then copies into a new map, as
-numpy would. So a view kept by mistake costs a copy, never a dangling pointer. (An array made with
+numpy would. So a view kept by mistake costs a copy, never a dangling pointer; the copies are counted
+(:func:`copied_resizes`, exported as ``recstream_array_copies_total``), so such a mistake shows. (An array made with
 ``np.ndarray(buffer=map)`` holds no such export, and the map would resize under it: arrays here are made with
 ``np.frombuffer``, which holds one.) Where there is no ``mremap`` (not Linux), it copies too.
 
@@ -55,6 +56,16 @@ HUGE_PAGES_FROM = 4 << 20
 _FLAGS = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
 _MAPPED = hasattr(mmap, "MAP_PRIVATE") and hasattr(mmap, "MAP_ANONYMOUS")
 
+_copied = 0  # resizes of a map that became copies (copied_resizes)
+
+
+def copied_resizes() -> int:
+    """How many times in this process :func:`resize_mapped` copied an array that lives in a map of its own, instead of
+    resizing the map in place: a view of it was alive elsewhere (a bug: each such copy held its caller while it
+    copied, ~0.1-0.5 s for a grown model's pool), or the system would not resize it (no ``mremap``). The worker and the
+    API export it as ``recstream_array_copies_total``; it stays 0 where nothing keeps a view by mistake."""
+    return _copied
+
 
 def mapped_empty(size: int, dtype: Any, row_shape: tuple[int, ...] = ()) -> np.ndarray:
     """An array of ``size`` entries (zeros: fresh pages) in a memory map of its own, that :func:`resize_mapped`
@@ -95,6 +106,8 @@ def resize_mapped(owner: object, name: str, size: int, keep: int) -> None:
         if resized:
             _advise(memory, "MADV_NOHUGEPAGE")  # grown or shrunk in place: written a little at a time from now on
             return
+        global _copied
+        _copied += 1
         array = getattr(owner, name)
     grown = mapped_empty(size, dtype, row_shape)
     grown[:keep] = array[:keep]

@@ -36,6 +36,8 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from learner import arrays
+
 #: The environment variable that switches prometheus_client to its multiprocess mode (read when it is imported).
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -155,6 +157,11 @@ STREAM_BUFFER_WAITS = Counter(
     "recstream_stream_buffer_waits_total",
     "Times the worker's fetch loop waited for the stream's buffer to drain from 80% to 40% (a backlog: the worker "
     "is taking events as fast as it can).",
+)
+ARRAY_COPIES = Counter(
+    "recstream_array_copies_total",
+    "Times a model array that grows in place was copied instead (a view of it held elsewhere, or no mremap): each "
+    "copy holds learning or serving while it runs. 0 in a healthy process.",
 )
 HEAP_TRIMS = Counter(
     "recstream_worker_heap_trims_total",
@@ -398,3 +405,17 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's process holds that pid now
         return True
     return True
+
+
+_array_copies_published = 0
+
+
+def publish_array_copies() -> None:
+    """Add to ``recstream_array_copies_total`` this process's copies since the last call
+    (:func:`learner.arrays.copied_resizes`); the worker calls it after each checkpoint, the API after each model
+    load."""
+    global _array_copies_published
+    copies = arrays.copied_resizes()
+    if copies > _array_copies_published:
+        ARRAY_COPIES.inc(copies - _array_copies_published)
+        _array_copies_published = copies

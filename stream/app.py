@@ -298,6 +298,7 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
 
     async def checkpoint(wait: bool = True) -> None:
         await processor.checkpoint(wait=wait)
+        metrics.publish_array_copies()
         if trimmer.after_checkpoint():  # the snapshot's intermediates are freed: give their pages back
             metrics.HEAP_TRIMS.inc()
 

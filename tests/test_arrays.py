@@ -7,9 +7,11 @@ import mmap
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from learner import arrays
 from learner.arrays import map_of, mapped_empty, resize_mapped
+from recstream import metrics
 
 
 class Owner:
@@ -26,6 +28,7 @@ def _owner(size: int) -> Owner:
 def test_a_resize_keeps_the_map_and_the_entries_growing_and_shrinking() -> None:
     owner = _owner(5_000)
     memory = map_of(owner.values)
+    copied = arrays.copied_resizes()
     resize_mapped(owner, "values", 20_000, keep=5_000)
     assert map_of(owner.values) is memory and len(owner.values) == 20_000
     assert owner.values[:5_000].tolist() == list(range(5_000))
@@ -33,15 +36,39 @@ def test_a_resize_keeps_the_map_and_the_entries_growing_and_shrinking() -> None:
     resize_mapped(owner, "values", 3_000, keep=3_000)
     assert map_of(owner.values) is memory and len(memory) == 3_000 * 4
     assert owner.values.tolist() == list(range(3_000))
+    assert arrays.copied_resizes() == copied  # in place: not counted
 
 
 def test_a_view_alive_makes_it_a_copy_and_the_view_still_reads_the_old_entries() -> None:
     owner = _owner(100)
     memory = map_of(owner.values)
     view = owner.values[10:13]
+    copied = arrays.copied_resizes()
     resize_mapped(owner, "values", 1_000, keep=100)
     assert map_of(owner.values) is not memory and map_of(owner.values) is not None
     assert owner.values[:100].tolist() == list(range(100)) and view.tolist() == [10, 11, 12]
+    assert arrays.copied_resizes() == copied + 1  # counted: the worker and the API export it
+    unmapped = Owner()
+    unmapped.values = np.arange(10, dtype=np.float32)  # (a loaded model's array: moved into a map, as meant)
+    resize_mapped(unmapped, "values", 100, keep=10)
+    assert map_of(unmapped.values) is not None and arrays.copied_resizes() == copied + 1
+
+
+def test_the_copies_are_published_as_a_counter() -> None:
+    """recstream_array_copies_total takes what learner.arrays counted since it was last published, once."""
+    before = REGISTRY.get_sample_value("recstream_array_copies_total") or 0.0
+    metrics.publish_array_copies()  # whatever earlier tests in this process copied
+    start = REGISTRY.get_sample_value("recstream_array_copies_total")
+    assert start is not None and start >= before
+    owner = _owner(100)
+    view = owner.values[:1]
+    for size in (1_000, 2_000):
+        resize_mapped(owner, "values", size, keep=100)
+        view = owner.values[:1]  # (held again: the next resize is a copy too)
+    metrics.publish_array_copies()
+    metrics.publish_array_copies()
+    assert REGISTRY.get_sample_value("recstream_array_copies_total") == start + 2
+    del view
 
 
 def test_a_failed_resize_leaves_the_array_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
