@@ -65,9 +65,10 @@ class GateRule(Protocol):
 
 def compiled_rows(events: Sequence[GateEvent], rule: int, now: float, a: float, b: float = 0.0) -> list[int] | None:
     """The rows of ``events`` that stateless ``rule`` (:data:`FUTURE_TIMESTAMP`, ...) holds with its settings ``a`` and
-    ``b``, found by the compiled loop (``kernels.gate_rows``: the rule's comparisons on the same floats, ~20 ns an
-    event instead of ~70 in Python); None where it is not built, or when a value it would compare is not a float
-    (an int compares exactly in Python): the rule's Python judges the chunk then."""
+    ``b``, found by the compiled loop (``kernels.gate_rows``: the rule's comparisons on the same floats; the four
+    rules took 23 ns an event in all instead of 202 in Python, on a chunk of 500); None where it is not built, or when
+    a value it would compare is not a float (an int compares exactly in Python): the rule's Python judges the chunk
+    then."""
     kernel = kernels.compiled()
     if kernel is None or type(events) is not list or not (type(now) is type(a) is type(b) is float):
         return None
