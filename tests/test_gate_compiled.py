@@ -923,15 +923,12 @@ def test_stateless_rules_hold_the_same_rows_compiled(rule: object) -> None:
     events = _stateless_stream(4_000)
     with kernels.numpy_only():
         want = rule.holds(events, T0)  # type: ignore[attr-defined]
-    code = {FutureTimestampRule: FUTURE_TIMESTAMP, LatenessRule: TOO_LATE}.get(type(rule))
-    settings = {
-        FutureTimestampRule: lambda r: (r.max_skew_seconds, 0.0),
-        LatenessRule: lambda r: (r.max_lateness_seconds, 0.0),
-        WatchExceedsDurationRule: lambda r: (r.factor, r.slack_seconds),
-        SkipAfterFullWatchRule: lambda r: (r.full_fraction, 0.0),
+    code, settings = {  # the rule's number in kernels.gate_rows, and the settings it compares with
+        FutureTimestampRule: lambda r: (FUTURE_TIMESTAMP, (r.max_skew_seconds, 0.0)),
+        LatenessRule: lambda r: (TOO_LATE, (r.max_lateness_seconds, 0.0)),
+        WatchExceedsDurationRule: lambda r: (WATCH_EXCEEDS_DURATION, (r.factor, r.slack_seconds)),
+        SkipAfterFullWatchRule: lambda r: (SKIP_AFTER_FULL_WATCH, (r.full_fraction, 0.0)),
     }[type(rule)](rule)
-    if code is None:
-        code = WATCH_EXCEEDS_DURATION if type(rule) is WatchExceedsDurationRule else SKIP_AFTER_FULL_WATCH
     rows = compiled_rows(events, code, T0, *settings)
     assert rows is not None and rows == sorted(want)  # the compiled loop judged the chunk, the same rows
     assert rule.holds(events, T0) == want  # type: ignore[attr-defined]
