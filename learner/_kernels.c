@@ -5554,6 +5554,66 @@ python:
     Py_RETURN_NONE;
 }
 
+/* Whether s[0:n] is one JSON object standing alone, by its brackets: after JSON whitespace, a '{' whose match (outside
+ * strings, a backslash in a string escaping the byte after it) is the last byte before JSON whitespace. Valid JSON
+ * text is bracketed this way, so in a JSON array of such values joined by commas each element is one value, as it
+ * is alone: the array is valid JSON exactly when each value is. What else it holds (invalid JSON within, brackets
+ * of the other kind crossed) is left to the parser, which then refuses the array. */
+static int json_object_alone(const char *text, Py_ssize_t n) {
+    const unsigned char *s = (const unsigned char *)text;
+    Py_ssize_t i = 0, j = n;
+    while (i < j && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r')) i++;
+    while (j > i && (s[j - 1] == ' ' || s[j - 1] == '\t' || s[j - 1] == '\n' || s[j - 1] == '\r')) j--;
+    if (j - i < 2 || s[i] != '{' || s[j - 1] != '}') return 0;
+    Py_ssize_t depth = 0;
+    for (Py_ssize_t k = i; k < j; k++) {
+        unsigned char c = s[k];
+        if (c == '"') {
+            const unsigned char *end = memchr(s + k + 1, '"', (size_t)(j - k - 1));
+            if (end == NULL) return 0; /* the string does not end within the value */
+            if (memchr(s + k + 1, '\\', (size_t)(end - s - k - 1)) == NULL) {
+                k = end - s; /* (the usual string: no escape in it) */
+                continue;
+            }
+            for (k++; k < j && s[k] != '"'; k++) /* (one that does not end takes the last '}': depth stays > 0) */
+                if (s[k] == '\\') k++;
+        } else if ((c | 0x20) == '{') { /* '{' or '[' */
+            depth++;
+        } else if ((c | 0x20) == '}') { /* '}' or ']' */
+            if (--depth <= 0 && k != j - 1) return 0; /* closed before its end, or more closed than opened */
+        }
+    }
+    return depth == 0;
+}
+
+/* json_objects(values) -> bytes | None: the JSON array of `values` (bytes), "[v0,v1,...]", when each is one JSON
+ * object standing alone (json_object_alone); None when one is not (a list, a value cut short, not bytes). */
+static PyObject *json_objects(PyObject *module, PyObject *values) {
+    if (!PyList_Check(values)) {
+        PyErr_SetString(PyExc_TypeError, "json_objects(values: list)");
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(values), total = count ? count + 1 : 2;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *value = PyList_GET_ITEM(values, i);
+        if (!PyBytes_CheckExact(value) || !json_object_alone(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value)))
+            Py_RETURN_NONE;
+        total += PyBytes_GET_SIZE(value);
+    }
+    PyObject *joined = PyBytes_FromStringAndSize(NULL, total);
+    if (joined == NULL) return NULL;
+    char *out = PyBytes_AS_STRING(joined);
+    *out++ = '[';
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *value = PyList_GET_ITEM(values, i);
+        if (i) *out++ = ',';
+        memcpy(out, PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value));
+        out += PyBytes_GET_SIZE(value);
+    }
+    *out = ']';
+    return joined;
+}
+
 /* learn_events(chunk, verdicts, start, known, event_ids, seen, lags, learn, positive_types, challengers, hit_every,
  *              sample_every, positives, guard_update, learner, clock, event_type, recommended)
  *     -> (stop, positives, learned, pause_at, error)
@@ -5899,6 +5959,9 @@ static PyMethodDef methods[] = {
      "learn_events(chunk, verdicts, start, known, event_ids, seen, lags, learn, positive_types, challengers, hit_every, "
      "sample_every, positives, guard_update, learner, clock, event_type, recommended) -> (stop, positives, learned, "
      "pause_at, error): the worker's loop over the events it learns plainly (stream/processor.py)"},
+    {"json_objects", (PyCFunction)json_objects, METH_O,
+     "json_objects(values) -> bytes | None: the JSON array of values (bytes) when each is one JSON object standing "
+     "alone, by its brackets; None otherwise (recstream.events.parse_one_event_messages)"},
     {"gate_rows", (PyCFunction)(void (*)(void))gate_rows, METH_FASTCALL,
      "gate_rows(events, rule, now, a, b) -> [row, ...] | None: the rows a stateless rule of the quality gate holds "
      "(0 future_timestamp, 1 too_late, 2 watch_exceeds_duration, 3 skip_after_full_watch; learner/gate/)"},

@@ -215,6 +215,34 @@ def parse_message(raw: bytes) -> list[Decoded]:
     return decoded
 
 
+def parse_one_event_messages(raws: list[bytes]) -> list[Decoded] | None:
+    """The events of messages that each hold one valid event, decoded together: ``[parse_message(raw)[0] for raw in
+    raws]``, or None when one of them is not such a message (a batch message, or one refused): the caller then decodes
+    each with :func:`parse_message`, which gives the reasons. None also where the kernels are not built.
+
+    Decoded alone, each message costs a validator call: with one event per message, that was twice the cost of the
+    same events in one batch message (in process, on the ingest bench's events: 3.9 against 2.0 us an event). Here
+    the messages are joined into one JSON array (``kernel.json_objects``, which checks that each is one JSON object
+    standing alone, so that each element of the array is one message) and validated in one call, with the same JSON
+    parser and the same strict rules as each alone.
+
+    >>> one = b'{"event_id": "e%d", "user_id": "u1", "item_id": "v1", "type": "like", "ts": "2026-11-22T10:00:00Z"}'
+    >>> [d.event.event_id for d in parse_one_event_messages([one % 1, one % 2])]
+    ['e1', 'e2']
+    >>> parse_one_event_messages([one % 1, b'{"event_id": "e2"}']) is None
+    True
+    """
+    kernel = _kernel
+    joined = kernel.json_objects(raws) if kernel is not None and raws else None
+    if joined is None:
+        return None
+    try:
+        events = _EVENT_LIST.validate_json(joined)
+    except Exception:  # noqa: BLE001 - one of them is refused: each is decoded alone, with its reason
+        return None
+    return [Decoded(event, None, None, None) for event in events]
+
+
 def encode_batches(events: list[Event], max_bytes: int = 256_000) -> list[tuple[bytes | None, bytes]]:
     """Kafka (key, value) messages for ``events``: JSON lists of events, each under ``max_bytes``.
 

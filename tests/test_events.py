@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import json
 import random
@@ -12,7 +13,9 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from learner import kernels
-from recstream.events import Event, parse_event, parse_message
+from recstream.events import Event, parse_event, parse_message, parse_one_event_messages
+from stream import processor
+from stream.processor import EventProcessor, Record
 from tests.conftest import skip_unless_ci
 
 GOOD = {"event_id": "e1", "user_id": "u1", "item_id": "v1", "type": "like", "ts": "2026-11-22T10:00:00Z"}
@@ -95,6 +98,66 @@ def test_a_bad_context_value_gets_one_message_not_one_per_kind_it_may_be(value: 
     event, reason = parse_event(json.dumps({**GOOD, "context": {"k": value, "ok": "fine"}}).encode())
     assert event is None and reason is not None
     assert reason.endswith(says) and reason.count("context.k") == 1, reason
+
+
+# -- one-event messages decoded together (the worker's _parse) ------------------------------------
+
+
+def _one_event_messages(count: int) -> list[bytes]:
+    # (a context int too large for 64 bits stays an int, as pydantic's JSON parser reads it alone; orjson would make
+    # it a float)
+    return [
+        (
+            " " * (n % 3)
+            + json.dumps({**GOOD, "event_id": f"e{n}", "context": {"n": n, "big": 10**21}})
+            + "\n" * (n % 2)
+        ).encode()
+        for n in range(count)
+    ]
+
+
+def test_one_event_messages_decode_together_as_each_alone() -> None:
+    if kernels.compiled() is None:
+        skip_unless_ci("learner/_kernels.c is not built")
+    raws = _one_event_messages(20)
+    together = parse_one_event_messages(raws)
+    assert together is not None and together == [parse_message(raw)[0] for raw in raws]
+    assert together[7].event is not None and together[7].event.context == {"n": 7, "big": 10**21}
+    refused = [*raws[:5], json.dumps({**GOOD, "type": "love"}).encode(), *raws[5:]]
+    batch = [*raws[:5], json.dumps([GOOD]).encode(), *raws[5:]]
+    assert parse_one_event_messages(refused) is None and parse_one_event_messages(batch) is None
+
+
+def test_messages_that_are_refused_alone_are_not_decoded_together_even_when_their_join_is_valid() -> None:
+    """Two messages, each cut inside a string, whose bytes joined by a comma in a JSON array are two valid events:
+    each is refused alone, so they are not decoded together (the kernel checks that each message is one JSON object on
+    its own before joining them)."""
+    if kernels.compiled() is None:
+        skip_unless_ci("learner/_kernels.c is not built")
+    first = json.dumps({**GOOD, "context": {"x": "},{"}}).encode()
+    second = json.dumps({**GOOD, "event_id": "e2"}).encode()
+    cut = first.index(b'"},{"') + 2  # the first message ends inside the string "},{"
+    pair = [first[:cut], first[cut + 1 :] + b", " + second]
+    assert pair[0].endswith(b"}") and pair[1].startswith(b"{") and pair[1].endswith(b"}")
+    assert json.loads(b"[" + b",".join(pair) + b"]") == [json.loads(first), json.loads(second)]
+    assert [parse_message(raw)[0].event for raw in pair] == [None, None]
+    assert parse_one_event_messages(pair) is None
+
+
+def test_the_workers_decode_of_records_is_each_records_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The processor decodes one-event messages 500 at a time together; a group holding a refused event or a batch
+    message is decoded record by record."""
+    if kernels.compiled() is None:
+        skip_unless_ci("learner/_kernels.c is not built")
+    raws = _one_event_messages(1_203)
+    raws[600] = json.dumps({**GOOD, "type": "love"}).encode()  # in the second group
+    raws[1_100] = json.dumps([GOOD, {**GOOD, "event_id": "e2"}]).encode()  # in the third
+    records = [Record("t", 0, n, None, raw) for n, raw in enumerate(raws)]
+    alone: list[bytes] = []
+    monkeypatch.setattr(processor, "parse_message", lambda raw: alone.append(raw) or parse_message(raw))
+    parsed = asyncio.run(EventProcessor._parse(records))
+    assert [parsed[id(r)] for r in records] == [parse_message(raw) for raw in raws]
+    assert alone == raws[500:]  # the first group was decoded together
 
 
 # -- ts_seconds: ts.timestamp(), compiled ------------------------------------------------------

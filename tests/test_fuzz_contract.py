@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import event as note_event
 from hypothesis import strategies as st
 
-from recstream.events import Event, describe_errors, parse_event, parse_message
+from recstream.events import Event, describe_errors, parse_event, parse_message, parse_one_event_messages
 
 FIELDS = list(Event.model_fields)
 REQUIRED = [name for name, info in Event.model_fields.items() if info.is_required()]
@@ -229,6 +229,27 @@ def test_near_valid_strict_json_with_noise_in_context(case: tuple[dict[str, Any]
         assert reason
         fields = [part.split(": ", 1)[0] for part in reason.split("; ")]
         assert all(names_field(f, name) or names_field(f, "context") for f in fields), (name, reason)
+
+
+@FAST
+@given(
+    st.lists(near_valid(), min_size=1, max_size=4),
+    st.lists(st.sampled_from(["", " ", "\n", "\t\r\n"]), min_size=2, max_size=2),
+)
+def test_one_event_messages_decoded_together_are_each_decoded_alone(
+    cases: list[tuple[dict[str, Any], str]], spaces: list[str]
+) -> None:
+    """The worker decodes one-event messages together (``parse_one_event_messages``, one validator call): what it
+    returns is what each message alone decodes to, and it decodes together every run of messages that each hold one
+    valid event (else None: each is decoded alone, with its reason)."""
+    raws = [(spaces[0] + json.dumps(raw) + spaces[1]).encode() for raw, _ in [(VALID, ""), *cases]]
+    alone = [parse_message(raw) for raw in raws]
+    together = parse_one_event_messages(raws)
+    if all(d[0].event is not None for d in alone):
+        note_event("all valid")
+        assert together == [d[0] for d in alone]
+    else:
+        assert together is None
 
 
 # --- known bug --------------------------------------------------------------------------------

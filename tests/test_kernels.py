@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import random
 from array import array
@@ -12,6 +13,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import event as note_event
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from learner import codec, kernels
 from learner import cooccurrence_delta as delta
@@ -20,6 +24,7 @@ from learner.item_cooccurrence import ItemCooccurrence
 from learner.online_learner import OnlineLearner
 from learner.ranking import top_k, top_rows
 from learner.serving import ServingModel
+from tests.conftest import skip_unless_ci
 
 KINDS = ["view", "view", "like", "share", "skip"]
 
@@ -488,3 +493,88 @@ def test_join_buffers_is_bytes_join_of_any_contiguous_buffers(built: object) -> 
         kernel.join_buffers([np.arange(6).reshape(2, 3)[:, :2]])
     with pytest.raises(TypeError):
         kernel.join_buffers([b"a", 3])
+
+
+# -- json_objects: one-event messages joined for one validator call (recstream.events) -------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "alone"),
+    [
+        (b"{}", True),
+        (b' \t{"a": "}{\\""}\r\n', True),  # braces and an escaped quote in a string
+        (b'{"a": "\\\\"}', True),  # an escaped backslash, then the string's end
+        (b'{"a": [1, {"b": "]"}], "c": {}}', True),
+        (b"{}{}", False),
+        (b"{} {}", False),
+        (b"{}}", False),
+        (b"{{}", False),
+        (b"[{}]", False),
+        (b'{"a": "}', False),  # cut inside a string
+        (b'{"a": "\\"}', False),  # its only quote after the key's escaped
+        (b"\xef\xbb\xbf{}", False),  # a byte-order mark is not JSON whitespace
+        (b"\x0c{}", False),
+        (b"{", False),
+        (b"", False),
+    ],
+)
+def test_json_objects_joins_values_that_are_each_one_json_object(built: object, value: bytes, alone: bool) -> None:
+    kernel: Any = built
+    joined = kernel.json_objects([b"{}", value])
+    assert joined == (b"[{}," + value + b"]" if alone else None)
+    if alone:
+        assert json.loads(joined) == [{}, json.loads(value)]
+
+
+def test_json_objects_takes_a_list_of_bytes(built: object) -> None:
+    kernel: Any = built
+    assert kernel.json_objects([]) == b"[]" and kernel.json_objects([b"{}"]) == b"[{}]"
+    assert kernel.json_objects([b"{}", None]) is None and kernel.json_objects([bytearray(b"{}")]) is None
+    with pytest.raises(TypeError):
+        kernel.json_objects((b"{}",))
+
+
+_JSON_TEXT = st.text(alphabet='{}[]":,\\ a\n', max_size=6)
+_JSON_OBJECTS = st.dictionaries(
+    _JSON_TEXT,
+    st.recursive(
+        st.none() | st.integers(-3, 3) | _JSON_TEXT,
+        lambda children: st.lists(children, max_size=3) | st.dictionaries(_JSON_TEXT, children, max_size=3),
+        max_leaves=6,
+    ),
+    max_size=3,
+).map(lambda value: json.dumps(value, ensure_ascii=False).encode())
+_JSON_VALUES = (
+    _JSON_OBJECTS
+    | _JSON_OBJECTS.flatmap(  # an object with a piece cut out of it
+        lambda text: st.tuples(st.integers(0, len(text)), st.integers(0, len(text))).map(
+            lambda cut: text[: min(cut)] + text[max(cut) :]
+        )
+    )
+    | _JSON_TEXT.map(str.encode)
+)
+
+
+def _loads(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return ValueError
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(_JSON_VALUES, min_size=1, max_size=3))
+def test_json_objects_arrays_are_valid_exactly_when_each_value_is_an_object_alone(values: list[bytes]) -> None:
+    """Joined, the values are a valid JSON array exactly when each is a valid JSON object alone, and its elements are
+    theirs; the values that are each a valid object are always joined."""
+    kernel = kernels.compiled()
+    if kernel is None:
+        skip_unless_ci("learner/_kernels.c is not built")
+    alone = [_loads(value) for value in values]
+    joined = kernel.json_objects(values)
+    if joined is None:
+        assert not all(isinstance(value, dict) for value in alone)
+        return
+    note_event("joined")
+    assert joined == b"[" + b",".join(values) + b"]"
+    assert _loads(joined) == (alone if all(isinstance(value, dict) for value in alone) else ValueError)
