@@ -108,9 +108,11 @@ class BundledMessage(ConsumerMessage):
     """Consecutive records of one partition (aiokafka's ``ConsumerRecord``), in offset order, as one Faust message.
 
     Its offset and timestamp are its last record's; it has no key, headers or value of its own: the records carry
-    theirs (``records``)."""
+    theirs (``records``, until the worker's agent takes them: ``stream.app.records_of``). Its records are at
+    consecutive offsets, from ``first_offset`` to its own."""
 
     records: list[Any]
+    first_offset: int
 
 
 def bundled(records: list[Any], max_bytes: int) -> list[Any]:
@@ -182,6 +184,7 @@ class DirectDeliveryConsumer(faust_aiokafka.Consumer):
             generation_id=self.app.consumer_generation_id,
         )
         message.records = record
+        message.first_offset = record[0].offset
         return message
 
     def ack(self, message: Message) -> bool:
@@ -211,8 +214,7 @@ class DirectDeliveryConsumer(faust_aiokafka.Consumer):
                 tp = message.tp
                 committed = self._committed_offset[tp]
                 acked_index, acked = self._acked_index[tp], self._acked[tp]
-                for record in message.records[:-1]:
-                    offset = record.offset
+                for offset in range(message.first_offset, message.offset):
                     if (committed is None or offset >= committed) and offset not in acked_index:
                         acked_index.add(offset)
                         acked.append(offset)
@@ -285,6 +287,7 @@ class DirectDeliveryConsumer(faust_aiokafka.Consumer):
                                 bundle = message.records
                                 if r_offset is not None and bundle[0].offset < r_offset:  # as single messages are
                                     bundle[:] = [r for r in bundle if r.offset >= r_offset]
+                                    message.first_offset = bundle[0].offset
                                 first = bundle[0].offset
                             gap = first - (r_offset or 0)
                             # We have a gap in income messages

@@ -92,7 +92,7 @@ class Record:
     topic: str
     partition: int
     offset: int
-    key: bytes | None
+    key: bytes | None  # (key and value: None once the record is handled, kept until the checkpoint for its place)
     value: bytes | None
     handle: Any = None  # the transport's message, acknowledged after the checkpoint
     overrides: frozenset[str] = NO_OVERRIDES  # gate reasons an operator overrides (replay)
@@ -896,7 +896,9 @@ class EventProcessor:
 
     def _handled(self, record: Record, events: int) -> None:
         """Every event of ``record`` (``events`` of them) was handled: the checkpoint covers it, and the verdicts
-        kept for its retry are dropped."""
+        kept for its retry are dropped. Its key and value are dropped too: until the checkpoint, it is kept only for
+        its place and its handle."""
+        record.key = record.value = None
         self.next_offsets[(record.topic, record.partition)] = record.offset + 1
         self._consumed += events
         ahead = self._verdicts_ahead

@@ -442,6 +442,9 @@ async def test_a_run_that_fails_part_way_is_handled_up_to_the_failing_message(st
     with pytest.raises(RuntimeError, match="the learner failed"):
         await processor.process(records)  # at e3
     assert processor.pending_records == records[:3]
+    # the records handled keep only their place and handle until the checkpoint; those to retry keep their bytes
+    assert [(r.key, r.value) for r in records[:3]] == [(None, None)] * 3
+    assert all(r.value is not None for r in records[3:])
     assert _counter(CONSUMED) - consumed == 3
     await processor.process(records[3:])  # the agent's retry: the messages not handled
     await _checkpoint_after_a_failed_letter(processor)

@@ -71,6 +71,7 @@ def test_a_bundle_becomes_one_record_for_each_kafka_record_and_only_its_last_car
         (12, b"k12", b"ccc"),
     ]
     assert [r.handle for r in records] == [None, None, event]
+    assert message.records == [] and message.first_offset == 10  # taken: their bytes go with the records'
     assert [sorted(r.overrides) for r in records] == [[], ["item_surge"], []]
     assert increfs == [1]
     alone = SimpleNamespace(message=_record(13, b"dddd", override))  # a message not bundled: itself the record

@@ -151,6 +151,25 @@ async def test_a_bundle_after_a_hole_leaves_its_own_offsets_out_of_the_gap_and_c
     assert consumer._new_offset(tp) == 161
 
 
+async def test_a_bundle_partly_read_before_is_delivered_and_acknowledged_from_the_read_offset() -> None:
+    """A bundle fetched again with records below the partition's read offset (a seek back, say) is delivered without
+    them, as single messages below it are dropped, and its acknowledgement covers the records delivered: the
+    acknowledgement does not read the records (the agent takes them from the bundle), only its first offset."""
+    app, _ = create_app(Settings(broker_url="kafka://127.0.0.1:1", stream_bundle_bytes=65_536))
+    app.topics._acking_topics.add("events")  # (the conductor adds the topics it subscribes to)
+    consumer = app.consumer
+    tp = TP("events", 0)
+    consumer._committed_offset[tp] = 100
+    consumer._read_offset[tp] = 120
+    bundle = consumer._to_message(tp, _records(range(110, 131)))
+    assert bundle.first_offset == 110
+    assert await _deliver(consumer, tp, [bundle]) == [bundle]
+    assert [r.offset for r in bundle.records] == list(range(120, 131)) and bundle.first_offset == 120
+    bundle.records = []  # taken by the agent (stream.app.records_of)
+    assert consumer.ack(bundle)
+    assert sorted(consumer._acked[tp]) == list(range(120, 131))
+
+
 def test_a_bundle_refetched_after_a_rebalance_acknowledges_every_offset_it_holds() -> None:
     """After a rebalance the partition is fetched again from its committed offset, and a bundle of the new generation
     may end on an offset a bundle of the old one acknowledged meanwhile (its checkpoint stored after the revocation
