@@ -132,13 +132,18 @@ async def _deliver(consumer: DirectDeliveryConsumer, tp: TP, messages: list) -> 
     return delivered
 
 
+def _acking_consumer() -> tuple[DirectDeliveryConsumer, TP]:
+    """A worker's consumer (bundles of up to 64 KiB) that acknowledges the messages of topic "events", and its
+    partition 0."""
+    app, _ = create_app(Settings(broker_url="kafka://127.0.0.1:1", stream_bundle_bytes=65_536))
+    app.topics._acking_topics.add("events")  # (the conductor adds the topics it subscribes to)
+    return app.consumer, TP("events", 0)
+
+
 async def test_a_bundle_after_a_hole_leaves_its_own_offsets_out_of_the_gap_and_commits_once_acknowledged() -> None:
     """A hole before a bundle (records compacted away, say) is a gap to Faust, as between two messages; the bundle's
     own offsets are not, so nothing of it is committed before it is acknowledged (after its checkpoint)."""
-    app, _ = create_app(Settings(broker_url="kafka://127.0.0.1:1", stream_bundle_bytes=65_536))
-    app.topics._acking_topics.add("events")  # (the conductor adds the topics it subscribes to)
-    consumer = app.consumer
-    tp = TP("events", 0)
+    consumer, tp = _acking_consumer()
     consumer._committed_offset[tp] = 101
     consumer._read_offset[tp] = 100
     bundle = consumer._to_message(tp, _records(range(150, 161)))
@@ -155,10 +160,7 @@ async def test_a_bundle_partly_read_before_is_delivered_and_acknowledged_from_th
     """A bundle fetched again with records below the partition's read offset (a seek back, say) is delivered without
     them, as single messages below it are dropped, and its acknowledgement covers the records delivered: the
     acknowledgement does not read the records (the agent takes them from the bundle), only its first offset."""
-    app, _ = create_app(Settings(broker_url="kafka://127.0.0.1:1", stream_bundle_bytes=65_536))
-    app.topics._acking_topics.add("events")  # (the conductor adds the topics it subscribes to)
-    consumer = app.consumer
-    tp = TP("events", 0)
+    consumer, tp = _acking_consumer()
     consumer._committed_offset[tp] = 100
     consumer._read_offset[tp] = 120
     bundle = consumer._to_message(tp, _records(range(110, 131)))
@@ -175,10 +177,7 @@ def test_a_bundle_refetched_after_a_rebalance_acknowledges_every_offset_it_holds
     may end on an offset a bundle of the old one acknowledged meanwhile (its checkpoint stored after the revocation
     cleared Faust's acknowledgements): Faust refuses that offset again, and the new bundle's other offsets must be
     acknowledged all the same, or the commit stays below them for good."""
-    app, _ = create_app(Settings(broker_url="kafka://127.0.0.1:1", stream_bundle_bytes=65_536))
-    app.topics._acking_topics.add("events")  # (the conductor adds the topics it subscribes to)
-    consumer = app.consumer
-    tp = TP("events", 0)
+    consumer, tp = _acking_consumer()
     consumer._committed_offset[tp] = 90
     old = consumer._to_message(tp, _records(range(100, 151)))
     assert consumer.ack(old)
@@ -192,16 +191,13 @@ def test_a_message_fetched_before_a_rebalance_is_not_committed_by_its_acknowledg
     acknowledgement may come after a rebalance. Such an acknowledgement must not carry the commit past messages the
     new generation has not learned (a crash would lose them): the message is done with, its offset not committed,
     and the new generation's own acknowledgement of it commits it."""
-    app, _ = create_app(Settings(broker_url="kafka://127.0.0.1:1", stream_bundle_bytes=65_536))
-    app.topics._acking_topics.add("events")  # (the conductor adds the topics it subscribes to)
-    consumer = app.consumer
-    tp = TP("events", 0)
+    consumer, tp = _acking_consumer()
     consumer._committed_offset[tp] = 100
-    app.consumer_generation_id = 4
+    consumer.app.consumer_generation_id = 4
     old_bundle = consumer._to_message(tp, _records(range(100, 150)))
     (old_single,) = _records([150])
     old_single = consumer._to_message(tp, old_single)
-    app.consumer_generation_id = 5  # a rebalance: the partition assigned again
+    consumer.app.consumer_generation_id = 5  # a rebalance: the partition assigned again
     assert not consumer.ack(old_bundle) and not consumer.ack(old_single)
     assert old_bundle.acked and old_single.acked  # done with: nothing waits for them
     assert consumer._new_offset(tp) is None  # nothing to commit
