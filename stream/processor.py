@@ -685,17 +685,15 @@ class EventProcessor:
             if together is not None:
                 for r, decoded in zip(group, together, strict=True):
                     parsed[id(r)] = [decoded]
-                since_yield += len(group)
-            else:
-                for r in group:
-                    parsed[id(r)] = events = parse_message(r.value or b"")
-                    since_yield += len(events)
-                    if since_yield >= YIELD_EVERY_EVENTS:
-                        since_yield = 0
-                        await asyncio.sleep(0)
-            if since_yield >= YIELD_EVERY_EVENTS:
                 since_yield = 0
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # (a group of one-event messages: YIELD_EVERY_EVENTS events or fewer)
+                continue
+            for r in group:
+                parsed[id(r)] = events = parse_message(r.value or b"")
+                since_yield += len(events)
+                if since_yield >= YIELD_EVERY_EVENTS:
+                    since_yield = 0
+                    await asyncio.sleep(0)
         return parsed
 
     @property
