@@ -38,11 +38,10 @@ from bench.common import Row, TimeBudget, cpu_seconds, events, wait_for
 from bench.stack import Services, ensure_topics, forget_run, run_env, start_worker
 from learner.online_learner import OnlineLearner
 from recstream.components import new_learner
-from recstream.events import parse_message, parse_one_event_messages
+from recstream.events import decoded_messages
 from recstream.gc_tuning import WORKER_GC_THRESHOLD
 from recstream.settings import Settings
 from store.keys import Keys
-from stream.processor import YIELD_EVERY_EVENTS
 
 TARGET_EVENTS_PER_SECOND = 20_000
 TARGET_RATIO = 0.5
@@ -106,24 +105,19 @@ def bare_learner(messages: list[bytes], learner: OnlineLearner | None = None) ->
     gc.set_threshold(*WORKER_GC_THRESHOLD)
     try:
         started = time.perf_counter()
-        for start in range(0, len(messages), YIELD_EVERY_EVENTS):
-            # as the worker decodes them (EventProcessor._parse): one-event messages 500 at a time in one validator
-            # call, each message alone otherwise
-            group = messages[start : start + YIELD_EVERY_EVENTS]
-            together = parse_one_event_messages(group) if len(group) > 1 else None
-            for decoded_message in [together] if together is not None else map(parse_message, group):
-                for decoded in decoded_message:
-                    event = decoded.event
-                    assert event is not None
-                    learner.learn(
-                        event.user_id,
-                        event.item_id,
-                        event.type,
-                        event.watch_seconds,
-                        event.item_duration_seconds,
-                        ts=event.ts_seconds,  # ts.timestamp(), as the worker computes it
-                    )
-                    n += 1
+        for decoded_message in decoded_messages(messages):  # as the worker decodes them
+            for decoded in decoded_message:
+                event = decoded.event
+                assert event is not None
+                learner.learn(
+                    event.user_id,
+                    event.item_id,
+                    event.type,
+                    event.watch_seconds,
+                    event.item_duration_seconds,
+                    ts=event.ts_seconds,  # ts.timestamp(), as the worker computes it
+                )
+                n += 1
         seconds = time.perf_counter() - started
     finally:
         gc.set_threshold(*thresholds)

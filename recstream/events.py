@@ -13,7 +13,7 @@ in a field name is reported instead of silently ignored.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -241,6 +241,30 @@ def parse_one_event_messages(raws: list[bytes]) -> list[Decoded] | None:
     except Exception:  # noqa: BLE001 - one of them is refused: each is decoded alone, with its reason
         return None
     return [Decoded(event, None, None, None) for event in events]
+
+
+#: One-event messages are decoded this many at a time, in one validator call (:func:`decoded_messages`).
+DECODE_GROUP = 500
+
+
+def decoded_messages(raws: Sequence[bytes]) -> Iterator[list[Decoded]]:
+    """Each message's events (:func:`parse_message`), in order, as the worker decodes them: one-event messages
+    :data:`DECODE_GROUP` at a time in one validator call (:func:`parse_one_event_messages`), a group holding a batch
+    message or a refused event message by message.
+
+    >>> one = b'{"event_id": "e%d", "user_id": "u1", "item_id": "v1", "type": "like", "ts": "2026-11-22T10:00:00Z"}'
+    >>> [[d.event.event_id for d in events] for events in decoded_messages([one % 1, one % 2, b"[" + one % 3 + b"]"])]
+    [['e1'], ['e2'], ['e3']]
+    """
+    for start in range(0, len(raws), DECODE_GROUP):
+        group = list(raws[start : start + DECODE_GROUP])
+        together = parse_one_event_messages(group) if len(group) > 1 else None
+        if together is not None:
+            for decoded in together:
+                yield [decoded]
+        else:
+            for raw in group:
+                yield parse_message(raw)
 
 
 def encode_batches(events: list[Event], max_bytes: int = 256_000) -> list[tuple[bytes | None, bytes]]:

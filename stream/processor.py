@@ -38,7 +38,7 @@ from learner.codec import CodecError
 from learner.gate.base import GateEvent, Hold
 from learner.online_learner import OnlineLearner
 from recstream import metrics
-from recstream.events import Decoded, Event, parse_message, parse_one_event_messages
+from recstream.events import Decoded, Event, decoded_messages
 from recstream.share_budget import ShareBudget
 from store.model_store import CheckpointConflict, ModelStore, Snapshot, SnapshotRefused
 from store.writer_lease import WriterLease
@@ -672,28 +672,17 @@ class EventProcessor:
 
     @staticmethod
     async def _parse(records: list[Record]) -> dict[int, list[Decoded]]:
-        """Each record's events (by ``id(record)``), giving the event loop a turn every YIELD_EVERY_EVENTS events.
-
-        Records that each hold one valid event (one event per message) are decoded YIELD_EVERY_EVENTS at a time, in
-        one validator call (:func:`~recstream.events.parse_one_event_messages`); a group with a batch message or a
-        refused event in it is decoded record by record."""
+        """Each record's events (by ``id(record)``), decoded as :func:`~recstream.events.decoded_messages` decodes them
+        (one-event messages 500 at a time in one validator call), giving the event loop a turn every
+        YIELD_EVERY_EVENTS events."""
         parsed: dict[int, list[Decoded]] = {}
         since_yield = 0
-        for start in range(0, len(records), YIELD_EVERY_EVENTS):
-            group = records[start : start + YIELD_EVERY_EVENTS]
-            together = parse_one_event_messages([r.value for r in group]) if len(group) > 1 else None
-            if together is not None:
-                for r, decoded in zip(group, together, strict=True):
-                    parsed[id(r)] = [decoded]
+        for r, decoded in zip(records, decoded_messages([r.value or b"" for r in records]), strict=True):
+            parsed[id(r)] = decoded
+            since_yield += len(decoded)
+            if since_yield >= YIELD_EVERY_EVENTS:
                 since_yield = 0
-                await asyncio.sleep(0)  # (a group of one-event messages: YIELD_EVERY_EVENTS events or fewer)
-                continue
-            for r in group:
-                parsed[id(r)] = events = parse_message(r.value or b"")
-                since_yield += len(events)
-                if since_yield >= YIELD_EVERY_EVENTS:
-                    since_yield = 0
-                    await asyncio.sleep(0)
+                await asyncio.sleep(0)
         return parsed
 
     @property

@@ -13,8 +13,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from learner import kernels
+from recstream import events
 from recstream.events import Event, parse_event, parse_message, parse_one_event_messages
-from stream import processor
 from stream.processor import EventProcessor, Record
 from tests.conftest import skip_unless_ci
 
@@ -154,7 +154,7 @@ def test_the_workers_decode_of_records_is_each_records_alone(monkeypatch: pytest
     raws[1_100] = json.dumps([GOOD, {**GOOD, "event_id": "e2"}]).encode()  # in the third
     records = [Record("t", 0, n, None, raw) for n, raw in enumerate(raws)]
     alone: list[bytes] = []
-    monkeypatch.setattr(processor, "parse_message", lambda raw: alone.append(raw) or parse_message(raw))
+    monkeypatch.setattr(events, "parse_message", lambda raw: alone.append(raw) or parse_message(raw))
     parsed = asyncio.run(EventProcessor._parse(records))
     assert [parsed[id(r)] for r in records] == [parse_message(raw) for raw in raws]
     assert alone == raws[500:]  # the first group was decoded together

@@ -511,7 +511,7 @@ def test_join_buffers_is_bytes_join_of_any_contiguous_buffers(built: object) -> 
         (b"{{}", False),
         (b"[{}]", False),
         (b'{"a": "}', False),  # cut inside a string
-        (b'{"a": "\\"}', False),  # its only quote after the key's escaped
+        (b'{"a": "\\"}', False),  # the string's closing quote escaped: it does not end
         (b"\xef\xbb\xbf{}", False),  # a byte-order mark is not JSON whitespace
         (b"\x0c{}", False),
         (b"{", False),
