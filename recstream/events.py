@@ -13,6 +13,7 @@ in a field name is reported instead of silently ignored.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal, NamedTuple
@@ -66,9 +67,34 @@ _timestamp: Callable[[datetime], float] = datetime.timestamp if _kernel is None 
 
 
 def _iso_string_or_datetime(value: Any) -> Any:
-    if isinstance(value, (str, datetime)):
+    """``ts`` as given, if it is a datetime or a string that starts as an ISO-8601 date does (``YYYY-``); pydantic then
+    parses it. Without the check, pydantic's lax parsing would also read a string of digits as Unix seconds
+    (``"1796528600"``), which the contract does not allow and a publisher most likely sent by mistake.
+
+    >>> _iso_string_or_datetime("2026-11-22T10:00:00Z")
+    '2026-11-22T10:00:00Z'
+    >>> _iso_string_or_datetime("1796528600")
+    Traceback (most recent call last):
+    ...
+    ValueError: ts must be an ISO-8601 string with a timezone, e.g. 2026-11-22T10:00:00Z (not Unix seconds)
+    """
+    if isinstance(value, str):
+        if value[4:5] == "-":
+            return value
+    elif isinstance(value, datetime):
         return value
-    raise ValueError("ts must be an ISO-8601 string with a timezone, e.g. 2026-11-22T10:00:00Z")
+    hint = " (not Unix seconds)" if _numeric(value) else ""
+    raise ValueError(f"ts must be an ISO-8601 string with a timezone, e.g. 2026-11-22T10:00:00Z{hint}")
+
+
+def _numeric(value: Any) -> bool:
+    """Whether ``value`` reads as a finite number (a ``ts`` given as Unix seconds), a bool not."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except (ValueError, OverflowError):
+        return False
 
 
 class Event(BaseModel):

@@ -33,6 +33,9 @@ REFUSALS = [
     ({"type": "love"}, "type"),
     ({"ts": "2026-11-22T10:00:00"}, "ts"),
     ({"ts": 1700000000}, "ts"),
+    ({"ts": "1700000000"}, "ts"),  # Unix seconds in a string: pydantic alone would read them
+    ({"ts": "1700000000.5"}, "ts"),
+    ({"ts": "-1"}, "ts"),
     ({"user_id": ""}, "user_id"),
     ({"user_id": "has space"}, "user_id"),
     ({"item_id": "x" * 129}, "item_id"),
