@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     from recstream.models_cli import Refused
-    from stream.quarantine import QuarantineReadTimeout
+    from stream.quarantine import QuarantineReadTimeout, UnknownReason
 
     where = "the service's (for a `recstream up` run, the one it printed)"
     try:
@@ -192,11 +192,13 @@ def main(argv: list[str] | None = None) -> int:
             f"recstream {args.command}: cannot reach the broker ({exc}). Set RECSTREAM_BROKER_URL to {where} broker.",
             file=sys.stderr,
         )
-    except (Refused, QuarantineReadTimeout) as exc:  # a change refused; a topic not read in time
+    except (Refused, QuarantineReadTimeout, UnknownReason) as exc:  # a change refused; a topic not read in time
         print(f"recstream {args.command}: {exc}", file=sys.stderr)
         return 1
     except SettingsError as exc:  # a variable that is not even JSON (its value is not repeated)
-        print(f"recstream {args.command}: invalid configuration: {exc}", file=sys.stderr)
+        from recstream.settings import unreadable_setting
+
+        print(f"recstream {args.command}: invalid configuration: {unreadable_setting(exc)}", file=sys.stderr)
     except ValidationError as exc:
         if exc.title != "Settings":
             raise

@@ -7,6 +7,8 @@ must be documented there too.
 from __future__ import annotations
 
 import dataclasses
+import re
+import typing
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -364,6 +366,16 @@ class Settings(_gate_settings()):  # type: ignore[misc]
         return value
 
     @model_validator(mode="after")
+    def _k_default_within_max(self) -> Settings:
+        # else every request without a k would be refused, as if the client had asked for too many
+        if self.k_default > self.k_max:
+            raise ValueError(
+                f"RECSTREAM_K_DEFAULT={self.k_default} is above RECSTREAM_K_MAX={self.k_max}: the default k must be "
+                "at most the largest k a client may ask for; lower the first or raise the second"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _challenger_names_unique(self) -> Settings:
         names = [self.model, *(spec.name for spec in self.challengers)]
         repeated = sorted({name for name in names if names.count(name) > 1})
@@ -391,6 +403,31 @@ class Settings(_gate_settings()):  # type: ignore[misc]
             except Exception as exc:  # noqa: BLE001 - whatever the model's constructor refuses it with
                 raise ValueError(f"{setting}: cannot build a {kind!r} model with {params}: {exc}") from None
         return self
+
+
+def unreadable_setting(exc: Exception) -> str:
+    """What a person should change when a setting's value could not even be read (pydantic-settings' ``SettingsError``:
+    a variable of a list or object setting that is not JSON), naming the variable but not repeating its value (it may
+    hold a secret, such as the API keys' hashes).
+
+    >>> import json
+    >>> try:
+    ...     json.loads("notjson")
+    ... except ValueError as cause:
+    ...     exc = ValueError('error parsing value for field "api_keys" from source "EnvSettingsSource"')
+    ...     exc.__cause__ = cause
+    >>> unreadable_setting(exc)
+    'RECSTREAM_API_KEYS: not valid JSON (Expecting value: line 1 column 1 (char 0)); it takes a JSON list'
+    """
+    found = re.search(r'field "([a-z0-9_]+)"', str(exc))
+    field = Settings.model_fields.get(found.group(1)) if found else None
+    if found is None or field is None:
+        return str(exc)
+    origin = typing.get_origin(field.annotation) or field.annotation
+    shape = {list: "a JSON list", tuple: "a JSON list", dict: "a JSON object"}.get(origin, "JSON")  # type: ignore[call-overload]
+    cause = exc.__cause__
+    why = f"not valid JSON ({cause})" if isinstance(cause, ValueError) else "its value could not be read"
+    return f"RECSTREAM_{found.group(1).upper()}: {why}; it takes {shape}"
 
 
 def gate_config(settings: Settings) -> GateConfig:

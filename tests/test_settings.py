@@ -76,7 +76,14 @@ def test_the_docs_challenger_examples_are_accepted() -> None:
         ("RECSTREAM_PROMOTE_WINDOW", "3", "RECSTREAM_PROMOTE_WINDOW: Input should be greater than or equal to 10"),
         ("RECSTREAM_CHALLENGERS", '[{"name": "m m", "model": "bpr"}]', "RECSTREAM_CHALLENGERS[0].name: String should"),
         ("RECSTREAM_REDIS_URL", "127.0.0.1:6379", "RECSTREAM_REDIS_URL: expected redis://host:port/db"),
-        ("RECSTREAM_CHALLENGERS", "[oops", 'error parsing value for field "challengers"'),
+        ("RECSTREAM_CHALLENGERS", "[oops", "RECSTREAM_CHALLENGERS: not valid JSON (Expecting value: line 1 column 2"),
+        (
+            "RECSTREAM_API_KEYS",
+            "notjson",
+            "RECSTREAM_API_KEYS: not valid JSON (Expecting value: line 1 column 1 (char 0)); it takes a JSON list",
+        ),
+        ("RECSTREAM_MODEL_PARAMS", "{oops", "RECSTREAM_MODEL_PARAMS: not valid JSON (Expecting property name"),
+        ("RECSTREAM_K_DEFAULT", "500", "RECSTREAM_K_DEFAULT=500 is above RECSTREAM_K_MAX=100"),
         ("RECSTREAM_REDIS_URL", "http://ops:s3cret@db:6379/0", "RECSTREAM_REDIS_URL: expected redis://"),
     ],
 )
