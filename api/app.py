@@ -13,11 +13,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from redis.exceptions import AuthenticationError as RedisAuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError as RedisReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import processes
@@ -25,7 +26,7 @@ from api.auth import key_ring_from_settings
 from api.deps import ApiState
 from api.hygiene import BodyLimitMiddleware, SecurityHeadersMiddleware, add_docs_route
 from api.model_holder import ModelHolder
-from api.problems import document_invalid_requests, invalid_request
+from api.problems import document_invalid_requests, explain_http_error, explain_validation_error
 from api.producer import EventProducer
 from api.rate_limit import RateLimiter
 from api.routes import dashboard, events, gate, health, models, recommendations, stats
@@ -168,8 +169,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
 
     @app.exception_handler(RequestValidationError)
-    async def explain_validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return invalid_request(exc.errors())
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return explain_validation_error(request, exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return explain_http_error(request, exc)
 
     document_invalid_requests(app)  # the OpenAPI page's 422s: what the handler above answers
 

@@ -19,6 +19,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 RECOMMENDATIONS = "/v1/users/{user_id}/recommendations"
 JSON = {"content-type": "application/json"}
 REASON = {"reason": "test"}
+FORM = {"content-type": "application/x-www-form-urlencoded"}  # what `curl -d` sends unless told otherwise
+SCORES = b'{"user_id": "u1", "item_ids": ["v1"]}'
+DEEP = b'{"user_id": "u1", "item_ids": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"  # too deep for Python's parser
 
 # (method, path as documented, path as requested, request keywords, expected status)
 REFUSALS: list[tuple[str, str, str, dict[str, Any], int]] = [
@@ -28,8 +31,20 @@ REFUSALS: list[tuple[str, str, str, dict[str, Any], int]] = [
     ("get", RECOMMENDATIONS, "/v1/users/u1/recommendations", {"params": {"k": "500"}}, 422),  # above RECSTREAM_K_MAX
     ("post", "/v1/scores", "/v1/scores", {"json": {"user_id": "u1"}}, 422),
     ("post", "/v1/scores", "/v1/scores", {"content": b"not json", "headers": JSON}, 422),
+    ("post", "/v1/scores", "/v1/scores", {"json": {"user_id": "u1", "item_ids": ["v1"], "k": 3}}, 422),  # unknown
     ("get", "/v1/models/{version}", "/v1/models/abc", {}, 422),
     ("post", "/v1/models/{version}/promote", "/v1/models/-1/promote", {}, 422),
+    ("post", "/v1/scores", "/v1/scores", {"content": SCORES, "headers": {"content-type": "text/plain"}}, 415),
+    ("post", "/v1/scores", "/v1/scores", {"content": SCORES}, 415),  # no content type at all
+    ("post", "/v1/scores", "/v1/scores", {"content": DEEP, "headers": JSON}, 400),
+    ("post", "/v1/scores", "/v1/scores", {"content": b" " * 2_100_000, "headers": JSON}, 413),
+    (
+        "post",
+        "/v1/models/{version}/promote",
+        "/v1/models/7/promote",
+        {"content": b'{"reason": "x"}', "headers": FORM},
+        415,
+    ),
     ("post", "/v1/events", "/v1/events", {"json": {"user_id": "u1"}}, 422),  # not a list
     ("post", "/v1/events", "/v1/events", {"json": []}, 422),
     ("post", "/v1/events", "/v1/events", {"json": [{"user_id": "u1", "type": "like"}]}, 422),  # none valid
@@ -75,6 +90,25 @@ def test_each_refusal_is_the_body_the_page_documents(
     errors = [e.message for e in _validator(page, method, documented, status).iter_errors(body)]
     assert not errors, f"{method.upper()} {path}: {body} is not the documented {status}: {errors}"
     assert body["detail"]  # a sentence a person can act on
+
+
+def test_refusals_in_the_frameworks_words_say_what_to_change(client: TestClient) -> None:
+    body = client.post("/v1/scores", content=SCORES, headers=FORM).json()
+    assert body["detail"] == (
+        "the body must be JSON sent with Content-Type: application/json "
+        "(this request had Content-Type 'application/x-www-form-urlencoded')"
+    )
+    assert "nested too deeply" in client.post("/v1/scores", content=DEEP, headers=JSON).json()["detail"]
+    unknown = client.get("/v1/nope")
+    assert unknown.status_code == 404
+    assert unknown.json() == {"detail": "no such route: GET /v1/nope (GET /openapi.json, or /docs, lists every route)"}
+    wrong_method = client.get("/v1/scores")
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert wrong_method.json() == {"detail": "/v1/scores does not take GET: it takes POST"}
+    unknown_field = client.post("/v1/scores", json={"user_id": "u1", "items": ["v1"]}).json()
+    assert {"field": "body.items", "message": "Extra inputs are not permitted"} in unknown_field["errors"]
+    # the app's own refusals keep their words
+    assert client.get("/v1/models/7").json() == {"detail": "model version 7 is not retained (see GET /v1/models)"}
 
 
 def test_a_refused_field_is_named(client: TestClient) -> None:

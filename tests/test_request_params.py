@@ -22,7 +22,6 @@ REFERENCE = "/reference/users/{user_id}"
 # (user id as it appears in the path, query string)
 REFUSED = [
     ("u1", "k=0"),
-    ("u1", "k=1001"),
     ("u1", "k=abc"),
     ("u1", "k="),
     ("u1", "k=1.5"),
@@ -67,6 +66,16 @@ def test_bad_parameters_get_the_422_a_declaring_route_gives(client: TestClient, 
     assert ours.status_code == 422, ours.text
     assert ours.json() == reference.json()
     assert ours.json()["errors"][0]["field"] in ("path.user_id", "query.k")
+
+
+@pytest.mark.parametrize("k", ["101", "1001", "99999999999999999999"])
+def test_a_k_over_the_limit_is_refused_naming_the_setting(client: TestClient, k: str) -> None:
+    # (RECSTREAM_K_MAX is 100 here: whatever the k, the refusal names that limit, not another)
+    response = client.get(ROUTE.format(user_id="u1") + f"?k={k}")
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"] == [
+        {"field": "query.k", "message": f"k={k} is above the limit of 100 (RECSTREAM_K_MAX)"}
+    ]
 
 
 @pytest.mark.parametrize(("user", "query"), ACCEPTED)

@@ -6,7 +6,7 @@ import contextlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -22,6 +22,8 @@ Version = Annotated[int, Path(ge=1, description="A model version number.")]
 
 
 class Reason(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is refused, naming it, as events' are
+
     reason: str = Field(min_length=1, max_length=500, description="Why (recorded with the promotion).")
 
 

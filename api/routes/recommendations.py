@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import AUTH_RESPONSES, KEY_SCHEMES, ApiState, authorise, get_state, presented_key, require_scope
 from api.params import Parameter, documented, read_all
@@ -39,7 +39,8 @@ router = APIRouter(tags=["recommendations"], responses=AUTH_RESPONSES)
 UserId = Annotated[str, Path(min_length=1, max_length=128, pattern=ID_PATTERN, description="The user's id.")]
 Count = Annotated[
     int | None,
-    Query(ge=1, le=1000, description="How many items (default RECSTREAM_K_DEFAULT, at most RECSTREAM_K_MAX)."),
+    # (no upper bound here: the route refuses a k over RECSTREAM_K_MAX, naming it, whatever the k)
+    Query(ge=1, description="How many items (default RECSTREAM_K_DEFAULT, at most RECSTREAM_K_MAX)."),
 ]
 # The recommendations route reads these itself (api/params.py): FastAPI's solver cost it ~9% of its CPU.
 _USER_ID = Parameter("user_id", "path", UserId)
@@ -72,6 +73,8 @@ class RecommendationList(BaseModel):
 
 
 class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is refused, naming it, as events' are
+
     user_id: Identifier
     item_ids: list[Identifier] = Field(min_length=1, max_length=1000)
 
