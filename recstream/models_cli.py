@@ -40,15 +40,40 @@ def _run(action: Callable[[ModelStore], Awaitable[Any]]) -> Any:
     return asyncio.run(main())
 
 
+def _created(value: Any) -> str:
+    """A version's creation time in UTC to the second (``-`` if it has none, as written if it is not a time).
+
+    >>> _created("2026-12-06T03:41:16.617301+00:00"), _created("2026-12-06T04:41:16+01:00"), _created(None)
+    ('2026-12-06 03:41:16Z', '2026-12-06 03:41:16Z', '-')
+    """
+    if not value:
+        return "-"
+    try:
+        at = datetime.fromisoformat(str(value))
+    except ValueError:
+        return str(value)
+    if at.tzinfo is None:
+        return str(value)
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
 def table(versions: list[dict[str, Any]]) -> str:
-    header = f"{'version':>8}  {'':2}{'created':<26}{'events':>12}{'AUC':>8}  {'model':<20}{'parent':>7}"
+    """The versions, one a line, newest last.
+
+    >>> print(table([{"version": 7, "current": True, "pinned": True, "created": "2026-12-06T03:41:16.6+00:00",
+    ...               "events_learned": 1200, "progressive_auc": 0.71, "model": {"kind": "item_cooccurrence"}}]))
+     version     created                  events     AUC  model                parent
+           7  *P 2026-12-06 03:41:16Z      1,200   0.710  item_cooccurrence         -
+    * current   P pinned (kept beyond retention)
+    """
+    header = f"{'version':>8}  {'':3}{'created':<21}{'events':>10}{'AUC':>8}  {'model':<20}{'parent':>7}"
     lines = [header]
     for v in versions:
-        flags = ("*" if v["current"] else " ") + ("P" if v["pinned"] else " ")
+        flags = ("*" if v["current"] else " ") + ("P" if v["pinned"] else " ") + " "
         auc = v.get("progressive_auc")
         model = v.get("contestant") or v.get("model", {}).get("kind", "?")
         lines.append(
-            f"{v['version']:>8}  {flags}{str(v.get('created', ''))[:25]:<26}{v.get('events_learned', 0):>12,}"
+            f"{v['version']:>8}  {flags}{_created(v.get('created')):<21}{v.get('events_learned', 0):>10,}"
             f"{(f'{auc:.3f}' if auc is not None else '-'):>8}  {model:<20}"
             f"{v.get('parent') or '-'!s:>7}"
         )

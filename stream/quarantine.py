@@ -21,11 +21,12 @@ from datetime import datetime
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from learner.gate.gate import GateConfig, default_gate
 from recstream import components
 from recstream.components import bootstrap_servers, kafka_client_kwargs
 from recstream.settings import Settings, get_settings
 from store.keys import Keys
-from stream.processor import OVERRIDE_HEADER, carried_overrides
+from stream.processor import MODEL_PAUSED, OVERRIDE_HEADER, carried_overrides
 
 #: Where a record read from the quarantine topic was there (``topic:partition:offset``), added by read_quarantine.
 PLACE = "_place"
@@ -43,6 +44,28 @@ async def _partitions(settings: Settings) -> list[int]:
 
 class QuarantineReadTimeout(TimeoutError):
     """The quarantine topic was not read to its end in time."""
+
+
+class UnknownReason(ValueError):
+    """``--reason`` names no reason an event is held for (a typo, most likely)."""
+
+
+def reason_codes() -> tuple[str, ...]:
+    """Every reason the worker may hold an event for: each rule's code (those off by default included: they may have
+    been on when the events were held) and the model guard's pause."""
+    every_rule = GateConfig(skip_after_full_watch_enabled=True, like_without_view_enabled=True, anomaly_enabled=True)
+    return (*default_gate(every_rule).codes, MODEL_PAUSED)
+
+
+def check_reason(reason: str | None, records: list[dict]) -> None:
+    """Raise :class:`UnknownReason` when ``reason`` (``--reason``) is neither a reason code (:func:`reason_codes`),
+    ``all``, nor the reason of one of ``records`` (held by an older version, say)."""
+    if reason in (None, "all") or reason in reason_codes() or any(r.get("reason") == reason for r in records):
+        return
+    raise UnknownReason(
+        f"--reason {reason!r} is no reason an event is held for; the reasons are {', '.join(reason_codes())} "
+        "(`recstream quarantine list` counts the events held for each)"
+    )
 
 
 #: How long `recstream quarantine` reads the topic to its end before giving up (``--timeout``).
@@ -200,7 +223,9 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    matching = select(asyncio.run(read_quarantine(get_settings(), args.timeout)), args.reason, args.since)
+    records = asyncio.run(read_quarantine(get_settings(), args.timeout))
+    check_reason(args.reason, records)
+    matching = select(records, args.reason, args.since)
     matching.sort(key=lambda record: datetime.fromisoformat(record["held_at"]))  # (partitions are read one by one)
     shown = matching[-args.limit :] if args.limit > 0 else matching
     for record in shown:
@@ -215,7 +240,9 @@ def _show(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     settings = get_settings()
-    matching = select(asyncio.run(read_quarantine(settings, args.timeout)), args.reason, args.since)
+    records = asyncio.run(read_quarantine(settings, args.timeout))
+    check_reason(args.reason, records)
+    matching = select(records, args.reason, args.since)
     chosen = matching if args.again else asyncio.run(not_replayed(settings, matching))
     override = None if args.reason == "all" else args.reason
     before = len(matching) - len(chosen)

@@ -103,6 +103,17 @@ def test_held_events_are_quarantined_with_reasons_and_replayed_minus_the_overrid
     # The future event was not replayed and is still held, nothing lost.
     listing = run_cli("quarantine", "list", env=env)
     assert "future_timestamp" in listing.stdout
+    # A reason code misspelt: refused, naming the codes, instead of "0 of 0 held events shown" (or a replay of none).
+    for action in ("show", "replay"):
+        typo = run_cli("quarantine", action, "--reason", "future_timestmp", env=env)
+        assert typo.returncode == 1, typo.stdout + typo.stderr
+        assert "--reason 'future_timestmp' is no reason an event is held for; the reasons are future_timestamp, " in (
+            typo.stderr
+        )
+    shown = run_cli("quarantine", "show", "--reason", "future_timestamp", env=env)
+    assert shown.returncode == 0 and "1 of 1 held events shown" in shown.stdout, shown.stdout + shown.stderr
+    none_held = run_cli("quarantine", "show", "--reason", "user_rate", env=env)  # a real code, none held: 0 shown
+    assert none_held.returncode == 0 and "0 of 0 held events shown" in none_held.stdout, none_held.stderr
     # A topic not read to its end in time: one line saying how to give it longer, no traceback.
     hurried = run_cli("quarantine", "list", "--timeout", "0", env=env)
     assert hurried.returncode == 1, hurried.stderr
