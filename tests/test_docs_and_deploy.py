@@ -87,3 +87,11 @@ def test_links_between_the_docs_resolve() -> None:
             if not (ROOT / mention).is_file():
                 broken.append(f"{path.relative_to(ROOT)}: {mention}")
     assert not broken, "links to files that do not exist:\n" + "\n".join(broken)
+
+
+def test_the_runbook_names_every_reason_an_event_is_held_for() -> None:
+    from stream.quarantine import reason_codes
+
+    runbook = (ROOT / "docs" / "operations.md").read_text()
+    missing = [code for code in reason_codes() if f"`{code}`" not in runbook]
+    assert not missing, f"docs/operations.md does not name {missing} (Review and replay quarantined events)"
