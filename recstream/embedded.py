@@ -4,6 +4,10 @@ Starts a local Redis and a Kafka-protocol broker (genuine Apache Kafka when Java
 jars from ``scripts/fetch-kafka.sh`` are there, else Tansu), creates the topics, then the
 worker and the API as child processes, and optionally demo traffic. Ctrl-C (or SIGTERM)
 stops every process it started, by PID, the worker first so it checkpoints.
+
+It supervises them too: a worker or API process that exits (killed, out of memory) is started again, after
+:func:`restart_delay` (the worker continues from its last checkpoint, as after any restart); the broker or Redis
+exiting stops everything, since the others cannot go on without them.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import shutil
 import signal
 import sys
 import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,6 +32,23 @@ from recstream.settings import DEV_HMAC_KEY, Settings
 
 #: The file in the state directory that holds its snapshot key, made on the first run (owner-only).
 HMAC_KEY_FILE = "hmac.key"
+
+#: A restarted process that ran at least this long before it exited is restarted at once; one that exits sooner waits
+#: twice as long as the time before, up to :data:`RESTART_MAX_SECONDS` (a process that cannot start does not spin).
+RESTART_STEADY_SECONDS = 60.0
+RESTART_MAX_SECONDS = 30.0
+
+
+def restart_delay(previous: float, ran_seconds: float) -> float:
+    """Seconds to wait before starting again a process that exited after ``ran_seconds``, the wait before its last
+    start having been ``previous``.
+
+    >>> restart_delay(0.0, 3600.0), restart_delay(0.0, 2.0), restart_delay(4.0, 2.0), restart_delay(30.0, 1.0)
+    (0.0, 1.0, 8.0, 30.0)
+    """
+    if ran_seconds >= RESTART_STEADY_SECONDS:
+        return 0.0
+    return min(RESTART_MAX_SECONDS, max(1.0, previous * 2))
 
 
 def local_hmac_key(state_dir: Path, signed_before: bool = False) -> str:
@@ -105,9 +128,13 @@ def run_embedded(demo: bool = False, api_port: int = 8000, broker: str = "auto",
         from stream.topics import ensure_topics
 
         asyncio.run(ensure_topics(settings))
-        worker = local_services.start_worker(env, workdir=state_dir / "worker")
+        starters = {
+            "worker": lambda: local_services.start_worker(env, workdir=state_dir / "worker"),
+            "api": lambda: local_services.start_api(env, port=api_port, workdir=state_dir / "api"),
+        }
+        worker = starters["worker"]()
         started.append(worker)
-        api = local_services.start_api(env, port=api_port, workdir=state_dir / "api")
+        api = starters["api"]()
         started.append(api)
         now = datetime.now(UTC).isoformat(timespec="seconds")
         cli = _cli_command()
@@ -126,7 +153,7 @@ recstream is up ({kafka.name} broker at {kafka.address}, Redis at {redis.address
   operator CLI     in another terminal (docs/operations.md):
                      export {exports}
                      {cli} models list
-Ctrl-C stops everything (so does any of these processes exiting: to restart one alone, run them apart).
+Ctrl-C stops everything. A worker or API that exits is started again; the broker or Redis exiting stops everything.
 """,
             flush=True,
         )
@@ -137,14 +164,7 @@ Ctrl-C stops everything (so does any of these processes exiting: to restart one 
                 target=run_demo, args=(api.url,), kwargs={"rate": 50.0, "stop": stop, "api_key": api_key}, daemon=True
             )
             demo_thread.start()
-        while not stop.is_set():
-            for service in started:
-                if not service.is_running():
-                    ended = f"{service.name} exited ({service.exit_status()})"
-                    print(f"recstream up: {ended}; log tail:\n{service.log_tail()}", file=sys.stderr)
-                    return 1
-            stop.wait(1.0)
-        return 0
+        return 0 if supervise(started, starters, stop) else 1
     except KeyboardInterrupt:
         return 0
     finally:
@@ -152,6 +172,46 @@ Ctrl-C stops everything (so does any of these processes exiting: to restart one 
         print("recstream up: stopping …", flush=True)
         for service in reversed(started):  # API, worker (checkpoints on SIGTERM), broker, Redis
             service.stop(timeout=30)
+
+
+def supervise(
+    started: list[local_services.LocalService],
+    starters: dict[str, Callable[[], local_services.LocalService]],
+    stop: threading.Event,
+) -> bool:
+    """Until ``stop`` is set (then True): start again each of ``started`` that exits and has a starter (by its name),
+    after :func:`restart_delay`, in its place in ``started``; False as soon as one without a starter exits. Each exit
+    is printed with the tail of its log."""
+    since = {service.name: time.monotonic() for service in started}
+    delays = dict.fromkeys(since, 0.0)
+    while not stop.is_set():
+        for at, service in enumerate(started):
+            if service.is_running():
+                continue
+            ended = f"{service.name} exited ({service.exit_status()})"
+            print(f"recstream up: {ended}; log tail:\n{service.log_tail()}", file=sys.stderr, flush=True)
+            start = starters.get(service.name)
+            if start is None:
+                return False
+            delay = delays[service.name] = restart_delay(delays[service.name], time.monotonic() - since[service.name])
+            print(
+                f"recstream up: starting the {service.name} again in {delay:.0f} s (the worker continues from its last "
+                "checkpoint; nothing accepted is lost)",
+                file=sys.stderr,
+                flush=True,
+            )
+            if stop.wait(delay):
+                return True
+            try:
+                started[at] = start()
+            except Exception as exc:  # noqa: BLE001 - e.g. the API not answering in time: tried again after a wait
+                print(f"recstream up: the {service.name} did not start ({exc})", file=sys.stderr, flush=True)
+                continue  # (the failed process is not running: the next round waits longer, then starts it again)
+            finally:
+                since[service.name] = time.monotonic()
+            print(f"recstream up: the {service.name} runs again (pid {started[at].pid})", flush=True)
+        stop.wait(1.0)
+    return True
 
 
 def _cli_command() -> str:

@@ -53,6 +53,13 @@ def _descendants(pid: int) -> dict[int, str]:
     return found
 
 
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+    except OSError:
+        return []
+
+
 def _alive(pid: int, started: str) -> bool:
     fields = _stat(pid)
     return fields is not None and fields[19] == started and fields[0] != "Z"
@@ -122,6 +129,26 @@ def test_up_runs_everything_shows_changing_recommendations_and_stops_clean(tmp_p
         assert current is not None, listed.stdout
         assert int(current.group(1)) >= max(versions), listed.stdout  # this run's, as far as it got
         spawned.update(_descendants(up.pid))
+
+        # the worker killed (as by the OOM killer): `up` starts it again, the API serves on meanwhile, and the new
+        # worker goes on from the last checkpoint (newer versions of the demo's traffic)
+        worker_pid = next(pid for pid in _descendants(up.pid) if _cmdline(pid)[-1:] == ["worker"])
+        before_kill = max(versions)
+        os.kill(worker_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while not any(line.startswith("recstream up: the worker runs again") for line in lines):
+            assert up.poll() is None, "recstream up stopped when its worker was killed:\n" + "".join(lines)
+            assert time.monotonic() < deadline, "the worker was not started again:\n" + "".join(lines)
+            time.sleep(0.2)
+        spawned.update(_descendants(up.pid))
+        deadline = time.monotonic() + 90  # (it first waits out the killed worker's lease: 10 s)
+        while True:
+            response = httpx.get(url, headers=headers, timeout=5)
+            assert response.status_code == 200, response.text  # served all along
+            if response.json()["model_version"] > before_kill and response.json()["source"] == "model":
+                break
+            assert time.monotonic() < deadline, "no newer version after the restart:\n" + "".join(lines)
+            time.sleep(0.5)
     finally:
         if up.poll() is None:
             up.send_signal(signal.SIGTERM)
