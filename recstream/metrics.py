@@ -122,6 +122,20 @@ PROGRESSIVE_HIT_RATE = Gauge(
     ["model"],
 )
 REDIS_ERRORS = Counter("recstream_redis_errors_total", "Failed Redis operations, by component.", ["component"])
+
+
+def count_redis_error(component: str, exc: BaseException) -> None:
+    """Count ``exc`` in :data:`REDIS_ERRORS` once, however many places see it (a checkpoint's failed write is seen
+    where it failed, and again by the retry its error reaches)."""
+    if getattr(exc, "_recstream_counted", False):
+        return
+    try:
+        exc._recstream_counted = True  # type: ignore[attr-defined]
+    except AttributeError:  # (an exception type without a __dict__: counted wherever it is seen)
+        pass
+    REDIS_ERRORS.labels(component).inc()
+
+
 EVENTS_INGESTED = Counter(
     "recstream_events_ingested_total", "Events accepted by POST /v1/events and produced to Kafka."
 )

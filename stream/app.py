@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import faust
-from redis.exceptions import AuthenticationError
+from redis.exceptions import AuthenticationError, RedisError
 
 from recstream import components, metrics
 from recstream.heap_trim import HeapTrimmer
@@ -147,6 +147,8 @@ async def retry_until_done(
 
 def _log_failure(backoff: Backoff, what: str, operation_label: str, exc: BaseException) -> None:
     metrics.WORKER_RETRIES.labels(operation_label).inc()
+    if isinstance(exc, RedisError):  # (a batch's duplicate lookup, say; a checkpoint's write counted it already)
+        metrics.count_redis_error("worker", exc)
     first = not backoff.stalled
     wait = backoff.failed()
     log.log(
@@ -457,8 +459,8 @@ def run_worker(settings: Settings) -> None:
             asyncio.run(_release_lease(settings, lease))
         if lease.lost_to is not None:
             raise SystemExit(
-                f"recstream worker: {lease.lost_to} took over the writer lease; this one stopped "
-                "without writing (started again, it waits for the lease as a standby)"
+                f"recstream worker: {lease.loss}; this one stopped without writing (started again, it takes the "
+                "lease, or waits for it as a standby while another worker holds it)"
             )
 
 
@@ -504,9 +506,9 @@ def take_lease(loop: asyncio.AbstractEventLoop, lease: WriterLease, prefix: str)
             lease.seconds,
         )
 
-    def lost(other: str) -> None:
+    def lost(_other: str) -> None:
         metrics.WORKER_WRITER_LEASE.set(0)
-        log.error("%s took over the writer lease: this worker writes nothing more and stops", other)
+        log.error("%s: this worker writes nothing more and stops", lease.loss)
         os.kill(os.getpid(), signal.SIGTERM)  # Faust's own shutdown: its final checkpoint is refused, nothing is lost
 
     # Faust installs its signal handlers only once it runs: until then a stop cancels the wait (and exits cleanly).

@@ -1217,8 +1217,14 @@ class EventProcessor:
         """
         started = time.monotonic()  # a wait for the write before counts as the worker's time on checkpoints
         async with self._lock:
-            await self._settle_write()
-            write = await self._capture(started)
+            await self._settle_write()  # (a failed write was counted where it failed: _written)
+            try:
+                write = await self._capture(started)
+            except Exception as exc:  # e.g. Redis unreachable when it looks for an operator's promotion
+                metrics.CHECKPOINTS.labels("failed").inc()
+                if isinstance(exc, redis_errors.RedisError):
+                    metrics.count_redis_error("worker", exc)
+                raise
             if write is None:
                 return None
             self._write = write
@@ -1281,7 +1287,7 @@ class EventProcessor:
             return None
         if self.lease is not None and self.lease.lost_to is not None:
             # nothing more from this worker: no operator request taken, no dead letter sent, nothing written
-            raise CheckpointConflict(f"worker {self.lease.lost_to} took over the writer lease: this one writes nothing")
+            raise CheckpointConflict(f"{self.lease.loss}: this worker writes nothing")
         await self._apply_operator_resume()
         adopted = await self._adopt_promoted_version()
         # A swap whose checkpoint failed is still to be recorded: keep its record until one succeeds.
@@ -1365,7 +1371,7 @@ class EventProcessor:
             )
         except Exception as exc:
             metrics.CHECKPOINTS.labels("failed").inc()
-            metrics.REDIS_ERRORS.labels("worker").inc()
+            metrics.count_redis_error("worker", exc)
             # The records go back to the pending ones and stay unacknowledged; the next checkpoint covers them.
             if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError):  # (and refused credentials)
                 log.warning("checkpoint failed (%s: %s); its events stay unacknowledged", type(exc).__name__, exc)
@@ -1572,9 +1578,9 @@ class EventProcessor:
         try:
             whole = await asyncio.to_thread(make_whole)
             written = await self.store.consolidate(version, whole)
-        except Exception:  # the deltas stay valid; tried again after the next checkpoint
+        except Exception as exc:  # the deltas stay valid; tried again after the next checkpoint
             metrics.CONSOLIDATIONS.labels("failed").inc()
-            metrics.REDIS_ERRORS.labels("worker").inc()
+            metrics.count_redis_error("worker", exc)
             log.exception("writing the whole snapshot of v%s in the background failed; its chain stays", version)
             return
         finally:

@@ -16,8 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from recstream import local_services
+from recstream import local_services, metrics
 from stream.app import Backoff, retry_until_done
 from tests.clock import iso
 from tests.conftest import (
@@ -30,6 +31,7 @@ from tests.conftest import (
     wait_for,
 )
 from tests.kafka_io import produce_events
+from tests.transport import NothingLearnedStore, Transport
 
 SAMPLE = re.compile(r"^(recstream_[a-z0-9_]+)(\{[^}]*\})? ([0-9.e+-]+|NaN)$", re.MULTILINE)
 
@@ -94,6 +96,38 @@ def test_retry_until_done_waits_between_attempts_and_reports_the_stall() -> None
     result, backoff = asyncio.run(run())
     assert result == "done" and len(attempts) == 4 and failures_seen == [1, 2, 3]
     assert not backoff.stalled and not backoff.retrying
+
+
+class RedisGoesAway(NothingLearnedStore):
+    """Answers as an empty Redis until ``down``, then refuses the connection as an unreachable one does."""
+
+    down = False
+
+    async def current_version(self) -> None:
+        if self.down:
+            raise RedisConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        return None
+
+
+def test_a_checkpoint_that_cannot_reach_redis_counts_as_failed_and_its_error_once() -> None:
+    transport, store = Transport(), RedisGoesAway()
+    processor = transport.processor(store)  # type: ignore[arg-type]
+    event = {"event_id": "e1", "user_id": "u1", "item_id": "v1", "type": "like", "ts": iso()}
+
+    async def learn_then_checkpoint() -> None:
+        await processor.start()
+        await processor.process(transport.records([event]))
+        store.down = True
+        await processor.checkpoint()  # it first looks for an operator's promotion: Redis does not answer
+
+    failed, errors = metrics.CHECKPOINTS.labels("failed"), metrics.REDIS_ERRORS.labels("worker")
+    failed_before, errors_before = failed._value.get(), errors._value.get()
+    with pytest.raises(RedisConnectionError) as raised:
+        asyncio.run(learn_then_checkpoint())
+    assert (failed._value.get(), errors._value.get()) == (failed_before + 1, errors_before + 1)
+    metrics.count_redis_error("worker", raised.value)  # the same error seen again, by the retry it reaches
+    assert errors._value.get() == errors_before + 1
+    assert processor.pending_records, "the learned event's record stays pending: the next checkpoint covers it"
 
 
 def test_retry_until_done_lets_cancellation_through() -> None:
@@ -218,6 +252,13 @@ def test_redis_down_api_degrades_worker_stalls_then_learns_everything(
         )
         assert isinstance(after_two_more, dict)
         assert after_two_more["recstream_events_consumed_total"] == consumed, "the worker kept consuming"
+
+        def redis_errors(sample: dict[str, float]) -> float:
+            return sample.get('recstream_redis_errors_total{component="worker"}', 0.0)
+
+        # each failed attempt counts as a failed Redis operation (the runbook's "Redis unreachable" watches it)
+        assert redis_errors(stalled) >= 1, stalled
+        assert redis_errors(after_two_more) >= redis_errors(stalled) + 2, (stalled, after_two_more)
         assert after_two_more["recstream_worker_stalled"] == 1
         wait_for(
             lambda: sum(v for k, v in scrape(worker_metrics).items() if k.startswith("recstream_consumer_lag")) > 0,
