@@ -34,7 +34,7 @@ from redis.exceptions import WatchError
 from store.keys import Keys
 from store.retention import stale as stale_versions
 from store.signing import SnapshotSigner
-from store.writer_lease import WriterLease
+from store.writer_lease import GONE, WriterLease
 
 log = logging.getLogger(__name__)
 
@@ -382,10 +382,15 @@ class ModelStore:
                 await pipe.watch(keys.current_version, keys.versions, keys.pinned, *epoch_key)
                 if lease is not None:
                     epoch = await pipe.get(keys.writer_epoch)
-                    if epoch is None or int(epoch) != lease.epoch:
+                    if epoch is None:
+                        raise CheckpointConflict(
+                            f"{GONE} (Redis restarted without its data, or the keys were deleted; this worker's epoch "
+                            f"{lease.epoch}): this worker ({lease.holder}) writes nothing"
+                        )
+                    if int(epoch) != lease.epoch:
                         raise CheckpointConflict(
                             f"this worker ({lease.holder}) no longer holds the writer lease: another worker took it "
-                            f"(epoch {epoch.decode() if epoch else 'gone'}, this worker's {lease.epoch}); it writes "
+                            f"(epoch {epoch.decode()}, this worker's {lease.epoch}); it writes "
                             "nothing"
                         )
                 if base is not None and blob is not None and await pipe.zscore(keys.versions, str(base)) is None:

@@ -62,6 +62,10 @@ return 0
 """
 
 
+#: What :meth:`WriterLease.try_acquire` names when Redis has no epoch for the lease (it lost its data).
+GONE = "Redis no longer holds the writer lease's epoch"
+
+
 class WriterLease:
     """``holder``'s claim on ``key`` for ``seconds`` at a time (see the module's doc)."""
 
@@ -101,7 +105,19 @@ class WriterLease:
             return None
         if held:
             return f"worker {held}"
-        return f"another worker (the lease's epoch is {epoch or 'gone'}, this worker's {mine})"
+        if not epoch:  # no worker ever took it, as far as Redis knows
+            return f"{GONE} (this worker's epoch {mine})"
+        return f"another worker (the lease's epoch is {epoch}, this worker's {mine})"
+
+    @property
+    def loss(self) -> str:
+        """Why this worker no longer holds the lease, for a sentence (once :attr:`lost_to` is set)."""
+        if self.lost_to is not None and self.lost_to.startswith(GONE):
+            return (
+                f"{self.lost_to}: Redis restarted without its data, or the keys were deleted; this worker's model "
+                "versions may be gone too"
+            )
+        return f"{self.lost_to} took over the writer lease"
 
     async def acquire(self, waiting: Callable[[str], None] | None = None) -> None:
         """Wait until this holder has the lease; ``waiting(other)`` is called when another worker holds it.

@@ -72,6 +72,7 @@ async def test_a_holder_that_lost_it_is_told_and_stops_renewing(store: ModelStor
     lost: list[str] = []
     await asyncio.wait_for(a.keep(lost.append), timeout=5)  # returns once it saw the loss
     assert lost == ["worker b"] and a.lost_to == "worker b"
+    assert a.loss == "worker b took over the writer lease"
     assert await store.redis.get(store.keys.writer_lease) == b"b"
 
 
@@ -80,9 +81,11 @@ async def test_a_holder_whose_epoch_was_deleted_has_lost_the_lease(store: ModelS
     await a.acquire()
     await store.redis.delete(store.keys.writer_epoch)  # e.g. an operator deleting keys by hand
     lost = await a.try_acquire()
-    assert lost is not None and "epoch is gone" in lost
-    with pytest.raises(CheckpointConflict):
+    assert lost == f"Redis no longer holds the writer lease's epoch (this worker's epoch {a.epoch})"
+    with pytest.raises(CheckpointConflict, match=r"^Redis no longer holds the writer lease's epoch \(Redis restarted"):
         await store.checkpoint(None, b"x", {}, {}, {}, lease=a)
+    a.lost_to = lost  # (as keep() sets it)
+    assert a.loss.startswith(f"{lost}: Redis restarted without its data, or the keys were deleted")  # not "took over"
 
 
 async def test_a_lease_that_expired_with_nobody_waiting_is_taken_again_by_its_holder(store: ModelStore) -> None:
