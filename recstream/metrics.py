@@ -282,18 +282,61 @@ def observe_many(histogram: Histogram, amounts: Sequence[float]) -> None:
             bucket.inc(count)
 
 
+def _families(*metrics: Counter | Gauge | Histogram) -> frozenset[str]:
+    return frozenset(family.name for metric in metrics for family in metric.describe())
+
+
+#: The families only the worker sets. Every process defines every metric (this module), so without this the API's
+#: ``/metrics`` would show them at their first values (``recstream_events_learned_total 0.0``, the writer lease 0),
+#: which an operator or an alert could take for the worker's.
+WORKER_ONLY = _families(
+    EVENTS_CONSUMED, EVENTS_LEARNED, EVENTS_SKIPPED_REPLAY, EVENTS_DUPLICATE, EVENTS_QUARANTINED, MODEL_GUARD_PAUSED,
+    MODEL_GUARD_PAUSES, CONSUMER_LAG, EVENT_TO_LEARNED_SECONDS, DEAD_LETTERS_UNDELIVERED, RECOMMENDED_INTERACTIONS,
+    CONTEST_HIT_RATE, CONTEST_PROMOTIONS, PROGRESSIVE_HIT_RATE, CHECKPOINTS, CHECKPOINT_SECONDS, CHECKPOINT_BYTES,
+    CONSOLIDATIONS, CHECKPOINT_SPACING, STREAM_BUFFER_WAITS, HEAP_TRIMS, WORKER_WRITER_LEASE, WORKER_CATCHING_UP,
+    WORKER_STALLED, WORKER_RETRIES, LAST_CHECKPOINT, PROGRESSIVE_AUC, PROGRESSIVE_LOGLOSS,
+)  # fmt: skip
+#: The families only the API sets, left out of the worker's ``/metrics`` likewise.
+API_ONLY = _families(
+    MODEL_SWAP_DELAY, MODEL_LOAD_SECONDS, EVENTS_INGESTED, INGEST_UNAVAILABLE, REQUEST_SECONDS, RECOMMENDATIONS_SERVED,
+    SEEN_CACHE_LOOKUPS, SEEN_CACHE_USERS, RECOMMENDATIONS_DEGRADED,
+)  # fmt: skip
+
+#: The families both set (each with its own label, or its own series).
+SHARED = _families(EVENTS_REJECTED, KAFKA_ERRORS, REDIS_ERRORS, SNAPSHOTS_REFUSED, MODEL_VERSION, ARRAY_COPIES)
+
+
+class _Without(Collector):
+    """``source``'s families but those named in ``left_out``."""
+
+    def __init__(self, source: Collector | CollectorRegistry, left_out: frozenset[str]) -> None:
+        self.source = source
+        self.left_out = left_out
+
+    def collect(self) -> Iterator[Metric]:
+        return (family for family in self.source.collect() if family.name not in self.left_out)
+
+
+def worker_registry() -> CollectorRegistry:
+    """What the worker's ``/metrics`` serves: its own metrics, without the API's (:data:`API_ONLY`)."""
+    registry = CollectorRegistry()
+    registry.register(_Without(REGISTRY, API_ONLY))
+    return registry
+
+
 def multiprocess() -> bool:
     """Whether this process is one of several API processes sharing their metrics (:data:`MULTIPROCESS_DIR` set)."""
     return bool(os.environ.get(MULTIPROCESS_DIR))
 
 
 def exposition_registry() -> CollectorRegistry:
-    """What ``/metrics`` and ``/v1/stats`` read: this process's metrics, or in multiprocess mode those of every API
-    process (read from their files at each call)."""
-    if not multiprocess():
-        return REGISTRY
+    """What the API's ``/metrics`` and ``/v1/stats`` read: this process's metrics, or in multiprocess mode those of
+    every API process (read from their files at each call); without the worker's (:data:`WORKER_ONLY`)."""
     registry = CollectorRegistry()
-    prometheus_multiprocess.MultiProcessCollector(registry)
+    if not multiprocess():
+        registry.register(_Without(REGISTRY, WORKER_ONLY))
+        return registry
+    registry.register(_Without(prometheus_multiprocess.MultiProcessCollector(None), WORKER_ONLY))
     registry.register(ApiProcessesCollector())
     return registry
 

@@ -477,7 +477,9 @@ def serve_metrics(settings: Settings) -> WSGIServer | None:
         return None
     where = f"{settings.worker_metrics_host}:{settings.worker_metrics_port}"
     try:
-        server, _ = start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host)
+        server, _ = start_http_server(
+            settings.worker_metrics_port, addr=settings.worker_metrics_host, registry=metrics.worker_registry()
+        )
     except OSError as exc:
         advice = (
             "another worker on this host may hold it; give each worker its own RECSTREAM_WORKER_METRICS_PORT"
