@@ -99,12 +99,22 @@ _UNHELPFUL = {
 }
 
 
+def _unreadable(cause: BaseException | None) -> str:
+    """Why FastAPI could not parse a JSON body (``cause``: what its parser raised), and what to do."""
+    if isinstance(cause, RecursionError):
+        return "it is nested too deeply; send one JSON value nested at most a few hundred levels"
+    if isinstance(cause, UnicodeDecodeError):
+        return f"it is not UTF-8 text ({cause.reason} at byte {cause.start}); send JSON encoded as UTF-8"
+    what = f" ({type(cause).__name__})" if cause is not None else ""
+    return f"its parser failed{what}; send one JSON value, encoded as UTF-8"
+
+
 def explain_http_error(request: Request, exc: StarletteHTTPException) -> Response:
     """The answer to an ``HTTPException``: as FastAPI gives it (``{"detail": ...}`` and its headers), but a sentence a
     person can act on in place of the framework's bare words for an unknown route, a method a route does not take, and
     a JSON body it could not parse (nested too deeply for Python's parser, say); the app's own refusals as they are."""
     detail: Any = exc.detail
-    if (exc.status_code, detail) in _UNHELPFUL:
+    if isinstance(detail, str) and (exc.status_code, detail) in _UNHELPFUL:
         where = f"{request.method} {request.url.path}"
         if exc.status_code == 404:
             detail = f"no such route: {where} (GET /openapi.json, or /docs, lists every route)"
@@ -112,9 +122,7 @@ def explain_http_error(request: Request, exc: StarletteHTTPException) -> Respons
             allowed = (exc.headers or {}).get("allow") or (exc.headers or {}).get("Allow") or "another method"
             detail = f"{request.url.path} does not take {request.method}: it takes {allowed}"
         else:
-            cause = exc.__cause__
-            why = "nested too deeply" if isinstance(cause, RecursionError) else type(cause).__name__ if cause else "?"
-            detail = f"the body could not be read as JSON ({why}): send one JSON value, nested at most a few levels"
+            detail = f"the body could not be read as JSON: {_unreadable(exc.__cause__)}"
     if exc.status_code in (204, 304):  # (no body allowed)
         return Response(status_code=exc.status_code, headers=exc.headers)
     return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
@@ -141,7 +149,7 @@ def document_invalid_requests(app: FastAPI) -> None:
 
 #: The refusals of a route whose JSON body FastAPI reads (``POST /v1/events`` reads its own, and documents its own).
 _BODY_REFUSALS = {
-    "400": "The body could not be read as JSON (nested too deeply, say).",
+    "400": "The body could not be read as JSON (nested too deeply, or not UTF-8).",
     "413": "The body is larger than RECSTREAM_MAX_BODY_BYTES.",
     "415": "The body was not sent as JSON: send it with Content-Type: application/json.",
 }

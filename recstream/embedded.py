@@ -128,14 +128,14 @@ def run_embedded(demo: bool = False, api_port: int = 8000, broker: str = "auto",
         from stream.topics import ensure_topics
 
         asyncio.run(ensure_topics(settings))
-        starters = {
-            "worker": lambda: local_services.start_worker(env, workdir=state_dir / "worker"),
-            "api": lambda: local_services.start_api(env, port=api_port, workdir=state_dir / "api"),
-        }
-        worker = starters["worker"]()
+        worker = local_services.start_worker(env, workdir=state_dir / "worker")
         started.append(worker)
-        api = starters["api"]()
+        api = local_services.start_api(env, port=api_port, workdir=state_dir / "api")
         started.append(api)
+        starters = {  # (the API on the port it first had, which was printed: --port 0 gives a free one)
+            "worker": lambda: local_services.start_worker(env, workdir=state_dir / "worker"),
+            "api": lambda port=api.port: local_services.start_api(env, port=port, workdir=state_dir / "api"),
+        }
         now = datetime.now(UTC).isoformat(timespec="seconds")
         cli = _cli_command()
         print(
@@ -184,15 +184,18 @@ def supervise(
     is printed with the tail of its log."""
     since = {service.name: time.monotonic() for service in started}
     delays = dict.fromkeys(since, 0.0)
+    unstarted: set[int] = set()  # places whose process exited and whose start again failed (reported already)
     while not stop.is_set():
         for at, service in enumerate(started):
             if service.is_running():
                 continue
-            ended = f"{service.name} exited ({service.exit_status()})"
-            print(f"recstream up: {ended}; log tail:\n{service.log_tail()}", file=sys.stderr, flush=True)
+            if at not in unstarted:
+                ended = f"{service.name} exited ({service.exit_status()})"
+                print(f"recstream up: {ended}; log tail:\n{service.log_tail()}", file=sys.stderr, flush=True)
             start = starters.get(service.name)
             if start is None:
                 return False
+            service.stop(timeout=0)  # (exited: its log file closed, its bookkeeping dropped)
             delay = delays[service.name] = restart_delay(delays[service.name], time.monotonic() - since[service.name])
             print(
                 f"recstream up: starting the {service.name} again in {delay:.0f} s (the worker continues from its last "
@@ -206,9 +209,11 @@ def supervise(
                 started[at] = start()
             except Exception as exc:  # noqa: BLE001 - e.g. the API not answering in time: tried again after a wait
                 print(f"recstream up: the {service.name} did not start ({exc})", file=sys.stderr, flush=True)
-                continue  # (the failed process is not running: the next round waits longer, then starts it again)
+                unstarted.add(at)  # (the next round waits longer, then starts it again)
+                continue
             finally:
                 since[service.name] = time.monotonic()
+            unstarted.discard(at)
             print(f"recstream up: the {service.name} runs again (pid {started[at].pid})", flush=True)
         stop.wait(1.0)
     return True

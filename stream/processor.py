@@ -1371,7 +1371,8 @@ class EventProcessor:
             )
         except Exception as exc:
             metrics.CHECKPOINTS.labels("failed").inc()
-            metrics.count_redis_error("worker", exc)
+            if isinstance(exc, redis_errors.RedisError):  # (not a refused write: CheckpointConflict)
+                metrics.count_redis_error("worker", exc)
             # The records go back to the pending ones and stay unacknowledged; the next checkpoint covers them.
             if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError):  # (and refused credentials)
                 log.warning("checkpoint failed (%s: %s); its events stay unacknowledged", type(exc).__name__, exc)
@@ -1580,7 +1581,8 @@ class EventProcessor:
             written = await self.store.consolidate(version, whole)
         except Exception as exc:  # the deltas stay valid; tried again after the next checkpoint
             metrics.CONSOLIDATIONS.labels("failed").inc()
-            metrics.count_redis_error("worker", exc)
+            if isinstance(exc, redis_errors.RedisError):
+                metrics.count_redis_error("worker", exc)
             log.exception("writing the whole snapshot of v%s in the background failed; its chain stays", version)
             return
         finally:

@@ -65,6 +65,7 @@ def test_alerts_cover_the_runbook_cases() -> None:
         "ModelGuardPaused",
         "CheckpointStale",
         "WorkerStalled",
+        "WorkerDown",
         "RejectionSpike",
         "QuarantineSpike",
         "ApiErrorRatio",

@@ -99,6 +99,12 @@ def test_refusals_in_the_frameworks_words_say_what_to_change(client: TestClient)
         "(this request had Content-Type 'application/x-www-form-urlencoded')"
     )
     assert "nested too deeply" in client.post("/v1/scores", content=DEEP, headers=JSON).json()["detail"]
+    not_utf8 = client.post("/v1/scores", content=b'{"user_id": "\xff"}', headers=JSON)
+    assert not_utf8.status_code == 400
+    assert not_utf8.json()["detail"] == (
+        "the body could not be read as JSON: it is not UTF-8 text (invalid start byte at byte 13); "
+        "send JSON encoded as UTF-8"
+    )
     unknown = client.get("/v1/nope")
     assert unknown.status_code == 404
     assert unknown.json() == {"detail": "no such route: GET /v1/nope (GET /openapi.json, or /docs, lists every route)"}
@@ -131,3 +137,14 @@ def test_fastapis_own_422_is_documented_nowhere(page: dict[str, Any]) -> None:
         assert not _validator(page, method, path, 422).is_valid(fastapi_body), (path, method)
     assert "HTTPValidationError" not in page["components"]["schemas"]
     assert "ValidationError" not in page["components"]["schemas"]
+
+
+def test_a_refusal_with_a_structured_detail_passes_through() -> None:
+    from fastapi import HTTPException
+    from starlette.requests import Request
+
+    from api.problems import explain_http_error
+
+    request = Request({"type": "http", "method": "POST", "path": "/x", "headers": [], "query_string": b""})
+    response = explain_http_error(request, HTTPException(409, detail={"reason": "x"}))
+    assert response.status_code == 409 and response.body == b'{"detail":{"reason":"x"}}'

@@ -19,6 +19,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from recstream import local_services, metrics
+from store.model_store import CheckpointConflict
 from stream.app import Backoff, retry_until_done
 from tests.clock import iso
 from tests.conftest import (
@@ -128,6 +129,30 @@ def test_a_checkpoint_that_cannot_reach_redis_counts_as_failed_and_its_error_onc
     metrics.count_redis_error("worker", raised.value)  # the same error seen again, by the retry it reaches
     assert errors._value.get() == errors_before + 1
     assert processor.pending_records, "the learned event's record stays pending: the next checkpoint covers it"
+
+
+class RefusesTheWrite(NothingLearnedStore):
+    """Answers as an empty Redis, but refuses the checkpoint's transaction (Redis reached, the write refused)."""
+
+    async def checkpoint(self, *_args: Any, **_kwargs: Any) -> None:
+        raise CheckpointConflict("current model version is 7, this worker expected None")
+
+
+def test_a_refused_checkpoint_counts_as_failed_but_not_as_a_redis_error() -> None:
+    transport, store = Transport(), RefusesTheWrite()
+    processor = transport.processor(store)  # type: ignore[arg-type]
+    event = {"event_id": "e1", "user_id": "u1", "item_id": "v1", "type": "like", "ts": iso()}
+
+    async def learn_then_checkpoint() -> None:
+        await processor.start()
+        await processor.process(transport.records([event]))
+        await processor.checkpoint()
+
+    failed, errors = metrics.CHECKPOINTS.labels("failed"), metrics.REDIS_ERRORS.labels("worker")
+    failed_before, errors_before = failed._value.get(), errors._value.get()
+    with pytest.raises(CheckpointConflict):
+        asyncio.run(learn_then_checkpoint())
+    assert (failed._value.get(), errors._value.get()) == (failed_before + 1, errors_before)
 
 
 def test_retry_until_done_lets_cancellation_through() -> None:
