@@ -110,8 +110,21 @@ class RedisGoesAway(NothingLearnedStore):
         return None
 
 
-def test_a_checkpoint_that_cannot_reach_redis_counts_as_failed_and_its_error_once() -> None:
-    transport, store = Transport(), RedisGoesAway()
+class RefusesTheWrite(NothingLearnedStore):
+    """Answers as an empty Redis, but refuses the checkpoint's transaction (Redis reached, the write refused)."""
+
+    down = False
+
+    async def checkpoint(self, *_args: Any, **_kwargs: Any) -> None:
+        raise CheckpointConflict("current model version is 7, this worker expected None")
+
+
+def _failed_checkpoint(
+    store: RedisGoesAway | RefusesTheWrite, error: type[Exception]
+) -> tuple[Any, Exception, int, int]:
+    """A processor on ``store`` learns an event, then checkpoints once ``store`` is ``down``, which raises ``error``;
+    the processor, that error, and how much the failed-checkpoint and worker Redis-error counters grew."""
+    transport = Transport()
     processor = transport.processor(store)  # type: ignore[arg-type]
     event = {"event_id": "e1", "user_id": "u1", "item_id": "v1", "type": "like", "ts": iso()}
 
@@ -119,40 +132,28 @@ def test_a_checkpoint_that_cannot_reach_redis_counts_as_failed_and_its_error_onc
         await processor.start()
         await processor.process(transport.records([event]))
         store.down = True
-        await processor.checkpoint()  # it first looks for an operator's promotion: Redis does not answer
-
-    failed, errors = metrics.CHECKPOINTS.labels("failed"), metrics.REDIS_ERRORS.labels("worker")
-    failed_before, errors_before = failed._value.get(), errors._value.get()
-    with pytest.raises(RedisConnectionError) as raised:
-        asyncio.run(learn_then_checkpoint())
-    assert (failed._value.get(), errors._value.get()) == (failed_before + 1, errors_before + 1)
-    metrics.count_redis_error("worker", raised.value)  # the same error seen again, by the retry it reaches
-    assert errors._value.get() == errors_before + 1
-    assert processor.pending_records, "the learned event's record stays pending: the next checkpoint covers it"
-
-
-class RefusesTheWrite(NothingLearnedStore):
-    """Answers as an empty Redis, but refuses the checkpoint's transaction (Redis reached, the write refused)."""
-
-    async def checkpoint(self, *_args: Any, **_kwargs: Any) -> None:
-        raise CheckpointConflict("current model version is 7, this worker expected None")
-
-
-def test_a_refused_checkpoint_counts_as_failed_but_not_as_a_redis_error() -> None:
-    transport, store = Transport(), RefusesTheWrite()
-    processor = transport.processor(store)  # type: ignore[arg-type]
-    event = {"event_id": "e1", "user_id": "u1", "item_id": "v1", "type": "like", "ts": iso()}
-
-    async def learn_then_checkpoint() -> None:
-        await processor.start()
-        await processor.process(transport.records([event]))
         await processor.checkpoint()
 
     failed, errors = metrics.CHECKPOINTS.labels("failed"), metrics.REDIS_ERRORS.labels("worker")
     failed_before, errors_before = failed._value.get(), errors._value.get()
-    with pytest.raises(CheckpointConflict):
+    with pytest.raises(error) as raised:
         asyncio.run(learn_then_checkpoint())
-    assert (failed._value.get(), errors._value.get()) == (failed_before + 1, errors_before)
+    return processor, raised.value, failed._value.get() - failed_before, errors._value.get() - errors_before
+
+
+def test_a_checkpoint_that_cannot_reach_redis_counts_as_failed_and_its_error_once() -> None:
+    # it first looks for an operator's promotion: Redis does not answer
+    processor, raised, failed, errors = _failed_checkpoint(RedisGoesAway(), RedisConnectionError)
+    assert (failed, errors) == (1, 1)
+    before = metrics.REDIS_ERRORS.labels("worker")._value.get()
+    metrics.count_redis_error("worker", raised)  # the same error seen again, by the retry it reaches
+    assert metrics.REDIS_ERRORS.labels("worker")._value.get() == before
+    assert processor.pending_records, "the learned event's record stays pending: the next checkpoint covers it"
+
+
+def test_a_refused_checkpoint_counts_as_failed_but_not_as_a_redis_error() -> None:
+    _, _, failed, errors = _failed_checkpoint(RefusesTheWrite(), CheckpointConflict)
+    assert (failed, errors) == (1, 0)
 
 
 def test_retry_until_done_lets_cancellation_through() -> None:
