@@ -60,10 +60,11 @@ def reason_codes() -> tuple[str, ...]:
 def check_reason(reason: str | None, records: list[dict]) -> None:
     """Raise :class:`UnknownReason` when ``reason`` (``--reason``) is neither a reason code (:func:`reason_codes`),
     ``all``, nor the reason of one of ``records`` (held by an older version, say)."""
-    if reason in (None, "all") or reason in reason_codes() or any(r.get("reason") == reason for r in records):
+    codes = reason_codes()
+    if reason in (None, "all") or reason in codes or any(r.get("reason") == reason for r in records):
         return
     raise UnknownReason(
-        f"--reason {reason!r} is no reason an event is held for; the reasons are {', '.join(reason_codes())} "
+        f"--reason {reason!r} is no reason an event is held for; the reasons are {', '.join(codes)} "
         "(`recstream quarantine list` counts the events held for each)"
     )
 
