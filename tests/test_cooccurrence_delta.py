@@ -269,7 +269,7 @@ def test_a_delta_applied_in_place_serves_what_the_whole_snapshot_serves(
     composed: bool, compiled: bool, monkeypatch
 ) -> None:
     if compiled and kernels.compiled() is None:
-        pytest.skip("learner/_kernels.c is not built")
+        skip_unless_ci("learner/_kernels.c is not built")
     with contextlib.nullcontext() if compiled else kernels.numpy_only():  # packed ids, or a dict and a list
         _delta_applied_in_place_serves_what_the_whole_snapshot_serves(composed, monkeypatch)
 

@@ -55,8 +55,8 @@ def test_two_api_processes_share_one_bucket_per_key(
         "RECSTREAM_RATE_LIMIT_ADMIN_PER_SECOND": "0.2",
         "RECSTREAM_RATE_LIMIT_ADMIN_BURST": "4",
     }
-    first, second = local_services.start_api(env), local_services.start_api(env)
-    processes.extend([first, second])
+    processes.append(first := local_services.start_api(env))  # (each kept at once: stopped even if the next fails)
+    processes.append(second := local_services.start_api(env))
     with api_client(first, limited) as a, api_client(second, limited) as b:
         statuses = [client.get("/v1/gate").status_code for client in (a, b, a, b)]
         assert statuses == [200] * 4  # the burst, spent across both processes
