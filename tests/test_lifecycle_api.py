@@ -1,8 +1,8 @@
 """Model lifecycle through the API with a real worker, broker and Redis.
 
 * Promotion and rollback on one API process change what *another* API process's recommendations
-  return within one second (announced over Redis pub/sub; its polling is set far slower here, so
-  only the announcement can meet the deadline).
+  return, announced over Redis pub/sub: its polling is set to once an hour here, so only the announcement
+  can bring the change within the test's deadline (generous: the test does not time the swap).
 * A challenger that ranks better on the live stream replaces the champion automatically, and an
   operator can promote a challenger through the API; both are recorded with their reasons.
 """
@@ -21,7 +21,9 @@ from tests.taste_stream import taste_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
-SWAP_DEADLINE_SECONDS = 1.0
+#: How long the test waits for the other API process to swap: far below its polling (an hour), so only the
+#: announcement can make it, and far above what the swap takes, so a slow machine does not fail the test.
+SWAP_DEADLINE_SECONDS = 30.0
 
 
 def _likes(prefix: str, users: int, items: list[str], start: int) -> list[dict]:
@@ -35,10 +37,10 @@ def _likes(prefix: str, users: int, items: list[str], start: int) -> list[dict]:
     return events
 
 
-def test_promotion_and_rollback_reach_another_api_process_within_a_second(
+def test_promotion_and_rollback_reach_another_api_process_by_their_announcement(
     service_env: dict[str, str], processes: list[local_services.LocalService]
 ) -> None:
-    env = {**service_env, "RECSTREAM_MODEL_POLL_SECONDS": "30"}  # only pub/sub can meet the deadline
+    env = {**service_env, "RECSTREAM_MODEL_POLL_SECONDS": "3600"}  # only pub/sub can meet the deadlines below
     processes.append(local_services.start_worker(env))
     operator_api = local_services.start_api(env)
     processes.append(operator_api)
@@ -69,7 +71,7 @@ def test_promotion_and_rollback_reach_another_api_process_within_a_second(
         items_b = items(served())
         assert items_a[:2] == ["a1", "a2"] and items_b[:3] == ["b1", "b2", "b3"], (items_a, items_b)
 
-        # Promote A on the operator's API process: the other process serves A's answer within a second.
+        # Promote A on the operator's API process: the other process serves A's answer, told by the announcement.
         assert operator.post(f"/v1/models/{version_a}/promote", json={"reason": "test A"}).status_code == 200
         wait_for(
             lambda: served()["model_version"] == version_a and items(served()) == items_a,
@@ -83,7 +85,7 @@ def test_promotion_and_rollback_reach_another_api_process_within_a_second(
             SWAP_DEADLINE_SECONDS,
             f"the other API process to serve v{version_b} again",
         )
-        # Roll back: the newest version older than B, also within a second.
+        # Roll back: the newest version older than B, announced too.
         rolled = operator.post("/v1/models/rollback", json={"reason": "test rollback"})
         assert rolled.status_code == 200, rolled.text
         target = rolled.json()["current"]

@@ -54,35 +54,55 @@ async def _taking(
         await stream.stop()
 
 
-async def test_messages_delivered_while_a_batch_is_processed_are_taken_right_after_it() -> None:
-    linger = 1.0  # (long against a pause of the test's loop: the assertion below allows half of it)
-    async with _taking(100, linger) as (channel, _, batches):
+class LoopClock:
+    """The running loop's clock, moved forward by the test: the timers due by then fire as if that time had passed.
+    A linger of an hour on it shows whether a batch waited one, without timing anything."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        loop = asyncio.get_running_loop()
+        real = loop.time
+        self.offset = 0.0
+        monkeypatch.setattr(loop, "time", lambda: real() + self.offset)
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+LINGER = 3600.0  # an hour of the loop's clock (LoopClock): a batch that waits it out misses the tests' deadlines
+#: How long a test waits for a batch it expects at once: far below LINGER, far above what taking one takes.
+AT_ONCE_SECONDS = 30
+
+
+async def test_messages_delivered_while_a_batch_is_processed_are_taken_right_after_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = LoopClock(monkeypatch)
+    async with _taking(100, LINGER) as (channel, stream, batches):
         first = asyncio.ensure_future(anext(batches))
         await _send(channel, range(3))
-        assert _values(await first) == [0, 1, 2]
-        # the first batch takes longer to process than the linger; meanwhile five more messages are delivered
+        await _until(stream.channel.queue.empty)  # the first messages reached the stream
+        clock.advance(LINGER)  # the first batch waited its linger for company
+        assert _values(await asyncio.wait_for(first, AT_ONCE_SECONDS)) == [0, 1, 2]
+        # the first batch takes longer to process than the linger; meanwhile five more messages are delivered, the
+        # first of them reaches the stream (and waits there for the batch to be consumed), the others queue behind it
         await _send(channel, range(3, 8))
-        await asyncio.sleep(2.5 * linger)
-        resumed = time.monotonic()
-        second = await anext(batches)
-        waited = time.monotonic() - resumed
-        assert _values(second) == [3, 4, 5, 6, 7]
+        await _until(lambda: stream.channel.queue.qsize() == 4)  # the next message reached the stream
+        clock.advance(2.5 * LINGER)
         # they have waited since they reached the stream: no linger counted afresh from the end of the first batch
         # (Faust's take_events waits its whole window here)
-        assert waited < linger / 2
+        second = await asyncio.wait_for(anext(batches), AT_ONCE_SECONDS)
+        assert _values(second) == [3, 4, 5, 6, 7]
 
 
-async def test_messages_queued_behind_a_full_batch_are_taken_right_after_it() -> None:
-    linger = 1.0
-    async with _taking(3, linger) as (channel, _, batches):
+async def test_messages_queued_behind_a_full_batch_are_taken_right_after_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = LoopClock(monkeypatch)
+    async with _taking(3, LINGER) as (channel, _, batches):
         first = asyncio.ensure_future(anext(batches))
         await _send(channel, range(5))
-        assert _values(await first) == [0, 1, 2]  # full: at once
-        await asyncio.sleep(2.5 * linger)  # processed meanwhile; 3 and 4 wait in the stream's queue
-        resumed = time.monotonic()
-        second = await anext(batches)
-        assert _values(second) == [3, 4]
-        assert time.monotonic() - resumed < linger / 2  # their linger ran while they waited
+        assert _values(await asyncio.wait_for(first, AT_ONCE_SECONDS)) == [0, 1, 2]  # full: at once
+        clock.advance(2.5 * LINGER)  # processed meanwhile; 3 and 4 wait in the stream's queue
+        second = await asyncio.wait_for(anext(batches), AT_ONCE_SECONDS)
+        assert _values(second) == [3, 4]  # their linger ran while they waited
 
 
 async def test_a_batch_that_fills_while_the_stream_drains_goes_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -94,14 +114,19 @@ async def test_a_batch_that_fills_while_the_stream_drains_goes_at_once(monkeypat
         assert _values(await asyncio.wait_for(anext(batches), 30)) == [5, 6, 7]
 
 
-async def test_a_batch_waits_the_linger_for_messages_that_trickle_in() -> None:
-    async with _taking(100, 2.0) as (channel, _, batches):
+async def test_a_batch_waits_the_linger_for_messages_that_trickle_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = LoopClock(monkeypatch)
+    async with _taking(100, LINGER) as (channel, stream, batches):
         first = asyncio.ensure_future(anext(batches))
         await _send(channel, range(1))
+        await _until(stream.channel.queue.empty)
+        clock.advance(LINGER / 2)
         await asyncio.sleep(0.1)
-        assert not first.done()  # the first message waits for company
+        assert not first.done()  # the first message waits for company (half its linger passed)
         await _send(channel, range(1, 3))
-        assert _values(await first) == [0, 1, 2]
+        await _until(stream.channel.queue.empty)
+        clock.advance(LINGER / 2)  # the linger of the first message is over
+        assert _values(await asyncio.wait_for(first, AT_ONCE_SECONDS)) == [0, 1, 2]
 
 
 async def test_a_full_batch_goes_at_once_and_never_holds_more_than_max() -> None:
@@ -168,22 +193,30 @@ async def test_a_quiet_spell_after_a_batch_calls_on_idle_once() -> None:
             await third
 
 
-async def test_messages_closer_than_the_idle_time_never_call_on_idle() -> None:
+async def test_messages_closer_than_the_idle_time_never_call_on_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = LoopClock(monkeypatch)
+    idle = 3600.0  # on the loop's clock (LoopClock)
     calls = 0
 
     async def on_idle() -> None:
         nonlocal calls
         calls += 1
 
-    async with _taking(100, 0.0, on_idle=on_idle, idle_seconds=2.0) as (channel, _, batches):
-        for value in range(8):  # a message every ~0.1 s, each a batch of its own
+    async with _taking(100, 0.0, on_idle=on_idle, idle_seconds=idle) as (channel, _, batches):
+        for value in range(8):  # a message every half idle time, each a batch of its own
             taking = asyncio.ensure_future(anext(batches))
             await _send(channel, range(value, value + 1))
             assert _values(await asyncio.wait_for(taking, 30)) == [value]
-            await asyncio.sleep(0.1)
-        assert calls == 0
+            clock.advance(idle / 2)
+            await asyncio.sleep(0.05)
+        assert calls == 0  # four idle times passed in all, never one without a message
+
+        def quiet() -> bool:  # the stream goes quiet: its clock runs on until on_idle is called
+            clock.advance(idle / 4)
+            return calls == 1
+
         last = asyncio.ensure_future(anext(batches))
-        await _until(lambda: calls == 1)  # then the stream goes quiet
+        await _until(quiet)
         last.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await last
