@@ -16,10 +16,11 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from recstream import local_services, metrics
-from store.model_store import CheckpointConflict
+from store.model_store import CheckpointConflict, ModelStore
 from stream.app import Backoff, retry_until_done
 from tests.clock import iso
 from tests.conftest import (
@@ -27,6 +28,7 @@ from tests.conftest import (
     Endpoint,
     current_learner,
     make_env,
+    open_model_store,
     popularity_counts,
     start_stack,
     wait_for,
@@ -99,51 +101,42 @@ def test_retry_until_done_waits_between_attempts_and_reports_the_stall() -> None
     assert not backoff.stalled and not backoff.retrying
 
 
-class RedisGoesAway(NothingLearnedStore):
-    """Answers as an empty Redis until ``down``, then refuses the connection as an unreachable one does."""
-
-    down = False
-
-    async def current_version(self) -> None:
-        if self.down:
-            raise RedisConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
-        return None
-
-
 class RefusesTheWrite(NothingLearnedStore):
     """Answers as an empty Redis, but refuses the checkpoint's transaction (Redis reached, the write refused)."""
-
-    down = False
 
     async def checkpoint(self, *_args: Any, **_kwargs: Any) -> None:
         raise CheckpointConflict("current model version is 7, this worker expected None")
 
 
-def _failed_checkpoint(
-    store: RedisGoesAway | RefusesTheWrite, error: type[Exception]
-) -> tuple[Any, Exception, int, int]:
-    """A processor on ``store`` learns an event, then checkpoints once ``store`` is ``down``, which raises ``error``;
-    the processor, that error, and how much the failed-checkpoint and worker Redis-error counters grew."""
+async def _failed_checkpoint(store: Any, unreachable: ModelStore | None = None) -> tuple[Any, Exception, int, int]:
+    """A processor on ``store`` learns an event, then checkpoints (over ``unreachable`` instead, when given), which
+    fails; the processor, the error, and how much the failed-checkpoint and worker Redis-error counters grew."""
     transport = Transport()
-    processor = transport.processor(store)  # type: ignore[arg-type]
+    processor = transport.processor(store)
     event = {"event_id": "e1", "user_id": "u1", "item_id": "v1", "type": "like", "ts": iso()}
-
-    async def learn_then_checkpoint() -> None:
-        await processor.start()
-        await processor.process(transport.records([event]))
-        store.down = True
-        await processor.checkpoint()
-
+    await processor.start()
+    await processor.process(transport.records([event]))
+    if unreachable is not None:
+        processor.store = unreachable  # Redis gone between the learning and the checkpoint
     failed, errors = metrics.CHECKPOINTS.labels("failed"), metrics.REDIS_ERRORS.labels("worker")
     failed_before, errors_before = failed._value.get(), errors._value.get()
-    with pytest.raises(error) as raised:
-        asyncio.run(learn_then_checkpoint())
+    with pytest.raises(Exception) as raised:
+        await processor.checkpoint()
     return processor, raised.value, failed._value.get() - failed_before, errors._value.get() - errors_before
 
 
-def test_a_checkpoint_that_cannot_reach_redis_counts_as_failed_and_its_error_once() -> None:
-    # it first looks for an operator's promotion: Redis does not answer
-    processor, raised, failed, errors = _failed_checkpoint(RedisGoesAway(), RedisConnectionError)
+async def test_a_checkpoint_that_cannot_reach_redis_counts_as_failed_and_its_error_once(
+    redis_endpoint: Endpoint,
+) -> None:
+    closed_port = f"redis://127.0.0.1:{local_services.free_port()}"
+    async with open_model_store(redis_endpoint.url, b"k", "down") as store:
+        client = aioredis.Redis.from_url(closed_port, socket_connect_timeout=2)
+        try:
+            unreachable = ModelStore(client, store.signer, store.keys)
+            processor, raised, failed, errors = await _failed_checkpoint(store, unreachable)
+        finally:
+            await client.aclose()
+    assert isinstance(raised, RedisConnectionError), repr(raised)  # what redis-py raises for a closed port
     assert (failed, errors) == (1, 1)
     before = metrics.REDIS_ERRORS.labels("worker")._value.get()
     metrics.count_redis_error("worker", raised)  # the same error seen again, by the retry it reaches
@@ -151,8 +144,9 @@ def test_a_checkpoint_that_cannot_reach_redis_counts_as_failed_and_its_error_onc
     assert processor.pending_records, "the learned event's record stays pending: the next checkpoint covers it"
 
 
-def test_a_refused_checkpoint_counts_as_failed_but_not_as_a_redis_error() -> None:
-    _, _, failed, errors = _failed_checkpoint(RefusesTheWrite(), CheckpointConflict)
+async def test_a_refused_checkpoint_counts_as_failed_but_not_as_a_redis_error() -> None:
+    _, raised, failed, errors = await _failed_checkpoint(RefusesTheWrite())
+    assert isinstance(raised, CheckpointConflict), repr(raised)
     assert (failed, errors) == (1, 0)
 
 
