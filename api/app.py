@@ -107,7 +107,9 @@ def app_from_environment() -> FastAPI:
 
 
 def create_app(settings: Settings) -> FastAPI:
-    """The API for ``settings``; raises :class:`api.auth.AuthNotConfigured` when auth is on without keys."""
+    """The API for ``settings``; raises :class:`api.auth.AuthNotConfigured` when auth is on without keys, and
+    :class:`store.signing.KeyMissing` without a snapshot key."""
+    components.require_hmac_key(settings)
     keys = key_ring_from_settings(settings)
 
     @asynccontextmanager

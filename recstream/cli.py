@@ -13,12 +13,15 @@ from recstream.settings import Settings, get_settings
 def _worker(_args: argparse.Namespace) -> int:
     import gc
 
+    from recstream.components import require_hmac_key
     from recstream.gc_tuning import WORKER_GC_THRESHOLD, freeze_startup_objects
     from stream.app import run_worker
 
+    settings = get_settings()
+    require_hmac_key(settings)  # (refused before it connects to anything)
     gc.set_threshold(*WORKER_GC_THRESHOLD)
     freeze_startup_objects()
-    run_worker(get_settings())
+    run_worker(settings)
     return 0
 
 
@@ -27,6 +30,7 @@ def _api(args: argparse.Namespace) -> int:
 
     from api.app import create_app
     from api.auth import AuthNotConfigured, key_ring_from_settings
+    from recstream.components import require_hmac_key
 
     settings = get_settings()
     host = args.host or settings.api_host
@@ -34,7 +38,8 @@ def _api(args: argparse.Namespace) -> int:
     workers = args.workers if args.workers is not None else settings.api_workers
     try:
         if workers > 1:
-            key_ring_from_settings(settings)  # refused here, before any process starts
+            require_hmac_key(settings)  # refused here, before any process starts
+            key_ring_from_settings(settings)
         else:
             app = create_app(settings)
     except AuthNotConfigured as exc:
@@ -165,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     from recstream.models_cli import Refused
+    from store.signing import KeyMissing
     from stream.quarantine import QuarantineReadTimeout, UnknownReason
 
     where = "the service's (for a `recstream up` run, the one it printed)"
@@ -195,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     except (Refused, QuarantineReadTimeout, UnknownReason) as exc:  # a change refused; a topic not read in time
         print(f"recstream {args.command}: {exc}", file=sys.stderr)
         return 1
+    except KeyMissing as exc:  # the worker, the API, or a command that signs or verifies a snapshot
+        print(f"recstream {args.command}: {exc}", file=sys.stderr)
     except SettingsError as exc:  # a variable that is not even JSON (its value is not repeated)
         from recstream.settings import unreadable_setting
 

@@ -17,10 +17,10 @@ from learner.gate.model_guard import ModelGuard
 from learner.online_learner import OnlineLearner
 from learner.registry import build_model
 from learner.target import TargetRule
-from recstream.settings import DEV_HMAC_KEY, Settings, gate_config
+from recstream.settings import MISSING_HMAC_KEY, Settings, gate_config
 from store.keys import Keys
 from store.model_store import ModelStore, bulk_client
-from store.signing import SnapshotSigner
+from store.signing import KeyMissing, SnapshotSigner
 
 
 def target_rule(settings: Settings) -> TargetRule:
@@ -87,11 +87,21 @@ def redis_client(settings: Settings) -> aioredis.Redis:
     )
 
 
+def require_hmac_key(settings: Settings) -> None:
+    """:class:`store.signing.KeyMissing` (naming the setting) unless ``RECSTREAM_HMAC_KEY`` is set: a worker or an API
+    process does not start without it."""
+    if settings.hmac_key is None:
+        raise KeyMissing(MISSING_HMAC_KEY)
+
+
 def snapshot_signer(settings: Settings) -> SnapshotSigner:
-    """Signs with ``hmac_key``; also accepts ``hmac_previous_keys`` when verifying (key rotation)."""
+    """Signs with ``hmac_key``; also accepts ``hmac_previous_keys`` when verifying (key rotation). Without
+    ``hmac_key`` it signs and verifies nothing (:class:`store.signing.KeyMissing`, naming the setting)."""
+    key = settings.hmac_key
     return SnapshotSigner(
-        settings.hmac_key.get_secret_value().encode(),
+        None if key is None else key.get_secret_value().encode(),
         previous=[key.get_secret_value().encode() for key in settings.hmac_previous_keys],
+        missing=MISSING_HMAC_KEY,
     )
 
 
@@ -178,15 +188,9 @@ def configure_logging(command: str, pid: bool = False) -> None:
 
 def start_process(settings: Settings, log: logging.Logger) -> None:
     """What a worker or API process does at start: say whether it ranks with the compiled loops (a warning when it
-    cannot), give numpy's matrix products ``RECSTREAM_BLAS_THREADS`` threads (:func:`limit_blas_threads`), and warn
-    when snapshots are signed with the public development key."""
+    cannot), and give numpy's matrix products ``RECSTREAM_BLAS_THREADS`` threads (:func:`limit_blas_threads`)."""
     (log.info if kernels.compiled() is not None else log.warning)(kernels.describe())
     log.info(limit_blas_threads(settings.blas_threads))
-    if settings.hmac_key.get_secret_value() == DEV_HMAC_KEY:
-        log.warning(
-            "RECSTREAM_HMAC_KEY is the development default, which is public (in recstream's source): anyone who can "
-            "write to Redis can sign a model snapshot. Set it to a long random secret (docs/security.md)."
-        )
 
 
 def limit_blas_threads(threads: int) -> str:

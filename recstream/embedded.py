@@ -28,7 +28,7 @@ from pathlib import Path
 
 from api.auth import hash_key, new_key
 from recstream import local_services
-from recstream.settings import DEV_HMAC_KEY, Settings
+from recstream.settings import PUBLIC_HMAC_KEY, Settings
 
 #: The file in the state directory that holds its snapshot key, made on the first run (owner-only).
 HMAC_KEY_FILE = "hmac.key"
@@ -51,17 +51,17 @@ def restart_delay(previous: float, ran_seconds: float) -> float:
     return min(RESTART_MAX_SECONDS, max(1.0, previous * 2))
 
 
-def local_hmac_key(state_dir: Path, signed_before: bool = False) -> str:
-    """The snapshot key of ``state_dir``'s runs, from its key file; made there if absent (owner-only, written whole
-    before it appears), so a second run reads the first one's snapshots. Random, but for a state directory whose
-    Redis already holds snapshots (``signed_before``: made by a recstream that signed them with the development
-    key), which keeps that key so they still load. SystemExit naming the file when it is not a key."""
+def local_hmac_key(state_dir: Path) -> str:
+    """The snapshot key of ``state_dir``'s runs, from its key file; made there if absent (random, owner-only, written
+    whole before it appears), so a second run reads the first one's snapshots. SystemExit naming the file when it is
+    not a key, or is the public key an older recstream used (its snapshots cannot be trusted: the run starts afresh
+    once the directory is removed)."""
     path = state_dir / HMAC_KEY_FILE
     if not path.exists():
         made = state_dir / f".{HMAC_KEY_FILE}.{os.getpid()}"
         descriptor = os.open(made, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as out:
-            out.write(DEV_HMAC_KEY if signed_before else secrets.token_hex(32))
+            out.write(secrets.token_hex(32))
         try:
             os.link(made, path)  # appears with its key in it; another run that made one first wins
         except FileExistsError:
@@ -71,13 +71,32 @@ def local_hmac_key(state_dir: Path, signed_before: bool = False) -> str:
     key = path.read_text().strip()
     if not key:
         raise SystemExit(f"recstream up: {path} holds no key; delete it (snapshots signed with its key will not load)")
+    if key == PUBLIC_HMAC_KEY:
+        raise SystemExit(
+            f"recstream up: {path} holds the public development key an older recstream used, which is no longer "
+            f"accepted (anyone could sign a model with it); {_afresh(state_dir)}"
+        )
     return key
+
+
+def refuse_unkeyed_state(state_dir: Path) -> None:
+    """SystemExit when ``state_dir`` holds a Redis made by an older recstream, before runs had their own key: its
+    snapshots are signed with the public development key, which is no longer accepted."""
+    if (state_dir / "redis").exists() and not (state_dir / HMAC_KEY_FILE).exists():
+        raise SystemExit(
+            f"recstream up: {state_dir} holds a model an older recstream signed with its public development key, "
+            f"which is no longer accepted (anyone could sign a model with it); {_afresh(state_dir)}"
+        )
+
+
+def _afresh(state_dir: Path) -> str:
+    return f"to start afresh: rm -rf {shlex.quote(str(state_dir))}"
 
 
 def run_embedded(demo: bool = False, api_port: int = 8000, broker: str = "auto", state_dir: Path | None = None) -> int:
     state_dir = (state_dir or Path(".recstream")).resolve()
-    # Redis state from a run made before runs had their own key: its snapshots are signed with the development key
-    signed_before = (state_dir / "redis").exists() and not (state_dir / HMAC_KEY_FILE).exists()
+    if not os.environ.get("RECSTREAM_HMAC_KEY"):
+        refuse_unkeyed_state(state_dir)  # (before anything starts)
     state_dir.mkdir(parents=True, exist_ok=True)
     started: list[local_services.LocalService] = []
     stop = threading.Event()
@@ -111,15 +130,8 @@ def run_embedded(demo: bool = False, api_port: int = 8000, broker: str = "auto",
             "RECSTREAM_WORKER_METRICS_PORT": os.environ.get("RECSTREAM_WORKER_METRICS_PORT")
             or str(local_services.free_port()),
             # the snapshots' key: the one set, else this state directory's own (never the public development key)
-            "RECSTREAM_HMAC_KEY": os.environ.get("RECSTREAM_HMAC_KEY") or local_hmac_key(state_dir, signed_before),
+            "RECSTREAM_HMAC_KEY": os.environ.get("RECSTREAM_HMAC_KEY") or local_hmac_key(state_dir),
         }
-        if env["RECSTREAM_HMAC_KEY"] == DEV_HMAC_KEY:
-            print(
-                f"recstream up: {state_dir} holds snapshots signed with the public development key (made before "
-                "runs had their own key); they keep it. To start afresh with a random key: "
-                f"rm -rf {shlex.quote(str(state_dir))}",
-                flush=True,
-            )
         exports = f"RECSTREAM_REDIS_URL={redis.url} RECSTREAM_BROKER_URL={kafka.url}"
         if not os.environ.get("RECSTREAM_HMAC_KEY"):  # (the key itself is never printed)
             exports += f" RECSTREAM_HMAC_KEY=$(cat {shlex.quote(str(state_dir / HMAC_KEY_FILE))})"

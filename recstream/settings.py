@@ -18,7 +18,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from learner.gate.gate import GateConfig
 from learner.registry import DEFAULT_MODEL, MODELS, build_model
 
-DEV_HMAC_KEY = "recstream-dev-key-change-me"
+#: The snapshot key that recstream's source once gave as a default (public, so it signs nothing): refused.
+PUBLIC_HMAC_KEY = "recstream-dev-key-change-me"
+
+#: What a worker, an API process or a command that signs or verifies snapshots says without RECSTREAM_HMAC_KEY.
+MISSING_HMAC_KEY = (
+    "RECSTREAM_HMAC_KEY is not set: it signs the model snapshots, which are checked with it before they are "
+    "loaded. Set it to a long random secret, the same for the worker, every API process and the CLI (e.g. "
+    "`openssl rand -hex 32`); `recstream up` makes its own in .recstream/hmac.key"
+)
 
 #: What an API key may do (docs/security.md): ``ingest`` publishes events, ``read`` gets
 #: recommendations and scores, ``admin`` operates the gate and the model (and implies ``read``).
@@ -315,10 +323,10 @@ class Settings(_gate_settings()):  # type: ignore[misc]
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted on any route.")
 
     # Security
-    hmac_key: SecretStr = Field(
-        SecretStr(DEV_HMAC_KEY),
-        description="Key that signs model snapshots (HMAC-SHA256). Set it: the default is a public "
-        "development key (the worker and the API warn at start); `recstream up` makes its own in `.recstream/`.",
+    hmac_key: SecretStr | None = Field(
+        None,
+        description="Key that signs model snapshots (HMAC-SHA256), a long random secret (`openssl rand -hex 32`). "
+        "Required: the worker and the API do not start without it; `recstream up` makes its own in `.recstream/`.",
     )
     hmac_previous_keys: list[SecretStr] = Field(
         [],
@@ -355,6 +363,18 @@ class Settings(_gate_settings()):  # type: ignore[misc]
         description='Origins allowed to call the API from a browser, JSON list (e.g. `["https://app.example"]`); '
         "empty: CORS off.",
     )
+
+    @field_validator("hmac_key", "hmac_previous_keys")
+    @classmethod
+    def _not_the_public_key(cls, value: SecretStr | list[SecretStr] | None) -> SecretStr | list[SecretStr] | None:
+        keys = value if isinstance(value, list) else [value]
+        if any(key is not None and key.get_secret_value() == PUBLIC_HMAC_KEY for key in keys):
+            raise ValueError(
+                "this is the development key an older recstream gave as a default; it is in recstream's source, so "
+                "anyone who can write to Redis could sign a model with it. Use a long random secret (`openssl rand "
+                "-hex 32`); the snapshots signed with it will not load (start the model afresh: docs/security.md)"
+            )
+        return value
 
     @field_validator("redis_url")
     @classmethod

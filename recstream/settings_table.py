@@ -9,9 +9,7 @@ def markdown_table() -> str:
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
         default = field.get_default(call_default_factory=True)
-        if hasattr(default, "get_secret_value"):
-            shown = "(dev key; set it)"
-        elif isinstance(default, (list, dict)):
+        if isinstance(default, (list, dict)):
             shown = f"`{default!r}`".replace("'", '"')
         else:
             shown = f"`{default}`"

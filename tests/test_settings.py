@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 from pathlib import Path
@@ -12,9 +11,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from recstream.components import start_process
-from recstream.embedded import HMAC_KEY_FILE, local_hmac_key
-from recstream.settings import DEV_HMAC_KEY, Settings
+from api.auth import hash_key, new_key
+from recstream.components import snapshot_signer
+from recstream.embedded import HMAC_KEY_FILE, local_hmac_key, refuse_unkeyed_state
+from recstream.settings import PUBLIC_HMAC_KEY, Settings
+from store.signing import KeyMissing
 from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,15 +100,32 @@ def test_the_worker_refuses_bad_configuration_in_one_line_without_a_traceback(
     assert "s3cret" not in done.stderr  # a password in a refused URL is not printed
 
 
-def test_a_process_with_the_public_development_key_warns(caplog: pytest.LogCaptureFixture) -> None:
-    log = logging.getLogger("recstream.test")
-    with caplog.at_level(logging.WARNING, logger="recstream.test"):
-        start_process(Settings(hmac_key=DEV_HMAC_KEY), log)
-    assert any("RECSTREAM_HMAC_KEY is the development default" in r.getMessage() for r in caplog.records)
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="recstream.test"):
-        start_process(Settings(hmac_key="a-long-random-secret"), log)
-    assert not any("RECSTREAM_HMAC_KEY" in r.getMessage() for r in caplog.records)
+def test_the_public_development_key_is_refused() -> None:
+    for given in ({"hmac_key": PUBLIC_HMAC_KEY}, {"hmac_key": "k2", "hmac_previous_keys": ["k1", PUBLIC_HMAC_KEY]}):
+        with pytest.raises(ValidationError, match="the development key an older recstream gave as a default"):
+            Settings(**given)
+    env = {**os.environ, "RECSTREAM_HMAC_KEY": PUBLIC_HMAC_KEY}
+    done = run_cli("worker", env=env)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "recstream worker: invalid configuration: RECSTREAM_HMAC_KEY: this is the development key" in done.stderr
+    assert PUBLIC_HMAC_KEY not in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("command", [("worker",), ("api", "--port", "0"), ("api", "--port", "0", "--workers", "2")])
+def test_the_worker_and_the_api_do_not_start_without_a_snapshot_key(command: tuple[str, ...]) -> None:
+    env = {name: value for name, value in os.environ.items() if name != "RECSTREAM_HMAC_KEY"}
+    env["RECSTREAM_API_KEYS"] = json.dumps([{"name": "ops", "scopes": ["admin"], "hash": hash_key(new_key())}])
+    done = run_cli(*command, env=env)  # refused before it connects to anything (nothing listens at the defaults)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"recstream {command[0]}: RECSTREAM_HMAC_KEY is not set: it signs the model snapshots" in done.stderr
+    assert "Traceback" not in done.stderr and "Started parent process" not in done.stderr
+
+
+def test_without_a_snapshot_key_nothing_is_signed_or_verified() -> None:
+    signer = snapshot_signer(Settings(hmac_previous_keys=["k1"]))  # (a previous key alone verifies nothing either)
+    for attempt in (lambda: signer.sign(b"blob"), lambda: signer.verify(b"blob", b"tag")):
+        with pytest.raises(KeyMissing, match="RECSTREAM_HMAC_KEY is not set"):
+            attempt()
 
 
 def test_a_local_run_makes_its_own_snapshot_key_once(tmp_path: Path) -> None:
@@ -121,9 +139,16 @@ def test_a_local_run_makes_its_own_snapshot_key_once(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == [HMAC_KEY_FILE, "other"]  # no file left half made
 
 
-def test_a_state_directory_with_snapshots_signed_before_keeps_the_development_key(tmp_path: Path) -> None:
-    assert local_hmac_key(tmp_path, signed_before=True) == DEV_HMAC_KEY  # they load
-    assert local_hmac_key(tmp_path) == DEV_HMAC_KEY  # and go on loading at the next run
+def test_a_state_directory_signed_with_the_public_key_is_refused_naming_how_to_start_afresh(tmp_path: Path) -> None:
+    refuse_unkeyed_state(tmp_path)  # nothing there yet: a new run
+    (tmp_path / "redis").mkdir()  # a Redis an older recstream made, before runs had their own key
+    with pytest.raises(SystemExit, match=r"signed with its public development key.*to start afresh: rm -rf "):
+        refuse_unkeyed_state(tmp_path)
+    local_hmac_key(tmp_path)
+    refuse_unkeyed_state(tmp_path)  # (a run with its own key made that Redis)
+    (tmp_path / HMAC_KEY_FILE).write_text(PUBLIC_HMAC_KEY + "\n")  # the key file an older recstream wrote then
+    with pytest.raises(SystemExit, match=r"holds the public development key .* to start afresh: rm -rf "):
+        local_hmac_key(tmp_path)
 
 
 def test_an_empty_key_file_stops_the_run_naming_it(tmp_path: Path) -> None:
