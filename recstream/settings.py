@@ -94,7 +94,9 @@ class Settings(_gate_settings()):  # type: ignore[misc]
         "kafka://127.0.0.1:9092", description="Kafka bootstrap server(s), `kafka://host:port[,host:port]`."
     )
     redis_url: str = Field(
-        "redis://127.0.0.1:6379/0", description="Redis URL (`redis://` or `rediss://`, may carry user:password)."
+        "redis://127.0.0.1:6379/0",
+        description="Redis URL (`redis://` or `rediss://`, may carry user:password).",
+        repr=False,  # (it may carry a password: the settings' repr, and any object's that holds them, leave it out)
     )
     redis_prefix: str = Field("recstream", description="Prefix of every Redis key this service writes.")
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(

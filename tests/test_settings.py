@@ -155,3 +155,10 @@ def test_an_empty_key_file_stops_the_run_naming_it(tmp_path: Path) -> None:
     (tmp_path / HMAC_KEY_FILE).write_text("")
     with pytest.raises(SystemExit, match=f"{HMAC_KEY_FILE} holds no key; delete it"):
         local_hmac_key(tmp_path)
+
+
+def test_the_settings_repr_leaves_out_every_secret() -> None:
+    settings = Settings(redis_url="redis://ops:s3cretpw@db:6379/0", hmac_key="hm4c", kafka_sasl_password="s4sl")
+    for secret in ("s3cretpw", "hm4c", "s4sl"):
+        assert secret not in repr(settings) and secret not in str(settings)
+    assert settings.redis_url == "redis://ops:s3cretpw@db:6379/0"  # (still there for the clients)
