@@ -13,12 +13,14 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from fastapi.security.utils import get_authorization_scheme_param
 
 from api.auth import ANONYMOUS, KeyRing, Principal
+from api.log_throttle import LogThrottle
 from api.model_holder import ModelHolder
 from api.problems import Problem
 from api.producer import EventProducer
 from api.rate_limit import RateLimiter
 from api.redis_breaker import RedisBreaker
 from api.seen_cache import SeenCache
+from recstream import metrics
 from recstream.settings import Scope, Settings
 from store.model_store import ModelStore
 
@@ -95,19 +97,29 @@ def presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key") or None
 
 
+_unknown_key_log, _scope_log = LogThrottle(), LogThrottle()
+
+
+def _since(held_back: int) -> str:
+    return f" ({held_back} more refused so since the last line)" if held_back else ""
+
+
 async def authorise(request: Request, state: ApiState, scope: Scope, presented: str | None) -> Principal:
     """The principal of the key ``presented`` if it has ``scope`` and is within its rate limit; else the 401, 403
     or 429 that says what to do."""
     if not state.settings.auth_enabled:
         return ANONYMOUS
     if not presented:
+        metrics.AUTH_REFUSALS.labels("missing").inc()
         if request.headers.get("authorization"):
             raise _unauthorized(f"the Authorization header must be `Bearer <key>`; {HOW_TO_SEND}", "invalid_request")
         raise _unauthorized(f"{_where(request)} needs an API key with scope '{scope}': {HOW_TO_SEND}")
     principal = state.keys.identify(presented)
     if principal is None:
-        where = _where(request)
-        log.info("refused %s from %s: unknown API key", where, request.client.host if request.client else "?")
+        metrics.AUTH_REFUSALS.labels("unknown").inc()
+        if (held := _unknown_key_log.ready()) is not None:  # (anyone can send these: a line a minute at most)
+            client = request.client.host if request.client else "?"
+            log.info("refused %s from %s: unknown API key%s", _where(request), client, _since(held))
         raise _unauthorized(
             "this API key is not recognised (revoked, mistyped, or for another deployment); "
             "ask the operator for a valid key",
@@ -115,7 +127,9 @@ async def authorise(request: Request, state: ApiState, scope: Scope, presented: 
         )
     if scope not in principal.scopes:
         where = _where(request)
-        log.info("refused %s for key '%s': scope '%s' missing", where, principal.name, scope)
+        metrics.AUTH_REFUSALS.labels("scope").inc()
+        if (held := _scope_log.ready()) is not None:
+            log.info("refused %s for key '%s': scope '%s' missing%s", where, principal.name, scope, _since(held))
         raise HTTPException(
             status_code=403,
             detail=f"API key '{principal.name}' has scopes {sorted(principal.scopes)}; {where} needs scope "

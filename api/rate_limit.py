@@ -23,6 +23,7 @@ import logging
 import math
 import time
 
+from api.log_throttle import LogThrottle
 from api.redis_breaker import RedisBreaker, RedisUnavailable
 from recstream import metrics
 from recstream.settings import Scope, Settings
@@ -30,7 +31,6 @@ from store.rate_limit import TokenBuckets
 
 log = logging.getLogger(__name__)
 
-WARN_EVERY_SECONDS = 60.0
 LEASE_FRACTION = 0.05
 LEASE_SECONDS = 1.0
 
@@ -44,7 +44,7 @@ class RateLimiter:
             "read": (settings.rate_limit_read_per_second, settings.rate_limit_read_burst),
             "admin": (settings.rate_limit_admin_per_second, settings.rate_limit_admin_burst),
         }
-        self._warned_at = -math.inf
+        self._unreachable_log = LogThrottle()
         self._leases: dict[tuple[str, str], tuple[int, float]] = {}  # (key, scope) -> (tokens left, taken at)
 
     async def retry_after(self, key_name: str, scope: Scope) -> int | None:
@@ -70,9 +70,7 @@ class RateLimiter:
         except RedisUnavailable as exc:  # fail open, see the module docstring
             if exc.__cause__ is not None:
                 metrics.REDIS_ERRORS.labels("api").inc()
-            now = time.monotonic()
-            if now - self._warned_at >= WARN_EVERY_SECONDS:
-                self._warned_at = now
+            if self._unreachable_log.ready() is not None:
                 log.warning("rate limiter cannot reach Redis (%s); requests are not rate-limited meanwhile", exc)
             return None
         if decision.allowed:

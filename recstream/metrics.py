@@ -230,6 +230,12 @@ REQUEST_SECONDS = Histogram(
     ["route", "method", "status"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
+AUTH_REFUSALS = Counter(
+    "recstream_api_auth_refusals_total",
+    "Requests refused for their API key: none sent (missing), not recognised (unknown), or without the scope the "
+    "route needs (scope).",
+    ["reason"],
+)
 RECOMMENDATIONS_SERVED = Counter(
     "recstream_recommendations_served_total", "Recommendation lists served, by source.", ["source"]
 )
@@ -299,7 +305,7 @@ WORKER_ONLY = _families(
 #: The families only the API sets, left out of the worker's ``/metrics`` likewise.
 API_ONLY = _families(
     MODEL_SWAP_DELAY, MODEL_LOAD_SECONDS, EVENTS_INGESTED, INGEST_UNAVAILABLE, REQUEST_SECONDS, RECOMMENDATIONS_SERVED,
-    SEEN_CACHE_LOOKUPS, SEEN_CACHE_USERS, RECOMMENDATIONS_DEGRADED,
+    SEEN_CACHE_LOOKUPS, SEEN_CACHE_USERS, RECOMMENDATIONS_DEGRADED, AUTH_REFUSALS,
 )  # fmt: skip
 
 #: The families both set (each with its own label, or its own series).

@@ -186,8 +186,8 @@ def test_no_secret_reaches_the_log(api: Api) -> None:
         client.get(f"/v1/users/u1/recommendations?k=3&api_key={wrong}", headers={"X-API-Key": KEYS["read"]})
     log_path = api.service.log_path
     assert log_path is not None
-    # The refusals are logged (so this reads the right, flushed log) …
-    wait_for(lambda: "unknown API key" in log_path.read_text() and "'ingest-key'" in log_path.read_text(), 10, "log")
+    # Refusals of both kinds are logged (the first of each in the process at least: this reads the right log) …
+    wait_for(lambda: "unknown API key" in log_path.read_text() and "' missing" in log_path.read_text(), 10, "log")
     text = log_path.read_text()
     # … and no key, presented or configured, nor the snapshot HMAC key, is in it.
     for secret in (*KEYS.values(), wrong, HMAC_KEY):
@@ -229,3 +229,25 @@ def test_with_auth_off_the_api_warns_and_cors_answers_only_configured_origins(
         assert "authorization" in allowed.headers["access-control-allow-headers"].lower()
         other = client.get("/v1/gate", headers={"Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
+
+
+def test_refusals_are_counted_each_and_logged_a_line_a_minute(api: Api) -> None:
+    def refused(reason: str) -> float:
+        text = httpx.get(f"{api.service.url}/metrics", timeout=10).text
+        found = re.search(rf'^recstream_api_auth_refusals_total\{{reason="{reason}"\}} ([0-9.e+]+)$', text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    log_path = api.service.log_path
+    assert log_path is not None
+    before = {reason: refused(reason) for reason in ("missing", "unknown", "scope")}
+    lines_before = log_path.read_text().count("unknown API key")
+    with httpx.Client(base_url=api.service.url, timeout=10) as client:
+        for _ in range(40):  # anyone can send these: none may cost a log line each
+            assert client.get("/v1/gate", headers={"X-API-Key": new_key()}).status_code == 401
+        assert client.get("/v1/gate").status_code == 401
+        assert client.get("/v1/gate", headers={"X-API-Key": KEYS["ingest"]}).status_code == 403
+    assert refused("unknown") - before["unknown"] == 40
+    assert refused("missing") - before["missing"] == 1
+    assert refused("scope") - before["scope"] == 1
+    # at most the first of the 40 is logged (none if a line was logged within the minute before)
+    assert log_path.read_text().count("unknown API key") - lines_before <= 1

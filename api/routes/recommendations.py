@@ -10,9 +10,7 @@ failing.
 from __future__ import annotations
 
 import logging
-import math
 import os
-import time
 from typing import Annotated, Any
 
 import orjson
@@ -20,6 +18,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import AUTH_RESPONSES, KEY_SCHEMES, ApiState, authorise, get_state, presented_key, require_scope
+from api.log_throttle import LogThrottle
 from api.params import Parameter, documented, read_all
 from api.problems import Problem, refuse
 from api.redis_breaker import RedisUnavailable
@@ -29,8 +28,7 @@ from recstream.events import ID_PATTERN, Identifier
 
 log = logging.getLogger(__name__)
 
-WARN_EVERY_SECONDS = 60.0
-_warned_at = -math.inf
+_degraded_log = LogThrottle()  # (one line a minute while lists are served degraded)
 # the counter's children by source, looked up once (labels() per request was ~2% of a recommendation's CPU)
 _SERVED = {source: metrics.RECOMMENDATIONS_SERVED.labels(source) for source in ("model", "popular")}
 
@@ -162,13 +160,10 @@ def new_recommendation_id() -> str:
 def _degraded(exc: RedisUnavailable | None) -> None:
     """Count a list served degraded; log at most once a minute. ``exc``: the seen set could not be read (none is
     left out); None: a held set was left out while Redis is unreachable (it may lack what was seen since)."""
-    global _warned_at
     metrics.RECOMMENDATIONS_DEGRADED.inc()
     if exc is not None and exc.__cause__ is not None:  # a real failure, not a call skipped by the open breaker
         metrics.REDIS_ERRORS.labels("api").inc()
-    now = time.monotonic()
-    if now - _warned_at >= WARN_EVERY_SECONDS:
-        _warned_at = now
+    if _degraded_log.ready() is not None:
         if exc is None:
             log.warning(
                 "Redis is unreachable: recommendations leave out the seen sets this process holds, as of its last "
