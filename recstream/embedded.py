@@ -32,6 +32,8 @@ from recstream.settings import PUBLIC_HMAC_KEY, Settings
 
 #: The file in the state directory that holds its snapshot key, made on the first run (owner-only).
 HMAC_KEY_FILE = "hmac.key"
+#: This run's API key (all scopes), owner-only in the state directory: the banner says how to read it, never prints it.
+API_KEY_FILE = "api.key"
 
 #: A restarted process that ran at least this long before it exited is restarted at once; one that exits sooner waits
 #: twice as long as the time before, up to :data:`RESTART_MAX_SECONDS` (a process that cannot start does not spin).
@@ -58,10 +60,7 @@ def local_hmac_key(state_dir: Path) -> str:
     once the directory is removed)."""
     path = state_dir / HMAC_KEY_FILE
     if not path.exists():
-        made = state_dir / f".{HMAC_KEY_FILE}.{os.getpid()}"
-        descriptor = os.open(made, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as out:
-            out.write(secrets.token_hex(32))
+        made = _owner_only(path, secrets.token_hex(32))
         try:
             os.link(made, path)  # appears with its key in it; another run that made one first wins
         except FileExistsError:
@@ -77,6 +76,23 @@ def local_hmac_key(state_dir: Path) -> str:
             f"accepted (anyone could sign a model with it); {_afresh(state_dir)}"
         )
     return key
+
+
+def _owner_only(path: Path, text: str) -> Path:
+    """A new file beside ``path`` holding ``text``, readable by its owner only: moved or linked to ``path`` by the
+    caller, so ``path`` never appears half written."""
+    made = path.with_name(f".{path.name}.{os.getpid()}")
+    descriptor = os.open(made, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        out.write(text)
+    return made
+
+
+def write_api_key(state_dir: Path, key: str) -> Path:
+    """``key`` in ``state_dir``'s API key file (owner-only), in place of the last run's; its path."""
+    path = state_dir / API_KEY_FILE
+    os.replace(_owner_only(path, key + "\n"), path)
+    return path
 
 
 def refuse_unkeyed_state(state_dir: Path) -> None:
@@ -118,8 +134,9 @@ def run_embedded(demo: bool = False, api_port: int = 8000, broker: str = "auto",
         )
         redis = local_services.start_redis(workdir=state_dir / "redis" if durable else None, appendonly=durable)
         started.append(redis)
-        # A fresh key for this run only (docs/security.md): printed below so a newcomer can curl.
+        # A fresh key for this run only (docs/security.md), in an owner-only file the banner names (never printed).
         api_key = new_key()
+        key_file = write_api_key(state_dir, api_key)
         local_keys = [{"name": "local-admin", "scopes": ["ingest", "read", "admin"], "hash": hash_key(api_key)}]
         env = {
             "RECSTREAM_BROKER_URL": kafka.url,
@@ -153,13 +170,13 @@ def run_embedded(demo: bool = False, api_port: int = 8000, broker: str = "auto",
         print(
             f"""
 recstream is up ({kafka.name} broker at {kafka.address}, Redis at {redis.address}).
-  API key          {api_key}   (this run only; scopes ingest, read, admin)
+  API key          KEY=$(cat {shlex.quote(str(key_file))})   (this run only; scopes ingest, read, admin)
   API docs         {api.url}/docs   ("Authorize" with the key)
-  recommendations  curl -H "Authorization: Bearer {api_key}" '{api.url}/v1/users/user-0000/recommendations?k=5'
-  publish          curl -X POST {api.url}/v1/events -H "Authorization: Bearer {api_key}" \\
+  recommendations  curl -H "Authorization: Bearer $KEY" '{api.url}/v1/users/user-0000/recommendations?k=5'
+  publish          curl -X POST {api.url}/v1/events -H "Authorization: Bearer $KEY" \\
                      -H 'content-type: application/json' -d \\
                      '[{{"event_id":"e1","user_id":"me","item_id":"pets-001","type":"like","ts":"{now}"}}]'
-  dashboard        {api.url}/dashboard   (live page; paste the key)
+  dashboard        {api.url}/dashboard   (live page; paste the key: cat {shlex.quote(str(key_file))})
   metrics          {api.url}/metrics (API), {worker.url or "off (RECSTREAM_WORKER_METRICS_PORT=0)"} (worker)
   logs             {state_dir}/{{worker,api,broker,redis}}/*.log
   operator CLI     in another terminal (docs/operations.md):

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from recstream.embedded import HMAC_KEY_FILE
+from recstream.embedded import API_KEY_FILE, HMAC_KEY_FILE
 from recstream.local_services import free_port
 from tests.conftest import metric_value, run_cli
 
@@ -89,7 +89,12 @@ def test_up_runs_everything_shows_changing_recommendations_and_stops_clean(tmp_p
             time.sleep(0.2)
         out = "".join(lines)
         api = f"http://127.0.0.1:{port}"
-        key = re.search(r"API key\s+(rsk_\S+)", out).group(1)
+        # this run's API key is in an owner-only file the banner names, never in the output
+        api_key_file = tmp_path / ".recstream" / API_KEY_FILE
+        assert f"KEY=$(cat {api_key_file})" in out, out
+        assert api_key_file.stat().st_mode & 0o777 == 0o600
+        key = api_key_file.read_text().strip()
+        assert key.startswith("rsk_") and key not in out
         assert f"{api}/dashboard" in out
         exports = dict(re.findall(r"(RECSTREAM_(?:REDIS|BROKER)_URL)=(\S+)", out))
         assert set(exports) == {"RECSTREAM_REDIS_URL", "RECSTREAM_BROKER_URL"}, out
