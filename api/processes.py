@@ -60,6 +60,8 @@ def serve(host: str, port: int, workers: int) -> int:
     from uvicorn import Config
     from uvicorn.supervisors import Multiprocess
 
+    from api.http_limits import PROTOCOL
+
     with _metrics_directory():
         # access_log off: an access log line would carry query strings; auth refusals are logged without the key.
         config = Config(
@@ -71,6 +73,7 @@ def serve(host: str, port: int, workers: int) -> int:
             timeout_worker_healthcheck=HEALTHCHECK_SECONDS,
             log_level="info",
             access_log=False,
+            http=PROTOCOL,  # (request heads bounded: api/http_limits.py)
         )
         sock = config.bind_socket()  # (a port it cannot bind: uvicorn exits with status 3, as with one process)
         supervisor = Multiprocess(config, sockets=[sock])

@@ -30,6 +30,7 @@ def _api(args: argparse.Namespace) -> int:
 
     from api.app import create_app
     from api.auth import AuthNotConfigured, key_ring_from_settings
+    from api.http_limits import PROTOCOL
     from recstream.components import require_hmac_key
 
     settings = get_settings()
@@ -54,7 +55,7 @@ def _api(args: argparse.Namespace) -> int:
             print(f"recstream api: not starting: {exc}", file=sys.stderr)
             return 2
     # access_log off: an access log line would carry query strings; auth refusals are logged without the key.
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False, http=PROTOCOL)
     return 0
 
 

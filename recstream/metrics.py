@@ -230,6 +230,10 @@ REQUEST_SECONDS = Histogram(
     ["route", "method", "status"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
+HEADS_REFUSED = Counter(
+    "recstream_api_heads_refused_total",
+    "Requests refused with 431 before the app read them: their line and headers over RECSTREAM_MAX_HEADER_BYTES.",
+)
 AUTH_REFUSALS = Counter(
     "recstream_api_auth_refusals_total",
     "Requests refused for their API key: none sent (missing), not recognised (unknown), or without the scope the "
@@ -306,6 +310,7 @@ WORKER_ONLY = _families(
 API_ONLY = _families(
     MODEL_SWAP_DELAY, MODEL_LOAD_SECONDS, EVENTS_INGESTED, INGEST_UNAVAILABLE, REQUEST_SECONDS, RECOMMENDATIONS_SERVED,
     SEEN_CACHE_LOOKUPS, SEEN_CACHE_USERS, RECOMMENDATIONS_DEGRADED, AUTH_REFUSALS,
+    HEADS_REFUSED,
 )  # fmt: skip
 
 #: The families both set (each with its own label, or its own series).

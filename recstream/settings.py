@@ -323,6 +323,11 @@ class Settings(_gate_settings()):  # type: ignore[misc]
     )
     retry_after_seconds: int = Field(5, ge=1, description="`Retry-After` sent with 503 answers.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted on any route.")
+    max_header_bytes: int = Field(
+        65_536,
+        ge=4096,
+        description="Largest request line and headers accepted (`431` past it, before the app reads them).",
+    )
 
     # Security
     hmac_key: SecretStr | None = Field(

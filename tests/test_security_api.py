@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import re
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -14,6 +16,7 @@ import pytest
 
 from api.auth import hash_key, new_key
 from recstream import local_services
+from recstream.settings import Settings
 from tests.clock import iso
 from tests.conftest import Endpoint, api_client, make_env, wait_for
 
@@ -251,3 +254,34 @@ def test_refusals_are_counted_each_and_logged_a_line_a_minute(api: Api) -> None:
     assert refused("scope") - before["scope"] == 1
     # at most the first of the 40 is logged (none if a line was logged within the minute before)
     assert log_path.read_text().count("unknown API key") - lines_before <= 1
+
+
+def test_a_request_head_over_the_limit_is_refused_before_the_app_reads_it(api: Api) -> None:
+    def refused_heads() -> float:
+        text = httpx.get(f"{api.service.url}/metrics", timeout=10).text
+        found = re.search(r"^recstream_api_heads_refused_total ([0-9.e+]+)$", text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    before = refused_heads()
+    limit = Settings().max_header_bytes  # (the fixture's API runs with the default)
+    with httpx.Client(base_url=api.service.url, timeout=30) as client:
+        # (larger than one read of the server's, 256 KiB: a head that ends within a read is read whole)
+        big_header = client.get("/healthz", headers={"X-Big": "x" * (8 * limit)})
+        assert big_header.status_code == 431, big_header.text
+        assert f"exceed {limit} bytes (RECSTREAM_MAX_HEADER_BYTES)" in big_header.text
+    # a URL as well (on a socket: httpx itself refuses URLs this long)
+    with socket.create_connection(("127.0.0.1", api.service.port), timeout=30) as raw:
+        with contextlib.suppress(OSError):  # (the server may close before it has read all of it)
+            raw.sendall(b"GET /healthz?" + b"q" * (8 * limit) + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert raw.recv(4096).startswith(b"HTTP/1.1 431 ")
+    # the count is per request: two heads of 60% of the limit on one kept-alive connection are both served
+    with httpx.Client(base_url=api.service.url, timeout=30) as client:
+        for _ in range(2):
+            assert client.get("/healthz", headers={"X-Some": "x" * (limit * 6 // 10)}).status_code == 200
+        # and a body is no part of the head: one larger than the head limit, within the body limit, is read
+        body = json.dumps({"user_id": "u1", "item_ids": ["v1"], "pad": "x" * (2 * limit)})
+        scored = client.post(
+            "/v1/scores", content=body, headers={"X-API-Key": KEYS["read"], "content-type": "application/json"}
+        )
+        assert scored.status_code == 422 and "pad" in scored.text  # the app's own refusal of the unknown field
+    assert refused_heads() - before == 2
