@@ -34,6 +34,10 @@ from recstream.settings import PUBLIC_HMAC_KEY, Settings
 HMAC_KEY_FILE = "hmac.key"
 #: This run's API key (all scopes), owner-only in the state directory: the banner says how to read it, never prints it.
 API_KEY_FILE = "api.key"
+#: Marks a state directory whose runs were given RECSTREAM_HMAC_KEY (none of its own: its model is signed with that).
+OUTSIDE_KEY_FILE = "hmac.key.from-environment"
+#: This run's Redis URL, with its password (owner-only in the state directory, like the API key).
+REDIS_URL_FILE = "redis.url"
 
 #: A restarted process that ran at least this long before it exited is restarted at once; one that exits sooner waits
 #: twice as long as the time before, up to :data:`RESTART_MAX_SECONDS` (a process that cannot start does not spin).
@@ -88,21 +92,27 @@ def _owner_only(path: Path, text: str) -> Path:
     return made
 
 
-def write_api_key(state_dir: Path, key: str) -> Path:
-    """``key`` in ``state_dir``'s API key file (owner-only), in place of the last run's; its path."""
-    path = state_dir / API_KEY_FILE
-    os.replace(_owner_only(path, key + "\n"), path)
+def write_owner_only(path: Path, text: str) -> Path:
+    """``text`` in ``path`` (owner-only), in place of what was there (the last run's); ``path``."""
+    os.replace(_owner_only(path, text + "\n"), path)
     return path
 
 
 def refuse_unkeyed_state(state_dir: Path) -> None:
-    """SystemExit when ``state_dir`` holds a Redis made by an older recstream, before runs had their own key: its
-    snapshots are signed with the public development key, which is no longer accepted."""
-    if (state_dir / "redis").exists() and not (state_dir / HMAC_KEY_FILE).exists():
+    """SystemExit when ``state_dir`` holds a Redis made without this directory's own key: by a run given
+    ``RECSTREAM_HMAC_KEY`` (which this run must be given too), or by an older recstream, before runs had their own
+    key (its snapshots are signed with the public development key, which is no longer accepted)."""
+    if not (state_dir / "redis").exists() or (state_dir / HMAC_KEY_FILE).exists():
+        return
+    if (state_dir / OUTSIDE_KEY_FILE).exists():
         raise SystemExit(
-            f"recstream up: {state_dir} holds a model an older recstream signed with its public development key, "
-            f"which is no longer accepted (anyone could sign a model with it); {_afresh(state_dir)}"
+            f"recstream up: {state_dir} holds a model signed with the RECSTREAM_HMAC_KEY an earlier run was given; "
+            f"set it again (or, {_afresh(state_dir)})"
         )
+    raise SystemExit(
+        f"recstream up: {state_dir} holds a model an older recstream signed with its public development key, "
+        f"which is no longer accepted (anyone could sign a model with it); {_afresh(state_dir)}"
+    )
 
 
 def _afresh(state_dir: Path) -> str:
@@ -114,6 +124,8 @@ def run_embedded(demo: bool = False, api_port: int = 8000, broker: str = "auto",
     if not os.environ.get("RECSTREAM_HMAC_KEY"):
         refuse_unkeyed_state(state_dir)  # (before anything starts)
     state_dir.mkdir(parents=True, exist_ok=True)
+    if os.environ.get("RECSTREAM_HMAC_KEY") and not (state_dir / HMAC_KEY_FILE).exists():
+        (state_dir / OUTSIDE_KEY_FILE).touch()  # (a later run without it is told to set it: refuse_unkeyed_state)
     started: list[local_services.LocalService] = []
     stop = threading.Event()
 
@@ -132,15 +144,21 @@ def run_embedded(demo: bool = False, api_port: int = 8000, broker: str = "auto",
         print(
             f"recstream up: starting Redis ({'persistent' if durable else 'in-memory, like the broker'}) …", flush=True
         )
-        redis = local_services.start_redis(workdir=state_dir / "redis" if durable else None, appendonly=durable)
+        # A password for this run (Redis's port is open to every local user): in an owner-only file, never printed.
+        redis_password = secrets.token_hex(16)
+        redis = local_services.start_redis(
+            workdir=state_dir / "redis" if durable else None, appendonly=durable, password=redis_password
+        )
         started.append(redis)
+        redis_url = f"redis://:{redis_password}@{redis.address}/0"
+        redis_url_file = write_owner_only(state_dir / REDIS_URL_FILE, redis_url)
         # A fresh key for this run only (docs/security.md), in an owner-only file the banner names (never printed).
         api_key = new_key()
-        key_file = write_api_key(state_dir, api_key)
+        key_file = write_owner_only(state_dir / API_KEY_FILE, api_key)
         local_keys = [{"name": "local-admin", "scopes": ["ingest", "read", "admin"], "hash": hash_key(api_key)}]
         env = {
             "RECSTREAM_BROKER_URL": kafka.url,
-            "RECSTREAM_REDIS_URL": redis.url,
+            "RECSTREAM_REDIS_URL": redis_url,
             "RECSTREAM_API_PORT": str(api_port),
             "RECSTREAM_API_KEYS": json.dumps(local_keys),
             # the worker's own Prometheus endpoint (what it consumes, learns, holds): the API's /metrics has the API's
@@ -149,7 +167,7 @@ def run_embedded(demo: bool = False, api_port: int = 8000, broker: str = "auto",
             # the snapshots' key: the one set, else this state directory's own (never the public development key)
             "RECSTREAM_HMAC_KEY": os.environ.get("RECSTREAM_HMAC_KEY") or local_hmac_key(state_dir),
         }
-        exports = f"RECSTREAM_REDIS_URL={redis.url} RECSTREAM_BROKER_URL={kafka.url}"
+        exports = f"RECSTREAM_REDIS_URL=$(cat {shlex.quote(str(redis_url_file))}) RECSTREAM_BROKER_URL={kafka.url}"
         if not os.environ.get("RECSTREAM_HMAC_KEY"):  # (the key itself is never printed)
             exports += f" RECSTREAM_HMAC_KEY=$(cat {shlex.quote(str(state_dir / HMAC_KEY_FILE))})"
         os.environ.update(env)

@@ -376,7 +376,9 @@ def start_redis(
     and ``port`` with ``appendonly=True`` to restart on persisted data. Without a
     ``workdir`` a temporary one is created and removed by :meth:`LocalService.stop`.
     ``appendfsync`` (``always``, ``everysec``, ``no``; Redis's default is ``everysec``)
-    sets when the AOF is fsynced; ``always`` fsyncs before Redis answers a write.
+    sets when the AOF is fsynced; ``always`` fsyncs before Redis answers a write. A ``password``
+    goes in an owner-only config file in ``workdir``, not on the command line (which any local
+    user can read).
     """
     if appendfsync not in (None, "always", "everysec", "no"):
         raise ValueError(f"appendfsync must be 'always', 'everysec' or 'no', not {appendfsync!r}")
@@ -394,7 +396,13 @@ def start_redis(
         "--protected-mode", "yes",
     ]  # fmt: skip
     if password is not None:
-        argv += ["--requirepass", password]
+        config = workdir / "redis.conf"
+        quoted = password.replace("\\", "\\\\").replace('"', '\\"')
+        descriptor = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(descriptor, 0o600)  # (one left from before keeps its mode through O_CREAT)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(f'requirepass "{quoted}"\n')
+        argv.insert(1, str(config))  # (a config file must be redis-server's first argument)
     if appendfsync is not None:
         argv += ["--appendfsync", appendfsync]
     service = _spawn(

@@ -371,6 +371,12 @@ class Settings(_gate_settings()):  # type: ignore[misc]
         "empty: CORS off.",
     )
 
+    @field_validator("hmac_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # (RECSTREAM_HMAC_KEY= , or $(cat) of a file not there: as if not set, which says what to do)
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("hmac_key", "hmac_previous_keys")
     @classmethod
     def _not_the_public_key(cls, value: SecretStr | list[SecretStr] | None) -> SecretStr | list[SecretStr] | None:

@@ -12,6 +12,7 @@ from uvicorn import Config
 from uvicorn.server import ServerState
 
 from api.http_limits import HeadLimitedHttpTools
+from recstream import metrics
 from recstream.settings import Settings
 
 LIMIT = Settings().max_header_bytes
@@ -24,12 +25,15 @@ class Transport(asyncio.Transport):
         super().__init__()
         self.written = bytearray()
         self.closed = False
+        self.protocol: Any = None
 
     def write(self, data: Any) -> None:
         self.written += data
 
-    def close(self) -> None:
-        self.closed = True
+    def close(self) -> None:  # as asyncio's: the protocol learns the connection is lost, soon after
+        if not self.closed:
+            self.closed = True
+            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
 
     def is_closing(self) -> bool:
         return self.closed
@@ -51,9 +55,10 @@ async def _ok(_scope: dict, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-def _connection() -> tuple[HeadLimitedHttpTools, Transport]:
-    protocol = HeadLimitedHttpTools(config=Config(_ok, log_level="warning"), server_state=ServerState(), app_state={})
+def _connection(app: Any = _ok) -> tuple[HeadLimitedHttpTools, Transport]:
+    protocol = HeadLimitedHttpTools(config=Config(app, log_level="warning"), server_state=ServerState(), app_state={})
     transport = Transport()
+    transport.protocol = protocol
     protocol.connection_made(transport)
     return protocol, transport
 
@@ -92,6 +97,63 @@ async def test_a_body_is_not_counted_as_head() -> None:
         protocol.data_received(body[start : start + LIMIT // 2])
     await asyncio.wait_for(_until(lambda: b"HTTP/1.1 200 " in transport.written), 30)
     assert not transport.closed
+
+
+async def test_a_chunked_body_is_read_but_trailers_over_the_limit_are_refused() -> None:
+    protocol, transport = _connection()
+    head = b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+    protocol.data_received(head)
+    for _ in range(4 * LIMIT // 4096):  # a body of 4 times the limit, in chunks of 4 KiB, one a read
+        protocol.data_received(b"1000\r\n" + b"y" * 4096 + b"\r\n")
+    protocol.data_received(b"0\r\n\r\n")
+    await asyncio.wait_for(_until(lambda: b"HTTP/1.1 200 " in transport.written), 30)
+    assert not transport.closed
+    protocol.data_received(head + b"1\r\ny\r\n0\r\nX-Trailer: ")  # then a trailer that never ends
+    for _ in range(3):
+        protocol.data_received(b"t" * (LIMIT // 2))
+    assert b"HTTP/1.1 431 " in transport.written and transport.closed
+
+
+async def test_on_a_pipelined_connection_the_431_comes_after_the_answers_before_it() -> None:
+    answer = asyncio.Event()
+
+    async def slow(_scope: dict, receive: Any, send: Any) -> None:
+        await answer.wait()
+        await _ok(_scope, receive, send)
+
+    protocol, transport = _connection(slow)
+    protocol.data_received(b"GET /first HTTP/1.1\r\nHost: h\r\n\r\nGET /second HTTP/1.1\r\n" + _header(LIMIT))
+    protocol.data_received(_header(LIMIT))  # over the limit while /first is not answered yet
+    await asyncio.sleep(0)
+    assert not transport.written and not transport.closed  # nothing yet: /first is answered first
+    answer.set()
+    await asyncio.wait_for(_until(lambda: transport.closed), 30)
+    assert transport.written.startswith(b"HTTP/1.1 200 ")
+    assert transport.written.index(b"HTTP/1.1 431 ") > transport.written.index(b"HTTP/1.1 200 ")
+
+
+async def test_a_request_uvicorn_refuses_itself_gets_its_400_alone() -> None:
+    protocol, transport = _connection()
+    refused = metrics.HEADS_REFUSED._value.get()
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: h\r\n" + b"X-Pad: " + b"x" * (2 * LIMIT) + b"\x01")
+    assert transport.written.startswith(b"HTTP/1.1 400 ") and b" 431 " not in transport.written
+    assert metrics.HEADS_REFUSED._value.get() == refused  # (not counted as ours)
+
+
+async def test_the_head_and_what_follows_it_each_have_the_whole_limit() -> None:
+    protocol, transport = _connection()
+    framing = b"1\r\ny\r\n" * (LIMIT * 6 // 10 // 5)  # one-byte chunks: 5 bytes of framing each, 60% of the limit
+    # a head of 70% of the limit over two reads, then framing of 60%: neither over the limit on its own
+    protocol.data_received(b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n" + _header(LIMIT * 6 // 10))
+    protocol.data_received(_header(LIMIT // 10) + b"\r\n")
+    protocol.data_received(framing)
+    protocol.data_received(b"0\r\n\r\n")
+    await asyncio.wait_for(_until(lambda: transport.written.count(b"HTTP/1.1 200 ") == 1), 30)
+    # the next request's head: 70% again, after the last one's framing
+    protocol.data_received(b"GET /healthz HTTP/1.1\r\nHost: h\r\n" + _header(LIMIT * 6 // 10))
+    protocol.data_received(_header(LIMIT // 10) + b"\r\n")
+    await asyncio.wait_for(_until(lambda: transport.written.count(b"HTTP/1.1 200 ") == 2), 30)
+    assert b" 431 " not in transport.written and not transport.closed
 
 
 async def _until(condition: Any) -> None:

@@ -76,9 +76,17 @@ def test_redis_starts_answers_ping_and_stops(cleanup: list[ls.LocalService]) -> 
 
 def test_redis_password_and_aof_survive_crash(tmp_path: Path, cleanup: list[ls.LocalService]) -> None:
     redis_py = pytest.importorskip("redis")
-    first = ls.start_redis(tmp_path, appendonly=True, password="s3cret")
+    first = ls.start_redis(tmp_path, appendonly=True, password='s3 "cret\\')  # (quoted in its config file)
     cleanup.append(first)
     assert not ls.redis_ping(first.host, first.port)  # AUTH required
+    assert ls.redis_ping(first.host, first.port, password='s3 "cret\\')
+    # the password is in an owner-only config file, not on the command line (any local user can read that)
+    assert "cret" not in Path(f"/proc/{first.pid}/cmdline").read_bytes().decode()
+    assert (tmp_path / "redis.conf").stat().st_mode & 0o777 == 0o600
+    first.kill()
+    _assert_gone(first)
+    first = ls.start_redis(tmp_path, appendonly=True, password="s3cret")
+    cleanup.append(first)
     client = redis_py.Redis.from_url(first.url, password="s3cret")
     client.set("k", "v")
     client.close()

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from api.auth import hash_key, new_key
 from recstream.components import snapshot_signer
-from recstream.embedded import HMAC_KEY_FILE, local_hmac_key, refuse_unkeyed_state
+from recstream.embedded import HMAC_KEY_FILE, OUTSIDE_KEY_FILE, local_hmac_key, refuse_unkeyed_state
 from recstream.settings import PUBLIC_HMAC_KEY, Settings
 from store.signing import KeyMissing
 from tests.conftest import run_cli
@@ -121,6 +121,13 @@ def test_the_worker_and_the_api_do_not_start_without_a_snapshot_key(command: tup
     assert "Traceback" not in done.stderr and "Started parent process" not in done.stderr
 
 
+def test_an_empty_snapshot_key_is_no_key() -> None:
+    assert Settings(hmac_key="").hmac_key is None and Settings(hmac_key="  ").hmac_key is None
+    env = {**os.environ, "RECSTREAM_HMAC_KEY": ""}
+    done = run_cli("worker", env=env)
+    assert done.returncode == 2 and "RECSTREAM_HMAC_KEY is not set" in done.stderr, done.stderr[-2000:]
+
+
 def test_without_a_snapshot_key_nothing_is_signed_or_verified() -> None:
     signer = snapshot_signer(Settings(hmac_previous_keys=["k1"]))  # (a previous key alone verifies nothing either)
     for attempt in (lambda: signer.sign(b"blob"), lambda: signer.verify(b"blob", b"tag")):
@@ -143,6 +150,9 @@ def test_a_state_directory_signed_with_the_public_key_is_refused_naming_how_to_s
     refuse_unkeyed_state(tmp_path)  # nothing there yet: a new run
     (tmp_path / "redis").mkdir()  # a Redis an older recstream made, before runs had their own key
     with pytest.raises(SystemExit, match=r"signed with its public development key.*to start afresh: rm -rf "):
+        refuse_unkeyed_state(tmp_path)
+    (tmp_path / OUTSIDE_KEY_FILE).touch()  # ... or a run given RECSTREAM_HMAC_KEY made it: that key is wanted again
+    with pytest.raises(SystemExit, match=r"signed with the RECSTREAM_HMAC_KEY an earlier run was given; set it again"):
         refuse_unkeyed_state(tmp_path)
     local_hmac_key(tmp_path)
     refuse_unkeyed_state(tmp_path)  # (a run with its own key made that Redis)

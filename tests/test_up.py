@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from recstream.embedded import API_KEY_FILE, HMAC_KEY_FILE
-from recstream.local_services import free_port
+from recstream.embedded import API_KEY_FILE, HMAC_KEY_FILE, REDIS_URL_FILE
+from recstream.local_services import free_port, redis_ping
 from tests.conftest import metric_value, run_cli
 
 pytestmark = pytest.mark.integration
@@ -96,8 +96,18 @@ def test_up_runs_everything_shows_changing_recommendations_and_stops_clean(tmp_p
         key = api_key_file.read_text().strip()
         assert key.startswith("rsk_") and key not in out
         assert f"{api}/dashboard" in out
-        exports = dict(re.findall(r"(RECSTREAM_(?:REDIS|BROKER)_URL)=(\S+)", out))
-        assert set(exports) == {"RECSTREAM_REDIS_URL", "RECSTREAM_BROKER_URL"}, out
+        exports = dict(re.findall(r"(RECSTREAM_BROKER_URL)=(\S+)", out))
+        # Redis has a password this run, in an owner-only file with its URL: never printed, never on a command line
+        redis_url_file = tmp_path / ".recstream" / REDIS_URL_FILE
+        assert f"RECSTREAM_REDIS_URL=$(cat {redis_url_file})" in out, out
+        assert redis_url_file.stat().st_mode & 0o777 == 0o600
+        exports["RECSTREAM_REDIS_URL"] = redis_url = redis_url_file.read_text().strip()
+        password, address = re.fullmatch(r"redis://:([0-9a-f]{32})@(127\.0\.0\.1:\d+)/0", redis_url).groups()
+        assert password not in out
+        assert not any(password in " ".join(_cmdline(pid)) for pid in _descendants(up.pid))
+        host, port_text = address.split(":")
+        assert not redis_ping(host, int(port_text))  # refused without it
+        assert redis_ping(host, int(port_text), password=password)
         # the snapshots are signed with this state directory's own key, never printed nor the public default
         key_file = tmp_path / ".recstream" / HMAC_KEY_FILE
         assert f"RECSTREAM_HMAC_KEY=$(cat {key_file})" in out, out
