@@ -1072,6 +1072,8 @@ class EventProcessor:
             return _LEARN
         pending.gate_counts[hold.reason] += 1
         held[hold.reason] = held.get(hold.reason, 0) + 1
+        # Not learned, but the person did it (or a bot did, for its own user): never recommended to them again.
+        pending.seen[event.user_id].add(event.item_id)
         return QUARANTINED, record.key, quarantine_payload(record, event, hold.reason, hold.detail, index)
 
     def _pause(self, now: float) -> None:

@@ -13,6 +13,7 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 
+from learner.gate.gate import GateConfig, default_gate
 from learner.gate.model_guard import ModelGuard
 from learner.implicit_mf import ImplicitMF
 from learner.online_learner import OnlineLearner
@@ -21,7 +22,7 @@ from store.model_store import ModelStore
 from store.signing import SnapshotSigner
 from stream.processor import MODEL_PAUSED, QUARANTINED
 from tests.clock import iso
-from tests.conftest import Endpoint
+from tests.conftest import Endpoint, open_model_store
 from tests.transport import Transport
 
 pytestmark = pytest.mark.integration
@@ -201,3 +202,20 @@ async def test_bad_data_still_arriving_after_a_rollback_is_judged_against_the_pr
     await store.promote(good, reason="a suspicious release")
     await processor.process(transport.records(_stream(rnd, 1500, 4000, flipped=True)))
     assert processor.paused_since is not None and guard.pauses == 1, guard.status()
+
+
+async def test_a_held_event_is_seen_by_its_user_though_not_learned(redis_endpoint: Endpoint) -> None:
+    # The quality gate holds a like without a view; the model guard, while paused, holds everything. Either way the
+    # person did it: its item is never recommended to them (the API leaves out their seen set).
+    async with open_model_store(redis_endpoint.url, b"k", "held-seen") as store:
+        transport = Transport()
+        gate = default_gate(GateConfig(like_without_view_enabled=True))
+        processor = transport.processor(store, new_learner=lambda: OnlineLearner(ImplicitMF(n_factors=4)), gate=gate)
+        await processor.start()
+        like = {"event_id": "e1", "user_id": "u1", "item_id": "v1", "type": "like", "ts": iso(0)}
+        view = {"event_id": "e2", "user_id": "u1", "item_id": "v2", "type": "view", "ts": iso(1)}
+        await processor.process(transport.records([like, view]))
+        await processor.checkpoint()
+        assert [kind for kind, _ in transport.dead_letters] == [QUARANTINED]  # the like, held
+        assert processor.learner is not None and processor.learner.events_learned == 1  # the view
+        assert await store.seen("u1") == {"v1", "v2"}
