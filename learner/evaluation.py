@@ -5,17 +5,22 @@ worker runs) and the ranking the API serves (the model if it knows the user, els
 
 * Consecutive events with the same user, item and time are one interaction (a MovieLens rating
   becomes a view, a like and maybe a share); all of them are scored before any is learned.
-* An interaction is *scored* when it holds a positive event (the target rule's label 1) and the
-  user has had no positive for that item before: the top ``k`` for the user are computed,
-  leaving out every item they interacted with earlier (but never the item being predicted),
-  and the item's rank is recorded.
+* A user's first positive for an item (an interaction holding an event of the target rule's label 1)
+  is *scored* with the rank the item had in the user's top ``k`` at their **first interaction with
+  it**, computed then, before that interaction is learned, leaving out every item they interacted
+  with earlier. That is the last moment the API could have shown it: it never shows an item the
+  user saw, so a like after a view is ranked at the view (ranked at the like, the item would be
+  one the API cannot show, and the model would just have learned the view of it). For a rating
+  (view and like at once) both moments are the same. The score counts at the positive's place in
+  the stream (second half, learning curve).
 * Then every event is learned, labelled or not, with its time as the stream clock, so time
   rules see the stream's "now", never the wall clock.
 
 Metrics: HR@k, NDCG@k and MRR over all scored positives, over the second half of the stream
-(by event position) and over users with at least ``active_min`` earlier interactions;
-pointwise AUC and log loss of the learner's predictions made before learning labelled events
-(None where a class is missing, e.g. MovieLens has no negatives); catalogue coverage (share of
+(by event position) and over users with at least ``active_min`` earlier interactions (when
+ranked); pointwise AUC and log loss over the labelled interactions, one each (positive if one of
+its events is, else negative), predicted before any of its events is learned (None where a class
+is missing, e.g. MovieLens has no negatives); catalogue coverage (share of
 the items seen in the stream that were ever recommended); events per second; and HR@k per
 window of stream position (the learning curve).
 
@@ -230,11 +235,14 @@ class Recommend:
     def rank(self, user: str, target: str, target_seen: bool) -> tuple[float, bool]:
         """``(rank of target or inf, from_popularity)``, recording the list for coverage."""
         _, _, rank, from_popularity = self._select(user, target, target_seen)
+        return rank, from_popularity
+
+    def liked(self, target: str) -> None:
+        """``target`` was liked (a positive): the explorer learns it."""
         if self.explorer is not None:
             row = self.learner.model.items.get(target)
             if row is not None:
                 self.explorer.observe_liked(row)
-        return rank, from_popularity
 
     def _select(self, user: str, target: str | None, target_seen: bool) -> tuple[IdIndex, np.ndarray, float, bool]:
         model = self.learner.model
@@ -452,43 +460,66 @@ def replay(
     predictions: list[float] = []
     catalogue: set[str] = set()
     from_popularity = 0
-    next_progress = progress_every
-    started = time.perf_counter()
+    # The interactions (runs of events with one user, item and time), their labels, and where each scored
+    # positive is ranked: at its user's first interaction with its item, the last moment the API could have shown it
+    # (a like after a view of the item is ranked at the view: ranked at the like, the item would be one the API never
+    # shows, and the model would have just learned the view of it).
+    groups: list[tuple[int, int, list[float | None]]] = []
+    ranked_at: set[int] = set()  # the starts of the interactions at which a rank is taken
+    first: dict[tuple[str, str], int] = {}
+    positive: set[tuple[str, str]] = set()
     pos = 0
     while pos < n:
-        first = events[pos]
-        user, item, ts = first.user, first.item, first.ts
+        head = events[pos]
         end = pos + 1
-        while end < n and events[end].item == item and events[end].user == user and events[end].ts == ts:
+        while end < n and events[end].item == head.item and events[end].user == head.user and events[end].ts == head.ts:
             end += 1
+        group_labels = [rule.label(e.type, e.watch_seconds, e.item_duration_seconds) for e in events[pos:end]]
+        groups.append((pos, end, group_labels))
+        pair = (head.user, head.item)
+        first.setdefault(pair, pos)
+        if pair not in positive and any(y is not None and y > 0.5 for y in group_labels):
+            positive.add(pair)
+            ranked_at.add(first[pair])
+        pos = end
+    del first, positive
+    ranks: dict[tuple[str, str], tuple[float, bool, bool]] = {}  # taken, its positive still to come
+
+    next_progress = progress_every
+    started = time.perf_counter()
+    for pos, end, group_labels in groups:
+        first_event = events[pos]
+        user, item, ts = first_event.user, first_event.item, first_event.ts
         group = events[pos:end]
-        group_labels = [rule.label(e.type, e.watch_seconds, e.item_duration_seconds) for e in group]
         user_seen = seen.get(user)
         if user_seen is None:
             user_seen = seen[user] = set()
-        if (
-            any(y is not None and y > 0.5 for y in group_labels)
-            and (user, item) not in liked
-            and (score_user is None or score_user(user))
-        ):
+        if pos in ranked_at and (score_user is None or score_user(user)):
+            rank, fallback = recommend.rank(user, item, target_seen=False)  # (its first interaction: not seen)
+            ranks[(user, item)] = (rank, fallback, len(user_seen) >= active_min)
+        if (user, item) not in liked and any(y is not None and y > 0.5 for y in group_labels):
             liked.add((user, item))
-            rank, fallback = recommend.rank(user, item, target_seen=item in user_seen)
-            from_popularity += fallback
-            overall.add(rank)
-            if (pos >= n / 2) if second_half_from is None else (ts >= second_half_from):
-                second_half.add(rank)
-            if len(user_seen) - (item in user_seen) >= active_min:
-                active.add(rank)
-            window = min(pos * curve_windows // n, curve_windows - 1)
-            curve_scored[window] += 1
-            curve_hits[window] += rank <= k
-        for event, y in zip(group, group_labels, strict=True):
-            p = learner.learn(
+            taken = ranks.pop((user, item), None)
+            if taken is not None:  # scored now, at the positive's place in the stream
+                rank, fallback, was_active = taken
+                recommend.liked(item)
+                from_popularity += fallback
+                overall.add(rank)
+                if (pos >= n / 2) if second_half_from is None else (ts >= second_half_from):
+                    second_half.add(rank)
+                if was_active:
+                    active.add(rank)
+                window = min(pos * curve_windows // n, curve_windows - 1)
+                curve_scored[window] += 1
+                curve_hits[window] += rank <= k
+        label = _interaction_label(group_labels)
+        if label is not None:  # one prediction an interaction, made before any of its events is learned
+            labels.append(label)
+            predictions.append(learner.model.predict_one(user, item))
+        for event in group:
+            learner.learn(
                 event.user, event.item, event.type, event.watch_seconds, event.item_duration_seconds, ts=event.ts
             )
-            if p is not None and y is not None:
-                labels.append(y)
-                predictions.append(p)
         if item not in user_seen:
             user_seen.add(item)
             recommend.add_seen(user, item)
@@ -542,6 +573,18 @@ def roc_auc(y_true: np.ndarray, y_score: np.ndarray) -> float | None:
     mid_ranks = upper - (counts - 1) / 2.0  # 1-based average rank of each distinct score
     ranks = mid_ranks[inverse]
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def _interaction_label(labels: list[float | None]) -> float | None:
+    """One label for an interaction's events: positive if one is, else negative if one is, else none.
+
+    >>> _interaction_label([None, 1.0, 1.0]), _interaction_label([None, 0.0]), _interaction_label([None])
+    (1.0, 0.0, None)
+    """
+    known = [y for y in labels if y is not None]
+    if not known:
+        return None
+    return 1.0 if any(y > 0.5 for y in known) else 0.0
 
 
 def log_loss(y_true: np.ndarray, y_pred: np.ndarray, eps: float = 1e-7) -> float | None:

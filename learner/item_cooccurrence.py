@@ -173,8 +173,9 @@ class ItemCooccurrence:
         return u is not None and bool(self._history[u])
 
     def score_all(self, user: str) -> np.ndarray:
-        """Co-occurrence evidence scaled to a maximum of 1, plus ``popularity_weight`` times recent
-        popularity scaled the same way (so items without evidence are ordered by what is popular now)."""
+        """Co-occurrence evidence (unscaled: its ranking is what counts), plus ``popularity_weight`` times recent
+        popularity scaled to the best evidence's size (so items without evidence are ordered by what is popular
+        now); not comparable across users, nor with :meth:`predict_one`'s ``1 - exp(-evidence)``."""
         n_items = len(self.items)
         recent = self._recent
         kernel = kernels.compiled()

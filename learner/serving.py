@@ -180,7 +180,10 @@ class ServingModel:
         return picked
 
     def score(self, user_id: str, item_ids: list[str]) -> list[float | None]:
-        """Probability of a like for each item (None for items not in the model's catalogue: never in any
-        event it was given; an item it registered but learned nothing about gets its prior)."""
+        """The model's prediction of a like for each item (its ``predict_one``: a probability for the factor models,
+        ``1 - exp(-evidence)`` for co-occurrence, which saturates at 1, need not order items as the
+        recommendation list does, and is 0 for a user the model does not know). None for items not in the model's
+        catalogue: never in any event it was given; an item it registered but learned nothing about gets its
+        prior."""
         model = self.model
         return [model.predict_one(user_id, item) if item in model.items else None for item in item_ids]
