@@ -314,9 +314,10 @@ async def test_a_chunks_dead_letters_are_sent_together_in_the_order_of_its_event
     assert processor.learner.events_learned == 696 and transport.acked == [0]
 
 
-async def test_what_a_user_was_seen_with_is_what_was_learned(store: ModelStore) -> None:
-    """The items of learned events join their user's seen set in Redis with the checkpoint (the API leaves them out
-    of recommendations); a held event's item, a refused element's and a duplicate's do not."""
+async def test_what_a_user_was_seen_with_is_what_was_learned_or_held(store: ModelStore) -> None:
+    """The items of learned and held events join their user's seen set in Redis with the checkpoint (the API leaves
+    them out of recommendations: a held event is not learned, but the person did it); a refused element's and a
+    duplicate's do not."""
     transport = Transport()
     processor = transport.processor(store, gate=default_gate(GateConfig()))
     await processor.start()
@@ -333,7 +334,7 @@ async def test_what_a_user_was_seen_with_is_what_was_learned(store: ModelStore) 
     await processor.checkpoint()
 
     assert processor.learner.events_learned == 4
-    assert await store.seen("ann") == {"v0", "v1", "v2"}
+    assert await store.seen("ann") == {"v0", "v1", "v2", "v-future"}
     assert await store.seen("bob") == {"v5"}
     assert [kind for kind, _ in transport.dead_letters] == [QUARANTINED, REJECTED]
 
