@@ -455,7 +455,6 @@ def replay(
     curve_hits = np.zeros(curve_windows, dtype=np.int64)
     curve_scored = np.zeros(curve_windows, dtype=np.int64)
     seen: dict[str, set[str]] = {}
-    liked: set[tuple[str, str]] = set()
     labels: list[float] = []
     predictions: list[float] = []
     catalogue: set[str] = set()
@@ -464,7 +463,7 @@ def replay(
     # positive is ranked: at its user's first interaction with its item, the last moment the API could have shown it
     # (a like after a view of the item is ranked at the view: ranked at the like, the item would be one the API never
     # shows, and the model would have just learned the view of it).
-    groups: list[tuple[int, int, list[float | None]]] = []
+    groups: list[tuple[int, int, float | None]] = []  # (start, end, the interaction's label)
     ranked_at: set[int] = set()  # the starts of the interactions at which a rank is taken
     first: dict[tuple[str, str], int] = {}
     positive: set[tuple[str, str]] = set()
@@ -474,11 +473,13 @@ def replay(
         end = pos + 1
         while end < n and events[end].item == head.item and events[end].user == head.user and events[end].ts == head.ts:
             end += 1
-        group_labels = [rule.label(e.type, e.watch_seconds, e.item_duration_seconds) for e in events[pos:end]]
-        groups.append((pos, end, group_labels))
+        label = _interaction_label(
+            [rule.label(e.type, e.watch_seconds, e.item_duration_seconds) for e in events[pos:end]]
+        )
+        groups.append((pos, end, label))
         pair = (head.user, head.item)
         first.setdefault(pair, pos)
-        if pair not in positive and any(y is not None and y > 0.5 for y in group_labels):
+        if label == 1.0 and pair not in positive:
             positive.add(pair)
             ranked_at.add(first[pair])
         pos = end
@@ -487,7 +488,7 @@ def replay(
 
     next_progress = progress_every
     started = time.perf_counter()
-    for pos, end, group_labels in groups:
+    for pos, end, label in groups:
         first_event = events[pos]
         user, item, ts = first_event.user, first_event.item, first_event.ts
         group = events[pos:end]
@@ -497,10 +498,9 @@ def replay(
         if pos in ranked_at and (score_user is None or score_user(user)):
             rank, fallback = recommend.rank(user, item, target_seen=False)  # (its first interaction: not seen)
             ranks[(user, item)] = (rank, fallback, len(user_seen) >= active_min)
-        if (user, item) not in liked and any(y is not None and y > 0.5 for y in group_labels):
-            liked.add((user, item))
+        if label == 1.0:
             taken = ranks.pop((user, item), None)
-            if taken is not None:  # scored now, at the positive's place in the stream
+            if taken is not None:  # its first positive: scored now, at its place in the stream
                 rank, fallback, was_active = taken
                 recommend.liked(item)
                 from_popularity += fallback
@@ -512,7 +512,6 @@ def replay(
                 window = min(pos * curve_windows // n, curve_windows - 1)
                 curve_scored[window] += 1
                 curve_hits[window] += rank <= k
-        label = _interaction_label(group_labels)
         if label is not None:  # one prediction an interaction, made before any of its events is learned
             labels.append(label)
             predictions.append(learner.model.predict_one(user, item))
