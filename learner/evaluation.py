@@ -57,7 +57,7 @@ from learner.exploration import ThompsonExplorer
 from learner.gate.base import GateEvent
 from learner.id_index import IdIndex
 from learner.online_learner import OnlineLearner
-from learner.ranking import top_rows_and_rank, without_row
+from learner.ranking import top_rows_and_rank
 
 if TYPE_CHECKING:
     from learner.gate.gate import QualityGate
@@ -224,17 +224,15 @@ class Recommend:
         if self._popular_seen is not self._model_seen:
             self._popular_seen.add(user, item)
 
-    def top(self, user: str, target: str | None = None, target_seen: bool = False) -> tuple[list[str], float, bool]:
-        """``(item ids best first, rank of target or inf, from_popularity)``; seen items left out, target kept.
-
-        ``target_seen`` says whether the target is among the user's seen items (then it is put back).
-        """
-        index, rows, rank, from_popularity = self._select(user, target, target_seen)
+    def top(self, user: str, target: str | None = None) -> tuple[list[str], float, bool]:
+        """``(item ids best first, rank of target or inf, from_popularity)``; seen items left out (the replay ranks a
+        target before the user's first interaction with it: never one of them)."""
+        index, rows, rank, from_popularity = self._select(user, target)
         return [index.ids[r] for r in rows], rank, from_popularity
 
-    def rank(self, user: str, target: str, target_seen: bool) -> tuple[float, bool]:
+    def rank(self, user: str, target: str) -> tuple[float, bool]:
         """``(rank of target or inf, from_popularity)``, recording the list for coverage."""
-        _, _, rank, from_popularity = self._select(user, target, target_seen)
+        _, _, rank, from_popularity = self._select(user, target)
         return rank, from_popularity
 
     def liked(self, target: str) -> None:
@@ -244,13 +242,11 @@ class Recommend:
             if row is not None:
                 self.explorer.observe_liked(row)
 
-    def _select(self, user: str, target: str | None, target_seen: bool) -> tuple[IdIndex, np.ndarray, float, bool]:
+    def _select(self, user: str, target: str | None) -> tuple[IdIndex, np.ndarray, float, bool]:
         model = self.learner.model
         if model.knows_user(user) and len(model.items):
             index = model.items
-            rows, rank = self._top_model(
-                model.score_all(user), self._model_seen.rows(user), index.get(target), target_seen
-            )
+            rows, rank = self._top_model(model.score_all(user), self._model_seen.rows(user), index.get(target))
             self._model_shown = _mark(self._model_shown, rows, len(index))
             return index, rows, rank, False
         popularity = self.learner.popularity
@@ -265,18 +261,15 @@ class Recommend:
         shown.update(self.learner.popularity.items.ids[r] for r in np.flatnonzero(self._popular_shown))
         return shown
 
-    def _top_model(
-        self, raw: np.ndarray, excluded: np.ndarray, target: int | None, target_seen: bool
-    ) -> tuple[np.ndarray, float]:
+    def _top_model(self, raw: np.ndarray, excluded: np.ndarray, target: int | None) -> tuple[np.ndarray, float]:
         # The serving path's selection (learner.ranking.top_rows). ``raw`` is score_all's new array: the
         # excluded rows are set to -inf in it (no copy).
-        keep = target if target is not None and target_seen else None  # the target is put back
-        best, greater, equal = top_rows_and_rank(raw, self.k, excluded, target, keep)
+        best, greater, equal = top_rows_and_rank(raw, self.k, excluded, target)
         if best.size == 0:
             return _EMPTY, math.inf
         if self.explorer is not None:
             neg = np.negative(raw, dtype=np.float64)
-            neg[without_row(excluded, keep)] = np.inf  # only rows that may be shown
+            neg[excluded] = np.inf  # only rows that may be shown
             best = self.explorer.rerank(best, neg, best.size)
             self.explorer.observe_shown(best)
         if target is None:
@@ -288,15 +281,13 @@ class Recommend:
         # above its score, and equal to it only if it is -inf too)
         better, ties = greater, equal - 1
         if raw[target] == -np.inf:
-            ties -= int(np.unique(without_row(excluded, keep)).size)
+            ties -= int(np.unique(excluded).size)
         return best, max(float(self.k + 1), 1.0 + better + ties / 2.0)
 
     def _top_popular(self, counts: np.ndarray, excluded: np.ndarray, target: int | None) -> tuple[np.ndarray, float]:
         # Same order as ServingModel.popular: most positives first, ties in order of first appearance.
         scores = np.array(counts, dtype=np.float64)
         scores[excluded] = -np.inf
-        if target is not None:
-            scores[target] = counts[target]
         order = np.argsort(-scores, kind="stable")
         n_candidates = int(np.count_nonzero(scores > -np.inf))
         best = order[: min(self.k, n_candidates)]
@@ -496,7 +487,7 @@ def replay(
         if user_seen is None:
             user_seen = seen[user] = set()
         if pos in ranked_at and (score_user is None or score_user(user)):
-            rank, fallback = recommend.rank(user, item, target_seen=False)  # (its first interaction: not seen)
+            rank, fallback = recommend.rank(user, item)
             ranks[(user, item)] = (rank, fallback, len(user_seen) >= active_min)
         if label == 1.0:
             taken = ranks.pop((user, item), None)

@@ -158,7 +158,8 @@ def test_seen_items_are_never_recommended_and_lists_match_the_serving_view() -> 
 
 def test_a_targets_rank_counts_only_the_items_that_may_be_shown() -> None:
     """The rank of a missed target against a full sort of the rows the user may be shown (their seen items left
-    out, the target put back), ties at their mid-rank: seen items scoring above the target never count."""
+    out; the target is one they have not seen, as the replay ranks it), ties at their mid-rank: seen items scoring
+    above the target never count."""
     rng = np.random.default_rng(9)
     learner = OnlineLearner(model=build_model(DEFAULT_MODEL))
     recommend = Recommend(learner, k=3)
@@ -168,16 +169,16 @@ def test_a_targets_rank_counts_only_the_items_that_may_be_shown() -> None:
         user, item = f"u{int(rng.integers(0, 30))}", f"i{int(rng.integers(0, 40))}"
         model = learner.model
         user_seen = seen.setdefault(user, set())
-        if model.knows_user(user) and item in model.items:
+        if model.knows_user(user) and item in model.items and item not in user_seen:
             scores, index = model.score_all(user), model.items
             target = index.get(item)
-            allowed = [r for r in range(len(index)) if r == target or index.ids[r] not in user_seen]
+            allowed = [r for r in range(len(index)) if index.ids[r] not in user_seen]
             ordered = sorted(allowed, key=lambda r: (-scores[r], r))
             position = ordered.index(target) + 1
             t_score = scores[target]
             mid = 1 + sum(scores[r] > t_score for r in allowed) + (sum(scores[r] == t_score for r in allowed) - 1) / 2
             expected = float(position) if position <= 3 else max(4.0, mid)
-            rank, from_popularity = recommend.rank(user, item, target_seen=item in user_seen)
+            rank, from_popularity = recommend.rank(user, item)
             assert not from_popularity
             assert rank == pytest.approx(expected), t
             checked += 1
@@ -193,7 +194,7 @@ def test_a_target_scored_minus_infinity_ties_only_with_rows_that_may_be_shown() 
     """Ranking sets the excluded rows to -inf in the scores; they must not count as ties of a -inf target."""
     recommend = Recommend(OnlineLearner(), k=1)
     raw = np.array([1.0, -np.inf, 5.0, 5.0, 0.0, -np.inf])  # may be shown: rows 0, 4, 1 and the target 5
-    best, rank = recommend._top_model(raw, np.array([2, 3]), target=5, target_seen=False)
+    best, rank = recommend._top_model(raw, np.array([2, 3]), target=5)
     assert best.tolist() == [0] and rank == 3.5  # 2 rows above it, 1 tie (row 1): 1 + 2 + 1/2
 
 
