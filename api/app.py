@@ -24,17 +24,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api import processes
 from api.auth import key_ring_from_settings
 from api.deps import ApiState
+from api.hidden_items import HiddenItemsHeld
 from api.hygiene import BodyLimitMiddleware, SecurityHeadersMiddleware, add_docs_route
 from api.model_holder import ModelHolder
 from api.problems import document_invalid_requests, explain_http_error, explain_validation_error
 from api.producer import EventProducer
 from api.rate_limit import RateLimiter
-from api.routes import dashboard, events, gate, health, models, recommendations, stats
+from api.routes import dashboard, events, gate, health, items, models, recommendations, stats
 from api.seen_cache import SeenCache
 from recstream import components, metrics
 from recstream.events import Event
 from recstream.gc_tuning import freeze_startup_objects
 from recstream.settings import Settings, get_settings
+from store.hidden_items import HiddenItems
 from store.keys import Keys
 from store.rate_limit import TokenBuckets
 
@@ -117,8 +119,13 @@ def create_app(settings: Settings) -> FastAPI:
         redis = components.redis_client(settings)
         store = components.model_store(settings, redis)
         seen = SeenCache(store, settings.api_seen_cache_items)
+        hidden_items = HiddenItems(redis, store.keys)
         models = ModelHolder(
-            store, poll_seconds=settings.model_poll_seconds, load_share=settings.model_load_share, seen=seen
+            store,
+            poll_seconds=settings.model_poll_seconds,
+            load_share=settings.model_load_share,
+            seen=seen,
+            hidden=HiddenItemsHeld(hidden_items),
         )
         producer = EventProducer(
             components.bootstrap_servers(settings),
@@ -136,6 +143,7 @@ def create_app(settings: Settings) -> FastAPI:
             keys=keys,
             limiter=limiter,
             seen=seen,
+            hidden_items=hidden_items,
         )
         components.start_process(settings, log)
         metrics.forget_dead_processes()  # one of several API processes, started in place of one that died
@@ -166,6 +174,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(recommendations.router)
     app.include_router(gate.router)
     app.include_router(models.router)
+    app.include_router(items.router)
     app.include_router(stats.router)
     app.include_router(dashboard.router)
     app.include_router(health.router)

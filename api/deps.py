@@ -22,6 +22,7 @@ from api.redis_breaker import RedisBreaker
 from api.seen_cache import SeenCache
 from recstream import metrics
 from recstream.settings import Scope, Settings
+from store.hidden_items import HiddenItems
 from store.model_store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class ApiState:
     keys: KeyRing
     limiter: RateLimiter
     seen: SeenCache
+    hidden_items: HiddenItems
     #: Optional Redis reads on the request path (seen sets) go through it, so a Redis outage degrades
     #: them at once instead of costing every request a timeout.
     redis_breaker: RedisBreaker = field(default_factory=RedisBreaker)

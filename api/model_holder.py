@@ -1,7 +1,9 @@
 """Keeps the current model version in memory and swaps it when a new one is announced.
 
 It listens on the Redis announce channel and also polls the ``current`` pointer (pub/sub
-messages are lost while disconnected). A swap is one attribute assignment and a delta is applied
+messages are lost while disconnected). Every refresh also syncs the users' seen sets held
+(api/seen_cache.py) and the hidden items (api/hidden_items.py), whose changes are announced on the
+same channel. A swap is one attribute assignment and a delta is applied
 between requests (below), so a request never sees a version half loaded. A snapshot that fails
 authentication is refused: the previous model keeps serving.
 
@@ -45,6 +47,7 @@ from datetime import datetime
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from api.hidden_items import HiddenItemsHeld
 from api.seen_cache import SeenCache
 from learner import cooccurrence_delta
 from learner.codec import CodecError
@@ -69,6 +72,7 @@ class ModelHolder:
         clock: Callable[[], float] = time.monotonic,
         loader: Callable[[bytes, int], ServingModel] = ServingModel.from_bytes,
         seen: SeenCache | None = None,
+        hidden: HiddenItemsHeld | None = None,
     ) -> None:
         if not 0 < load_share <= 1:
             raise ValueError("load_share must be in (0, 1]")
@@ -77,6 +81,7 @@ class ModelHolder:
         self._clock = clock
         self._loader = loader
         self.seen = seen  # synced with the seen log at every refresh, after reading the version (api/seen_cache.py)
+        self.hidden = hidden  # the hidden items, synced at every refresh too (api/hidden_items.py)
         self._load_budget = ShareBudget(load_share, cap_seconds=LOAD_BANK_SECONDS, clock=clock)  # see the module doc
         self._newest_loaded = 0  # the newest version this process has loaded: anything newer is a new checkpoint
         self.model: ServingModel | None = None
@@ -100,6 +105,8 @@ class ModelHolder:
             # after reading the version: its checkpoint's seen additions (in the same transaction) are synced too,
             # so the sets held are never older than the model served
             await self.seen.sync()
+        if self.hidden is not None:
+            await self.hidden.sync()
         if not self.redis_ok and self._was_unreachable:
             log.warning("Redis is reachable again: model refresh resumed")
         self.redis_ok = True

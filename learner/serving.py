@@ -19,6 +19,7 @@ better); a popular list carries each item's share of positives.
 
 from __future__ import annotations
 
+from collections.abc import Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,9 @@ from learner.id_index import GrowingIds, IdIndex
 from learner.item_cooccurrence import ItemCooccurrence
 from learner.online_learner import OnlineLearner
 from learner.ranking import top_k
+
+#: How many more than ``k`` items a ranking takes when some items are hidden (:meth:`ServingModel.recommend`).
+HIDDEN_SLACK = 16
 
 
 @dataclass(frozen=True)
@@ -144,14 +148,50 @@ class ServingModel:
         return self.model.items
 
     def recommend(
-        self, user_id: str, k: int, exclude: set[str], exclude_rows: np.ndarray | None = None
+        self,
+        user_id: str,
+        k: int,
+        exclude: set[str],
+        exclude_rows: np.ndarray | None = None,
+        hidden: Set[str] = frozenset(),
     ) -> Recommendation:
-        """Top ``k`` items for the user, never one in ``exclude`` (what they already saw); ``exclude_rows``: the
-        rows of ``exclude`` in :attr:`item_index` if the caller has them already."""
+        """Top ``k`` items for the user, never one in ``exclude`` (what they already saw) nor in ``hidden`` (what an
+        operator took down: the same for every user); ``exclude_rows``: the rows of ``exclude`` in
+        :attr:`item_index` if the caller has them already.
+
+        Hidden items are few among any one user's best, however many there are: the best ``k`` +
+        :data:`HIDDEN_SLACK` are ranked without the seen ones, and the hidden ones dropped from them (the others keep
+        their order, so that is exact while ``k`` are left, or when the catalogue ran out); only when more of them were
+        hidden is the ranking done again without every hidden item. Leaving 10,000 hidden items out of each ranking
+        instead cost ~6 times the ranking's time at 100,000 items (a table of the excluded rows made per request).
+
+        >>> from learner.online_learner import OnlineLearner
+        >>> learner = OnlineLearner()
+        >>> for user, item in [("u1", "a"), ("u1", "b"), ("u1", "c"), ("u2", "a")]:
+        ...     _ = learner.learn(user, item, "like", None, None)
+        >>> view = ServingModel.from_bytes(learner.to_bytes(), version=1)
+        >>> sorted(item for item, _ in view.recommend("u2", k=5, exclude={"a"}, hidden={"b"}).items)
+        ['c']
+        >>> [item for item, _ in view.recommend("nobody", k=5, exclude=set(), hidden={"a", "c"}).items]
+        ['b']
+        """
         model = self.model
         if not model.knows_user(user_id) or not len(model.items):
-            return Recommendation(self.popular(k, exclude), source="popular")
+            return Recommendation(self.popular(k, exclude, hidden), source="popular")
         rows = np.fromiter(model.items.rows(exclude), np.int64) if exclude_rows is None else exclude_rows
+        ids = model.items.ids
+        if hidden:
+            wanted = k + min(len(hidden), HIDDEN_SLACK)
+            best = self._best(user_id, wanted, rows)
+            kept = [(ids[i], s) for i, s in best if ids[i] not in hidden]
+            if len(kept) >= k or len(best) < wanted:
+                return Recommendation(kept[:k], source="model")
+            rows = np.concatenate((rows, np.fromiter(model.items.rows(hidden), np.int64)))
+        return Recommendation([(ids[i], s) for i, s in self._best(user_id, k, rows)], source="model")
+
+    def _best(self, user_id: str, k: int, rows: np.ndarray) -> list[tuple[int, float]]:
+        """The model's ``k`` best (row, score) pairs for a user it knows, leaving out ``rows``."""
+        model = self.model
         best = None
         if isinstance(model, ItemCooccurrence):  # from the user's rows alone, unless that does not settle it
             head = self._ranking_head
@@ -160,11 +200,10 @@ class ServingModel:
             best = model.top(user_id, k, rows, head)
         if best is None:
             best = top_k(model.score_all(user_id), k, exclude=rows, owned=True)
-        ids = model.items.ids
-        return Recommendation([(ids[i], s) for i, s in best], source="model")
+        return best
 
-    def popular(self, k: int, exclude: set[str]) -> list[tuple[str, float]]:
-        """The ``k`` most popular items not in ``exclude``, each with its share of positives."""
+    def popular(self, k: int, exclude: Set[str], hidden: Set[str] = frozenset()) -> list[tuple[str, float]]:
+        """The ``k`` most popular items in neither ``exclude`` nor ``hidden``, each with its share of positives."""
         order = self._popular_order
         if order is None:
             order = self._popular_order = np.argsort(-self._popularity, kind="stable")
@@ -172,7 +211,7 @@ class ServingModel:
         picked: list[tuple[str, float]] = []
         for row in order:  # stops after k (plus the excluded ones met on the way)
             item = ids[row]
-            if item in exclude:
+            if item in exclude or item in hidden:
                 continue
             picked.append((item, float(counts[row]) / total))
             if len(picked) == k:

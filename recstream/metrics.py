@@ -253,6 +253,11 @@ SEEN_CACHE_USERS = Gauge(
     "Users whose seen sets the API processes hold (RECSTREAM_API_SEEN_CACHE_ITEMS).",
     multiprocess_mode="livesum",
 )
+ITEMS_HIDDEN = Gauge(
+    "recstream_api_items_hidden",
+    "Items an operator hid (never recommended until unhidden), as the API processes last read them.",
+    multiprocess_mode="livemax",
+)
 RECOMMENDATIONS_DEGRADED = Counter(
     "recstream_recommendations_degraded_total",
     "Recommendation lists served while Redis was unreachable (degraded: true): without excluding seen items, or "
@@ -310,7 +315,7 @@ WORKER_ONLY = _families(
 API_ONLY = _families(
     MODEL_SWAP_DELAY, MODEL_LOAD_SECONDS, EVENTS_INGESTED, INGEST_UNAVAILABLE, REQUEST_SECONDS, RECOMMENDATIONS_SERVED,
     SEEN_CACHE_LOOKUPS, SEEN_CACHE_USERS, RECOMMENDATIONS_DEGRADED, AUTH_REFUSALS,
-    HEADS_REFUSED,
+    HEADS_REFUSED, ITEMS_HIDDEN,
 )  # fmt: skip
 
 #: The families both set (each with its own label, or its own series).

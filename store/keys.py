@@ -79,6 +79,23 @@ class Keys:
         return f"{self.dedupe_prefix}{bucket}"
 
     @property
+    def hidden_items(self) -> str:
+        """Hash item id -> JSON ``{"at", "reason", "actor"}``: items an operator hid (taken down): never recommended,
+        whatever the model says, until unhidden (store/hidden_items.py)."""
+        return f"{self.prefix}:items:hidden"
+
+    @property
+    def hidden_items_changes(self) -> str:
+        """Integer: incremented with every change of :attr:`hidden_items`, so API processes re-read the hash only
+        when it changed (api/hidden_items.py)."""
+        return f"{self.prefix}:items:hidden:changes"
+
+    @property
+    def hiding_history(self) -> str:
+        """List of JSON records of the last hides and unhides (newest last), capped (store/hidden_items.py)."""
+        return f"{self.prefix}:items:hidden:history"
+
+    @property
     def dedupe_prefix(self) -> str:
         return f"{self.prefix}:dedupe:"
 

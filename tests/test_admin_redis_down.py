@@ -30,6 +30,9 @@ NEEDS_REDIS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("get", "/v1/gate", "/v1/gate", {}),
     ("post", "/v1/gate/resume", "/v1/gate/resume", {}),
     ("get", "/v1/stats", "/v1/stats", {}),
+    ("get", "/v1/items/hidden", "/v1/items/hidden", {}),
+    ("post", "/v1/items/{item_id}/hide", "/v1/items/v3/hide", {"json": REASON}),
+    ("post", "/v1/items/{item_id}/unhide", "/v1/items/v3/unhide", {"json": REASON}),
 ]
 
 

@@ -24,7 +24,7 @@ Version = Annotated[int, Path(ge=1, description="A model version number.")]
 class Reason(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt field is refused, naming it, as events' are
 
-    reason: str = Field(min_length=1, max_length=500, description="Why (recorded with the promotion).")
+    reason: str = Field(min_length=1, max_length=500, description="Why (recorded with the change, in its history).")
 
 
 class Serving(BaseModel):

@@ -1,10 +1,10 @@
 """``GET /v1/users/{user_id}/recommendations`` and ``POST /v1/scores``.
 
-Both answer from the model in this process's memory. Recommendations also exclude what the user already
-saw: their seen set, held in memory once read from Redis and kept current from the seen log
-(:mod:`api.seen_cache`); when it must be read and Redis cannot be reached (or failed less than a second ago, see
-:mod:`api.redis_breaker`) the list is served without that exclusion and marked ``"degraded": true`` instead of
-failing.
+Both answer from the model in this process's memory. Recommendations leave out the items an operator hid
+(:mod:`api.hidden_items`), and what the user already saw: their seen set, held in memory once read from Redis and
+kept current from the seen log (:mod:`api.seen_cache`); when it must be read and Redis cannot be reached (or failed
+less than a second ago, see :mod:`api.redis_breaker`) the list is served without that exclusion and marked
+``"degraded": true`` instead of failing.
 """
 
 from __future__ import annotations
@@ -129,7 +129,8 @@ async def recommendations(request: Request) -> Any:
         except RedisUnavailable as exc:
             seen, degraded = set(), True
             _degraded(exc)
-    rec = model.recommend(user_id, k, exclude=seen, exclude_rows=rows)
+    hidden = state.models.hidden  # items an operator took down (api/hidden_items.py)
+    rec = model.recommend(user_id, k, exclude=seen, exclude_rows=rows, hidden=hidden.items if hidden else frozenset())
     (_SERVED.get(rec.source) or metrics.RECOMMENDATIONS_SERVED.labels(rec.source)).inc()
     # Serialised directly (same shape as RecommendationList): this is the hot path.
     body = {
