@@ -100,13 +100,13 @@ class ModelHolder:
             self._failing = False
 
     async def _refresh(self) -> None:
+        if self.hidden is not None:  # first: a takedown does not wait on the rest
+            await self.hidden.sync()
         version = await self.store.current_version()
         if self.seen is not None:
             # after reading the version: its checkpoint's seen additions (in the same transaction) are synced too,
             # so the sets held are never older than the model served
             await self.seen.sync()
-        if self.hidden is not None:
-            await self.hidden.sync()
         if not self.redis_ok and self._was_unreachable:
             log.warning("Redis is reachable again: model refresh resumed")
         self.redis_ok = True

@@ -23,6 +23,23 @@ def _item_id(value: str) -> str:
     return value
 
 
+def _reason(value: str) -> str:
+    """As the API takes a reason: 1-500 characters (recorded, and printed by ``list``)."""
+    if not 1 <= len(value) <= 500:
+        raise argparse.ArgumentTypeError(f"a reason is 1 to 500 characters, this one {len(value)}")
+    return value
+
+
+def _printable(text: object) -> str:
+    """``text`` with control characters shown as ``\\xNN``: a reason or an id recorded through the API reaches the
+    terminal as text, never as terminal commands.
+
+    >>> _printable("ok: a\\x1b[2Jb")
+    'ok: a\\\\x1b[2Jb'
+    """
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in str(text))
+
+
 def _run(action: Callable[[HiddenItems], Awaitable[Any]]) -> Any:
     async def main() -> Any:
         settings = get_settings()
@@ -41,7 +58,7 @@ def add_parser(subparsers: Any) -> None:
     for name, what in (("hide", "never recommend it, to anyone, until unhidden"), ("unhide", "recommend it again")):
         p = sub.add_parser(name, help=what)
         p.add_argument("item_id", type=_item_id)
-        p.add_argument("--reason", required=True, help="why (recorded in the history)")
+        p.add_argument("--reason", required=True, type=_reason, help="why (recorded in the history)")
         p.set_defaults(func=_change, hide=name == "hide")
     p = sub.add_parser("list", help="the hidden items, and the last hides and unhides")
     p.set_defaults(func=_list)
@@ -52,7 +69,8 @@ def _change(args: argparse.Namespace) -> int:
     changed = _run(lambda store: getattr(store, method)(args.item_id, reason=args.reason, actor="cli"))
     if args.hide:
         again = "" if changed else " (it already was: the new reason is recorded)"
-        print(f"{args.item_id} is hidden{again}; API processes leave it out within a second")
+        print(f"{args.item_id} is hidden{again}; API processes leave it out when it is announced (typically within a "
+              "second), or at their next poll")  # fmt: skip
     else:
         print(f"{args.item_id} is recommended again" if changed else f"{args.item_id} was not hidden")
     return 0
@@ -69,12 +87,13 @@ def _list(_args: argparse.Namespace) -> int:
     hidden, history = _run(read)
     print(f"{len(hidden)} hidden" + (":" if hidden else ""))
     for entry in hidden:
-        print(
-            f"  {entry['item_id']:<32}{_when(entry.get('at'))}  {entry.get('actor', '?'):<9}{entry.get('reason', '')}"
-        )
+        item, actor, reason = (_printable(entry.get(key, "?")) for key in ("item_id", "actor", "reason"))
+        print(f"  {item:<32}{_when(entry.get('at'))}  {actor:<16}{reason}")
     if history:
         print("last changes (UTC):")
         for h in history:
-            change, item, actor = h.get("change", "?"), h.get("item_id", "?"), h.get("actor", "?")
-            print(f"  {_when(h.get('at'))}  {change:<7}{item:<32}{actor:<9}{h.get('reason', '')}")
+            change, item, actor, reason = (
+                _printable(h.get(key, "?")) for key in ("change", "item_id", "actor", "reason")
+            )
+            print(f"  {_when(h.get('at'))}  {change:<7}{item:<32}{actor:<16}{reason}")
     return 0

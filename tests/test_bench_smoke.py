@@ -342,3 +342,12 @@ def test_the_gate_record_figure_fills_the_table_it_measures(case: str) -> None:
     r = measure_record(case, 20_000)
     assert r["records"] == 20_000
     assert math.isfinite(r["bytes_per_record"]) and r["cpu_us_per_event"] > 0
+
+
+def test_the_hidden_items_bench_gives_each_case_next_to_its_reference() -> None:
+    from bench.hidden import run as hidden_run
+
+    rows = hidden_run(2_000, max_seconds=0.2)
+    assert rows[0][0] == "nothing hidden (the reference)" and rows[0][2] == 1.0
+    assert len(rows) == 6 and all(micros > 0 and ratio > 0 for _, micros, ratio in rows)
+    assert all(abs(ratio - micros / rows[0][1]) < 1e-9 for _, micros, ratio in rows)

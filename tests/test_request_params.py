@@ -11,7 +11,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from api.routes.recommendations import Count, UserId
+from api.routes.recommendations import MAX_EXCLUDE, Count, ItemIds, UserId
 from tests.conftest import TEST_API_KEY, Endpoint, in_process_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -31,8 +31,23 @@ REFUSED = [
     ("a%23b", ""),
     ("bad%20id", "k=0"),  # both wrong: both errors, in order
     ("u1", "k=5&k=0"),  # the last one counts
+    ("u1", "exclude="),
+    ("u1", "exclude=v1,,v2"),
+    ("u1", "exclude=,v1"),
+    ("u1", "exclude=v1,"),
+    ("u1", "exclude=v%201"),
+    ("u1", "k=0&exclude=v%231"),  # both wrong: both errors
 ]
-ACCEPTED = [("u1", ""), ("u1", "k=5"), ("u1", "k=%205"), ("u1", "k=0&k=5"), ("u.-_:@9", "k=100"), ("x" * 128, "")]
+ACCEPTED = [
+    ("u1", ""),
+    ("u1", "k=5"),
+    ("u1", "k=%205"),
+    ("u1", "k=0&k=5"),
+    ("u.-_:@9", "k=100"),
+    ("x" * 128, ""),
+    ("u1", "exclude=v1"),
+    ("u1", "k=3&exclude=v1,v.2,a:b@c-d_e"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +62,8 @@ def _add_reference_route(app: FastAPI) -> None:
     """The same parameters declared to FastAPI, which validates and documents them itself."""
 
     @app.get(REFERENCE)
-    async def reference(user_id: UserId, k: Count = None) -> dict[str, Any]:
-        return {"user_id": user_id, "k": k}
+    async def reference(user_id: UserId, k: Count = None, exclude: ItemIds = None) -> dict[str, Any]:
+        return {"user_id": user_id, "k": k, "exclude": exclude}
 
 
 def _both(client: TestClient, user: str, query: str) -> tuple[Any, Any]:
@@ -65,7 +80,7 @@ def test_bad_parameters_get_the_422_a_declaring_route_gives(client: TestClient, 
     assert reference.status_code == 422, reference.text
     assert ours.status_code == 422, ours.text
     assert ours.json() == reference.json()
-    assert ours.json()["errors"][0]["field"] in ("path.user_id", "query.k")
+    assert ours.json()["errors"][0]["field"] in ("path.user_id", "query.k", "query.exclude")
 
 
 @pytest.mark.parametrize("k", ["101", "1001", "99999999999999999999"])
@@ -76,6 +91,25 @@ def test_a_k_over_the_limit_is_refused_naming_the_setting(client: TestClient, k:
     assert response.json()["errors"] == [
         {"field": "query.k", "message": f"k={k} is above the limit of 100 (RECSTREAM_K_MAX)"}
     ]
+
+
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [
+        (
+            [f"v{n}" for n in range(MAX_EXCLUDE + 1)],
+            f"exclude has {MAX_EXCLUDE + 1} item ids; at most {MAX_EXCLUDE} are taken",
+        ),
+        (["v1", "x" * 129], "item id xxxxxxxxxxxxxxxxxxxx… in exclude is 129 characters; at most 128"),
+    ],
+)
+def test_an_exclude_over_the_limits_is_refused_saying_which(client: TestClient, ids: list[str], message: str) -> None:
+    response = client.get(ROUTE.format(user_id="u1"), params={"exclude": ",".join(ids)})
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"] == [{"field": "query.exclude", "message": message}]
+    at_limit = [*(f"v{n}" for n in range(MAX_EXCLUDE - 1)), "x" * 128]
+    response = client.get(ROUTE.format(user_id="u1"), params={"exclude": ",".join(at_limit)})
+    assert response.status_code == 503, response.text  # past the parameters: no model is loaded here
 
 
 @pytest.mark.parametrize(("user", "query"), ACCEPTED)
@@ -96,4 +130,4 @@ def test_the_openapi_page_documents_the_parameters_as_a_declaring_route(client: 
     ours, reference = paths[ROUTE]["get"], paths[REFERENCE]["get"]
     assert ours["parameters"] == reference["parameters"]
     assert ours["responses"]["422"] == reference["responses"]["422"]
-    assert [p["name"] for p in ours["parameters"]] == ["user_id", "k"]
+    assert [p["name"] for p in ours["parameters"]] == ["user_id", "k", "exclude"]

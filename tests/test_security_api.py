@@ -37,6 +37,9 @@ ENDPOINTS = [
     ("POST", "/v1/models/1/promote", {"reason": "security test"}, "admin"),
     ("POST", "/v1/models/rollback", {"reason": "security test"}, "admin"),
     ("POST", "/v1/models/1/pin", None, "admin"),
+    ("GET", "/v1/items/hidden", None, "admin"),
+    ("POST", "/v1/items/v1/hide", {"reason": "security test"}, "admin"),
+    ("POST", "/v1/items/v1/unhide", {"reason": "security test"}, "admin"),
 ]
 GRANTS = {"ingest": {"ingest"}, "read": {"read"}, "admin": {"admin", "read"}}  # admin implies read
 HMAC_KEY = "hmac-" + new_key()

@@ -3,21 +3,23 @@ hidden (admin scope). store/hidden_items.py says what hiding does and does not c
 
 from __future__ import annotations
 
-import contextlib
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, Field
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from api.auth import Principal
 from api.deps import AUTH_RESPONSES, REDIS_RESPONSES, ApiState, get_state, require_scope
 from api.routes.models import Reason
 from recstream.events import ID_PATTERN
 
-router = APIRouter(
-    tags=["items"], dependencies=[Depends(require_scope("admin"))], responses={**AUTH_RESPONSES, **REDIS_RESPONSES}
-)
+log = logging.getLogger(__name__)
+
+# one dependency for the router and the routes that record who acted: FastAPI then checks the key once a request
+_ADMIN = require_scope("admin")
+router = APIRouter(tags=["items"], dependencies=[Depends(_ADMIN)], responses={**AUTH_RESPONSES, **REDIS_RESPONSES})
+Admin = Annotated[Principal, Depends(_ADMIN)]
 
 ItemId = Annotated[str, Path(min_length=1, max_length=128, pattern=ID_PATTERN, description="The item's id.")]
 
@@ -27,12 +29,29 @@ class HiddenChange(BaseModel):
     hidden: bool = Field(description="Whether the item is hidden now.")
     changed: bool = Field(description="false: it already was (hidden again: the new reason is recorded).")
     applied: bool = Field(
-        description="Whether this API process already leaves it out (true unless Redis stopped answering right after "
-        "the change); every other API process does within a second or so (RECSTREAM_MODEL_POLL_SECONDS at most)."
+        description="Whether this API process already applies it (false only if reading the change back failed); "
+        "every other API process does when the change is announced (typically within a second), or at its next poll "
+        "(RECSTREAM_MODEL_POLL_SECONDS) if the announcement was lost."
     )
 
 
-@router.get("/v1/items/hidden")
+class HiddenItem(BaseModel):
+    item_id: str
+    at: float = Field(description="When it was hidden (Unix seconds).")
+    reason: str
+    actor: str = Field(description="Who hid it: `api:<API key name>` or `cli`.")
+
+
+class HidingChange(HiddenItem):
+    change: str = Field(description='"hide" or "unhide".')
+
+
+class HiddenItemsList(BaseModel):
+    items: list[HiddenItem] = Field(description="Every hidden item, by item id.")
+    history: list[HidingChange] = Field(description="The last 100 hides and unhides, oldest first.")
+
+
+@router.get("/v1/items/hidden", response_model=HiddenItemsList)
 async def hidden_items(state: Annotated[ApiState, Depends(get_state)]) -> dict[str, Any]:
     """Every hidden item (when, why and by whom it was hidden) and the last 100 hides and unhides, oldest first."""
     store = state.hidden_items
@@ -40,23 +59,34 @@ async def hidden_items(state: Annotated[ApiState, Depends(get_state)]) -> dict[s
 
 
 @router.post("/v1/items/{item_id}/hide", response_model=HiddenChange)
-async def hide_item(item_id: ItemId, body: Reason, state: Annotated[ApiState, Depends(get_state)]) -> HiddenChange:
+async def hide_item(
+    item_id: ItemId, body: Reason, state: Annotated[ApiState, Depends(get_state)], principal: Admin
+) -> HiddenChange:
     """Take the item down: no recommendation list leaves it in, for any user (the model keeps learning from its
-    events; scores still answer for it). An item the model does not know yet may be hidden too."""
-    changed = await state.hidden_items.hide(item_id, reason=body.reason, actor="api")
+    events; scores still answer for it). An item the model does not know yet may be hidden too. Recorded with the
+    reason and the API key's name."""
+    changed = await state.hidden_items.hide(item_id, reason=body.reason, actor=f"api:{principal.name}")
     return HiddenChange(item_id=item_id, hidden=True, changed=changed, applied=await _applied(state, item_id, True))
 
 
 @router.post("/v1/items/{item_id}/unhide", response_model=HiddenChange)
-async def unhide_item(item_id: ItemId, body: Reason, state: Annotated[ApiState, Depends(get_state)]) -> HiddenChange:
+async def unhide_item(
+    item_id: ItemId, body: Reason, state: Annotated[ApiState, Depends(get_state)], principal: Admin
+) -> HiddenChange:
     """Recommend the item again, ranked as the model ranks it now."""
-    changed = await state.hidden_items.unhide(item_id, reason=body.reason, actor="api")
+    changed = await state.hidden_items.unhide(item_id, reason=body.reason, actor=f"api:{principal.name}")
     return HiddenChange(item_id=item_id, hidden=False, changed=changed, applied=await _applied(state, item_id, False))
 
 
 async def _applied(state: ApiState, item_id: str, hidden: bool) -> bool:
-    """Sync this process's hidden items now (the others do at the announcement); whether it has the change."""
-    with contextlib.suppress(RedisConnectionError, RedisTimeoutError):  # the change is done: not an error
-        await state.models.refresh()
+    """Sync this process's hidden items now (the others do at the announcement); whether it has the change. The change
+    is committed: a failure here is logged, not answered as one (the next refresh syncs)."""
     held = state.models.hidden
-    return held is not None and (item_id in held.items) == hidden
+    if held is None:
+        return False
+    try:
+        await held.sync()
+    except Exception:  # committed already; the refresh loop syncs again
+        log.warning("the %s of %r is committed; syncing this process's hidden items failed (retried at the next "
+                    "refresh)", "hide" if hidden else "unhide", item_id, exc_info=True)  # fmt: skip
+    return (item_id in held.items) == hidden

@@ -13,6 +13,7 @@ import logging
 import os
 from typing import Annotated, Any
 
+import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -40,9 +41,23 @@ Count = Annotated[
     # (no upper bound here: the route refuses a k over RECSTREAM_K_MAX, naming it, whatever the k)
     Query(ge=1, description="How many items (default RECSTREAM_K_DEFAULT, at most RECSTREAM_K_MAX)."),
 ]
+#: At most this many item ids in a request's ``exclude``.
+MAX_EXCLUDE = 500
+_ID = ID_PATTERN.removeprefix("^").removesuffix("$")
+ItemIds = Annotated[
+    str | None,
+    Query(
+        max_length=MAX_EXCLUDE * 129,  # (the count and each id's length are checked by the route, naming them)
+        pattern=rf"^{_ID}(,{_ID})*$",
+        description=f"Item ids to leave out of this list, comma-separated (at most {MAX_EXCLUDE}): those a feed shows "
+        "already, or showed a moment ago, whose events the model has not learned yet (the items of learned events are "
+        "left out anyway).",
+    ),
+]
 # The recommendations route reads these itself (api/params.py): FastAPI's solver cost it ~9% of its CPU.
 _USER_ID = Parameter("user_id", "path", UserId)
 _K = Parameter("k", "query", Count)
+_EXCLUDE = Parameter("exclude", "query", ItemIds)
 
 
 class ScoredItem(BaseModel):
@@ -66,7 +81,8 @@ class RecommendationList(BaseModel):
     degraded: bool = Field(
         False,
         description="true: Redis was unreachable (served from the model in memory): the items the user already "
-        "saw were left out only as far as this API process held them (as of its last sync), else not at all.",
+        "saw were left out only as far as this API process held them (as of its last sync), else not at all; the "
+        "hidden items as of its last sync.",
     )
 
 
@@ -103,17 +119,19 @@ def _model(state: ApiState) -> ServingModel:
     response_model=RecommendationList,
     responses={503: {"model": Problem, "description": "No model yet."}},
     # the hot path: no dependencies for FastAPI to solve. It checks the key as require_scope("read") does, then reads
-    # and validates user_id and k as FastAPI would (api/params.py); its OpenAPI page documents both and the key.
-    openapi_extra={**KEY_SCHEMES, **documented(_USER_ID, _K)},
+    # and validates user_id, k and exclude as FastAPI would (api/params.py); its OpenAPI page documents them, and the
+    # key.
+    openapi_extra={**KEY_SCHEMES, **documented(_USER_ID, _K, _EXCLUDE)},
 )
 async def recommendations(request: Request) -> Any:
     state: ApiState = request.app.state.recstream
     await authorise(request, state, "read", presented_key(request))
-    user_id, k = read_all(request, _USER_ID, _K)
+    user_id, k, excluded = read_all(request, _USER_ID, _K, _EXCLUDE)
     settings = state.settings
     k = settings.k_default if k is None else k
     if k > settings.k_max:
         raise refuse("query", "k", f"k={k} is above the limit of {settings.k_max} (RECSTREAM_K_MAX)")
+    asked = _ids_to_exclude(excluded) if excluded else None
     model = _model(state)
     degraded = False
     held = state.seen.held(user_id)
@@ -129,6 +147,10 @@ async def recommendations(request: Request) -> Any:
         except RedisUnavailable as exc:
             seen, degraded = set(), True
             _degraded(exc)
+    if asked:  # the request's own, with the seen set (whose rows it keeps, when held)
+        seen = seen | asked
+        if rows is not None:
+            rows = np.concatenate((rows, np.fromiter(model.item_index.rows(asked), np.int64)))
     hidden = state.models.hidden  # items an operator took down (api/hidden_items.py)
     rec = model.recommend(user_id, k, exclude=seen, exclude_rows=rows, hidden=hidden.items if hidden else frozenset())
     (_SERVED.get(rec.source) or metrics.RECOMMENDATIONS_SERVED.labels(rec.source)).inc()
@@ -142,6 +164,18 @@ async def recommendations(request: Request) -> Any:
         "degraded": degraded,
     }
     return Response(orjson.dumps(body), media_type="application/json")
+
+
+def _ids_to_exclude(excluded: str) -> set[str]:
+    """The ids of a valid ``exclude`` (its pattern checked: ids joined by commas), refused past :data:`MAX_EXCLUDE` ids
+    or with an id over 128 characters."""
+    ids = excluded.split(",")
+    if len(ids) > MAX_EXCLUDE:
+        raise refuse("query", "exclude", f"exclude has {len(ids)} item ids; at most {MAX_EXCLUDE} are taken")
+    long = next((i for i in ids if len(i) > 128), None)
+    if long is not None:
+        raise refuse("query", "exclude", f"item id {long[:20]}… in exclude is {len(long)} characters; at most 128")
+    return set(ids)
 
 
 def new_recommendation_id() -> str:

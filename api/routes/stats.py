@@ -77,6 +77,7 @@ async def stats(state: Annotated[ApiState, Depends(get_state)]) -> dict[str, Any
             }
             for v in versions
         ],
+        "hidden_items": len(state.models.hidden.items) if state.models.hidden else 0,  # (as this process holds them)
         "gate": await store.gate_counts(),
         "guard": guard_report(await store.guard_status()),
         "api": latency_by_route(),
