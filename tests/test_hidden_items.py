@@ -93,13 +93,24 @@ def test_a_hidden_item_is_in_no_list_until_unhidden(stack: Stack) -> None:
 def test_a_request_leaves_out_the_items_it_names(stack: Stack) -> None:
     client = stack.client
     _fan_of_v0(stack, items=8)
-    for user in ("fan", "newcomer"):  # a personal list (its seen set held after the first request), a popular one
-        for _ in range(2):  # the seen set read from Redis, then held
-            whole = _items(client, user)
-            assert {"v2", "v5"} <= set(whole)
-            answer = client.get(f"/v1/users/{user}/recommendations", params={"k": 20, "exclude": "v2,v5,nowhere"})
-            assert [entry["item_id"] for entry in answer.json()["items"]] == [i for i in whole if i not in ("v2", "v5")]
-    assert "v0" not in _items(client, "fan")  # seen: still left out
+    produce_events(stack.broker, stack.topic, [{"event_id": "fan2", "user_id": "fan2", "item_id": "v0", "type": "like",
+                                                "ts": iso(61)}])  # fmt: skip
+    wait_for(lambda: stack.checkpoints.learned() == 42, 60, "fan2's event learned")
+    version = stack.checkpoints.version()
+    wait_for(lambda: client.get("/v1/users/fan/recommendations").json()["model_version"] == version, 20, "it served")
+    asked = {"k": 20, "exclude": "v2,v5,nowhere"}
+    # fan2's first request: its seen set read from Redis; then held (the rows kept), for fan2 and for fan
+    first = client.get("/v1/users/fan2/recommendations", params=asked).json()
+    assert first["source"] == "model"
+    for user in ("fan2", "fan", "newcomer"):  # (newcomer: a popular list)
+        whole = _items(client, user)
+        assert {"v2", "v5"} <= set(whole)
+        left = [item for item in whole if item not in ("v2", "v5")]
+        if user == "fan2":
+            assert [entry["item_id"] for entry in first["items"]] == left
+        answer = client.get(f"/v1/users/{user}/recommendations", params=asked).json()
+        assert [entry["item_id"] for entry in answer["items"]] == left
+    assert "v0" not in _items(client, "fan2")  # seen: still left out
 
 
 @pytest.mark.integration

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from api.routes.recommendations import MAX_EXCLUDE, Count, ItemIds, UserId
+from recstream.settings import Settings
 from tests.conftest import TEST_API_KEY, Endpoint, in_process_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -110,6 +112,26 @@ def test_an_exclude_over_the_limits_is_refused_saying_which(client: TestClient, 
     at_limit = [*(f"v{n}" for n in range(MAX_EXCLUDE - 1)), "x" * 128]
     response = client.get(ROUTE.format(user_id="u1"), params={"exclude": ",".join(at_limit)})
     assert response.status_code == 503, response.text  # past the parameters: no model is loaded here
+
+
+def test_the_longest_exclude_fits_under_the_request_head_bound() -> None:
+    """MAX_EXCLUDE ids of 128 characters, every character percent-encoded (the worst a client may send), with the
+    request line's other parts: under RECSTREAM_MAX_HEADER_BYTES, so a request at the limits gets its answer (a 422
+    naming them past them), never a 431 for its head."""
+    value = ",".join(["@" * 128] * MAX_EXCLUDE)
+    line = f"GET {ROUTE.format(user_id='x' * 128)}?k=100&exclude={quote(value, safe='')} HTTP/1.1\r\n"
+    assert len(line) + 4096 < Settings().max_header_bytes  # (4 KiB for the headers a client sends)
+
+
+def test_exclude_given_twice_is_refused(client: TestClient) -> None:
+    response = client.get(ROUTE.format(user_id="u1") + "?exclude=v1&exclude=v2")
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"] == [
+        {
+            "field": "query.exclude",
+            "message": "exclude is given more than once: give it once, its item ids comma-separated",
+        }
+    ]
 
 
 @pytest.mark.parametrize(("user", "query"), ACCEPTED)

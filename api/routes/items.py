@@ -29,7 +29,8 @@ class HiddenChange(BaseModel):
     hidden: bool = Field(description="Whether the item is hidden now.")
     changed: bool = Field(description="false: it already was (hidden again: the new reason is recorded).")
     applied: bool = Field(
-        description="Whether this API process already applies it (false only if reading the change back failed); "
+        description="Whether this API process already applies it (false if reading the change back failed, or another "
+        "change of the item landed meanwhile); "
         "every other API process does when the change is announced (typically within a second), or at its next poll "
         "(RECSTREAM_MODEL_POLL_SECONDS) if the announcement was lost."
     )
@@ -39,7 +40,7 @@ class HiddenItem(BaseModel):
     item_id: str
     at: float = Field(description="When it was hidden (Unix seconds).")
     reason: str
-    actor: str = Field(description="Who hid it: `api:<API key name>` or `cli`.")
+    actor: str = Field(description="Who hid it: `api:<API key name>` (`api:anonymous` with auth off) or `cli`.")
 
 
 class HidingChange(HiddenItem):

@@ -41,17 +41,18 @@ Count = Annotated[
     # (no upper bound here: the route refuses a k over RECSTREAM_K_MAX, naming it, whatever the k)
     Query(ge=1, description="How many items (default RECSTREAM_K_DEFAULT, at most RECSTREAM_K_MAX)."),
 ]
-#: At most this many item ids in a request's ``exclude``.
-MAX_EXCLUDE = 500
+#: At most this many item ids in a request's ``exclude``: 100 ids of 128 characters stay under the request head's
+#: bound (RECSTREAM_MAX_HEADER_BYTES, 64 KiB) even with every character percent-encoded (tests/test_request_params.py).
+MAX_EXCLUDE = 100
 _ID = ID_PATTERN.removeprefix("^").removesuffix("$")
 ItemIds = Annotated[
     str | None,
     Query(
         max_length=MAX_EXCLUDE * 129,  # (the count and each id's length are checked by the route, naming them)
         pattern=rf"^{_ID}(,{_ID})*$",
-        description=f"Item ids to leave out of this list, comma-separated (at most {MAX_EXCLUDE}): those a feed shows "
-        "already, or showed a moment ago, whose events the model has not learned yet (the items of learned events are "
-        "left out anyway).",
+        description=f"Item ids to leave out of this list, comma-separated, given once (at most {MAX_EXCLUDE} ids of "
+        "1-128 characters): those a feed shows already, or showed a moment ago, whose events the model has not "
+        "learned yet (the items of learned events are left out anyway).",
     ),
 ]
 # The recommendations route reads these itself (api/params.py): FastAPI's solver cost it ~9% of its CPU.
@@ -131,7 +132,7 @@ async def recommendations(request: Request) -> Any:
     k = settings.k_default if k is None else k
     if k > settings.k_max:
         raise refuse("query", "k", f"k={k} is above the limit of {settings.k_max} (RECSTREAM_K_MAX)")
-    asked = _ids_to_exclude(excluded) if excluded else None
+    asked = _ids_to_exclude(excluded, request) if excluded else None
     model = _model(state)
     degraded = False
     held = state.seen.held(user_id)
@@ -166,9 +167,12 @@ async def recommendations(request: Request) -> Any:
     return Response(orjson.dumps(body), media_type="application/json")
 
 
-def _ids_to_exclude(excluded: str) -> set[str]:
-    """The ids of a valid ``exclude`` (its pattern checked: ids joined by commas), refused past :data:`MAX_EXCLUDE` ids
+def _ids_to_exclude(excluded: str, request: Request) -> set[str]:
+    """The ids of a valid ``exclude`` (its pattern checked: ids joined by commas), refused when given more than once
+    (as FastAPI takes a parameter, the last would count: the others' ids would be served), past :data:`MAX_EXCLUDE` ids
     or with an id over 128 characters."""
+    if len(request.query_params.getlist("exclude")) > 1:
+        raise refuse("query", "exclude", "exclude is given more than once: give it once, its item ids comma-separated")
     ids = excluded.split(",")
     if len(ids) > MAX_EXCLUDE:
         raise refuse("query", "exclude", f"exclude has {len(ids)} item ids; at most {MAX_EXCLUDE} are taken")
