@@ -81,7 +81,7 @@ class ModelHolder:
         self._clock = clock
         self._loader = loader
         self.seen = seen  # synced with the seen log at every refresh, after reading the version (api/seen_cache.py)
-        self.hidden = hidden  # the hidden items, synced at every refresh too (api/hidden_items.py)
+        self.hidden = hidden  # the hidden items, synced first at every refresh (api/hidden_items.py)
         self._load_budget = ShareBudget(load_share, cap_seconds=LOAD_BANK_SECONDS, clock=clock)  # see the module doc
         self._newest_loaded = 0  # the newest version this process has loaded: anything newer is a new checkpoint
         self.model: ServingModel | None = None

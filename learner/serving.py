@@ -163,7 +163,8 @@ class ServingModel:
         :data:`HIDDEN_SLACK` are ranked without the seen ones, and the hidden ones dropped from them (the others keep
         their order, so that is exact while ``k`` are left, or when the catalogue ran out); only when more of them were
         hidden is the ranking done again without every hidden item. Leaving 10,000 hidden items out of each ranking
-        instead cost ~6 times the ranking's time at 100,000 items (a table of the excluded rows made per request).
+        instead cost ~9 times the ranking's time at 100,000 items, a table of the excluded rows made per request
+        (``python -m bench.hidden``).
 
         >>> from learner.online_learner import OnlineLearner
         >>> learner = OnlineLearner()

@@ -65,8 +65,9 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _change(args: argparse.Namespace) -> int:
-    method = "hide" if args.hide else "unhide"
-    changed = _run(lambda store: getattr(store, method)(args.item_id, reason=args.reason, actor="cli"))
+    changed = _run(
+        lambda store: (store.hide if args.hide else store.unhide)(args.item_id, reason=args.reason, actor="cli")
+    )
     if args.hide:
         again = "" if changed else " (it already was: the new reason is recorded)"
         print(f"{args.item_id} is hidden{again}; API processes leave it out when it is announced (typically within a "
