@@ -5,22 +5,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
 from recstream import components
-from recstream.events import ID_PATTERN
+from recstream.events import Identifier
 from recstream.settings import get_settings
 from store.hidden_items import HiddenItems
 from store.keys import Keys
 
+_IDENTIFIER: TypeAdapter[str] = TypeAdapter(Identifier)
+
 
 def _item_id(value: str) -> str:
-    if len(value) > 128 or not re.fullmatch(ID_PATTERN, value):
-        raise argparse.ArgumentTypeError(f"{value!r} is not an item id (1-128 of A-Z a-z 0-9 . _ : @ -)")
-    return value
+    """An item id as the event contract takes one (``recstream.events.Identifier``)."""
+    try:
+        return _IDENTIFIER.validate_python(value)
+    except ValidationError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an item id (1-128 of A-Z a-z 0-9 . _ : @ -)") from None
 
 
 def _reason(value: str) -> str:
