@@ -30,7 +30,7 @@ from api.model_holder import ModelHolder
 from api.problems import document_invalid_requests, explain_http_error, explain_validation_error
 from api.producer import EventProducer
 from api.rate_limit import RateLimiter
-from api.routes import dashboard, events, gate, health, items, models, recommendations, stats
+from api.routes import dashboard, events, gate, health, items, models, recommendations, stats, users
 from api.seen_cache import SeenCache
 from recstream import components, metrics
 from recstream.events import Event
@@ -175,6 +175,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(gate.router)
     app.include_router(models.router)
     app.include_router(items.router)
+    app.include_router(users.router)
     app.include_router(stats.router)
     app.include_router(dashboard.router)
     app.include_router(health.router)

@@ -22,6 +22,8 @@ Optional capabilities, looked up with ``getattr`` so older models need none of t
 * ``personal`` (class attribute, default ``True``): ``False`` for models that rank every user the
   same (popularity); they ``know`` every user, and a blend does not count them when deciding
   whether it can personalise.
+* ``forget_users(users) -> int``: erase what the model keeps of each of ``users`` (:func:`forget_users`,
+  learner.erasure); how many it held. Models without per-user state (popularity) need none.
 """
 
 from __future__ import annotations
@@ -94,6 +96,13 @@ def reward_of(model: object) -> str:
     if reward not in ("label", "weight"):
         raise ValueError(f"model {getattr(model, 'kind', model)!r} declares unknown reward {reward!r}")
     return reward
+
+
+def forget_users(model: object, users: Sequence[str]) -> int:
+    """Erase ``users`` from ``model`` (its ``forget_users``); how many it held. A model with no per-user state has
+    nothing of them to erase (0)."""
+    forget = getattr(model, "forget_users", None)
+    return int(forget(users)) if forget is not None else 0
 
 
 def is_personal(model: object) -> bool:

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from learner.base import ModelState, Recommender, expect_kind, is_personal, reward_of
+from learner.base import ModelState, Recommender, expect_kind, forget_users, is_personal, reward_of
 from learner.id_index import IdIndex
 
 NORMS = ("max", "z", "none")
@@ -81,6 +81,10 @@ class Blend:
         total = sum(s["weight"] for s in self.specs) or 1.0
         pairs = zip(self.specs, self.models, strict=True)
         return sum(s["weight"] * m.predict_one(user, item) for s, m in pairs) / total
+
+    def forget_users(self, users: Sequence[str]) -> int:
+        """Erase ``users`` from every part that holds users (learner.erasure); how many the part that held most held."""
+        return max(forget_users(model, users) for model in self.models)
 
     def knows_user(self, user: str) -> bool:
         personal = [m for m in self.models if is_personal(m)]

@@ -19,6 +19,7 @@ True
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -90,6 +91,13 @@ class OnlineBPR:
 
     def knows_user(self, user: str) -> bool:
         return user in self.users
+
+    def forget_users(self, users: Sequence[str]) -> int:
+        """Erase ``users``: their factors zeroed (a new user's start) and their ids blanked (learner.erasure); how many
+        the model held."""
+        rows = self.users.blank(users)
+        self._p[rows] = 0.0
+        return len(rows)
 
     def score_all(self, user: str) -> np.ndarray:
         n = len(self.items)

@@ -26,6 +26,7 @@ True
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -89,6 +90,13 @@ class ImplicitMF:
             for j in picks:
                 if j != i:
                     self._step(u, int(j), 0.0)
+
+    def forget_users(self, users: Sequence[str]) -> int:
+        """Erase ``users``: their factors zeroed (a new user's start) and their ids blanked (learner.erasure); how many
+        the model held."""
+        rows = self.users.blank(users)
+        self._user_factors[rows] = 0.0
+        return len(rows)
 
     def register_item(self, item: str) -> None:
         """Make ``item`` part of the catalogue without learning from it (an unlabelled event's item).

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain
 
@@ -171,6 +171,15 @@ class ItemCooccurrence:
     def knows_user(self, user: str) -> bool:
         u = self.users.get(user)
         return u is not None and bool(self._history[u])
+
+    def forget_users(self, users: Sequence[str]) -> int:
+        """Erase ``users``: their remembered items emptied and their ids blanked (learner.erasure); how many the model
+        held. What their events added to the co-occurrence rows and the items' mass stays: it is summed with every
+        other user's, as popularity counts are."""
+        rows = self.users.blank(users)
+        for row in rows:
+            self._history.for_update(row).clear()
+        return len(rows)
 
     def score_all(self, user: str) -> np.ndarray:
         """Co-occurrence evidence (unscaled: its ranking is what counts), plus ``popularity_weight`` times recent

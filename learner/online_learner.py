@@ -38,13 +38,13 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from learner import codec
-from learner.base import ModelState, Recommender, reward_of
+from learner.base import ModelState, Recommender, forget_users, reward_of
 from learner.event_weights import EventWeights
 from learner.implicit_mf import ImplicitMF
 from learner.popularity import Popularity
@@ -114,6 +114,11 @@ class OnlineLearner:
         self.popularity.learn_one(item, y)
         self.events_learned += 1
         return prediction
+
+    def forget_users(self, users: Sequence[str]) -> int:
+        """Erase ``users`` from the model (learner.erasure); how many it held. Nothing else here is per user: the
+        progressive metrics keep labels and predictions, popularity counts items."""
+        return forget_users(self.model, users)
 
     def describe_model(self) -> dict[str, Any]:
         """The model's kind and hyper-parameters, for version metadata (computed once: they do not change)."""

@@ -19,6 +19,8 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from river import optim, reco
 
@@ -153,6 +155,17 @@ class RiverBiasedMF:
             river.i_biases[item] = float(model._ib[row])
         river.global_mean._mean, river.global_mean.n = float(a["global_mean"][0]), float(a["global_mean"][1])
         return model
+
+    def forget_users(self, users: Sequence[str]) -> int:
+        """Erase ``users``: their factors and biases zeroed, River's entries for them dropped and their ids blanked
+        (learner.erasure); how many the model held."""
+        rows = self.users.blank(users)
+        self._uf[rows] = 0.0
+        self._ub[rows] = 0.0
+        for user in users:
+            self.river.u_latents.pop(user, None)
+            self.river.u_biases.pop(user, None)
+        return len(rows)
 
     def _mirror_user(self, row: int, user: str) -> None:
         self._uf[row] = self.river.u_latents[user]

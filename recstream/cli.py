@@ -148,13 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scopes", required=True, help="comma-separated: ingest, read, admin (admin implies read)")
     p.set_defaults(func=_keys_create)
 
-    from recstream import evaluate, items_cli, models_cli, status
+    from recstream import evaluate, items_cli, models_cli, status, users_cli
     from stream import quarantine
 
     evaluate.add_parser(sub)
     quarantine.add_parser(sub)
     models_cli.add_parser(sub)
     items_cli.add_parser(sub)
+    users_cli.add_parser(sub)
     status.add_parser(sub)
     return parser
 

@@ -61,6 +61,11 @@ EVENTS_DUPLICATE = Counter(
     "recstream_events_duplicate_total",
     "Events whose event_id was already learned within the retention window (counted, not learned again).",
 )
+EVENTS_ERASED = Counter(
+    "recstream_events_erased_total",
+    "Events of an erased user stamped before their erasure was asked for: dropped, not learned, no dead letter.",
+)
+USERS_ERASED = Counter("recstream_users_erased_total", "Users erased by the worker, as operators asked.")
 EVENTS_QUARANTINED = Counter(
     "recstream_events_quarantined_total",
     "Events the quality gate held (sent to events.quarantined), by reason code.",

@@ -11,7 +11,7 @@ from typing import Any
 
 from recstream import components
 from recstream.settings import get_settings
-from store.model_store import CheckpointConflict, ModelStore, SnapshotRefused
+from store.model_store import BeforeErasure, CheckpointConflict, ModelStore, SnapshotRefused
 
 
 class Refused(Exception):
@@ -24,7 +24,7 @@ def _change(action: Callable[[ModelStore], Awaitable[Any]]) -> Any:
         return _run(action)
     except KeyError as exc:
         raise Refused(exc.args[0] if exc.args else "not found") from exc
-    except (SnapshotRefused, CheckpointConflict) as exc:
+    except (SnapshotRefused, CheckpointConflict, BeforeErasure) as exc:
         raise Refused(str(exc)) from exc
 
 

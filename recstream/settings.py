@@ -276,6 +276,13 @@ class Settings(_gate_settings()):  # type: ignore[misc]
         3600.0, gt=0, description="An event_id learned within this many seconds is a duplicate."
     )
     dedupe_bucket_seconds: float = Field(900.0, gt=0, description="Granularity of the duplicate-detection window.")
+    erasure_kept_days: float = Field(
+        7.0,
+        gt=0,
+        description="How long an erased user is remembered (by a fingerprint of their id, not the id): their events "
+        "stamped before the erasure was asked for are dropped, not learned, for this long. At least the events "
+        "topic's retention (Kafka's default is 7 days), so a replay from its start cannot bring them back.",
+    )
 
     # Both services
     blas_threads: int = Field(

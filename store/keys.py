@@ -96,6 +96,24 @@ class Keys:
         return f"{self.prefix}:items:hidden:history"
 
     @property
+    def erase_requests(self) -> str:
+        """Hash user id -> JSON ``{"at", "reason", "actor"}``: users to erase, until the worker's checkpoint that
+        erases them deletes the request (store/erasures.py)."""
+        return f"{self.prefix}:users:erase:requests"
+
+    @property
+    def erased_users(self) -> str:
+        """Hash fingerprint of a user id (learner.erasure) -> JSON ``{"at", "applied", "version"}``: users erased,
+        so that their events stamped before the request are never learned again (kept RECSTREAM_ERASURE_KEPT_DAYS)."""
+        return f"{self.prefix}:users:erased"
+
+    @property
+    def erase_floor(self) -> str:
+        """Integer: the latest version written by a checkpoint that erased users; no version below it may be
+        promoted (it may hold an erased user)."""
+        return f"{self.prefix}:users:erase:floor"
+
+    @property
     def dedupe_prefix(self) -> str:
         return f"{self.prefix}:dedupe:"
 

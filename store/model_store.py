@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 from redis.connection import Encoder, PythonRespSerializer
 from redis.exceptions import WatchError
 
+from store.erasures import UserErasures, record_erased
 from store.keys import Keys
 from store.retention import stale as stale_versions
 from store.signing import SnapshotSigner
@@ -51,6 +52,10 @@ class SnapshotRefused(Exception):
     def __init__(self, version: int, what: str = "", why: str = HMAC) -> None:
         super().__init__(f"model snapshot {what or f'v{version}'} {why}; it was not loaded")
         self.version = version
+
+
+class BeforeErasure(Exception):
+    """A version written before users were erased (below the erase floor) may not be promoted: it may hold them."""
 
 
 class CheckpointConflict(Exception):
@@ -220,6 +225,7 @@ class ModelStore:
         self.keep_spaced = keep_spaced
         self.dedupe_retention_seconds = dedupe_retention_seconds
         self.dedupe_bucket_seconds = dedupe_bucket_seconds
+        self.erasures = UserErasures(redis, keys)
 
     # -- duplicates ----------------------------------------------------------------------
 
@@ -344,6 +350,8 @@ class ModelStore:
         promotion: Mapping[str, Any] | None = None,
         base: int | None = None,
         lease: WriterLease | None = None,
+        erasures: Mapping[str, str] | None = None,
+        erased_expired: Collection[str] = (),
     ) -> int | None:
         """Write a new version atomically and announce it; return its number.
 
@@ -364,7 +372,13 @@ class ModelStore:
         The number is one above every retained version (not just above ``current``), so a
         version is never reused after a rollback. With ``blob=None`` no version is written (the
         model did not change) but everything else is, and ``expected_current`` is returned.
+
+        ``erasures`` (user id -> the request as read) are the users this version no longer holds: the same transaction
+        records them erased (store.erasures.record_erased) and forgets the records ``erased_expired`` (fingerprints).
+        It needs a whole snapshot (``blob`` and no ``base``).
         """
+        if erasures and (blob is None or base is not None):
+            raise ValueError("a checkpoint that erases users writes a whole snapshot")
         keys = self.keys
         now = time.time() if now is None else now  # dedupe buckets and the version's time
         if lease is not None and (lease.epoch is None or lease.lost_to is not None):
@@ -441,6 +455,8 @@ class ModelStore:
                     pipe.hset(keys.guard_status, mapping={k: str(v) for k, v in guard.items()})
                 if offsets:
                     pipe.hset(keys.offsets, mapping={offset_field(t, p): o for (t, p), o in offsets.items()})
+                if erasures or erased_expired:  # (before the seen additions: it deletes the seen log)
+                    record_erased(pipe, keys, dict(erasures or {}), version, now, list(erased_expired))
                 lines = "\n".join(f"{user} {' '.join(items)}" for user, items in seen.items() if items)
                 if lines:
                     pipe.eval(SEEN_ADD, 0, keys.seen(""), lines, keys.seen_log, SEEN_LOG_ENTRIES)
@@ -527,6 +543,7 @@ class ModelStore:
         keys = self.keys
         # Read and authenticate it (and its chain) first, outside the transaction: a whole version is ~100 MB.
         # Only a background whole snapshot rewrites a version's fields, with the same state, signed.
+        self._not_before_erasure(version, await self.erasures.floor())  # (before reading ~100 MB for nothing)
         if await self.load(version) is None:  # raises SnapshotRefused if a tag does not verify
             raise KeyError(f"model version {version} does not exist (retained: see `recstream models list`)")
         for attempt in range(PROMOTE_ATTEMPTS):
@@ -534,7 +551,10 @@ class ModelStore:
                 try:
                     # WATCH: retention must not delete the version (it leaves the versions set then) between
                     # the check and the switch, and "from" must be the version it replaces.
-                    await pipe.watch(keys.versions, keys.current_version)
+                    # (and the erase floor: a checkpoint that erases users moves the versions too, but say it)
+                    await pipe.watch(keys.versions, keys.current_version, keys.erase_floor)
+                    raw_floor = await pipe.get(keys.erase_floor)
+                    self._not_before_erasure(version, None if raw_floor is None else int(raw_floor))
                     if await pipe.zscore(keys.versions, str(version)) is None:
                         raise KeyError(f"model version {version} was deleted by retention meanwhile; pin it first")
                     raw = await pipe.get(keys.current_version)
@@ -553,6 +573,14 @@ class ModelStore:
                             f"({PROMOTE_ATTEMPTS} attempts); try again"
                         ) from exc
         await self._announce(version)
+
+    @staticmethod
+    def _not_before_erasure(version: int, floor: int | None) -> None:
+        if floor is not None and version < floor:
+            raise BeforeErasure(
+                f"v{version} was written before v{floor} erased users (`recstream users erase`): it may hold their "
+                f"data, so it is not served again; promote v{floor} or a later version"
+            )
 
     async def rollback(self, reason: str = "rollback", actor: str = "operator") -> int:
         """Promote the current version's parent (the version it grew from); return it.

@@ -279,6 +279,7 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
         champion_name=settings.model,
         promotion_rule=components.promotion_rule(settings),
         lease=lease,
+        erasure_kept_seconds=settings.erasure_kept_days * 86400.0,
     )
 
     backoff = Backoff()
@@ -365,6 +366,8 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
     # that arrive between batches wait at most the interval plus a tick (not up to two intervals).
     @app.timer(interval=min(settings.checkpoint_interval_seconds / 5, IDLE_TICK_MAX_SECONDS))
     async def checkpoint_when_idle() -> None:
+        if processor.ready:
+            await processor.look_for_erasures()  # (a request makes a checkpoint due: it erases the users)
         await checkpoint_if_due(False, "idle checkpoint")
         _export_lag(app, processor, settings.topic_events)
 

@@ -35,6 +35,7 @@ from redis import exceptions as redis_errors
 from learner import codec, cooccurrence_delta, kernels
 from learner.challenger import Contest, PromotionRule, hit_at_k
 from learner.codec import CodecError
+from learner.erasure import Erasures, fingerprint
 from learner.gate.base import GateEvent, Hold
 from learner.online_learner import OnlineLearner
 from recstream import metrics
@@ -60,6 +61,11 @@ REJECTED = "rejected"
 QUARANTINED = "quarantined"
 DUPLICATE = "duplicate"
 MODEL_PAUSED = "model_paused"
+USER_ERASED = "user_erased"  # an erased user's event stamped before the request (learner.erasure): dropped
+#: How often (seconds) the worker looks in Redis for requests to erase users (store.erasures).
+ERASE_POLL_SECONDS = 1.0
+#: How often (seconds) erasure records older than their keeping time are forgotten.
+ERASED_PRUNE_SECONDS = 3600.0
 OVERRIDE_HEADER = "recstream-override"
 NO_OVERRIDES: frozenset[str] = frozenset()  # a record's overrides when it names none
 HIT_SAMPLE_EVERY = 20  # positives between two live hit-rate samples
@@ -147,6 +153,8 @@ class _Write:
     promotion: dict[str, Any] | None
     learner: OnlineLearner
     parent: int | None  # the version it is written after (the current one when it was set aside)
+    erasures: dict[str, str]  # the requests to erase users it applies (user id -> the request as read)
+    erased_expired: list[str]  # erasure records it forgets (fingerprints)
     task: asyncio.Task[int | None] | None = None
 
     def stored(self) -> bool | None:
@@ -332,6 +340,7 @@ class EventProcessor:
         champion_name: str = "champion",
         promotion_rule: PromotionRule | None = None,
         lease: WriterLease | None = None,
+        erasure_kept_seconds: float = 7 * 86400.0,
     ) -> None:
         self.store = store
         #: the writer lease each checkpoint must hold (store/writer_lease.py); None: not checked
@@ -410,6 +419,12 @@ class EventProcessor:
         self._lock = asyncio.Lock()
         self._write: _Write | None = None  # the checkpoint being written to Redis, until it is settled
         self._write_failed = False  # the last write failed: the next checkpoint waits for its own
+        #: users erased (learner.erasure), loaded at the start: their events stamped before it are dropped
+        self.erasures = Erasures(erasure_kept_seconds)
+        self._erase_waiting = False  # a request to erase users waits in Redis (look_for_erasures)
+        self._erase_looked = float("-inf")  # (time.monotonic()) when look_for_erasures last asked Redis
+        self._erased_pruned = time.monotonic()
+        self._erased_expired: list[str] = []  # erasure records forgotten here, to delete in Redis with a checkpoint
 
     # -- start -------------------------------------------------------------------------
 
@@ -476,6 +491,9 @@ class EventProcessor:
                 snapshot.meta.get("offsets", {}),
             )
         await self._load_challengers()
+        self.erasures = Erasures(self.erasures.kept_seconds, await self.store.erasures.erased())
+        self._erased_expired = self.erasures.prune(self.clock())
+        self._erase_waiting = await self.store.erasures.waiting() > 0
         contest = await self.store.contest() or {}
         self.auto_hold_samples = int(contest.get("auto_hold_samples", 0))
         if contest and contest.get("version") != self.version:
@@ -941,6 +959,8 @@ class EventProcessor:
         at, n = 0, len(chunk)
         if len(verdicts) != n:
             raise ValueError(f"{len(verdicts)} verdicts for a chunk of {n} events")
+        if self.erasures:  # (none: the usual case, nothing to look at)
+            verdicts = self._erased_dropped(chunk, verdicts)
         try:
             while at < n:
                 if kernel is not None and self.paused_since is None:
@@ -1009,6 +1029,20 @@ class EventProcessor:
             for reason, count in held.items():
                 metrics.EVENTS_QUARANTINED.labels(reason).inc(count)
 
+    def _erased_dropped(self, chunk: list[Decoded], verdicts: list[Hold | None]) -> list[Hold | None]:
+        """``verdicts``, or a copy with :data:`_ERASED` for each event of an erased user stamped at or before their
+        erasure's request (learner.erasure): an event after the latest erasure is not looked up."""
+        erasures = self.erasures
+        latest, drops = erasures.latest, erasures.drops
+        out = None
+        for at, decoded in enumerate(chunk):
+            event = decoded.event
+            if event is not None and event.ts_seconds <= latest and drops(event.user_id, event.ts_seconds):
+                if out is None:
+                    out = list(verdicts)
+                out[at] = _ERASED
+        return verdicts if out is None else out
+
     async def _send_letters(self, letters: list[Letter], handled: bool) -> None:
         """Hand ``letters`` to the sender; the checkpoint confirms their delivery (:meth:`_confirm_dead_letters`).
 
@@ -1055,6 +1089,10 @@ class EventProcessor:
         if event.event_id in known or event.event_id in pending.event_ids:
             pending.gate_counts[DUPLICATE] += 1
             metrics.EVENTS_DUPLICATE.inc()
+            return None
+        if verdict is _ERASED:  # no letter, no seen item: nothing of theirs is kept
+            pending.gate_counts[USER_ERASED] += 1
+            metrics.EVENTS_ERASED.inc()
             return None
         if verdict is _UNJUDGED:
             # It repeats an event that was not learned after all (quarantined while the model guard
@@ -1111,7 +1149,7 @@ class EventProcessor:
         pending = self._pending
         if self._write is not None and self._write.stored() is False:
             return not self._lock.locked()  # the checkpoint raises that write's error (its events go back) and retries
-        if not pending.records:
+        if not pending.records and not self._erase_waiting:
             return False
         if self._lock.locked():  # a batch or a checkpoint is running: asked again after it (not judged mid-way)
             return False
@@ -1121,6 +1159,7 @@ class EventProcessor:
         factor = self.checkpoint_catch_up_factor if self.behind else 1.0
         return (
             idle
+            or self._erase_waiting
             or pending.learned_since >= self.checkpoint_every_events * factor
             or now - self._last_checkpoint >= self.checkpoint_interval_seconds * factor
         )
@@ -1295,13 +1334,24 @@ class EventProcessor:
         # A swap whose checkpoint failed is still to be recorded: keep its record until one succeeds.
         promotion = self._unrecorded_promotion or await self._promote_challenger()
         self._unrecorded_promotion = promotion
+        erasures = await self.store.erasures.requests() if self._erase_waiting else {}
+        self._erase_waiting = bool(erasures)
         learner = self.learner
         pending = self._pending
-        if not pending.records and promotion is None:
+        if not pending.records and promotion is None and not erasures:
             return None
+        if erasures:
+            self._erase(erasures)
+        if time.monotonic() - self._erased_pruned >= ERASED_PRUNE_SECONDS:
+            self._erased_pruned = time.monotonic()
+            self._erased_expired += self.erasures.prune(self.clock())
         paused = self.paused_since is not None
         unchanged = (
-            (paused or adopted) and pending.learned_since == 0 and self.version is not None and promotion is None
+            (paused or adopted)
+            and pending.learned_since == 0
+            and self.version is not None
+            and promotion is None
+            and not erasures
         )
         if self._letters_stalled or pending.unsent:  # letters were refused, or not sent: no snapshot until they pass
             await self._deliver_dead_letters(pending)
@@ -1341,6 +1391,8 @@ class EventProcessor:
             promotion=promotion,
             learner=learner,
             parent=self.version,
+            erasures=erasures,
+            erased_expired=list(self._erased_expired),
         )
         if blob is not None:
             if self.checkpoint_delta_share > 0:  # the next delta records changes from here on
@@ -1370,6 +1422,8 @@ class EventProcessor:
                 promotion=write.promotion,
                 base=write.base,
                 lease=self.lease,
+                erasures=write.erasures,
+                erased_expired=write.erased_expired,
             )
         except Exception as exc:
             metrics.CHECKPOINTS.labels("failed").inc()
@@ -1382,6 +1436,12 @@ class EventProcessor:
                 log.exception("checkpoint failed; its events stay unacknowledged and will be retried")
             raise
         self._write_failed = False
+        if write.erased_expired:  # (those forgotten since are deleted by the next one)
+            del self._erased_expired[: len(write.erased_expired)]
+        if write.erasures:
+            self._erase_waiting = False  # (a request made since is found by the next look: look_for_erasures)
+            log.warning("v%s: %d user(s) erased, as asked", version, len(write.erasures))
+            metrics.USERS_ERASED.inc(len(write.erasures))
         if self._look_ahead is not None:  # its lookup may have been sent before this was stored (_known_ahead)
             self._stored_ids.append((self._stored_count, pending.event_ids))
         self._stored_count += 1
@@ -1737,6 +1797,31 @@ class EventProcessor:
         if not guard.update_prediction(y, learner.model.predict_one(event.user_id, event.item_id)):
             self._resume("the progressive loss is back within its resume threshold")
 
+    async def look_for_erasures(self) -> None:
+        """Ask Redis whether users wait to be erased (at most every :data:`ERASE_POLL_SECONDS`; the worker's timer
+        calls this): if so, a checkpoint is due, which erases them (:meth:`_erase`), even on a quiet stream."""
+        if self._erase_waiting or time.monotonic() - self._erase_looked < ERASE_POLL_SECONDS:
+            return
+        self._erase_looked = time.monotonic()
+        try:
+            self._erase_waiting = await self.store.erasures.waiting() > 0
+        except redis_errors.RedisError as exc:  # the checkpoints say Redis is away; looked for again next second
+            log.debug("looking for requests to erase users failed: %s", exc)
+
+    def _erase(self, requests: dict[str, str]) -> None:
+        """Erase the users of ``requests`` (user id -> the request as read) from the champion and every challenger,
+        from the seen sets pending, and have their older events dropped from now on (learner.erasure); the
+        checkpoint under way then writes a whole snapshot and records them erased (store.erasures). A request is
+        applied again if that write fails: forgetting a user twice changes nothing."""
+        users = list(requests)
+        for learner in (self.learner, *self.challengers.values()):
+            assert learner is not None
+            learner.forget_users(users)  # (one pass over the model's ids for them all: ~0.5 s a million users)
+        for user, raw in requests.items():
+            self._pending.seen.pop(user, None)
+            self.erasures.add(fingerprint(user), float(orjson.loads(raw)["at"]))
+        self._delta_base = None  # a delta would apply to a version that names them: the next snapshot is whole
+
     async def _apply_operator_resume(self) -> None:
         """Resume if an operator asked to end this pause. A request names the pause it ends (its
         ``since``, as reported in the guard status); one for an earlier pause, left in Redis when
@@ -1766,6 +1851,9 @@ class EventProcessor:
 #: The verdict on an event that was a duplicate when its chunk was judged (already learned, or repeating
 #: one that passed earlier in the chunk): _screen decides once it knows whether that one was learned.
 _UNJUDGED = Hold(DUPLICATE, "not judged: a duplicate when its chunk was judged")
+#: The verdict on an event of an erased user stamped before their erasure was asked for (learner.erasure): dropped,
+#: without a dead letter (which would keep their data)
+_ERASED = Hold(USER_ERASED, "the user was erased")
 #: :meth:`EventProcessor._screen`'s answer for an event to learn
 _LEARN = object()
 

@@ -33,6 +33,8 @@ NEEDS_REDIS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("get", "/v1/items/hidden", "/v1/items/hidden", {}),
     ("post", "/v1/items/{item_id}/hide", "/v1/items/v3/hide", {"json": REASON}),
     ("post", "/v1/items/{item_id}/unhide", "/v1/items/v3/unhide", {"json": REASON}),
+    ("post", "/v1/users/{user_id}/erase", "/v1/users/u3/erase", {"json": REASON}),
+    ("get", "/v1/users/{user_id}/erase", "/v1/users/u3/erase", {}),
 ]
 
 

@@ -40,6 +40,8 @@ ENDPOINTS = [
     ("GET", "/v1/items/hidden", None, "admin"),
     ("POST", "/v1/items/v1/hide", {"reason": "security test"}, "admin"),
     ("POST", "/v1/items/v1/unhide", {"reason": "security test"}, "admin"),
+    ("POST", "/v1/users/u1/erase", {"reason": "security test"}, "admin"),
+    ("GET", "/v1/users/u1/erase", None, "admin"),
 ]
 GRANTS = {"ingest": {"ingest"}, "read": {"read"}, "admin": {"admin", "read"}}  # admin implies read
 HMAC_KEY = "hmac-" + new_key()

@@ -12,11 +12,22 @@ from store.model_store import ModelStore
 from stream.processor import DeadLetters, EventProcessor, Letter, Record
 
 
+class NoErasures:
+    """What the processor asks of the erasure records, where no user was ever erased."""
+
+    async def erased(self) -> dict[str, float]:
+        return {}
+
+    async def waiting(self) -> int:
+        return 0
+
+
 class NothingLearnedStore:
     """What the processor asks of Redis, where nothing was learned before but ``learned`` (event ids)."""
 
     def __init__(self, learned: frozenset[str] = frozenset()) -> None:
         self.learned = learned
+        self.erasures = NoErasures()
 
     async def load_current(self) -> None:
         return None

@@ -12,7 +12,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.deps import AUTH_RESPONSES, REDIS_RESPONSES, ApiState, get_state, require_scope
 from api.problems import Problem
-from store.model_store import CheckpointConflict, SnapshotRefused
+from store.model_store import BeforeErasure, CheckpointConflict, SnapshotRefused
 
 router = APIRouter(
     tags=["models"], dependencies=[Depends(require_scope("admin"))], responses={**AUTH_RESPONSES, **REDIS_RESPONSES}
@@ -98,7 +98,7 @@ async def promote_model(version: Version, body: Reason, state: Annotated[ApiStat
         await state.store.promote(version, reason=body.reason, actor="api")
     except KeyError as exc:
         raise HTTPException(status_code=404, detail=exc.args[0]) from exc
-    except (SnapshotRefused, CheckpointConflict) as exc:
+    except (SnapshotRefused, CheckpointConflict, BeforeErasure) as exc:
         raise HTTPException(status_code=409, detail=str(exc)) from exc
     return await _serving(state, version)
 
@@ -120,7 +120,7 @@ async def rollback_model(body: Reason, state: Annotated[ApiState, Depends(get_st
         version = await state.store.rollback(reason=body.reason, actor="api")
     except KeyError as exc:
         raise HTTPException(status_code=409, detail=exc.args[0]) from exc
-    except (SnapshotRefused, CheckpointConflict) as exc:
+    except (SnapshotRefused, CheckpointConflict, BeforeErasure) as exc:
         raise HTTPException(status_code=409, detail=str(exc)) from exc
     return await _serving(state, version)
 
