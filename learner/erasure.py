@@ -26,6 +26,9 @@ from __future__ import annotations
 
 import hashlib
 
+#: Users whose lookup :class:`Erasures` keeps (then it starts again): a backlog repeats its users.
+LOOKUPS_KEPT = 100_000
+
 #: Prefixed to an id before hashing it, so a fingerprint here matches no other system's plain SHA-256 of the id.
 _SALT = b"recstream-erased-user:"
 
@@ -43,6 +46,7 @@ class Erasures:
         self._at: dict[str, float] = {}
         #: the latest request time held (-inf: none): an event stamped after it needs no lookup
         self.latest = float("-inf")
+        self._looked: dict[str, float | None] = {}  # user id -> their erasure's time (None: not erased), as looked up
         for key, at in (entries or {}).items():
             self.add(key, at)
 
@@ -51,12 +55,19 @@ class Erasures:
         at = max(at, self._at.get(key, at))
         self._at[key] = at
         self.latest = max(self.latest, at)
+        self._looked.clear()
 
     def drops(self, user: str, ts: float) -> bool:
         """Whether an event of ``user`` stamped ``ts`` is to be dropped (at or before their erasure)."""
         if ts > self.latest:  # the common case: an event after every erasure held (no hashing)
             return False
-        at = self._at.get(fingerprint(user))
+        looked = self._looked
+        if user in looked:  # (a backlog's users repeat: each hashed once, not at each of their events)
+            at = looked[user]
+        else:
+            if len(looked) >= LOOKUPS_KEPT:
+                looked.clear()
+            at = looked[user] = self._at.get(fingerprint(user))
         return at is not None and ts <= at
 
     def prune(self, now: float) -> list[str]:
@@ -64,6 +75,7 @@ class Erasures:
         old = [key for key, at in self._at.items() if at < now - self.kept_seconds]
         for key in old:
             del self._at[key]
+        self._looked.clear()
         if old:
             self.latest = max(self._at.values(), default=float("-inf"))
         return old

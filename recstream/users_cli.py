@@ -13,7 +13,9 @@ from store.erasures import UserErasures
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("users", help="erase a user (right to be forgotten), see an erasure's state")
     sub = parser.add_subparsers(dest="action", required=True)
-    p = sub.add_parser("erase", help="have the worker forget the user at its next checkpoint (about a second)")
+    p = sub.add_parser(
+        "erase", help="have the worker forget the user at its next checkpoint (usually within a second or two)"
+    )
     p.add_argument("user_id", type=identifier("a user id"))
     p.add_argument("--reason", required=True, type=reason, help="why (kept with the request until it is applied)")
     p.set_defaults(func=_erase)
@@ -24,8 +26,8 @@ def add_parser(subparsers: Any) -> None:
 
 def _erase(args: argparse.Namespace) -> int:
     run_on_redis(UserErasures, lambda store: store.request(args.user_id, reason=args.reason, actor="cli"))
-    print(f"{args.user_id}: erasure requested; the worker applies it at its next checkpoint (about a second while it "
-          f"runs). `recstream users erasure {args.user_id}` says when it is done")  # fmt: skip
+    print(f"{args.user_id}: erasure requested; the worker applies it at its next checkpoint (usually within a "
+          f"second or two). `recstream users erasure {args.user_id}` says when it is done")  # fmt: skip
     return 0
 
 

@@ -12,13 +12,18 @@ version may be promoted. That version is a whole snapshot: a delta would apply t
 from __future__ import annotations
 
 import json
+import logging
+import math
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from learner.erasure import fingerprint
 from store.keys import Keys
+
+log = logging.getLogger(__name__)
 
 #: Deletes a request (KEYS[1] the hash, ARGV[1] the user, ARGV[2] the request as it was read) only if it is
 #: unchanged: a request made again while the checkpoint ran (a later time: more events to drop) stays for the next.
@@ -48,9 +53,19 @@ class UserErasures:
         return int(await self.redis.hlen(self.keys.erase_requests))
 
     async def requests(self) -> dict[str, str]:
-        """Every waiting request: user id -> the request as stored (JSON; passed back to :func:`record_erased`)."""
-        raw = await self.redis.hgetall(self.keys.erase_requests)
-        return {_text(user): _text(value) for user, value in raw.items()}
+        """Every waiting request: user id -> the request as stored (JSON; passed back to :func:`record_erased`). One
+        that is not a request (written by hand: no time) is logged and deleted, not left to fail every checkpoint."""
+        requests, bad = {}, []
+        for user, value in (await self.redis.hgetall(self.keys.erase_requests)).items():
+            if requested_at(_text(value)) is None:
+                bad.append(user)
+            else:
+                requests[_text(user)] = _text(value)
+        if bad:
+            log.error("deleted %d request(s) to erase users that are not requests (no time): %s", len(bad),
+                      ", ".join(repr(_text(user)) for user in bad))  # fmt: skip
+            await self.redis.hdel(self.keys.erase_requests, *bad)
+        return requests
 
     async def erased(self) -> dict[str, float]:
         """Every user erased and still recorded: fingerprint -> the time of the request (seconds since the epoch)."""
@@ -81,21 +96,42 @@ class UserErasures:
 
 
 def record_erased(
-    pipe: Any, keys: Keys, requests: dict[str, str], version: int, now: float, expired: list[str]
+    pipe: Any,
+    keys: Keys,
+    requests: dict[str, str],
+    version: int,
+    now: float,
+    expired: list[str],
+    stale_challengers: Sequence[str] = (),
 ) -> None:
     """Queue, in a checkpoint's transaction (``pipe`` after MULTI), what records that ``requests`` (user id -> the
-    request as read) are done by ``version``, and the expiry of the records ``expired`` (fingerprints). The seen
-    log is deleted before the checkpoint's additions to it are queued (the caller's order)."""
+    request as read) are done by ``version``, the expiry of the records ``expired`` (fingerprints), and the deletion
+    of ``stale_challengers`` (the keys of contestants no longer written: they hold the users too). The seen log is
+    deleted and started again with an empty entry, so that every API process finds entries it has not read gone and
+    drops the seen sets it holds (api/seen_cache.py), before the checkpoint's additions to it are queued (the
+    caller's order)."""
+    if expired:  # first: a user erased again here keeps the record written below
+        pipe.hdel(keys.erased_users, *expired)
     for user, raw in requests.items():
-        at = float(json.loads(raw)["at"])
+        at = requested_at(raw)
         pipe.eval(DELETE_IF_SAME, 1, keys.erase_requests, user, raw)
         pipe.delete(keys.seen(user))
         pipe.hset(keys.erased_users, fingerprint(user), json.dumps({"at": at, "applied": now, "version": version}))
     if requests:
         pipe.delete(keys.seen_log)
+        pipe.xadd(keys.seen_log, {"lines": ""})
         pipe.set(keys.erase_floor, version)
-    if expired:
-        pipe.hdel(keys.erased_users, *expired)
+        if stale_challengers:
+            pipe.delete(*stale_challengers)
+
+
+def requested_at(raw: str) -> float | None:
+    """The time of a request as stored (None: not a request)."""
+    try:
+        at = json.loads(raw)["at"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    return float(at) if isinstance(at, int | float) and math.isfinite(at) else None
 
 
 def _text(value: bytes | str) -> str:

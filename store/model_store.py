@@ -384,6 +384,7 @@ class ModelStore:
         if lease is not None and (lease.epoch is None or lease.lost_to is not None):
             raise CheckpointConflict(f"this worker ({lease.holder}) does not hold the writer lease: it writes nothing")
         tag = None if blob is None else await self._signed(blob)
+        stale_challengers = await self._stale_challengers(challengers or {}) if erasures else []
         challenger_tags = {name: await self._signed(b) for name, b in (challengers or {}).items()}
         async with self.redis.pipeline(transaction=True) as pipe:
             try:
@@ -456,7 +457,9 @@ class ModelStore:
                 if offsets:
                     pipe.hset(keys.offsets, mapping={offset_field(t, p): o for (t, p), o in offsets.items()})
                 if erasures or erased_expired:  # (before the seen additions: it deletes the seen log)
-                    record_erased(pipe, keys, dict(erasures or {}), version, now, list(erased_expired))
+                    record_erased(
+                        pipe, keys, dict(erasures or {}), version, now, list(erased_expired), stale_challengers
+                    )
                 lines = "\n".join(f"{user} {' '.join(items)}" for user, items in seen.items() if items)
                 if lines:
                     pipe.eval(SEEN_ADD, 0, keys.seen(""), lines, keys.seen_log, SEEN_LOG_ENTRIES)
@@ -510,6 +513,15 @@ class ModelStore:
         if blob is not None:
             await self._announce(version)
         return version
+
+    async def _stale_challengers(self, written: Mapping[str, bytes]) -> list[str]:
+        """The keys of contestants' states not among ``written`` (a challenger no longer configured, the champion's
+        own when none runs now): a checkpoint that erases users deletes them, as they hold the users too."""
+        keys = self.keys
+        pattern = "".join(f"\\{c}" if c in "*?[]\\" else c for c in keys.challenger("")) + "*"
+        kept = {keys.contest, keys.challenger_request, *(keys.challenger(name) for name in written)}
+        found = [_text_key(key) async for key in self.redis.scan_iter(match=pattern, count=1000)]
+        return sorted(key for key in found if key not in kept)
 
     async def _announce(self, version: int) -> None:
         """Tell API processes that ``version`` is current. It is committed already, so a failure is only logged:
@@ -701,6 +713,10 @@ class ModelStore:
         ):
             return newest, None  # the entry after ``after`` may be among those trimmed
         return newest, [fields[b"lines"].decode() for _, fields in replies[2]]
+
+
+def _text_key(key: bytes | str) -> str:
+    return key.decode() if isinstance(key, bytes) else key
 
 
 def _entry_id(text: str) -> tuple[int, int]:

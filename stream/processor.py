@@ -41,6 +41,7 @@ from learner.online_learner import OnlineLearner
 from recstream import metrics
 from recstream.events import Decoded, Event, decoded_messages
 from recstream.share_budget import ShareBudget
+from store.erasures import requested_at
 from store.model_store import CheckpointConflict, ModelStore, Snapshot, SnapshotRefused
 from store.writer_lease import WriterLease
 
@@ -1817,9 +1818,13 @@ class EventProcessor:
         for learner in (self.learner, *self.challengers.values()):
             assert learner is not None
             learner.forget_users(users)  # (one pass over the model's ids for them all: ~0.5 s a million users)
+        pending = self._pending
+        pending.unsent = [letter for letter in pending.unsent if _user_of(letter) not in requests]  # (not sent yet)
         for user, raw in requests.items():
-            self._pending.seen.pop(user, None)
-            self.erasures.add(fingerprint(user), float(orjson.loads(raw)["at"]))
+            pending.seen.pop(user, None)
+            at = requested_at(raw)
+            assert at is not None  # (UserErasures.requests leaves out what is not a request)
+            self.erasures.add(fingerprint(user), at)
         self._delta_base = None  # a delta would apply to a version that names them: the next snapshot is whole
 
     async def _apply_operator_resume(self) -> None:
@@ -1861,6 +1866,17 @@ _LEARN = object()
 def _count_recommended(kind: str) -> None:
     """A learned event whose context names the recommendation it came from (``rec_id``)."""
     metrics.RECOMMENDED_INTERACTIONS.labels(kind).inc()
+
+
+def _user_of(letter: Letter) -> str | None:
+    """The user of a quarantined event's dead letter (None for another letter)."""
+    kind, _, payload = letter
+    if kind != QUARANTINED:
+        return None
+    try:
+        return orjson.loads(payload)["event"]["user_id"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
 
 
 def _gate_event(event: Event, ts: float) -> GateEvent:

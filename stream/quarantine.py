@@ -20,11 +20,15 @@ from datetime import datetime
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from pydantic import ValidationError
 
+from learner.erasure import Erasures, fingerprint
 from learner.gate.gate import GateConfig, default_gate
 from recstream import components
 from recstream.components import bootstrap_servers, kafka_client_kwargs
+from recstream.events import Event
 from recstream.settings import Settings, get_settings
+from store.erasures import UserErasures, requested_at
 from store.keys import Keys
 from stream.processor import MODEL_PAUSED, OVERRIDE_HEADER, carried_overrides
 
@@ -127,6 +131,35 @@ async def not_replayed(settings: Settings, records: list[dict]) -> list[dict]:
     finally:
         await redis.aclose()
     return [record for record, done in zip(records, sent, strict=True) if not done]
+
+
+async def not_erased(settings: Settings, records: list[dict]) -> list[dict]:
+    """``records`` but those of users erased (or waiting to be) stamped before their erasure was asked for: the
+    worker would drop them, and a replay would put their data back on the events topic for its whole retention."""
+    if not records:
+        return []
+    redis = components.redis_client(settings)
+    try:
+        store = UserErasures(redis, Keys(settings.redis_prefix))
+        erased = Erasures(float("inf"), await store.erased())
+        for user, raw in (await store.requests()).items():
+            at = requested_at(raw)
+            if at is not None:
+                erased.add(fingerprint(user), at)
+    finally:
+        await redis.aclose()
+    if not erased:
+        return records
+    return [r for r in records if not erased.drops(str(r["event"].get("user_id")), _stamped(r["event"]))]
+
+
+def _stamped(event: dict) -> float:
+    """An event's time (seconds since the epoch), as the worker reads it (+inf if it is not a valid event: the
+    worker rejects it, it is not dropped as an erased user's)."""
+    try:
+        return Event.model_validate(event).ts_seconds
+    except ValidationError:
+        return float("inf")
 
 
 async def record_replayed(settings: Settings, records: list[dict]) -> None:
@@ -247,8 +280,12 @@ def _replay(args: argparse.Namespace) -> int:
     chosen = matching if args.again else asyncio.run(not_replayed(settings, matching))
     override = None if args.reason == "all" else args.reason
     before = len(matching) - len(chosen)
-    notes = _carried_note(chosen, override) + (
-        f"; {before} replayed before left out (--again sends them too)" if before else ""
+    kept = asyncio.run(not_erased(settings, chosen))
+    erased, chosen = len(chosen) - len(kept), kept
+    notes = (
+        _carried_note(chosen, override)
+        + (f"; {before} replayed before left out (--again sends them too)" if before else "")
+        + (f"; {erased} of erased users left out" if erased else "")
     )
     if args.dry_run:
         print(f"would replay {len(chosen)} events held for {args.reason!r} (overriding {override or 'nothing'}){notes}")

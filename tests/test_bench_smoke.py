@@ -351,3 +351,12 @@ def test_the_hidden_items_bench_gives_each_case_next_to_its_reference() -> None:
     assert rows[0][0] == "nothing hidden (the reference)" and rows[0][2] == 1.0
     assert len(rows) == 6 and all(micros > 0 and ratio > 0 for _, micros, ratio in rows)
     assert all(abs(ratio - micros / rows[0][1]) < 1e-9 for _, micros, ratio in rows)
+
+
+def test_the_erasure_bench_gives_each_case_next_to_the_bare_loop() -> None:
+    from bench.erasure import run as erasure_run
+
+    rows = erasure_run(2_000)
+    assert rows[0][0] == "bare predict+learn loop" and rows[0][2] == 1.0
+    assert len(rows) == 3 and all(micros > 0 and ratio > 0 for _, micros, ratio in rows)
+    assert all(abs(ratio - micros / rows[0][1]) < 1e-9 for _, micros, ratio in rows)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import pytest
 
@@ -19,10 +20,14 @@ from learner.erasure import fingerprint
 from learner.item_cooccurrence import ItemCooccurrence
 from learner.online_learner import OnlineLearner
 from learner.registry import build_model
+from recstream.events import Event
+from recstream.settings import Settings
 from store.erasures import record_erased
 from store.model_store import BeforeErasure, ModelStore
+from stream.processor import QUARANTINED, DeadLettersUndelivered, quarantine_payload
+from stream.quarantine import not_erased
 from tests.clock import iso
-from tests.conftest import Endpoint, open_model_store
+from tests.conftest import Endpoint, loops, open_model_store
 from tests.transport import Transport
 
 pytestmark = pytest.mark.integration
@@ -75,25 +80,33 @@ async def test_a_request_is_applied_by_the_next_checkpoint_even_on_a_quiet_strea
     assert await redis.smembers(keys.seen(ERASED)) and await redis.exists(keys.seen_log)
     assert processor.learner.model.knows_user(ERASED) and processor.challengers["bpr"].model.knows_user(ERASED)
 
+    # a contestant's state from before, no longer written (a challenger since removed from the settings)
+    await redis.hset(keys.challenger("retired"), mapping={"blob": ERASED.encode(), "tag": b"-"})
     requested = await store.erasures.request(ERASED, reason="account deleted", actor="test")
     assert await store.erasures.status(ERASED) == {"state": "waiting", "requested": requested["at"],
                                                    "reason": "account deleted"}  # fmt: skip
     assert not processor.checkpoint_due()  # nothing pending, and the request not looked for yet
     await processor.look_for_erasures()
     assert processor.checkpoint_due()  # the request makes one due, with nothing pending
+    # learned before the request is applied (so in the seen sets pending): erased too
+    await processor.process(transport.records(_events(ERASED, 50, 3)))
     version = await processor.checkpoint()
     assert version is not None and version > before
 
     snapshot = await store.load(version)
     assert snapshot.base_version is None  # whole: a delta would apply to a version that names them
     assert ERASED.encode() not in snapshot.blob
-    for name in ("bpr",):  # the challenger's state as written with it
+    for name in ("bpr", "champion"):  # the contestants' states as written with it
         blob = await store.load_challenger(name)
         assert blob is not None and ERASED.encode() not in blob
+    assert not await redis.exists(keys.challenger("retired")) and await redis.exists(keys.contest)
     assert not processor.learner.model.knows_user(ERASED) and processor.learner.model.knows_user(KEPT)
     assert not processor.challengers["bpr"].model.knows_user(ERASED)
     assert not await redis.exists(keys.seen(ERASED)) and await redis.smembers(keys.seen(KEPT))
-    assert not await redis.exists(keys.seen_log)  # API processes drop the seen sets they hold
+    # API processes drop the seen sets they hold; the log starts again, without them
+    log = await redis.xrange(keys.seen_log)
+    assert log and log[0][1] == {b"lines": b""}  # (an entry newer than any an API process read)
+    assert all(not line.startswith(ERASED) for _, fields in log for line in fields[b"lines"].decode().splitlines())
     assert await store.erasures.waiting() == 0
     status = await store.erasures.status(ERASED)
     assert status["state"] == "erased" and status["version"] == version and status["requested"] == requested["at"]
@@ -108,7 +121,15 @@ async def test_a_request_is_applied_by_the_next_checkpoint_even_on_a_quiet_strea
     await processor.settle()
 
 
-async def test_their_older_events_are_dropped_also_after_a_restart_and_newer_ones_learned(store: ModelStore) -> None:
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+async def test_their_older_events_are_dropped_also_after_a_restart_and_newer_ones_learned(
+    store: ModelStore, compiled: bool
+) -> None:
+    with loops(compiled):
+        await _older_dropped_newer_learned(store)
+
+
+async def _older_dropped_newer_learned(store: ModelStore) -> None:
     transport = Transport()
     processor = await _started(store, transport)
     await processor.process(transport.records(_events(ERASED, 0, 10)))
@@ -165,4 +186,108 @@ async def test_records_past_their_keeping_time_are_forgotten_in_redis_by_a_check
     await restarted.process(transport.records(_events(KEPT, 10, 3)))
     await restarted.checkpoint()
     assert set(await store.erasures.erased()) == {fingerprint("recent")}
+    assert restarted._erased_expired == []  # deleted: not sent again
     await restarted.settle()
+
+
+async def test_a_paused_model_still_writes_the_version_that_erases(store: ModelStore) -> None:
+    transport = Transport()
+    processor = await _started(store, transport)
+    await processor.process(transport.records(_events(ERASED, 0, 5)))
+    before = await processor.checkpoint()
+    processor._pause(processor.clock())  # (the model guard's pause: no new version while it lasts)
+    await store.erasures.request(ERASED, reason="account deleted", actor="test")
+    await processor.look_for_erasures()
+    version = await processor.checkpoint()
+    assert version is not None and version > before
+    assert ERASED.encode() not in (await store.load(version)).blob
+    assert (await store.erasures.status(ERASED))["version"] == version
+    await processor.settle()
+
+
+async def test_an_erasure_whose_write_fails_is_applied_again_by_the_next(
+    store: ModelStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transport = Transport()
+    processor = await _started(store, transport)
+    await processor.process(transport.records(_events(ERASED, 0, 5) + _events(KEPT, 0, 5)))
+    await processor.checkpoint()
+    await store.erasures.request(ERASED, reason="account deleted", actor="test")
+    write, failed = store.checkpoint, []
+
+    async def failing_once(*args: Any, **kwargs: Any) -> int | None:
+        if not failed:
+            failed.append(kwargs.get("erasures"))
+            raise ConnectionError("Redis went away")
+        return await write(*args, **kwargs)
+
+    monkeypatch.setattr(store, "checkpoint", failing_once)
+    await processor.look_for_erasures()
+    with pytest.raises(ConnectionError):
+        await processor.checkpoint()
+    assert list(failed[0]) == [ERASED]  # (the write that failed carried it)
+    assert await store.erasures.waiting() == 1 and processor.checkpoint_due()
+    version = await processor.checkpoint()
+    assert version is not None
+    snapshot = await store.load(version)
+    assert snapshot.base_version is None and ERASED.encode() not in snapshot.blob
+    assert (await store.erasures.status(ERASED))["version"] == version
+    await processor.settle()
+
+
+async def test_a_user_erased_again_keeps_the_new_record_when_the_old_one_expires(store: ModelStore) -> None:
+    redis, keys = store.redis, store.keys
+    await store.erasures.request(ERASED, reason="again", actor="test")
+    await redis.hset(keys.erased_users, fingerprint("other"), json.dumps({"at": 1.0, "applied": 2.0, "version": 1}))
+    async with redis.pipeline(transaction=True) as pipe:
+        expired = [fingerprint(ERASED), fingerprint("other")]  # (their old records, forgotten in the same write)
+        record_erased(pipe, keys, await store.erasures.requests(), version=9, now=time.time(), expired=expired)
+        await pipe.execute()
+    assert set(await store.erasures.erased()) == {fingerprint(ERASED)}
+    assert (await store.erasures.status(ERASED))["version"] == 9
+
+
+async def test_a_field_that_is_not_a_request_is_dropped_not_applied(store: ModelStore, caplog) -> None:
+    redis, keys = store.redis, store.keys
+    await redis.hset(keys.erase_requests, mapping={"hand-made": "not json", "no-time": json.dumps({"reason": "x"})})
+    await store.erasures.request(ERASED, reason="account deleted", actor="test")
+    assert set(await store.erasures.requests()) == {ERASED}
+    assert await store.erasures.waiting() == 1  # deleted
+    assert "not requests" in caplog.text and "'hand-made'" in caplog.text
+
+
+async def test_a_quarantine_replay_leaves_out_the_events_an_erased_user_made_before(
+    store: ModelStore, redis_endpoint: Endpoint
+) -> None:
+    requested = await store.erasures.request(ERASED, reason="account deleted", actor="test")
+    record = json.dumps({"at": requested["at"], "applied": 0, "version": 1})
+    await store.redis.hset(store.keys.erased_users, fingerprint("gone"), record)
+    held = [
+        {"event": _events(ERASED, 0, 1)[0]},  # waiting to be erased, from before: left out
+        {"event": _events("gone", 0, 1)[0]},  # erased, from before: left out
+        {"event": _events("gone", 5, 1, ts=requested["at"] + 10)[0]},  # after: they came back
+        {"event": _events(KEPT, 0, 1)[0]},
+    ]
+    settings = Settings(redis_url=redis_endpoint.url, redis_prefix=store.keys.prefix)
+    assert await not_erased(settings, held) == held[2:]
+
+
+async def test_their_dead_letters_not_sent_yet_are_dropped_the_others_sent(store: ModelStore) -> None:
+    transport = Transport()
+    processor = await _started(store, transport)
+    await processor.process(transport.records(_events(KEPT, 0, 2)))
+    await processor.checkpoint()
+    records = transport.records(_events(ERASED, 10, 1) + _events(KEPT, 10, 1))
+    letters = [
+        (QUARANTINED, r.key, quarantine_payload(r, Event.model_validate_json(r.value), "user_rate", "test"))
+        for r in records
+    ]
+    processor._pending.unsent.extend(letters)  # (as a broker that refused them leaves them)
+    await store.erasures.request(ERASED, reason="account deleted", actor="test")
+    await processor.look_for_erasures()
+    with pytest.raises(DeadLettersUndelivered):  # (letters sent again: the checkpoint waits for them, as always)
+        await processor.checkpoint()
+    assert [letter["event"]["user_id"] for _, letter in transport.dead_letters] == [KEPT]
+    version = await processor.checkpoint()
+    assert (await store.erasures.status(ERASED))["version"] == version
+    await processor.settle()

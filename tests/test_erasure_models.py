@@ -4,12 +4,14 @@ other users untouched, a fresh start if they come back."""
 from __future__ import annotations
 
 import contextlib
+import math
 
 import numpy as np
 import pytest
 
 from learner import kernels
 from learner.base import ModelState, is_personal
+from learner.erasure import Erasures, fingerprint
 from learner.id_index import ERASED_PREFIX, IdIndex
 from learner.online_learner import OnlineLearner
 from tests.test_models import KINDS, _learned
@@ -56,6 +58,41 @@ def test_the_snapshot_after_names_no_forgotten_user_and_restores_the_same_scores
     assert np.array_equal(restored.model.score_all("b-user1"), learner.model.score_all("b-user1"))
 
 
+def _user_rows(state: ModelState) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """Each user id of the state (a blend's parts' each) -> (array name, its row) of every per-user array: those
+    whose first dimension is the part's number of users."""
+    rows: dict[str, list[tuple[str, np.ndarray]]] = {}
+    for key, ids in state.ids.items():
+        if not key.endswith("users"):
+            continue
+        part = key[: -len("users")]  # "" or a blend part's "0."
+        items = len(state.ids[f"{part}items"])
+        assert items != len(ids)  # (else an item array could pass for a user array)
+        arrays = [(name, a) for name, a in state.arrays.items() if name.startswith(part) and a.shape[:1] == (len(ids),)]
+        assert arrays  # (every model with users keeps something of each)
+        for row, user in enumerate(ids):
+            rows.setdefault(user, []).extend((name, a[row]) for name, a in arrays)
+    return rows
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_forgotten_users_rows_hold_nothing_of_them_in_the_snapshot(kind: str) -> None:
+    learner = _learned(kind)
+    rows = _user_rows(learner.model.to_state())
+    assert (ERASED in rows) is is_personal(learner.model)
+    if ERASED in rows:  # (else the check below proves nothing)
+        assert any(np.any((row != 0) & (row != -1)) for _, row in rows[ERASED])
+    learner.forget_users([ERASED])
+    restored = OnlineLearner.from_bytes(learner.to_bytes())
+    for user, arrays in _user_rows(restored.model.to_state()).items():
+        if user.startswith(ERASED_PREFIX):  # factors 0, remembered items -1 (none) with weight 0
+            for name, row in arrays:
+                assert np.all((row == 0) | (row == -1)), (name, row)
+    if is_personal(learner.model):
+        assert any(user.startswith(ERASED_PREFIX) for user in _user_rows(restored.model.to_state()))
+    assert ERASED not in getattr(getattr(learner.model, "river", None), "u_latents", {})  # (River's own, live)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_forgotten_user_who_comes_back_starts_afresh(kind: str) -> None:
     learner = _learned(kind)
@@ -96,3 +133,19 @@ def test_several_users_are_forgotten_at_once_and_only_they(kind: str) -> None:
         assert np.array_equal(model.score_all(user), stranger)
     for user in kept:
         assert np.array_equal(model.score_all(user), scores[user]) and model.knows_user(user)
+
+
+def test_an_erased_users_events_are_dropped_up_to_and_at_the_request_and_learned_after() -> None:
+    erased = Erasures(kept_seconds=100.0, entries={fingerprint("u1"): 50.0})
+    erased.add(fingerprint("u2"), 40.0)
+    erased.add(fingerprint("u2"), 30.0)  # an earlier request does not move it back
+    assert erased.latest == 50.0 and len(erased) == 2
+    assert [erased.drops("u1", ts) for ts in (10.0, 50.0, math.nextafter(50.0, 99))] == [True, True, False]
+    assert [erased.drops("u2", ts) for ts in (40.0, 45.0)] == [True, False]
+    assert not erased.drops("u3", 10.0)
+    erased.add(fingerprint("u3"), 20.0)  # (its lookup above is not kept past a change)
+    assert erased.drops("u3", 10.0)
+    assert erased.prune(now=145.0) == [fingerprint("u2"), fingerprint("u3")]  # requested more than 100 s before
+    assert erased.latest == 50.0 and not erased.drops("u2", 10.0) and erased.drops("u1", 10.0)
+    assert erased.prune(now=151.0) == [fingerprint("u1")]
+    assert erased.latest == float("-inf") and len(erased) == 0

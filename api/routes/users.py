@@ -21,7 +21,7 @@ router = APIRouter(tags=["users"], dependencies=[Depends(_ADMIN)], responses={**
 class Erasure(BaseModel):
     user_id: str
     state: Literal["waiting", "erased", "none"] = Field(
-        description="`waiting`: the worker erases the user at its next checkpoint (about a second while it runs); "
+        description="`waiting`: the worker erases the user at its next checkpoint (usually within a second or two); "
         "`erased`: done, by `version`; `none`: no erasure waiting or recorded (RECSTREAM_ERASURE_KEPT_DAYS after it "
         "was asked for, it is forgotten)."
     )
