@@ -8,8 +8,9 @@ quantities summed over every user (co-occurrence counts, an item's factors, popu
 aggregate; no single user's events can be told apart in it.
 
 Events of the user still on the topic when the erasure is applied (a backlog, a quarantine replay) would teach the
-model again what it just forgot. :class:`Erasures` remembers each erased user by a fingerprint of their id (not the
-id) and the time of the request, for ``kept_seconds``: an event of theirs stamped at or before that time is dropped,
+model again what it just forgot. :class:`Erasures` remembers each erased user by a fingerprint of their id (a salted
+SHA-256: not the id, but not anonymous either, as the salt is no secret and a guessable id can be matched by trying
+it) and the time of the request, for ``kept_seconds``: an event of theirs stamped at or before that time is dropped,
 one stamped after it (they came back) is learned.
 
 >>> erased = Erasures(kept_seconds=3600)

@@ -279,7 +279,7 @@ class Settings(_gate_settings()):  # type: ignore[misc]
     erasure_kept_days: float = Field(
         7.0,
         gt=0,
-        description="How long an erased user is remembered (by a fingerprint of their id, not the id): their events "
+        description="How long an erased user is remembered (by a salted SHA-256 of their id): their events "
         "stamped before the erasure was asked for are dropped, not learned, for this long. At least the events "
         "topic's retention (Kafka's default is 7 days), so a replay from its start cannot bring them back.",
     )

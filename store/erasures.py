@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Collection
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -82,7 +82,7 @@ class UserErasures:
             waiting, done = await pipe.execute()
         if waiting is not None:
             request = json.loads(waiting)
-            return {"state": "waiting", "requested": request["at"], "reason": request["reason"]}
+            return {"state": "waiting", "requested": request["at"], "reason": request.get("reason", "")}
         if done is not None:
             record = json.loads(done)
             return {"state": "erased", "requested": record["at"], "applied": record["applied"],
@@ -102,14 +102,14 @@ def record_erased(
     version: int,
     now: float,
     expired: list[str],
-    stale_challengers: Sequence[str] = (),
+    stale_challengers: Collection[str] = (),
 ) -> None:
     """Queue, in a checkpoint's transaction (``pipe`` after MULTI), what records that ``requests`` (user id -> the
     request as read) are done by ``version``, the expiry of the records ``expired`` (fingerprints), and the deletion
-    of ``stale_challengers`` (the keys of contestants no longer written: they hold the users too). The seen log is
-    deleted and started again with an empty entry, so that every API process finds entries it has not read gone and
-    drops the seen sets it holds (api/seen_cache.py), before the checkpoint's additions to it are queued (the
-    caller's order)."""
+    of the saved states of ``stale_challengers`` (names of contestants no longer written: they hold the users too).
+    The seen log is deleted and started again with an empty entry, so that every API process finds entries it has
+    not read gone and drops the seen sets it holds (api/seen_cache.py), before the checkpoint's additions to it are
+    queued (the caller's order)."""
     if expired:  # first: a user erased again here keeps the record written below
         pipe.hdel(keys.erased_users, *expired)
     for user, raw in requests.items():
@@ -122,7 +122,8 @@ def record_erased(
         pipe.xadd(keys.seen_log, {"lines": ""})
         pipe.set(keys.erase_floor, version)
         if stale_challengers:
-            pipe.delete(*stale_challengers)
+            pipe.delete(*(keys.challenger(name) for name in stale_challengers))
+            pipe.srem(keys.challengers_saved, *stale_challengers)
 
 
 def requested_at(raw: str) -> float | None:

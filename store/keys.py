@@ -54,6 +54,12 @@ class Keys:
         return f"{self.prefix}:challenger:contest"
 
     @property
+    def challengers_saved(self) -> str:
+        """Set of the names whose state a checkpoint saved in :meth:`challenger` (a checkpoint that erases users
+        deletes the states of those no longer configured: they hold the users too)."""
+        return f"{self.prefix}:challengers:saved"
+
+    @property
     def challenger_request(self) -> str:
         """String (JSON ``{"name", "reason"}``) set by an operator: promote this challenger at the next checkpoint."""
         return f"{self.prefix}:challenger:promote"

@@ -384,7 +384,7 @@ class ModelStore:
         if lease is not None and (lease.epoch is None or lease.lost_to is not None):
             raise CheckpointConflict(f"this worker ({lease.holder}) does not hold the writer lease: it writes nothing")
         tag = None if blob is None else await self._signed(blob)
-        stale_challengers = await self._stale_challengers(challengers or {}) if erasures else []
+        stale_challengers = await self._stale_challengers(challengers or {}) if erasures else set()
         challenger_tags = {name: await self._signed(b) for name, b in (challengers or {}).items()}
         async with self.redis.pipeline(transaction=True) as pipe:
             try:
@@ -436,6 +436,8 @@ class ModelStore:
                     pipe.set(keys.current_version, version)
                     pipe.zadd(keys.versions, {str(version): version})
                 offsets_json = json.dumps({offset_field(t, p): o for (t, p), o in sorted(offsets.items())})
+                if challengers:
+                    pipe.sadd(keys.challengers_saved, *challengers)
                 for name, challenger_blob in (challengers or {}).items():
                     pipe.hset(
                         keys.challenger(name),
@@ -514,14 +516,12 @@ class ModelStore:
             await self._announce(version)
         return version
 
-    async def _stale_challengers(self, written: Mapping[str, bytes]) -> list[str]:
-        """The keys of contestants' states not among ``written`` (a challenger no longer configured, the champion's
-        own when none runs now): a checkpoint that erases users deletes them, as they hold the users too."""
-        keys = self.keys
-        pattern = "".join(f"\\{c}" if c in "*?[]\\" else c for c in keys.challenger("")) + "*"
-        kept = {keys.contest, keys.challenger_request, *(keys.challenger(name) for name in written)}
-        found = [_text_key(key) async for key in self.redis.scan_iter(match=pattern, count=1000)]
-        return sorted(key for key in found if key not in kept)
+    async def _stale_challengers(self, written: Mapping[str, bytes]) -> set[str]:
+        """The names of contestants whose state a checkpoint saved and this one does not write (a challenger no longer
+        configured, the champion's own when none runs now): a checkpoint that erases users deletes them, as they
+        hold the users too."""
+        saved = {_text_key(name) for name in await self.redis.smembers(self.keys.challengers_saved)}
+        return saved - set(written)
 
     async def _announce(self, version: int) -> None:
         """Tell API processes that ``version`` is current. It is committed already, so a failure is only logged:

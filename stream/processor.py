@@ -1400,6 +1400,7 @@ class EventProcessor:
                 cooccurrence_delta.mark(learner)
             self._delta_base = None  # until this write succeeds: it sets the version the next delta is made against
         self._pending = Pending()  # last: nothing above may fail once the events are set aside
+        self._erase_waiting = False  # the write carries the requests (and asks again if it fails: _written)
         self._last_checkpoint = time.monotonic()
         return write
 
@@ -1428,6 +1429,8 @@ class EventProcessor:
             )
         except Exception as exc:
             metrics.CHECKPOINTS.labels("failed").inc()
+            if write.erasures:  # still waiting in Redis: the next checkpoint applies them again
+                self._erase_waiting = True
             if isinstance(exc, redis_errors.RedisError):  # (not a refused write: CheckpointConflict)
                 metrics.count_redis_error("worker", exc)
             # The records go back to the pending ones and stay unacknowledged; the next checkpoint covers them.
@@ -1440,7 +1443,6 @@ class EventProcessor:
         if write.erased_expired:  # (those forgotten since are deleted by the next one)
             del self._erased_expired[: len(write.erased_expired)]
         if write.erasures:
-            self._erase_waiting = False  # (a request made since is found by the next look: look_for_erasures)
             log.warning("v%s: %d user(s) erased, as asked", version, len(write.erasures))
             metrics.USERS_ERASED.inc(len(write.erasures))
         if self._look_ahead is not None:  # its lookup may have been sent before this was stored (_known_ahead)

@@ -72,16 +72,23 @@ async def _started(store: ModelStore, transport: Transport):  # type: ignore[no-
 
 
 async def test_a_request_is_applied_by_the_next_checkpoint_even_on_a_quiet_stream(store: ModelStore) -> None:
+    redis, keys = store.redis, store.keys
     transport = Transport()
+    # a worker that ran a third contestant, since taken out of the settings: its saved state names the user too
+    earlier = transport.processor(
+        store, new_learner=_cooccurrence, contestants={"champion": _cooccurrence, "bpr": _bpr, "retired": _bpr}
+    )
+    await earlier.start()
+    await earlier.process(transport.records(_events(ERASED, 100, 3)))
+    await earlier.checkpoint()
+    await earlier.settle()
+    assert ERASED.encode() in await store.load_challenger("retired")
     processor = await _started(store, transport)
     await processor.process(transport.records(_events(ERASED, 0, 20) + _events(KEPT, 0, 20)))
     before = await processor.checkpoint()
-    redis, keys = store.redis, store.keys
     assert await redis.smembers(keys.seen(ERASED)) and await redis.exists(keys.seen_log)
     assert processor.learner.model.knows_user(ERASED) and processor.challengers["bpr"].model.knows_user(ERASED)
 
-    # a contestant's state from before, no longer written (a challenger since removed from the settings)
-    await redis.hset(keys.challenger("retired"), mapping={"blob": ERASED.encode(), "tag": b"-"})
     requested = await store.erasures.request(ERASED, reason="account deleted", actor="test")
     assert await store.erasures.status(ERASED) == {"state": "waiting", "requested": requested["at"],
                                                    "reason": "account deleted"}  # fmt: skip
@@ -100,6 +107,7 @@ async def test_a_request_is_applied_by_the_next_checkpoint_even_on_a_quiet_strea
         blob = await store.load_challenger(name)
         assert blob is not None and ERASED.encode() not in blob
     assert not await redis.exists(keys.challenger("retired")) and await redis.exists(keys.contest)
+    assert await redis.smembers(keys.challengers_saved) == {b"champion", b"bpr"}
     assert not processor.learner.model.knows_user(ERASED) and processor.learner.model.knows_user(KEPT)
     assert not processor.challengers["bpr"].model.knows_user(ERASED)
     assert not await redis.exists(keys.seen(ERASED)) and await redis.smembers(keys.seen(KEPT))
