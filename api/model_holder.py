@@ -118,7 +118,11 @@ class ModelHolder:
         ):
             return
         if self.model is not None and version > self._newest_loaded and self.load_wait() > 0:
-            return  # a new checkpoint too soon after the last load: _run comes back when it is allowed
+            floor = await self.store.erasures.floor()
+            if floor is None or floor <= self.model.version:
+                return  # a new checkpoint too soon after the last load: _run comes back when it is allowed
+            # else users were erased since the version served (store.erasures): it personalises for them until the
+            # erasing version is served, so that one does not wait for the time budget
         served = self.model
         # a version made by deltas from the one served is read down to that one alone, to apply them to it in place
         known_base = served.version if served is not None and served.takes_deltas else None
@@ -154,7 +158,8 @@ class ModelHolder:
                 else:
                     model = served
             else:
-                # Ids are append-only: the new version's indexes start from copies of this one's (id_index.reusing).
+                # Ids are appended (only an erasure blanks some, in a whole version): the new version's indexes start
+                # from copies of this one's when they begin with the same ids (id_index.reusing).
                 with reusing(served.id_indexes() if served is not None else ()):
                     model = await asyncio.to_thread(self._build, snapshot)
         except (CodecError, ValueError, KeyError, IndexError, TypeError) as exc:  # authenticated, but not loadable

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -85,6 +86,17 @@ async def test_slow_loads_keep_to_their_share_of_the_time(redis_endpoint: Endpoi
         now[0] += holder.load_wait()
         await holder.refresh()
         assert holder.model.version == v5
+        # A version that erases a user does not wait: the versions before it personalise for them.
+        assert holder.load_wait() > 0
+        learner.forget_users(["u0"])
+        request = json.dumps({"at": 1.0, "reason": "test", "actor": "test"})
+        v6 = await store.checkpoint(v5, learner.to_bytes(), {}, {}, {}, erasures={"u0": request})
+        versions.append(v6)
+        await holder.refresh()
+        assert holder.model.version == v6 and not holder.model.model.knows_user("u0")
+        await checkpoint()  # the next one waits its turn again
+        await holder.refresh()
+        assert holder.model.version == v6 and holder.load_wait() > 0
     finally:
         await client.aclose()
 
