@@ -76,9 +76,9 @@ class Erasures:
         old = [key for key, at in self._at.items() if at < now - self.kept_seconds]
         for key in old:
             del self._at[key]
-        self._looked.clear()
         if old:
             self.latest = max(self._at.values(), default=float("-inf"))
+            self._looked.clear()
         return old
 
     def __len__(self) -> int:

@@ -3,10 +3,11 @@
 An operator's request (``POST /v1/users/{id}/erase``, ``recstream users erase``) is a field of a hash
 (:attr:`store.keys.Keys.erase_requests`). The worker looks for requests every second, and its next checkpoint erases
 each user from its models (learner.erasure) and, in the checkpoint's own transaction (:func:`record_erased`):
-deletes the request (unless it was made again meanwhile), the user's seen set and the seen log (so every API
-process drops the seen sets it holds: api/seen_cache.py), records the user by fingerprint with the request's time
-(events of theirs stamped before it are dropped), and raises the erase floor to the new version, below which no
-version may be promoted. That version is a whole snapshot: a delta would apply to a version that names the user.
+deletes the request (unless it was made again meanwhile), the user's seen set and the saved states of contestants no
+longer configured, starts the seen log again (so every API process drops the seen sets it holds: api/seen_cache.py),
+records the user by fingerprint with the request's time (events of theirs stamped before it are dropped), and raises
+the erase floor to the new version, below which no version may be promoted. That version is a whole snapshot: a
+delta would apply to a version that names the user.
 """
 
 from __future__ import annotations
@@ -80,9 +81,8 @@ class UserErasures:
             pipe.hget(keys.erase_requests, user_id)
             pipe.hget(keys.erased_users, fingerprint(user_id))
             waiting, done = await pipe.execute()
-        if waiting is not None:
-            request = json.loads(waiting)
-            return {"state": "waiting", "requested": request["at"], "reason": request.get("reason", "")}
+        if waiting is not None and (at := requested_at(_text(waiting))) is not None:  # (else not a request: dropped)
+            return {"state": "waiting", "requested": at, "reason": json.loads(waiting).get("reason", "")}
         if done is not None:
             record = json.loads(done)
             return {"state": "erased", "requested": record["at"], "applied": record["applied"],

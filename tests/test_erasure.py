@@ -259,6 +259,7 @@ async def test_a_field_that_is_not_a_request_is_dropped_not_applied(store: Model
     redis, keys = store.redis, store.keys
     await redis.hset(keys.erase_requests, mapping={"hand-made": "not json", "no-time": json.dumps({"reason": "x"})})
     await store.erasures.request(ERASED, reason="account deleted", actor="test")
+    assert (await store.erasures.status("hand-made")) == {"state": "none"}  # (not a request: not waiting)
     assert set(await store.erasures.requests()) == {ERASED}
     assert await store.erasures.waiting() == 1  # deleted
     assert "not requests" in caplog.text and "'hand-made'" in caplog.text
