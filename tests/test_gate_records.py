@@ -437,7 +437,9 @@ def test_a_prefetch_changes_nothing_and_takes_any_chunk(built: object) -> None:
     rnd.shuffle(events)
     held = sum(1 for key in keys if key in table.index)
     fetched = table.prefetch(events, 1)
-    assert 0.8 * held < fetched <= held  # (a key past its home slot is not fetched)
+    # (a key past its home slot is not fetched: which are depends on str hashing, randomised per process; 0.80-0.85
+    # of them were fetched over 40 hash seeds, so 0.8 failed now and then)
+    assert 0.7 * held < fetched <= held
     assert (table.index.order(), bytes(table.data), bytes(table.narrow), bytes(table.whole), len(table)) == state
     assert table.prefetch(events, 2) == fetched and table.prefetch(events, 5) == table.prefetch(events, -1) == 0
     assert (table.index.order(), bytes(table.data), bytes(table.narrow), bytes(table.whole), len(table)) == state
