@@ -22,7 +22,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from learner.erasure import fingerprint
-from store.keys import Keys
+from store.keys import Keys, as_text
 
 log = logging.getLogger(__name__)
 
@@ -58,20 +58,20 @@ class UserErasures:
         that is not a request (written by hand: no time) is logged and deleted, not left to fail every checkpoint."""
         requests, bad = {}, []
         for user, value in (await self.redis.hgetall(self.keys.erase_requests)).items():
-            if requested_at(_text(value)) is None:
+            if requested_at(as_text(value)) is None:
                 bad.append(user)
             else:
-                requests[_text(user)] = _text(value)
+                requests[as_text(user)] = as_text(value)
         if bad:
             log.error("deleted %d request(s) to erase users that are not requests (no time): %s", len(bad),
-                      ", ".join(repr(_text(user)) for user in bad))  # fmt: skip
+                      ", ".join(repr(as_text(user)) for user in bad))  # fmt: skip
             await self.redis.hdel(self.keys.erase_requests, *bad)
         return requests
 
     async def erased(self) -> dict[str, float]:
         """Every user erased and still recorded: fingerprint -> the time of the request (seconds since the epoch)."""
         raw = await self.redis.hgetall(self.keys.erased_users)
-        return {_text(key): float(json.loads(value)["at"]) for key, value in raw.items()}
+        return {as_text(key): float(json.loads(value)["at"]) for key, value in raw.items()}
 
     async def status(self, user_id: str) -> dict[str, Any]:
         """``{"state": "waiting", "requested": ...}`` while the request waits, ``{"state": "erased", "requested",
@@ -81,7 +81,7 @@ class UserErasures:
             pipe.hget(keys.erase_requests, user_id)
             pipe.hget(keys.erased_users, fingerprint(user_id))
             waiting, done = await pipe.execute()
-        if waiting is not None and (at := requested_at(_text(waiting))) is not None:  # (else not a request: dropped)
+        if waiting is not None and (at := requested_at(as_text(waiting))) is not None:  # (else not a request: dropped)
             return {"state": "waiting", "requested": at, "reason": json.loads(waiting).get("reason", "")}
         if done is not None:
             record = json.loads(done)
@@ -133,7 +133,3 @@ def requested_at(raw: str) -> float | None:
     except (ValueError, TypeError, KeyError):
         return None
     return float(at) if isinstance(at, int | float) and math.isfinite(at) else None
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def as_text(value: bytes | str) -> str:
+    """A key, field or value as Redis returned it (bytes, or str from a decoding client), as text."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 @dataclass(frozen=True)
 class Keys:
     prefix: str = "recstream"

@@ -32,7 +32,7 @@ from redis.connection import Encoder, PythonRespSerializer
 from redis.exceptions import WatchError
 
 from store.erasures import UserErasures, record_erased
-from store.keys import Keys
+from store.keys import Keys, as_text
 from store.retention import stale as stale_versions
 from store.signing import SnapshotSigner
 from store.writer_lease import GONE, WriterLease
@@ -520,7 +520,7 @@ class ModelStore:
         """The names of contestants whose state a checkpoint saved and this one does not write (a challenger no longer
         configured, the champion's own when none runs now): a checkpoint that erases users deletes them, as they
         hold the users too."""
-        saved = {_text_key(name) for name in await self.redis.smembers(self.keys.challengers_saved)}
+        saved = {as_text(name) for name in await self.redis.smembers(self.keys.challengers_saved)}
         return saved - set(written)
 
     async def _announce(self, version: int) -> None:
@@ -713,10 +713,6 @@ class ModelStore:
         ):
             return newest, None  # the entry after ``after`` may be among those trimmed
         return newest, [fields[b"lines"].decode() for _, fields in replies[2]]
-
-
-def _text_key(key: bytes | str) -> str:
-    return key.decode() if isinstance(key, bytes) else key
 
 
 def _entry_id(text: str) -> tuple[int, int]:

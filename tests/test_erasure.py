@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -44,8 +45,6 @@ def _events(user: str, start: int, n: int, ts: float | None = None) -> list[dict
 
 
 def _iso_at(ts: float) -> str:
-    from datetime import UTC, datetime
-
     return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
