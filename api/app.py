@@ -15,8 +15,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from redis.exceptions import AuthenticationError as RedisAuthenticationError
+from redis.exceptions import AuthorizationError as RedisAuthorizationError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoPermissionError as RedisNoPermissionError
+from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import ReadOnlyError as RedisReadOnlyError
+from redis.exceptions import RedisError
+from redis.exceptions import ResponseError as RedisResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -98,6 +103,12 @@ async def _stop_within(seconds: float, *steps: Callable[[], Awaitable[Any]]) -> 
             log.warning("shutdown: %s did not finish within %.0f s; left to the process exit", name, seconds)
         except Exception as exc:  # noqa: BLE001 - stopping anyway
             log.warning("shutdown: %s failed (%s: %s)", name, type(exc).__name__, exc)
+
+
+def _internal_error(exc: Exception) -> JSONResponse:
+    """A defect's answer: a JSON body with a ``detail``, as every other refusal has, naming only the error's type."""
+    detail = f"internal error ({type(exc).__name__}); the API process logged it"
+    return JSONResponse({"detail": detail}, status_code=500)
 
 
 def app_from_environment() -> FastAPI:
@@ -190,25 +201,41 @@ def create_app(settings: Settings) -> FastAPI:
 
     document_invalid_requests(app)  # the OpenAPI page's 422s: what the handler above answers
 
-    async def redis_did_not_answer(request: Request, exc: Exception) -> JSONResponse:
-        # a route that needs Redis (admin, stats) while it is unreachable: a 503 to retry, not a bare 500
+    async def redis_failed(request: Request, exc: Exception) -> JSONResponse:
+        # a route that needs Redis (admin, stats) while it is unreachable or refuses the command: a 503, not a bare 500
+        if not isinstance(exc, (RedisConnectionError, RedisTimeoutError, RedisResponseError)):
+            # a client-side error (WatchError, DataError): a defect, answered here, so logged here with its traceback
+            log.error("%s %s: internal error", request.method, request.url.path, exc_info=exc)
+            return _internal_error(exc)
         metrics.REDIS_ERRORS.labels("api").inc()
         what = type(exc).__name__
-        if isinstance(exc, RedisAuthenticationError):  # not going away by itself: an operator must act
-            detail = f"Redis refused this API process's credentials ({what}): RECSTREAM_REDIS_URL must be fixed"
-            log.error("%s %s: %s", request.method, request.url.path, detail)
+        if isinstance(exc, (RedisAuthenticationError, RedisAuthorizationError, RedisNoPermissionError)):
+            # not going away by itself: an operator must act
+            detail = (
+                f"Redis refused this API process's credentials or their rights ({what}): RECSTREAM_REDIS_URL "
+                "or the Redis user's ACL must be fixed"
+            )
+            log.error("%s %s: %s (%s)", request.method, request.url.path, detail, exc)
             return JSONResponse({"detail": detail}, status_code=503)
         log.warning("%s %s: Redis unavailable (%s: %s)", request.method, request.url.path, what, exc)
         retry = settings.retry_after_seconds
         if isinstance(exc, RedisReadOnlyError):  # a replica (a failover under way): the primary answers soon
             detail = f"Redis is read-only ({what}: this API process reaches a replica); retry in {retry} s"
+        elif isinstance(exc, RedisOutOfMemoryError):  # its maxmemory reached: writes refused until memory is freed
+            detail = f"Redis is out of memory ({what}: it refuses writes past its maxmemory); retry in {retry} s"
+        elif isinstance(exc, RedisResponseError):  # MISCONF (cannot persist), BUSY (a script running), ...
+            said = str(exc)[:200]
+            detail = f"Redis refused the command ({what}: {said}); retry in {retry} s"
         else:
             detail = f"Redis is unavailable ({what}); retry in {retry} s"
         return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": str(retry)})
 
-    app.add_exception_handler(RedisConnectionError, redis_did_not_answer)
-    app.add_exception_handler(RedisTimeoutError, redis_did_not_answer)
-    app.add_exception_handler(RedisReadOnlyError, redis_did_not_answer)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:  # noqa: ARG001 - a handler's form
+        # a defect: a JSON body like every other answer's (Starlette raises it again, and the server logs its traceback)
+        return _internal_error(exc)
+
+    app.add_exception_handler(RedisError, redis_failed)
+    app.add_exception_handler(Exception, internal_error)
 
     # Added innermost first: latency and security headers see every answer, including 413s and CORS preflights.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
@@ -218,6 +245,7 @@ def create_app(settings: Settings) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+            expose_headers=["Retry-After", "WWW-Authenticate"],  # a browser's script reads them on a 429, 503, 401
             max_age=600,
         )
     app.add_middleware(SecurityHeadersMiddleware)

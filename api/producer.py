@@ -4,6 +4,10 @@ A batch is accepted (202) only when the broker has acknowledged every event (ack
 If the broker does not take them within the timeout, :class:`BrokerUnavailable` is raised
 and the endpoint answers 503: the client must resend the batch (events carry ``event_id``,
 so a resent event that did reach Kafka the first time is recognised as a duplicate).
+
+The producer starts on the first request. While the broker does not answer, one start is tried at a time and
+every request arriving meanwhile waits for that one (not for a start of its own after it): each answers within
+about the timeout however many arrive together, and the readiness probe waits for it at most its own two seconds.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from aiokafka import AIOKafkaProducer
 from recstream import metrics
 
 log = logging.getLogger(__name__)
+
+#: The most the readiness probe waits for the producer's start and then for the broker's metadata, each.
+PING_SECONDS = 2.0
 
 
 class BrokerUnavailable(Exception):
@@ -39,27 +46,38 @@ class EventProducer:
         self.topic = topic
         self.timeout = timeout
         self._producer: AIOKafkaProducer | None = None
-        self._lock = asyncio.Lock()
+        self._starting: asyncio.Task[AIOKafkaProducer] | None = None  # the start under way, shared by its waiters
 
-    async def _ensure_started(self) -> AIOKafkaProducer:
-        async with self._lock:
-            if self._producer is None:
-                producer = AIOKafkaProducer(
-                    bootstrap_servers=self.bootstrap_servers,
-                    acks="all",
-                    enable_idempotence=False,
-                    linger_ms=2,
-                    request_timeout_ms=int(self.timeout * 1000),
-                    **self._client_kwargs,
-                )
-                try:
-                    await asyncio.wait_for(producer.start(), timeout=self.timeout)
-                except BaseException:
-                    with contextlib.suppress(Exception):
-                        await producer.stop()
-                    raise
-                self._producer = producer
+    async def _ensure_started(self, wait: float | None = None) -> AIOKafkaProducer:
+        """The started producer; starts it, or waits for the start under way, at most ``wait`` seconds (the start's
+        own timeout when None). A waiter that gives up or is cancelled leaves the start to the others."""
+        if self._producer is not None:
             return self._producer
+        if self._starting is None:
+            self._starting = asyncio.create_task(self._start())
+            self._starting.add_done_callback(_retrieved)
+        return await asyncio.wait_for(asyncio.shield(self._starting), wait)
+
+    async def _start(self) -> AIOKafkaProducer:
+        try:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap_servers,
+                acks="all",
+                enable_idempotence=False,
+                linger_ms=2,
+                request_timeout_ms=int(self.timeout * 1000),
+                **self._client_kwargs,
+            )
+            try:
+                await asyncio.wait_for(producer.start(), timeout=self.timeout)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                raise
+            self._producer = producer
+            return producer
+        finally:
+            self._starting = None  # (a failed start is tried again by the next request)
 
     async def send_batch(self, records: Sequence[tuple[bytes, bytes]]) -> None:
         """Send (key, value) pairs; return once all are acknowledged, else raise BrokerUnavailable."""
@@ -75,14 +93,25 @@ class EventProducer:
 
     async def ping(self) -> bool:
         try:
-            producer = await self._ensure_started()
-            await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout=2)
+            producer = await self._ensure_started(wait=PING_SECONDS)
+            await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout=PING_SECONDS)
             return True
         except Exception:  # noqa: BLE001 - readiness probe
             return False
 
     async def stop(self) -> None:
+        starting = self._starting
+        if starting is not None:
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
         if self._producer is not None:
             with contextlib.suppress(Exception):
                 await self._producer.stop()
             self._producer = None
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """Marks a start's failure as seen: every waiter may have given up on it (asyncio would log it as never
+    retrieved); the next request tries again and reports its own."""
+    if not task.cancelled():
+        task.exception()

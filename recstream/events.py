@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, NamedTuple
 
 import orjson
+import pydantic_core
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -102,14 +103,34 @@ class Event(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True, ignored_types=(_computed_once,))
 
-    event_id: Identifier
-    user_id: Identifier
-    item_id: Identifier
-    type: EventType
-    ts: Annotated[AwareDatetime, BeforeValidator(_iso_string_or_datetime), Field(strict=False)]
-    watch_seconds: Annotated[float, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)] | None = None
-    item_duration_seconds: Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)] | None = None
-    context: dict[Annotated[str, Field(min_length=1, max_length=64)], ContextValue] = Field(default_factory=dict)
+    event_id: Annotated[
+        Identifier,
+        Field(
+            description="Names this event among every user's (a UUID, say; not a per-user counter). Keep it when you "
+            "resend the event: one whose id was learned within RECSTREAM_DEDUPE_RETENTION_SECONDS (1 h) is dropped "
+            "as a duplicate; a resend later than that is learned again."
+        ),
+    ]
+    user_id: Annotated[Identifier, Field(description="The person (an opaque id, not a name or an email address).")]
+    item_id: Annotated[Identifier, Field(description="The video.")]
+    type: Annotated[
+        EventType, Field(description="What the person did (docs/model-card.md: what the model learns from each).")
+    ]
+    ts: Annotated[
+        AwareDatetime,
+        BeforeValidator(_iso_string_or_datetime),
+        Field(strict=False, description="When it happened: ISO 8601 with a timezone (not Unix seconds)."),
+    ]
+    watch_seconds: Annotated[float, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)] | None = Field(
+        default=None, description="How long the video was watched."
+    )
+    item_duration_seconds: Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)] | None = Field(
+        default=None, description="The video's length."
+    )
+    context: dict[Annotated[str, Field(min_length=1, max_length=64)], ContextValue] = Field(
+        default_factory=dict,
+        description="Up to 16 flat keys; rec_id names the recommendation list the event came from.",
+    )
 
     @_computed_once
     def ts_seconds(self) -> float:
@@ -217,7 +238,7 @@ def parse_message(raw: bytes) -> list[Decoded]:
         event, reason = parse_event(raw)
         return [Decoded(event, reason, None, None)]
     try:
-        items = orjson.loads(raw)
+        items = loads_json(raw)
     except orjson.JSONDecodeError as exc:
         return [Decoded(None, f"malformed JSON: {exc}", None, None)]
     if not items or len(items) > MAX_MESSAGE_EVENTS:
@@ -235,10 +256,18 @@ def parse_message(raw: bytes) -> list[Decoded]:
             decoded.append(Decoded(Event.model_validate(item), None, index, None))
         except ValidationError as exc:
             reason = summarize_errors(describe_errors(exc))
-            decoded.append(Decoded(None, reason, index, orjson.dumps(item)))
+            decoded.append(Decoded(None, reason, index, _element_bytes(item)))
         except Exception as exc:  # noqa: BLE001 - a decoder must never take the worker down
-            decoded.append(Decoded(None, f"undecodable event: {type(exc).__name__}: {exc}", index, orjson.dumps(item)))
+            decoded.append(
+                Decoded(None, f"undecodable event: {type(exc).__name__}: {exc}", index, _element_bytes(item))
+            )
     return decoded
+
+
+def _element_bytes(item: Any) -> bytes:
+    """A refused element of a batch message as JSON again, for its dead letter: a ``NaN`` or ``Infinity`` as such
+    (orjson would write ``null``), an integer past 64 bits as it was (orjson would refuse it)."""
+    return pydantic_core.to_json(item, inf_nan_mode="constants")
 
 
 def parse_one_event_messages(raws: list[bytes]) -> list[Decoded] | None:
@@ -291,6 +320,30 @@ def decoded_messages(raws: Sequence[bytes]) -> Iterator[list[Decoded]]:
         else:
             for raw in group:
                 yield parse_message(raw)
+
+
+def loads_json(raw: bytes) -> Any:
+    """``raw`` read as JSON by orjson or, where orjson refuses it, by pydantic's parser, which the one-event messages
+    are validated with: it also reads the ``NaN``, ``Infinity`` and numbers past a double's range that Python's
+    ``json.dumps`` writes, so the event holding one is refused by the contract naming its field (not a finite number)
+    instead of its whole body or message being malformed. Raises orjson's error, which says where, when neither
+    reads it.
+
+    >>> loads_json(b'[1, NaN]')
+    [1, nan]
+    >>> loads_json(b'[1,')
+    Traceback (most recent call last):
+    ...
+    orjson.JSONDecodeError: unexpected end of data: line 1 column 4 (char 3)
+    """
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        refused = exc
+    try:
+        return pydantic_core.from_json(raw)
+    except ValueError:
+        raise refused from None
 
 
 def encode_batches(events: list[Event], max_bytes: int = 256_000) -> list[tuple[bytes | None, bytes]]:

@@ -99,3 +99,55 @@ def test_a_read_only_redis_is_a_503_to_retry_and_refused_credentials_a_503_to_fi
             assert password not in detail
     finally:
         admin.close()
+
+
+def test_a_redis_out_of_memory_is_a_503_to_retry_and_one_without_the_rights_a_503_to_fix(
+    broker_endpoint: Endpoint, processes: list[local_services.LocalService]
+) -> None:
+    """Redis answering with an error (not an outage): out of memory (its maxmemory reached), and an ACL user without
+    the right to write. Both were a bare 500 in plain text."""
+    import redis as redis_lib
+
+    redis = local_services.start_redis()
+    processes.append(redis)
+    headers = {"Authorization": f"Bearer {TEST_API_KEY}"}
+    admin = redis_lib.Redis.from_url(redis.url)
+    try:
+        app = in_process_app(Endpoint(redis.url, "own redis"), broker_endpoint)
+        with TestClient(app, base_url="http://127.0.0.1", headers=headers, raise_server_exceptions=False) as client:
+            page = client.get("/openapi.json").json()
+            assert client.post("/v1/items/v3/hide", json=REASON).status_code == 200
+            admin.config_set("maxmemory", "1")  # every write refused from now on
+            answer = client.post("/v1/items/v4/hide", json=REASON)
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["Retry-After"] == "5"
+            assert answer.json()["detail"].startswith("Redis is out of memory (OutOfMemoryError"), answer.json()
+            _schema(page, "post", "/v1/items/{item_id}/hide", 503).validate(answer.json())
+            admin.config_set("maxmemory", "0")
+            assert client.post("/v1/items/v4/hide", json=REASON).status_code == 200
+        password = "pw-" + uuid.uuid4().hex
+        admin.acl_setuser("reader", enabled=True, passwords=[f"+{password}"], keys=["*"], commands=["+@read", "+ping"])
+        reader = Endpoint(f"redis://reader:{password}@{redis.host}:{redis.port}/0", "own redis, a read-only user")
+        app = in_process_app(reader, broker_endpoint)
+        with TestClient(app, base_url="http://127.0.0.1", headers=headers, raise_server_exceptions=False) as client:
+            answer = client.post("/v1/items/v5/hide", json=REASON)
+            assert answer.status_code == 503, answer.text
+            assert "Retry-After" not in answer.headers  # retrying does not help
+            detail = answer.json()["detail"]
+            assert detail.startswith("Redis refused this API process's credentials or their rights (NoPerm"), detail
+            assert password not in detail
+    finally:
+        admin.close()
+
+
+def test_a_defect_is_a_500_with_a_json_detail(broker_endpoint: Endpoint, redis_endpoint: Endpoint) -> None:
+    app = in_process_app(redis_endpoint, broker_endpoint)
+
+    async def broken() -> None:
+        raise RuntimeError("a defect, with a secret=s3cr3t in its message")
+
+    app.add_api_route("/broken", broken)
+    with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
+        answer = client.get("/broken")
+        assert answer.status_code == 500
+        assert answer.json() == {"detail": "internal error (RuntimeError); the API process logged it"}

@@ -225,3 +225,37 @@ def test_a_refused_message_too_large_to_dead_letter_whole_is_cut_and_the_worker_
     assert base64.b64decode(cut[0]["payload_base64"]) == huge[:DEAD_LETTER_PAYLOAD_BYTES]
     assert {"topic", "partition", "offset"} <= cut[0].keys()
     assert stack.worker.is_running()
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "1e400"])
+def test_a_number_that_is_not_finite_refuses_its_event_alone_naming_the_field(stack: Stack, number: str) -> None:
+    """Python's json.dumps writes NaN and Infinity; 1e400 is JSON past a double's range. The batch is not malformed:
+    the event holding one is refused naming its field, and the rest of the batch is accepted."""
+    good = json.dumps({**GOOD, "event_id": f"finite-{number}"})
+    bad = json.dumps({**GOOD, "event_id": f"not-finite-{number}"})[:-1] + f', "watch_seconds": {number}}}'
+    response = _post(stack, f"[{good}, {bad}]")
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert (body["accepted"], body["rejected"]) == (1, 1), body
+    assert body["errors"][0]["index"] == 1 and body["errors"][0]["event_id"] == f"not-finite-{number}"
+    errors = body["errors"][0]["errors"]
+    assert errors == [{"field": "watch_seconds", "message": "Input should be a finite number"}], errors
+
+
+def test_a_kafka_batch_message_with_a_number_that_is_not_finite_dead_letters_that_event_alone(stack: Stack) -> None:
+    env = stack.env
+    before = stack.checkpoints.learned()
+    good = json.dumps({**GOOD, "event_id": "kafka-finite", "user_id": "u7"})
+    bad = json.dumps({**GOOD, "event_id": "kafka-nan", "user_id": "u7"})[:-1] + ', "watch_seconds": NaN}'
+    produce(env["RECSTREAM_BROKER_URL"], env["RECSTREAM_TOPIC_EVENTS"], [(b"u7", f"[{good}, {bad}]".encode())])
+    wait_for(lambda: stack.checkpoints.learned() >= before + 1, 60, "the valid event of the message to be learned")
+
+    def its_letters() -> list[dict]:  # the topic also holds the other tests' letters
+        letters = read_topic(env["RECSTREAM_BROKER_URL"], env["RECSTREAM_TOPIC_REJECTED"], 10_000, timeout=2)
+        return [letter for letter in map(json.loads, letters) if "kafka-nan" in letter.get("payload", "")]
+
+    letters = wait_for(its_letters, 30, "the refused event's dead letter")
+    assert len(letters) == 1, letters
+    assert letters[0]["index"] == 1, letters
+    assert letters[0]["reason"].startswith("watch_seconds: Input should be a finite number"), letters[0]
+    assert '"watch_seconds":NaN' in letters[0]["payload"]  # as it was sent, not turned into null

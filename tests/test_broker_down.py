@@ -44,7 +44,7 @@ def test_ingest_answers_503_with_retry_after_when_the_broker_is_unreachable(
         response = client.post("/v1/events", json=[event])
         assert response.status_code == 503, response.text
         assert response.headers["retry-after"] == "7"
-        assert "nothing was accepted" in response.json()["detail"]
+        assert "resend the same events, with the same event_ids" in response.json()["detail"]
         ready = client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["checks"]["broker"] == "unreachable"
         metrics_text = client.get("/metrics").text

@@ -239,6 +239,10 @@ def test_with_auth_off_the_api_warns_and_cors_answers_only_configured_origins(
         assert "authorization" in allowed.headers["access-control-allow-headers"].lower()
         other = client.get("/v1/gate", headers={"Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
+        # a browser's script may read when to retry a 429 or 503, and the scheme of a 401
+        answered = client.get("/v1/gate", headers={"Origin": "https://app.example"})
+        exposed = {h.strip().lower() for h in answered.headers["access-control-expose-headers"].split(",")}
+        assert exposed == {"retry-after", "www-authenticate"}
 
 
 def test_refusals_are_counted_each_and_logged_a_line_a_minute(api: Api) -> None:

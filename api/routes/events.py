@@ -13,7 +13,7 @@ from api.deps import AUTH_RESPONSES, ApiState, get_state, require_scope
 from api.problems import FieldProblem, Problem
 from api.producer import BrokerUnavailable
 from recstream import metrics
-from recstream.events import Event, describe_errors, encode_batches
+from recstream.events import Event, describe_errors, encode_batches, loads_json
 
 router = APIRouter(tags=["events"], dependencies=[Depends(require_scope("ingest"))], responses=AUTH_RESPONSES)
 
@@ -79,7 +79,9 @@ def _problem(status: int, detail: str, headers: dict[str, str] | None = None, **
         },
         503: {
             "model": Problem,
-            "description": "The broker did not take the batch; nothing was accepted. Retry after `Retry-After` s.",
+            "description": "The broker did not take the whole batch in time; part of it may have been published. "
+            "Resend the same events with the same `event_id`s after `Retry-After` s (a resent event already learned "
+            "is dropped as a duplicate).",
         },
     },
 )
@@ -94,7 +96,7 @@ async def ingest_events(request: Request, state: Annotated[ApiState, Depends(get
         if len(body) > limit:
             return _problem(413, f"request body is larger than {limit} bytes (RECSTREAM_MAX_BODY_BYTES)")
     try:
-        payload = orjson.loads(bytes(body))
+        payload = loads_json(bytes(body))
     except orjson.JSONDecodeError as exc:
         return _problem(400, f"body is not valid JSON: {exc}")
     if not isinstance(payload, list):
@@ -132,7 +134,8 @@ async def ingest_events(request: Request, state: Annotated[ApiState, Depends(get
         retry = str(state.settings.retry_after_seconds)
         return _problem(
             503,
-            f"the event broker did not take the batch ({exc}); nothing was accepted, retry later",
+            f"the event broker did not take the whole batch in time ({exc}); part of it may have been published: "
+            "resend the same events, with the same event_ids, after Retry-After seconds",
             headers={"Retry-After": retry},
         )
     metrics.EVENTS_INGESTED.inc(len(valid))
