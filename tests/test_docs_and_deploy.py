@@ -34,6 +34,9 @@ def test_compose_runs_the_stack_with_settings_the_code_knows() -> None:
     assert {"kafka", "redis", "worker", "api", "prometheus"} <= set(services)
     assert services["kafka"]["image"].startswith("apache/kafka:")
     assert "broker,controller" in services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"]
+    # the broker's log on its volume: the image writes it to /tmp/kraft-combined-logs unless told
+    log_dirs = services["kafka"]["environment"]["KAFKA_LOG_DIRS"]
+    assert any(volume.split(":")[1] == log_dirs for volume in services["kafka"]["volumes"]), log_dirs
     assert "--appendonly" in services["redis"]["command"] and "yes" in services["redis"]["command"]
     known = {f"RECSTREAM_{name.upper()}" for name in Settings.model_fields}
     for name in ("worker", "api"):
