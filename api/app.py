@@ -155,6 +155,7 @@ def create_app(settings: Settings) -> FastAPI:
             limiter=limiter,
             seen=seen,
             hidden_items=hidden_items,
+            ingest_gate=components.ingest_gate(settings),
         )
         components.start_process(settings, log)
         metrics.forget_dead_processes()  # one of several API processes, started in place of one that died

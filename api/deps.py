@@ -20,6 +20,7 @@ from api.producer import EventProducer
 from api.rate_limit import RateLimiter
 from api.redis_breaker import RedisBreaker
 from api.seen_cache import SeenCache
+from learner.gate.gate import QualityGate
 from recstream import metrics
 from recstream.settings import Scope, Settings
 from store.hidden_items import HiddenItems
@@ -39,6 +40,8 @@ class ApiState:
     limiter: RateLimiter
     seen: SeenCache
     hidden_items: HiddenItems
+    #: The quality gate's rules that read only the event and the time: ingest says which events the worker will hold
+    ingest_gate: QualityGate
     #: Optional Redis reads on the request path (seen sets) go through it, so a Redis outage degrades
     #: them at once instead of costing every request a timeout.
     redis_breaker: RedisBreaker = field(default_factory=RedisBreaker)
@@ -73,9 +76,10 @@ AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
 REDIS_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {
         "model": Problem,
-        "description": "Redis did not answer, or answered read-only (a failover); retry after `Retry-After` seconds "
-        "(for a change, `GET /v1/models` or `GET /v1/gate` says whether it took effect). Without `Retry-After`, Redis "
-        "refused the API's credentials: an operator must fix them.",
+        "description": "Redis did not answer, answered read-only (a failover), is out of memory or refused the "
+        "command; retry after `Retry-After` seconds (for a change, `GET /v1/models` or `GET /v1/gate` says whether it "
+        "took effect). Without `Retry-After`, Redis refused the API's credentials or their rights: an operator must "
+        "fix them.",
     },
 }
 

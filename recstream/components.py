@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from learner import kernels
 from learner.challenger import PromotionRule
 from learner.event_weights import EventWeights
-from learner.gate.gate import QualityGate, default_gate, default_model_guard
+from learner.gate.gate import QualityGate, default_gate, default_model_guard, stateless_gate
 from learner.gate.model_guard import ModelGuard
 from learner.online_learner import OnlineLearner
 from learner.registry import build_model
@@ -75,6 +75,11 @@ def learner_from_bytes(settings: Settings, blob: bytes) -> OnlineLearner:
 def quality_gate(settings: Settings) -> QualityGate:
     """The gate's pure rules (duplicates are handled by the worker with Redis)."""
     return default_gate(gate_config(settings))
+
+
+def ingest_gate(settings: Settings) -> QualityGate:
+    """The gate's rules that read only the event and the time, for the API to say which events the worker will hold."""
+    return stateless_gate(gate_config(settings))
 
 
 def model_guard(settings: Settings) -> ModelGuard:

@@ -23,7 +23,7 @@ from river import anomaly as anomaly_module
 
 from learner.gate.base import GateEvent, Hold
 from learner.gate.behaviour import FEATURES, AnomalousBehaviourRule, ItemSurgeRule, UserRateRule
-from learner.gate.gate import GateConfig, QualityGate, default_gate
+from learner.gate.gate import GateConfig, QualityGate, default_gate, stateless_gate
 from learner.gate.plausibility import LikeWithoutViewRule
 from learner.gate.time_rules import FutureTimestampRule
 from tests.clock import iso
@@ -756,3 +756,30 @@ def test_a_message_delivered_twice_in_one_batch_is_judged_once(monkeypatch: pyte
 
     assert passed(0) == (2, {"duplicate": 1})
     assert passed(50) == (2, {"duplicate": 1})
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["python", "compiled"])
+def test_the_ingest_gate_holds_what_the_stateless_rules_of_the_workers_gate_hold(compiled: bool) -> None:
+    """``stateless_gate(config).stateless_holds``, what the API names at ingest, is what the worker's gate holds for a
+    rule that reads only the event and the time, each event checked by those rules alone in order; nothing counted."""
+    events = stream(6_000, seed=5)
+    config = GateConfig(skip_after_full_watch_enabled=True)
+    with loops(compiled):
+        ingest = stateless_gate(config)
+        worker = default_gate(config)
+    stateless = [rule for rule in worker.rules if getattr(rule, "stateless", False)]
+    assert [type(r) for r in stateless] == [type(r) for r in ingest.rules]  # the same rules, in the same order
+    views = [e for e, _ in events]
+    now = events[len(events) // 2][1]  # some events after it (future), and some long before it (too late)
+    found = ingest.stateless_holds(views, now)
+    expected = {}
+    for row, view in enumerate(views):
+        hold = next((h for rule in stateless if (h := rule.check(view, now)) is not None), None)
+        if hold is not None:
+            expected[row] = hold
+    assert {row: (h.reason, h.detail) for row, h in found.items()} == {
+        r: (h.reason, h.detail) for r, h in expected.items()
+    }
+    assert {h.reason for h in found.values()} >= {"future_timestamp", "watch_exceeds_duration"}, found
+    assert ingest.counts == {} and ingest.passed == 0
+    assert stateless_gate(GateConfig(enabled=False)).stateless_holds(views, now) == {}

@@ -71,12 +71,20 @@ def test_held_events_are_quarantined_with_reasons_and_replayed_minus_the_overrid
         "watch_seconds": 5000.0,
         "item_duration_seconds": 30.0,
     }
-    assert client.post("/v1/events", json=[good, from_the_future, too_long]).status_code == 202
+    answer = client.post("/v1/events", json=[good, from_the_future, too_long])
+    assert answer.status_code == 202, answer.text
+    # the answer names the events the worker's gate will hold: the rules that read only the event and the time
+    said = answer.json()["held"]
+    assert [(h["index"], h["event_id"], h["reason"]) for h in said] == [
+        (1, "future-1", "future_timestamp"),
+        (2, "long-1", "watch_exceeds_duration"),
+    ], said
     held = [json.loads(v) for v in read_topic(broker, service_env["RECSTREAM_TOPIC_QUARANTINED"], 2, timeout=60)]
     by_id = {h["event"]["event_id"]: h for h in held}
     assert by_id["future-1"]["reason"] == "future_timestamp"
     assert by_id["long-1"]["reason"] == "watch_exceeds_duration"
     assert "5000 s" in by_id["long-1"]["detail"]
+    assert said[1]["detail"] == by_id["long-1"]["detail"]  # the worker's own words
     assert Event.model_validate(by_id["long-1"]["event"]) == Event.model_validate(too_long)
     wait_for(lambda: checkpoints.learned() == 1, 30, "the good event to be learned")
     counts = wait_for(

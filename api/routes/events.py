@@ -1,7 +1,9 @@
-"""``POST /v1/events``: validate a batch, produce the valid events to Kafka, explain the rest."""
+"""``POST /v1/events``: validate a batch, produce the valid events to Kafka, explain the rest, and name those the
+worker's quality gate will hold."""
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 import orjson
@@ -12,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from api.deps import AUTH_RESPONSES, ApiState, get_state, require_scope
 from api.problems import FieldProblem, Problem
 from api.producer import BrokerUnavailable
+from learner.gate.base import GateEvent
+from learner.gate.gate import QualityGate
 from recstream import metrics
 from recstream.events import Event, describe_errors, encode_batches, loads_json
 
@@ -28,10 +32,25 @@ class EventError(BaseModel):
     errors: list[FieldProblem]
 
 
+class EventHeld(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    index: int = Field(description="The event's place in the batch, from 0.")
+    event_id: str
+    reason: str = Field(description="The quality gate's reason code (docs/quality-gate.md).")
+    detail: str = Field(description="What about the event the rule holds, e.g. how far in the future its ts is.")
+
+
 class IngestResult(BaseModel):
     accepted: int
     rejected: int
     errors: list[EventError]
+    held: list[EventHeld] = Field(
+        default_factory=list,
+        description="Accepted events the worker's quality gate will hold (quarantine, not learn) whatever else it "
+        "sees, by a rule that reads only the event and the time: a clock off, seconds sent as milliseconds. An "
+        "operator can replay them once the rule is wrong for them (docs/operations.md); fix the sender otherwise.",
+    )
 
 
 class IngestRefused(BaseModel):
@@ -107,10 +126,12 @@ async def ingest_events(request: Request, state: Annotated[ApiState, Depends(get
         return _problem(422, f"batch has {len(payload)} events; at most {MAX_BATCH} are allowed per request")
 
     valid: list[Event] = []
+    places: list[int] = []  # each valid event's index in the batch
     errors: list[EventError] = []
     for index, raw in enumerate(payload):
         try:
             valid.append(Event.model_validate(raw))
+            places.append(index)
         except ValidationError as exc:
             event_id = raw.get("event_id") if isinstance(raw, dict) and isinstance(raw.get("event_id"), str) else None
             errors.append(
@@ -139,7 +160,22 @@ async def ingest_events(request: Request, state: Annotated[ApiState, Depends(get
             headers={"Retry-After": retry},
         )
     metrics.EVENTS_INGESTED.inc(len(valid))
-    return IngestResult(accepted=len(valid), rejected=len(errors), errors=errors)
+    return IngestResult(
+        accepted=len(valid), rejected=len(errors), errors=errors, held=_held(state.ingest_gate, valid, places)
+    )
+
+
+def _held(gate: QualityGate, events: list[Event], places: list[int]) -> list[EventHeld]:
+    """The events ``gate`` (the rules that read only the event and the time) holds now, with their places."""
+    views = [
+        GateEvent(e.event_id, e.user_id, e.item_id, e.type, e.ts_seconds, e.watch_seconds, e.item_duration_seconds)
+        for e in events
+    ]
+    holds = gate.stateless_holds(views, time.time())
+    return [
+        EventHeld(index=places[row], event_id=events[row].event_id, reason=hold.reason, detail=hold.detail)
+        for row, hold in sorted(holds.items())
+    ]
 
 
 def _json_kind(value: object) -> str:

@@ -34,7 +34,7 @@ from learner.gate.model_guard import ModelGuard
 from learner.gate.plausibility import LikeWithoutViewRule, SkipAfterFullWatchRule, WatchExceedsDurationRule
 from learner.gate.time_rules import FutureTimestampRule, LatenessRule, StreamClock
 
-__all__ = ["GateConfig", "QualityGate", "default_gate", "default_model_guard", "default_stream_clock"]
+__all__ = ["GateConfig", "QualityGate", "default_gate", "default_model_guard", "default_stream_clock", "stateless_gate"]
 
 _Check = Callable[[GateEvent, float], Hold | None]
 _OnHold = Callable[[GateEvent, float, Hold], None]
@@ -120,6 +120,27 @@ class QualityGate:
         self._preparers = [(frozenset(rule.codes), rule.prepare) for rule in self.rules if hasattr(rule, "prepare")]
         self._prefetchers = [rule.prefetch for rule in self.rules if hasattr(rule, "prefetch")]
         self._plans: dict[frozenset[str], _Plan] = {}
+
+    def stateless_holds(self, events: Sequence[GateEvent], now: float) -> dict[int, Hold]:
+        """The rows of ``events`` that a rule reading only the event and ``now`` holds, each with the first such rule's
+        hold: events this gate holds at ``now`` whatever it saw before (a rule keeping state may hold one first, for
+        its own reason). Counts nothing and changes no rule's state. Empty when the gate is off.
+
+        >>> gate = stateless_gate(GateConfig())
+        >>> late = GateEvent("e1", "u1", "v1", "like", ts=0.0)
+        >>> {row: hold.reason for row, hold in gate.stateless_holds([late, late._replace(ts=9e5)], now=1e6).items()}
+        {0: 'too_late'}
+        """
+        if not self.enabled:
+            return {}
+        plan = self._plans.get(frozenset())
+        if plan is None:
+            plan = self._plans[frozenset()] = _Plan(self.rules, frozenset())
+        found: dict[int, Hold] = {}
+        for _, holds in plan.stateless:
+            for row, hold in holds(events, now).items():
+                found.setdefault(row, hold)
+        return found
 
     def prepare(self, events: Sequence[GateEvent], now: float, overrides: frozenset[str] = frozenset()) -> None:
         """Let the rules that can work on a batch ahead of its checks do so (``prepare(events, now)``).
@@ -285,9 +306,8 @@ class GateConfig:
     guard_resume_events: int = 2_000
 
 
-def default_gate(config: GateConfig | None = None) -> QualityGate:
-    """The gate the worker runs: cheap stateless rules first, then the behaviour rules."""
-    c = config or GateConfig()
+def _stateless_rules(c: GateConfig) -> list[GateRule]:
+    """The rules that read only the event and the time, in the gate's order."""
     rules: list[GateRule] = [
         FutureTimestampRule(c.future_skew_seconds),
         LatenessRule(c.max_lateness_seconds),
@@ -295,6 +315,20 @@ def default_gate(config: GateConfig | None = None) -> QualityGate:
     ]
     if c.skip_after_full_watch_enabled:
         rules.append(SkipAfterFullWatchRule(c.skip_full_watch_fraction))
+    return rules
+
+
+def stateless_gate(config: GateConfig | None = None) -> QualityGate:
+    """The rules of :func:`default_gate` that read only the event and the time (no state, no memory): what the API
+    checks an event against as it takes it in, to say that the worker's gate will hold it."""
+    c = config or GateConfig()
+    return QualityGate(_stateless_rules(c), enabled=c.enabled)
+
+
+def default_gate(config: GateConfig | None = None) -> QualityGate:
+    """The gate the worker runs: cheap stateless rules first, then the behaviour rules."""
+    c = config or GateConfig()
+    rules = _stateless_rules(c)
     if c.like_without_view_enabled:
         rules.append(LikeWithoutViewRule(c.like_without_view_window_seconds, c.like_without_view_max_pairs))
     rules.append(
