@@ -128,8 +128,9 @@ def add_parser(subparsers: Any) -> None:
         p = sub.add_parser(name, help=f"{name} a version ({'kept beyond' if pinned else 'subject to'} retention)")
         p.add_argument("version", type=int)
         p.set_defaults(func=_pin, pinned=pinned)
-    p = sub.add_parser("history", help="every promotion and rollback, oldest first")
+    p = sub.add_parser("history", help="promotions and rollbacks, oldest first (the last 1,000 are kept)")
     p.add_argument("--json", action="store_true", help="one JSON object per line, every field (for scripts)")
+    p.add_argument("--last", type=int, metavar="N", help="only the last N records")
     p.set_defaults(func=_history)
     sub.add_parser("challengers", help="the champion and each shadow challenger's standing").set_defaults(
         func=_challengers
@@ -175,7 +176,10 @@ def _pin(args: argparse.Namespace) -> int:
 
 
 def _history(args: argparse.Namespace) -> int:
-    records = _run(lambda store: store.promotions())
+    if args.last is not None and args.last < 0:
+        print("--last takes a count of 0 or more")
+        return 2
+    records = _run(lambda store: store.promotions(args.last))
     if args.json:
         for record in records:
             print(json.dumps(record))
@@ -195,13 +199,19 @@ def history_table(records: list[dict[str, Any]]) -> str:
         swap = f"{r.get('from_model')} -> {r.get('to_model')}" if r.get("from_model") or r.get("to_model") else "-"
         lines.append(
             f"{when:<20}{r.get('from') or '-'!s:>6}{r.get('to') or '-'!s:>6}  {r.get('actor', '?')!s:<9}"
-            f"{swap:<32}{r.get('reason', '')}"
+            f"{swap:<32}{'(rollback) ' if r.get('rollback') else ''}{r.get('reason', '')}"
         )
     return "\n".join(lines)
 
 
 def _challengers(_args: argparse.Namespace) -> int:
-    print(contest_table(_run(lambda store: store.contest())))
+    contest, requested = _run(lambda store: asyncio.gather(store.contest(), store.challenger_request()))
+    print(contest_table(contest))
+    if requested is not None:
+        print(
+            f"pending: promote {requested.get('name')} at the worker's next checkpoint (by {requested.get('actor')}: "
+            f"{requested.get('reason')}); a promotion or rollback before it drops it"
+        )
     return 0
 
 

@@ -62,6 +62,10 @@ class CheckpointConflict(Exception):
     """Another writer moved the ``current`` pointer since this worker last checkpointed."""
 
 
+class ChangedMeanwhile(CheckpointConflict):
+    """Another promotion or rollback was recorded after the one asked for chose its version (a rollback)."""
+
+
 @dataclass
 class Snapshot:
     version: int
@@ -152,6 +156,12 @@ return found
 
 #: How many times a promotion tries its switch while checkpoints move ``current`` under it.
 PROMOTE_ATTEMPTS = 5
+
+#: How many promotion and rollback records the history keeps (the oldest are trimmed as new ones are recorded).
+PROMOTIONS_KEPT = 1000
+
+#: ``promote``'s ``after`` when the caller chose its version whatever was promoted before
+_ANY: Any = object()
 
 #: How many times a load reads a version again when its base is gone. A base is deleted only once nothing kept
 #: needs it, so the version was made whole (or deleted) meanwhile: one re-read sees that. Still gone after it:
@@ -452,6 +462,7 @@ class ModelStore:
                 if promotion is not None and blob is not None:
                     record = {"at": time.time(), "from": expected_current, "to": version, **promotion}
                     pipe.rpush(keys.promotions, json.dumps(record))
+                    pipe.ltrim(keys.promotions, -PROMOTIONS_KEPT, -1)
                     if promotion.get("actor") != "auto":
                         pipe.delete(keys.challenger_request)  # applied: the operator's request is done
                 if guard:
@@ -475,6 +486,9 @@ class ModelStore:
                 if blob is not None:
                     pipe.hset(keys.version_times, str(version), repr(now))
                     pinned = {int(v) for v in await self.redis.smembers(keys.pinned)}
+                    undo = _undo_target(await self.redis.lindex(keys.promotions, -1))
+                    if undo is not None:  # kept as a pinned one is: what undoing the latest promotion promotes
+                        pinned.add(undo)
                     times = {int(v): float(t) for v, t in (await self.redis.hgetall(keys.version_times)).items()}
                     times[version] = now
                     bases = {int(v): int(b) for v, b in (await self.redis.hgetall(keys.version_bases)).items()}
@@ -546,11 +560,16 @@ class ModelStore:
             out.append({**meta, "version": version, "current": version == current, "pinned": version in pinned})
         return out
 
-    async def promote(self, version: int, reason: str, actor: str = "operator") -> None:
+    async def promote(
+        self, version: int, reason: str, actor: str = "operator", *, rollback: bool = False, after: Any = _ANY
+    ) -> None:
         """Make ``version`` current (it must exist and verify); API processes swap to it at once.
 
         The worker notices before its next batch and continues learning from ``version``
-        (see docs/operations.md for what happens to the events learned since).
+        (see docs/operations.md for what happens to the events learned since). An operator's request to promote a
+        challenger that is still pending is dropped: this later choice stands. ``after``: the history's last record
+        (raw, or None for none) as the caller saw it when it chose ``version``; another promotion or rollback
+        recorded since raises :class:`ChangedMeanwhile`. ``rollback`` marks the record as a rollback.
         """
         keys = self.keys
         # Read and authenticate it (and its chain) first, outside the transaction: a whole version is ~100 MB.
@@ -564,17 +583,34 @@ class ModelStore:
                     # WATCH: retention must not delete the version (it leaves the versions set then) between
                     # the check and the switch, and "from" must be the version it replaces.
                     # (and the erase floor: a checkpoint that erases users moves the versions too, but say it)
-                    await pipe.watch(keys.versions, keys.current_version, keys.erase_floor)
+                    await pipe.watch(
+                        keys.versions, keys.current_version, keys.erase_floor, keys.promotions, keys.challenger_request
+                    )
                     raw_floor = await pipe.get(keys.erase_floor)
                     self._not_before_erasure(version, None if raw_floor is None else int(raw_floor))
                     if await pipe.zscore(keys.versions, str(version)) is None:
                         raise KeyError(f"model version {version} was deleted by retention meanwhile; pin it first")
+                    if after is not _ANY:
+                        last = await pipe.lindex(keys.promotions, -1)
+                        if last != after:
+                            seen = json.loads(last) if last is not None else {}
+                            raise ChangedMeanwhile(
+                                f"another change came first (v{seen.get('from')} -> v{seen.get('to')} by "
+                                f"{seen.get('actor')}: {seen.get('reason')!r}); nothing was changed: see "
+                                "`recstream models history` and choose again"
+                            )
+                    pending = await pipe.get(keys.challenger_request)
                     raw = await pipe.get(keys.current_version)
                     previous = int(raw) if raw is not None else None
                     record = {"at": time.time(), "from": previous, "to": version, "reason": reason, "actor": actor}
+                    if rollback:
+                        record["rollback"] = True
                     pipe.multi()
                     pipe.set(keys.current_version, version)
                     pipe.rpush(keys.promotions, json.dumps(record))
+                    pipe.ltrim(keys.promotions, -PROMOTIONS_KEPT, -1)
+                    if pending is not None:
+                        pipe.delete(keys.challenger_request)
                     await pipe.execute()
                     break
                 except WatchError as exc:
@@ -584,6 +620,14 @@ class ModelStore:
                             f"checkpoints kept moving the current version during the promotion of v{version} "
                             f"({PROMOTE_ATTEMPTS} attempts); try again"
                         ) from exc
+        if pending is not None:
+            log.warning(
+                "v%s promoted by %s; the pending request to promote a challenger (%s) is dropped: this later choice "
+                "stands",
+                version,
+                actor,
+                as_text(pending),
+            )
         await self._announce(version)
 
     @staticmethod
@@ -595,40 +639,75 @@ class ModelStore:
             )
 
     async def rollback(self, reason: str = "rollback", actor: str = "operator") -> int:
-        """Promote the current version's parent (the version it grew from); return it.
+        """Undo the latest promotion if nothing was written since it, else promote the current version's parent (the
+        version it grew from); return the version promoted.
 
-        Following the parent, not the next lower number, means a second rollback never lands on a
-        version an earlier rollback moved away from. To go further back, promote a version by number.
+        Undoing a promotion promotes the version it replaced (checkpoints keep it while that promotion is the
+        latest). Following the parent, not the next lower number, means a second rollback never lands on a version
+        an earlier rollback moved away from (a rollback is not undone by the next). To go further back, promote a
+        version by number. Another promotion or rollback recorded while this one chose its version raises
+        :class:`ChangedMeanwhile` (nothing is changed).
         """
+        keys = self.keys
+        last_raw = await self.redis.lindex(keys.promotions, -1)
         current = await self.current_version()
         retained = {v["version"]: v for v in await self.versions()}
-        parent = retained.get(current, {}).get("parent") if current is not None else None
         if current is None:
             raise KeyError("no version is current yet (the worker writes the first one): nothing to roll back")
-        if parent is None:
-            raise KeyError(f"the current version v{current} has no parent to roll back to; promote a version instead")
-        if parent not in retained:
-            raise KeyError(
-                f"v{current}'s parent v{parent} is no longer retained (RECSTREAM_MODEL_RETENTION); "
-                "promote a retained version instead (`recstream models list`)"
-            )
-        await self.promote(parent, reason=reason, actor=actor)
-        return parent
+        undo = _undo_target(last_raw)
+        if undo is not None and json.loads(last_raw)["to"] == current:  # (nothing written since the promotion)
+            if undo not in retained:
+                raise KeyError(f"v{undo}, which the latest promotion replaced, is no longer retained")
+            target = undo
+        else:
+            parent = retained.get(current, {}).get("parent")
+            if parent is None:
+                raise KeyError(
+                    f"the current version v{current} has no parent to roll back to; promote a version instead"
+                )
+            if parent not in retained:
+                raise KeyError(
+                    f"v{current}'s parent v{parent} is no longer retained (RECSTREAM_MODEL_RETENTION); "
+                    "promote a retained version instead (`recstream models list`)"
+                )
+            target = parent
+        await self.promote(target, reason=reason, actor=actor, rollback=True, after=last_raw)
+        return target
 
     async def pin(self, version: int, pinned: bool = True) -> None:
-        if pinned:
-            if not await self.redis.exists(self.keys.version(version)):
-                raise KeyError(f"model version {version} does not exist")
-            await self.redis.sadd(self.keys.pinned, version)
-        else:
-            await self.redis.srem(self.keys.pinned, version)
+        """Keep ``version`` beyond retention (``pinned``), or let retention delete it again. Pinning checks that the
+        version is retained in the same transaction as it pins it: a checkpoint's retention cannot delete it between."""
+        keys = self.keys
+        if not pinned:
+            await self.redis.srem(keys.pinned, version)
+            return
+        for attempt in range(PROMOTE_ATTEMPTS):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(keys.versions)
+                    if await pipe.zscore(keys.versions, str(version)) is None:
+                        raise KeyError(f"model version {version} does not exist")
+                    pipe.multi()
+                    pipe.sadd(keys.pinned, version)
+                    await pipe.execute()
+                    return
+                except WatchError as exc:
+                    _raise_if_connection_lost(exc, f"the pin of v{version}")
+                    if attempt == PROMOTE_ATTEMPTS - 1:
+                        raise CheckpointConflict(
+                            f"checkpoints kept changing the versions during the pin of v{version}; try again"
+                        ) from exc
 
     async def last_promotion(self) -> dict[str, Any] | None:
         raw = await self.redis.lindex(self.keys.promotions, -1)
         return None if raw is None else json.loads(raw)
 
-    async def promotions(self) -> list[dict[str, Any]]:
-        return [json.loads(r) for r in await self.redis.lrange(self.keys.promotions, 0, -1)]
+    async def promotions(self, last: int | None = None) -> list[dict[str, Any]]:
+        """The promotion and rollback records, oldest first: the ``last`` ones, or all kept (``PROMOTIONS_KEPT``)."""
+        if last == 0:
+            return []
+        start = 0 if last is None else -last
+        return [json.loads(r) for r in await self.redis.lrange(self.keys.promotions, start, -1)]
 
     # -- champion / challenger -------------------------------------------------------------
 
@@ -730,3 +809,14 @@ def _raise_if_connection_lost(exc: WatchError, during: str) -> None:
     # raised while handling the connection's error; its message says so too ("... occurred [on] while watching ...")
     if isinstance(exc.__context__, lost) or "while watching" in str(exc):
         raise redis.exceptions.ConnectionError(f"the connection to Redis failed during {during} ({exc})") from exc
+
+
+def _undo_target(raw: bytes | None) -> int | None:
+    """The version that undoing the promotion recorded in ``raw`` (the history's last record) promotes: the one it
+    replaced; None for none, a rollback (not undone by the next one) or a challenger the worker promoted by itself."""
+    if raw is None:
+        return None
+    record = json.loads(raw)
+    if record.get("rollback") or record.get("actor") == "auto" or record.get("from") is None:
+        return None
+    return int(record["from"])

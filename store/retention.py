@@ -7,6 +7,8 @@ only the newest few would let an operator roll back seconds, not minutes. Kept a
 * the newest ``keep_latest`` versions (``RECSTREAM_MODEL_RETENTION``);
 * the parent of the newest version (what ``recstream models rollback`` promotes, even when it is
   an old version an operator promoted);
+* the version the latest promotion replaced, while it is the latest (what undoing it promotes: the checkpoint adds it
+  to ``pinned``, store/model_store.py);
 * the first version written in each of the last ``spaced_count`` periods of ``spaced_every``
   seconds (``RECSTREAM_MODEL_KEEP_SPACED`` × ``RECSTREAM_MODEL_KEEP_EVERY_SECONDS``: one version
   per 5 minutes for the last hour by default); its first *whole* version when it has one (a kept

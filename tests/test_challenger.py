@@ -143,7 +143,7 @@ class _OperatorAtTheSameMoment:
         return await self.store.checkpoint(*args, **kwargs)
 
 
-async def test_an_operator_promotion_racing_a_challenger_swap_keeps_history_and_versions_consistent(
+async def test_an_operator_promotion_racing_a_challenger_swap_stands_and_drops_the_earlier_request(
     store: ModelStore,
 ) -> None:
     transport = Transport()
@@ -158,23 +158,25 @@ async def test_an_operator_promotion_racing_a_challenger_swap_keeps_history_and_
         await processor.process(transport.records(events[400:450]))
         await processor.checkpoint()  # swaps in memory, then loses the race to the operator
     processor.store = store
-    await _stream(processor, transport, events[450:500])  # adopts the operator's version, then applies the request
+    # adopts the operator's version; the request, made before the operator's promotion, was dropped by it
+    await _stream(processor, transport, events[450:500])
     await _stream(processor, transport, events[500:550])
 
     records = await store.promotions()
-    assert [(r["actor"], r["reason"]) for r in records] == [
-        ("operator", "operator at the same moment"),
-        ("api", "swap"),
-    ]
-    # Every record's version holds the model it should: the operator's is the first version, which
-    # the champion (item co-occurrence) wrote; the swap's is popularity, as its record names it.
-    operator, swap = records
+    assert [(r["actor"], r["reason"]) for r in records] == [("operator", "operator at the same moment")]
+    # the operator's version is the first, which the champion (item co-occurrence) wrote, and it stands
+    (operator,) = records
     assert operator["to"] == first and "to_model" not in operator
-    assert swap["to_model"] == "popularity"
-    for record, contestant in ((operator, "item_cooccurrence"), (swap, "popularity")):
-        meta = await store.load(record["to"])
-        assert meta is not None
-        assert meta.meta["contestant"] == contestant, record
+    meta = await store.load(operator["to"])
+    assert meta is not None and meta.meta["contestant"] == "item_cooccurrence"
+    assert processor.champion_name == "item_cooccurrence" and await store.challenger_request() is None
+    newest = await store.load(await store.current_version() or 0)
+    assert newest is not None and newest.meta["contestant"] == "item_cooccurrence"
+
+    # A request made after the promotion is applied at the next checkpoint.
+    await store.request_challenger_promotion("popularity", "swap after", actor="api")
+    await _stream(processor, transport, events[550:600])
+    assert [(r["actor"], r["reason"]) for r in await store.promotions()][-1] == ("api", "swap after")
     assert processor.champion_name == "popularity" and await store.challenger_request() is None
 
 

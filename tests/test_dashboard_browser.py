@@ -113,9 +113,14 @@ def test_live_page_shows_the_stream_and_rolls_back(
                 20,
                 "the page to show the rolled-back version",
             )
+            said = await page.wait_for(
+                "(t => t.includes('done') ? t : '')(document.getElementById('action').textContent)", 20, "the answer"
+            )
+            after = int(str(after_text).split(" ")[0][1:])
+            assert said == f"roll back: done, v{after} is current", said  # the page says where it landed
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             await page.screenshot(str(ARTIFACTS / "dashboard.png"))
-            return before, int(str(after_text).split(" ")[0][1:])
+            return before, after
         finally:
             await ws.close()
 

@@ -68,6 +68,7 @@ async def test_rollback_makes_the_worker_continue_from_the_older_version(store: 
         "to": 1,
         "reason": "bad batch in v2",
         "actor": "operator",
+        "rollback": True,
     }
 
     # At its next checkpoint the worker adopts v1: the 3 un-checkpointed events are skipped (their
@@ -116,11 +117,13 @@ async def test_models_history_prints_each_promotion_and_rollback_as_a_row(
     assert [(c[2], c[3], c[4], c[6]) for c in cells] == [
         ("3", "1", "operator", "back to the first one"),
         ("1", "2", "operator", "second try"),
-        ("2", "1", "operator", "bad batch in v2"),
+        ("2", "1", "operator", "(rollback) bad batch in v2"),  # (it undid the promotion of v2)
     ]
     as_json = run_cli("models", "history", "--json", env=env)
     records = [json.loads(line) for line in as_json.stdout.splitlines()]
     assert records == await store.promotions()
+    last = run_cli("models", "history", "--last", "1", env=env)
+    assert last.returncode == 0 and last.stdout.splitlines()[1:] == rows[-1:], last.stdout
 
 
 async def test_models_commands_refuse_a_wrong_version_in_one_line(store: ModelStore, redis_endpoint: Endpoint) -> None:

@@ -14,6 +14,7 @@ from store.model_store import (
     MAX_REREADS,
     PROMOTE_ATTEMPTS,
     SIGN_IN_THREAD_BYTES,
+    ChangedMeanwhile,
     CheckpointConflict,
     ModelStore,
     SnapshotRefused,
@@ -78,6 +79,76 @@ async def test_rollback_reaches_an_old_promoted_version_after_the_next_checkpoin
     assert await store.rollback(reason="the promotion was a mistake") == 3
     assert (await store.load_current()).blob == b"b2"  # type: ignore[union-attr]
     assert v6 == 6
+
+
+async def test_a_rollback_right_after_a_promotion_undoes_it_and_the_next_goes_further_back(store: ModelStore) -> None:
+    current = None
+    for n in range(5):
+        current = await store.checkpoint(current, f"b{n}".encode(), {}, {}, {})
+    await store.promote(3, reason="by mistake")  # (v3's parent is v2: the old rollback went there)
+    assert await store.rollback(reason="undo the mistake") == 5  # the version the promotion replaced
+    assert (await store.load_current()).blob == b"b4"  # type: ignore[union-attr]
+    # a rollback is not undone by the next one: that one goes to the parent
+    assert await store.rollback(reason="further back") == 4
+    records = await store.promotions()
+    assert [(r["from"], r["to"], r.get("rollback", False)) for r in records] == [
+        (5, 3, False),
+        (3, 5, True),
+        (5, 4, True),
+    ]
+
+
+async def test_the_version_a_promotion_replaced_is_kept_while_that_promotion_is_the_latest(store: ModelStore) -> None:
+    current = None
+    for n in range(5):
+        current = await store.checkpoint(current, f"b{n}".encode(), {}, {}, {})
+    await store.promote(3, reason="by mistake")  # replaces v5
+    current = 3
+    for n in range(6):  # retention keeps the newest 3 and the parent: v5 would be long gone
+        current = await store.checkpoint(current, f"after{n}".encode(), {}, {}, {})
+    retained = [int(v) for v in await store.redis.zrange(store.keys.versions, 0, -1)]
+    assert retained == [5, 9, 10, 11], retained
+    await store.promote(5, reason="undo it by number, the worker having written since")
+    assert (await store.load_current()).blob == b"b4"  # type: ignore[union-attr]
+    current = 5
+    for n in range(4):  # the latest promotion replaced v11 now: v11 is kept, v5 goes as any other
+        current = await store.checkpoint(current, f"later{n}".encode(), {}, {}, {})
+    retained = [int(v) for v in await store.redis.zrange(store.keys.versions, 0, -1)]
+    assert retained == [11, 13, 14, 15], retained
+
+
+async def test_a_rollback_after_another_change_came_first_changes_nothing(
+    store: ModelStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    current = None
+    for n in range(4):
+        current = await store.checkpoint(current, f"b{n}".encode(), {}, {}, {})
+    other = ModelStore(store.redis, store.signer, store.keys)
+    versions = store.versions
+
+    async def another_operator_first() -> list[dict]:  # while this rollback chooses its version
+        await other.promote(2, reason="another operator, a known-good version")
+        return await versions()
+
+    monkeypatch.setattr(store, "versions", another_operator_first)
+    with pytest.raises(ChangedMeanwhile, match="another change came first"):
+        await store.rollback(reason="roll back what I saw")
+    assert await store.current_version() == 2  # the other operator's choice stands
+    assert [r["reason"] for r in await store.promotions()] == ["another operator, a known-good version"]
+
+
+async def test_the_promotion_history_keeps_the_latest_records(
+    store: ModelStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("store.model_store.PROMOTIONS_KEPT", 3)
+    current = None
+    for n in range(3):
+        current = await store.checkpoint(current, f"b{n}".encode(), {}, {}, {})
+    for n in range(5):
+        await store.promote(1 + n % 3, reason=f"r{n}")
+    assert [r["reason"] for r in await store.promotions()] == ["r2", "r3", "r4"]
+    assert [r["reason"] for r in await store.promotions(2)] == ["r3", "r4"]
+    assert await store.promotions(0) == []
 
 
 async def test_spaced_retention_keeps_one_version_per_period_back_to_its_reach(redis_endpoint: Endpoint) -> None:

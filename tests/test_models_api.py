@@ -52,3 +52,10 @@ def test_rollback_through_the_api_is_served_at_once_and_the_worker_continues_fro
     )
     assert client.post("/v1/models/999/promote", json={"reason": "x"}).status_code == 404
     assert client.post("/v1/models/1/promote", json={"reason": ""}).status_code == 422
+    # the history listed: the latest records, as many as asked
+    assert client.get("/v1/models", params={"history": 0}).json()["promotions"] == []
+    assert [r["reason"] for r in client.get("/v1/models", params={"history": 1}).json()["promotions"]] == ["bad batch"]
+    too_many = client.get("/v1/models", params={"history": 1001})
+    assert too_many.status_code == 422 and "history" in too_many.json()["detail"], too_many.text
+    # no challenger runs, none is requested
+    assert client.get("/v1/models/challengers").json()["requested"] is None

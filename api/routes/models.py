@@ -5,14 +5,14 @@ from __future__ import annotations
 import contextlib
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.deps import AUTH_RESPONSES, REDIS_RESPONSES, ApiState, get_state, require_scope
 from api.problems import Problem
-from store.model_store import BeforeErasure, CheckpointConflict, SnapshotRefused
+from store.model_store import PROMOTIONS_KEPT, BeforeErasure, CheckpointConflict, SnapshotRefused
 
 router = APIRouter(
     tags=["models"], dependencies=[Depends(require_scope("admin"))], responses={**AUTH_RESPONSES, **REDIS_RESPONSES}
@@ -33,22 +33,30 @@ class Serving(BaseModel):
 
 
 @router.get("/v1/models")
-async def list_models(state: Annotated[ApiState, Depends(get_state)]) -> dict[str, Any]:
-    """Retained versions (oldest first) with their metadata, and which one is current and served."""
+async def list_models(
+    state: Annotated[ApiState, Depends(get_state)],
+    history: Annotated[
+        int, Query(ge=0, le=PROMOTIONS_KEPT, description="How many of the latest promotion records to list.")
+    ] = 100,
+) -> dict[str, Any]:
+    """Retained versions (oldest first) with their metadata, which one is current and served, and the latest
+    promotions and rollbacks (oldest first; `recstream models history` lists every one kept)."""
     served = state.models.model.version if state.models.model else None
     return {
         "current": await state.store.current_version(),
         "serving": served,
         "versions": await state.store.versions(),
-        "promotions": await state.store.promotions(),
+        "promotions": await state.store.promotions(history),
         "contest": await state.store.contest(),
     }
 
 
 @router.get("/v1/models/challengers")
 async def show_contest(state: Annotated[ApiState, Depends(get_state)]) -> dict[str, Any]:
-    """The champion's name, the promotion rule and each challenger's standing (as of the last checkpoint)."""
-    return await state.store.contest() or {"champion": None, "challengers": {}}
+    """The champion's name, the promotion rule and each challenger's standing (as of the last checkpoint), and an
+    operator's request to promote one still pending (``requested``, else null)."""
+    contest = await state.store.contest() or {"champion": None, "challengers": {}}
+    return {**contest, "requested": await state.store.challenger_request()}
 
 
 @router.post(
@@ -115,7 +123,9 @@ async def promote_model(version: Version, body: Reason, state: Annotated[ApiStat
     },
 )
 async def rollback_model(body: Reason, state: Annotated[ApiState, Depends(get_state)]) -> Serving:
-    """Promote the current version's parent (the version it grew from)."""
+    """Undo the latest promotion if no version was written since it (promote the version it replaced); else promote
+    the current version's parent (the version it grew from). A promotion or rollback by someone else meanwhile is a
+    409, and nothing is changed."""
     try:
         version = await state.store.rollback(reason=body.reason, actor="api")
     except KeyError as exc:

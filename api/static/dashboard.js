@@ -97,7 +97,10 @@ function render(stats) {
 async function act(method, path, what) {
   const reason = prompt(`Why ${what}? (recorded with the change)`);
   if (!reason) return;
-  try { await call(method, path, { reason }); $("action").textContent = `${what}: done`; }
+  try {
+    const answer = await call(method, path, { reason });
+    $("action").textContent = `${what}: done, v${answer.current} is current`;
+  }
   catch (error) { $("action").textContent = `${what}: ${error.message}`; }
 }
 
