@@ -157,6 +157,14 @@ return found
 #: How many times a promotion tries its switch while checkpoints move ``current`` under it.
 PROMOTE_ATTEMPTS = 5
 
+#: Deletes KEYS[1] if it holds ARGV[1] (a request applied, unless it was made again meanwhile).
+DELETE_IF_SAME_STRING = r"""
+if redis.call("GET", KEYS[1]) == ARGV[1] then
+  return redis.call("DEL", KEYS[1])
+end
+return 0
+"""
+
 #: How many promotion and rollback records the history keeps (the oldest are trimmed as new ones are recorded).
 PROMOTIONS_KEPT = 1000
 
@@ -361,6 +369,7 @@ class ModelStore:
         base: int | None = None,
         lease: WriterLease | None = None,
         erasures: Mapping[str, str] | None = None,
+        resume_request: str | None = None,
         erased_expired: Collection[str] = (),
     ) -> int | None:
         """Write a new version atomically and announce it; return its number.
@@ -385,7 +394,9 @@ class ModelStore:
 
         ``erasures`` (user id -> the request as read) are the users this version no longer holds: the same transaction
         records them erased (store.erasures.record_erased) and forgets the records ``erased_expired`` (fingerprints).
-        It needs a whole snapshot (``blob`` and no ``base``).
+        It needs a whole snapshot (``blob`` and no ``base``). ``resume_request``: an operator's request to end the
+        guard's pause that this checkpoint's ``guard`` state applies; the same transaction deletes it (unless it was
+        made again meanwhile).
         """
         if erasures and (blob is None or base is not None):
             raise ValueError("a checkpoint that erases users writes a whole snapshot")
@@ -467,6 +478,8 @@ class ModelStore:
                         pipe.delete(keys.challenger_request)  # applied: the operator's request is done
                 if guard:
                     pipe.hset(keys.guard_status, mapping={k: str(v) for k, v in guard.items()})
+                if resume_request is not None:  # applied (the guard's state above says so): done
+                    pipe.eval(DELETE_IF_SAME_STRING, 1, keys.guard_resume, resume_request)
                 if offsets:
                     pipe.hset(keys.offsets, mapping={offset_field(t, p): o for (t, p), o in offsets.items()})
                 if erasures or erased_expired:  # (before the seen additions: it deletes the seen log)
@@ -757,10 +770,15 @@ class ModelStore:
         """
         await self.redis.set(self.keys.guard_resume, pause)
 
-    async def take_resume_request(self) -> str | None:
-        """The pause an operator asked to end, once per request (the request is consumed)."""
-        raw = await self.redis.getdel(self.keys.guard_resume)
+    async def resume_request(self) -> str | None:
+        """The pause an operator asked to end (the request stays until the checkpoint that applies it deletes it:
+        ``checkpoint(resume_request=...)``, so a worker that stops before that checkpoint applies it again)."""
+        raw = await self.redis.get(self.keys.guard_resume)
         return None if raw is None else raw.decode()
+
+    async def drop_resume_request(self, request: str) -> None:
+        """Delete the resume request ``request`` (one for an earlier pause), unless another was made meanwhile."""
+        await self.redis.eval(DELETE_IF_SAME_STRING, 1, self.keys.guard_resume, request)
 
     async def gate_counts(self) -> dict[str, int]:
         raw = await self.redis.hgetall(self.keys.gate_counts)

@@ -156,6 +156,7 @@ class _Write:
     parent: int | None  # the version it is written after (the current one when it was set aside)
     erasures: dict[str, str]  # the requests to erase users it applies (user id -> the request as read)
     erased_expired: list[str]  # erasure records it forgets (fingerprints)
+    resume_request: str | None  # an operator's resume request its guard state applies (deleted with it)
     task: asyncio.Task[int | None] | None = None
 
     def stored(self) -> bool | None:
@@ -399,6 +400,7 @@ class EventProcessor:
         #: Paired samples to wait before the automatic rule may promote again (set by an operator's change).
         self.auto_hold_samples = 0
         self._unrecorded_promotion: dict[str, Any] | None = None
+        self._resume_applied: str | None = None  # an operator's resume request applied, until a checkpoint stores it
         #: Names this worker process in the versions it writes (tells its own commits from others').
         self.writer_id = lease.holder if lease is not None else new_writer_id()
         self.next_offsets: dict[tuple[str, int], int] = {}
@@ -1409,6 +1411,7 @@ class EventProcessor:
             parent=self.version,
             erasures=erasures,
             erased_expired=list(self._erased_expired),
+            resume_request=self._resume_applied,
         )
         if blob is not None:
             if self.checkpoint_delta_share > 0:  # the next delta records changes from here on
@@ -1441,6 +1444,7 @@ class EventProcessor:
                 lease=self.lease,
                 erasures=write.erasures,
                 erased_expired=write.erased_expired,
+                resume_request=write.resume_request,
             )
         except Exception as exc:
             metrics.CHECKPOINTS.labels("failed").inc()
@@ -1465,6 +1469,8 @@ class EventProcessor:
         self._stored_count += 1
         if self._unrecorded_promotion is write.promotion:
             self._unrecorded_promotion = None
+        if self._resume_applied == write.resume_request:
+            self._resume_applied = None  # (deleted in Redis with the guard's new state)
         self.version = version
         blob, base = write.blob, write.base
         if blob is not None:  # the next delta is made against this version
@@ -1850,12 +1856,15 @@ class EventProcessor:
         the guard resumed by itself, is dropped instead of cancelling a later pause."""
         if self.paused_since is None:
             return
-        requested = await self.store.take_resume_request()
+        requested = await self.store.resume_request()
         if requested is None:
             return
         if requested == str(self.paused_since):  # as the checkpoint writes it into the guard status
             self._resume("an operator asked to resume", operator=True)
+            # deleted by the checkpoint that stores the guard's new state: a worker stopped before it applies it again
+            self._resume_applied = requested
         else:
+            await self.store.drop_resume_request(requested)
             log.warning(
                 "dropped a resume request for an earlier pause (since %s; this one since %s)",
                 requested,

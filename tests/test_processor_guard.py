@@ -219,3 +219,39 @@ async def test_a_held_event_is_seen_by_its_user_though_not_learned(redis_endpoin
         assert [kind for kind, _ in transport.dead_letters] == [QUARANTINED]  # the like, held
         assert processor.learner is not None and processor.learner.events_learned == 1  # the view
         assert await store.seen("u1") == {"v1", "v2"}
+
+
+async def test_a_resume_request_outlives_a_worker_that_stopped_before_storing_it(
+    setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request stays in Redis until the checkpoint that stores the guard's new state deletes it: a worker that
+    applied it and failed (or stopped) before that checkpoint leaves it for the next one, which resumes too."""
+    processor, store, transport, _guard = setup
+    rnd = random.Random(5)  # the stream of the first test: it pauses
+    await processor.process(transport.records(_stream(rnd, 3000, 0, flipped=False)))
+    await processor.process(transport.records(_stream(rnd, 1500, 3000, flipped=True)))
+    assert processor.paused_since is not None
+    await processor.checkpoint()
+    since = (await store.guard_status())["since"]
+    await store.request_resume(since)
+
+    async def redis_gone(*_args: object, **_kwargs: object) -> None:
+        raise ConnectionError("Redis went away")
+
+    monkeypatch.setattr(store, "checkpoint", redis_gone)
+    await processor.process(transport.records(_stream(rnd, 10, 4500, flipped=False)))
+    with pytest.raises(ConnectionError):
+        await processor.checkpoint()  # applies the request in memory; its write fails
+    assert processor.paused_since is None
+    monkeypatch.undo()
+    assert await store.resume_request() == since  # still there: nothing stored the resume
+
+    # The worker stops there; the next one starts paused (as stored) and applies the request itself.
+    fresh = ModelGuard(recent_window=200, reference_window=2000, min_reference=500, resume_events=300)
+    restarted = transport.processor(store, new_learner=lambda: OnlineLearner(model=ImplicitMF(seed=1)), guard=fresh)
+    await restarted.start()
+    assert restarted.paused_since is not None
+    await restarted.process(transport.records(_stream(rnd, 10, 4510, flipped=False)))
+    assert await restarted.checkpoint() is not None
+    assert restarted.paused_since is None and (await store.guard_status())["state"] == "learning"
+    assert await store.resume_request() is None  # deleted by the checkpoint that stored the resume
