@@ -5739,13 +5739,9 @@ static PyObject *learn_events(PyObject *module, PyObject *const *args, Py_ssize_
             PyObject *done = PyObject_Vectorcall(learn, call, 5, kwnames);
             failed = done == NULL;
             Py_XDECREF(done);
-            for (Py_ssize_t c = 0; !failed && c < PyTuple_GET_SIZE(challengers); c++) {
-                PyObject *method[7] = {PyTuple_GET_ITEM(challengers, c), f[1], f[2], f[3], f[4], f[5], f[6]};
-                done = PyObject_VectorcallMethod(name_learn, method, 6, kwnames);
-                failed = done == NULL;
-                Py_XDECREF(done);
-            }
         }
+        /* the champion learned it: recorded now, so that a challenger failing below does not have the record's retry
+           teach the champion the event again */
         if (!failed) failed = PySet_Add(event_ids, f[0]) < 0;
         if (!failed) {
             PyObject *items = PyObject_GetItem(seen, f[1]); /* a defaultdict makes the user's set */
@@ -5763,6 +5759,12 @@ static PyObject *learn_events(PyObject *module, PyObject *const *args, Py_ssize_
             }
         }
         if (!failed) learned++;
+        for (Py_ssize_t c = 0; !failed && c < PyTuple_GET_SIZE(challengers); c++) {
+            PyObject *method[7] = {PyTuple_GET_ITEM(challengers, c), f[1], f[2], f[3], f[4], f[5], f[6]};
+            PyObject *done = PyObject_VectorcallMethod(name_learn, method, 6, kwnames);
+            failed = done == NULL;
+            Py_XDECREF(done);
+        }
         if (!failed && PyDict_GET_SIZE(f[7]) > 0) {
             PyObject *rec = PyDict_GetItemWithError(f[7], name_rec_id);
             if (rec == NULL) {

@@ -1027,11 +1027,13 @@ class EventProcessor:
                     if positives % HIT_SAMPLE_EVERY == 0 or (sample_every and positives % sample_every == 0):
                         self._sample_hit(user, item)
                 learn(user, item, kind, event.watch_seconds, event.item_duration_seconds, ts=ts)
-                for challenger in challengers:
-                    challenger.learn(user, item, kind, event.watch_seconds, event.item_duration_seconds, ts=ts)
+                # the champion learned it: recorded now, so that a challenger failing below does not have the record's
+                # retry teach the champion the event again
                 event_ids.add(event.event_id)
                 seen[user].add(item)
                 learned += 1
+                for challenger in challengers:
+                    challenger.learn(user, item, kind, event.watch_seconds, event.item_duration_seconds, ts=ts)
                 context = event.context
                 if context and isinstance(context.get("rec_id"), str):
                     _count_recommended(kind)

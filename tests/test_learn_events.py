@@ -98,6 +98,7 @@ def _run(
     guard: ModelGuard | None = None,
     failing_at: int | None = None,
     challenger: bool = True,
+    challenger_failing_at: int | None = None,
 ) -> dict[str, Any]:
     """Process ``messages`` (each a batch message, or one event a message) as one batch with a processor of the
     default gate and model, a challenger, ``guard``, and a learner whose ``failing_at``-th learn() raises; what the
@@ -129,6 +130,17 @@ def _run(
                 return learn(*args, **kwargs)
 
             learner.learn = failing  # type: ignore[method-assign]
+        if challenger_failing_at is not None:
+            other = processor.challengers["other"]
+            other_learn, other_calls = other.learn, [0]
+
+            def other_failing(*args: Any, **kwargs: Any) -> Any:
+                other_calls[0] += 1
+                if other_calls[0] == challenger_failing_at:
+                    raise RuntimeError("the challenger's learning failed")
+                return other_learn(*args, **kwargs)
+
+            other.learn = other_failing  # type: ignore[method-assign]
         records = [
             Record("events", 0, offset, None, json.dumps(message).encode()) for offset, message in enumerate(messages)
         ]
@@ -233,6 +245,19 @@ def test_learning_that_raises_mid_chunk_leaves_what_the_python_loop_leaves(faili
         assert result["learned_since"] == failing_at - 1
 
     _assert_same(*_both([_events(500)], failing_at=failing_at), exercised)
+
+
+@pytest.mark.parametrize("failing_at", [1, 57, 400])
+def test_a_challenger_that_raises_leaves_the_event_recorded_as_the_champions(failing_at: int) -> None:
+    """The champion learned the event before the challenger failed: its id is recorded (and its item seen), so the
+    record's retry finds it learned and does not teach the champion the event twice."""
+
+    def exercised(result: dict[str, Any]) -> None:
+        assert result["error"] == "the challenger's learning failed" and result["failed"] is not None
+        assert result["learned_since"] == failing_at  # the champion learned it, then the challenger failed
+        assert result["failed"] in result["event_ids"]
+
+    _assert_same(*_both([_events(500)], challenger_failing_at=failing_at), exercised)
 
 
 def test_the_compiled_loop_takes_only_the_exact_types_it_reads_in_c() -> None:
