@@ -446,6 +446,17 @@ class EventProcessor:
                 )
                 await asyncio.sleep(self.refused_retry_seconds)
                 continue
+            if snapshot is None and (current := await self.store.current_version()) is not None:
+                # (a new model here would fail every checkpoint: current is not None, as it expects)
+                log.error(
+                    "model v%s is current but is not in Redis (deleted, or evicted: Redis needs maxmemory-policy "
+                    "noeviction). The worker will not consume until the current version loads: promote a retained "
+                    "version (`recstream models list`, `recstream models promote`). Retrying in %.0fs.",
+                    current,
+                    self.refused_retry_seconds,
+                )
+                await asyncio.sleep(self.refused_retry_seconds)
+                continue
             break
         if snapshot is None:
             self.learner = self._new_learner()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import time
 
 import pytest
 
+from learner.online_learner import OnlineLearner
 from store.model_store import ModelStore, SnapshotRefused
 from stream.processor import EventProcessor
 from tests.clock import iso
@@ -152,3 +155,27 @@ async def test_models_commands_refuse_a_wrong_version_in_one_line(store: ModelSt
         assert done.stderr.startswith("recstream models: ") and said in done.stderr, (args, done.stderr)
         assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert await store.current_version() == 1
+
+
+async def test_a_worker_whose_current_version_is_gone_waits_for_one_that_loads(
+    store: ModelStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``current`` names a version whose data is not in Redis (deleted, or evicted): a new model would fail every
+    checkpoint (it expects no current version), so the worker waits, saying what to do, until a version loads."""
+    current = None
+    for _ in range(2):
+        current = await store.checkpoint(current, OnlineLearner().to_bytes(), {}, {}, {})
+    await store.redis.delete(store.keys.version(2))  # evicted
+    processor = Transport().processor(store, refused_retry_seconds=0.05)
+    starting = asyncio.create_task(processor.start())
+    try:
+        deadline = time.monotonic() + 10
+        while "model v2 is current but is not in Redis" not in caplog.text:
+            assert time.monotonic() < deadline and not starting.done(), caplog.text
+            await asyncio.sleep(0.05)
+        assert not starting.done()
+        await store.promote(1, reason="v2 is gone")  # an operator promotes a version that loads
+        await asyncio.wait_for(starting, 10)
+    finally:
+        starting.cancel()
+    assert processor.version == 1
