@@ -42,6 +42,7 @@ from stream.processor import (
     QUARANTINED,
     REJECTED,
     EventProcessor,
+    PromotedMeanwhile,
     Record,
     new_writer_id,
     overrides_from_headers,
@@ -134,6 +135,10 @@ async def retry_until_done(
                 result = await operation()
             except asyncio.CancelledError:
                 raise
+            except PromotedMeanwhile:  # (logged by the processor) not a failure: at once, without backing off
+                if on_failure is not None:
+                    on_failure()
+                continue
             except Exception as exc:  # noqa: BLE001 - Redis or the broker failing: wait and retry
                 if on_failure is not None:
                     on_failure()
@@ -321,6 +326,8 @@ def create_app(settings: Settings) -> tuple[faust.App, EventProcessor]:
         if processor.ready and not backoff.retrying and backoff.ready() and processor.checkpoint_due(idle=idle):
             try:
                 await checkpoint()
+            except PromotedMeanwhile:  # (logged by the processor) the next checkpoint adopts the promoted version
+                pass
             except Exception as exc:  # noqa: BLE001 - logged by the processor too; back off
                 _log_failure(backoff, what, "checkpoint", exc)
             else:

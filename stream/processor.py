@@ -212,6 +212,11 @@ def _succeeded(delivery: asyncio.Future[Any]) -> bool:
     return not delivery.cancelled() and delivery.exception() is None
 
 
+class PromotedMeanwhile(CheckpointConflict):
+    """An operator promoted a version while a checkpoint was being written: the write is refused, its events stay
+    pending, and the next checkpoint adopts that version (nothing failed: retried at once, no back-off)."""
+
+
 class DeadLettersUndelivered(Exception):
     """Dead letters were not delivered: they are sent again, and the checkpoint (which would acknowledge the
     offsets of their events) is retried."""
@@ -401,6 +406,7 @@ class EventProcessor:
         self.auto_hold_samples = 0
         self._unrecorded_promotion: dict[str, Any] | None = None
         self._resume_applied: str | None = None  # an operator's resume request applied, until a checkpoint stores it
+        self._promoted: int | None = None  # the version an operator promoted while a checkpoint was being written
         #: Names this worker process in the versions it writes (tells its own commits from others').
         self.writer_id = lease.holder if lease is not None else new_writer_id()
         self.next_offsets: dict[tuple[str, int], int] = {}
@@ -1460,9 +1466,17 @@ class EventProcessor:
                 resume_request=write.resume_request,
             )
         except Exception as exc:
-            metrics.CHECKPOINTS.labels("failed").inc()
             if write.erasures:  # still waiting in Redis: the next checkpoint applies them again
                 self._erase_waiting = True
+            if isinstance(exc, CheckpointConflict) and await self._promoted_meanwhile():
+                log.warning(
+                    "an operator promoted v%s while this checkpoint was being written: it is not written, its "
+                    "events stay pending, and the next checkpoint continues from v%s",
+                    self._promoted,
+                    self._promoted,
+                )
+                raise PromotedMeanwhile(str(exc)) from exc
+            metrics.CHECKPOINTS.labels("failed").inc()
             if isinstance(exc, redis_errors.RedisError):  # (not a refused write: CheckpointConflict)
                 metrics.count_redis_error("worker", exc)
             # The records go back to the pending ones and stay unacknowledged; the next checkpoint covers them.
@@ -1814,6 +1828,23 @@ class EventProcessor:
         metrics.MODEL_VERSION.labels("worker").set(current)
         self._hold_auto_promotion()
         return True
+
+    async def _promoted_meanwhile(self) -> bool:
+        """Whether ``current`` is a version an operator promoted since this worker's last checkpoint (what refused
+        the write under way), as :meth:`_adopt_promoted_version` tells it; False when Redis does not say."""
+        try:
+            current = await self.store.current_version()
+            last = await self.store.last_promotion()
+        except Exception:  # noqa: BLE001 - Redis away: the write's own error stands
+            return False
+        self._promoted = current
+        return (
+            current is not None
+            and current != self.version
+            and last is not None
+            and last.get("to") == current
+            and last.get("actor") != "auto"
+        )
 
     def _hold_auto_promotion(self) -> None:
         """An operator chose the champion: the automatic rule waits ``hold_windows`` windows before it may overrule."""

@@ -18,7 +18,7 @@ from learner.registry import build_model
 from store.keys import Keys
 from store.model_store import CheckpointConflict, ModelStore
 from store.signing import SnapshotSigner
-from stream.processor import EventProcessor
+from stream.processor import EventProcessor, PromotedMeanwhile
 from tests.conftest import Endpoint
 from tests.taste_stream import taste_events
 from tests.transport import Transport
@@ -154,7 +154,7 @@ async def test_an_operator_promotion_racing_a_challenger_swap_stands_and_drops_t
 
     await store.request_challenger_promotion("popularity", "swap", actor="api")
     processor.store = _OperatorAtTheSameMoment(store, first)
-    with pytest.raises(CheckpointConflict):
+    with pytest.raises(PromotedMeanwhile):  # (not a failure: retried at once, no back-off)
         await processor.process(transport.records(events[400:450]))
         await processor.checkpoint()  # swaps in memory, then loses the race to the operator
     processor.store = store

@@ -22,6 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from recstream import local_services, metrics
 from store.model_store import CheckpointConflict, ModelStore
 from stream.app import Backoff, retry_until_done
+from stream.processor import PromotedMeanwhile
 from tests.clock import iso
 from tests.conftest import (
     COUNTABLE_GATE_ENV,
@@ -99,6 +100,27 @@ def test_retry_until_done_waits_between_attempts_and_reports_the_stall() -> None
     result, backoff = asyncio.run(run())
     assert result == "done" and len(attempts) == 4 and failures_seen == [1, 2, 3]
     assert not backoff.stalled and not backoff.retrying
+
+
+def test_an_operators_promotion_during_a_write_is_retried_at_once_without_a_stall() -> None:
+    """Not a failure: the checkpoint it refused is written again at once (adopting the version), and the worker is
+    not reported stalled (recstream_worker_stalled, the ERROR line) nor backed off."""
+    attempts: list[int] = []
+    clock = [0.0]
+
+    async def promoted_first() -> str:
+        attempts.append(len(attempts))
+        if len(attempts) == 1:
+            raise PromotedMeanwhile("current model version is 3, this worker expected 9")
+        return "done"
+
+    async def run() -> tuple[str, Backoff]:
+        backoff = Backoff(first=60.0, cap=60.0, clock=lambda: clock[0])  # a back-off would wait a minute
+        return await retry_until_done(promoted_first, backoff, "checkpoint", "checkpoint"), backoff
+
+    result, backoff = asyncio.run(asyncio.wait_for(run(), 10))
+    assert result == "done" and len(attempts) == 2
+    assert not backoff.stalled and backoff.failures == 0
 
 
 class RefusesTheWrite(NothingLearnedStore):
