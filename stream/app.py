@@ -126,6 +126,7 @@ async def retry_until_done(
     Cancellation (the worker stopping) propagates; every other exception is retried.
     """
     backoff.retrying = True
+    adopting = False  # an operator's promotion refused the last attempt: the next adopts it
     try:
         while True:
             wait = backoff.delay()
@@ -135,9 +136,13 @@ async def retry_until_done(
                 result = await operation()
             except asyncio.CancelledError:
                 raise
-            except PromotedMeanwhile:  # (logged by the processor) not a failure: at once, without backing off
+            except PromotedMeanwhile as exc:
                 if on_failure is not None:
                     on_failure()
+                if not adopting:  # (logged by the processor) not a failure: at once, without backing off
+                    adopting = True
+                    continue
+                _log_failure(backoff, what, operation_label, exc)  # again: something else is wrong
                 continue
             except Exception as exc:  # noqa: BLE001 - Redis or the broker failing: wait and retry
                 if on_failure is not None:

@@ -123,6 +123,24 @@ def test_an_operators_promotion_during_a_write_is_retried_at_once_without_a_stal
     assert not backoff.stalled and backoff.failures == 0
 
 
+def test_a_promotion_refusing_the_attempt_that_adopts_it_is_a_failure() -> None:
+    """The attempt right after one refused by a promotion adopts it; refused again, something else is wrong: the
+    usual retry with back-off (not a hot loop)."""
+    attempts: list[int] = []
+
+    async def promoted_twice() -> str:
+        attempts.append(len(attempts))
+        if len(attempts) <= 2:
+            raise PromotedMeanwhile("current model version is 3, this worker expected 9")
+        return "done"
+
+    retries = metrics.WORKER_RETRIES.labels("checkpoint")
+    before = retries._value.get()
+    backoff = Backoff(first=0.01, cap=0.02)
+    assert asyncio.run(asyncio.wait_for(retry_until_done(promoted_twice, backoff, "checkpoint", "checkpoint"), 10))
+    assert len(attempts) == 3 and retries._value.get() - before == 1  # the second refusal counted and backed off
+
+
 class RefusesTheWrite(NothingLearnedStore):
     """Answers as an empty Redis, but refuses the checkpoint's transaction (Redis reached, the write refused)."""
 
