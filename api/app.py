@@ -16,6 +16,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from redis.exceptions import AuthenticationError as RedisAuthenticationError
 from redis.exceptions import AuthorizationError as RedisAuthorizationError
+from redis.exceptions import ClusterDownError as RedisClusterDownError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoPermissionError as RedisNoPermissionError
 from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
@@ -23,6 +24,7 @@ from redis.exceptions import ReadOnlyError as RedisReadOnlyError
 from redis.exceptions import RedisError
 from redis.exceptions import ResponseError as RedisResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import TryAgainError as RedisTryAgainError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -103,6 +105,33 @@ async def _stop_within(seconds: float, *steps: Callable[[], Awaitable[Any]]) -> 
             log.warning("shutdown: %s did not finish within %.0f s; left to the process exit", name, seconds)
         except Exception as exc:  # noqa: BLE001 - stopping anyway
             log.warning("shutdown: %s failed (%s: %s)", name, type(exc).__name__, exc)
+
+
+#: Redis errors that pass by themselves (a 503 to retry): unreachable, timed out, loading its data (a
+#: ConnectionError), not writable now (out of memory, a replica), a cluster moving. redis-py makes these classes of
+#: the replies' codes, and leaves the code at the start of the message of a reply it has no class for: among those,
+#: REDIS_PASSING_CODES pass too (cannot persist, a script running, too few replicas).
+REDIS_PASSING_ERRORS = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    RedisReadOnlyError,
+    RedisOutOfMemoryError,
+    RedisTryAgainError,
+    RedisClusterDownError,
+)
+REDIS_PASSING_CODES = ("MISCONF", "BUSY", "NOREPLICAS")
+
+
+def _redis_reason(exc: Exception) -> str:
+    """What Redis said, without what redis-py adds for a command of a transaction (``Command # N (the command and
+    its arguments: key names, values) of pipeline caused error: ...``), which is not for a client's eyes.
+
+    >>> from redis.exceptions import ResponseError
+    >>> _redis_reason(ResponseError('Command # 2 (HSET p:items:hidden v4 ...) of pipeline caused error: MISCONF no'))
+    'MISCONF no'
+    """
+    said = str(exc)
+    return said.rsplit("caused error: ", 1)[-1].strip()
 
 
 def _internal_error(exc: Exception) -> JSONResponse:
@@ -204,8 +233,13 @@ def create_app(settings: Settings) -> FastAPI:
 
     async def redis_failed(request: Request, exc: Exception) -> JSONResponse:
         # a route that needs Redis (admin, stats) while it is unreachable or refuses the command: a 503, not a bare 500
-        if not isinstance(exc, (RedisConnectionError, RedisTimeoutError, RedisResponseError)):
-            # a client-side error (WatchError, DataError): a defect, answered here, so logged here with its traceback
+        said = _redis_reason(exc)
+        transient = isinstance(exc, REDIS_PASSING_ERRORS) or (
+            isinstance(exc, RedisResponseError) and said.startswith(REDIS_PASSING_CODES)
+        )
+        if not transient and not isinstance(exc, RedisNoPermissionError):
+            # a defect (WRONGTYPE, an unknown command, a script's error; WatchError, DataError on this side): answered
+            # here, so logged here with its traceback
             log.error("%s %s: internal error", request.method, request.url.path, exc_info=exc)
             return _internal_error(exc)
         metrics.REDIS_ERRORS.labels("api").inc()
@@ -224,9 +258,8 @@ def create_app(settings: Settings) -> FastAPI:
             detail = f"Redis is read-only ({what}: this API process reaches a replica); retry in {retry} s"
         elif isinstance(exc, RedisOutOfMemoryError):  # its maxmemory reached: writes refused until memory is freed
             detail = f"Redis is out of memory ({what}: it refuses writes past its maxmemory); retry in {retry} s"
-        elif isinstance(exc, RedisResponseError):  # MISCONF (cannot persist), BUSY (a script running), ...
-            said = str(exc)[:200]
-            detail = f"Redis refused the command ({what}: {said}); retry in {retry} s"
+        elif isinstance(exc, RedisResponseError):  # MISCONF (cannot persist), BUSY (a script running), LOADING, ...
+            detail = f"Redis refused the command ({what}: {said[:200]}); retry in {retry} s"
         else:
             detail = f"Redis is unavailable ({what}); retry in {retry} s"
         return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": str(retry)})

@@ -56,7 +56,13 @@ class EventProducer:
         if self._starting is None:
             self._starting = asyncio.create_task(self._start())
             self._starting.add_done_callback(_retrieved)
-        return await asyncio.wait_for(asyncio.shield(self._starting), wait)
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._starting), wait)
+        except asyncio.CancelledError:
+            caller = asyncio.current_task()
+            if caller is not None and caller.cancelling():
+                raise  # this request was cancelled
+            raise BrokerUnavailable("the API process is stopping") from None  # (stop() cancelled the start)
 
     async def _start(self) -> AIOKafkaProducer:
         try:
@@ -100,7 +106,7 @@ class EventProducer:
             return False
 
     async def stop(self) -> None:
-        starting = self._starting
+        starting, self._starting = self._starting, None  # (a start cancelled before it ran never clears it itself)
         if starting is not None:
             starting.cancel()
             await asyncio.gather(starting, return_exceptions=True)

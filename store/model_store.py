@@ -668,7 +668,14 @@ class ModelStore:
         if current is None:
             raise KeyError("no version is current yet (the worker writes the first one): nothing to roll back")
         undo = _undo_target(last_raw)
-        if undo is not None and json.loads(last_raw)["to"] == current:  # (nothing written since the promotion)
+        if (
+            undo is not None
+            and json.loads(last_raw)["to"] == current  # (nothing written since the promotion)
+            and undo != current  # (a promotion of the current version: nothing to undo)
+            # a promotion to the parent of the version it replaced is a rollback's move (a rollback recorded before
+            # records were marked, say): not undone, as a rollback is not
+            and retained.get(undo, {}).get("parent") != current
+        ):
             if undo not in retained:
                 raise KeyError(f"v{undo}, which the latest promotion replaced, is no longer retained")
             target = undo

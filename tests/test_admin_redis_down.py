@@ -140,6 +140,30 @@ def test_a_redis_out_of_memory_is_a_503_to_retry_and_one_without_the_rights_a_50
         admin.close()
 
 
+def test_a_redis_error_that_is_a_defect_is_a_500_not_a_503_to_retry(
+    broker_endpoint: Endpoint, processes: list[local_services.LocalService]
+) -> None:
+    """WRONGTYPE (a key of another type where the code expects a hash): retrying does not help, so not a 503 with
+    Retry-After, and the command's arguments (key names, values) are not shown to the client."""
+    import redis as redis_lib
+
+    redis = local_services.start_redis()
+    processes.append(redis)
+    admin = redis_lib.Redis.from_url(redis.url)
+    try:
+        app = in_process_app(Endpoint(redis.url, "own redis"), broker_endpoint)
+        headers = {"Authorization": f"Bearer {TEST_API_KEY}"}
+        with TestClient(app, base_url="http://127.0.0.1", headers=headers, raise_server_exceptions=False) as client:
+            prefix = app.state.recstream.settings.redis_prefix
+            admin.set(f"{prefix}:items:hidden", "not a hash")
+            answer = client.post("/v1/items/v4/hide", json={"reason": "secret-reason"})
+            assert answer.status_code == 500, answer.text
+            assert answer.json() == {"detail": "internal error (ResponseError); the API process logged it"}
+            assert "Retry-After" not in answer.headers and "secret-reason" not in answer.text
+    finally:
+        admin.close()
+
+
 def test_a_defect_is_a_500_with_a_json_detail(broker_endpoint: Endpoint, redis_endpoint: Endpoint) -> None:
     app = in_process_app(redis_endpoint, broker_endpoint)
 

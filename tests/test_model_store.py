@@ -517,3 +517,17 @@ def test_the_guard_report_types_what_the_worker_wrote_and_leaves_what_does_not_p
     nothing = {"state": None, "since": None, "reference": None, "reference_count": None}
     assert guard_report({}) == nothing  # no worker reported yet
     assert guard_report({"state": "", "since": "soon", "reference": "nan", "reference_count": "1.5"}) == nothing
+
+
+async def test_a_rollback_recorded_before_records_were_marked_is_not_undone(store: ModelStore) -> None:
+    """A record of a rollback written before records said so (no ``rollback`` field) looks like a promotion; one to
+    the parent of the version it replaced is taken for what it is: the next rollback goes on to the parent."""
+    current = None
+    for n in range(5):
+        current = await store.checkpoint(current, f"b{n}".encode(), {}, {}, {})
+    await store.promote(4, reason="an old rollback")  # v5's parent: a rollback's move, recorded without the mark
+    assert "rollback" not in (await store.promotions())[-1]
+    assert await store.rollback(reason="further back") == 3  # not back to v5
+    await store.promote(3, reason="the current one again")  # nothing to undo: from == to
+    with pytest.raises(KeyError, match="parent v2 is no longer retained"):  # (it goes for the parent: not a no-op)
+        await store.rollback(reason="and further")

@@ -76,8 +76,9 @@ def test_requests_arriving_together_share_one_start_of_the_producer(silent: Sile
     assert per_start >= 1  # the producer reached the silent broker
     together = asyncio.run(_attempts(EventProducer(f"127.0.0.1:{silent.port}", "events", timeout=1.0), 8))
     assert all(isinstance(outcome, BrokerUnavailable) for outcome in together), together
-    # one start for the eight: each of them waited for the same one, not for the start of each before it
-    assert len(silent.connections) - per_start == per_start
+    # one start for the eight: each of them waited for the same one, not for the start of each before it (eight
+    # starts would open at least eight connections; how many one opens depends on the client's timing)
+    assert 1 <= len(silent.connections) - per_start < 8
 
 
 def test_a_failed_start_is_tried_again_by_the_next_request(silent: SilentBroker) -> None:
@@ -114,3 +115,18 @@ def test_the_readiness_probe_does_not_wait_for_the_whole_start(
     ready, ingest_done = asyncio.run(probe_during_a_start())
     assert ready is False
     assert not ingest_done  # the probe answered while the start it joined still waited for the broker
+
+
+def test_stopping_during_a_start_answers_the_waiting_requests_and_leaves_no_start_behind(silent: SilentBroker) -> None:
+    async def stop_during_a_start() -> tuple[BaseException | None, bool]:
+        producer = EventProducer(f"127.0.0.1:{silent.port}", "events", timeout=30.0)
+        ingest = asyncio.create_task(producer.send_batch(RECORDS))
+        await asyncio.sleep(0)  # the request made the start's task, which has not run yet
+        assert producer._starting is not None and not producer._starting.done()
+        await producer.stop()  # the API process stopping
+        (outcome,) = await asyncio.gather(ingest, return_exceptions=True)
+        return outcome, producer._starting is None
+
+    outcome, cleared = asyncio.run(stop_during_a_start())
+    assert isinstance(outcome, BrokerUnavailable), outcome  # an answer (503), not a cancellation
+    assert cleared  # a later request would start it again, not wait on a cancelled start

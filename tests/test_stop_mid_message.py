@@ -110,3 +110,39 @@ async def test_the_dead_letters_of_a_chunk_whose_sending_the_stop_cut_short_are_
     assert await processor.checkpoint() is not None
     assert sorted(letter["index"] for _, letter in transport.dead_letters) == [3, 700]
     assert (await store.offsets())[("events", 0)] == 1 and transport.acked == [0]
+
+
+async def test_a_stop_stands_when_a_later_chunk_fails_after_it(store: ModelStore) -> None:
+    """The stop lands between two chunks, then the next chunk's dead letters fail (the broker away, say): the task
+    still ends cancelled (the worker stops), not with the error, which the agent would retry, going on."""
+    transport = Transport()
+    calls = 0
+
+    async def fails_second(letters: list) -> list:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("the broker did not take the letters")
+        return await transport.send_letters(letters)
+
+    processor = EventProcessor(
+        store=store,
+        new_learner=OnlineLearner,
+        learner_from_bytes=OnlineLearner.from_bytes,
+        dead_letters=fails_second,
+        flush=transport.flush,
+        ack=transport.ack,
+    )
+    await processor.start()
+    events = [_event(k) for k in range(1, 1_201)]
+    for k in (3, 700):  # one refused event in the first chunk, one in the second
+        events[k] = {**events[k], "type": "explode"}
+    task = asyncio.create_task(processor.process([Record("events", 0, 0, None, json.dumps(events).encode(), handle=0)]))
+    deadline = time.monotonic() + DEADLINE
+    while calls < 1:  # the first chunk's letters sent: the task waits at the await after them
+        assert time.monotonic() < deadline, "the first chunk was not handled in time"
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert calls == 2  # the second chunk was handled, and its letters failed

@@ -48,8 +48,9 @@ class IngestResult(BaseModel):
     held: list[EventHeld] = Field(
         default_factory=list,
         description="Accepted events the worker's quality gate will hold (quarantine, not learn) whatever else it "
-        "sees, by a rule that reads only the event and the time: a clock off, seconds sent as milliseconds. An "
-        "operator can replay them once the rule is wrong for them (docs/operations.md); fix the sender otherwise.",
+        "sees, by a rule that reads only the event and the time: a clock off, seconds sent as milliseconds (unless "
+        "the worker drops one first: a duplicate, an erased user's). An operator can replay them once the rule is "
+        "wrong for them (docs/operations.md); fix the sender otherwise.",
     )
 
 

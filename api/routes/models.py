@@ -143,11 +143,19 @@ async def _serving(state: ApiState, current: int) -> Serving:
     return Serving(current=current, serving=state.models.model.version if state.models.model else None)
 
 
-@router.post("/v1/models/{version}/pin", responses={404: {"model": Problem, "description": "Not a retained version."}})
+@router.post(
+    "/v1/models/{version}/pin",
+    responses={
+        404: {"model": Problem, "description": "Not a retained version."},
+        409: {"model": Problem, "description": "Checkpoints kept changing the versions meanwhile; try again."},
+    },
+)
 async def pin_model(version: Version, state: Annotated[ApiState, Depends(get_state)], pinned: bool = True) -> dict:
     """Keep a version beyond retention (``?pinned=false`` to unpin)."""
     try:
         await state.store.pin(version, pinned=pinned)
     except KeyError as exc:
         raise HTTPException(status_code=404, detail=exc.args[0]) from exc
+    except CheckpointConflict as exc:  # checkpoints kept changing the versions: try again
+        raise HTTPException(status_code=409, detail=str(exc)) from exc
     return {"version": version, "pinned": pinned}
