@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Any
 
 import pytest
 
-from learner.gate.gate import default_gate
+from learner.gate.gate import QualityGate, default_gate
 from learner.online_learner import OnlineLearner
 from store.model_store import ModelStore
 from stream.processor import YIELD_EVERY_EVENTS, DeadLettersUndelivered, EventProcessor, Record
@@ -44,6 +45,23 @@ def _records() -> list[Record]:
         Record("events", 0, 0, b"u0", json.dumps(_event(0)).encode(), handle=0),
         Record("events", 0, 1, None, json.dumps(batch).encode(), handle=1),
     ]
+
+
+async def _started(
+    store: ModelStore, transport: Transport, dead_letters: Any, gate: QualityGate | None = None
+) -> EventProcessor:
+    """A started processor of the default model on ``store``, sending its dead letters through ``dead_letters``."""
+    processor = EventProcessor(
+        store=store,
+        new_learner=OnlineLearner,
+        learner_from_bytes=OnlineLearner.from_bytes,
+        dead_letters=dead_letters,
+        flush=transport.flush,
+        ack=transport.ack,
+        gate=gate,
+    )
+    await processor.start()
+    return processor
 
 
 async def test_a_batch_message_cut_short_by_a_stop_is_learned_whole_and_not_again_after_a_restart(
@@ -89,15 +107,7 @@ async def test_the_dead_letters_of_a_chunk_whose_sending_the_stop_cut_short_are_
             await release.wait()
         return await transport.send_letters(letters)
 
-    processor = EventProcessor(
-        store=store,
-        new_learner=OnlineLearner,
-        learner_from_bytes=OnlineLearner.from_bytes,
-        dead_letters=slow_first_send,
-        flush=transport.flush,
-        ack=transport.ack,
-    )
-    await processor.start()
+    processor = await _started(store, transport, slow_first_send)
     events = [_event(k) for k in range(1, 1_201)]
     for k in (3, 700):  # one refused event in the first chunk, one in the second
         events[k] = {**events[k], "type": "explode"}
@@ -129,15 +139,7 @@ async def test_a_stop_stands_when_a_later_chunk_fails_after_it(store: ModelStore
             raise RuntimeError("the broker did not take the letters")
         return await transport.send_letters(letters)
 
-    processor = EventProcessor(
-        store=store,
-        new_learner=OnlineLearner,
-        learner_from_bytes=OnlineLearner.from_bytes,
-        dead_letters=fails_second,
-        flush=transport.flush,
-        ack=transport.ack,
-    )
-    await processor.start()
+    processor = await _started(store, transport, fails_second)
     events = [_event(k) for k in range(1, 1_201)]
     for k in (3, 700):  # one refused event in the first chunk, one in the second
         events[k] = {**events[k], "type": "explode"}
@@ -163,16 +165,7 @@ async def test_a_retry_after_a_chunk_failed_goes_on_from_that_chunk(store: Model
             raise RuntimeError("the broker did not take the letters")
         return await transport.send_letters(letters)
 
-    processor = EventProcessor(
-        store=store,
-        new_learner=OnlineLearner,
-        learner_from_bytes=OnlineLearner.from_bytes,
-        dead_letters=fails_second,
-        flush=transport.flush,
-        ack=transport.ack,
-        gate=default_gate(),
-    )
-    await processor.start()
+    processor = await _started(store, transport, fails_second, gate=default_gate())
     events = [_event(k) for k in range(1, 1_201)]
     for k in (3, 700, 1_100):  # a held event in each chunk: stamped a day ahead
         events[k] = {**events[k], "ts": iso(86_400 + k)}
