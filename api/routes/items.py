@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, Field
 
 from api.auth import Principal
@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 
 # one dependency for the router and the routes that record who acted: FastAPI then checks the key once a request
 _ADMIN = require_scope("admin")
+#: Most hidden items one page lists.
+MAX_PAGE = 10_000
+
 router = APIRouter(tags=["items"], dependencies=[Depends(_ADMIN)], responses={**AUTH_RESPONSES, **REDIS_RESPONSES})
 Admin = Annotated[Principal, Depends(_ADMIN)]
 
@@ -48,15 +51,33 @@ class HidingChange(HiddenItem):
 
 
 class HiddenItemsList(BaseModel):
-    items: list[HiddenItem] = Field(description="Every hidden item, by item id.")
+    count: int = Field(description="How many items are hidden.")
+    items: list[HiddenItem] = Field(description="Hidden items by item id: the first `limit` after `after`.")
+    next: str | None = Field(description="The `after` of the next page (null: this is the last).")
     history: list[HidingChange] = Field(description="The last 100 hides and unhides, oldest first.")
 
 
 @router.get("/v1/items/hidden", response_model=HiddenItemsList)
-async def hidden_items(state: Annotated[ApiState, Depends(get_state)]) -> dict[str, Any]:
-    """Every hidden item (when, why and by whom it was hidden) and the last 100 hides and unhides, oldest first."""
+async def hidden_items(
+    state: Annotated[ApiState, Depends(get_state)],
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="How many hidden items to list.")] = 1000,
+    after: Annotated[
+        str | None, Query(max_length=128, description="List the items after this item id (a page's `next`).")
+    ] = None,
+) -> dict[str, Any]:
+    """Hidden items (when, why and by whom each was hidden), a page at a time in order of item id, and the last 100
+    hides and unhides, oldest first."""
     store = state.hidden_items
-    return {"items": await store.listing(), "history": await store.history()}
+    every = await store.listing()
+    following = every if after is None else [entry for entry in every if entry["item_id"] > after]
+    page = following[:limit]
+    more = len(following) > limit
+    return {
+        "count": len(every),
+        "items": page,
+        "next": page[-1]["item_id"] if more else None,
+        "history": await store.history(),
+    }
 
 
 @router.post("/v1/items/{item_id}/hide", response_model=HiddenChange)
