@@ -119,6 +119,7 @@ def _measure_gate(users: list[str], items: list[str], n_events: int) -> dict:
     from recstream.settings import Settings
 
     gc.collect()
+    trim_heap()  # (as after it is built: else freed pages the imports left, trimmed then, would be taken off its size)
     before = rss_bytes()
     gate = quality_gate(Settings(gate_enabled=True))  # its figure, even if RECSTREAM_GATE_ENABLED=false is set
     gc.collect()

@@ -282,8 +282,8 @@ def test_the_memory_figure_counts_the_gates_fixed_filters_in_its_growth() -> Non
     assert done.returncode == 0, done.stderr
     gate = json.loads(done.stdout.splitlines()[-1])
     filters = EstablishedUsers().nbytes  # (the default capacity, as the gate's: 6 MB)
-    # (RSS: a heap trim after the gate is built may hand back pages the imports left, so a little under the filters)
-    assert 0.75 * filters <= gate["gate_fixed_bytes"] <= gate["gate_rss_growth_bytes"]
+    # (RSS, the heap trimmed before and after it is built: the filters and little else)
+    assert 0.9 * filters <= gate["gate_fixed_bytes"] <= gate["gate_rss_growth_bytes"]
 
 
 def test_freshness_leaves_probes_the_gate_held_out_of_its_percentiles_and_counts_them() -> None:
