@@ -64,6 +64,20 @@ async def _started(
     return processor
 
 
+class SecondSendFails:
+    """A processor's ``dead_letters`` through ``transport``, whose second call fails (the broker away, say)."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+        self.calls = 0
+
+    async def __call__(self, letters: list) -> list:
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("the broker did not take the letters")
+        return await self.transport.send_letters(letters)
+
+
 async def test_a_batch_message_cut_short_by_a_stop_is_learned_whole_and_not_again_after_a_restart(
     store: ModelStore,
 ) -> None:
@@ -130,41 +144,25 @@ async def test_a_stop_stands_when_a_later_chunk_fails_after_it(store: ModelStore
     """The stop lands between two chunks, then the next chunk's dead letters fail (the broker away, say): the task
     still ends cancelled (the worker stops), not with the error, which the agent would retry, going on."""
     transport = Transport()
-    calls = 0
-
-    async def fails_second(letters: list) -> list:
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            raise RuntimeError("the broker did not take the letters")
-        return await transport.send_letters(letters)
-
+    fails_second = SecondSendFails(transport)
     processor = await _started(store, transport, fails_second)
     events = [_event(k) for k in range(1, 1_201)]
     for k in (3, 700):  # one refused event in the first chunk, one in the second
         events[k] = {**events[k], "type": "explode"}
     task = asyncio.create_task(processor.process([Record("events", 0, 0, None, json.dumps(events).encode(), handle=0)]))
     deadline = time.monotonic() + DEADLINE
-    while calls < 1:  # the first chunk's letters sent: the task waits at the await after them
+    while fails_second.calls < 1:  # the first chunk's letters sent: the task waits at the await after them
         assert time.monotonic() < deadline, "the first chunk was not handled in time"
         await asyncio.sleep(0)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert calls == 2  # the second chunk was handled, and its letters failed
+    assert fails_second.calls == 2  # the second chunk was handled, and its letters failed
 
 
 async def test_a_retry_after_a_chunk_failed_goes_on_from_that_chunk(store: ModelStore) -> None:
     transport = Transport()
-    calls = 0
-
-    async def fails_second(letters: list) -> list:
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            raise RuntimeError("the broker did not take the letters")
-        return await transport.send_letters(letters)
-
+    fails_second = SecondSendFails(transport)
     processor = await _started(store, transport, fails_second, gate=default_gate())
     events = [_event(k) for k in range(1, 1_201)]
     for k in (3, 700, 1_100):  # a held event in each chunk: stamped a day ahead
