@@ -258,7 +258,7 @@ def create_app(settings: Settings) -> FastAPI:
             detail = f"Redis is read-only ({what}: this API process reaches a replica); retry in {retry} s"
         elif isinstance(exc, RedisOutOfMemoryError):  # its maxmemory reached: writes refused until memory is freed
             detail = f"Redis is out of memory ({what}: it refuses writes past its maxmemory); retry in {retry} s"
-        elif isinstance(exc, RedisResponseError):  # MISCONF (cannot persist), BUSY (a script running), LOADING, ...
+        elif isinstance(exc, RedisResponseError):  # MISCONF (cannot persist), BUSY (a script running), TRYAGAIN, ...
             detail = f"Redis refused the command ({what}: {said[:200]}); retry in {retry} s"
         else:
             detail = f"Redis is unavailable ({what}); retry in {retry} s"

@@ -83,7 +83,8 @@ class EventProducer:
             self._producer = producer
             return producer
         finally:
-            self._starting = None  # (a failed start is tried again by the next request)
+            if self._starting is asyncio.current_task():  # (stop() may have let go of it already)
+                self._starting = None  # (a failed start is tried again by the next request)
 
     async def send_batch(self, records: Sequence[tuple[bytes, bytes]]) -> None:
         """Send (key, value) pairs; return once all are acknowledged, else raise BrokerUnavailable."""
