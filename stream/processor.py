@@ -406,7 +406,6 @@ class EventProcessor:
         self.auto_hold_samples = 0
         self._unrecorded_promotion: dict[str, Any] | None = None
         self._resume_applied: str | None = None  # an operator's resume request applied, until a checkpoint stores it
-        self._promoted: int | None = None  # the version an operator promoted while a checkpoint was being written
         #: Names this worker process in the versions it writes (tells its own commits from others').
         self.writer_id = lease.holder if lease is not None else new_writer_id()
         self.next_offsets: dict[tuple[str, int], int] = {}
@@ -658,13 +657,13 @@ class EventProcessor:
                                     self._handled(record, len(decoded))
                                     await self._send_letters(letters)
                                     continue
-                                # A cancellation here (the worker stopping) finishes the record before it is
-                                # raised: the final checkpoint then stores the record's offset with all its events
-                                # learned. Cut short here, the checkpoint would store some of its events but not its
-                                # offset, and the record, delivered again after a restart, would have them learned
-                                # again once the duplicate window (RECSTREAM_DEDUPE_RETENTION_SECONDS) has passed.
-                                # the chunk is handled: a retry goes on from the next (its letters, if they fail,
-                                # are kept for the checkpoint)
+                                # The chunk is handled: a retry goes on from the next (its letters, if they fail,
+                                # are kept for the checkpoint). A cancellation from here on (the worker stopping)
+                                # finishes the record before it is raised: the final checkpoint then stores the
+                                # record's offset with all its events learned. Cut short, the checkpoint would store
+                                # some of its events but not its offset, and the record, delivered again after a
+                                # restart, would have them learned again once the duplicate window
+                                # (RECSTREAM_DEDUPE_RETENTION_SECONDS) has passed.
                                 self._chunks_done[record.position] = start + YIELD_EVERY_EVENTS
                                 try:
                                     await self._send_letters(letters)
@@ -1485,12 +1484,13 @@ class EventProcessor:
         except Exception as exc:
             if write.erasures:  # still waiting in Redis: the next checkpoint applies them again
                 self._erase_waiting = True
-            if isinstance(exc, CheckpointConflict) and await self._promoted_meanwhile():
+            promoted = await self._promoted_meanwhile() if isinstance(exc, CheckpointConflict) else None
+            if promoted is not None:
                 log.warning(
                     "an operator promoted v%s while this checkpoint was being written: it is not written, its "
                     "events stay pending, and the next checkpoint continues from v%s",
-                    self._promoted,
-                    self._promoted,
+                    promoted,
+                    promoted,
                 )
                 raise PromotedMeanwhile(str(exc)) from exc
             metrics.CHECKPOINTS.labels("failed").inc()
@@ -1846,22 +1846,16 @@ class EventProcessor:
         self._hold_auto_promotion()
         return True
 
-    async def _promoted_meanwhile(self) -> bool:
-        """Whether ``current`` is a version an operator promoted since this worker's last checkpoint (what refused
-        the write under way), as :meth:`_adopt_promoted_version` tells it; False when Redis does not say."""
+    async def _promoted_meanwhile(self) -> int | None:
+        """``current`` if it is a version an operator promoted since this worker's last checkpoint (what refused the
+        write under way), as :meth:`_adopt_promoted_version` tells it; else None (also when Redis does not say)."""
         try:
             current = await self.store.current_version()
             last = await self.store.last_promotion()
         except Exception:  # noqa: BLE001 - Redis away: the write's own error stands
-            return False
-        self._promoted = current
-        return (
-            current is not None
-            and current != self.version
-            and last is not None
-            and last.get("to") == current
-            and last.get("actor") != "auto"
-        )
+            return None
+        by_operator = last is not None and last.get("to") == current and last.get("actor") != "auto"
+        return current if current is not None and current != self.version and by_operator else None
 
     def _hold_auto_promotion(self) -> None:
         """An operator chose the champion: the automatic rule waits ``hold_windows`` windows before it may overrule."""
