@@ -423,8 +423,6 @@ class EventProcessor:
         # a run of small records' are judged together and kept only for the records a failure left unhandled
         # (_handle_run)
         self._verdicts_ahead: dict[tuple[tuple[str, int, int], int], list[Hold | None]] = {}
-        #: a record of several chunks, not handled yet -> where its next chunk starts (a retry goes on from there)
-        self._chunks_done: dict[tuple[str, int, int], int] = {}
         self._last_checkpoint = time.monotonic()
         self._lock = asyncio.Lock()
         self._write: _Write | None = None  # the checkpoint being written to Redis, until it is settled
@@ -609,13 +607,11 @@ class EventProcessor:
             if self._write is not None:  # learned, but maybe not in Redis yet
                 written = self._write.pending.event_ids
                 known.update(written.intersection(ids))
-            ahead, done = self._verdicts_ahead, self._chunks_done
-            if ahead or done:  # only this batch's records' can still be used (a retry's batch is its remaining records)
+            ahead = self._verdicts_ahead
+            if ahead:  # only those of this batch's records can still be used (a retry's batch is its remaining records)
                 positions = {r.position for r in records}
                 for key in [key for key in ahead if key[0] not in positions]:
                     del ahead[key]
-                for position in [position for position in done if position not in positions]:
-                    del done[position]
             # The batch's counts and lags go to the metrics once, at its end (also when it fails half-way): with one
             # event per message, updating them for every message was ~5% of the worker's CPU.
             self._consumed = 0  # the events of the records handled (_handled)
@@ -633,42 +629,37 @@ class EventProcessor:
                     if len(decoded) < SMALL_RECORD_EVENTS:
                         # A run of small records (one event per message) is judged and handled as one chunk.
                         run = self._small_run(records, at, parsed)
-                        await self._send_letters(self._handle_run(run, known, lags))
+                        await self._send_letters(self._handle_run(run, known, lags), handled=True)
                         at += len(run)
                         events = sum(len(decoded) for _, decoded in run)
                     else:
                         stopping = False  # cancelled between two chunks: the record is handled whole first
                         try:
-                            # a retry goes on from the first chunk not handled (those before it were learned and
-                            # their letters sent: made again, they would be sent and counted twice)
-                            first = self._chunks_done.get(record.position, 0)
-                            for start in range(first, len(decoded), YIELD_EVERY_EVENTS):
+                            for start in range(0, len(decoded), YIELD_EVERY_EVENTS):
                                 # Gate a chunk, then learn it, instead of alternating event by event: the gate's
                                 # state and the model's then take turns in the CPU caches (in one process:
                                 # ~12% less CPU per event with the gate on). If a chunk before its last fails, the
-                                # record is not handled: its retry goes on from that chunk, finds the events of it
-                                # learned so far in pending.event_ids and does not learn them twice, and reuses its
-                                # verdicts instead of gating its events again.
+                                # record is not handled: its retry finds the events learned so far in
+                                # pending.event_ids and does not learn them twice, and reuses the record's verdicts
+                                # instead of gating its events again.
                                 chunk = decoded[start : start + YIELD_EVERY_EVENTS]
                                 verdicts = self._verdicts(record, start, chunk, known)
                                 letters: list[Letter] = []
                                 self._handle_events(record, chunk, verdicts, known, lags, letters)
                                 if start + YIELD_EVERY_EVENTS >= len(decoded):  # its last chunk: the record is handled
                                     self._handled(record, len(decoded))
-                                    await self._send_letters(letters)
+                                    await self._send_letters(letters, handled=True)
                                     continue
-                                # The chunk is handled: a retry goes on from the next (its letters, if they fail,
-                                # are kept for the checkpoint). A cancellation from here on (the worker stopping)
-                                # finishes the record before it is raised: the final checkpoint then stores the
-                                # record's offset with all its events learned. Cut short, the checkpoint would store
-                                # some of its events but not its offset, and the record, delivered again after a
-                                # restart, would have them learned again once the duplicate window
-                                # (RECSTREAM_DEDUPE_RETENTION_SECONDS) has passed.
-                                self._chunks_done[record.position] = start + YIELD_EVERY_EVENTS
+                                # A cancellation here (the worker stopping) finishes the record before it is
+                                # raised: the final checkpoint then stores the record's offset with all its events
+                                # learned. Cut short, the checkpoint would store some of its events but not its
+                                # offset, and the record, delivered again after a restart, would have them learned
+                                # again once the duplicate window (RECSTREAM_DEDUPE_RETENTION_SECONDS) has passed.
                                 try:
-                                    await self._send_letters(letters)
+                                    await self._send_letters(letters, handled=False)
                                 except asyncio.CancelledError:
                                     stopping = True
+                                    self._pending.unsent.extend(letters)  # (cut short: sent again by the checkpoint)
                                 if not stopping:
                                     try:
                                         await asyncio.sleep(0)
@@ -961,8 +952,6 @@ class EventProcessor:
             position = record.position
             for start in range(0, max(events, 1), YIELD_EVERY_EVENTS):
                 ahead.pop((position, start), None)
-        if self._chunks_done:
-            self._chunks_done.pop(record.position, None)
         self._pending.records.append(record)
 
     def _handle_events(
@@ -1097,14 +1086,14 @@ class EventProcessor:
                 out[at] = _ERASED
         return verdicts if out is None else out
 
-    async def _send_letters(self, letters: list[Letter]) -> None:
+    async def _send_letters(self, letters: list[Letter], handled: bool) -> None:
         """Hand ``letters`` to the sender; the checkpoint confirms their delivery (:meth:`_confirm_dead_letters`).
 
-        The events they are for are handled already (the records', or a chunk's of a record of several). If the
-        sender then raises (or this task is cancelled while it sends), the letters are kept to be sent again before
-        the next checkpoint, which waits for them, and the error is raised: those events are not handled again (a
-        retry would count their learned events as duplicates and their held ones twice, and send their letters
-        twice).
+        ``handled``: the records they are for are handled already (all their events). If the sender then raises
+        (or this task is cancelled while it sends), the letters are kept to be sent again before the next
+        checkpoint, which waits for them, and the error is raised: the records are not handled again (a retry
+        would count their learned events as duplicates and their held ones twice). Otherwise (a record of several
+        chunks, not all handled yet) the error is raised and the record's retry makes the letters again.
         """
         if not letters:
             return
@@ -1112,8 +1101,9 @@ class EventProcessor:
         try:
             deliveries = await self._dead_letters(letters)
         except BaseException:
-            pending.unsent.extend(letters)  # the next checkpoint sends them before anything else (_capture)
-            metrics.DEAD_LETTERS_UNDELIVERED.inc(len(letters))
+            if handled:
+                pending.unsent.extend(letters)  # the next checkpoint sends them before anything else (_capture)
+                metrics.DEAD_LETTERS_UNDELIVERED.inc(len(letters))
             raise
         for delivery, letter in zip(deliveries, letters, strict=True):
             if delivery is not None:

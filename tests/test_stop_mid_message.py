@@ -3,8 +3,7 @@
 The worker stopped (its task cancelled): the message is learned whole before the cancellation is raised, so the final
 checkpoint stores its offset with its events. Cut short, the checkpoint stored some of its events but not its offset,
 and a restart after the duplicate window had them learned again (real Redis; the window's expiry made by deleting its
-buckets). A chunk failed: the retry goes on from that chunk, so the chunks before it are not handled twice (their
-dead letters sent and their holds counted again)."""
+buckets)."""
 
 from __future__ import annotations
 
@@ -15,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from learner.gate.gate import QualityGate, default_gate
+from learner.gate.gate import QualityGate
 from learner.online_learner import OnlineLearner
 from store.model_store import ModelStore
 from stream.processor import YIELD_EVERY_EVENTS, DeadLettersUndelivered, EventProcessor, Record
@@ -158,24 +157,3 @@ async def test_a_stop_stands_when_a_later_chunk_fails_after_it(store: ModelStore
     with pytest.raises(asyncio.CancelledError):
         await task
     assert fails_second.calls == 2  # the second chunk was handled, and its letters failed
-
-
-async def test_a_retry_after_a_chunk_failed_goes_on_from_that_chunk(store: ModelStore) -> None:
-    transport = Transport()
-    fails_second = SecondSendFails(transport)
-    processor = await _started(store, transport, fails_second, gate=default_gate())
-    events = [_event(k) for k in range(1, 1_201)]
-    for k in (3, 700, 1_100):  # a held event in each chunk: stamped a day ahead
-        events[k] = {**events[k], "ts": iso(86_400 + k)}
-    record = Record("events", 0, 0, None, json.dumps(events).encode(), handle=0)
-    with pytest.raises(RuntimeError):
-        await processor.process([record])  # the second chunk's letters fail
-    await processor.process([record])  # the agent's retry
-    # each hold counted once, no event handled twice (learned events of a chunk handled again count as duplicates)
-    assert dict(processor._pending.gate_counts) == {"future_timestamp": 3}
-    assert processor.learner.events_learned == 1_197
-    with pytest.raises(DeadLettersUndelivered):  # the failed chunk's letters, kept: sent now, then waited for
-        await processor.checkpoint()
-    assert await processor.checkpoint() is not None and transport.acked == [0]
-    letters = [letter["event"]["event_id"] for _, letter in transport.dead_letters]
-    assert sorted(letters) == ["e1101", "e4", "e701"]  # each once: the first chunk's not sent again
