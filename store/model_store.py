@@ -22,9 +22,9 @@ import json
 import logging
 import math
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 import redis.asyncio as aioredis
@@ -38,6 +38,8 @@ from store.signing import SnapshotSigner
 from store.writer_lease import GONE, WriterLease
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class SnapshotRefused(Exception):
@@ -590,49 +592,41 @@ class ModelStore:
         self._not_before_erasure(version, await self.erasures.floor())  # (before reading ~100 MB for nothing)
         if await self.load(version) is None:  # raises SnapshotRefused if a tag does not verify
             raise KeyError(f"model version {version} does not exist (retained: see `recstream models list`)")
-        for attempt in range(PROMOTE_ATTEMPTS):
-            async with self.redis.pipeline(transaction=True) as pipe:
-                try:
-                    # WATCH: retention must not delete the version (it leaves the versions set then) between
-                    # the check and the switch, and "from" must be the version it replaces.
-                    # (and the erase floor: a checkpoint that erases users moves the versions too, but say it)
-                    await pipe.watch(
-                        keys.versions, keys.current_version, keys.erase_floor, keys.promotions, keys.challenger_request
+
+        async def switch(pipe: Any) -> bytes | None:
+            # WATCH: retention must not delete the version (it leaves the versions set then) between the check and
+            # the switch, and "from" must be the version it replaces (and the erase floor: a checkpoint that erases
+            # users moves the versions too, but say it)
+            raw_floor = await pipe.get(keys.erase_floor)
+            self._not_before_erasure(version, None if raw_floor is None else int(raw_floor))
+            if await pipe.zscore(keys.versions, str(version)) is None:
+                raise KeyError(f"model version {version} was deleted by retention meanwhile; pin it first")
+            if after is not _ANY:
+                last = await pipe.lindex(keys.promotions, -1)
+                if last != after:
+                    seen = json.loads(last) if last is not None else {}
+                    raise ChangedMeanwhile(
+                        f"another change came first (v{seen.get('from')} -> v{seen.get('to')} by "
+                        f"{seen.get('actor')}: {seen.get('reason')!r}); nothing was changed: see "
+                        "`recstream models history` and choose again"
                     )
-                    raw_floor = await pipe.get(keys.erase_floor)
-                    self._not_before_erasure(version, None if raw_floor is None else int(raw_floor))
-                    if await pipe.zscore(keys.versions, str(version)) is None:
-                        raise KeyError(f"model version {version} was deleted by retention meanwhile; pin it first")
-                    if after is not _ANY:
-                        last = await pipe.lindex(keys.promotions, -1)
-                        if last != after:
-                            seen = json.loads(last) if last is not None else {}
-                            raise ChangedMeanwhile(
-                                f"another change came first (v{seen.get('from')} -> v{seen.get('to')} by "
-                                f"{seen.get('actor')}: {seen.get('reason')!r}); nothing was changed: see "
-                                "`recstream models history` and choose again"
-                            )
-                    pending = await pipe.get(keys.challenger_request)
-                    raw = await pipe.get(keys.current_version)
-                    previous = int(raw) if raw is not None else None
-                    record = {"at": time.time(), "from": previous, "to": version, "reason": reason, "actor": actor}
-                    if rollback:
-                        record["rollback"] = True
-                    pipe.multi()
-                    pipe.set(keys.current_version, version)
-                    pipe.rpush(keys.promotions, json.dumps(record))
-                    pipe.ltrim(keys.promotions, -PROMOTIONS_KEPT, -1)
-                    if pending is not None:
-                        pipe.delete(keys.challenger_request)
-                    await pipe.execute()
-                    break
-                except WatchError as exc:
-                    _raise_if_connection_lost(exc, f"the promotion of v{version}")
-                    if attempt == PROMOTE_ATTEMPTS - 1:
-                        raise CheckpointConflict(
-                            f"checkpoints kept moving the current version during the promotion of v{version} "
-                            f"({PROMOTE_ATTEMPTS} attempts); try again"
-                        ) from exc
+            pending = await pipe.get(keys.challenger_request)
+            raw = await pipe.get(keys.current_version)
+            previous = int(raw) if raw is not None else None
+            record = {"at": time.time(), "from": previous, "to": version, "reason": reason, "actor": actor}
+            if rollback:
+                record["rollback"] = True
+            pipe.multi()
+            pipe.set(keys.current_version, version)
+            pipe.rpush(keys.promotions, json.dumps(record))
+            pipe.ltrim(keys.promotions, -PROMOTIONS_KEPT, -1)
+            if pending is not None:
+                pipe.delete(keys.challenger_request)
+            await pipe.execute()
+            return pending
+
+        watched = (keys.versions, keys.current_version, keys.erase_floor, keys.promotions, keys.challenger_request)
+        pending = await self._watched(watched, switch, f"the promotion of v{version}")
         if pending is not None:
             log.warning(
                 "v%s promoted by %s; the pending request to promote a challenger (%s) is dropped: this later choice "
@@ -701,22 +695,32 @@ class ModelStore:
         if not pinned:
             await self.redis.srem(keys.pinned, version)
             return
+
+        async def add(pipe: Any) -> None:
+            if await pipe.zscore(keys.versions, str(version)) is None:
+                raise KeyError(f"model version {version} does not exist")
+            pipe.multi()
+            pipe.sadd(keys.pinned, version)
+            await pipe.execute()
+
+        await self._watched((keys.versions,), add, f"the pin of v{version}")
+
+    async def _watched(self, keys: tuple[str, ...], body: Callable[[Any], Awaitable[T]], what: str) -> T:
+        """``body(pipe)`` in a transaction watching ``keys``, tried again (up to PROMOTE_ATTEMPTS times) while a
+        checkpoint changes them under it; then :class:`CheckpointConflict`, to try again later."""
         for attempt in range(PROMOTE_ATTEMPTS):
             async with self.redis.pipeline(transaction=True) as pipe:
                 try:
-                    await pipe.watch(keys.versions)
-                    if await pipe.zscore(keys.versions, str(version)) is None:
-                        raise KeyError(f"model version {version} does not exist")
-                    pipe.multi()
-                    pipe.sadd(keys.pinned, version)
-                    await pipe.execute()
-                    return
+                    await pipe.watch(*keys)
+                    return await body(pipe)
                 except WatchError as exc:
-                    _raise_if_connection_lost(exc, f"the pin of v{version}")
+                    _raise_if_connection_lost(exc, what)
                     if attempt == PROMOTE_ATTEMPTS - 1:
                         raise CheckpointConflict(
-                            f"checkpoints kept changing the versions during the pin of v{version}; try again"
+                            f"checkpoints kept changing the model's versions during {what} ({PROMOTE_ATTEMPTS} "
+                            "attempts); try again"
                         ) from exc
+        raise AssertionError("unreachable")  # (the last attempt returns or raises)
 
     async def last_promotion(self) -> dict[str, Any] | None:
         raw = await self.redis.lindex(self.keys.promotions, -1)

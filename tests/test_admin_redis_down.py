@@ -45,6 +45,16 @@ def _schema(page: dict[str, Any], method: str, path: str, status: int) -> Any:
     )
 
 
+def _refused_to_fix(answer: Any, error: str, password: str) -> None:
+    """A 503 that retrying does not help (no Retry-After): Redis refused the API's credentials or their rights,
+    named by ``error``, without the password."""
+    assert answer.status_code == 503, answer.text
+    assert "Retry-After" not in answer.headers
+    detail = answer.json()["detail"]
+    assert detail.startswith(f"Redis refused this API process's credentials or their rights ({error}"), detail
+    assert password not in detail
+
+
 def test_admin_routes_answer_503_to_retry_while_redis_is_down(
     broker_endpoint: Endpoint, processes: list[local_services.LocalService]
 ) -> None:
@@ -91,12 +101,7 @@ def test_a_read_only_redis_is_a_503_to_retry_and_refused_credentials_a_503_to_fi
         wrong = Endpoint(f"redis://:not-{password}@{redis.host}:{redis.port}/0", "own redis, wrong password")
         app = in_process_app(wrong, broker_endpoint)
         with TestClient(app, base_url="http://127.0.0.1", headers=headers, raise_server_exceptions=False) as client:
-            answer = client.get("/v1/models")
-            assert answer.status_code == 503, answer.text
-            assert "Retry-After" not in answer.headers  # retrying does not help
-            detail = answer.json()["detail"]
-            assert detail.startswith("Redis refused this API process's credentials"), detail
-            assert password not in detail
+            _refused_to_fix(client.get("/v1/models"), "AuthenticationError", password)
     finally:
         admin.close()
 
@@ -130,12 +135,7 @@ def test_a_redis_out_of_memory_is_a_503_to_retry_and_one_without_the_rights_a_50
         reader = Endpoint(f"redis://reader:{password}@{redis.host}:{redis.port}/0", "own redis, a read-only user")
         app = in_process_app(reader, broker_endpoint)
         with TestClient(app, base_url="http://127.0.0.1", headers=headers, raise_server_exceptions=False) as client:
-            answer = client.post("/v1/items/v5/hide", json=REASON)
-            assert answer.status_code == 503, answer.text
-            assert "Retry-After" not in answer.headers  # retrying does not help
-            detail = answer.json()["detail"]
-            assert detail.startswith("Redis refused this API process's credentials or their rights (NoPerm"), detail
-            assert password not in detail
+            _refused_to_fix(client.post("/v1/items/v5/hide", json=REASON), "NoPermissionError", password)
     finally:
         admin.close()
 
