@@ -1146,7 +1146,8 @@ class EventProcessor:
             else:
                 verdict = None
         hold = verdict
-        if hold is None and self.paused_since is not None and MODEL_PAUSED not in record.overrides:
+        # (a replay never overrides a pause: what the guard paused for may be the replayed events themselves)
+        if hold is None and self.paused_since is not None:
             hold = Hold(MODEL_PAUSED, "learning is paused by the model guard; replay after it resumes")
             self._watch_while_paused(event)
         if hold is None:

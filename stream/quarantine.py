@@ -192,8 +192,11 @@ async def replay(settings: Settings, records: list[dict], override: str | None) 
 
 
 def override_headers(record: dict, override: str | None) -> list[tuple[str, bytes]] | None:
-    """The header a replay of ``record`` carries: ``override`` and the rules an earlier replay overrode for it."""
+    """The header a replay of ``record`` carries: ``override`` and the rules an earlier replay overrode for it. Never
+    ``model_paused``: the guard's pause was the model's state, not a verdict on the event, and a pause while the
+    replay is learned holds the replayed events again (the poison that tripped the guard may be among them)."""
     reasons = set(carried_overrides(record.get("overrides", ()))) | ({override} if override else set())
+    reasons.discard(MODEL_PAUSED)
     return [(OVERRIDE_HEADER, ",".join(sorted(reasons)).encode())] if reasons else None
 
 
@@ -278,7 +281,7 @@ def _replay(args: argparse.Namespace) -> int:
     check_reason(args.reason, records)
     matching = select(records, args.reason, args.since)
     chosen = matching if args.again else asyncio.run(not_replayed(settings, matching))
-    override = None if args.reason == "all" else args.reason
+    override = None if args.reason in ("all", MODEL_PAUSED) else args.reason  # (a pause is never overridden)
     before = len(matching) - len(chosen)
     kept = asyncio.run(not_erased(settings, chosen))
     erased, chosen = len(chosen) - len(kept), kept

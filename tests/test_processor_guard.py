@@ -98,6 +98,29 @@ async def test_guard_pauses_on_degradation_and_an_operator_resumes(setup) -> Non
     assert processor.learner.events_learned == learned_at_pause + 10
 
 
+async def test_a_replay_of_what_a_pause_held_is_held_again_while_paused(setup) -> None:
+    # The guard paused for traffic the gate let through; the operator replays what was held as model_paused: if the
+    # guard is paused when the replay arrives (or pauses again for it), the replayed events are held again, even
+    # those sent with the model_paused override an earlier release's replay wrote.
+    processor, _store, transport, _guard = setup
+    rnd = random.Random(7)
+    await processor.process(transport.records(_stream(rnd, 3000, 0, flipped=False)))
+    await processor.process(transport.records(_stream(rnd, 1500, 3000, flipped=True)))
+    assert processor.paused_since is not None
+    learned = processor.learner.events_learned
+    held = [letter["event"] for kind, letter in transport.dead_letters if kind == QUARANTINED][:20]
+    assert len(held) == 20
+    transport.dead_letters.clear()
+    replayed = transport.records(held)
+    for k, record in enumerate(replayed):
+        record.overrides = frozenset({MODEL_PAUSED}) if k % 2 else frozenset()
+    await processor.process(replayed)
+    assert processor.learner.events_learned == learned
+    again = [letter for kind, letter in transport.dead_letters if kind == QUARANTINED]
+    assert [letter["event"]["event_id"] for letter in again] == [e["event_id"] for e in held]
+    assert {letter["reason"] for letter in again} == {MODEL_PAUSED}
+
+
 async def test_guard_resumes_by_itself_when_the_stream_is_healthy_again(setup) -> None:
     processor, _store, transport, guard = setup
     rnd = random.Random(6)
