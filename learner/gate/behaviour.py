@@ -213,7 +213,12 @@ class UserRateRule:
 
 
 def _rate_hold(window: float, what: str, limit: int, count: float) -> Hold:
-    return Hold("user_rate", f"user sent {count:.0f} {what} in the last {window:.0f} s (limit {limit})")
+    # (count: the user's before this event, the previous window's weighted by its overlap, so not a whole number:
+    # with this event it is over the limit, which a count rounded to a whole number could hide)
+    return Hold(
+        "user_rate",
+        f"this event would make {count + 1:.1f} {what} from this user in the last {window:.0f} s (limit {limit})",
+    )
 
 
 class EstablishedUsers:

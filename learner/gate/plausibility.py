@@ -147,13 +147,16 @@ class LikeWithoutViewRule:
         self.window_seconds = window_seconds
         self.max_pairs = max_pairs
         self.positive_types = positive_types
-        self._views: OrderedDict[tuple[str, str], float] = OrderedDict()  # (user, item) -> last view ts, oldest first
+        # (user, item) -> (the latest view's ts, when the worker last took a view of it), least recently taken first:
+        # the check compares the events' own times, and a view is forgotten ``window_seconds`` after the worker took it
+        # (by its ts, a worker behind by more than the window would forget each view at once, and hold its likes)
+        self._views: OrderedDict[tuple[str, str], tuple[float, float]] = OrderedDict()
 
     def check(self, event: GateEvent, now: float) -> Hold | None:  # noqa: ARG002 - judged on the event's ts
         if event.type not in self.positive_types:
             return None
         seen = self._views.get((event.user_id, event.item_id))
-        if seen is None or event.ts - seen > self.window_seconds:
+        if seen is None or event.ts - seen[0] > self.window_seconds:
             return Hold(
                 "like_without_view",
                 f"{event.type} without a view of the item by the user in the last {self.window_seconds:.0f} s",
@@ -165,11 +168,11 @@ class LikeWithoutViewRule:
         if event.type == "view":
             key = (event.user_id, event.item_id)
             previous = views.pop(key, None)
-            views[key] = event.ts if previous is None else max(previous, event.ts)
+            views[key] = (event.ts if previous is None else max(previous[0], event.ts), now)
         horizon = now - self.window_seconds
         while views:
-            key, ts = next(iter(views.items()))
-            if ts >= horizon and len(views) <= self.max_pairs:
+            key, (_, taken) = next(iter(views.items()))
+            if taken >= horizon and len(views) <= self.max_pairs:
                 break
             views.popitem(last=False)
 
