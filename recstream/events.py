@@ -148,9 +148,39 @@ class Event(BaseModel):
         return value
 
 
+#: At most this many errors are described for one event or request, and one more entry says how many were left out:
+#: an object of many unknown fields (each one an error) makes an answer or a dead letter no larger than this.
+MAX_ERRORS_DESCRIBED = 20
+#: More fields than this in one event (or its context) are refused without validating each (:func:`too_many_fields`).
+MAX_FIELDS_LOOKED_AT = 64
+
+
+def too_many_fields(raw: Any) -> list[dict[str, str]] | None:
+    """The error of an event object with more than :data:`MAX_FIELDS_LOOKED_AT` fields, or a context with more than
+    that many keys, found without validating them one by one (each unknown field would be an error of its own);
+    None for anything else (validated as usual)."""
+    if not isinstance(raw, dict):
+        return None
+    if len(raw) > MAX_FIELDS_LOOKED_AT:
+        fields = ", ".join(Event.model_fields)
+        return [
+            {
+                "field": "(event)",
+                "message": f"an event has at most {len(Event.model_fields)} fields ({fields}), got {len(raw)}",
+            }
+        ]
+    context = raw.get("context")
+    if isinstance(context, dict) and len(context) > MAX_FIELDS_LOOKED_AT:
+        return [
+            {"field": "context", "message": f"context may have at most {MAX_CONTEXT_KEYS} keys, got {len(context)}"}
+        ]
+    return None
+
+
 def describe_errors(errors: ValidationError | Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
     """Turn pydantic's errors (a ``ValidationError``, or its ``errors()``: each with ``loc`` and ``msg``) into
-    ``{"field": "...", "message": "..."}`` a person can act on."""
+    ``{"field": "...", "message": "..."}`` a person can act on: the first :data:`MAX_ERRORS_DESCRIBED`, and then
+    one entry saying how many more there were."""
     items = errors.errors(include_url=False) if isinstance(errors, ValidationError) else errors
     described: list[dict[str, str] | tuple[Any, ...]] = []  # a tuple: the place of a context value's message
     unions: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}  # a context value's errors, one per kind it may be
@@ -163,10 +193,13 @@ def describe_errors(errors: ValidationError | Iterable[Mapping[str, Any]]) -> li
             unions[loc[:2]].append(e)
         else:
             described.append(_described(e))
-    return [
+    out = [
         {"field": f"context.{d[1]}", "message": _context_value_message(unions[d])} if isinstance(d, tuple) else d
-        for d in described
+        for d in described[:MAX_ERRORS_DESCRIBED]
     ]
+    if len(described) > MAX_ERRORS_DESCRIBED:
+        out.append({"field": "(more)", "message": f"{len(described) - MAX_ERRORS_DESCRIBED} more errors not shown"})
+    return out
 
 
 #: How pydantic names the members of ContextValue's union in an error's location.

@@ -129,6 +129,32 @@ def test_missing_field_is_named(stack: Stack) -> None:
     assert {"field": "item_id", "message": "Field required"} in response.json()["errors"][0]["errors"]
 
 
+def test_an_event_of_many_unknown_fields_is_answered_in_a_few_errors(stack: Stack) -> None:
+    # each unknown field is an error of its own: the answer lists 20 and says how many more (else one request of
+    # many such fields would make an answer several times its size); past 64 fields they are not looked at one by one
+    some = {**GOOD, "event_id": "f1", **{f"x{k}": k for k in range(30)}}
+    many = {**GOOD, "event_id": "f2", **{f"y{k}": k for k in range(5000)}}
+    wide = {**GOOD, "event_id": "f3", "context": {f"c{k}": [k] for k in range(5000)}}
+    response = stack.client.post("/v1/events", json=[some, many, wide, {**GOOD, "event_id": "f4"}])
+    assert response.status_code == 202, response.text
+    errors = {e["event_id"]: e["errors"] for e in response.json()["errors"]}
+    assert len(errors["f1"]) == 21 and errors["f1"][0] == {"field": "x0", "message": "Extra inputs are not permitted"}
+    assert errors["f1"][-1] == {"field": "(more)", "message": "10 more errors not shown"}
+    assert errors["f2"] == [
+        {
+            "field": "(event)",
+            "message": "an event has at most 8 fields (event_id, user_id, item_id, type, ts, watch_seconds, "
+            "item_duration_seconds, context), got 5005",
+        }
+    ]
+    assert errors["f3"] == [{"field": "context", "message": "context may have at most 16 keys, got 5000"}]
+    response = stack.client.post(
+        "/v1/scores", json={"user_id": "u1", "item_ids": ["v1"], **{f"z{k}": 0 for k in range(40)}}
+    )
+    assert response.status_code == 422
+    assert len(response.json()["errors"]) == 21 and "20 more errors not shown" in response.json()["detail"]
+
+
 def test_mixed_batch_accepts_the_valid_events_and_explains_the_rest(stack: Stack) -> None:
     response = stack.client.post(
         "/v1/events", json=[{**GOOD, "event_id": "m1"}, {**GOOD, "event_id": "m2", "type": "nope"}]
