@@ -166,6 +166,13 @@ def require_scope(scope: Scope) -> Callable[..., Awaitable[Principal]]:
     return authorised_principal
 
 
+#: The admin scope's dependency, one object for the admin routers and their routes: FastAPI runs a dependency once a
+#: request only when it is the same callable (else the key's check, and its rate limit, ran twice).
+ADMIN = require_scope("admin")
+#: A route parameter: the principal of the request's admin key (its name is recorded with what the route changes).
+Admin = Annotated[Principal, Depends(ADMIN)]
+
+
 #: The ``security`` the two schemes give a route that depends on :func:`require_scope`: the ``openapi_extra`` of a route
 #: that calls :func:`authorise` itself (the recommendations route).
 KEY_SCHEMES = {"security": [{bearer_scheme.scheme_name: []}, {header_scheme.scheme_name: []}]}

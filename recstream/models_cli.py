@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from recstream import components
+from recstream.cli_args import printable, when
 from recstream.settings import get_settings
 from store.model_store import BeforeErasure, CheckpointConflict, ModelStore, SnapshotRefused
 
@@ -193,13 +194,12 @@ def history_table(records: list[dict[str, Any]]) -> str:
     if not records:
         return "no promotion or rollback yet"
     lines = [f"{'when (UTC)':<20}{'from':>6}{'to':>6}  {'by':<9}{'model':<32}reason"]
-    for r in records:
-        at = r.get("at")
-        when = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S") if isinstance(at, int | float) else "?"
+    for r in records:  # (the actor and the reason came through the API: shown as text, never as terminal commands)
         swap = f"{r.get('from_model')} -> {r.get('to_model')}" if r.get("from_model") or r.get("to_model") else "-"
         lines.append(
-            f"{when:<20}{r.get('from') or '-'!s:>6}{r.get('to') or '-'!s:>6}  {r.get('actor', '?')!s:<9}"
-            f"{swap:<32}{'(rollback) ' if r.get('rollback') else ''}{r.get('reason', '')}"
+            f"{when(r.get('at')):<20}{r.get('from') or '-'!s:>6}{r.get('to') or '-'!s:>6}  "
+            f"{printable(r.get('actor', '?')):<9}{swap:<32}{'(rollback) ' if r.get('rollback') else ''}"
+            f"{printable(r.get('reason', ''))}"
         )
     return "\n".join(lines)
 
@@ -209,8 +209,9 @@ def _challengers(_args: argparse.Namespace) -> int:
     print(contest_table(contest))
     if requested is not None:
         print(
-            f"pending: promote {requested.get('name')} at the worker's next checkpoint (by {requested.get('actor')}: "
-            f"{requested.get('reason')}); a promotion or rollback before it drops it"
+            f"pending: promote {printable(requested.get('name'))} at the worker's next checkpoint (by "
+            f"{printable(requested.get('actor'))}: {printable(requested.get('reason'))}); a promotion or rollback "
+            "before it drops it"
         )
     return 0
 

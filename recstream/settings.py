@@ -54,6 +54,11 @@ def _gate_settings() -> type[BaseSettings]:
     return create_model("GateSettings", __base__=BaseSettings, **definitions)
 
 
+#: Names no challenger may have: ``{prefix}:challenger:{name}`` holds a challenger's state, and these two such keys are
+#: the contest's standings and an operator's pending promotion (store/keys.py: Keys.contest, Keys.challenger_request).
+RESERVED_CHALLENGER_NAMES = frozenset({"contest", "promote"})
+
+
 class ChallengerSpec(BaseModel):
     """One challenger: a unique name, a model kind and its constructor parameters.
 
@@ -73,6 +78,15 @@ class ChallengerSpec(BaseModel):
             return {"name": value, "model": value}
         if isinstance(value, dict) and "name" not in value and "model" in value:
             return {**value, "name": value["model"]}
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value in RESERVED_CHALLENGER_NAMES:
+            raise ValueError(
+                f"challenger name {value!r} is reserved (its state's Redis key is another key's); choose another"
+            )
         return value
 
     @field_validator("model")
@@ -329,7 +343,12 @@ class Settings(_gate_settings()):  # type: ignore[misc]
         5.0, gt=0, description="How long ingest waits for the broker before answering 503."
     )
     retry_after_seconds: int = Field(5, ge=1, description="`Retry-After` sent with 503 answers.")
-    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted on any route.")
+    max_body_bytes: int = Field(
+        1_000_000,
+        ge=1024,
+        description="Largest request body accepted (`POST /v1/events`; `/v1/scores` at most 256 KiB, the routes that "
+        "take a reason 8 KiB).",
+    )
     max_header_bytes: int = Field(
         65_536,
         ge=4096,

@@ -157,7 +157,7 @@ def test_a_better_challenger_takes_over_on_the_live_stream_and_an_operator_can_s
             print(worker.log_tail(60))
             raise
         manual = promotions()[-1]
-        assert (manual["actor"], manual["reason"], manual["to_model"]) == ("api", "compare", "popularity")
+        assert (manual["actor"], manual["reason"], manual["to_model"]) == ("api:test-admin", "compare", "popularity")
         # The operator's choice holds: the automatic rule waits (RECSTREAM_PROMOTE_HOLD_WINDOWS) before it may overrule.
         contest = client.get("/v1/models/challengers").json()
         assert contest["champion"] == "popularity" and list(contest["challengers"]) == ["item_cooccurrence"]

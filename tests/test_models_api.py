@@ -36,7 +36,8 @@ def test_rollback_through_the_api_is_served_at_once_and_the_worker_continues_fro
     older = rolled.json()["current"]
     assert older < second and rolled.json()["serving"] == older
     assert client.get("/v1/users/u1/recommendations").json()["model_version"] == older
-    assert client.get("/v1/models").json()["promotions"][-1]["reason"] == "bad batch"
+    record = client.get("/v1/models").json()["promotions"][-1]
+    assert (record["reason"], record["actor"]) == ("bad batch", "api:test-admin")  # (which key did it)
 
     # The worker continues from the rolled-back version: its next version is a child of it.
     produce_events(broker, topic, _batch(80, 10))

@@ -15,6 +15,7 @@ from api.auth import hash_key, new_key
 from recstream.components import snapshot_signer
 from recstream.embedded import HMAC_KEY_FILE, OUTSIDE_KEY_FILE, local_hmac_key, refuse_unkeyed_state
 from recstream.settings import PUBLIC_HMAC_KEY, Settings
+from store.keys import Keys
 from store.signing import KeyMissing
 from tests.conftest import run_cli
 
@@ -56,6 +57,16 @@ def test_models_that_can_be_built_are_accepted() -> None:
         challengers=["bpr", {"name": "mf-64", "model": "implicit_mf", "params": {"n_factors": 64}}],
     )
     assert [spec.name for spec in settings.challengers] == ["bpr", "mf-64"]
+
+
+@pytest.mark.parametrize("name", ["contest", "promote"])
+def test_a_challenger_named_after_another_redis_key_is_refused(name: str) -> None:
+    # its state would be written over the contest's standings or an operator's pending promotion
+    keys = Keys("p")
+    assert keys.challenger(name) in {keys.contest, keys.challenger_request}
+    with pytest.raises(ValidationError, match=f"challenger name '{name}' is reserved"):
+        Settings(challengers=[{"name": name, "model": "bpr"}])
+    Settings(challengers=[{"name": f"{name}-2", "model": "bpr"}])
 
 
 def test_the_docs_challenger_examples_are_accepted() -> None:

@@ -9,20 +9,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, Field
 
-from api.auth import Principal
-from api.deps import AUTH_RESPONSES, REDIS_RESPONSES, ApiState, get_state, require_scope
+from api.deps import ADMIN, AUTH_RESPONSES, REDIS_RESPONSES, Admin, ApiState, get_state
 from api.routes.models import Reason
 from recstream.events import ID_PATTERN
 
 log = logging.getLogger(__name__)
 
-# one dependency for the router and the routes that record who acted: FastAPI then checks the key once a request
-_ADMIN = require_scope("admin")
 #: Most hidden items one page lists.
 MAX_PAGE = 10_000
 
-router = APIRouter(tags=["items"], dependencies=[Depends(_ADMIN)], responses={**AUTH_RESPONSES, **REDIS_RESPONSES})
-Admin = Annotated[Principal, Depends(_ADMIN)]
+router = APIRouter(tags=["items"], dependencies=[Depends(ADMIN)], responses={**AUTH_RESPONSES, **REDIS_RESPONSES})
 
 ItemId = Annotated[str, Path(min_length=1, max_length=128, pattern=ID_PATTERN, description="The item's id.")]
 

@@ -10,13 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from api.deps import AUTH_RESPONSES, REDIS_RESPONSES, ApiState, get_state, require_scope
+from api.deps import ADMIN, AUTH_RESPONSES, REDIS_RESPONSES, Admin, ApiState, get_state
 from api.problems import Problem
 from store.model_store import PROMOTIONS_KEPT, BeforeErasure, CheckpointConflict, SnapshotRefused
 
-router = APIRouter(
-    tags=["models"], dependencies=[Depends(require_scope("admin"))], responses={**AUTH_RESPONSES, **REDIS_RESPONSES}
-)
+router = APIRouter(tags=["models"], dependencies=[Depends(ADMIN)], responses={**AUTH_RESPONSES, **REDIS_RESPONSES})
 
 Version = Annotated[int, Path(ge=1, description="A model version number.")]
 
@@ -68,6 +66,7 @@ async def promote_challenger(
     name: Annotated[str, Path(min_length=1, max_length=64, description="A challenger's name.")],
     body: Reason,
     state: Annotated[ApiState, Depends(get_state)],
+    principal: Admin,
 ) -> dict[str, Any]:
     """Ask the worker to make challenger ``name`` the champion at its next checkpoint (about a second
     while events flow; longer with a large model, see RECSTREAM_CHECKPOINT_SHARE); the new version is then
@@ -80,7 +79,7 @@ async def promote_challenger(
             detail=f"no challenger named {name!r} runs now (challengers: {', '.join(known) or 'none'}; "
             "configure them with RECSTREAM_CHALLENGERS)",
         )
-    await state.store.request_challenger_promotion(name, reason=body.reason, actor="api")
+    await state.store.request_challenger_promotion(name, reason=body.reason, actor=f"api:{principal.name}")
     return {"requested": name, "detail": "the worker promotes it at its next checkpoint; see GET /v1/models"}
 
 
@@ -100,10 +99,12 @@ async def show_model(version: Version, state: Annotated[ApiState, Depends(get_st
         409: {"model": Problem, "description": "The version's snapshot is refused, or another change came first."},
     },
 )
-async def promote_model(version: Version, body: Reason, state: Annotated[ApiState, Depends(get_state)]) -> Serving:
+async def promote_model(
+    version: Version, body: Reason, state: Annotated[ApiState, Depends(get_state)], principal: Admin
+) -> Serving:
     """Make ``version`` current: every API process serves it within a second; the worker continues from it."""
     try:
-        await state.store.promote(version, reason=body.reason, actor="api")
+        await state.store.promote(version, reason=body.reason, actor=f"api:{principal.name}")
     except KeyError as exc:
         raise HTTPException(status_code=404, detail=exc.args[0]) from exc
     except (SnapshotRefused, CheckpointConflict, BeforeErasure) as exc:
@@ -122,12 +123,12 @@ async def promote_model(version: Version, body: Reason, state: Annotated[ApiStat
         }
     },
 )
-async def rollback_model(body: Reason, state: Annotated[ApiState, Depends(get_state)]) -> Serving:
+async def rollback_model(body: Reason, state: Annotated[ApiState, Depends(get_state)], principal: Admin) -> Serving:
     """Undo the latest promotion if no version was written since it (promote the version it replaced); else promote
     the current version's parent (the version it grew from). A promotion or rollback by someone else meanwhile is a
     409, and nothing is changed."""
     try:
-        version = await state.store.rollback(reason=body.reason, actor="api")
+        version = await state.store.rollback(reason=body.reason, actor=f"api:{principal.name}")
     except KeyError as exc:
         raise HTTPException(status_code=409, detail=exc.args[0]) from exc
     except (SnapshotRefused, CheckpointConflict, BeforeErasure) as exc:

@@ -9,13 +9,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
-from api.auth import Principal
-from api.deps import AUTH_RESPONSES, REDIS_RESPONSES, ApiState, get_state, require_scope
+from api.deps import ADMIN, AUTH_RESPONSES, REDIS_RESPONSES, Admin, ApiState, get_state
 from api.routes.models import Reason
 from api.routes.recommendations import UserId
 
-_ADMIN = require_scope("admin")
-router = APIRouter(tags=["users"], dependencies=[Depends(_ADMIN)], responses={**AUTH_RESPONSES, **REDIS_RESPONSES})
+router = APIRouter(tags=["users"], dependencies=[Depends(ADMIN)], responses={**AUTH_RESPONSES, **REDIS_RESPONSES})
 
 
 class Erasure(BaseModel):
@@ -38,7 +36,7 @@ async def erase_user(
     user_id: UserId,
     body: Reason,
     state: Annotated[ApiState, Depends(get_state)],
-    principal: Annotated[Principal, Depends(_ADMIN)],
+    principal: Admin,
 ) -> Erasure:
     """Erase the user: at its next checkpoint the worker forgets them in every model, deletes their seen set, writes a
     whole version that does not name them, and from then on drops their events stamped before now (a backlog, a
