@@ -22,6 +22,15 @@ from fastapi.responses import HTMLResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 SWAGGER_ASSETS = "https://cdn.jsdelivr.net"
+#: Swagger UI's files, of one version, each with the hash a browser checks before running or applying it (Subresource
+#: Integrity): a new release of ``swagger-ui-dist`` or a compromised CDN cannot run code on the API's origin, where an
+#: operator pastes an admin key. The hashes are of the files in the npm package ``swagger-ui-dist-5.36.0.tgz``; to
+#: move to another version, take both files' ``sha384`` from its package (``openssl dgst -sha384 -binary | base64``).
+SWAGGER_VERSION = "5.36.0"
+SWAGGER_FILES = {
+    "swagger-ui-bundle.js": "sha384-fUpRgC19yPykTqzdrUbdAg8NTiu16NEKf9U12J+IJWCg8/1mEI8f2+PEIz60Wyd+",
+    "swagger-ui.css": "sha384-z/AtSaOHGn5MJ5auAHXUypohywlIWLBZo1jeGmhdpVIbCnFhxAH92cwdV41oyINc",
+}
 FAVICON_HOST = "https://fastapi.tiangolo.com"
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
 ALWAYS: list[tuple[bytes, bytes]] = [
@@ -33,12 +42,20 @@ ALWAYS: list[tuple[bytes, bytes]] = [
 
 
 def docs_page(title: str, openapi_url: str) -> tuple[bytes, str]:
-    """The Swagger UI page and the CSP that lets exactly it load."""
-    html = get_swagger_ui_html(openapi_url=openapi_url, title=title).body
+    """The Swagger UI page and the CSP that lets exactly it load: its two files (of :data:`SWAGGER_VERSION`, checked
+    against their hashes) and its inline script."""
+    url = {name: f"{SWAGGER_ASSETS}/npm/swagger-ui-dist@{SWAGGER_VERSION}/{name}" for name in SWAGGER_FILES}
+    js, css = url["swagger-ui-bundle.js"], url["swagger-ui.css"]
+    html = get_swagger_ui_html(openapi_url=openapi_url, title=title, swagger_js_url=js, swagger_css_url=css).body
+    for name, integrity in SWAGGER_FILES.items():
+        tag = f'"{url[name]}"'.encode()
+        if html.count(tag) != 1:
+            raise RuntimeError(f"FastAPI's Swagger UI page no longer names {url[name]} once: check api/hygiene.py")
+        html = html.replace(tag, tag + f' integrity="{integrity}" crossorigin="anonymous"'.encode())
     inline = re.findall(rb"<script>(.*?)</script>", html, flags=re.DOTALL)
     hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s).digest()).decode()}'" for s in inline)
     csp = (
-        f"default-src 'none'; script-src {SWAGGER_ASSETS} {hashes}; style-src {SWAGGER_ASSETS} 'unsafe-inline'; "
+        f"default-src 'none'; script-src {js} {hashes}; style-src {css} 'unsafe-inline'; "
         f"img-src 'self' data: {FAVICON_HOST}; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
         "form-action 'none'"
     )
@@ -82,12 +99,31 @@ class _BodyTooLarge(Exception):
     pass
 
 
+#: The largest body of the routes that take at most a reason (the admin changes: ``{"reason": ...}``, at most 500
+#: characters): FastAPI reads and parses a body before a route's dependencies check its key, so a request without a
+#: valid key costs a parse of at most this much there.
+SMALL_BODY_BYTES = 8_192
+#: The routes whose bodies may be larger, and their bound (None: RECSTREAM_MAX_BODY_BYTES alone). ``/v1/events``
+#: checks the key before it reads the body; ``/v1/scores`` takes up to 1,000 ids of at most 128 characters (~135 KB).
+LARGE_BODY_ROUTES: dict[str, int | None] = {"/v1/events": None, "/v1/scores": 262_144}
+
+
 class BodyLimitMiddleware:
-    """413 for any request body above ``limit`` bytes, declared (Content-Length) or streamed (chunked)."""
+    """413 for any request body above ``limit`` bytes, declared (Content-Length) or streamed (chunked); on the routes
+    not in :data:`LARGE_BODY_ROUTES`, above :data:`SMALL_BODY_BYTES` (or ``limit`` if smaller)."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
         self.limit = limit
+        self._limits = {
+            path: limit if bound is None else min(bound, limit) for path, bound in LARGE_BODY_ROUTES.items()
+        }
+        self._small = min(SMALL_BODY_BYTES, limit)
+
+    def _limit_of(self, path: str) -> tuple[int, str]:
+        """The body limit of the route at ``path``, and what sets it (for the 413's message)."""
+        limit = self._limits.get(path, self._small)
+        return limit, "RECSTREAM_MAX_BODY_BYTES" if limit == self.limit else "this route's limit"
 
     async def _refuse(self, send: Send, detail: str) -> None:
         body = orjson.dumps({"detail": detail})
@@ -99,22 +135,23 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit, named = self._limit_of(scope["path"])
         declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.limit:
-            detail = f"request body is {int(declared)} bytes; the limit is {self.limit} (RECSTREAM_MAX_BODY_BYTES)"
+        if declared.isdigit() and int(declared) > limit:
+            detail = f"request body is {int(declared)} bytes; the limit is {limit} ({named})"
             await self._refuse(send, detail)
             return
         received = 0
         overflowed = False
         started = False
-        streamed = f"request body is larger than {self.limit} bytes (RECSTREAM_MAX_BODY_BYTES)"
+        streamed = f"request body is larger than {limit} bytes ({named})"
 
         async def counting_receive() -> Message:
             nonlocal received, overflowed
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
+                if received > limit:
                     overflowed = True
                     raise _BodyTooLarge
             return message

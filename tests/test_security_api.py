@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from api.auth import hash_key, new_key
+from api.hygiene import SWAGGER_FILES, SWAGGER_VERSION
 from recstream import local_services
 from recstream.settings import Settings
 from tests.clock import iso
@@ -157,9 +158,15 @@ def test_the_docs_page_loads_under_a_csp_that_names_exactly_its_scripts(api: Api
     for inline in re.findall(r"<script>(.*?)</script>", page.text, flags=re.DOTALL):
         digest = base64.b64encode(hashlib.sha256(inline.encode()).digest()).decode()
         assert f"'sha256-{digest}'" in csp["script-src"]
-    for src in re.findall(r'<script src="([^"]+)"', page.text) + re.findall(r'stylesheet" href="([^"]+)"', page.text):
-        origin = "/".join(src.split("/")[:3])
-        assert origin in csp["script-src"] or origin in csp["style-src"], src
+    # Swagger UI's two files: of one version, each named whole by the CSP (not the CDN's every file) and checked by
+    # the browser against its hash (a new release or a compromised CDN cannot run code where an admin key is pasted)
+    files = re.findall(r'<script src="([^"]+)" integrity="([^"]+)"', page.text) + re.findall(
+        r'stylesheet" href="([^"]+)" integrity="([^"]+)"', page.text
+    )
+    assert len(files) == 2 == len(re.findall(r"<script src=|stylesheet\" href=", page.text)), page.text
+    for src, integrity in files:
+        assert f"swagger-ui-dist@{SWAGGER_VERSION}/" in src and integrity == SWAGGER_FILES[src.rsplit("/", 1)[1]]
+        assert src in csp["script-src"].split() or src in csp["style-src"].split(), src
     assert "'self'" in csp["connect-src"]  # "Try it out" calls this API
     # The OpenAPI document declares both ways to send a key, on the /v1 operations only.
     assert {"BearerKey", "HeaderKey"} <= set(schema["components"]["securitySchemes"])
@@ -183,6 +190,20 @@ def test_bodies_over_the_limit_are_refused_before_authentication(api: Api) -> No
         )
         assert "content-length" not in chunked.request.headers
         assert chunked.status_code == 413 and "RECSTREAM_MAX_BODY_BYTES" in chunked.json()["detail"]
+
+
+def test_a_route_that_takes_only_a_reason_refuses_a_larger_body_before_reading_its_key(api: Api) -> None:
+    # FastAPI parses a body before a route's key check: past 8 KiB (far more than a reason of 500 characters) the
+    # admin routes' bodies are refused unread, with or without a key
+    body = {"reason": "x" * 20_000}
+    with httpx.Client(base_url=api.service.url, timeout=10) as client:
+        for path in ("/v1/models/rollback", "/v1/models/1/promote", "/v1/items/v1/hide", "/v1/users/u1/erase"):
+            refused = client.post(path, json=body)
+            assert refused.status_code == 413, (path, refused.text)
+            assert refused.json()["detail"].endswith("bytes; the limit is 8192 (this route's limit)"), refused.text
+        # a reason's body is taken (and refused by its length, with the admin key: a 422 naming the field)
+        taken = client.post("/v1/models/rollback", json={"reason": "x" * 501}, headers={"X-API-Key": KEYS["admin"]})
+        assert taken.status_code == 422 and "reason" in taken.text, taken.text
 
 
 def test_no_secret_reaches_the_log(api: Api) -> None:
