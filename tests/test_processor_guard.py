@@ -20,7 +20,7 @@ from learner.online_learner import OnlineLearner
 from store.keys import Keys
 from store.model_store import ModelStore
 from store.signing import SnapshotSigner
-from stream.processor import MODEL_PAUSED, QUARANTINED
+from stream.processor import MODEL_PAUSED, QUARANTINED, EventProcessor
 from tests.clock import iso
 from tests.conftest import Endpoint, open_model_store
 from tests.transport import Transport
@@ -47,6 +47,15 @@ def _stream(rnd: random.Random, n: int, start: int, flipped: bool) -> list[dict]
             }
         )
     return events
+
+
+async def _paused(processor: EventProcessor, transport: Transport, seed: int) -> random.Random:
+    """The good stream learned, then the flipped one until the guard pauses; the random source, to go on with."""
+    rnd = random.Random(seed)
+    await processor.process(transport.records(_stream(rnd, 3000, 0, flipped=False)))
+    await processor.process(transport.records(_stream(rnd, 1500, 3000, flipped=True)))
+    assert processor.paused_since is not None
+    return rnd
 
 
 @pytest.fixture
@@ -103,10 +112,7 @@ async def test_a_replay_of_what_a_pause_held_is_held_again_while_paused(setup) -
     # guard is paused when the replay arrives (or pauses again for it), the replayed events are held again, even
     # those sent with the model_paused override an earlier release's replay wrote.
     processor, _store, transport, _guard = setup
-    rnd = random.Random(7)
-    await processor.process(transport.records(_stream(rnd, 3000, 0, flipped=False)))
-    await processor.process(transport.records(_stream(rnd, 1500, 3000, flipped=True)))
-    assert processor.paused_since is not None
+    await _paused(processor, transport, 7)
     learned = processor.learner.events_learned
     held = [letter["event"] for kind, letter in transport.dead_letters if kind == QUARANTINED][:20]
     assert len(held) == 20
@@ -123,10 +129,7 @@ async def test_a_replay_of_what_a_pause_held_is_held_again_while_paused(setup) -
 
 async def test_guard_resumes_by_itself_when_the_stream_is_healthy_again(setup) -> None:
     processor, _store, transport, guard = setup
-    rnd = random.Random(6)
-    await processor.process(transport.records(_stream(rnd, 3000, 0, flipped=False)))
-    await processor.process(transport.records(_stream(rnd, 1500, 3000, flipped=True)))
-    assert processor.paused_since is not None
+    rnd = await _paused(processor, transport, 6)
     learned_at_pause = processor.learner.events_learned
     # The bad release is rolled back: events look like before. The guard keeps scoring (not learning)
     # and resumes once the loss is back near its reference.
@@ -137,10 +140,8 @@ async def test_guard_resumes_by_itself_when_the_stream_is_healthy_again(setup) -
 
 async def test_a_pause_outlives_a_restart_and_ends_only_when_the_stream_is_healthy(setup) -> None:
     processor, store, transport, _guard = setup
-    rnd = random.Random(6)  # the stream of the test above, where the guard resumes without a restart
-    await processor.process(transport.records(_stream(rnd, 3000, 0, flipped=False)))
-    await processor.process(transport.records(_stream(rnd, 1500, 3000, flipped=True)))
-    assert processor.paused_since is not None
+    # the stream of the test above, where the guard resumes without a restart
+    rnd = await _paused(processor, transport, 6)
     await processor.checkpoint()
 
     # The worker restarts while the bad release is still live: a fresh guard, the same Redis.
@@ -250,10 +251,7 @@ async def test_a_resume_request_outlives_a_worker_that_stopped_before_storing_it
     """The request stays in Redis until the checkpoint that stores the guard's new state deletes it: a worker that
     applied it and failed (or stopped) before that checkpoint leaves it for the next one, which resumes too."""
     processor, store, transport, _guard = setup
-    rnd = random.Random(5)  # the stream of the first test: it pauses
-    await processor.process(transport.records(_stream(rnd, 3000, 0, flipped=False)))
-    await processor.process(transport.records(_stream(rnd, 1500, 3000, flipped=True)))
-    assert processor.paused_since is not None
+    rnd = await _paused(processor, transport, 5)  # the stream of the first test: it pauses
     await processor.checkpoint()
     since = (await store.guard_status())["since"]
     await store.request_resume(since)
