@@ -92,6 +92,9 @@ class ModelHolder:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._refreshing = asyncio.Lock()  # one refresh at a time: the loop's, or an operator's promote/rollback
+        # exported at 0 from the start: the first refusal is then an increase an alert sees (RecstreamSnapshotRefused),
+        # not a series born at 1
+        metrics.SNAPSHOTS_REFUSED.labels("api")
 
     async def refresh(self) -> None:
         """Load the current version if it differs from the one in memory."""

@@ -218,7 +218,8 @@ LAST_CHECKPOINT = Gauge(
 )
 SNAPSHOTS_REFUSED = Counter(
     "recstream_snapshots_refused_total",
-    "Snapshots whose HMAC tag did not verify (tampered or foreign); they were not loaded.",
+    "Snapshots refused, not loaded: their HMAC tag did not verify (tampered, or another key), or their chain of "
+    "deltas is broken (a base version missing from Redis); the log line says which.",
     ["component"],
 )
 MODEL_VERSION = Gauge(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import logging
 import os
@@ -438,6 +439,7 @@ class EventProcessor:
 
     async def start(self) -> None:
         """Load the current snapshot (waiting while it is refused) and the offsets it covers."""
+        metrics.SNAPSHOTS_REFUSED.labels("worker")  # exported at 0 from the start (see api.model_holder)
         while True:
             try:
                 snapshot = await self.store.load_current()
@@ -1753,6 +1755,16 @@ class EventProcessor:
         self.contests = {n: Contest(self.rule) for n in self.challengers}
         if self.guard is not None:
             self.guard.restart(learner.metrics.window_losses())
+        if learner is not old:
+            # The figures the former champion left: its live hit rate samples, the contest's standings by role (every
+            # contest starts again), and its progressive figures if its kind differs (they are labelled by kind: a
+            # frozen AUC of the former kind would keep an alert firing until a restart).
+            self._hits.clear()
+            metrics.CONTEST_HIT_RATE.clear()
+            if old is not None and old.model.kind != learner.model.kind:
+                for gauge in (metrics.PROGRESSIVE_AUC, metrics.PROGRESSIVE_LOGLOSS, metrics.PROGRESSIVE_HIT_RATE):
+                    with contextlib.suppress(KeyError):  # (none exported yet)
+                        gauge.remove(old.model.kind)
 
     def _sample_hit(self, user: str, item: str) -> None:
         """Every ``HIT_SAMPLE_EVERY``-th positive: was its item in the user's top 10 just before learning it?

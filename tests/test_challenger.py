@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
 
 from learner.challenger import PromotionRule
 from learner.online_learner import OnlineLearner
@@ -77,6 +78,18 @@ async def test_a_better_challenger_is_promoted_automatically_and_recorded(store:
     assert processor.challengers["popularity"].events_learned == len(events)
     contest = await store.contest()
     assert contest["champion"] == "item_cooccurrence" and set(contest["challengers"]) == {"popularity"}
+    # The metrics show the new roles alone: no frozen progressive figure of the former champion's kind, no standing of
+    # a contestant in its former role
+    exported = {
+        (sample.name, tuple(sorted(sample.labels.items())))
+        for family in REGISTRY.collect()
+        if family.name in ("recstream_progressive_auc", "recstream_contest_hit_rate_at_10")
+        for sample in family.samples
+    }
+    assert ("recstream_progressive_auc", (("model", "item_cooccurrence"),)) in exported
+    assert ("recstream_progressive_auc", (("model", "popularity"),)) not in exported
+    roles = {(dict(labels)["contestant"], dict(labels)["role"]) for name, labels in exported if "contest" in name}
+    assert roles == {("item_cooccurrence", "champion"), ("popularity", "challenger")}, exported
 
 
 async def test_a_worse_challenger_is_not_promoted(store: ModelStore) -> None:

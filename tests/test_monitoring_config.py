@@ -66,6 +66,7 @@ def test_alerts_cover_the_runbook_cases() -> None:
         "CheckpointStale",
         "WorkerStalled",
         "WorkerDown",
+        "ApiDown",
         "RejectionSpike",
         "QuarantineSpike",
         "ApiErrorRatio",

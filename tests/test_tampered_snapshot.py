@@ -55,6 +55,11 @@ def test_tampered_snapshot_is_refused_by_worker_and_api(
             10,
             "the API to load the good version",
         )
+        # Both export the refusal counter at 0 before any refusal: the first one is then an increase that an alert
+        # sees (increase() over a series that starts at 1 is 0)
+        assert f'{REFUSED}{{component="api"}} 0.0' in client.get("/metrics").text
+        metrics_url = f"http://127.0.0.1:{env['RECSTREAM_WORKER_METRICS_PORT']}/metrics"
+        assert f'{REFUSED}{{component="worker"}} 0.0' in httpx.get(metrics_url).text
         stop_gracefully(worker)
         good = checkpoints.version()
         assert good is not None
@@ -80,7 +85,6 @@ def test_tampered_snapshot_is_refused_by_worker_and_api(
         # A restarted worker refuses it too: it logs why, counts it, and does not consume.
         restarted = local_services.start_worker(env)
         processes.append(restarted)
-        metrics_url = f"http://127.0.0.1:{env['RECSTREAM_WORKER_METRICS_PORT']}/metrics"
         wait_for(
             lambda: metric_value(httpx.get(metrics_url).text, REFUSED, 'component="worker"') >= 1,
             60,
