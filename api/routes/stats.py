@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import datetime
 from typing import Annotated, Any
@@ -17,9 +18,11 @@ router = APIRouter(
 )
 
 
-def latency_by_route() -> dict[str, dict[str, float]]:
-    """Requests and estimated p50/p99 (upper bucket bounds) per route, from the API's histogram (of every API process
-    when several serve one port)."""
+def latency_by_route() -> dict[str, dict[str, Any]]:
+    """Requests and estimated p50/p99 (upper bucket bounds) per route, since the API started, from its histogram (of
+    every API process when several serve one port). A quantile past the largest bucket (slower than
+    ``metrics.REQUEST_SECONDS``' last bound: requests waiting out a broker's timeout, say) is that bound, with
+    ``p50_beyond_buckets`` / ``p99_beyond_buckets`` true: JSON has no infinity."""
     buckets: dict[str, dict[float, float]] = {}
     counts: dict[str, float] = {}
     for family in metrics.exposition_registry().collect():
@@ -39,11 +42,19 @@ def latency_by_route() -> dict[str, dict[str, float]]:
         if not total:
             continue
         ordered = sorted(cumulative.items())
+        top = max((bound for bound, _ in ordered if math.isfinite(bound)), default=0.0)
 
         def quantile(q: float, ordered: list[tuple[float, float]] = ordered, total: float = total) -> float:
-            return next((bound for bound, c in ordered if c >= q * total), float("inf"))
+            return next((bound for bound, c in ordered if c >= q * total), math.inf)
 
-        out[route] = {"requests": total, "p50_seconds": quantile(0.5), "p99_seconds": quantile(0.99)}
+        p50, p99 = quantile(0.5), quantile(0.99)
+        out[route] = {
+            "requests": total,
+            "p50_seconds": min(p50, top),
+            "p99_seconds": min(p99, top),
+            "p50_beyond_buckets": math.isinf(p50),
+            "p99_beyond_buckets": math.isinf(p99),
+        }
     return out
 
 

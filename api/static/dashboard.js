@@ -57,7 +57,9 @@ function bars(canvas, entries, color, unit) {
 function render(stats) {
   const m = stats.model, now = stats.time;
   $("status").textContent = "· live, updated " + new Date(now * 1000).toLocaleTimeString();
-  $("t-model").textContent = m.current ? `v${m.current} (${m.kind})` : "none yet";
+  // (the version Redis names current; this API process may still serve an older one: a load refused or under way)
+  $("t-model").textContent = m.current ? `v${m.current} (${m.kind})` +
+    (m.serving !== null && m.serving !== m.current ? `, this API serves v${m.serving}` : "") : "none yet";
   $("t-learned").textContent = fmt(m.events_learned);
   $("t-auc").textContent = m.progressive_auc === null ? "–" : m.progressive_auc.toFixed(3);
   $("t-age").textContent = m.checkpoint_age_seconds === null ? "–" : m.checkpoint_age_seconds.toFixed(1) + " s";
@@ -73,7 +75,9 @@ function render(stats) {
   line($("c-rate"), series.rate, "#2c7be5");
   line($("c-auc"), series.auc, "#00a86b", 1.0);
   bars($("c-gate"), Object.entries(stats.gate).sort((a, b) => b[1] - a[1]), "#e67e22");
-  bars($("c-latency"), Object.entries(stats.api).map(([r, v]) => [r, v.p99_seconds * 1000]), "#8e44ad", " ms");
+  // (a p99 past the histogram's last bound is that bound, marked: "≥")
+  bars($("c-latency"), Object.entries(stats.api).map(([r, v]) => [(v.p99_beyond_buckets ? "≥ " : "") + r,
+    v.p99_seconds * 1000]), "#8e44ad", " ms");
   const body = $("versions").querySelector("tbody");
   body.replaceChildren(...stats.versions.slice().reverse().map((v) => {
     const row = document.createElement("tr");
@@ -87,7 +91,7 @@ function render(stats) {
       button.textContent = "Promote";
       button.addEventListener("click", () => act("POST", `/v1/models/${v.version}/promote`, `promote v${v.version}`));
       td.append(button);
-    } else td.textContent = "serving";
+    } else td.textContent = v.version === m.serving ? "serving" : "current (not served here yet)";
     row.append(td);
     return row;
   }));
