@@ -202,7 +202,8 @@ WORKER_CATCHING_UP = Gauge(
 WORKER_STALLED = Gauge(
     "recstream_worker_stalled",
     "1 while the worker takes no new events because a checkpoint (or the batch's Redis lookups) keeps failing "
-    "and it is retrying with backoff, else 0.",
+    "and it is retrying with backoff, or because at its start the current version cannot be loaded (refused, or "
+    "missing from Redis), else 0.",
     multiprocess_mode="livemax",
 )
 WORKER_RETRIES = Counter(

@@ -440,7 +440,7 @@ class EventProcessor:
     async def start(self) -> None:
         """Load the current snapshot (waiting while it is refused) and the offsets it covers."""
         metrics.SNAPSHOTS_REFUSED.labels("worker")  # exported at 0 from the start (see api.model_holder)
-        while True:
+        while True:  # (stalled while it waits: it consumes nothing, RecstreamWorkerStalled)
             try:
                 snapshot = await self.store.load_current()
             except SnapshotRefused as exc:
@@ -451,6 +451,7 @@ class EventProcessor:
                     exc,
                     self.refused_retry_seconds,
                 )
+                metrics.WORKER_STALLED.set(1)
                 await asyncio.sleep(self.refused_retry_seconds)
                 continue
             if snapshot is None and (current := await self.store.current_version()) is not None:
@@ -462,8 +463,10 @@ class EventProcessor:
                     current,
                     self.refused_retry_seconds,
                 )
+                metrics.WORKER_STALLED.set(1)
                 await asyncio.sleep(self.refused_retry_seconds)
                 continue
+            metrics.WORKER_STALLED.set(0)
             break
         if snapshot is None:
             self.learner = self._new_learner()

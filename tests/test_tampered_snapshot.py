@@ -90,6 +90,7 @@ def test_tampered_snapshot_is_refused_by_worker_and_api(
             60,
             "the worker to refuse the forged version",
         )
+        assert metric_value(httpx.get(metrics_url).text, "recstream_worker_stalled") == 1  # (it consumes nothing)
         assert restarted.log_path is not None
         log_text = restarted.log_path.read_text()
         assert f"model snapshot v{forged} failed HMAC authentication and was refused" in log_text
