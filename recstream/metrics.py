@@ -51,7 +51,7 @@ EVENTS_LEARNED = Counter(
 EVENTS_REJECTED = Counter(
     "recstream_events_rejected_total",
     "Events refused by the contract, by where they were refused.",
-    ["stage"],  # "ingest" (HTTP 4xx) or "worker" (dead-lettered to events.rejected)
+    ["stage"],  # "ingest" (each event POST /v1/events refuses, answered 202 or 422) or "worker" (events.rejected)
 )
 EVENTS_SKIPPED_REPLAY = Counter(
     "recstream_events_skipped_already_learned_total",
