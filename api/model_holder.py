@@ -167,6 +167,7 @@ class ModelHolder:
                     model = await asyncio.to_thread(self._build, snapshot)
         except (CodecError, ValueError, KeyError, IndexError, TypeError) as exc:  # authenticated, but not loadable
             self.refused_version = version
+            metrics.SNAPSHOTS_REFUSED.labels("api").inc()  # (not served either: RecstreamSnapshotRefused)
             log.error("model v%s cannot be loaded (%s); still serving v%s", version, exc,
                       self.model.version if self.model else "none")  # fmt: skip
             return

@@ -219,8 +219,9 @@ LAST_CHECKPOINT = Gauge(
 )
 SNAPSHOTS_REFUSED = Counter(
     "recstream_snapshots_refused_total",
-    "Snapshots refused, not loaded: their HMAC tag did not verify (tampered, or another key), or their chain of "
-    "deltas is broken (a base version missing from Redis); the log line says which.",
+    "Snapshots refused, not loaded: their HMAC tag did not verify (tampered, or another key), their chain of "
+    "deltas is broken (a base version missing from Redis), or they cannot be decoded (a format this release does "
+    "not read); the log line says which.",
     ["component"],
 )
 MODEL_VERSION = Gauge(

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 from recstream import local_services
 from store.keys import Keys
+from store.model_store import ModelStore
+from store.signing import SnapshotSigner
 from tests.clock import iso
 from tests.conftest import api_client, metric_value, stop_gracefully, wait_for
 from tests.kafka_io import CheckpointReader, produce_events
@@ -108,3 +112,35 @@ def test_tampered_snapshot_is_refused_by_worker_and_api(
     finally:
         checkpoints.close()
         r.close()
+
+
+def test_a_signed_snapshot_the_api_cannot_decode_is_counted_refused(
+    service_env: dict[str, str], processes: list[local_services.LocalService]
+) -> None:
+    # authenticated, but not a snapshot this release reads (a newer release's format, say): the API keeps serving
+    # what it has, logs why, and counts it, so RecstreamSnapshotRefused pages (before, only the log said so)
+    env = service_env
+    api = local_services.start_api(env)
+    processes.append(api)
+
+    async def write() -> int | None:
+        client = aioredis.Redis.from_url(env["RECSTREAM_REDIS_URL"])
+        try:
+            store = ModelStore(
+                client, SnapshotSigner(env["RECSTREAM_HMAC_KEY"].encode()), Keys(env["RECSTREAM_REDIS_PREFIX"])
+            )
+            await store.checkpoint(None, b"RSNAP9 not a format this release reads", {}, {}, {})
+            return await store.current_version()
+        finally:
+            await client.aclose()
+
+    version = asyncio.run(write())
+    with api_client(api) as client:
+        wait_for(
+            lambda: metric_value(client.get("/metrics").text, REFUSED, 'component="api"') >= 1,
+            15,
+            "the API to count the version it cannot load",
+        )
+        assert api.log_path is not None and f"model v{version} cannot be loaded" in api.log_path.read_text()
+        served = client.get("/v1/users/u1/recommendations")  # (nothing to serve yet: the version is not loaded)
+        assert served.status_code == 503, served.text
