@@ -175,12 +175,15 @@ class ModelHolder:
         if served is not None:  # the first load is not charged: no model served meanwhile (below)
             self._load_budget.spend(elapsed)
         metrics.MODEL_LOAD_SECONDS.labels(how).observe(elapsed)
+        # a new checkpoint swapped in: not the first load of this process, nor an older version promoted (a rollback),
+        # whose delay since it was written is its age, hours perhaps, not freshness
+        fresh = served is not None and model.version > self._newest_loaded
         self._newest_loaded = max(self._newest_loaded, model.version)
         self.model = model
         metrics.MODEL_VERSION.labels("api").set(model.version)
         metrics.publish_array_copies()
         created = snapshot.meta.get("created")
-        if created:
+        if created and fresh:
             metrics.MODEL_SWAP_DELAY.observe(max(0.0, time.time() - datetime.fromisoformat(created).timestamp()))
         log.info("serving model v%d (%d events learned)", model.version, model.events_learned)
 

@@ -96,7 +96,8 @@ DEAD_LETTERS_UNDELIVERED = Counter(
 )
 MODEL_SWAP_DELAY = Histogram(
     "recstream_model_swap_delay_seconds",
-    "Freshness: seconds from a checkpoint being written to this API process serving it.",
+    "Freshness: seconds from a checkpoint being written to this API process serving it (each newer version it swaps "
+    "in; not its first load, nor an older version promoted).",
     buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0),
 )
 MODEL_LOAD_SECONDS = Histogram(

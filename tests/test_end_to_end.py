@@ -75,4 +75,6 @@ def test_published_events_change_recommendations(
     metrics_text = client.get("/metrics").text
     assert "recstream_events_ingested_total 3.0" in metrics_text
     swaps = re.search(r"^recstream_model_swap_delay_seconds_count ([0-9.]+)$", metrics_text, re.MULTILINE)
-    assert swaps and float(swaps.group(1)) >= 2  # checkpoint -> served, measured on every swap
+    # checkpoint -> served, measured on every swap to a newer version after the process's first load (the version
+    # with the target's likes at least)
+    assert swaps and float(swaps.group(1)) >= 1

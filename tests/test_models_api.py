@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.clock import iso
-from tests.conftest import Stack, wait_for
+from tests.conftest import Stack, metric_value, wait_for
 from tests.kafka_io import produce_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -31,8 +31,11 @@ def test_rollback_through_the_api_is_served_at_once_and_the_worker_continues_fro
     listed = client.get("/v1/models").json()
     assert listed["current"] == second and [v["version"] for v in listed["versions"]][-1] == second
 
+    swaps = metric_value(client.get("/metrics").text, "recstream_model_swap_delay_seconds_count")
     rolled = client.post("/v1/models/rollback", json={"reason": "bad batch"})
     assert rolled.status_code == 200, rolled.text
+    # an older version served again is not a fresh checkpoint: its age since written is no swap delay
+    assert metric_value(client.get("/metrics").text, "recstream_model_swap_delay_seconds_count") == swaps >= 1
     older = rolled.json()["current"]
     assert older < second and rolled.json()["serving"] == older
     assert client.get("/v1/users/u1/recommendations").json()["model_version"] == older
