@@ -122,7 +122,7 @@ class BodyLimitMiddleware:
 
     def _limit_of(self, path: str) -> tuple[int, str]:
         """The body limit of the route at ``path``, and what sets it (for the 413's message)."""
-        limit = self._limits.get(path, self._small)
+        limit = self._limits.get(path.rstrip("/") or "/", self._small)  # (/v1/scores/: FastAPI redirects it there)
         return limit, "RECSTREAM_MAX_BODY_BYTES" if limit == self.limit else "this route's limit"
 
     async def _refuse(self, send: Send, detail: str) -> None:

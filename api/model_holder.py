@@ -92,9 +92,11 @@ class ModelHolder:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._refreshing = asyncio.Lock()  # one refresh at a time: the loop's, or an operator's promote/rollback
-        # exported at 0 from the start: the first refusal is then an increase an alert sees (RecstreamSnapshotRefused),
-        # not a series born at 1
+        # exported at 0 from the start: a refusal after it is an increase an alert sees (RecstreamSnapshotRefused); one
+        # before the first scrape (an API started while the current version is refused) shows in the gauge
+        # (RecstreamCurrentVersionRefused), as it stays 1 while the version Redis names current is refused
         metrics.SNAPSHOTS_REFUSED.labels("api")
+        metrics.CURRENT_VERSION_REFUSED.labels("api").set(0)
 
     async def refresh(self) -> None:
         """Load the current version if it differs from the one in memory."""
@@ -133,6 +135,7 @@ class ModelHolder:
             snapshot = await self.store.load(version, known_base=known_base)
         except SnapshotRefused as exc:
             self.refused_version = version
+            metrics.CURRENT_VERSION_REFUSED.labels("api").set(1)
             metrics.SNAPSHOTS_REFUSED.labels("api").inc()
             log.error("%s; still serving v%s", exc, self.model.version if self.model else "none")
             return
@@ -167,6 +170,7 @@ class ModelHolder:
                     model = await asyncio.to_thread(self._build, snapshot)
         except (CodecError, ValueError, KeyError, IndexError, TypeError) as exc:  # authenticated, but not loadable
             self.refused_version = version
+            metrics.CURRENT_VERSION_REFUSED.labels("api").set(1)
             metrics.SNAPSHOTS_REFUSED.labels("api").inc()  # (not served either: RecstreamSnapshotRefused)
             log.error("model v%s cannot be loaded (%s); still serving v%s", version, exc,
                       self.model.version if self.model else "none")  # fmt: skip
@@ -180,6 +184,7 @@ class ModelHolder:
         fresh = served is not None and model.version > self._newest_loaded
         self._newest_loaded = max(self._newest_loaded, model.version)
         self.model = model
+        metrics.CURRENT_VERSION_REFUSED.labels("api").set(0)
         metrics.MODEL_VERSION.labels("api").set(model.version)
         metrics.publish_array_copies()
         created = snapshot.meta.get("created")

@@ -225,6 +225,14 @@ SNAPSHOTS_REFUSED = Counter(
     "not read); the log line says which.",
     ["component"],
 )
+CURRENT_VERSION_REFUSED = Gauge(
+    "recstream_current_version_refused",
+    "1 while this process cannot load the version Redis names current (refused: HMAC, a broken chain of deltas, or a "
+    "format this release does not read), else 0: the API serves an older version meanwhile, the worker consumes "
+    "nothing.",
+    ["component"],
+    multiprocess_mode="livemax",
+)
 MODEL_VERSION = Gauge(
     "recstream_model_version", "Model version this process uses.", ["component"], multiprocess_mode="liveall"
 )
@@ -328,7 +336,9 @@ API_ONLY = _families(
 )  # fmt: skip
 
 #: The families both set (each with its own label, or its own series).
-SHARED = _families(EVENTS_REJECTED, KAFKA_ERRORS, REDIS_ERRORS, SNAPSHOTS_REFUSED, MODEL_VERSION, ARRAY_COPIES)
+SHARED = _families(
+    EVENTS_REJECTED, KAFKA_ERRORS, REDIS_ERRORS, SNAPSHOTS_REFUSED, CURRENT_VERSION_REFUSED, MODEL_VERSION, ARRAY_COPIES
+)
 
 
 class _Without(Collector):

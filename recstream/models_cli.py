@@ -193,13 +193,16 @@ def history_table(records: list[dict[str, Any]]) -> str:
     """Promotions and rollbacks, oldest first: when (UTC), versions, who, the models swapped, why."""
     if not records:
         return "no promotion or rollback yet"
-    lines = [f"{'when (UTC)':<20}{'from':>6}{'to':>6}  {'by':<9}{'model':<32}reason"]
-    for r in records:  # (the actor and the reason came through the API: shown as text, never as terminal commands)
+    # (the actor and the reason came through the API: shown as text, never as terminal commands; the actor's column
+    # as wide as the longest, api:<key name> say, and a space)
+    actors = [printable(r.get("actor", "?")) for r in records]
+    by = max(9, *(len(actor) + 1 for actor in actors))
+    lines = [f"{'when (UTC)':<20}{'from':>6}{'to':>6}  {'by':<{by}}{'model':<32}reason"]
+    for r, actor in zip(records, actors, strict=True):
         swap = f"{r.get('from_model')} -> {r.get('to_model')}" if r.get("from_model") or r.get("to_model") else "-"
         lines.append(
             f"{when(r.get('at')):<20}{r.get('from') or '-'!s:>6}{r.get('to') or '-'!s:>6}  "
-            f"{printable(r.get('actor', '?')):<9}{swap:<32}{'(rollback) ' if r.get('rollback') else ''}"
-            f"{printable(r.get('reason', ''))}"
+            f"{actor:<{by}}{swap:<32}{'(rollback) ' if r.get('rollback') else ''}{printable(r.get('reason', ''))}"
         )
     return "\n".join(lines)
 

@@ -440,10 +440,13 @@ class EventProcessor:
     async def start(self) -> None:
         """Load the current snapshot (waiting while it is refused) and the offsets it covers."""
         metrics.SNAPSHOTS_REFUSED.labels("worker")  # exported at 0 from the start (see api.model_holder)
+        metrics.CURRENT_VERSION_REFUSED.labels("worker").set(0)
         while True:  # (stalled while it waits: it consumes nothing, RecstreamWorkerStalled)
             try:
                 snapshot = await self.store.load_current()
             except SnapshotRefused as exc:
+                metrics.WORKER_STALLED.set(1)  # (the gauges first: a scrape between them sees the count with them)
+                metrics.CURRENT_VERSION_REFUSED.labels("worker").set(1)
                 metrics.SNAPSHOTS_REFUSED.labels("worker").inc()
                 log.error(
                     "%s. The worker will not consume until the current version loads: roll back to a good "
@@ -451,7 +454,6 @@ class EventProcessor:
                     exc,
                     self.refused_retry_seconds,
                 )
-                metrics.WORKER_STALLED.set(1)
                 await asyncio.sleep(self.refused_retry_seconds)
                 continue
             if snapshot is None and (current := await self.store.current_version()) is not None:
@@ -467,6 +469,7 @@ class EventProcessor:
                 await asyncio.sleep(self.refused_retry_seconds)
                 continue
             metrics.WORKER_STALLED.set(0)
+            metrics.CURRENT_VERSION_REFUSED.labels("worker").set(0)
             break
         if snapshot is None:
             self.learner = self._new_learner()
@@ -1550,7 +1553,8 @@ class EventProcessor:
         self._export_contest()
         promotion = write.promotion
         if promotion is not None:
-            metrics.CONTEST_PROMOTIONS.labels(str(promotion["actor"])).inc()
+            # by kind of actor (auto, operator, api): not the API key's name a promotion record keeps (api:<name>)
+            metrics.CONTEST_PROMOTIONS.labels(str(promotion["actor"]).partition(":")[0]).inc()
             log.warning(
                 "v%s: %r replaced %r as champion (%s): %s",
                 version,

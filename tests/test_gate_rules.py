@@ -20,7 +20,14 @@ from river import anomaly
 
 from bench.common import MOVIELENS_RATINGS
 from learner.gate.base import GateEvent, GateRule, Hold
-from learner.gate.behaviour import FEATURES, AnomalousBehaviourRule, EstablishedUsers, ItemSurgeRule, UserRateRule
+from learner.gate.behaviour import (
+    FEATURES,
+    AnomalousBehaviourRule,
+    EstablishedUsers,
+    ItemSurgeRule,
+    UserRateRule,
+    _rate_hold,
+)
 from learner.gate.gate import GateConfig, QualityGate, default_gate, default_stream_clock
 from learner.gate.hst_batch import FlatTrees
 from learner.gate.plausibility import LikeWithoutViewRule, SkipAfterFullWatchRule, WatchExceedsDurationRule
@@ -206,6 +213,14 @@ def test_user_rate_window_counts_carry_over_one_window_and_reset_after_two() -> 
     # a user never seen passes even at a limit of one; their second event in the window does not
     strict = UserRateRule(window_seconds=60, max_positives=1, max_events=1)
     assert [h is None for h in run(strict, [ev("n", "v", "like", w0), ev("n", "v2", "like", w0 + 1)])] == [True, False]
+
+
+def test_a_user_rate_hold_never_reads_at_or_under_its_limit() -> None:
+    # held when the weighted count with this event passes the limit, by however little: shown rounded up to a tenth
+    assert _rate_hold(60, "events", 5, 4.02).detail == (
+        "this event would make 5.1 events from this user in the last 60 s (limit 5)"
+    )
+    assert "would make 6.9 events" in _rate_hold(60, "events", 5, 5.9).detail  # (exact tenths stay as they are)
 
 
 def test_user_rate_forgets_the_least_recently_seen_user_first() -> None:

@@ -105,7 +105,8 @@ async def test_models_history_prints_each_promotion_and_rollback_as_a_row(
         current = await store.checkpoint(current, f"b{n}".encode(), {}, {}, {})
     await store.promote(1, reason="back to the first one")
     await store.promote(2, reason="second try")
-    await store.rollback(reason="bad batch in v2\x1b[2J")  # (a reason is shown as text, not run by the terminal)
+    # (a reason is shown as text, not run by the terminal; an actor longer than the column widens it)
+    await store.rollback(reason="bad batch in v2\x1b[2J", actor="api:release-bot-admin")
     env = {
         **os.environ,
         "RECSTREAM_REDIS_URL": redis_endpoint.url,
@@ -120,7 +121,7 @@ async def test_models_history_prints_each_promotion_and_rollback_as_a_row(
     assert [(c[2], c[3], c[4], c[6]) for c in cells] == [
         ("3", "1", "operator", "back to the first one"),
         ("1", "2", "operator", "second try"),
-        ("2", "1", "operator", "(rollback) bad batch in v2\\x1b[2J"),  # (it undid the promotion of v2)
+        ("2", "1", "api:release-bot-admin", "(rollback) bad batch in v2\\x1b[2J"),  # (it undid the promotion of v2)
     ]
     as_json = run_cli("models", "history", "--json", env=env)
     records = [json.loads(line) for line in as_json.stdout.splitlines()]

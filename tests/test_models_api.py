@@ -31,6 +31,7 @@ def test_rollback_through_the_api_is_served_at_once_and_the_worker_continues_fro
     listed = client.get("/v1/models").json()
     assert listed["current"] == second and [v["version"] for v in listed["versions"]][-1] == second
 
+    wait_for(lambda: client.get("/v1/stats").json()["model"]["serving"] == second, 10, f"the API to serve v{second}")
     swaps = metric_value(client.get("/metrics").text, "recstream_model_swap_delay_seconds_count")
     rolled = client.post("/v1/models/rollback", json={"reason": "bad batch"})
     assert rolled.status_code == 200, rolled.text

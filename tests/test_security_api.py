@@ -201,6 +201,8 @@ def test_a_route_that_takes_only_a_reason_refuses_a_larger_body_before_reading_i
             refused = client.post(path, json=body)
             assert refused.status_code == 413, (path, refused.text)
             assert refused.json()["detail"].endswith("bytes; the limit is 8192 (this route's limit)"), refused.text
+        # /v1/scores/ (FastAPI redirects it to /v1/scores) has the limit of /v1/scores
+        assert client.post("/v1/scores/", content=b" " * 20_000).status_code != 413
         # a reason's body is taken (and refused by its length, with the admin key: a 422 naming the field)
         taken = client.post("/v1/models/rollback", json={"reason": "x" * 501}, headers={"X-API-Key": KEYS["admin"]})
         assert taken.status_code == 422 and "reason" in taken.text, taken.text

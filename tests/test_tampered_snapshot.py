@@ -85,6 +85,7 @@ def test_tampered_snapshot_is_refused_by_worker_and_api(
         )
         served = client.get("/v1/users/u1/recommendations").json()
         assert served["model_version"] == good
+        assert metric_value(client.get("/metrics").text, "recstream_current_version_refused", 'component="api"') == 1
 
         # A restarted worker refuses it too: it logs why, counts it, and does not consume.
         restarted = local_services.start_worker(env)
@@ -94,7 +95,9 @@ def test_tampered_snapshot_is_refused_by_worker_and_api(
             60,
             "the worker to refuse the forged version",
         )
-        assert metric_value(httpx.get(metrics_url).text, "recstream_worker_stalled") == 1  # (it consumes nothing)
+        worker_page = httpx.get(metrics_url).text  # (the gauges are set before the count)
+        assert metric_value(worker_page, "recstream_worker_stalled") == 1  # (it consumes nothing)
+        assert metric_value(worker_page, "recstream_current_version_refused", 'component="worker"') == 1
         assert restarted.log_path is not None
         log_text = restarted.log_path.read_text()
         assert f"model snapshot v{forged} failed HMAC authentication and was refused" in log_text
@@ -142,5 +145,8 @@ def test_a_signed_snapshot_the_api_cannot_decode_is_counted_refused(
             "the API to count the version it cannot load",
         )
         assert api.log_path is not None and f"model v{version} cannot be loaded" in api.log_path.read_text()
+        # counted before any scrape could see 0 (the API loads at its start): the gauge says it while it lasts
+        page = client.get("/metrics").text
+        assert metric_value(page, "recstream_current_version_refused", 'component="api"') == 1
         served = client.get("/v1/users/u1/recommendations")  # (nothing to serve yet: the version is not loaded)
         assert served.status_code == 503, served.text

@@ -7,13 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
 
-from api.deps import AUTH_RESPONSES, REDIS_RESPONSES, ApiState, get_state, require_scope
+from api.deps import ADMIN, AUTH_RESPONSES, REDIS_RESPONSES, ApiState, get_state
 from api.problems import Problem
 from store.model_store import guard_report
 
 router = APIRouter(
     tags=["quality gate"],
-    dependencies=[Depends(require_scope("admin"))],
+    dependencies=[Depends(ADMIN)],
     responses={**AUTH_RESPONSES, **REDIS_RESPONSES},
 )
 

@@ -9,13 +9,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 
-from api.deps import AUTH_RESPONSES, REDIS_RESPONSES, ApiState, get_state, require_scope
+from api.deps import ADMIN, AUTH_RESPONSES, REDIS_RESPONSES, ApiState, get_state
 from recstream import metrics
 from store.model_store import guard_report
 
-router = APIRouter(
-    tags=["operations"], dependencies=[Depends(require_scope("admin"))], responses={**AUTH_RESPONSES, **REDIS_RESPONSES}
-)
+router = APIRouter(tags=["operations"], dependencies=[Depends(ADMIN)], responses={**AUTH_RESPONSES, **REDIS_RESPONSES})
 
 
 def latency_by_route() -> dict[str, dict[str, Any]]:

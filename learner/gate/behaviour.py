@@ -214,10 +214,11 @@ class UserRateRule:
 
 def _rate_hold(window: float, what: str, limit: int, count: float) -> Hold:
     # (count: the user's before this event, the previous window's weighted by its overlap, so not a whole number:
-    # with this event it is over the limit, which a count rounded to a whole number could hide)
+    # with this event it is over the limit, which a rounded count could hide: rounded up, to a tenth)
+    shown = math.ceil(round((count + 1) * 10, 6)) / 10
     return Hold(
         "user_rate",
-        f"this event would make {count + 1:.1f} {what} from this user in the last {window:.0f} s (limit {limit})",
+        f"this event would make {shown:.1f} {what} from this user in the last {window:.0f} s (limit {limit})",
     )
 
 

@@ -124,8 +124,8 @@ class SkipAfterFullWatchRule:
 class LikeWithoutViewRule:
     """Holds a like or share when the same user's view of the same item did not pass within ``window_seconds``.
 
-    Memory: one entry per (user, item) view within the window, at most ``max_pairs`` (oldest
-    forgotten first, so under pressure the rule errs towards holding, never towards learning).
+    Memory: one entry per (user, item) view the worker took within the window, at most ``max_pairs`` (least recently
+    taken forgotten first, so under pressure the rule errs towards holding, never towards learning).
 
     >>> rule = LikeWithoutViewRule(window_seconds=600)
     >>> like = GateEvent("e2", "u1", "v1", "like", 100.0)
