@@ -116,6 +116,8 @@ class ModelHolder:
             log.warning("Redis is reachable again: model refresh resumed")
         self.redis_ok = True
         self._was_unreachable = False
+        # (1 while the version Redis names current is the one refused: 0 again once current is another, served or not)
+        metrics.CURRENT_VERSION_REFUSED.labels("api").set(int(version is not None and version == self.refused_version))
         if (
             version is None
             or (self.model is not None and self.model.version == version)

@@ -112,6 +112,16 @@ def test_tampered_snapshot_is_refused_by_worker_and_api(
         assert checkpoints.version() == forged
         assert json.loads(r.hget(keys.version(forged), "meta"))["events_learned"] == 50
         assert r.hget(keys.version(forged), "blob") == bytes(blob)
+        # An operator points current back at the good version, which the API still serves: the gauge says 0 again
+        r.set(keys.current_version, good)
+        r.publish(keys.announce_channel, str(good))
+        wait_for(
+            lambda: (
+                metric_value(client.get("/metrics").text, "recstream_current_version_refused", 'component="api"') == 0
+            ),
+            10,
+            "the API to stop reporting the current version refused",
+        )
     finally:
         checkpoints.close()
         r.close()
